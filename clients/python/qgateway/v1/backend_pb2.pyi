@@ -1,0 +1,93 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BackendKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKEND_KIND_UNSPECIFIED: _ClassVar[BackendKind]
+    BACKEND_KIND_SIMULATOR: _ClassVar[BackendKind]
+    BACKEND_KIND_HARDWARE: _ClassVar[BackendKind]
+
+class Primitive(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIMITIVE_UNSPECIFIED: _ClassVar[Primitive]
+    PRIMITIVE_SAMPLER: _ClassVar[Primitive]
+    PRIMITIVE_ESTIMATOR: _ClassVar[Primitive]
+
+class CircuitFeature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CIRCUIT_FEATURE_UNSPECIFIED: _ClassVar[CircuitFeature]
+    CIRCUIT_FEATURE_MID_CIRCUIT_MEASUREMENT: _ClassVar[CircuitFeature]
+    CIRCUIT_FEATURE_RESET: _ClassVar[CircuitFeature]
+    CIRCUIT_FEATURE_CONTROL_FLOW: _ClassVar[CircuitFeature]
+
+class BackendStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKEND_STATUS_UNSPECIFIED: _ClassVar[BackendStatus]
+    BACKEND_STATUS_ONLINE: _ClassVar[BackendStatus]
+    BACKEND_STATUS_OFFLINE: _ClassVar[BackendStatus]
+BACKEND_KIND_UNSPECIFIED: BackendKind
+BACKEND_KIND_SIMULATOR: BackendKind
+BACKEND_KIND_HARDWARE: BackendKind
+PRIMITIVE_UNSPECIFIED: Primitive
+PRIMITIVE_SAMPLER: Primitive
+PRIMITIVE_ESTIMATOR: Primitive
+CIRCUIT_FEATURE_UNSPECIFIED: CircuitFeature
+CIRCUIT_FEATURE_MID_CIRCUIT_MEASUREMENT: CircuitFeature
+CIRCUIT_FEATURE_RESET: CircuitFeature
+CIRCUIT_FEATURE_CONTROL_FLOW: CircuitFeature
+BACKEND_STATUS_UNSPECIFIED: BackendStatus
+BACKEND_STATUS_ONLINE: BackendStatus
+BACKEND_STATUS_OFFLINE: BackendStatus
+
+class BackendLimits(_message.Message):
+    __slots__ = ("max_shots", "memory_budget_bytes", "max_queued_jobs", "max_result_bytes")
+    MAX_SHOTS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_shots: int
+    memory_budget_bytes: int
+    max_queued_jobs: int
+    max_result_bytes: int
+    def __init__(self, max_shots: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_result_bytes: _Optional[int] = ...) -> None: ...
+
+class Backend(_message.Message):
+    __slots__ = ("name", "provider", "kind", "num_qubits", "basis_gates", "primitives", "features", "status", "queue_depth", "running_jobs", "limits", "properties")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NUM_QUBITS_FIELD_NUMBER: _ClassVar[int]
+    BASIS_GATES_FIELD_NUMBER: _ClassVar[int]
+    PRIMITIVES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    provider: str
+    kind: BackendKind
+    num_qubits: int
+    basis_gates: _containers.RepeatedScalarFieldContainer[str]
+    primitives: _containers.RepeatedScalarFieldContainer[Primitive]
+    features: _containers.RepeatedScalarFieldContainer[CircuitFeature]
+    status: BackendStatus
+    queue_depth: int
+    running_jobs: int
+    limits: BackendLimits
+    properties: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., kind: _Optional[_Union[BackendKind, str]] = ..., num_qubits: _Optional[int] = ..., basis_gates: _Optional[_Iterable[str]] = ..., primitives: _Optional[_Iterable[_Union[Primitive, str]]] = ..., features: _Optional[_Iterable[_Union[CircuitFeature, str]]] = ..., status: _Optional[_Union[BackendStatus, str]] = ..., queue_depth: _Optional[int] = ..., running_jobs: _Optional[int] = ..., limits: _Optional[_Union[BackendLimits, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Pure domain model: no gRPC, no store, no vendor SDK."""

@@ -1,0 +1,1 @@
+"""Durable job state: one Store protocol, SQLite by default."""

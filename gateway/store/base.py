@@ -1,0 +1,97 @@
+"""The Store protocol. Every state change of a job is one committed transaction.
+
+Specs and results are stored as opaque bytes (serialised qgateway.v1 JobSpec / JobResult), so
+the store never needs to understand them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
+
+# A repeated request_id is recognised for this long; after it, the id may name a new job.
+REQUEST_ID_DEDUP_WINDOW_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    tenant: str
+    request_id: str  # "" when the client gave none
+    request_hash: bytes  # sha256 of the deterministically serialised spec
+    backend: str
+    spec: bytes
+    num_pubs: int
+    seed: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    job: Job
+    created: bool  # False: an earlier job with the same (tenant, request_id, hash) was returned
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: Sequence[Job]
+    # Position after the last job of this page, for the next page's `after`; None at the end.
+    next_cursor: int | None
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Creates or migrates the schema; must be called before anything else."""
+
+    async def close(self) -> None: ...
+
+    async def create_job(self, new: NewJob) -> CreateOutcome:
+        """Inserts a QUEUED job, durably, unless (tenant, request_id) already names one.
+
+        Raises:
+            InvalidArgument: reason REQUEST_ID_REUSED, when the id names a job with another hash.
+        """
+
+    async def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job, or None if absent or (when tenant is given) owned by another tenant."""
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        states: Collection[JobState] = (),
+        backend: str = "",
+        after: int | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """The tenant's jobs, newest first, starting after cursor `after`."""
+
+    async def get_spec(self, job_id: str) -> bytes | None: ...
+
+    async def get_result(self, job_id: str) -> bytes | None: ...
+
+    async def mark_running(self, job_id: str, started_at: datetime) -> Job | None:
+        """QUEUED -> RUNNING, incrementing attempts; None if the job was not QUEUED."""
+
+    async def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        ended_at: datetime,
+        error: JobError | None = None,
+        execution: ExecutionInfo | None = None,
+        timings: JobTimings | None = None,
+        result: bytes | None = None,
+    ) -> Job | None:
+        """Moves a non-final job to a final state, storing its result in the same transaction.
+
+        Returns None (and changes nothing) when the job is already final.
+        """
+
+    async def requeue_interrupted(self) -> Sequence[Job]:
+        """At start: RUNNING -> QUEUED; returns every QUEUED job, oldest first."""
