@@ -1,0 +1,40 @@
+# Every target bootstraps what it needs: a pinned uv in .tools/, then .venv from uv.lock.
+UV_VERSION := 0.13.8
+PYTHON ?= python3
+UV := .tools/bin/uv
+VENV := .venv
+SYNCED := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml clients/python/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+
+.PHONY: serve test protos lint bench venv
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(SYNCED): $(UV)
+	$(UV) sync --frozen --all-extras --quiet
+	rm -f $(VENV)/.synced-*
+	touch $@
+
+venv: $(SYNCED)
+
+## Start the gateway on 127.0.0.1:50051 with embedded defaults (aer, aer-mps; SQLite in ./data).
+serve: $(SYNCED)
+	$(VENV)/bin/qgateway serve $(if $(CONFIG),--config $(CONFIG))
+
+## Run the whole test suite.
+test: $(SYNCED)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## Regenerate clients/python/qgateway/v1 from protos/ (the result is committed).
+protos: $(SYNCED)
+	$(VENV)/bin/python scripts/gen_protos.py
+
+lint: $(SYNCED)
+	$(VENV)/bin/buf lint protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy gateway clients/python/qgateway
+
+## Benchmarks (not tests): print gateway vs direct-SDK ratios measured in the same run.
+bench: $(SYNCED)
+	$(VENV)/bin/python -m bench.run_bench $(BENCH_ARGS)

@@ -1,0 +1,137 @@
+"""qgateway.v1.JobService: translation between messages and the JobManager."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+from gateway import codec
+from gateway.api import paging
+from gateway.api.result_stream import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, result_chunks
+from gateway.domain.errors import DeadlineExceeded, FailedPrecondition, FieldViolation, InvalidArgument
+from gateway.domain.jobs import Job, JobState
+from gateway.jobs.manager import JobManager
+from gateway.security.principals import tenant_of
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def _request_id(value: str) -> str:
+    if len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
+        raise InvalidArgument(
+            "INVALID_REQUEST_ID",
+            f"request_id must be printable and at most {MAX_REQUEST_ID_LENGTH} characters",
+            field_violations=[FieldViolation("request_id", "too long or not printable")],
+        )
+    return value
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, manager: JobManager, max_response_bytes: int) -> None:
+        self._manager = manager
+        self._max_response = max_response_bytes
+
+    async def _with_result(self, job: Job, view: int = job_service_pb2.JOB_VIEW_FULL) -> job_pb2.Job:
+        msg = codec.encode_job(job)
+        if job.state is JobState.SUCCEEDED and view != job_service_pb2.JOB_VIEW_BASIC:
+            data = await self._manager.result(job)
+            if len(data) + msg.ByteSize() + 64 > self._max_response:
+                msg.result_too_large = True
+            else:
+                msg.result.ParseFromString(data)
+        return msg
+
+    async def _submit(self, context: Context, request_id: str, spec: job_pb2.JobSpec) -> Job:
+        domain_spec = codec.decode_spec(spec)
+        return await self._manager.submit(
+            tenant_of(context),
+            _request_id(request_id),
+            domain_spec,
+            spec.SerializeToString(deterministic=True),
+        )
+
+    async def SubmitJob(
+        self, request: job_service_pb2.SubmitJobRequest, context: Context
+    ) -> job_service_pb2.SubmitJobResponse:
+        job = await self._submit(context, request.request_id, request.spec)
+        return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job))
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Context
+    ) -> job_service_pb2.GetJobResponse:
+        job = await self._manager.get(tenant_of(context), codec.job_id(request.name))
+        return job_service_pb2.GetJobResponse(job=await self._with_result(job, request.view))
+
+    async def WatchJob(  # type: ignore[override]
+        self, request: job_service_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        async for job in self._manager.watch(tenant_of(context), codec.job_id(request.name)):
+            yield job_service_pb2.WatchJobResponse(job=codec.encode_job(job))
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Context
+    ) -> job_service_pb2.CancelJobResponse:
+        job = await self._manager.cancel(tenant_of(context), codec.job_id(request.name))
+        return job_service_pb2.CancelJobResponse(job=codec.encode_job(job))
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Context
+    ) -> job_service_pb2.ListJobsResponse:
+        limit = paging.page_size(request.page_size)
+        states = codec.decode_states(request.states, "states")
+        backend = codec.backend_id(request.backend) if request.backend else ""
+        filters = f"{sorted(s.value for s in states)}|{backend}"
+        cursor = paging.decode_token(request.page_token, filters)
+        if cursor is not None and not isinstance(cursor, int):
+            raise InvalidArgument(
+                "INVALID_PAGE_TOKEN",
+                "page_token is not a ListJobs token",
+                field_violations=[FieldViolation("page_token", "not a ListJobs token")],
+            )
+        page = await self._manager.list(
+            tenant_of(context), states=states, backend=backend, after=cursor, limit=limit
+        )
+        return job_service_pb2.ListJobsResponse(
+            jobs=[codec.encode_job(j) for j in page.jobs],
+            next_page_token=(
+                paging.encode_token(page.next_cursor, filters)
+                if page.next_cursor is not None
+                else ""
+            ),
+        )
+
+    async def Run(
+        self, request: job_service_pb2.RunRequest, context: Context
+    ) -> job_service_pb2.RunResponse:
+        job = await self._submit(context, request.request_id, request.spec)
+        remaining = context.time_remaining()
+        # Answer a little before the deadline, so the caller gets our error with the job name.
+        timeout = None if remaining is None else max(0.0, remaining * 0.95 - 0.01)
+        finished = await self._manager.wait(job.tenant, job.id, timeout)
+        if finished is None:
+            raise DeadlineExceeded(
+                "RUN_DEADLINE_EXCEEDED",
+                f"job jobs/{job.id} did not finish within the deadline; it keeps running "
+                "(repeat Run with the same request_id, or WatchJob, to get it)",
+                metadata={"job": f"jobs/{job.id}"},
+            )
+        return job_service_pb2.RunResponse(job=await self._with_result(finished))
+
+    async def StreamJobResult(  # type: ignore[override]
+        self, request: job_service_pb2.StreamJobResultRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse]:
+        job = await self._manager.get(tenant_of(context), codec.job_id(request.name))
+        if job.state is not JobState.SUCCEEDED:
+            raise FailedPrecondition(
+                "RESULT_NOT_READY",
+                f"job jobs/{job.id} is {job.state.value}; results exist only for SUCCEEDED jobs",
+                metadata={"job": f"jobs/{job.id}", "state": job.state.value},
+            )
+        chunk = min(request.chunk_bytes or DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES)
+        result = job_pb2.JobResult.FromString(await self._manager.result(job))
+        for response in result_chunks(result, chunk):
+            yield response

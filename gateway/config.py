@@ -1,0 +1,172 @@
+"""User-facing configuration: a TOML file plus QGATEWAY_* environment variables.
+
+Every model forbids unknown keys, so a typo is an error that names the key. Environment
+variables override the file; nested keys use "__" (QGATEWAY_SERVER__LISTEN=0.0.0.0:50051).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.backends.base import AdapterContext, CircuitLimits
+from gateway.domain.backends import BackendLimits
+
+ENV_PREFIX = "QGATEWAY_"
+# Variables with the prefix that belong to the client CLI, not to the server's settings.
+CLIENT_ENV_VARS = frozenset({"QGATEWAY_TARGET", "QGATEWAY_API_KEY"})
+MIB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    listen: str = "127.0.0.1:50051"
+    # The gateway's own request limit: below gRPC's transport limit, so an oversize request gets
+    # a detailed error instead of gRPC's bare one.
+    max_request_bytes: int = Field(default=16 * MIB, gt=0)
+    # Largest response the gateway sends in one message; the default matches gRPC clients'
+    # default receive limit, so any client can read every answer.
+    max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0)
+    # Threads that parse and transpile circuits next to the event loop.
+    prepare_threads: int = Field(default=4, gt=0)
+    grace_period_s: float = Field(default=30.0, ge=0)
+
+    @property
+    def transport_max_receive_bytes(self) -> int:
+        return self.max_request_bytes * 2 + MIB
+
+
+class CircuitConfig(_Strict):
+    max_source_bytes: int = Field(default=1 * MIB, gt=0)
+    max_operations: int = Field(default=1_000_000, gt=0)
+    parse_timeout_s: float = Field(default=5.0, gt=0)
+
+    def limits(self) -> CircuitLimits:
+        return CircuitLimits(
+            max_source_bytes=self.max_source_bytes,
+            max_operations=self.max_operations,
+            parse_timeout_s=self.parse_timeout_s,
+        )
+
+
+class BackendConfig(_Strict):
+    adapter: str
+    workers: int = Field(default=1, ge=1)
+    max_shots: int = Field(default=1_000_000, gt=0)
+    default_shots: int = Field(default=1024, gt=0)
+    memory_budget_mb: int = Field(default=4096, gt=0)
+    max_queued_jobs: int = Field(default=10_000, gt=0)
+    max_result_mb: int = Field(default=256, gt=0)
+    # Adapter-specific options, validated by the adapter's own options model.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def context(self, name: str, circuits: CircuitConfig) -> AdapterContext:
+        return AdapterContext(
+            name=name,
+            limits=BackendLimits(
+                max_shots=self.max_shots,
+                memory_budget_bytes=self.memory_budget_mb * MIB,
+                max_queued_jobs=self.max_queued_jobs,
+                max_result_bytes=self.max_result_mb * MIB,
+            ),
+            default_shots=self.default_shots,
+            circuit_limits=circuits.limits(),
+            options=dict(self.options),
+        )
+
+
+def _default_backends() -> dict[str, BackendConfig]:
+    return {
+        "aer": BackendConfig(adapter="aer", workers=2, options={"method": "statevector"}),
+        "aer-mps": BackendConfig(
+            adapter="aer", workers=1, options={"method": "matrix_product_state"}
+        ),
+    }
+
+
+class GatewayConfig(BaseSettings):
+    """The whole server configuration. The embedded default needs no file at all."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("data")
+    server: ServerConfig = ServerConfig()
+    circuits: CircuitConfig = CircuitConfig()
+    backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
+
+    @field_validator("backends")
+    @classmethod
+    def _names_are_resource_ids(cls, value: dict[str, BackendConfig]) -> dict[str, BackendConfig]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "-_" for c in name):
+                raise ValueError(f"backend name {name!r} must be letters, digits, '-' or '_'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (which arrives as init arguments).
+        return (env_settings, init_settings)
+
+
+def _check_env_names(environ: Mapping[str, str]) -> None:
+    known = {name.upper() for name in GatewayConfig.model_fields}
+    for var in environ:
+        if not var.startswith(ENV_PREFIX) or var in CLIENT_ENV_VARS:
+            continue
+        top = var[len(ENV_PREFIX) :].split("__", 1)[0]
+        if top not in known:
+            raise ConfigError(f"unknown setting {var} (known: {', '.join(sorted(known))})")
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_config(path: Path | None = None) -> GatewayConfig:
+    """Loads the TOML file (if any) and the QGATEWAY_* environment.
+
+    Raises:
+        ConfigError: the file is unreadable or any key is unknown or invalid.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _check_env_names(os.environ)
+    try:
+        return GatewayConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None

@@ -1,0 +1,139 @@
+"""Error boundary for qgateway.v1 methods.
+
+Wraps each method handler so that:
+  * a request that cannot be decoded (garbage bytes, invalid UTF-8) is INVALID_ARGUMENT with
+    reason MALFORMED_REQUEST, not gRPC's UNKNOWN;
+  * a request above the gateway's own size limit (which sits below the transport limit) is
+    RESOURCE_EXHAUSTED with reason REQUEST_TOO_LARGE and the sizes;
+  * a GatewayError raised by a servicer becomes its status with details;
+  * anything else is a gateway bug: INTERNAL with a generic message, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway.api.errors import to_status
+from gateway.domain.errors import GatewayError, Internal, InvalidArgument, ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+SERVICE_PREFIX = "/qgateway.v1."
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """Stands in for a request that failed to decode; the handler answers with `error`."""
+
+    error: GatewayError
+
+
+def _safe_deserializer(
+    deserialize: Callable[[bytes], Any] | None, max_bytes: int
+) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        if len(data) > max_bytes:
+            return _Rejected(
+                ResourceExhausted(
+                    "REQUEST_TOO_LARGE",
+                    f"request of {len(data)} bytes exceeds the gateway limit of {max_bytes} "
+                    "bytes; split the job or send fewer bindings per PUB",
+                    metadata={"size_bytes": str(len(data)), "limit_bytes": str(max_bytes)},
+                )
+            )
+        if deserialize is None:
+            return data
+        try:
+            return deserialize(data)
+        except (DecodeError, UnicodeDecodeError, ValueError) as exc:
+            return _Rejected(
+                InvalidArgument(
+                    "MALFORMED_REQUEST",
+                    f"request could not be decoded as protobuf: {type(exc).__name__}",
+                )
+            )
+
+    return decode
+
+
+def _unexpected(exc: BaseException, method: str) -> GatewayError:
+    log.exception("bug in %s", method, exc_info=exc)
+    return Internal("INTERNAL", "internal error in the gateway; it has been logged")
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: GatewayError) -> None:
+    status = to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _wrap_unary(
+    behaviour: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], method: str
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Rejected):
+            await abort(context, request.error)
+        try:
+            return await behaviour(request, context)
+        except GatewayError as err:
+            await abort(context, err)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception as exc:
+            await abort(context, _unexpected(exc, method))
+
+    return handle
+
+
+def _wrap_stream(
+    behaviour: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+    method: str,
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        if isinstance(request, _Rejected):
+            await abort(context, request.error)
+        try:
+            async for item in behaviour(request, context):
+                yield item
+        except GatewayError as err:
+            await abort(context, err)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            raise
+        except Exception as exc:
+            await abort(context, _unexpected(exc, method))
+
+    return handle
+
+
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, max_request_bytes: int) -> None:
+        self._max = max_request_bytes
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        deserialize = _safe_deserializer(handler.request_deserializer, self._max)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=deserialize,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=deserialize,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

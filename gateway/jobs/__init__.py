@@ -1,0 +1,1 @@
+"""Submission, admission, scheduling, watching and recovery of jobs."""

@@ -1,0 +1,77 @@
+"""A per-backend queue that is fair across tenants (round robin, FIFO within a tenant)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.backends.base import PreparedJob
+from gateway.domain.jobs import Job
+
+
+@dataclass(eq=False)
+class QueuedJob:
+    job: Job
+    # None after a restart: the job is prepared again from its stored spec when dispatched.
+    prepared: PreparedJob | None
+    enqueued_at: float = field(default=0.0)
+
+
+class FairQueue:
+    """One FIFO per tenant; get() serves tenants in turn, so no tenant starves another."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, deque[QueuedJob]] = {}
+        self._turns: deque[str] = deque()
+        self._size = 0
+        self._nonempty = asyncio.Event()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, job_id: str) -> bool:
+        return any(q.job.id == job_id for dq in self._by_tenant.values() for q in dq)
+
+    def put(self, item: QueuedJob) -> None:
+        tenant = item.job.tenant
+        if tenant not in self._by_tenant:
+            self._by_tenant[tenant] = deque()
+            self._turns.append(tenant)
+        self._by_tenant[tenant].append(item)
+        self._size += 1
+        self._nonempty.set()
+
+    def remove(self, job_id: str, tenant: str) -> QueuedJob | None:
+        dq = self._by_tenant.get(tenant)
+        if dq is None:
+            return None
+        for item in dq:
+            if item.job.id == job_id:
+                dq.remove(item)
+                self._size -= 1
+                if not dq:
+                    self._drop_tenant(tenant)
+                return item
+        return None
+
+    def _drop_tenant(self, tenant: str) -> None:
+        del self._by_tenant[tenant]
+        self._turns.remove(tenant)
+        if not self._size:
+            self._nonempty.clear()
+
+    async def get(self) -> QueuedJob:
+        while not self._size:
+            await self._nonempty.wait()
+        tenant = self._turns.popleft()
+        dq = self._by_tenant[tenant]
+        item = dq.popleft()
+        self._size -= 1
+        if dq:
+            self._turns.append(tenant)
+        else:
+            del self._by_tenant[tenant]
+            if not self._size:
+                self._nonempty.clear()
+        return item

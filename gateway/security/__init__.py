@@ -1,0 +1,1 @@
+"""Principals, tenants and (later) keys, policies and the audit chain."""

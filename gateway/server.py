@@ -1,0 +1,180 @@
+"""Assembles and runs the gateway: store, backends, job manager, gRPC services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+from qgateway.v1 import (
+    backend_service_pb2,
+    backend_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+from gateway.api.backend_service import BackendServicer
+from gateway.api.job_service import JobServicer
+from gateway.backends.pool import WorkerPool
+from gateway.backends.registry import adapter_names, load_adapter
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.interceptors.boundary import ErrorBoundaryInterceptor
+from gateway.jobs.backend import BackendRuntime
+from gateway.jobs.manager import JobManager
+from gateway.store.sqlite import SqliteStore
+
+log = logging.getLogger("gateway")
+
+READINESS_SERVICE = "qgateway.v1.JobService"
+DB_FILE = "qgateway.db"
+
+
+def backend_health_name(backend: str) -> str:
+    return f"qgateway.backend.{backend}"
+
+
+def build_backends(config: GatewayConfig) -> dict[str, BackendRuntime]:
+    runtimes = {}
+    for name, backend in config.backends.items():
+        try:
+            adapter_cls = load_adapter(backend.adapter)
+        except KeyError:
+            raise ConfigError(
+                f"backends.{name}.adapter: unknown adapter {backend.adapter!r} "
+                f"(installed: {', '.join(adapter_names())})"
+            ) from None
+        context = backend.context(name, config.circuits)
+        try:
+            adapter = adapter_cls(context)
+        except ValidationError as exc:
+            details = "; ".join(
+                f"backends.{name}.options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {details}") from None
+        runtimes[name] = BackendRuntime(
+            name=name,
+            adapter=adapter,
+            info=adapter.info(),
+            pool=WorkerPool(backend.adapter, context, backend.workers),
+        )
+    return runtimes
+
+
+class Gateway:
+    """A running gateway; `start` returns once it serves, `stop` drains and closes it."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.port = 0
+        self._store = SqliteStore(config.data_dir / DB_FILE)
+        self.backends = build_backends(config)
+        self.manager = JobManager(
+            self._store, self.backends, prepare_threads=config.server.prepare_threads
+        )
+        self.health = HealthServicer()
+        server_cfg = config.server
+        self._server = grpc.aio.server(
+            interceptors=[ErrorBoundaryInterceptor(server_cfg.max_request_bytes)],
+            options=[
+                ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
+                ("grpc.max_send_message_length", server_cfg.max_response_bytes + (1 << 20)),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+
+    async def start(self) -> None:
+        await self._store.open()
+        # Recovery runs before the port opens, so new submissions cannot be queued twice.
+        await self.manager.start()
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.manager, self.config.server.max_response_bytes), self._server
+        )
+        backend_service_pb2_grpc.add_BackendServiceServicer_to_server(
+            BackendServicer(self.manager), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (
+                job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+                backend_service_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
+        try:
+            self.port = self._server.add_insecure_port(self.config.server.listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"server.listen: cannot listen on {self.config.server.listen}: {exc}")
+        for name in self.backends:
+            await self.health.set(backend_health_name(name), health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._server.start()
+        await asyncio.gather(*(self._start_pool(rt) for rt in self.backends.values()))
+        await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_pool(self, runtime: BackendRuntime) -> None:
+        await runtime.pool.start()
+        runtime.ready = True
+        await self.health.set(
+            backend_health_name(runtime.name), health_pb2.HealthCheckResponse.SERVING
+        )
+
+    @property
+    def address(self) -> str:
+        host = self.config.server.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(self.config.server.grace_period_s)
+        await self.manager.close()
+        await asyncio.gather(*(rt.pool.close() for rt in self.backends.values()))
+        await self._store.close()
+
+
+async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> None:
+    """Runs until SIGTERM or SIGINT."""
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    log.info("qgateway serving on %s (data in %s)", gateway.address, config.data_dir.resolve())
+    if on_ready is not None:
+        on_ready(gateway.address)
+    await stop.wait()
+    log.info("shutting down")
+    await gateway.stop()
+
+
+def _print_ready(address: str) -> None:
+    # Machine-readable line for supervisors and tests that start the gateway on port 0.
+    print(f"qgateway listening on {address}", flush=True)
+
+
+def serve_forever(config_path: Path | None) -> int:
+    """Entry point of `qgateway serve`; returns the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(config_path)
+        asyncio.run(serve(config, _print_ready))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,763 @@
+"""The embedded SQLite store: one writer thread, group commit, versioned schema.
+
+Every operation is a callable run on the single thread that owns the connection. The thread
+takes all operations waiting in its queue and runs them in one transaction, each inside its own
+SAVEPOINT, so one failing operation rolls back alone. Futures are resolved only after COMMIT
+returned: with `synchronous=FULL` that means a job is acknowledged only once it is on disk, while
+the fsync is shared by everything that arrived during the previous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Generic, TypeVar
+
+from gateway.domain.errors import FieldViolation, InvalidArgument
+from gateway.domain.jobs import (
+    FINAL_STATES,
+    ExecutionInfo,
+    Job,
+    JobError,
+    JobState,
+    JobTimings,
+)
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, CreateOutcome, JobPage, NewJob
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    sql: str
+
+
+# Append only: a released migration is never edited, the next change is a new version.
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        """
+        CREATE TABLE jobs (
+            -- AUTOINCREMENT: a seq is never reused, even after the newest job is deleted,
+            -- so list cursors stay valid across retention sweeps.
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL,
+            request_id TEXT,
+            request_hash BLOB NOT NULL,
+            backend TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('QUEUED', 'SUBMITTING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED')),
+            spec BLOB NOT NULL,
+            num_pubs INTEGER NOT NULL,
+            -- uint64 as decimal text: SQLite integers are signed 64-bit.
+            seed TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            started_at INTEGER,
+            ended_at INTEGER,
+            error_reason TEXT,
+            error_message TEXT,
+            execution TEXT,
+            timings TEXT,
+            UNIQUE (tenant, request_id)
+        );
+        CREATE INDEX jobs_tenant_seq ON jobs (tenant, seq);
+        CREATE INDEX jobs_state_seq ON jobs (state, seq);
+        CREATE TABLE results (
+            job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+            data BLOB NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        """,
+    ),
+)
+
+LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
+
+# Bounds one transaction's size (and so the latency of its first operation) under a flood.
+_MAX_BATCH: Final = 1000
+_BUSY_TIMEOUT_MS: Final = 5000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_UINT64_MAX: Final = 2**64 - 1
+
+_JOB_COLUMNS: Final = (
+    "seq, id, tenant, request_id, backend, state, num_pubs, seed, attempts, created_at, "
+    "started_at, ended_at, error_reason, error_message, execution, timings"
+)
+_FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
+_FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
+
+
+@dataclass(frozen=True)
+class _Op(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """Queued by close(): everything before it runs, then the thread stops and resolves it."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+class SqliteStore:
+    """Store on a SQLite file in WAL mode with `synchronous=FULL`.
+
+    Args:
+        path: The database file; its directory is created by `open()`.
+
+    Attributes:
+        commits: Transactions committed by the writer thread so far (one per batch).
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self.commits = 0
+        self._queue: queue.SimpleQueue[_Op[Any] | _Stop] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders the open/closed check against enqueueing
+        self._opening = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Creates the directory, opens the database and applies missing migrations.
+
+        Raises:
+            RuntimeError: When already opened or closed, when the database was written by a
+                newer schema version than this code knows, or when WAL cannot be enabled.
+        """
+        with self._lock:
+            if self._opening or self._closed:
+                raise RuntimeError("SqliteStore.open() may be called only once")
+            self._opening = True
+        try:
+            await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        except BaseException:
+            with self._lock:
+                self._closed = True
+            raise
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        thread = threading.Thread(
+            target=self._main,
+            args=(loop, ready),
+            name="qgateway-sqlite-writer",
+            # A process exiting without close() must not hang on this thread; an unfinished
+            # transaction is rolled back by SQLite and was never acknowledged.
+            daemon=True,
+        )
+        with self._lock:
+            if self._closed:  # close() raced with open()
+                raise RuntimeError("the store was closed while opening")
+            self._thread = thread
+        thread.start()
+        await ready
+
+    async def close(self) -> None:
+        """Runs every operation already queued, then closes the connection and the thread.
+
+        Idempotent; operations after close raise RuntimeError.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            thread = self._thread
+            if first and thread is not None:
+                self._queue.put(_Stop(loop, done))
+        if thread is None:
+            return
+        if first:
+            await done
+        else:
+            # A second close() still returns only once the thread is gone.
+            await asyncio.to_thread(thread.join)
+
+    # -- the Store protocol ------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob) -> CreateOutcome:
+        """Inserts a QUEUED job, durably, unless (tenant, request_id) already names one.
+
+        A request_id is recognised for REQUEST_ID_DEDUP_WINDOW_S after the earlier job's
+        created_at (measured against `new.created_at`); after that the old job gives the id up.
+
+        Raises:
+            InvalidArgument: reason REQUEST_ID_REUSED, when the id names a job with another hash.
+        """
+        _check_seed(new.seed)
+        created_us = _to_us(new.created_at)
+
+        def op(conn: sqlite3.Connection) -> CreateOutcome:
+            if new.request_id:
+                row = conn.execute(
+                    f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs"
+                    " WHERE tenant = ? AND request_id = ?",
+                    (new.tenant, new.request_id),
+                ).fetchone()
+                if row is not None:
+                    age_us = created_us - int(row["created_at"])
+                    if age_us <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000:
+                        existing = _row_to_job(row)
+                        if bytes(row["request_hash"]) == new.request_hash:
+                            return CreateOutcome(existing, created=False)
+                        raise InvalidArgument(
+                            "REQUEST_ID_REUSED",
+                            f"request_id {new.request_id!r} was already used for job "
+                            f"{existing.id} with a different request",
+                            metadata={"job": existing.id},
+                            field_violations=[
+                                FieldViolation(
+                                    "request_id",
+                                    "already used for another request; use a new request_id",
+                                )
+                            ],
+                        )
+                    # Outside the window the id is free again: the old job gives it up.
+                    conn.execute("UPDATE jobs SET request_id = NULL WHERE seq = ?", (row["seq"],))
+            conn.execute(
+                "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, state, spec,"
+                " num_pubs, seed, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (
+                    new.id,
+                    new.tenant,
+                    new.request_id or None,
+                    new.request_hash,
+                    new.backend,
+                    JobState.QUEUED.value,
+                    new.spec,
+                    new.num_pubs,
+                    str(new.seed),
+                    created_us,
+                ),
+            )
+            job = _select_job(conn, new.id)
+            assert job is not None  # inserted just above, in this transaction
+            return CreateOutcome(job, created=True)
+
+        return await self._call(op)
+
+    async def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job, or None if absent or (when tenant is given) owned by another tenant."""
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            job = _select_job(conn, job_id)
+            if job is None or (tenant is not None and job.tenant != tenant):
+                return None
+            return job
+
+        return await self._call(op, readonly=True)
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        states: Collection[JobState] = (),
+        backend: str = "",
+        after: int | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """The tenant's jobs, newest first, starting after cursor `after`.
+
+        Raises:
+            ValueError: When limit is below 1 (page-size defaults belong to the API layer).
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where = ["tenant = ?"]
+        params: list[object] = [tenant]
+        if states:
+            names = sorted({JobState(s).value for s in states})
+            where.append(f"state IN ({', '.join('?' * len(names))})")
+            params.extend(names)
+        if backend:
+            where.append("backend = ?")
+            params.append(backend)
+        if after is not None:
+            where.append("seq < ?")
+            params.append(after)
+        # One row more than asked tells whether another page follows.
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+        )
+        params.append(limit + 1)
+
+        def op(conn: sqlite3.Connection) -> JobPage:
+            rows = conn.execute(sql, params).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            cursor = int(rows[-1]["seq"]) if more else None
+            return JobPage(jobs=[_row_to_job(r) for r in rows], next_cursor=cursor)
+
+        return await self._call(op, readonly=True)
+
+    async def get_spec(self, job_id: str) -> bytes | None:
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._call(op, readonly=True)
+
+    async def get_result(self, job_id: str) -> bytes | None:
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._call(op, readonly=True)
+
+    async def mark_running(self, job_id: str, started_at: datetime) -> Job | None:
+        """QUEUED (or SUBMITTING) -> RUNNING, incrementing attempts; None from any other state."""
+        started_us = _to_us(started_at)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1"
+                " WHERE id = ? AND state IN ('QUEUED', 'SUBMITTING')"
+                f" RETURNING {_JOB_COLUMNS}",
+                (started_us, job_id),
+            ).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return await self._call(op)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        ended_at: datetime,
+        error: JobError | None = None,
+        execution: ExecutionInfo | None = None,
+        timings: JobTimings | None = None,
+        result: bytes | None = None,
+    ) -> Job | None:
+        """Moves a non-final job to a final state, storing its result in the same transaction.
+
+        Returns None (and changes nothing) when the job is absent or already final.
+
+        Raises:
+            ValueError: When `state` is not a final state.
+        """
+        if not state.is_final:
+            raise ValueError(f"finish_job needs a final state, got {state.value}")
+        ended_us = _to_us(ended_at)
+        execution_json = None if execution is None else _execution_to_json(execution)
+        timings_json = None if timings is None else _timings_to_json(timings)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET state = ?, ended_at = ?, error_reason = ?, error_message = ?,"
+                " execution = ?, timings = ?"
+                f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
+                f" RETURNING {_JOB_COLUMNS}",
+                (
+                    state.value,
+                    ended_us,
+                    None if error is None else error.reason,
+                    None if error is None else error.message,
+                    execution_json,
+                    timings_json,
+                    job_id,
+                    *_FINAL_NAMES,
+                ),
+            ).fetchone()
+            if row is None:
+                return None
+            if result is not None:
+                # The primary key makes a second result impossible even if a bug got this far.
+                conn.execute(
+                    "INSERT INTO results (job_id, data, created_at) VALUES (?, ?, ?)",
+                    (job_id, result, ended_us),
+                )
+            return _row_to_job(row)
+
+        return await self._call(op)
+
+    async def requeue_interrupted(self) -> Sequence[Job]:
+        """At start: RUNNING -> QUEUED; returns every QUEUED job, oldest first.
+
+        started_at is cleared on the way back: a queued job has not started its next attempt.
+        """
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            conn.execute(
+                "UPDATE jobs SET state = 'QUEUED', started_at = NULL WHERE state = 'RUNNING'"
+            )
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'QUEUED' ORDER BY seq"
+            ).fetchall()
+            return [_row_to_job(r) for r in rows]
+
+        return await self._call(op)
+
+    # -- diagnostics -------------------------------------------------------------------------
+
+    async def settings(self) -> Mapping[str, str | int]:
+        """The store connection's durability settings and schema version, read back from SQLite.
+
+        Keys: journal_mode ("wal"), synchronous (2 = FULL), foreign_keys (1), schema_version.
+        """
+
+        def op(conn: sqlite3.Connection) -> dict[str, str | int]:
+            return {
+                "journal_mode": str(conn.execute("PRAGMA journal_mode").fetchone()[0]),
+                "synchronous": int(conn.execute("PRAGMA synchronous").fetchone()[0]),
+                "foreign_keys": int(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
+                "schema_version": _schema_version(conn),
+            }
+
+        return await self._call(op, readonly=True)
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False) -> T:
+        """Runs `fn` on the writer thread; returns once its transaction has committed.
+
+        If the caller is cancelled the operation still runs (and may commit): callers that
+        must not lose track of it retry with the same request_id.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            if self._thread is None:
+                raise RuntimeError("the store is not open; call open() first")
+            self._queue.put(_Op(fn, loop, future, readonly))
+        return await future
+
+    def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = _connect(self.path)
+        except BaseException as exc:
+            self._fail_start(loop, ready, exc)
+            return
+        stop: _Stop | None = None
+        try:
+            try:
+                _migrate(conn, self.path)
+            except BaseException as exc:
+                self._fail_start(loop, ready, exc)
+                return
+            _settle(loop, ready, None, None)
+            stop = self._serve(conn)
+        finally:
+            conn.close()
+            if stop is not None:
+                _settle(stop.loop, stop.future, None, None)
+
+    def _fail_start(
+        self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None], exc: BaseException
+    ) -> None:
+        with self._lock:
+            self._closed = True
+        _settle(loop, ready, None, exc)
+        # Nothing more can be enqueued; answer whatever slipped in while opening.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Stop):
+                _settle(item.loop, item.future, None, None)
+            else:
+                _settle(item.loop, item.future, None, RuntimeError("the store failed to open"))
+
+    def _serve(self, conn: sqlite3.Connection) -> _Stop:
+        while True:
+            first = self._queue.get()
+            if isinstance(first, _Stop):
+                return first
+            batch: list[_Op[Any]] = [first]
+            stop: _Stop | None = None
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Stop):
+                    stop = nxt
+                    break
+                batch.append(nxt)
+            try:
+                self._run_batch(conn, batch)
+            except BaseException as exc:
+                # A bug in the batch machinery: nobody may wait forever for an answer.
+                for op in batch:
+                    _settle(op.loop, op.future, None, exc)
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            if stop is not None:
+                return stop
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+        pending = list(batch)
+        while pending:
+            # Reads alone need no write lock (and their COMMIT writes nothing).
+            begin = "BEGIN" if all(op.readonly for op in pending) else "BEGIN IMMEDIATE"
+            try:
+                conn.execute(begin)
+            except sqlite3.Error as exc:
+                for op in pending:
+                    _settle(op.loop, op.future, None, exc)
+                return
+            outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
+            aborted: int | None = None
+            for i, op in enumerate(pending):
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:
+                    if _rollback_savepoint(conn):
+                        outcomes.append((op, None, exc))
+                        continue
+                    # SQLite rolled back the whole transaction (e.g. disk full): this op fails,
+                    # the others run again in a fresh transaction.
+                    _settle(op.loop, op.future, None, exc)
+                    aborted = i
+                    break
+                conn.execute("RELEASE op")
+                outcomes.append((op, value, None))
+            if aborted is not None:
+                pending = pending[:aborted] + pending[aborted + 1 :]
+                continue
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                for op in pending:
+                    _settle(op.loop, op.future, None, exc)
+                return
+            self.commits += 1
+            # Only now, with the commit on disk, may anyone see an answer.
+            for op, value, error in outcomes:
+                _settle(op.loop, op.future, value, error)
+            return
+
+
+def _rollback_savepoint(conn: sqlite3.Connection) -> bool:
+    """Undoes a failed operation; False when its error already ended the whole transaction."""
+    if not conn.in_transaction:
+        return False
+    try:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        return False
+    return True
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    value: Any,
+    error: BaseException | None,
+) -> None:
+    def resolve() -> None:
+        if future.done():  # the caller was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    # The loop may already be closed when a caller abandoned the store without close().
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(resolve)
+
+
+def _connect(path: pathlib.Path) -> sqlite3.Connection:
+    # isolation_level=None: the module starts no transactions of its own; we issue BEGIN.
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        if mode != "wal":
+            raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Durability is asserted, not assumed: a build or wrapper ignoring the pragma fails here.
+        if int(conn.execute("PRAGMA synchronous").fetchone()[0]) != 2:
+            raise RuntimeError(f"{path}: PRAGMA synchronous=FULL did not take effect")
+        if int(conn.execute("PRAGMA foreign_keys").fetchone()[0]) != 1:
+            raise RuntimeError(f"{path}: PRAGMA foreign_keys=ON did not take effect")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return 0 if row[0] is None else int(row[0])
+
+
+def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    for migration in MIGRATIONS:
+        # One transaction per migration, re-checking the version under the write lock in
+        # case another process migrated meanwhile.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = _schema_version(conn)
+            if current > LATEST_SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{path}: database schema version {current} is newer than this gateway "
+                    f"knows ({LATEST_SCHEMA_VERSION}); upgrade the gateway or use another "
+                    "data directory"
+                )
+            if current < migration.version:
+                for statement in _split_sql(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (migration.version, datetime.now(UTC).isoformat()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _split_sql(script: str) -> list[str]:
+    """Splits a script into statements (execute() runs one; executescript() would COMMIT)."""
+    statements: list[str] = []
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        # A ';' inside a literal, comment or trigger body leaves the statement incomplete.
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \t\r\n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {buffer!r}")
+    return statements
+
+
+def _to_us(dt: datetime) -> int:
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt!r}: the store keeps UTC instants only")
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _opt_dt(value: object) -> datetime | None:
+    return None if value is None else _from_us(int(str(value)))
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= _UINT64_MAX:
+        raise ValueError(f"seed {seed} is outside uint64")
+
+
+def _execution_to_json(info: ExecutionInfo) -> str:
+    if info.seed is not None:
+        _check_seed(info.seed)
+    return json.dumps(
+        {
+            "backend": info.backend,
+            # A string: JSON readers outside Python lose precision above 2**53.
+            "seed": None if info.seed is None else str(info.seed),
+            "sdk_versions": dict(info.sdk_versions),
+            "layouts": [list(layout) for layout in info.layouts],
+            "attempts": info.attempts,
+        },
+        sort_keys=True,
+    )
+
+
+def _execution_from_json(text: str) -> ExecutionInfo:
+    data = json.loads(text)
+    seed = data["seed"]
+    return ExecutionInfo(
+        backend=str(data["backend"]),
+        seed=None if seed is None else int(seed),
+        sdk_versions={str(k): str(v) for k, v in data["sdk_versions"].items()},
+        layouts=tuple(tuple(int(q) for q in layout) for layout in data["layouts"]),
+        attempts=int(data["attempts"]),
+    )
+
+
+def _timings_to_json(timings: JobTimings) -> str:
+    return json.dumps(
+        {
+            "queued_s": timings.queued_s,
+            "transpile_s": timings.transpile_s,
+            "execute_s": timings.execute_s,
+        },
+        sort_keys=True,
+    )
+
+
+def _timings_from_json(text: str) -> JobTimings:
+    data = json.loads(text)
+    return JobTimings(
+        queued_s=float(data["queued_s"]),
+        transpile_s=float(data["transpile_s"]),
+        execute_s=float(data["execute_s"]),
+    )
+
+
+def _select_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _row_to_job(row)
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    error = None
+    if row["error_reason"] is not None:
+        error = JobError(reason=str(row["error_reason"]), message=str(row["error_message"] or ""))
+    execution = row["execution"]
+    timings = row["timings"]
+    return Job(
+        id=str(row["id"]),
+        tenant=str(row["tenant"]),
+        request_id=str(row["request_id"] or ""),
+        backend=str(row["backend"]),
+        state=JobState(row["state"]),
+        created_at=_from_us(int(row["created_at"])),
+        num_pubs=int(row["num_pubs"]),
+        seed=int(row["seed"]),
+        started_at=_opt_dt(row["started_at"]),
+        ended_at=_opt_dt(row["ended_at"]),
+        error=error,
+        execution=None if execution is None else _execution_from_json(str(execution)),
+        timings=None if timings is None else _timings_from_json(str(timings)),
+        attempts=int(row["attempts"]),
+    )
