@@ -16,7 +16,7 @@ READY_PREFIX = "qgateway listening on "
 
 
 def write_config(path: Path, data_dir: Path, backends: str = "") -> Path:
-    text = f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\ngrace_period_s = 2\n\n'
+    text = f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\ngrace_period_s = 2\nmax_request_bytes = 4194304\n\n'
     path.write_text(text + backends)
     tomllib.loads(path.read_text())  # fail early on a broken test config
     return path

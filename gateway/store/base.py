@@ -75,7 +75,7 @@ class Store(Protocol):
     async def get_result(self, job_id: str) -> bytes | None: ...
 
     async def mark_running(self, job_id: str, started_at: datetime) -> Job | None:
-        """QUEUED -> RUNNING, incrementing attempts; None if the job was not QUEUED."""
+        """QUEUED or SUBMITTING -> RUNNING, incrementing attempts; None otherwise."""
 
     async def finish_job(
         self,

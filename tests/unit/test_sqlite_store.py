@@ -286,7 +286,9 @@ async def test_request_id_is_scoped_to_the_tenant(store: SqliteStore) -> None:
 async def test_request_id_is_released_after_the_dedup_window(store: SqliteStore) -> None:
     old = await store.create_job(new_job(request_id="weekly", payload=b"a"))
     within = T0 + timedelta(seconds=REQUEST_ID_DEDUP_WINDOW_S)
-    assert not (await store.create_job(new_job(request_id="weekly", created_at=within))).created
+    assert not (
+        await store.create_job(new_job(request_id="weekly", payload=b"a", created_at=within))
+    ).created
 
     later = T0 + timedelta(seconds=REQUEST_ID_DEDUP_WINDOW_S, microseconds=1)
     fresh = await store.create_job(new_job(request_id="weekly", payload=b"b", created_at=later))
