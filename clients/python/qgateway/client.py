@@ -1,0 +1,1246 @@
+"""Client and AsyncClient: typed, friendly access to a qgateway server.
+
+    with Client("127.0.0.1:50051") as client:
+        counts = client.run(qasm, backend="aer", shots=1024).counts()
+
+Every RPC error is raised as a typed :class:`qgateway.errors.QGatewayError`. UNAVAILABLE, which
+the gateway answers only before it accepts anything, is retried for SubmitJob, Run and the
+read-only calls, with the same request_id on every attempt so a retry can never start a second
+job; nothing else is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+import uuid
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, TypeAlias
+
+# grpc ships no type information; the unused-ignore code keeps these lines clean once stubs exist.
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import grpc.aio  # type: ignore[import-untyped, unused-ignore]
+
+from qgateway.errors import JobFailedError, QGatewayError, from_rpc_error
+from qgateway.results import (
+    Backend,
+    EstimatorPubResult,
+    Job,
+    JobResult,
+    JobState,
+    ResultAssembler,
+)
+from qgateway.v1 import (
+    backend_service_pb2,
+    backend_service_pb2_grpc,
+    circuit_pb2,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "DEFAULT_TARGET",
+    "AsyncClient",
+    "Client",
+    "ObservableLike",
+    "ObservablesLike",
+    "ParameterValues",
+    "RetryPolicy",
+    "bindings_array",
+    "circuit_from_source",
+    "estimator_pub",
+    "observables_from",
+    "sampler_pub",
+]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+#: Nested lists/tuples of numbers of shape (*sweep, n_params), a flat list for one binding, a
+#: single number for one parameter, or anything with a `tolist()` method (a numpy array).
+ParameterValues: TypeAlias = float | Sequence[Any] | Any
+#: One observable: a Pauli string, a (pauli, coefficient) term, a list of those, a
+#: {pauli: coefficient} mapping, an Observable message, or anything with `to_list()`
+#: returning (pauli, coefficient) pairs (Qiskit's SparsePauliOp).
+ObservableLike: TypeAlias = (
+    str | tuple[str, float] | Sequence[str | tuple[str, float]] | Mapping[str, float] | Any
+)
+#: One observable, or a list of them.
+ObservablesLike: TypeAlias = ObservableLike | Sequence[ObservableLike]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How UNAVAILABLE answers are retried (exponential backoff with jitter).
+
+    Attributes:
+        initial_backoff: Delay after the first failed attempt, in seconds.
+        max_backoff: Largest delay between attempts, in seconds.
+        multiplier: Growth of the delay per attempt.
+        max_attempts: Attempts in all, the first included; 1 disables retries.
+        jitter: Relative spread of each delay (0.2: +-20%), so clients that failed together do
+            not come back together.
+    """
+
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    max_attempts: int = 5
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < self.initial_backoff:
+            raise ValueError("need 0 <= initial_backoff <= max_backoff")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def backoff(self, attempt: int) -> float:
+        """Delay after failed attempt number `attempt` (1 for the first), jitter included."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        spread = base * self.jitter
+        return max(0.0, min(self.max_backoff, base - spread + 2 * spread * random.random()))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+# Indirections so tests can observe retries without waiting.
+_sleep = time.sleep
+_async_sleep = asyncio.sleep
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _retry_delay(
+    policy: RetryPolicy, error: QGatewayError, attempt: int, deadline: float | None
+) -> float | None:
+    """Seconds to wait before the next attempt, or None to give up and raise `error`."""
+    if error.code != grpc.StatusCode.UNAVAILABLE or attempt >= policy.max_attempts:
+        return None
+    # The gateway's RetryInfo (breaker open, draining) knows better than our backoff curve.
+    delay = error.retry_delay if error.retry_delay is not None else policy.backoff(attempt)
+    remaining = _remaining(deadline)
+    if remaining is not None and delay >= remaining:
+        return None  # the next attempt could not finish in time: UNAVAILABLE says more
+    return delay
+
+
+# --- Requests ---------------------------------------------------------------------------------
+
+
+def _is_qasm2(source: str) -> bool:
+    """Whether the first statement, after blanks and comments, is an OPENQASM 2 header."""
+    i, n = 0, len(source)
+    if source.startswith("\ufeff"):
+        i = 1
+    # A hand-written scan, not a regex: nested quantifiers over whitespace and comments can
+    # backtrack badly on adversarial input.
+    while i < n:
+        if source[i].isspace():
+            i += 1
+        elif source.startswith("//", i):
+            end = source.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif source.startswith("/*", i):
+            end = source.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            break
+    return re.match(r"OPENQASM\s+2(?![0-9])", source[i : i + 64]) is not None
+
+
+def circuit_from_source(circuit: str | circuit_pb2.Circuit) -> circuit_pb2.Circuit:
+    """A Circuit message from OpenQASM text (OpenQASM 2 when it says so, else OpenQASM 3).
+
+    Args:
+        circuit: Source text, or a ready Circuit message (returned as is).
+    """
+    if isinstance(circuit, circuit_pb2.Circuit):
+        return circuit
+    if not isinstance(circuit, str):
+        raise TypeError(f"circuit must be OpenQASM text, not {type(circuit).__name__}")
+    if _is_qasm2(circuit):
+        return circuit_pb2.Circuit(qasm2=circuit)
+    return circuit_pb2.Circuit(qasm3=circuit)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+
+
+def bindings_array(
+    parameter_values: ParameterValues | None, parameters: Sequence[str] | None = None
+) -> circuit_pb2.BindingsArray | None:
+    """A BindingsArray from nested sequences of numbers.
+
+    Args:
+        parameter_values: Shape (*sweep, n_params); a flat list is one binding, a number is one
+            binding of one parameter. Objects with `tolist()` (numpy arrays) are accepted.
+        parameters: Names of the columns; None for the circuit's parameters in Qiskit's order.
+
+    Returns:
+        The message, or None when neither values nor names were given.
+
+    Raises:
+        ValueError: For ragged nesting or a names/columns mismatch.
+        TypeError: For values that are not numbers.
+    """
+    if parameter_values is None:
+        if parameters:
+            raise ValueError("parameters were named but no parameter_values given")
+        return None
+    values: Any = parameter_values
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if _is_number(values):
+        values = [values]
+    if not _is_sequence(values):
+        raise TypeError("parameter_values must be a number or nested lists of numbers")
+
+    dims: list[int] = []
+    probe: Any = values
+    while _is_sequence(probe):
+        dims.append(len(probe))
+        if not probe:
+            break
+        probe = probe[0]
+
+    flat: list[float] = []
+
+    def walk(node: Any, level: int) -> None:
+        if level == len(dims):
+            if not _is_number(node):
+                raise TypeError(f"parameter value {node!r} is not a number")
+            flat.append(float(node))
+            return
+        if not _is_sequence(node) or len(node) != dims[level]:
+            raise ValueError(f"parameter_values are ragged: expected shape {tuple(dims)}")
+        for item in node:
+            walk(item, level + 1)
+
+    walk(values, 0)
+    shape, n_params = dims[:-1], dims[-1]
+    names = list(parameters or ())
+    if names and len(names) != n_params:
+        raise ValueError(f"{len(names)} parameter names for {n_params} values per binding")
+    return circuit_pb2.BindingsArray(parameters=names, shape=shape, values=flat)
+
+
+def _is_term(value: object) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and _is_number_or_complex(value[1])
+    )
+
+
+def _is_number_or_complex(value: object) -> bool:
+    return _is_number(value) or isinstance(value, complex)
+
+
+def _coefficient(value: Any) -> float:
+    if isinstance(value, complex):
+        if value.imag != 0:
+            raise ValueError(f"coefficient {value} is not real: observables must be Hermitian")
+        return value.real
+    if not _is_number(value):
+        # numpy scalars are not int/float subclasses in every case; float() takes them.
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"coefficient {value!r} is not a number") from None
+    return float(value)
+
+
+def _term(item: Any) -> circuit_pb2.PauliTerm:
+    if isinstance(item, str):
+        return circuit_pb2.PauliTerm(pauli=item, coefficient=1.0)
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        return circuit_pb2.PauliTerm(pauli=item[0], coefficient=_coefficient(item[1]))
+    raise TypeError(f"{item!r} is not a Pauli string or a (pauli, coefficient) term")
+
+
+def _observable(item: Any) -> circuit_pb2.Observable:
+    if isinstance(item, circuit_pb2.Observable):
+        return item
+    if hasattr(item, "to_list") and not isinstance(item, Sequence | Mapping):
+        item = list(item.to_list())  # SparsePauliOp-like
+    if isinstance(item, str) or _is_term(item):
+        terms = [_term(item)]
+    elif isinstance(item, Mapping):
+        terms = [_term((pauli, coeff)) for pauli, coeff in item.items()]
+    elif _is_sequence(item):
+        terms = [_term(t) for t in item]
+    else:
+        raise TypeError(f"{item!r} is not an observable")
+    if not terms:
+        raise ValueError("an observable needs at least one term")
+    return circuit_pb2.Observable(terms=terms)
+
+
+def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observable]:
+    """Observable messages from friendly forms.
+
+    "ZZ" is one observable; ["ZZ", "XX"] two; ("ZZ", 0.5) one term; [[("ZZ", 0.5), ("XX", 0.5)]]
+    one observable of two terms; {"ZZ": 0.5, "XX": 0.5} one observable of two terms.
+
+    Raises:
+        ValueError: For an empty list or an empty observable.
+        TypeError: For anything else.
+    """
+    single = (
+        isinstance(observables, str | Mapping | circuit_pb2.Observable)
+        or _is_term(observables)
+        or (hasattr(observables, "to_list") and not _is_sequence(observables))
+    )
+    if single:
+        return [_observable(observables)]
+    if not _is_sequence(observables):
+        raise TypeError(f"{observables!r} is not an observable or a list of observables")
+    result = [_observable(item) for item in observables]
+    if not result:
+        raise ValueError("at least one observable is needed")
+    return result
+
+
+def sampler_pub(
+    circuit: str | circuit_pb2.Circuit,
+    *,
+    shots: int | None = None,
+    parameter_values: ParameterValues | None = None,
+    parameters: Sequence[str] | None = None,
+) -> circuit_pb2.Pub:
+    """A sampler PUB (see `Client.run` for the arguments)."""
+    pub = circuit_pb2.SamplerPub(circuit=circuit_from_source(circuit))
+    bindings = bindings_array(parameter_values, parameters)
+    if bindings is not None:
+        pub.parameter_values.CopyFrom(bindings)
+    if shots is not None:
+        pub.shots = shots
+    return circuit_pb2.Pub(sampler=pub)
+
+
+def estimator_pub(
+    circuit: str | circuit_pb2.Circuit,
+    observables: ObservablesLike,
+    *,
+    parameter_values: ParameterValues | None = None,
+    parameters: Sequence[str] | None = None,
+    precision: float | None = None,
+) -> circuit_pb2.Pub:
+    """An estimator PUB (see `Client.estimate` for the arguments)."""
+    pub = circuit_pb2.EstimatorPub(
+        circuit=circuit_from_source(circuit), observables=observables_from(observables)
+    )
+    bindings = bindings_array(parameter_values, parameters)
+    if bindings is not None:
+        pub.parameter_values.CopyFrom(bindings)
+    if precision is not None:
+        pub.precision = precision
+    return circuit_pb2.Pub(estimator=pub)
+
+
+def _job_spec(
+    pubs: Sequence[circuit_pb2.Pub],
+    backend: str,
+    default_shots: int | None,
+    seed: int | None,
+    counts_only: bool,
+    default_precision: float | None,
+) -> job_pb2.JobSpec:
+    if not pubs:
+        raise ValueError("a job needs at least one PUB")
+    options = job_pb2.JobOptions(counts_only=counts_only)
+    if default_shots is not None:
+        options.default_shots = default_shots
+    if seed is not None:
+        options.seed = seed
+    if default_precision is not None:
+        options.default_precision = default_precision
+    return job_pb2.JobSpec(backend=_backend_name(backend), pubs=list(pubs), options=options)
+
+
+def _prefixed(name: str, prefix: str, what: str) -> str:
+    name = name.strip()
+    if not name or name == prefix:
+        raise ValueError(f"empty {what} name")
+    return name if name.startswith(prefix) else prefix + name
+
+
+def _job_name(name: str) -> str:
+    return _prefixed(name, "jobs/", "job")
+
+
+def _backend_name(name: str) -> str:
+    return _prefixed(name, "backends/", "backend")
+
+
+def _states(states: Iterable[JobState | str | int]) -> list[str]:
+    # Enum value names: the generated constructor takes them as well as numbers.
+    return [f"JOB_STATE_{JobState.parse(s).value}" for s in states]
+
+
+def _new_request_id(request_id: str | None) -> str:
+    # Chosen once per logical call, before the first attempt, so every retry is the same request.
+    return request_id if request_id else str(uuid.uuid4())
+
+
+def _result_of(job: Job) -> JobResult:
+    """The result of a finished job, or the job's failure as an exception."""
+    if job.state in (JobState.FAILED, JobState.CANCELLED):
+        raise JobFailedError(job.name, job.state.value, job.error_reason, job.error_message)
+    if job.state is not JobState.SUCCEEDED or job.result is None:
+        raise RuntimeError(f"job {job.name} is {job.state.value} without a result")
+    return job.result
+
+
+def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> QGatewayError:
+    """Adds what the caller needs to get back to the job (request_id, job name) to an error."""
+    if request_id is not None:
+        err.request_id = request_id
+    if job is not None:
+        err.metadata.setdefault("job", job)
+    return err
+
+
+# Stubs are built through Any: the generated *_grpc modules are untyped.
+_JobStub: Any = job_service_pb2_grpc.JobServiceStub
+_BackendStub: Any = backend_service_pb2_grpc.BackendServiceStub
+
+
+class Client:
+    """Synchronous client.
+
+    Args:
+        target: host:port of the gateway.
+        credentials: Channel credentials for TLS/mTLS; None for a plaintext channel.
+        metadata: Metadata sent with every call (e.g. an API key header).
+        retry: How UNAVAILABLE is retried.
+        options: gRPC channel options, e.g. [("grpc.max_receive_message_length", 64 << 20)].
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.retry = retry
+        self._metadata = tuple((key, value) for key, value in metadata)
+        opts = list(options)
+        if credentials is None:
+            self._channel: Any = grpc.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=opts)
+        self._jobs: Any = _JobStub(self._channel)
+        self._backends: Any = _BackendStub(self._channel)
+
+    @property
+    def channel(self) -> Any:
+        """The underlying grpc.Channel (e.g. for health checks)."""
+        return self._channel
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: Any,
+        request: Any,
+        *,
+        deadline: float | None,
+        retry: bool,
+        request_id: str | None = None,
+    ) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=_remaining(deadline), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                err = _tag(from_rpc_error(exc), request_id)
+                delay = _retry_delay(self.retry, err, attempt, deadline) if retry else None
+                if delay is None:
+                    raise err from exc
+            _sleep(delay)
+
+    def _complete(self, job: Job, deadline: float | None) -> Job:
+        """Fetches a result that was too large for the answer."""
+        if job.result is None and job.result_too_large and job.state is JobState.SUCCEEDED:
+            return replace(job, result=self._stream_result(job.name, deadline, 0))
+        return job
+
+    def _stream_result(self, name: str, deadline: float | None, chunk_bytes: int) -> JobResult:
+        request = job_service_pb2.StreamJobResultRequest(name=name, chunk_bytes=chunk_bytes)
+        attempt = 0
+        while True:
+            attempt += 1
+            assembler = ResultAssembler()  # a retry starts the stream over
+            delay: float | None = None
+            call = self._jobs.StreamJobResult(
+                request, timeout=_remaining(deadline), metadata=self._metadata
+            )
+            try:
+                for response in call:
+                    assembler.add(response)
+                return assembler.result()
+            except grpc.RpcError as exc:
+                err = _tag(from_rpc_error(exc), None, name)
+                delay = _retry_delay(self.retry, err, attempt, deadline)
+                if delay is None:
+                    raise err from exc
+            finally:
+                call.cancel()
+            _sleep(delay)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        circuit: str | circuit_pb2.Circuit,
+        *,
+        backend: str = "aer",
+        shots: int | None = None,
+        seed: int | None = None,
+        parameter_values: ParameterValues | None = None,
+        parameters: Sequence[str] | None = None,
+        counts_only: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> JobResult:
+        """Runs one circuit on a backend and waits for its result.
+
+        Args:
+            circuit: OpenQASM 3 or 2 text (2 when it starts with an "OPENQASM 2" header).
+            backend: Backend name, with or without "backends/".
+            shots: Shots per binding; None for the backend's default.
+            seed: Sampling seed; None lets the gateway pick (and report) one.
+            parameter_values: Shape (*sweep, n_params), or a flat list for one binding.
+            parameters: Parameter names per column; None for the circuit's order.
+            counts_only: Keep only counts (smaller results; no per-shot samples).
+            request_id: Idempotency key; a fresh one is generated when None.
+            timeout: Seconds for the whole call (the Run deadline). When it passes the job keeps
+                running: the DeadlineExceededError carries `job` (when the gateway named it)
+                and `request_id`; calling run again with that request_id gets the same job.
+
+        Returns:
+            The result; `.counts()` gives the counts of the first binding.
+
+        Raises:
+            QGatewayError: A typed RPC error.
+            JobFailedError: The job failed or was cancelled.
+        """
+        job = self.run_pubs(
+            [
+                sampler_pub(
+                    circuit, shots=shots, parameter_values=parameter_values, parameters=parameters
+                )
+            ],
+            backend=backend,
+            seed=seed,
+            counts_only=counts_only,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        return _result_of(job)
+
+    def estimate(
+        self,
+        circuit: str | circuit_pb2.Circuit,
+        observables: ObservablesLike,
+        *,
+        backend: str = "aer",
+        parameter_values: ParameterValues | None = None,
+        parameters: Sequence[str] | None = None,
+        precision: float | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> EstimatorPubResult:
+        """Estimates expectation values of observables and waits for the result.
+
+        Args:
+            circuit: OpenQASM text without final measurements.
+            observables: A Pauli string, a list of them, or lists of (pauli, coefficient) terms
+                (see `observables_from`). Character 0 of a Pauli string acts on the
+                highest-index qubit.
+            backend: Backend name.
+            parameter_values: As for `run`.
+            parameters: As for `run`.
+            precision: Target standard error; 0 asks for exact values (simulators only).
+            seed: Sampling seed.
+            request_id: Idempotency key.
+            timeout: As for `run`.
+
+        Raises:
+            QGatewayError: A typed RPC error.
+            JobFailedError: The job failed or was cancelled.
+        """
+        pub = estimator_pub(
+            circuit,
+            observables,
+            parameter_values=parameter_values,
+            parameters=parameters,
+            precision=precision,
+        )
+        job = self.run_pubs(
+            [pub], backend=backend, seed=seed, request_id=request_id, timeout=timeout
+        )
+        return _result_of(job).estimator(0)
+
+    def run_pubs(
+        self,
+        pubs: Sequence[circuit_pb2.Pub],
+        *,
+        backend: str = "aer",
+        default_shots: int | None = None,
+        seed: int | None = None,
+        counts_only: bool = False,
+        default_precision: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Runs PUBs as one job (the Run RPC) and returns the finished job with its result.
+
+        A failed or cancelled job is returned, not raised; check `job.state`. Results too large
+        for one message are fetched with StreamJobResult within the same timeout.
+        """
+        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        rid = _new_request_id(request_id)
+        deadline = _deadline(timeout)
+        response: job_service_pb2.RunResponse = self._unary(
+            self._jobs.Run,
+            job_service_pb2.RunRequest(request_id=rid, spec=spec),
+            deadline=deadline,
+            retry=True,
+            request_id=rid,
+        )
+        job = Job.from_proto(response.job)
+        try:
+            return self._complete(job, deadline)
+        except QGatewayError as err:
+            _tag(err, rid, job.name)
+            raise
+
+    def submit(
+        self,
+        circuit: str | circuit_pb2.Circuit,
+        *,
+        backend: str = "aer",
+        shots: int | None = None,
+        seed: int | None = None,
+        parameter_values: ParameterValues | None = None,
+        parameters: Sequence[str] | None = None,
+        counts_only: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submits one circuit (arguments as for `run`) and returns the queued job at once."""
+        return self.submit_pubs(
+            [
+                sampler_pub(
+                    circuit, shots=shots, parameter_values=parameter_values, parameters=parameters
+                )
+            ],
+            backend=backend,
+            seed=seed,
+            counts_only=counts_only,
+            request_id=request_id,
+            timeout=timeout,
+        )
+
+    def submit_pubs(
+        self,
+        pubs: Sequence[circuit_pb2.Pub],
+        *,
+        backend: str = "aer",
+        default_shots: int | None = None,
+        seed: int | None = None,
+        counts_only: bool = False,
+        default_precision: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submits PUBs as one job (SubmitJob) and returns it without waiting."""
+        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        rid = _new_request_id(request_id)
+        response: job_service_pb2.SubmitJobResponse = self._unary(
+            self._jobs.SubmitJob,
+            job_service_pb2.SubmitJobRequest(request_id=rid, spec=spec),
+            deadline=_deadline(timeout),
+            retry=True,
+            request_id=rid,
+        )
+        return Job.from_proto(response.job)
+
+    def get_job(self, name: str, *, view_basic: bool = False, timeout: float | None = None) -> Job:
+        """Gets a job; with its result (streamed when too large) unless view_basic.
+
+        Args:
+            name: "jobs/{job}" or just the id.
+            view_basic: State and metadata only.
+            timeout: Seconds for the whole call.
+        """
+        deadline = _deadline(timeout)
+        view = job_service_pb2.JOB_VIEW_BASIC if view_basic else job_service_pb2.JOB_VIEW_FULL
+        response: job_service_pb2.GetJobResponse = self._unary(
+            self._jobs.GetJob,
+            job_service_pb2.GetJobRequest(name=_job_name(name), view=view),
+            deadline=deadline,
+            retry=True,
+        )
+        job = Job.from_proto(response.job)
+        return job if view_basic else self._complete(job, deadline)
+
+    def wait(self, name: str, *, timeout: float | None = None) -> Job:
+        """Waits until a job is final (by watching it) and returns it with its result."""
+        deadline = _deadline(timeout)
+        final: Job | None = None
+        with contextlib.closing(self.watch(name, timeout=timeout)) as events:
+            for job in events:
+                final = job
+                if job.done:
+                    break
+        if final is None or not final.done:
+            raise RuntimeError(f"the watch of {_job_name(name)} ended before a final state")
+        remaining = _remaining(deadline)
+        return self.get_job(final.name, timeout=remaining)
+
+    def watch(self, name: str, *, timeout: float | None = None) -> Generator[Job, None, None]:
+        """Follows a job: its current state, then every change, ending after a final state.
+
+        Leaving the loop early stops watching; it never cancels the job. A stream dropped with
+        UNAVAILABLE is resumed (the repeated current state is not yielded twice).
+        """
+        request = job_service_pb2.WatchJobRequest(name=_job_name(name))
+        deadline = _deadline(timeout)
+        attempt = 0
+        last: job_pb2.Job | None = None
+        while True:
+            delay: float | None = None
+            call = self._jobs.WatchJob(
+                request, timeout=_remaining(deadline), metadata=self._metadata
+            )
+            try:
+                for response in call:
+                    if last is not None and response.job == last:
+                        continue
+                    last = response.job
+                    attempt = 0
+                    yield Job.from_proto(response.job)
+                return
+            except grpc.RpcError as exc:
+                attempt += 1
+                err = from_rpc_error(exc)
+                delay = _retry_delay(self.retry, err, attempt, deadline)
+                if delay is None:
+                    raise err from exc
+            finally:
+                call.cancel()
+            _sleep(delay)
+
+    def cancel(self, name: str, *, timeout: float | None = None) -> Job:
+        """Cancels a queued or running job (never retried) and returns it."""
+        response: job_service_pb2.CancelJobResponse = self._unary(
+            self._jobs.CancelJob,
+            job_service_pb2.CancelJobRequest(name=_job_name(name)),
+            deadline=_deadline(timeout),
+            retry=False,
+        )
+        return Job.from_proto(response.job)
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState | str | int] = (),
+        backend: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[Job]:
+        """The tenant's jobs, newest first, following page tokens lazily.
+
+        Args:
+            states: Only jobs in these states (names like "RUNNING" or JobState).
+            backend: Only jobs of this backend.
+            page_size: Jobs per page; 0 for the server's default.
+            timeout: Seconds per page request.
+        """
+        request = job_service_pb2.ListJobsRequest(
+            page_size=page_size,
+            states=_states(states),
+            backend=_backend_name(backend) if backend else "",
+        )
+        while True:
+            response: job_service_pb2.ListJobsResponse = self._unary(
+                self._jobs.ListJobs, request, deadline=_deadline(timeout), retry=True
+            )
+            for job in response.jobs:
+                yield Job.from_proto(job)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def stream_result(
+        self, name: str, *, chunk_bytes: int = 0, timeout: float | None = None
+    ) -> JobResult:
+        """Fetches a job's result with StreamJobResult (for results of any size)."""
+        return self._stream_result(_job_name(name), _deadline(timeout), chunk_bytes)
+
+    # -- backends ------------------------------------------------------------------------------
+
+    def list_backends(self, *, timeout: float | None = None) -> list[Backend]:
+        """All backends, in name order."""
+        request = backend_service_pb2.ListBackendsRequest()
+        backends: list[Backend] = []
+        while True:
+            response: backend_service_pb2.ListBackendsResponse = self._unary(
+                self._backends.ListBackends, request, deadline=_deadline(timeout), retry=True
+            )
+            backends.extend(Backend.from_proto(b) for b in response.backends)
+            if not response.next_page_token:
+                return backends
+            request.page_token = response.next_page_token
+
+    def get_backend(self, name: str, *, timeout: float | None = None) -> Backend:
+        """One backend, by name with or without "backends/"."""
+        response: backend_service_pb2.GetBackendResponse = self._unary(
+            self._backends.GetBackend,
+            backend_service_pb2.GetBackendRequest(name=_backend_name(name)),
+            deadline=_deadline(timeout),
+            retry=True,
+        )
+        return Backend.from_proto(response.backend)
+
+
+class AsyncClient:
+    """asyncio client (grpc.aio); the same methods as `Client`, as coroutines and async iterators.
+
+    The channel is opened on first use, inside the running event loop.
+
+    Args:
+        target: host:port of the gateway.
+        credentials: Channel credentials for TLS/mTLS; None for a plaintext channel.
+        metadata: Metadata sent with every call.
+        retry: How UNAVAILABLE is retried.
+        options: gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.retry = retry
+        self._credentials = credentials
+        self._options = list(options)
+        self._metadata = tuple((key, value) for key, value in metadata)
+        self._channel: Any = None
+        self._jobs_stub: Any = None
+        self._backends_stub: Any = None
+
+    @property
+    def channel(self) -> Any:
+        """The underlying grpc.aio.Channel, opened on first access."""
+        if self._channel is None:
+            # Opened lazily: an aio channel binds to the event loop current at creation, and a
+            # client is often constructed before asyncio.run starts the loop it will be used in.
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=self._options
+                )
+            self._jobs_stub = _JobStub(self._channel)
+            self._backends_stub = _BackendStub(self._channel)
+        return self._channel
+
+    @property
+    def _jobs(self) -> Any:
+        _ = self.channel
+        return self._jobs_stub
+
+    @property
+    def _backends(self) -> Any:
+        _ = self.channel
+        return self._backends_stub
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _unary(
+        self,
+        method: Any,
+        request: Any,
+        *,
+        deadline: float | None,
+        retry: bool,
+        request_id: str | None = None,
+    ) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=_remaining(deadline), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                err = _tag(from_rpc_error(exc), request_id)
+                delay = _retry_delay(self.retry, err, attempt, deadline) if retry else None
+                if delay is None:
+                    raise err from exc
+            await _async_sleep(delay)
+
+    async def _complete(self, job: Job, deadline: float | None) -> Job:
+        if job.result is None and job.result_too_large and job.state is JobState.SUCCEEDED:
+            return replace(job, result=await self._stream_result(job.name, deadline, 0))
+        return job
+
+    async def _stream_result(
+        self, name: str, deadline: float | None, chunk_bytes: int
+    ) -> JobResult:
+        request = job_service_pb2.StreamJobResultRequest(name=name, chunk_bytes=chunk_bytes)
+        attempt = 0
+        while True:
+            attempt += 1
+            assembler = ResultAssembler()
+            delay: float | None = None
+            call = self._jobs.StreamJobResult(
+                request, timeout=_remaining(deadline), metadata=self._metadata
+            )
+            try:
+                async for response in call:
+                    assembler.add(response)
+                return assembler.result()
+            except grpc.RpcError as exc:
+                err = _tag(from_rpc_error(exc), None, name)
+                delay = _retry_delay(self.retry, err, attempt, deadline)
+                if delay is None:
+                    raise err from exc
+            finally:
+                call.cancel()
+            await _async_sleep(delay)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        circuit: str | circuit_pb2.Circuit,
+        *,
+        backend: str = "aer",
+        shots: int | None = None,
+        seed: int | None = None,
+        parameter_values: ParameterValues | None = None,
+        parameters: Sequence[str] | None = None,
+        counts_only: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> JobResult:
+        """Runs one circuit and waits for its result; see `Client.run`."""
+        job = await self.run_pubs(
+            [
+                sampler_pub(
+                    circuit, shots=shots, parameter_values=parameter_values, parameters=parameters
+                )
+            ],
+            backend=backend,
+            seed=seed,
+            counts_only=counts_only,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        return _result_of(job)
+
+    async def estimate(
+        self,
+        circuit: str | circuit_pb2.Circuit,
+        observables: ObservablesLike,
+        *,
+        backend: str = "aer",
+        parameter_values: ParameterValues | None = None,
+        parameters: Sequence[str] | None = None,
+        precision: float | None = None,
+        seed: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> EstimatorPubResult:
+        """Estimates expectation values and waits for the result; see `Client.estimate`."""
+        pub = estimator_pub(
+            circuit,
+            observables,
+            parameter_values=parameter_values,
+            parameters=parameters,
+            precision=precision,
+        )
+        job = await self.run_pubs(
+            [pub], backend=backend, seed=seed, request_id=request_id, timeout=timeout
+        )
+        return _result_of(job).estimator(0)
+
+    async def run_pubs(
+        self,
+        pubs: Sequence[circuit_pb2.Pub],
+        *,
+        backend: str = "aer",
+        default_shots: int | None = None,
+        seed: int | None = None,
+        counts_only: bool = False,
+        default_precision: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Runs PUBs as one job and returns the finished job; see `Client.run_pubs`."""
+        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        rid = _new_request_id(request_id)
+        deadline = _deadline(timeout)
+        response: job_service_pb2.RunResponse = await self._unary(
+            self._jobs.Run,
+            job_service_pb2.RunRequest(request_id=rid, spec=spec),
+            deadline=deadline,
+            retry=True,
+            request_id=rid,
+        )
+        job = Job.from_proto(response.job)
+        try:
+            return await self._complete(job, deadline)
+        except QGatewayError as err:
+            _tag(err, rid, job.name)
+            raise
+
+    async def submit(
+        self,
+        circuit: str | circuit_pb2.Circuit,
+        *,
+        backend: str = "aer",
+        shots: int | None = None,
+        seed: int | None = None,
+        parameter_values: ParameterValues | None = None,
+        parameters: Sequence[str] | None = None,
+        counts_only: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submits one circuit and returns the queued job; see `Client.submit`."""
+        return await self.submit_pubs(
+            [
+                sampler_pub(
+                    circuit, shots=shots, parameter_values=parameter_values, parameters=parameters
+                )
+            ],
+            backend=backend,
+            seed=seed,
+            counts_only=counts_only,
+            request_id=request_id,
+            timeout=timeout,
+        )
+
+    async def submit_pubs(
+        self,
+        pubs: Sequence[circuit_pb2.Pub],
+        *,
+        backend: str = "aer",
+        default_shots: int | None = None,
+        seed: int | None = None,
+        counts_only: bool = False,
+        default_precision: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submits PUBs as one job without waiting; see `Client.submit_pubs`."""
+        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        rid = _new_request_id(request_id)
+        response: job_service_pb2.SubmitJobResponse = await self._unary(
+            self._jobs.SubmitJob,
+            job_service_pb2.SubmitJobRequest(request_id=rid, spec=spec),
+            deadline=_deadline(timeout),
+            retry=True,
+            request_id=rid,
+        )
+        return Job.from_proto(response.job)
+
+    async def get_job(
+        self, name: str, *, view_basic: bool = False, timeout: float | None = None
+    ) -> Job:
+        """Gets a job, with its result unless view_basic; see `Client.get_job`."""
+        deadline = _deadline(timeout)
+        view = job_service_pb2.JOB_VIEW_BASIC if view_basic else job_service_pb2.JOB_VIEW_FULL
+        response: job_service_pb2.GetJobResponse = await self._unary(
+            self._jobs.GetJob,
+            job_service_pb2.GetJobRequest(name=_job_name(name), view=view),
+            deadline=deadline,
+            retry=True,
+        )
+        job = Job.from_proto(response.job)
+        return job if view_basic else await self._complete(job, deadline)
+
+    async def wait(self, name: str, *, timeout: float | None = None) -> Job:
+        """Waits until a job is final and returns it with its result; see `Client.wait`."""
+        deadline = _deadline(timeout)
+        final: Job | None = None
+        # aclosing: leaving an async generator early does not close it (and its call) otherwise.
+        async with contextlib.aclosing(self.watch(name, timeout=timeout)) as events:
+            async for job in events:
+                final = job
+                if job.done:
+                    break
+        if final is None or not final.done:
+            raise RuntimeError(f"the watch of {_job_name(name)} ended before a final state")
+        return await self.get_job(final.name, timeout=_remaining(deadline))
+
+    async def watch(self, name: str, *, timeout: float | None = None) -> AsyncGenerator[Job, None]:
+        """Follows a job until a final state; see `Client.watch`."""
+        request = job_service_pb2.WatchJobRequest(name=_job_name(name))
+        deadline = _deadline(timeout)
+        attempt = 0
+        last: job_pb2.Job | None = None
+        while True:
+            delay: float | None = None
+            call = self._jobs.WatchJob(
+                request, timeout=_remaining(deadline), metadata=self._metadata
+            )
+            try:
+                async for response in call:
+                    if last is not None and response.job == last:
+                        continue
+                    last = response.job
+                    attempt = 0
+                    yield Job.from_proto(response.job)
+                return
+            except grpc.RpcError as exc:
+                attempt += 1
+                err = from_rpc_error(exc)
+                delay = _retry_delay(self.retry, err, attempt, deadline)
+                if delay is None:
+                    raise err from exc
+            finally:
+                call.cancel()
+            await _async_sleep(delay)
+
+    async def cancel(self, name: str, *, timeout: float | None = None) -> Job:
+        """Cancels a queued or running job (never retried)."""
+        response: job_service_pb2.CancelJobResponse = await self._unary(
+            self._jobs.CancelJob,
+            job_service_pb2.CancelJobRequest(name=_job_name(name)),
+            deadline=_deadline(timeout),
+            retry=False,
+        )
+        return Job.from_proto(response.job)
+
+    async def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState | str | int] = (),
+        backend: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Job]:
+        """The tenant's jobs, newest first; see `Client.list_jobs`."""
+        request = job_service_pb2.ListJobsRequest(
+            page_size=page_size,
+            states=_states(states),
+            backend=_backend_name(backend) if backend else "",
+        )
+        while True:
+            response: job_service_pb2.ListJobsResponse = await self._unary(
+                self._jobs.ListJobs, request, deadline=_deadline(timeout), retry=True
+            )
+            for job in response.jobs:
+                yield Job.from_proto(job)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def stream_result(
+        self, name: str, *, chunk_bytes: int = 0, timeout: float | None = None
+    ) -> JobResult:
+        """Fetches a job's result with StreamJobResult."""
+        return await self._stream_result(_job_name(name), _deadline(timeout), chunk_bytes)
+
+    # -- backends ------------------------------------------------------------------------------
+
+    async def list_backends(self, *, timeout: float | None = None) -> list[Backend]:
+        """All backends, in name order."""
+        request = backend_service_pb2.ListBackendsRequest()
+        backends: list[Backend] = []
+        while True:
+            response: backend_service_pb2.ListBackendsResponse = await self._unary(
+                self._backends.ListBackends, request, deadline=_deadline(timeout), retry=True
+            )
+            backends.extend(Backend.from_proto(b) for b in response.backends)
+            if not response.next_page_token:
+                return backends
+            request.page_token = response.next_page_token
+
+    async def get_backend(self, name: str, *, timeout: float | None = None) -> Backend:
+        """One backend, by name with or without "backends/"."""
+        response: backend_service_pb2.GetBackendResponse = await self._unary(
+            self._backends.GetBackend,
+            backend_service_pb2.GetBackendRequest(name=_backend_name(name)),
+            deadline=_deadline(timeout),
+            retry=True,
+        )
+        return Backend.from_proto(response.backend)

@@ -1,0 +1,875 @@
+"""Friendly, typed views of jobs, results and backends (pure Python, no numpy).
+
+Bit order is the API's (see circuit.proto): a bitstring's character 0 is the highest-index
+classical bit of its register; packed samples hold each shot as a big-endian row of
+ceil(num_bits / 8) bytes, so a row read as an unsigned integer is the register's value.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeAlias, TypeVar
+
+from google.protobuf import timestamp_pb2
+
+from qgateway.v1 import backend_pb2, job_pb2, job_service_pb2
+
+__all__ = [
+    "Backend",
+    "BackendLimits",
+    "EstimatorPubResult",
+    "ExecutionInfo",
+    "Index",
+    "Job",
+    "JobResult",
+    "JobState",
+    "JobTimings",
+    "PubResult",
+    "RegisterData",
+    "ResultAssembler",
+    "SamplerPubResult",
+    "job_result_from_stream",
+]
+
+#: A binding index: flat (row-major over the PUB's shape) or one integer per dimension.
+Index: TypeAlias = int | Sequence[int]
+
+
+class JobState(enum.StrEnum):
+    """A job's lifecycle state: the proto JobState name without its "JOB_STATE_" prefix."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    QUEUED = "QUEUED"
+    SUBMITTING = "SUBMITTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        """True for SUCCEEDED, FAILED and CANCELLED: the job will not change any more."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @classmethod
+    def from_proto(cls, value: int) -> JobState:
+        """The state for a proto enum number; a number this client does not know is UNSPECIFIED.
+
+        Args:
+            value: A qgateway.v1.JobState number.
+        """
+        try:
+            return cls(job_pb2.JobState.Name(value).removeprefix("JOB_STATE_"))
+        except ValueError:
+            return cls.UNSPECIFIED
+
+    @classmethod
+    def parse(cls, value: str | int) -> JobState:
+        """Reads "running", "RUNNING", "JOB_STATE_RUNNING" or a proto enum number.
+
+        Raises:
+            ValueError: For an unknown name.
+        """
+        if isinstance(value, int):
+            return cls.from_proto(value)
+        return cls(value.strip().upper().removeprefix("JOB_STATE_"))
+
+    def to_proto(self) -> int:
+        """The proto enum number."""
+        return job_pb2.JobState.Value(f"JOB_STATE_{self.value}")
+
+
+def _enum_name(name_of: Callable[[int], str], value: int, prefix: str) -> str:
+    """A proto enum value's name without its prefix; the bare number for an unknown value."""
+    try:
+        return name_of(value).removeprefix(prefix)
+    except ValueError:
+        return str(value)
+
+
+def _utc(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _num_bindings(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def _flat_index(index: Index, shape: tuple[int, ...]) -> int:
+    """Row-major flat binding index for a flat or per-dimension index (negatives count back)."""
+    size = _num_bindings(shape)
+    if isinstance(index, int):
+        flat = index + size if index < 0 else index
+        if not 0 <= flat < size:
+            raise IndexError(f"binding index {index} out of range for shape {shape}")
+        return flat
+    parts = tuple(index)
+    if len(parts) != len(shape):
+        raise IndexError(f"index {parts} does not match shape {shape}")
+    flat = 0
+    for part, dim in zip(parts, shape, strict=True):
+        pos = part + dim if part < 0 else part
+        if not 0 <= pos < dim:
+            raise IndexError(f"index {parts} out of range for shape {shape}")
+        flat = flat * dim + pos
+    return flat
+
+
+@dataclass(frozen=True)
+class RegisterData:
+    """Outcomes of one classical register across a PUB's bindings.
+
+    Attributes:
+        name: Register name.
+        num_bits: Register width.
+        shape: The PUB's shape (parameter sweep shape; () for a single binding).
+        shots: Shots per binding.
+        samples: Packed samples, Qiskit BitArray layout: shape (*shape, shots,
+            ceil(num_bits / 8)), row-major, big-endian within each row. Empty when the job was
+            counts_only.
+        counts_by_binding: The gateway's counts, one dict per binding in row-major order.
+    """
+
+    name: str
+    num_bits: int
+    shape: tuple[int, ...]
+    shots: int
+    samples: bytes = field(repr=False)
+    counts_by_binding: tuple[dict[str, int], ...] = field(repr=False)
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes per packed shot."""
+        return (self.num_bits + 7) // 8
+
+    @property
+    def num_bindings(self) -> int:
+        """Number of parameter bindings (product of shape)."""
+        return _num_bindings(self.shape)
+
+    @property
+    def has_samples(self) -> bool:
+        """Whether per-shot samples are present (False when the job was counts_only)."""
+        return bool(self.samples) or self.num_bindings * self.shots * self.num_bytes == 0
+
+    def ints(self, index: Index = 0) -> list[int]:
+        """Each shot's outcome as an integer (bit i of the value is classical bit i).
+
+        Args:
+            index: Binding index, flat or per dimension.
+
+        Raises:
+            ValueError: Without samples (counts_only), or when they have the wrong length.
+        """
+        if not self.has_samples:
+            raise ValueError(
+                f"register {self.name!r} has no per-shot samples: the job was counts_only"
+            )
+        row = self.num_bytes
+        expected = self.num_bindings * self.shots * row
+        if len(self.samples) != expected:
+            raise ValueError(
+                f"register {self.name!r}: {len(self.samples)} bytes of samples, expected "
+                f"{expected} for shape {self.shape}, {self.shots} shots, {self.num_bits} bits"
+            )
+        start = _flat_index(index, self.shape) * self.shots * row
+        # Padding bits are the first byte's high bits and should be zero; mask them anyway so a
+        # sloppy producer cannot make a value wider than the register.
+        mask = (1 << self.num_bits) - 1
+        data = self.samples
+        return [
+            int.from_bytes(data[start + k * row : start + (k + 1) * row], "big") & mask
+            for k in range(self.shots)
+        ]
+
+    def bitstrings(self, index: Index = 0) -> list[str]:
+        """Each shot's outcome as a num_bits-character bitstring (character 0 = highest bit).
+
+        Args:
+            index: Binding index, flat or per dimension.
+
+        Raises:
+            ValueError: Without samples (counts_only).
+        """
+        width = self.num_bits
+        if width == 0:
+            return [""] * len(self.ints(index))
+        return [format(value, f"0{width}b") for value in self.ints(index)]
+
+    def counts(self, index: Index = 0) -> dict[str, int]:
+        """Outcome counts of one binding: bitstring -> shots.
+
+        Uses the gateway's counts, or counts the samples when the result carries none.
+
+        Args:
+            index: Binding index, flat or per dimension.
+        """
+        if self.counts_by_binding:
+            if len(self.counts_by_binding) != self.num_bindings:
+                raise ValueError(
+                    f"register {self.name!r}: {len(self.counts_by_binding)} counts entries for "
+                    f"{self.num_bindings} bindings"
+                )
+            return dict(self.counts_by_binding[_flat_index(index, self.shape)])
+        return dict(Counter(self.bitstrings(index)))
+
+    def get_int_counts(self, index: Index = 0) -> dict[int, int]:
+        """Outcome counts keyed by the register's integer value.
+
+        Args:
+            index: Binding index, flat or per dimension.
+        """
+        return {int(key, 2) if key else 0: n for key, n in self.counts(index).items()}
+
+    @classmethod
+    def from_proto(
+        cls, msg: job_pb2.RegisterResult, shape: tuple[int, ...], shots: int
+    ) -> RegisterData:
+        """Wraps a RegisterResult of a PUB with the given shape and shots."""
+        return cls(
+            name=msg.name,
+            num_bits=msg.num_bits,
+            shape=shape,
+            shots=shots,
+            samples=bytes(msg.samples),
+            counts_by_binding=tuple(dict(c.counts) for c in msg.counts),
+        )
+
+
+@dataclass(frozen=True)
+class SamplerPubResult:
+    """Result of one sampler PUB.
+
+    Attributes:
+        shape: The PUB's shape.
+        shots: Shots per binding.
+        registers: Register name -> data, in declaration order.
+    """
+
+    shape: tuple[int, ...]
+    shots: int
+    registers: dict[str, RegisterData]
+
+    @property
+    def num_bindings(self) -> int:
+        """Number of parameter bindings (product of shape)."""
+        return _num_bindings(self.shape)
+
+    @property
+    def register_names(self) -> list[str]:
+        """Register names in declaration order."""
+        return list(self.registers)
+
+    def __getitem__(self, name: str) -> RegisterData:
+        return self.register(name)
+
+    def register(self, name: str) -> RegisterData:
+        """One register's data.
+
+        Raises:
+            KeyError: For a name the circuit does not measure into.
+        """
+        try:
+            return self.registers[name]
+        except KeyError:
+            raise KeyError(
+                f"no classical register {name!r}; registers: {', '.join(self.registers) or '-'}"
+            ) from None
+
+    def _single(self, register: str | None) -> RegisterData | None:
+        """The register asked for, the only register, or None when several must be joined."""
+        if register is not None:
+            return self.register(register)
+        if not self.registers:
+            raise ValueError("this PUB has no classical registers (the circuit measures nothing)")
+        if len(self.registers) == 1:
+            return next(iter(self.registers.values()))
+        return None
+
+    def bitstrings(self, index: Index = 0, register: str | None = None) -> list[str]:
+        """Each shot's outcome as a bitstring.
+
+        With several registers and none named, each shot's registers are joined with a space,
+        last-declared register first (Qiskit's legacy `Result.get_counts` format).
+
+        Args:
+            index: Binding index, flat or per dimension.
+            register: A register name; None for the only register or all of them joined.
+
+        Raises:
+            ValueError: When samples are needed but the job was counts_only.
+        """
+        single = self._single(register)
+        if single is not None:
+            return single.bitstrings(index)
+        regs = list(self.registers.values())
+        self._require_samples(regs)
+        columns = [reg.bitstrings(index) for reg in reversed(regs)]
+        return [" ".join(parts) for parts in zip(*columns, strict=True)]
+
+    def counts(self, index: Index = 0, register: str | None = None) -> dict[str, int]:
+        """Outcome counts of one binding.
+
+        Args:
+            index: Binding index, flat or per dimension.
+            register: A register name; None for the only register, or for all registers joined
+                per shot (last-declared first, space-separated), which needs the samples.
+
+        Raises:
+            ValueError: Several registers, none named, and the job was counts_only.
+        """
+        single = self._single(register)
+        if single is not None:
+            return single.counts(index)
+        return dict(Counter(self.bitstrings(index)))
+
+    def get_int_counts(self, index: Index = 0, register: str | None = None) -> dict[int, int]:
+        """Counts keyed by integer value; joined registers read as one concatenated bitstring.
+
+        Args:
+            index: Binding index, flat or per dimension.
+            register: As for `counts`.
+        """
+        single = self._single(register)
+        if single is not None:
+            return single.get_int_counts(index)
+        out: dict[int, int] = {}
+        for key, n in self.counts(index).items():
+            digits = key.replace(" ", "")
+            value = int(digits, 2) if digits else 0
+            out[value] = out.get(value, 0) + n
+        return out
+
+    def _require_samples(self, regs: Sequence[RegisterData]) -> None:
+        if all(reg.has_samples for reg in regs):
+            return
+        names = ", ".join(reg.name for reg in regs)
+        raise ValueError(
+            f"the job was counts_only, so the per-shot samples needed to join registers {names} "
+            f"are not available; name one register, e.g. counts(register={regs[-1].name!r})"
+        )
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.SamplerPubResult) -> SamplerPubResult:
+        """Wraps a SamplerPubResult message."""
+        shape = tuple(msg.shape)
+        registers = {
+            reg.name: RegisterData.from_proto(reg, shape, msg.shots) for reg in msg.registers
+        }
+        return cls(shape=shape, shots=msg.shots, registers=registers)
+
+
+@dataclass(frozen=True)
+class EstimatorPubResult:
+    """Result of one estimator PUB.
+
+    Attributes:
+        shape: The PUB's shape (observables broadcast against the parameter sweep).
+        expectation_values: Row-major over shape.
+        standard_errors: Row-major over shape.
+        precision: The precision the PUB ran with (0: exact).
+    """
+
+    shape: tuple[int, ...]
+    expectation_values: list[float]
+    standard_errors: list[float]
+    precision: float
+
+    def expectation_value(self, index: Index = 0) -> float:
+        """One expectation value, by flat or per-dimension index."""
+        return self.expectation_values[_flat_index(index, self.shape)]
+
+    def standard_error(self, index: Index = 0) -> float:
+        """One standard error, by flat or per-dimension index."""
+        return self.standard_errors[_flat_index(index, self.shape)]
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.EstimatorPubResult) -> EstimatorPubResult:
+        """Wraps an EstimatorPubResult message."""
+        return cls(
+            shape=tuple(msg.shape),
+            expectation_values=list(msg.expectation_values),
+            standard_errors=list(msg.standard_errors),
+            precision=msg.precision,
+        )
+
+
+PubResult: TypeAlias = SamplerPubResult | EstimatorPubResult
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A job's result: one entry per PUB, in submission order.
+
+    Attributes:
+        pub_results: Per-PUB results.
+    """
+
+    pub_results: list[PubResult]
+
+    def __len__(self) -> int:
+        return len(self.pub_results)
+
+    def __iter__(self) -> Iterator[PubResult]:
+        return iter(self.pub_results)
+
+    def __getitem__(self, pub: int) -> PubResult:
+        return self.pub_results[pub]
+
+    def sampler(self, pub: int = 0) -> SamplerPubResult:
+        """A sampler PUB's result.
+
+        Raises:
+            TypeError: When that PUB is an estimator PUB.
+        """
+        result = self.pub_results[pub]
+        if not isinstance(result, SamplerPubResult):
+            raise TypeError(f"PUB {pub} is an estimator PUB; it has no counts")
+        return result
+
+    def estimator(self, pub: int = 0) -> EstimatorPubResult:
+        """An estimator PUB's result.
+
+        Raises:
+            TypeError: When that PUB is a sampler PUB.
+        """
+        result = self.pub_results[pub]
+        if not isinstance(result, EstimatorPubResult):
+            raise TypeError(f"PUB {pub} is a sampler PUB; it has no expectation values")
+        return result
+
+    def counts(self, pub: int = 0, register: str | None = None, index: Index = 0) -> dict[str, int]:
+        """Counts of a sampler PUB's binding; see `SamplerPubResult.counts`.
+
+        Args:
+            pub: PUB index.
+            register: Register name, or None for the only register / all registers joined.
+            index: Binding index, flat or per dimension.
+        """
+        return self.sampler(pub).counts(index, register)
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.JobResult) -> JobResult:
+        """Wraps a JobResult message.
+
+        Raises:
+            ValueError: For a PUB result that is neither sampler nor estimator.
+        """
+        results: list[PubResult] = []
+        for i, pub in enumerate(msg.pub_results):
+            kind = pub.WhichOneof("result")
+            if kind == "sampler":
+                results.append(SamplerPubResult.from_proto(pub.sampler))
+            elif kind == "estimator":
+                results.append(EstimatorPubResult.from_proto(pub.estimator))
+            else:
+                raise ValueError(f"PUB result {i} is neither a sampler nor an estimator result")
+        return cls(results)
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """What a job really ran with.
+
+    Attributes:
+        backend: Backend resource name it ran on.
+        seed: Sampling seed used (None if the backend reported none).
+        sdk_versions: SDK name -> version.
+        layouts: Per PUB, the physical qubit of each virtual qubit.
+        attempts: How many times execution started.
+    """
+
+    backend: str
+    seed: int | None
+    sdk_versions: dict[str, str]
+    layouts: list[list[int]]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class JobTimings:
+    """Time spent per phase (None for a phase not reported)."""
+
+    queued: timedelta | None
+    transpile: timedelta | None
+    execute: timedelta | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the gateway reported it.
+
+    Attributes:
+        name: Resource name, "jobs/{job}".
+        state: Current state.
+        tenant: Owning tenant.
+        backend: Backend resource name it was submitted to.
+        request_id: The client's request_id ("" if none).
+        create_time: Acceptance time (UTC).
+        start_time: Last execution start (UTC), if started.
+        end_time: Time of the final state (UTC), if final.
+        error_reason: JobError.reason when FAILED.
+        error_message: JobError.message when FAILED.
+        execution: What it ran with, once it ran.
+        timings: Phase timings, once finished.
+        num_pubs: Number of PUBs.
+        result: The result, when present in the answer (or fetched by streaming).
+        result_too_large: The job succeeded but its result must be streamed.
+        proto: The message as received.
+    """
+
+    name: str
+    state: JobState
+    tenant: str = ""
+    backend: str = ""
+    request_id: str = ""
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    error_reason: str = ""
+    error_message: str = ""
+    execution: ExecutionInfo | None = None
+    timings: JobTimings | None = None
+    num_pubs: int = 0
+    result: JobResult | None = None
+    result_too_large: bool = False
+    proto: job_pb2.Job | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """The name without its "jobs/" prefix."""
+        return self.name.removeprefix("jobs/")
+
+    @property
+    def done(self) -> bool:
+        """Whether the job reached a final state."""
+        return self.state.is_final
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.Job) -> Job:
+        """Wraps a Job message (its result too, when present)."""
+
+        execution = None
+        if msg.HasField("execution"):
+            ex = msg.execution
+            execution = ExecutionInfo(
+                backend=ex.backend,
+                seed=ex.seed if ex.HasField("seed") else None,
+                sdk_versions=dict(ex.sdk_versions),
+                layouts=[list(layout.physical_qubits) for layout in ex.layouts],
+                attempts=ex.attempts,
+            )
+        timings = None
+        if msg.HasField("timings"):
+            t = msg.timings
+            timings = JobTimings(
+                queued=t.queued.ToTimedelta() if t.HasField("queued") else None,
+                transpile=t.transpile.ToTimedelta() if t.HasField("transpile") else None,
+                execute=t.execute.ToTimedelta() if t.HasField("execute") else None,
+            )
+        return cls(
+            name=msg.name,
+            state=JobState.from_proto(msg.state),
+            tenant=msg.tenant,
+            backend=msg.backend,
+            request_id=msg.request_id,
+            create_time=_utc(msg.create_time) if msg.HasField("create_time") else None,
+            start_time=_utc(msg.start_time) if msg.HasField("start_time") else None,
+            end_time=_utc(msg.end_time) if msg.HasField("end_time") else None,
+            error_reason=msg.error.reason,
+            error_message=msg.error.message,
+            execution=execution,
+            timings=timings,
+            num_pubs=msg.num_pubs,
+            result=JobResult.from_proto(msg.result) if msg.HasField("result") else None,
+            result_too_large=msg.result_too_large,
+            proto=msg,
+        )
+
+
+@dataclass(frozen=True)
+class BackendLimits:
+    """Admission limits of a backend (0: not limited / not modelled)."""
+
+    max_shots: int
+    memory_budget_bytes: int
+    max_queued_jobs: int
+    max_result_bytes: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend jobs can run on.
+
+    Attributes:
+        name: Resource name, "backends/{backend}".
+        provider: Adapter serving it, e.g. "aer".
+        kind: "SIMULATOR" or "HARDWARE".
+        num_qubits: Number of qubits.
+        basis_gates: Native gates.
+        primitives: "SAMPLER" and/or "ESTIMATOR".
+        features: Supported circuit features, e.g. "MID_CIRCUIT_MEASUREMENT".
+        status: "ONLINE" or "OFFLINE".
+        queue_depth: Jobs waiting.
+        running_jobs: Jobs executing.
+        limits: Admission limits, if reported.
+        properties: Adapter-specific description.
+    """
+
+    name: str
+    provider: str
+    kind: str
+    num_qubits: int
+    basis_gates: list[str]
+    primitives: list[str]
+    features: list[str]
+    status: str
+    queue_depth: int
+    running_jobs: int
+    limits: BackendLimits | None
+    properties: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        """The name without its "backends/" prefix."""
+        return self.name.removeprefix("backends/")
+
+    @classmethod
+    def from_proto(cls, msg: backend_pb2.Backend) -> Backend:
+        """Wraps a Backend message."""
+        limits = None
+        if msg.HasField("limits"):
+            lim = msg.limits
+            limits = BackendLimits(
+                max_shots=lim.max_shots,
+                memory_budget_bytes=lim.memory_budget_bytes,
+                max_queued_jobs=lim.max_queued_jobs,
+                max_result_bytes=lim.max_result_bytes,
+            )
+        return cls(
+            name=msg.name,
+            provider=msg.provider,
+            kind=_enum_name(backend_pb2.BackendKind.Name, msg.kind, "BACKEND_KIND_"),
+            num_qubits=msg.num_qubits,
+            basis_gates=list(msg.basis_gates),
+            primitives=[
+                _enum_name(backend_pb2.Primitive.Name, p, "PRIMITIVE_") for p in msg.primitives
+            ],
+            features=[
+                _enum_name(backend_pb2.CircuitFeature.Name, f, "CIRCUIT_FEATURE_")
+                for f in msg.features
+            ],
+            status=_enum_name(backend_pb2.BackendStatus.Name, msg.status, "BACKEND_STATUS_"),
+            queue_depth=msg.queue_depth,
+            running_jobs=msg.running_jobs,
+            limits=limits,
+            properties=dict(msg.properties),
+        )
+
+
+# --- Reassembling a streamed result -----------------------------------------------------------
+
+
+def _malformed(text: str) -> ValueError:
+    return ValueError(f"malformed result stream: {text}")
+
+
+class _ByteRuns:
+    """One register's samples, written chunk by chunk at their offsets."""
+
+    def __init__(self, where: str, expected: int) -> None:
+        self.where = where
+        self.expected = expected
+        self.data: bytearray | None = None
+        self.runs: list[tuple[int, int]] = []
+
+    def write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if end > self.expected:
+            raise _malformed(
+                f"{self.where}: samples chunk [{offset}, {end}) beyond {self.expected} bytes"
+            )
+        if self.data is None:
+            self.data = bytearray(self.expected)
+        self.data[offset:end] = data
+        self.runs.append((offset, end))
+
+    def finish(self) -> bytes:
+        if self.data is None:
+            return b""  # no chunk at all: a counts_only result
+        covered = 0
+        for start, end in sorted(self.runs):
+            if start > covered:
+                break
+            covered = max(covered, end)
+        if covered != self.expected:
+            raise _malformed(
+                f"{self.where}: samples cover {covered} of {self.expected} bytes contiguously"
+            )
+        return bytes(self.data)
+
+
+_T = TypeVar("_T")
+
+
+class _Slots(Generic[_T]):
+    """A row-major array filled by runs at offsets; all-or-nothing at the end."""
+
+    def __init__(self, where: str, size: int) -> None:
+        self.where = where
+        self.items: list[_T | None] = [None] * size
+        self.touched = False
+
+    def write(self, offset: int, values: Sequence[_T]) -> None:
+        end = offset + len(values)
+        if end > len(self.items):
+            raise _malformed(f"{self.where}: entries [{offset}, {end}) beyond {len(self.items)}")
+        self.items[offset:end] = values
+        self.touched = self.touched or bool(values)
+
+    def finish(self, required: bool = False) -> list[_T]:
+        if not self.touched and not (required and self.items):
+            return []
+        missing = sum(1 for item in self.items if item is None)
+        if missing:
+            raise _malformed(f"{self.where}: {missing} of {len(self.items)} entries missing")
+        return [item for item in self.items if item is not None]
+
+
+class _PubParts:
+    """Header and data chunks of one PUB."""
+
+    def __init__(self, index: int, header: job_pb2.PubResult) -> None:
+        self.index = index
+        self.header = job_pb2.PubResult()
+        self.header.CopyFrom(header)
+        self.kind = header.WhichOneof("result")
+        self.samples: list[_ByteRuns] = []
+        self.counts: list[_Slots[job_pb2.Counts]] = []
+        self.values: _Slots[float] = _Slots(f"PUB {index} expectation values", 0)
+        self.errors: _Slots[float] = _Slots(f"PUB {index} standard errors", 0)
+        if self.kind == "sampler":
+            sampler = self.header.sampler
+            bindings = _num_bindings(sampler.shape)
+            for r, reg in enumerate(sampler.registers):
+                # The header's data fields should be empty; clear them so chunks are the only
+                # source and nothing is counted twice.
+                reg.ClearField("samples")
+                del reg.counts[:]
+                where = f"PUB {index} register {r} ({reg.name})"
+                row = (reg.num_bits + 7) // 8
+                self.samples.append(_ByteRuns(where, bindings * sampler.shots * row))
+                self.counts.append(_Slots(f"{where} counts", bindings))
+        elif self.kind == "estimator":
+            est = self.header.estimator
+            size = _num_bindings(est.shape)
+            del est.expectation_values[:]
+            del est.standard_errors[:]
+            self.values = _Slots(f"PUB {index} expectation values", size)
+            self.errors = _Slots(f"PUB {index} standard errors", size)
+        else:
+            raise _malformed(f"PUB {index} header is neither a sampler nor an estimator result")
+
+    def register(self, register_index: int) -> int:
+        if self.kind != "sampler":
+            raise _malformed(f"sampler chunk for estimator PUB {self.index}")
+        if not 0 <= register_index < len(self.samples):
+            raise _malformed(f"PUB {self.index} has no register {register_index}")
+        return register_index
+
+    def finish(self) -> job_pb2.PubResult:
+        out = job_pb2.PubResult()
+        out.CopyFrom(self.header)
+        if self.kind == "sampler":
+            for reg, samples, counts in zip(
+                out.sampler.registers, self.samples, self.counts, strict=True
+            ):
+                reg.samples = samples.finish()
+                reg.counts.extend(counts.finish())
+        else:
+            # Every PUB answers expectation values; standard errors could in principle be left
+            # out, but then for all entries.
+            out.estimator.expectation_values.extend(self.values.finish(required=True))
+            out.estimator.standard_errors.extend(self.errors.finish())
+        return out
+
+
+class ResultAssembler:
+    """Rebuilds a JobResult from StreamJobResult responses.
+
+    Feed every response to `add` in order (from a sync or an async stream), then call `proto`
+    or `result`. Each PUB's header must come before its data chunks; data may arrive in any
+    order within the PUB, and incomplete data is an error rather than a silently short result.
+    """
+
+    def __init__(self) -> None:
+        self._pubs: list[_PubParts] = []
+
+    def add(self, response: job_service_pb2.StreamJobResultResponse) -> None:
+        """Takes one response of the stream.
+
+        Raises:
+            ValueError: For a chunk that does not fit the headers seen so far.
+        """
+        index = response.pub_index
+        chunk = response.WhichOneof("chunk")
+        if chunk == "header":
+            if index != len(self._pubs):
+                raise _malformed(f"header for PUB {index} where PUB {len(self._pubs)} was due")
+            self._pubs.append(_PubParts(index, response.header))
+            return
+        if index >= len(self._pubs):
+            raise _malformed(f"data for PUB {index} before its header")
+        pub = self._pubs[index]
+        if chunk == "samples":
+            r = pub.register(response.samples.register_index)
+            pub.samples[r].write(response.samples.offset, response.samples.data)
+        elif chunk == "counts":
+            r = pub.register(response.counts.register_index)
+            entries = [job_pb2.Counts(counts=dict(c.counts)) for c in response.counts.counts]
+            pub.counts[r].write(response.counts.offset, entries)
+        elif chunk == "values":
+            if pub.kind != "estimator":
+                raise _malformed(f"estimator values for sampler PUB {index}")
+            values = response.values
+            pub.values.write(values.offset, list(values.expectation_values))
+            if values.standard_errors:
+                pub.errors.write(values.offset, list(values.standard_errors))
+        else:
+            raise _malformed(f"empty chunk for PUB {index}")
+
+    def proto(self) -> job_pb2.JobResult:
+        """The assembled result message.
+
+        Raises:
+            ValueError: When the stream was empty or a PUB's data is incomplete.
+        """
+        if not self._pubs:
+            raise _malformed("no PUB headers received")
+        return job_pb2.JobResult(pub_results=[pub.finish() for pub in self._pubs])
+
+    def result(self) -> JobResult:
+        """The assembled result, wrapped."""
+        return JobResult.from_proto(self.proto())
+
+
+def job_result_from_stream(
+    responses: Iterable[job_service_pb2.StreamJobResultResponse],
+) -> JobResult:
+    """Assembles a JobResult from a StreamJobResult response iterator.
+
+    Args:
+        responses: The stream's responses, in the order received.
+
+    Raises:
+        ValueError: For a malformed or incomplete stream.
+    """
+    assembler = ResultAssembler()
+    for response in responses:
+        assembler.add(response)
+    return assembler.result()

@@ -1,0 +1,509 @@
+"""The `qgateway` command: run the server, or talk to one.
+
+    qgateway serve [--config FILE]
+    qgateway backends
+    qgateway run FILE --backend aer --shots 1024 [--seed S] [--counts-only] [--json]
+    qgateway jobs list [--state S ...] [--backend B] [--limit N]
+    qgateway jobs get NAME | jobs watch NAME | jobs cancel NAME
+
+Errors are one line on stderr (`error: CODE REASON: message`, field violations indented below)
+and exit status 1; a traceback would only bury the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from qgateway import (
+    Backend,
+    Client,
+    DeadlineExceededError,
+    EstimatorPubResult,
+    Job,
+    JobFailedError,
+    JobResult,
+    JobState,
+    QGatewayError,
+    RegisterData,
+    RetryPolicy,
+    sampler_pub,
+)
+
+ENV_TARGET = "QGATEWAY_TARGET"
+DEFAULT_TARGET = "127.0.0.1:50051"
+#: Retries of UNAVAILABLE for CLI calls (tests shorten it).
+CLI_RETRY = RetryPolicy()
+#: Outcomes shown per counts table unless --top says otherwise.
+DEFAULT_TOP = 64
+
+
+class CliError(Exception):
+    """A user-facing failure reported as one `error: ...` line."""
+
+
+# --- Formatting (pure functions, unit-tested) -------------------------------------------------
+
+
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> str:
+    """Aligned columns separated by two spaces; columns listed in `right` are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def format_counts(
+    counts: Mapping[str, int],
+    *,
+    title: str = "",
+    width: int = 40,
+    bar: str = "#",
+    top: int = 0,
+) -> str:
+    """A counts table sorted by count (then outcome) with a text histogram.
+
+    Args:
+        counts: Outcome -> shots.
+        title: A line printed above the table.
+        width: Characters of the longest bar.
+        bar: The bar character.
+        top: Show at most this many outcomes (0: all), then a line saying what was left out.
+    """
+    total = sum(counts.values())
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ordered[:top] if top > 0 else ordered
+    peak = ordered[0][1] if ordered else 0
+    rows = []
+    for outcome, n in shown:
+        length = round(width * n / peak) if peak else 0
+        # Every observed outcome gets a visible bar, however rare.
+        length = max(length, 1) if n > 0 else 0
+        share = n / total if total else 0.0
+        rows.append([outcome, str(n), f"{share:.4f}", bar * length])
+    lines = [title] if title else []
+    lines.append(format_table(["outcome", "count", "prob", "histogram"], rows, right=(1, 2)))
+    if len(shown) < len(ordered):
+        rest = ordered[len(shown) :]
+        lines.append(
+            f"... {len(rest)} more outcomes ({sum(n for _, n in rest)} shots) not shown; "
+            "use --top 0 or --json"
+        )
+    return "\n".join(lines)
+
+
+def format_register(
+    register: RegisterData, *, index: int = 0, bar: str = "#", top: int = 0, label: str = ""
+) -> str:
+    """A register's counts table for one binding, titled with its name, width and shots."""
+    counts = register.counts(index)
+    title = (
+        f"{label}register {register.name} ({_plural(register.num_bits, 'bit')}): "
+        f"{_plural(sum(counts.values()), 'shot')}, {_plural(len(counts), 'outcome')}"
+    )
+    return format_counts(counts, title=title, bar=bar, top=top)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _utc(when: datetime | None) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if when else "-"
+
+
+def _seconds(delta: timedelta | None) -> str:
+    return f"{delta.total_seconds():.3f}s" if delta is not None else "-"
+
+
+def format_backends(backends: Sequence[Backend]) -> str:
+    """The `backends` table: name, kind, qubits, status, queue depth."""
+    rows = [
+        [b.id, b.kind.lower(), str(b.num_qubits), b.status.lower(), str(b.queue_depth)]
+        for b in backends
+    ]
+    return format_table(["NAME", "KIND", "QUBITS", "STATUS", "QUEUED"], rows, right=(2, 4))
+
+
+def format_jobs(jobs: Sequence[Job]) -> str:
+    """The `jobs list` table."""
+    rows = [
+        [
+            j.name,
+            j.state.value,
+            j.backend.removeprefix("backends/"),
+            str(j.num_pubs),
+            _utc(j.create_time),
+        ]
+        for j in jobs
+    ]
+    return format_table(["NAME", "STATE", "BACKEND", "PUBS", "CREATED"], rows, right=(3,))
+
+
+def format_job(job: Job) -> str:
+    """`jobs get`: one `key: value` line per field that is set."""
+    fields: list[tuple[str, str]] = [
+        ("name", job.name),
+        ("state", job.state.value),
+        ("tenant", job.tenant or "-"),
+        ("backend", job.backend or "-"),
+        ("request_id", job.request_id or "-"),
+        ("pubs", str(job.num_pubs)),
+        ("created", _utc(job.create_time)),
+        ("started", _utc(job.start_time)),
+        ("ended", _utc(job.end_time)),
+    ]
+    if job.error_reason or job.error_message:
+        fields.append(("error", f"{job.error_reason}: {_one_line(job.error_message)}"))
+    if job.execution is not None:
+        ex = job.execution
+        seed = "-" if ex.seed is None else str(ex.seed)
+        fields.append(("ran on", f"{ex.backend or '-'}, seed {seed}, attempts {ex.attempts}"))
+        if ex.sdk_versions:
+            versions = ", ".join(f"{k} {v}" for k, v in sorted(ex.sdk_versions.items()))
+            fields.append(("sdk", versions))
+    if job.timings is not None:
+        t = job.timings
+        fields.append(
+            (
+                "timings",
+                f"queued {_seconds(t.queued)}, transpile {_seconds(t.transpile)}, "
+                f"execute {_seconds(t.execute)}",
+            )
+        )
+    if job.result_too_large:
+        fields.append(("result", "too large for one message (streamed on request)"))
+    width = max(len(key) for key, _ in fields) + 1
+    return "\n".join(f"{key + ':':<{width}} {value}" for key, value in fields)
+
+
+def format_event(job: Job, when: datetime) -> str:
+    """One `jobs watch` line: time received (UTC), job, state, and the error when FAILED."""
+    text = f"{_utc(when)} {job.name} {job.state.value}"
+    if job.state is JobState.FAILED and (job.error_reason or job.error_message):
+        text += f" {job.error_reason}: {_one_line(job.error_message)}"
+    return text
+
+
+def format_result(result: JobResult, *, bar: str = "#", top: int = 0) -> str:
+    """Counts tables for sampler PUBs (one per register and binding), values for estimator PUBs."""
+    blocks: list[str] = []
+    for p, pub in enumerate(result):
+        pub_label = [f"pub {p}"] if len(result) > 1 else []
+        if isinstance(pub, EstimatorPubResult):
+            errors = pub.standard_errors
+            rows = [
+                [str(i), f"{ev:.6g}", f"{errors[i]:.3g}" if i < len(errors) else "-"]
+                for i, ev in enumerate(pub.expectation_values)
+            ]
+            title = f"expectation values (shape {pub.shape}, precision {pub.precision:g})"
+            table = format_table(["index", "value", "std error"], rows, right=(0, 1, 2))
+            blocks.append(": ".join([*pub_label, title]) + "\n" + table)
+            continue
+        for b in range(pub.num_bindings):
+            parts = pub_label + ([f"binding {b}"] if pub.num_bindings > 1 else [])
+            label = ", ".join(parts) + ": " if parts else ""
+            for reg in pub.registers.values():
+                blocks.append(format_register(reg, index=b, bar=bar, top=top, label=label))
+    return "\n\n".join(blocks)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def format_error(err: BaseException, *, target: str | None = None) -> str:
+    """The error report: one line, then indented field and quota violations if any.
+
+    `error: INVALID_ARGUMENT INVALID_QASM: <message>` for gateway errors; the target is named
+    when the gateway could not be reached at all.
+    """
+    if isinstance(err, QGatewayError):
+        head = f"error: {err.code_name}"
+        if err.reason:
+            head += f" {err.reason}"
+        head += f": {_one_line(err.message)}" if err.message else ""
+        if isinstance(err, DeadlineExceededError) and err.job and err.job not in err.message:
+            head += f" (job {err.job} keeps running)"
+        if err.retry_delay is not None:
+            head += f" (retry after {err.retry_delay:g}s)"
+        if err.code_name == "UNAVAILABLE" and not err.reason and target:
+            head += f" (gateway {target})"
+        lines = [head]
+        lines += [f"  {field}: {_one_line(desc)}" for field, desc in err.field_violations]
+        lines += [f"  quota {subject}: {_one_line(desc)}" for subject, desc in err.quota_violations]
+        return "\n".join(lines)
+    return f"error: {_one_line(str(err))}"
+
+
+def _bar_for(stream: TextIO) -> str:
+    # A block character reads better, but not every terminal encoding can print it.
+    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+    return "\u2588" if encoding in ("utf8", "utf_8") else "#"
+
+
+# --- Commands ---------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.target, retry=CLI_RETRY)
+
+
+def _read_source(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the server pulls in qiskit and friends, which client commands never need.
+    from gateway.server import serve_forever
+
+    return serve_forever(args.config)
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        backends = client.list_backends(timeout=args.timeout)
+    print(format_backends(backends))
+    return 0
+
+
+def _run_json(job: Job) -> dict[str, Any]:
+    assert job.result is not None
+    pubs: list[dict[str, Any]] = []
+    for pub in job.result:
+        if isinstance(pub, EstimatorPubResult):
+            pubs.append(
+                {
+                    "shape": list(pub.shape),
+                    "expectation_values": pub.expectation_values,
+                    "standard_errors": pub.standard_errors,
+                }
+            )
+            continue
+        pubs.append(
+            {
+                "shape": list(pub.shape),
+                "shots": pub.shots,
+                "registers": {
+                    reg.name: {
+                        "num_bits": reg.num_bits,
+                        "counts": [reg.counts(b) for b in range(reg.num_bindings)],
+                    }
+                    for reg in pub.registers.values()
+                },
+            }
+        )
+    seed = job.execution.seed if job.execution is not None else None
+    return {
+        "job": job.name,
+        "state": job.state.value,
+        "backend": job.execution.backend if job.execution else job.backend,
+        "seed": seed,
+        "pubs": pubs,
+    }
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    source = _read_source(args.file)
+    pub = sampler_pub(source, shots=args.shots)
+    with _client(args) as client:
+        job = client.run_pubs(
+            [pub],
+            backend=args.backend,
+            seed=args.seed,
+            counts_only=args.counts_only,
+            timeout=args.timeout,
+        )
+    if job.state is not JobState.SUCCEEDED or job.result is None:
+        raise JobFailedError(job.name, job.state.value, job.error_reason, job.error_message)
+    if args.json:
+        print(json.dumps(_run_json(job), indent=2, sort_keys=False))
+        return 0
+    seed = job.execution.seed if job.execution is not None else None
+    ran_on = job.execution.backend if job.execution and job.execution.backend else job.backend
+    head = f"{job.name} {job.state.value} on {ran_on}"
+    if seed is not None:
+        head += f" (seed {seed})"
+    print(head)
+    print()
+    print(format_result(job.result, bar=_bar_for(sys.stdout), top=args.top))
+    return 0
+
+
+def _cmd_jobs_list(args: argparse.Namespace) -> int:
+    limit = max(args.limit, 0)
+    with _client(args) as client:
+        jobs = client.list_jobs(
+            states=args.state or (),
+            backend=args.backend or "",
+            page_size=min(limit, 1000) if limit else 0,
+            timeout=args.timeout,
+        )
+        shown = list(itertools.islice(jobs, limit) if limit else jobs)
+    print(format_jobs(shown) if shown else "no jobs")
+    return 0
+
+
+def _cmd_jobs_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.name, view_basic=not args.result, timeout=args.timeout)
+    print(format_job(job))
+    if args.result and job.result is not None:
+        print()
+        print(format_result(job.result, bar=_bar_for(sys.stdout), top=args.top))
+    return 0
+
+
+def _cmd_jobs_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for job in client.watch(args.name, timeout=args.timeout):
+            print(format_event(job, datetime.now(UTC)), flush=True)
+    return 0
+
+
+def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.name, timeout=args.timeout)
+    print(f"{job.name} {job.state.value}")
+    return 0
+
+
+# --- Parser -----------------------------------------------------------------------------------
+
+
+def _state(text: str) -> str:
+    try:
+        return JobState.parse(text).value
+    except ValueError:
+        names = ", ".join(s.value for s in JobState if s is not JobState.UNSPECIFIED)
+        raise argparse.ArgumentTypeError(f"unknown state {text!r} (one of {names})") from None
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `qgateway`."""
+    default_target = os.environ.get(ENV_TARGET) or DEFAULT_TARGET
+    parser = argparse.ArgumentParser(
+        prog="qgateway", description="Run a qgateway server, or talk to one."
+    )
+    parser.add_argument(
+        "--target",
+        default=default_target,
+        help=f"gateway host:port (default: ${ENV_TARGET} or {DEFAULT_TARGET}; now "
+        f"{default_target})",
+    )
+    # Also accepted after the subcommand; SUPPRESS keeps the global value when absent there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default=argparse.SUPPRESS, help="gateway host:port")
+    common.add_argument(
+        "--timeout", type=float, default=None, help="seconds for the call (default: none)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    serve.set_defaults(handler=_cmd_serve)
+
+    backends = sub.add_parser("backends", parents=[common], help="list backends")
+    backends.set_defaults(handler=_cmd_backends)
+
+    run = sub.add_parser("run", parents=[common], help="run an OpenQASM file and show counts")
+    run.add_argument("file", help="OpenQASM 3 or 2 file ('-' for stdin)")
+    run.add_argument("--backend", default="aer", help="backend name (default: aer)")
+    run.add_argument("--shots", type=int, default=None, help="shots (default: the backend's)")
+    run.add_argument("--seed", type=int, default=None, help="sampling seed")
+    run.add_argument("--counts-only", action="store_true", help="return counts only")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument(
+        "--top",
+        type=_non_negative,
+        default=DEFAULT_TOP,
+        help=f"outcomes per table (default: {DEFAULT_TOP}; 0: all)",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    jobs = sub.add_parser("jobs", help="list, inspect, watch and cancel jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    jobs.set_defaults(handler=None, parser=jobs)
+
+    listing = jobs_sub.add_parser("list", parents=[common], help="list jobs, newest first")
+    listing.add_argument(
+        "--state",
+        type=_state,
+        nargs="+",
+        action="extend",
+        metavar="STATE",
+        help="only jobs in these states (repeatable)",
+    )
+    listing.add_argument("--backend", default=None, help="only jobs of this backend")
+    listing.add_argument(
+        "--limit", type=_non_negative, default=50, help="at most N jobs (default: 50; 0: all)"
+    )
+    listing.set_defaults(handler=_cmd_jobs_list)
+
+    get = jobs_sub.add_parser("get", parents=[common], help="show a job")
+    get.add_argument("name", help="job name, with or without 'jobs/'")
+    get.add_argument("--result", action="store_true", help="also show the result")
+    get.add_argument("--top", type=_non_negative, default=DEFAULT_TOP, help="outcomes per table")
+    get.set_defaults(handler=_cmd_jobs_get)
+
+    watch = jobs_sub.add_parser("watch", parents=[common], help="follow a job's state changes")
+    watch.add_argument("name", help="job name")
+    watch.set_defaults(handler=_cmd_jobs_watch)
+
+    cancel = jobs_sub.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("name", help="job name")
+    cancel.set_defaults(handler=_cmd_jobs_cancel)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `qgateway` command and returns its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        (getattr(args, "parser", None) or parser).print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except (QGatewayError, JobFailedError, CliError) as err:
+        print(format_error(err, target=getattr(args, "target", None)), file=sys.stderr)
+        return 1
+    except ValueError as err:
+        # Client-side checks (a bad job name, a malformed result stream): still one line.
+        print(format_error(err), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,240 @@
+"""CLI output: counts tables and histograms, backend tables, error lines."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qgateway import (
+    Backend,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    Job,
+    JobFailedError,
+    JobResult,
+    JobState,
+    RetryPolicy,
+    UnavailableError,
+)
+from qgateway.v1 import job_pb2
+
+from gateway import cli
+
+COUNTS = {"00": 6, "11": 3, "01": 1, "10": 3}
+
+
+def test_counts_table_sorted_by_count_then_outcome() -> None:
+    assert cli.format_counts(COUNTS, width=6, title="register c (2 bits)") == (
+        "register c (2 bits)\n"
+        "outcome  count    prob  histogram\n"
+        "00           6  0.4615  ######\n"
+        "10           3  0.2308  ###\n"
+        "11           3  0.2308  ###\n"
+        "01           1  0.0769  #"
+    )
+
+
+def test_rare_outcomes_still_get_a_bar_and_top_truncates() -> None:
+    text = cli.format_counts({"0": 1000, "1": 1}, width=10, bar="*")
+    assert text.splitlines()[1:] == [
+        "0         1000  0.9990  **********",
+        "1            1  0.0010  *",
+    ]
+    short = cli.format_counts(COUNTS, width=6, top=2)
+    assert short.splitlines()[-1] == (
+        "... 2 more outcomes (4 shots) not shown; use --top 0 or --json"
+    )
+    assert len(short.splitlines()) == 4
+
+
+def test_several_registers_give_one_table_each() -> None:
+    pub = job_pb2.PubResult(
+        sampler=job_pb2.SamplerPubResult(
+            shots=4,
+            registers=[
+                job_pb2.RegisterResult(
+                    name="a", num_bits=1, counts=[job_pb2.Counts(counts={"1": 4})]
+                ),
+                job_pb2.RegisterResult(
+                    name="b", num_bits=2, counts=[job_pb2.Counts(counts={"10": 3, "00": 1})]
+                ),
+            ],
+        )
+    )
+    text = cli.format_result(JobResult.from_proto(job_pb2.JobResult(pub_results=[pub])), top=0)
+    assert text == (
+        "register a (1 bit): 4 shots, 1 outcome\n"
+        "outcome  count    prob  histogram\n"
+        "1            4  1.0000  ########################################\n"
+        "\n"
+        "register b (2 bits): 4 shots, 2 outcomes\n"
+        "outcome  count    prob  histogram\n"
+        "10           3  0.7500  ########################################\n"
+        "00           1  0.2500  #############"
+    )
+
+
+def backend(name: str, qubits: int, status: str, queued: int) -> Backend:
+    return Backend(
+        name=f"backends/{name}",
+        provider="aer",
+        kind="SIMULATOR",
+        num_qubits=qubits,
+        basis_gates=[],
+        primitives=["SAMPLER"],
+        features=[],
+        status=status,
+        queue_depth=queued,
+        running_jobs=0,
+        limits=None,
+        properties={},
+    )
+
+
+def test_backends_table() -> None:
+    text = cli.format_backends(
+        [backend("aer", 30, "ONLINE", 3), backend("aer-mps", 100, "OFFLINE", 12)]
+    )
+    assert text == (
+        "NAME     KIND       QUBITS  STATUS   QUEUED\n"
+        "aer      simulator      30  online        3\n"
+        "aer-mps  simulator     100  offline      12"
+    )
+
+
+def test_watch_event_line() -> None:
+    when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    running = Job(name="jobs/j1", state=JobState.RUNNING)
+    assert cli.format_event(running, when) == "2025-03-04 05:06:07Z jobs/j1 RUNNING"
+    failed = Job(
+        name="jobs/j1",
+        state=JobState.FAILED,
+        error_reason="WORKER_CRASHED",
+        error_message="worker\nkilled",
+    )
+    assert cli.format_event(failed, when) == (
+        "2025-03-04 05:06:07Z jobs/j1 FAILED WORKER_CRASHED: worker killed"
+    )
+
+
+def test_error_line_with_field_violations() -> None:
+    err = InvalidArgumentError(
+        "circuit does not parse:\nline 3",
+        reason="INVALID_QASM",
+        field_violations=[("spec.pubs[0].sampler.circuit", "unknown gate 'foo'")],
+    )
+    assert cli.format_error(err) == (
+        "error: INVALID_ARGUMENT INVALID_QASM: circuit does not parse: line 3\n"
+        "  spec.pubs[0].sampler.circuit: unknown gate 'foo'"
+    )
+
+
+def test_error_lines_for_transport_deadline_and_failed_job() -> None:
+    assert cli.format_error(UnavailableError("failed to connect"), target="h:1") == (
+        "error: UNAVAILABLE: failed to connect (gateway h:1)"
+    )
+    late = DeadlineExceededError("too slow", reason="DEADLINE", metadata={"job": "jobs/j9"})
+    assert cli.format_error(late) == (
+        "error: DEADLINE_EXCEEDED DEADLINE: too slow (job jobs/j9 keeps running)"
+    )
+    failed = JobFailedError("jobs/j2", "FAILED", "EXECUTION_FAILED", "simulator said no")
+    assert cli.format_error(failed) == (
+        "error: job jobs/j2 FAILED EXECUTION_FAILED: simulator said no"
+    )
+
+
+def test_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = cli.main(["run", str(tmp_path / "absent.qasm"), "--shots", "10"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: cannot read {tmp_path / 'absent.qasm'}: ")
+
+
+def test_unreachable_gateway_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "CLI_RETRY", RetryPolicy(max_attempts=1))
+    code = cli.main(["--target", "127.0.0.1:1", "backends", "--timeout", "10"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: UNAVAILABLE")
+    assert err.rstrip().endswith("(gateway 127.0.0.1:1)")
+
+
+def test_target_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cli.ENV_TARGET, "gw.example:443")
+    assert cli.build_parser().parse_args(["backends"]).target == "gw.example:443"
+    monkeypatch.delenv(cli.ENV_TARGET)
+    assert cli.build_parser().parse_args(["backends"]).target == "127.0.0.1:50051"
+    args = cli.build_parser().parse_args(
+        ["--target", "a:1", "jobs", "get", "j1", "--target", "b:2"]
+    )
+    assert args.target == "b:2"
+
+
+class FakeClient:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.calls: list[dict[str, Any]] = []
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run_pubs(self, pubs: Any, **kwargs: Any) -> Job:
+        self.calls.append(kwargs)
+        return self.job
+
+
+def test_run_command_prints_job_line_and_tables(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = tmp_path / "bell.qasm"
+    source.write_text("OPENQASM 3.0;\n", encoding="utf-8")
+    msg = job_pb2.Job(
+        name="jobs/j1",
+        state=job_pb2.JOB_STATE_SUCCEEDED,
+        execution=job_pb2.ExecutionInfo(backend="backends/aer", seed=7),
+        result=job_pb2.JobResult(
+            pub_results=[
+                job_pb2.PubResult(
+                    sampler=job_pb2.SamplerPubResult(
+                        shots=8,
+                        registers=[
+                            job_pb2.RegisterResult(
+                                name="c",
+                                num_bits=2,
+                                counts=[job_pb2.Counts(counts={"00": 5, "11": 3})],
+                            )
+                        ],
+                    )
+                )
+            ]
+        ),
+    )
+    fake = FakeClient(Job.from_proto(msg))
+
+    def make(args: argparse.Namespace) -> FakeClient:
+        return fake
+
+    monkeypatch.setattr(cli, "_client", make)
+    code = cli.main(["run", str(source), "--shots", "8", "--seed", "7", "--counts-only"])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "jobs/j1 SUCCEEDED on backends/aer (seed 7)"
+    assert out[2] == "register c (2 bits): 8 shots, 2 outcomes"
+    assert out[4].startswith("00           5  0.6250  ")
+    assert fake.calls == [{"backend": "aer", "seed": 7, "counts_only": True, "timeout": None}]
+
+    fake.job = Job(
+        name="jobs/j1", state=JobState.FAILED, error_reason="EXECUTION_FAILED", error_message="x"
+    )
+    assert cli.main(["run", str(source)]) == 1
+    assert capsys.readouterr().err == "error: job jobs/j1 FAILED EXECUTION_FAILED: x\n"

@@ -1,0 +1,393 @@
+"""Typed client errors from google.rpc.Status trailers, and the client's retry rules."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+import pytest
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from qgateway import client as client_module
+from qgateway.client import AsyncClient, Client, RetryPolicy
+from qgateway.errors import (
+    STATUS_DETAILS_KEY,
+    AbortedError,
+    AlreadyExistsError,
+    CancelledError,
+    DataLossError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    QGatewayError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+    from_rpc_error,
+)
+from qgateway.v1 import job_pb2, job_service_pb2
+
+
+class FakeRpcError(grpc.RpcError):  # type: ignore[misc, unused-ignore]
+    """What a stub raises: an RpcError that is also a Call with code, details and trailers."""
+
+    def __init__(self, code: Any, details: str, trailers: Any = ()) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self._trailers = trailers
+
+    def code(self) -> Any:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._trailers
+
+
+def status_trailers(code: Any, message: str, *details: Message) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a google.rpc.Status with the given details."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain="qgateway", metadata=metadata)
+
+
+def retry_info(seconds: int, nanos: int = 0) -> error_details_pb2.RetryInfo:
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=seconds, nanos=nanos)
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (grpc.StatusCode.CANCELLED, CancelledError),
+        (grpc.StatusCode.UNKNOWN, UnknownError),
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgumentError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError),
+        (grpc.StatusCode.NOT_FOUND, NotFoundError),
+        (grpc.StatusCode.ALREADY_EXISTS, AlreadyExistsError),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhaustedError),
+        (grpc.StatusCode.FAILED_PRECONDITION, FailedPreconditionError),
+        (grpc.StatusCode.ABORTED, AbortedError),
+        (grpc.StatusCode.OUT_OF_RANGE, OutOfRangeError),
+        (grpc.StatusCode.UNIMPLEMENTED, UnimplementedError),
+        (grpc.StatusCode.INTERNAL, InternalError),
+        (grpc.StatusCode.UNAVAILABLE, UnavailableError),
+        (grpc.StatusCode.DATA_LOSS, DataLossError),
+        (grpc.StatusCode.UNAUTHENTICATED, UnauthenticatedError),
+    ],
+)
+def test_each_status_code_has_its_class(code: Any, cls: type[QGatewayError]) -> None:
+    err = from_rpc_error(FakeRpcError(code, "boom"))
+    assert type(err) is cls
+    assert isinstance(err, QGatewayError)
+    assert err.code == code
+    assert err.message == "boom"
+    assert err.reason == ""
+    assert err.retry_delay is None
+
+
+def test_invalid_argument_with_error_info_and_field_violations() -> None:
+    bad = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field="spec.pubs[0].sampler.circuit", description="line 3: unknown gate 'foo'"
+            ),
+            error_details_pb2.BadRequest.FieldViolation(
+                field="spec.pubs[1].sampler.shots", description="must be positive"
+            ),
+        ]
+    )
+    trailers = status_trailers(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "circuit does not parse",
+        error_info("INVALID_QASM", pub="0"),
+        bad,
+    )
+    err = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "circuit does not parse", trailers)
+    )
+    assert isinstance(err, InvalidArgumentError)
+    assert err.reason == "INVALID_QASM"
+    assert err.domain == "qgateway"
+    assert err.metadata == {"pub": "0"}
+    assert err.field_violations == [
+        ("spec.pubs[0].sampler.circuit", "line 3: unknown gate 'foo'"),
+        ("spec.pubs[1].sampler.shots", "must be positive"),
+    ]
+    assert str(err) == "INVALID_ARGUMENT INVALID_QASM: circuit does not parse"
+
+
+def test_unavailable_carries_retry_delay() -> None:
+    trailers = status_trailers(
+        grpc.StatusCode.UNAVAILABLE, "breaker open", error_info("BREAKER_OPEN"), retry_info(1, 5)
+    )
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "breaker open", trailers))
+    assert isinstance(err, UnavailableError)
+    assert err.reason == "BREAKER_OPEN"
+    assert err.retry_delay == pytest.approx(1.000000005)
+
+
+def test_resource_exhausted_carries_quota_violations_and_delay() -> None:
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject="tenant:default", description="shot quota 1000000/day used up"
+            )
+        ]
+    )
+    trailers = status_trailers(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "quota",
+        error_info("SHOT_QUOTA_EXCEEDED"),
+        quota,
+        retry_info(30),
+    )
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota", trailers))
+    assert isinstance(err, ResourceExhaustedError)
+    assert err.reason == "SHOT_QUOTA_EXCEEDED"
+    assert err.quota_violations == [("tenant:default", "shot quota 1000000/day used up")]
+    assert err.retry_delay == 30.0
+
+
+def test_run_deadline_names_the_job() -> None:
+    trailers = status_trailers(
+        grpc.StatusCode.DEADLINE_EXCEEDED, "still running", error_info("DEADLINE", job="jobs/j1")
+    )
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "still running", trailers))
+    assert isinstance(err, DeadlineExceededError)
+    assert err.job == "jobs/j1"
+
+
+def test_deadline_without_details_has_no_job() -> None:
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+    assert isinstance(err, DeadlineExceededError)
+    assert err.job is None
+
+
+def test_aio_metadata_trailers() -> None:
+    (key, value) = status_trailers(
+        grpc.StatusCode.NOT_FOUND, "no such job", error_info("JOB_NOT_FOUND")
+    )[0]
+    trailers = grpc.aio.Metadata(("x-other", "1"), (key, value))
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, "no such job", trailers))
+    assert isinstance(err, NotFoundError)
+    assert err.reason == "JOB_NOT_FOUND"
+
+
+def test_garbled_trailer_still_gives_typed_error() -> None:
+    trailers = ((STATUS_DETAILS_KEY, b"\xff\xff not a status"),)
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.INTERNAL, "oops", trailers))
+    assert isinstance(err, InternalError)
+    assert err.reason == ""
+    assert err.message == "oops"
+
+
+def test_message_falls_back_to_status_message() -> None:
+    trailers = status_trailers(grpc.StatusCode.ABORTED, "from status", error_info("X"))
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.ABORTED, "", trailers))
+    assert err.message == "from status"
+
+
+def test_bare_rpc_error_is_unknown() -> None:
+    err = from_rpc_error(grpc.RpcError("bare"))
+    assert isinstance(err, UnknownError)
+
+
+# --- Retries ----------------------------------------------------------------------------------
+
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_attempts=4, jitter=0.0)
+
+
+def unavailable(delay: int | None = None) -> FakeRpcError:
+    details: list[Message] = [error_info("BREAKER_OPEN")]
+    if delay is not None:
+        details.append(retry_info(delay))
+    return FakeRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        "breaker open",
+        status_trailers(grpc.StatusCode.UNAVAILABLE, "breaker open", *details),
+    )
+
+
+class FakeUnary:
+    """A stub method answering with the given outcomes in turn, recording every request."""
+
+    def __init__(self, outcomes: Sequence[Any]) -> None:
+        self.outcomes = list(outcomes)
+        self.requests: list[Any] = []
+        self.timeouts: list[float | None] = []
+
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+        self.requests.append(request)
+        self.timeouts.append(timeout)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def finished_run() -> job_service_pb2.RunResponse:
+    return job_service_pb2.RunResponse(
+        job=job_pb2.Job(
+            name="jobs/j1",
+            state=job_pb2.JOB_STATE_SUCCEEDED,
+            result=job_pb2.JobResult(
+                pub_results=[
+                    job_pb2.PubResult(
+                        sampler=job_pb2.SamplerPubResult(
+                            shots=4,
+                            registers=[
+                                job_pb2.RegisterResult(
+                                    name="c",
+                                    num_bits=2,
+                                    counts=[job_pb2.Counts(counts={"00": 3, "11": 1})],
+                                )
+                            ],
+                        )
+                    )
+                ]
+            ),
+        )
+    )
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    recorded: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", recorded.append)
+    return recorded
+
+
+def make_client(**methods: Any) -> Client:
+    client = Client("127.0.0.1:1", retry=FAST)
+    client._jobs = SimpleNamespace(**methods)
+    return client
+
+
+def test_run_retries_unavailable_with_the_same_request_id(sleeps: list[float]) -> None:
+    run = FakeUnary([unavailable(), unavailable(2), finished_run()])
+    with make_client(Run=run) as client:
+        result = client.run("OPENQASM 3.0;", shots=4, timeout=30)
+    assert result.counts() == {"00": 3, "11": 1}
+    ids = [r.request_id for r in run.requests]
+    assert len(ids) == 3
+    assert ids[0] and len(set(ids)) == 1
+    # Backoff first, then the gateway's RetryInfo delay.
+    assert sleeps == [pytest.approx(0.01), 2.0]
+    assert all(t is not None and 0 < t <= 30 for t in run.timeouts)
+
+
+def test_caller_request_id_is_kept(sleeps: list[float]) -> None:
+    run = FakeUnary([unavailable(), finished_run()])
+    with make_client(Run=run) as client:
+        client.run("OPENQASM 3.0;", request_id="mine")
+    assert [r.request_id for r in run.requests] == ["mine", "mine"]
+
+
+def test_other_codes_are_not_retried(sleeps: list[float]) -> None:
+    bad = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "no")
+    run = FakeUnary([bad])
+    with make_client(Run=run) as client, pytest.raises(InvalidArgumentError) as info:
+        client.run("OPENQASM 3.0;")
+    assert len(run.requests) == 1
+    assert sleeps == []
+    assert info.value.request_id == run.requests[0].request_id
+
+
+def test_attempts_are_bounded(sleeps: list[float]) -> None:
+    run = FakeUnary([unavailable() for _ in range(10)])
+    with make_client(Run=run) as client, pytest.raises(UnavailableError):
+        client.run("OPENQASM 3.0;")
+    assert len(run.requests) == FAST.max_attempts
+
+
+def test_retry_delay_beyond_the_timeout_gives_up_at_once(sleeps: list[float]) -> None:
+    run = FakeUnary([unavailable(60), finished_run()])
+    with make_client(Run=run) as client, pytest.raises(UnavailableError) as info:
+        client.run("OPENQASM 3.0;", timeout=5)
+    assert len(run.requests) == 1
+    assert info.value.retry_delay == 60.0
+
+
+def test_cancel_is_never_retried(sleeps: list[float]) -> None:
+    cancel = FakeUnary([unavailable(), job_service_pb2.CancelJobResponse()])
+    with make_client(CancelJob=cancel) as client, pytest.raises(UnavailableError):
+        client.cancel("j1")
+    assert len(cancel.requests) == 1
+    assert cancel.requests[0].name == "jobs/j1"
+
+
+def test_run_deadline_error_carries_request_id_and_job(sleeps: list[float]) -> None:
+    deadline = FakeRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "job jobs/j1 did not finish within the deadline",
+        status_trailers(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "late", error_info("DEADLINE", job="jobs/j1")
+        ),
+    )
+    run = FakeUnary([deadline])
+    with make_client(Run=run) as client, pytest.raises(DeadlineExceededError) as info:
+        client.run("OPENQASM 3.0;", request_id="r1", timeout=1)
+    assert info.value.job == "jobs/j1"
+    assert info.value.request_id == "r1"
+    assert sleeps == []
+
+
+def test_async_client_retries_with_the_same_request_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        recorded.append(delay)
+
+    monkeypatch.setattr(client_module, "_async_sleep", fake_sleep)
+    outcomes: list[Any] = [unavailable(1), finished_run()]
+    requests: list[Any] = []
+
+    async def run(request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+        requests.append(request)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def scenario() -> dict[str, int]:
+        async with AsyncClient("127.0.0.1:1", retry=FAST) as client:
+            _ = client.channel  # opened inside the loop, then its stub replaced
+            client._jobs_stub = SimpleNamespace(Run=run)
+            result = await client.run("OPENQASM 2.0;\nqreg q[1];", shots=4)
+            return result.counts()
+
+    assert asyncio.run(scenario()) == {"00": 3, "11": 1}
+    assert recorded == [1.0]
+    assert len(requests) == 2
+    assert requests[0].request_id and requests[0].request_id == requests[1].request_id
+    assert requests[0].spec.pubs[0].sampler.circuit.WhichOneof("source") == "qasm2"
+
+
+def test_retry_policy_backoff_grows_and_is_capped() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=0.5, multiplier=2.0, jitter=0.0)
+    assert [policy.backoff(n) for n in (1, 2, 3, 4)] == pytest.approx([0.1, 0.2, 0.4, 0.5])
+    jittered = RetryPolicy(initial_backoff=1.0, max_backoff=10.0, jitter=0.5)
+    assert all(0.5 <= jittered.backoff(1) <= 1.5 for _ in range(50))
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)

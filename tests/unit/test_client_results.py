@@ -1,0 +1,385 @@
+"""Result views over hand-built protos, stream reassembly, and request building.
+
+Expected bitstrings and values are written out by hand (never recomputed by the code under
+test): registers a (1 bit), b (3 bits) and c (9 bits), a PUB of shape (2, 3), 2 shots each.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from qgateway.client import bindings_array, circuit_from_source, observables_from
+from qgateway.results import (
+    EstimatorPubResult,
+    Job,
+    JobResult,
+    JobState,
+    ResultAssembler,
+    SamplerPubResult,
+    job_result_from_stream,
+)
+from qgateway.v1 import circuit_pb2, job_pb2, job_service_pb2
+
+# Per binding (row-major over shape (2, 3)), 2 shots each: 12 rows per register.
+A_SAMPLES = bytes([1, 0, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0])
+B_SAMPLES = bytes([5, 2, 7, 0, 1, 3, 4, 6, 5, 5, 0, 7])
+# 9 bits: two bytes per row, big-endian; the 7 padding bits are the first byte's high bits.
+C_SAMPLES = bytes(
+    [
+        0x01, 0xA5, 0x00, 0x03,  # binding 0: 110100101, 000000011
+        0x01, 0x00, 0x00, 0xFF,  # binding 1: 100000000, 011111111
+        0x01, 0xFF, 0x00, 0x00,  # binding 2: 111111111, 000000000
+        0x01, 0x55, 0x00, 0xAA,  # binding 3: 101010101, 010101010
+        0x01, 0xA5, 0x01, 0xA5,  # binding 4: 110100101, 110100101
+        0x00, 0x01, 0x01, 0x80,  # binding 5: 000000001, 110000000
+    ]
+)  # fmt: skip
+A_COUNTS = [{"1": 1, "0": 1}, {"0": 2}, {"1": 2}, {"0": 1, "1": 1}, {"1": 1, "0": 1}, {"0": 2}]
+B_COUNTS = [
+    {"101": 1, "010": 1},
+    {"111": 1, "000": 1},
+    {"001": 1, "011": 1},
+    {"100": 1, "110": 1},
+    {"101": 2},
+    {"000": 1, "111": 1},
+]
+C_COUNTS = [
+    {"110100101": 1, "000000011": 1},
+    {"100000000": 1, "011111111": 1},
+    {"111111111": 1, "000000000": 1},
+    {"101010101": 1, "010101010": 1},
+    {"110100101": 2},
+    {"000000001": 1, "110000000": 1},
+]
+
+
+def register(
+    name: str, bits: int, samples: bytes, counts: list[dict[str, int]], with_counts: bool = True
+) -> job_pb2.RegisterResult:
+    return job_pb2.RegisterResult(
+        name=name,
+        num_bits=bits,
+        samples=samples,
+        counts=[job_pb2.Counts(counts=c) for c in counts] if with_counts else [],
+    )
+
+
+def sampler_result(samples: bool = True, counts: bool = True) -> job_pb2.PubResult:
+    def s(data: bytes) -> bytes:
+        return data if samples else b""
+
+    return job_pb2.PubResult(
+        sampler=job_pb2.SamplerPubResult(
+            shape=[2, 3],
+            shots=2,
+            registers=[
+                register("a", 1, s(A_SAMPLES), A_COUNTS, counts),
+                register("b", 3, s(B_SAMPLES), B_COUNTS, counts),
+                register("c", 9, s(C_SAMPLES), C_COUNTS, counts),
+            ],
+        )
+    )
+
+
+def estimator_result() -> job_pb2.PubResult:
+    return job_pb2.PubResult(
+        estimator=job_pb2.EstimatorPubResult(
+            shape=[3],
+            expectation_values=[1.0, -0.5, 0.25],
+            standard_errors=[0.0, 0.0125, 0.03],
+            precision=0.015625,
+        )
+    )
+
+
+def full_result() -> job_pb2.JobResult:
+    return job_pb2.JobResult(pub_results=[sampler_result(), estimator_result()])
+
+
+def test_register_bitstrings_decode_the_packed_rows() -> None:
+    pub = JobResult.from_proto(full_result()).sampler(0)
+    assert pub.shape == (2, 3)
+    assert pub.shots == 2
+    assert pub.register_names == ["a", "b", "c"]
+    assert pub["a"].bitstrings(0) == ["1", "0"]
+    assert pub["b"].bitstrings(0) == ["101", "010"]
+    assert pub["c"].bitstrings(0) == ["110100101", "000000011"]
+    assert pub["c"].bitstrings((0, 1)) == ["100000000", "011111111"]
+    assert pub["c"].bitstrings((1, 0)) == ["101010101", "010101010"]
+    assert pub["c"].bitstrings((1, 2)) == ["000000001", "110000000"]
+    assert pub["c"].bitstrings(-1) == ["000000001", "110000000"]
+    assert pub["c"].ints(5) == [1, 384]
+    assert pub["c"].get_int_counts(5) == {1: 1, 384: 1}
+
+
+def test_counts_from_samples_match_the_gateway_counts() -> None:
+    with_counts = SamplerPubResult.from_proto(sampler_result().sampler)
+    from_samples = SamplerPubResult.from_proto(sampler_result(counts=False).sampler)
+    for name, expected in (("a", A_COUNTS), ("b", B_COUNTS), ("c", C_COUNTS)):
+        for flat in range(6):
+            assert with_counts[name].counts(flat) == expected[flat]
+            assert from_samples[name].counts(flat) == expected[flat]
+
+
+def test_joint_counts_put_the_last_declared_register_first() -> None:
+    result = JobResult.from_proto(full_result())
+    assert result.sampler(0).bitstrings(0) == ["110100101 101 1", "000000011 010 0"]
+    assert result.counts() == {"110100101 101 1": 1, "000000011 010 0": 1}
+    assert result.counts(index=(1, 1)) == {"110100101 101 1": 1, "110100101 101 0": 1}
+    assert result.counts(index=(1, 2)) == {"000000001 000 0": 1, "110000000 111 0": 1}
+    assert result.counts(register="b", index=(0, 2)) == {"001": 1, "011": 1}
+    assert result.sampler(0).get_int_counts(4) == {0b1101001011011: 1, 0b1101001011010: 1}
+
+
+def test_counts_only_needs_a_register_name() -> None:
+    result = JobResult.from_proto(job_pb2.JobResult(pub_results=[sampler_result(samples=False)]))
+    with pytest.raises(ValueError, match="counts_only") as info:
+        result.counts()
+    assert "register" in str(info.value)
+    assert result.counts(register="c", index=4) == {"110100101": 2}
+    with pytest.raises(ValueError, match="counts_only"):
+        result.sampler(0)["a"].bitstrings(0)
+
+
+def test_single_register_counts_need_no_name() -> None:
+    pub = job_pb2.PubResult(
+        sampler=job_pb2.SamplerPubResult(
+            shots=3, registers=[register("meas", 2, bytes([3, 0, 3]), [{"11": 2, "00": 1}])]
+        )
+    )
+    result = JobResult.from_proto(job_pb2.JobResult(pub_results=[pub]))
+    assert result.counts() == {"11": 2, "00": 1}
+    assert result.sampler(0).bitstrings() == ["11", "00", "11"]
+
+
+def test_bad_indexes_and_kinds() -> None:
+    result = JobResult.from_proto(full_result())
+    with pytest.raises(IndexError):
+        result.counts(index=6)
+    with pytest.raises(IndexError):
+        result.counts(index=(2, 0))
+    with pytest.raises(IndexError):
+        result.counts(index=(1,))
+    with pytest.raises(KeyError):
+        result.counts(register="nope")
+    with pytest.raises(TypeError):
+        result.counts(pub=1)
+    with pytest.raises(TypeError):
+        result.estimator(0)
+
+
+def test_estimator_result() -> None:
+    est = JobResult.from_proto(full_result()).estimator(1)
+    assert isinstance(est, EstimatorPubResult)
+    assert est.shape == (3,)
+    assert est.expectation_values == [1.0, -0.5, 0.25]
+    assert est.standard_errors == [0.0, 0.0125, 0.03]
+    assert est.expectation_value(1) == -0.5
+    assert est.standard_error((2,)) == 0.03
+    assert est.precision == 0.015625
+
+
+def test_job_from_proto() -> None:
+    msg = job_pb2.Job(
+        name="jobs/j7",
+        tenant="default",
+        request_id="r7",
+        backend="backends/aer",
+        state=job_pb2.JOB_STATE_SUCCEEDED,
+        create_time=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        execution=job_pb2.ExecutionInfo(
+            backend="backends/aer",
+            seed=0,  # 0 is a seed, not "unset"
+            sdk_versions={"qiskit": "2.6.2"},
+            layouts=[job_pb2.Layout(physical_qubits=[2, 0, 1])],
+            attempts=1,
+        ),
+        timings=job_pb2.JobTimings(execute=timedelta(milliseconds=1500)),
+        num_pubs=2,
+        result=full_result(),
+    )
+    job = Job.from_proto(msg)
+    assert job.id == "j7"
+    assert job.state is JobState.SUCCEEDED and job.done
+    assert job.create_time == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert job.start_time is None
+    assert job.execution is not None
+    assert job.execution.seed == 0
+    assert job.execution.layouts == [[2, 0, 1]]
+    assert job.timings is not None
+    assert job.timings.execute == timedelta(seconds=1.5)
+    assert job.timings.queued is None
+    assert job.result is not None and len(job.result) == 2
+
+    failed = Job.from_proto(
+        job_pb2.Job(
+            name="jobs/j8",
+            state=job_pb2.JOB_STATE_FAILED,
+            error=job_pb2.JobError(reason="WORKER_CRASHED", message="killed"),
+            execution=job_pb2.ExecutionInfo(backend="backends/aer"),
+        )
+    )
+    assert failed.state == "FAILED"
+    assert failed.error_reason == "WORKER_CRASHED"
+    assert failed.execution is not None and failed.execution.seed is None
+    assert failed.result is None
+    assert JobState.parse("running") is JobState.RUNNING
+    assert JobState.from_proto(99) is JobState.UNSPECIFIED
+
+
+# --- Streaming --------------------------------------------------------------------------------
+
+Resp = job_service_pb2.StreamJobResultResponse
+
+
+def header(pub: job_pb2.PubResult) -> job_pb2.PubResult:
+    out = job_pb2.PubResult()
+    out.CopyFrom(pub)
+    if out.HasField("sampler"):
+        for reg in out.sampler.registers:
+            reg.ClearField("samples")
+            reg.ClearField("counts")
+    else:
+        out.estimator.ClearField("expectation_values")
+        out.estimator.ClearField("standard_errors")
+    return out
+
+
+def samples(
+    pub: int, reg: int, offset: int, data: bytes
+) -> job_service_pb2.StreamJobResultResponse:
+    return Resp(
+        pub_index=pub,
+        samples=job_service_pb2.SamplesChunk(register_index=reg, offset=offset, data=data),
+    )
+
+
+def counts(
+    pub: int, reg: int, offset: int, entries: list[dict[str, int]]
+) -> job_service_pb2.StreamJobResultResponse:
+    return Resp(
+        pub_index=pub,
+        counts=job_service_pb2.CountsChunk(
+            register_index=reg, offset=offset, counts=[job_pb2.Counts(counts=c) for c in entries]
+        ),
+    )
+
+
+def chunked_stream() -> list[job_service_pb2.StreamJobResultResponse]:
+    return [
+        Resp(pub_index=0, header=header(sampler_result())),
+        samples(0, 0, 0, A_SAMPLES),
+        samples(0, 1, 6, B_SAMPLES[6:]),  # out of order within the register
+        samples(0, 1, 0, B_SAMPLES[:6]),
+        samples(0, 2, 0, C_SAMPLES[:10]),
+        samples(0, 2, 10, C_SAMPLES[10:20]),
+        samples(0, 2, 20, C_SAMPLES[20:]),
+        counts(0, 0, 0, A_COUNTS),
+        counts(0, 1, 0, B_COUNTS[:4]),
+        counts(0, 1, 4, B_COUNTS[4:]),
+        counts(0, 2, 0, C_COUNTS[:3]),
+        counts(0, 2, 3, C_COUNTS[3:]),
+        Resp(pub_index=1, header=header(estimator_result())),
+        Resp(
+            pub_index=1,
+            values=job_service_pb2.EstimatorValuesChunk(
+                offset=0, expectation_values=[1.0, -0.5], standard_errors=[0.0, 0.0125]
+            ),
+        ),
+        Resp(
+            pub_index=1,
+            values=job_service_pb2.EstimatorValuesChunk(
+                offset=2, expectation_values=[0.25], standard_errors=[0.03]
+            ),
+        ),
+    ]
+
+
+def test_stream_reassembles_the_full_message() -> None:
+    assembler = ResultAssembler()
+    for response in chunked_stream():
+        assembler.add(response)
+    assert assembler.proto() == full_result()
+    result = job_result_from_stream(chunked_stream())
+    assert result == JobResult.from_proto(full_result())
+    assert result.sampler(0)["c"].bitstrings((1, 2)) == ["000000001", "110000000"]
+    assert result.counts(index=(1, 1)) == {"110100101 101 1": 1, "110100101 101 0": 1}
+
+
+def test_stream_of_counts_only_result() -> None:
+    stream = [r for r in chunked_stream() if r.WhichOneof("chunk") != "samples"]
+    result = job_result_from_stream(stream)
+    assert result.sampler(0)["c"].samples == b""
+    assert result.counts(register="a", index=2) == {"1": 2}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        # A samples chunk lost in the middle of register c.
+        [r for i, r in enumerate(chunked_stream()) if i != 5],
+        # A counts run missing.
+        [r for i, r in enumerate(chunked_stream()) if i != 9],
+        # Data before its header.
+        chunked_stream()[1:],
+        # Headers out of order.
+        [chunked_stream()[12], *chunked_stream()[:12]],
+        # Bytes beyond the register's size.
+        [*chunked_stream()[:2], samples(0, 0, 12, b"\x01")],
+        # Nothing at all.
+        [],
+    ],
+)
+def test_malformed_streams_are_refused(
+    broken: list[job_service_pb2.StreamJobResultResponse],
+) -> None:
+    with pytest.raises(ValueError, match="malformed result stream"):
+        job_result_from_stream(broken)
+
+
+# --- Request building -------------------------------------------------------------------------
+
+
+def test_language_detection() -> None:
+    assert circuit_from_source("OPENQASM 2.0;\nqreg q[1];").WhichOneof("source") == "qasm2"
+    commented = "// a Bell pair\n/* old\n style */\n  OPENQASM 2.0;"
+    assert circuit_from_source(commented).WhichOneof("source") == "qasm2"
+    assert circuit_from_source("OPENQASM 3.0;\nqubit q;").WhichOneof("source") == "qasm3"
+    assert circuit_from_source("qubit q;").WhichOneof("source") == "qasm3"
+    assert circuit_from_source("// OPENQASM 2.0;\nOPENQASM 3;").WhichOneof("source") == "qasm3"
+
+
+def test_bindings_array_shapes() -> None:
+    single = bindings_array([0.1, 0.2], ["a", "b"])
+    assert single == circuit_pb2.BindingsArray(parameters=["a", "b"], shape=[], values=[0.1, 0.2])
+    sweep = bindings_array([[[0, 1], [2, 3], [4, 5]], [[6, 7], [8, 9], [10, 11]]])
+    assert sweep is not None
+    assert list(sweep.shape) == [2, 3]
+    assert list(sweep.values) == [float(v) for v in range(12)]
+    assert bindings_array(0.5) == circuit_pb2.BindingsArray(values=[0.5])
+    assert bindings_array(None) is None
+    with pytest.raises(ValueError, match="ragged"):
+        bindings_array([[0.1, 0.2], [0.3]])
+    with pytest.raises(ValueError):
+        bindings_array([0.1, 0.2], ["only_one"])
+    with pytest.raises(TypeError):
+        bindings_array([[True, 0.2]])
+
+
+def test_observables_forms() -> None:
+    def terms(obs: list[circuit_pb2.Observable]) -> list[list[tuple[str, float]]]:
+        return [[(t.pauli, t.coefficient) for t in o.terms] for o in obs]
+
+    assert terms(observables_from("IZ")) == [[("IZ", 1.0)]]
+    assert terms(observables_from(["ZZ", "XX"])) == [[("ZZ", 1.0)], [("XX", 1.0)]]
+    assert terms(observables_from(("ZZ", 0.5))) == [[("ZZ", 0.5)]]
+    assert terms(observables_from([[("ZZ", 0.5), ("XX", -0.5)], "YY"])) == [
+        [("ZZ", 0.5), ("XX", -0.5)],
+        [("YY", 1.0)],
+    ]
+    assert terms(observables_from({"ZI": 2.0, "IZ": 1.0})) == [[("ZI", 2.0), ("IZ", 1.0)]]
+    with pytest.raises(ValueError):
+        observables_from([])
+    with pytest.raises(ValueError):
+        observables_from([("ZZ", 1j)])
