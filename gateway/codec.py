@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
@@ -44,9 +45,9 @@ MAX_BINDINGS_ELEMENTS = 50_000_000
 
 
 def _bad(reason: str, field: str, description: str) -> InvalidArgument:
-    return InvalidArgument(reason, f"{field}: {description}", field_violations=[
-        FieldViolation(field, description)
-    ])
+    return InvalidArgument(
+        reason, f"{field}: {description}", field_violations=[FieldViolation(field, description)]
+    )
 
 
 # ---------------------------------------------------------------------------------- names
@@ -222,18 +223,14 @@ def encode_result(result: JobResult) -> job_pb2.JobResult:
     return out
 
 
-_STATES = {s: job_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
+_STATES: dict[JobState, Any] = {s: job_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
 STATE_FROM_PROTO = {v: k for k, v in _STATES.items()}
-
-
-def encode_state(state: JobState) -> job_pb2.JobState.ValueType:
-    return _STATES[state]
 
 
 def decode_states(values: Sequence[int], field: str) -> frozenset[JobState]:
     out = set()
     for i, v in enumerate(values):
-        state = STATE_FROM_PROTO.get(v)  # type: ignore[call-overload]
+        state = STATE_FROM_PROTO.get(v)
         if state is None:
             raise _bad("INVALID_STATE_FILTER", f"{field}[{i}]", f"unknown job state {v}")
         out.add(state)

@@ -95,10 +95,10 @@ class Gateway:
         await self._store.open()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
         await self.manager.start()
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(  # type: ignore[no-untyped-call]
             JobServicer(self.manager, self.config.server.max_response_bytes), self._server
         )
-        backend_service_pb2_grpc.add_BackendServiceServicer_to_server(
+        backend_service_pb2_grpc.add_BackendServiceServicer_to_server(  # type: ignore[no-untyped-call]
             BackendServicer(self.manager), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -114,9 +114,13 @@ class Gateway:
         try:
             self.port = self._server.add_insecure_port(self.config.server.listen)
         except RuntimeError as exc:
-            raise ConfigError(f"server.listen: cannot listen on {self.config.server.listen}: {exc}")
+            raise ConfigError(
+                f"server.listen: cannot listen on {self.config.server.listen}: {exc}"
+            ) from None
         for name in self.backends:
-            await self.health.set(backend_health_name(name), health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(
+                backend_health_name(name), health_pb2.HealthCheckResponse.NOT_SERVING
+            )
         await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()

@@ -16,7 +16,10 @@ READY_PREFIX = "qgateway listening on "
 
 
 def write_config(path: Path, data_dir: Path, backends: str = "") -> Path:
-    text = f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\ngrace_period_s = 2\nmax_request_bytes = 4194304\n\n'
+    text = (
+        f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\n'
+        "grace_period_s = 2\nmax_request_bytes = 4194304\n\n"
+    )
     path.write_text(text + backends)
     tomllib.loads(path.read_text())  # fail early on a broken test config
     return path
@@ -30,7 +33,9 @@ class GatewayProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, config: Path, data_dir: Path, log_path: Path, timeout: float = 60) -> GatewayProcess:
+    def start(
+        cls, config: Path, data_dir: Path, log_path: Path, timeout: float = 60
+    ) -> GatewayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("QGATEWAY_")}
         log = log_path.open("a")
         process = subprocess.Popen(

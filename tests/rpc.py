@@ -63,7 +63,13 @@ def sampler_spec(
 
 
 def ghz(n: int, measure: bool = True) -> str:
-    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{n}] q;", f"bit[{n}] c;", "h q[0];"]
+    lines = [
+        "OPENQASM 3.0;",
+        'include "stdgates.inc";',
+        f"qubit[{n}] q;",
+        f"bit[{n}] c;",
+        "h q[0];",
+    ]
     lines += [f"cx q[{i}], q[{i + 1}];" for i in range(n - 1)]
     if measure:
         lines.append("c = measure q;")

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
 from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_grpc
 
 from gateway import codec
 from gateway.api import paging
+from gateway.api.context import Context
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.manager import JobManager
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def describe(runtime: BackendRuntime) -> backend_pb2.Backend:

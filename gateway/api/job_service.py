@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway import codec
 from gateway.api import paging
+from gateway.api.context import Context
 from gateway.api.result_stream import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, result_chunks
-from gateway.domain.errors import DeadlineExceeded, FailedPrecondition, FieldViolation, InvalidArgument
+from gateway.domain.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+)
 from gateway.domain.jobs import Job, JobState
 from gateway.jobs.manager import JobManager
 from gateway.security.principals import tenant_of
 
-Context = grpc.aio.ServicerContext[Any, Any]
 MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -35,7 +38,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._manager = manager
         self._max_response = max_response_bytes
 
-    async def _with_result(self, job: Job, view: int = job_service_pb2.JOB_VIEW_FULL) -> job_pb2.Job:
+    async def _with_result(
+        self, job: Job, view: int = job_service_pb2.JOB_VIEW_FULL
+    ) -> job_pb2.Job:
         msg = codec.encode_job(job)
         if job.state is JobState.SUCCEEDED and view != job_service_pb2.JOB_VIEW_BASIC:
             data = await self._manager.result(job)
@@ -66,7 +71,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job = await self._manager.get(tenant_of(context), codec.job_id(request.name))
         return job_service_pb2.GetJobResponse(job=await self._with_result(job, request.view))
 
-    async def WatchJob(  # type: ignore[override]
+    async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         async for job in self._manager.watch(tenant_of(context), codec.job_id(request.name)):
@@ -121,7 +126,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         return job_service_pb2.RunResponse(job=await self._with_result(finished))
 
-    async def StreamJobResult(  # type: ignore[override]
+    async def StreamJobResult(
         self, request: job_service_pb2.StreamJobResultRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse]:
         job = await self._manager.get(tenant_of(context), codec.job_id(request.name))

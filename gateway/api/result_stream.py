@@ -33,7 +33,9 @@ def result_chunks(
                     yield Response(
                         pub_index=index,
                         samples=job_service_pb2.SamplesChunk(
-                            register_index=r, offset=offset, data=data[offset : offset + chunk_bytes]
+                            register_index=r,
+                            offset=offset,
+                            data=data[offset : offset + chunk_bytes],
                         ),
                     )
                 start, size = 0, 0

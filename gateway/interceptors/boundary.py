@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from gateway.api.context import Context
 from gateway.api.errors import to_status
 from gateway.domain.errors import GatewayError, Internal, InvalidArgument, ResourceExhausted
 
@@ -67,15 +68,15 @@ def _unexpected(exc: BaseException, method: str) -> GatewayError:
     return Internal("INTERNAL", "internal error in the gateway; it has been logged")
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: GatewayError) -> None:
+async def abort(context: Context, error: GatewayError) -> None:
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _wrap_unary(
-    behaviour: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], method: str
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    behaviour: Callable[[Any, Context], Awaitable[Any]], method: str
+) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def handle(request: Any, context: Context) -> Any:
         if isinstance(request, _Rejected):
             await abort(context, request.error)
         try:
@@ -91,10 +92,10 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behaviour: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+    behaviour: Callable[[Any, Context], AsyncIterator[Any]],
     method: str,
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         if isinstance(request, _Rejected):
             await abort(context, request.error)
         try:
@@ -110,7 +111,7 @@ def _wrap_stream(
     return handle
 
 
-class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
+class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, max_request_bytes: int) -> None:
         self._max = max_request_bytes
 
@@ -120,7 +121,7 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
         deserialize = _safe_deserializer(handler.request_deserializer, self._max)

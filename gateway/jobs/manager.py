@@ -236,7 +236,9 @@ class JobManager:
             runtime.running[entry.job.id] = running
             running.task = asyncio.create_task(self._run(runtime, running, worker))
 
-    async def _run(self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess) -> None:
+    async def _run(
+        self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess
+    ) -> None:
         job = running.entry.job
         try:
             await self._execute(runtime, running, worker)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
+from gateway.api.context import Context
 
 DEFAULT_TENANT = "default"
 
 
-def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def tenant_of(context: Context) -> str:
     """The caller's tenant."""
     return DEFAULT_TENANT

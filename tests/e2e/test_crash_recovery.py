@@ -93,14 +93,19 @@ def test_sigkill_with_running_and_queued_jobs_loses_nothing(tmp_path: Path) -> N
                 state = watch_until(
                     stub,
                     name,
-                    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED,
-                     job_pb2.JOB_STATE_CANCELLED},
+                    {
+                        job_pb2.JOB_STATE_SUCCEEDED,
+                        job_pb2.JOB_STATE_FAILED,
+                        job_pb2.JOB_STATE_CANCELLED,
+                    },
                 )
                 assert state == job_pb2.JOB_STATE_SUCCEEDED, name
             for name in slow:
                 job = stub.GetJob(job_service_pb2.GetJobRequest(name=name), timeout=30).job
                 assert job.execution.attempts == 2  # interrupted once, run again
-                assert sum(job.result.pub_results[0].sampler.registers[0].counts[0].counts.values()) in (6000, 12000)
+                assert sum(
+                    job.result.pub_results[0].sampler.registers[0].counts[0].counts.values()
+                ) in (6000, 12000)
     finally:
         workers = children_of(gw.process.pid)
         assert gw.terminate() == 0

@@ -23,9 +23,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @pytest.fixture(scope="module")
 def channel(address: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(
-        address, options=[("grpc.max_send_message_length", 64 << 20)]
-    ) as ch:
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         yield ch
 
 
@@ -46,12 +44,21 @@ HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 CASES = [
     ("malformed", HEADER + "qubit[2] q; h q[0]\nbit[1] c; c[0] = measure q[0];", "INVALID_QASM"),
-    ("unknown gate", HEADER + "qubit[1] q; bit[1] c; frobnicate q[0]; c[0] = measure q[0];",
-     "UNKNOWN_GATE"),
-    ("unbound parameter", HEADER + "input float[64] t; qubit[1] q; bit[1] c; rx(t) q[0];"
-     " c[0] = measure q[0];", "UNBOUND_PARAMETERS"),
-    ("non-standard include", 'OPENQASM 3.0;\ninclude "/etc/passwd";\nqubit[1] q;',
-     "INCLUDE_NOT_ALLOWED"),
+    (
+        "unknown gate",
+        HEADER + "qubit[1] q; bit[1] c; frobnicate q[0]; c[0] = measure q[0];",
+        "UNKNOWN_GATE",
+    ),
+    (
+        "unbound parameter",
+        HEADER + "input float[64] t; qubit[1] q; bit[1] c; rx(t) q[0]; c[0] = measure q[0];",
+        "UNBOUND_PARAMETERS",
+    ),
+    (
+        "non-standard include",
+        'OPENQASM 3.0;\ninclude "/etc/passwd";\nqubit[1] q;',
+        "INCLUDE_NOT_ALLOWED",
+    ),
     ("no measurements", HEADER + "qubit[1] q; h q[0];", "NO_MEASUREMENTS"),
     ("too many qubits", ghz(70), "TOO_MANY_QUBITS"),
     ("state vector over budget", ghz(40), "MEMORY_BUDGET_EXCEEDED"),
@@ -101,8 +108,9 @@ def test_extra_parameter_is_refused(jobs: job_service_pb2_grpc.JobServiceStub) -
 
 
 def test_parameter_values_of_the_wrong_size(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
-    spec = sampler_spec(HEADER + "input float[64] t; qubit[1] q; bit[1] c; rx(t) q[0];"
-                        " c[0] = measure q[0];")
+    spec = sampler_spec(
+        HEADER + "input float[64] t; qubit[1] q; bit[1] c; rx(t) q[0]; c[0] = measure q[0];"
+    )
     values = spec.pubs[0].sampler.parameter_values
     values.parameters.append("t")
     values.shape.append(3)
@@ -189,7 +197,10 @@ def test_undecodable_request_is_invalid_argument(channel: grpc.Channel, payload:
 def test_paging_errors(jobs: job_service_pb2_grpc.JobServiceStub, channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as exc:
         jobs.ListJobs(job_service_pb2.ListJobsRequest(page_token="not-a-token"), timeout=10)
-    assert (status_of(exc.value).code, status_of(exc.value).reason) == (INVALID, "INVALID_PAGE_TOKEN")
+    assert (status_of(exc.value).code, status_of(exc.value).reason) == (
+        INVALID,
+        "INVALID_PAGE_TOKEN",
+    )
     with pytest.raises(grpc.RpcError) as exc:
         jobs.ListJobs(job_service_pb2.ListJobsRequest(page_size=-1), timeout=10)
     assert status_of(exc.value).reason == "INVALID_PAGE_SIZE"
@@ -220,7 +231,9 @@ def test_unknown_and_malformed_job_names(jobs: job_service_pb2_grpc.JobServiceSt
     with pytest.raises(grpc.RpcError) as exc:
         jobs.GetJob(job_service_pb2.GetJobRequest(name="jobs/doesnotexist"), timeout=10)
     assert (status_of(exc.value).code, status_of(exc.value).reason) == (
-        grpc.StatusCode.NOT_FOUND, "JOB_NOT_FOUND")
+        grpc.StatusCode.NOT_FOUND,
+        "JOB_NOT_FOUND",
+    )
     with pytest.raises(grpc.RpcError) as exc:
         jobs.GetJob(job_service_pb2.GetJobRequest(name="jobs/a/b"), timeout=10)
     assert (status_of(exc.value).code, status_of(exc.value).reason) == (INVALID, "INVALID_JOB_NAME")

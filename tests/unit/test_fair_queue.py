@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.domain.jobs import Job, JobState
+from gateway.jobs.queue import FairQueue, QueuedJob
+
+
+def _item(job_id: str, tenant: str) -> QueuedJob:
+    job = Job(
+        id=job_id,
+        tenant=tenant,
+        request_id="",
+        backend="aer",
+        state=JobState.QUEUED,
+        created_at=datetime.now(UTC),
+        num_pubs=1,
+        seed=0,
+    )
+    return QueuedJob(job, None)
+
+
+@pytest.mark.anyio
+async def test_one_tenants_backlog_does_not_starve_another() -> None:
+    queue = FairQueue()
+    for i in range(1000):
+        queue.put(_item(f"a{i}", "alice"))
+    queue.put(_item("b0", "bob"))
+    first_two = [(await queue.get()).job.id for _ in range(2)]
+    assert first_two == ["a0", "b0"]
+    assert len(queue) == 999
+
+
+@pytest.mark.anyio
+async def test_round_robin_and_fifo_within_a_tenant() -> None:
+    queue = FairQueue()
+    for job_id, tenant in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("c0", "c"), ("b1", "b")]:
+        queue.put(_item(job_id, tenant))
+    order = [(await queue.get()).job.id for _ in range(5)]
+    assert order == ["a0", "b0", "c0", "a1", "b1"]
+    assert len(queue) == 0
+
+
+@pytest.mark.anyio
+async def test_remove() -> None:
+    queue = FairQueue()
+    queue.put(_item("a0", "a"))
+    queue.put(_item("b0", "b"))
+    assert queue.remove("a0", "b") is None  # wrong tenant
+    removed = queue.remove("a0", "a")
+    assert removed is not None and removed.job.id == "a0"
+    assert "a0" not in queue and len(queue) == 1
+    assert (await queue.get()).job.id == "b0"

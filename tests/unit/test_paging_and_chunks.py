@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+from qgateway.results import job_result_from_stream
+from qgateway.v1 import job_pb2
+
+from gateway.api import paging
+from gateway.api.result_stream import result_chunks
+from gateway.domain.errors import InvalidArgument
+
+
+def test_page_size_rules() -> None:
+    assert paging.page_size(0) == paging.DEFAULT_PAGE_SIZE
+    assert paging.page_size(7) == 7
+    assert paging.page_size(10**6) == paging.MAX_PAGE_SIZE
+    with pytest.raises(InvalidArgument) as exc:
+        paging.page_size(-1)
+    assert exc.value.reason == "INVALID_PAGE_SIZE"
+
+
+def test_tokens_round_trip_and_are_bound_to_filters() -> None:
+    token = paging.encode_token(42, "f1")
+    assert paging.decode_token(token, "f1") == 42
+    assert paging.decode_token("", "f1") is None
+    for bad, filters in [(token, "f2"), ("garbage!", "f1"), ("e30", "f1"), ("W10", "f1")]:
+        with pytest.raises(InvalidArgument) as exc:
+            paging.decode_token(bad, filters)
+        assert exc.value.reason == "INVALID_PAGE_TOKEN"
+
+
+def _result() -> job_pb2.JobResult:
+    result = job_pb2.JobResult()
+    s = result.pub_results.add().sampler
+    s.shape.extend([3])
+    s.shots = 4
+    reg = s.registers.add(name="c", num_bits=9)
+    reg.samples = bytes(range(24))
+    for i in range(3):
+        reg.counts.add().counts.update({f"{i:09b}": 4})
+    e = result.pub_results.add().estimator
+    e.shape.extend([5])
+    e.expectation_values.extend([0.1, 0.2, 0.3, 0.4, 0.5])
+    e.standard_errors.extend([0.01] * 5)
+    e.precision = 0.01
+    return result
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 1 << 20])
+def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
+    result = _result()
+    chunks = list(result_chunks(result, chunk))
+    for c in chunks:
+        assert len(c.samples.data) <= chunk
+    rebuilt = job_result_from_stream(chunks)
+    assert rebuilt.sampler(0)["c"].samples == bytes(range(24))
+    assert [rebuilt.sampler(0).counts(i) for i in range(3)] == [
+        {"000000000": 4},
+        {"000000001": 4},
+        {"000000010": 4},
+    ]
+    assert rebuilt.estimator(1).expectation_values == [0.1, 0.2, 0.3, 0.4, 0.5]
