@@ -61,8 +61,9 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
-        # While closed a success changes nothing: the breaker counts failures in a window.
-        if self._opened_at is not None:
+        # Only the half-open trial closes the breaker; while closed the breaker counts failures
+        # in a window, and a job that started before it opened proves nothing.
+        if self._trial_in_flight:
             self._trial_in_flight = False
             self._opened_at = None
             self._failures.clear()
