@@ -4,7 +4,8 @@ include "stdgates.inc";
 qubit[5] q;
 bit[5] c;
 h q[0];
-for int i in [0:3] {
-    cx q[i], q[i + 1];
-}
+cx q[0], q[1];
+cx q[1], q[2];
+cx q[2], q[3];
+cx q[3], q[4];
 c = measure q;

@@ -128,7 +128,11 @@ class Gateway:
         await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_pool(self, runtime: BackendRuntime) -> None:
-        await runtime.pool.start()
+        adapter = runtime.adapter
+        await asyncio.gather(
+            runtime.pool.start(),
+            asyncio.to_thread(adapter.prepare, adapter.probe_spec(), 0),
+        )
         runtime.ready = True
         await self.health.set(
             backend_health_name(runtime.name), health_pb2.HealthCheckResponse.SERVING

@@ -79,11 +79,11 @@ def ghz(n: int, measure: bool = True) -> str:
 def slow_circuit(n: int = 10, layers: int = 4) -> str:
     """A circuit Aer must simulate shot by shot (mid-circuit measurement and reset), so its
     run time grows with the number of shots: slow by its own size, not by a sleep."""
-    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{n}] q;", f"bit[{n}] c;", "bit m;"]
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{n}] q;", f"bit[{n}] c;", "bit[1] m;"]
     for _ in range(layers):
         lines += [f"h q[{i}];" for i in range(n)]
         lines += [f"cx q[{i}], q[{i + 1}];" for i in range(n - 1)]
-    lines += ["m = measure q[0];", "reset q[0];"]
+    lines += ["m[0] = measure q[0];", "reset q[0];"]
     for _ in range(layers):
         lines += [f"rx(0.3) q[{i}];" for i in range(n)]
         lines += [f"cx q[{i}], q[{i + 1}];" for i in range(n - 1)]

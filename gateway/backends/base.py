@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from gateway.domain.backends import BackendInfo, BackendLimits
+from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.jobs import JobResult, JobSpec
 
 
@@ -99,3 +100,15 @@ class BackendAdapter(ABC):
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Imports and builds what execute needs, so the first job is not slow."""
+
+    def probe_spec(self) -> JobSpec:
+        """A tiny job: prepared at start (so the first client does not pay for transpiler
+        set-up) and run by health probes."""
+        circuit = CircuitSource(
+            CircuitLanguage.QASM2,
+            'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nx q[0];\n'
+            "measure q -> c;\n",
+        )
+        return JobSpec(
+            backend=self.context.name, pubs=(SamplerPub(circuit, Bindings(), shots=1),)
+        )

@@ -105,6 +105,7 @@ class WorkerProcess:
             "-m",
             "gateway.backends.worker",
             str(os.getpid()),
+            context.name,  # shows in `ps` which backend a worker serves
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

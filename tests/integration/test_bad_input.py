@@ -51,7 +51,7 @@ CASES = [
     ),
     (
         "unbound parameter",
-        HEADER + "input float[64] t; qubit[1] q; bit[1] c; rx(t) q[0]; c[0] = measure q[0];",
+        HEADER + "input float[64] theta; qubit[1] q; bit[1] c; rx(theta) q[0]; c[0] = measure q[0];",
         "UNBOUND_PARAMETERS",
     ),
     (
@@ -109,10 +109,10 @@ def test_extra_parameter_is_refused(jobs: job_service_pb2_grpc.JobServiceStub) -
 
 def test_parameter_values_of_the_wrong_size(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
     spec = sampler_spec(
-        HEADER + "input float[64] t; qubit[1] q; bit[1] c; rx(t) q[0]; c[0] = measure q[0];"
+        HEADER + "input float[64] theta; qubit[1] q; bit[1] c; rx(theta) q[0]; c[0] = measure q[0];"
     )
     values = spec.pubs[0].sampler.parameter_values
-    values.parameters.append("t")
+    values.parameters.append("theta")
     values.shape.append(3)
     values.values.extend([0.1, 0.2])
     info = submit_error(jobs, spec)

@@ -1,0 +1,764 @@
+"""Qiskit Aer simulator adapter (entry point "aer").
+
+`prepare` runs in gateway threads: it parses and validates every PUB through the Qiskit front end,
+transpiles each distinct circuit once with one preset pass manager per adapter, and caches the
+pickled result by (sha256 of the source, language), so a repeated circuit costs a hash and a
+dictionary lookup. `execute` runs in a worker process: one `AerSimulator.run` per PUB, whatever
+the number of parameter bindings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import math
+import pickle
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import qiskit
+import qiskit_aer
+from pydantic import Field
+from qiskit.circuit import QuantumCircuit
+from qiskit.quantum_info import Pauli
+from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
+from qiskit_aer import AerError, AerSimulator
+from qiskit_aer.library import SaveExpectationValue
+
+from gateway.backends import qiskit_frontend as fe
+from gateway.backends.base import (
+    AdapterContext,
+    AdapterOptions,
+    BackendAdapter,
+    ExecutionOutcome,
+    PreparedJob,
+)
+from gateway.domain.backends import BackendInfo, BackendKind, Primitive
+from gateway.domain.circuits import (
+    DEFAULT_PRECISION,
+    CircuitFeature,
+    CircuitSource,
+    EstimatorPub,
+    FloatArray,
+    SamplerPub,
+)
+from gateway.domain.errors import ExecutionError
+from gateway.domain.jobs import (
+    EstimatorResult,
+    JobResult,
+    JobSpec,
+    PubResult,
+    RegisterResult,
+    SamplerResult,
+)
+
+__all__ = [
+    "AerAdapter",
+    "AerOptions",
+    "AerPayload",
+    "CircuitRef",
+    "EstimatorTask",
+    "RegisterSpec",
+    "SamplerTask",
+]
+
+Method = Literal["statevector", "matrix_product_state", "density_matrix"]
+
+_SUPPORTED_FEATURES = frozenset(CircuitFeature)
+_PREPARE_CACHE_SIZE = 256
+_WORKER_CACHE_SIZE = 64
+# Room below 2**63 for Aer, which adds the experiment index to the seed.
+_SEED_MASK = (1 << 62) - 1
+_NOT_GATES = frozenset({"measure", "reset", "delay", "barrier", "global_phase"})
+
+_HEX_VALUES = np.zeros(128, dtype=np.uint8)
+for _i, _c in enumerate("0123456789abcdef"):
+    _HEX_VALUES[ord(_c)] = _i
+    _HEX_VALUES[ord(_c.upper())] = _i
+_NIBBLE_SHIFTS = np.array([3, 2, 1, 0], dtype=np.uint8)
+
+
+class AerOptions(AdapterOptions):
+    """Options of an Aer backend (from the gateway's configuration)."""
+
+    method: Method = "statevector"
+    num_qubits: int = Field(default=64, ge=1)
+    max_parallel_threads: int = Field(default=1, ge=0)
+    max_bond_dimension: int | None = Field(default=None, ge=1)
+    optimization_level: int = Field(default=1, ge=0, le=3)
+    seed_transpiler: int = Field(default=0, ge=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Payload: what `prepare` hands to `execute` (picklable, module-level classes).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CircuitRef:
+    """A transpiled circuit, pickled once per prepare-cache entry.
+
+    `key` identifies it (language, sha256 of the source, and a fingerprint of the options the
+    transpilation depends on), so a worker can keep the unpickled circuit.
+    """
+
+    key: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RegisterSpec:
+    """A classical register: `clbits[k]` is the circuit-wide index of register bit k."""
+
+    name: str
+    clbits: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class SamplerTask:
+    circuit: CircuitRef
+    parameters: tuple[str, ...]
+    values: FloatArray  # (*shape, len(parameters)), columns in `parameters` order
+    shape: tuple[int, ...]
+    shots: int
+    registers: tuple[RegisterSpec, ...]
+    seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class EstimatorTask:
+    circuit: CircuitRef
+    parameters: tuple[str, ...]
+    values: FloatArray  # (*bindings_shape, len(parameters))
+    bindings_shape: tuple[int, ...]
+    observables: tuple[tuple[tuple[str, float], ...], ...]  # row-major over observables_shape
+    observables_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    precision: float
+    seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class AerPayload:
+    method: str
+    counts_only: bool
+    tasks: tuple[SamplerTask | EstimatorTask, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class _CircuitEntry:
+    """Everything prepare needs to know about a transpiled circuit, cached per source."""
+
+    ref: CircuitRef
+    num_qubits: int
+    num_clbits: int
+    parameters: tuple[str, ...]
+    features: frozenset[CircuitFeature]
+    has_measurements: bool
+    bits_outside_registers: bool
+    registers: tuple[RegisterSpec, ...]
+    layout: tuple[int, ...]
+    memory_bytes: int
+
+
+class _LRU:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def _derive_seed(seed: int, index: int, purpose: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{index}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & _SEED_MASK
+
+
+def _target_for(method: str, num_qubits: int) -> Target:
+    """Aer's instruction set for `method`, on `num_qubits` qubits.
+
+    AerSimulator's own target is sized by host memory (30 statevector qubits on 24 GiB), which
+    would make the transpiler fail on circuits the memory budget, not the transpiler, must judge.
+    """
+    source = AerSimulator(method=method).target
+    target = Target(num_qubits=num_qubits, description=f"aer-{method}")
+    for name in source.operation_names:
+        operation = source.operation_from_name(name)
+        if inspect.isclass(operation):  # control-flow classes
+            target.add_instruction(operation, name=name)
+        else:
+            target.add_instruction(operation, properties=None, name=name)
+    return target
+
+
+class AerAdapter(BackendAdapter):
+    """Qiskit Aer: statevector, matrix product state or density matrix, per its options."""
+
+    options_model = AerOptions
+
+    def __init__(self, context: AdapterContext) -> None:
+        super().__init__(context)
+        if not isinstance(self.options, AerOptions):
+            raise TypeError("AerAdapter needs AerOptions")
+        self.aer_options: AerOptions = self.options
+        opts = self.aer_options
+        # Transpiled circuits depend on these; part of every cache key.
+        self._fingerprint = hashlib.sha256(
+            repr(
+                (opts.method, opts.num_qubits, opts.optimization_level, opts.seed_transpiler)
+            ).encode()
+        ).hexdigest()[:16]
+        self._lock = threading.Lock()
+        self._pm: PassManager | None = None
+        self._pm_lock = threading.Lock()  # PassManager.run is not thread-safe
+        self._target: Target | None = None
+        self._entries = _LRU(_PREPARE_CACHE_SIZE)
+        self._worker_circuits = _LRU(_WORKER_CACHE_SIZE)
+        self._simulator: AerSimulator | None = None
+        self._info: BackendInfo | None = None
+
+    # ---------------------------------------------------------------------------- info
+
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            names = self._aer_target().operation_names
+            basis = tuple(
+                sorted(n for n in names if n in fe.STANDARD_GATE_NAMES and n not in _NOT_GATES)
+            )
+            self._info = BackendInfo(
+                name=self.context.name,
+                provider="aer",
+                kind=BackendKind.SIMULATOR,
+                num_qubits=self.aer_options.num_qubits,
+                basis_gates=basis,
+                primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
+                features=_SUPPORTED_FEATURES,
+                limits=self.context.limits,
+                properties={"method": self.aer_options.method},
+            )
+        return self._info
+
+    # ---------------------------------------------------------------------------- prepare
+
+    def prepare(self, spec: JobSpec, seed: int) -> PreparedJob:
+        started = time.perf_counter()
+        limits = self.context.limits
+        counts_only = spec.options.counts_only
+        tasks: list[SamplerTask | EstimatorTask] = []
+        layouts: list[tuple[int, ...]] = []
+        peak_memory = 0
+        result_bytes = 0
+        for index, pub in enumerate(spec.pubs):
+            kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
+            base = f"spec.pubs[{index}].{kind}"
+            circuit_field = f"{base}.circuit.{pub.circuit.language.value}"
+            entry = self._entry(pub.circuit, circuit_field)
+            values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
+            bindings_shape = tuple(int(d) for d in pub.bindings.shape)
+            pub_seed = _derive_seed(seed, index, kind)
+            task: SamplerTask | EstimatorTask
+            if isinstance(pub, SamplerPub):
+                task, size = self._sampler_task(
+                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field
+                )
+            else:
+                task, size = self._estimator_task(
+                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field
+                )
+            fe.check_result_size(size, limits.max_result_bytes, f"spec.pubs[{index}]")
+            result_bytes += size
+            tasks.append(task)
+            layouts.append(entry.layout)
+            peak_memory = max(peak_memory, entry.memory_bytes)
+        fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
+        payload = AerPayload(
+            method=self.aer_options.method, counts_only=counts_only, tasks=tuple(tasks)
+        )
+        return PreparedJob(
+            payload=payload,
+            memory_bytes=peak_memory,
+            layouts=tuple(layouts),
+            prepare_seconds=time.perf_counter() - started,
+        )
+
+    def _sampler_task(
+        self,
+        pub: SamplerPub,
+        entry: _CircuitEntry,
+        values: FloatArray,
+        shape: tuple[int, ...],
+        seed: int,
+        spec: JobSpec,
+        base: str,
+        circuit_field: str,
+    ) -> tuple[SamplerTask, int]:
+        if entry.num_clbits == 0:
+            raise fe.invalid(
+                "NO_MEASUREMENTS",
+                "the circuit has no classical bits, so a sampler has nothing to return",
+                circuit_field,
+            )
+        if entry.bits_outside_registers:
+            raise fe.bits_outside_registers_error(circuit_field)
+        if pub.shots is not None:
+            shots_field = f"{base}.shots"
+        elif spec.options.default_shots is not None:
+            shots_field = "spec.options.default_shots"
+        else:
+            shots_field = f"{base}.shots"
+        default = (
+            spec.options.default_shots
+            if spec.options.default_shots is not None
+            else self.context.default_shots
+        )
+        shots = fe.resolve_shots(pub.shots, default, self.context.limits.max_shots, shots_field)
+        size = fe.sampler_result_bytes(
+            [len(r.clbits) for r in entry.registers],
+            math.prod(shape),
+            shots,
+            spec.options.counts_only,
+        )
+        task = SamplerTask(
+            circuit=entry.ref,
+            parameters=entry.parameters,
+            values=values,
+            shape=shape,
+            shots=shots,
+            registers=entry.registers,
+            seed=seed,
+        )
+        return task, size
+
+    def _estimator_task(
+        self,
+        pub: EstimatorPub,
+        entry: _CircuitEntry,
+        values: FloatArray,
+        bindings_shape: tuple[int, ...],
+        seed: int,
+        spec: JobSpec,
+        base: str,
+        circuit_field: str,
+    ) -> tuple[EstimatorTask, int]:
+        # Exact expectation values need a pure, unsampled state: no measurement, no reset.
+        if entry.has_measurements:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                "estimator circuits must not contain measurements",
+                circuit_field,
+                feature="measurement",
+            )
+        if CircuitFeature.RESET in entry.features:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                "estimator circuits must not contain resets",
+                circuit_field,
+                feature=CircuitFeature.RESET.value,
+            )
+        observables_shape = fe.validate_observables(
+            pub.observables, pub.observables_shape, entry.num_qubits, f"{base}.observables"
+        )
+        shape = fe.broadcast_pub_shape(observables_shape, bindings_shape, base)
+        if pub.precision is not None:
+            precision = fe.check_precision(pub.precision, f"{base}.precision")
+        elif spec.options.default_precision is not None:
+            precision = fe.check_precision(
+                spec.options.default_precision, "spec.options.default_precision"
+            )
+        else:
+            precision = DEFAULT_PRECISION
+        task = EstimatorTask(
+            circuit=entry.ref,
+            parameters=entry.parameters,
+            values=values,
+            bindings_shape=bindings_shape,
+            observables=tuple(
+                tuple((str(p), float(c)) for p, c in obs.terms) for obs in pub.observables
+            ),
+            observables_shape=observables_shape,
+            shape=shape,
+            precision=precision,
+            seed=seed,
+        )
+        return task, fe.estimator_result_bytes(shape)
+
+    def _entry(self, source: CircuitSource, field: str) -> _CircuitEntry:
+        digest = hashlib.sha256(source.text.encode("utf-8", "surrogatepass")).hexdigest()
+        key = f"{source.language.value}:{digest}:{self._fingerprint}"
+        cached: _CircuitEntry | None = self._entries.get(key)
+        if cached is not None:
+            return cached
+        # Two threads may build the same entry at once; both results are equal, one is kept.
+        entry = self._build_entry(key, source, field)
+        self._entries.put(key, entry)
+        return entry
+
+    def _build_entry(self, key: str, source: CircuitSource, field: str) -> _CircuitEntry:
+        opts = self.aer_options
+        limits = self.context.limits
+        circuit = fe.parse_circuit(
+            source, self.context.circuit_limits, field, max_qubits=opts.num_qubits
+        )
+        features = fe.detect_features(circuit)
+        fe.check_features(features, _SUPPORTED_FEATURES, field)
+        fe.check_control_flow_supported(circuit, self._aer_target().operation_names, field)
+        n = circuit.num_qubits
+        if opts.method == "statevector":
+            fe.check_memory(fe.statevector_bytes(n), limits.memory_budget_bytes, opts.method, field)
+        elif opts.method == "density_matrix":
+            fe.check_memory(
+                fe.density_matrix_bytes(n), limits.memory_budget_bytes, opts.method, field
+            )
+        transpiled = self._transpile(circuit)
+        if opts.method == "matrix_product_state":
+            memory = fe.mps_bytes(transpiled, opts.max_bond_dimension)
+            fe.check_memory(memory, limits.memory_budget_bytes, opts.method, field)
+        elif opts.method == "statevector":
+            memory = fe.statevector_bytes(n)
+        else:
+            memory = fe.density_matrix_bytes(n)
+        layout = _layout_of(transpiled)
+        registers = tuple(
+            RegisterSpec(
+                name=register.name,
+                clbits=tuple(transpiled.find_bit(bit).index for bit in register),
+            )
+            for register in transpiled.cregs
+        )
+        return _CircuitEntry(
+            ref=CircuitRef(key=key, data=pickle.dumps(transpiled, pickle.HIGHEST_PROTOCOL)),
+            num_qubits=n,
+            num_clbits=circuit.num_clbits,
+            parameters=tuple(p.name for p in circuit.parameters),
+            features=features,
+            has_measurements=fe.has_measurements(circuit),
+            bits_outside_registers=fe.has_bits_outside_registers(circuit),
+            registers=registers,
+            layout=layout,
+            memory_bytes=memory,
+        )
+
+    def _aer_target(self) -> Target:
+        if self._target is None:
+            with self._lock:
+                if self._target is None:
+                    self._target = _target_for(self.aer_options.method, self.aer_options.num_qubits)
+        return self._target
+
+    def _pass_manager(self) -> PassManager:
+        if self._pm is None:
+            target = self._aer_target()
+            with self._lock:
+                if self._pm is None:
+                    self._pm = generate_preset_pass_manager(
+                        optimization_level=self.aer_options.optimization_level,
+                        target=target,
+                        seed_transpiler=self.aer_options.seed_transpiler,
+                    )
+        return self._pm
+
+    def _transpile(self, circuit: QuantumCircuit) -> QuantumCircuit:
+        pm = self._pass_manager()
+        with self._pm_lock:
+            transpiled: QuantumCircuit = pm.run(circuit)
+        return transpiled
+
+    # ---------------------------------------------------------------------------- execute
+
+    def warm_up(self) -> None:
+        simulator = self._sim()
+        probe = QuantumCircuit(1, 1)
+        probe.measure(0, 0)
+        simulator.run(probe, shots=1, seed_simulator=0, memory=True).result()
+
+    def execute(self, payload: object) -> ExecutionOutcome:
+        if not isinstance(payload, AerPayload):
+            raise TypeError(f"not an Aer payload: {type(payload).__name__}")
+        if payload.method != self.aer_options.method:
+            raise ValueError(
+                f"payload prepared for {payload.method}, this worker runs {self.aer_options.method}"
+            )
+        simulator = self._sim()
+        results: list[PubResult] = []
+        for task in payload.tasks:
+            if isinstance(task, SamplerTask):
+                results.append(
+                    _run_sampler(simulator, self._load(task.circuit), task, payload.counts_only)
+                )
+            else:
+                results.append(_run_estimator(simulator, self._load(task.circuit), task))
+        return ExecutionOutcome(
+            result=JobResult(pubs=tuple(results)),
+            sdk_versions={"qiskit": qiskit.__version__, "qiskit-aer": qiskit_aer.__version__},
+        )
+
+    def _sim(self) -> AerSimulator:
+        if self._simulator is None:
+            with self._lock:
+                if self._simulator is None:
+                    opts = self.aer_options
+                    budget_mb = max(1, math.ceil(self.context.limits.memory_budget_bytes / 2**20))
+                    kwargs: dict[str, Any] = {
+                        "method": opts.method,
+                        "max_parallel_threads": opts.max_parallel_threads,
+                        # Aer refuses (success=False) rather than exceed the budget.
+                        "max_memory_mb": budget_mb,
+                    }
+                    if opts.max_bond_dimension is not None:
+                        kwargs["matrix_product_state_max_bond_dimension"] = opts.max_bond_dimension
+                    self._simulator = AerSimulator(**kwargs)
+        return self._simulator
+
+    def _load(self, ref: CircuitRef) -> QuantumCircuit:
+        circuit: QuantumCircuit | None = self._worker_circuits.get(ref.key)
+        if circuit is None:
+            circuit = pickle.loads(ref.data)
+            self._worker_circuits.put(ref.key, circuit)
+        return circuit
+
+
+def _layout_of(circuit: QuantumCircuit) -> tuple[int, ...]:
+    layout = circuit.layout
+    if layout is None:
+        return tuple(range(circuit.num_qubits))
+    return tuple(int(q) for q in layout.final_index_layout())
+
+
+# --------------------------------------------------------------------------------------------
+# Running and decoding (worker side).
+# --------------------------------------------------------------------------------------------
+
+
+def _run(simulator: AerSimulator, circuits: Any, **options: Any) -> Any:
+    try:
+        result = simulator.run(circuits, **options).result()
+    except AerError as exc:
+        raise _execution_error(str(exc)) from None
+    failures = [str(exp.status) for exp in result.results if not exp.success]
+    if not result.success or failures:
+        raise _execution_error("; ".join(failures) or str(result.status))
+    return result
+
+
+def _execution_error(message: str) -> ExecutionError:
+    lowered = message.lower()
+    if "insufficient memory" in lowered or "greater than max" in lowered:
+        return ExecutionError("RESOURCE_EXHAUSTED", message[:500])
+    return ExecutionError("EXECUTION_FAILED", message[:500])
+
+
+def _binds(
+    circuit: QuantumCircuit, parameters: Sequence[str], values: FloatArray, size: int
+) -> tuple[Any, list[dict[Any, Any]] | None]:
+    """The circuits and parameter_binds for one Aer run of `size` bindings."""
+    if circuit.parameters:
+        flat = values.reshape(size, len(parameters))
+        columns = {name: i for i, name in enumerate(parameters)}
+        # Transpiling may drop a parameter; bind only those still present.
+        return circuit, [{p: flat[:, columns[p.name]] for p in circuit.parameters}]
+    # Nothing to bind: `size` independent experiments of the same circuit, still one run.
+    return ([circuit] * size if size > 1 else circuit), None
+
+
+def _hex_to_bits(values: Sequence[str], num_bits: int) -> npt.NDArray[np.uint8]:
+    """Aer's hex outcomes as a (len(values), num_bits) 0/1 array; column j is clbit j."""
+    count = len(values)
+    if count == 0:
+        return np.zeros((0, num_bits), dtype=np.uint8)
+    width = max(1, (num_bits + 3) // 4)
+    joined = "".join([v[2:].rjust(width, "0") for v in values])
+    digits = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(count, -1)
+    nibbles = _HEX_VALUES[digits[:, -width:]]
+    # Big-endian within each digit; reversed, column j is bit j.
+    bits = ((nibbles[:, :, None] >> _NIBBLE_SHIFTS) & 1).astype(np.uint8, copy=False)
+    little: npt.NDArray[np.uint8] = bits.reshape(count, width * 4)[:, ::-1][:, :num_bits]
+    return little
+
+
+def _pack_bits(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Packs big-endian bit rows into bytes; padding goes into the first byte's high bits."""
+    pad = (-rows.shape[1]) % 8
+    if pad:
+        padding = np.zeros((rows.shape[0], pad), dtype=np.uint8)
+        packed: npt.NDArray[np.uint8] = np.packbits(np.hstack([padding, rows]), axis=1)
+    else:
+        packed = np.packbits(rows, axis=1)
+    return packed
+
+
+class _Decoder:
+    """Turns Aer's whole-circuit hex outcomes into per-register packed rows and counts.
+
+    Aer writes outcomes as hex of the integer whose bit j is clbit j. Up to 64 clbits (the
+    usual case) this works on uint64 values; wider circuits go through a bit matrix.
+    """
+
+    def __init__(self, num_clbits: int, registers: Sequence[RegisterSpec]) -> None:
+        self.num_clbits = num_clbits
+        self.registers = tuple(registers)
+        self.widths = tuple(len(r.clbits) for r in registers)
+        self.nbytes = tuple((w + 7) // 8 for w in self.widths)
+        self.narrow = num_clbits <= 64
+        # Register k's bits as (start, mask) when they are consecutive clbits, else None.
+        self.slices: tuple[tuple[int, int] | None, ...] = tuple(
+            (r.clbits[0], (1 << len(r.clbits)) - 1)
+            if r.clbits and r.clbits == tuple(range(r.clbits[0], r.clbits[0] + len(r.clbits)))
+            else None
+            for r in registers
+        )
+
+    def _value(self, whole: int, r: int) -> int:
+        sl = self.slices[r]
+        if sl is not None:
+            return (whole >> sl[0]) & sl[1]
+        value = 0
+        for k, clbit in enumerate(self.registers[r].clbits):
+            value |= ((whole >> clbit) & 1) << k
+        return value
+
+    def counts(self, raw: Mapping[str, int]) -> list[dict[str, int]]:
+        out: list[dict[str, int]] = [{} for _ in self.registers]
+        for key, weight in raw.items():
+            whole = int(key, 16)
+            for r, width in enumerate(self.widths):
+                text = format(self._value(whole, r), f"0{width}b") if width else ""
+                out[r][text] = out[r].get(text, 0) + int(weight)
+        return out
+
+    def samples(self, memory: Sequence[str]) -> list[npt.NDArray[np.uint8]]:
+        """Per register, packed rows of shape (shots, ceil(bits/8)), big-endian."""
+        if not self.narrow:
+            bits = _hex_to_bits(memory, self.num_clbits)
+            return [_pack_bits(bits[:, list(r.clbits)[::-1]]) for r in self.registers]
+        wholes = np.fromiter(map(int, memory, itertools.repeat(16)), np.uint64, len(memory))
+        out: list[npt.NDArray[np.uint8]] = []
+        for r, register in enumerate(self.registers):
+            sl = self.slices[r]
+            if sl is not None:
+                values = (wholes >> np.uint64(sl[0])) & np.uint64(sl[1])
+            else:
+                values = np.zeros(len(memory), dtype=np.uint64)
+                for k, clbit in enumerate(register.clbits):
+                    values |= ((wholes >> np.uint64(clbit)) & np.uint64(1)) << np.uint64(k)
+            # Big-endian bytes of the value; keep the register's low-order bytes.
+            as_bytes = values.astype(">u8").view(np.uint8).reshape(len(memory), 8)
+            out.append(np.ascontiguousarray(as_bytes[:, 8 - self.nbytes[r] :]))
+        return out
+
+
+def _run_sampler(
+    simulator: AerSimulator, circuit: QuantumCircuit, task: SamplerTask, counts_only: bool
+) -> SamplerResult:
+    size = math.prod(task.shape)
+    circuits, binds = _binds(circuit, task.parameters, task.values, size)
+    result = _run(
+        simulator,
+        circuits,
+        shots=task.shots,
+        seed_simulator=task.seed,
+        memory=not counts_only,
+        parameter_binds=binds,
+    )
+    experiments = result.results
+    if len(experiments) != size:
+        raise ExecutionError(
+            "EXECUTION_FAILED", f"expected {size} experiments, Aer returned {len(experiments)}"
+        )
+    decoder = _Decoder(circuit.num_clbits, task.registers)
+    counts: list[list[dict[str, int]]] = [[] for _ in task.registers]
+    samples: list[npt.NDArray[np.uint8]] = [
+        np.empty((size, task.shots, nbytes), dtype=np.uint8) for nbytes in decoder.nbytes
+    ]
+    for b, experiment in enumerate(experiments):
+        data = experiment.data
+        # A circuit that never measures reports no outcomes: every bit reads 0.
+        raw_counts = getattr(data, "counts", None) or {"0x0": task.shots}
+        for r, register_counts in enumerate(decoder.counts(raw_counts)):
+            counts[r].append(register_counts)
+        if not counts_only:
+            memory = getattr(data, "memory", None) or ["0x0"] * task.shots
+            for r, packed in enumerate(decoder.samples(memory)):
+                samples[r][b] = packed
+    registers = tuple(
+        RegisterResult(
+            name=register.name,
+            num_bits=len(register.clbits),
+            samples=None
+            if counts_only
+            else samples[r].reshape((*task.shape, task.shots, decoder.nbytes[r])),
+            counts=tuple(counts[r]),
+        )
+        for r, register in enumerate(task.registers)
+    )
+    return SamplerResult(shape=task.shape, shots=task.shots, registers=registers)
+
+
+def _run_estimator(
+    simulator: AerSimulator, circuit: QuantumCircuit, task: EstimatorTask
+) -> EstimatorResult:
+    size = math.prod(task.bindings_shape)
+    labels = sorted({pauli for observable in task.observables for pauli, _ in observable})
+    measured = circuit.copy()
+    for label in labels:
+        measured.append(SaveExpectationValue(Pauli(label), label=label), measured.qubits)
+    circuits, binds = _binds(measured, task.parameters, task.values, size)
+    # No measurement or reset (prepare refuses them), so one shot gives exact values.
+    result = _run(simulator, circuits, shots=1, seed_simulator=task.seed, parameter_binds=binds)
+    if len(result.results) != size:
+        raise ExecutionError(
+            "EXECUTION_FAILED", f"expected {size} experiments, Aer returned {len(result.results)}"
+        )
+    column = {label: i for i, label in enumerate(labels)}
+    paulis = np.array(
+        [[float(result.data(b)[label].real) for label in labels] for b in range(size)],
+        dtype=np.float64,
+    ).reshape(size, len(labels))
+    coefficients = np.zeros((len(labels), len(task.observables)), dtype=np.float64)
+    for o, observable in enumerate(task.observables):
+        for pauli, coefficient in observable:
+            coefficients[column[pauli], o] += coefficient
+    exact_flat = paulis @ coefficients  # (bindings, observables)
+    binding_index, observable_index = np.broadcast_arrays(
+        np.arange(size).reshape(task.bindings_shape),
+        np.arange(len(task.observables)).reshape(task.observables_shape),
+    )
+    exact: FloatArray = exact_flat[binding_index, observable_index].astype(np.float64)
+    if task.precision > 0:
+        rng = np.random.default_rng(task.seed)
+        values: FloatArray = rng.normal(exact, task.precision).astype(np.float64)
+        errors: FloatArray = np.full(exact.shape, task.precision, dtype=np.float64)
+    else:
+        values = exact
+        errors = np.zeros(exact.shape, dtype=np.float64)
+    return EstimatorResult(
+        shape=task.shape,
+        expectation_values=values.reshape(task.shape),
+        standard_errors=errors.reshape(task.shape),
+        precision=task.precision,
+    )

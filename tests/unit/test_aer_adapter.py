@@ -1,0 +1,656 @@
+"""The Aer adapter, in process: prepare then execute.
+
+Expected bitstrings, bytes and expectation values are hard-coded from the physics of each
+circuit, never taken from another run of the same SDK path.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.backends.aer import AerAdapter, AerPayload, SamplerTask
+from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
+from gateway.domain.backends import BackendKind, BackendLimits, Primitive
+from gateway.domain.circuits import (
+    Bindings,
+    CircuitFeature,
+    CircuitLanguage,
+    CircuitSource,
+    EstimatorPub,
+    Observable,
+    Pub,
+    SamplerPub,
+)
+from gateway.domain.errors import Code, ExecutionError, InvalidArgument
+from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
+
+MiB = 1 << 20
+H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+H2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\n'
+
+
+def context(
+    budget: int = 1 << 30, max_result_bytes: int = 64 * MiB, **options: Any
+) -> AdapterContext:
+    return AdapterContext(
+        name="aer-test",
+        limits=BackendLimits(
+            max_shots=100_000,
+            memory_budget_bytes=budget,
+            max_queued_jobs=100,
+            max_result_bytes=max_result_bytes,
+        ),
+        default_shots=1024,
+        circuit_limits=CircuitLimits(),
+        options=options,
+    )
+
+
+@pytest.fixture(scope="module")
+def aer() -> AerAdapter:
+    adapter = AerAdapter(context())
+    adapter.warm_up()
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def mps() -> AerAdapter:
+    return AerAdapter(context(budget=64 * MiB, method="matrix_product_state"))
+
+
+def q3(text: str) -> CircuitSource:
+    return CircuitSource(CircuitLanguage.QASM3, H3 + text)
+
+
+def q2(text: str) -> CircuitSource:
+    return CircuitSource(CircuitLanguage.QASM2, H2 + text)
+
+
+def sampler(
+    source: CircuitSource, shots: int | None = 16, bindings: Bindings | None = None
+) -> SamplerPub:
+    return SamplerPub(circuit=source, bindings=bindings or Bindings(), shots=shots)
+
+
+def spec(*pubs: Pub, **options: Any) -> JobSpec:
+    return JobSpec(backend="aer-test", pubs=pubs, options=JobOptions(**options))
+
+
+def run(adapter: AerAdapter, job: JobSpec, seed: int = 1234) -> tuple[PreparedJob, list[Any]]:
+    prepared = adapter.prepare(job, seed)
+    # Through pickle, as on the way to a worker process.
+    payload = pickle.loads(pickle.dumps(prepared.payload))
+    outcome = adapter.execute(payload)
+    assert outcome.sdk_versions.keys() == {"qiskit", "qiskit-aer"}
+    return prepared, list(outcome.result.pubs)
+
+
+def refused(adapter: AerAdapter, job: JobSpec, reason: str, field: str) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as info:
+        adapter.prepare(job, 1)
+    error = info.value
+    assert error.reason == reason, (error.reason, error.message)
+    assert error.code is Code.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == [field]
+    return error
+
+
+def sampler_result(result: Any) -> SamplerResult:
+    assert isinstance(result, SamplerResult)
+    return result
+
+
+def estimator_result(result: Any) -> EstimatorResult:
+    assert isinstance(result, EstimatorResult)
+    return result
+
+
+def counts_of(result: SamplerResult) -> Mapping[str, Any]:
+    return {r.name: r.counts for r in result.registers}
+
+
+# ------------------------------------------------------------------------------- basics
+
+
+def test_info(aer: AerAdapter, mps: AerAdapter) -> None:
+    info = aer.info()
+    assert info.name == "aer-test"
+    assert info.provider == "aer"
+    assert info.kind is BackendKind.SIMULATOR
+    assert info.num_qubits == 64
+    assert info.primitives == {Primitive.SAMPLER, Primitive.ESTIMATOR}
+    assert info.features == set(CircuitFeature)
+    assert info.properties == {"method": "statevector"}
+    assert info.limits == aer.context.limits
+    assert {"cx", "h", "rz", "sx", "x"} <= set(info.basis_gates)
+    assert "measure" not in info.basis_gates
+    assert mps.info().properties == {"method": "matrix_product_state"}
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError):
+        AerAdapter(context(method="stabilizer"))
+    with pytest.raises(ValueError):
+        AerAdapter(context(max_bond_dimnesion=4))
+
+
+# ---------------------------------------------------------------------------- bit order
+
+
+BIT_ORDER_QASM3 = """
+qubit[13] q;
+bit[1] a;
+bit[3] b;
+bit[9] c;
+x q[0];
+x q[1]; x q[3];
+x q[4]; x q[11]; x q[12];
+a[0] = measure q[0];
+b[0] = measure q[1]; b[1] = measure q[2]; b[2] = measure q[3];
+c[0] = measure q[4]; c[1] = measure q[5]; c[2] = measure q[6];
+c[3] = measure q[7]; c[4] = measure q[8]; c[5] = measure q[9];
+c[6] = measure q[10]; c[7] = measure q[11]; c[8] = measure q[12];
+"""
+
+
+def test_bit_order_pin(aer: AerAdapter) -> None:
+    # a = 1; b[0] = b[2] = 1 -> "101"; c[0] = c[7] = c[8] = 1 -> "110000001" = 0x181.
+    _, results = run(aer, spec(sampler(q3(BIT_ORDER_QASM3), shots=5)))
+    result = sampler_result(results[0])
+    assert result.shape == ()
+    assert result.shots == 5
+    assert [(r.name, r.num_bits) for r in result.registers] == [("a", 1), ("b", 3), ("c", 9)]
+    assert counts_of(result) == {"a": ({"1": 5},), "b": ({"101": 5},), "c": ({"110000001": 5},)}
+    a, b, c = (r.samples for r in result.registers)
+    assert a is not None and b is not None and c is not None
+    assert a.dtype == np.uint8 and a.shape == (5, 1) and a.tolist() == [[1]] * 5
+    assert b.shape == (5, 1) and b.tolist() == [[0b101]] * 5
+    assert c.shape == (5, 2) and c.tolist() == [[0x01, 0x81]] * 5
+
+
+def test_bit_order_pin_with_scrambled_measurement_map(aer: AerAdapter) -> None:
+    # Register bits filled from qubits in reverse, registers declared out of qubit order.
+    text = """
+    qreg q[5];
+    creg hi[2];
+    creg lo[3];
+    x q[0]; x q[3];
+    measure q[0] -> lo[2]; measure q[1] -> lo[1]; measure q[2] -> lo[0];
+    measure q[3] -> hi[0]; measure q[4] -> hi[1];
+    """
+    _, results = run(aer, spec(sampler(q2(text), shots=3)))
+    result = sampler_result(results[0])
+    assert counts_of(result) == {"hi": ({"01": 3},), "lo": ({"100": 3},)}
+    assert [r.samples.tolist() for r in result.registers if r.samples is not None] == [
+        [[1]] * 3,
+        [[4]] * 3,
+    ]
+
+
+def test_wide_register_over_64_bits(aer: AerAdapter) -> None:
+    text = "qubit[3] q; bit[70] c; x q[0]; x q[2]; c[0] = measure q[0]; c[69] = measure q[2];"
+    _, results = run(aer, spec(sampler(q3(text), shots=2)))
+    register = sampler_result(results[0]).registers[0]
+    assert register.counts == ({"1" + "0" * 68 + "1": 2},)
+    assert register.samples is not None and register.samples.shape == (2, 9)
+    # 70 bits in 9 bytes: the top 2 padding bits are 0, bit 69 is 0x20 of byte 0.
+    assert register.samples[0].tolist() == [0x20, 0, 0, 0, 0, 0, 0, 0, 0x01]
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+SWEEP = "input float alpha; input float beta; qubit[2] q; bit[2] c; ry(alpha) q[0]; ry(beta) q[1];"
+SWEEP += " c = measure q;"
+
+
+def test_parameter_sweep_of_shape_2x3(aer: AerAdapter) -> None:
+    pi = math.pi
+    # (beta, alpha) columns, in a different order from the circuit's (alpha, beta).
+    table = [
+        [(0, 0), (0, pi), (pi, 0)],
+        [(pi, pi), (0, 0), (pi, pi)],
+    ]
+    values = np.array(table, dtype=np.float64).reshape(-1)
+    pub = sampler(q3(SWEEP), shots=8, bindings=Bindings(("beta", "alpha"), (2, 3), values))
+    prepared, results = run(aer, spec(pub))
+    result = sampler_result(results[0])
+    assert result.shape == (2, 3)
+    # c = (beta bit, alpha bit)
+    expected = ["00", "01", "10", "11", "00", "11"]
+    assert result.registers[0].counts == tuple({key: 8} for key in expected)
+    samples = result.registers[0].samples
+    assert samples is not None and samples.shape == (2, 3, 8, 1)
+    assert samples[:, :, :, 0].tolist() == [
+        [[0] * 8, [1] * 8, [2] * 8],
+        [[3] * 8, [0] * 8, [3] * 8],
+    ]
+    assert prepared.layouts == ((0, 1),)
+    # One Aer run for the whole sweep: one task carrying all six bindings.
+    assert isinstance(prepared.payload, AerPayload)
+    task = prepared.payload.tasks[0]
+    assert isinstance(task, SamplerTask) and task.values.shape == (2, 3, 2)
+
+
+def test_sweep_without_parameters_gives_independent_bindings(aer: AerAdapter) -> None:
+    pub = sampler(
+        q3("qubit[1] q; bit[1] c; x q[0]; c = measure q;"), shots=4, bindings=Bindings((), (3,))
+    )
+    _, results = run(aer, spec(pub))
+    result = sampler_result(results[0])
+    assert result.shape == (3,)
+    assert result.registers[0].counts == ({"1": 4},) * 3
+
+
+def test_seeds_reproduce_and_differ(aer: AerAdapter) -> None:
+    job = spec(sampler(q3("qubit[4] q; bit[4] c; h q; c = measure q;"), shots=64))
+
+    def samples(seed: int) -> list[Any]:
+        _, results = run(aer, job, seed=seed)
+        register = sampler_result(results[0]).registers[0]
+        assert register.samples is not None
+        rows: list[Any] = register.samples.tolist()
+        return rows
+
+    assert samples(7) == samples(7)
+    assert samples(7) != samples(8)
+    # Every outcome is one of the 16 4-bit values.
+    assert {row[0] for row in samples(9)} <= set(range(16))
+
+
+def test_pubs_of_one_job_get_different_seeds(aer: AerAdapter) -> None:
+    pub = sampler(q3("qubit[4] q; bit[4] c; h q; c = measure q;"), shots=64)
+    _, results = run(aer, spec(pub, pub))
+    first, second = (sampler_result(r).registers[0].samples for r in results)
+    assert first is not None and second is not None
+    assert first.tolist() != second.tolist()
+
+
+def test_counts_only(aer: AerAdapter) -> None:
+    _, results = run(aer, spec(sampler(q3(BIT_ORDER_QASM3), shots=9), counts_only=True))
+    result = sampler_result(results[0])
+    assert all(r.samples is None for r in result.registers)
+    assert counts_of(result) == {"a": ({"1": 9},), "b": ({"101": 9},), "c": ({"110000001": 9},)}
+
+
+def test_counts_add_up(aer: AerAdapter) -> None:
+    _, results = run(aer, spec(sampler(q3("qubit[3] q; bit[3] c; h q; c = measure q;"), 500)))
+    counts = sampler_result(results[0]).registers[0].counts[0]
+    assert sum(counts.values()) == 500
+    assert set(counts) <= {format(v, "03b") for v in range(8)}
+
+
+def test_default_shots(aer: AerAdapter) -> None:
+    source = q3("qubit[1] q; bit[1] c; c = measure q;")
+    _, results = run(aer, spec(sampler(source, shots=None)))
+    assert sampler_result(results[0]).shots == 1024
+    _, results = run(aer, spec(sampler(source, shots=None), default_shots=3))
+    assert sampler_result(results[0]).registers[0].counts == ({"0": 3},)
+
+
+# -------------------------------------------------------------------------- dynamic
+
+
+def test_dynamic_circuit(aer: AerAdapter) -> None:
+    text = """
+    qubit[2] q;
+    bit[1] m;
+    bit[2] c;
+    x q[0];
+    m[0] = measure q[0];
+    reset q[0];
+    if (m[0]) { x q[1]; }
+    h q[0];
+    h q[0];
+    c[0] = measure q[0];
+    c[1] = measure q[1];
+    """
+    _, results = run(aer, spec(sampler(q3(text), shots=20)))
+    assert counts_of(sampler_result(results[0])) == {"m": ({"1": 20},), "c": ({"10": 20},)}
+
+
+def test_while_loop_circuit(aer: AerAdapter) -> None:
+    # Repeat until the coin shows 1; then copy it onto q[1].
+    text = """
+    qubit[2] q;
+    bit[1] m;
+    bit[1] out;
+    h q[0];
+    m[0] = measure q[0];
+    while (m[0] == false) { reset q[0]; h q[0]; m[0] = measure q[0]; }
+    if (m[0]) { x q[1]; }
+    out[0] = measure q[1];
+    """
+    _, results = run(aer, spec(sampler(q3(text), shots=20)))
+    assert counts_of(sampler_result(results[0])) == {"m": ({"1": 20},), "out": ({"1": 20},)}
+
+
+# ------------------------------------------------------------------------- estimator
+
+
+def estimator(
+    source: CircuitSource,
+    observables: list[Observable],
+    precision: float | None = 0.0,
+    bindings: Bindings | None = None,
+    shape: tuple[int, ...] = (),
+) -> EstimatorPub:
+    return EstimatorPub(
+        circuit=source,
+        observables=tuple(observables),
+        observables_shape=shape,
+        bindings=bindings or Bindings(),
+        precision=precision,
+    )
+
+
+def single(pauli: str, coefficient: float = 1.0) -> Observable:
+    return Observable(((pauli, coefficient),))
+
+
+BELL = "qubit[2] q; h q[0]; cx q[0], q[1];"
+BELL_OBSERVABLES = [
+    single("ZZ"),
+    single("XX"),
+    single("YY"),
+    Observable((("ZZ", 0.5), ("XX", 2.0), ("YY", -3.0), ("II", 1.5))),  # 0.5 + 2 + 3 + 1.5
+]
+
+
+def test_estimator_exact_values(aer: AerAdapter) -> None:
+    job = spec(
+        estimator(q3("qubit[1] q;"), [single("Z")]),
+        estimator(q3("qubit[1] q; x q[0];"), [single("Z")]),
+        estimator(q3(BELL), BELL_OBSERVABLES),
+        # X on qubit 0 only: "IZ" is Z on qubit 0, "ZI" is Z on qubit 1.
+        estimator(q3("qubit[2] q; x q[0];"), [single("IZ"), single("ZI")]),
+    )
+    _, results = run(aer, job)
+    expected = [[1.0], [-1.0], [1.0, 1.0, -1.0, 7.0], [-1.0, 1.0]]
+    for result, values in zip(results, expected, strict=True):
+        est = estimator_result(result)
+        assert est.shape == (len(values),)
+        assert est.precision == 0.0
+        np.testing.assert_allclose(est.expectation_values, values, atol=1e-9)
+        assert est.standard_errors.tolist() == [0.0] * len(values)
+
+
+def test_estimator_with_precision(aer: AerAdapter) -> None:
+    job = spec(estimator(q3(BELL), BELL_OBSERVABLES, precision=0.01))
+    _, results = run(aer, job, seed=42)
+    est = estimator_result(results[0])
+    assert est.precision == 0.01
+    assert est.standard_errors.tolist() == [0.01] * 4
+    # Within 6 standard errors of the exact values (a false failure has odds below 1e-8).
+    np.testing.assert_allclose(est.expectation_values, [1.0, 1.0, -1.0, 7.0], atol=0.06)
+    assert not np.allclose(est.expectation_values, [1.0, 1.0, -1.0, 7.0], atol=1e-9)
+    _, again = run(aer, job, seed=42)
+    assert estimator_result(again[0]).expectation_values.tolist() == est.expectation_values.tolist()
+    _, other = run(aer, job, seed=43)
+    assert estimator_result(other[0]).expectation_values.tolist() != est.expectation_values.tolist()
+
+
+def test_estimator_default_precision(aer: AerAdapter) -> None:
+    _, results = run(aer, spec(estimator(q3("qubit[1] q;"), [single("Z")], precision=None)))
+    assert estimator_result(results[0]).standard_errors.tolist() == [0.015625]
+    _, results = run(
+        aer,
+        spec(estimator(q3("qubit[1] q;"), [single("Z")], precision=None), default_precision=0.0),
+    )
+    assert estimator_result(results[0]).expectation_values.tolist() == [1.0]
+
+
+def test_estimator_broadcasts_observables_against_bindings(aer: AerAdapter) -> None:
+    source = q3("input float theta; qubit[1] q; ry(theta) q[0];")
+    pub = estimator(
+        source,
+        [single("Z"), single("X"), single("Y")],
+        bindings=Bindings(("theta",), (2, 1), np.array([0.0, math.pi / 2])),
+        shape=(3,),
+    )
+    _, results = run(aer, spec(pub))
+    est = estimator_result(results[0])
+    assert est.shape == (2, 3)
+    np.testing.assert_allclose(est.expectation_values, [[1, 0, 0], [0, 1, 0]], atol=1e-9)
+    assert est.standard_errors.shape == (2, 3)
+
+
+# ---------------------------------------------------------------------- memory, MPS
+
+
+def ghz(n: int) -> str:
+    gates = " ".join(f"cx q[{i}], q[{i + 1}];" for i in range(n - 1))
+    return f"qubit[{n}] q; bit[{n}] c; h q[0]; {gates} c = measure q;"
+
+
+def test_forty_qubit_statevector_is_refused(aer: AerAdapter) -> None:
+    error = refused(
+        aer,
+        spec(sampler(q3(ghz(40)))),
+        "MEMORY_BUDGET_EXCEEDED",
+        "spec.pubs[0].sampler.circuit.qasm3",
+    )
+    assert error.metadata == {
+        "estimate_bytes": str(16 * 2**40),
+        "budget_bytes": str(1 << 30),
+        "method": "statevector",
+    }
+
+
+def test_fifty_qubit_ghz_runs_on_mps(mps: AerAdapter) -> None:
+    prepared, results = run(mps, spec(sampler(q3(ghz(50)), shots=100)))
+    assert prepared.memory_bytes < 8 * MiB
+    counts = sampler_result(results[0]).registers[0].counts[0]
+    assert set(counts) <= {"0" * 50, "1" * 50}
+    assert sum(counts.values()) == 100
+
+
+def test_budget_moves_the_statevector_cut_off() -> None:
+    job = spec(sampler(q3("qubit[20] q; bit[20] c; x q[19]; c = measure q;"), shots=2))
+    refused(
+        AerAdapter(context(budget=8 * MiB)),
+        job,
+        "MEMORY_BUDGET_EXCEEDED",
+        "spec.pubs[0].sampler.circuit.qasm3",
+    )
+    roomy = AerAdapter(context(budget=32 * MiB))
+    prepared, results = run(roomy, job)
+    assert prepared.memory_bytes == 16 * MiB
+    assert sampler_result(results[0]).registers[0].counts == ({"1" + "0" * 19: 2},)
+
+
+def test_density_matrix_memory() -> None:
+    adapter = AerAdapter(context(budget=16 * MiB, method="density_matrix"))
+    refused(
+        adapter,
+        spec(sampler(q3(ghz(11)))),
+        "MEMORY_BUDGET_EXCEEDED",
+        "spec.pubs[0].sampler.circuit.qasm3",
+    )
+    prepared, results = run(adapter, spec(sampler(q3(ghz(3)), shots=50)))
+    assert prepared.memory_bytes == 16 * 4**3
+    assert set(sampler_result(results[0]).registers[0].counts[0]) <= {"000", "111"}
+
+
+def test_simulator_memory_refusal_is_an_execution_error() -> None:
+    # Prepared under a large budget, run by a worker whose Aer is limited to 8 MiB.
+    job = spec(sampler(q3("qubit[20] q; bit[20] c; c = measure q;"), shots=1))
+    payload = AerAdapter(context(budget=32 * MiB)).prepare(job, 1).payload
+    with pytest.raises(ExecutionError) as info:
+        AerAdapter(context(budget=8 * MiB)).execute(payload)
+    assert info.value.reason == "RESOURCE_EXHAUSTED"
+
+
+# ------------------------------------------------------------------------- caching
+
+
+def test_repeated_circuit_hits_the_cache(aer: AerAdapter) -> None:
+    source = q3("qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;")
+    first = aer.prepare(spec(sampler(source)), 1)
+    second = aer.prepare(spec(sampler(source, shots=3)), 2)
+    assert isinstance(first.payload, AerPayload) and isinstance(second.payload, AerPayload)
+    # The same pickled circuit object: pickled once per cache entry, not per job.
+    assert first.payload.tasks[0].circuit is second.payload.tasks[0].circuit
+    other = aer.prepare(spec(sampler(q2("qreg q[1]; creg c[1]; measure q -> c;"))), 1)
+    assert isinstance(other.payload, AerPayload)
+    assert other.payload.tasks[0].circuit.key != first.payload.tasks[0].circuit.key
+
+
+def test_a_fresh_worker_adapter_executes_a_payload(aer: AerAdapter) -> None:
+    prepared = aer.prepare(spec(sampler(q3(BIT_ORDER_QASM3), shots=2)), 5)
+    worker = AerAdapter(context())
+    outcome = worker.execute(pickle.loads(pickle.dumps(prepared.payload)))
+    result = sampler_result(outcome.result.pubs[0])
+    assert counts_of(result)["c"] == ({"110000001": 2},)
+
+
+def test_prepare_is_thread_safe(aer: AerAdapter) -> None:
+    sources = [
+        q3(f"qubit[2] q; bit[2] c; rx({i % 4} * 0.5) q[0]; x q[1]; c = measure q;")
+        for i in range(24)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        prepared = list(pool.map(lambda s: aer.prepare(spec(sampler(s, shots=1)), 3), sources))
+    for job in prepared:
+        result = sampler_result(aer.execute(job.payload).result.pubs[0])
+        assert result.registers[0].counts[0].keys() <= {"10", "11"}
+
+
+# ------------------------------------------------------------------------- refusals
+
+
+def test_bad_inputs_are_refused_with_their_reason(aer: AerAdapter) -> None:
+    good = q3("qubit[1] q; bit[1] c; c = measure q;")
+    param = q3("input float theta; qubit[1] q; bit[1] c; rx(theta) q[0]; c = measure q;")
+    cases: list[tuple[JobSpec, str, str]] = [
+        (spec(sampler(good, shots=0)), "INVALID_SHOTS", "spec.pubs[0].sampler.shots"),
+        (spec(sampler(good, shots=100_001)), "INVALID_SHOTS", "spec.pubs[0].sampler.shots"),
+        (
+            spec(sampler(good, shots=None), default_shots=-5),
+            "INVALID_SHOTS",
+            "spec.options.default_shots",
+        ),
+        (
+            spec(sampler(good), sampler(q3("qubit[1] q; h q[0];"))),
+            "NO_MEASUREMENTS",
+            "spec.pubs[1].sampler.circuit.qasm3",
+        ),
+        (
+            spec(sampler(q3("qubit[1] q; bit c; c = measure q[0];"))),
+            "UNSUPPORTED_FEATURE",
+            "spec.pubs[0].sampler.circuit.qasm3",
+        ),
+        (
+            spec(sampler(q3("qubit[1] q; bit[1] c; box { x q[0]; } c = measure q;"))),
+            "UNSUPPORTED_FEATURE",
+            "spec.pubs[0].sampler.circuit.qasm3",
+        ),
+        (
+            spec(sampler(param, bindings=Bindings(("phi",), (), np.array([1.0])))),
+            "UNKNOWN_PARAMETERS",
+            "spec.pubs[0].sampler.parameter_values",
+        ),
+        (spec(sampler(param)), "UNBOUND_PARAMETERS", "spec.pubs[0].sampler.parameter_values"),
+        (
+            spec(sampler(param, bindings=Bindings(("theta",), (2,), np.array([1.0])))),
+            "INVALID_PARAMETER_VALUES",
+            "spec.pubs[0].sampler.parameter_values",
+        ),
+        (
+            spec(sampler(param, bindings=Bindings(("theta",), (), np.array([math.nan])))),
+            "INVALID_PARAMETER_VALUES",
+            "spec.pubs[0].sampler.parameter_values",
+        ),
+        (
+            spec(sampler(q3("qubit[65] q; bit[1] c;"))),
+            "TOO_MANY_QUBITS",
+            "spec.pubs[0].sampler.circuit.qasm3",
+        ),
+        (
+            spec(sampler(q3("qubit[1] q; bit[1] c; foo q[0];"))),
+            "UNKNOWN_GATE",
+            "spec.pubs[0].sampler.circuit.qasm3",
+        ),
+        (
+            spec(sampler(CircuitSource(CircuitLanguage.QASM2, "OPENQASM 2.0;\nqreg q[1];\nx q;"))),
+            "UNKNOWN_GATE",
+            "spec.pubs[0].sampler.circuit.qasm2",
+        ),
+        (
+            spec(sampler(q3("qubit[1] q; bit[1] c; c = measure q"))),
+            "INVALID_QASM",
+            "spec.pubs[0].sampler.circuit.qasm3",
+        ),
+        (
+            spec(sampler(q3('include "/etc/passwd"; qubit[1] q;'))),
+            "INCLUDE_NOT_ALLOWED",
+            "spec.pubs[0].sampler.circuit.qasm3",
+        ),
+        (
+            spec(estimator(q3("qubit[1] q; bit[1] c; c = measure q;"), [single("Z")])),
+            "UNSUPPORTED_FEATURE",
+            "spec.pubs[0].estimator.circuit.qasm3",
+        ),
+        (
+            spec(estimator(q3("qubit[1] q; reset q[0];"), [single("Z")])),
+            "UNSUPPORTED_FEATURE",
+            "spec.pubs[0].estimator.circuit.qasm3",
+        ),
+        (
+            spec(estimator(q3("qubit[2] q;"), [single("Z")])),
+            "INVALID_OBSERVABLE",
+            "spec.pubs[0].estimator.observables",
+        ),
+        (
+            spec(estimator(q3("qubit[1] q;"), [single("Q")])),
+            "INVALID_OBSERVABLE",
+            "spec.pubs[0].estimator.observables",
+        ),
+        (
+            spec(estimator(q3("qubit[1] q;"), [single("Z")], precision=-1.0)),
+            "INVALID_PRECISION",
+            "spec.pubs[0].estimator.precision",
+        ),
+        (
+            spec(
+                estimator(q3("qubit[1] q;"), [single("Z")], precision=None),
+                default_precision=math.inf,
+            ),
+            "INVALID_PRECISION",
+            "spec.options.default_precision",
+        ),
+        (
+            spec(
+                estimator(
+                    q3("input float theta; qubit[1] q; rx(theta) q[0];"),
+                    [single("Z"), single("X")],
+                    bindings=Bindings(("theta",), (3,), np.zeros(3)),
+                )
+            ),
+            "INVALID_SHAPE",
+            "spec.pubs[0].estimator",
+        ),
+    ]
+    for job, reason, field in cases:
+        refused(aer, job, reason, field)
+
+
+def test_result_size_limit() -> None:
+    adapter = AerAdapter(context(max_result_bytes=10_000))
+    source = q3("qubit[1] q; bit[1] c; c = measure q;")
+    # One byte per shot of samples plus at most two counts keys of 1 + 8 bytes.
+    refused(adapter, spec(sampler(source, shots=12_000)), "RESULT_TOO_LARGE", "spec.pubs[0]")
+    # Each PUB fits (4018 bytes), the job does not.
+    small = sampler(source, shots=4000)
+    error = refused(adapter, spec(small, small, small), "RESULT_TOO_LARGE", "spec.pubs")
+    assert error.metadata == {"estimate_bytes": "12054", "max_result_bytes": "10000"}
+    # Counts only keeps the result small.
+    _, results = run(adapter, spec(sampler(source, shots=50_000), counts_only=True))
+    assert sampler_result(results[0]).registers[0].counts == ({"0": 50_000},)

@@ -1,0 +1,521 @@
+"""The Qiskit circuit front end: parsing limits, validation reasons, counts and estimates.
+
+Every bad input is asserted by its reason and by the field the error names; expected values
+are hard-coded, never computed by the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+
+from gateway.backends import qiskit_frontend as fe
+from gateway.backends.base import CircuitLimits
+from gateway.domain.circuits import (
+    Bindings,
+    CircuitFeature,
+    CircuitLanguage,
+    CircuitSource,
+    Observable,
+)
+from gateway.domain.errors import Code, InvalidArgument
+
+FIELD = "spec.pubs[0].sampler.circuit.qasm3"
+LIMITS = CircuitLimits()
+H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+H2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\n'
+
+
+def q3(text: str) -> CircuitSource:
+    return CircuitSource(CircuitLanguage.QASM3, text)
+
+
+def q2(text: str) -> CircuitSource:
+    return CircuitSource(CircuitLanguage.QASM2, text)
+
+
+def refused(
+    source: CircuitSource, reason: str, limits: CircuitLimits = LIMITS, **kwargs: int
+) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as info:
+        fe.parse_circuit(source, limits, FIELD, **kwargs)
+    error = info.value
+    assert error.reason == reason, (error.reason, error.message)
+    assert error.code is Code.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == [FIELD]
+    return error
+
+
+def error_text(error: InvalidArgument) -> str:
+    parts = [error.message, repr(error), str(error.metadata)]
+    parts += [v.description for v in error.field_violations]
+    return "\n".join(parts)
+
+
+def nested_definitions(depth: int, *, qasm3: bool) -> str:
+    header = H3 + "qubit[1] q;\n" if qasm3 else H2 + "qreg q[1];\n"
+    lines = ["gate g0 a { x a; }"]
+    lines += [f"gate g{i} a {{ g{i - 1} a; g{i - 1} a; }}" for i in range(1, depth + 1)]
+    return header + "\n".join(lines) + f"\ng{depth} q[0];\n"
+
+
+# ------------------------------------------------------------------------------- parsing
+
+
+def test_parses_qasm3_and_qasm2() -> None:
+    c3 = fe.parse_circuit(
+        q3(H3 + "qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;"), LIMITS, FIELD
+    )
+    c2 = fe.parse_circuit(
+        q2(H2 + "qreg q[2]; creg c[2]; h q[0]; cx q[0], q[1]; measure q -> c;"), LIMITS, FIELD
+    )
+    for circuit in (c3, c2):
+        assert circuit.num_qubits == 2
+        assert circuit.num_clbits == 2
+        assert dict(circuit.count_ops()) == {"h": 1, "cx": 1, "measure": 2}
+
+
+def test_source_size_limit() -> None:
+    source = q3(H3 + "qubit[1] q;\n" + "x q[0];\n" * 50)
+    error = refused(source, "CIRCUIT_TOO_LARGE", CircuitLimits(max_source_bytes=200))
+    assert error.metadata["max_source_bytes"] == "200"
+
+
+def test_empty_source_is_invalid() -> None:
+    refused(q3("   \n"), "INVALID_QASM")
+
+
+@pytest.mark.parametrize("language", [CircuitLanguage.QASM3, CircuitLanguage.QASM2])
+def test_include_of_a_real_file_is_refused_and_never_read(
+    tmp_path: Path, language: CircuitLanguage
+) -> None:
+    secret = "TOPSECRET_7f3a9c"
+    path = tmp_path / "secret.inc"
+    path.write_text(f"{secret} gate leak a {{ x a; }}\n")
+    if language is CircuitLanguage.QASM3:
+        text = f'OPENQASM 3.0;\ninclude "{path}";\nqubit[1] q;\n'
+    else:
+        text = f'OPENQASM 2.0;\ninclude "{path}";\nqreg q[1];\n'
+    error = refused(CircuitSource(language, text), "INCLUDE_NOT_ALLOWED")
+    assert secret not in error_text(error)
+    assert str(path) not in error.message
+
+
+def test_qasm2_parser_itself_cannot_read_files(tmp_path: Path) -> None:
+    # Defence in depth: even if the include scan missed something, the parser has no path.
+    secret = "TOPSECRET_b41d"
+    (tmp_path / "x.inc").write_text(f"{secret};\n")
+    for name in (str(tmp_path / "x.inc"), "x.inc"):
+        with pytest.raises(InvalidArgument) as info:
+            fe._loads_qasm2(f'OPENQASM 2.0;\ninclude "{name}";\nqreg q[1];\n', FIELD)
+        assert info.value.reason == "INVALID_QASM"
+        assert secret not in error_text(info.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        q3(H3 + 'include "other.inc";\nqubit[1] q;'),
+        q3('OPENQASM 3.0;\ninclude "qelib1.inc";\nqubit[1] q;'),  # the other language's library
+        q2('OPENQASM 2.0;\ninclude "stdgates.inc";\nqreg q[1];'),
+        # A string literal holding comment markers does not start a comment.
+        q3(H3 + 'defcalgrammar "//";  include "/etc/passwd";\nqubit[1] q;'),
+        q3(H3 + 'include "/*";  include "/etc/hosts"; // */\nqubit[1] q;'),
+        q2('OPENQASM 2.0;\ninclude "qelib1.inc"; /* include "/etc/hosts"; */\nqreg q[1];'),
+        q3(H3 + "include /etc/passwd;\nqubit[1] q;"),
+    ],
+)
+def test_include_whitelist(source: CircuitSource) -> None:
+    refused(source, "INCLUDE_NOT_ALLOWED")
+
+
+def test_includes_inside_comments_are_ignored() -> None:
+    text = (
+        H3 + '// include "/etc/passwd";\n/* include "/etc/hosts";\n */\n'
+        "qubit[1] q; bit[1] c; x q[0]; c = measure q;"
+    )
+    circuit = fe.parse_circuit(q3(text), LIMITS, FIELD)
+    assert circuit.num_qubits == 1
+    text2 = H2 + '// include "/etc/passwd";\nqreg q[1];\n'
+    assert fe.parse_circuit(q2(text2), LIMITS, FIELD).num_qubits == 1
+    # Pragma and annotation lines are raw text to the OpenQASM 3 lexer.
+    scan = fe._scan('pragma include "x";\n@note include "y"\ninclude "z";', CircuitLanguage.QASM3)
+    assert [name for _, _, name in scan.includes] == ["z"]
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        (q3(H3 + "qubit[2] q;\nh q[0] cx;\n"), "line 4"),
+        (q3(H3 + "qubit[2] q;\nh q[0]; ` x q;\n"), "line 4"),
+        (q3(H3 + "qubit[2] q;\nh q[0]"), "line 4"),
+        (q2(H2 + "qreg q[2];\nh q[0]\n"), "line 4"),
+        (q2(H2 + "qreg q[1];\nx r[0];\n"), "line 4"),  # an undefined register, not a gate
+    ],
+)
+def test_syntax_errors_say_where(source: CircuitSource, where: str) -> None:
+    error = refused(source, "INVALID_QASM")
+    assert where in error.message
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        q3(H3 + "qubit[2] q; x q[5];"),  # index past the register: an IndexError in the SDK
+        q3(H3 + "qubit[2] q; cx q[0], q[0];"),
+        q3(H3 + "qubit[2] q; x q[0], q[1];"),
+        q3(H3 + "qubit[1] q; bit c; c = measure q[0]; if (c == 2) { x q[0]; }"),
+        q2(H2 + "qreg q[1]; x q[3];"),
+        q3(H3 + "qubit[n] q;"),
+    ],
+)
+def test_invalid_programs(source: CircuitSource) -> None:
+    refused(source, "INVALID_QASM")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        q3(H3 + "qubit[2] q;\nfoo q[0];"),
+        q3(H3 + "qubit[2] q;\nfoo(0.5) q[0], q[1];"),
+        q3("OPENQASM 3.0;\nqubit[2] q;\nfoo q[0];"),
+        q2(H2 + "qreg q[2];\nfoo q[0];"),
+        q2(H2 + "qreg q[2];\nfoo(0.1) q[0], q[1];"),
+    ],
+)
+def test_unknown_gates(source: CircuitSource) -> None:
+    error = refused(source, "UNKNOWN_GATE")
+    assert error.metadata["gate"] == "foo"
+
+
+def test_opaque_qasm2_gate_is_unknown() -> None:
+    error = refused(q2(H2 + "qreg q[1];\nopaque mystery a;\nmystery q[0];"), "UNKNOWN_GATE")
+    assert error.metadata["gate"] == "mystery"
+
+
+@pytest.mark.parametrize("qasm3", [True, False])
+def test_exponentially_nested_definitions_are_refused_by_count(qasm3: bool) -> None:
+    text = nested_definitions(40, qasm3=qasm3)
+    source = q3(text) if qasm3 else q2(text)
+    error = refused(source, "CIRCUIT_TOO_LARGE")
+    assert error.metadata["max_operations"] == str(LIMITS.max_operations)
+
+
+def test_exponential_definitions_that_are_never_used_still_cannot_be_imported() -> None:
+    # The qasm3 importer copies definitions eagerly, so defining them is the expensive part.
+    text = nested_definitions(40, qasm3=True).rsplit("g40 q[0];", 1)[0]
+    refused(q3(text), "CIRCUIT_TOO_COMPLEX")
+
+
+def test_operation_limit_counts_unrolled_definitions_and_loops() -> None:
+    limits = CircuitLimits(max_operations=100)
+    fe.parse_circuit(q2(nested_definitions(6, qasm3=False)), limits, FIELD)  # 64 x gates
+    refused(q2(nested_definitions(7, qasm3=False)), "CIRCUIT_TOO_LARGE", limits)  # 128
+    refused(q3(H3 + "qubit[1] q;\nfor int i in [0:199] { x q[0]; }"), "CIRCUIT_TOO_LARGE", limits)
+
+
+def test_parse_time_limit() -> None:
+    text = H3 + "qubit[4] q;\n" + "cx q[0], q[1];\n" * 5000
+    error = refused(q3(text), "CIRCUIT_TOO_COMPLEX", CircuitLimits(parse_timeout_s=0.001))
+    assert error.metadata["parse_timeout_s"] == "0.001"
+
+
+def test_deeply_nested_expression_is_too_complex() -> None:
+    text = H3 + "qubit[1] q;\nrx(" + "(" * 600 + "1" + ")" * 600 + ") q[0];"
+    refused(q3(text), "CIRCUIT_TOO_COMPLEX")
+
+
+def test_pow_on_a_wide_gate_is_refused_before_building_its_matrix() -> None:
+    operands = ", ".join(f"q[{i}]" for i in range(6))
+    text = H3 + f"qubit[6] q;\ngate w a, b, c, d, e, f {{ h a; }}\npow(0.5) @ w {operands};"
+    refused(q3(text), "CIRCUIT_TOO_COMPLEX")
+
+
+def test_too_many_qubits_is_refused_before_parsing() -> None:
+    error = refused(q3(H3 + "qubit[100000000] q;"), "TOO_MANY_QUBITS", max_qubits=64)
+    assert error.metadata == {"num_qubits": "100000000", "max_qubits": "64"}
+    refused(q3(H3 + "x $1000000;"), "TOO_MANY_QUBITS", max_qubits=64)
+    refused(q2(H2 + "qreg q[65];"), "TOO_MANY_QUBITS", max_qubits=64)
+    # Without a backend limit, the bit count is bounded by the operation limit.
+    refused(q2(H2 + "qreg q[100000000];"), "CIRCUIT_TOO_LARGE")
+
+
+def test_too_many_qubits_after_parsing() -> None:
+    circuit = QuantumCircuit(5)
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_qubit_count(circuit, 4, FIELD)
+    assert info.value.reason == "TOO_MANY_QUBITS"
+
+
+# ---------------------------------------------------------------------- operation count
+
+
+def test_count_operations_memoises_definitions() -> None:
+    circuit = fe.parse_circuit(q2(nested_definitions(12, qasm3=False)), LIMITS, FIELD)
+    assert fe.count_operations(circuit) == 4096
+    loops = fe.parse_circuit(
+        q3(H3 + "qubit[2] q;\nfor int i in [0:9] { x q[0]; h q[1]; }\nx q[0];"), LIMITS, FIELD
+    )
+    # 1 loop op + 10 iterations x 2 gates + 1 gate
+    assert fe.count_operations(loops) == 22
+
+
+# ------------------------------------------------------------------------------ features
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("h q[0]; c[0] = measure q[0]; c[1] = measure q[1];", set()),
+        ("c[0] = measure q[0]; c[0] = measure q[0]; barrier q;", set()),
+        ("c[0] = measure q[0]; x q[1]; c[1] = measure q[1];", set()),
+        ("c[0] = measure q[0]; x q[0];", {CircuitFeature.MID_CIRCUIT_MEASUREMENT}),
+        ("reset q[0]; h q[0];", {CircuitFeature.RESET}),
+        (
+            "c[0] = measure q[0]; reset q[0];",
+            {CircuitFeature.RESET, CircuitFeature.MID_CIRCUIT_MEASUREMENT},
+        ),
+        ("c[0] = measure q[0]; if (c[0]) { x q[1]; }", {CircuitFeature.CONTROL_FLOW}),
+        (
+            "c[0] = measure q[0]; if (c[0]) { x q[0]; }",
+            {CircuitFeature.CONTROL_FLOW, CircuitFeature.MID_CIRCUIT_MEASUREMENT},
+        ),
+        ("for int i in [0:2] { x q[0]; }", {CircuitFeature.CONTROL_FLOW}),
+        ("while (c[0] == false) { c[0] = measure q[0]; }", {CircuitFeature.CONTROL_FLOW}),
+    ],
+)
+def test_detect_features(body: str, expected: set[CircuitFeature]) -> None:
+    circuit = fe.parse_circuit(q3(H3 + "qubit[2] q; bit[2] c;\n" + body), LIMITS, FIELD)
+    assert fe.detect_features(circuit) == frozenset(expected)
+
+
+def test_qasm2_if_is_control_flow() -> None:
+    text = H2 + "qreg q[1]; creg c[1];\nmeasure q[0] -> c[0];\nif (c == 1) x q[0];"
+    circuit = fe.parse_circuit(q2(text), LIMITS, FIELD)
+    assert fe.detect_features(circuit) == {
+        CircuitFeature.CONTROL_FLOW,
+        CircuitFeature.MID_CIRCUIT_MEASUREMENT,
+    }
+
+
+def test_unsupported_feature_names_the_feature() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_features({CircuitFeature.RESET}, {CircuitFeature.CONTROL_FLOW}, FIELD)
+    assert info.value.reason == "UNSUPPORTED_FEATURE"
+    assert info.value.metadata == {"feature": "reset"}
+    assert info.value.field_violations[0].field == FIELD
+    fe.check_features({CircuitFeature.RESET}, set(CircuitFeature), FIELD)
+
+
+def test_bits_outside_registers_are_refused() -> None:
+    circuit = fe.parse_circuit(q3(H3 + "qubit[1] q; bit c; c = measure q[0];"), LIMITS, FIELD)
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_clbits_in_registers(circuit, FIELD)
+    assert info.value.reason == "UNSUPPORTED_FEATURE"
+    assert info.value.metadata == {"feature": "bits_outside_registers"}
+
+
+def test_sampler_without_classical_bits() -> None:
+    circuit = fe.parse_circuit(q3(H3 + "qubit[1] q; h q[0];"), LIMITS, FIELD)
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_sampler_has_clbits(circuit, FIELD)
+    assert info.value.reason == "NO_MEASUREMENTS"
+
+
+# ---------------------------------------------------------------------------- parameters
+
+PFIELD = "spec.pubs[0].sampler.parameter_values"
+
+
+def test_bindings_are_reordered_into_circuit_order() -> None:
+    values = np.array([1.0, 10.0, 2.0, 20.0, 3.0, 30.0])  # rows of (b, a)
+    table = fe.resolve_bindings(Bindings(("b", "a"), (3,), values), ("a", "b"), PFIELD)
+    assert table.shape == (3, 2)
+    assert table.tolist() == [[10.0, 1.0], [20.0, 2.0], [30.0, 3.0]]
+
+
+def test_empty_parameter_names_mean_circuit_order() -> None:
+    table = fe.resolve_bindings(
+        Bindings((), (2, 1), np.array([1.0, 2.0, 3.0, 4.0])), ("a", "b"), PFIELD
+    )
+    assert table.shape == (2, 1, 2)
+    assert table.reshape(-1).tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_no_parameters_and_no_values() -> None:
+    assert fe.resolve_bindings(Bindings(), (), PFIELD).shape == (0,)
+    assert fe.resolve_bindings(Bindings((), (3,)), (), PFIELD).shape == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("bindings", "reason"),
+    [
+        (Bindings(("a", "zz"), (), np.array([1.0, 2.0])), "UNKNOWN_PARAMETERS"),
+        (Bindings(("a",), (), np.array([1.0])), "UNBOUND_PARAMETERS"),
+        (Bindings(), "UNBOUND_PARAMETERS"),
+        (Bindings(("a", "b"), (2,), np.array([1.0, 2.0, 3.0])), "INVALID_PARAMETER_VALUES"),
+        (Bindings(("a", "b"), (), np.array([1.0, math.nan])), "INVALID_PARAMETER_VALUES"),
+        (Bindings(("a", "b"), (), np.array([math.inf, 0.0])), "INVALID_PARAMETER_VALUES"),
+        (Bindings(("a", "a"), (), np.array([1.0, 2.0])), "INVALID_PARAMETER_VALUES"),
+        (Bindings(("a", "b"), (0,), np.zeros(0)), "INVALID_SHAPE"),
+    ],
+)
+def test_bad_bindings(bindings: Bindings, reason: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        fe.resolve_bindings(bindings, ("a", "b"), PFIELD)
+    assert info.value.reason == reason
+    assert info.value.field_violations[0].field == PFIELD
+
+
+def test_circuit_parameters_come_in_qiskit_order() -> None:
+    # Qiskit sorts plain names as strings (only vector elements sort numerically).
+    text = H3 + "input float b; input float a10; input float a2;\nqubit[1] q;\n"
+    text += "rx(b) q[0]; ry(a10) q[0]; rz(a2) q[0];"
+    circuit = fe.parse_circuit(q3(text), LIMITS, FIELD)
+    assert fe.analyze_circuit(circuit, LIMITS, FIELD).parameters == ("a10", "a2", "b")
+
+
+# --------------------------------------------------------------------------- observables
+
+OFIELD = "spec.pubs[0].estimator.observables"
+
+
+def obs(*terms: tuple[str, float]) -> Observable:
+    return Observable(terms)
+
+
+def test_observables_shape_defaults_to_their_number() -> None:
+    assert fe.validate_observables([obs(("ZZ", 1.0)), obs(("XI", 0.5))], (), 2, OFIELD) == (2,)
+    assert fe.validate_observables([obs(("Z", 1.0))] * 6, (2, 3), 1, OFIELD) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("observables", "shape"),
+    [
+        ([obs(("ZZZ", 1.0))], ()),  # wrong length
+        ([obs(("Z", 1.0))], ()),
+        ([obs(("ZA", 1.0))], ()),  # not a Pauli
+        ([obs(("zz", 1.0))], ()),
+        ([obs(("ZZ", math.nan))], ()),
+        ([obs(("ZZ", math.inf))], ()),
+        ([obs()], ()),  # no terms
+        ([], ()),  # no observables
+        ([obs(("ZZ", 1.0))] * 3, (2, 2)),  # shape does not hold them
+    ],
+)
+def test_bad_observables(observables: list[Observable], shape: tuple[int, ...]) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        fe.validate_observables(observables, shape, 2, OFIELD)
+    assert info.value.reason == "INVALID_OBSERVABLE"
+    assert info.value.field_violations[0].field == OFIELD
+
+
+def test_pub_shape_broadcasting() -> None:
+    assert fe.broadcast_pub_shape((3,), (2, 1), "f") == (2, 3)
+    assert fe.broadcast_pub_shape((1,), (), "f") == (1,)
+    with pytest.raises(InvalidArgument) as info:
+        fe.broadcast_pub_shape((2,), (3,), "f")
+    assert info.value.reason == "INVALID_SHAPE"
+
+
+# -------------------------------------------------------------- shots, precision, results
+
+
+def test_shots() -> None:
+    assert fe.resolve_shots(None, 1024, 100_000, "f") == 1024
+    assert fe.resolve_shots(7, 1024, 100_000, "f") == 7
+    for bad in (0, -1, 100_001):
+        with pytest.raises(InvalidArgument) as info:
+            fe.resolve_shots(bad, 1024, 100_000, "spec.pubs[0].sampler.shots")
+        assert info.value.reason == "INVALID_SHOTS"
+        assert info.value.metadata == {"max_shots": "100000"}
+        assert info.value.field_violations[0].field == "spec.pubs[0].sampler.shots"
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, -math.inf])
+def test_bad_precision(bad: float) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_precision(bad, "f")
+    assert info.value.reason == "INVALID_PRECISION"
+
+
+def test_precision_zero_is_exact_and_allowed() -> None:
+    assert fe.check_precision(0.0, "f") == 0.0
+
+
+def test_result_size() -> None:
+    # 2 bindings x 100 shots x (1 + 2) bytes, plus counts of at most 2 and 100 keys each.
+    samples = 2 * 100 * 3
+    counts = 2 * (2 * (1 + 8) + 100 * (9 + 8))
+    assert fe.sampler_result_bytes([1, 9], 2, 100, counts_only=False) == samples + counts
+    assert fe.sampler_result_bytes([1, 9], 2, 100, counts_only=True) == counts
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_result_size(1001, 1000, "spec.pubs[0]")
+    assert info.value.reason == "RESULT_TOO_LARGE"
+    assert info.value.metadata == {"estimate_bytes": "1001", "max_result_bytes": "1000"}
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def ghz(n: int) -> QuantumCircuit:
+    circuit = QuantumCircuit(n, n)
+    circuit.h(0)
+    for i in range(n - 1):
+        circuit.cx(i, i + 1)
+    circuit.measure(range(n), range(n))
+    return circuit
+
+
+def test_dense_memory() -> None:
+    assert fe.statevector_bytes(20) == 16 * 2**20
+    assert fe.density_matrix_bytes(10) == 16 * 4**10
+
+
+def test_mps_bound_of_a_ghz_chain_is_small() -> None:
+    assert fe.mps_bond_dimensions(ghz(50)) == (2,) * 49
+    assert fe.mps_bytes(ghz(50)) < 4 * 2**20
+
+
+def test_mps_bound_follows_entanglement_across_each_cut() -> None:
+    circuit = QuantumCircuit(6)
+    circuit.cx(0, 5)  # crosses every cut: rank 2
+    circuit.swap(2, 3)  # rank 4 across the middle cut only
+    circuit.rzz(0.3, 1, 2)  # rank 2 across cut 1
+    assert fe.mps_bond_dimensions(circuit) == (2, 4, 8, 2, 2)
+
+
+def test_mps_bound_is_capped_by_the_structure_and_the_option() -> None:
+    circuit = QuantumCircuit(8)
+    for _ in range(10):
+        for i in range(7):
+            circuit.cx(i, i + 1)
+    assert fe.mps_bond_dimensions(circuit) == (2, 4, 8, 16, 8, 4, 2)
+    assert fe.mps_bond_dimensions(circuit, max_bond_dimension=4) == (2, 4, 4, 4, 4, 4, 2)
+
+
+def test_mps_bound_of_loops() -> None:
+    body = H3 + "qubit[4] q; bit[1] c;\n"
+    looped = fe.parse_circuit(q3(body + "for int i in [0:1] { cx q[1], q[2]; }"), LIMITS, FIELD)
+    assert fe.mps_bond_dimensions(looped) == (1, 4, 1)
+    unbounded = fe.parse_circuit(
+        q3(body + "while (c[0] == false) { cx q[1], q[2]; c[0] = measure q[0]; }"), LIMITS, FIELD
+    )
+    assert fe.mps_bond_dimensions(unbounded) == (1, 4, 1)
+
+
+def test_memory_budget() -> None:
+    fe.check_memory(16 * 2**20, 16 * 2**20, "statevector", "f")
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_memory(16 * 2**20, 8 * 2**20, "statevector", "f")
+    error = info.value
+    assert error.reason == "MEMORY_BUDGET_EXCEEDED"
+    assert error.metadata == {
+        "estimate_bytes": str(16 * 2**20),
+        "budget_bytes": str(8 * 2**20),
+        "method": "statevector",
+    }
