@@ -79,7 +79,8 @@ def ghz(n: int, measure: bool = True) -> str:
 def slow_circuit(n: int = 10, layers: int = 4) -> str:
     """A circuit Aer must simulate shot by shot (mid-circuit measurement and reset), so its
     run time grows with the number of shots: slow by its own size, not by a sleep."""
-    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{n}] q;", f"bit[{n}] c;", "bit[1] m;"]
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{n}] q;", f"bit[{n}] c;"]
+    lines.append("bit[1] m;")
     for _ in range(layers):
         lines += [f"h q[{i}];" for i in range(n)]
         lines += [f"cx q[{i}], q[{i + 1}];" for i in range(n - 1)]

@@ -51,7 +51,8 @@ CASES = [
     ),
     (
         "unbound parameter",
-        HEADER + "input float[64] theta; qubit[1] q; bit[1] c; rx(theta) q[0]; c[0] = measure q[0];",
+        HEADER + "input float[64] theta; qubit[1] q; bit[1] c; rx(theta) q[0];"
+        " c[0] = measure q[0];",
         "UNBOUND_PARAMETERS",
     ),
     (
