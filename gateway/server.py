@@ -179,6 +179,9 @@ def serve_forever(config_path: Path | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # The SDKs log every transpiler pass at INFO; keep the gateway's own log readable.
+    for noisy in ("qiskit", "qiskit_aer", "stevedore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(config_path)
         asyncio.run(serve(config, _print_ready))

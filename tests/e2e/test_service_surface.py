@@ -1,0 +1,138 @@
+"""Health, reflection, a generic gRPC client, and the CLI, against the real gateway."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+BIN = Path(sys.executable).parent
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_names(address: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in [
+            "",
+            "qgateway.v1.JobService",
+            "qgateway.backend.aer",
+            "qgateway.backend.aer-mps",
+            "qgateway.backend.aer-tiny",
+        ]:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == SERVING, name
+        try:
+            health.Check(health_pb2.HealthCheckRequest(service="qgateway.backend.nope"), timeout=5)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError("unknown health name answered")
+
+
+def test_reflection_lists_the_services(address: str) -> None:
+    with grpc.insecure_channel(address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {
+        "qgateway.v1.JobService",
+        "qgateway.v1.BackendService",
+        "grpc.health.v1.Health",
+    } <= services
+
+
+def _buf_curl(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "buf"), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_generic_client_through_reflection(address: str) -> None:
+    # The README's buf curl commands, verbatim in shape: reflection only, no local protos.
+    listed = _buf_curl(address, "--list-methods", f"http://{address}")
+    assert listed.returncode == 0, listed.stderr
+    assert "qgateway.v1.JobService/Run" in listed.stdout
+    body = {
+        "spec": {
+            "backend": "backends/aer",
+            "pubs": [
+                {
+                    "sampler": {
+                        "circuit": {
+                            "qasm3": (
+                                'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; x q[1]; '
+                                "c = measure q;"
+                            )
+                        },
+                        "shots": 10,
+                    }
+                }
+            ],
+            "options": {"seed": "1"},
+        }
+    }
+    ran = _buf_curl(address, "-d", json.dumps(body), f"http://{address}/qgateway.v1.JobService/Run")
+    assert ran.returncode == 0, ran.stderr
+    job = json.loads(ran.stdout)["job"]
+    assert job["state"] == "JOB_STATE_SUCCEEDED"
+    counts = job["result"]["pubResults"][0]["sampler"]["registers"][0]["counts"][0]["counts"]
+    assert counts == {"10": "10"}
+
+
+def _cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "qgateway"), *args, "--target", address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_run_backends_and_jobs(address: str, examples: Path) -> None:
+    run = _cli(
+        address,
+        "run",
+        str(examples / "ghz.qasm"),
+        "--backend",
+        "aer",
+        "--shots",
+        "200",
+        "--seed",
+        "3",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "00000" in run.stdout and "11111" in run.stdout
+    assert "#" in run.stdout or "█" in run.stdout  # the histogram
+    backends = _cli(address, "backends")
+    assert backends.returncode == 0 and "aer-mps" in backends.stdout
+    listed = _cli(address, "jobs", "list", "--limit", "3")
+    assert listed.returncode == 0 and "jobs/" in listed.stdout
+
+
+def test_cli_errors_are_one_line(address: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.qasm"
+    bad.write_text("OPENQASM 3.0;\nqubit[1] q;\nfrobnicate q[0];\n")
+    run = _cli(address, "run", str(bad))
+    assert run.returncode == 1
+    first = run.stderr.strip().splitlines()[0]
+    assert first.startswith("error: INVALID_ARGUMENT")
+    assert "Traceback" not in run.stderr
+    missing = _cli(address, "run", str(tmp_path / "absent.qasm"))
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    unreachable = subprocess.run(
+        [str(BIN / "qgateway"), "backends", "--target", "127.0.0.1:1", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert len(unreachable.stderr.strip().splitlines()) == 1
