@@ -178,6 +178,11 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
             f"{field}.options.default_precision",
         ),
         counts_only=o.counts_only,
+        fallback_backend=(
+            backend_id(o.fallback_backend, f"{field}.options.fallback_backend")
+            if o.fallback_backend
+            else ""
+        ),
     )
     return JobSpec(backend=backend, pubs=pubs, options=options)
 
@@ -288,10 +293,15 @@ _FEATURES = {
 }
 
 
-def encode_backend(
-    info: db.BackendInfo, *, online: bool, queue_depth: int, running: int
-) -> backend_pb2.Backend:
-    return backend_pb2.Backend(
+_BREAKER_STATES = {
+    "CLOSED": backend_pb2.BREAKER_STATE_CLOSED,
+    "OPEN": backend_pb2.BREAKER_STATE_OPEN,
+    "HALF_OPEN": backend_pb2.BREAKER_STATE_HALF_OPEN,
+}
+
+
+def encode_backend(info: db.BackendInfo, status: db.BackendStatus) -> backend_pb2.Backend:
+    out = backend_pb2.Backend(
         name=BACKEND_PREFIX + info.name,
         provider=info.provider,
         kind=_KINDS[info.kind],
@@ -299,9 +309,13 @@ def encode_backend(
         basis_gates=sorted(info.basis_gates),
         primitives=sorted(_PRIMITIVES[p] for p in info.primitives),
         features=sorted(_FEATURES[f] for f in info.features),
-        status=backend_pb2.BACKEND_STATUS_ONLINE if online else backend_pb2.BACKEND_STATUS_OFFLINE,
-        queue_depth=queue_depth,
-        running_jobs=running,
+        status=(
+            backend_pb2.BACKEND_STATUS_ONLINE
+            if status.online
+            else backend_pb2.BACKEND_STATUS_OFFLINE
+        ),
+        queue_depth=status.queue_depth,
+        running_jobs=status.running,
         limits=backend_pb2.BackendLimits(
             max_shots=info.limits.max_shots,
             memory_budget_bytes=info.limits.memory_budget_bytes,
@@ -309,4 +323,18 @@ def encode_backend(
             max_result_bytes=info.limits.max_result_bytes,
         ),
         properties=dict(info.properties),
+        breaker_state=_BREAKER_STATES[status.breaker_state],
+        pool=backend_pb2.PoolStats(
+            in_use=status.pool_in_use,
+            idle=status.pool_idle,
+            waiting=status.pool_waiting,
+            min_instances=status.pool_min,
+            max_instances=status.pool_max,
+        ),
     )
+    out.health.serving = status.serving
+    out.health.last_error = status.last_error
+    probed = timestamp(status.last_probe)
+    if probed is not None:
+        out.health.last_probe_time.CopyFrom(probed)
+    return out

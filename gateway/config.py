@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.backends.base import AdapterContext, CircuitLimits
+from gateway.backends.breaker import BreakerPolicy
+from gateway.backends.pool import PoolLimits
 from gateway.domain.backends import BackendLimits
 
 ENV_PREFIX = "QGATEWAY_"
@@ -62,18 +64,59 @@ class CircuitConfig(_Strict):
         )
 
 
+class PoolConfig(_Strict):
+    """Instances of a backend: warm worker processes for simulators."""
+
+    min_instances: int = Field(default=1, ge=0)
+    # The backend's concurrency limit.
+    max_instances: int = Field(default=1, ge=1)
+    max_age_s: float = Field(default=3600.0, gt=0)
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    acquire_timeout_s: float = Field(default=30.0, gt=0)
+
+    def limits(self) -> PoolLimits:
+        return PoolLimits(
+            min_instances=min(self.min_instances, self.max_instances),
+            max_instances=self.max_instances,
+            max_age_s=self.max_age_s,
+            idle_timeout_s=self.idle_timeout_s,
+            acquire_timeout_s=self.acquire_timeout_s,
+        )
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: int = Field(default=5, ge=1)
+    window_s: float = Field(default=60.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+    def policy(self) -> BreakerPolicy:
+        return BreakerPolicy(self.failure_threshold, self.window_s, self.cooldown_s)
+
+
 class BackendConfig(_Strict):
     adapter: str
-    workers: int = Field(default=1, ge=1)
     max_shots: int = Field(default=1_000_000, gt=0)
     default_shots: int = Field(default=1024, gt=0)
     memory_budget_mb: int = Field(default=4096, gt=0)
+    # OS limit (RLIMIT_DATA) on each worker process; default: the budget plus 1 GiB of headroom
+    # for the interpreter and SDKs.
+    worker_memory_limit_mb: int | None = Field(default=None, gt=0)
     max_queued_jobs: int = Field(default=10_000, gt=0)
     max_result_mb: int = Field(default=256, gt=0)
+    # A running job past this is stopped (its worker killed) and FAILED with JOB_TIMEOUT.
+    max_run_time_s: float = Field(default=3600.0, gt=0)
+    # A queued job past this FAILs: BACKEND_UNAVAILABLE while the breaker is open, else
+    # QUEUE_TIMEOUT.
+    max_queue_time_s: float = Field(default=86400.0, gt=0)
+    health_interval_s: float = Field(default=30.0, gt=0)
+    probe_timeout_s: float = Field(default=30.0, gt=0)
+    pool: PoolConfig = PoolConfig()
+    breaker: BreakerConfig = BreakerConfig()
     # Adapter-specific options, validated by the adapter's own options model.
     options: dict[str, Any] = Field(default_factory=dict)
 
     def context(self, name: str, circuits: CircuitConfig) -> AdapterContext:
+        memory_limit = self.worker_memory_limit_mb or self.memory_budget_mb + 1024
         return AdapterContext(
             name=name,
             limits=BackendLimits(
@@ -85,15 +128,18 @@ class BackendConfig(_Strict):
             default_shots=self.default_shots,
             circuit_limits=circuits.limits(),
             options=dict(self.options),
+            worker_memory_bytes=memory_limit * MIB,
         )
 
 
 def _default_backends() -> dict[str, BackendConfig]:
     return {
-        "aer": BackendConfig(adapter="aer", workers=2, options={"method": "statevector"}),
-        "aer-mps": BackendConfig(
-            adapter="aer", workers=1, options={"method": "matrix_product_state"}
+        "aer": BackendConfig(
+            adapter="aer",
+            pool=PoolConfig(min_instances=2, max_instances=2),
+            options={"method": "statevector"},
         ),
+        "aer-mps": BackendConfig(adapter="aer", options={"method": "matrix_product_state"}),
     }
 
 

@@ -1,4 +1,4 @@
-"""Assembles and runs the gateway: store, backends, job manager, gRPC services."""
+"""Assembles and runs the gateway: store, backends, job manager, gRPC services, drain."""
 
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ from qgateway.v1 import (
 
 from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
-from gateway.backends.pool import WorkerPool
+from gateway.backends.breaker import CircuitBreaker
+from gateway.backends.pool import Pool
 from gateway.backends.registry import adapter_names, load_adapter
+from gateway.backends.worker_pool import WorkerFactory
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
-from gateway.jobs.backend import BackendRuntime
+from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.health import HealthMonitor
 from gateway.jobs.manager import JobManager
 from gateway.store.sqlite import SqliteStore
 
@@ -35,6 +38,8 @@ log = logging.getLogger("gateway")
 
 READINESS_SERVICE = "qgateway.v1.JobService"
 DB_FILE = "qgateway.db"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def backend_health_name(backend: str) -> str:
@@ -64,7 +69,14 @@ def build_backends(config: GatewayConfig) -> dict[str, BackendRuntime]:
             name=name,
             adapter=adapter,
             info=adapter.info(),
-            pool=WorkerPool(backend.adapter, context, backend.workers),
+            pool=Pool(WorkerFactory(backend.adapter, context), backend.pool.limits()),
+            breaker=CircuitBreaker(backend.breaker.policy()),
+            settings=BackendSettings(
+                max_run_time_s=backend.max_run_time_s,
+                max_queue_time_s=backend.max_queue_time_s,
+                health_interval_s=backend.health_interval_s,
+                probe_timeout_s=backend.probe_timeout_s,
+            ),
         )
     return runtimes
 
@@ -81,6 +93,7 @@ class Gateway:
             self._store, self.backends, prepare_threads=config.server.prepare_threads
         )
         self.health = HealthServicer()
+        self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
         self._server = grpc.aio.server(
             interceptors=[ErrorBoundaryInterceptor(server_cfg.max_request_bytes)],
@@ -118,25 +131,27 @@ class Gateway:
                 f"server.listen: cannot listen on {self.config.server.listen}: {exc}"
             ) from None
         for name in self.backends:
-            await self.health.set(
-                backend_health_name(name), health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-        await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(backend_health_name(name), NOT_SERVING)
+        await self.health.set(READINESS_SERVICE, NOT_SERVING)
+        await self.health.set("", SERVING)
         await self._server.start()
-        await asyncio.gather(*(self._start_pool(rt) for rt in self.backends.values()))
-        await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await asyncio.gather(*(self._start_backend(rt) for rt in self.backends.values()))
+        await self.health.set(READINESS_SERVICE, SERVING)
 
-    async def _start_pool(self, runtime: BackendRuntime) -> None:
+    async def _start_backend(self, runtime: BackendRuntime) -> None:
+        # Warm the transpiler while the workers start, so the first client does not pay for it.
         adapter = runtime.adapter
         await asyncio.gather(
-            runtime.pool.start(),
-            asyncio.to_thread(adapter.prepare, adapter.probe_spec(), 0),
+            runtime.pool.start(), asyncio.to_thread(adapter.prepare, adapter.probe_spec(), 0)
         )
         runtime.ready = True
-        await self.health.set(
-            backend_health_name(runtime.name), health_pb2.HealthCheckResponse.SERVING
-        )
+        monitor = HealthMonitor(runtime, self._publish_health)
+        await monitor.probe()
+        self._monitors.append(asyncio.create_task(monitor.run()))
+
+    async def _publish_health(self, runtime: BackendRuntime) -> None:
+        status = SERVING if runtime.health.serving else NOT_SERVING
+        await self.health.set(backend_health_name(runtime.name), status)
 
     @property
     def address(self) -> str:
@@ -144,15 +159,26 @@ class Gateway:
         return f"{host}:{self.port}"
 
     async def stop(self) -> None:
-        await self.health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.stop(self.config.server.grace_period_s)
+        """Graceful drain: readiness goes NOT_SERVING (liveness stays SERVING), new jobs are
+        refused UNAVAILABLE, running jobs finish within the grace period, queued jobs stay in
+        the store for the next start."""
+        grace = self.config.server.grace_period_s
+        await self.health.set(READINESS_SERVICE, NOT_SERVING)
+        self.manager.begin_drain()
+        finished = await self.manager.wait_running(grace)
+        if not finished:
+            log.warning("grace period over: jobs still running are re-queued at the next start")
+        await self._server.stop(1.0)
+        for task in self._monitors:
+            task.cancel()
+        await asyncio.gather(*self._monitors, return_exceptions=True)
         await self.manager.close()
         await asyncio.gather(*(rt.pool.close() for rt in self.backends.values()))
         await self._store.close()
 
 
 async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> None:
-    """Runs until SIGTERM or SIGINT."""
+    """Runs until SIGTERM or SIGINT, then drains."""
     gateway = Gateway(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,8 +189,9 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
     if on_ready is not None:
         on_ready(gateway.address)
     await stop.wait()
-    log.info("shutting down")
+    log.info("draining")
     await gateway.stop()
+    log.info("stopped")
 
 
 def _print_ready(address: str) -> None:

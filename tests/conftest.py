@@ -11,19 +11,19 @@ from tests.gateway_process import GatewayProcess, write_config
 SESSION_BACKENDS = """
 [backends.aer]
 adapter = "aer"
-workers = 2
+pool = { min_instances = 2, max_instances = 2 }
 max_shots = 100000
 max_queued_jobs = 10000
 options = { method = "statevector" }
 
 [backends.aer-mps]
 adapter = "aer"
-workers = 1
+pool = { min_instances = 1, max_instances = 1 }
 options = { method = "matrix_product_state" }
 
 [backends.aer-tiny]
 adapter = "aer"
-workers = 1
+pool = { min_instances = 1, max_instances = 1 }
 memory_budget_mb = 1
 options = { method = "statevector" }
 """

@@ -12,12 +12,7 @@ from gateway.jobs.manager import JobManager
 
 
 def describe(runtime: BackendRuntime) -> backend_pb2.Backend:
-    return codec.encode_backend(
-        runtime.info,
-        online=runtime.ready,
-        queue_depth=len(runtime.queue),
-        running=len(runtime.running),
-    )
+    return codec.encode_backend(runtime.info, runtime.status())
 
 
 class BackendServicer(backend_service_pb2_grpc.BackendServiceServicer):

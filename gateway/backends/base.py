@@ -40,6 +40,8 @@ class AdapterContext:
     default_shots: int
     circuit_limits: CircuitLimits
     options: Mapping[str, Any] = field(default_factory=dict)
+    # OS memory limit (RLIMIT_DATA) for each worker process running this adapter.
+    worker_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +111,4 @@ class BackendAdapter(ABC):
             'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nx q[0];\n'
             "measure q -> c;\n",
         )
-        return JobSpec(
-            backend=self.context.name, pubs=(SamplerPub(circuit, Bindings(), shots=1),)
-        )
+        return JobSpec(backend=self.context.name, pubs=(SamplerPub(circuit, Bindings(), shots=1),))

@@ -1,78 +1,227 @@
-"""A fixed-size pool of warm worker processes for one simulator backend.
+"""A pool of backend instances: warm simulator workers, provider clients or provider sessions.
 
-A worker that dies (crash, kill, cancellation) is replaced when it is returned to the pool.
+min/max instances, a health check when an instance is checked out, a maximum instance age, idle
+eviction and an acquire timeout. Callers wait on a condition for an instance, never in a busy
+loop; the backend's concurrency limit is max_instances.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from gateway.backends.base import AdapterContext
-from gateway.backends.worker import WorkerProcess
+import anyio
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class WorkerPool:
-    def __init__(self, adapter_name: str, context: AdapterContext, size: int) -> None:
-        self._adapter_name = adapter_name
-        self._context = context
-        self.size = size
-        self._idle: asyncio.Queue[WorkerProcess] = asyncio.Queue()
-        self._all: set[WorkerProcess] = set()
+
+class InstanceFactory(Protocol[T]):
+    async def create(self) -> T:
+        """A new, ready instance."""
+
+    async def check(self, instance: T) -> bool:
+        """Is the instance still usable? Called at every checkout."""
+
+    async def destroy(self, instance: T) -> None:
+        """Releases the instance's resources (stops a process, closes a session)."""
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    min_instances: int = 1
+    max_instances: int = 1
+    max_age_s: float = 3600.0
+    idle_timeout_s: float = 600.0
+    acquire_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    in_use: int
+    idle: int
+    waiting: int
+    min_instances: int
+    max_instances: int
+
+
+@dataclass(eq=False)
+class _Slot(Generic[T]):
+    instance: T
+    created_at: float
+    last_used: float
+
+
+class Pool(Generic[T]):
+    def __init__(
+        self,
+        factory: InstanceFactory[T],
+        limits: PoolLimits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._factory = factory
+        self.limits = limits
+        self._clock = clock
+        self._cond = anyio.Condition()
+        self._idle: list[_Slot[T]] = []
+        self._in_use: dict[int, _Slot[T]] = {}
+        self._size = 0  # idle + in use + being created
+        self._waiting = 0
         self._closed = False
-        self._replacing: set[asyncio.Task[None]] = set()
 
-    @property
-    def in_use(self) -> int:
-        return len(self._all) - self._idle.qsize()
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            in_use=len(self._in_use),
+            idle=len(self._idle),
+            waiting=self._waiting,
+            min_instances=self.limits.min_instances,
+            max_instances=self.limits.max_instances,
+        )
 
-    @property
-    def idle(self) -> int:
-        return self._idle.qsize()
-
-    def pids(self) -> list[int]:
-        return sorted(w.pid for w in self._all)
+    def instances(self) -> list[T]:
+        return [s.instance for s in self._idle] + [s.instance for s in self._in_use.values()]
 
     async def start(self) -> None:
-        workers = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
-        for worker in workers:
-            self._idle.put_nowait(worker)
+        """Creates min_instances instances concurrently."""
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.limits.min_instances):
+                tg.start_soon(self._add_idle)
 
-    async def _spawn(self) -> WorkerProcess:
-        worker = await WorkerProcess.start(self._adapter_name, self._context)
-        self._all.add(worker)
-        return worker
+    async def _add_idle(self) -> None:
+        async with self._cond:
+            self._size += 1
+        try:
+            instance = await self._factory.create()
+        except BaseException:
+            async with self._cond:
+                self._size -= 1
+                self._cond.notify()
+            raise
+        now = self._clock()
+        async with self._cond:
+            self._idle.append(_Slot(instance, now, now))
+            self._cond.notify()
 
-    async def checkout(self) -> WorkerProcess:
-        """An idle worker, waiting (not polling) until one is free."""
-        return await self._idle.get()
+    async def acquire(self, timeout: float | None = None) -> T:
+        """An instance, waiting up to `timeout` (default: the pool's acquire timeout; math.inf
+        waits for ever). Raises TimeoutError when none became free in time."""
+        limit = self.limits.acquire_timeout_s if timeout is None else timeout
+        with anyio.fail_after(None if math.isinf(limit) else limit):
+            while True:
+                slot, create = await self._take_or_reserve()
+                if create:
+                    return await self._create_in_use()
+                assert slot is not None
+                if await self._usable(slot):
+                    return slot.instance
+                await self._discard(slot)
 
-    def checkin(self, worker: WorkerProcess) -> None:
-        """Returns a worker; a dead one is replaced in the background."""
-        if worker.alive:
-            self._idle.put_nowait(worker)
-            return
-        self._all.discard(worker)
-        if not self._closed:
-            task = asyncio.get_running_loop().create_task(self._replace(worker))
-            self._replacing.add(task)
-            task.add_done_callback(self._replacing.discard)
-
-    async def _replace(self, dead: WorkerProcess) -> None:
-        await dead.wait()
-        while not self._closed:
+    async def _take_or_reserve(self) -> tuple[_Slot[T] | None, bool]:
+        async with self._cond:
+            self._waiting += 1
             try:
-                self._idle.put_nowait(await self._spawn())
+                while True:
+                    if self._closed:
+                        raise RuntimeError("pool is closed")
+                    if self._idle:
+                        slot = self._idle.pop()  # most recently used: warmest
+                        self._in_use[id(slot.instance)] = slot
+                        return slot, False
+                    if self._size < self.limits.max_instances:
+                        self._size += 1
+                        return None, True
+                    await self._cond.wait()
+            finally:
+                self._waiting -= 1
+
+    async def _create_in_use(self) -> T:
+        try:
+            instance = await self._factory.create()
+        except BaseException:
+            async with self._cond:
+                self._size -= 1
+                self._cond.notify()
+            raise
+        now = self._clock()
+        async with self._cond:
+            self._in_use[id(instance)] = _Slot(instance, now, now)
+        return instance
+
+    async def _usable(self, slot: _Slot[T]) -> bool:
+        if self._clock() - slot.created_at > self.limits.max_age_s:
+            return False
+        try:
+            return await self._factory.check(slot.instance)
+        except Exception:
+            log.exception("instance check failed")
+            return False
+
+    async def _discard(self, slot: _Slot[T]) -> None:
+        async with self._cond:
+            self._in_use.pop(id(slot.instance), None)
+            self._size -= 1
+            self._cond.notify()
+        await self._destroy(slot.instance)
+
+    async def _destroy(self, instance: T) -> None:
+        try:
+            await self._factory.destroy(instance)
+        except Exception:
+            log.exception("could not destroy a pool instance")
+
+    async def release(self, instance: T, *, broken: bool = False) -> None:
+        """Returns an instance; a broken one (crashed, killed, recycled) is destroyed instead."""
+        async with self._cond:
+            slot = self._in_use.pop(id(instance), None)
+            if slot is None:
                 return
+            if broken or self._closed:
+                self._size -= 1
+            else:
+                slot.last_used = self._clock()
+                self._idle.append(slot)
+            self._cond.notify()
+        if broken or self._closed:
+            await self._destroy(instance)
+
+    async def maintain(self) -> None:
+        """Evicts instances idle too long or too old (keeping min_instances), then tops the pool
+        up to min_instances. Called periodically by the owner."""
+        now = self._clock()
+        evicted: list[_Slot[T]] = []
+        async with self._cond:
+            keep: list[_Slot[T]] = []
+            for slot in sorted(self._idle, key=lambda s: s.last_used, reverse=True):
+                expired = now - slot.created_at > self.limits.max_age_s
+                stale = now - slot.last_used > self.limits.idle_timeout_s
+                if expired or (stale and len(keep) >= self.limits.min_instances):
+                    evicted.append(slot)
+                    self._size -= 1
+                else:
+                    keep.append(slot)
+            self._idle = keep
+            missing = max(0, self.limits.min_instances - self._size)
+        for slot in evicted:
+            await self._destroy(slot.instance)
+        for _ in range(missing):
+            try:
+                await self._add_idle()
             except Exception:
-                log.exception("could not start a %s worker; retrying", self._context.name)
-                await asyncio.sleep(1.0)  # back off between failed process starts
+                log.exception("could not top the pool up to its minimum")
+                break
 
     async def close(self) -> None:
-        self._closed = True
-        for task in list(self._replacing):
-            task.cancel()
-        await asyncio.gather(*(w.stop() for w in list(self._all)), return_exceptions=True)
-        self._all.clear()
+        async with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._size -= len(idle)
+            self._cond.notify_all()
+        for slot in idle:
+            await self._destroy(slot.instance)
+        for slot in list(self._in_use.values()):
+            await self._destroy(slot.instance)

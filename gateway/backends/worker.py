@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import pickle
+import resource
 import signal
 import struct
 import sys
@@ -68,6 +69,11 @@ def _run_worker() -> None:
     if init is None:
         return
     adapter_name, context = init
+    if context.worker_memory_bytes:
+        # RLIMIT_DATA, not RLIMIT_AS: Aer reserves address space it never touches and aborts
+        # under an address-space limit. An allocation past this raises MemoryError instead.
+        limit = context.worker_memory_bytes
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     adapter = load_adapter(adapter_name)(context)
     adapter.warm_up()
     out.write(_frame(("ready", os.getpid())))

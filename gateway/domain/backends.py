@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from gateway.domain.circuits import CircuitFeature
 
@@ -40,3 +41,25 @@ class BackendInfo:
     features: frozenset[CircuitFeature]
     limits: BackendLimits
     properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A backend's live state, as ListBackends shows it."""
+
+    ready: bool
+    serving: bool
+    last_probe: datetime | None
+    last_error: str
+    breaker_state: str  # CLOSED, OPEN or HALF_OPEN
+    queue_depth: int
+    running: int
+    pool_in_use: int
+    pool_idle: int
+    pool_waiting: int
+    pool_min: int
+    pool_max: int
+
+    @property
+    def online(self) -> bool:
+        return self.ready and self.serving and self.breaker_state != "OPEN"

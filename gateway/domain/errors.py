@@ -111,6 +111,12 @@ class ResourceExhausted(GatewayError):
     code = Code.RESOURCE_EXHAUSTED
 
 
+class Aborted(GatewayError):
+    """The operation was interrupted (e.g. by a drain); it may be repeated."""
+
+    code = Code.ABORTED
+
+
 class Unavailable(GatewayError):
     """Refused at admission; nothing was accepted, so retrying is safe."""
 

@@ -35,6 +35,8 @@ class JobOptions:
     seed: int | None = None
     default_precision: float | None = None
     counts_only: bool = False
+    # Backend to run on when `backend`'s breaker is open at submission ("" = none).
+    fallback_backend: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class Job:
     created_at: datetime
     num_pubs: int
     seed: int
+    # The backend the job queues and runs on: `backend`, or its fallback.
+    placement: str = ""
     started_at: datetime | None = None
     ended_at: datetime | None = None
     error: JobError | None = None

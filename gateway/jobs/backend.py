@@ -1,21 +1,41 @@
-"""A configured backend at run time: its adapter, worker pool, queue and running jobs."""
+"""A configured backend at run time: adapter, instance pool, breaker, queue, health."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from gateway.backends.base import BackendAdapter
-from gateway.backends.pool import WorkerPool
-from gateway.domain.backends import BackendInfo
+from gateway.backends.breaker import CircuitBreaker
+from gateway.backends.pool import Pool
+from gateway.backends.worker import WorkerProcess
+from gateway.domain.backends import BackendInfo, BackendStatus
 from gateway.jobs.queue import FairQueue, QueuedJob
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    max_run_time_s: float
+    max_queue_time_s: float
+    health_interval_s: float
+    probe_timeout_s: float
 
 
 @dataclass(eq=False)
 class RunningJob:
     entry: QueuedJob
+    trial: bool  # the breaker's half-open trial
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class HealthState:
+    serving: bool = False
+    last_probe: datetime | None = None
+    last_error: str = ""
 
 
 @dataclass(eq=False)
@@ -23,7 +43,37 @@ class BackendRuntime:
     name: str
     adapter: BackendAdapter
     info: BackendInfo
-    pool: WorkerPool
+    pool: Pool[WorkerProcess]
+    breaker: CircuitBreaker
+    settings: BackendSettings
     queue: FairQueue = field(default_factory=FairQueue)
     running: dict[str, RunningJob] = field(default_factory=dict)
+    health: HealthState = field(default_factory=HealthState)
     ready: bool = False
+    # Set when something the dispatcher waits for may have changed (breaker, drain).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Queue-time deadlines: (monotonic deadline, job id, tenant); stale entries are skipped.
+    deadlines: list[tuple[float, str, str]] = field(default_factory=list)
+    deadline_added: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def enqueue(self, entry: QueuedJob, deadline: float) -> None:
+        self.queue.put(entry)
+        heapq.heappush(self.deadlines, (deadline, entry.job.id, entry.job.tenant))
+        self.deadline_added.set()
+
+    def status(self) -> BackendStatus:
+        pool = self.pool.stats()
+        return BackendStatus(
+            ready=self.ready,
+            serving=self.health.serving,
+            last_probe=self.health.last_probe,
+            last_error=self.health.last_error,
+            breaker_state=self.breaker.state.value,
+            queue_depth=len(self.queue),
+            running=len(self.running),
+            pool_in_use=pool.in_use,
+            pool_idle=pool.idle,
+            pool_waiting=pool.waiting,
+            pool_min=pool.min_instances,
+            pool_max=pool.max_instances,
+        )

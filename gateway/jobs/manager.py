@@ -1,14 +1,18 @@
-"""The life of a job: admission, durable queueing, dispatch to workers, cancellation, recovery.
+"""The life of a job: admission, durable queueing, dispatch to pooled instances, breaker,
+time limits, cancellation, recovery and drain.
 
-Everything here is event-driven: the dispatcher waits on the queue and on the pool, watchers wait
-on published events; nothing polls the store.
+Everything here is event-driven: dispatchers wait on their queue, breaker and pool; watchers wait
+on published events; timers wait for known deadlines. Nothing polls the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import heapq
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -20,14 +24,18 @@ from qgateway.v1 import job_pb2
 
 from gateway import codec
 from gateway.backends.base import PreparedJob
-from gateway.backends.worker import WorkerProcess
+from gateway.backends.breaker import BreakerState
+from gateway.backends.worker import WORKER_CRASHED, WorkerProcess
 from gateway.domain.errors import (
+    Aborted,
     ExecutionError,
     FailedPrecondition,
+    FieldViolation,
     GatewayError,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
+    Unavailable,
 )
 from gateway.domain.jobs import (
     ExecutionInfo,
@@ -41,9 +49,15 @@ from gateway.domain.jobs import (
 from gateway.jobs.backend import BackendRuntime, RunningJob
 from gateway.jobs.events import JobEvents
 from gateway.jobs.queue import QueuedJob
-from gateway.store.base import JobPage, NewJob, Store
+from gateway.store.base import JobPage, NewJob, Store, request_id_reused
 
 log = logging.getLogger(__name__)
+
+# Failures that say something about the backend, so the breaker counts them. Client errors found
+# late (a spec that no longer validates) and out-of-memory of one big job do not.
+BACKEND_FAULTS = frozenset({WORKER_CRASHED, "EXECUTION_FAILED", "JOB_TIMEOUT", "PROVIDER_ERROR"})
+# After these the worker is replaced: its process is gone or its heap may be fragmented.
+RECYCLE_WORKER = frozenset({WORKER_CRASHED, "RESOURCE_EXHAUSTED", "JOB_TIMEOUT"})
 
 
 def _now() -> datetime:
@@ -71,29 +85,49 @@ class JobManager:
         self.backends = backends
         self._events = JobEvents()
         self._limiter = anyio.CapacityLimiter(prepare_threads)
-        self._dispatchers: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.draining = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Re-queues interrupted jobs, then starts one dispatcher per backend."""
+        """Re-queues interrupted jobs, then starts each backend's dispatcher and expiry timer."""
         for job in await self._store.requeue_interrupted():
-            runtime = self.backends.get(job.backend)
+            runtime = self.backends.get(job.placement)
             if runtime is None:
                 await self._finish(
                     job,
                     JobState.FAILED,
-                    error=JobError("BACKEND_NOT_FOUND", f"backend {job.backend} is not configured"),
+                    error=JobError(
+                        "BACKEND_NOT_FOUND", f"backend {job.placement} is no longer configured"
+                    ),
                 )
                 continue
-            runtime.queue.put(QueuedJob(job, None, time.monotonic()))
+            waited = (_now() - job.created_at).total_seconds()
+            deadline = time.monotonic() + runtime.settings.max_queue_time_s - waited
+            runtime.enqueue(QueuedJob(job, None), deadline)
         for runtime in self.backends.values():
-            self._dispatchers.append(asyncio.create_task(self._dispatch(runtime)))
+            self._tasks.append(asyncio.create_task(self._dispatch(runtime)))
+            self._tasks.append(asyncio.create_task(self._expire(runtime)))
+
+    def begin_drain(self) -> None:
+        """Stops admission and dispatch; running jobs go on, queued jobs stay durable."""
+        self.draining.set()
+        for runtime in self.backends.values():
+            runtime.wake.set()
+
+    async def wait_running(self, timeout: float) -> bool:
+        """Waits for running jobs to finish; False if some still run after `timeout`."""
+        tasks = [r.task for rt in self.backends.values() for r in rt.running.values() if r.task]
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
 
     async def close(self) -> None:
-        for task in self._dispatchers:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._dispatchers, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         running = [r.task for rt in self.backends.values() for r in rt.running.values() if r.task]
         for task in running:
             task.cancel()
@@ -101,27 +135,63 @@ class JobManager:
 
     # ------------------------------------------------------------------ admission
 
-    def runtime(self, backend: str) -> BackendRuntime:
+    def runtime(self, backend: str, field: str = "spec.backend") -> BackendRuntime:
         runtime = self.backends.get(backend)
         if runtime is None:
             raise NotFound(
                 "BACKEND_NOT_FOUND",
                 f"backend backends/{backend} does not exist",
                 metadata={"backend": backend},
+                field_violations=[FieldViolation(field, "no such backend")],
             )
         return runtime
 
+    def _placement(self, spec: JobSpec) -> BackendRuntime:
+        runtime = self.runtime(spec.backend)
+        fallback_name = spec.options.fallback_backend
+        fallback = (
+            self.runtime(fallback_name, "spec.options.fallback_backend") if fallback_name else None
+        )
+        if runtime.breaker.state is not BreakerState.OPEN:
+            return runtime
+        if fallback is not None and fallback.breaker.state is not BreakerState.OPEN:
+            return fallback
+        retry = runtime.breaker.retry_after()
+        raise Unavailable(
+            "BACKEND_UNAVAILABLE",
+            f"backend {spec.backend} is failing (circuit breaker open); nothing was accepted, "
+            f"retry in {retry:.1f}s or name a fallback_backend",
+            metadata={"backend": spec.backend, "breaker_state": "OPEN"},
+            retry_after=retry,
+        )
+
     async def submit(self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes) -> Job:
         """Validates, prepares and durably queues a job; a repeated request_id returns its job."""
-        runtime = self.runtime(spec.backend)
+        digest = request_hash(spec_bytes)
+        if request_id:
+            # A retry gets its job back even while the breaker is open or the gateway drains.
+            found = await self._store.find_request(tenant, request_id, _now())
+            if found is not None:
+                existing, existing_hash = found
+                if existing_hash != digest:
+                    raise request_id_reused(request_id, existing.id)
+                return existing
+        if self.draining.is_set():
+            raise Unavailable(
+                "DRAINING",
+                "the gateway is shutting down and accepts no new jobs; nothing was accepted, "
+                "retry (another replica or after the restart)",
+                retry_after=1.0,
+            )
+        runtime = self._placement(spec)
         limits = runtime.info.limits
         if len(runtime.queue) >= limits.max_queued_jobs:
             raise ResourceExhausted(
                 "QUEUE_FULL",
-                f"backend {spec.backend} has {len(runtime.queue)} queued jobs, its limit",
-                metadata={"backend": spec.backend, "limit": str(limits.max_queued_jobs)},
+                f"backend {runtime.name} has {len(runtime.queue)} queued jobs, its limit",
+                metadata={"backend": runtime.name, "limit": str(limits.max_queued_jobs)},
                 quota_violations=[
-                    QuotaViolation(f"backends/{spec.backend}", "queued jobs at the limit")
+                    QuotaViolation(f"backends/{runtime.name}", "queued jobs at the limit")
                 ],
                 retry_after=1.0,
             )
@@ -134,8 +204,9 @@ class JobManager:
                 id=uuid.uuid4().hex,
                 tenant=tenant,
                 request_id=request_id,
-                request_hash=request_hash(spec_bytes),
+                request_hash=digest,
                 backend=spec.backend,
+                placement=runtime.name,
                 spec=spec_bytes,
                 num_pubs=len(spec.pubs),
                 seed=seed,
@@ -143,7 +214,8 @@ class JobManager:
             )
         )
         if outcome.created:
-            runtime.queue.put(QueuedJob(outcome.job, prepared, time.monotonic()))
+            deadline = time.monotonic() + runtime.settings.max_queue_time_s
+            runtime.enqueue(QueuedJob(outcome.job, prepared), deadline)
         return outcome.job
 
     # ------------------------------------------------------------------ queries
@@ -173,6 +245,31 @@ class JobManager:
             tenant, states=states, backend=backend, after=after, limit=limit
         )
 
+    def _interrupted_by_drain(self, job: Job) -> Aborted:
+        return Aborted(
+            "GATEWAY_DRAINING",
+            f"the gateway is shutting down; job jobs/{job.id} is safe in the queue and runs after "
+            "the restart (repeat the call with the same request_id, or watch it again)",
+            metadata={"job": f"jobs/{job.id}"},
+        )
+
+    async def _next_event(self, events: asyncio.Queue[Job], job: Job) -> Job:
+        """The next change of `job`; ABORTED if the gateway starts draining while the job is
+        not running (it would not finish before the process exits)."""
+        if self.draining.is_set() and job.state is not JobState.RUNNING:
+            raise self._interrupted_by_drain(job)
+        get = asyncio.ensure_future(events.get())
+        drain = asyncio.ensure_future(self.draining.wait())
+        try:
+            await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        return await self._next_event(events, job)
+
     async def watch(self, tenant: str, job_id: str) -> AsyncIterator[Job]:
         """The current state, then every change, ending after a final state."""
         with self._events.subscribe(job_id) as events:
@@ -180,7 +277,7 @@ class JobManager:
             yield job
             seen = job.state
             while not seen.is_final:
-                job = await events.get()
+                job = await self._next_event(events, job)
                 if job.state != seen:
                     seen = job.state
                     yield job
@@ -192,7 +289,7 @@ class JobManager:
             try:
                 async with asyncio.timeout(timeout):
                     while not job.state.is_final:
-                        job = await events.get()
+                        job = await self._next_event(events, job)
             except TimeoutError:
                 return None
             return job
@@ -209,7 +306,7 @@ class JobManager:
                 f"job jobs/{job_id} already {job.state.value}",
                 metadata={"job": job_id, "state": job.state.value},
             )
-        runtime = self.backends.get(job.backend)
+        runtime = self.backends.get(job.placement)
         if runtime is not None:
             running = runtime.running.get(job_id)
             if running is not None:
@@ -221,35 +318,83 @@ class JobManager:
         finished = await self._finish(job, JobState.CANCELLED)
         return finished or await self.get(tenant, job_id)
 
-    # ------------------------------------------------------------------ execution
+    # ------------------------------------------------------------------ dispatch
+
+    async def _wait_for(self, runtime: BackendRuntime, timeout: float | None) -> None:
+        runtime.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.wake.wait(), timeout)
 
     async def _dispatch(self, runtime: BackendRuntime) -> None:
+        breaker = runtime.breaker
         while True:
-            worker = await runtime.pool.checkout()
-            try:
-                entry = await runtime.queue.get()
-            except asyncio.CancelledError:
-                runtime.pool.checkin(worker)
-                raise
+            await runtime.queue.wait_nonempty()
+            if self.draining.is_set():
+                return
+            trial = breaker.state is BreakerState.HALF_OPEN
+            if not breaker.try_dispatch():
+                # Open: wake when the cool-down ends; half-open: when the trial finishes.
+                delay = breaker.retry_after()
+                await self._wait_for(runtime, delay if delay > 0 else None)
+                continue
+            worker = await runtime.pool.acquire(timeout=math.inf)
+            entry = None if self.draining.is_set() else runtime.queue.pop()
+            if entry is None:  # cancelled or expired while we waited, or draining
+                await runtime.pool.release(worker)
+                if trial:
+                    breaker.release_trial()
+                continue
             # No await between taking the job and registering it: cancel() sees it in one place.
-            running = RunningJob(entry)
+            running = RunningJob(entry, trial)
             runtime.running[entry.job.id] = running
             running.task = asyncio.create_task(self._run(runtime, running, worker))
+
+    async def _expire(self, runtime: BackendRuntime) -> None:
+        """Fails jobs that waited in the queue past the backend's limit."""
+        while True:
+            if not runtime.deadlines:
+                runtime.deadline_added.clear()
+                await runtime.deadline_added.wait()
+                continue
+            deadline, job_id, tenant = runtime.deadlines[0]
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                runtime.deadline_added.clear()  # an earlier deadline may arrive meanwhile
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(runtime.deadline_added.wait(), delay)
+                continue
+            heapq.heappop(runtime.deadlines)
+            entry = runtime.queue.remove(job_id, tenant)
+            if entry is None:  # already dispatched or cancelled
+                continue
+            if runtime.breaker.state is BreakerState.CLOSED:
+                error = JobError("QUEUE_TIMEOUT", "the job waited in the queue past its limit")
+            else:
+                error = JobError(
+                    "BACKEND_UNAVAILABLE",
+                    f"backend {runtime.name} stayed unavailable (circuit breaker open) past the "
+                    "job's queue time limit",
+                )
+            await self._finish(entry.job, JobState.FAILED, error=error)
 
     async def _run(
         self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess
     ) -> None:
         job = running.entry.job
+        recycle = False
         try:
-            await self._execute(runtime, running, worker)
+            recycle = await self._execute(runtime, running, worker)
         except Exception:
             log.exception("job %s: unexpected failure", job.id)
+            if running.trial:
+                runtime.breaker.release_trial()
             await self._finish(
                 job, JobState.FAILED, error=JobError("INTERNAL", "internal error in the gateway")
             )
         finally:
             runtime.running.pop(job.id, None)
-            runtime.pool.checkin(worker)
+            await runtime.pool.release(worker, broken=recycle or not worker.alive)
+            runtime.wake.set()
 
     async def _prepare_again(self, runtime: BackendRuntime, job: Job) -> PreparedJob:
         spec_bytes = await self._store.get_spec(job.id)
@@ -259,48 +404,73 @@ class JobManager:
             runtime.adapter.prepare, spec, job.seed, limiter=self._limiter
         )
 
+    def _record(self, runtime: BackendRuntime, running: RunningJob, reason: str | None) -> None:
+        """Tells the breaker how the job went (None: success)."""
+        breaker = runtime.breaker
+        if reason is None:
+            breaker.record_success()
+        elif reason in BACKEND_FAULTS:
+            breaker.record_failure()
+            if breaker.state is not BreakerState.CLOSED:
+                log.warning("backend %s: circuit breaker %s", runtime.name, breaker.state.value)
+        elif running.trial:
+            breaker.release_trial()
+
     async def _execute(
         self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess
-    ) -> None:
+    ) -> bool:
+        """Runs one job to a final state; True when its worker must be replaced."""
         job = running.entry.job
         prepared = running.entry.prepared
         if prepared is None:
             try:
                 prepared = await self._prepare_again(runtime, job)
             except GatewayError as err:
+                self._record(runtime, running, err.reason)
                 await self._finish(job, JobState.FAILED, error=JobError(err.reason, err.message))
-                return
+                return False
         started = await self._store.mark_running(job.id, _now())
         if started is None:  # cancelled while it waited for a worker
-            return
+            self._record(runtime, running, "CANCELLED")
+            return False
         self._events.publish(started)
+        info = ExecutionInfo(
+            backend=runtime.name, seed=job.seed, layouts=prepared.layouts, attempts=started.attempts
+        )
         t0 = time.perf_counter()
         execution = asyncio.ensure_future(worker.execute(prepared.payload))
         cancelled = asyncio.ensure_future(running.cancel_requested.wait())
-        await asyncio.wait({execution, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-        cancelled.cancel()
-        info = ExecutionInfo(
-            backend=runtime.name,
-            seed=job.seed,
-            layouts=prepared.layouts,
-            attempts=started.attempts,
+        await asyncio.wait(
+            {execution, cancelled},
+            timeout=runtime.settings.max_run_time_s,
+            return_when=asyncio.FIRST_COMPLETED,
         )
+        cancelled.cancel()
         if not execution.done():
-            # Cancellation reaches the backend: the worker process is killed, then replaced.
+            # Cancellation and time limits reach the backend: the worker process is killed.
             worker.kill()
             execution.cancel()
             await asyncio.gather(execution, return_exceptions=True)
-            await self._finish(started, JobState.CANCELLED, execution=info)
-            return
+            if running.cancel_requested.is_set():
+                self._record(runtime, running, "CANCELLED")
+                await self._finish(started, JobState.CANCELLED, execution=info)
+            else:
+                self._record(runtime, running, "JOB_TIMEOUT")
+                limit = runtime.settings.max_run_time_s
+                error = JobError("JOB_TIMEOUT", f"the job ran past the backend's {limit}s limit")
+                await self._finish(started, JobState.FAILED, error=error, execution=info)
+            return True
         elapsed = time.perf_counter() - t0
         try:
             outcome = execution.result()
         except ExecutionError as err:
+            self._record(runtime, running, err.reason)
             await self._finish(
                 started, JobState.FAILED, error=JobError(err.reason, err.message), execution=info
             )
-            return
+            return err.reason in RECYCLE_WORKER
         result = await anyio.to_thread.run_sync(_serialise_result, outcome.result)
+        self._record(runtime, running, None)
         assert started.started_at is not None
         await self._finish(
             started,
@@ -319,6 +489,7 @@ class JobManager:
             ),
             result=result,
         )
+        return False
 
     async def _finish(
         self,

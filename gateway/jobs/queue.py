@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.backends.base import PreparedJob
 from gateway.domain.jobs import Job
@@ -15,7 +15,6 @@ class QueuedJob:
     job: Job
     # None after a restart: the job is prepared again from its stored spec when dispatched.
     prepared: PreparedJob | None
-    enqueued_at: float = field(default=0.0)
 
 
 class FairQueue:
@@ -61,9 +60,14 @@ class FairQueue:
         if not self._size:
             self._nonempty.clear()
 
-    async def get(self) -> QueuedJob:
+    async def wait_nonempty(self) -> None:
         while not self._size:
             await self._nonempty.wait()
+
+    def pop(self) -> QueuedJob | None:
+        """The next job in tenant round-robin order, or None if the queue is empty."""
+        if not self._size:
+            return None
         tenant = self._turns.popleft()
         dq = self._by_tenant[tenant]
         item = dq.popleft()

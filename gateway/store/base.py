@@ -11,10 +11,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
 REQUEST_ID_DEDUP_WINDOW_S = 7 * 24 * 3600
+
+
+def request_id_reused(request_id: str, job_id: str) -> InvalidArgument:
+    """The error for a request_id that names a job with a different payload."""
+    return InvalidArgument(
+        "REQUEST_ID_REUSED",
+        f"request_id {request_id!r} was already used for job {job_id} with a different request",
+        metadata={"job": job_id},
+        field_violations=[
+            FieldViolation("request_id", "already used for another request; use a new request_id")
+        ],
+    )
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,8 @@ class NewJob:
     num_pubs: int
     seed: int
     created_at: datetime
+    # Where the job queues and runs, if not `backend` (a fallback backend).
+    placement: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,11 @@ class Store(Protocol):
         Raises:
             InvalidArgument: reason REQUEST_ID_REUSED, when the id names a job with another hash.
         """
+
+    async def find_request(
+        self, tenant: str, request_id: str, now: datetime
+    ) -> tuple[Job, bytes] | None:
+        """The job and request hash that (tenant, request_id) names within the dedup window."""
 
     async def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
         """The job, or None if absent or (when tenant is given) owned by another tenant."""

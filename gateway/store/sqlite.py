@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
-from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import (
     FINAL_STATES,
     ExecutionInfo,
@@ -30,7 +29,13 @@ from gateway.domain.jobs import (
     JobState,
     JobTimings,
 )
-from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, CreateOutcome, JobPage, NewJob
+from gateway.store.base import (
+    REQUEST_ID_DEDUP_WINDOW_S,
+    CreateOutcome,
+    JobPage,
+    NewJob,
+    request_id_reused,
+)
 
 T = TypeVar("T")
 
@@ -80,6 +85,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         );
         """,
     ),
+    Migration(
+        2,
+        """
+        -- Where a job is queued and runs, when that differs from the backend it was submitted
+        -- to (the fallback backend while the requested one's breaker was open). NULL: backend.
+        ALTER TABLE jobs ADD COLUMN placement TEXT;
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -92,7 +105,7 @@ _UINT64_MAX: Final = 2**64 - 1
 
 _JOB_COLUMNS: Final = (
     "seq, id, tenant, request_id, backend, state, num_pubs, seed, attempts, created_at, "
-    "started_at, ended_at, error_reason, error_message, execution, timings"
+    "started_at, ended_at, error_reason, error_message, execution, timings, placement"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
@@ -206,40 +219,28 @@ class SqliteStore:
 
         def op(conn: sqlite3.Connection) -> CreateOutcome:
             if new.request_id:
-                row = conn.execute(
-                    f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs"
-                    " WHERE tenant = ? AND request_id = ?",
+                found = _lookup_request(conn, new.tenant, new.request_id, created_us)
+                if found is not None:
+                    existing, request_hash = found
+                    if request_hash == new.request_hash:
+                        return CreateOutcome(existing, created=False)
+                    raise request_id_reused(new.request_id, existing.id)
+                # Outside the window the id is free again: an old job gives it up.
+                conn.execute(
+                    "UPDATE jobs SET request_id = NULL WHERE tenant = ? AND request_id = ?",
                     (new.tenant, new.request_id),
-                ).fetchone()
-                if row is not None:
-                    age_us = created_us - int(row["created_at"])
-                    if age_us <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000:
-                        existing = _row_to_job(row)
-                        if bytes(row["request_hash"]) == new.request_hash:
-                            return CreateOutcome(existing, created=False)
-                        raise InvalidArgument(
-                            "REQUEST_ID_REUSED",
-                            f"request_id {new.request_id!r} was already used for job "
-                            f"{existing.id} with a different request",
-                            metadata={"job": existing.id},
-                            field_violations=[
-                                FieldViolation(
-                                    "request_id",
-                                    "already used for another request; use a new request_id",
-                                )
-                            ],
-                        )
-                    # Outside the window the id is free again: the old job gives it up.
-                    conn.execute("UPDATE jobs SET request_id = NULL WHERE seq = ?", (row["seq"],))
+                )
             conn.execute(
-                "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, state, spec,"
-                " num_pubs, seed, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state,"
+                " spec, num_pubs, seed, attempts, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 (
                     new.id,
                     new.tenant,
                     new.request_id or None,
                     new.request_hash,
                     new.backend,
+                    None if new.placement in ("", new.backend) else new.placement,
                     JobState.QUEUED.value,
                     new.spec,
                     new.num_pubs,
@@ -252,6 +253,17 @@ class SqliteStore:
             return CreateOutcome(job, created=True)
 
         return await self._call(op)
+
+    async def find_request(
+        self, tenant: str, request_id: str, now: datetime
+    ) -> tuple[Job, bytes] | None:
+        """The job (and its request hash) that request_id names within the dedup window."""
+        now_us = _to_us(now)
+
+        def op(conn: sqlite3.Connection) -> tuple[Job, bytes] | None:
+            return _lookup_request(conn, tenant, request_id, now_us)
+
+        return await self._call(op, readonly=True)
 
     async def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
         """The job, or None if absent or (when tenant is given) owned by another tenant."""
@@ -734,6 +746,18 @@ def _timings_from_json(text: str) -> JobTimings:
     )
 
 
+def _lookup_request(
+    conn: sqlite3.Connection, tenant: str, request_id: str, now_us: int
+) -> tuple[Job, bytes] | None:
+    row = conn.execute(
+        f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs WHERE tenant = ? AND request_id = ?",
+        (tenant, request_id),
+    ).fetchone()
+    if row is None or now_us - int(row["created_at"]) > REQUEST_ID_DEDUP_WINDOW_S * 1_000_000:
+        return None
+    return _row_to_job(row), bytes(row["request_hash"])
+
+
 def _select_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
     row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else _row_to_job(row)
@@ -750,6 +774,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         tenant=str(row["tenant"]),
         request_id=str(row["request_id"] or ""),
         backend=str(row["backend"]),
+        placement=str(row["placement"] or row["backend"]),
         state=JobState(row["state"]),
         created_at=_from_us(int(row["created_at"])),
         num_pubs=int(row["num_pubs"]),

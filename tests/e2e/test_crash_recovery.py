@@ -16,12 +16,12 @@ from tests.rpc import ghz, sampler_spec, slow_circuit
 BACKENDS = """
 [backends.aer]
 adapter = "aer"
-workers = 1
+pool = { min_instances = 1, max_instances = 1 }
 options = { method = "statevector" }
 
 [backends.aer-mps]
 adapter = "aer"
-workers = 1
+pool = { min_instances = 1, max_instances = 1 }
 options = { method = "matrix_product_state" }
 """
 

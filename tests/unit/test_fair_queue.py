@@ -22,13 +22,19 @@ def _item(job_id: str, tenant: str) -> QueuedJob:
     return QueuedJob(job, None)
 
 
+def _pop(queue: FairQueue) -> QueuedJob:
+    item = queue.pop()
+    assert item is not None
+    return item
+
+
 @pytest.mark.anyio
 async def test_one_tenants_backlog_does_not_starve_another() -> None:
     queue = FairQueue()
     for i in range(1000):
         queue.put(_item(f"a{i}", "alice"))
     queue.put(_item("b0", "bob"))
-    first_two = [(await queue.get()).job.id for _ in range(2)]
+    first_two = [_pop(queue).job.id for _ in range(2)]
     assert first_two == ["a0", "b0"]
     assert len(queue) == 999
 
@@ -38,7 +44,7 @@ async def test_round_robin_and_fifo_within_a_tenant() -> None:
     queue = FairQueue()
     for job_id, tenant in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("c0", "c"), ("b1", "b")]:
         queue.put(_item(job_id, tenant))
-    order = [(await queue.get()).job.id for _ in range(5)]
+    order = [_pop(queue).job.id for _ in range(5)]
     assert order == ["a0", "b0", "c0", "a1", "b1"]
     assert len(queue) == 0
 
@@ -52,4 +58,16 @@ async def test_remove() -> None:
     removed = queue.remove("a0", "a")
     assert removed is not None and removed.job.id == "a0"
     assert "a0" not in queue and len(queue) == 1
-    assert (await queue.get()).job.id == "b0"
+    assert _pop(queue).job.id == "b0"
+
+
+@pytest.mark.anyio
+async def test_wait_nonempty_returns_once_a_job_arrives() -> None:
+    import anyio
+
+    queue = FairQueue()
+    assert queue.pop() is None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(queue.wait_nonempty)
+        queue.put(_item("a0", "a"))
+    assert _pop(queue).job.id == "a0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -180,6 +181,7 @@ async def test_round_trip_of_every_field(store: SqliteStore) -> None:
         tenant="acme",
         request_id="req-1",
         backend="aer",
+        placement="aer",
         state=JobState.QUEUED,
         created_at=datetime(2026, 11, 2, 9, 30, 0, 654321, tzinfo=UTC),
         num_pubs=2,
@@ -212,6 +214,7 @@ async def test_round_trip_of_every_field(store: SqliteStore) -> None:
         result=b"\x01result\x00",
     )
     expected = Job(
+        placement="aer",
         id="full",
         tenant="acme",
         request_id="req-1",
@@ -598,3 +601,17 @@ async def test_operation_that_aborts_the_transaction_fails_alone(store: SqliteSt
     assert await store.get_job("c") == getattr(c, "job", None)
     assert (await store.list_jobs("hijacked")).jobs == []
     assert len((await store.list_jobs("acme")).jobs) == 2
+
+
+@pytest.mark.anyio
+async def test_placement_and_request_lookup(store: SqliteStore) -> None:
+    await store.create_job(
+        dataclasses.replace(new_job(job_id="fb", request_id="r-fb"), placement="aer-mps")
+    )
+    job = await store.get_job("fb")
+    assert job is not None and (job.backend, job.placement) == ("aer", "aer-mps")
+    found = await store.find_request("acme", "r-fb", T0)
+    assert found is not None and found[0].id == "fb"
+    assert await store.find_request("other-tenant", "r-fb", T0) is None
+    late = T0 + timedelta(seconds=REQUEST_ID_DEDUP_WINDOW_S + 1)
+    assert await store.find_request("acme", "r-fb", late) is None

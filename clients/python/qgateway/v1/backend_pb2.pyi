@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -31,6 +34,13 @@ class BackendStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BACKEND_STATUS_UNSPECIFIED: _ClassVar[BackendStatus]
     BACKEND_STATUS_ONLINE: _ClassVar[BackendStatus]
     BACKEND_STATUS_OFFLINE: _ClassVar[BackendStatus]
+
+class BreakerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BREAKER_STATE_UNSPECIFIED: _ClassVar[BreakerState]
+    BREAKER_STATE_CLOSED: _ClassVar[BreakerState]
+    BREAKER_STATE_OPEN: _ClassVar[BreakerState]
+    BREAKER_STATE_HALF_OPEN: _ClassVar[BreakerState]
 BACKEND_KIND_UNSPECIFIED: BackendKind
 BACKEND_KIND_SIMULATOR: BackendKind
 BACKEND_KIND_HARDWARE: BackendKind
@@ -44,6 +54,10 @@ CIRCUIT_FEATURE_CONTROL_FLOW: CircuitFeature
 BACKEND_STATUS_UNSPECIFIED: BackendStatus
 BACKEND_STATUS_ONLINE: BackendStatus
 BACKEND_STATUS_OFFLINE: BackendStatus
+BREAKER_STATE_UNSPECIFIED: BreakerState
+BREAKER_STATE_CLOSED: BreakerState
+BREAKER_STATE_OPEN: BreakerState
+BREAKER_STATE_HALF_OPEN: BreakerState
 
 class BackendLimits(_message.Message):
     __slots__ = ("max_shots", "memory_budget_bytes", "max_queued_jobs", "max_result_bytes")
@@ -58,7 +72,7 @@ class BackendLimits(_message.Message):
     def __init__(self, max_shots: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_result_bytes: _Optional[int] = ...) -> None: ...
 
 class Backend(_message.Message):
-    __slots__ = ("name", "provider", "kind", "num_qubits", "basis_gates", "primitives", "features", "status", "queue_depth", "running_jobs", "limits", "properties")
+    __slots__ = ("name", "provider", "kind", "num_qubits", "basis_gates", "primitives", "features", "status", "queue_depth", "running_jobs", "limits", "properties", "health", "breaker_state", "pool")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +92,9 @@ class Backend(_message.Message):
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     kind: BackendKind
@@ -90,4 +107,31 @@ class Backend(_message.Message):
     running_jobs: int
     limits: BackendLimits
     properties: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., kind: _Optional[_Union[BackendKind, str]] = ..., num_qubits: _Optional[int] = ..., basis_gates: _Optional[_Iterable[str]] = ..., primitives: _Optional[_Iterable[_Union[Primitive, str]]] = ..., features: _Optional[_Iterable[_Union[CircuitFeature, str]]] = ..., status: _Optional[_Union[BackendStatus, str]] = ..., queue_depth: _Optional[int] = ..., running_jobs: _Optional[int] = ..., limits: _Optional[_Union[BackendLimits, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    health: BackendHealth
+    breaker_state: BreakerState
+    pool: PoolStats
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., kind: _Optional[_Union[BackendKind, str]] = ..., num_qubits: _Optional[int] = ..., basis_gates: _Optional[_Iterable[str]] = ..., primitives: _Optional[_Iterable[_Union[Primitive, str]]] = ..., features: _Optional[_Iterable[_Union[CircuitFeature, str]]] = ..., status: _Optional[_Union[BackendStatus, str]] = ..., queue_depth: _Optional[int] = ..., running_jobs: _Optional[int] = ..., limits: _Optional[_Union[BackendLimits, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[BackendHealth, _Mapping]] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ...) -> None: ...
+
+class BackendHealth(_message.Message):
+    __slots__ = ("serving", "last_probe_time", "last_error")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    LAST_PROBE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    serving: bool
+    last_probe_time: _timestamp_pb2.Timestamp
+    last_error: str
+    def __init__(self, serving: _Optional[bool] = ..., last_probe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class PoolStats(_message.Message):
+    __slots__ = ("in_use", "idle", "waiting", "min_instances", "max_instances")
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    MIN_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    in_use: int
+    idle: int
+    waiting: int
+    min_instances: int
+    max_instances: int
+    def __init__(self, in_use: _Optional[int] = ..., idle: _Optional[int] = ..., waiting: _Optional[int] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ...) -> None: ...

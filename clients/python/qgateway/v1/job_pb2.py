@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from qgateway.v1 import circuit_pb2 as qgateway_dot_v1_dot_circuit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15qgateway/v1/job.proto\x12\x0bqgateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19qgateway/v1/circuit.proto\"d\n\x07JobSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x1e\n\x04pubs\x18\x02 \x03(\x0b\x32\x10.qgateway.v1.Pub\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.qgateway.v1.JobOptions\"\xa1\x01\n\nJobOptions\x12\x1a\n\rdefault_shots\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1e\n\x11\x64\x65\x66\x61ult_precision\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x0b\x63ounts_only\x18\x04 \x01(\x08\x42\x10\n\x0e_default_shotsB\x07\n\x05_seedB\x14\n\x12_default_precision\"+\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xeb\x01\n\rExecutionInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x41\n\x0csdk_versions\x18\x03 \x03(\x0b\x32+.qgateway.v1.ExecutionInfo.SdkVersionsEntry\x12$\n\x07layouts\x18\x04 \x03(\x0b\x32\x13.qgateway.v1.Layout\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x1a\x32\n\x10SdkVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_seed\"!\n\x06Layout\x12\x17\n\x0fphysical_qubits\x18\x01 \x03(\r\"\x91\x01\n\nJobTimings\x12)\n\x06queued\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\ttranspile\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x65xecute\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd0\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.qgateway.v1.JobState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x65rror\x18\t \x01(\x0b\x32\x15.qgateway.v1.JobError\x12-\n\texecution\x18\n \x01(\x0b\x32\x1a.qgateway.v1.ExecutionInfo\x12(\n\x07timings\x18\x0b \x01(\x0b\x32\x17.qgateway.v1.JobTimings\x12\x10\n\x08num_pubs\x18\x0c \x01(\r\x12&\n\x06result\x18\r \x01(\x0b\x32\x16.qgateway.v1.JobResult\x12\x18\n\x10result_too_large\x18\x0e \x01(\x08\"8\n\tJobResult\x12+\n\x0bpub_results\x18\x01 \x03(\x0b\x32\x16.qgateway.v1.PubResult\"}\n\tPubResult\x12\x30\n\x07sampler\x18\x01 \x01(\x0b\x32\x1d.qgateway.v1.SamplerPubResultH\x00\x12\x34\n\testimator\x18\x02 \x01(\x0b\x32\x1f.qgateway.v1.EstimatorPubResultH\x00\x42\x08\n\x06result\"`\n\x10SamplerPubResult\x12\r\n\x05shape\x18\x01 \x03(\r\x12\r\n\x05shots\x18\x02 \x01(\x04\x12.\n\tregisters\x18\x03 \x03(\x0b\x32\x1b.qgateway.v1.RegisterResult\"f\n\x0eRegisterResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08num_bits\x18\x02 \x01(\r\x12\x0f\n\x07samples\x18\x03 \x01(\x0c\x12#\n\x06\x63ounts\x18\x04 \x03(\x0b\x32\x13.qgateway.v1.Counts\"h\n\x06\x43ounts\x12/\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1f.qgateway.v1.Counts.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"k\n\x12\x45stimatorPubResult\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x1a\n\x12\x65xpectation_values\x18\x02 \x03(\x01\x12\x17\n\x0fstandard_errors\x18\x03 \x03(\x01\x12\x11\n\tprecision\x18\x04 \x01(\x01*\xb4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x18\n\x14JOB_STATE_SUBMITTING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15qgateway/v1/job.proto\x12\x0bqgateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19qgateway/v1/circuit.proto\"d\n\x07JobSpec\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x1e\n\x04pubs\x18\x02 \x03(\x0b\x32\x10.qgateway.v1.Pub\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.qgateway.v1.JobOptions\"\xbb\x01\n\nJobOptions\x12\x1a\n\rdefault_shots\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1e\n\x11\x64\x65\x66\x61ult_precision\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x0b\x63ounts_only\x18\x04 \x01(\x08\x12\x18\n\x10\x66\x61llback_backend\x18\x05 \x01(\tB\x10\n\x0e_default_shotsB\x07\n\x05_seedB\x14\n\x12_default_precision\"+\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xeb\x01\n\rExecutionInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x41\n\x0csdk_versions\x18\x03 \x03(\x0b\x32+.qgateway.v1.ExecutionInfo.SdkVersionsEntry\x12$\n\x07layouts\x18\x04 \x03(\x0b\x32\x13.qgateway.v1.Layout\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x1a\x32\n\x10SdkVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_seed\"!\n\x06Layout\x12\x17\n\x0fphysical_qubits\x18\x01 \x03(\r\"\x91\x01\n\nJobTimings\x12)\n\x06queued\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\ttranspile\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07\x65xecute\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd0\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.qgateway.v1.JobState\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x65rror\x18\t \x01(\x0b\x32\x15.qgateway.v1.JobError\x12-\n\texecution\x18\n \x01(\x0b\x32\x1a.qgateway.v1.ExecutionInfo\x12(\n\x07timings\x18\x0b \x01(\x0b\x32\x17.qgateway.v1.JobTimings\x12\x10\n\x08num_pubs\x18\x0c \x01(\r\x12&\n\x06result\x18\r \x01(\x0b\x32\x16.qgateway.v1.JobResult\x12\x18\n\x10result_too_large\x18\x0e \x01(\x08\"8\n\tJobResult\x12+\n\x0bpub_results\x18\x01 \x03(\x0b\x32\x16.qgateway.v1.PubResult\"}\n\tPubResult\x12\x30\n\x07sampler\x18\x01 \x01(\x0b\x32\x1d.qgateway.v1.SamplerPubResultH\x00\x12\x34\n\testimator\x18\x02 \x01(\x0b\x32\x1f.qgateway.v1.EstimatorPubResultH\x00\x42\x08\n\x06result\"`\n\x10SamplerPubResult\x12\r\n\x05shape\x18\x01 \x03(\r\x12\r\n\x05shots\x18\x02 \x01(\x04\x12.\n\tregisters\x18\x03 \x03(\x0b\x32\x1b.qgateway.v1.RegisterResult\"f\n\x0eRegisterResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08num_bits\x18\x02 \x01(\r\x12\x0f\n\x07samples\x18\x03 \x01(\x0c\x12#\n\x06\x63ounts\x18\x04 \x03(\x0b\x32\x13.qgateway.v1.Counts\"h\n\x06\x43ounts\x12/\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1f.qgateway.v1.Counts.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"k\n\x12\x45stimatorPubResult\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x1a\n\x12\x65xpectation_values\x18\x02 \x03(\x01\x12\x17\n\x0fstandard_errors\x18\x03 \x03(\x01\x12\x11\n\tprecision\x18\x04 \x01(\x01*\xb4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x18\n\x14JOB_STATE_SUBMITTING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,36 +38,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTIONINFO_SDKVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_COUNTS_COUNTSENTRY']._loaded_options = None
   _globals['_COUNTS_COUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1932
-  _globals['_JOBSTATE']._serialized_end=2112
+  _globals['_JOBSTATE']._serialized_start=1958
+  _globals['_JOBSTATE']._serialized_end=2138
   _globals['_JOBSPEC']._serialized_start=130
   _globals['_JOBSPEC']._serialized_end=230
   _globals['_JOBOPTIONS']._serialized_start=233
-  _globals['_JOBOPTIONS']._serialized_end=394
-  _globals['_JOBERROR']._serialized_start=396
-  _globals['_JOBERROR']._serialized_end=439
-  _globals['_EXECUTIONINFO']._serialized_start=442
-  _globals['_EXECUTIONINFO']._serialized_end=677
-  _globals['_EXECUTIONINFO_SDKVERSIONSENTRY']._serialized_start=618
-  _globals['_EXECUTIONINFO_SDKVERSIONSENTRY']._serialized_end=668
-  _globals['_LAYOUT']._serialized_start=679
-  _globals['_LAYOUT']._serialized_end=712
-  _globals['_JOBTIMINGS']._serialized_start=715
-  _globals['_JOBTIMINGS']._serialized_end=860
-  _globals['_JOB']._serialized_start=863
-  _globals['_JOB']._serialized_end=1327
-  _globals['_JOBRESULT']._serialized_start=1329
-  _globals['_JOBRESULT']._serialized_end=1385
-  _globals['_PUBRESULT']._serialized_start=1387
-  _globals['_PUBRESULT']._serialized_end=1512
-  _globals['_SAMPLERPUBRESULT']._serialized_start=1514
-  _globals['_SAMPLERPUBRESULT']._serialized_end=1610
-  _globals['_REGISTERRESULT']._serialized_start=1612
-  _globals['_REGISTERRESULT']._serialized_end=1714
-  _globals['_COUNTS']._serialized_start=1716
-  _globals['_COUNTS']._serialized_end=1820
-  _globals['_COUNTS_COUNTSENTRY']._serialized_start=1775
-  _globals['_COUNTS_COUNTSENTRY']._serialized_end=1820
-  _globals['_ESTIMATORPUBRESULT']._serialized_start=1822
-  _globals['_ESTIMATORPUBRESULT']._serialized_end=1929
+  _globals['_JOBOPTIONS']._serialized_end=420
+  _globals['_JOBERROR']._serialized_start=422
+  _globals['_JOBERROR']._serialized_end=465
+  _globals['_EXECUTIONINFO']._serialized_start=468
+  _globals['_EXECUTIONINFO']._serialized_end=703
+  _globals['_EXECUTIONINFO_SDKVERSIONSENTRY']._serialized_start=644
+  _globals['_EXECUTIONINFO_SDKVERSIONSENTRY']._serialized_end=694
+  _globals['_LAYOUT']._serialized_start=705
+  _globals['_LAYOUT']._serialized_end=738
+  _globals['_JOBTIMINGS']._serialized_start=741
+  _globals['_JOBTIMINGS']._serialized_end=886
+  _globals['_JOB']._serialized_start=889
+  _globals['_JOB']._serialized_end=1353
+  _globals['_JOBRESULT']._serialized_start=1355
+  _globals['_JOBRESULT']._serialized_end=1411
+  _globals['_PUBRESULT']._serialized_start=1413
+  _globals['_PUBRESULT']._serialized_end=1538
+  _globals['_SAMPLERPUBRESULT']._serialized_start=1540
+  _globals['_SAMPLERPUBRESULT']._serialized_end=1636
+  _globals['_REGISTERRESULT']._serialized_start=1638
+  _globals['_REGISTERRESULT']._serialized_end=1740
+  _globals['_COUNTS']._serialized_start=1742
+  _globals['_COUNTS']._serialized_end=1846
+  _globals['_COUNTS_COUNTSENTRY']._serialized_start=1801
+  _globals['_COUNTS_COUNTSENTRY']._serialized_end=1846
+  _globals['_ESTIMATORPUBRESULT']._serialized_start=1848
+  _globals['_ESTIMATORPUBRESULT']._serialized_end=1955
 # @@protoc_insertion_point(module_scope)

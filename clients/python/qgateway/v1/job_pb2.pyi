@@ -40,16 +40,18 @@ class JobSpec(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., pubs: _Optional[_Iterable[_Union[_circuit_pb2.Pub, _Mapping]]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("default_shots", "seed", "default_precision", "counts_only")
+    __slots__ = ("default_shots", "seed", "default_precision", "counts_only", "fallback_backend")
     DEFAULT_SHOTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRECISION_FIELD_NUMBER: _ClassVar[int]
     COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_BACKEND_FIELD_NUMBER: _ClassVar[int]
     default_shots: int
     seed: int
     default_precision: float
     counts_only: bool
-    def __init__(self, default_shots: _Optional[int] = ..., seed: _Optional[int] = ..., default_precision: _Optional[float] = ..., counts_only: _Optional[bool] = ...) -> None: ...
+    fallback_backend: str
+    def __init__(self, default_shots: _Optional[int] = ..., seed: _Optional[int] = ..., default_precision: _Optional[float] = ..., counts_only: _Optional[bool] = ..., fallback_backend: _Optional[str] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("reason", "message")
