@@ -38,6 +38,7 @@ from qgateway import (
 )
 
 ENV_TARGET = "QGATEWAY_TARGET"
+ENV_API_KEY = "QGATEWAY_API_KEY"
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: Retries of UNAVAILABLE for CLI calls (tests shorten it).
 CLI_RETRY = RetryPolicy()
@@ -264,7 +265,26 @@ def _bar_for(stream: TextIO) -> str:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.target, retry=CLI_RETRY)
+    key = os.environ.get(ENV_API_KEY)
+    metadata = [("authorization", f"Bearer {key}")] if key else []
+    return Client(args.target, retry=CLI_RETRY, metadata=metadata)
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from gateway.security.api_keys import generate_key
+
+    new = generate_key(args.tenant, args.name)
+    entry = new.config
+    print(f"API key (shown once; give it to the tenant's clients as {ENV_API_KEY}):")
+    print(f"  {new.key}")
+    print("Add this to the gateway configuration (only the hash is stored):")
+    print("[[auth.api_keys]]")
+    print(f'prefix = "{entry.prefix}"')
+    print(f'sha256 = "{entry.sha256}"')
+    print(f'tenant = "{entry.tenant}"')
+    if entry.name:
+        print(f'name = "{entry.name}"')
+    return 0
 
 
 def _read_source(path: str) -> str:
@@ -434,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     serve.set_defaults(handler=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys.set_defaults(parser=keys)
+    create = keys_sub.add_parser("create", help="make a new API key for a tenant")
+    create.add_argument("--tenant", required=True, help="tenant the key belongs to")
+    create.add_argument("--name", default="", help="a label for the key")
+    create.set_defaults(handler=_cmd_keys_create)
 
     backends = sub.add_parser("backends", parents=[common], help="list backends")
     backends.set_defaults(handler=_cmd_backends)

@@ -19,6 +19,7 @@ from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.breaker import BreakerPolicy
 from gateway.backends.pool import PoolLimits
 from gateway.domain.backends import BackendLimits
+from gateway.security.api_keys import ApiKeyConfig
 
 ENV_PREFIX = "QGATEWAY_"
 # Variables with the prefix that belong to the client CLI, not to the server's settings.
@@ -132,6 +133,13 @@ class BackendConfig(_Strict):
         )
 
 
+class AuthConfig(_Strict):
+    """API keys (`qgateway keys create` prints an entry). No keys: every caller is tenant
+    "default", as in the embedded development mode."""
+
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+
 def _default_backends() -> dict[str, BackendConfig]:
     return {
         "aer": BackendConfig(
@@ -156,6 +164,7 @@ class GatewayConfig(BaseSettings):
     data_dir: Path = Path("data")
     server: ServerConfig = ServerConfig()
     circuits: CircuitConfig = CircuitConfig()
+    auth: AuthConfig = AuthConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
 
     @field_validator("backends")

@@ -28,10 +28,12 @@ from gateway.backends.pool import Pool
 from gateway.backends.registry import adapter_names, load_adapter
 from gateway.backends.worker_pool import WorkerFactory
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.health import HealthMonitor
 from gateway.jobs.manager import JobManager
+from gateway.security.api_keys import KeyRing
 from gateway.store.sqlite import SqliteStore
 
 log = logging.getLogger("gateway")
@@ -96,7 +98,11 @@ class Gateway:
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
         self._server = grpc.aio.server(
-            interceptors=[ErrorBoundaryInterceptor(server_cfg.max_request_bytes)],
+            # Outermost first: the boundary maps every error, including authentication's.
+            interceptors=[
+                ErrorBoundaryInterceptor(server_cfg.max_request_bytes),
+                AuthInterceptor(KeyRing(config.auth.api_keys)),
+            ],
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
                 ("grpc.max_send_message_length", server_cfg.max_response_bytes + (1 << 20)),

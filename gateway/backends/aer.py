@@ -568,7 +568,8 @@ def _run(simulator: AerSimulator, circuits: Any, **options: Any) -> Any:
 
 def _execution_error(message: str) -> ExecutionError:
     lowered = message.lower()
-    if "insufficient memory" in lowered or "greater than max" in lowered:
+    memory_words = ("insufficient memory", "greater than max", "cannot allocate memory")
+    if any(words in lowered for words in memory_words):
         return ExecutionError("RESOURCE_EXHAUSTED", message[:500])
     return ExecutionError("EXECUTION_FAILED", message[:500])
 

@@ -98,9 +98,7 @@ class Pool(Generic[T]):
         try:
             instance = await self._factory.create()
         except BaseException:
-            async with self._cond:
-                self._size -= 1
-                self._cond.notify()
+            await self._unreserve()
             raise
         now = self._clock()
         async with self._cond:
@@ -139,13 +137,19 @@ class Pool(Generic[T]):
             finally:
                 self._waiting -= 1
 
+    async def _unreserve(self) -> None:
+        # Shielded: this runs while a timeout or cancellation is unwinding the caller, and the
+        # count must be right or the pool believes in an instance that never came.
+        with anyio.CancelScope(shield=True):
+            async with self._cond:
+                self._size -= 1
+                self._cond.notify()
+
     async def _create_in_use(self) -> T:
         try:
             instance = await self._factory.create()
         except BaseException:
-            async with self._cond:
-                self._size -= 1
-                self._cond.notify()
+            await self._unreserve()
             raise
         now = self._clock()
         async with self._cond:
@@ -162,11 +166,12 @@ class Pool(Generic[T]):
             return False
 
     async def _discard(self, slot: _Slot[T]) -> None:
-        async with self._cond:
-            self._in_use.pop(id(slot.instance), None)
-            self._size -= 1
-            self._cond.notify()
-        await self._destroy(slot.instance)
+        with anyio.CancelScope(shield=True):
+            async with self._cond:
+                self._in_use.pop(id(slot.instance), None)
+                self._size -= 1
+                self._cond.notify()
+            await self._destroy(slot.instance)
 
     async def _destroy(self, instance: T) -> None:
         try:
@@ -176,6 +181,10 @@ class Pool(Generic[T]):
 
     async def release(self, instance: T, *, broken: bool = False) -> None:
         """Returns an instance; a broken one (crashed, killed, recycled) is destroyed instead."""
+        with anyio.CancelScope(shield=True):
+            await self._release(instance, broken)
+
+    async def _release(self, instance: T, broken: bool) -> None:
         async with self._cond:
             slot = self._in_use.pop(id(instance), None)
             if slot is None:

@@ -116,8 +116,12 @@ class WorkerProcess:
             stdout=asyncio.subprocess.PIPE,
         )
         worker = cls(process)
-        await worker._send(_frame((adapter_name, context)))
-        reply = await worker._receive()
+        try:
+            await worker._send(_frame((adapter_name, context)))
+            reply = await worker._receive()
+        except BaseException:
+            worker.kill()  # interrupted mid-start: leave no half-started process behind
+            raise
         if reply[0] != "ready":
             worker.kill()
             raise RuntimeError(f"worker did not start: {reply!r}")

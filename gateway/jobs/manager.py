@@ -331,13 +331,15 @@ class JobManager:
             await runtime.queue.wait_nonempty()
             if self.draining.is_set():
                 return
+            worker = await runtime.pool.acquire(timeout=math.inf)
+            # Ask the breaker only now: the job that held this worker may just have opened it.
             trial = breaker.state is BreakerState.HALF_OPEN
             if not breaker.try_dispatch():
+                await runtime.pool.release(worker)
                 # Open: wake when the cool-down ends; half-open: when the trial finishes.
                 delay = breaker.retry_after()
                 await self._wait_for(runtime, delay if delay > 0 else None)
                 continue
-            worker = await runtime.pool.acquire(timeout=math.inf)
             entry = None if self.draining.is_set() else runtime.queue.pop()
             if entry is None:  # cancelled or expired while we waited, or draining
                 await runtime.pool.release(worker)

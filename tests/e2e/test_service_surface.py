@@ -69,8 +69,8 @@ def test_generic_client_through_reflection(address: str) -> None:
                     "sampler": {
                         "circuit": {
                             "qasm3": (
-                                'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; x q[1]; '
-                                "c = measure q;"
+                                'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; '
+                                "x q[1]; c = measure q;"
                             )
                         },
                         "shots": 10,

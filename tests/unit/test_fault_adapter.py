@@ -1,7 +1,7 @@
 """The fault adapter, in process (prepare, then execute as a worker would).
 
-Faults that end or starve a process (SIGKILL, an OS memory limit) run in a subprocess, which
-imports this module for its helpers. Expected results are hard-coded from the circuit.
+Faults that end or starve a process (SIGKILL, an OS memory limit) run in a child process.
+Expected results are hard-coded from the circuit.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,11 +283,28 @@ def test_hang_blocks_before_any_failure(payload: FaultPayload) -> None:
 
 # ------------------------------------------------------------------ faults that end processes
 
-# Each child reads the pickled payload on stdin, as a worker does, so it pays for imports but not
-# for the transpiler.
-ALLOCATION_CHILD = """
+# One child process lives through what a worker may: a job over its memory limit (MemoryError),
+# the next job (still served), then a crash (SIGKILL). It reads the pickled payload on stdin, as
+# a worker does, so it pays for imports but not for the transpiler, and it builds its adapters
+# without importing this module (pytest would cost another second).
+CHILD = """
 import json, pickle, resource, sys
-from tests.unit.test_fault_adapter import counts, fault_adapter
+from gateway.backends.base import AdapterContext, CircuitLimits
+from gateway.backends.fault import FaultAdapter
+from gateway.domain.backends import BackendLimits
+
+def adapter(**options):
+    limits = BackendLimits(
+        max_shots=10_000, memory_budget_bytes=1 << 30, max_queued_jobs=10, max_result_bytes=1 << 20
+    )
+    context = AdapterContext(
+        name="fault-child",
+        limits=limits,
+        default_shots=8,
+        circuit_limits=CircuitLimits(),
+        options=options,
+    )
+    return FaultAdapter(context)
 
 def data_bytes():
     with open("/proc/self/status") as status:
@@ -295,77 +313,70 @@ def data_bytes():
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmData")
 
+def report(**fields):
+    print(json.dumps(fields), flush=True)
+
 payload = pickle.load(sys.stdin.buffer)
-small = fault_adapter(allocate_mb=16)
-big = fault_adapter(allocate_mb=1024)
+small = adapter(allocate_mb=16)
+big = adapter(allocate_mb=1024)
+crash = adapter(crash_rate=1.0, failure_rate=1.0)
 small.warm_up()
+# 256 MiB above what the process uses now: the 16 MiB job fits, the 1 GiB one cannot.
 _, hard = resource.getrlimit(resource.RLIMIT_DATA)
 resource.setrlimit(resource.RLIMIT_DATA, (data_bytes() + 256 * 2**20, hard))
 try:
     big.execute(payload)
-    big_outcome = "no error"
+    report(big="no error")
 except MemoryError:
-    big_outcome = "MemoryError"
-# The same process still runs the next job.
-print(json.dumps({"big": big_outcome, "small": counts(small.execute(payload))}))
-"""
-
-CRASH_CHILD = """
-import pickle, sys
-from tests.unit.test_fault_adapter import fault_adapter
-
-payload = pickle.load(sys.stdin.buffer)
-adapter = fault_adapter(crash_rate=1.0, failure_rate=1.0)
-print("executing", flush=True)
+    report(big="MemoryError")
+result = small.execute(payload).result.pubs[0]
+report(small=dict(result.registers[0].counts[0]))
+report(crash="executing")
 try:
-    adapter.execute(payload)
+    crash.execute(payload)
 finally:
-    print("survived", flush=True)
+    report(crash="survived")
 """
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    returncode: int
+    reports: list[dict[str, Any]]
+    stderr: str
+
+
+@pytest.fixture(scope="module", autouse=True)
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    """Started before the first test, so its imports overlap this process's transpiler set-up."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    yield process
+    if process.poll() is None:  # a test run that never needed it
+        process.kill()
+        process.communicate()
 
 
 @pytest.fixture(scope="module")
-def children(payload: FaultPayload) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Both children, started together: each spends seconds importing the SDK stack."""
-    started: dict[str, subprocess.Popen[bytes]] = {}
-    for name, code in (("allocation", ALLOCATION_CHILD), ("crash", CRASH_CHILD)):
-        child = subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert child.stdin is not None
-        child.stdin.write(pickle.dumps(payload))
-        child.stdin.close()
-        started[name] = child
-    yield started
-    for child in started.values():
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-
-
-def finish(child: subprocess.Popen[bytes]) -> tuple[int, str, str]:
-    assert child.stdout is not None and child.stderr is not None
-    stdout, stderr = child.stdout.read(), child.stderr.read()
-    return child.wait(timeout=60), stdout.decode(), stderr.decode()[-3000:]
+def child_run(child: subprocess.Popen[bytes], payload: FaultPayload) -> ChildRun:
+    stdout, stderr = child.communicate(pickle.dumps(payload), timeout=60)
+    reports = [json.loads(line) for line in stdout.decode().splitlines()]
+    return ChildRun(child.returncode, reports, stderr.decode()[-3000:])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA covers mmap only on Linux")
-def test_allocation_over_rlimit_data_is_a_memory_error_not_a_crash(
-    children: dict[str, subprocess.Popen[bytes]],
-) -> None:
-    code, stdout, stderr = finish(children["allocation"])
-    assert code == 0, stderr
-    assert json.loads(stdout) == {"big": "MemoryError", "small": {"001": SHOTS}}
+def test_allocation_over_rlimit_data_fails_only_its_job(child_run: ChildRun) -> None:
+    assert child_run.reports[:2] == [{"big": "MemoryError"}, {"small": {"001": SHOTS}}], (
+        child_run.stderr
+    )
 
 
-def test_crash_kills_the_process_with_sigkill(
-    children: dict[str, subprocess.Popen[bytes]],
-) -> None:
-    code, stdout, stderr = finish(children["crash"])
-    assert code == -signal.SIGKILL, (code, stderr)
+def test_crash_kills_the_process_with_sigkill(child_run: ChildRun) -> None:
+    assert child_run.returncode == -signal.SIGKILL, (child_run.returncode, child_run.stderr)
     # Neither an exception nor the finally block ran, and the crash came before the failure.
-    assert stdout == "executing\n"
+    assert child_run.reports[2:] == [{"crash": "executing"}], child_run.stderr

@@ -375,6 +375,7 @@ def _job_spec(
     seed: int | None,
     counts_only: bool,
     default_precision: float | None,
+    fallback_backend: str | None = None,
 ) -> job_pb2.JobSpec:
     if not pubs:
         raise ValueError("a job needs at least one PUB")
@@ -385,6 +386,9 @@ def _job_spec(
         options.seed = seed
     if default_precision is not None:
         options.default_precision = default_precision
+    if fallback_backend:
+        # Used only when the backend's circuit breaker is open at submission.
+        options.fallback_backend = _backend_name(fallback_backend)
     return job_pb2.JobSpec(backend=_backend_name(backend), pubs=list(pubs), options=options)
 
 
@@ -642,6 +646,7 @@ class Client:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        fallback_backend: str | None = None,
         default_precision: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
@@ -651,7 +656,9 @@ class Client:
         A failed or cancelled job is returned, not raised; check `job.state`. Results too large
         for one message are fetched with StreamJobResult within the same timeout.
         """
-        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        spec = _job_spec(
+            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+        )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
         response: job_service_pb2.RunResponse = self._unary(
@@ -703,12 +710,15 @@ class Client:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        fallback_backend: str | None = None,
         default_precision: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Submits PUBs as one job (SubmitJob) and returns it without waiting."""
-        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        spec = _job_spec(
+            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+        )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = self._unary(
             self._jobs.SubmitJob,
@@ -1049,12 +1059,15 @@ class AsyncClient:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        fallback_backend: str | None = None,
         default_precision: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Runs PUBs as one job and returns the finished job; see `Client.run_pubs`."""
-        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        spec = _job_spec(
+            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+        )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
         response: job_service_pb2.RunResponse = await self._unary(
@@ -1106,12 +1119,15 @@ class AsyncClient:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        fallback_backend: str | None = None,
         default_precision: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Submits PUBs as one job without waiting; see `Client.submit_pubs`."""
-        spec = _job_spec(pubs, backend, default_shots, seed, counts_only, default_precision)
+        spec = _job_spec(
+            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+        )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = await self._unary(
             self._jobs.SubmitJob,

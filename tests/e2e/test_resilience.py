@@ -1,0 +1,315 @@
+"""One sick backend never takes the gateway or the other backends down: breaker, fallback,
+crash and memory isolation, time limits, health, fair share, queue cap. Real gateway process,
+real gRPC, real workers; the `fault` backend injects the faults deterministically."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from qgateway import (
+    DEFAULT_RETRY,
+    Client,
+    QGatewayError,
+    ResourceExhaustedError,
+    RetryPolicy,
+    UnavailableError,
+    sampler_pub,
+)
+from qgateway.results import Job, JobState
+from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_grpc
+
+from gateway.security.api_keys import generate_key
+from tests.gateway_process import GatewayProcess, write_config
+from tests.rpc import ghz, slow_circuit
+
+ALICE = generate_key("alice")
+BOB = generate_key("bob")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _key_toml(key: object) -> str:
+    c = key.config  # type: ignore[attr-defined]
+    return (
+        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\ntenant = "{c.tenant}"\n'
+    )
+
+
+def _backends(switch: Path, stuck_switch: Path) -> str:
+    one = "pool = { min_instances = 1, max_instances = 1 }"
+    return f"""
+[backends.aer]
+adapter = "aer"
+{one}
+
+[backends.fault-switch]
+adapter = "fault"
+{one}
+health_interval_s = 0.2
+probe_timeout_s = 10
+breaker = {{ failure_threshold = 2, window_s = 60, cooldown_s = 5.0 }}
+options = {{ fail_while_exists = "{switch}", latency_s = 0.3 }}
+
+[backends.fault-stuck]
+adapter = "fault"
+{one}
+max_queue_time_s = 1.5
+breaker = {{ failure_threshold = 2, window_s = 60, cooldown_s = 600 }}
+options = {{ fail_while_exists = "{stuck_switch}" }}
+
+[backends.fault-crash]
+adapter = "fault"
+{one}
+options = {{ crash_rate = 0.5 }}
+
+[backends.fault-hang]
+adapter = "fault"
+{one}
+max_run_time_s = 2
+probe_timeout_s = 1
+options = {{ hang = true }}
+
+[backends.aer-lean]
+adapter = "aer"
+{one}
+worker_memory_limit_mb = 700
+options = {{ method = "statevector" }}
+
+[backends.fair]
+adapter = "aer"
+{one}
+
+[backends.capped]
+adapter = "aer"
+{one}
+max_queued_jobs = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def switches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("switches")
+    return root / "sick", root / "stuck-sick"
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, switches: tuple[Path, Path]
+) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("resilience")
+    config = write_config(
+        root / "g.toml", root / "data", _key_toml(ALICE) + _key_toml(BOB) + _backends(*switches)
+    )
+    process = GatewayProcess.start(config, root / "data", root / "gateway.log", timeout=120)
+    yield process
+    assert process.terminate() == 0, process.log_path.read_text()[-3000:]
+
+
+def _client(gw: GatewayProcess, key: object = ALICE, retry: RetryPolicy = DEFAULT_RETRY) -> Client:
+    return Client(
+        gw.address,
+        metadata=[("authorization", f"Bearer {key.key}")],  # type: ignore[attr-defined]
+        retry=retry,
+    )
+
+
+@pytest.fixture
+def alice(gw: GatewayProcess) -> Iterator[Client]:
+    with _client(gw) as c:
+        yield c
+
+
+def _backend(gw: GatewayProcess, name: str) -> backend_pb2.Backend:
+    with grpc.insecure_channel(gw.address) as ch:
+        stub = backend_service_pb2_grpc.BackendServiceStub(ch)
+        return stub.GetBackend(
+            backend_service_pb2.GetBackendRequest(name=f"backends/{name}"),
+            timeout=10,
+            metadata=[("authorization", f"Bearer {ALICE.key}")],
+        ).backend
+
+
+def _final(client: Client, name: str) -> Job:
+    return client.wait(name, timeout=60)
+
+
+def _first_seed(pred: object) -> int:
+    return next(s for s in range(1000) if pred(random.Random(f"{s}:crash").random()))  # type: ignore[operator]
+
+
+def test_unauthenticated_calls_are_refused(gw: GatewayProcess) -> None:
+    with Client(gw.address) as anonymous, pytest.raises(QGatewayError) as exc:
+        anonymous.list_backends()
+    assert exc.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert exc.value.reason == "API_KEY_MISSING"
+    bad_key = [("authorization", "Bearer qgw_x_y")]
+    with Client(gw.address, metadata=bad_key) as bad, pytest.raises(QGatewayError) as exc:
+        bad.list_backends()
+    assert exc.value.reason == "API_KEY_INVALID"
+    with grpc.insecure_channel(gw.address) as ch:  # probes need no key
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == SERVING
+
+
+def test_tenants_do_not_see_each_others_jobs(gw: GatewayProcess, alice: Client) -> None:
+    job = alice.submit(ghz(2), backend="aer", shots=10, seed=1)
+    with _client(gw, BOB) as bob:
+        with pytest.raises(QGatewayError) as exc:
+            bob.get_job(job.name)
+        assert exc.value.code == grpc.StatusCode.NOT_FOUND
+        assert job.name not in [j.name for j in bob.list_jobs()]
+        # The same request_id in another tenant is another job.
+        a = alice.submit(ghz(2), backend="aer", shots=10, seed=1, request_id="shared-id")
+        b = bob.submit(ghz(2), backend="aer", shots=10, seed=1, request_id="shared-id")
+        assert a.name != b.name and a.tenant == "alice" and b.tenant == "bob"
+
+
+def test_breaker_opens_refuses_falls_back_and_recovers(
+    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path]
+) -> None:
+    switch = switches[0]
+    switch.touch()
+    try:
+        failing = [alice.submit(ghz(2), backend="fault-switch", shots=10, seed=i) for i in range(2)]
+        # Accepted before the breaker opens: it must wait in the queue, not fail.
+        waiting = alice.submit(ghz(2), backend="fault-switch", shots=10, seed=7)
+        for job in failing:
+            done = _final(alice, job.name)
+            assert done.state is JobState.FAILED and done.error_reason == "EXECUTION_FAILED"
+        assert _backend(gw, "fault-switch").breaker_state == backend_pb2.BREAKER_STATE_OPEN
+        # New submissions: UNAVAILABLE with RetryInfo; nothing was accepted. (A client that
+        # retries, like the default one, would wait out the cool-down instead.)
+        with (
+            _client(gw, retry=RetryPolicy(max_attempts=1)) as once,
+            pytest.raises(UnavailableError) as exc,
+        ):
+            once.submit(ghz(2), backend="fault-switch", shots=10, seed=3)
+        assert exc.value.reason == "BACKEND_UNAVAILABLE"
+        assert exc.value.retry_delay is not None and 0 < exc.value.retry_delay <= 5.0
+        # With a fallback the job runs elsewhere and says where.
+        fallback = alice.run_pubs(
+            [sampler_pub(ghz(2), shots=10)], backend="fault-switch", seed=4, fallback_backend="aer"
+        )
+        assert fallback.state is JobState.SUCCEEDED
+        assert fallback.backend == "backends/fault-switch"
+        assert fallback.execution is not None and fallback.execution.backend == "backends/aer"
+        assert alice.get_job(waiting.name).state is JobState.QUEUED
+    finally:
+        switch.unlink()
+    # After the cool-down the queued job is the half-open trial; its success closes the breaker.
+    assert _final(alice, waiting.name).state is JobState.SUCCEEDED
+    assert _backend(gw, "fault-switch").breaker_state == backend_pb2.BREAKER_STATE_CLOSED
+    assert alice.run(ghz(2), backend="fault-switch", shots=10, seed=5).counts()
+
+
+def test_jobs_waiting_on_an_open_breaker_fail_after_their_time_limit(
+    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path]
+) -> None:
+    switches[1].touch()
+    failing = [alice.submit(ghz(2), backend="fault-stuck", shots=10, seed=i) for i in range(2)]
+    stuck = alice.submit(ghz(2), backend="fault-stuck", shots=10, seed=9)
+    for job in failing:
+        assert _final(alice, job.name).state is JobState.FAILED
+    done = _final(alice, stuck.name)
+    assert done.state is JobState.FAILED
+    assert done.error_reason == "BACKEND_UNAVAILABLE"
+    assert done.start_time is None  # it never ran
+
+
+def test_health_watch_sees_the_backend_go_sick_and_recover(
+    gw: GatewayProcess, switches: tuple[Path, Path]
+) -> None:
+    switch = switches[0]
+    seen: list[int] = []
+    with grpc.insecure_channel(gw.address) as ch:
+        stream = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(service="qgateway.backend.fault-switch"), timeout=30
+        )
+        for reply in stream:
+            seen.append(reply.status)
+            if seen == [SERVING]:
+                switch.touch()
+            elif seen[-1] == NOT_SERVING and SERVING in seen[:-1]:
+                switch.unlink()
+            elif seen[-1] == SERVING and NOT_SERVING in seen:
+                stream.cancel()
+                break
+    assert seen == [SERVING, NOT_SERVING, SERVING]
+    backend = _backend(gw, "fault-switch")
+    assert backend.health.serving and backend.health.HasField("last_probe_time")
+
+
+def test_a_worker_crash_fails_only_its_job(gw: GatewayProcess, alice: Client) -> None:
+    crash_seed = _first_seed(lambda x: x < 0.5)
+    ok_seed = _first_seed(lambda x: x >= 0.5)
+    crashing = alice.submit(ghz(3), backend="fault-crash", shots=10, seed=crash_seed)
+    after = alice.submit(ghz(3), backend="fault-crash", shots=10, seed=ok_seed)
+    elsewhere = alice.submit(ghz(3), backend="aer", shots=10, seed=1)
+    done = _final(alice, crashing.name)
+    assert done.state is JobState.FAILED and done.error_reason == "WORKER_CRASHED"
+    assert _final(alice, after.name).state is JobState.SUCCEEDED  # on a replacement worker
+    assert _final(alice, elsewhere.name).state is JobState.SUCCEEDED
+
+
+def test_a_hung_job_hits_its_time_limit_and_its_worker_is_replaced(
+    gw: GatewayProcess, alice: Client
+) -> None:
+    job = alice.submit(ghz(2), backend="fault-hang", shots=10, seed=1)
+    done = _final(alice, job.name)
+    assert done.state is JobState.FAILED and done.error_reason == "JOB_TIMEOUT"
+    assert alice.run(ghz(2), backend="aer", shots=10, seed=1).counts()
+
+
+def test_memory_over_the_worker_limit_fails_only_its_job(gw: GatewayProcess, alice: Client) -> None:
+    # 25 qubits need 512 MiB of state vector on top of the worker's own ~250 MiB: a real
+    # allocation over the worker's 700 MiB RLIMIT_DATA. The gateway and the next job go on.
+    big = alice.submit(ghz(25), backend="aer-lean", shots=10, seed=1)
+    done = _final(alice, big.name)
+    assert done.state is JobState.FAILED
+    assert done.error_reason in {"RESOURCE_EXHAUSTED", "WORKER_CRASHED"}
+    small = alice.run(ghz(3), backend="aer-lean", shots=10, seed=1).counts()
+    assert set(small) <= {"000", "111"}
+
+
+def test_fair_share_across_tenants(gw: GatewayProcess, alice: Client) -> None:
+    backlog = [
+        alice.submit(slow_circuit(8, 2), backend="fair", shots=300, seed=i) for i in range(12)
+    ]
+    with _client(gw, BOB) as bob:
+        single = bob.submit(ghz(2), backend="fair", shots=10, seed=1)
+        bob_done = bob.wait(single.name, timeout=60)
+    alice_done = [_final(alice, j.name) for j in backlog]
+    assert bob_done.state is JobState.SUCCEEDED
+    # Round robin: Bob's one job runs right after the Alice job already running, not last.
+    later = [
+        j
+        for j in alice_done
+        if j.start_time and bob_done.start_time and j.start_time > bob_done.start_time
+    ]
+    assert len(later) >= 9
+
+
+def test_full_queue_is_resource_exhausted_with_retry_info(alice: Client) -> None:
+    blocker = alice.submit(slow_circuit(), backend="capped", shots=100_000, seed=1)
+    for event in alice.watch(blocker.name):
+        if event.state is JobState.RUNNING:
+            break
+    queued = [alice.submit(ghz(2), backend="capped", shots=10, seed=i) for i in range(3)]
+    with pytest.raises(ResourceExhaustedError) as exc:
+        alice.submit(ghz(2), backend="capped", shots=10, seed=99)
+    assert exc.value.reason == "QUEUE_FULL"
+    assert exc.value.retry_delay is not None and exc.value.quota_violations
+    for job in [*queued, blocker]:
+        alice.cancel(job.name)
+
+
+def test_pool_and_breaker_are_visible(gw: GatewayProcess) -> None:
+    backend = _backend(gw, "aer")
+    assert backend.pool.min_instances == 1 and backend.pool.max_instances == 1
+    assert backend.pool.in_use + backend.pool.idle >= 1
+    assert backend.breaker_state == backend_pb2.BREAKER_STATE_CLOSED
