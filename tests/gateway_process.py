@@ -15,10 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 READY_PREFIX = "qgateway listening on "
 
 
-def write_config(path: Path, data_dir: Path, backends: str = "") -> Path:
+def write_config(
+    path: Path, data_dir: Path, backends: str = "", grace_period_s: float = 2
+) -> Path:
     text = (
         f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\n'
-        "grace_period_s = 2\nmax_request_bytes = 4194304\n\n"
+        f"grace_period_s = {grace_period_s}\nmax_request_bytes = 4194304\n\n"
     )
     path.write_text(text + backends)
     tomllib.loads(path.read_text())  # fail early on a broken test config

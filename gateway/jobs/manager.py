@@ -254,21 +254,19 @@ class JobManager:
         )
 
     async def _next_event(self, events: asyncio.Queue[Job], job: Job) -> Job:
-        """The next change of `job`; ABORTED if the gateway starts draining while the job is
-        not running (it would not finish before the process exits)."""
-        if self.draining.is_set() and job.state is not JobState.RUNNING:
-            raise self._interrupted_by_drain(job)
-        get = asyncio.ensure_future(events.get())
-        drain = asyncio.ensure_future(self.draining.wait())
-        try:
-            await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        """The next change of `job`. Once the gateway drains, only running jobs will still
+        finish in this process; waiting on any other answers ABORTED."""
+        while not self.draining.is_set():
+            get = asyncio.ensure_future(events.get())
+            drain = asyncio.ensure_future(self.draining.wait())
+            done, _ = await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
             drain.cancel()
-            if not get.done():
-                get.cancel()
-        if get.done() and not get.cancelled():
-            return get.result()
-        return await self._next_event(events, job)
+            if get in done:
+                return get.result()
+            get.cancel()  # a cancelled Queue.get loses no item
+        if job.state is not JobState.RUNNING:
+            raise self._interrupted_by_drain(job)
+        return await events.get()
 
     async def watch(self, tenant: str, job_id: str) -> AsyncIterator[Job]:
         """The current state, then every change, ending after a final state."""

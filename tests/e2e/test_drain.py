@@ -1,0 +1,76 @@
+"""SIGTERM drains: readiness goes NOT_SERVING while liveness stays SERVING, new jobs are refused
+UNAVAILABLE, the running job finishes, the queued job stays durable for the next start, and the
+process exits 0."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from qgateway import AbortedError, Client, RetryPolicy, UnavailableError
+from qgateway.results import JobState
+
+from tests.gateway_process import GatewayProcess, write_config
+from tests.rpc import ghz, slow_circuit
+
+BACKENDS = """
+[backends.aer-mps]
+adapter = "aer"
+pool = { min_instances = 1, max_instances = 1 }
+options = { method = "matrix_product_state" }
+"""
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_drains(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "g.toml", data, BACKENDS, grace_period_s=60)
+    gw = GatewayProcess.start(config, data, tmp_path / "gateway.log")
+    once = RetryPolicy(max_attempts=1)
+    with Client(gw.address, retry=once) as client, grpc.insecure_channel(gw.address) as ch:
+        running = client.submit(slow_circuit(), backend="aer-mps", shots=8000, seed=1)
+        queued = client.submit(ghz(3), backend="aer-mps", shots=10, seed=2)
+        events = client.watch(running.name, timeout=120)
+        for event in events:
+            if event.state is JobState.RUNNING:
+                break
+        health = health_pb2_grpc.HealthStub(ch)
+        readiness = health.Watch(
+            health_pb2.HealthCheckRequest(service="qgateway.v1.JobService"), timeout=60
+        )
+        assert next(readiness).status == SERVING
+
+        gw.process.send_signal(15)
+        assert next(readiness).status == NOT_SERVING
+        readiness.cancel()
+        live = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert live.status == SERVING  # draining is alive: no restart by the orchestrator
+        with pytest.raises(UnavailableError) as exc:
+            client.submit(ghz(2), backend="aer-mps", shots=10, seed=3)
+        assert exc.value.reason == "DRAINING"
+        # A watcher of a queued job is told it will not finish in this process.
+        with pytest.raises(AbortedError) as aborted:
+            list(client.watch(queued.name, timeout=30))
+        assert aborted.value.reason == "GATEWAY_DRAINING"
+        # The running job finishes and its watcher sees it.
+        final = [e.state for e in events]
+        assert final[-1] is JobState.SUCCEEDED
+    assert gw.process.wait(timeout=90) == 0
+
+    db = sqlite3.connect(f"file:{data / 'qgateway.db'}?mode=ro", uri=True)
+    states = dict(db.execute("SELECT id, state FROM jobs").fetchall())
+    db.close()
+    assert states[running.name.removeprefix("jobs/")] == "SUCCEEDED"
+    assert states[queued.name.removeprefix("jobs/")] == "QUEUED"  # durable for the next start
+
+    gw = GatewayProcess.start(config, data, tmp_path / "gateway.log")
+    try:
+        with Client(gw.address) as client:
+            assert client.wait(queued.name, timeout=60).state is JobState.SUCCEEDED
+    finally:
+        assert gw.terminate() == 0
