@@ -47,12 +47,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             stream = handler.unary_stream
 
             async def handle_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                token = current_principal.set(keys.authenticate(context.invocation_metadata()))
-                try:
-                    async for item in stream(request, context):
-                        yield item
-                finally:
-                    current_principal.reset(token)
+                # Not reset afterwards: a stream generator may be closed from another context,
+                # where the token is invalid, and each call runs in a task of its own anyway.
+                current_principal.set(keys.authenticate(context.invocation_metadata()))
+                async for item in stream(request, context):
+                    yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 handle_stream,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,14 +51,6 @@ class BackendRuntime:
     ready: bool = False
     # Set when something the dispatcher waits for may have changed (breaker, drain).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Queue-time deadlines: (monotonic deadline, job id, tenant); stale entries are skipped.
-    deadlines: list[tuple[float, str, str]] = field(default_factory=list)
-    deadline_added: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def enqueue(self, entry: QueuedJob, deadline: float) -> None:
-        self.queue.put(entry)
-        heapq.heappush(self.deadlines, (deadline, entry.job.id, entry.job.tenant))
-        self.deadline_added.set()
 
     def status(self) -> BackendStatus:
         pool = self.pool.stats()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
 import logging
 import math
 import secrets
@@ -105,7 +104,7 @@ class JobManager:
                 continue
             waited = (_now() - job.created_at).total_seconds()
             deadline = time.monotonic() + runtime.settings.max_queue_time_s - waited
-            runtime.enqueue(QueuedJob(job, None), deadline)
+            runtime.queue.put(QueuedJob(job, None, deadline))
         for runtime in self.backends.values():
             self._tasks.append(asyncio.create_task(self._dispatch(runtime)))
             self._tasks.append(asyncio.create_task(self._expire(runtime)))
@@ -215,7 +214,7 @@ class JobManager:
         )
         if outcome.created:
             deadline = time.monotonic() + runtime.settings.max_queue_time_s
-            runtime.enqueue(QueuedJob(outcome.job, prepared), deadline)
+            runtime.queue.put(QueuedJob(outcome.job, prepared, deadline))
         return outcome.job
 
     # ------------------------------------------------------------------ queries
@@ -259,11 +258,14 @@ class JobManager:
         while not self.draining.is_set():
             get = asyncio.ensure_future(events.get())
             drain = asyncio.ensure_future(self.draining.wait())
-            done, _ = await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
-            drain.cancel()
+            try:
+                done, _ = await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the watcher goes away mid-wait
+                drain.cancel()
+                if not get.done():
+                    get.cancel()  # a cancelled Queue.get loses no item
             if get in done:
                 return get.result()
-            get.cancel()  # a cancelled Queue.get loses no item
         if job.state is not JobState.RUNNING:
             raise self._interrupted_by_drain(job)
         return await events.get()
@@ -352,30 +354,25 @@ class JobManager:
     async def _expire(self, runtime: BackendRuntime) -> None:
         """Fails jobs that waited in the queue past the backend's limit."""
         while True:
-            if not runtime.deadlines:
-                runtime.deadline_added.clear()
-                await runtime.deadline_added.wait()
+            earliest = runtime.queue.earliest_deadline()
+            if earliest is None:
+                await runtime.queue.wait_nonempty()
                 continue
-            deadline, job_id, tenant = runtime.deadlines[0]
-            delay = deadline - time.monotonic()
+            delay = earliest - time.monotonic()
             if delay > 0:
-                runtime.deadline_added.clear()  # an earlier deadline may arrive meanwhile
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(runtime.deadline_added.wait(), delay)
+                # Later arrivals have later deadlines, so nothing can expire sooner than this.
+                await asyncio.sleep(delay)
                 continue
-            heapq.heappop(runtime.deadlines)
-            entry = runtime.queue.remove(job_id, tenant)
-            if entry is None:  # already dispatched or cancelled
-                continue
-            if runtime.breaker.state is BreakerState.CLOSED:
-                error = JobError("QUEUE_TIMEOUT", "the job waited in the queue past its limit")
-            else:
-                error = JobError(
-                    "BACKEND_UNAVAILABLE",
-                    f"backend {runtime.name} stayed unavailable (circuit breaker open) past the "
-                    "job's queue time limit",
-                )
-            await self._finish(entry.job, JobState.FAILED, error=error)
+            for entry in runtime.queue.expired(time.monotonic()):
+                if runtime.breaker.state is BreakerState.CLOSED:
+                    error = JobError("QUEUE_TIMEOUT", "the job waited in the queue past its limit")
+                else:
+                    error = JobError(
+                        "BACKEND_UNAVAILABLE",
+                        f"backend {runtime.name} stayed unavailable (circuit breaker open) past "
+                        "the job's queue time limit",
+                    )
+                await self._finish(entry.job, JobState.FAILED, error=error)
 
     async def _run(
         self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess
@@ -440,12 +437,19 @@ class JobManager:
         t0 = time.perf_counter()
         execution = asyncio.ensure_future(worker.execute(prepared.payload))
         cancelled = asyncio.ensure_future(running.cancel_requested.wait())
-        await asyncio.wait(
-            {execution, cancelled},
-            timeout=runtime.settings.max_run_time_s,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        cancelled.cancel()
+        try:
+            await asyncio.wait(
+                {execution, cancelled},
+                timeout=runtime.settings.max_run_time_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            # The gateway is closing: stop the worker; the job is re-queued at the next start.
+            worker.kill()
+            execution.cancel()
+            raise
+        finally:
+            cancelled.cancel()
         if not execution.done():
             # Cancellation and time limits reach the backend: the worker process is killed.
             worker.kill()

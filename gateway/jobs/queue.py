@@ -15,6 +15,8 @@ class QueuedJob:
     job: Job
     # None after a restart: the job is prepared again from its stored spec when dispatched.
     prepared: PreparedJob | None
+    # time.monotonic() after which the job fails instead of waiting longer.
+    deadline: float = float("inf")
 
 
 class FairQueue:
@@ -59,6 +61,22 @@ class FairQueue:
         self._turns.remove(tenant)
         if not self._size:
             self._nonempty.clear()
+
+    def expired(self, now: float) -> list[QueuedJob]:
+        """Removes and returns the jobs whose deadline has passed. Deadlines grow in arrival
+        order, so only each tenant's head needs looking at."""
+        out = []
+        for tenant in list(self._by_tenant):
+            dq = self._by_tenant[tenant]
+            while dq and dq[0].deadline <= now:
+                out.append(dq.popleft())
+                self._size -= 1
+            if not dq:
+                self._drop_tenant(tenant)
+        return out
+
+    def earliest_deadline(self) -> float | None:
+        return min((dq[0].deadline for dq in self._by_tenant.values()), default=None)
 
     async def wait_nonempty(self) -> None:
         while not self._size:

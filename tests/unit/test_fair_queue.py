@@ -71,3 +71,15 @@ async def test_wait_nonempty_returns_once_a_job_arrives() -> None:
         tg.start_soon(queue.wait_nonempty)
         queue.put(_item("a0", "a"))
     assert _pop(queue).job.id == "a0"
+
+
+def test_expired_takes_only_jobs_past_their_deadline() -> None:
+    queue = FairQueue()
+    for job_id, tenant, deadline in [("a0", "a", 1.0), ("a1", "a", 5.0), ("b0", "b", 2.0)]:
+        item = _item(job_id, tenant)
+        item.deadline = deadline
+        queue.put(item)
+    assert queue.earliest_deadline() == 1.0
+    assert [q.job.id for q in queue.expired(2.5)] == ["a0", "b0"]
+    assert len(queue) == 1 and queue.earliest_deadline() == 5.0
+    assert queue.expired(3.0) == []
