@@ -93,6 +93,11 @@ class BackendAdapter(ABC):
         Runs in a thread of the gateway process; must be thread-safe.
         """
 
+    def prepare_is_cheap(self, spec: JobSpec) -> bool:
+        """True when `prepare(spec)` would only hit caches (microseconds), so the gateway may
+        call it on the event loop instead of paying for a thread hand-off."""
+        return False
+
     @abstractmethod
     def execute(self, payload: object) -> ExecutionOutcome:
         """Runs a prepared payload; raises ExecutionError on a backend failure.

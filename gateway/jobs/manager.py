@@ -15,6 +15,7 @@ import math
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import UTC, datetime
 
@@ -59,6 +60,33 @@ BACKEND_FAULTS = frozenset({WORKER_CRASHED, "EXECUTION_FAILED", "JOB_TIMEOUT", "
 RECYCLE_WORKER = frozenset({WORKER_CRASHED, "RESOURCE_EXHAUSTED", "JOB_TIMEOUT"})
 
 
+RECENT_RESULTS_BYTES = 32 << 20
+
+
+class RecentResults:
+    """A byte-bounded LRU of serialised results (a copy of what is already durable)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._size = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def put(self, job_id: str, data: bytes) -> None:
+        if len(data) > self._max // 4:
+            return
+        self._items[job_id] = data
+        self._size += len(data)
+        while self._size > self._max:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+    def get(self, job_id: str) -> bytes | None:
+        data = self._items.get(job_id)
+        if data is not None:
+            self._items.move_to_end(job_id)
+        return data
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -86,6 +114,8 @@ class JobManager:
         self._limiter = anyio.CapacityLimiter(prepare_threads)
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = asyncio.Event()
+        # Results just written, so Run and GetJob right after a job ends skip a store read.
+        self._recent_results = RecentResults(RECENT_RESULTS_BYTES)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,39 +195,20 @@ class JobManager:
         )
 
     async def submit(self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes) -> Job:
-        """Validates, prepares and durably queues a job; a repeated request_id returns its job."""
+        """Validates, prepares and durably queues a job; a repeated request_id returns its job
+        (the store deduplicates atomically, so concurrent repeats make one job)."""
         digest = request_hash(spec_bytes)
-        if request_id:
-            # A retry gets its job back even while the breaker is open or the gateway drains.
-            found = await self._store.find_request(tenant, request_id, _now())
-            if found is not None:
-                existing, existing_hash = found
-                if existing_hash != digest:
-                    raise request_id_reused(request_id, existing.id)
-                return existing
-        if self.draining.is_set():
-            raise Unavailable(
-                "DRAINING",
-                "the gateway is shutting down and accepts no new jobs; nothing was accepted, "
-                "retry (another replica or after the restart)",
-                retry_after=1.0,
-            )
-        runtime = self._placement(spec)
-        limits = runtime.info.limits
-        if len(runtime.queue) >= limits.max_queued_jobs:
-            raise ResourceExhausted(
-                "QUEUE_FULL",
-                f"backend {runtime.name} has {len(runtime.queue)} queued jobs, its limit",
-                metadata={"backend": runtime.name, "limit": str(limits.max_queued_jobs)},
-                quota_violations=[
-                    QuotaViolation(f"backends/{runtime.name}", "queued jobs at the limit")
-                ],
-                retry_after=1.0,
-            )
+        try:
+            runtime = self._admit(spec)
+        except (Unavailable, ResourceExhausted):
+            # A retry of an accepted job gets its job back even while the backend refuses new
+            # work (breaker open, draining, full queue): nothing new is accepted either way.
+            existing = await self._existing(tenant, request_id, digest)
+            if existing is None:
+                raise
+            return existing
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
-        prepared = await anyio.to_thread.run_sync(
-            runtime.adapter.prepare, spec, seed, limiter=self._limiter
-        )
+        prepared = await self._prepare(runtime, spec, seed)
         outcome = await self._store.create_job(
             NewJob(
                 id=uuid.uuid4().hex,
@@ -217,6 +228,46 @@ class JobManager:
             runtime.queue.put(QueuedJob(outcome.job, prepared, deadline))
         return outcome.job
 
+    def _admit(self, spec: JobSpec) -> BackendRuntime:
+        """The backend the job will queue on, or an admission refusal."""
+        if self.draining.is_set():
+            raise Unavailable(
+                "DRAINING",
+                "the gateway is shutting down and accepts no new jobs; nothing was accepted, "
+                "retry (another replica or after the restart)",
+                retry_after=1.0,
+            )
+        runtime = self._placement(spec)
+        limits = runtime.info.limits
+        if len(runtime.queue) >= limits.max_queued_jobs:
+            raise ResourceExhausted(
+                "QUEUE_FULL",
+                f"backend {runtime.name} has {len(runtime.queue)} queued jobs, its limit",
+                metadata={"backend": runtime.name, "limit": str(limits.max_queued_jobs)},
+                quota_violations=[
+                    QuotaViolation(f"backends/{runtime.name}", "queued jobs at the limit")
+                ],
+                retry_after=1.0,
+            )
+        return runtime
+
+    async def _existing(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
+        if not request_id:
+            return None
+        found = await self._store.find_request(tenant, request_id, _now())
+        if found is None:
+            return None
+        job, existing_digest = found
+        if existing_digest != digest:
+            raise request_id_reused(request_id, job.id)
+        return job
+
+    async def _prepare(self, runtime: BackendRuntime, spec: JobSpec, seed: int) -> PreparedJob:
+        adapter = runtime.adapter
+        if adapter.prepare_is_cheap(spec):
+            return adapter.prepare(spec, seed)
+        return await anyio.to_thread.run_sync(adapter.prepare, spec, seed, limiter=self._limiter)
+
     # ------------------------------------------------------------------ queries
 
     async def get(self, tenant: str, job_id: str) -> Job:
@@ -226,7 +277,7 @@ class JobManager:
         return job
 
     async def result(self, job: Job) -> bytes:
-        data = await self._store.get_result(job.id)
+        data = self._recent_results.get(job.id) or await self._store.get_result(job.id)
         if data is None:
             raise NotFound("RESULT_NOT_FOUND", f"job jobs/{job.id} has no result")
         return data
@@ -426,16 +477,22 @@ class JobManager:
                 self._record(runtime, running, err.reason)
                 await self._finish(job, JobState.FAILED, error=JobError(err.reason, err.message))
                 return False
-        started = await self._store.mark_running(job.id, _now())
-        if started is None:  # cancelled while it waited for a worker
+        t0 = time.perf_counter()
+        # The RUNNING commit overlaps the execution: a simulator job interrupted by a crash is
+        # re-queued whether or not RUNNING reached the disk.
+        marking = asyncio.ensure_future(self._store.mark_running(job.id, _now()))
+        execution = asyncio.ensure_future(worker.execute(prepared.payload))
+        started = await marking
+        if started is None:  # no longer QUEUED: it was finished elsewhere meanwhile
+            worker.kill()
+            execution.cancel()
+            await asyncio.gather(execution, return_exceptions=True)
             self._record(runtime, running, "CANCELLED")
-            return False
+            return True
         self._events.publish(started)
         info = ExecutionInfo(
             backend=runtime.name, seed=job.seed, layouts=prepared.layouts, attempts=started.attempts
         )
-        t0 = time.perf_counter()
-        execution = asyncio.ensure_future(worker.execute(prepared.payload))
         cancelled = asyncio.ensure_future(running.cancel_requested.wait())
         try:
             await asyncio.wait(
@@ -474,6 +531,7 @@ class JobManager:
             )
             return err.reason in RECYCLE_WORKER
         result = await anyio.to_thread.run_sync(_serialise_result, outcome.result)
+        self._recent_results.put(job.id, result)
         self._record(runtime, running, None)
         assert started.started_at is not None
         await self._finish(
