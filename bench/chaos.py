@@ -134,8 +134,8 @@ def _report(name: str, tally: Tally, seconds: float) -> None:
         print(f"   {key:<58} {count:>7}")
     for backend, values in sorted(tally.latency.items()):
         print(
-            f"   {backend:<6} succeeded p50 {_pct(values, 50):8.1f} ms   p99 {_pct(values, 99):8.1f} ms"
-            f"   ({len(values) / seconds:.0f} jobs/s)"
+            f"   {backend:<6} succeeded p50 {_pct(values, 50):8.1f} ms"
+            f"   p99 {_pct(values, 99):8.1f} ms   ({len(values) / seconds:.0f} jobs/s)"
         )
 
 

@@ -15,9 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 READY_PREFIX = "qgateway listening on "
 
 
-def write_config(
-    path: Path, data_dir: Path, backends: str = "", grace_period_s: float = 2
-) -> Path:
+def write_config(path: Path, data_dir: Path, backends: str = "", grace_period_s: float = 2) -> Path:
     text = (
         f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\n'
         f"grace_period_s = {grace_period_s}\nmax_request_bytes = 4194304\n\n"

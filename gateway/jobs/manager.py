@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 
 import anyio
@@ -45,6 +45,7 @@ from gateway.domain.jobs import (
     JobSpec,
     JobState,
     JobTimings,
+    SamplerResult,
 )
 from gateway.jobs.backend import BackendRuntime, RunningJob
 from gateway.jobs.events import JobEvents
@@ -61,6 +62,8 @@ RECYCLE_WORKER = frozenset({WORKER_CRASHED, "RESOURCE_EXHAUSTED", "JOB_TIMEOUT"}
 
 
 RECENT_RESULTS_BYTES = 32 << 20
+# Results up to about this size are encoded on the event loop (tens of microseconds).
+INLINE_ENCODE_BYTES = 64 << 10
 
 
 class RecentResults:
@@ -364,7 +367,14 @@ class JobManager:
                 running.cancel_requested.set()
                 assert running.task is not None
                 await asyncio.shield(running.task)
-                return await self.get(tenant, job_id)
+                after = await self.get(tenant, job_id)
+                if after.state is not JobState.CANCELLED:  # it ended before the cancel landed
+                    raise FailedPrecondition(
+                        "JOB_ALREADY_FINISHED",
+                        f"job jobs/{job_id} already {after.state.value}",
+                        metadata={"job": job_id, "state": after.state.value},
+                    )
+                return after
             runtime.queue.remove(job_id, tenant)
         finished = await self._finish(job, JobState.CANCELLED)
         return finished or await self.get(tenant, job_id)
@@ -429,20 +439,30 @@ class JobManager:
         self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess
     ) -> None:
         job = running.entry.job
-        recycle = False
+        returned = False
+
+        async def give_back(recycle: bool) -> None:
+            # The worker goes back as soon as execution ends, before the result is encoded
+            # and committed: the next job need not wait for this one's bookkeeping.
+            nonlocal returned
+            if not returned:
+                returned = True
+                await runtime.pool.release(worker, broken=recycle or not worker.alive)
+                runtime.wake.set()
+
         try:
-            recycle = await self._execute(runtime, running, worker)
+            await self._execute(runtime, running, worker, give_back)
         except Exception:
             log.exception("job %s: unexpected failure", job.id)
             if running.trial:
                 runtime.breaker.release_trial()
+            await give_back(True)
             await self._finish(
                 job, JobState.FAILED, error=JobError("INTERNAL", "internal error in the gateway")
             )
         finally:
             runtime.running.pop(job.id, None)
-            await runtime.pool.release(worker, broken=recycle or not worker.alive)
-            runtime.wake.set()
+            await give_back(False)
 
     async def _prepare_again(self, runtime: BackendRuntime, job: Job) -> PreparedJob:
         spec_bytes = await self._store.get_spec(job.id)
@@ -465,9 +485,13 @@ class JobManager:
             breaker.release_trial()
 
     async def _execute(
-        self, runtime: BackendRuntime, running: RunningJob, worker: WorkerProcess
-    ) -> bool:
-        """Runs one job to a final state; True when its worker must be replaced."""
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        worker: WorkerProcess,
+        give_back: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        """Runs one job to a final state, returning its worker (recycled or not) on the way."""
         job = running.entry.job
         prepared = running.entry.prepared
         if prepared is None:
@@ -475,8 +499,9 @@ class JobManager:
                 prepared = await self._prepare_again(runtime, job)
             except GatewayError as err:
                 self._record(runtime, running, err.reason)
+                await give_back(False)
                 await self._finish(job, JobState.FAILED, error=JobError(err.reason, err.message))
-                return False
+                return
         t0 = time.perf_counter()
         # The RUNNING commit overlaps the execution: a simulator job interrupted by a crash is
         # re-queued whether or not RUNNING reached the disk.
@@ -488,7 +513,8 @@ class JobManager:
             execution.cancel()
             await asyncio.gather(execution, return_exceptions=True)
             self._record(runtime, running, "CANCELLED")
-            return True
+            await give_back(True)
+            return
         self._events.publish(started)
         info = ExecutionInfo(
             backend=runtime.name, seed=job.seed, layouts=prepared.layouts, attempts=started.attempts
@@ -512,27 +538,33 @@ class JobManager:
             worker.kill()
             execution.cancel()
             await asyncio.gather(execution, return_exceptions=True)
-            if running.cancel_requested.is_set():
-                self._record(runtime, running, "CANCELLED")
+            reason = "CANCELLED" if running.cancel_requested.is_set() else "JOB_TIMEOUT"
+            self._record(runtime, running, reason)
+            await give_back(True)
+            if reason == "CANCELLED":
                 await self._finish(started, JobState.CANCELLED, execution=info)
             else:
-                self._record(runtime, running, "JOB_TIMEOUT")
                 limit = runtime.settings.max_run_time_s
                 error = JobError("JOB_TIMEOUT", f"the job ran past the backend's {limit}s limit")
                 await self._finish(started, JobState.FAILED, error=error, execution=info)
-            return True
+            return
         elapsed = time.perf_counter() - t0
         try:
             outcome = execution.result()
         except ExecutionError as err:
             self._record(runtime, running, err.reason)
+            await give_back(err.reason in RECYCLE_WORKER)
             await self._finish(
                 started, JobState.FAILED, error=JobError(err.reason, err.message), execution=info
             )
-            return err.reason in RECYCLE_WORKER
-        result = await anyio.to_thread.run_sync(_serialise_result, outcome.result)
-        self._recent_results.put(job.id, result)
+            return
         self._record(runtime, running, None)
+        await give_back(False)
+        if _result_bytes_hint(outcome.result) <= INLINE_ENCODE_BYTES:
+            result = _serialise_result(outcome.result)
+        else:  # large results are encoded off the event loop
+            result = await anyio.to_thread.run_sync(_serialise_result, outcome.result)
+        self._recent_results.put(job.id, result)
         assert started.started_at is not None
         await self._finish(
             started,
@@ -551,7 +583,6 @@ class JobManager:
             ),
             result=result,
         )
-        return False
 
     async def _finish(
         self,
@@ -578,6 +609,19 @@ class JobManager:
         if finished is not None:
             self._events.publish(finished)
         return finished
+
+
+def _result_bytes_hint(result: JobResult) -> int:
+    """Roughly the encoded size: samples dominate; counts and values cost ~16 bytes each."""
+    size = 0
+    for pub in result.pubs:
+        if isinstance(pub, SamplerResult):
+            for reg in pub.registers:
+                size += 0 if reg.samples is None else reg.samples.nbytes
+                size += 16 * sum(len(c) for c in reg.counts)
+        else:
+            size += 16 * pub.expectation_values.size
+    return size
 
 
 def _serialise_result(result: JobResult) -> bytes:

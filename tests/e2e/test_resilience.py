@@ -53,14 +53,14 @@ adapter = "fault"
 health_interval_s = 0.2
 probe_timeout_s = 10
 breaker = {{ failure_threshold = 2, window_s = 60, cooldown_s = 5.0 }}
-options = {{ fail_while_exists = "{switch}", latency_s = 0.3 }}
+options = {{ fail_while_exists = "{switch}", latency_s = 0.5 }}
 
 [backends.fault-stuck]
 adapter = "fault"
 {one}
 max_queue_time_s = 1.5
 breaker = {{ failure_threshold = 2, window_s = 60, cooldown_s = 600 }}
-options = {{ fail_while_exists = "{stuck_switch}" }}
+options = {{ fail_while_exists = "{stuck_switch}", latency_s = 0.5 }}
 
 [backends.fault-crash]
 adapter = "fault"
@@ -120,7 +120,9 @@ def _client(gw: GatewayProcess, key: object = ALICE, retry: RetryPolicy = DEFAUL
 
 @pytest.fixture
 def alice(gw: GatewayProcess) -> Iterator[Client]:
-    with _client(gw) as c:
+    # No automatic retries: an unexpected refusal fails the test at once instead of waiting
+    # out a breaker's cool-down.
+    with _client(gw, retry=RetryPolicy(max_attempts=1)) as c:
         yield c
 
 
@@ -211,6 +213,7 @@ def test_jobs_waiting_on_an_open_breaker_fail_after_their_time_limit(
     gw: GatewayProcess, alice: Client, switches: tuple[Path, Path]
 ) -> None:
     switches[1].touch()
+    # The failing jobs take 0.5 s each, so the third is queued before the breaker opens.
     failing = [alice.submit(ghz(2), backend="fault-stuck", shots=10, seed=i) for i in range(2)]
     stuck = alice.submit(ghz(2), backend="fault-stuck", shots=10, seed=9)
     for job in failing:
