@@ -26,6 +26,7 @@ from pydantic import Field
 
 from gateway.backends.aer import AerAdapter, AerOptions, AerPayload
 from gateway.backends.base import AdapterContext, ExecutionOutcome, PreparedJob
+from gateway.backends.retry import RetryPolicy, call_with_retries
 from gateway.domain.backends import BackendInfo
 from gateway.domain.errors import ExecutionError
 from gateway.domain.jobs import JobSpec
@@ -60,6 +61,12 @@ class FaultOptions(AerOptions):
             creating and deleting it switches the backend sick and healthy deterministically.
         flap_period_s: When > 0, jobs fail during every other period of this many seconds of
             wall-clock time (for demos of health transitions).
+        transient_errors: Every job's "submission" (modelling a provider call made before the
+            provider accepts the job) first fails this many times with a connection reset; the
+            adapter retries it with `retry_attempts` attempts and jittered backoff, so only
+            exhausted retries reach the breaker (as PROVIDER_ERROR).
+        retry_attempts: Attempts of that submission call.
+        retry_backoff_s: First backoff between attempts.
     """
 
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -70,6 +77,9 @@ class FaultOptions(AerOptions):
     # min_length: an empty path means the current directory, which always exists.
     fail_while_exists: str | None = Field(default=None, min_length=1)
     flap_period_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    transient_errors: int = Field(default=0, ge=0)
+    retry_attempts: int = Field(default=4, ge=1)
+    retry_backoff_s: float = Field(default=0.2, gt=0.0, allow_inf_nan=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,10 +186,37 @@ class FaultAdapter(AerAdapter):
                 raise ExecutionError(
                     "EXECUTION_FAILED", f"fault backend: injected failure ({cause})"
                 )
+            self._submit_with_retries(payload.seed)
             return super().execute(payload.inner)
         finally:
             # Held until here so the memory stays in use for the job's whole run.
             del ballast
+
+    def _submit_with_retries(self, seed: int) -> None:
+        """The provider-call pattern: transient errors before acceptance are retried with
+        backoff; only when the retries are exhausted does the job fail (and the breaker count)."""
+        opts = self.fault_options
+        if not opts.transient_errors:
+            return
+        calls = 0
+
+        def submit() -> None:
+            nonlocal calls
+            calls += 1
+            if calls <= opts.transient_errors:
+                raise ConnectionResetError(f"fault backend: injected transient error {calls}")
+
+        policy = RetryPolicy(
+            max_attempts=opts.retry_attempts,
+            initial_backoff_s=opts.retry_backoff_s,
+            max_backoff_s=max(opts.retry_backoff_s, 1.0),
+        )
+        try:
+            call_with_retries(submit, policy=policy, rng=random.Random(seed))
+        except ConnectionResetError as exc:
+            raise ExecutionError(
+                "PROVIDER_ERROR", f"provider call failed after {calls} attempts: {exc}"
+            ) from None
 
     def _failure_cause(self, seed: int) -> str | None:
         opts = self.fault_options

@@ -80,6 +80,18 @@ adapter = "aer"
 worker_memory_limit_mb = 700
 options = {{ method = "statevector" }}
 
+[backends.fault-transient]
+adapter = "fault"
+{one}
+breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 600 }}
+options = {{ transient_errors = 2, retry_attempts = 4, retry_backoff_s = 0.01 }}
+
+[backends.fault-exhausted]
+adapter = "fault"
+{one}
+breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 600 }}
+options = {{ transient_errors = 9, retry_attempts = 3, retry_backoff_s = 0.01 }}
+
 [backends.fair]
 adapter = "aer"
 {one}
@@ -316,3 +328,19 @@ def test_pool_and_breaker_are_visible(gw: GatewayProcess) -> None:
     assert backend.pool.min_instances == 1 and backend.pool.max_instances == 1
     assert backend.pool.in_use + backend.pool.idle >= 1
     assert backend.breaker_state == backend_pb2.BREAKER_STATE_CLOSED
+
+
+def test_transient_provider_errors_are_retried_before_the_breaker_counts(
+    gw: GatewayProcess, alice: Client
+) -> None:
+    # Two transient errors per job, four attempts: every job succeeds, and the breaker (which
+    # opens on a single counted failure here) never hears of them.
+    for seed in range(3):
+        assert alice.run(ghz(2), backend="fault-transient", shots=10, seed=seed).counts()
+    assert _backend(gw, "fault-transient").breaker_state == backend_pb2.BREAKER_STATE_CLOSED
+    # Retries exhausted: the job fails as a provider error and that one does count.
+    job = alice.submit(ghz(2), backend="fault-exhausted", shots=10, seed=1)
+    done = _final(alice, job.name)
+    assert done.state is JobState.FAILED and done.error_reason == "PROVIDER_ERROR"
+    assert "after 3 attempts" in done.error_message
+    assert _backend(gw, "fault-exhausted").breaker_state == backend_pb2.BREAKER_STATE_OPEN
