@@ -22,10 +22,9 @@ from google.protobuf.message import DecodeError
 from gateway.api.context import Context
 from gateway.api.errors import to_status
 from gateway.domain.errors import GatewayError, Internal, InvalidArgument, ResourceExhausted
+from gateway.interceptors.handlers import is_gateway_method, rewrap
 
 log = logging.getLogger(__name__)
-
-SERVICE_PREFIX = "/qgateway.v1."
 
 
 @dataclass(frozen=True)
@@ -122,19 +121,11 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX):
+        if not is_gateway_method(handler, method):
             return handler
-        deserialize = _safe_deserializer(handler.request_deserializer, self._max)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=deserialize,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=deserialize,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler,
+            lambda unary: _wrap_unary(unary, method),
+            lambda stream: _wrap_stream(stream, method),
+            _safe_deserializer(handler.request_deserializer, self._max),
+        )
