@@ -40,7 +40,7 @@ def _key_toml(key: object) -> str:
     )
 
 
-def _backends(switch: Path, stuck_switch: Path) -> str:
+def _backends(switch: Path, stuck_switch: Path, blip_switch: Path) -> str:
     one = "pool = { min_instances = 1, max_instances = 1 }"
     return f"""
 [backends.aer]
@@ -92,6 +92,12 @@ adapter = "fault"
 breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 600 }}
 options = {{ transient_errors = 9, retry_attempts = 3, retry_backoff_s = 0.01 }}
 
+[backends.fault-blip]
+adapter = "fault"
+{one}
+breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 3.0 }}
+options = {{ fail_while_exists = "{blip_switch}" }}
+
 [backends.fair]
 adapter = "aer"
 {one}
@@ -104,14 +110,14 @@ max_queued_jobs = 3
 
 
 @pytest.fixture(scope="module")
-def switches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def switches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("switches")
-    return root / "sick", root / "stuck-sick"
+    return root / "sick", root / "stuck-sick", root / "blip"
 
 
 @pytest.fixture(scope="module")
 def gw(
-    tmp_path_factory: pytest.TempPathFactory, switches: tuple[Path, Path]
+    tmp_path_factory: pytest.TempPathFactory, switches: tuple[Path, Path, Path]
 ) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("resilience")
     config = write_config(
@@ -184,7 +190,7 @@ def test_tenants_do_not_see_each_others_jobs(gw: GatewayProcess, alice: Client) 
 
 
 def test_breaker_opens_refuses_falls_back_and_recovers(
-    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path]
+    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path, Path]
 ) -> None:
     switch = switches[0]
     switch.touch()
@@ -222,7 +228,7 @@ def test_breaker_opens_refuses_falls_back_and_recovers(
 
 
 def test_jobs_waiting_on_an_open_breaker_fail_after_their_time_limit(
-    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path]
+    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path, Path]
 ) -> None:
     switches[1].touch()
     # The failing jobs take 0.5 s each, so the third is queued before the breaker opens.
@@ -237,7 +243,7 @@ def test_jobs_waiting_on_an_open_breaker_fail_after_their_time_limit(
 
 
 def test_health_watch_sees_the_backend_go_sick_and_recover(
-    gw: GatewayProcess, switches: tuple[Path, Path]
+    gw: GatewayProcess, switches: tuple[Path, Path, Path]
 ) -> None:
     switch = switches[0]
     seen: list[int] = []
@@ -344,3 +350,26 @@ def test_transient_provider_errors_are_retried_before_the_breaker_counts(
     assert done.state is JobState.FAILED and done.error_reason == "PROVIDER_ERROR"
     assert "after 3 attempts" in done.error_message
     assert _backend(gw, "fault-exhausted").breaker_state == backend_pb2.BREAKER_STATE_OPEN
+
+
+def test_the_client_retries_unavailable_with_the_same_request_id(
+    gw: GatewayProcess, alice: Client, switches: tuple[Path, Path, Path]
+) -> None:
+    blip = switches[2]
+    blip.touch()
+    try:
+        failed = _final(alice, alice.submit(ghz(2), backend="fault-blip", shots=10, seed=1).name)
+        assert failed.error_reason == "EXECUTION_FAILED"
+    finally:
+        blip.unlink()
+    with pytest.raises(UnavailableError):  # the breaker is open: a client without retries fails
+        alice.submit(ghz(2), backend="fault-blip", shots=10, seed=2, request_id="blip-1")
+    # The default client meets UNAVAILABLE (nothing accepted), waits the RetryInfo delay and
+    # retries with the same request_id: one job, run once the breaker half-opens.
+    with _client(gw) as retrying:
+        result = retrying.run(
+            ghz(2), backend="fault-blip", shots=10, seed=2, request_id="blip-1", timeout=30
+        )
+    assert set(result.counts()) <= {"00", "11"}
+    named = [j for j in alice.list_jobs(backend="fault-blip") if j.request_id == "blip-1"]
+    assert len(named) == 1 and named[0].state is JobState.SUCCEEDED
