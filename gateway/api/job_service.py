@@ -114,8 +114,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.RunResponse:
         job = await self._submit(context, request.request_id, request.spec)
         remaining = context.time_remaining()
-        # Answer a little before the deadline, so the caller gets our error with the job name.
-        timeout = None if remaining is None else max(0.0, remaining * 0.95 - 0.01)
+        # Answer a little before the deadline, so the caller gets our error with the job name
+        # rather than its own bare DEADLINE_EXCEEDED.
+        timeout = None if remaining is None else max(0.0, remaining - max(0.05, 0.1 * remaining))
         finished = await self._manager.wait(job.tenant, job.id, timeout)
         if finished is None:
             raise DeadlineExceeded(
