@@ -291,3 +291,20 @@ def test_async_client(address: str) -> None:
 
     counts = asyncio.run(main())
     assert set(counts) <= {"00", "11"} and sum(counts.values()) == 100
+
+
+def test_a_worker_killed_from_outside_fails_only_its_job(
+    client: Client, gateway: GatewayProcess
+) -> None:
+    # What the kernel's OOM killer would do: SIGKILL the worker in the middle of a job.
+    job = client.submit(slow_circuit(), backend="aer-tiny", shots=100_000, seed=3)
+    for event in client.watch(job.name):
+        if event.state is JobState.RUNNING:
+            break
+    (worker,) = [p for p in children_of(gateway.process.pid) if "aer-tiny" in p.cmdline()]
+    worker.kill()
+    done = client.wait(job.name, timeout=30)
+    assert done.state is JobState.FAILED
+    assert done.error_reason == "WORKER_CRASHED" and "SIGKILL" in done.error_message
+    after = client.run(ghz(3), backend="aer-tiny", shots=10, seed=1)  # on a replacement worker
+    assert set(after.counts()) <= {"000", "111"}
