@@ -184,7 +184,10 @@ class WorkerProcess:
 
 def _describe_exit(pid: int, code: int) -> str:
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else code
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         return f"worker process {pid} was killed by {name}"
     return f"worker process {pid} exited with status {code}"
 
