@@ -953,7 +953,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_out = root / "profile.json" if args.profile else None
         t0 = time.perf_counter()
         try:
-            gateway = GatewayProcess.start(config, root / "gateway.log", profile_out=profile_out)
+            command = [sys.executable, "-m", "gateway"]
+            if profile_out is not None:
+                command = [sys.executable, "-m", "bench.profiler", str(profile_out)]
+            gateway = GatewayProcess.start(config, root / "gateway.log", command=command)
         except (RuntimeError, TimeoutError) as exc:
             out(f"error: {exc}")
             return 1

@@ -33,7 +33,7 @@ options = { method = "statevector" }
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("gateway")
     config = write_config(root / "gateway.toml", root / "data", SESSION_BACKENDS)
-    process = GatewayProcess.start(config, root / "data", root / "gateway.log")
+    process = GatewayProcess.start(config, root / "gateway.log")
     yield process
     code = process.terminate()
     assert code == 0, f"gateway exited {code}:\n{process.log_path.read_text()[-4000:]}"

@@ -62,7 +62,7 @@ def sampler_spec(
     return spec
 
 
-def ghz(n: int, measure: bool = True) -> str:
+def ghz(n: int) -> str:
     lines = [
         "OPENQASM 3.0;",
         'include "stdgates.inc";',
@@ -71,8 +71,7 @@ def ghz(n: int, measure: bool = True) -> str:
         "h q[0];",
     ]
     lines += [f"cx q[{i}], q[{i + 1}];" for i in range(n - 1)]
-    if measure:
-        lines.append("c = measure q;")
+    lines.append("c = measure q;")
     return "\n".join(lines) + "\n"
 
 

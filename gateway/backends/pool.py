@@ -83,9 +83,6 @@ class Pool(Generic[T]):
             max_instances=self.limits.max_instances,
         )
 
-    def instances(self) -> list[T]:
-        return [s.instance for s in self._idle] + [s.instance for s in self._in_use.values()]
-
     async def start(self) -> None:
         """Creates min_instances instances concurrently."""
         async with anyio.create_task_group() as tg:

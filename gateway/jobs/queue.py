@@ -31,9 +31,6 @@ class FairQueue:
     def __len__(self) -> int:
         return self._size
 
-    def __contains__(self, job_id: str) -> bool:
-        return any(q.job.id == job_id for dq in self._by_tenant.values() for q in dq)
-
     def put(self, item: QueuedJob) -> None:
         tenant = item.job.tenant
         if tenant not in self._by_tenant:

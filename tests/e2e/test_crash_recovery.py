@@ -37,7 +37,7 @@ def watch_until(stub: job_service_pb2_grpc.JobServiceStub, name: str, states: se
 def test_sigkill_with_running_and_queued_jobs_loses_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     config = write_config(tmp_path / "g.toml", data, BACKENDS)
-    gw = GatewayProcess.start(config, data, tmp_path / "gateway.log")
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log")
     acknowledged: list[str] = []
     slow: list[str] = []
     with grpc.insecure_channel(gw.address) as channel:
@@ -77,7 +77,7 @@ def test_sigkill_with_running_and_queued_jobs_loses_nothing(tmp_path: Path) -> N
     _, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive, f"orphaned worker processes: {alive}"
 
-    gw = GatewayProcess.start(config, data, tmp_path / "gateway.log")
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log")
     try:
         with grpc.insecure_channel(gw.address) as channel:
             stub = job_service_pb2_grpc.JobServiceStub(channel)

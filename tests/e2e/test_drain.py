@@ -30,7 +30,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def test_sigterm_drains(tmp_path: Path) -> None:
     data = tmp_path / "data"
     config = write_config(tmp_path / "g.toml", data, BACKENDS, grace_period_s=60)
-    gw = GatewayProcess.start(config, data, tmp_path / "gateway.log")
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log")
     once = RetryPolicy(max_attempts=1)
     with Client(gw.address, retry=once) as client, grpc.insecure_channel(gw.address) as ch:
         running = client.submit(slow_circuit(), backend="aer-mps", shots=8000, seed=1)
@@ -68,7 +68,7 @@ def test_sigterm_drains(tmp_path: Path) -> None:
     assert states[running.name.removeprefix("jobs/")] == "SUCCEEDED"
     assert states[queued.name.removeprefix("jobs/")] == "QUEUED"  # durable for the next start
 
-    gw = GatewayProcess.start(config, data, tmp_path / "gateway.log")
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log")
     try:
         with Client(gw.address) as client:
             assert client.wait(queued.name, timeout=60).state is JobState.SUCCEEDED

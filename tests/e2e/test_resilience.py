@@ -123,7 +123,7 @@ def gw(
     config = write_config(
         root / "g.toml", root / "data", _key_toml(ALICE) + _key_toml(BOB) + _backends(*switches)
     )
-    process = GatewayProcess.start(config, root / "data", root / "gateway.log", timeout=120)
+    process = GatewayProcess.start(config, root / "gateway.log")
     yield process
     assert process.terminate() == 0, process.log_path.read_text()[-3000:]
 
