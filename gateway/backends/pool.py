@@ -92,14 +92,9 @@ class Pool(Generic[T]):
     async def _add_idle(self) -> None:
         async with self._cond:
             self._size += 1
-        try:
-            instance = await self._factory.create()
-        except BaseException:
-            await self._unreserve()
-            raise
-        now = self._clock()
+        slot = await self._create_slot()
         async with self._cond:
-            self._idle.append(_Slot(instance, now, now))
+            self._idle.append(slot)
             self._cond.notify()
 
     async def acquire(self, timeout: float | None = None) -> T:
@@ -143,15 +138,20 @@ class Pool(Generic[T]):
                 self._cond.notify()
 
     async def _create_in_use(self) -> T:
+        slot = await self._create_slot()
+        async with self._cond:
+            self._in_use[id(slot.instance)] = slot
+        return slot.instance
+
+    async def _create_slot(self) -> _Slot[T]:
+        """Creates an instance for a place already reserved; gives the place back on failure."""
         try:
             instance = await self._factory.create()
         except BaseException:
             await self._unreserve()
             raise
         now = self._clock()
-        async with self._cond:
-            self._in_use[id(instance)] = _Slot(instance, now, now)
-        return instance
+        return _Slot(instance, now, now)
 
     async def _usable(self, slot: _Slot[T]) -> bool:
         if self._clock() - slot.created_at > self.limits.max_age_s:
