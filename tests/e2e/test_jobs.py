@@ -18,8 +18,10 @@ from qgateway import (
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
+    sampler_pub,
 )
 from qgateway.results import JobState
+from qgateway.v1 import circuit_pb2
 
 from tests.gateway_process import GatewayProcess, children_of
 from tests.rpc import ghz, slow_circuit
@@ -130,9 +132,7 @@ def test_execution_reports_what_it_ran_with(client: Client) -> None:
     assert again.result.sampler(0)["c"].samples == job.result.sampler(0)["c"].samples
 
 
-def _pub(qasm: str, shots: int):  # type: ignore[no-untyped-def]
-    from qgateway import sampler_pub
-
+def _pub(qasm: str, shots: int) -> circuit_pb2.Pub:
     return sampler_pub(qasm, shots=shots)
 
 
@@ -195,9 +195,7 @@ def test_counts_only_and_results_larger_than_a_message(client: Client) -> None:
     assert small.result.sampler(0)["c"].samples == b""
 
 
-def _sweep(qasm: str, values: list[list[float]], shots: int):  # type: ignore[no-untyped-def]
-    from qgateway import sampler_pub
-
+def _sweep(qasm: str, values: list[list[float]], shots: int) -> circuit_pb2.Pub:
     return sampler_pub(qasm, shots=shots, parameter_values=values)
 
 
