@@ -19,6 +19,7 @@ from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.breaker import BreakerPolicy
 from gateway.backends.pool import PoolLimits
 from gateway.domain.backends import BackendLimits
+from gateway.jobs.compiler import CompileLimits
 from gateway.security.api_keys import ApiKeyConfig
 
 ENV_PREFIX = "QGATEWAY_"
@@ -43,7 +44,7 @@ class ServerConfig(_Strict):
     # Largest response the gateway sends in one message; the default matches gRPC clients'
     # default receive limit, so any client can read every answer.
     max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0)
-    # Threads that parse and transpile circuits next to the event loop.
+    # Threads that check large sweeps and observables next to the event loop.
     prepare_threads: int = Field(default=4, gt=0)
     grace_period_s: float = Field(default=30.0, ge=0)
 
@@ -62,6 +63,39 @@ class CircuitConfig(_Strict):
             max_source_bytes=self.max_source_bytes,
             max_operations=self.max_operations,
             parse_timeout_s=self.parse_timeout_s,
+        )
+
+
+class CompilerConfig(_Strict):
+    """Compile workers: the processes that parse, validate and transpile client circuits."""
+
+    # Processes, shared fairly across tenants. The default is one per core of this kind of
+    # machine; a lone tenant may use them all.
+    workers: int = Field(default=2, ge=1)
+    # A compile past either limit is killed and refused with CIRCUIT_TOO_COMPLEX.
+    timeout_s: float = Field(default=10.0, gt=0)
+    cpu_time_s: float = Field(default=10.0, gt=0)
+    # OS limit (RLIMIT_DATA) on each compile worker; the SDKs themselves take about 300 MiB.
+    memory_limit_mb: int = Field(default=2048, ge=512)
+    # Compiled circuits and refusals kept by content digest.
+    cache_mb: int = Field(default=256, gt=0)
+    # A compile that finds no free worker within this answers RESOURCE_EXHAUSTED.
+    acquire_timeout_s: float = Field(default=30.0, gt=0)
+
+    def limits(self) -> CompileLimits:
+        return CompileLimits(
+            timeout_s=self.timeout_s,
+            cpu_time_s=self.cpu_time_s,
+            memory_bytes=self.memory_limit_mb * MIB,
+            cache_bytes=self.cache_mb * MIB,
+            acquire_timeout_s=self.acquire_timeout_s,
+        )
+
+    def pool_limits(self) -> PoolLimits:
+        return PoolLimits(
+            min_instances=self.workers,
+            max_instances=self.workers,
+            acquire_timeout_s=self.acquire_timeout_s,
         )
 
 
@@ -164,6 +198,7 @@ class GatewayConfig(BaseSettings):
     data_dir: Path = Path("data")
     server: ServerConfig = ServerConfig()
     circuits: CircuitConfig = CircuitConfig()
+    compiler: CompilerConfig = CompilerConfig()
     auth: AuthConfig = AuthConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
 

@@ -26,11 +26,13 @@ from gateway.api.job_service import JobServicer
 from gateway.backends.breaker import CircuitBreaker
 from gateway.backends.pool import Pool
 from gateway.backends.registry import adapter_names, load_adapter
+from gateway.backends.worker import CompileRole, SimulatorRole, WorkerProcess
 from gateway.backends.worker_pool import WorkerFactory
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.compiler import Compiler
 from gateway.jobs.health import HealthMonitor
 from gateway.jobs.manager import JobManager
 from gateway.security.api_keys import KeyRing
@@ -46,6 +48,18 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def backend_health_name(backend: str) -> str:
     return f"qgateway.backend.{backend}"
+
+
+def build_compiler(config: GatewayConfig, backends: dict[str, BackendRuntime]) -> Compiler:
+    role = CompileRole(
+        backends={
+            name: (config.backends[name].adapter, runtime.adapter.context)
+            for name, runtime in backends.items()
+        },
+        memory_bytes=config.compiler.limits().memory_bytes,
+    )
+    pool: Pool[WorkerProcess] = Pool(WorkerFactory(role), config.compiler.pool_limits())
+    return Compiler(pool, config.compiler.limits())
 
 
 def build_backends(config: GatewayConfig) -> dict[str, BackendRuntime]:
@@ -71,7 +85,9 @@ def build_backends(config: GatewayConfig) -> dict[str, BackendRuntime]:
             name=name,
             adapter=adapter,
             info=adapter.info(),
-            pool=Pool(WorkerFactory(backend.adapter, context), backend.pool.limits()),
+            pool=Pool(
+                WorkerFactory(SimulatorRole(backend.adapter, context)), backend.pool.limits()
+            ),
             breaker=CircuitBreaker(backend.breaker.policy()),
             settings=BackendSettings(
                 max_run_time_s=backend.max_run_time_s,
@@ -91,8 +107,12 @@ class Gateway:
         self.port = 0
         self._store = SqliteStore(config.data_dir / DB_FILE)
         self.backends = build_backends(config)
+        self.compiler = build_compiler(config, self.backends)
         self.manager = JobManager(
-            self._store, self.backends, prepare_threads=config.server.prepare_threads
+            self._store,
+            self.backends,
+            self.compiler,
+            prepare_threads=config.server.prepare_threads,
         )
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
@@ -141,17 +161,21 @@ class Gateway:
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         await self.health.set("", SERVING)
         await self._server.start()
-        await asyncio.gather(*(self._start_backend(rt) for rt in self.backends.values()))
+        # Compile workers and simulator workers start together; readiness waits for both and
+        # for every backend's first probe.
+        compilers = asyncio.ensure_future(self.compiler.pool.start())
+        await asyncio.gather(
+            compilers, *(self._start_backend(rt, compilers) for rt in self.backends.values())
+        )
         await self.health.set(READINESS_SERVICE, SERVING)
 
-    async def _start_backend(self, runtime: BackendRuntime) -> None:
-        # Warm the transpiler while the workers start, so the first client does not pay for it.
-        adapter = runtime.adapter
-        await asyncio.gather(
-            runtime.pool.start(), asyncio.to_thread(adapter.prepare, adapter.probe_spec(), 0)
-        )
+    async def _start_backend(
+        self, runtime: BackendRuntime, compilers: asyncio.Future[None]
+    ) -> None:
+        await runtime.pool.start()
         runtime.ready = True
-        monitor = HealthMonitor(runtime, self._publish_health)
+        monitor = HealthMonitor(runtime, self.manager.prepare, self._publish_health)
+        await asyncio.shield(compilers)  # the probe circuit is compiled like any other
         await monitor.probe()
         self._monitors.append(asyncio.create_task(monitor.run()))
 
@@ -179,7 +203,10 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
         await self.manager.close()
-        await asyncio.gather(*(rt.pool.close() for rt in self.backends.values()))
+        await self.compiler.close()
+        await asyncio.gather(
+            self.compiler.pool.close(), *(rt.pool.close() for rt in self.backends.values())
+        )
         await self._store.close()
 
 

@@ -1,10 +1,11 @@
 """Qiskit Aer simulator adapter (entry point "aer").
 
-`prepare` runs in gateway threads: it parses and validates every PUB through the Qiskit front end,
-transpiles each distinct circuit once with one preset pass manager per adapter, and caches the
-pickled result by (sha256 of the source, language), so a repeated circuit costs a hash and a
-dictionary lookup. `execute` runs in a worker process: one `AerSimulator.run` per PUB, whatever
-the number of parameter bindings.
+`compile_circuit` runs in compile workers: it parses and validates a circuit through the Qiskit
+front end, checks its memory estimate and transpiles it with one preset pass manager per adapter
+(the gateway caches the result by content digest, so a repeated circuit costs a hash and a
+lookup). `prepare` runs in the gateway: bindings, observables, shots and size estimates.
+`execute` runs in a simulator worker: one `AerSimulator.run` per PUB, whatever the number of
+parameter bindings.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from qiskit_aer.library import SaveExpectationValue
 
 from gateway.backends import qiskit_frontend as fe
 from gateway.backends.base import (
+    CIRCUIT_FIELD,
     AdapterContext,
     AdapterOptions,
     BackendAdapter,
@@ -61,6 +63,7 @@ from gateway.domain.jobs import (
 
 __all__ = [
     "AerAdapter",
+    "AerCircuit",
     "AerOptions",
     "AerPayload",
     "CircuitRef",
@@ -72,7 +75,6 @@ __all__ = [
 Method = Literal["statevector", "matrix_product_state", "density_matrix"]
 
 _SUPPORTED_FEATURES = frozenset(CircuitFeature)
-_PREPARE_CACHE_SIZE = 256
 _WORKER_CACHE_SIZE = 64
 # Room below 2**63 for Aer, which adds the experiment index to the seed.
 _SEED_MASK = (1 << 62) - 1
@@ -103,10 +105,10 @@ class AerOptions(AdapterOptions):
 
 @dataclass(frozen=True)
 class CircuitRef:
-    """A transpiled circuit, pickled once per prepare-cache entry.
+    """A transpiled circuit, pickled once when it is compiled.
 
-    `key` identifies it (language, sha256 of the source, and a fingerprint of the options the
-    transpilation depends on), so a worker can keep the unpickled circuit.
+    `key` is the adapter's circuit_key (the source's digest and everything compiling depends
+    on), so a simulator worker can keep the unpickled circuit.
     """
 
     key: str
@@ -153,8 +155,8 @@ class AerPayload:
 
 
 @dataclass(frozen=True, eq=False)
-class _CircuitEntry:
-    """Everything prepare needs to know about a transpiled circuit, cached per source."""
+class AerCircuit:
+    """A compiled circuit: what `prepare` needs to know, and the transpiled circuit itself."""
 
     ref: CircuitRef
     num_qubits: int
@@ -235,18 +237,10 @@ class AerAdapter(BackendAdapter):
         if not isinstance(self.options, AerOptions):
             raise TypeError("AerAdapter needs AerOptions")
         self.aer_options: AerOptions = self.options
-        opts = self.aer_options
-        # Transpiled circuits depend on these; part of every cache key.
-        self._fingerprint = hashlib.sha256(
-            repr(
-                (opts.method, opts.num_qubits, opts.optimization_level, opts.seed_transpiler)
-            ).encode()
-        ).hexdigest()[:16]
         self._lock = threading.Lock()
         self._pm: PassManager | None = None
-        self._pm_lock = threading.Lock()  # PassManager.run is not thread-safe
         self._target: Target | None = None
-        self._entries = _LRU(_PREPARE_CACHE_SIZE)
+        # Simulator-worker side: unpickled transpiled circuits, by circuit key.
         self._worker_circuits = _LRU(_WORKER_CACHE_SIZE)
         self._simulator: AerSimulator | None = None
         self._info: BackendInfo | None = None
@@ -274,7 +268,7 @@ class AerAdapter(BackendAdapter):
 
     # ---------------------------------------------------------------------------- prepare
 
-    def prepare(self, spec: JobSpec, seed: int) -> PreparedJob:
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
         started = time.perf_counter()
         limits = self.context.limits
         counts_only = spec.options.counts_only
@@ -286,7 +280,9 @@ class AerAdapter(BackendAdapter):
             kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
             base = f"spec.pubs[{index}].{kind}"
             circuit_field = f"{base}.circuit.{pub.circuit.language.value}"
-            entry = self._entry(pub.circuit, circuit_field)
+            entry = circuits[index]
+            if not isinstance(entry, AerCircuit):
+                raise TypeError(f"not an Aer circuit: {type(entry).__name__}")
             values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
             bindings_shape = tuple(int(d) for d in pub.bindings.shape)
             pub_seed = _derive_seed(seed, index, kind)
@@ -318,7 +314,7 @@ class AerAdapter(BackendAdapter):
     def _sampler_task(
         self,
         pub: SamplerPub,
-        entry: _CircuitEntry,
+        entry: AerCircuit,
         values: FloatArray,
         shape: tuple[int, ...],
         seed: int,
@@ -366,7 +362,7 @@ class AerAdapter(BackendAdapter):
     def _estimator_task(
         self,
         pub: EstimatorPub,
-        entry: _CircuitEntry,
+        entry: AerCircuit,
         values: FloatArray,
         bindings_shape: tuple[int, ...],
         seed: int,
@@ -416,26 +412,13 @@ class AerAdapter(BackendAdapter):
         )
         return task, fe.estimator_result_bytes(shape)
 
-    def _key(self, source: CircuitSource) -> str:
-        digest = hashlib.sha256(source.text.encode("utf-8", "surrogatepass")).hexdigest()
-        return f"{source.language.value}:{digest}:{self._fingerprint}"
-
     def prepare_is_cheap(self, spec: JobSpec) -> bool:
-        # Every circuit parsed and transpiled already, and a modest sweep: microseconds.
-        small = sum(p.bindings.size for p in spec.pubs) <= _CHEAP_BINDINGS
-        return small and all(self._key(p.circuit) in self._entries for p in spec.pubs)
+        # Circuits come compiled; a modest sweep is checked in microseconds.
+        return sum(p.bindings.size for p in spec.pubs) <= _CHEAP_BINDINGS
 
-    def _entry(self, source: CircuitSource, field: str) -> _CircuitEntry:
-        key = self._key(source)
-        cached: _CircuitEntry | None = self._entries.get(key)
-        if cached is not None:
-            return cached
-        # Two threads may build the same entry at once; both results are equal, one is kept.
-        entry = self._build_entry(key, source, field)
-        self._entries.put(key, entry)
-        return entry
-
-    def _build_entry(self, key: str, source: CircuitSource, field: str) -> _CircuitEntry:
+    def compile_circuit(self, source: CircuitSource) -> AerCircuit:
+        field = CIRCUIT_FIELD
+        key = self.circuit_key(source)
         opts = self.aer_options
         limits = self.context.limits
         circuit = fe.parse_circuit(
@@ -467,7 +450,7 @@ class AerAdapter(BackendAdapter):
             )
             for register in transpiled.cregs
         )
-        return _CircuitEntry(
+        return AerCircuit(
             ref=CircuitRef(key=key, data=pickle.dumps(transpiled, pickle.HIGHEST_PROTOCOL)),
             num_qubits=n,
             num_clbits=circuit.num_clbits,
@@ -500,9 +483,8 @@ class AerAdapter(BackendAdapter):
         return self._pm
 
     def _transpile(self, circuit: QuantumCircuit) -> QuantumCircuit:
-        pm = self._pass_manager()
-        with self._pm_lock:
-            transpiled: QuantumCircuit = pm.run(circuit)
+        # A compile worker compiles one circuit at a time: no lock around the pass manager.
+        transpiled: QuantumCircuit = self._pass_manager().run(circuit)
         return transpiled
 
     # ---------------------------------------------------------------------------- execute

@@ -1,15 +1,18 @@
 """The adapter contract every backend implements.
 
-An adapter is created twice for simulators: once in the gateway process, where `prepare` parses,
-validates and transpiles a job (in a thread, off the event loop), and once in each worker
-process, where `execute` runs the prepared payload. Everything passed between the two must
-pickle.
+An adapter lives in three kinds of process. In compile workers (killable processes with CPU,
+wall-time and memory limits), `compile_circuit` parses, validates, transpiles and estimates one
+client circuit: untrusted text never reaches the gateway's serving process. In the gateway,
+`prepare` assembles a job from the compiled circuits and the request's bindings, observables and
+shots: linear-time, bounded work. In simulator workers, `execute` runs the prepared payload.
+Everything passed between them must pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -67,6 +70,11 @@ class ExecutionOutcome:
     sdk_versions: Mapping[str, str]
 
 
+# The field a compile error names; the compiler rewrites it to the PUB's circuit field (the same
+# compiled circuit, and so the same cached error, can serve any PUB of any request).
+CIRCUIT_FIELD = "circuit"
+
+
 class AdapterOptions(BaseModel):
     """Base of adapter-specific options: a typo in the config is an error."""
 
@@ -86,16 +94,51 @@ class BackendAdapter(ABC):
     def info(self) -> BackendInfo:
         """Static description of the backend."""
 
-    @abstractmethod
-    def prepare(self, spec: JobSpec, seed: int) -> PreparedJob:
-        """Parses, validates and transpiles every PUB; raises GatewayError subclasses.
+    def circuit_key(self, source: CircuitSource) -> str:
+        """The compile cache key: the source's digest and everything compiling depends on.
 
-        Runs in a thread of the gateway process; must be thread-safe.
+        Linear in the source size; runs in the gateway process.
+        """
+        digest = hashlib.sha256(source.text.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{source.language.value}:{digest}:{self._fingerprint}"
+
+    @property
+    def _fingerprint(self) -> str:
+        fingerprint: str | None = self.__dict__.get("_compile_fingerprint")
+        if fingerprint is None:
+            context = self.context
+            basis = repr(
+                (
+                    type(self).__qualname__,
+                    self.options.model_dump_json(),
+                    context.limits,
+                    context.circuit_limits,
+                )
+            )
+            fingerprint = hashlib.sha256(basis.encode()).hexdigest()[:16]
+            self.__dict__["_compile_fingerprint"] = fingerprint
+        return fingerprint
+
+    @abstractmethod
+    def compile_circuit(self, source: CircuitSource) -> object:
+        """Parses, validates, transpiles and estimates one circuit; returns a picklable value.
+
+        Runs in a compile worker, on untrusted text: the worker's limits bound it. Client errors
+        are InvalidArgument whose field violations name CIRCUIT_FIELD.
+        """
+
+    @abstractmethod
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
+        """Assembles a job from `circuits[i]`, the compiled circuit of `spec.pubs[i]`.
+
+        Runs in the gateway process (in a thread unless `prepare_is_cheap`): only bounded,
+        linear-time checks of bindings, observables, shots and sizes. Raises GatewayError
+        subclasses.
         """
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:
-        """True when `prepare(spec)` would only hit caches (microseconds), so the gateway may
-        call it on the event loop instead of paying for a thread hand-off."""
+        """True when `prepare(spec)` takes microseconds, so the gateway may call it on the
+        event loop instead of paying for a thread hand-off."""
         return False
 
     @abstractmethod
@@ -109,8 +152,8 @@ class BackendAdapter(ABC):
         """Imports and builds what execute needs, so the first job is not slow."""
 
     def probe_spec(self) -> JobSpec:
-        """A tiny job: prepared at start (so the first client does not pay for transpiler
-        set-up) and run by health probes."""
+        """A tiny job: compiled when compile workers start (so the first client does not pay
+        for transpiler set-up) and run by health probes."""
         circuit = CircuitSource(
             CircuitLanguage.QASM2,
             'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nx q[0];\n'

@@ -19,6 +19,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -161,10 +162,10 @@ class FaultAdapter(AerAdapter):
             properties["fail_while_exists"] = opts.fail_while_exists
         return properties
 
-    def prepare(self, spec: JobSpec, seed: int) -> PreparedJob:
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
         # allocate_mb is deliberately left out of the memory estimate: the point is a job that
         # admission lets through and the worker's OS limit then stops.
-        prepared = super().prepare(spec, seed)
+        prepared = super().prepare(spec, seed, circuits)
         if not isinstance(prepared.payload, AerPayload):
             raise TypeError(f"expected an Aer payload, got {type(prepared.payload).__name__}")
         return dataclasses.replace(prepared, payload=FaultPayload(prepared.payload, seed))

@@ -1,9 +1,13 @@
-"""Simulator worker processes.
+"""Worker processes: simulators and circuit compilers.
 
-A worker is `python -m gateway.backends.worker`: it builds one adapter and runs prepared payloads
-sent over stdin, answering on stdout with length-prefixed pickles. A crash or an out-of-memory
-kill takes only the worker (the job fails with WORKER_CRASHED), and the worker asks the kernel to
-kill it when the gateway dies, so a SIGKILLed gateway leaves no orphans.
+A worker is `python -m gateway.backends.worker`, in one of two roles chosen by its first message.
+A simulator worker builds one adapter and runs prepared payloads. A compile worker builds the
+adapters of every backend and compiles client circuits one at a time under a CPU-time limit
+(RLIMIT_CPU, set afresh for each circuit) and a memory limit (RLIMIT_DATA); the gateway adds the
+wall-clock limit and kills the process when it passes. Requests arrive on stdin, answers leave
+on stdout, both as length-prefixed pickles. A crash or an out-of-memory kill takes only the
+worker, and the worker asks the kernel to kill it when the gateway dies, so a SIGKILLed gateway
+leaves no orphans.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import math
 import os
 import pickle
 import resource
@@ -18,10 +23,13 @@ import signal
 import struct
 import sys
 import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from gateway.backends.base import AdapterContext, ExecutionOutcome
-from gateway.domain.errors import ExecutionError
+from gateway.domain.circuits import CircuitSource
+from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 
 _HEADER = struct.Struct("!Q")
 _PR_SET_PDEATHSIG = 1
@@ -31,6 +39,22 @@ WORKER_CRASHED = "WORKER_CRASHED"
 class WorkerCrashed(ExecutionError):
     def __init__(self, message: str) -> None:
         super().__init__(WORKER_CRASHED, message)
+
+
+@dataclass(frozen=True)
+class SimulatorRole:
+    """Runs prepared payloads of one adapter."""
+
+    adapter_name: str
+    context: AdapterContext
+
+
+@dataclass(frozen=True)
+class CompileRole:
+    """Compiles circuits for every backend: backend name -> (adapter name, context)."""
+
+    backends: Mapping[str, tuple[str, AdapterContext]]
+    memory_bytes: int | None
 
 
 def _frame(obj: object) -> bytes:
@@ -56,40 +80,105 @@ def _read(stream: BinaryIO) -> Any:
     return pickle.loads(stream.read(size))
 
 
-def _run_worker() -> None:
+def _limit_memory(limit: int | None) -> None:
+    if limit:
+        # RLIMIT_DATA, not RLIMIT_AS: Aer reserves address space it never touches and aborts
+        # under an address-space limit. An allocation past this raises MemoryError instead.
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def _simulator(role: SimulatorRole) -> Callable[[Any], tuple[Any, ...]]:
     from gateway.backends.registry import load_adapter
 
+    _limit_memory(role.context.worker_memory_bytes)
+    adapter = load_adapter(role.adapter_name)(role.context)
+    adapter.warm_up()
+
+    def handle(message: Any) -> tuple[Any, ...]:
+        _, payload = message
+        try:
+            return ("ok", adapter.execute(payload))
+        except ExecutionError as exc:
+            return ("failed", exc.reason, exc.message)
+        except MemoryError:
+            return ("failed", "RESOURCE_EXHAUSTED", "the simulation ran out of memory")
+        except Exception as exc:
+            traceback.print_exc()
+            return ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}")
+
+    return handle
+
+
+def _cpu_seconds_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _limit_cpu(seconds: float | None) -> None:
+    """Lets the process use `seconds` more CPU time; past that the kernel sends SIGXCPU, whose
+    default action ends the process (whatever it is doing, even inside native code)."""
+    soft = (
+        resource.RLIM_INFINITY
+        if seconds is None
+        else math.ceil(_cpu_seconds_used() + max(seconds, 0.0)) + 1
+    )
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
+    from gateway.backends.registry import load_adapter
+
+    # A process killed at its CPU limit must not leave a core file per hostile request.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    adapters = {
+        name: load_adapter(adapter_name)(context)
+        for name, (adapter_name, context) in role.backends.items()
+    }
+    for adapter in adapters.values():
+        # Imports the SDK and builds the pass manager before the first client circuit.
+        adapter.compile_circuit(adapter.probe_spec().pubs[0].circuit)
+    _limit_memory(role.memory_bytes)
+
+    def handle(message: Any) -> tuple[Any, ...]:
+        _, backend, source, cpu_seconds = message
+        _limit_cpu(cpu_seconds)
+        try:
+            return ("ok", adapters[backend].compile_circuit(source))
+        except InvalidArgument as exc:
+            violations = tuple((v.field, v.description) for v in exc.field_violations)
+            return ("invalid", exc.reason, exc.message, exc.metadata, violations)
+        except MemoryError:
+            return ("memory",)
+        except Exception as exc:
+            traceback.print_exc()
+            return ("failed", "INTERNAL", f"{type(exc).__name__}: {exc}")
+        finally:
+            _limit_cpu(None)
+
+    return handle
+
+
+def _run_worker() -> None:
     parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent)
     # The protocol owns fd 1; anything an SDK prints goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     stdin = sys.stdin.buffer
-    init = _read(stdin)
-    if init is None:
+    role = _read(stdin)
+    if role is None:
         return
-    adapter_name, context = init
-    if context.worker_memory_bytes:
-        # RLIMIT_DATA, not RLIMIT_AS: Aer reserves address space it never touches and aborts
-        # under an address-space limit. An allocation past this raises MemoryError instead.
-        limit = context.worker_memory_bytes
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    adapter = load_adapter(adapter_name)(context)
-    adapter.warm_up()
+    handle = _simulator(role) if isinstance(role, SimulatorRole) else _compiler(role)
     out.write(_frame(("ready", os.getpid())))
     out.flush()
     while (message := _read(stdin)) is not None:
-        _, payload = message
+        reply = handle(message)
         try:
-            reply: tuple[Any, ...] = ("ok", adapter.execute(payload))
-        except ExecutionError as exc:
-            reply = ("failed", exc.reason, exc.message)
+            data = _frame(reply)
         except MemoryError:
-            reply = ("failed", "RESOURCE_EXHAUSTED", "the simulation ran out of memory")
-        except Exception as exc:
-            traceback.print_exc()
-            reply = ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}")
-        out.write(_frame(reply))
+            data = _frame(("memory",))
+        out.write(data)
         out.flush()
 
 
@@ -105,19 +194,21 @@ class WorkerProcess:
         self._dead = False
 
     @classmethod
-    async def start(cls, adapter_name: str, context: AdapterContext) -> WorkerProcess:
+    async def start(cls, role: SimulatorRole | CompileRole) -> WorkerProcess:
+        # The last argument shows in `ps` what the worker is for.
+        label = role.context.name if isinstance(role, SimulatorRole) else "compile"
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "gateway.backends.worker",
             str(os.getpid()),
-            context.name,  # shows in `ps` which backend a worker serves
+            label,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
         worker = cls(process)
         try:
-            await worker._send(_frame((adapter_name, context)))
+            await worker._send(_frame(role))
             reply = await worker._receive()
         except BaseException:
             worker.kill()  # interrupted mid-start: leave no half-started process behind
@@ -163,6 +254,38 @@ class WorkerProcess:
             return outcome
         raise ExecutionError(reply[1], reply[2])
 
+    async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+        """Compiles one circuit in a compile worker.
+
+        Raises:
+            InvalidArgument: the circuit is refused (field violations name CIRCUIT_FIELD).
+            MemoryError: compiling ran out of the worker's memory (recycle the worker).
+            WorkerCrashed: the process died, e.g. at its CPU-time limit.
+            ExecutionError: an unexpected error in the SDK or the adapter (a bug).
+        """
+        await self._send(_frame(("compile", backend, source, cpu_seconds)))
+        reply = await self._receive()
+        kind = reply[0]
+        if kind == "ok":
+            return reply[1]
+        if kind == "invalid":
+            _, reason, message, metadata, violations = reply
+            raise InvalidArgument(
+                reason,
+                message,
+                metadata=metadata,
+                field_violations=[FieldViolation(f, d) for f, d in violations],
+            )
+        if kind == "memory":
+            raise MemoryError
+        raise ExecutionError(reply[1], reply[2])
+
+    @property
+    def exit_signal(self) -> int | None:
+        """The signal that ended the process, if one did."""
+        code = self._process.returncode
+        return -code if code is not None and code < 0 else None
+
     def kill(self) -> None:
         self._dead = True
         with contextlib.suppress(ProcessLookupError):
@@ -193,4 +316,8 @@ def _describe_exit(pid: int, code: int) -> str:
 
 
 if __name__ == "__main__":
-    _run_worker()
+    # Run the imported module, not __main__: roles arrive pickled as gateway.backends.worker
+    # classes, and isinstance must see the same classes.
+    from gateway.backends import worker
+
+    worker._run_worker()

@@ -1,20 +1,18 @@
-"""Pool instances for simulator backends: supervised worker processes."""
+"""Pool instances for simulators and compilers: supervised worker processes."""
 
 from __future__ import annotations
 
-from gateway.backends.base import AdapterContext
-from gateway.backends.worker import WorkerProcess
+from gateway.backends.worker import CompileRole, SimulatorRole, WorkerProcess
 
 
 class WorkerFactory:
-    """Creates worker processes that run one adapter."""
+    """Creates worker processes in one role: a simulator of one adapter, or a compiler."""
 
-    def __init__(self, adapter_name: str, context: AdapterContext) -> None:
-        self._adapter_name = adapter_name
-        self._context = context
+    def __init__(self, role: SimulatorRole | CompileRole) -> None:
+        self._role = role
 
     async def create(self) -> WorkerProcess:
-        return await WorkerProcess.start(self._adapter_name, self._context)
+        return await WorkerProcess.start(self._role)
 
     async def check(self, instance: WorkerProcess) -> bool:
         return instance.alive

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -51,6 +52,9 @@ class BackendRuntime:
     ready: bool = False
     # Set when something the dispatcher waits for may have changed (breaker, drain).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def running_by_tenant(self) -> Counter[str]:
+        return Counter(r.entry.job.tenant for r in self.running.values())
 
     def status(self) -> BackendStatus:
         pool = self.pool.stats()

@@ -13,19 +13,24 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import anyio
-
+from gateway.backends.base import PreparedJob
 from gateway.domain.errors import ExecutionError, GatewayError
+from gateway.domain.jobs import JobSpec
 from gateway.jobs.backend import BackendRuntime
 
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[BackendRuntime], Awaitable[None]]
+# Compiles and assembles a job (JobManager.prepare): runtime, tenant, spec, seed.
+Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
+# The tenant health probes compile as: their circuit is cached after the first probe.
+PROBE_TENANT = "qgateway.health"
 
 
 class HealthMonitor:
-    def __init__(self, runtime: BackendRuntime, on_change: OnChange) -> None:
+    def __init__(self, runtime: BackendRuntime, prepare: Prepare, on_change: OnChange) -> None:
         self._runtime = runtime
+        self._prepare = prepare
         self._on_change = on_change
         self._seeds = itertools.count()
 
@@ -41,8 +46,8 @@ class HealthMonitor:
         runtime = self._runtime
         timeout = runtime.settings.probe_timeout_s
         try:
-            prepared = await anyio.to_thread.run_sync(
-                runtime.adapter.prepare, runtime.adapter.probe_spec(), next(self._seeds)
+            prepared = await self._prepare(
+                runtime, PROBE_TENANT, runtime.adapter.probe_spec(), next(self._seeds)
             )
         except GatewayError as err:
             await self._publish(False, f"probe circuit refused: {err.reason}")

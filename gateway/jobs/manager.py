@@ -48,6 +48,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.jobs.backend import BackendRuntime, RunningJob
+from gateway.jobs.compiler import Compiler, circuit_field
 from gateway.jobs.events import JobEvents
 from gateway.jobs.queue import QueuedJob
 from gateway.store.base import JobPage, NewJob, Store, request_id_reused
@@ -108,11 +109,13 @@ class JobManager:
         self,
         store: Store,
         backends: Mapping[str, BackendRuntime],
+        compiler: Compiler,
         *,
         prepare_threads: int,
     ) -> None:
         self._store = store
         self.backends = backends
+        self.compiler = compiler
         self._events = JobEvents()
         self._limiter = anyio.CapacityLimiter(prepare_threads)
         self._tasks: list[asyncio.Task[None]] = []
@@ -211,7 +214,7 @@ class JobManager:
                 raise
             return existing
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
-        prepared = await self._prepare(runtime, spec, seed)
+        prepared = await self.prepare(runtime, tenant, spec, seed)
         outcome = await self._store.create_job(
             NewJob(
                 id=uuid.uuid4().hex,
@@ -265,11 +268,22 @@ class JobManager:
             raise request_id_reused(request_id, job.id)
         return job
 
-    async def _prepare(self, runtime: BackendRuntime, spec: JobSpec, seed: int) -> PreparedJob:
+    async def prepare(
+        self, runtime: BackendRuntime, tenant: str, spec: JobSpec, seed: int
+    ) -> PreparedJob:
+        """Compiles every PUB's circuit in compile workers, then assembles the job."""
         adapter = runtime.adapter
+        circuits = []
+        for index, pub in enumerate(spec.pubs):
+            field = circuit_field(index, pub)
+            circuits.append(
+                await self.compiler.compile(tenant, runtime.name, adapter, pub.circuit, field)
+            )
         if adapter.prepare_is_cheap(spec):
-            return adapter.prepare(spec, seed)
-        return await anyio.to_thread.run_sync(adapter.prepare, spec, seed, limiter=self._limiter)
+            return adapter.prepare(spec, seed, circuits)
+        return await anyio.to_thread.run_sync(
+            adapter.prepare, spec, seed, circuits, limiter=self._limiter
+        )
 
     # ------------------------------------------------------------------ queries
 
@@ -401,7 +415,8 @@ class JobManager:
                 delay = breaker.retry_after()
                 await self._wait_for(runtime, delay if delay > 0 else None)
                 continue
-            entry = None if self.draining.is_set() else runtime.queue.pop()
+            draining = self.draining.is_set()
+            entry = None if draining else runtime.queue.pop(runtime.running_by_tenant())
             if entry is None:  # cancelled or expired while we waited, or draining
                 await runtime.pool.release(worker)
                 if trial:
@@ -468,9 +483,7 @@ class JobManager:
         spec_bytes = await self._store.get_spec(job.id)
         assert spec_bytes is not None
         spec = codec.decode_spec(job_pb2.JobSpec.FromString(spec_bytes))
-        return await anyio.to_thread.run_sync(
-            runtime.adapter.prepare, spec, job.seed, limiter=self._limiter
-        )
+        return await self.prepare(runtime, job.tenant, spec, job.seed)
 
     def _record(self, runtime: BackendRuntime, running: RunningJob, reason: str | None) -> None:
         """Tells the breaker how the job went (None: success)."""

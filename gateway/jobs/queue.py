@@ -1,9 +1,11 @@
-"""A per-backend queue that is fair across tenants (round robin, FIFO within a tenant)."""
+"""A per-backend queue that is fair across tenants: FIFO within a tenant; the next job goes to the
+waiting tenant with the fewest running jobs, in turn among equals."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.backends.base import PreparedJob
@@ -79,11 +81,21 @@ class FairQueue:
         while not self._size:
             await self._nonempty.wait()
 
-    def pop(self) -> QueuedJob | None:
-        """The next job in tenant round-robin order, or None if the queue is empty."""
+    def pop(self, running: Mapping[str, int] | None = None) -> QueuedJob | None:
+        """The next job, or None if the queue is empty.
+
+        Args:
+            running: Jobs each tenant is running now. Among the waiting tenants, the one
+                running the fewest goes first (so under contention none holds more than its
+                share of the backend's workers); ties go in turn order.
+        """
         if not self._size:
             return None
-        tenant = self._turns.popleft()
+        if running:
+            tenant = min(self._turns, key=lambda t: running.get(t, 0))
+            self._turns.remove(tenant)
+        else:
+            tenant = self._turns.popleft()
         dq = self._by_tenant[tenant]
         item = dq.popleft()
         self._size -= 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.errors import Code, ExecutionError, InvalidArgument
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
+from tests.adapters import prepare_in_process
 
 MiB = 1 << 20
 H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
@@ -84,7 +84,7 @@ def spec(*pubs: Pub, **options: Any) -> JobSpec:
 
 
 def run(adapter: AerAdapter, job: JobSpec, seed: int = 1234) -> tuple[PreparedJob, list[Any]]:
-    prepared = adapter.prepare(job, seed)
+    prepared = prepare_in_process(adapter, job, seed)
     # Through pickle, as on the way to a worker process.
     payload = pickle.loads(pickle.dumps(prepared.payload))
     outcome = adapter.execute(payload)
@@ -94,7 +94,7 @@ def run(adapter: AerAdapter, job: JobSpec, seed: int = 1234) -> tuple[PreparedJo
 
 def refused(adapter: AerAdapter, job: JobSpec, reason: str, field: str) -> InvalidArgument:
     with pytest.raises(InvalidArgument) as info:
-        adapter.prepare(job, 1)
+        prepare_in_process(adapter, job, 1)
     error = info.value
     assert error.reason == reason, (error.reason, error.message)
     assert error.code is Code.INVALID_ARGUMENT
@@ -482,7 +482,7 @@ def test_density_matrix_memory() -> None:
 def test_simulator_memory_refusal_is_an_execution_error() -> None:
     # Prepared under a large budget, run by a worker whose Aer is limited to 8 MiB.
     job = spec(sampler(q3("qubit[20] q; bit[20] c; c = measure q;"), shots=1))
-    payload = AerAdapter(context(budget=32 * MiB)).prepare(job, 1).payload
+    payload = prepare_in_process(AerAdapter(context(budget=32 * MiB)), job, 1).payload
     with pytest.raises(ExecutionError) as info:
         AerAdapter(context(budget=8 * MiB)).execute(payload)
     assert info.value.reason == "RESOURCE_EXHAUSTED"
@@ -491,36 +491,24 @@ def test_simulator_memory_refusal_is_an_execution_error() -> None:
 # ------------------------------------------------------------------------- caching
 
 
-def test_repeated_circuit_hits_the_cache(aer: AerAdapter) -> None:
+def test_circuit_key_is_the_content_and_the_compile_settings(aer: AerAdapter) -> None:
     source = q3("qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;")
-    first = aer.prepare(spec(sampler(source)), 1)
-    second = aer.prepare(spec(sampler(source, shots=3)), 2)
-    assert isinstance(first.payload, AerPayload) and isinstance(second.payload, AerPayload)
-    # The same pickled circuit object: pickled once per cache entry, not per job.
-    assert first.payload.tasks[0].circuit is second.payload.tasks[0].circuit
-    other = aer.prepare(spec(sampler(q2("qreg q[1]; creg c[1]; measure q -> c;"))), 1)
-    assert isinstance(other.payload, AerPayload)
-    assert other.payload.tasks[0].circuit.key != first.payload.tasks[0].circuit.key
+    assert aer.circuit_key(source) == AerAdapter(context()).circuit_key(source)
+    other_text = q3("qubit[2] q; bit[2] c; h q[1]; cx q[0], q[1]; c = measure q;")
+    assert aer.circuit_key(other_text) != aer.circuit_key(source)
+    # The same text compiles differently for another method or budget: another key.
+    mps = AerAdapter(context(method="matrix_product_state"))
+    assert mps.circuit_key(source) != aer.circuit_key(source)
+    assert AerAdapter(context(budget=8 * MiB)).circuit_key(source) != aer.circuit_key(source)
+    assert aer.compile_circuit(source).ref.key == aer.circuit_key(source)
 
 
 def test_a_fresh_worker_adapter_executes_a_payload(aer: AerAdapter) -> None:
-    prepared = aer.prepare(spec(sampler(q3(BIT_ORDER_QASM3), shots=2)), 5)
+    prepared = prepare_in_process(aer, spec(sampler(q3(BIT_ORDER_QASM3), shots=2)), 5)
     worker = AerAdapter(context())
     outcome = worker.execute(pickle.loads(pickle.dumps(prepared.payload)))
     result = sampler_result(outcome.result.pubs[0])
     assert counts_of(result)["c"] == ({"110000001": 2},)
-
-
-def test_prepare_is_thread_safe(aer: AerAdapter) -> None:
-    sources = [
-        q3(f"qubit[2] q; bit[2] c; rx({i % 4} * 0.5) q[0]; x q[1]; c = measure q;")
-        for i in range(24)
-    ]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        prepared = list(pool.map(lambda s: aer.prepare(spec(sampler(s, shots=1)), 3), sources))
-    for job in prepared:
-        result = sampler_result(aer.execute(job.payload).result.pubs[0])
-        assert result.registers[0].counts[0].keys() <= {"10", "11"}
 
 
 # ------------------------------------------------------------------------- refusals

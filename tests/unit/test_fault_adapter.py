@@ -35,6 +35,7 @@ from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import ExecutionError
 from gateway.domain.jobs import JobSpec, SamplerResult
+from tests.adapters import prepare_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = 8
@@ -76,7 +77,7 @@ def counts(outcome: ExecutionOutcome) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def payload() -> FaultPayload:
     """One prepared job; `execute` of any statevector fault adapter can run it."""
-    prepared = fault_adapter().prepare(x_job(), 1234)
+    prepared = prepare_in_process(fault_adapter(), x_job(), 1234)
     assert isinstance(prepared.payload, FaultPayload)
     return prepared.payload
 
@@ -136,7 +137,7 @@ def test_info_describes_the_faults(tmp_path: Path) -> None:
 
 
 def test_prepare_wraps_the_aer_payload_with_the_seed() -> None:
-    prepared = fault_adapter().prepare(x_job(), 99)
+    prepared = prepare_in_process(fault_adapter(), x_job(), 99)
     payload = pickle.loads(pickle.dumps(prepared.payload))  # as on the way to a worker
     assert isinstance(payload, FaultPayload)
     assert isinstance(payload.inner, AerPayload)

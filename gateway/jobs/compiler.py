@@ -1,0 +1,216 @@
+"""Compiling client circuits in killable worker processes, cached by content digest.
+
+The gateway's serving process never parses client text: each distinct circuit is compiled by a
+compile worker under a CPU-time limit (enforced by the kernel in the worker), a wall-clock limit
+(the worker is killed when it passes, or when the caller goes away) and a memory limit. Workers
+are shared fairly across tenants, and a killed worker is replaced in the background at the
+pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals included, so a
+repeated circuit (the VQE loop) or a repeated hostile request costs a hash and a lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter
+from gateway.backends.pool import Pool
+from gateway.backends.worker import WorkerCrashed, WorkerProcess
+from gateway.domain.circuits import CircuitSource, Pub, SamplerPub
+from gateway.domain.errors import (
+    ExecutionError,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    QuotaViolation,
+    ResourceExhausted,
+)
+from gateway.jobs.fair_share import FairShare
+
+log = logging.getLogger(__name__)
+
+# A compiled circuit's cache weight when it does not say (most are a pickled circuit).
+_DEFAULT_WEIGHT = 4096
+# The worker died this way: it ran out of CPU time, or of memory (an allocation failure in
+# native code aborts; the kernel's OOM killer sends SIGKILL).
+_CPU_SIGNALS = frozenset({signal.SIGXCPU})
+_MEMORY_SIGNALS = frozenset({signal.SIGABRT, signal.SIGKILL, signal.SIGBUS})
+
+
+@dataclass(frozen=True)
+class CompileLimits:
+    timeout_s: float = 10.0
+    cpu_time_s: float = 10.0
+    memory_bytes: int = 2 << 30
+    cache_bytes: int = 256 << 20
+    # How long a compile waits for a free worker before RESOURCE_EXHAUSTED.
+    acquire_timeout_s: float = 30.0
+
+
+class _Cache:
+    """A byte-bounded LRU of compile outcomes: a compiled circuit or the refusal."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._size = 0
+        self._items: OrderedDict[str, tuple[object, int]] = OrderedDict()
+
+    def get(self, key: str) -> object | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: str, value: object) -> None:
+        weight = int(getattr(value, "nbytes", _DEFAULT_WEIGHT))
+        if weight > self._max // 4:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= old[1]
+        self._items[key] = (value, weight)
+        self._size += weight
+        while self._size > self._max:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._size -= dropped
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def circuit_field(index: int, pub: Pub) -> str:
+    """The request field of a PUB's circuit, e.g. spec.pubs[0].sampler.circuit.qasm3."""
+    kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
+    return f"spec.pubs[{index}].{kind}.circuit.{pub.circuit.language.value}"
+
+
+def relocated(error: InvalidArgument, field: str) -> InvalidArgument:
+    """The same refusal, its CIRCUIT_FIELD violations renamed to `field` (the PUB's circuit)."""
+
+    def rename(name: str) -> str:
+        if name == CIRCUIT_FIELD or name.startswith(CIRCUIT_FIELD + "."):
+            return field + name[len(CIRCUIT_FIELD) :]
+        return name
+
+    return InvalidArgument(
+        error.reason,
+        error.message,
+        metadata=error.metadata,
+        field_violations=[
+            FieldViolation(rename(v.field), v.description) for v in error.field_violations
+        ],
+    )
+
+
+def _too_complex(what: str, limit: str, **metadata: str) -> InvalidArgument:
+    message = f"compiling the circuit exceeded the {what} limit of {limit}"
+    return InvalidArgument(
+        "CIRCUIT_TOO_COMPLEX",
+        message,
+        metadata={"limit": what.replace(" ", "_"), **metadata},
+        field_violations=[FieldViolation(CIRCUIT_FIELD, message)],
+    )
+
+
+class Compiler:
+    """Compiles circuits on a pool of compile workers, fairly across tenants."""
+
+    def __init__(self, pool: Pool[WorkerProcess], limits: CompileLimits) -> None:
+        self._pool = pool
+        self.limits = limits
+        self._fair = FairShare(pool.limits.max_instances)
+        self._cache = _Cache(limits.cache_bytes)
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def pool(self) -> Pool[WorkerProcess]:
+        return self._pool
+
+    async def compile(
+        self,
+        tenant: str,
+        backend: str,
+        adapter: BackendAdapter,
+        source: CircuitSource,
+        field: str,
+    ) -> object:
+        """The compiled circuit for `backend`.
+
+        Raises:
+            InvalidArgument: the circuit is refused; violations name `field`.
+            ResourceExhausted: no compile worker became free in time (nothing was accepted).
+            Internal: the compile worker failed in a way no input should cause.
+        """
+        key = adapter.circuit_key(source)
+        outcome = self._cache.get(key)
+        if outcome is None:
+            async with self._fair.slot(tenant):
+                outcome = self._cache.get(key)  # compiled by someone else while we waited
+                if outcome is None:
+                    outcome = await self._compile(backend, source)
+                    if not isinstance(outcome, Internal):
+                        self._cache.put(key, outcome)
+        if isinstance(outcome, InvalidArgument):
+            raise relocated(outcome, field)
+        if isinstance(outcome, Internal):
+            raise outcome
+        return outcome
+
+    async def _compile(self, backend: str, source: CircuitSource) -> object:
+        limits = self.limits
+        try:
+            worker = await self._pool.acquire(timeout=limits.acquire_timeout_s)
+        except TimeoutError:
+            raise ResourceExhausted(
+                "COMPILERS_BUSY",
+                f"no compile worker became free within {limits.acquire_timeout_s:g} s; nothing "
+                "was accepted, retry later",
+                metadata={"acquireTimeoutS": f"{limits.acquire_timeout_s:g}"},
+                quota_violations=[QuotaViolation("compile workers", "all busy")],
+                retry_after=1.0,
+            ) from None
+        broken = True
+        try:
+            async with asyncio.timeout(limits.timeout_s):
+                value = await worker.compile(backend, source, limits.cpu_time_s)
+            broken = False
+            return value
+        except InvalidArgument as refusal:
+            broken = False
+            return refusal
+        except TimeoutError:
+            return _too_complex("wall-time", f"{limits.timeout_s:g} s")
+        except MemoryError:
+            return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB")
+        except WorkerCrashed as crash:
+            signum = worker.exit_signal
+            if signum in _CPU_SIGNALS:
+                return _too_complex("CPU-time", f"{limits.cpu_time_s:g} s")
+            if signum in _MEMORY_SIGNALS:
+                return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB")
+            log.error("compile worker died: %s", crash.message)
+            return Internal("COMPILER_CRASHED", "the compile worker failed unexpectedly")
+        except ExecutionError as failure:
+            log.error("compile failed: %s", failure.message)
+            return Internal("COMPILER_FAILED", "compiling failed inside the gateway")
+        finally:
+            # Also on cancellation (the caller went away): a compile nobody waits for stops.
+            if broken:
+                worker.kill()
+            await self._pool.release(worker, broken=broken)
+            if broken:
+                self._replace_in_background()
+
+    def _replace_in_background(self) -> None:
+        task = asyncio.ensure_future(self._pool.maintain())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
