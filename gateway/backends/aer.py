@@ -42,6 +42,7 @@ from gateway.backends.base import (
     ExecutionOutcome,
     PreparedJob,
 )
+from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
 from gateway.domain.circuits import (
     DEFAULT_PRECISION,
@@ -51,6 +52,7 @@ from gateway.domain.circuits import (
     FloatArray,
     SamplerPub,
 )
+from gateway.domain.costs import JobCost
 from gateway.domain.errors import ExecutionError
 from gateway.domain.jobs import (
     EstimatorResult,
@@ -168,10 +170,29 @@ class AerCircuit:
     registers: tuple[RegisterSpec, ...]
     layout: tuple[int, ...]
     memory_bytes: int
+    # Operations of the transpiled circuit, as if definitions were unrolled.
+    operations: int
+
+    @property
+    def nbytes(self) -> int:
+        """Its weight in the gateway's compile cache."""
+        return len(self.ref.data) + 1024
+
+    @property
+    def amplitudes(self) -> int:
+        """Complex numbers the simulation state holds (what one operation may touch)."""
+        return max(1, self.memory_bytes // 16)
+
+    @property
+    def shot_by_shot(self) -> bool:
+        """Mid-circuit measurement, reset or control flow: Aer simulates every shot."""
+        return bool(self.features)
 
 
-# Sweeps up to this many bindings are cheap enough to prepare on the event loop on a cache hit.
+# Jobs up to this many bindings and observable terms are cheap enough to prepare on the event
+# loop (microseconds), sparing a thread hand-off.
 _CHEAP_BINDINGS = 1024
+_CHEAP_TERMS = 1024
 
 
 class _LRU:
@@ -276,6 +297,7 @@ class AerAdapter(BackendAdapter):
         layouts: list[tuple[int, ...]] = []
         peak_memory = 0
         result_bytes = 0
+        cost = JobCost(limits.max_job_shots, limits.max_estimator_work, limits.max_execution_work)
         for index, pub in enumerate(spec.pubs):
             kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
             base = f"spec.pubs[{index}].{kind}"
@@ -283,17 +305,19 @@ class AerAdapter(BackendAdapter):
             entry = circuits[index]
             if not isinstance(entry, AerCircuit):
                 raise TypeError(f"not an Aer circuit: {type(entry).__name__}")
-            values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
             bindings_shape = tuple(int(d) for d in pub.bindings.shape)
+            # Counted before resolve_bindings allocates anything for the sweep.
+            costs.bindings_count(bindings_shape, limits.max_bindings, f"{base}.parameter_values")
+            values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
             pub_seed = _derive_seed(seed, index, kind)
             task: SamplerTask | EstimatorTask
             if isinstance(pub, SamplerPub):
                 task, size = self._sampler_task(
-                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field
+                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
                 )
             else:
                 task, size = self._estimator_task(
-                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field
+                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
                 )
             fe.check_result_size(size, limits.max_result_bytes, f"spec.pubs[{index}]")
             result_bytes += size
@@ -321,6 +345,7 @@ class AerAdapter(BackendAdapter):
         spec: JobSpec,
         base: str,
         circuit_field: str,
+        cost: JobCost,
     ) -> tuple[SamplerTask, int]:
         if entry.num_clbits == 0:
             raise fe.invalid(
@@ -342,6 +367,14 @@ class AerAdapter(BackendAdapter):
             else self.context.default_shots
         )
         shots = fe.resolve_shots(pub.shots, default, self.context.limits.max_shots, shots_field)
+        bindings = math.prod(shape)
+        cost.add_shots(bindings, shots, shots_field)
+        cost.add_execution(
+            costs.simulation_work(
+                entry.operations, entry.amplitudes, bindings, shots, entry.shot_by_shot
+            ),
+            base,
+        )
         size = fe.sampler_result_bytes(
             [len(r.clbits) for r in entry.registers],
             math.prod(shape),
@@ -369,6 +402,7 @@ class AerAdapter(BackendAdapter):
         spec: JobSpec,
         base: str,
         circuit_field: str,
+        cost: JobCost,
     ) -> tuple[EstimatorTask, int]:
         # Exact expectation values need a pure, unsampled state: no measurement, no reset.
         if entry.has_measurements:
@@ -389,6 +423,14 @@ class AerAdapter(BackendAdapter):
             pub.observables, pub.observables_shape, entry.num_qubits, f"{base}.observables"
         )
         shape = fe.broadcast_pub_shape(observables_shape, bindings_shape, base)
+        # Aer evaluates each distinct Pauli term once per binding.
+        terms = len({pauli for observable in pub.observables for pauli, _ in observable.terms})
+        bindings = math.prod(bindings_shape)
+        cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
+        cost.add_execution(
+            costs.simulation_work(entry.operations + terms, entry.amplitudes, bindings, 1, False),
+            base,
+        )
         if pub.precision is not None:
             precision = fe.check_precision(pub.precision, f"{base}.precision")
         elif spec.options.default_precision is not None:
@@ -413,8 +455,13 @@ class AerAdapter(BackendAdapter):
         return task, fe.estimator_result_bytes(shape)
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:
-        # Circuits come compiled; a modest sweep is checked in microseconds.
-        return sum(p.bindings.size for p in spec.pubs) <= _CHEAP_BINDINGS
+        # Circuits come compiled: what is left is linear in the bindings and observable terms.
+        # Shapes are summed as Python integers: a client's shape may not fit in 64 bits.
+        bindings = sum(math.prod(p.bindings.shape) for p in spec.pubs)
+        terms = sum(
+            len(o.terms) for p in spec.pubs if isinstance(p, EstimatorPub) for o in p.observables
+        )
+        return bindings <= _CHEAP_BINDINGS and terms <= _CHEAP_TERMS
 
     def compile_circuit(self, source: CircuitSource) -> AerCircuit:
         field = CIRCUIT_FIELD
@@ -461,6 +508,7 @@ class AerAdapter(BackendAdapter):
             registers=registers,
             layout=layout,
             memory_bytes=memory,
+            operations=fe.count_operations(transpiled),
         )
 
     def _aer_target(self) -> Target:

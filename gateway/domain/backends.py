@@ -22,10 +22,21 @@ class Primitive(enum.Enum):
 
 @dataclass(frozen=True)
 class BackendLimits:
+    """What one job may cost on a backend; checked before any work starts (domain/costs.py)."""
+
     max_shots: int
     memory_budget_bytes: int
     max_queued_jobs: int
     max_result_bytes: int
+    # Parameter bindings of one PUB.
+    max_bindings: int = 100_000
+    # Shots of the whole job: bindings x shots, summed over its PUBs.
+    max_job_shots: int = 10_000_000
+    # Estimator work: distinct Pauli terms x qubits x bindings, summed over the job's PUBs.
+    max_estimator_work: int = 100_000_000
+    # Estimated simulation work (amplitude updates: operations x amplitudes x bindings, times
+    # shots where a circuit must be simulated shot by shot), summed over the job's PUBs.
+    max_execution_work: int = 200_000_000_000
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Fair sharing of a fixed number of slots (compile workers) across tenants.
 
-While tenants wait, a freed slot goes to the waiting tenant that holds the fewest slots (in turn
-among equals), so no tenant holds more than its share of a contended resource; a tenant alone may
-use every slot. Slots are never taken back from a holder: a newcomer gets the next one to free.
+While tenants wait, a freed slot goes to the waiting tenant that holds the fewest slots (among
+equals, the one served least recently), so no tenant holds more than its share of a contended
+resource; a tenant alone may use every slot. Slots are never taken back from a holder: a newcomer
+gets the next one to free.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ class FairShare:
         self.capacity = capacity
         self._free = capacity
         self._held: Counter[str] = Counter()
-        # Per tenant, its waiters in arrival order; dict order is the tenants' turn order.
+        # Per tenant, its waiters in arrival order.
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        # When each tenant holding or waiting was last given a slot (a grant counter).
+        self._served: dict[str, int] = {}
+        self._grants = 0
 
     def held(self, tenant: str) -> int:
         return self._held[tenant]
@@ -58,11 +62,15 @@ class FairShare:
     def _take(self, tenant: str) -> None:
         self._free -= 1
         self._held[tenant] += 1
+        self._grants += 1
+        self._served[tenant] = self._grants
 
     def _release(self, tenant: str) -> None:
         self._held[tenant] -= 1
         if not self._held[tenant]:
             del self._held[tenant]
+            if tenant not in self._waiting:
+                self._served.pop(tenant, None)  # idle now: no history to keep
         self._free += 1
         self._grant()
 
@@ -74,14 +82,15 @@ class FairShare:
             queue.remove(future)
         if not queue:
             del self._waiting[tenant]
+            if not self._held[tenant]:
+                self._served.pop(tenant, None)
 
     def _grant(self) -> None:
         while self._free and self._waiting:
-            # The first tenant in turn order among those holding the fewest slots.
-            tenant = min(self._waiting, key=lambda t: self._held[t])
-            queue = self._waiting.pop(tenant)
+            tenant = min(self._waiting, key=lambda t: (self._held[t], self._served.get(t, 0)))
+            queue = self._waiting[tenant]
             future = queue.popleft()
-            if queue:
-                self._waiting[tenant] = queue  # re-inserted last: its next turn comes after others
+            if not queue:
+                del self._waiting[tenant]
             self._take(tenant)
             future.set_result(None)

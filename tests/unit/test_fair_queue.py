@@ -83,3 +83,21 @@ def test_expired_takes_only_jobs_past_their_deadline() -> None:
     assert [q.job.id for q in queue.expired(2.5)] == ["a0", "b0"]
     assert len(queue) == 1 and queue.earliest_deadline() == 5.0
     assert queue.expired(3.0) == []
+
+
+@pytest.mark.anyio
+async def test_the_tenant_running_the_fewest_jobs_goes_first() -> None:
+    queue = FairQueue()
+    for i in range(3):
+        queue.put(_item(f"a{i}", "alice"))
+    queue.put(_item("b0", "bob"))
+    queue.put(_item("c0", "carol"))
+    # Alice already holds both workers: the others' jobs go before her next one.
+    running = {"alice": 2}
+    order = []
+    while (item := queue.pop(running)) is not None:
+        order.append(item.job.id)
+        tenant = item.job.tenant
+        running[tenant] = running.get(tenant, 0) + 1
+    assert order[:2] == ["b0", "c0"]
+    assert order[2:] == ["a0", "a1", "a2"]

@@ -1,0 +1,105 @@
+"""What a job will cost, bounded before any work starts.
+
+Pure arithmetic on the request and on the compiled circuits' sizes (Python integers: no
+overflow, whatever a client declares). Each limit is configuration and is named in the error's
+metadata, so a client can tell which one it hit and by how much.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.domain.errors import FieldViolation, InvalidArgument
+
+
+def _refuse(reason: str, message: str, field: str, limit: str, value: int, maximum: int) -> None:
+    raise InvalidArgument(
+        reason,
+        message,
+        metadata={"limit": limit, "value": str(value), "maximum": str(maximum)},
+        field_violations=[FieldViolation(field, message)],
+    )
+
+
+def bindings_count(shape: Sequence[int], max_bindings: int, field: str) -> int:
+    """The number of bindings of a sweep `shape` (1 for ()); TOO_MANY_BINDINGS above the limit.
+
+    Dimensions below 1 are left to the binding checks (INVALID_SHAPE).
+    """
+    if any(d < 1 for d in shape):
+        return 0
+    count = math.prod(shape)
+    if count > max_bindings:
+        _refuse(
+            "TOO_MANY_BINDINGS",
+            f"the sweep has {count} parameter bindings; the limit is {max_bindings} per PUB",
+            field,
+            "max_bindings",
+            count,
+            max_bindings,
+        )
+    return count
+
+
+@dataclass
+class JobCost:
+    """Running totals of one job's costs, checked as each PUB is added."""
+
+    max_job_shots: int
+    max_estimator_work: int
+    max_execution_work: int
+    shots: int = 0
+    estimator_work: int = 0
+    execution_work: int = 0
+
+    def add_shots(self, bindings: int, shots: int, field: str) -> None:
+        self.shots += bindings * shots
+        if self.shots > self.max_job_shots:
+            _refuse(
+                "TOO_MANY_SHOTS",
+                f"the job asks for {self.shots} shots in all (bindings x shots over its PUBs); "
+                f"the limit is {self.max_job_shots}",
+                field,
+                "max_job_shots",
+                self.shots,
+                self.max_job_shots,
+            )
+
+    def add_estimator(self, terms: int, qubits: int, bindings: int, field: str) -> None:
+        self.estimator_work += terms * qubits * bindings
+        if self.estimator_work > self.max_estimator_work:
+            _refuse(
+                "ESTIMATOR_TOO_LARGE",
+                f"the job's observables need {self.estimator_work} term-qubit evaluations "
+                f"(distinct Pauli terms x qubits x bindings); the limit is "
+                f"{self.max_estimator_work}",
+                field,
+                "max_estimator_work",
+                self.estimator_work,
+                self.max_estimator_work,
+            )
+
+    def add_execution(self, work: int, field: str) -> None:
+        self.execution_work += work
+        if self.execution_work > self.max_execution_work:
+            _refuse(
+                "EXECUTION_TOO_EXPENSIVE",
+                f"simulating the job needs about {self.execution_work:.3g} amplitude updates; "
+                f"the backend's budget is {self.max_execution_work:.3g} (fewer bindings, shots "
+                "or operations)",
+                field,
+                "max_execution_work",
+                self.execution_work,
+                self.max_execution_work,
+            )
+
+
+def simulation_work(
+    operations: int, amplitudes: int, bindings: int, shots: int, shot_by_shot: bool
+) -> int:
+    """Amplitude updates to simulate a circuit once per binding (once per shot when it has
+    mid-circuit measurements, resets or control flow), plus drawing the samples."""
+    runs = bindings * (shots if shot_by_shot else 1)
+    return max(operations, 1) * amplitudes * runs + bindings * shots

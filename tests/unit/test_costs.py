@@ -1,0 +1,43 @@
+"""Job cost bounds: pure arithmetic on Python integers, refused with the limit named."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.domain import costs
+from gateway.domain.errors import Code, InvalidArgument
+
+
+def test_bindings_are_counted_without_overflow() -> None:
+    assert costs.bindings_count((), 10, "f") == 1
+    assert costs.bindings_count((2, 5), 10, "f") == 10
+    with pytest.raises(InvalidArgument) as info:
+        # 2^96 bindings: numpy's int64 product would wrap around; Python's does not.
+        costs.bindings_count((1 << 32, 1 << 32, 1 << 32), 10, "spec.pubs[0].sampler.x")
+    err = info.value
+    assert err.code is Code.INVALID_ARGUMENT and err.reason == "TOO_MANY_BINDINGS"
+    assert err.metadata["limit"] == "max_bindings" and err.metadata["maximum"] == "10"
+    assert err.field_violations[0].field == "spec.pubs[0].sampler.x"
+
+
+def test_job_totals_accumulate_over_pubs() -> None:
+    cost = costs.JobCost(max_job_shots=1000, max_estimator_work=100, max_execution_work=10**6)
+    cost.add_shots(10, 50, "a")
+    cost.add_shots(10, 50, "b")  # exactly at the limit
+    with pytest.raises(InvalidArgument) as info:
+        cost.add_shots(1, 1, "c")
+    assert info.value.reason == "TOO_MANY_SHOTS" and info.value.metadata["value"] == "1001"
+    cost.add_estimator(terms=5, qubits=4, bindings=5, field="d")
+    with pytest.raises(InvalidArgument) as info:
+        cost.add_estimator(terms=1, qubits=1, bindings=1, field="e")
+    assert info.value.reason == "ESTIMATOR_TOO_LARGE"
+    with pytest.raises(InvalidArgument) as info:
+        cost.add_execution(10**6 + 1, "f")
+    assert info.value.reason == "EXECUTION_TOO_EXPENSIVE"
+
+
+def test_simulation_work_multiplies_by_shots_only_shot_by_shot() -> None:
+    once = costs.simulation_work(100, 1 << 10, bindings=3, shots=1000, shot_by_shot=False)
+    every = costs.simulation_work(100, 1 << 10, bindings=3, shots=1000, shot_by_shot=True)
+    assert once == 100 * 1024 * 3 + 3000
+    assert every == 100 * 1024 * 3 * 1000 + 3000

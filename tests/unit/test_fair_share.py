@@ -1,0 +1,90 @@
+"""FairShare: compile-worker slots shared across tenants (in process, deterministic)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.jobs.fair_share import FairShare
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_a_lone_tenant_may_use_every_slot() -> None:
+    fair = FairShare(3)
+    entered = 0
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        nonlocal entered
+        async with fair.slot("alice"):
+            entered += 1
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(4)]
+    await _settle()
+    assert entered == 3 and fair.held("alice") == 3 and fair.waiting == 1
+    release.set()
+    await asyncio.gather(*tasks)
+    assert entered == 4 and fair.held("alice") == 0
+
+
+@pytest.mark.anyio
+async def test_a_freed_slot_goes_to_the_tenant_holding_fewest() -> None:
+    fair = FairShare(2)
+    order: list[str] = []
+    gates = {name: asyncio.Event() for name in ("a1", "a2", "a3", "a4", "b1", "c1")}
+
+    async def job(name: str) -> None:
+        async with fair.slot(name[0]):
+            order.append(name)
+            await gates[name].wait()
+
+    tasks = [asyncio.create_task(job(n)) for n in ("a1", "a2", "a3", "a4")]
+    await _settle()
+    tasks += [asyncio.create_task(job(n)) for n in ("b1", "c1")]
+    await _settle()
+    assert order == ["a1", "a2"]
+    gates["a1"].set()
+    await _settle()
+    # b and c hold nothing and a holds one: b (first in turn) gets the slot, not a3.
+    assert order == ["a1", "a2", "b1"]
+    gates["a2"].set()
+    await _settle()
+    assert order == ["a1", "a2", "b1", "c1"]
+    gates["b1"].set()
+    await _settle()
+    assert order[-1] == "a3"
+    for gate in gates.values():
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert fair.waiting == 0 and fair.held("a") == 0
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    fair = FairShare(1)
+    release = asyncio.Event()
+
+    async def hold(tenant: str) -> None:
+        async with fair.slot(tenant):
+            await release.wait()
+
+    holder = asyncio.create_task(hold("a"))
+    await _settle()
+    waiter = asyncio.create_task(hold("b"))
+    await _settle()
+    assert fair.waiting == 1
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert fair.waiting == 0
+    release.set()
+    await holder
+    # The slot is free again: a new tenant gets it at once.
+    async with fair.slot("c"):
+        assert fair.held("c") == 1
