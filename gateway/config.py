@@ -138,6 +138,11 @@ class BackendConfig(_Strict):
     worker_memory_limit_mb: int | None = Field(default=None, gt=0)
     max_queued_jobs: int = Field(default=10_000, gt=0)
     max_result_mb: int = Field(default=256, gt=0)
+    # Costs bounded before any work starts (the error names the limit).
+    max_bindings: int = Field(default=100_000, gt=0)
+    max_job_shots: int = Field(default=10_000_000, gt=0)
+    max_estimator_work: int = Field(default=100_000_000, gt=0)
+    max_execution_work: float = Field(default=2e11, gt=0)
     # A running job past this is stopped (its worker killed) and FAILED with JOB_TIMEOUT.
     max_run_time_s: float = Field(default=3600.0, gt=0)
     # A queued job past this FAILs: BACKEND_UNAVAILABLE while the breaker is open, else
@@ -159,6 +164,10 @@ class BackendConfig(_Strict):
                 memory_budget_bytes=self.memory_budget_mb * MIB,
                 max_queued_jobs=self.max_queued_jobs,
                 max_result_bytes=self.max_result_mb * MIB,
+                max_bindings=self.max_bindings,
+                max_job_shots=self.max_job_shots,
+                max_estimator_work=self.max_estimator_work,
+                max_execution_work=int(self.max_execution_work),
             ),
             default_shots=self.default_shots,
             circuit_limits=circuits.limits(),
