@@ -32,6 +32,12 @@ class CircuitLimits:
     max_operations: int = 1_000_000
     # Wall-clock limit on parsing one circuit.
     parse_timeout_s: float = 5.0
+    # Declared classical bits: the importer allocates every one before anything else can refuse.
+    max_clbits: int = 100_000
+    # Operations that exist only inside user gate definitions, once unrolled. Transpiling pays
+    # ~150 us and ~15 KB for each (the pass manager deep-copies every definition instance), so
+    # this bounds compile cost where max_operations alone allows minutes.
+    max_definition_operations: int = 20_000
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,31 @@ validates everything about a PUB that can be checked without running it: operati
 dynamic features, parameter bindings, observables, shots, precision, result size and memory.
 
 Every client-caused problem raises `gateway.domain.errors.InvalidArgument` with a specific reason
-and a `FieldViolation` naming the offending request field. SDK exceptions are caught only
-around the SDK calls that parse client text; anything else propagates, because it is a bug.
+and a `FieldViolation` naming the offending request field. Any exception from the SDK calls that
+read client text (the OpenQASM 2 reader, the OpenQASM 3 parser and importer) is the client's
+program being refused; anything else propagates, because it is a bug.
+
+What is bounded, and where, before the expensive work:
+- OpenQASM 2: a linear-time scan that tokenises exactly like Qiskit's OpenQASM 2 lexer finds every
+  `include` and every register declaration before the reader runs; the reader itself never gets
+  an include path, and Qiskit's legacy gates (what `QuantumCircuit.from_qasm_str` accepts) come
+  from `custom_instructions`, not from a file.
+- OpenQASM 3: includes, declared sizes, physical qubits, aliases and the importer's work are read
+  from the parsed AST, before the importer allocates anything.
+- Both: unrolled operations and operations inside gate definitions are counted per definition
+  (memoised), never by unrolling, and definition nesting is limited.
 
 This module imports qiskit at the top; adapters import it lazily.
 """
 
 from __future__ import annotations
 
+import cmath
 import dataclasses
 import math
 import re
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,20 +50,21 @@ from openqasm3 import ast as q3ast
 # abortable once the wall-clock limit has passed.
 from openqasm3._antlr.qasm3Lexer import qasm3Lexer  # type: ignore[import-not-found]
 from openqasm3._antlr.qasm3Parser import qasm3Parser  # type: ignore[import-not-found]
-from openqasm3.parser import QASM3ParsingError, QASMNodeVisitor
+from openqasm3.parser import QASMNodeVisitor
 from qiskit.circuit import (
     Barrier,
+    ClassicalRegister,
     ControlFlowOp,
     ControlledGate,
     Delay,
     ForLoopOp,
     Measure,
     Operation,
+    ParameterExpression,
     QuantumCircuit,
     Reset,
     WhileLoopOp,
 )
-from qiskit.circuit.exceptions import CircuitError
 from qiskit.circuit.library import UnitaryGate, get_standard_gate_name_mapping
 from qiskit_qasm3_import import ConversionError
 
@@ -73,12 +86,14 @@ __all__ = [
     "QASM3_MAX_CONVERSION_WORK",
     "STANDARD_GATE_NAMES",
     "CircuitAnalysis",
+    "OperationCount",
     "analyze_circuit",
     "bits_outside_registers_error",
     "broadcast_pub_shape",
     "check_clbits_in_registers",
     "check_control_flow_supported",
     "check_features",
+    "check_finite_parameters",
     "check_memory",
     "check_operation_count",
     "check_precision",
@@ -97,8 +112,10 @@ __all__ = [
     "parse_circuit",
     "resolve_bindings",
     "resolve_shots",
+    "result_registers",
     "sampler_result_bytes",
     "statevector_bytes",
+    "tally_operations",
     "validate_observables",
 ]
 
@@ -107,9 +124,12 @@ ALLOWED_INCLUDES: Mapping[CircuitLanguage, frozenset[str]] = {
     CircuitLanguage.QASM2: frozenset({"qelib1.inc"}),
 }
 
-# The qasm3 importer deep-copies a gate's whole definition tree at every application (about
-# 50 us per copied operation here), so its work is bounded before conversion starts.
+# The qasm3 importer deep-copies a gate's whole definition tree at every application (60-250 us
+# per copied operation, measured on 2 cores), so its work is bounded before conversion starts:
+# by this, and by twice max_definition_operations (defining nested gates copies each level
+# again, so the copies run to a few times the operations they define).
 QASM3_MAX_CONVERSION_WORK = 100_000
+_CONVERSION_WORK_PER_DEFINITION_OPERATION = 2
 # Deeper nesting of gate definitions than this makes the SDK recurse past Python's limit.
 MAX_DEFINITION_DEPTH = 64
 # `pow` makes the qasm3 importer build the gate's full unitary matrix: 4^k entries.
@@ -119,6 +139,10 @@ _CTRL_WORK_FACTOR = 16
 # Aer's MPS bookkeeping beyond the tensors themselves.
 MPS_OVERHEAD_BYTES = 1 << 20
 _MAX_MESSAGE_CHARS = 300
+# Aliases cost the importer a tuple copy per bit (`a ++ b` copies both sides): cheap, but a long
+# chain of concatenations is quadratic, so their total is bounded relative to max_clbits.
+_ALIAS_WORK_PER_CLBIT = 10
+_BOM = "\ufeff"
 
 _STANDARD_GATES = get_standard_gate_name_mapping()
 STANDARD_GATE_NAMES: frozenset[str] = frozenset(_STANDARD_GATES)
@@ -145,88 +169,129 @@ def _clip(message: str) -> str:
     return message
 
 
+def _no_statements(field: str) -> InvalidArgument:
+    return invalid(
+        "INVALID_QASM", "the circuit source has no statements (only comments or blanks)", field
+    )
+
+
+def _include_not_allowed(
+    language: CircuitLanguage, line: int, col: int, field: str
+) -> InvalidArgument:
+    allowed = ALLOWED_INCLUDES[language]
+    # Never echo the path: the message must not help probe the server's files.
+    return invalid(
+        "INCLUDE_NOT_ALLOWED",
+        f"line {line}, column {col}: only include {_quoted(allowed)} is allowed",
+        field,
+        allowed=",".join(sorted(allowed)),
+    )
+
+
+def _nonliteral_size(line: int, col: int, field: str) -> InvalidArgument:
+    return invalid(
+        "INVALID_QASM", f"line {line}, column {col}: register sizes must be integer literals", field
+    )
+
+
 # --------------------------------------------------------------------------------------------
-# Lexical pre-scan: includes and declared sizes, before any parser sees the text.
+# OpenQASM 2: a lexical scan that agrees with Qiskit's lexer, before the reader sees the text.
 # --------------------------------------------------------------------------------------------
+
+# Token by token what qiskit's OpenQASM 2 lexer (crates/qasm2/src/lex.rs) does: whitespace is
+# space, tab, CR and LF; `//` skips to the next LF only (a lone CR does not end a comment);
+# there are no block comments; strings use either quote, end at the same quote and may not hold
+# CR or LF; identifiers start with a letter. Every alternative is a single greedy run, so the
+# scan is linear: an unterminated quote fails at the next line break and cannot fail again on
+# that line, because no quote of its kind follows it there.
+_QASM2_TOKEN = re.compile(
+    r"(?P<skip>[ \t\r\n]+|//[^\n]*)"
+    r"|(?P<string>\"[^\"\r\n]*\"|'[^'\r\n]*')"
+    r"|(?P<word>[A-Za-z][A-Za-z0-9_]*)"
+    r"|(?P<number>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<symbol>.)",
+    re.DOTALL,
+)
+# The lexer's keywords: none of them can name a register.
+_QASM2_KEYWORDS = frozenset(
+    {
+        "OPENQASM",
+        "barrier",
+        "cos",
+        "creg",
+        "exp",
+        "gate",
+        "if",
+        "include",
+        "ln",
+        "measure",
+        "opaque",
+        "qreg",
+        "reset",
+        "sin",
+        "sqrt",
+        "tan",
+        "pi",
+    }
+)
 
 
 @dataclass
-class _Scan:
-    includes: list[tuple[int, int, str | None]] = dataclasses.field(default_factory=list)
+class _Qasm2Scan:
     qubits: int = 0
     clbits: int = 0
-    max_physical_qubit: int = -1
-    nonliteral_size_at: tuple[int, int] | None = None
+    tokens: int = 0
 
 
-# What each lexer skips. Strings come first so that comment markers inside them stay text, as
-# in the real lexers; OpenQASM 2 has only `//` comments, OpenQASM 3 also `/* */`, and its pragma
-# and annotation lines are raw text to the end of the line.
-_SKIP_QASM2 = re.compile(r"""(?P<str>"[^"\n]*"?|'[^'\n]*'?)|(?P<skip>//[^\n]*)""")
-_SKIP_QASM3 = re.compile(
-    r"""(?P<str>"[^"\n]*"?|'[^'\n]*'?)"""
-    r"|(?P<skip>//[^\n]*|/\*.*?(?:\*/|\Z)|\#?\bpragma\b[^\n]*|@[^\n]*)",
-    re.DOTALL,
-)
-_INCLUDE = re.compile(r"""\binclude\b\s*(?:"([^"\n]*)"|'([^'\n]*)')?""")
-_QASM3_DECL = re.compile(r"\b(qubit|bit)\b\s*(?:\[\s*([^\]\n]*?)\s*\])?")
-_REG_DECL = re.compile(r"\b(qreg|creg)\b\s*[^\W\d]\w*\s*\[\s*([^\]\n]*?)\s*\]")
-_PHYSICAL = re.compile(r"\$(\d+)")
+def _position(text: str, pos: int) -> tuple[int, int]:
+    """1-based line and 0-based column of `pos`, counting LF-terminated lines as the lexers do."""
+    line_start = text.rfind("\n", 0, pos) + 1
+    return text.count("\n", 0, pos) + 1, pos - line_start
 
 
-def _blank(match: re.Match[str]) -> str:
-    if match.lastgroup == "str":
-        return match[0]
-    # Same length, same line breaks: positions in the blanked text match the source.
-    return re.sub(r"[^\n]", " ", match[0])
+def _qasm2_tokens(text: str) -> Iterator[tuple[str, str, int]]:
+    for match in _QASM2_TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind != "skip" and kind is not None:
+            yield kind, match[0], match.start()
 
 
-def _parse_int(text: str) -> int | None:
-    text = text.replace("_", "")
-    lowered = text.lower()
-    try:
-        if lowered.startswith(("0x", "0o", "0b")):
-            return int(lowered, 0)
-        return int(text, 10)
-    except ValueError:
-        return None
+def _scan_qasm2(text: str, field: str) -> _Qasm2Scan:
+    """Finds includes and declared register sizes the way Qiskit's reader would.
 
-
-def _scan(text: str, language: CircuitLanguage) -> _Scan:
-    """Finds includes and declared register sizes without parsing.
-
-    Comments are blanked exactly where the language's lexer would skip them, so no code the
-    parser would read can hide from this scan; a match inside a string literal only makes the
-    scan stricter.
+    Fails closed: an `include` not followed by "qelib1.inc" is INCLUDE_NOT_ALLOWED and a
+    `qreg`/`creg` not followed by `name [ integer ]` is INVALID_QASM, so nothing the reader could
+    act on escapes the scan. (After the reader's first lexical error it reads nothing more, so
+    where this scan and the reader disagree past such an error, the scan only sees more.)
     """
-    qasm3 = language is CircuitLanguage.QASM3
-    code = (_SKIP_QASM3 if qasm3 else _SKIP_QASM2).sub(_blank, text)
-    scan = _Scan()
-
-    def where(pos: int) -> tuple[int, int]:
-        line_start = code.rfind("\n", 0, pos) + 1
-        return code.count("\n", 0, pos) + 1, pos - line_start
-
-    for m in _INCLUDE.finditer(code):
-        name = m[1] if m[1] is not None else m[2]
-        scan.includes.append((*where(m.start()), name))
-
-    def add(kind: str, size_text: str | None, pos: int) -> None:
-        size = 1 if size_text is None else _parse_int(size_text)
-        if size is None:
-            scan.nonliteral_size_at = scan.nonliteral_size_at or where(pos)
-        elif kind in ("qubit", "qreg"):
-            scan.qubits += size
-        else:
-            scan.clbits += size
-
-    for m in _REG_DECL.finditer(code):
-        add(m[1], m[2], m.start())
-    if qasm3:
-        for m in _QASM3_DECL.finditer(code):
-            add(m[1], m[2], m.start())
-        for m in _PHYSICAL.finditer(code):
-            scan.max_physical_qubit = max(scan.max_physical_qubit, int(m[1]))
+    scan = _Qasm2Scan()
+    tokens = _qasm2_tokens(text)
+    allowed = ALLOWED_INCLUDES[CircuitLanguage.QASM2]
+    for kind, value, start in tokens:
+        scan.tokens += 1
+        if kind != "word":
+            continue
+        if value == "include":
+            following = next(tokens, None)
+            if following is None or following[0] != "string" or following[1][1:-1] not in allowed:
+                raise _include_not_allowed(CircuitLanguage.QASM2, *_position(text, start), field)
+            scan.tokens += 1
+        elif value in ("qreg", "creg"):
+            name, bracket, number, close = (next(tokens, ("end", "", -1)) for _ in range(4))
+            scan.tokens += 4
+            if not (
+                name[0] == "word"
+                and name[1] not in _QASM2_KEYWORDS
+                and bracket[1] == "["
+                and number[0] == "number"
+                and number[1].isdigit()
+                and close[1] == "]"
+            ):
+                raise _nonliteral_size(*_position(text, start), field)
+            if value == "qreg":
+                scan.qubits += int(number[1])
+            else:
+                scan.clbits += int(number[1])
     return scan
 
 
@@ -307,26 +372,46 @@ def _run_with_deadline(work: Callable[[threading.Event], _T], timeout_s: float, 
     return value
 
 
+def _too_deep(field: str) -> InvalidArgument:
+    return invalid("CIRCUIT_TOO_COMPLEX", "the program is nested too deeply", field)
+
+
 def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
     try:
-        # include_path=() keeps the parser off the file system: only the built-in qelib1.inc
-        # can be found.
-        circuit: QuantumCircuit = qiskit.qasm2.loads(text, include_path=())
+        # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
+        # instructions and classical functions are what `QuantumCircuit.from_qasm_str` adds on
+        # top of that (sx, swap, cswap, rzz, ..., asin), supplied here instead of from a file.
+        circuit: QuantumCircuit = qiskit.qasm2.loads(
+            text,
+            include_path=(),
+            custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
+            custom_classical=qiskit.qasm2.LEGACY_CUSTOM_CLASSICAL,
+            strict=False,
+        )
     except qiskit.qasm2.QASM2ParseError as exc:
         raise _map_qasm2_error(text, _sdk_message(exc), field) from None
-    except (CircuitError, IndexError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+    except (RecursionError, MemoryError):
+        raise
+    except Exception as exc:  # the reader refusing the client's program in its own way
         raise _importer_rejected(exc, "OpenQASM 2", field) from None
     return circuit
 
 
 _QASM2_POS = re.compile(r"<input>:(\d+),(\d+):\s*")
-_QASM2_UNDEFINED = re.compile(r"<input>:(\d+),(\d+): '([^']+)' is not defined in this scope")
+_QASM2_UNDEFINED = re.compile(
+    r"<input>:(\d+),(\d+): '([^']+)' is not (?:a parameter or custom instruction )?defined in "
+    r"this scope"
+)
+# Not OpenQASM constants, but what a client means by them is plain.
+_NON_FINITE_NAMES = frozenset({"inf", "infinity", "nan"})
 
 
 def _map_qasm2_error(text: str, message: str, field: str) -> InvalidArgument:
     undefined = _QASM2_UNDEFINED.search(message)
     if undefined is not None:
         line, col, name = int(undefined[1]), int(undefined[2]), undefined[3]
+        if name.lower() in _NON_FINITE_NAMES:
+            return _non_finite(f"line {line}, column {col}: {name!r} is not a number", field)
         if _looks_like_gate_call(text, line, col, name):
             return invalid(
                 "UNKNOWN_GATE",
@@ -359,11 +444,20 @@ def _sdk_message(exc: BaseException) -> str:
 def _importer_rejected(exc: BaseException, language: str, field: str) -> InvalidArgument:
     # Raised by the SDK's importer on input it cannot represent (an index past a register's
     # end, a wrong number of gate arguments, ...): the client's program is at fault.
+    if "infinite value" in str(exc):
+        # Qiskit refusing to bind an angle that overflowed inside a gate definition.
+        return _non_finite(f"{language} program rejected: an angle is not finite", field)
     if isinstance(exc, IndexError):
         detail = "an index is out of range"
+    elif isinstance(exc, OverflowError):
+        detail = "a number is too large"
     else:
         detail = _sdk_message(exc) or type(exc).__name__
     return invalid("INVALID_QASM", _clip(f"{language} program rejected: {detail}"), field)
+
+
+def _non_finite(message: str, field: str) -> InvalidArgument:
+    return invalid("NON_FINITE_ANGLE", f"{message}; gate angles must be finite numbers", field)
 
 
 def _parse_qasm3_ast(text: str, cancel: threading.Event, field: str) -> q3ast.Program:
@@ -380,10 +474,18 @@ def _parse_qasm3_ast(text: str, cancel: threading.Event, field: str) -> q3ast.Pr
         raise invalid("INVALID_QASM", _clip(message), field) from None
     except (ParseCancellationException, RecognitionException) as exc:
         raise _qasm3_syntax_error(exc, field) from None
+    if tree.stop is None:
+        # Nothing but comments: the reference AST builder cannot even give it a span.
+        raise _no_statements(field)
     try:
         program: q3ast.Program = QASMNodeVisitor().visitProgram(tree)  # type: ignore[no-untyped-call]
-    except QASM3ParsingError as exc:
-        raise invalid("INVALID_QASM", _clip(f"OpenQASM 3 program rejected: {exc}"), field) from None
+    except (RecursionError, MemoryError):
+        raise
+    except Exception as exc:  # QASM3ParsingError and whatever else the AST builder refuses
+        message = _sdk_message(exc) or type(exc).__name__
+        raise invalid(
+            "INVALID_QASM", _clip(f"OpenQASM 3 program rejected: {message}"), field
+        ) from None
     return program
 
 
@@ -398,29 +500,58 @@ def _qasm3_syntax_error(exc: Exception, field: str) -> InvalidArgument:
     return invalid("INVALID_QASM", message, field)
 
 
+_QASM3_POSITION = re.compile(r"^(\d+),(\d+): ")
 _QASM3_UNDEFINED_GATE = re.compile(r"^(\d+),(\d+): gate '([^']+)' is not defined")
+_QASM3_UNDEFINED_SYMBOL = re.compile(r"^(\d+),(\d+): Undefined symbol '([^']+)'")
+_QASM3_UNSUPPORTED_NODE = re.compile(r"node of type (\w+) is not supported")
+# How the importer says "valid OpenQASM 3 that Qiskit cannot represent", as opposed to "wrong".
+_QASM3_UNSUPPORTED = re.compile(
+    r"not (?:currently )?supported|unsupported|unhandled|only .* (?:is|are) supported"
+    r"|is supported for|can only handle|cannot be resolved into a Qiskit value|in Qiskit"
+    r"|Mixing modes|no registered handler|is required to handle",
+    re.IGNORECASE,
+)
 
 
 def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
     try:
         circuit: QuantumCircuit = qiskit_qasm3_import.convert(program)
     except ConversionError as exc:
-        message = _sdk_message(exc)
-        undefined = _QASM3_UNDEFINED_GATE.match(message)
-        if undefined is not None:
-            return_error = invalid(
-                "UNKNOWN_GATE",
-                f"line {undefined[1]}, column {undefined[2]}: gate {undefined[3]!r} is not defined",
-                field,
-                gate=undefined[3],
-            )
-            raise return_error from None
-        raise invalid(
-            "INVALID_QASM", _clip(f"OpenQASM 3 program rejected: {message}"), field
-        ) from None
-    except (CircuitError, IndexError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise _map_conversion_error(_sdk_message(exc), field) from None
+    except (RecursionError, MemoryError):
+        raise
+    except Exception as exc:  # the importer refusing the client's program in its own way
         raise _importer_rejected(exc, "OpenQASM 3", field) from None
     return circuit
+
+
+def _map_conversion_error(message: str, field: str) -> InvalidArgument:
+    undefined = _QASM3_UNDEFINED_GATE.match(message)
+    if undefined is not None:
+        return invalid(
+            "UNKNOWN_GATE",
+            f"line {undefined[1]}, column {undefined[2]}: gate {undefined[3]!r} is not defined",
+            field,
+            gate=undefined[3],
+        )
+    symbol = _QASM3_UNDEFINED_SYMBOL.match(message)
+    if symbol is not None and symbol[3].lower() in _NON_FINITE_NAMES:
+        return _non_finite(
+            f"line {symbol[1]}, column {symbol[2]}: {symbol[3]!r} is not a number", field
+        )
+    position = _QASM3_POSITION.match(message)
+    readable = message
+    if position is not None:
+        readable = f"line {position[1]}, column {position[2]}: {message[position.end() :]}"
+    if _QASM3_UNSUPPORTED.search(message):
+        node = _QASM3_UNSUPPORTED_NODE.search(message)
+        return invalid(
+            "UNSUPPORTED_FEATURE",
+            _clip(f"OpenQASM 3 construct not supported: {readable}"),
+            field,
+            feature=node[1] if node is not None else "openqasm3_construct",
+        )
+    return invalid("INVALID_QASM", _clip(f"OpenQASM 3 program rejected: {readable}"), field)
 
 
 def parse_circuit(
@@ -432,15 +563,19 @@ def parse_circuit(
 ) -> QuantumCircuit:
     """Parses client source into a circuit, enforcing size, include and time limits.
 
+    Classical bits declared outside a register (OpenQASM 3 `bit c;`) come back as one-bit
+    registers named after their variable (`result_registers` lists them), so every classical
+    bit of the returned circuit belongs to a register.
+
     Args:
         source: The client's circuit text.
-        limits: Source size, operation count and parse time limits.
+        limits: Source size, declared bits, operation count and parse time limits.
         field: Request field to name in errors, e.g. "spec.pubs[0].sampler.circuit.qasm3".
-        max_qubits: Refuse (TOO_MANY_QUBITS) before parsing when the program declares more.
+        max_qubits: Refuse (TOO_MANY_QUBITS) before importing when the program declares more.
 
     Raises:
         InvalidArgument: CIRCUIT_TOO_LARGE, INCLUDE_NOT_ALLOWED, INVALID_QASM, UNKNOWN_GATE,
-            CIRCUIT_TOO_COMPLEX or TOO_MANY_QUBITS.
+            UNSUPPORTED_FEATURE, NON_FINITE_ANGLE, CIRCUIT_TOO_COMPLEX or TOO_MANY_QUBITS.
     """
     text = source.text
     size = len(text.encode("utf-8", "surrogatepass"))
@@ -452,60 +587,69 @@ def parse_circuit(
             source_bytes=size,
             max_source_bytes=limits.max_source_bytes,
         )
+    # Editors on some systems write a byte-order mark; neither lexer accepts one.
+    text = text.removeprefix(_BOM)
     if not text.strip():
         raise invalid("INVALID_QASM", "the circuit source is empty", field)
-    scan = _scan(text, source.language)
-    allowed = ALLOWED_INCLUDES[source.language]
-    for line, col, name in scan.includes:
-        if name not in allowed:
-            # Never echo the path: the message must not help probe the server's files.
-            raise invalid(
-                "INCLUDE_NOT_ALLOWED",
-                f"line {line}, column {col}: only include {_quoted(allowed)} is allowed",
-                field,
-                allowed=",".join(sorted(allowed)),
-            )
-    if scan.nonliteral_size_at is not None:
-        line, col = scan.nonliteral_size_at
-        raise invalid(
-            "INVALID_QASM",
-            f"line {line}, column {col}: register sizes must be integer literals",
-            field,
-        )
-    declared_qubits = scan.qubits + scan.max_physical_qubit + 1
-    if max_qubits is not None and declared_qubits > max_qubits:
-        raise _too_many_qubits(declared_qubits, max_qubits, field)
-    if declared_qubits + scan.clbits > limits.max_operations:
-        raise invalid(
-            "CIRCUIT_TOO_LARGE",
-            f"the program declares {declared_qubits + scan.clbits} bits; the limit is "
-            f"{limits.max_operations}",
-            field,
-            max_operations=limits.max_operations,
-        )
 
     if source.language is CircuitLanguage.QASM2:
-        circuit = _run_with_deadline(
-            lambda _cancel: _loads_qasm2(text, field), limits.parse_timeout_s, field
-        )
+        scan = _scan_qasm2(text, field)
+        if scan.tokens == 0:
+            raise _no_statements(field)
+        _check_declared(scan.qubits, scan.clbits, limits, max_qubits, field)
+
+        def work2(_cancel: threading.Event) -> QuantumCircuit:
+            try:
+                return _loads_qasm2(text, field)
+            except RecursionError:
+                raise _too_deep(field) from None
+
+        circuit = _run_with_deadline(work2, limits.parse_timeout_s, field)
     else:
 
-        def work(cancel: threading.Event) -> QuantumCircuit:
+        def work3(cancel: threading.Event) -> QuantumCircuit:
             try:
                 program = _parse_qasm3_ast(text, cancel, field)
-                _check_qasm3_program(program, limits, field)
-                return _convert_qasm3(program, field)
+                declarations = _qasm3_declarations(program, limits, field)
+                _check_declared(declarations.qubits, declarations.clbits, limits, max_qubits, field)
+                _Qasm3Cost(limits, field, dict(declarations.widths)).program(program)
+                converted = _convert_qasm3(program, field)
             except RecursionError:
-                raise invalid(
-                    "CIRCUIT_TOO_COMPLEX", "the program is nested too deeply", field
-                ) from None
+                raise _too_deep(field) from None
+            _register_loose_bits(converted, declarations.loose_bits)
+            return converted
 
-        circuit = _run_with_deadline(work, limits.parse_timeout_s, field)
+        circuit = _run_with_deadline(work3, limits.parse_timeout_s, field)
 
     if max_qubits is not None:
         check_qubit_count(circuit, max_qubits, field)
     check_operation_count(circuit, limits, field)
+    check_finite_parameters(circuit, field)
     return circuit
+
+
+def _check_declared(
+    qubits: int, clbits: int, limits: CircuitLimits, max_qubits: int | None, field: str
+) -> None:
+    """Refuses declared sizes before the importer allocates a bit for each."""
+    if max_qubits is not None and qubits > max_qubits:
+        raise _too_many_qubits(qubits, max_qubits, field)
+    if clbits > limits.max_clbits:
+        raise invalid(
+            "CIRCUIT_TOO_LARGE",
+            f"the program declares {clbits} classical bits; the limit is {limits.max_clbits}",
+            field,
+            num_clbits=clbits,
+            max_clbits=limits.max_clbits,
+        )
+    # Without a backend's qubit count, the operation limit still bounds what is allocated.
+    if qubits + clbits > limits.max_operations:
+        raise invalid(
+            "CIRCUIT_TOO_LARGE",
+            f"the program declares {qubits + clbits} bits; the limit is {limits.max_operations}",
+            field,
+            max_operations=limits.max_operations,
+        )
 
 
 def _quoted(names: Iterable[str]) -> str:
@@ -523,7 +667,7 @@ def _too_many_qubits(count: int, max_qubits: int, field: str) -> InvalidArgument
 
 
 # --------------------------------------------------------------------------------------------
-# OpenQASM 3 AST checks, before the importer materialises gate definitions.
+# OpenQASM 3 AST checks, before the importer allocates bits or materialises gate definitions.
 # --------------------------------------------------------------------------------------------
 
 
@@ -570,6 +714,190 @@ def _children(node: object) -> Iterable[q3ast.QASMNode]:
                     yield from (x for x in item if isinstance(x, q3ast.QASMNode))
 
 
+def _where(node: q3ast.QASMNode) -> tuple[int, int]:
+    span = node.span
+    return (span.start_line, span.start_column) if span is not None else (0, 0)
+
+
+@dataclass
+class _Qasm3Declarations:
+    qubits: int = 0
+    clbits: int = 0
+    # Register and alias widths by name (qubits and bits), for broadcast and alias sizes.
+    widths: dict[str, int] = dataclasses.field(default_factory=dict)
+    # (circuit clbit index, variable name) of every global `bit x;`, in declaration order.
+    loose_bits: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    alias_work: int = 0
+
+
+def _declared_size(size: q3ast.Expression | None, node: q3ast.QASMNode, field: str) -> int:
+    if size is None:
+        return 1
+    if isinstance(size, q3ast.IntegerLiteral):
+        return int(size.value)
+    raise _nonliteral_size(*_where(node), field)
+
+
+def _qasm3_declarations(
+    program: q3ast.Program, limits: CircuitLimits, field: str
+) -> _Qasm3Declarations:
+    """Reads includes, declared sizes, physical qubits, aliases and literals from the AST.
+
+    Walks every node (nested scopes included) iteratively, in source order, so nothing the
+    importer would act on is missed and no nesting depth can exhaust the stack.
+    """
+    found = _Qasm3Declarations()
+    max_physical = -1
+    allowed = ALLOWED_INCLUDES[CircuitLanguage.QASM3]
+    stack: list[q3ast.QASMNode] = list(reversed(program.statements))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, q3ast.Include):
+            if node.filename not in allowed:
+                raise _include_not_allowed(CircuitLanguage.QASM3, *_where(node), field)
+        elif isinstance(node, q3ast.QubitDeclaration):
+            width = _declared_size(node.size, node, field)
+            found.qubits += width
+            found.widths[node.qubit.name] = width
+        elif isinstance(node, q3ast.ClassicalDeclaration) and isinstance(node.type, q3ast.BitType):
+            width = _declared_size(node.type.size, node, field)
+            found.clbits += width
+            found.widths[node.identifier.name] = width
+        elif isinstance(node, q3ast.Identifier) and node.name.startswith("$"):
+            digits = node.name[1:]
+            if digits.isdigit():
+                # The importer creates every physical qubit up to the highest one named.
+                max_physical = max(max_physical, int(digits))
+        elif isinstance(node, q3ast.FloatLiteral | q3ast.DurationLiteral):
+            if not math.isfinite(node.value):
+                line, col = _where(node)
+                raise _non_finite(f"line {line}, column {col}: the number is not finite", field)
+        elif isinstance(node, q3ast.AliasStatement):
+            width, work = _alias_size(node.value, found.widths)
+            found.widths[node.target.name] = width
+            found.alias_work += work
+            budget = _ALIAS_WORK_PER_CLBIT * limits.max_clbits
+            if found.alias_work > budget:
+                raise invalid(
+                    "CIRCUIT_TOO_LARGE",
+                    f"aliases (`let`) copy more than {budget} bits in total",
+                    field,
+                    max_alias_bits=budget,
+                )
+        stack.extend(reversed(list(_children(node))))
+    # Physical and virtual qubits cannot be mixed (the importer refuses it): adding is an upper
+    # bound either way.
+    found.qubits += max_physical + 1
+    # The importer appends a program's classical bits in the order of its global declarations
+    # (only global ones are accepted): that order names the loose bits.
+    index = 0
+    for statement in program.statements:
+        if isinstance(statement, q3ast.ClassicalDeclaration) and isinstance(
+            statement.type, q3ast.BitType
+        ):
+            if statement.type.size is None:
+                found.loose_bits.append((index, statement.identifier.name))
+                index += 1
+            else:
+                index += _declared_size(statement.type.size, statement, field)
+    return found
+
+
+def _alias_size(value: q3ast.QASMNode, widths: Mapping[str, int]) -> tuple[int, int]:
+    """(width, copying work) of an alias value; `a ++ b` copies both sides into a new tuple."""
+    # Iterative post-order over concatenations, whose left-deep chains can be very long.
+    work = 0
+    results: list[int] = []
+    stack: list[tuple[q3ast.QASMNode, bool]] = [(value, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if isinstance(node, q3ast.Concatenation):
+            if expanded:
+                right, left = results.pop(), results.pop()
+                results.append(left + right)
+                work += left + right
+            else:
+                stack.append((node, True))
+                stack.append((node.rhs, False))
+                stack.append((node.lhs, False))
+            continue
+        results.append(_selection_width(node, widths))
+    width = results[-1] if results else 0
+    return width, work + width
+
+
+def _selection_width(node: q3ast.QASMNode, widths: Mapping[str, int]) -> int:
+    if isinstance(node, q3ast.Identifier):
+        return widths.get(node.name, 1)
+    if isinstance(node, q3ast.IndexExpression | q3ast.IndexedIdentifier):
+        base = node.collection if isinstance(node, q3ast.IndexExpression) else node.name
+        width = widths.get(base.name, 1) if isinstance(base, q3ast.Identifier) else 1
+        indices = [node.index] if isinstance(node, q3ast.IndexExpression) else node.indices
+        for index in indices:
+            if isinstance(index, q3ast.DiscreteSet):
+                width = len(index.values)
+            elif isinstance(index, list) and len(index) == 1:
+                (element,) = index
+                if isinstance(element, q3ast.RangeDefinition):
+                    width = min(width, _range_length(element, width))
+                else:
+                    width = 1
+        return width
+    return 1
+
+
+def _range_length(node: q3ast.RangeDefinition, width: int) -> int:
+    """Elements a literal range selects from `width` (an upper bound when not literal)."""
+    start = 0 if node.start is None else _literal_int(node.start)
+    end = width - 1 if node.end is None else _literal_int(node.end)
+    step = 1 if node.step is None else _literal_int(node.step)
+    if start is None or end is None or not step:
+        return width
+    return len(range(start, end + (1 if step > 0 else -1), step))
+
+
+def _register_loose_bits(circuit: QuantumCircuit, loose_bits: Sequence[tuple[int, str]]) -> None:
+    """Puts each loose classical bit in a one-bit register named after its variable."""
+    taken = {register.name for register in circuit.cregs}
+    for index, variable in loose_bits:
+        bit = circuit.clbits[index]
+        # The declaration order and the importer's bit order must agree; if not, this is a bug.
+        assert not circuit.find_bit(bit).registers, f"clbit {index} ({variable}) is in a register"
+        name = _unique_name(variable, taken)
+        taken.add(name)
+        circuit.add_register(ClassicalRegister(name=name, bits=[bit]))
+
+
+def _unique_name(name: str, taken: Collection[str]) -> str:
+    candidate, suffix = name, 0
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{name}_{suffix}"
+    return candidate
+
+
+def result_registers(circuit: QuantumCircuit) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Every classical register as (name, circuit clbit indices in register-bit order).
+
+    Circuits from `parse_circuit` have every bit in a register (loose OpenQASM 3 bits become
+    one-bit registers named after their variable, placed after the program's other registers).
+    A bit outside every register (a circuit built elsewhere) is reported as a one-bit register
+    named `clbit<index>`, made unique against the real register names. Transpiling keeps classical
+    bits and registers, so this works on the transpiled circuit as well.
+    """
+    registers = [
+        (register.name, tuple(circuit.find_bit(bit).index for bit in register))
+        for register in circuit.cregs
+    ]
+    taken = {name for name, _ in registers}
+    for index, bit in enumerate(circuit.clbits):
+        if not circuit.find_bit(bit).registers:
+            name = _unique_name(f"clbit{index}", taken)
+            taken.add(name)
+            registers.append((name, (index,)))
+    return tuple(registers)
+
+
 @dataclass
 class _Qasm3Cost:
     limits: CircuitLimits
@@ -578,23 +906,19 @@ class _Qasm3Cost:
     gates: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # size, depth
     work: int = 0
 
-    def _operand_width(self, operand: object) -> int:
-        if isinstance(operand, q3ast.Identifier):
-            return self.registers.get(operand.name, 1)
-        if isinstance(operand, q3ast.IndexedIdentifier):
-            for index in operand.indices:
-                if isinstance(index, list) and any(
-                    isinstance(x, q3ast.RangeDefinition) for x in index
-                ):
-                    return self.registers.get(operand.name.name, 1)
-        return 1
+    def _operand_width(self, operand: q3ast.QASMNode) -> int:
+        return _selection_width(operand, self.registers)
 
-    def _application(self, node: q3ast.QuantumGate | q3ast.QuantumPhase) -> tuple[int, int, int]:
-        """Returns (executed operations, conversion work, definition depth) of a gate call."""
+    def _application(
+        self, node: q3ast.QuantumGate | q3ast.QuantumPhase
+    ) -> tuple[int, int, int, int]:
+        """(executed operations, conversion work, definition depth, operations inside user
+        definitions) of a gate call."""
         name = node.name.name if isinstance(node, q3ast.QuantumGate) else "gphase"
         size, depth = self.gates.get(name, (1, 0))
         user_gate = name in self.gates
-        work = size
+        # Only user gates are copied (their whole definition, at every application).
+        work = size if user_gate else 0
         num_qubits = len(node.qubits)
         for modifier in node.modifiers:
             if modifier.modifier is q3ast.GateModifierName.pow and num_qubits > _MAX_POW_QUBITS:
@@ -610,33 +934,36 @@ class _Qasm3Cost:
                 if user_gate:
                     work *= _CTRL_WORK_FACTOR
         width = max((self._operand_width(q) for q in node.qubits), default=1)
-        return size * width, work * width, depth
+        return size * width, work * width, depth, size * width if user_gate else 0
 
     def _error(self, reason: str, node: q3ast.QASMNode, message: str) -> InvalidArgument:
         span = node.span
         where = f"line {span.start_line}, column {span.start_column}: " if span else ""
         return invalid(reason, where + message, self.field)
 
-    def block(self, nodes: Iterable[q3ast.QASMNode]) -> tuple[int, int, int]:
-        """Returns (executed operations, conversion work, depth) of statements."""
-        ops = work = depth = 0
+    def block(self, nodes: Iterable[q3ast.QASMNode]) -> tuple[int, int, int, int]:
+        """(executed operations, conversion work, depth, operations inside user definitions)
+        of statements."""
+        ops = work = depth = inside = 0
         for node in nodes:
             if isinstance(node, q3ast.QuantumGate | q3ast.QuantumPhase):
-                o, w, d = self._application(node)
+                o, w, d, i = self._application(node)
             elif isinstance(node, q3ast.ForInLoop):
-                o, w, d = self.block(node.block)
-                o *= _loop_iterations(node)  # the importer does not unroll loops: work once
+                o, w, d, i = self.block(node.block)
+                # Neither the importer nor the transpiler unrolls loops: work once.
+                o *= _loop_iterations(node)
             elif isinstance(node, q3ast.Expression):
                 continue  # expressions hold no gate calls
             else:
-                o, w, d = self.block(_children(node))
+                o, w, d, i = self.block(_children(node))
             ops += o
             work += w
             depth = max(depth, d)
-        return ops, work, depth
+            inside += i
+        return ops, work, depth, inside
 
     def program(self, program: q3ast.Program) -> None:
-        ops = 0
+        ops = inside = 0
         for statement in program.statements:
             if isinstance(statement, q3ast.Include):
                 if statement.filename not in ALLOWED_INCLUDES[CircuitLanguage.QASM3]:
@@ -647,7 +974,7 @@ class _Qasm3Cost:
                 size = 1 if statement.size is None else _literal_int(statement.size)
                 self.registers[statement.qubit.name] = max(size or 1, 1)
             elif isinstance(statement, q3ast.QuantumGateDefinition):
-                body_ops, body_work, depth = self.block(statement.body)
+                body_ops, body_work, depth, _ = self.block(statement.body)
                 depth += 1
                 if depth > MAX_DEFINITION_DEPTH:
                     raise self._error(
@@ -659,13 +986,20 @@ class _Qasm3Cost:
                 self.work += body_work
                 self.gates[statement.name.name] = (max(body_ops, 1), depth)
             else:
-                o, w, _ = self.block([statement])
+                o, w, _, i = self.block([statement])
                 ops += o
                 self.work += w
+                inside += i
         # The size of what would run is the better answer, so it is checked first.
         if ops > self.limits.max_operations:
             raise _too_many_operations(ops, self.limits.max_operations, self.field)
-        budget = min(self.limits.max_operations, QASM3_MAX_CONVERSION_WORK)
+        if inside > self.limits.max_definition_operations:
+            raise _too_many_definition_operations(self.limits.max_definition_operations, self.field)
+        budget = min(
+            self.limits.max_operations,
+            QASM3_MAX_CONVERSION_WORK,
+            _CONVERSION_WORK_PER_DEFINITION_OPERATION * self.limits.max_definition_operations,
+        )
         if self.work > budget:
             raise invalid(
                 "CIRCUIT_TOO_COMPLEX",
@@ -673,10 +1007,6 @@ class _Qasm3Cost:
                 self.field,
                 max_conversion_work=budget,
             )
-
-
-def _check_qasm3_program(program: q3ast.Program, limits: CircuitLimits, field: str) -> None:
-    _Qasm3Cost(limits=limits, field=field).program(program)
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,9 +1029,13 @@ def _is_atomic(op: Operation) -> bool:
     standard = _STANDARD_GATES.get(op.name)
     if standard is not None and type(op) is type(standard):
         return True
-    # Library gates (mcx from `ctrl(n) @ x`, ...) are synthesised by the transpiler, not
-    # written by the client: one operation each.
-    return type(op).__module__.startswith("qiskit.circuit.library")
+    if getattr(op, "_standard_gate", None) is not None:
+        return True
+    # Library gates (mcx from `ctrl(n) @ x`, c4x, ...) are synthesised by the transpiler, not
+    # written by the client: one operation each. Singleton instances have a generated class
+    # without a module; the library class is its base.
+    module = next((cls.__module__ for cls in type(op).__mro__ if cls.__module__), "")
+    return module.startswith("qiskit.circuit.library")
 
 
 def _definition_key(op: Operation) -> tuple[object, ...]:
@@ -713,12 +1047,28 @@ def _definition_key(op: Operation) -> tuple[object, ...]:
     return key
 
 
-def count_operations(circuit: QuantumCircuit, cap: int | None = None) -> int:
+@dataclass(frozen=True)
+class OperationCount:
+    """Operations of a circuit as if every gate definition were unrolled.
+
+    Attributes:
+        total: Every operation that would run: for-loop bodies once per iteration, while-loop
+            bodies once, the largest branch of an if/else or switch.
+        in_definitions: Operations that exist only inside user gate definitions, which the
+            transpiler must copy and unroll one instance at a time: every branch counts, a loop
+            body once (it is transpiled once, not per iteration).
+    """
+
+    total: int
+    in_definitions: int
+
+
+def tally_operations(circuit: QuantumCircuit, cap: int | None = None) -> OperationCount:
     """Counts operations as if every gate definition were unrolled, without unrolling.
 
     Each distinct gate definition is counted once (memoised), so exponentially nested
-    definitions cost linear time. For-loops count their body once per iteration, while-loops
-    once, if/else and switch the largest branch. Counting stops early above `cap`.
+    definitions cost linear time. Counting stops early once `total` exceeds `cap` (both numbers
+    are then lower bounds).
 
     Raises:
         RecursionError: if definitions nest deeper than Python's recursion limit (parse_circuit
@@ -727,50 +1077,128 @@ def count_operations(circuit: QuantumCircuit, cap: int | None = None) -> int:
     memo: dict[tuple[object, ...], int] = {}
     limit = cap if cap is not None else math.inf
 
-    def block(body: QuantumCircuit) -> int:
-        total = 0
-        for instruction in body.data:
-            total += operation(instruction.operation)
-            if total > limit:
-                break
-        return total
-
-    def operation(op: Operation) -> int:
-        if isinstance(op, ControlFlowOp):
-            blocks = [block(b) for b in op.blocks]
-            if isinstance(op, ForLoopOp):
-                return 1 + len(op.params[0]) * blocks[0]
-            if isinstance(op, WhileLoopOp):
-                return 1 + blocks[0]
-            return 1 + max(blocks, default=0)
-        if _is_atomic(op):
-            return 1
+    def definition_size(op: Operation) -> int:
         key = _definition_key(op)
         cached = memo.get(key)
-        if cached is not None:
-            return cached
-        definition = getattr(op, "definition", None)
-        count = 1 if definition is None else max(block(definition), 1)
-        memo[key] = count
-        return count
+        if cached is None:
+            definition = getattr(op, "definition", None)
+            cached = 1 if definition is None else max(block(definition)[0], 1)
+            memo[key] = cached
+        return cached
 
-    return block(circuit)
+    def block(body: QuantumCircuit) -> tuple[int, int]:
+        total = inside = 0
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                inner = [block(b) for b in op.blocks]
+                if isinstance(op, ForLoopOp):
+                    count = 1 + len(op.params[0]) * inner[0][0]
+                elif isinstance(op, WhileLoopOp):
+                    count = 1 + inner[0][0]
+                else:
+                    count = 1 + max((t for t, _ in inner), default=0)
+                total += count
+                inside += sum(u for _, u in inner)
+            elif _is_atomic(op):
+                total += 1
+            else:
+                size = definition_size(op)
+                total += size
+                inside += size
+            if total > limit:
+                break
+        return total, inside
+
+    total, inside = block(circuit)
+    return OperationCount(total=total, in_definitions=inside)
+
+
+def count_operations(circuit: QuantumCircuit, cap: int | None = None) -> int:
+    """`tally_operations(circuit, cap).total`: every operation, definitions unrolled."""
+    return tally_operations(circuit, cap).total
 
 
 def check_operation_count(circuit: QuantumCircuit, limits: CircuitLimits, field: str) -> int:
-    """Returns the unrolled operation count; CIRCUIT_TOO_LARGE above limits.max_operations.
+    """Returns the unrolled operation count.
 
-    Also refuses gates without a definition that no backend knows (OpenQASM 2 `opaque`):
-    UNKNOWN_GATE.
+    Raises:
+        InvalidArgument: CIRCUIT_TOO_LARGE above limits.max_operations; CIRCUIT_TOO_COMPLEX when
+            definitions nest deeper than MAX_DEFINITION_DEPTH or unroll to more than
+            limits.max_definition_operations operations; UNKNOWN_GATE for a gate without a
+            definition that no backend knows (OpenQASM 2 `opaque`).
     """
     _check_definitions(circuit, field)
     try:
-        count = count_operations(circuit, cap=limits.max_operations)
+        count = tally_operations(circuit, cap=limits.max_operations)
     except RecursionError:
         raise invalid("CIRCUIT_TOO_COMPLEX", "gate definitions nest too deeply", field) from None
-    if count > limits.max_operations:
-        raise _too_many_operations(count, limits.max_operations, field)
-    return count
+    # The size of what would run is the better answer, so it is checked first.
+    if count.total > limits.max_operations:
+        raise _too_many_operations(count.total, limits.max_operations, field)
+    if count.in_definitions > limits.max_definition_operations:
+        raise _too_many_definition_operations(limits.max_definition_operations, field)
+    return count.total
+
+
+def _too_many_definition_operations(limit: int, field: str) -> InvalidArgument:
+    return invalid(
+        "CIRCUIT_TOO_COMPLEX",
+        f"gate definitions unroll to more than {limit} operations, which is too costly to "
+        "compile; define fewer or smaller gates",
+        field,
+        max_definition_operations=limit,
+    )
+
+
+def check_finite_parameters(circuit: QuantumCircuit, field: str) -> None:
+    """NON_FINITE_ANGLE when a numeric gate parameter (or the global phase) is inf or NaN.
+
+    Looks at the circuit, its control-flow blocks and each distinct gate definition once (as
+    counted by `tally_operations`). Definitions whose instances differ only in their
+    parameters are looked at through one instance, so call this on the transpiled circuit too
+    (linear in its size) to see every angle that will run. Symbolic parameters are checked once
+    bound (resolve_bindings refuses non-finite values).
+    """
+    seen: set[tuple[object, ...]] = set()
+    pending: list[QuantumCircuit] = [circuit]
+    while pending:
+        body = pending.pop()
+        if not _finite(body.global_phase):
+            raise _non_finite("the global phase is not finite", field)
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                pending.extend(op.blocks)
+                continue
+            for value in op.params:
+                if not _finite(value):
+                    raise _non_finite(f"a parameter of {op.name!r} is not finite", field)
+            if _is_atomic(op):
+                continue
+            key = _definition_key(op)
+            if key not in seen:
+                seen.add(key)
+                definition = getattr(op, "definition", None)
+                if definition is not None:
+                    pending.append(definition)
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, ParameterExpression):
+        if value.parameters:
+            return True
+        try:
+            value = complex(value)
+        except (TypeError, ValueError):
+            return True
+    if isinstance(value, bool | int | np.integer):
+        return True  # exact integers (durations, indices) are finite however large
+    if isinstance(value, float | complex | np.floating | np.complexfloating):
+        return cmath.isfinite(complex(value))
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fc":
+        return bool(np.all(np.isfinite(value)))
+    return True
 
 
 def _check_definitions(circuit: QuantumCircuit, field: str) -> None:

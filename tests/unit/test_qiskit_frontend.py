@@ -126,11 +126,20 @@ def test_qasm2_parser_itself_cannot_read_files(tmp_path: Path) -> None:
         q3(H3 + 'defcalgrammar "//";  include "/etc/passwd";\nqubit[1] q;'),
         q3(H3 + 'include "/*";  include "/etc/hosts"; // */\nqubit[1] q;'),
         q2('OPENQASM 2.0;\ninclude "qelib1.inc"; /* include "/etc/hosts"; */\nqreg q[1];'),
-        q3(H3 + "include /etc/passwd;\nqubit[1] q;"),
+        # OpenQASM 2 line comments end at LF only, OpenQASM 3 ones at CR too.
+        q3(H3 + '// note\rinclude "/etc/hosts";\nqubit[1] q;'),
+        q2('OPENQASM 2.0;\r\ninclude "/etc/hosts";\r\nqreg q[1];'),
+        q2("OPENQASM 2.0;\ninclude '/etc/hosts';\nqreg q[1];"),
+        q2('OPENQASM 2.0;\ninclude\n// c\n"/etc/hosts"\n;\nqreg q[1];'),
+        q2("OPENQASM 2.0;\ninclude;\nqreg q[1];"),
     ],
 )
 def test_include_whitelist(source: CircuitSource) -> None:
     refused(source, "INCLUDE_NOT_ALLOWED")
+
+
+def test_an_include_without_a_file_name_is_a_syntax_error() -> None:
+    refused(q3(H3 + "include /etc/passwd;\nqubit[1] q;"), "INVALID_QASM")
 
 
 def test_includes_inside_comments_are_ignored() -> None:
@@ -142,9 +151,9 @@ def test_includes_inside_comments_are_ignored() -> None:
     assert circuit.num_qubits == 1
     text2 = H2 + '// include "/etc/passwd";\nqreg q[1];\n'
     assert fe.parse_circuit(q2(text2), LIMITS, FIELD).num_qubits == 1
-    # Pragma and annotation lines are raw text to the OpenQASM 3 lexer.
-    scan = fe._scan('pragma include "x";\n@note include "y"\ninclude "z";', CircuitLanguage.QASM3)
-    assert [name for _, _, name in scan.includes] == ["z"]
+    # Qiskit's OpenQASM 2 lexer ends a line comment at LF only: a CR does not end it.
+    text3 = H2 + '// note\r include "/etc/passwd";\nqreg q[1];\n'
+    assert fe.parse_circuit(q2(text3), LIMITS, FIELD).num_qubits == 1
 
 
 @pytest.mark.parametrize(
@@ -311,12 +320,11 @@ def test_unsupported_feature_names_the_feature() -> None:
     fe.check_features({CircuitFeature.RESET}, set(CircuitFeature), FIELD)
 
 
-def test_bits_outside_registers_are_refused() -> None:
+def test_bits_outside_registers_become_one_bit_registers() -> None:
     circuit = fe.parse_circuit(q3(H3 + "qubit[1] q; bit c; c = measure q[0];"), LIMITS, FIELD)
-    with pytest.raises(InvalidArgument) as info:
-        fe.check_clbits_in_registers(circuit, FIELD)
-    assert info.value.reason == "UNSUPPORTED_FEATURE"
-    assert info.value.metadata == {"feature": "bits_outside_registers"}
+    assert not fe.has_bits_outside_registers(circuit)
+    fe.check_clbits_in_registers(circuit, FIELD)
+    assert fe.result_registers(circuit) == (("c", (0,)),)
 
 
 def test_sampler_without_classical_bits() -> None:

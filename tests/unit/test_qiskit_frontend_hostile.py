@@ -1,0 +1,376 @@
+"""Hostile circuit text: every cost is bounded before the expensive work, with a specific reason.
+
+Inputs here are what an adversarial client sends: comments that end where one lexer thinks and
+not another, declarations of billions of bits, inputs that made the old pre-scan's regular
+expressions backtrack for minutes, definitions nested to unroll into millions of operations,
+non-finite angles. Each asserts its exact reason; none may escape as another exception.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qiskit.qasm2
+from qiskit import ClassicalRegister, QuantumCircuit, transpile
+from qiskit.circuit import Clbit
+
+from gateway.backends import qiskit_frontend as fe
+from gateway.backends.base import CircuitLimits
+from gateway.domain.circuits import CircuitLanguage, CircuitSource
+from gateway.domain.errors import Code, InvalidArgument
+
+FIELD = "spec.pubs[0].sampler.circuit.qasm3"
+LIMITS = CircuitLimits()
+H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+H2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\n'
+Q2, Q3 = CircuitLanguage.QASM2, CircuitLanguage.QASM3
+
+
+def refused(
+    language: CircuitLanguage,
+    text: str,
+    reason: str,
+    limits: CircuitLimits = LIMITS,
+    max_qubits: int | None = None,
+) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as info:
+        fe.parse_circuit(CircuitSource(language, text), limits, FIELD, max_qubits=max_qubits)
+    error = info.value
+    assert error.reason == reason, (error.reason, error.message)
+    assert error.code is Code.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == [FIELD]
+    return error
+
+
+def parsed(language: CircuitLanguage, text: str, limits: CircuitLimits = LIMITS) -> QuantumCircuit:
+    return fe.parse_circuit(CircuitSource(language, text), limits, FIELD)
+
+
+# ------------------------------------------------------------------ declared sizes, comments
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+def test_qasm3_declaration_after_a_comment_ending_in_cr_is_seen(newline: str) -> None:
+    # ANTLR's OpenQASM 3 line comment stops at CR: the declaration is real code.
+    text = f"OPENQASM 3.0;{newline}// note{newline}qubit[2000000000] q;{newline}"
+    error = refused(Q3, text, "TOO_MANY_QUBITS", max_qubits=30)
+    assert error.metadata == {"num_qubits": "2000000000", "max_qubits": "30"}
+    error = refused(Q3, text, "CIRCUIT_TOO_LARGE")
+    assert error.metadata == {"max_operations": str(LIMITS.max_operations)}
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        (Q3, "OPENQASM 3.0;\r// note\rbit[1000000] c;\r"),
+        (Q3, "OPENQASM 3.0;\nbit[60000] a;\ncreg b[60000];\n"),
+        (Q3, "OPENQASM 3.0;\nif (true) { bit[1000000] c; }\n"),
+        (Q2, "OPENQASM 2.0;\ncreg c[1000000];\n"),
+        (Q2, "OPENQASM 2.0;\r\ncreg a[60000];\r\ncreg b[60000];\r\n"),
+        (Q2, "OPENQASM 2.0;\n// note\r\ncreg c[1000000];\n"),
+    ],
+)
+def test_declared_classical_bits_are_limited(language: CircuitLanguage, text: str) -> None:
+    error = refused(language, text, "CIRCUIT_TOO_LARGE", max_qubits=30)
+    assert error.metadata["max_clbits"] == str(LIMITS.max_clbits)
+
+
+def test_the_clbit_limit_is_configurable() -> None:
+    limits = CircuitLimits(max_clbits=8)
+    parsed(Q3, H3 + "bit[4] a; bit[3] b; bit c;", limits)
+    error = refused(Q3, H3 + "bit[4] a; bit[4] b; bit c;", "CIRCUIT_TOO_LARGE", limits)
+    assert error.metadata == {"num_clbits": "9", "max_clbits": "8"}
+    refused(Q2, "OPENQASM 2.0;\ncreg a[5];\ncreg b[4];", "CIRCUIT_TOO_LARGE", limits)
+
+
+def test_qasm2_comment_ends_at_lf_only_as_in_qiskits_lexer() -> None:
+    # The declaration hides in the comment for Qiskit's reader too, so nothing is allocated.
+    circuit = parsed(Q2, "OPENQASM 2.0;\n// note\r qreg q[2000000000];\nqreg r[2];\n")
+    assert circuit.num_qubits == 2
+
+
+def test_physical_qubits_count_before_the_importer_creates_them() -> None:
+    refused(Q3, "OPENQASM 3.0;\nx $2000000000;", "TOO_MANY_QUBITS", max_qubits=30)
+    refused(Q3, "OPENQASM 3.0;\nU(0, 0, 0) $2000000000;", "CIRCUIT_TOO_LARGE")
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        (Q3, "OPENQASM 3.0;\nqubit[2 * 1000000000] q;"),
+        (Q3, "OPENQASM 3.0;\nbit[n] c;"),
+        (Q2, "OPENQASM 2.0;\nqreg q[2*10];"),
+        (Q2, "OPENQASM 2.0;\nqreg q[1e9];"),
+        (Q2, "OPENQASM 2.0;\nqreg q;"),
+        (Q2, "OPENQASM 2.0;\nqreg include[2];"),
+    ],
+)
+def test_register_sizes_must_be_integer_literals(language: CircuitLanguage, text: str) -> None:
+    error = refused(language, text, "INVALID_QASM")
+    assert "line 2" in error.message
+
+
+def test_aliases_are_bounded_before_the_importer_copies_bits() -> None:
+    # `a ++ b` copies both sides; a long chain of concatenations is quadratic in the importer.
+    limits = CircuitLimits(max_clbits=200)
+    parsed(Q3, "OPENQASM 3.0;\nbit[200] c;\nlet a = c[0:99] ++ c[100:199];\n", limits)
+    # 100 one-bit slices: 2 + 3 + ... + 100 bits copied, plus the alias itself.
+    chain = " ++ ".join(f"c[{i}:{i}]" for i in range(100))
+    text = f"OPENQASM 3.0;\nbit[200] c;\nlet a = {chain};\n"
+    error = refused(Q3, text, "CIRCUIT_TOO_LARGE", limits)
+    assert error.metadata == {"max_alias_bits": "2000"}
+
+
+# ----------------------------------------------------------- linear-time, exact lexical scan
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        # Each took the old declaration regexes cubic time (a 2 KB one about 10 s).
+        (Q2, "OPENQASM 2.0;\nqreg q[" + " " * 200_000),
+        (Q2, "OPENQASM 2.0;\ncreg c[" + " 1" * 100_000),
+        (Q2, "OPENQASM 2.0;\n" + "qreg q [ " * 20_000),
+        (Q2, "OPENQASM 2.0;\n" + '"' * 200_000),
+        (Q2, "OPENQASM 2.0;\n" + "\"'" * 100_000),
+        (Q2, "OPENQASM 2.0;\n" + "include " * 25_000),
+        (Q3, "OPENQASM 3.0;\nqubit[" + " " * 200_000),
+        (Q3, "OPENQASM 3.0;\nbit[" + " 1" * 100_000),
+        (Q3, "OPENQASM 3.0;\n" + "/*" * 100_000),
+    ],
+)
+def test_adversarial_200kb_inputs_are_refused_promptly(
+    language: CircuitLanguage, text: str
+) -> None:
+    # Fails with a client error (not a hang: the pytest timeout bounds the whole test).
+    with pytest.raises(InvalidArgument) as info:
+        fe.parse_circuit(CircuitSource(language, text), LIMITS, FIELD, max_qubits=30)
+    assert info.value.code is Code.INVALID_ARGUMENT
+
+
+@pytest.mark.timeout(30)
+def test_qasm2_scan_of_a_megabyte_is_linear() -> None:
+    line = "cx q[0], q[1]; // comment 'x\" \r\n"
+    text = H2 + "qreg q[2];\n" + line * (1_000_000 // len(line))
+    scan = fe._scan_qasm2(text, FIELD)
+    assert scan.qubits == 2
+    # `OPENQASM 2.0 ;` `include "qelib1.inc" ;` `qreg q [ 2 ] ;`, then 11 tokens a line.
+    assert scan.tokens == 3 + 3 + 6 + 11 * (1_000_000 // len(line))
+    # Comments ending in CR only run on to the next LF, as in Qiskit's lexer.
+    many = "OPENQASM 2.0;\n" + "// \r qreg q[9];" * 50_000 + "\nqreg q[1];"
+    assert fe._scan_qasm2(many, FIELD).qubits == 1
+
+
+SEPARATORS = [" ", "\n", "\r", "\r\n", "\t", "// c\n", "// c\r", "// c\r\n", "/* c */", "//\r\n"]
+
+
+def test_qasm2_scan_sees_every_include_qiskits_reader_would_follow(tmp_path: Path) -> None:
+    # Differential: Qiskit's real reader with an include path holding the file, against the
+    # scan. Wherever the reader would open the file, the scan must already have refused.
+    (tmp_path / "leak.inc").write_text("gate leak a { U(0, 0, 0) a; }\n")
+    opened = 0
+    for before, inside, after in itertools.product(SEPARATORS, SEPARATORS[:6], SEPARATORS):
+        text = f'OPENQASM 2.0;{before}include{inside}"leak.inc"{after};\nqreg q[1];\nleak q[0];\n'
+        try:
+            qiskit.qasm2.loads(text, include_path=(str(tmp_path),))
+            reader_opened = True
+        except qiskit.qasm2.QASM2ParseError as exc:
+            # Errors inside the included file carry its name and a position.
+            reader_opened = re.search(r"leak\.inc:\d+,\d+", str(exc)) is not None
+        try:
+            fe._scan_qasm2(text, FIELD)
+            scan_refused = False
+        except InvalidArgument as exc:
+            scan_refused = exc.reason == "INCLUDE_NOT_ALLOWED"
+        if reader_opened:
+            opened += 1
+            assert scan_refused, repr(text)
+    assert opened > 100  # the product really exercised the reader's include path
+
+
+def test_qasm2_reader_gets_no_include_path(tmp_path: Path) -> None:
+    # Defence in depth: a relative include is not found even if a scan had missed it.
+    (tmp_path / "x.inc").write_text("TOPSECRET_c9;\n")
+    with pytest.raises(InvalidArgument) as info:
+        fe._loads_qasm2('OPENQASM 2.0;\ninclude "x.inc";\nqreg q[1];\n', FIELD)
+    assert info.value.reason == "INVALID_QASM"
+    assert "TOPSECRET" not in info.value.message
+
+
+# -------------------------------------------------------------- nested definitions, compile cost
+
+
+def nested(depth: int, fan: int, *, qasm3: bool) -> str:
+    header = H3 + "qubit[2] q;\n" if qasm3 else H2 + "qreg q[2];\n"
+    lines = ["gate g0(t) a, b { rx(t) a; cx a, b; }"]
+    calls = " ".join(["g{0}(t) a, b;"] * fan)
+    lines += [f"gate g{i}(t) a, b {{ {calls.format(i - 1)} }}" for i in range(1, depth + 1)]
+    return header + "\n".join(lines) + f"\ng{depth}(0.5) q[0], q[1];\n"
+
+
+@pytest.mark.parametrize("qasm3", [False, True])
+def test_definitions_unrolling_to_too_much_compile_work_are_refused(qasm3: bool) -> None:
+    # 2 * 2^k operations, far under max_operations; at the defaults k = 14 (32768) takes
+    # tens of seconds to transpile and k = 30 hours.
+    language = Q3 if qasm3 else Q2
+    limits = CircuitLimits(max_definition_operations=2000)
+    error = refused(language, nested(10, 2, qasm3=qasm3), "CIRCUIT_TOO_COMPLEX", limits)
+    assert error.metadata == {"max_definition_operations": "2000"}
+    parsed(language, nested(9, 2, qasm3=qasm3), limits)  # 1024
+    # At the defaults, well before the work is done.
+    refused(language, nested(14, 2, qasm3=qasm3), "CIRCUIT_TOO_COMPLEX")
+
+
+def test_the_total_is_reported_before_the_definition_limit() -> None:
+    error = refused(Q2, nested(30, 2, qasm3=False), "CIRCUIT_TOO_LARGE")
+    assert error.metadata == {"max_operations": str(LIMITS.max_operations)}
+
+
+@pytest.mark.parametrize("qasm3", [False, True])
+def test_definition_nesting_depth_is_limited(qasm3: bool) -> None:
+    language = Q3 if qasm3 else Q2
+    parsed(language, nested(fe.MAX_DEFINITION_DEPTH - 1, 1, qasm3=qasm3))
+    error = refused(
+        language, nested(fe.MAX_DEFINITION_DEPTH, 1, qasm3=qasm3), "CIRCUIT_TOO_COMPLEX"
+    )
+    assert str(fe.MAX_DEFINITION_DEPTH) in error.message
+
+
+def test_standard_gates_are_not_definition_operations() -> None:
+    text = H2 + "qreg q[2];\n" + "cx q[0], q[1];\n" * 30_000
+    circuit = parsed(Q2, text, CircuitLimits(max_definition_operations=10))
+    assert fe.tally_operations(circuit) == fe.OperationCount(total=30_000, in_definitions=0)
+
+
+def test_a_loop_body_is_compiled_once() -> None:
+    text = H3 + "qubit[2] q;\ngate g a, b { cx a, b; h a; }\nfor int i in [0:99] { g q[0], q[1]; }"
+    circuit = parsed(Q3, text)
+    # 1 loop + 100 iterations x 2 operations; the definition's 2 operations are copied once.
+    assert fe.tally_operations(circuit) == fe.OperationCount(total=201, in_definitions=2)
+
+
+# ------------------------------------------------------------------------ small defects
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        (Q3, "// only a comment"),
+        (Q3, "/* a block */\n// and a line\r\n"),
+        (Q2, "// only a comment"),
+        (Q2, "// one\r// two\n"),
+    ],
+)
+def test_a_source_of_only_comments_has_no_statements(language: CircuitLanguage, text: str) -> None:
+    error = refused(language, text, "INVALID_QASM")
+    assert "no statements" in error.message
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        (Q3, H3 + "qubit q;\nrx(1e400) q;"),
+        (Q3, H3 + "qubit q;\nrx(inf) q;"),
+        (Q3, H3 + "qubit q;\nrx(1e300 * 1e300) q;"),
+        (Q3, H3 + "qubit q;\ngphase(1e300 * 1e300);"),
+        (Q3, H3 + "qubit q;\ndelay[1e400ns] q;"),
+        (Q3, H3 + "qubit q;\ngate g(t) a { rx(t * 1e300) a; }\ng(1e300) q;"),
+        (Q3, H3 + "qubit q;\npow(1e400) @ x q;"),
+        (Q2, H2 + "qreg q[1];\nrx(1e400) q[0];"),
+        (Q2, H2 + "qreg q[1];\nrx(inf) q[0];"),
+        (Q2, H2 + "qreg q[1];\nrx(nan) q[0];"),
+        (Q2, H2 + "qreg q[1];\nrx(1e300 * 1e300 - 1e300 * 1e300) q[0];"),
+        (Q2, H2 + "qreg q[1];\nrx(exp(1000)) q[0];"),
+        (Q2, H2 + "qreg q[1];\nrx(asin(2)) q[0];"),
+        (Q2, H2 + "qreg q[1];\ngate g a { rx(1e400) a; }\ng q[0];"),
+    ],
+)
+def test_non_finite_angles_are_refused(language: CircuitLanguage, text: str) -> None:
+    refused(language, text, "NON_FINITE_ANGLE")
+
+
+def test_check_finite_parameters_on_a_built_circuit() -> None:
+    circuit = QuantumCircuit(1)
+    circuit.rx(float("nan"), 0)
+    with pytest.raises(InvalidArgument) as info:
+        fe.check_finite_parameters(circuit, FIELD)
+    assert info.value.reason == "NON_FINITE_ANGLE"
+    fine = QuantumCircuit(1)
+    fine.rx(0.5, 0)
+    fe.check_finite_parameters(fine, FIELD)
+
+
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        (Q2, H2 + "qreg q[1];\ncreg c[1];\nx q[0];\nmeasure q[0] -> c[0];\n"),
+        (Q3, H3 + "qubit[1] q;\nbit[1] c;\nx q[0];\nc[0] = measure q[0];\n"),
+    ],
+)
+def test_a_leading_byte_order_mark_is_accepted(language: CircuitLanguage, text: str) -> None:
+    circuit = parsed(language, "\ufeff" + text)
+    assert dict(circuit.count_ops()) == {"x": 1, "measure": 1}
+
+
+def test_a_byte_order_mark_elsewhere_is_still_refused() -> None:
+    refused(Q2, H2 + "qreg q[1];\n\ufeffx q[0];\n", "INVALID_QASM")
+
+
+# ------------------------------------------------------------------- loose classical bits
+
+
+def test_loose_bits_are_one_bit_registers_named_after_their_variable() -> None:
+    text = (
+        H3 + "qubit[3] q;\nbit first;\nbit[2] pair;\nbit last;\n"
+        "first = measure q[0];\npair = measure q[1:2];\nlast = measure q[2];\n"
+    )
+    circuit = parsed(Q3, text)
+    assert not fe.has_bits_outside_registers(circuit)
+    assert fe.result_registers(circuit) == (
+        ("pair", (1, 2)),
+        ("first", (0,)),
+        ("last", (3,)),
+    )
+    # Transpiling keeps classical bits, their order and the registers.
+    out = transpile(circuit, basis_gates=["u", "cx", "measure"], seed_transpiler=1)
+    assert fe.result_registers(out) == fe.result_registers(circuit)
+
+
+def test_loose_bit_names_never_collide_with_a_register() -> None:
+    # Qiskit's importer escapes `C` to `esc_C`; the loose `esc_C` must not take that name.
+    circuit = parsed(Q3, H3 + "bit[2] C;\nbit esc_C;\nbit esc_C_1;\nqubit q;\n")
+    assert fe.result_registers(circuit) == (
+        ("esc_C", (0, 1)),
+        ("esc_C_1", (2,)),
+        ("esc_C_1_1", (3,)),
+    )
+
+
+def test_result_registers_of_a_circuit_built_elsewhere() -> None:
+    circuit = QuantumCircuit(1)
+    circuit.add_register(ClassicalRegister(1, "clbit1"))
+    circuit.add_bits([Clbit()])
+    assert fe.result_registers(circuit) == (("clbit1", (0,)), ("clbit1_1", (1,)))
+    assert fe.has_bits_outside_registers(circuit)
+
+
+def test_aliases_report_their_bits_too() -> None:
+    text = H3 + "qubit[2] q;\nbit[2] c;\nbit d;\nbit[1] e;\nlet both = c ++ e;\n"
+    assert fe.result_registers(parsed(Q3, text)) == (
+        ("c", (0, 1)),
+        ("e", (3,)),
+        ("both", (0, 1, 3)),
+        ("d", (2,)),
+    )
+
+
+def test_numpy_parameter_types_are_understood() -> None:
+    assert fe._finite(np.float64(1.0))
+    assert not fe._finite(np.float32("inf"))
+    assert fe._finite(10**400)
+    assert not fe._finite(np.array([1.0, np.nan]))
