@@ -236,6 +236,11 @@ _QASM2_KEYWORDS = frozenset(
 )
 
 
+def _too_long(number: str) -> bool:
+    # 18 digits always fit a 64-bit integer.
+    return any(len(part) > 18 for part in number.split("."))
+
+
 @dataclass
 class _Qasm2Scan:
     qubits: int = 0
@@ -267,8 +272,14 @@ def _scan_qasm2(text: str, field: str) -> _Qasm2Scan:
     scan = _Qasm2Scan()
     tokens = _qasm2_tokens(text)
     allowed = ALLOWED_INCLUDES[CircuitLanguage.QASM2]
+    previous = ""
     for kind, value, start in tokens:
         scan.tokens += 1
+        if kind == "number" and previous in ("[", "OPENQASM") and _too_long(value):
+            # The reader panics (a Rust unwrap) on an index or version number past 64 bits.
+            line, col = _position(text, start)
+            raise invalid("INVALID_QASM", f"line {line}, column {col}: number out of range", field)
+        previous = value
         if kind != "word":
             continue
         if value == "include":
@@ -394,7 +405,17 @@ def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
         raise
     except Exception as exc:  # the reader refusing the client's program in its own way
         raise _importer_rejected(exc, "OpenQASM 2", field) from None
+    except BaseException as exc:
+        if not _is_sdk_panic(exc):
+            raise
+        raise _importer_rejected(exc, "OpenQASM 2", field) from None
     return circuit
+
+
+def _is_sdk_panic(exc: BaseException) -> bool:
+    # A Rust panic inside Qiskit surfaces as pyo3's PanicException, a BaseException (so that
+    # `except Exception` does not swallow it); on client text it is the program being refused.
+    return type(exc).__name__ == "PanicException"
 
 
 _QASM2_POS = re.compile(r"<input>:(\d+),(\d+):\s*")
@@ -451,6 +472,8 @@ def _importer_rejected(exc: BaseException, language: str, field: str) -> Invalid
         detail = "an index is out of range"
     elif isinstance(exc, OverflowError):
         detail = "a number is too large"
+    elif _is_sdk_panic(exc):
+        detail = "a value is out of the range the reader handles"
     else:
         detail = _sdk_message(exc) or type(exc).__name__
     return invalid("INVALID_QASM", _clip(f"{language} program rejected: {detail}"), field)
@@ -521,6 +544,10 @@ def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
     except (RecursionError, MemoryError):
         raise
     except Exception as exc:  # the importer refusing the client's program in its own way
+        raise _importer_rejected(exc, "OpenQASM 3", field) from None
+    except BaseException as exc:
+        if not _is_sdk_panic(exc):
+            raise
         raise _importer_rejected(exc, "OpenQASM 3", field) from None
     return circuit
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qiskit.qasm2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qiskit import ClassicalRegister, QuantumCircuit, transpile
 from qiskit.circuit import Clbit
 
@@ -374,3 +376,115 @@ def test_numpy_parameter_types_are_understood() -> None:
     assert not fe._finite(np.float32("inf"))
     assert fe._finite(10**400)
     assert not fe._finite(np.array([1.0, np.nan]))
+
+
+# --------------------------------------------------------------------- near-valid programs
+
+_BASES = {
+    Q3: [
+        H3 + "qubit[3] q; bit[3] c; bit d; h q[0]; cx q[0], q[1]; rx(pi/2) q[2];\n"
+        "c = measure q; d = measure q[0];\n",
+        H3 + "input float theta; qubit[2] q; bit[2] c; rz(theta) q[0]; c[0] = measure q[0];\n"
+        "if (c[0]) { x q[1]; } else { z q[1]; } c[1] = measure q[1];\n",
+        H3 + "gate g(a) x, y { rx(a) x; cx x, y; } qubit[2] q; g(0.5) q[0], q[1];\n"
+        "for int i in [0:3] { g(i * 0.1) q[0], q[1]; }\n",
+        H3 + "qubit[2] q; bit[2] c; let a = c[0:1]; ctrl @ x q[0], q[1]; inv @ s q[1];\n"
+        "reset q; barrier q; delay[10ns] q[0]; c = measure q;\n",
+        "OPENQASM 3.0;\nx $0; U(0.1, 0.2, 0.3) $1; bit b; b = measure $1;\n",
+    ],
+    Q2: [
+        H2 + "qreg q[3]; creg c[3]; h q[0]; cx q[0],q[1]; u(0.1,0.2,0.3) q[2]; sx q[1];\n"
+        "swap q[0],q[2]; measure q -> c; if (c==1) x q[0];\n",
+        H2 + "gate g(a) x, y { rx(a) x; cx x, y; } qreg q[2]; g(0.5) q[0], q[1]; barrier q;\n"
+        "reset q[0]; opaque delay(t) a; delay(10) q[0];\n",
+        "OPENQASM 2.0;\nqreg q[2]; creg c[2]; U(0.1,0.2,asin(0.5)) q[0]; CX q[0], q[1];\n"
+        "measure q[0] -> c[0];\n",
+    ],
+}
+_SNIPPETS = [
+    "\r",
+    "\n",
+    "\r\n",
+    "//",
+    "/*",
+    "*/",
+    '"',
+    "'",
+    "$",
+    "$99999999999",
+    "[",
+    "]",
+    "{",
+    "}",
+    "(",
+    ")",
+    ";",
+    ",",
+    "1e400",
+    "99999999999999999999",
+    "-",
+    "include",
+    'include "x";',
+    "qubit",
+    "qreg q[5];",
+    "creg",
+    "bit",
+    "gate",
+    "let",
+    "++",
+    "\ufeff",
+    "\u00e9",
+    "\x00",
+    "inf",
+    "nan",
+    "measure",
+    "->",
+    "==",
+    "if",
+    "for",
+    "while",
+    "ctrl @",
+    "pow(",
+    "@",
+    "#pragma",
+    "OPENQASM",
+    "0x",
+    "1_0",
+    ".",
+    "U",
+    "CX",
+    "0",
+    "1.5",
+    "box",
+    "def",
+    "const",
+    "output",
+    "input",
+    "gphase",
+    "switch",
+    "bit[100000000] z;",
+    "qubit[3000000000] r;",
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_near_valid_programs_get_a_circuit_or_a_client_error(data: st.DataObject) -> None:
+    language = data.draw(st.sampled_from([Q2, Q3]))
+    text = data.draw(st.sampled_from(_BASES[language]))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(text)))
+        if data.draw(st.booleans()):
+            text = text[:at] + data.draw(st.sampled_from(_SNIPPETS)) + text[at:]
+        else:
+            text = text[:at] + text[at + data.draw(st.integers(1, 6)) :]
+    limits = CircuitLimits(parse_timeout_s=2.0)
+    try:
+        circuit = fe.parse_circuit(CircuitSource(language, text), limits, FIELD, max_qubits=20)
+    except InvalidArgument as error:
+        assert error.code is Code.INVALID_ARGUMENT
+        return
+    fe.detect_features(circuit)
+    fe.check_finite_parameters(circuit, FIELD)
+    assert not fe.has_bits_outside_registers(circuit)
+    assert sum(len(bits) for _, bits in fe.result_registers(circuit)) >= circuit.num_clbits
