@@ -330,6 +330,7 @@ def encode_backend(info: db.BackendInfo, status: db.BackendStatus) -> backend_pb
             waiting=status.pool_waiting,
             min_instances=status.pool_min,
             max_instances=status.pool_max,
+            peak_instances=status.pool_peak,
         ),
     )
     out.health.serving = status.serving

@@ -108,6 +108,9 @@ class PoolConfig(_Strict):
     max_age_s: float = Field(default=3600.0, gt=0)
     idle_timeout_s: float = Field(default=600.0, gt=0)
     acquire_timeout_s: float = Field(default=30.0, gt=0)
+    # Worker (re)starts per second once a burst of max_instances is spent: a client whose every
+    # job kills its worker cannot make the gateway fork faster than this.
+    max_creations_per_s: float = Field(default=1.0, gt=0)
 
     def limits(self) -> PoolLimits:
         return PoolLimits(
@@ -116,6 +119,7 @@ class PoolConfig(_Strict):
             max_age_s=self.max_age_s,
             idle_timeout_s=self.idle_timeout_s,
             acquire_timeout_s=self.acquire_timeout_s,
+            max_creations_per_s=self.max_creations_per_s,
         )
 
 

@@ -21,6 +21,8 @@ from gateway.jobs.manager import JobManager
 from gateway.security.principals import tenant_of
 
 MAX_REQUEST_ID_LENGTH = 128
+# Run answers this long before the caller's deadline (less for short deadlines).
+RUN_ANSWER_MARGIN_S = 0.05
 
 
 def _request_id(value: str) -> str:
@@ -31,6 +33,14 @@ def _request_id(value: str) -> str:
             field_violations=[FieldViolation("request_id", "too long or not printable")],
         )
     return value
+
+
+def run_wait_timeout(remaining: float | None) -> float | None:
+    """How long Run waits for its job, given the call's remaining time (None: no deadline):
+    until RUN_ANSWER_MARGIN_S, or a tenth of what remains if less, before the deadline."""
+    if remaining is None:
+        return None
+    return max(0.0, remaining - min(RUN_ANSWER_MARGIN_S, 0.1 * remaining))
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -51,6 +61,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return msg
 
     async def _submit(self, context: Context, request_id: str, spec: job_pb2.JobSpec) -> Job:
+        # Only what the API defines is stored and digested: unknown fields (at any depth) would
+        # otherwise be persisted verbatim, and padding would change the request digest.
+        spec.DiscardUnknownFields()
         domain_spec = codec.decode_spec(spec)
         return await self._manager.submit(
             tenant_of(context),
@@ -113,10 +126,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.RunRequest, context: Context
     ) -> job_service_pb2.RunResponse:
         job = await self._submit(context, request.request_id, request.spec)
-        remaining = context.time_remaining()
         # Answer a little before the deadline, so the caller gets our error with the job name
-        # rather than its own bare DEADLINE_EXCEEDED.
-        timeout = None if remaining is None else max(0.0, remaining - max(0.05, 0.1 * remaining))
+        # rather than its own bare DEADLINE_EXCEEDED; the margin shrinks with the deadline, so a
+        # short deadline still gives a fast job its chance instead of being answered at once.
+        timeout = run_wait_timeout(context.time_remaining())
         finished = await self._manager.wait(job.tenant, job.id, timeout)
         if finished is None:
             raise DeadlineExceeded(

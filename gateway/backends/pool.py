@@ -1,8 +1,12 @@
 """A pool of backend instances: warm simulator workers, provider clients or provider sessions.
 
 min/max instances, a health check when an instance is checked out, a maximum instance age, idle
-eviction and an acquire timeout. Callers wait on a condition for an instance, never in a busy
-loop; the backend's concurrency limit is max_instances.
+eviction, an acquire timeout and a creation rate limit. Callers wait on a condition for an
+instance, never in a busy loop; the backend's concurrency limit is max_instances.
+
+An instance holds its place in the pool from the moment its creation is reserved until its
+destruction has finished, so the number of live instances (processes, sessions) never exceeds
+max_instances, not even while a broken one is still exiting.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -39,6 +43,9 @@ class PoolLimits:
     max_age_s: float = 3600.0
     idle_timeout_s: float = 600.0
     acquire_timeout_s: float = 30.0
+    # Instance creations per second once a burst of max_instances is spent (inf: no limit), so
+    # a client whose every job kills its worker cannot make the pool respawn faster than this.
+    max_creations_per_s: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class PoolStats:
     waiting: int
     min_instances: int
     max_instances: int
+    # Most live instances (idle + in use + being created or destroyed) at any one time so far.
+    high_water: int
 
 
 @dataclass(eq=False)
@@ -57,12 +66,50 @@ class _Slot(Generic[T]):
     last_used: float
 
 
+class _CreationBucket:
+    """A token bucket for instance creations: `burst` at once, then `rate` per second.
+
+    Callers that find it empty sleep until their token is due (in arrival order, behind a fair
+    lock), so a flood of replacements is spaced out instead of spinning."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._stamp = clock()
+        self._lock = anyio.Lock()
+
+    async def take(self) -> None:
+        if math.isinf(self._rate):
+            return
+        async with self._lock:
+            while True:
+                now = self._clock()
+                elapsed = max(0.0, now - self._stamp)
+                self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+                self._stamp = now
+                # The tolerance absorbs float rounding after a sleep of exactly the deficit.
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens -= 1.0
+                    return
+                await self._sleep((1.0 - self._tokens) / self._rate)
+
+
 class Pool(Generic[T]):
     def __init__(
         self,
         factory: InstanceFactory[T],
         limits: PoolLimits,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self._factory = factory
         self.limits = limits
@@ -70,9 +117,13 @@ class Pool(Generic[T]):
         self._cond = anyio.Condition()
         self._idle: list[_Slot[T]] = []
         self._in_use: dict[int, _Slot[T]] = {}
-        self._size = 0  # idle + in use + being created
+        self._size = 0  # idle + in use + being created + being destroyed
+        self._high_water = 0
         self._waiting = 0
         self._closed = False
+        self._bucket = _CreationBucket(
+            limits.max_creations_per_s, max(1, limits.max_instances), clock, sleep
+        )
 
     def stats(self) -> PoolStats:
         return PoolStats(
@@ -81,21 +132,35 @@ class Pool(Generic[T]):
             waiting=self._waiting,
             min_instances=self.limits.min_instances,
             max_instances=self.limits.max_instances,
+            high_water=self._high_water,
         )
 
     async def start(self) -> None:
-        """Creates min_instances instances concurrently."""
+        """Tops the pool up to min_instances, creating concurrently. Instances that already
+        exist or are being created count: after a restart with a backlog, dispatchers acquire
+        (and create) before start() runs."""
         async with anyio.create_task_group() as tg:
             for _ in range(self.limits.min_instances):
-                tg.start_soon(self._add_idle)
+                tg.start_soon(self._top_up_one)
 
-    async def _add_idle(self) -> None:
+    def _reserve(self) -> None:
+        """Takes a place for an instance about to be created; the caller holds the lock."""
+        self._size += 1
+        self._high_water = max(self._high_water, self._size)
+
+    async def _top_up_one(self) -> bool:
+        """Creates one idle instance if the pool is below min_instances; False if it is not.
+        The place is reserved under the lock, so concurrent top-ups and acquirers never
+        together pass the limits."""
         async with self._cond:
-            self._size += 1
+            if self._closed or self._size >= self.limits.min_instances:
+                return False
+            self._reserve()
         slot = await self._create_slot()
         async with self._cond:
             self._idle.append(slot)
             self._cond.notify()
+        return True
 
     async def acquire(self, timeout: float | None = None) -> T:
         """An instance, waiting up to `timeout` (default: the pool's acquire timeout; math.inf
@@ -123,13 +188,14 @@ class Pool(Generic[T]):
                         self._in_use[id(slot.instance)] = slot
                         return slot, False
                     if self._size < self.limits.max_instances:
-                        self._size += 1
+                        self._reserve()
                         return None, True
                     await self._cond.wait()
             finally:
                 self._waiting -= 1
 
-    async def _unreserve(self) -> None:
+    async def _free_place(self) -> None:
+        """Gives back the place of an instance that was never created or is destroyed now."""
         # Shielded: this runs while a timeout or cancellation is unwinding the caller, and the
         # count must be right or the pool believes in an instance that never came.
         with anyio.CancelScope(shield=True):
@@ -144,11 +210,13 @@ class Pool(Generic[T]):
         return slot.instance
 
     async def _create_slot(self) -> _Slot[T]:
-        """Creates an instance for a place already reserved; gives the place back on failure."""
+        """Creates an instance for a place already reserved; gives the place back on failure
+        (also when the caller times out while waiting for a creation token)."""
         try:
+            await self._bucket.take()
             instance = await self._factory.create()
         except BaseException:
-            await self._unreserve()
+            await self._free_place()
             raise
         now = self._clock()
         return _Slot(instance, now, now)
@@ -166,9 +234,8 @@ class Pool(Generic[T]):
         with anyio.CancelScope(shield=True):
             async with self._cond:
                 self._in_use.pop(id(slot.instance), None)
-                self._size -= 1
-                self._cond.notify()
             await self._destroy(slot.instance)
+            await self._free_place()
 
     async def _destroy(self, instance: T) -> None:
         try:
@@ -186,14 +253,13 @@ class Pool(Generic[T]):
             slot = self._in_use.pop(id(instance), None)
             if slot is None:
                 return
-            if broken or self._closed:
-                self._size -= 1
-            else:
+            if not (broken or self._closed):
                 slot.last_used = self._clock()
                 self._idle.append(slot)
-            self._cond.notify()
-        if broken or self._closed:
-            await self._destroy(instance)
+                self._cond.notify()
+                return
+        await self._destroy(instance)
+        await self._free_place()
 
     async def maintain(self) -> None:
         """Evicts instances idle too long or too old (keeping min_instances), then tops the pool
@@ -207,16 +273,17 @@ class Pool(Generic[T]):
                 stale = now - slot.last_used > self.limits.idle_timeout_s
                 if expired or (stale and len(keep) >= self.limits.min_instances):
                     evicted.append(slot)
-                    self._size -= 1
                 else:
                     keep.append(slot)
             self._idle = keep
-            missing = max(0, self.limits.min_instances - self._size)
-        for slot in evicted:
-            await self._destroy(slot.instance)
-        for _ in range(missing):
+        with anyio.CancelScope(shield=True):
+            for slot in evicted:
+                await self._destroy(slot.instance)
+                await self._free_place()
+        while True:
             try:
-                await self._add_idle()
+                if not await self._top_up_one():
+                    break
             except Exception:
                 log.exception("could not top the pool up to its minimum")
                 break
@@ -225,9 +292,9 @@ class Pool(Generic[T]):
         async with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._size -= len(idle)
             self._cond.notify_all()
         for slot in idle:
             await self._destroy(slot.instance)
+            await self._free_place()
         for slot in list(self._in_use.values()):
             await self._destroy(slot.instance)

@@ -70,6 +70,8 @@ class BackendStatus:
     pool_waiting: int
     pool_min: int
     pool_max: int
+    # Most live pool instances at one time since the gateway started.
+    pool_peak: int
 
     @property
     def online(self) -> bool:

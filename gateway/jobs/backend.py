@@ -71,4 +71,5 @@ class BackendRuntime:
             pool_waiting=pool.waiting,
             pool_min=pool.min_instances,
             pool_max=pool.max_instances,
+            pool_peak=pool.high_water,
         )

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from gateway.backends.pool import Pool, PoolLimits
+from gateway.config import PoolConfig
 
 
 class Factory:
@@ -17,17 +18,24 @@ class Factory:
         self.broken: set[int] = set()
         self.create_delay = create_delay
         self.gate = anyio.Event()
+        self.destroy_gate: anyio.Event | None = None
+        self.clock: Clock | None = None
+        self.created_at: list[float] = []
 
     async def create(self) -> int:
         if self.create_delay:
             await self.gate.wait()  # held until the test releases it
         self.created += 1
+        if self.clock is not None:
+            self.created_at.append(self.clock.now)
         return self.created
 
     async def check(self, instance: int) -> bool:
         return instance not in self.broken
 
     async def destroy(self, instance: int) -> None:
+        if self.destroy_gate is not None:
+            await self.destroy_gate.wait()  # a process that takes its time to exit
         self.destroyed.append(instance)
 
 
@@ -103,3 +111,154 @@ async def test_a_timeout_during_creation_does_not_leak_capacity() -> None:
     factory.gate.set()
     instance = await pool.acquire(timeout=math.inf)  # capacity was given back
     assert instance == 1
+
+
+@pytest.mark.anyio
+async def test_start_counts_instances_dispatchers_already_created() -> None:
+    # After a restart with a backlog, dispatchers acquire (and create) before start() runs.
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=2, max_instances=2))
+    held = [await pool.acquire(), await pool.acquire()]
+    await pool.start()
+    assert factory.created == 2
+    stats = pool.stats()
+    assert (stats.in_use, stats.idle, stats.high_water) == (2, 0, 2)
+    for instance in held:
+        await pool.release(instance)
+    assert pool.stats().high_water == 2
+
+
+@pytest.mark.anyio
+async def test_start_counts_instances_still_being_created() -> None:
+    factory = Factory(create_delay=1.0)
+    pool = Pool(factory, PoolLimits(min_instances=2, max_instances=2))
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def dispatcher() -> None:
+            got.append(await pool.acquire(timeout=math.inf))
+
+        tg.start_soon(dispatcher)
+        await anyio.wait_all_tasks_blocked()  # its instance is being created
+        tg.start_soon(pool.start)
+        await anyio.wait_all_tasks_blocked()
+        factory.gate.set()
+    stats = pool.stats()
+    assert factory.created == 2 and stats.high_water == 2
+    assert (stats.in_use, stats.idle) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_a_broken_instance_holds_its_place_until_destroyed() -> None:
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=1))
+    await pool.start()
+    one = await pool.acquire()
+    factory.destroy_gate = anyio.Event()
+    got: list[int] = []
+    created_while_exiting = -1
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: pool.release(one, broken=True))
+
+        async def replacement() -> None:
+            got.append(await pool.acquire(timeout=math.inf))
+
+        tg.start_soon(replacement)
+        await anyio.wait_all_tasks_blocked()
+        created_while_exiting = factory.created
+        factory.destroy_gate.set()  # before asserting: a shielded destroy would wait for ever
+    # The old process was still exiting: no second one may exist beside it.
+    assert created_while_exiting == 1
+    assert got == [2] and factory.destroyed == [1]
+    assert pool.stats().high_water == 1
+
+
+@pytest.mark.anyio
+async def test_maintain_tops_up_without_passing_the_maximum() -> None:
+    factory, clock = Factory(), Clock()
+    pool = Pool(factory, PoolLimits(min_instances=2, max_instances=2, max_age_s=10), clock)
+    await pool.start()
+    held = await pool.acquire()
+    clock.now += 11  # the idle one is too old: replaced; the one in use is not touched
+    await pool.maintain()
+    stats = pool.stats()
+    assert (stats.in_use, stats.idle, stats.high_water) == (1, 1, 2)
+    await pool.release(held)
+
+
+class SleepingClock(Clock):
+    """A clock that only moves when the pool sleeps: waits are exact and recorded."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await anyio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_creations_past_the_burst_are_spaced_at_the_configured_rate() -> None:
+    clock = SleepingClock()
+    factory = Factory()
+    factory.clock = clock
+    limits = PoolLimits(min_instances=3, max_instances=3, max_creations_per_s=4.0)
+    pool = Pool(factory, limits, clock, sleep=clock.sleep)
+    await pool.start()  # the first min_instances creations are within the burst
+    assert factory.created_at == [0.0, 0.0, 0.0] and clock.sleeps == []
+    for _ in range(3):
+        # Every job kills its worker: each replacement waits for a token (the first round runs
+        # on the instances start() made).
+        held = [await pool.acquire() for _ in range(3)]
+        for instance in held:
+            await pool.release(instance, broken=True)
+    assert factory.created_at == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+    assert clock.sleeps == [0.25] * 6  # one wait per creation, never a busy loop
+
+
+@pytest.mark.anyio
+async def test_concurrent_creations_wait_their_turn_for_a_token() -> None:
+    clock = SleepingClock()
+    factory = Factory()
+    factory.clock = clock
+    pool = Pool(
+        factory,
+        PoolLimits(min_instances=0, max_instances=4, max_creations_per_s=2.0),
+        clock,
+        sleep=clock.sleep,
+    )
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(lambda: _acquire_into(pool, got))
+    clock.now = 10.0  # the bucket refills to its burst (max_instances), not beyond
+    for instance in got:
+        await pool.release(instance, broken=True)
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(lambda: _acquire_into(pool, got))
+    assert factory.created_at == [0.0] * 4 + [10.0] * 4
+    assert pool.stats().high_water == 4
+
+
+async def _acquire_into(pool: Pool[int], out: list[int]) -> None:
+    out.append(await pool.acquire())
+
+
+@pytest.mark.anyio
+async def test_a_timeout_while_waiting_for_a_token_gives_the_place_back() -> None:
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=0, max_instances=1, max_creations_per_s=0.5))
+    one = await pool.acquire()  # the burst's only token
+    await pool.release(one, broken=True)
+    with pytest.raises(TimeoutError):
+        await pool.acquire(timeout=0.05)  # the next token comes in 2 s
+    stats = pool.stats()
+    assert (stats.in_use, stats.idle, factory.created) == (0, 0, 1)
+
+
+def test_pool_config_carries_the_creation_rate() -> None:
+    limits = PoolConfig(min_instances=1, max_instances=3, max_creations_per_s=0.5).limits()
+    assert limits.max_creations_per_s == 0.5
+    assert PoolConfig().limits().max_creations_per_s > 0

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qgateway/v1/backend.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\rBackendLimits\x12\x11\n\tmax_shots\x18\x01 \x01(\x04\x12\x1b\n\x13memory_budget_bytes\x18\x02 \x01(\x04\x12\x17\n\x0fmax_queued_jobs\x18\x03 \x01(\r\x12\x18\n\x10max_result_bytes\x18\x04 \x01(\x04\"\xc9\x04\n\x07\x42\x61\x63kend\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.qgateway.v1.BackendKind\x12\x12\n\nnum_qubits\x18\x04 \x01(\r\x12\x13\n\x0b\x62\x61sis_gates\x18\x05 \x03(\t\x12*\n\nprimitives\x18\x06 \x03(\x0e\x32\x16.qgateway.v1.Primitive\x12-\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0e\x32\x1b.qgateway.v1.CircuitFeature\x12*\n\x06status\x18\x08 \x01(\x0e\x32\x1a.qgateway.v1.BackendStatus\x12\x13\n\x0bqueue_depth\x18\t \x01(\r\x12\x14\n\x0crunning_jobs\x18\n \x01(\r\x12*\n\x06limits\x18\x0b \x01(\x0b\x32\x1a.qgateway.v1.BackendLimits\x12\x38\n\nproperties\x18\x0c \x03(\x0b\x32$.qgateway.v1.Backend.PropertiesEntry\x12*\n\x06health\x18\r \x01(\x0b\x32\x1a.qgateway.v1.BackendHealth\x12\x30\n\rbreaker_state\x18\x0e \x01(\x0e\x32\x19.qgateway.v1.BreakerState\x12$\n\x04pool\x18\x0f \x01(\x0b\x32\x16.qgateway.v1.PoolStats\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\rBackendHealth\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x33\n\x0flast_probe_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x03 \x01(\t\"h\n\tPoolStats\x12\x0e\n\x06in_use\x18\x01 \x01(\r\x12\x0c\n\x04idle\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x15\n\rmin_instances\x18\x04 \x01(\r\x12\x15\n\rmax_instances\x18\x05 \x01(\r*b\n\x0b\x42\x61\x63kendKind\x12\x1c\n\x18\x42\x41\x43KEND_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_KIND_SIMULATOR\x10\x01\x12\x19\n\x15\x42\x41\x43KEND_KIND_HARDWARE\x10\x02*V\n\tPrimitive\x12\x19\n\x15PRIMITIVE_UNSPECIFIED\x10\x00\x12\x15\n\x11PRIMITIVE_SAMPLER\x10\x01\x12\x17\n\x13PRIMITIVE_ESTIMATOR\x10\x02*\x9b\x01\n\x0e\x43ircuitFeature\x12\x1f\n\x1b\x43IRCUIT_FEATURE_UNSPECIFIED\x10\x00\x12+\n\'CIRCUIT_FEATURE_MID_CIRCUIT_MEASUREMENT\x10\x01\x12\x19\n\x15\x43IRCUIT_FEATURE_RESET\x10\x02\x12 \n\x1c\x43IRCUIT_FEATURE_CONTROL_FLOW\x10\x03*f\n\rBackendStatus\x12\x1e\n\x1a\x42\x41\x43KEND_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATUS_ONLINE\x10\x01\x12\x1a\n\x16\x42\x41\x43KEND_STATUS_OFFLINE\x10\x02*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qgateway/v1/backend.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\rBackendLimits\x12\x11\n\tmax_shots\x18\x01 \x01(\x04\x12\x1b\n\x13memory_budget_bytes\x18\x02 \x01(\x04\x12\x17\n\x0fmax_queued_jobs\x18\x03 \x01(\r\x12\x18\n\x10max_result_bytes\x18\x04 \x01(\x04\"\xc9\x04\n\x07\x42\x61\x63kend\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.qgateway.v1.BackendKind\x12\x12\n\nnum_qubits\x18\x04 \x01(\r\x12\x13\n\x0b\x62\x61sis_gates\x18\x05 \x03(\t\x12*\n\nprimitives\x18\x06 \x03(\x0e\x32\x16.qgateway.v1.Primitive\x12-\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0e\x32\x1b.qgateway.v1.CircuitFeature\x12*\n\x06status\x18\x08 \x01(\x0e\x32\x1a.qgateway.v1.BackendStatus\x12\x13\n\x0bqueue_depth\x18\t \x01(\r\x12\x14\n\x0crunning_jobs\x18\n \x01(\r\x12*\n\x06limits\x18\x0b \x01(\x0b\x32\x1a.qgateway.v1.BackendLimits\x12\x38\n\nproperties\x18\x0c \x03(\x0b\x32$.qgateway.v1.Backend.PropertiesEntry\x12*\n\x06health\x18\r \x01(\x0b\x32\x1a.qgateway.v1.BackendHealth\x12\x30\n\rbreaker_state\x18\x0e \x01(\x0e\x32\x19.qgateway.v1.BreakerState\x12$\n\x04pool\x18\x0f \x01(\x0b\x32\x16.qgateway.v1.PoolStats\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\rBackendHealth\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x33\n\x0flast_probe_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x03 \x01(\t\"\x80\x01\n\tPoolStats\x12\x0e\n\x06in_use\x18\x01 \x01(\r\x12\x0c\n\x04idle\x18\x02 \x01(\r\x12\x0f\n\x07waiting\x18\x03 \x01(\r\x12\x15\n\rmin_instances\x18\x04 \x01(\r\x12\x15\n\rmax_instances\x18\x05 \x01(\r\x12\x16\n\x0epeak_instances\x18\x06 \x01(\x05*b\n\x0b\x42\x61\x63kendKind\x12\x1c\n\x18\x42\x41\x43KEND_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_KIND_SIMULATOR\x10\x01\x12\x19\n\x15\x42\x41\x43KEND_KIND_HARDWARE\x10\x02*V\n\tPrimitive\x12\x19\n\x15PRIMITIVE_UNSPECIFIED\x10\x00\x12\x15\n\x11PRIMITIVE_SAMPLER\x10\x01\x12\x17\n\x13PRIMITIVE_ESTIMATOR\x10\x02*\x9b\x01\n\x0e\x43ircuitFeature\x12\x1f\n\x1b\x43IRCUIT_FEATURE_UNSPECIFIED\x10\x00\x12+\n\'CIRCUIT_FEATURE_MID_CIRCUIT_MEASUREMENT\x10\x01\x12\x19\n\x15\x43IRCUIT_FEATURE_RESET\x10\x02\x12 \n\x1c\x43IRCUIT_FEATURE_CONTROL_FLOW\x10\x03*f\n\rBackendStatus\x12\x1e\n\x1a\x42\x41\x43KEND_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41\x43KEND_STATUS_ONLINE\x10\x01\x12\x1a\n\x16\x42\x41\x43KEND_STATUS_OFFLINE\x10\x02*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BACKEND_PROPERTIESENTRY']._loaded_options = None
   _globals['_BACKEND_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_BACKENDKIND']._serialized_start=992
-  _globals['_BACKENDKIND']._serialized_end=1090
-  _globals['_PRIMITIVE']._serialized_start=1092
-  _globals['_PRIMITIVE']._serialized_end=1178
-  _globals['_CIRCUITFEATURE']._serialized_start=1181
-  _globals['_CIRCUITFEATURE']._serialized_end=1336
-  _globals['_BACKENDSTATUS']._serialized_start=1338
-  _globals['_BACKENDSTATUS']._serialized_end=1440
-  _globals['_BREAKERSTATE']._serialized_start=1442
-  _globals['_BREAKERSTATE']._serialized_end=1566
+  _globals['_BACKENDKIND']._serialized_start=1017
+  _globals['_BACKENDKIND']._serialized_end=1115
+  _globals['_PRIMITIVE']._serialized_start=1117
+  _globals['_PRIMITIVE']._serialized_end=1203
+  _globals['_CIRCUITFEATURE']._serialized_start=1206
+  _globals['_CIRCUITFEATURE']._serialized_end=1361
+  _globals['_BACKENDSTATUS']._serialized_start=1363
+  _globals['_BACKENDSTATUS']._serialized_end=1465
+  _globals['_BREAKERSTATE']._serialized_start=1467
+  _globals['_BREAKERSTATE']._serialized_end=1591
   _globals['_BACKENDLIMITS']._serialized_start=75
   _globals['_BACKENDLIMITS']._serialized_end=189
   _globals['_BACKEND']._serialized_start=192
@@ -52,6 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKEND_PROPERTIESENTRY']._serialized_end=777
   _globals['_BACKENDHEALTH']._serialized_start=779
   _globals['_BACKENDHEALTH']._serialized_end=884
-  _globals['_POOLSTATS']._serialized_start=886
-  _globals['_POOLSTATS']._serialized_end=990
+  _globals['_POOLSTATS']._serialized_start=887
+  _globals['_POOLSTATS']._serialized_end=1015
 # @@protoc_insertion_point(module_scope)

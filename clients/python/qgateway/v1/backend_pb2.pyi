@@ -123,15 +123,17 @@ class BackendHealth(_message.Message):
     def __init__(self, serving: _Optional[bool] = ..., last_probe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class PoolStats(_message.Message):
-    __slots__ = ("in_use", "idle", "waiting", "min_instances", "max_instances")
+    __slots__ = ("in_use", "idle", "waiting", "min_instances", "max_instances", "peak_instances")
     IN_USE_FIELD_NUMBER: _ClassVar[int]
     IDLE_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     MIN_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     MAX_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     in_use: int
     idle: int
     waiting: int
     min_instances: int
     max_instances: int
-    def __init__(self, in_use: _Optional[int] = ..., idle: _Optional[int] = ..., waiting: _Optional[int] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ...) -> None: ...
+    peak_instances: int
+    def __init__(self, in_use: _Optional[int] = ..., idle: _Optional[int] = ..., waiting: _Optional[int] = ..., min_instances: _Optional[int] = ..., max_instances: _Optional[int] = ..., peak_instances: _Optional[int] = ...) -> None: ...
