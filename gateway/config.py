@@ -72,21 +72,28 @@ class CompilerConfig(_Strict):
     # Processes, shared fairly across tenants. The default is one per core of this kind of
     # machine; a lone tenant may use them all.
     workers: int = Field(default=2, ge=1)
-    # A compile past either limit is killed and refused with CIRCUIT_TOO_COMPLEX.
-    timeout_s: float = Field(default=10.0, gt=0)
+    # A compile past either limit is killed and refused with CIRCUIT_TOO_COMPLEX. CPU time is
+    # the circuit's own cost (the refusal is cached by content); wall time is the backstop for
+    # a compile that stalls, and is longer, since a loaded machine also makes compiles slower.
     cpu_time_s: float = Field(default=10.0, gt=0)
-    # OS limit (RLIMIT_DATA) on each compile worker; the SDKs themselves take about 300 MiB.
-    memory_limit_mb: int = Field(default=2048, ge=512)
+    timeout_s: float = Field(default=30.0, gt=0)
+    # Memory one compile may allocate beyond the warm worker's own size (an OS limit,
+    # RLIMIT_DATA); past it the compile is refused with CIRCUIT_TOO_COMPLEX.
+    memory_headroom_mb: int = Field(default=1024, ge=64)
     # Compiled circuits and refusals kept by content digest.
     cache_mb: int = Field(default=256, gt=0)
     # A compile that finds no free worker within this answers RESOURCE_EXHAUSTED.
     acquire_timeout_s: float = Field(default=30.0, gt=0)
+    # Replacements of killed compile workers per second, after a burst of `workers`. A start
+    # costs seconds of CPU (the SDK imports), so a client whose every circuit hits a limit
+    # must not make the gateway spend its cores on respawning.
+    max_creations_per_s: float = Field(default=0.5, gt=0)
 
     def limits(self) -> CompileLimits:
         return CompileLimits(
             timeout_s=self.timeout_s,
             cpu_time_s=self.cpu_time_s,
-            memory_bytes=self.memory_limit_mb * MIB,
+            memory_bytes=self.memory_headroom_mb * MIB,
             cache_bytes=self.cache_mb * MIB,
             acquire_timeout_s=self.acquire_timeout_s,
         )
@@ -96,6 +103,7 @@ class CompilerConfig(_Strict):
             min_instances=self.workers,
             max_instances=self.workers,
             acquire_timeout_s=self.acquire_timeout_s,
+            max_creations_per_s=self.max_creations_per_s,
         )
 
 

@@ -157,6 +157,18 @@ class BackendAdapter(ABC):
     def warm_up(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Imports and builds what execute needs, so the first job is not slow."""
 
+    def warm_up_compiler(self) -> None:
+        """Imports and builds what compile_circuit needs (both OpenQASM readers, the
+        transpiler), so a compile worker's first client circuit is not the one that pays."""
+        self.compile_circuit(self.probe_spec().pubs[0].circuit)
+        self.compile_circuit(
+            CircuitSource(
+                CircuitLanguage.QASM3,
+                'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[1] c;\nx q[0];\n'
+                "c = measure q;\n",
+            )
+        )
+
     def probe_spec(self) -> JobSpec:
         """A tiny job: compiled when compile workers start (so the first client does not pay
         for transpiler set-up) and run by health probes."""

@@ -51,7 +51,10 @@ class SimulatorRole:
 
 @dataclass(frozen=True)
 class CompileRole:
-    """Compiles circuits for every backend: backend name -> (adapter name, context)."""
+    """Compiles circuits for every backend: backend name -> (adapter name, context).
+
+    `memory_bytes` is what one compile may allocate beyond the warm worker's own size.
+    """
 
     backends: Mapping[str, tuple[str, AdapterContext]]
     memory_bytes: int | None
@@ -85,6 +88,16 @@ def _limit_memory(limit: int | None) -> None:
         # RLIMIT_DATA, not RLIMIT_AS: Aer reserves address space it never touches and aborts
         # under an address-space limit. An allocation past this raises MemoryError instead.
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def _data_bytes() -> int:
+    """The process's data size as RLIMIT_DATA counts it (VmData: private writable mappings,
+    most of them reserved by the SDKs' native libraries and never touched)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmData in /proc/self/status")
 
 
 def _simulator(role: SimulatorRole) -> Callable[[Any], tuple[Any, ...]]:
@@ -136,9 +149,10 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
         for name, (adapter_name, context) in role.backends.items()
     }
     for adapter in adapters.values():
-        # Imports the SDK and builds the pass manager before the first client circuit.
-        adapter.compile_circuit(adapter.probe_spec().pubs[0].circuit)
-    _limit_memory(role.memory_bytes)
+        adapter.warm_up_compiler()
+    # What a compile may use beyond the warm worker's own size.
+    if role.memory_bytes:
+        _limit_memory(_data_bytes() + role.memory_bytes)
 
     def handle(message: Any) -> tuple[Any, ...]:
         _, backend, source, cpu_seconds = message

@@ -42,9 +42,9 @@ _MEMORY_SIGNALS = frozenset({signal.SIGABRT, signal.SIGKILL, signal.SIGBUS})
 
 @dataclass(frozen=True)
 class CompileLimits:
-    timeout_s: float = 10.0
+    timeout_s: float = 30.0
     cpu_time_s: float = 10.0
-    memory_bytes: int = 2 << 30
+    memory_bytes: int = 1 << 30
     cache_bytes: int = 256 << 20
     # How long a compile waits for a free worker before RESOURCE_EXHAUSTED.
     acquire_timeout_s: float = 30.0
@@ -151,8 +151,8 @@ class Compiler:
             async with self._fair.slot(tenant):
                 outcome = self._cache.get(key)  # compiled by someone else while we waited
                 if outcome is None:
-                    outcome = await self._compile(backend, source)
-                    if not isinstance(outcome, Internal):
+                    outcome, lasting = await self._compile(backend, source)
+                    if lasting:
                         self._cache.put(key, outcome)
         if isinstance(outcome, InvalidArgument):
             raise relocated(outcome, field)
@@ -160,7 +160,9 @@ class Compiler:
             raise outcome
         return outcome
 
-    async def _compile(self, backend: str, source: CircuitSource) -> object:
+    async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
+        """The outcome, and whether it is a property of the circuit (worth caching). A wall-time
+        kill is not: a loaded machine may be what made the compile slow."""
         limits = self.limits
         try:
             worker = await self._pool.acquire(timeout=limits.acquire_timeout_s)
@@ -178,25 +180,25 @@ class Compiler:
             async with asyncio.timeout(limits.timeout_s):
                 value = await worker.compile(backend, source, limits.cpu_time_s)
             broken = False
-            return value
+            return value, True
         except InvalidArgument as refusal:
             broken = False
-            return refusal
+            return refusal, True
         except TimeoutError:
-            return _too_complex("wall-time", f"{limits.timeout_s:g} s")
+            return _too_complex("wall-time", f"{limits.timeout_s:g} s"), False
         except MemoryError:
-            return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB")
+            return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB"), True
         except WorkerCrashed as crash:
             signum = worker.exit_signal
             if signum in _CPU_SIGNALS:
-                return _too_complex("CPU-time", f"{limits.cpu_time_s:g} s")
+                return _too_complex("CPU-time", f"{limits.cpu_time_s:g} s"), True
             if signum in _MEMORY_SIGNALS:
-                return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB")
+                return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB"), True
             log.error("compile worker died: %s", crash.message)
-            return Internal("COMPILER_CRASHED", "the compile worker failed unexpectedly")
+            return Internal("COMPILER_CRASHED", "the compile worker failed unexpectedly"), False
         except ExecutionError as failure:
             log.error("compile failed: %s", failure.message)
-            return Internal("COMPILER_FAILED", "compiling failed inside the gateway")
+            return Internal("COMPILER_FAILED", "compiling failed inside the gateway"), False
         finally:
             # Also on cancellation (the caller went away): a compile nobody waits for stops.
             if broken:

@@ -29,6 +29,11 @@ class FairQueue:
         self._turns: deque[str] = deque()
         self._size = 0
         self._nonempty = asyncio.Event()
+        # When each tenant was last served (a pop counter), kept while its queue empties and
+        # fills again: among tenants running equally many jobs, the one served least recently
+        # goes first. One entry per tenant that ever queued (tenants come from configuration).
+        self._served: dict[str, int] = {}
+        self._pops = 0
 
     def __len__(self) -> int:
         return self._size
@@ -87,18 +92,21 @@ class FairQueue:
         Args:
             running: Jobs each tenant is running now. Among the waiting tenants, the one
                 running the fewest goes first (so under contention none holds more than its
-                share of the backend's workers); ties go in turn order.
+                share of the backend's workers); among equals, the one served least recently.
         """
         if not self._size:
             return None
-        if running:
-            tenant = min(self._turns, key=lambda t: running.get(t, 0))
+        if running is not None:
+            served = self._served
+            tenant = min(self._turns, key=lambda t: (running.get(t, 0), served.get(t, 0)))
             self._turns.remove(tenant)
         else:
             tenant = self._turns.popleft()
         dq = self._by_tenant[tenant]
         item = dq.popleft()
         self._size -= 1
+        self._pops += 1
+        self._served[tenant] = self._pops
         if dq:
             self._turns.append(tenant)
         else:

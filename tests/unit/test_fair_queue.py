@@ -101,3 +101,37 @@ async def test_the_tenant_running_the_fewest_jobs_goes_first() -> None:
         running[tenant] = running.get(tenant, 0) + 1
     assert order[:2] == ["b0", "c0"]
     assert order[2:] == ["a0", "a1", "a2"]
+
+
+@pytest.mark.anyio
+async def test_among_equals_the_tenant_served_least_recently_goes_first() -> None:
+    queue = FairQueue()
+    for i in range(3):
+        queue.put(_item(f"a{i}", "alice"))
+    assert _pop_with(queue, {"alice": 0}) == "a0"
+    assert _pop_with(queue, {"alice": 1}) == "a1"
+    # Alice's jobs ended, then Bob arrives (after her in turn order): both run nothing now,
+    # and Bob, never served, goes first.
+    queue.put(_item("b0", "bob"))
+    assert _pop_with(queue, {"alice": 0, "bob": 0}) == "b0"
+    assert _pop_with(queue, {"alice": 0, "bob": 1}) == "a2"
+
+
+def _pop_with(queue: FairQueue, running: dict[str, int]) -> str:
+    item = queue.pop(running)
+    assert item is not None
+    return item.job.id
+
+
+@pytest.mark.anyio
+async def test_service_history_survives_an_empty_queue() -> None:
+    # Alice's jobs arrive one at a time (each is taken before the next arrives), then Bob's:
+    # Bob, never served, still goes before Alice's next job.
+    queue = FairQueue()
+    queue.put(_item("a0", "alice"))
+    assert _pop_with(queue, {}) == "a0"
+    queue.put(_item("a1", "alice"))
+    assert _pop_with(queue, {"alice": 1}) == "a1"
+    queue.put(_item("a2", "alice"))
+    queue.put(_item("b0", "bob"))
+    assert _pop_with(queue, {}) == "b0"

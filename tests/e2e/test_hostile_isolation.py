@@ -1,0 +1,287 @@
+"""One hostile request never hurts anyone else (real gateway, real gRPC, real workers).
+
+Alice is the attacker, Bob the bystander. For every class of request that runs up to a limit
+(compiles that would take minutes, jobs that would run for minutes), Bob's job completes and
+health answers while Alice's request is still being processed; requests refused by a cost bound
+are refused at once with their specific reason; the gateway's own memory stays where it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from qgateway import Client, InvalidArgumentError, QGatewayError, RetryPolicy, sampler_pub
+from qgateway.results import Job, JobState
+from qgateway.v1 import circuit_pb2
+
+from gateway.security.api_keys import generate_key
+from tests.gateway_process import GatewayProcess, write_config
+from tests.rpc import ghz, slow_circuit
+
+ALICE = generate_key("alice")
+BOB = generate_key("bob")
+COMPILE_CPU_S = 2.0
+RESPAWN_PER_S = 0.5
+RUN_TIME_LIMIT_S = 4.0
+RSS_SLACK_BYTES = 100 << 20
+
+
+def _key_toml(key: object) -> str:
+    c = key.config  # type: ignore[attr-defined]
+    return (
+        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\ntenant = "{c.tenant}"\n'
+    )
+
+
+CONFIG = f"""
+[compiler]
+workers = 2
+cpu_time_s = {COMPILE_CPU_S}
+timeout_s = 30
+max_creations_per_s = {RESPAWN_PER_S}
+memory_headroom_mb = 512
+
+[circuits]
+max_operations = 100000
+# The compile worker's CPU-time limit is what stops a long parse here.
+parse_timeout_s = 120
+
+[backends.aer]
+adapter = "aer"
+pool = {{ min_instances = 2, max_instances = 2 }}
+max_run_time_s = {RUN_TIME_LIMIT_S}
+max_execution_work = 1e13
+
+[backends.aer-strict]
+adapter = "aer"
+pool = {{ min_instances = 1, max_instances = 1 }}
+max_estimator_work = 1000000
+max_execution_work = 1e10
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("hostile")
+    config = write_config(
+        root / "g.toml", root / "data", _key_toml(ALICE) + _key_toml(BOB) + CONFIG
+    )
+    process = GatewayProcess.start(config, root / "gateway.log")
+    yield process
+    assert process.terminate() == 0, process.log_path.read_text()[-3000:]
+
+
+def _client(gw: GatewayProcess, key: object) -> Client:
+    return Client(
+        gw.address,
+        metadata=[("authorization", f"Bearer {key.key}")],  # type: ignore[attr-defined]
+        retry=RetryPolicy(max_attempts=1),
+    )
+
+
+@pytest.fixture(scope="module")
+def alice(gw: GatewayProcess) -> Iterator[Client]:
+    with _client(gw, ALICE) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bob(gw: GatewayProcess) -> Iterator[Client]:
+    with _client(gw, BOB) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def start_rss(gw: GatewayProcess, bob: Client) -> int:
+    # Measured once the gateway has served a job: imports and caches are warm.
+    bob.run(ghz(3), backend="aer", shots=8, seed=1, timeout=30)
+    return int(psutil.Process(gw.pid).memory_info().rss)
+
+
+def _health(gw: GatewayProcess) -> int:
+    with grpc.insecure_channel(gw.address) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="qgateway.v1.JobService"), timeout=5
+        )
+    return int(reply.status)
+
+
+def _heavy_qasm3(angle: float = 0.1) -> str:
+    """Valid OpenQASM 3 of about 600 KB that takes the reader tens of seconds of CPU (about
+    25 us a byte): a compile that runs up to the test gateway's CPU-time limit."""
+    body = f"rz({angle}) q[0];\n" * 40_000
+    return f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n{body}c = measure q;\n'
+
+
+def _bystander_meanwhile(
+    gw: GatewayProcess, bob: Client, hostile: Future[object], tag: int
+) -> None:
+    """Bob's job (a circuit never seen before, so it is compiled too) completes and health
+    answers while the hostile request is still being processed."""
+    result = bob.run(
+        f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nrz({tag} * 0.001) q[0];\nc = measure q;\n',
+        backend="aer",
+        shots=16,
+        seed=tag,
+        timeout=30,
+    )
+    assert result.counts() == {"00": 16}
+    assert _health(gw) == health_pb2.HealthCheckResponse.SERVING
+    assert not hostile.done(), "the hostile request ended before the bystander could show isolation"
+
+
+def _refusal(future: Future[object]) -> InvalidArgumentError:
+    error = future.exception(timeout=60)
+    assert isinstance(error, InvalidArgumentError), repr(error)
+    return error
+
+
+def _in_background(call: Callable[[], object]) -> Future[object]:
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(call)
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_a_compile_that_would_take_minutes_is_killed_at_its_limit(
+    gw: GatewayProcess, alice: Client, bob: Client, start_rss: int
+) -> None:
+    started = time.monotonic()
+    hostile = _in_background(lambda: alice.run(_heavy_qasm3(), backend="aer", shots=1, timeout=60))
+    _bystander_meanwhile(gw, bob, hostile, tag=1)
+    error = _refusal(hostile)
+    assert error.reason == "CIRCUIT_TOO_COMPLEX"
+    assert error.metadata["limit"] == "CPU-time"
+    # Killed at the limit, not when the compile would have finished (about a minute).
+    assert time.monotonic() - started < 30
+    # A repeat is answered from the cache: no second worker is spent on it.
+    repeat_started = time.monotonic()
+    with pytest.raises(InvalidArgumentError) as again:
+        alice.run(_heavy_qasm3(), backend="aer", shots=1, timeout=60)
+    assert again.value.reason == "CIRCUIT_TOO_COMPLEX"
+    assert time.monotonic() - repeat_started < COMPILE_CPU_S
+
+
+@pytest.mark.timeout(60)  # three compiles killed at their CPU limit, and their replacements
+def test_a_burst_of_hostile_compiles_leaves_the_bystander_a_compile_worker(
+    gw: GatewayProcess, alice: Client, bob: Client
+) -> None:
+    # Three distinct slow compiles (two compile workers): Alice may hold at most her share
+    # once Bob waits, so Bob's compile gets the next free worker, ahead of her queued one.
+    hostile = [
+        _in_background(
+            lambda d=d: alice.run(_heavy_qasm3(0.2 + d), backend="aer", shots=1, timeout=60)
+        )
+        for d in range(3)
+    ]
+    _bystander_meanwhile(gw, bob, hostile[-1], tag=2)
+    for future in hostile:
+        assert _refusal(future).reason == "CIRCUIT_TOO_COMPLEX"
+
+
+def test_pathological_text_is_contained(gw: GatewayProcess, alice: Client, bob: Client) -> None:
+    # Text that made backtracking regular expressions take cubic time in the serving process.
+    text = "OPENQASM 3.0;\nqubit[1] q;\n" + ("bit[" + " " * 40) * 200
+    hostile = _in_background(lambda: alice.run(text, backend="aer", shots=1, timeout=60))
+    result = bob.run(ghz(2), backend="aer", shots=4, seed=3, timeout=30)
+    assert set(result.counts()) <= {"00", "11"}
+    assert _health(gw) == health_pb2.HealthCheckResponse.SERVING
+    assert _refusal(hostile).reason in {"INVALID_QASM", "CIRCUIT_TOO_COMPLEX"}
+
+
+def test_a_job_that_would_run_for_minutes_is_stopped_and_shares_the_workers(
+    gw: GatewayProcess, alice: Client, bob: Client
+) -> None:
+    heavy = sampler_pub(slow_circuit(12, layers=4), shots=200_000)
+    jobs: list[Job] = [alice.submit_pubs([heavy], backend="aer", seed=s) for s in range(3)]
+    # Both workers are Alice's now; Bob's job waits for the first to free up and goes ahead of
+    # Alice's third job.
+    for job in jobs[:2]:
+        for update in alice.watch(job.name, timeout=30):
+            if update.state is not JobState.QUEUED:
+                break
+        assert update.state is JobState.RUNNING
+    bob_job = bob.submit_pubs([sampler_pub(ghz(3), shots=32)], backend="aer", seed=4)
+    assert _health(gw) == health_pb2.HealthCheckResponse.SERVING
+    bob_done = bob.wait(bob_job.name, timeout=60)
+    assert bob_done.state is JobState.SUCCEEDED
+    third = alice.get_job(jobs[2].name)
+    assert not third.state.is_final, f"Alice's third job ran before Bob's: {third} {bob_done}"
+    for job in jobs:
+        final = alice.wait(job.name, timeout=60)
+        assert final.state is JobState.FAILED
+        assert final.error_reason == "JOB_TIMEOUT"
+
+
+def _parameterless_sweep(shape: list[int], shots: int) -> circuit_pb2.Pub:
+    pub = sampler_pub(ghz(2), shots=shots)
+    pub.sampler.parameter_values.CopyFrom(circuit_pb2.BindingsArray(shape=shape))
+    return pub
+
+
+@pytest.mark.parametrize(
+    ("pubs", "backend", "reason"),
+    [
+        # A ten-million-binding sweep of a parameterless circuit.
+        (lambda: [_parameterless_sweep([10_000_000], 1)], "aer", "TOO_MANY_BINDINGS"),
+        # Bindings x shots past the job's shot limit, each factor within its own.
+        (lambda: [_parameterless_sweep([20_000], 1000)], "aer", "TOO_MANY_SHOTS"),
+        # 10^5 Pauli terms on 20 qubits.
+        (
+            lambda: [
+                _estimator(
+                    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[20] q;\nh q[0];\n',
+                    [
+                        [
+                            ("".join("XYZI"[(i >> (2 * k)) % 4] for k in range(20)), 1.0)
+                            for i in range(100_000)
+                        ]
+                    ],
+                )
+            ],
+            "aer-strict",
+            "ESTIMATOR_TOO_LARGE",
+        ),
+        # Cheap to describe, ages to simulate: a shot-by-shot circuit with a million shots.
+        (
+            lambda: [sampler_pub(slow_circuit(16), shots=1_000_000)],
+            "aer-strict",
+            "EXECUTION_TOO_EXPENSIVE",
+        ),
+    ],
+    ids=["sweep", "bindings-x-shots", "observables", "execution-work"],
+)
+def test_costs_past_a_limit_are_refused_at_once(
+    alice: Client, pubs: Callable[[], list[circuit_pb2.Pub]], backend: str, reason: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        alice.run_pubs(pubs(), backend=backend, timeout=30)
+    assert info.value.reason == reason
+    assert info.value.metadata["limit"]
+
+
+def _estimator(source: str, observables: list[list[tuple[str, float]]]) -> circuit_pb2.Pub:
+    from qgateway import estimator_pub
+
+    return estimator_pub(source, observables)
+
+
+def test_errors_are_client_errors_not_internal(alice: Client) -> None:
+    # A request that is only a comment, or only a byte-order mark and a header, is a client
+    # error with a reason, never INTERNAL.
+    for text in ["// nothing here\n", "OPENQASM 3.0;\n/* still nothing */\n"]:
+        with pytest.raises(QGatewayError) as info:
+            alice.run(text, backend="aer", shots=1, timeout=30)
+        assert isinstance(info.value, InvalidArgumentError), repr(info.value)
+
+
+def test_the_gateway_memory_stays_where_it_was(gw: GatewayProcess, start_rss: int) -> None:
+    # Last in this module: every hostile request above has been answered by now.
+    rss = int(psutil.Process(gw.pid).memory_info().rss)
+    assert rss - start_rss < RSS_SLACK_BYTES, (start_rss >> 20, rss >> 20)
