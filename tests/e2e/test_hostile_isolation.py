@@ -125,7 +125,8 @@ def _bystander_meanwhile(
     """Bob's job (a circuit never seen before, so it is compiled too) completes and health
     answers while the hostile request is still being processed."""
     result = bob.run(
-        f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nrz({tag} * 0.001) q[0];\nc = measure q;\n',
+        'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
+        f"rz({tag} * 0.001) q[0];\nc = measure q;\n",
         backend="aer",
         shots=16,
         seed=tag,
