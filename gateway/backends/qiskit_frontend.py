@@ -29,7 +29,7 @@ import dataclasses
 import math
 import re
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -142,6 +142,7 @@ _MAX_MESSAGE_CHARS = 300
 # Aliases cost the importer a tuple copy per bit (`a ++ b` copies both sides): cheap, but a long
 # chain of concatenations is quadratic, so their total is bounded relative to max_clbits.
 _ALIAS_WORK_PER_CLBIT = 10
+_MAX_LOOP_BOUND = 1 << 62
 _BOM = "\ufeff"
 
 _STANDARD_GATES = get_standard_gate_name_mapping()
@@ -236,6 +237,9 @@ _QASM2_KEYWORDS = frozenset(
 )
 
 
+_HUGE = 10**18
+
+
 def _too_long(number: str) -> bool:
     # 18 digits always fit a 64-bit integer.
     return any(len(part) > 18 for part in number.split("."))
@@ -299,10 +303,12 @@ def _scan_qasm2(text: str, field: str) -> _Qasm2Scan:
                 and close[1] == "]"
             ):
                 raise _nonliteral_size(*_position(text, start), field)
+            # Past 18 digits any size is over every limit (and int() refuses 4300+ digits).
+            size = int(number[1]) if not _too_long(number[1]) else _HUGE
             if value == "qreg":
-                scan.qubits += int(number[1])
+                scan.qubits += size
             else:
-                scan.clbits += int(number[1])
+                scan.clbits += size
     return scan
 
 
@@ -710,6 +716,24 @@ def _literal_int(node: object) -> int | None:
     return None
 
 
+def _inclusive_range_length(start: int, end: int, step: int) -> int:
+    """len(range(start, end + 1, step)) for step > 0 (end - 1 for step < 0), without len():
+    a range longer than a C ssize_t makes len() raise OverflowError."""
+    if step > 0:
+        return max(0, (end - start) // step + 1)
+    return max(0, (start - end) // -step + 1)
+
+
+def _iterations(indexset: object) -> int:
+    """Iterations of a for-loop's index set (a range may be longer than len() can say)."""
+    if isinstance(indexset, range):
+        if not indexset.step:
+            return 0
+        last = indexset.stop - (1 if indexset.step > 0 else -1)
+        return _inclusive_range_length(indexset.start, last, indexset.step)
+    return len(indexset) if isinstance(indexset, Sized) else 1
+
+
 def _loop_iterations(node: q3ast.ForInLoop) -> int:
     decl = node.set_declaration
     if isinstance(decl, q3ast.DiscreteSet):
@@ -720,7 +744,7 @@ def _loop_iterations(node: q3ast.ForInLoop) -> int:
         step = _literal_int(decl.step) if decl.step is not None else 1
         if start is not None and end is not None and step:
             # OpenQASM ranges include their end.
-            return len(range(start, end + (1 if step > 0 else -1), step))
+            return _inclusive_range_length(start, end, step)
     return 1  # unknown here; the converted circuit is counted exactly afterwards
 
 
@@ -730,15 +754,15 @@ def _children(node: object) -> Iterable[q3ast.QASMNode]:
     for f in dataclasses.fields(node):
         if f.name in ("span", "annotations"):
             continue
-        value = getattr(node, f.name)
-        if isinstance(value, q3ast.QASMNode):
-            yield value
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, q3ast.QASMNode):
-                    yield item
-                elif isinstance(item, list):
-                    yield from (x for x in item if isinstance(x, q3ast.QASMNode))
+        # Fields hold nodes, lists of nodes, or lists of lists and tuples of them (indices,
+        # switch cases): flatten containers, which nest only a few levels.
+        pending: list[object] = [getattr(node, f.name)]
+        while pending:
+            value = pending.pop()
+            if isinstance(value, q3ast.QASMNode):
+                yield value
+            elif isinstance(value, list | tuple):
+                pending.extend(reversed(value))
 
 
 def _where(node: q3ast.QASMNode) -> tuple[int, int]:
@@ -799,6 +823,8 @@ def _qasm3_declarations(
             if not math.isfinite(node.value):
                 line, col = _where(node)
                 raise _non_finite(f"line {line}, column {col}: the number is not finite", field)
+        elif isinstance(node, q3ast.ForInLoop):
+            _check_loop_set(node, field)
         elif isinstance(node, q3ast.AliasStatement):
             width, work = _alias_size(node.value, found.widths)
             found.widths[node.target.name] = width
@@ -828,6 +854,34 @@ def _qasm3_declarations(
             else:
                 index += _declared_size(statement.type.size, statement, field)
     return found
+
+
+def _check_loop_set(node: q3ast.ForInLoop, field: str) -> None:
+    """Loop bounds must be integer literals that fit 62 bits.
+
+    Qiskit stores a for-loop's range natively; one whose end does not fit 64 bits it tries to
+    list element by element instead, which allocates until the process aborts.
+    """
+    decl = node.set_declaration
+    if isinstance(decl, q3ast.RangeDefinition):
+        bounds = [decl.start, decl.end, decl.step]
+    elif isinstance(decl, q3ast.DiscreteSet):
+        bounds = list(decl.values)
+    else:
+        return  # the importer accepts only ranges and sets
+    for bound in bounds:
+        if bound is None:
+            continue
+        value = _literal_int(bound)
+        if value is None or abs(value) >= _MAX_LOOP_BOUND:
+            line, col = _where(node)
+            raise invalid(
+                "UNSUPPORTED_FEATURE",
+                f"line {line}, column {col}: for-loop bounds must be integer literals below "
+                "2^62 in magnitude",
+                field,
+                feature="for_loop_bounds",
+            )
 
 
 def _alias_size(value: q3ast.QASMNode, widths: Mapping[str, int]) -> tuple[int, int]:
@@ -880,7 +934,7 @@ def _range_length(node: q3ast.RangeDefinition, width: int) -> int:
     step = 1 if node.step is None else _literal_int(node.step)
     if start is None or end is None or not step:
         return width
-    return len(range(start, end + (1 if step > 0 else -1), step))
+    return _inclusive_range_length(start, end, step)
 
 
 def _register_loose_bits(circuit: QuantumCircuit, loose_bits: Sequence[tuple[int, str]]) -> None:
@@ -977,8 +1031,9 @@ class _Qasm3Cost:
                 o, w, d, i = self._application(node)
             elif isinstance(node, q3ast.ForInLoop):
                 o, w, d, i = self.block(node.block)
-                # Neither the importer nor the transpiler unrolls loops: work once.
-                o *= _loop_iterations(node)
+                # Neither the importer nor the transpiler unrolls loops: work once. Running
+                # costs a step per iteration even with an empty body.
+                o = max(o, 1) * _loop_iterations(node)
             elif isinstance(node, q3ast.Expression):
                 continue  # expressions hold no gate calls
             else:
@@ -1120,7 +1175,8 @@ def tally_operations(circuit: QuantumCircuit, cap: int | None = None) -> Operati
             if isinstance(op, ControlFlowOp):
                 inner = [block(b) for b in op.blocks]
                 if isinstance(op, ForLoopOp):
-                    count = 1 + len(op.params[0]) * inner[0][0]
+                    # Even an empty body costs the simulator a step per iteration.
+                    count = 1 + _iterations(op.params[0]) * max(inner[0][0], 1)
                 elif isinstance(op, WhileLoopOp):
                     count = 1 + inner[0][0]
                 else:
@@ -1680,7 +1736,7 @@ def mps_bond_dimensions(
             positions = [where[body.find_bit(q).index] for q in instruction.qubits]
             if isinstance(op, ControlFlowOp):
                 if isinstance(op, ForLoopOp):
-                    times = repeat * max(len(op.params[0]), 1)
+                    times = repeat * max(_iterations(op.params[0]), 1)
                 elif isinstance(op, WhileLoopOp):
                     times = n  # unbounded: saturates every cut it touches
                 else:

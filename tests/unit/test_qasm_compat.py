@@ -212,6 +212,19 @@ def test_qasm3_dumps_of_a_dynamic_parameterised_circuit_parses() -> None:
     }
 
 
+def test_qasm3_dumps_of_loops_parses() -> None:
+    original = QuantumCircuit(2, 1)
+    with original.for_loop(range(0, 10, 3)) as i:
+        original.rx(i * 0.1, 0)
+    original.measure(0, 0)
+    with original.while_loop((original.clbits[0], 0)):
+        original.x(1)
+        original.measure(1, 0)
+    circuit = parse(CircuitLanguage.QASM3, qiskit.qasm3.dumps(original))
+    assert dict(circuit.count_ops()) == {"for_loop": 1, "measure": 1, "while_loop": 1}
+    assert tuple(circuit.data[0].operation.params[0]) == (0, 3, 6, 9)
+
+
 def test_qasm3_dumps_of_a_loose_bit_names_it_as_qiskit_wrote_it() -> None:
     from qiskit.circuit import Clbit
 

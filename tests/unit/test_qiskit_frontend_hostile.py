@@ -81,6 +81,23 @@ def test_declared_classical_bits_are_limited(language: CircuitLanguage, text: st
     assert error.metadata["max_clbits"] == str(LIMITS.max_clbits)
 
 
+@pytest.mark.parametrize(
+    ("language", "text", "reason"),
+    [
+        (Q2, "OPENQASM 2.0;\nqreg q[" + "9" * 5000 + "];", "TOO_MANY_QUBITS"),
+        (Q2, "OPENQASM 2.0;\ncreg c[" + "9" * 5000 + "];", "CIRCUIT_TOO_LARGE"),
+        (Q2, "OPENQASM 2.0;\nqreg q[1];\nU(0, 0, 0) q[" + "9" * 5000 + "];", "INVALID_QASM"),
+        (Q2, "OPENQASM 2.0;\nqreg q[1];\nU(0, 0, 0) q[99999999999999999999];", "INVALID_QASM"),
+        (Q2, "OPENQASM 299999999999999999999.0;\nqreg q[1];", "INVALID_QASM"),
+        (Q3, "OPENQASM 3.0;\nqubit[" + "9" * 5000 + "] q;", "INVALID_QASM"),
+        (Q3, "OPENQASM 3.0;\nqubit[99999999999999999999] q;", "TOO_MANY_QUBITS"),
+    ],
+)
+def test_huge_numbers_are_client_errors(language: CircuitLanguage, text: str, reason: str) -> None:
+    # Python refuses int() of 4300+ digits, and Qiskit's reader panics past 64 bits.
+    refused(language, text, reason, max_qubits=30)
+
+
 def test_the_clbit_limit_is_configurable() -> None:
     limits = CircuitLimits(max_clbits=8)
     parsed(Q3, H3 + "bit[4] a; bit[3] b; bit c;", limits)
@@ -125,6 +142,27 @@ def test_aliases_are_bounded_before_the_importer_copies_bits() -> None:
     text = f"OPENQASM 3.0;\nbit[200] c;\nlet a = {chain};\n"
     error = refused(Q3, text, "CIRCUIT_TOO_LARGE", limits)
     assert error.metadata == {"max_alias_bits": "2000"}
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        # Qiskit lists a range whose end does not fit 64 bits element by element: the process
+        # allocates until it aborts.
+        "for int i in [0:2:100000000000000000000000000000] { }",
+        "for int i in {1, 100000000000000000000000} { x q; }",
+        "for int i in [0:2 * 5] { x q; }",
+    ],
+)
+def test_loop_bounds_must_be_small_literals(loop: str) -> None:
+    error = refused(Q3, H3 + "qubit q;\n" + loop, "UNSUPPORTED_FEATURE")
+    assert error.metadata == {"feature": "for_loop_bounds"}
+
+
+def test_an_empty_loop_still_costs_a_step_per_iteration() -> None:
+    refused(Q3, H3 + "qubit q;\nfor int i in [0:1000000000000] { }", "CIRCUIT_TOO_LARGE")
+    circuit = parsed(Q3, H3 + "qubit q;\nfor int i in [0:9] { }")
+    assert fe.tally_operations(circuit) == fe.OperationCount(total=11, in_definitions=0)
 
 
 # ----------------------------------------------------------- linear-time, exact lexical scan
