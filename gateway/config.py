@@ -54,15 +54,23 @@ class ServerConfig(_Strict):
 
 
 class CircuitConfig(_Strict):
+    """Limits on one circuit, checked from its parsed structure before it is built or
+    transpiled (each refusal names its limit)."""
+
     max_source_bytes: int = Field(default=1 * MIB, gt=0)
-    max_operations: int = Field(default=1_000_000, gt=0)
-    parse_timeout_s: float = Field(default=5.0, gt=0)
+    # Gate applications once every definition is unrolled (counted per definition).
+    max_operations: int = Field(default=250_000, gt=0)
+    # Operations that exist only inside gate definitions, unrolled: transpiling pays for each.
+    max_definition_operations: int = Field(default=20_000, gt=0)
+    # Declared classical bits (the reader allocates each one).
+    max_clbits: int = Field(default=100_000, gt=0)
 
     def limits(self) -> CircuitLimits:
         return CircuitLimits(
             max_source_bytes=self.max_source_bytes,
             max_operations=self.max_operations,
-            parse_timeout_s=self.parse_timeout_s,
+            max_definition_operations=self.max_definition_operations,
+            max_clbits=self.max_clbits,
         )
 
 

@@ -166,7 +166,6 @@ class AerCircuit:
     parameters: tuple[str, ...]
     features: frozenset[CircuitFeature]
     has_measurements: bool
-    bits_outside_registers: bool
     registers: tuple[RegisterSpec, ...]
     layout: tuple[int, ...]
     memory_bytes: int
@@ -353,8 +352,6 @@ class AerAdapter(BackendAdapter):
                 "the circuit has no classical bits, so a sampler has nothing to return",
                 circuit_field,
             )
-        if entry.bits_outside_registers:
-            raise fe.bits_outside_registers_error(circuit_field)
         if pub.shots is not None:
             shots_field = f"{base}.shots"
         elif spec.options.default_shots is not None:
@@ -482,6 +479,9 @@ class AerAdapter(BackendAdapter):
                 fe.density_matrix_bytes(n), limits.memory_budget_bytes, opts.method, field
             )
         transpiled = self._transpile(circuit)
+        # Each instance of a gate definition may bind its angles differently: an overflow can
+        # show only once the transpiler has unrolled them all.
+        fe.check_finite_parameters(transpiled, field)
         if opts.method == "matrix_product_state":
             memory = fe.mps_bytes(transpiled, opts.max_bond_dimension)
             fe.check_memory(memory, limits.memory_budget_bytes, opts.method, field)
@@ -490,12 +490,10 @@ class AerAdapter(BackendAdapter):
         else:
             memory = fe.density_matrix_bytes(n)
         layout = _layout_of(transpiled)
+        # Loose bits (`bit c;`) are one-bit registers named after their variable.
         registers = tuple(
-            RegisterSpec(
-                name=register.name,
-                clbits=tuple(transpiled.find_bit(bit).index for bit in register),
-            )
-            for register in transpiled.cregs
+            RegisterSpec(name=name, clbits=clbits)
+            for name, clbits in fe.result_registers(transpiled)
         )
         return AerCircuit(
             ref=CircuitRef(key=key, data=pickle.dumps(transpiled, pickle.HIGHEST_PROTOCOL)),
@@ -504,7 +502,6 @@ class AerAdapter(BackendAdapter):
             parameters=tuple(p.name for p in circuit.parameters),
             features=features,
             has_measurements=fe.has_measurements(circuit),
-            bits_outside_registers=fe.has_bits_outside_registers(circuit),
             registers=registers,
             layout=layout,
             memory_bytes=memory,

@@ -25,13 +25,12 @@ from gateway.domain.jobs import JobResult, JobSpec
 
 @dataclass(frozen=True)
 class CircuitLimits:
-    """Limits on circuit source, enforced before and during parsing."""
+    """Limits on one circuit, checked from its text and parsed structure before it is built or
+    transpiled. Time and memory are the compile worker's limits (CompileLimits)."""
 
     max_source_bytes: int = 1 << 20
     # Gate applications after unrolling every gate definition; counted without unrolling.
-    max_operations: int = 1_000_000
-    # Wall-clock limit on parsing one circuit.
-    parse_timeout_s: float = 5.0
+    max_operations: int = 250_000
     # Declared classical bits: the importer allocates every one before anything else can refuse.
     max_clbits: int = 100_000
     # Operations that exist only inside user gate definitions, once unrolled. Transpiling pays

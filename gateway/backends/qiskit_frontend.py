@@ -28,10 +28,9 @@ import cmath
 import dataclasses
 import math
 import re
-import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import qiskit.qasm2
@@ -313,12 +312,9 @@ def _scan_qasm2(text: str, field: str) -> _Qasm2Scan:
 
 
 # --------------------------------------------------------------------------------------------
-# Parsing under a wall-clock limit.
+# Parsing. Time and memory are bounded by the compile worker this runs in (its CPU-time,
+# wall-clock and memory limits end the process), not here.
 # --------------------------------------------------------------------------------------------
-
-
-class _Cancelled(Exception):
-    """Raised inside an abandoned parse so it stops consuming CPU."""
 
 
 class _SyntaxError(Exception):
@@ -340,53 +336,6 @@ class _RaisingListener(ErrorListener):  # type: ignore[misc]
         e: object,
     ) -> None:
         raise _SyntaxError(line, column, msg)
-
-
-class _CancellableLexer(qasm3Lexer):  # type: ignore[misc]
-    def __init__(self, stream: Any, cancel: threading.Event) -> None:
-        super().__init__(stream)
-        self._cancel = cancel
-
-    def nextToken(self) -> Any:  # ANTLR names this method
-        if self._cancel.is_set():
-            raise _Cancelled
-        return super().nextToken()
-
-
-_T = TypeVar("_T")
-
-
-def _run_with_deadline(work: Callable[[threading.Event], _T], timeout_s: float, field: str) -> _T:
-    """Runs `work` in a daemon thread and gives up after `timeout_s` (CIRCUIT_TOO_COMPLEX).
-
-    Threads cannot be killed, so `work` receives an event that is set on timeout and should
-    poll it where it can.
-    """
-    cancel = threading.Event()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = work(cancel)
-        except BaseException as exc:  # re-raised in the calling thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="qgateway-parse", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        cancel.set()
-        raise invalid(
-            "CIRCUIT_TOO_COMPLEX",
-            f"parsing the circuit took longer than {timeout_s:g} s",
-            field,
-            parse_timeout_s=timeout_s,
-        )
-    if "error" in box:
-        error: BaseException = box["error"]
-        raise error
-    value: _T = box["value"]
-    return value
 
 
 def _too_deep(field: str) -> InvalidArgument:
@@ -433,7 +382,22 @@ _QASM2_UNDEFINED = re.compile(
 _NON_FINITE_NAMES = frozenset({"inf", "infinity", "nan"})
 
 
+# A legacy gate (sx, swap, ...) used without `include "qelib1.inc";`, which declares it.
+_QASM2_NOT_INCLUDED = re.compile(
+    r"<input>:(\d+),(\d+): cannot use non-builtin custom instruction '([^']+)' before definition"
+)
+
+
 def _map_qasm2_error(text: str, message: str, field: str) -> InvalidArgument:
+    not_included = _QASM2_NOT_INCLUDED.search(message)
+    if not_included is not None:
+        line, col, name = not_included[1], not_included[2], not_included[3]
+        return invalid(
+            "UNKNOWN_GATE",
+            f'line {line}, column {col}: gate {name!r} is not defined (include "qelib1.inc")',
+            field,
+            gate=name,
+        )
     undefined = _QASM2_UNDEFINED.search(message)
     if undefined is not None:
         line, col, name = int(undefined[1]), int(undefined[2]), undefined[3]
@@ -489,8 +453,8 @@ def _non_finite(message: str, field: str) -> InvalidArgument:
     return invalid("NON_FINITE_ANGLE", f"{message}; gate angles must be finite numbers", field)
 
 
-def _parse_qasm3_ast(text: str, cancel: threading.Event, field: str) -> q3ast.Program:
-    lexer = _CancellableLexer(InputStream(text), cancel)
+def _parse_qasm3_ast(text: str, field: str) -> q3ast.Program:
+    lexer = qasm3Lexer(InputStream(text))
     lexer.removeErrorListeners()
     lexer.addErrorListener(_RaisingListener())
     parser = qasm3Parser(CommonTokenStream(lexer))
@@ -631,28 +595,20 @@ def parse_circuit(
             raise _no_statements(field)
         _check_declared(scan.qubits, scan.clbits, limits, max_qubits, field)
 
-        def work2(_cancel: threading.Event) -> QuantumCircuit:
-            try:
-                return _loads_qasm2(text, field)
-            except RecursionError:
-                raise _too_deep(field) from None
-
-        circuit = _run_with_deadline(work2, limits.parse_timeout_s, field)
+        try:
+            circuit = _loads_qasm2(text, field)
+        except RecursionError:
+            raise _too_deep(field) from None
     else:
-
-        def work3(cancel: threading.Event) -> QuantumCircuit:
-            try:
-                program = _parse_qasm3_ast(text, cancel, field)
-                declarations = _qasm3_declarations(program, limits, field)
-                _check_declared(declarations.qubits, declarations.clbits, limits, max_qubits, field)
-                _Qasm3Cost(limits, field, dict(declarations.widths)).program(program)
-                converted = _convert_qasm3(program, field)
-            except RecursionError:
-                raise _too_deep(field) from None
-            _register_loose_bits(converted, declarations.loose_bits)
-            return converted
-
-        circuit = _run_with_deadline(work3, limits.parse_timeout_s, field)
+        try:
+            program = _parse_qasm3_ast(text, field)
+            declarations = _qasm3_declarations(program, limits, field)
+            _check_declared(declarations.qubits, declarations.clbits, limits, max_qubits, field)
+            _Qasm3Cost(limits, field, dict(declarations.widths)).program(program)
+            circuit = _convert_qasm3(program, field)
+        except RecursionError:
+            raise _too_deep(field) from None
+        _register_loose_bits(circuit, declarations.loose_bits)
 
     if max_qubits is not None:
         check_qubit_count(circuit, max_qubits, field)

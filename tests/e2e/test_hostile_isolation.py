@@ -49,14 +49,18 @@ memory_headroom_mb = 512
 
 [circuits]
 max_operations = 100000
-# The compile worker's CPU-time limit is what stops a long parse here.
-parse_timeout_s = 120
 
 [backends.aer]
 adapter = "aer"
 pool = {{ min_instances = 2, max_instances = 2 }}
 max_run_time_s = {RUN_TIME_LIMIT_S}
 max_execution_work = 1e13
+
+[backends.crashy]
+adapter = "fault"
+pool = {{ min_instances = 1, max_instances = 1, max_creations_per_s = {RESPAWN_PER_S} }}
+breaker = {{ failure_threshold = 1000, window_s = 60, cooldown_s = 1 }}
+options = {{ crash_rate = 1.0 }}
 
 [backends.aer-strict]
 adapter = "aer"
@@ -271,6 +275,28 @@ def _estimator(source: str, observables: list[list[tuple[str, float]]]) -> circu
     from qgateway import estimator_pub
 
     return estimator_pub(source, observables)
+
+
+def test_a_client_whose_every_job_kills_its_worker_cannot_speed_up_respawns(
+    alice: Client, bob: Client
+) -> None:
+    # Every job on `crashy` kills its worker; each next job needs a new one, and the pool
+    # creates them no faster than its configured rate once its burst (max_instances) is spent.
+    jobs = [alice.submit_pubs([sampler_pub(ghz(2), shots=1)], backend="crashy") for _ in range(5)]
+    ended = []
+    for job in jobs:
+        final = alice.wait(job.name, timeout=60)
+        assert final.state is JobState.FAILED and final.error_reason == "WORKER_CRASHED"
+        assert final.end_time is not None
+        ended.append(final.end_time.timestamp())
+    # Five jobs, five workers: one from the burst, four at RESPAWN_PER_S at most.
+    span = max(ended) - min(ended)
+    assert span >= 0.9 * (len(jobs) - 2) / RESPAWN_PER_S, (span, ended)
+    # Meanwhile another backend serves as usual.
+    assert set(bob.run(ghz(2), backend="aer", shots=4, seed=5, timeout=30).counts()) <= {
+        "00",
+        "11",
+    }
 
 
 def test_errors_are_client_errors_not_internal(alice: Client) -> None:

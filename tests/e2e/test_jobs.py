@@ -87,6 +87,34 @@ def test_bit_order_is_pinned(client: Client, backend: str) -> None:
     assert pub.counts() == {"100000001 010 1": 10}  # last-declared register first
 
 
+# Loose bits (`bit a;`) are results like any register: one-bit registers named after the
+# variable, in declaration order with the others. X on q0 and q2 only.
+LOOSE_BITS = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+bit a;
+bit[2] r;
+bit b;
+x q[0];
+x q[2];
+a = measure q[0];
+r[0] = measure q[1];
+r[1] = measure q[2];
+b = measure q[2];
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loose_bits_are_one_bit_registers_named_after_the_variable(
+    client: Client, backend: str
+) -> None:
+    pub = client.run(LOOSE_BITS, backend=backend, shots=7, seed=2).sampler(0)
+    assert sorted(pub.register_names) == ["a", "b", "r"]
+    assert pub["a"].counts() == {"1": 7}
+    assert pub["r"].counts() == {"10": 7}
+    assert pub["b"].counts() == {"1": 7}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_parameter_sweep_is_one_pub_with_per_binding_counts(
     client: Client, examples: Path, backend: str

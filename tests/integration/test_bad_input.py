@@ -61,12 +61,6 @@ CASES = [
         "INCLUDE_NOT_ALLOWED",
     ),
     ("no measurements", HEADER + "qubit[1] q; h q[0];", "NO_MEASUREMENTS"),
-    # Results are per register: a loose bit would be dropped silently, so it is refused.
-    (
-        "bit outside a register",
-        HEADER + "qubit[1] q; bit b; b = measure q[0];",
-        "UNSUPPORTED_FEATURE",
-    ),
     ("too many qubits", ghz(70), "TOO_MANY_QUBITS"),
     ("state vector over budget", ghz(40), "MEMORY_BUDGET_EXCEEDED"),
 ]

@@ -531,11 +531,6 @@ def test_bad_inputs_are_refused_with_their_reason(aer: AerAdapter) -> None:
             "spec.pubs[1].sampler.circuit.qasm3",
         ),
         (
-            spec(sampler(q3("qubit[1] q; bit c; c = measure q[0];"))),
-            "UNSUPPORTED_FEATURE",
-            "spec.pubs[0].sampler.circuit.qasm3",
-        ),
-        (
             spec(sampler(q3("qubit[1] q; bit[1] c; box { x q[0]; } c = measure q;"))),
             "UNSUPPORTED_FEATURE",
             "spec.pubs[0].sampler.circuit.qasm3",

@@ -227,12 +227,6 @@ def test_operation_limit_counts_unrolled_definitions_and_loops() -> None:
     refused(q3(H3 + "qubit[1] q;\nfor int i in [0:199] { x q[0]; }"), "CIRCUIT_TOO_LARGE", limits)
 
 
-def test_parse_time_limit() -> None:
-    text = H3 + "qubit[4] q;\n" + "cx q[0], q[1];\n" * 5000
-    error = refused(q3(text), "CIRCUIT_TOO_COMPLEX", CircuitLimits(parse_timeout_s=0.001))
-    assert error.metadata["parse_timeout_s"] == "0.001"
-
-
 def test_deeply_nested_expression_is_too_complex() -> None:
     text = H3 + "qubit[1] q;\nrx(" + "(" * 600 + "1" + ")" * 600 + ") q[0];"
     refused(q3(text), "CIRCUIT_TOO_COMPLEX")

@@ -516,7 +516,7 @@ def test_near_valid_programs_get_a_circuit_or_a_client_error(data: st.DataObject
             text = text[:at] + data.draw(st.sampled_from(_SNIPPETS)) + text[at:]
         else:
             text = text[:at] + text[at + data.draw(st.integers(1, 6)) :]
-    limits = CircuitLimits(parse_timeout_s=2.0)
+    limits = CircuitLimits()
     try:
         circuit = fe.parse_circuit(CircuitSource(language, text), limits, FIELD, max_qubits=20)
     except InvalidArgument as error:
