@@ -16,7 +16,6 @@ import itertools
 import math
 import pickle
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -289,7 +288,6 @@ class AerAdapter(BackendAdapter):
     # ---------------------------------------------------------------------------- prepare
 
     def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
-        started = time.perf_counter()
         limits = self.context.limits
         counts_only = spec.options.counts_only
         tasks: list[SamplerTask | EstimatorTask] = []
@@ -331,7 +329,6 @@ class AerAdapter(BackendAdapter):
             payload=payload,
             memory_bytes=peak_memory,
             layouts=tuple(layouts),
-            prepare_seconds=time.perf_counter() - started,
         )
 
     def _sampler_task(

@@ -60,13 +60,14 @@ class PreparedJob:
         payload: Picklable input for `execute`.
         memory_bytes: Estimated peak simulation memory.
         layouts: Per PUB, the physical qubit of each virtual qubit.
-        prepare_seconds: Time spent parsing and transpiling (cache hits are near zero).
+        prepare_seconds: Time the gateway spent compiling (in compile workers; cache hits are
+            near zero) and preparing; the gateway sets it, adapters leave it 0.
     """
 
     payload: object
     memory_bytes: int
     layouts: tuple[tuple[int, ...], ...]
-    prepare_seconds: float
+    prepare_seconds: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -272,6 +273,7 @@ class JobManager:
         self, runtime: BackendRuntime, tenant: str, spec: JobSpec, seed: int
     ) -> PreparedJob:
         """Compiles every PUB's circuit in compile workers, then assembles the job."""
+        started = time.perf_counter()
         adapter = runtime.adapter
         circuits = []
         for index, pub in enumerate(spec.pubs):
@@ -280,10 +282,12 @@ class JobManager:
                 await self.compiler.compile(tenant, runtime.name, adapter, pub.circuit, field)
             )
         if adapter.prepare_is_cheap(spec):
-            return adapter.prepare(spec, seed, circuits)
-        return await anyio.to_thread.run_sync(
-            adapter.prepare, spec, seed, circuits, limiter=self._limiter
-        )
+            prepared = adapter.prepare(spec, seed, circuits)
+        else:
+            prepared = await anyio.to_thread.run_sync(
+                adapter.prepare, spec, seed, circuits, limiter=self._limiter
+            )
+        return dataclasses.replace(prepared, prepare_seconds=time.perf_counter() - started)
 
     # ------------------------------------------------------------------ queries
 
