@@ -16,7 +16,14 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from qgateway import Client, InvalidArgumentError, QGatewayError, RetryPolicy, sampler_pub
+from qgateway import (
+    Client,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    QGatewayError,
+    RetryPolicy,
+    sampler_pub,
+)
 from qgateway.results import Job, JobState
 from qgateway.v1 import circuit_pb2
 
@@ -171,6 +178,33 @@ def test_a_compile_that_would_take_minutes_is_killed_at_its_limit(
         alice.run(_heavy_qasm3(), backend="aer", shots=1, timeout=60)
     assert again.value.reason == "CIRCUIT_TOO_COMPLEX"
     assert time.monotonic() - repeat_started < COMPILE_CPU_S
+
+
+def _compile_workers(gw: GatewayProcess) -> set[int]:
+    return {
+        p.pid
+        for p in psutil.Process(gw.pid).children()
+        if p.is_running() and p.cmdline()[-1:] == ["compile"]
+    }
+
+
+def test_a_compile_whose_caller_went_away_is_killed(gw: GatewayProcess, alice: Client) -> None:
+    before = _compile_workers(gw)
+    assert before
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError):
+        alice.run(_heavy_qasm3(0.05), backend="aer", shots=1, timeout=0.5)
+    # The worker compiling it is killed when the deadline passes, long before its CPU-time
+    # limit could end it (at least COMPILE_CPU_S + 1 s of CPU).
+    while time.monotonic() - started < COMPILE_CPU_S:
+        if before - _compile_workers(gw):
+            break
+    else:
+        pytest.fail("no compile worker was killed when the caller's deadline passed")
+    # Not cached as a refusal: the caller's deadline says nothing about the circuit.
+    with pytest.raises(InvalidArgumentError) as info:
+        alice.run(_heavy_qasm3(0.05), backend="aer", shots=1, timeout=60)
+    assert info.value.metadata["limit"] == "CPU-time"
 
 
 @pytest.mark.timeout(60)  # three compiles killed at their CPU limit, and their replacements
