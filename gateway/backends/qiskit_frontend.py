@@ -84,12 +84,8 @@ __all__ = [
     "MPS_OVERHEAD_BYTES",
     "QASM3_MAX_CONVERSION_WORK",
     "STANDARD_GATE_NAMES",
-    "CircuitAnalysis",
     "OperationCount",
-    "analyze_circuit",
-    "bits_outside_registers_error",
     "broadcast_pub_shape",
-    "check_clbits_in_registers",
     "check_control_flow_supported",
     "check_features",
     "check_finite_parameters",
@@ -98,7 +94,6 @@ __all__ = [
     "check_precision",
     "check_qubit_count",
     "check_result_size",
-    "check_sampler_has_clbits",
     "count_operations",
     "density_matrix_bytes",
     "detect_features",
@@ -1372,57 +1367,6 @@ def check_control_flow_supported(
 def has_bits_outside_registers(circuit: QuantumCircuit) -> bool:
     """True when a classical bit belongs to no register (e.g. OpenQASM 3 `bit c;`)."""
     return any(not circuit.find_bit(bit).registers for bit in circuit.clbits)
-
-
-def bits_outside_registers_error(field: str) -> InvalidArgument:
-    """The UNSUPPORTED_FEATURE error for classical bits outside every register."""
-    return invalid(
-        "UNSUPPORTED_FEATURE",
-        "classical bits outside a register are not supported (results are reported per "
-        "register); declare a register, e.g. `bit[1] c;` instead of `bit c;`",
-        field,
-        feature="bits_outside_registers",
-    )
-
-
-def check_clbits_in_registers(circuit: QuantumCircuit, field: str) -> None:
-    """Refuses classical bits outside every register, which results could not report."""
-    if has_bits_outside_registers(circuit):
-        raise bits_outside_registers_error(field)
-
-
-def check_sampler_has_clbits(circuit: QuantumCircuit, field: str) -> None:
-    """NO_MEASUREMENTS when a sampler circuit has no classical bits at all."""
-    if circuit.num_clbits == 0:
-        raise invalid(
-            "NO_MEASUREMENTS",
-            "the circuit has no classical bits, so a sampler has nothing to return",
-            field,
-        )
-
-
-@dataclass(frozen=True)
-class CircuitAnalysis:
-    """What the gateway needs to know about a parsed circuit."""
-
-    num_qubits: int
-    num_clbits: int
-    operations: int
-    features: frozenset[CircuitFeature]
-    has_measurements: bool
-    parameters: tuple[str, ...]
-
-
-def analyze_circuit(circuit: QuantumCircuit, limits: CircuitLimits, field: str) -> CircuitAnalysis:
-    """Counts operations (refusing above the limit) and detects features."""
-    return CircuitAnalysis(
-        num_qubits=circuit.num_qubits,
-        num_clbits=circuit.num_clbits,
-        operations=check_operation_count(circuit, limits, field),
-        features=detect_features(circuit),
-        has_measurements=has_measurements(circuit),
-        parameters=tuple(p.name for p in circuit.parameters),
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -317,15 +317,7 @@ def test_unsupported_feature_names_the_feature() -> None:
 def test_bits_outside_registers_become_one_bit_registers() -> None:
     circuit = fe.parse_circuit(q3(H3 + "qubit[1] q; bit c; c = measure q[0];"), LIMITS, FIELD)
     assert not fe.has_bits_outside_registers(circuit)
-    fe.check_clbits_in_registers(circuit, FIELD)
     assert fe.result_registers(circuit) == (("c", (0,)),)
-
-
-def test_sampler_without_classical_bits() -> None:
-    circuit = fe.parse_circuit(q3(H3 + "qubit[1] q; h q[0];"), LIMITS, FIELD)
-    with pytest.raises(InvalidArgument) as info:
-        fe.check_sampler_has_clbits(circuit, FIELD)
-    assert info.value.reason == "NO_MEASUREMENTS"
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -378,7 +370,7 @@ def test_circuit_parameters_come_in_qiskit_order() -> None:
     text = H3 + "input float b; input float a10; input float a2;\nqubit[1] q;\n"
     text += "rx(b) q[0]; ry(a10) q[0]; rz(a2) q[0];"
     circuit = fe.parse_circuit(q3(text), LIMITS, FIELD)
-    assert fe.analyze_circuit(circuit, LIMITS, FIELD).parameters == ("a10", "a2", "b")
+    assert tuple(p.name for p in circuit.parameters) == ("a10", "a2", "b")
 
 
 # --------------------------------------------------------------------------- observables
