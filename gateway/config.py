@@ -162,7 +162,7 @@ class BackendConfig(_Strict):
     max_bindings: int = Field(default=100_000, gt=0)
     max_job_shots: int = Field(default=10_000_000, gt=0)
     max_estimator_work: int = Field(default=100_000_000, gt=0)
-    max_execution_work: float = Field(default=2e11, gt=0)
+    max_execution_work: float = Field(default=1e13, gt=0)
     # A running job past this is stopped (its worker killed) and FAILED with JOB_TIMEOUT.
     max_run_time_s: float = Field(default=3600.0, gt=0)
     # A queued job past this FAILs: BACKEND_UNAVAILABLE while the breaker is open, else

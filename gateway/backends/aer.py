@@ -170,16 +170,13 @@ class AerCircuit:
     memory_bytes: int
     # Operations of the transpiled circuit, as if definitions were unrolled.
     operations: int
+    # Complex numbers the simulation state holds (what one operation may touch).
+    amplitudes: int
 
     @property
     def nbytes(self) -> int:
         """Its weight in the gateway's compile cache."""
         return len(self.ref.data) + 1024
-
-    @property
-    def amplitudes(self) -> int:
-        """Complex numbers the simulation state holds (what one operation may touch)."""
-        return max(1, self.memory_bytes // 16)
 
     @property
     def shot_by_shot(self) -> bool:
@@ -482,10 +479,14 @@ class AerAdapter(BackendAdapter):
         if opts.method == "matrix_product_state":
             memory = fe.mps_bytes(transpiled, opts.max_bond_dimension)
             fe.check_memory(memory, limits.memory_budget_bytes, opts.method, field)
+            # The tensors, not Aer's fixed bookkeeping, are what operations touch.
+            amplitudes = max(1, (memory - fe.MPS_OVERHEAD_BYTES) // 16)
         elif opts.method == "statevector":
             memory = fe.statevector_bytes(n)
+            amplitudes = 1 << n
         else:
             memory = fe.density_matrix_bytes(n)
+            amplitudes = 1 << (2 * n)
         layout = _layout_of(transpiled)
         # Loose bits (`bit c;`) are one-bit registers named after their variable.
         registers = tuple(
@@ -503,6 +504,7 @@ class AerAdapter(BackendAdapter):
             layout=layout,
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
+            amplitudes=amplitudes,
         )
 
     def _aer_target(self) -> Target:

@@ -34,9 +34,9 @@ class BackendLimits:
     max_job_shots: int = 10_000_000
     # Estimator work: distinct Pauli terms x qubits x bindings, summed over the job's PUBs.
     max_estimator_work: int = 100_000_000
-    # Estimated simulation work (amplitude updates: operations x amplitudes x bindings, times
-    # shots where a circuit must be simulated shot by shot), summed over the job's PUBs.
-    max_execution_work: int = 200_000_000_000
+    # Estimated simulation work (domain/costs.py: amplitude updates, ~5e10 a second), summed
+    # over the job's PUBs.
+    max_execution_work: int = 10_000_000_000_000
 
 
 @dataclass(frozen=True)
