@@ -11,6 +11,15 @@ from grpc_status import rpc_status
 from gateway.domain.errors import GatewayError
 
 ERROR_DOMAIN = "qgateway"
+# The status travels in trailers, which gRPC clients limit to 8 KiB by default (past that the
+# caller gets a bare RESOURCE_EXHAUSTED instead of this error). Client-supplied values quoted in
+# a message or in metadata (a 4000-digit register size) are clipped to keep well below it.
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -24,7 +33,11 @@ def to_status(error: GatewayError) -> grpc.Status:
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason,
+                domain=ERROR_DOMAIN,
+                metadata={
+                    key: _clip(value, MAX_DETAIL_CHARS) for key, value in error.metadata.items()
+                },
             )
         )
     ]
@@ -34,7 +47,7 @@ def to_status(error: GatewayError) -> grpc.Status:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=v.field, description=_clip(v.description, MAX_DETAIL_CHARS)
                         )
                         for v in error.field_violations
                     ]
@@ -58,6 +71,8 @@ def to_status(error: GatewayError) -> grpc.Status:
         delay = Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=int(error.code), message=error.message, details=details)
+    status = status_pb2.Status(
+        code=int(error.code), message=_clip(error.message, MAX_MESSAGE_CHARS), details=details
+    )
     assert code_pb2.Code.Name(status.code)  # every domain code is a real gRPC code
     return rpc_status.to_status(status)

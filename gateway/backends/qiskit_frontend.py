@@ -768,8 +768,9 @@ def _qasm3_declarations(
         elif isinstance(node, q3ast.Identifier) and node.name.startswith("$"):
             digits = node.name[1:]
             if digits.isdigit():
-                # The importer creates every physical qubit up to the highest one named.
-                max_physical = max(max_physical, int(digits))
+                # The importer creates every physical qubit up to the highest one named. Past
+                # 18 digits any index is over every limit (and int() refuses 4300+ digits).
+                max_physical = max(max_physical, _HUGE if _too_long(digits) else int(digits))
         elif isinstance(node, q3ast.FloatLiteral | q3ast.DurationLiteral):
             if not math.isfinite(node.value):
                 line, col = _where(node)
@@ -1227,7 +1228,13 @@ def _finite(value: object) -> bool:
         except (TypeError, ValueError):
             return True
     if isinstance(value, bool | int | np.integer):
-        return True  # exact integers (durations, indices) are finite however large
+        # An integer angle past the largest double is infinite to every simulator (Qiskit's
+        # transpiler panics building its matrix).
+        try:
+            float(value)
+        except OverflowError:
+            return False
+        return True
     if isinstance(value, float | complex | np.floating | np.complexfloating):
         return cmath.isfinite(complex(value))
     if isinstance(value, np.ndarray) and value.dtype.kind in "fc":

@@ -164,7 +164,9 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
             return ("invalid", exc.reason, exc.message, exc.metadata, violations)
         except MemoryError:
             return ("memory",)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # also a Rust panic in the SDK (a BaseException)
             traceback.print_exc()
             return ("failed", "INTERNAL", f"{type(exc).__name__}: {exc}")
         finally:
