@@ -25,6 +25,7 @@ This module imports qiskit at the top; adapters import it lazily.
 from __future__ import annotations
 
 import cmath
+import contextlib
 import dataclasses
 import math
 import re
@@ -337,28 +338,39 @@ def _too_deep(field: str) -> InvalidArgument:
     return invalid("CIRCUIT_TOO_COMPLEX", "the program is nested too deeply", field)
 
 
-def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
+@contextlib.contextmanager
+def _reader_refusals(language: str, field: str) -> Iterator[None]:
+    """Whatever an SDK reader raises on the client's program, its own way (an exception, or a
+    Rust panic, which is a BaseException), becomes INVALID_QASM. Recursion and memory exhaustion
+    propagate: the caller refuses those as too complex."""
     try:
-        # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
-        # instructions and classical functions are what `QuantumCircuit.from_qasm_str` adds on
-        # top of that (sx, swap, cswap, rzz, ..., asin), supplied here instead of from a file.
-        circuit: QuantumCircuit = qiskit.qasm2.loads(
-            text,
-            include_path=(),
-            custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
-            custom_classical=qiskit.qasm2.LEGACY_CUSTOM_CLASSICAL,
-            strict=False,
-        )
-    except qiskit.qasm2.QASM2ParseError as exc:
-        raise _map_qasm2_error(text, _sdk_message(exc), field) from None
-    except (RecursionError, MemoryError):
+        yield
+    except (RecursionError, MemoryError, InvalidArgument):
         raise
-    except Exception as exc:  # the reader refusing the client's program in its own way
-        raise _importer_rejected(exc, "OpenQASM 2", field) from None
+    except Exception as exc:
+        raise _importer_rejected(exc, language, field) from None
     except BaseException as exc:
         if not _is_sdk_panic(exc):
             raise
-        raise _importer_rejected(exc, "OpenQASM 2", field) from None
+        raise _importer_rejected(exc, language, field) from None
+
+
+def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
+    with _reader_refusals("OpenQASM 2", field):
+        try:
+            # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
+            # instructions and classical functions are what `QuantumCircuit.from_qasm_str`
+            # adds on top of that (sx, swap, cswap, rzz, ..., asin), supplied here instead of
+            # from a file.
+            circuit: QuantumCircuit = qiskit.qasm2.loads(
+                text,
+                include_path=(),
+                custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
+                custom_classical=qiskit.qasm2.LEGACY_CUSTOM_CLASSICAL,
+                strict=False,
+            )
+        except qiskit.qasm2.QASM2ParseError as exc:
+            raise _map_qasm2_error(text, _sdk_message(exc), field) from None
     return circuit
 
 
@@ -502,18 +514,11 @@ _QASM3_UNSUPPORTED = re.compile(
 
 
 def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
-    try:
-        circuit: QuantumCircuit = qiskit_qasm3_import.convert(program)
-    except ConversionError as exc:
-        raise _map_conversion_error(_sdk_message(exc), field) from None
-    except (RecursionError, MemoryError):
-        raise
-    except Exception as exc:  # the importer refusing the client's program in its own way
-        raise _importer_rejected(exc, "OpenQASM 3", field) from None
-    except BaseException as exc:
-        if not _is_sdk_panic(exc):
-            raise
-        raise _importer_rejected(exc, "OpenQASM 3", field) from None
+    with _reader_refusals("OpenQASM 3", field):
+        try:
+            circuit: QuantumCircuit = qiskit_qasm3_import.convert(program)
+        except ConversionError as exc:
+            raise _map_conversion_error(_sdk_message(exc), field) from None
     return circuit
 
 
