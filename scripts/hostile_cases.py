@@ -52,7 +52,7 @@ H2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\n'
 def nested2(d):
     lines = [H2 + "qreg q[2];\ncreg c[2];\ngate g0 a, b { cx a, b; h a; }"]
     lines += [f"gate g{k} a, b {{ g{k - 1} a, b; g{k - 1} b, a; }}" for k in range(1, d + 1)]
-    return "\n".join(lines + [f"g{d} q[0], q[1];", "measure q -> c;"])
+    return "\n".join([*lines, f"g{d} q[0], q[1];", "measure q -> c;"])
 
 
 def pauli(i):
