@@ -191,34 +191,23 @@ _CHEAP_TERMS = 1024
 
 
 class _LRU:
-    """A small thread-safe LRU map."""
+    """A small LRU map (a simulator worker runs one job at a time: no lock)."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._items: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
 
     def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def __contains__(self, key: Any) -> bool:
-        with self._lock:
-            return key in self._items
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
 
 
 def _derive_seed(seed: int, index: int, purpose: str) -> int:
