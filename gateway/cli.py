@@ -138,7 +138,7 @@ def _seconds(delta: timedelta | None) -> str:
 def format_backends(backends: Sequence[Backend]) -> str:
     """The `backends` table: name, kind, qubits, status, queue depth."""
     rows = [
-        [b.id, b.kind.lower(), str(b.num_qubits), b.status.lower(), str(b.queue_depth)]
+        [b.id, b.kind.lower(), str(b.num_qubits), b.status.lower(), str(b.queue_length)]
         for b in backends
     ]
     return format_table(["NAME", "KIND", "QUBITS", "STATUS", "QUEUED"], rows, right=(2, 4))
@@ -166,7 +166,6 @@ def format_job(job: Job) -> str:
         ("state", job.state.value),
         ("tenant", job.tenant or "-"),
         ("backend", job.backend or "-"),
-        ("request_id", job.request_id or "-"),
         ("pubs", str(job.num_pubs)),
         ("created", _utc(job.create_time)),
         ("started", _utc(job.start_time)),
@@ -190,8 +189,6 @@ def format_job(job: Job) -> str:
                 f"execute {_seconds(t.execute)}",
             )
         )
-    if job.result_too_large:
-        fields.append(("result", "too large for one message (streamed on request)"))
     width = max(len(key) for key, _ in fields) + 1
     return "\n".join(f"{key + ':':<{width}} {value}" for key, value in fields)
 
@@ -273,7 +270,7 @@ def _client(args: argparse.Namespace) -> Client:
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     from gateway.security.api_keys import generate_key
 
-    new = generate_key(args.tenant, args.name)
+    new = generate_key(args.tenant, args.name, admin=args.admin)
     entry = new.config
     print(f"API key (shown once; give it to the tenant's clients as {ENV_API_KEY}):")
     print(f"  {new.key}")
@@ -284,6 +281,8 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     print(f'tenant = "{entry.tenant}"')
     if entry.name:
         print(f'name = "{entry.name}"')
+    if entry.admin:
+        print("admin = true")
     return 0
 
 
@@ -461,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="make a new API key for a tenant")
     create.add_argument("--tenant", required=True, help="tenant the key belongs to")
     create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="an operator's key: may read backends' FULL view (health, breaker, pool)",
+    )
     create.set_defaults(handler=_cmd_keys_create)
 
     backends = sub.add_parser("backends", parents=[common], help="list backends")

@@ -16,6 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from qgateway.v1 import backend_pb2, circuit_pb2, job_pb2
 
+from gateway.api.errors import job_error_status
 from gateway.domain import backends as db
 from gateway.domain.circuits import (
     Bindings,
@@ -29,12 +30,14 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import (
+    Counts,
     EstimatorResult,
     Job,
     JobOptions,
     JobResult,
     JobSpec,
     JobState,
+    SamplerOutput,
     SamplerResult,
 )
 
@@ -66,6 +69,14 @@ def job_id(name: str, field: str = "name") -> str:
     job = name.removeprefix(JOB_PREFIX)
     if not job or "/" in job or len(job) > 128:
         raise _bad("INVALID_JOB_NAME", field, "must be 'jobs/{job}'")
+    return job
+
+
+def result_job_id(name: str, field: str = "name") -> str:
+    """'jobs/abc/result' -> 'abc'."""
+    job = name.removeprefix(JOB_PREFIX).removesuffix("/result")
+    if not name.endswith("/result") or not job or "/" in job or len(job) > 128:
+        raise _bad("INVALID_RESULT_NAME", field, "must be 'jobs/{job}/result'")
     return job
 
 
@@ -160,6 +171,13 @@ def _pub(msg: circuit_pb2.Pub, field: str) -> Pub:
     raise _bad("MISSING_PUB", field, "a PUB must be a sampler or an estimator PUB")
 
 
+_SAMPLER_OUTPUTS = {
+    job_pb2.SAMPLER_OUTPUT_SAMPLES_AND_COUNTS: SamplerOutput.SAMPLES_AND_COUNTS,
+    job_pb2.SAMPLER_OUTPUT_SAMPLES: SamplerOutput.SAMPLES,
+    job_pb2.SAMPLER_OUTPUT_COUNTS: SamplerOutput.COUNTS,
+}
+
+
 def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
     """Structural validation and translation; circuit semantics are the adapter's job."""
     backend = backend_id(msg.backend, f"{field}.backend")
@@ -177,7 +195,7 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
             o.default_precision,
             f"{field}.options.default_precision",
         ),
-        counts_only=o.counts_only,
+        sampler_output=_SAMPLER_OUTPUTS.get(o.sampler_output, SamplerOutput.SAMPLES_AND_COUNTS),
         fallback_backend=(
             backend_id(o.fallback_backend, f"{field}.options.fallback_backend")
             if o.fallback_backend
@@ -204,6 +222,12 @@ def _duration(seconds: float) -> Duration:
     return d
 
 
+def _encode_counts(counts: Counts, out: job_pb2.Counts) -> None:
+    """Packed outcome rows (already ascending, as Counts keeps them) and their counts."""
+    out.outcomes = counts.outcomes.tobytes()
+    out.counts.extend(counts.counts.tolist())
+
+
 def encode_result(result: JobResult) -> job_pb2.JobResult:
     out = job_pb2.JobResult()
     for pub in result.pubs:
@@ -217,7 +241,7 @@ def encode_result(result: JobResult) -> job_pb2.JobResult:
                 if reg.samples is not None:
                     r.samples = np.ascontiguousarray(reg.samples, dtype=np.uint8).tobytes()
                 for counts in reg.counts:
-                    r.counts.add().counts.update(counts)
+                    _encode_counts(counts, r.counts.add())
         else:
             assert isinstance(pub, EstimatorResult)
             e = entry.estimator
@@ -246,7 +270,6 @@ def encode_job(job: Job) -> job_pb2.Job:
     out = job_pb2.Job(
         name=JOB_PREFIX + job.id,
         tenant=job.tenant,
-        request_id=job.request_id,
         backend=BACKEND_PREFIX + job.backend,
         state=_STATES[job.state],
         num_pubs=job.num_pubs,
@@ -260,8 +283,7 @@ def encode_job(job: Job) -> job_pb2.Job:
         if ts is not None:
             getattr(out, attr).CopyFrom(ts)
     if job.error is not None:
-        out.error.reason = job.error.reason
-        out.error.message = job.error.message
+        out.error.CopyFrom(job_error_status(job.error))
     ex = job.execution
     if ex is not None:
         out.execution.backend = BACKEND_PREFIX + ex.backend
@@ -314,7 +336,7 @@ def encode_backend(info: db.BackendInfo, status: db.BackendStatus) -> backend_pb
             if status.online
             else backend_pb2.BACKEND_STATUS_OFFLINE
         ),
-        queue_depth=status.queue_depth,
+        queue_length=status.queue_depth,
         running_jobs=status.running,
         limits=backend_pb2.BackendLimits(
             max_shots=info.limits.max_shots,

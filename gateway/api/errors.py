@@ -1,4 +1,5 @@
-"""The one place that turns GatewayError into a google.rpc.Status with details."""
+"""The one place that makes google.rpc.Status: RPC errors (GatewayError) and job failures
+(JobError) by the same rules."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway.domain.errors import GatewayError
+from gateway.domain.jobs import JobError
 
-ERROR_DOMAIN = "qgateway"
+# Names this API uniquely (AIP-193): the service's domain, not a bare word.
+ERROR_DOMAIN = "qgateway.dev"
 # The status travels in trailers, which gRPC clients limit to 8 KiB by default (past that the
 # caller gets a bare RESOURCE_EXHAUSTED instead of this error). Client-supplied values quoted in
 # a message or in metadata (a 4000-digit register size) are clipped to keep well below it.
@@ -28,8 +31,13 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: GatewayError) -> grpc.Status:
-    """google.rpc.Status: ErrorInfo always, plus BadRequest/QuotaFailure/RetryInfo if known."""
+def status_proto(error: GatewayError | JobError) -> status_pb2.Status:
+    """google.rpc.Status of an RPC error or of a job's failure, by the same rules.
+
+    ErrorInfo always (domain ERROR_DOMAIN, the reason, metadata); then, when the error has them,
+    ResourceInfo (NOT_FOUND names the resource), BadRequest, QuotaFailure and RetryInfo (only
+    for errors where repeating the same call can succeed).
+    """
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
@@ -41,6 +49,28 @@ def to_status(error: GatewayError) -> grpc.Status:
             )
         )
     ]
+    if isinstance(error, GatewayError):
+        details.extend(_gateway_details(error))
+    status = status_pb2.Status(
+        code=int(error.code), message=_clip(error.message, MAX_MESSAGE_CHARS), details=details
+    )
+    assert code_pb2.Code.Name(status.code)  # every domain code is a real gRPC code
+    return status
+
+
+def _gateway_details(error: GatewayError) -> list[any_pb2.Any]:
+    details: list[any_pb2.Any] = []
+    if error.resource_info is not None:
+        info = error.resource_info
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=info.type,
+                    resource_name=_clip(info.name, MAX_DETAIL_CHARS),
+                    description=_clip(info.description, MAX_DETAIL_CHARS),
+                )
+            )
+        )
     if error.field_violations:
         details.append(
             _pack(
@@ -71,8 +101,14 @@ def to_status(error: GatewayError) -> grpc.Status:
         delay = Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(
-        code=int(error.code), message=_clip(error.message, MAX_MESSAGE_CHARS), details=details
-    )
-    assert code_pb2.Code.Name(status.code)  # every domain code is a real gRPC code
-    return rpc_status.to_status(status)
+    return details
+
+
+def job_error_status(error: JobError) -> status_pb2.Status:
+    """Job.error: a job's failure as google.rpc.Status, shaped like every RPC error."""
+    return status_proto(error)
+
+
+def to_status(error: GatewayError) -> grpc.Status:
+    """The grpc.Status (code, message, grpc-status-details-bin trailer) of an RPC error."""
+    return rpc_status.to_status(status_proto(error))

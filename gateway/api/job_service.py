@@ -30,6 +30,7 @@ def _request_id(value: str) -> str:
         raise InvalidArgument(
             "INVALID_REQUEST_ID",
             f"request_id must be printable and at most {MAX_REQUEST_ID_LENGTH} characters",
+            metadata={"maxLength": str(MAX_REQUEST_ID_LENGTH)},
             field_violations=[FieldViolation("request_id", "too long or not printable")],
         )
     return value
@@ -48,17 +49,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._manager = manager
         self._max_response = max_response_bytes
 
-    async def _with_result(
-        self, job: Job, view: int = job_service_pb2.JOB_VIEW_FULL
-    ) -> job_pb2.Job:
-        msg = codec.encode_job(job)
-        if job.state is JobState.SUCCEEDED and view != job_service_pb2.JOB_VIEW_BASIC:
-            data = await self._manager.result(job)
-            if len(data) + msg.ByteSize() + 64 > self._max_response:
-                msg.result_too_large = True
-            else:
-                msg.result.ParseFromString(data)
-        return msg
+    async def _result_message(self, job: Job) -> job_pb2.JobResult | None:
+        """The job's result as one message, or None when it exceeds the response limit."""
+        data = await self._manager.result(job)
+        if len(data) + 64 > self._max_response:
+            return None
+        result = job_pb2.JobResult.FromString(data)
+        result.name = f"{codec.JOB_PREFIX}{job.id}/result"
+        return result
 
     async def _submit(self, context: Context, request_id: str, spec: job_pb2.JobSpec) -> Job:
         # Only what the API defines is stored and digested: unknown fields (at any depth) would
@@ -76,13 +74,37 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.SubmitJobRequest, context: Context
     ) -> job_service_pb2.SubmitJobResponse:
         job = await self._submit(context, request.request_id, request.spec)
-        return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job))
+        return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job), created=True)
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
         job = await self._manager.get(tenant_of(context), codec.job_id(request.name))
-        return job_service_pb2.GetJobResponse(job=await self._with_result(job, request.view))
+        return job_service_pb2.GetJobResponse(job=codec.encode_job(job))
+
+    async def _succeeded(self, context: Context, name: str) -> Job:
+        job = await self._manager.get(tenant_of(context), codec.result_job_id(name))
+        if job.state is not JobState.SUCCEEDED:
+            raise FailedPrecondition(
+                "RESULT_NOT_READY",
+                f"job jobs/{job.id} is {job.state.value}; results exist only for SUCCEEDED jobs",
+                metadata={"job": f"jobs/{job.id}", "state": job.state.value},
+            )
+        return job
+
+    async def GetJobResult(
+        self, request: job_service_pb2.GetJobResultRequest, context: Context
+    ) -> job_service_pb2.GetJobResultResponse:
+        job = await self._succeeded(context, request.name)
+        result = await self._result_message(job)
+        if result is None:
+            raise FailedPrecondition(
+                "RESULT_TOO_LARGE",
+                f"the result of jobs/{job.id} exceeds one message ({self._max_response} bytes); "
+                "fetch it with StreamJobResult",
+                metadata={"job": f"jobs/{job.id}", "limit": str(self._max_response)},
+            )
+        return job_service_pb2.GetJobResultResponse(result=result)
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
@@ -100,9 +122,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.ListJobsRequest, context: Context
     ) -> job_service_pb2.ListJobsResponse:
         limit = paging.page_size(request.page_size)
-        states = codec.decode_states(request.states, "states")
-        backend = codec.backend_id(request.backend) if request.backend else ""
-        filters = f"{sorted(s.value for s in states)}|{backend}"
+        if request.filter:
+            raise InvalidArgument(
+                "INVALID_FILTER",
+                "filter is not supported yet",
+                field_violations=[FieldViolation("filter", "not supported yet")],
+            )
+        filters = "jobs"
         cursor = paging.decode_token(request.page_token, filters)
         if cursor is not None and not isinstance(cursor, int):
             raise InvalidArgument(
@@ -111,7 +137,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 field_violations=[FieldViolation("page_token", "not a ListJobs token")],
             )
         page = await self._manager.list(
-            tenant_of(context), states=states, backend=backend, after=cursor, limit=limit
+            tenant_of(context), states=(), backend="", after=cursor, limit=limit
         )
         return job_service_pb2.ListJobsResponse(
             jobs=[codec.encode_job(j) for j in page.jobs],
@@ -138,18 +164,19 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "(repeat Run with the same request_id, or WatchJob, to get it)",
                 metadata={"job": f"jobs/{job.id}"},
             )
-        return job_service_pb2.RunResponse(job=await self._with_result(finished))
+        response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=True)
+        if finished.state is JobState.SUCCEEDED:
+            result = await self._result_message(finished)
+            if result is None:
+                response.result_too_large = True
+            else:
+                response.result.CopyFrom(result)
+        return response
 
     async def StreamJobResult(
         self, request: job_service_pb2.StreamJobResultRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse]:
-        job = await self._manager.get(tenant_of(context), codec.job_id(request.name))
-        if job.state is not JobState.SUCCEEDED:
-            raise FailedPrecondition(
-                "RESULT_NOT_READY",
-                f"job jobs/{job.id} is {job.state.value}; results exist only for SUCCEEDED jobs",
-                metadata={"job": f"jobs/{job.id}", "state": job.state.value},
-            )
+        job = await self._succeeded(context, request.name)
         chunk = min(request.chunk_bytes or DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES)
         result = job_pb2.JobResult.FromString(await self._manager.result(job))
         for response in result_chunks(result, chunk):

@@ -38,17 +38,14 @@ def result_chunks(
                             data=data[offset : offset + chunk_bytes],
                         ),
                     )
-                start, size = 0, 0
-                for i, counts in enumerate(reg.counts):
-                    size += counts.ByteSize()
-                    if size >= chunk_bytes or i == len(reg.counts) - 1:
-                        yield Response(
-                            pub_index=index,
-                            counts=job_service_pb2.CountsChunk(
-                                register_index=r, offset=start, counts=reg.counts[start : i + 1]
-                            ),
-                        )
-                        start, size = i + 1, 0
+                # Base port: one CountsChunk per binding (splitting comes with resumable streams).
+                for binding, counts in enumerate(reg.counts):
+                    yield Response(
+                        pub_index=index,
+                        counts=job_service_pb2.CountsChunk(
+                            register_index=r, binding_index=binding, offset=0, counts=counts
+                        ),
+                    )
         else:
             est = pub.estimator
             step = max(1, chunk_bytes // 16)

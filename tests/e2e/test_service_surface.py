@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -82,10 +83,11 @@ def test_generic_client_through_reflection(address: str) -> None:
     }
     ran = _buf_curl(address, "-d", json.dumps(body), f"http://{address}/qgateway.v1.JobService/Run")
     assert ran.returncode == 0, ran.stderr
-    job = json.loads(ran.stdout)["job"]
-    assert job["state"] == "JOB_STATE_SUCCEEDED"
-    counts = job["result"]["pubResults"][0]["sampler"]["registers"][0]["counts"][0]["counts"]
-    assert counts == {"10": "10"}
+    answer = json.loads(ran.stdout)
+    assert answer["job"]["state"] == "JOB_STATE_SUCCEEDED"
+    counts = answer["result"]["pubResults"][0]["sampler"]["registers"][0]["counts"][0]
+    # One distinct outcome, "10" = 2, packed as one big-endian byte (base64 in JSON).
+    assert counts == {"outcomes": base64.b64encode(b"\x02").decode(), "counts": ["10"]}
 
 
 def _cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:

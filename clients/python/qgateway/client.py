@@ -379,7 +379,9 @@ def _job_spec(
 ) -> job_pb2.JobSpec:
     if not pubs:
         raise ValueError("a job needs at least one PUB")
-    options = job_pb2.JobOptions(counts_only=counts_only)
+    options = job_pb2.JobOptions(
+        sampler_output=job_pb2.SAMPLER_OUTPUT_COUNTS if counts_only else 0
+    )
     if default_shots is not None:
         options.default_shots = default_shots
     if seed is not None:
@@ -407,9 +409,15 @@ def _backend_name(name: str) -> str:
     return _prefixed(name, "backends/", "backend")
 
 
-def _states(states: Iterable[JobState | str | int]) -> list[str]:
-    # Enum value names: the generated constructor takes them as well as numbers.
-    return [f"JOB_STATE_{JobState.parse(s).value}" for s in states]
+def _list_filter(filter: str, states: Iterable[JobState | str | int], backend: str) -> str:
+    """An AIP-160 filter from the typed arguments, AND-ed with `filter`."""
+    clauses = [f"({filter})"] if filter else []
+    names = sorted({JobState.parse(s).value for s in states})
+    if names:
+        clauses.append("(" + " OR ".join(f"state = {n}" for n in names) + ")")
+    if backend:
+        clauses.append(f'backend = "{_backend_name(backend)}"')
+    return " AND ".join(clauses)
 
 
 def _new_request_id(request_id: str | None) -> str:
@@ -424,6 +432,13 @@ def _result_of(job: Job) -> JobResult:
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise RuntimeError(f"job {job.name} is {job.state.value} without a result")
     return job.result
+
+
+def _run_job(response: job_service_pb2.RunResponse) -> Job:
+    job = Job.from_proto(response.job)
+    if response.HasField("result"):
+        return replace(job, result=JobResult.from_proto(response.result))
+    return replace(job, result_too_large=response.result_too_large)
 
 
 def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> QGatewayError:
@@ -516,12 +531,14 @@ class Client:
 
     def _complete(self, job: Job, deadline: float | None) -> Job:
         """Fetches a result that was too large for the answer."""
-        if job.result is None and job.result_too_large and job.state is JobState.SUCCEEDED:
+        if job.result is None and job.state is JobState.SUCCEEDED:
             return replace(job, result=self._stream_result(job.name, deadline, 0))
         return job
 
     def _stream_result(self, name: str, deadline: float | None, chunk_bytes: int) -> JobResult:
-        request = job_service_pb2.StreamJobResultRequest(name=name, chunk_bytes=chunk_bytes)
+        request = job_service_pb2.StreamJobResultRequest(
+            name=f"{_job_name(name)}/result", chunk_bytes=chunk_bytes
+        )
         attempt = 0
         while True:
             attempt += 1
@@ -668,7 +685,7 @@ class Client:
             retry=True,
             request_id=rid,
         )
-        job = Job.from_proto(response.job)
+        job = _run_job(response)
         try:
             return self._complete(job, deadline)
         except QGatewayError as err:
@@ -738,10 +755,9 @@ class Client:
             timeout: Seconds for the whole call.
         """
         deadline = _deadline(timeout)
-        view = job_service_pb2.JOB_VIEW_BASIC if view_basic else job_service_pb2.JOB_VIEW_FULL
         response: job_service_pb2.GetJobResponse = self._unary(
             self._jobs.GetJob,
-            job_service_pb2.GetJobRequest(name=_job_name(name), view=view),
+            job_service_pb2.GetJobRequest(name=_job_name(name)),
             deadline=deadline,
             retry=True,
         )
@@ -808,6 +824,7 @@ class Client:
     def list_jobs(
         self,
         *,
+        filter: str = "",
         states: Iterable[JobState | str | int] = (),
         backend: str = "",
         page_size: int = 0,
@@ -816,6 +833,7 @@ class Client:
         """The tenant's jobs, newest first, following page tokens lazily.
 
         Args:
+            filter: An AIP-160 filter (see ListJobsRequest.filter), AND-ed with the others.
             states: Only jobs in these states (names like "RUNNING" or JobState).
             backend: Only jobs of this backend.
             page_size: Jobs per page; 0 for the server's default.
@@ -823,8 +841,7 @@ class Client:
         """
         request = job_service_pb2.ListJobsRequest(
             page_size=page_size,
-            states=_states(states),
-            backend=_backend_name(backend) if backend else "",
+            filter=_list_filter(filter, states, backend),
         )
         while True:
             response: job_service_pb2.ListJobsResponse = self._unary(
@@ -966,14 +983,16 @@ class AsyncClient:
             await _async_sleep(delay)
 
     async def _complete(self, job: Job, deadline: float | None) -> Job:
-        if job.result is None and job.result_too_large and job.state is JobState.SUCCEEDED:
+        if job.result is None and job.state is JobState.SUCCEEDED:
             return replace(job, result=await self._stream_result(job.name, deadline, 0))
         return job
 
     async def _stream_result(
         self, name: str, deadline: float | None, chunk_bytes: int
     ) -> JobResult:
-        request = job_service_pb2.StreamJobResultRequest(name=name, chunk_bytes=chunk_bytes)
+        request = job_service_pb2.StreamJobResultRequest(
+            name=f"{_job_name(name)}/result", chunk_bytes=chunk_bytes
+        )
         attempt = 0
         while True:
             attempt += 1
@@ -1077,7 +1096,7 @@ class AsyncClient:
             retry=True,
             request_id=rid,
         )
-        job = Job.from_proto(response.job)
+        job = _run_job(response)
         try:
             return await self._complete(job, deadline)
         except QGatewayError as err:
@@ -1143,10 +1162,9 @@ class AsyncClient:
     ) -> Job:
         """Gets a job, with its result unless view_basic; see `Client.get_job`."""
         deadline = _deadline(timeout)
-        view = job_service_pb2.JOB_VIEW_BASIC if view_basic else job_service_pb2.JOB_VIEW_FULL
         response: job_service_pb2.GetJobResponse = await self._unary(
             self._jobs.GetJob,
-            job_service_pb2.GetJobRequest(name=_job_name(name), view=view),
+            job_service_pb2.GetJobRequest(name=_job_name(name)),
             deadline=deadline,
             retry=True,
         )
@@ -1209,6 +1227,7 @@ class AsyncClient:
     async def list_jobs(
         self,
         *,
+        filter: str = "",
         states: Iterable[JobState | str | int] = (),
         backend: str = "",
         page_size: int = 0,
@@ -1217,8 +1236,7 @@ class AsyncClient:
         """The tenant's jobs, newest first; see `Client.list_jobs`."""
         request = job_service_pb2.ListJobsRequest(
             page_size=page_size,
-            states=_states(states),
-            backend=_backend_name(backend) if backend else "",
+            filter=_list_filter(filter, states, backend),
         )
         while True:
             response: job_service_pb2.ListJobsResponse = await self._unary(

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeAlias, TypeVar
 
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
 
 from qgateway.v1 import backend_pb2, job_pb2, job_service_pb2
 
@@ -237,8 +238,22 @@ class RegisterData:
             shape=shape,
             shots=shots,
             samples=bytes(msg.samples),
-            counts_by_binding=tuple(dict(c.counts) for c in msg.counts),
+            counts_by_binding=tuple(decode_counts(c, msg.num_bits) for c in msg.counts),
         )
+
+
+def decode_counts(msg: job_pb2.Counts, num_bits: int) -> dict[str, int]:
+    """One binding's counts (packed outcome rows + parallel counts) as {bitstring: shots}."""
+    width = (num_bits + 7) // 8
+    if len(msg.outcomes) != width * len(msg.counts):
+        raise _malformed(
+            f"{len(msg.outcomes)} outcome bytes for {len(msg.counts)} counts of {width} bytes"
+        )
+    out: dict[str, int] = {}
+    for i, n in enumerate(msg.counts):
+        value = int.from_bytes(msg.outcomes[i * width : (i + 1) * width], "big")
+        out[format(value, f"0{num_bits}b") if num_bits else ""] = n
+    return out
 
 
 @dataclass(frozen=True)
@@ -509,17 +524,16 @@ class Job:
         state: Current state.
         tenant: Owning tenant.
         backend: Backend resource name it was submitted to.
-        request_id: The client's request_id ("" if none).
         create_time: Acceptance time (UTC).
         start_time: Last execution start (UTC), if started.
         end_time: Time of the final state (UTC), if final.
-        error_reason: JobError.reason when FAILED.
-        error_message: JobError.message when FAILED.
+        error_reason: The ErrorInfo reason of Job.error when FAILED.
+        error_message: Job.error.message when FAILED.
         execution: What it ran with, once it ran.
         timings: Phase timings, once finished.
         num_pubs: Number of PUBs.
-        result: The result, when present in the answer (or fetched by streaming).
-        result_too_large: The job succeeded but its result must be streamed.
+        result: The result, when the client fetched it (Run, or GetJobResult/StreamJobResult).
+        result_too_large: Run answered without the result: it must be streamed.
         proto: The message as received.
     """
 
@@ -527,7 +541,6 @@ class Job:
     state: JobState
     tenant: str = ""
     backend: str = ""
-    request_id: str = ""
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -577,19 +590,24 @@ class Job:
             state=JobState.from_proto(msg.state),
             tenant=msg.tenant,
             backend=msg.backend,
-            request_id=msg.request_id,
             create_time=_utc(msg.create_time) if msg.HasField("create_time") else None,
             start_time=_utc(msg.start_time) if msg.HasField("start_time") else None,
             end_time=_utc(msg.end_time) if msg.HasField("end_time") else None,
-            error_reason=msg.error.reason,
+            error_reason=_error_reason(msg),
             error_message=msg.error.message,
             execution=execution,
             timings=timings,
             num_pubs=msg.num_pubs,
-            result=JobResult.from_proto(msg.result) if msg.HasField("result") else None,
-            result_too_large=msg.result_too_large,
             proto=msg,
         )
+
+
+def _error_reason(msg: job_pb2.Job) -> str:
+    for detail in msg.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
 
 
 @dataclass(frozen=True)
@@ -615,7 +633,7 @@ class Backend:
         primitives: "SAMPLER" and/or "ESTIMATOR".
         features: Supported circuit features, e.g. "MID_CIRCUIT_MEASUREMENT".
         status: "ONLINE" or "OFFLINE".
-        queue_depth: Jobs waiting.
+        queue_length: Jobs waiting.
         running_jobs: Jobs executing.
         limits: Admission limits, if reported.
         properties: Adapter-specific description.
@@ -629,7 +647,7 @@ class Backend:
     primitives: list[str]
     features: list[str]
     status: str
-    queue_depth: int
+    queue_length: int
     running_jobs: int
     limits: BackendLimits | None
     properties: dict[str, str]
@@ -665,7 +683,7 @@ class Backend:
                 for f in msg.features
             ],
             status=_enum_name(backend_pb2.BackendStatus.Name, msg.status, "BACKEND_STATUS_"),
-            queue_depth=msg.queue_depth,
+            queue_length=msg.queue_length,
             running_jobs=msg.running_jobs,
             limits=limits,
             properties=dict(msg.properties),
@@ -831,8 +849,8 @@ class ResultAssembler:
             pub.samples[r].write(response.samples.offset, response.samples.data)
         elif chunk == "counts":
             r = pub.register(response.counts.register_index)
-            entries = [job_pb2.Counts(counts=dict(c.counts)) for c in response.counts.counts]
-            pub.counts[r].write(response.counts.offset, entries)
+            part = response.counts
+            pub.counts[r].write(part.binding_index, [part.counts])
         elif chunk == "values":
             if pub.kind != "estimator":
                 raise _malformed(f"estimator values for sampler PUB {index}")

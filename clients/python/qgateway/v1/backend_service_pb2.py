@@ -22,24 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from qgateway.v1 import backend_pb2 as qgateway_dot_v1_dot_backend__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!qgateway/v1/backend_service.proto\x12\x0bqgateway.v1\x1a\x19qgateway/v1/backend.proto\"<\n\x13ListBackendsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListBackendsResponse\x12&\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x14.qgateway.v1.Backend\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11GetBackendRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12GetBackendResponse\x12%\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Backend2\xb4\x01\n\x0e\x42\x61\x63kendService\x12S\n\x0cListBackends\x12 .qgateway.v1.ListBackendsRequest\x1a!.qgateway.v1.ListBackendsResponse\x12M\n\nGetBackend\x12\x1e.qgateway.v1.GetBackendRequest\x1a\x1f.qgateway.v1.GetBackendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!qgateway/v1/backend_service.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x19qgateway/v1/backend.proto\"v\n\x13ListBackendsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x04view\x18\x03 \x01(\x0e\x32\x18.qgateway.v1.BackendViewB\x04\xe2\x41\x01\x01\"W\n\x14ListBackendsResponse\x12&\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x14.qgateway.v1.Backend\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x11GetBackendRequest\x12+\n\x04name\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14qgateway.dev/Backend\x12,\n\x04view\x18\x02 \x01(\x0e\x32\x18.qgateway.v1.BackendViewB\x04\xe2\x41\x01\x01\";\n\x12GetBackendResponse\x12%\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Backend\"L\n\x17GetBackendTargetRequest\x12\x31\n\x04name\x18\x01 \x01(\tB#\xe2\x41\x01\x02\xfa\x41\x1c\n\x1aqgateway.dev/BackendTarget\"F\n\x18GetBackendTargetResponse\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.qgateway.v1.BackendTarget2\x95\x02\n\x0e\x42\x61\x63kendService\x12S\n\x0cListBackends\x12 .qgateway.v1.ListBackendsRequest\x1a!.qgateway.v1.ListBackendsResponse\x12M\n\nGetBackend\x12\x1e.qgateway.v1.GetBackendRequest\x1a\x1f.qgateway.v1.GetBackendResponse\x12_\n\x10GetBackendTarget\x12$.qgateway.v1.GetBackendTargetRequest\x1a%.qgateway.v1.GetBackendTargetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qgateway.v1.backend_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=77
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=137
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=139
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=226
-  _globals['_GETBACKENDREQUEST']._serialized_start=228
-  _globals['_GETBACKENDREQUEST']._serialized_end=261
-  _globals['_GETBACKENDRESPONSE']._serialized_start=263
-  _globals['_GETBACKENDRESPONSE']._serialized_end=322
-  _globals['_BACKENDSERVICE']._serialized_start=325
-  _globals['_BACKENDSERVICE']._serialized_end=505
+  _globals['_LISTBACKENDSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTBACKENDSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTBACKENDSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTBACKENDSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTBACKENDSREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_LISTBACKENDSREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
+  _globals['_GETBACKENDREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETBACKENDREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\026\n\024qgateway.dev/Backend'
+  _globals['_GETBACKENDREQUEST'].fields_by_name['view']._loaded_options = None
+  _globals['_GETBACKENDREQUEST'].fields_by_name['view']._serialized_options = b'\342A\001\001'
+  _globals['_GETBACKENDTARGETREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETBACKENDTARGETREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\034\n\032qgateway.dev/BackendTarget'
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=137
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=255
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=257
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=344
+  _globals['_GETBACKENDREQUEST']._serialized_start=346
+  _globals['_GETBACKENDREQUEST']._serialized_end=456
+  _globals['_GETBACKENDRESPONSE']._serialized_start=458
+  _globals['_GETBACKENDRESPONSE']._serialized_end=517
+  _globals['_GETBACKENDTARGETREQUEST']._serialized_start=519
+  _globals['_GETBACKENDTARGETREQUEST']._serialized_end=595
+  _globals['_GETBACKENDTARGETRESPONSE']._serialized_start=597
+  _globals['_GETBACKENDTARGETRESPONSE']._serialized_end=667
+  _globals['_BACKENDSERVICE']._serialized_start=670
+  _globals['_BACKENDSERVICE']._serialized_end=947
 # @@protoc_insertion_point(module_scope)

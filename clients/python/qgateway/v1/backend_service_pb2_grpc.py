@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class BackendServiceStub:
-    """Discover the backends jobs can run on.
+    """Discover the backends jobs can run on. A caller sees only the backends its policy lets it
+    use; any other answers NOT_FOUND, as a backend that does not exist.
     """
 
     def __init__(self, channel):
@@ -45,10 +46,16 @@ class BackendServiceStub:
                 request_serializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendRequest.SerializeToString,
                 response_deserializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendResponse.FromString,
                 _registered_method=True)
+        self.GetBackendTarget = channel.unary_unary(
+                '/qgateway.v1.BackendService/GetBackendTarget',
+                request_serializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendTargetRequest.SerializeToString,
+                response_deserializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendTargetResponse.FromString,
+                _registered_method=True)
 
 
 class BackendServiceServicer:
-    """Discover the backends jobs can run on.
+    """Discover the backends jobs can run on. A caller sees only the backends its policy lets it
+    use; any other answers NOT_FOUND, as a backend that does not exist.
     """
 
     def ListBackends(self, request, context):
@@ -60,6 +67,13 @@ class BackendServiceServicer:
 
     def GetBackend(self, request, context):
         """Gets one backend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBackendTarget(self, request, context):
+        """Gets what Qiskit needs to build a Target for a backend.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +92,11 @@ def add_BackendServiceServicer_to_server(servicer, server):
                     request_deserializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendRequest.FromString,
                     response_serializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendResponse.SerializeToString,
             ),
+            'GetBackendTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBackendTarget,
+                    request_deserializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendTargetRequest.FromString,
+                    response_serializer=qgateway_dot_v1_dot_backend__service__pb2.GetBackendTargetResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'qgateway.v1.BackendService', rpc_method_handlers)
@@ -87,7 +106,8 @@ def add_BackendServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BackendService:
-    """Discover the backends jobs can run on.
+    """Discover the backends jobs can run on. A caller sees only the backends its policy lets it
+    use; any other answers NOT_FOUND, as a backend that does not exist.
     """
 
     @staticmethod
@@ -134,6 +154,33 @@ class BackendService:
             '/qgateway.v1.BackendService/GetBackend',
             qgateway_dot_v1_dot_backend__service__pb2.GetBackendRequest.SerializeToString,
             qgateway_dot_v1_dot_backend__service__pb2.GetBackendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBackendTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qgateway.v1.BackendService/GetBackendTarget',
+            qgateway_dot_v1_dot_backend__service__pb2.GetBackendTargetRequest.SerializeToString,
+            qgateway_dot_v1_dot_backend__service__pb2.GetBackendTargetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,27 +22,68 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qgateway/v1/circuit.proto\x12\x0bqgateway.v1\"5\n\x07\x43ircuit\x12\x0f\n\x05qasm3\x18\x01 \x01(\tH\x00\x12\x0f\n\x05qasm2\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"B\n\rBindingsArray\x12\x12\n\nparameters\x18\x01 \x03(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0e\n\x06values\x18\x03 \x03(\x01\"\x87\x01\n\nSamplerPub\x12%\n\x07\x63ircuit\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Circuit\x12\x34\n\x10parameter_values\x18\x02 \x01(\x0b\x32\x1a.qgateway.v1.BindingsArray\x12\x12\n\x05shots\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x08\n\x06_shots\"/\n\tPauliTerm\x12\r\n\x05pauli\x18\x01 \x01(\t\x12\x13\n\x0b\x63oefficient\x18\x02 \x01(\x01\"3\n\nObservable\x12%\n\x05terms\x18\x01 \x03(\x0b\x32\x16.qgateway.v1.PauliTerm\"\xda\x01\n\x0c\x45stimatorPub\x12%\n\x07\x63ircuit\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Circuit\x12,\n\x0bobservables\x18\x02 \x03(\x0b\x32\x17.qgateway.v1.Observable\x12\x19\n\x11observables_shape\x18\x03 \x03(\r\x12\x34\n\x10parameter_values\x18\x04 \x01(\x0b\x32\x1a.qgateway.v1.BindingsArray\x12\x16\n\tprecision\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_precision\"h\n\x03Pub\x12*\n\x07sampler\x18\x01 \x01(\x0b\x32\x17.qgateway.v1.SamplerPubH\x00\x12.\n\testimator\x18\x02 \x01(\x0b\x32\x19.qgateway.v1.EstimatorPubH\x00\x42\x05\n\x03pubb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qgateway/v1/circuit.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\"V\n\x07\x43ircuit\x12\x15\n\x05qasm3\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12\x15\n\x05qasm2\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12\x13\n\x03qpy\x18\x03 \x01(\x0c\x42\x04\xe2\x41\x01\x01H\x00\x42\x08\n\x06source\"T\n\rBindingsArray\x12\x18\n\nparameters\x18\x01 \x03(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05shape\x18\x02 \x03(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06values\x18\x03 \x03(\x01\x42\x04\xe2\x41\x01\x01\"\x99\x01\n\nSamplerPub\x12+\n\x07\x63ircuit\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.CircuitB\x04\xe2\x41\x01\x02\x12:\n\x10parameter_values\x18\x02 \x01(\x0b\x32\x1a.qgateway.v1.BindingsArrayB\x04\xe2\x41\x01\x01\x12\x18\n\x05shots\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x08\n\x06_shots\"Q\n\tPauliTerm\x12\x13\n\x05pauli\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63oefficient\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06qubits\x18\x03 \x03(\x05\x42\x04\xe2\x41\x01\x01\"9\n\nObservable\x12+\n\x05terms\x18\x01 \x03(\x0b\x32\x16.qgateway.v1.PauliTermB\x04\xe2\x41\x01\x02\"\xf8\x01\n\x0c\x45stimatorPub\x12+\n\x07\x63ircuit\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.CircuitB\x04\xe2\x41\x01\x02\x12\x32\n\x0bobservables\x18\x02 \x03(\x0b\x32\x17.qgateway.v1.ObservableB\x04\xe2\x41\x01\x02\x12\x1f\n\x11observables_shape\x18\x03 \x03(\x05\x42\x04\xe2\x41\x01\x01\x12:\n\x10parameter_values\x18\x04 \x01(\x0b\x32\x1a.qgateway.v1.BindingsArrayB\x04\xe2\x41\x01\x01\x12\x1c\n\tprecision\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0c\n\n_precision\"t\n\x03Pub\x12\x30\n\x07sampler\x18\x01 \x01(\x0b\x32\x17.qgateway.v1.SamplerPubB\x04\xe2\x41\x01\x01H\x00\x12\x34\n\testimator\x18\x02 \x01(\x0b\x32\x19.qgateway.v1.EstimatorPubB\x04\xe2\x41\x01\x01H\x00\x42\x05\n\x03pubb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qgateway.v1.circuit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUIT']._serialized_start=42
-  _globals['_CIRCUIT']._serialized_end=95
-  _globals['_BINDINGSARRAY']._serialized_start=97
-  _globals['_BINDINGSARRAY']._serialized_end=163
-  _globals['_SAMPLERPUB']._serialized_start=166
-  _globals['_SAMPLERPUB']._serialized_end=301
-  _globals['_PAULITERM']._serialized_start=303
-  _globals['_PAULITERM']._serialized_end=350
-  _globals['_OBSERVABLE']._serialized_start=352
-  _globals['_OBSERVABLE']._serialized_end=403
-  _globals['_ESTIMATORPUB']._serialized_start=406
-  _globals['_ESTIMATORPUB']._serialized_end=624
-  _globals['_PUB']._serialized_start=626
-  _globals['_PUB']._serialized_end=730
+  _globals['_CIRCUIT'].fields_by_name['qasm3']._loaded_options = None
+  _globals['_CIRCUIT'].fields_by_name['qasm3']._serialized_options = b'\342A\001\001'
+  _globals['_CIRCUIT'].fields_by_name['qasm2']._loaded_options = None
+  _globals['_CIRCUIT'].fields_by_name['qasm2']._serialized_options = b'\342A\001\001'
+  _globals['_CIRCUIT'].fields_by_name['qpy']._loaded_options = None
+  _globals['_CIRCUIT'].fields_by_name['qpy']._serialized_options = b'\342A\001\001'
+  _globals['_BINDINGSARRAY'].fields_by_name['parameters']._loaded_options = None
+  _globals['_BINDINGSARRAY'].fields_by_name['parameters']._serialized_options = b'\342A\001\001'
+  _globals['_BINDINGSARRAY'].fields_by_name['shape']._loaded_options = None
+  _globals['_BINDINGSARRAY'].fields_by_name['shape']._serialized_options = b'\342A\001\001'
+  _globals['_BINDINGSARRAY'].fields_by_name['values']._loaded_options = None
+  _globals['_BINDINGSARRAY'].fields_by_name['values']._serialized_options = b'\342A\001\001'
+  _globals['_SAMPLERPUB'].fields_by_name['circuit']._loaded_options = None
+  _globals['_SAMPLERPUB'].fields_by_name['circuit']._serialized_options = b'\342A\001\002'
+  _globals['_SAMPLERPUB'].fields_by_name['parameter_values']._loaded_options = None
+  _globals['_SAMPLERPUB'].fields_by_name['parameter_values']._serialized_options = b'\342A\001\001'
+  _globals['_SAMPLERPUB'].fields_by_name['shots']._loaded_options = None
+  _globals['_SAMPLERPUB'].fields_by_name['shots']._serialized_options = b'\342A\001\001'
+  _globals['_PAULITERM'].fields_by_name['pauli']._loaded_options = None
+  _globals['_PAULITERM'].fields_by_name['pauli']._serialized_options = b'\342A\001\002'
+  _globals['_PAULITERM'].fields_by_name['coefficient']._loaded_options = None
+  _globals['_PAULITERM'].fields_by_name['coefficient']._serialized_options = b'\342A\001\001'
+  _globals['_PAULITERM'].fields_by_name['qubits']._loaded_options = None
+  _globals['_PAULITERM'].fields_by_name['qubits']._serialized_options = b'\342A\001\001'
+  _globals['_OBSERVABLE'].fields_by_name['terms']._loaded_options = None
+  _globals['_OBSERVABLE'].fields_by_name['terms']._serialized_options = b'\342A\001\002'
+  _globals['_ESTIMATORPUB'].fields_by_name['circuit']._loaded_options = None
+  _globals['_ESTIMATORPUB'].fields_by_name['circuit']._serialized_options = b'\342A\001\002'
+  _globals['_ESTIMATORPUB'].fields_by_name['observables']._loaded_options = None
+  _globals['_ESTIMATORPUB'].fields_by_name['observables']._serialized_options = b'\342A\001\002'
+  _globals['_ESTIMATORPUB'].fields_by_name['observables_shape']._loaded_options = None
+  _globals['_ESTIMATORPUB'].fields_by_name['observables_shape']._serialized_options = b'\342A\001\001'
+  _globals['_ESTIMATORPUB'].fields_by_name['parameter_values']._loaded_options = None
+  _globals['_ESTIMATORPUB'].fields_by_name['parameter_values']._serialized_options = b'\342A\001\001'
+  _globals['_ESTIMATORPUB'].fields_by_name['precision']._loaded_options = None
+  _globals['_ESTIMATORPUB'].fields_by_name['precision']._serialized_options = b'\342A\001\001'
+  _globals['_PUB'].fields_by_name['sampler']._loaded_options = None
+  _globals['_PUB'].fields_by_name['sampler']._serialized_options = b'\342A\001\001'
+  _globals['_PUB'].fields_by_name['estimator']._loaded_options = None
+  _globals['_PUB'].fields_by_name['estimator']._serialized_options = b'\342A\001\001'
+  _globals['_CIRCUIT']._serialized_start=75
+  _globals['_CIRCUIT']._serialized_end=161
+  _globals['_BINDINGSARRAY']._serialized_start=163
+  _globals['_BINDINGSARRAY']._serialized_end=247
+  _globals['_SAMPLERPUB']._serialized_start=250
+  _globals['_SAMPLERPUB']._serialized_end=403
+  _globals['_PAULITERM']._serialized_start=405
+  _globals['_PAULITERM']._serialized_end=486
+  _globals['_OBSERVABLE']._serialized_start=488
+  _globals['_OBSERVABLE']._serialized_end=545
+  _globals['_ESTIMATORPUB']._serialized_start=548
+  _globals['_ESTIMATORPUB']._serialized_end=796
+  _globals['_PUB']._serialized_start=798
+  _globals['_PUB']._serialized_end=914
 # @@protoc_insertion_point(module_scope)

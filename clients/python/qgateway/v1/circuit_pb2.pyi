@@ -1,3 +1,4 @@
+from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -7,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Circuit(_message.Message):
-    __slots__ = ("qasm3", "qasm2")
+    __slots__ = ("qasm3", "qasm2", "qpy")
     QASM3_FIELD_NUMBER: _ClassVar[int]
     QASM2_FIELD_NUMBER: _ClassVar[int]
+    QPY_FIELD_NUMBER: _ClassVar[int]
     qasm3: str
     qasm2: str
-    def __init__(self, qasm3: _Optional[str] = ..., qasm2: _Optional[str] = ...) -> None: ...
+    qpy: bytes
+    def __init__(self, qasm3: _Optional[str] = ..., qasm2: _Optional[str] = ..., qpy: _Optional[bytes] = ...) -> None: ...
 
 class BindingsArray(_message.Message):
     __slots__ = ("parameters", "shape", "values")
@@ -35,12 +38,14 @@ class SamplerPub(_message.Message):
     def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., parameter_values: _Optional[_Union[BindingsArray, _Mapping]] = ..., shots: _Optional[int] = ...) -> None: ...
 
 class PauliTerm(_message.Message):
-    __slots__ = ("pauli", "coefficient")
+    __slots__ = ("pauli", "coefficient", "qubits")
     PAULI_FIELD_NUMBER: _ClassVar[int]
     COEFFICIENT_FIELD_NUMBER: _ClassVar[int]
+    QUBITS_FIELD_NUMBER: _ClassVar[int]
     pauli: str
     coefficient: float
-    def __init__(self, pauli: _Optional[str] = ..., coefficient: _Optional[float] = ...) -> None: ...
+    qubits: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pauli: _Optional[str] = ..., coefficient: _Optional[float] = ..., qubits: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Observable(_message.Message):
     __slots__ = ("terms",)

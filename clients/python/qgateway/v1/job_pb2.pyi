@@ -1,7 +1,11 @@
 import datetime
 
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from qgateway.v1 import circuit_pb2 as _circuit_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -12,6 +16,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SamplerOutput(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLER_OUTPUT_UNSPECIFIED: _ClassVar[SamplerOutput]
+    SAMPLER_OUTPUT_SAMPLES_AND_COUNTS: _ClassVar[SamplerOutput]
+    SAMPLER_OUTPUT_SAMPLES: _ClassVar[SamplerOutput]
+    SAMPLER_OUTPUT_COUNTS: _ClassVar[SamplerOutput]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -21,6 +32,11 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_CANCELLING: _ClassVar[JobState]
+SAMPLER_OUTPUT_UNSPECIFIED: SamplerOutput
+SAMPLER_OUTPUT_SAMPLES_AND_COUNTS: SamplerOutput
+SAMPLER_OUTPUT_SAMPLES: SamplerOutput
+SAMPLER_OUTPUT_COUNTS: SamplerOutput
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_SUBMITTING: JobState
@@ -28,41 +44,49 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_STATE_CANCELLING: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("backend", "pubs", "options")
+    __slots__ = ("backend", "pubs", "options", "session", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PUBS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     pubs: _containers.RepeatedCompositeFieldContainer[_circuit_pb2.Pub]
     options: JobOptions
-    def __init__(self, backend: _Optional[str] = ..., pubs: _Optional[_Iterable[_Union[_circuit_pb2.Pub, _Mapping]]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ...) -> None: ...
+    session: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, backend: _Optional[str] = ..., pubs: _Optional[_Iterable[_Union[_circuit_pb2.Pub, _Mapping]]] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., session: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("default_shots", "seed", "default_precision", "counts_only", "fallback_backend")
+    __slots__ = ("default_shots", "seed", "default_precision", "fallback_backend", "sampler_output", "max_execution_time", "provider_options")
     DEFAULT_SHOTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRECISION_FIELD_NUMBER: _ClassVar[int]
-    COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXECUTION_TIME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     default_shots: int
     seed: int
     default_precision: float
-    counts_only: bool
     fallback_backend: str
-    def __init__(self, default_shots: _Optional[int] = ..., seed: _Optional[int] = ..., default_precision: _Optional[float] = ..., counts_only: _Optional[bool] = ..., fallback_backend: _Optional[str] = ...) -> None: ...
-
-class JobError(_message.Message):
-    __slots__ = ("reason", "message")
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    reason: str
-    message: str
-    def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    sampler_output: SamplerOutput
+    max_execution_time: _duration_pb2.Duration
+    provider_options: _struct_pb2.Struct
+    def __init__(self, default_shots: _Optional[int] = ..., seed: _Optional[int] = ..., default_precision: _Optional[float] = ..., fallback_backend: _Optional[str] = ..., sampler_output: _Optional[_Union[SamplerOutput, str]] = ..., max_execution_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., provider_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ExecutionInfo(_message.Message):
-    __slots__ = ("backend", "seed", "sdk_versions", "layouts", "attempts")
+    __slots__ = ("backend", "seed", "sdk_versions", "layouts", "attempts", "provider_job_id")
     class SdkVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,12 +99,14 @@ class ExecutionInfo(_message.Message):
     SDK_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LAYOUTS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     backend: str
     seed: int
     sdk_versions: _containers.ScalarMap[str, str]
     layouts: _containers.RepeatedCompositeFieldContainer[Layout]
     attempts: int
-    def __init__(self, backend: _Optional[str] = ..., seed: _Optional[int] = ..., sdk_versions: _Optional[_Mapping[str, str]] = ..., layouts: _Optional[_Iterable[_Union[Layout, _Mapping]]] = ..., attempts: _Optional[int] = ...) -> None: ...
+    provider_job_id: str
+    def __init__(self, backend: _Optional[str] = ..., seed: _Optional[int] = ..., sdk_versions: _Optional[_Mapping[str, str]] = ..., layouts: _Optional[_Iterable[_Union[Layout, _Mapping]]] = ..., attempts: _Optional[int] = ..., provider_job_id: _Optional[str] = ...) -> None: ...
 
 class Layout(_message.Message):
     __slots__ = ("physical_qubits",)
@@ -98,11 +124,25 @@ class JobTimings(_message.Message):
     execute: _duration_pb2.Duration
     def __init__(self, queued: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., transpile: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execute: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class StateTransition(_message.Message):
+    __slots__ = ("state", "time")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    state: JobState
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Job(_message.Message):
-    __slots__ = ("name", "tenant", "request_id", "backend", "state", "create_time", "start_time", "end_time", "error", "execution", "timings", "num_pubs", "result", "result_too_large")
+    __slots__ = ("name", "tenant", "backend", "state", "create_time", "start_time", "end_time", "error", "execution", "timings", "num_pubs", "labels", "update_time", "state_history", "expire_time", "session", "queue_position", "sampler_output")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -112,29 +152,40 @@ class Job(_message.Message):
     EXECUTION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     NUM_PUBS_FIELD_NUMBER: _ClassVar[int]
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    RESULT_TOO_LARGE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant: str
-    request_id: str
     backend: str
     state: JobState
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    error: JobError
+    error: _status_pb2.Status
     execution: ExecutionInfo
     timings: JobTimings
     num_pubs: int
-    result: JobResult
-    result_too_large: bool
-    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., request_id: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., execution: _Optional[_Union[ExecutionInfo, _Mapping]] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., num_pubs: _Optional[int] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., result_too_large: _Optional[bool] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    update_time: _timestamp_pb2.Timestamp
+    state_history: _containers.RepeatedCompositeFieldContainer[StateTransition]
+    expire_time: _timestamp_pb2.Timestamp
+    session: str
+    queue_position: int
+    sampler_output: SamplerOutput
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., execution: _Optional[_Union[ExecutionInfo, _Mapping]] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., num_pubs: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_history: _Optional[_Iterable[_Union[StateTransition, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session: _Optional[str] = ..., queue_position: _Optional[int] = ..., sampler_output: _Optional[_Union[SamplerOutput, str]] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("pub_results",)
+    __slots__ = ("pub_results", "name")
     PUB_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     pub_results: _containers.RepeatedCompositeFieldContainer[PubResult]
-    def __init__(self, pub_results: _Optional[_Iterable[_Union[PubResult, _Mapping]]] = ...) -> None: ...
+    name: str
+    def __init__(self, pub_results: _Optional[_Iterable[_Union[PubResult, _Mapping]]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class PubResult(_message.Message):
     __slots__ = ("sampler", "estimator")
@@ -167,17 +218,12 @@ class RegisterResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., num_bits: _Optional[int] = ..., samples: _Optional[bytes] = ..., counts: _Optional[_Iterable[_Union[Counts, _Mapping]]] = ...) -> None: ...
 
 class Counts(_message.Message):
-    __slots__ = ("counts",)
-    class CountsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    __slots__ = ("outcomes", "counts")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
-    counts: _containers.ScalarMap[str, int]
-    def __init__(self, counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    outcomes: bytes
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, outcomes: _Optional[bytes] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EstimatorPubResult(_message.Message):
     __slots__ = ("shape", "expectation_values", "standard_errors", "precision")

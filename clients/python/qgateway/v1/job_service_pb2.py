@@ -22,52 +22,88 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from qgateway.v1 import job_pb2 as qgateway_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dqgateway/v1/job_service.proto\x12\x0bqgateway.v1\x1a\x15qgateway/v1/job.proto\"J\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.qgateway.v1.JobSpec\"2\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\"A\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04view\x18\x02 \x01(\x0e\x32\x14.qgateway.v1.JobView\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"1\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\"p\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12%\n\x06states\x18\x03 \x03(\x0e\x32\x15.qgateway.v1.JobState\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.qgateway.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\nRunRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.qgateway.v1.JobSpec\",\n\x0bRunResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\";\n\x16StreamJobResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x02 \x01(\r\"\xee\x01\n\x17StreamJobResultResponse\x12\x11\n\tpub_index\x18\x01 \x01(\r\x12(\n\x06header\x18\x02 \x01(\x0b\x32\x16.qgateway.v1.PubResultH\x00\x12,\n\x07samples\x18\x03 \x01(\x0b\x32\x19.qgateway.v1.SamplesChunkH\x00\x12*\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x18.qgateway.v1.CountsChunkH\x00\x12\x33\n\x06values\x18\x05 \x01(\x0b\x32!.qgateway.v1.EstimatorValuesChunkH\x00\x42\x07\n\x05\x63hunk\"D\n\x0cSamplesChunk\x12\x16\n\x0eregister_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Z\n\x0b\x43ountsChunk\x12\x16\n\x0eregister_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12#\n\x06\x63ounts\x18\x03 \x03(\x0b\x32\x13.qgateway.v1.Counts\"[\n\x14\x45stimatorValuesChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x1a\n\x12\x65xpectation_values\x18\x02 \x03(\x01\x12\x17\n\x0fstandard_errors\x18\x03 \x03(\x01*J\n\x07JobView\x12\x18\n\x14JOB_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eJOB_VIEW_BASIC\x10\x01\x12\x11\n\rJOB_VIEW_FULL\x10\x02\x32\x95\x04\n\nJobService\x12J\n\tSubmitJob\x12\x1d.qgateway.v1.SubmitJobRequest\x1a\x1e.qgateway.v1.SubmitJobResponse\x12\x41\n\x06GetJob\x12\x1a.qgateway.v1.GetJobRequest\x1a\x1b.qgateway.v1.GetJobResponse\x12I\n\x08WatchJob\x12\x1c.qgateway.v1.WatchJobRequest\x1a\x1d.qgateway.v1.WatchJobResponse0\x01\x12J\n\tCancelJob\x12\x1d.qgateway.v1.CancelJobRequest\x1a\x1e.qgateway.v1.CancelJobResponse\x12G\n\x08ListJobs\x12\x1c.qgateway.v1.ListJobsRequest\x1a\x1d.qgateway.v1.ListJobsResponse\x12\x38\n\x03Run\x12\x17.qgateway.v1.RunRequest\x1a\x18.qgateway.v1.RunResponse\x12^\n\x0fStreamJobResult\x12#.qgateway.v1.StreamJobResultRequest\x1a$.qgateway.v1.StreamJobResultResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dqgateway/v1/job_service.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x15qgateway/v1/job.proto\"V\n\x10SubmitJobRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x14.qgateway.v1.JobSpecB\x04\xe2\x41\x01\x02\"C\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"D\n\rGetJobRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10qgateway.dev/JobJ\x04\x08\x02\x10\x03R\x04view\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\"D\n\x13GetJobResultRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16qgateway.dev/JobResult\">\n\x14GetJobResultResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.qgateway.v1.JobResult\":\n\x0fWatchJobRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10qgateway.dev/Job\"D\n\x10WatchJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\x12\x11\n\theartbeat\x18\x02 \x01(\x08\";\n\x10\x43\x61ncelJobRequest\x12\'\n\x04name\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xfa\x41\x12\n\x10qgateway.dev/Job\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\"w\n\x0fListJobsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x06statesR\x07\x62\x61\x63kend\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.qgateway.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\nRunRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x14.qgateway.v1.JobSpecB\x04\xe2\x41\x01\x02\"\x7f\n\x0bRunResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.qgateway.v1.Job\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.qgateway.v1.JobResult\x12\x18\n\x10result_too_large\x18\x03 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\"\xa4\x01\n\x16StreamJobResultRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16qgateway.dev/JobResult\x12\x19\n\x0b\x63hunk_bytes\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x1d\n\x0fstart_pub_index\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12!\n\x13start_binding_index\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x9b\x02\n\x17StreamJobResultResponse\x12\x11\n\tpub_index\x18\x01 \x01(\x05\x12(\n\x06header\x18\x02 \x01(\x0b\x32\x16.qgateway.v1.PubResultH\x00\x12,\n\x07samples\x18\x03 \x01(\x0b\x32\x19.qgateway.v1.SamplesChunkH\x00\x12*\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x18.qgateway.v1.CountsChunkH\x00\x12\x33\n\x06values\x18\x05 \x01(\x0b\x32!.qgateway.v1.EstimatorValuesChunkH\x00\x12+\n\x06\x64igest\x18\x06 \x01(\x0b\x32\x19.qgateway.v1.ResultDigestH\x00\x42\x07\n\x05\x63hunk\"D\n\x0cSamplesChunk\x12\x16\n\x0eregister_index\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"q\n\x0b\x43ountsChunk\x12\x16\n\x0eregister_index\x18\x01 \x01(\x05\x12\x15\n\rbinding_index\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12#\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x13.qgateway.v1.Counts\"[\n\x14\x45stimatorValuesChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x1a\n\x12\x65xpectation_values\x18\x02 \x03(\x01\x12\x17\n\x0fstandard_errors\x18\x03 \x03(\x01\"\x1e\n\x0cResultDigest\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x32\xea\x04\n\nJobService\x12J\n\tSubmitJob\x12\x1d.qgateway.v1.SubmitJobRequest\x1a\x1e.qgateway.v1.SubmitJobResponse\x12\x41\n\x06GetJob\x12\x1a.qgateway.v1.GetJobRequest\x1a\x1b.qgateway.v1.GetJobResponse\x12S\n\x0cGetJobResult\x12 .qgateway.v1.GetJobResultRequest\x1a!.qgateway.v1.GetJobResultResponse\x12I\n\x08WatchJob\x12\x1c.qgateway.v1.WatchJobRequest\x1a\x1d.qgateway.v1.WatchJobResponse0\x01\x12J\n\tCancelJob\x12\x1d.qgateway.v1.CancelJobRequest\x1a\x1e.qgateway.v1.CancelJobResponse\x12G\n\x08ListJobs\x12\x1c.qgateway.v1.ListJobsRequest\x1a\x1d.qgateway.v1.ListJobsResponse\x12\x38\n\x03Run\x12\x17.qgateway.v1.RunRequest\x1a\x18.qgateway.v1.RunResponse\x12^\n\x0fStreamJobResult\x12#.qgateway.v1.StreamJobResultRequest\x1a$.qgateway.v1.StreamJobResultResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qgateway.v1.job_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBVIEW']._serialized_start=1347
-  _globals['_JOBVIEW']._serialized_end=1421
-  _globals['_SUBMITJOBREQUEST']._serialized_start=69
-  _globals['_SUBMITJOBREQUEST']._serialized_end=143
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=145
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=195
-  _globals['_GETJOBREQUEST']._serialized_start=197
-  _globals['_GETJOBREQUEST']._serialized_end=262
-  _globals['_GETJOBRESPONSE']._serialized_start=264
-  _globals['_GETJOBRESPONSE']._serialized_end=311
-  _globals['_WATCHJOBREQUEST']._serialized_start=313
-  _globals['_WATCHJOBREQUEST']._serialized_end=344
-  _globals['_WATCHJOBRESPONSE']._serialized_start=346
-  _globals['_WATCHJOBRESPONSE']._serialized_end=395
-  _globals['_CANCELJOBREQUEST']._serialized_start=397
-  _globals['_CANCELJOBREQUEST']._serialized_end=429
-  _globals['_CANCELJOBRESPONSE']._serialized_start=431
-  _globals['_CANCELJOBRESPONSE']._serialized_end=481
-  _globals['_LISTJOBSREQUEST']._serialized_start=483
-  _globals['_LISTJOBSREQUEST']._serialized_end=595
-  _globals['_LISTJOBSRESPONSE']._serialized_start=597
-  _globals['_LISTJOBSRESPONSE']._serialized_end=672
-  _globals['_RUNREQUEST']._serialized_start=674
-  _globals['_RUNREQUEST']._serialized_end=742
-  _globals['_RUNRESPONSE']._serialized_start=744
-  _globals['_RUNRESPONSE']._serialized_end=788
-  _globals['_STREAMJOBRESULTREQUEST']._serialized_start=790
-  _globals['_STREAMJOBRESULTREQUEST']._serialized_end=849
-  _globals['_STREAMJOBRESULTRESPONSE']._serialized_start=852
-  _globals['_STREAMJOBRESULTRESPONSE']._serialized_end=1090
-  _globals['_SAMPLESCHUNK']._serialized_start=1092
-  _globals['_SAMPLESCHUNK']._serialized_end=1160
-  _globals['_COUNTSCHUNK']._serialized_start=1162
-  _globals['_COUNTSCHUNK']._serialized_end=1252
-  _globals['_ESTIMATORVALUESCHUNK']._serialized_start=1254
-  _globals['_ESTIMATORVALUESCHUNK']._serialized_end=1345
-  _globals['_JOBSERVICE']._serialized_start=1424
-  _globals['_JOBSERVICE']._serialized_end=1957
+  _globals['_SUBMITJOBREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SUBMITJOBREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_SUBMITJOBREQUEST'].fields_by_name['spec']._loaded_options = None
+  _globals['_SUBMITJOBREQUEST'].fields_by_name['spec']._serialized_options = b'\342A\001\002'
+  _globals['_GETJOBREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\022\n\020qgateway.dev/Job'
+  _globals['_GETJOBRESULTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETJOBRESULTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\030\n\026qgateway.dev/JobResult'
+  _globals['_WATCHJOBREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_WATCHJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\022\n\020qgateway.dev/Job'
+  _globals['_CANCELJOBREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CANCELJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\022\n\020qgateway.dev/Job'
+  _globals['_LISTJOBSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTJOBSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTJOBSREQUEST'].fields_by_name['filter']._loaded_options = None
+  _globals['_LISTJOBSREQUEST'].fields_by_name['filter']._serialized_options = b'\342A\001\001'
+  _globals['_RUNREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_RUNREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_RUNREQUEST'].fields_by_name['spec']._loaded_options = None
+  _globals['_RUNREQUEST'].fields_by_name['spec']._serialized_options = b'\342A\001\002'
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\030\n\026qgateway.dev/JobResult'
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['chunk_bytes']._loaded_options = None
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['chunk_bytes']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['start_pub_index']._loaded_options = None
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['start_pub_index']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['start_binding_index']._loaded_options = None
+  _globals['_STREAMJOBRESULTREQUEST'].fields_by_name['start_binding_index']._serialized_options = b'\342A\001\001'
+  _globals['_SUBMITJOBREQUEST']._serialized_start=129
+  _globals['_SUBMITJOBREQUEST']._serialized_end=215
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=217
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=284
+  _globals['_GETJOBREQUEST']._serialized_start=286
+  _globals['_GETJOBREQUEST']._serialized_end=354
+  _globals['_GETJOBRESPONSE']._serialized_start=356
+  _globals['_GETJOBRESPONSE']._serialized_end=403
+  _globals['_GETJOBRESULTREQUEST']._serialized_start=405
+  _globals['_GETJOBRESULTREQUEST']._serialized_end=473
+  _globals['_GETJOBRESULTRESPONSE']._serialized_start=475
+  _globals['_GETJOBRESULTRESPONSE']._serialized_end=537
+  _globals['_WATCHJOBREQUEST']._serialized_start=539
+  _globals['_WATCHJOBREQUEST']._serialized_end=597
+  _globals['_WATCHJOBRESPONSE']._serialized_start=599
+  _globals['_WATCHJOBRESPONSE']._serialized_end=667
+  _globals['_CANCELJOBREQUEST']._serialized_start=669
+  _globals['_CANCELJOBREQUEST']._serialized_end=728
+  _globals['_CANCELJOBRESPONSE']._serialized_start=730
+  _globals['_CANCELJOBRESPONSE']._serialized_end=780
+  _globals['_LISTJOBSREQUEST']._serialized_start=782
+  _globals['_LISTJOBSREQUEST']._serialized_end=901
+  _globals['_LISTJOBSRESPONSE']._serialized_start=903
+  _globals['_LISTJOBSRESPONSE']._serialized_end=978
+  _globals['_RUNREQUEST']._serialized_start=980
+  _globals['_RUNREQUEST']._serialized_end=1060
+  _globals['_RUNRESPONSE']._serialized_start=1062
+  _globals['_RUNRESPONSE']._serialized_end=1189
+  _globals['_STREAMJOBRESULTREQUEST']._serialized_start=1192
+  _globals['_STREAMJOBRESULTREQUEST']._serialized_end=1356
+  _globals['_STREAMJOBRESULTRESPONSE']._serialized_start=1359
+  _globals['_STREAMJOBRESULTRESPONSE']._serialized_end=1642
+  _globals['_SAMPLESCHUNK']._serialized_start=1644
+  _globals['_SAMPLESCHUNK']._serialized_end=1712
+  _globals['_COUNTSCHUNK']._serialized_start=1714
+  _globals['_COUNTSCHUNK']._serialized_end=1827
+  _globals['_ESTIMATORVALUESCHUNK']._serialized_start=1829
+  _globals['_ESTIMATORVALUESCHUNK']._serialized_end=1920
+  _globals['_RESULTDIGEST']._serialized_start=1922
+  _globals['_RESULTDIGEST']._serialized_end=1952
+  _globals['_JOBSERVICE']._serialized_start=1955
+  _globals['_JOBSERVICE']._serialized_end=2573
 # @@protoc_insertion_point(module_scope)

@@ -26,13 +26,16 @@ if _version_not_supported:
 
 
 class JobServiceStub:
-    """Submit, follow, cancel and list jobs. Every job belongs to the caller's tenant; another
-    tenant's job answers NOT_FOUND.
+    """Submit, follow, cancel and list jobs, and fetch their results. Every job belongs to the
+    caller's tenant; another tenant's job answers NOT_FOUND, exactly as a job that does not exist.
 
-    Errors carry google.rpc.Status details: always an ErrorInfo (domain "qgateway", an UPPER_SNAKE
-    reason); BadRequest for bad fields or circuits; QuotaFailure and RetryInfo with
-    RESOURCE_EXHAUSTED; RetryInfo with UNAVAILABLE. UNAVAILABLE is only ever answered before a job
-    is accepted, so retrying it (with the same request_id) is always safe.
+    Errors are google.rpc.Status with details: always an ErrorInfo (domain "qgateway.dev", an
+    UPPER_SNAKE reason distinct from status-code names, lowerCamelCase metadata holding full
+    resource names and every value the message quotes); ResourceInfo with NOT_FOUND; BadRequest
+    for bad fields or circuits; QuotaFailure with RESOURCE_EXHAUSTED; RetryInfo exactly when a
+    retry can succeed. UNAVAILABLE is only ever answered before a job is accepted, so retrying it
+    (with the same request_id) is always safe. The README lists every reason with its code and
+    remedy.
     """
 
     def __init__(self, channel):
@@ -50,6 +53,11 @@ class JobServiceStub:
                 '/qgateway.v1.JobService/GetJob',
                 request_serializer=qgateway_dot_v1_dot_job__service__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=qgateway_dot_v1_dot_job__service__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.GetJobResult = channel.unary_unary(
+                '/qgateway.v1.JobService/GetJobResult',
+                request_serializer=qgateway_dot_v1_dot_job__service__pb2.GetJobResultRequest.SerializeToString,
+                response_deserializer=qgateway_dot_v1_dot_job__service__pb2.GetJobResultResponse.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/qgateway.v1.JobService/WatchJob',
@@ -79,40 +87,56 @@ class JobServiceStub:
 
 
 class JobServiceServicer:
-    """Submit, follow, cancel and list jobs. Every job belongs to the caller's tenant; another
-    tenant's job answers NOT_FOUND.
+    """Submit, follow, cancel and list jobs, and fetch their results. Every job belongs to the
+    caller's tenant; another tenant's job answers NOT_FOUND, exactly as a job that does not exist.
 
-    Errors carry google.rpc.Status details: always an ErrorInfo (domain "qgateway", an UPPER_SNAKE
-    reason); BadRequest for bad fields or circuits; QuotaFailure and RetryInfo with
-    RESOURCE_EXHAUSTED; RetryInfo with UNAVAILABLE. UNAVAILABLE is only ever answered before a job
-    is accepted, so retrying it (with the same request_id) is always safe.
+    Errors are google.rpc.Status with details: always an ErrorInfo (domain "qgateway.dev", an
+    UPPER_SNAKE reason distinct from status-code names, lowerCamelCase metadata holding full
+    resource names and every value the message quotes); ResourceInfo with NOT_FOUND; BadRequest
+    for bad fields or circuits; QuotaFailure with RESOURCE_EXHAUSTED; RetryInfo exactly when a
+    retry can succeed. UNAVAILABLE is only ever answered before a job is accepted, so retrying it
+    (with the same request_id) is always safe. The README lists every reason with its code and
+    remedy.
     """
 
     def SubmitJob(self, request, context):
-        """Validates and durably queues a job. A repeat with the same request_id returns the same job.
+        """Validates and durably queues a job. A repeat with the same request_id returns the same job
+        (SubmitJobResponse.created = false), even if the request would no longer validate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Gets a job, with its result when it fits.
+        """Gets a job's state and metadata (never its result: see GetJobResult).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobResult(self, request, context):
+        """Gets the result of a SUCCEEDED job when it fits in one message (4 MiB); a larger one
+        answers FAILED_PRECONDITION, reason RESULT_TOO_LARGE: use StreamJobResult.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams a job's state changes: first the current state, then every change; ends after a
-        final state. Dropping the stream does not cancel the job.
+        """Streams a job's state: first the current state, then every change, and a heartbeat (the
+        job again, with `heartbeat` set and its queue position) whenever nothing changed for the
+        server's heartbeat interval (10 s by default); ends after a final state. Dropping the
+        stream does not cancel the job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a queued or running job. Cancelling a cancelled job is a no-op; a job that already
-        succeeded or failed answers FAILED_PRECONDITION.
+        """Asks for a queued or running job to be cancelled and answers at once: the job is
+        CANCELLING (or already CANCELLED) and reaches CANCELLED asynchronously (WatchJob shows
+        when). Cancelling a cancelling or cancelled job is a no-op; a job that already succeeded or
+        failed answers FAILED_PRECONDITION, reason JOB_ALREADY_FINISHED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,16 +150,21 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Run(self, request, context):
-        """Submits (like SubmitJob, same request_id rules) and waits for the job within the call's
-        deadline. If the deadline passes first the answer is DEADLINE_EXCEEDED with the job name in
-        ErrorInfo metadata "job"; the job keeps running.
+        """Submits (like SubmitJob, same request_id rules) and waits for the job to finish, within
+        the call's deadline and at most the server's Run wait limit (60 s by default). If either
+        passes first the answer is DEADLINE_EXCEEDED, reason RUN_DEADLINE_EXCEEDED, with the job
+        name in ErrorInfo metadata "job"; the job keeps running (repeat Run with the same
+        request_id, or WatchJob, to get it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamJobResult(self, request, context):
-        """Streams a job's result in chunks, for results larger than one message.
+        """Streams any job result, however large: for each PUB a header, then per binding its data
+        (per register: a samples slice, then counts slices; estimator values in runs), every
+        message at most `chunk_bytes` of payload; the last message holds the SHA-256 of the
+        whole result. A broken stream resumes from a (PUB, binding) position.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +182,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=qgateway_dot_v1_dot_job__service__pb2.GetJobRequest.FromString,
                     response_serializer=qgateway_dot_v1_dot_job__service__pb2.GetJobResponse.SerializeToString,
+            ),
+            'GetJobResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobResult,
+                    request_deserializer=qgateway_dot_v1_dot_job__service__pb2.GetJobResultRequest.FromString,
+                    response_serializer=qgateway_dot_v1_dot_job__service__pb2.GetJobResultResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
@@ -188,13 +222,16 @@ def add_JobServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobService:
-    """Submit, follow, cancel and list jobs. Every job belongs to the caller's tenant; another
-    tenant's job answers NOT_FOUND.
+    """Submit, follow, cancel and list jobs, and fetch their results. Every job belongs to the
+    caller's tenant; another tenant's job answers NOT_FOUND, exactly as a job that does not exist.
 
-    Errors carry google.rpc.Status details: always an ErrorInfo (domain "qgateway", an UPPER_SNAKE
-    reason); BadRequest for bad fields or circuits; QuotaFailure and RetryInfo with
-    RESOURCE_EXHAUSTED; RetryInfo with UNAVAILABLE. UNAVAILABLE is only ever answered before a job
-    is accepted, so retrying it (with the same request_id) is always safe.
+    Errors are google.rpc.Status with details: always an ErrorInfo (domain "qgateway.dev", an
+    UPPER_SNAKE reason distinct from status-code names, lowerCamelCase metadata holding full
+    resource names and every value the message quotes); ResourceInfo with NOT_FOUND; BadRequest
+    for bad fields or circuits; QuotaFailure with RESOURCE_EXHAUSTED; RetryInfo exactly when a
+    retry can succeed. UNAVAILABLE is only ever answered before a job is accepted, so retrying it
+    (with the same request_id) is always safe. The README lists every reason with its code and
+    remedy.
     """
 
     @staticmethod
@@ -241,6 +278,33 @@ class JobService:
             '/qgateway.v1.JobService/GetJob',
             qgateway_dot_v1_dot_job__service__pb2.GetJobRequest.SerializeToString,
             qgateway_dot_v1_dot_job__service__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qgateway.v1.JobService/GetJobResult',
+            qgateway_dot_v1_dot_job__service__pb2.GetJobResultRequest.SerializeToString,
+            qgateway_dot_v1_dot_job__service__pb2.GetJobResultResponse.FromString,
             options,
             channel_credentials,
             insecure,
