@@ -41,6 +41,7 @@ from gateway.backends.base import (
     ExecutionOutcome,
     PreparedJob,
 )
+from gateway.backends.qiskit_target import from_qiskit_target
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
 from gateway.domain.circuits import (
@@ -54,13 +55,16 @@ from gateway.domain.circuits import (
 from gateway.domain.costs import JobCost
 from gateway.domain.errors import ExecutionError
 from gateway.domain.jobs import (
+    Counts,
     EstimatorResult,
     JobResult,
     JobSpec,
     PubResult,
     RegisterResult,
+    SamplerOutput,
     SamplerResult,
 )
+from gateway.domain.targets import BackendTarget
 
 __all__ = [
     "AerAdapter",
@@ -151,7 +155,7 @@ class EstimatorTask:
 @dataclass(frozen=True, eq=False)
 class AerPayload:
     method: str
-    counts_only: bool
+    sampler_output: SamplerOutput
     tasks: tuple[SamplerTask | EstimatorTask, ...]
 
 
@@ -249,6 +253,7 @@ class AerAdapter(BackendAdapter):
         self._worker_circuits = _LRU(_WORKER_CACHE_SIZE)
         self._simulator: AerSimulator | None = None
         self._info: BackendInfo | None = None
+        self._backend_target: BackendTarget | None = None
 
     # ---------------------------------------------------------------------------- info
 
@@ -271,11 +276,19 @@ class AerAdapter(BackendAdapter):
             )
         return self._info
 
+    def target(self) -> BackendTarget:
+        """What this simulator really offers: the instructions of Aer's own target for its
+        method that the front end accepts, on the configured qubit count; no noise data
+        (ideal, on any qubits) and no coupling map (all-to-all)."""
+        if self._backend_target is None:
+            self._backend_target = from_qiskit_target(self._aer_target())
+        return self._backend_target
+
     # ---------------------------------------------------------------------------- prepare
 
     def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
         limits = self.context.limits
-        counts_only = spec.options.counts_only
+        sampler_output = spec.options.sampler_output
         tasks: list[SamplerTask | EstimatorTask] = []
         layouts: list[tuple[int, ...]] = []
         peak_memory = 0
@@ -309,7 +322,7 @@ class AerAdapter(BackendAdapter):
             peak_memory = max(peak_memory, entry.memory_bytes)
         fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
         payload = AerPayload(
-            method=self.aer_options.method, counts_only=counts_only, tasks=tuple(tasks)
+            method=self.aer_options.method, sampler_output=sampler_output, tasks=tuple(tasks)
         )
         return PreparedJob(
             payload=payload,
@@ -359,7 +372,7 @@ class AerAdapter(BackendAdapter):
             [len(r.clbits) for r in entry.registers],
             math.prod(shape),
             shots,
-            spec.options.counts_only,
+            spec.options.sampler_output,
         )
         task = SamplerTask(
             circuit=entry.ref,
@@ -537,17 +550,30 @@ class AerAdapter(BackendAdapter):
             )
         simulator = self._sim()
         results: list[PubResult] = []
-        for task in payload.tasks:
-            if isinstance(task, SamplerTask):
-                results.append(
-                    _run_sampler(simulator, self._load(task.circuit), task, payload.counts_only)
-                )
-            else:
-                results.append(_run_estimator(simulator, self._load(task.circuit), task))
+        for index, task in enumerate(payload.tasks):
+            try:
+                results.append(self._execute_task(simulator, task, payload))
+            except ExecutionError as exc:
+                # The failure belongs to this PUB: say which (Job.error metadata "pubIndex").
+                exc.metadata.setdefault("pubIndex", str(index))
+                raise
+            except MemoryError:
+                raise ExecutionError(
+                    "OUT_OF_MEMORY",
+                    f"PUB {index}: the simulation ran out of the worker's memory",
+                    metadata={"pubIndex": str(index)},
+                ) from None
         return ExecutionOutcome(
             result=JobResult(pubs=tuple(results)),
             sdk_versions={"qiskit": qiskit.__version__, "qiskit-aer": qiskit_aer.__version__},
         )
+
+    def _execute_task(
+        self, simulator: AerSimulator, task: SamplerTask | EstimatorTask, payload: AerPayload
+    ) -> PubResult:
+        if isinstance(task, SamplerTask):
+            return _run_sampler(simulator, self._load(task.circuit), task, payload.sampler_output)
+        return _run_estimator(simulator, self._load(task.circuit), task)
 
     def _sim(self) -> AerSimulator:
         if self._simulator is None:
@@ -607,7 +633,7 @@ def _execution_error(message: str) -> ExecutionError:
     lowered = message.lower()
     memory_words = ("insufficient memory", "greater than max", "cannot allocate memory")
     if any(words in lowered for words in memory_words):
-        return ExecutionError("RESOURCE_EXHAUSTED", message[:500])
+        return ExecutionError("OUT_OF_MEMORY", message[:500])
     return ExecutionError("EXECUTION_FAILED", message[:500])
 
 
@@ -671,23 +697,15 @@ class _Decoder:
             for r in registers
         )
 
-    def _value(self, whole: int, r: int) -> int:
-        sl = self.slices[r]
-        if sl is not None:
-            return (whole >> sl[0]) & sl[1]
-        value = 0
-        for k, clbit in enumerate(self.registers[r].clbits):
-            value |= ((whole >> clbit) & 1) << k
-        return value
-
-    def counts(self, raw: Mapping[str, int]) -> list[dict[str, int]]:
-        out: list[dict[str, int]] = [{} for _ in self.registers]
-        for key, weight in raw.items():
-            whole = int(key, 16)
-            for r, width in enumerate(self.widths):
-                text = format(self._value(whole, r), f"0{width}b") if width else ""
-                out[r][text] = out[r].get(text, 0) + int(weight)
-        return out
+    def counts(self, raw: Mapping[str, int]) -> list[Counts]:
+        """Per register, the counts of Aer's whole-circuit counts (one entry per distinct
+        outcome of all clbits, so linear in the distinct outcomes, not in the shots)."""
+        keys = list(raw)
+        weights = np.fromiter(raw.values(), dtype=np.int64, count=len(keys))
+        return [
+            Counts.from_rows(rows, width, weights)
+            for rows, width in zip(self.samples(keys), self.widths, strict=True)
+        ]
 
     def samples(self, memory: Sequence[str]) -> list[npt.NDArray[np.uint8]]:
         """Per register, packed rows of shape (shots, ceil(bits/8)), big-endian."""
@@ -711,7 +729,7 @@ class _Decoder:
 
 
 def _run_sampler(
-    simulator: AerSimulator, circuit: QuantumCircuit, task: SamplerTask, counts_only: bool
+    simulator: AerSimulator, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
 ) -> SamplerResult:
     size = math.prod(task.shape)
     circuits, binds = _binds(circuit, task.parameters, task.values, size)
@@ -720,7 +738,7 @@ def _run_sampler(
         circuits,
         shots=task.shots,
         seed_simulator=task.seed,
-        memory=not counts_only,
+        memory=output.samples,
         parameter_binds=binds,
     )
     experiments = result.results
@@ -729,27 +747,37 @@ def _run_sampler(
             "EXECUTION_FAILED", f"expected {size} experiments, Aer returned {len(experiments)}"
         )
     decoder = _Decoder(circuit.num_clbits, task.registers)
-    counts: list[list[dict[str, int]]] = [[] for _ in task.registers]
-    samples: list[npt.NDArray[np.uint8]] = [
-        np.empty((size, task.shots, nbytes), dtype=np.uint8) for nbytes in decoder.nbytes
-    ]
+    counts: list[list[Counts]] = [[] for _ in task.registers]
+    samples: list[npt.NDArray[np.uint8]] = (
+        [np.empty((size, task.shots, nbytes), dtype=np.uint8) for nbytes in decoder.nbytes]
+        if output.samples
+        else []
+    )
     for b, experiment in enumerate(experiments):
         data = experiment.data
-        # A circuit that never measures reports no outcomes: every bit reads 0.
-        raw_counts = getattr(data, "counts", None) or {"0x0": task.shots}
-        for r, register_counts in enumerate(decoder.counts(raw_counts)):
-            counts[r].append(register_counts)
-        if not counts_only:
+        if output.samples:
             memory = getattr(data, "memory", None) or ["0x0"] * task.shots
             for r, packed in enumerate(decoder.samples(memory)):
                 samples[r][b] = packed
+        if output.counts:
+            if output.samples:
+                # Counted from the packed rows just decoded: no second pass over Aer's strings.
+                for r, width in enumerate(decoder.widths):
+                    counts[r].append(Counts.from_rows(samples[r][b], width))
+            else:
+                # A circuit that never measures reports no outcomes: every bit reads 0.
+                raw = getattr(data, "counts", None) or {"0x0": task.shots}
+                for r, register_counts in enumerate(decoder.counts(raw)):
+                    counts[r].append(register_counts)
     registers = tuple(
         RegisterResult(
             name=register.name,
             num_bits=len(register.clbits),
-            samples=None
-            if counts_only
-            else samples[r].reshape((*task.shape, task.shots, decoder.nbytes[r])),
+            samples=(
+                samples[r].reshape((*task.shape, task.shots, decoder.nbytes[r]))
+                if output.samples
+                else None
+            ),
             counts=tuple(counts[r]),
         )
         for r, register in enumerate(task.registers)

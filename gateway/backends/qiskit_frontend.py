@@ -77,9 +77,11 @@ from gateway.domain.circuits import (
     FloatArray,
     Observable,
 )
+from gateway.domain.costs import check_result_size, estimator_result_bytes, sampler_result_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
 __all__ = [
+    "ACCEPTED_INSTRUCTION_NAMES",
     "ALLOWED_INCLUDES",
     "MAX_DEFINITION_DEPTH",
     "MPS_OVERHEAD_BYTES",
@@ -142,18 +144,34 @@ _BOM = "\ufeff"
 
 _STANDARD_GATES = get_standard_gate_name_mapping()
 STANDARD_GATE_NAMES: frozenset[str] = frozenset(_STANDARD_GATES)
+# Instructions a circuit read from a client may hold (what a backend's target may list): the
+# standard gates with measure, reset and delay, and the control flow the OpenQASM 3 reader
+# builds. Not switch (the reader refuses SwitchStatement), break/continue (refused as opaque
+# gates by the definition check), global_phase (a circuit attribute, not an operation).
+ACCEPTED_INSTRUCTION_NAMES: frozenset[str] = (STANDARD_GATE_NAMES - {"global_phase"}) | {
+    "if_else",
+    "while_loop",
+    "for_loop",
+}
 _ATOMIC_TYPES = (Measure, Reset, Barrier, Delay, UnitaryGate)
 # Two-qubit gates of operator-Schmidt rank 2 that are not ControlledGate subclasses.
 _RANK2_NAMES = frozenset({"rzz", "rxx", "ryy", "rzx", "ecr"})
 _PASSIVE_NAMES = frozenset({"barrier", "delay"})
 
 
+def lower_camel(name: str) -> str:
+    """'max_source_bytes' -> 'maxSourceBytes' (ErrorInfo metadata keys are lowerCamelCase)."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 def invalid(reason: str, message: str, field: str, **metadata: object) -> InvalidArgument:
-    """Builds an InvalidArgument carrying one FieldViolation for `field`."""
+    """Builds an InvalidArgument carrying one FieldViolation for `field`; keyword arguments
+    become metadata with lowerCamelCase keys (max_qubits= -> "maxQubits")."""
     return InvalidArgument(
         reason,
         message,
-        metadata={key: str(value) for key, value in metadata.items()},
+        metadata={lower_camel(key): str(value) for key, value in metadata.items()},
         field_violations=(FieldViolation(field=field, description=message),),
     )
 
@@ -1561,38 +1579,6 @@ def check_precision(precision: float, field: str) -> float:
 # --------------------------------------------------------------------------------------------
 # Result size and memory estimates.
 # --------------------------------------------------------------------------------------------
-
-# A counts entry: the key's characters plus a varint count and map-entry framing.
-_COUNTS_ENTRY_OVERHEAD = 8
-
-
-def sampler_result_bytes(
-    register_widths: Sequence[int], bindings: int, shots: int, counts_only: bool
-) -> int:
-    """Upper estimate of a sampler PUB's result: packed samples plus counts."""
-    samples = 0 if counts_only else bindings * shots * sum((w + 7) // 8 for w in register_widths)
-    counts = bindings * sum(
-        min(shots, 1 << min(w, 62)) * (w + _COUNTS_ENTRY_OVERHEAD) for w in register_widths
-    )
-    return samples + counts
-
-
-def estimator_result_bytes(shape: Sequence[int]) -> int:
-    """An estimator PUB's result: two doubles per entry."""
-    return 16 * math.prod(shape)
-
-
-def check_result_size(estimate: int, max_result_bytes: int, field: str) -> None:
-    """RESULT_TOO_LARGE when the estimate exceeds the backend's limit."""
-    if estimate > max_result_bytes:
-        raise invalid(
-            "RESULT_TOO_LARGE",
-            f"the result would be about {estimate} bytes; the limit is {max_result_bytes} "
-            "(use fewer shots or bindings, or counts_only)",
-            field,
-            estimate_bytes=estimate,
-            max_result_bytes=max_result_bytes,
-        )
 
 
 def statevector_bytes(num_qubits: int) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
+from gateway.domain.jobs import SamplerOutput
 
 
 def _refuse(reason: str, message: str, field: str, limit: str, value: int, maximum: int) -> None:
@@ -118,3 +119,61 @@ def simulation_work(
     else:
         evolve = operations * amplitudes * bindings
     return evolve + bindings * shots * SAMPLE_WEIGHT
+
+
+# ------------------------------------------------------------------------------ result size
+
+# Protobuf framing of one binding's Counts message (its tag and length, and the tags and
+# lengths of its two fields), and of one register's entry (name, width, samples framing).
+COUNTS_FRAMING_BYTES = 18
+REGISTER_FRAMING_BYTES = 32
+
+
+def varint_bytes(value: int) -> int:
+    """Bytes of a non-negative integer as a protobuf varint."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def sampler_result_bytes(
+    register_widths: Sequence[int], bindings: int, shots: int, output: SamplerOutput
+) -> int:
+    """Upper estimate of a sampler PUB's encoded result, for the output the job asked for.
+
+    Samples: bindings x shots packed rows of ceil(bits/8) bytes per register. Counts: per
+    binding and register at most min(shots, 2**bits) distinct outcomes, each a packed row plus
+    its count (a varint no longer than the shots'). For wide registers and many shots the counts
+    are larger than the samples they summarise.
+    """
+    total = 0
+    count_bytes = varint_bytes(shots)
+    for width in register_widths:
+        row = (width + 7) // 8
+        total += REGISTER_FRAMING_BYTES
+        if output.samples:
+            total += bindings * shots * row
+        if output.counts:
+            # 2**bits only matters below the shots; min() keeps the integer small.
+            distinct = shots if width >= shots.bit_length() else min(shots, 1 << width)
+            total += bindings * (COUNTS_FRAMING_BYTES + distinct * (row + count_bytes))
+    return total
+
+
+def estimator_result_bytes(shape: Sequence[int]) -> int:
+    """An estimator PUB's result: two doubles per entry."""
+    return 16 * math.prod(shape)
+
+
+def check_result_size(estimate: int, max_result_bytes: int, field: str) -> None:
+    """RESULT_LIMIT_EXCEEDED when the estimate exceeds the backend's limit."""
+    if estimate > max_result_bytes:
+        message = (
+            f"the result would be about {estimate} bytes; the backend's limit is "
+            f"{max_result_bytes} (use fewer shots or bindings, or choose sampler_output "
+            "SAMPLES or COUNTS, whichever is smaller for these registers)"
+        )
+        raise InvalidArgument(
+            "RESULT_LIMIT_EXCEEDED",
+            message,
+            metadata={"estimateBytes": str(estimate), "maxResultBytes": str(max_result_bytes)},
+            field_violations=[FieldViolation(field, message)],
+        )

@@ -28,7 +28,13 @@ from gateway.domain.circuits import (
     SamplerPub,
 )
 from gateway.domain.errors import Code, ExecutionError, InvalidArgument
-from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
+from gateway.domain.jobs import (
+    EstimatorResult,
+    JobOptions,
+    JobSpec,
+    SamplerOutput,
+    SamplerResult,
+)
 from tests.adapters import prepare_in_process
 
 MiB = 1 << 20
@@ -274,10 +280,44 @@ def test_pubs_of_one_job_get_different_seeds(aer: AerAdapter) -> None:
 
 
 def test_counts_only(aer: AerAdapter) -> None:
-    _, results = run(aer, spec(sampler(q3(BIT_ORDER_QASM3), shots=9), counts_only=True))
+    job = spec(sampler(q3(BIT_ORDER_QASM3), shots=9), sampler_output=SamplerOutput.COUNTS)
+    prepared, results = run(aer, job)
+    assert isinstance(prepared.payload, AerPayload)
+    assert prepared.payload.sampler_output is SamplerOutput.COUNTS
     result = sampler_result(results[0])
     assert all(r.samples is None for r in result.registers)
     assert counts_of(result) == {"a": ({"1": 9},), "b": ({"101": 9},), "c": ({"110000001": 9},)}
+    # The packed form: one outcome row per binding, big-endian, with its count.
+    c = result.registers[2].counts[0]
+    assert c.outcomes.tolist() == [[0b1, 0b10000001]] and c.counts.tolist() == [9]
+
+
+def test_samples_only(aer: AerAdapter) -> None:
+    job = spec(sampler(q3(BIT_ORDER_QASM3), shots=9), sampler_output=SamplerOutput.SAMPLES)
+    result = sampler_result(run(aer, job)[1][0])
+    assert all(r.counts == () for r in result.registers)
+    c = result.registers[2]
+    assert c.samples is not None and c.samples.tolist() == [[0b1, 0b10000001]] * 9
+
+
+def test_counts_of_many_distinct_outcomes(aer: AerAdapter) -> None:
+    # h on 12 qubits: most of the 4096 outcomes appear; both ways of counting agree.
+    text = "qubit[12] q; bit[12] c; h q; c = measure q;"
+    both = sampler_result(run(aer, spec(sampler(q3(text), shots=20_000)))[1][0])
+    only = sampler_result(
+        run(aer, spec(sampler(q3(text), shots=20_000), sampler_output=SamplerOutput.COUNTS))[1][0]
+    )
+    register = both.registers[0]
+    assert register.samples is not None
+    values = [int.from_bytes(bytes(row), "big") for row in register.samples]
+    expected: dict[int, int] = {}
+    for v in values:
+        expected[v] = expected.get(v, 0) + 1
+    for counts in (register.counts[0], only.registers[0].counts[0]):
+        outcomes = [int.from_bytes(bytes(row), "big") for row in counts.outcomes]
+        assert outcomes == sorted(expected)
+        assert dict(zip(outcomes, counts.counts.tolist(), strict=True)) == expected
+        assert counts.total == 20_000 and len(counts) > 3000
 
 
 def test_counts_add_up(aer: AerAdapter) -> None:
@@ -438,8 +478,8 @@ def test_forty_qubit_statevector_is_refused(aer: AerAdapter) -> None:
         "spec.pubs[0].sampler.circuit.qasm3",
     )
     assert error.metadata == {
-        "estimate_bytes": str(16 * 2**40),
-        "budget_bytes": str(1 << 30),
+        "estimateBytes": str(16 * 2**40),
+        "budgetBytes": str(1 << 30),
         "method": "statevector",
     }
 
@@ -628,12 +668,14 @@ def test_bad_inputs_are_refused_with_their_reason(aer: AerAdapter) -> None:
 def test_result_size_limit() -> None:
     adapter = AerAdapter(context(max_result_bytes=10_000))
     source = q3("qubit[1] q; bit[1] c; c = measure q;")
-    # One byte per shot of samples plus at most two counts keys of 1 + 8 bytes.
-    refused(adapter, spec(sampler(source, shots=12_000)), "RESULT_TOO_LARGE", "spec.pubs[0]")
-    # Each PUB fits (4018 bytes), the job does not.
+    # One byte per shot of samples, 32 bytes of register framing, and counts of at most two
+    # outcomes of one byte plus a 2-byte count, with 18 bytes of framing.
+    refused(adapter, spec(sampler(source, shots=12_000)), "RESULT_LIMIT_EXCEEDED", "spec.pubs[0]")
+    # Each PUB fits (4056 bytes), the job does not.
     small = sampler(source, shots=4000)
-    error = refused(adapter, spec(small, small, small), "RESULT_TOO_LARGE", "spec.pubs")
-    assert error.metadata == {"estimate_bytes": "12054", "max_result_bytes": "10000"}
+    error = refused(adapter, spec(small, small, small), "RESULT_LIMIT_EXCEEDED", "spec.pubs")
+    assert error.metadata == {"estimateBytes": str(3 * 4056), "maxResultBytes": "10000"}
     # Counts only keeps the result small.
-    _, results = run(adapter, spec(sampler(source, shots=50_000), counts_only=True))
+    only_counts = SamplerOutput.COUNTS
+    _, results = run(adapter, spec(sampler(source, shots=50_000), sampler_output=only_counts))
     assert sampler_result(results[0]).registers[0].counts == ({"0": 50_000},)

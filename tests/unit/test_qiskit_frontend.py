@@ -23,6 +23,7 @@ from gateway.domain.circuits import (
     Observable,
 )
 from gateway.domain.errors import Code, InvalidArgument
+from gateway.domain.jobs import SamplerOutput
 
 FIELD = "spec.pubs[0].sampler.circuit.qasm3"
 LIMITS = CircuitLimits()
@@ -82,7 +83,7 @@ def test_parses_qasm3_and_qasm2() -> None:
 def test_source_size_limit() -> None:
     source = q3(H3 + "qubit[1] q;\n" + "x q[0];\n" * 50)
     error = refused(source, "CIRCUIT_TOO_LARGE", CircuitLimits(max_source_bytes=200))
-    assert error.metadata["max_source_bytes"] == "200"
+    assert error.metadata["maxSourceBytes"] == "200"
 
 
 def test_empty_source_is_invalid() -> None:
@@ -211,7 +212,7 @@ def test_exponentially_nested_definitions_are_refused_by_count(qasm3: bool) -> N
     text = nested_definitions(40, qasm3=qasm3)
     source = q3(text) if qasm3 else q2(text)
     error = refused(source, "CIRCUIT_TOO_LARGE")
-    assert error.metadata["max_operations"] == str(LIMITS.max_operations)
+    assert error.metadata["maxOperations"] == str(LIMITS.max_operations)
 
 
 def test_exponential_definitions_that_are_never_used_still_cannot_be_imported() -> None:
@@ -240,7 +241,7 @@ def test_pow_on_a_wide_gate_is_refused_before_building_its_matrix() -> None:
 
 def test_too_many_qubits_is_refused_before_parsing() -> None:
     error = refused(q3(H3 + "qubit[100000000] q;"), "TOO_MANY_QUBITS", max_qubits=64)
-    assert error.metadata == {"num_qubits": "100000000", "max_qubits": "64"}
+    assert error.metadata == {"numQubits": "100000000", "maxQubits": "64"}
     refused(q3(H3 + "x $1000000;"), "TOO_MANY_QUBITS", max_qubits=64)
     refused(q2(H2 + "qreg q[65];"), "TOO_MANY_QUBITS", max_qubits=64)
     # Without a backend limit, the bit count is bounded by the operation limit.
@@ -426,7 +427,7 @@ def test_shots() -> None:
         with pytest.raises(InvalidArgument) as info:
             fe.resolve_shots(bad, 1024, 100_000, "spec.pubs[0].sampler.shots")
         assert info.value.reason == "INVALID_SHOTS"
-        assert info.value.metadata == {"max_shots": "100000"}
+        assert info.value.metadata == {"maxShots": "100000"}
         assert info.value.field_violations[0].field == "spec.pubs[0].sampler.shots"
 
 
@@ -442,15 +443,35 @@ def test_precision_zero_is_exact_and_allowed() -> None:
 
 
 def test_result_size() -> None:
-    # 2 bindings x 100 shots x (1 + 2) bytes, plus counts of at most 2 and 100 keys each.
+    # 2 bindings x 100 shots x (1 + 2) bytes of samples; counts of at most 2 and 100 distinct
+    # outcomes per binding, each a 1- or 2-byte row and a 1-byte count, 18 bytes of framing.
+    framing = 2 * 32
     samples = 2 * 100 * 3
-    counts = 2 * (2 * (1 + 8) + 100 * (9 + 8))
-    assert fe.sampler_result_bytes([1, 9], 2, 100, counts_only=False) == samples + counts
-    assert fe.sampler_result_bytes([1, 9], 2, 100, counts_only=True) == counts
+    counts = 2 * (18 + 2 * (1 + 1)) + 2 * (18 + 100 * (2 + 1))
+    both, only_samples, only_counts = (
+        fe.sampler_result_bytes([1, 9], 2, 100, output)
+        for output in (
+            SamplerOutput.SAMPLES_AND_COUNTS,
+            SamplerOutput.SAMPLES,
+            SamplerOutput.COUNTS,
+        )
+    )
+    assert (both, only_samples, only_counts) == (
+        framing + samples + counts,
+        framing + samples,
+        framing + counts,
+    )
+    # Wide registers: counts are bounded by the shots, and cost more than the samples.
+    wide = fe.sampler_result_bytes([22], 1, 400_000, SamplerOutput.COUNTS)
+    assert wide == 32 + 18 + 400_000 * (3 + 3)
+    assert wide > fe.sampler_result_bytes([22], 1, 400_000, SamplerOutput.SAMPLES)
+    # A client's width or shots never overflow anything.
+    huge = fe.sampler_result_bytes([10**6], 1, 2**62, SamplerOutput.COUNTS)
+    assert huge == 32 + 18 + 2**62 * (125_000 + 9)
     with pytest.raises(InvalidArgument) as info:
         fe.check_result_size(1001, 1000, "spec.pubs[0]")
-    assert info.value.reason == "RESULT_TOO_LARGE"
-    assert info.value.metadata == {"estimate_bytes": "1001", "max_result_bytes": "1000"}
+    assert info.value.reason == "RESULT_LIMIT_EXCEEDED"
+    assert info.value.metadata == {"estimateBytes": "1001", "maxResultBytes": "1000"}
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -509,7 +530,7 @@ def test_memory_budget() -> None:
     error = info.value
     assert error.reason == "MEMORY_BUDGET_EXCEEDED"
     assert error.metadata == {
-        "estimate_bytes": str(16 * 2**20),
-        "budget_bytes": str(8 * 2**20),
+        "estimateBytes": str(16 * 2**20),
+        "budgetBytes": str(8 * 2**20),
         "method": "statevector",
     }
