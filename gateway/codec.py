@@ -14,17 +14,17 @@ from typing import Any
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from qgateway.v1 import backend_pb2, circuit_pb2, job_pb2
+from qgateway.v1 import circuit_pb2, job_pb2
 
+from gateway.api import job_options
 from gateway.api.errors import job_error_status
-from gateway.domain import backends as db
 from gateway.domain.circuits import (
     Bindings,
-    CircuitFeature,
     CircuitLanguage,
     CircuitSource,
     EstimatorPub,
     Observable,
+    PauliTerm,
     Pub,
     SamplerPub,
 )
@@ -40,6 +40,7 @@ from gateway.domain.jobs import (
     SamplerOutput,
     SamplerResult,
 )
+from gateway.domain.labels import validate_labels
 
 BACKEND_PREFIX = "backends/"
 JOB_PREFIX = "jobs/"
@@ -47,35 +48,54 @@ JOB_PREFIX = "jobs/"
 MAX_BINDINGS_ELEMENTS = 50_000_000
 
 
-def _bad(reason: str, field: str, description: str) -> InvalidArgument:
+def _bad(reason: str, field: str, description: str, **metadata: object) -> InvalidArgument:
+    """INVALID_ARGUMENT for `field`; keyword arguments are the values the description quotes
+    (ErrorInfo metadata, lowerCamelCase keys)."""
     return InvalidArgument(
-        reason, f"{field}: {description}", field_violations=[FieldViolation(field, description)]
+        reason,
+        f"{field}: {description}",
+        metadata={key: str(value) for key, value in metadata.items()},
+        field_violations=[FieldViolation(field, description)],
     )
 
 
 # ---------------------------------------------------------------------------------- names
 
 
+# Only documented resource names are accepted: a bare id ("aer") is refused rather than guessed,
+# so every client means the same thing by a name (the Python client adds prefixes itself).
+MAX_ID_LENGTH = 128
+
+
+def _resource_id(name: str, prefix: str, suffix: str = "") -> str | None:
+    if not name.startswith(prefix) or not name.endswith(suffix):
+        return None
+    ident = name[len(prefix) : len(name) - len(suffix)]
+    if not ident or "/" in ident or len(ident) > MAX_ID_LENGTH or not ident.isprintable():
+        return None
+    return ident
+
+
 def backend_id(name: str, field: str = "backend") -> str:
-    """'backends/aer' or 'aer' -> 'aer'."""
-    backend = name.removeprefix(BACKEND_PREFIX)
-    if not backend or "/" in backend:
+    """'backends/aer' -> 'aer'."""
+    backend = _resource_id(name, BACKEND_PREFIX)
+    if backend is None:
         raise _bad("INVALID_BACKEND_NAME", field, "must be 'backends/{backend}'")
     return backend
 
 
 def job_id(name: str, field: str = "name") -> str:
-    """'jobs/abc' or 'abc' -> 'abc'."""
-    job = name.removeprefix(JOB_PREFIX)
-    if not job or "/" in job or len(job) > 128:
+    """'jobs/abc' -> 'abc'."""
+    job = _resource_id(name, JOB_PREFIX)
+    if job is None:
         raise _bad("INVALID_JOB_NAME", field, "must be 'jobs/{job}'")
     return job
 
 
 def result_job_id(name: str, field: str = "name") -> str:
     """'jobs/abc/result' -> 'abc'."""
-    job = name.removeprefix(JOB_PREFIX).removesuffix("/result")
-    if not name.endswith("/result") or not job or "/" in job or len(job) > 128:
+    job = _resource_id(name, JOB_PREFIX, "/result")
+    if job is None:
         raise _bad("INVALID_RESULT_NAME", field, "must be 'jobs/{job}/result'")
     return job
 
@@ -89,7 +109,10 @@ def _circuit(msg: circuit_pb2.Circuit, field: str) -> CircuitSource:
         return CircuitSource(CircuitLanguage.QASM3, msg.qasm3)
     if kind == "qasm2":
         return CircuitSource(CircuitLanguage.QASM2, msg.qasm2)
-    raise _bad("MISSING_CIRCUIT", field, "a circuit needs qasm3 or qasm2 source")
+    if kind == "qpy":
+        # Decoded only in a compile worker, under the same limits as OpenQASM source.
+        return CircuitSource(CircuitLanguage.QPY, data=msg.qpy)
+    raise _bad("MISSING_CIRCUIT", field, "a circuit needs qasm3, qasm2 or qpy source")
 
 
 def _bindings(msg: circuit_pb2.BindingsArray, field: str) -> Bindings:
@@ -109,6 +132,9 @@ def _bindings(msg: circuit_pb2.BindingsArray, field: str) -> Bindings:
                 f"{field}.values",
                 f"expected {expected} values for shape {list(shape)} x {len(names)} parameters, "
                 f"got {values.size}",
+                expected=expected,
+                actual=values.size,
+                shape=list(shape),
             )
         values = values.reshape((*shape, len(names)))
     elif values.size:
@@ -117,6 +143,8 @@ def _bindings(msg: circuit_pb2.BindingsArray, field: str) -> Bindings:
                 "INVALID_PARAMETER_VALUES",
                 f"{field}.values",
                 f"{values.size} values do not divide into shape {list(shape)}",
+                actual=values.size,
+                shape=list(shape),
             )
         values = values.reshape((*shape, values.size // size))
     else:
@@ -155,8 +183,16 @@ def _pub(msg: circuit_pb2.Pub, field: str) -> Pub:
     if kind == "estimator":
         e = msg.estimator
         f = f"{field}.estimator"
+        # Sparse terms stay sparse (their qubits are checked against the circuit's width once
+        # it is compiled): the work is linear in the request, whatever the circuit's width.
         observables = tuple(
-            Observable(tuple((t.pauli, t.coefficient) for t in o.terms)) for o in e.observables
+            Observable(
+                tuple(
+                    PauliTerm(t.pauli, t.coefficient, tuple(t.qubits) if t.qubits else None)
+                    for t in o.terms
+                )
+            )
+            for o in e.observables
         )
         if not observables:
             raise _bad("INVALID_OBSERVABLE", f"{f}.observables", "at least one observable")
@@ -171,11 +207,20 @@ def _pub(msg: circuit_pb2.Pub, field: str) -> Pub:
     raise _bad("MISSING_PUB", field, "a PUB must be a sampler or an estimator PUB")
 
 
-_SAMPLER_OUTPUTS = {
+_SAMPLER_OUTPUTS: dict[int, SamplerOutput] = {
+    job_pb2.SAMPLER_OUTPUT_UNSPECIFIED: SamplerOutput.SAMPLES_AND_COUNTS,
     job_pb2.SAMPLER_OUTPUT_SAMPLES_AND_COUNTS: SamplerOutput.SAMPLES_AND_COUNTS,
     job_pb2.SAMPLER_OUTPUT_SAMPLES: SamplerOutput.SAMPLES,
     job_pb2.SAMPLER_OUTPUT_COUNTS: SamplerOutput.COUNTS,
 }
+
+
+def _sampler_output(value: int, field: str) -> SamplerOutput:
+    # proto3 enums are open: a number this gateway does not know arrives as is.
+    output = _SAMPLER_OUTPUTS.get(value)
+    if output is None:
+        raise _bad("INVALID_SAMPLER_OUTPUT", field, f"unknown sampler output {value}", value=value)
+    return output
 
 
 def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
@@ -195,14 +240,25 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
             o.default_precision,
             f"{field}.options.default_precision",
         ),
-        sampler_output=_SAMPLER_OUTPUTS.get(o.sampler_output, SamplerOutput.SAMPLES_AND_COUNTS),
+        sampler_output=_sampler_output(o.sampler_output, f"{field}.options.sampler_output"),
         fallback_backend=(
             backend_id(o.fallback_backend, f"{field}.options.fallback_backend")
             if o.fallback_backend
             else ""
         ),
+        max_execution_time_s=(
+            job_options.decode_max_execution_time(
+                o.max_execution_time, f"{field}.options.max_execution_time"
+            )
+            if o.HasField("max_execution_time")
+            else None
+        ),
+        provider_options=job_options.decode_provider_options(
+            o.provider_options, f"{field}.options.provider_options"
+        ),
     )
-    return JobSpec(backend=backend, pubs=pubs, options=options)
+    labels = validate_labels(msg.labels, f"{field}.labels")
+    return JobSpec(backend=backend, pubs=pubs, options=options, labels=labels)
 
 
 # ---------------------------------------------------------------------------- responses
@@ -261,7 +317,7 @@ def decode_states(values: Sequence[int], field: str) -> frozenset[JobState]:
     for i, v in enumerate(values):
         state = STATE_FROM_PROTO.get(v)
         if state is None:
-            raise _bad("INVALID_STATE_FILTER", f"{field}[{i}]", f"unknown job state {v}")
+            raise _bad("INVALID_STATE_FILTER", f"{field}[{i}]", f"unknown job state {v}", value=v)
         out.add(state)
     return frozenset(out)
 
@@ -278,10 +334,18 @@ def encode_job(job: Job) -> job_pb2.Job:
         ("create_time", job.created_at),
         ("start_time", job.started_at),
         ("end_time", job.ended_at),
+        ("update_time", job.updated_at),
+        ("expire_time", job.expire_at),
     ):
         ts = timestamp(value)
         if ts is not None:
             getattr(out, attr).CopyFrom(ts)
+    for transition in job.state_history:
+        entry = out.state_history.add(state=_STATES[transition.state])
+        entry.time.FromDatetime(transition.at)
+    if job.queue_position is not None:
+        out.queue_position = job.queue_position
+    out.labels.update(job.labels)
     if job.error is not None:
         out.error.CopyFrom(job_error_status(job.error))
     ex = job.execution
@@ -297,67 +361,4 @@ def encode_job(job: Job) -> job_pb2.Job:
         out.timings.queued.CopyFrom(_duration(job.timings.queued_s))
         out.timings.transpile.CopyFrom(_duration(job.timings.transpile_s))
         out.timings.execute.CopyFrom(_duration(job.timings.execute_s))
-    return out
-
-
-_KINDS = {
-    db.BackendKind.SIMULATOR: backend_pb2.BACKEND_KIND_SIMULATOR,
-    db.BackendKind.HARDWARE: backend_pb2.BACKEND_KIND_HARDWARE,
-}
-_PRIMITIVES = {
-    db.Primitive.SAMPLER: backend_pb2.PRIMITIVE_SAMPLER,
-    db.Primitive.ESTIMATOR: backend_pb2.PRIMITIVE_ESTIMATOR,
-}
-_FEATURES = {
-    CircuitFeature.MID_CIRCUIT_MEASUREMENT: backend_pb2.CIRCUIT_FEATURE_MID_CIRCUIT_MEASUREMENT,
-    CircuitFeature.RESET: backend_pb2.CIRCUIT_FEATURE_RESET,
-    CircuitFeature.CONTROL_FLOW: backend_pb2.CIRCUIT_FEATURE_CONTROL_FLOW,
-}
-
-
-_BREAKER_STATES = {
-    "CLOSED": backend_pb2.BREAKER_STATE_CLOSED,
-    "OPEN": backend_pb2.BREAKER_STATE_OPEN,
-    "HALF_OPEN": backend_pb2.BREAKER_STATE_HALF_OPEN,
-}
-
-
-def encode_backend(info: db.BackendInfo, status: db.BackendStatus) -> backend_pb2.Backend:
-    out = backend_pb2.Backend(
-        name=BACKEND_PREFIX + info.name,
-        provider=info.provider,
-        kind=_KINDS[info.kind],
-        num_qubits=info.num_qubits,
-        basis_gates=sorted(info.basis_gates),
-        primitives=sorted(_PRIMITIVES[p] for p in info.primitives),
-        features=sorted(_FEATURES[f] for f in info.features),
-        status=(
-            backend_pb2.BACKEND_STATUS_ONLINE
-            if status.online
-            else backend_pb2.BACKEND_STATUS_OFFLINE
-        ),
-        queue_length=status.queue_depth,
-        running_jobs=status.running,
-        limits=backend_pb2.BackendLimits(
-            max_shots=info.limits.max_shots,
-            memory_budget_bytes=info.limits.memory_budget_bytes,
-            max_queued_jobs=info.limits.max_queued_jobs,
-            max_result_bytes=info.limits.max_result_bytes,
-        ),
-        properties=dict(info.properties),
-        breaker_state=_BREAKER_STATES[status.breaker_state],
-        pool=backend_pb2.PoolStats(
-            in_use=status.pool_in_use,
-            idle=status.pool_idle,
-            waiting=status.pool_waiting,
-            min_instances=status.pool_min,
-            max_instances=status.pool_max,
-            peak_instances=status.pool_peak,
-        ),
-    )
-    out.health.serving = status.serving
-    out.health.last_error = status.last_error
-    probed = timestamp(status.last_probe)
-    if probed is not None:
-        out.health.last_probe_time.CopyFrom(probed)
     return out

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
+import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway import codec
-from gateway.api import paging
+from gateway.api import paging, result_stream
 from gateway.api.context import Context
-from gateway.api.result_stream import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, result_chunks
+from gateway.api.job_filter import parse_filter
+from gateway.api.request_digest import request_digest
+from gateway.api.session_service import sessions_not_implemented
 from gateway.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -19,62 +24,116 @@ from gateway.domain.errors import (
 from gateway.domain.jobs import Job, JobState
 from gateway.jobs.manager import JobManager
 from gateway.security.principals import tenant_of
+from gateway.store.base import JobCursor
 
 MAX_REQUEST_ID_LENGTH = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CREATED_US = struct.Struct(">q")
+# Bytes of a result field's framing and of its name's, beyond the stored result (generous).
+RESULT_FRAMING_BYTES = 64
+# Stored results up to this size are parsed and hashed on the event loop (a millisecond or so).
+INLINE_PARSE_BYTES = 1 << 20
 # Run answers this long before the caller's deadline (less for short deadlines).
 RUN_ANSWER_MARGIN_S = 0.05
 
 
 def _request_id(value: str) -> str:
-    if len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
+    """AIP-155 request_id: empty (no deduplication) or 1 to 128 printable ASCII characters."""
+    if len(value) > MAX_REQUEST_ID_LENGTH or not (value.isascii() and value.isprintable()):
         raise InvalidArgument(
             "INVALID_REQUEST_ID",
-            f"request_id must be printable and at most {MAX_REQUEST_ID_LENGTH} characters",
+            f"request_id must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters "
+            "(a UUID is recommended)",
             metadata={"maxLength": str(MAX_REQUEST_ID_LENGTH)},
-            field_violations=[FieldViolation("request_id", "too long or not printable")],
+            field_violations=[
+                FieldViolation("request_id", "at most 128 printable ASCII characters")
+            ],
         )
     return value
 
 
-def run_wait_timeout(remaining: float | None) -> float | None:
+def _job_cursor(cursor: JobCursor) -> bytes:
+    """A ListJobs cursor as page-token bytes: the page's last job's create time and id."""
+    created_us = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
+    return _CREATED_US.pack(created_us) + cursor.id.encode()
+
+
+def _job_cursor_from(data: bytes) -> JobCursor:
+    # Only bytes a token sealed by our key can get here: a bad one is a bug or a stolen key.
+    if len(data) <= _CREATED_US.size:
+        raise paging.invalid_page_token()
+    (created_us,) = _CREATED_US.unpack_from(data)
+    try:
+        created_at = _EPOCH + timedelta(microseconds=created_us)
+        job_id = data[_CREATED_US.size :].decode()
+    except (OverflowError, UnicodeDecodeError):
+        raise paging.invalid_page_token() from None
+    return JobCursor(created_at, job_id)
+
+
+def run_wait_timeout(remaining: float | None, max_wait: float) -> float:
     """How long Run waits for its job, given the call's remaining time (None: no deadline):
-    until RUN_ANSWER_MARGIN_S, or a tenth of what remains if less, before the deadline."""
+    until RUN_ANSWER_MARGIN_S, or a tenth of what remains if less, before the deadline, and
+    never longer than the server's Run wait limit `max_wait`."""
     if remaining is None:
-        return None
-    return max(0.0, remaining - min(RUN_ANSWER_MARGIN_S, 0.1 * remaining))
+        return max_wait
+    return min(max_wait, max(0.0, remaining - min(RUN_ANSWER_MARGIN_S, 0.1 * remaining)))
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, manager: JobManager, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        max_response_bytes: int,
+        run_max_wait_s: float = 60.0,
+        *,
+        page_tokens: paging.PageTokens,
+    ) -> None:
         self._manager = manager
+        self._page_tokens = page_tokens
         self._max_response = max_response_bytes
+        self._run_max_wait = run_max_wait_s
 
-    async def _result_message(self, job: Job) -> job_pb2.JobResult | None:
-        """The job's result as one message, or None when it exceeds the response limit."""
+    async def _result_message(self, job: Job, reserved: int = 0) -> job_pb2.JobResult | int:
+        """The job's result as one message, or its stored size when that message and
+        `reserved` bytes of the rest of the response would exceed the response limit."""
         data = await self._manager.result(job)
-        if len(data) + 64 > self._max_response:
-            return None
+        name = f"{codec.JOB_PREFIX}{job.id}/result"
+        # The name and the framing of the result field and of the name.
+        if len(data) + len(name) + RESULT_FRAMING_BYTES + reserved > self._max_response:
+            return len(data)
         result = job_pb2.JobResult.FromString(data)
-        result.name = f"{codec.JOB_PREFIX}{job.id}/result"
+        result.name = name
         return result
 
-    async def _submit(self, context: Context, request_id: str, spec: job_pb2.JobSpec) -> Job:
-        # Only what the API defines is stored and digested: unknown fields (at any depth) would
-        # otherwise be persisted verbatim, and padding would change the request digest.
+    async def _submit(
+        self, context: Context, request_id: str, spec: job_pb2.JobSpec
+    ) -> tuple[Job, bool]:
+        """The job and whether this call created it (False: an earlier request's job)."""
+        tenant = tenant_of(context)
+        request_id = _request_id(request_id)
+        # Only what the API defines is stored: unknown fields (at any depth) would otherwise be
+        # persisted verbatim (the digest ignores them anyway).
         spec.DiscardUnknownFields()
+        digest = request_digest(spec)
+        # Before validation: a retry gets its job even if the request would no longer
+        # validate (a backend removed from the configuration, a limit lowered).
+        existing = await self._manager.find_request(tenant, request_id, digest)
+        if existing is not None:
+            return existing, False
+        if spec.session:
+            raise sessions_not_implemented("spec.session")
         domain_spec = codec.decode_spec(spec)
-        return await self._manager.submit(
-            tenant_of(context),
-            _request_id(request_id),
-            domain_spec,
-            spec.SerializeToString(deterministic=True),
+        outcome = await self._manager.submit(
+            tenant, request_id, domain_spec, spec.SerializeToString(deterministic=True), digest
         )
+        return outcome.job, outcome.created
 
     async def SubmitJob(
         self, request: job_service_pb2.SubmitJobRequest, context: Context
     ) -> job_service_pb2.SubmitJobResponse:
-        job = await self._submit(context, request.request_id, request.spec)
-        return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job), created=True)
+        job, created = await self._submit(context, request.request_id, request.spec)
+        return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job), created=created)
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
@@ -97,20 +156,26 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.GetJobResultResponse:
         job = await self._succeeded(context, request.name)
         result = await self._result_message(job)
-        if result is None:
+        if isinstance(result, int):
             raise FailedPrecondition(
                 "RESULT_TOO_LARGE",
-                f"the result of jobs/{job.id} exceeds one message ({self._max_response} bytes); "
-                "fetch it with StreamJobResult",
-                metadata={"job": f"jobs/{job.id}", "limit": str(self._max_response)},
+                f"the result of jobs/{job.id} is {result} bytes, more than one response holds "
+                f"({self._max_response} bytes); fetch it with StreamJobResult",
+                metadata={
+                    "job": f"jobs/{job.id}",
+                    "resultBytes": str(result),
+                    "maxResponseBytes": str(self._max_response),
+                },
             )
         return job_service_pb2.GetJobResultResponse(result=result)
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
-        async for job in self._manager.watch(tenant_of(context), codec.job_id(request.name)):
-            yield job_service_pb2.WatchJobResponse(job=codec.encode_job(job))
+        async for event in self._manager.watch(tenant_of(context), codec.job_id(request.name)):
+            yield job_service_pb2.WatchJobResponse(
+                job=codec.encode_job(event.job), heartbeat=event.heartbeat
+            )
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Context
@@ -122,27 +187,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.ListJobsRequest, context: Context
     ) -> job_service_pb2.ListJobsResponse:
         limit = paging.page_size(request.page_size)
-        if request.filter:
-            raise InvalidArgument(
-                "INVALID_FILTER",
-                "filter is not supported yet",
-                field_violations=[FieldViolation("filter", "not supported yet")],
-            )
-        filters = "jobs"
-        cursor = paging.decode_token(request.page_token, filters)
-        if cursor is not None and not isinstance(cursor, int):
-            raise InvalidArgument(
-                "INVALID_PAGE_TOKEN",
-                "page_token is not a ListJobs token",
-                field_violations=[FieldViolation("page_token", "not a ListJobs token")],
-            )
-        page = await self._manager.list(
-            tenant_of(context), states=(), backend="", after=cursor, limit=limit
-        )
+        tenant = tenant_of(context)
+        job_filter = parse_filter(request.filter)
+        # Bound to the tenant and the normalised filter (not the page size, AIP-158).
+        where = {"kind": "jobs", "tenant": tenant, "query": job_filter.canonical()}
+        sealed = self._page_tokens.open(request.page_token, **where)
+        after = None if sealed is None else _job_cursor_from(sealed)
+        page = await self._manager.list(tenant, filter=job_filter, after=after, limit=limit)
         return job_service_pb2.ListJobsResponse(
             jobs=[codec.encode_job(j) for j in page.jobs],
             next_page_token=(
-                paging.encode_token(page.next_cursor, filters)
+                self._page_tokens.seal(_job_cursor(page.next_cursor), **where)
                 if page.next_cursor is not None
                 else ""
             ),
@@ -151,23 +206,30 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def Run(
         self, request: job_service_pb2.RunRequest, context: Context
     ) -> job_service_pb2.RunResponse:
-        job = await self._submit(context, request.request_id, request.spec)
+        job, created = await self._submit(context, request.request_id, request.spec)
         # Answer a little before the deadline, so the caller gets our error with the job name
         # rather than its own bare DEADLINE_EXCEEDED; the margin shrinks with the deadline, so a
         # short deadline still gives a fast job its chance instead of being answered at once.
-        timeout = run_wait_timeout(context.time_remaining())
+        # Without a deadline (or with a long one) the wait is capped too: a call through
+        # proxies that cut quiet calls must not hang on a job that takes hours.
+        remaining = context.time_remaining()
+        timeout = run_wait_timeout(remaining, self._run_max_wait)
         finished = await self._manager.wait(job.tenant, job.id, timeout)
         if finished is None:
+            limit = f"{self._run_max_wait:g}"
+            capped = remaining is None or timeout >= self._run_max_wait
+            waited = f"the server's Run wait limit of {limit}s" if capped else "the deadline"
             raise DeadlineExceeded(
                 "RUN_DEADLINE_EXCEEDED",
-                f"job jobs/{job.id} did not finish within the deadline; it keeps running "
+                f"job jobs/{job.id} did not finish within {waited}; it keeps running "
                 "(repeat Run with the same request_id, or WatchJob, to get it)",
-                metadata={"job": f"jobs/{job.id}"},
+                metadata={"job": f"jobs/{job.id}", "limitSeconds": limit},
             )
-        response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=True)
+        response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=created)
         if finished.state is JobState.SUCCEEDED:
-            result = await self._result_message(finished)
-            if result is None:
+            # The rest of the response counts against the same message limit.
+            result = await self._result_message(finished, response.ByteSize())
+            if isinstance(result, int):
                 response.result_too_large = True
             else:
                 response.result.CopyFrom(result)
@@ -176,8 +238,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def StreamJobResult(
         self, request: job_service_pb2.StreamJobResultRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse]:
+        # The request's own fields first: a bad request is refused before any lookup.
+        chunk = result_stream.chunk_size(request.chunk_bytes)
+        start_pub, start_binding = request.start_pub_index, request.start_binding_index
+        result_stream.check_start_fields(start_pub, start_binding)
         job = await self._succeeded(context, request.name)
-        chunk = min(request.chunk_bytes or DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES)
-        result = job_pb2.JobResult.FromString(await self._manager.result(job))
-        for response in result_chunks(result, chunk):
+        data = await self._manager.result(job)
+        if len(data) > INLINE_PARSE_BYTES:  # large results are parsed off the event loop
+            result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
+        else:
+            result = job_pb2.JobResult.FromString(data)
+        result_stream.check_position(result, start_pub, start_binding)
+        for response in result_stream.result_chunks(result, chunk, start_pub, start_binding):
             yield response
+        if len(data) > INLINE_PARSE_BYTES:
+            digest = await anyio.to_thread.run_sync(result_stream.result_digest, data, result)
+        else:
+            digest = result_stream.result_digest(data, result)
+        yield result_stream.digest_response(digest)

@@ -1,60 +1,228 @@
-"""Splits a JobResult into StreamJobResult chunks no larger than a byte budget."""
+"""StreamJobResult: a stored JobResult as a resumable sequence of bounded messages.
+
+The order is the contract the client's resume relies on. For each PUB from the start position:
+its header (the PubResult with samples, counts and estimator values left empty), then its data
+binding by binding from the start binding -- for a sampler PUB, per register, that binding's
+samples in slices and then its counts in slices; for an estimator PUB, values in runs starting
+at the start binding. Last, the SHA-256 of the whole result. So every binding before the one a
+message belongs to is complete once that message arrives, and a broken stream resumes from the
+binding it was in.
+
+Every message carries at most `chunk_bytes` of payload (sample bytes; outcome rows plus their
+count varints; 16 bytes per estimator value); a counts slice always holds at least one entry.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Iterator
 
 from qgateway.v1 import job_pb2, job_service_pb2
 
+from gateway.domain.costs import varint_bytes
+from gateway.domain.errors import FieldViolation, InvalidArgument
+
 DEFAULT_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 3 << 20
+# Smaller requests are raised to this: a stream of single-byte messages would cost the server
+# a message per byte of a result of hundreds of MiB.
+MIN_CHUNK_BYTES = 1 << 10
+# Payload bytes of one estimator entry: its value and its standard error.
+ESTIMATOR_ENTRY_BYTES = 16
+
+Response = job_service_pb2.StreamJobResultResponse
 
 
-def result_chunks(
-    result: job_pb2.JobResult, chunk_bytes: int
-) -> Iterator[job_service_pb2.StreamJobResultResponse]:
-    """For each PUB: a header without bulk data, then samples, counts and values in slices."""
-    Response = job_service_pb2.StreamJobResultResponse
-    for index, pub in enumerate(result.pub_results):
-        header = job_pb2.PubResult()
-        header.CopyFrom(pub)
-        if pub.HasField("sampler"):
-            for reg in header.sampler.registers:
-                reg.ClearField("samples")
-                reg.ClearField("counts")
-        else:
-            header.estimator.ClearField("expectation_values")
-            header.estimator.ClearField("standard_errors")
-        yield Response(pub_index=index, header=header)
-        if pub.HasField("sampler"):
-            for r, reg in enumerate(pub.sampler.registers):
-                data = reg.samples
-                for offset in range(0, len(data), chunk_bytes):
+def _invalid(reason: str, field: str, message: str, **metadata: int) -> InvalidArgument:
+    return InvalidArgument(
+        reason,
+        message,
+        metadata={key: str(value) for key, value in metadata.items()},
+        field_violations=[FieldViolation(field, message)],
+    )
+
+
+def chunk_size(requested: int) -> int:
+    """The payload budget per message for a request's chunk_bytes (0: the default)."""
+    if requested < 0:
+        raise _invalid(
+            "INVALID_CHUNK_SIZE",
+            "chunk_bytes",
+            f"chunk_bytes must be >= 0 (0: the default), got {requested}",
+            chunkBytes=requested,
+        )
+    if requested == 0:
+        return DEFAULT_CHUNK_BYTES
+    return max(MIN_CHUNK_BYTES, min(requested, MAX_CHUNK_BYTES))
+
+
+def check_start_fields(start_pub: int, start_binding: int) -> None:
+    """Refuses negative resume positions (before anything is looked up)."""
+    if start_pub < 0:
+        raise _invalid(
+            "INVALID_RESUME_POSITION",
+            "start_pub_index",
+            f"start_pub_index must be >= 0, got {start_pub}",
+            startPubIndex=start_pub,
+        )
+    if start_binding < 0:
+        raise _invalid(
+            "INVALID_RESUME_POSITION",
+            "start_binding_index",
+            f"start_binding_index must be >= 0, got {start_binding}",
+            startBindingIndex=start_binding,
+        )
+
+
+def num_bindings(pub: job_pb2.PubResult) -> int:
+    """The number of bindings of a PUB's result: the product of its shape (1 for ())."""
+    if pub.HasField("sampler"):
+        return math.prod(pub.sampler.shape)
+    return math.prod(pub.estimator.shape)
+
+
+def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int) -> None:
+    """Refuses a resume position past the end of the result."""
+    pubs = len(result.pub_results)
+    if start_pub >= pubs:
+        raise _invalid(
+            "INVALID_RESUME_POSITION",
+            "start_pub_index",
+            f"start_pub_index {start_pub} is past the last PUB (the result has {pubs})",
+            startPubIndex=start_pub,
+            numPubs=pubs,
+        )
+    bindings = num_bindings(result.pub_results[start_pub])
+    if start_binding >= bindings:
+        raise _invalid(
+            "INVALID_RESUME_POSITION",
+            "start_binding_index",
+            f"start_binding_index {start_binding} is past the last binding of PUB {start_pub} "
+            f"(it has {bindings})",
+            startBindingIndex=start_binding,
+            numBindings=bindings,
+            pubIndex=start_pub,
+        )
+
+
+def _header(pub: job_pb2.PubResult) -> job_pb2.PubResult:
+    header = job_pb2.PubResult()
+    header.CopyFrom(pub)
+    if header.HasField("sampler"):
+        for reg in header.sampler.registers:
+            reg.ClearField("samples")
+            reg.ClearField("counts")
+    else:
+        header.estimator.ClearField("expectation_values")
+        header.estimator.ClearField("standard_errors")
+    return header
+
+
+def _sampler_chunks(
+    index: int, sampler: job_pb2.SamplerPubResult, chunk_bytes: int, start: int
+) -> Iterator[Response]:
+    bindings = math.prod(sampler.shape)
+    shots = sampler.shots
+    # Read once: every access to a bytes field of a message copies the whole field.
+    samples = [reg.samples for reg in sampler.registers]
+    rows = [(reg.num_bits + 7) // 8 for reg in sampler.registers]
+    for r, reg in enumerate(sampler.registers):
+        if samples[r] and len(samples[r]) != bindings * shots * rows[r]:
+            raise RuntimeError(f"PUB {index} register {r}: stored samples have the wrong size")
+        if len(reg.counts) not in (0, bindings):
+            raise RuntimeError(f"PUB {index} register {r}: stored counts have the wrong length")
+    # Every count is at most the shots: an upper bound on each counts entry's payload.
+    count_bytes = varint_bytes(shots)
+    for b in range(start, bindings):
+        for r, reg in enumerate(sampler.registers):
+            data = samples[r]
+            if data:
+                size = shots * rows[r]
+                base = b * size
+                for offset in range(0, size, chunk_bytes):
                     yield Response(
                         pub_index=index,
                         samples=job_service_pb2.SamplesChunk(
                             register_index=r,
-                            offset=offset,
-                            data=data[offset : offset + chunk_bytes],
+                            offset=base + offset,
+                            data=data[base + offset : base + min(offset + chunk_bytes, size)],
                         ),
                     )
-                # Base port: one CountsChunk per binding (splitting comes with resumable streams).
-                for binding, counts in enumerate(reg.counts):
+            if reg.counts:
+                counts = reg.counts[b]
+                outcomes = counts.outcomes
+                row = rows[r]
+                per = max(1, chunk_bytes // (row + count_bytes))
+                for first in range(0, len(counts.counts), per):
                     yield Response(
                         pub_index=index,
                         counts=job_service_pb2.CountsChunk(
-                            register_index=r, binding_index=binding, offset=0, counts=counts
+                            register_index=r,
+                            binding_index=b,
+                            offset=first,
+                            counts=job_pb2.Counts(
+                                outcomes=outcomes[first * row : (first + per) * row],
+                                counts=counts.counts[first : first + per],
+                            ),
                         ),
                     )
+
+
+def _estimator_chunks(
+    index: int, estimator: job_pb2.EstimatorPubResult, chunk_bytes: int, start: int
+) -> Iterator[Response]:
+    values = estimator.expectation_values
+    errors = estimator.standard_errors
+    step = max(1, chunk_bytes // ESTIMATOR_ENTRY_BYTES)
+    for offset in range(start, len(values), step):
+        yield Response(
+            pub_index=index,
+            values=job_service_pb2.EstimatorValuesChunk(
+                offset=offset,
+                expectation_values=values[offset : offset + step],
+                standard_errors=errors[offset : offset + step],
+            ),
+        )
+
+
+def result_chunks(
+    result: job_pb2.JobResult, chunk_bytes: int, start_pub: int = 0, start_binding: int = 0
+) -> Iterator[Response]:
+    """Headers and data from (start_pub, start_binding) on, without the final digest.
+
+    Args:
+        result: The whole result.
+        chunk_bytes: Payload budget per message, > 0.
+        start_pub: First PUB to send (its header is sent again).
+        start_binding: Within start_pub, the first binding to send; later PUBs start at 0.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    for index in range(start_pub, len(result.pub_results)):
+        pub = result.pub_results[index]
+        first = start_binding if index == start_pub else 0
+        yield Response(pub_index=index, header=_header(pub))
+        if pub.HasField("sampler"):
+            yield from _sampler_chunks(index, pub.sampler, chunk_bytes, first)
         else:
-            est = pub.estimator
-            step = max(1, chunk_bytes // 16)
-            for offset in range(0, len(est.expectation_values), step):
-                yield Response(
-                    pub_index=index,
-                    values=job_service_pb2.EstimatorValuesChunk(
-                        offset=offset,
-                        expectation_values=est.expectation_values[offset : offset + step],
-                        standard_errors=est.standard_errors[offset : offset + step],
-                    ),
-                )
+            yield from _estimator_chunks(index, pub.estimator, chunk_bytes, first)
+
+
+def result_digest(data: bytes, result: job_pb2.JobResult) -> bytes:
+    """SHA-256 of the result's canonical serialisation (name unset, deterministic=True).
+
+    `data` is the stored serialisation of `result`; the gateway stores results canonically, so
+    it is hashed as it is unless its size says otherwise (then `result` is re-serialised).
+    """
+    if not result.name and result.ByteSize() == len(data):
+        return hashlib.sha256(data).digest()
+    canonical = job_pb2.JobResult()
+    canonical.CopyFrom(result)
+    canonical.ClearField("name")
+    return hashlib.sha256(canonical.SerializeToString(deterministic=True)).digest()
+
+
+def digest_response(digest: bytes) -> Response:
+    """The stream's last message."""
+    return Response(digest=job_service_pb2.ResultDigest(sha256=digest))

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
 import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
+from datetime import UTC, datetime, timedelta
 
 import anyio
 from qgateway.v1 import job_pb2
@@ -28,16 +27,20 @@ from gateway.backends.base import PreparedJob
 from gateway.backends.breaker import BreakerState
 from gateway.backends.worker import WORKER_CRASHED, WorkerProcess
 from gateway.domain.errors import (
+    BACKEND_RESOURCE,
+    JOB_RESOURCE,
+    JOB_RESULT_RESOURCE,
     Aborted,
     ExecutionError,
     FailedPrecondition,
-    FieldViolation,
     GatewayError,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
+    ResourceInfo,
     Unavailable,
 )
+from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import (
     ExecutionInfo,
     Job,
@@ -50,9 +53,16 @@ from gateway.domain.jobs import (
 )
 from gateway.jobs.backend import BackendRuntime, RunningJob
 from gateway.jobs.compiler import Compiler, circuit_field
-from gateway.jobs.events import JobEvents
+from gateway.jobs.events import JobEvents, WatchEvent
 from gateway.jobs.queue import QueuedJob
-from gateway.store.base import JobPage, NewJob, Store, request_id_reused
+from gateway.store.base import (
+    CreateOutcome,
+    JobCursor,
+    JobPage,
+    NewJob,
+    Store,
+    request_id_reused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ log = logging.getLogger(__name__)
 # late (a spec that no longer validates) and out-of-memory of one big job do not.
 BACKEND_FAULTS = frozenset({WORKER_CRASHED, "EXECUTION_FAILED", "JOB_TIMEOUT", "PROVIDER_ERROR"})
 # After these the worker is replaced: its process is gone or its heap may be fragmented.
-RECYCLE_WORKER = frozenset({WORKER_CRASHED, "RESOURCE_EXHAUSTED", "JOB_TIMEOUT"})
+RECYCLE_WORKER = frozenset({WORKER_CRASHED, "OUT_OF_MEMORY", "JOB_TIMEOUT"})
 
 
 RECENT_RESULTS_BYTES = 32 << 20
@@ -96,13 +106,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def request_hash(spec_bytes: bytes) -> bytes:
-    """What "same payload" means for request_id reuse: the deterministically serialised spec."""
-    return hashlib.sha256(spec_bytes).digest()
-
-
 def _job_not_found(job_id: str) -> NotFound:
-    return NotFound("JOB_NOT_FOUND", f"job jobs/{job_id} not found", metadata={"job": job_id})
+    name = f"jobs/{job_id}"
+    return NotFound(
+        "JOB_NOT_FOUND",
+        f"job {name} not found",
+        metadata={"job": name},
+        resource_info=ResourceInfo(JOB_RESOURCE, name, "no such job for this caller"),
+    )
 
 
 class JobManager:
@@ -113,10 +124,16 @@ class JobManager:
         compiler: Compiler,
         *,
         prepare_threads: int,
+        watch_heartbeat_s: float = 10.0,
+        result_retention_s: float = 30 * 86400.0,
     ) -> None:
         self._store = store
         self.backends = backends
         self.compiler = compiler
+        # WatchJob resends the job after this long without a change (ServerConfig).
+        self.watch_heartbeat_s = watch_heartbeat_s
+        # A SUCCEEDED job's result is kept this long after it ends (Job.expire_at).
+        self.result_retention_s = result_retention_s
         self._events = JobEvents()
         self._limiter = anyio.CapacityLimiter(prepare_threads)
         self._tasks: list[asyncio.Task[None]] = []
@@ -134,8 +151,10 @@ class JobManager:
                 await self._finish(
                     job,
                     JobState.FAILED,
-                    error=JobError(
-                        "BACKEND_NOT_FOUND", f"backend {job.placement} is no longer configured"
+                    error=JobError.of(
+                        "BACKEND_NOT_FOUND",
+                        f"backend backends/{job.placement} is no longer configured",
+                        {"backend": f"backends/{job.placement}"},
                     ),
                 )
                 continue
@@ -171,14 +190,19 @@ class JobManager:
 
     # ------------------------------------------------------------------ admission
 
-    def runtime(self, backend: str, field: str = "spec.backend") -> BackendRuntime:
+    def runtime(
+        self, backend: str, field: str = "spec.backend", visible: Container[str] | None = None
+    ) -> BackendRuntime:
+        """The backend named `backend`; NOT_FOUND when it does not exist, or when `visible` (the
+        backends the caller may use) leaves it out: a caller cannot tell the two apart."""
         runtime = self.backends.get(backend)
-        if runtime is None:
+        if runtime is None or (visible is not None and backend not in visible):
+            name = f"backends/{backend}"
             raise NotFound(
                 "BACKEND_NOT_FOUND",
-                f"backend backends/{backend} does not exist",
-                metadata={"backend": backend},
-                field_violations=[FieldViolation(field, "no such backend")],
+                f"backend {name} does not exist",
+                metadata={"backend": name},
+                resource_info=ResourceInfo(BACKEND_RESOURCE, name, f"named by {field}"),
             )
         return runtime
 
@@ -195,25 +219,32 @@ class JobManager:
         retry = runtime.breaker.retry_after()
         raise Unavailable(
             "BACKEND_UNAVAILABLE",
-            f"backend {spec.backend} is failing (circuit breaker open); nothing was accepted, "
-            f"retry in {retry:.1f}s or name a fallback_backend",
-            metadata={"backend": spec.backend, "breaker_state": "OPEN"},
+            f"backend backends/{spec.backend} is failing (circuit breaker OPEN); nothing was "
+            f"accepted, retry in {retry:.1f}s or name a fallback_backend",
+            metadata={
+                "backend": f"backends/{spec.backend}",
+                "breakerState": "OPEN",
+                "retryDelaySeconds": f"{retry:.1f}",
+            },
             retry_after=retry,
         )
 
-    async def submit(self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes) -> Job:
-        """Validates, prepares and durably queues a job; a repeated request_id returns its job
-        (the store deduplicates atomically, so concurrent repeats make one job)."""
-        digest = request_hash(spec_bytes)
+    async def submit(
+        self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes, digest: bytes
+    ) -> CreateOutcome:
+        """Admits, prepares and durably queues a job. `digest` is the canonical request digest
+        (gateway.api.request_digest); the caller looked the request_id up before validating
+        (find_request). A concurrent request with the same request_id may still have created
+        the job meanwhile: the store deduplicates atomically, and the outcome says which."""
         try:
             runtime = self._admit(spec)
         except (Unavailable, ResourceExhausted):
-            # A retry of an accepted job gets its job back even while the backend refuses new
-            # work (breaker open, draining, full queue): nothing new is accepted either way.
-            existing = await self._existing(tenant, request_id, digest)
+            # A concurrent twin may have been accepted since the caller's lookup: it gets its
+            # job back even while the backend refuses new work; nothing new is accepted.
+            existing = await self.find_request(tenant, request_id, digest)
             if existing is None:
                 raise
-            return existing
+            return CreateOutcome(existing, created=False)
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         prepared = await self.prepare(runtime, tenant, spec, seed)
         outcome = await self._store.create_job(
@@ -228,12 +259,13 @@ class JobManager:
                 num_pubs=len(spec.pubs),
                 seed=seed,
                 created_at=_now(),
+                labels=spec.labels,
             )
         )
         if outcome.created:
             deadline = time.monotonic() + runtime.settings.max_queue_time_s
             runtime.queue.put(QueuedJob(outcome.job, prepared, deadline))
-        return outcome.job
+        return outcome
 
     def _admit(self, spec: JobSpec) -> BackendRuntime:
         """The backend the job will queue on, or an admission refusal."""
@@ -249,8 +281,13 @@ class JobManager:
         if len(runtime.queue) >= limits.max_queued_jobs:
             raise ResourceExhausted(
                 "QUEUE_FULL",
-                f"backend {runtime.name} has {len(runtime.queue)} queued jobs, its limit",
-                metadata={"backend": runtime.name, "limit": str(limits.max_queued_jobs)},
+                f"backend backends/{runtime.name} has {len(runtime.queue)} queued jobs, its "
+                f"limit of {limits.max_queued_jobs}; nothing was accepted, retry later",
+                metadata={
+                    "backend": f"backends/{runtime.name}",
+                    "queuedJobs": str(len(runtime.queue)),
+                    "limit": str(limits.max_queued_jobs),
+                },
                 quota_violations=[
                     QuotaViolation(f"backends/{runtime.name}", "queued jobs at the limit")
                 ],
@@ -258,7 +295,13 @@ class JobManager:
             )
         return runtime
 
-    async def _existing(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
+    async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
+        """The job an earlier request with this request_id created within the dedup window, if
+        its digest is `digest`; None if there is none (or request_id is empty).
+
+        Raises:
+            InvalidArgument: reason REQUEST_ID_REUSED, when the earlier request was different.
+        """
         if not request_id:
             return None
         found = await self._store.find_request(tenant, request_id, _now())
@@ -275,6 +318,11 @@ class JobManager:
         """Compiles every PUB's circuit in compile workers, then assembles the job."""
         started = time.perf_counter()
         adapter = runtime.adapter
+        # Bounded in size and depth at the API edge; what the keys mean is the backend's (its
+        # schema refuses unknown keys), checked before any compile is paid for.
+        adapter.validate_provider_options(
+            spec.options.provider_options, "spec.options.provider_options"
+        )
         circuits = []
         for index, pub in enumerate(spec.pubs):
             field = circuit_field(index, pub)
@@ -287,34 +335,66 @@ class JobManager:
             prepared = await anyio.to_thread.run_sync(
                 adapter.prepare, spec, seed, circuits, limiter=self._limiter
             )
-        return dataclasses.replace(prepared, prepare_seconds=time.perf_counter() - started)
+        return dataclasses.replace(
+            prepared,
+            prepare_seconds=time.perf_counter() - started,
+            # Part of the stored spec, so a re-queued job keeps its limit after a restart.
+            max_run_time_s=spec.options.max_execution_time_s,
+        )
 
     # ------------------------------------------------------------------ queries
 
     async def get(self, tenant: str, job_id: str) -> Job:
+        """The job, with its queue position while QUEUED."""
         job = await self._store.get_job(job_id, tenant)
         if job is None:
             raise _job_not_found(job_id)
-        return job
+        return self._with_position(job)
+
+    def _with_position(self, job: Job) -> Job:
+        """The job with its live queue position (jobs ahead of it on its backend, as
+        FairQueue.position estimates it) while QUEUED; unset in every other state."""
+        position = None
+        if job.state is JobState.QUEUED:
+            runtime = self.backends.get(job.placement)
+            if runtime is not None:
+                position = runtime.queue.position(job.id, job.tenant, runtime.running_by_tenant())
+                # QUEUED but out of the queue: the dispatcher has taken it and RUNNING is
+                # being written, so nothing is ahead of it.
+                if position is None:
+                    position = 0
+        if position == job.queue_position:
+            return job
+        return dataclasses.replace(job, queue_position=position)
 
     async def result(self, job: Job) -> bytes:
+        if job.expire_at is not None and _now() >= job.expire_at:
+            # Expired results are deleted lazily: here, when one is asked for after its expiry
+            # (there is no sweep yet, so an expired result nobody asks for stays on disk).
+            await self._store.delete_result(job.id)
+            name = f"jobs/{job.id}"
+            expired = job.expire_at.isoformat().replace("+00:00", "Z")
+            raise NotFound(
+                "RESULT_EXPIRED",
+                f"the result of job {name} expired at {expired} and is no longer kept",
+                metadata={"job": name, "expireTime": expired},
+                resource_info=ResourceInfo(JOB_RESULT_RESOURCE, f"{name}/result", "expired"),
+            )
         data = self._recent_results.get(job.id) or await self._store.get_result(job.id)
         if data is None:
-            raise NotFound("RESULT_NOT_FOUND", f"job jobs/{job.id} has no result")
+            name = f"jobs/{job.id}"
+            raise NotFound(
+                "RESULT_NOT_FOUND",
+                f"job {name} has no result",
+                metadata={"job": name},
+                resource_info=ResourceInfo(JOB_RESULT_RESOURCE, f"{name}/result", "no result"),
+            )
         return data
 
     async def list(
-        self,
-        tenant: str,
-        *,
-        states: Collection[JobState],
-        backend: str,
-        after: int | None,
-        limit: int,
+        self, tenant: str, *, filter: JobFilter, after: JobCursor | None, limit: int
     ) -> JobPage:
-        return await self._store.list_jobs(
-            tenant, states=states, backend=backend, after=after, limit=limit
-        )
+        return await self._store.list_jobs(tenant, filter=filter, after=after, limit=limit)
 
     def _interrupted_by_drain(self, job: Job) -> Aborted:
         return Aborted(
@@ -338,21 +418,34 @@ class JobManager:
                     get.cancel()  # a cancelled Queue.get loses no item
             if get in done:
                 return get.result()
-        if job.state is not JobState.RUNNING:
+        if job.state not in (JobState.RUNNING, JobState.CANCELLING):
             raise self._interrupted_by_drain(job)
         return await events.get()
 
-    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[Job]:
-        """The current state, then every change, ending after a final state."""
+    async def watch(
+        self, tenant: str, job_id: str, heartbeat_s: float | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """The current state, then every change, ending after a final state; whenever nothing
+        changed for `heartbeat_s` seconds (default: the configured interval), the job again as
+        a heartbeat, with its queue position refreshed. Event-driven: heartbeats come from a
+        timer on the event queue, never from reading the store."""
+        interval = self.watch_heartbeat_s if heartbeat_s is None else heartbeat_s
         with self._events.subscribe(job_id) as events:
             job = await self.get(tenant, job_id)
-            yield job
-            seen = job.state
-            while not seen.is_final:
-                job = await self._next_event(events, job)
-                if job.state != seen:
-                    seen = job.state
-                    yield job
+            yield WatchEvent(job)
+            while not job.state.is_final:
+                try:
+                    async with asyncio.timeout(interval):
+                        while True:
+                            event = await self._next_event(events, job)
+                            if event.state != job.state and not _older(event, job):
+                                break
+                except TimeoutError:
+                    job = self._with_position(job)
+                    yield WatchEvent(job, heartbeat=True)
+                    continue
+                job = self._with_position(event)
+                yield WatchEvent(job)
 
     async def wait(self, tenant: str, job_id: str, timeout: float | None) -> Job | None:
         """The job once final, or None if `timeout` seconds pass first."""
@@ -369,33 +462,38 @@ class JobManager:
     # ------------------------------------------------------------------ cancellation
 
     async def cancel(self, tenant: str, job_id: str) -> Job:
+        """Answers at once. A queued job is taken out of its queue and ends CANCELLED now; a
+        running one is marked CANCELLING (durably: after a restart it ends CANCELLED, never
+        runs again) and its runner stops the worker in the background, ending it CANCELLED, or
+        SUCCEEDED/FAILED if it finished first. A CANCELLING or CANCELLED job is a no-op."""
         job = await self.get(tenant, job_id)
-        if job.state is JobState.CANCELLED:
+        if job.state in (JobState.CANCELLED, JobState.CANCELLING):
             return job
         if job.state.is_final:
-            raise FailedPrecondition(
-                "JOB_ALREADY_FINISHED",
-                f"job jobs/{job_id} already {job.state.value}",
-                metadata={"job": job_id, "state": job.state.value},
-            )
+            raise _already_finished(job)
         runtime = self.backends.get(job.placement)
-        if runtime is not None:
-            running = runtime.running.get(job_id)
-            if running is not None:
+        # No await between these two lookups: the dispatcher moves a job from the queue to
+        # `running` in one step, so the job is in exactly one of them (or in neither).
+        running = None if runtime is None else runtime.running.get(job_id)
+        if running is None:
+            if runtime is not None:
+                runtime.queue.remove(job_id, tenant)
+            finished = await self._finish(job, JobState.CANCELLED)
+            if finished is not None:
+                return finished
+        else:
+            marked = await self._store.mark_cancelling(job_id, _now())
+            if marked is not None:
+                self._events.publish(marked)
+                # Stopping the worker (a kill; for provider jobs a remote cancel that can take
+                # minutes) happens in the job's own runner task, not in this call.
                 running.cancel_requested.set()
-                assert running.task is not None
-                await asyncio.shield(running.task)
-                after = await self.get(tenant, job_id)
-                if after.state is not JobState.CANCELLED:  # it ended before the cancel landed
-                    raise FailedPrecondition(
-                        "JOB_ALREADY_FINISHED",
-                        f"job jobs/{job_id} already {after.state.value}",
-                        metadata={"job": job_id, "state": after.state.value},
-                    )
-                return after
-            runtime.queue.remove(job_id, tenant)
-        finished = await self._finish(job, JobState.CANCELLED)
-        return finished or await self.get(tenant, job_id)
+                return marked
+        # It reached a final state (or was cancelled by another call) meanwhile.
+        after = await self.get(tenant, job_id)
+        if after.state in (JobState.CANCELLED, JobState.CANCELLING):
+            return after
+        raise _already_finished(after)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -445,12 +543,21 @@ class JobManager:
                 continue
             for entry in runtime.queue.expired(time.monotonic()):
                 if runtime.breaker.state is BreakerState.CLOSED:
-                    error = JobError("QUEUE_TIMEOUT", "the job waited in the queue past its limit")
+                    limit = f"{runtime.settings.max_queue_time_s:g}"
+                    error = JobError.of(
+                        "QUEUE_TIMEOUT",
+                        f"the job waited in the queue past its limit of {limit}s",
+                        {"backend": f"backends/{runtime.name}", "limitSeconds": limit},
+                    )
                 else:
-                    error = JobError(
+                    error = JobError.of(
                         "BACKEND_UNAVAILABLE",
-                        f"backend {runtime.name} stayed unavailable (circuit breaker open) past "
-                        "the job's queue time limit",
+                        f"backend backends/{runtime.name} stayed unavailable (circuit breaker "
+                        f"{runtime.breaker.state.value}) past the job's queue time limit",
+                        {
+                            "backend": f"backends/{runtime.name}",
+                            "breakerState": runtime.breaker.state.value,
+                        },
                     )
                 await self._finish(entry.job, JobState.FAILED, error=error)
 
@@ -477,7 +584,9 @@ class JobManager:
                 runtime.breaker.release_trial()
             await give_back(True)
             await self._finish(
-                job, JobState.FAILED, error=JobError("INTERNAL", "internal error in the gateway")
+                job,
+                JobState.FAILED,
+                error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
             )
         finally:
             runtime.running.pop(job.id, None)
@@ -517,7 +626,7 @@ class JobManager:
             except GatewayError as err:
                 self._record(runtime, running, err.reason)
                 await give_back(False)
-                await self._finish(job, JobState.FAILED, error=JobError(err.reason, err.message))
+                await self._finish(job, JobState.FAILED, error=JobError.from_error(err))
                 return
         t0 = time.perf_counter()
         # The RUNNING commit overlaps the execution: a simulator job interrupted by a crash is
@@ -525,22 +634,33 @@ class JobManager:
         marking = asyncio.ensure_future(self._store.mark_running(job.id, _now()))
         execution = asyncio.ensure_future(worker.execute(prepared.payload))
         started = await marking
-        if started is None:  # no longer QUEUED: it was finished elsewhere meanwhile
+        if started is None:  # no longer QUEUED: cancelled or finished elsewhere meanwhile
             worker.kill()
             execution.cancel()
             await asyncio.gather(execution, return_exceptions=True)
             self._record(runtime, running, "CANCELLED")
             await give_back(True)
+            # CANCELLING is a cancel request, whoever wrote it: the job ends CANCELLED.
+            current = await self._store.get_job(job.id)
+            if current is not None and current.state is JobState.CANCELLING:
+                await self._finish(current, JobState.CANCELLED)
             return
         self._events.publish(started)
         info = ExecutionInfo(
             backend=runtime.name, seed=job.seed, layouts=prepared.layouts, attempts=started.attempts
         )
+        # The job's own max_execution_time, when it is the smaller limit, is the client's
+        # choice: running past it says nothing about the backend (no breaker failure).
+        run_limit = runtime.settings.max_run_time_s
+        own_limit = prepared.max_run_time_s
+        own_limit_applies = own_limit is not None and own_limit < run_limit
+        if own_limit is not None and own_limit_applies:
+            run_limit = own_limit
         cancelled = asyncio.ensure_future(running.cancel_requested.wait())
         try:
             await asyncio.wait(
                 {execution, cancelled},
-                timeout=runtime.settings.max_run_time_s,
+                timeout=run_limit,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except asyncio.CancelledError:
@@ -556,13 +676,24 @@ class JobManager:
             execution.cancel()
             await asyncio.gather(execution, return_exceptions=True)
             reason = "CANCELLED" if running.cancel_requested.is_set() else "JOB_TIMEOUT"
-            self._record(runtime, running, reason)
+            self._record(
+                runtime,
+                running,
+                "MAX_EXECUTION_TIME" if reason == "JOB_TIMEOUT" and own_limit_applies else reason,
+            )
             await give_back(True)
             if reason == "CANCELLED":
                 await self._finish(started, JobState.CANCELLED, execution=info)
             else:
-                limit = runtime.settings.max_run_time_s
-                error = JobError("JOB_TIMEOUT", f"the job ran past the backend's {limit}s limit")
+                limit = f"{run_limit:g}"
+                whose = (
+                    "its max_execution_time of" if own_limit_applies else "the backend's limit of"
+                )
+                error = JobError.of(
+                    "JOB_TIMEOUT",
+                    f"the job ran past {whose} {limit}s",
+                    {"backend": f"backends/{runtime.name}", "limitSeconds": limit},
+                )
                 await self._finish(started, JobState.FAILED, error=error, execution=info)
             return
         elapsed = time.perf_counter() - t0
@@ -572,7 +703,7 @@ class JobManager:
             self._record(runtime, running, err.reason)
             await give_back(err.reason in RECYCLE_WORKER)
             await self._finish(
-                started, JobState.FAILED, error=JobError(err.reason, err.message), execution=info
+                started, JobState.FAILED, error=JobError.from_error(err), execution=info
             )
             return
         self._record(runtime, running, None)
@@ -611,21 +742,47 @@ class JobManager:
         timings: JobTimings | None = None,
         result: bytes | None = None,
     ) -> Job | None:
+        ended = _now()
+        # Retention is fixed when the job ends (a later configuration change keeps it).
+        expires = (
+            ended + timedelta(seconds=self.result_retention_s)
+            if state is JobState.SUCCEEDED
+            else None
+        )
         # Shielded: once a final state is decided it is written even if the caller goes away.
         finished = await asyncio.shield(
             self._store.finish_job(
                 job.id,
                 state,
-                ended_at=_now(),
+                ended_at=ended,
                 error=error,
                 execution=execution,
                 timings=timings,
                 result=result,
+                result_expires_at=expires,
             )
         )
         if finished is not None:
             self._events.publish(finished)
         return finished
+
+
+def _already_finished(job: Job) -> FailedPrecondition:
+    name = f"jobs/{job.id}"
+    return FailedPrecondition(
+        "JOB_ALREADY_FINISHED",
+        f"job {name} already {job.state.value}",
+        metadata={"job": name, "state": job.state.value},
+    )
+
+
+def _older(event: Job, than: Job) -> bool:
+    """Whether `event` is a stale view of the job (its publication overtook by a later one)."""
+    return (
+        event.updated_at is not None
+        and than.updated_at is not None
+        and event.updated_at < than.updated_at
+    )
 
 
 def _result_bytes_hint(result: JobResult) -> int:
@@ -642,4 +799,6 @@ def _result_bytes_hint(result: JobResult) -> int:
 
 
 def _serialise_result(result: JobResult) -> bytes:
-    return codec.encode_result(result).SerializeToString()
+    # Canonical (the form StreamJobResult's digest is defined over), so the stored bytes hash
+    # to the digest as they are.
+    return codec.encode_result(result).SerializeToString(deterministic=True)

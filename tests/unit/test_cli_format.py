@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,12 @@ def test_several_registers_give_one_table_each() -> None:
             shots=4,
             registers=[
                 job_pb2.RegisterResult(
-                    name="a", num_bits=1, counts=[job_pb2.Counts(counts={"1": 4})]
+                    name="a", num_bits=1, counts=[job_pb2.Counts(outcomes=b"\x01", counts=[4])]
                 ),
                 job_pb2.RegisterResult(
-                    name="b", num_bits=2, counts=[job_pb2.Counts(counts={"10": 3, "00": 1})]
+                    name="b",
+                    num_bits=2,
+                    counts=[job_pb2.Counts(outcomes=b"\x00\x02", counts=[1, 3])],
                 ),
             ],
         )
@@ -202,24 +205,24 @@ def test_run_command_prints_job_line_and_tables(
         name="jobs/j1",
         state=job_pb2.JOB_STATE_SUCCEEDED,
         execution=job_pb2.ExecutionInfo(backend="backends/aer", seed=7),
-        result=job_pb2.JobResult(
-            pub_results=[
-                job_pb2.PubResult(
-                    sampler=job_pb2.SamplerPubResult(
-                        shots=8,
-                        registers=[
-                            job_pb2.RegisterResult(
-                                name="c",
-                                num_bits=2,
-                                counts=[job_pb2.Counts(counts={"00": 5, "11": 3})],
-                            )
-                        ],
-                    )
-                )
-            ]
-        ),
     )
-    fake = FakeClient(Job.from_proto(msg))
+    result = job_pb2.JobResult(
+        pub_results=[
+            job_pb2.PubResult(
+                sampler=job_pb2.SamplerPubResult(
+                    shots=8,
+                    registers=[
+                        job_pb2.RegisterResult(
+                            name="c",
+                            num_bits=2,
+                            counts=[job_pb2.Counts(outcomes=b"\x00\x03", counts=[5, 3])],
+                        )
+                    ],
+                )
+            )
+        ]
+    )
+    fake = FakeClient(dataclasses.replace(Job.from_proto(msg), result=JobResult.from_proto(result)))
 
     def make(args: argparse.Namespace) -> FakeClient:
         return fake

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from qgateway import client as client_module
 from qgateway.client import AsyncClient, Client, RetryPolicy
 from qgateway.errors import (
+    ERROR_DOMAIN,
     STATUS_DETAILS_KEY,
     AbortedError,
     AlreadyExistsError,
@@ -24,16 +25,19 @@ from qgateway.errors import (
     FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
+    JobFailedError,
     NotFoundError,
     OutOfRangeError,
     PermissionDeniedError,
     QGatewayError,
     ResourceExhaustedError,
+    ResourceInfo,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
     UnknownError,
     from_rpc_error,
+    from_status,
 )
 from qgateway.v1 import job_pb2, job_service_pb2
 
@@ -66,7 +70,7 @@ def status_trailers(code: Any, message: str, *details: Message) -> tuple[tuple[s
 
 
 def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain="qgateway", metadata=metadata)
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
 def retry_info(seconds: int, nanos: int = 0) -> error_details_pb2.RetryInfo:
@@ -128,13 +132,63 @@ def test_invalid_argument_with_error_info_and_field_violations() -> None:
     )
     assert isinstance(err, InvalidArgumentError)
     assert err.reason == "INVALID_QASM"
-    assert err.domain == "qgateway"
+    assert err.domain == "qgateway.dev" and err.from_gateway
     assert err.metadata == {"pub": "0"}
     assert err.field_violations == [
         ("spec.pubs[0].sampler.circuit", "line 3: unknown gate 'foo'"),
         ("spec.pubs[1].sampler.shots", "must be positive"),
     ]
     assert str(err) == "INVALID_ARGUMENT INVALID_QASM: circuit does not parse"
+
+
+def test_not_found_carries_resource_info() -> None:
+    trailers = status_trailers(
+        grpc.StatusCode.NOT_FOUND,
+        "job jobs/abc not found",
+        error_info("JOB_NOT_FOUND", job="jobs/abc"),
+        error_details_pb2.ResourceInfo(
+            resource_type="qgateway.dev/Job", resource_name="jobs/abc", description="no such job"
+        ),
+    )
+    err = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.NOT_FOUND, "job jobs/abc not found", trailers)
+    )
+    assert isinstance(err, NotFoundError)
+    assert err.resource_info == ResourceInfo("qgateway.dev/Job", "jobs/abc", "no such job")
+    assert err.metadata == {"job": "jobs/abc"} and not err.field_violations
+    assert from_rpc_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, "x")).resource_info is None
+
+
+def test_an_error_from_elsewhere_is_not_the_gateways() -> None:
+    trailers = status_trailers(
+        grpc.StatusCode.UNAVAILABLE,
+        "upstream connect error",
+        error_details_pb2.ErrorInfo(reason="UPSTREAM", domain="envoy.example"),
+    )
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "", trailers))
+    assert err.domain == "envoy.example" and not err.from_gateway
+    assert ERROR_DOMAIN == "qgateway.dev"
+
+
+def test_a_job_failure_status_becomes_a_typed_error() -> None:
+    status = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="oom")
+    status.details.add().Pack(error_info("OUT_OF_MEMORY", pubIndex="1"))
+    err = from_status(status)
+    assert isinstance(err, ResourceExhaustedError)
+    assert (err.code, err.reason, err.message, err.metadata) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "OUT_OF_MEMORY",
+        "oom",
+        {"pubIndex": "1"},
+    )
+    assert err.retry_delay is None and not err.quota_violations
+    failed = JobFailedError("jobs/j", "FAILED", error=err)
+    assert (failed.reason, failed.message) == ("OUT_OF_MEMORY", "oom")
+    assert failed.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert failed.metadata == {"pubIndex": "1"}
+    assert str(failed) == "job jobs/j FAILED OUT_OF_MEMORY: oom"
+    cancelled = JobFailedError("jobs/j", "CANCELLED")
+    assert (cancelled.code, cancelled.metadata, cancelled.error) == (None, {}, None)
 
 
 def test_unavailable_carries_retry_delay() -> None:
@@ -248,26 +302,24 @@ class FakeUnary:
 
 def finished_run() -> job_service_pb2.RunResponse:
     return job_service_pb2.RunResponse(
-        job=job_pb2.Job(
-            name="jobs/j1",
-            state=job_pb2.JOB_STATE_SUCCEEDED,
-            result=job_pb2.JobResult(
-                pub_results=[
-                    job_pb2.PubResult(
-                        sampler=job_pb2.SamplerPubResult(
-                            shots=4,
-                            registers=[
-                                job_pb2.RegisterResult(
-                                    name="c",
-                                    num_bits=2,
-                                    counts=[job_pb2.Counts(counts={"00": 3, "11": 1})],
-                                )
-                            ],
-                        )
+        job=job_pb2.Job(name="jobs/j1", state=job_pb2.JOB_STATE_SUCCEEDED),
+        result=job_pb2.JobResult(
+            name="jobs/j1/result",
+            pub_results=[
+                job_pb2.PubResult(
+                    sampler=job_pb2.SamplerPubResult(
+                        shots=4,
+                        registers=[
+                            job_pb2.RegisterResult(
+                                name="c",
+                                num_bits=2,
+                                counts=[job_pb2.Counts(outcomes=b"\x00\x03", counts=[3, 1])],
+                            )
+                        ],
                     )
-                ]
-            ),
-        )
+                )
+            ],
+        ),
     )
 
 

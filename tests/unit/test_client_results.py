@@ -6,15 +6,20 @@ test): registers a (1 bit), b (3 bits) and c (9 bits), a PUB of shape (2, 3), 2 
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
+import grpc  # type: ignore[import-untyped, unused-ignore]
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from qgateway.client import bindings_array, circuit_from_source, observables_from
+from qgateway.errors import InternalError, ResultDigestError
 from qgateway.results import (
     EstimatorPubResult,
     Job,
     JobResult,
     JobState,
+    PackedCounts,
     ResultAssembler,
     SamplerPubResult,
     job_result_from_stream,
@@ -54,6 +59,15 @@ C_COUNTS = [
 ]
 
 
+def packed(counts: dict[str, int], bits: int) -> job_pb2.Counts:
+    """The wire form of one binding's counts: outcome rows ascending, counts alongside."""
+    width = (bits + 7) // 8
+    items = sorted((int(key, 2), n) for key, n in counts.items())
+    return job_pb2.Counts(
+        outcomes=b"".join(v.to_bytes(width, "big") for v, _ in items), counts=[n for _, n in items]
+    )
+
+
 def register(
     name: str, bits: int, samples: bytes, counts: list[dict[str, int]], with_counts: bool = True
 ) -> job_pb2.RegisterResult:
@@ -61,8 +75,18 @@ def register(
         name=name,
         num_bits=bits,
         samples=samples,
-        counts=[job_pb2.Counts(counts=c) for c in counts] if with_counts else [],
+        counts=[packed(c, bits) for c in counts] if with_counts else [],
     )
+
+
+def test_packed_counts_are_bitstrings_in_qiskit_order() -> None:
+    # 9 bits in two bytes: 0x01A5 is 110100101 (character 0 is the highest bit).
+    msg = job_pb2.Counts(outcomes=bytes([0x00, 0x03, 0x01, 0xA5]), counts=[5, 7])
+    counts = PackedCounts.from_proto(msg, 9)
+    assert dict(counts) == {"000000011": 5, "110100101": 7}
+    assert counts == {"110100101": 7, "000000011": 5} and len(counts) == 2
+    with pytest.raises(ValueError, match="outcome bytes"):
+        PackedCounts.from_proto(job_pb2.Counts(outcomes=b"\x01", counts=[1, 2]), 9)
 
 
 def sampler_result(samples: bool = True, counts: bool = True) -> job_pb2.PubResult:
@@ -134,11 +158,11 @@ def test_joint_counts_put_the_last_declared_register_first() -> None:
 
 def test_counts_only_needs_a_register_name() -> None:
     result = JobResult.from_proto(job_pb2.JobResult(pub_results=[sampler_result(samples=False)]))
-    with pytest.raises(ValueError, match="counts_only") as info:
+    with pytest.raises(ValueError, match="counts only") as info:
         result.counts()
     assert "register" in str(info.value)
     assert result.counts(register="c", index=4) == {"110100101": 2}
-    with pytest.raises(ValueError, match="counts_only"):
+    with pytest.raises(ValueError, match="counts only"):
         result.sampler(0)["a"].bitstrings(0)
 
 
@@ -184,7 +208,6 @@ def test_job_from_proto() -> None:
     msg = job_pb2.Job(
         name="jobs/j7",
         tenant="default",
-        request_id="r7",
         backend="backends/aer",
         state=job_pb2.JOB_STATE_SUCCEEDED,
         create_time=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
@@ -197,7 +220,6 @@ def test_job_from_proto() -> None:
         ),
         timings=job_pb2.JobTimings(execute=timedelta(milliseconds=1500)),
         num_pubs=2,
-        result=full_result(),
     )
     job = Job.from_proto(msg)
     assert job.id == "j7"
@@ -210,18 +232,30 @@ def test_job_from_proto() -> None:
     assert job.timings is not None
     assert job.timings.execute == timedelta(seconds=1.5)
     assert job.timings.queued is None
-    assert job.result is not None and len(job.result) == 2
+    assert job.result is None
 
+    error = status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="killed")
+    error.details.add().Pack(
+        error_details_pb2.ErrorInfo(
+            reason="WORKER_CRASHED", domain="qgateway.dev", metadata={"pubIndex": "1"}
+        )
+    )
     failed = Job.from_proto(
         job_pb2.Job(
             name="jobs/j8",
             state=job_pb2.JOB_STATE_FAILED,
-            error=job_pb2.JobError(reason="WORKER_CRASHED", message="killed"),
+            error=error,
             execution=job_pb2.ExecutionInfo(backend="backends/aer"),
         )
     )
     assert failed.state == "FAILED"
     assert failed.error_reason == "WORKER_CRASHED"
+    assert failed.error_message == "killed"
+    assert isinstance(failed.error, InternalError)
+    assert failed.error.code is grpc.StatusCode.INTERNAL
+    assert (failed.error.reason, failed.error.domain) == ("WORKER_CRASHED", "qgateway.dev")
+    assert (failed.error.message, failed.error.metadata) == ("killed", {"pubIndex": "1"})
+    assert job.error is None
     assert failed.execution is not None and failed.execution.seed is None
     assert failed.result is None
     assert JobState.parse("running") is JobState.RUNNING
@@ -256,17 +290,37 @@ def samples(
 
 
 def counts(
-    pub: int, reg: int, offset: int, entries: list[dict[str, int]]
+    pub: int, reg: int, binding: int, entries: dict[str, int], bits: int, offset: int = 0
 ) -> job_service_pb2.StreamJobResultResponse:
     return Resp(
         pub_index=pub,
         counts=job_service_pb2.CountsChunk(
-            register_index=reg, offset=offset, counts=[job_pb2.Counts(counts=c) for c in entries]
+            register_index=reg, binding_index=binding, offset=offset, counts=packed(entries, bits)
         ),
     )
 
 
+def digest(result: job_pb2.JobResult) -> job_service_pb2.StreamJobResultResponse:
+    data = result.SerializeToString(deterministic=True)
+    return Resp(digest=job_service_pb2.ResultDigest(sha256=hashlib.sha256(data).digest()))
+
+
+def counts_chunks() -> list[job_service_pb2.StreamJobResultResponse]:
+    out = []
+    for r, (bits, per_binding) in enumerate(((1, A_COUNTS), (3, B_COUNTS), (9, C_COUNTS))):
+        for b, entries in enumerate(per_binding):
+            out.append(counts(0, r, b, entries, bits))
+    # Register c's binding 3 in two slices: its outcomes 010101010 and 101010101 ascending.
+    index = 12 + 3
+    out[index : index + 1] = [
+        counts(0, 2, 3, {"010101010": 1}, 9, offset=0),
+        counts(0, 2, 3, {"101010101": 1}, 9, offset=1),
+    ]
+    return out
+
+
 def chunked_stream() -> list[job_service_pb2.StreamJobResultResponse]:
+    """The full result's messages (data in any order within a PUB), digest last."""
     return [
         Resp(pub_index=0, header=header(sampler_result())),
         samples(0, 0, 0, A_SAMPLES),
@@ -275,11 +329,7 @@ def chunked_stream() -> list[job_service_pb2.StreamJobResultResponse]:
         samples(0, 2, 0, C_SAMPLES[:10]),
         samples(0, 2, 10, C_SAMPLES[10:20]),
         samples(0, 2, 20, C_SAMPLES[20:]),
-        counts(0, 0, 0, A_COUNTS),
-        counts(0, 1, 0, B_COUNTS[:4]),
-        counts(0, 1, 4, B_COUNTS[4:]),
-        counts(0, 2, 0, C_COUNTS[:3]),
-        counts(0, 2, 3, C_COUNTS[3:]),
+        *counts_chunks(),
         Resp(pub_index=1, header=header(estimator_result())),
         Resp(
             pub_index=1,
@@ -293,6 +343,7 @@ def chunked_stream() -> list[job_service_pb2.StreamJobResultResponse]:
                 offset=2, expectation_values=[0.25], standard_errors=[0.03]
             ),
         ),
+        digest(full_result()),
     ]
 
 
@@ -300,18 +351,112 @@ def test_stream_reassembles_the_full_message() -> None:
     assembler = ResultAssembler()
     for response in chunked_stream():
         assembler.add(response)
+    assert assembler.complete
     assert assembler.proto() == full_result()
     result = job_result_from_stream(chunked_stream())
     assert result == JobResult.from_proto(full_result())
     assert result.sampler(0)["c"].bitstrings((1, 2)) == ["000000001", "110000000"]
     assert result.counts(index=(1, 1)) == {"110100101 101 1": 1, "110100101 101 0": 1}
+    assert result.counts(register="c", index=3) == {"101010101": 1, "010101010": 1}
 
 
 def test_stream_of_counts_only_result() -> None:
-    stream = [r for r in chunked_stream() if r.WhichOneof("chunk") != "samples"]
-    result = job_result_from_stream(stream)
+    without_samples = job_pb2.JobResult(
+        pub_results=[sampler_result(samples=False), estimator_result()]
+    )
+    stream = [r for r in chunked_stream()[:-1] if r.WhichOneof("chunk") != "samples"]
+    result = job_result_from_stream([*stream, digest(without_samples)])
     assert result.sampler(0)["c"].samples == b""
     assert result.counts(register="a", index=2) == {"1": 2}
+
+
+def test_stream_of_samples_only_result() -> None:
+    without_counts = job_pb2.JobResult(
+        pub_results=[sampler_result(counts=False), estimator_result()]
+    )
+    stream = [r for r in chunked_stream()[:-1] if r.WhichOneof("chunk") != "counts"]
+    result = job_result_from_stream([*stream, digest(without_counts)])
+    assert result.sampler(0)["c"].counts_by_binding == ()
+    # Counted from the samples instead.
+    assert result.counts(register="c", index=3) == {"101010101": 1, "010101010": 1}
+
+
+def test_a_result_that_does_not_match_its_digest_is_refused() -> None:
+    tampered = chunked_stream()
+    # One shot of register a flipped: still a well-formed result, just not the gateway's.
+    tampered[1] = samples(0, 0, 0, bytes([0]) + A_SAMPLES[1:])
+    with pytest.raises(ResultDigestError) as info:
+        job_result_from_stream(tampered)
+    err = info.value
+    assert err.reason == "RESULT_DIGEST_MISMATCH"
+    assert err.code is grpc.StatusCode.DATA_LOSS
+    assert err.expected == chunked_stream()[-1].digest.sha256
+    assert err.metadata["expectedSha256"] == err.expected.hex()
+
+
+def _position(response: job_service_pb2.StreamJobResultResponse) -> tuple[int, int] | None:
+    """Where a message sits in binding-major order (None for the digest)."""
+    kind = response.WhichOneof("chunk")
+    if kind == "header":
+        return (response.pub_index, -1)
+    if kind == "samples":
+        return (
+            response.pub_index,
+            response.samples.offset // 2 // (1, 1, 2)[response.samples.register_index],
+        )
+    if kind == "counts":
+        return (response.pub_index, response.counts.binding_index)
+    if kind == "values":
+        return (response.pub_index, response.values.offset)
+    return None
+
+
+def binding_major_stream() -> list[job_service_pb2.StreamJobResultResponse]:
+    """The gateway's order: per PUB its header, then binding by binding (per register its
+    samples, then its counts)."""
+    out = [Resp(pub_index=0, header=header(sampler_result()))]
+    chunks = counts_chunks()
+    for b in range(6):
+        for r, (data, row) in enumerate(((A_SAMPLES, 1), (B_SAMPLES, 1), (C_SAMPLES, 2))):
+            out.append(samples(0, r, b * 2 * row, data[b * 2 * row : (b + 1) * 2 * row]))
+            out.extend(
+                c for c in chunks if c.counts.register_index == r and c.counts.binding_index == b
+            )
+    out.extend(chunked_stream()[-4:])  # the estimator PUB and the digest
+    return out
+
+
+@pytest.mark.parametrize("cut", range(1, 42))
+def test_a_broken_stream_resumes_from_the_binding_it_was_in(cut: int) -> None:
+    full = binding_major_stream()
+    assert len(full) == 42  # every cut but "nothing yet" and "all of it"
+    assembler = ResultAssembler()
+    for response in full[:cut]:
+        assembler.add(response)
+    pub, binding = assembler.resume_position()
+    # The gateway's answer to the resumed request: the PUB's header again, then from the
+    # binding on (a later PUB from its start).
+    resumed = [Resp(pub_index=pub, header=full[0].header if pub == 0 else full[-4].header)]
+    for response in full[:-1]:
+        position = _position(response)
+        assert position is not None
+        if position[1] < 0:  # a header: later PUBs' come again
+            if position[0] > pub:
+                resumed.append(response)
+        elif position >= (pub, binding):
+            resumed.append(response)
+    resumed.append(full[-1])
+    for response in resumed:
+        assembler.add(response)
+    assert assembler.proto() == full_result()
+
+
+def test_resuming_a_complete_stream_is_an_error() -> None:
+    assembler = ResultAssembler()
+    for response in chunked_stream():
+        assembler.add(response)
+    with pytest.raises(ValueError, match="complete"):
+        assembler.resume_position()
 
 
 @pytest.mark.parametrize(
@@ -319,14 +464,45 @@ def test_stream_of_counts_only_result() -> None:
     [
         # A samples chunk lost in the middle of register c.
         [r for i, r in enumerate(chunked_stream()) if i != 5],
-        # A counts run missing.
-        [r for i, r in enumerate(chunked_stream()) if i != 9],
+        # One binding's counts missing (register a, binding 3).
+        [
+            r
+            for r in chunked_stream()
+            if not (r.HasField("counts") and r.counts.register_index == 0)
+            or r.counts.binding_index != 3
+        ],
+        # The second slice of a split binding missing: its counts do not add up to the shots.
+        [
+            r
+            for r in chunked_stream()
+            if not (r.HasField("counts") and r.counts.register_index == 2 and r.counts.offset == 1)
+        ],
+        # A gap between slices.
+        [*chunked_stream()[:-1], counts(0, 2, 3, {"111111111": 1}, 9, offset=5)],
+        # Outcome bytes that do not divide into rows.
+        [
+            *chunked_stream()[:-1],
+            Resp(
+                pub_index=0,
+                counts=job_service_pb2.CountsChunk(
+                    register_index=2,
+                    binding_index=0,
+                    counts=job_pb2.Counts(outcomes=b"\x01", counts=[1]),
+                ),
+            ),
+        ],
+        # Counts of a binding past the PUB's shape.
+        [*chunked_stream()[:-1], counts(0, 0, 6, {"1": 2}, 1)],
         # Data before its header.
         chunked_stream()[1:],
         # Headers out of order.
-        [chunked_stream()[12], *chunked_stream()[:12]],
+        [chunked_stream()[-4], *chunked_stream()[:-4]],
         # Bytes beyond the register's size.
         [*chunked_stream()[:2], samples(0, 0, 12, b"\x01")],
+        # No digest at the end.
+        chunked_stream()[:-1],
+        # Data after the digest.
+        [*chunked_stream(), samples(0, 0, 0, A_SAMPLES)],
         # Nothing at all.
         [],
     ],

@@ -28,13 +28,19 @@ from collections.abc import (
 )
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 # grpc ships no type information; the unused-ignore code keeps these lines clean once stubs exist.
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 
-from qgateway.errors import JobFailedError, QGatewayError, from_rpc_error
+from qgateway.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    JobFailedError,
+    QGatewayError,
+    from_rpc_error,
+)
 from qgateway.results import (
     Backend,
     EstimatorPubResult,
@@ -44,6 +50,7 @@ from qgateway.results import (
     ResultAssembler,
 )
 from qgateway.v1 import (
+    backend_pb2,
     backend_service_pb2,
     backend_service_pb2_grpc,
     circuit_pb2,
@@ -56,11 +63,13 @@ __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TARGET",
     "AsyncClient",
+    "BackendViewLike",
     "Client",
     "ObservableLike",
     "ObservablesLike",
     "ParameterValues",
     "RetryPolicy",
+    "SamplerOutputLike",
     "bindings_array",
     "circuit_from_source",
     "estimator_pub",
@@ -373,15 +382,14 @@ def _job_spec(
     backend: str,
     default_shots: int | None,
     seed: int | None,
-    counts_only: bool,
+    sampler_output: job_pb2.SamplerOutput,
     default_precision: float | None,
     fallback_backend: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> job_pb2.JobSpec:
     if not pubs:
         raise ValueError("a job needs at least one PUB")
-    options = job_pb2.JobOptions(
-        sampler_output=job_pb2.SAMPLER_OUTPUT_COUNTS if counts_only else 0
-    )
+    options = job_pb2.JobOptions(sampler_output=sampler_output)
     if default_shots is not None:
         options.default_shots = default_shots
     if seed is not None:
@@ -391,7 +399,39 @@ def _job_spec(
     if fallback_backend:
         # Used only when the backend's circuit breaker is open at submission.
         options.fallback_backend = _backend_name(fallback_backend)
-    return job_pb2.JobSpec(backend=_backend_name(backend), pubs=list(pubs), options=options)
+    spec = job_pb2.JobSpec(backend=_backend_name(backend), pubs=list(pubs), options=options)
+    if labels:
+        # Keys [a-z][a-z0-9_-]{0,62}, values [a-z0-9_-]{0,63}, at most 64: checked by the gateway.
+        spec.labels.update(labels)
+    return spec
+
+
+#: What sampler PUBs return: "samples_and_counts", "samples" or "counts" (any case, with or
+#: without the "SAMPLER_OUTPUT_" prefix), or a `job_pb2.SamplerOutput` number.
+SamplerOutputLike: TypeAlias = str | int
+
+
+def _sampler_output(value: SamplerOutputLike | None, counts_only: bool) -> job_pb2.SamplerOutput:
+    counts = job_pb2.SAMPLER_OUTPUT_COUNTS
+    if value is None:
+        return counts if counts_only else job_pb2.SAMPLER_OUTPUT_UNSPECIFIED
+    if isinstance(value, int):
+        if value not in job_pb2.SamplerOutput.values():
+            raise ValueError(f"unknown sampler output {value}")
+        number = cast("job_pb2.SamplerOutput", value)
+    else:
+        name = value.strip().upper().removeprefix("SAMPLER_OUTPUT_")
+        try:
+            number = cast(
+                "job_pb2.SamplerOutput", job_pb2.SamplerOutput.Value(f"SAMPLER_OUTPUT_{name}")
+            )
+        except ValueError:
+            raise ValueError(
+                f"unknown sampler output {value!r}: samples_and_counts, samples or counts"
+            ) from None
+    if counts_only and number != counts:
+        raise ValueError(f"counts_only=True contradicts sampler_output={value!r}")
+    return number
 
 
 def _prefixed(name: str, prefix: str, what: str) -> str:
@@ -409,14 +449,41 @@ def _backend_name(name: str) -> str:
     return _prefixed(name, "backends/", "backend")
 
 
+#: How much of a backend to return: "BASIC" (everyone) or "FULL" (admin callers: health,
+#: breaker, pool), or a `backend_pb2.BackendView` number.
+BackendViewLike: TypeAlias = str | int
+
+
+def _backend_view(view: BackendViewLike) -> backend_pb2.BackendView:
+    if isinstance(view, int):
+        return cast("backend_pb2.BackendView", view)
+    name = view.strip().upper().removeprefix("BACKEND_VIEW_")
+    try:
+        number = backend_pb2.BackendView.Value(f"BACKEND_VIEW_{name}")
+    except ValueError:
+        raise ValueError(f"unknown backend view {view!r}: BASIC or FULL") from None
+    return cast("backend_pb2.BackendView", number)
+
+
+def _target_name(name: str) -> str:
+    """'aer', 'backends/aer' or 'backends/aer/target' -> 'backends/aer/target'."""
+    name = name.strip()
+    return name if name.endswith("/target") else _backend_name(name) + "/target"
+
+
 def _list_filter(filter: str, states: Iterable[JobState | str | int], backend: str) -> str:
-    """An AIP-160 filter from the typed arguments, AND-ed with `filter`."""
-    clauses = [f"({filter})"] if filter else []
+    """An AIP-160 filter from the typed arguments, AND-ed with `filter`.
+
+    The gateway's subset is a plain AND of clauses (OR only inside parentheses, on one field),
+    so the parts are joined as they are: parentheses around an AND are not in the subset.
+    """
+    clauses = [filter] if filter.strip() else []
     names = sorted({JobState.parse(s).value for s in states})
     if names:
         clauses.append("(" + " OR ".join(f"state = {n}" for n in names) + ")")
     if backend:
-        clauses.append(f'backend = "{_backend_name(backend)}"')
+        quoted = _backend_name(backend).replace("\\", "\\\\").replace('"', '\\"')
+        clauses.append(f'backend = "{quoted}"')
     return " AND ".join(clauses)
 
 
@@ -428,17 +495,40 @@ def _new_request_id(request_id: str | None) -> str:
 def _result_of(job: Job) -> JobResult:
     """The result of a finished job, or the job's failure as an exception."""
     if job.state in (JobState.FAILED, JobState.CANCELLED):
-        raise JobFailedError(job.name, job.state.value, job.error_reason, job.error_message)
+        raise JobFailedError(
+            job.name, job.state.value, job.error_reason, job.error_message, error=job.error
+        )
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise RuntimeError(f"job {job.name} is {job.state.value} without a result")
     return job.result
 
 
 def _run_job(response: job_service_pb2.RunResponse) -> Job:
-    job = Job.from_proto(response.job)
+    job = replace(Job.from_proto(response.job), created=response.created)
     if response.HasField("result"):
         return replace(job, result=JobResult.from_proto(response.result))
     return replace(job, result_too_large=response.result_too_large)
+
+
+def _watched(response: job_service_pb2.WatchJobResponse) -> Job:
+    job = Job.from_proto(response.job)
+    return replace(job, heartbeat=True) if response.heartbeat else job
+
+
+# Run answers just before the caller's deadline (at most 50 ms before it): an answer that
+# leaves less than this of the caller's time came from its own deadline, not the server's cap.
+_RUN_CAP_MIN_REMAINING_S = 0.1
+
+
+def _capped_run(err: DeadlineExceededError, deadline: float | None) -> str | None:
+    """The job a Run left running because the gateway's Run wait limit passed while the
+    caller's own timeout still allows waiting; None when the caller's time is up."""
+    if err.reason != "RUN_DEADLINE_EXCEEDED" or err.job is None:
+        return None
+    remaining = _remaining(deadline)
+    if remaining is not None and remaining < _RUN_CAP_MIN_REMAINING_S:
+        return None
+    return err.job
 
 
 def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> QGatewayError:
@@ -448,6 +538,70 @@ def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> 
     if job is not None:
         err.metadata.setdefault("job", job)
     return err
+
+
+class _ResultFetch:
+    """Fetching one result with StreamJobResult, without I/O: each attempt's request (resuming
+    from where the previous stream broke) and whether to make another attempt.
+
+    A stream that breaks with UNAVAILABLE, or with INTERNAL after it delivered something (a
+    connection reset mid-stream), is resumed from the binding it was in; the attempts that
+    bring no further progress are bounded by the retry policy's max_attempts.
+    """
+
+    def __init__(
+        self, name: str, chunk_bytes: int, policy: RetryPolicy, deadline: float | None
+    ) -> None:
+        self.job = _job_name(name)
+        self.chunk_bytes = chunk_bytes
+        self.policy = policy
+        self.deadline = deadline
+        self.assembler = ResultAssembler(self.job)
+        self.start: tuple[int, int] | None = None
+        self.received = 0
+        self.stalled = 0  # failed attempts in a row that made no progress
+
+    def request(self) -> job_service_pb2.StreamJobResultRequest:
+        self.start = (0, 0) if self.start is None else self.assembler.resume_position()
+        self.received = 0
+        return job_service_pb2.StreamJobResultRequest(
+            name=f"{self.job}/result",
+            chunk_bytes=self.chunk_bytes,
+            start_pub_index=self.start[0],
+            start_binding_index=self.start[1],
+        )
+
+    def add(self, response: job_service_pb2.StreamJobResultResponse) -> None:
+        self.assembler.add(response)
+        self.received += 1
+
+    def result(self) -> JobResult:
+        return self.assembler.result()
+
+    def retry_delay(self, error: QGatewayError) -> float | None:
+        """Seconds to wait before resuming, or None to raise `error`."""
+        broken = error.code == grpc.StatusCode.UNAVAILABLE or (
+            error.code == grpc.StatusCode.INTERNAL and self.received > 0
+        )
+        if not broken or self.assembler.complete:
+            return None
+        progressed = self.start is not None and self.assembler.position > self.start
+        self.stalled = 1 if progressed else self.stalled + 1
+        if self.stalled >= self.policy.max_attempts:
+            return None
+        delay = (
+            error.retry_delay
+            if error.retry_delay is not None
+            else self.policy.backoff(self.stalled)
+        )
+        remaining = _remaining(self.deadline)
+        if remaining is not None and delay >= remaining:
+            return None
+        return delay
+
+
+def _is_too_large(error: QGatewayError) -> bool:
+    return isinstance(error, FailedPreconditionError) and error.reason == "RESULT_TOO_LARGE"
 
 
 # Stubs are built through Any: the generated *_grpc modules are untyped.
@@ -530,30 +684,42 @@ class Client:
             _sleep(delay)
 
     def _complete(self, job: Job, deadline: float | None) -> Job:
-        """Fetches a result that was too large for the answer."""
+        """Adds the result of a SUCCEEDED job that came without it."""
         if job.result is None and job.state is JobState.SUCCEEDED:
-            return replace(job, result=self._stream_result(job.name, deadline, 0))
+            if job.result_too_large:  # Run said so: straight to the stream
+                return replace(job, result=self._stream_result(job.name, deadline, 0))
+            return replace(job, result=self._fetch_result(job.name, deadline))
         return job
 
+    def _fetch_result(self, name: str, deadline: float | None) -> JobResult:
+        """GetJobResult, or StreamJobResult when the result does not fit one message."""
+        try:
+            response: job_service_pb2.GetJobResultResponse = self._unary(
+                self._jobs.GetJobResult,
+                job_service_pb2.GetJobResultRequest(name=f"{_job_name(name)}/result"),
+                deadline=deadline,
+                retry=True,
+            )
+        except QGatewayError as err:
+            if not _is_too_large(err):
+                raise
+            return self._stream_result(name, deadline, 0)
+        return JobResult.from_proto(response.result)
+
     def _stream_result(self, name: str, deadline: float | None, chunk_bytes: int) -> JobResult:
-        request = job_service_pb2.StreamJobResultRequest(
-            name=f"{_job_name(name)}/result", chunk_bytes=chunk_bytes
-        )
-        attempt = 0
+        fetch = _ResultFetch(name, chunk_bytes, self.retry, deadline)
         while True:
-            attempt += 1
-            assembler = ResultAssembler()  # a retry starts the stream over
             delay: float | None = None
             call = self._jobs.StreamJobResult(
-                request, timeout=_remaining(deadline), metadata=self._metadata
+                fetch.request(), timeout=_remaining(deadline), metadata=self._metadata
             )
             try:
                 for response in call:
-                    assembler.add(response)
-                return assembler.result()
+                    fetch.add(response)
+                return fetch.result()
             except grpc.RpcError as exc:
-                err = _tag(from_rpc_error(exc), None, name)
-                delay = _retry_delay(self.retry, err, attempt, deadline)
+                err = _tag(from_rpc_error(exc), None, fetch.job)
+                delay = fetch.retry_delay(err)
                 if delay is None:
                     raise err from exc
             finally:
@@ -572,6 +738,7 @@ class Client:
         parameter_values: ParameterValues | None = None,
         parameters: Sequence[str] | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> JobResult:
@@ -584,11 +751,16 @@ class Client:
             seed: Sampling seed; None lets the gateway pick (and report) one.
             parameter_values: Shape (*sweep, n_params), or a flat list for one binding.
             parameters: Parameter names per column; None for the circuit's order.
-            counts_only: Keep only counts (smaller results; no per-shot samples).
+            counts_only: Shorthand for sampler_output="counts".
+            sampler_output: What the job returns per register: "samples_and_counts" (None, the
+                default), "samples" (no counts) or "counts" (no per-shot samples); admission
+                sizes the result by what is asked for.
             request_id: Idempotency key; a fresh one is generated when None.
-            timeout: Seconds for the whole call (the Run deadline). When it passes the job keeps
+            timeout: Seconds for the whole call (None: no limit). When it passes the job keeps
                 running: the DeadlineExceededError carries `job` (when the gateway named it)
                 and `request_id`; calling run again with that request_id gets the same job.
+                The gateway's own Run wait limit (60 s by default) does not end the call: the
+                client then follows the job with WatchJob for the rest of `timeout`.
 
         Returns:
             The result; `.counts()` gives the counts of the first binding.
@@ -606,6 +778,7 @@ class Client:
             backend=backend,
             seed=seed,
             counts_only=counts_only,
+            sampler_output=sampler_output,
             request_id=request_id,
             timeout=timeout,
         )
@@ -663,28 +836,50 @@ class Client:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
         fallback_backend: str | None = None,
         default_precision: float | None = None,
+        labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Runs PUBs as one job (the Run RPC) and returns the finished job with its result.
 
         A failed or cancelled job is returned, not raised; check `job.state`. Results too large
-        for one message are fetched with StreamJobResult within the same timeout.
+        for one message are fetched with StreamJobResult within the same timeout. When the
+        gateway's Run wait limit passes before `timeout` (or with no timeout), the job is
+        followed with WatchJob until it ends or `timeout` passes.
         """
         spec = _job_spec(
-            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+            pubs,
+            backend,
+            default_shots,
+            seed,
+            _sampler_output(sampler_output, counts_only),
+            default_precision,
+            fallback_backend,
+            labels,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
-        response: job_service_pb2.RunResponse = self._unary(
-            self._jobs.Run,
-            job_service_pb2.RunRequest(request_id=rid, spec=spec),
-            deadline=deadline,
-            retry=True,
-            request_id=rid,
-        )
+        try:
+            response: job_service_pb2.RunResponse = self._unary(
+                self._jobs.Run,
+                job_service_pb2.RunRequest(request_id=rid, spec=spec),
+                deadline=deadline,
+                retry=True,
+                request_id=rid,
+            )
+        except DeadlineExceededError as err:
+            name = _capped_run(err, deadline)
+            if name is None:
+                raise
+            # The gateway's Run wait limit passed, not our timeout: follow the job instead.
+            try:
+                return self.wait(name, timeout=_remaining(deadline))
+            except QGatewayError as late:
+                _tag(late, rid, name)
+                raise
         job = _run_job(response)
         try:
             return self._complete(job, deadline)
@@ -702,10 +897,17 @@ class Client:
         parameter_values: ParameterValues | None = None,
         parameters: Sequence[str] | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
+        labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """Submits one circuit (arguments as for `run`) and returns the queued job at once."""
+        """Submits one circuit (arguments as for `run`) and returns the queued job at once.
+
+        `labels` are stored with the job (ListJobs filters on them). The returned job's
+        `created` is False when the gateway returned the job of an earlier call with the same
+        `request_id` instead of creating one.
+        """
         return self.submit_pubs(
             [
                 sampler_pub(
@@ -715,6 +917,8 @@ class Client:
             backend=backend,
             seed=seed,
             counts_only=counts_only,
+            sampler_output=sampler_output,
+            labels=labels,
             request_id=request_id,
             timeout=timeout,
         )
@@ -727,14 +931,28 @@ class Client:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
         fallback_backend: str | None = None,
         default_precision: float | None = None,
+        labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """Submits PUBs as one job (SubmitJob) and returns it without waiting."""
+        """Submits PUBs as one job (SubmitJob) and returns it without waiting.
+
+        The job's `created` is True when this call created it, False when the gateway returned
+        the job of an earlier request with the same `request_id` (a retry; the same request in
+        any spelling, e.g. "aer" or "backends/aer"). `labels` are stored with the job.
+        """
         spec = _job_spec(
-            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+            pubs,
+            backend,
+            default_shots,
+            seed,
+            _sampler_output(sampler_output, counts_only),
+            default_precision,
+            fallback_backend,
+            labels,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = self._unary(
@@ -744,7 +962,8 @@ class Client:
             retry=True,
             request_id=rid,
         )
-        return Job.from_proto(response.job)
+        # Whether this call created the job or got an earlier request's (same request_id).
+        return replace(Job.from_proto(response.job), created=response.created)
 
     def get_job(self, name: str, *, view_basic: bool = False, timeout: float | None = None) -> Job:
         """Gets a job; with its result (streamed when too large) unless view_basic.
@@ -778,8 +997,16 @@ class Client:
         remaining = _remaining(deadline)
         return self.get_job(final.name, timeout=remaining)
 
-    def watch(self, name: str, *, timeout: float | None = None) -> Generator[Job, None, None]:
+    def watch(
+        self, name: str, *, timeout: float | None = None, heartbeats: bool = False
+    ) -> Generator[Job, None, None]:
         """Follows a job: its current state, then every change, ending after a final state.
+
+        While the job is QUEUED, `job.queue_position` says how many jobs are ahead of it; the
+        gateway's heartbeats (sent when nothing changed for its heartbeat interval) carry the
+        current position, and one that moved is yielded like a change. Heartbeats with nothing
+        new are skipped unless `heartbeats` is True; then they are yielded too, with
+        `job.heartbeat` set (to tell a quiet stream from a dead one).
 
         Leaving the loop early stops watching; it never cancels the job. A stream dropped with
         UNAVAILABLE is resumed (the repeated current state is not yielded twice).
@@ -795,11 +1022,13 @@ class Client:
             )
             try:
                 for response in call:
-                    if last is not None and response.job == last:
+                    # A repeat (a resumed stream, or a heartbeat with nothing new) is skipped.
+                    repeat = last is not None and response.job == last
+                    if repeat and not (heartbeats and response.heartbeat):
                         continue
                     last = response.job
                     attempt = 0
-                    yield Job.from_proto(response.job)
+                    yield _watched(response)
                 return
             except grpc.RpcError as exc:
                 attempt += 1
@@ -812,7 +1041,11 @@ class Client:
             _sleep(delay)
 
     def cancel(self, name: str, *, timeout: float | None = None) -> Job:
-        """Cancels a queued or running job (never retried) and returns it."""
+        """Asks for a queued or running job to be cancelled (never retried) and returns it at
+        once: CANCELLING while its backend is being stopped, or already CANCELLED (a queued
+        job). `wait` or `watch` shows it end: CANCELLED, or SUCCEEDED/FAILED if it finished
+        first. Cancelling a cancelling or cancelled job is a no-op; a finished one raises
+        FailedPreconditionError (reason JOB_ALREADY_FINISHED)."""
         response: job_service_pb2.CancelJobResponse = self._unary(
             self._jobs.CancelJob,
             job_service_pb2.CancelJobRequest(name=_job_name(name)),
@@ -853,17 +1086,47 @@ class Client:
                 return
             request.page_token = response.next_page_token
 
+    def get_result(self, name: str, *, timeout: float | None = None) -> JobResult:
+        """The result of a SUCCEEDED job: GetJobResult, or StreamJobResult when it is larger
+        than one message.
+
+        Args:
+            name: "jobs/{job}", "jobs/{job}/result" or just the id.
+            timeout: Seconds for the whole call, streaming included.
+
+        Raises:
+            FailedPreconditionError: RESULT_NOT_READY when the job has not succeeded.
+        """
+        return self._fetch_result(_job_name(name.removesuffix("/result")), _deadline(timeout))
+
     def stream_result(
         self, name: str, *, chunk_bytes: int = 0, timeout: float | None = None
     ) -> JobResult:
-        """Fetches a job's result with StreamJobResult (for results of any size)."""
-        return self._stream_result(_job_name(name), _deadline(timeout), chunk_bytes)
+        """Fetches a job's result with StreamJobResult (for results of any size).
+
+        A stream that breaks (UNAVAILABLE, or INTERNAL mid-way) is resumed from the binding it
+        was in; the result is checked against the SHA-256 the gateway sends last.
+
+        Args:
+            name: "jobs/{job}", "jobs/{job}/result" or just the id.
+            chunk_bytes: Payload bytes per message; 0 for the server's default (1 MiB).
+            timeout: Seconds for the whole call, resumptions included.
+
+        Raises:
+            ResultDigestError: The reassembled result does not match the gateway's digest.
+        """
+        return self._stream_result(
+            _job_name(name.removesuffix("/result")), _deadline(timeout), chunk_bytes
+        )
 
     # -- backends ------------------------------------------------------------------------------
 
-    def list_backends(self, *, timeout: float | None = None) -> list[Backend]:
-        """All backends, in name order."""
-        request = backend_service_pb2.ListBackendsRequest()
+    def list_backends(
+        self, *, view: BackendViewLike = "BASIC", timeout: float | None = None
+    ) -> list[Backend]:
+        """The backends this caller may use, in name order (FULL view: admin callers only,
+        else PermissionDeniedError with reason ADMIN_VIEW_DENIED)."""
+        request = backend_service_pb2.ListBackendsRequest(view=_backend_view(view))
         backends: list[Backend] = []
         while True:
             response: backend_service_pb2.ListBackendsResponse = self._unary(
@@ -874,15 +1137,33 @@ class Client:
                 return backends
             request.page_token = response.next_page_token
 
-    def get_backend(self, name: str, *, timeout: float | None = None) -> Backend:
-        """One backend, by name with or without "backends/"."""
+    def get_backend(
+        self, name: str, *, view: BackendViewLike = "BASIC", timeout: float | None = None
+    ) -> Backend:
+        """One backend, by name with or without "backends/" (FULL view: admin callers only,
+        else PermissionDeniedError with reason ADMIN_VIEW_DENIED)."""
         response: backend_service_pb2.GetBackendResponse = self._unary(
             self._backends.GetBackend,
-            backend_service_pb2.GetBackendRequest(name=_backend_name(name)),
+            backend_service_pb2.GetBackendRequest(
+                name=_backend_name(name), view=_backend_view(view)
+            ),
             deadline=_deadline(timeout),
             retry=True,
         )
         return Backend.from_proto(response.backend)
+
+    def get_backend_target(
+        self, name: str, *, timeout: float | None = None
+    ) -> backend_pb2.BackendTarget:
+        """What Qiskit needs to build a Target for a backend ("aer", "backends/aer" or
+        "backends/aer/target"); `qgateway.qiskit_target.to_target` turns it into one."""
+        response: backend_service_pb2.GetBackendTargetResponse = self._unary(
+            self._backends.GetBackendTarget,
+            backend_service_pb2.GetBackendTargetRequest(name=_target_name(name)),
+            deadline=_deadline(timeout),
+            retry=True,
+        )
+        return response.target
 
 
 class AsyncClient:
@@ -984,30 +1265,41 @@ class AsyncClient:
 
     async def _complete(self, job: Job, deadline: float | None) -> Job:
         if job.result is None and job.state is JobState.SUCCEEDED:
-            return replace(job, result=await self._stream_result(job.name, deadline, 0))
+            if job.result_too_large:
+                return replace(job, result=await self._stream_result(job.name, deadline, 0))
+            return replace(job, result=await self._fetch_result(job.name, deadline))
         return job
+
+    async def _fetch_result(self, name: str, deadline: float | None) -> JobResult:
+        try:
+            response: job_service_pb2.GetJobResultResponse = await self._unary(
+                self._jobs.GetJobResult,
+                job_service_pb2.GetJobResultRequest(name=f"{_job_name(name)}/result"),
+                deadline=deadline,
+                retry=True,
+            )
+        except QGatewayError as err:
+            if not _is_too_large(err):
+                raise
+            return await self._stream_result(name, deadline, 0)
+        return JobResult.from_proto(response.result)
 
     async def _stream_result(
         self, name: str, deadline: float | None, chunk_bytes: int
     ) -> JobResult:
-        request = job_service_pb2.StreamJobResultRequest(
-            name=f"{_job_name(name)}/result", chunk_bytes=chunk_bytes
-        )
-        attempt = 0
+        fetch = _ResultFetch(name, chunk_bytes, self.retry, deadline)
         while True:
-            attempt += 1
-            assembler = ResultAssembler()
             delay: float | None = None
             call = self._jobs.StreamJobResult(
-                request, timeout=_remaining(deadline), metadata=self._metadata
+                fetch.request(), timeout=_remaining(deadline), metadata=self._metadata
             )
             try:
                 async for response in call:
-                    assembler.add(response)
-                return assembler.result()
+                    fetch.add(response)
+                return fetch.result()
             except grpc.RpcError as exc:
-                err = _tag(from_rpc_error(exc), None, name)
-                delay = _retry_delay(self.retry, err, attempt, deadline)
+                err = _tag(from_rpc_error(exc), None, fetch.job)
+                delay = fetch.retry_delay(err)
                 if delay is None:
                     raise err from exc
             finally:
@@ -1026,6 +1318,7 @@ class AsyncClient:
         parameter_values: ParameterValues | None = None,
         parameters: Sequence[str] | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> JobResult:
@@ -1039,6 +1332,7 @@ class AsyncClient:
             backend=backend,
             seed=seed,
             counts_only=counts_only,
+            sampler_output=sampler_output,
             request_id=request_id,
             timeout=timeout,
         )
@@ -1078,24 +1372,44 @@ class AsyncClient:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
         fallback_backend: str | None = None,
         default_precision: float | None = None,
+        labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Runs PUBs as one job and returns the finished job; see `Client.run_pubs`."""
         spec = _job_spec(
-            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+            pubs,
+            backend,
+            default_shots,
+            seed,
+            _sampler_output(sampler_output, counts_only),
+            default_precision,
+            fallback_backend,
+            labels,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
-        response: job_service_pb2.RunResponse = await self._unary(
-            self._jobs.Run,
-            job_service_pb2.RunRequest(request_id=rid, spec=spec),
-            deadline=deadline,
-            retry=True,
-            request_id=rid,
-        )
+        try:
+            response: job_service_pb2.RunResponse = await self._unary(
+                self._jobs.Run,
+                job_service_pb2.RunRequest(request_id=rid, spec=spec),
+                deadline=deadline,
+                retry=True,
+                request_id=rid,
+            )
+        except DeadlineExceededError as err:
+            name = _capped_run(err, deadline)
+            if name is None:
+                raise
+            # The gateway's Run wait limit passed, not our timeout: follow the job instead.
+            try:
+                return await self.wait(name, timeout=_remaining(deadline))
+            except QGatewayError as late:
+                _tag(late, rid, name)
+                raise
         job = _run_job(response)
         try:
             return await self._complete(job, deadline)
@@ -1113,6 +1427,8 @@ class AsyncClient:
         parameter_values: ParameterValues | None = None,
         parameters: Sequence[str] | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
+        labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1126,6 +1442,8 @@ class AsyncClient:
             backend=backend,
             seed=seed,
             counts_only=counts_only,
+            sampler_output=sampler_output,
+            labels=labels,
             request_id=request_id,
             timeout=timeout,
         )
@@ -1138,14 +1456,23 @@ class AsyncClient:
         default_shots: int | None = None,
         seed: int | None = None,
         counts_only: bool = False,
+        sampler_output: SamplerOutputLike | None = None,
         fallback_backend: str | None = None,
         default_precision: float | None = None,
+        labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Submits PUBs as one job without waiting; see `Client.submit_pubs`."""
         spec = _job_spec(
-            pubs, backend, default_shots, seed, counts_only, default_precision, fallback_backend
+            pubs,
+            backend,
+            default_shots,
+            seed,
+            _sampler_output(sampler_output, counts_only),
+            default_precision,
+            fallback_backend,
+            labels,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = await self._unary(
@@ -1155,7 +1482,8 @@ class AsyncClient:
             retry=True,
             request_id=rid,
         )
-        return Job.from_proto(response.job)
+        # Whether this call created the job or got an earlier request's (same request_id).
+        return replace(Job.from_proto(response.job), created=response.created)
 
     async def get_job(
         self, name: str, *, view_basic: bool = False, timeout: float | None = None
@@ -1185,7 +1513,9 @@ class AsyncClient:
             raise RuntimeError(f"the watch of {_job_name(name)} ended before a final state")
         return await self.get_job(final.name, timeout=_remaining(deadline))
 
-    async def watch(self, name: str, *, timeout: float | None = None) -> AsyncGenerator[Job, None]:
+    async def watch(
+        self, name: str, *, timeout: float | None = None, heartbeats: bool = False
+    ) -> AsyncGenerator[Job, None]:
         """Follows a job until a final state; see `Client.watch`."""
         request = job_service_pb2.WatchJobRequest(name=_job_name(name))
         deadline = _deadline(timeout)
@@ -1198,11 +1528,13 @@ class AsyncClient:
             )
             try:
                 async for response in call:
-                    if last is not None and response.job == last:
+                    # A repeat (a resumed stream, or a heartbeat with nothing new) is skipped.
+                    repeat = last is not None and response.job == last
+                    if repeat and not (heartbeats and response.heartbeat):
                         continue
                     last = response.job
                     attempt = 0
-                    yield Job.from_proto(response.job)
+                    yield _watched(response)
                 return
             except grpc.RpcError as exc:
                 attempt += 1
@@ -1215,7 +1547,7 @@ class AsyncClient:
             await _async_sleep(delay)
 
     async def cancel(self, name: str, *, timeout: float | None = None) -> Job:
-        """Cancels a queued or running job (never retried)."""
+        """Asks for a job to be cancelled and returns it at once; see `Client.cancel`."""
         response: job_service_pb2.CancelJobResponse = await self._unary(
             self._jobs.CancelJob,
             job_service_pb2.CancelJobRequest(name=_job_name(name)),
@@ -1248,17 +1580,25 @@ class AsyncClient:
                 return
             request.page_token = response.next_page_token
 
+    async def get_result(self, name: str, *, timeout: float | None = None) -> JobResult:
+        """The result of a SUCCEEDED job; see `Client.get_result`."""
+        return await self._fetch_result(_job_name(name.removesuffix("/result")), _deadline(timeout))
+
     async def stream_result(
         self, name: str, *, chunk_bytes: int = 0, timeout: float | None = None
     ) -> JobResult:
-        """Fetches a job's result with StreamJobResult."""
-        return await self._stream_result(_job_name(name), _deadline(timeout), chunk_bytes)
+        """Fetches a job's result with StreamJobResult; see `Client.stream_result`."""
+        return await self._stream_result(
+            _job_name(name.removesuffix("/result")), _deadline(timeout), chunk_bytes
+        )
 
     # -- backends ------------------------------------------------------------------------------
 
-    async def list_backends(self, *, timeout: float | None = None) -> list[Backend]:
-        """All backends, in name order."""
-        request = backend_service_pb2.ListBackendsRequest()
+    async def list_backends(
+        self, *, view: BackendViewLike = "BASIC", timeout: float | None = None
+    ) -> list[Backend]:
+        """The backends this caller may use, in name order (FULL view: admin callers only)."""
+        request = backend_service_pb2.ListBackendsRequest(view=_backend_view(view))
         backends: list[Backend] = []
         while True:
             response: backend_service_pb2.ListBackendsResponse = await self._unary(
@@ -1269,12 +1609,28 @@ class AsyncClient:
                 return backends
             request.page_token = response.next_page_token
 
-    async def get_backend(self, name: str, *, timeout: float | None = None) -> Backend:
-        """One backend, by name with or without "backends/"."""
+    async def get_backend(
+        self, name: str, *, view: BackendViewLike = "BASIC", timeout: float | None = None
+    ) -> Backend:
+        """One backend, by name with or without "backends/" (FULL view: admin callers only)."""
         response: backend_service_pb2.GetBackendResponse = await self._unary(
             self._backends.GetBackend,
-            backend_service_pb2.GetBackendRequest(name=_backend_name(name)),
+            backend_service_pb2.GetBackendRequest(
+                name=_backend_name(name), view=_backend_view(view)
+            ),
             deadline=_deadline(timeout),
             retry=True,
         )
         return Backend.from_proto(response.backend)
+
+    async def get_backend_target(
+        self, name: str, *, timeout: float | None = None
+    ) -> backend_pb2.BackendTarget:
+        """What Qiskit needs to build a Target for a backend (see `Client.get_backend_target`)."""
+        response: backend_service_pb2.GetBackendTargetResponse = await self._unary(
+            self._backends.GetBackendTarget,
+            backend_service_pb2.GetBackendTargetRequest(name=_target_name(name)),
+            deadline=_deadline(timeout),
+            retry=True,
+        )
+        return response.target

@@ -1,15 +1,17 @@
 """Typed exceptions for every error the gateway answers with.
 
 The gateway sends a `google.rpc.Status` in the `grpc-status-details-bin` trailing metadata, with
-an ErrorInfo (reason, domain, metadata) and, depending on the error, BadRequest, RetryInfo and
-QuotaFailure details. This module decodes that trailer itself (so the client does not need
-grpcio-status) and raises one exception class per status code, all subclasses of
-:class:`QGatewayError`.
+an ErrorInfo (reason, domain "qgateway.dev", lowerCamelCase metadata) and, depending on the error,
+ResourceInfo, BadRequest, RetryInfo and QuotaFailure details. This module decodes that trailer
+itself (so the client does not need grpcio-status) and raises one exception class per status
+code, all subclasses of :class:`QGatewayError`. A failed job's `Job.error` is the same kind of
+Status and becomes the same kind of error (:func:`from_status`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 # grpc ships no type information; the unused-ignore code keeps this line clean once stubs exist.
@@ -17,6 +19,7 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
+    "ERROR_DOMAIN",
     "STATUS_DETAILS_KEY",
     "AbortedError",
     "AlreadyExistsError",
@@ -32,16 +35,36 @@ __all__ = [
     "PermissionDeniedError",
     "QGatewayError",
     "ResourceExhaustedError",
+    "ResourceInfo",
+    "ResultDigestError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "UnknownError",
     "error_class_for",
     "from_rpc_error",
+    "from_status",
 ]
 
 #: Trailing-metadata key that carries the serialised google.rpc.Status.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: ErrorInfo.domain of the gateway's own errors (others come from gRPC or a proxy on the way).
+ERROR_DOMAIN = "qgateway.dev"
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """The resource an error is about (google.rpc.ResourceInfo), e.g. on NOT_FOUND.
+
+    Attributes:
+        type: Resource type, e.g. "qgateway.dev/Job".
+        name: Full resource name, e.g. "jobs/abc".
+        description: What is wrong with it.
+    """
+
+    type: str
+    name: str
+    description: str = ""
 
 
 class QGatewayError(Exception):
@@ -51,9 +74,11 @@ class QGatewayError(Exception):
         code: The gRPC status code.
         reason: ErrorInfo.reason, an UPPER_SNAKE machine-readable cause ("" when the answer had
             no ErrorInfo, e.g. a transport error raised by gRPC itself).
-        domain: ErrorInfo.domain ("qgateway" for the gateway's own errors).
+        domain: ErrorInfo.domain (ERROR_DOMAIN, "qgateway.dev", for the gateway's own errors).
         message: The human-readable status message.
-        metadata: ErrorInfo.metadata, e.g. {"job": "jobs/..."} on a Run deadline.
+        metadata: ErrorInfo.metadata (lowerCamelCase keys, full resource names), e.g.
+            {"job": "jobs/..."} on a Run deadline.
+        resource_info: ResourceInfo details (NOT_FOUND names the resource), or None.
         field_violations: BadRequest details as (field, description) pairs.
         retry_delay: RetryInfo.retry_delay in seconds, or None without RetryInfo.
         quota_violations: QuotaFailure details as (subject, description) pairs.
@@ -76,9 +101,11 @@ class QGatewayError(Exception):
         retry_delay: float | None = None,
         quota_violations: Sequence[tuple[str, str]] = (),
         request_id: str | None = None,
+        resource_info: ResourceInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.code: Any = self.default_code if code is None else code
+        self.resource_info = resource_info
         self.reason = reason
         self.domain = domain
         self.message = message
@@ -87,6 +114,11 @@ class QGatewayError(Exception):
         self.retry_delay = retry_delay
         self.quota_violations: list[tuple[str, str]] = list(quota_violations)
         self.request_id = request_id
+
+    @property
+    def from_gateway(self) -> bool:
+        """Whether the gateway itself answered (its ErrorInfo domain), not gRPC or a proxy."""
+        return self.domain == ERROR_DOMAIN
 
     @property
     def code_name(self) -> str:
@@ -204,6 +236,30 @@ class DataLossError(QGatewayError):
     default_code = grpc.StatusCode.DATA_LOSS
 
 
+class ResultDigestError(DataLossError):
+    """A streamed result does not match the SHA-256 the gateway sent at the end of the stream.
+
+    Raised by the client itself after reassembly (reason RESULT_DIGEST_MISMATCH): the bytes it
+    put together are not the gateway's result, so none of them are returned. Fetching the
+    result again may succeed.
+
+    Attributes:
+        expected: The gateway's digest.
+        actual: The digest of what the client reassembled.
+    """
+
+    def __init__(self, job: str, expected: bytes, actual: bytes) -> None:
+        super().__init__(
+            f"the reassembled result of {job} does not match the gateway's SHA-256 "
+            f"(expected {expected.hex()}, got {actual.hex()})",
+            reason="RESULT_DIGEST_MISMATCH",
+            domain=ERROR_DOMAIN,
+            metadata={"job": job, "expectedSha256": expected.hex(), "actualSha256": actual.hex()},
+        )
+        self.expected = expected
+        self.actual = actual
+
+
 class UnauthenticatedError(QGatewayError):
     """UNAUTHENTICATED: missing or invalid credentials."""
 
@@ -218,16 +274,37 @@ class JobFailedError(Exception):
     Attributes:
         job: The job's resource name.
         state: The final state's name, "FAILED" or "CANCELLED".
-        reason: JobError.reason, e.g. EXECUTION_FAILED ("" when cancelled).
-        message: JobError.message.
+        reason: Job.error's ErrorInfo reason, e.g. OUT_OF_MEMORY ("" when cancelled).
+        message: Job.error.message.
+        error: Job.error as a typed error (code, reason, message, metadata such as
+            "pubIndex"), or None when cancelled.
     """
 
-    def __init__(self, job: str, state: str, reason: str = "", message: str = "") -> None:
+    def __init__(
+        self,
+        job: str,
+        state: str,
+        reason: str = "",
+        message: str = "",
+        *,
+        error: QGatewayError | None = None,
+    ) -> None:
         super().__init__(job, state, reason, message)
         self.job = job
         self.state = state
-        self.reason = reason
-        self.message = message
+        self.reason = reason or (error.reason if error is not None else "")
+        self.message = message or (error.message if error is not None else "")
+        self.error = error
+
+    @property
+    def code(self) -> Any:
+        """Job.error's status code (a grpc.StatusCode), or None when cancelled."""
+        return None if self.error is None else self.error.code
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Job.error's ErrorInfo metadata, e.g. {"pubIndex": "1"}."""
+        return {} if self.error is None else self.error.metadata
 
     def __str__(self) -> str:
         text = f"job {self.job} {self.state}"
@@ -283,6 +360,9 @@ def _seconds(duration: Any) -> float:
     return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
+_CODES: dict[int, Any] = {c.value[0]: c for c in grpc.StatusCode}
+
+
 def from_rpc_error(err: grpc.RpcError) -> QGatewayError:
     """Turns a gRPC error (sync or grpc.aio) into the matching typed QGatewayError.
 
@@ -291,8 +371,8 @@ def from_rpc_error(err: grpc.RpcError) -> QGatewayError:
             trailing_metadata() works; a bare RpcError becomes UnknownError.
 
     Returns:
-        The typed error, carrying the ErrorInfo, BadRequest, RetryInfo and QuotaFailure
-        details found in the trailing metadata.
+        The typed error, carrying the ErrorInfo, ResourceInfo, BadRequest, RetryInfo and
+        QuotaFailure details found in the trailing metadata.
     """
     code = _call_or_none(err, "code")
     if code is None:
@@ -300,39 +380,57 @@ def from_rpc_error(err: grpc.RpcError) -> QGatewayError:
     message = _call_or_none(err, "details") or ""
     if not isinstance(message, str):
         message = str(message)
+    status = _status_from_trailers(_call_or_none(err, "trailing_metadata"))
+    if status is None:
+        return error_class_for(code)(message, code=code)
+    return _typed(code, message or status.message, status)
 
+
+def from_status(status: Any) -> QGatewayError:
+    """The typed error of a google.rpc.Status message, e.g. a failed job's Job.error.
+
+    Args:
+        status: A google.rpc.status_pb2.Status.
+
+    Returns:
+        The QGatewayError subclass of its code, with its ErrorInfo and other details.
+    """
+    return _typed(_CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message, status)
+
+
+def _typed(code: Any, message: str, status: Any) -> QGatewayError:
     reason = ""
     domain = ""
     metadata: dict[str, str] = {}
     field_violations: list[tuple[str, str]] = []
     quota_violations: list[tuple[str, str]] = []
     retry_delay: float | None = None
-
-    status = _status_from_trailers(_call_or_none(err, "trailing_metadata"))
-    if status is not None:
-        if not message:
-            message = status.message
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, domain = info.reason, info.domain
-                metadata.update(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                field_violations.extend((v.field, v.description) for v in bad.field_violations)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                retry_delay = _seconds(retry.retry_delay)
-            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-                quota = error_details_pb2.QuotaFailure()
-                detail.Unpack(quota)
-                quota_violations.extend((v.subject, v.description) for v in quota.violations)
-
-    cls = error_class_for(code)
-    return cls(
+    resource_info: ResourceInfo | None = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, domain = info.reason, info.domain
+            metadata.update(info.metadata)
+        elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            resource = error_details_pb2.ResourceInfo()
+            detail.Unpack(resource)
+            resource_info = ResourceInfo(
+                resource.resource_type, resource.resource_name, resource.description
+            )
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            field_violations.extend((v.field, v.description) for v in bad.field_violations)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay = _seconds(retry.retry_delay)
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            quota_violations.extend((v.subject, v.description) for v in quota.violations)
+    return error_class_for(code)(
         message,
         code=code,
         reason=reason,
@@ -341,6 +439,7 @@ def from_rpc_error(err: grpc.RpcError) -> QGatewayError:
         field_violations=field_violations,
         retry_delay=retry_delay,
         quota_violations=quota_violations,
+        resource_info=resource_info,
     )
 
 

@@ -8,16 +8,17 @@ ceil(num_bits / 8) bytes, so a row read as an unsigned integer is the register's
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeAlias, TypeVar
 
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
 
+from qgateway.errors import QGatewayError, ResultDigestError, from_status
 from qgateway.v1 import backend_pb2, job_pb2, job_service_pb2
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "JobResult",
     "JobState",
     "JobTimings",
+    "PackedCounts",
     "PubResult",
     "RegisterData",
     "ResultAssembler",
@@ -51,6 +53,8 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    #: CancelJob was accepted; the job ends CANCELLED (or SUCCEEDED/FAILED if it finished first).
+    CANCELLING = "CANCELLING"
 
     @property
     def is_final(self) -> bool:
@@ -131,9 +135,11 @@ class RegisterData:
         shape: The PUB's shape (parameter sweep shape; () for a single binding).
         shots: Shots per binding.
         samples: Packed samples, Qiskit BitArray layout: shape (*shape, shots,
-            ceil(num_bits / 8)), row-major, big-endian within each row. Empty when the job was
-            counts_only.
-        counts_by_binding: The gateway's counts, one dict per binding in row-major order.
+            ceil(num_bits / 8)), row-major, big-endian within each row. Empty when the job asked
+            for counts only (sampler_output COUNTS).
+        counts_by_binding: The gateway's counts, one {bitstring: shots} mapping per binding in
+            row-major order (decoded from the packed form when first read); empty when the job
+            asked for samples only.
     """
 
     name: str
@@ -141,7 +147,7 @@ class RegisterData:
     shape: tuple[int, ...]
     shots: int
     samples: bytes = field(repr=False)
-    counts_by_binding: tuple[dict[str, int], ...] = field(repr=False)
+    counts_by_binding: tuple[Mapping[str, int], ...] = field(repr=False)
 
     @property
     def num_bytes(self) -> int:
@@ -155,7 +161,7 @@ class RegisterData:
 
     @property
     def has_samples(self) -> bool:
-        """Whether per-shot samples are present (False when the job was counts_only)."""
+        """Whether per-shot samples are present (False when the job asked for counts only)."""
         return bool(self.samples) or self.num_bindings * self.shots * self.num_bytes == 0
 
     def ints(self, index: Index = 0) -> list[int]:
@@ -165,11 +171,13 @@ class RegisterData:
             index: Binding index, flat or per dimension.
 
         Raises:
-            ValueError: Without samples (counts_only), or when they have the wrong length.
+            ValueError: Without samples (sampler_output COUNTS), or when they have the wrong
+                length.
         """
         if not self.has_samples:
             raise ValueError(
-                f"register {self.name!r} has no per-shot samples: the job was counts_only"
+                f"register {self.name!r} has no per-shot samples: the job asked for counts only "
+                "(sampler_output COUNTS)"
             )
         row = self.num_bytes
         expected = self.num_bindings * self.shots * row
@@ -195,7 +203,7 @@ class RegisterData:
             index: Binding index, flat or per dimension.
 
         Raises:
-            ValueError: Without samples (counts_only).
+            ValueError: Without samples (sampler_output COUNTS).
         """
         width = self.num_bits
         if width == 0:
@@ -238,22 +246,65 @@ class RegisterData:
             shape=shape,
             shots=shots,
             samples=bytes(msg.samples),
-            counts_by_binding=tuple(decode_counts(c, msg.num_bits) for c in msg.counts),
+            counts_by_binding=tuple(PackedCounts.from_proto(c, msg.num_bits) for c in msg.counts),
         )
+
+
+class PackedCounts(Mapping[str, int]):
+    """One binding's counts as the gateway sends them, read as {bitstring: shots}.
+
+    The distinct outcomes are packed rows of ceil(num_bits / 8) bytes (big-endian, ascending);
+    `counts[i]` is the number of shots of outcome i. Bitstrings (character 0 = highest bit,
+    Qiskit's order) are made when the mapping is first read, so a large result costs nothing
+    for the bindings nobody looks at.
+    """
+
+    __slots__ = ("_decoded", "counts", "num_bits", "outcomes")
+
+    def __init__(self, outcomes: bytes, counts: Sequence[int], num_bits: int) -> None:
+        width = (num_bits + 7) // 8
+        if len(outcomes) != width * len(counts) and width:
+            raise ValueError(
+                f"{len(outcomes)} outcome bytes for {len(counts)} counts of {width} bytes"
+            )
+        self.outcomes = outcomes
+        self.counts = counts
+        self.num_bits = num_bits
+        self._decoded: dict[str, int] | None = None
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.Counts, num_bits: int) -> PackedCounts:
+        """Wraps a Counts message (its arrays are read once, here)."""
+        return cls(bytes(msg.outcomes), list(msg.counts), num_bits)
+
+    def _mapping(self) -> dict[str, int]:
+        if self._decoded is None:
+            bits, width, data = self.num_bits, (self.num_bits + 7) // 8, self.outcomes
+            out: dict[str, int] = {}
+            for i, n in enumerate(self.counts):
+                value = int.from_bytes(data[i * width : (i + 1) * width], "big")
+                # Padding bits are the first byte's high bits; mask them as the samples do.
+                key = format(value & ((1 << bits) - 1), f"0{bits}b") if bits else ""
+                out[key] = out.get(key, 0) + n
+            self._decoded = out
+        return self._decoded
+
+    def __getitem__(self, key: str) -> int:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return f"PackedCounts({self._mapping()!r})"
 
 
 def decode_counts(msg: job_pb2.Counts, num_bits: int) -> dict[str, int]:
     """One binding's counts (packed outcome rows + parallel counts) as {bitstring: shots}."""
-    width = (num_bits + 7) // 8
-    if len(msg.outcomes) != width * len(msg.counts):
-        raise _malformed(
-            f"{len(msg.outcomes)} outcome bytes for {len(msg.counts)} counts of {width} bytes"
-        )
-    out: dict[str, int] = {}
-    for i, n in enumerate(msg.counts):
-        value = int.from_bytes(msg.outcomes[i * width : (i + 1) * width], "big")
-        out[format(value, f"0{num_bits}b") if num_bits else ""] = n
-    return out
+    return dict(PackedCounts.from_proto(msg, num_bits))
 
 
 @dataclass(frozen=True)
@@ -317,7 +368,7 @@ class SamplerPubResult:
             register: A register name; None for the only register or all of them joined.
 
         Raises:
-            ValueError: When samples are needed but the job was counts_only.
+            ValueError: When samples are needed but the job asked for counts only.
         """
         single = self._single(register)
         if single is not None:
@@ -336,7 +387,7 @@ class SamplerPubResult:
                 per shot (last-declared first, space-separated), which needs the samples.
 
         Raises:
-            ValueError: Several registers, none named, and the job was counts_only.
+            ValueError: Several registers, none named, and the job asked for counts only.
         """
         single = self._single(register)
         if single is not None:
@@ -365,8 +416,9 @@ class SamplerPubResult:
             return
         names = ", ".join(reg.name for reg in regs)
         raise ValueError(
-            f"the job was counts_only, so the per-shot samples needed to join registers {names} "
-            f"are not available; name one register, e.g. counts(register={regs[-1].name!r})"
+            f"the job asked for counts only (sampler_output COUNTS), so the per-shot samples "
+            f"needed to join registers {names} are not available; name one register, e.g. "
+            f"counts(register={regs[-1].name!r})"
         )
 
     @classmethod
@@ -516,6 +568,14 @@ class JobTimings:
 
 
 @dataclass(frozen=True)
+class StateTransition:
+    """A state a job entered, and when (UTC)."""
+
+    state: JobState
+    time: datetime
+
+
+@dataclass(frozen=True)
 class Job:
     """A job as the gateway reported it.
 
@@ -529,11 +589,26 @@ class Job:
         end_time: Time of the final state (UTC), if final.
         error_reason: The ErrorInfo reason of Job.error when FAILED.
         error_message: Job.error.message when FAILED.
+        error: Job.error (a google.rpc.Status) as a typed error when FAILED: its `code`
+            (grpc.StatusCode), `reason`, `message` and `metadata` (e.g. "pubIndex").
         execution: What it ran with, once it ran.
         timings: Phase timings, once finished.
         num_pubs: Number of PUBs.
         result: The result, when the client fetched it (Run, or GetJobResult/StreamJobResult).
         result_too_large: Run answered without the result: it must be streamed.
+        update_time: When the job last changed (UTC).
+        state_history: Every state it entered, in order, with the time (the last time, for a
+            state entered again after a gateway restart).
+        expire_time: When a SUCCEEDED job's result stops being kept (UTC); after it the result
+            answers NotFoundError with reason RESULT_EXPIRED.
+        queue_position: While QUEUED, the number of jobs ahead of it on its backend (0: next);
+            None in other states. An estimate under fair share: it can also grow.
+        heartbeat: True for a job that `watch(..., heartbeats=True)` yielded from a WatchJob
+            heartbeat (nothing but perhaps its queue position changed).
+        labels: The labels given at submission.
+        created: For a job returned by submit or run: True when that call created it, False
+            when it returned the job of an earlier call with the same request_id (a retry).
+            None for jobs from other calls.
         proto: The message as received.
     """
 
@@ -546,11 +621,19 @@ class Job:
     end_time: datetime | None = None
     error_reason: str = ""
     error_message: str = ""
+    error: QGatewayError | None = field(default=None, compare=False)
     execution: ExecutionInfo | None = None
     timings: JobTimings | None = None
     num_pubs: int = 0
     result: JobResult | None = None
     result_too_large: bool = False
+    update_time: datetime | None = None
+    state_history: tuple[StateTransition, ...] = ()
+    expire_time: datetime | None = None
+    queue_position: int | None = None
+    heartbeat: bool = field(default=False, compare=False)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    created: bool | None = field(default=None, compare=False)
     proto: job_pb2.Job | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -585,6 +668,7 @@ class Job:
                 transpile=t.transpile.ToTimedelta() if t.HasField("transpile") else None,
                 execute=t.execute.ToTimedelta() if t.HasField("execute") else None,
             )
+        error = from_status(msg.error) if msg.HasField("error") else None
         return cls(
             name=msg.name,
             state=JobState.from_proto(msg.state),
@@ -593,31 +677,63 @@ class Job:
             create_time=_utc(msg.create_time) if msg.HasField("create_time") else None,
             start_time=_utc(msg.start_time) if msg.HasField("start_time") else None,
             end_time=_utc(msg.end_time) if msg.HasField("end_time") else None,
-            error_reason=_error_reason(msg),
+            error_reason=error.reason if error is not None else "",
             error_message=msg.error.message,
+            error=error,
             execution=execution,
             timings=timings,
             num_pubs=msg.num_pubs,
+            update_time=_utc(msg.update_time) if msg.HasField("update_time") else None,
+            state_history=tuple(
+                StateTransition(JobState.from_proto(t.state), _utc(t.time))
+                for t in msg.state_history
+            ),
+            expire_time=_utc(msg.expire_time) if msg.HasField("expire_time") else None,
+            queue_position=msg.queue_position if msg.HasField("queue_position") else None,
+            labels=dict(msg.labels),
             proto=msg,
         )
 
 
-def _error_reason(msg: job_pb2.Job) -> str:
-    for detail in msg.error.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return ""
-
-
 @dataclass(frozen=True)
 class BackendLimits:
-    """Admission limits of a backend (0: not limited / not modelled)."""
+    """Admission limits of a backend, as they apply to the caller (0: not limited / not
+    modelled)."""
 
     max_shots: int
     memory_budget_bytes: int
     max_queued_jobs: int
     max_result_bytes: int
+    max_job_shots: int = 0
+    max_execution_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    """The last health probe of a backend (FULL view).
+
+    Attributes:
+        serving: Whether the last probe succeeded.
+        last_probe_time: When it finished; None before the first.
+        last_error: Why it failed ("" when it succeeded): a reason and a short description,
+            e.g. "PROBE_FAILED: worker crashed".
+    """
+
+    serving: bool
+    last_probe_time: datetime | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Occupancy of a backend's instance pool (FULL view)."""
+
+    in_use: int
+    idle: int
+    waiting: int
+    min_instances: int
+    max_instances: int
+    peak_instances: int
 
 
 @dataclass(frozen=True)
@@ -635,8 +751,11 @@ class Backend:
         status: "ONLINE" or "OFFLINE".
         queue_length: Jobs waiting.
         running_jobs: Jobs executing.
-        limits: Admission limits, if reported.
+        limits: Admission limits as they apply to the caller, if reported.
         properties: Adapter-specific description.
+        health: Last health probe (FULL view only; None in BASIC).
+        breaker_state: "CLOSED", "OPEN" or "HALF_OPEN" (FULL view only; None in BASIC).
+        pool: Instance pool occupancy (FULL view only; None in BASIC).
     """
 
     name: str
@@ -651,6 +770,9 @@ class Backend:
     running_jobs: int
     limits: BackendLimits | None
     properties: dict[str, str]
+    health: BackendHealth | None = None
+    breaker_state: str | None = None
+    pool: PoolStats | None = None
 
     @property
     def id(self) -> str:
@@ -668,7 +790,31 @@ class Backend:
                 memory_budget_bytes=lim.memory_budget_bytes,
                 max_queued_jobs=lim.max_queued_jobs,
                 max_result_bytes=lim.max_result_bytes,
+                max_job_shots=lim.max_job_shots,
+                max_execution_seconds=lim.max_execution_seconds,
             )
+        health = None
+        if msg.HasField("health"):
+            h = msg.health
+            health = BackendHealth(
+                serving=h.serving,
+                last_probe_time=_utc(h.last_probe_time) if h.HasField("last_probe_time") else None,
+                last_error=h.last_error,
+            )
+        pool = None
+        if msg.HasField("pool"):
+            p = msg.pool
+            pool = PoolStats(
+                in_use=p.in_use,
+                idle=p.idle,
+                waiting=p.waiting,
+                min_instances=p.min_instances,
+                max_instances=p.max_instances,
+                peak_instances=p.peak_instances,
+            )
+        breaker = None
+        if msg.breaker_state != backend_pb2.BREAKER_STATE_UNSPECIFIED:
+            breaker = _enum_name(backend_pb2.BreakerState.Name, msg.breaker_state, "BREAKER_STATE_")
         return cls(
             name=msg.name,
             provider=msg.provider,
@@ -687,6 +833,9 @@ class Backend:
             running_jobs=msg.running_jobs,
             limits=limits,
             properties=dict(msg.properties),
+            health=health,
+            breaker_state=breaker,
+            pool=pool,
         )
 
 
@@ -698,7 +847,8 @@ def _malformed(text: str) -> ValueError:
 
 
 class _ByteRuns:
-    """One register's samples, written chunk by chunk at their offsets."""
+    """One register's samples, written chunk by chunk at their offsets (a resumed stream
+    writes a binding's bytes again, at the same offsets)."""
 
     def __init__(self, where: str, expected: int) -> None:
         self.where = where
@@ -708,7 +858,7 @@ class _ByteRuns:
 
     def write(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
-        if end > self.expected:
+        if offset < 0 or end > self.expected:
             raise _malformed(
                 f"{self.where}: samples chunk [{offset}, {end}) beyond {self.expected} bytes"
             )
@@ -719,7 +869,7 @@ class _ByteRuns:
 
     def finish(self) -> bytes:
         if self.data is None:
-            return b""  # no chunk at all: a counts_only result
+            return b""  # no chunk at all: the job asked for counts only
         covered = 0
         for start, end in sorted(self.runs):
             if start > covered:
@@ -730,6 +880,60 @@ class _ByteRuns:
                 f"{self.where}: samples cover {covered} of {self.expected} bytes contiguously"
             )
         return bytes(self.data)
+
+
+class _CountsParts:
+    """One register's counts, per binding, written in slices at entry offsets."""
+
+    def __init__(self, where: str, bindings: int, num_bits: int, shots: int) -> None:
+        self.where = where
+        self.bindings = bindings
+        self.row = (num_bits + 7) // 8
+        self.shots = shots
+        self.slices: dict[int, dict[int, tuple[bytes, list[int]]]] = {}
+
+    def write(self, binding: int, offset: int, counts: job_pb2.Counts) -> None:
+        if not 0 <= binding < self.bindings:
+            raise _malformed(f"{self.where}: binding {binding} of {self.bindings}")
+        if offset < 0:
+            raise _malformed(f"{self.where}: binding {binding} counts at offset {offset}")
+        outcomes, entries = bytes(counts.outcomes), list(counts.counts)
+        if self.row and len(outcomes) != self.row * len(entries):
+            raise _malformed(
+                f"{self.where}: binding {binding}: {len(outcomes)} outcome bytes for "
+                f"{len(entries)} counts of {self.row} bytes"
+            )
+        self.slices.setdefault(binding, {})[offset] = (outcomes, entries)
+
+    def discard(self, first_binding: int) -> None:
+        """Forgets the slices of bindings from `first_binding` on (a resume sends them again)."""
+        for binding in [b for b in self.slices if b >= first_binding]:
+            del self.slices[binding]
+
+    def finish(self, into: job_pb2.RegisterResult) -> None:
+        if not self.slices:
+            return  # no counts at all: the job asked for samples only
+        for binding in range(self.bindings):
+            parts = self.slices.get(binding)
+            if not parts:
+                raise _malformed(f"{self.where}: no counts for binding {binding}")
+            outcomes: list[bytes] = []
+            entries: list[int] = []
+            for offset in sorted(parts):
+                if offset != len(entries):
+                    raise _malformed(
+                        f"{self.where}: binding {binding} counts slice at {offset}, expected "
+                        f"{len(entries)}"
+                    )
+                data, values = parts[offset]
+                outcomes.append(data)
+                entries.extend(values)
+            if sum(entries) != self.shots:
+                raise _malformed(
+                    f"{self.where}: binding {binding} counts add up to {sum(entries)}, not "
+                    f"{self.shots} shots"
+                )
+            into.counts.add(outcomes=b"".join(outcomes), counts=entries)
 
 
 _T = TypeVar("_T")
@@ -745,7 +949,7 @@ class _Slots(Generic[_T]):
 
     def write(self, offset: int, values: Sequence[_T]) -> None:
         end = offset + len(values)
-        if end > len(self.items):
+        if offset < 0 or end > len(self.items):
             raise _malformed(f"{self.where}: entries [{offset}, {end}) beyond {len(self.items)}")
         self.items[offset:end] = values
         self.touched = self.touched or bool(values)
@@ -764,30 +968,24 @@ class _PubParts:
 
     def __init__(self, index: int, header: job_pb2.PubResult) -> None:
         self.index = index
-        self.header = job_pb2.PubResult()
-        self.header.CopyFrom(header)
+        self.header = _bare_header(header)
         self.kind = header.WhichOneof("result")
         self.samples: list[_ByteRuns] = []
-        self.counts: list[_Slots[job_pb2.Counts]] = []
+        self.counts: list[_CountsParts] = []
+        self.shot_bytes: list[int] = []
         self.values: _Slots[float] = _Slots(f"PUB {index} expectation values", 0)
         self.errors: _Slots[float] = _Slots(f"PUB {index} standard errors", 0)
         if self.kind == "sampler":
             sampler = self.header.sampler
             bindings = _num_bindings(sampler.shape)
             for r, reg in enumerate(sampler.registers):
-                # The header's data fields should be empty; clear them so chunks are the only
-                # source and nothing is counted twice.
-                reg.ClearField("samples")
-                del reg.counts[:]
                 where = f"PUB {index} register {r} ({reg.name})"
                 row = (reg.num_bits + 7) // 8
                 self.samples.append(_ByteRuns(where, bindings * sampler.shots * row))
-                self.counts.append(_Slots(f"{where} counts", bindings))
+                self.counts.append(_CountsParts(where, bindings, reg.num_bits, sampler.shots))
+                self.shot_bytes.append(sampler.shots * row)
         elif self.kind == "estimator":
-            est = self.header.estimator
-            size = _num_bindings(est.shape)
-            del est.expectation_values[:]
-            del est.standard_errors[:]
+            size = _num_bindings(self.header.estimator.shape)
             self.values = _Slots(f"PUB {index} expectation values", size)
             self.errors = _Slots(f"PUB {index} standard errors", size)
         else:
@@ -800,33 +998,84 @@ class _PubParts:
             raise _malformed(f"PUB {self.index} has no register {register_index}")
         return register_index
 
-    def finish(self) -> job_pb2.PubResult:
-        out = job_pb2.PubResult()
+    def discard(self, first_binding: int) -> None:
+        for counts in self.counts:
+            counts.discard(first_binding)
+
+    def finish(self, out: job_pb2.PubResult) -> None:
         out.CopyFrom(self.header)
         if self.kind == "sampler":
             for reg, samples, counts in zip(
                 out.sampler.registers, self.samples, self.counts, strict=True
             ):
                 reg.samples = samples.finish()
-                reg.counts.extend(counts.finish())
+                counts.finish(reg)
         else:
             # Every PUB answers expectation values; standard errors could in principle be left
             # out, but then for all entries.
             out.estimator.expectation_values.extend(self.values.finish(required=True))
             out.estimator.standard_errors.extend(self.errors.finish())
-        return out
+
+
+def _bare_header(header: job_pb2.PubResult) -> job_pb2.PubResult:
+    """A header with its data fields cleared, so chunks are the only source of data."""
+    out = job_pb2.PubResult()
+    out.CopyFrom(header)
+    if out.HasField("sampler"):
+        for reg in out.sampler.registers:
+            reg.ClearField("samples")
+            reg.ClearField("counts")
+    elif out.HasField("estimator"):
+        out.estimator.ClearField("expectation_values")
+        out.estimator.ClearField("standard_errors")
+    return out
 
 
 class ResultAssembler:
-    """Rebuilds a JobResult from StreamJobResult responses.
+    """Rebuilds a JobResult from StreamJobResult responses, across resumed streams.
 
-    Feed every response to `add` in order (from a sync or an async stream), then call `proto`
-    or `result`. Each PUB's header must come before its data chunks; data may arrive in any
-    order within the PUB, and incomplete data is an error rather than a silently short result.
+    Feed every response to `add` in order (from a sync or an async stream). If a stream
+    breaks, call `resume_position` for the (PUB, binding) to start the next stream from, and
+    feed that stream to the same assembler: the gateway sends a PUB's bindings in order, so
+    every binding before the one the last message belonged to is complete, and that binding is
+    fetched again. `proto` or `result` then checks the data is complete and that its SHA-256 is
+    the one the gateway sent last.
+
+    Args:
+        job: The job's name, for error messages.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, job: str = "") -> None:
+        self._job = job
         self._pubs: list[_PubParts] = []
+        self._digest: bytes | None = None
+        # (PUB, binding) of the last message received.
+        self._position = (0, 0)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream's final digest arrived."""
+        return self._digest is not None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(PUB, binding) of the last message received; (0, 0) before any."""
+        return self._position
+
+    def resume_position(self) -> tuple[int, int]:
+        """Where a new stream should start: the PUB and binding of the last message received
+        ((0, 0) before any). Data already received for that binding is dropped, so the new
+        stream's slices are the only ones.
+
+        Raises:
+            ValueError: When the stream is already complete.
+        """
+        if self._digest is not None:
+            raise ValueError("the stream is complete: nothing to resume")
+        pub, binding = self._position
+        if pub < len(self._pubs):
+            self._pubs[pub].discard(binding)
+        return self._position
 
     def add(self, response: job_service_pb2.StreamJobResultResponse) -> None:
         """Takes one response of the stream.
@@ -834,23 +1083,38 @@ class ResultAssembler:
         Raises:
             ValueError: For a chunk that does not fit the headers seen so far.
         """
-        index = response.pub_index
         chunk = response.WhichOneof("chunk")
-        if chunk == "header":
-            if index != len(self._pubs):
-                raise _malformed(f"header for PUB {index} where PUB {len(self._pubs)} was due")
-            self._pubs.append(_PubParts(index, response.header))
+        if self._digest is not None:
+            raise _malformed("a message after the digest")
+        if chunk == "digest":
+            self._digest = bytes(response.digest.sha256)
             return
-        if index >= len(self._pubs):
+        index = response.pub_index
+        if chunk == "header":
+            if index == len(self._pubs):
+                self._pubs.append(_PubParts(index, response.header))
+                self._position = (index, 0)
+            elif not (
+                0 <= index < len(self._pubs)
+                and _bare_header(response.header) == self._pubs[index].header
+            ):
+                # A resumed stream sends its first PUB's header again, unchanged.
+                raise _malformed(f"header for PUB {index} where PUB {len(self._pubs)} was due")
+            return
+        if not 0 <= index < len(self._pubs):
             raise _malformed(f"data for PUB {index} before its header")
         pub = self._pubs[index]
         if chunk == "samples":
-            r = pub.register(response.samples.register_index)
-            pub.samples[r].write(response.samples.offset, response.samples.data)
+            part = response.samples
+            r = pub.register(part.register_index)
+            pub.samples[r].write(part.offset, part.data)
+            if pub.shot_bytes[r]:
+                self._position = (index, part.offset // pub.shot_bytes[r])
         elif chunk == "counts":
-            r = pub.register(response.counts.register_index)
-            part = response.counts
-            pub.counts[r].write(part.binding_index, [part.counts])
+            counts = response.counts
+            r = pub.register(counts.register_index)
+            pub.counts[r].write(counts.binding_index, counts.offset, counts.counts)
+            self._position = (index, counts.binding_index)
         elif chunk == "values":
             if pub.kind != "estimator":
                 raise _malformed(f"estimator values for sampler PUB {index}")
@@ -858,34 +1122,46 @@ class ResultAssembler:
             pub.values.write(values.offset, list(values.expectation_values))
             if values.standard_errors:
                 pub.errors.write(values.offset, list(values.standard_errors))
+            self._position = (index, values.offset)
         else:
             raise _malformed(f"empty chunk for PUB {index}")
 
     def proto(self) -> job_pb2.JobResult:
-        """The assembled result message.
+        """The assembled result message (name unset), its digest checked.
 
         Raises:
-            ValueError: When the stream was empty or a PUB's data is incomplete.
+            ValueError: When the stream was empty, ended before its digest, or a PUB's data is
+                incomplete.
+            ResultDigestError: When the reassembled result's SHA-256 is not the gateway's.
         """
         if not self._pubs:
             raise _malformed("no PUB headers received")
-        return job_pb2.JobResult(pub_results=[pub.finish() for pub in self._pubs])
+        if self._digest is None:
+            raise _malformed("the stream ended before its digest")
+        out = job_pb2.JobResult()
+        for pub in self._pubs:
+            pub.finish(out.pub_results.add())
+        actual = hashlib.sha256(out.SerializeToString(deterministic=True)).digest()
+        if actual != self._digest:
+            raise ResultDigestError(self._job or "the job", self._digest, actual)
+        return out
 
     def result(self) -> JobResult:
-        """The assembled result, wrapped."""
+        """The assembled result, wrapped (see `proto`)."""
         return JobResult.from_proto(self.proto())
 
 
 def job_result_from_stream(
     responses: Iterable[job_service_pb2.StreamJobResultResponse],
 ) -> JobResult:
-    """Assembles a JobResult from a StreamJobResult response iterator.
+    """Assembles a JobResult from a whole StreamJobResult response stream.
 
     Args:
         responses: The stream's responses, in the order received.
 
     Raises:
         ValueError: For a malformed or incomplete stream.
+        ResultDigestError: When the result does not match the stream's digest.
     """
     assembler = ResultAssembler()
     for response in responses:
