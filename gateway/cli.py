@@ -3,7 +3,7 @@
     qgateway serve [--config FILE]
     qgateway backends
     qgateway run FILE --backend aer --shots 1024 [--seed S] [--counts-only] [--json]
-    qgateway jobs list [--state S ...] [--backend B] [--limit N]
+    qgateway jobs list [--filter F] [--state S ...] [--backend B] [--limit N]
     qgateway jobs get NAME | jobs watch NAME | jobs cancel NAME
 
 Errors are one line on stderr (`error: CODE REASON: message`, field violations indented below)
@@ -144,12 +144,20 @@ def format_backends(backends: Sequence[Backend]) -> str:
     return format_table(["NAME", "KIND", "QUBITS", "STATUS", "QUEUED"], rows, right=(2, 4))
 
 
+def state_text(job: Job) -> str:
+    """The state, with the queue position while QUEUED: "QUEUED (next)", "QUEUED (3 ahead)"."""
+    if job.state is JobState.QUEUED and job.queue_position is not None:
+        ahead = "next" if job.queue_position == 0 else f"{job.queue_position} ahead"
+        return f"{job.state.value} ({ahead})"
+    return job.state.value
+
+
 def format_jobs(jobs: Sequence[Job]) -> str:
     """The `jobs list` table."""
     rows = [
         [
             j.name,
-            j.state.value,
+            state_text(j),
             j.backend.removeprefix("backends/"),
             str(j.num_pubs),
             _utc(j.create_time),
@@ -163,7 +171,7 @@ def format_job(job: Job) -> str:
     """`jobs get`: one `key: value` line per field that is set."""
     fields: list[tuple[str, str]] = [
         ("name", job.name),
-        ("state", job.state.value),
+        ("state", state_text(job)),
         ("tenant", job.tenant or "-"),
         ("backend", job.backend or "-"),
         ("pubs", str(job.num_pubs)),
@@ -171,6 +179,11 @@ def format_job(job: Job) -> str:
         ("started", _utc(job.start_time)),
         ("ended", _utc(job.end_time)),
     ]
+    if job.state_history:
+        steps = ", ".join(f"{t.state.value} {_utc(t.time)}" for t in job.state_history)
+        fields.append(("history", steps))
+    if job.expire_time is not None:
+        fields.append(("result expires", _utc(job.expire_time)))
     if job.error_reason or job.error_message:
         fields.append(("error", f"{job.error_reason}: {_one_line(job.error_message)}"))
     if job.execution is not None:
@@ -195,7 +208,7 @@ def format_job(job: Job) -> str:
 
 def format_event(job: Job, when: datetime) -> str:
     """One `jobs watch` line: time received (UTC), job, state, and the error when FAILED."""
-    text = f"{_utc(when)} {job.name} {job.state.value}"
+    text = f"{_utc(when)} {job.name} {state_text(job)}"
     if job.state is JobState.FAILED and (job.error_reason or job.error_message):
         text += f" {job.error_reason}: {_one_line(job.error_message)}"
     return text
@@ -359,7 +372,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     if job.state is not JobState.SUCCEEDED or job.result is None:
-        raise JobFailedError(job.name, job.state.value, job.error_reason, job.error_message)
+        raise JobFailedError(
+            job.name, job.state.value, job.error_reason, job.error_message, error=job.error
+        )
     if args.json:
         print(json.dumps(_run_json(job), indent=2, sort_keys=False))
         return 0
@@ -378,6 +393,7 @@ def _cmd_jobs_list(args: argparse.Namespace) -> int:
     limit = max(args.limit, 0)
     with _client(args) as client:
         jobs = client.list_jobs(
+            filter=args.filter or "",
             states=args.state or (),
             backend=args.backend or "",
             page_size=min(limit, 1000) if limit else 0,
@@ -408,7 +424,7 @@ def _cmd_jobs_watch(args: argparse.Namespace) -> int:
 def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.cancel(args.name, timeout=args.timeout)
-    print(f"{job.name} {job.state.value}")
+    print(f"{job.name} {state_text(job)}")
     return 0
 
 
@@ -499,6 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only jobs in these states (repeatable)",
     )
     listing.add_argument("--backend", default=None, help="only jobs of this backend")
+    listing.add_argument(
+        "--filter",
+        default=None,
+        metavar="FILTER",
+        help='AIP-160 filter, AND-ed with --state/--backend, e.g. \'labels.team = "qml" AND '
+        'create_time >= "2026-12-01T00:00:00Z"\' (fields: state, backend, session, labels, '
+        "create_time)",
+    )
     listing.add_argument(
         "--limit", type=_non_negative, default=50, help="at most N jobs (default: 50; 0: all)"
     )

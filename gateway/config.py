@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.backends.base import AdapterContext, CircuitLimits
@@ -20,7 +21,8 @@ from gateway.backends.breaker import BreakerPolicy
 from gateway.backends.pool import PoolLimits
 from gateway.domain.backends import BackendLimits
 from gateway.jobs.compiler import CompileLimits
-from gateway.security.api_keys import ApiKeyConfig
+from gateway.security.api_keys import ApiKeyConfig, Principal
+from gateway.security.principals import ANONYMOUS
 
 ENV_PREFIX = "QGATEWAY_"
 # Variables with the prefix that belong to the client CLI, not to the server's settings.
@@ -47,6 +49,16 @@ class ServerConfig(_Strict):
     # Threads that check large sweeps and observables next to the event loop.
     prepare_threads: int = Field(default=4, gt=0)
     grace_period_s: float = Field(default=30.0, ge=0)
+    # Longest a Run call waits for its job, whatever the caller's deadline (none included):
+    # then it answers DEADLINE_EXCEEDED RUN_DEADLINE_EXCEEDED and the job keeps running. Keeps
+    # calls through proxies and load balancers, which cut idle calls, short.
+    run_max_wait_s: float = Field(default=60.0, gt=0)
+    # WatchJob sends the job again (heartbeat = true) after this long without a change, so a
+    # silent stream through a proxy can be told from a dead one.
+    watch_heartbeat_s: float = Field(default=10.0, gt=0)
+    # How long a SUCCEEDED job's result is kept (Job.expire_time = end_time + this, fixed when
+    # the job finishes); later GetJobResult/StreamJobResult answer NOT_FOUND RESULT_EXPIRED.
+    result_retention_days: float = Field(default=30.0, gt=0)
 
     @property
     def transport_max_receive_bytes(self) -> int:
@@ -201,6 +213,23 @@ class AuthConfig(_Strict):
     "default", as in the embedded development mode."""
 
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    # Without keys, whether the anonymous caller is an admin (may read backends' FULL view:
+    # health, breaker, pool). Off by default, so a keyless gateway reachable by others shows
+    # them only what any tenant sees; a developer's own gateway may turn it on. With keys there
+    # is no anonymous caller: admin is a key's flag (`admin = true`).
+    anonymous_admin: bool = False
+
+    @model_validator(mode="after")
+    def _anonymous_admin_without_keys(self) -> AuthConfig:
+        if self.anonymous_admin and self.api_keys:
+            raise ValueError(
+                "anonymous_admin applies only without api_keys (give a key admin = true instead)"
+            )
+        return self
+
+    def anonymous(self) -> Principal:
+        """The principal of every caller when no keys are configured."""
+        return replace(ANONYMOUS, admin=self.anonymous_admin)
 
 
 def _default_backends() -> dict[str, BackendConfig]:

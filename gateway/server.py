@@ -19,10 +19,14 @@ from qgateway.v1 import (
     backend_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
 )
 
 from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
+from gateway.api.paging import PageTokens, load_or_create_key
+from gateway.api.session_service import SessionServicer
 from gateway.backends.breaker import CircuitBreaker
 from gateway.backends.pool import Pool
 from gateway.backends.registry import adapter_names, load_adapter
@@ -113,6 +117,8 @@ class Gateway:
             self.backends,
             self.compiler,
             prepare_threads=config.server.prepare_threads,
+            watch_heartbeat_s=config.server.watch_heartbeat_s,
+            result_retention_s=config.server.result_retention_days * 86400,
         )
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
@@ -121,7 +127,7 @@ class Gateway:
             # Outermost first: the boundary maps every error, including authentication's.
             interceptors=[
                 ErrorBoundaryInterceptor(server_cfg.max_request_bytes),
-                AuthInterceptor(KeyRing(config.auth.api_keys)),
+                AuthInterceptor(KeyRing(config.auth.api_keys), config.auth.anonymous()),
             ],
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
@@ -134,17 +140,30 @@ class Gateway:
         await self._store.open()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
         await self.manager.start()
+        # Page tokens are sealed with a key kept in the data directory: they survive restarts.
+        page_tokens = PageTokens(await asyncio.to_thread(load_or_create_key, self.config.data_dir))
         job_service_pb2_grpc.add_JobServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            JobServicer(self.manager, self.config.server.max_response_bytes), self._server
+            JobServicer(
+                self.manager,
+                self.config.server.max_response_bytes,
+                run_max_wait_s=self.config.server.run_max_wait_s,
+                page_tokens=page_tokens,
+            ),
+            self._server,
         )
         backend_service_pb2_grpc.add_BackendServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            BackendServicer(self.manager), self._server
+            BackendServicer(self.manager, page_tokens=page_tokens), self._server
+        )
+        # Declared in v1, answers UNIMPLEMENTED SESSIONS_NOT_IMPLEMENTED until sessions exist.
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SessionServicer(), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (
                 job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                 backend_service_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name,
+                session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -42,6 +42,7 @@ from gateway.backends.base import (
     PreparedJob,
 )
 from gateway.backends.qiskit_target import from_qiskit_target
+from gateway.backends.qpy_reader import qpy_versions
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
 from gateway.domain.circuits import (
@@ -50,6 +51,7 @@ from gateway.domain.circuits import (
     CircuitSource,
     EstimatorPub,
     FloatArray,
+    PauliTerm,
     SamplerPub,
 )
 from gateway.domain.costs import JobCost
@@ -80,6 +82,8 @@ __all__ = [
 Method = Literal["statevector", "matrix_product_state", "density_matrix"]
 
 _SUPPORTED_FEATURES = frozenset(CircuitFeature)
+# A dense Pauli string, or sparse Paulis and the qubits they act on.
+PauliKey = str | tuple[str, tuple[int, ...]]
 _WORKER_CACHE_SIZE = 64
 # Room below 2**63 for Aer, which adds the experiment index to the seed.
 _SEED_MASK = (1 << 62) - 1
@@ -145,7 +149,10 @@ class EstimatorTask:
     parameters: tuple[str, ...]
     values: FloatArray  # (*bindings_shape, len(parameters))
     bindings_shape: tuple[int, ...]
-    observables: tuple[tuple[tuple[str, float], ...], ...]  # row-major over observables_shape
+    # Row-major over observables_shape: (term, coefficient) pairs, a term being a dense Pauli
+    # string (character 0 on the highest qubit) or a sparse (paulis, qubits) pair in ascending
+    # qubit order (paulis[i] on qubits[i]).
+    observables: tuple[tuple[tuple[PauliKey, float], ...], ...]
     observables_shape: tuple[int, ...]
     shape: tuple[int, ...]
     precision: float
@@ -272,7 +279,11 @@ class AerAdapter(BackendAdapter):
                 primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
                 features=_SUPPORTED_FEATURES,
                 limits=self.context.limits,
-                properties={"method": self.aer_options.method},
+                properties={
+                    "method": self.aer_options.method,
+                    # QPY format versions Circuit.qpy may use, e.g. "13-18".
+                    "qpy_versions": qpy_versions(),
+                },
             )
         return self._info
 
@@ -416,8 +427,13 @@ class AerAdapter(BackendAdapter):
             pub.observables, pub.observables_shape, entry.num_qubits, f"{base}.observables"
         )
         shape = fe.broadcast_pub_shape(observables_shape, bindings_shape, base)
+        # Sparse terms stay sparse (linear in the request, whatever the circuit's width).
+        observables = tuple(
+            tuple((_pauli_key(term), float(term.coefficient)) for term in obs.terms)
+            for obs in pub.observables
+        )
         # Aer evaluates each distinct Pauli term once per binding.
-        terms = len({pauli for observable in pub.observables for pauli, _ in observable.terms})
+        terms = len({key for observable in observables for key, _ in observable})
         bindings = math.prod(bindings_shape)
         cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
         cost.add_execution(
@@ -437,9 +453,7 @@ class AerAdapter(BackendAdapter):
             parameters=entry.parameters,
             values=values,
             bindings_shape=bindings_shape,
-            observables=tuple(
-                tuple((str(p), float(c)) for p, c in obs.terms) for obs in pub.observables
-            ),
+            observables=observables,
             observables_shape=observables_shape,
             shape=shape,
             precision=precision,
@@ -467,6 +481,7 @@ class AerAdapter(BackendAdapter):
         features = fe.detect_features(circuit)
         fe.check_features(features, _SUPPORTED_FEATURES, field)
         fe.check_control_flow_supported(circuit, self._aer_target().operation_names, field)
+        fe.check_gate_names(circuit, self._aer_target().operation_names, field)
         n = circuit.num_qubits
         if opts.method == "statevector":
             fe.check_memory(fe.statevector_bytes(n), limits.memory_budget_bytes, opts.method, field)
@@ -598,6 +613,15 @@ class AerAdapter(BackendAdapter):
             circuit = pickle.loads(ref.data)
             self._worker_circuits.put(ref.key, circuit)
         return circuit
+
+
+def _pauli_key(term: PauliTerm) -> PauliKey:
+    """A dense term's string, or a sparse term's Paulis and qubits in ascending qubit order
+    (equal sparse terms get equal keys, whatever order the client listed their qubits in)."""
+    if term.qubits is None:
+        return str(term.pauli)
+    pairs = sorted(zip(term.qubits, term.pauli, strict=True))
+    return "".join(p for _, p in pairs), tuple(q for q, _ in pairs)
 
 
 def _layout_of(circuit: QuantumCircuit) -> tuple[int, ...]:
@@ -789,10 +813,20 @@ def _run_estimator(
     simulator: AerSimulator, circuit: QuantumCircuit, task: EstimatorTask
 ) -> EstimatorResult:
     size = math.prod(task.bindings_shape)
-    labels = sorted({pauli for observable in task.observables for pauli, _ in observable})
+    # Distinct terms in order of first appearance; each saved under its index.
+    keys = list(dict.fromkeys(key for observable in task.observables for key, _ in observable))
+    labels = [f"t{i}" for i in range(len(keys))]
     measured = circuit.copy()
-    for label in labels:
-        measured.append(SaveExpectationValue(Pauli(label), label=label), measured.qubits)
+    for key, label in zip(keys, labels, strict=True):
+        if isinstance(key, str):
+            measured.append(SaveExpectationValue(Pauli(key), label=label), measured.qubits)
+        else:
+            letters, qubits = key
+            # Pauli labels put qargs[0] last: reversed, letters[i] acts on qubits[i].
+            measured.append(
+                SaveExpectationValue(Pauli(letters[::-1]), label=label),
+                [measured.qubits[q] for q in qubits],
+            )
     circuits, binds = _binds(measured, task.parameters, task.values, size)
     # No measurement or reset (prepare refuses them), so one shot gives exact values.
     result = _run(simulator, circuits, shots=1, seed_simulator=task.seed, parameter_binds=binds)
@@ -800,15 +834,15 @@ def _run_estimator(
         raise ExecutionError(
             "EXECUTION_FAILED", f"expected {size} experiments, Aer returned {len(result.results)}"
         )
-    column = {label: i for i, label in enumerate(labels)}
+    column = {key: i for i, key in enumerate(keys)}
     paulis = np.array(
         [[float(result.data(b)[label].real) for label in labels] for b in range(size)],
         dtype=np.float64,
     ).reshape(size, len(labels))
     coefficients = np.zeros((len(labels), len(task.observables)), dtype=np.float64)
     for o, observable in enumerate(task.observables):
-        for pauli, coefficient in observable:
-            coefficients[column[pauli], o] += coefficient
+        for key, coefficient in observable:
+            coefficients[column[key], o] += coefficient
     exact_flat = paulis @ coefficients  # (bindings, observables)
     binding_index, observable_index = np.broadcast_arrays(
         np.arange(size).reshape(task.bindings_shape),

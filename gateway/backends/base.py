@@ -11,16 +11,20 @@ Everything passed between them must pickle.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.domain.backends import BackendInfo, BackendLimits
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
+from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import JobResult, JobSpec
+from gateway.domain.targets import BackendTarget
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,15 @@ class PreparedJob:
         layouts: Per PUB, the physical qubit of each virtual qubit.
         prepare_seconds: Time the gateway spent compiling (in compile workers; cache hits are
             near zero) and preparing; the gateway sets it, adapters leave it 0.
+        max_run_time_s: The job's own run-time limit (JobOptions.max_execution_time), which
+            the backend's max_run_time_s caps; the gateway sets it, adapters leave it None.
     """
 
     payload: object
     memory_bytes: int
     layouts: tuple[tuple[int, ...], ...]
     prepare_seconds: float = 0.0
+    max_run_time_s: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,25 +94,93 @@ class AdapterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ProviderOptions(BaseModel):
+    """Base of a backend's JobOptions.provider_options schema: unknown keys are refused.
+
+    The base declares no option, so a backend that does not override `provider_options_model`
+    refuses every key. Values arrive as JSON values (numbers as floats).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Field violations reported for one job's provider_options (the rest are like them).
+_MAX_OPTION_VIOLATIONS = 16
+
+
+def _option_path(field: str, loc: Sequence[int | str]) -> str:
+    path = field
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _OPTION_KEY.fullmatch(part):
+            path += f".{part}"
+        else:
+            path += "[" + json.dumps(part[:64] + ("..." if len(part) > 64 else "")) + "]"
+    return path
+
+
 class BackendAdapter(ABC):
     """One backend. Subclasses are registered under the "qgateway.backends" entry-point group."""
 
     options_model: ClassVar[type[AdapterOptions]] = AdapterOptions
+    # The schema of JobOptions.provider_options on this backend (default: no option at all).
+    provider_options_model: ClassVar[type[ProviderOptions]] = ProviderOptions
 
     def __init__(self, context: AdapterContext) -> None:
         self.context = context
         self.options = self.options_model.model_validate(dict(context.options))
 
+    def validate_provider_options(
+        self, options: Mapping[str, object], field: str
+    ) -> ProviderOptions:
+        """A job's provider_options checked against `provider_options_model`.
+
+        Runs in the gateway process on options already bounded in size and depth at the API
+        edge. Raises InvalidArgument INVALID_PROVIDER_OPTIONS with one field violation per
+        problem (an unknown key names the key).
+        """
+        try:
+            return self.provider_options_model.model_validate(dict(options))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+        violations = []
+        for error in errors[:_MAX_OPTION_VIOLATIONS]:
+            path = _option_path(field, error["loc"])
+            if error["type"] == "extra_forbidden":
+                description = f"backends/{self.context.name} has no provider option here"
+            else:
+                description = str(error["msg"])
+            violations.append(FieldViolation(path, description))
+        first = violations[0]
+        raise InvalidArgument(
+            "INVALID_PROVIDER_OPTIONS",
+            f"{first.field}: {first.description}",
+            metadata={"backend": f"backends/{self.context.name}", "field": first.field},
+            field_violations=violations,
+        )
+
     @abstractmethod
     def info(self) -> BackendInfo:
         """Static description of the backend."""
+
+    @abstractmethod
+    def target(self) -> BackendTarget:
+        """What a transpiler needs to build circuits for this backend (GetBackendTarget).
+
+        Filled from the backend's own data, listing only instructions the gateway accepts on
+        it. Runs in the gateway process, off the event loop; the gateway asks once and keeps
+        the answer, so an adapter may take its time (import its SDK, ask its provider).
+        """
 
     def circuit_key(self, source: CircuitSource) -> str:
         """The compile cache key: the source's digest and everything compiling depends on.
 
         Linear in the source size; runs in the gateway process.
         """
-        digest = hashlib.sha256(source.text.encode("utf-8", "surrogatepass")).hexdigest()
+        # The client's bytes: QPY as sent, text as UTF-8 (the language prefix keeps them apart).
+        digest = hashlib.sha256(source.payload).hexdigest()
         return f"{source.language.value}:{digest}:{self._fingerprint}"
 
     @property

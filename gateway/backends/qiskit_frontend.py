@@ -92,6 +92,7 @@ __all__ = [
     "check_control_flow_supported",
     "check_features",
     "check_finite_parameters",
+    "check_gate_names",
     "check_memory",
     "check_operation_count",
     "check_precision",
@@ -145,9 +146,10 @@ _BOM = "\ufeff"
 _STANDARD_GATES = get_standard_gate_name_mapping()
 STANDARD_GATE_NAMES: frozenset[str] = frozenset(_STANDARD_GATES)
 # Instructions a circuit read from a client may hold (what a backend's target may list): the
-# standard gates with measure, reset and delay, and the control flow the OpenQASM 3 reader
-# builds. Not switch (the reader refuses SwitchStatement), break/continue (refused as opaque
-# gates by the definition check), global_phase (a circuit attribute, not an operation).
+# standard gates (QPY carries each as itself; OpenQASM those of its standard library) with
+# measure, reset and delay, and the control flow the OpenQASM 3 reader builds. Not switch (the
+# reader refuses SwitchStatement), break/continue (refused as opaque gates by the definition
+# check), global_phase (a circuit attribute, not an operation).
 ACCEPTED_INSTRUCTION_NAMES: frozenset[str] = (STANDARD_GATE_NAMES - {"global_phase"}) | {
     "if_else",
     "while_loop",
@@ -590,8 +592,14 @@ def parse_circuit(
 
     Raises:
         InvalidArgument: CIRCUIT_TOO_LARGE, INCLUDE_NOT_ALLOWED, INVALID_QASM, UNKNOWN_GATE,
-            UNSUPPORTED_FEATURE, NON_FINITE_ANGLE, CIRCUIT_TOO_COMPLEX or TOO_MANY_QUBITS.
+            UNSUPPORTED_FEATURE, NON_FINITE_ANGLE, CIRCUIT_TOO_COMPLEX or TOO_MANY_QUBITS
+            (INVALID_QPY for QPY payloads).
     """
+    if source.language is CircuitLanguage.QPY:
+        # Imported on first use: QPY is an extra, and the reader imports this module.
+        from gateway.backends import qpy_reader
+
+        return qpy_reader.load_circuit(source.data, limits, field, max_qubits=max_qubits)
     text = source.text
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.max_source_bytes:
@@ -1394,6 +1402,43 @@ def check_control_flow_supported(
             check_control_flow_supported(block, supported, field)
 
 
+def check_gate_names(circuit: QuantumCircuit, reserved: Collection[str], field: str) -> None:
+    """RESERVED_GATE_NAME for a user-defined gate named like a standard gate or one of the
+    backend's own instructions (`reserved`, e.g. Aer's `unitary`, `kraus`, `save_statevector`).
+
+    The transpiler matches gates by name: it would run the standard gate (or the library's
+    equivalent of `iswap`, `dcx`, ...) instead of the client's definition, silently, or hand the
+    simulator an instruction it fails on. Each distinct definition is looked at once.
+    """
+    names = STANDARD_GATE_NAMES | frozenset(reserved)
+    seen: set[tuple[object, ...]] = set()
+    pending: list[QuantumCircuit] = [circuit]
+    while pending:
+        body = pending.pop()
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                pending.extend(op.blocks)
+                continue
+            if _is_atomic(op):
+                continue
+            if op.name in names:
+                raise invalid(
+                    "RESERVED_GATE_NAME",
+                    f"a gate definition may not be named {op.name!r}: it names a standard gate "
+                    "or one of the backend's own instructions; rename the gate (or include the "
+                    "standard library instead of defining it)",
+                    field,
+                    gate=op.name,
+                )
+            key = _definition_key(op)
+            if key not in seen:
+                seen.add(key)
+                definition = getattr(op, "definition", None)
+                if definition is not None:
+                    pending.append(definition)
+
+
 def has_bits_outside_registers(circuit: QuantumCircuit) -> bool:
     """True when a classical bit belongs to no register (e.g. OpenQASM 3 `bit c;`)."""
     return any(not circuit.find_bit(bit).registers for bit in circuit.clbits)
@@ -1512,8 +1557,19 @@ def validate_observables(
         where = f"observable {index}"
         if not observable.terms:
             raise invalid("INVALID_OBSERVABLE", f"{where} has no terms", field, index=index)
-        for pauli, coefficient in observable.terms:
-            if len(pauli) != num_qubits:
+        for term_index, term in enumerate(observable.terms):
+            pauli, coefficient = term.pauli, term.coefficient
+            if term.qubits is not None:
+                _check_sparse_term(
+                    term.qubits,
+                    len(pauli),
+                    num_qubits,
+                    f"{where}, term {term_index}",
+                    f"{field}[{index}].terms[{term_index}].qubits",
+                    index,
+                    term_index,
+                )
+            elif len(pauli) != num_qubits:
                 raise invalid(
                     "INVALID_OBSERVABLE",
                     f"{where}: Pauli string of length {len(pauli)} on a {num_qubits}-qubit circuit",
@@ -1535,6 +1591,32 @@ def validate_observables(
                     index=index,
                 )
     return shape
+
+
+def _check_sparse_term(
+    qubits: Sequence[int],
+    num_paulis: int,
+    num_qubits: int,
+    where: str,
+    field: str,
+    index: int,
+    term_index: int,
+) -> None:
+    """A sparse term names one distinct qubit of the circuit per Pauli character (linear in the
+    term's length, never in the circuit's width)."""
+
+    def refuse(description: str) -> InvalidArgument:
+        return invalid(
+            "INVALID_OBSERVABLE", f"{where}: {description}", field, index=index, term=term_index
+        )
+
+    if len(qubits) != num_paulis:
+        raise refuse(f"{num_paulis} Paulis for {len(qubits)} qubits; give one qubit per Pauli")
+    for qubit in qubits:
+        if not 0 <= qubit < num_qubits:
+            raise refuse(f"qubit {qubit} is not a qubit of the {num_qubits}-qubit circuit")
+    if len(set(qubits)) != len(qubits):
+        raise refuse("a qubit is listed twice; list each qubit once")
 
 
 def broadcast_pub_shape(

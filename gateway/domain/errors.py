@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 
 class Code(enum.IntEnum):
@@ -51,6 +51,26 @@ class QuotaViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class ResourceInfo:
+    """The resource an error is about (google.rpc.ResourceInfo), e.g. on NOT_FOUND.
+
+    `type` is the resource type ("qgateway.dev/Job"), `name` its full resource name
+    ("jobs/abc").
+    """
+
+    type: str
+    name: str
+    description: str = ""
+
+
+# Resource types, as annotated with google.api.resource in the protos.
+JOB_RESOURCE = "qgateway.dev/Job"
+BACKEND_RESOURCE = "qgateway.dev/Backend"
+SESSION_RESOURCE = "qgateway.dev/Session"
+JOB_RESULT_RESOURCE = "qgateway.dev/JobResult"
+
+
 class GatewayError(Exception):
     """Base of every error the gateway answers with.
 
@@ -60,7 +80,9 @@ class GatewayError(Exception):
         metadata: ErrorInfo metadata.
         field_violations: BadRequest details.
         quota_violations: QuotaFailure details.
-        retry_after: Seconds for RetryInfo.retry_delay, when retrying later can succeed.
+        retry_after: Seconds for RetryInfo.retry_delay, only when repeating the same call
+            can succeed (a full queue, an open breaker), never for a limit.
+        resource_info: ResourceInfo details (NOT_FOUND names the missing resource).
     """
 
     code: ClassVar[Code] = Code.INTERNAL
@@ -74,6 +96,7 @@ class GatewayError(Exception):
         field_violations: Sequence[FieldViolation] = (),
         quota_violations: Sequence[QuotaViolation] = (),
         retry_after: float | None = None,
+        resource_info: ResourceInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -82,6 +105,7 @@ class GatewayError(Exception):
         self.field_violations = tuple(field_violations)
         self.quota_violations = tuple(quota_violations)
         self.retry_after = retry_after
+        self.resource_info = resource_info
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason!r}, {self.message!r})"
@@ -147,10 +171,123 @@ class Internal(GatewayError):
     code = Code.INTERNAL
 
 
-class ExecutionError(Exception):
-    """A backend failed to run an accepted job; the job ends FAILED with this reason."""
+class Unimplemented(GatewayError):
+    """Part of the API that is declared but not built yet (sessions, until the providers
+    issue)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    code = Code.UNIMPLEMENTED
+
+
+class ExecutionError(Exception):
+    """A backend failed to run an accepted job; the job ends FAILED with this reason.
+
+    Its status code is the reason's (REASONS). `metadata` is lowerCamelCase ErrorInfo metadata:
+    "pubIndex" when the failure belongs to one PUB, "providerJobId" on provider backends.
+    """
+
+    def __init__(
+        self, reason: str, message: str, *, metadata: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @property
+    def code(self) -> Code:
+        return reason_code(self.reason)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason!r}, {self.message!r})"
+
+
+# ------------------------------------------------------------------------------------ reasons
+#
+# Every ErrorInfo.reason the gateway answers with (RPC errors and job failures alike) and the one
+# status code it goes with. The README's error table lists the same reasons with their remedies
+# (tests/unit/test_error_model.py checks both against every reason raised in gateway/). A reason
+# is never a status code's name: it says what happened, the code says what the caller can do.
+REASONS: Final[Mapping[str, Code]] = {
+    # The request can never succeed as sent.
+    "MALFORMED_REQUEST": Code.INVALID_ARGUMENT,
+    "REQUEST_TOO_LARGE": Code.INVALID_ARGUMENT,
+    "INVALID_REQUEST_ID": Code.INVALID_ARGUMENT,
+    "REQUEST_ID_REUSED": Code.INVALID_ARGUMENT,
+    "INVALID_BACKEND_NAME": Code.INVALID_ARGUMENT,
+    "INVALID_JOB_NAME": Code.INVALID_ARGUMENT,
+    "INVALID_RESULT_NAME": Code.INVALID_ARGUMENT,
+    "INVALID_TARGET_NAME": Code.INVALID_ARGUMENT,
+    "INVALID_BACKEND_VIEW": Code.INVALID_ARGUMENT,
+    "INVALID_FILTER": Code.INVALID_ARGUMENT,
+    "INVALID_LABELS": Code.INVALID_ARGUMENT,
+    "INVALID_CHUNK_SIZE": Code.INVALID_ARGUMENT,
+    "INVALID_RESUME_POSITION": Code.INVALID_ARGUMENT,
+    "INVALID_PAGE_SIZE": Code.INVALID_ARGUMENT,
+    "INVALID_PAGE_TOKEN": Code.INVALID_ARGUMENT,
+    "INVALID_STATE_FILTER": Code.INVALID_ARGUMENT,
+    "NO_PUBS": Code.INVALID_ARGUMENT,
+    "MISSING_PUB": Code.INVALID_ARGUMENT,
+    "MISSING_CIRCUIT": Code.INVALID_ARGUMENT,
+    "INVALID_QASM": Code.INVALID_ARGUMENT,
+    "INCLUDE_NOT_ALLOWED": Code.INVALID_ARGUMENT,
+    "UNKNOWN_GATE": Code.INVALID_ARGUMENT,
+    "NON_FINITE_ANGLE": Code.INVALID_ARGUMENT,
+    "UNSUPPORTED_FEATURE": Code.INVALID_ARGUMENT,
+    "NO_MEASUREMENTS": Code.INVALID_ARGUMENT,
+    "TOO_MANY_QUBITS": Code.INVALID_ARGUMENT,
+    "CIRCUIT_TOO_LARGE": Code.INVALID_ARGUMENT,
+    "CIRCUIT_TOO_COMPLEX": Code.INVALID_ARGUMENT,
+    "INVALID_SHAPE": Code.INVALID_ARGUMENT,
+    "UNBOUND_PARAMETERS": Code.INVALID_ARGUMENT,
+    "UNKNOWN_PARAMETERS": Code.INVALID_ARGUMENT,
+    "INVALID_PARAMETER_VALUES": Code.INVALID_ARGUMENT,
+    "INVALID_OBSERVABLE": Code.INVALID_ARGUMENT,
+    "INVALID_SHOTS": Code.INVALID_ARGUMENT,
+    "INVALID_PRECISION": Code.INVALID_ARGUMENT,
+    "INVALID_SAMPLER_OUTPUT": Code.INVALID_ARGUMENT,
+    "TOO_MANY_BINDINGS": Code.INVALID_ARGUMENT,
+    "TOO_MANY_SHOTS": Code.INVALID_ARGUMENT,
+    "ESTIMATOR_TOO_LARGE": Code.INVALID_ARGUMENT,
+    "EXECUTION_TOO_EXPENSIVE": Code.INVALID_ARGUMENT,
+    "MEMORY_BUDGET_EXCEEDED": Code.INVALID_ARGUMENT,
+    "RESULT_LIMIT_EXCEEDED": Code.INVALID_ARGUMENT,
+    # Who is calling.
+    "API_KEY_MISSING": Code.UNAUTHENTICATED,
+    "API_KEY_INVALID": Code.UNAUTHENTICATED,
+    # What the caller may do.
+    "ADMIN_VIEW_DENIED": Code.PERMISSION_DENIED,
+    # Resources.
+    "JOB_NOT_FOUND": Code.NOT_FOUND,
+    "BACKEND_NOT_FOUND": Code.NOT_FOUND,
+    "RESULT_NOT_FOUND": Code.NOT_FOUND,
+    "RESULT_EXPIRED": Code.NOT_FOUND,
+    "JOB_ALREADY_FINISHED": Code.FAILED_PRECONDITION,
+    "RESULT_NOT_READY": Code.FAILED_PRECONDITION,
+    "RESULT_TOO_LARGE": Code.FAILED_PRECONDITION,
+    # Admission: nothing was accepted; repeating the call later can succeed.
+    "QUEUE_FULL": Code.RESOURCE_EXHAUSTED,
+    "COMPILERS_BUSY": Code.RESOURCE_EXHAUSTED,
+    "BACKEND_UNAVAILABLE": Code.UNAVAILABLE,
+    "DRAINING": Code.UNAVAILABLE,
+    # Waiting calls.
+    "RUN_DEADLINE_EXCEEDED": Code.DEADLINE_EXCEEDED,
+    "GATEWAY_DRAINING": Code.ABORTED,
+    # Declared in v1, not built yet.
+    "SESSIONS_NOT_IMPLEMENTED": Code.UNIMPLEMENTED,
+    # Job failures (Job.error) that are not client errors found late.
+    "OUT_OF_MEMORY": Code.RESOURCE_EXHAUSTED,
+    "JOB_TIMEOUT": Code.DEADLINE_EXCEEDED,
+    "QUEUE_TIMEOUT": Code.DEADLINE_EXCEEDED,
+    "WORKER_CRASHED": Code.INTERNAL,
+    "EXECUTION_FAILED": Code.INTERNAL,
+    "PROVIDER_ERROR": Code.UNAVAILABLE,
+    # Bugs in the gateway.
+    "INTERNAL_ERROR": Code.INTERNAL,
+    "COMPILER_CRASHED": Code.INTERNAL,
+    "COMPILER_FAILED": Code.INTERNAL,
+}
+
+
+def reason_code(reason: str) -> Code:
+    """The status code of a reason; INTERNAL for a reason no one registered (a gateway bug)."""
+    return REASONS.get(reason, Code.INTERNAL)

@@ -10,13 +10,21 @@ import grpc
 
 from gateway.api.context import Context
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
-from gateway.security.api_keys import KeyRing
-from gateway.security.principals import current_principal
+from gateway.security.api_keys import KeyRing, Principal
+from gateway.security.principals import ANONYMOUS, current_principal
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, keys: KeyRing) -> None:
+    """Sets each gateway call's principal.
+
+    Args:
+        keys: The configured API keys; when there are none, every caller is `anonymous`.
+        anonymous: The principal of keyless callers (tenant "default"; admin per configuration).
+    """
+
+    def __init__(self, keys: KeyRing, anonymous: Principal = ANONYMOUS) -> None:
         self._keys = keys
+        self._anonymous = anonymous
 
     async def intercept_service(
         self,
@@ -24,13 +32,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if not self._keys or not is_gateway_method(handler, handler_call_details.method):
+        if not is_gateway_method(handler, handler_call_details.method):
             return handler
-        keys = self._keys
+        if not self._keys and self._anonymous == ANONYMOUS:
+            return handler  # the context variable's default is this caller already
+        keys, anonymous = self._keys, self._anonymous
+
+        def authenticate(context: Context) -> Principal:
+            return keys.authenticate(context.invocation_metadata()) if keys else anonymous
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:
-                token = current_principal.set(keys.authenticate(context.invocation_metadata()))
+                token = current_principal.set(authenticate(context))
                 try:
                     return await unary(request, context)
                 finally:
@@ -42,7 +55,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
                 # Not reset afterwards: a stream generator may be closed from another context,
                 # where the token is invalid, and each call runs in a task of its own anyway.
-                current_principal.set(keys.authenticate(context.invocation_metadata()))
+                current_principal.set(authenticate(context))
                 async for item in stream(request, context):
                     yield item
 

@@ -31,12 +31,16 @@ class ApiKeyConfig(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     name: str = ""
+    # Operators' keys: they may read the FULL view of backends (health, breaker, pool). Until
+    # roles arrive with the security issue, this is the one privilege a key can hold.
+    admin: bool = False
 
 
 @dataclass(frozen=True)
 class Principal:
     tenant: str
     key_prefix: str  # "" for the anonymous default principal
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,13 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def generate_key(tenant: str, name: str = "") -> NewKey:
+def generate_key(tenant: str, name: str = "", *, admin: bool = False) -> NewKey:
     prefix = secrets.token_hex(_PREFIX_BYTES)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
-    return NewKey(key, ApiKeyConfig(prefix=prefix, sha256=hash_key(key), tenant=tenant, name=name))
+    return NewKey(
+        key,
+        ApiKeyConfig(prefix=prefix, sha256=hash_key(key), tenant=tenant, name=name, admin=admin),
+    )
 
 
 class KeyRing:
@@ -82,4 +89,4 @@ class KeyRing:
         expected = entry.sha256 if entry is not None else "0" * 64
         if not hmac.compare_digest(hash_key(key), expected) or entry is None:
             raise invalid
-        return Principal(tenant=entry.tenant, key_prefix=entry.prefix)
+        return Principal(tenant=entry.tenant, key_prefix=entry.prefix, admin=entry.admin)

@@ -19,6 +19,7 @@ from qgateway import Client
 from qgateway.errors import DeadlineExceededError
 from qgateway.results import JobState
 from qgateway.v1 import (
+    backend_pb2,
     backend_service_pb2,
     backend_service_pb2_grpc,
     circuit_pb2,
@@ -57,9 +58,16 @@ def _issued_token(client: Client) -> str:
 
 
 def _with_cursor(token: str, cursor: int) -> str:
-    data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    data["c"] = cursor
-    return _token(json.dumps(data).encode())
+    """A token in the old readable format (JSON with a cursor), as a forger would write it;
+    tokens are sealed now, so the issued token is only a template for its length."""
+    del token
+    return _token(json.dumps({"c": cursor, "f": "0123456789abcdef"}).encode())
+
+
+def _flipped(token: str, index: int) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    raw[index] ^= 0x01
+    return _token(bytes(raw))
 
 
 @pytest.mark.parametrize(
@@ -76,6 +84,10 @@ def _with_cursor(token: str, cursor: int) -> str:
         pytest.param(lambda t: t + "A" * 4000, id="overlong"),
         pytest.param(lambda t: "\u00e9" * 10, id="non-ascii"),
         pytest.param(lambda t: _token(b'{"c":1,"f":"\\u00e9"}'), id="non-ascii-filter-digest"),
+        pytest.param(lambda t: _flipped(t, 0), id="sealed-version-byte-edited"),
+        pytest.param(lambda t: _flipped(t, 20), id="sealed-cursor-byte-edited"),
+        pytest.param(lambda t: _flipped(t, -1), id="sealed-tag-byte-edited"),
+        pytest.param(lambda t: t[:-4], id="sealed-truncated"),
     ],
 )
 def test_malformed_page_token_is_invalid_argument(client: Client, make: object) -> None:
@@ -85,7 +97,7 @@ def test_malformed_page_token_is_invalid_argument(client: Client, make: object) 
     with pytest.raises(grpc.RpcError) as exc:
         jobs.ListJobs(job_service_pb2.ListJobsRequest(page_token=token), timeout=10)
     info = status_of(exc.value)
-    assert (info.code, info.reason, info.domain) == (INVALID, "INVALID_PAGE_TOKEN", "qgateway")
+    assert (info.code, info.reason, info.domain) == (INVALID, "INVALID_PAGE_TOKEN", "qgateway.dev")
     assert info.fields == ["page_token"]
 
 
@@ -191,7 +203,7 @@ def _short_run(client: Client, qasm: str, shots: int) -> tuple[str, float, str]:
     except DeadlineExceededError as err:
         elapsed = time.monotonic() - start
         if err.reason:
-            assert (err.reason, err.domain) == ("RUN_DEADLINE_EXCEEDED", "qgateway")
+            assert (err.reason, err.domain) == ("RUN_DEADLINE_EXCEEDED", "qgateway.dev")
             assert err.job
             return "gateway", elapsed, err.job
         # gRPC's own deadline: the answer (due a few ms before the deadline) came too late, or
@@ -253,7 +265,11 @@ def test_a_short_run_deadline_of_a_slow_job_is_answered_near_the_deadline(
 
 # ----------------------------------------------------------------------------- pool limit
 
+# Pool occupancy is the FULL view of a backend: the keyless caller of this gateway is an admin.
 POOL_BACKENDS = """
+[auth]
+anonymous_admin = true
+
 [backends.aer]
 adapter = "aer"
 pool = { min_instances = 2, max_instances = 2 }
@@ -299,10 +315,11 @@ class WorkerCounter:
 
 def _peak(channel: grpc.Channel) -> tuple[int, int]:
     backends = backend_service_pb2_grpc.BackendServiceStub(channel)
+    full = backend_pb2.BACKEND_VIEW_FULL
     got = backends.GetBackend(
-        backend_service_pb2.GetBackendRequest(name="backends/aer"), timeout=10
+        backend_service_pb2.GetBackendRequest(name="backends/aer", view=full), timeout=10
     )
-    listed = backends.ListBackends(backend_service_pb2.ListBackendsRequest(), timeout=10)
+    listed = backends.ListBackends(backend_service_pb2.ListBackendsRequest(view=full), timeout=10)
     assert [b.pool.peak_instances for b in listed.backends] == [got.backend.pool.peak_instances]
     return got.backend.pool.peak_instances, got.backend.pool.max_instances
 

@@ -1,0 +1,61 @@
+"""Helpers for tests of backend targets (GetBackendTarget): circuits built from a Target."""
+
+from __future__ import annotations
+
+import io
+
+from qiskit import QuantumCircuit, qpy
+from qiskit.circuit import ControlFlowOp
+from qiskit.transpiler import Target
+
+__all__ = ["every_instruction", "qpy_bytes"]
+
+
+def every_instruction(target: Target) -> QuantumCircuit:
+    """A circuit that uses every instruction of `target` at least once: each gate on the first
+    qubits with distinct angles, measure, reset and delay, and if/else, while and for loops
+    around small bodies. For global (all-to-all) targets."""
+    sizes = [
+        op.num_qubits
+        for op in map(target.operation_from_name, target.operation_names)
+        if not isinstance(op, type)
+    ]
+    width = max(3, *sizes)
+    qc = QuantumCircuit(width, width)
+    qc.h(0)
+    qc.measure(0, 0)
+    for name in sorted(target.operation_names):
+        op = target.operation_from_name(name)
+        if name == "if_else":
+            with qc.if_test((qc.clbits[0], 1)) as else_:
+                qc.x(1)
+            with else_:
+                qc.h(1)
+        elif name == "while_loop":
+            with qc.while_loop((qc.clbits[1], 1)):
+                qc.reset(1)
+                qc.measure(1, 1)
+        elif name == "for_loop":
+            with qc.for_loop(range(2)):
+                qc.x(2)
+        elif name == "measure":
+            qc.measure(1, 1)
+        elif name == "reset":
+            qc.reset(2)
+        elif name == "delay":
+            qc.delay(16, 0, unit="dt")
+        else:
+            if isinstance(op, type | ControlFlowOp):
+                raise AssertionError(f"no circuit for control flow {name!r}")
+            params = [0.25 + 0.1 * i for i in range(len(op.params))]
+            gate = type(op)(*params) if params else op
+            qc.append(gate, list(range(op.num_qubits)))
+    qc.measure(range(width), range(width))
+    return qc
+
+
+def qpy_bytes(circuit: QuantumCircuit) -> bytes:
+    """The circuit as QPY, the format that carries every standard gate as itself."""
+    out = io.BytesIO()
+    qpy.dump(circuit, out)
+    return out.getvalue()

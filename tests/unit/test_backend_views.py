@@ -1,0 +1,295 @@
+"""Backend views in process: what BASIC and FULL hold, who is an admin, and health errors that
+never carry exception text (paths, addresses) to the API."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from qgateway.v1 import backend_pb2
+
+from gateway.api import backend_codec
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.domain.backends import (
+    BackendInfo,
+    BackendKind,
+    BackendLimits,
+    BackendStatus,
+    Primitive,
+)
+from gateway.domain.errors import ExecutionError, InvalidArgument
+from gateway.jobs.backend import HealthState
+from gateway.jobs.health import HealthMonitor
+from gateway.security.api_keys import KeyRing, generate_key
+from gateway.security.policies import may_read_operations, visible_backends
+from gateway.security.principals import ANONYMOUS
+
+INFO = BackendInfo(
+    name="aer",
+    provider="aer",
+    kind=BackendKind.SIMULATOR,
+    num_qubits=30,
+    basis_gates=("x", "cx"),
+    primitives=frozenset({Primitive.SAMPLER}),
+    features=frozenset(),
+    limits=BackendLimits(
+        max_shots=10, memory_budget_bytes=20, max_queued_jobs=30, max_result_bytes=40
+    ),
+)
+STATUS = BackendStatus(
+    ready=True,
+    serving=True,
+    last_probe=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    last_error="PROBE_TIMEOUT: no answer within 30 s",
+    breaker_state="HALF_OPEN",
+    queue_depth=7,
+    running=2,
+    pool_in_use=2,
+    pool_idle=1,
+    pool_waiting=3,
+    pool_min=1,
+    pool_max=4,
+    pool_peak=4,
+)
+LIMITS = backend_codec.encode_limits(INFO.limits, 60.0)
+OPERATIONAL = ("health", "pool")
+
+
+def test_basic_view_has_no_operational_detail() -> None:
+    basic = backend_codec.encode_backend(INFO, STATUS, LIMITS, backend_codec.View.BASIC)
+    wire = backend_pb2.Backend.FromString(basic.SerializeToString())
+    for name in OPERATIONAL:
+        assert not wire.HasField(name), name
+    assert wire.breaker_state == backend_pb2.BREAKER_STATE_UNSPECIFIED
+    assert (wire.name, wire.queue_length, wire.running_jobs, wire.num_qubits) == (
+        "backends/aer",
+        7,
+        2,
+        30,
+    )
+    assert wire.limits.max_shots == 10 and wire.limits.max_execution_seconds == 60.0
+    assert wire.status == backend_pb2.BACKEND_STATUS_ONLINE
+
+
+def test_full_view_adds_health_breaker_and_pool() -> None:
+    full = backend_codec.encode_backend(INFO, STATUS, LIMITS, backend_codec.View.FULL)
+    assert full.health.serving and full.health.last_error.startswith("PROBE_TIMEOUT")
+    assert full.health.last_probe_time.seconds == int(STATUS.last_probe.timestamp())  # type: ignore[union-attr]
+    assert full.breaker_state == backend_pb2.BREAKER_STATE_HALF_OPEN
+    assert (full.pool.in_use, full.pool.idle, full.pool.waiting) == (2, 1, 3)
+    assert (full.pool.min_instances, full.pool.max_instances, full.pool.peak_instances) == (1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (backend_pb2.BACKEND_VIEW_UNSPECIFIED, backend_codec.View.BASIC),
+        (backend_pb2.BACKEND_VIEW_BASIC, backend_codec.View.BASIC),
+        (backend_pb2.BACKEND_VIEW_FULL, backend_codec.View.FULL),
+    ],
+)
+def test_views(value: int, expected: backend_codec.View) -> None:
+    assert backend_codec.view(value) is expected
+
+
+@pytest.mark.parametrize("value", [3, -1, 1 << 30])
+def test_undefined_view_numbers_are_invalid(value: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        backend_codec.view(value)
+    assert caught.value.reason == "INVALID_BACKEND_VIEW"
+
+
+# ------------------------------------------------------------------------------ who is admin
+
+
+def test_admin_flag_travels_from_key_entry_to_principal() -> None:
+    admin, tenant = generate_key("ops", admin=True), generate_key("acme")
+    ring = KeyRing([admin.config, tenant.config])
+    got_admin = ring.authenticate([("authorization", f"Bearer {admin.key}")])
+    got_tenant = ring.authenticate([("authorization", f"Bearer {tenant.key}")])
+    assert got_admin.admin and may_read_operations(got_admin)
+    assert not got_tenant.admin and not may_read_operations(got_tenant)
+
+
+def test_anonymous_caller_is_not_admin_unless_configured(tmp_path: Any) -> None:
+    assert not ANONYMOUS.admin
+    assert not GatewayConfig().auth.anonymous().admin
+    config = tmp_path / "gateway.toml"
+    config.write_text("[auth]\nanonymous_admin = true\n")
+    anonymous = load_config(config).auth.anonymous()
+    assert anonymous.admin and anonymous.tenant == "default"
+
+
+def test_anonymous_admin_with_keys_is_a_config_error(tmp_path: Any) -> None:
+    entry = generate_key("acme").config
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[auth]\nanonymous_admin = true\n[[auth.api_keys]]\n"
+        f'prefix = "{entry.prefix}"\nsha256 = "{entry.sha256}"\ntenant = "acme"\n'
+    )
+    with pytest.raises(ConfigError, match="anonymous_admin"):
+        load_config(config)
+
+
+def test_admin_key_entry_in_toml(tmp_path: Any) -> None:
+    entry = generate_key("ops").config
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[[auth.api_keys]]\n"
+        f'prefix = "{entry.prefix}"\nsha256 = "{entry.sha256}"\ntenant = "ops"\nadmin = true\n'
+    )
+    assert load_config(config).auth.api_keys[0].admin
+
+
+def test_every_backend_is_visible_until_policies_exist() -> None:
+    assert visible_backends(ANONYMOUS, ["b", "a"]) == ["a", "b"]
+
+
+# ------------------------------------------------------------------- sanitised health errors
+
+SECRET_TEXT = (
+    "worker 4242 died: [Errno 2] No such file or directory: '/var/lib/qgateway/secret/x.sock' "
+    "while connecting to 10.1.2.3:50051 (tenant acme's job)"
+)
+FORBIDDEN = ("/var/lib", "secret", "10.1.2.3", "50051", "4242", "Errno", "acme", "sock")
+
+
+@dataclass
+class _Worker:
+    error: BaseException | None
+    alive: bool = True
+
+    async def execute(self, payload: object) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def kill(self) -> None:
+        self.alive = False
+
+
+@dataclass
+class _Pool:
+    worker: _Worker | None = None
+    acquire_error: BaseException | None = None
+    released: list[bool] = field(default_factory=list)
+
+    async def acquire(self, timeout: float) -> _Worker:
+        if self.acquire_error is not None:
+            raise self.acquire_error
+        assert self.worker is not None
+        return self.worker
+
+    async def release(self, worker: _Worker, broken: bool) -> None:
+        self.released.append(broken)
+
+
+@dataclass
+class _Settings:
+    probe_timeout_s: float = 30.0
+    health_interval_s: float = 30.0
+
+
+@dataclass
+class _Adapter:
+    def probe_spec(self) -> object:
+        return object()
+
+
+@dataclass
+class _Prepared:
+    payload: object = None
+
+
+@dataclass
+class _Runtime:
+    pool: _Pool
+    name: str = "aer"
+    settings: _Settings = field(default_factory=_Settings)
+    adapter: _Adapter = field(default_factory=_Adapter)
+    health: HealthState = field(default_factory=HealthState)
+
+
+async def _probe(runtime: _Runtime) -> str:
+    async def prepare(*_: object) -> _Prepared:
+        return _Prepared()
+
+    async def on_change(_: object) -> None:
+        return None
+
+    monitor = HealthMonitor(runtime, prepare, on_change)  # type: ignore[arg-type]
+    await monitor.probe()
+    assert not runtime.health.serving and runtime.health.last_probe is not None
+    return runtime.health.last_error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ExecutionError("WORKER_CRASHED", SECRET_TEXT), "PROBE_FAILED: worker crashed"),
+        (ExecutionError("OUT_OF_MEMORY", SECRET_TEXT), "PROBE_FAILED: out of memory"),
+        (ExecutionError("PROVIDER_ERROR", SECRET_TEXT), "PROBE_FAILED: provider error"),
+        # A reason no one described yet is shown only if it looks like a reason.
+        (ExecutionError("SOME_NEW_REASON", SECRET_TEXT), "PROBE_FAILED: SOME_NEW_REASON"),
+        (ExecutionError(SECRET_TEXT, SECRET_TEXT), "PROBE_FAILED"),
+        (OSError(SECRET_TEXT), "PROBE_FAILED: unexpected error"),
+    ],
+)
+def test_probe_failures_show_a_reason_never_the_exception_text(
+    error: BaseException, expected: str
+) -> None:
+    runtime = _Runtime(_Pool(worker=_Worker(error)))
+    last_error = asyncio.run(_probe(runtime))
+    assert last_error == expected
+    for text in FORBIDDEN:
+        assert text not in last_error
+    assert runtime.pool.released == [False]
+
+
+def test_no_instance_shows_no_exception_text() -> None:
+    runtime = _Runtime(_Pool(acquire_error=OSError(SECRET_TEXT)))
+    last_error = asyncio.run(_probe(runtime))
+    assert last_error == "NO_INSTANCE: no backend instance could be started"
+
+
+def test_refused_probe_circuit_shows_only_its_reason() -> None:
+    runtime = _Runtime(_Pool(worker=_Worker(None)))
+
+    async def refuse(*_: object) -> _Prepared:
+        raise InvalidArgument("UNKNOWN_GATE", SECRET_TEXT)
+
+    async def on_change(_: object) -> None:
+        return None
+
+    asyncio.run(HealthMonitor(runtime, refuse, on_change).probe())  # type: ignore[arg-type]
+    assert runtime.health.last_error == "PROBE_REFUSED: UNKNOWN_GATE"
+
+
+def test_probe_timeout_names_the_configured_limit() -> None:
+    class _Hang(_Worker):
+        async def execute(self, payload: object) -> None:
+            await asyncio.Event().wait()
+
+    worker = _Hang(None)
+    runtime = _Runtime(_Pool(worker=worker), settings=_Settings(probe_timeout_s=0.05))
+    assert asyncio.run(_probe(runtime)) == "PROBE_TIMEOUT: no answer within 0.05 s"
+    assert not worker.alive and runtime.pool.released == [True]
+
+
+def test_success_clears_the_error() -> None:
+    runtime = _Runtime(_Pool(worker=_Worker(None)))
+    runtime.health.last_error = "PROBE_FAILED: worker crashed"
+
+    async def run() -> None:
+        async def prepare(*_: object) -> _Prepared:
+            return _Prepared()
+
+        async def on_change(_: object) -> None:
+            return None
+
+        await HealthMonitor(runtime, prepare, on_change).probe()  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert runtime.health.serving and runtime.health.last_error == ""
