@@ -57,6 +57,12 @@ class JobOptions:
     sampler_output: SamplerOutput = SamplerOutput.SAMPLES_AND_COUNTS
     # Backend to run on when `backend`'s breaker is open at submission ("" = none).
     fallback_backend: str = ""
+    # The job's own run-time limit (> 0, finite); the backend's max_run_time_s still applies,
+    # the smaller wins. None: the backend's limit alone.
+    max_execution_time_s: float | None = None
+    # Backend-specific options, bounded in size and depth at the API edge (JSON values: dict,
+    # list, str, float, bool, None) and validated by the backend adapter's own schema.
+    provider_options: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class JobSpec:
     backend: str
     pubs: tuple[Pub, ...]
     options: JobOptions = JobOptions()
+    # Validated labels (gateway.domain.labels), stored with the job and filterable.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,8 @@ class Job:
     # While QUEUED: jobs ahead of it on its backend (live, from the in-memory queue; never
     # stored). None otherwise.
     queue_position: int | None = None
+    # Labels given at submission (JobSpec.labels).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from gateway.domain.jobs import Job
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One event of a watch: the job after a change, or again as a heartbeat (nothing changed
+    for the heartbeat interval; its queue position may have)."""
+
+    job: Job
+    heartbeat: bool = False
 
 
 class JobEvents:

@@ -4,7 +4,7 @@ waiting tenant with the fewest running jobs, in turn among equals."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -96,12 +96,7 @@ class FairQueue:
         """
         if not self._size:
             return None
-        if running is not None:
-            served = self._served
-            tenant = min(self._turns, key=lambda t: (running.get(t, 0), served.get(t, 0)))
-            self._turns.remove(tenant)
-        else:
-            tenant = self._turns.popleft()
+        tenant = _take_turn(self._turns, running, self._served)
         dq = self._by_tenant[tenant]
         item = dq.popleft()
         self._size -= 1
@@ -114,3 +109,60 @@ class FairQueue:
             if not self._size:
                 self._nonempty.clear()
         return item
+
+    def position(
+        self, job_id: str, tenant: str, running: Mapping[str, int] | None = None
+    ) -> int | None:
+        """How many jobs pop() would hand out before this one (0: it is next), or None when
+        the job is not in the queue.
+
+        The answer replays pop() on a copy of the queue's state, counting every job handed out
+        as running for its tenant and no running job as finishing meanwhile. Fair share makes
+        it an estimate, not a promise: a tenant that submits later, or whose running jobs
+        finish, can be served first, so a job's position can also grow. O(jobs ahead x waiting
+        tenants); O(1) tenants in practice, and the queue is bounded (max_queued_jobs).
+
+        Args:
+            job_id: The job.
+            tenant: Its tenant (jobs are queued per tenant).
+            running: As for pop(): jobs each tenant is running now.
+        """
+        dq = self._by_tenant.get(tenant)
+        if dq is None:
+            return None
+        index = next((i for i, item in enumerate(dq) if item.job.id == job_id), None)
+        if index is None or len(self._by_tenant) == 1:
+            return index
+        left = {t: len(q) for t, q in self._by_tenant.items()}
+        turns = deque(self._turns)
+        served = dict(self._served)
+        counts = None if running is None else Counter(running)
+        pops = self._pops
+        ahead = 0
+        while True:
+            chosen = _take_turn(turns, counts, served)
+            if chosen == tenant:
+                if index == 0:
+                    return ahead
+                index -= 1
+            ahead += 1
+            pops += 1
+            served[chosen] = pops
+            if counts is not None:
+                counts[chosen] += 1
+            left[chosen] -= 1
+            if left[chosen]:
+                turns.append(chosen)
+
+
+def _take_turn(
+    turns: deque[str], running: Mapping[str, int] | None, served: Mapping[str, int]
+) -> str:
+    """Removes and returns the tenant served next: without running counts, the next in turn;
+    with them, the one running the fewest jobs, then the one served least recently (the one
+    rule for pop() and position(), so they cannot disagree)."""
+    if running is None:
+        return turns.popleft()
+    tenant = min(turns, key=lambda t: (running.get(t, 0), served.get(t, 0)))
+    turns.remove(tenant)
+    return tenant

@@ -6,12 +6,13 @@ the store never needs to understand them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
+from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
@@ -22,8 +23,9 @@ def request_id_reused(request_id: str, job_id: str) -> InvalidArgument:
     """The error for a request_id that names a job with a different payload."""
     return InvalidArgument(
         "REQUEST_ID_REUSED",
-        f"request_id {request_id!r} was already used for job {job_id} with a different request",
-        metadata={"job": job_id},
+        f"request_id {request_id!r} was already used for job jobs/{job_id} with a different "
+        "request",
+        metadata={"job": f"jobs/{job_id}", "requestId": request_id},
         field_violations=[
             FieldViolation("request_id", "already used for another request; use a new request_id")
         ],
@@ -35,7 +37,7 @@ class NewJob:
     id: str
     tenant: str
     request_id: str  # "" when the client gave none
-    request_hash: bytes  # sha256 of the deterministically serialised spec
+    request_hash: bytes  # gateway.api.request_digest: SHA-256 of the canonical request
     backend: str
     spec: bytes
     num_pubs: int
@@ -43,6 +45,8 @@ class NewJob:
     created_at: datetime
     # Where the job queues and runs, if not `backend` (a fallback backend).
     placement: str = ""
+    # Validated labels (JobSpec.labels).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,19 @@ class CreateOutcome:
 
 
 @dataclass(frozen=True)
+class JobCursor:
+    """A position in a tenant's job list (newest first): the last job of a page. Made of that
+    job's own fields, so a page token reveals nothing about other tenants' jobs."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True)
 class JobPage:
     jobs: Sequence[Job]
     # Position after the last job of this page, for the next page's `after`; None at the end.
-    next_cursor: int | None
+    next_cursor: JobCursor | None
 
 
 class Store(Protocol):
@@ -83,12 +96,12 @@ class Store(Protocol):
         self,
         tenant: str,
         *,
-        states: Collection[JobState] = (),
-        backend: str = "",
-        after: int | None = None,
+        filter: JobFilter | None = None,
+        after: JobCursor | None = None,
         limit: int = 50,
     ) -> JobPage:
-        """The tenant's jobs, newest first, starting after cursor `after`."""
+        """The tenant's jobs matching `filter` (None: all), newest first (create time, then id,
+        both descending), starting after cursor `after`."""
 
     async def get_spec(self, job_id: str) -> bytes | None: ...
 
@@ -96,6 +109,12 @@ class Store(Protocol):
 
     async def mark_running(self, job_id: str, started_at: datetime) -> Job | None:
         """QUEUED or SUBMITTING -> RUNNING, incrementing attempts; None otherwise."""
+
+    async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
+        """QUEUED, SUBMITTING or RUNNING -> CANCELLING; None otherwise (CANCELLING included)."""
+
+    async def delete_result(self, job_id: str) -> bool:
+        """Deletes a job's stored result (an expired one); False if there was none."""
 
     async def finish_job(
         self,
@@ -107,11 +126,16 @@ class Store(Protocol):
         execution: ExecutionInfo | None = None,
         timings: JobTimings | None = None,
         result: bytes | None = None,
+        result_expires_at: datetime | None = None,
     ) -> Job | None:
         """Moves a non-final job to a final state, storing its result in the same transaction.
+
+        Every state change records the state entered in the job's state history and update
+        time; `result_expires_at` (SUCCEEDED only) is when the result stops being kept.
 
         Returns None (and changes nothing) when the job is already final.
         """
 
-    async def requeue_interrupted(self) -> Sequence[Job]:
-        """At start: RUNNING -> QUEUED; returns every QUEUED job, oldest first."""
+    async def requeue_interrupted(self, now: datetime | None = None) -> Sequence[Job]:
+        """At start: CANCELLING -> CANCELLED (never run again), RUNNING -> QUEUED; returns
+        every QUEUED job, oldest first."""

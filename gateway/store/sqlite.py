@@ -14,13 +14,16 @@ import contextlib
 import json
 import pathlib
 import queue
+import re
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
+from gateway.domain.errors import Code, reason_code
+from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import (
     FINAL_STATES,
     ExecutionInfo,
@@ -28,10 +31,12 @@ from gateway.domain.jobs import (
     JobError,
     JobState,
     JobTimings,
+    StateTransition,
 )
 from gateway.store.base import (
     REQUEST_ID_DEDUP_WINDOW_S,
     CreateOutcome,
+    JobCursor,
     JobPage,
     NewJob,
     request_id_reused,
@@ -44,6 +49,11 @@ T = TypeVar("T")
 class Migration:
     version: int
     sql: str
+    # A step SQL alone cannot express; runs after `sql`, in the same transaction.
+    apply: Callable[[sqlite3.Connection], None] | None = None
+    # Rebuilding a table needs foreign keys off: DROP TABLE of a parent would run its ON DELETE
+    # CASCADE actions (and delete every result). Integrity is checked before the commit.
+    foreign_keys_off: bool = False
 
 
 # Append only: a released migration is never edited, the next change is a new version.
@@ -93,6 +103,50 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ALTER TABLE jobs ADD COLUMN placement TEXT;
         """,
     ),
+    # --- issue 7, long-running behaviour (CANCELLING, state history, result expiry) ---------
+    Migration(
+        3,
+        """
+        -- When the job last changed (microseconds since the epoch, like every time here).
+        ALTER TABLE jobs ADD COLUMN updated_at INTEGER;
+        -- Every state entered, in order: JSON [[state, time_us], ...], one entry per state
+        -- (the last time, for a state entered again after a restart).
+        ALTER TABLE jobs ADD COLUMN state_history TEXT;
+        -- When a SUCCEEDED job's result stops being kept (fixed when the job finishes).
+        ALTER TABLE jobs ADD COLUMN result_expires_at INTEGER;
+        """,
+        apply=lambda conn: _migrate_long_running(conn),
+        foreign_keys_off=True,
+    ),
+    # --- end of issue 7, long-running behaviour ---------------------------------------------
+    # --- issue 7, job failures as google.rpc.Status (code and ErrorInfo metadata) ----------
+    Migration(
+        4,
+        """
+        -- The failure's status code (google.rpc.Code number). NULL in rows written before this
+        -- step: read as the reason's registered code.
+        ALTER TABLE jobs ADD COLUMN error_code INTEGER;
+        -- ErrorInfo metadata: a JSON object of strings, e.g. {"pubIndex": "1"}.
+        ALTER TABLE jobs ADD COLUMN error_metadata TEXT;
+        -- Reasons that were status-code names got names of their own.
+        UPDATE jobs SET error_reason = 'OUT_OF_MEMORY' WHERE error_reason = 'RESOURCE_EXHAUSTED';
+        UPDATE jobs SET error_reason = 'INTERNAL_ERROR' WHERE error_reason = 'INTERNAL';
+        """,
+    ),
+    # --- end of issue 7, job failures as google.rpc.Status -----------------------------------
+    # --- issue 7, labels and ListJobs paging by create time ---------------------------------
+    Migration(
+        5,
+        """
+        -- JobSpec.labels as a JSON object of strings (NULL: no labels); ListJobs filters on
+        -- them with json_each.
+        ALTER TABLE jobs ADD COLUMN labels TEXT;
+        -- ListJobs pages a tenant's jobs newest first by (created_at, id): page tokens hold the
+        -- tenant's own last job, never the global seq.
+        CREATE INDEX jobs_tenant_created ON jobs (tenant, created_at, id);
+        """,
+    ),
+    # --- end of issue 7, labels and ListJobs paging -----------------------------------------
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -105,7 +159,12 @@ _UINT64_MAX: Final = 2**64 - 1
 
 _JOB_COLUMNS: Final = (
     "seq, id, tenant, request_id, backend, state, num_pubs, seed, attempts, created_at, "
-    "started_at, ended_at, error_reason, error_message, execution, timings, placement"
+    "started_at, ended_at, error_reason, error_message, execution, timings, placement, "
+    "error_code, error_metadata"
+    # issue 7, long-running behaviour
+    ", updated_at, state_history, result_expires_at"
+    # issue 7, labels
+    ", labels"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
@@ -232,8 +291,8 @@ class SqliteStore:
                 )
             conn.execute(
                 "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state,"
-                " spec, num_pubs, seed, attempts, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                " spec, num_pubs, seed, attempts, created_at, labels)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (
                     new.id,
                     new.tenant,
@@ -246,8 +305,10 @@ class SqliteStore:
                     new.num_pubs,
                     str(new.seed),
                     created_us,
+                    _labels_to_json(new.labels),
                 ),
             )
+            _enter_state(conn, new.id, JobState.QUEUED, created_us)
             job = _select_job(conn, new.id)
             assert job is not None  # inserted just above, in this transaction
             return CreateOutcome(job, created=True)
@@ -280,12 +341,14 @@ class SqliteStore:
         self,
         tenant: str,
         *,
-        states: Collection[JobState] = (),
-        backend: str = "",
-        after: int | None = None,
+        filter: JobFilter | None = None,
+        after: JobCursor | None = None,
         limit: int = 50,
     ) -> JobPage:
-        """The tenant's jobs, newest first, starting after cursor `after`.
+        """The tenant's jobs matching `filter` (None: all), newest first (create time, then id,
+        both descending), starting after cursor `after`.
+
+        The filter runs in SQL with every client value a bound parameter.
 
         Raises:
             ValueError: When limit is below 1 (page-size defaults belong to the API layer).
@@ -294,28 +357,30 @@ class SqliteStore:
             raise ValueError(f"limit must be at least 1, got {limit}")
         where = ["tenant = ?"]
         params: list[object] = [tenant]
-        if states:
-            names = sorted({JobState(s).value for s in states})
-            where.append(f"state IN ({', '.join('?' * len(names))})")
-            params.extend(names)
-        if backend:
-            where.append("backend = ?")
-            params.append(backend)
+        for clause in filter.clauses if filter is not None else ():
+            parts = []
+            for comparison in clause:
+                sql, values = _comparison_sql(comparison)
+                parts.append(sql)
+                params.extend(values)
+            where.append("(" + " OR ".join(parts) + ")")
         if after is not None:
-            where.append("seq < ?")
-            params.append(after)
+            after_us = _to_us(after.created_at)
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend([after_us, after_us, after.id])
         # One row more than asked tells whether another page follows.
         sql = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?"
         )
         params.append(limit + 1)
 
         def op(conn: sqlite3.Connection) -> JobPage:
             rows = conn.execute(sql, params).fetchall()
             more = len(rows) > limit
-            rows = rows[:limit]
-            cursor = int(rows[-1]["seq"]) if more else None
-            return JobPage(jobs=[_row_to_job(r) for r in rows], next_cursor=cursor)
+            jobs = [_row_to_job(r) for r in rows[:limit]]
+            cursor = JobCursor(jobs[-1].created_at, jobs[-1].id) if more else None
+            return JobPage(jobs=jobs, next_cursor=cursor)
 
         return await self._call(op, readonly=True)
 
@@ -341,10 +406,39 @@ class SqliteStore:
             row = conn.execute(
                 "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1"
                 " WHERE id = ? AND state IN ('QUEUED', 'SUBMITTING')"
-                f" RETURNING {_JOB_COLUMNS}",
+                " RETURNING id",
                 (started_us, job_id),
             ).fetchone()
-            return None if row is None else _row_to_job(row)
+            if row is None:
+                return None
+            _enter_state(conn, job_id, JobState.RUNNING, started_us)
+            return _select_job(conn, job_id)
+
+        return await self._call(op)
+
+    async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
+        """QUEUED, SUBMITTING or RUNNING -> CANCELLING (CancelJob accepted for a job whose
+        worker is being stopped); None from any other state, CANCELLING included."""
+        at_us = _to_us(at)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'CANCELLING'"
+                " WHERE id = ? AND state IN ('QUEUED', 'SUBMITTING', 'RUNNING') RETURNING id",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            _enter_state(conn, job_id, JobState.CANCELLING, at_us)
+            return _select_job(conn, job_id)
+
+        return await self._call(op)
+
+    async def delete_result(self, job_id: str) -> bool:
+        """Deletes a job's stored result (an expired one); False if there was none."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,)).rowcount > 0
 
         return await self._call(op)
 
@@ -358,10 +452,12 @@ class SqliteStore:
         execution: ExecutionInfo | None = None,
         timings: JobTimings | None = None,
         result: bytes | None = None,
+        result_expires_at: datetime | None = None,
     ) -> Job | None:
         """Moves a non-final job to a final state, storing its result in the same transaction.
 
         Returns None (and changes nothing) when the job is absent or already final.
+        `result_expires_at` is kept for SUCCEEDED jobs only.
 
         Raises:
             ValueError: When `state` is not a final state.
@@ -375,7 +471,7 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 "UPDATE jobs SET state = ?, ended_at = ?, error_reason = ?, error_message = ?,"
-                " execution = ?, timings = ?"
+                " error_code = ?, error_metadata = ?, execution = ?, timings = ?"
                 f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
                 f" RETURNING {_JOB_COLUMNS}",
                 (
@@ -383,6 +479,8 @@ class SqliteStore:
                     ended_us,
                     None if error is None else error.reason,
                     None if error is None else error.message,
+                    None if error is None else int(error.code),
+                    None if error is None else json.dumps(dict(error.metadata), sort_keys=True),
                     execution_json,
                     timings_json,
                     job_id,
@@ -397,20 +495,40 @@ class SqliteStore:
                     "INSERT INTO results (job_id, data, created_at) VALUES (?, ?, ?)",
                     (job_id, result, ended_us),
                 )
-            return _row_to_job(row)
+            _enter_state(conn, job_id, state, ended_us)
+            if result_expires_at is not None and state is JobState.SUCCEEDED:
+                conn.execute(
+                    "UPDATE jobs SET result_expires_at = ? WHERE id = ?",
+                    (_to_us(result_expires_at), job_id),
+                )
+            return _select_job(conn, job_id)
 
         return await self._call(op)
 
-    async def requeue_interrupted(self) -> Sequence[Job]:
-        """At start: RUNNING -> QUEUED; returns every QUEUED job, oldest first.
+    async def requeue_interrupted(self, now: datetime | None = None) -> Sequence[Job]:
+        """At start: CANCELLING -> CANCELLED, RUNNING -> QUEUED; returns every QUEUED job,
+        oldest first.
 
-        started_at is cleared on the way back: a queued job has not started its next attempt.
+        A cancel accepted before the restart stands: that job ends CANCELLED (at `now`,
+        default the current time) and never runs again. started_at is cleared on the way back
+        to QUEUED: a queued job has not started its next attempt.
         """
+        now_us = _to_us(now if now is not None else datetime.now(UTC))
 
         def op(conn: sqlite3.Connection) -> list[Job]:
-            conn.execute(
+            cancelled = conn.execute(
+                "UPDATE jobs SET state = 'CANCELLED', ended_at = ? WHERE state = 'CANCELLING'"
+                " RETURNING id",
+                (now_us,),
+            ).fetchall()
+            for (job_id,) in cancelled:
+                _enter_state(conn, job_id, JobState.CANCELLED, now_us)
+            requeued = conn.execute(
                 "UPDATE jobs SET state = 'QUEUED', started_at = NULL WHERE state = 'RUNNING'"
-            )
+                " RETURNING id"
+            ).fetchall()
+            for (job_id,) in requeued:
+                _enter_state(conn, job_id, JobState.QUEUED, now_us)
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'QUEUED' ORDER BY seq"
             ).fetchall()
@@ -639,6 +757,9 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
         conn.execute("ROLLBACK")
         raise
     for migration in MIGRATIONS:
+        if migration.foreign_keys_off:
+            # Only outside a transaction does this pragma take effect.
+            conn.execute("PRAGMA foreign_keys = OFF")
         # One transaction per migration, re-checking the version under the write lock in
         # case another process migrated meanwhile.
         conn.execute("BEGIN IMMEDIATE")
@@ -653,6 +774,15 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
             if current < migration.version:
                 for statement in _split_sql(migration.sql):
                     conn.execute(statement)
+                if migration.apply is not None:
+                    migration.apply(conn)
+                if migration.foreign_keys_off:
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(
+                            f"{path}: migration {migration.version} broke {len(broken)} "
+                            "foreign key references; nothing was changed"
+                        )
                 conn.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                     (migration.version, datetime.now(UTC).isoformat()),
@@ -661,6 +791,80 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            if migration.foreign_keys_off:
+                conn.execute("PRAGMA foreign_keys = ON")
+                if int(conn.execute("PRAGMA foreign_keys").fetchone()[0]) != 1:
+                    raise RuntimeError(f"{path}: PRAGMA foreign_keys=ON did not take effect")
+
+
+# --- issue 7, long-running behaviour: schema steps of migration 3 -----------------------------
+
+
+def _migrate_long_running(conn: sqlite3.Connection) -> None:
+    """Lets jobs be CANCELLING, and gives existing jobs an update time and a state history
+    made of the times they already have."""
+    _allow_cancelling_state(conn)
+    rows = conn.execute("SELECT id, state, created_at, started_at, ended_at FROM jobs").fetchall()
+    updates = []
+    for row in rows:
+        history = [(JobState.QUEUED.value, int(row["created_at"]))]
+        if row["started_at"] is not None:
+            history.append((JobState.RUNNING.value, int(row["started_at"])))
+        if row["state"] in _FINAL_NAMES and row["ended_at"] is not None:
+            history.append((str(row["state"]), int(row["ended_at"])))
+        updated = max(at for _, at in history)
+        updates.append((json.dumps(history), updated, row["id"]))
+    conn.executemany("UPDATE jobs SET state_history = ?, updated_at = ? WHERE id = ?", updates)
+
+
+def _allow_cancelling_state(conn: sqlite3.Connection) -> None:
+    """Rebuilds the jobs table with 'CANCELLING' in its state CHECK constraint (SQLite cannot
+    alter a constraint), following SQLite's documented table-rebuild procedure.
+
+    The new table's SQL is the current one with the constraint widened, so columns added by
+    any migration are kept. Needs foreign keys off (the caller's Migration says so): dropping
+    the old table would otherwise cascade to `results`.
+    """
+    found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'")
+    sql = str(found.fetchone()[0])
+    if "'CANCELLING'" in sql:
+        return
+    widened, n = re.subn(r"'CANCELLED'(\s*)\)", r"'CANCELLED', 'CANCELLING'\1)", sql, count=1)
+    renamed, m = re.subn(
+        r'^\s*CREATE TABLE\s+"?jobs"?(?=\s*\()', "CREATE TABLE jobs_rebuild", widened
+    )
+    if n != 1 or m != 1:
+        raise RuntimeError("jobs table: cannot find its CREATE statement or state constraint")
+    # Indexes and triggers go with the old table; UNIQUE constraints' automatic indexes have
+    # no SQL and come back with the table.
+    dependents = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'jobs' AND type IN"
+            " ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+        )
+    ]
+    # AUTOINCREMENT's high-water mark: seq values of deleted jobs are never reused.
+    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    count = int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    conn.execute(renamed)
+    conn.execute("INSERT INTO jobs_rebuild SELECT * FROM jobs")
+    conn.execute("DROP TABLE jobs")
+    conn.execute("ALTER TABLE jobs_rebuild RENAME TO jobs")
+    for statement in dependents:
+        conn.execute(statement)
+    if int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0]) != count:
+        raise RuntimeError("jobs table rebuild lost rows")
+    if sequence is not None:
+        kept = conn.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'", (sequence[0],)
+        )
+        if kept.rowcount == 0:  # every job had been deleted: nothing was copied
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", sequence)
+
+
+# --- end of issue 7, long-running behaviour --------------------------------------------------
 
 
 def _split_sql(script: str) -> list[str]:
@@ -763,10 +967,22 @@ def _select_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
     return None if row is None else _row_to_job(row)
 
 
+def _error_from_row(row: sqlite3.Row) -> JobError:
+    reason = str(row["error_reason"])
+    code = row["error_code"]
+    metadata = row["error_metadata"]
+    return JobError(
+        code=reason_code(reason) if code is None else Code(int(code)),
+        reason=reason,
+        message=str(row["error_message"] or ""),
+        metadata={} if metadata is None else dict(json.loads(str(metadata))),
+    )
+
+
 def _row_to_job(row: sqlite3.Row) -> Job:
     error = None
     if row["error_reason"] is not None:
-        error = JobError(reason=str(row["error_reason"]), message=str(row["error_message"] or ""))
+        error = _error_from_row(row)
     execution = row["execution"]
     timings = row["timings"]
     return Job(
@@ -785,4 +1001,92 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         execution=None if execution is None else _execution_from_json(str(execution)),
         timings=None if timings is None else _timings_from_json(str(timings)),
         attempts=int(row["attempts"]),
+        updated_at=_opt_dt(row["updated_at"]),
+        state_history=_history_from_json(row["state_history"]),
+        expire_at=_opt_dt(row["result_expires_at"]),
+        labels=_labels_from_json(row["labels"]),
     )
+
+
+# --- issue 7, labels and the ListJobs filter --------------------------------------------------
+
+
+def _labels_to_json(labels: Mapping[str, str]) -> str | None:
+    return json.dumps(dict(labels), sort_keys=True) if labels else None
+
+
+def _labels_from_json(text: object) -> dict[str, str]:
+    if text is None:
+        return {}
+    return {str(k): str(v) for k, v in json.loads(str(text)).items()}
+
+
+# SQL per (field, operator): fixed text with placeholders only; values are always bound.
+_LABEL_IS = "EXISTS (SELECT 1 FROM json_each(jobs.labels) AS l WHERE l.key = ? AND l.value = ?)"
+_LABEL_SQL: Final = {
+    FilterOp.EQ: _LABEL_IS,
+    FilterOp.NE: "NOT " + _LABEL_IS,
+    FilterOp.HAS: "EXISTS (SELECT 1 FROM json_each(jobs.labels) AS l WHERE l.key = ?)",
+}
+_CREATE_TIME_SQL: Final = {
+    FilterOp.GT: "created_at > ?",
+    FilterOp.GE: "created_at >= ?",
+    FilterOp.LT: "created_at < ?",
+    FilterOp.LE: "created_at <= ?",
+}
+
+
+def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
+    """One comparison as SQL and its parameters."""
+    if c.field is FilterField.STATE:
+        assert isinstance(c.value, JobState)
+        return ("state = ?" if c.op is FilterOp.EQ else "state != ?"), [c.value.value]
+    if c.field is FilterField.BACKEND:
+        return ("backend = ?" if c.op is FilterOp.EQ else "backend != ?"), [str(c.value)]
+    if c.field is FilterField.SESSION:
+        # Jobs carry no session until sessions are implemented (a job naming one is refused):
+        # a session id is never empty, so nothing matches.
+        return "'' = ?", [str(c.value)]
+    if c.field is FilterField.LABEL:
+        values: list[object] = [c.key] if c.op is FilterOp.HAS else [c.key, str(c.value)]
+        return _LABEL_SQL[c.op], values
+    assert isinstance(c.value, int)
+    # Filter times are nanoseconds, created_at microseconds: round so that the comparison in
+    # microseconds is exactly the comparison in nanoseconds.
+    floor_us = c.value // 1000
+    ceil_us = -(-c.value // 1000)
+    bound = floor_us if c.op in (FilterOp.GT, FilterOp.LE) else ceil_us
+    return _CREATE_TIME_SQL[c.op], [bound]
+
+
+# --- end of issue 7, labels and the ListJobs filter -------------------------------------------
+
+
+# --- issue 7, long-running behaviour: state history ------------------------------------------
+
+
+def _history_from_json(text: object) -> tuple[StateTransition, ...]:
+    if text is None:
+        return ()
+    return tuple(
+        StateTransition(JobState(str(state)), _from_us(int(at)))
+        for state, at in json.loads(str(text))
+    )
+
+
+def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int) -> None:
+    """Records that the job entered `state` at `at_us` (its update time too): appended to its
+    history, replacing an earlier entry of the same state (a state entered again after a
+    restart keeps its last time, so the history stays in order)."""
+    row = conn.execute("SELECT state_history FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return
+    history = [h for h in json.loads(row[0] or "[]") if h[0] != state.value]
+    history.append([state.value, at_us])
+    conn.execute(
+        "UPDATE jobs SET state_history = ?, updated_at = ? WHERE id = ?",
+        (json.dumps(history), at_us, job_id),
+    )
+
+
+# --- end of issue 7, long-running behaviour --------------------------------------------------

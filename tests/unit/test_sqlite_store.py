@@ -13,15 +13,23 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Collection
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import pytest
 
+from gateway.api.job_filter import parse_filter
 from gateway.domain.errors import Code, FieldViolation, InvalidArgument
-from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
-from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
+from gateway.domain.jobs import (
+    ExecutionInfo,
+    Job,
+    JobError,
+    JobState,
+    JobTimings,
+    StateTransition,
+)
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, JobCursor, NewJob
 from gateway.store.sqlite import LATEST_SCHEMA_VERSION, SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -187,6 +195,10 @@ async def test_round_trip_of_every_field(store: SqliteStore) -> None:
         num_pubs=2,
         seed=7,
         attempts=0,
+        updated_at=datetime(2026, 11, 2, 9, 30, 0, 654321, tzinfo=UTC),
+        state_history=(
+            StateTransition(JobState.QUEUED, datetime(2026, 11, 2, 9, 30, 0, 654321, tzinfo=UTC)),
+        ),
     )
     assert out.job.created_at.tzinfo == UTC
     assert await store.get_spec("full") == b"\x00\xffspec"
@@ -202,7 +214,12 @@ async def test_round_trip_of_every_field(store: SqliteStore) -> None:
         attempts=1,
     )
     timings = JobTimings(queued_s=0.125, transpile_s=1 / 3, execute_s=2.5e-7)
-    error = JobError(reason="BACKEND_ERROR", message="partial: 1 of 2 PUBs failed")
+    error = JobError(
+        code=Code.UNAVAILABLE,
+        reason="PROVIDER_ERROR",
+        message="partial: 1 of 2 PUBs failed",
+        metadata={"pubIndex": "1", "providerJobId": "task-7"},
+    )
     assert await store.mark_running("full", started) is not None
     finished = await store.finish_job(
         "full",
@@ -229,6 +246,12 @@ async def test_round_trip_of_every_field(store: SqliteStore) -> None:
         execution=execution,
         timings=timings,
         attempts=1,
+        updated_at=ended,
+        state_history=(
+            StateTransition(JobState.QUEUED, datetime(2026, 11, 2, 9, 30, 0, 654321, tzinfo=UTC)),
+            StateTransition(JobState.RUNNING, started),
+            StateTransition(JobState.FAILED, ended),
+        ),
     )
     assert finished == expected
     assert await store.get_job("full") == expected
@@ -272,7 +295,7 @@ async def test_same_request_id_other_hash_is_request_id_reused(
     err = info.value
     assert err.code == Code.INVALID_ARGUMENT
     assert err.reason == "REQUEST_ID_REUSED"
-    assert err.metadata == {"job": first.job.id}
+    assert err.metadata == {"job": f"jobs/{first.job.id}", "requestId": "once"}
     assert [v.field for v in err.field_violations] == ["request_id"]
     assert all(isinstance(v, FieldViolation) for v in err.field_violations)
     assert count_rows(db_path) == 1
@@ -337,7 +360,7 @@ async def test_paging_newest_first_each_job_once(store: SqliteStore) -> None:
 
     seen: list[str] = []
     sizes = []
-    cursor: int | None = None
+    cursor: JobCursor | None = None
     while True:
         page = await store.list_jobs("acme", after=cursor, limit=50)
         sizes.append(len(page.jobs))
@@ -362,21 +385,22 @@ async def test_list_filters_by_state_and_backend(store: SqliteStore) -> None:
     await store.mark_running("j2", T0)
     await store.finish_job("j3", JobState.CANCELLED, ended_at=T0)
 
-    async def list_ids(states: Collection[JobState] = (), backend: str = "") -> list[str]:
-        page = await store.list_jobs("acme", states=states, backend=backend)
+    async def list_ids(text: str = "") -> list[str]:
+        page = await store.list_jobs("acme", filter=parse_filter(text))
         return [j.id for j in page.jobs]
 
     assert await list_ids() == list(reversed(ids))
-    assert await list_ids(states={JobState.RUNNING}) == ["j2", "j0"]
-    assert await list_ids(states=[JobState.QUEUED, JobState.CANCELLED]) == ["j4", "j3", "j1"]
-    assert await list_ids(backend="mps") == ["j4", "j2"]
-    assert await list_ids(backend="aer", states=[JobState.RUNNING]) == ["j0"]
-    assert await list_ids(backend="nope") == []
+    assert await list_ids("state = RUNNING") == ["j2", "j0"]
+    assert await list_ids("(state = QUEUED OR state = CANCELLED)") == ["j4", "j3", "j1"]
+    assert await list_ids('backend = "backends/mps"') == ["j4", "j2"]
+    assert await list_ids('backend = "backends/aer" AND state = RUNNING') == ["j0"]
+    assert await list_ids('backend = "backends/nope"') == []
 
     # Paging composes with filters.
-    page = await store.list_jobs("acme", backend="aer", limit=2)
+    aer = parse_filter('backend = "backends/aer"')
+    page = await store.list_jobs("acme", filter=aer, limit=2)
     assert [j.id for j in page.jobs] == ["j3", "j1"] and page.next_cursor is not None
-    rest = await store.list_jobs("acme", backend="aer", limit=2, after=page.next_cursor)
+    rest = await store.list_jobs("acme", filter=aer, limit=2, after=page.next_cursor)
     assert [j.id for j in rest.jobs] == ["j0"] and rest.next_cursor is None
 
 
@@ -406,7 +430,7 @@ async def test_finish_job_only_once_and_first_result_kept(store: SqliteStore) ->
         job.id,
         JobState.FAILED,
         ended_at=T0 + timedelta(seconds=9),
-        error=JobError("LATE", "should not land"),
+        error=JobError.of("EXECUTION_FAILED", "should not land"),
         result=b"second",
     )
     assert again is None

@@ -1,0 +1,151 @@
+"""Client and CLI side of issue 7's long-running behaviour: the new Job fields, the CANCELLING
+state, heartbeats in watch(), and the queue position where the CLI shows a state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from qgateway import Client, DeadlineExceededError
+from qgateway import client as client_module
+from qgateway.results import Job, JobState, StateTransition
+from qgateway.v1 import job_pb2, job_service_pb2
+
+from gateway import cli
+
+T0 = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
+
+
+def _ts(seconds: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(T0.replace(second=seconds))
+    return ts
+
+
+def test_job_fields_from_proto() -> None:
+    msg = job_pb2.Job(
+        name="jobs/j1",
+        state=job_pb2.JOB_STATE_CANCELLING,
+        update_time=_ts(3),
+        state_history=[
+            job_pb2.StateTransition(state=job_pb2.JOB_STATE_QUEUED, time=_ts(1)),
+            job_pb2.StateTransition(state=job_pb2.JOB_STATE_RUNNING, time=_ts(2)),
+            job_pb2.StateTransition(state=job_pb2.JOB_STATE_CANCELLING, time=_ts(3)),
+        ],
+    )
+    job = Job.from_proto(msg)
+    assert job.state is JobState.CANCELLING and not job.done
+    assert job.update_time == T0.replace(second=3)
+    assert job.state_history == (
+        StateTransition(JobState.QUEUED, T0.replace(second=1)),
+        StateTransition(JobState.RUNNING, T0.replace(second=2)),
+        StateTransition(JobState.CANCELLING, T0.replace(second=3)),
+    )
+    assert job.queue_position is None and job.expire_time is None
+    queued = Job.from_proto(job_pb2.Job(name="jobs/j2", state=job_pb2.JOB_STATE_QUEUED))
+    assert queued.queue_position is None  # unset is not 0
+    queued = Job.from_proto(
+        job_pb2.Job(name="jobs/j2", state=job_pb2.JOB_STATE_QUEUED, queue_position=0)
+    )
+    assert queued.queue_position == 0
+
+
+def test_cli_shows_the_queue_position_with_the_state() -> None:
+    when = T0
+    assert cli.state_text(Job("jobs/a", JobState.QUEUED, queue_position=0)) == "QUEUED (next)"
+    assert cli.state_text(Job("jobs/a", JobState.QUEUED, queue_position=3)) == "QUEUED (3 ahead)"
+    assert cli.state_text(Job("jobs/a", JobState.QUEUED)) == "QUEUED"
+    assert cli.state_text(Job("jobs/a", JobState.CANCELLING)) == "CANCELLING"
+    queued = Job("jobs/a", JobState.QUEUED, queue_position=2)
+    assert cli.format_event(queued, when) == "2026-12-01 10:00:00Z jobs/a QUEUED (2 ahead)"
+    assert _fields(cli.format_job(queued))["state"] == "QUEUED (2 ahead)"
+    done = Job(
+        "jobs/b",
+        JobState.SUCCEEDED,
+        state_history=(
+            StateTransition(JobState.QUEUED, T0),
+            StateTransition(JobState.SUCCEEDED, T0.replace(second=5)),
+        ),
+        expire_time=T0.replace(day=31),
+    )
+    fields = _fields(cli.format_job(done))
+    assert fields["history"] == "QUEUED 2026-12-01 10:00:00Z, SUCCEEDED 2026-12-01 10:00:05Z"
+    assert fields["result expires"] == "2026-12-31 10:00:00Z"
+
+
+def _fields(text: str) -> dict[str, str]:
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
+
+
+class _Stream:
+    """A WatchJob call: yields the responses, then ends."""
+
+    def __init__(self, responses: list[job_service_pb2.WatchJobResponse]) -> None:
+        self._responses = responses
+
+    def __iter__(self) -> Any:
+        return iter(self._responses)
+
+    def cancel(self) -> None:
+        pass
+
+
+def _watching(responses: list[job_service_pb2.WatchJobResponse]) -> Client:
+    client = Client("127.0.0.1:1")
+    client._jobs = type("Jobs", (), {"WatchJob": lambda self, *a, **k: _Stream(responses)})()
+    return client
+
+
+def _event(state: int, position: int | None, heartbeat: bool) -> job_service_pb2.WatchJobResponse:
+    job = job_pb2.Job(name="jobs/w", state=state)
+    if position is not None:
+        job.queue_position = position
+    return job_service_pb2.WatchJobResponse(job=job, heartbeat=heartbeat)
+
+
+WATCHED = [
+    _event(job_pb2.JOB_STATE_QUEUED, 1, False),
+    _event(job_pb2.JOB_STATE_QUEUED, 1, True),  # nothing new
+    _event(job_pb2.JOB_STATE_QUEUED, 0, True),  # moved up
+    _event(job_pb2.JOB_STATE_QUEUED, 0, True),
+    _event(job_pb2.JOB_STATE_RUNNING, None, False),
+    _event(job_pb2.JOB_STATE_SUCCEEDED, None, False),
+]
+
+
+def test_watch_skips_heartbeats_with_nothing_new_by_default() -> None:
+    with _watching(WATCHED) as client:
+        seen = [(j.state, j.queue_position, j.heartbeat) for j in client.watch("w")]
+    assert seen == [
+        (JobState.QUEUED, 1, False),
+        (JobState.QUEUED, 0, True),  # a heartbeat whose position moved is news
+        (JobState.RUNNING, None, False),
+        (JobState.SUCCEEDED, None, False),
+    ]
+
+
+def test_watch_yields_every_heartbeat_when_asked() -> None:
+    with _watching(WATCHED) as client:
+        seen = [(j.queue_position, j.heartbeat) for j in client.watch("w", heartbeats=True)]
+    assert seen == [(1, False), (1, True), (0, True), (0, True), (None, False), (None, False)]
+
+
+def _capped(job: str | None, reason: str = "RUN_DEADLINE_EXCEEDED") -> DeadlineExceededError:
+    metadata = {} if job is None else {"job": job}
+    return DeadlineExceededError("capped", reason=reason, metadata=metadata)
+
+
+def test_a_run_capped_by_the_server_is_followed_while_the_caller_has_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(client_module.time, "monotonic", lambda: now[0])
+    capped = client_module._capped_run
+    assert capped(_capped("jobs/j"), None) == "jobs/j"  # no timeout: keep following
+    assert capped(_capped("jobs/j"), 130.0) == "jobs/j"  # 30 s of the caller's time left
+    # The answer came at the caller's own deadline (Run answers just before it): it stands.
+    assert capped(_capped("jobs/j"), 100.05) is None
+    assert capped(_capped(None), None) is None  # no job to follow
+    assert capped(_capped("jobs/j", reason="OTHER"), None) is None

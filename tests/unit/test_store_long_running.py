@@ -1,0 +1,286 @@
+"""SQLite store, issue 7 long-running behaviour: CANCELLING as a stored state (and the table
+rebuild that allows it), state history, update time, result expiry, recovery of CANCELLING."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import pytest
+
+from gateway.domain.errors import NotFound
+from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
+from gateway.domain.jobs import JobState, StateTransition
+from gateway.jobs.compiler import Compiler
+from gateway.jobs.manager import JobManager
+from gateway.store.base import NewJob
+from gateway.store.sqlite import MIGRATIONS, SqliteStore, _split_sql
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 11, 2, 9, 30, 0, 123456, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "data" / "gateway.db"
+
+
+@pytest.fixture
+async def store(db_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(db_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def new_job(job_id: str | None = None, created_at: datetime = T0) -> NewJob:
+    return NewJob(
+        id=job_id or uuid.uuid4().hex,
+        tenant="acme",
+        request_id="",
+        request_hash=hashlib.sha256(b"spec").digest(),
+        backend="aer",
+        spec=b"spec",
+        num_pubs=1,
+        seed=7,
+        created_at=created_at,
+    )
+
+
+def _history(*entries: tuple[JobState, datetime]) -> tuple[StateTransition, ...]:
+    return tuple(StateTransition(state, at) for state, at in entries)
+
+
+# -- transitions --------------------------------------------------------------------------------
+
+
+async def test_every_transition_is_in_the_history_with_its_time(store: SqliteStore) -> None:
+    created = await store.create_job(new_job("a"))
+    assert created.job.state_history == _history((JobState.QUEUED, T0))
+    assert created.job.updated_at == T0
+    running = await store.mark_running("a", T0 + SECOND)
+    assert running is not None and running.state is JobState.RUNNING
+    assert running.updated_at == T0 + SECOND
+    done = await store.finish_job(
+        "a",
+        JobState.SUCCEEDED,
+        ended_at=T0 + 3 * SECOND,
+        result=b"r",
+        result_expires_at=T0 + timedelta(days=30),
+    )
+    assert done is not None
+    assert done.state_history == _history(
+        (JobState.QUEUED, T0),
+        (JobState.RUNNING, T0 + SECOND),
+        (JobState.SUCCEEDED, T0 + 3 * SECOND),
+    )
+    assert done.updated_at == T0 + 3 * SECOND
+    assert done.expire_at == T0 + timedelta(days=30)
+    assert await store.get_job("a") == done
+
+
+async def test_expiry_is_kept_for_succeeded_jobs_only(store: SqliteStore) -> None:
+    await store.create_job(new_job("f"))
+    failed = await store.finish_job(
+        "f", JobState.FAILED, ended_at=T0, result_expires_at=T0 + timedelta(days=1)
+    )
+    assert failed is not None and failed.expire_at is None
+
+
+async def test_mark_cancelling_from_running_queued_only(store: SqliteStore) -> None:
+    await store.create_job(new_job("r"))
+    await store.mark_running("r", T0 + SECOND)
+    cancelling = await store.mark_cancelling("r", T0 + 2 * SECOND)
+    assert cancelling is not None and cancelling.state is JobState.CANCELLING
+    assert cancelling.state_history[-1] == StateTransition(JobState.CANCELLING, T0 + 2 * SECOND)
+    assert cancelling.updated_at == T0 + 2 * SECOND
+    # Already cancelling: no-op answer (None), nothing changes.
+    assert await store.mark_cancelling("r", T0 + 3 * SECOND) is None
+    assert (await store.get_job("r")) == cancelling
+    # A CANCELLING job is not final: it can still end, CANCELLED or (finished first) otherwise.
+    assert await store.mark_running("r", T0 + 4 * SECOND) is None
+    done = await store.finish_job("r", JobState.CANCELLED, ended_at=T0 + 5 * SECOND)
+    assert done is not None and done.state is JobState.CANCELLED
+    assert [t.state for t in done.state_history] == [
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.CANCELLING,
+        JobState.CANCELLED,
+    ]
+    assert await store.mark_cancelling("r", T0) is None  # final is final
+    # A queued job (the dispatcher took it, RUNNING not written yet) can be marked too.
+    await store.create_job(new_job("q"))
+    assert (await store.mark_cancelling("q", T0)) is not None
+    assert await store.mark_cancelling("missing", T0) is None
+
+
+async def test_list_filters_on_cancelling(store: SqliteStore) -> None:
+    await store.create_job(new_job("c"))
+    await store.mark_cancelling("c", T0)
+    await store.create_job(new_job("q"))
+    cancelling = JobFilter(((Comparison(FilterField.STATE, FilterOp.EQ, JobState.CANCELLING),),))
+    page = await store.list_jobs("acme", filter=cancelling)
+    assert [j.id for j in page.jobs] == ["c"]
+
+
+async def test_restart_ends_cancelling_jobs_and_requeues_running_ones(
+    store: SqliteStore,
+) -> None:
+    for job_id in ("cancel-me", "run-again", "waiting"):
+        await store.create_job(new_job(job_id))
+    await store.mark_running("cancel-me", T0 + SECOND)
+    await store.mark_cancelling("cancel-me", T0 + 2 * SECOND)
+    await store.mark_running("run-again", T0 + SECOND)
+    restart = T0 + 10 * SECOND
+    queued = await store.requeue_interrupted(now=restart)
+    assert [j.id for j in queued] == ["run-again", "waiting"]  # never the cancelled one
+    cancelled = await store.get_job("cancel-me")
+    assert cancelled is not None and cancelled.state is JobState.CANCELLED
+    assert cancelled.ended_at == restart
+    assert cancelled.state_history[-1] == StateTransition(JobState.CANCELLED, restart)
+    again = queued[0]
+    # QUEUED entered again: one entry, at its last time, after RUNNING.
+    assert again.state_history == _history(
+        (JobState.RUNNING, T0 + SECOND), (JobState.QUEUED, restart)
+    )
+    rerun = await store.mark_running("run-again", restart + SECOND)
+    assert rerun is not None
+    assert rerun.state_history == _history(
+        (JobState.QUEUED, restart), (JobState.RUNNING, restart + SECOND)
+    )
+    times = [t.at for t in rerun.state_history]
+    assert times == sorted(times)
+
+
+async def test_delete_result(store: SqliteStore) -> None:
+    await store.create_job(new_job("d"))
+    await store.finish_job("d", JobState.SUCCEEDED, ended_at=T0, result=b"data")
+    assert await store.delete_result("d") is True
+    assert await store.get_result("d") is None
+    assert await store.delete_result("d") is False
+    assert (await store.get_job("d")) is not None  # the job stays
+
+
+# -- migration of a database written before issue 7 --------------------------------------------
+
+
+def _old_database(path: pathlib.Path) -> None:
+    """A database at schema version 2 (before CANCELLING), with jobs in several states, a
+    result, and a deleted newest job (AUTOINCREMENT's high-water mark above every row)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = int((T0 - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    for migration in MIGRATIONS:
+        if migration.version > 2:
+            break
+        for statement in _split_sql(migration.sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 'then')", (migration.version,))
+    rows = [
+        ("done", "SUCCEEDED", t0, t0 + 1_000_000, t0 + 2_000_000),
+        ("running", "RUNNING", t0, t0 + 1_000_000, None),
+        ("queued", "QUEUED", t0, None, None),
+        ("gone", "QUEUED", t0, None, None),
+    ]
+    for job_id, state, created, started, ended in rows:
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, request_hash, backend, state, spec, num_pubs, seed,"
+            " created_at, started_at, ended_at) VALUES (?, 'acme', x'00', 'aer', ?, x'00', 1,"
+            " '7', ?, ?, ?)",
+            (job_id, state, created, started, ended),
+        )
+    conn.execute("INSERT INTO results (job_id, data, created_at) VALUES ('done', x'0102', 0)")
+    conn.execute("DELETE FROM jobs WHERE id = 'gone'")
+    conn.close()
+
+
+async def test_migration_allows_cancelling_and_keeps_everything(db_path: pathlib.Path) -> None:
+    _old_database(db_path)
+    with sqlite3.connect(db_path) as conn:
+        old_seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        with pytest.raises(sqlite3.IntegrityError):  # the old constraint refuses CANCELLING
+            conn.execute("UPDATE jobs SET state = 'CANCELLING' WHERE id = 'running'")
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        # Results survived the rebuild (dropping the old table did not cascade to them).
+        assert await store.get_result("done") == b"\x01\x02"
+        done = await store.get_job("done")
+        assert done is not None
+        assert done.state_history == _history(
+            (JobState.QUEUED, T0),
+            (JobState.RUNNING, T0 + SECOND),
+            (JobState.SUCCEEDED, T0 + 2 * SECOND),
+        )
+        assert done.updated_at == T0 + 2 * SECOND
+        running = await store.get_job("running")
+        assert running is not None
+        assert running.state_history == _history(
+            (JobState.QUEUED, T0), (JobState.RUNNING, T0 + SECOND)
+        )
+        assert await store.mark_cancelling("running", T0 + 5 * SECOND) is not None
+        # A seq is never reused, even that of the deleted newest job.
+        fresh = await store.create_job(new_job("fresh"))
+        assert fresh.created
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        seqs = dict(conn.execute("SELECT id, seq FROM jobs").fetchall())
+        assert seqs["fresh"] > old_seq[0]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"jobs_tenant_seq", "jobs_state_seq"} <= indexes
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # The foreign key still protects results: a result for no job is refused.
+        conn.execute("PRAGMA foreign_keys = ON")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO results VALUES ('nobody', x'00', 0)")
+        # And deleting a job still cascades to its result.
+        conn.execute("DELETE FROM jobs WHERE id = 'done'")
+        assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
+
+
+# -- result expiry, as the job manager answers it -----------------------------------------------
+
+
+async def test_an_expired_result_is_not_found_and_deleted(store: SqliteStore) -> None:
+    manager = JobManager(store, {}, cast(Compiler, None), prepare_threads=1)
+    now = datetime.now(UTC)
+    await store.create_job(new_job("old", created_at=now - timedelta(days=3)))
+    await store.finish_job(
+        "old",
+        JobState.SUCCEEDED,
+        ended_at=now - timedelta(days=2),
+        result=b"old result",
+        result_expires_at=now - timedelta(days=1),
+    )
+    await store.create_job(new_job("new", created_at=now))
+    await store.finish_job(
+        "new", JobState.SUCCEEDED, ended_at=now, result=b"new", result_expires_at=now + SECOND * 60
+    )
+    old = await manager.get("acme", "old")
+    with pytest.raises(NotFound) as exc:
+        await manager.result(old)
+    assert exc.value.reason == "RESULT_EXPIRED"
+    assert exc.value.metadata["job"] == "jobs/old"
+    assert exc.value.metadata["expireTime"].endswith("Z")
+    assert exc.value.resource_info is not None
+    assert exc.value.resource_info.name == "jobs/old/result"
+    # Deleted on the way (lazily: no sweep deletes results nobody asks for).
+    assert await store.get_result("old") is None
+    assert await manager.result(await manager.get("acme", "new")) == b"new"
