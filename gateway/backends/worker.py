@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import math
 import os
 import pickle
@@ -31,14 +32,16 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 
+log = logging.getLogger(__name__)
+
 _HEADER = struct.Struct("!Q")
 _PR_SET_PDEATHSIG = 1
 WORKER_CRASHED = "WORKER_CRASHED"
 
 
 class WorkerCrashed(ExecutionError):
-    def __init__(self, message: str) -> None:
-        super().__init__(WORKER_CRASHED, message)
+    def __init__(self, message: str, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(WORKER_CRASHED, message, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,12 @@ def _simulator(role: SimulatorRole) -> Callable[[Any], tuple[Any, ...]]:
         try:
             return ("ok", adapter.execute(payload))
         except ExecutionError as exc:
-            return ("failed", exc.reason, exc.message)
+            return ("failed", exc.reason, exc.message, exc.metadata)
         except MemoryError:
-            return ("failed", "RESOURCE_EXHAUSTED", "the simulation ran out of memory")
+            return ("failed", "OUT_OF_MEMORY", "the simulation ran out of memory", {})
         except Exception as exc:
             traceback.print_exc()
-            return ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}")
+            return ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}", {})
 
     return handle
 
@@ -168,7 +171,7 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
             raise
         except BaseException as exc:  # also a Rust panic in the SDK (a BaseException)
             traceback.print_exc()
-            return ("failed", "INTERNAL", f"{type(exc).__name__}: {exc}")
+            return ("failed", "COMPILER_FAILED", f"{type(exc).__name__}: {exc}", {})
         finally:
             _limit_cpu(None)
 
@@ -246,7 +249,8 @@ class WorkerProcess:
             await stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             self._dead = True
-            raise WorkerCrashed(f"worker {self.pid} is gone: {exc}") from None
+            log.warning("worker process %d is gone: %s", self.pid, exc)
+            raise WorkerCrashed("the worker process is gone (its pipe closed)") from None
 
     async def _receive(self) -> tuple[Any, ...]:
         stdout = self._process.stdout
@@ -257,7 +261,10 @@ class WorkerProcess:
         except (asyncio.IncompleteReadError, ConnectionError):
             self._dead = True
             code = await self._process.wait()
-            raise WorkerCrashed(_describe_exit(self.pid, code)) from None
+            message, metadata = _describe_exit(code)
+            # The pid is for operators; a job's error (which tenants read) says only how it ended.
+            log.warning("worker process %d: %s", self.pid, message)
+            raise WorkerCrashed(message, metadata) from None
         reply: tuple[Any, ...] = pickle.loads(body)
         return reply
 
@@ -268,7 +275,7 @@ class WorkerProcess:
         if reply[0] == "ok":
             outcome: ExecutionOutcome = reply[1]
             return outcome
-        raise ExecutionError(reply[1], reply[2])
+        raise ExecutionError(reply[1], reply[2], metadata=reply[3])
 
     async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
         """Compiles one circuit in a compile worker.
@@ -294,7 +301,7 @@ class WorkerProcess:
             )
         if kind == "memory":
             raise MemoryError
-        raise ExecutionError(reply[1], reply[2])
+        raise ExecutionError(reply[1], reply[2], metadata=reply[3])
 
     @property
     def exit_signal(self) -> int | None:
@@ -321,14 +328,15 @@ class WorkerProcess:
             await self._process.wait()
 
 
-def _describe_exit(pid: int, code: int) -> str:
+def _describe_exit(code: int) -> tuple[str, dict[str, str]]:
+    """The message and ErrorInfo metadata of a worker's exit status."""
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
-            name = f"signal {-code}"
-        return f"worker process {pid} was killed by {name}"
-    return f"worker process {pid} exited with status {code}"
+            name = str(-code)
+        return f"the worker process was killed by signal {name}", {"signal": name}
+    return f"the worker process exited with status {code}", {"exitStatus": str(code)}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Wraps each method handler so that:
   * a request that cannot be decoded (garbage bytes, invalid UTF-8) is INVALID_ARGUMENT with
     reason MALFORMED_REQUEST, not gRPC's UNKNOWN;
   * a request above the gateway's own size limit (which sits below the transport limit) is
-    RESOURCE_EXHAUSTED with reason REQUEST_TOO_LARGE and the sizes;
+    INVALID_ARGUMENT with reason REQUEST_TOO_LARGE and the sizes: it can never succeed as sent,
+    so it carries no RetryInfo and is not RESOURCE_EXHAUSTED, which generic policies retry;
   * a GatewayError raised by a servicer becomes its status with details;
   * anything else is a gateway bug: INTERNAL with a generic message, logged with its traceback.
 """
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.api.context import Context
 from gateway.api.errors import to_status
-from gateway.domain.errors import GatewayError, Internal, InvalidArgument, ResourceExhausted
+from gateway.domain.errors import GatewayError, Internal, InvalidArgument
 from gateway.interceptors.handlers import is_gateway_method, rewrap
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,11 @@ def _safe_deserializer(
     def decode(data: bytes) -> Any:
         if len(data) > max_bytes:
             return _Rejected(
-                ResourceExhausted(
+                InvalidArgument(
                     "REQUEST_TOO_LARGE",
                     f"request of {len(data)} bytes exceeds the gateway limit of {max_bytes} "
                     "bytes; split the job or send fewer bindings per PUB",
-                    metadata={"size_bytes": str(len(data)), "limit_bytes": str(max_bytes)},
+                    metadata={"sizeBytes": str(len(data)), "limitBytes": str(max_bytes)},
                 )
             )
         if deserialize is None:
@@ -64,7 +65,7 @@ def _safe_deserializer(
 
 def _unexpected(exc: BaseException, method: str) -> GatewayError:
     log.exception("bug in %s", method, exc_info=exc)
-    return Internal("INTERNAL", "internal error in the gateway; it has been logged")
+    return Internal("INTERNAL_ERROR", "internal error in the gateway; it has been logged")
 
 
 async def abort(context: Context, error: GatewayError) -> None:

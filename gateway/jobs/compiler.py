@@ -106,12 +106,12 @@ def relocated(error: InvalidArgument, field: str) -> InvalidArgument:
     )
 
 
-def _too_complex(what: str, limit: str, **metadata: str) -> InvalidArgument:
+def _too_complex(what: str, limit: str) -> InvalidArgument:
     message = f"compiling the circuit exceeded the {what} limit of {limit}"
     return InvalidArgument(
         "CIRCUIT_TOO_COMPLEX",
         message,
-        metadata={"limit": what.replace(" ", "_"), **metadata},
+        metadata={"limit": what.replace(" ", "_"), "maximum": limit},
         field_violations=[FieldViolation(CIRCUIT_FIELD, message)],
     )
 

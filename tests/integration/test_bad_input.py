@@ -36,7 +36,7 @@ def submit_error(jobs: job_service_pb2_grpc.JobServiceStub, spec: job_pb2.JobSpe
     with pytest.raises(grpc.RpcError) as exc:
         jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=spec, **kw), timeout=20)
     info = status_of(exc.value)
-    assert info.domain == "qgateway", info
+    assert info.domain == "qgateway.dev", info
     return info
 
 
@@ -148,7 +148,7 @@ def test_memory_budget_is_configuration(jobs: job_service_pb2_grpc.JobServiceStu
     # same 17-qubit circuit is fine on aer's default budget.
     info = submit_error(jobs, sampler_spec(ghz(17), backend="aer-tiny"))
     assert (info.code, info.reason) == (INVALID, "MEMORY_BUDGET_EXCEEDED")
-    assert int(info.metadata["budget_bytes"]) == 1 << 20
+    assert int(info.metadata["budgetBytes"]) == 1 << 20
     for backend, n in (("aer-tiny", 15), ("aer", 17)):
         reply = jobs.SubmitJob(
             job_service_pb2.SubmitJobRequest(spec=sampler_spec(ghz(n), backend=backend)),
@@ -169,7 +169,8 @@ def test_request_id_reuse_with_another_payload(jobs: job_service_pb2_grpc.JobSer
     assert again.job.name == first.job.name
     info = submit_error(jobs, sampler_spec(ghz(3)), request_id="reuse-1")
     assert (info.code, info.reason) == (INVALID, "REQUEST_ID_REUSED")
-    assert info.metadata.get("job") == first.job.name.removeprefix("jobs/")
+    assert info.metadata.get("job") == first.job.name
+    assert info.metadata.get("requestId") == "reuse-1"
 
 
 def test_oversize_request_gets_the_gateways_detailed_error(
@@ -178,8 +179,10 @@ def test_oversize_request_gets_the_gateways_detailed_error(
     # The session gateway's own limit is 4 MiB; gRPC's transport limit sits above it.
     spec = sampler_spec(ghz(2) + "// " + "x" * (5 << 20) + "\n")
     info = submit_error(jobs, spec)
-    assert (info.code, info.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE")
-    assert int(info.metadata["limit_bytes"]) == 4 << 20
+    # It can never succeed as sent: INVALID_ARGUMENT, which no retry policy retries.
+    assert (info.code, info.reason) == (INVALID, "REQUEST_TOO_LARGE")
+    assert info.retry_delay_s is None and not info.has_quota_failure
+    assert int(info.metadata["limitBytes"]) == 4 << 20
 
 
 @pytest.mark.parametrize(
@@ -221,7 +224,7 @@ def test_page_token_is_bound_to_its_filters(jobs: job_service_pb2_grpc.JobServic
     with pytest.raises(grpc.RpcError) as exc:
         jobs.ListJobs(
             job_service_pb2.ListJobsRequest(
-                page_token=page.next_page_token, backend="backends/aer-mps"
+                page_token=page.next_page_token, filter='backend = "backends/aer-mps"'
             ),
             timeout=10,
         )

@@ -133,11 +133,14 @@ def test_info(aer: AerAdapter, mps: AerAdapter) -> None:
     assert info.num_qubits == 64
     assert info.primitives == {Primitive.SAMPLER, Primitive.ESTIMATOR}
     assert info.features == set(CircuitFeature)
-    assert info.properties == {"method": "statevector"}
+    assert info.properties == {"method": "statevector", "qpy_versions": "13-18"}
     assert info.limits == aer.context.limits
     assert {"cx", "h", "rz", "sx", "x"} <= set(info.basis_gates)
     assert "measure" not in info.basis_gates
-    assert mps.info().properties == {"method": "matrix_product_state"}
+    assert mps.info().properties == {
+        "method": "matrix_product_state",
+        "qpy_versions": "13-18",
+    }
 
 
 def test_bad_options_are_refused() -> None:
@@ -525,7 +528,8 @@ def test_simulator_memory_refusal_is_an_execution_error() -> None:
     payload = prepare_in_process(AerAdapter(context(budget=32 * MiB)), job, 1).payload
     with pytest.raises(ExecutionError) as info:
         AerAdapter(context(budget=8 * MiB)).execute(payload)
-    assert info.value.reason == "RESOURCE_EXHAUSTED"
+    assert (info.value.reason, info.value.code) == ("OUT_OF_MEMORY", Code.RESOURCE_EXHAUSTED)
+    assert info.value.metadata == {"pubIndex": "0"}
 
 
 # ------------------------------------------------------------------------- caching

@@ -60,9 +60,9 @@ def test_qasm3_declaration_after_a_comment_ending_in_cr_is_seen(newline: str) ->
     # ANTLR's OpenQASM 3 line comment stops at CR: the declaration is real code.
     text = f"OPENQASM 3.0;{newline}// note{newline}qubit[2000000000] q;{newline}"
     error = refused(Q3, text, "TOO_MANY_QUBITS", max_qubits=30)
-    assert error.metadata == {"num_qubits": "2000000000", "max_qubits": "30"}
+    assert error.metadata == {"numQubits": "2000000000", "maxQubits": "30"}
     error = refused(Q3, text, "CIRCUIT_TOO_LARGE")
-    assert error.metadata == {"max_operations": str(LIMITS.max_operations)}
+    assert error.metadata == {"maxOperations": str(LIMITS.max_operations)}
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_qasm3_declaration_after_a_comment_ending_in_cr_is_seen(newline: str) ->
 )
 def test_declared_classical_bits_are_limited(language: CircuitLanguage, text: str) -> None:
     error = refused(language, text, "CIRCUIT_TOO_LARGE", max_qubits=30)
-    assert error.metadata["max_clbits"] == str(LIMITS.max_clbits)
+    assert error.metadata["maxClbits"] == str(LIMITS.max_clbits)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_the_clbit_limit_is_configurable() -> None:
     limits = CircuitLimits(max_clbits=8)
     parsed(Q3, H3 + "bit[4] a; bit[3] b; bit c;", limits)
     error = refused(Q3, H3 + "bit[4] a; bit[4] b; bit c;", "CIRCUIT_TOO_LARGE", limits)
-    assert error.metadata == {"num_clbits": "9", "max_clbits": "8"}
+    assert error.metadata == {"numClbits": "9", "maxClbits": "8"}
     refused(Q2, "OPENQASM 2.0;\ncreg a[5];\ncreg b[4];", "CIRCUIT_TOO_LARGE", limits)
 
 
@@ -141,7 +141,7 @@ def test_aliases_are_bounded_before_the_importer_copies_bits() -> None:
     chain = " ++ ".join(f"c[{i}:{i}]" for i in range(100))
     text = f"OPENQASM 3.0;\nbit[200] c;\nlet a = {chain};\n"
     error = refused(Q3, text, "CIRCUIT_TOO_LARGE", limits)
-    assert error.metadata == {"max_alias_bits": "2000"}
+    assert error.metadata == {"maxAliasBits": "2000"}
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def test_definitions_unrolling_to_too_much_compile_work_are_refused(qasm3: bool)
     language = Q3 if qasm3 else Q2
     limits = CircuitLimits(max_definition_operations=2000)
     error = refused(language, nested(10, 2, qasm3=qasm3), "CIRCUIT_TOO_COMPLEX", limits)
-    assert error.metadata == {"max_definition_operations": "2000"}
+    assert error.metadata == {"maxDefinitionOperations": "2000"}
     parsed(language, nested(9, 2, qasm3=qasm3), limits)  # 1024
     # At the defaults, well before the work is done.
     refused(language, nested(14, 2, qasm3=qasm3), "CIRCUIT_TOO_COMPLEX")
@@ -268,7 +268,7 @@ def test_definitions_unrolling_to_too_much_compile_work_are_refused(qasm3: bool)
 
 def test_the_total_is_reported_before_the_definition_limit() -> None:
     error = refused(Q2, nested(30, 2, qasm3=False), "CIRCUIT_TOO_LARGE")
-    assert error.metadata == {"max_operations": str(LIMITS.max_operations)}
+    assert error.metadata == {"maxOperations": str(LIMITS.max_operations)}
 
 
 @pytest.mark.parametrize("qasm3", [False, True])
