@@ -265,7 +265,8 @@ class JobManager:
         if outcome.created:
             deadline = time.monotonic() + runtime.settings.max_queue_time_s
             runtime.queue.put(QueuedJob(outcome.job, prepared, deadline))
-        return outcome
+        # A QUEUED job says where it stands in every answer (Job.queue_position).
+        return dataclasses.replace(outcome, job=self._with_position(outcome.job))
 
     def _admit(self, spec: JobSpec) -> BackendRuntime:
         """The backend the job will queue on, or an admission refusal."""
@@ -310,7 +311,7 @@ class JobManager:
         job, existing_digest = found
         if existing_digest != digest:
             raise request_id_reused(request_id, job.id)
-        return job
+        return self._with_position(job)
 
     async def prepare(
         self, runtime: BackendRuntime, tenant: str, spec: JobSpec, seed: int

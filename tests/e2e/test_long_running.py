@@ -251,9 +251,12 @@ def test_watch_heartbeats_with_queue_positions(
     assert all(not e.job.HasField("queue_position") for e in rest)
 
 
-def test_get_job_reports_the_queue_position(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
+def test_submit_and_get_job_report_the_queue_position(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+) -> None:
     blocker = _running(jobs, HANG)
     queued = [_submit(jobs, HANG) for _ in range(3)]
+    assert [j.queue_position for j in queued] == [0, 1, 2]  # SubmitJob's answer says it too
     positions = [
         jobs.GetJob(job_service_pb2.GetJobRequest(name=j.name), timeout=10).job.queue_position
         for j in queued
