@@ -216,28 +216,26 @@ class Counts(Mapping[str, int]):
         if width == 0:  # a zero-bit register: every shot is the empty outcome
             total = n if w is None else int(w.sum())
             return cls(num_bits, np.zeros((1, 0), np.uint8), np.array([total], np.int64))
-        if width <= 8:
-            # Rows as big-endian integers: a plain integer sort, the usual case.
-            wide = np.zeros((n, 8), dtype=np.uint8)
-            wide[:, 8 - width :] = data
-            keys = wide.view(">u8").reshape(n).astype(np.uint64)
-            del wide
-            if w is None:
-                unique, totals = np.unique(keys, return_counts=True)
-            else:
-                unique, inverse = np.unique(keys, return_inverse=True)
-                totals = np.zeros(unique.shape[0], dtype=np.int64)
-                np.add.at(totals, inverse.reshape(-1), w)
+        # Rows as big-endian 64-bit words (left-padded), sorted as integers: ascending value.
+        words = (width + 7) // 8
+        padded = np.zeros((n, words * 8), dtype=np.uint8)
+        padded[:, words * 8 - width :] = data
+        keys = padded.view(">u8").reshape(n, words).astype(np.uint64)
+        del padded
+        if words == 1 and w is None:  # the usual case: an in-place sort of integers
+            unique, totals = np.unique(keys[:, 0], return_counts=True)
             as_bytes = unique.astype(">u8").view(np.uint8).reshape(-1, 8)
             outcomes = np.ascontiguousarray(as_bytes[:, 8 - width :])
-        else:
-            # Unique over rows compares them column by column: ascending big-endian value.
-            if w is None:
-                outcomes, totals = np.unique(data, axis=0, return_counts=True)
-            else:
-                outcomes, inverse = np.unique(data, axis=0, return_inverse=True)
-                totals = np.zeros(outcomes.shape[0], dtype=np.int64)
-                np.add.at(totals, inverse.reshape(-1), w)
+            return cls(num_bits, outcomes, totals.astype(np.int64, copy=False))
+        # lexsort's last key is the primary one: the first (most significant) word.
+        order = np.argsort(keys[:, 0]) if words == 1 else np.lexsort(keys.T[::-1])
+        ordered = keys[order]
+        first = np.ones(n, dtype=bool)
+        first[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+        del ordered, keys
+        starts = np.flatnonzero(first)
+        totals = np.diff(np.append(starts, n)) if w is None else np.add.reduceat(w[order], starts)
+        outcomes = data[order[starts]]
         return cls(num_bits, outcomes, totals.astype(np.int64, copy=False))
 
     @classmethod

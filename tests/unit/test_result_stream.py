@@ -365,3 +365,14 @@ def test_fetch_stops_when_the_deadline_would_pass() -> None:
     error = _error(UnavailableError)
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert fetch.retry_delay(error) is None
+
+
+def test_packed_counts_decode_across_blocks_and_ignore_padding_bits() -> None:
+    # 9-bit rows, more of them than one decoding block holds; the 7 padding bits of every
+    # row's first byte set (a sloppy producer): they are not part of the bitstring.
+    values = list(range(0, 512, 1)) * 80  # 40 960 rows
+    data = b"".join((0xFE00 | v).to_bytes(2, "big") for v in values)
+    keys = [format(v, "09b") for v in values]
+    counts = PackedCounts(data, [1] * len(values), 9)
+    assert list(counts) == sorted(set(keys), key=keys.index)
+    assert counts["100000001"] == 80 and counts["000000000"] == 80 and len(counts) == 512
