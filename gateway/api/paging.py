@@ -1,21 +1,44 @@
-"""AIP-158 paging: page sizes and opaque page tokens bound to the request's filters."""
+"""AIP-158 paging: page sizes and sealed page tokens.
+
+A page token (PageTokens) is opaque, authenticated and bound to what it was issued for:
+
+    token  = base64url(version || nonce || ciphertext || tag), no padding
+    version = 0x01; nonce = 16 random bytes
+    plaintext = issued_at (uint64 big-endian, Unix seconds) || cursor (the list's own bytes)
+    ciphertext = plaintext XOR HMAC-SHA256(k_enc, nonce || block counter uint32) blocks
+    tag = HMAC-SHA256(k_mac, version || nonce || ciphertext || context)[:16]
+    context = the list kind, the tenant and the SHA-256 of the normalised query, each
+              length-prefixed
+    k_enc, k_mac = HMAC-SHA256(key, purpose label); key = 32 random bytes in the data directory
+
+Integrity comes from the tag (encrypt-then-MAC), checked in constant time before anything is
+decrypted; the keystream (HMAC-SHA256 as a PRF in counter mode, a fresh nonce per token) only
+keeps the cursor unreadable, and the cursor holds nothing but the tenant's own data (the last
+item of the page it was issued with). A token is valid for TOKEN_TTL_S after it was issued; a
+tampered, foreign (another tenant, list or query), expired or malformed token is
+INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import hmac
-import json
+import os
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-# Tokens we issue are under 100 characters; the bound keeps decoding linear and shallow (a
-# token of deeply nested JSON would make json.loads recurse until RecursionError).
+# Tokens we issue are under 200 characters; anything longer is refused before decoding.
 MAX_TOKEN_LENGTH = 1024
-# Integer cursors are store positions: SQLite integers are signed 64-bit.
-_CURSOR_MIN, _CURSOR_MAX = -(2**63), 2**63 - 1
 
 
 def page_size(requested: int) -> int:
@@ -28,40 +51,139 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _filter_digest(filters: str) -> str:
-    return hashlib.sha256(filters.encode()).hexdigest()[:16]
+# ----------------------------------------------------------------------------- sealed tokens
+
+TOKEN_TTL_S = 24 * 3600
+# Tokens issued by a replica whose clock runs slightly ahead are still accepted.
+_CLOCK_SKEW_S = 300
+KEY_FILE = "page-token.key"
+KEY_BYTES = 32
+_VERSION = b"\x01"
+_NONCE_BYTES = 16
+_TAG_BYTES = 16
+_ISSUED = struct.Struct(">Q")
+_MIN_RAW = len(_VERSION) + _NONCE_BYTES + _ISSUED.size + _TAG_BYTES
 
 
-def encode_token(cursor: str | int, filters: str) -> str:
-    raw = json.dumps({"c": cursor, "f": _filter_digest(filters)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+def load_or_create_key(data_dir: Path) -> bytes:
+    """The page-token key in `data_dir`, created (32 random bytes, mode 0600) on first start.
+
+    The key is written to a temporary file and linked into place, so a crash can never leave a
+    truncated key behind and two processes starting at once agree on one key.
+
+    Raises:
+        RuntimeError: When the key file exists with the wrong size (it was not written by us).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(KEY_BYTES))
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):  # another process won the race
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise RuntimeError(
+            f"{path}: a page-token key is {KEY_BYTES} bytes, found {len(key)}; delete the file "
+            "to make a new one (outstanding page tokens become invalid)"
+        )
+    return key
 
 
-def decode_token(token: str, filters: str) -> str | int | None:
-    """The cursor in `token` ("" -> None); INVALID_ARGUMENT (INVALID_PAGE_TOKEN) for anything
-    that is not a token we issued for these filters, whatever its content."""
-    if not token:
-        return None
-    bad = InvalidArgument(
+def invalid_page_token(problem: str = "invalid") -> InvalidArgument:
+    return InvalidArgument(
         "INVALID_PAGE_TOKEN",
-        "page_token is not a token from a previous response with the same filters",
-        field_violations=[FieldViolation("page_token", "invalid or from other filters")],
+        "page_token is not a token from a previous response to this caller for the same query "
+        f"({problem}); list again without a page_token",
+        field_violations=[FieldViolation("page_token", problem)],
     )
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad from None
-    # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError).
-    if not isinstance(data, dict) or not hmac.compare_digest(
-        str(data.get("f", "")).encode(), _filter_digest(filters).encode()
-    ):
-        raise bad
-    cursor = data.get("c")
-    if isinstance(cursor, bool) or not isinstance(cursor, (int, str)):
-        raise bad
-    if isinstance(cursor, int) and not _CURSOR_MIN <= cursor <= _CURSOR_MAX:
-        raise bad
-    return cursor
+
+
+def _prefixed(*parts: bytes) -> bytes:
+    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+class PageTokens:
+    """Seals list cursors into page tokens and opens them again.
+
+    Args:
+        key: 32 secret bytes (load_or_create_key).
+        clock: Seconds since the epoch (injectable for tests of expiry).
+    """
+
+    def __init__(self, key: bytes, *, clock: Callable[[], float] = time.time) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"a page-token key is {KEY_BYTES} bytes")
+        self._enc = hmac.new(key, b"qgateway page token v1: encryption", "sha256").digest()
+        self._mac = hmac.new(key, b"qgateway page token v1: authentication", "sha256").digest()
+        self._clock = clock
+
+    def _keystream(self, nonce: bytes, length: int) -> bytes:
+        blocks = (length + 31) // 32
+        stream = b"".join(
+            hmac.new(self._enc, nonce + struct.pack(">I", i), "sha256").digest()
+            for i in range(blocks)
+        )
+        return stream[:length]
+
+    def _tag(self, body: bytes, kind: str, tenant: str, query: str) -> bytes:
+        context = _prefixed(kind.encode(), tenant.encode(), hashlib.sha256(query.encode()).digest())
+        return hmac.new(self._mac, body + context, "sha256").digest()[:_TAG_BYTES]
+
+    def seal(self, cursor: bytes, *, kind: str, tenant: str, query: str) -> str:
+        """A token for `cursor`, valid only for this list kind, tenant and normalised query."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        plain = _ISSUED.pack(int(self._clock())) + cursor
+        cipher = bytes(
+            a ^ b for a, b in zip(plain, self._keystream(nonce, len(plain)), strict=True)
+        )
+        body = _VERSION + nonce + cipher
+        raw = body + self._tag(body, kind, tenant, query)
+        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    def open(self, token: str, *, kind: str, tenant: str, query: str) -> bytes | None:
+        """The cursor sealed in `token` ("" -> None: the first page).
+
+        Raises:
+            InvalidArgument: reason INVALID_PAGE_TOKEN, for anything but an unexpired token
+                sealed by this key for this kind, tenant and query.
+        """
+        if not token:
+            return None
+        if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+            raise invalid_page_token()
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise invalid_page_token() from None
+        # urlsafe_b64decode skips characters outside the alphabet: re-encode to refuse them.
+        if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != token:
+            raise invalid_page_token()
+        if len(raw) < _MIN_RAW or raw[:1] != _VERSION:
+            raise invalid_page_token()
+        body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+        if not hmac.compare_digest(tag, self._tag(body, kind, tenant, query)):
+            raise invalid_page_token()
+        nonce, cipher = body[1 : 1 + _NONCE_BYTES], body[1 + _NONCE_BYTES :]
+        plain = bytes(
+            a ^ b for a, b in zip(cipher, self._keystream(nonce, len(cipher)), strict=True)
+        )
+        (issued,) = _ISSUED.unpack_from(plain)
+        now = self._clock()
+        if now - issued > TOKEN_TTL_S:
+            raise invalid_page_token("expired: tokens are valid for 24 hours")
+        if issued > now + _CLOCK_SKEW_S:
+            raise invalid_page_token()
+        return plain[_ISSUED.size :]

@@ -63,7 +63,7 @@ def test_sigkill_with_running_and_queued_jobs_loses_nothing(tmp_path: Path) -> N
         for name in slow:
             watch_until(stub, name, {job_pb2.JOB_STATE_RUNNING})
         queued = stub.ListJobs(
-            job_service_pb2.ListJobsRequest(states=[job_pb2.JOB_STATE_QUEUED], page_size=100),
+            job_service_pb2.ListJobsRequest(filter="state = QUEUED", page_size=100),
             timeout=10,
         )
         assert len(queued.jobs) >= 10
