@@ -237,3 +237,21 @@ def test_nanosecond_times_are_kept_exactly() -> None:
     assert clause[0].value == (253402300799 + 1800) * NS + 999_999_999
     (clause,) = parse_filter('create_time < "1969-12-31T23:59:59Z"').clauses
     assert clause[0].value == -NS
+
+
+def test_what_the_python_client_builds_parses_as_meant() -> None:
+    from qgateway.client import _list_filter
+
+    text = _list_filter(
+        'labels.team = "qml" AND create_time >= "2026-01-01T00:00:00Z"',
+        ["RUNNING", "QUEUED"],
+        "aer",
+    )
+    assert parse_filter(text) == parse_filter(
+        'labels.team = "qml" AND create_time >= "2026-01-01T00:00:00Z" AND '
+        '(state = QUEUED OR state = RUNNING) AND backend = "backends/aer"'
+    )
+    assert _list_filter("  ", (), "") == ""
+    # A quote in a backend name stays inside the string (and is then refused as a name).
+    hostile = _list_filter("", (), 'x" OR state = RUNNING')
+    assert _refused(hostile).metadata == {"position": "10"}
