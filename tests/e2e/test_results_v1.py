@@ -8,6 +8,7 @@ computed through the SDK path the gateway uses.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from qgateway import Client, sampler_pub
+from qgateway import AsyncClient, Client, sampler_pub
 from qgateway.results import JobState
 from qgateway.v1 import circuit_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -207,6 +208,18 @@ def test_get_job_result_too_large_is_failed_precondition(wide_job: Any, jobs: An
 def test_client_get_result_falls_back_to_streaming(wide_job: Any, client: Client) -> None:
     result = client.get_result(wide_job.name, timeout=120)
     assert result.sampler(0).counts(2) == wide_job.result.sampler(0).counts(2)
+
+
+def test_async_client_fetches_the_large_result_too(wide_job: Any, gw: GatewayProcess) -> None:
+    async def main() -> tuple[dict[str, int], dict[str, int]]:
+        async with AsyncClient(gw.address) as aclient:  # gRPC's default limits as well
+            fetched = await aclient.get_result(wide_job.name, timeout=120)
+            streamed = await aclient.stream_result(wide_job.name, chunk_bytes=1 << 16)
+            return fetched.sampler(0).counts(1), streamed.sampler(0).counts(1)
+
+    fetched, streamed = asyncio.run(main())
+    expected = wide_job.result.sampler(0).counts(1)
+    assert fetched == expected and streamed == expected
 
 
 # --- (b) resume ----------------------------------------------------------------------------
