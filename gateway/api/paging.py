@@ -2,19 +2,20 @@
 
 A page token (PageTokens) is opaque, authenticated and bound to what it was issued for:
 
-    token  = base64url(version || nonce || ciphertext || tag), no padding
-    version = 0x01; nonce = 16 random bytes
+    token  = base64url(version || nonce || AES-256-GCM(key, nonce, plaintext, aad)), no padding
+    version = 0x02; nonce = 12 random bytes
     plaintext = issued_at (uint64 big-endian, Unix seconds) || cursor (the list's own bytes)
-    ciphertext = plaintext XOR HMAC-SHA256(k_enc, nonce || block counter uint32) blocks
-    tag = HMAC-SHA256(k_mac, version || nonce || ciphertext || context)[:16]
-    context = the list kind, the tenant and the SHA-256 of the normalised query, each
-              length-prefixed
-    k_enc, k_mac = HMAC-SHA256(key, purpose label); key = 32 random bytes in the data directory
+    aad = version || the list kind, the tenant and the SHA-256 of the normalised query, each
+          length-prefixed
+    key = 32 random bytes in the data directory
 
-Integrity comes from the tag (encrypt-then-MAC), checked in constant time before anything is
-decrypted; the keystream (HMAC-SHA256 as a PRF in counter mode, a fresh nonce per token) only
-keeps the cursor unreadable, and the cursor holds nothing but the tenant's own data (the last
-item of the page it was issued with). A token is valid for TOKEN_TTL_S after it was issued; a
+Authenticated encryption (the `cryptography` package's AESGCM, not a home-made construction):
+the tag binds the token to its list, tenant and query and is checked before anything is used;
+the cursor holds nothing but the tenant's own data (the last item of the page it was issued
+with), and the encryption keeps even that unreadable (AIP-158: tokens are opaque). With 96-bit
+random nonces one key seals far more than 2**32 tokens before a collision becomes plausible; a
+deployment that issues more rotates the key file. A token is valid for TOKEN_TTL_S after it was
+issued; a
 tampered, foreign (another tenant, list or query), expired or malformed token is
 INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN.
 """
@@ -25,13 +26,15 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import hmac
 import os
 import secrets
 import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
@@ -58,8 +61,8 @@ TOKEN_TTL_S = 24 * 3600
 _CLOCK_SKEW_S = 300
 KEY_FILE = "page-token.key"
 KEY_BYTES = 32
-_VERSION = b"\x01"
-_NONCE_BYTES = 16
+_VERSION = b"\x02"
+_NONCE_BYTES = 12
 _TAG_BYTES = 16
 _ISSUED = struct.Struct(">Q")
 _MIN_RAW = len(_VERSION) + _NONCE_BYTES + _ISSUED.size + _TAG_BYTES
@@ -126,32 +129,21 @@ class PageTokens:
     def __init__(self, key: bytes, *, clock: Callable[[], float] = time.time) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a page-token key is {KEY_BYTES} bytes")
-        self._enc = hmac.new(key, b"qgateway page token v1: encryption", "sha256").digest()
-        self._mac = hmac.new(key, b"qgateway page token v1: authentication", "sha256").digest()
+        self._aead = AESGCM(key)
         self._clock = clock
 
-    def _keystream(self, nonce: bytes, length: int) -> bytes:
-        blocks = (length + 31) // 32
-        stream = b"".join(
-            hmac.new(self._enc, nonce + struct.pack(">I", i), "sha256").digest()
-            for i in range(blocks)
+    @staticmethod
+    def _aad(kind: str, tenant: str, query: str) -> bytes:
+        return _VERSION + _prefixed(
+            kind.encode(), tenant.encode(), hashlib.sha256(query.encode()).digest()
         )
-        return stream[:length]
-
-    def _tag(self, body: bytes, kind: str, tenant: str, query: str) -> bytes:
-        context = _prefixed(kind.encode(), tenant.encode(), hashlib.sha256(query.encode()).digest())
-        return hmac.new(self._mac, body + context, "sha256").digest()[:_TAG_BYTES]
 
     def seal(self, cursor: bytes, *, kind: str, tenant: str, query: str) -> str:
         """A token for `cursor`, valid only for this list kind, tenant and normalised query."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
         plain = _ISSUED.pack(int(self._clock())) + cursor
-        cipher = bytes(
-            a ^ b for a, b in zip(plain, self._keystream(nonce, len(plain)), strict=True)
-        )
-        body = _VERSION + nonce + cipher
-        raw = body + self._tag(body, kind, tenant, query)
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        sealed = self._aead.encrypt(nonce, plain, self._aad(kind, tenant, query))
+        return base64.urlsafe_b64encode(_VERSION + nonce + sealed).decode("ascii").rstrip("=")
 
     def open(self, token: str, *, kind: str, tenant: str, query: str) -> bytes | None:
         """The cursor sealed in `token` ("" -> None: the first page).
@@ -173,13 +165,11 @@ class PageTokens:
             raise invalid_page_token()
         if len(raw) < _MIN_RAW or raw[:1] != _VERSION:
             raise invalid_page_token()
-        body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
-        if not hmac.compare_digest(tag, self._tag(body, kind, tenant, query)):
-            raise invalid_page_token()
-        nonce, cipher = body[1 : 1 + _NONCE_BYTES], body[1 + _NONCE_BYTES :]
-        plain = bytes(
-            a ^ b for a, b in zip(cipher, self._keystream(nonce, len(cipher)), strict=True)
-        )
+        nonce, sealed = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
+        try:
+            plain = self._aead.decrypt(nonce, sealed, self._aad(kind, tenant, query))
+        except InvalidTag:
+            raise invalid_page_token() from None
         (issued,) = _ISSUED.unpack_from(plain)
         now = self._clock()
         if now - issued > TOKEN_TTL_S:

@@ -383,5 +383,11 @@ def test_the_client_retries_unavailable_with_the_same_request_id(
             ghz(2), backend="fault-blip", shots=10, seed=2, request_id="blip-1", timeout=30
         )
     assert set(result.counts()) <= {"00", "11"}
-    named = [j for j in alice.list_jobs(backend="fault-blip") if j.request_id == "blip-1"]
-    assert len(named) == 1 and named[0].state is JobState.SUCCEEDED
+    again = alice.submit(ghz(2), backend="fault-blip", shots=10, seed=2, request_id="blip-1")
+    assert not again.created and again.state is JobState.SUCCEEDED
+    ran = [
+        j
+        for j in alice.list_jobs(backend="fault-blip", states=[JobState.SUCCEEDED])
+        if j.execution is not None and j.execution.seed == 2
+    ]
+    assert [j.name for j in ran] == [again.name]  # one job, run once

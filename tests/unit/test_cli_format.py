@@ -90,7 +90,7 @@ def backend(name: str, qubits: int, status: str, queued: int) -> Backend:
         primitives=["SAMPLER"],
         features=[],
         status=status,
-        queue_depth=queued,
+        queue_length=queued,
         running_jobs=0,
         limits=None,
         properties={},
