@@ -213,6 +213,7 @@ _SAMPLER_OUTPUTS: dict[int, SamplerOutput] = {
     job_pb2.SAMPLER_OUTPUT_SAMPLES: SamplerOutput.SAMPLES,
     job_pb2.SAMPLER_OUTPUT_COUNTS: SamplerOutput.COUNTS,
 }
+_SAMPLER_OUTPUT_TO_PROTO = {v: k for k, v in _SAMPLER_OUTPUTS.items()}
 
 
 def _sampler_output(value: int, field: str) -> SamplerOutput:
@@ -346,6 +347,7 @@ def encode_job(job: Job) -> job_pb2.Job:
     if job.queue_position is not None:
         out.queue_position = job.queue_position
     out.labels.update(job.labels)
+    out.sampler_output = _SAMPLER_OUTPUT_TO_PROTO[job.sampler_output]
     if job.error is not None:
         out.error.CopyFrom(job_error_status(job.error))
     ex = job.execution

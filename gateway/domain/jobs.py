@@ -147,6 +147,8 @@ class Job:
     queue_position: int | None = None
     # Labels given at submission (JobSpec.labels).
     labels: Mapping[str, str] = field(default_factory=dict)
+    # What sampler PUBs return (JobOptions.sampler_output).
+    sampler_output: SamplerOutput = SamplerOutput.SAMPLES_AND_COUNTS
 
 
 @dataclass(frozen=True)

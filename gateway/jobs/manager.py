@@ -260,6 +260,7 @@ class JobManager:
                 seed=seed,
                 created_at=_now(),
                 labels=spec.labels,
+                sampler_output=spec.options.sampler_output,
             )
         )
         if outcome.created:

@@ -13,7 +13,14 @@ from typing import Protocol
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.job_filter import JobFilter
-from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
+from gateway.domain.jobs import (
+    ExecutionInfo,
+    Job,
+    JobError,
+    JobState,
+    JobTimings,
+    SamplerOutput,
+)
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
 REQUEST_ID_DEDUP_WINDOW_S = 7 * 24 * 3600
@@ -47,6 +54,7 @@ class NewJob:
     placement: str = ""
     # Validated labels (JobSpec.labels).
     labels: Mapping[str, str] = field(default_factory=dict)
+    sampler_output: SamplerOutput = SamplerOutput.SAMPLES_AND_COUNTS
 
 
 @dataclass(frozen=True)

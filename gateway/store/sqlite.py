@@ -31,6 +31,7 @@ from gateway.domain.jobs import (
     JobError,
     JobState,
     JobTimings,
+    SamplerOutput,
     StateTransition,
 )
 from gateway.store.base import (
@@ -147,6 +148,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
     ),
     # --- end of issue 7, labels and ListJobs paging -----------------------------------------
+    Migration(
+        6,
+        """
+        -- JobOptions.sampler_output the job asked for (a SamplerOutput value; NULL in rows
+        -- written before this step: they had samples and counts unless counts_only).
+        ALTER TABLE jobs ADD COLUMN sampler_output TEXT;
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -164,7 +173,7 @@ _JOB_COLUMNS: Final = (
     # issue 7, long-running behaviour
     ", updated_at, state_history, result_expires_at"
     # issue 7, labels
-    ", labels"
+    ", labels, sampler_output"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
@@ -291,8 +300,8 @@ class SqliteStore:
                 )
             conn.execute(
                 "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state,"
-                " spec, num_pubs, seed, attempts, created_at, labels)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                " spec, num_pubs, seed, attempts, created_at, labels, sampler_output)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 (
                     new.id,
                     new.tenant,
@@ -306,6 +315,7 @@ class SqliteStore:
                     str(new.seed),
                     created_us,
                     _labels_to_json(new.labels),
+                    new.sampler_output.value,
                 ),
             )
             _enter_state(conn, new.id, JobState.QUEUED, created_us)
@@ -1005,6 +1015,9 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         state_history=_history_from_json(row["state_history"]),
         expire_at=_opt_dt(row["result_expires_at"]),
         labels=_labels_from_json(row["labels"]),
+        sampler_output=SamplerOutput(
+            row["sampler_output"] or SamplerOutput.SAMPLES_AND_COUNTS.value
+        ),
     )
 
 

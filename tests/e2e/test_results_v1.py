@@ -338,6 +338,9 @@ def test_sampler_output_returns_only_what_was_asked(
     jobs: Any, output: int, samples: bool, counts: bool
 ) -> None:
     name = submit(jobs, spec_of([sampler_pub(BIT_ORDER, shots=7)], output=output))
+    job = jobs.GetJob(job_service_pb2.GetJobRequest(name=name), timeout=10).job
+    # The job reports what it asked for, the default written out.
+    assert job.sampler_output == (output or job_pb2.SAMPLER_OUTPUT_SAMPLES_AND_COUNTS)
     result = jobs.GetJobResult(
         job_service_pb2.GetJobResultRequest(name=f"{name}/result"), timeout=30
     ).result

@@ -133,7 +133,7 @@ def _all_messages() -> Iterator[descriptor.Descriptor]:
     seen: set[str] = set()
     while todo:
         file = todo.pop()
-        if file.name in seen or not file.package == "qgateway.v1":
+        if file.name in seen or file.package != "qgateway.v1":
             continue
         seen.add(file.name)
         todo.extend(file.dependencies)
