@@ -14,6 +14,8 @@ FloatArray = npt.NDArray[np.float64]
 class CircuitLanguage(enum.Enum):
     QASM3 = "qasm3"
     QASM2 = "qasm2"
+    # Qiskit's binary QPY format (bytes, not text).
+    QPY = "qpy"
 
 
 class CircuitFeature(enum.Enum):
@@ -26,8 +28,20 @@ class CircuitFeature(enum.Enum):
 
 @dataclass(frozen=True)
 class CircuitSource:
+    """A client's circuit: source text (OpenQASM) or bytes (QPY), never parsed in the gateway's
+    serving process."""
+
     language: CircuitLanguage
-    text: str
+    text: str = ""
+    # The QPY payload (language QPY); empty for the text formats.
+    data: bytes = b""
+
+    @property
+    def payload(self) -> bytes:
+        """The client's bytes: what the size limit and the compile cache key cover."""
+        if self.language is CircuitLanguage.QPY:
+            return self.data
+        return self.text.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,10 +62,29 @@ class Bindings:
 
 
 @dataclass(frozen=True)
-class Observable:
-    """A sum of Pauli terms; character 0 of each Pauli string acts on the highest qubit."""
+class PauliTerm:
+    """One Pauli term. Dense (`qubits` None): character 0 of `pauli` acts on the highest-index
+    qubit. Sparse: pauli[i] acts on qubits[i] (Qiskit's SparsePauliOp.from_sparse_list), the
+    other qubits are I; never expanded, so its cost stays that of its input."""
 
-    terms: tuple[tuple[str, float], ...]
+    pauli: str
+    coefficient: float
+    qubits: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Observable:
+    """A sum of Pauli terms. Terms may be given as (pauli, coefficient) or
+    (pauli, coefficient, qubits) tuples; they are kept as PauliTerm."""
+
+    terms: tuple[PauliTerm, ...]
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(term, PauliTerm) for term in self.terms):
+            terms = tuple(
+                term if isinstance(term, PauliTerm) else PauliTerm(*term) for term in self.terms
+            )
+            object.__setattr__(self, "terms", terms)
 
 
 @dataclass(frozen=True, eq=False)

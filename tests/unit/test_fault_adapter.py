@@ -125,6 +125,7 @@ def test_info_describes_the_faults(tmp_path: Path) -> None:
     assert info.provider == "fault"
     assert info.properties == {
         "method": "statevector",
+        "qpy_versions": "13-18",
         "failure_rate": "0.25",
         "crash_rate": "0",
         "latency_s": "0.5",
