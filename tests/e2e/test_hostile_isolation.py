@@ -29,6 +29,7 @@ from qgateway.v1 import circuit_pb2
 
 from gateway.security.api_keys import generate_key
 from tests.gateway_process import GatewayProcess, write_config
+from tests.qpy_payloads import dump, heavy_evolution, nested_block_declaring, nested_ifs
 from tests.rpc import ghz, slow_circuit
 
 ALICE = generate_key("alice")
@@ -225,6 +226,35 @@ def test_a_burst_of_hostile_compiles_leaves_the_bystander_a_compile_worker(
     _bystander_meanwhile(gw, bob, hostile[-1], tag=2)
     for future in hostile:
         assert _refusal(future).reason == "CIRCUIT_TOO_COMPLEX"
+
+
+def test_a_qpy_circuit_that_would_compile_for_minutes_is_killed_at_its_limit(
+    gw: GatewayProcess, alice: Client, bob: Client
+) -> None:
+    # 310 KB of QPY: one PauliEvolutionGate of 2600 random 20-qubit terms, a single operation
+    # until the transpiler synthesises it (seconds of CPU, past the test gateway's limit).
+    payload = heavy_evolution()
+    started = time.monotonic()
+    hostile = _in_background(lambda: alice.run(payload, backend="aer", shots=1, timeout=60))
+    _bystander_meanwhile(gw, bob, hostile, tag=7)
+    error = _refusal(hostile)
+    assert error.reason == "CIRCUIT_TOO_COMPLEX"
+    assert error.metadata["limit"] == "CPU-time"
+    assert time.monotonic() - started < 30
+
+
+def test_a_qpy_payload_declaring_huge_nested_sizes_is_contained(
+    gw: GatewayProcess, alice: Client, bob: Client
+) -> None:
+    # Nested if-blocks 1000 deep (the reader's recursion limit) and a nested block declaring
+    # 2**26 classical bits (the compile worker's memory limit): both refused in the compile
+    # worker, never read by the serving process, which keeps answering meanwhile.
+    for payload in (dump(nested_ifs(1000)), nested_block_declaring(2**26)):
+        hostile = _in_background(lambda p=payload: alice.run(p, backend="aer", shots=1, timeout=60))
+        result = bob.run(ghz(2), backend="aer", shots=4, seed=8, timeout=30)
+        assert set(result.counts()) <= {"00", "11"}
+        assert _health(gw) == health_pb2.HealthCheckResponse.SERVING
+        assert _refusal(hostile).reason == "CIRCUIT_TOO_COMPLEX"
 
 
 def test_pathological_text_is_contained(gw: GatewayProcess, alice: Client, bob: Client) -> None:

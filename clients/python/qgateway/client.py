@@ -181,16 +181,19 @@ def _is_qasm2(source: str) -> bool:
     return re.match(r"OPENQASM\s+2(?![0-9])", source[i : i + 64]) is not None
 
 
-def circuit_from_source(circuit: str | circuit_pb2.Circuit) -> circuit_pb2.Circuit:
-    """A Circuit message from OpenQASM text (OpenQASM 2 when it says so, else OpenQASM 3).
+def circuit_from_source(circuit: str | bytes | circuit_pb2.Circuit) -> circuit_pb2.Circuit:
+    """A Circuit message from OpenQASM text (OpenQASM 2 when it says so, else OpenQASM 3) or
+    QPY bytes (qiskit.qpy.dump of one circuit).
 
     Args:
-        circuit: Source text, or a ready Circuit message (returned as is).
+        circuit: Source text, QPY bytes, or a ready Circuit message (returned as is).
     """
     if isinstance(circuit, circuit_pb2.Circuit):
         return circuit
+    if isinstance(circuit, bytes | bytearray | memoryview):
+        return circuit_pb2.Circuit(qpy=bytes(circuit))
     if not isinstance(circuit, str):
-        raise TypeError(f"circuit must be OpenQASM text, not {type(circuit).__name__}")
+        raise TypeError(f"circuit must be OpenQASM text or QPY bytes, not {type(circuit).__name__}")
     if _is_qasm2(circuit):
         return circuit_pb2.Circuit(qasm2=circuit)
     return circuit_pb2.Circuit(qasm3=circuit)
@@ -268,6 +271,17 @@ def _is_term(value: object) -> bool:
         and len(value) == 2
         and isinstance(value[0], str)
         and _is_number_or_complex(value[1])
+    ) or _is_sparse_term(value)
+
+
+def _is_sparse_term(value: object) -> bool:
+    # (paulis, qubits, coefficient), as in SparsePauliOp.from_sparse_list.
+    return (
+        isinstance(value, tuple)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and _is_sequence(value[1])
+        and _is_number_or_complex(value[2])
     )
 
 
@@ -294,7 +308,15 @@ def _term(item: Any) -> circuit_pb2.PauliTerm:
         return circuit_pb2.PauliTerm(pauli=item, coefficient=1.0)
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         return circuit_pb2.PauliTerm(pauli=item[0], coefficient=_coefficient(item[1]))
-    raise TypeError(f"{item!r} is not a Pauli string or a (pauli, coefficient) term")
+    if _is_sparse_term(item):
+        # Sparse: pauli[i] acts on qubits[i]; the other qubits are I.
+        return circuit_pb2.PauliTerm(
+            pauli=item[0], qubits=[int(q) for q in item[1]], coefficient=_coefficient(item[2])
+        )
+    raise TypeError(
+        f"{item!r} is not a Pauli string, a (pauli, coefficient) term or a sparse "
+        "(paulis, qubits, coefficient) term"
+    )
 
 
 def _observable(item: Any) -> circuit_pb2.Observable:
@@ -319,7 +341,8 @@ def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observabl
     """Observable messages from friendly forms.
 
     "ZZ" is one observable; ["ZZ", "XX"] two; ("ZZ", 0.5) one term; [[("ZZ", 0.5), ("XX", 0.5)]]
-    one observable of two terms; {"ZZ": 0.5, "XX": 0.5} one observable of two terms.
+    one observable of two terms; {"ZZ": 0.5, "XX": 0.5} one observable of two terms. A sparse
+    term ("ZX", [3, 0], 0.5) puts Z on qubit 3 and X on qubit 0 (SparsePauliOp.from_sparse_list).
 
     Raises:
         ValueError: For an empty list or an empty observable.
@@ -341,7 +364,7 @@ def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observabl
 
 
 def sampler_pub(
-    circuit: str | circuit_pb2.Circuit,
+    circuit: str | bytes | circuit_pb2.Circuit,
     *,
     shots: int | None = None,
     parameter_values: ParameterValues | None = None,
@@ -358,7 +381,7 @@ def sampler_pub(
 
 
 def estimator_pub(
-    circuit: str | circuit_pb2.Circuit,
+    circuit: str | bytes | circuit_pb2.Circuit,
     observables: ObservablesLike,
     *,
     parameter_values: ParameterValues | None = None,
@@ -386,6 +409,8 @@ def _job_spec(
     default_precision: float | None,
     fallback_backend: str | None = None,
     labels: Mapping[str, str] | None = None,
+    max_execution_time: float | None = None,
+    provider_options: Mapping[str, Any] | None = None,
 ) -> job_pb2.JobSpec:
     if not pubs:
         raise ValueError("a job needs at least one PUB")
@@ -399,6 +424,12 @@ def _job_spec(
     if fallback_backend:
         # Used only when the backend's circuit breaker is open at submission.
         options.fallback_backend = _backend_name(fallback_backend)
+    if max_execution_time is not None:
+        # Seconds, > 0; the backend's own limit still applies (the smaller wins).
+        options.max_execution_time.FromNanoseconds(round(max_execution_time * 1e9))
+    if provider_options is not None:
+        # JSON-like values, checked by the backend's own schema (unknown keys refused).
+        options.provider_options.update(provider_options)
     spec = job_pb2.JobSpec(backend=_backend_name(backend), pubs=list(pubs), options=options)
     if labels:
         # Keys [a-z][a-z0-9_-]{0,62}, values [a-z0-9_-]{0,63}, at most 64: checked by the gateway.
@@ -730,7 +761,7 @@ class Client:
 
     def run(
         self,
-        circuit: str | circuit_pb2.Circuit,
+        circuit: str | bytes | circuit_pb2.Circuit,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -745,7 +776,8 @@ class Client:
         """Runs one circuit on a backend and waits for its result.
 
         Args:
-            circuit: OpenQASM 3 or 2 text (2 when it starts with an "OPENQASM 2" header).
+            circuit: OpenQASM 3 or 2 text (2 when it starts with an "OPENQASM 2" header), or
+                QPY bytes (qiskit.qpy.dump of one circuit).
             backend: Backend name, with or without "backends/".
             shots: Shots per binding; None for the backend's default.
             seed: Sampling seed; None lets the gateway pick (and report) one.
@@ -786,7 +818,7 @@ class Client:
 
     def estimate(
         self,
-        circuit: str | circuit_pb2.Circuit,
+        circuit: str | bytes | circuit_pb2.Circuit,
         observables: ObservablesLike,
         *,
         backend: str = "aer",
@@ -840,6 +872,8 @@ class Client:
         fallback_backend: str | None = None,
         default_precision: float | None = None,
         labels: Mapping[str, str] | None = None,
+        max_execution_time: float | None = None,
+        provider_options: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -859,6 +893,8 @@ class Client:
             default_precision,
             fallback_backend,
             labels,
+            max_execution_time,
+            provider_options,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
@@ -889,7 +925,7 @@ class Client:
 
     def submit(
         self,
-        circuit: str | circuit_pb2.Circuit,
+        circuit: str | bytes | circuit_pb2.Circuit,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -935,6 +971,8 @@ class Client:
         fallback_backend: str | None = None,
         default_precision: float | None = None,
         labels: Mapping[str, str] | None = None,
+        max_execution_time: float | None = None,
+        provider_options: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -953,6 +991,8 @@ class Client:
             default_precision,
             fallback_backend,
             labels,
+            max_execution_time,
+            provider_options,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = self._unary(
@@ -1310,7 +1350,7 @@ class AsyncClient:
 
     async def run(
         self,
-        circuit: str | circuit_pb2.Circuit,
+        circuit: str | bytes | circuit_pb2.Circuit,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -1340,7 +1380,7 @@ class AsyncClient:
 
     async def estimate(
         self,
-        circuit: str | circuit_pb2.Circuit,
+        circuit: str | bytes | circuit_pb2.Circuit,
         observables: ObservablesLike,
         *,
         backend: str = "aer",
@@ -1376,6 +1416,8 @@ class AsyncClient:
         fallback_backend: str | None = None,
         default_precision: float | None = None,
         labels: Mapping[str, str] | None = None,
+        max_execution_time: float | None = None,
+        provider_options: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1389,6 +1431,8 @@ class AsyncClient:
             default_precision,
             fallback_backend,
             labels,
+            max_execution_time,
+            provider_options,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
@@ -1419,7 +1463,7 @@ class AsyncClient:
 
     async def submit(
         self,
-        circuit: str | circuit_pb2.Circuit,
+        circuit: str | bytes | circuit_pb2.Circuit,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -1460,6 +1504,8 @@ class AsyncClient:
         fallback_backend: str | None = None,
         default_precision: float | None = None,
         labels: Mapping[str, str] | None = None,
+        max_execution_time: float | None = None,
+        provider_options: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1473,6 +1519,8 @@ class AsyncClient:
             default_precision,
             fallback_backend,
             labels,
+            max_execution_time,
+            provider_options,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = await self._unary(
