@@ -1536,7 +1536,9 @@ def validate_observables(
     """Checks estimator observables and returns their shape.
 
     An empty `observables_shape` means one dimension of length len(observables), as the API
-    documents. Character 0 of a Pauli string acts on the highest-index qubit.
+    documents. Character 0 of a dense Pauli string acts on the highest-index qubit; a sparse
+    term's pauli[i] acts on its qubits[i] (distinct qubits of the circuit). Work is linear in
+    the terms' own lengths, each bounded by the circuit's width.
 
     Raises:
         InvalidArgument: INVALID_OBSERVABLE.
@@ -1612,6 +1614,9 @@ def _check_sparse_term(
 
     if len(qubits) != num_paulis:
         raise refuse(f"{num_paulis} Paulis for {len(qubits)} qubits; give one qubit per Pauli")
+    if len(qubits) > num_qubits:
+        # Distinct qubits of the circuit cannot be more than it has: refused before any loop.
+        raise refuse(f"{len(qubits)} qubits listed on a {num_qubits}-qubit circuit")
     for qubit in qubits:
         if not 0 <= qubit < num_qubits:
             raise refuse(f"qubit {qubit} is not a qubit of the {num_qubits}-qubit circuit")

@@ -120,12 +120,23 @@ def test_a_sparse_term_on_a_wide_circuit_is_never_expanded(mps: AerAdapter) -> N
         (PauliTerm("Z", 1.0, (5,)), "qubit 5 is not a qubit of the 5-qubit circuit"),
         (PauliTerm("Z", 1.0, (-1,)), "qubit -1 is not a qubit"),
         (PauliTerm("ZX", 1.0, (2, 2)), "listed twice"),
+        (PauliTerm("Z" * 100_000, 1.0, tuple(range(100_000))), "100000 qubits listed"),
         (PauliTerm("ZQ", 1.0, (0, 1)), "I, X, Y and Z"),
         (PauliTerm("z", 1.0, (0,)), "I, X, Y and Z"),
         (PauliTerm("Z", math.nan, (0,)), "finite"),
         (PauliTerm("Z", math.inf, (0,)), "finite"),
     ],
-    ids=["length", "out-of-range", "negative", "duplicate", "letter", "lowercase", "nan", "inf"],
+    ids=[
+        "length",
+        "out-of-range",
+        "negative",
+        "duplicate",
+        "too-many",
+        "letter",
+        "lowercase",
+        "nan",
+        "inf",
+    ],
 )
 def test_malformed_sparse_terms_are_refused(aer: AerAdapter, term: PauliTerm, words: str) -> None:
     # The sparse-structure refusals name the term's qubits field; the rest the observables.
