@@ -246,10 +246,10 @@ def test_a_qpy_circuit_that_would_compile_for_minutes_is_killed_at_its_limit(
 def test_a_qpy_payload_declaring_huge_nested_sizes_is_contained(
     gw: GatewayProcess, alice: Client, bob: Client
 ) -> None:
-    # Nested if-blocks 1000 deep (the reader's recursion limit) and a nested block declaring
+    # Nested if-blocks 300 deep (the reader's recursion limit) and a nested block declaring
     # 2**26 classical bits (the compile worker's memory limit): both refused in the compile
     # worker, never read by the serving process, which keeps answering meanwhile.
-    for payload in (dump(nested_ifs(1000)), nested_block_declaring(2**26)):
+    for payload in (dump(nested_ifs(300)), nested_block_declaring(2**26)):
         hostile = _in_background(lambda p=payload: alice.run(p, backend="aer", shots=1, timeout=60))
         result = bob.run(ghz(2), backend="aer", shots=4, seed=8, timeout=30)
         assert set(result.counts()) <= {"00", "11"}
