@@ -481,7 +481,7 @@ class AerAdapter(BackendAdapter):
         features = fe.detect_features(circuit)
         fe.check_features(features, _SUPPORTED_FEATURES, field)
         fe.check_control_flow_supported(circuit, self._aer_target().operation_names, field)
-        fe.check_gate_names(circuit, self._aer_target().operation_names, field)
+        circuit = fe.rename_shadowing_gates(circuit, self._aer_target().operation_names, field)
         n = circuit.num_qubits
         if opts.method == "statevector":
             fe.check_memory(fe.statevector_bytes(n), limits.memory_budget_bytes, opts.method, field)

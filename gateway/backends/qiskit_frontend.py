@@ -92,7 +92,6 @@ __all__ = [
     "check_control_flow_supported",
     "check_features",
     "check_finite_parameters",
-    "check_gate_names",
     "check_memory",
     "check_operation_count",
     "check_precision",
@@ -108,6 +107,7 @@ __all__ = [
     "mps_bond_dimensions",
     "mps_bytes",
     "parse_circuit",
+    "rename_shadowing_gates",
     "resolve_bindings",
     "resolve_shots",
     "result_registers",
@@ -1402,41 +1402,76 @@ def check_control_flow_supported(
             check_control_flow_supported(block, supported, field)
 
 
-def check_gate_names(circuit: QuantumCircuit, reserved: Collection[str], field: str) -> None:
-    """RESERVED_GATE_NAME for a user-defined gate named like a standard gate or one of the
-    backend's own instructions (`reserved`, e.g. Aer's `unitary`, `kraus`, `save_statevector`).
+def rename_shadowing_gates(
+    circuit: QuantumCircuit, reserved: Collection[str], field: str
+) -> QuantumCircuit:
+    """The circuit with every user-defined gate named like a standard gate or one of the
+    backend's own instructions (`reserved`, e.g. Aer's `unitary`, `kraus`) given a name of its
+    own, and every definition that uses one rewritten to match.
 
     The transpiler matches gates by name: it would run the standard gate (or the library's
-    equivalent of `iswap`, `dcx`, ...) instead of the client's definition, silently, or hand the
-    simulator an instruction it fails on. Each distinct definition is looked at once.
+    `iswap`, `dcx`, ...) instead of the client's definition, silently, or hand the simulator an
+    instruction it fails on. Renamed, the gate is unrolled from its definition like any user
+    gate. Refusing instead is not an option: Qiskit's own OpenQASM 2 and 3 writers define every
+    gate outside their include file (`gate rzz(...)`, `gate ecr ...`) under its standard name.
+    Definitions that need no change are shared, so the work is linear in distinct definitions
+    plus the rewritten instances.
+
+    Raises:
+        InvalidArgument: CIRCUIT_TOO_COMPLEX when definitions nest too deeply to rewrite.
     """
     names = STANDARD_GATE_NAMES | frozenset(reserved)
-    seen: set[tuple[object, ...]] = set()
-    pending: list[QuantumCircuit] = [circuit]
-    while pending:
-        body = pending.pop()
+    taint: dict[tuple[object, ...], bool] = {}
+
+    def body_tainted(body: QuantumCircuit | None) -> bool:
+        if body is None:
+            return False
         for instruction in body.data:
             op = instruction.operation
             if isinstance(op, ControlFlowOp):
-                pending.extend(op.blocks)
-                continue
-            if _is_atomic(op):
-                continue
-            if op.name in names:
-                raise invalid(
-                    "RESERVED_GATE_NAME",
-                    f"a gate definition may not be named {op.name!r}: it names a standard gate "
-                    "or one of the backend's own instructions; rename the gate (or include the "
-                    "standard library instead of defining it)",
-                    field,
-                    gate=op.name,
-                )
-            key = _definition_key(op)
-            if key not in seen:
-                seen.add(key)
-                definition = getattr(op, "definition", None)
-                if definition is not None:
-                    pending.append(definition)
+                if any(body_tainted(block) for block in op.blocks):
+                    return True
+            elif not _is_atomic(op) and op_tainted(op):
+                return True
+        return False
+
+    def op_tainted(op: Operation) -> bool:
+        key = _definition_key(op)
+        if key not in taint:
+            taint[key] = False  # gate definitions cannot recurse; this only guards the walk
+            taint[key] = op.name in names or body_tainted(getattr(op, "definition", None))
+        return taint[key]
+
+    def fresh(name: str) -> str:
+        candidate = f"{name}_def"
+        while candidate in names:
+            candidate += "_"
+        return candidate
+
+    def rewrite_op(op: Operation) -> Operation:
+        new = op.copy(name=fresh(op.name) if op.name in names else None)  # type: ignore[attr-defined]
+        definition = getattr(op, "definition", None)
+        if definition is not None:
+            new.definition = rewrite_body(definition)
+        return new  # type: ignore[no-any-return]
+
+    def rewrite_body(body: QuantumCircuit) -> QuantumCircuit:
+        if not body_tainted(body):
+            return body
+        out = body.copy_empty_like()
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                op = op.replace_blocks([rewrite_body(block) for block in op.blocks])
+            elif not _is_atomic(op) and op_tainted(op):
+                op = rewrite_op(op)
+            out._append(instruction.replace(operation=op))
+        return out
+
+    try:
+        return rewrite_body(circuit)
+    except RecursionError:
+        raise _too_deep(field) from None
 
 
 def has_bits_outside_registers(circuit: QuantumCircuit) -> bool:

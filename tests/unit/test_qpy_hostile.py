@@ -322,9 +322,11 @@ def test_non_finite_angles(aer: AerAdapter, angle: float) -> None:
 
 
 @pytest.mark.parametrize("name", ["h", "iswap", "unitary", "kraus", "save_statevector"])
-def test_a_custom_gate_may_not_take_a_reserved_name(aer: AerAdapter, name: str) -> None:
-    # The transpiler would run the standard gate (or Aer's instruction) instead of this
-    # definition, silently, or the simulator would fail on it.
+def test_a_custom_gate_named_like_a_reserved_one_runs_its_own_definition(
+    aer: AerAdapter, name: str
+) -> None:
+    # The transpiler matches by name: unrenamed, it would run the standard gate (or Aer's
+    # instruction) instead of this definition, silently, or the simulator would fail on it.
     body = QuantumCircuit(2)
     body.x(0)
     gate = body.to_gate()
@@ -332,19 +334,24 @@ def test_a_custom_gate_may_not_take_a_reserved_name(aer: AerAdapter, name: str) 
     circuit = QuantumCircuit(2, 2)
     circuit.append(gate, [0, 1])
     circuit.measure([0, 1], [0, 1])
-    assert refusal(aer, dump(circuit), "RESERVED_GATE_NAME").metadata == {"gate": name}
+    assert counts(aer, dump(circuit)) == {"01": 16}
 
 
-@pytest.mark.parametrize("name", ["iswap", "dcx", "unitary", "save_statevector", "pauli"])
-def test_openqasm_gate_definitions_may_not_take_a_reserved_name_either(
+@pytest.mark.parametrize("name", ["iswap", "dcx", "unitary", "save_statevector", "pauli", "rzz"])
+def test_openqasm_gate_definitions_named_like_reserved_ones_run_their_definition(
     aer: AerAdapter, name: str
 ) -> None:
     # Before: `iswap` and `dcx` ran the library gate instead of this definition (X on q[0]),
     # `unitary` failed inside the compiler (INTERNAL), `pauli` failed in Aer (a breaker fault).
-    source = q3(f"gate {name} a, b {{ x a; }}\nqubit[2] q;\nbit[2] c;\n{name} q[0], q[1];\n")
-    with pytest.raises(InvalidArgument) as info:
-        aer.compile_circuit(source)
-    assert info.value.reason == "RESERVED_GATE_NAME"
+    # A user gate using the shadowing one is rewritten too, and control-flow bodies are walked.
+    source = q3(
+        f"gate {name} a, b {{ x a; }}\ngate outer a, b {{ {name} a, b; }}\n"
+        "qubit[2] q;\nbit[2] c;\nbit[1] m;\nm[0] = measure q[1];\n"
+        f"if (m == 0) {{ outer q[0], q[1]; }}\nc = measure q;\n"
+    )
+    _, (result,) = run(aer, spec(sampler(source)))
+    assert [r.name for r in result.registers] == ["c", "m"]
+    assert dict(result.registers[0].counts[0]) == {"01": 16}
 
 
 # ------------------------------------------------------------ a real compile worker, fuzzed
