@@ -255,3 +255,73 @@ def test_cancelling_a_succeeded_job_is_failed_precondition(
         jobs.CancelJob(job_service_pb2.CancelJobRequest(name=done.job.name), timeout=10)
     info = status_of(exc.value)
     assert (info.code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "JOB_ALREADY_FINISHED")
+
+
+def test_only_documented_resource_names_are_accepted(
+    jobs: job_service_pb2_grpc.JobServiceStub, channel: grpc.Channel
+) -> None:
+    # Before the v1 freeze a bare id ("aer", "<job id>") was accepted where a resource name is
+    # documented; every client must now mean the same thing by a name.
+    done = jobs.Run(job_service_pb2.RunRequest(spec=sampler_spec(ghz(2))), timeout=30)
+    bare_job = done.job.name.removeprefix("jobs/")
+    backends = backend_service_pb2_grpc.BackendServiceStub(channel)
+    calls = [
+        (
+            lambda: jobs.GetJob(job_service_pb2.GetJobRequest(name=bare_job), timeout=10),
+            "INVALID_JOB_NAME",
+        ),
+        (
+            lambda: jobs.CancelJob(job_service_pb2.CancelJobRequest(name=bare_job), timeout=10),
+            "INVALID_JOB_NAME",
+        ),
+        (
+            lambda: list(jobs.WatchJob(job_service_pb2.WatchJobRequest(name=bare_job), timeout=10)),
+            "INVALID_JOB_NAME",
+        ),
+        (
+            lambda: jobs.GetJobResult(
+                job_service_pb2.GetJobResultRequest(name=done.job.name), timeout=10
+            ),
+            "INVALID_RESULT_NAME",
+        ),
+        (
+            lambda: list(
+                jobs.StreamJobResult(
+                    job_service_pb2.StreamJobResultRequest(name=f"{bare_job}/result"), timeout=10
+                )
+            ),
+            "INVALID_RESULT_NAME",
+        ),
+        (
+            lambda: backends.GetBackend(
+                backend_service_pb2.GetBackendRequest(name="aer"), timeout=10
+            ),
+            "INVALID_BACKEND_NAME",
+        ),
+        (
+            lambda: backends.GetBackendTarget(
+                backend_service_pb2.GetBackendTargetRequest(name="backends/aer"), timeout=10
+            ),
+            "INVALID_TARGET_NAME",
+        ),
+        (
+            lambda: jobs.SubmitJob(
+                job_service_pb2.SubmitJobRequest(
+                    spec=job_pb2.JobSpec(backend="aer", pubs=sampler_spec(ghz(2)).pubs)
+                ),
+                timeout=10,
+            ),
+            "INVALID_BACKEND_NAME",
+        ),
+    ]
+    for call, reason in calls:
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        info = status_of(exc.value)
+        assert (info.code, info.reason) == (INVALID, reason)
+    # The full names work.
+    assert jobs.GetJob(job_service_pb2.GetJobRequest(name=done.job.name), timeout=10).job.name
+    result = jobs.GetJobResult(
+        job_service_pb2.GetJobResultRequest(name=f"{done.job.name}/result"), timeout=10
+    ).result
+    assert result.name == f"{done.job.name}/result"
