@@ -213,7 +213,7 @@ _SAMPLER_OUTPUTS: dict[int, SamplerOutput] = {
     job_pb2.SAMPLER_OUTPUT_SAMPLES: SamplerOutput.SAMPLES,
     job_pb2.SAMPLER_OUTPUT_COUNTS: SamplerOutput.COUNTS,
 }
-_SAMPLER_OUTPUT_TO_PROTO = {v: k for k, v in _SAMPLER_OUTPUTS.items()}
+_SAMPLER_OUTPUT_TO_PROTO: dict[SamplerOutput, Any] = {v: k for k, v in _SAMPLER_OUTPUTS.items()}
 
 
 def _sampler_output(value: int, field: str) -> SamplerOutput:

@@ -1449,11 +1449,11 @@ def rename_shadowing_gates(
         return candidate
 
     def rewrite_op(op: Operation) -> Operation:
-        new = op.copy(name=fresh(op.name) if op.name in names else None)  # type: ignore[attr-defined]
+        new = op.copy(name=fresh(op.name) if op.name in names else None)
         definition = getattr(op, "definition", None)
         if definition is not None:
             new.definition = rewrite_body(definition)
-        return new  # type: ignore[no-any-return]
+        return new
 
     def rewrite_body(body: QuantumCircuit) -> QuantumCircuit:
         if not body_tainted(body):
