@@ -30,8 +30,12 @@ test: $(SYNCED)
 protos: $(SYNCED)
 	$(VENV)/bin/python scripts/gen_protos.py
 
+## buf runs on a descriptor image (googleapis' protos come from googleapis-common-protos).
 lint: $(SYNCED)
-	$(VENV)/bin/buf lint protos
+	$(VENV)/bin/python scripts/gen_protos.py --image $(VENV)/qgateway-v1.binpb
+	$(VENV)/bin/buf lint $(VENV)/qgateway-v1.binpb --path qgateway --config protos/buf.yaml
+	$(VENV)/bin/buf breaking $(VENV)/qgateway-v1.binpb --against protos/baseline/qgateway-v1.binpb \
+		--path qgateway --config protos/buf.yaml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy gateway clients/python/qgateway
 

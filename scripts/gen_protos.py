@@ -73,9 +73,14 @@ def main() -> None:
         action="store_true",
         help=f"write the frozen-contract image {BASELINE_IMAGE.relative_to(ROOT)} instead",
     )
+    parser.add_argument(
+        "--image", type=Path, help="write a descriptor image (with source info) for buf instead"
+    )
     args = parser.parse_args()
     if args.baseline:
         build_image(BASELINE_IMAGE, source_info=False)
+    elif args.image:
+        build_image(args.image)
     else:
         generate(args.out)
 
