@@ -2,7 +2,7 @@
 
     qgateway serve [--config FILE]
     qgateway backends
-    qgateway run FILE --backend aer --shots 1024 [--seed S] [--counts-only] [--json]
+    qgateway run FILE --backend aer --shots 1024 [--seed S] [--sampler-output counts] [--json]
     qgateway jobs list [--filter F] [--state S ...] [--backend B] [--limit N]
     qgateway jobs get NAME | jobs watch NAME | jobs cancel NAME
 
@@ -369,6 +369,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             backend=args.backend,
             seed=args.seed,
             counts_only=args.counts_only,
+            sampler_output=args.sampler_output,
             timeout=args.timeout,
         )
     if job.state is not JobState.SUCCEEDED or job.result is None:
@@ -491,7 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="aer", help="backend name (default: aer)")
     run.add_argument("--shots", type=int, default=None, help="shots (default: the backend's)")
     run.add_argument("--seed", type=int, default=None, help="sampling seed")
-    run.add_argument("--counts-only", action="store_true", help="return counts only")
+    run.add_argument(
+        "--counts-only", action="store_true", help="return counts only (--sampler-output counts)"
+    )
+    run.add_argument(
+        "--sampler-output",
+        choices=("samples_and_counts", "samples", "counts"),
+        default=None,
+        help="what the job returns (default: samples and counts)",
+    )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(
         "--top",

@@ -234,7 +234,20 @@ def test_run_command_prints_job_line_and_tables(
     assert out[0] == "jobs/j1 SUCCEEDED on backends/aer (seed 7)"
     assert out[2] == "register c (2 bits): 8 shots, 2 outcomes"
     assert out[4].startswith("00           5  0.6250  ")
-    assert fake.calls == [{"backend": "aer", "seed": 7, "counts_only": True, "timeout": None}]
+    assert fake.calls == [
+        {
+            "backend": "aer",
+            "seed": 7,
+            "counts_only": True,
+            "sampler_output": None,
+            "timeout": None,
+        }
+    ]
+    fake.calls.clear()
+    assert cli.main(["run", str(source), "--sampler-output", "samples"]) == 0
+    assert fake.calls[0]["sampler_output"] == "samples"
+    assert fake.calls[0]["counts_only"] is False
+    capsys.readouterr()
 
     fake.job = Job(
         name="jobs/j1", state=JobState.FAILED, error_reason="EXECUTION_FAILED", error_message="x"
