@@ -7,8 +7,8 @@
         target = to_target(client.get_backend_target("aer"))
     isa = qiskit.transpile(circuit, target=target)
 
-Needs qiskit installed next to the client (it is not a dependency of the client); it is
-imported on first use, so `import qgateway` never pays for it.
+Needs qiskit next to the client: `pip install qgateway[qiskit]` (the extra; qiskit is not a base
+dependency). It is imported on first use, so `import qgateway` never pays for it.
 """
 
 from __future__ import annotations
