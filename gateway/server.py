@@ -23,6 +23,7 @@ from qgateway.v1 import (
     session_service_pb2_grpc,
 )
 
+from gateway.api import codec
 from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
@@ -116,6 +117,7 @@ class Gateway:
             self._store,
             self.backends,
             self.compiler,
+            codec.STORED_FORMAT,
             prepare_threads=config.server.prepare_threads,
             watch_heartbeat_s=config.server.watch_heartbeat_s,
             result_retention_s=config.server.result_retention_days * 86400,

@@ -11,8 +11,7 @@ import asyncio
 
 from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_grpc
 
-from gateway import codec
-from gateway.api import backend_codec, paging
+from gateway.api import backend_codec, codec, paging
 from gateway.api.backend_codec import View
 from gateway.api.context import Context
 from gateway.domain.errors import PermissionDenied

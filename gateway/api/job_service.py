@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
-from gateway import codec
-from gateway.api import paging, result_stream
+from gateway.api import codec, paging, result_stream
 from gateway.api.context import Context
 from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest

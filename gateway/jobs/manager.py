@@ -20,9 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mappi
 from datetime import UTC, datetime, timedelta
 
 import anyio
-from qgateway.v1 import job_pb2
 
-from gateway import codec
 from gateway.backends.base import PreparedJob
 from gateway.backends.breaker import BreakerState
 from gateway.backends.worker import WORKER_CRASHED, WorkerProcess
@@ -55,6 +53,7 @@ from gateway.jobs.backend import BackendRuntime, RunningJob
 from gateway.jobs.compiler import Compiler, circuit_field
 from gateway.jobs.events import JobEvents, WatchEvent
 from gateway.jobs.queue import QueuedJob
+from gateway.jobs.stored_format import StoredFormat
 from gateway.store.base import (
     CreateOutcome,
     JobCursor,
@@ -122,6 +121,7 @@ class JobManager:
         store: Store,
         backends: Mapping[str, BackendRuntime],
         compiler: Compiler,
+        stored_format: StoredFormat,
         *,
         prepare_threads: int,
         watch_heartbeat_s: float = 10.0,
@@ -130,6 +130,7 @@ class JobManager:
         self._store = store
         self.backends = backends
         self.compiler = compiler
+        self._format = stored_format
         # WatchJob resends the job after this long without a change (ServerConfig).
         self.watch_heartbeat_s = watch_heartbeat_s
         # A SUCCEEDED job's result is kept this long after it ends (Job.expire_at).
@@ -597,7 +598,7 @@ class JobManager:
     async def _prepare_again(self, runtime: BackendRuntime, job: Job) -> PreparedJob:
         spec_bytes = await self._store.get_spec(job.id)
         assert spec_bytes is not None
-        spec = codec.decode_spec(job_pb2.JobSpec.FromString(spec_bytes))
+        spec = self._format.decode_spec(spec_bytes)
         return await self.prepare(runtime, job.tenant, spec, job.seed)
 
     def _record(self, runtime: BackendRuntime, running: RunningJob, reason: str | None) -> None:
@@ -711,9 +712,9 @@ class JobManager:
         self._record(runtime, running, None)
         await give_back(False)
         if _result_bytes_hint(outcome.result) <= INLINE_ENCODE_BYTES:
-            result = _serialise_result(outcome.result)
+            result = self._format.encode_result(outcome.result)
         else:  # large results are encoded off the event loop
-            result = await anyio.to_thread.run_sync(_serialise_result, outcome.result)
+            result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
         self._recent_results.put(job.id, result)
         assert started.started_at is not None
         await self._finish(
@@ -798,9 +799,3 @@ def _result_bytes_hint(result: JobResult) -> int:
         else:
             size += 16 * pub.expectation_values.size
     return size
-
-
-def _serialise_result(result: JobResult) -> bytes:
-    # Canonical (the form StreamJobResult's digest is defined over), so the stored bytes hash
-    # to the digest as they are.
-    return codec.encode_result(result).SerializeToString(deterministic=True)

@@ -24,8 +24,7 @@ from qgateway.errors import (
 from qgateway.results import PackedCounts, ResultAssembler
 from qgateway.v1 import job_pb2, job_service_pb2
 
-from gateway import codec
-from gateway.api import result_stream
+from gateway.api import codec, result_stream
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import (

@@ -13,6 +13,7 @@ from typing import cast
 
 import pytest
 
+from gateway.api import codec
 from gateway.domain.errors import NotFound
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import JobState, StateTransition
@@ -259,7 +260,7 @@ async def test_migration_allows_cancelling_and_keeps_everything(db_path: pathlib
 
 
 async def test_an_expired_result_is_not_found_and_deleted(store: SqliteStore) -> None:
-    manager = JobManager(store, {}, cast(Compiler, None), prepare_threads=1)
+    manager = JobManager(store, {}, cast(Compiler, None), codec.STORED_FORMAT, prepare_threads=1)
     now = datetime.now(UTC)
     await store.create_job(new_job("old", created_at=now - timedelta(days=3)))
     await store.finish_job(

@@ -1,7 +1,8 @@
 """Translation between qgateway.v1 messages and domain objects: the one place that does it.
 
-Used by the servicers (requests and responses) and by the job layer (specs and results are
-stored as serialised qgateway.v1 messages).
+Used by the servicers (requests and responses), and by the job core through STORED_FORMAT
+(specs and results are stored as serialised qgateway.v1 messages; the job core sees only the
+gateway.jobs.stored_format port).
 """
 
 from __future__ import annotations
@@ -364,3 +365,19 @@ def encode_job(job: Job) -> job_pb2.Job:
         out.timings.transpile.CopyFrom(_duration(job.timings.transpile_s))
         out.timings.execute.CopyFrom(_duration(job.timings.execute_s))
     return out
+
+
+class _StoredFormat:
+    """gateway.jobs.stored_format.StoredFormat: specs and results stored as qgateway.v1
+    messages."""
+
+    def decode_spec(self, data: bytes) -> JobSpec:
+        return decode_spec(job_pb2.JobSpec.FromString(data))
+
+    def encode_result(self, result: JobResult) -> bytes:
+        # Canonical (the form StreamJobResult's digest is defined over), so the stored bytes
+        # hash to the digest as they are.
+        return encode_result(result).SerializeToString(deterministic=True)
+
+
+STORED_FORMAT = _StoredFormat()
