@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.backends.base import AdapterContext, CircuitLimits
-from gateway.backends.breaker import BreakerPolicy
-from gateway.backends.pool import PoolLimits
 from gateway.domain.backends import BackendLimits
-from gateway.jobs.compiler import CompileLimits
+from gateway.runtime.breaker import BreakerPolicy
+from gateway.runtime.compiler import CompileLimits
+from gateway.runtime.pool import PoolLimits
 from gateway.security.api_keys import ApiKeyConfig, Principal
 from gateway.security.principals import ANONYMOUS
 

@@ -28,18 +28,18 @@ from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
-from gateway.backends.breaker import CircuitBreaker
-from gateway.backends.pool import Pool
 from gateway.backends.registry import adapter_names, load_adapter
-from gateway.backends.worker import CompileRole, SimulatorRole, WorkerProcess
-from gateway.backends.worker_pool import WorkerFactory
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
-from gateway.jobs.compiler import Compiler
-from gateway.jobs.health import HealthMonitor
 from gateway.jobs.manager import JobManager
+from gateway.runtime.breaker import CircuitBreaker
+from gateway.runtime.compiler import Compiler
+from gateway.runtime.health import HealthMonitor
+from gateway.runtime.pool import Pool
+from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
+from gateway.runtime.worker_pool import WorkerFactory
 from gateway.security.api_keys import KeyRing
 from gateway.store.sqlite import SqliteStore
 

@@ -18,7 +18,7 @@ sys.path.insert(0, tree)
 resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))
 import numpy as np
 
-from gateway.backends.aer import AerAdapter
+from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import (

@@ -151,7 +151,7 @@ def encode_backend(
             )
         )
         out.health.serving = status.serving
-        # Sanitised where it is made (gateway.jobs.health): a reason and a fixed description.
+        # Sanitised where it is made (gateway.runtime.health): a reason and a fixed description.
         out.health.last_error = status.last_error
         probed = _timestamp(status.last_probe)
         if probed is not None:

@@ -25,12 +25,12 @@ from typing import NoReturn
 
 from pydantic import Field
 
-from gateway.backends.aer import AerAdapter, AerOptions, AerPayload
+from gateway.backends.aer.adapter import AerAdapter, AerOptions, AerPayload
 from gateway.backends.base import AdapterContext, ExecutionOutcome, PreparedJob
-from gateway.backends.retry import RetryPolicy, call_with_retries
 from gateway.domain.backends import BackendInfo
 from gateway.domain.errors import ExecutionError
 from gateway.domain.jobs import JobSpec
+from gateway.runtime.retry import RetryPolicy, call_with_retries
 
 __all__ = [
     "FaultAdapter",

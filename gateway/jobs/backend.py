@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.backends.base import BackendAdapter
-from gateway.backends.breaker import CircuitBreaker
-from gateway.backends.pool import Pool
-from gateway.backends.worker import WorkerProcess
 from gateway.domain.backends import BackendInfo, BackendStatus
 from gateway.jobs.queue import FairQueue, QueuedJob
+from gateway.runtime.breaker import CircuitBreaker
+from gateway.runtime.pool import Pool
+from gateway.runtime.worker import WorkerProcess
 
 
 @dataclass(frozen=True)

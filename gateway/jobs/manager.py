@@ -22,8 +22,6 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 from gateway.backends.base import PreparedJob
-from gateway.backends.breaker import BreakerState
-from gateway.backends.worker import WORKER_CRASHED, WorkerProcess
 from gateway.domain.errors import (
     BACKEND_RESOURCE,
     JOB_RESOURCE,
@@ -50,10 +48,12 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.jobs.backend import BackendRuntime, RunningJob
-from gateway.jobs.compiler import Compiler, circuit_field
 from gateway.jobs.events import JobEvents, WatchEvent
 from gateway.jobs.queue import QueuedJob
 from gateway.jobs.stored_format import StoredFormat
+from gateway.runtime.breaker import BreakerState
+from gateway.runtime.compiler import Compiler, circuit_field
+from gateway.runtime.worker import WORKER_CRASHED, WorkerProcess
 from gateway.store.base import (
     CreateOutcome,
     JobCursor,

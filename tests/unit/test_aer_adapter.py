@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.backends.aer import AerAdapter, AerPayload, SamplerTask
+from gateway.backends.aer.adapter import AerAdapter, AerPayload, SamplerTask
 from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
 from gateway.domain.backends import BackendKind, BackendLimits, Primitive
 from gateway.domain.circuits import (

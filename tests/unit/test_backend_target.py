@@ -17,10 +17,10 @@ from qiskit.transpiler import Target
 from qiskit_ibm_runtime.fake_provider import FakeManilaV2
 
 from gateway.api import backend_codec
-from gateway.backends.aer import AerAdapter
+from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import AdapterContext, CircuitLimits
-from gateway.backends.qiskit_frontend import ACCEPTED_INSTRUCTION_NAMES
-from gateway.backends.qiskit_target import from_qiskit_target
+from gateway.backends.qiskit.frontend import ACCEPTED_INSTRUCTION_NAMES
+from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import InvalidArgument

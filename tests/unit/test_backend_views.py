@@ -22,7 +22,7 @@ from gateway.domain.backends import (
 )
 from gateway.domain.errors import ExecutionError, InvalidArgument
 from gateway.jobs.backend import HealthState
-from gateway.jobs.health import HealthMonitor
+from gateway.runtime.health import HealthMonitor
 from gateway.security.api_keys import KeyRing, generate_key
 from gateway.security.policies import may_read_operations, visible_backends
 from gateway.security.principals import ANONYMOUS

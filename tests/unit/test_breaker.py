@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.backends.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 
 
 class Clock:

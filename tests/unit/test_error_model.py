@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 import gateway
 from gateway.api.errors import ERROR_DOMAIN, job_error_status, status_proto, to_status
-from gateway.backends import qiskit_frontend
+from gateway.backends.qiskit import frontend as qiskit_frontend
 from gateway.domain import errors
 from gateway.domain.errors import (
     JOB_RESOURCE,

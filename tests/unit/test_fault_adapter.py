@@ -22,7 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.backends import fault
-from gateway.backends.aer import AerPayload
+from gateway.backends.aer.adapter import AerPayload
 from gateway.backends.base import AdapterContext, CircuitLimits, ExecutionOutcome
 from gateway.backends.fault import (
     FaultAdapter,

@@ -7,8 +7,8 @@ import math
 import anyio
 import pytest
 
-from gateway.backends.pool import Pool, PoolLimits
 from gateway.config import PoolConfig
+from gateway.runtime.pool import Pool, PoolLimits
 
 
 class Factory:

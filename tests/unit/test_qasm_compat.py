@@ -15,8 +15,8 @@ from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Operator
 
-from gateway.backends import qiskit_frontend as fe
 from gateway.backends.base import CircuitLimits
+from gateway.backends.qiskit import frontend as fe
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import Code, InvalidArgument
 

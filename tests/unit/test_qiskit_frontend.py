@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from qiskit import QuantumCircuit
 
-from gateway.backends import qiskit_frontend as fe
 from gateway.backends.base import CircuitLimits
+from gateway.backends.qiskit import frontend as fe
 from gateway.domain.circuits import (
     Bindings,
     CircuitFeature,

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from qiskit import ClassicalRegister, QuantumCircuit, transpile
 from qiskit.circuit import Clbit
 
-from gateway.backends import qiskit_frontend as fe
 from gateway.backends.base import CircuitLimits
+from gateway.backends.qiskit import frontend as fe
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import Code, InvalidArgument
 

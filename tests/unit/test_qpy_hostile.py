@@ -20,12 +20,12 @@ from qiskit.circuit import Gate, Parameter
 from qiskit.circuit.classical import expr
 from qiskit.circuit.library import Initialize, MCXGate, UnitaryGate
 
-from gateway.backends.aer import AerAdapter
+from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import CircuitLimits
-from gateway.backends.qpy_reader import QPY_MAX_VERSION, QPY_MIN_VERSION, load_circuit
-from gateway.backends.worker import CompileRole, WorkerCrashed, WorkerProcess
+from gateway.backends.qiskit.qpy_reader import QPY_MAX_VERSION, QPY_MIN_VERSION, load_circuit
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource
 from gateway.domain.errors import Code, InvalidArgument
+from gateway.runtime.worker import CompileRole, WorkerCrashed, WorkerProcess
 from tests.qpy_payloads import (
     dump,
     nested_block_declaring,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.backends.retry import RetryPolicy, call_with_retries, http_status_of, is_transient
+from gateway.runtime.retry import RetryPolicy, call_with_retries, http_status_of, is_transient
 
 # ------------------------------------------------------------------- vendor-shaped errors
 

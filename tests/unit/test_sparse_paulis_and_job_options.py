@@ -20,7 +20,7 @@ from gateway.api.job_options import (
     decode_max_execution_time,
     decode_provider_options,
 )
-from gateway.backends.aer import AerAdapter, AerPayload, EstimatorTask
+from gateway.backends.aer.adapter import AerAdapter, AerPayload, EstimatorTask
 from gateway.backends.base import ProviderOptions
 from gateway.domain.circuits import Observable, PauliTerm
 from gateway.domain.errors import Code, InvalidArgument

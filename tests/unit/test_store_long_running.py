@@ -17,8 +17,8 @@ from gateway.api import codec
 from gateway.domain.errors import NotFound
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import JobState, StateTransition
-from gateway.jobs.compiler import Compiler
 from gateway.jobs.manager import JobManager
+from gateway.runtime.compiler import Compiler
 from gateway.store.base import NewJob
 from gateway.store.sqlite import MIGRATIONS, SqliteStore, _split_sql
 

@@ -43,8 +43,8 @@ from qiskit.circuit import (
 )
 from qiskit.qpy import common as qpy_common
 
-from gateway.backends import qiskit_frontend as fe
 from gateway.backends.base import CircuitLimits
+from gateway.backends.qiskit import frontend as fe
 from gateway.domain.errors import InvalidArgument
 
 __all__ = ["QPY_MAX_VERSION", "QPY_MIN_VERSION", "QpyHeader", "load_circuit", "read_header"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.backends.worker import CompileRole, SimulatorRole, WorkerProcess
+from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
 
 
 class WorkerFactory:

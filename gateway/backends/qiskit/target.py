@@ -13,7 +13,7 @@ from datetime import datetime
 
 from qiskit.transpiler import Target
 
-from gateway.backends.qiskit_frontend import ACCEPTED_INSTRUCTION_NAMES
+from gateway.backends.qiskit.frontend import ACCEPTED_INSTRUCTION_NAMES
 from gateway.domain.targets import (
     BackendTarget,
     QargProperties,

@@ -17,8 +17,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter
-from gateway.backends.pool import Pool
-from gateway.backends.worker import WorkerCrashed, WorkerProcess
 from gateway.domain.circuits import CircuitSource, Pub, SamplerPub
 from gateway.domain.errors import (
     ExecutionError,
@@ -29,6 +27,8 @@ from gateway.domain.errors import (
     ResourceExhausted,
 )
 from gateway.jobs.fair_share import FairShare
+from gateway.runtime.pool import Pool
+from gateway.runtime.worker import WorkerCrashed, WorkerProcess
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 from qiskit_aer import AerError, AerSimulator
 from qiskit_aer.library import SaveExpectationValue
 
-from gateway.backends import qiskit_frontend as fe
 from gateway.backends.base import (
     CIRCUIT_FIELD,
     AdapterContext,
@@ -41,8 +40,9 @@ from gateway.backends.base import (
     ExecutionOutcome,
     PreparedJob,
 )
-from gateway.backends.qiskit_target import from_qiskit_target
-from gateway.backends.qpy_reader import qpy_versions
+from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit.qpy_reader import qpy_versions
+from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
 from gateway.domain.circuits import (

@@ -597,7 +597,7 @@ def parse_circuit(
     """
     if source.language is CircuitLanguage.QPY:
         # Imported on first use: QPY is an extra, and the reader imports this module.
-        from gateway.backends import qpy_reader
+        from gateway.backends.qiskit import qpy_reader
 
         return qpy_reader.load_circuit(source.data, limits, field, max_qubits=max_qubits)
     text = source.text

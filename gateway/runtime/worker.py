@@ -1,6 +1,6 @@
 """Worker processes: simulators and circuit compilers.
 
-A worker is `python -m gateway.backends.worker`, in one of two roles chosen by its first message.
+A worker is `python -m gateway.runtime.worker`, in one of two roles chosen by its first message.
 A simulator worker builds one adapter and runs prepared payloads. A compile worker builds the
 adapters of every backend and compiles client circuits one at a time under a CPU-time limit
 (RLIMIT_CPU, set afresh for each circuit) and a memory limit (RLIMIT_DATA); the gateway adds the
@@ -219,7 +219,7 @@ class WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.backends.worker",
+            "gateway.runtime.worker",
             str(os.getpid()),
             label,
             stdin=asyncio.subprocess.PIPE,
@@ -340,8 +340,8 @@ def _describe_exit(code: int) -> tuple[str, dict[str, str]]:
 
 
 if __name__ == "__main__":
-    # Run the imported module, not __main__: roles arrive pickled as gateway.backends.worker
+    # Run the imported module, not __main__: roles arrive pickled as gateway.runtime.worker
     # classes, and isinstance must see the same classes.
-    from gateway.backends import worker
+    from gateway.runtime import worker
 
     worker._run_worker()

@@ -1,0 +1,1 @@
+"""Qiskit Aer simulators (entry point "aer")."""

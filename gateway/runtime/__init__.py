@@ -1,0 +1,2 @@
+"""What keeps backends alive: pools, worker processes, the compile workers, health monitor,
+breakers and retry policies."""
