@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
+from gateway.domain.failures import FailureKind
+
 
 class Code(enum.IntEnum):
     """gRPC status codes (same numbers as grpc.StatusCode)."""
@@ -186,11 +188,18 @@ class ExecutionError(Exception):
     """
 
     def __init__(
-        self, reason: str, message: str, *, metadata: Mapping[str, str] | None = None
+        self,
+        reason: str,
+        message: str,
+        *,
+        kind: FailureKind = FailureKind.BACKEND_FAULT,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        # What the job core does about it (breaker, instance reuse); the reason is for clients.
+        self.kind = kind
         self.metadata: dict[str, str] = dict(metadata or {})
 
     @property

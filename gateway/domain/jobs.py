@@ -149,6 +149,9 @@ class Job:
     labels: Mapping[str, str] = field(default_factory=dict)
     # What sampler PUBs return (JobOptions.sampler_output).
     sampler_output: SamplerOutput = SamplerOutput.SAMPLES_AND_COUNTS
+    # The provider's id of the job (REMOTE runners), stored in the transaction that leaves
+    # SUBMITTING, so a restarted gateway re-attaches instead of submitting again.
+    remote_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,15 @@ class Store(Protocol):
 
     async def get_result(self, job_id: str) -> bytes | None: ...
 
-    async def mark_running(self, job_id: str, started_at: datetime) -> Job | None:
-        """QUEUED or SUBMITTING -> RUNNING, incrementing attempts; None otherwise."""
+    async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
+        """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
+        None from any other state."""
+
+    async def mark_running(
+        self, job_id: str, started_at: datetime, remote_id: str | None = None
+    ) -> Job | None:
+        """QUEUED or SUBMITTING -> RUNNING, incrementing attempts and storing the provider's
+        `remote_id` in the same transaction; None otherwise."""
 
     async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED, SUBMITTING or RUNNING -> CANCELLING; None otherwise (CANCELLING included)."""
@@ -144,6 +151,44 @@ class Store(Protocol):
         Returns None (and changes nothing) when the job is already final.
         """
 
-    async def requeue_interrupted(self, now: datetime | None = None) -> Sequence[Job]:
-        """At start: CANCELLING -> CANCELLED (never run again), RUNNING -> QUEUED; returns
-        every QUEUED job, oldest first."""
+    async def recover(self, now: datetime) -> Sequence[Job]:
+        """At the start of the only process using this store (in-memory queue): a job that
+        had no remote id ran in a worker that is gone, so CANCELLING -> CANCELLED (never run
+        again) and RUNNING -> QUEUED; jobs with a remote id (and SUBMITTING ones) keep their
+        state for the runner to re-attach. Returns every non-final job, oldest first. Clears
+        every claim lease."""
+
+    # ---- the claim queue (gateway.jobs.claim_queue): claims are leases in the store, so
+    # several gateway processes can share its queue. A claim is (owner, lease_expires_at) on a
+    # non-final job; the job keeps its state.
+
+    async def claim_next(
+        self, placement: str, owner: str, lease_expires_at: datetime, now: datetime
+    ) -> Job | None:
+        """Atomically leases the next claimable job of `placement` to `owner`, or None.
+
+        Claimable: a QUEUED job with no claim, or any non-final job whose lease expired before
+        `now` (its holder died; it comes back in the state it was left in, remote id
+        included). Fair across tenants: the tenant holding the fewest live claims on
+        `placement` first, then the tenant claimed from least recently on `placement` (this
+        history survives an emptied queue), FIFO (create time, id) within a tenant; jobs whose
+        lease lapsed go before fresh ones.
+        """
+
+    async def renew_claim(
+        self, job_id: str, owner: str, lease_expires_at: datetime, now: datetime
+    ) -> bool:
+        """Extends `owner`'s unexpired lease; False if the claim is not (or no longer) its."""
+
+    async def end_claim(self, job_id: str, owner: str, *, requeue: bool = False) -> None:
+        """Drops `owner`'s claim (no-op if not its). `requeue`: the job goes back unstarted and
+        keeps its place (its create time orders it)."""
+
+    async def queued_jobs(self, placement: str) -> Sequence[tuple[str, str]]:
+        """(job id, tenant) of the unclaimed QUEUED jobs of `placement`, oldest first."""
+
+    async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
+        """Live (unexpired) claims on `placement` per tenant."""
+
+    async def next_lease_expiry(self, placement: str) -> datetime | None:
+        """The earliest lease expiry among `placement`'s claimed non-final jobs."""

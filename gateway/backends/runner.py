@@ -1,0 +1,138 @@
+"""The runner half of the adapter contract: how a prepared job gets run.
+
+A backend's compiler (BackendAdapter: compile_circuit in compile workers, prepare in the
+gateway) turns a request into a PreparedJob; its runner runs it. Two execution models share one
+contract:
+
+- LOCAL runners (simulators) run the job on an instance the gateway supervises, a worker
+  process: the handle is that worker; `cancel` kills it; nothing survives a gateway crash, so a
+  job interrupted by one is run again (`reattach` finds nothing).
+- REMOTE runners (providers) hand the job to a service that outlives the gateway: `submit`
+  returns at once with the provider's id, which the job core stores in the same transaction that
+  leaves SUBMITTING; `wait` follows the provider; `cancel` cancels remotely; after a restart
+  `reattach` finds the job again by its stored id, or by the gateway job id used as the
+  provider's idempotency token when the crash came before the id was stored. A REMOTE runner
+  never submits a job the provider already has.
+
+Failures are ExecutionError with a FailureKind; only the kind decides what the core does.
+Runners are built by the composition root (gateway.server) from the backend's config block; the
+job core knows only this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.domain.jobs import Job
+
+
+class ExecutionModel(enum.Enum):
+    LOCAL = "LOCAL"
+    REMOTE = "REMOTE"
+
+
+@dataclass(frozen=True)
+class RunnerStats:
+    """What BackendService reports about the runner's instances (workers, provider clients)."""
+
+    in_use: int
+    idle: int
+    waiting: int
+    min_instances: int
+    max_instances: int
+    high_water: int
+
+
+class ProbeSkipped(Exception):
+    """The probe did not run this round; the backend's health stays as it was."""
+
+
+class RunHandle:
+    """A job submitted to a runner. Subclasses hold what the runner needs to follow it.
+
+    Attributes:
+        job_id: The gateway job.
+        remote_id: The provider's id of the job, stored durably by the job core so that
+            `reattach` can find it after a restart; None for LOCAL runners.
+    """
+
+    def __init__(self, job_id: str, remote_id: str | None = None) -> None:
+        self.job_id = job_id
+        self.remote_id = remote_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.job_id!r}, remote_id={self.remote_id!r})"
+
+
+class Runner(ABC):
+    """Runs prepared jobs of one backend; at most `capacity` at once (the scheduler's slots)."""
+
+    model: ExecutionModel = ExecutionModel.LOCAL
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many jobs may run at once: the scheduler claims no more than this."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Brings up the runner's instances (warm workers, authenticated clients)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Stops the runner's instances. Remote jobs keep running at the provider."""
+
+    @abstractmethod
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        """Starts the job and returns without waiting for it to finish.
+
+        A LOCAL runner may wait here for a free instance; a REMOTE runner returns once the
+        provider has accepted the job (its id in `remote_id`), using `job.id` as the provider's
+        idempotency token, so submitting the same job twice creates it once.
+
+        Raises:
+            ExecutionError: the job could not be started (kind says why).
+        """
+
+    @abstractmethod
+    async def wait(self, handle: RunHandle) -> ExecutionOutcome:
+        """The job's result once it has finished. Cancelling the awaiting task stops waiting,
+        not the job (that is `cancel`).
+
+        Raises:
+            ExecutionError: the job failed (kind says why).
+        """
+
+    @abstractmethod
+    async def cancel(self, handle: RunHandle) -> None:
+        """Stops the job: kills its worker, or cancels it at the provider. Idempotent; `wait`
+        then raises ExecutionError of kind CANCELLED unless the job finished first."""
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        """After a restart (or a lost lease), finds a job this runner may already have: by
+        `remote_id` when one was stored, else by `job.id` as the idempotency token. None when
+        the backend does not have it, so submitting it is safe (and, for LOCAL runners, always:
+        a worker does not outlive the gateway).
+        """
+        return None
+
+    @abstractmethod
+    async def probe(self, prepared: PreparedJob, timeout: float) -> None:
+        """A health probe: runs the backend's probe job (BackendAdapter.probe_spec, prepared)
+        like a job, within `timeout` seconds, and returns if the backend answered correctly.
+
+        Raises:
+            ProbeSkipped: every instance is busy with jobs (busy is not sick); or, for a
+                REMOTE runner, the provider reports its status instead of running a job.
+            TimeoutError: no answer within `timeout` (the instance was stopped).
+            ExecutionError: the probe job failed (kind and reason say how).
+            Exception: no instance could be started.
+        """
+
+    async def maintain(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Periodic upkeep between probes: evict idle or old instances, top up the minimum."""
+
+    def stats(self) -> RunnerStats | None:
+        """Instance counts for BackendService, if the runner pools instances."""
+        return None
