@@ -27,13 +27,27 @@ class BreakerPolicy:
     cooldown_s: float = 30.0
 
 
+@dataclass(frozen=True)
+class Permit:
+    """Leave to run one job, handed out by `try_dispatch` and given back with its outcome.
+
+    `trial` marks the half-open trial; `token` tells this trial from any other, so only the
+    trial's own outcome can close (or reopen) the breaker.
+    """
+
+    trial: bool
+    token: int
+
+
 class CircuitBreaker:
     def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self._clock = clock
         self._failures: deque[float] = deque()
         self._opened_at: float | None = None
-        self._trial_in_flight = False
+        # The token of the half-open trial in flight, if one is.
+        self._trial: int | None = None
+        self._tokens = 0
         self.times_opened = 0
 
     @property
@@ -50,30 +64,36 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self.policy.cooldown_s - self._clock())
 
-    def try_dispatch(self) -> bool:
-        """May a job start now? Half-open lets exactly one trial through at a time."""
+    def try_dispatch(self) -> Permit | None:
+        """Leave for a job to start now, or None. Half-open lets exactly one trial through."""
+        self._tokens += 1
         state = self.state
         if state is BreakerState.CLOSED:
-            return True
-        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
-            self._trial_in_flight = True
-            return True
-        return False
+            return Permit(trial=False, token=self._tokens)
+        if state is BreakerState.HALF_OPEN and self._trial is None:
+            self._trial = self._tokens
+            return Permit(trial=True, token=self._tokens)
+        return None
 
-    def record_success(self) -> None:
-        # Only the half-open trial closes the breaker; while closed the breaker counts failures
-        # in a window, and a job that started before it opened proves nothing.
-        if self._trial_in_flight:
-            self._trial_in_flight = False
+    def _is_current_trial(self, permit: Permit) -> bool:
+        return permit.trial and permit.token == self._trial
+
+    def record_success(self, permit: Permit) -> None:
+        # Only the half-open trial closes the breaker. A job that started before the breaker
+        # opened and succeeds meanwhile proves nothing about the backend now.
+        if self._is_current_trial(permit):
+            self._trial = None
             self._opened_at = None
             self._failures.clear()
 
-    def record_failure(self) -> None:
+    def record_failure(self, permit: Permit) -> None:
+        """A backend fault of the job run under `permit`."""
         now = self._clock()
         if self._opened_at is not None:
-            # The half-open trial failed (or a job started before opening): cool down again.
-            self._trial_in_flight = False
-            self._opened_at = now
+            if self._is_current_trial(permit):  # the trial failed: cool down again
+                self._trial = None
+                self._opened_at = now
+            # A job that started before the breaker opened: already accounted for.
             return
         self._failures.append(now)
         while self._failures and now - self._failures[0] > self.policy.window_s:
@@ -83,6 +103,8 @@ class CircuitBreaker:
             self._failures.clear()
             self.times_opened += 1
 
-    def release_trial(self) -> None:
-        """The trial ended without telling success from failure (e.g. it was cancelled)."""
-        self._trial_in_flight = False
+    def release(self, permit: Permit) -> None:
+        """The job ended without telling success from failure (cancelled, the client's own
+        error or time limit, never started): a trial's place goes to the next job."""
+        if self._is_current_trial(permit):
+            self._trial = None

@@ -1,6 +1,9 @@
+"""The circuit breaker in-process, on an injected clock: opening, the half-open trial, and that
+only the trial's own outcome closes (or reopens) it."""
+
 from __future__ import annotations
 
-from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
 
 
 class Clock:
@@ -18,40 +21,51 @@ def _breaker() -> tuple[CircuitBreaker, Clock]:
     ), clock
 
 
+def _permit(breaker: CircuitBreaker) -> Permit:
+    permit = breaker.try_dispatch()
+    assert permit is not None
+    return permit
+
+
+def _open(breaker: CircuitBreaker) -> None:
+    for _ in range(3):
+        breaker.record_failure(_permit(breaker))
+    assert breaker.state is BreakerState.OPEN
+
+
 def test_opens_after_threshold_failures_within_the_window() -> None:
     breaker, clock = _breaker()
-    breaker.record_failure()
+    breaker.record_failure(_permit(breaker))
     clock.now += 11  # outside the window: forgotten
-    breaker.record_failure()
-    breaker.record_failure()
+    breaker.record_failure(_permit(breaker))
+    breaker.record_failure(_permit(breaker))
     assert breaker.state is BreakerState.CLOSED
-    breaker.record_failure()
+    breaker.record_failure(_permit(breaker))
     assert breaker.state is BreakerState.OPEN
     assert breaker.retry_after() == 5
-    assert not breaker.try_dispatch()
+    assert breaker.try_dispatch() is None
     assert breaker.times_opened == 1
 
 
-def test_half_open_allows_one_trial_and_closes_on_success() -> None:
+def test_half_open_allows_one_trial_and_closes_on_its_success() -> None:
     breaker, clock = _breaker()
-    for _ in range(3):
-        breaker.record_failure()
+    _open(breaker)
     clock.now += 5
     assert breaker.state is BreakerState.HALF_OPEN
-    assert breaker.try_dispatch()
-    assert not breaker.try_dispatch()  # a single trial
-    breaker.record_success()
+    trial = _permit(breaker)
+    assert trial.trial
+    assert breaker.try_dispatch() is None  # a single trial
+    breaker.record_success(trial)
     assert breaker.state is BreakerState.CLOSED
     assert breaker.try_dispatch() and breaker.try_dispatch()
 
 
 def test_failed_trial_reopens_for_another_cooldown() -> None:
     breaker, clock = _breaker()
-    for _ in range(3):
-        breaker.record_failure()
+    _open(breaker)
     clock.now += 6
-    assert breaker.try_dispatch()
-    breaker.record_failure()
+    trial = _permit(breaker)
+    breaker.record_failure(trial)
     assert breaker.state is BreakerState.OPEN
     assert breaker.retry_after() == 5
     clock.now += 5
@@ -61,6 +75,51 @@ def test_failed_trial_reopens_for_another_cooldown() -> None:
 def test_successes_between_failures_do_not_hide_them() -> None:
     breaker, _ = _breaker()
     for _ in range(3):
-        breaker.record_failure()
-        breaker.record_success()
+        failing, succeeding = _permit(breaker), _permit(breaker)
+        breaker.record_failure(failing)
+        breaker.record_success(succeeding)
     assert breaker.state is BreakerState.OPEN
+
+
+def test_a_job_started_before_the_breaker_opened_cannot_close_it() -> None:
+    # The bug found in review: a job dispatched while CLOSED, still running when the breaker
+    # opened, succeeded while the half-open trial ran and closed the breaker.
+    breaker, clock = _breaker()
+    early = _permit(breaker)  # a long job starts while all is well
+    _open(breaker)
+    clock.now += 5
+    trial = _permit(breaker)
+    breaker.record_success(early)  # the early job finishes first, successfully
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.try_dispatch() is None  # and the trial is still the only one in flight
+    breaker.record_failure(trial)  # the trial's own outcome decides
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_a_job_started_before_the_breaker_opened_neither_reopens_nor_ends_the_trial() -> None:
+    breaker, clock = _breaker()
+    early = _permit(breaker)
+    _open(breaker)
+    clock.now += 5
+    trial = _permit(breaker)
+    breaker.record_failure(early)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.try_dispatch() is None
+    breaker.record_success(trial)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_released_trial_lets_the_next_job_be_the_trial() -> None:
+    breaker, clock = _breaker()
+    _open(breaker)
+    clock.now += 5
+    trial = _permit(breaker)
+    breaker.release(Permit(trial=True, token=-1))  # a stale permit: not the trial
+    assert breaker.try_dispatch() is None
+    breaker.release(trial)  # e.g. cancelled: no verdict
+    second = _permit(breaker)
+    assert second.trial and second.token != trial.token
+    breaker.record_success(trial)  # the released trial's late success counts for nothing
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.record_success(second)
+    assert breaker.state is BreakerState.CLOSED
