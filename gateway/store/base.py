@@ -160,7 +160,8 @@ class Store(Protocol):
 
     # ---- the claim queue (gateway.jobs.claim_queue): claims are leases in the store, so
     # several gateway processes can share its queue. A claim is (owner, lease_expires_at) on a
-    # non-final job; the job keeps its state.
+    # non-final job; the job keeps its state. A lease is live while now < lease_expires_at and
+    # lapsed (expired) from lease_expires_at on.
 
     async def claim_next(
         self, placement: str, owner: str, lease_expires_at: datetime, now: datetime
@@ -182,7 +183,8 @@ class Store(Protocol):
 
     async def end_claim(self, job_id: str, owner: str, *, requeue: bool = False) -> None:
         """Drops `owner`'s claim (no-op if not its). `requeue`: the job goes back unstarted and
-        keeps its place (its create time orders it)."""
+        keeps its place (its create time orders it); a job no longer QUEUED (a lapsed one
+        re-claimed, then given back) keeps its state and is handed out again as lapsed."""
 
     async def queued_jobs(self, placement: str) -> Sequence[tuple[str, str]]:
         """(job id, tenant) of the unclaimed QUEUED jobs of `placement`, oldest first."""
@@ -192,3 +194,27 @@ class Store(Protocol):
 
     async def next_lease_expiry(self, placement: str) -> datetime | None:
         """The earliest lease expiry among `placement`'s claimed non-final jobs."""
+
+    # Added with the claim queue's implementation: what ClaimQueue needs beyond the above.
+
+    async def claim_job(
+        self, job_id: str, tenant: str, placement: str, owner: str, lease_expires_at: datetime
+    ) -> Job | None:
+        """Atomically leases one job to `owner` if it is an unclaimed QUEUED job of `tenant` on
+        `placement` (CancelJob taking it out of a shared queue: no one else can claim it
+        before it is finished); None otherwise. The tenant's claim history is not touched."""
+
+    async def claim_expired(
+        self, placement: str, owner: str, created_by: datetime, lease_expires_at: datetime
+    ) -> Sequence[Job]:
+        """Atomically leases to `owner` every unclaimed QUEUED job of `placement` created at or
+        before `created_by` (their queue deadline has passed), oldest first, for the caller to
+        fail. The tenants' claim history is not touched."""
+
+    async def oldest_queued_at(self, placement: str) -> datetime | None:
+        """The create time of `placement`'s oldest unclaimed QUEUED job (its queue deadline
+        comes first), or None."""
+
+    async def last_claims(self, placement: str) -> dict[str, int]:
+        """Per tenant ever claimed from on `placement`, the ordinal of its latest claim there
+        (larger: more recent): the tie-break claim_next uses, for queue-position estimates."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
+from gateway.domain import queue_order
 from gateway.domain.errors import Code, reason_code
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import (
@@ -156,6 +157,40 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ALTER TABLE jobs ADD COLUMN sampler_output TEXT;
         """,
     ),
+    # --- issue 8, remote ids and the claim queue ----------------------------------------------
+    Migration(
+        7,
+        """
+        -- The provider's id of the job (REMOTE runners), written when the job leaves
+        -- SUBMITTING: a restarted gateway re-attaches to it instead of submitting again.
+        ALTER TABLE jobs ADD COLUMN remote_id TEXT;
+        -- A claim: who holds the job and until when (microseconds); NULL: unclaimed. Cleared
+        -- when the job ends.
+        ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+        ALTER TABLE jobs ADD COLUMN lease_expires_at INTEGER;
+        -- Waiting jobs (unclaimed QUEUED) per queue: by tenant for the head of each tenant's
+        -- line, and oldest first for listing and queue deadlines. Partial: only waiting rows.
+        CREATE INDEX jobs_waiting_by_tenant
+            ON jobs (coalesce(placement, backend), tenant, created_at, id)
+            WHERE state = 'QUEUED' AND lease_owner IS NULL;
+        CREATE INDEX jobs_waiting
+            ON jobs (coalesce(placement, backend), created_at, id)
+            WHERE state = 'QUEUED' AND lease_owner IS NULL;
+        -- Claimed jobs per queue by lease expiry: live claims, lapsed leases, the next expiry.
+        CREATE INDEX jobs_claimed
+            ON jobs (coalesce(placement, backend), lease_expires_at)
+            WHERE lease_owner IS NOT NULL;
+        -- When each tenant was last claimed from, per queue (an ordinal, larger = later): fair
+        -- share's tie-break, kept while the tenant has nothing queued.
+        CREATE TABLE claim_history (
+            placement TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            last_claim INTEGER NOT NULL,
+            PRIMARY KEY (placement, tenant)
+        ) WITHOUT ROWID;
+        """,
+    ),
+    # --- end of issue 8, remote ids and the claim queue ---------------------------------------
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -174,9 +209,14 @@ _JOB_COLUMNS: Final = (
     ", updated_at, state_history, result_expires_at"
     # issue 7, labels
     ", labels, sampler_output"
+    # issue 8, remote ids
+    ", remote_id"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
+# The queue a job waits in. The very expression of the claim indexes (migration 7): SQLite uses
+# an expression index only when a query spells the expression the same way.
+_PLACE: Final = "coalesce(placement, backend)"
 
 
 @dataclass(frozen=True)
@@ -408,16 +448,39 @@ class SqliteStore:
 
         return await self._call(op, readonly=True)
 
-    async def mark_running(self, job_id: str, started_at: datetime) -> Job | None:
-        """QUEUED (or SUBMITTING) -> RUNNING, incrementing attempts; None from any other state."""
+    async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
+        """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
+        None from any other state."""
+        at_us = _to_us(at)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'SUBMITTING' WHERE id = ? AND state = 'QUEUED'"
+                " RETURNING id",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            _enter_state(conn, job_id, JobState.SUBMITTING, at_us)
+            return _select_job(conn, job_id)
+
+        return await self._call(op)
+
+    async def mark_running(
+        self, job_id: str, started_at: datetime, remote_id: str | None = None
+    ) -> Job | None:
+        """QUEUED or SUBMITTING -> RUNNING, incrementing attempts and storing the provider's
+        `remote_id` in the same transaction (None keeps the stored one); None from any other
+        state."""
         started_us = _to_us(started_at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1"
+                "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1,"
+                " remote_id = coalesce(?, remote_id)"
                 " WHERE id = ? AND state IN ('QUEUED', 'SUBMITTING')"
                 " RETURNING id",
-                (started_us, job_id),
+                (started_us, remote_id, job_id),
             ).fetchone()
             if row is None:
                 return None
@@ -464,7 +527,8 @@ class SqliteStore:
         result: bytes | None = None,
         result_expires_at: datetime | None = None,
     ) -> Job | None:
-        """Moves a non-final job to a final state, storing its result in the same transaction.
+        """Moves a non-final job to a final state, storing its result in the same transaction,
+        and ends its claim (a final job is never claimable).
 
         Returns None (and changes nothing) when the job is absent or already final.
         `result_expires_at` is kept for SUCCEEDED jobs only.
@@ -481,7 +545,8 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 "UPDATE jobs SET state = ?, ended_at = ?, error_reason = ?, error_message = ?,"
-                " error_code = ?, error_metadata = ?, execution = ?, timings = ?"
+                " error_code = ?, error_metadata = ?, execution = ?, timings = ?,"
+                " lease_owner = NULL, lease_expires_at = NULL"
                 f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
                 f" RETURNING {_JOB_COLUMNS}",
                 (
@@ -515,36 +580,224 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def requeue_interrupted(self, now: datetime | None = None) -> Sequence[Job]:
-        """At start: CANCELLING -> CANCELLED, RUNNING -> QUEUED; returns every QUEUED job,
-        oldest first.
+    async def recover(self, now: datetime) -> Sequence[Job]:
+        """At the start of the only process using this store (in-memory queue).
 
-        A cancel accepted before the restart stands: that job ends CANCELLED (at `now`,
-        default the current time) and never runs again. started_at is cleared on the way back
-        to QUEUED: a queued job has not started its next attempt.
+        A job without a remote id ran in a worker that is gone: CANCELLING -> CANCELLED (a
+        cancel accepted before the restart stands; ended at `now`, never run again) and
+        RUNNING -> QUEUED (started_at cleared: a queued job has not started its next attempt;
+        attempts kept, so running again counts another). Jobs with a remote id, and SUBMITTING
+        ones, keep their state for the runner to re-attach. Every claim lease is cleared.
+
+        Returns:
+            Every non-final job, oldest first (create time, then id).
         """
-        now_us = _to_us(now if now is not None else datetime.now(UTC))
+        now_us = _to_us(now)
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             cancelled = conn.execute(
-                "UPDATE jobs SET state = 'CANCELLED', ended_at = ? WHERE state = 'CANCELLING'"
-                " RETURNING id",
+                "UPDATE jobs SET state = 'CANCELLED', ended_at = ?"
+                " WHERE state = 'CANCELLING' AND remote_id IS NULL RETURNING id",
                 (now_us,),
             ).fetchall()
             for (job_id,) in cancelled:
                 _enter_state(conn, job_id, JobState.CANCELLED, now_us)
             requeued = conn.execute(
-                "UPDATE jobs SET state = 'QUEUED', started_at = NULL WHERE state = 'RUNNING'"
-                " RETURNING id"
+                "UPDATE jobs SET state = 'QUEUED', started_at = NULL"
+                " WHERE state = 'RUNNING' AND remote_id IS NULL RETURNING id"
             ).fetchall()
             for (job_id,) in requeued:
                 _enter_state(conn, job_id, JobState.QUEUED, now_us)
+            conn.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner IS NOT NULL"
+            )
             rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'QUEUED' ORDER BY seq"
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN ({_FINAL_PLACEHOLDERS})"
+                " ORDER BY created_at, id",
+                _FINAL_NAMES,
             ).fetchall()
             return [_row_to_job(r) for r in rows]
 
         return await self._call(op)
+
+    # -- the claim queue ---------------------------------------------------------------------
+    # A lease is live while now < lease_expires_at and lapsed from lease_expires_at on. Each
+    # claim is one operation of the writer thread, inside its BEGIN IMMEDIATE transaction: the
+    # write lock is held from the first read, so two connections (or processes) on one file
+    # never hand out the same job.
+
+    async def claim_next(
+        self, placement: str, owner: str, lease_expires_at: datetime, now: datetime
+    ) -> Job | None:
+        """Atomically leases the next claimable job of `placement` to `owner`, or None.
+
+        Claimable: an unclaimed QUEUED job, or any non-final job whose lease lapsed at or
+        before `now` (it comes back in the state it was left in, remote id included). Lapsed
+        jobs go first, oldest first; then the order of gateway.domain.queue_order (fewest live
+        claims on `placement`, least recently claimed from, FIFO by (create time, id)). Every
+        claim records its tenant as the most recently claimed from on `placement`.
+        """
+        now_us = _to_us(now)
+        expires_us = _to_us(lease_expires_at)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            lapsed = conn.execute(_LAPSED_SQL, (placement, now_us, *_FINAL_NAMES)).fetchone()
+            if lapsed is not None:
+                job_id, tenant = str(lapsed[0]), str(lapsed[1])
+            else:
+                heads = _waiting_heads(conn, placement)
+                if not heads:
+                    return None
+                tenant = queue_order.next_tenant(
+                    {t: (created, i) for t, (created, i) in heads.items()},
+                    _live_claims(conn, placement, now_us),
+                    _last_claims(conn, placement),
+                )
+                job_id = heads[tenant][1]
+            conn.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
+                (owner, expires_us, job_id),
+            )
+            conn.execute(
+                "INSERT INTO claim_history (placement, tenant, last_claim)"
+                " SELECT ?, ?, coalesce(max(last_claim), 0) + 1 FROM claim_history"
+                " WHERE placement = ?"
+                " ON CONFLICT (placement, tenant) DO UPDATE SET last_claim = excluded.last_claim",
+                (placement, tenant, placement),
+            )
+            return _select_job(conn, job_id)
+
+        return await self._call(op)
+
+    async def renew_claim(
+        self, job_id: str, owner: str, lease_expires_at: datetime, now: datetime
+    ) -> bool:
+        """Extends `owner`'s live lease (now < its expiry) to `lease_expires_at`; False if the
+        claim is not (or no longer) its, lapsed, or the job ended."""
+        now_us = _to_us(now)
+        expires_us = _to_us(lease_expires_at)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE jobs SET lease_expires_at = ?"
+                " WHERE id = ? AND lease_owner = ? AND lease_expires_at > ?"
+                f" AND state NOT IN ({_FINAL_PLACEHOLDERS}) RETURNING id",
+                (expires_us, job_id, owner, now_us, *_FINAL_NAMES),
+            ).fetchone()
+            return row is not None
+
+        return await self._call(op)
+
+    async def end_claim(self, job_id: str, owner: str, *, requeue: bool = False) -> None:
+        """Drops `owner`'s claim (no-op if not its).
+
+        `requeue`: the job goes back and keeps its place. A QUEUED job becomes an unclaimed
+        waiting job again (its create time orders it). A job in another non-final state
+        (a lapsed job re-claimed, then given back) keeps its state and is marked lapsed, so
+        the next claim_next hands it out again; without `requeue` such a job stays unclaimed
+        until it ends or recover() runs.
+        """
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET"
+                " lease_owner = CASE WHEN ? AND state != 'QUEUED' THEN lease_owner END,"
+                " lease_expires_at = CASE WHEN ? AND state != 'QUEUED' THEN 0 END"
+                " WHERE id = ? AND lease_owner = ?",
+                (requeue, requeue, job_id, owner),
+            )
+
+        await self._call(op)
+
+    async def queued_jobs(self, placement: str) -> Sequence[tuple[str, str]]:
+        """(job id, tenant) of the unclaimed QUEUED jobs of `placement`, oldest first (create
+        time, then id)."""
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(_WAITING_SQL, (placement,)).fetchall()
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        return await self._call(op, readonly=True)
+
+    async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
+        """Live claims (now < lease expiry) on `placement` per tenant; tenants with none are
+        absent."""
+        now_us = _to_us(now)
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            return _live_claims(conn, placement, now_us)
+
+        return await self._call(op, readonly=True)
+
+    async def next_lease_expiry(self, placement: str) -> datetime | None:
+        """The earliest lease expiry among `placement`'s claimed non-final jobs (in the past
+        for a lapsed lease nobody has taken over yet)."""
+
+        def op(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(_NEXT_EXPIRY_SQL, (placement,)).fetchone()
+            return _opt_dt(row[0])
+
+        return await self._call(op, readonly=True)
+
+    async def claim_job(
+        self, job_id: str, tenant: str, placement: str, owner: str, lease_expires_at: datetime
+    ) -> Job | None:
+        """Atomically leases one job to `owner` if it is an unclaimed QUEUED job of `tenant`
+        on `placement`; None otherwise. The claim history is not touched."""
+        expires_us = _to_us(lease_expires_at)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_expires_at = ?"
+                " WHERE id = ? AND tenant = ? AND state = 'QUEUED' AND lease_owner IS NULL"
+                f" AND {_PLACE} = ? RETURNING id",
+                (owner, expires_us, job_id, tenant, placement),
+            ).fetchone()
+            return None if row is None else _select_job(conn, job_id)
+
+        return await self._call(op)
+
+    async def claim_expired(
+        self, placement: str, owner: str, created_by: datetime, lease_expires_at: datetime
+    ) -> Sequence[Job]:
+        """Atomically leases to `owner` every unclaimed QUEUED job of `placement` created at
+        or before `created_by`, oldest first. The claim history is not touched."""
+        created_us = _to_us(created_by)
+        expires_us = _to_us(lease_expires_at)
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            ids = [
+                str(r[0]) for r in conn.execute(_EXPIRED_SQL, (placement, created_us)).fetchall()
+            ]
+            jobs = []
+            for job_id in ids:
+                conn.execute(
+                    "UPDATE jobs SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
+                    (owner, expires_us, job_id),
+                )
+                job = _select_job(conn, job_id)
+                assert job is not None  # selected above, in this transaction
+                jobs.append(job)
+            return jobs
+
+        return await self._call(op)
+
+    async def oldest_queued_at(self, placement: str) -> datetime | None:
+        """The create time of `placement`'s oldest unclaimed QUEUED job, or None."""
+
+        def op(conn: sqlite3.Connection) -> datetime | None:
+            return _opt_dt(conn.execute(_OLDEST_SQL, (placement,)).fetchone()[0])
+
+        return await self._call(op, readonly=True)
+
+    async def last_claims(self, placement: str) -> dict[str, int]:
+        """Per tenant ever claimed from on `placement`, the ordinal of its latest claim."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            return _last_claims(conn, placement)
+
+        return await self._call(op, readonly=True)
 
     # -- diagnostics -------------------------------------------------------------------------
 
@@ -1018,6 +1271,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         sampler_output=SamplerOutput(
             row["sampler_output"] or SamplerOutput.SAMPLES_AND_COUNTS.value
         ),
+        remote_id=None if row["remote_id"] is None else str(row["remote_id"]),
     )
 
 
@@ -1103,3 +1357,64 @@ def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: 
 
 
 # --- end of issue 7, long-running behaviour --------------------------------------------------
+
+
+# --- issue 8, the claim queue -----------------------------------------------------------------
+# Each query names the partial index it needs in its WHERE (state = 'QUEUED' AND lease_owner IS
+# NULL, or lease_owner IS NOT NULL) with literals, not parameters: SQLite uses a partial index
+# only when the query's terms imply the index's. tests/unit/test_sqlite_store.py checks the plans.
+
+_WAITING = f"{_PLACE} = ? AND state = 'QUEUED' AND lease_owner IS NULL"
+_CLAIMED = f"{_PLACE} = ? AND lease_owner IS NOT NULL"
+
+# The oldest non-final job whose lease lapsed (at or before now).
+_LAPSED_SQL: Final = (
+    f"SELECT id, tenant FROM jobs WHERE {_CLAIMED} AND lease_expires_at <= ?"
+    f" AND state NOT IN ({_FINAL_PLACEHOLDERS}) ORDER BY created_at, id LIMIT 1"
+)
+# The head of the first tenant's line, and of the next tenant's after a given one: one index
+# seek per waiting tenant (a loose index scan), however many jobs wait.
+_FIRST_HEAD_SQL: Final = (
+    f"SELECT tenant, created_at, id FROM jobs WHERE {_WAITING}"
+    " ORDER BY tenant, created_at, id LIMIT 1"
+)
+_NEXT_HEAD_SQL: Final = (
+    f"SELECT tenant, created_at, id FROM jobs WHERE {_WAITING} AND tenant > ?"
+    " ORDER BY tenant, created_at, id LIMIT 1"
+)
+_LIVE_CLAIMS_SQL: Final = (
+    f"SELECT tenant, count(*) FROM jobs WHERE {_CLAIMED} AND lease_expires_at > ? GROUP BY tenant"
+)
+_WAITING_SQL: Final = f"SELECT id, tenant FROM jobs WHERE {_WAITING} ORDER BY created_at, id"
+_EXPIRED_SQL: Final = (
+    f"SELECT id FROM jobs WHERE {_WAITING} AND created_at <= ? ORDER BY created_at, id"
+)
+_OLDEST_SQL: Final = f"SELECT min(created_at) FROM jobs WHERE {_WAITING}"
+_NEXT_EXPIRY_SQL: Final = f"SELECT min(lease_expires_at) FROM jobs WHERE {_CLAIMED}"
+
+
+def _waiting_heads(conn: sqlite3.Connection, placement: str) -> dict[str, tuple[int, str]]:
+    """Per tenant with waiting jobs on `placement`, its oldest: (created_at us, id)."""
+    heads: dict[str, tuple[int, str]] = {}
+    row = conn.execute(_FIRST_HEAD_SQL, (placement,)).fetchone()
+    while row is not None:
+        tenant = str(row[0])
+        heads[tenant] = (int(row[1]), str(row[2]))
+        row = conn.execute(_NEXT_HEAD_SQL, (placement, tenant)).fetchone()
+    return heads
+
+
+def _live_claims(conn: sqlite3.Connection, placement: str, now_us: int) -> dict[str, int]:
+    return {
+        str(t): int(n) for t, n in conn.execute(_LIVE_CLAIMS_SQL, (placement, now_us)).fetchall()
+    }
+
+
+def _last_claims(conn: sqlite3.Connection, placement: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT tenant, last_claim FROM claim_history WHERE placement = ?", (placement,)
+    ).fetchall()
+    return {str(t): int(n) for t, n in rows}
+
+
+# --- end of issue 8, the claim queue ----------------------------------------------------------

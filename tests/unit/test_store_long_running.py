@@ -1,5 +1,6 @@
-"""SQLite store, issue 7 long-running behaviour: CANCELLING as a stored state (and the table
-rebuild that allows it), state history, update time, result expiry, recovery of CANCELLING."""
+"""SQLite store, issue 7 long-running behaviour: the table rebuild that allows CANCELLING as a
+stored state, and result expiry as the job manager answers it. The behaviour every store shares
+(state history, update time, CANCELLING, recovery) is in tests/contract/test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import pytest
 
 from gateway.api import codec
 from gateway.domain.errors import NotFound
-from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import JobState, StateTransition
 from gateway.jobs.manager import JobManager
 from gateway.runtime.compiler import Compiler
@@ -62,116 +62,6 @@ def new_job(job_id: str | None = None, created_at: datetime = T0) -> NewJob:
 
 def _history(*entries: tuple[JobState, datetime]) -> tuple[StateTransition, ...]:
     return tuple(StateTransition(state, at) for state, at in entries)
-
-
-# -- transitions --------------------------------------------------------------------------------
-
-
-async def test_every_transition_is_in_the_history_with_its_time(store: SqliteStore) -> None:
-    created = await store.create_job(new_job("a"))
-    assert created.job.state_history == _history((JobState.QUEUED, T0))
-    assert created.job.updated_at == T0
-    running = await store.mark_running("a", T0 + SECOND)
-    assert running is not None and running.state is JobState.RUNNING
-    assert running.updated_at == T0 + SECOND
-    done = await store.finish_job(
-        "a",
-        JobState.SUCCEEDED,
-        ended_at=T0 + 3 * SECOND,
-        result=b"r",
-        result_expires_at=T0 + timedelta(days=30),
-    )
-    assert done is not None
-    assert done.state_history == _history(
-        (JobState.QUEUED, T0),
-        (JobState.RUNNING, T0 + SECOND),
-        (JobState.SUCCEEDED, T0 + 3 * SECOND),
-    )
-    assert done.updated_at == T0 + 3 * SECOND
-    assert done.expire_at == T0 + timedelta(days=30)
-    assert await store.get_job("a") == done
-
-
-async def test_expiry_is_kept_for_succeeded_jobs_only(store: SqliteStore) -> None:
-    await store.create_job(new_job("f"))
-    failed = await store.finish_job(
-        "f", JobState.FAILED, ended_at=T0, result_expires_at=T0 + timedelta(days=1)
-    )
-    assert failed is not None and failed.expire_at is None
-
-
-async def test_mark_cancelling_from_running_queued_only(store: SqliteStore) -> None:
-    await store.create_job(new_job("r"))
-    await store.mark_running("r", T0 + SECOND)
-    cancelling = await store.mark_cancelling("r", T0 + 2 * SECOND)
-    assert cancelling is not None and cancelling.state is JobState.CANCELLING
-    assert cancelling.state_history[-1] == StateTransition(JobState.CANCELLING, T0 + 2 * SECOND)
-    assert cancelling.updated_at == T0 + 2 * SECOND
-    # Already cancelling: no-op answer (None), nothing changes.
-    assert await store.mark_cancelling("r", T0 + 3 * SECOND) is None
-    assert (await store.get_job("r")) == cancelling
-    # A CANCELLING job is not final: it can still end, CANCELLED or (finished first) otherwise.
-    assert await store.mark_running("r", T0 + 4 * SECOND) is None
-    done = await store.finish_job("r", JobState.CANCELLED, ended_at=T0 + 5 * SECOND)
-    assert done is not None and done.state is JobState.CANCELLED
-    assert [t.state for t in done.state_history] == [
-        JobState.QUEUED,
-        JobState.RUNNING,
-        JobState.CANCELLING,
-        JobState.CANCELLED,
-    ]
-    assert await store.mark_cancelling("r", T0) is None  # final is final
-    # A queued job (the dispatcher took it, RUNNING not written yet) can be marked too.
-    await store.create_job(new_job("q"))
-    assert (await store.mark_cancelling("q", T0)) is not None
-    assert await store.mark_cancelling("missing", T0) is None
-
-
-async def test_list_filters_on_cancelling(store: SqliteStore) -> None:
-    await store.create_job(new_job("c"))
-    await store.mark_cancelling("c", T0)
-    await store.create_job(new_job("q"))
-    cancelling = JobFilter(((Comparison(FilterField.STATE, FilterOp.EQ, JobState.CANCELLING),),))
-    page = await store.list_jobs("acme", filter=cancelling)
-    assert [j.id for j in page.jobs] == ["c"]
-
-
-async def test_restart_ends_cancelling_jobs_and_requeues_running_ones(
-    store: SqliteStore,
-) -> None:
-    for job_id in ("cancel-me", "run-again", "waiting"):
-        await store.create_job(new_job(job_id))
-    await store.mark_running("cancel-me", T0 + SECOND)
-    await store.mark_cancelling("cancel-me", T0 + 2 * SECOND)
-    await store.mark_running("run-again", T0 + SECOND)
-    restart = T0 + 10 * SECOND
-    queued = await store.requeue_interrupted(now=restart)
-    assert [j.id for j in queued] == ["run-again", "waiting"]  # never the cancelled one
-    cancelled = await store.get_job("cancel-me")
-    assert cancelled is not None and cancelled.state is JobState.CANCELLED
-    assert cancelled.ended_at == restart
-    assert cancelled.state_history[-1] == StateTransition(JobState.CANCELLED, restart)
-    again = queued[0]
-    # QUEUED entered again: one entry, at its last time, after RUNNING.
-    assert again.state_history == _history(
-        (JobState.RUNNING, T0 + SECOND), (JobState.QUEUED, restart)
-    )
-    rerun = await store.mark_running("run-again", restart + SECOND)
-    assert rerun is not None
-    assert rerun.state_history == _history(
-        (JobState.QUEUED, restart), (JobState.RUNNING, restart + SECOND)
-    )
-    times = [t.at for t in rerun.state_history]
-    assert times == sorted(times)
-
-
-async def test_delete_result(store: SqliteStore) -> None:
-    await store.create_job(new_job("d"))
-    await store.finish_job("d", JobState.SUCCEEDED, ended_at=T0, result=b"data")
-    assert await store.delete_result("d") is True
-    assert await store.get_result("d") is None
-    assert await store.delete_result("d") is False
-    assert (await store.get_job("d")) is not None  # the job stays
 
 
 # -- migration of a database written before issue 7 --------------------------------------------
