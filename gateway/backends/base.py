@@ -16,7 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -25,6 +25,10 @@ from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, Sa
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import JobResult, JobSpec
 from gateway.domain.targets import BackendTarget
+
+if TYPE_CHECKING:
+    # runner.py imports this module: only the annotation needs it.
+    from gateway.backends.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,15 @@ class BackendAdapter(ABC):
 
         For simulators this runs inside a worker process.
         """
+
+    def create_runner(self) -> Runner | None:
+        """The backend's own runner, built in the gateway process by the composition root.
+
+        None (the default): a LOCAL backend whose `execute` runs on the gateway's supervised
+        worker pool. A backend that runs jobs elsewhere (a provider: ExecutionModel.REMOTE)
+        returns its runner, and `execute` is never called.
+        """
+        return None
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Imports and builds what execute needs, so the first job is not slow."""
