@@ -1,0 +1,84 @@
+"""MemoryQueue beyond the queue contract (tests/contract/test_queue_contract.py): its position
+estimate predicts its claim order on random histories (moved from the FairQueue tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.domain.jobs import Job, JobState
+from gateway.jobs.memory_queue import MemoryQueue
+
+T0 = datetime(2026, 11, 2, 9, 30, 0, tzinfo=UTC)
+T = TypeVar("T")
+
+
+class _World:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.queue = MemoryQueue("aer", 600.0, 30.0, lambda: T0)
+        self.created = 0
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def put(self, job_id: str, tenant: str) -> None:
+        self.created += 1
+        job = Job(
+            id=job_id,
+            tenant=tenant,
+            request_id="",
+            backend="aer",
+            state=JobState.QUEUED,
+            created_at=T0 + timedelta(microseconds=self.created),
+            num_pubs=1,
+            seed=0,
+        )
+        self.run(self.queue.put(job, None))
+
+    def claim(self) -> str:
+        claim = self.run(self.queue.claim())
+        assert claim is not None
+        return claim.job.id
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=st.lists(st.sampled_from("abcd"), max_size=12),
+    held=st.dictionaries(st.sampled_from("abcd"), st.integers(0, 3)),
+    arrivals=st.lists(st.sampled_from("abcd"), min_size=1, max_size=30),
+)
+def test_position_predicts_the_claim_order(
+    history: list[str], held: dict[str, int], arrivals: list[str]
+) -> None:
+    world = _World()
+    try:
+        # Earlier claims, ended, give tenants a service history that breaks ties.
+        for i, tenant in enumerate(history):
+            world.put(f"h{i}", tenant)
+            claim = world.run(world.queue.claim())
+            assert claim is not None
+            world.run(world.queue.done(claim))
+        # Claims still held: the jobs each tenant is running.
+        for tenant, n in held.items():
+            for i in range(n):
+                world.put(f"r{tenant}{i}", tenant)
+                world.claim()
+        assert world.run(world.queue.claims_by_tenant()) == {t: n for t, n in held.items() if n}
+        jobs = []
+        for i, tenant in enumerate(arrivals):
+            world.put(f"j{i}", tenant)
+            jobs.append((f"j{i}", tenant))
+        predicted = {j: world.run(world.queue.position(j, t)) for j, t in jobs}
+        # Asking changes nothing.
+        assert predicted == {j: world.run(world.queue.position(j, t)) for j, t in jobs}
+        order = [world.claim() for _ in jobs]
+        assert world.run(world.queue.claim()) is None
+        assert predicted == {job_id: order.index(job_id) for job_id, _ in jobs}
+    finally:
+        world.loop.close()
