@@ -1,5 +1,5 @@
 """Chaos benchmark (not a test): many concurrent clients against `aer` while a 30%-failing
-`fault` backend shares the gateway.
+`fault` backend (Aer with `faults = { failure_rate = 0.3 }`) shares the gateway.
 
 Two runs against one gateway configuration, same aer load in both:
   baseline  aer clients only;
@@ -47,11 +47,11 @@ pool = {{ min_instances = 2, max_instances = 2 }}
 max_queued_jobs = 100000
 
 [backends.fault]
-adapter = "fault"
+adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
 max_queued_jobs = 100000
 breaker = {{ failure_threshold = 20, window_s = 5, cooldown_s = 2 }}
-options = {{ failure_rate = 0.3 }}
+faults = {{ failure_rate = 0.3 }}
 """
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.backends.base import AdapterContext, CircuitLimits
+from gateway.backends.fault import FaultOptions
 from gateway.domain.backends import BackendLimits
 from gateway.runtime.breaker import BreakerPolicy
 from gateway.runtime.compiler import CompileLimits
@@ -186,6 +187,9 @@ class BackendConfig(_Strict):
     breaker: BreakerConfig = BreakerConfig()
     # Adapter-specific options, validated by the adapter's own options model.
     options: dict[str, Any] = Field(default_factory=dict)
+    # Faults injected into every job and probe of this backend (tests and demos), e.g.
+    # faults = { failure_rate = 0.3, latency_s = 0.5 }.
+    faults: FaultOptions | None = None
 
     def context(self, name: str, circuits: CircuitConfig) -> AdapterContext:
         memory_limit = self.worker_memory_limit_mb or self.memory_budget_mb + 1024

@@ -19,6 +19,7 @@ from qgateway.v1 import circuit_pb2, job_pb2
 
 from gateway.api import job_options
 from gateway.api.errors import job_error_status
+from gateway.domain.bitarray import Counts
 from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
@@ -31,7 +32,6 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import (
-    Counts,
     EstimatorResult,
     Job,
     JobOptions,

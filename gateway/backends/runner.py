@@ -26,6 +26,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
 
 
@@ -44,6 +46,13 @@ class RunnerStats:
     min_instances: int
     max_instances: int
     high_water: int
+
+
+def cancelled_error(message: str = "the job was cancelled") -> ExecutionError:
+    """What `wait` raises for a job that `cancel` stopped before it finished: kind CANCELLED,
+    reason "CANCELLED". The job core ends such a job CANCELLED with no error, so the reason
+    never reaches a client (it is not an ErrorInfo reason, and not registered as one)."""
+    return ExecutionError(FailureKind.CANCELLED.value, message, kind=FailureKind.CANCELLED)
 
 
 class ProbeSkipped(Exception):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
 
+# The packed BitArray layout lives in gateway.domain.bitarray; Counts stays importable from here
+# for the results that hold it.
+from gateway.domain.bitarray import Counts as Counts
+from gateway.domain.bitarray import UInt8Array
 from gateway.domain.circuits import Pub
 from gateway.domain.errors import Code, ExecutionError, GatewayError, reason_code
 
@@ -162,129 +166,7 @@ class StateTransition:
     at: datetime
 
 
-UInt8Array = npt.NDArray[np.uint8]
-Int64Array = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-
-def packed_width(num_bits: int) -> int:
-    """Bytes per packed outcome row of a `num_bits`-bit register."""
-    return (num_bits + 7) // 8
-
-
-class Counts(Mapping[str, int]):
-    """One binding's outcome counts as parallel arrays.
-
-    `outcomes` holds the distinct outcomes as packed rows (uint8, shape (k, ceil(num_bits/8)),
-    big-endian within a row, as in the samples) in ascending order of value; `counts[i]` (int64,
-    shape (k,)) is the number of shots with outcome i, every entry > 0. Memory and encoding are
-    linear in k however wide the register: a wide register's bitstrings never exist unless the
-    Mapping view ({bitstring: n}, character 0 = highest bit) is used, which is for convenience
-    and tests.
-    """
-
-    __slots__ = ("_dict", "counts", "num_bits", "outcomes")
-
-    def __init__(self, num_bits: int, outcomes: UInt8Array, counts: Int64Array) -> None:
-        width = packed_width(num_bits)
-        self.num_bits = num_bits
-        self.counts: Int64Array = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
-        rows = np.ascontiguousarray(outcomes, dtype=np.uint8)
-        # A zero-bit register's rows are empty: their number comes from the counts.
-        k = rows.size // width if width else self.counts.shape[0]
-        if k * width != rows.size or k != self.counts.shape[0]:
-            raise ValueError(
-                f"{rows.size} outcome bytes for {self.counts.shape[0]} counts of {width} bytes"
-            )
-        self.outcomes: UInt8Array = rows.reshape(k, width)
-        self._dict: dict[str, int] | None = None
-
-    @classmethod
-    def from_rows(
-        cls, rows: UInt8Array, num_bits: int, weights: Int64Array | None = None
-    ) -> Counts:
-        """Counts packed rows of shape (n, ceil(num_bits/8)): one per shot, or with `weights`
-        one per outcome observed `weights[i]` times (rows may repeat).
-
-        Sorting is O(n log n) in the rows and needs O(n) extra memory, whatever the width.
-        """
-        width = packed_width(num_bits)
-        data = np.ascontiguousarray(rows, dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != width:
-            raise ValueError(f"rows of shape {data.shape}; expected (n, {width})")
-        n = data.shape[0]
-        w = None if weights is None else np.asarray(weights, dtype=np.int64).reshape(-1)
-        if w is not None and w.shape[0] != n:
-            raise ValueError(f"{n} rows but {w.shape[0]} weights")
-        if n == 0:
-            return cls(num_bits, np.zeros((0, width), np.uint8), np.zeros(0, np.int64))
-        if width == 0:  # a zero-bit register: every shot is the empty outcome
-            total = n if w is None else int(w.sum())
-            return cls(num_bits, np.zeros((1, 0), np.uint8), np.array([total], np.int64))
-        # Rows as big-endian 64-bit words (left-padded), sorted as integers: ascending value.
-        words = (width + 7) // 8
-        padded = np.zeros((n, words * 8), dtype=np.uint8)
-        padded[:, words * 8 - width :] = data
-        keys = padded.view(">u8").reshape(n, words).astype(np.uint64)
-        del padded
-        if words == 1 and w is None:  # the usual case: an in-place sort of integers
-            unique, totals = np.unique(keys[:, 0], return_counts=True)
-            as_bytes = unique.astype(">u8").view(np.uint8).reshape(-1, 8)
-            outcomes = np.ascontiguousarray(as_bytes[:, 8 - width :])
-            return cls(num_bits, outcomes, totals.astype(np.int64, copy=False))
-        # lexsort's last key is the primary one: the first (most significant) word.
-        order = np.argsort(keys[:, 0]) if words == 1 else np.lexsort(keys.T[::-1])
-        ordered = keys[order]
-        first = np.ones(n, dtype=bool)
-        first[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
-        del ordered, keys
-        starts = np.flatnonzero(first)
-        totals = np.diff(np.append(starts, n)) if w is None else np.add.reduceat(w[order], starts)
-        outcomes = data[order[starts]]
-        return cls(num_bits, outcomes, totals.astype(np.int64, copy=False))
-
-    @classmethod
-    def from_dict(cls, counts: Mapping[str, int], num_bits: int) -> Counts:
-        """From {bitstring: n} (character 0 = highest bit); for tests and small results."""
-        width = packed_width(num_bits)
-        items = sorted((int(key, 2) if key else 0, int(n)) for key, n in counts.items() if n)
-        outcomes = np.frombuffer(
-            b"".join(value.to_bytes(width, "big") for value, _ in items), dtype=np.uint8
-        )
-        return cls(num_bits, outcomes, np.array([n for _, n in items], dtype=np.int64))
-
-    @property
-    def total(self) -> int:
-        """The number of shots counted."""
-        return int(self.counts.sum())
-
-    def _mapping(self) -> dict[str, int]:
-        if self._dict is None:
-            bits = self.num_bits
-            self._dict = {
-                (format(int.from_bytes(row.tobytes(), "big"), f"0{bits}b") if bits else ""): int(n)
-                for row, n in zip(self.outcomes, self.counts, strict=True)
-            }
-        return self._dict
-
-    def __getitem__(self, key: str) -> int:
-        return self._mapping()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return int(self.counts.shape[0])
-
-    def __repr__(self) -> str:
-        return f"Counts(num_bits={self.num_bits}, distinct={len(self)}, total={self.total})"
-
-    def __getstate__(self) -> tuple[int, UInt8Array, Int64Array]:
-        return (self.num_bits, self.outcomes, self.counts)
-
-    def __setstate__(self, state: tuple[int, UInt8Array, Int64Array]) -> None:
-        self.num_bits, self.outcomes, self.counts = state
-        self._dict = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,10 +8,11 @@ as attributes. Messages are never parsed.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ __all__ = [
     "TRANSIENT_AWS_ERROR_CODES",
     "RetryPolicy",
     "call_with_retries",
+    "call_with_retries_async",
     "http_status_of",
     "is_transient",
 ]
@@ -190,6 +192,42 @@ def call_with_retries(
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             sleep(delay)
+            attempt += 1
+
+
+async def call_with_retries_async(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    is_transient: Callable[[BaseException], bool] = is_transient,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+) -> T:
+    """`call_with_retries` for coroutines: the waits between attempts are awaited, so the
+    event loop serves everything else meanwhile. The same rules apply: only calls made before
+    a provider accepted a job.
+
+    Args:
+        fn: Makes the call (a new awaitable per attempt).
+        sleep: Waits between attempts (injected by tests).
+        policy, is_transient, rng, on_retry: As for `call_with_retries`.
+
+    Raises:
+        As `call_with_retries`; cancelling the caller stops at once, also between attempts.
+    """
+    jitter_rng = rng if rng is not None else random.Random()
+    attempt = 1
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempt >= policy.max_attempts or not is_transient(exc):
+                raise
+            delay = policy.backoff(attempt, jitter_rng)
+            if on_retry is not None:
+                on_retry(attempt, exc, delay)
+            await sleep(delay)
             attempt += 1
 
 

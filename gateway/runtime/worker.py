@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from gateway.backends.base import AdapterContext, ExecutionOutcome
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
+from gateway.domain.failures import FailureKind
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ WORKER_CRASHED = "WORKER_CRASHED"
 
 
 class WorkerCrashed(ExecutionError):
+    """The worker process died (a crash, an OS kill, or a kill by the gateway)."""
+
     def __init__(self, message: str, metadata: Mapping[str, str] | None = None) -> None:
-        super().__init__(WORKER_CRASHED, message, metadata=metadata)
+        super().__init__(WORKER_CRASHED, message, kind=FailureKind.BACKEND_FAULT, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def _data_bytes() -> int:
 
 
 def _simulator(role: SimulatorRole) -> Callable[[Any], tuple[Any, ...]]:
+    from gateway.backends.fault import FaultyPayload, run_with_faults
     from gateway.backends.registry import load_adapter
 
     _limit_memory(role.context.worker_memory_bytes)
@@ -111,16 +115,25 @@ def _simulator(role: SimulatorRole) -> Callable[[Any], tuple[Any, ...]]:
     adapter.warm_up()
 
     def handle(message: Any) -> tuple[Any, ...]:
+        # A failure travels as ("failed", reason, message, metadata, FailureKind value).
         _, payload = message
         try:
+            if isinstance(payload, FaultyPayload):
+                return ("ok", run_with_faults(payload, adapter.execute))
             return ("ok", adapter.execute(payload))
         except ExecutionError as exc:
-            return ("failed", exc.reason, exc.message, exc.metadata)
+            return ("failed", exc.reason, exc.message, exc.metadata, exc.kind.value)
+        except InvalidArgument as exc:
+            # The client's job, refused only when it ran: retrying elsewhere fails the same.
+            client_error = FailureKind.CLIENT_ERROR.value
+            return ("failed", exc.reason, exc.message, exc.metadata, client_error)
         except MemoryError:
-            return ("failed", "OUT_OF_MEMORY", "the simulation ran out of memory", {})
+            oom = FailureKind.OUT_OF_MEMORY.value
+            return ("failed", "OUT_OF_MEMORY", "the simulation ran out of memory", {}, oom)
         except Exception as exc:
             traceback.print_exc()
-            return ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}", {})
+            fault = FailureKind.BACKEND_FAULT.value
+            return ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}", {}, fault)
 
     return handle
 
@@ -171,7 +184,8 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
             raise
         except BaseException as exc:  # also a Rust panic in the SDK (a BaseException)
             traceback.print_exc()
-            return ("failed", "COMPILER_FAILED", f"{type(exc).__name__}: {exc}", {})
+            bug = FailureKind.BACKEND_FAULT.value
+            return ("failed", "COMPILER_FAILED", f"{type(exc).__name__}: {exc}", {}, bug)
         finally:
             _limit_cpu(None)
 
@@ -275,7 +289,13 @@ class WorkerProcess:
         if reply[0] == "ok":
             outcome: ExecutionOutcome = reply[1]
             return outcome
-        raise ExecutionError(reply[1], reply[2], metadata=reply[3])
+        if reply[0] == "memory":  # the result itself did not fit in the worker's memory
+            raise ExecutionError(
+                "OUT_OF_MEMORY",
+                "the result ran out of the worker's memory",
+                kind=FailureKind.OUT_OF_MEMORY,
+            )
+        raise _failure(reply)
 
     async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
         """Compiles one circuit in a compile worker.
@@ -301,7 +321,7 @@ class WorkerProcess:
             )
         if kind == "memory":
             raise MemoryError
-        raise ExecutionError(reply[1], reply[2], metadata=reply[3])
+        raise _failure(reply)
 
     @property
     def exit_signal(self) -> int | None:
@@ -326,6 +346,12 @@ class WorkerProcess:
         except TimeoutError:
             self.kill()
             await self._process.wait()
+
+
+def _failure(reply: tuple[Any, ...]) -> ExecutionError:
+    """The ExecutionError of a worker's ("failed", reason, message, metadata, kind) reply."""
+    _, reason, message, metadata, kind = reply
+    return ExecutionError(reason, message, kind=FailureKind(kind), metadata=metadata)
 
 
 def _describe_exit(code: int) -> tuple[str, dict[str, str]]:

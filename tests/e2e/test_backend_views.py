@@ -44,7 +44,7 @@ def _key_toml(key: NewKey) -> str:
 
 @pytest.fixture(scope="module")
 def sick_switch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Its path is in the fault backend's failure message: it must never reach a client.
+    # Its path is in the injected failure's message: it must never reach a client.
     switch = tmp_path_factory.mktemp("secret-dir") / "sick-switch"
     switch.touch()
     return switch
@@ -61,11 +61,11 @@ max_run_time_s = 120
 options = {{ method = "statevector", num_qubits = {AER_QUBITS} }}
 
 [backends.sick]
-adapter = "fault"
+adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
 health_interval_s = 3600
 breaker = {{ failure_threshold = 1000 }}
-options = {{ fail_while_exists = "{sick_switch}" }}
+faults = {{ fail_while_exists = "{sick_switch}" }}
 """
     config = write_config(
         root / "g.toml", root / "data", _key_toml(ADMIN) + _key_toml(TENANT) + backends

@@ -1,7 +1,7 @@
 """Errors over real gRPC: a failed job's Job.error is a google.rpc.Status shaped like every RPC
 error; NOT_FOUND names the resource (ResourceInfo, no BadRequest); an oversize request is
 INVALID_ARGUMENT without RetryInfo; a full queue is RESOURCE_EXHAUSTED with QuotaFailure and
-RetryInfo. One gateway for the module; faults come from the `fault` backend."""
+RetryInfo. One gateway for the module; faults come from `faults = {...}` blocks."""
 
 from __future__ import annotations
 
@@ -35,17 +35,17 @@ adapter = "aer"
 
 # Every job allocates 2 GiB against a 700 MiB RLIMIT_DATA: a real MemoryError in the worker.
 [backends.fault-oom]
-adapter = "fault"
+adapter = "aer"
 {ONE}
 worker_memory_limit_mb = 700
-options = {{ allocate_mb = 2048 }}
+faults = {{ allocate_mb = 2048 }}
 
 # Every job's worker is killed with SIGKILL while it runs.
 [backends.fault-crash]
-adapter = "fault"
+adapter = "aer"
 {ONE}
 breaker = {{ failure_threshold = 1000, window_s = 60, cooldown_s = 1 }}
-options = {{ crash_rate = 1.0 }}
+faults = {{ crash_rate = 1.0 }}
 
 [backends.capped]
 adapter = "aer"

@@ -65,10 +65,10 @@ max_run_time_s = {RUN_TIME_LIMIT_S}
 max_execution_work = 1e16
 
 [backends.crashy]
-adapter = "fault"
+adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1, max_creations_per_s = {RESPAWN_PER_S} }}
 breaker = {{ failure_threshold = 1000, window_s = 60, cooldown_s = 1 }}
-options = {{ crash_rate = 1.0 }}
+faults = {{ crash_rate = 1.0 }}
 
 [backends.aer-strict]
 adapter = "aer"

@@ -3,9 +3,9 @@ gRPC: CancelJob answers at once with CANCELLING and the worker is stopped in the
 WatchJob heartbeats with queue positions; Run's wait is capped by the server; every job keeps
 its state history; SessionService and jobs naming a session answer UNIMPLEMENTED.
 
-Slow jobs come from the fault backend (`hang`: runs until its worker is killed; `latency_s`: a
-slow device), never from sleeps in the test. One gateway for the module, with a short heartbeat
-interval and Run wait limit.
+Slow jobs come from injected faults (`faults = {...}`; `hang`: runs until its worker is killed;
+`latency_s`: a slow device), never from sleeps in the test. One gateway for the module, with a
+short heartbeat interval and Run wait limit.
 """
 
 from __future__ import annotations
@@ -49,17 +49,17 @@ adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
 
 [backends.{HANG}]
-adapter = "fault"
+adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1, max_creations_per_s = 10 }}
 health_interval_s = 3600
 probe_timeout_s = 1
-options = {{ hang = true }}
+faults = {{ hang = true }}
 
 [backends.{SLOW}]
-adapter = "fault"
+adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
 health_interval_s = 3600
-options = {{ latency_s = 3.0 }}
+faults = {{ latency_s = 3.0 }}
 """
 
 Q = job_pb2.JobState

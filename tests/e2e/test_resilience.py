@@ -1,6 +1,6 @@
 """One sick backend never takes the gateway or the other backends down: breaker, fallback,
 crash and memory isolation, time limits, health, fair share, queue cap. Real gateway process,
-real gRPC, real workers; the `fault` backend injects the faults deterministically."""
+real gRPC, real workers; `faults = {...}` blocks inject the faults deterministically."""
 
 from __future__ import annotations
 
@@ -51,31 +51,31 @@ adapter = "aer"
 {one}
 
 [backends.fault-switch]
-adapter = "fault"
+adapter = "aer"
 {one}
 health_interval_s = 0.2
 probe_timeout_s = 10
 breaker = {{ failure_threshold = 2, window_s = 60, cooldown_s = 5.0 }}
-options = {{ fail_while_exists = "{switch}", latency_s = 0.5 }}
+faults = {{ fail_while_exists = "{switch}", latency_s = 0.5 }}
 
 [backends.fault-stuck]
-adapter = "fault"
+adapter = "aer"
 {one}
 max_queue_time_s = 1.5
 breaker = {{ failure_threshold = 2, window_s = 60, cooldown_s = 600 }}
-options = {{ fail_while_exists = "{stuck_switch}", latency_s = 0.5 }}
+faults = {{ fail_while_exists = "{stuck_switch}", latency_s = 0.5 }}
 
 [backends.fault-crash]
-adapter = "fault"
+adapter = "aer"
 {one}
-options = {{ crash_rate = 0.5 }}
+faults = {{ crash_rate = 0.5 }}
 
 [backends.fault-hang]
-adapter = "fault"
+adapter = "aer"
 {one}
 max_run_time_s = 2
 probe_timeout_s = 1
-options = {{ hang = true }}
+faults = {{ hang = true }}
 
 [backends.aer-lean]
 adapter = "aer"
@@ -84,22 +84,22 @@ worker_memory_limit_mb = 700
 options = {{ method = "statevector" }}
 
 [backends.fault-transient]
-adapter = "fault"
+adapter = "aer"
 {one}
 breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 600 }}
-options = {{ transient_errors = 2, retry_attempts = 4, retry_backoff_s = 0.01 }}
+faults = {{ transient_errors = 2, retry_attempts = 4, retry_backoff_s = 0.01 }}
 
 [backends.fault-exhausted]
-adapter = "fault"
+adapter = "aer"
 {one}
 breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 600 }}
-options = {{ transient_errors = 9, retry_attempts = 3, retry_backoff_s = 0.01 }}
+faults = {{ transient_errors = 9, retry_attempts = 3, retry_backoff_s = 0.01 }}
 
 [backends.fault-blip]
-adapter = "fault"
+adapter = "aer"
 {one}
 breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 3.0 }}
-options = {{ fail_while_exists = "{blip_switch}" }}
+faults = {{ fail_while_exists = "{blip_switch}" }}
 
 [backends.fair]
 adapter = "aer"

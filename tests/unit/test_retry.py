@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from gateway.runtime.retry import RetryPolicy, call_with_retries, http_status_of, is_transient
+from gateway.runtime.retry import (
+    RetryPolicy,
+    call_with_retries,
+    call_with_retries_async,
+    http_status_of,
+    is_transient,
+)
 
 # ------------------------------------------------------------------- vendor-shaped errors
 
@@ -394,3 +400,50 @@ def test_jittered_sleeps_follow_the_rng() -> None:
     )
     assert sleeps_a == sleeps_b
     assert 0.5 <= sleeps_a[0] <= 1.5 and 1.0 <= sleeps_a[1] <= 3.0
+
+
+# ------------------------------------------------------------------------- the async variant
+
+
+@pytest.mark.anyio
+async def test_async_retries_await_their_backoff() -> None:
+    fn = Flaky(ConnectionResetError(), ClientError("ThrottlingException", 400))
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    async def call() -> str:
+        return fn()
+
+    retries: list[int] = []
+    result = await call_with_retries_async(
+        call, policy=POLICY, sleep=sleep, on_retry=lambda n, exc, delay: retries.append(n)
+    )
+    assert (result, fn.calls, sleeps, retries) == ("done", 3, [0.5, 1.0], [1, 2])
+
+
+@pytest.mark.anyio
+async def test_async_retries_give_up_and_refuse_like_the_sync_ones() -> None:
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    errors = [RequestsApiError(f"503 #{i}", 503) for i in range(10)]
+    flaky = Flaky(*errors)
+
+    async def call() -> str:
+        return flaky()
+
+    with pytest.raises(RequestsApiError) as info:
+        await call_with_retries_async(call, policy=POLICY, sleep=sleep)
+    assert (flaky.calls, info.value, sleeps) == (4, errors[3], [0.5, 1.0, 2.0])
+    refused = Flaky(ClientError("ValidationException", 400))
+
+    async def call_refused() -> str:
+        return refused()
+
+    with pytest.raises(ClientError):
+        await call_with_retries_async(call_refused, policy=POLICY, sleep=sleep)
+    assert refused.calls == 1

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import itertools
 import math
 import pickle
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 import qiskit
 import qiskit_aer
 from pydantic import Field
@@ -45,6 +43,7 @@ from gateway.backends.qiskit.qpy_reader import qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
+from gateway.domain.bitarray import RegisterSpec, SamplerResultBuilder
 from gateway.domain.circuits import (
     DEFAULT_PRECISION,
     CircuitFeature,
@@ -56,13 +55,12 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.costs import JobCost
 from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import (
-    Counts,
     EstimatorResult,
     JobResult,
     JobSpec,
     PubResult,
-    RegisterResult,
     SamplerOutput,
     SamplerResult,
 )
@@ -88,12 +86,6 @@ _WORKER_CACHE_SIZE = 64
 # Room below 2**63 for Aer, which adds the experiment index to the seed.
 _SEED_MASK = (1 << 62) - 1
 _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier", "global_phase"})
-
-_HEX_VALUES = np.zeros(128, dtype=np.uint8)
-for _i, _c in enumerate("0123456789abcdef"):
-    _HEX_VALUES[ord(_c)] = _i
-    _HEX_VALUES[ord(_c.upper())] = _i
-_NIBBLE_SHIFTS = np.array([3, 2, 1, 0], dtype=np.uint8)
 
 
 class AerOptions(AdapterOptions):
@@ -122,14 +114,6 @@ class CircuitRef:
 
     key: str
     data: bytes
-
-
-@dataclass(frozen=True)
-class RegisterSpec:
-    """A classical register: `clbits[k]` is the circuit-wide index of register bit k."""
-
-    name: str
-    clbits: tuple[int, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -576,6 +560,7 @@ class AerAdapter(BackendAdapter):
                 raise ExecutionError(
                     "OUT_OF_MEMORY",
                     f"PUB {index}: the simulation ran out of the worker's memory",
+                    kind=FailureKind.OUT_OF_MEMORY,
                     metadata={"pubIndex": str(index)},
                 ) from None
         return ExecutionOutcome(
@@ -657,8 +642,9 @@ def _execution_error(message: str) -> ExecutionError:
     lowered = message.lower()
     memory_words = ("insufficient memory", "greater than max", "cannot allocate memory")
     if any(words in lowered for words in memory_words):
-        return ExecutionError("OUT_OF_MEMORY", message[:500])
-    return ExecutionError("EXECUTION_FAILED", message[:500])
+        return ExecutionError("OUT_OF_MEMORY", message[:500], kind=FailureKind.OUT_OF_MEMORY)
+    # Aer's own failure running a job the gateway validated: the backend's fault.
+    return ExecutionError("EXECUTION_FAILED", message[:500], kind=FailureKind.BACKEND_FAULT)
 
 
 def _binds(
@@ -672,84 +658,6 @@ def _binds(
         return circuit, [{p: flat[:, columns[p.name]] for p in circuit.parameters}]
     # Nothing to bind: `size` independent experiments of the same circuit, still one run.
     return ([circuit] * size if size > 1 else circuit), None
-
-
-def _hex_to_bits(values: Sequence[str], num_bits: int) -> npt.NDArray[np.uint8]:
-    """Aer's hex outcomes as a (len(values), num_bits) 0/1 array; column j is clbit j."""
-    count = len(values)
-    if count == 0:
-        return np.zeros((0, num_bits), dtype=np.uint8)
-    width = max(1, (num_bits + 3) // 4)
-    joined = "".join([v[2:].rjust(width, "0") for v in values])
-    digits = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(count, -1)
-    nibbles = _HEX_VALUES[digits[:, -width:]]
-    # Big-endian within each digit; reversed, column j is bit j.
-    bits = ((nibbles[:, :, None] >> _NIBBLE_SHIFTS) & 1).astype(np.uint8, copy=False)
-    little: npt.NDArray[np.uint8] = bits.reshape(count, width * 4)[:, ::-1][:, :num_bits]
-    return little
-
-
-def _pack_bits(rows: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Packs big-endian bit rows into bytes; padding goes into the first byte's high bits."""
-    pad = (-rows.shape[1]) % 8
-    if pad:
-        padding = np.zeros((rows.shape[0], pad), dtype=np.uint8)
-        packed: npt.NDArray[np.uint8] = np.packbits(np.hstack([padding, rows]), axis=1)
-    else:
-        packed = np.packbits(rows, axis=1)
-    return packed
-
-
-class _Decoder:
-    """Turns Aer's whole-circuit hex outcomes into per-register packed rows and counts.
-
-    Aer writes outcomes as hex of the integer whose bit j is clbit j. Up to 64 clbits (the
-    usual case) this works on uint64 values; wider circuits go through a bit matrix.
-    """
-
-    def __init__(self, num_clbits: int, registers: Sequence[RegisterSpec]) -> None:
-        self.num_clbits = num_clbits
-        self.registers = tuple(registers)
-        self.widths = tuple(len(r.clbits) for r in registers)
-        self.nbytes = tuple((w + 7) // 8 for w in self.widths)
-        self.narrow = num_clbits <= 64
-        # Register k's bits as (start, mask) when they are consecutive clbits, else None.
-        self.slices: tuple[tuple[int, int] | None, ...] = tuple(
-            (r.clbits[0], (1 << len(r.clbits)) - 1)
-            if r.clbits and r.clbits == tuple(range(r.clbits[0], r.clbits[0] + len(r.clbits)))
-            else None
-            for r in registers
-        )
-
-    def counts(self, raw: Mapping[str, int]) -> list[Counts]:
-        """Per register, the counts of Aer's whole-circuit counts (one entry per distinct
-        outcome of all clbits, so linear in the distinct outcomes, not in the shots)."""
-        keys = list(raw)
-        weights = np.fromiter(raw.values(), dtype=np.int64, count=len(keys))
-        return [
-            Counts.from_rows(rows, width, weights)
-            for rows, width in zip(self.samples(keys), self.widths, strict=True)
-        ]
-
-    def samples(self, memory: Sequence[str]) -> list[npt.NDArray[np.uint8]]:
-        """Per register, packed rows of shape (shots, ceil(bits/8)), big-endian."""
-        if not self.narrow:
-            bits = _hex_to_bits(memory, self.num_clbits)
-            return [_pack_bits(bits[:, list(r.clbits)[::-1]]) for r in self.registers]
-        wholes = np.fromiter(map(int, memory, itertools.repeat(16)), np.uint64, len(memory))
-        out: list[npt.NDArray[np.uint8]] = []
-        for r, register in enumerate(self.registers):
-            sl = self.slices[r]
-            if sl is not None:
-                values = (wholes >> np.uint64(sl[0])) & np.uint64(sl[1])
-            else:
-                values = np.zeros(len(memory), dtype=np.uint64)
-                for k, clbit in enumerate(register.clbits):
-                    values |= ((wholes >> np.uint64(clbit)) & np.uint64(1)) << np.uint64(k)
-            # Big-endian bytes of the value; keep the register's low-order bytes.
-            as_bytes = values.astype(">u8").view(np.uint8).reshape(len(memory), 8)
-            out.append(np.ascontiguousarray(as_bytes[:, 8 - self.nbytes[r] :]))
-        return out
 
 
 def _run_sampler(
@@ -768,45 +676,30 @@ def _run_sampler(
     experiments = result.results
     if len(experiments) != size:
         raise ExecutionError(
-            "EXECUTION_FAILED", f"expected {size} experiments, Aer returned {len(experiments)}"
+            "EXECUTION_FAILED",
+            f"expected {size} experiments, Aer returned {len(experiments)}",
+            kind=FailureKind.BACKEND_FAULT,
         )
-    decoder = _Decoder(circuit.num_clbits, task.registers)
-    counts: list[list[Counts]] = [[] for _ in task.registers]
-    samples: list[npt.NDArray[np.uint8]] = (
-        [np.empty((size, task.shots, nbytes), dtype=np.uint8) for nbytes in decoder.nbytes]
-        if output.samples
-        else []
+    builder = SamplerResultBuilder(
+        circuit.num_clbits,
+        task.registers,
+        task.shape,
+        task.shots,
+        samples=output.samples,
+        counts=output.counts,
     )
+    decoder = builder.decoder
     for b, experiment in enumerate(experiments):
         data = experiment.data
         if output.samples:
+            # Counts, if asked for, come from the rows decoded here: one pass over Aer's strings.
             memory = getattr(data, "memory", None) or ["0x0"] * task.shots
-            for r, packed in enumerate(decoder.samples(memory)):
-                samples[r][b] = packed
-        if output.counts:
-            if output.samples:
-                # Counted from the packed rows just decoded: no second pass over Aer's strings.
-                for r, width in enumerate(decoder.widths):
-                    counts[r].append(Counts.from_rows(samples[r][b], width))
-            else:
-                # A circuit that never measures reports no outcomes: every bit reads 0.
-                raw = getattr(data, "counts", None) or {"0x0": task.shots}
-                for r, register_counts in enumerate(decoder.counts(raw)):
-                    counts[r].append(register_counts)
-    registers = tuple(
-        RegisterResult(
-            name=register.name,
-            num_bits=len(register.clbits),
-            samples=(
-                samples[r].reshape((*task.shape, task.shots, decoder.nbytes[r]))
-                if output.samples
-                else None
-            ),
-            counts=tuple(counts[r]),
-        )
-        for r, register in enumerate(task.registers)
-    )
-    return SamplerResult(shape=task.shape, shots=task.shots, registers=registers)
+            builder.add_samples(b, decoder.hex_samples(memory))
+        else:
+            # A circuit that never measures reports no outcomes: every bit reads 0.
+            raw = getattr(data, "counts", None) or {"0x0": task.shots}
+            builder.add_counts(b, decoder.hex_counts(raw))
+    return builder.build()
 
 
 def _run_estimator(
@@ -842,7 +735,9 @@ def _run_estimator(
     )
     if len(result.results) != size:
         raise ExecutionError(
-            "EXECUTION_FAILED", f"expected {size} experiments, Aer returned {len(result.results)}"
+            "EXECUTION_FAILED",
+            f"expected {size} experiments, Aer returned {len(result.results)}",
+            kind=FailureKind.BACKEND_FAULT,
         )
     column = {key: i for i, key in enumerate(keys)}
     paulis = np.array(

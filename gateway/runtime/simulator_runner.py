@@ -1,0 +1,196 @@
+"""The LOCAL runner: prepared jobs run on a pool of supervised simulator worker processes.
+
+The handle of a running job is its worker. The worker goes back to the pool the moment
+execution ends, before the job core stores the result, so the next job need not wait for this
+one's bookkeeping; it is recycled (destroyed and replaced) when the process died or was killed,
+or ran out of memory (its heap may be fragmented), and reused otherwise. Nothing survives a
+gateway crash: `reattach` finds nothing and the job runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.backends.runner import (
+    ExecutionModel,
+    ProbeSkipped,
+    RunHandle,
+    Runner,
+    RunnerStats,
+    cancelled_error,
+)
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import Job
+from gateway.runtime.pool import Pool
+from gateway.runtime.worker import WORKER_CRASHED, WorkerCrashed, WorkerProcess
+
+__all__ = ["WorkerPoolRunner", "WorkerRunHandle"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRunHandle(RunHandle):
+    """A job running on one worker process.
+
+    Attributes:
+        worker: The process running the job; back in the pool once `ended`.
+        ended: Execution is over (result, failure or kill): the worker is no longer this job's
+            and must never be killed on its behalf.
+        cancel_requested: `cancel` stopped the job.
+    """
+
+    def __init__(self, job_id: str, worker: WorkerProcess) -> None:
+        super().__init__(job_id)
+        self.worker = worker
+        self.ended = False
+        self.cancel_requested = False
+        self.execution: asyncio.Task[ExecutionOutcome] | None = None
+
+
+def _recycle(error: ExecutionError) -> bool:
+    """Whether the worker that raised `error` must be replaced rather than reused."""
+    return isinstance(error, WorkerCrashed) or error.kind is FailureKind.OUT_OF_MEMORY
+
+
+def _retrieve(task: asyncio.Task[ExecutionOutcome]) -> None:
+    # A job nobody waits for any more (its waiter was cancelled) still fails quietly.
+    if not task.cancelled():
+        task.exception()
+
+
+class WorkerPoolRunner(Runner):
+    """Runs jobs on the simulator workers of `pool`; its capacity is the pool's max_instances.
+
+    Args:
+        pool: Worker processes of one simulator backend (WorkerFactory(SimulatorRole(...))).
+    """
+
+    model = ExecutionModel.LOCAL
+
+    def __init__(self, pool: Pool[WorkerProcess]) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> Pool[WorkerProcess]:
+        return self._pool
+
+    @property
+    def capacity(self) -> int:
+        return self._pool.limits.max_instances
+
+    async def start(self) -> None:
+        await self._pool.start()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def maintain(self) -> None:
+        await self._pool.maintain()
+
+    def stats(self) -> RunnerStats:
+        stats = self._pool.stats()
+        return RunnerStats(
+            in_use=stats.in_use,
+            idle=stats.idle,
+            waiting=stats.waiting,
+            min_instances=stats.min_instances,
+            max_instances=stats.max_instances,
+            high_water=stats.high_water,
+        )
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        """Takes a worker and starts the job on it. Waits without a limit: the scheduler
+        submits only into a free slot, but that slot's worker may still be starting (a
+        replacement for a recycled one)."""
+        try:
+            worker = await self._pool.acquire(timeout=math.inf)
+        except Exception as exc:
+            log.warning("no worker for job %s: %s: %s", job.id, type(exc).__name__, exc)
+            raise ExecutionError(
+                WORKER_CRASHED,
+                "no worker process could be started",
+                kind=FailureKind.BACKEND_FAULT,
+            ) from None
+        handle = WorkerRunHandle(job.id, worker)
+        execution = asyncio.get_running_loop().create_task(
+            self._execute(handle, prepared.payload), name=f"execute {job.id}"
+        )
+        execution.add_done_callback(_retrieve)
+        handle.execution = execution
+        return handle
+
+    async def _execute(self, handle: WorkerRunHandle, payload: object) -> ExecutionOutcome:
+        """Runs the payload and gives the worker back as soon as it has finished."""
+        worker = handle.worker
+        recycle = True
+        try:
+            outcome = await worker.execute(payload)
+            recycle = False
+            return outcome
+        except ExecutionError as error:
+            recycle = _recycle(error)
+            if handle.cancel_requested and isinstance(error, WorkerCrashed):
+                # The kill was ours: the job was cancelled, the worker did not crash.
+                raise cancelled_error() from None
+            raise
+        except asyncio.CancelledError:
+            worker.kill()  # stopped mid-protocol: the process cannot serve another job
+            raise
+        finally:
+            # Killed (a cancel after the answer arrived included) or broken: replaced.
+            handle.ended = True
+            await self._pool.release(worker, broken=recycle or not worker.alive)
+
+    def _handle(self, handle: RunHandle) -> WorkerRunHandle:
+        if not isinstance(handle, WorkerRunHandle) or handle.execution is None:
+            raise TypeError(f"not a handle of this runner: {handle!r}")
+        return handle
+
+    async def wait(self, handle: RunHandle) -> ExecutionOutcome:
+        """The job's outcome. If the awaiting task is cancelled (the gateway is closing), the
+        job is stopped too: its worker is killed and given back before this returns."""
+        own = self._handle(handle)
+        execution = own.execution
+        assert execution is not None
+        try:
+            return await asyncio.shield(execution)
+        except asyncio.CancelledError:
+            if not own.ended:
+                own.worker.kill()
+            # The execution sees the kill and returns the worker; a second cancellation of
+            # this task leaves that to the execution alone.
+            await asyncio.wait({execution})
+            raise
+
+    async def cancel(self, handle: RunHandle) -> None:
+        own = self._handle(handle)
+        if own.ended:  # finished first: its worker may already run another job
+            return
+        own.cancel_requested = True
+        own.worker.kill()
+
+    async def probe(self, prepared: PreparedJob, timeout: float) -> None:
+        try:
+            worker = await self._pool.acquire(timeout=timeout)
+        except TimeoutError:
+            raise ProbeSkipped("every worker is busy") from None
+        recycle = True
+        try:
+            async with asyncio.timeout(timeout):
+                await worker.execute(prepared.payload)
+            recycle = False
+        except TimeoutError:
+            worker.kill()  # a probe past its time is stopped like a job
+            raise
+        except asyncio.CancelledError:
+            worker.kill()
+            raise
+        except ExecutionError as error:
+            recycle = _recycle(error)
+            raise
+        finally:
+            await self._pool.release(worker, broken=recycle or not worker.alive)
