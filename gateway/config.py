@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -60,6 +60,13 @@ class ServerConfig(_Strict):
     # How long a SUCCEEDED job's result is kept (Job.expire_time = end_time + this, fixed when
     # the job finishes); later GetJobResult/StreamJobResult answer NOT_FOUND RESULT_EXPIRED.
     result_retention_days: float = Field(default=30.0, gt=0)
+    # Where schedulers claim jobs from: "memory" (this process's fair queue; it alone uses the
+    # store and recovers it at start) or "store" (claims are leases in the store, so several
+    # gateway processes can share it; a dead holder's jobs are claimed again when its lease
+    # lapses).
+    queue: Literal["memory", "store"] = "memory"
+    # How long a claim lasts unless renewed (its holder renews every third of it).
+    lease_s: float = Field(default=30.0, gt=0)
 
     @property
     def transport_max_receive_bytes(self) -> int:

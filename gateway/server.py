@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -28,19 +32,27 @@ from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
+from gateway.backends.base import AdapterContext, BackendAdapter, PreparedJob
+from gateway.backends.fault import FaultInjectingRunner, with_fault_properties
 from gateway.backends.registry import adapter_names, load_adapter
+from gateway.backends.runner import Runner
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.manager import JobManager
+from gateway.jobs.memory_queue import MemoryQueue
+from gateway.jobs.queue_port import JobQueue
 from gateway.runtime.breaker import CircuitBreaker
 from gateway.runtime.compiler import Compiler
-from gateway.runtime.health import HealthMonitor
+from gateway.runtime.health import PROBE_TENANT, HealthMonitor
 from gateway.runtime.pool import Pool
+from gateway.runtime.simulator_runner import WorkerPoolRunner
 from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
 from gateway.runtime.worker_pool import WorkerFactory
 from gateway.security.api_keys import KeyRing
+from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
 
 log = logging.getLogger("gateway")
@@ -67,7 +79,40 @@ def build_compiler(config: GatewayConfig, backends: dict[str, BackendRuntime]) -
     return Compiler(pool, config.compiler.limits())
 
 
-def build_backends(config: GatewayConfig) -> dict[str, BackendRuntime]:
+def _runner(
+    config: GatewayConfig, name: str, adapter: BackendAdapter, context: AdapterContext
+) -> Runner:
+    """The backend's runner: its adapter's own (a provider), else the supervised worker pool;
+    wrapped in fault injection when its config block asks for faults."""
+    backend = config.backends[name]
+    runner = adapter.create_runner()
+    if runner is None:
+        runner = WorkerPoolRunner(
+            Pool(WorkerFactory(SimulatorRole(backend.adapter, context)), backend.pool.limits())
+        )
+    if backend.faults is not None:
+        try:
+            runner = FaultInjectingRunner(runner, backend.faults, name)
+        except ValueError as exc:
+            raise ConfigError(f"backends.{name}.faults: {exc}") from None
+    return runner
+
+
+def _queue(config: GatewayConfig, store: Store, name: str, owner: str) -> JobQueue:
+    backend = config.backends[name]
+    lease_s = config.server.lease_s
+    if config.server.queue == "store":
+        return ClaimQueue(store, name, owner, backend.max_queue_time_s, lease_s, _now)
+    return MemoryQueue(name, backend.max_queue_time_s, lease_s, _now)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRuntime]:
+    # Claims in a shared store name their holder: this process.
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     runtimes = {}
     for name, backend in config.backends.items():
         try:
@@ -86,20 +131,23 @@ def build_backends(config: GatewayConfig) -> dict[str, BackendRuntime]:
                 for e in exc.errors()
             )
             raise ConfigError(f"invalid configuration: {details}") from None
+        info = adapter.info()
+        if backend.faults is not None:
+            info = with_fault_properties(info, backend.faults)
         runtimes[name] = BackendRuntime(
             name=name,
             adapter=adapter,
-            info=adapter.info(),
-            pool=Pool(
-                WorkerFactory(SimulatorRole(backend.adapter, context)), backend.pool.limits()
-            ),
+            info=info,
+            runner=_runner(config, name, adapter, context),
             breaker=CircuitBreaker(backend.breaker.policy()),
             settings=BackendSettings(
                 max_run_time_s=backend.max_run_time_s,
                 max_queue_time_s=backend.max_queue_time_s,
                 health_interval_s=backend.health_interval_s,
                 probe_timeout_s=backend.probe_timeout_s,
+                lease_s=config.server.lease_s,
             ),
+            queue=_queue(config, store, name, owner),
         )
     return runtimes
 
@@ -111,7 +159,7 @@ class Gateway:
         self.config = config
         self.port = 0
         self._store = SqliteStore(config.data_dir / DB_FILE)
-        self.backends = build_backends(config)
+        self.backends = build_backends(config, self._store)
         self.compiler = build_compiler(config, self.backends)
         self.manager = JobManager(
             self._store,
@@ -121,6 +169,7 @@ class Gateway:
             prepare_threads=config.server.prepare_threads,
             watch_heartbeat_s=config.server.watch_heartbeat_s,
             result_retention_s=config.server.result_retention_days * 86400,
+            recover_at_start=config.server.queue == "memory",
         )
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
@@ -193,16 +242,30 @@ class Gateway:
     async def _start_backend(
         self, runtime: BackendRuntime, compilers: asyncio.Future[None]
     ) -> None:
-        await runtime.pool.start()
+        await runtime.runner.start()
         runtime.ready = True
-        monitor = HealthMonitor(runtime, self.manager.prepare, self._publish_health)
+
+        async def prepare_probe(seed: int) -> PreparedJob:
+            spec = runtime.adapter.probe_spec()
+            return await self.manager.prepare(runtime, PROBE_TENANT, spec, seed)
+
+        monitor = HealthMonitor(
+            runtime.name,
+            runtime.runner,
+            prepare_probe,
+            runtime.health,
+            interval_s=runtime.settings.health_interval_s,
+            timeout_s=runtime.settings.probe_timeout_s,
+            on_change=self._publish_health,
+        )
         await asyncio.shield(compilers)  # the probe circuit is compiled like any other
         await monitor.probe()
         self._monitors.append(asyncio.create_task(monitor.run()))
 
-    async def _publish_health(self, runtime: BackendRuntime) -> None:
+    async def _publish_health(self, backend: str) -> None:
+        runtime = self.backends[backend]
         status = SERVING if runtime.health.serving else NOT_SERVING
-        await self.health.set(backend_health_name(runtime.name), status)
+        await self.health.set(backend_health_name(backend), status)
 
     @property
     def address(self) -> str:
@@ -226,7 +289,7 @@ class Gateway:
         await self.manager.close()
         await self.compiler.close()
         await asyncio.gather(
-            self.compiler.pool.close(), *(rt.pool.close() for rt in self.backends.values())
+            self.compiler.pool.close(), *(rt.runner.close() for rt in self.backends.values())
         )
         await self._store.close()
 

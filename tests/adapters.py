@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from gateway.backends.base import BackendAdapter, PreparedJob
+from gateway.domain.circuits import circuit_field
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobSpec
-from gateway.runtime.compiler import circuit_field, relocated
+from gateway.runtime.compiler import relocated
 
 
 def prepare_in_process(adapter: BackendAdapter, spec: JobSpec, seed: int) -> PreparedJob:

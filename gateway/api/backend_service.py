@@ -34,11 +34,13 @@ def _view(value: int, principal: Principal) -> View:
     return view
 
 
-def describe(runtime: BackendRuntime, principal: Principal, view: View) -> backend_pb2.Backend:
+async def describe(
+    runtime: BackendRuntime, principal: Principal, view: View
+) -> backend_pb2.Backend:
     limits = backend_limits(principal, runtime.name, runtime.info.limits)
     return backend_codec.encode_backend(
         runtime.info,
-        runtime.status(),
+        await runtime.status(),
         backend_codec.encode_limits(limits, runtime.settings.max_run_time_s),
         view,
     )
@@ -89,7 +91,7 @@ class BackendServicer(backend_service_pb2_grpc.BackendServiceServicer):
         page = names[:limit]
         more = len(names) > limit
         return backend_service_pb2.ListBackendsResponse(
-            backends=[describe(self._manager.backends[n], principal, view) for n in page],
+            backends=[await describe(self._manager.backends[n], principal, view) for n in page],
             next_page_token=self._page_tokens.seal(page[-1].encode(), **where) if more else "",
         )
 
@@ -100,7 +102,9 @@ class BackendServicer(backend_service_pb2_grpc.BackendServiceServicer):
         backend = codec.backend_id(request.name, "name")
         view = _view(request.view, principal)
         runtime = self._runtime(backend, principal)
-        return backend_service_pb2.GetBackendResponse(backend=describe(runtime, principal, view))
+        return backend_service_pb2.GetBackendResponse(
+            backend=await describe(runtime, principal, view)
+        )
 
     async def GetBackendTarget(
         self, request: backend_service_pb2.GetBackendTargetRequest, context: Context

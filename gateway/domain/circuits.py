@@ -106,3 +106,9 @@ class EstimatorPub:
 Pub = SamplerPub | EstimatorPub
 
 DEFAULT_PRECISION = 0.015625
+
+
+def circuit_field(index: int, pub: Pub) -> str:
+    """The request field of a PUB's circuit, e.g. spec.pubs[0].sampler.circuit.qasm3."""
+    kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
+    return f"spec.pubs[{index}].{kind}.circuit.{pub.circuit.language.value}"

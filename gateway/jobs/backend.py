@@ -1,18 +1,17 @@
-"""A configured backend at run time: adapter, instance pool, breaker, queue, health."""
+"""A configured backend at run time: its compiler (the adapter), runner, breaker, queue and
+health, as the job core sees them."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from gateway.backends.base import BackendAdapter
+from gateway.backends.runner import Runner
 from gateway.domain.backends import BackendInfo, BackendStatus
-from gateway.jobs.queue import FairQueue, QueuedJob
-from gateway.runtime.breaker import CircuitBreaker
-from gateway.runtime.pool import Pool
-from gateway.runtime.worker import WorkerProcess
+from gateway.jobs.queue_port import Claim, JobQueue
+from gateway.runtime.breaker import CircuitBreaker, Permit
+from gateway.runtime.health import HealthState
 
 
 @dataclass(frozen=True)
@@ -21,21 +20,19 @@ class BackendSettings:
     max_queue_time_s: float
     health_interval_s: float
     probe_timeout_s: float
+    # How long a claim lasts unless its holder renews it (renewed every third of it).
+    lease_s: float = 30.0
 
 
 @dataclass(eq=False)
 class RunningJob:
-    entry: QueuedJob
-    trial: bool  # the breaker's half-open trial
+    claim: Claim
+    permit: Permit
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-
-
-@dataclass
-class HealthState:
-    serving: bool = False
-    last_probe: datetime | None = None
-    last_error: str = ""
+    # The runner is done with the job (its result is being stored): its slot is free, but the
+    # job stays listed here until its final state is committed, so CancelJob still finds it.
+    slot_freed: bool = False
 
 
 @dataclass(eq=False)
@@ -43,33 +40,35 @@ class BackendRuntime:
     name: str
     adapter: BackendAdapter
     info: BackendInfo
-    pool: Pool[WorkerProcess]
+    runner: Runner
     breaker: CircuitBreaker
     settings: BackendSettings
-    queue: FairQueue = field(default_factory=FairQueue)
+    queue: JobQueue
     running: dict[str, RunningJob] = field(default_factory=dict)
     health: HealthState = field(default_factory=HealthState)
     ready: bool = False
-    # Set when something the dispatcher waits for may have changed (breaker, drain).
+    # Set when something the scheduler waits for may have changed (a free slot, the breaker,
+    # drain).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def running_by_tenant(self) -> Counter[str]:
-        return Counter(r.entry.job.tenant for r in self.running.values())
+    def has_free_slot(self) -> bool:
+        busy = sum(1 for r in self.running.values() if not r.slot_freed)
+        return busy < self.runner.capacity
 
-    def status(self) -> BackendStatus:
-        pool = self.pool.stats()
+    async def status(self) -> BackendStatus:
+        stats = self.runner.stats()
         return BackendStatus(
             ready=self.ready,
             serving=self.health.serving,
             last_probe=self.health.last_probe,
             last_error=self.health.last_error,
             breaker_state=self.breaker.state.value,
-            queue_depth=len(self.queue),
+            queue_depth=await self.queue.depth(),
             running=len(self.running),
-            pool_in_use=pool.in_use,
-            pool_idle=pool.idle,
-            pool_waiting=pool.waiting,
-            pool_min=pool.min_instances,
-            pool_max=pool.max_instances,
-            pool_peak=pool.high_water,
+            pool_in_use=stats.in_use if stats else len(self.running),
+            pool_idle=stats.idle if stats else 0,
+            pool_waiting=stats.waiting if stats else 0,
+            pool_min=stats.min_instances if stats else 0,
+            pool_max=stats.max_instances if stats else self.runner.capacity,
+            pool_peak=stats.high_water if stats else 0,
         )

@@ -1,11 +1,17 @@
-"""In-process publication of job state changes to watchers (WatchJob, Run)."""
+"""The event-bus port: how watchers (WatchJob, Run) hear of a job's changes.
+
+Publishers are the job core's transitions (gateway.jobs.transitions), after each change is
+committed. `MemoryEventBus` serves one process; a store shared by replicas brings its own bus
+(PostgreSQL LISTEN/NOTIFY), which must deliver every change committed by any replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.domain.jobs import Job
 
@@ -19,13 +25,22 @@ class WatchEvent:
     heartbeat: bool = False
 
 
-class JobEvents:
+class EventBus(Protocol):
+    def subscribe(self, job_id: str) -> AbstractContextManager[asyncio.Queue[Job]]:
+        """Every change published for job_id while the block runs lands in the queue."""
+
+    def publish(self, job: Job) -> None:
+        """A committed change of `job`, to every subscriber of its id."""
+
+
+class MemoryEventBus:
+    """The bus of a single gateway process."""
+
     def __init__(self) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[Job]]] = {}
 
     @contextmanager
     def subscribe(self, job_id: str) -> Iterator[asyncio.Queue[Job]]:
-        """Every change published for job_id while the block runs lands in the queue."""
         queue: asyncio.Queue[Job] = asyncio.Queue()
         self._subscribers.setdefault(job_id, set()).add(queue)
         try:

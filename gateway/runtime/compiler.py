@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter
-from gateway.domain.circuits import CircuitSource, Pub, SamplerPub
+from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import (
     ExecutionError,
     FieldViolation,
@@ -26,7 +26,7 @@ from gateway.domain.errors import (
     QuotaViolation,
     ResourceExhausted,
 )
-from gateway.jobs.fair_share import FairShare
+from gateway.runtime.fair_share import FairShare
 from gateway.runtime.pool import Pool
 from gateway.runtime.worker import WorkerCrashed, WorkerProcess
 
@@ -80,12 +80,6 @@ class _Cache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def circuit_field(index: int, pub: Pub) -> str:
-    """The request field of a PUB's circuit, e.g. spec.pubs[0].sampler.circuit.qasm3."""
-    kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
-    return f"spec.pubs[{index}].{kind}.circuit.{pub.circuit.language.value}"
 
 
 def relocated(error: InvalidArgument, field: str) -> InvalidArgument:

@@ -1,8 +1,9 @@
 """Periodic health probes per backend.
 
-Simulators run a tiny circuit on a pooled worker. A pool whose instances are all busy running
-jobs is not probed that round: busy is not sick. Each round also lets the pool evict idle or
-old instances and top itself up to its minimum.
+Each round the backend's runner runs its probe job (Runner.probe): simulators run a tiny circuit
+on a pooled worker, and a pool whose instances are all busy running jobs is not probed that round
+(busy is not sick). Each round also lets the runner evict idle or old instances and top itself
+up to its minimum.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.backends.base import PreparedJob
+from gateway.backends.runner import ProbeSkipped, Runner
 from gateway.domain.errors import ExecutionError, GatewayError
-from gateway.domain.jobs import JobSpec
-from gateway.jobs.backend import BackendRuntime
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[BackendRuntime], Awaitable[None]]
-# Compiles and assembles a job (JobManager.prepare): runtime, tenant, spec, seed.
-Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
+# Called with the backend's name when its serving status changed.
+OnChange = Callable[[str], Awaitable[None]]
+# Compiles and assembles the backend's probe job (BackendAdapter.probe_spec) with a seed, the way
+# any job is prepared, so the probe circuit is cached like any other.
+PrepareProbe = Callable[[int], Awaitable[PreparedJob]]
 # The tenant health probes compile as: their circuit is cached after the first probe.
 PROBE_TENANT = "qgateway.health"
 
@@ -65,63 +68,72 @@ NO_INSTANCE = "NO_INSTANCE: no backend instance could be started"
 PROBE_ERROR = "PROBE_FAILED: unexpected error"
 
 
+@dataclass
+class HealthState:
+    serving: bool = False
+    last_probe: datetime | None = None
+    last_error: str = ""
+
+
 class HealthMonitor:
-    def __init__(self, runtime: BackendRuntime, prepare: Prepare, on_change: OnChange) -> None:
-        self._runtime = runtime
-        self._prepare = prepare
+    def __init__(
+        self,
+        backend: str,
+        runner: Runner,
+        prepare_probe: PrepareProbe,
+        health: HealthState,
+        *,
+        interval_s: float,
+        timeout_s: float,
+        on_change: OnChange,
+    ) -> None:
+        self._backend = backend
+        self._runner = runner
+        self._prepare_probe = prepare_probe
+        self._health = health
+        self._interval = interval_s
+        self._timeout = timeout_s
         self._on_change = on_change
         self._seeds = itertools.count()
 
     async def run(self) -> None:
-        interval = self._runtime.settings.health_interval_s
         while True:
             await self.probe()
-            await self._runtime.pool.maintain()
-            await asyncio.sleep(interval)  # the probe schedule
+            await self._runner.maintain()
+            await asyncio.sleep(self._interval)  # the probe schedule
 
     async def probe(self) -> None:
         """One probe; publishes the result when serving changed."""
-        runtime = self._runtime
-        timeout = runtime.settings.probe_timeout_s
         try:
-            prepared = await self._prepare(
-                runtime, PROBE_TENANT, runtime.adapter.probe_spec(), next(self._seeds)
-            )
+            prepared = await self._prepare_probe(next(self._seeds))
         except GatewayError as err:
             self._log_failure("probe circuit refused", err)
             await self._publish(False, probe_refused(err.reason))
             return
-        try:
-            worker = await runtime.pool.acquire(timeout=timeout)
-        except TimeoutError:
-            return
-        except Exception as exc:  # instances cannot even be created
-            self._log_failure("no instance", exc)
-            await self._publish(False, NO_INSTANCE)
-            return
         error = ""
         try:
-            async with asyncio.timeout(timeout):
-                await worker.execute(prepared.payload)
+            await self._runner.probe(prepared, self._timeout)
+        except ProbeSkipped:
+            return
         except TimeoutError:
-            worker.kill()
-            error = probe_timeout(timeout)
+            error = probe_timeout(self._timeout)
         except ExecutionError as err:
             self._log_failure("probe failed", err)
             error = probe_failed(err.reason)
-        except Exception as exc:  # a gateway bug: the backend is not known to be healthy
-            log.exception("backend %s: probe failed unexpectedly", runtime.name, exc_info=exc)
-            error = PROBE_ERROR
-        finally:
-            await runtime.pool.release(worker, broken=not worker.alive)
+        except GatewayError as err:  # e.g. the pool cannot create instances
+            self._log_failure("no instance", err)
+            error = NO_INSTANCE
+        except Exception as exc:  # no instance could be started, or a gateway bug
+            self._log_failure("probe failed unexpectedly", exc)
+            error = NO_INSTANCE if isinstance(exc, OSError | RuntimeError) else PROBE_ERROR
         await self._publish(not error, error)
 
     def _log_failure(self, what: str, exc: BaseException) -> None:
         # Operators get the whole text; the API shows only the sanitised reason.
-        log.warning("backend %s: %s: %s: %s", self._runtime.name, what, type(exc).__name__, exc)
+        log.warning("backend %s: %s: %s: %s", self._backend, what, type(exc).__name__, exc)
 
     async def _publish(self, serving: bool, error: str) -> None:
-        health = self._runtime.health
+        health = self._health
         changed = health.serving != serving or health.last_probe is None
         health.serving = serving
         health.last_error = error
@@ -131,8 +143,8 @@ class HealthMonitor:
             log.log(
                 level,
                 "backend %s: %s %s",
-                self._runtime.name,
+                self._backend,
                 "SERVING" if serving else "NOT_SERVING",
                 error,
             )
-            await self._on_change(self._runtime)
+            await self._on_change(self._backend)

@@ -108,6 +108,10 @@ class WorkerPoolRunner(Runner):
         replacement for a recycled one)."""
         try:
             worker = await self._pool.acquire(timeout=math.inf)
+        except ExecutionError:
+            # The worker it was given died on the way (killed from outside): that is the
+            # job's failure, with the signal that ended it.
+            raise
         except Exception as exc:
             log.warning("no worker for job %s: %s: %s", job.id, type(exc).__name__, exc)
             raise ExecutionError(

@@ -120,10 +120,16 @@ class Store(Protocol):
         None from any other state."""
 
     async def mark_running(
-        self, job_id: str, started_at: datetime, remote_id: str | None = None
+        self,
+        job_id: str,
+        started_at: datetime,
+        remote_id: str | None = None,
+        *,
+        rerun: bool = False,
     ) -> Job | None:
         """QUEUED or SUBMITTING -> RUNNING, incrementing attempts and storing the provider's
-        `remote_id` in the same transaction; None otherwise."""
+        `remote_id` in the same transaction; None otherwise. `rerun`: RUNNING -> RUNNING too, for
+        the new holder of a lapsed claim whose job ran on a worker that is gone."""
 
     async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED, SUBMITTING or RUNNING -> CANCELLING; None otherwise (CANCELLING included)."""

@@ -467,18 +467,24 @@ class SqliteStore:
         return await self._call(op)
 
     async def mark_running(
-        self, job_id: str, started_at: datetime, remote_id: str | None = None
+        self,
+        job_id: str,
+        started_at: datetime,
+        remote_id: str | None = None,
+        *,
+        rerun: bool = False,
     ) -> Job | None:
-        """QUEUED or SUBMITTING -> RUNNING, incrementing attempts and storing the provider's
-        `remote_id` in the same transaction (None keeps the stored one); None from any other
-        state."""
+        """QUEUED or SUBMITTING (and RUNNING when `rerun`) -> RUNNING, incrementing attempts and
+        storing the provider's `remote_id` in the same transaction (None keeps the stored one);
+        None from any other state."""
         started_us = _to_us(started_at)
+        states = "('QUEUED', 'SUBMITTING', 'RUNNING')" if rerun else "('QUEUED', 'SUBMITTING')"
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1,"
                 " remote_id = coalesce(?, remote_id)"
-                " WHERE id = ? AND state IN ('QUEUED', 'SUBMITTING')"
+                f" WHERE id = ? AND state IN {states}"
                 " RETURNING id",
                 (started_us, remote_id, job_id),
             ).fetchone()

@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.backends.base import CIRCUIT_FIELD
-from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
+from gateway.domain.circuits import (
+    Bindings,
+    CircuitLanguage,
+    CircuitSource,
+    SamplerPub,
+    circuit_field,
+)
 from gateway.domain.errors import FieldViolation, InvalidArgument
-from gateway.runtime.compiler import _Cache, circuit_field, relocated
+from gateway.runtime.compiler import _Cache, relocated
 
 
 def test_a_cached_refusal_names_the_field_of_the_pub_that_sent_it() -> None:

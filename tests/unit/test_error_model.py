@@ -256,9 +256,19 @@ def test_every_reason_raised_is_registered_with_its_code() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_reasons_that_steer_the_breaker_are_registered() -> None:
-    assert REASONS.keys() >= manager.BACKEND_FAULTS
-    assert REASONS.keys() >= manager.RECYCLE_WORKER
+def test_the_job_core_acts_on_failure_kinds_never_on_reason_strings() -> None:
+    # Issue 8: the breaker and instance reuse are steered by ExecutionError.kind; a reason is
+    # for clients. No comparison in the job core or the runtime reads one.
+    offenders = []
+    for path in sorted((ROOT / "gateway" / "jobs").glob("*.py")) + sorted(
+        (ROOT / "gateway" / "runtime").glob("*.py")
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                if any(isinstance(o, ast.Attribute) and o.attr == "reason" for o in operands):
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders
 
 
 def test_the_readme_table_lists_every_reason_with_its_code() -> None:

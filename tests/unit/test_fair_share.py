@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.jobs.fair_share import FairShare
+from gateway.runtime.fair_share import FairShare
 
 
 async def _settle() -> None:

@@ -1,0 +1,223 @@
+"""Admission: may this job be accepted, where does it run, is it a retry, and is it ready.
+
+Policy (the backends a caller may use) answers NOT_FOUND for a backend the caller may not see;
+placement picks the backend or its fallback by breaker state; dedup finds an earlier job of the
+same request_id; prepare compiles every PUB in compile workers and assembles the job. A job is
+written QUEUED and committed before it is queued and before the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+import uuid
+from collections.abc import Container, Mapping
+from typing import Protocol
+
+import anyio
+
+from gateway.backends.base import BackendAdapter, PreparedJob
+from gateway.domain.circuits import CircuitSource, circuit_field
+from gateway.domain.errors import (
+    BACKEND_RESOURCE,
+    NotFound,
+    QuotaViolation,
+    ResourceExhausted,
+    ResourceInfo,
+    Unavailable,
+)
+from gateway.domain.jobs import Job, JobSpec
+from gateway.jobs.backend import BackendRuntime
+from gateway.jobs.transitions import Transitions
+from gateway.runtime.breaker import BreakerState
+from gateway.store.base import CreateOutcome, NewJob, Store, request_id_reused
+
+
+class CompileStep(Protocol):
+    """Compiles one client circuit for a backend, in compile workers under their limits, with
+    a cache by content (gateway.runtime.compiler.Compiler)."""
+
+    async def compile(
+        self,
+        tenant: str,
+        backend: str,
+        adapter: BackendAdapter,
+        source: CircuitSource,
+        field: str,
+    ) -> object: ...
+
+
+class Admission:
+    def __init__(
+        self,
+        store: Store,
+        backends: Mapping[str, BackendRuntime],
+        compiler: CompileStep,
+        transitions: Transitions,
+        draining: asyncio.Event,
+        *,
+        prepare_threads: int,
+    ) -> None:
+        self._store = store
+        self._backends = backends
+        self._compiler = compiler
+        self._transitions = transitions
+        self._draining = draining
+        self._limiter = anyio.CapacityLimiter(prepare_threads)
+
+    def runtime(
+        self, backend: str, field: str = "spec.backend", visible: Container[str] | None = None
+    ) -> BackendRuntime:
+        """The backend named `backend`; NOT_FOUND when it does not exist, or when `visible` (the
+        backends the caller may use) leaves it out: a caller cannot tell the two apart."""
+        runtime = self._backends.get(backend)
+        if runtime is None or (visible is not None and backend not in visible):
+            name = f"backends/{backend}"
+            raise NotFound(
+                "BACKEND_NOT_FOUND",
+                f"backend {name} does not exist",
+                metadata={"backend": name},
+                resource_info=ResourceInfo(BACKEND_RESOURCE, name, f"named by {field}"),
+            )
+        return runtime
+
+    def _placement(self, spec: JobSpec) -> BackendRuntime:
+        runtime = self.runtime(spec.backend)
+        fallback_name = spec.options.fallback_backend
+        fallback = (
+            self.runtime(fallback_name, "spec.options.fallback_backend") if fallback_name else None
+        )
+        if runtime.breaker.state is not BreakerState.OPEN:
+            return runtime
+        if fallback is not None and fallback.breaker.state is not BreakerState.OPEN:
+            return fallback
+        retry = runtime.breaker.retry_after()
+        raise Unavailable(
+            "BACKEND_UNAVAILABLE",
+            f"backend backends/{spec.backend} is failing (circuit breaker OPEN); nothing was "
+            f"accepted, retry in {retry:.1f}s or name a fallback_backend",
+            metadata={
+                "backend": f"backends/{spec.backend}",
+                "breakerState": "OPEN",
+                "retryDelaySeconds": f"{retry:.1f}",
+            },
+            retry_after=retry,
+        )
+
+    async def _admit(self, spec: JobSpec) -> BackendRuntime:
+        """The backend the job will queue on, or an admission refusal."""
+        if self._draining.is_set():
+            raise Unavailable(
+                "DRAINING",
+                "the gateway is shutting down and accepts no new jobs; nothing was accepted, "
+                "retry (another replica or after the restart)",
+                retry_after=1.0,
+            )
+        runtime = self._placement(spec)
+        limit = runtime.info.limits.max_queued_jobs
+        depth = await runtime.queue.depth()
+        if depth >= limit:
+            raise ResourceExhausted(
+                "QUEUE_FULL",
+                f"backend backends/{runtime.name} has {depth} queued jobs, its limit of "
+                f"{limit}; nothing was accepted, retry later",
+                metadata={
+                    "backend": f"backends/{runtime.name}",
+                    "queuedJobs": str(depth),
+                    "limit": str(limit),
+                },
+                quota_violations=[
+                    QuotaViolation(f"backends/{runtime.name}", "queued jobs at the limit")
+                ],
+                retry_after=1.0,
+            )
+        return runtime
+
+    async def submit(
+        self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes, digest: bytes
+    ) -> CreateOutcome:
+        """Admits, prepares and durably queues a job. `digest` is the canonical request digest
+        (gateway.api.request_digest); the caller looked the request_id up before validating
+        (find_request). A concurrent request with the same request_id may still have created
+        the job meanwhile: the store deduplicates atomically, and the outcome says which."""
+        try:
+            runtime = await self._admit(spec)
+        except (Unavailable, ResourceExhausted):
+            # A concurrent twin may have been accepted since the caller's lookup: it gets its
+            # job back even while the backend refuses new work; nothing new is accepted.
+            existing = await self.find_request(tenant, request_id, digest)
+            if existing is None:
+                raise
+            return CreateOutcome(existing, created=False)
+        seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
+        prepared = await self.prepare(runtime, tenant, spec, seed)
+        outcome = await self._store.create_job(
+            NewJob(
+                id=uuid.uuid4().hex,
+                tenant=tenant,
+                request_id=request_id,
+                request_hash=digest,
+                backend=spec.backend,
+                placement=runtime.name,
+                spec=spec_bytes,
+                num_pubs=len(spec.pubs),
+                seed=seed,
+                created_at=self._transitions.clock(),
+                labels=spec.labels,
+                sampler_output=spec.options.sampler_output,
+            )
+        )
+        if outcome.created:
+            self._transitions.committed(outcome.job, None)
+            await runtime.queue.put(outcome.job, prepared)
+            runtime.wake.set()
+        return outcome
+
+    async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
+        """The job an earlier request with this request_id created within the dedup window, if
+        its digest is `digest`; None if there is none (or request_id is empty).
+
+        Raises:
+            InvalidArgument: reason REQUEST_ID_REUSED, when the earlier request was different.
+        """
+        if not request_id:
+            return None
+        found = await self._store.find_request(tenant, request_id, self._transitions.clock())
+        if found is None:
+            return None
+        job, existing_digest = found
+        if existing_digest != digest:
+            raise request_id_reused(request_id, job.id)
+        return job
+
+    async def prepare(
+        self, runtime: BackendRuntime, tenant: str, spec: JobSpec, seed: int
+    ) -> PreparedJob:
+        """Compiles every PUB's circuit in compile workers, then assembles the job."""
+        started = time.perf_counter()
+        adapter = runtime.adapter
+        # Bounded in size and depth at the API edge; what the keys mean is the backend's (its
+        # schema refuses unknown keys), checked before any compile is paid for.
+        adapter.validate_provider_options(
+            spec.options.provider_options, "spec.options.provider_options"
+        )
+        circuits = []
+        for index, pub in enumerate(spec.pubs):
+            field = circuit_field(index, pub)
+            circuits.append(
+                await self._compiler.compile(tenant, runtime.name, adapter, pub.circuit, field)
+            )
+        if adapter.prepare_is_cheap(spec):
+            prepared = adapter.prepare(spec, seed, circuits)
+        else:
+            prepared = await anyio.to_thread.run_sync(
+                adapter.prepare, spec, seed, circuits, limiter=self._limiter
+            )
+        return dataclasses.replace(
+            prepared,
+            prepare_seconds=time.perf_counter() - started,
+            # Part of the stored spec, so a re-queued job keeps its limit after a restart.
+            max_run_time_s=spec.options.max_execution_time_s,
+        )

@@ -1,0 +1,343 @@
+"""The runner step: one claimed job from its claim to a final state.
+
+It prepares the job again if the claim carries no prepared job, hands it to the backend's runner
+(or re-attaches to a provider job that was already submitted), waits for it under the run-time
+limit while renewing the claim's lease, stops it on CancelJob, accounts its outcome to the
+breaker with the permit the scheduler got (only the half-open trial's own outcome can close the
+breaker, and only failures of kind BACKEND_FAULT/TRANSIENT count), and commits the final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain.errors import ExecutionError, GatewayError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import (
+    ExecutionInfo,
+    Job,
+    JobError,
+    JobResult,
+    JobSpec,
+    JobState,
+    JobTimings,
+    SamplerResult,
+)
+from gateway.jobs.backend import BackendRuntime, RunningJob
+from gateway.jobs.result_cache import RecentResults
+from gateway.jobs.stored_format import StoredFormat
+from gateway.jobs.transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+# Results up to about this size are encoded on the event loop (tens of microseconds).
+INLINE_ENCODE_BYTES = 64 << 10
+
+Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
+
+
+class RunnerStep:
+    def __init__(
+        self,
+        transitions: Transitions,
+        stored_format: StoredFormat,
+        prepare: Prepare,
+        recent_results: RecentResults,
+    ) -> None:
+        self._t = transitions
+        self._format = stored_format
+        self._prepare = prepare
+        self._recent = recent_results
+
+    async def run(self, runtime: BackendRuntime, running: RunningJob) -> None:
+        """Runs the job to a final state; always ends the claim and frees the slot."""
+        claim = running.claim
+        job = claim.job
+        try:
+            await self._run(runtime, running)
+        except asyncio.CancelledError:
+            # The gateway is closing: the job stays where it is and is recovered (re-queued or
+            # re-attached) at the next start.
+            runtime.breaker.release(running.permit)
+            raise
+        except Exception:
+            log.exception("job %s: unexpected failure", job.id)
+            runtime.breaker.release(running.permit)
+            await self._t.finish(
+                job,
+                JobState.FAILED,
+                error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
+            )
+        finally:
+            runtime.running.pop(job.id, None)
+            runtime.wake.set()
+            await asyncio.shield(runtime.queue.done(claim))
+
+    async def _prepared(self, runtime: BackendRuntime, running: RunningJob) -> PreparedJob | None:
+        """The claim's prepared job, or the job prepared again from its stored spec (after a
+        restart or on another replica); None when it no longer prepares (the job failed)."""
+        prepared = running.claim.prepared
+        if prepared is not None:
+            return prepared
+        job = running.claim.job
+        spec_bytes = await self._t.store.get_spec(job.id)
+        if spec_bytes is None:
+            raise RuntimeError(f"job {job.id} has no stored spec")
+        spec = self._format.decode_spec(spec_bytes)
+        try:
+            return await self._prepare(runtime, job.tenant, spec, job.seed)
+        except GatewayError as err:
+            # A spec that validated at admission and no longer does (a limit lowered, the
+            # backend reconfigured): the job's own problem, not the backend's.
+            runtime.breaker.release(running.permit)
+            await self._t.finish(job, JobState.FAILED, error=JobError.from_error(err))
+            return None
+
+    async def _run(self, runtime: BackendRuntime, running: RunningJob) -> None:
+        job = running.claim.job
+        runner = runtime.runner
+        if job.state is JobState.CANCELLING and job.remote_id is None:
+            # Its holder died while stopping a job that cannot be re-attached.
+            runtime.breaker.release(running.permit)
+            await self._t.finish(job, JobState.CANCELLED)
+            return
+        handle: RunHandle | None = None
+        started: Job | None = None
+        if job.state is not JobState.QUEUED:
+            # Recovered after a restart, or a claim whose holder died: the backend may already
+            # have the job. Never submit what it has.
+            handle = await runner.reattach(job, job.remote_id)
+            if handle is not None:
+                started = job
+        prepared: PreparedJob | None = None
+        t0 = time.perf_counter()
+        if handle is None:
+            prepared = await self._prepared(runtime, running)
+            if prepared is None:
+                return
+            submitted = await self._submit(runtime, running, prepared)
+            if submitted is None:
+                return
+            handle, started = submitted
+            t0 = time.perf_counter()
+        assert started is not None
+        await self._follow(runtime, running, handle, started, prepared, t0)
+
+    async def _submit(
+        self, runtime: BackendRuntime, running: RunningJob, prepared: PreparedJob
+    ) -> tuple[RunHandle, Job] | None:
+        """Starts the job on the runner and commits RUNNING (with the provider's id)."""
+        job = running.claim.job
+        runner = runtime.runner
+        if runner.model is ExecutionModel.REMOTE:
+            # SUBMITTING is committed before the provider hears of the job: after a crash, a
+            # SUBMITTING job is looked up at the provider by its id before anything is resent.
+            if job.state is JobState.QUEUED:
+                marked = await self._t.submitting(job)
+                if marked is None:
+                    await self._no_longer_queued(runtime, running)
+                    return None
+                job = marked
+            try:
+                handle = await runner.submit(prepared, job)
+            except ExecutionError as err:
+                await self._failed(runtime, running, job, err, None)
+                return None
+            started = await self._t.running(job, handle.remote_id)
+            if started is None:  # cancelled while it was being submitted
+                await runner.cancel(handle)
+                await self._no_longer_queued(runtime, running)
+                return None
+            return handle, started
+        # A local run starts at once; the RUNNING commit overlaps it (a simulator job
+        # interrupted by a crash is re-queued whether or not RUNNING reached the disk).
+        marking = asyncio.ensure_future(self._t.running(job))
+        try:
+            handle = await runner.submit(prepared, job)
+        except ExecutionError as err:
+            started = await marking
+            await self._failed(runtime, running, started or job, err, None)
+            return None
+        except BaseException:
+            await asyncio.gather(marking, return_exceptions=True)
+            raise
+        started = await marking
+        if started is None:  # no longer QUEUED: cancelled or finished elsewhere meanwhile
+            await runner.cancel(handle)
+            await asyncio.gather(runner.wait(handle), return_exceptions=True)
+            await self._no_longer_queued(runtime, running)
+            return None
+        return handle, started
+
+    async def _no_longer_queued(self, runtime: BackendRuntime, running: RunningJob) -> None:
+        runtime.breaker.release(running.permit)
+        # CANCELLING is a cancel request, whoever wrote it: the job ends CANCELLED.
+        current = await self._t.store.get_job(running.claim.job.id)
+        if current is not None and current.state is JobState.CANCELLING:
+            await self._t.finish(current, JobState.CANCELLED)
+
+    async def _follow(
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        handle: RunHandle,
+        started: Job,
+        prepared: PreparedJob | None,
+        t0: float,
+    ) -> None:
+        """Waits for the job under its limits, renewing the lease; commits its final state."""
+        runner = runtime.runner
+        if started.state is JobState.CANCELLING:
+            running.cancel_requested.set()
+        # The job's own max_execution_time, when it is the smaller limit, is the client's
+        # choice: running past it says nothing about the backend (no breaker failure).
+        run_limit = runtime.settings.max_run_time_s
+        own_limit = prepared.max_run_time_s if prepared is not None else None
+        own_limit_applies = own_limit is not None and own_limit < run_limit
+        if own_limit is not None and own_limit_applies:
+            run_limit = own_limit
+        deadline = time.monotonic() + run_limit
+        renew_every = runtime.settings.lease_s / 3
+        waiting = asyncio.ensure_future(runner.wait(handle))
+        cancelled = asyncio.ensure_future(running.cancel_requested.wait())
+        try:
+            while not waiting.done() and not cancelled.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(
+                    {waiting, cancelled},
+                    timeout=min(remaining, renew_every),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not waiting.done() and not cancelled.done():
+                    renewed = await runtime.queue.renew(running.claim)
+                    if renewed is not None:
+                        running.claim = renewed
+        except asyncio.CancelledError:
+            # The gateway is closing. A local job cannot outlive it: stop the worker. A remote
+            # job goes on at the provider and is re-attached at the next start.
+            if runner.model is ExecutionModel.LOCAL:
+                await runner.cancel(handle)
+            waiting.cancel()
+            raise
+        finally:
+            cancelled.cancel()
+        info = ExecutionInfo(
+            backend=runtime.name,
+            seed=started.seed,
+            layouts=prepared.layouts if prepared is not None else (),
+            attempts=started.attempts,
+        )
+        if not waiting.done():
+            # Cancellation and time limits reach the backend: the worker is killed, the
+            # provider job cancelled.
+            await runner.cancel(handle)
+            outcome = await asyncio.gather(waiting, return_exceptions=True)
+            if not isinstance(outcome[0], BaseException):  # it finished first after all
+                await self._succeeded(runtime, running, started, outcome[0], prepared, t0)
+                return
+            runtime.breaker.release(running.permit)
+            if running.cancel_requested.is_set():
+                await self._t.finish(started, JobState.CANCELLED, execution=info)
+                return
+            limit = f"{run_limit:g}"
+            if own_limit_applies:
+                whose = "its max_execution_time of"
+            else:
+                whose = "the backend's limit of"
+                # Running past the backend's own limit is the backend's fault.
+                runtime.breaker.record_failure(running.permit)
+            error = JobError.of(
+                "JOB_TIMEOUT",
+                f"the job ran past {whose} {limit}s",
+                {"backend": f"backends/{runtime.name}", "limitSeconds": limit},
+            )
+            await self._t.finish(started, JobState.FAILED, error=error, execution=info)
+            return
+        try:
+            result = waiting.result()
+        except ExecutionError as err:
+            await self._failed(runtime, running, started, err, info)
+            return
+        await self._succeeded(runtime, running, started, result, prepared, t0)
+
+    async def _failed(
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        job: Job,
+        err: ExecutionError,
+        info: ExecutionInfo | None,
+    ) -> None:
+        breaker = runtime.breaker
+        if err.kind.counts_for_breaker:
+            breaker.record_failure(running.permit)
+            if breaker.state.value != "CLOSED":
+                log.warning("backend %s: circuit breaker %s", runtime.name, breaker.state.value)
+        else:
+            breaker.release(running.permit)
+        if err.kind is FailureKind.CANCELLED:
+            await self._t.finish(job, JobState.CANCELLED, execution=info)
+            return
+        await self._t.finish(job, JobState.FAILED, error=JobError.from_error(err), execution=info)
+
+    async def _succeeded(
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        started: Job,
+        outcome: ExecutionOutcome,
+        prepared: PreparedJob | None,
+        t0: float,
+    ) -> None:
+        elapsed = time.perf_counter() - t0
+        runtime.breaker.record_success(running.permit)
+        # The slot is free for the next job before this one's result is encoded and committed.
+        running.slot_freed = True
+        runtime.wake.set()
+        if _result_bytes_hint(outcome.result) <= INLINE_ENCODE_BYTES:
+            result = self._format.encode_result(outcome.result)
+        else:  # large results are encoded off the event loop
+            result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
+        self._recent.put(started.id, result)
+        queued_s = 0.0
+        if started.started_at is not None:
+            queued_s = (started.started_at - started.created_at).total_seconds()
+        await self._t.finish(
+            started,
+            JobState.SUCCEEDED,
+            execution=ExecutionInfo(
+                backend=runtime.name,
+                seed=started.seed,
+                sdk_versions=outcome.sdk_versions,
+                layouts=prepared.layouts if prepared is not None else (),
+                attempts=started.attempts,
+            ),
+            timings=JobTimings(
+                queued_s=queued_s,
+                transpile_s=prepared.prepare_seconds if prepared is not None else 0.0,
+                execute_s=elapsed,
+            ),
+            result=result,
+        )
+
+
+def _result_bytes_hint(result: JobResult) -> int:
+    """Roughly the encoded size: samples dominate; counts and values cost ~16 bytes each."""
+    size = 0
+    for pub in result.pubs:
+        if isinstance(pub, SamplerResult):
+            for reg in pub.registers:
+                size += 0 if reg.samples is None else reg.samples.nbytes
+                size += 16 * sum(len(c) for c in reg.counts)
+        else:
+            size += 16 * pub.expectation_values.size
+    return size

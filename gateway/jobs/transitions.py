@@ -1,0 +1,93 @@
+"""Every change of a job's state goes through here: committed to the store, then published to
+watchers (event-bus port) and to lifecycle hooks, in that order, so nobody hears of a change
+that is not durable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
+from gateway.jobs.events import EventBus
+from gateway.jobs.hooks import Hooks, Transition
+from gateway.store.base import Store
+
+WallClock = Callable[[], datetime]
+
+
+class Transitions:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        hooks: Hooks,
+        clock: WallClock,
+        result_retention_s: float,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.hooks = hooks
+        self.clock = clock
+        # A SUCCEEDED job's result is kept this long after it ends (Job.expire_at).
+        self.result_retention_s = result_retention_s
+
+    def committed(self, job: Job, previous: JobState | None) -> None:
+        """Tells watchers and hooks about a change the store has committed."""
+        self.bus.publish(job)
+        self.hooks.notify(Transition(job, previous, job.updated_at or self.clock()))
+
+    async def submitting(self, job: Job) -> Job | None:
+        changed = await self.store.mark_submitting(job.id, self.clock())
+        if changed is not None:
+            self.committed(changed, job.state)
+        return changed
+
+    async def running(self, job: Job, remote_id: str | None = None) -> Job | None:
+        # A RUNNING job handed to a new holder (its previous holder's lease lapsed) runs again.
+        rerun = job.state is JobState.RUNNING
+        changed = await self.store.mark_running(job.id, self.clock(), remote_id, rerun=rerun)
+        if changed is not None:
+            self.committed(changed, job.state)
+        return changed
+
+    async def cancelling(self, job: Job) -> Job | None:
+        changed = await self.store.mark_cancelling(job.id, self.clock())
+        if changed is not None:
+            self.committed(changed, job.state)
+        return changed
+
+    async def finish(
+        self,
+        job: Job,
+        state: JobState,
+        *,
+        error: JobError | None = None,
+        execution: ExecutionInfo | None = None,
+        timings: JobTimings | None = None,
+        result: bytes | None = None,
+    ) -> Job | None:
+        """Moves a job to a final state; None if it already was in one."""
+        ended = self.clock()
+        # Retention is fixed when the job ends (a later configuration change keeps it).
+        expires = (
+            ended + timedelta(seconds=self.result_retention_s)
+            if state is JobState.SUCCEEDED
+            else None
+        )
+        # Shielded: once a final state is decided it is written even if the caller goes away.
+        finished = await asyncio.shield(
+            self.store.finish_job(
+                job.id,
+                state,
+                ended_at=ended,
+                error=error,
+                execution=execution,
+                timings=timings,
+                result=result,
+                result_expires_at=expires,
+            )
+        )
+        if finished is not None:
+            self.committed(finished, job.state)
+        return finished

@@ -1,0 +1,290 @@
+"""The job core in process: a real SQLite store, real queues, a scripted runner whose jobs end
+when the test says so, and a hand-moved wall clock. No worker process, no gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from gateway.backends.base import (
+    AdapterContext,
+    BackendAdapter,
+    CircuitLimits,
+    ExecutionOutcome,
+    PreparedJob,
+)
+from gateway.backends.runner import ExecutionModel, RunHandle, Runner
+from gateway.domain.backends import BackendInfo, BackendKind, BackendLimits, Primitive
+from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import Job, JobOptions, JobResult, JobSpec
+from gateway.domain.targets import BackendTarget
+from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.claim_queue import ClaimQueue
+from gateway.jobs.hooks import Hooks, Transition
+from gateway.jobs.manager import JobManager
+from gateway.jobs.memory_queue import MemoryQueue
+from gateway.jobs.queue_port import JobQueue
+from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
+from gateway.store.sqlite import SqliteStore
+
+QueueKind = Literal["memory", "store"]
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class EchoAdapter(BackendAdapter):
+    """A compiler that accepts any circuit and prepares its text as the payload."""
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            name=self.context.name,
+            provider="test",
+            kind=BackendKind.SIMULATOR,
+            num_qubits=5,
+            basis_gates=("x",),
+            primitives=frozenset({Primitive.SAMPLER}),
+            features=frozenset(),
+            limits=self.context.limits,
+        )
+
+    def target(self) -> BackendTarget:
+        raise NotImplementedError
+
+    def compile_circuit(self, source: CircuitSource) -> object:
+        return source.text
+
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
+        return PreparedJob(payload=tuple(circuits), memory_bytes=0, layouts=())
+
+    def prepare_is_cheap(self, spec: JobSpec) -> bool:
+        return True
+
+    def execute(self, payload: object) -> ExecutionOutcome:
+        raise NotImplementedError
+
+
+class DirectCompiler:
+    async def compile(
+        self, tenant: str, backend: str, adapter: BackendAdapter, source: CircuitSource, field: str
+    ) -> object:
+        return adapter.compile_circuit(source)
+
+
+class PickleFormat:
+    def decode_spec(self, data: bytes) -> JobSpec:
+        spec: JobSpec = pickle.loads(data)
+        return spec
+
+    def encode_result(self, result: JobResult) -> bytes:
+        return pickle.dumps(result)
+
+
+class ScriptedHandle(RunHandle):
+    def __init__(self, job_id: str, remote_id: str | None) -> None:
+        super().__init__(job_id, remote_id)
+        self.done: asyncio.Future[ExecutionOutcome] = asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class ScriptedRunner(Runner):
+    """Jobs run until `succeed`/`fail` is called for them; REMOTE ones survive a "restart"
+    (a new runner built with the same `remote` dict)."""
+
+    slots: int = 1
+    model: ExecutionModel = ExecutionModel.LOCAL
+    # The "provider": remote id -> job id, kept across gateway restarts by the test.
+    remote: dict[str, str] = field(default_factory=dict)
+    submitted: list[str] = field(default_factory=list)
+    reattached: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    handles: dict[str, ScriptedHandle] = field(default_factory=dict)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def capacity(self) -> int:
+        return self.slots
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        self.submitted.append(job.id)
+        remote_id = None
+        if self.model is ExecutionModel.REMOTE:
+            remote_id = f"r-{job.id}"
+            self.remote[remote_id] = job.id
+        handle = ScriptedHandle(job.id, remote_id)
+        self.handles[job.id] = handle
+        self.started.set()
+        return handle
+
+    async def wait(self, handle: RunHandle) -> ExecutionOutcome:
+        assert isinstance(handle, ScriptedHandle)
+        return await asyncio.shield(handle.done)
+
+    async def cancel(self, handle: RunHandle) -> None:
+        assert isinstance(handle, ScriptedHandle)
+        self.cancelled.append(handle.job_id)
+        if not handle.done.done():
+            handle.done.set_exception(
+                ExecutionError("CANCELLED", "cancelled", kind=FailureKind.CANCELLED)
+            )
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        if self.model is ExecutionModel.LOCAL:
+            return None
+        found = remote_id if remote_id in self.remote else None
+        if found is None:
+            found = next((r for r, j in self.remote.items() if j == job.id), None)
+        if found is None:
+            return None
+        self.reattached.append(job.id)
+        handle = ScriptedHandle(job.id, found)
+        self.handles[job.id] = handle
+        self.started.set()
+        return handle
+
+    async def probe(self, prepared: PreparedJob, timeout: float) -> None:
+        return None
+
+    def succeed(self, job_id: str) -> None:
+        self.handles[job_id].done.set_result(ExecutionOutcome(JobResult(pubs=()), {}))
+
+    def fail(self, job_id: str, kind: FailureKind, reason: str = "EXECUTION_FAILED") -> None:
+        self.handles[job_id].done.set_exception(ExecutionError(reason, "scripted", kind=kind))
+
+
+class Recorder:
+    """A lifecycle hook that keeps every transition."""
+
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+
+    def on_transition(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+
+    def states(self, job_id: str) -> list[str]:
+        return [t.job.state.value for t in self.transitions if t.job.id == job_id]
+
+
+def context(name: str, max_queued_jobs: int = 100) -> AdapterContext:
+    return AdapterContext(
+        name=name,
+        limits=BackendLimits(
+            max_shots=1000,
+            memory_budget_bytes=1 << 30,
+            max_queued_jobs=max_queued_jobs,
+            max_result_bytes=1 << 20,
+        ),
+        default_shots=10,
+        circuit_limits=CircuitLimits(),
+    )
+
+
+def spec(backend: str, text: str = "x", **options: Any) -> JobSpec:
+    source = CircuitSource(CircuitLanguage.QASM3, text)
+    return JobSpec(
+        backend=backend,
+        pubs=(SamplerPub(source, Bindings(), shots=10),),
+        options=JobOptions(**options),
+    )
+
+
+@dataclass
+class Core:
+    manager: JobManager
+    store: SqliteStore
+    clock: Clock
+    runners: Mapping[str, ScriptedRunner]
+    recorder: Recorder
+    backends: Mapping[str, BackendRuntime]
+
+    async def submit(self, tenant: str, job_spec: JobSpec, request_id: str = "") -> Job:
+        # Jobs are ordered by create time; a frozen clock would leave only their random ids.
+        self.clock.advance(0.001)
+        outcome = await self.manager.submit(
+            tenant, request_id, job_spec, pickle.dumps(job_spec), request_id.encode() or b"d"
+        )
+        return outcome.job
+
+    async def settle(self) -> None:
+        """Lets every ready task run until nothing is left to do (bounded)."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def until(self, tenant: str, job_id: str, state: str, timeout: float = 5.0) -> Job:
+        """The job once it is in `state` (followed through WatchJob's own event stream)."""
+        async with asyncio.timeout(timeout):
+            async for event in self.manager.watch(tenant, job_id, heartbeat_s=timeout):
+                if event.job.state.value == state:
+                    return event.job
+        raise AssertionError(f"job {job_id} ended before reaching {state}")
+
+
+def make_queue(
+    kind: QueueKind, store: SqliteStore, name: str, owner: str, clock: Clock, queue_s: float
+) -> JobQueue:
+    if kind == "store":
+        return ClaimQueue(store, name, owner, queue_s, 30.0, clock)
+    return MemoryQueue(name, queue_s, 30.0, clock)
+
+
+async def build_core(
+    store: SqliteStore,
+    kind: QueueKind,
+    runners: Mapping[str, ScriptedRunner],
+    *,
+    clock: Clock | None = None,
+    owner: str = "holder-1",
+    breaker: BreakerPolicy | None = None,
+    max_queue_time_s: float = 3600.0,
+    max_run_time_s: float = 3600.0,
+    max_queued_jobs: int = 100,
+) -> Core:
+    clock = clock or Clock()
+    backends = {
+        name: BackendRuntime(
+            name=name,
+            adapter=(adapter := EchoAdapter(context(name, max_queued_jobs))),
+            info=adapter.info(),
+            runner=runner,
+            breaker=CircuitBreaker(breaker or BreakerPolicy(), clock=lambda: clock.now.timestamp()),
+            settings=BackendSettings(
+                max_run_time_s=max_run_time_s,
+                max_queue_time_s=max_queue_time_s,
+                health_interval_s=60,
+                probe_timeout_s=5,
+                lease_s=30.0,
+            ),
+            queue=make_queue(kind, store, name, owner, clock, max_queue_time_s),
+        )
+        for name, runner in runners.items()
+    }
+    recorder = Recorder()
+    manager = JobManager(
+        store,
+        backends,
+        DirectCompiler(),
+        PickleFormat(),
+        prepare_threads=1,
+        recover_at_start=kind == "memory",
+        hooks=Hooks([recorder]),
+        clock=clock,
+    )
+    await manager.start()
+    return Core(manager, store, clock, runners, recorder, backends)

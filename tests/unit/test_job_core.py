@@ -1,0 +1,304 @@
+"""The job core in process (issue 8, item 4): admission, scheduling, fair share, breaker
+accounting, leases, recovery and lifecycle hooks, on a real SQLite store, with a scripted runner
+and an injected wall clock. The scheduling tests run on both queue implementations: they are
+the scheduler's contract suite."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.backends.runner import ExecutionModel
+from gateway.domain.errors import ResourceExhausted, Unavailable
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import JobState
+from gateway.runtime.breaker import BreakerPolicy, BreakerState
+from gateway.store.sqlite import SqliteStore
+from tests.core_harness import (
+    Clock,
+    Core,
+    QueueKind,
+    ScriptedRunner,
+    build_core,
+    make_queue,
+    spec,
+)
+
+pytestmark = pytest.mark.anyio
+
+QUEUES: list[QueueKind] = ["memory", "store"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "core.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def _close(core: Core) -> None:
+    await core.manager.close()
+
+
+# ---------------------------------------------------------------- admission
+
+
+async def test_admission_commits_queued_before_answering_and_hooks_see_it(
+    store: SqliteStore,
+) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"), request_id="r1")
+        stored = await store.get_job(job.id)
+        assert stored is not None and stored.state in (JobState.QUEUED, JobState.RUNNING)
+        assert core.recorder.states(job.id)[0] == "QUEUED"
+        # A retry with the same request_id gets the same job, and nothing new runs.
+        again = await core.manager.submit("alice", "r1", spec("sim"), b"", b"r1")
+        assert not again.created and again.job.id == job.id
+    finally:
+        await _close(core)
+
+
+async def test_a_full_queue_refuses_with_nothing_accepted(store: SqliteStore) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner}, max_queued_jobs=1)
+    try:
+        first = await core.submit("alice", spec("sim"))
+        await core.until("alice", first.id, "RUNNING")  # the slot is taken
+        await core.submit("alice", spec("sim"))  # waits in the queue
+        with pytest.raises(ResourceExhausted) as refused:
+            await core.submit("alice", spec("sim"))
+        assert refused.value.reason == "QUEUE_FULL"
+        page = await store.list_jobs("alice", limit=10)
+        assert len(page.jobs) == 2
+    finally:
+        await _close(core)
+
+
+async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteStore) -> None:
+    main, fallback = ScriptedRunner(), ScriptedRunner()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
+    try:
+        job = await core.submit("alice", spec("main"))
+        await core.until("alice", job.id, "RUNNING")
+        main.fail(job.id, FailureKind.BACKEND_FAULT)
+        await core.until("alice", job.id, "FAILED")
+        assert core.backends["main"].breaker.state is BreakerState.OPEN
+        with pytest.raises(Unavailable) as refused:
+            await core.submit("alice", spec("main"))
+        assert refused.value.reason == "BACKEND_UNAVAILABLE"
+        placed = await core.submit("alice", spec("main", fallback_backend="spare"))
+        assert placed.placement == "spare"
+    finally:
+        await _close(core)
+
+
+# ---------------------------------------------------------------- scheduling (both queues)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_runs_no_more_than_the_runner_capacity(store: SqliteStore, kind: QueueKind) -> None:
+    runner = ScriptedRunner(slots=2)
+    core = await build_core(store, kind, {"sim": runner})
+    try:
+        jobs = [await core.submit("alice", spec("sim")) for _ in range(3)]
+        await core.until("alice", jobs[1].id, "RUNNING")
+        await core.settle()
+        assert runner.submitted == [jobs[0].id, jobs[1].id]
+        runner.succeed(jobs[0].id)
+        await core.until("alice", jobs[2].id, "RUNNING")
+        assert (await core.until("alice", jobs[0].id, "SUCCEEDED")).state is JobState.SUCCEEDED
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_fair_share_across_tenants(store: SqliteStore, kind: QueueKind) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, kind, {"sim": runner})
+    try:
+        blocker = await core.submit("carol", spec("sim"))
+        await core.until("carol", blocker.id, "RUNNING")
+        a = [await core.submit("alice", spec("sim")) for _ in range(3)]
+        b = await core.submit("bob", spec("sim"))
+        runner.succeed(blocker.id)
+        order = []
+        for _ in range(4):
+            await asyncio.wait_for(_next_start(runner, len(order) + 2), 5)
+            current = runner.submitted[-1]
+            order.append(current)
+            runner.succeed(current)
+        # Bob queued after all of Alice's jobs, yet runs second: tenants take turns.
+        assert order == [a[0].id, b.id, a[1].id, a[2].id]
+    finally:
+        await _close(core)
+
+
+async def _next_start(runner: ScriptedRunner, count: int) -> None:
+    while len(runner.submitted) < count:
+        runner.started.clear()
+        await runner.started.wait()
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_a_lease_whose_holder_died_is_claimed_again(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    runner = ScriptedRunner(slots=1)
+    clock = Clock()
+    core = await build_core(store, kind, {"sim": runner}, clock=clock)
+    try:
+        blocker = await core.submit("alice", spec("sim"))
+        await core.until("alice", blocker.id, "RUNNING")
+        job = await core.submit("alice", spec("sim"))
+        # Another holder claims the job and dies: it never renews and never ends its claim.
+        # (Another replica on the shared store; in one process, a runner task that vanished.)
+        holder = (
+            make_queue(kind, store, "sim", "dead-holder", clock, 3600.0)
+            if kind == "store"
+            else core.backends["sim"].queue
+        )
+        claim = await holder.claim()
+        assert claim is not None and claim.job.id == job.id
+        runner.succeed(blocker.id)
+        await core.until("alice", blocker.id, "SUCCEEDED")
+        await core.settle()
+        assert runner.submitted == [blocker.id]  # the claim is held: nobody runs the job
+        clock.advance(31)  # the lease (30 s) lapses
+        core.backends["sim"].wake.set()
+        await core.until("alice", job.id, "RUNNING")
+        assert runner.submitted == [blocker.id, job.id]
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        assert await holder.renew(claim) is None  # the dead holder's claim is gone
+    finally:
+        await _close(core)
+
+
+# ---------------------------------------------------------------- breaker accounting
+
+
+async def test_only_backend_faults_count_and_only_the_trial_closes(store: SqliteStore) -> None:
+    runner = ScriptedRunner(slots=2)
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=2, window_s=60, cooldown_s=10)
+    core = await build_core(store, "memory", {"sim": runner}, clock=clock, breaker=policy)
+    breaker = core.backends["sim"].breaker
+    try:
+        # Client errors, out-of-memory and the job's own time limit say nothing about the
+        # backend.
+        for kind in (FailureKind.CLIENT_ERROR, FailureKind.OUT_OF_MEMORY, FailureKind.TIMEOUT):
+            job = await core.submit("alice", spec("sim"))
+            await core.until("alice", job.id, "RUNNING")
+            runner.fail(job.id, kind)
+            await core.until("alice", job.id, "FAILED")
+        assert breaker.state is BreakerState.CLOSED
+        early = await core.submit("alice", spec("sim"))  # started while CLOSED
+        first = await core.submit("alice", spec("sim"))
+        await core.until("alice", first.id, "RUNNING")
+        runner.fail(first.id, FailureKind.BACKEND_FAULT)
+        await core.until("alice", first.id, "FAILED")
+        second = await core.submit("alice", spec("sim"))
+        await core.until("alice", second.id, "RUNNING")
+        runner.fail(second.id, FailureKind.BACKEND_FAULT)
+        await core.until("alice", second.id, "FAILED")
+        assert breaker.state is BreakerState.OPEN
+        clock.advance(10)  # half-open: the next job is the trial
+        trial = await core.submit("alice", spec("sim"))
+        core.backends["sim"].wake.set()
+        await core.until("alice", trial.id, "RUNNING")
+        runner.succeed(early.id)  # the early job succeeds while the trial runs
+        await core.until("alice", early.id, "SUCCEEDED")
+        assert breaker.state is BreakerState.HALF_OPEN
+        runner.succeed(trial.id)
+        await core.until("alice", trial.id, "SUCCEEDED")
+        assert breaker.state is BreakerState.CLOSED
+    finally:
+        await _close(core)
+
+
+# ---------------------------------------------------------------- cancellation and hooks
+
+
+async def test_cancel_of_a_running_job_reaches_the_runner_and_hooks_see_every_transition(
+    store: SqliteStore,
+) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        marked = await core.manager.cancel("alice", job.id)
+        assert marked.state is JobState.CANCELLING
+        await core.until("alice", job.id, "CANCELLED")
+        assert runner.cancelled == [job.id]
+        assert core.recorder.states(job.id) == ["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]
+    finally:
+        await _close(core)
+
+
+# ---------------------------------------------------------------- recovery
+
+
+async def test_recovery_requeues_local_jobs_and_reattaches_remote_ones(
+    store: SqliteStore,
+) -> None:
+    local = ScriptedRunner(slots=1)
+    remote = ScriptedRunner(slots=2, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"sim": local, "qpu": remote})
+    sim_job = await core.submit("alice", spec("sim"))
+    qpu_job = await core.submit("alice", spec("qpu"))
+    await core.until("alice", sim_job.id, "RUNNING")
+    running = await core.until("alice", qpu_job.id, "RUNNING")
+    assert running.remote_id == f"r-{qpu_job.id}"
+    assert remote.submitted == [qpu_job.id]
+    # The gateway dies (its tasks are cancelled; nothing is finished) and starts again with the
+    # same provider.
+    await core.manager.close()
+    local2 = ScriptedRunner(slots=1)
+    remote2 = ScriptedRunner(slots=2, model=ExecutionModel.REMOTE, remote=remote.remote)
+    # The same clock: time does not run backwards across the restart.
+    core2 = await build_core(store, "memory", {"sim": local2, "qpu": remote2}, clock=core.clock)
+    try:
+        await core2.until("alice", sim_job.id, "RUNNING")
+        assert local2.submitted == [sim_job.id]  # a simulator job runs again
+        await asyncio.wait_for(remote2.started.wait(), 5)
+        assert remote2.reattached == [qpu_job.id] and remote2.submitted == []  # never twice
+        remote2.succeed(qpu_job.id)
+        done = await core2.until("alice", qpu_job.id, "SUCCEEDED")
+        assert done.attempts == 1
+    finally:
+        await _close(core2)
+
+
+async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
+    store: SqliteStore,
+) -> None:
+    # The provider has the job (under the gateway job id as its token); the store still says
+    # SUBMITTING, with no remote id.
+    remote = ScriptedRunner(slots=0, model=ExecutionModel.REMOTE)  # nothing starts
+    core = await build_core(store, "memory", {"qpu": remote})
+    job = await core.submit("alice", spec("qpu"))
+    await core.manager.close()
+    await store.mark_submitting(job.id, core.clock())
+    provider = {"r-by-token": job.id}
+    remote2 = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=provider)
+    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=core.clock)
+    try:
+        await asyncio.wait_for(remote2.started.wait(), 5)
+        assert remote2.reattached == [job.id] and remote2.submitted == []
+        remote2.succeed(job.id)
+        await core2.until("alice", job.id, "SUCCEEDED")
+    finally:
+        await _close(core2)
