@@ -58,15 +58,15 @@ from gateway.backends.base import (
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit.qpy_reader import qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
-from gateway.backends.runner import ExecutionModel, RunHandle, Runner
+from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled_error
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
+from gateway.domain.bitarray import Counts, bits_from_bitstrings, pack_bits, packed_width
 from gateway.domain.circuits import CircuitFeature, CircuitSource, SamplerPub
 from gateway.domain.costs import JobCost
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import (
-    Counts,
     Job,
     JobResult,
     JobSpec,
@@ -634,13 +634,9 @@ class LoopbackRunner(Runner):
         if state == "FAILED":
             raise self._fault(f"the job failed at the service: {_error(view)}", remote_id)
         if state == "CANCELLED":
-            # Like runner.cancelled_error: the core ends the job CANCELLED, with no error.
-            raise ExecutionError(
-                FailureKind.CANCELLED.value,
-                f"the job was cancelled at backends/{self.name}",
-                kind=FailureKind.CANCELLED,
-                metadata={"providerJobId": remote_id},
-            )
+            cancelled = cancelled_error(f"the job was cancelled at backends/{self.name}")
+            cancelled.metadata["providerJobId"] = remote_id
+            raise cancelled
         return None
 
     def _provider_error(self, exc: BaseException, remote_id: str | None) -> ExecutionError:
@@ -698,19 +694,12 @@ def _error(view: object) -> str:
 
 
 def _bits(strings: Sequence[str], width: int) -> npt.NDArray[np.uint8]:
-    """Bitstrings (character 0 = highest register bit) as packed big-endian rows."""
+    """One register's bitstrings (character 0 = its highest bit) as packed rows."""
     if any(len(s) != width for s in strings):
         raise ValueError(f"a bitstring is not {width} bits long")
-    rows = np.frombuffer("".join(strings).encode("ascii"), dtype=np.uint8).reshape(
-        len(strings), width
-    )
-    bits = rows - np.uint8(ord("0"))
-    if bits.size and bits.max() > 1:
-        raise ValueError("a bitstring holds characters other than 0 and 1")
-    pad = (-width) % 8
-    padded = np.hstack([np.zeros((len(strings), pad), dtype=np.uint8), bits]) if pad else bits
-    packed: npt.NDArray[np.uint8] = np.packbits(padded, axis=1)
-    return packed.reshape(len(strings), (width + 7) // 8)
+    # Columns come out bit 0 first; pack_bits wants the highest bit first.
+    bits = bits_from_bitstrings(strings, width)[:, ::-1]
+    return pack_bits(np.ascontiguousarray(bits)).reshape(len(strings), packed_width(width))
 
 
 def _outcome(view: Mapping[str, Any]) -> ExecutionOutcome:
@@ -738,7 +727,7 @@ def _outcome(view: Mapping[str, Any]) -> ExecutionOutcome:
                 if len(memory) != size or any(len(m) != shots for m in memory):
                     raise ValueError(f"register {name!r}: memory of the wrong shape")
                 per_binding = [_bits(m, width) for m in memory]
-                nbytes = (width + 7) // 8
+                nbytes = packed_width(width)
                 stacked = np.stack(per_binding) if per_binding else np.zeros((0, shots, nbytes))
                 samples = stacked.astype(np.uint8).reshape((*shape, shots, nbytes))
                 if output.counts:

@@ -583,8 +583,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        # The caller may be gone (a SIGKILLed gateway, an abandoned long poll): nothing to do.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.end_headers()
+            self.wfile.write(data)
 
 
 def _found(view: dict[str, Any] | None) -> tuple[HTTPStatus, object]:
