@@ -921,7 +921,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="of the in-process preset pass manager and transpile() (match the gateway's)",
     )
     parser.add_argument("--workers", type=int, default=2, help="gateway Aer workers")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="before/after in one run: REF's gateway (own worktree and venv) against this "
+        "checkout's, measured alternately (bench/ab.py)",
+    )
+    parser.add_argument(
+        "--candidate",
+        metavar="REF",
+        help="with --baseline: measure REF (checked out like the baseline), or a directory "
+        "holding another checkout with its own .venv, instead of this checkout's working tree",
+    )
     args = parser.parse_args(argv)
+    if args.baseline:
+        from bench import ab
+
+        return ab.run(
+            args.baseline,
+            args.candidate,
+            quick=args.quick,
+            workers=args.workers,
+            optimization_level=args.optimization_level,
+        )
     s = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     started = time.monotonic()
