@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from qgateway.v1 import circuit_pb2, job_pb2
 
@@ -274,10 +273,14 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def _duration(seconds: float) -> Duration:
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _set_time(out: Timestamp, value: datetime) -> None:
+    """out = value, as Timestamp.FromDatetime does (naive = UTC) without its time tuple."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    out.seconds = delta.days * 86400 + delta.seconds
+    out.nanos = delta.microseconds * 1000
 
 
 def _encode_counts(counts: Counts, out: job_pb2.Counts) -> None:
@@ -332,19 +335,18 @@ def encode_job(job: Job) -> job_pb2.Job:
         state=_STATES[job.state],
         num_pubs=job.num_pubs,
     )
-    for attr, value in (
-        ("create_time", job.created_at),
-        ("start_time", job.started_at),
-        ("end_time", job.ended_at),
-        ("update_time", job.updated_at),
-        ("expire_time", job.expire_at),
-    ):
-        ts = timestamp(value)
-        if ts is not None:
-            getattr(out, attr).CopyFrom(ts)
+    # Fields set in place: no intermediate messages to copy (this runs for every answer).
+    _set_time(out.create_time, job.created_at)
+    if job.started_at is not None:
+        _set_time(out.start_time, job.started_at)
+    if job.ended_at is not None:
+        _set_time(out.end_time, job.ended_at)
+    if job.updated_at is not None:
+        _set_time(out.update_time, job.updated_at)
+    if job.expire_at is not None:
+        _set_time(out.expire_time, job.expire_at)
     for transition in job.state_history:
-        entry = out.state_history.add(state=_STATES[transition.state])
-        entry.time.FromDatetime(transition.at)
+        _set_time(out.state_history.add(state=_STATES[transition.state]).time, transition.at)
     if job.queue_position is not None:
         out.queue_position = job.queue_position
     out.labels.update(job.labels)
@@ -361,9 +363,9 @@ def encode_job(job: Job) -> job_pb2.Job:
             out.execution.layouts.add().physical_qubits.extend(layout)
         out.execution.attempts = ex.attempts
     if job.timings is not None:
-        out.timings.queued.CopyFrom(_duration(job.timings.queued_s))
-        out.timings.transpile.CopyFrom(_duration(job.timings.transpile_s))
-        out.timings.execute.CopyFrom(_duration(job.timings.execute_s))
+        out.timings.queued.FromNanoseconds(int(job.timings.queued_s * 1e9))
+        out.timings.transpile.FromNanoseconds(int(job.timings.transpile_s * 1e9))
+        out.timings.execute.FromNanoseconds(int(job.timings.execute_s * 1e9))
     return out
 
 

@@ -14,6 +14,7 @@ from gateway.api.context import Context
 from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest
 from gateway.api.session_service import sessions_not_implemented
+from gateway.api.spec_cache import SpecCache
 from gateway.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -92,6 +93,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._page_tokens = page_tokens
         self._max_response = max_response_bytes
         self._run_max_wait = run_max_wait_s
+        self._specs = SpecCache(request_digest, codec.decode_spec)
 
     async def _result_message(self, job: Job, reserved: int = 0) -> job_pb2.JobResult | int:
         """The job's result as one message, or its stored size when that message and
@@ -114,7 +116,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # Only what the API defines is stored: unknown fields (at any depth) would otherwise be
         # persisted verbatim (the digest ignores them anyway).
         spec.DiscardUnknownFields()
-        digest = request_digest(spec)
+        spec_bytes = spec.SerializeToString(deterministic=True)
+        # A repeated spec (the same circuit and options, a new request_id) is digested and
+        # decoded once.
+        digest = self._specs.digest(spec_bytes, spec)
         # Before validation: a retry gets its job even if the request would no longer
         # validate (a backend removed from the configuration, a limit lowered).
         existing = await self._manager.find_request(tenant, request_id, digest)
@@ -122,10 +127,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             return existing, False
         if spec.session:
             raise sessions_not_implemented("spec.session")
-        domain_spec = codec.decode_spec(spec)
-        outcome = await self._manager.submit(
-            tenant, request_id, domain_spec, spec.SerializeToString(deterministic=True), digest
-        )
+        domain_spec = self._specs.decoded(spec_bytes, spec)
+        outcome = await self._manager.submit(tenant, request_id, domain_spec, spec_bytes, digest)
         return outcome.job, outcome.created
 
     async def SubmitJob(
@@ -226,12 +229,16 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=created)
         if finished.state is JobState.SUCCEEDED:
+            data = await self._manager.result(finished)
+            name = f"{codec.JOB_PREFIX}{finished.id}/result"
             # The rest of the response counts against the same message limit.
-            result = await self._result_message(finished, response.ByteSize())
-            if isinstance(result, int):
+            size = len(data) + len(name) + RESULT_FRAMING_BYTES + response.ByteSize()
+            if size > self._max_response:
                 response.result_too_large = True
             else:
-                response.result.CopyFrom(result)
+                # Parsed straight into the response (no separate message to copy).
+                response.result.MergeFromString(data)
+                response.result.name = name
         return response
 
     async def StreamJobResult(
