@@ -190,7 +190,7 @@ class Gateway:
     async def start(self) -> None:
         await self._store.open()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
-        await self.manager.start()
+        await self.manager.start(schedule=False)
         # Page tokens are sealed with a key kept in the data directory: they survive restarts.
         page_tokens = PageTokens(await asyncio.to_thread(load_or_create_key, self.config.data_dir))
         job_service_pb2_grpc.add_JobServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -237,6 +237,8 @@ class Gateway:
         await asyncio.gather(
             compilers, *(self._start_backend(rt, compilers) for rt in self.backends.values())
         )
+        # Jobs recovered or accepted meanwhile are dispatched once the workers are up.
+        self.manager.start_scheduling()
         await self.health.set(READINESS_SERVICE, SERVING)
 
     async def _start_backend(

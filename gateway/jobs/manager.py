@@ -101,20 +101,36 @@ class JobManager:
             for name, runtime in backends.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
+        # Recovered in-flight jobs, started with the schedulers.
+        self._adopted: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Recovers interrupted jobs (in-memory queue), then starts every scheduler."""
+    async def start(self, *, schedule: bool = True) -> None:
+        """Recovers interrupted jobs (in-memory queue); then starts every scheduler, unless
+        `schedule` is False (the caller starts them with `start_scheduling` once its workers
+        are up, so a recovered job is not prepared while the compile workers still start)."""
         if self._recover_at_start:
             await recover(self.backends, self._transitions, self._adopt)
+        if schedule:
+            self.start_scheduling()
+
+    def start_scheduling(self) -> None:
         for scheduler in self._schedulers.values():
             self._tasks.append(asyncio.create_task(scheduler.run()))
+        for job in self._adopted:
+            job()
+        self._adopted.clear()
 
     def _adopt(self, runtime: BackendRuntime, claim: Claim) -> None:
-        """Runs a recovered in-flight job (a provider job to re-attach) on its backend."""
-        permit = runtime.breaker.try_dispatch() or Permit(trial=False, token=0)
-        self._schedulers[runtime.name].start_job(claim, permit)
+        """Runs a recovered in-flight job (a provider job to re-attach) on its backend once
+        scheduling starts."""
+
+        def start() -> None:
+            permit = runtime.breaker.try_dispatch() or Permit(trial=False, token=0)
+            self._schedulers[runtime.name].start_job(claim, permit)
+
+        self._adopted.append(start)
 
     def begin_drain(self) -> None:
         """Stops admission and dispatch; running jobs go on, queued jobs stay durable."""
