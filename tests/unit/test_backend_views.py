@@ -212,17 +212,38 @@ class _Runtime:
     health: HealthState = field(default_factory=HealthState)
 
 
-async def _probe(runtime: _Runtime) -> str:
-    async def prepare(*_: object) -> _Prepared:
+class _ProbeRunner:
+    """A runner whose probe ends as the test says (the probe's outcomes per Runner.probe)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+    async def probe(self, prepared: object, timeout: float) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+async def _run_probe(
+    error: BaseException | None, health: HealthState, prepare: object = None
+) -> str:
+    async def prepared(_: int) -> _Prepared:
         return _Prepared()
 
-    async def on_change(_: object) -> None:
+    async def on_change(_: str) -> None:
         return None
 
-    monitor = HealthMonitor(runtime, prepare, on_change)  # type: ignore[arg-type]
+    monitor = HealthMonitor(
+        "aer",
+        _ProbeRunner(error),  # type: ignore[arg-type]
+        prepare or prepared,  # type: ignore[arg-type]
+        health,
+        interval_s=30,
+        timeout_s=0.05,
+        on_change=on_change,
+    )
     await monitor.probe()
-    assert not runtime.health.serving and runtime.health.last_probe is not None
-    return runtime.health.last_error
+    assert health.last_probe is not None
+    return health.last_error
 
 
 @pytest.mark.parametrize(
@@ -234,62 +255,38 @@ async def _probe(runtime: _Runtime) -> str:
         # A reason no one described yet is shown only if it looks like a reason.
         (ExecutionError("SOME_NEW_REASON", SECRET_TEXT), "PROBE_FAILED: SOME_NEW_REASON"),
         (ExecutionError(SECRET_TEXT, SECRET_TEXT), "PROBE_FAILED"),
-        (OSError(SECRET_TEXT), "PROBE_FAILED: unexpected error"),
+        (ValueError(SECRET_TEXT), "PROBE_FAILED: unexpected error"),
     ],
 )
 def test_probe_failures_show_a_reason_never_the_exception_text(
     error: BaseException, expected: str
 ) -> None:
-    runtime = _Runtime(_Pool(worker=_Worker(error)))
-    last_error = asyncio.run(_probe(runtime))
-    assert last_error == expected
+    health = HealthState()
+    last_error = asyncio.run(_run_probe(error, health))
+    assert last_error == expected and not health.serving
     for text in FORBIDDEN:
         assert text not in last_error
-    assert runtime.pool.released == [False]
 
 
 def test_no_instance_shows_no_exception_text() -> None:
-    runtime = _Runtime(_Pool(acquire_error=OSError(SECRET_TEXT)))
-    last_error = asyncio.run(_probe(runtime))
+    last_error = asyncio.run(_run_probe(OSError(SECRET_TEXT), HealthState()))
     assert last_error == "NO_INSTANCE: no backend instance could be started"
 
 
 def test_refused_probe_circuit_shows_only_its_reason() -> None:
-    runtime = _Runtime(_Pool(worker=_Worker(None)))
-
-    async def refuse(*_: object) -> _Prepared:
+    async def refuse(_: int) -> _Prepared:
         raise InvalidArgument("UNKNOWN_GATE", SECRET_TEXT)
 
-    async def on_change(_: object) -> None:
-        return None
-
-    asyncio.run(HealthMonitor(runtime, refuse, on_change).probe())  # type: ignore[arg-type]
-    assert runtime.health.last_error == "PROBE_REFUSED: UNKNOWN_GATE"
+    health = HealthState()
+    assert asyncio.run(_run_probe(None, health, refuse)) == "PROBE_REFUSED: UNKNOWN_GATE"
 
 
 def test_probe_timeout_names_the_configured_limit() -> None:
-    class _Hang(_Worker):
-        async def execute(self, payload: object) -> None:
-            await asyncio.Event().wait()
-
-    worker = _Hang(None)
-    runtime = _Runtime(_Pool(worker=worker), settings=_Settings(probe_timeout_s=0.05))
-    assert asyncio.run(_probe(runtime)) == "PROBE_TIMEOUT: no answer within 0.05 s"
-    assert not worker.alive and runtime.pool.released == [True]
+    last_error = asyncio.run(_run_probe(TimeoutError(), HealthState()))
+    assert last_error == "PROBE_TIMEOUT: no answer within 0.05 s"
 
 
 def test_success_clears_the_error() -> None:
-    runtime = _Runtime(_Pool(worker=_Worker(None)))
-    runtime.health.last_error = "PROBE_FAILED: worker crashed"
-
-    async def run() -> None:
-        async def prepare(*_: object) -> _Prepared:
-            return _Prepared()
-
-        async def on_change(_: object) -> None:
-            return None
-
-        await HealthMonitor(runtime, prepare, on_change).probe()  # type: ignore[arg-type]
-
-    asyncio.run(run())
-    assert runtime.health.serving and runtime.health.last_error == ""
+    health = HealthState(last_error="PROBE_FAILED: worker crashed")
+    assert asyncio.run(_run_probe(None, health)) == ""
+    assert health.serving
