@@ -30,6 +30,7 @@ from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 from qiskit_aer import AerError, AerSimulator
 from qiskit_aer.library import SaveExpectationValue
 
+from gateway.backends.aer import sampling
 from gateway.backends.base import (
     CIRCUIT_FIELD,
     AdapterContext,
@@ -205,6 +206,10 @@ class _LRU:
             self._items.popitem(last=False)
 
 
+# A cached "no plan" (an _LRU miss is None).
+_NO_PLAN = object()
+
+
 def _derive_seed(seed: int, index: int, purpose: str) -> int:
     digest = hashlib.sha256(f"{seed}:{index}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & _SEED_MASK
@@ -242,6 +247,8 @@ class AerAdapter(BackendAdapter):
         self._target: Target | None = None
         # Simulator-worker side: unpickled transpiled circuits, by circuit key.
         self._worker_circuits = _LRU(_WORKER_CACHE_SIZE)
+        # ... and how to sample each from its final state (a TerminalPlan, or _NO_PLAN).
+        self._worker_plans = _LRU(_WORKER_CACHE_SIZE)
         self._simulator: AerSimulator | None = None
         self._info: BackendInfo | None = None
         self._backend_target: BackendTarget | None = None
@@ -572,8 +579,26 @@ class AerAdapter(BackendAdapter):
         self, simulator: AerSimulator, task: SamplerTask | EstimatorTask, payload: AerPayload
     ) -> PubResult:
         if isinstance(task, SamplerTask):
-            return _run_sampler(simulator, self._load(task.circuit), task, payload.sampler_output)
+            circuit = self._load(task.circuit)
+            plan = self._plan(task.circuit.key, circuit)
+            if plan is not None:
+                return _sample_terminal(simulator, plan, circuit, task, payload.sampler_output)
+            return _run_sampler(simulator, circuit, task, payload.sampler_output)
         return _run_estimator(simulator, self._load(task.circuit), task)
+
+    def _plan(self, key: str, circuit: QuantumCircuit) -> sampling.TerminalPlan | None:
+        """How to draw `circuit`'s shots from its final state, if they are such draws: ideal
+        statevector or density-matrix simulation (a matrix product state's probabilities of
+        many qubits cost more than its own sampling) and terminal measurements only."""
+        plan = self._worker_plans.get(key)
+        if plan is None:
+            plan = _NO_PLAN
+            if self.aer_options.method in ("statevector", "density_matrix") and (
+                getattr(self._sim().options, "noise_model", None) is None
+            ):
+                plan = sampling.terminal_plan(circuit) or _NO_PLAN
+            self._worker_plans.put(key, plan)
+        return None if plan is _NO_PLAN else plan
 
     def _sim(self) -> AerSimulator:
         if self._simulator is None:
@@ -661,6 +686,56 @@ def _run_raw(simulator: AerSimulator, circuits: Any, **options: Any) -> list[dic
     if not output.get("success") or failures:
         raise _execution_error("; ".join(failures) or str(output.get("status")))
     return experiments
+
+
+def _sample_terminal(
+    simulator: AerSimulator,
+    plan: sampling.TerminalPlan,
+    circuit: QuantumCircuit,
+    task: SamplerTask,
+    output: SamplerOutput,
+) -> SamplerResult:
+    """_run_sampler for a circuit whose shots are draws from its final state (see
+    gateway.backends.aer.sampling): one shot per binding saves the probabilities, numpy draws
+    the shots from them."""
+    size = math.prod(task.shape)
+    circuits, binds = _binds(plan.circuit, task.parameters, task.values, size)
+    experiments = _run_raw(
+        simulator, circuits, shots=1, seed_simulator=task.seed, parameter_binds=binds
+    )
+    if len(experiments) != size:
+        raise ExecutionError(
+            "EXECUTION_FAILED",
+            f"expected {size} experiments, Aer returned {len(experiments)}",
+            kind=FailureKind.BACKEND_FAULT,
+        )
+    builder = SamplerResultBuilder(
+        circuit.num_clbits,
+        task.registers,
+        task.shape,
+        task.shots,
+        samples=output.samples,
+        counts=output.counts,
+    )
+    decoder = builder.decoder
+    rng = np.random.default_rng(task.seed)
+    for b, experiment in enumerate(experiments):
+        probabilities = experiment.get("data", {}).get(sampling.LABEL)
+        if probabilities is None:
+            raise ExecutionError(
+                "EXECUTION_FAILED",
+                "Aer saved no probabilities",
+                kind=FailureKind.BACKEND_FAULT,
+            )
+        # The same draws whatever the output, so counts alone equal the counted samples.
+        outcomes = plan.outcomes(sampling.draw(probabilities, task.shots, rng))
+        if output.samples:  # counts, if asked for, come from these rows
+            builder.add_samples(b, decoder.int_samples(outcomes))
+        else:
+            values, numbers = np.unique(outcomes, return_counts=True)
+            drawn = zip(values.tolist(), numbers.tolist(), strict=True)
+            builder.add_counts(b, decoder.int_counts(dict(drawn)))
+    return builder.build()
 
 
 def _execution_error(message: str) -> ExecutionError:
