@@ -108,7 +108,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return result
 
     async def _submit(
-        self, context: Context, request_id: str, spec: job_pb2.JobSpec
+        self, context: Context, request_id: str, spec: job_pb2.JobSpec, *, position: bool = True
     ) -> tuple[Job, bool]:
         """The job and whether this call created it (False: an earlier request's job)."""
         tenant = tenant_of(context)
@@ -128,7 +128,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if spec.session:
             raise sessions_not_implemented("spec.session")
         domain_spec = self._specs.decoded(spec_bytes, spec)
-        outcome = await self._manager.submit(tenant, request_id, domain_spec, spec_bytes, digest)
+        outcome = await self._manager.submit(
+            tenant, request_id, domain_spec, spec_bytes, digest, position=position
+        )
         return outcome.job, outcome.created
 
     async def SubmitJob(
@@ -208,7 +210,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def Run(
         self, request: job_service_pb2.RunRequest, context: Context
     ) -> job_service_pb2.RunResponse:
-        job, created = await self._submit(context, request.request_id, request.spec)
+        job, created = await self._submit(context, request.request_id, request.spec, position=False)
         # Answer a little before the deadline, so the caller gets our error with the job name
         # rather than its own bare DEADLINE_EXCEEDED; the margin shrinks with the deadline, so a
         # short deadline still gives a fast job its chance instead of being answered at once.

@@ -33,6 +33,14 @@ class RunningJob:
     # The runner is done with the job (its result is being stored): its slot is free, but the
     # job stays listed here until its final state is committed, so CancelJob still finds it.
     slot_freed: bool = False
+    # What the runner step awaits while the job runs; resolved to wake it early.
+    poke: asyncio.Future[None] | None = None
+
+    def request_cancel(self) -> None:
+        """CancelJob: the runner step stops the job (its worker, or at the provider)."""
+        self.cancel_requested.set()
+        if self.poke is not None and not self.poke.done():
+            self.poke.set_result(None)
 
 
 @dataclass(eq=False)

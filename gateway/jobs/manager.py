@@ -10,9 +10,11 @@ qgateway.v1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Container, Mapping
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import cast
 
 from gateway.backends.base import PreparedJob
 from gateway.domain.errors import (
@@ -42,6 +44,10 @@ from gateway.store.base import CreateOutcome, JobCursor, JobPage, Store
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# Put in watchers' event queues when draining begins: not a job, a reason to look again.
+_DRAINING = cast(Job, object())
 
 
 def _job_not_found(job_id: str) -> NotFound:
@@ -101,6 +107,8 @@ class JobManager:
             for name, runtime in backends.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
+        # The event queues of every WatchJob and Run waiting now (woken when draining begins).
+        self._watchers: set[asyncio.Queue[Job]] = set()
         # Recovered in-flight jobs, started with the schedulers.
         self._adopted: list[Callable[[], None]] = []
 
@@ -135,6 +143,8 @@ class JobManager:
     def begin_drain(self) -> None:
         """Stops admission and dispatch; running jobs go on, queued jobs stay durable."""
         self.draining.set()
+        for events in self._watchers:
+            events.put_nowait(_DRAINING)
         for runtime in self.backends.values():
             runtime.wake.set()
 
@@ -167,11 +177,21 @@ class JobManager:
         return self._admission.runtime(backend, field, visible)
 
     async def submit(
-        self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes, digest: bytes
+        self,
+        tenant: str,
+        request_id: str,
+        spec: JobSpec,
+        spec_bytes: bytes,
+        digest: bytes,
+        *,
+        position: bool = True,
     ) -> CreateOutcome:
-        """Admits, prepares and durably queues a job (Admission.submit)."""
+        """Admits, prepares and durably queues a job (Admission.submit). `position`: fill in
+        the job's queue position (SubmitJob shows it; Run, which answers once the job is
+        final, does not pay for it)."""
         outcome = await self._admission.submit(tenant, request_id, spec, spec_bytes, digest)
-        # A QUEUED job says where it stands in every answer (Job.queue_position).
+        if not position:
+            return outcome
         return dataclasses.replace(outcome, job=await self._with_position(outcome.job))
 
     async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
@@ -250,20 +270,21 @@ class JobManager:
     async def _next_event(self, events: asyncio.Queue[Job], job: Job) -> Job:
         """The next change of `job`. Once the gateway drains, only running jobs will still
         finish in this process; waiting on any other answers ABORTED."""
-        while not self.draining.is_set():
-            get = asyncio.ensure_future(events.get())
-            drain = asyncio.ensure_future(self.draining.wait())
+        while True:
+            if self.draining.is_set() and job.state not in (JobState.RUNNING, JobState.CANCELLING):
+                raise self._interrupted_by_drain(job)
+            event = await events.get()
+            if event is not _DRAINING:  # begin_drain wakes every watcher to look again
+                return event
+
+    @contextlib.contextmanager
+    def _subscribe(self, job_id: str) -> Iterator[asyncio.Queue[Job]]:
+        with self._events.subscribe(job_id) as events:
+            self._watchers.add(events)
             try:
-                done, _ = await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
-            finally:  # also when the watcher goes away mid-wait
-                drain.cancel()
-                if not get.done():
-                    get.cancel()  # a cancelled Queue.get loses no item
-            if get in done:
-                return get.result()
-        if job.state not in (JobState.RUNNING, JobState.CANCELLING):
-            raise self._interrupted_by_drain(job)
-        return await events.get()
+                yield events
+            finally:
+                self._watchers.discard(events)
 
     async def watch(
         self, tenant: str, job_id: str, heartbeat_s: float | None = None
@@ -273,7 +294,7 @@ class JobManager:
         a heartbeat, with its queue position refreshed. Event-driven: heartbeats come from a
         timer on the event queue, never from reading the store."""
         interval = self.watch_heartbeat_s if heartbeat_s is None else heartbeat_s
-        with self._events.subscribe(job_id) as events:
+        with self._subscribe(job_id) as events:
             job = await self.get(tenant, job_id)
             yield WatchEvent(job)
             while not job.state.is_final:
@@ -292,8 +313,11 @@ class JobManager:
 
     async def wait(self, tenant: str, job_id: str, timeout: float | None) -> Job | None:
         """The job once final, or None if `timeout` seconds pass first."""
-        with self._events.subscribe(job_id) as events:
-            job = await self.get(tenant, job_id)
+        with self._subscribe(job_id) as events:
+            found = await self._store.get_job(job_id, tenant)  # no queue position: never shown
+            if found is None:
+                raise _job_not_found(job_id)
+            job = found
             try:
                 async with asyncio.timeout(timeout):
                     while not job.state.is_final:
@@ -329,7 +353,7 @@ class JobManager:
             if marked is not None:
                 # Stopping the worker (a kill; for provider jobs a remote cancel that can take
                 # minutes) happens in the job's own runner task, not in this call.
-                running.cancel_requested.set()
+                running.request_cancel()
                 return marked
         # It reached a final state (or was cancelled by another call) meanwhile.
         after = await self.get(tenant, job_id)

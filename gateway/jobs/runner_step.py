@@ -10,6 +10,7 @@ breaker, and only failures of kind BACKEND_FAULT/TRANSIENT count), and commits t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -78,7 +79,8 @@ class RunnerStep:
         finally:
             runtime.running.pop(job.id, None)
             runtime.wake.set()
-            await asyncio.shield(runtime.queue.done(claim))
+            # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
+            await runtime.queue.done(claim)
 
     async def _prepared(self, runtime: BackendRuntime, running: RunningJob) -> PreparedJob | None:
         """The claim's prepared job, or the job prepared again from its stored spec (after a
@@ -206,18 +208,30 @@ class RunnerStep:
         deadline = time.monotonic() + run_limit
         renew_every = runtime.settings.lease_s / 3
         waiting = asyncio.ensure_future(runner.wait(handle))
-        cancelled = asyncio.ensure_future(running.cancel_requested.wait())
+        loop = asyncio.get_running_loop()
         try:
-            while not waiting.done() and not cancelled.done():
+            while not waiting.done() and not running.cancel_requested.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                await asyncio.wait(
-                    {waiting, cancelled},
-                    timeout=min(remaining, renew_every),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not waiting.done() and not cancelled.done():
+                # One future wakes the step: the job ending, a cancel request, or the timer (the
+                # time limit, or the next lease renewal).
+                poke: asyncio.Future[None] = loop.create_future()
+                running.poke = poke
+
+                def finished(_: object, poke: asyncio.Future[None] = poke) -> None:
+                    if not poke.done():
+                        poke.set_result(None)
+
+                waiting.add_done_callback(finished)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(remaining, renew_every)):
+                            await poke
+                finally:
+                    waiting.remove_done_callback(finished)
+                    running.poke = None
+                if not waiting.done() and not running.cancel_requested.is_set():
                     renewed = await runtime.queue.renew(running.claim)
                     if renewed is not None:
                         running.claim = renewed
@@ -228,8 +242,6 @@ class RunnerStep:
                 await runner.cancel(handle)
             waiting.cancel()
             raise
-        finally:
-            cancelled.cancel()
         info = ExecutionInfo(
             backend=runtime.name,
             seed=started.seed,

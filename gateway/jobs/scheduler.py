@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
-from gateway.domain.jobs import JobError, JobState
+from gateway.domain.jobs import Job, JobError, JobState
 from gateway.jobs.backend import BackendRuntime, RunningJob
 from gateway.jobs.queue_port import Claim
 from gateway.jobs.runner_step import RunnerStep
@@ -47,66 +47,84 @@ class Scheduler:
         return running
 
     async def run(self) -> None:
+        # The queue's own notifications (jobs queued by another process) wake the loop like a
+        # local event; one task for the scheduler's life, not one per wait.
+        forward = asyncio.create_task(self._forward_queue_changes())
+        try:
+            await self._loop()
+        finally:
+            forward.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forward
+
+    async def _forward_queue_changes(self) -> None:
+        while True:
+            await self._rt.queue.wait_changed()
+            self._rt.wake.set()
+
+    async def _loop(self) -> None:
         rt = self._rt
         while not self._draining.is_set():
             rt.wake.clear()
             if not rt.has_free_slot():
-                await self._wait(rt.wake.wait)
+                await self._wait()
                 continue
             permit = rt.breaker.try_dispatch()
             if permit is None:
                 # Open: wake when the cool-down ends; half-open: when the trial finishes.
                 delay = rt.breaker.retry_after()
-                await self._wait(rt.wake.wait, timeout=delay if delay > 0 else None)
+                await self._wait(delay if delay > 0 else None)
                 continue
             claim = await rt.queue.claim()
             if claim is None:
                 rt.breaker.release(permit)
-                await self._wait(rt.wake.wait, rt.queue.wait_changed)
+                await self._wait()
                 continue
             if self._draining.is_set():
                 rt.breaker.release(permit)
                 await rt.queue.release(claim)
                 return
+            if self._past_deadline(claim.job):
+                # A claim that lapsed and came back after the job's queue time was over.
+                rt.breaker.release(permit)
+                await self._t.finish(claim.job, JobState.FAILED, error=self._expired_error())
+                await rt.queue.done(claim)
+                continue
             self.start_job(claim, permit)
 
-    async def _wait(
-        self, *waits: Callable[[], Awaitable[object]], timeout: float | None = None
-    ) -> None:
-        """Waits for any of `waits`, `timeout`, or the queue's next deadline; then fails the
+    def _past_deadline(self, job: Job) -> bool:
+        limit = timedelta(seconds=self._rt.settings.max_queue_time_s)
+        return job.state is JobState.QUEUED and self._t.clock() >= job.created_at + limit
+
+    async def _wait(self, timeout: float | None = None) -> None:
+        """Waits for the wake event, `timeout`, or the queue's next deadline; then fails the
         jobs whose queue time is over."""
         wakeup = await self._rt.queue.next_wakeup()
         if wakeup is not None:
             due = max(0.0, (wakeup - self._t.clock()).total_seconds())
             timeout = due if timeout is None else min(timeout, due)
-        tasks = [asyncio.ensure_future(wait()) for wait in waits]
-        try:
-            await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._rt.wake.wait()
         await self._expire()
 
     async def _expire(self) -> None:
+        for job in await self._rt.queue.take_expired():
+            if job.state is JobState.QUEUED:
+                await self._t.finish(job, JobState.FAILED, error=self._expired_error())
+
+    def _expired_error(self) -> JobError:
         rt = self._rt
-        for job in await rt.queue.take_expired():
-            if job.state is not JobState.QUEUED:
-                continue
-            if rt.breaker.state is BreakerState.CLOSED:
-                limit = f"{rt.settings.max_queue_time_s:g}"
-                error = JobError.of(
-                    "QUEUE_TIMEOUT",
-                    f"the job waited in the queue past its limit of {limit}s",
-                    {"backend": f"backends/{rt.name}", "limitSeconds": limit},
-                )
-            else:
-                error = JobError.of(
-                    "BACKEND_UNAVAILABLE",
-                    f"backend backends/{rt.name} stayed unavailable (circuit breaker "
-                    f"{rt.breaker.state.value}) past the job's queue time limit",
-                    {"backend": f"backends/{rt.name}", "breakerState": rt.breaker.state.value},
-                )
-            await self._t.finish(job, JobState.FAILED, error=error)
+        if rt.breaker.state is BreakerState.CLOSED:
+            limit = f"{rt.settings.max_queue_time_s:g}"
+            return JobError.of(
+                "QUEUE_TIMEOUT",
+                f"the job waited in the queue past its limit of {limit}s",
+                {"backend": f"backends/{rt.name}", "limitSeconds": limit},
+            )
+        return JobError.of(
+            "BACKEND_UNAVAILABLE",
+            f"backend backends/{rt.name} stayed unavailable (circuit breaker "
+            f"{rt.breaker.state.value}) past the job's queue time limit",
+            {"backend": f"backends/{rt.name}", "breakerState": rt.breaker.state.value},
+        )

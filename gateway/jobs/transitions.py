@@ -4,7 +4,6 @@ that is not durable."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -75,18 +74,17 @@ class Transitions:
             if state is JobState.SUCCEEDED
             else None
         )
-        # Shielded: once a final state is decided it is written even if the caller goes away.
-        finished = await asyncio.shield(
-            self.store.finish_job(
-                job.id,
-                state,
-                ended_at=ended,
-                error=error,
-                execution=execution,
-                timings=timings,
-                result=result,
-                result_expires_at=expires,
-            )
+        # Once a final state is decided it is written even if the caller goes away: the store
+        # queues the write before its first await, and runs what it queued.
+        finished = await self.store.finish_job(
+            job.id,
+            state,
+            ended_at=ended,
+            error=error,
+            execution=execution,
+            timings=timings,
+            result=result,
+            result_expires_at=expires,
         )
         if finished is not None:
             self.committed(finished, job.state)

@@ -165,6 +165,14 @@ class Pool(Generic[T]):
     async def acquire(self, timeout: float | None = None) -> T:
         """An instance, waiting up to `timeout` (default: the pool's acquire timeout; math.inf
         waits for ever). Raises TimeoutError when none became free in time."""
+        # The common case, an idle instance and nobody waiting ahead, needs no lock: every
+        # change of the pool's lists happens between awaits on the one event loop.
+        if self._idle and not self._waiting and not self._closed:
+            warm = self._idle.pop()  # most recently used: warmest
+            self._in_use[id(warm.instance)] = warm
+            if await self._usable(warm):
+                return warm.instance
+            await self._discard(warm)
         limit = self.limits.acquire_timeout_s if timeout is None else timeout
         with anyio.fail_after(None if math.isinf(limit) else limit):
             while True:
@@ -245,6 +253,13 @@ class Pool(Generic[T]):
 
     async def release(self, instance: T, *, broken: bool = False) -> None:
         """Returns an instance; a broken one (crashed, killed, recycled) is destroyed instead."""
+        if not (broken or self._closed or self._waiting):
+            # The common case needs no lock and no notification (see acquire).
+            slot = self._in_use.pop(id(instance), None)
+            if slot is not None:
+                slot.last_used = self._clock()
+                self._idle.append(slot)
+            return
         with anyio.CancelScope(shield=True):
             await self._release(instance, broken)
 

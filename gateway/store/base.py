@@ -1,5 +1,9 @@
 """The Store protocol. Every state change of a job is one committed transaction.
 
+A write that has been called runs to its end even if the awaiting caller is cancelled (it is
+queued before the call's first await): the job core relies on it to write a final state it has
+decided while the gateway closes.
+
 Specs and results are stored as opaque bytes (serialised qgateway.v1 JobSpec / JobResult), so
 the store never needs to understand them.
 """

@@ -358,8 +358,7 @@ class SqliteStore:
                     new.sampler_output.value,
                 ),
             )
-            _enter_state(conn, new.id, JobState.QUEUED, created_us)
-            job = _select_job(conn, new.id)
+            job = _enter_state(conn, new.id, JobState.QUEUED, created_us)
             assert job is not None  # inserted just above, in this transaction
             return CreateOutcome(job, created=True)
 
@@ -461,8 +460,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            _enter_state(conn, job_id, JobState.SUBMITTING, at_us)
-            return _select_job(conn, job_id)
+            return _enter_state(conn, job_id, JobState.SUBMITTING, at_us)
 
         return await self._call(op)
 
@@ -490,8 +488,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            _enter_state(conn, job_id, JobState.RUNNING, started_us)
-            return _select_job(conn, job_id)
+            return _enter_state(conn, job_id, JobState.RUNNING, started_us)
 
         return await self._call(op)
 
@@ -508,8 +505,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            _enter_state(conn, job_id, JobState.CANCELLING, at_us)
-            return _select_job(conn, job_id)
+            return _enter_state(conn, job_id, JobState.CANCELLING, at_us)
 
         return await self._call(op)
 
@@ -576,13 +572,12 @@ class SqliteStore:
                     "INSERT INTO results (job_id, data, created_at) VALUES (?, ?, ?)",
                     (job_id, result, ended_us),
                 )
-            _enter_state(conn, job_id, state, ended_us)
             if result_expires_at is not None and state is JobState.SUCCEEDED:
                 conn.execute(
                     "UPDATE jobs SET result_expires_at = ? WHERE id = ?",
                     (_to_us(result_expires_at), job_id),
                 )
-            return _select_job(conn, job_id)
+            return _enter_state(conn, job_id, state, ended_us)
 
         return await self._call(op)
 
@@ -947,9 +942,9 @@ class SqliteStore:
                     _settle(op.loop, op.future, None, exc)
                 return
             self.commits += 1
-            # Only now, with the commit on disk, may anyone see an answer.
-            for op, value, error in outcomes:
-                _settle(op.loop, op.future, value, error)
+            # Only now, with the commit on disk, may anyone see an answer: one wake-up of each
+            # waiting event loop for the whole batch.
+            _settle_all(outcomes)
             return
 
 
@@ -985,6 +980,26 @@ def _settle(
     # The loop may already be closed when a caller abandoned the store without close().
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(resolve)
+
+
+def _settle_all(outcomes: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op[Any], Any, BaseException | None]]]
+    by_loop = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, group in by_loop.items():
+
+        def resolve(group: list[tuple[_Op[Any], Any, BaseException | None]] = group) -> None:
+            for op, value, error in group:
+                if op.future.done():  # the caller was cancelled
+                    continue
+                if error is not None:
+                    op.future.set_exception(error)
+                else:
+                    op.future.set_result(value)
+
+        with contextlib.suppress(RuntimeError):  # a loop closed without closing the store
+            loop.call_soon_threadsafe(resolve)
 
 
 def _connect(path: pathlib.Path) -> sqlite3.Connection:
@@ -1347,19 +1362,23 @@ def _history_from_json(text: object) -> tuple[StateTransition, ...]:
     )
 
 
-def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int) -> None:
+def _enter_state(
+    conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int
+) -> Job | None:
     """Records that the job entered `state` at `at_us` (its update time too): appended to its
     history, replacing an earlier entry of the same state (a state entered again after a
-    restart keeps its last time, so the history stays in order)."""
+    restart keeps its last time, so the history stays in order). Returns the job as it is now
+    (the same statement reads it back)."""
     row = conn.execute("SELECT state_history FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
-        return
+        return None
     history = [h for h in json.loads(row[0] or "[]") if h[0] != state.value]
     history.append([state.value, at_us])
-    conn.execute(
-        "UPDATE jobs SET state_history = ?, updated_at = ? WHERE id = ?",
+    updated = conn.execute(
+        f"UPDATE jobs SET state_history = ?, updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}",
         (json.dumps(history), at_us, job_id),
-    )
+    ).fetchone()
+    return None if updated is None else _row_to_job(updated)
 
 
 # --- end of issue 7, long-running behaviour --------------------------------------------------

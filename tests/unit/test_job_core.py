@@ -186,6 +186,32 @@ async def test_a_lease_whose_holder_died_is_claimed_again(
         await _close(core)
 
 
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_a_lapsed_claim_past_the_queue_deadline_fails_instead_of_running(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    runner = ScriptedRunner(slots=1)
+    clock = Clock()
+    core = await build_core(store, kind, {"sim": runner}, clock=clock, max_queue_time_s=20)
+    try:
+        blocker = await core.submit("alice", spec("sim"))
+        await core.until("alice", blocker.id, "RUNNING")
+        job = await core.submit("alice", spec("sim"))
+        holder = (
+            make_queue(kind, store, "sim", "dead-holder", clock, 20.0)
+            if kind == "store"
+            else core.backends["sim"].queue
+        )
+        assert (claim := await holder.claim()) is not None and claim.job.id == job.id
+        clock.advance(31)  # the lease lapses, and the job's 20 s in the queue are over
+        runner.succeed(blocker.id)
+        failed = await core.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "QUEUE_TIMEOUT"
+        assert runner.submitted == [blocker.id]
+    finally:
+        await _close(core)
+
+
 # ---------------------------------------------------------------- breaker accounting
 
 
