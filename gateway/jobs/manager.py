@@ -86,9 +86,7 @@ class JobManager:
         self.hooks = hooks if hooks is not None else Hooks()
         self._events: EventBus = bus if bus is not None else MemoryEventBus()
         self.draining = asyncio.Event()
-        self._transitions = Transitions(
-            store, self._events, self.hooks, clock, result_retention_s
-        )
+        self._transitions = Transitions(store, self._events, self.hooks, clock, result_retention_s)
         self._admission = Admission(
             store,
             backends,

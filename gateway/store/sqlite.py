@@ -1362,9 +1362,7 @@ def _history_from_json(text: object) -> tuple[StateTransition, ...]:
     )
 
 
-def _enter_state(
-    conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int
-) -> Job | None:
+def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int) -> Job | None:
     """Records that the job entered `state` at `at_us` (its update time too): appended to its
     history, replacing an earlier entry of the same state (a state entered again after a
     restart keeps its last time, so the history stays in order). Returns the job as it is now
