@@ -10,10 +10,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-# The packed BitArray layout lives in gateway.domain.bitarray; Counts stays importable from here
-# for the results that hold it.
-from gateway.domain.bitarray import Counts as Counts
-from gateway.domain.bitarray import UInt8Array
+from gateway.domain.bitarray import Counts, UInt8Array
 from gateway.domain.circuits import Pub
 from gateway.domain.errors import Code, ExecutionError, GatewayError, reason_code
 

@@ -25,10 +25,10 @@ from qgateway.results import PackedCounts, ResultAssembler
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import codec, result_stream
+from gateway.domain.bitarray import Counts
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import (
-    Counts,
     EstimatorResult,
     JobResult,
     RegisterResult,
