@@ -19,6 +19,7 @@ from gateway.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     FieldViolation,
+    GatewayError,
     InvalidArgument,
 )
 from gateway.domain.jobs import Job, JobState
@@ -120,17 +121,23 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # A repeated spec (the same circuit and options, a new request_id) is digested and
         # decoded once.
         digest = self._specs.digest(spec_bytes, spec)
-        # Before validation: a retry gets its job even if the request would no longer
-        # validate (a backend removed from the configuration, a limit lowered).
-        existing = await self._manager.find_request(tenant, request_id, digest)
-        if existing is not None:
-            return existing, False
-        if spec.session:
-            raise sessions_not_implemented("spec.session")
-        domain_spec = self._specs.decoded(spec_bytes, spec)
-        outcome = await self._manager.submit(
-            tenant, request_id, domain_spec, spec_bytes, digest, position=position
-        )
+        try:
+            if spec.session:
+                raise sessions_not_implemented("spec.session")
+            domain_spec = self._specs.decoded(spec_bytes, spec)
+            # A retry that validates is found by the store, which deduplicates atomically
+            # when it creates the job (the outcome says created or found).
+            outcome = await self._manager.submit(
+                tenant, request_id, domain_spec, spec_bytes, digest, position=position
+            )
+        except GatewayError:
+            # A retry gets its job even when the request would no longer be accepted (a
+            # backend removed from the configuration, a limit lowered, the gateway draining):
+            # looked up only when the request fails, so the common first try pays no lookup.
+            existing = await self._manager.find_request(tenant, request_id, digest)
+            if existing is not None:
+                return existing, False
+            raise
         return outcome.job, outcome.created
 
     async def SubmitJob(

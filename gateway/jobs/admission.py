@@ -28,7 +28,7 @@ from gateway.domain.errors import (
     ResourceInfo,
     Unavailable,
 )
-from gateway.domain.jobs import Job, JobSpec
+from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import BreakerState
@@ -153,26 +153,50 @@ class Admission:
             return CreateOutcome(existing, created=False)
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         prepared = await self.prepare(runtime, tenant, spec, seed)
-        outcome = await self._store.create_job(
-            NewJob(
-                id=uuid.uuid4().hex,
-                tenant=tenant,
-                request_id=request_id,
-                request_hash=digest,
-                backend=spec.backend,
-                placement=runtime.name,
-                spec=spec_bytes,
-                num_pubs=len(spec.pubs),
-                seed=seed,
-                created_at=self._transitions.clock(),
-                labels=spec.labels,
-                sampler_output=spec.options.sampler_output,
-            )
+        new = NewJob(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            request_id=request_id,
+            request_hash=digest,
+            backend=spec.backend,
+            placement=runtime.name,
+            spec=spec_bytes,
+            num_pubs=len(spec.pubs),
+            seed=seed,
+            created_at=self._transitions.clock(),
+            labels=spec.labels,
+            sampler_output=spec.options.sampler_output,
         )
+        queue = runtime.queue
+        if not queue.queues_before_commit:
+            outcome = await self._store.create_job(new)
+            if outcome.created:
+                self._transitions.committed(outcome.job, None)
+                await queue.put(outcome.job, prepared)
+                runtime.wake.set()
+            return outcome
+        # The job starts while its QUEUED commit is in flight; the answer still waits for
+        # that commit. If the store finds an earlier job of this request_id instead (a
+        # concurrent retry), the stand-in is taken back: never claimed, or, if already
+        # running, stopped when its RUNNING write finds no such job.
+        creating = asyncio.ensure_future(self._create(new))
+        await queue.put(_queued(new), prepared)
+        runtime.wake.set()
+        try:
+            outcome = await creating
+        except BaseException:
+            await queue.remove(new.id, tenant)
+            raise
+        if not outcome.created:
+            await queue.remove(new.id, tenant)
+        return outcome
+
+    async def _create(self, new: NewJob) -> CreateOutcome:
+        outcome = await self._store.create_job(new)
+        # Published here, one step after the commit like RUNNING's publication, so watchers
+        # and hooks hear QUEUED before RUNNING even when both commit in one batch.
         if outcome.created:
             self._transitions.committed(outcome.job, None)
-            await runtime.queue.put(outcome.job, prepared)
-            runtime.wake.set()
         return outcome
 
     async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
@@ -221,3 +245,21 @@ class Admission:
             # Part of the stored spec, so a re-queued job keeps its limit after a restart.
             max_run_time_s=spec.options.max_execution_time_s,
         )
+
+
+def _queued(new: NewJob) -> Job:
+    """The job as the store will hold it once created: QUEUED, never started."""
+    return Job(
+        id=new.id,
+        tenant=new.tenant,
+        request_id=new.request_id,
+        backend=new.backend,
+        state=JobState.QUEUED,
+        created_at=new.created_at,
+        num_pubs=new.num_pubs,
+        seed=new.seed,
+        placement=new.placement,
+        updated_at=new.created_at,
+        labels=new.labels,
+        sampler_output=new.sampler_output,
+    )

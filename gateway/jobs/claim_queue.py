@@ -44,6 +44,8 @@ class ClaimQueue:
             within lease_s.
     """
 
+    queues_before_commit = False
+
     def __init__(
         self,
         store: Store,

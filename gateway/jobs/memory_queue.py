@@ -48,6 +48,8 @@ class MemoryQueue:
         clock: The wall clock (UTC, aware), injected so tests can move it.
     """
 
+    queues_before_commit = True
+
     def __init__(self, backend: str, max_queue_time_s: float, lease_s: float, clock: Clock) -> None:
         self.backend = backend
         self.owner = f"memory:{backend}"

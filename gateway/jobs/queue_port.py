@@ -55,6 +55,12 @@ class Claim:
 class JobQueue(Protocol):
     """Queued jobs of one backend, claimed under leases."""
 
+    # True when the queue orders jobs itself (in memory) and may be given a job whose QUEUED
+    # commit is still in flight: admission then queues it at once, so its run overlaps that
+    # commit (the store applies writes in order, so RUNNING and the final state follow it).
+    # False when the store is the queue: a job is claimable only once committed.
+    queues_before_commit: bool
+
     async def put(self, job: Job, prepared: PreparedJob | None) -> None:
         """Queues a job the store already holds as QUEUED (admission, or recovery at start)."""
 

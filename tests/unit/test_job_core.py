@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import pickle
 from collections.abc import AsyncIterator
 
 import pytest
@@ -65,6 +66,35 @@ async def test_admission_commits_queued_before_answering_and_hooks_see_it(
         # A retry with the same request_id gets the same job, and nothing new runs.
         again = await core.manager.submit("alice", "r1", spec("sim"), b"", b"r1")
         assert not again.created and again.job.id == job.id
+    finally:
+        await _close(core)
+
+
+async def test_concurrent_twins_make_one_job_though_both_start_before_their_commit(
+    store: SqliteStore,
+) -> None:
+    # The in-memory queue takes a job while its QUEUED commit is in flight: a twin that the
+    # store then deduplicates must leave no trace but the one job.
+    runner = ScriptedRunner(slots=2)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job_spec = spec("sim")
+        data = pickle.dumps(job_spec)
+        first, second = await asyncio.gather(
+            core.manager.submit("alice", "twin", job_spec, data, b"same"),
+            core.manager.submit("alice", "twin", job_spec, data, b"same"),
+        )
+        assert sorted([first.created, second.created]) == [False, True]
+        assert first.job.id == second.job.id
+        job_id = first.job.id
+        await core.until("alice", job_id, "RUNNING")
+        await core.settle()
+        page = await store.list_jobs("alice", limit=10)
+        assert [j.id for j in page.jobs] == [job_id]
+        stand_ins = [j for j in runner.submitted if j != job_id]
+        assert all(j in runner.cancelled for j in stand_ins)  # started, then stopped
+        runner.succeed(job_id)
+        await core.until("alice", job_id, "SUCCEEDED")
     finally:
         await _close(core)
 
