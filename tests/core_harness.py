@@ -270,6 +270,7 @@ async def build_core(
                 health_interval_s=60,
                 probe_timeout_s=5,
                 lease_s=30.0,
+                remote_retry_s=0.01,
             ),
             queue=make_queue(kind, store, name, owner, clock, max_queue_time_s),
         )

@@ -22,6 +22,8 @@ class BackendSettings:
     probe_timeout_s: float
     # How long a claim lasts unless its holder renews it (renewed every third of it).
     lease_s: float = 30.0
+    # First back-off before re-attaching to a provider job after losing touch (doubles, to 60).
+    remote_retry_s: float = 1.0
 
 
 @dataclass(eq=False)

@@ -207,7 +207,10 @@ class RunnerStep:
             run_limit = own_limit
         deadline = time.monotonic() + run_limit
         renew_every = runtime.settings.lease_s / 3
-        waiting = asyncio.ensure_future(runner.wait(handle))
+        if runner.model is ExecutionModel.REMOTE:
+            waiting = asyncio.ensure_future(self._wait_remote(runtime, started, handle, deadline))
+        else:
+            waiting = asyncio.ensure_future(runner.wait(handle))
         loop = asyncio.get_running_loop()
         try:
             while not waiting.done() and not running.cancel_requested.is_set():
@@ -280,6 +283,40 @@ class RunnerStep:
             await self._failed(runtime, running, started, err, info)
             return
         await self._succeeded(runtime, running, started, result, prepared, t0)
+
+    async def _wait_remote(
+        self, runtime: BackendRuntime, job: Job, handle: RunHandle, deadline: float
+    ) -> ExecutionOutcome:
+        """Follows a provider job through outages: losing touch with the provider (TRANSIENT,
+        after the runner's own retries) says nothing about the job, which goes on there; the
+        step backs off, re-attaches by its remote id and follows it again, until the run
+        deadline."""
+        runner = runtime.runner
+        backoff = runtime.settings.remote_retry_s
+        while True:
+            try:
+                return await runner.wait(handle)
+            except ExecutionError as err:
+                if err.kind is not FailureKind.TRANSIENT or time.monotonic() + backoff >= deadline:
+                    raise
+                log.warning("job %s: lost touch with its provider (%s); re-attaching", job.id, err)
+            while True:
+                await asyncio.sleep(backoff)  # the provider is unreachable: back off
+                backoff = min(backoff * 2, 60.0)
+                try:
+                    found = await runner.reattach(job, handle.remote_id)
+                    break
+                except ExecutionError as err:
+                    if err.kind is not FailureKind.TRANSIENT or time.monotonic() >= deadline:
+                        raise
+            if found is None:
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    "the provider no longer knows the job",
+                    kind=FailureKind.BACKEND_FAULT,
+                    metadata={"providerJobId": handle.remote_id or ""},
+                )
+            handle = found
 
     async def _failed(
         self,

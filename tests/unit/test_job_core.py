@@ -338,6 +338,26 @@ async def test_recovery_requeues_local_jobs_and_reattaches_remote_ones(
         await _close(core2)
 
 
+async def test_losing_touch_with_the_provider_re_attaches_instead_of_failing(
+    store: SqliteStore,
+) -> None:
+    remote = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": remote})
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        await core.until("alice", job.id, "RUNNING")
+        remote.started.clear()
+        remote.fail(job.id, FailureKind.TRANSIENT, "PROVIDER_ERROR")  # the provider is unreachable
+        await asyncio.wait_for(remote.started.wait(), 5)  # re-attached after a back-off
+        assert remote.reattached == [job.id] and remote.submitted == [job.id]
+        remote.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert done.attempts == 1
+        assert core.backends["qpu"].breaker.state is BreakerState.CLOSED
+    finally:
+        await _close(core)
+
+
 async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
     store: SqliteStore,
 ) -> None:
