@@ -312,7 +312,11 @@ class JobManager:
     async def wait(self, tenant: str, job_id: str, timeout: float | None) -> Job | None:
         """The job once final, or None if `timeout` seconds pass first."""
         with self._subscribe(job_id) as events:
-            found = await self._store.get_job(job_id, tenant)  # no queue position: never shown
+            # Subscribed first, so every later change arrives as an event. Where this process
+            # is the store's only writer, the state it last committed is the current one.
+            found = self._transitions.latest(job_id) if self._recover_at_start else None
+            if found is None or found.tenant != tenant:
+                found = await self._store.get_job(job_id, tenant)  # no queue position needed
             if found is None:
                 raise _job_not_found(job_id)
             job = found

@@ -4,6 +4,7 @@ that is not durable."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -13,6 +14,8 @@ from gateway.jobs.hooks import Hooks, Transition
 from gateway.store.base import Store
 
 WallClock = Callable[[], datetime]
+# Jobs whose last committed state is kept (Run answers a job it just created without a read).
+LATEST_JOBS = 4096
 
 
 class Transitions:
@@ -30,9 +33,21 @@ class Transitions:
         self.clock = clock
         # A SUCCEEDED job's result is kept this long after it ends (Job.expire_at).
         self.result_retention_s = result_retention_s
+        # The last committed state of the jobs this process changed most recently.
+        self._latest: OrderedDict[str, Job] = OrderedDict()
+
+    def latest(self, job_id: str) -> Job | None:
+        """The job as this process last committed it, if it did recently. Only the whole
+        truth while this process is the store's only writer."""
+        return self._latest.get(job_id)
 
     def committed(self, job: Job, previous: JobState | None) -> None:
         """Tells watchers and hooks about a change the store has committed."""
+        latest = self._latest
+        latest[job.id] = job
+        latest.move_to_end(job.id)
+        if len(latest) > LATEST_JOBS:
+            latest.popitem(last=False)
         self.bus.publish(job)
         self.hooks.notify(Transition(job, previous, job.updated_at or self.clock()))
 
