@@ -15,6 +15,30 @@ from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.jobs import SamplerOutput
 
 
+def resolve_shots(shots: int | None, default: int, max_shots: int, field: str) -> int:
+    """A PUB's shots (its own, else `default`), within 1..max_shots (INVALID_SHOTS)."""
+    value = default if shots is None else shots
+    if not 1 <= value <= max_shots:
+        message = f"shots must be between 1 and {max_shots}, got {value}"
+        raise InvalidArgument(
+            "INVALID_SHOTS",
+            message,
+            metadata={"maxShots": str(max_shots)},
+            field_violations=[FieldViolation(field, message)],
+        )
+    return value
+
+
+def check_precision(precision: float, field: str) -> float:
+    """An estimator precision must be finite and >= 0 (INVALID_PRECISION)."""
+    if not (math.isfinite(precision) and precision >= 0.0):
+        message = f"precision must be finite and >= 0, got {precision!r}"
+        raise InvalidArgument(
+            "INVALID_PRECISION", message, field_violations=[FieldViolation(field, message)]
+        )
+    return float(precision)
+
+
 def _refuse(reason: str, message: str, field: str, limit: str, value: int, maximum: int) -> None:
     raise InvalidArgument(
         reason,

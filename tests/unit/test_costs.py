@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gateway.domain import costs
@@ -43,3 +45,28 @@ def test_simulation_work_multiplies_by_shots_only_shot_by_shot() -> None:
     assert once == 100 * 1024 * 3 + sampling
     step = 1024 * costs.SHOT_BY_SHOT_AMPLITUDE_WEIGHT + costs.SHOT_BY_SHOT_OPERATION_WEIGHT
     assert every == 100 * step * 3 * 1000 + sampling
+
+
+# -------------------------------------------------------------- shots and precision
+
+
+def test_shots() -> None:
+    assert costs.resolve_shots(None, 1024, 100_000, "f") == 1024
+    assert costs.resolve_shots(7, 1024, 100_000, "f") == 7
+    for bad in (0, -1, 100_001):
+        with pytest.raises(InvalidArgument) as info:
+            costs.resolve_shots(bad, 1024, 100_000, "spec.pubs[0].sampler.shots")
+        assert info.value.reason == "INVALID_SHOTS"
+        assert info.value.metadata == {"maxShots": "100000"}
+        assert info.value.field_violations[0].field == "spec.pubs[0].sampler.shots"
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, -math.inf])
+def test_bad_precision(bad: float) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        costs.check_precision(bad, "f")
+    assert info.value.reason == "INVALID_PRECISION"
+
+
+def test_precision_zero_is_exact_and_allowed() -> None:
+    assert costs.check_precision(0.0, "f") == 0.0

@@ -420,28 +420,6 @@ def test_pub_shape_broadcasting() -> None:
 # -------------------------------------------------------------- shots, precision, results
 
 
-def test_shots() -> None:
-    assert fe.resolve_shots(None, 1024, 100_000, "f") == 1024
-    assert fe.resolve_shots(7, 1024, 100_000, "f") == 7
-    for bad in (0, -1, 100_001):
-        with pytest.raises(InvalidArgument) as info:
-            fe.resolve_shots(bad, 1024, 100_000, "spec.pubs[0].sampler.shots")
-        assert info.value.reason == "INVALID_SHOTS"
-        assert info.value.metadata == {"maxShots": "100000"}
-        assert info.value.field_violations[0].field == "spec.pubs[0].sampler.shots"
-
-
-@pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, -math.inf])
-def test_bad_precision(bad: float) -> None:
-    with pytest.raises(InvalidArgument) as info:
-        fe.check_precision(bad, "f")
-    assert info.value.reason == "INVALID_PRECISION"
-
-
-def test_precision_zero_is_exact_and_allowed() -> None:
-    assert fe.check_precision(0.0, "f") == 0.0
-
-
 def test_result_size() -> None:
     # 2 bindings x 100 shots x (1 + 2) bytes of samples; counts of at most 2 and 100 distinct
     # outcomes per binding, each a 1- or 2-byte row and a 1-byte count, 18 bytes of framing.

@@ -361,7 +361,7 @@ class AerAdapter(BackendAdapter):
             if spec.options.default_shots is not None
             else self.context.default_shots
         )
-        shots = fe.resolve_shots(pub.shots, default, self.context.limits.max_shots, shots_field)
+        shots = costs.resolve_shots(pub.shots, default, self.context.limits.max_shots, shots_field)
         bindings = math.prod(shape)
         cost.add_shots(bindings, shots, shots_field)
         cost.add_execution(
@@ -432,9 +432,9 @@ class AerAdapter(BackendAdapter):
             base,
         )
         if pub.precision is not None:
-            precision = fe.check_precision(pub.precision, f"{base}.precision")
+            precision = costs.check_precision(pub.precision, f"{base}.precision")
         elif spec.options.default_precision is not None:
-            precision = fe.check_precision(
+            precision = costs.check_precision(
                 spec.options.default_precision, "spec.options.default_precision"
             )
         else:

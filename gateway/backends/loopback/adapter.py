@@ -335,7 +335,7 @@ class LoopbackAdapter(BackendAdapter):
                 if spec.options.default_shots is not None
                 else self.context.default_shots
             )
-            shots = fe.resolve_shots(pub.shots, default, limits.max_shots, shots_field)
+            shots = costs.resolve_shots(pub.shots, default, limits.max_shots, shots_field)
             bindings = math.prod(shape)
             cost.add_shots(bindings, shots, shots_field)
             cost.add_execution(

@@ -94,7 +94,6 @@ __all__ = [
     "check_finite_parameters",
     "check_memory",
     "check_operation_count",
-    "check_precision",
     "check_qubit_count",
     "check_result_size",
     "count_operations",
@@ -109,7 +108,6 @@ __all__ = [
     "parse_circuit",
     "rename_shadowing_gates",
     "resolve_bindings",
-    "resolve_shots",
     "result_registers",
     "sampler_result_bytes",
     "statevector_bytes",
@@ -1674,28 +1672,6 @@ def broadcast_pub_shape(
             f"shape {tuple(bindings_shape)}",
             field,
         ) from None
-
-
-def resolve_shots(shots: int | None, default: int, max_shots: int, field: str) -> int:
-    """The PUB's shots (its own, else `default`), within 1..max_shots (INVALID_SHOTS)."""
-    value = default if shots is None else shots
-    if not 1 <= value <= max_shots:
-        raise invalid(
-            "INVALID_SHOTS",
-            f"shots must be between 1 and {max_shots}, got {value}",
-            field,
-            max_shots=max_shots,
-        )
-    return value
-
-
-def check_precision(precision: float, field: str) -> float:
-    """Precision must be finite and >= 0 (INVALID_PRECISION)."""
-    if not (math.isfinite(precision) and precision >= 0.0):
-        raise invalid(
-            "INVALID_PRECISION", f"precision must be finite and >= 0, got {precision!r}", field
-        )
-    return float(precision)
 
 
 # --------------------------------------------------------------------------------------------
