@@ -183,7 +183,7 @@ class ClaimQueue:
 
     async def depth(self) -> int:
         """Jobs waiting in the store (unclaimed QUEUED), whichever process queued them."""
-        return len(await self._waiting())
+        return await self._store.count_queued(self.backend)
 
     async def position(self, job_id: str, tenant: str) -> int | None:
         """An estimate of how many waiting jobs are handed out before this one (0: next), by

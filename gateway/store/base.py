@@ -199,6 +199,9 @@ class Store(Protocol):
     async def queued_jobs(self, placement: str) -> Sequence[tuple[str, str]]:
         """(job id, tenant) of the unclaimed QUEUED jobs of `placement`, oldest first."""
 
+    async def count_queued(self, placement: str) -> int:
+        """How many unclaimed QUEUED jobs `placement` has (queue depth, without listing them)."""
+
     async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
         """Live (unexpired) claims on `placement` per tenant."""
 

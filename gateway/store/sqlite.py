@@ -721,6 +721,14 @@ class SqliteStore:
 
         return await self._call(op, readonly=True)
 
+    async def count_queued(self, placement: str) -> int:
+        """How many unclaimed QUEUED jobs `placement` has."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(_WAITING_COUNT_SQL, (placement,)).fetchone()[0])
+
+        return await self._call(op, readonly=True)
+
     async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
         """Live claims (now < lease expiry) on `placement` per tenant; tenants with none are
         absent."""
@@ -1409,6 +1417,7 @@ _LIVE_CLAIMS_SQL: Final = (
     f"SELECT tenant, count(*) FROM jobs WHERE {_CLAIMED} AND lease_expires_at > ? GROUP BY tenant"
 )
 _WAITING_SQL: Final = f"SELECT id, tenant FROM jobs WHERE {_WAITING} ORDER BY created_at, id"
+_WAITING_COUNT_SQL: Final = f"SELECT count(*) FROM jobs WHERE {_WAITING}"
 _EXPIRED_SQL: Final = (
     f"SELECT id FROM jobs WHERE {_WAITING} AND created_at <= ? ORDER BY created_at, id"
 )

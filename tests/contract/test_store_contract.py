@@ -600,9 +600,11 @@ async def test_a_claim_leases_the_job_without_changing_it(store: Store) -> None:
     created = (await store.create_job(new_job(job_id="a"))).job
     assert await store.queued_jobs("aer") == [("a", "acme")]
     assert await store.next_lease_expiry("aer") is None
+    assert await store.count_queued("aer") == 1
     claimed = await store.claim_next("aer", "me", T0 + LEASE, T0)
     assert claimed == created  # QUEUED, untouched; the lease is not part of the job
     assert await store.queued_jobs("aer") == []
+    assert await store.count_queued("aer") == 0 and await store.count_queued("other") == 0
     assert await store.claims_by_tenant("aer", T0) == {"acme": 1}
     assert await store.next_lease_expiry("aer") == T0 + LEASE
     # Nothing else to claim, for anyone.
