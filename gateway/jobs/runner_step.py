@@ -78,7 +78,8 @@ class RunnerStep:
             )
         finally:
             runtime.running.pop(job.id, None)
-            runtime.wake.set()
+            if not running.slot_freed:  # (a success already woke the scheduler)
+                runtime.wake.set()
             # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
             await runtime.queue.done(claim)
 

@@ -47,8 +47,12 @@ class Scheduler:
         return running
 
     async def run(self) -> None:
-        # The queue's own notifications (jobs queued by another process) wake the loop like a
-        # local event; one task for the scheduler's life, not one per wait.
+        if self._rt.queue.queues_before_commit:
+            # This process alone feeds the queue, and every local change sets the wake event.
+            await self._loop()
+            return
+        # A shared queue's own notifications (jobs queued by another process) wake the loop
+        # like a local event; one task for the scheduler's life, not one per wait.
         forward = asyncio.create_task(self._forward_queue_changes())
         try:
             await self._loop()
@@ -106,7 +110,8 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._rt.wake.wait()
-        await self._expire()
+        if wakeup is not None and self._t.clock() >= wakeup:
+            await self._expire()
 
     async def _expire(self) -> None:
         for job in await self._rt.queue.take_expired():

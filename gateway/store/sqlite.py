@@ -922,7 +922,23 @@ class SqliteStore:
                 return
             outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
             aborted: int | None = None
-            for i, op in enumerate(pending):
+            if len(pending) == 1:
+                # Alone in its transaction, an operation needs no savepoint: if it fails, the
+                # whole transaction is rolled back.
+                op = pending[0]
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    _settle(op.loop, op.future, None, exc)
+                    return
+                outcomes.append((op, value, None))
+                pending_ops: list[_Op[Any]] = []
+            else:
+                pending_ops = pending
+            for i, op in enumerate(pending_ops):
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op.fn(conn)

@@ -1482,6 +1482,11 @@ def has_bits_outside_registers(circuit: QuantumCircuit) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+# The values of a PUB with no parameters and no sweep, shared (read-only).
+_NO_VALUES: FloatArray = np.zeros((0,), dtype=np.float64)
+_NO_VALUES.flags.writeable = False
+
+
 def resolve_bindings(
     bindings: Bindings, circuit_parameters: Sequence[str], field: str
 ) -> FloatArray:
@@ -1505,7 +1510,7 @@ def resolve_bindings(
     if not bindings.parameters and np.size(bindings.values) == 0:
         if not circuit_parameters:
             # The common case: nothing to bind (a cache-hit prepare should cost microseconds).
-            return np.zeros((*shape, 0), dtype=np.float64)
+            return _NO_VALUES if not shape else np.zeros((*shape, 0), dtype=np.float64)
         raise invalid(
             "UNBOUND_PARAMETERS",
             _clip(f"no values for circuit parameters {', '.join(map(repr, circuit_parameters))}"),
