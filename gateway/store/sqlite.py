@@ -1391,16 +1391,18 @@ def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: 
     history, replacing an earlier entry of the same state (a state entered again after a
     restart keeps its last time, so the history stays in order). Returns the job as it is now
     (the same statement reads it back)."""
-    row = conn.execute("SELECT state_history FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
-        return None
-    history = [h for h in json.loads(row[0] or "[]") if h[0] != state.value]
-    history.append([state.value, at_us])
-    updated = conn.execute(
-        f"UPDATE jobs SET state_history = ?, updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}",
-        (json.dumps(history), at_us, job_id),
-    ).fetchone()
-    return None if updated is None else _row_to_job(updated)
+    # One statement: SQLite's JSON functions rewrite the history in place.
+    updated = conn.execute(_ENTER_STATE_SQL, (state.value, state.value, at_us, at_us, job_id))
+    row = updated.fetchone()
+    return None if row is None else _row_to_job(row)
+
+
+_ENTER_STATE_SQL: Final = (
+    "UPDATE jobs SET state_history = json_insert("
+    "(SELECT json_group_array(json(value)) FROM json_each(coalesce(jobs.state_history, '[]'))"
+    " WHERE json_extract(value, '$[0]') != ?), '$[#]', json_array(?, ?)),"
+    f" updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}"
+)
 
 
 # --- end of issue 7, long-running behaviour --------------------------------------------------
