@@ -44,10 +44,9 @@ from gateway.backends.runner import (
     ExecutionModel,
     RunHandle,
     Runner,
-    RunnerStats,
     cancelled_error,
 )
-from gateway.domain.backends import BackendInfo
+from gateway.domain.backends import BackendInfo, InstanceStats
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
@@ -299,7 +298,7 @@ class FaultInjectingRunner(Runner):
     async def maintain(self) -> None:
         await self._inner.maintain()
 
-    def stats(self) -> RunnerStats | None:
+    def stats(self) -> InstanceStats | None:
         return self._inner.stats()
 
     async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.domain.backends import InstanceStats
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
@@ -34,18 +34,6 @@ from gateway.domain.jobs import Job
 class ExecutionModel(enum.Enum):
     LOCAL = "LOCAL"
     REMOTE = "REMOTE"
-
-
-@dataclass(frozen=True)
-class RunnerStats:
-    """What BackendService reports about the runner's instances (workers, provider clients)."""
-
-    in_use: int
-    idle: int
-    waiting: int
-    min_instances: int
-    max_instances: int
-    high_water: int
 
 
 def cancelled_error(message: str = "the job was cancelled") -> ExecutionError:
@@ -142,6 +130,6 @@ class Runner(ABC):
     async def maintain(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Periodic upkeep between probes: evict idle or old instances, top up the minimum."""
 
-    def stats(self) -> RunnerStats | None:
+    def stats(self) -> InstanceStats | None:
         """Instance counts for BackendService, if the runner pools instances."""
         return None

@@ -55,6 +55,19 @@ class BackendInfo:
 
 
 @dataclass(frozen=True)
+class InstanceStats:
+    """A backend's instances (warm workers, provider clients) as a pool or runner counts them."""
+
+    in_use: int
+    idle: int
+    waiting: int
+    min_instances: int
+    max_instances: int
+    # Most live instances (idle + in use + being created or destroyed) at any one time so far.
+    high_water: int
+
+
+@dataclass(frozen=True)
 class BackendStatus:
     """A backend's live state, as ListBackends shows it."""
 

@@ -7,6 +7,7 @@ metadata, so a client can tell which one it hit and by how much.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,31 @@ def resolve_shots(shots: int | None, default: int, max_shots: int, field: str) -
             field_violations=[FieldViolation(field, message)],
         )
     return value
+
+
+def pub_shots(
+    pub_shots: int | None,
+    default_shots: int | None,
+    backend_default: int,
+    max_shots: int,
+    base: str,
+) -> tuple[int, str]:
+    """A sampler PUB's shots and the request field they came from: the PUB's own (`base`.shots),
+    else the job's default_shots, else the backend's default; within 1..max_shots."""
+    if pub_shots is None and default_shots is not None:
+        field = "spec.options.default_shots"
+    else:
+        field = f"{base}.shots"
+    default = default_shots if default_shots is not None else backend_default
+    return resolve_shots(pub_shots, default, max_shots, field), field
+
+
+def derive_seed(seed: int, index: int, purpose: str) -> int:
+    """The seed of one PUB (and purpose) of a job, derived from the job's seed: reproducible,
+    independent between PUBs, and below 2**62, leaving room below 2**63 for Aer, which adds
+    the experiment index to the seed."""
+    digest = hashlib.sha256(f"{seed}:{index}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 62) - 1)
 
 
 def check_precision(precision: float, field: str) -> float:

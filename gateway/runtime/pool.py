@@ -20,6 +20,8 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 
+from gateway.domain.backends import InstanceStats
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -46,17 +48,6 @@ class PoolLimits:
     # Instance creations per second once a burst of max_instances is spent (inf: no limit), so
     # a client whose every job kills its worker cannot make the pool respawn faster than this.
     max_creations_per_s: float = math.inf
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    in_use: int
-    idle: int
-    waiting: int
-    min_instances: int
-    max_instances: int
-    # Most live instances (idle + in use + being created or destroyed) at any one time so far.
-    high_water: int
 
 
 @dataclass(eq=False)
@@ -125,8 +116,8 @@ class Pool(Generic[T]):
             limits.max_creations_per_s, max(1, limits.max_instances), clock, sleep
         )
 
-    def stats(self) -> PoolStats:
-        return PoolStats(
+    def stats(self) -> InstanceStats:
+        return InstanceStats(
             in_use=len(self._in_use),
             idle=len(self._idle),
             waiting=self._waiting,

@@ -186,11 +186,9 @@ def call_with_retries(
         try:
             return fn()
         except Exception as exc:
-            if attempt >= policy.max_attempts or not is_transient(exc):
+            delay = _retry_delay(policy, attempt, exc, is_transient, jitter_rng, on_retry)
+            if delay is None:
                 raise
-            delay = policy.backoff(attempt, jitter_rng)
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
             sleep(delay)
             attempt += 1
 
@@ -222,13 +220,29 @@ async def call_with_retries_async(
         try:
             return await fn()
         except Exception as exc:
-            if attempt >= policy.max_attempts or not is_transient(exc):
+            delay = _retry_delay(policy, attempt, exc, is_transient, jitter_rng, on_retry)
+            if delay is None:
                 raise
-            delay = policy.backoff(attempt, jitter_rng)
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
             await sleep(delay)
             attempt += 1
+
+
+def _retry_delay(
+    policy: RetryPolicy,
+    attempt: int,
+    exc: Exception,
+    is_transient: Callable[[BaseException], bool],
+    rng: random.Random,
+    on_retry: Callable[[int, BaseException, float], None] | None,
+) -> float | None:
+    """The wait before attempt `attempt` + 1 after `exc`, or None when it may not be retried
+    (attempts spent, or not transient): the one rule for both call_with_retries."""
+    if attempt >= policy.max_attempts or not is_transient(exc):
+        return None
+    delay = policy.backoff(attempt, rng)
+    if on_retry is not None:
+        on_retry(attempt, exc, delay)
+    return delay
 
 
 def _classify(exc: BaseException) -> bool | None:

@@ -19,9 +19,9 @@ from gateway.backends.runner import (
     ProbeSkipped,
     RunHandle,
     Runner,
-    RunnerStats,
     cancelled_error,
 )
+from gateway.domain.backends import InstanceStats
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
@@ -91,16 +91,8 @@ class WorkerPoolRunner(Runner):
     async def maintain(self) -> None:
         await self._pool.maintain()
 
-    def stats(self) -> RunnerStats:
-        stats = self._pool.stats()
-        return RunnerStats(
-            in_use=stats.in_use,
-            idle=stats.idle,
-            waiting=stats.waiting,
-            min_instances=stats.min_instances,
-            max_instances=stats.max_instances,
-            high_water=stats.high_water,
-        )
+    def stats(self) -> InstanceStats:
+        return self._pool.stats()
 
     async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
         """Takes a worker and starts the job on it. Waits without a limit: the scheduler

@@ -4,7 +4,7 @@ never carry exception text (paths, addresses) to the API."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,58 +158,8 @@ FORBIDDEN = ("/var/lib", "secret", "10.1.2.3", "50051", "4242", "Errno", "acme",
 
 
 @dataclass
-class _Worker:
-    error: BaseException | None
-    alive: bool = True
-
-    async def execute(self, payload: object) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def kill(self) -> None:
-        self.alive = False
-
-
-@dataclass
-class _Pool:
-    worker: _Worker | None = None
-    acquire_error: BaseException | None = None
-    released: list[bool] = field(default_factory=list)
-
-    async def acquire(self, timeout: float) -> _Worker:
-        if self.acquire_error is not None:
-            raise self.acquire_error
-        assert self.worker is not None
-        return self.worker
-
-    async def release(self, worker: _Worker, broken: bool) -> None:
-        self.released.append(broken)
-
-
-@dataclass
-class _Settings:
-    probe_timeout_s: float = 30.0
-    health_interval_s: float = 30.0
-
-
-@dataclass
-class _Adapter:
-    def probe_spec(self) -> object:
-        return object()
-
-
-@dataclass
 class _Prepared:
     payload: object = None
-
-
-@dataclass
-class _Runtime:
-    pool: _Pool
-    name: str = "aer"
-    settings: _Settings = field(default_factory=_Settings)
-    adapter: _Adapter = field(default_factory=_Adapter)
-    health: HealthState = field(default_factory=HealthState)
 
 
 class _ProbeRunner:

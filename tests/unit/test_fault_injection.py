@@ -39,8 +39,8 @@ from gateway.backends.fault import (
     run_with_faults,
     with_fault_properties,
 )
-from gateway.backends.runner import ExecutionModel, RunHandle, Runner, RunnerStats
-from gateway.domain.backends import BackendInfo, BackendKind, BackendLimits
+from gateway.backends.runner import ExecutionModel, RunHandle, Runner
+from gateway.domain.backends import BackendInfo, BackendKind, BackendLimits, InstanceStats
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
@@ -101,8 +101,8 @@ class FakeRunner(Runner):
     async def maintain(self) -> None:
         self.calls.append("maintain")
 
-    def stats(self) -> RunnerStats:
-        return RunnerStats(1, 2, 0, 1, 3, 3)
+    def stats(self) -> InstanceStats:
+        return InstanceStats(1, 2, 0, 1, 3, 3)
 
     async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
         return RunHandle(job.id, remote_id)

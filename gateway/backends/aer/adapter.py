@@ -10,7 +10,6 @@ parameter bindings.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import pickle
@@ -84,8 +83,6 @@ _SUPPORTED_FEATURES = frozenset(CircuitFeature)
 # A dense Pauli string, or sparse Paulis and the qubits they act on.
 PauliKey = str | tuple[str, tuple[int, ...]]
 _WORKER_CACHE_SIZE = 64
-# Room below 2**63 for Aer, which adds the experiment index to the seed.
-_SEED_MASK = (1 << 62) - 1
 _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier", "global_phase"})
 
 
@@ -210,11 +207,6 @@ class _LRU:
 _NO_PLAN = object()
 
 
-def _derive_seed(seed: int, index: int, purpose: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{index}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & _SEED_MASK
-
-
 def _target_for(method: str, num_qubits: int) -> Target:
     """Aer's instruction set for `method`, on `num_qubits` qubits.
 
@@ -307,7 +299,7 @@ class AerAdapter(BackendAdapter):
             # Counted before resolve_bindings allocates anything for the sweep.
             costs.bindings_count(bindings_shape, limits.max_bindings, f"{base}.parameter_values")
             values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
-            pub_seed = _derive_seed(seed, index, kind)
+            pub_seed = costs.derive_seed(seed, index, kind)
             task: SamplerTask | EstimatorTask
             if isinstance(pub, SamplerPub):
                 task, size = self._sampler_task(
@@ -350,18 +342,13 @@ class AerAdapter(BackendAdapter):
                 "the circuit has no classical bits, so a sampler has nothing to return",
                 circuit_field,
             )
-        if pub.shots is not None:
-            shots_field = f"{base}.shots"
-        elif spec.options.default_shots is not None:
-            shots_field = "spec.options.default_shots"
-        else:
-            shots_field = f"{base}.shots"
-        default = (
-            spec.options.default_shots
-            if spec.options.default_shots is not None
-            else self.context.default_shots
+        shots, shots_field = costs.pub_shots(
+            pub.shots,
+            spec.options.default_shots,
+            self.context.default_shots,
+            self.context.limits.max_shots,
+            base,
         )
-        shots = costs.resolve_shots(pub.shots, default, self.context.limits.max_shots, shots_field)
         bindings = math.prod(shape)
         cost.add_shots(bindings, shots, shots_field)
         cost.add_execution(
@@ -703,20 +690,8 @@ def _sample_terminal(
     experiments = _run_raw(
         simulator, circuits, shots=1, seed_simulator=task.seed, parameter_binds=binds
     )
-    if len(experiments) != size:
-        raise ExecutionError(
-            "EXECUTION_FAILED",
-            f"expected {size} experiments, Aer returned {len(experiments)}",
-            kind=FailureKind.BACKEND_FAULT,
-        )
-    builder = SamplerResultBuilder(
-        circuit.num_clbits,
-        task.registers,
-        task.shape,
-        task.shots,
-        samples=output.samples,
-        counts=output.counts,
-    )
+    _check_experiments(experiments, size)
+    builder = _result_builder(circuit.num_clbits, task, output)
     decoder = builder.decoder
     rng = np.random.default_rng(task.seed)
     for b, experiment in enumerate(experiments):
@@ -747,6 +722,28 @@ def _execution_error(message: str) -> ExecutionError:
     return ExecutionError("EXECUTION_FAILED", message[:500], kind=FailureKind.BACKEND_FAULT)
 
 
+def _check_experiments(experiments: Sequence[object], size: int) -> None:
+    if len(experiments) != size:
+        raise ExecutionError(
+            "EXECUTION_FAILED",
+            f"expected {size} experiments, Aer returned {len(experiments)}",
+            kind=FailureKind.BACKEND_FAULT,
+        )
+
+
+def _result_builder(
+    num_clbits: int, task: SamplerTask, output: SamplerOutput
+) -> SamplerResultBuilder:
+    return SamplerResultBuilder(
+        num_clbits,
+        task.registers,
+        task.shape,
+        task.shots,
+        samples=output.samples,
+        counts=output.counts,
+    )
+
+
 def _binds(
     circuit: QuantumCircuit, parameters: Sequence[str], values: FloatArray, size: int
 ) -> tuple[Any, list[dict[Any, Any]] | None]:
@@ -773,20 +770,8 @@ def _run_sampler(
         memory=output.samples,
         parameter_binds=binds,
     )
-    if len(experiments) != size:
-        raise ExecutionError(
-            "EXECUTION_FAILED",
-            f"expected {size} experiments, Aer returned {len(experiments)}",
-            kind=FailureKind.BACKEND_FAULT,
-        )
-    builder = SamplerResultBuilder(
-        circuit.num_clbits,
-        task.registers,
-        task.shape,
-        task.shots,
-        samples=output.samples,
-        counts=output.counts,
-    )
+    _check_experiments(experiments, size)
+    builder = _result_builder(circuit.num_clbits, task, output)
     decoder = builder.decoder
     for b, experiment in enumerate(experiments):
         data = experiment.get("data", {})

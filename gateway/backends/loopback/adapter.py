@@ -28,7 +28,6 @@ Configuration, one block:
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import math
@@ -92,8 +91,6 @@ T = TypeVar("T")
 # The service's instruction set, like a device's: everything is transpiled to these.
 _BASIS = ("x", "sx", "rz", "cx")
 _SUPPORTED_FEATURES = frozenset({CircuitFeature.MID_CIRCUIT_MEASUREMENT, CircuitFeature.RESET})
-# Room below 2**63 for Aer, which adds the experiment index to the seed.
-_SEED_MASK = (1 << 62) - 1
 # Jobs up to this many bindings are cheap enough to prepare on the event loop.
 _CHEAP_BINDINGS = 1024
 # Bumped when the metadata the runner stores with a job changes shape.
@@ -184,11 +181,6 @@ class LoopbackPayload:
     """
 
     request: Mapping[str, Any]
-
-
-def _derive_seed(seed: int, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{index}:sampler".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & _SEED_MASK
 
 
 class LoopbackAdapter(BackendAdapter):
@@ -325,17 +317,13 @@ class LoopbackAdapter(BackendAdapter):
             shape = tuple(int(d) for d in pub.bindings.shape)
             costs.bindings_count(shape, limits.max_bindings, f"{base}.parameter_values")
             values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
-            shots_field = (
-                "spec.options.default_shots"
-                if pub.shots is None and spec.options.default_shots is not None
-                else f"{base}.shots"
+            shots, shots_field = costs.pub_shots(
+                pub.shots,
+                spec.options.default_shots,
+                self.context.default_shots,
+                limits.max_shots,
+                base,
             )
-            default = (
-                spec.options.default_shots
-                if spec.options.default_shots is not None
-                else self.context.default_shots
-            )
-            shots = costs.resolve_shots(pub.shots, default, limits.max_shots, shots_field)
             bindings = math.prod(shape)
             cost.add_shots(bindings, shots, shots_field)
             cost.add_execution(
@@ -354,7 +342,7 @@ class LoopbackAdapter(BackendAdapter):
                 {
                     "program": entry.program,
                     "shots": shots,
-                    "seed": _derive_seed(seed, index),
+                    "seed": costs.derive_seed(seed, index, "sampler"),
                     "parameters": list(entry.parameters),
                     "parameter_values": rows,
                 }
