@@ -15,24 +15,7 @@ import pytest
 from qgateway import Client, JobState, RetryPolicy
 
 from tests.gateway_process import GatewayProcess, write_config
-from tests.loopback_service import LoopbackService
-
-# X on qubits 0, 2 and 3; a = (q0, q1) reads "01", b = (q2, q3, q4) reads "011" (character 0 is
-# the highest bit); a reversed order would read "10" and "110".
-TWO_REGISTERS = """OPENQASM 3.0;
-include "stdgates.inc";
-qubit[5] q;
-bit[2] a;
-bit[3] b;
-x q[0];
-x q[2];
-x q[3];
-a[0] = measure q[0];
-a[1] = measure q[1];
-b[0] = measure q[2];
-b[1] = measure q[3];
-b[2] = measure q[4];
-"""
+from tests.loopback_service import TWO_REGISTERS, LoopbackService
 
 
 @pytest.fixture(scope="module")

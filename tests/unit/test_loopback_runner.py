@@ -39,26 +39,10 @@ from gateway.domain.errors import ExecutionError, InvalidArgument
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobOptions, JobSpec, JobState, SamplerOutput, SamplerResult
 from tests.adapters import prepare_in_process
-from tests.loopback_service import LoopbackService, free_port
+from tests.loopback_service import TWO_REGISTERS, LoopbackService, free_port
 
 pytestmark = pytest.mark.anyio
 
-# X on qubits 0, 2 and 3; register a = (q0, q1), b = (q2, q3, q4): a reads "01" and b "011"
-# (character 0 = highest bit). A reversed order would read "10" and "110".
-TWO_REGISTERS = """OPENQASM 3.0;
-include "stdgates.inc";
-qubit[5] q;
-bit[2] a;
-bit[3] b;
-x q[0];
-x q[2];
-x q[3];
-a[0] = measure q[0];
-a[1] = measure q[1];
-b[0] = measure q[2];
-b[1] = measure q[3];
-b[2] = measure q[4];
-"""
 
 SWEEP = """OPENQASM 3.0;
 include "stdgates.inc";
