@@ -1,5 +1,6 @@
-"""Terminal-measurement sampling in the Aer adapter (gateway/backends/aer/sampling.py): which
-circuits take it, and that what it draws is what the circuit's physics says.
+"""Terminal-measurement sampling: the shared plan (gateway/backends/qiskit/measurement.py) and
+the Aer adapter's use of it. Which circuits take it, and that what it draws is what the
+circuit's physics says.
 
 Expected outcomes are hard-coded from each circuit (X gates, rotations with known
 probabilities), never taken from another run of the same path.
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 from qiskit import qasm3
 
-from gateway.backends.aer import sampling
 from gateway.backends.aer.adapter import AerAdapter
+from gateway.backends.qiskit import measurement as sampling
 from gateway.domain.circuits import Bindings
 from gateway.domain.jobs import SamplerOutput
 from tests.unit.test_aer_adapter import (
@@ -71,6 +72,7 @@ def test_where_each_clbit_reads_from() -> None:
     )
     assert plan is not None
     # Positions follow the qubits that some clbit finally reads: q[1] -> 0, q[2] -> 1.
+    assert plan.qubits == (1, 2)
     assert plan.sources == ((0, 0), (1, 1), (2, 1))
     assert not plan.identity
     indices = np.array([0b00, 0b01, 0b10, 0b11])

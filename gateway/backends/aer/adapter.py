@@ -27,9 +27,8 @@ from qiskit.circuit import ControlFlowOp, QuantumCircuit
 from qiskit.quantum_info import Pauli
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 from qiskit_aer import AerError, AerSimulator
-from qiskit_aer.library import SaveExpectationValue
+from qiskit_aer.library import SaveExpectationValue, SaveProbabilities
 
-from gateway.backends.aer import sampling
 from gateway.backends.base import (
     CIRCUIT_FIELD,
     AdapterContext,
@@ -39,6 +38,7 @@ from gateway.backends.base import (
     PreparedJob,
 )
 from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import measurement
 from gateway.backends.qiskit.qpy_reader import qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain import costs
@@ -84,6 +84,8 @@ _SUPPORTED_FEATURES = frozenset(CircuitFeature)
 PauliKey = str | tuple[str, tuple[int, ...]]
 _WORKER_CACHE_SIZE = 64
 _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier", "global_phase"})
+# Where terminal probabilities are saved (no client circuit can name an Aer instruction's label).
+_PROBABILITIES = "qgateway_terminal_probabilities"
 
 
 class AerOptions(AdapterOptions):
@@ -205,6 +207,24 @@ class _LRU:
 
 # A cached "no plan" (an _LRU miss is None).
 _NO_PLAN = object()
+
+
+@dataclass(frozen=True, eq=False)
+class _AerPlan:
+    """A terminal plan and the circuit Aer runs for it: the body saving the measured qubits'
+    probabilities under _PROBABILITIES."""
+
+    plan: measurement.TerminalPlan
+    circuit: QuantumCircuit
+
+
+def _aer_plan(plan: measurement.TerminalPlan) -> _AerPlan:
+    circuit = plan.body.copy()
+    circuit.append(
+        SaveProbabilities(len(plan.qubits), label=_PROBABILITIES),
+        [circuit.qubits[q] for q in plan.qubits],
+    )
+    return _AerPlan(plan, circuit)
 
 
 def _target_for(method: str, num_qubits: int) -> Target:
@@ -573,7 +593,7 @@ class AerAdapter(BackendAdapter):
             return _run_sampler(simulator, circuit, task, payload.sampler_output)
         return _run_estimator(simulator, self._load(task.circuit), task)
 
-    def _plan(self, key: str, circuit: QuantumCircuit) -> sampling.TerminalPlan | None:
+    def _plan(self, key: str, circuit: QuantumCircuit) -> _AerPlan | None:
         """How to draw `circuit`'s shots from its final state, if they are such draws: ideal
         statevector or density-matrix simulation (a matrix product state's probabilities of
         many qubits cost more than its own sampling) and terminal measurements only."""
@@ -583,7 +603,8 @@ class AerAdapter(BackendAdapter):
             if self.aer_options.method in ("statevector", "density_matrix") and (
                 getattr(self._sim().options, "noise_model", None) is None
             ):
-                plan = sampling.terminal_plan(circuit) or _NO_PLAN
+                terminal = measurement.terminal_plan(circuit)
+                plan = _NO_PLAN if terminal is None else _aer_plan(terminal)
             self._worker_plans.put(key, plan)
         return None if plan is _NO_PLAN else plan
 
@@ -677,16 +698,17 @@ def _run_raw(simulator: AerSimulator, circuits: Any, **options: Any) -> list[dic
 
 def _sample_terminal(
     simulator: AerSimulator,
-    plan: sampling.TerminalPlan,
+    aer_plan: _AerPlan,
     circuit: QuantumCircuit,
     task: SamplerTask,
     output: SamplerOutput,
 ) -> SamplerResult:
     """_run_sampler for a circuit whose shots are draws from its final state (see
-    gateway.backends.aer.sampling): one shot per binding saves the probabilities, numpy draws
-    the shots from them."""
+    gateway.backends.qiskit.measurement): one shot per binding saves the probabilities, numpy
+    draws the shots from them."""
+    plan = aer_plan.plan
     size = math.prod(task.shape)
-    circuits, binds = _binds(plan.circuit, task.parameters, task.values, size)
+    circuits, binds = _binds(aer_plan.circuit, task.parameters, task.values, size)
     experiments = _run_raw(
         simulator, circuits, shots=1, seed_simulator=task.seed, parameter_binds=binds
     )
@@ -695,7 +717,7 @@ def _sample_terminal(
     decoder = builder.decoder
     rng = np.random.default_rng(task.seed)
     for b, experiment in enumerate(experiments):
-        probabilities = experiment.get("data", {}).get(sampling.LABEL)
+        probabilities = experiment.get("data", {}).get(_PROBABILITIES)
         if probabilities is None:
             raise ExecutionError(
                 "EXECUTION_FAILED",
@@ -703,7 +725,7 @@ def _sample_terminal(
                 kind=FailureKind.BACKEND_FAULT,
             )
         # The same draws whatever the output, so counts alone equal the counted samples.
-        outcomes = plan.outcomes(sampling.draw(probabilities, task.shots, rng))
+        outcomes = plan.outcomes(measurement.draw(probabilities, task.shots, rng))
         if output.samples:  # counts, if asked for, come from these rows
             builder.add_samples(b, decoder.int_samples(outcomes))
         else:

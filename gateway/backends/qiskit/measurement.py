@@ -1,5 +1,5 @@
 """Sampling a circuit's terminal measurements from its final state, as Qiskit's
-StatevectorSampler does, instead of asking Aer for per-shot outcome strings.
+StatevectorSampler does, instead of asking a simulator for per-shot outcome strings.
 
 When every measurement is terminal (nothing but other measurements and barriers follows it on
 its qubit) and nothing else in the circuit is random (no reset, no control flow, no other
@@ -11,9 +11,10 @@ in Aer, ~0.1 ms of parsing, against ~0.1 ms for a one-shot run that saves the pr
 and ~0.05 ms for numpy to draw and pack the shots).
 
 A plan is made once per compiled circuit (in the worker that runs it): the circuit without its
-measurements, saving the probabilities of the measured qubits, and where each classical bit
-reads its value from. Draws use numpy's PCG64 seeded with the job's seed: a seed reproduces
-its samples, as with Aer's own sampling (the two streams differ).
+measurements, the measured qubits, and where each classical bit reads its value from. Each
+adapter asks its own simulator for the measured qubits' probabilities (Aer saves them, Braket
+reports a probability result, PennyLane `qml.probs`). Draws use numpy's PCG64 seeded with the
+job's seed: a seed reproduces its samples on every simulator that gives the same probabilities.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from qiskit.circuit import Barrier, ControlFlowOp, Delay, Gate, Measure, QuantumCircuit
-from qiskit_aer.library import SaveProbabilities
 
-# Where the probabilities are saved (no client circuit can name an Aer instruction's label).
-LABEL = "qgateway_terminal_probabilities"
 # Above this many measured qubits the 2^k probabilities cost more than Aer's own sampling.
 MAX_MEASURED_QUBITS = 20
 # Outcomes are whole-circuit integers (bit j = clbit j): up to 64 classical bits.
@@ -38,15 +36,16 @@ class TerminalPlan:
     """How to sample a circuit whose measurements are all terminal.
 
     Attributes:
-        circuit: The circuit without its measurements, saving the probabilities of the measured
-            qubits under LABEL (bit i of a probability's index = the qubit at position i).
+        body: The circuit without its measurements (or barriers).
+        qubits: The measured qubits, ascending: bit i of a probability's index is qubits[i].
         sources: (clbit, position): each measured classical bit and the position of the qubit
             whose value it holds (the last measurement into it); other clbits read 0.
         identity: Clbit j holds position j for every clbit of the circuit: an index is already
             the outcome.
     """
 
-    circuit: QuantumCircuit
+    body: QuantumCircuit
+    qubits: tuple[int, ...]
     sources: tuple[tuple[int, int], ...]
     identity: bool
 
@@ -63,7 +62,7 @@ class TerminalPlan:
 
 def terminal_plan(circuit: QuantumCircuit) -> TerminalPlan | None:
     """The plan of `circuit`, or None when its shots are not draws from one final state (or
-    it measures nothing, or too much to be worth it): Aer then simulates it as it is."""
+    it measures nothing, or too much to be worth it): the simulator then runs it shot by shot."""
     if circuit.num_clbits > MAX_CLBITS:
         return None
     body = circuit.copy_empty_like()
@@ -92,8 +91,7 @@ def terminal_plan(circuit: QuantumCircuit) -> TerminalPlan | None:
     position_of = {qubit: i for i, qubit in enumerate(positions)}
     sources = tuple(sorted((clbit, position_of[q]) for clbit, q in clbit_source.items()))
     identity = circuit.num_clbits == len(positions) and all(c == p for c, p in sources)
-    body.append(SaveProbabilities(len(positions), label=LABEL), [body.qubits[q] for q in positions])
-    return TerminalPlan(body, sources, identity)
+    return TerminalPlan(body, tuple(positions), sources, identity)
 
 
 def draw(
