@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.backends.aer.adapter import AerAdapter, AerPayload, SamplerTask
+from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
+from gateway.backends.qiskit.adapter import QiskitPayload, SamplerTask
 from gateway.domain.backends import BackendKind, BackendLimits, Primitive
 from gateway.domain.circuits import (
     Bindings,
@@ -243,7 +244,7 @@ def test_parameter_sweep_of_shape_2x3(aer: AerAdapter) -> None:
     ]
     assert prepared.layouts == ((0, 1),)
     # One Aer run for the whole sweep: one task carrying all six bindings.
-    assert isinstance(prepared.payload, AerPayload)
+    assert isinstance(prepared.payload, QiskitPayload)
     task = prepared.payload.tasks[0]
     assert isinstance(task, SamplerTask) and task.values.shape == (2, 3, 2)
 
@@ -285,7 +286,7 @@ def test_pubs_of_one_job_get_different_seeds(aer: AerAdapter) -> None:
 def test_counts_only(aer: AerAdapter) -> None:
     job = spec(sampler(q3(BIT_ORDER_QASM3), shots=9), sampler_output=SamplerOutput.COUNTS)
     prepared, results = run(aer, job)
-    assert isinstance(prepared.payload, AerPayload)
+    assert isinstance(prepared.payload, QiskitPayload)
     assert prepared.payload.sampler_output is SamplerOutput.COUNTS
     result = sampler_result(results[0])
     assert all(r.samples is None for r in result.registers)

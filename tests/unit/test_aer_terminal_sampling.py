@@ -84,8 +84,8 @@ def test_where_each_clbit_reads_from() -> None:
 def test_the_adapter_samples_terminal_circuits_itself(aer: AerAdapter) -> None:
     mps = AerAdapter(context(method="matrix_product_state"))
     ghz = qasm3.loads(H3 + "qubit[3] q; bit[3] c; h q[0]; cx q[0], q[1]; c = measure q;")
-    assert aer._plan("ghz", ghz) is not None
-    assert mps._plan("ghz", ghz) is None  # MPS: Aer's own sampling
+    assert aer.terminal_plan("ghz", ghz) is not None
+    assert mps.terminal_plan("ghz", ghz) is None  # MPS: Aer's own sampling
 
 
 def test_permuted_measurements_into_several_registers(aer: AerAdapter) -> None:

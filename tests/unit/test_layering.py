@@ -17,7 +17,13 @@ ROOT = Path(gateway.__file__).resolve().parent
 VENDOR_SDKS = ("qiskit", "qiskit_aer", "qiskit_ibm_runtime", "braket", "boto3", "pennylane")
 WIRE = ("qgateway", "grpc", "grpc_status", "grpc_health", "grpc_reflection", "google")
 # Adapter packages: the only places that may import a vendor SDK.
-SDK_PACKAGES = ("backends/qiskit/", "backends/aer/", "backends/loopback/")
+SDK_PACKAGES = (
+    "backends/qiskit/",
+    "backends/aer/",
+    "backends/loopback/",
+    "backends/braket/",
+    "backends/pennylane/",
+)
 
 
 def _imports(path: Path) -> set[str]:

@@ -20,8 +20,9 @@ from gateway.api.job_options import (
     decode_max_execution_time,
     decode_provider_options,
 )
-from gateway.backends.aer.adapter import AerAdapter, AerPayload, EstimatorTask
+from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import ProviderOptions
+from gateway.backends.qiskit.adapter import EstimatorTask, QiskitPayload
 from gateway.domain.circuits import Observable, PauliTerm
 from gateway.domain.errors import Code, InvalidArgument
 from tests.adapters import prepare_in_process
@@ -105,7 +106,7 @@ def test_a_sparse_term_on_a_wide_circuit_is_never_expanded(mps: AerAdapter) -> N
     wide = q3("qubit[100] q;\nx q[97];\n")
     job = spec(estimator(wide, [sparse("Z", (97,)), sparse("ZZ", (0, 97))]))
     prepared = prepare_in_process(mps, job, 1)
-    assert isinstance(prepared.payload, AerPayload)
+    assert isinstance(prepared.payload, QiskitPayload)
     task = prepared.payload.tasks[0]
     assert isinstance(task, EstimatorTask)
     assert task.observables == (((("Z", (97,)), 1.0),), ((("ZZ", (0, 97)), 1.0),))

@@ -1,0 +1,746 @@
+"""The base of every backend fed Qiskit circuits: Aer, Braket's and PennyLane's simulators.
+
+The half of an adapter that does not depend on the simulator lives here once:
+- `compile_circuit` (compile workers): parse and validate through the Qiskit front end, check
+  the memory estimate, transpile to the backend's `qiskit_target()` with one cached preset pass
+  manager, and describe the result (registers, layout, features, size).
+- `prepare` (gateway): bindings, observables, shots, precision and costs become one
+  SamplerTask or EstimatorTask per PUB.
+- `execute` (simulator worker): unpickles each compiled circuit once (an LRU by circuit key),
+  samples terminal measurements from exact probabilities with the job's seed (so a seed
+  reproduces samples on every simulator that agrees on the probabilities), and turns exact
+  expectation values of Pauli terms, mapped through the circuit's layout, into the estimator's
+  results.
+
+A subclass names its target and answers three questions in the worker: the measured qubits'
+probabilities, shot-by-shot outcomes (where the backend declares mid-circuit features), and
+the expectation values of Pauli terms.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+from abc import abstractmethod
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+from qiskit.circuit import QuantumCircuit
+from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
+
+from gateway.backends.base import (
+    CIRCUIT_FIELD,
+    AdapterContext,
+    AdapterOptions,
+    BackendAdapter,
+    ExecutionOutcome,
+    PreparedJob,
+)
+from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit.qpy_reader import qpy_versions
+from gateway.backends.qiskit.target import from_qiskit_target
+from gateway.domain import costs
+from gateway.domain.backends import BackendInfo, BackendKind, Primitive
+from gateway.domain.bitarray import RegisterSpec, SamplerResultBuilder
+from gateway.domain.circuits import (
+    DEFAULT_PRECISION,
+    CircuitFeature,
+    CircuitSource,
+    EstimatorPub,
+    FloatArray,
+    PauliTerm,
+    SamplerPub,
+)
+from gateway.domain.costs import JobCost
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import (
+    EstimatorResult,
+    JobResult,
+    JobSpec,
+    PubResult,
+    SamplerOutput,
+    SamplerResult,
+)
+from gateway.domain.targets import BackendTarget
+
+__all__ = [
+    "CircuitRef",
+    "CompiledCircuit",
+    "EstimatorTask",
+    "PauliKey",
+    "QiskitAdapter",
+    "QiskitOptions",
+    "QiskitPayload",
+    "SamplerTask",
+    "Term",
+]
+
+# A dense Pauli string, or sparse Paulis and the qubits they act on.
+PauliKey = str | tuple[str, tuple[int, ...]]
+# A Pauli term on the transpiled circuit's qubits: letters[i] acts on qubits[i].
+Term = tuple[str, tuple[int, ...]]
+
+_WORKER_CACHE_SIZE = 64
+_NOT_GATES = frozenset({"measure", "reset", "delay", "barrier", "global_phase"})
+# Jobs up to this many bindings and observable terms are cheap enough to prepare on the event
+# loop (microseconds), sparing a thread hand-off.
+_CHEAP_BINDINGS = 1024
+_CHEAP_TERMS = 1024
+
+
+class QiskitOptions(AdapterOptions):
+    """Options every Qiskit-fed backend has (a subclass may narrow the defaults)."""
+
+    num_qubits: int = Field(default=64, ge=1)
+    optimization_level: int = Field(default=1, ge=0, le=3)
+    seed_transpiler: int = Field(default=0, ge=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Payload: what `prepare` hands to `execute` (picklable, module-level classes).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CircuitRef:
+    """A transpiled circuit, pickled once when it is compiled.
+
+    `key` is the adapter's circuit_key (the source's digest and everything compiling depends
+    on), so a simulator worker can keep the unpickled circuit.
+    """
+
+    key: str
+    data: bytes
+
+
+@dataclass(frozen=True, eq=False)
+class SamplerTask:
+    circuit: CircuitRef
+    parameters: tuple[str, ...]
+    values: FloatArray  # (*shape, len(parameters)), columns in `parameters` order
+    shape: tuple[int, ...]
+    shots: int
+    registers: tuple[RegisterSpec, ...]
+    seed: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def flat_values(self) -> FloatArray:
+        """(bindings, len(parameters))."""
+        return self.values.reshape(self.size, len(self.parameters))
+
+
+@dataclass(frozen=True, eq=False)
+class EstimatorTask:
+    circuit: CircuitRef
+    parameters: tuple[str, ...]
+    values: FloatArray  # (*bindings_shape, len(parameters))
+    bindings_shape: tuple[int, ...]
+    # Row-major over observables_shape: (term, coefficient) pairs, a term being a dense Pauli
+    # string (character 0 on the highest virtual qubit) or a sparse (paulis, qubits) pair in
+    # ascending virtual-qubit order (paulis[i] on qubits[i]).
+    observables: tuple[tuple[tuple[PauliKey, float], ...], ...]
+    observables_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    precision: float
+    seed: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.bindings_shape)
+
+    def flat_values(self) -> FloatArray:
+        """(bindings, len(parameters))."""
+        return self.values.reshape(self.size, len(self.parameters))
+
+
+@dataclass(frozen=True, eq=False)
+class QiskitPayload:
+    # The simulation method it was prepared for (a worker of another method refuses it).
+    method: str
+    sampler_output: SamplerOutput
+    tasks: tuple[SamplerTask | EstimatorTask, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledCircuit:
+    """A compiled circuit: what `prepare` needs to know, and the transpiled circuit itself."""
+
+    ref: CircuitRef
+    num_qubits: int
+    num_clbits: int
+    parameters: tuple[str, ...]
+    features: frozenset[CircuitFeature]
+    has_measurements: bool
+    # Its shots are draws from one final state (gateway.backends.qiskit.measurement).
+    terminal: bool
+    registers: tuple[RegisterSpec, ...]
+    layout: tuple[int, ...]
+    memory_bytes: int
+    # Operations of the transpiled circuit, as if definitions were unrolled.
+    operations: int
+    # Complex numbers the simulation state holds (what one operation may touch).
+    amplitudes: int
+
+    @property
+    def nbytes(self) -> int:
+        """Its weight in the gateway's compile cache."""
+        return len(self.ref.data) + 1024
+
+    @property
+    def shot_by_shot(self) -> bool:
+        """Mid-circuit measurement, reset or control flow: every shot is simulated."""
+        return bool(self.features)
+
+
+class _LRU:
+    """A small LRU map (a simulator worker runs one job at a time: no lock)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+
+# A cached "no plan" (an _LRU miss is None).
+_NO_PLAN = object()
+
+
+class QiskitAdapter(BackendAdapter):
+    """A simulator fed Qiskit circuits; subclasses name the target and run the simulation."""
+
+    options_model: ClassVar[type[AdapterOptions]] = QiskitOptions
+    # BackendInfo.provider.
+    provider: ClassVar[str]
+    # Features beyond terminal measurement the simulator runs.
+    features: ClassVar[frozenset[CircuitFeature]] = frozenset()
+
+    def __init__(self, context: AdapterContext) -> None:
+        super().__init__(context)
+        if not isinstance(self.options, QiskitOptions):
+            raise TypeError(f"{type(self).__name__} needs QiskitOptions")
+        self.qiskit_options: QiskitOptions = self.options
+        self._lock = threading.Lock()
+        self._pm: PassManager | None = None
+        self._target: Target | None = None
+        self._info: BackendInfo | None = None
+        self._backend_target: BackendTarget | None = None
+        # Simulator-worker side, by circuit key: unpickled transpiled circuits, their terminal
+        # plans (or _NO_PLAN) and layouts.
+        self._worker_circuits = _LRU(_WORKER_CACHE_SIZE)
+        self._worker_plans = _LRU(_WORKER_CACHE_SIZE)
+
+    # ------------------------------------------------------------------ what a subclass says
+
+    @abstractmethod
+    def build_qiskit_target(self) -> Target:
+        """The target circuits are transpiled to (built once; may import the SDK)."""
+
+    @abstractmethod
+    def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
+        """(bytes, amplitudes) of the simulation state for `circuit`.
+
+        Called on the parsed circuit before transpiling and on the transpiled one after (a
+        subclass whose estimate depends on the transpiled gates, such as a matrix product
+        state, answers the first with a lower bound).
+        """
+
+    @property
+    @abstractmethod
+    def method_name(self) -> str:
+        """The simulation method, as memory errors name it (e.g. "statevector")."""
+
+    def sdk_versions(self) -> Mapping[str, str]:
+        """The SDK versions a result was made with (Job.sdk_versions)."""
+        return {}
+
+    def info_properties(self) -> dict[str, str]:
+        """BackendInfo.properties beyond the QPY versions every Qiskit-fed backend reads."""
+        return {}
+
+    def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
+        """Refuses a sampler PUB this backend cannot run as asked (default: none)."""
+
+    def samples_from_probabilities(self) -> bool:
+        """True when terminal-measurement circuits are sampled from exact probabilities (an
+        ideal simulator); False makes every sampler PUB go through `sample_shots`."""
+        return True
+
+    def terminal_probabilities(
+        self,
+        key: str,
+        plan: measurement.TerminalPlan,
+        parameters: tuple[str, ...],
+        values: FloatArray,
+    ) -> FloatArray:
+        """(bindings, 2**len(plan.qubits)) probabilities of plan.qubits after plan.body (bit i
+        of an index = plan.qubits[i]); `values` is (bindings, len(parameters))."""
+        raise NotImplementedError(f"{type(self).__name__} samples shot by shot")
+
+    def sample_shots(
+        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+    ) -> SamplerResult:
+        """A sampler PUB simulated shot by shot (mid-circuit features, or no exact
+        probabilities)."""
+        raise ExecutionError(
+            "EXECUTION_FAILED",
+            f"backends/{self.context.name} samples only terminal measurements",
+            kind=FailureKind.BACKEND_FAULT,
+        )
+
+    @abstractmethod
+    def expectations(
+        self,
+        key: str,
+        circuit: QuantumCircuit,
+        terms: Sequence[Term],
+        parameters: tuple[str, ...],
+        values: FloatArray,
+    ) -> FloatArray:
+        """(bindings, len(terms)) exact expectation values of non-identity Pauli terms on the
+        transpiled circuit's qubits; `values` is (bindings, len(parameters))."""
+
+    # ------------------------------------------------------------------ info
+
+    def qiskit_target(self) -> Target:
+        if self._target is None:
+            with self._lock:
+                if self._target is None:
+                    self._target = self.build_qiskit_target()
+        return self._target
+
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            target = self.qiskit_target()
+            names = target.operation_names
+            basis = tuple(
+                sorted(n for n in names if n in fe.STANDARD_GATE_NAMES and n not in _NOT_GATES)
+            )
+            self._info = BackendInfo(
+                name=self.context.name,
+                provider=self.provider,
+                kind=BackendKind.SIMULATOR,
+                num_qubits=target.num_qubits or self.qiskit_options.num_qubits,
+                basis_gates=basis,
+                primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
+                features=self.features,
+                limits=self.context.limits,
+                # QPY format versions Circuit.qpy may use, e.g. "13-18".
+                properties={**self.info_properties(), "qpy_versions": qpy_versions()},
+            )
+        return self._info
+
+    def target(self) -> BackendTarget:
+        """What this simulator really offers: the target's instructions that the front end
+        accepts, with whatever coupling map and noise data the target has."""
+        if self._backend_target is None:
+            self._backend_target = from_qiskit_target(self.qiskit_target())
+        return self._backend_target
+
+    # ------------------------------------------------------------------ compile
+
+    def compile_circuit(self, source: CircuitSource) -> CompiledCircuit:
+        field = CIRCUIT_FIELD
+        key = self.circuit_key(source)
+        target = self.qiskit_target()
+        budget = self.context.limits.memory_budget_bytes
+        max_qubits = target.num_qubits or self.qiskit_options.num_qubits
+        circuit = fe.parse_circuit(
+            source, self.context.circuit_limits, field, max_qubits=max_qubits
+        )
+        features = fe.detect_features(circuit)
+        fe.check_features(features, self.features, field)
+        fe.check_control_flow_supported(circuit, target.operation_names, field)
+        circuit = fe.rename_shadowing_gates(circuit, target.operation_names, field)
+        # Before transpiling, which costs more than refusing.
+        fe.check_memory(self.state_size(circuit, False)[0], budget, self.method_name, field)
+        transpiled: QuantumCircuit = self._pass_manager().run(circuit)
+        # Each instance of a gate definition may bind its angles differently: an overflow can
+        # show only once the transpiler has unrolled them all.
+        fe.check_finite_parameters(transpiled, field)
+        memory, amplitudes = self.state_size(transpiled, True)
+        fe.check_memory(memory, budget, self.method_name, field)
+        # Loose bits (`bit c;`) are one-bit registers named after their variable.
+        registers = tuple(
+            RegisterSpec(name=name, clbits=clbits)
+            for name, clbits in fe.result_registers(transpiled)
+        )
+        return CompiledCircuit(
+            ref=CircuitRef(key=key, data=pickle.dumps(transpiled, pickle.HIGHEST_PROTOCOL)),
+            num_qubits=circuit.num_qubits,
+            num_clbits=circuit.num_clbits,
+            parameters=tuple(p.name for p in circuit.parameters),
+            features=features,
+            has_measurements=fe.has_measurements(circuit),
+            terminal=measurement.terminal_plan(transpiled) is not None,
+            registers=registers,
+            layout=_layout_of(transpiled),
+            memory_bytes=memory,
+            operations=fe.count_operations(transpiled),
+            amplitudes=amplitudes,
+        )
+
+    def _pass_manager(self) -> PassManager:
+        if self._pm is None:
+            target = self.qiskit_target()
+            with self._lock:
+                if self._pm is None:
+                    self._pm = generate_preset_pass_manager(
+                        optimization_level=self.qiskit_options.optimization_level,
+                        target=target,
+                        seed_transpiler=self.qiskit_options.seed_transpiler,
+                    )
+        return self._pm
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
+        limits = self.context.limits
+        tasks: list[SamplerTask | EstimatorTask] = []
+        layouts: list[tuple[int, ...]] = []
+        peak_memory = 0
+        result_bytes = 0
+        cost = JobCost(limits.max_job_shots, limits.max_estimator_work, limits.max_execution_work)
+        for index, pub in enumerate(spec.pubs):
+            kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
+            base = f"spec.pubs[{index}].{kind}"
+            circuit_field = f"{base}.circuit.{pub.circuit.language.value}"
+            entry = circuits[index]
+            if not isinstance(entry, CompiledCircuit):
+                raise TypeError(f"not a compiled Qiskit circuit: {type(entry).__name__}")
+            bindings_shape = tuple(int(d) for d in pub.bindings.shape)
+            # Counted before resolve_bindings allocates anything for the sweep.
+            costs.bindings_count(bindings_shape, limits.max_bindings, f"{base}.parameter_values")
+            values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
+            pub_seed = costs.derive_seed(seed, index, kind)
+            task: SamplerTask | EstimatorTask
+            if isinstance(pub, SamplerPub):
+                task, size = self._sampler_task(
+                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
+                )
+            else:
+                task, size = self._estimator_task(
+                    pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
+                )
+            fe.check_result_size(size, limits.max_result_bytes, f"spec.pubs[{index}]")
+            result_bytes += size
+            tasks.append(task)
+            layouts.append(entry.layout)
+            peak_memory = max(peak_memory, entry.memory_bytes)
+        fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
+        payload = QiskitPayload(
+            method=self.method_name, sampler_output=spec.options.sampler_output, tasks=tuple(tasks)
+        )
+        return PreparedJob(payload=payload, memory_bytes=peak_memory, layouts=tuple(layouts))
+
+    def _sampler_task(
+        self,
+        pub: SamplerPub,
+        entry: CompiledCircuit,
+        values: FloatArray,
+        shape: tuple[int, ...],
+        seed: int,
+        spec: JobSpec,
+        base: str,
+        circuit_field: str,
+        cost: JobCost,
+    ) -> tuple[SamplerTask, int]:
+        if entry.num_clbits == 0:
+            raise fe.invalid(
+                "NO_MEASUREMENTS",
+                "the circuit has no classical bits, so a sampler has nothing to return",
+                circuit_field,
+            )
+        self.check_sampler(entry, spec, circuit_field)
+        shots, shots_field = costs.pub_shots(
+            pub.shots,
+            spec.options.default_shots,
+            self.context.default_shots,
+            self.context.limits.max_shots,
+            base,
+        )
+        bindings = math.prod(shape)
+        cost.add_shots(bindings, shots, shots_field)
+        cost.add_execution(
+            costs.simulation_work(
+                entry.operations, entry.amplitudes, bindings, shots, entry.shot_by_shot
+            ),
+            base,
+        )
+        size = fe.sampler_result_bytes(
+            [len(r.clbits) for r in entry.registers],
+            bindings,
+            shots,
+            spec.options.sampler_output,
+        )
+        task = SamplerTask(
+            circuit=entry.ref,
+            parameters=entry.parameters,
+            values=values,
+            shape=shape,
+            shots=shots,
+            registers=entry.registers,
+            seed=seed,
+        )
+        return task, size
+
+    def _estimator_task(
+        self,
+        pub: EstimatorPub,
+        entry: CompiledCircuit,
+        values: FloatArray,
+        bindings_shape: tuple[int, ...],
+        seed: int,
+        spec: JobSpec,
+        base: str,
+        circuit_field: str,
+        cost: JobCost,
+    ) -> tuple[EstimatorTask, int]:
+        # Exact expectation values need a pure, unsampled state: no measurement, no reset.
+        if entry.has_measurements:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                "estimator circuits must not contain measurements",
+                circuit_field,
+                feature="measurement",
+            )
+        if CircuitFeature.RESET in entry.features:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                "estimator circuits must not contain resets",
+                circuit_field,
+                feature=CircuitFeature.RESET.value,
+            )
+        observables_shape = fe.validate_observables(
+            pub.observables, pub.observables_shape, entry.num_qubits, f"{base}.observables"
+        )
+        shape = fe.broadcast_pub_shape(observables_shape, bindings_shape, base)
+        # Sparse terms stay sparse (linear in the request, whatever the circuit's width).
+        observables = tuple(
+            tuple((_pauli_key(term), float(term.coefficient)) for term in obs.terms)
+            for obs in pub.observables
+        )
+        # Each distinct Pauli term is evaluated once per binding.
+        terms = len({key for observable in observables for key, _ in observable})
+        bindings = math.prod(bindings_shape)
+        cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
+        cost.add_execution(
+            costs.simulation_work(entry.operations + terms, entry.amplitudes, bindings, 1, False),
+            base,
+        )
+        if pub.precision is not None:
+            precision = costs.check_precision(pub.precision, f"{base}.precision")
+        elif spec.options.default_precision is not None:
+            precision = costs.check_precision(
+                spec.options.default_precision, "spec.options.default_precision"
+            )
+        else:
+            precision = DEFAULT_PRECISION
+        task = EstimatorTask(
+            circuit=entry.ref,
+            parameters=entry.parameters,
+            values=values,
+            bindings_shape=bindings_shape,
+            observables=observables,
+            observables_shape=observables_shape,
+            shape=shape,
+            precision=precision,
+            seed=seed,
+        )
+        return task, fe.estimator_result_bytes(shape)
+
+    def prepare_is_cheap(self, spec: JobSpec) -> bool:
+        # Circuits come compiled: what is left is linear in the bindings and observable terms.
+        # Shapes are summed as Python integers: a client's shape may not fit in 64 bits.
+        bindings = sum(math.prod(p.bindings.shape) for p in spec.pubs)
+        terms = sum(
+            len(o.terms) for p in spec.pubs if isinstance(p, EstimatorPub) for o in p.observables
+        )
+        return bindings <= _CHEAP_BINDINGS and terms <= _CHEAP_TERMS
+
+    # ------------------------------------------------------------------ execute (worker)
+
+    def execute(self, payload: object) -> ExecutionOutcome:
+        if not isinstance(payload, QiskitPayload):
+            raise TypeError(f"not a Qiskit payload: {type(payload).__name__}")
+        if payload.method != self.method_name:
+            raise ValueError(
+                f"payload prepared for {payload.method}, this worker runs {self.method_name}"
+            )
+        results: list[PubResult] = []
+        for index, task in enumerate(payload.tasks):
+            try:
+                circuit = self._load(task.circuit)
+                if isinstance(task, SamplerTask):
+                    results.append(self._sample(circuit, task, payload.sampler_output))
+                else:
+                    results.append(self._estimate(circuit, task))
+            except ExecutionError as exc:
+                # The failure belongs to this PUB: say which (Job.error metadata "pubIndex").
+                exc.metadata.setdefault("pubIndex", str(index))
+                raise
+            except MemoryError:
+                raise ExecutionError(
+                    "OUT_OF_MEMORY",
+                    f"PUB {index}: the simulation ran out of the worker's memory",
+                    kind=FailureKind.OUT_OF_MEMORY,
+                    metadata={"pubIndex": str(index)},
+                ) from None
+        return ExecutionOutcome(
+            result=JobResult(pubs=tuple(results)), sdk_versions=self.sdk_versions()
+        )
+
+    def _load(self, ref: CircuitRef) -> QuantumCircuit:
+        circuit: QuantumCircuit | None = self._worker_circuits.get(ref.key)
+        if circuit is None:
+            circuit = pickle.loads(ref.data)
+            self._worker_circuits.put(ref.key, circuit)
+        return circuit
+
+    def terminal_plan(self, key: str, circuit: QuantumCircuit) -> measurement.TerminalPlan | None:
+        """The circuit's terminal plan when this backend samples it from probabilities."""
+        plan = self._worker_plans.get(key)
+        if plan is None:
+            found = None
+            if self.samples_from_probabilities():
+                found = measurement.terminal_plan(circuit)
+            plan = _NO_PLAN if found is None else found
+            self._worker_plans.put(key, plan)
+        return None if plan is _NO_PLAN else plan
+
+    def _sample(
+        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+    ) -> SamplerResult:
+        plan = self.terminal_plan(task.circuit.key, circuit)
+        if plan is None:
+            return self.sample_shots(circuit, task, output)
+        probabilities = self.terminal_probabilities(
+            task.circuit.key, plan, task.parameters, task.flat_values()
+        )
+        if probabilities.shape[0] != task.size:
+            raise ExecutionError(
+                "EXECUTION_FAILED",
+                f"expected {task.size} probability vectors, got {probabilities.shape[0]}",
+                kind=FailureKind.BACKEND_FAULT,
+            )
+        builder = result_builder(circuit.num_clbits, task, output)
+        decoder = builder.decoder
+        rng = np.random.default_rng(task.seed)
+        for b in range(task.size):
+            # The same draws whatever the output, so counts alone equal the counted samples.
+            outcomes = plan.outcomes(measurement.draw(probabilities[b], task.shots, rng))
+            if output.samples:  # counts, if asked for, come from these rows
+                builder.add_samples(b, decoder.int_samples(outcomes))
+            else:
+                values, numbers = np.unique(outcomes, return_counts=True)
+                drawn = zip(values.tolist(), numbers.tolist(), strict=True)
+                builder.add_counts(b, decoder.int_counts(dict(drawn)))
+        return builder.build()
+
+    def _estimate(self, circuit: QuantumCircuit, task: EstimatorTask) -> EstimatorResult:
+        size = task.size
+        layout = _layout_of(circuit)
+        # Distinct terms in order of first appearance, on the transpiled circuit's qubits.
+        keys = list(dict.fromkeys(key for observable in task.observables for key, _ in observable))
+        mapped = [_physical_term(key, layout) for key in keys]
+        asked = [i for i, term in enumerate(mapped) if term[0]]
+        paulis = np.ones((size, len(keys)), dtype=np.float64)  # identity terms read 1
+        if asked:
+            values = self.expectations(
+                task.circuit.key,
+                circuit,
+                [mapped[i] for i in asked],
+                task.parameters,
+                task.flat_values(),
+            )
+            if values.shape != (size, len(asked)):
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"expected {(size, len(asked))} expectation values, got {values.shape}",
+                    kind=FailureKind.BACKEND_FAULT,
+                )
+            paulis[:, asked] = values
+        column = {key: i for i, key in enumerate(keys)}
+        coefficients = np.zeros((len(keys), len(task.observables)), dtype=np.float64)
+        for o, observable in enumerate(task.observables):
+            for key, coefficient in observable:
+                coefficients[column[key], o] += coefficient
+        exact_flat = paulis @ coefficients  # (bindings, observables)
+        binding_index, observable_index = np.broadcast_arrays(
+            np.arange(size).reshape(task.bindings_shape),
+            np.arange(len(task.observables)).reshape(task.observables_shape),
+        )
+        exact: FloatArray = exact_flat[binding_index, observable_index].astype(np.float64)
+        if task.precision > 0:
+            rng = np.random.default_rng(task.seed)
+            noisy: FloatArray = rng.normal(exact, task.precision).astype(np.float64)
+            errors: FloatArray = np.full(exact.shape, task.precision, dtype=np.float64)
+        else:
+            noisy = exact
+            errors = np.zeros(exact.shape, dtype=np.float64)
+        return EstimatorResult(
+            shape=task.shape,
+            expectation_values=noisy.reshape(task.shape),
+            standard_errors=errors.reshape(task.shape),
+            precision=task.precision,
+        )
+
+
+def result_builder(
+    num_clbits: int, task: SamplerTask, output: SamplerOutput
+) -> SamplerResultBuilder:
+    return SamplerResultBuilder(
+        num_clbits,
+        task.registers,
+        task.shape,
+        task.shots,
+        samples=output.samples,
+        counts=output.counts,
+    )
+
+
+def _pauli_key(term: PauliTerm) -> PauliKey:
+    """A dense term's string, or a sparse term's Paulis and qubits in ascending qubit order
+    (equal sparse terms get equal keys, whatever order the client listed their qubits in)."""
+    if term.qubits is None:
+        return str(term.pauli)
+    pairs = sorted(zip(term.qubits, term.pauli, strict=True))
+    return "".join(p for _, p in pairs), tuple(q for q, _ in pairs)
+
+
+def _physical_term(key: PauliKey, layout: Sequence[int]) -> Term:
+    """A term on virtual qubits as its non-identity letters on the transpiled circuit's
+    qubits (layout[v] = the physical qubit of virtual qubit v)."""
+    if isinstance(key, str):
+        pairs = [(layout[v], p) for v, p in enumerate(reversed(key)) if p != "I"]
+    else:
+        letters, qubits = key
+        pairs = [(layout[v], p) for v, p in zip(qubits, letters, strict=True) if p != "I"]
+    return "".join(p for _, p in pairs), tuple(q for q, _ in pairs)
+
+
+def _layout_of(circuit: QuantumCircuit) -> tuple[int, ...]:
+    layout = circuit.layout
+    if layout is None:
+        return tuple(range(circuit.num_qubits))
+    return tuple(int(q) for q in layout.final_index_layout())
