@@ -1,0 +1,1 @@
+"""PennyLane backends (lightning.qubit, default.qubit): the only package that imports pennylane."""
