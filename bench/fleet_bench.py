@@ -162,7 +162,7 @@ class AerDirect:
         if noise_from is None:
             self.sim = AerSimulator(max_parallel_threads=1)
             target: Any = self.sim
-            self.call = "AerSimulator().run(transpiled).result().get_counts()"
+            self.call = "AerSimulator(max_parallel_threads=1).run(transpiled).result().get_counts()"
         else:
             from qiskit_ibm_runtime import fake_provider
 
