@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import qiskit
 import qiskit_aer
 from pydantic import Field
 from qiskit.circuit import ControlFlowOp, QuantumCircuit
@@ -113,7 +112,6 @@ class AerAdapter(QiskitAdapter):
 
     options_model = AerOptions
     provider = "aer"
-    features = frozenset(CircuitFeature)
 
     def __init__(self, context: AdapterContext) -> None:
         super().__init__(context)
@@ -126,6 +124,9 @@ class AerAdapter(QiskitAdapter):
     @property
     def method_name(self) -> str:
         return self.aer_options.method
+
+    def circuit_features(self) -> frozenset[CircuitFeature]:
+        return frozenset(CircuitFeature)
 
     def build_qiskit_target(self) -> Target:
         if self.aer_options.noise_from is not None:
@@ -154,7 +155,7 @@ class AerAdapter(QiskitAdapter):
         return properties
 
     def sdk_versions(self) -> Mapping[str, str]:
-        return {"qiskit": qiskit.__version__, "qiskit-aer": qiskit_aer.__version__}
+        return {"qiskit-aer": qiskit_aer.__version__}
 
     # ---------------------------------------------------------------------------- worker
 

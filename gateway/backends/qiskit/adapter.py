@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import qiskit
 from pydantic import Field
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
@@ -232,15 +233,14 @@ class QiskitAdapter(BackendAdapter):
     options_model: ClassVar[type[AdapterOptions]] = QiskitOptions
     # BackendInfo.provider.
     provider: ClassVar[str]
-    # Features beyond terminal measurement the simulator runs.
-    features: ClassVar[frozenset[CircuitFeature]] = frozenset()
 
     def __init__(self, context: AdapterContext) -> None:
         super().__init__(context)
         if not isinstance(self.options, QiskitOptions):
             raise TypeError(f"{type(self).__name__} needs QiskitOptions")
         self.qiskit_options: QiskitOptions = self.options
-        self._lock = threading.Lock()
+        # Reentrant: a subclass's lazily built simulator may need the lazily built target.
+        self._lock = threading.RLock()
         self._pm: PassManager | None = None
         self._target: Target | None = None
         self._info: BackendInfo | None = None
@@ -270,8 +270,13 @@ class QiskitAdapter(BackendAdapter):
     def method_name(self) -> str:
         """The simulation method, as memory errors name it (e.g. "statevector")."""
 
+    def circuit_features(self) -> frozenset[CircuitFeature]:
+        """Features beyond terminal measurement the simulator runs (default: none)."""
+        return frozenset()
+
     def sdk_versions(self) -> Mapping[str, str]:
-        """The SDK versions a result was made with (Job.sdk_versions)."""
+        """The simulator's SDK versions a result was made with (Job.sdk_versions lists them
+        beside Qiskit's, which compiled the circuit)."""
         return {}
 
     def info_properties(self) -> dict[str, str]:
@@ -343,7 +348,7 @@ class QiskitAdapter(BackendAdapter):
                 num_qubits=target.num_qubits or self.qiskit_options.num_qubits,
                 basis_gates=basis,
                 primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
-                features=self.features,
+                features=self.circuit_features(),
                 limits=self.context.limits,
                 # QPY format versions Circuit.qpy may use, e.g. "13-18".
                 properties={**self.info_properties(), "qpy_versions": qpy_versions()},
@@ -369,7 +374,7 @@ class QiskitAdapter(BackendAdapter):
             source, self.context.circuit_limits, field, max_qubits=max_qubits
         )
         features = fe.detect_features(circuit)
-        fe.check_features(features, self.features, field)
+        fe.check_features(features, self.circuit_features(), field)
         fe.check_control_flow_supported(circuit, target.operation_names, field)
         circuit = fe.rename_shadowing_gates(circuit, target.operation_names, field)
         # Before transpiling, which costs more than refusing.
@@ -607,7 +612,8 @@ class QiskitAdapter(BackendAdapter):
                     metadata={"pubIndex": str(index)},
                 ) from None
         return ExecutionOutcome(
-            result=JobResult(pubs=tuple(results)), sdk_versions=self.sdk_versions()
+            result=JobResult(pubs=tuple(results)),
+            sdk_versions={"qiskit": qiskit.__version__, **self.sdk_versions()},
         )
 
     def _load(self, ref: CircuitRef) -> QuantumCircuit:

@@ -11,9 +11,12 @@ import inspect
 from collections.abc import Callable, Collection
 from datetime import datetime
 
+from qiskit.circuit import IfElseOp, Measure, Reset
+from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.transpiler import Target
 
 from gateway.backends.qiskit.frontend import ACCEPTED_INSTRUCTION_NAMES
+from gateway.domain.circuits import CircuitFeature
 from gateway.domain.targets import (
     BackendTarget,
     QargProperties,
@@ -22,7 +25,7 @@ from gateway.domain.targets import (
     TimingConstraints,
 )
 
-__all__ = ["from_qiskit_target"]
+__all__ = ["from_qiskit_target", "ideal_target"]
 
 
 def _float(value: object) -> float | None:
@@ -111,3 +114,23 @@ def from_qiskit_target(
         calibration_time=calibration_time,
         coupling_map=tuple((int(a), int(b)) for a, b in edges),
     )
+
+
+def ideal_target(
+    gates: Collection[str],
+    num_qubits: int,
+    features: Collection[CircuitFeature],
+    description: str,
+) -> Target:
+    """An all-to-all, noiseless Target of Qiskit standard gates (by name), measure, and reset
+    or if/else where the backend runs them: what a simulator that is not Qiskit's takes."""
+    standard = get_standard_gate_name_mapping()
+    target = Target(num_qubits=num_qubits, description=description)
+    for name in sorted(gates):
+        target.add_instruction(standard[name], properties=None, name=name)
+    target.add_instruction(Measure(), properties=None)
+    if CircuitFeature.RESET in features:
+        target.add_instruction(Reset(), properties=None)
+    if CircuitFeature.CONTROL_FLOW in features:
+        target.add_instruction(IfElseOp, name="if_else")
+    return target

@@ -1,0 +1,134 @@
+"""PennyLane's simulators (entry point "pennylane"): lightning.qubit and default.qubit.
+
+Compiling and preparing are the shared Qiskit half (gateway.backends.qiskit.adapter): circuits
+are transpiled to the Qiskit gates the translation maps onto PennyLane operations (gates.py,
+which imports no SDK, so compile workers never load PennyLane). The simulator worker
+translates each compiled circuit once (translate.py; no pennylane-qiskit, which would
+downgrade the Qiskit stack) and runs it on one device (simulation.py).
+
+Only terminal measurements are run: the gateway samples them from PennyLane's analytic
+probabilities with the job's seed. A measurement turned into a mid-circuit one makes PennyLane
+about 100x slower, so mid-circuit measurement, reset and control flow are refused
+(UNSUPPORTED_FEATURE), as is a sampler circuit measuring more qubits than exact probabilities
+can hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from qiskit.circuit import QuantumCircuit
+from qiskit.transpiler import Target
+
+from gateway.backends.base import AdapterContext
+from gateway.backends.pennylane.gates import QISKIT_GATES
+from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit.adapter import CompiledCircuit, QiskitAdapter, QiskitOptions, Term
+from gateway.backends.qiskit.target import ideal_target
+from gateway.domain.circuits import FloatArray
+from gateway.domain.jobs import JobSpec
+
+if TYPE_CHECKING:
+    from gateway.backends.pennylane.simulation import PennyLaneSimulation
+
+__all__ = ["PennyLaneAdapter", "PennyLaneOptions"]
+
+Device = Literal["lightning.qubit", "default.qubit"]
+# A state vector this wide is 512 MiB; the memory budget usually refuses earlier.
+_MAX_QUBITS = 25
+
+
+class PennyLaneOptions(QiskitOptions):
+    device: Device = "lightning.qubit"
+
+
+class PennyLaneAdapter(QiskitAdapter):
+    """A PennyLane device, analytic, per its options."""
+
+    options_model = PennyLaneOptions
+    provider = "pennylane"
+
+    def __init__(self, context: AdapterContext) -> None:
+        super().__init__(context)
+        if not isinstance(self.options, PennyLaneOptions):
+            raise TypeError("PennyLaneAdapter needs PennyLaneOptions")
+        self.pennylane_options: PennyLaneOptions = self.options
+        self._simulation: PennyLaneSimulation | None = None
+
+    @property
+    def method_name(self) -> str:
+        return "statevector"
+
+    def build_qiskit_target(self) -> Target:
+        qubits = min(self.pennylane_options.num_qubits, _MAX_QUBITS)
+        return ideal_target(
+            QISKIT_GATES, qubits, frozenset(), f"pennylane-{self.pennylane_options.device}"
+        )
+
+    def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
+        n = circuit.num_qubits
+        return fe.statevector_bytes(n), 1 << n
+
+    def info_properties(self) -> dict[str, str]:
+        return {"device": self.pennylane_options.device}
+
+    def sdk_versions(self) -> Mapping[str, str]:
+        return {name: metadata.version(name) for name in ("pennylane", "pennylane-lightning")}
+
+    def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
+        # Mid-circuit features are refused when compiling; what is left without a plan measures
+        # too many qubits (or nothing).
+        if not entry.terminal:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                f"backends/{self.context.name} samples from exact probabilities: it measures "
+                f"at most {measurement.MAX_MEASURED_QUBITS} qubits into at most "
+                f"{measurement.MAX_CLBITS} classical bits, and at least one",
+                circuit_field,
+                feature="measured_qubits",
+            )
+
+    # ---------------------------------------------------------------------------- worker
+
+    def _sim(self) -> PennyLaneSimulation:
+        if self._simulation is None:
+            with self._lock:
+                if self._simulation is None:
+                    # Imported here: only simulator workers of this backend load PennyLane.
+                    from gateway.backends.pennylane.simulation import PennyLaneSimulation
+
+                    self._simulation = PennyLaneSimulation(
+                        self.pennylane_options.device, self.qiskit_target().num_qubits or 1
+                    )
+        return self._simulation
+
+    def warm_up(self) -> None:
+        probe = QuantumCircuit(1, 1)
+        probe.x(0)
+        probe.measure(0, 0)
+        plan = measurement.terminal_plan(probe)
+        assert plan is not None
+        self._sim().probabilities("warm-up", plan, (), np.zeros((1, 0), dtype=np.float64))
+
+    def terminal_probabilities(
+        self,
+        key: str,
+        plan: measurement.TerminalPlan,
+        parameters: tuple[str, ...],
+        values: FloatArray,
+    ) -> FloatArray:
+        return self._sim().probabilities(key, plan, parameters, values)
+
+    def expectations(
+        self,
+        key: str,
+        circuit: QuantumCircuit,
+        terms: Sequence[Term],
+        parameters: tuple[str, ...],
+        values: FloatArray,
+    ) -> FloatArray:
+        return self._sim().expectations(key, circuit, terms, parameters, values)
