@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class GatewayProcess:
         *,
         start_timeout: float = 120.0,
         command: Sequence[str] = (sys.executable, "-m", "gateway"),
+        env: Mapping[str, str] | None = None,
     ) -> GatewayProcess:
         """Starts the gateway and waits for its ready line.
 
@@ -48,8 +49,13 @@ class GatewayProcess:
             log_path: Where the gateway's stderr goes (appended).
             start_timeout: Seconds to wait for the ready line.
             command: What runs `serve --config FILE` (e.g. a profiler wrapping the gateway).
+            env: Variables to set for the gateway and its workers (e.g. PYTHONPATH holding a
+                test-only adapter package).
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QGATEWAY_")}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("QGATEWAY_")},
+            **(env or {}),
+        }
         with log_path.open("a") as log:
             process = subprocess.Popen(
                 [*command, "serve", "--config", str(config)],

@@ -1,0 +1,346 @@
+"""One suite that pins every local backend to the same answers, over real gRPC (issue 9).
+
+Every test runs on every backend of the fleet (tests/conformance/conftest.py). Expected results
+are derived by hand from each circuit (X on chosen qubits, rotations with known
+probabilities, GHZ stabilisers), never from another run of a simulator; the statistical bounds
+and their false-failure rates are stated in tests/conformance/stats.py. A backend is held to
+what it declares: a feature it lists must work, one it does not list must be refused with
+UNSUPPORTED_FEATURE; its qubit count and target must be what it accepts.
+
+The last test shows the suite can fail: a backend that reverses Aer's bit order turns the bit
+order, distribution and cross-backend checks red.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from qgateway import Client, estimator_pub
+from qgateway.errors import QGatewayError
+
+from tests.conformance.conftest import EXACT, NOISY, PROFILES, REVERSED
+from tests.conformance.stats import assert_counts_follow, assert_within_noise
+
+FLEET = [*EXACT, *NOISY]
+H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+SHOTS = 4000
+
+# Five qubits (the noisy fakes have five), three registers of widths 1, 3 and 2, measured in a
+# scrambled order; q[2] is flipped but never measured, and b[1], c[0] are never written.
+#   a[0] <- q[3] = 1;  b[0] <- q[4] = 0, b[2] <- q[0] = 1;  c[1] <- q[1] = 1
+BIT_ORDER = (
+    H3
+    + "qubit[5] q; bit[1] a; bit[3] b; bit[2] c;\n"
+    + "x q[0]; x q[1]; x q[2]; x q[3];\n"
+    + "a[0] = measure q[3]; b[0] = measure q[4]; b[2] = measure q[0]; c[1] = measure q[1];\n"
+)
+BIT_ORDER_EXPECTED = {"a": "1", "b": "100", "c": "10"}
+
+# q[0] and q[3] carry one bit b with P(1) = sin^2(theta/2), q[1] is a fair coin u, q[2] reads 1.
+# The register reads c3 c2 c1 c0 = b b 1 u (no reordering of the bits maps it onto itself).
+SWEEP = (
+    H3
+    + "input float[64] theta;\nqubit[4] q; bit[4] c;\n"
+    + "ry(theta) q[0]; cx q[0], q[3]; h q[1]; x q[2];\n"
+    + "c[0] = measure q[1]; c[1] = measure q[2]; c[2] = measure q[0]; c[3] = measure q[3];\n"
+)
+THETAS = [0.0, 0.7, 1.9, math.pi]
+
+# cos(t/2)|0000> + sin(t/2)|1111>, entangled as a star from q[0] (on a line of qubits, as the
+# 5-qubit fakes have, no layout avoids routing: the layout is not the identity).
+STAR = (
+    H3
+    + "input float[64] phi;\nqubit[4] q;\n"
+    + "ry(phi) q[0]; cx q[0], q[1]; cx q[0], q[2]; cx q[0], q[3];\n"
+)
+STAR_ANGLES = [0.0, 0.9, math.pi / 2, 2.5]
+
+
+def _star_expectations(t: float) -> list[float]:
+    """The observables of test_estimator_observables, by hand: <Z0> = cos t; <Z0 Z3> = 1;
+    <XXXX> = sin t; <YYXX> = -sin t (Y Y maps |00> to -|11>); 0.5 <Z1> + 2 <X2> = 0.5 cos t."""
+    return [
+        math.cos(t),
+        1.0,
+        math.sin(t),
+        -math.sin(t),
+        0.5 * math.cos(t),
+    ]
+
+
+STAR_OBSERVABLES = [
+    "IIIZ",  # dense: character 0 is the highest qubit
+    [("ZZ", [3, 0], 1.0)],  # sparse, qubits listed out of order
+    "XXXX",
+    [("XXYY", [3, 2, 1, 0], 1.0)],  # Y on q1 and q0
+    [("Z", [1], 0.5), ("X", [2], 2.0)],  # a sum; <X2> = 0 on this state
+]
+
+
+def _sweep_probabilities(theta: float) -> dict[str, float]:
+    s = math.sin(theta / 2) ** 2
+    return {"0010": (1 - s) / 2, "0011": (1 - s) / 2, "1110": s / 2, "1111": s / 2}
+
+
+def _check(client: Client, backend: str, counts: dict[str, int], ideal: dict[str, float]) -> None:
+    noise = PROFILES[backend].noise if backend in PROFILES else None
+    if noise is None:
+        assert_counts_follow(counts, {k: v for k, v in ideal.items() if v > 0})
+    else:
+        assert_within_noise(counts, ideal, noise)
+
+
+# --------------------------------------------------------------------------- the checks
+# Functions of (client, backend), so the last test can run them on the reversing backend.
+
+
+def check_bit_order(client: Client, backend: str) -> None:
+    result = client.run(BIT_ORDER, backend=backend, shots=SHOTS, seed=5).sampler()
+    assert result.register_names == ["a", "b", "c"]
+    for register, bits in BIT_ORDER_EXPECTED.items():
+        counts = result.counts(register=register)
+        if PROFILES.get(backend, PROFILES["aer"]).noise is None:
+            assert counts == {bits: SHOTS}, f"register {register}: {counts}"
+        else:
+            # Readout and gate noise flip some shots; the right string still dominates.
+            assert max(counts, key=lambda k: counts[k]) == bits, f"register {register}: {counts}"
+            assert_within_noise(counts, {bits: 1.0}, PROFILES[backend].noise or 0.0)
+
+
+def check_sweep(client: Client, backend: str) -> None:
+    result = client.run(
+        SWEEP,
+        backend=backend,
+        shots=SHOTS,
+        seed=11,
+        parameter_values=[[t] for t in THETAS],
+    ).sampler()
+    assert result.shape == (len(THETAS),)
+    for index, theta in enumerate(THETAS):
+        _check(client, backend, result.counts(index), _sweep_probabilities(theta))
+
+
+def check_same_samples_as_aer(client: Client, backend: str) -> None:
+    """Exact backends sample from the same probabilities with the same seeded generator: the
+    same seed gives the same shots, in order, on every one of them (a draw differs only if
+    the probabilities differ by more than float rounding at a cumulative boundary: ~1e-15 per
+    shot)."""
+    circuit = H3 + "qubit[3] q; bit[3] c; ry(1.3) q[0]; h q[1]; cx q[1], q[2]; c = measure q;"
+    ours = client.run(circuit, backend=backend, shots=256, seed=2024).sampler().bitstrings()
+    aer = client.run(circuit, backend="aer", shots=256, seed=2024).sampler().bitstrings()
+    assert ours == aer
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_bit_order_across_registers(client: Client, backend: str) -> None:
+    check_bit_order(client, backend)
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_distribution_over_a_parameter_sweep(client: Client, backend: str) -> None:
+    check_sweep(client, backend)
+
+
+@pytest.mark.parametrize("backend", EXACT)
+def test_a_seed_gives_aer_s_samples(client: Client, backend: str) -> None:
+    check_same_samples_as_aer(client, backend)
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_seeds_are_reproducible(client: Client, backend: str) -> None:
+    circuit = H3 + "qubit[2] q; bit[2] c; h q; c = measure q;"
+
+    def draw(seed: int) -> list[str]:
+        return client.run(circuit, backend=backend, shots=64, seed=seed).sampler().bitstrings()
+
+    first = draw(99)
+    assert draw(99) == first
+    # 64 fair two-bit draws repeat by chance with probability 4^-64.
+    assert draw(100) != first
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_estimator_observables(client: Client, backend: str) -> None:
+    job = client.submit_pubs(
+        [
+            estimator_pub(
+                STAR,
+                STAR_OBSERVABLES,
+                # Shape (4, 1): broadcast against the 5 observables to (4, 5).
+                parameter_values=[[[t]] for t in STAR_ANGLES],
+                precision=0.0,
+            )
+        ],
+        backend=backend,
+    )
+    done = client.wait(job.name, timeout=120)
+    assert done.state == "SUCCEEDED", done.error
+    result = client.get_result(job.name).estimator()
+    assert result.shape == (len(STAR_ANGLES), len(STAR_OBSERVABLES))
+    got = np.array(result.expectation_values).reshape(result.shape)
+    want = np.array([_star_expectations(t) for t in STAR_ANGLES])
+    profile = PROFILES[backend]
+    tolerance = 1e-7 if profile.noise is None else profile.estimator_noise
+    assert np.abs(got - want).max() <= tolerance, f"{got} vs {want}"
+    if backend.startswith("aer-noisy"):
+        # The star cannot sit on a line of qubits: this backend ran it on a routed layout, so
+        # the observables were mapped through a layout that is not the identity.
+        assert done.execution is not None
+        assert done.execution.layouts[0] != [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_estimator_precision_gives_standard_errors(client: Client, backend: str) -> None:
+    precision = 0.01
+    pub = client.estimate(
+        STAR, ["IIIZ"], parameter_values=[[0.9]], precision=precision, backend=backend, seed=3
+    )
+    assert pub.standard_errors == [precision]
+    bound = 5.5 * precision + PROFILES[backend].estimator_noise
+    assert abs(pub.expectation_values[0] - math.cos(0.9)) <= bound
+
+
+MID_CIRCUIT: dict[str, tuple[str, dict[str, str]]] = {
+    # x, measure, x again, measure the same qubit: c = "01".
+    "MID_CIRCUIT_MEASUREMENT": (
+        "qubit[1] q; bit[2] c; x q[0]; c[0] = measure q[0]; x q[0]; c[1] = measure q[0];",
+        {"c": "01"},
+    ),
+    # A flipped qubit reset, then measured: 0; its neighbour flipped: c = "10".
+    "RESET": (
+        "qubit[2] q; bit[2] c; x q[0]; x q[1]; reset q[0]; c[0] = measure q[0]; "
+        "c[1] = measure q[1];",
+        {"c": "10"},
+    ),
+    # Feed-forward: a measured 1 flips q[1]: c = "11".
+    "CONTROL_FLOW": (
+        "qubit[2] q; bit[2] c; x q[0]; c[0] = measure q[0]; if (c[0]) { x q[1]; } "
+        "c[1] = measure q[1];",
+        {"c": "11"},
+    ),
+}
+
+
+@pytest.mark.parametrize("feature", sorted(MID_CIRCUIT))
+@pytest.mark.parametrize("backend", FLEET)
+def test_declared_features_work_and_others_are_refused(
+    client: Client, backend: str, feature: str
+) -> None:
+    text, expected = MID_CIRCUIT[feature]
+    declared = feature in client.get_backend(backend).features
+    if not declared:
+        with pytest.raises(QGatewayError) as info:
+            client.run(H3 + text, backend=backend, shots=16)
+        assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
+        return
+    # Unseeded: a backend that cannot seed such a circuit must still run it.
+    counts = client.run(H3 + text, backend=backend, shots=200).sampler().counts(register="c")
+    if PROFILES[backend].noise is None:
+        assert counts == {expected["c"]: 200}
+    else:
+        assert max(counts, key=lambda k: counts[k]) == expected["c"]
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_declared_qubit_count_is_the_limit(client: Client, backend: str) -> None:
+    """n qubits are accepted (they run, or only the memory budget refuses them, as for a
+    64-qubit statevector); n + 1 are refused for their number."""
+    n = client.get_backend(backend).num_qubits
+    fits = H3 + f"qubit[{n}] q; bit[1] c; x q[{n - 1}]; c[0] = measure q[{n - 1}];"
+    try:
+        counts = client.run(fits, backend=backend, shots=8, seed=1).sampler().counts()
+    except QGatewayError as exc:
+        assert exc.reason == "MEMORY_BUDGET_EXCEEDED", exc
+    else:
+        assert max(counts, key=lambda k: counts[k]) == "1"
+    with pytest.raises(QGatewayError) as info:
+        client.run(H3 + f"qubit[{n + 1}] q; bit[1] c; c[0] = measure q[0];", backend=backend)
+    assert info.value.reason == "TOO_MANY_QUBITS", info.value
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_a_circuit_built_for_the_declared_target_runs_as_its_physics_says(
+    client: Client, backend: str
+) -> None:
+    """The claim of GetBackendTarget: a circuit transpiled by the client for that target, in
+    its gates and on its coupling map, runs unchanged and gives the ideal distribution (exact
+    backends) or one within the noise budget."""
+    import qiskit
+    from qgateway.qiskit_target import to_target
+    from qiskit import qasm3
+    from qiskit.quantum_info import Statevector
+
+    target = to_target(client.get_backend_target(backend))
+    circuit = qiskit.QuantumCircuit(3)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.ry(0.8, 2)
+    circuit.cz(1, 2)
+    circuit.rx(1.7, 1)
+    circuit.swap(0, 2)
+    ideal_state = Statevector(circuit)
+    ideal = {
+        format(i, "03b"): float(p) for i, p in enumerate(ideal_state.probabilities()) if p > 1e-12
+    }
+    circuit.measure_all()
+    isa = qiskit.transpile(circuit, target=target, optimization_level=1, seed_transpiler=7)
+    names = {i.operation.name for i in isa.data} - {"measure", "barrier"}
+    assert names <= set(target.operation_names), names
+    counts = client.run(qasm3.dumps(isa), backend=backend, shots=SHOTS, seed=8).sampler().counts()
+    _check(client, backend, counts, ideal)
+
+
+@pytest.mark.parametrize("backend", ["braket-sv", "braket-dm"])
+def test_braket_refuses_a_seed_it_cannot_honour(client: Client, backend: str) -> None:
+    """LocalSimulator takes no seed: a circuit that must run shot by shot (mid-circuit
+    measurement) cannot be reproduced, so a seeded job is refused rather than silently
+    unseeded (the unseeded run is in test_declared_features_work_and_others_are_refused)."""
+    text, _ = MID_CIRCUIT["MID_CIRCUIT_MEASUREMENT"]
+    with pytest.raises(QGatewayError) as info:
+        client.run(H3 + text, backend=backend, shots=16, seed=4)
+    assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
+    assert "seed" in str(info.value)
+
+
+def test_braket_noise_matches_its_channels(client: Client) -> None:
+    """braket-dm-noisy's channels, by hand on X then measure: the 1-qubit depolarizing channel
+    of probability p leaves |1> with weight 1 - 2p/3, then the readout flip r mixes it:
+    P(1) = (1 - 2p/3)(1 - r) + (2p/3) r."""
+    from tests.conformance.conftest import BRAKET_NOISE
+
+    p, r = BRAKET_NOISE["depolarizing_1q"], BRAKET_NOISE["readout_flip"]
+    one = (1 - 2 * p / 3) * (1 - r) + (2 * p / 3) * r
+    counts = (
+        client.run(
+            H3 + "qubit[1] q; bit[1] c; x q[0]; c[0] = measure q[0];",
+            backend="braket-dm-noisy",
+            shots=20_000,
+            seed=6,
+        )
+        .sampler()
+        .counts()
+    )
+    assert_counts_follow(counts, {"1": one, "0": 1 - one})
+
+
+# --------------------------------------------------------------------------- the suite's test
+
+CHECKS: dict[str, Callable[[Client, str], None]] = {
+    "bit order": check_bit_order,
+    "sweep": check_sweep,
+    "same samples as aer": check_same_samples_as_aer,
+}
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_the_suite_fails_a_backend_that_reverses_bit_order(client: Client, check: str) -> None:
+    """Aer behind a wrapper that reverses the measured qubits' order (tests/conformance/
+    reversed_bits.py) must fail each check; the same check passes on Aer itself above."""
+    with pytest.raises(AssertionError):
+        CHECKS[check](client, REVERSED)
