@@ -244,6 +244,7 @@ class AuthConfig(_Strict):
 
 
 def _default_backends() -> dict[str, BackendConfig]:
+    """The local fleet: every SDK's simulators, one warm worker each (Aer's statevector two)."""
     return {
         "aer": BackendConfig(
             adapter="aer",
@@ -251,6 +252,17 @@ def _default_backends() -> dict[str, BackendConfig]:
             options={"method": "statevector"},
         ),
         "aer-mps": BackendConfig(adapter="aer", options={"method": "matrix_product_state"}),
+        "aer-noisy-manila": BackendConfig(
+            adapter="aer", options={"method": "density_matrix", "noise_from": "FakeManilaV2"}
+        ),
+        "braket-sv": BackendConfig(adapter="braket", options={"device": "braket_sv"}),
+        "braket-dm": BackendConfig(adapter="braket", options={"device": "braket_dm"}),
+        "pennylane-lightning": BackendConfig(
+            adapter="pennylane", options={"device": "lightning.qubit"}
+        ),
+        "pennylane-default": BackendConfig(
+            adapter="pennylane", options={"device": "default.qubit"}
+        ),
     }
 
 

@@ -12,9 +12,30 @@ def test_embedded_default_needs_no_file(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.delenv(var)
     config = load_config(None)
     assert config.server.listen == "127.0.0.1:50051"
-    assert set(config.backends) == {"aer", "aer-mps"}
     assert config.backends["aer-mps"].options["method"] == "matrix_product_state"
     assert config.data_dir == Path("data")
+
+
+def test_the_embedded_default_is_the_local_fleet_under_the_conformance_suite() -> None:
+    from gateway.backends.registry import load_adapter
+    from tests.conformance.conftest import PROFILES
+
+    backends = load_config(None).backends
+    assert set(backends) == {
+        "aer",
+        "aer-mps",
+        "aer-noisy-manila",
+        "braket-sv",
+        "braket-dm",
+        "pennylane-lightning",
+        "pennylane-default",
+    }
+    # Every default backend but the MPS method is held to the conformance suite (MPS is
+    # Aer's own code with another method; its own tests are in test_aer_adapter).
+    assert set(backends) - {"aer-mps"} <= set(PROFILES)
+    for name, backend in backends.items():
+        # What a worker would build: a typo in an embedded option fails here, not at start.
+        assert load_adapter(backend.adapter).options_model.model_validate(backend.options), name
 
 
 def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
