@@ -23,6 +23,7 @@ SDK_PACKAGES = (
     "backends/loopback/",
     "backends/braket/",
     "backends/pennylane/",
+    "backends/ibm/",
 )
 
 

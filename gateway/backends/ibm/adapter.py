@@ -1,0 +1,428 @@
+"""IBM Quantum backends (entry point "ibm") on the shared Qiskit base.
+
+Compiling and preparing are the Qiskit half (gateway.backends.qiskit.adapter): circuits are
+transpiled to the device's target with one cached pass manager, so every circuit is ISA (the
+runtime refuses others), and observables are mapped through the layout onto physical qubits.
+
+Offline, `backend` names a fake backend of qiskit-ibm-runtime ("FakeManilaV2", "FakeBrisbane",
+...) and jobs run in a simulator worker through the runtime's own primitives in local mode:
+`qiskit_ibm_runtime.executor_sampler.Sampler` and `executor_estimator.Estimator`, the V2
+primitives qiskit-ibm-runtime 0.50+ recommends (its SamplerV2/EstimatorV2 are deprecated in
+their favour), which do twirling, dynamical decoupling and error mitigation on the client side
+and hand the resulting program to a local Aer simulation.
+
+Local mode builds the fake's noisy simulator on every run when given the fake backend itself
+(`AerSamplerV2.from_backend` rebuilds the noise model: seconds on a 127-qubit device), and
+deep-copies it when given an AerSimulator. Here the simulator is built once per worker
+(`AerSimulator.from_backend`) and handed to the primitives as their mode, as a subclass whose
+deep copy is itself: the runtime's only changes to its copy are the run's seed and a qubit cap,
+and a worker runs one job at a time.
+
+With credentials the cloud runner (gateway.backends.ibm.cloud) runs jobs on the real service
+instead (`create_runner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from qiskit.circuit import ClassicalRegister, QuantumCircuit
+from qiskit.transpiler import Target
+
+from gateway.backends.base import AdapterContext, ExecutionOutcome, PreparedJob, ProviderOptions
+from gateway.backends.ibm.options import IbmOptions, IbmProviderOptions
+from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit.adapter import (
+    EstimatorTask,
+    QiskitAdapter,
+    QiskitPayload,
+    SamplerTask,
+    Term,
+    _layout_of,
+    _physical_term,
+    result_builder,
+)
+from gateway.domain.circuits import CircuitFeature, FloatArray
+from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import EstimatorResult, JobSpec, SamplerOutput, SamplerResult
+
+if TYPE_CHECKING:
+    from gateway.backends.runner import Runner
+
+__all__ = ["IbmAdapter", "IbmPayload", "simulator_builds"]
+
+_FAKE_PROVIDER = "qiskit_ibm_runtime.fake_provider"
+_PROVIDER_FIELD = "spec.options.provider_options"
+# Names given to loose classical bits so the runtime's sampler returns them (it reports
+# registers only); no client register can start with this prefix and be valid OpenQASM.
+_LOOSE_PREFIX = "_qgateway_loose_"
+_NOT_ACTIVE = frozenset({"barrier", "delay"})
+
+# Simulators this process has built (tests: one per worker, not one per job).
+_builds = 0
+_builds_lock = threading.Lock()
+
+
+def simulator_builds() -> int:
+    """How many fake-backend simulators this process has built."""
+    return _builds
+
+
+def _fake_backend(name: str) -> Any:
+    module = importlib.import_module(_FAKE_PROVIDER)
+    cls = getattr(module, name, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"{_FAKE_PROVIDER} has no fake backend {name!r}")
+    return cls()
+
+
+@dataclass(frozen=True, eq=False)
+class IbmPayload:
+    """The Qiskit payload and the job's provider options (as validated)."""
+
+    inner: QiskitPayload
+    options: IbmProviderOptions
+
+
+class IbmAdapter(QiskitAdapter):
+    """An IBM Quantum device: a fake backend in local mode offline, the service with
+    credentials."""
+
+    options_model = IbmOptions
+    provider_options_model: ClassVar[type[ProviderOptions]] = IbmProviderOptions
+    provider = "ibm"
+
+    def __init__(self, context: AdapterContext) -> None:
+        super().__init__(context)
+        if not isinstance(self.options, IbmOptions):
+            raise TypeError("IbmAdapter needs IbmOptions")
+        self.ibm_options: IbmOptions = self.options
+        self._fake: Any = None
+        self._simulator: Any = None
+        # The running job's provider options (a simulator worker runs one job at a time).
+        self._job_options = IbmProviderOptions()
+
+    # ------------------------------------------------------------------ what the base asks
+
+    @property
+    def method_name(self) -> str:
+        return "local_mode"
+
+    def fake_backend(self) -> Any:
+        """The fake backend instance (built once; imports qiskit-ibm-runtime)."""
+        if self._fake is None:
+            with self._lock:
+                if self._fake is None:
+                    if not self.ibm_options.is_fake:
+                        raise ValueError(
+                            f"backends/{self.context.name}: {self.ibm_options.backend!r} is not "
+                            "a fake backend; a device needs credentials and the cloud runner"
+                        )
+                    self._fake = _fake_backend(self.ibm_options.backend)
+        return self._fake
+
+    def build_qiskit_target(self) -> Target:
+        target: Target = self.fake_backend().target
+        return target
+
+    def circuit_features(self) -> frozenset[CircuitFeature]:
+        # What the device's target declares (dynamic circuits on IBM's current devices).
+        names = self.qiskit_target().operation_names
+        features = set()
+        if "measure" in names:
+            features.add(CircuitFeature.MID_CIRCUIT_MEASUREMENT)
+        if "reset" in names:
+            features.add(CircuitFeature.RESET)
+        if "if_else" in names:
+            features.add(CircuitFeature.CONTROL_FLOW)
+        return frozenset(features)
+
+    def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
+        # Aer simulates only the qubits a circuit uses (a 3-qubit circuit on a 127-qubit
+        # device is a 3-qubit simulation); noisy runs sample a state vector per shot.
+        active = _active_qubits(circuit) if transpiled else circuit.num_qubits
+        return fe.statevector_bytes(active), 1 << active
+
+    def info_properties(self) -> dict[str, str]:
+        return {
+            "ibm_backend": self.ibm_options.backend,
+            "local_mode": str(self.ibm_options.is_fake),
+        }
+
+    def sdk_versions(self) -> Mapping[str, str]:
+        import qiskit_aer
+        import qiskit_ibm_runtime
+
+        return {
+            "qiskit-ibm-runtime": qiskit_ibm_runtime.__version__,
+            "qiskit-aer": qiskit_aer.__version__,
+        }
+
+    def create_runner(self) -> Runner | None:
+        """None without credentials (fake backends run on the worker pool); with them, the
+        cloud runner of gateway.backends.ibm.cloud."""
+        if not self.ibm_options.has_credentials:
+            return None
+        cloud = importlib.import_module("gateway.backends.ibm.cloud")
+        runner: Runner | None = cloud.create_runner(self)
+        return runner
+
+    # ------------------------------------------------------------------ prepare (gateway)
+
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
+        prepared = super().prepare(spec, seed, circuits)
+        options = self.validate_provider_options(spec.options.provider_options, _PROVIDER_FIELD)
+        assert isinstance(options, IbmProviderOptions)
+        inner = prepared.payload
+        assert isinstance(inner, QiskitPayload)
+        _check_options(options, inner)
+        return dataclasses.replace(prepared, payload=IbmPayload(inner, options))
+
+    # ------------------------------------------------------------------ execute (worker)
+
+    def warm_up(self) -> None:
+        # The simulator, and the runtime's client-side primitive code, before the first job.
+        self._sim()
+        probe = QuantumCircuit(1, 1)
+        probe.measure(0, 0)
+        self._sampler(0).run([(probe, None, 1)]).result()
+
+    def execute(self, payload: object) -> ExecutionOutcome:
+        if not isinstance(payload, IbmPayload):
+            raise TypeError(f"not an IBM payload: {type(payload).__name__}")
+        self._job_options = payload.options
+        try:
+            return super().execute(payload.inner)
+        finally:
+            self._job_options = IbmProviderOptions()
+
+    def samples_from_probabilities(self) -> bool:
+        # Every shot comes from the runtime's sampler: noise, readout errors and twirling.
+        return False
+
+    def sample_shots(
+        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+    ) -> SamplerResult:
+        runnable, registers = self._runnable(task.circuit.key, circuit)
+        pub = (runnable, _bindings(runnable, task.parameters, task.values, task.shape), task.shots)
+        result = _call(lambda: self._sampler(task.seed).run([pub]).result())
+        data = result[0].data
+        size = task.size
+        bits = np.zeros((size, task.shots, circuit.num_clbits), dtype=np.uint8)
+        for name, clbits in registers:
+            array = getattr(data, name)
+            if array.num_shots < task.shots:
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"the runtime returned {array.num_shots} shots of {task.shots}",
+                    kind=FailureKind.BACKEND_FAULT,
+                )
+            # Column j is register bit j. Twirling with "auto" rounds the shots up to whole
+            # randomizations: the first `shots` are kept.
+            rows = array.to_bool_array(order="little").reshape(size, array.num_shots, -1)
+            bits[:, :, list(clbits)] = rows[:, : task.shots, :]
+        builder = result_builder(circuit.num_clbits, task, output)
+        for b in range(size):
+            builder.add_samples(b, builder.decoder.bit_samples(bits[b]))
+        return builder.build()
+
+    def _estimate(self, circuit: QuantumCircuit, task: EstimatorTask) -> EstimatorResult:
+        from qiskit.quantum_info import SparsePauliOp
+
+        layout = _layout_of(circuit)
+        n = circuit.num_qubits
+        observables = []
+        for observable in task.observables:
+            terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
+            observables.append(SparsePauliOp.from_sparse_list(terms or [("", (), 0.0)], n))
+        array = np.empty(len(observables), dtype=object)
+        array[:] = observables
+        bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
+        # The runtime estimates from shots (precision 0, "exact" on an ideal simulator, is
+        # the runtime's default precision here: a sampled estimate is never exact).
+        precision = task.precision if task.precision > 0 else None
+        pub = (circuit, array.reshape(task.observables_shape), bindings, precision)
+        estimator = self._estimator(task.seed)
+        result = _call(lambda: estimator.run([pub]).result())
+        evs = np.asarray(result[0].data.evs, dtype=np.float64).reshape(task.shape)
+        stds = np.asarray(result[0].data.stds, dtype=np.float64).reshape(task.shape)
+        used = precision if precision is not None else float(estimator.options.default_precision)
+        return EstimatorResult(
+            shape=task.shape, expectation_values=evs, standard_errors=stds, precision=used
+        )
+
+    def expectations(
+        self,
+        key: str,
+        circuit: QuantumCircuit,
+        terms: Sequence[Term],
+        parameters: tuple[str, ...],
+        values: FloatArray,
+    ) -> FloatArray:
+        """Estimates of each term (sampled by the runtime, at its default precision)."""
+        from qiskit.quantum_info import SparsePauliOp
+
+        n = circuit.num_qubits
+        array = np.empty(len(terms), dtype=object)
+        array[:] = [SparsePauliOp.from_sparse_list([(p, q, 1.0)], n) for p, q in terms]
+        size = values.shape[0]
+        pub = (
+            circuit,
+            array.reshape(1, len(terms)),
+            _bindings(circuit, parameters, values, (size, 1)),
+        )
+        result = _call(lambda: self._estimator(0).run([pub]).result())
+        return np.asarray(result[0].data.evs, dtype=np.float64).reshape(size, len(terms))
+
+    # ------------------------------------------------------------------ runtime primitives
+
+    def _sim(self) -> Any:
+        global _builds
+        if self._simulator is None:
+            with self._lock:
+                if self._simulator is None:
+                    budget_mb = max(1, math.ceil(self.context.limits.memory_budget_bytes / 2**20))
+                    self._simulator = _shared_simulator_class().from_backend(
+                        self.fake_backend(), max_memory_mb=budget_mb
+                    )
+                    with _builds_lock:
+                        _builds += 1
+        return self._simulator
+
+    def _primitive_options(
+        self, primitive: Literal["sampler", "estimator"], seed: int
+    ) -> dict[str, Any]:
+        options = self._job_options.runtime_options(primitive)
+        options["simulator"] = {"seed_simulator": seed}
+        return options
+
+    def _sampler(self, seed: int) -> Any:
+        from qiskit_ibm_runtime.executor_sampler import Sampler
+
+        return Sampler(mode=self._sim(), options=self._primitive_options("sampler", seed))
+
+    def _estimator(self, seed: int) -> Any:
+        from qiskit_ibm_runtime.executor_estimator import Estimator
+
+        return Estimator(mode=self._sim(), options=self._primitive_options("estimator", seed))
+
+    def _runnable(
+        self, key: str, circuit: QuantumCircuit
+    ) -> tuple[QuantumCircuit, tuple[tuple[str, tuple[int, ...]], ...]]:
+        """The circuit with every loose clbit in a register of its own (the runtime reports
+        registers only), and each register's name and circuit-wide clbit indices."""
+        cached = self._worker_plans.get(("ibm", key))
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        in_register = {bit for register in circuit.cregs for bit in register}
+        loose = [bit for bit in circuit.clbits if bit not in in_register]
+        runnable = circuit
+        if loose:
+            runnable = circuit.copy()
+            for i, bit in enumerate(loose):
+                runnable.add_register(ClassicalRegister(name=f"{_LOOSE_PREFIX}{i}", bits=[bit]))
+        registers = tuple(
+            (register.name, tuple(runnable.find_bit(bit).index for bit in register))
+            for register in runnable.cregs
+        )
+        value = (runnable, registers)
+        self._worker_plans.put(("ibm", key), value)
+        return value
+
+
+def _shared_simulator_class() -> Any:
+    """AerSimulator whose deep copy is itself (see the module docstring)."""
+    global _SharedSimulator
+    if _SharedSimulator is None:
+        from qiskit_aer import AerSimulator
+
+        class SharedAerSimulator(AerSimulator):  # type: ignore[misc]
+            def __deepcopy__(self, memo: dict[int, object]) -> SharedAerSimulator:
+                return self
+
+        _SharedSimulator = SharedAerSimulator
+    return _SharedSimulator
+
+
+_SharedSimulator: Any = None
+
+
+def _active_qubits(circuit: QuantumCircuit) -> int:
+    used = set()
+    for instruction in circuit.data:
+        if instruction.operation.name not in _NOT_ACTIVE:
+            used.update(instruction.qubits)
+    return len(used)
+
+
+def _bindings(
+    circuit: QuantumCircuit, parameters: Sequence[str], values: FloatArray, shape: tuple[int, ...]
+) -> Any:
+    from qiskit.primitives.containers.bindings_array import BindingsArray
+
+    if not circuit.parameters:
+        return BindingsArray(shape=shape)
+    flat = np.asarray(values, dtype=np.float64).reshape(*shape, len(parameters))
+    column = {name: i for i, name in enumerate(parameters)}
+    # Transpiling may drop a parameter: bind those still present, in the circuit's order.
+    present = list(circuit.parameters)
+    data = flat[..., [column[p.name] for p in present]]
+    return BindingsArray({tuple(present): data}, shape=shape)
+
+
+def _call(run: Any) -> Any:
+    """Runs a primitive; the runtime's own refusals and simulator failures become
+    ExecutionErrors (the gateway validated the job: a failure here is the backend's)."""
+    try:
+        return run()
+    except ExecutionError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # the runtime, samplomatic and Aer raise many types
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        lowered = message.lower()
+        if "insufficient memory" in lowered or "greater than max" in lowered:
+            raise ExecutionError("OUT_OF_MEMORY", message, kind=FailureKind.OUT_OF_MEMORY) from None
+        raise ExecutionError("EXECUTION_FAILED", message, kind=FailureKind.BACKEND_FAULT) from None
+
+
+def _check_options(options: IbmProviderOptions, payload: QiskitPayload) -> None:
+    """Refuses options the runtime could not apply to this job as the gateway reports it."""
+    samplers = [t for t in payload.tasks if isinstance(t, SamplerTask)]
+    if options.resilience_level is not None and samplers:
+        _refuse(
+            f"{_PROVIDER_FIELD}.resilience_level",
+            "resilience_level applies to estimator PUBs only (the runtime's sampler has no "
+            "error mitigation)",
+        )
+    twirling = options.twirling
+    if twirling is None or not twirling.enabled:
+        return
+    per = twirling.shots_per_randomization
+    count = twirling.num_randomizations
+    if isinstance(per, int) and isinstance(count, int):
+        for task in samplers:
+            if per * count != task.shots:
+                _refuse(
+                    f"{_PROVIDER_FIELD}.twirling.shots_per_randomization",
+                    f"num_randomizations x shots_per_randomization = {per * count} shots, but "
+                    f"a sampler PUB asks for {task.shots}",
+                )
+
+
+def _refuse(field: str, message: str) -> None:
+    raise InvalidArgument(
+        "INVALID_PROVIDER_OPTIONS",
+        f"{field}: {message}",
+        metadata={"field": field},
+        field_violations=[FieldViolation(field, message)],
+    )

@@ -1,0 +1,424 @@
+"""The IBM adapter in process, on qiskit-ibm-runtime's FakeManilaV2 in local mode.
+
+Ideal answers are derived by hand from each circuit; the fake's calibrated noise (readout 2-5 %
+per qubit, CX near 1 %) bounds how far a result may be from them.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from qiskit import QuantumCircuit
+
+from gateway.backends import registry
+from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
+from gateway.backends.ibm import adapter as ibm
+from gateway.backends.ibm.adapter import IbmAdapter, IbmPayload
+from gateway.backends.ibm.options import TOKEN_ENV, IbmOptions, IbmProviderOptions
+from gateway.backends.qiskit.adapter import CompiledCircuit
+from gateway.domain.backends import BackendLimits
+from gateway.domain.circuits import (
+    Bindings,
+    CircuitFeature,
+    CircuitLanguage,
+    CircuitSource,
+    EstimatorPub,
+    Observable,
+    Pub,
+    SamplerPub,
+)
+from gateway.domain.errors import InvalidArgument
+from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
+from tests.adapters import prepare_in_process
+
+H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+NAME = "ibm-fake-manila"
+
+
+def context(**options: Any) -> AdapterContext:
+    return AdapterContext(
+        name=NAME,
+        limits=BackendLimits(
+            max_shots=100_000,
+            memory_budget_bytes=1 << 30,
+            max_queued_jobs=10,
+            max_result_bytes=64 << 20,
+        ),
+        default_shots=1024,
+        circuit_limits=CircuitLimits(),
+        options={"backend": "FakeManilaV2", **options},
+    )
+
+
+@pytest.fixture(scope="module")
+def manila() -> IbmAdapter:
+    adapter = IbmAdapter(context())
+    adapter.warm_up()
+    return adapter
+
+
+def q3(text: str) -> CircuitSource:
+    return CircuitSource(CircuitLanguage.QASM3, H3 + text)
+
+
+def spec(*pubs: Pub, **options: Any) -> JobSpec:
+    return JobSpec(backend=NAME, pubs=pubs, options=JobOptions(**options))
+
+
+def sampler(text: str, shots: int = 2000, bindings: Bindings | None = None) -> SamplerPub:
+    return SamplerPub(circuit=q3(text), bindings=bindings or Bindings(), shots=shots)
+
+
+def run(adapter: IbmAdapter, job: JobSpec, seed: int = 7) -> tuple[PreparedJob, list[Any]]:
+    prepared = prepare_in_process(adapter, job, seed)
+    payload = pickle.loads(pickle.dumps(prepared.payload))  # as on the way to a worker
+    outcome = adapter.execute(payload)
+    assert set(outcome.sdk_versions) == {"qiskit", "qiskit-ibm-runtime", "qiskit-aer"}
+    return prepared, list(outcome.result.pubs)
+
+
+def total_variation(counts: dict[str, int], ideal: dict[str, float]) -> float:
+    total = sum(counts.values())
+    keys = set(counts) | set(ideal)
+    return 0.5 * sum(abs(counts.get(k, 0) / total - ideal.get(k, 0.0)) for k in keys)
+
+
+# ------------------------------------------------------------------------- options, info
+
+
+def test_registered_as_the_ibm_entry_point() -> None:
+    assert registry.load_adapter("ibm") is IbmAdapter
+
+
+def test_token_is_secret_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    bare = IbmOptions.model_validate({"backend": "FakeManilaV2"})
+    assert bare.token is None and not bare.has_credentials and bare.is_fake
+    monkeypatch.setenv(TOKEN_ENV, "s3cr3t-from-env")
+    options = IbmOptions.model_validate(
+        {"backend": "ibm_brisbane", "channel": "ibm_cloud", "instance": "crn:v1:x"}
+    )
+    assert options.token is not None and options.token.get_secret_value() == "s3cr3t-from-env"
+    assert options.has_credentials and not options.is_fake
+    for text in (repr(options), str(options), options.model_dump_json()):
+        assert "s3cr3t" not in text
+    configured = IbmOptions.model_validate({"backend": "FakeManilaV2", "token": "from-config"})
+    assert configured.token is not None and configured.token.get_secret_value() == "from-config"
+    with pytest.raises(ValidationError):
+        IbmOptions.model_validate({"backend": "FakeManilaV2", "tokn": "typo"})
+    with pytest.raises(ValidationError):
+        IbmOptions.model_validate({"backend": "FakeManilaV2", "channel": "ibm_quantum"})
+
+
+def test_no_credentials_no_runner(manila: IbmAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert IbmAdapter(context()).create_runner() is None
+
+
+def test_info_and_target_are_the_fake_device(manila: IbmAdapter) -> None:
+    info = manila.info()
+    assert info.provider == "ibm"
+    assert info.num_qubits == 5
+    assert set(info.basis_gates) == {"cx", "id", "rz", "sx", "x"}
+    assert info.features == frozenset(CircuitFeature)
+    target = manila.target()
+    assert target.num_qubits == 5
+    cx = next(i for i in target.instructions if i.name == "cx")
+    # Manila is a line 0-1-2-3-4: CX only between neighbours.
+    assert {tuple(sorted(q.qubits)) for q in cx.qargs} == {(0, 1), (1, 2), (2, 3), (3, 4)}
+
+
+def test_circuits_compile_to_isa_on_the_fake_target(manila: IbmAdapter) -> None:
+    # A star from q[0] cannot sit on a line: routing is needed, and the result is ISA.
+    compiled = manila.compile_circuit(
+        q3(
+            "qubit[4] q; bit[4] c; h q[0]; cx q[0], q[1]; cx q[0], q[2]; cx q[0], q[3]; "
+            "c = measure q;"
+        )
+    )
+    assert isinstance(compiled, CompiledCircuit)
+    circuit: QuantumCircuit = pickle.loads(compiled.ref.data)
+    target = manila.qiskit_target()
+    for instruction in circuit.data:
+        name = instruction.operation.name
+        if name == "barrier":
+            continue
+        qargs = tuple(circuit.find_bit(q).index for q in instruction.qubits)
+        assert target.instruction_supported(name, qargs), (name, qargs)
+    assert circuit.num_qubits == 5
+
+
+# ------------------------------------------------------------------------------ sampler
+
+
+BIT_ORDER = (
+    "qubit[5] q; bit[1] a; bit[3] b; bit[2] c;\n"
+    "x q[0]; x q[1]; x q[2]; x q[3];\n"
+    "a[0] = measure q[3]; b[0] = measure q[4]; b[2] = measure q[0]; c[1] = measure q[1];\n"
+)
+
+
+def test_bit_order_across_registers_within_noise(manila: IbmAdapter) -> None:
+    _, results = run(manila, spec(sampler(BIT_ORDER)))
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    assert [(r.name, r.num_bits) for r in result.registers] == [("a", 1), ("b", 3), ("c", 2)]
+    expected = {"a": "1", "b": "100", "c": "10"}
+    for register in result.registers:
+        counts = dict(register.counts[0])
+        assert sum(counts.values()) == 2000
+        # Readout errors of a few percent: the expected value dominates.
+        assert counts[expected[register.name]] / 2000 > 0.85, (register.name, counts)
+
+
+def test_loose_bits_are_returned(manila: IbmAdapter) -> None:
+    _, results = run(
+        manila,
+        spec(
+            sampler(
+                "qubit[2] q; bit m; bit n; x q[1]; m = measure q[0]; n = measure q[1];", shots=500
+            )
+        ),
+    )
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    counts = {r.name: dict(r.counts[0]) for r in result.registers}
+    assert set(counts) == {"m", "n"}
+    assert counts["m"].get("0", 0) > 450 and counts["n"].get("1", 0) > 450
+
+
+def test_ghz_is_close_to_ideal_and_seeds_reproduce(manila: IbmAdapter) -> None:
+    ghz = "qubit[3] q; bit[3] c; h q[0]; cx q[0], q[1]; cx q[1], q[2]; c = measure q;"
+    job = spec(sampler(ghz, shots=4000))
+    _, first = run(manila, job, seed=11)
+    counts = dict(first[0].registers[0].counts[0])
+    # Noise leaves most of the weight on 000 and 111; the bound fails a wrong bit order.
+    assert total_variation(counts, {"000": 0.5, "111": 0.5}) < 0.15, counts
+    assert sum(v for k, v in counts.items() if k not in ("000", "111")) > 0  # noisy, really
+    _, again = run(manila, job, seed=11)
+    assert first[0].registers[0].samples.tolist() == again[0].registers[0].samples.tolist()
+    _, other = run(manila, job, seed=12)
+    assert first[0].registers[0].samples.tolist() != other[0].registers[0].samples.tolist()
+
+
+def test_parameter_sweep(manila: IbmAdapter) -> None:
+    text = "input float theta; qubit[1] q; bit[1] c; ry(theta) q[0]; c = measure q;"
+    bindings = Bindings(("theta",), (3,), np.array([0.0, math.pi, math.pi / 2]))
+    _, results = run(manila, spec(sampler(text, shots=2000, bindings=bindings)))
+    result = results[0]
+    assert isinstance(result, SamplerResult) and result.shape == (3,)
+    ones = [dict(c).get("1", 0) / 2000 for c in result.registers[0].counts]
+    assert ones[0] < 0.1 and ones[1] > 0.9 and abs(ones[2] - 0.5) < 0.1, ones
+
+
+def test_mid_circuit_measurement_and_feed_forward(manila: IbmAdapter) -> None:
+    text = (
+        "qubit[2] q; bit[2] c; x q[0]; c[0] = measure q[0]; if (c[0]) { x q[1]; } "
+        "c[1] = measure q[1];"
+    )
+    _, results = run(manila, spec(sampler(text, shots=400)))
+    counts = dict(results[0].registers[0].counts[0])
+    assert max(counts, key=lambda k: counts[k]) == "11", counts
+
+
+# ---------------------------------------------------------------------------- estimator
+
+
+STAR = "input float phi; qubit[4] q; ry(phi) q[0]; cx q[0], q[1]; cx q[0], q[2]; cx q[0], q[3];"
+
+
+def test_estimator_through_a_routed_layout(manila: IbmAdapter) -> None:
+    observables = (
+        Observable((("IIIZ", 1.0),)),
+        Observable((("ZZ", 1.0, (3, 0)),)),
+        Observable((("XXXX", 1.0),)),
+        Observable((("Z", 0.5, (1,)), ("X", 2.0, (2,)))),
+    )
+    angles = [0.0, 0.9]
+    pub = EstimatorPub(
+        circuit=q3(STAR),
+        observables=observables,
+        observables_shape=(4,),
+        bindings=Bindings(("phi",), (2, 1), np.array(angles)),
+        precision=0.02,
+    )
+    prepared, results = run(manila, spec(pub, provider_options={"resilience_level": 0}))
+    assert prepared.layouts[0] != (0, 1, 2, 3)  # mapped through a real layout
+    est = results[0]
+    assert isinstance(est, EstimatorResult) and est.shape == (2, 4)
+    ideal = np.array([[math.cos(t), 1.0, math.sin(t), 0.5 * math.cos(t)] for t in angles])
+    assert np.abs(est.expectation_values - ideal).max() < 0.3, est.expectation_values
+    assert est.precision == 0.02
+    # The runtime's own standard errors, from its shots (about the precision asked for).
+    assert (est.standard_errors > 0).all() and (est.standard_errors < 0.05).all()
+
+
+def test_exact_precision_runs_at_the_runtime_default(manila: IbmAdapter) -> None:
+    pub = EstimatorPub(
+        circuit=q3("qubit[1] q; x q[0];"),
+        observables=(Observable((("Z", 1.0),)),),
+        observables_shape=(1,),
+        bindings=Bindings(),
+        precision=0.0,
+    )
+    _, results = run(manila, spec(pub, provider_options={"resilience_level": 0}))
+    est = results[0]
+    assert isinstance(est, EstimatorResult)
+    assert est.precision == 0.015625
+    assert -1.0 <= est.expectation_values[0] < -0.85
+
+
+# ---------------------------------------------------------------------- provider options
+
+
+def refused(adapter: IbmAdapter, job: JobSpec, field: str) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as info:
+        adapter.validate_provider_options(
+            job.options.provider_options, "spec.options.provider_options"
+        )
+        prepare_in_process(adapter, job, 1)
+    error = info.value
+    assert error.reason == "INVALID_PROVIDER_OPTIONS", error
+    assert field in [v.field for v in error.field_violations], error.field_violations
+    return error
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"resilience_level": 3.0}, "spec.options.provider_options.resilience_level"),
+        ({"resilience_level": 1.5}, "spec.options.provider_options.resilience_level"),
+        ({"resilence_level": 1.0}, "spec.options.provider_options.resilence_level"),
+        (
+            {"twirling": {"num_randomizations": 0.0}},
+            "spec.options.provider_options.twirling.num_randomizations",
+        ),
+        (
+            {"twirling": {"shots_per_randomization": "many"}},
+            "spec.options.provider_options.twirling.shots_per_randomization",
+        ),
+        ({"twirling": {"strategy": "all"}}, "spec.options.provider_options.twirling.strategy"),
+        (
+            {"dynamical_decoupling": {"sequence_type": "XZ"}},
+            "spec.options.provider_options.dynamical_decoupling.sequence_type",
+        ),
+    ],
+)
+def test_bad_provider_options_are_refused(
+    manila: IbmAdapter, options: dict[str, Any], field: str
+) -> None:
+    refused(
+        manila,
+        spec(sampler("qubit[1] q; bit[1] c; c = measure q;"), provider_options=options),
+        field,
+    )
+
+
+def test_options_that_do_not_fit_the_job_are_refused(manila: IbmAdapter) -> None:
+    one = "qubit[1] q; bit[1] c; c = measure q;"
+    refused(
+        manila,
+        spec(sampler(one), provider_options={"resilience_level": 1.0}),
+        "spec.options.provider_options.resilience_level",
+    )
+    twirl = {"enable_gates": True, "num_randomizations": 4.0, "shots_per_randomization": 10.0}
+    refused(
+        manila,
+        spec(sampler(one, shots=100), provider_options={"twirling": twirl}),
+        "spec.options.provider_options.twirling.shots_per_randomization",
+    )
+
+
+def test_json_numbers_are_accepted_and_passed_on(manila: IbmAdapter) -> None:
+    options = {
+        "twirling": {"enable_gates": True, "enable_measure": True, "num_randomizations": 4.0},
+        "dynamical_decoupling": {"enable": True, "sequence_type": "XY4"},
+    }
+    job = spec(
+        sampler("qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;", shots=300),
+        provider_options=options,
+    )
+    prepared = prepare_in_process(manila, job, 3)
+    assert isinstance(prepared.payload, IbmPayload)
+    parsed = prepared.payload.options
+    assert parsed == IbmProviderOptions.model_validate(options)
+    assert parsed.runtime_options("sampler") == {
+        "twirling": {"enable_gates": True, "enable_measure": True, "num_randomizations": 4},
+        "dynamical_decoupling": {"enable": True, "sequence_type": "XY4"},
+    }
+    # Twirled in 4 randomizations of ceil(300/4) = 75 shots: exactly the shots asked for.
+    outcome = manila.execute(prepared.payload)
+    result = outcome.result.pubs[0]
+    assert isinstance(result, SamplerResult)
+    counts = dict(result.registers[0].counts[0])
+    assert sum(counts.values()) == 300
+    assert total_variation(counts, {"00": 0.5, "11": 0.5}) < 0.2, counts
+
+
+def test_twirling_rounding_up_keeps_the_shots_asked_for(manila: IbmAdapter) -> None:
+    # "auto": shots per randomization max(64, ceil(100/32)) = 64, 2 randomizations = 128 shots.
+    job = spec(
+        sampler("qubit[1] q; bit[1] c; x q[0]; c = measure q;", shots=100),
+        provider_options={"twirling": {"enable_measure": True}},
+    )
+    _, results = run(manila, job)
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    assert result.registers[0].samples is not None
+    assert result.registers[0].samples.shape == (100, 1)
+
+
+def test_resilience_level_is_passed_to_the_estimator(manila: IbmAdapter) -> None:
+    pub = EstimatorPub(
+        circuit=q3("qubit[1] q; x q[0];"),
+        observables=(Observable((("Z", 1.0),)),),
+        observables_shape=(1,),
+        bindings=Bindings(),
+        precision=0.02,
+    )
+    seen: list[dict[str, Any]] = []
+    original = manila._primitive_options
+
+    def spy(primitive: Any, seed: int) -> dict[str, Any]:
+        options = original(primitive, seed)
+        seen.append(options)
+        return options
+
+    manila._primitive_options = spy  # type: ignore[method-assign]
+    try:
+        run(manila, spec(pub, provider_options={"resilience_level": 0.0}))
+    finally:
+        del manila._primitive_options
+    assert seen[-1]["resilience_level"] == 0
+    assert seen[-1]["simulator"]["seed_simulator"] > 0
+
+
+# ------------------------------------------------------------------ the worker's simulator
+
+
+def test_the_simulator_is_built_once_per_worker(manila: IbmAdapter) -> None:
+    """Jobs reuse the worker's simulator (local mode given the fake itself rebuilds it)."""
+    fresh = IbmAdapter(context())
+    before = ibm.simulator_builds()
+    one = "qubit[1] q; bit[1] c; x q[0]; c = measure q;"
+    for seed in range(3):
+        run(fresh, spec(sampler(one, shots=10)), seed=seed)
+    run(
+        fresh,
+        spec(
+            EstimatorPub(
+                circuit=q3("qubit[1] q;"),
+                observables=(Observable((("Z", 1.0),)),),
+                observables_shape=(1,),
+                bindings=Bindings(),
+                precision=0.05,
+            ),
+            provider_options={"resilience_level": 0},
+        ),
+    )
+    assert ibm.simulator_builds() - before == 1
