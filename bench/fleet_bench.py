@@ -79,12 +79,29 @@ class Settings:
     bindings: int  # of the sweep's one PUB
     breakdown_n: int  # extra gateway Runs per workload for the gateway's own timings
     phase_s: float  # time bound of one path of one workload, over all rounds
+    breakdown_s: float  # time bound of the extra Runs of one workload
 
 
 FULL = Settings(
-    warmup=10, rounds=4, ghz_n=200, sweep_n=40, bindings=16, breakdown_n=20, phase_s=20.0
+    warmup=10,
+    rounds=4,
+    ghz_n=200,
+    sweep_n=40,
+    bindings=16,
+    breakdown_n=20,
+    phase_s=10.0,
+    breakdown_s=3.0,
 )
-QUICK = Settings(warmup=3, rounds=2, ghz_n=24, sweep_n=4, bindings=16, breakdown_n=3, phase_s=3.0)
+QUICK = Settings(
+    warmup=3,
+    rounds=2,
+    ghz_n=24,
+    sweep_n=4,
+    bindings=16,
+    breakdown_n=3,
+    phase_s=3.0,
+    breakdown_s=1.0,
+)
 
 
 @dataclass(frozen=True)
@@ -346,7 +363,11 @@ def measure(
 ) -> Workload:
     """Warm-up, then `s.rounds` alternating blocks of gateway and direct calls."""
     w = Workload()
-    for _ in range(s.warmup):
+    # At least one call each (the first may compile, build caches or start threads).
+    warm_until = time.monotonic() + s.phase_s / 4
+    for i in range(s.warmup):
+        if i and time.monotonic() >= warm_until:
+            break
         fn_gateway()
         if fn_direct is not None:
             fn_direct()
@@ -441,7 +462,7 @@ def bench_backend(
         }
         for name, w in (("ghz", row.ghz), ("sweep", row.sweep)):
             execute = []
-            deadline = time.monotonic() + s.phase_s
+            deadline = time.monotonic() + s.breakdown_s
             for _ in range(s.breakdown_n):
                 if time.monotonic() >= deadline:
                     break
@@ -519,6 +540,7 @@ def start_fleet(
             out(f"  gateway did not start ({reason}); starting each backend alone to find why")
             isolated = True
             ok: list[Backend] = []
+            alone: dict[str, str] = {}
             for b in remaining:
                 attempt += 1
                 one = write_fleet_config(
@@ -529,7 +551,16 @@ def start_fleet(
                     GatewayProcess.start(one, one_log, start_timeout=START_TIMEOUT_S).terminate()
                     ok.append(b)
                 except (RuntimeError, TimeoutError) as one_exc:
-                    failed[b.name] = f"gateway start failed: {_reason(one_exc, one_log)}"
+                    alone[b.name] = _reason(one_exc, one_log)
+            # Every backend failing alone with one and the same error is the gateway's failure
+            # (e.g. a broken checkout), not each backend's.
+            everyone = not ok and len(remaining) > 1 and len(set(alone.values())) == 1
+            for name, why in alone.items():
+                failed[name] = (
+                    f"the gateway does not start with any backend alone: {why}"
+                    if everyone
+                    else f"gateway start failed: {why}"
+                )
             remaining = ok
     return None, [], 0.0
 
