@@ -67,6 +67,11 @@ class ServerConfig(_Strict):
     queue: Literal["memory", "store"] = "memory"
     # How long a claim lasts unless renewed (its holder renews every third of it).
     lease_s: float = Field(default=30.0, gt=0)
+    # Sessions (SessionService): open (not ended) sessions a tenant may hold; the longest max
+    # TTL a session may ask for (also its default); the idle TTL of a session that names none.
+    max_sessions_per_tenant: int = Field(default=10, gt=0)
+    session_max_ttl_s: float = Field(default=8 * 3600.0, gt=0)
+    session_idle_ttl_s: float = Field(default=300.0, gt=0)
 
     @property
     def transport_max_receive_bytes(self) -> int:

@@ -44,6 +44,7 @@ from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.queue_port import JobQueue
+from gateway.jobs.sessions import SessionCore, SessionLimits, SessionQueue
 from gateway.runtime.breaker import CircuitBreaker
 from gateway.runtime.compiler import Compiler
 from gateway.runtime.health import PROBE_TENANT, HealthMonitor
@@ -103,7 +104,8 @@ def _queue(config: GatewayConfig, store: Store, name: str, owner: str) -> JobQue
     lease_s = config.server.lease_s
     if config.server.queue == "store":
         return ClaimQueue(store, name, owner, backend.max_queue_time_s, lease_s, _now)
-    return MemoryQueue(name, backend.max_queue_time_s, lease_s, _now)
+    # A session's jobs are let into the queue one at a time, in order (gateway.jobs.sessions).
+    return SessionQueue(MemoryQueue(name, backend.max_queue_time_s, lease_s, _now))
 
 
 def _now() -> datetime:
@@ -171,6 +173,16 @@ class Gateway:
             result_retention_s=config.server.result_retention_days * 86400,
             recover_at_start=config.server.queue == "memory",
         )
+        self.sessions = SessionCore(
+            self._store,
+            self.manager,
+            SessionLimits(
+                max_sessions_per_tenant=config.server.max_sessions_per_tenant,
+                max_ttl_s=config.server.session_max_ttl_s,
+                idle_ttl_s=config.server.session_idle_ttl_s,
+            ),
+        )
+        self.manager.hooks.add(self.sessions)
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
@@ -191,6 +203,9 @@ class Gateway:
         await self._store.open()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
         await self.manager.start(schedule=False)
+        # Open sessions and their unfinished jobs, after recovery re-queued those in order.
+        await self.sessions.load()
+        self.sessions.start()
         # Page tokens are sealed with a key kept in the data directory: they survive restarts.
         page_tokens = PageTokens(await asyncio.to_thread(load_or_create_key, self.config.data_dir))
         job_service_pb2_grpc.add_JobServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -199,15 +214,15 @@ class Gateway:
                 self.config.server.max_response_bytes,
                 run_max_wait_s=self.config.server.run_max_wait_s,
                 page_tokens=page_tokens,
+                sessions=self.sessions,
             ),
             self._server,
         )
         backend_service_pb2_grpc.add_BackendServiceServicer_to_server(  # type: ignore[no-untyped-call]
             BackendServicer(self.manager, page_tokens=page_tokens), self._server
         )
-        # Declared in v1, answers UNIMPLEMENTED SESSIONS_NOT_IMPLEMENTED until sessions exist.
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SessionServicer(), self._server
+            SessionServicer(self.sessions, page_tokens=page_tokens), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -288,6 +303,7 @@ class Gateway:
         for task in self._monitors:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
+        await self.sessions.close()
         await self.manager.close()
         await self.compiler.close()
         await asyncio.gather(

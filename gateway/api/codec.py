@@ -44,6 +44,7 @@ from gateway.domain.labels import validate_labels
 
 BACKEND_PREFIX = "backends/"
 JOB_PREFIX = "jobs/"
+SESSION_PREFIX = "sessions/"
 # Upper bound on the elements of one sweep, so a hostile shape cannot make us allocate forever.
 MAX_BINDINGS_ELEMENTS = 50_000_000
 
@@ -90,6 +91,16 @@ def job_id(name: str, field: str = "name") -> str:
     if job is None:
         raise _bad("INVALID_JOB_NAME", field, "must be 'jobs/{job}'")
     return job
+
+
+def session_id(name: str, field: str = "name", *, bare: bool = False) -> str:
+    """'sessions/abc' -> 'abc'; `bare`: 'abc' too (JobSpec.session, as the digest reads it)."""
+    if bare and not name.startswith(SESSION_PREFIX):
+        name = SESSION_PREFIX + name
+    session = _resource_id(name, SESSION_PREFIX)
+    if session is None:
+        raise _bad("INVALID_SESSION_NAME", field, "must be 'sessions/{session}'")
+    return session
 
 
 def result_job_id(name: str, field: str = "name") -> str:
@@ -259,7 +270,8 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
         ),
     )
     labels = validate_labels(msg.labels, f"{field}.labels")
-    return JobSpec(backend=backend, pubs=pubs, options=options, labels=labels)
+    session = session_id(msg.session, f"{field}.session", bare=True) if msg.session else ""
+    return JobSpec(backend=backend, pubs=pubs, options=options, labels=labels, session=session)
 
 
 # ---------------------------------------------------------------------------- responses
@@ -350,6 +362,8 @@ def encode_job(job: Job) -> job_pb2.Job:
     if job.queue_position is not None:
         out.queue_position = job.queue_position
     out.labels.update(job.labels)
+    if job.session:
+        out.session = SESSION_PREFIX + job.session
     out.sampler_output = _SAMPLER_OUTPUT_TO_PROTO[job.sampler_output]
     if job.error is not None:
         out.error.CopyFrom(job_error_status(job.error))

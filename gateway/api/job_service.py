@@ -24,6 +24,7 @@ from gateway.domain.errors import (
 )
 from gateway.domain.jobs import Job, JobState
 from gateway.jobs.manager import JobManager
+from gateway.jobs.sessions import SessionCore
 from gateway.security.principals import tenant_of
 from gateway.store.base import JobCursor
 
@@ -89,8 +90,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         run_max_wait_s: float = 60.0,
         *,
         page_tokens: paging.PageTokens,
+        sessions: SessionCore | None = None,
     ) -> None:
         self._manager = manager
+        # Jobs naming a session are admitted through it (gateway.jobs.sessions).
+        self._sessions = sessions
         self._page_tokens = page_tokens
         self._max_response = max_response_bytes
         self._run_max_wait = run_max_wait_s
@@ -122,12 +126,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # decoded once.
         digest = self._specs.digest(spec_bytes, spec)
         try:
-            if spec.session:
+            if spec.session and self._sessions is None:
                 raise sessions_not_implemented("spec.session")
             domain_spec = self._specs.decoded(spec_bytes, spec)
+            submit = self._manager.submit
+            if domain_spec.session and self._sessions is not None:
+                submit = self._sessions.submit
             # A retry that validates is found by the store, which deduplicates atomically
             # when it creates the job (the outcome says created or found).
-            outcome = await self._manager.submit(
+            outcome = await submit(
                 tenant, request_id, domain_spec, spec_bytes, digest, position=position
             )
         except GatewayError:

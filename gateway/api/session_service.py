@@ -1,55 +1,218 @@
-"""qgateway.v1.SessionService: declared in the frozen v1, built with the provider backends.
-
-Until then every call, and a job that names a session (JobSpec.session), answers UNIMPLEMENTED
-with reason SESSIONS_NOT_IMPLEMENTED, so clients written against v1 get a precise answer
-instead of gRPC's bare "method not found".
-"""
+"""qgateway.v1.SessionService: translation between messages and the SessionCore
+(gateway.jobs.sessions)."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import hashlib
+import struct
+from datetime import UTC, datetime, timedelta
 
-from qgateway.v1 import session_service_pb2, session_service_pb2_grpc
+from google.protobuf import duration_pb2
+from qgateway.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
+from gateway.api import codec, paging
 from gateway.api.context import Context
-from gateway.domain.errors import Unimplemented
+from gateway.api.session_filter import parse_session_filter
+from gateway.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from gateway.domain.labels import validate_labels
+from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
+from gateway.jobs.sessions import NewSession, SessionCore
+from gateway.security.principals import tenant_of
+from gateway.store.base import JobCursor
 
 SESSIONS_NOT_IMPLEMENTED = "SESSIONS_NOT_IMPLEMENTED"
 SERVICE_NAME = "qgateway.v1.SessionService"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CREATED_US = struct.Struct(">q")
+
+_MODES = {
+    session_pb2.SESSION_MODE_UNSPECIFIED: SessionMode.DEDICATED,
+    session_pb2.SESSION_MODE_DEDICATED: SessionMode.DEDICATED,
+    session_pb2.SESSION_MODE_BATCH: SessionMode.BATCH,
+}
+_MODES_OUT = {
+    SessionMode.DEDICATED: session_pb2.SESSION_MODE_DEDICATED,
+    SessionMode.BATCH: session_pb2.SESSION_MODE_BATCH,
+}
+_POLICIES = {
+    session_pb2.SESSION_FAILURE_POLICY_UNSPECIFIED: FailurePolicy.CONTINUE,
+    session_pb2.SESSION_FAILURE_POLICY_CONTINUE: FailurePolicy.CONTINUE,
+    session_pb2.SESSION_FAILURE_POLICY_ABORT: FailurePolicy.ABORT,
+}
+_POLICIES_OUT = {
+    FailurePolicy.CONTINUE: session_pb2.SESSION_FAILURE_POLICY_CONTINUE,
+    FailurePolicy.ABORT: session_pb2.SESSION_FAILURE_POLICY_ABORT,
+}
+_STATES_OUT = {
+    SessionState.PENDING: session_pb2.SESSION_STATE_PENDING,
+    SessionState.ACTIVE: session_pb2.SESSION_STATE_ACTIVE,
+    SessionState.CLOSING: session_pb2.SESSION_STATE_CLOSING,
+    SessionState.CLOSED: session_pb2.SESSION_STATE_CLOSED,
+    SessionState.FAILED: session_pb2.SESSION_STATE_FAILED,
+}
 
 
 def sessions_not_implemented(what: str) -> Unimplemented:
-    """The answer for anything that needs sessions; `what` names the call or field."""
+    """The answer where a gateway runs without sessions; `what` names the call or field."""
     return Unimplemented(
         SESSIONS_NOT_IMPLEMENTED,
-        f"{what}: sessions are declared in qgateway.v1 but not implemented by this gateway yet",
+        f"{what}: sessions are not enabled on this gateway",
         metadata={"unimplemented": what},
     )
 
 
-def _refuse(method: str) -> NoReturn:
-    raise sessions_not_implemented(f"{SERVICE_NAME}/{method}")
+def _bad_session(field: str, problem: str) -> InvalidArgument:
+    return InvalidArgument(
+        "INVALID_SESSION",
+        f"{field}: {problem}",
+        metadata={"field": field},
+        field_violations=[FieldViolation(field, problem)],
+    )
+
+
+def _seconds(value: duration_pb2.Duration, field: str) -> float:
+    if value.seconds < 0 or value.nanos < 0 or (value.seconds == 0 and value.nanos == 0):
+        raise _bad_session(field, "must be positive")
+    return value.seconds + value.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    whole = int(seconds)
+    out.seconds = whole
+    out.nanos = round((seconds - whole) * 1e9)
+    return out
+
+
+def decode_new_session(msg: session_pb2.Session) -> NewSession:
+    """CreateSessionRequest.session: backend, mode, TTLs, failure policy and labels."""
+    if not msg.backend:
+        raise _bad_session("session.backend", "required")
+    backend = codec.backend_id(msg.backend, "session.backend")
+    if msg.mode not in _MODES:
+        raise _bad_session("session.mode", f"unknown mode {msg.mode}")
+    if msg.failure_policy not in _POLICIES:
+        raise _bad_session("session.failure_policy", f"unknown policy {msg.failure_policy}")
+    return NewSession(
+        backend=backend,
+        mode=_MODES[msg.mode],
+        failure_policy=_POLICIES[msg.failure_policy],
+        max_ttl_s=_seconds(msg.max_ttl, "session.max_ttl") if msg.HasField("max_ttl") else None,
+        idle_ttl_s=(
+            _seconds(msg.idle_ttl, "session.idle_ttl") if msg.HasField("idle_ttl") else None
+        ),
+        labels=validate_labels(msg.labels, "session.labels"),
+    )
+
+
+def encode_session(session: Session) -> session_pb2.Session:
+    out = session_pb2.Session(
+        name=codec.SESSION_PREFIX + session.id,
+        tenant=session.tenant,
+        backend=codec.BACKEND_PREFIX + session.backend,
+        mode=_MODES_OUT[session.mode],
+        state=_STATES_OUT[session.state],
+        accepting_jobs=session.state.accepts_jobs,
+        failure_policy=_POLICIES_OUT[session.failure_policy],
+        provider_session_id=session.provider_session_id,
+    )
+    out.max_ttl.CopyFrom(_duration(session.max_ttl_s))
+    out.idle_ttl.CopyFrom(_duration(session.idle_ttl_s))
+    out.create_time.FromDatetime(session.created_at)
+    if session.ended_at is not None:
+        out.end_time.FromDatetime(session.ended_at)
+    out.labels.update(session.labels)
+    return out
+
+
+def _cursor(cursor: JobCursor) -> bytes:
+    created_us = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
+    return _CREATED_US.pack(created_us) + cursor.id.encode()
+
+
+def _cursor_from(data: bytes) -> JobCursor:
+    if len(data) <= _CREATED_US.size:
+        raise paging.invalid_page_token()
+    (created_us,) = _CREATED_US.unpack_from(data)
+    try:
+        return JobCursor(_EPOCH + timedelta(microseconds=created_us), data[8:].decode())
+    except (OverflowError, UnicodeDecodeError):
+        raise paging.invalid_page_token() from None
+
+
+def _request_digest(msg: session_pb2.Session) -> bytes:
+    """What a retried CreateSession must repeat: the fields CreateSession reads."""
+    read = session_pb2.Session(
+        backend=msg.backend,
+        mode=msg.mode,
+        failure_policy=msg.failure_policy,
+        labels=msg.labels,
+    )
+    if msg.HasField("max_ttl"):
+        read.max_ttl.CopyFrom(msg.max_ttl)
+    if msg.HasField("idle_ttl"):
+        read.idle_ttl.CopyFrom(msg.idle_ttl)
+    return hashlib.sha256(read.SerializeToString(deterministic=True)).digest()
 
 
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
-    """Every RPC answers UNIMPLEMENTED, reason SESSIONS_NOT_IMPLEMENTED."""
+    def __init__(self, sessions: SessionCore, *, page_tokens: paging.PageTokens) -> None:
+        self._sessions = sessions
+        self._page_tokens = page_tokens
 
     async def CreateSession(
         self, request: session_service_pb2.CreateSessionRequest, context: Context
     ) -> session_service_pb2.CreateSessionResponse:
-        _refuse("CreateSession")
+        from gateway.api.job_service import _request_id
+
+        request_id = _request_id(request.request_id)
+        if not request.HasField("session"):
+            raise _bad_session("session", "required")
+        new = decode_new_session(request.session)
+        session, created = await self._sessions.create(
+            tenant_of(context), request_id, _request_digest(request.session), new
+        )
+        return session_service_pb2.CreateSessionResponse(
+            session=encode_session(session), created=created
+        )
 
     async def GetSession(
         self, request: session_service_pb2.GetSessionRequest, context: Context
     ) -> session_service_pb2.GetSessionResponse:
-        _refuse("GetSession")
+        session = await self._sessions.get(tenant_of(context), codec.session_id(request.name))
+        return session_service_pb2.GetSessionResponse(session=encode_session(session))
 
     async def CloseSession(
         self, request: session_service_pb2.CloseSessionRequest, context: Context
     ) -> session_service_pb2.CloseSessionResponse:
-        _refuse("CloseSession")
+        session = await self._sessions.close_session(
+            tenant_of(context), codec.session_id(request.name)
+        )
+        return session_service_pb2.CloseSessionResponse(session=encode_session(session))
+
+    async def CancelSession(
+        self, request: session_service_pb2.CancelSessionRequest, context: Context
+    ) -> session_service_pb2.CancelSessionResponse:
+        session = await self._sessions.cancel_session(
+            tenant_of(context), codec.session_id(request.name)
+        )
+        return session_service_pb2.CancelSessionResponse(session=encode_session(session))
 
     async def ListSessions(
         self, request: session_service_pb2.ListSessionsRequest, context: Context
     ) -> session_service_pb2.ListSessionsResponse:
-        _refuse("ListSessions")
+        limit = paging.page_size(request.page_size)
+        tenant = tenant_of(context)
+        session_filter = parse_session_filter(request.filter)
+        where = {"kind": "sessions", "tenant": tenant, "query": session_filter.canonical()}
+        sealed = self._page_tokens.open(request.page_token, **where)
+        after = None if sealed is None else _cursor_from(sealed)
+        page = await self._sessions.list(tenant, filter=session_filter, after=after, limit=limit)
+        return session_service_pb2.ListSessionsResponse(
+            sessions=[encode_session(s) for s in page.sessions],
+            next_page_token=(
+                self._page_tokens.seal(_cursor(page.next_cursor), **where)
+                if page.next_cursor is not None
+                else ""
+            ),
+        )

@@ -29,6 +29,7 @@ from gateway.domain.backends import InstanceStats
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
+from gateway.domain.sessions import Session
 
 
 class ExecutionModel(enum.Enum):
@@ -133,3 +134,17 @@ class Runner(ABC):
     def stats(self) -> InstanceStats | None:
         """Instance counts for BackendService, if the runner pools instances."""
         return None
+
+    # ---- sessions (gateway.jobs.sessions). The job core orders a session's jobs itself (one
+    # at a time, in submission order); these hooks are for providers with sessions of their
+    # own (IBM Runtime Session/Batch, Braket reservations). Not implemented by any runner yet.
+
+    async def open_session(self, session: Session) -> str | None:
+        """Called once, when the session's first job is accepted: opens the provider's session
+        (mode and max TTL as in `session`) and returns its id, stored as the session's
+        provider_session_id; None when the backend has no sessions of its own (default)."""
+        return None
+
+    async def close_session(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """Called once, when a session that had jobs ends (CLOSED or FAILED): closes the
+        provider's session. No-op by default."""

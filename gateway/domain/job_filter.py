@@ -57,6 +57,8 @@ class Comparison:
             return f'labels.{self.key} {self.op.value} "{self.value}"'
         if isinstance(self.value, JobState):
             return f"state {self.op.value} {self.value.value}"
+        if self.field is FilterField.STATE:  # a session state (ListSessions), by name
+            return f"state {self.op.value} {self.value}"
         if self.field is FilterField.BACKEND:
             return f'backend {self.op.value} "backends/{self.value}"'
         if self.field is FilterField.SESSION:

@@ -75,6 +75,8 @@ class JobSpec:
     options: JobOptions = JobOptions()
     # Validated labels (gateway.domain.labels), stored with the job and filterable.
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The session to run in (bare id; "" for none).
+    session: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class Job:
     # The provider's id of the job (REMOTE runners), stored in the transaction that leaves
     # SUBMITTING, so a restarted gateway re-attaches instead of submitting again.
     remote_id: str | None = None
+    # The session it runs in (bare id; "" for none): gateway.domain.sessions.
+    session: str = ""
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,7 @@ class Admission:
             created_at=self._transitions.clock(),
             labels=spec.labels,
             sampler_output=spec.options.sampler_output,
+            session=spec.session,
         )
         queue = runtime.queue
         if not queue.queues_before_commit:
@@ -262,4 +263,5 @@ def _queued(new: NewJob) -> Job:
         updated_at=new.created_at,
         labels=new.labels,
         sampler_output=new.sampler_output,
+        session=new.session,
     )

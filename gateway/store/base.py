@@ -25,6 +25,7 @@ from gateway.domain.jobs import (
     JobTimings,
     SamplerOutput,
 )
+from gateway.domain.sessions import Session
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
 REQUEST_ID_DEDUP_WINDOW_S = 7 * 24 * 3600
@@ -59,6 +60,8 @@ class NewJob:
     # Validated labels (JobSpec.labels).
     labels: Mapping[str, str] = field(default_factory=dict)
     sampler_output: SamplerOutput = SamplerOutput.SAMPLES_AND_COUNTS
+    # The session it runs in (bare id; "" for none).
+    session: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,13 @@ class JobCursor:
 
     created_at: datetime
     id: str
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    sessions: Sequence[Session]
+    # Position after the last session of this page (its create time and id); None at the end.
+    next_cursor: JobCursor | None
 
 
 @dataclass(frozen=True)
@@ -231,3 +241,40 @@ class Store(Protocol):
     async def last_claims(self, placement: str) -> dict[str, int]:
         """Per tenant ever claimed from on `placement`, the ordinal of its latest claim there
         (larger: more recent): the tie-break claim_next uses, for queue-position estimates."""
+
+    # ---- sessions (issue 10): gateway.jobs.sessions. A session's changing fields are written
+    # whole by save_session; an ended session (CLOSED, FAILED) is never changed again.
+
+    async def create_session(
+        self, session: Session, request_hash: bytes, *, max_open: int | None = None
+    ) -> tuple[Session, bool]:
+        """Inserts a session unless (tenant, request_id) already names one: then that one and
+        False. Raises InvalidArgument REQUEST_ID_REUSED for a different request, and
+        ResourceExhausted SESSION_LIMIT_REACHED when the tenant already has `max_open` open
+        sessions (counted in the same transaction)."""
+
+    async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
+        """The session, or None if absent or (when tenant is given) another tenant's."""
+
+    async def save_session(self, session: Session) -> Session | None:
+        """Writes state, times, end reason and provider id; None when it had already ended."""
+
+    async def list_sessions(
+        self,
+        tenant: str,
+        *,
+        filter: JobFilter | None = None,
+        after: JobCursor | None = None,
+        limit: int = 50,
+    ) -> SessionPage:
+        """The tenant's sessions matching `filter` (state values: SessionState names; fields
+        state, backend, labels, create_time), newest first, after cursor `after`."""
+
+    async def count_open_sessions(self, tenant: str) -> int:
+        """How many of the tenant's sessions have not ended."""
+
+    async def open_sessions(self) -> Sequence[Session]:
+        """Every session that has not ended, oldest first."""
+
+    async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:
+        """The session's jobs (non-final ones unless `include_final`), oldest first."""

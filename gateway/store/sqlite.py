@@ -43,6 +43,7 @@ from gateway.store.base import (
     NewJob,
     request_id_reused,
 )
+from gateway.store.sqlite_sessions import SqliteSessions
 
 T = TypeVar("T")
 
@@ -191,6 +192,41 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
     ),
     # --- end of issue 8, remote ids and the claim queue ---------------------------------------
+    # --- issue 10, sessions (gateway.store.sqlite_sessions) -----------------------------------
+    Migration(
+        8,
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            request_id TEXT,
+            request_hash BLOB NOT NULL,
+            backend TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            state TEXT NOT NULL,
+            failure_policy TEXT NOT NULL,
+            -- Resolved TTLs, in seconds.
+            max_ttl_s REAL NOT NULL,
+            idle_ttl_s REAL NOT NULL,
+            labels TEXT,
+            created_at INTEGER NOT NULL,
+            first_job_at INTEGER,
+            last_activity_at INTEGER,
+            ended_at INTEGER,
+            end_reason TEXT,
+            provider_session_id TEXT,
+            UNIQUE (tenant, request_id)
+        );
+        CREATE INDEX sessions_tenant_created ON sessions (tenant, created_at, id);
+        CREATE INDEX sessions_open ON sessions (tenant)
+            WHERE state NOT IN ('CLOSED', 'FAILED');
+        -- The session a job runs in (NULL: none).
+        ALTER TABLE jobs ADD COLUMN session_id TEXT;
+        CREATE INDEX jobs_session ON jobs (session_id, created_at, id)
+            WHERE session_id IS NOT NULL;
+        """,
+    ),
+    # --- end of issue 10, sessions ------------------------------------------------------------
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -211,6 +247,8 @@ _JOB_COLUMNS: Final = (
     ", labels, sampler_output"
     # issue 8, remote ids
     ", remote_id"
+    # issue 10, sessions
+    ", session_id"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
@@ -235,7 +273,7 @@ class _Stop:
     future: asyncio.Future[None]
 
 
-class SqliteStore:
+class SqliteStore(SqliteSessions):
     """Store on a SQLite file in WAL mode with `synchronous=FULL`.
 
     Args:
@@ -358,6 +396,8 @@ class SqliteStore:
                     new.sampler_output.value,
                 ),
             )
+            if new.session:
+                conn.execute("UPDATE jobs SET session_id = ? WHERE id = ?", (new.session, new.id))
             job = _enter_state(conn, new.id, JobState.QUEUED, created_us)
             assert job is not None  # inserted just above, in this transaction
             return CreateOutcome(job, created=True)
@@ -1317,6 +1357,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
             row["sampler_output"] or SamplerOutput.SAMPLES_AND_COUNTS.value
         ),
         remote_id=None if row["remote_id"] is None else str(row["remote_id"]),
+        session=str(row["session_id"] or ""),
     )
 
 
@@ -1356,9 +1397,7 @@ def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
     if c.field is FilterField.BACKEND:
         return ("backend = ?" if c.op is FilterOp.EQ else "backend != ?"), [str(c.value)]
     if c.field is FilterField.SESSION:
-        # Jobs carry no session until sessions are implemented (a job naming one is refused):
-        # a session id is never empty, so nothing matches.
-        return "'' = ?", [str(c.value)]
+        return "session_id = ?", [str(c.value)]
     if c.field is FilterField.LABEL:
         values: list[object] = [c.key] if c.op is FilterOp.HAS else [c.key, str(c.value)]
         return _LABEL_SQL[c.op], values

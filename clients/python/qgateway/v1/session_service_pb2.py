@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from qgateway.v1 import session_pb2 as qgateway_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!qgateway/v1/session_service.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x19qgateway/v1/session.proto\"]\n\x14\x43reateSessionRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12+\n\x07session\x18\x02 \x01(\x0b\x32\x14.qgateway.v1.SessionB\x04\xe2\x41\x01\x02\"O\n\x15\x43reateSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x11GetSessionRequest\x12+\n\x04name\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14qgateway.dev/Session\";\n\x12GetSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session\"B\n\x13\x43loseSessionRequest\x12+\n\x04name\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14qgateway.dev/Session\"=\n\x14\x43loseSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session\"^\n\x13ListSessionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"W\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.qgateway.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe1\x02\n\x0eSessionService\x12V\n\rCreateSession\x12!.qgateway.v1.CreateSessionRequest\x1a\".qgateway.v1.CreateSessionResponse\x12M\n\nGetSession\x12\x1e.qgateway.v1.GetSessionRequest\x1a\x1f.qgateway.v1.GetSessionResponse\x12S\n\x0c\x43loseSession\x12 .qgateway.v1.CloseSessionRequest\x1a!.qgateway.v1.CloseSessionResponse\x12S\n\x0cListSessions\x12 .qgateway.v1.ListSessionsRequest\x1a!.qgateway.v1.ListSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!qgateway/v1/session_service.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x19qgateway/v1/session.proto\"]\n\x14\x43reateSessionRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12+\n\x07session\x18\x02 \x01(\x0b\x32\x14.qgateway.v1.SessionB\x04\xe2\x41\x01\x02\"O\n\x15\x43reateSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"@\n\x11GetSessionRequest\x12+\n\x04name\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14qgateway.dev/Session\";\n\x12GetSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session\"B\n\x13\x43loseSessionRequest\x12+\n\x04name\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14qgateway.dev/Session\"=\n\x14\x43loseSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session\"^\n\x13ListSessionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"W\n\x14ListSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.qgateway.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x14\x43\x61ncelSessionRequest\x12+\n\x04name\x18\x01 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14qgateway.dev/Session\">\n\x15\x43\x61ncelSessionResponse\x12%\n\x07session\x18\x01 \x01(\x0b\x32\x14.qgateway.v1.Session2\xb9\x03\n\x0eSessionService\x12V\n\rCreateSession\x12!.qgateway.v1.CreateSessionRequest\x1a\".qgateway.v1.CreateSessionResponse\x12M\n\nGetSession\x12\x1e.qgateway.v1.GetSessionRequest\x1a\x1f.qgateway.v1.GetSessionResponse\x12S\n\x0c\x43loseSession\x12 .qgateway.v1.CloseSessionRequest\x1a!.qgateway.v1.CloseSessionResponse\x12S\n\x0cListSessions\x12 .qgateway.v1.ListSessionsRequest\x1a!.qgateway.v1.ListSessionsResponse\x12V\n\rCancelSession\x12!.qgateway.v1.CancelSessionRequest\x1a\".qgateway.v1.CancelSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSESSIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_LISTSESSIONSREQUEST'].fields_by_name['filter']._loaded_options = None
   _globals['_LISTSESSIONSREQUEST'].fields_by_name['filter']._serialized_options = b'\342A\001\001'
+  _globals['_CANCELSESSIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CANCELSESSIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\026\n\024qgateway.dev/Session'
   _globals['_CREATESESSIONREQUEST']._serialized_start=137
   _globals['_CREATESESSIONREQUEST']._serialized_end=230
   _globals['_CREATESESSIONRESPONSE']._serialized_start=232
@@ -64,6 +66,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSESSIONSREQUEST']._serialized_end=665
   _globals['_LISTSESSIONSRESPONSE']._serialized_start=667
   _globals['_LISTSESSIONSRESPONSE']._serialized_end=754
-  _globals['_SESSIONSERVICE']._serialized_start=757
-  _globals['_SESSIONSERVICE']._serialized_end=1110
+  _globals['_CANCELSESSIONREQUEST']._serialized_start=756
+  _globals['_CANCELSESSIONREQUEST']._serialized_end=823
+  _globals['_CANCELSESSIONRESPONSE']._serialized_start=825
+  _globals['_CANCELSESSIONRESPONSE']._serialized_end=887
+  _globals['_SESSIONSERVICE']._serialized_start=890
+  _globals['_SESSIONSERVICE']._serialized_end=1331
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class SessionServiceStub:
-    """Sessions group jobs on one backend. Declared in v1 and not implemented yet: every call
-    answers UNIMPLEMENTED, reason SESSIONS_NOT_IMPLEMENTED.
+    """Sessions group jobs on one backend: a session's jobs run one at a time in the order they
+    were submitted. A job naming a session that no longer accepts jobs (CLOSING, CLOSED, FAILED)
+    is FAILED_PRECONDITION with reason SESSION_CLOSED and a ResourceInfo naming the session.
     """
 
     def __init__(self, channel):
@@ -56,11 +57,17 @@ class SessionServiceStub:
                 request_serializer=qgateway_dot_v1_dot_session__service__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=qgateway_dot_v1_dot_session__service__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.CancelSession = channel.unary_unary(
+                '/qgateway.v1.SessionService/CancelSession',
+                request_serializer=qgateway_dot_v1_dot_session__service__pb2.CancelSessionRequest.SerializeToString,
+                response_deserializer=qgateway_dot_v1_dot_session__service__pb2.CancelSessionResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
-    """Sessions group jobs on one backend. Declared in v1 and not implemented yet: every call
-    answers UNIMPLEMENTED, reason SESSIONS_NOT_IMPLEMENTED.
+    """Sessions group jobs on one backend: a session's jobs run one at a time in the order they
+    were submitted. A job naming a session that no longer accepts jobs (CLOSING, CLOSED, FAILED)
+    is FAILED_PRECONDITION with reason SESSION_CLOSED and a ResourceInfo naming the session.
     """
 
     def CreateSession(self, request, context):
@@ -91,6 +98,14 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelSession(self, request, context):
+        """Ends a session now: it accepts no more jobs, and its queued and running jobs are
+        cancelled. The session ends CLOSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +129,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=qgateway_dot_v1_dot_session__service__pb2.ListSessionsRequest.FromString,
                     response_serializer=qgateway_dot_v1_dot_session__service__pb2.ListSessionsResponse.SerializeToString,
             ),
+            'CancelSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSession,
+                    request_deserializer=qgateway_dot_v1_dot_session__service__pb2.CancelSessionRequest.FromString,
+                    response_serializer=qgateway_dot_v1_dot_session__service__pb2.CancelSessionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'qgateway.v1.SessionService', rpc_method_handlers)
@@ -123,8 +143,9 @@ def add_SessionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SessionService:
-    """Sessions group jobs on one backend. Declared in v1 and not implemented yet: every call
-    answers UNIMPLEMENTED, reason SESSIONS_NOT_IMPLEMENTED.
+    """Sessions group jobs on one backend: a session's jobs run one at a time in the order they
+    were submitted. A job naming a session that no longer accepts jobs (CLOSING, CLOSED, FAILED)
+    is FAILED_PRECONDITION with reason SESSION_CLOSED and a ResourceInfo naming the session.
     """
 
     @staticmethod
@@ -225,6 +246,33 @@ class SessionService:
             '/qgateway.v1.SessionService/ListSessions',
             qgateway_dot_v1_dot_session__service__pb2.ListSessionsRequest.SerializeToString,
             qgateway_dot_v1_dot_session__service__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qgateway.v1.SessionService/CancelSession',
+            qgateway_dot_v1_dot_session__service__pb2.CancelSessionRequest.SerializeToString,
+            qgateway_dot_v1_dot_session__service__pb2.CancelSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

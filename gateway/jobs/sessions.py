@@ -1,0 +1,575 @@
+"""Sessions in the job core: ordering, lifecycle and TTLs (the decisions are
+gateway.domain.sessions'; this module applies them to the store and the queues).
+
+- Order: a session's jobs run one at a time, in submission (create-time) order. SessionQueue
+  wraps a backend's queue: it lets one job per session into the inner queue and holds the
+  others until that one is done (so several pool instances never run two jobs of a session at
+  once, or out of order). Fair share across tenants is the inner queue's, unchanged.
+- Lifecycle: a lifecycle hook sees every job of a session end; a CLOSING session with nothing
+  left becomes CLOSED; under the ABORT policy a FAILED job fails the session and its other jobs
+  are cancelled (the session is halted synchronously in the hook, so the queue never lets the
+  next job in first).
+- TTLs: one timer task wakes at the earliest deadline of the open sessions (or when a session
+  changes): event-driven, the store is never polled.
+- Restart: sessions are stored; at start the open ones and their unfinished jobs are loaded
+  again, and recovery re-queues those jobs oldest first through the SessionQueue, so they run
+  in order.
+
+Sessions order jobs through the in-memory queue (server.queue = "memory"); with the store's
+claim queue (several replicas) the store hands jobs out itself and order within a session is
+not enforced yet.
+
+Provider sessions (IBM Runtime sessions and batches, Braket reservations) hook in through
+Runner.open_session / Runner.close_session (gateway.backends.runner), which this core calls when
+a session gets its first job and when it ends; no runner implements them yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gateway.backends.base import PreparedJob
+from gateway.domain import sessions as domain
+from gateway.domain.errors import FieldViolation, GatewayError, InvalidArgument
+from gateway.domain.job_filter import JobFilter
+from gateway.domain.jobs import Job, JobSpec, JobState
+from gateway.domain.sessions import (
+    FailurePolicy,
+    Session,
+    SessionMode,
+    SessionState,
+)
+from gateway.jobs.hooks import Transition
+from gateway.jobs.manager import JobManager
+from gateway.jobs.queue_port import Claim, JobQueue
+from gateway.store.base import CreateOutcome, JobCursor, SessionPage, Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------- the queue
+
+
+@dataclass(eq=False)
+class _Line:
+    # The job let into the inner queue (waiting or running); None when none is.
+    current: str | None = None
+    held: list[tuple[tuple[datetime, str], Job, PreparedJob | None]] = field(default_factory=list)
+
+
+class SessionQueue:
+    """A JobQueue that lets one job per session into `inner` at a time, oldest first.
+
+    Jobs without a session go straight through. `halted(session_id)` says a session must not
+    start another job (it ended or is aborting): its held jobs stay held until cancelled.
+    """
+
+    def __init__(self, inner: JobQueue) -> None:
+        self.inner = inner
+        self.queues_before_commit = inner.queues_before_commit
+        self.halted: Callable[[str], bool] = lambda _session: False
+        # Wakes the backend's scheduler: a job let in when another ends arrives after the
+        # scheduler looked (the in-memory queue is watched through the backend's wake event).
+        self.wake: Callable[[], None] = lambda: None
+        self._lines: dict[str, _Line] = {}
+        self._held: dict[str, str] = {}  # job id -> session id, for held jobs
+
+    def has_work(self, session_id: str) -> bool:
+        line = self._lines.get(session_id)
+        return line is not None and (line.current is not None or bool(line.held))
+
+    async def _advance(self, session_id: str) -> None:
+        """The session's current job is done (or gone): lets its next held job in, unless the
+        session is halted."""
+        line = self._lines.get(session_id)
+        if line is None:
+            return
+        line.current = None
+        if not line.held:
+            del self._lines[session_id]
+            return
+        if self.halted(session_id):
+            return
+        _, job, prepared = line.held.pop(0)
+        del self._held[job.id]
+        line.current = job.id
+        await self.inner.put(job, prepared)
+        self.wake()
+
+    async def resume(self, session_id: str) -> None:
+        """Lets the next job in if none is in (after a halt was lifted, or at start)."""
+        line = self._lines.get(session_id)
+        if line is not None and line.current is None:
+            await self._advance(session_id)
+
+    async def put(self, job: Job, prepared: PreparedJob | None) -> None:
+        session_id = job.session
+        if not session_id:
+            await self.inner.put(job, prepared)
+            return
+        line = self._lines.setdefault(session_id, _Line())
+        if line.current == job.id or job.id in self._held:
+            return
+        if line.current is None and not line.held and not self.halted(session_id):
+            line.current = job.id
+            await self.inner.put(job, prepared)
+            return
+        key = (job.created_at, job.id)
+        bisect.insort(line.held, (key, job, prepared), key=lambda item: item[0])
+        self._held[job.id] = session_id
+
+    async def claim(self) -> Claim | None:
+        return await self.inner.claim()
+
+    async def renew(self, claim: Claim) -> Claim | None:
+        return await self.inner.renew(claim)
+
+    async def done(self, claim: Claim) -> None:
+        await self.inner.done(claim)
+        session_id = claim.job.session
+        line = self._lines.get(session_id) if session_id else None
+        if line is not None and line.current == claim.job.id:
+            await self._advance(session_id)
+
+    async def release(self, claim: Claim) -> None:
+        await self.inner.release(claim)
+
+    async def remove(self, job_id: str, tenant: str) -> bool:
+        session_id = self._held.get(job_id)
+        if session_id is not None:
+            line = self._lines[session_id]
+            for index, (_, job, _p) in enumerate(line.held):
+                if job.id == job_id and job.tenant == tenant:
+                    del line.held[index]
+                    del self._held[job_id]
+                    if line.current is None and not line.held:
+                        del self._lines[session_id]
+                    return True
+            return False
+        removed = await self.inner.remove(job_id, tenant)
+        if removed and not self._is_current(job_id):
+            return removed
+        if removed:
+            await self._current_gone(job_id)
+        return removed
+
+    def _is_current(self, job_id: str) -> bool:
+        return any(line.current == job_id for line in self._lines.values())
+
+    async def _current_gone(self, job_id: str) -> None:
+        for session_id, line in list(self._lines.items()):
+            if line.current == job_id:
+                await self._advance(session_id)
+                return
+
+    async def take_expired(self) -> list[Job]:
+        expired = await self.inner.take_expired()
+        for job in expired:
+            if job.session:
+                await self._current_gone(job.id)
+        return expired
+
+    async def next_wakeup(self) -> datetime | None:
+        return await self.inner.next_wakeup()
+
+    async def wait_changed(self) -> None:
+        await self.inner.wait_changed()
+
+    async def depth(self) -> int:
+        return await self.inner.depth() + len(self._held)
+
+    async def position(self, job_id: str, tenant: str) -> int | None:
+        session_id = self._held.get(job_id)
+        if session_id is None:
+            return await self.inner.position(job_id, tenant)
+        # Behind every job of its session ahead of it, and behind the session's current job.
+        line = self._lines[session_id]
+        index = next(i for i, (_, job, _p) in enumerate(line.held) if job.id == job_id)
+        ahead = 0
+        if line.current is not None:
+            current = await self.inner.position(line.current, tenant)
+            ahead = 0 if current is None else current + 1  # None: it already runs
+        return ahead + index
+
+    async def claims_by_tenant(self) -> dict[str, int]:
+        return await self.inner.claims_by_tenant()
+
+
+# ---------------------------------------------------------------------------- the core
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """server.max_sessions_per_tenant, server.session_max_ttl_s, server.session_idle_ttl_s."""
+
+    max_sessions_per_tenant: int = 10
+    max_ttl_s: float = 8 * 3600.0
+    idle_ttl_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class NewSession:
+    backend: str
+    mode: SessionMode = SessionMode.DEDICATED
+    failure_policy: FailurePolicy = FailurePolicy.CONTINUE
+    # None: the configured maximum / default.
+    max_ttl_s: float | None = None
+    idle_ttl_s: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _ttl(value: float | None, default: float, limit: float, name: str) -> float:
+    if value is None:
+        return min(default, limit)
+    if not 0 < value <= limit:
+        raise InvalidArgument(
+            "INVALID_SESSION",
+            f"{name} must be more than 0 and at most {limit:g}s",
+            metadata={"field": name, "maxSeconds": f"{limit:g}"},
+            field_violations=[FieldViolation(name, f"more than 0 and at most {limit:g}s")],
+        )
+    return value
+
+
+class SessionCore:
+    """Creates, finds, closes and cancels sessions, admits their jobs, and ends them by TTL.
+
+    Register it as a lifecycle hook of the manager (`hooks.add(core)`) and wrap every backend
+    queue in a SessionQueue before the manager is built.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        manager: JobManager,
+        limits: SessionLimits,
+        *,
+        clock: Clock = _now,
+    ) -> None:
+        self._store = store
+        self._manager = manager
+        self._limits = limits
+        self.clock = clock
+        self._queues: dict[str, SessionQueue] = {}
+        for name, runtime in manager.backends.items():
+            if isinstance(runtime.queue, SessionQueue):
+                runtime.queue.halted = self.halted
+                runtime.queue.wake = runtime.wake.set
+                self._queues[name] = runtime.queue
+        # Sessions not ended, as last stored; the unfinished jobs of each.
+        self._open: dict[str, Session] = {}
+        self._work: dict[str, set[str]] = {}
+        # Sessions that must not start another job (ended, or failing under ABORT).
+        self._halted: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._changed = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        """Loads the open sessions and their unfinished jobs (after the manager recovered its
+        jobs, before scheduling starts); ends those whose TTL passed while the gateway was
+        down."""
+        for session in await self._store.open_sessions():
+            jobs = await self._store.session_jobs(session.id)
+            self._open[session.id] = session
+            self._work[session.id] = {j.id for j in jobs}
+        for session_id in list(self._open):
+            await self._settle(session_id)
+        await self.expire_due()
+
+    def start(self) -> None:
+        """Starts the TTL timer."""
+        self._timer = asyncio.create_task(self._run_timer())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._timer, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def halted(self, session_id: str) -> bool:
+        return session_id in self._halted
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, session_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            yield
+
+    # ------------------------------------------------------------------ queries
+
+    async def get(self, tenant: str, session_id: str) -> Session:
+        session = await self._store.get_session(session_id, tenant)
+        if session is None:
+            raise domain.session_not_found(session_id)
+        return session
+
+    async def list(
+        self, tenant: str, *, filter: JobFilter, after: JobCursor | None, limit: int
+    ) -> SessionPage:
+        return await self._store.list_sessions(tenant, filter=filter, after=after, limit=limit)
+
+    # ------------------------------------------------------------------ commands
+
+    async def create(
+        self, tenant: str, request_id: str, request_hash: bytes, new: NewSession
+    ) -> tuple[Session, bool]:
+        """A new PENDING session (or the one an earlier request with this request_id made).
+
+        Raises:
+            NotFound: BACKEND_NOT_FOUND.
+            ResourceExhausted: SESSION_LIMIT_REACHED, at the tenant's cap of open sessions.
+        """
+        self._manager.runtime(new.backend, "session.backend")
+        lim = self._limits
+        session = Session(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            backend=new.backend,
+            mode=new.mode,
+            state=SessionState.PENDING,
+            failure_policy=new.failure_policy,
+            max_ttl_s=_ttl(new.max_ttl_s, lim.max_ttl_s, lim.max_ttl_s, "session.max_ttl"),
+            idle_ttl_s=_ttl(new.idle_ttl_s, lim.idle_ttl_s, lim.max_ttl_s, "session.idle_ttl"),
+            created_at=self.clock(),
+            request_id=request_id,
+            labels=dict(new.labels),
+            last_activity_at=None,
+        )
+        # The store counts and creates in one transaction: two creates cannot both pass the
+        # cap, and a retry (same request_id) gets its session even at the cap.
+        stored, was_new = await self._store.create_session(
+            session, request_hash, max_open=lim.max_sessions_per_tenant
+        )
+        if was_new:
+            self._open[stored.id] = stored
+            self._work[stored.id] = set()
+            self._changed.set()
+        return stored, was_new
+
+    async def submit(
+        self,
+        tenant: str,
+        request_id: str,
+        spec: JobSpec,
+        spec_bytes: bytes,
+        digest: bytes,
+        *,
+        position: bool = True,
+    ) -> CreateOutcome:
+        """Admits a job into its session (spec.session) and queues it like any job.
+
+        Raises:
+            NotFound: SESSION_NOT_FOUND (also for another tenant's session).
+            FailedPrecondition: SESSION_CLOSED when the session accepts no more jobs;
+                SESSION_BACKEND_MISMATCH when the job names another backend.
+        """
+        session_id = spec.session
+        async with self._locked(session_id):
+            session = self._open.get(session_id)
+            if session is None or session.tenant != tenant:
+                session = await self.get(tenant, session_id)
+            if not session.state.accepts_jobs:
+                raise domain.session_closed(session)
+            if spec.backend != session.backend:
+                raise domain.session_backend_mismatch(session, spec.backend)
+            outcome = await self._manager.submit(
+                tenant, request_id, spec, spec_bytes, digest, position=position
+            )
+            if outcome.created:
+                updated = domain.job_accepted(session, self.clock())
+                first = session.first_job_at is None
+                await self._save(updated)
+                if first:
+                    await self._open_provider_session(updated)
+        return outcome
+
+    async def close_session(self, tenant: str, session_id: str) -> Session:
+        """CloseSession: no more jobs; CLOSING until its jobs are done, then CLOSED."""
+        async with self._locked(session_id):
+            session = await self.get(tenant, session_id)
+            updated = domain.close(session, self.clock(), has_work=self._has_work(session_id))
+            if updated is session:
+                return session
+            return await self._save(updated)
+
+    async def cancel_session(self, tenant: str, session_id: str) -> Session:
+        """CancelSession: ends it now (CLOSED) and cancels its queued and running jobs."""
+        async with self._locked(session_id):
+            session = await self.get(tenant, session_id)
+            updated = domain.cancel(session, self.clock())
+            if updated is session:
+                return session
+            self._halted.add(session_id)
+            saved = await self._save(updated)
+        await self._cancel_jobs(saved)
+        return saved
+
+    # ------------------------------------------------------------------ jobs ending
+
+    def on_transition(self, transition: Transition) -> None:
+        """Lifecycle hook: keeps each session's unfinished jobs and reacts to one ending."""
+        job = transition.job
+        session_id = job.session
+        if not session_id:
+            return
+        if not job.state.is_final:
+            if transition.previous is None:
+                self._work.setdefault(session_id, set()).add(job.id)
+            return
+        work = self._work.get(session_id)
+        if work is not None:
+            work.discard(job.id)
+        session = self._open.get(session_id)
+        if (
+            job.state is JobState.FAILED
+            and session is not None
+            and session.failure_policy is FailurePolicy.ABORT
+        ):
+            # Before the queue lets the next job in (that happens when the claim ends).
+            self._halted.add(session_id)
+        task = asyncio.get_running_loop().create_task(
+            self._job_ended(session_id, job.tenant, job.state is JobState.FAILED)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _job_ended(self, session_id: str, tenant: str, failed: bool) -> None:
+        try:
+            async with self._locked(session_id):
+                session = self._open.get(session_id)
+                if session is None:
+                    return
+                updated = domain.job_ended(
+                    session, failed, self.clock(), has_work=self._has_work(session_id)
+                )
+                saved = await self._save(updated)
+            if saved.state is SessionState.FAILED:
+                await self._cancel_jobs(saved)
+        except Exception:
+            log.exception("session %s: updating after a job ended failed", session_id)
+
+    # ------------------------------------------------------------------ TTLs
+
+    async def expire_due(self) -> datetime | None:
+        """Ends every open session whose TTL has passed; returns the next deadline."""
+        now = self.clock()
+        next_at: datetime | None = None
+        for session_id, session in list(self._open.items()):
+            due = domain.deadline(session, has_work=self._has_work(session_id))
+            if due is None:
+                continue
+            if due[0] > now:
+                next_at = due[0] if next_at is None else min(next_at, due[0])
+                continue
+            async with self._locked(session_id):
+                current = self._open.get(session_id)
+                if current is None:
+                    continue
+                ended = domain.expire(current, now, has_work=self._has_work(session_id))
+                if ended is None:
+                    continue
+                self._halted.add(session_id)
+                saved = await self._save(ended)
+            log.info("session %s ended: %s", session_id, ended.end_reason)
+            await self._cancel_jobs(saved)
+        return next_at
+
+    async def _run_timer(self) -> None:
+        while True:
+            self._changed.clear()
+            try:
+                next_at = await self.expire_due()
+            except Exception:
+                log.exception("session TTL sweep failed")
+                next_at = None
+            timeout = None
+            if next_at is not None:
+                # A little past the deadline: the clock must read past it when we look again.
+                timeout = max(0.0, (next_at - self.clock()).total_seconds()) + 0.01
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    def _has_work(self, session_id: str) -> bool:
+        if self._work.get(session_id):
+            return True
+        return any(q.has_work(session_id) for q in self._queues.values())
+
+    async def _save(self, session: Session) -> Session:
+        saved = await self._store.save_session(session)
+        if saved is None:  # it had already ended
+            stored = await self._store.get_session(session.id)
+            assert stored is not None
+            saved = stored
+        if saved.state.is_final:
+            self._open.pop(saved.id, None)
+            self._work.pop(saved.id, None)
+            self._halted.add(saved.id)
+            await self._close_provider_session(saved)
+        else:
+            self._open[saved.id] = saved
+        self._changed.set()
+        return saved
+
+    async def _settle(self, session_id: str) -> None:
+        """At start: a CLOSING session whose jobs all ended meanwhile is CLOSED."""
+        session = self._open.get(session_id)
+        closing = session is not None and session.state is SessionState.CLOSING
+        if session is not None and closing and not self._has_work(session_id):
+            await self._save(
+                domain.end(session, SessionState.CLOSED, domain.EndReason.CLOSED, self.clock())
+            )
+
+    async def _cancel_jobs(self, session: Session) -> None:
+        """Cancels the session's unfinished jobs (queued ones end now, running ones are
+        stopped)."""
+        for job in await self._store.session_jobs(session.id):
+            try:
+                await self._manager.cancel(session.tenant, job.id)
+            except GatewayError:  # it finished meanwhile
+                continue
+
+    async def _open_provider_session(self, session: Session) -> None:
+        runtime = self._manager.backends.get(session.backend)
+        if runtime is None:
+            return
+        try:
+            provider_id = await runtime.runner.open_session(session)
+        except Exception:
+            log.exception("session %s: opening it at the provider failed", session.id)
+            return
+        if provider_id:
+            await self._save(_with_provider_id(session, provider_id))
+
+    async def _close_provider_session(self, session: Session) -> None:
+        runtime = self._manager.backends.get(session.backend)
+        if runtime is None or session.first_job_at is None:
+            return
+        try:
+            await runtime.runner.close_session(session)
+        except Exception:
+            log.exception("session %s: closing it at the provider failed", session.id)
+
+
+def _with_provider_id(session: Session, provider_id: str) -> Session:
+    return dataclasses.replace(session, provider_session_id=provider_id)

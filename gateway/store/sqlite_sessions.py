@@ -1,0 +1,293 @@
+"""The sessions repository of the SQLite store (migration 8): a mixin of SqliteStore.
+
+Sessions are rows of their own; a job names its session in jobs.session_id. Every change is one
+transaction on the store's writer thread, like a job's.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
+from gateway.domain.jobs import FINAL_STATES, Job
+from gateway.domain.sessions import (
+    EndReason,
+    FailurePolicy,
+    Session,
+    SessionMode,
+    SessionState,
+    too_many_sessions,
+)
+from gateway.store.base import JobCursor, SessionPage, request_id_reused
+
+T = TypeVar("T")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMNS: Final = (
+    "id, tenant, request_id, backend, mode, state, failure_policy, max_ttl_s, idle_ttl_s, "
+    "labels, created_at, first_job_at, last_activity_at, ended_at, end_reason, "
+    "provider_session_id"
+)
+_FINAL_SESSION: Final = ("CLOSED", "FAILED")
+_LABEL_IS: Final = (
+    "EXISTS (SELECT 1 FROM json_each(sessions.labels) AS l WHERE l.key = ? AND l.value = ?)"
+)
+_LABEL_SQL: Final = {
+    FilterOp.EQ: _LABEL_IS,
+    FilterOp.NE: "NOT " + _LABEL_IS,
+    FilterOp.HAS: "EXISTS (SELECT 1 FROM json_each(sessions.labels) AS l WHERE l.key = ?)",
+}
+_TIME_SQL: Final = {
+    FilterOp.GT: "created_at > ?",
+    FilterOp.GE: "created_at >= ?",
+    FilterOp.LT: "created_at < ?",
+    FilterOp.LE: "created_at <= ?",
+}
+
+
+def _us(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def _opt_us(dt: datetime | None) -> int | None:
+    return None if dt is None else _us(dt)
+
+
+def _dt(value: object) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=int(str(value)))
+
+
+def _row(row: sqlite3.Row) -> Session:
+    created = _dt(row["created_at"])
+    assert created is not None
+    return Session(
+        id=str(row["id"]),
+        tenant=str(row["tenant"]),
+        request_id=str(row["request_id"] or ""),
+        backend=str(row["backend"]),
+        mode=SessionMode(row["mode"]),
+        state=SessionState(row["state"]),
+        failure_policy=FailurePolicy(row["failure_policy"]),
+        max_ttl_s=float(row["max_ttl_s"]),
+        idle_ttl_s=float(row["idle_ttl_s"]),
+        labels=json.loads(row["labels"]) if row["labels"] else {},
+        created_at=created,
+        first_job_at=_dt(row["first_job_at"]),
+        last_activity_at=_dt(row["last_activity_at"]),
+        ended_at=_dt(row["ended_at"]),
+        end_reason=None if row["end_reason"] is None else EndReason(row["end_reason"]),
+        provider_session_id=str(row["provider_session_id"] or ""),
+    )
+
+
+def _select(conn: sqlite3.Connection, session_id: str) -> Session | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    return None if row is None else _row(row)
+
+
+def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
+    if c.field is FilterField.STATE:
+        value = c.value if isinstance(c.value, str) else str(c.value)
+        return ("state = ?" if c.op is FilterOp.EQ else "state != ?"), [value]
+    if c.field is FilterField.BACKEND:
+        return ("backend = ?" if c.op is FilterOp.EQ else "backend != ?"), [str(c.value)]
+    if c.field is FilterField.LABEL:
+        values: list[object] = [c.key] if c.op is FilterOp.HAS else [c.key, str(c.value)]
+        return _LABEL_SQL[c.op], values
+    if c.field is FilterField.CREATE_TIME:
+        assert isinstance(c.value, int)
+        floor_us = c.value // 1000
+        ceil_us = -(-c.value // 1000)
+        bound = floor_us if c.op in (FilterOp.GT, FilterOp.LE) else ceil_us
+        return _TIME_SQL[c.op], [bound]
+    raise ValueError(f"sessions cannot be filtered by {c.field.value}")
+
+
+class SqliteSessions:
+    """Session methods of the Store protocol, on SqliteStore's writer thread."""
+
+    if TYPE_CHECKING:
+
+        async def _call(
+            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+        ) -> T: ...
+
+    async def create_session(
+        self, session: Session, request_hash: bytes, *, max_open: int | None = None
+    ) -> tuple[Session, bool]:
+        """Inserts a session unless (tenant, request_id) already names one: then that one and
+        False. Counting the tenant's open sessions and inserting is one transaction.
+
+        Raises:
+            InvalidArgument: reason REQUEST_ID_REUSED, when the id names a different request.
+            ResourceExhausted: SESSION_LIMIT_REACHED, when the tenant already has `max_open`
+                sessions that have not ended.
+        """
+
+        def op(conn: sqlite3.Connection) -> tuple[Session, bool]:
+            if session.request_id:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS}, request_hash FROM sessions"
+                    " WHERE tenant = ? AND request_id = ?",
+                    (session.tenant, session.request_id),
+                ).fetchone()
+                if row is not None:
+                    if bytes(row["request_hash"]) != request_hash:
+                        raise request_id_reused(session.request_id, f"sessions/{row['id']}")
+                    return _row(row), False
+            if max_open is not None:
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM sessions"
+                    f" WHERE tenant = ? AND state NOT IN {_FINAL_SESSION!r}",
+                    (session.tenant,),
+                ).fetchone()
+                if count >= max_open:
+                    raise too_many_sessions(session.tenant, max_open)
+            conn.execute(
+                f"INSERT INTO sessions ({_COLUMNS}, request_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.id,
+                    session.tenant,
+                    session.request_id or None,
+                    session.backend,
+                    session.mode.value,
+                    session.state.value,
+                    session.failure_policy.value,
+                    session.max_ttl_s,
+                    session.idle_ttl_s,
+                    json.dumps(dict(session.labels), sort_keys=True) if session.labels else None,
+                    _us(session.created_at),
+                    _opt_us(session.first_job_at),
+                    _opt_us(session.last_activity_at),
+                    _opt_us(session.ended_at),
+                    None if session.end_reason is None else session.end_reason.value,
+                    session.provider_session_id or None,
+                    request_hash,
+                ),
+            )
+            created = _select(conn, session.id)
+            assert created is not None
+            return created, True
+
+        return await self._call(op)
+
+    async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
+        """The session, or None if absent or (when tenant is given) another tenant's."""
+
+        def op(conn: sqlite3.Connection) -> Session | None:
+            found = _select(conn, session_id)
+            if found is None or (tenant is not None and found.tenant != tenant):
+                return None
+            return found
+
+        return await self._call(op, readonly=True)
+
+    async def save_session(self, session: Session) -> Session | None:
+        """Writes the session's changing fields (state, times, end reason, provider id);
+        None, changing nothing, when the stored session has already ended."""
+
+        def op(conn: sqlite3.Connection) -> Session | None:
+            cursor = conn.execute(
+                "UPDATE sessions SET state = ?, first_job_at = ?, last_activity_at = ?,"
+                " ended_at = ?, end_reason = ?, provider_session_id = ?"
+                f" WHERE id = ? AND state NOT IN {_FINAL_SESSION!r}",
+                (
+                    session.state.value,
+                    _opt_us(session.first_job_at),
+                    _opt_us(session.last_activity_at),
+                    _opt_us(session.ended_at),
+                    None if session.end_reason is None else session.end_reason.value,
+                    session.provider_session_id or None,
+                    session.id,
+                ),
+            )
+            return None if cursor.rowcount == 0 else _select(conn, session.id)
+
+        return await self._call(op)
+
+    async def list_sessions(
+        self,
+        tenant: str,
+        *,
+        filter: JobFilter | None = None,
+        after: JobCursor | None = None,
+        limit: int = 50,
+    ) -> SessionPage:
+        """The tenant's sessions matching `filter` (state values are SessionState names),
+        newest first (create time, then id, both descending), after cursor `after`."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where = ["tenant = ?"]
+        params: list[object] = [tenant]
+        for clause in filter.clauses if filter is not None else ():
+            parts = []
+            for comparison in clause:
+                sql, values = _comparison_sql(comparison)
+                parts.append(sql)
+                params.extend(values)
+            where.append("(" + " OR ".join(parts) + ")")
+        if after is not None:
+            after_us = _us(after.created_at)
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend([after_us, after_us, after.id])
+        sql = (
+            f"SELECT {_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        params.append(limit + 1)
+
+        def op(conn: sqlite3.Connection) -> SessionPage:
+            rows = conn.execute(sql, params).fetchall()
+            sessions = [_row(r) for r in rows[:limit]]
+            more = len(rows) > limit
+            cursor = JobCursor(sessions[-1].created_at, sessions[-1].id) if more else None
+            return SessionPage(sessions=sessions, next_cursor=cursor)
+
+        return await self._call(op, readonly=True)
+
+    async def count_open_sessions(self, tenant: str) -> int:
+        """How many of the tenant's sessions have not ended."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            sql = (
+                "SELECT count(*) FROM sessions"
+                f" WHERE tenant = ? AND state NOT IN {_FINAL_SESSION!r}"
+            )
+            row = conn.execute(sql, (tenant,)).fetchone()
+            return int(row[0])
+
+        return await self._call(op, readonly=True)
+
+    async def open_sessions(self) -> Sequence[Session]:
+        """Every session that has not ended, oldest first (recovery at start)."""
+
+        def op(conn: sqlite3.Connection) -> list[Session]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE state NOT IN {_FINAL_SESSION!r}"
+                " ORDER BY created_at, id"
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._call(op, readonly=True)
+
+    async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:
+        """The session's jobs (only the non-final ones unless `include_final`), oldest first."""
+        from gateway.store.sqlite import _JOB_COLUMNS, _row_to_job
+
+        final = tuple(s.value for s in FINAL_STATES)
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE session_id = ?"
+            params: list[object] = [session_id]
+            if not include_final:
+                sql += f" AND state NOT IN ({', '.join('?' * len(final))})"
+                params.extend(final)
+            rows = conn.execute(sql + " ORDER BY created_at, id", params).fetchall()
+            return [_row_to_job(r) for r in rows]
+
+        return await self._call(op, readonly=True)

@@ -1,0 +1,442 @@
+"""Sessions in process: the state machine and TTL decisions (gateway.domain.sessions) with a
+hand-moved clock, and the job core's session handling (gateway.jobs.sessions) on a real SQLite
+store, the in-memory queue and a scripted runner. No worker process, no gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import pickle
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import pytest
+
+from gateway.domain import sessions as domain
+from gateway.domain.errors import Code, GatewayError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import Job, JobSpec, JobState
+from gateway.domain.sessions import (
+    EndReason,
+    FailurePolicy,
+    Session,
+    SessionMode,
+    SessionState,
+)
+from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.hooks import Hooks
+from gateway.jobs.manager import JobManager
+from gateway.jobs.memory_queue import MemoryQueue
+from gateway.jobs.sessions import NewSession, SessionCore, SessionLimits, SessionQueue
+from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
+from gateway.store.sqlite import SqliteStore
+from tests.core_harness import (
+    T0,
+    Clock,
+    DirectCompiler,
+    EchoAdapter,
+    PickleFormat,
+    Recorder,
+    ScriptedRunner,
+    context,
+    spec,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# ---------------------------------------------------------------- the state machine
+
+
+def _session(**changes: object) -> Session:
+    base = Session(
+        id="s1",
+        tenant="alice",
+        backend="sim",
+        mode=SessionMode.DEDICATED,
+        state=SessionState.PENDING,
+        failure_policy=FailurePolicy.CONTINUE,
+        max_ttl_s=100.0,
+        idle_ttl_s=10.0,
+        created_at=T0,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_idle_ttl_runs_only_without_work_and_from_the_last_activity() -> None:
+    s = _session()
+    assert domain.expire(s, T0 + timedelta(seconds=9.9), has_work=False) is None
+    ended = domain.expire(s, T0 + timedelta(seconds=10), has_work=False)
+    assert ended is not None and ended.state is SessionState.CLOSED
+    assert ended.end_reason is EndReason.IDLE_TTL and ended.ended_at == T0 + timedelta(seconds=10)
+    # With work queued or running, idleness does not count.
+    assert domain.expire(s, T0 + timedelta(seconds=50), has_work=True) is None
+    active = domain.job_accepted(s, T0 + timedelta(seconds=5))
+    assert active.state is SessionState.ACTIVE and active.first_job_at == T0 + timedelta(seconds=5)
+    assert domain.expire(active, T0 + timedelta(seconds=14), has_work=False) is None
+    assert domain.expire(active, T0 + timedelta(seconds=15), has_work=False) is not None
+
+
+def test_max_ttl_counts_from_the_first_job_even_with_work() -> None:
+    s = domain.job_accepted(_session(), T0 + timedelta(seconds=20))
+    assert domain.deadline(s, has_work=True) == (T0 + timedelta(seconds=120), EndReason.MAX_TTL)
+    assert domain.expire(s, T0 + timedelta(seconds=119), has_work=True) is None
+    ended = domain.expire(s, T0 + timedelta(seconds=120), has_work=True)
+    assert ended is not None and ended.end_reason is EndReason.MAX_TTL
+    # Before any job, only the idle TTL applies.
+    assert domain.deadline(_session(), has_work=False) == (
+        T0 + timedelta(seconds=10),
+        EndReason.IDLE_TTL,
+    )
+
+
+def test_close_drains_then_closes_and_ended_sessions_stay_ended() -> None:
+    s = domain.job_accepted(_session(), T0)
+    closing = domain.close(s, T0, has_work=True)
+    assert closing.state is SessionState.CLOSING and not closing.state.accepts_jobs
+    with pytest.raises(GatewayError) as refused:
+        domain.job_accepted(closing, T0)
+    assert refused.value.reason == "SESSION_CLOSED"
+    assert refused.value.code is Code.FAILED_PRECONDITION
+    still = domain.job_ended(closing, False, T0, has_work=True)
+    assert still.state is SessionState.CLOSING
+    closed = domain.job_ended(closing, False, T0 + timedelta(seconds=1), has_work=False)
+    assert closed.state is SessionState.CLOSED and closed.end_reason is EndReason.CLOSED
+    assert domain.close(closed, T0, has_work=False) is closed
+    assert domain.cancel(closed, T0) is closed
+    assert domain.expire(closed, T0 + timedelta(days=1), has_work=False) is None
+    # Closing a session with no work closes it at once.
+    assert domain.close(s, T0, has_work=False).state is SessionState.CLOSED
+
+
+def test_abort_policy_fails_the_session_continue_does_not() -> None:
+    s = domain.job_accepted(_session(failure_policy=FailurePolicy.ABORT), T0)
+    failed = domain.job_ended(s, True, T0, has_work=True)
+    assert failed.state is SessionState.FAILED and failed.end_reason is EndReason.JOB_FAILED
+    go_on = domain.job_accepted(_session(), T0)
+    assert domain.job_ended(go_on, True, T0, has_work=True).state is SessionState.ACTIVE
+
+
+# ---------------------------------------------------------------- the job core
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "core.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@dataclass
+class SessionsCore:
+    manager: JobManager
+    sessions: SessionCore
+    store: SqliteStore
+    clock: Clock
+    runner: ScriptedRunner
+    recorder: Recorder
+    runtime: BackendRuntime
+
+    async def submit(self, tenant: str, job_spec: JobSpec) -> Job:
+        self.clock.advance(0.001)
+        data = pickle.dumps(job_spec)
+        if job_spec.session:
+            outcome = await self.sessions.submit(tenant, "", job_spec, data, b"d")
+        else:
+            outcome = await self.manager.submit(tenant, "", job_spec, data, b"d")
+        return outcome.job
+
+    async def create(self, tenant: str = "alice", **new: object) -> Session:
+        session, created = await self.sessions.create(
+            tenant, "", b"h", NewSession(backend="sim", **new)  # type: ignore[arg-type]
+        )
+        assert created
+        return session
+
+    async def close(self) -> None:
+        await self.sessions.close()
+        await self.manager.close()
+
+    async def started(self, count: int) -> None:
+        """Waits (bounded) until the runner has had `count` submissions."""
+        async with asyncio.timeout(5):
+            while len(self.runner.submitted) < count:
+                self.runner.started.clear()
+                await self.runner.started.wait()
+
+    async def until(self, tenant: str, job_id: str, state: str) -> Job:
+        async with asyncio.timeout(5):
+            async for event in self.manager.watch(tenant, job_id, heartbeat_s=5):
+                if event.job.state.value == state:
+                    return event.job
+        raise AssertionError(f"job {job_id} ended before {state}")
+
+    async def session_until(self, session_id: str, state: SessionState) -> Session:
+        async with asyncio.timeout(5):
+            while True:
+                found = await self.store.get_session(session_id)
+                assert found is not None
+                if found.state is state:
+                    return found
+                await asyncio.sleep(0)  # the hook's task runs next; bounded by the timeout
+
+
+async def build(
+    store: SqliteStore,
+    *,
+    slots: int = 3,
+    clock: Clock | None = None,
+    limits: SessionLimits | None = None,
+) -> SessionsCore:
+    clock = clock or Clock()
+    runner = ScriptedRunner(slots=slots)
+    runtime = BackendRuntime(
+        name="sim",
+        adapter=(adapter := EchoAdapter(context("sim"))),
+        info=adapter.info(),
+        runner=runner,
+        breaker=CircuitBreaker(BreakerPolicy(), clock=lambda: clock.now.timestamp()),
+        settings=BackendSettings(
+            max_run_time_s=3600,
+            max_queue_time_s=3600,
+            health_interval_s=60,
+            probe_timeout_s=5,
+        ),
+        queue=SessionQueue(MemoryQueue("sim", 3600, 30.0, clock)),
+    )
+    recorder = Recorder()
+    manager = JobManager(
+        store,
+        {"sim": runtime},
+        DirectCompiler(),
+        PickleFormat(),
+        prepare_threads=1,
+        hooks=Hooks([recorder]),
+        clock=clock,
+    )
+    sessions = SessionCore(store, manager, limits or SessionLimits(), clock=clock)
+    manager.hooks.add(sessions)
+    await manager.start(schedule=False)
+    await sessions.load()
+    manager.start_scheduling()
+    return SessionsCore(manager, sessions, store, clock, runner, recorder, runtime)
+
+
+def session_spec(session: Session, text: str = "x") -> JobSpec:
+    return replace(spec("sim", text), session=session.id)
+
+
+async def test_a_sessions_jobs_run_one_at_a_time_in_order_beside_other_jobs(
+    store: SqliteStore,
+) -> None:
+    core = await build(store, slots=3)
+    try:
+        s = await core.create()
+        jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(3)]
+        other = await core.submit("bob", spec("sim"))
+        await core.started(2)
+        await core.until("bob", other.id, "RUNNING")
+        # Three free slots, yet only the session's first job runs.
+        assert core.runner.submitted == [jobs[0].id, other.id]
+        assert (await core.manager.get("alice", jobs[1].id)).queue_position == 0
+        assert (await core.manager.get("alice", jobs[2].id)).queue_position == 1
+        for index, job in enumerate(jobs):
+            await core.until("alice", job.id, "RUNNING")
+            assert [j for j in core.runner.submitted if j != other.id][-1] == job.id
+            core.runner.succeed(job.id)
+            await core.until("alice", job.id, "SUCCEEDED")
+            if index + 1 < len(jobs):
+                await core.started(3 + index)
+        assert [j for j in core.runner.submitted if j != other.id] == [j.id for j in jobs]
+        stored = await store.get_session(s.id)
+        assert stored is not None and stored.state is SessionState.ACTIVE
+        assert stored.first_job_at is not None
+    finally:
+        await core.close()
+
+
+async def test_close_drains_and_refuses_new_jobs_with_session_closed(store: SqliteStore) -> None:
+    core = await build(store)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s))
+        second = await core.submit("alice", session_spec(s))
+        await core.until("alice", first.id, "RUNNING")
+        closing = await core.sessions.close_session("alice", s.id)
+        assert closing.state is SessionState.CLOSING
+        with pytest.raises(GatewayError) as refused:
+            await core.submit("alice", session_spec(s))
+        assert refused.value.reason == "SESSION_CLOSED"
+        assert refused.value.resource_info is not None
+        assert refused.value.resource_info.name == f"sessions/{s.id}"
+        core.runner.succeed(first.id)
+        await core.started(2)
+        core.runner.succeed(second.id)
+        await core.until("alice", second.id, "SUCCEEDED")
+        closed = await core.session_until(s.id, SessionState.CLOSED)
+        assert closed.end_reason is EndReason.CLOSED and closed.ended_at is not None
+    finally:
+        await core.close()
+
+
+async def test_abort_policy_fails_the_session_and_cancels_the_rest_unrun(
+    store: SqliteStore,
+) -> None:
+    core = await build(store)
+    try:
+        s = await core.create(failure_policy=FailurePolicy.ABORT)
+        jobs = [await core.submit("alice", session_spec(s)) for _ in range(3)]
+        await core.until("alice", jobs[0].id, "RUNNING")
+        core.runner.fail(jobs[0].id, FailureKind.CLIENT_ERROR)
+        failed = await core.session_until(s.id, SessionState.FAILED)
+        assert failed.end_reason is EndReason.JOB_FAILED
+        for job in jobs[1:]:
+            assert (await core.until("alice", job.id, "CANCELLED")).state is JobState.CANCELLED
+        assert core.runner.submitted == [jobs[0].id]
+    finally:
+        await core.close()
+
+
+async def test_continue_policy_runs_the_rest_after_a_failure(store: SqliteStore) -> None:
+    core = await build(store)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s))
+        second = await core.submit("alice", session_spec(s))
+        await core.until("alice", first.id, "RUNNING")
+        core.runner.fail(first.id, FailureKind.CLIENT_ERROR)
+        await core.until("alice", second.id, "RUNNING")
+        core.runner.succeed(second.id)
+        await core.until("alice", second.id, "SUCCEEDED")
+        stored = await store.get_session(s.id)
+        assert stored is not None and stored.state is SessionState.ACTIVE
+    finally:
+        await core.close()
+
+
+async def test_cancel_session_cancels_running_and_queued_jobs(store: SqliteStore) -> None:
+    core = await build(store)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s))
+        second = await core.submit("alice", session_spec(s))
+        await core.until("alice", first.id, "RUNNING")
+        ended = await core.sessions.cancel_session("alice", s.id)
+        assert ended.state is SessionState.CLOSED and ended.end_reason is EndReason.CANCELLED
+        await core.until("alice", first.id, "CANCELLED")
+        await core.until("alice", second.id, "CANCELLED")
+        assert core.runner.cancelled == [first.id]
+        assert core.runner.submitted == [first.id]
+    finally:
+        await core.close()
+
+
+async def test_idle_and_max_ttl_end_sessions_by_the_injected_clock(store: SqliteStore) -> None:
+    clock = Clock()
+    core = await build(store, clock=clock)
+    try:
+        idle = await core.create(idle_ttl_s=10.0, max_ttl_s=100.0)
+        busy = await core.create(idle_ttl_s=10.0, max_ttl_s=30.0)
+        job = await core.submit("alice", session_spec(busy))
+        queued = await core.submit("alice", session_spec(busy))
+        await core.until("alice", job.id, "RUNNING")
+        clock.advance(9)
+        assert await core.sessions.expire_due() is not None
+        assert (await core.sessions.get("alice", idle.id)).state is SessionState.PENDING
+        clock.advance(1)
+        await core.sessions.expire_due()
+        ended = await core.sessions.get("alice", idle.id)
+        assert ended.state is SessionState.CLOSED and ended.end_reason is EndReason.IDLE_TTL
+        # The busy one has work, so only its max TTL (30 s from its first job) ends it.
+        assert (await core.sessions.get("alice", busy.id)).state is SessionState.ACTIVE
+        clock.advance(21)
+        await core.sessions.expire_due()
+        over = await core.sessions.get("alice", busy.id)
+        assert over.state is SessionState.CLOSED and over.end_reason is EndReason.MAX_TTL
+        await core.until("alice", job.id, "CANCELLED")
+        await core.until("alice", queued.id, "CANCELLED")
+    finally:
+        await core.close()
+
+
+async def test_the_cap_counts_open_sessions_per_tenant(store: SqliteStore) -> None:
+    core = await build(store, limits=SessionLimits(max_sessions_per_tenant=2))
+    try:
+        first = await core.create()
+        await core.create()
+        with pytest.raises(GatewayError) as refused:
+            await core.create()
+        assert refused.value.code is Code.RESOURCE_EXHAUSTED
+        assert refused.value.reason == "SESSION_LIMIT_REACHED"
+        assert refused.value.quota_violations
+        await core.create(tenant="bob")  # another tenant's cap is its own
+        await core.sessions.close_session("alice", first.id)
+        await core.create()
+    finally:
+        await core.close()
+
+
+async def test_a_tenant_sees_only_its_sessions(store: SqliteStore) -> None:
+    core = await build(store)
+    try:
+        s = await core.create()
+        for call in (
+            core.sessions.get("bob", s.id),
+            core.sessions.close_session("bob", s.id),
+            core.sessions.cancel_session("bob", s.id),
+            core.submit("bob", session_spec(s)),
+        ):
+            with pytest.raises(GatewayError) as missing:
+                await call
+            assert missing.value.code is Code.NOT_FOUND
+            assert missing.value.reason == "SESSION_NOT_FOUND"
+        assert (await core.sessions.get("alice", s.id)).state is SessionState.PENDING
+        with pytest.raises(GatewayError) as other_backend:
+            await core.submit("alice", replace(spec("nope"), session=s.id))
+        assert other_backend.value.reason == "SESSION_BACKEND_MISMATCH"
+    finally:
+        await core.close()
+
+
+async def test_queued_session_jobs_run_in_order_after_a_restart(store: SqliteStore) -> None:
+    core = await build(store, slots=2)
+    s = await core.create()
+    jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(3)]
+    await core.until("alice", jobs[0].id, "RUNNING")
+    await core.close()  # a crash: nothing finished; the running job is re-queued at start
+    again = await build(store, slots=2, clock=core.clock)
+    try:
+        for job in jobs:
+            await again.until("alice", job.id, "RUNNING")
+            assert again.runner.submitted[-1] == job.id
+            again.runner.succeed(job.id)
+            await again.until("alice", job.id, "SUCCEEDED")
+        assert again.runner.submitted == [j.id for j in jobs]
+        closing = await again.sessions.close_session("alice", s.id)
+        assert closing.state is SessionState.CLOSED
+    finally:
+        await again.close()
+
+
+async def test_retried_create_returns_the_same_session_even_at_the_cap(
+    store: SqliteStore,
+) -> None:
+    core = await build(store, limits=SessionLimits(max_sessions_per_tenant=1))
+    try:
+        first, created = await core.sessions.create("alice", "r1", b"h", NewSession("sim"))
+        again, created_again = await core.sessions.create("alice", "r1", b"h", NewSession("sim"))
+        assert created and not created_again and again.id == first.id
+        with pytest.raises(GatewayError) as reused:
+            await core.sessions.create("alice", "r1", b"other", NewSession("sim"))
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+    finally:
+        await core.close()
+
+
