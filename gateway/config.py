@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.fault import FaultOptions
 from gateway.domain.backends import BackendLimits
+from gateway.domain.pricing import Price
 from gateway.runtime.breaker import BreakerPolicy
 from gateway.runtime.compiler import CompileLimits
 from gateway.runtime.pool import PoolLimits
@@ -173,6 +174,18 @@ class BreakerConfig(_Strict):
         return BreakerPolicy(self.failure_threshold, self.window_s, self.cooldown_s)
 
 
+class PriceConfig(_Strict):
+    """What a job on the backend costs: per task, per shot, per second of execution."""
+
+    per_task: float = Field(default=0.0, ge=0)
+    per_shot: float = Field(default=0.0, ge=0)
+    per_second: float = Field(default=0.0, ge=0)
+    unit: str = Field(default="USD", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+    def price(self) -> Price:
+        return Price(self.per_task, self.per_shot, self.per_second, self.unit)
+
+
 class BackendConfig(_Strict):
     adapter: str
     max_shots: int = Field(default=1_000_000, gt=0)
@@ -202,6 +215,9 @@ class BackendConfig(_Strict):
     # Faults injected into every job and probe of this backend (tests and demos), e.g.
     # faults = { failure_rate = 0.3, latency_s = 0.5 }.
     faults: FaultOptions | None = None
+    # The price table jobs are charged by (Job.cost; SubmitJob validate_only estimates), e.g.
+    # price = { per_task = 0.3, per_shot = 0.00035, unit = "USD" }.
+    price: PriceConfig | None = None
 
     def context(self, name: str, circuits: CircuitConfig) -> AdapterContext:
         memory_limit = self.worker_memory_limit_mb or self.memory_budget_mb + 1024

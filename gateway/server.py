@@ -148,6 +148,7 @@ def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRunt
                 health_interval_s=backend.health_interval_s,
                 probe_timeout_s=backend.probe_timeout_s,
                 lease_s=config.server.lease_s,
+                price=None if backend.price is None else backend.price.price(),
             ),
             queue=_queue(config, store, name, owner),
         )

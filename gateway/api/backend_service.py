@@ -38,12 +38,23 @@ async def describe(
     runtime: BackendRuntime, principal: Principal, view: View
 ) -> backend_pb2.Backend:
     limits = backend_limits(principal, runtime.name, runtime.info.limits)
-    return backend_codec.encode_backend(
+    out = backend_codec.encode_backend(
         runtime.info,
         await runtime.status(),
         backend_codec.encode_limits(limits, runtime.settings.max_run_time_s),
         view,
     )
+    price = runtime.settings.price
+    if price is not None:
+        out.price.CopyFrom(
+            backend_pb2.Price(
+                per_task=price.per_task,
+                per_shot=price.per_shot,
+                per_second=price.per_second,
+                unit=price.unit,
+            )
+        )
+    return out
 
 
 def _encode_target(runtime: BackendRuntime) -> backend_pb2.BackendTarget:

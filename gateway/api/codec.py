@@ -41,6 +41,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.domain.labels import validate_labels
+from gateway.domain.pricing import CostEstimate
 
 BACKEND_PREFIX = "backends/"
 JOB_PREFIX = "jobs/"
@@ -376,6 +377,15 @@ def encode_job(job: Job) -> job_pb2.Job:
         for layout in ex.layouts:
             out.execution.layouts.add().physical_qubits.extend(layout)
         out.execution.attempts = ex.attempts
+        if ex.usage is not None:
+            out.usage.shots = ex.usage.shots
+            out.usage.execution_duration.FromNanoseconds(int(ex.usage.execution_seconds * 1e9))
+            if ex.usage.provider_cost is not None:
+                out.usage.provider_cost.amount = ex.usage.provider_cost
+                out.usage.provider_cost.unit = ex.usage.provider_unit
+        if ex.cost is not None:
+            out.cost.amount = ex.cost.amount
+            out.cost.unit = ex.cost.unit
     if job.timings is not None:
         out.timings.queued.FromNanoseconds(int(job.timings.queued_s * 1e9))
         out.timings.transpile.FromNanoseconds(int(job.timings.transpile_s * 1e9))
@@ -397,3 +407,13 @@ class _StoredFormat:
 
 
 STORED_FORMAT = _StoredFormat()
+
+
+def encode_cost_estimate(estimate: CostEstimate) -> job_pb2.CostEstimate:
+    out = job_pb2.CostEstimate(
+        shots=estimate.shots, per_second_excluded=estimate.per_second_excluded
+    )
+    if estimate.cost is not None:
+        out.cost.amount = estimate.cost.amount
+        out.cost.unit = estimate.cost.unit
+    return out

@@ -150,8 +150,26 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: job_service_pb2.SubmitJobRequest, context: Context
     ) -> job_service_pb2.SubmitJobResponse:
+        if request.validate_only:
+            return await self._validate(context, request.spec)
         job, created = await self._submit(context, request.request_id, request.spec)
         return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job), created=created)
+
+    async def _validate(
+        self, context: Context, spec: job_pb2.JobSpec
+    ) -> job_service_pb2.SubmitJobResponse:
+        """validate_only (AIP-163): the submission's checks and its cost estimate; no job is
+        created and the request_id is not recorded."""
+        spec.DiscardUnknownFields()
+        if spec.session:
+            raise sessions_not_implemented("spec.session")
+        spec_bytes = spec.SerializeToString(deterministic=True)
+        estimate = await self._manager.validate(
+            tenant_of(context), self._specs.decoded(spec_bytes, spec)
+        )
+        return job_service_pb2.SubmitJobResponse(
+            created=False, cost_estimate=codec.encode_cost_estimate(estimate)
+        )
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context

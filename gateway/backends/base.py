@@ -72,19 +72,27 @@ class PreparedJob:
             near zero) and preparing; the gateway sets it, adapters leave it 0.
         max_run_time_s: The job's own run-time limit (JobOptions.max_execution_time), which
             the backend's max_run_time_s caps; the gateway sets it, adapters leave it None.
+        shots: Shots the job runs (bindings x shots over its sampler PUBs), for its usage.
     """
 
     payload: object
     memory_bytes: int
     layouts: tuple[tuple[int, ...], ...]
+    shots: int = 0
     prepare_seconds: float = 0.0
     max_run_time_s: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class ExecutionOutcome:
+    """A finished run. `provider_cost`/`provider_unit`: what a provider billed for it, where it
+    reports that; `execution_seconds`: its own measure of execution (QPU) time, if any."""
+
     result: JobResult
     sdk_versions: Mapping[str, str]
+    provider_cost: float | None = None
+    provider_unit: str = ""
+    execution_seconds: float | None = None
 
 
 # The field a compile error names; the compiler rewrites it to the PUB's circuit field (the same

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from gateway.domain.bitarray import Counts, UInt8Array
 from gateway.domain.circuits import Pub
 from gateway.domain.errors import Code, ExecutionError, GatewayError, reason_code
+from gateway.domain.pricing import Cost, Usage
 
 
 class JobState(enum.Enum):
@@ -110,6 +111,9 @@ class ExecutionInfo:
     sdk_versions: Mapping[str, str] = field(default_factory=dict)
     layouts: tuple[tuple[int, ...], ...] = ()
     attempts: int = 0
+    # Set once the job finished after running (gateway.domain.pricing).
+    usage: Usage | None = None
+    cost: Cost | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Protocol
 import anyio
 
 from gateway.backends.base import BackendAdapter, PreparedJob
+from gateway.domain import pricing
 from gateway.domain.circuits import CircuitSource, circuit_field
 from gateway.domain.errors import (
     BACKEND_RESOURCE,
@@ -191,6 +192,16 @@ class Admission:
         if not outcome.created:
             await queue.remove(new.id, tenant)
         return outcome
+
+    async def validate(self, tenant: str, spec: JobSpec) -> pricing.CostEstimate:
+        """SubmitJob's validate_only (AIP-163): the checks a submission passes (the backend,
+        every circuit compiled, every limit) and the job's estimated cost; nothing is created
+        or queued. The backend's momentary state (breaker, queue depth, draining) is not part
+        of the verdict: it says nothing about the request."""
+        runtime = self.runtime(spec.backend)
+        seed = spec.options.seed if spec.options.seed is not None else 0
+        prepared = await self.prepare(runtime, tenant, spec, seed)
+        return pricing.estimate(runtime.settings.price, prepared.shots)
 
     async def _create(self, new: NewJob) -> CreateOutcome:
         outcome = await self._store.create_job(new)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from gateway.backends.base import BackendAdapter
 from gateway.backends.runner import Runner
 from gateway.domain.backends import BackendInfo, BackendStatus
+from gateway.domain.pricing import Price
 from gateway.jobs.queue_port import Claim, JobQueue
 from gateway.runtime.breaker import CircuitBreaker, Permit
 from gateway.runtime.health import HealthState
@@ -24,6 +25,8 @@ class BackendSettings:
     lease_s: float = 30.0
     # First back-off before re-attaching to a provider job after losing touch (doubles, to 60).
     remote_retry_s: float = 1.0
+    # What its jobs are charged by (None: no price table).
+    price: Price | None = None
 
 
 @dataclass(eq=False)

@@ -27,6 +27,7 @@ from gateway.domain.errors import (
 )
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobSpec, JobState
+from gateway.domain.pricing import CostEstimate
 from gateway.jobs.admission import Admission, CompileStep
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.events import EventBus, MemoryEventBus, WatchEvent
@@ -191,6 +192,10 @@ class JobManager:
         if not position:
             return outcome
         return dataclasses.replace(outcome, job=await self._with_position(outcome.job))
+
+    async def validate(self, tenant: str, spec: JobSpec) -> CostEstimate:
+        """Checks a submission without creating it; its cost estimate (Admission.validate)."""
+        return await self._admission.validate(tenant, spec)
 
     async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
         """The job an earlier request with this request_id created (Admission.find_request)."""

@@ -19,6 +19,7 @@ import anyio
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain import pricing
 from gateway.domain.errors import ExecutionError, GatewayError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import (
@@ -358,6 +359,16 @@ class RunnerStep:
         else:  # large results are encoded off the event loop
             result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
         self._recent.put(started.id, result)
+        usage = pricing.Usage(
+            # A job re-attached after a restart has no prepared job: its provider's own usage
+            # and bill (provider_cost) are what it reports.
+            shots=prepared.shots if prepared is not None else 0,
+            execution_seconds=(
+                outcome.execution_seconds if outcome.execution_seconds is not None else elapsed
+            ),
+            provider_cost=outcome.provider_cost,
+            provider_unit=outcome.provider_unit,
+        )
         queued_s = 0.0
         if started.started_at is not None:
             queued_s = (started.started_at - started.created_at).total_seconds()
@@ -370,6 +381,8 @@ class RunnerStep:
                 sdk_versions=outcome.sdk_versions,
                 layouts=prepared.layouts if prepared is not None else (),
                 attempts=started.attempts,
+                usage=usage,
+                cost=pricing.charge(runtime.settings.price, usage),
             ),
             timings=JobTimings(
                 queued_s=queued_s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import pathlib
 import queue
@@ -35,6 +36,7 @@ from gateway.domain.jobs import (
     SamplerOutput,
     StateTransition,
 )
+from gateway.domain.pricing import Cost, Usage
 from gateway.store.base import (
     REQUEST_ID_DEDUP_WINDOW_S,
     CreateOutcome,
@@ -1261,6 +1263,8 @@ def _execution_to_json(info: ExecutionInfo) -> str:
             "sdk_versions": dict(info.sdk_versions),
             "layouts": [list(layout) for layout in info.layouts],
             "attempts": info.attempts,
+            "usage": None if info.usage is None else dataclasses.asdict(info.usage),
+            "cost": None if info.cost is None else dataclasses.asdict(info.cost),
         },
         sort_keys=True,
     )
@@ -1275,6 +1279,9 @@ def _execution_from_json(text: str) -> ExecutionInfo:
         sdk_versions={str(k): str(v) for k, v in data["sdk_versions"].items()},
         layouts=tuple(tuple(int(q) for q in layout) for layout in data["layouts"]),
         attempts=int(data["attempts"]),
+        # Absent from jobs that finished before usage was recorded.
+        usage=None if data.get("usage") is None else Usage(**data["usage"]),
+        cost=None if data.get("cost") is None else Cost(**data["cost"]),
     )
 
 

@@ -43,12 +43,14 @@ from qgateway.errors import (
 )
 from qgateway.results import (
     Backend,
+    CostEstimate,
     EstimatorPubResult,
     Job,
     JobResult,
     JobState,
     ResultAssembler,
 )
+from qgateway.sessions import AsyncSessionCalls, SessionCalls
 from qgateway.v1 import (
     backend_pb2,
     backend_service_pb2,
@@ -640,7 +642,7 @@ _JobStub: Any = job_service_pb2_grpc.JobServiceStub
 _BackendStub: Any = backend_service_pb2_grpc.BackendServiceStub
 
 
-class Client:
+class Client(SessionCalls):
     """Synchronous client.
 
     Args:
@@ -1005,6 +1007,37 @@ class Client:
         # Whether this call created the job or got an earlier request's (same request_id).
         return replace(Job.from_proto(response.job), created=response.created)
 
+    def validate(
+        self,
+        pubs: Sequence[circuit_pb2.Pub],
+        *,
+        backend: str = "aer",
+        default_shots: int | None = None,
+        seed: int | None = None,
+        default_precision: float | None = None,
+        provider_options: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CostEstimate:
+        """Checks PUBs as a submission would be checked (SubmitJob with validate_only: the
+        backend, every circuit compiled, every limit) and estimates their cost; no job is
+        created. Raises what submit_pubs would raise for an invalid request."""
+        spec = _job_spec(
+            pubs,
+            backend,
+            default_shots,
+            seed,
+            _sampler_output(None, False),
+            default_precision,
+            provider_options=provider_options,
+        )
+        response: job_service_pb2.SubmitJobResponse = self._unary(
+            self._jobs.SubmitJob,
+            job_service_pb2.SubmitJobRequest(spec=spec, validate_only=True),
+            deadline=_deadline(timeout),
+            retry=True,
+        )
+        return CostEstimate.from_proto(response.cost_estimate)
+
     def get_job(self, name: str, *, view_basic: bool = False, timeout: float | None = None) -> Job:
         """Gets a job; with its result (streamed when too large) unless view_basic.
 
@@ -1206,7 +1239,7 @@ class Client:
         return response.target
 
 
-class AsyncClient:
+class AsyncClient(AsyncSessionCalls):
     """asyncio client (grpc.aio); the same methods as `Client`, as coroutines and async iterators.
 
     The channel is opened on first use, inside the running event loop.

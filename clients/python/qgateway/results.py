@@ -580,6 +580,66 @@ class ExecutionInfo:
 
 
 @dataclass(frozen=True)
+class Price:
+    """A backend's price table: per job, per shot, per second of execution, in `unit`."""
+
+    per_task: float
+    per_shot: float
+    per_second: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An amount in a currency or credit unit (e.g. "USD")."""
+
+    amount: float
+    unit: str
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.Cost) -> Cost:
+        return cls(amount=msg.amount, unit=msg.unit)
+
+
+@dataclass(frozen=True)
+class JobUsage:
+    """What a finished job used.
+
+    Attributes:
+        shots: Shots run, summed over sampler PUBs and their bindings.
+        execution_time: QPU time where the provider reports it, else wall time in the worker.
+        provider_cost: What the provider billed, where it reports it.
+    """
+
+    shots: int
+    execution_time: timedelta
+    provider_cost: Cost | None = None
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """A job's cost before it runs (`Client.validate`).
+
+    Attributes:
+        shots: Shots it would run.
+        cost: The backend's per-task and per-shot charges; None without a price table.
+        per_second_excluded: The backend also charges per second, which only the run tells.
+    """
+
+    shots: int
+    cost: Cost | None
+    per_second_excluded: bool
+
+    @classmethod
+    def from_proto(cls, msg: job_pb2.CostEstimate) -> CostEstimate:
+        return cls(
+            shots=msg.shots,
+            cost=Cost.from_proto(msg.cost) if msg.HasField("cost") else None,
+            per_second_excluded=msg.per_second_excluded,
+        )
+
+
+@dataclass(frozen=True)
 class JobTimings:
     """Time spent per phase (None for a phase not reported)."""
 
@@ -627,6 +687,9 @@ class Job:
         heartbeat: True for a job that `watch(..., heartbeats=True)` yielded from a WatchJob
             heartbeat (nothing but perhaps its queue position changed).
         labels: The labels given at submission.
+        usage: What it used, once it finished after running.
+        cost: What it cost (the provider's bill, else the backend's price table), once it
+            finished on a backend with either.
         created: For a job returned by submit or run: True when that call created it, False
             when it returned the job of an earlier call with the same request_id (a retry).
             None for jobs from other calls.
@@ -654,6 +717,8 @@ class Job:
     queue_position: int | None = None
     heartbeat: bool = field(default=False, compare=False)
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    usage: JobUsage | None = None
+    cost: Cost | None = None
     created: bool | None = field(default=None, compare=False)
     proto: job_pb2.Job | None = field(default=None, repr=False, compare=False)
 
@@ -690,6 +755,17 @@ class Job:
                 execute=t.execute.ToTimedelta() if t.HasField("execute") else None,
             )
         error = from_status(msg.error) if msg.HasField("error") else None
+        usage = None
+        if msg.HasField("usage"):
+            usage = JobUsage(
+                shots=msg.usage.shots,
+                execution_time=msg.usage.execution_duration.ToTimedelta(),
+                provider_cost=(
+                    Cost.from_proto(msg.usage.provider_cost)
+                    if msg.usage.HasField("provider_cost")
+                    else None
+                ),
+            )
         return cls(
             name=msg.name,
             state=JobState.from_proto(msg.state),
@@ -712,6 +788,8 @@ class Job:
             expire_time=_utc(msg.expire_time) if msg.HasField("expire_time") else None,
             queue_position=msg.queue_position if msg.HasField("queue_position") else None,
             labels=dict(msg.labels),
+            usage=usage,
+            cost=Cost.from_proto(msg.cost) if msg.HasField("cost") else None,
             proto=msg,
         )
 
@@ -777,6 +855,7 @@ class Backend:
         health: Last health probe (FULL view only; None in BASIC).
         breaker_state: "CLOSED", "OPEN" or "HALF_OPEN" (FULL view only; None in BASIC).
         pool: Instance pool occupancy (FULL view only; None in BASIC).
+        price: What a job costs there, if it has a price table.
     """
 
     name: str
@@ -794,6 +873,7 @@ class Backend:
     health: BackendHealth | None = None
     breaker_state: str | None = None
     pool: PoolStats | None = None
+    price: Price | None = None
 
     @property
     def id(self) -> str:
@@ -857,6 +937,16 @@ class Backend:
             health=health,
             breaker_state=breaker,
             pool=pool,
+            price=(
+                Price(
+                    per_task=msg.price.per_task,
+                    per_shot=msg.price.per_shot,
+                    per_second=msg.price.per_second,
+                    unit=msg.price.unit,
+                )
+                if msg.HasField("price")
+                else None
+            ),
         )
 
 

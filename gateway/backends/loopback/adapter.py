@@ -364,7 +364,10 @@ class LoopbackAdapter(BackendAdapter):
             "metadata": {"v": _PLAN_VERSION, "sampler_output": output.value, "pubs": plans},
         }
         return PreparedJob(
-            payload=LoopbackPayload(request), memory_bytes=peak_memory, layouts=tuple(layouts)
+            payload=LoopbackPayload(request),
+            memory_bytes=peak_memory,
+            layouts=tuple(layouts),
+            shots=cost.shots,
         )
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:

@@ -456,7 +456,9 @@ class QiskitAdapter(BackendAdapter):
         payload = QiskitPayload(
             method=self.method_name, sampler_output=spec.options.sampler_output, tasks=tuple(tasks)
         )
-        return PreparedJob(payload=payload, memory_bytes=peak_memory, layouts=tuple(layouts))
+        return PreparedJob(
+            payload=payload, memory_bytes=peak_memory, layouts=tuple(layouts), shots=cost.shots
+        )
 
     def _sampler_task(
         self,

@@ -87,7 +87,7 @@ class BackendLimits(_message.Message):
     def __init__(self, max_shots: _Optional[int] = ..., memory_budget_bytes: _Optional[int] = ..., max_queued_jobs: _Optional[int] = ..., max_result_bytes: _Optional[int] = ..., max_job_shots: _Optional[int] = ..., max_execution_seconds: _Optional[float] = ...) -> None: ...
 
 class Backend(_message.Message):
-    __slots__ = ("name", "provider", "kind", "num_qubits", "basis_gates", "primitives", "features", "status", "running_jobs", "limits", "properties", "health", "breaker_state", "pool", "queue_length")
+    __slots__ = ("name", "provider", "kind", "num_qubits", "basis_gates", "primitives", "features", "status", "running_jobs", "limits", "properties", "health", "breaker_state", "pool", "queue_length", "price")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class Backend(_message.Message):
     BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     kind: BackendKind
@@ -125,7 +126,20 @@ class Backend(_message.Message):
     breaker_state: BreakerState
     pool: PoolStats
     queue_length: int
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., kind: _Optional[_Union[BackendKind, str]] = ..., num_qubits: _Optional[int] = ..., basis_gates: _Optional[_Iterable[str]] = ..., primitives: _Optional[_Iterable[_Union[Primitive, str]]] = ..., features: _Optional[_Iterable[_Union[CircuitFeature, str]]] = ..., status: _Optional[_Union[BackendStatus, str]] = ..., running_jobs: _Optional[int] = ..., limits: _Optional[_Union[BackendLimits, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[BackendHealth, _Mapping]] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ..., queue_length: _Optional[int] = ...) -> None: ...
+    price: Price
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., kind: _Optional[_Union[BackendKind, str]] = ..., num_qubits: _Optional[int] = ..., basis_gates: _Optional[_Iterable[str]] = ..., primitives: _Optional[_Iterable[_Union[Primitive, str]]] = ..., features: _Optional[_Iterable[_Union[CircuitFeature, str]]] = ..., status: _Optional[_Union[BackendStatus, str]] = ..., running_jobs: _Optional[int] = ..., limits: _Optional[_Union[BackendLimits, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ..., health: _Optional[_Union[BackendHealth, _Mapping]] = ..., breaker_state: _Optional[_Union[BreakerState, str]] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ..., queue_length: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+
+class Price(_message.Message):
+    __slots__ = ("per_task", "per_shot", "per_second", "unit")
+    PER_TASK_FIELD_NUMBER: _ClassVar[int]
+    PER_SHOT_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    per_task: float
+    per_shot: float
+    per_second: float
+    unit: str
+    def __init__(self, per_task: _Optional[float] = ..., per_shot: _Optional[float] = ..., per_second: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class BackendHealth(_message.Message):
     __slots__ = ("serving", "last_probe_time", "last_error")

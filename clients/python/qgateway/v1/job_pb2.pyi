@@ -133,7 +133,7 @@ class StateTransition(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "tenant", "backend", "state", "create_time", "start_time", "end_time", "error", "execution", "timings", "num_pubs", "labels", "update_time", "state_history", "expire_time", "session", "queue_position", "sampler_output")
+    __slots__ = ("name", "tenant", "backend", "state", "create_time", "start_time", "end_time", "error", "execution", "timings", "num_pubs", "labels", "update_time", "state_history", "expire_time", "session", "queue_position", "sampler_output", "usage", "cost")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,8 @@ class Job(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant: str
     backend: str
@@ -177,7 +179,37 @@ class Job(_message.Message):
     session: str
     queue_position: int
     sampler_output: SamplerOutput
-    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., execution: _Optional[_Union[ExecutionInfo, _Mapping]] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., num_pubs: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_history: _Optional[_Iterable[_Union[StateTransition, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session: _Optional[str] = ..., queue_position: _Optional[int] = ..., sampler_output: _Optional[_Union[SamplerOutput, str]] = ...) -> None: ...
+    usage: JobUsage
+    cost: Cost
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., execution: _Optional[_Union[ExecutionInfo, _Mapping]] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., num_pubs: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_history: _Optional[_Iterable[_Union[StateTransition, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session: _Optional[str] = ..., queue_position: _Optional[int] = ..., sampler_output: _Optional[_Union[SamplerOutput, str]] = ..., usage: _Optional[_Union[JobUsage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ...) -> None: ...
+
+class Cost(_message.Message):
+    __slots__ = ("amount", "unit")
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    amount: float
+    unit: str
+    def __init__(self, amount: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class JobUsage(_message.Message):
+    __slots__ = ("shots", "execution_duration", "provider_cost")
+    SHOTS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_DURATION_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_COST_FIELD_NUMBER: _ClassVar[int]
+    shots: int
+    execution_duration: _duration_pb2.Duration
+    provider_cost: Cost
+    def __init__(self, shots: _Optional[int] = ..., execution_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., provider_cost: _Optional[_Union[Cost, _Mapping]] = ...) -> None: ...
+
+class CostEstimate(_message.Message):
+    __slots__ = ("shots", "cost", "per_second_excluded")
+    SHOTS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    shots: int
+    cost: Cost
+    per_second_excluded: bool
+    def __init__(self, shots: _Optional[int] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., per_second_excluded: _Optional[bool] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("pub_results", "name")

@@ -1,0 +1,99 @@
+"""What a job costs: a backend's price table, a job's usage, and the cost of one from the other.
+
+A price is per task (one job), per shot and per second of execution (QPU time for hardware,
+wall time in the worker for simulators), in one unit (a currency or a credit). Before a job
+runs only its shots are known, so an estimate leaves per-second charges out and says so; after
+it ran, a provider's own bill, when it reports one, is the job's cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.domain.circuits import SamplerPub
+
+if TYPE_CHECKING:
+    # gateway.domain.jobs keeps a job's Usage and Cost: only the annotation needs JobSpec.
+    from gateway.domain.jobs import JobSpec
+
+__all__ = ["Cost", "CostEstimate", "Price", "Usage", "charge", "estimate", "job_shots"]
+
+
+@dataclass(frozen=True)
+class Price:
+    per_task: float = 0.0
+    per_shot: float = 0.0
+    per_second: float = 0.0
+    unit: str = "USD"
+
+
+@dataclass(frozen=True)
+class Cost:
+    amount: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a job used.
+
+    Attributes:
+        shots: Shots run, summed over PUBs and bindings (an exact estimator PUB runs none).
+        execution_seconds: Execution time (QPU seconds from a provider, else wall time).
+        provider_cost: What the provider billed for it, in `provider_unit`, if it said.
+    """
+
+    shots: int
+    execution_seconds: float
+    provider_cost: float | None = None
+    provider_unit: str = ""
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """A job's cost before it runs.
+
+    Attributes:
+        shots: The shots it will run.
+        cost: per_task + per_shot x shots; None without a price table.
+        per_second_excluded: The price charges per second, which only the run will tell.
+    """
+
+    shots: int
+    cost: Cost | None
+    per_second_excluded: bool
+
+
+def job_shots(spec: JobSpec, backend_default_shots: int) -> int:
+    """Shots a job runs: bindings x shots over its sampler PUBs (estimator PUBs are exact on
+    the simulators; a provider's estimator reports its own usage)."""
+    total = 0
+    for pub in spec.pubs:
+        if isinstance(pub, SamplerPub):
+            shots = pub.shots
+            if shots is None:
+                shots = spec.options.default_shots or backend_default_shots
+            total += math.prod(pub.bindings.shape) * shots
+    return total
+
+
+def estimate(price: Price | None, shots: int) -> CostEstimate:
+    if price is None:
+        return CostEstimate(shots, None, per_second_excluded=False)
+    amount = price.per_task + price.per_shot * shots
+    return CostEstimate(shots, Cost(amount, price.unit), per_second_excluded=price.per_second > 0)
+
+
+def charge(price: Price | None, usage: Usage) -> Cost | None:
+    """The job's cost: the provider's bill when it reported one in the price's unit (or there
+    is no price table), else the price table applied to the usage; None with neither."""
+    if usage.provider_cost is not None and (price is None or usage.provider_unit == price.unit):
+        return Cost(usage.provider_cost, usage.provider_unit)
+    if price is None:
+        return None
+    amount = (
+        price.per_task + price.per_shot * usage.shots + price.per_second * usage.execution_seconds
+    )
+    return Cost(amount, price.unit)

@@ -1,0 +1,61 @@
+"""A backend's price table, a job's shots and usage, and what it costs (gateway/domain/pricing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.domain.circuits import (
+    Bindings,
+    CircuitLanguage,
+    CircuitSource,
+    EstimatorPub,
+    Observable,
+    PauliTerm,
+    SamplerPub,
+)
+from gateway.domain.jobs import JobOptions, JobSpec
+from gateway.domain.pricing import Cost, Price, Usage, charge, estimate, job_shots
+
+SOURCE = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0;")
+PRICE = Price(per_task=0.3, per_shot=0.00035, per_second=0.5, unit="USD")
+
+
+def sweep(bindings: int) -> Bindings:
+    return Bindings(parameters=("t",), values=np.zeros((bindings, 1)), shape=(bindings,))
+
+
+def test_a_job_s_shots_are_bindings_times_shots_over_its_sampler_pubs() -> None:
+    spec = JobSpec(
+        backend="b",
+        pubs=(
+            SamplerPub(SOURCE, sweep(4), shots=100),  # 400
+            SamplerPub(SOURCE, Bindings(), shots=None),  # the job's default: 50
+            EstimatorPub(SOURCE, (Observable((PauliTerm("Z", 1.0),)),), (1,), sweep(8)),  # exact: 0
+        ),
+        options=JobOptions(default_shots=50),
+    )
+    assert job_shots(spec, backend_default_shots=1024) == 450
+    no_default = JobSpec(backend="b", pubs=(SamplerPub(SOURCE, Bindings(), shots=None),))
+    assert job_shots(no_default, backend_default_shots=1024) == 1024
+
+
+def test_an_estimate_counts_the_task_and_its_shots_and_says_what_it_leaves_out() -> None:
+    got = estimate(PRICE, 1000)
+    assert got.shots == 1000
+    assert got.cost == Cost(pytest.approx(0.3 + 0.35), "USD")
+    assert got.per_second_excluded
+    assert not estimate(Price(per_shot=0.01), 10).per_second_excluded
+    assert estimate(None, 10).cost is None
+
+
+def test_a_finished_job_is_charged_its_usage_or_the_provider_s_own_bill() -> None:
+    usage = Usage(shots=1000, execution_seconds=2.0)
+    assert charge(PRICE, usage) == Cost(pytest.approx(0.3 + 0.35 + 1.0), "USD")
+    billed = Usage(shots=1000, execution_seconds=2.0, provider_cost=1.25, provider_unit="USD")
+    assert charge(PRICE, billed) == Cost(1.25, "USD")
+    # A bill in another unit than the table's does not replace the table.
+    credits = Usage(shots=1000, execution_seconds=2.0, provider_cost=7.0, provider_unit="credits")
+    assert charge(PRICE, credits) == Cost(pytest.approx(1.65), "USD")
+    assert charge(None, credits) == Cost(7.0, "credits")
+    assert charge(None, usage) is None
