@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -49,6 +48,7 @@ from gateway.backends.braket.program import (
     probabilities_program,
     shots_program,
 )
+from gateway.backends.lru import LRU
 from gateway.backends.qiskit.measurement import TerminalPlan
 from gateway.domain.circuits import FloatArray
 from gateway.domain.errors import ExecutionError
@@ -118,7 +118,7 @@ class BraketSimulation:
             StateVectorSimulator() if device == "braket_sv" else DensityMatrixSimulator()
         )
         self._program_class: Any = Program
-        self._programs: OrderedDict[tuple[str, str], BraketProgram] = OrderedDict()
+        self._programs: LRU[tuple[str, str], BraketProgram] = LRU(_CACHE_SIZE)
         self._indices: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
         # Braket's own RNG is unseeded too; this one only unsorts its branched shots.
         self._rng = np.random.default_rng()
@@ -278,15 +278,12 @@ class BraketSimulation:
         cache_key = (key, kind)
         program = self._programs.get(cache_key)
         if program is not None:
-            self._programs.move_to_end(cache_key)
             return program
         try:
             program = build()
         except UnsupportedCircuit as exc:
             raise _unsupported(exc) from None
-        self._programs[cache_key] = program
-        if len(self._programs) > _CACHE_SIZE:
-            self._programs.popitem(last=False)
+        self._programs.put(cache_key, program)
         return program
 
     def _run(self, program: BraketProgram, row: FloatArray, shots: int) -> Any:

@@ -22,7 +22,6 @@ Costs that shaped this module (pennylane 0.45.1, lightning 0.45.0, 2-core machin
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -32,6 +31,7 @@ import pennylane as qml
 from pennylane.tape import QuantumScript
 from qiskit.circuit import QuantumCircuit
 
+from gateway.backends.lru import LRU
 from gateway.backends.pennylane.translate import Translation, translate
 from gateway.backends.qiskit.measurement import TerminalPlan
 from gateway.domain.circuits import FloatArray
@@ -47,26 +47,6 @@ _CACHE_SIZE = 64
 _BROADCAST_AMPLITUDES = 1 << 21
 _FIXED_WIDTH_MAX = 16
 _PAULIS: dict[str, Any] = {"X": qml.PauliX, "Y": qml.PauliY, "Z": qml.PauliZ}
-
-
-class _LRU:
-    """A small LRU map (a simulator worker runs one job at a time: no lock)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
 
 
 class _ProbabilityRun:
@@ -123,8 +103,8 @@ class PennyLaneSimulation:
         self._program = self._device.preprocess_transforms()
         # lightning.qubit devices of a fixed small width, by width: see _backend.
         self._fixed: dict[int, tuple[Any, Any]] = {}
-        self._probability_runs = _LRU(_CACHE_SIZE)
-        self._translations = _LRU(_CACHE_SIZE)
+        self._probability_runs: LRU[str, _ProbabilityRun] = LRU(_CACHE_SIZE)
+        self._translations: LRU[str, Translation] = LRU(_CACHE_SIZE)
 
     def probabilities(
         self, key: str, plan: TerminalPlan, parameters: tuple[str, ...], values: FloatArray

@@ -23,10 +23,9 @@ import math
 import pickle
 import threading
 from abc import abstractmethod
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import qiskit
@@ -42,6 +41,7 @@ from gateway.backends.base import (
     ExecutionOutcome,
     PreparedJob,
 )
+from gateway.backends.lru import LRU
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit import measurement
 from gateway.backends.qiskit.qpy_reader import qpy_versions
@@ -203,28 +203,6 @@ class CompiledCircuit:
         return bool(self.features)
 
 
-class _LRU:
-    """A small LRU map (a simulator worker runs one job at a time: no lock)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-
-# A cached "no plan" (an _LRU miss is None).
-_NO_PLAN = object()
 
 
 class QiskitAdapter(BackendAdapter):
@@ -247,8 +225,8 @@ class QiskitAdapter(BackendAdapter):
         self._backend_target: BackendTarget | None = None
         # Simulator-worker side, by circuit key: unpickled transpiled circuits, their terminal
         # plans (or _NO_PLAN) and layouts.
-        self._worker_circuits = _LRU(_WORKER_CACHE_SIZE)
-        self._worker_plans = _LRU(_WORKER_CACHE_SIZE)
+        self._worker_circuits: LRU[str, QuantumCircuit] = LRU(_WORKER_CACHE_SIZE)
+        self._worker_plans: LRU[str, measurement.TerminalPlan | None] = LRU(_WORKER_CACHE_SIZE)
 
     # ------------------------------------------------------------------ what a subclass says
 
@@ -627,14 +605,12 @@ class QiskitAdapter(BackendAdapter):
 
     def terminal_plan(self, key: str, circuit: QuantumCircuit) -> measurement.TerminalPlan | None:
         """The circuit's terminal plan when this backend samples it from probabilities."""
-        plan = self._worker_plans.get(key)
-        if plan is None:
-            found = None
-            if self.samples_from_probabilities():
-                found = measurement.terminal_plan(circuit)
-            plan = _NO_PLAN if found is None else found
-            self._worker_plans.put(key, plan)
-        return None if plan is _NO_PLAN else plan
+        if key in self._worker_plans:
+            return self._worker_plans.get(key)
+        plan = measurement.terminal_plan(circuit) if self.samples_from_probabilities() else None
+        # None is kept too: "no plan" is an answer worth keeping.
+        self._worker_plans.put(key, plan)
+        return plan
 
     def _sample(
         self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
