@@ -90,6 +90,9 @@ class ExecutionOutcome:
 
     result: JobResult
     sdk_versions: Mapping[str, str]
+    # False when the job's seed could not be applied (its shots are not reproducible): the
+    # job then reports no seed.
+    seeded: bool = True
     provider_cost: float | None = None
     provider_unit: str = ""
     execution_seconds: float | None = None

@@ -377,7 +377,7 @@ class RunnerStep:
             JobState.SUCCEEDED,
             execution=ExecutionInfo(
                 backend=runtime.name,
-                seed=started.seed,
+                seed=started.seed if outcome.seeded else None,
                 sdk_versions=outcome.sdk_versions,
                 layouts=prepared.layouts if prepared is not None else (),
                 attempts=started.attempts,

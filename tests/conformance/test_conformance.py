@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from qgateway import Client, estimator_pub
+from qgateway import Client, estimator_pub, sampler_pub
 from qgateway.errors import QGatewayError
 
 from tests.conformance.conftest import EXACT, NOISY, PROFILES, REVERSED
@@ -306,6 +306,15 @@ def test_braket_refuses_a_seed_it_cannot_honour(client: Client, backend: str) ->
         client.run(H3 + text, backend=backend, shots=16, seed=4)
     assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
     assert "seed" in str(info.value)
+    # Unseeded, it runs, and the job claims no seed (its shots cannot be reproduced).
+    job = client.wait(client.submit_pubs([sampler_pub(H3 + text, shots=16)], backend=backend).name)
+    assert job.state == "SUCCEEDED" and job.execution is not None
+    assert job.execution.seed is None
+    # A terminal circuit on the same backend is seeded, and says so.
+    seeded = client.wait(
+        client.submit_pubs([sampler_pub(BIT_ORDER, shots=16)], backend=backend, seed=4).name
+    )
+    assert seeded.execution is not None and seeded.execution.seed == 4
 
 
 def test_braket_noise_matches_its_channels(client: Client) -> None:

@@ -70,6 +70,8 @@ class BraketAdapter(QiskitAdapter):
 
     options_model = BraketOptions
     provider = "braket"
+    # LocalSimulator takes no seed: a shot-by-shot run is not reproducible.
+    seeds_shot_by_shot = False
 
     def __init__(self, context: AdapterContext) -> None:
         super().__init__(context)

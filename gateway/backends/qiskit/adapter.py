@@ -203,14 +203,15 @@ class CompiledCircuit:
         return bool(self.features)
 
 
-
-
 class QiskitAdapter(BackendAdapter):
     """A simulator fed Qiskit circuits; subclasses name the target and run the simulation."""
 
     options_model: ClassVar[type[AdapterOptions]] = QiskitOptions
     # BackendInfo.provider.
     provider: ClassVar[str]
+    # Whether `sample_shots` honours the task's seed (a simulator without a seed does not: its
+    # jobs then report no seed).
+    seeds_shot_by_shot: ClassVar[bool] = True
 
     def __init__(self, context: AdapterContext) -> None:
         super().__init__(context)
@@ -573,11 +574,16 @@ class QiskitAdapter(BackendAdapter):
                 f"payload prepared for {payload.method}, this worker runs {self.method_name}"
             )
         results: list[PubResult] = []
+        seeded = True
         for index, task in enumerate(payload.tasks):
             try:
                 circuit = self._load(task.circuit)
                 if isinstance(task, SamplerTask):
                     results.append(self._sample(circuit, task, payload.sampler_output))
+                    if not self.seeds_shot_by_shot:
+                        seeded = (
+                            seeded and self.terminal_plan(task.circuit.key, circuit) is not None
+                        )
                 else:
                     results.append(self._estimate(circuit, task))
             except ExecutionError as exc:
@@ -594,6 +600,7 @@ class QiskitAdapter(BackendAdapter):
         return ExecutionOutcome(
             result=JobResult(pubs=tuple(results)),
             sdk_versions={"qiskit": qiskit.__version__, **self.sdk_versions()},
+            seeded=seeded,
         )
 
     def _load(self, ref: CircuitRef) -> QuantumCircuit:
