@@ -1,7 +1,8 @@
 """Long-running behaviour (issue 7, defect 8) and sessions declared (issue 7, point 9) over real
 gRPC: CancelJob answers at once with CANCELLING and the worker is stopped in the background;
 WatchJob heartbeats with queue positions; Run's wait is capped by the server; every job keeps
-its state history; SessionService and jobs naming a session answer UNIMPLEMENTED.
+its state history; a session that does not exist is NOT_FOUND for SessionService and for a job
+naming it (sessions themselves: tests/e2e/test_sessions.py).
 
 Slow jobs come from injected faults (`faults = {...}`; `hang`: runs until its worker is killed;
 `latency_s`: a slow device), never from sleeps in the test. One gateway for the module, with a
@@ -334,35 +335,38 @@ def test_state_history_of_a_succeeded_job(jobs: job_service_pb2_grpc.JobServiceS
 # -- Sessions ------------------------------------------------------------------------------------
 
 
-def _unimplemented(call: object, request: object) -> None:
+def _not_found(call: object, request: object, reason: str = "SESSION_NOT_FOUND") -> None:
     with pytest.raises(grpc.RpcError) as exc:
         call(request, timeout=10)  # type: ignore[operator]
     info = status_of(exc.value)
-    assert info.code == grpc.StatusCode.UNIMPLEMENTED
-    assert info.reason == "SESSIONS_NOT_IMPLEMENTED"
+    assert info.code == grpc.StatusCode.NOT_FOUND
+    assert info.reason == reason
     assert info.domain == ERROR_DOMAIN
 
 
-def test_session_service_is_declared_and_unimplemented(channel: grpc.Channel) -> None:
+def test_session_service_answers_not_found_for_a_session_that_does_not_exist(
+    channel: grpc.Channel,
+) -> None:
     sessions = session_service_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
-    session = session_pb2.Session(backend="backends/aer")
-    _unimplemented(
-        sessions.CreateSession, session_service_pb2.CreateSessionRequest(session=session)
+    session = session_pb2.Session(backend="backends/no-such-backend")
+    _not_found(
+        sessions.CreateSession,
+        session_service_pb2.CreateSessionRequest(session=session),
+        "BACKEND_NOT_FOUND",
     )
-    _unimplemented(sessions.GetSession, session_service_pb2.GetSessionRequest(name="sessions/s1"))
-    _unimplemented(
-        sessions.CloseSession, session_service_pb2.CloseSessionRequest(name="sessions/s1")
-    )
-    _unimplemented(sessions.ListSessions, session_service_pb2.ListSessionsRequest())
+    _not_found(sessions.GetSession, session_service_pb2.GetSessionRequest(name="sessions/s1"))
+    _not_found(sessions.CloseSession, session_service_pb2.CloseSessionRequest(name="sessions/s1"))
+    _not_found(sessions.CancelSession, session_service_pb2.CancelSessionRequest(name="sessions/s1"))
+    assert not sessions.ListSessions(session_service_pb2.ListSessionsRequest(), timeout=10).sessions
 
 
-def test_a_job_naming_a_session_is_unimplemented(
+def test_a_job_naming_a_session_that_does_not_exist_is_not_found(
     jobs: job_service_pb2_grpc.JobServiceStub,
 ) -> None:
     spec = sampler_spec(ghz(2), backend="aer")
     spec.session = "sessions/s1"
-    _unimplemented(jobs.SubmitJob, job_service_pb2.SubmitJobRequest(spec=spec))
-    _unimplemented(jobs.Run, job_service_pb2.RunRequest(spec=spec))
+    _not_found(jobs.SubmitJob, job_service_pb2.SubmitJobRequest(spec=spec))
+    _not_found(jobs.Run, job_service_pb2.RunRequest(spec=spec))
 
 
 # -- The Python client ---------------------------------------------------------------------------
