@@ -1,0 +1,199 @@
+"""The Store contract for sessions (issue 10): create with request-id dedup and the per-tenant
+cap in one transaction, get by tenant, save (never after the end), list paged and filtered,
+open sessions, a session's jobs, and survival across a reopen. Run on every implementation in
+tests/contract/stores.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.api.session_filter import parse_session_filter
+from gateway.domain.errors import Code, GatewayError
+from gateway.domain.jobs import JobState
+from gateway.domain.sessions import (
+    EndReason,
+    FailurePolicy,
+    Session,
+    SessionMode,
+    SessionState,
+)
+from gateway.store.base import NewJob, Store
+from tests.contract.stores import StoreOpener
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 12, 2, 8, 0, 0, 123456, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def new_session(
+    *,
+    tenant: str = "acme",
+    backend: str = "aer",
+    request_id: str = "",
+    created_at: datetime = T0,
+    labels: dict[str, str] | None = None,
+) -> Session:
+    return Session(
+        id=uuid.uuid4().hex,
+        tenant=tenant,
+        backend=backend,
+        mode=SessionMode.BATCH,
+        state=SessionState.PENDING,
+        failure_policy=FailurePolicy.ABORT,
+        max_ttl_s=3600.5,
+        idle_ttl_s=60.25,
+        created_at=created_at,
+        request_id=request_id,
+        labels=labels or {},
+    )
+
+
+def new_job(session: str, created_at: datetime) -> NewJob:
+    return NewJob(
+        id=uuid.uuid4().hex,
+        tenant="acme",
+        request_id="",
+        request_hash=hashlib.sha256(b"x").digest(),
+        backend="aer",
+        spec=b"spec",
+        num_pubs=1,
+        seed=1,
+        created_at=created_at,
+        session=session,
+    )
+
+
+async def test_round_trip_and_tenancy(store: Store) -> None:
+    s = dataclasses.replace(new_session(labels={"team": "a"}), provider_session_id="p-1")
+    created, was_new = await store.create_session(s, b"h")
+    assert was_new and created == s
+    assert await store.get_session(s.id) == s
+    assert await store.get_session(s.id, "acme") == s
+    assert await store.get_session(s.id, "other") is None
+    assert await store.get_session("missing") is None
+
+
+async def test_request_id_dedup_and_reuse(store: Store) -> None:
+    first, created = await store.create_session(new_session(request_id="r1"), b"h")
+    again, created_again = await store.create_session(new_session(request_id="r1"), b"h")
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(GatewayError) as reused:
+        await store.create_session(new_session(request_id="r1"), b"other")
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+    # Another tenant's request ids are its own.
+    _, other_created = await store.create_session(new_session(tenant="b", request_id="r1"), b"x")
+    assert other_created
+
+
+async def test_the_cap_counts_open_sessions_atomically(store: Store) -> None:
+    made = await asyncio.gather(
+        *(store.create_session(new_session(), b"h", max_open=3) for _ in range(3)),
+        *(store.create_session(new_session(), b"h", max_open=3) for _ in range(3)),
+        return_exceptions=True,
+    )
+    refused = [m for m in made if isinstance(m, GatewayError)]
+    assert len(refused) == 3
+    assert all(r.code is Code.RESOURCE_EXHAUSTED for r in refused)
+    assert all(r.reason == "SESSION_LIMIT_REACHED" and r.quota_violations for r in refused)
+    assert await store.count_open_sessions("acme") == 3
+    # A retry of a created session is answered even at the cap.
+    retried = new_session(request_id="keep")
+    with pytest.raises(GatewayError):
+        await store.create_session(retried, b"h", max_open=3)
+    first = next(m for m in made if isinstance(m, tuple))[0]
+    ended = dataclasses.replace(
+        first, state=SessionState.CLOSED, ended_at=T0, end_reason=EndReason.CLOSED
+    )
+    assert await store.save_session(ended) == ended
+    assert await store.count_open_sessions("acme") == 2
+    kept, created = await store.create_session(retried, b"h", max_open=3)
+    assert created
+    again, created_again = await store.create_session(
+        new_session(request_id="keep"), b"h", max_open=3
+    )
+    assert not created_again and again.id == kept.id
+
+
+async def test_save_changes_state_and_times_but_never_after_the_end(store: Store) -> None:
+    s, _ = await store.create_session(new_session(), b"h")
+    active = dataclasses.replace(
+        s, state=SessionState.ACTIVE, first_job_at=T0 + SECOND, last_activity_at=T0 + 2 * SECOND
+    )
+    assert await store.save_session(active) == active
+    failed = dataclasses.replace(
+        active, state=SessionState.FAILED, ended_at=T0 + 3 * SECOND, end_reason=EndReason.JOB_FAILED
+    )
+    assert await store.save_session(failed) == failed
+    assert await store.save_session(dataclasses.replace(failed, state=SessionState.ACTIVE)) is None
+    assert await store.get_session(s.id) == failed
+    assert [o.id for o in await store.open_sessions()] == []
+
+
+async def test_list_pages_newest_first_and_filters(store: Store) -> None:
+    sessions = []
+    for i in range(5):
+        s, _ = await store.create_session(
+            new_session(
+                backend="aer" if i % 2 else "mps",
+                created_at=T0 + i * SECOND,
+                labels={"n": str(i)},
+            ),
+            b"h",
+        )
+        sessions.append(s)
+    await store.create_session(new_session(tenant="other"), b"h")
+    page = await store.list_sessions("acme", limit=2)
+    assert [s.id for s in page.sessions] == [sessions[4].id, sessions[3].id]
+    assert page.next_cursor is not None
+    rest = await store.list_sessions("acme", after=page.next_cursor, limit=10)
+    assert [s.id for s in rest.sessions] == [s.id for s in reversed(sessions[:3])]
+    assert rest.next_cursor is None
+    closed = dataclasses.replace(
+        sessions[1], state=SessionState.CLOSED, ended_at=T0, end_reason=EndReason.CLOSED
+    )
+    await store.save_session(closed)
+    cases = {
+        'backend = "backends/aer"': [sessions[3], sessions[1]],
+        "state = CLOSED": [sessions[1]],
+        'state != SESSION_STATE_CLOSED AND backend = "backends/aer"': [sessions[3]],
+        'labels.n = "2"': [sessions[2]],
+        "labels:n AND create_time >= " + f'"{(T0 + 3 * SECOND).isoformat()}"': [
+            sessions[4],
+            sessions[3],
+        ],
+    }
+    for text, expected in cases.items():
+        found = await store.list_sessions("acme", filter=parse_session_filter(text), limit=10)
+        assert [s.id for s in found.sessions] == [s.id for s in expected], text
+
+
+async def test_a_sessions_jobs_and_open_sessions_survive_a_reopen(
+    store_factory: StoreOpener,
+) -> None:
+    store = await store_factory()
+    s, _ = await store.create_session(new_session(), b"h")
+    other, _ = await store.create_session(new_session(), b"h")
+    first = (await store.create_job(new_job(s.id, T0 + SECOND))).job
+    second = (await store.create_job(new_job(s.id, T0 + 2 * SECOND))).job
+    await store.create_job(new_job(other.id, T0 + 3 * SECOND))
+    assert first.session == s.id
+    await store.finish_job(first.id, JobState.SUCCEEDED, ended_at=T0 + 3 * SECOND)
+    await store.close()
+    reopened = await store_factory()
+    assert [j.id for j in await reopened.session_jobs(s.id)] == [second.id]
+    everything = await reopened.session_jobs(s.id, include_final=True)
+    assert [j.id for j in everything] == [first.id, second.id]
+    assert {o.id for o in await reopened.open_sessions()} == {s.id, other.id}
+    assert await reopened.get_session(s.id) == s
