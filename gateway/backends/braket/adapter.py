@@ -9,19 +9,32 @@ LocalSimulator takes no seed. Terminal measurements are therefore sampled by the
 Braket's exact probabilities (shots=0), with the job's seed; a circuit that must run shot by
 shot (mid-circuit measurement, reset, if/else) runs unseeded, and a job that asks for a seed
 for one is refused with UNSUPPORTED_FEATURE rather than silently left unseeded.
+
+With a device ARN instead of a simulator name, the backend is Amazon Braket in the cloud (an
+AwsDevice: managed simulator or QPU): `create_runner` returns the REMOTE runner of
+gateway.backends.braket.cloud, which sends the same OpenQASM 3 programs as shots-based tasks.
+Only sampler PUBs with measurements at the end run there, and no seed can be honoured:
+
+    [backends.braket-sv1]
+    adapter = "braket"
+    options = { device = "arn:aws:braket:::device/quantum-simulator/amazon/sv1",
+                region = "us-east-1", s3_bucket = "amazon-braket-my-results",
+                s3_prefix = "qgateway" }
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import Target
 
-from gateway.backends.base import AdapterContext, AdapterOptions
+from gateway.backends.base import AdapterContext, AdapterOptions, PreparedJob
 from gateway.backends.braket.gates import DEVICE_QUBITS, QISKIT_GATES, Device, features
 from gateway.backends.braket.program import BraketNoise
 from gateway.backends.qiskit import frontend as fe
@@ -35,10 +48,12 @@ from gateway.backends.qiskit.adapter import (
     result_builder,
 )
 from gateway.backends.qiskit.target import ideal_target
-from gateway.domain.circuits import CircuitFeature, FloatArray
+from gateway.domain.backends import BackendInfo, BackendKind, Primitive
+from gateway.domain.circuits import CircuitFeature, FloatArray, SamplerPub
 from gateway.domain.jobs import JobSpec, SamplerOutput, SamplerResult
 
 if TYPE_CHECKING:
+    from gateway.backends.braket.cloud import BraketCloudRunner, CloudStatus
     from gateway.backends.braket.simulation import BraketSimulation
 
 __all__ = ["BraketAdapter", "BraketNoiseOptions", "BraketOptions"]
@@ -54,15 +69,89 @@ class BraketNoiseOptions(AdapterOptions):
     readout_flip: float = Field(default=0.0, ge=0.0, lt=0.5)
 
 
+_DEVICE_ARN = re.compile(r"arn:aws:braket:[a-z0-9-]*:[0-9]*:device/[A-Za-z0-9_./-]+")
+_LOCAL_DEVICES = ("braket_sv", "braket_dm")
+# Qubits of a cloud device when its options do not say (SV1's width).
+_CLOUD_QUBITS = 34
+
+
 class BraketOptions(QiskitOptions):
-    device: Device = "braket_sv"
+    """A braket backend: a local simulator ("braket_sv", "braket_dm") or, with a device ARN,
+    an AwsDevice in the cloud, whose tasks need `region` and `s3_bucket` (results land there).
+
+    Cloud-only options: region, s3_bucket, s3_prefix, endpoint_url (a Braket/S3 endpoint other
+    than AWS's, e.g. a loopback stub in tests), profile (a named AWS profile; default: the
+    standard credential chain), max_concurrent_tasks (jobs at the provider at once),
+    max_creates_per_s (CreateQuantumTask calls in any second), poll_interval_s, the retry
+    settings, and max_tasks_per_job (each PUB binding is one task).
+    """
+
+    device: str = "braket_sv"
     noise: BraketNoiseOptions | None = None
+    region: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "qgateway"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    max_concurrent_tasks: int = Field(default=32, ge=1, le=1000)
+    max_creates_per_s: int = Field(default=20, ge=1, le=1000)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    request_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_backoff_s: float = Field(default=0.2, gt=0, allow_inf_nan=False)
+    max_retry_backoff_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    max_tasks_per_job: int = Field(default=100, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in _LOCAL_DEVICES and not _DEVICE_ARN.fullmatch(value):
+            raise ValueError("device must be 'braket_sv', 'braket_dm' or a Braket device ARN")
+        return value
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.device not in _LOCAL_DEVICES
 
     @model_validator(mode="after")
     def _noise_needs_density_matrix(self) -> BraketOptions:
         if self.noise is not None and self.device != "braket_dm":
             raise ValueError("noise needs device = 'braket_dm' (braket_sv is a pure state)")
+        if self.is_cloud and (not self.region or not self.s3_bucket):
+            raise ValueError("a device ARN needs region and s3_bucket (where results land)")
+        if not self.is_cloud and (self.region or self.s3_bucket or self.endpoint_url):
+            raise ValueError("region, s3_bucket and endpoint_url are for a device ARN only")
+        if self.endpoint_url is not None and not re.fullmatch(
+            r"https?://[^/?#\s]+/?", self.endpoint_url
+        ):
+            raise ValueError("endpoint_url must be http(s)://HOST[:PORT]")
         return self
+
+    @property
+    def local_device(self) -> Device:
+        """The local simulator's name (a cloud device's circuits are written as braket_sv's)."""
+        return "braket_dm" if self.device == "braket_dm" else "braket_sv"
+
+
+class _LiveProperties(Mapping[str, str]):
+    """BackendInfo properties read when asked: a cloud device's queue depth and its jobs'
+    queue positions change while the gateway runs."""
+
+    def __init__(self, static: Mapping[str, str], live: Callable[[], Mapping[str, str]]) -> None:
+        self._static = dict(static)
+        self._live = live
+
+    def _current(self) -> dict[str, str]:
+        return {**self._static, **self._live()}
+
+    def __getitem__(self, key: str) -> str:
+        return self._current()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
 
 
 class BraketAdapter(QiskitAdapter):
@@ -79,25 +168,108 @@ class BraketAdapter(QiskitAdapter):
             raise TypeError("BraketAdapter needs BraketOptions")
         self.braket_options: BraketOptions = self.options
         self._simulation: BraketSimulation | None = None
+        self._cloud_status: CloudStatus | None = None
 
     @property
     def method_name(self) -> str:
         return self.braket_options.device
 
     def circuit_features(self) -> frozenset[CircuitFeature]:
+        if self.braket_options.is_cloud:
+            # Shots-based tasks with measurements at the end: what every device runs.
+            return frozenset()
         # Braket drops noise after a branch point: a noisy device declares only reset.
-        return features(self.braket_options.device, self._noise() is not None)
+        return features(self.braket_options.local_device, self._noise() is not None)
 
     def build_qiskit_target(self) -> Target:
-        device = self.braket_options.device
-        qubits = min(self.braket_options.num_qubits, DEVICE_QUBITS[device])
+        options = self.braket_options
+        if options.is_cloud:
+            qubits = min(options.num_qubits, _CLOUD_QUBITS)
+            return ideal_target(QISKIT_GATES, qubits, self.circuit_features(), "braket-cloud")
+        device = options.local_device
+        qubits = min(options.num_qubits, DEVICE_QUBITS[device])
         return ideal_target(QISKIT_GATES, qubits, self.circuit_features(), f"braket-{device}")
 
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits
+        if self.braket_options.is_cloud:
+            return 0, 1 << n  # simulated (or run) at the provider, not in this gateway's memory
         if self.braket_options.device == "braket_dm":
             return fe.density_matrix_bytes(n), 1 << (2 * n)
         return fe.statevector_bytes(n), 1 << n
+
+    # ---------------------------------------------------------------------------- cloud
+
+    def _status(self) -> CloudStatus:
+        if self._cloud_status is None:
+            from gateway.backends.braket.cloud import CloudStatus
+
+            options = self.braket_options
+            assert options.region is not None
+            self._cloud_status = CloudStatus(options.device, options.region)
+        return self._cloud_status
+
+    def info(self) -> BackendInfo:
+        info = super().info()
+        if not self.braket_options.is_cloud or isinstance(info.properties, _LiveProperties):
+            return info
+        self._info = dataclasses.replace(
+            info,
+            kind=BackendKind.HARDWARE if "/qpu/" in self.braket_options.device else info.kind,
+            primitives=frozenset({Primitive.SAMPLER}),
+            properties=_LiveProperties(info.properties, self._status().properties),
+        )
+        return self._info
+
+    def create_runner(self) -> BraketCloudRunner | None:
+        options = self.braket_options
+        if not options.is_cloud:
+            return None
+        from gateway.backends.braket.cloud import BraketCloudRunner, CloudSettings
+
+        assert options.region is not None and options.s3_bucket is not None
+        settings = CloudSettings(
+            device_arn=options.device,
+            region=options.region,
+            s3_bucket=options.s3_bucket,
+            s3_prefix=options.s3_prefix,
+            endpoint_url=options.endpoint_url,
+            profile=options.profile,
+            max_concurrent_tasks=options.max_concurrent_tasks,
+            max_creates_per_s=options.max_creates_per_s,
+            poll_interval_s=options.poll_interval_s,
+            request_timeout_s=options.request_timeout_s,
+            retry_attempts=options.retry_attempts,
+            retry_backoff_s=options.retry_backoff_s,
+            max_retry_backoff_s=options.max_retry_backoff_s,
+        )
+        return BraketCloudRunner(self.context.name, settings, self._status())
+
+    def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
+        if self.braket_options.is_cloud:
+            for index, pub in enumerate(spec.pubs):
+                if not isinstance(pub, SamplerPub):
+                    raise fe.invalid(
+                        "UNSUPPORTED_FEATURE",
+                        f"backends/{self.context.name} runs sampler PUBs only (Braket tasks "
+                        "are shots-based); it has no estimator",
+                        f"spec.pubs[{index}].estimator",
+                        feature="estimator",
+                    )
+        prepared = super().prepare(spec, seed, circuits)
+        if self.braket_options.is_cloud:
+            tasks = sum(
+                int(getattr(task, "size", 1)) for task in getattr(prepared.payload, "tasks", ())
+            )
+            limit = self.braket_options.max_tasks_per_job
+            if tasks > limit:
+                raise fe.invalid(
+                    "TOO_MANY_BINDINGS",
+                    f"backends/{self.context.name} runs each binding as one Braket task: "
+                    f"{tasks} tasks, at most {limit} per job",
+                    "spec.pubs",
+                )
+        return prepared
 
     def info_properties(self) -> dict[str, str]:
         properties: dict[str, str] = {"device": self.braket_options.device}
@@ -114,6 +286,23 @@ class BraketAdapter(QiskitAdapter):
         }
 
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
+        if self.braket_options.is_cloud:
+            if spec.options.seed is not None:
+                raise fe.invalid(
+                    "UNSUPPORTED_FEATURE",
+                    f"backends/{self.context.name} runs shots on a Braket device, which takes "
+                    "no seed; leave the seed unset",
+                    circuit_field,
+                    feature="seed",
+                )
+            if entry.num_clbits > 64:
+                raise fe.invalid(
+                    "UNSUPPORTED_FEATURE",
+                    f"backends/{self.context.name} reads at most 64 classical bits per circuit",
+                    circuit_field,
+                    feature="clbits",
+                )
+            return
         if spec.options.seed is not None and not entry.terminal:
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
@@ -139,7 +328,9 @@ class BraketAdapter(QiskitAdapter):
                     # Imported here: only simulator workers of this backend load Braket.
                     from gateway.backends.braket.simulation import BraketSimulation
 
-                    self._simulation = BraketSimulation(self.braket_options.device, self._noise())
+                    self._simulation = BraketSimulation(
+                        self.braket_options.local_device, self._noise()
+                    )
         return self._simulation
 
     def warm_up(self) -> None:
