@@ -177,6 +177,41 @@ def test_a_job_is_queued_at_braket_then_runs_with_a_real_result(
     assert task is not None and task["status"] == "COMPLETED"
 
 
+SWEEP = """OPENQASM 3.0;
+include "stdgates.inc";
+input float theta;
+qubit[2] q;
+bit[2] c;
+rx(theta) q[1];
+c = measure q;
+"""
+
+
+def test_a_sweep_runs_one_task_per_binding_with_its_angles(
+    gateway: GatewayProcess, stub: BraketStubProcess
+) -> None:
+    with _client(gateway) as client:
+        job = client.submit(
+            SWEEP,
+            backend="sv1",
+            shots=16,
+            parameter_values=[[0.0], [3.141592653589793], [0.0]],
+            request_id="sv1-sweep",
+        )
+        done = client.wait(job.name, timeout=30)
+        assert done.state is JobState.SUCCEEDED, done.error_message
+        assert done.result is not None
+        # Braket ran rx(theta) on qubit 1 with each binding's angle: c[1] reads theta / pi.
+        assert [done.result.counts(index=i) for i in range(3)] == [
+            {"00": 16},
+            {"10": 16},
+            {"00": 16},
+        ]
+    tasks = [stub.task(f"{job.id}-{i}") for i in range(3)]
+    assert all(t is not None and t["tags"]["qgateway:tasks"] == "3" for t in tasks)
+    assert stub.task(job.id) is None  # several tasks: each has its own token
+
+
 def test_provider_failures_map_to_failure_kinds(
     gateway: GatewayProcess, stub: BraketStubProcess
 ) -> None:
