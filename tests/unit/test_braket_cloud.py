@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gateway.backends.braket.adapter import BraketOptions
-from gateway.backends.braket.cloud import CreateRateLimiter, classify
+from gateway.backends.base import AdapterContext, CircuitLimits
+from gateway.backends.braket.adapter import BraketAdapter, BraketOptions
+from gateway.backends.braket.cloud import (
+    BraketCloudRunner,
+    CloudSettings,
+    CloudStatus,
+    CreateRateLimiter,
+    classify,
+)
+from gateway.domain.backends import BackendLimits
+from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
+from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import Job, JobSpec, JobState
+from tests.adapters import prepare_in_process
 
 SV1 = "arn:aws:braket:::device/quantum-simulator/amazon/sv1"
 
@@ -103,3 +120,134 @@ def test_a_device_arn_needs_a_region_and_a_bucket_and_local_devices_refuse_them(
         BraketOptions(device="sv1")
     with pytest.raises(ValidationError, match="noise"):
         BraketOptions(device=SV1, region="r", s3_bucket="b", noise={"readout_flip": 0.1})
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+def _cloud_adapter() -> BraketAdapter:
+    context = AdapterContext(
+        name="sv1",
+        limits=BackendLimits(
+            max_shots=100_000,
+            memory_budget_bytes=1 << 30,
+            max_queued_jobs=100,
+            max_result_bytes=64 << 20,
+        ),
+        default_shots=64,
+        circuit_limits=CircuitLimits(),
+        options={"device": SV1, "region": "us-east-1", "s3_bucket": "results"},
+    )
+    return BraketAdapter(context)
+
+
+def _job() -> Job:
+    return Job(
+        id=uuid.uuid4().hex,
+        tenant="default",
+        request_id="",
+        backend="sv1",
+        state=JobState.SUBMITTING,
+        created_at=datetime.now(UTC),
+        num_pubs=1,
+        seed=1,
+    )
+
+
+SWEEP = """OPENQASM 3.0;
+include "stdgates.inc";
+input float theta;
+qubit[1] q;
+bit[1] c;
+rx(theta) q[0];
+c = measure q;
+"""
+
+
+class FakeBraket:
+    """AwsSession, the braket client and the s3 client in one: records what the runner asks."""
+
+    def __init__(self, refuse_create: int | None = None) -> None:
+        self.refuse_create = refuse_create
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.creates: list[dict[str, Any]] = []
+        self.cancelled: list[str] = []
+        self.searches: list[list[dict[str, Any]]] = []
+        self.objects: dict[str, bytes] = {}
+        self.session = self.braket = self.s3 = self
+
+    def create_quantum_task(self, **kwargs: Any) -> str:
+        self.creates.append(kwargs)
+        if len(self.creates) - 1 == self.refuse_create:
+            raise _client_error("ValidationException", 400)
+        arn = f"arn:aws:braket:us-east-1:1:quantum-task/{len(self.creates)}"
+        self.tasks[arn] = {"quantumTaskArn": arn, "status": "QUEUED", "tags": kwargs["tags"]}
+        return arn
+
+    def cancel_quantum_task(self, arn: str) -> None:
+        self.cancelled.append(arn)
+
+    def search_quantum_tasks(self, **kwargs: Any) -> dict[str, Any]:
+        self.searches.append(kwargs["filters"])
+        if any(f["name"] == "createdAt" for f in kwargs["filters"]):
+            raise _client_error("ValidationException", 400)
+        return {"quantumTasks": list(reversed(self.tasks.values()))}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
+        self.objects[f"{Bucket}/{Key}"] = Body
+
+
+def _runner(fake: FakeBraket) -> BraketCloudRunner:
+    settings = CloudSettings(
+        device_arn=SV1, region="us-east-1", s3_bucket="results", s3_prefix="gw", retry_attempts=1
+    )
+    return BraketCloudRunner(
+        "sv1",
+        settings,
+        CloudStatus(SV1, "us-east-1"),
+        clients=fake,
+        limiter=CreateRateLimiter(20),
+    )
+
+
+@pytest.mark.anyio
+async def test_a_refused_create_cancels_the_tasks_the_job_already_has() -> None:
+    adapter = _cloud_adapter()
+    bindings = Bindings(("theta",), (3,), np.array([[0.0], [1.0], [2.0]]))
+    spec = JobSpec(
+        backend="sv1",
+        pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, SWEEP), bindings, 8),),
+    )
+    prepared = prepare_in_process(adapter, spec, seed=1)
+    fake = FakeBraket(refuse_create=1)
+    job = _job()
+    with pytest.raises(ExecutionError) as failed:
+        await _runner(fake).submit(prepared, job)
+    assert failed.value.kind is FailureKind.CLIENT_ERROR
+    assert failed.value.reason == "PROVIDER_REJECTED"
+    assert [c["clientToken"] for c in fake.creates] == [f"{job.id}-0", f"{job.id}-1"]
+    assert fake.creates[0]["tags"]["qgateway:job-name"] == f"jobs/{job.id}"
+    assert fake.cancelled == list(fake.tasks)  # the one task it had
+    assert f"results/gw/qgateway/{job.id}.json" in fake.objects  # the plan went first
+
+
+@pytest.mark.anyio
+async def test_reattach_by_tag_finds_every_task_of_the_job_or_none() -> None:
+    adapter = _cloud_adapter()
+    bindings = Bindings(("theta",), (2,), np.array([[0.0], [1.0]]))
+    spec = JobSpec(
+        backend="sv1",
+        pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, SWEEP), bindings, 8),),
+    )
+    fake = FakeBraket()
+    runner = _runner(fake)
+    job = _job()
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
+    other = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    found = await runner.reattach(job, None)
+    assert found is not None and found.remote_id == handle.remote_id
+    # The createdAt filter was refused: the search fell back to the device filter alone.
+    assert [f["name"] for f in fake.searches[-1]] == ["deviceArn"]
+    del fake.tasks[handle.remote_id.split()[1]]  # type: ignore[union-attr]
+    assert await runner.reattach(job, None) is None  # submit re-creates under the same tokens
+    assert other.remote_id not in (None, handle.remote_id)

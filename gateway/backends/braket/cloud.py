@@ -391,7 +391,12 @@ class BraketCloudRunner(Runner):
             }
 
             make = functools.partial(self._create, spec, token, tags)
-            arns.append(await self._thread(functools.partial(self._retrying, make, rated=True)))
+            try:
+                arns.append(await self._thread(functools.partial(self._retrying, make, rated=True)))
+            except ExecutionError:
+                # The job fails: the tasks it already has would run (and be paid) for nothing.
+                await self._cancel_quietly(job.id, arns)
+                raise
         log.info("job %s: %d Braket task(s) created on %s", job.id, len(arns), self.name)
         return BraketCloudHandle(job.id, arns)
 
@@ -407,6 +412,10 @@ class BraketCloudRunner(Runner):
         try:
             for arn in arns:
                 texts.append(await self._follow(handle.job_id, arn))
+        except ExecutionError as exc:
+            if exc.kind is not FailureKind.TRANSIENT:  # the job ends: stop its other tasks
+                await self._cancel_quietly(handle.job_id, arns[len(texts) + 1 :])
+            raise
         finally:
             self.status.set_position(handle.job_id, None)
         try:
@@ -478,6 +487,14 @@ class BraketCloudRunner(Runner):
             await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
 
     # ------------------------------------------------------------------------- plumbing
+
+    async def _cancel_quietly(self, job_id: str, arns: Sequence[str]) -> None:
+        for arn in arns:
+            try:
+                stop = functools.partial(self._cancel, arn)
+                await self._thread(functools.partial(self._retrying, stop, arn))
+            except ExecutionError as exc:
+                log.warning("job %s: could not cancel Braket task %s: %s", job_id, arn, exc)
 
     async def _thread(self, fn: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._calls)
@@ -561,6 +578,16 @@ class BraketCloudRunner(Runner):
             {"name": "deviceArn", "operator": "EQUAL", "values": [self.settings.device_arn]},
             {"name": "createdAt", "operator": "GTE", "values": [since]},
         ]
+        try:
+            return self._search_with(job, filters)
+        except Exception as exc:
+            if _error_code(exc) != "ValidationException":
+                raise
+        # A service that refuses the createdAt filter's format: the device's tasks, newest
+        # first, the same bounded number of pages.
+        return self._search_with(job, filters[:1])
+
+    def _search_with(self, job: Job, filters: list[dict[str, Any]]) -> list[str] | None:
         braket = self._clients().braket
         found: dict[int, str] = {}
         total: int | None = None
