@@ -203,8 +203,9 @@ class Gateway:
     async def start(self) -> None:
         await self._store.open()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
+        # Open sessions first: recovery re-queues their jobs in order, pinning dedicated ones.
+        await self.sessions.load_sessions()
         await self.manager.start(schedule=False)
-        # Open sessions and their unfinished jobs, after recovery re-queued those in order.
         await self.sessions.load()
         self.sessions.start()
         # Page tokens are sealed with a key kept in the data directory: they survive restarts.

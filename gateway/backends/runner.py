@@ -148,3 +148,13 @@ class Runner(ABC):
     async def close_session(self, session: Session) -> None:  # noqa: B027 - optional hook
         """Called once, when a session that had jobs ends (CLOSED or FAILED): closes the
         provider's session. No-op by default."""
+
+    def pin_session(self, session_id: str) -> None:  # noqa: B027 - optional hook
+        """A DEDICATED session has work: the job core keeps one of this runner's slots for it
+        from now on, and runs its jobs one at a time. A LOCAL runner may keep one instance for
+        the session's jobs (WorkerPoolRunner keeps the worker that ran its last job). No-op by
+        default."""
+
+    def unpin_session(self, session_id: str) -> None:  # noqa: B027 - optional hook
+        """The pinned session has no work left (or ended): its slot is free again; an
+        instance kept for it goes back to the pool. No-op by default."""

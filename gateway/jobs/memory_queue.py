@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import dataclasses
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -66,6 +67,9 @@ class MemoryQueue:
         self._last_claim: dict[str, int] = {}
         self._ordinal = 0
         self._changed = asyncio.Event()
+        # Claims held outside this queue, per tenant, that count in fair share as this
+        # queue's own do: the workers pinned to DEDICATED sessions (gateway.jobs.sessions).
+        self.extra_claims: Callable[[], Mapping[str, int]] = dict
 
     # ------------------------------------------------------------------ the port
 
@@ -208,6 +212,6 @@ class MemoryQueue:
         return claim
 
     def _live_claims(self, now: datetime) -> dict[str, int]:
-        return dict(
-            Counter(c.job.tenant for c in self._claims.claims() if c.lease_expires_at > now)
-        )
+        live = Counter(c.job.tenant for c in self._claims.claims() if c.lease_expires_at > now)
+        live.update(self.extra_claims())
+        return dict(live)

@@ -30,13 +30,15 @@ import asyncio
 import bisect
 import contextlib
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from gateway.backends.base import PreparedJob
+from gateway.backends.runner import Runner
 from gateway.domain import sessions as domain
 from gateway.domain.errors import FieldViolation, GatewayError, InvalidArgument
 from gateway.domain.job_filter import JobFilter
@@ -66,87 +68,174 @@ def _now() -> datetime:
 
 @dataclass(eq=False)
 class _Line:
-    # The job let into the inner queue (waiting or running); None when none is.
+    tenant: str
+    # A DEDICATED session holding one of the backend's slots (a pinned worker) while it has
+    # work.
+    pinned: bool = False
+    # The job let in (waiting to be claimed, or running); None when none is.
     current: str | None = None
     held: list[tuple[tuple[datetime, str], Job, PreparedJob | None]] = field(default_factory=list)
 
 
-class SessionQueue:
-    """A JobQueue that lets one job per session into `inner` at a time, oldest first.
+# Claims of pinned sessions' jobs are this queue's own and never lapse: nothing but this
+# process hands them out, and it ends each one when its job ends (or gives it back).
+_PINNED_LEASE = timedelta(days=3650)
 
-    Jobs without a session go straight through. `halted(session_id)` says a session must not
-    start another job (it ended or is aborting): its held jobs stay held until cancelled.
+
+class SessionQueue:
+    """A JobQueue that lets one job per session in at a time, oldest first, and keeps one of
+    the backend's slots for each DEDICATED session while it has work.
+
+    Jobs without a session go straight to `inner`; so do the jobs of BATCH sessions, one at a
+    time. A DEDICATED session with work is pinned: one slot of the backend's capacity is its
+    own (other jobs may use at most capacity minus the pinned sessions), its next job is
+    handed out first, from this queue rather than `inner`, and the runner keeps one worker for
+    it (Runner.pin_session). At most capacity - 1 sessions are pinned at once, so jobs
+    outside pinned sessions always keep a slot; a dedicated session beyond that runs like a
+    batch until its work is done. A pin counts as a claim of its tenant in `inner`'s fair
+    share (MemoryQueue.extra_claims).
+
+    Set by the SessionCore: `halted(session_id)` (a session that must not start another job:
+    ended or aborting; its held jobs stay until cancelled), `dedicated(session_id)`,
+    `capacity()`, `wake()` (the backend's scheduler), and `on_pin`/`on_unpin` (the runner).
     """
 
     def __init__(self, inner: JobQueue) -> None:
         self.inner = inner
         self.queues_before_commit = inner.queues_before_commit
         self.halted: Callable[[str], bool] = lambda _session: False
-        # Wakes the backend's scheduler: a job let in when another ends arrives after the
-        # scheduler looked (the in-memory queue is watched through the backend's wake event).
+        self.dedicated: Callable[[str], bool] = lambda _session: False
+        self.capacity: Callable[[], int] = lambda: 1 << 30
+        # A job let in when another ends arrives after the scheduler looked (the in-memory
+        # queue is watched through the backend's wake event).
         self.wake: Callable[[], None] = lambda: None
+        self.on_pin: Callable[[str], None] = lambda _session: None
+        self.on_unpin: Callable[[str], None] = lambda _session: None
         self._lines: dict[str, _Line] = {}
         self._held: dict[str, str] = {}  # job id -> session id, for held jobs
+        # Pinned sessions' current jobs waiting to be claimed, and their claims out.
+        self._ready: dict[str, tuple[Job, PreparedJob | None]] = {}
+        self._own: dict[str, Claim] = {}
+        # Jobs claimed from `inner` and not ended or given back.
+        self._inner_out: set[str] = set()
+        if hasattr(inner, "extra_claims"):
+            inner.extra_claims = self.pinned_by_tenant
+
+    # ------------------------------------------------------------------ sessions
 
     def has_work(self, session_id: str) -> bool:
-        line = self._lines.get(session_id)
-        return line is not None and (line.current is not None or bool(line.held))
+        return session_id in self._lines
+
+    def pinned_by_tenant(self) -> dict[str, int]:
+        """Pinned sessions per tenant (each holds a worker: a claim in fair share)."""
+        counts: dict[str, int] = {}
+        for line in self._lines.values():
+            if line.pinned:
+                counts[line.tenant] = counts.get(line.tenant, 0) + 1
+        return counts
+
+    def _pins(self) -> int:
+        return sum(1 for line in self._lines.values() if line.pinned)
+
+    def _open_line(self, session_id: str, tenant: str) -> _Line:
+        line = _Line(tenant)
+        if self.dedicated(session_id) and self._pins() < self.capacity() - 1:
+            line.pinned = True
+            self.on_pin(session_id)
+        self._lines[session_id] = line
+        return line
+
+    def _close_line(self, session_id: str) -> None:
+        line = self._lines.pop(session_id)
+        if line.pinned:
+            self.on_unpin(session_id)
+            self.wake()  # its slot is free for others
+
+    async def _let_in(
+        self, line: _Line, session_id: str, job: Job, prepared: PreparedJob | None
+    ) -> None:
+        line.current = job.id
+        if line.pinned:
+            self._ready[session_id] = (job, prepared)
+        else:
+            await self.inner.put(job, prepared)
+        self.wake()
 
     async def _advance(self, session_id: str) -> None:
         """The session's current job is done (or gone): lets its next held job in, unless the
-        session is halted."""
+        session is halted; a session with nothing left gives up its pin."""
         line = self._lines.get(session_id)
         if line is None:
             return
         line.current = None
+        self._ready.pop(session_id, None)
         if not line.held:
-            del self._lines[session_id]
+            self._close_line(session_id)
             return
         if self.halted(session_id):
             return
         _, job, prepared = line.held.pop(0)
         del self._held[job.id]
-        line.current = job.id
-        await self.inner.put(job, prepared)
-        self.wake()
+        await self._let_in(line, session_id, job, prepared)
 
-    async def resume(self, session_id: str) -> None:
-        """Lets the next job in if none is in (after a halt was lifted, or at start)."""
-        line = self._lines.get(session_id)
-        if line is not None and line.current is None:
-            await self._advance(session_id)
+    # ------------------------------------------------------------------ the port
 
     async def put(self, job: Job, prepared: PreparedJob | None) -> None:
         session_id = job.session
         if not session_id:
             await self.inner.put(job, prepared)
             return
-        line = self._lines.setdefault(session_id, _Line())
+        line = self._lines.get(session_id) or self._open_line(session_id, job.tenant)
         if line.current == job.id or job.id in self._held:
             return
         if line.current is None and not line.held and not self.halted(session_id):
-            line.current = job.id
-            await self.inner.put(job, prepared)
+            await self._let_in(line, session_id, job, prepared)
             return
         key = (job.created_at, job.id)
         bisect.insort(line.held, (key, job, prepared), key=lambda item: item[0])
         self._held[job.id] = session_id
 
     async def claim(self) -> Claim | None:
-        return await self.inner.claim()
+        """A pinned session's waiting job first (its slot is its own); else the inner queue's
+        next job while fewer than capacity minus the pins run from it."""
+        if self._ready:
+            session_id, (job, prepared) = min(
+                self._ready.items(), key=lambda item: (item[1][0].created_at, item[1][0].id)
+            )
+            del self._ready[session_id]
+            own = Claim(job, prepared, f"session:{session_id}", job.created_at + _PINNED_LEASE)
+            self._own[job.id] = own
+            return own
+        if len(self._inner_out) >= self.capacity() - self._pins():
+            return None
+        claim = await self.inner.claim()
+        if claim is not None:
+            self._inner_out.add(claim.job.id)
+        return claim
 
     async def renew(self, claim: Claim) -> Claim | None:
+        if claim.job.id in self._own:
+            return self._own[claim.job.id]
         return await self.inner.renew(claim)
 
     async def done(self, claim: Claim) -> None:
-        await self.inner.done(claim)
+        job_id = claim.job.id
+        if self._own.pop(job_id, None) is None:
+            await self.inner.done(claim)
+            self._inner_out.discard(job_id)
+            self.wake()
         session_id = claim.job.session
         line = self._lines.get(session_id) if session_id else None
-        if line is not None and line.current == claim.job.id:
+        if line is not None and line.current == job_id:
             await self._advance(session_id)
 
     async def release(self, claim: Claim) -> None:
+        own = self._own.pop(claim.job.id, None)
+        if own is not None:
+            self._ready[claim.job.session] = (own.job, own.prepared)
+            return
         await self.inner.release(claim)
+        self._inner_out.discard(claim.job.id)
 
     async def remove(self, job_id: str, tenant: str) -> bool:
         session_id = self._held.get(job_id)
@@ -157,18 +246,17 @@ class SessionQueue:
                     del line.held[index]
                     del self._held[job_id]
                     if line.current is None and not line.held:
-                        del self._lines[session_id]
+                        self._close_line(session_id)
                     return True
             return False
+        for session_id, (job, _p) in list(self._ready.items()):
+            if job.id == job_id and job.tenant == tenant:
+                await self._advance(session_id)
+                return True
         removed = await self.inner.remove(job_id, tenant)
-        if removed and not self._is_current(job_id):
-            return removed
         if removed:
             await self._current_gone(job_id)
         return removed
-
-    def _is_current(self, job_id: str) -> bool:
-        return any(line.current == job_id for line in self._lines.values())
 
     async def _current_gone(self, job_id: str) -> None:
         for session_id, line in list(self._lines.items()):
@@ -190,9 +278,11 @@ class SessionQueue:
         await self.inner.wait_changed()
 
     async def depth(self) -> int:
-        return await self.inner.depth() + len(self._held)
+        return await self.inner.depth() + len(self._held) + len(self._ready)
 
     async def position(self, job_id: str, tenant: str) -> int | None:
+        if any(job.id == job_id for job, _p in self._ready.values()):
+            return 0
         session_id = self._held.get(job_id)
         if session_id is None:
             return await self.inner.position(job_id, tenant)
@@ -201,11 +291,15 @@ class SessionQueue:
         index = next(i for i, (_, job, _p) in enumerate(line.held) if job.id == job_id)
         ahead = 0
         if line.current is not None:
-            current = await self.inner.position(line.current, tenant)
-            ahead = 0 if current is None else current + 1  # None: it already runs
+            current = None
+            if session_id not in self._ready:
+                current = await self.inner.position(line.current, tenant)
+            ahead = 0 if current is None else current + 1  # None: it already runs (or is next)
         return ahead + index
 
     async def claims_by_tenant(self) -> dict[str, int]:
+        """The inner queue's claims, the pins included (a pinned session's running job is its
+        pin's)."""
         return await self.inner.claims_by_tenant()
 
 
@@ -266,10 +360,15 @@ class SessionCore:
         self.clock = clock
         self._queues: dict[str, SessionQueue] = {}
         for name, runtime in manager.backends.items():
-            if isinstance(runtime.queue, SessionQueue):
-                runtime.queue.halted = self.halted
-                runtime.queue.wake = runtime.wake.set
-                self._queues[name] = runtime.queue
+            queue = runtime.queue
+            if isinstance(queue, SessionQueue):
+                queue.halted = self.halted
+                queue.dedicated = self._dedicated
+                queue.wake = runtime.wake.set
+                queue.capacity = functools.partial(_capacity, runtime.runner)
+                queue.on_pin = runtime.runner.pin_session
+                queue.on_unpin = runtime.runner.unpin_session
+                self._queues[name] = queue
         # Sessions not ended, as last stored; the unfinished jobs of each.
         self._open: dict[str, Session] = {}
         self._work: dict[str, set[str]] = {}
@@ -282,13 +381,20 @@ class SessionCore:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def load(self) -> None:
-        """Loads the open sessions and their unfinished jobs (after the manager recovered its
-        jobs, before scheduling starts); ends those whose TTL passed while the gateway was
-        down."""
+    async def load_sessions(self) -> None:
+        """Loads the open sessions (before the manager recovers their jobs into the queues,
+        which pin dedicated ones)."""
         for session in await self._store.open_sessions():
-            jobs = await self._store.session_jobs(session.id)
             self._open[session.id] = session
+
+    async def load(self) -> None:
+        """Loads the open sessions' unfinished jobs (after the manager recovered its jobs,
+        before scheduling starts); ends the sessions whose TTL passed while the gateway was
+        down."""
+        if not self._open:
+            await self.load_sessions()
+        for session in list(self._open.values()):
+            jobs = await self._store.session_jobs(session.id)
             self._work[session.id] = {j.id for j in jobs}
         for session_id in list(self._open):
             await self._settle(session_id)
@@ -306,6 +412,10 @@ class SessionCore:
 
     def halted(self, session_id: str) -> bool:
         return session_id in self._halted
+
+    def _dedicated(self, session_id: str) -> bool:
+        session = self._open.get(session_id)
+        return session is not None and session.mode is SessionMode.DEDICATED
 
     @contextlib.asynccontextmanager
     async def _locked(self, session_id: str) -> AsyncIterator[None]:
@@ -569,6 +679,10 @@ class SessionCore:
             await runtime.runner.close_session(session)
         except Exception:
             log.exception("session %s: closing it at the provider failed", session.id)
+
+
+def _capacity(runner: Runner) -> int:
+    return runner.capacity
 
 
 def _with_provider_id(session: Session, provider_id: str) -> Session:

@@ -43,9 +43,11 @@ class WorkerRunHandle(RunHandle):
         cancel_requested: `cancel` stopped the job.
     """
 
-    def __init__(self, job_id: str, worker: WorkerProcess) -> None:
+    def __init__(self, job_id: str, worker: WorkerProcess, session: str = "") -> None:
         super().__init__(job_id)
         self.worker = worker
+        # The job's session: its worker stays with the session afterwards while it is pinned.
+        self.session = session
         self.ended = False
         self.cancel_requested = False
         self.execution: asyncio.Task[ExecutionOutcome] | None = None
@@ -73,6 +75,10 @@ class WorkerPoolRunner(Runner):
 
     def __init__(self, pool: Pool[WorkerProcess]) -> None:
         self._pool = pool
+        # Pinned (DEDICATED) sessions, and the worker each keeps between its jobs.
+        self._pinned: set[str] = set()
+        self._kept: dict[str, WorkerProcess] = {}
+        self._returns: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> Pool[WorkerProcess]:
@@ -86,6 +92,9 @@ class WorkerPoolRunner(Runner):
         await self._pool.start()
 
     async def close(self) -> None:
+        for session in list(self._kept):
+            self.unpin_session(session)
+        await asyncio.gather(*self._returns, return_exceptions=True)
         await self._pool.close()
 
     async def maintain(self) -> None:
@@ -94,12 +103,40 @@ class WorkerPoolRunner(Runner):
     def stats(self) -> InstanceStats:
         return self._pool.stats()
 
+    def pin_session(self, session_id: str) -> None:
+        """The session's jobs run on one worker: the one that ran its previous job, kept out of
+        the pool between them (the job core keeps a slot for the session meanwhile)."""
+        self._pinned.add(session_id)
+
+    def unpin_session(self, session_id: str) -> None:
+        """The worker kept for the session goes back to the pool."""
+        self._pinned.discard(session_id)
+        worker = self._kept.pop(session_id, None)
+        if worker is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._pool.release(worker, broken=not worker.alive)
+            )
+            self._returns.add(task)
+            task.add_done_callback(self._returns.discard)
+
+    def pinned_worker(self, session_id: str) -> WorkerProcess | None:
+        """The worker kept for a pinned session between its jobs, if any."""
+        return self._kept.get(session_id)
+
+    async def _take_worker(self, job: Job) -> WorkerProcess:
+        kept = self._kept.pop(job.session, None) if job.session else None
+        if kept is not None:
+            if kept.alive:
+                return kept
+            await self._pool.release(kept, broken=True)
+        return await self._pool.acquire(timeout=math.inf)
+
     async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
-        """Takes a worker and starts the job on it. Waits without a limit: the scheduler
-        submits only into a free slot, but that slot's worker may still be starting (a
-        replacement for a recycled one)."""
+        """Takes a worker (a pinned session's own, else one from the pool) and starts the job
+        on it. Waits without a limit: the scheduler submits only into a free slot, but that
+        slot's worker may still be starting (a replacement for a recycled one)."""
         try:
-            worker = await self._pool.acquire(timeout=math.inf)
+            worker = await self._take_worker(job)
         except ExecutionError:
             # The worker it was given died on the way (killed from outside): that is the
             # job's failure, with the signal that ended it.
@@ -111,7 +148,7 @@ class WorkerPoolRunner(Runner):
                 "no worker process could be started",
                 kind=FailureKind.BACKEND_FAULT,
             ) from None
-        handle = WorkerRunHandle(job.id, worker)
+        handle = WorkerRunHandle(job.id, worker, job.session)
         execution = asyncio.get_running_loop().create_task(
             self._execute(handle, prepared.payload), name=f"execute {job.id}"
         )
@@ -139,7 +176,12 @@ class WorkerPoolRunner(Runner):
         finally:
             # Killed (a cancel after the answer arrived included) or broken: replaced.
             handle.ended = True
-            await self._pool.release(worker, broken=recycle or not worker.alive)
+            broken = recycle or not worker.alive
+            session = handle.session
+            if session and session in self._pinned and not broken and session not in self._kept:
+                self._kept[session] = worker  # the pinned session's next job runs here
+            else:
+                await self._pool.release(worker, broken=broken)
 
     def _handle(self, handle: RunHandle) -> WorkerRunHandle:
         if not isinstance(handle, WorkerRunHandle) or handle.execution is None:

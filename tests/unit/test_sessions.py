@@ -155,7 +155,10 @@ class SessionsCore:
 
     async def create(self, tenant: str = "alice", **new: object) -> Session:
         session, created = await self.sessions.create(
-            tenant, "", b"h", NewSession(backend="sim", **new)  # type: ignore[arg-type]
+            tenant,
+            "",
+            b"h",
+            NewSession(backend="sim", **new),  # type: ignore[arg-type]
         )
         assert created
         return session
@@ -223,6 +226,7 @@ async def build(
     )
     sessions = SessionCore(store, manager, limits or SessionLimits(), clock=clock)
     manager.hooks.add(sessions)
+    await sessions.load_sessions()
     await manager.start(schedule=False)
     await sessions.load()
     manager.start_scheduling()
@@ -440,3 +444,48 @@ async def test_retried_create_returns_the_same_session_even_at_the_cap(
         await core.close()
 
 
+async def test_a_dedicated_session_keeps_one_slot_and_goes_first_while_it_has_work(
+    store: SqliteStore,
+) -> None:
+    core = await build(store, slots=2)
+    try:
+        s = await core.create(mode=SessionMode.DEDICATED)
+        mine = [await core.submit("alice", session_spec(s, f"s{i}")) for i in range(2)]
+        await core.until("alice", mine[0].id, "RUNNING")
+        theirs = [await core.submit("bob", spec("sim", f"b{i}")) for i in range(3)]
+        await core.until("bob", theirs[0].id, "RUNNING")
+        # Two slots: one is the session's, so Bob runs one job at a time beside it.
+        assert core.runner.submitted == [mine[0].id, theirs[0].id]
+        assert (await core.runtime.queue.claims_by_tenant()) == {"alice": 1, "bob": 1}
+        core.runner.succeed(mine[0].id)
+        # The session's next job takes its slot, ahead of Bob's waiting jobs.
+        await core.until("alice", mine[1].id, "RUNNING")
+        assert core.runner.submitted == [mine[0].id, theirs[0].id, mine[1].id]
+        core.runner.succeed(mine[1].id)
+        # No work left: the slot is free, and Bob's next job runs beside his first.
+        await core.until("bob", theirs[1].id, "RUNNING")
+        assert (await core.manager.get("bob", theirs[2].id)).state is JobState.QUEUED
+        core.runner.succeed(theirs[0].id)
+        await core.until("bob", theirs[2].id, "RUNNING")
+    finally:
+        await core.close()
+
+
+async def test_a_batch_session_does_not_keep_a_slot(store: SqliteStore) -> None:
+    core = await build(store, slots=2)
+    try:
+        s = await core.create(mode=SessionMode.BATCH)
+        mine = [await core.submit("alice", session_spec(s, f"s{i}")) for i in range(2)]
+        await core.until("alice", mine[0].id, "RUNNING")
+        theirs = [await core.submit("bob", spec("sim", f"b{i}")) for i in range(2)]
+        await core.until("bob", theirs[0].id, "RUNNING")
+        core.runner.succeed(mine[0].id)
+        await core.until("alice", mine[0].id, "SUCCEEDED")
+        # The session's next job and Bob's second share the freed slot by fair share: Bob
+        # holds one claim and Alice none, so Alice's goes first; nothing is kept aside.
+        await core.until("alice", mine[1].id, "RUNNING")
+        assert (await core.runtime.queue.claims_by_tenant()) == {"alice": 1, "bob": 1}
+        core.runner.succeed(theirs[0].id)
+        await core.until("bob", theirs[1].id, "RUNNING")
+    finally:
+        await core.close()
