@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -58,7 +59,7 @@ def _backend(name: str, url: str, extra: str = "", max_concurrent_tasks: int = 3
     )
 
 
-def _client(gw: GatewayProcess) -> Client:
+def _client(gw: Gateway) -> Client:
     return Client(
         gw.address,
         metadata=[("authorization", f"Bearer {OPS.key}")],
@@ -66,7 +67,7 @@ def _client(gw: GatewayProcess) -> Client:
     )
 
 
-def _get_backend(gw: GatewayProcess, name: str) -> backend_pb2.Backend:
+def _get_backend(gw: Gateway, name: str) -> backend_pb2.Backend:
     with grpc.insecure_channel(gw.address) as ch:
         return (
             backend_service_pb2_grpc.BackendServiceStub(ch)
@@ -81,7 +82,7 @@ def _get_backend(gw: GatewayProcess, name: str) -> backend_pb2.Backend:
         )
 
 
-def _health(gw: GatewayProcess, name: str) -> int:
+def _health(gw: Gateway, name: str) -> int:
     with grpc.insecure_channel(gw.address) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service=f"qgateway.backend.{name}"), timeout=5
@@ -115,10 +116,25 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BraketStubProcess
     assert process.stop() == 0
 
 
+@dataclass
+class Gateway:
+    """The module's gateway; the SIGKILL test kills and restarts it on the same data."""
+
+    process: GatewayProcess
+    config: Path
+    data: Path
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return self.process.address
+
+    def restart(self) -> None:
+        self.process = GatewayProcess.start(self.config, self.log, env=AWS_ENV, start_timeout=300)
+
+
 @pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, stub: BraketStubProcess
-) -> Iterator[GatewayProcess]:
+def gateway(tmp_path_factory: pytest.TempPathFactory, stub: BraketStubProcess) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("braket-gateway")
     backends = _backend("sv1", stub.url) + _backend(
         "sv1-fragile",
@@ -127,9 +143,14 @@ def gateway(
         max_concurrent_tasks=1,
     )
     config = write_config(root / "g.toml", root / "data", _key_toml() + backends)
-    process = GatewayProcess.start(config, root / "gateway.log", env=AWS_ENV, start_timeout=300)
-    yield process
-    assert process.terminate() == 0
+    gw = Gateway(
+        GatewayProcess.start(config, root / "gateway.log", env=AWS_ENV, start_timeout=300),
+        config,
+        root / "data",
+        root / "gateway.log",
+    )
+    yield gw
+    assert gw.process.terminate() == 0
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +162,7 @@ def _clean_stub(stub: BraketStubProcess) -> Iterator[None]:
 
 
 def test_a_job_is_queued_at_braket_then_runs_with_a_real_result(
-    gateway: GatewayProcess, stub: BraketStubProcess
+    gateway: Gateway, stub: BraketStubProcess
 ) -> None:
     stub.control("hold", run=True)
     with _client(gateway) as client:
@@ -188,7 +209,7 @@ c = measure q;
 
 
 def test_a_sweep_runs_one_task_per_binding_with_its_angles(
-    gateway: GatewayProcess, stub: BraketStubProcess
+    gateway: Gateway, stub: BraketStubProcess
 ) -> None:
     with _client(gateway) as client:
         job = client.submit(
@@ -212,9 +233,7 @@ def test_a_sweep_runs_one_task_per_binding_with_its_angles(
     assert stub.task(job.id) is None  # several tasks: each has its own token
 
 
-def test_provider_failures_map_to_failure_kinds(
-    gateway: GatewayProcess, stub: BraketStubProcess
-) -> None:
+def test_provider_failures_map_to_failure_kinds(gateway: Gateway, stub: BraketStubProcess) -> None:
     with _client(gateway) as client:
         # A ValidationException: the job's own fault, the provider's code in the metadata.
         stub.control("fail", code="ValidationException", status=400, message="bad program")
@@ -246,7 +265,7 @@ def test_provider_failures_map_to_failure_kinds(
         assert stub.stats()["calls"]["CreateQuantumTask"] - before == 3
 
 
-def test_cancel_job_cancels_the_task(gateway: GatewayProcess, stub: BraketStubProcess) -> None:
+def test_cancel_job_cancels_the_task(gateway: Gateway, stub: BraketStubProcess) -> None:
     stub.control("hold", run=True)
     with _client(gateway) as client:
         job = client.submit(TWO_REGISTERS, backend="sv1", shots=8, request_id="sv1-cancel")
@@ -258,7 +277,7 @@ def test_cancel_job_cancels_the_task(gateway: GatewayProcess, stub: BraketStubPr
 
 
 def test_expired_credentials_take_the_backend_out_and_queued_jobs_wait(
-    gateway: GatewayProcess, stub: BraketStubProcess
+    gateway: Gateway, stub: BraketStubProcess
 ) -> None:
     name = "sv1-fragile"  # one job at Braket at a time, the breaker opens at one fault
     _until(lambda: _health(gateway, name) == SERVING, 10, "SERVING")
@@ -295,7 +314,7 @@ def test_expired_credentials_take_the_backend_out_and_queued_jobs_wait(
 
 
 def test_a_burst_never_passes_twenty_creates_a_second(
-    gateway: GatewayProcess, stub: BraketStubProcess
+    gateway: Gateway, stub: BraketStubProcess
 ) -> None:
     before = stub.stats()["create_calls"]
     jobs = 45
@@ -314,34 +333,29 @@ def test_a_burst_never_passes_twenty_creates_a_second(
     assert elapsed >= 1.0  # 45 creates at 20/s cannot all go within one second
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_a_gateway_killed_while_braket_withholds_the_create_answer_never_creates_twice(
-    tmp_path: Path, stub: BraketStubProcess
+    gateway: Gateway, stub: BraketStubProcess
 ) -> None:
-    data = tmp_path / "data"
-    config = write_config(tmp_path / "g.toml", data, _key_toml() + _backend("sv1", stub.url))
     before = stub.stats()["create_calls"]
     stub.control("hold", create=True)
-    gw = GatewayProcess.start(config, tmp_path / "gateway.log", env=AWS_ENV)
-    with _client(gw) as client:
+    with _client(gateway) as client:
         job = client.submit(TWO_REGISTERS, backend="sv1", shots=16, request_id="held-create")
     stub.wait_for(lambda s: s["held_creates"] == 1, 30, "held create")
-    gw.kill()  # the task exists at Braket; its ARN never reached the gateway
+    gateway.process.kill()  # the task exists at Braket; its ARN never reached the gateway
     stub.control("release")
-    db = sqlite3.connect(f"file:{data / 'qgateway.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{gateway.data / 'qgateway.db'}?mode=ro", uri=True)
     state, remote_id = db.execute(
         "SELECT state, remote_id FROM jobs WHERE id = ?", (job.id,)
     ).fetchone()
     db.close()
     assert (state, remote_id) == ("SUBMITTING", None)
 
-    gw = GatewayProcess.start(config, tmp_path / "gateway.log", env=AWS_ENV)
-    with _client(gw) as client:
+    gateway.restart()
+    with _client(gateway) as client:
         done = client.wait(job.name, timeout=30)
         assert done.state is JobState.SUCCEEDED, done.error_message
         assert done.result is not None and done.result.counts(register="b") == {"011": 16}
-    assert gw.terminate() == 0
-    task = stub.task(job.id)
-    assert task is not None
+    assert stub.task(job.id) is not None
     # One create call in all: the restart found the task by its tag, it did not create again.
     assert stub.stats()["create_calls"] - before == 1
