@@ -22,10 +22,13 @@ class Profile:
         noise: None for an exact simulator; else the total-variation budget its results keep
             from the ideal distribution on the suite's circuits (its stated fidelity bound).
         estimator_noise: For a noisy backend, how far an expectation value may be from ideal.
+        sampled_estimator: Its estimator samples shots (as a QPU's does): standard errors are
+            its own estimates, not the precision asked for.
     """
 
     noise: float | None = None
     estimator_noise: float = 0.0
+    sampled_estimator: bool = False
 
 
 # The braket-dm-noisy channels: see test_conformance.test_braket_noise_matches_its_channels.
@@ -42,6 +45,9 @@ PROFILES: dict[str, Profile] = {
     # recalibrated fake without letting a wrong bit order (TV distance 1) pass.
     "aer-noisy-manila": Profile(noise=0.3, estimator_noise=0.35),
     "braket-dm-noisy": Profile(noise=0.2, estimator_noise=0.25),
+    # The same device data run through qiskit-ibm-runtime's own primitives in local mode
+    # (estimates from shots, readout mitigation at the runtime's default resilience level).
+    "ibm-fake-manila": Profile(noise=0.3, estimator_noise=0.35, sampled_estimator=True),
 }
 _NOISE_TOML = ", ".join(f"{k} = {v}" for k, v in BRAKET_NOISE.items())
 EXACT = [name for name, profile in PROFILES.items() if profile.noise is None]
@@ -57,6 +63,11 @@ pool = {{ min_instances = 1, max_instances = 1 }}
 adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
 options = {{ method = "density_matrix", noise_from = "FakeManilaV2" }}
+
+[backends.ibm-fake-manila]
+adapter = "ibm"
+pool = {{ min_instances = 1, max_instances = 1 }}
+options = {{ backend = "FakeManilaV2" }}
 
 [backends.braket-sv]
 adapter = "braket"

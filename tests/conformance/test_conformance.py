@@ -201,7 +201,11 @@ def test_estimator_precision_gives_standard_errors(client: Client, backend: str)
     pub = client.estimate(
         STAR, ["IIIZ"], parameter_values=[[0.9]], precision=precision, backend=backend, seed=3
     )
-    assert pub.standard_errors == [precision]
+    if PROFILES[backend].sampled_estimator:
+        # Its own standard error for shots chosen to reach the precision asked for.
+        assert 0 < pub.standard_errors[0] <= 3 * precision, pub.standard_errors
+    else:
+        assert pub.standard_errors == [precision]
     bound = 5.5 * precision + PROFILES[backend].estimator_noise
     assert abs(pub.expectation_values[0] - math.cos(0.9)) <= bound
 

@@ -65,6 +65,10 @@ _PROVIDER_FIELD = "spec.options.provider_options"
 # registers only); no client register can start with this prefix and be valid OpenQASM.
 _LOOSE_PREFIX = "_qgateway_loose_"
 _NOT_ACTIVE = frozenset({"barrier", "delay"})
+_RUNNABLES = 64
+
+# A circuit as the runtime runs it, and each register's name and circuit-wide clbits.
+_Runnable = tuple[QuantumCircuit, tuple[tuple[str, tuple[int, ...]], ...]]
 
 # Simulators this process has built (tests: one per worker, not one per job).
 _builds = 0
@@ -107,6 +111,8 @@ class IbmAdapter(QiskitAdapter):
         self.ibm_options: IbmOptions = self.options
         self._fake: Any = None
         self._simulator: Any = None
+        # By circuit key: the circuit as the runtime runs it, and its registers' clbits.
+        self._runnables: dict[str, _Runnable] = {}
         # The running job's provider options (a simulator worker runs one job at a time).
         self._job_options = IbmProviderOptions()
 
@@ -130,6 +136,11 @@ class IbmAdapter(QiskitAdapter):
         return self._fake
 
     def build_qiskit_target(self) -> Target:
+        if not self.ibm_options.is_fake and self.ibm_options.has_credentials:
+            # A device: its target as the service describes it (the cloud runner's client).
+            cloud = importlib.import_module("gateway.backends.ibm.cloud")
+            device: Target = cloud.device_target(self.context.name, self.ibm_options)
+            return device
         target: Target = self.fake_backend().target
         return target
 
@@ -183,7 +194,7 @@ class IbmAdapter(QiskitAdapter):
         assert isinstance(options, IbmProviderOptions)
         inner = prepared.payload
         assert isinstance(inner, QiskitPayload)
-        _check_options(options, inner)
+        _check_options(options, inner, self.context.name)
         return dataclasses.replace(prepared, payload=IbmPayload(inner, options))
 
     # ------------------------------------------------------------------ execute (worker)
@@ -314,14 +325,12 @@ class IbmAdapter(QiskitAdapter):
 
         return Estimator(mode=self._sim(), options=self._primitive_options("estimator", seed))
 
-    def _runnable(
-        self, key: str, circuit: QuantumCircuit
-    ) -> tuple[QuantumCircuit, tuple[tuple[str, tuple[int, ...]], ...]]:
+    def _runnable(self, key: str, circuit: QuantumCircuit) -> _Runnable:
         """The circuit with every loose clbit in a register of its own (the runtime reports
         registers only), and each register's name and circuit-wide clbit indices."""
-        cached = self._worker_plans.get(("ibm", key))
+        cached = self._runnables.get(key)
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
         in_register = {bit for register in circuit.cregs for bit in register}
         loose = [bit for bit in circuit.clbits if bit not in in_register]
         runnable = circuit
@@ -334,7 +343,9 @@ class IbmAdapter(QiskitAdapter):
             for register in runnable.cregs
         )
         value = (runnable, registers)
-        self._worker_plans.put(("ibm", key), value)
+        if len(self._runnables) >= _RUNNABLES:
+            self._runnables.clear()
+        self._runnables[key] = value
         return value
 
 
@@ -395,11 +406,12 @@ def _call(run: Any) -> Any:
         raise ExecutionError("EXECUTION_FAILED", message, kind=FailureKind.BACKEND_FAULT) from None
 
 
-def _check_options(options: IbmProviderOptions, payload: QiskitPayload) -> None:
+def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend: str) -> None:
     """Refuses options the runtime could not apply to this job as the gateway reports it."""
     samplers = [t for t in payload.tasks if isinstance(t, SamplerTask)]
     if options.resilience_level is not None and samplers:
         _refuse(
+            backend,
             f"{_PROVIDER_FIELD}.resilience_level",
             "resilience_level applies to estimator PUBs only (the runtime's sampler has no "
             "error mitigation)",
@@ -413,16 +425,17 @@ def _check_options(options: IbmProviderOptions, payload: QiskitPayload) -> None:
         for task in samplers:
             if per * count != task.shots:
                 _refuse(
+                    backend,
                     f"{_PROVIDER_FIELD}.twirling.shots_per_randomization",
                     f"num_randomizations x shots_per_randomization = {per * count} shots, but "
                     f"a sampler PUB asks for {task.shots}",
                 )
 
 
-def _refuse(field: str, message: str) -> None:
+def _refuse(backend: str, field: str, message: str) -> None:
     raise InvalidArgument(
         "INVALID_PROVIDER_OPTIONS",
         f"{field}: {message}",
-        metadata={"field": field},
+        metadata={"backend": f"backends/{backend}", "field": field},
         field_violations=[FieldViolation(field, message)],
     )
