@@ -116,6 +116,8 @@ def test_a_device_arn_needs_a_region_and_a_bucket_and_local_devices_refuse_them(
         BraketOptions(device=SV1, region="us-east-1")
     with pytest.raises(ValidationError, match="device ARN only"):
         BraketOptions(device="braket_sv", s3_bucket="b")
+    with pytest.raises(ValidationError, match="device ARN only"):
+        BraketOptions(device="braket_sv", reservation_arn="arn:aws:braket:us-east-1:1:r/x")
     with pytest.raises(ValidationError, match="device must be"):
         BraketOptions(device="sv1")
     with pytest.raises(ValidationError, match="noise"):
@@ -197,9 +199,17 @@ class FakeBraket:
         self.objects[f"{Bucket}/{Key}"] = Body
 
 
-def _runner(fake: FakeBraket) -> BraketCloudRunner:
+RESERVATION = "arn:aws:braket:us-east-1:123456789012:reservation/r-1"
+
+
+def _runner(fake: FakeBraket, reservation: str | None = None) -> BraketCloudRunner:
     settings = CloudSettings(
-        device_arn=SV1, region="us-east-1", s3_bucket="results", s3_prefix="gw", retry_attempts=1
+        device_arn=SV1,
+        region="us-east-1",
+        s3_bucket="results",
+        s3_prefix="gw",
+        retry_attempts=1,
+        reservation_arn=reservation,
     )
     return BraketCloudRunner(
         "sv1",
@@ -240,10 +250,12 @@ async def test_reattach_by_tag_finds_every_task_of_the_job_or_none() -> None:
         pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, SWEEP), bindings, 8),),
     )
     fake = FakeBraket()
-    runner = _runner(fake)
+    runner = _runner(fake, reservation=RESERVATION)
     job = _job()
     handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
     other = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    association = {"arn": RESERVATION, "type": "RESERVATION_TIME_WINDOW_ARN"}
+    assert all(c["associations"] == [association] for c in fake.creates)
     found = await runner.reattach(job, None)
     assert found is not None and found.remote_id == handle.remote_id
     # The createdAt filter was refused: the search fell back to the device filter alone.

@@ -83,7 +83,8 @@ class BraketOptions(QiskitOptions):
     than AWS's, e.g. a loopback stub in tests), profile (a named AWS profile; default: the
     standard credential chain), max_concurrent_tasks (jobs at the provider at once),
     max_creates_per_s (CreateQuantumTask calls in any second), poll_interval_s, the retry
-    settings, and max_tasks_per_job (each PUB binding is one task).
+    settings, max_tasks_per_job (each PUB binding is one task) and reservation_arn (a Braket
+    reservation every task is created in).
     """
 
     device: str = "braket_sv"
@@ -101,6 +102,8 @@ class BraketOptions(QiskitOptions):
     retry_backoff_s: float = Field(default=0.2, gt=0, allow_inf_nan=False)
     max_retry_backoff_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     max_tasks_per_job: int = Field(default=100, ge=1)
+    # A Braket reservation (dedicated device time): every task is created in it.
+    reservation_arn: str | None = Field(default=None, pattern=r"^arn:aws:braket:.+")
 
     @field_validator("device")
     @classmethod
@@ -119,8 +122,12 @@ class BraketOptions(QiskitOptions):
             raise ValueError("noise needs device = 'braket_dm' (braket_sv is a pure state)")
         if self.is_cloud and (not self.region or not self.s3_bucket):
             raise ValueError("a device ARN needs region and s3_bucket (where results land)")
-        if not self.is_cloud and (self.region or self.s3_bucket or self.endpoint_url):
-            raise ValueError("region, s3_bucket and endpoint_url are for a device ARN only")
+        if not self.is_cloud and (
+            self.region or self.s3_bucket or self.endpoint_url or self.reservation_arn
+        ):
+            raise ValueError(
+                "region, s3_bucket, endpoint_url and reservation_arn are for a device ARN only"
+            )
         if self.endpoint_url is not None and not re.fullmatch(
             r"https?://[^/?#\s]+/?", self.endpoint_url
         ):
@@ -242,6 +249,7 @@ class BraketAdapter(QiskitAdapter):
             retry_attempts=options.retry_attempts,
             retry_backoff_s=options.retry_backoff_s,
             max_retry_backoff_s=options.max_retry_backoff_s,
+            reservation_arn=options.reservation_arn,
         )
         return BraketCloudRunner(self.context.name, settings, self._status())
 

@@ -125,6 +125,7 @@ class CloudSettings:
     retry_attempts: int = 5
     retry_backoff_s: float = 0.2
     max_retry_backoff_s: float = 10.0
+    reservation_arn: str | None = None
 
 
 class CloudStatus:
@@ -544,7 +545,13 @@ class BraketCloudRunner(Runner):
         from braket.ir.openqasm import Program  # type: ignore[import-untyped]
 
         action = Program(source=spec.source, inputs=dict(spec.inputs) or None).json()
+        extra: dict[str, Any] = {}
+        if self.settings.reservation_arn:
+            extra["associations"] = [
+                {"arn": self.settings.reservation_arn, "type": "RESERVATION_TIME_WINDOW_ARN"}
+            ]
         arn: str = self._clients().session.create_quantum_task(
+            **extra,
             clientToken=token,
             deviceArn=self.settings.device_arn,
             shots=spec.shots,
