@@ -306,7 +306,7 @@ class Workload:
     direct: Latencies = field(default_factory=Latencies)
     gw_cpu_ms: float = float("nan")  # gateway process, per job
     wk_cpu_ms: float = float("nan")  # its worker processes, per job
-    execute_ms: float = float("nan")  # gateway-reported worker round trip, median
+    execute_ms: float = float("nan")  # gateway-reported execute phase, median
     other_cores: float = 0.0
     direct_error: str = ""
 
@@ -741,9 +741,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p50 x / p99 x = gateway / direct;"
     )
     out(
-        "  exec = gateway-reported worker round trip (median); CPU gw / CPU wk = CPU ms per "
-        "job of the gateway process / of its worker processes"
+        "  exec = gateway-reported execute phase (median): the RUNNING commit to the worker's "
+        "answer; the worker starts with that commit, so a short job shows ~0"
     )
+    out("  CPU gw / CPU wk = CPU ms per Run of the gateway process / of its worker processes")
     out(
         f"  for orientation (issue 8's Aer target, not an issue-9 target): GHZ Run p50 <= "
         f"{ORIENTATION_RATIO:g}x direct"
