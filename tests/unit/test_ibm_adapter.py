@@ -118,6 +118,9 @@ def test_token_is_secret_and_read_from_the_environment(monkeypatch: pytest.Monke
 def test_no_credentials_no_runner(manila: IbmAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     assert IbmAdapter(context()).create_runner() is None
+    # A fake backend stays local even when the environment holds a token.
+    monkeypatch.setenv(TOKEN_ENV, "s3cr3t-from-env")
+    assert IbmAdapter(context()).create_runner() is None
 
 
 def test_info_and_target_are_the_fake_device(manila: IbmAdapter) -> None:

@@ -178,9 +178,10 @@ class IbmAdapter(QiskitAdapter):
         }
 
     def create_runner(self) -> Runner | None:
-        """None without credentials (fake backends run on the worker pool); with them, the
-        cloud runner of gateway.backends.ibm.cloud."""
-        if not self.ibm_options.has_credentials:
+        """None for a fake backend (local mode on the worker pool, whatever credentials the
+        environment holds) or without credentials; else the cloud runner of
+        gateway.backends.ibm.cloud."""
+        if self.ibm_options.is_fake or not self.ibm_options.has_credentials:
             return None
         cloud = importlib.import_module("gateway.backends.ibm.cloud")
         runner: Runner | None = cloud.create_runner(self)
