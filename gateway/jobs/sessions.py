@@ -126,6 +126,10 @@ class SessionQueue:
     def has_work(self, session_id: str) -> bool:
         return session_id in self._lines
 
+    def sessions(self) -> list[str]:
+        """The sessions with jobs here (queued, held or running)."""
+        return list(self._lines)
+
     def pinned_by_tenant(self) -> dict[str, int]:
         """Pinned sessions per tenant (each holds a worker: a claim in fair share)."""
         counts: dict[str, int] = {}
@@ -374,6 +378,7 @@ class SessionCore:
         self._work: dict[str, set[str]] = {}
         # Sessions that must not start another job (ended, or failing under ABORT).
         self._halted: set[str] = set()
+        self._loaded = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -386,16 +391,25 @@ class SessionCore:
         which pin dedicated ones)."""
         for session in await self._store.open_sessions():
             self._open[session.id] = session
+        # From now on a job of a session that is not open (it ended, and the gateway stopped
+        # before its jobs were cancelled) is held, never started.
+        self._loaded = True
 
     async def load(self) -> None:
         """Loads the open sessions' unfinished jobs (after the manager recovered its jobs,
-        before scheduling starts); ends the sessions whose TTL passed while the gateway was
-        down."""
-        if not self._open:
+        before scheduling starts); cancels the jobs recovered for sessions that had ended; ends
+        the sessions whose TTL passed while the gateway was down."""
+        if not self._loaded:
             await self.load_sessions()
         for session in list(self._open.values()):
             jobs = await self._store.session_jobs(session.id)
             self._work[session.id] = {j.id for j in jobs}
+        for queue in self._queues.values():
+            for session_id in queue.sessions():
+                if session_id not in self._open:
+                    ended = await self._store.get_session(session_id)
+                    if ended is not None:
+                        await self._cancel_jobs(ended)
         for session_id in list(self._open):
             await self._settle(session_id)
         await self.expire_due()
@@ -411,7 +425,9 @@ class SessionCore:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def halted(self, session_id: str) -> bool:
-        return session_id in self._halted
+        """Whether the session must not start another job: it is ending, has ended, or (once
+        the open sessions are loaded) is not open."""
+        return session_id in self._halted or (self._loaded and session_id not in self._open)
 
     def _dedicated(self, session_id: str) -> bool:
         session = self._open.get(session_id)

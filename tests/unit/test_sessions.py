@@ -489,3 +489,25 @@ async def test_a_batch_session_does_not_keep_a_slot(store: SqliteStore) -> None:
         await core.until("bob", theirs[1].id, "RUNNING")
     finally:
         await core.close()
+
+
+async def test_jobs_of_a_session_that_ended_before_a_crash_never_run_after_it(
+    store: SqliteStore,
+) -> None:
+    core = await build(store, slots=1)
+    s = await core.create(failure_policy=FailurePolicy.ABORT)
+    blocker = await core.submit("bob", spec("sim"))
+    await core.until("bob", blocker.id, "RUNNING")
+    jobs = [await core.submit("alice", session_spec(s)) for _ in range(2)]
+    # The session failed and the gateway died before cancelling its jobs.
+    ended = domain.end(s, SessionState.FAILED, EndReason.JOB_FAILED, core.clock())
+    assert await store.save_session(ended) is not None
+    await core.close()
+    again = await build(store, slots=1, clock=core.clock)
+    try:
+        for job in jobs:
+            await again.until("alice", job.id, "CANCELLED")
+        await again.until("bob", blocker.id, "RUNNING")
+        assert again.runner.submitted == [blocker.id]
+    finally:
+        await again.close()
