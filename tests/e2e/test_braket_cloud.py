@@ -264,6 +264,16 @@ def test_provider_failures_map_to_failure_kinds(gateway: Gateway, stub: BraketSt
         assert done.state is JobState.SUCCEEDED, done.error_message
         assert stub.stats()["calls"]["CreateQuantumTask"] - before == 3
 
+        # A 500 after Braket made the task: the retry, same clientToken, finds that task.
+        before_creates = stub.stats()
+        stub.control("lose_answer", count=1)
+        job = client.submit(TWO_REGISTERS, backend="sv1", shots=8, request_id="sv1-lost")
+        done = client.wait(job.name, timeout=30)
+        assert done.state is JobState.SUCCEEDED, done.error_message
+        after = stub.stats()
+        assert after["create_calls"] - before_creates["create_calls"] == 2
+        assert after["creates"] - before_creates["creates"] == 1
+
 
 def test_cancel_job_cancels_the_task(gateway: Gateway, stub: BraketStubProcess) -> None:
     stub.control("hold", run=True)

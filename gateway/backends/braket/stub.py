@@ -24,6 +24,7 @@ Test controls (plain JSON over POST, unsigned, under /_stub/):
 - fail {"code", "status", "message", "count"}: the next `count` creates answer that error;
   fail {"task_failure": "reason", "count"}: the next `count` tasks end FAILED.
 - throttle {"count"}: the next `count` creates answer 429 ThrottlingException.
+- lose_answer {"count"}: the next `count` creates make their task, then answer 500.
 - credentials {"valid": false, "code": "ExpiredTokenException"}: every signed call answers 403.
 GET /_stub/stats counts create calls, tasks, and the most create calls in any one second.
 Tasks are kept in memory: the stub outlives gateways, not itself.
@@ -88,6 +89,7 @@ class BraketStub:
         self.held_creates = 0
         self.create_failures: list[tuple[int, str, str]] = []
         self.task_failures: list[str] = []
+        self.lost_answers = 0
         self.throttle = 0
         self.credentials_error: str | None = None
         self.create_calls: list[float] = []  # arrival times (monotonic)
@@ -115,6 +117,8 @@ class BraketStub:
                         str(body.get("message", "invalid request")),
                     )
                     self.create_failures += [error] * count
+            elif name == "lose_answer":
+                self.lost_answers = int(body.get("count", 1))
             elif name == "throttle":
                 self.throttle = int(body.get("count", 0))
             elif name == "credentials":
@@ -179,6 +183,10 @@ class BraketStub:
                 raise StubError(status, code, message)
             task = self._create_locked(body)
             arn = task["quantumTaskArn"]
+            if self.lost_answers > 0:
+                # The task exists; the caller hears a 500 and may retry with the same token.
+                self.lost_answers -= 1
+                raise StubError(500, "InternalServiceException", "lost the answer")
             if self.hold_create:
                 # The task exists; its creator does not learn the ARN until release.
                 self.held_creates += 1
