@@ -106,7 +106,6 @@ class RunnerStep:
 
     async def _run(self, runtime: BackendRuntime, running: RunningJob) -> None:
         job = running.claim.job
-        runner = runtime.runner
         if job.state is JobState.CANCELLING and job.remote_id is None:
             # Its holder died while stopping a job that cannot be re-attached.
             runtime.breaker.release(running.permit)
@@ -117,9 +116,17 @@ class RunnerStep:
         if job.state is not JobState.QUEUED:
             # Recovered after a restart, or a claim whose holder died: the backend may already
             # have the job. Never submit what it has.
-            handle = await runner.reattach(job, job.remote_id)
+            try:
+                handle = await self._reattach(runtime, job)
+            except ExecutionError as err:
+                await self._failed(runtime, running, job, err, None)
+                return
             if handle is not None:
                 started = job
+                if job.state is JobState.SUBMITTING and handle.remote_id is not None:
+                    # Found by its token or tag after a crash before its id was stored: store
+                    # it now, so a second crash re-attaches by id.
+                    started = await self._t.running(job, handle.remote_id) or job
         prepared: PreparedJob | None = None
         t0 = time.perf_counter()
         if handle is None:
@@ -133,6 +140,21 @@ class RunnerStep:
             t0 = time.perf_counter()
         assert started is not None
         await self._follow(runtime, running, handle, started, prepared, t0)
+
+    async def _reattach(self, runtime: BackendRuntime, job: Job) -> RunHandle | None:
+        """The runner's handle on a job it may already have; a provider out of reach
+        (TRANSIENT) is asked again with back-off until the backend's run-time limit."""
+        deadline = time.monotonic() + runtime.settings.max_run_time_s
+        backoff = runtime.settings.remote_retry_s
+        while True:
+            try:
+                return await runtime.runner.reattach(job, job.remote_id)
+            except ExecutionError as err:
+                if err.kind is not FailureKind.TRANSIENT or time.monotonic() + backoff >= deadline:
+                    raise
+                log.warning("job %s: provider out of reach (%s); re-attaching later", job.id, err)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
 
     async def _submit(
         self, runtime: BackendRuntime, running: RunningJob, prepared: PreparedJob

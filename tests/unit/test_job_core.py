@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.backends.runner import ExecutionModel
-from gateway.domain.errors import ResourceExhausted, Unavailable
+from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain.errors import ExecutionError, ResourceExhausted, Unavailable
 from gateway.domain.failures import FailureKind
-from gateway.domain.jobs import JobState
+from gateway.domain.jobs import Job, JobState
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import (
@@ -373,6 +373,44 @@ async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
     core2 = await build_core(store, "memory", {"qpu": remote2}, clock=core.clock)
     try:
         await asyncio.wait_for(remote2.started.wait(), 5)
+        assert remote2.reattached == [job.id] and remote2.submitted == []
+        # The id found by token is stored at once: a second crash re-attaches by id.
+        stored = await store.get_job(job.id)
+        assert stored is not None and stored.remote_id == "r-by-token"
+        assert stored.state is JobState.RUNNING
+        remote2.succeed(job.id)
+        await core2.until("alice", job.id, "SUCCEEDED")
+    finally:
+        await _close(core2)
+
+
+class _Unreachable(ScriptedRunner):
+    """A provider out of reach at start: its first `outages` re-attach calls fail TRANSIENT."""
+
+    outages: int = 0
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        if self.outages:
+            self.outages -= 1
+            raise ExecutionError("PROVIDER_ERROR", "unreachable", kind=FailureKind.TRANSIENT)
+        return await super().reattach(job, remote_id)
+
+
+async def test_recovery_waits_out_a_provider_out_of_reach(
+    store: SqliteStore,
+) -> None:
+    remote = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": remote})
+    job = await core.submit("alice", spec("qpu"))
+    await asyncio.wait_for(remote.started.wait(), 5)
+    await core.manager.close()
+    # At the restart the provider is out of reach twice, then answers: re-attached, not resent.
+    remote2 = _Unreachable(slots=1, model=ExecutionModel.REMOTE, remote=remote.remote)
+    remote2.outages = 2
+    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=core.clock)
+    try:
+        await asyncio.wait_for(remote2.started.wait(), 5)
+        assert remote2.outages == 0  # both outages were met
         assert remote2.reattached == [job.id] and remote2.submitted == []
         remote2.succeed(job.id)
         await core2.until("alice", job.id, "SUCCEEDED")
