@@ -50,6 +50,7 @@ from gateway.domain.backends import BackendInfo, InstanceStats
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
+from gateway.domain.sessions import Session
 from gateway.runtime.retry import RetryPolicy, call_with_retries_async
 
 __all__ = [
@@ -300,6 +301,20 @@ class FaultInjectingRunner(Runner):
 
     def stats(self) -> InstanceStats | None:
         return self._inner.stats()
+
+    # Sessions reach the backend's own runner unchanged.
+
+    async def open_session(self, session: Session) -> str | None:
+        return await self._inner.open_session(session)
+
+    async def close_session(self, session: Session) -> None:
+        await self._inner.close_session(session)
+
+    def pin_session(self, session_id: str) -> None:
+        self._inner.pin_session(session_id)
+
+    def unpin_session(self, session_id: str) -> None:
+        self._inner.unpin_session(session_id)
 
     async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
         return await self._inner.reattach(job, remote_id)

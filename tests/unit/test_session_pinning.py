@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.backends.fault import FaultInjectingRunner, FaultOptions
 from gateway.domain.jobs import Job, JobResult, JobState
 from gateway.runtime.pool import PoolLimits
 from gateway.runtime.simulator_runner import WorkerPoolRunner, WorkerRunHandle
@@ -119,4 +120,16 @@ async def test_a_kept_worker_that_died_is_replaced() -> None:
     assert second != first and pool.broken == [first]
     runner.unpin_session("s1")
     await runner.close()
+    assert pool.out == set()
+
+
+async def test_the_fault_wrapper_passes_pins_to_the_runner_it_wraps() -> None:
+    pool = CountingPool()
+    inner = WorkerPoolRunner(cast(Any, pool))
+    wrapper = FaultInjectingRunner(inner, FaultOptions(), "sim")
+    wrapper.pin_session("s1")
+    first = await _run(inner, _job("s1"))
+    assert inner.pinned_worker("s1") is not None and pool.out == {first}
+    wrapper.unpin_session("s1")
+    await inner.close()
     assert pool.out == set()
