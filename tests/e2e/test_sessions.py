@@ -172,13 +172,16 @@ def test_create_get_list_close_and_cancel(clients: dict[str, Client], alice: Job
     job = alice.submit(sampler_spec(ghz(3)), s.name)
     assert job.session == s.name
     assert alice.final(job.name).state == job_pb2.JOB_STATE_SUCCEEDED
+    # The client's own submit takes the session too (a bare id is completed).
+    by_client = client.submit(ghz(3), backend="aer", session=s.name.removeprefix("sessions/"))
+    assert client.wait(by_client.name, timeout=25).state is qgateway.JobState.SUCCEEDED
     assert client.get_session(s.name).state is qgateway.SessionState.ACTIVE
     closed = client.close_session(s.name)
     assert closed.state is qgateway.SessionState.CLOSED and not closed.accepting_jobs
     assert closed.end_time is not None
     # The filter machinery of ListJobs: jobs by session.
     jobs = list(client.list_jobs(filter=f'session = "{s.name}"'))
-    assert [j.name for j in jobs] == [job.name]
+    assert [j.name for j in jobs] == [by_client.name, job.name]
 
     # CancelSession: running and queued jobs are cancelled, the session ends CLOSED.
     c = client.create_session("aer")

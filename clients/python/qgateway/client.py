@@ -50,7 +50,7 @@ from qgateway.results import (
     JobState,
     ResultAssembler,
 )
-from qgateway.sessions import AsyncSessionCalls, SessionCalls
+from qgateway.sessions import AsyncSessionCalls, SessionCalls, session_name
 from qgateway.v1 import (
     backend_pb2,
     backend_service_pb2,
@@ -413,6 +413,7 @@ def _job_spec(
     labels: Mapping[str, str] | None = None,
     max_execution_time: float | None = None,
     provider_options: Mapping[str, Any] | None = None,
+    session: str | None = None,
 ) -> job_pb2.JobSpec:
     if not pubs:
         raise ValueError("a job needs at least one PUB")
@@ -436,6 +437,9 @@ def _job_spec(
     if labels:
         # Keys [a-z][a-z0-9_-]{0,62}, values [a-z0-9_-]{0,63}, at most 64: checked by the gateway.
         spec.labels.update(labels)
+    if session:
+        # The job runs in this session, on its backend, after the session's earlier jobs.
+        spec.session = session_name(session)
     return spec
 
 
@@ -876,6 +880,7 @@ class Client(SessionCalls):
         labels: Mapping[str, str] | None = None,
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        session: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -897,6 +902,7 @@ class Client(SessionCalls):
             labels,
             max_execution_time,
             provider_options,
+            session,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
@@ -937,12 +943,15 @@ class Client(SessionCalls):
         counts_only: bool = False,
         sampler_output: SamplerOutputLike | None = None,
         labels: Mapping[str, str] | None = None,
+        session: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
         """Submits one circuit (arguments as for `run`) and returns the queued job at once.
 
-        `labels` are stored with the job (ListJobs filters on them). The returned job's
+        `labels` are stored with the job (ListJobs filters on them); `session` ("sessions/{id}"
+        or the bare id) runs it in that session, after the session's earlier jobs. The returned
+        job's
         `created` is False when the gateway returned the job of an earlier call with the same
         `request_id` instead of creating one.
         """
@@ -957,6 +966,7 @@ class Client(SessionCalls):
             counts_only=counts_only,
             sampler_output=sampler_output,
             labels=labels,
+            session=session,
             request_id=request_id,
             timeout=timeout,
         )
@@ -975,6 +985,7 @@ class Client(SessionCalls):
         labels: Mapping[str, str] | None = None,
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        session: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -995,6 +1006,7 @@ class Client(SessionCalls):
             labels,
             max_execution_time,
             provider_options,
+            session,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = self._unary(
@@ -1451,6 +1463,7 @@ class AsyncClient(AsyncSessionCalls):
         labels: Mapping[str, str] | None = None,
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        session: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1466,6 +1479,7 @@ class AsyncClient(AsyncSessionCalls):
             labels,
             max_execution_time,
             provider_options,
+            session,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
@@ -1506,6 +1520,7 @@ class AsyncClient(AsyncSessionCalls):
         counts_only: bool = False,
         sampler_output: SamplerOutputLike | None = None,
         labels: Mapping[str, str] | None = None,
+        session: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1521,6 +1536,7 @@ class AsyncClient(AsyncSessionCalls):
             counts_only=counts_only,
             sampler_output=sampler_output,
             labels=labels,
+            session=session,
             request_id=request_id,
             timeout=timeout,
         )
@@ -1539,6 +1555,7 @@ class AsyncClient(AsyncSessionCalls):
         labels: Mapping[str, str] | None = None,
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        session: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1554,6 +1571,7 @@ class AsyncClient(AsyncSessionCalls):
             labels,
             max_execution_time,
             provider_options,
+            session,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = await self._unary(
