@@ -425,3 +425,47 @@ def test_the_simulator_is_built_once_per_worker(manila: IbmAdapter) -> None:
         ),
     )
     assert ibm.simulator_builds() - before == 1
+
+
+def test_a_restricted_noise_model_gives_the_same_shots() -> None:
+    """The noise model restricted to a circuit's qubits is the whole model for that circuit:
+    the same seed gives the very same shots on FakeBrisbane (127 qubits)."""
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_aer import AerSimulator
+
+    fake = ibm._fake_backend("FakeBrisbane")
+    simulator = AerSimulator.from_backend(fake)
+    full = simulator.options.noise_model
+    ghz = QuantumCircuit(3, 3)
+    ghz.h(0)
+    ghz.cx(0, 1)
+    ghz.cx(1, 2)
+    ghz.measure([0, 1, 2], [0, 1, 2])
+    isa = generate_preset_pass_manager(1, target=fake.target, seed_transpiler=0).run(ghz)
+    touched = ibm._touched(isa)
+    assert len(touched) == 3
+    counts_full = simulator.run(isa, shots=2000, seed_simulator=9).result().get_counts()
+    restricted = ibm._restricted(full, touched)
+    assert set(restricted._local_readout_errors) == {(q,) for q in touched}
+    simulator.set_options(noise_model=restricted)
+    counts_restricted = simulator.run(isa, shots=2000, seed_simulator=9).result().get_counts()
+    assert counts_restricted == counts_full
+    assert len(counts_full) > 2  # noisy, really
+    # The whole model is untouched.
+    assert len(full._local_readout_errors) == 127
+
+
+def test_an_observable_on_an_idle_qubit_keeps_its_readout_error(manila: IbmAdapter) -> None:
+    # q[1] gets no gate: <Z1> is exactly 1 without noise; its readout error (2-5 % on Manila)
+    # pulls the estimate (resilience 0: no mitigation) below 1.
+    pub = EstimatorPub(
+        circuit=q3("qubit[2] q; x q[0];"),
+        observables=(Observable((("Z", 1.0, (1,)),)),),
+        observables_shape=(1,),
+        bindings=Bindings(),
+        precision=0.004,
+    )
+    _, results = run(manila, spec(pub, provider_options={"resilience_level": 0}))
+    est = results[0]
+    assert isinstance(est, EstimatorResult)
+    assert 0.8 < est.expectation_values[0] < 0.99, est.expectation_values

@@ -18,12 +18,21 @@ deep-copies it when given an AerSimulator. Here the simulator is built once per 
 deep copy is itself: the runtime's only changes to its copy are the run's seed and a qubit cap,
 and a worker runs one job at a time.
 
+Aer hands the simulator's whole noise model to its C++ core on every run: ~1.5-2.5 s for a
+127-qubit device, whatever the circuit's size. Before each run the simulator gets the device's
+noise model restricted to the qubits the run touches (the circuit's, and for the estimator the
+observables' measured qubits): the errors of qubits that never get an instruction cannot act,
+and the same seed gives the very same shots (tests/unit/test_ibm_adapter.py). Dynamical
+decoupling, which the runtime applies after this choice and may extend to other qubits, runs
+with the whole model.
+
 With credentials the cloud runner (gateway.backends.ibm.cloud) runs jobs on the real service
 instead (`create_runner`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import math
@@ -66,6 +75,7 @@ _PROVIDER_FIELD = "spec.options.provider_options"
 _LOOSE_PREFIX = "_qgateway_loose_"
 _NOT_ACTIVE = frozenset({"barrier", "delay"})
 _RUNNABLES = 64
+_NOISE_MODELS = 64
 
 # A circuit as the runtime runs it, and each register's name and circuit-wide clbits.
 _Runnable = tuple[QuantumCircuit, tuple[tuple[str, tuple[int, ...]], ...]]
@@ -111,6 +121,9 @@ class IbmAdapter(QiskitAdapter):
         self.ibm_options: IbmOptions = self.options
         self._fake: Any = None
         self._simulator: Any = None
+        # The device's whole noise model, and restrictions of it by the qubits a run touches.
+        self._noise: Any = None
+        self._noise_models: dict[frozenset[int], Any] = {}
         # By circuit key: the circuit as the runtime runs it, and its registers' clbits.
         self._runnables: dict[str, _Runnable] = {}
         # The running job's provider options (a simulator worker runs one job at a time).
@@ -205,7 +218,7 @@ class IbmAdapter(QiskitAdapter):
         self._sim()
         probe = QuantumCircuit(1, 1)
         probe.measure(0, 0)
-        self._sampler(0).run([(probe, None, 1)]).result()
+        self._sampler(0, frozenset({0})).run([(probe, None, 1)]).result()
 
     def execute(self, payload: object) -> ExecutionOutcome:
         if not isinstance(payload, IbmPayload):
@@ -225,7 +238,8 @@ class IbmAdapter(QiskitAdapter):
     ) -> SamplerResult:
         runnable, registers = self._runnable(task.circuit.key, circuit)
         pub = (runnable, _bindings(runnable, task.parameters, task.values, task.shape), task.shots)
-        result = _call(lambda: self._sampler(task.seed).run([pub]).result())
+        sampler = self._sampler(task.seed, _touched(runnable))
+        result = _call(lambda: sampler.run([pub]).result())
         data = result[0].data
         size = task.size
         bits = np.zeros((size, task.shots, circuit.num_clbits), dtype=np.uint8)
@@ -252,8 +266,10 @@ class IbmAdapter(QiskitAdapter):
         layout = _layout_of(circuit)
         n = circuit.num_qubits
         observables = []
+        touched = set(_touched(circuit))
         for observable in task.observables:
             terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
+            touched.update(q for _, qubits, _ in terms for q in qubits)
             observables.append(SparsePauliOp.from_sparse_list(terms or [("", (), 0.0)], n))
         array = np.empty(len(observables), dtype=object)
         array[:] = observables
@@ -262,7 +278,7 @@ class IbmAdapter(QiskitAdapter):
         # the runtime's default precision here: a sampled estimate is never exact).
         precision = task.precision if task.precision > 0 else None
         pub = (circuit, array.reshape(task.observables_shape), bindings, precision)
-        estimator = self._estimator(task.seed)
+        estimator = self._estimator(task.seed, frozenset(touched))
         result = _call(lambda: estimator.run([pub]).result())
         evs = np.asarray(result[0].data.evs, dtype=np.float64).reshape(task.shape)
         stds = np.asarray(result[0].data.stds, dtype=np.float64).reshape(task.shape)
@@ -291,7 +307,9 @@ class IbmAdapter(QiskitAdapter):
             array.reshape(1, len(terms)),
             _bindings(circuit, parameters, values, (size, 1)),
         )
-        result = _call(lambda: self._estimator(0).run([pub]).result())
+        touched = _touched(circuit) | {q for _, qubits in terms for q in qubits}
+        estimator = self._estimator(0, touched)
+        result = _call(lambda: estimator.run([pub]).result())
         return np.asarray(result[0].data.evs, dtype=np.float64).reshape(size, len(terms))
 
     # ------------------------------------------------------------------ runtime primitives
@@ -305,9 +323,28 @@ class IbmAdapter(QiskitAdapter):
                     self._simulator = _shared_simulator_class().from_backend(
                         self.fake_backend(), max_memory_mb=budget_mb
                     )
+                    self._noise = self._simulator.options.noise_model
                     with _builds_lock:
                         _builds += 1
         return self._simulator
+
+    def _simulator_for(self, qubits: frozenset[int]) -> Any:
+        """The simulator, its noise model restricted to `qubits` (see the module docstring)."""
+        simulator = self._sim()
+        if self._noise is None:
+            return simulator  # an ideal device
+        dd = self._job_options.dynamical_decoupling
+        if dd is not None and dd.enable:
+            model = self._noise
+        else:
+            model = self._noise_models.get(qubits)
+            if model is None:
+                if len(self._noise_models) >= _NOISE_MODELS:
+                    self._noise_models.clear()
+                model = self._noise_models[qubits] = _restricted(self._noise, qubits)
+        if simulator.options.noise_model is not model:
+            simulator.set_options(noise_model=model)
+        return simulator
 
     def _primitive_options(
         self, primitive: Literal["sampler", "estimator"], seed: int
@@ -316,15 +353,17 @@ class IbmAdapter(QiskitAdapter):
         options["simulator"] = {"seed_simulator": seed}
         return options
 
-    def _sampler(self, seed: int) -> Any:
+    def _sampler(self, seed: int, qubits: frozenset[int]) -> Any:
         from qiskit_ibm_runtime.executor_sampler import Sampler
 
-        return Sampler(mode=self._sim(), options=self._primitive_options("sampler", seed))
+        mode = self._simulator_for(qubits)
+        return Sampler(mode=mode, options=self._primitive_options("sampler", seed))
 
-    def _estimator(self, seed: int) -> Any:
+    def _estimator(self, seed: int, qubits: frozenset[int]) -> Any:
         from qiskit_ibm_runtime.executor_estimator import Estimator
 
-        return Estimator(mode=self._sim(), options=self._primitive_options("estimator", seed))
+        mode = self._simulator_for(qubits)
+        return Estimator(mode=mode, options=self._primitive_options("estimator", seed))
 
     def _runnable(self, key: str, circuit: QuantumCircuit) -> _Runnable:
         """The circuit with every loose clbit in a register of its own (the runtime reports
@@ -368,11 +407,32 @@ _SharedSimulator: Any = None
 
 
 def _active_qubits(circuit: QuantumCircuit) -> int:
+    return len(_touched(circuit))
+
+
+def _touched(circuit: QuantumCircuit) -> frozenset[int]:
+    """Indices of the qubits some instruction other than a barrier or delay acts on (inside
+    control flow too: its block's qubits are the operation's)."""
     used = set()
     for instruction in circuit.data:
         if instruction.operation.name not in _NOT_ACTIVE:
             used.update(instruction.qubits)
-    return len(used)
+    return frozenset(circuit.find_bit(q).index for q in used)
+
+
+def _restricted(noise_model: Any, qubits: frozenset[int]) -> Any:
+    """`noise_model` without the local errors of qubits outside `qubits` (errors are shared,
+    not copied; default and custom-pass noise, e.g. relaxation during delays, stay whole)."""
+    model = copy.copy(noise_model)
+    model._local_quantum_errors = {
+        name: {q: e for q, e in errors.items() if qubits.issuperset(q)}
+        for name, errors in noise_model._local_quantum_errors.items()
+    }
+    model._local_readout_errors = {
+        q: e for q, e in noise_model._local_readout_errors.items() if qubits.issuperset(q)
+    }
+    model._noise_qubits = {q for q in noise_model._noise_qubits if q in qubits}
+    return model
 
 
 def _bindings(
