@@ -15,6 +15,7 @@ from gateway.api.context import Context
 from gateway.api.session_filter import parse_session_filter
 from gateway.domain.errors import FieldViolation, InvalidArgument, Unimplemented
 from gateway.domain.labels import validate_labels
+from gateway.domain.pricing import Totals
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
 from gateway.jobs.sessions import NewSession, SessionCore
 from gateway.security.principals import tenant_of
@@ -105,7 +106,7 @@ def decode_new_session(msg: session_pb2.Session) -> NewSession:
     )
 
 
-def encode_session(session: Session) -> session_pb2.Session:
+def encode_session(session: Session, totals: Totals | None = None) -> session_pb2.Session:
     out = session_pb2.Session(
         name=codec.SESSION_PREFIX + session.id,
         tenant=session.tenant,
@@ -122,6 +123,11 @@ def encode_session(session: Session) -> session_pb2.Session:
     if session.ended_at is not None:
         out.end_time.FromDatetime(session.ended_at)
     out.labels.update(session.labels)
+    if totals is not None:
+        out.usage.shots = totals.shots
+        out.usage.execution_duration.FromNanoseconds(int(totals.execution_seconds * 1e9))
+        for cost in totals.costs:
+            out.costs.add(amount=cost.amount, unit=cost.unit)
     return out
 
 
@@ -160,6 +166,9 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self._sessions = sessions
         self._page_tokens = page_tokens
 
+    async def _encode(self, session: Session) -> session_pb2.Session:
+        return encode_session(session, await self._sessions.totals(session))
+
     async def CreateSession(
         self, request: session_service_pb2.CreateSessionRequest, context: Context
     ) -> session_service_pb2.CreateSessionResponse:
@@ -173,14 +182,14 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             tenant_of(context), request_id, _request_digest(request.session), new
         )
         return session_service_pb2.CreateSessionResponse(
-            session=encode_session(session), created=created
+            session=await self._encode(session), created=created
         )
 
     async def GetSession(
         self, request: session_service_pb2.GetSessionRequest, context: Context
     ) -> session_service_pb2.GetSessionResponse:
         session = await self._sessions.get(tenant_of(context), codec.session_id(request.name))
-        return session_service_pb2.GetSessionResponse(session=encode_session(session))
+        return session_service_pb2.GetSessionResponse(session=await self._encode(session))
 
     async def CloseSession(
         self, request: session_service_pb2.CloseSessionRequest, context: Context
@@ -188,7 +197,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         session = await self._sessions.close_session(
             tenant_of(context), codec.session_id(request.name)
         )
-        return session_service_pb2.CloseSessionResponse(session=encode_session(session))
+        return session_service_pb2.CloseSessionResponse(session=await self._encode(session))
 
     async def CancelSession(
         self, request: session_service_pb2.CancelSessionRequest, context: Context
@@ -196,7 +205,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         session = await self._sessions.cancel_session(
             tenant_of(context), codec.session_id(request.name)
         )
-        return session_service_pb2.CancelSessionResponse(session=encode_session(session))
+        return session_service_pb2.CancelSessionResponse(session=await self._encode(session))
 
     async def ListSessions(
         self, request: session_service_pb2.ListSessionsRequest, context: Context
@@ -209,7 +218,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         after = None if sealed is None else _cursor_from(sealed)
         page = await self._sessions.list(tenant, filter=session_filter, after=after, limit=limit)
         return session_service_pb2.ListSessionsResponse(
-            sessions=[encode_session(s) for s in page.sessions],
+            sessions=[await self._encode(s) for s in page.sessions],
             next_page_token=(
                 self._page_tokens.seal(_cursor(page.next_cursor), **where)
                 if page.next_cursor is not None

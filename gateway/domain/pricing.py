@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     # gateway.domain.jobs keeps a job's Usage and Cost: only the annotation needs JobSpec.
     from gateway.domain.jobs import JobSpec
 
-__all__ = ["Cost", "CostEstimate", "Price", "Usage", "charge", "estimate", "job_shots"]
+__all__ = [
+    "Cost",
+    "CostEstimate",
+    "Price",
+    "Totals",
+    "Usage",
+    "charge",
+    "estimate",
+    "job_shots",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,15 @@ class Usage:
     execution_seconds: float
     provider_cost: float | None = None
     provider_unit: str = ""
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a group of finished jobs (a session) used and cost: costs summed per unit."""
+
+    shots: int = 0
+    execution_seconds: float = 0.0
+    costs: tuple[Cost, ...] = ()
 
 
 @dataclass(frozen=True)

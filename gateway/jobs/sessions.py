@@ -43,6 +43,7 @@ from gateway.domain import sessions as domain
 from gateway.domain.errors import FieldViolation, GatewayError, InvalidArgument
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobSpec, JobState
+from gateway.domain.pricing import Totals
 from gateway.domain.sessions import (
     FailurePolicy,
     Session,
@@ -446,6 +447,10 @@ class SessionCore:
         if session is None:
             raise domain.session_not_found(session_id)
         return session
+
+    async def totals(self, session: Session) -> Totals:
+        """What the session's finished jobs used and cost so far."""
+        return await self._store.session_totals(session.id)
 
     async def list(
         self, tenant: str, *, filter: JobFilter, after: JobCursor | None, limit: int

@@ -25,6 +25,7 @@ from gateway.domain.jobs import (
     JobTimings,
     SamplerOutput,
 )
+from gateway.domain.pricing import Totals
 from gateway.domain.sessions import Session
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
@@ -275,6 +276,10 @@ class Store(Protocol):
 
     async def open_sessions(self) -> Sequence[Session]:
         """Every session that has not ended, oldest first."""
+
+    async def session_totals(self, session_id: str) -> Totals:
+        """What the session's finished jobs used and cost (costs summed per unit)."""
+        ...
 
     async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:
         """The session's jobs (non-final ones unless `include_final`), oldest first."""

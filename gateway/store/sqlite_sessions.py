@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import FINAL_STATES, Job
+from gateway.domain.pricing import Cost, Totals
 from gateway.domain.sessions import (
     EndReason,
     FailurePolicy,
@@ -272,6 +273,32 @@ class SqliteSessions:
                 " ORDER BY created_at, id"
             ).fetchall()
             return [_row(r) for r in rows]
+
+        return await self._call(op, readonly=True)
+
+    async def session_totals(self, session_id: str) -> Totals:
+        """What the session's finished jobs used and cost, summed in SQL (a session may hold
+        many jobs; their usage lives in each job's execution record)."""
+
+        def op(conn: sqlite3.Connection) -> Totals:
+            shots, seconds = conn.execute(
+                "SELECT COALESCE(SUM(json_extract(execution, '$.usage.shots')), 0),"
+                " COALESCE(SUM(json_extract(execution, '$.usage.execution_seconds')), 0.0)"
+                " FROM jobs WHERE session_id = ? AND execution IS NOT NULL",
+                (session_id,),
+            ).fetchone()
+            costs = conn.execute(
+                "SELECT json_extract(execution, '$.cost.unit') AS unit,"
+                " SUM(json_extract(execution, '$.cost.amount'))"
+                " FROM jobs WHERE session_id = ? AND json_extract(execution, '$.cost') IS NOT NULL"
+                " GROUP BY unit ORDER BY unit",
+                (session_id,),
+            ).fetchall()
+            return Totals(
+                shots=int(shots),
+                execution_seconds=float(seconds),
+                costs=tuple(Cost(float(amount), str(unit)) for unit, amount in costs),
+            )
 
         return await self._call(op, readonly=True)
 

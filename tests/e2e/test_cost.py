@@ -115,6 +115,24 @@ def test_a_finished_job_reports_its_usage_and_cost(client: Client) -> None:
     assert free.cost is None
 
 
+def test_a_session_reports_its_running_total(client: Client) -> None:
+    session = client.create_session("priced", mode="BATCH")
+    assert session.shots == 0 and session.costs == ()
+    jobs = [
+        client.wait(
+            client.submit_pubs(pubs(), backend="priced", seed=i, session=session.name).name,
+            timeout=60,
+        )
+        for i in range(2)
+    ]
+    assert all(j.state == "SUCCEEDED" for j in jobs)
+    total = client.get_session(session.name)
+    assert total.shots == 2 * 350
+    assert len(total.costs) == 1 and total.costs[0].unit == "USD"
+    assert math.isclose(total.costs[0].amount, 2 * (0.3 + 0.001 * 350))
+    client.close_session(session.name)
+
+
 def test_backends_show_their_price(client: Client) -> None:
     priced = client.get_backend("priced").price
     assert priced is not None

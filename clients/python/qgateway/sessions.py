@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from qgateway.results import Cost
 from qgateway.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 _SessionStub: Any = session_service_pb2_grpc.SessionServiceStub
@@ -59,6 +60,8 @@ class Session:
         max_ttl: Seconds it may live from its first job.
         idle_ttl: Seconds it may wait for a next job.
         accepting_jobs: Whether a job may still be submitted into it.
+        shots: Shots its finished jobs ran so far.
+        costs: What its finished jobs cost so far, one total per unit.
     """
 
     name: str
@@ -74,6 +77,8 @@ class Session:
     end_time: datetime | None
     provider_session_id: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    shots: int = 0
+    costs: tuple[Cost, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: session_pb2.Session) -> Session:
@@ -93,6 +98,8 @@ class Session:
             end_time=_time(msg.end_time, msg.HasField("end_time")),
             provider_session_id=msg.provider_session_id,
             labels=dict(msg.labels),
+            shots=msg.usage.shots,
+            costs=tuple(Cost.from_proto(c) for c in msg.costs),
         )
 
 

@@ -26,9 +26,10 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from qgateway.v1 import job_pb2 as qgateway_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qgateway/v1/session.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x05\n\x07Session\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x06tenant\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\x07\x62\x61\x63kend\x18\x03 \x01(\tB\x1e\xe2\x41\x02\x02\x05\xfa\x41\x16\n\x14qgateway.dev/Backend\x12-\n\x04mode\x18\x04 \x01(\x0e\x32\x18.qgateway.v1.SessionModeB\x05\xe2\x41\x02\x01\x05\x12.\n\x05state\x18\x05 \x01(\x0e\x32\x19.qgateway.v1.SessionStateB\x04\xe2\x41\x01\x03\x12\x30\n\x07max_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x31\n\x08idle_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x63\x63\x65pting_jobs\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12?\n\x0e\x66\x61ilure_policy\x18\t \x01(\x0e\x32!.qgateway.v1.SessionFailurePolicyB\x04\xe2\x41\x01\x01\x12!\n\x13provider_session_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x06labels\x18\r \x03(\x0b\x32 .qgateway.v1.Session.LabelsEntryB\x04\xe2\x41\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:@\xea\x41=\n\x14qgateway.dev/Session\x12\x12sessions/{session}*\x08sessions2\x07session*_\n\x0bSessionMode\x12\x1c\n\x18SESSION_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_MODE_DEDICATED\x10\x01\x12\x16\n\x12SESSION_MODE_BATCH\x10\x02*\xb1\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SESSION_STATE_PENDING\x10\x01\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x02\x12\x19\n\x15SESSION_STATE_CLOSING\x10\x03\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x04\x12\x18\n\x14SESSION_STATE_FAILED\x10\x05*\x85\x01\n\x14SessionFailurePolicy\x12&\n\"SESSION_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fSESSION_FAILURE_POLICY_CONTINUE\x10\x01\x12 \n\x1cSESSION_FAILURE_POLICY_ABORT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qgateway/v1/session.proto\x12\x0bqgateway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15qgateway/v1/job.proto\"\x92\x06\n\x07Session\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x06tenant\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\x07\x62\x61\x63kend\x18\x03 \x01(\tB\x1e\xe2\x41\x02\x02\x05\xfa\x41\x16\n\x14qgateway.dev/Backend\x12-\n\x04mode\x18\x04 \x01(\x0e\x32\x18.qgateway.v1.SessionModeB\x05\xe2\x41\x02\x01\x05\x12.\n\x05state\x18\x05 \x01(\x0e\x32\x19.qgateway.v1.SessionStateB\x04\xe2\x41\x01\x03\x12\x30\n\x07max_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x31\n\x08idle_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61\x63\x63\x65pting_jobs\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12?\n\x0e\x66\x61ilure_policy\x18\t \x01(\x0e\x32!.qgateway.v1.SessionFailurePolicyB\x04\xe2\x41\x01\x01\x12!\n\x13provider_session_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x06labels\x18\r \x03(\x0b\x32 .qgateway.v1.Session.LabelsEntryB\x04\xe2\x41\x01\x01\x12*\n\x05usage\x18\x0e \x01(\x0b\x32\x15.qgateway.v1.JobUsageB\x04\xe2\x41\x01\x03\x12&\n\x05\x63osts\x18\x0f \x03(\x0b\x32\x11.qgateway.v1.CostB\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:@\xea\x41=\n\x14qgateway.dev/Session\x12\x12sessions/{session}*\x08sessions2\x07session*_\n\x0bSessionMode\x12\x1c\n\x18SESSION_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_MODE_DEDICATED\x10\x01\x12\x16\n\x12SESSION_MODE_BATCH\x10\x02*\xb1\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SESSION_STATE_PENDING\x10\x01\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x02\x12\x19\n\x15SESSION_STATE_CLOSING\x10\x03\x12\x18\n\x14SESSION_STATE_CLOSED\x10\x04\x12\x18\n\x14SESSION_STATE_FAILED\x10\x05*\x85\x01\n\x14SessionFailurePolicy\x12&\n\"SESSION_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fSESSION_FAILURE_POLICY_CONTINUE\x10\x01\x12 \n\x1cSESSION_FAILURE_POLICY_ABORT\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,16 +64,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
   _globals['_SESSION'].fields_by_name['labels']._loaded_options = None
   _globals['_SESSION'].fields_by_name['labels']._serialized_options = b'\342A\001\001'
+  _globals['_SESSION'].fields_by_name['usage']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['usage']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['costs']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['costs']._serialized_options = b'\342A\001\003'
   _globals['_SESSION']._loaded_options = None
   _globals['_SESSION']._serialized_options = b'\352A=\n\024qgateway.dev/Session\022\022sessions/{session}*\010sessions2\007session'
-  _globals['_SESSIONMODE']._serialized_start=872
-  _globals['_SESSIONMODE']._serialized_end=967
-  _globals['_SESSIONSTATE']._serialized_start=970
-  _globals['_SESSIONSTATE']._serialized_end=1147
-  _globals['_SESSIONFAILUREPOLICY']._serialized_start=1150
-  _globals['_SESSIONFAILUREPOLICY']._serialized_end=1283
-  _globals['_SESSION']._serialized_start=168
-  _globals['_SESSION']._serialized_end=870
-  _globals['_SESSION_LABELSENTRY']._serialized_start=759
-  _globals['_SESSION_LABELSENTRY']._serialized_end=804
+  _globals['_SESSIONMODE']._serialized_start=979
+  _globals['_SESSIONMODE']._serialized_end=1074
+  _globals['_SESSIONSTATE']._serialized_start=1077
+  _globals['_SESSIONSTATE']._serialized_end=1254
+  _globals['_SESSIONFAILUREPOLICY']._serialized_start=1257
+  _globals['_SESSIONFAILUREPOLICY']._serialized_end=1390
+  _globals['_SESSION']._serialized_start=191
+  _globals['_SESSION']._serialized_end=977
+  _globals['_SESSION_LABELSENTRY']._serialized_start=866
+  _globals['_SESSION_LABELSENTRY']._serialized_end=911
 # @@protoc_insertion_point(module_scope)

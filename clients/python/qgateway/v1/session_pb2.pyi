@@ -4,11 +4,12 @@ from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from qgateway.v1 import job_pb2 as _job_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -47,7 +48,7 @@ SESSION_FAILURE_POLICY_CONTINUE: SessionFailurePolicy
 SESSION_FAILURE_POLICY_ABORT: SessionFailurePolicy
 
 class Session(_message.Message):
-    __slots__ = ("name", "tenant", "backend", "mode", "state", "max_ttl", "idle_ttl", "accepting_jobs", "failure_policy", "provider_session_id", "create_time", "end_time", "labels")
+    __slots__ = ("name", "tenant", "backend", "mode", "state", "max_ttl", "idle_ttl", "accepting_jobs", "failure_policy", "provider_session_id", "create_time", "end_time", "labels", "usage", "costs")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +69,8 @@ class Session(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COSTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant: str
     backend: str
@@ -81,4 +84,6 @@ class Session(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., mode: _Optional[_Union[SessionMode, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., max_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., accepting_jobs: _Optional[bool] = ..., failure_policy: _Optional[_Union[SessionFailurePolicy, str]] = ..., provider_session_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    usage: _job_pb2.JobUsage
+    costs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Cost]
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., mode: _Optional[_Union[SessionMode, str]] = ..., state: _Optional[_Union[SessionState, str]] = ..., max_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., idle_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., accepting_jobs: _Optional[bool] = ..., failure_policy: _Optional[_Union[SessionFailurePolicy, str]] = ..., provider_session_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., usage: _Optional[_Union[_job_pb2.JobUsage, _Mapping]] = ..., costs: _Optional[_Iterable[_Union[_job_pb2.Cost, _Mapping]]] = ...) -> None: ...
