@@ -13,7 +13,6 @@ from gateway.api import codec, paging, result_stream
 from gateway.api.context import Context
 from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest
-from gateway.api.session_service import sessions_not_implemented
 from gateway.api.spec_cache import SpecCache
 from gateway.domain.errors import (
     DeadlineExceeded,
@@ -90,7 +89,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         run_max_wait_s: float = 60.0,
         *,
         page_tokens: paging.PageTokens,
-        sessions: SessionCore | None = None,
+        sessions: SessionCore,
     ) -> None:
         self._manager = manager
         # Jobs naming a session are admitted through it (gateway.jobs.sessions).
@@ -126,11 +125,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # decoded once.
         digest = self._specs.digest(spec_bytes, spec)
         try:
-            if spec.session and self._sessions is None:
-                raise sessions_not_implemented("spec.session")
             domain_spec = self._specs.decoded(spec_bytes, spec)
             submit = self._manager.submit
-            if domain_spec.session and self._sessions is not None:
+            if domain_spec.session:
                 submit = self._sessions.submit
             # A retry that validates is found by the store, which deduplicates atomically
             # when it creates the job (the outcome says created or found).
@@ -161,12 +158,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         """validate_only (AIP-163): the submission's checks and its cost estimate; no job is
         created and the request_id is not recorded."""
         spec.DiscardUnknownFields()
-        if spec.session:
-            raise sessions_not_implemented("spec.session")
+        tenant = tenant_of(context)
         spec_bytes = spec.SerializeToString(deterministic=True)
-        estimate = await self._manager.validate(
-            tenant_of(context), self._specs.decoded(spec_bytes, spec)
-        )
+        domain_spec = self._specs.decoded(spec_bytes, spec)
+        if domain_spec.session:
+            await self._sessions.check_accepts(tenant, domain_spec)
+        estimate = await self._manager.validate(tenant, domain_spec)
         return job_service_pb2.SubmitJobResponse(
             created=False, cost_estimate=codec.encode_cost_estimate(estimate)
         )

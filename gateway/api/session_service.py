@@ -13,7 +13,7 @@ from qgateway.v1 import session_pb2, session_service_pb2, session_service_pb2_gr
 from gateway.api import codec, paging
 from gateway.api.context import Context
 from gateway.api.session_filter import parse_session_filter
-from gateway.domain.errors import FieldViolation, InvalidArgument, Unimplemented
+from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.labels import validate_labels
 from gateway.domain.pricing import Totals
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
@@ -21,7 +21,6 @@ from gateway.jobs.sessions import NewSession, SessionCore
 from gateway.security.principals import tenant_of
 from gateway.store.base import JobCursor
 
-SESSIONS_NOT_IMPLEMENTED = "SESSIONS_NOT_IMPLEMENTED"
 SERVICE_NAME = "qgateway.v1.SessionService"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CREATED_US = struct.Struct(">q")
@@ -51,15 +50,6 @@ _STATES_OUT = {
     SessionState.CLOSED: session_pb2.SESSION_STATE_CLOSED,
     SessionState.FAILED: session_pb2.SESSION_STATE_FAILED,
 }
-
-
-def sessions_not_implemented(what: str) -> Unimplemented:
-    """The answer where a gateway runs without sessions; `what` names the call or field."""
-    return Unimplemented(
-        SESSIONS_NOT_IMPLEMENTED,
-        f"{what}: sessions are not enabled on this gateway",
-        metadata={"unimplemented": what},
-    )
 
 
 def _bad_session(field: str, problem: str) -> InvalidArgument:

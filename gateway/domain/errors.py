@@ -292,7 +292,6 @@ REASONS: Final[Mapping[str, Code]] = {
     "RUN_DEADLINE_EXCEEDED": Code.DEADLINE_EXCEEDED,
     "GATEWAY_DRAINING": Code.ABORTED,
     # Declared in v1, not built yet.
-    "SESSIONS_NOT_IMPLEMENTED": Code.UNIMPLEMENTED,
     # Job failures (Job.error) that are not client errors found late.
     "OUT_OF_MEMORY": Code.RESOURCE_EXHAUSTED,
     "JOB_TIMEOUT": Code.DEADLINE_EXCEEDED,

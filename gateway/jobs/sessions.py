@@ -532,6 +532,14 @@ class SessionCore:
                     await self._open_provider_session(updated)
         return outcome
 
+    async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
+        """What `submit` checks of the session before admitting a job (validate_only)."""
+        session = await self.get(tenant, spec.session)
+        if not session.state.accepts_jobs:
+            raise domain.session_closed(session)
+        if spec.backend != session.backend:
+            raise domain.session_backend_mismatch(session, spec.backend)
+
     async def close_session(self, tenant: str, session_id: str) -> Session:
         """CloseSession: no more jobs; CLOSING until its jobs are done, then CLOSED."""
         async with self._locked(session_id):

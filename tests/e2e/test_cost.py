@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from qgateway import Client, sampler_pub
-from qgateway.errors import InvalidArgumentError
+from qgateway.errors import FailedPreconditionError, InvalidArgumentError
 
 from tests.gateway_process import GatewayProcess, write_config
 
@@ -130,7 +130,12 @@ def test_a_session_reports_its_running_total(client: Client) -> None:
     assert total.shots == 2 * 350
     assert len(total.costs) == 1 and total.costs[0].unit == "USD"
     assert math.isclose(total.costs[0].amount, 2 * (0.3 + 0.001 * 350))
+    # validate_only checks the session as a submission would: open, and on its backend.
+    assert client.validate(pubs(), backend="priced", session=session.name).shots == 350
     client.close_session(session.name)
+    with pytest.raises(FailedPreconditionError) as info:
+        client.validate(pubs(), backend="priced", session=session.name)
+    assert info.value.reason == "SESSION_CLOSED"
 
 
 def test_backends_show_their_price(client: Client) -> None:

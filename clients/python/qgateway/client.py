@@ -1028,6 +1028,7 @@ class Client(SessionCalls):
         seed: int | None = None,
         default_precision: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        session: str | None = None,
         timeout: float | None = None,
     ) -> CostEstimate:
         """Checks PUBs as a submission would be checked (SubmitJob with validate_only: the
@@ -1041,6 +1042,7 @@ class Client(SessionCalls):
             _sampler_output(None, False),
             default_precision,
             provider_options=provider_options,
+            session=session,
         )
         response: job_service_pb2.SubmitJobResponse = self._unary(
             self._jobs.SubmitJob,
