@@ -265,7 +265,8 @@ class AuthConfig(_Strict):
 
 
 def _default_backends() -> dict[str, BackendConfig]:
-    """The local fleet: every SDK's simulators, one warm worker each (Aer's statevector two)."""
+    """The local fleet: every SDK's simulators and an IBM fake device, one warm worker each
+    (Aer's statevector two)."""
     return {
         "aer": BackendConfig(
             adapter="aer",
@@ -284,6 +285,8 @@ def _default_backends() -> dict[str, BackendConfig]:
         "pennylane-default": BackendConfig(
             adapter="pennylane", options={"device": "default.qubit"}
         ),
+        # IBM's own primitives in local mode on a fake device (credentials switch to the cloud).
+        "ibm-fake-manila": BackendConfig(adapter="ibm", options={"backend": "FakeManilaV2"}),
     }
 
 

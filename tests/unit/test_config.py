@@ -29,6 +29,7 @@ def test_the_embedded_default_is_the_local_fleet_under_the_conformance_suite() -
         "braket-dm",
         "pennylane-lightning",
         "pennylane-default",
+        "ibm-fake-manila",
     }
     # Every default backend but the MPS method is held to the conformance suite (MPS is
     # Aer's own code with another method; its own tests are in test_aer_adapter).
