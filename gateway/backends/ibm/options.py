@@ -73,6 +73,12 @@ class IbmOptions(QiskitOptions):
     token: SecretStr | None = None
     url: str | None = None
     iam_url: str | None = None
+    # The cloud runner's own knobs (gateway.backends.ibm.cloud; unused offline).
+    max_concurrent_jobs: int = Field(default=16, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
+    creates_per_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    retry_attempts: int = Field(default=4, ge=1)
+    retry_backoff_s: float = Field(default=0.5, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

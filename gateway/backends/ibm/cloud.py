@@ -1,0 +1,738 @@
+"""The IBM Quantum cloud runner: jobs on the real service through qiskit-ibm-runtime's client.
+
+`create_runner(adapter)` builds it when the backend's options carry credentials (the adapter's
+`create_runner` calls it). It is a REMOTE runner (gateway.backends.runner):
+
+- The SDK's own client: a QiskitRuntimeService (channel, instance CRN, token, url) and the
+  device's IBMBackend; jobs go out through its V2 primitives in job mode (SamplerV2 or
+  EstimatorV2, `mode=backend`) on the ISA circuits the adapter transpiled for the device's
+  target (`device_target`, fetched from the service, is what the adapter compiles for). A job
+  that belongs to a gateway session would run in an IBM Runtime `Session`/`Batch` as its mode
+  instead: the hook is `_mode()`, which returns the backend until the SessionService hands
+  runners a session.
+- `submit` tags the runtime job with ``qgateway-job:<gateway job id>`` (and the sampler output
+  it must be read back as) and returns its id at once. Creates are paced by a token bucket
+  (`creates_per_s`); a create that failed transiently is retried with backoff, but only after
+  the service's job list, searched by the tag, shows the failed attempt made no job.
+- `reattach` finds a job by its stored id, or by the tag when the gateway died between the
+  create call and storing the id; it never submits.
+- `wait` polls the job's status (`poll_interval_s`) and decodes the runtime's PrimitiveResult
+  into the gateway's JobResult from the result alone (register names, shapes and shots are in
+  it), so a re-attached job needs no prepared payload. `cancel` cancels the runtime job.
+- Failures: 429, 5xx and connection errors are TRANSIENT ("PROVIDER_ERROR"); 401/403 (an
+  expired or revoked key) are BACKEND_FAULT ("PROVIDER_ERROR", metadata providerStatus): the
+  breaker counts them, the probe turns the backend NOT_SERVING, and the runner builds a fresh
+  client (a new IAM token) on its next call; other 4xx are CLIENT_ERROR ("PROVIDER_REJECTED")
+  with the provider's error code in the metadata (providerErrorCode); a job FAILED at the service is
+  BACKEND_FAULT ("EXECUTION_FAILED") with its reason.
+
+The IAM address: the SDK derives it from the instance CRN unless the IAM_URL environment
+variable names one, so a configured `iam_url` is set there (one per gateway process). The
+service URL: a URL with a path (``http://127.0.0.1:PORT/api/v1``) is the Runtime API base
+itself; one without (``https://cloud.ibm.com``) goes through the SDK's regional resolver. The
+instance must be a CRN: the runner does not list the account's instances through IBM Cloud's
+Global Search (the SDK's access check), and a key without access to it fails at the first call.
+
+The token is a SecretStr until the moment it is handed to the SDK; nothing here logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.backends.qiskit.adapter import EstimatorTask, QiskitPayload, SamplerTask
+from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled_error
+from gateway.domain.bitarray import Counts
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import (
+    EstimatorResult,
+    Job,
+    JobResult,
+    PubResult,
+    RegisterResult,
+    SamplerOutput,
+    SamplerResult,
+)
+from gateway.runtime.retry import RetryPolicy, http_status_of, is_transient
+
+if TYPE_CHECKING:
+    from qiskit.transpiler import Target
+
+    from gateway.backends.ibm.adapter import IbmAdapter
+    from gateway.backends.ibm.options import IbmOptions
+
+__all__ = [
+    "JOB_TAG_PREFIX",
+    "CloudSettings",
+    "IbmCloudHandle",
+    "IbmCloudRunner",
+    "create_runner",
+    "device_target",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JOB_TAG_PREFIX = "qgateway-job:"
+_OUTPUT_TAG_PREFIX = "qgateway-output:"
+_IAM_ENV = "IAM_URL"
+_iam_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """What the runner needs from the backend's options (IbmOptions) and its own knobs."""
+
+    name: str
+    device: str
+    channel: str
+    instance: str
+    url: str | None
+    iam_url: str | None
+    token: Any  # SecretStr: revealed only when the SDK client is built
+    max_concurrent_jobs: int = 16
+    poll_interval_s: float = 1.0
+    creates_per_s: float = 5.0
+    retry_attempts: int = 4
+    retry_backoff_s: float = 0.5
+    max_retry_backoff_s: float = 10.0
+    request_timeout_s: float = 30.0
+
+    @classmethod
+    def from_options(cls, name: str, options: IbmOptions) -> CloudSettings:
+        if options.token is None:
+            raise ValueError(f"backends/{name}: the IBM cloud runner needs a token")
+        if not options.instance or not options.instance.startswith("crn:"):
+            raise ValueError(f"backends/{name}: `instance` must be the service instance's CRN")
+        extra = {
+            key: getattr(options, key)
+            for key in (
+                "max_concurrent_jobs",
+                "poll_interval_s",
+                "creates_per_s",
+                "retry_attempts",
+                "retry_backoff_s",
+            )
+            if getattr(options, key, None) is not None
+        }
+        return cls(
+            name=name,
+            device=options.backend,
+            channel=options.channel or "ibm_quantum_platform",
+            instance=options.instance,
+            url=options.url,
+            iam_url=options.iam_url,
+            token=options.token,
+            **extra,
+        )
+
+
+def create_runner(adapter: IbmAdapter) -> IbmCloudRunner:
+    """The cloud runner of an IBM backend whose options carry credentials."""
+    return IbmCloudRunner(CloudSettings.from_options(adapter.context.name, adapter.ibm_options))
+
+
+def device_target(name: str, options: IbmOptions) -> Target:
+    """The device's Target as the service describes it (configuration and properties): what
+    circuits are transpiled for. Blocking (network calls): call it off the event loop."""
+    client = _Client(CloudSettings.from_options(name, options))
+    target: Target = client.backend().target
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# The SDK client, built lazily and rebuilt after an authentication failure.
+# --------------------------------------------------------------------------------------------
+
+
+def _set_iam_url(iam_url: str | None) -> None:
+    if iam_url is None:
+        return
+    with _iam_lock:
+        current = os.environ.get(_IAM_ENV)
+        if current is not None and current != iam_url:
+            raise ValueError(
+                "one gateway process can use one IBM IAM address; two IBM backends name "
+                "different iam_url values"
+            )
+        os.environ[_IAM_ENV] = iam_url
+
+
+def _runtime_url(settings: CloudSettings) -> tuple[str | None, Callable[..., str] | None]:
+    """The SDK's `url` and `url_resolver`: a URL with a path is the API base as given."""
+    if settings.url is None:
+        return None, None
+    if urlsplit(settings.url).path not in ("", "/"):
+        return settings.url, lambda url, instance, private_endpoint=False, channel="": url
+    return settings.url, None
+
+
+class _KeyRejected(Exception):
+    """IAM refused the API key (HTTP 400/401 from the token exchange)."""
+
+    status_code = 401
+
+
+def _check_key(settings: CloudSettings) -> None:
+    """Exchanges the key for a token once with a fresh token manager, so a refused key fails
+    at once: the SDK would fall back to sending the raw key, and its token manager paces a
+    retry after a failed exchange for up to a minute."""
+    from qiskit_ibm_runtime.api.auth import CloudAuth
+
+    auth = CloudAuth(api_key=settings.token.get_secret_value(), crn=settings.instance)
+    try:
+        auth.tm.get_token()
+    except Exception as exc:
+        status = http_status_of(exc)
+        if status is not None and status in (400, 401, 403):
+            raise _KeyRejected(f"IAM refused the API key (HTTP {status})") from None
+        raise
+
+
+class _Client:
+    """The QiskitRuntimeService and the device's IBMBackend (blocking; used from threads)."""
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._service: Any = None
+        self._backend: Any = None
+
+    def service(self) -> Any:
+        with self._lock:
+            if self._service is None:
+                self._service = self._build()
+            return self._service
+
+    def backend(self) -> Any:
+        service = self.service()
+        with self._lock:
+            if self._backend is None:
+                self._backend = service.backend(self.settings.device)
+            return self._backend
+
+    def reset(self) -> None:
+        """Drops the client: the next call authenticates again (a fresh IAM token)."""
+        with self._lock:
+            self._service = None
+            self._backend = None
+
+    def _build(self) -> Any:
+        from qiskit_ibm_runtime import QiskitRuntimeService
+
+        class GatewayRuntimeService(QiskitRuntimeService):  # type: ignore[misc]
+            # The configured CRN is the one instance used: no Global Search listing.
+            def instances(self) -> list[dict[str, Any]]:
+                return [
+                    {
+                        "crn": self._account.instance,
+                        "plan": "",
+                        "name": "",
+                        "tags": [],
+                        "pricing_type": "",
+                    }
+                ]
+
+        settings = self.settings
+        _set_iam_url(settings.iam_url)
+        _check_key(settings)
+        # The SDK logs every submission at INFO; the gateway logs its own view of jobs.
+        logging.getLogger("qiskit_ibm_runtime").setLevel(logging.WARNING)
+        url, resolver = _runtime_url(settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return GatewayRuntimeService(
+                channel=settings.channel,
+                token=settings.token.get_secret_value(),
+                instance=settings.instance,
+                url=url,
+                url_resolver=resolver,
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Pacing creates.
+# --------------------------------------------------------------------------------------------
+
+
+class _TokenBucket:
+    """At most `rate` acquisitions per second, evenly spaced."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        # No bursts: creates are spaced 1/rate apart, so no one-second window sees more.
+        self._capacity = 1.0
+        self._tokens = self._capacity
+        self._clock = clock
+        self._updated = clock()
+        self._lock = threading.Lock()
+
+    def delay(self) -> float:
+        """Takes a token; the seconds to wait before using it."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+            self._updated = now
+            self._tokens -= 1.0
+            if self._tokens >= 0:
+                return 0.0
+            return -self._tokens / self._rate
+
+
+# --------------------------------------------------------------------------------------------
+# The runner.
+# --------------------------------------------------------------------------------------------
+
+
+class IbmCloudHandle(RunHandle):
+    """A runtime job: `remote_id` is its id (never None)."""
+
+    def __init__(self, job_id: str, remote_id: str) -> None:
+        super().__init__(job_id, remote_id)
+
+
+class IbmCloudRunner(Runner):
+    """The REMOTE runner of an IBM backend with credentials (see the module docstring)."""
+
+    model = ExecutionModel.REMOTE
+
+    def __init__(self, settings: CloudSettings, *, sleep: Callable[[float], None] = time.sleep):
+        self.settings = settings
+        self.name = settings.name
+        self._client = _Client(settings)
+        self._sleep = sleep
+        self._bucket = _TokenBucket(settings.creates_per_s)
+        self._policy = RetryPolicy(
+            max_attempts=settings.retry_attempts,
+            initial_backoff_s=min(settings.retry_backoff_s, settings.max_retry_backoff_s),
+            max_backoff_s=settings.max_retry_backoff_s,
+        )
+        self._calls = anyio.CapacityLimiter(8)
+        self._waits = anyio.CapacityLimiter(settings.max_concurrent_jobs)
+
+    @property
+    def capacity(self) -> int:
+        return self.settings.max_concurrent_jobs
+
+    # ------------------------------------------------------------------------- contract
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> IbmCloudHandle:
+        payload = prepared.payload
+        inner = getattr(payload, "inner", payload)
+        options = getattr(payload, "options", None)
+        if not isinstance(inner, QiskitPayload):
+            raise TypeError(f"not an IBM payload: {type(payload).__name__}")
+        remote_id = await self._run(lambda: self._submit(inner, options, job), self._calls)
+        return IbmCloudHandle(job.id, remote_id)
+
+    async def wait(self, handle: RunHandle) -> ExecutionOutcome:
+        remote_id = _remote(handle)
+        while True:
+            outcome = await self._run(lambda: self._poll(remote_id), self._waits)
+            if outcome is not None:
+                return outcome
+            await anyio.sleep(self.settings.poll_interval_s)
+
+    async def cancel(self, handle: RunHandle) -> None:
+        remote_id = _remote(handle)
+
+        def cancel() -> None:
+            from qiskit_ibm_runtime.exceptions import RuntimeInvalidStateError
+
+            job = self._call(lambda: self._client.service().job(remote_id), remote_id)
+            try:
+                self._call(job.cancel, remote_id)
+            except ExecutionError as err:
+                if not isinstance(err.__cause__, RuntimeInvalidStateError):
+                    raise  # a final job cannot be cancelled: nothing to do
+
+        await self._run(cancel, self._calls)
+
+    async def reattach(self, job: Job, remote_id: str | None) -> IbmCloudHandle | None:
+        def find() -> str | None:
+            try:
+                return self._find(job.id, remote_id)
+            except ExecutionError as err:
+                raise _while_following(err) from err
+
+        found = await self._run(find, self._calls)
+        return None if found is None else IbmCloudHandle(job.id, found)
+
+    async def probe(self, prepared: PreparedJob, timeout: float) -> None:
+        """Asks for the device's status (free, unlike a job): answering and operational."""
+
+        def ask() -> None:
+            status = self._call(lambda: self._client.backend().status(), None, attempts=1)
+            if not status.operational:
+                raise ExecutionError(
+                    "PROVIDER_ERROR",
+                    f"backends/{self.name}: the device is not operational ({status.status_msg})"[
+                        :300
+                    ],
+                    kind=FailureKind.BACKEND_FAULT,
+                )
+
+        with anyio.fail_after(timeout):
+            await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
+
+    # ------------------------------------------------------------------------- blocking halves
+
+    def _submit(self, payload: QiskitPayload, options: Any, job: Job) -> str:
+        tasks = payload.tasks
+        samplers = [t for t in tasks if isinstance(t, SamplerTask)]
+        if samplers and len(samplers) != len(tasks):
+            raise ExecutionError(
+                "UNSUPPORTED_FEATURE",
+                f"backends/{self.name} runs sampler and estimator PUBs in separate jobs",
+                kind=FailureKind.CLIENT_ERROR,
+            )
+        primitive = "sampler" if samplers else "estimator"
+        pubs = [_sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t) for t in tasks]
+        tag = JOB_TAG_PREFIX + job.id
+        tags = [tag, _OUTPUT_TAG_PREFIX + payload.sampler_output.value]
+        runtime_options = options.runtime_options(primitive) if options is not None else {}
+        attempt = 1
+        while True:
+            delay = self._bucket.delay()
+            if delay > 0:
+                self._sleep(delay)
+            try:
+                return self._create(primitive, pubs, tags, runtime_options)
+            except ExecutionError as err:
+                if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
+                    raise
+                log.warning("job %s: create failed transiently (%s); checking by tag", job.id, err)
+            self._sleep(self._policy.backoff(attempt, _rng))
+            attempt += 1
+            # The failed attempt may have made the job (a reply lost after acceptance).
+            found = self._find(job.id, None)
+            if found is not None:
+                return found
+
+    def _create(
+        self, primitive: str, pubs: list[Any], tags: list[str], runtime_options: Mapping[str, Any]
+    ) -> str:
+        def create() -> str:
+            from qiskit_ibm_runtime import EstimatorV2, SamplerV2
+
+            backend = self._client.backend()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                cls = SamplerV2 if primitive == "sampler" else EstimatorV2
+                runner = cls(mode=self._mode(backend))
+            if runtime_options:
+                runner.options.update(**runtime_options)
+            runner.options.environment.job_tags = tags
+            return str(runner.run(pubs).job_id())
+
+        return self._call(create, None, attempts=1)
+
+    def _mode(self, backend: Any) -> Any:
+        """The primitives' mode: the device (job mode). A gateway session's job would run in
+        its IBM Runtime Session or Batch here, once runners are handed sessions."""
+        return backend
+
+    def _find(self, job_id: str, remote_id: str | None) -> str | None:
+        service_call = self._client.service
+        if remote_id is not None:
+            from qiskit_ibm_runtime.exceptions import RuntimeJobNotFound
+
+            try:
+                found = self._call(lambda: service_call().job(remote_id), remote_id)
+            except ExecutionError as err:
+                if isinstance(err.__cause__, RuntimeJobNotFound):
+                    return None
+                raise
+            return str(found.job_id())
+        jobs = self._call(
+            lambda: service_call().jobs(job_tags=[JOB_TAG_PREFIX + job_id], limit=10), None
+        )
+        if not jobs:
+            return None
+        if len(jobs) > 1:
+            log.error(
+                "job %s: %d runtime jobs carry its tag; following the oldest", job_id, len(jobs)
+            )
+        return str(jobs[-1].job_id())
+
+    def _poll(self, remote_id: str) -> ExecutionOutcome | None:
+        try:
+            return self._poll_once(remote_id)
+        except ExecutionError as err:
+            raise _while_following(err) from err
+
+    def _poll_once(self, remote_id: str) -> ExecutionOutcome | None:
+        job = self._call(lambda: self._client.service().job(remote_id), remote_id)
+        status = str(self._call(job.status, remote_id))
+        if status == "DONE":
+            result = self._call(job.result, remote_id)
+            output = _output_from_tags(job.tags or [])
+            try:
+                return _outcome(result, output)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"backends/{self.name}: unreadable runtime result: {type(exc).__name__}",
+                    kind=FailureKind.BACKEND_FAULT,
+                    metadata={"providerJobId": remote_id},
+                ) from None
+        if status == "ERROR":
+            try:
+                reason = str(job.error_message() or "no reason given")
+            except Exception as exc:  # the reason is fetched with the results
+                reason = f"(its reason could not be read: {type(exc).__name__})"
+            raise ExecutionError(
+                "EXECUTION_FAILED",
+                f"backends/{self.name}: runtime job {remote_id} failed: {reason}"[:500],
+                kind=FailureKind.BACKEND_FAULT,
+                metadata={"providerJobId": remote_id},
+            )
+        if status == "CANCELLED":
+            cancelled = cancelled_error(f"the job was cancelled at backends/{self.name}")
+            cancelled.metadata["providerJobId"] = remote_id
+            raise cancelled
+        return None
+
+    # ------------------------------------------------------------------------- plumbing
+
+    async def _run(self, fn: Callable[[], T], limiter: anyio.CapacityLimiter) -> T:
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+
+    def _call(self, fn: Callable[[], T], remote_id: str | None, *, attempts: int = 0) -> T:
+        """One SDK call; transient failures retried (never a create: `attempts=1`), every
+        failure as an ExecutionError whose __cause__ is the SDK's exception."""
+        limit = attempts or self._policy.max_attempts
+        attempt = 1
+        while True:
+            try:
+                return fn()
+            except ExecutionError:
+                raise
+            except Exception as exc:
+                err = self._error(exc, remote_id)
+                if err.kind is FailureKind.BACKEND_FAULT and _auth_failure(exc):
+                    self._client.reset()
+                if err.kind is not FailureKind.TRANSIENT or attempt >= limit:
+                    raise err from exc
+            self._sleep(self._policy.backoff(attempt, _rng))
+            attempt += 1
+
+    def _error(self, exc: BaseException, remote_id: str | None) -> ExecutionError:
+        metadata = {"providerJobId": remote_id} if remote_id else {}
+        status = _status_of(exc)
+        if status is not None:
+            metadata["providerStatus"] = str(status)
+        code = _provider_code(exc)
+        if code is not None:
+            metadata["providerErrorCode"] = code
+        text = f"backends/{self.name}: {type(exc).__name__}: {_first_line(exc)}"[:500]
+        if _auth_failure(exc):
+            return ExecutionError(
+                "PROVIDER_ERROR",
+                f"backends/{self.name}: the service refused the credentials (HTTP "
+                f"{status or 401}); check the API key and instance",
+                kind=FailureKind.BACKEND_FAULT,
+                metadata=metadata,
+            )
+        if _is_transient(exc):
+            return ExecutionError(
+                "PROVIDER_ERROR", text, kind=FailureKind.TRANSIENT, metadata=metadata
+            )
+        if status is not None and 400 <= status < 500 and status != 404:
+            return ExecutionError(
+                "PROVIDER_REJECTED", text, kind=FailureKind.CLIENT_ERROR, metadata=metadata
+            )
+        return ExecutionError(
+            "EXECUTION_FAILED", text, kind=FailureKind.BACKEND_FAULT, metadata=metadata
+        )
+
+
+_rng = __import__("random").Random()
+
+
+def _while_following(err: ExecutionError) -> ExecutionError:
+    """Refused credentials while following (or looking for) a job the provider may have: the
+    job goes on there, so the failure is TRANSIENT and the job core re-attaches with backoff
+    until the key works again (the probe reports the backend NOT_SERVING meanwhile). Only a
+    submit's refusal is a BACKEND_FAULT the breaker counts."""
+    if err.kind is FailureKind.BACKEND_FAULT and err.reason == "PROVIDER_ERROR":
+        return ExecutionError(
+            err.reason, err.message, kind=FailureKind.TRANSIENT, metadata=err.metadata
+        )
+    return err
+
+
+def _remote(handle: RunHandle) -> str:
+    if handle.remote_id is None:
+        raise TypeError(f"{handle!r} has no runtime job id")
+    return handle.remote_id
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, its causes and contexts: the SDK re-raises with `from None` (the status
+    is then on the context only)."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(out) < 8 and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for link in _chain(exc):
+        if type(link).__name__ == "IBMNotAuthorizedError":
+            return 401
+        status = http_status_of(link)
+        if status is not None:
+            return status
+    return None
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    return _status_of(exc) in (401, 403)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return any(is_transient(link) for link in _chain(exc))
+
+
+def _provider_code(exc: BaseException) -> str | None:
+    for link in _chain(exc):
+        response = getattr(link, "response", None)
+        if response is None or not hasattr(response, "json"):
+            continue
+        try:
+            body = response.json()
+        except Exception:  # not JSON
+            continue
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and error.get("code") is not None:
+            return str(error["code"])[:64]
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return str(errors[0].get("code"))[:64]
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else ""
+
+
+# --------------------------------------------------------------------------------------------
+# PUBs out, results in.
+# --------------------------------------------------------------------------------------------
+
+
+def _circuit(task: SamplerTask | EstimatorTask) -> Any:
+    import pickle
+
+    from qiskit.circuit import ClassicalRegister
+
+    circuit = pickle.loads(task.circuit.data)
+    loose = [bit for bit in circuit.clbits if not circuit.find_bit(bit).registers]
+    if loose:
+        # The runtime reports registers only: a loose bit gets a register of its own, named
+        # as the gateway's front end names it.
+        circuit = circuit.copy()
+        taken = {r.name for r in circuit.cregs}
+        for bit in loose:
+            name = f"clbit{circuit.find_bit(bit).index}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            circuit.add_register(ClassicalRegister(name=name, bits=[bit]))
+    return circuit
+
+
+def _sampler_pub(task: SamplerTask) -> Any:
+    from gateway.backends.ibm.adapter import _bindings
+
+    circuit = _circuit(task)
+    return (circuit, _bindings(circuit, task.parameters, task.values, task.shape), task.shots)
+
+
+def _estimator_pub(task: EstimatorTask) -> Any:
+    from qiskit.quantum_info import SparsePauliOp
+
+    from gateway.backends.ibm.adapter import _bindings
+    from gateway.backends.qiskit.adapter import _layout_of, _physical_term
+
+    circuit = _circuit(task)
+    layout = _layout_of(circuit)
+    n = circuit.num_qubits
+    observables = []
+    for observable in task.observables:
+        terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
+        observables.append(SparsePauliOp.from_sparse_list(terms or [("", (), 0.0)], n))
+    array = np.empty(len(observables), dtype=object)
+    array[:] = observables
+    bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
+    precision = task.precision if task.precision > 0 else None
+    return (circuit, array.reshape(task.observables_shape), bindings, precision)
+
+
+def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
+    for tag in tags:
+        if tag.startswith(_OUTPUT_TAG_PREFIX):
+            return SamplerOutput(tag[len(_OUTPUT_TAG_PREFIX) :])
+    return SamplerOutput.SAMPLES_AND_COUNTS
+
+
+def _outcome(result: Any, output: SamplerOutput) -> ExecutionOutcome:
+    """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator)."""
+    import qiskit_ibm_runtime
+
+    pubs: list[PubResult] = []
+    for pub in result:
+        data = pub.data
+        if hasattr(data, "evs"):
+            evs = np.asarray(data.evs, dtype=np.float64)
+            stds = np.asarray(data.stds, dtype=np.float64)
+            precision = float(pub.metadata.get("target_precision", 0.0) or 0.0)
+            pubs.append(
+                EstimatorResult(
+                    shape=tuple(evs.shape),
+                    expectation_values=evs,
+                    standard_errors=stds,
+                    precision=precision,
+                )
+            )
+            continue
+        registers = []
+        shape: tuple[int, ...] = ()
+        shots = 0
+        for name, array in data.items():
+            shape = tuple(int(d) for d in array.shape)
+            shots = int(array.num_shots)
+            samples = np.ascontiguousarray(array.array, dtype=np.uint8)
+            counts: tuple[Counts, ...] = ()
+            if output.counts:
+                size = math.prod(shape)
+                rows = samples.reshape(size, shots, samples.shape[-1])
+                counts = tuple(Counts.from_rows(rows[b], array.num_bits) for b in range(size))
+            registers.append(
+                RegisterResult(
+                    name, int(array.num_bits), samples if output.samples else None, counts
+                )
+            )
+        pubs.append(SamplerResult(shape=shape, shots=shots, registers=tuple(registers)))
+    return ExecutionOutcome(
+        result=JobResult(pubs=tuple(pubs)),
+        sdk_versions={"qiskit-ibm-runtime": qiskit_ibm_runtime.__version__},
+    )

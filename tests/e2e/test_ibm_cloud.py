@@ -1,0 +1,197 @@
+"""The IBM cloud runner through real gateways, against the Runtime stub in its own process.
+
+qiskit-ibm-runtime's own client talks to a loopback stub of the Runtime REST API and IAM
+(gateway.backends.ibm.stub_service), which runs the ISA circuits on Aer and answers in the
+Runtime's result format: everything up to the network boundary is the SDK's real code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qgateway import Client, JobState, RetryPolicy
+
+from tests.gateway_process import GatewayProcess, write_config
+from tests.ibm_stub import API_KEY, IbmStub
+from tests.loopback_service import TWO_REGISTERS
+
+ADMIN = "\n[auth]\nanonymous_admin = true\n"
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IbmStub]:
+    root = tmp_path_factory.mktemp("ibm-stub")
+    process = IbmStub.start(root / "state", root / "stub.log")
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def gateway(stub: IbmStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("ibm-gw")
+    # "ibmq1" runs one job at a time and opens its breaker at the first backend fault.
+    strict = stub.backend_block(
+        "ibmq1",
+        extra="health_interval_s = 0.3\nbreaker = { failure_threshold = 1, cooldown_s = 2 }\n",
+        max_concurrent_jobs=1,
+    )
+    config = write_config(root / "g.toml", root / "data", stub.backend_block() + strict + ADMIN)
+    gw = GatewayProcess.start(config, root / "gateway.log")
+    yield gw
+    assert gw.terminate() == 0
+    assert API_KEY not in (root / "gateway.log").read_text()
+
+
+def until(client: Client, name: str, state: JobState) -> JobState:
+    for job in client.watch(name, timeout=20):
+        if job.state is state or job.done:
+            return job.state
+    raise AssertionError(f"{name} never reached {state}")
+
+
+def wait_for(check: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_job_runs_queued_running_done_with_a_real_result(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    stub.control("hold_jobs", {"on": True})
+    try:
+        with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+            job = client.submit(TWO_REGISTERS, backend="ibmq", shots=32, request_id="ibm-1")
+            assert until(client, job.name, JobState.RUNNING) is JobState.RUNNING
+            (remote,) = stub.jobs_tagged(job.id)
+            assert remote["status"] == "Queued"  # held at the provider, RUNNING at the gateway
+            stub.control("hold_jobs", {"on": False})
+            done = client.wait(job.name, timeout=20)
+        assert done.state is JobState.SUCCEEDED, done.error_message
+        assert done.result is not None
+        assert done.result.counts(register="a") == {"01": 32}
+        assert done.result.counts(register="b") == {"011": 32}
+        assert [j["status"] for j in stub.jobs_tagged(job.id)] == ["Completed"]
+    finally:
+        stub.control("hold_jobs", {"on": False})
+
+
+def test_provider_failures_and_cancel(stub: IbmStub, gateway: GatewayProcess) -> None:
+    with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+        # A job that fails at the provider.
+        stub.control("fail", {"jobs": 1, "message": "calibration drifted"})
+        failed = client.wait(client.submit(TWO_REGISTERS, backend="ibmq", shots=8).name, timeout=20)
+        assert failed.state is JobState.FAILED
+        assert failed.error_reason == "EXECUTION_FAILED"
+        assert "calibration drifted" in (failed.error_message or "")
+        # A create the provider refuses as invalid: its code in the job's error metadata.
+        stub.control("fail", {"creates": 1, "status": 400, "code": 1216, "message": "bad pub"})
+        refused = client.wait(
+            client.submit(TWO_REGISTERS, backend="ibmq", shots=8).name, timeout=20
+        )
+        assert refused.state is JobState.FAILED
+        assert refused.error_reason == "PROVIDER_REJECTED"
+        assert refused.error is not None
+        assert refused.error.metadata.get("providerErrorCode") == "1216"
+        # CancelJob cancels the runtime job.
+        stub.control("hold_jobs", {"on": True})
+        try:
+            doomed = client.submit(TWO_REGISTERS, backend="ibmq", shots=8)
+            assert until(client, doomed.name, JobState.RUNNING) is JobState.RUNNING
+            client.cancel(doomed.name)
+            assert client.wait(doomed.name, timeout=20).state is JobState.CANCELLED
+            assert [j["status"] for j in stub.jobs_tagged(doomed.id)] == ["Cancelled"]
+        finally:
+            stub.control("hold_jobs", {"on": False})
+
+
+def test_a_burst_keeps_to_the_create_rate(stub: IbmStub, gateway: GatewayProcess) -> None:
+    # The stub answers 429 above 5 creates in any second; the gateway paces itself to 4/s.
+    stub.control("throttle", {"creates_per_s": 5})
+    before = stub.stats()
+    try:
+        with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+            jobs = [client.submit(TWO_REGISTERS, backend="ibmq", shots=4) for _ in range(10)]
+            for job in jobs:
+                assert client.wait(job.name, timeout=20).state is JobState.SUCCEEDED
+    finally:
+        stub.control("throttle", {"creates_per_s": None})
+    after = stub.stats()
+    assert after["creates"] - before["creates"] == 10
+    assert after["create_calls"] - before["create_calls"] == 10  # none refused, none repeated
+    per_second = {
+        k: v - before["create_calls_per_second"].get(k, 0)
+        for k, v in after["create_calls_per_second"].items()
+    }
+    assert max(per_second.values()) <= 5, per_second
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_between_create_and_storing_the_id_makes_one_runtime_job(
+    stub: IbmStub, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "g.toml", tmp_path / "data", stub.backend_block() + ADMIN)
+    log = tmp_path / "gateway.log"
+    stub.control("hold_create", {"count": 1})
+    try:
+        gw = GatewayProcess.start(config, log)
+        with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
+            job = client.submit(TWO_REGISTERS, backend="ibmq", shots=16, request_id="kill-1")
+        # The runtime job exists; its id never reached the gateway.
+        wait_for(lambda: len(stub.jobs_tagged(job.id)) == 1)
+        gw.kill()
+    finally:
+        stub.control("release_create")
+    gw = GatewayProcess.start(config, log)
+    with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
+        done = client.wait(job.name, timeout=30)
+    assert gw.terminate() == 0
+    assert done.state is JobState.SUCCEEDED, done.error_message
+    assert done.result is not None and done.result.counts(register="a") == {"01": 16}
+    assert len(stub.jobs_tagged(job.id)) == 1  # found by its tag, never submitted again
+    assert API_KEY not in log.read_text()
+
+
+def test_a_rejected_key_stops_the_backend_and_queued_jobs_wait(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    # ibmq1 runs one job at a time: `running` holds the slot while the others queue.
+    stub.control("hold_jobs", {"on": True})
+    try:
+        with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+            running = client.submit(TWO_REGISTERS, backend="ibmq1", shots=8)
+            assert until(client, running.name, JobState.RUNNING) is JobState.RUNNING
+            queued = [client.submit(TWO_REGISTERS, backend="ibmq1", shots=8) for _ in range(2)]
+            stub.control("reject_token", {"on": True})
+
+            def serving(expected: bool) -> bool:
+                health = client.get_backend("ibmq1", view="FULL").health
+                return health is not None and health.serving is expected
+
+            wait_for(lambda: serving(False))  # the probe's status call is refused
+            # The running job finishes at the provider while the gateway cannot read it:
+            # it is followed again later, not failed; the queued jobs wait.
+            stub.control("hold_jobs", {"on": False})
+            wait_for(lambda: stub.jobs_tagged(running.id)[0]["status"] == "Completed")
+            assert client.get_job(running.name).state is JobState.RUNNING
+            assert [client.get_job(j.name).state for j in queued] == [JobState.QUEUED] * 2
+            stub.control("reject_token", {"on": False})
+            for job in [running, *queued]:
+                assert client.wait(job.name, timeout=20).state is JobState.SUCCEEDED
+            wait_for(lambda: serving(True))
+            # A submission the provider refuses for the key is the backend's fault: the
+            # breaker (threshold 1) counts it and opens.
+            stub.control("reject_token", {"on": True})
+            refused = client.wait(
+                client.submit(TWO_REGISTERS, backend="ibmq1", shots=8).name, timeout=20
+            )
+            assert refused.state is JobState.FAILED
+            assert refused.error_reason == "PROVIDER_ERROR"
+            assert client.get_backend("ibmq1", view="FULL").breaker_state == "OPEN"
+    finally:
+        stub.control("hold_jobs", {"on": False})
+        stub.control("reject_token", {"on": False})
