@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import threading
 import time
 import warnings
@@ -562,7 +563,8 @@ class IbmCloudRunner(Runner):
         )
 
 
-_rng = __import__("random").Random()
+# Jitter of retry backoffs.
+_rng = random.Random()
 
 
 def _while_following(err: ExecutionError) -> ExecutionError:

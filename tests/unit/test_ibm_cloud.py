@@ -1,0 +1,177 @@
+"""The IBM cloud runner's logic, in process: pacing, failure kinds, never creating twice, and
+reading the runtime's results into the gateway's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from qiskit.primitives import BitArray, DataBin, PrimitiveResult, SamplerPubResult
+from qiskit.primitives.containers import PubResult
+
+from gateway.backends.ibm import cloud
+from gateway.backends.qiskit.adapter import QiskitPayload
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import EstimatorResult, SamplerOutput, SamplerResult
+
+
+def settings(**kw: Any) -> cloud.CloudSettings:
+    return cloud.CloudSettings(
+        name="ibmq",
+        device="ibm_test",
+        channel="ibm_cloud",
+        instance="crn:v1:bluemix:public:quantum-computing:us-east:a/0:1::",
+        url=None,
+        iam_url=None,
+        token=SecretStr("secret-key"),
+        **kw,
+    )
+
+
+def test_creates_are_spaced_one_over_the_rate() -> None:
+    now = [0.0]
+    bucket = cloud._TokenBucket(4.0, clock=lambda: now[0])
+    delays = [bucket.delay() for _ in range(5)]
+    # Taken at once: the first goes now, each next one 0.25 s after the one before.
+    assert delays == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    now[0] = 10.0  # idle: no saved-up burst
+    assert bucket.delay() == 0.0
+    assert bucket.delay() == pytest.approx(0.25)
+
+
+class IBMNotAuthorizedError(Exception):
+    pass
+
+
+class RequestsApiError(Exception):
+    def __init__(self, message: str, status_code: int = -1) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class Response:
+    def __init__(self, status: int, body: object) -> None:
+        self.status_code = status
+        self._body = body
+
+    def json(self) -> object:
+        return self._body
+
+
+class HTTPError(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"{response.status_code} Client Error")
+        self.response = response
+
+
+def raised(exc: BaseException, wrap: bool) -> BaseException:
+    """`exc` as the SDK raises it: re-raised from None (the status only on the context)."""
+    if not wrap:
+        return exc
+    try:
+        try:
+            raise exc
+        except BaseException:
+            raise RuntimeError("Failed to run program") from None
+    except RuntimeError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "reason"),
+    [
+        (IBMNotAuthorizedError("401 Client Error"), FailureKind.BACKEND_FAULT, "PROVIDER_ERROR"),
+        (RequestsApiError("429", 429), FailureKind.TRANSIENT, "PROVIDER_ERROR"),
+        (RequestsApiError("502", 502), FailureKind.TRANSIENT, "PROVIDER_ERROR"),
+        (ConnectionResetError("reset"), FailureKind.TRANSIENT, "PROVIDER_ERROR"),
+        (
+            HTTPError(Response(400, {"error": {"code": 1216}})),
+            FailureKind.CLIENT_ERROR,
+            "PROVIDER_REJECTED",
+        ),
+        (ValueError("something else"), FailureKind.BACKEND_FAULT, "EXECUTION_FAILED"),
+    ],
+)
+@pytest.mark.parametrize("wrap", [False, True])
+def test_provider_errors_become_failure_kinds(
+    exc: BaseException, kind: FailureKind, reason: str, wrap: bool
+) -> None:
+    runner = cloud.IbmCloudRunner(settings())
+    err = runner._error(raised(exc, wrap), "r-1")
+    assert (err.kind, err.reason) == (kind, reason)
+    assert err.metadata["providerJobId"] == "r-1"
+    if reason == "PROVIDER_REJECTED":
+        assert err.metadata["providerErrorCode"] == "1216"
+        assert err.metadata["providerStatus"] == "400"
+    assert "secret-key" not in err.message
+
+
+def test_refused_credentials_while_following_a_job_are_transient() -> None:
+    runner = cloud.IbmCloudRunner(settings())
+    fault = runner._error(IBMNotAuthorizedError("401"), "r-1")
+    assert cloud._while_following(fault).kind is FailureKind.TRANSIENT
+    other = ExecutionError("EXECUTION_FAILED", "x", kind=FailureKind.BACKEND_FAULT)
+    assert cloud._while_following(other) is other
+
+
+def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> None:
+    runner = cloud.IbmCloudRunner(settings(retry_backoff_s=0.01), sleep=lambda s: None)
+    creates: list[list[str]] = []
+    found: list[str | None] = ["r-made-by-the-lost-reply"]
+
+    def create(primitive: str, pubs: Any, tags: list[str], options: Any) -> str:
+        creates.append(tags)
+        raise ExecutionError("PROVIDER_ERROR", "503", kind=FailureKind.TRANSIENT)
+
+    runner._create = create  # type: ignore[method-assign]
+    runner._find = lambda job_id, remote_id: found[0]  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1"})()
+    payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, ())
+    assert runner._submit(payload, None, job) == "r-made-by-the-lost-reply"  # type: ignore[arg-type]
+    assert creates == [["qgateway-job:job-1", "qgateway-output:COUNTS"]]
+
+    # No job under the tag: created again, up to the attempts.
+    found[0] = None
+    creates.clear()
+    with pytest.raises(ExecutionError) as info:
+        runner._submit(payload, None, job)  # type: ignore[arg-type]
+    assert info.value.kind is FailureKind.TRANSIENT
+    assert len(creates) == runner.settings.retry_attempts
+
+
+def test_runtime_results_read_as_the_gateways() -> None:
+    # Register a: 2 bits, "01" then "10"; b: 3 bits, "011" twice. Shape (2,), 2 shots.
+    a = BitArray.from_samples(["01", "10", "01", "01"], num_bits=2).reshape(2, 2)
+    b = BitArray.from_samples(["011"] * 4, num_bits=3).reshape(2, 2)
+    sampler = SamplerPubResult(DataBin(a=a, b=b, shape=(2,)), metadata={"shots": 2})
+    evs = np.array([0.5, -0.25])
+    estimator = PubResult(
+        DataBin(evs=evs, stds=np.array([0.01, 0.02]), shape=(2,)),
+        metadata={"target_precision": 0.01},
+    )
+    outcome = cloud._outcome(
+        PrimitiveResult([sampler, estimator]), SamplerOutput.SAMPLES_AND_COUNTS
+    )
+    first, second = outcome.result.pubs
+    assert isinstance(first, SamplerResult) and isinstance(second, EstimatorResult)
+    assert (first.shape, first.shots) == ((2,), 2)
+    reg_a, reg_b = first.registers
+    assert (reg_a.name, reg_a.num_bits, reg_b.name, reg_b.num_bits) == ("a", 2, "b", 3)
+    assert [dict(c) for c in reg_a.counts] == [{"01": 1, "10": 1}, {"01": 2}]
+    assert [dict(c) for c in reg_b.counts] == [{"011": 2}, {"011": 2}]
+    assert reg_a.samples is not None and reg_a.samples.shape == (2, 2, 1)
+    assert reg_a.samples[0, :, 0].tolist() == [1, 2]  # Qiskit's BitArray layout
+    assert second.expectation_values.tolist() == [0.5, -0.25]
+    assert second.precision == 0.01
+    counts_only = cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS)
+    assert counts_only.result.pubs[0].registers[0].samples is None  # type: ignore[union-attr]
+
+
+def test_the_output_tag_is_read_back() -> None:
+    assert cloud._output_from_tags(["qgateway-job:x", "qgateway-output:COUNTS"]) is (
+        SamplerOutput.COUNTS
+    )
+    assert cloud._output_from_tags([]) is SamplerOutput.SAMPLES_AND_COUNTS
