@@ -18,7 +18,8 @@ from tests.gateway_process import GatewayProcess, write_config
 from tests.ibm_stub import API_KEY, IbmStub
 from tests.loopback_service import TWO_REGISTERS
 
-ADMIN = "\n[auth]\nanonymous_admin = true\n"
+# One compile worker: each imports qiskit-ibm-runtime and fetches the device target.
+ADMIN = "\n[compiler]\nworkers = 1\n\n[auth]\nanonymous_admin = true\n"
 
 
 @pytest.fixture(scope="module")
