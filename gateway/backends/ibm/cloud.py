@@ -519,6 +519,7 @@ class IbmCloudRunner(Runner):
         failure as an ExecutionError whose __cause__ is the SDK's exception."""
         limit = attempts or self._policy.max_attempts
         attempt = 1
+        reauthenticated = False
         while True:
             try:
                 return fn()
@@ -528,6 +529,12 @@ class IbmCloudRunner(Runner):
                 err = self._error(exc, remote_id)
                 if err.kind is FailureKind.BACKEND_FAULT and _auth_failure(exc):
                     self._client.reset()
+                    if not reauthenticated:
+                        # A refused bearer token may only have expired: once, with a fresh
+                        # exchange of the key (a refused call created nothing, so even a
+                        # create may be repeated); a refused key fails the exchange itself.
+                        reauthenticated = True
+                        continue
                 if err.kind is not FailureKind.TRANSIENT or attempt >= limit:
                     raise err from exc
             self._sleep(self._policy.backoff(attempt, _rng))
