@@ -16,7 +16,12 @@ def write_config(path: Path, data_dir: Path, backends: str = "", grace_period_s:
         f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\n'
         f"grace_period_s = {grace_period_s}\nmax_request_bytes = 4194304\n\n"
     )
-    path.write_text(text + backends)
+    text += backends
+    if "[compiler]" not in backends:
+        # One compile worker unless a test asks for more: each start imports the SDK stack
+        # (seconds of CPU), and a test gateway compiles a handful of circuits.
+        text += "\n\n[compiler]\nworkers = 1\n"
+    path.write_text(text)
     tomllib.loads(path.read_text())  # fail early on a broken test config
     return path
 
