@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import pathlib
 import queue
@@ -1263,11 +1262,23 @@ def _execution_to_json(info: ExecutionInfo) -> str:
             "sdk_versions": dict(info.sdk_versions),
             "layouts": [list(layout) for layout in info.layouts],
             "attempts": info.attempts,
-            "usage": None if info.usage is None else dataclasses.asdict(info.usage),
-            "cost": None if info.cost is None else dataclasses.asdict(info.cost),
+            # Spelled out: dataclasses.asdict deep-copies, ~0.1 ms per finished job.
+            "usage": None if info.usage is None else _usage_json(info.usage),
+            "cost": None
+            if info.cost is None
+            else {"amount": info.cost.amount, "unit": info.cost.unit},
         },
         sort_keys=True,
     )
+
+
+def _usage_json(usage: Usage) -> dict[str, object]:
+    return {
+        "shots": usage.shots,
+        "execution_seconds": usage.execution_seconds,
+        "provider_cost": usage.provider_cost,
+        "provider_unit": usage.provider_unit,
+    }
 
 
 def _execution_from_json(text: str) -> ExecutionInfo:
