@@ -21,6 +21,7 @@ from gateway.backends.ibm import adapter as ibm
 from gateway.backends.ibm.adapter import IbmAdapter, IbmPayload
 from gateway.backends.ibm.options import TOKEN_ENV, IbmOptions, IbmProviderOptions
 from gateway.backends.qiskit.adapter import CompiledCircuit
+from gateway.backends.qiskit.fakes import fake_backend
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import (
     Bindings,
@@ -433,7 +434,7 @@ def test_a_restricted_noise_model_gives_the_same_shots() -> None:
     from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_aer import AerSimulator
 
-    fake = ibm._fake_backend("FakeBrisbane")
+    fake = fake_backend("FakeBrisbane")
     simulator = AerSimulator.from_backend(fake)
     full = simulator.options.noise_model
     ghz = QuantumCircuit(3, 3)

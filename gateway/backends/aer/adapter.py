@@ -13,7 +13,6 @@ simulation (noise applied exactly, readout errors included in sampled shots).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from gateway.backends.qiskit.adapter import (
     Term,
     result_builder,
 )
+from gateway.backends.qiskit.fakes import fake_backend
 from gateway.domain.circuits import CircuitFeature, FloatArray
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
@@ -50,8 +50,6 @@ Method = Literal["statevector", "matrix_product_state", "density_matrix"]
 
 # Where terminal probabilities are saved (no client circuit can name an Aer instruction's label).
 _PROBABILITIES = "qgateway_terminal_probabilities"
-# Fake backends live here (imported only by a noisy backend's processes: it costs seconds).
-_FAKE_PROVIDER = "qiskit_ibm_runtime.fake_provider"
 
 
 class AerOptions(QiskitOptions):
@@ -80,14 +78,6 @@ def _target_for(method: str, num_qubits: int) -> Target:
         else:
             target.add_instruction(operation, properties=None, name=name)
     return target
-
-
-def _fake_backend(name: str) -> Any:
-    module = importlib.import_module(_FAKE_PROVIDER)
-    cls = getattr(module, name, None)
-    if not isinstance(cls, type):
-        raise ValueError(f"{_FAKE_PROVIDER} has no fake backend {name!r}")
-    return cls()
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +120,7 @@ class AerAdapter(QiskitAdapter):
 
     def build_qiskit_target(self) -> Target:
         if self.aer_options.noise_from is not None:
-            target: Target = _fake_backend(self.aer_options.noise_from).target
+            target: Target = fake_backend(self.aer_options.noise_from).target
             return target
         return _target_for(self.aer_options.method, self.aer_options.num_qubits)
 
@@ -263,7 +253,7 @@ class AerAdapter(QiskitAdapter):
                         kwargs["matrix_product_state_max_bond_dimension"] = opts.max_bond_dimension
                     if opts.noise_from is not None:
                         self._simulator = AerSimulator.from_backend(
-                            _fake_backend(opts.noise_from), **kwargs
+                            fake_backend(opts.noise_from), **kwargs
                         )
                     else:
                         self._simulator = AerSimulator(**kwargs)

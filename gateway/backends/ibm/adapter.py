@@ -58,6 +58,7 @@ from gateway.backends.qiskit.adapter import (
     _physical_term,
     result_builder,
 )
+from gateway.backends.qiskit.fakes import fake_backend
 from gateway.domain.circuits import CircuitFeature, FloatArray
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IbmAdapter", "IbmPayload", "simulator_builds"]
 
-_FAKE_PROVIDER = "qiskit_ibm_runtime.fake_provider"
 _PROVIDER_FIELD = "spec.options.provider_options"
 # Names given to loose classical bits so the runtime's sampler returns them (it reports
 # registers only); no client register can start with this prefix and be valid OpenQASM.
@@ -88,14 +88,6 @@ _builds_lock = threading.Lock()
 def simulator_builds() -> int:
     """How many fake-backend simulators this process has built."""
     return _builds
-
-
-def _fake_backend(name: str) -> Any:
-    module = importlib.import_module(_FAKE_PROVIDER)
-    cls = getattr(module, name, None)
-    if not isinstance(cls, type):
-        raise ValueError(f"{_FAKE_PROVIDER} has no fake backend {name!r}")
-    return cls()
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +137,7 @@ class IbmAdapter(QiskitAdapter):
                             f"backends/{self.context.name}: {self.ibm_options.backend!r} is not "
                             "a fake backend; a device needs credentials and the cloud runner"
                         )
-                    self._fake = _fake_backend(self.ibm_options.backend)
+                    self._fake = fake_backend(self.ibm_options.backend)
         return self._fake
 
     def build_qiskit_target(self) -> Target:
