@@ -78,11 +78,15 @@ class RunnerStep:
                 error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
             )
         finally:
-            runtime.running.pop(job.id, None)
-            if not running.slot_freed:  # (a success already woke the scheduler)
-                runtime.wake.set()
-            # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
-            await runtime.queue.done(claim)
+            # The queue hears of the end before the slot counts as free, so a session's next
+            # job (let in by `done`) is queued before the scheduler looks for work.
+            try:
+                # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
+                await runtime.queue.done(claim)
+            finally:
+                runtime.running.pop(job.id, None)
+                if not running.slot_freed:  # (a success already woke the scheduler)
+                    runtime.wake.set()
 
     async def _prepared(self, runtime: BackendRuntime, running: RunningJob) -> PreparedJob | None:
         """The claim's prepared job, or the job prepared again from its stored spec (after a
@@ -373,9 +377,12 @@ class RunnerStep:
     ) -> None:
         elapsed = time.perf_counter() - t0
         runtime.breaker.record_success(running.permit)
-        # The slot is free for the next job before this one's result is encoded and committed.
-        running.slot_freed = True
-        runtime.wake.set()
+        if not started.session:
+            # The slot is free for the next job before this one's result is encoded and
+            # committed. Not for a session's job: its successor enters the queue only when
+            # this one is done, and must not lose the slot to a job queued after it.
+            running.slot_freed = True
+            runtime.wake.set()
         if _result_bytes_hint(outcome.result) <= INLINE_ENCODE_BYTES:
             result = self._format.encode_result(outcome.result)
         else:  # large results are encoded off the event loop

@@ -211,7 +211,9 @@ class SessionQueue:
             own = Claim(job, prepared, f"session:{session_id}", job.created_at + _PINNED_LEASE)
             self._own[job.id] = own
             return own
-        if len(self._inner_out) >= self.capacity() - self._pins():
+        pins = self._pins()
+        # Without pins the scheduler's own slot count is the only limit.
+        if pins and len(self._inner_out) >= self.capacity() - pins:
             return None
         claim = await self.inner.claim()
         if claim is not None:
@@ -228,7 +230,8 @@ class SessionQueue:
         if self._own.pop(job_id, None) is None:
             await self.inner.done(claim)
             self._inner_out.discard(job_id)
-            self.wake()
+            if self._pins():
+                self.wake()  # the slot gate in `claim` may have turned the scheduler away
         session_id = claim.job.session
         line = self._lines.get(session_id) if session_id else None
         if line is not None and line.current == job_id:
