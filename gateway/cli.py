@@ -282,8 +282,9 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     from gateway.security.api_keys import generate_key
+    from gateway.security.principals import Role
 
-    new = generate_key(args.tenant, args.name, admin=args.admin)
+    new = generate_key(args.tenant, args.name, role=Role(args.role))
     entry = new.config
     print(f"API key (shown once; give it to the tenant's clients as {ENV_API_KEY}):")
     print(f"  {new.key}")
@@ -294,8 +295,8 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
     print(f'tenant = "{entry.tenant}"')
     if entry.name:
         print(f'name = "{entry.name}"')
-    if entry.admin:
-        print("admin = true")
+    if entry.role is not Role.USER:
+        print(f'role = "{entry.role}"')
     return 0
 
 
@@ -478,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True, help="tenant the key belongs to")
     create.add_argument("--name", default="", help="a label for the key")
     create.add_argument(
-        "--admin",
-        action="store_true",
-        help="an operator's key: may read backends' FULL view (health, breaker, pool)",
+        "--role",
+        choices=["user", "tenant-admin", "admin"],
+        default="user",
+        help="admin: an operator's key (every tenant; backends' FULL view)",
     )
     create.set_defaults(handler=_cmd_keys_create)
 

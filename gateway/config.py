@@ -23,8 +23,8 @@ from gateway.domain.pricing import Price
 from gateway.runtime.breaker import BreakerPolicy
 from gateway.runtime.compiler import CompileLimits
 from gateway.runtime.pool import PoolLimits
-from gateway.security.api_keys import ApiKeyConfig, Principal
-from gateway.security.principals import ANONYMOUS
+from gateway.security.api_keys import ApiKeyConfig
+from gateway.security.principals import ANONYMOUS, Principal, Role
 
 ENV_PREFIX = "QGATEWAY_"
 # Variables with the prefix that belong to the client CLI, not to the server's settings.
@@ -248,20 +248,20 @@ class AuthConfig(_Strict):
     # Without keys, whether the anonymous caller is an admin (may read backends' FULL view:
     # health, breaker, pool). Off by default, so a keyless gateway reachable by others shows
     # them only what any tenant sees; a developer's own gateway may turn it on. With keys there
-    # is no anonymous caller: admin is a key's flag (`admin = true`).
+    # is no anonymous caller: admin is a key's role (`role = "admin"`).
     anonymous_admin: bool = False
 
     @model_validator(mode="after")
     def _anonymous_admin_without_keys(self) -> AuthConfig:
         if self.anonymous_admin and self.api_keys:
             raise ValueError(
-                "anonymous_admin applies only without api_keys (give a key admin = true instead)"
+                "anonymous_admin applies only without api_keys (give a key role = 'admin' instead)"
             )
         return self
 
     def anonymous(self) -> Principal:
         """The principal of every caller when no keys are configured."""
-        return replace(ANONYMOUS, admin=self.anonymous_admin)
+        return replace(ANONYMOUS, role=Role.ADMIN) if self.anonymous_admin else ANONYMOUS
 
 
 def _default_backends() -> dict[str, BackendConfig]:

@@ -17,9 +17,8 @@ from gateway.api.context import Context
 from gateway.domain.errors import PermissionDenied
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.manager import JobManager
-from gateway.security.api_keys import Principal
 from gateway.security.policies import backend_limits, may_read_operations, visible_backends
-from gateway.security.principals import current_principal
+from gateway.security.principals import Principal, current_principal
 
 
 def _view(value: int, principal: Principal) -> View:

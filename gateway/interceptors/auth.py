@@ -10,8 +10,8 @@ import grpc
 
 from gateway.api.context import Context
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
-from gateway.security.api_keys import KeyRing, Principal
-from gateway.security.principals import ANONYMOUS, current_principal
+from gateway.security.api_keys import KeyRing
+from gateway.security.principals import ANONYMOUS, Principal, current_principal
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.domain.errors import Unauthenticated
+from gateway.security.principals import Principal, Role
 
 KEY_PREFIX = "qgw"
 METADATA_KEY = "authorization"
@@ -31,16 +32,7 @@ class ApiKeyConfig(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     name: str = ""
-    # Operators' keys: they may read the FULL view of backends (health, breaker, pool). Until
-    # roles arrive with the security issue, this is the one privilege a key can hold.
-    admin: bool = False
-
-
-@dataclass(frozen=True)
-class Principal:
-    tenant: str
-    key_prefix: str  # "" for the anonymous default principal
-    admin: bool = False
+    role: Role = Role.USER
 
 
 @dataclass(frozen=True)
@@ -53,12 +45,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def generate_key(tenant: str, name: str = "", *, admin: bool = False) -> NewKey:
+def generate_key(tenant: str, name: str = "", *, role: Role = Role.USER) -> NewKey:
     prefix = secrets.token_hex(_PREFIX_BYTES)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
     return NewKey(
         key,
-        ApiKeyConfig(prefix=prefix, sha256=hash_key(key), tenant=tenant, name=name, admin=admin),
+        ApiKeyConfig(prefix=prefix, sha256=hash_key(key), tenant=tenant, name=name, role=role),
     )
 
 
@@ -89,4 +81,9 @@ class KeyRing:
         expected = entry.sha256 if entry is not None else "0" * 64
         if not hmac.compare_digest(hash_key(key), expected) or entry is None:
             raise invalid
-        return Principal(tenant=entry.tenant, key_prefix=entry.prefix, admin=entry.admin)
+        return Principal(
+            tenant=entry.tenant,
+            id=f"apiKeys/{entry.prefix}",
+            role=entry.role,
+            key_prefix=entry.prefix,
+        )

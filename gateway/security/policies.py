@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gateway.domain.backends import BackendLimits
-from gateway.security.api_keys import Principal
+from gateway.security.principals import Principal
 
 
 def visible_backends(principal: Principal, backends: Iterable[str]) -> list[str]:

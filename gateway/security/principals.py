@@ -1,14 +1,48 @@
-"""Who is calling. Until authentication is configured every caller is tenant "default"."""
+"""Who is calling: a principal of a tenant, with a role. Until authentication is configured
+every caller is the anonymous principal of tenant "default"."""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import StrEnum
 
 from gateway.api.context import Context
-from gateway.security.api_keys import Principal
 
 DEFAULT_TENANT = "default"
-ANONYMOUS = Principal(tenant=DEFAULT_TENANT, key_prefix="")
+
+
+class Role(StrEnum):
+    """What a principal may do (the config spelling is the value)."""
+
+    USER = "user"  # its own tenant's jobs and sessions
+    TENANT_ADMIN = "tenant-admin"  # also its own tenant's keys, usage and audit records
+    ADMIN = "admin"  # every tenant, key, policy and audit record; backends' operational view
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller.
+
+    Attributes:
+        tenant: The tenant it acts for.
+        id: Who it is, safe to log and audit: "apiKeys/<prefix>", "jwt/<issuer>#<subject>",
+            "cert/<subject>" or "anonymous". Never a secret.
+        role: What it may do.
+        key_prefix: The public prefix of the API key it used; "" for other credentials.
+    """
+
+    tenant: str
+    id: str
+    role: Role = Role.USER
+    key_prefix: str = ""
+
+    @property
+    def admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+ANONYMOUS = Principal(tenant=DEFAULT_TENANT, id="anonymous")
 
 # Set by the auth interceptor for the duration of one call.
 current_principal: ContextVar[Principal] = ContextVar("current_principal", default=ANONYMOUS)

@@ -22,11 +22,12 @@ from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_gr
 from qiskit import QuantumCircuit, qasm3, transpile
 
 from gateway.security.api_keys import NewKey, generate_key
+from gateway.security.principals import Role
 from tests.gateway_process import GatewayProcess, write_config
 from tests.rpc import status_of
 from tests.targets import every_instruction, qpy_bytes
 
-ADMIN = generate_key("ops", admin=True)
+ADMIN = generate_key("ops", role=Role.ADMIN)
 TENANT = generate_key("acme")
 AER_QUBITS = 12
 BASIC, FULL = backend_pb2.BACKEND_VIEW_BASIC, backend_pb2.BACKEND_VIEW_FULL
@@ -38,7 +39,7 @@ def _key_toml(key: NewKey) -> str:
     c = key.config
     return (
         f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nadmin = {str(c.admin).lower()}\n'
+        f'tenant = "{c.tenant}"\nrole = "{c.role}"\n'
     )
 
 

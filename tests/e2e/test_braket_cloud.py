@@ -26,11 +26,12 @@ from qgateway import Client, JobState, RetryPolicy
 from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_grpc
 
 from gateway.security.api_keys import generate_key
+from gateway.security.principals import Role
 from tests.braket_stub import AWS_ENV, SV1, BraketStubProcess
 from tests.gateway_process import GatewayProcess, write_config
 from tests.loopback_service import TWO_REGISTERS
 
-OPS = generate_key("ops", admin=True)
+OPS = generate_key("ops", role=Role.ADMIN)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -41,7 +42,7 @@ def _key_toml() -> str:
         # One compile worker: the gateways here compile one small circuit.
         "[compiler]\nworkers = 1\n\n"
         f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nadmin = true\n\n'
+        f'tenant = "{c.tenant}"\nrole = "admin"\n\n'
     )
 
 

@@ -24,13 +24,14 @@ from qgateway.results import Job, JobState
 from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_grpc
 
 from gateway.security.api_keys import generate_key
+from gateway.security.principals import Role
 from tests.gateway_process import GatewayProcess, write_config
 from tests.rpc import ghz, slow_circuit
 
 ALICE = generate_key("alice")
 BOB = generate_key("bob")
 # Health, breaker and pool are the FULL view of a backend: an operator's key reads them.
-OPS = generate_key("ops", admin=True)
+OPS = generate_key("ops", role=Role.ADMIN)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -39,7 +40,7 @@ def _key_toml(key: object) -> str:
     c = key.config  # type: ignore[attr-defined]
     return (
         f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\ntenant = "{c.tenant}"\n'
-        f"admin = {str(c.admin).lower()}\n"
+        f'role = "{c.role}"\n'
     )
 
 

@@ -37,7 +37,7 @@ def _key_toml(key: NewKey) -> str:
     c = key.config
     return (
         f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nadmin = false\n'
+        f'tenant = "{c.tenant}"\n'
     )
 
 

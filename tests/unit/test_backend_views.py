@@ -25,7 +25,7 @@ from gateway.jobs.backend import HealthState
 from gateway.runtime.health import HealthMonitor
 from gateway.security.api_keys import KeyRing, generate_key
 from gateway.security.policies import may_read_operations, visible_backends
-from gateway.security.principals import ANONYMOUS
+from gateway.security.principals import ANONYMOUS, Role
 
 INFO = BackendInfo(
     name="aer",
@@ -106,7 +106,7 @@ def test_undefined_view_numbers_are_invalid(value: int) -> None:
 
 
 def test_admin_flag_travels_from_key_entry_to_principal() -> None:
-    admin, tenant = generate_key("ops", admin=True), generate_key("acme")
+    admin, tenant = generate_key("ops", role=Role.ADMIN), generate_key("acme")
     ring = KeyRing([admin.config, tenant.config])
     got_admin = ring.authenticate([("authorization", f"Bearer {admin.key}")])
     got_tenant = ring.authenticate([("authorization", f"Bearer {tenant.key}")])
@@ -139,9 +139,9 @@ def test_admin_key_entry_in_toml(tmp_path: Any) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(
         "[[auth.api_keys]]\n"
-        f'prefix = "{entry.prefix}"\nsha256 = "{entry.sha256}"\ntenant = "ops"\nadmin = true\n'
+        f'prefix = "{entry.prefix}"\nsha256 = "{entry.sha256}"\ntenant = "ops"\nrole = "admin"\n'
     )
-    assert load_config(config).auth.api_keys[0].admin
+    assert load_config(config).auth.api_keys[0].role is Role.ADMIN
 
 
 def test_every_backend_is_visible_until_policies_exist() -> None:
