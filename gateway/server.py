@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 from qgateway.v1 import (
+    admin_service_pb2_grpc,
     backend_service_pb2,
     backend_service_pb2_grpc,
     job_service_pb2,
@@ -28,6 +29,8 @@ from qgateway.v1 import (
 )
 
 from gateway.api import codec
+from gateway.api.admin_service import SERVICE_NAME as ADMIN_SERVICE_NAME
+from gateway.api.admin_service import AdminServicer
 from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
@@ -226,9 +229,13 @@ class Gateway:
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             SessionServicer(self.sessions, page_tokens=page_tokens), self._server
         )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminServicer(self._store), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (
+                ADMIN_SERVICE_NAME,
                 job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                 backend_service_pb2.DESCRIPTOR.services_by_name["BackendService"].full_name,
                 session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,

@@ -270,6 +270,8 @@ REASONS: Final[Mapping[str, Code]] = {
     "API_KEY_INVALID": Code.UNAUTHENTICATED,
     # What the caller may do.
     "ADMIN_VIEW_DENIED": Code.PERMISSION_DENIED,
+    "ADMIN_ROLE_REQUIRED": Code.PERMISSION_DENIED,
+    "TENANT_ADMIN_ROLE_REQUIRED": Code.PERMISSION_DENIED,
     # Resources.
     "JOB_NOT_FOUND": Code.NOT_FOUND,
     "BACKEND_NOT_FOUND": Code.NOT_FOUND,
@@ -280,6 +282,8 @@ REASONS: Final[Mapping[str, Code]] = {
     "RESULT_TOO_LARGE": Code.FAILED_PRECONDITION,
     # Sessions (gateway.domain.sessions).
     "SESSION_NOT_FOUND": Code.NOT_FOUND,
+    # Administration (AdminService).
+    "TENANT_NOT_FOUND": Code.NOT_FOUND,
     "SESSION_CLOSED": Code.FAILED_PRECONDITION,
     "SESSION_BACKEND_MISMATCH": Code.FAILED_PRECONDITION,
     "SESSION_LIMIT_REACHED": Code.RESOURCE_EXHAUSTED,

@@ -1,0 +1,25 @@
+"""qgateway.v1.AdminService: API keys, tenants and policies, usage, and the audit log.
+
+Each RPC checks its scope first (gateway.security.admin_scope), then translates between
+messages and the security and store layers. Methods not defined here answer UNIMPLEMENTED
+(grpc's generated base class).
+"""
+
+from __future__ import annotations
+
+from qgateway.v1 import admin_service_pb2_grpc
+
+from gateway.store.base import Store
+
+SERVICE_NAME = "qgateway.v1.AdminService"
+
+
+class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+    """The AdminService.
+
+    Args:
+        store: The gateway's store (keys, tenants, usage and audit records live there).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
