@@ -2,20 +2,37 @@
 
 The prefix identifies the key (it is safe to log); the secret never leaves the caller. A key is
 sent as gRPC metadata `authorization: Bearer qgw_...`.
+
+Keys come from the configuration (`[[auth.api_keys]]`, KeyRing) or from the store (created by
+AdminService, with expiry and revocation). `KeyVerifier` checks both on every call at the cost
+of one SHA-256 and a dictionary look-up: a stored key's record is cached for `cache_s` seconds
+(a revoke through this gateway drops it at once; another replica reads it again within
+`cache_s`), and its last use is written by `LastUsedRecorder` in batches, at most once per
+key and interval, off the request path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import Unauthenticated
 from gateway.security.principals import Principal, Role
+
+log = logging.getLogger("gateway.auth")
 
 KEY_PREFIX = "qgw"
 METADATA_KEY = "authorization"
@@ -63,6 +80,9 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self._by_prefix)
 
+    def get(self, prefix: str) -> ApiKeyConfig | None:
+        return self._by_prefix.get(prefix)
+
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
         header = next((v for k, v in metadata if k == METADATA_KEY), None)
         if header is None:
@@ -87,3 +107,206 @@ class KeyRing:
             role=entry.role,
             key_prefix=entry.prefix,
         )
+
+
+def key_prefix(token: str) -> str | None:
+    """The prefix of a well-formed `qgw_<prefix>_<secret>` token; None for anything else."""
+    parts = token.split("_", 2)  # the secret may itself contain "_"
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1] if len(parts[1]) <= 64 else None
+
+
+def _invalid() -> Unauthenticated:
+    return Unauthenticated("API_KEY_INVALID", "the API key is not valid")
+
+
+class KeyStore(Protocol):
+    """What key verification needs of the store (gateway.store.base.Store has it)."""
+
+    async def get_api_key(self, prefix: str) -> ApiKeyRecord | None: ...
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None: ...
+
+
+class LastUsedRecorder:
+    """Batches last-used times: a key is noted at most once per `interval_s`, and the noted
+    times are written in one transaction every `interval_s` (and at close), never per call.
+
+    Args:
+        store: Where the times go.
+        interval_s: How stale a last-used time may be.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._clock = clock
+        self._now = now
+        self._noted: dict[str, float] = {}
+        self._pending: dict[str, datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, prefix: str) -> None:
+        """The key was accepted now (cheap: a dictionary look-up on most calls)."""
+        t = self._clock()
+        last = self._noted.get(prefix)
+        if last is not None and t - last < self._interval_s:
+            return
+        self._noted[prefix] = t
+        self._pending[prefix] = self._now()
+
+    async def flush(self) -> None:
+        """Writes what was noted since the last flush."""
+        pending, self._pending = self._pending, {}
+        if pending:
+            await self._store.touch_api_keys(pending)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="qgateway-key-last-used")
+
+    async def _run(self) -> None:
+        while True:
+            # A timer, not a poll: it writes only what calls noted meanwhile.
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.flush()
+            except Exception:  # a failed write loses last-used times only; keep going
+                log.exception("recording API keys' last use failed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+
+@dataclass(frozen=True)
+class _Cached:
+    record: ApiKeyRecord | None  # None: the store has no such key
+    fetched: float
+
+
+class KeyVerifier:
+    """Checks a `qgw_` key: configured keys first, then stored ones (cached).
+
+    Args:
+        ring: The configured keys (they never expire and cannot be revoked by the API).
+        store: Stored keys; None: configured keys only.
+        recorder: Notes stored keys' last use.
+        cache_s: How long a stored key's record (or its absence) is reused; a revoke made
+            on another replica is seen within this.
+        max_cached: Bound on cached records (unknown prefixes included).
+    """
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        store: KeyStore | None = None,
+        *,
+        recorder: LastUsedRecorder | None = None,
+        cache_s: float = 30.0,
+        max_cached: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._ring = ring
+        self._store = store
+        self._recorder = recorder
+        self._cache_s = cache_s
+        self._max_cached = max_cached
+        self._clock = clock
+        self._now = now
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+
+    def forget(self, prefix: str) -> None:
+        """Drops a cached record (RevokeApiKey on this gateway: effective at once)."""
+        self._cache.pop(prefix, None)
+
+    async def _record(self, prefix: str) -> ApiKeyRecord | None:
+        assert self._store is not None
+        cached = self._cache.get(prefix)
+        if cached is not None and self._clock() - cached.fetched < self._cache_s:
+            return cached.record
+        loading = self._loading.get(prefix)
+        if loading is not None:  # one store read for a burst of calls with the same key
+            return await asyncio.shield(loading)
+        future: asyncio.Future[ApiKeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._loading[prefix] = future
+        try:
+            record = await self._store.get_api_key(prefix)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, no "never retrieved" warning
+            raise
+        finally:
+            del self._loading[prefix]
+        future.set_result(record)
+        self._cache[prefix] = _Cached(record, self._clock())
+        self._cache.move_to_end(prefix)
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)
+        return record
+
+    async def verify(self, token: str) -> Principal:
+        """The principal of `token` (the text after "Bearer ").
+
+        Raises:
+            Unauthenticated: API_KEY_INVALID (malformed, unknown or wrong secret),
+                API_KEY_EXPIRED or API_KEY_REVOKED (only to a caller holding the secret).
+        """
+        prefix = key_prefix(token)
+        if prefix is None:
+            raise _invalid()
+        digest = hash_key(token)
+        configured = self._ring.get(prefix)
+        if configured is not None:
+            if not hmac.compare_digest(digest, configured.sha256):
+                raise _invalid()
+            return Principal(
+                tenant=configured.tenant,
+                id=f"apiKeys/{prefix}",
+                role=configured.role,
+                key_prefix=prefix,
+            )
+        record = await self._record(prefix) if self._store is not None else None
+        # Compare against a dummy hash when the prefix is unknown, so timing tells nothing.
+        expected = record.sha256 if record is not None else "0" * 64
+        if not hmac.compare_digest(digest, expected) or record is None:
+            raise _invalid()
+        state = record.state(self._now())
+        if state is KeyState.REVOKED:
+            raise Unauthenticated(
+                "API_KEY_REVOKED",
+                "the API key was revoked",
+                metadata={"keyPrefix": prefix},
+            )
+        if state is KeyState.EXPIRED:
+            assert record.expires_at is not None
+            raise Unauthenticated(
+                "API_KEY_EXPIRED",
+                "the API key has expired",
+                metadata={"keyPrefix": prefix, "expireTime": _rfc3339(record.expires_at)},
+            )
+        if self._recorder is not None:
+            self._recorder.note(prefix)
+        return Principal(
+            tenant=record.tenant,
+            id=f"apiKeys/{prefix}",
+            role=Role(record.role),
+            key_prefix=prefix,
+        )
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

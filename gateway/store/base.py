@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import (
@@ -283,3 +284,33 @@ class Store(Protocol):
 
     async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:
         """The session's jobs (non-final ones unless `include_final`), oldest first."""
+
+    # ---- API keys (issue 11): gateway.security.api_keys. Only a key's hash is stored.
+
+    async def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
+        """Inserts a key."""
+        ...
+
+    async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
+        """The key with this prefix, whatever its state."""
+        ...
+
+    async def list_api_keys(
+        self,
+        tenant: str | None,
+        *,
+        active_at: datetime | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
+    ) -> ApiKeyPage:
+        """Keys by (tenant, prefix) after `after`; one tenant's or (None) every tenant's;
+        with `active_at`, only keys neither revoked nor expired then."""
+        ...
+
+    async def revoke_api_key(self, prefix: str, at: datetime) -> ApiKeyRecord | None:
+        """Revokes the key (a revoked key keeps its first revoke time); None if absent."""
+        ...
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        """Records last-used times in one transaction; a time never moves back."""
+        ...

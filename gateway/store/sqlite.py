@@ -44,6 +44,7 @@ from gateway.store.base import (
     NewJob,
     request_id_reused,
 )
+from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_sessions import SqliteSessions
 
 T = TypeVar("T")
@@ -228,6 +229,26 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
     ),
     # --- end of issue 10, sessions ------------------------------------------------------------
+    # --- issue 11, api keys (gateway.store.sqlite_keys) ---------------------------------------
+    Migration(
+        9,
+        """
+        -- Only the SHA-256 of a key is stored; the prefix is its public id.
+        CREATE TABLE api_keys (
+            prefix TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            role TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            revoked_at INTEGER,
+            last_used_at INTEGER
+        ) WITHOUT ROWID;
+        CREATE INDEX api_keys_tenant ON api_keys (tenant, prefix);
+        """,
+    ),
+    # --- end of issue 11, api keys ------------------------------------------------------------
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -274,7 +295,7 @@ class _Stop:
     future: asyncio.Future[None]
 
 
-class SqliteStore(SqliteSessions):
+class SqliteStore(SqliteSessions, SqliteApiKeys):
     """Store on a SQLite file in WAL mode with `synchronous=FULL`.
 
     Args:

@@ -1,0 +1,162 @@
+"""The API-keys repository of the SQLite store (migration 9): a mixin of SqliteStore.
+
+Only a key's hash is stored. Authentication reads a key by its prefix (the primary key) and
+caches what it read (gateway.security.api_keys), so the store sees one read per key and cache
+period, not one per RPC; last-used times arrive in batches (`touch_api_keys`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
+
+T = TypeVar("T")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMNS: Final = (
+    "prefix, tenant, sha256, display_name, role, created_at, expires_at, revoked_at, last_used_at"
+)
+
+
+def _us(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def _opt_us(dt: datetime | None) -> int | None:
+    return None if dt is None else _us(dt)
+
+
+def _dt(value: object) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=int(str(value)))
+
+
+def _row(row: sqlite3.Row) -> ApiKeyRecord:
+    created = _dt(row["created_at"])
+    assert created is not None
+    return ApiKeyRecord(
+        prefix=str(row["prefix"]),
+        tenant=str(row["tenant"]),
+        sha256=str(row["sha256"]),
+        display_name=str(row["display_name"]),
+        role=str(row["role"]),
+        created_at=created,
+        expires_at=_dt(row["expires_at"]),
+        revoked_at=_dt(row["revoked_at"]),
+        last_used_at=_dt(row["last_used_at"]),
+    )
+
+
+def _select(conn: sqlite3.Connection, prefix: str) -> ApiKeyRecord | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE prefix = ?", (prefix,)).fetchone()
+    return None if row is None else _row(row)
+
+
+class SqliteApiKeys:
+    """API-key methods of the Store protocol, on SqliteStore's writer thread."""
+
+    if TYPE_CHECKING:
+
+        async def _call(
+            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+        ) -> T: ...
+
+    async def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
+        """Inserts a key (its prefix is random: a collision is an IntegrityError)."""
+
+        def op(conn: sqlite3.Connection) -> ApiKeyRecord:
+            conn.execute(
+                f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.prefix,
+                    key.tenant,
+                    key.sha256,
+                    key.display_name,
+                    key.role,
+                    _us(key.created_at),
+                    _opt_us(key.expires_at),
+                    _opt_us(key.revoked_at),
+                    _opt_us(key.last_used_at),
+                ),
+            )
+            created = _select(conn, key.prefix)
+            assert created is not None
+            return created
+
+        return await self._call(op)
+
+    async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
+        """The key with this prefix, whatever its state."""
+        return await self._call(lambda conn: _select(conn, prefix), readonly=True)
+
+    async def list_api_keys(
+        self,
+        tenant: str | None,
+        *,
+        active_at: datetime | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
+    ) -> ApiKeyPage:
+        """Keys by name (tenant, then prefix), after cursor `after`.
+
+        Args:
+            tenant: Only this tenant's keys; None: every tenant's.
+            active_at: Only keys neither revoked nor expired at this time; None: all.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where: list[str] = []
+        params: list[object] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if active_at is not None:
+            where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
+            params.append(_us(active_at))
+        if after is not None:
+            where.append("(tenant > ? OR (tenant = ? AND prefix > ?))")
+            params.extend([after[0], after[0], after[1]])
+        sql = f"SELECT {_COLUMNS} FROM api_keys"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY tenant, prefix LIMIT ?"
+        params.append(limit + 1)
+
+        def op(conn: sqlite3.Connection) -> ApiKeyPage:
+            rows = conn.execute(sql, params).fetchall()
+            keys = [_row(r) for r in rows[:limit]]
+            more = len(rows) > limit
+            return ApiKeyPage(keys, (keys[-1].tenant, keys[-1].prefix) if more else None)
+
+        return await self._call(op, readonly=True)
+
+    async def revoke_api_key(self, prefix: str, at: datetime) -> ApiKeyRecord | None:
+        """Marks the key revoked at `at` (an already revoked key keeps its first time);
+        None when there is no such key."""
+
+        def op(conn: sqlite3.Connection) -> ApiKeyRecord | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
+                (_us(at), prefix),
+            )
+            return _select(conn, prefix)
+
+        return await self._call(op)
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        """Records last-used times, many keys in one transaction; a time never moves back."""
+        if not used:
+            return
+        rows = [(_us(at), prefix, _us(at)) for prefix, at in used.items()]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE api_keys SET last_used_at = ?"
+                " WHERE prefix = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                rows,
+            )
+
+        await self._call(op)

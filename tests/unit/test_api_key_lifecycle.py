@@ -1,0 +1,216 @@
+"""Stored API keys in process: the SQLite repository, verification with expiry and revocation,
+the record cache (a revoke here is effective at once; elsewhere within the cache period), and
+last-used times written in batches, never per call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.domain.api_keys import ApiKeyRecord, KeyState
+from gateway.domain.errors import Unauthenticated
+from gateway.security.api_keys import (
+    KeyRing,
+    KeyVerifier,
+    LastUsedRecorder,
+    generate_key,
+)
+from gateway.security.principals import Role
+from gateway.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "keys.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = T0
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += timedelta(seconds=seconds)
+
+
+def _record(tenant: str = "acme", **kw: object) -> tuple[str, ApiKeyRecord]:
+    new = generate_key(tenant, role=Role(str(kw.pop("role", "user"))))
+    record = ApiKeyRecord(
+        prefix=new.config.prefix,
+        tenant=tenant,
+        sha256=new.config.sha256,
+        display_name="ci",
+        role=str(new.config.role),
+        created_at=T0,
+        **kw,  # type: ignore[arg-type]
+    )
+    return new.key, record
+
+
+class CountingStore:
+    """Counts the reads and writes verification makes of a real store."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.reads = 0
+        self.touches: list[dict[str, datetime]] = []
+
+    async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
+        self.reads += 1
+        return await self.inner.get_api_key(prefix)
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        self.touches.append(dict(used))
+        await self.inner.touch_api_keys(used)
+
+
+async def test_the_repository_keeps_hashes_states_and_pages(store: SqliteStore) -> None:
+    keys = [_record("acme") for _ in range(3)] + [_record("globex")]
+    for _, record in keys:
+        await store.create_api_key(record)
+    secret, first = keys[0]
+    got = await store.get_api_key(first.prefix)
+    assert got == first and got.state(T0) is KeyState.ACTIVE
+    # Only the hash is stored: the secret is nowhere in the database file.
+    raw = (store.path).read_bytes() + Path(str(store.path) + "-wal").read_bytes()
+    assert secret.encode() not in raw and first.sha256.encode() in raw
+
+    page = await store.list_api_keys("acme", limit=2)
+    assert [k.tenant for k in page.keys] == ["acme", "acme"] and page.next_cursor is not None
+    rest = await store.list_api_keys("acme", after=page.next_cursor, limit=2)
+    assert len(rest.keys) == 1 and rest.next_cursor is None
+    every = await store.list_api_keys(None)
+    assert [(k.tenant, k.prefix) for k in every.keys] == sorted(
+        (r.tenant, r.prefix) for _, r in keys
+    )
+
+    revoked = await store.revoke_api_key(first.prefix, T0 + timedelta(hours=1))
+    assert revoked is not None and revoked.revoked_at == T0 + timedelta(hours=1)
+    again = await store.revoke_api_key(first.prefix, T0 + timedelta(hours=2))
+    assert again is not None and again.revoked_at == T0 + timedelta(hours=1)
+    assert await store.revoke_api_key("nosuchkey", T0) is None
+    active = await store.list_api_keys("acme", active_at=T0 + timedelta(hours=3))
+    assert first.prefix not in {k.prefix for k in active.keys} and len(active.keys) == 2
+
+    await store.touch_api_keys({keys[1][1].prefix: T0 + timedelta(minutes=5)})
+    await store.touch_api_keys({keys[1][1].prefix: T0 + timedelta(minutes=1)})  # never back
+    used = await store.get_api_key(keys[1][1].prefix)
+    assert used is not None and used.last_used_at == T0 + timedelta(minutes=5)
+
+
+async def test_expired_and_revoked_keys_are_refused_with_their_reasons(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+    verifier = KeyVerifier(KeyRing([]), store, clock=lambda: clock.mono, now=lambda: clock.wall)
+    good_key, good = _record("acme", role="tenant-admin")
+    soon_key, soon = _record("acme", expires_at=T0 + timedelta(minutes=1))
+    gone_key, gone = _record("acme")
+    for r in (good, soon, gone):
+        await store.create_api_key(r)
+    await store.revoke_api_key(gone.prefix, T0)
+
+    principal = await verifier.verify(good_key)
+    assert (principal.tenant, principal.role, principal.key_prefix) == (
+        "acme",
+        Role.TENANT_ADMIN,
+        good.prefix,
+    )
+    assert principal.id == f"apiKeys/{good.prefix}"
+    assert (await verifier.verify(soon_key)).tenant == "acme"
+    clock.advance(60)
+    with pytest.raises(Unauthenticated) as expired:
+        await verifier.verify(soon_key)
+    assert expired.value.reason == "API_KEY_EXPIRED"
+    assert expired.value.metadata["expireTime"] == "2026-12-01T12:01:00Z"
+    with pytest.raises(Unauthenticated) as revoked:
+        await verifier.verify(gone_key)
+    assert revoked.value.reason == "API_KEY_REVOKED"
+    # Knowing a revoked key's prefix without its secret tells nothing about its state.
+    wrong = f"qgw_{gone.prefix}_not-the-secret"
+    for token in (wrong, "qgw_unknownprefix_x", "qgw__x", "nonsense", good_key + "x"):
+        with pytest.raises(Unauthenticated) as invalid:
+            await verifier.verify(token)
+        assert invalid.value.reason == "API_KEY_INVALID"
+    assert good_key not in str(invalid.value) and "not-the-secret" not in str(invalid.value)
+
+
+async def test_a_revoke_here_is_at_once_elsewhere_within_the_cache_period(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+    counting = CountingStore(store)
+    here = KeyVerifier(KeyRing([]), counting, cache_s=30, clock=lambda: clock.mono)
+    there = KeyVerifier(KeyRing([]), counting, cache_s=30, clock=lambda: clock.mono)
+    key, record = _record("acme")
+    await store.create_api_key(record)
+    for _ in range(50):
+        await here.verify(key)
+        await there.verify(key)
+    assert counting.reads == 2  # one read per verifier and cache period, not one per call
+
+    await store.revoke_api_key(record.prefix, T0)
+    here.forget(record.prefix)  # what RevokeApiKey does on the gateway that served it
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await here.verify(key)
+    assert (await there.verify(key)).tenant == "acme"  # still cached on the other replica
+    clock.advance(30)
+    with pytest.raises(Unauthenticated) as late:
+        await there.verify(key)
+    assert late.value.reason == "API_KEY_REVOKED"
+
+
+async def test_configured_keys_still_load_and_win_over_the_store(store: SqliteStore) -> None:
+    configured = generate_key("ops", role=Role.ADMIN)
+    counting = CountingStore(store)
+    verifier = KeyVerifier(KeyRing([configured.config]), counting)
+    principal = await verifier.verify(configured.key)
+    assert (principal.tenant, principal.role) == ("ops", Role.ADMIN)
+    assert counting.reads == 0
+    with pytest.raises(Unauthenticated, match="not valid"):
+        await verifier.verify(f"qgw_{configured.config.prefix}_wrong")
+
+
+async def test_last_use_is_written_in_batches_at_most_once_a_minute_per_key(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+    counting = CountingStore(store)
+    recorder = LastUsedRecorder(
+        counting, interval_s=60, clock=lambda: clock.mono, now=lambda: clock.wall
+    )
+    verifier = KeyVerifier(KeyRing([]), counting, recorder=recorder, clock=lambda: clock.mono)
+    (a_key, a), (b_key, b) = _record("acme"), _record("globex")
+    await store.create_api_key(a)
+    await store.create_api_key(b)
+    for _ in range(100):
+        await verifier.verify(a_key)
+    await verifier.verify(b_key)
+    assert counting.touches == []  # nothing is written on the request path
+    await recorder.flush()
+    assert counting.touches == [{a.prefix: T0, b.prefix: T0}]  # one transaction, both keys
+    clock.advance(30)
+    await verifier.verify(a_key)
+    await recorder.flush()
+    assert len(counting.touches) == 1  # within the minute: not noted again
+    clock.advance(31)
+    await verifier.verify(a_key)
+    await recorder.close()
+    assert counting.touches[-1] == {a.prefix: T0 + timedelta(seconds=61)}
+    stored = await store.get_api_key(a.prefix)
+    assert stored is not None and stored.last_used_at == T0 + timedelta(seconds=61)
