@@ -684,3 +684,29 @@ def test_result_size_limit() -> None:
     only_counts = SamplerOutput.COUNTS
     _, results = run(adapter, spec(sampler(source, shots=50_000), sampler_output=only_counts))
     assert sampler_result(results[0]).registers[0].counts == ({"0": 50_000},)
+
+
+def test_assembled_run_reused_matches_aer_own_run(aer: AerAdapter) -> None:
+    # A repeated circuit without parameters reuses Aer's assembled form of its run: the
+    # probabilities must be Aer's own, on the first run and on every reuse.
+    from qiskit import QuantumCircuit
+
+    from gateway.backends.aer import adapter as aer_module
+
+    body = QuantumCircuit(3)
+    body.h(0)
+    body.ry(0.7, 1)
+    body.cx(0, 2)
+    plan = aer_module._AerPlan(body.copy())
+    plan.circuit.append(
+        aer_module.SaveProbabilities(2, label=aer_module._PROBABILITIES),
+        [plan.circuit.qubits[0], plan.circuit.qubits[1]],
+    )
+    own = aer_module._run_raw(aer._sim(), plan.circuit, shots=1, seed_simulator=0)
+    expected = np.asarray(own[0]["data"][aer_module._PROBABILITIES])
+    c, s = np.cos(0.35) ** 2, np.sin(0.35) ** 2  # qubit 1 after ry(0.7); qubit 0 uniform
+    np.testing.assert_allclose(expected, [c / 2, c / 2, s / 2, s / 2], atol=1e-12)
+    for _ in range(3):
+        got = aer_module._run_assembled(aer._sim(), plan)
+        np.testing.assert_allclose(np.asarray(got[0]["data"][aer_module._PROBABILITIES]), expected)
+    assert plan.assembled is not None
