@@ -44,6 +44,24 @@ class Principal:
 
 ANONYMOUS = Principal(tenant=DEFAULT_TENANT, id="anonymous")
 
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """A call refused by authentication, as the auth interceptor reports it (to audit).
+
+    Attributes:
+        method: The full method, "/qgateway.v1.JobService/SubmitJob".
+        peer: The caller's address as gRPC gives it.
+        reason: The error's reason, e.g. "API_KEY_INVALID".
+        key_prefix: The public prefix of the key presented, when it had one. Never a key.
+    """
+
+    method: str
+    peer: str
+    reason: str
+    key_prefix: str = ""
+
+
 # Set by the auth interceptor for the duration of one call.
 current_principal: ContextVar[Principal] = ContextVar("current_principal", default=ANONYMOUS)
 

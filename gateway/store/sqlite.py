@@ -36,6 +36,7 @@ from gateway.domain.jobs import (
     StateTransition,
 )
 from gateway.domain.pricing import Cost, Usage
+from gateway.security.audit import Effect
 from gateway.store.base import (
     REQUEST_ID_DEDUP_WINDOW_S,
     CreateOutcome,
@@ -44,8 +45,12 @@ from gateway.store.base import (
     NewJob,
     request_id_reused,
 )
+from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
+from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
 from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_sessions import SqliteSessions
+from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
+from gateway.store.sqlite_tenants import SqliteTenants, reserve, settle
 
 T = TypeVar("T")
 
@@ -249,6 +254,12 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
     ),
     # --- end of issue 11, api keys ------------------------------------------------------------
+    # --- issue 11, tenants and quota (gateway.store.sqlite_tenants) ---------------------------
+    Migration(10, SQLITE_TENANTS_MIGRATION),
+    # --- end of issue 11, tenants and quota ---------------------------------------------------
+    # --- issue 11, audit (gateway.store.sqlite_audit) -----------------------------------------
+    Migration(11, SQLITE_AUDIT_MIGRATION),
+    # --- end of issue 11, audit ---------------------------------------------------------------
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -295,7 +306,7 @@ class _Stop:
     future: asyncio.Future[None]
 
 
-class SqliteStore(SqliteSessions, SqliteApiKeys):
+class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     """Store on a SQLite file in WAL mode with `synchronous=FULL`.
 
     Args:
@@ -398,6 +409,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys):
                     "UPDATE jobs SET request_id = NULL WHERE tenant = ? AND request_id = ?",
                     (new.tenant, new.request_id),
                 )
+            if new.charge is not None:  # the tenant's limits, checked and reserved (issue 11)
+                reserve(conn, new.id, new.tenant, new.charge, new.created_at)
             conn.execute(
                 "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state,"
                 " spec, num_pubs, seed, attempts, created_at, labels, sampler_output)"
@@ -424,7 +437,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys):
             assert job is not None  # inserted just above, in this transaction
             return CreateOutcome(job, created=True)
 
-        return await self._call(op)
+        # A submission's audit record commits with its job (issue 11, audit).
+        return await self._audited(Effect.CREATE_JOB, op, job_created(new.request_hash))
 
     async def find_request(
         self, tenant: str, request_id: str, now: datetime
@@ -569,7 +583,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys):
                 return None
             return _enter_state(conn, job_id, JobState.CANCELLING, at_us)
 
-        return await self._call(op)
+        return await self._audited(Effect.CANCEL_JOB, op, job_changed)
 
     async def delete_result(self, job_id: str) -> bool:
         """Deletes a job's stored result (an expired one); False if there was none."""
@@ -639,8 +653,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys):
                     "UPDATE jobs SET result_expires_at = ? WHERE id = ?",
                     (_to_us(result_expires_at), job_id),
                 )
+            settle(conn, job_id, state, execution, ended_at)  # its quota reservation (issue 11)
             return _enter_state(conn, job_id, state, ended_us)
 
+        if state is JobState.CANCELLED:  # CancelJob of a queued job: its record commits here
+            return await self._audited(Effect.CANCEL_JOB, op, job_changed)
         return await self._call(op)
 
     async def recover(self, now: datetime) -> Sequence[Job]:
@@ -665,6 +682,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys):
             ).fetchall()
             for (job_id,) in cancelled:
                 _enter_state(conn, job_id, JobState.CANCELLED, now_us)
+                settle(conn, job_id, JobState.CANCELLED, None, now)
             requeued = conn.execute(
                 "UPDATE jobs SET state = 'QUEUED', started_at = NULL"
                 " WHERE state = 'RUNNING' AND remote_id IS NULL RETURNING id"

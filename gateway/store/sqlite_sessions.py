@@ -23,7 +23,9 @@ from gateway.domain.sessions import (
     SessionState,
     too_many_sessions,
 )
+from gateway.security.audit import AuditRecord, Effect
 from gateway.store.base import JobCursor, SessionPage, request_id_reused
+from gateway.store.sqlite_audit import session_created, session_saved
 
 T = TypeVar("T")
 
@@ -117,6 +119,13 @@ class SqliteSessions:
             self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
         ) -> T: ...
 
+        async def _audited(
+            self,
+            effect: Effect,
+            op: Callable[[sqlite3.Connection], T],
+            describe: Callable[[T, AuditRecord], AuditRecord | None],
+        ) -> T: ...
+
     async def create_session(
         self, session: Session, request_hash: bytes, *, max_open: int | None = None
     ) -> tuple[Session, bool]:
@@ -175,7 +184,7 @@ class SqliteSessions:
             assert created is not None
             return created, True
 
-        return await self._call(op)
+        return await self._audited(Effect.CREATE_SESSION, op, session_created)
 
     async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
         """The session, or None if absent or (when tenant is given) another tenant's."""
@@ -209,7 +218,7 @@ class SqliteSessions:
             )
             return None if cursor.rowcount == 0 else _select(conn, session.id)
 
-        return await self._call(op)
+        return await self._audited(Effect.SAVE_SESSION, op, session_saved)
 
     async def list_sessions(
         self,

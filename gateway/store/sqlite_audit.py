@@ -1,0 +1,375 @@
+"""The audit repository of the SQLite store (migration 11): a mixin of SqliteStore.
+
+Records are numbered and MAC'd on the store's writer thread, inside the transaction that
+inserts them: the chain continues from the newest row (or the anchor) as the transaction sees
+it, so it cannot fork, and a rolled-back operation takes its records with it. A mutating call's
+record (gateway.security.audit.PendingRecord) is inserted by the very operation that commits
+the call's effect (`_audited`): no acknowledged change without its record, and no second commit.
+
+The table is append-only by trigger; retention deletes the oldest records only after moving the
+anchor (the last expired record's sequence and MAC, itself MAC'd) past them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from gateway.domain.jobs import Job
+from gateway.domain.sessions import Session
+from gateway.security import audit
+from gateway.security.audit import AuditFilter, AuditRecord, ChainPoint, Effect
+from gateway.store.base import CreateOutcome
+
+T = TypeVar("T")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+MIGRATION_SQL: Final = """
+    CREATE TABLE audit_records (
+        seq INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        end_time INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        key_prefix TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        service TEXT NOT NULL,
+        method TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        circuit_digest TEXT NOT NULL,
+        shots INTEGER NOT NULL,
+        code INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        trace_id TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        mac BLOB NOT NULL
+    );
+    CREATE INDEX audit_records_tenant ON audit_records (tenant, seq);
+    CREATE INDEX audit_records_time ON audit_records (time);
+    -- Where the chain starts once retention removed its oldest records: the last expired
+    -- record's sequence and MAC, and a MAC over both (a forged anchor does not verify).
+    CREATE TABLE audit_anchor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        mac BLOB NOT NULL,
+        anchor_mac BLOB NOT NULL
+    );
+    -- Append-only: no record changes; only records at or below the anchor may be deleted.
+    CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+    CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+    WHEN old.seq > coalesce((SELECT seq FROM audit_anchor WHERE id = 1), 0)
+    BEGIN SELECT RAISE(ABORT, 'audit records are deleted by retention only'); END;
+"""
+
+_COLUMNS: Final = (
+    "seq, time, end_time, principal, tenant, key_prefix, peer, service, method, resource,"
+    " backend, circuit_digest, shots, code, reason, request_id, trace_id, count, mac"
+)
+_INSERT: Final = f"INSERT INTO audit_records ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_TIME_SQL: Final = {">": "time > ?", ">=": "time >= ?", "<": "time < ?", "<=": "time <= ?"}
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    records: list[AuditRecord]
+    # The sequence to continue after, or None on the last page.
+    next_after: int | None
+
+
+def _us(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def _dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _row(row: sqlite3.Row | tuple[object, ...]) -> AuditRecord:
+    r = tuple(row)
+    return AuditRecord(
+        sequence=int(str(r[0])),
+        time=_dt(int(str(r[1]))),
+        end_time=_dt(int(str(r[2]))),
+        principal=str(r[3]),
+        tenant=str(r[4]),
+        key_prefix=str(r[5]),
+        peer=str(r[6]),
+        service=str(r[7]),
+        method=str(r[8]),
+        resource=str(r[9]),
+        backend=str(r[10]),
+        circuit_digest=str(r[11]),
+        shots=int(str(r[12])),
+        code=int(str(r[13])),
+        reason=str(r[14]),
+        request_id=str(r[15]),
+        trace_id=str(r[16]),
+        count=int(str(r[17])),
+        mac=bytes(r[18]),
+    )
+
+
+def _values(r: AuditRecord) -> tuple[object, ...]:
+    return (
+        r.sequence,
+        _us(r.time),
+        _us(r.end_time),
+        r.principal,
+        r.tenant,
+        r.key_prefix,
+        r.peer,
+        r.service,
+        r.method,
+        r.resource,
+        r.backend,
+        r.circuit_digest,
+        r.shots,
+        r.code,
+        r.reason,
+        r.request_id,
+        r.trace_id,
+        r.count,
+        r.mac,
+    )
+
+
+def _head(conn: sqlite3.Connection) -> ChainPoint:
+    """The chain's newest point as this transaction sees it."""
+    row = conn.execute("SELECT seq, mac FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is not None:
+        return ChainPoint(int(row[0]), bytes(row[1]))
+    anchor = conn.execute("SELECT seq, mac FROM audit_anchor WHERE id = 1").fetchone()
+    return audit.START if anchor is None else ChainPoint(int(anchor[0]), bytes(anchor[1]))
+
+
+def append_records(
+    conn: sqlite3.Connection, key: bytes, records: Sequence[AuditRecord]
+) -> ChainPoint:
+    """Chains and inserts `records` in the caller's transaction; returns the new head."""
+    sealed = audit.chain(key, _head(conn), records)
+    conn.executemany(_INSERT, [_values(r) for r in sealed])
+    return ChainPoint(sealed[-1].sequence, sealed[-1].mac) if sealed else _head(conn)
+
+
+# --- what an effect adds to its call's record ------------------------------------------------
+
+
+def job_created(digest: bytes) -> Callable[[CreateOutcome, AuditRecord], AuditRecord]:
+    """create_job: the job (created, or found by its request_id) and the request's digest."""
+
+    def describe(outcome: CreateOutcome, draft: AuditRecord) -> AuditRecord:
+        job = outcome.job
+        return replace(
+            draft, resource=f"jobs/{job.id}", backend=job.backend, circuit_digest=digest.hex()
+        )
+
+    return describe
+
+
+def job_changed(job: Job | None, draft: AuditRecord) -> AuditRecord | None:
+    """A cancel: the job, or None when it was not changed (already final or cancelling)."""
+    if job is None:
+        return None
+    return replace(draft, resource=f"jobs/{job.id}", backend=job.backend)
+
+
+def session_created(value: tuple[Session, bool], draft: AuditRecord) -> AuditRecord:
+    session = value[0]
+    return replace(draft, resource=f"sessions/{session.id}", backend=session.backend)
+
+
+def session_saved(session: Session | None, draft: AuditRecord) -> AuditRecord | None:
+    if session is None:
+        return None
+    return replace(draft, resource=f"sessions/{session.id}", backend=session.backend)
+
+
+def _filter_sql(query: AuditFilter) -> tuple[list[str], list[object]]:
+    where: list[str] = []
+    params: list[object] = []
+    for clause in query.clauses:
+        parts = []
+        for c in clause:
+            if c.field == audit.FILTER_TIME_FIELD:
+                parts.append(_TIME_SQL[c.op])
+            elif c.field in audit.FILTER_TEXT_FIELDS:
+                # Field names come from the fixed list above, values are bound.
+                parts.append(f"{c.field} {'=' if c.op == '=' else '!='} ?")
+            else:
+                raise ValueError(f"audit records cannot be filtered by {c.field}")
+            params.append(c.value)
+        where.append("(" + " OR ".join(parts) + ")")
+    return where, params
+
+
+class SqliteAudit:
+    """Audit methods of SqliteStore, on its writer thread."""
+
+    _audit_key: bytes | None = None
+
+    if TYPE_CHECKING:
+
+        async def _call(
+            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+        ) -> T: ...
+
+    def enable_audit(self, key: bytes) -> None:
+        """Turns record writing on with the chain's key (kept outside the database)."""
+        if len(key) != audit.KEY_BYTES:
+            raise ValueError(f"an audit key is {audit.KEY_BYTES} bytes")
+        self._audit_key = key
+
+    async def _audited(
+        self,
+        effect: Effect,
+        op: Callable[[sqlite3.Connection], T],
+        describe: Callable[[T, AuditRecord], AuditRecord | None],
+    ) -> T:
+        """Runs `op`, committing the current call's pending record in the same transaction.
+
+        `describe` completes the record from the operation's result (the job it created), or
+        returns None when the operation changed nothing: then the record stays with the call,
+        whose interceptor writes it with the call's outcome. Without a pending record for
+        `effect` (a read, a background task, audit off) this is `_call(op)`.
+        """
+        key = self._audit_key
+        pending = audit.take_pending(effect) if key is not None else None
+        if pending is None or key is None:
+            return await self._call(op)
+        draft = pending.draft
+        recorded: list[bool] = []
+
+        def with_record(conn: sqlite3.Connection) -> T:
+            value = op(conn)
+            record = describe(value, draft)
+            if record is not None:
+                append_records(conn, key, [replace(record, end_time=datetime.now(UTC))])
+                recorded.append(True)
+            return value
+
+        try:
+            value = await self._call(with_record)
+        except asyncio.CancelledError:
+            # The operation still runs and may commit its record: never written twice.
+            raise
+        except BaseException:
+            pending.give_back()  # rolled back: the call's own outcome is recorded instead
+            raise
+        if not recorded:
+            pending.give_back()
+        return value
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
+        """Chains and commits `records` (a batch of reads, failures, aggregates) in one
+        transaction; returns the new head.
+
+        Raises:
+            RuntimeError: When audit writing is not enabled.
+        """
+        key = self._audit_key
+        if key is None:
+            raise RuntimeError("audit is not enabled on this store")
+        batch = list(records)
+
+        def op(conn: sqlite3.Connection) -> ChainPoint:
+            return append_records(conn, key, batch)
+
+        return await self._call(op)
+
+    async def audit_head(self) -> ChainPoint:
+        """The newest record's sequence and MAC (the anchor, or 0, when there is none)."""
+        return await self._call(_head, readonly=True)
+
+    async def list_audit(
+        self,
+        *,
+        tenant: str | None = None,
+        query: AuditFilter | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> AuditPage:
+        """Records matching `query` (and `tenant` when given) by sequence, after `after`."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where, params = _filter_sql(query or AuditFilter())
+        where.insert(0, "seq > ?")
+        params.insert(0, after)
+        if tenant is not None:
+            where.insert(0, "tenant = ?")
+            params.insert(0, tenant)
+        sql = (
+            f"SELECT {_COLUMNS} FROM audit_records WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        )
+        params.append(limit + 1)
+
+        def op(conn: sqlite3.Connection) -> AuditPage:
+            rows = conn.execute(sql, params).fetchall()
+            records = [_row(r) for r in rows[:limit]]
+            more = len(rows) > limit
+            return AuditPage(records, records[-1].sequence if more else None)
+
+        return await self._call(op, readonly=True)
+
+    async def expire_audit(self, before: datetime) -> int:
+        """Deletes the oldest records up to the newest one that ended before `before`, after
+        moving the anchor to it (so the rest still verifies); returns how many went."""
+        key = self._audit_key
+        if key is None:
+            raise RuntimeError("audit is not enabled on this store")
+        cutoff = _us(before)
+
+        def op(conn: sqlite3.Connection) -> int:
+            # Records are in time order only roughly (a stream's record is written when it
+            # ends): expire the prefix of the chain whose every record is old enough.
+            young = conn.execute(
+                "SELECT min(seq) FROM audit_records WHERE end_time >= ?", (cutoff,)
+            ).fetchone()[0]
+            bound = conn.execute(
+                "SELECT seq, mac FROM audit_records WHERE seq < coalesce(?, 9223372036854775807)"
+                " ORDER BY seq DESC LIMIT 1",
+                (young,),
+            ).fetchone()
+            if bound is None:
+                return 0
+            point = ChainPoint(int(bound[0]), bytes(bound[1]))
+            conn.execute(
+                "INSERT INTO audit_anchor (id, seq, mac, anchor_mac) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,"
+                " anchor_mac = excluded.anchor_mac",
+                (point.sequence, point.mac, audit.anchor_mac(key, point)),
+            )
+            return conn.execute(
+                "DELETE FROM audit_records WHERE seq <= ?", (point.sequence,)
+            ).rowcount
+
+        return await self._call(op)
+
+
+# --- offline reading (qgateway audit verify / export) ---------------------------------------
+
+
+def open_readonly(path: pathlib.Path) -> sqlite3.Connection:
+    """The database, read-only (the gateway may be running: WAL readers do not block it)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such database")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def read_anchor(conn: sqlite3.Connection) -> tuple[ChainPoint, bytes] | None:
+    row = conn.execute("SELECT seq, mac, anchor_mac FROM audit_anchor WHERE id = 1").fetchone()
+    return None if row is None else (ChainPoint(int(row[0]), bytes(row[1])), bytes(row[2]))
+
+
+def read_records(conn: sqlite3.Connection) -> Iterator[AuditRecord]:
+    """Every stored record by sequence, streamed."""
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq"):
+        yield _row(row)

@@ -1,0 +1,241 @@
+"""The audit chain: verify proves it intact or names the first altered, inserted or missing
+record; the exported head catches deleting the newest records; retention keeps it verifiable.
+Store-level tests run on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.security import audit
+from gateway.security.audit import (
+    AuditRecord,
+    ChainPoint,
+    Effect,
+    PendingRecord,
+    Problem,
+    chain,
+    verify,
+)
+from gateway.store import sqlite_audit
+from gateway.store.sqlite import SqliteStore
+
+KEY = bytes(range(32))
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _records(n: int, start: int = 0) -> list[AuditRecord]:
+    return [
+        AuditRecord(
+            time=T0 + timedelta(seconds=i),
+            end_time=T0 + timedelta(seconds=i, milliseconds=5),
+            service="qgateway.v1.JobService",
+            method="GetJob",
+            principal="apiKeys/abc",
+            tenant="acme",
+            key_prefix="abc",
+            peer="ipv4:127.0.0.1:5000",
+            resource=f"jobs/{i}",
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _head(records: list[AuditRecord]) -> ChainPoint:
+    return ChainPoint(records[-1].sequence, records[-1].mac)
+
+
+def test_an_intact_chain_verifies_with_its_count_and_head() -> None:
+    records = chain(KEY, audit.START, _records(5))
+    verdict = verify(records, KEY, _head(records))
+    assert verdict.ok
+    assert verdict.count == 5
+    assert verdict.head == _head(records)
+    assert [r.sequence for r in records] == [1, 2, 3, 4, 5]
+
+
+def test_an_edited_field_is_named() -> None:
+    records = chain(KEY, audit.START, _records(5))
+    records[2] = replace(records[2], tenant="other")
+    verdict = verify(records, KEY, _head(records))
+    assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 3)
+    assert verdict.count == 2
+
+
+def test_deleting_the_newest_records_shows_against_the_exported_head() -> None:
+    records = chain(KEY, audit.START, _records(6))
+    head = _head(records)
+    truncated = records[:4]
+    assert verify(truncated, KEY).ok  # without the head nothing can tell
+    verdict = verify(truncated, KEY, head)
+    assert (verdict.problem, verdict.sequence) == (Problem.MISSING, 5)
+
+
+def test_deleted_newest_then_new_records_chained_shows_against_the_head() -> None:
+    records = chain(KEY, audit.START, _records(6))
+    head = _head(records)
+    # The gateway went on after the newest two were deleted: sequences 5 and 6 exist again.
+    regrown = records[:4] + chain(KEY, _head(records[:4]), _records(3))
+    verdict = verify(regrown, KEY, head)
+    assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 6)
+
+
+def test_a_middle_record_deleted_is_named_missing() -> None:
+    records = chain(KEY, audit.START, _records(6))
+    del records[2]
+    verdict = verify(records, KEY, _head(records))
+    assert (verdict.problem, verdict.sequence) == (Problem.MISSING, 3)
+
+
+def test_a_middle_record_deleted_and_the_rest_renumbered_is_named_missing() -> None:
+    records = chain(KEY, audit.START, _records(6))
+    renumbered = records[:2] + [replace(r, sequence=r.sequence - 1) for r in records[3:]]
+    verdict = verify(renumbered, KEY)
+    assert (verdict.problem, verdict.sequence) == (Problem.MISSING, 3)
+
+
+def test_an_inserted_record_is_named() -> None:
+    records = chain(KEY, audit.START, _records(5))
+    forged = replace(records[1], resource="jobs/forged", sequence=3, mac=bytes(32))
+    inserted = records[:2] + [forged] + [replace(r, sequence=r.sequence + 1) for r in records[2:]]
+    verdict = verify(inserted, KEY)
+    assert (verdict.problem, verdict.sequence) == (Problem.INSERTED, 3)
+    # Appended at the end with a made-up MAC.
+    appended = [*records, replace(records[0], sequence=6, mac=bytes(32))]
+    verdict = verify(appended, KEY)
+    assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 6)
+
+
+def test_a_chain_recomputed_without_the_key_fails_at_the_first_changed_record() -> None:
+    records = chain(KEY, audit.START, _records(5))
+    edited = [*records[:3], replace(records[3], shots=10**6), records[4]]
+    # Whoever can write the database but lacks the key re-chains from the edit with a guess.
+    forged = edited[:3] + chain(b"\x00" * 32, _head(edited[:3]), edited[3:])
+    verdict = verify(forged, KEY, _head(forged))
+    assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 4)
+
+
+def test_the_mac_covers_every_field() -> None:
+    record = chain(KEY, audit.START, _records(1))[0]
+    changes = {
+        "time": T0 + timedelta(microseconds=1),
+        "end_time": T0,
+        "service": "x",
+        "method": "x",
+        "principal": "x",
+        "tenant": "x",
+        "key_prefix": "x",
+        "peer": "x",
+        "resource": "x",
+        "backend": "x",
+        "circuit_digest": "x",
+        "shots": 7,
+        "code": 3,
+        "reason": "x",
+        "request_id": "x",
+        "trace_id": "x",
+        "count": 2,
+    }
+    for field, value in changes.items():
+        assert not verify([replace(record, **{field: value})], KEY).ok, field
+
+
+def test_a_pending_record_is_written_exactly_once() -> None:
+    draft = _records(1)[0]
+    pending = PendingRecord(draft, frozenset({Effect.CREATE_JOB}))
+    assert pending.take(Effect.SAVE_SESSION) is None  # not this call's effect
+    assert pending.take(Effect.CREATE_JOB) == draft
+    assert pending.take(Effect.CREATE_JOB) is None
+    pending.give_back()  # the operation rolled back
+    assert pending.take(Effect.CREATE_JOB) == draft
+    assert pending.close() is None  # taken and committed: the interceptor writes nothing
+    other = PendingRecord(draft, frozenset({Effect.CREATE_JOB}))
+    assert other.close() == draft  # nothing took it: the interceptor writes it
+    assert other.take(Effect.CREATE_JOB) is None  # a task the call started comes too late
+
+
+def test_trace_ids_come_from_traceparent() -> None:
+    tid = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert audit.trace_id(f"00-{tid}-00f067aa0ba902b7-01") == tid
+    assert audit.trace_id("garbage") == ""
+    assert audit.trace_id(f"00-{'0' * 32}-00f067aa0ba902b7-01") == ""
+
+
+# --- the SQLite repository -----------------------------------------------------------------
+
+
+def _open(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "q.db")
+    store.enable_audit(KEY)
+    return store
+
+
+def _verify_file(path: Path, head: ChainPoint | None) -> audit.Verdict:
+    conn = sqlite_audit.open_readonly(path)
+    try:
+        return verify(sqlite_audit.read_records(conn), KEY, head, sqlite_audit.read_anchor(conn))
+    finally:
+        conn.close()
+
+
+def test_the_store_chains_batches_and_retention_keeps_the_chain_verifiable(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            await store.append_audit(_records(3))
+            head = await store.append_audit(_records(4, start=3))
+            assert head.sequence == 7
+            assert await store.audit_head() == head
+            # Records 1..5 ended before T0+4.5s.
+            expired = await store.expire_audit(T0 + timedelta(seconds=4, milliseconds=500))
+            assert expired == 3 + 2
+            newer = await store.append_audit(_records(1, start=7))
+            assert newer.sequence == 8
+            page = await store.list_audit(limit=10)
+            assert [r.sequence for r in page.records] == [6, 7, 8]
+        finally:
+            await store.close()
+        verdict = _verify_file(tmp_path / "q.db", newer)
+        assert verdict.ok, verdict.detail
+        assert verdict.count == 3
+
+    asyncio.run(main())
+
+
+def test_the_store_refuses_edits_and_a_forged_anchor_shows(tmp_path: Path) -> None:
+    async def main() -> ChainPoint:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            await store.append_audit(_records(4))
+            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500))
+            return await store.audit_head()
+        finally:
+            await store.close()
+
+    head = asyncio.run(main())
+    conn = sqlite3.connect(tmp_path / "q.db")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE audit_records SET tenant = 'x' WHERE seq = 3")
+    with pytest.raises(sqlite3.IntegrityError, match="retention"):
+        conn.execute("DELETE FROM audit_records WHERE seq = 4")
+    # Whoever drops the triggers and edits anyway is caught by the MAC.
+    conn.execute("DROP TRIGGER audit_records_no_update")
+    conn.execute("UPDATE audit_records SET tenant = 'x' WHERE seq = 3")
+    conn.commit()
+    verdict = _verify_file(tmp_path / "q.db", head)
+    assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 3)
+    # Moving the anchor past records one wants gone does not verify.
+    conn.execute("UPDATE audit_anchor SET seq = 3")
+    conn.commit()
+    verdict = _verify_file(tmp_path / "q.db", head)
+    assert verdict.problem is Problem.BAD_ANCHOR
+    conn.close()
