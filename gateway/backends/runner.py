@@ -137,17 +137,25 @@ class Runner(ABC):
 
     # ---- sessions (gateway.jobs.sessions). The job core orders a session's jobs itself (one
     # at a time, in submission order); these hooks are for providers with sessions of their
-    # own (IBM Runtime Session/Batch, Braket reservations). Not implemented by any runner yet.
+    # own (the IBM cloud runner: Runtime Session/Batch).
 
     async def open_session(self, session: Session) -> str | None:
-        """Called once, when the session's first job is accepted: opens the provider's session
-        (mode and max TTL as in `session`) and returns its id, stored as the session's
-        provider_session_id; None when the backend has no sessions of its own (default)."""
+        """REMOTE runners: called before the session's first job in this process is
+        submitted (its `submit` then runs the session's jobs in the provider's session). With
+        `session.provider_session_id` empty it opens the provider's session (mode and max TTL
+        as in `session`); with it set (a restart) it re-uses that one, opening a new one only if
+        the provider has ended it. Returns the id, stored as the session's
+        provider_session_id; None when the backend has no sessions of its own (default).
+
+        Raises:
+            ExecutionError: the provider refused (the job fails or waits as on `submit`).
+        """
         return None
 
     async def close_session(self, session: Session) -> None:  # noqa: B027 - optional hook
-        """Called once, when a session that had jobs ends (CLOSED or FAILED): closes the
-        provider's session. No-op by default."""
+        """Called once, when a session with a provider_session_id ends (CLOSED or FAILED):
+        closes the provider's session (cancelling what it still holds when the gateway session
+        was cancelled, failed or expired). No-op by default."""
 
     def pin_session(self, session_id: str) -> None:  # noqa: B027 - optional hook
         """A DEDICATED session has work: the job core keeps one of this runner's slots for it

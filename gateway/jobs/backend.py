@@ -4,11 +4,13 @@ health, as the job core sees them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.backends.base import BackendAdapter
 from gateway.backends.runner import Runner
 from gateway.domain.backends import BackendInfo, BackendStatus
+from gateway.domain.jobs import Job
 from gateway.domain.pricing import Price
 from gateway.jobs.queue_port import Claim, JobQueue
 from gateway.runtime.breaker import CircuitBreaker, Permit
@@ -63,6 +65,9 @@ class BackendRuntime:
     # Set when something the scheduler waits for may have changed (a free slot, the breaker,
     # drain).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Before a session's job goes to a REMOTE runner: gives the runner the session's provider
+    # session (gateway.jobs.sessions.SessionCore.provider_session); None without sessions.
+    provider_session: Callable[[Runner, Job], Awaitable[None]] | None = None
 
     def has_free_slot(self) -> bool:
         busy = sum(1 for r in self.running.values() if not r.slot_freed)

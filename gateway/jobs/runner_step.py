@@ -176,6 +176,9 @@ class RunnerStep:
                     return None
                 job = marked
             try:
+                if job.session and runtime.provider_session is not None:
+                    # The provider's own session (IBM Runtime Session/Batch) the job runs in.
+                    await runtime.provider_session(runner, job)
                 handle = await runner.submit(prepared, job)
             except ExecutionError as err:
                 await self._failed(runtime, running, job, err, None)

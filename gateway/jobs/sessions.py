@@ -19,9 +19,12 @@ Sessions order jobs through the in-memory queue (server.queue = "memory"); with 
 claim queue (several replicas) the store hands jobs out itself and order within a session is
 not enforced yet.
 
-Provider sessions (IBM Runtime sessions and batches, Braket reservations) hook in through
-Runner.open_session / Runner.close_session (gateway.backends.runner), which this core calls when
-a session gets its first job and when it ends; no runner implements them yet.
+Provider sessions (IBM Runtime sessions and batches) hook in through Runner.open_session /
+Runner.close_session (gateway.backends.runner). The runner step asks this core
+(`provider_session`) before a session's job goes to a REMOTE runner: the first time in this
+process it calls open_session (which opens the provider's session, or re-uses the stored
+provider_session_id after a restart) and stores the id it returns; close_session is called when
+a session that has a provider session ends.
 """
 
 from __future__ import annotations
@@ -377,6 +380,7 @@ class SessionCore:
                 queue.on_pin = runtime.runner.pin_session
                 queue.on_unpin = runtime.runner.unpin_session
                 self._queues[name] = queue
+            runtime.provider_session = self.provider_session
         # Sessions not ended, as last stored; the unfinished jobs of each.
         self._open: dict[str, Session] = {}
         self._work: dict[str, set[str]] = {}
@@ -387,6 +391,9 @@ class SessionCore:
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Sessions whose runner has their provider session in this process (opened or
+        # re-used): open_session is not asked again.
+        self._provider_ready: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -528,11 +535,7 @@ class SessionCore:
                 tenant, request_id, spec, spec_bytes, digest, position=position
             )
             if outcome.created:
-                updated = domain.job_accepted(session, self.clock())
-                first = session.first_job_at is None
-                await self._save(updated)
-                if first:
-                    await self._open_provider_session(updated)
+                await self._save(domain.job_accepted(session, self.clock()))
         return outcome
 
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
@@ -691,21 +694,33 @@ class SessionCore:
             except GatewayError:  # it finished meanwhile
                 continue
 
-    async def _open_provider_session(self, session: Session) -> None:
-        runtime = self._manager.backends.get(session.backend)
-        if runtime is None:
+    async def provider_session(self, runner: Runner, job: Job) -> None:
+        """Before the job of a session goes to a REMOTE runner: the runner has the session's
+        provider session (opened now for its first job, re-used after a restart), and its id
+        is stored. The job's own failure when the provider refuses (ExecutionError)."""
+        session_id = job.session
+        if session_id in self._provider_ready:
             return
-        try:
-            provider_id = await runtime.runner.open_session(session)
-        except Exception:
-            log.exception("session %s: opening it at the provider failed", session.id)
-            return
-        if provider_id:
-            await self._save(_with_provider_id(session, provider_id))
+        async with self._locked(session_id):
+            session = self._open.get(session_id)
+            if session is None or session_id in self._provider_ready:
+                return  # ended: its job is being cancelled, or runs on its own
+            provider_id = await runner.open_session(session)
+            if provider_id and provider_id != session.provider_session_id:
+                if session.provider_session_id:
+                    log.info(
+                        "session %s: its provider session %s had ended; opened %s",
+                        session_id,
+                        session.provider_session_id,
+                        provider_id,
+                    )
+                await self._save(_with_provider_id(session, provider_id))
+            self._provider_ready.add(session_id)
 
     async def _close_provider_session(self, session: Session) -> None:
+        self._provider_ready.discard(session.id)
         runtime = self._manager.backends.get(session.backend)
-        if runtime is None or session.first_job_at is None:
+        if runtime is None or not session.provider_session_id:
             return
         try:
             await runtime.runner.close_session(session)

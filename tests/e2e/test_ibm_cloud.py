@@ -196,3 +196,91 @@ def test_a_rejected_key_stops_the_backend_and_queued_jobs_wait(
     finally:
         stub.control("hold_jobs", {"on": False})
         stub.control("reject_token", {"on": False})
+
+
+def runtime_session(stub: IbmStub, provider_id: str) -> dict[str, object]:
+    (found,) = [s for s in stub.stats()["sessions"] if s["id"] == provider_id]
+    return found
+
+
+def session_ids(stub: IbmStub, job_id: str) -> list[object]:
+    return [j["session_id"] for j in stub.jobs_tagged(job_id)]
+
+
+def test_a_session_runs_in_a_runtime_session_or_batch_that_ends_with_it(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+        # DEDICATED: an IBM Runtime Session, opened when the first job runs; CloseSession
+        # closes it (no more jobs) without cancelling.
+        s = client.create_session("ibmq", mode="DEDICATED", max_ttl=600)
+        assert client.get_session(s.name).provider_session_id == ""  # nothing ran yet
+        jobs = [client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name)]
+        jobs.append(client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name))
+        for job in jobs:
+            assert client.wait(job.name, timeout=20).state is JobState.SUCCEEDED
+        provider_id = client.get_session(s.name).provider_session_id
+        assert provider_id
+        assert [session_ids(stub, j.id) for j in jobs] == [[provider_id], [provider_id]]
+        opened = runtime_session(stub, provider_id)
+        assert (opened["mode"], opened["max_ttl"], opened["accepting_jobs"]) == (
+            "dedicated",
+            600,
+            True,
+        )
+        client.close_session(s.name)
+        wait_for(lambda: runtime_session(stub, provider_id)["accepting_jobs"] is False)
+        assert runtime_session(stub, provider_id)["cancelled"] is False
+
+        # BATCH: an IBM Runtime Batch; CancelSession cancels it (and its queued jobs).
+        b = client.create_session("ibmq", mode="BATCH")
+        stub.control("hold_jobs", {"on": True})
+        try:
+            held = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=b.name)
+            assert until(client, held.name, JobState.RUNNING) is JobState.RUNNING
+            batch_id = client.get_session(b.name).provider_session_id
+            assert batch_id and batch_id != provider_id
+            assert runtime_session(stub, batch_id)["mode"] == "batch"
+            assert session_ids(stub, held.id) == [batch_id]
+            client.cancel_session(b.name)
+            assert client.wait(held.name, timeout=20).state is JobState.CANCELLED
+            wait_for(lambda: runtime_session(stub, batch_id)["cancelled"] is True)
+            assert [j["status"] for j in stub.jobs_tagged(held.id)] == ["Cancelled"]
+        finally:
+            stub.control("hold_jobs", {"on": False})
+
+        # A session whose idle TTL passes ends by itself, and its runtime session with it.
+        e = client.create_session("ibmq", mode="DEDICATED", idle_ttl=1.0)
+        only = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=e.name)
+        assert client.wait(only.name, timeout=20).state is JobState.SUCCEEDED
+        expiring_id = client.get_session(e.name).provider_session_id
+        wait_for(lambda: runtime_session(stub, expiring_id)["accepting_jobs"] is False)
+        assert client.get_session(e.name).state.name == "CLOSED"
+
+
+@pytest.mark.timeout(90)
+def test_a_runtime_session_survives_a_gateway_restart(stub: IbmStub, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "g.toml", tmp_path / "data", stub.backend_block() + ADMIN)
+    log = tmp_path / "gateway.log"
+    gw = GatewayProcess.start(config, log)
+    with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
+        s = client.create_session("ibmq", mode="DEDICATED")
+        first = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name)
+        assert client.wait(first.name, timeout=20).state is JobState.SUCCEEDED
+        provider_id = client.get_session(s.name).provider_session_id
+    assert gw.terminate() == 0
+    opened = len(stub.stats()["sessions"])
+    gw = GatewayProcess.start(config, log)
+    try:
+        with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
+            assert client.get_session(s.name).provider_session_id == provider_id
+            second = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name)
+            assert client.wait(second.name, timeout=20).state is JobState.SUCCEEDED
+            # Re-used, not re-opened.
+            assert session_ids(stub, second.id) == [provider_id]
+            assert len(stub.stats()["sessions"]) == opened
+            client.close_session(s.name)
+            wait_for(lambda: runtime_session(stub, provider_id)["accepting_jobs"] is False)
+    finally:
+        assert gw.terminate() == 0
+    assert API_KEY not in log.read_text()

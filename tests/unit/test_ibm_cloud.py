@@ -122,7 +122,7 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
     creates: list[list[str]] = []
     found: list[str | None] = ["r-made-by-the-lost-reply"]
 
-    def create(primitive: str, pubs: Any, tags: list[str], options: Any) -> str:
+    def create(primitive: str, pubs: Any, tags: list[str], options: Any, job: Any) -> str:
         creates.append(tags)
         raise ExecutionError("PROVIDER_ERROR", "503", kind=FailureKind.TRANSIENT)
 

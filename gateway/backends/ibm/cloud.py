@@ -6,10 +6,14 @@
 - The SDK's own client: a QiskitRuntimeService (channel, instance CRN, token, url) and the
   device's IBMBackend; jobs go out through its V2 primitives in job mode (SamplerV2 or
   EstimatorV2, `mode=backend`) on the ISA circuits the adapter transpiled for the device's
-  target (`device_target`, fetched from the service, is what the adapter compiles for). A job
-  that belongs to a gateway session would run in an IBM Runtime `Session`/`Batch` as its mode
-  instead: the hook is `_mode()`, which returns the backend until the SessionService hands
-  runners a session.
+  target (`device_target`, fetched from the service, is what the adapter compiles for).
+- Sessions: a gateway session's jobs run in an IBM Runtime `Session` (DEDICATED) or `Batch`
+  (BATCH), the SDK's own, as the primitives' mode, so each runtime job carries its session id.
+  `open_session` (called by the job core before the session's first job here) opens it with
+  the session's max TTL, or re-uses the stored id after a restart (`from_id`; a provider
+  session that no longer accepts jobs is replaced by a new one); `close_session` closes it
+  when the gateway session is closed, and cancels it (its queued runtime jobs too) when the
+  gateway session was cancelled, failed or expired.
 - `submit` tags the runtime job with ``qgateway-job:<gateway job id>`` (and the sampler output
   it must be read back as) and returns its id at once. Creates are paced by a token bucket
   (`creates_per_s`); a create that failed transiently is retried with backoff, but only after
@@ -69,6 +73,7 @@ from gateway.domain.jobs import (
     SamplerOutput,
     SamplerResult,
 )
+from gateway.domain.sessions import EndReason, Session, SessionMode
 from gateway.runtime.retry import RetryPolicy, http_status_of, is_transient
 
 if TYPE_CHECKING:
@@ -300,6 +305,17 @@ class _TokenBucket:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _ProviderSession:
+    """A gateway session's IBM Runtime Session or Batch (the SDK's object, built on the
+    service the runner had then: rebuilt from its id after the client was rebuilt)."""
+
+    id: str
+    batch: bool
+    sdk: Any
+    service: Any
+
+
 class IbmCloudHandle(RunHandle):
     """A runtime job: `remote_id` is its id (never None)."""
 
@@ -325,6 +341,9 @@ class IbmCloudRunner(Runner):
         )
         self._calls = anyio.CapacityLimiter(8)
         self._waits = anyio.CapacityLimiter(settings.max_concurrent_jobs)
+        # Gateway session id -> its provider session, for the sessions open here.
+        self._sessions: dict[str, _ProviderSession] = {}
+        self._sessions_lock = threading.Lock()
 
     @property
     def capacity(self) -> int:
@@ -391,7 +410,106 @@ class IbmCloudRunner(Runner):
         with anyio.fail_after(timeout):
             await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
 
+    async def open_session(self, session: Session) -> str | None:
+        return await self._run(lambda: self._open_session(session), self._calls)
+
+    async def close_session(self, session: Session) -> None:
+        await self._run(lambda: self._close_session(session), self._calls)
+
     # ------------------------------------------------------------------------- blocking halves
+
+    def _open_session(self, session: Session) -> str:
+        batch = session.mode is SessionMode.BATCH
+        existing = session.provider_session_id
+        if existing:
+            found = self._session_from_id(existing, batch)
+            if found is not None:
+                accepting = self._call(lambda: found.sdk.details() or {}, None)
+                if accepting.get("accepting_jobs"):
+                    self._keep(session.id, found)
+                    return existing
+            log.info("session %s: runtime session %s has ended", session.id, existing)
+        cls = _session_class(batch)
+        max_time = max(1, math.ceil(session.max_ttl_s))
+        backend = self._client.backend()
+        sdk = self._call(lambda: cls(backend, max_time=max_time), None)
+        if not sdk.session_id:
+            raise ExecutionError(
+                "PROVIDER_ERROR",
+                f"backends/{self.name}: the service opened a session without an id",
+                kind=FailureKind.BACKEND_FAULT,
+            )
+        opened = _ProviderSession(str(sdk.session_id), batch, sdk, self._client.service())
+        self._keep(session.id, opened)
+        log.info(
+            "session %s: runtime %s %s opened",
+            session.id,
+            "batch" if batch else "session",
+            opened.id,
+        )
+        return opened.id
+
+    def _keep(self, session_id: str, provider: _ProviderSession) -> None:
+        with self._sessions_lock:
+            self._sessions[session_id] = provider
+
+    def _session_from_id(self, provider_id: str, batch: bool) -> _ProviderSession | None:
+        """The SDK's Session/Batch for an existing provider session; None when the service
+        does not have it (or has it in the other mode)."""
+        from qiskit_ibm_runtime.exceptions import IBMInputValueError
+
+        cls = _session_class(batch)
+        service = self._client.service()
+        try:
+            sdk = self._call(lambda: cls.from_id(provider_id, service), None)
+        except ExecutionError as err:
+            if isinstance(err.__cause__, IBMInputValueError):
+                return None
+            raise
+        return _ProviderSession(provider_id, batch, sdk, service)
+
+    def _close_session(self, session: Session) -> None:
+        with self._sessions_lock:
+            provider = self._sessions.pop(session.id, None)
+        if provider is None or provider.service is not self._client.service():
+            provider = self._session_from_id(
+                session.provider_session_id, session.mode is SessionMode.BATCH
+            )
+            if provider is None:
+                return  # the service no longer has it
+        # Cancelled, failed (ABORT) or expired: the gateway cancels the session's jobs, and the
+        # provider session goes with whatever it still queues. Closed: its jobs ran out.
+        cancel = session.end_reason is not EndReason.CLOSED
+        self._call(provider.sdk.cancel if cancel else provider.sdk.close, None)
+        log.info(
+            "session %s: runtime session %s %s",
+            session.id,
+            provider.id,
+            "cancelled" if cancel else "closed",
+        )
+
+    def _mode(self, backend: Any, job: Job) -> Any:
+        """The primitives' mode: the job's runtime session when it belongs to a gateway
+        session that has one here, else the device (job mode)."""
+        if not job.session:
+            return backend
+        with self._sessions_lock:
+            provider = self._sessions.get(job.session)
+        if provider is None:
+            log.warning("job %s: its session has no runtime session here; job mode", job.id)
+            return backend
+        if provider.service is not self._client.service():
+            # The client was rebuilt (a new IAM token): the SDK object holds the old one.
+            rebuilt = self._session_from_id(provider.id, provider.batch)
+            if rebuilt is None:
+                raise ExecutionError(
+                    "PROVIDER_ERROR",
+                    f"backends/{self.name}: runtime session {provider.id} is gone",
+                    kind=FailureKind.BACKEND_FAULT,
+                )
+            self._keep(job.session, rebuilt)
+            provider = rebuilt
+        return provider.sdk
 
     def _submit(self, payload: QiskitPayload, options: Any, job: Job) -> str:
         tasks = payload.tasks
@@ -413,7 +531,7 @@ class IbmCloudRunner(Runner):
             if delay > 0:
                 self._sleep(delay)
             try:
-                return self._create(primitive, pubs, tags, runtime_options)
+                return self._create(primitive, pubs, tags, runtime_options, job)
             except ExecutionError as err:
                 if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
                     raise
@@ -426,7 +544,12 @@ class IbmCloudRunner(Runner):
                 return found
 
     def _create(
-        self, primitive: str, pubs: list[Any], tags: list[str], runtime_options: Mapping[str, Any]
+        self,
+        primitive: str,
+        pubs: list[Any],
+        tags: list[str],
+        runtime_options: Mapping[str, Any],
+        job: Job,
     ) -> str:
         def create() -> str:
             from qiskit_ibm_runtime import EstimatorV2, SamplerV2
@@ -435,18 +558,13 @@ class IbmCloudRunner(Runner):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 cls = SamplerV2 if primitive == "sampler" else EstimatorV2
-                runner = cls(mode=self._mode(backend))
+                runner = cls(mode=self._mode(backend, job))
             if runtime_options:
                 runner.options.update(**runtime_options)
             runner.options.environment.job_tags = tags
             return str(runner.run(pubs).job_id())
 
         return self._call(create, None, attempts=1)
-
-    def _mode(self, backend: Any) -> Any:
-        """The primitives' mode: the device (job mode). A gateway session's job would run in
-        its IBM Runtime Session or Batch here, once runners are handed sessions."""
-        return backend
 
     def _find(self, job_id: str, remote_id: str | None) -> str | None:
         service_call = self._client.service
@@ -584,6 +702,13 @@ def _while_following(err: ExecutionError) -> ExecutionError:
             err.reason, err.message, kind=FailureKind.TRANSIENT, metadata=err.metadata
         )
     return err
+
+
+def _session_class(batch: bool) -> Any:
+    from qiskit_ibm_runtime import Batch
+    from qiskit_ibm_runtime import Session as RuntimeSession
+
+    return Batch if batch else RuntimeSession
 
 
 def _remote(handle: RunHandle) -> str:

@@ -22,6 +22,15 @@ Calls answered (the ones qiskit-ibm-runtime 0.51 makes for job-mode primitives):
 - ``POST /api/v1/jobs`` (create; tags stored), ``GET /api/v1/jobs/{id}``,
   ``GET /api/v1/jobs/{id}/results``, ``POST /api/v1/jobs/{id}/cancel``,
   ``GET /api/v1/jobs?tags=...`` (jobs carrying every tag given, newest first).
+- ``GET /api/v1/jobs/{id}/metrics``: timestamps and ``usage`` (``quantum_seconds``,
+  ``seconds``, ``qpu_charge_time_seconds``, ``status`` "final" once the job ended; the quantum
+  seconds a job that ran is charged are set with ``/control/usage``, 1 by default).
+- Sessions (the SDK's Session and Batch): ``POST /api/v1/sessions`` ``{mode, backend,
+  instance, max_ttl}`` -> ``{id}``; ``GET /api/v1/sessions/{id}`` (details: ``backend_name``,
+  ``mode``, ``state``, ``accepting_jobs``); ``PATCH /api/v1/sessions/{id}``
+  ``{accepting_jobs: false}`` (close: no more jobs, the queued ones still run);
+  ``DELETE /api/v1/sessions/{id}/close`` (cancel: closed, and its queued jobs cancelled). A
+  create naming a session that does not accept jobs is refused (400, code 1217).
 
 Every /api/v1 call needs ``Authorization: Bearer <a token this stub issued>`` and a
 ``Service-CRN`` header, else 401.
@@ -36,8 +45,11 @@ Test controls (JSON bodies; not persisted):
 - ``POST /control/throttle`` ``{creates_per_s}``: creates over that rate answer 429.
 - ``POST /control/reject_token`` ``{on}``: IAM refuses the API key and every issued bearer
   token answers 401 (an expired or revoked key).
+- ``POST /control/usage`` ``{quantum_seconds}``: what the metrics of jobs ending from now on
+  report.
 - ``GET /control/stats`` -> ``{creates, create_calls, create_calls_per_second, calls,
-  jobs: [{id, status, tags}]}``.
+  jobs: [{id, status, tags, session_id}], sessions: [{id, mode, state, accepting_jobs,
+  cancelled, max_ttl, backend_name}]}``.
 
 Jobs are written to ``DIR/jobs/{id}.json``; a restarted stub still has them.
 """
@@ -65,6 +77,8 @@ __all__ = ["READY_PREFIX", "RuntimeStub", "main"]
 READY_PREFIX = "ibm runtime stub listening on "
 API = "/api/v1"
 FINAL = frozenset({"Completed", "Failed", "Cancelled"})
+# A job's stub-only fields, never in a job view.
+_HIDDEN = frozenset({"params", "result", "fail", "ran", "quantum_seconds", "finished"})
 
 
 class RuntimeStub:
@@ -93,6 +107,8 @@ class RuntimeStub:
         self.per_second: collections.Counter[int] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self._stopping = False
+        self._sessions: dict[str, dict[str, Any]] = {}
+        self.quantum_seconds = 1
         self._fake = _fake_backend(backend)
         self.backend_name: str = self._fake.name
         self._conf, self._props = _backend_data(self._fake)
@@ -171,6 +187,11 @@ class RuntimeStub:
                 return int(fault["status"]), _error(int(fault["code"]), str(fault["message"]))
             if body.get("backend") != self.backend_name:
                 return 400, _error(1216, f"backend {body.get('backend')!r} does not exist")
+            session_id = body.get("session_id")
+            if session_id is not None:
+                session = self._sessions.get(session_id)
+                if session is None or not session["accepting_jobs"]:
+                    return 400, _error(1217, f"session {session_id} is not accepting jobs")
             job_id = "d" + uuid.uuid4().hex[:19]
             job = {
                 "id": job_id,
@@ -204,12 +225,72 @@ class RuntimeStub:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            return {k: v for k, v in job.items() if k not in ("params", "result", "fail")}
+            return {k: v for k, v in job.items() if k not in _HIDDEN}
 
     def results(self, job_id: str) -> str | None:
         with self._lock:
             job = self._jobs.get(job_id)
             return None if job is None else job.get("result")
+
+    def metrics(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            final = job["state"]["status"] in FINAL
+            seconds = job.get("quantum_seconds", 0) if final else 0
+            return {
+                "timestamps": {"created": job["created"], "finished": job.get("finished")},
+                "bss": {"seconds": seconds},
+                "usage": {
+                    "quantum_seconds": seconds,
+                    "seconds": seconds,
+                    "qpu_charge_time_seconds": seconds,
+                    "status": "final" if final else "pending",
+                },
+                "qiskit_version": "",
+            }
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if body.get("backend") != self.backend_name:
+            return 400, _error(1216, f"backend {body.get('backend')!r} does not exist")
+        mode = body.get("mode")
+        if mode not in ("dedicated", "batch"):
+            return 400, _error(1218, f"unknown session mode {mode!r}")
+        with self._lock:
+            session_id = "s" + uuid.uuid4().hex[:19]
+            self._sessions[session_id] = {
+                "id": session_id,
+                "backend_name": self.backend_name,
+                "mode": mode,
+                "state": "open",
+                "accepting_jobs": True,
+                "cancelled": False,
+                "max_ttl": body.get("max_ttl"),
+            }
+        return 200, {"id": session_id, "mode": mode, "backend_name": self.backend_name}
+
+    def session_details(self, session_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            return None if session is None else dict(session)
+
+    def close_session(self, session_id: str, cancel: bool) -> int:
+        """PATCH accepting_jobs=false (close) or DELETE .../close (cancel its queued jobs)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return 404
+            session["accepting_jobs"] = False
+            session["state"] = "closed"
+            if cancel:
+                session["cancelled"] = True
+                for job in self._jobs.values():
+                    if job.get("session_id") == session_id and job["state"]["status"] == "Queued":
+                        self._set(job, "Cancelled", "Cancelled with its session")
+            return 204
 
     def cancel(self, job_id: str) -> int:
         with self._lock:
@@ -226,9 +307,8 @@ class RuntimeStub:
             found = [j for j in self._jobs.values() if all(t in j["tags"] for t in tags)]
         found.sort(key=lambda j: j["created"], reverse=True)
         page = found[offset : offset + limit]
-        keep = ("params", "result", "fail")
         return {
-            "jobs": [{k: v for k, v in j.items() if k not in keep} for j in page],
+            "jobs": [{k: v for k, v in j.items() if k not in _HIDDEN} for j in page],
             "count": len(found),
             "limit": limit,
             "offset": offset,
@@ -253,6 +333,8 @@ class RuntimeStub:
             elif name == "throttle":
                 rate = body.get("creates_per_s")
                 self.creates_per_s = None if rate is None else float(rate)
+            elif name == "usage":
+                self.quantum_seconds = int(body.get("quantum_seconds", 1))
             elif name == "reject_token":
                 self.reject_token = bool(body.get("on", True))
                 if self.reject_token:
@@ -270,9 +352,15 @@ class RuntimeStub:
                 "create_calls_per_second": {str(k): v for k, v in sorted(self.per_second.items())},
                 "calls": dict(self.calls),
                 "jobs": [
-                    {"id": j["id"], "status": j["state"]["status"], "tags": j["tags"]}
+                    {
+                        "id": j["id"],
+                        "status": j["state"]["status"],
+                        "tags": j["tags"],
+                        "session_id": j.get("session_id"),
+                    }
                     for j in self._jobs.values()
                 ],
+                "sessions": [dict(s) for s in self._sessions.values()],
             }
 
     # ------------------------------------------------------------------ execution
@@ -286,6 +374,12 @@ class RuntimeStub:
     def _set(self, job: dict[str, Any], status: str, reason: str | None = None) -> None:
         job["state"] = {"status": status}
         job["status"] = status
+        if status in FINAL:
+            job["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+            # Only a job that ran is charged (a cancelled queued one is not).
+            job["quantum_seconds"] = self.quantum_seconds if job.get("ran") else 0
+        elif status == "Running":
+            job["ran"] = True
         if reason is not None:
             job["state"]["reason"] = reason
         self._persist(job)
@@ -397,6 +491,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
     def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/")
@@ -470,6 +567,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, _error(404, "no results"))
             else:
                 self._send_text(200, text)
+        elif method == "GET" and len(segments) == 3 and segments[2] == "metrics":
+            metrics = stub.metrics(segments[1])
+            self._send(404 if metrics is None else 200, metrics or _error(404, "job not found"))
+        elif method == "POST" and segments == ["sessions"]:
+            status, answer = stub.open_session(json.loads(raw))
+            self._send(status, answer)
+        elif method == "GET" and len(segments) == 2 and segments[0] == "sessions":
+            details = stub.session_details(segments[1])
+            self._send(404 if details is None else 200, details or _error(404, "no session"))
+        elif segments[:1] == ["sessions"] and (
+            (method == "PATCH" and len(segments) == 2)
+            or (method == "DELETE" and len(segments) == 3 and segments[2] == "close")
+        ):
+            status = stub.close_session(segments[1], cancel=method == "DELETE")
+            if status == 204:
+                self._send_text(204, "")
+            else:
+                self._send(status, _error(status, "no session"))
         elif method == "POST" and len(segments) == 3 and segments[2] == "cancel":
             status = stub.cancel(segments[1])
             if status == 204:
@@ -496,7 +611,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _shape(route: str) -> str:
     """A route with ids replaced, for per-route call counts."""
     segments = route.strip("/").split("/")
-    if len(segments) >= 2 and segments[0] in ("jobs", "backends"):
+    if len(segments) >= 2 and segments[0] in ("jobs", "backends", "sessions"):
         segments[1] = "{id}"
     return "/" + "/".join(segments)
 
