@@ -46,7 +46,12 @@ def _key_toml() -> str:
     )
 
 
-def _backend(name: str, url: str, extra: str = "", max_concurrent_tasks: int = 32) -> str:
+RESERVATION = "arn:aws:braket:us-east-1:123456789012:reservation/r-0f1e2d"
+
+
+def _backend(
+    name: str, url: str, extra: str = "", max_concurrent_tasks: int = 32, options: str = ""
+) -> str:
     return (
         f"[backends.{name}]\n"
         'adapter = "braket"\n'
@@ -56,7 +61,7 @@ def _backend(name: str, url: str, extra: str = "", max_concurrent_tasks: int = 3
         f'options = {{ device = "{SV1}", region = "us-east-1", s3_bucket = "results", '
         f's3_prefix = "gw/{name}", endpoint_url = "{url}", poll_interval_s = 0.1, '
         "retry_backoff_s = 0.05, max_retry_backoff_s = 0.5, "
-        f"max_concurrent_tasks = {max_concurrent_tasks} }}\n\n"
+        f"max_concurrent_tasks = {max_concurrent_tasks}{options} }}\n\n"
     )
 
 
@@ -143,6 +148,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stub: BraketStubProcess) -
         "breaker = { failure_threshold = 1, window_s = 60, cooldown_s = 3.0 }\n",
         max_concurrent_tasks=1,
     )
+    backends += _backend("sv1-reserved", stub.url, options=f', reservation_arn = "{RESERVATION}"')
     config = write_config(root / "g.toml", root / "data", _key_toml() + backends)
     gw = Gateway(
         GatewayProcess.start(config, root / "gateway.log", env=AWS_ENV, start_timeout=300),
@@ -197,6 +203,29 @@ def test_a_job_is_queued_at_braket_then_runs_with_a_real_result(
         assert key not in dict(_get_backend(gateway, "sv1").properties)
     task = stub.task(job.id)
     assert task is not None and task["status"] == "COMPLETED"
+
+
+def test_tasks_carry_the_reservation_and_report_their_execution_time(
+    gateway: Gateway, stub: BraketStubProcess
+) -> None:
+    # The stub's managed simulator reports 1.5 s per task in its results.
+    stub.control("usage", execution_ms=1500)
+    try:
+        with _client(gateway) as client:
+            reserved = client.submit(TWO_REGISTERS, backend="sv1-reserved", shots=16)
+            plain = client.submit(TWO_REGISTERS, backend="sv1", shots=16)
+            done = [client.wait(j.name, timeout=30) for j in (reserved, plain)]
+    finally:
+        stub.control("usage", execution_ms=None)
+    assert [j.state for j in done] == [JobState.SUCCEEDED] * 2, [j.error_message for j in done]
+    task = stub.task(reserved.id)
+    assert task is not None
+    assert task["associations"] == [{"arn": RESERVATION, "type": "RESERVATION_TIME_WINDOW_ARN"}]
+    other = stub.task(plain.id)
+    assert other is not None and other["associations"] == []
+    for job in done:
+        assert job.usage is not None and job.usage.shots == 16
+        assert job.usage.execution_time.total_seconds() == pytest.approx(1.5)
 
 
 SWEEP = """OPENQASM 3.0;

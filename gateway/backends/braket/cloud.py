@@ -30,6 +30,12 @@ more than `max_creates_per_s` CreateQuantumTask calls arrive at Braket in any on
 
 The device's queue depth (GetDevice, at every probe) and each running job's queue position
 (GetQuantumTask with QueueInfo) are published as live BackendInfo properties.
+
+Usage: a managed simulator reports each task's execution duration in its results
+(additionalMetadata.simulatorMetadata.executionDuration, milliseconds); their sum is the job's
+execution_seconds. QPUs report none (they bill per task and shot: the backend's price table),
+and Braket's API reports no cost (the SDK's cost Tracker prices tasks through the AWS Price
+List API, which the gateway does not call).
 """
 
 from __future__ import annotations
@@ -429,7 +435,9 @@ class BraketCloudRunner(Runner):
                 metadata={"providerJobId": arns[0]} if arns else {},
             ) from None
         self._plans.pop(handle.job_id, None)
-        return ExecutionOutcome(result=result, sdk_versions=_versions())
+        return ExecutionOutcome(
+            result=result, sdk_versions=_versions(), execution_seconds=_execution_seconds(texts)
+        )
 
     async def cancel(self, handle: RunHandle) -> None:
         for arn in _arns(handle):
@@ -730,6 +738,18 @@ def _task_specs(payload: QiskitPayload) -> tuple[list[_TaskSpec], dict[str, Any]
         "tasks": tasks,
     }
     return specs, plan
+
+
+def _execution_seconds(texts: Sequence[str]) -> float | None:
+    """The tasks' execution durations summed, where every task reports one (simulators)."""
+    total_ms = 0
+    for text in texts:
+        try:
+            metadata = json.loads(text)["additionalMetadata"]["simulatorMetadata"]
+            total_ms += int(metadata["executionDuration"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    return total_ms / 1000.0 if texts else None
 
 
 def _decode(plan: Mapping[str, Any], texts: Sequence[str]) -> JobResult:

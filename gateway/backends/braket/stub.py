@@ -26,6 +26,11 @@ Test controls (plain JSON over POST, unsigned, under /_stub/):
 - throttle {"count"}: the next `count` creates answer 429 ThrottlingException.
 - lose_answer {"count"}: the next `count` creates make their task, then answer 500.
 - credentials {"valid": false, "code": "ExpiredTokenException"}: every signed call answers 403.
+- usage {"execution_ms": N}: the execution duration a task's results report from now on
+  (additionalMetadata.simulatorMetadata.executionDuration, as a managed simulator writes it;
+  null: the simulation's own time, at least 1 ms).
+A create's `associations` (a reservation ARN) are kept with its task and shown by
+GetQuantumTask, as Braket does.
 GET /_stub/stats counts create calls, tasks, and the most create calls in any one second.
 Tasks are kept in memory: the stub outlives gateways, not itself.
 """
@@ -92,6 +97,7 @@ class BraketStub:
         self.lost_answers = 0
         self.throttle = 0
         self.credentials_error: str | None = None
+        self.execution_ms: int | None = None
         self.create_calls: list[float] = []  # arrival times (monotonic)
         self.calls: dict[str, int] = {}
         self._simulator: Any = None
@@ -121,6 +127,9 @@ class BraketStub:
                 self.lost_answers = int(body.get("count", 1))
             elif name == "throttle":
                 self.throttle = int(body.get("count", 0))
+            elif name == "usage":
+                ms = body.get("execution_ms")
+                self.execution_ms = None if ms is None else int(ms)
             elif name == "credentials":
                 valid = bool(body.get("valid", True))
                 self.credentials_error = (
@@ -234,6 +243,7 @@ class BraketStub:
             "createdAt": _now(),
             "tags": dict(body.get("tags") or {}),
             "clientToken": token,
+            "associations": list(body.get("associations") or []),
             "_source": source,
             "_inputs": action.get("inputs") or {},
         }
@@ -398,11 +408,17 @@ class BraketStub:
 
     def _simulate(self, task: Mapping[str, Any]) -> str:
         from braket.ir.openqasm import Program  # type: ignore[import-untyped]
+        from braket.task_result import SimulatorMetadata  # type: ignore[import-untyped]
 
         program = Program(source=task["_source"], inputs=task["_inputs"] or None)
+        started = time.perf_counter()
         result = self._simulator.run(program, shots=task["shots"])
+        ms = self.execution_ms
+        if ms is None:
+            ms = max(1, round((time.perf_counter() - started) * 1000))
         result.taskMetadata.id = task["quantumTaskArn"]
         result.taskMetadata.deviceId = task["deviceArn"]
+        result.additionalMetadata.simulatorMetadata = SimulatorMetadata(executionDuration=ms)
         text: str = result.json()
         return text
 
