@@ -68,6 +68,12 @@ def _unexpected(exc: BaseException, method: str) -> GatewayError:
     return Internal("INTERNAL_ERROR", "internal error in the gateway; it has been logged")
 
 
+async def _unimplemented(context: Context, method: str) -> None:
+    # grpc's generated base servicer raises NotImplementedError for an RPC the servicer does
+    # not define yet: UNIMPLEMENTED, as gRPC answers an unknown method, not INTERNAL.
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
+
+
 async def abort(context: Context, error: GatewayError) -> None:
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
@@ -85,6 +91,8 @@ def _wrap_unary(
             await abort(context, err)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
+        except NotImplementedError:
+            await _unimplemented(context, method)
         except Exception as exc:
             await abort(context, _unexpected(exc, method))
 
@@ -105,6 +113,8 @@ def _wrap_stream(
             await abort(context, err)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
+        except NotImplementedError:
+            await _unimplemented(context, method)
         except Exception as exc:
             await abort(context, _unexpected(exc, method))
 
