@@ -37,6 +37,8 @@ from qgateway import (
     sampler_pub,
 )
 
+from gateway import audit_tool
+
 ENV_TARGET = "QGATEWAY_TARGET"
 ENV_API_KEY = "QGATEWAY_API_KEY"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -552,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = jobs_sub.add_parser("cancel", parents=[common], help="cancel a job")
     cancel.add_argument("name", help="job name")
     cancel.set_defaults(handler=_cmd_jobs_cancel)
+
+    audit_tool.add_parser(sub)
     return parser
 
 

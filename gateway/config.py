@@ -264,6 +264,39 @@ class AuthConfig(_Strict):
         return replace(ANONYMOUS, role=Role.ADMIN) if self.anonymous_admin else ANONYMOUS
 
 
+class AuditConfig(_Strict):
+    """`[audit]`: the tamper-evident audit log (gateway.security.audit).
+
+    The chain's key lives outside the database: whoever can write the database cannot
+    recompute the chain. Keep `key_file` (and a copy of `head_file`) where the database's
+    writers cannot reach when that matters; the defaults sit in the data directory.
+    """
+
+    # Off: no interceptor, no records, no writer task (costs nothing).
+    enabled: bool = True
+    # 32 random bytes, created (mode 0600) at first start; default: <data_dir>/audit.key.
+    key_file: Path | None = None
+    # The chain head (sequence and MAC), rewritten every head_interval_s and at shutdown, and
+    # logged; `qgateway audit verify` checks the newest records against it. Default:
+    # <data_dir>/audit-head.json.
+    head_file: Path | None = None
+    head_interval_s: float = Field(default=60.0, gt=0)
+    # Records older than this are deleted (the chain stays verifiable from its anchor).
+    retention_days: float = Field(default=365.0, gt=0)
+    # Reads and failures are committed in batches: at most this long after the call.
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    # Failed authentications: the first per peer and reason in a window is written, the rest
+    # counted into one record; at most max_failure_peers peers are told apart per window.
+    failure_window_s: float = Field(default=60.0, gt=0)
+    max_failure_peers: int = Field(default=256, gt=0)
+
+    def key_path(self, data_dir: Path) -> Path:
+        return self.key_file if self.key_file is not None else data_dir / "audit.key"
+
+    def head_path(self, data_dir: Path) -> Path:
+        return self.head_file if self.head_file is not None else data_dir / "audit-head.json"
+
+
 def _default_backends() -> dict[str, BackendConfig]:
     """The local fleet: every SDK's simulators and an IBM fake device, one warm worker each
     (Aer's statevector two)."""
@@ -305,6 +338,7 @@ class GatewayConfig(BaseSettings):
     circuits: CircuitConfig = CircuitConfig()
     compiler: CompilerConfig = CompilerConfig()
     auth: AuthConfig = AuthConfig()
+    audit: AuditConfig = AuditConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
 
     @field_validator("backends")

@@ -40,6 +40,7 @@ from gateway.backends.fault import FaultInjectingRunner, with_fault_properties
 from gateway.backends.registry import adapter_names, load_adapter
 from gateway.backends.runner import Runner
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.interceptors.audit import AuditInterceptor
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
@@ -56,6 +57,7 @@ from gateway.runtime.simulator_runner import WorkerPoolRunner
 from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
 from gateway.runtime.worker_pool import WorkerFactory
 from gateway.security.api_keys import KeyRing
+from gateway.security.audit_log import AuditLog
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
 
@@ -113,6 +115,27 @@ def _queue(config: GatewayConfig, store: Store, name: str, owner: str) -> JobQue
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _audit_log(config: GatewayConfig, store: SqliteStore) -> AuditLog | None:
+    """The audit log (issue 11), or None when `[audit] enabled = false` (then it costs nothing:
+    no interceptor, no writer)."""
+    audit = config.audit
+    if not audit.enabled:
+        return None
+    try:
+        return AuditLog(
+            store,
+            audit.key_path(config.data_dir),
+            audit.head_path(config.data_dir),
+            head_interval_s=audit.head_interval_s,
+            retention_s=audit.retention_days * 86400,
+            flush_interval_s=audit.flush_interval_s,
+            failure_window_s=audit.failure_window_s,
+            max_failure_peers=audit.max_failure_peers,
+        )
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"audit.key_file: {exc}") from None
 
 
 def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRuntime]:
@@ -190,11 +213,19 @@ class Gateway:
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
+        # Inside authentication (it reads the principal), outside rate limiting.
+        self.audit = _audit_log(config, self._store)
+        audit = None if self.audit is None else AuditInterceptor(self.audit.writer)
         self._server = grpc.aio.server(
             # Outermost first: the boundary maps every error, including authentication's.
             interceptors=[
                 ErrorBoundaryInterceptor(server_cfg.max_request_bytes),
-                AuthInterceptor(KeyRing(config.auth.api_keys), config.auth.anonymous()),
+                AuthInterceptor(
+                    KeyRing(config.auth.api_keys),
+                    config.auth.anonymous(),
+                    on_failure=None if audit is None else audit.auth_failed,
+                ),
+                *([] if audit is None else [audit]),
             ],
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
@@ -205,6 +236,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self._store.open()
+        if self.audit is not None:
+            await self.audit.start()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
         # Open sessions first: recovery re-queues their jobs in order, pinning dedicated ones.
         await self.sessions.load_sessions()
@@ -230,7 +263,7 @@ class Gateway:
             SessionServicer(self.sessions, page_tokens=page_tokens), self._server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self._store), self._server
+            AdminServicer(self._store, page_tokens=page_tokens), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -318,6 +351,8 @@ class Gateway:
         await asyncio.gather(
             self.compiler.pool.close(), *(rt.runner.close() for rt in self.backends.values())
         )
+        if self.audit is not None:  # the last calls' records, then the final head
+            await self.audit.close()
         await self._store.close()
 
 

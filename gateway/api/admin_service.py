@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from qgateway.v1 import admin_service_pb2_grpc
 
+from gateway.api.admin_audit import AuditRpcs
+from gateway.api.paging import PageTokens
 from gateway.store.base import Store
 
 SERVICE_NAME = "qgateway.v1.AdminService"
 
 
-class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+class AdminServicer(AuditRpcs, admin_service_pb2_grpc.AdminServiceServicer):
     """The AdminService.
 
     Args:
         store: The gateway's store (keys, tenants, usage and audit records live there).
+        page_tokens: Seals list page tokens.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, page_tokens: PageTokens | None = None) -> None:
         self._store = store
+        self._page_tokens = page_tokens if page_tokens is not None else PageTokens(bytes(32))

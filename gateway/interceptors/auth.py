@@ -9,9 +9,20 @@ from typing import Any
 import grpc
 
 from gateway.api.context import Context
+from gateway.domain.errors import GatewayError
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
 from gateway.security.api_keys import KeyRing
-from gateway.security.principals import ANONYMOUS, Principal, current_principal
+from gateway.security.principals import ANONYMOUS, AuthFailure, Principal, current_principal
+
+
+def _claimed_prefix(metadata: Any) -> str:
+    """The public prefix a presented `qgw_<prefix>_<secret>` key claims ("" if none)."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            parts = value.removeprefix("Bearer ").split("_")
+            if len(parts) >= 3 and parts[0] == "qgw" and parts[1].isalnum():
+                return parts[1][:32]
+    return ""
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -20,11 +31,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     Args:
         keys: The configured API keys; when there are none, every caller is `anonymous`.
         anonymous: The principal of keyless callers (tenant "default"; admin per configuration).
+        on_failure: Told of every refused call (the audit log), before it is refused.
     """
 
-    def __init__(self, keys: KeyRing, anonymous: Principal = ANONYMOUS) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        anonymous: Principal = ANONYMOUS,
+        on_failure: Callable[[AuthFailure], None] | None = None,
+    ) -> None:
         self._keys = keys
         self._anonymous = anonymous
+        self._on_failure = on_failure
 
     async def intercept_service(
         self,
@@ -36,10 +54,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         if not self._keys and self._anonymous == ANONYMOUS:
             return handler  # the context variable's default is this caller already
-        keys, anonymous = self._keys, self._anonymous
+        keys, anonymous, on_failure = self._keys, self._anonymous, self._on_failure
+        method = handler_call_details.method
 
         def authenticate(context: Context) -> Principal:
-            return keys.authenticate(context.invocation_metadata()) if keys else anonymous
+            try:
+                return keys.authenticate(context.invocation_metadata()) if keys else anonymous
+            except GatewayError as err:
+                if on_failure is not None:
+                    on_failure(
+                        AuthFailure(
+                            method=method,
+                            peer=context.peer() or "",
+                            reason=err.reason,
+                            key_prefix=_claimed_prefix(context.invocation_metadata()),
+                        )
+                    )
+                raise
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:

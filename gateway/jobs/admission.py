@@ -33,6 +33,7 @@ from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import BreakerState
+from gateway.security import audit
 from gateway.store.base import CreateOutcome, NewJob, Store, request_id_reused
 
 
@@ -154,6 +155,7 @@ class Admission:
             return CreateOutcome(existing, created=False)
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         prepared = await self.prepare(runtime, tenant, spec, seed)
+        audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
         new = NewJob(
             id=uuid.uuid4().hex,
             tenant=tenant,

@@ -76,7 +76,6 @@ NOT_YET_IMPLEMENTED = frozenset(
         "ListTenants",
         "UpdateTenant",
         "GetTenantUsage",
-        "ListAuditRecords",
     )
 )
 

@@ -9,6 +9,7 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,7 +123,7 @@ def test_a_chain_recomputed_without_the_key_fails_at_the_first_changed_record() 
 
 def test_the_mac_covers_every_field() -> None:
     record = chain(KEY, audit.START, _records(1))[0]
-    changes = {
+    changes: dict[str, Any] = {
         "time": T0 + timedelta(microseconds=1),
         "end_time": T0,
         "service": "x",

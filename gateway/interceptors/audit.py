@@ -1,0 +1,181 @@
+"""Audit: exactly one record per call of the gateway's own services (health and reflection
+are not audited).
+
+Sits inside authentication (it reads the caller from `current_principal`) and outside rate
+limiting (a throttled call is recorded too). A mutating call (gateway.security.audit.MUTATING)
+carries a PendingRecord that the store operation committing its effect takes into the same
+transaction; whatever was not taken (reads, streams, failures, calls that changed nothing) is
+written in batches by the AuditWriter when the call ends. Failed authentications never reach
+this interceptor: the auth interceptor reports them to `auth_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from gateway.api.context import Context
+from gateway.domain.errors import Code, GatewayError
+from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.security import audit
+from gateway.security.audit import AuditRecord, PendingRecord
+from gateway.security.audit_writer import AuditWriter
+from gateway.security.principals import AuthFailure, current_principal
+
+
+def split_method(full: str) -> tuple[str, str]:
+    """ "/qgateway.v1.JobService/SubmitJob" -> ("qgateway.v1.JobService", "SubmitJob")."""
+    service, _, method = full.lstrip("/").partition("/")
+    return service, method
+
+
+def _text_field(message: Any, name: str) -> str:
+    value = getattr(message, name, "")
+    return value if isinstance(value, str) else ""
+
+
+def _request_fields(request: Any) -> dict[str, str]:
+    """What every request says about itself, read by field name (no proto types needed)."""
+    fields = {
+        "request_id": _text_field(request, "request_id"),
+        "resource": _text_field(request, "name"),
+    }
+    spec = getattr(request, "spec", None)
+    backend = _text_field(spec, "backend") if spec is not None else ""
+    # The bare id, as the store records it ("backends/aer" -> "aer").
+    fields["backend"] = (backend or _text_field(request, "backend")).removeprefix("backends/")
+    return fields
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in ("traceparent", "x-request-id") and isinstance(value, str):
+            found[key] = value
+    return found
+
+
+def _status_code(context: Context) -> int:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return int(code.value[0])
+    return int(code) if isinstance(code, int) else int(Code.UNKNOWN)
+
+
+def _outcome(exc: BaseException, context: Context) -> tuple[int, str]:
+    if isinstance(exc, GatewayError):
+        return int(exc.code), exc.reason
+    if isinstance(exc, grpc.aio.AbortError):
+        return _status_code(context), ""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return int(Code.CANCELLED), ""
+    return int(Code.INTERNAL), "INTERNAL_ERROR"
+
+
+class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Records every call of qgateway.v1 services.
+
+    Args:
+        writer: Where records that no effect committed go.
+        clock: UTC now.
+    """
+
+    def __init__(
+        self, writer: AuditWriter, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._writer = writer
+        self._clock = clock
+
+    def auth_failed(self, failure: AuthFailure) -> None:
+        """The auth interceptor's on_failure: an aggregated, rate-limited record."""
+        now = self._clock()
+        service, method = split_method(failure.method)
+        self._writer.auth_failed(
+            AuditRecord(
+                time=now,
+                end_time=now,
+                service=service,
+                method=method,
+                key_prefix=failure.key_prefix,
+                peer=failure.peer,
+                code=int(Code.UNAUTHENTICATED),
+                reason=failure.reason,
+            )
+        )
+
+    def _draft(self, full_method: str, request: Any, context: Context) -> AuditRecord:
+        principal = current_principal.get()
+        service, method = split_method(full_method)
+        meta = _metadata(context)
+        fields = _request_fields(request)
+        now = self._clock()
+        return AuditRecord(
+            time=now,
+            end_time=now,
+            service=service,
+            method=method,
+            principal=principal.id,
+            tenant=principal.tenant,
+            key_prefix=principal.key_prefix,
+            peer=context.peer() or "",
+            resource=fields["resource"],
+            backend=fields["backend"],
+            request_id=fields["request_id"] or meta.get("x-request-id", ""),
+            trace_id=audit.trace_id(meta.get("traceparent", "")),
+        )
+
+    def _finish(self, record: AuditRecord | None, code: int, reason: str) -> None:
+        if record is not None:
+            self._writer.add(replace(record, end_time=self._clock(), code=code, reason=reason))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        full_method: str = handler_call_details.method
+        if not is_gateway_method(handler, full_method):
+            return handler
+        effects = audit.MUTATING.get(full_method)
+
+        def wrap_unary(unary: Unary) -> Unary:
+            async def handle(request: Any, context: Context) -> Any:
+                draft = self._draft(full_method, request, context)
+                pending = None if effects is None else PendingRecord(draft, effects)
+                token = audit.pending_record.set(pending)
+                code, reason = int(Code.OK), ""
+                try:
+                    return await unary(request, context)
+                except BaseException as exc:
+                    code, reason = _outcome(exc, context)
+                    raise
+                finally:
+                    audit.pending_record.reset(token)
+                    # Written here only when no effect committed it.
+                    self._finish(draft if pending is None else pending.close(), code, reason)
+
+            return handle
+
+        def wrap_stream(stream: Stream) -> Stream:
+            async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+                # One record per stream, written when it ends (how it ended included).
+                draft = self._draft(full_method, request, context)
+                code, reason = int(Code.OK), ""
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                except BaseException as exc:
+                    code, reason = _outcome(exc, context)
+                    raise
+                finally:
+                    self._finish(draft, code, reason)
+
+            return handle
+
+        return rewrap(handler, wrap_unary, wrap_stream)

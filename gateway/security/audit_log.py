@@ -1,0 +1,117 @@
+"""The running audit log: its key, batch writer, exported head and retention sweep.
+
+The head (newest sequence and MAC) is written to its file and logged every interval and at
+shutdown, so that deleting the newest records from the database shows in `qgateway audit
+verify`. Retention deletes records older than the configured period (the store keeps the chain
+verifiable through its anchor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from gateway.security import audit_files
+from gateway.security.audit import AuditRecord, ChainPoint
+from gateway.security.audit_writer import AuditWriter
+
+log = logging.getLogger("gateway.audit")
+
+RETENTION_SWEEP_S = 3600.0
+
+
+class AuditStore(Protocol):
+    def enable_audit(self, key: bytes) -> None: ...
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint: ...
+
+    async def audit_head(self) -> ChainPoint: ...
+
+    async def expire_audit(self, before: datetime) -> int: ...
+
+
+class AuditLog:
+    """Args:
+    store: Where records go; `enable_audit` is called with the key here.
+    key_path: The key file (created at first start).
+    head_path: Where the head is exported.
+    head_interval_s, retention_s: As configured.
+    writer_options: AuditWriter keyword arguments.
+    """
+
+    def __init__(
+        self,
+        store: AuditStore,
+        key_path: Path,
+        head_path: Path,
+        *,
+        head_interval_s: float,
+        retention_s: float,
+        flush_interval_s: float,
+        failure_window_s: float,
+        max_failure_peers: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._head_path = head_path
+        self._head_interval = head_interval_s
+        self._retention = timedelta(seconds=retention_s)
+        self._clock = clock
+        # Read (or made) before the first call, so every record can be chained.
+        store.enable_audit(audit_files.load_or_create_key(key_path))
+        self.writer = AuditWriter(
+            store,
+            flush_interval_s=flush_interval_s,
+            failure_window_s=failure_window_s,
+            max_failure_peers=max_failure_peers,
+            clock=clock,
+        )
+        self._exported: ChainPoint | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Sweeps expired records and exports the head; then both recur in the background."""
+        await self._sweep()
+        await self.export_head()
+        self._task = asyncio.create_task(self._maintain(), name="qgateway-audit")
+
+    async def _maintain(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(self._head_interval)
+            try:
+                if time.monotonic() - last_sweep >= RETENTION_SWEEP_S:
+                    last_sweep = time.monotonic()
+                    await self._sweep()
+                await self.export_head()
+            except Exception:
+                log.exception("audit: head export or retention sweep failed")
+
+    async def _sweep(self) -> None:
+        expired = await self._store.expire_audit(self._clock() - self._retention)
+        if expired:
+            log.info("audit: %d records past retention deleted", expired)
+
+    async def export_head(self) -> ChainPoint:
+        """Writes the chain head to its file and the log (when it moved)."""
+        head = await self._store.audit_head()
+        if head != self._exported:
+            await asyncio.to_thread(audit_files.write_head, self._head_path, head)
+            self._exported = head
+            log.info("audit head sequence=%d mac=%s", head.sequence, head.mac.hex())
+        return head
+
+    async def close(self) -> None:
+        """After the last call: writes what is buffered and exports the final head."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.writer.close()
+        await self.export_head()

@@ -1,0 +1,168 @@
+"""Writes audit records off the request path: in batches, and failed authentications
+aggregated per peer under a rate limit.
+
+Reads and calls that changed nothing are buffered and committed one batch per flush (one
+transaction, one fsync, for up to `max_batch` calls). Failed authentications are written at
+most twice per peer and reason per window: the first at once, the rest as one record whose
+`count` says how many, when the window ends; beyond `max_failure_peers` distinct peers in a
+window every other failure is counted under peer "*". So anonymous traffic, however much,
+adds a bounded number of records per window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+from gateway.security.audit import AuditRecord, ChainPoint
+
+log = logging.getLogger(__name__)
+
+OVERFLOW_PEER = "*"
+
+
+class AuditSink(Protocol):
+    async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint: ...
+
+
+@dataclass
+class _Failures:
+    first: AuditRecord | None = None  # the first failure after the one written at once
+    count: int = 0
+    last: datetime | None = None
+
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer string ("ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1"): each call
+    may come from a new port, one client is one host."""
+    if peer.startswith("ipv6:"):
+        # "ipv6:[::1]:5555"
+        end = peer.rfind("]")
+        return peer[: end + 1] if end != -1 else peer
+    if peer.startswith("ipv4:"):
+        return peer.rsplit(":", 1)[0]
+    return peer
+
+
+class AuditWriter:
+    """Buffers records and hands them to the store in batches.
+
+    Args:
+        sink: Where batches go (the store's append_audit).
+        flush_interval_s: Longest a buffered record waits.
+        max_batch: A full buffer is flushed at once.
+        failure_window_s: The aggregation window of failed authentications.
+        max_failure_peers: Distinct (peer, reason) pairs tracked per window.
+        clock: UTC now.
+    """
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        flush_interval_s: float = 1.0,
+        max_batch: int = 256,
+        failure_window_s: float = 60.0,
+        max_failure_peers: int = 256,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sink = sink
+        self._interval = flush_interval_s
+        self._max_batch = max_batch
+        self._window = failure_window_s
+        self._max_peers = max_failure_peers
+        self._clock = clock
+        self._buffer: list[AuditRecord] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._window_timer: asyncio.TimerHandle | None = None
+        self._failures: dict[tuple[str, str], _Failures] = {}
+        self._inflight: set[asyncio.Future[ChainPoint]] = set()
+        self._closed = False
+        self.written = 0
+
+    def add(self, record: AuditRecord) -> None:
+        """Queues one record for the next batch (never blocks, never fails the call)."""
+        if self._closed:
+            log.warning("audit record after close dropped: %s %s", record.service, record.method)
+            return
+        self._buffer.append(record)
+        if len(self._buffer) >= self._max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def auth_failed(self, record: AuditRecord) -> None:
+        """A failed authentication: the first per (peer host, reason) in a window is written,
+        later ones are counted into one record when the window ends."""
+        key = (peer_host(record.peer), record.reason)
+        record = replace(record, peer=key[0])
+        state = self._failures.get(key)
+        if state is None and len(self._failures) >= self._max_peers:
+            key = (OVERFLOW_PEER, "")
+            record = replace(record, peer=OVERFLOW_PEER)
+            state = self._failures.get(key)
+        if state is None:
+            self._failures[key] = _Failures()
+            self.add(record)
+            if self._window_timer is None and not self._closed:
+                loop = asyncio.get_running_loop()
+                self._window_timer = loop.call_later(self._window, self._end_window)
+            return
+        if state.first is None:
+            state.first = record
+        state.count += 1
+        state.last = record.end_time
+
+    def _end_window(self) -> None:
+        self._window_timer = None
+        failures, self._failures = self._failures, {}
+        for state in failures.values():
+            if state.first is not None:
+                self.add(
+                    replace(
+                        state.first, end_time=state.last or state.first.end_time, count=state.count
+                    )
+                )
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        task = asyncio.ensure_future(self._sink.append_audit(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._written(len(batch)))
+
+    def _written(self, n: int) -> Callable[[asyncio.Future[ChainPoint]], None]:
+        def done(task: asyncio.Future[ChainPoint]) -> None:
+            self._inflight.discard(task)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                log.error("audit: a batch of %d records could not be written: %r", n, error)
+            else:
+                self.written += n
+
+        return done
+
+    async def flush(self) -> None:
+        """Writes everything buffered, aggregated failures included; returns once committed."""
+        if self._window_timer is not None:
+            self._window_timer.cancel()
+            self._window_timer = None
+        self._end_window()
+        self._flush()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Flushes, then refuses further records."""
+        await self.flush()
+        self._closed = True
