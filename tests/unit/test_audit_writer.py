@@ -1,0 +1,120 @@
+"""The audit writer (batches, failed-authentication aggregation under a bound) and the
+ListAuditRecords filter, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.api.audit_filter import parse_audit_filter
+from gateway.domain.errors import InvalidArgument
+from gateway.security.audit import AuditComparison, AuditRecord, ChainPoint
+from gateway.security.audit_writer import OVERFLOW_PEER, AuditWriter, peer_host
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[list[AuditRecord]] = []
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
+        self.batches.append(list(records))
+        return ChainPoint(sum(len(b) for b in self.batches), b"")
+
+    @property
+    def records(self) -> list[AuditRecord]:
+        return [r for b in self.batches for r in b]
+
+
+def _failure(peer: str, reason: str = "API_KEY_INVALID") -> AuditRecord:
+    return AuditRecord(
+        time=T0,
+        end_time=T0,
+        service="qgateway.v1.JobService",
+        method="GetJob",
+        peer=peer,
+        code=16,
+        reason=reason,
+    )
+
+
+def test_a_flood_from_one_peer_is_two_records_that_count_every_call() -> None:
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(sink, flush_interval_s=3600, failure_window_s=3600)
+        for port in range(1000):  # every call from a new port of one host
+            writer.auth_failed(_failure(f"ipv4:10.0.0.1:{40000 + port}"))
+        await writer.close()
+        return sink
+
+    records = asyncio.run(main()).records
+    assert len(records) == 2
+    assert [r.count for r in records] == [1, 999]
+    assert {r.peer for r in records} == {"ipv4:10.0.0.1"}
+
+
+def test_many_peers_are_bounded_by_the_overflow_record() -> None:
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(
+            sink, flush_interval_s=3600, failure_window_s=3600, max_failure_peers=8
+        )
+        for host in range(500):
+            for _ in range(3):
+                writer.auth_failed(_failure(f"ipv4:10.0.{host // 256}.{host % 256}:5000"))
+        await writer.close()
+        return sink
+
+    records = asyncio.run(main()).records
+    # 8 peers told apart (first + aggregate each), everything else under "*" (first + rest).
+    assert len(records) <= 2 * 8 + 2
+    assert sum(r.count for r in records) == 1500
+    assert OVERFLOW_PEER in {r.peer for r in records}
+
+
+def test_records_are_written_in_batches() -> None:
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(sink, flush_interval_s=3600, max_batch=10)
+        record = _failure("ipv4:127.0.0.1:1")
+        for _ in range(25):
+            writer.add(record)
+        await asyncio.sleep(0)  # the full batches' writes start
+        assert [len(b) for b in sink.batches] == [10, 10]
+        await writer.close()
+        writer.add(record)  # after close: dropped, never a late write
+        return sink
+
+    sink = asyncio.run(main())
+    assert [len(b) for b in sink.batches] == [10, 10, 5]
+
+
+def test_peer_hosts() -> None:
+    assert peer_host("ipv4:127.0.0.1:5555") == "ipv4:127.0.0.1"
+    assert peer_host("ipv6:[::1]:5555") == "ipv6:[::1]"
+    assert peer_host("unix:/tmp/s") == "unix:/tmp/s"
+
+
+def test_the_audit_filter() -> None:
+    parsed = parse_audit_filter(
+        'tenant = "acme" AND (method = "SubmitJob" OR method = "Run")'
+        ' AND time >= "2026-12-01T00:00:00.0000005Z"'
+    )
+    assert parsed.clauses[0] == (AuditComparison("tenant", "=", "acme"),)
+    assert {c.value for c in parsed.clauses[1]} == {"SubmitJob", "Run"}
+    # Nanoseconds rounded up for >=: the comparison in microseconds stays exact.
+    start_us = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert parsed.clauses[2] == (AuditComparison("time", ">=", start_us + 1),)
+    same = parse_audit_filter(
+        '(method = "Run" OR method = "SubmitJob") AND time >= "2026-12-01T00:00:00.0000005Z"'
+        ' AND tenant = "acme"'
+    )
+    assert same.canonical() == parsed.canonical()
+    for bad in ('tenant > "a"', "tenant = acme", 'shots = "1"', '(tenant = "a" OR method = "b")'):
+        with pytest.raises(InvalidArgument) as err:
+            parse_audit_filter(bad)
+        assert err.value.reason == "INVALID_FILTER"
