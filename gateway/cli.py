@@ -1,6 +1,8 @@
 """The `qgateway` command: run the server, or talk to one.
 
     qgateway serve [--config FILE]
+    qgateway keys create --tenant T [--role R] [--expires-in-days N] | keys list | keys revoke NAME
+    qgateway keys toml --tenant T      (offline: a key and its [[auth.api_keys]] entry)
     qgateway backends
     qgateway run FILE --backend aer --shots 1024 [--seed S] [--sampler-output counts] [--json]
     qgateway jobs list [--filter F] [--state S ...] [--backend B] [--limit N]
@@ -35,6 +37,7 @@ from qgateway import (
     RegisterData,
     RetryPolicy,
     sampler_pub,
+    tls_credentials,
 )
 
 from gateway import audit_tool
@@ -276,13 +279,119 @@ def _bar_for(stream: TextIO) -> str:
 # --- Commands ---------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _auth_metadata() -> list[tuple[str, str]]:
     key = os.environ.get(ENV_API_KEY)
-    metadata = [("authorization", f"Bearer {key}")] if key else []
-    return Client(args.target, retry=CLI_RETRY, metadata=metadata)
+    return [("authorization", f"Bearer {key}")] if key else []
+
+
+def _client(args: argparse.Namespace) -> Client:
+    metadata = _auth_metadata()
+    ca, cert, tls_key = (getattr(args, n, None) for n in ("ca", "cert", "key"))
+    credentials = None
+    if ca or cert or tls_key:
+        try:
+            credentials = tls_credentials(ca, cert=cert, key=tls_key)
+        except OSError as exc:
+            raise CliError(f"cannot read a TLS file: {exc.strerror or exc}") from None
+    return Client(args.target, retry=CLI_RETRY, metadata=metadata, credentials=credentials)
+
+
+_ROLE_PB = {"user": 1, "tenant-admin": 2, "admin": 3}  # qgateway.v1.Role values
+_ROLE_TEXT = {v: k for k, v in _ROLE_PB.items()}
+_KEY_STATES = {1: "active", 2: "expired", 3: "revoked"}
+
+
+def _admin_call(client: Client, rpc: str, request: Any, timeout: float | None) -> Any:
+    """One AdminService call on the client's channel, its errors as the client's exceptions."""
+    import grpc
+    from qgateway.errors import from_rpc_error
+    from qgateway.v1 import admin_service_pb2_grpc
+
+    stub: Any = admin_service_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]
+    try:
+        return getattr(stub, rpc)(request, timeout=timeout, metadata=_auth_metadata())
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
+def _key_name(text: str, tenant: str | None) -> str:
+    if text.startswith("tenants/"):
+        return text
+    if tenant is None:
+        raise CliError("give the key's full name (tenants/T/apiKeys/P) or --tenant")
+    return f"tenants/{tenant}/apiKeys/{text}"
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from qgateway.v1 import admin_pb2, admin_service_pb2
+
+    api_key = admin_pb2.ApiKey(display_name=args.name, role=_ROLE_PB[args.role])  # type: ignore[arg-type]
+    if args.expires_in_days is not None:
+        expires = datetime.now(UTC) + timedelta(days=args.expires_in_days)
+        api_key.expire_time.FromDatetime(expires)
+    request = admin_service_pb2.CreateApiKeyRequest(
+        parent=f"tenants/{args.tenant}", api_key=api_key
+    )
+    with _client(args) as client:
+        response = _admin_call(client, "CreateApiKey", request, args.timeout)
+    print(f"API key {response.api_key.name} (role {args.role}):")
+    print(f"  {response.key}")
+    print(
+        f"Shown once: give it to the tenant's clients as {ENV_API_KEY}; the gateway keeps a hash."
+    )
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from qgateway.v1 import admin_service_pb2
+
+    parent = "tenants/-" if args.tenant is None else f"tenants/{args.tenant}"
+    rows: list[list[str]] = []
+    token = ""
+    with _client(args) as client:
+        while True:
+            request = admin_service_pb2.ListApiKeysRequest(
+                parent=parent, page_token=token, show_inactive=args.inactive
+            )
+            page = _admin_call(client, "ListApiKeys", request, args.timeout)
+            for key in page.api_keys:
+                when = {
+                    f: _utc(getattr(key, f).ToDatetime(tzinfo=UTC)) if key.HasField(f) else "-"
+                    for f in ("create_time", "expire_time", "last_use_time")
+                }
+                rows.append(
+                    [
+                        key.name,
+                        _ROLE_TEXT.get(key.role, "user"),
+                        _KEY_STATES.get(key.state, "?"),
+                        when["create_time"],
+                        when["expire_time"],
+                        when["last_use_time"],
+                        key.display_name,
+                    ]
+                )
+            token = page.next_page_token
+            if not token:
+                break
+    if not rows:
+        print("no keys")
+        return 0
+    header = ["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED", "DISPLAY NAME"]
+    print(format_table(header, rows))
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from qgateway.v1 import admin_service_pb2
+
+    request = admin_service_pb2.RevokeApiKeyRequest(name=_key_name(args.name, args.tenant))
+    with _client(args) as client:
+        response = _admin_call(client, "RevokeApiKey", request, args.timeout)
+    print(f"revoked {response.api_key.name}")
+    return 0
+
+
+def _cmd_keys_toml(args: argparse.Namespace) -> int:
     from gateway.security.api_keys import generate_key
     from gateway.security.principals import Role
 
@@ -462,9 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"gateway host:port (default: ${ENV_TARGET} or {DEFAULT_TARGET}; now "
         f"{default_target})",
     )
+    tls_help = {
+        "--ca": "PEM file of the CA that signed the gateway's certificate (turns TLS on)",
+        "--cert": "client certificate PEM file (mTLS)",
+        "--key": "client private key PEM file (mTLS)",
+    }
+    for flag, text in tls_help.items():
+        parser.add_argument(flag, default=None, help=text)
     # Also accepted after the subcommand; SUPPRESS keeps the global value when absent there.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--target", default=argparse.SUPPRESS, help="gateway host:port")
+    for flag, text in tls_help.items():
+        common.add_argument(flag, default=argparse.SUPPRESS, help=text)
     common.add_argument(
         "--timeout", type=float, default=None, help="seconds for the call (default: none)"
     )
@@ -474,19 +592,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     serve.set_defaults(handler=_cmd_serve)
 
-    keys = sub.add_parser("keys", help="manage API keys")
+    keys = sub.add_parser(
+        "keys", help=f"manage API keys (AdminService, with an admin's key in ${ENV_API_KEY})"
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
     keys.set_defaults(parser=keys)
-    create = keys_sub.add_parser("create", help="make a new API key for a tenant")
+    role_help = "admin: an operator's key (every tenant; backends' FULL view)"
+    create = keys_sub.add_parser(
+        "create", parents=[common], help="create a stored API key for a tenant (shown once)"
+    )
     create.add_argument("--tenant", required=True, help="tenant the key belongs to")
     create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--role", choices=list(_ROLE_PB), default="user", help=role_help)
     create.add_argument(
-        "--role",
-        choices=["user", "tenant-admin", "admin"],
-        default="user",
-        help="admin: an operator's key (every tenant; backends' FULL view)",
+        "--expires-in-days", type=float, default=None, help="the key expires after this long"
     )
     create.set_defaults(handler=_cmd_keys_create)
+    key_list = keys_sub.add_parser("list", parents=[common], help="list API keys")
+    key_list.add_argument(
+        "--tenant", default=None, help="one tenant's keys (default: every tenant's; admins only)"
+    )
+    key_list.add_argument("--inactive", action="store_true", help="also revoked and expired keys")
+    key_list.set_defaults(handler=_cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke an API key at once")
+    revoke.add_argument("name", help="tenants/T/apiKeys/PREFIX (or PREFIX with --tenant)")
+    revoke.add_argument("--tenant", default=None, help="the key's tenant")
+    revoke.set_defaults(handler=_cmd_keys_revoke)
+    toml = keys_sub.add_parser(
+        "toml", help="offline: make a key and print its [[auth.api_keys]] configuration entry"
+    )
+    toml.add_argument("--tenant", required=True, help="tenant the key belongs to")
+    toml.add_argument("--name", default="", help="a label for the key")
+    toml.add_argument("--role", choices=list(_ROLE_PB), default="user", help=role_help)
+    toml.set_defaults(handler=_cmd_keys_toml)
 
     backends = sub.add_parser("backends", parents=[common], help="list backends")
     backends.set_defaults(handler=_cmd_backends)

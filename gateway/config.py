@@ -24,6 +24,8 @@ from gateway.runtime.breaker import BreakerPolicy
 from gateway.runtime.compiler import CompileLimits
 from gateway.runtime.pool import PoolLimits
 from gateway.security.api_keys import ApiKeyConfig
+from gateway.security.jwt_auth import JwtConfig
+from gateway.security.mtls import CertMatch, CertRule
 from gateway.security.principals import ANONYMOUS, Principal, Role
 
 ENV_PREFIX = "QGATEWAY_"
@@ -40,8 +42,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsConfig(_Strict):
+    """`[server.tls]`: the gateway's certificate and, for mTLS, the CA its clients' certificates
+    must chain to. Rotated files are picked up for new connections without a restart."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    # "require": every connection presents a certificate that chains to client_ca_file.
+    # "optional" is refused: grpcio's Python server cannot request a certificate without
+    # requiring it (it would silently accept none), so mixed fleets use "none" plus bearer
+    # credentials, or "require" on a port of their own.
+    client_auth: Literal["none", "optional", "require"] = "none"
+    # How often, at most, a new connection checks the files for a rotation.
+    reload_check_s: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _client_auth(self) -> TlsConfig:
+        if self.client_auth == "optional":
+            raise ValueError(
+                "client_auth = 'optional' is not supported: grpcio's Python server requests "
+                "client certificates only when it requires them; use 'require' or 'none'"
+            )
+        if (self.client_auth == "require") != (self.client_ca_file is not None):
+            raise ValueError("client_auth = 'require' and client_ca_file go together")
+        return self
+
+
 class ServerConfig(_Strict):
     listen: str = "127.0.0.1:50051"
+    # TLS (and mTLS) on `listen`; unset: plaintext.
+    tls: TlsConfig | None = None
+    # A plaintext port serving only grpc.health.v1 (Kubernetes probes while `listen` is TLS).
+    health_listen: str | None = None
     # The gateway's own request limit: below gRPC's transport limit, so an oversize request gets
     # a detailed error instead of gRPC's bare one.
     max_request_bytes: int = Field(default=16 * MIB, gt=0)
@@ -250,12 +283,35 @@ class AuthConfig(_Strict):
     # them only what any tenant sees; a developer's own gateway may turn it on. With keys there
     # is no anonymous caller: admin is a key's role (`role = "admin"`).
     anonymous_admin: bool = False
+    # Require credentials even without [[auth.api_keys]] (every key lives in the store).
+    # Configuring keys, [auth.jwt] or [[auth.mtls]] requires them too.
+    required: bool = False
+    # JWT bearer tokens (`[auth.jwt]`).
+    jwt: JwtConfig | None = None
+    # Client certificates -> principals (`[[auth.mtls]]`: subject or san pattern, tenant, role);
+    # needs server.tls.client_auth = "require".
+    mtls: list[CertRule] = Field(default_factory=list)
+    # Peers (by their own client certificate: subject or san pattern) whose
+    # x-forwarded-client-cert header is believed; from any other peer the header is refused.
+    trusted_proxies: list[CertMatch] = Field(default_factory=list)
+    # How long a stored key's record is reused before it is read again: a key revoked through
+    # another replica stops working here within this many seconds (at once on the replica
+    # that revoked it).
+    key_cache_s: float = Field(default=30.0, ge=0)
+    # How stale a stored key's last-used time may be (written in batches this often).
+    key_last_used_interval_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether callers must authenticate."""
+        return bool(self.required or self.api_keys or self.jwt or self.mtls)
 
     @model_validator(mode="after")
     def _anonymous_admin_without_keys(self) -> AuthConfig:
-        if self.anonymous_admin and self.api_keys:
+        if self.anonymous_admin and self.enabled:
             raise ValueError(
-                "anonymous_admin applies only without api_keys (give a key role = 'admin' instead)"
+                "anonymous_admin applies only without authentication (no api_keys, jwt, mtls "
+                "or required; give a key role = 'admin' instead)"
             )
         return self
 
@@ -340,6 +396,17 @@ class GatewayConfig(BaseSettings):
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
+
+    @model_validator(mode="after")
+    def _certificates_need_mtls(self) -> GatewayConfig:
+        tls = self.server.tls
+        if (self.auth.mtls or self.auth.trusted_proxies) and (
+            tls is None or tls.client_auth != "require"
+        ):
+            raise ValueError(
+                "auth.mtls and auth.trusted_proxies need server.tls with client_auth = 'require'"
+            )
+        return self
 
     @field_validator("backends")
     @classmethod

@@ -56,8 +56,12 @@ from gateway.runtime.pool import Pool
 from gateway.runtime.simulator_runner import WorkerPoolRunner
 from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
 from gateway.runtime.worker_pool import WorkerFactory
-from gateway.security.api_keys import KeyRing
+from gateway.security.api_keys import KeyRing, KeyVerifier, LastUsedRecorder
 from gateway.security.audit_log import AuditLog
+from gateway.security.authenticator import Authenticator
+from gateway.security.jwt_auth import JwtVerifier
+from gateway.security.mtls import CertMapper
+from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
 
@@ -138,6 +142,44 @@ def _audit_log(config: GatewayConfig, store: SqliteStore) -> AuditLog | None:
         raise ConfigError(f"audit.key_file: {exc}") from None
 
 
+def build_authenticator(
+    config: GatewayConfig, store: Store
+) -> tuple[Authenticator, LastUsedRecorder]:
+    """Who may call: configured and stored API keys, JWTs, client certificates; or, with none
+    configured, everyone as the anonymous principal."""
+    auth = config.auth
+    recorder = LastUsedRecorder(store, interval_s=auth.key_last_used_interval_s)
+    keys = KeyVerifier(KeyRing(auth.api_keys), store, recorder=recorder, cache_s=auth.key_cache_s)
+    try:
+        jwt = None if auth.jwt is None else JwtVerifier(auth.jwt)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"auth.jwt: cannot load the key set: {exc}") from None
+    authenticator = Authenticator(
+        keys,
+        jwt=jwt,
+        certs=CertMapper(auth.mtls),
+        trusted_proxies=auth.trusted_proxies,
+        anonymous=None if auth.enabled else auth.anonymous(),
+    )
+    return authenticator, recorder
+
+
+def _server_credentials(config: GatewayConfig) -> ReloadingServerCredentials | None:
+    tls = config.server.tls
+    if tls is None:
+        return None
+    try:
+        return ReloadingServerCredentials(
+            tls.cert_file,
+            tls.key_file,
+            tls.client_ca_file,
+            require_client_auth=tls.client_auth == "require",
+            reload_check_s=tls.reload_check_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRuntime]:
     # Claims in a shared store name their holder: this process.
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -213,6 +255,10 @@ class Gateway:
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
+        self.authenticator, self._key_uses = build_authenticator(config, self._store)
+        self._tls = _server_credentials(config)
+        self.health_port = 0
+        self._health_server: grpc.aio.Server | None = None
         # Inside authentication (it reads the principal), outside rate limiting.
         self.audit = _audit_log(config, self._store)
         audit = None if self.audit is None else AuditInterceptor(self.audit.writer)
@@ -221,8 +267,8 @@ class Gateway:
             interceptors=[
                 ErrorBoundaryInterceptor(server_cfg.max_request_bytes),
                 AuthInterceptor(
-                    KeyRing(config.auth.api_keys),
-                    config.auth.anonymous(),
+                    self.authenticator,
+                    uses_certificates=bool(config.auth.mtls or config.auth.trusted_proxies),
                     on_failure=None if audit is None else audit.auth_failed,
                 ),
                 *([] if audit is None else [audit]),
@@ -263,7 +309,8 @@ class Gateway:
             SessionServicer(self.sessions, page_tokens=page_tokens), self._server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self._store, page_tokens=page_tokens), self._server
+            AdminServicer(self._store, page_tokens=page_tokens, keys=self.authenticator.keys),
+            self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -278,11 +325,18 @@ class Gateway:
             self._server,
         )
         try:
-            self.port = self._server.add_insecure_port(self.config.server.listen)
+            if self._tls is None:
+                self.port = self._server.add_insecure_port(self.config.server.listen)
+            else:
+                self.port = self._server.add_secure_port(
+                    self.config.server.listen, self._tls.credentials()
+                )
         except RuntimeError as exc:
             raise ConfigError(
                 f"server.listen: cannot listen on {self.config.server.listen}: {exc}"
             ) from None
+        await self._start_health_port()
+        self._key_uses.start()
         for name in self.backends:
             await self.health.set(backend_health_name(name), NOT_SERVING)
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
@@ -297,6 +351,26 @@ class Gateway:
         # Jobs recovered or accepted meanwhile are dispatched once the workers are up.
         self.manager.start_scheduling()
         await self.health.set(READINESS_SERVICE, SERVING)
+
+    async def _start_health_port(self) -> None:
+        """The plaintext, health-only port (Kubernetes probes while `listen` is TLS): the same
+        health service, nothing else, so it reveals no more than a probe needs."""
+        listen = self.config.server.health_listen
+        if listen is None:
+            return
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            self.health_port = server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            raise ConfigError(f"server.health_listen: cannot listen on {listen}: {exc}") from None
+        await server.start()
+        self._health_server = server
+
+    @property
+    def health_address(self) -> str:
+        listen = self.config.server.health_listen or ""
+        return f"{listen.rsplit(':', 1)[0]}:{self.health_port}"
 
     async def _start_backend(
         self, runtime: BackendRuntime, compilers: asyncio.Future[None]
@@ -342,6 +416,9 @@ class Gateway:
         if not finished:
             log.warning("grace period over: jobs still running are re-queued at the next start")
         await self._server.stop(1.0)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+        await self._key_uses.close()
         for task in self._monitors:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
@@ -364,6 +441,7 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
+    _log_security(gateway)
     log.info("qgateway serving on %s (data in %s)", gateway.address, config.data_dir.resolve())
     if on_ready is not None:
         on_ready(gateway.address)
@@ -371,6 +449,28 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
     log.info("draining")
     await gateway.stop()
     log.info("stopped")
+
+
+def _log_security(gateway: Gateway) -> None:
+    config = gateway.config
+    if not config.auth.enabled:
+        # Loud on purpose: the embedded default is for one developer's machine.
+        log.warning(
+            "AUTHENTICATION IS OFF: every caller is the anonymous principal of tenant 'default'%s,"
+            " with no API key, token or certificate checked. Anyone who can reach %s can run "
+            "jobs and read every job's results. Configure [[auth.api_keys]], [auth.jwt] or "
+            "[[auth.mtls]] (or auth.required) before exposing this port.",
+            " WITH THE ADMIN ROLE" if config.auth.anonymous_admin else "",
+            gateway.address,
+        )
+    if config.server.tls is None:
+        log.info("TLS is off: %s is plaintext (configure [server.tls])", gateway.address)
+    else:
+        log.info(
+            "TLS on %s (client certificates: %s)", gateway.address, config.server.tls.client_auth
+        )
+    if gateway.health_port:
+        log.info("plaintext health-only port on %s", gateway.health_address)
 
 
 def _print_ready(address: str) -> None:

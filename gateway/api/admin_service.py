@@ -7,23 +7,43 @@ messages and the security and store layers. Methods not defined here answer UNIM
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 from qgateway.v1 import admin_service_pb2_grpc
 
 from gateway.api.admin_audit import AuditRpcs
+from gateway.api.admin_keys import ApiKeyRpcs
 from gateway.api.paging import PageTokens
+from gateway.security.api_keys import KeyVerifier
 from gateway.store.base import Store
 
 SERVICE_NAME = "qgateway.v1.AdminService"
 
 
-class AdminServicer(AuditRpcs, admin_service_pb2_grpc.AdminServiceServicer):
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AdminServicer(AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.AdminServiceServicer):
     """The AdminService.
 
     Args:
         store: The gateway's store (keys, tenants, usage and audit records live there).
         page_tokens: Seals list page tokens.
+        keys: The gateway's API-key verifier (RevokeApiKey drops its cached record).
+        clock: The current time (UTC).
     """
 
-    def __init__(self, store: Store, *, page_tokens: PageTokens | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        page_tokens: PageTokens | None = None,
+        keys: KeyVerifier | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self._store = store
+        self._keys = keys
+        self._clock = clock
         self._page_tokens = page_tokens if page_tokens is not None else PageTokens(bytes(32))

@@ -1,5 +1,6 @@
-"""Authentication: resolves the caller's principal from its API key, or ends the call
-UNAUTHENTICATED. Health and reflection stay open (probes and tools carry no keys)."""
+"""Authentication: resolves the caller's principal (gateway.security.authenticator: mTLS or a
+forwarded client certificate, a JWT, an API key) or ends the call UNAUTHENTICATED. Health and
+reflection stay open (probes and tools carry no credentials)."""
 
 from __future__ import annotations
 
@@ -11,38 +12,31 @@ import grpc
 from gateway.api.context import Context
 from gateway.domain.errors import GatewayError
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
-from gateway.security.api_keys import KeyRing
+from gateway.security.authenticator import Authenticator, claimed_key_prefix
 from gateway.security.principals import ANONYMOUS, AuthFailure, Principal, current_principal
-
-
-def _claimed_prefix(metadata: Any) -> str:
-    """The public prefix a presented `qgw_<prefix>_<secret>` key claims ("" if none)."""
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str):
-            parts = value.removeprefix("Bearer ").split("_")
-            if len(parts) >= 3 and parts[0] == "qgw" and parts[1].isalnum():
-                return parts[1][:32]
-    return ""
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Sets each gateway call's principal.
 
     Args:
-        keys: The configured API keys; when there are none, every caller is `anonymous`.
-        anonymous: The principal of keyless callers (tenant "default"; admin per configuration).
-        on_failure: Told of every refused call (the audit log), before it is refused.
+        authenticator: Resolves principals; with authentication off, its anonymous principal.
+        on_failure: Told of every refused call (the audit log), before it is refused; it gets
+            the key prefix a `qgw_` key claimed, never a secret.
     """
 
     def __init__(
         self,
-        keys: KeyRing,
-        anonymous: Principal = ANONYMOUS,
+        authenticator: Authenticator,
+        *,
         on_failure: Callable[[AuthFailure], None] | None = None,
+        uses_certificates: bool = False,
     ) -> None:
-        self._keys = keys
-        self._anonymous = anonymous
+        self._authenticator = authenticator
         self._on_failure = on_failure
+        # Reading the auth context costs a little; only certificate rules need it (an XFCC
+        # header without trusted proxies is refused without it).
+        self._uses_certificates = uses_certificates
 
     async def intercept_service(
         self,
@@ -52,14 +46,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if not is_gateway_method(handler, handler_call_details.method):
             return handler
-        if not self._keys and self._anonymous == ANONYMOUS:
+        if self._authenticator.anonymous == ANONYMOUS:
             return handler  # the context variable's default is this caller already
-        keys, anonymous, on_failure = self._keys, self._anonymous, self._on_failure
+        authenticator, on_failure = self._authenticator, self._on_failure
+        uses_certificates = self._uses_certificates
         method = handler_call_details.method
 
-        def authenticate(context: Context) -> Principal:
+        async def authenticate(context: Context) -> Principal:
+            metadata = context.invocation_metadata() or ()
             try:
-                return keys.authenticate(context.invocation_metadata()) if keys else anonymous
+                auth_context = context.auth_context() if uses_certificates else {}
+                return await authenticator.authenticate(metadata, auth_context)
             except GatewayError as err:
                 if on_failure is not None:
                     on_failure(
@@ -67,14 +64,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             method=method,
                             peer=context.peer() or "",
                             reason=err.reason,
-                            key_prefix=_claimed_prefix(context.invocation_metadata()),
+                            key_prefix=claimed_key_prefix(metadata),
                         )
                     )
                 raise
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:
-                token = current_principal.set(authenticate(context))
+                token = current_principal.set(await authenticate(context))
                 try:
                     return await unary(request, context)
                 finally:
@@ -86,7 +83,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
                 # Not reset afterwards: a stream generator may be closed from another context,
                 # where the token is invalid, and each call runs in a task of its own anyway.
-                current_principal.set(authenticate(context))
+                current_principal.set(await authenticate(context))
                 async for item in stream(request, context):
                     yield item
 

@@ -21,6 +21,7 @@ from qgateway.client import (
     estimator_pub,
     observables_from,
     sampler_pub,
+    tls_credentials,
 )
 from qgateway.errors import (
     AbortedError,
@@ -125,4 +126,5 @@ __all__ = [
     "job_result_from_stream",
     "observables_from",
     "sampler_pub",
+    "tls_credentials",
 ]

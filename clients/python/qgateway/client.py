@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import re
 import time
@@ -27,6 +28,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias, cast
 
@@ -135,6 +137,36 @@ DEFAULT_RETRY = RetryPolicy()
 # Indirections so tests can observe retries without waiting.
 _sleep = time.sleep
 _async_sleep = asyncio.sleep
+
+
+def _pem(value: bytes | str | os.PathLike[str] | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def tls_credentials(
+    root_ca: bytes | str | os.PathLike[str] | None = None,
+    *,
+    cert: bytes | str | os.PathLike[str] | None = None,
+    key: bytes | str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """Channel credentials for a gateway with TLS (and, with `cert` and `key`, mTLS).
+
+    Args:
+        root_ca: PEM bytes or a file of the CA that signed the gateway's certificate; None:
+            the system's roots.
+        cert: The client's certificate chain (PEM bytes or a file), for mTLS.
+        key: Its private key (PEM bytes or a file).
+
+    Returns:
+        Credentials for `Client(target, credentials=...)` or `AsyncClient`.
+    """
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(root_ca), private_key=_pem(key), certificate_chain=_pem(cert)
+    )
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -1,0 +1,141 @@
+"""Who is calling, from what arrives with a call: the mTLS identity (the direct peer's, or one
+a trusted proxy forwards in XFCC), then a bearer credential (a JWT, or a `qgw_` API key).
+
+Order, and why:
+1. `x-forwarded-client-cert` present: believed only when the direct peer's own certificate
+   matches `auth.trusted_proxies`; from anyone else the call is refused
+   FORWARDED_IDENTITY_UNTRUSTED (refused, not ignored: a client that sends the header expects
+   it to count, and a refusal shows the misconfiguration or the attempt in the audit log).
+   A forwarded certificate that an `[[auth.mtls]]` rule maps is the caller.
+2. The direct peer's certificate, when a rule maps it.
+3. `authorization: Bearer <token>`: a token starting `qgw_` is an API key, anything else a JWT
+   (when `[auth.jwt]` is configured).
+4. Nothing: API_KEY_MISSING, or CERTIFICATE_NOT_MAPPED when a certificate came without a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from gateway.domain.errors import Unauthenticated
+from gateway.security.api_keys import KEY_PREFIX, METADATA_KEY, KeyVerifier, key_prefix
+from gateway.security.jwt_auth import JwtVerifier
+from gateway.security.mtls import (
+    XFCC_HEADER,
+    CertMapper,
+    CertMatch,
+    PeerCert,
+    is_trusted,
+    parse_xfcc,
+    peer_cert,
+)
+from gateway.security.principals import Principal
+
+Metadata = Iterable[tuple[str, str | bytes]]
+AuthContext = Mapping[str, Sequence[bytes]]
+
+
+def _header(metadata: Metadata, name: str) -> str | None:
+    for key, value in metadata:
+        if key == name:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
+
+def bearer_token(metadata: Metadata) -> str | None:
+    """The token of `authorization: Bearer <token>`; "" for another scheme; None: no header."""
+    header = _header(metadata, METADATA_KEY)
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def claimed_key_prefix(metadata: Metadata) -> str:
+    """The prefix a `qgw_` bearer key claims ("" otherwise): safe to log and audit."""
+    token = bearer_token(metadata)
+    return (key_prefix(token) or "") if token else ""
+
+
+class Authenticator:
+    """Resolves a call's principal.
+
+    Args:
+        keys: API keys (configured and stored).
+        jwt: JWT verification; None: bearer tokens must be API keys.
+        certs: `[[auth.mtls]]` rules.
+        trusted_proxies: Peers whose XFCC header is believed (by their own certificate).
+        anonymous: Every caller's principal when authentication is off; None: it is on.
+    """
+
+    def __init__(
+        self,
+        keys: KeyVerifier,
+        *,
+        jwt: JwtVerifier | None = None,
+        certs: CertMapper | None = None,
+        trusted_proxies: Sequence[CertMatch] = (),
+        anonymous: Principal | None = None,
+    ) -> None:
+        self.keys = keys
+        self._jwt = jwt
+        self._certs = certs or CertMapper(())
+        self._trusted = tuple(trusted_proxies)
+        self.anonymous = anonymous
+
+    @property
+    def required(self) -> bool:
+        return self.anonymous is None
+
+    def _from_certificates(self, metadata: Metadata, context: AuthContext) -> PeerCert | None:
+        """The mapped principal's certificate source, or raises for an untrusted XFCC."""
+        direct = peer_cert(context)
+        forwarded = _header(metadata, XFCC_HEADER)
+        if forwarded is not None:
+            if not is_trusted(direct, self._trusted):
+                raise Unauthenticated(
+                    "FORWARDED_IDENTITY_UNTRUSTED",
+                    f"{XFCC_HEADER} is accepted only from a trusted proxy (by its own client "
+                    "certificate); send the call without it",
+                )
+            cert = parse_xfcc(forwarded)
+            if cert is not None:
+                return cert
+        return direct
+
+    async def authenticate(self, metadata: Metadata, context: AuthContext) -> Principal:
+        """The caller's principal.
+
+        Args:
+            metadata: The call's invocation metadata.
+            context: gRPC's auth context of the connection (x509_* properties under mTLS).
+
+        Raises:
+            Unauthenticated: No credential, or one that is not accepted (its reason says why).
+        """
+        if self.anonymous is not None:
+            return self.anonymous
+        metadata = tuple(metadata)
+        cert = self._from_certificates(metadata, context)
+        if cert is not None and self._certs:
+            principal = self._certs.principal(cert)
+            if principal is not None:
+                return principal
+        token = bearer_token(metadata)
+        if token is None:
+            if cert is not None and self._certs:
+                raise Unauthenticated(
+                    "CERTIFICATE_NOT_MAPPED",
+                    "the client certificate matches no [[auth.mtls]] rule; send a bearer "
+                    "credential or have a rule added",
+                )
+            raise Unauthenticated(
+                "API_KEY_MISSING",
+                "this gateway requires credentials: send metadata 'authorization: Bearer "
+                f"{KEY_PREFIX}_...'"
+                + (" or a bearer JWT" if self._jwt is not None else "")
+                + (" or a mapped client certificate" if self._certs else ""),
+            )
+        if token.startswith(KEY_PREFIX + "_") or self._jwt is None:
+            return await self.keys.verify(token)
+        return await self._jwt.verify(token)

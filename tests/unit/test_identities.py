@@ -1,0 +1,180 @@
+"""Certificate identities and the authenticator's order, in process: `[[auth.mtls]]` rules by
+subject or SAN, XFCC parsing, XFCC believed only from a peer whose own certificate is a
+trusted proxy (never by address), bearer tokens told apart (qgw_ keys, JWTs), and the reasons
+of every refusal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import GatewayConfig
+from gateway.domain.errors import Unauthenticated
+from gateway.security.api_keys import KeyRing, KeyVerifier, generate_key
+from gateway.security.authenticator import Authenticator, bearer_token, claimed_key_prefix
+from gateway.security.mtls import CertMapper, CertMatch, CertRule, PeerCert, parse_xfcc, peer_cert
+from gateway.security.principals import ANONYMOUS, Role
+
+pytestmark = pytest.mark.anyio
+ALICE_CTX = {
+    "x509_subject": [b"O=acme,CN=alice"],
+    "x509_subject_alternative_name": [b"spiffe://acme/alice", b"alice.acme.test"],
+    "transport_security_type": [b"ssl"],
+}
+PROXY_CTX = {
+    "x509_subject": [b"CN=sidecar"],
+    "x509_subject_alternative_name": [b"spiffe://mesh/ns/edge/sa/envoy"],
+}
+RULES = [
+    CertRule(san="spiffe://acme/*", tenant="acme", role=Role.TENANT_ADMIN),
+    CertRule(subject="*CN=bob", tenant="globex"),
+]
+PROXIES = [CertMatch(san="spiffe://mesh/ns/edge/sa/*")]
+KEY = generate_key("keyco")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _auth(**kw: object) -> Authenticator:
+    return Authenticator(
+        KeyVerifier(KeyRing([KEY.config])),
+        certs=CertMapper(RULES),
+        trusted_proxies=PROXIES,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _md(*pairs: tuple[str, str]) -> Sequence[tuple[str, str]]:
+    return pairs
+
+
+async def _refused(auth: Authenticator, md: Sequence[tuple[str, str]], ctx: object) -> str:
+    with pytest.raises(Unauthenticated) as caught:
+        await auth.authenticate(md, ctx)  # type: ignore[arg-type]
+    return caught.value.reason
+
+
+def test_rules_match_subject_or_san_first_rule_wins() -> None:
+    mapper = CertMapper(RULES)
+    alice = peer_cert(ALICE_CTX)
+    assert alice == PeerCert("O=acme,CN=alice", ("spiffe://acme/alice", "alice.acme.test"))
+    principal = mapper.principal(alice)
+    assert principal is not None
+    assert (principal.tenant, principal.role, principal.id) == (
+        "acme",
+        Role.TENANT_ADMIN,
+        "cert/O=acme,CN=alice",
+    )
+    bob = mapper.principal(PeerCert("O=other,CN=bob"))
+    assert bob is not None and (bob.tenant, bob.role) == ("globex", Role.USER)
+    # Patterns match whole values, case-sensitively.
+    assert mapper.principal(PeerCert("CN=bobby")) is None
+    assert mapper.principal(PeerCert("", ("spiffe://ACME/alice",))) is None
+    assert peer_cert({"transport_security_type": [b"ssl"]}) is None
+    with pytest.raises(ValidationError, match="exactly one"):
+        CertRule(tenant="x")
+    with pytest.raises(ValidationError, match="exactly one"):
+        CertMatch(subject="a", san="b")
+
+
+def test_xfcc_is_parsed_from_the_nearest_proxys_element() -> None:
+    header = (
+        'By=spiffe://mesh/a;Hash=abc;Subject="CN=outer,O=far";URI=spiffe://far/x,'
+        'By=spiffe://mesh/b;Hash=def;Subject="O=acme,CN=alice";URI=spiffe://acme/alice;'
+        "DNS=alice.acme.test"
+    )
+    assert parse_xfcc(header) == PeerCert(
+        "O=acme,CN=alice", ("spiffe://acme/alice", "alice.acme.test")
+    )
+    quoted = 'Subject="CN=a\\"b,O=x;y";URI=spiffe://q'
+    assert parse_xfcc(quoted) == PeerCert('CN=a"b,O=x;y', ("spiffe://q",))
+    assert parse_xfcc("Hash=abc") is None
+    assert parse_xfcc("") is None
+
+
+async def test_xfcc_counts_only_from_a_trusted_proxy_certificate() -> None:
+    auth = _auth()
+    xfcc = ("x-forwarded-client-cert", 'Subject="O=acme,CN=alice";URI=spiffe://acme/alice')
+    forwarded = await auth.authenticate(_md(xfcc), PROXY_CTX)
+    assert forwarded.tenant == "acme" and forwarded.id == "cert/O=acme,CN=alice"
+    # From a client with its own (mapped) certificate, a plaintext peer, or a claimed proxy
+    # address: refused, never believed.
+    bob_ctx = {"x509_subject": [b"CN=bob"]}
+    assert await _refused(auth, _md(xfcc), bob_ctx) == "FORWARDED_IDENTITY_UNTRUSTED"
+    assert await _refused(auth, _md(xfcc), {}) == "FORWARDED_IDENTITY_UNTRUSTED"
+    spoof = {"x509_subject": [b"CN=sidecar"], "peer_ip": [b"10.0.0.1"]}  # subject, no SAN
+    assert await _refused(auth, _md(xfcc), spoof) == "FORWARDED_IDENTITY_UNTRUSTED"
+    # Even a valid key does not rescue a call carrying an untrusted XFCC header.
+    bearer = ("authorization", f"Bearer {KEY.key}")
+    assert await _refused(auth, _md(xfcc, bearer), {}) == "FORWARDED_IDENTITY_UNTRUSTED"
+    # A forwarded certificate no rule maps: the caller may still bring a key.
+    unknown = ("x-forwarded-client-cert", 'Subject="CN=nobody"')
+    assert await _refused(auth, _md(unknown), PROXY_CTX) == "CERTIFICATE_NOT_MAPPED"
+    assert (await auth.authenticate(_md(unknown, bearer), PROXY_CTX)).tenant == "keyco"
+
+
+async def test_the_order_certificate_then_bearer_and_the_reasons_without() -> None:
+    auth = _auth()
+    assert (await auth.authenticate((), ALICE_CTX)).tenant == "acme"
+    bearer = ("authorization", f"Bearer {KEY.key}")
+    assert (await auth.authenticate(_md(bearer), ALICE_CTX)).tenant == "acme"  # cert first
+    by_key = await auth.authenticate(_md(bearer), {})
+    assert (by_key.tenant, by_key.key_prefix) == ("keyco", KEY.config.prefix)
+    assert await _refused(auth, (), {}) == "API_KEY_MISSING"
+    assert await _refused(auth, (), {"x509_subject": [b"CN=eve"]}) == "CERTIFICATE_NOT_MAPPED"
+    assert await _refused(auth, _md(("authorization", "Basic x")), {}) == "API_KEY_INVALID"
+    # Without [auth.jwt], a token that is not a qgw_ key is just an invalid key.
+    jwt_like = ("authorization", "Bearer aaa.bbb.ccc")
+    assert await _refused(auth, _md(jwt_like), {}) == "API_KEY_INVALID"
+    off = Authenticator(KeyVerifier(KeyRing([])), anonymous=ANONYMOUS)
+    assert not off.required and await off.authenticate((), {}) is ANONYMOUS
+
+
+def test_bearer_parsing_and_the_claimed_prefix_for_audit() -> None:
+    assert bearer_token(_md(("authorization", "Bearer  qgw_ab12_x "))) == "qgw_ab12_x"
+    assert bearer_token(_md(("authorization", "Basic qgw_ab12_x"))) == ""
+    assert bearer_token(()) is None
+    assert claimed_key_prefix(_md(("authorization", f"bearer {KEY.key}"))) == KEY.config.prefix
+    assert claimed_key_prefix(_md(("authorization", "Bearer eyJ.x.y"))) == ""
+    assert claimed_key_prefix(()) == ""
+
+
+def test_certificate_rules_need_mtls_and_anonymous_admin_needs_no_auth(tmp_path: Path) -> None:
+    rule = {"san": "spiffe://a/*", "tenant": "a"}
+    with pytest.raises(ValidationError, match="client_auth = 'require'"):
+        GatewayConfig(auth={"mtls": [rule]})
+    with pytest.raises(ValidationError, match="optional"):
+        GatewayConfig(
+            server={"tls": {"cert_file": "c", "key_file": "k", "client_auth": "optional"}}
+        )
+    with pytest.raises(ValidationError, match="anonymous_admin"):
+        GatewayConfig(auth={"anonymous_admin": True, "required": True})
+    assert not GatewayConfig().auth.enabled
+    assert GatewayConfig(auth={"required": True}).auth.enabled
+
+
+def test_a_gateway_without_authentication_says_so_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from gateway.server import _log_security
+
+    keyless = SimpleNamespace(config=GatewayConfig(), address="0.0.0.0:50051", health_port=0)
+    with caplog.at_level("INFO", logger="gateway"):
+        _log_security(keyless)  # type: ignore[arg-type]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("AUTHENTICATION IS OFF" in w and "0.0.0.0:50051" in w for w in warnings)
+    caplog.clear()
+    keyed = SimpleNamespace(
+        config=GatewayConfig(auth={"required": True}),
+        address="0.0.0.0:50051",
+        health_port=0,
+    )
+    with caplog.at_level("INFO", logger="gateway"):
+        _log_security(keyed)  # type: ignore[arg-type]
+    assert not any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,206 @@
+"""JWT bearer tokens in process: signature, issuer, audience, expiry with and without leeway,
+algorithm confusion ("none", HS256 with the public key), unknown key ids, claims to roles, and
+key sets from a file (re-read when it changes) or a URL (re-fetched, rate-limited)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from pydantic import ValidationError
+
+from gateway.domain.errors import Unauthenticated
+from gateway.security.jwt_auth import JwksSource, JwtConfig, JwtVerifier
+from gateway.security.principals import Role
+
+pytestmark = pytest.mark.anyio
+ISSUER, AUDIENCE = "https://idp.example", "qgateway"
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _jwks(**keys: Any) -> dict[str, Any]:
+    out = []
+    for kid, key in keys.items():
+        if isinstance(key, rsa.RSAPrivateKey):
+            jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+            jwk["alg"] = "RS256"
+        else:
+            jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        jwk["kid"] = kid
+        out.append(jwk)
+    return {"keys": out}
+
+
+@pytest.fixture
+def jwks_file(tmp_path: Path) -> Path:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(_jwks(r1=RSA_KEY, e1=EC_KEY)))
+    return path
+
+
+def _config(jwks_file: Path, **changes: Any) -> JwtConfig:
+    return JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=jwks_file, **changes)
+
+
+def _token(key: Any = RSA_KEY, alg: str = "RS256", kid: str | None = "r1", **claims: Any) -> str:
+    now = int(time.time())
+    payload = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "tenant": "acme",
+        "iat": now,
+        "exp": now + 300,
+        **claims,
+    }
+    payload = {k: v for k, v in payload.items() if v is not None}
+    headers = {"kid": kid} if kid is not None else {}
+    return jwt.encode(payload, key, algorithm=alg, headers=headers)
+
+
+async def _refused(verifier: JwtVerifier, token: str) -> Unauthenticated:
+    with pytest.raises(Unauthenticated) as caught:
+        await verifier.verify(token)
+    assert token not in str(caught.value)
+    return caught.value
+
+
+async def test_a_good_token_names_its_tenant_subject_and_role(jwks_file: Path) -> None:
+    verifier = JwtVerifier(_config(jwks_file))
+    principal = await verifier.verify(_token(role="tenant-admin"))
+    assert principal.tenant == "acme"
+    assert principal.id == f"jwt/{ISSUER}#alice"
+    assert principal.role is Role.TENANT_ADMIN
+    ec_principal = await verifier.verify(_token(EC_KEY, "ES256", "e1"))
+    assert (ec_principal.tenant, ec_principal.role) == ("acme", Role.USER)
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({"iss": "https://evil.example"}, "issuer"),
+        ({"aud": "someone-else"}, "audience"),
+        ({"tenant": None}, "tenant"),
+        ({"tenant": "../etc"}, "tenant"),
+        ({"sub": None}, "'sub' missing"),
+        ({"exp": None}, "'exp' missing"),
+        ({"nbf": int(time.time()) + 3600}, "not valid yet"),
+    ],
+)
+async def test_wrong_claims_are_invalid(jwks_file: Path, claims: dict[str, Any], why: str) -> None:
+    error = await _refused(JwtVerifier(_config(jwks_file)), _token(**claims))
+    assert error.reason == "JWT_INVALID" and why in error.message
+
+
+async def test_expiry_honours_the_leeway_and_nothing_more(jwks_file: Path) -> None:
+    ten_seconds_ago = int(time.time()) - 10
+    token = _token(exp=ten_seconds_ago, iat=ten_seconds_ago - 60)
+    strict = JwtVerifier(_config(jwks_file, leeway_s=0))
+    assert (await _refused(strict, token)).reason == "JWT_EXPIRED"
+    lenient = JwtVerifier(_config(jwks_file, leeway_s=30))
+    assert (await lenient.verify(token)).tenant == "acme"
+    long_gone = _token(exp=int(time.time()) - 120)
+    assert (await _refused(lenient, long_gone)).reason == "JWT_EXPIRED"
+
+
+async def test_signatures_algorithms_and_key_ids_are_checked(jwks_file: Path) -> None:
+    verifier = JwtVerifier(_config(jwks_file))
+    forged = _token(OTHER_RSA)  # right kid, wrong key
+    assert "bad signature" in (await _refused(verifier, forged)).message
+    unsigned = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "tenant": "acme", "exp": 2**40},
+        key="",
+        algorithm="none",
+        headers={"kid": "r1"},
+    )
+    assert "algorithm" in (await _refused(verifier, unsigned)).message
+    # Algorithm confusion: an HMAC "signed" with the public key must not verify.
+    public_pem = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "tenant": "acme", "exp": 2**40}
+    header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": "r1"}).encode())
+    body = jwt.utils.base64url_encode(json.dumps(payload).encode())
+    mac = hmac.new(public_pem, header + b"." + body, hashlib.sha256).digest()
+    confused = (header + b"." + body + b"." + jwt.utils.base64url_encode(mac)).decode()
+    assert "algorithm" in (await _refused(verifier, confused)).message
+    # An EC key named by an RS256 token, and a kid no key has.
+    assert (await _refused(verifier, _token(kid="e1"))).reason == "JWT_INVALID"
+    assert "unknown signing key" in (await _refused(verifier, _token(kid="nope"))).message
+    assert "malformed" in (await _refused(verifier, "not.a.jwt")).message
+
+
+def test_the_configuration_accepts_asymmetric_algorithms_only(jwks_file: Path) -> None:
+    for bad in (["none"], ["HS256"], ["RS256", "HS512"]):
+        with pytest.raises(ValidationError, match="only asymmetric"):
+            _config(jwks_file, algorithms=bad)
+    with pytest.raises(ValidationError, match="exactly one"):
+        JwtConfig(issuer=ISSUER, audience=AUDIENCE)
+
+
+async def test_claims_map_to_roles(jwks_file: Path) -> None:
+    mapped = JwtVerifier(
+        _config(
+            jwks_file, role_claim="groups", roles={"qgw-admins": Role.ADMIN, "ops": "tenant-admin"}
+        )
+    )
+    assert (await mapped.verify(_token(groups=["dev", "qgw-admins"]))).role is Role.ADMIN
+    assert (await mapped.verify(_token(groups=["ops"]))).role is Role.TENANT_ADMIN
+    assert (await mapped.verify(_token(groups="dev"))).role is Role.USER
+    # Without a mapping only a role's own name counts; anything else is a user.
+    plain = JwtVerifier(_config(jwks_file))
+    assert (await plain.verify(_token(role="superuser"))).role is Role.USER
+
+
+async def test_a_rotated_key_file_is_read_again(jwks_file: Path) -> None:
+    now = [0.0]
+    config = _config(jwks_file)
+    verifier = JwtVerifier(config, JwksSource(config, clock=lambda: now[0]))
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    token = _token(new_key, "ES256", "e2")
+    assert "unknown" in (await _refused(verifier, token)).message
+    jwks_file.write_text(json.dumps(_jwks(e2=new_key)))
+    now[0] += 2
+    assert (await verifier.verify(token)).tenant == "acme"
+
+
+async def test_a_key_set_url_is_cached_and_unknown_kids_refetch_at_most_so_often() -> None:
+    fetches: list[str] = []
+    document = [_jwks(r1=RSA_KEY)]
+
+    def fetch(url: str) -> bytes:
+        fetches.append(url)
+        return json.dumps(document[0]).encode()
+
+    now = [0.0]
+    config = JwtConfig(
+        issuer=ISSUER, audience=AUDIENCE, jwks_url="https://idp.example/jwks", jwks_min_refetch_s=30
+    )
+    verifier = JwtVerifier(config, JwksSource(config, fetch=fetch, clock=lambda: now[0]))
+    for _ in range(20):
+        await verifier.verify(_token())
+    assert len(fetches) == 1
+    for i in range(20):  # made-up key ids cannot make the gateway hammer the provider
+        await _refused(verifier, _token(kid=f"made-up-{i}"))
+    assert len(fetches) == 1
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    document[0] = _jwks(r1=RSA_KEY, e9=new_key)
+    now[0] += 31
+    assert (await verifier.verify(_token(new_key, "ES256", "e9"))).tenant == "acme"
+    assert len(fetches) == 2
