@@ -55,11 +55,16 @@ class RunHandle:
         job_id: The gateway job.
         remote_id: The provider's id of the job, stored durably by the job core so that
             `reattach` can find it after a restart; None for LOCAL runners.
+        execution_seconds: What the provider reports the job used (QPU seconds), set by
+            `wait` when the job failed or was cancelled after it ran; None when not reported
+            (the job core then counts the time it followed the job). A successful job's is
+            in its ExecutionOutcome.
     """
 
     def __init__(self, job_id: str, remote_id: str | None = None) -> None:
         self.job_id = job_id
         self.remote_id = remote_id
+        self.execution_seconds: float | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.job_id!r}, remote_id={self.remote_id!r})"

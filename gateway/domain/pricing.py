@@ -3,7 +3,8 @@
 A price is per task (one job), per shot and per second of execution (QPU time for hardware,
 wall time in the worker for simulators), in one unit (a currency or a credit). Before a job
 runs only its shots are known, so an estimate leaves per-second charges out and says so; after
-it ran, a provider's own bill, when it reports one, is the job's cost.
+it ran, a provider's own bill, when it reports one, is the job's cost. A job that failed or was
+cancelled after it ran is charged its time only (`charge_time`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "Totals",
     "Usage",
     "charge",
+    "charge_time",
     "estimate",
     "job_shots",
 ]
@@ -115,3 +117,14 @@ def charge(price: Price | None, usage: Usage) -> Cost | None:
         price.per_task + price.per_shot * usage.shots + price.per_second * usage.execution_seconds
     )
     return Cost(amount, price.unit)
+
+
+def charge_time(price: Price | None, usage: Usage) -> Cost | None:
+    """The cost of a job that failed or was cancelled after it ran: the provider's bill when it
+    reported one (as in `charge`), else its execution time at the per-second price. The
+    per-task and per-shot charges are for a job that delivered its result."""
+    if usage.provider_cost is not None and (price is None or usage.provider_unit == price.unit):
+        return Cost(usage.provider_cost, usage.provider_unit)
+    if price is None:
+        return None
+    return Cost(price.per_second * usage.execution_seconds, price.unit)

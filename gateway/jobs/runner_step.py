@@ -5,12 +5,20 @@ It prepares the job again if the claim carries no prepared job, hands it to the 
 limit while renewing the claim's lease, stops it on CancelJob, accounts its outcome to the
 breaker with the permit the scheduler got (only the half-open trial's own outcome can close the
 breaker, and only failures of kind BACKEND_FAULT/TRANSIENT count), and commits the final state.
+
+Usage: a job that succeeded reports its shots (from the prepared job, or from the stored spec for
+a job re-attached after a restart) and its execution time (the provider's, else the time it
+ran); a job that failed or was cancelled after it ran reports its execution time only (its shots
+are not known to have run): a simulator's time on the worker, a provider's reported QPU
+seconds (none when the provider reports none: the time it spent in the provider's queue is not
+execution), charged per second only (pricing.charge_time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -282,6 +290,18 @@ class RunnerStep:
             layouts=prepared.layouts if prepared is not None else (),
             attempts=started.attempts,
         )
+
+        def ran() -> ExecutionInfo:
+            """`info` with what a job that failed or was cancelled after it ran used."""
+            seconds = handle.execution_seconds
+            if seconds is None and runner.model is ExecutionModel.LOCAL:
+                seconds = time.perf_counter() - t0
+            if seconds is None:
+                return info
+            usage = pricing.Usage(shots=0, execution_seconds=seconds)
+            cost = pricing.charge_time(runtime.settings.price, usage)
+            return dataclasses.replace(info, usage=usage, cost=cost)
+
         if not waiting.done():
             # Cancellation and time limits reach the backend: the worker is killed, the
             # provider job cancelled.
@@ -292,7 +312,7 @@ class RunnerStep:
                 return
             runtime.breaker.release(running.permit)
             if running.cancel_requested.is_set():
-                await self._t.finish(started, JobState.CANCELLED, execution=info)
+                await self._t.finish(started, JobState.CANCELLED, execution=ran())
                 return
             limit = f"{run_limit:g}"
             if own_limit_applies:
@@ -306,12 +326,12 @@ class RunnerStep:
                 f"the job ran past {whose} {limit}s",
                 {"backend": f"backends/{runtime.name}", "limitSeconds": limit},
             )
-            await self._t.finish(started, JobState.FAILED, error=error, execution=info)
+            await self._t.finish(started, JobState.FAILED, error=error, execution=ran())
             return
         try:
             result = waiting.result()
         except ExecutionError as err:
-            await self._failed(runtime, running, started, err, info)
+            await self._failed(runtime, running, started, err, ran())
             return
         await self._succeeded(runtime, running, started, result, prepared, t0)
 
@@ -324,10 +344,13 @@ class RunnerStep:
         deadline."""
         runner = runtime.runner
         backoff = runtime.settings.remote_retry_s
+        following = handle
         while True:
             try:
-                return await runner.wait(handle)
+                return await runner.wait(following)
             except ExecutionError as err:
+                # What the provider reported the job used, on the handle the step holds.
+                handle.execution_seconds = following.execution_seconds
                 if err.kind is not FailureKind.TRANSIENT or time.monotonic() + backoff >= deadline:
                     raise
                 log.warning("job %s: lost touch with its provider (%s); re-attaching", job.id, err)
@@ -335,7 +358,7 @@ class RunnerStep:
                 await asyncio.sleep(backoff)  # the provider is unreachable: back off
                 backoff = min(backoff * 2, 60.0)
                 try:
-                    found = await runner.reattach(job, handle.remote_id)
+                    found = await runner.reattach(job, following.remote_id)
                     break
                 except ExecutionError as err:
                     if err.kind is not FailureKind.TRANSIENT or time.monotonic() >= deadline:
@@ -345,9 +368,9 @@ class RunnerStep:
                     "EXECUTION_FAILED",
                     "the provider no longer knows the job",
                     kind=FailureKind.BACKEND_FAULT,
-                    metadata={"providerJobId": handle.remote_id or ""},
+                    metadata={"providerJobId": following.remote_id or ""},
                 )
-            handle = found
+            following = found
 
     async def _failed(
         self,
@@ -392,9 +415,9 @@ class RunnerStep:
             result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
         self._recent.put(started.id, result)
         usage = pricing.Usage(
-            # A job re-attached after a restart has no prepared job: its provider's own usage
-            # and bill (provider_cost) are what it reports.
-            shots=prepared.shots if prepared is not None else 0,
+            shots=prepared.shots
+            if prepared is not None
+            else await self._stored_shots(runtime, started),
             execution_seconds=(
                 outcome.execution_seconds if outcome.execution_seconds is not None else elapsed
             ),
@@ -423,6 +446,19 @@ class RunnerStep:
             ),
             result=result,
         )
+
+    async def _stored_shots(self, runtime: BackendRuntime, job: Job) -> int:
+        """The shots of a job that has no prepared job (re-attached after a restart), from its
+        stored spec: decoded, not compiled again."""
+        try:
+            spec_bytes = await self._t.store.get_spec(job.id)
+            if spec_bytes is None:
+                return 0
+            spec = self._format.decode_spec(spec_bytes)
+            return pricing.job_shots(spec, runtime.adapter.context.default_shots)
+        except Exception:  # usage is not worth failing a finished job for
+            log.exception("job %s: its shots could not be read from its stored spec", job.id)
+            return 0
 
 
 def _result_bytes_hint(result: JobResult) -> int:

@@ -20,6 +20,8 @@ from tests.loopback_service import TWO_REGISTERS
 
 # One compile worker: each imports qiskit-ibm-runtime and fetches the device target.
 ADMIN = "\n[compiler]\nworkers = 1\n\n[auth]\nanonymous_admin = true\n"
+# The module gateway's "ibmq" price table.
+PRICE = '{ per_task = 0.5, per_shot = 0.01, per_second = 1.6, unit = "USD" }'
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,9 @@ def gateway(stub: IbmStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         extra="health_interval_s = 0.3\nbreaker = { failure_threshold = 1, cooldown_s = 2 }\n",
         max_concurrent_jobs=1,
     )
-    config = write_config(root / "g.toml", root / "data", stub.backend_block() + strict + ADMIN)
+    # Probed often: it is back SERVING soon after a test refused its key.
+    priced = stub.backend_block(extra=f"health_interval_s = 0.5\nprice = {PRICE}\n")
+    config = write_config(root / "g.toml", root / "data", priced + strict + ADMIN)
     gw = GatewayProcess.start(config, root / "gateway.log")
     yield gw
     assert gw.terminate() == 0
@@ -58,6 +62,15 @@ def wait_for(check: object, timeout: float = 15.0) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def runtime_session(stub: IbmStub, provider_id: str) -> dict[str, object]:
+    (found,) = [s for s in stub.stats()["sessions"] if s["id"] == provider_id]
+    return found
+
+
+def session_ids(stub: IbmStub, job_id: str) -> list[object]:
+    return [j["session_id"] for j in stub.jobs_tagged(job_id)]
 
 
 def test_a_job_runs_queued_running_done_with_a_real_result(
@@ -135,25 +148,45 @@ def test_a_burst_keeps_to_the_create_rate(stub: IbmStub, gateway: GatewayProcess
 def test_sigkill_between_create_and_storing_the_id_makes_one_runtime_job(
     stub: IbmStub, tmp_path: Path
 ) -> None:
+    # The job belongs to a session: its runtime session survives the restart too.
     config = write_config(tmp_path / "g.toml", tmp_path / "data", stub.backend_block() + ADMIN)
     log = tmp_path / "gateway.log"
     stub.control("hold_create", {"count": 1})
     try:
         gw = GatewayProcess.start(config, log)
         with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
-            job = client.submit(TWO_REGISTERS, backend="ibmq", shots=16, request_id="kill-1")
+            s = client.create_session("ibmq", mode="DEDICATED")
+            job = client.submit(
+                TWO_REGISTERS, backend="ibmq", shots=16, request_id="kill-1", session=s.name
+            )
         # The runtime job exists; its id never reached the gateway.
         wait_for(lambda: len(stub.jobs_tagged(job.id)) == 1)
         gw.kill()
     finally:
         stub.control("release_create")
+    (provider_id,) = session_ids(stub, job.id)
+    opened = len(stub.stats()["sessions"])
     gw = GatewayProcess.start(config, log)
-    with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
-        done = client.wait(job.name, timeout=30)
-    assert gw.terminate() == 0
+    try:
+        with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
+            done = client.wait(job.name, timeout=30)
+            # The stored runtime session is re-used by the session's next job, not re-opened.
+            assert client.get_session(s.name).provider_session_id == provider_id
+            second = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name)
+            assert client.wait(second.name, timeout=20).state is JobState.SUCCEEDED
+            assert session_ids(stub, second.id) == [provider_id]
+            assert len(stub.stats()["sessions"]) == opened
+            client.close_session(s.name)
+            wait_for(lambda: runtime_session(stub, provider_id)["accepting_jobs"] is False)
+    finally:
+        assert gw.terminate() == 0
     assert done.state is JobState.SUCCEEDED, done.error_message
     assert done.result is not None and done.result.counts(register="a") == {"01": 16}
     assert len(stub.jobs_tagged(job.id)) == 1  # found by its tag, never submitted again
+    # Its usage, with no prepared job after the restart: shots from the stored spec, the
+    # runtime job's quantum seconds (the stub's default, 1).
+    assert done.usage is not None
+    assert (done.usage.shots, done.usage.execution_time.total_seconds()) == (16, 1.0)
     assert API_KEY not in log.read_text()
 
 
@@ -196,15 +229,6 @@ def test_a_rejected_key_stops_the_backend_and_queued_jobs_wait(
     finally:
         stub.control("hold_jobs", {"on": False})
         stub.control("reject_token", {"on": False})
-
-
-def runtime_session(stub: IbmStub, provider_id: str) -> dict[str, object]:
-    (found,) = [s for s in stub.stats()["sessions"] if s["id"] == provider_id]
-    return found
-
-
-def session_ids(stub: IbmStub, job_id: str) -> list[object]:
-    return [j["session_id"] for j in stub.jobs_tagged(job_id)]
 
 
 def test_a_session_runs_in_a_runtime_session_or_batch_that_ends_with_it(
@@ -256,31 +280,3 @@ def test_a_session_runs_in_a_runtime_session_or_batch_that_ends_with_it(
         expiring_id = client.get_session(e.name).provider_session_id
         wait_for(lambda: runtime_session(stub, expiring_id)["accepting_jobs"] is False)
         assert client.get_session(e.name).state.name == "CLOSED"
-
-
-@pytest.mark.timeout(90)
-def test_a_runtime_session_survives_a_gateway_restart(stub: IbmStub, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "g.toml", tmp_path / "data", stub.backend_block() + ADMIN)
-    log = tmp_path / "gateway.log"
-    gw = GatewayProcess.start(config, log)
-    with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
-        s = client.create_session("ibmq", mode="DEDICATED")
-        first = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name)
-        assert client.wait(first.name, timeout=20).state is JobState.SUCCEEDED
-        provider_id = client.get_session(s.name).provider_session_id
-    assert gw.terminate() == 0
-    opened = len(stub.stats()["sessions"])
-    gw = GatewayProcess.start(config, log)
-    try:
-        with Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client:
-            assert client.get_session(s.name).provider_session_id == provider_id
-            second = client.submit(TWO_REGISTERS, backend="ibmq", shots=8, session=s.name)
-            assert client.wait(second.name, timeout=20).state is JobState.SUCCEEDED
-            # Re-used, not re-opened.
-            assert session_ids(stub, second.id) == [provider_id]
-            assert len(stub.stats()["sessions"]) == opened
-            client.close_session(s.name)
-            wait_for(lambda: runtime_session(stub, provider_id)["accepting_jobs"] is False)
-    finally:
-        assert gw.terminate() == 0
-    assert API_KEY not in log.read_text()

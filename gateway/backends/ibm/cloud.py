@@ -23,6 +23,10 @@
 - `wait` polls the job's status (`poll_interval_s`) and decodes the runtime's PrimitiveResult
   into the gateway's JobResult from the result alone (register names, shapes and shots are in
   it), so a re-attached job needs no prepared payload. `cancel` cancels the runtime job.
+- Usage: once a runtime job has ended (done, failed or cancelled), its metrics (`metrics()`,
+  the service's /jobs/{id}/metrics) give the quantum seconds it is charged: the outcome's
+  execution_seconds, or the handle's for a job that failed or was cancelled. The service bills
+  no currency through the API: cost comes from the backend's price table (per QPU second).
 - Failures: 429, 5xx and connection errors are TRANSIENT ("PROVIDER_ERROR"); 401/403 (an
   expired or revoked key) are BACKEND_FAULT ("PROVIDER_ERROR", metadata providerStatus): the
   breaker counts them, the probe turns the backend NOT_SERVING, and the runner builds a fresh
@@ -363,7 +367,7 @@ class IbmCloudRunner(Runner):
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
         remote_id = _remote(handle)
         while True:
-            outcome = await self._run(lambda: self._poll(remote_id), self._waits)
+            outcome = await self._run(lambda: self._poll(handle, remote_id), self._waits)
             if outcome is not None:
                 return outcome
             await anyio.sleep(self.settings.poll_interval_s)
@@ -431,8 +435,8 @@ class IbmCloudRunner(Runner):
             log.info("session %s: runtime session %s has ended", session.id, existing)
         cls = _session_class(batch)
         max_time = max(1, math.ceil(session.max_ttl_s))
-        backend = self._client.backend()
-        sdk = self._call(lambda: cls(backend, max_time=max_time), None)
+        # The backend is looked up in the call: a retry after a refused token uses the new client.
+        sdk = self._call(lambda: cls(self._client.backend(), max_time=max_time), None)
         if not sdk.session_id:
             raise ExecutionError(
                 "PROVIDER_ERROR",
@@ -459,34 +463,45 @@ class IbmCloudRunner(Runner):
         from qiskit_ibm_runtime.exceptions import IBMInputValueError
 
         cls = _session_class(batch)
-        service = self._client.service()
+
+        def build() -> _ProviderSession:
+            service = self._client.service()
+            return _ProviderSession(provider_id, batch, cls.from_id(provider_id, service), service)
+
         try:
-            sdk = self._call(lambda: cls.from_id(provider_id, service), None)
+            return self._call(build, None)
         except ExecutionError as err:
             if isinstance(err.__cause__, IBMInputValueError):
                 return None
             raise
-        return _ProviderSession(provider_id, batch, sdk, service)
 
     def _close_session(self, session: Session) -> None:
         with self._sessions_lock:
-            provider = self._sessions.pop(session.id, None)
-        if provider is None or provider.service is not self._client.service():
-            provider = self._session_from_id(
-                session.provider_session_id, session.mode is SessionMode.BATCH
-            )
-            if provider is None:
-                return  # the service no longer has it
+            kept = self._sessions.pop(session.id, None)
         # Cancelled, failed (ABORT) or expired: the gateway cancels the session's jobs, and the
         # provider session goes with whatever it still queues. Closed: its jobs ran out.
         cancel = session.end_reason is not EndReason.CLOSED
-        self._call(provider.sdk.cancel if cancel else provider.sdk.close, None)
-        log.info(
-            "session %s: runtime session %s %s",
-            session.id,
-            provider.id,
-            "cancelled" if cancel else "closed",
-        )
+
+        def close() -> bool:
+            provider = kept
+            if provider is None or provider.service is not self._client.service():
+                # Not opened here, or built on a client since rebuilt (a retry after a
+                # refused token lands here too).
+                provider = self._session_from_id(
+                    session.provider_session_id, session.mode is SessionMode.BATCH
+                )
+                if provider is None:
+                    return False  # the service no longer has it
+            (provider.sdk.cancel if cancel else provider.sdk.close)()
+            return True
+
+        if self._call(close, None):
+            log.info(
+                "session %s: runtime session %s %s",
+                session.id,
+                session.provider_session_id,
+                "cancelled" if cancel else "closed",
+            )
 
     def _mode(self, backend: Any, job: Job) -> Any:
         """The primitives' mode: the job's runtime session when it belongs to a gateway
@@ -589,20 +604,41 @@ class IbmCloudRunner(Runner):
             )
         return str(jobs[-1].job_id())
 
-    def _poll(self, remote_id: str) -> ExecutionOutcome | None:
+    def _poll(self, handle: RunHandle, remote_id: str) -> ExecutionOutcome | None:
         try:
-            return self._poll_once(remote_id)
+            return self._poll_once(handle, remote_id)
         except ExecutionError as err:
             raise _while_following(err) from err
 
-    def _poll_once(self, remote_id: str) -> ExecutionOutcome | None:
+    def _quantum_seconds(self, job: Any, remote_id: str) -> float | None:
+        """The quantum seconds the service charges an ended job, from its metrics; None when
+        it reports none (or they cannot be read: usage is not worth failing a job for)."""
+        try:
+            metrics = self._call(job.metrics, remote_id)
+        except ExecutionError as err:
+            log.warning("runtime job %s: metrics not read (%s)", remote_id, err.reason)
+            return None
+        usage = metrics.get("usage") if isinstance(metrics, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        for key in ("quantum_seconds", "qpu_charge_time_seconds", "seconds"):
+            value = usage.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                return float(value)
+        return None
+
+    def _poll_once(self, handle: RunHandle, remote_id: str) -> ExecutionOutcome | None:
         job = self._call(lambda: self._client.service().job(remote_id), remote_id)
         status = str(self._call(job.status, remote_id))
+        if status in ("ERROR", "CANCELLED"):
+            # It may have run before it failed or was cancelled: what it used is reported.
+            handle.execution_seconds = self._quantum_seconds(job, remote_id)
         if status == "DONE":
             result = self._call(job.result, remote_id)
             output = _output_from_tags(job.tags or [])
+            seconds = self._quantum_seconds(job, remote_id)
             try:
-                return _outcome(result, output)
+                return _outcome(result, output, seconds)
             except (AttributeError, KeyError, TypeError, ValueError) as exc:
                 raise ExecutionError(
                     "EXECUTION_FAILED",
@@ -828,7 +864,9 @@ def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
     return SamplerOutput.SAMPLES_AND_COUNTS
 
 
-def _outcome(result: Any, output: SamplerOutput) -> ExecutionOutcome:
+def _outcome(
+    result: Any, output: SamplerOutput, execution_seconds: float | None = None
+) -> ExecutionOutcome:
     """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator)."""
     import qiskit_ibm_runtime
 
@@ -869,4 +907,5 @@ def _outcome(result: Any, output: SamplerOutput) -> ExecutionOutcome:
     return ExecutionOutcome(
         result=JobResult(pubs=tuple(pubs)),
         sdk_versions={"qiskit-ibm-runtime": qiskit_ibm_runtime.__version__},
+        execution_seconds=execution_seconds,
     )
