@@ -47,6 +47,7 @@ ALICE = generate_key("alice")
 BOB = generate_key("bob")
 OPS = generate_key("ops", role=Role.ADMIN)
 BOB_ADMIN = generate_key("bob", role=Role.TENANT_ADMIN)
+CAROL = generate_key("carol")  # her tenant's policy allows aer only (once it can be declared)
 STUCK = "iso-stuck"  # every job hangs until cancelled: Alice's running and queued jobs
 
 JOBS = "qgateway.v1.JobService"
@@ -76,6 +77,7 @@ NOT_YET_IMPLEMENTED = frozenset(
         "ListTenants",
         "UpdateTenant",
         "GetTenantUsage",
+        "ListAuditRecords",
     )
 )
 
@@ -263,7 +265,7 @@ def _session(team: str = "qml", backend: str = "aer") -> session_pb2.Session:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("isolation")
-    keys = "".join(_key_toml(k) for k in (ALICE, BOB, OPS, BOB_ADMIN))
+    keys = "".join(_key_toml(k) for k in (ALICE, BOB, OPS, BOB_ADMIN, CAROL))
     config = write_config(root / "g.toml", root / "data", CONFIG + keys)
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process
@@ -630,33 +632,47 @@ def test_the_full_backend_view_is_admin_scope(bob: Caller, ops: Caller) -> None:
     assert not basic.HasField("pool") and not basic.HasField("health")
 
 
+@pytest.fixture(scope="module")
+def carol(channel: grpc.Channel, ops: Caller) -> tuple[Caller, set[str]]:
+    """A user whose tenant's policy allows only aer (once the admin can declare it: before,
+    every backend), and the backends it should see."""
+    if f"{ADMIN}/CreateTenant" in NOT_YET_IMPLEMENTED:
+        return Caller.of(channel, CAROL), {"backends/aer", f"backends/{STUCK}"}
+    policy = admin_pb2.TenantPolicy(allowed_simulators=["aer"])
+    ops.call(f"{ADMIN}/CreateTenant", tenant_id="carol", tenant=admin_pb2.Tenant(policy=policy))
+    return Caller.of(channel, CAROL), {"backends/aer"}
+
+
 @covers(f"{BACKENDS}/ListBackends", f"{BACKENDS}/GetBackend", f"{BACKENDS}/GetBackendTarget")
-def test_a_user_sees_exactly_the_backends_listed_to_it(alice: Caller, bob: Caller) -> None:
-    # Every configured backend Bob's listing leaves out answers him NOT_FOUND exactly as one
-    # that does not exist (with per-tenant policies, some will); the listed ones answer.
+@pytest.mark.parametrize("who", ["bob", "carol"])
+def test_a_user_sees_exactly_the_backends_its_policy_allows(
+    alice: Caller, bob: Caller, carol: tuple[Caller, set[str]], who: str
+) -> None:
+    caller, expected = (bob, {"backends/aer", f"backends/{STUCK}"}) if who == "bob" else carol
     token, visible = "", set()
     while True:
-        page = bob.call(f"{BACKENDS}/ListBackends", page_size=1, page_token=token)
+        page = caller.call(f"{BACKENDS}/ListBackends", page_size=1, page_token=token)
         visible |= {b.name for b in page.backends}
         token = page.next_page_token
         if not token:
             break
-    assert visible, "Bob sees no backend at all"
-    for name in {"backends/aer", f"backends/{STUCK}"}:
+    assert visible == expected
+    # A backend left out answers NOT_FOUND exactly as one that does not exist.
+    for name in ("backends/aer", f"backends/{STUCK}"):
         if name in visible:
-            assert bob.call(f"{BACKENDS}/GetBackend", name=name).backend.name == name
-            assert bob.call(f"{BACKENDS}/GetBackendTarget", name=f"{name}/target").target
+            assert caller.call(f"{BACKENDS}/GetBackend", name=name).backend.name == name
+            assert caller.call(f"{BACKENDS}/GetBackendTarget", name=f"{name}/target").target
             continue
         fake = "backends/" + "x" * (len(name) - len("backends/"))
-        assert_hidden(lambda n: bob.call(f"{BACKENDS}/GetBackend", name=n), name, fake)
+        assert_hidden(lambda n: caller.call(f"{BACKENDS}/GetBackend", name=n), name, fake)
         assert_hidden(
-            lambda n: bob.call(f"{BACKENDS}/GetBackendTarget", name=f"{n}/target"), name, fake
+            lambda n: caller.call(f"{BACKENDS}/GetBackendTarget", name=f"{n}/target"), name, fake
         )
-    # Alice's page token, replayed by Bob.
+    # Alice's page token (her listing goes on to iso-stuck), replayed.
     page = alice.call(f"{BACKENDS}/ListBackends", page_size=1)
     assert page.next_page_token
     try:
-        replayed = bob.call(
+        replayed = caller.call(
             f"{BACKENDS}/ListBackends", page_size=5, page_token=page.next_page_token
         )
     except grpc.RpcError as err:
