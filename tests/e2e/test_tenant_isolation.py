@@ -1,15 +1,17 @@
 """Tenant isolation over real gRPC, for every RPC (issue 11, item 4).
 
-One gateway, three callers: users of tenants "alice" and "bob", and an admin ("ops"). Alice
-owns a finished job with a result, a running and a queued job (a backend whose jobs hang, so
-nothing here waits on a clock), two sessions and a job in one of them. For every RPC of the
-JobService, SessionService, BackendService and AdminService — enumerated from the generated
-descriptors, so a new RPC without a test here fails the module — Bob must not read, watch,
-cancel, list, stream, dedup against or submit into what is Alice's: he gets NOT_FOUND exactly as
-for a random id (same code, reason, message shape, details and metadata keys), listings, filters
-and replayed page tokens give him only his own items, and AdminService answers him with its own
-scope (PERMISSION_DENIED, or NOT_FOUND for another tenant, never a hint). The admin's FULL view
-of backends works; a user's does not.
+One gateway; users of tenants "alice", "bob" and "carol" (whose policy allows aer only), a
+tenant admin of "bob", and an admin ("ops"). Alice owns a finished job with a result, a running
+and a queued job (a backend whose jobs hang, so nothing here waits on a clock), two sessions and
+a job in one of them. For every RPC of the JobService, SessionService, BackendService and
+AdminService — enumerated from the generated descriptors, so a new RPC without a test here fails
+the module — Bob must not read, watch, cancel, list, stream, dedup against or submit into what
+is Alice's: he gets NOT_FOUND exactly as for a random id (same code, reason, message shape,
+details and trailing metadata keys), and listings, filters and replayed page tokens give him
+only his own items. AdminService answers a user or a tenant admin of another tenant with its
+own scope (PERMISSION_DENIED, or NOT_FOUND as for a tenant that does not exist), never a hint;
+RPCs not implemented yet are listed in NOT_YET_IMPLEMENTED and do not count as isolated. A
+tenant sees exactly the backends its policy allows; the admin's FULL view works, a user's not.
 """
 
 from __future__ import annotations
