@@ -71,15 +71,11 @@ METHODS: dict[str, MethodDescriptor] = {
 NOT_YET_IMPLEMENTED = frozenset(
     f"{ADMIN}/{name}"
     for name in (
-        "CreateApiKey",
-        "ListApiKeys",
-        "RevokeApiKey",
         "CreateTenant",
         "GetTenant",
         "ListTenants",
         "UpdateTenant",
         "GetTenantUsage",
-        "ListAuditRecords",
     )
 )
 
