@@ -5,7 +5,7 @@ UV := .tools/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml clients/python/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: serve test protos lint bench venv
+.PHONY: serve test protos lint bench venv promtool
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -22,8 +22,12 @@ venv: $(SYNCED)
 serve: $(SYNCED)
 	$(VENV)/bin/qgateway serve $(if $(CONFIG),--config $(CONFIG))
 
+## promtool for the observability checks (skipped with a note where it cannot be installed).
+promtool:
+	@sh scripts/ensure_promtool.sh
+
 ## Run the whole test suite.
-test: $(SYNCED)
+test: $(SYNCED) promtool
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 ## Regenerate clients/python/qgateway/v1 from protos/ (the result is committed).
