@@ -27,6 +27,16 @@ from gateway.security.api_keys import ApiKeyConfig
 from gateway.security.jwt_auth import JwtConfig
 from gateway.security.mtls import CertMatch, CertRule
 from gateway.security.principals import ANONYMOUS, Principal, Role
+from gateway.security.tenant_policy import (
+    DAY_S,
+    TENANT_ID,
+    PeriodQuota,
+    RateLimit,
+    Tenant,
+    TenantPolicy,
+    etag_of,
+    validate_policy,
+)
 
 ENV_PREFIX = "QGATEWAY_"
 # Variables with the prefix that belong to the client CLI, not to the server's settings.
@@ -353,6 +363,83 @@ class AuditConfig(_Strict):
         return self.head_file if self.head_file is not None else data_dir / "audit-head.json"
 
 
+class RateLimitConfig(_Strict):
+    """A token bucket: `per_second` tokens refill each second, up to `burst`."""
+
+    per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+    def limit(self) -> RateLimit:
+        return RateLimit(self.per_second, self.burst)
+
+
+class PeriodQuotaConfig(_Strict):
+    """Shots and cost per period (UTC periods aligned to the Unix epoch)."""
+
+    shots: int | None = Field(default=None, ge=0)
+    cost: float | None = Field(default=None, ge=0)
+    cost_unit: str = ""
+    period_s: float = Field(default=DAY_S, ge=0.001, le=366 * DAY_S)
+
+    def quota(self) -> PeriodQuota:
+        return PeriodQuota(self.shots, self.cost, self.cost_unit, self.period_s)
+
+
+class TenantPolicyConfig(_Strict):
+    """What a tenant's principals may use (the TOML form of gateway.security.tenant_policy):
+    backends as ids or shell patterns, simulators and hardware separately; unset limits are
+    the backends' own."""
+
+    allowed_simulators: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_hardware: list[str] = Field(default_factory=list)
+    max_qubits: int | None = Field(default=None, ge=1)
+    max_shots_per_job: int | None = Field(default=None, ge=1)
+    quota: PeriodQuotaConfig | None = None
+    request_rate: RateLimitConfig | None = None
+    submit_rate: RateLimitConfig | None = None
+    max_queued_jobs: int | None = Field(default=None, ge=1)
+    # Supersedes server.max_sessions_per_tenant for this tenant.
+    max_sessions: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> TenantPolicyConfig:
+        problems = validate_policy(self.policy())
+        if problems:
+            raise ValueError("; ".join(f"{path}: {what}" for path, what in problems))
+        return self
+
+    def policy(self) -> TenantPolicy:
+        return TenantPolicy(
+            allowed_simulators=tuple(self.allowed_simulators),
+            allowed_hardware=tuple(self.allowed_hardware),
+            max_qubits=self.max_qubits,
+            max_shots_per_job=self.max_shots_per_job,
+            quota=None if self.quota is None else self.quota.quota(),
+            request_rate=None if self.request_rate is None else self.request_rate.limit(),
+            submit_rate=None if self.submit_rate is None else self.submit_rate.limit(),
+            max_queued_jobs=self.max_queued_jobs,
+            max_sessions=self.max_sessions,
+        )
+
+
+class TenantConfig(_Strict):
+    """A tenant declared in the file (`[tenants.<id>]`, its policy `[tenants.<id>.policy]`):
+    managed by the configuration, read-only through AdminService."""
+
+    display_name: str = ""
+    policy: TenantPolicyConfig = TenantPolicyConfig()
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        policy = self.policy.policy()
+        return Tenant(
+            id=tenant_id,
+            display_name=self.display_name,
+            policy=policy,
+            etag=etag_of(self.display_name, policy),
+            managed_by_config=True,
+        )
+
+
 def _default_backends() -> dict[str, BackendConfig]:
     """The local fleet: every SDK's simulators and an IBM fake device, one warm worker each
     (Aer's statevector two)."""
@@ -396,6 +483,11 @@ class GatewayConfig(BaseSettings):
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
+    # Tenants managed by this file; others are created through AdminService (stored).
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    # The policy of a tenant declared nowhere: by default every backend, simulators and
+    # hardware, no limits beyond the backends' own (a gateway without tenants).
+    default_policy: TenantPolicyConfig = TenantPolicyConfig(allowed_hardware=["*"])
 
     @model_validator(mode="after")
     def _certificates_need_mtls(self) -> GatewayConfig:
@@ -414,6 +506,14 @@ class GatewayConfig(BaseSettings):
         for name in value:
             if not name or not all(c.isalnum() or c in "-_" for c in name):
                 raise ValueError(f"backend name {name!r} must be letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_ids(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        for name in value:
+            if not TENANT_ID.fullmatch(name):
+                raise ValueError(f"tenant id {name!r} must be 1-64 of letters, digits, '_.-'")
         return value
 
     @classmethod

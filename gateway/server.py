@@ -43,6 +43,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
+from gateway.interceptors.rate_limit import RateLimitInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.manager import JobManager
@@ -61,6 +62,8 @@ from gateway.security.audit_log import AuditLog
 from gateway.security.authenticator import Authenticator
 from gateway.security.jwt_auth import JwtVerifier
 from gateway.security.mtls import CertMapper
+from gateway.security.policies import PolicyBook
+from gateway.security.tenant_policy import Tenant, policy_from_json
 from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
@@ -180,6 +183,29 @@ def _server_credentials(config: GatewayConfig) -> ReloadingServerCredentials | N
         raise ConfigError(str(exc)) from None
 
 
+def build_policies(config: GatewayConfig) -> PolicyBook:
+    """Tenants' policies: those the file declares, the default for the rest (stored tenants
+    are added by `load_tenants` once the store is open)."""
+    return PolicyBook(
+        (t.tenant(tid) for tid, t in config.tenants.items()), config.default_policy.policy()
+    )
+
+
+async def load_tenants(store: Store, policies: PolicyBook) -> None:
+    """Every stored tenant's policy into the book (at start)."""
+    tenants: list[Tenant] = []
+    after: str | None = None
+    while True:
+        page = await store.list_tenants(after=after, limit=1000)
+        tenants.extend(
+            Tenant(t.id, t.display_name, policy_from_json(t.policy_json), t.etag) for t in page
+        )
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    policies.load(tenants)
+
+
 def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRuntime]:
     # Claims in a shared store name their holder: this process.
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -231,6 +257,7 @@ class Gateway:
         self.port = 0
         self._store = SqliteStore(config.data_dir / DB_FILE)
         self.backends = build_backends(config, self._store)
+        self.policies = build_policies(config)
         self.compiler = build_compiler(config, self.backends)
         self.manager = JobManager(
             self._store,
@@ -241,6 +268,7 @@ class Gateway:
             watch_heartbeat_s=config.server.watch_heartbeat_s,
             result_retention_s=config.server.result_retention_days * 86400,
             recover_at_start=config.server.queue == "memory",
+            policies=self.policies,
         )
         self.sessions = SessionCore(
             self._store,
@@ -272,6 +300,7 @@ class Gateway:
                     on_failure=None if audit is None else audit.auth_failed,
                 ),
                 *([] if audit is None else [audit]),
+                RateLimitInterceptor(self.policies),
             ],
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
@@ -282,6 +311,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self._store.open()
+        await load_tenants(self._store, self.policies)
         if self.audit is not None:
             await self.audit.start()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.
@@ -309,7 +339,12 @@ class Gateway:
             SessionServicer(self.sessions, page_tokens=page_tokens), self._server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self._store, page_tokens=page_tokens, keys=self.authenticator.keys),
+            AdminServicer(
+                self._store,
+                page_tokens=page_tokens,
+                keys=self.authenticator.keys,
+                policies=self.policies,
+            ),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -14,8 +14,10 @@ from qgateway.v1 import admin_service_pb2_grpc
 
 from gateway.api.admin_audit import AuditRpcs
 from gateway.api.admin_keys import ApiKeyRpcs
+from gateway.api.admin_tenants import TenantRpcs
 from gateway.api.paging import PageTokens
 from gateway.security.api_keys import KeyVerifier
+from gateway.security.policies import PolicyBook
 from gateway.store.base import Store
 
 SERVICE_NAME = "qgateway.v1.AdminService"
@@ -25,11 +27,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class AdminServicer(AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.AdminServiceServicer):
+class AdminServicer(TenantRpcs, AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.AdminServiceServicer):
     """The AdminService.
 
     Args:
         store: The gateway's store (keys, tenants, usage and audit records live there).
+        policies: Every tenant's policy (tenant RPCs update it on every change).
         page_tokens: Seals list page tokens.
         keys: The gateway's API-key verifier (RevokeApiKey drops its cached record).
         clock: The current time (UTC).
@@ -39,11 +42,13 @@ class AdminServicer(AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.AdminServiceSe
         self,
         store: Store,
         *,
+        policies: PolicyBook | None = None,
         page_tokens: PageTokens | None = None,
-        keys: KeyVerifier | None = None,
         clock: Callable[[], datetime] = _now,
+        keys: KeyVerifier | None = None,
     ) -> None:
         self._store = store
         self._keys = keys
-        self._clock = clock
+        self._policies = policies if policies is not None else PolicyBook()
         self._page_tokens = page_tokens if page_tokens is not None else PageTokens(bytes(32))
+        self._clock = clock

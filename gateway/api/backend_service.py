@@ -17,7 +17,7 @@ from gateway.api.context import Context
 from gateway.domain.errors import PermissionDenied
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.manager import JobManager
-from gateway.security.policies import backend_limits, may_read_operations, visible_backends
+from gateway.security.policies import backend_limits, may_read_operations
 from gateway.security.principals import Principal, current_principal
 
 
@@ -69,7 +69,8 @@ class BackendServicer(backend_service_pb2_grpc.BackendServiceServicer):
         self._targets: dict[str, asyncio.Future[backend_pb2.BackendTarget]] = {}
 
     def _runtime(self, backend: str, principal: Principal) -> BackendRuntime:
-        visible = frozenset(visible_backends(principal, self._manager.backends))
+        policies = self._manager.policies
+        visible = frozenset(policies.visible_backends(principal, self._manager.backend_kinds))
         return self._manager.runtime(backend, "name", visible=visible)
 
     async def _target(self, runtime: BackendRuntime) -> backend_pb2.BackendTarget:
@@ -96,7 +97,7 @@ class BackendServicer(backend_service_pb2_grpc.BackendServiceServicer):
         where = {"kind": "backends", "tenant": principal.tenant, "query": f"view={view.value}"}
         sealed = self._page_tokens.open(request.page_token, **where)
         after = None if sealed is None else sealed.decode(errors="replace")
-        visible = visible_backends(principal, self._manager.backends)
+        visible = self._manager.policies.visible_backends(principal, self._manager.backend_kinds)
         names = [n for n in visible if after is None or n > after]
         page = names[:limit]
         more = len(names) > limit

@@ -125,6 +125,12 @@ class NotFound(GatewayError):
     code = Code.NOT_FOUND
 
 
+class AlreadyExists(GatewayError):
+    """The resource the caller asked to create exists already."""
+
+    code = Code.ALREADY_EXISTS
+
+
 class FailedPrecondition(GatewayError):
     """The resource is not in a state that allows the operation."""
 
@@ -297,6 +303,21 @@ REASONS: Final[Mapping[str, Code]] = {
     "SESSION_CLOSED": Code.FAILED_PRECONDITION,
     "SESSION_BACKEND_MISMATCH": Code.FAILED_PRECONDITION,
     "SESSION_LIMIT_REACHED": Code.RESOURCE_EXHAUSTED,
+    # Tenants, policies and quotas (gateway.security.policies, gateway.domain.quota).
+    "BACKEND_NOT_ALLOWED": Code.PERMISSION_DENIED,
+    "QUBIT_LIMIT_EXCEEDED": Code.PERMISSION_DENIED,
+    "SHOT_LIMIT_EXCEEDED": Code.PERMISSION_DENIED,
+    "RATE_LIMITED": Code.RESOURCE_EXHAUSTED,
+    "SHOT_QUOTA_EXCEEDED": Code.RESOURCE_EXHAUSTED,
+    "COST_QUOTA_EXCEEDED": Code.RESOURCE_EXHAUSTED,
+    "TENANT_QUEUE_FULL": Code.RESOURCE_EXHAUSTED,
+    "INVALID_TENANT_NAME": Code.INVALID_ARGUMENT,
+    "INVALID_TENANT_ID": Code.INVALID_ARGUMENT,
+    "INVALID_POLICY": Code.INVALID_ARGUMENT,
+    "INVALID_UPDATE_MASK": Code.INVALID_ARGUMENT,
+    "TENANT_ALREADY_EXISTS": Code.ALREADY_EXISTS,
+    "TENANT_MANAGED_BY_CONFIG": Code.FAILED_PRECONDITION,
+    "ETAG_MISMATCH": Code.ABORTED,
     # Admission: nothing was accepted; repeating the call later can succeed.
     "QUEUE_FULL": Code.RESOURCE_EXHAUSTED,
     "COMPILERS_BUSY": Code.RESOURCE_EXHAUSTED,

@@ -34,7 +34,8 @@ from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import BreakerState
 from gateway.security import audit
-from gateway.store.base import CreateOutcome, NewJob, Store, request_id_reused
+from gateway.security.policies import PolicyBook
+from gateway.store.base import CreateOutcome, NewJob, QuotaCharge, Store, request_id_reused
 
 
 class CompileStep(Protocol):
@@ -61,6 +62,7 @@ class Admission:
         draining: asyncio.Event,
         *,
         prepare_threads: int,
+        policies: PolicyBook | None = None,
     ) -> None:
         self._store = store
         self._backends = backends
@@ -68,6 +70,45 @@ class Admission:
         self._transitions = transitions
         self._draining = draining
         self._limiter = anyio.CapacityLimiter(prepare_threads)
+        self._policies = policies if policies is not None else PolicyBook()
+
+    def check_allowed(self, tenant: str, backend: str, field: str = "spec.backend") -> None:
+        """NOT_FOUND for a backend that does not exist; PERMISSION_DENIED BACKEND_NOT_ALLOWED
+        for one outside the tenant's policy."""
+        runtime = self.runtime(backend, field)
+        self._policies.check_backend(tenant, backend, runtime.info.kind, field)
+
+    def _check_policy(self, tenant: str, spec: JobSpec) -> None:
+        self.check_allowed(tenant, spec.backend)
+        if spec.options.fallback_backend:
+            self.check_allowed(
+                tenant, spec.options.fallback_backend, "spec.options.fallback_backend"
+            )
+
+    def _check_job(self, tenant: str, spec: JobSpec, prepared: PreparedJob) -> None:
+        """The policy's per-job limits on the prepared job (qubits per circuit: its layout's
+        virtual qubits)."""
+        qubits = max((len(layout) for layout in prepared.layouts), default=0)
+        self._policies.check_job(tenant, spec.backend, qubits, prepared.shots)
+
+    def _charge(self, tenant: str, runtime: BackendRuntime, shots: int) -> QuotaCharge:
+        """What the job holds against its tenant's quota in the current period."""
+        policy = self._policies.policy(tenant)
+        period = policy.period(self._transitions.clock())
+        quota = policy.quota
+        unit = quota.cost_unit if quota is not None else ""
+        estimate = pricing.estimate(runtime.settings.price, shots).cost
+        cost = estimate.amount if estimate is not None and estimate.unit == unit else 0.0
+        return QuotaCharge(
+            period_start=period.start,
+            period_end=period.end,
+            shots=shots,
+            cost=cost,
+            cost_unit=unit,
+            max_shots=None if quota is None else quota.shots,
+            max_cost=None if quota is None else quota.cost,
+            max_queued_jobs=policy.max_queued_jobs,
+        )
 
     def runtime(
         self, backend: str, field: str = "spec.backend", visible: Container[str] | None = None
@@ -143,7 +184,12 @@ class Admission:
         """Admits, prepares and durably queues a job. `digest` is the canonical request digest
         (gateway.api.request_digest); the caller looked the request_id up before validating
         (find_request). A concurrent request with the same request_id may still have created
-        the job meanwhile: the store deduplicates atomically, and the outcome says which."""
+        the job meanwhile: the store deduplicates atomically, and the outcome says which.
+
+        The tenant's policy is asked first (backends allowed), then after prepare (per-job
+        limits); its quota and queued-job limit are checked and reserved by the store in the
+        transaction that creates the job."""
+        self._check_policy(tenant, spec)
         try:
             runtime = await self._admit(spec)
         except (Unavailable, ResourceExhausted):
@@ -156,6 +202,7 @@ class Admission:
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         prepared = await self.prepare(runtime, tenant, spec, seed)
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
+        self._check_job(tenant, spec, prepared)
         new = NewJob(
             id=uuid.uuid4().hex,
             tenant=tenant,
@@ -170,6 +217,7 @@ class Admission:
             labels=spec.labels,
             sampler_output=spec.options.sampler_output,
             session=spec.session,
+            charge=self._charge(tenant, runtime, prepared.shots),
         )
         queue = runtime.queue
         if not queue.queues_before_commit:
@@ -199,10 +247,14 @@ class Admission:
         """SubmitJob's validate_only (AIP-163): the checks a submission passes (the backend,
         every circuit compiled, every limit) and the job's estimated cost; nothing is created
         or queued. The backend's momentary state (breaker, queue depth, draining) is not part
-        of the verdict: it says nothing about the request."""
+        of the verdict: it says nothing about the request; nor is the tenant's period quota,
+        which validation neither checks nor reserves. Its policy's backends and per-job limits
+        are."""
+        self._check_policy(tenant, spec)
         runtime = self.runtime(spec.backend)
         seed = spec.options.seed if spec.options.seed is not None else 0
         prepared = await self.prepare(runtime, tenant, spec, seed)
+        self._check_job(tenant, spec, prepared)
         return pricing.estimate(runtime.settings.price, prepared.shots)
 
     async def _create(self, new: NewJob) -> CreateOutcome:

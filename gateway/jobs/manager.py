@@ -40,6 +40,7 @@ from gateway.jobs.scheduler import Scheduler
 from gateway.jobs.stored_format import StoredFormat
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import Permit
+from gateway.security.policies import PolicyBook
 from gateway.store.base import CreateOutcome, JobCursor, JobPage, Store
 
 
@@ -76,9 +77,13 @@ class JobManager:
         hooks: Hooks | None = None,
         bus: EventBus | None = None,
         clock: Callable[[], datetime] = _now,
+        policies: PolicyBook | None = None,
     ) -> None:
         self._store = store
         self.backends = backends
+        # Tenants' policies (gateway.security.policies): admission and backend listings ask.
+        self.policies = policies if policies is not None else PolicyBook()
+        self.backend_kinds = {name: rt.info.kind for name, rt in backends.items()}
         # WatchJob resends the job after this long without a change (ServerConfig).
         self.watch_heartbeat_s = watch_heartbeat_s
         # With the in-memory queue this process alone owns the store's queue and recovers it
@@ -95,6 +100,7 @@ class JobManager:
             self._transitions,
             self.draining,
             prepare_threads=prepare_threads,
+            policies=self.policies,
         )
         # Results just written, so Run and GetJobResult right after a job ends skip a read.
         self._recent_results = RecentResults()
@@ -174,6 +180,11 @@ class JobManager:
     ) -> BackendRuntime:
         """The backend named `backend`, or NOT_FOUND (also when `visible` leaves it out)."""
         return self._admission.runtime(backend, field, visible)
+
+    def check_allowed(self, tenant: str, backend: str, field: str = "spec.backend") -> None:
+        """NOT_FOUND for an unknown backend, PERMISSION_DENIED BACKEND_NOT_ALLOWED for one
+        outside the tenant's policy (Admission.check_allowed)."""
+        self._admission.check_allowed(tenant, backend, field)
 
     async def submit(
         self,

@@ -478,8 +478,12 @@ class SessionCore:
             NotFound: BACKEND_NOT_FOUND.
             ResourceExhausted: SESSION_LIMIT_REACHED, at the tenant's cap of open sessions.
         """
-        self._manager.runtime(new.backend, "session.backend")
+        self._manager.check_allowed(tenant, new.backend, "session.backend")
         lim = self._limits
+        # The tenant's policy, where it sets max_sessions, supersedes the server's cap.
+        max_open = self._manager.policies.policy(tenant).max_sessions
+        if max_open is None:
+            max_open = lim.max_sessions_per_tenant
         session = Session(
             id=uuid.uuid4().hex,
             tenant=tenant,
@@ -496,9 +500,7 @@ class SessionCore:
         )
         # The store counts and creates in one transaction: two creates cannot both pass the
         # cap, and a retry (same request_id) gets its session even at the cap.
-        stored, was_new = await self._store.create_session(
-            session, request_hash, max_open=lim.max_sessions_per_tenant
-        )
+        stored, was_new = await self._store.create_session(session, request_hash, max_open=max_open)
         if was_new:
             self._open[stored.id] = stored
             self._work[stored.id] = set()

@@ -1,29 +1,120 @@
-"""What a principal may see and use. The one place the policies of the security issue plug in.
+"""What a principal may see and use: its tenant's policy (gateway.security.tenant_policy).
 
-Today there are no per-tenant policies: every caller may use every backend under the backend's
-own limits, and only the admin flag (of a key, or of the anonymous caller by configuration)
-separates callers. Everything that lists or names a backend asks here, so a policy added later
-changes what each caller sees everywhere at once.
+Everything that lists or names a backend asks here, so a policy changes what each caller sees
+everywhere at once. The PolicyBook holds every tenant's policy in memory: the RPC path never
+reads the store for it. Tenants come from two places, by one rule: a tenant declared in the
+TOML file (`[tenants.<id>]`) is managed by the configuration (AdminService shows it, and
+UpdateTenant refuses it FAILED_PRECONDITION); any other tenant is created and changed through
+AdminService and kept in the store (loaded at start, updated here on every change). A tenant
+named by neither gets the configuration's `default_policy` (by default every backend, no limit
+beyond the backends' own: the behaviour of a gateway with no tenants).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from gateway.domain.backends import BackendLimits
+from gateway.domain.backends import BackendKind, BackendLimits
+from gateway.domain.errors import PermissionDenied
 from gateway.security.principals import Principal
+from gateway.security.tenant_policy import UNRESTRICTED, Tenant, TenantPolicy
 
 
-def visible_backends(principal: Principal, backends: Iterable[str]) -> list[str]:
-    """The backends (ids, no "backends/") `principal` may use, in name order.
+class PolicyBook:
+    """Every tenant's policy, by tenant id.
 
-    Any other backend answers NOT_FOUND to this caller, exactly as one that does not exist.
+    Args:
+        configured: Tenants declared in the configuration (managed_by_config).
+        default: The policy of a tenant named nowhere.
     """
-    return sorted(backends)
+
+    def __init__(
+        self, configured: Iterable[Tenant] = (), default: TenantPolicy = UNRESTRICTED
+    ) -> None:
+        self.configured: Mapping[str, Tenant] = {t.id: t for t in configured}
+        self.default = default
+        self._stored: dict[str, TenantPolicy] = {}
+
+    def policy(self, tenant: str) -> TenantPolicy:
+        """The tenant's policy (a dict lookup: this runs on every RPC)."""
+        found = self.configured.get(tenant)
+        if found is not None:
+            return found.policy
+        return self._stored.get(tenant, self.default)
+
+    def put(self, tenant: str, policy: TenantPolicy) -> None:
+        """A stored tenant was created or changed (or loaded at start)."""
+        self._stored[tenant] = policy
+
+    def load(self, tenants: Iterable[Tenant]) -> None:
+        """Replaces the stored tenants' policies (at start, or a refresh from the store)."""
+        self._stored = {t.id: t.policy for t in tenants}
+
+    def visible_backends(
+        self, principal: Principal, backends: Mapping[str, BackendKind]
+    ) -> list[str]:
+        """The backends (ids, no "backends/") `principal` may use, in name order.
+
+        Any other backend answers NOT_FOUND to this caller in listings and lookups, exactly as
+        one that does not exist.
+        """
+        policy = self.policy(principal.tenant)
+        return sorted(name for name, kind in backends.items() if policy.allows(name, kind))
+
+    def check_backend(self, tenant: str, backend: str, kind: BackendKind, field: str) -> None:
+        """Refuses a submission, validation or session on a backend outside the policy.
+
+        Raises:
+            PermissionDenied: BACKEND_NOT_ALLOWED.
+        """
+        if self.policy(tenant).allows(backend, kind):
+            return
+        name = f"backends/{backend}"
+        raise PermissionDenied(
+            "BACKEND_NOT_ALLOWED",
+            f"tenant {tenant} may not use {name} (named by {field}); ask an admin to allow it",
+            metadata={"backend": name, "tenant": f"tenants/{tenant}", "field": field},
+        )
+
+    def check_job(self, tenant: str, backend: str, qubits: int, shots: int) -> None:
+        """Per-job limits of the tenant's policy, on a compiled and prepared job: no RetryInfo,
+        since repeating the same job can never pass.
+
+        Raises:
+            PermissionDenied: QUBIT_LIMIT_EXCEEDED or SHOT_LIMIT_EXCEEDED, the limit in metadata.
+        """
+        policy = self.policy(tenant)
+        if policy.max_qubits is not None and qubits > policy.max_qubits:
+            raise PermissionDenied(
+                "QUBIT_LIMIT_EXCEEDED",
+                f"a circuit of this job uses {qubits} qubits; tenant {tenant} may use at most "
+                f"{policy.max_qubits} per circuit",
+                metadata={
+                    "tenant": f"tenants/{tenant}",
+                    "backend": f"backends/{backend}",
+                    "limit": "max_qubits",
+                    "maxQubits": str(policy.max_qubits),
+                    "qubits": str(qubits),
+                },
+            )
+        if policy.max_shots_per_job is not None and shots > policy.max_shots_per_job:
+            raise PermissionDenied(
+                "SHOT_LIMIT_EXCEEDED",
+                f"this job runs {shots} shots; tenant {tenant} may run at most "
+                f"{policy.max_shots_per_job} per job",
+                metadata={
+                    "tenant": f"tenants/{tenant}",
+                    "backend": f"backends/{backend}",
+                    "limit": "max_shots_per_job",
+                    "maxShotsPerJob": str(policy.max_shots_per_job),
+                    "shots": str(shots),
+                },
+            )
 
 
 def backend_limits(principal: Principal, backend: str, limits: BackendLimits) -> BackendLimits:
-    """A backend's admission limits as they apply to `principal` (today: the backend's own)."""
+    """A backend's admission limits as they apply to `principal` (the backend's own; a policy's
+    per-job limits are checked at admission and shown by GetTenantUsage)."""
     return limits
 
 

@@ -47,6 +47,57 @@ def request_id_reused(request_id: str, job_id: str) -> InvalidArgument:
 
 
 @dataclass(frozen=True)
+class QuotaCharge:
+    """What admitting a job holds against its tenant's quota (issue 11): reserved in the
+    transaction that creates the job, settled (what it used) or released in the one that ends
+    it, exactly once (a ledger row per job id).
+
+    Attributes:
+        period_start, period_end: The quota period the job is charged to (the one it was
+            admitted in, also when it finishes in a later one).
+        shots: Shots it will run.
+        cost: Its estimated cost in `cost_unit` (0 when not priced in that unit).
+        cost_unit: The unit of the tenant's cost quota ("" without one).
+        max_shots, max_cost: The period's quota; None: not limited (still counted).
+        max_queued_jobs: The tenant's limit of QUEUED jobs over all backends; None: none.
+    """
+
+    period_start: datetime
+    period_end: datetime
+    shots: int
+    cost: float = 0.0
+    cost_unit: str = ""
+    max_shots: int | None = None
+    max_cost: float | None = None
+    max_queued_jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredTenant:
+    """A tenant created through AdminService; its policy is JSON the security layer reads
+    (gateway.security.tenant_policy), opaque to the store."""
+
+    id: str
+    display_name: str
+    policy_json: str
+    etag: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TenantUsageRecord:
+    """A tenant's quota figures for one period and what it holds now."""
+
+    shots_used: int = 0
+    shots_reserved: int = 0
+    cost_used: float = 0.0
+    cost_reserved: float = 0.0
+    queued_jobs: int = 0
+    open_sessions: int = 0
+
+
+@dataclass(frozen=True)
 class NewJob:
     id: str
     tenant: str
@@ -64,6 +115,8 @@ class NewJob:
     sampler_output: SamplerOutput = SamplerOutput.SAMPLES_AND_COUNTS
     # The session it runs in (bare id; "" for none).
     session: str = ""
+    # Its tenant's quota charge, checked and reserved with the job (None: not counted).
+    charge: QuotaCharge | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +337,33 @@ class Store(Protocol):
 
     async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:
         """The session's jobs (non-final ones unless `include_final`), oldest first."""
+
+    # ---- tenants and quota (issue 11): gateway.store.sqlite_tenants. create_job reserves a
+    # job's QuotaCharge and finish_job (and recover, for a cancel it completes) settles it, in
+    # their own transactions.
+
+    async def create_tenant(self, tenant: StoredTenant) -> bool:
+        """Inserts a tenant; False (nothing changed) when the id exists."""
+        ...
+
+    async def get_tenant(self, tenant_id: str) -> StoredTenant | None: ...
+
+    async def list_tenants(
+        self, *, after: str | None = None, limit: int = 50
+    ) -> list[StoredTenant]:
+        """Tenants by id, after `after`."""
+        ...
+
+    async def update_tenant(self, tenant: StoredTenant, expected_etag: str) -> StoredTenant | None:
+        """Writes display name, policy, etag and update time if the stored etag is still
+        `expected_etag` (compare and set); None when it is not (or the tenant is gone)."""
+        ...
+
+    async def tenant_usage(
+        self, tenant: str, period_start: datetime, period_end: datetime
+    ) -> TenantUsageRecord:
+        """The tenant's quota figures for the period, its QUEUED jobs and open sessions."""
+        ...
 
     # ---- API keys (issue 11): gateway.security.api_keys. Only a key's hash is stored.
 

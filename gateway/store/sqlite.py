@@ -49,6 +49,8 @@ from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
 from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
 from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_sessions import SqliteSessions
+from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
+from gateway.store.sqlite_tenants import SqliteTenants, reserve, settle
 
 T = TypeVar("T")
 
@@ -252,6 +254,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
     ),
     # --- end of issue 11, api keys ------------------------------------------------------------
+    # --- issue 11, tenants and quota (gateway.store.sqlite_tenants) ---------------------------
+    Migration(10, SQLITE_TENANTS_MIGRATION),
+    # --- end of issue 11, tenants and quota ---------------------------------------------------
     # --- issue 11, audit (gateway.store.sqlite_audit) -----------------------------------------
     Migration(11, SQLITE_AUDIT_MIGRATION),
     # --- end of issue 11, audit ---------------------------------------------------------------
@@ -301,7 +306,7 @@ class _Stop:
     future: asyncio.Future[None]
 
 
-class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit):
+class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     """Store on a SQLite file in WAL mode with `synchronous=FULL`.
 
     Args:
@@ -404,6 +409,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit):
                     "UPDATE jobs SET request_id = NULL WHERE tenant = ? AND request_id = ?",
                     (new.tenant, new.request_id),
                 )
+            if new.charge is not None:  # the tenant's limits, checked and reserved (issue 11)
+                reserve(conn, new.id, new.tenant, new.charge, new.created_at)
             conn.execute(
                 "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state,"
                 " spec, num_pubs, seed, attempts, created_at, labels, sampler_output)"
@@ -646,6 +653,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit):
                     "UPDATE jobs SET result_expires_at = ? WHERE id = ?",
                     (_to_us(result_expires_at), job_id),
                 )
+            settle(conn, job_id, state, execution, ended_at)  # its quota reservation (issue 11)
             return _enter_state(conn, job_id, state, ended_us)
 
         if state is JobState.CANCELLED:  # CancelJob of a queued job: its record commits here
@@ -674,6 +682,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit):
             ).fetchall()
             for (job_id,) in cancelled:
                 _enter_state(conn, job_id, JobState.CANCELLED, now_us)
+                settle(conn, job_id, JobState.CANCELLED, None, now)
             requeued = conn.execute(
                 "UPDATE jobs SET state = 'QUEUED', started_at = NULL"
                 " WHERE state = 'RUNNING' AND remote_id IS NULL RETURNING id"

@@ -24,7 +24,7 @@ from gateway.domain.errors import ExecutionError, InvalidArgument
 from gateway.jobs.backend import HealthState
 from gateway.runtime.health import HealthMonitor
 from gateway.security.api_keys import KeyRing, generate_key
-from gateway.security.policies import may_read_operations, visible_backends
+from gateway.security.policies import PolicyBook, may_read_operations
 from gateway.security.principals import ANONYMOUS, Role
 
 INFO = BackendInfo(
@@ -144,8 +144,9 @@ def test_admin_key_entry_in_toml(tmp_path: Any) -> None:
     assert load_config(config).auth.api_keys[0].role is Role.ADMIN
 
 
-def test_every_backend_is_visible_until_policies_exist() -> None:
-    assert visible_backends(ANONYMOUS, ["b", "a"]) == ["a", "b"]
+def test_every_backend_is_visible_to_a_tenant_no_policy_names() -> None:
+    kinds = {"b": BackendKind.HARDWARE, "a": BackendKind.SIMULATOR}
+    assert PolicyBook().visible_backends(ANONYMOUS, kinds) == ["a", "b"]
 
 
 # ------------------------------------------------------------------- sanitised health errors

@@ -1,0 +1,227 @@
+"""AdminService's tenant and usage RPCs (a mixin of AdminServicer).
+
+Tenants come from two places, by one rule (gateway.security.policies): those declared in the
+TOML file are managed by it (listed and readable here, UpdateTenant refuses them
+FAILED_PRECONDITION TENANT_MANAGED_BY_CONFIG, CreateTenant of their id is ALREADY_EXISTS); the
+others are created and changed here and kept in the store. Every change updates the gateway's
+PolicyBook at once, so the RPC path never reads a policy from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from qgateway.v1 import admin_service_pb2
+
+from gateway.api import paging, tenant_codec
+from gateway.api.context import Context
+from gateway.domain.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceInfo,
+)
+from gateway.security.admin_scope import (
+    require_admin,
+    require_tenant_admin,
+    require_tenant_member,
+)
+from gateway.security.policies import PolicyBook
+from gateway.security.principals import DEFAULT_TENANT, current_principal
+from gateway.security.tenant_policy import (
+    Tenant,
+    TenantPolicy,
+    etag_of,
+    policy_from_json,
+    policy_to_json,
+)
+from gateway.store.base import Store, StoredTenant
+
+TENANT_RESOURCE = "qgateway.dev/Tenant"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _from_stored(stored: StoredTenant) -> Tenant:
+    return Tenant(
+        id=stored.id,
+        display_name=stored.display_name,
+        policy=policy_from_json(stored.policy_json),
+        etag=stored.etag,
+        created_at=stored.created_at,
+        updated_at=stored.updated_at,
+    )
+
+
+def _stored(tenant: Tenant, created_at: datetime, updated_at: datetime) -> StoredTenant:
+    return StoredTenant(
+        id=tenant.id,
+        display_name=tenant.display_name,
+        policy_json=policy_to_json(tenant.policy),
+        etag=tenant.etag,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def tenant_not_found(tenant: str) -> NotFound:
+    name = f"tenants/{tenant}"
+    return NotFound(
+        "TENANT_NOT_FOUND",
+        f"{name} not found",
+        metadata={"resource": name},
+        resource_info=ResourceInfo(TENANT_RESOURCE, name, "no such tenant"),
+    )
+
+
+class TenantRpcs:
+    """CreateTenant, GetTenant, ListTenants, UpdateTenant and GetTenantUsage."""
+
+    _store: Store
+    _policies: PolicyBook
+    _page_tokens: paging.PageTokens
+    _clock: Callable[[], datetime]
+
+    async def _find(self, tenant: str) -> Tenant | None:
+        configured = self._policies.configured.get(tenant)
+        if configured is not None:
+            return configured
+        stored = await self._store.get_tenant(tenant)
+        return None if stored is None else _from_stored(stored)
+
+    async def CreateTenant(
+        self, request: admin_service_pb2.CreateTenantRequest, context: Context
+    ) -> admin_service_pb2.CreateTenantResponse:
+        require_admin(current_principal.get())
+        tid = tenant_codec.check_tenant_id(request.tenant_id)
+        policy: TenantPolicy = self._policies.default
+        if request.tenant.HasField("policy"):
+            policy = tenant_codec.decode_policy(request.tenant.policy)
+        display_name = request.tenant.display_name
+        now = self._clock()
+        tenant = Tenant(tid, display_name, policy, etag_of(display_name, policy), now, now)
+        if tid in self._policies.configured or not await self._store.create_tenant(
+            _stored(tenant, now, now)
+        ):
+            raise AlreadyExists(
+                "TENANT_ALREADY_EXISTS",
+                f"tenants/{tid} already exists",
+                metadata={"tenant": f"tenants/{tid}"},
+                resource_info=ResourceInfo(TENANT_RESOURCE, f"tenants/{tid}", "exists"),
+            )
+        self._policies.put(tid, policy)
+        return admin_service_pb2.CreateTenantResponse(tenant=tenant_codec.encode_tenant(tenant))
+
+    async def GetTenant(
+        self, request: admin_service_pb2.GetTenantRequest, context: Context
+    ) -> admin_service_pb2.GetTenantResponse:
+        tid = tenant_codec.tenant_id(request.name)
+        require_tenant_admin(current_principal.get(), tid, f"tenants/{tid}")
+        tenant = await self._find(tid)
+        if tenant is None:
+            raise tenant_not_found(tid)
+        return admin_service_pb2.GetTenantResponse(tenant=tenant_codec.encode_tenant(tenant))
+
+    async def ListTenants(
+        self, request: admin_service_pb2.ListTenantsRequest, context: Context
+    ) -> admin_service_pb2.ListTenantsResponse:
+        principal = current_principal.get()
+        limit = paging.page_size(request.page_size)
+        if not principal.admin:
+            # A tenant admin lists its own tenant only (if it is declared anywhere).
+            require_tenant_admin(principal, principal.tenant, f"tenants/{principal.tenant}")
+            own = await self._find(principal.tenant)
+            tenants = [] if own is None else [tenant_codec.encode_tenant(own)]
+            return admin_service_pb2.ListTenantsResponse(tenants=tenants)
+        where = {"kind": "tenants", "tenant": principal.tenant, "query": ""}
+        sealed = self._page_tokens.open(request.page_token, **where)
+        after = None if sealed is None else sealed.decode(errors="replace")
+        # Configured and stored tenants, merged by id; a stored tenant shadowed by a configured
+        # one of the same id is not shown twice.
+        stored = await self._store.list_tenants(after=after, limit=limit + 1)
+        configured = self._policies.configured
+        merged = {t.id: _from_stored(t) for t in stored if t.id not in configured}
+        merged.update({tid: t for tid, t in configured.items() if after is None or tid > after})
+        ids = sorted(merged)
+        # Past the stored page's last id, a stored tenant may be missing: stop there.
+        if len(stored) > limit:
+            ids = [tid for tid in ids if tid <= stored[limit - 1].id]
+        page = ids[:limit]
+        more = len(ids) > limit or len(stored) > limit
+        return admin_service_pb2.ListTenantsResponse(
+            tenants=[tenant_codec.encode_tenant(merged[tid]) for tid in page],
+            next_page_token=self._page_tokens.seal(page[-1].encode(), **where)
+            if more and page
+            else "",
+        )
+
+    async def UpdateTenant(
+        self, request: admin_service_pb2.UpdateTenantRequest, context: Context
+    ) -> admin_service_pb2.UpdateTenantResponse:
+        require_admin(current_principal.get())
+        tid = tenant_codec.tenant_id(request.tenant.name, "tenant.name")
+        if tid in self._policies.configured:
+            raise FailedPrecondition(
+                "TENANT_MANAGED_BY_CONFIG",
+                f"tenants/{tid} is declared in the gateway's configuration file; change it there",
+                metadata={"tenant": f"tenants/{tid}"},
+            )
+        stored = await self._store.get_tenant(tid)
+        if stored is None:
+            raise tenant_not_found(tid)
+        current = _from_stored(stored)
+        if request.tenant.etag and request.tenant.etag != current.etag:
+            raise _etag_mismatch(tid, request.tenant.etag)
+        display_name, policy = tenant_codec.apply_update(
+            current, request.tenant, list(request.update_mask.paths)
+        )
+        now = self._clock()
+        updated = Tenant(
+            tid, display_name, policy, etag_of(display_name, policy), current.created_at, now
+        )
+        if updated.etag == current.etag:
+            return admin_service_pb2.UpdateTenantResponse(
+                tenant=tenant_codec.encode_tenant(current)
+            )
+        assert current.created_at is not None
+        # Compare and set on the etag read: a concurrent update in between is ABORTED too.
+        written = await self._store.update_tenant(
+            _stored(updated, current.created_at, now), current.etag
+        )
+        if written is None:
+            raise _etag_mismatch(tid, request.tenant.etag or current.etag)
+        self._policies.put(tid, policy)
+        return admin_service_pb2.UpdateTenantResponse(
+            tenant=tenant_codec.encode_tenant(_from_stored(written))
+        )
+
+    async def GetTenantUsage(
+        self, request: admin_service_pb2.GetTenantUsageRequest, context: Context
+    ) -> admin_service_pb2.GetTenantUsageResponse:
+        principal = current_principal.get()
+        tid = tenant_codec.usage_tenant_id(request.name)
+        require_tenant_member(principal, tid, f"tenants/{tid}/usage")
+        # Any tenant a caller belongs to has usage; an admin asking for a tenant declared
+        # nowhere (and not its own) gets NOT_FOUND.
+        known = tid in (principal.tenant, DEFAULT_TENANT) or tid in self._policies.configured
+        if not known and await self._store.get_tenant(tid) is None:
+            raise tenant_not_found(tid)
+        policy = self._policies.policy(tid)
+        period = policy.period(self._clock())
+        usage = await self._store.tenant_usage(tid, period.start, period.end)
+        return admin_service_pb2.GetTenantUsageResponse(
+            usage=tenant_codec.encode_usage(tid, usage, policy, period.start, period.end)
+        )
+
+
+def _etag_mismatch(tenant: str, sent: str) -> Aborted:
+    return Aborted(
+        "ETAG_MISMATCH",
+        f"tenants/{tenant} changed since it was read (etag {sent[:40]!r}); read it again and "
+        "repeat the update",
+        metadata={"tenant": f"tenants/{tenant}"},
+    )

@@ -1,0 +1,72 @@
+"""Rate limits: every RPC of a tenant's principals takes a token of its request rate, SubmitJob
+and Run also one of its submit rate (gateway.security.rate_limits), before the servicer runs.
+
+Placed after authentication, so the caller's principal (and its tenant's policy) is known; a
+refusal is RESOURCE_EXHAUSTED RATE_LIMITED with QuotaFailure and RetryInfo. The cost per call
+is a dict lookup of the policy and, for a limited tenant, one bucket update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from gateway.api.context import Context
+from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.security.policies import PolicyBook
+from gateway.security.principals import current_principal
+from gateway.security.rate_limits import RateLimiter
+
+SUBMIT_METHODS = frozenset({"/qgateway.v1.JobService/SubmitJob", "/qgateway.v1.JobService/Run"})
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Takes request and submit tokens per tenant.
+
+    Args:
+        policies: Every tenant's policy (request_rate, submit_rate).
+        limiter: The tenants' buckets (a clock can be injected there).
+    """
+
+    def __init__(self, policies: PolicyBook, limiter: RateLimiter | None = None) -> None:
+        self._policies = policies
+        self._limiter = limiter if limiter is not None else RateLimiter()
+
+    def _check(self, submit: bool) -> None:
+        tenant = current_principal.get().tenant
+        policy = self._policies.policy(tenant)
+        if policy.request_rate is not None:
+            self._limiter.check(tenant, "request", policy.request_rate)
+        if submit and policy.submit_rate is not None:
+            self._limiter.check(tenant, "submit", policy.submit_rate)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if not is_gateway_method(handler, method):
+            return handler
+        submit = method in SUBMIT_METHODS
+        check = self._check
+
+        def wrap_unary(unary: Unary) -> Unary:
+            async def handle(request: Any, context: Context) -> Any:
+                check(submit)
+                return await unary(request, context)
+
+            return handle
+
+        def wrap_stream(stream: Stream) -> Stream:
+            async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+                check(submit)
+                async for item in stream(request, context):
+                    yield item
+
+            return handle
+
+        return rewrap(handler, wrap_unary, wrap_stream)

@@ -1,0 +1,84 @@
+"""Request and submit rates per tenant: token buckets on an injectable clock.
+
+One bucket per (tenant, kind), created at the first call and rebuilt when the tenant's policy
+changes its rate. Buckets live in this process: behind several replicas each enforces its own
+share (a tenant's limit is per replica).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from gateway.domain.errors import QuotaViolation, ResourceExhausted
+from gateway.security.tenant_policy import RateLimit
+
+Kind = Literal["request", "submit"]
+
+
+class TokenBucket:
+    """`rate.per_second` tokens refill each second, up to `rate.burst`; starts full."""
+
+    def __init__(self, rate: RateLimit, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(rate.burst)
+        self._at = clock()
+
+    def take(self) -> float:
+        """Takes a token: 0.0 when there was one, else the seconds until one refills (nothing
+        is taken then)."""
+        now = self._clock()
+        elapsed = max(0.0, now - self._at)
+        self._at = now
+        self._tokens = min(float(self.rate.burst), self._tokens + elapsed * self.rate.per_second)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate.per_second
+
+
+class RateLimiter:
+    """The buckets of every tenant."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[tuple[str, Kind], TokenBucket] = {}
+
+    def check(self, tenant: str, kind: Kind, rate: RateLimit | None) -> None:
+        """Takes a token of the tenant's `kind` bucket; no limit when `rate` is None.
+
+        Raises:
+            ResourceExhausted: RATE_LIMITED, with QuotaFailure and RetryInfo saying when a token
+                refills.
+        """
+        key = (tenant, kind)
+        if rate is None:
+            self._buckets.pop(key, None)
+            return
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[key] = TokenBucket(rate, self._clock)
+        wait = bucket.take()
+        if wait > 0.0:
+            what = "requests" if kind == "request" else "job submissions"
+            raise ResourceExhausted(
+                "RATE_LIMITED",
+                f"tenant {tenant} is over its rate of {rate.per_second:g} {what} per second "
+                f"(burst {rate.burst}); retry in {wait:.2f}s",
+                metadata={
+                    "tenant": f"tenants/{tenant}",
+                    "limit": f"{kind}_rate",
+                    "perSecond": f"{rate.per_second:g}",
+                    "burst": str(rate.burst),
+                    "retryDelaySeconds": f"{wait:.3f}",
+                },
+                quota_violations=[
+                    QuotaViolation(
+                        f"tenants/{tenant}",
+                        f"{kind}_rate: {rate.per_second:g}/s, burst {rate.burst}",
+                    )
+                ],
+                retry_after=wait,
+            )

@@ -1,0 +1,305 @@
+"""Tenants and the quota ledger of the SQLite store (migration 10): a mixin of SqliteStore, plus
+the ledger steps create_job, finish_job and recover run inside their own transactions.
+
+The ledger has one row per admitted job, keyed by job id: RESERVED when the job is created,
+then SETTLED (it succeeded: what it used) or RELEASED (it failed or was cancelled: only what its
+execution record says it used, usually nothing) in the transaction that makes the job final.
+The state check makes each step happen once, and the row survives restarts with the job.
+`quota_totals` holds running sums per tenant and period, so the admission check reads one row.
+A job is charged to the period it was admitted in, also when it finishes in the next one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from gateway.domain.jobs import ExecutionInfo, JobState
+from gateway.domain.quota import quota_exceeded, too_many_queued
+from gateway.store.base import QuotaCharge, StoredTenant, TenantUsageRecord
+
+T = TypeVar("T")
+
+MIGRATION_SQL: Final = """
+    -- Tenants created through AdminService (TOML-declared ones live in the configuration).
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL DEFAULT '',
+        -- gateway.security.tenant_policy's JSON form.
+        policy TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- One row per admitted job: its reservation, then what it used.
+    CREATE TABLE quota_ledger (
+        job_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        period_start INTEGER NOT NULL,
+        period_end INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('RESERVED', 'SETTLED', 'RELEASED')),
+        shots_reserved INTEGER NOT NULL,
+        cost_reserved REAL NOT NULL,
+        cost_unit TEXT NOT NULL,
+        shots_used INTEGER NOT NULL DEFAULT 0,
+        cost_used REAL NOT NULL DEFAULT 0,
+        settled_at INTEGER
+    ) WITHOUT ROWID;
+    -- Running sums of the ledger per tenant and period.
+    CREATE TABLE quota_totals (
+        tenant TEXT NOT NULL,
+        period_start INTEGER NOT NULL,
+        period_end INTEGER NOT NULL,
+        shots_reserved INTEGER NOT NULL DEFAULT 0,
+        shots_used INTEGER NOT NULL DEFAULT 0,
+        cost_reserved REAL NOT NULL DEFAULT 0,
+        cost_used REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, period_start, period_end)
+    ) WITHOUT ROWID;
+    -- A tenant's QUEUED jobs, counted at admission under a max_queued_jobs policy.
+    CREATE INDEX jobs_tenant_queued ON jobs (tenant) WHERE state = 'QUEUED';
+"""
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMNS: Final = "id, display_name, policy, etag, created_at, updated_at"
+# Float sums of reserved cost go back to (almost) zero; below this they are zero.
+_COST_EPSILON: Final = 1e-9
+
+
+def _us(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def _dt(value: object) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(str(value)))
+
+
+def _tenant(row: sqlite3.Row) -> StoredTenant:
+    return StoredTenant(
+        id=str(row["id"]),
+        display_name=str(row["display_name"]),
+        policy_json=str(row["policy"]),
+        etag=str(row["etag"]),
+        created_at=_dt(row["created_at"]),
+        updated_at=_dt(row["updated_at"]),
+    )
+
+
+def _totals(conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int) -> sqlite3.Row:
+    conn.execute(
+        "INSERT OR IGNORE INTO quota_totals (tenant, period_start, period_end) VALUES (?, ?, ?)",
+        (tenant, start_us, end_us),
+    )
+    row: sqlite3.Row = conn.execute(
+        "SELECT shots_reserved, shots_used, cost_reserved, cost_used FROM quota_totals"
+        " WHERE tenant = ? AND period_start = ? AND period_end = ?",
+        (tenant, start_us, end_us),
+    ).fetchone()
+    return row
+
+
+def reserve(
+    conn: sqlite3.Connection, job_id: str, tenant: str, charge: QuotaCharge, now: datetime
+) -> None:
+    """Checks the tenant's queued-job limit and period quota, then reserves the job's charge.
+    Runs in create_job's transaction, before the job is inserted; raising rolls it back.
+
+    Raises:
+        ResourceExhausted: TENANT_QUEUE_FULL, SHOT_QUOTA_EXCEEDED or COST_QUOTA_EXCEEDED.
+    """
+    if charge.max_queued_jobs is not None:
+        (queued,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE tenant = ? AND state = 'QUEUED'", (tenant,)
+        ).fetchone()
+        if queued >= charge.max_queued_jobs:
+            raise too_many_queued(tenant, queued, charge.max_queued_jobs)
+    start_us, end_us = _us(charge.period_start), _us(charge.period_end)
+    totals = _totals(conn, tenant, start_us, end_us)
+    if charge.max_shots is not None and charge.shots > 0:
+        held = int(totals["shots_reserved"]) + int(totals["shots_used"])
+        if held + charge.shots > charge.max_shots:
+            raise quota_exceeded(
+                tenant,
+                "shots",
+                asked=charge.shots,
+                held=held,
+                limit=charge.max_shots,
+                unit="",
+                period_end=charge.period_end,
+                now=now,
+            )
+    if charge.max_cost is not None and charge.cost > 0:
+        held_cost = float(totals["cost_reserved"]) + float(totals["cost_used"])
+        if held_cost + charge.cost > charge.max_cost + _COST_EPSILON:
+            raise quota_exceeded(
+                tenant,
+                "cost",
+                asked=charge.cost,
+                held=held_cost,
+                limit=charge.max_cost,
+                unit=charge.cost_unit,
+                period_end=charge.period_end,
+                now=now,
+            )
+    conn.execute(
+        "INSERT INTO quota_ledger (job_id, tenant, period_start, period_end, state,"
+        " shots_reserved, cost_reserved, cost_unit) VALUES (?, ?, ?, ?, 'RESERVED', ?, ?, ?)",
+        (job_id, tenant, start_us, end_us, charge.shots, charge.cost, charge.cost_unit),
+    )
+    conn.execute(
+        "UPDATE quota_totals SET shots_reserved = shots_reserved + ?,"
+        " cost_reserved = cost_reserved + ?"
+        " WHERE tenant = ? AND period_start = ? AND period_end = ?",
+        (charge.shots, charge.cost, tenant, start_us, end_us),
+    )
+
+
+def settle(
+    conn: sqlite3.Connection,
+    job_id: str,
+    state: JobState,
+    execution: ExecutionInfo | None,
+    at: datetime,
+) -> None:
+    """Ends the job's reservation as it entered final `state`, in the same transaction; a no-op
+    for a job with no reservation or one already ended."""
+    row = conn.execute(
+        "UPDATE quota_ledger SET state = ?, settled_at = ? WHERE job_id = ? AND state = 'RESERVED'"
+        " RETURNING tenant, period_start, period_end, shots_reserved, cost_reserved, cost_unit",
+        ("SETTLED" if state is JobState.SUCCEEDED else "RELEASED", _us(at), job_id),
+    ).fetchone()
+    if row is None:
+        return
+    usage = None if execution is None else execution.usage
+    cost = None if execution is None else execution.cost
+    if usage is not None:
+        shots_used = usage.shots
+    else:
+        # A job that succeeded without a usage record used what it reserved; a failed or
+        # cancelled one, nothing.
+        shots_used = int(row["shots_reserved"]) if state is JobState.SUCCEEDED else 0
+    cost_used = cost.amount if cost is not None and cost.unit == row["cost_unit"] else 0.0
+    conn.execute(
+        "UPDATE quota_ledger SET shots_used = ?, cost_used = ? WHERE job_id = ?",
+        (shots_used, cost_used, job_id),
+    )
+    conn.execute(
+        "UPDATE quota_totals SET shots_reserved = shots_reserved - ?, shots_used = shots_used + ?,"
+        " cost_reserved = max(0.0, cost_reserved - ?), cost_used = cost_used + ?"
+        " WHERE tenant = ? AND period_start = ? AND period_end = ?",
+        (
+            int(row["shots_reserved"]),
+            shots_used,
+            float(row["cost_reserved"]),
+            cost_used,
+            row["tenant"],
+            row["period_start"],
+            row["period_end"],
+        ),
+    )
+
+
+class SqliteTenants:
+    """Tenant and usage methods of the Store protocol, on SqliteStore's writer thread."""
+
+    if TYPE_CHECKING:
+
+        async def _call(
+            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+        ) -> T: ...
+
+    async def create_tenant(self, tenant: StoredTenant) -> bool:
+        """Inserts a tenant; False (nothing changed) when the id exists."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                f"INSERT OR IGNORE INTO tenants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tenant.id,
+                    tenant.display_name,
+                    tenant.policy_json,
+                    tenant.etag,
+                    _us(tenant.created_at),
+                    _us(tenant.updated_at),
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self._call(op)
+
+    async def get_tenant(self, tenant_id: str) -> StoredTenant | None:
+        def op(conn: sqlite3.Connection) -> StoredTenant | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)
+            ).fetchone()
+            return None if row is None else _tenant(row)
+
+        return await self._call(op, readonly=True)
+
+    async def list_tenants(
+        self, *, after: str | None = None, limit: int = 50
+    ) -> list[StoredTenant]:
+        """Tenants by id, after `after`."""
+
+        def op(conn: sqlite3.Connection) -> list[StoredTenant]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM tenants WHERE id > ? ORDER BY id LIMIT ?",
+                (after or "", limit),
+            ).fetchall()
+            return [_tenant(r) for r in rows]
+
+        return await self._call(op, readonly=True)
+
+    async def update_tenant(self, tenant: StoredTenant, expected_etag: str) -> StoredTenant | None:
+        """Compare and set on the etag: None when the stored one differs or the tenant is
+        gone."""
+
+        def op(conn: sqlite3.Connection) -> StoredTenant | None:
+            row = conn.execute(
+                "UPDATE tenants SET display_name = ?, policy = ?, etag = ?, updated_at = ?"
+                f" WHERE id = ? AND etag = ? RETURNING {_COLUMNS}",
+                (
+                    tenant.display_name,
+                    tenant.policy_json,
+                    tenant.etag,
+                    _us(tenant.updated_at),
+                    tenant.id,
+                    expected_etag,
+                ),
+            ).fetchone()
+            return None if row is None else _tenant(row)
+
+        return await self._call(op)
+
+    async def tenant_usage(
+        self, tenant: str, period_start: datetime, period_end: datetime
+    ) -> TenantUsageRecord:
+        def op(conn: sqlite3.Connection) -> TenantUsageRecord:
+            row = conn.execute(
+                "SELECT shots_reserved, shots_used, cost_reserved, cost_used FROM quota_totals"
+                " WHERE tenant = ? AND period_start = ? AND period_end = ?",
+                (tenant, _us(period_start), _us(period_end)),
+            ).fetchone()
+            (queued,) = conn.execute(
+                "SELECT count(*) FROM jobs WHERE tenant = ? AND state = 'QUEUED'", (tenant,)
+            ).fetchone()
+            (sessions,) = conn.execute(
+                "SELECT count(*) FROM sessions WHERE tenant = ?"
+                " AND state NOT IN ('CLOSED', 'FAILED')",
+                (tenant,),
+            ).fetchone()
+            if row is None:
+                return TenantUsageRecord(queued_jobs=int(queued), open_sessions=int(sessions))
+            cost_reserved = float(row["cost_reserved"])
+            return TenantUsageRecord(
+                shots_used=int(row["shots_used"]),
+                shots_reserved=int(row["shots_reserved"]),
+                cost_used=float(row["cost_used"]),
+                cost_reserved=cost_reserved if cost_reserved > _COST_EPSILON else 0.0,
+                queued_jobs=int(queued),
+                open_sessions=int(sessions),
+            )
+
+        return await self._call(op, readonly=True)

@@ -1,0 +1,320 @@
+"""Tenants' policies over real gRPC (issue 11, item 3): one gateway, tenants declared in its TOML
+file (and one created through AdminService), each with the one policy its test needs.
+
+Backends outside a policy are absent from the tenant's listings and PERMISSION_DENIED on
+submit; per-job limits are PERMISSION_DENIED with the limit in metadata and no RetryInfo; rates
+and period quotas are RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo; a cancelled job's
+reservation is released; GetTenantUsage shows all of it; a policy changed through AdminService
+applies to the next call.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from qgateway.v1 import (
+    admin_pb2,
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    backend_service_pb2,
+    backend_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+from gateway.security.api_keys import NewKey, generate_key
+from gateway.security.principals import Role
+from tests.gateway_process import GatewayProcess, write_config
+from tests.rpc import StatusInfo, ghz, sampler_spec, status_of
+
+LIMITED = generate_key("limited")  # backend "aer" only, 3 qubits, 100 shots per job
+RATED = generate_key("rated")  # 2 submissions, then one per 10 s
+CHATTY = generate_key("chatty")  # 3 requests, then one per 10 s
+QUOTA = generate_key("quota")  # 100 shots per day
+REFILL = generate_key("refill")  # 50 shots per second
+BETA = generate_key("beta")  # a stored tenant, created by the admin
+OPS = generate_key("ops", role=Role.ADMIN)
+STUCK = "pol-stuck"  # every job hangs until cancelled
+
+CONFIG = f"""
+[backends.aer]
+adapter = "aer"
+pool = {{ min_instances = 1, max_instances = 1 }}
+
+[backends.{STUCK}]
+adapter = "aer"
+pool = {{ min_instances = 1, max_instances = 1, max_creations_per_s = 10 }}
+health_interval_s = 3600
+probe_timeout_s = 1
+faults = {{ hang = true }}
+
+[tenants.limited]
+display_name = "Limited"
+policy = {{ allowed_simulators = ["aer"], max_qubits = 3, max_shots_per_job = 100 }}
+
+[tenants.rated.policy]
+submit_rate = {{ per_second = 0.1, burst = 2 }}
+
+[tenants.chatty.policy]
+request_rate = {{ per_second = 0.1, burst = 3 }}
+
+[tenants.quota.policy]
+quota = {{ shots = 100 }}
+
+[tenants.refill.policy]
+quota = {{ shots = 50, period_s = 1 }}
+"""
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+Q = job_pb2.JobState
+
+
+def _key_toml(key: NewKey) -> str:
+    c = key.config
+    return (
+        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
+        f'tenant = "{c.tenant}"\nrole = "{c.role.value}"\n'
+    )
+
+
+class Caller:
+    def __init__(self, channel: grpc.Channel, key: NewKey) -> None:
+        self.tenant = key.config.tenant
+        self.md = [("authorization", f"Bearer {key.key}")]
+        self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        self.backends = backend_service_pb2_grpc.BackendServiceStub(channel)
+        self.admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+
+    def submit(self, spec: job_pb2.JobSpec, validate_only: bool = False) -> job_pb2.Job:
+        request = job_service_pb2.SubmitJobRequest(
+            request_id=uuid.uuid4().hex, spec=spec, validate_only=validate_only
+        )
+        return self.jobs.SubmitJob(request, metadata=self.md, timeout=30).job
+
+    def refused(self, spec: job_pb2.JobSpec, validate_only: bool = False) -> StatusInfo:
+        with pytest.raises(grpc.RpcError) as caught:
+            self.submit(spec, validate_only)
+        return status_of(caught.value)
+
+    def run(self, spec: job_pb2.JobSpec) -> job_pb2.Job:
+        request = job_service_pb2.RunRequest(request_id=uuid.uuid4().hex, spec=spec)
+        job = self.jobs.Run(request, metadata=self.md, timeout=60).job
+        assert job.state == Q.JOB_STATE_SUCCEEDED, job
+        return job
+
+    def usage(self) -> admin_pb2.TenantUsage:
+        request = admin_service_pb2.GetTenantUsageRequest(name=f"tenants/{self.tenant}/usage")
+        return self.admin.GetTenantUsage(request, metadata=self.md, timeout=10).usage
+
+    def backend_names(self) -> list[str]:
+        request = backend_service_pb2.ListBackendsRequest()
+        return [b.name for b in self.backends.ListBackends(request, metadata=self.md).backends]
+
+    def until(self, name: str, state: int) -> job_pb2.Job:
+        request = job_service_pb2.WatchJobRequest(name=name)
+        for event in self.jobs.WatchJob(request, metadata=self.md, timeout=30):
+            if event.job.state == state:
+                return event.job
+        raise AssertionError(f"{name} ended before {Q.Name(state)}")
+
+
+def spec(qubits: int = 2, shots: int = 10, backend: str = "aer") -> job_pb2.JobSpec:
+    return sampler_spec(ghz(qubits), backend=backend, shots=shots, seed=3)
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
+    root = tmp_path_factory.mktemp("policies")
+    keys = "".join(_key_toml(k) for k in (LIMITED, RATED, CHATTY, QUOTA, REFILL, BETA, OPS))
+    config = write_config(root / "g.toml", root / "data", CONFIG + keys)
+    process = GatewayProcess.start(config, root / "gateway.log")
+    try:
+        with grpc.insecure_channel(process.address) as ch:
+            yield ch
+    finally:
+        assert process.terminate() == 0, process.log_path.read_text()[-3000:]
+
+
+def caller(channel: grpc.Channel, key: NewKey) -> Caller:
+    return Caller(channel, key)
+
+
+def test_backends_outside_the_policy_are_absent_and_refused(channel: grpc.Channel) -> None:
+    limited, ops = caller(channel, LIMITED), caller(channel, OPS)
+    assert limited.backend_names() == ["backends/aer"]
+    assert ops.backend_names() == ["backends/aer", f"backends/{STUCK}"]  # no policy: all
+    with pytest.raises(grpc.RpcError) as hidden:
+        limited.backends.GetBackend(
+            backend_service_pb2.GetBackendRequest(name=f"backends/{STUCK}"), metadata=limited.md
+        )
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    for validate_only in (False, True):
+        err = limited.refused(spec(backend=STUCK), validate_only)
+        assert (err.code, err.reason) == (DENIED, "BACKEND_NOT_ALLOWED")
+        assert err.metadata["backend"] == f"backends/{STUCK}"
+    fallback = spec()
+    fallback.options.fallback_backend = f"backends/{STUCK}"
+    assert limited.refused(fallback).reason == "BACKEND_NOT_ALLOWED"
+
+
+def test_per_job_limits_are_denied_with_the_limit_and_no_retry(channel: grpc.Channel) -> None:
+    limited = caller(channel, LIMITED)
+    for validate_only in (True, False):
+        qubits = limited.refused(spec(qubits=4), validate_only)
+        assert (qubits.code, qubits.reason) == (DENIED, "QUBIT_LIMIT_EXCEEDED")
+        assert qubits.metadata["maxQubits"] == "3" and qubits.metadata["qubits"] == "4"
+        assert qubits.retry_delay_s is None and not qubits.has_quota_failure
+        shots = limited.refused(spec(shots=101), validate_only)
+        assert (shots.code, shots.reason) == (DENIED, "SHOT_LIMIT_EXCEEDED")
+        assert shots.metadata["maxShotsPerJob"] == "100" and shots.retry_delay_s is None
+    limited.run(spec(qubits=3, shots=100))  # at the limits: accepted
+
+
+def test_submit_rate_is_exhausted_with_quota_failure_and_retry_info(channel: grpc.Channel) -> None:
+    rated = caller(channel, RATED)
+    rated.submit(spec())
+    rated.submit(spec())
+    err = rated.refused(spec())
+    assert (err.code, err.reason) == (EXHAUSTED, "RATE_LIMITED")
+    assert err.has_quota_failure and err.metadata["limit"] == "submit_rate"
+    # One token per 10 s: the next one refills within that.
+    assert err.retry_delay_s is not None and 0 < err.retry_delay_s <= 10
+    rated.usage()  # other calls are not submissions
+
+
+def test_request_rate_counts_every_rpc(channel: grpc.Channel) -> None:
+    chatty = caller(channel, CHATTY)
+    chatty.backend_names()
+    chatty.usage()
+    chatty.backend_names()
+    with pytest.raises(grpc.RpcError) as caught:
+        chatty.usage()
+    err = status_of(caught.value)
+    assert (err.code, err.reason) == (EXHAUSTED, "RATE_LIMITED")
+    assert err.metadata["limit"] == "request_rate" and err.retry_delay_s is not None
+
+
+def test_shot_quota_is_reserved_settled_and_released(channel: grpc.Channel) -> None:
+    quota = caller(channel, QUOTA)
+    quota.run(spec(shots=60))
+    usage = quota.usage()
+    assert (usage.shots_used, usage.shots_reserved) == (60, 0)
+    assert usage.policy.quota.shots == 100
+    err = quota.refused(spec(shots=50))
+    assert (err.code, err.reason) == (EXHAUSTED, "SHOT_QUOTA_EXCEEDED")
+    assert err.has_quota_failure and err.metadata["quota"] == "100"
+    period_left = usage.period_end_time.ToNanoseconds() / 1e9 - time.time()
+    assert err.retry_delay_s is not None and abs(err.retry_delay_s - period_left) < 60
+    # validate_only checks the policy and reserves nothing (nor is the quota its verdict).
+    quota.submit(spec(shots=50), validate_only=True)
+    # A job that holds 30 shots while it runs, then is cancelled: its reservation is released.
+    stuck = spec(shots=30, backend=STUCK)
+    job = quota.submit(stuck)
+    quota.until(job.name, Q.JOB_STATE_RUNNING)
+    usage = quota.usage()
+    assert (usage.shots_used, usage.shots_reserved) == (60, 30)
+    assert quota.refused(spec(shots=20)).reason == "SHOT_QUOTA_EXCEEDED"
+    quota.jobs.CancelJob(job_service_pb2.CancelJobRequest(name=job.name), metadata=quota.md)
+    quota.until(job.name, Q.JOB_STATE_CANCELLED)
+    usage = quota.usage()
+    assert (usage.shots_used, usage.shots_reserved) == (60, 0)
+    quota.run(spec(shots=40))  # exactly the rest
+    usage = quota.usage()
+    assert (usage.shots_used, usage.shots_reserved, usage.queued_jobs) == (100, 0, 0)
+
+
+def test_shot_quota_refills_with_the_period(channel: grpc.Channel) -> None:
+    refill = caller(channel, REFILL)
+    # Spend the period's 50 shots until a submission is refused within one period (a period
+    # ending between two calls refills it, so this may take another try).
+    for _ in range(5):
+        refill.submit(spec(shots=50))
+        try:
+            err = refill.refused(spec(shots=50))
+        except pytest.fail.Exception:  # the period ended in between: spend the new one
+            continue
+        break
+    else:
+        pytest.fail("five periods ended between two submissions")
+    assert (err.code, err.reason) == (EXHAUSTED, "SHOT_QUOTA_EXCEEDED")
+    assert err.retry_delay_s is not None and 0 < err.retry_delay_s <= 1.0
+    time.sleep(err.retry_delay_s + 0.01)  # the wait the RetryInfo asks for: a new period
+    refill.submit(spec(shots=50))
+
+
+def test_a_stored_tenants_policy_changes_apply_at_once(channel: grpc.Channel) -> None:
+    ops, beta = caller(channel, OPS), caller(channel, BETA)
+    created = ops.admin.CreateTenant(
+        admin_service_pb2.CreateTenantRequest(
+            tenant_id="beta",
+            tenant=admin_pb2.Tenant(
+                display_name="Beta",
+                policy=admin_pb2.TenantPolicy(allowed_simulators=["aer"], max_qubits=2),
+            ),
+        ),
+        metadata=ops.md,
+    ).tenant
+    assert beta.refused(spec(qubits=3)).reason == "QUBIT_LIMIT_EXCEEDED"
+    assert beta.backend_names() == ["backends/aer"]
+    mask = field_mask_pb2.FieldMask(paths=["policy.max_qubits", "policy.allowed_simulators"])
+    update = admin_pb2.Tenant(
+        name="tenants/beta",
+        etag=created.etag,
+        policy=admin_pb2.TenantPolicy(allowed_simulators=["*"], max_qubits=5),
+    )
+    updated = ops.admin.UpdateTenant(
+        admin_service_pb2.UpdateTenantRequest(tenant=update, update_mask=mask), metadata=ops.md
+    ).tenant
+    assert updated.policy.max_qubits == 5 and updated.display_name == "Beta"
+    beta.run(spec(qubits=3))
+    assert beta.backend_names() == ["backends/aer", f"backends/{STUCK}"]
+    # The first etag is stale now.
+    with pytest.raises(grpc.RpcError) as stale:
+        ops.admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(tenant=update, update_mask=mask),
+            metadata=ops.md,
+        )
+    assert status_of(stale.value).reason == "ETAG_MISMATCH"
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    # A tenant declared in the file is the file's.
+    with pytest.raises(grpc.RpcError) as managed:
+        ops.admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(
+                tenant=admin_pb2.Tenant(name="tenants/limited", display_name="x")
+            ),
+            metadata=ops.md,
+        )
+    assert managed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    names = [
+        t.name
+        for t in ops.admin.ListTenants(
+            admin_service_pb2.ListTenantsRequest(), metadata=ops.md
+        ).tenants
+    ]
+    assert names == [
+        "tenants/beta",
+        "tenants/chatty",
+        "tenants/limited",
+        "tenants/quota",
+        "tenants/rated",
+        "tenants/refill",
+    ]
+    # A user may read its own tenant's usage, not another's, nor change policies.
+    with pytest.raises(grpc.RpcError) as other:
+        beta.admin.GetTenantUsage(
+            admin_service_pb2.GetTenantUsageRequest(name="tenants/quota/usage"),
+            metadata=beta.md,
+        )
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as denied:
+        beta.admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(tenant=update), metadata=beta.md
+        )
+    assert denied.value.code() == DENIED

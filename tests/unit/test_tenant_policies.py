@@ -1,0 +1,459 @@
+"""Tenants' policies in process: token buckets and quota periods on injected clocks, the policy
+book's backends and per-job limits, the quota ledger (reserve at create, settle or release at
+finish, exactly once, across a store restart), update masks and etags on AdminService."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from google.protobuf import field_mask_pb2
+from qgateway.v1 import admin_pb2, admin_service_pb2
+
+from gateway.api import tenant_codec
+from gateway.api.admin_service import AdminServicer
+from gateway.config import GatewayConfig
+from gateway.domain.backends import BackendKind
+from gateway.domain.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from gateway.domain.jobs import ExecutionInfo, JobState
+from gateway.domain.pricing import Cost, Usage
+from gateway.security.policies import PolicyBook
+from gateway.security.principals import Principal, Role, current_principal
+from gateway.security.rate_limits import RateLimiter, TokenBucket
+from gateway.security.tenant_policy import (
+    PeriodQuota,
+    RateLimit,
+    Tenant,
+    TenantPolicy,
+    etag_of,
+    period_at,
+    policy_from_json,
+    policy_to_json,
+)
+from gateway.store.base import NewJob, QuotaCharge
+from gateway.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+T0 = datetime(2026, 11, 2, 9, 30, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ------------------------------------------------------------------------------ rate limits
+
+
+def test_token_bucket_spends_its_burst_then_refills_at_its_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(RateLimit(per_second=2.0, burst=3), clock)
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)  # one token refills in 1/2 s
+    clock.now += 0.25
+    assert bucket.take() == pytest.approx(0.25)
+    clock.now += 0.25
+    assert bucket.take() == 0.0
+    clock.now += 100  # refills only up to the burst
+    assert [bucket.take() for _ in range(4)][-1] > 0
+
+
+def test_rate_limiter_refuses_with_quota_failure_and_retry_info() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    rate = RateLimit(per_second=1.0, burst=1)
+    limiter.check("acme", "submit", rate)
+    with pytest.raises(ResourceExhausted) as caught:
+        limiter.check("acme", "submit", rate)
+    err = caught.value
+    assert err.reason == "RATE_LIMITED"
+    assert err.retry_after == pytest.approx(1.0)
+    assert err.quota_violations[0].subject == "tenants/acme"
+    assert err.metadata["limit"] == "submit_rate"
+    limiter.check("other", "submit", rate)  # buckets are per tenant
+    limiter.check("acme", "request", rate)  # and per kind
+    # A changed policy rebuilds the bucket (full); no policy: no limit.
+    limiter.check("acme", "submit", RateLimit(per_second=1.0, burst=2))
+    for _ in range(5):
+        limiter.check("acme", "submit", None)
+
+
+def test_periods_are_aligned_to_the_epoch() -> None:
+    period = period_at(T0, 3600.0)
+    assert period.start == datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    assert period.end == datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    day = period_at(T0, 86400.0)
+    assert day.start == datetime(2026, 11, 2, tzinfo=UTC)
+    assert period_at(period.end, 3600.0).start == period.end
+
+
+# ------------------------------------------------------------------------------ the book
+
+
+def book() -> PolicyBook:
+    limited = TenantPolicy(
+        allowed_simulators=("aer*",),
+        allowed_hardware=("ibm-brisbane",),
+        max_qubits=4,
+        max_shots_per_job=1000,
+    )
+    return PolicyBook([Tenant("acme", "", limited, etag_of("", limited), managed_by_config=True)])
+
+
+KINDS = {
+    "aer": BackendKind.SIMULATOR,
+    "aer-mps": BackendKind.SIMULATOR,
+    "braket-sv": BackendKind.SIMULATOR,
+    "ibm-brisbane": BackendKind.HARDWARE,
+    "ibm-kyiv": BackendKind.HARDWARE,
+}
+
+
+def test_backends_outside_the_policy_are_invisible_and_refused() -> None:
+    policies = book()
+    acme = Principal("acme", "apiKeys/a")
+    assert policies.visible_backends(acme, KINDS) == ["aer", "aer-mps", "ibm-brisbane"]
+    # A tenant named nowhere keeps today's behaviour: every backend.
+    anyone = Principal("default", "anonymous")
+    assert policies.visible_backends(anyone, KINDS) == sorted(KINDS)
+    policies.check_backend("acme", "aer", BackendKind.SIMULATOR, "spec.backend")
+    with pytest.raises(PermissionDenied) as caught:
+        policies.check_backend("acme", "braket-sv", BackendKind.SIMULATOR, "spec.backend")
+    assert caught.value.reason == "BACKEND_NOT_ALLOWED"
+    # Hardware is allowed separately: a simulator pattern does not admit a QPU of that name.
+    with pytest.raises(PermissionDenied):
+        policies.check_backend("acme", "aer-qpu", BackendKind.HARDWARE, "spec.backend")
+
+
+def test_per_job_limits_name_the_limit_and_carry_no_retry_info() -> None:
+    policies = book()
+    policies.check_job("acme", "aer", qubits=4, shots=1000)
+    with pytest.raises(PermissionDenied) as qubits:
+        policies.check_job("acme", "aer", qubits=5, shots=10)
+    assert qubits.value.reason == "QUBIT_LIMIT_EXCEEDED"
+    assert qubits.value.metadata["maxQubits"] == "4"
+    assert qubits.value.retry_after is None
+    with pytest.raises(PermissionDenied) as shots:
+        policies.check_job("acme", "aer", qubits=1, shots=1001)
+    assert shots.value.reason == "SHOT_LIMIT_EXCEEDED"
+    assert shots.value.metadata["maxShotsPerJob"] == "1000"
+    assert shots.value.retry_after is None
+    policies.check_job("someone-else", "aer", qubits=60, shots=10**7)
+
+
+def test_policies_round_trip_through_json_and_the_wire() -> None:
+    policy = TenantPolicy(
+        allowed_simulators=("aer",),
+        allowed_hardware=(),
+        max_qubits=3,
+        quota=PeriodQuota(shots=100, cost=2.5, cost_unit="USD", period_s=1.5),
+        submit_rate=RateLimit(2.0, 4),
+        max_sessions=2,
+    )
+    assert policy_from_json(policy_to_json(policy)) == policy
+    assert tenant_codec.decode_policy(tenant_codec.encode_policy(policy)) == policy
+
+
+def test_toml_tenants_become_config_managed_policies() -> None:
+    config = GatewayConfig(
+        tenants={
+            "acme": {"policy": {"max_qubits": 2, "submit_rate": {"per_second": 1, "burst": 1}}}
+        }
+    )
+    tenant = config.tenants["acme"].tenant("acme")
+    assert tenant.managed_by_config and tenant.policy.max_qubits == 2
+    assert tenant.policy.allowed_hardware == ()  # a declared tenant gets no hardware unless named
+    assert config.default_policy.policy().allowed_hardware == ("*",)
+    with pytest.raises(ValueError, match="max_quibts"):
+        GatewayConfig(tenants={"acme": {"policy": {"max_quibts": 2}}})
+    with pytest.raises(ValueError, match="cost_unit"):
+        GatewayConfig(tenants={"acme": {"policy": {"quota": {"cost": 5}}}})
+
+
+# ------------------------------------------------------------------------------ the ledger
+
+
+@pytest.fixture
+def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "gateway.db"
+
+
+@pytest.fixture
+async def store(db_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(db_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def charge(
+    shots: int, *, max_shots: int | None = 100, cost: float = 0.0, **kw: object
+) -> QuotaCharge:
+    period = period_at(T0, 60.0)
+    return QuotaCharge(
+        period_start=period.start,
+        period_end=period.end,
+        shots=shots,
+        cost=cost,
+        cost_unit="USD",
+        max_shots=max_shots,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def new_job(quota: QuotaCharge, tenant: str = "acme") -> NewJob:
+    return NewJob(
+        id=uuid.uuid4().hex,
+        tenant=tenant,
+        request_id="",
+        request_hash=hashlib.sha256(b"x").digest(),
+        backend="aer",
+        spec=b"spec",
+        num_pubs=1,
+        seed=1,
+        created_at=T0,
+        charge=quota,
+    )
+
+
+async def usage(store: SqliteStore, tenant: str = "acme") -> tuple[int, int]:
+    period = period_at(T0, 60.0)
+    figures = await store.tenant_usage(tenant, period.start, period.end)
+    return figures.shots_used, figures.shots_reserved
+
+
+def ran(shots: int) -> ExecutionInfo:
+    return ExecutionInfo(
+        backend="aer",
+        seed=1,
+        usage=Usage(shots=shots, execution_seconds=0.1),
+        cost=Cost(0.5, "USD"),
+    )
+
+
+async def test_quota_is_reserved_at_create_and_refused_past_the_limit(store: SqliteStore) -> None:
+    await store.create_job(new_job(charge(60)))
+    assert await usage(store) == (0, 60)
+    with pytest.raises(ResourceExhausted) as caught:
+        await store.create_job(new_job(charge(41)))
+    err = caught.value
+    assert err.reason == "SHOT_QUOTA_EXCEEDED"
+    assert err.quota_violations and err.metadata["quota"] == "100"
+    # RetryInfo: when the period ends (T0 is 9:30:00, periods of a minute).
+    assert err.retry_after == pytest.approx(60.0)
+    assert await usage(store) == (0, 60)  # the refused job reserved nothing
+    await store.create_job(new_job(charge(40)))
+    assert await usage(store) == (0, 100)
+    # Another tenant's figures are its own.
+    await store.create_job(new_job(charge(100), tenant="other"))
+
+
+async def test_settled_once_with_what_the_job_used(store: SqliteStore) -> None:
+    job = new_job(charge(50))
+    await store.create_job(job)
+    finished = await store.finish_job(
+        job.id, JobState.SUCCEEDED, ended_at=T0, execution=ran(30), result=b"r"
+    )
+    assert finished is not None
+    assert await usage(store) == (30, 0)
+    # A second finish changes nothing, the ledger included.
+    assert await store.finish_job(job.id, JobState.FAILED, ended_at=T0) is None
+    assert await usage(store) == (30, 0)
+
+
+async def test_failed_and_cancelled_jobs_release_their_reservation(store: SqliteStore) -> None:
+    failed, cancelled = new_job(charge(50)), new_job(charge(50))
+    await store.create_job(failed)
+    await store.create_job(cancelled)
+    await store.finish_job(failed.id, JobState.FAILED, ended_at=T0)
+    await store.finish_job(cancelled.id, JobState.CANCELLED, ended_at=T0)
+    assert await usage(store) == (0, 0)
+    await store.create_job(new_job(charge(100)))  # the whole quota is free again
+
+
+async def test_a_reservation_survives_a_restart_and_settles_once(db_path: pathlib.Path) -> None:
+    first = SqliteStore(db_path)
+    await first.open()
+    job = new_job(charge(70))
+    await first.create_job(job)
+    cancelling = new_job(charge(20))
+    await first.create_job(cancelling)
+    await first.mark_running(cancelling.id, T0)
+    await first.mark_cancelling(cancelling.id, T0)
+    await first.close()
+
+    second = SqliteStore(db_path)
+    await second.open()
+    try:
+        assert await usage(second) == (0, 90)
+        # Recovery ends the accepted cancel: its reservation is released in that transaction.
+        await second.recover(T0 + timedelta(seconds=1))
+        assert await usage(second) == (0, 70)
+        await second.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, execution=ran(70))
+        await second.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, execution=ran(70))
+        assert await usage(second) == (70, 0)
+    finally:
+        await second.close()
+    with sqlite3.connect(db_path) as conn:
+        states = dict(conn.execute("SELECT job_id, state FROM quota_ledger").fetchall())
+    assert states == {job.id: "SETTLED", cancelling.id: "RELEASED"}
+
+
+async def test_cost_quota_and_queued_job_limit(store: SqliteStore) -> None:
+    await store.create_job(new_job(charge(1, max_shots=None, cost=0.75, max_cost=1.0)))
+    with pytest.raises(ResourceExhausted) as cost:
+        await store.create_job(new_job(charge(1, max_shots=None, cost=0.5, max_cost=1.0)))
+    assert cost.value.reason == "COST_QUOTA_EXCEEDED"
+    assert cost.value.metadata["unit"] == "USD"
+    with pytest.raises(ResourceExhausted) as queued:
+        await store.create_job(new_job(charge(1, max_shots=None, max_queued_jobs=1)))
+    assert queued.value.reason == "TENANT_QUEUE_FULL"
+    assert queued.value.retry_after is not None
+
+
+# --------------------------------------------------------------------- AdminService tenants
+
+
+ADMIN = Principal("ops", "apiKeys/admin", Role.ADMIN)
+
+
+@pytest.fixture
+async def admin(store: SqliteStore) -> AsyncIterator[AdminServicer]:
+    configured = TenantPolicy(max_qubits=2)
+    policies = PolicyBook(
+        [Tenant("cfg", "", configured, etag_of("", configured), None, None, True)]
+    )
+    token = current_principal.set(ADMIN)
+    yield AdminServicer(store, policies=policies, clock=lambda: T0)
+    current_principal.reset(token)
+
+
+async def test_update_masks_change_only_the_named_fields(admin: AdminServicer) -> None:
+    created = await admin.CreateTenant(
+        admin_service_pb2.CreateTenantRequest(
+            tenant_id="acme",
+            tenant=admin_pb2.Tenant(
+                display_name="Acme",
+                policy=admin_pb2.TenantPolicy(allowed_simulators=["aer"], max_qubits=5),
+            ),
+        ),
+        None,
+    )
+    tenant = created.tenant
+    assert tenant.name == "tenants/acme" and tenant.etag
+    update = admin_pb2.Tenant(
+        name="tenants/acme",
+        etag=tenant.etag,
+        display_name="ignored: not in the mask",
+        policy=admin_pb2.TenantPolicy(max_shots_per_job=100, quota=admin_pb2.PeriodQuota(shots=9)),
+    )
+    mask = field_mask_pb2.FieldMask(paths=["policy.max_shots_per_job", "policy.quota.shots"])
+    out = (
+        await admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(tenant=update, update_mask=mask),
+            None,
+        )
+    ).tenant
+    assert out.display_name == "Acme"
+    assert list(out.policy.allowed_simulators) == ["aer"] and out.policy.max_qubits == 5
+    assert out.policy.max_shots_per_job == 100 and out.policy.quota.shots == 9
+    assert out.etag != tenant.etag
+    assert admin._policies.policy("acme").max_shots_per_job == 100  # the cache, at once
+
+    # The old etag is stale now: ABORTED, nothing changed.
+    stale = admin_pb2.Tenant(name="tenants/acme", etag=tenant.etag, display_name="X")
+    with pytest.raises(Aborted) as aborted:
+        await admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(
+                tenant=stale, update_mask=field_mask_pb2.FieldMask(paths=["display_name"])
+            ),
+            None,
+        )
+    assert aborted.value.reason == "ETAG_MISMATCH"
+    # A masked field left unset in the request is cleared.
+    cleared = (
+        await admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(
+                tenant=admin_pb2.Tenant(name="tenants/acme"),
+                update_mask=field_mask_pb2.FieldMask(paths=["policy.max_qubits"]),
+            ),
+            None,
+        )
+    ).tenant
+    assert not cleared.policy.HasField("max_qubits") and cleared.policy.max_shots_per_job == 100
+    for bad in (["policy.no_such_field"], ["etag"], ["policy.max_qubits.x"]):
+        with pytest.raises(InvalidArgument) as invalid:
+            await admin.UpdateTenant(
+                admin_service_pb2.UpdateTenantRequest(
+                    tenant=admin_pb2.Tenant(name="tenants/acme"),
+                    update_mask=field_mask_pb2.FieldMask(paths=bad),
+                ),
+                None,
+            )
+        assert invalid.value.reason == "INVALID_UPDATE_MASK"
+
+
+async def test_config_tenants_are_read_only_and_ids_unique(admin: AdminServicer) -> None:
+    with pytest.raises(FailedPrecondition) as managed:
+        await admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(
+                tenant=admin_pb2.Tenant(name="tenants/cfg", display_name="x")
+            ),
+            None,
+        )
+    assert managed.value.reason == "TENANT_MANAGED_BY_CONFIG"
+    for tid in ("cfg", "cfg"):
+        request = admin_service_pb2.CreateTenantRequest(tenant_id=tid, tenant=admin_pb2.Tenant())
+        with pytest.raises(AlreadyExists):
+            await admin.CreateTenant(request, None)
+    for tid in ("b", "a", "c"):
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id=tid, tenant=admin_pb2.Tenant()),
+            None,
+        )
+    names, token = [], ""
+    while True:
+        page = await admin.ListTenants(
+            admin_service_pb2.ListTenantsRequest(page_size=2, page_token=token),
+            None,
+        )
+        names += [t.name for t in page.tenants]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == ["tenants/a", "tenants/b", "tenants/c", "tenants/cfg"]
+    user = current_principal.set(Principal("a", "apiKeys/u"))
+    try:
+        with pytest.raises(PermissionDenied):
+            await admin.CreateTenant(
+                admin_service_pb2.CreateTenantRequest(tenant_id="z", tenant=admin_pb2.Tenant()),
+                None,
+            )
+        # Any principal of a tenant reads its own usage.
+        own = await admin.GetTenantUsage(
+            admin_service_pb2.GetTenantUsageRequest(name="tenants/a/usage"),
+            None,
+        )
+        assert own.usage.name == "tenants/a/usage" and own.usage.shots_used == 0
+    finally:
+        current_principal.reset(user)
