@@ -1,8 +1,8 @@
 """How a job failed, as a kind the job core acts on (never by sorting reason strings).
 
-Every ExecutionError carries one. Only BACKEND_FAULT says something about the backend, so only
-it counts for the circuit breaker; the kind also tells a runner whether the instance that ran the
-job can be reused.
+Every ExecutionError carries one. Only BACKEND_FAULT, TRANSIENT and CREDENTIALS say something
+about the backend, so only they count for the circuit breaker; the kind also tells a runner
+whether the instance that ran the job can be reused.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ class FailureKind(enum.Enum):
     # The backend failed: a crashed worker, a simulator error, a provider's own failure, a
     # job that ran past the backend's limit. The breaker counts these.
     BACKEND_FAULT = "BACKEND_FAULT"
+    # The provider refused the backend's credentials (an expired or revoked key) on a call
+    # that creates nothing (a submit's create, opening a provider session): the job goes back
+    # to the queue and waits (up to its queue time limit) while the backend is out; the
+    # breaker counts it like BACKEND_FAULT. Refusals while following a job the provider has
+    # are TRANSIENT instead (the job goes on there).
+    CREDENTIALS = "CREDENTIALS"
     # One big job ran out of the memory its backend may use: a property of the job.
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     # The job ran past its own max_execution_time: the client's choice.
@@ -29,4 +35,4 @@ class FailureKind(enum.Enum):
 
     @property
     def counts_for_breaker(self) -> bool:
-        return self is FailureKind.BACKEND_FAULT or self is FailureKind.TRANSIENT
+        return self in (FailureKind.BACKEND_FAULT, FailureKind.TRANSIENT, FailureKind.CREDENTIALS)

@@ -42,6 +42,8 @@ class RunningJob:
     slot_freed: bool = False
     # What the runner step awaits while the job runs; resolved to wake it early.
     poke: asyncio.Future[None] | None = None
+    # The job went back to the queue unstarted (its claim was released, not done).
+    released: bool = False
 
     def request_cancel(self) -> None:
         """CancelJob: the runner step stops the job (its worker, or at the provider)."""

@@ -126,9 +126,10 @@ class ClaimQueue:
         await self._store.end_claim(claim.job.id, self.owner)
         self._changed.set()
 
-    async def release(self, claim: Claim) -> None:
+    async def release(self, claim: Claim, job: Job | None = None) -> None:
         """Gives the job back at its place (store.end_claim with requeue); the prepared job is
-        kept for the next claim here. No-op when it is not the job's current claim here."""
+        kept for the next claim here. No-op when it is not the job's current claim here. The
+        next claim reads the job from the store (`job` is not needed)."""
         job_id = claim.job.id
         if not self._held.holds(claim):
             return

@@ -122,13 +122,13 @@ class MemoryQueue:
             # A tenant holding one claim fewer may now go first.
             self._changed.set()
 
-    async def release(self, claim: Claim) -> None:
-        """Gives the job back to its tenant's line, at its place (create time, id); no-op when
-        the claim is not the job's current one."""
+    async def release(self, claim: Claim, job: Job | None = None) -> None:
+        """Gives the job (as `job` says it is now, else as claimed) back to its tenant's line,
+        at its place (create time, id); no-op when the claim is not the job's current one."""
         if not self._claims.holds(claim):
             return
         self._claims.drop(claim.job.id)
-        self._insert(_Waiting(claim.job, claim.prepared))
+        self._insert(_Waiting(job or claim.job, claim.prepared))
         self._changed.set()
 
     async def remove(self, job_id: str, tenant: str) -> bool:

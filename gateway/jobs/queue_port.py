@@ -74,9 +74,11 @@ class JobQueue(Protocol):
     async def done(self, claim: Claim) -> None:
         """The claimed job reached a final state: the claim ends."""
 
-    async def release(self, claim: Claim) -> None:
-        """Gives a claimed job back unstarted (drain, a breaker that said no): it keeps its
-        place at the head of its tenant's line."""
+    async def release(self, claim: Claim, job: Job | None = None) -> None:
+        """Gives a claimed job back unstarted (drain, a breaker that said no, a provider that
+        refused the backend's credentials): it keeps its place at the head of its tenant's
+        line. `job`: the job as it is now, when it changed since it was claimed (QUEUED again
+        after SUBMITTING)."""
 
     async def remove(self, job_id: str, tenant: str) -> bool:
         """Takes a queued, unclaimed job out (CancelJob); False if it is not waiting here."""

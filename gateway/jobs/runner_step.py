@@ -90,7 +90,8 @@ class RunnerStep:
             # job (let in by `done`) is queued before the scheduler looks for work.
             try:
                 # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
-                await runtime.queue.done(claim)
+                if not running.released:
+                    await runtime.queue.done(claim)
             finally:
                 runtime.running.pop(job.id, None)
                 if not running.slot_freed:  # (a success already woke the scheduler)
@@ -189,7 +190,10 @@ class RunnerStep:
                     await runtime.provider_session(runner, job)
                 handle = await runner.submit(prepared, job)
             except ExecutionError as err:
-                await self._failed(runtime, running, job, err, None)
+                if err.kind is FailureKind.CREDENTIALS:
+                    await self._requeue(runtime, running, job, err)
+                else:
+                    await self._failed(runtime, running, job, err, None)
                 return None
             started = await self._t.running(job, handle.remote_id)
             if started is None:  # cancelled while it was being submitted
@@ -216,6 +220,29 @@ class RunnerStep:
             await self._no_longer_queued(runtime, running)
             return None
         return handle, started
+
+    async def _requeue(
+        self, runtime: BackendRuntime, running: RunningJob, job: Job, err: ExecutionError
+    ) -> None:
+        """The provider refused the backend's credentials and created nothing: the breaker
+        counts it, and the job goes back to the queue (its place kept), to wait like any queued
+        job, up to its queue time limit, while the backend is out (its probe reports it
+        NOT_SERVING)."""
+        runtime.breaker.record_failure(running.permit)
+        log.warning(
+            "job %s: backends/%s refused the credentials (%s); the job is queued again",
+            job.id,
+            runtime.name,
+            err.reason,
+        )
+        requeued = await self._t.queued_again(job)
+        if requeued is None:  # no longer SUBMITTING: cancelled meanwhile
+            current = await self._t.store.get_job(job.id)
+            if current is not None and current.state is JobState.CANCELLING:
+                await self._t.finish(current, JobState.CANCELLED)
+            return
+        running.released = True
+        await runtime.queue.release(running.claim, requeued)
 
     async def _no_longer_queued(self, runtime: BackendRuntime, running: RunningJob) -> None:
         runtime.breaker.release(running.permit)

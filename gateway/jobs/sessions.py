@@ -240,12 +240,12 @@ class SessionQueue:
         if line is not None and line.current == job_id:
             await self._advance(session_id)
 
-    async def release(self, claim: Claim) -> None:
+    async def release(self, claim: Claim, job: Job | None = None) -> None:
         own = self._own.pop(claim.job.id, None)
         if own is not None:
-            self._ready[claim.job.session] = (own.job, own.prepared)
+            self._ready[claim.job.session] = (job or own.job, own.prepared)
             return
-        await self.inner.release(claim)
+        await self.inner.release(claim, job)
         self._inner_out.discard(claim.job.id)
 
     async def remove(self, job_id: str, tenant: str) -> bool:

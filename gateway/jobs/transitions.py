@@ -57,6 +57,13 @@ class Transitions:
             self.committed(changed, job.state)
         return changed
 
+    async def queued_again(self, job: Job) -> Job | None:
+        """SUBMITTING -> QUEUED: the provider refused the submit and created nothing."""
+        changed = await self.store.mark_queued_again(job.id, self.clock())
+        if changed is not None:
+            self.committed(changed, job.state)
+        return changed
+
     async def running(self, job: Job, remote_id: str | None = None) -> Job | None:
         # A RUNNING job handed to a new holder (its previous holder's lease lapsed) runs again.
         rerun = job.state is JobState.RUNNING

@@ -188,6 +188,10 @@ class Store(Protocol):
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
         None from any other state."""
 
+    async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
+        """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
+        created nothing: the job waits in the queue again); None otherwise."""
+
     async def mark_running(
         self,
         job_id: str,

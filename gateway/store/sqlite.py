@@ -540,6 +540,23 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
 
         return await self._call(op)
 
+    async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
+        """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
+        created nothing); None otherwise."""
+        at_us = _to_us(at)
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'QUEUED' WHERE id = ? AND state = 'SUBMITTING'"
+                " AND remote_id IS NULL RETURNING id",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return _enter_state(conn, job_id, JobState.QUEUED, at_us)
+
+        return await self._call(op)
+
     async def mark_running(
         self,
         job_id: str,

@@ -41,9 +41,16 @@ def gateway(stub: IbmStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         extra="health_interval_s = 0.3\nbreaker = { failure_threshold = 1, cooldown_s = 2 }\n",
         max_concurrent_jobs=1,
     )
+    # "ibmq2": jobs wait at most 3 s in its queue; its breaker stays open once it opens.
+    short = stub.backend_block(
+        "ibmq2",
+        extra="health_interval_s = 0.3\nmax_queue_time_s = 3\n"
+        "breaker = { failure_threshold = 1, cooldown_s = 60 }\n",
+        max_concurrent_jobs=1,
+    )
     # Probed often: it is back SERVING soon after a test refused its key.
     priced = stub.backend_block(extra=f"health_interval_s = 0.5\nprice = {PRICE}\n")
-    config = write_config(root / "g.toml", root / "data", priced + strict + ADMIN)
+    config = write_config(root / "g.toml", root / "data", priced + strict + short + ADMIN)
     gw = GatewayProcess.start(config, root / "gateway.log")
     yield gw
     assert gw.terminate() == 0
@@ -217,17 +224,41 @@ def test_a_rejected_key_stops_the_backend_and_queued_jobs_wait(
             for job in [running, *queued]:
                 assert client.wait(job.name, timeout=20).state is JobState.SUCCEEDED
             wait_for(lambda: serving(True))
-            # A submission the provider refuses for the key is the backend's fault: the
-            # breaker (threshold 1) counts it and opens.
+            # A submission the provider refuses for the key created nothing: the job goes
+            # back to the queue, and the breaker (threshold 1) counts a backend fault.
             stub.control("reject_token", {"on": True})
-            refused = client.wait(
-                client.submit(TWO_REGISTERS, backend="ibmq1", shots=8).name, timeout=20
-            )
-            assert refused.state is JobState.FAILED
-            assert refused.error_reason == "PROVIDER_ERROR"
-            assert client.get_backend("ibmq1", view="FULL").breaker_state == "OPEN"
+            refused = client.submit(TWO_REGISTERS, backend="ibmq1", shots=8)
+            wait_for(lambda: client.get_backend("ibmq1", view="FULL").breaker_state == "OPEN")
+            wait_for(lambda: serving(False))
+            job = client.get_job(refused.name)
+            assert job.state is JobState.QUEUED
+            assert JobState.SUBMITTING in [t.state for t in job.state_history]
+            assert stub.jobs_tagged(refused.id) == []
+            # The key works again: after the cool-down the job runs, created once.
+            stub.control("reject_token", {"on": False})
+            done = client.wait(refused.name, timeout=20)
+            assert done.state is JobState.SUCCEEDED, done.error_message
+            assert len(stub.jobs_tagged(refused.id)) == 1
     finally:
         stub.control("hold_jobs", {"on": False})
+        stub.control("reject_token", {"on": False})
+
+
+def test_a_job_refused_for_the_key_waits_up_to_its_queue_time_limit(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    stub.control("reject_token", {"on": True})
+    try:
+        with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+            job = client.submit(TWO_REGISTERS, backend="ibmq2", shots=8)
+            done = client.wait(job.name, timeout=20)
+            # Back in the queue after the refusal, behind the open breaker until its 3 s were
+            # over: failed as queued jobs fail there, never created at the provider.
+            assert done.state is JobState.FAILED
+            assert done.error_reason == "BACKEND_UNAVAILABLE", done.error_message
+            assert client.get_backend("ibmq2", view="FULL").breaker_state == "OPEN"
+            assert stub.jobs_tagged(job.id) == []
+    finally:
         stub.control("reject_token", {"on": False})
 
 

@@ -87,8 +87,8 @@ def _client_error(code: str, status: int) -> Exception:
         ("ThrottlingException", 429, FailureKind.TRANSIENT, "PROVIDER_ERROR"),
         ("InternalServiceException", 500, FailureKind.TRANSIENT, "PROVIDER_ERROR"),
         ("ValidationException", 400, FailureKind.CLIENT_ERROR, "PROVIDER_REJECTED"),
-        ("ExpiredTokenException", 403, FailureKind.BACKEND_FAULT, "PROVIDER_ERROR"),
-        ("AccessDeniedException", 403, FailureKind.BACKEND_FAULT, "PROVIDER_ERROR"),
+        ("ExpiredTokenException", 403, FailureKind.CREDENTIALS, "PROVIDER_ERROR"),
+        ("AccessDeniedException", 403, FailureKind.CREDENTIALS, "PROVIDER_ERROR"),
         ("DeviceOfflineException", 424, FailureKind.BACKEND_FAULT, "PROVIDER_ERROR"),
     ],
 )
@@ -103,7 +103,7 @@ def test_provider_errors_map_to_failure_kinds(
 def test_refused_credentials_while_following_a_task_are_transient() -> None:
     from botocore.exceptions import NoCredentialsError
 
-    assert classify(NoCredentialsError(), "sv1").kind is FailureKind.BACKEND_FAULT
+    assert classify(NoCredentialsError(), "sv1").kind is FailureKind.CREDENTIALS
     following = classify(_client_error("ExpiredTokenException", 403), "sv1", following=True)
     assert following.kind is FailureKind.TRANSIENT
 

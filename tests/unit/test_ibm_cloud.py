@@ -83,7 +83,7 @@ def raised(exc: BaseException, wrap: bool) -> BaseException:
 @pytest.mark.parametrize(
     ("exc", "kind", "reason"),
     [
-        (IBMNotAuthorizedError("401 Client Error"), FailureKind.BACKEND_FAULT, "PROVIDER_ERROR"),
+        (IBMNotAuthorizedError("401 Client Error"), FailureKind.CREDENTIALS, "PROVIDER_ERROR"),
         (RequestsApiError("429", 429), FailureKind.TRANSIENT, "PROVIDER_ERROR"),
         (RequestsApiError("502", 502), FailureKind.TRANSIENT, "PROVIDER_ERROR"),
         (ConnectionResetError("reset"), FailureKind.TRANSIENT, "PROVIDER_ERROR"),

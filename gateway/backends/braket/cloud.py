@@ -22,8 +22,10 @@ Never paying twice:
 Provider errors become FailureKinds: throttling, 5xx and connection failures TRANSIENT
 (retried here with backoff first), a ValidationException CLIENT_ERROR (reason
 PROVIDER_REJECTED, the provider's code in metadata "providerErrorCode"), rejected or expired
-credentials and everything else BACKEND_FAULT (PROVIDER_ERROR); the health probe (GetDevice)
-fails the same way, so a backend whose credentials expired turns NOT_SERVING. Every create
+credentials CREDENTIALS (PROVIDER_ERROR: the job's first create was refused and nothing was
+made, so the job goes back to the queue; BACKEND_FAULT once some of its tasks were created, as
+everything else); the health probe (GetDevice) fails the same way, so a backend whose
+credentials expired turns NOT_SERVING. Every create
 (retries included) passes a limiter shared by the backends of one account and region: never
 more than `max_creates_per_s` CreateQuantumTask calls arrive at Braket in any one second
 (Braket allows 20 per second; see CreateRateLimiter).
@@ -269,7 +271,7 @@ def classify(
     text = f"backends/{name}: {type(exc).__name__}: {exc}"[:500]
     if code in AUTH_ERROR_CODES or kind_names & _CREDENTIAL_ERRORS:
         metadata.setdefault("providerErrorCode", type(exc).__name__)
-        kind = FailureKind.TRANSIENT if following else FailureKind.BACKEND_FAULT
+        kind = FailureKind.TRANSIENT if following else FailureKind.CREDENTIALS
         return ExecutionError("PROVIDER_ERROR", text, kind=kind, metadata=metadata)
     if is_transient(exc):
         return ExecutionError("PROVIDER_ERROR", text, kind=FailureKind.TRANSIENT, metadata=metadata)
@@ -400,9 +402,17 @@ class BraketCloudRunner(Runner):
             make = functools.partial(self._create, spec, token, tags)
             try:
                 arns.append(await self._thread(functools.partial(self._retrying, make, rated=True)))
-            except ExecutionError:
+            except ExecutionError as err:
                 # The job fails: the tasks it already has would run (and be paid) for nothing.
                 await self._cancel_quietly(job.id, arns)
+                if err.kind is FailureKind.CREDENTIALS and arns:
+                    # Not queued again: its client tokens now name cancelled tasks.
+                    raise ExecutionError(
+                        err.reason,
+                        err.message,
+                        kind=FailureKind.BACKEND_FAULT,
+                        metadata=err.metadata,
+                    ) from err
                 raise
         log.info("job %s: %d Braket task(s) created on %s", job.id, len(arns), self.name)
         return BraketCloudHandle(job.id, arns)

@@ -28,11 +28,13 @@
   execution_seconds, or the handle's for a job that failed or was cancelled. The service bills
   no currency through the API: cost comes from the backend's price table (per QPU second).
 - Failures: 429, 5xx and connection errors are TRANSIENT ("PROVIDER_ERROR"); 401/403 (an
-  expired or revoked key) are BACKEND_FAULT ("PROVIDER_ERROR", metadata providerStatus): the
-  breaker counts them, the probe turns the backend NOT_SERVING, and the runner builds a fresh
-  client (a new IAM token) on its next call; other 4xx are CLIENT_ERROR ("PROVIDER_REJECTED")
-  with the provider's error code in the metadata (providerErrorCode); a job FAILED at the service is
-  BACKEND_FAULT ("EXECUTION_FAILED") with its reason.
+  expired or revoked key, still refused after one fresh key exchange) are CREDENTIALS
+  ("PROVIDER_ERROR", metadata providerStatus): a refused create made nothing, so the job goes
+  back to the queue while the breaker counts the refusal and the probe turns the backend
+  NOT_SERVING (TRANSIENT while following a job the service has: it goes on there); other 4xx
+  are CLIENT_ERROR ("PROVIDER_REJECTED") with the provider's error code in the metadata
+  (providerErrorCode); a job FAILED at the service is BACKEND_FAULT ("EXECUTION_FAILED") with
+  its reason.
 
 The IAM address: the SDK derives it from the instance CRN unless the IAM_URL environment
 variable names one, so a configured `iam_url` is set there (one per gateway process). The
@@ -681,7 +683,7 @@ class IbmCloudRunner(Runner):
                 raise
             except Exception as exc:
                 err = self._error(exc, remote_id)
-                if err.kind is FailureKind.BACKEND_FAULT and _auth_failure(exc):
+                if err.kind is FailureKind.CREDENTIALS:
                     self._client.reset()
                     if not reauthenticated:
                         # A refused bearer token may only have expired: once, with a fresh
@@ -708,7 +710,7 @@ class IbmCloudRunner(Runner):
                 "PROVIDER_ERROR",
                 f"backends/{self.name}: the service refused the credentials (HTTP "
                 f"{status or 401}); check the API key and instance",
-                kind=FailureKind.BACKEND_FAULT,
+                kind=FailureKind.CREDENTIALS,
                 metadata=metadata,
             )
         if _is_transient(exc):
@@ -732,8 +734,8 @@ def _while_following(err: ExecutionError) -> ExecutionError:
     """Refused credentials while following (or looking for) a job the provider may have: the
     job goes on there, so the failure is TRANSIENT and the job core re-attaches with backoff
     until the key works again (the probe reports the backend NOT_SERVING meanwhile). Only a
-    submit's refusal is a BACKEND_FAULT the breaker counts."""
-    if err.kind is FailureKind.BACKEND_FAULT and err.reason == "PROVIDER_ERROR":
+    submit's refusal is CREDENTIALS (the job is queued again, the breaker counts it)."""
+    if err.kind is FailureKind.CREDENTIALS:
         return ExecutionError(
             err.reason, err.message, kind=FailureKind.TRANSIENT, metadata=err.metadata
         )
