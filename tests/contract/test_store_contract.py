@@ -393,6 +393,24 @@ async def test_mark_submitting_then_running_stores_the_remote_id(store: Store) -
     assert (await store.mark_cancelling("s", T0 + SECOND)) is not None
 
 
+async def test_a_refused_submit_queues_the_job_again(store: Store) -> None:
+    await store.create_job(new_job(job_id="q"))
+    assert await store.mark_queued_again("q", T0) is None  # only from SUBMITTING
+    await store.mark_submitting("q", T0 + SECOND)
+    again = await store.mark_queued_again("q", T0 + 2 * SECOND)
+    assert again is not None and again.state is JobState.QUEUED
+    assert again.remote_id is None and again.attempts == 0
+    assert again.state_history == _history(
+        (JobState.SUBMITTING, T0 + SECOND), (JobState.QUEUED, T0 + 2 * SECOND)
+    )
+    # Queued again, it can be submitted again.
+    assert await store.mark_submitting("q", T0 + 3 * SECOND) is not None
+    # A job the provider has (its remote id stored) never goes back to the queue.
+    await store.mark_running("q", T0 + 4 * SECOND, remote_id="provider-7")
+    assert await store.mark_queued_again("q", T0 + 5 * SECOND) is None
+    assert await store.mark_queued_again("missing", T0) is None
+
+
 async def test_finish_job_only_once_and_first_result_kept(store: Store) -> None:
     job = (await store.create_job(new_job())).job
     await store.mark_running(job.id, T0)
