@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from gateway.security.principals import Principal, Role
 log = logging.getLogger("gateway.auth")
 
 KEY_PREFIX = "qgw"
+_PREFIX_FORM = re.compile(r"^[a-z0-9]{4,32}$")  # as ApiKeyConfig.prefix
 METADATA_KEY = "authorization"
 _PREFIX_BYTES = 6
 _SECRET_BYTES = 24
@@ -112,9 +114,10 @@ class KeyRing:
 def key_prefix(token: str) -> str | None:
     """The prefix of a well-formed `qgw_<prefix>_<secret>` token; None for anything else."""
     parts = token.split("_", 2)  # the secret may itself contain "_"
-    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[2]:
         return None
-    return parts[1] if len(parts[1]) <= 64 else None
+    # Only a prefix a key can have reaches the cache or the store.
+    return parts[1] if _PREFIX_FORM.match(parts[1]) else None
 
 
 def _invalid() -> Unauthenticated:
