@@ -1,0 +1,186 @@
+"""The job core in process (issue 10): what a job that ended early used, the shots of a job
+re-attached after a restart, and a submit refused for the backend's credentials going back to
+the queue. A real SQLite store, a scripted runner, an injected wall clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.backends.base import PreparedJob
+from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import Job, JobState
+from gateway.domain.pricing import Cost, Price
+from gateway.runtime.breaker import BreakerPolicy, BreakerState
+from gateway.store.sqlite import SqliteStore
+from tests.core_harness import Core, QueueKind, ScriptedRunner, build_core, spec
+
+pytestmark = pytest.mark.anyio
+
+PRICE = Price(per_task=1.0, per_shot=0.5, per_second=2.0, unit="credits")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "core.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def went(core: Core, job_id: str, states: list[str]) -> None:
+    """Waits until the job's transitions (as the lifecycle hooks saw them) are `states`."""
+    async with asyncio.timeout(5):
+        while core.recorder.states(job_id) != states:
+            await asyncio.sleep(0.005)
+
+
+def priced(core: Core, name: str) -> None:
+    runtime = core.backends[name]
+    runtime.settings = dataclasses.replace(runtime.settings, price=PRICE)
+
+
+class ReportingRunner(ScriptedRunner):
+    """A provider that reports the seconds a job used when it fails or is cancelled."""
+
+    reported: float | None = None
+
+    def fail(self, job_id: str, kind: FailureKind, reason: str = "EXECUTION_FAILED") -> None:
+        self.handles[job_id].execution_seconds = self.reported
+        super().fail(job_id, kind, reason)
+
+
+class RefusingRunner(ScriptedRunner):
+    """A provider that refuses the backend's key on the next `refusals` creates."""
+
+    refusals: int = 0
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise ExecutionError("PROVIDER_ERROR", "key refused", kind=FailureKind.CREDENTIALS)
+        return await super().submit(prepared, job)
+
+
+async def test_a_simulator_job_cancelled_while_running_reports_its_time_charged_per_second(
+    store: SqliteStore,
+) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=1)})
+    priced(core, "sim")
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        await asyncio.sleep(0.05)  # it runs for a measurable time
+        await core.manager.cancel("alice", job.id)
+        ended = await core.until("alice", job.id, "CANCELLED")
+        assert ended.execution is not None and ended.execution.usage is not None
+        usage = ended.execution.usage
+        assert usage.shots == 0  # not known to have run
+        assert usage.execution_seconds >= 0.05
+        # Its time only: no per-task or per-shot charge for a job that delivered nothing.
+        assert ended.execution.cost == Cost(2.0 * usage.execution_seconds, "credits")
+    finally:
+        await core.manager.close()
+
+
+async def test_a_provider_job_that_failed_reports_the_providers_seconds_or_none(
+    store: SqliteStore,
+) -> None:
+    runner = ReportingRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner})
+    priced(core, "qpu")
+    try:
+        runner.reported = 12.5
+        job = await core.submit("alice", spec("qpu"))
+        await core.until("alice", job.id, "RUNNING")
+        runner.fail(job.id, FailureKind.BACKEND_FAULT)
+        failed = await core.until("alice", job.id, "FAILED")
+        assert failed.execution is not None and failed.execution.usage is not None
+        assert failed.execution.usage.execution_seconds == 12.5
+        assert failed.execution.cost == Cost(25.0, "credits")
+        # A provider that reports nothing: the time it was followed (queued there, perhaps)
+        # is not execution, so no usage.
+        runner.reported = None
+        other = await core.submit("alice", spec("qpu"))
+        await core.until("alice", other.id, "RUNNING")
+        runner.fail(other.id, FailureKind.BACKEND_FAULT)
+        unknown = await core.until("alice", other.id, "FAILED")
+        assert unknown.execution is not None and unknown.execution.usage is None
+    finally:
+        await core.manager.close()
+
+
+async def test_a_job_re_attached_after_a_restart_reports_the_shots_of_its_stored_spec(
+    store: SqliteStore,
+) -> None:
+    runner = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner})
+    job = await core.submit("alice", spec("qpu"))  # one PUB, 10 shots
+    await core.until("alice", job.id, "RUNNING")
+    await core.manager.close()
+    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
+    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock)
+    priced(core2, "qpu")
+    try:
+        await asyncio.wait_for(again.started.wait(), 5)
+        assert again.reattached == [job.id] and again.submitted == []
+        again.succeed(job.id)
+        done = await core2.until("alice", job.id, "SUCCEEDED")
+        assert done.execution is not None and done.execution.usage is not None
+        assert done.execution.usage.shots == 10
+        cost = done.execution.cost
+        assert cost is not None
+        assert cost.amount == pytest.approx(
+            1.0 + 0.5 * 10 + 2.0 * done.execution.usage.execution_seconds
+        )
+    finally:
+        await core2.manager.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "store"])
+async def test_a_submit_refused_for_the_key_queues_the_job_again_and_counts_for_the_breaker(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    runner = RefusingRunner(slots=1, model=ExecutionModel.REMOTE)
+    runner.refusals = 1
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(store, kind, {"qpu": runner}, breaker=policy, max_queue_time_s=30)
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        await went(core, job.id, ["QUEUED", "SUBMITTING", "QUEUED"])
+        queued = await core.store.get_job(job.id)
+        assert queued is not None and queued.state is JobState.QUEUED
+        assert queued.remote_id is None and queued.attempts == 0
+        assert core.backends["qpu"].breaker.state is BreakerState.OPEN
+        assert runner.submitted == []
+        # Behind the open breaker it waits like any queued job; after the cool-down it runs.
+        await core.settle()
+        assert (await core.store.get_job(job.id)).state is JobState.QUEUED  # type: ignore[union-attr]
+        core.clock.advance(10)
+        core.backends["qpu"].wake.set()
+        await core.until("alice", job.id, "RUNNING")
+        assert runner.submitted == [job.id]
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        # Refused again and again: it fails at its queue time limit, never created.
+        runner.refusals = 100
+        late = await core.submit("alice", spec("qpu"))
+        await went(core, late.id, ["QUEUED", "SUBMITTING", "QUEUED"])
+        core.clock.advance(31)
+        core.backends["qpu"].wake.set()
+        expired = await core.until("alice", late.id, "FAILED")
+        assert expired.error is not None and expired.error.reason == "BACKEND_UNAVAILABLE"
+        assert runner.submitted == [job.id]
+    finally:
+        await core.manager.close()
