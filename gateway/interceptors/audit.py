@@ -61,7 +61,10 @@ def _metadata(context: Context) -> dict[str, str]:
 
 
 def _status_code(context: Context) -> int:
-    code = context.code()
+    try:
+        code = context.code()
+    except Exception:  # never let recording fail the call
+        return int(Code.UNKNOWN)
     if isinstance(code, grpc.StatusCode):
         return int(code.value[0])
     return int(code) if isinstance(code, int) else int(Code.UNKNOWN)

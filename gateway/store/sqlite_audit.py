@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from gateway.domain.api_keys import ApiKeyRecord
 from gateway.domain.jobs import Job
 from gateway.domain.sessions import Session
 from gateway.security import audit
@@ -191,6 +192,23 @@ def session_saved(session: Session | None, draft: AuditRecord) -> AuditRecord | 
     if session is None:
         return None
     return replace(draft, resource=f"sessions/{session.id}", backend=session.backend)
+
+
+def admin_changed(resource: str) -> Callable[[object, AuditRecord], AuditRecord | None]:
+    """An AdminService write of `resource`: None when it changed nothing (None or False)."""
+
+    def describe(value: object, draft: AuditRecord) -> AuditRecord | None:
+        if value is None or value is False:
+            return None
+        return replace(draft, resource=resource)
+
+    return describe
+
+
+def api_key_changed(key: ApiKeyRecord | None, draft: AuditRecord) -> AuditRecord | None:
+    if key is None:
+        return None
+    return replace(draft, resource=f"tenants/{key.tenant}/apiKeys/{key.prefix}")
 
 
 def _filter_sql(query: AuditFilter) -> tuple[list[str], list[object]]:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
+from gateway.security.audit import AuditRecord, Effect
+from gateway.store.sqlite_audit import admin_changed, api_key_changed
 
 T = TypeVar("T")
 
@@ -64,6 +66,13 @@ class SqliteApiKeys:
             self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
         ) -> T: ...
 
+        async def _audited(
+            self,
+            effect: Effect,
+            op: Callable[[sqlite3.Connection], T],
+            describe: Callable[[T, AuditRecord], AuditRecord | None],
+        ) -> T: ...
+
     async def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
         """Inserts a key (its prefix is random: a collision is an IntegrityError)."""
 
@@ -86,7 +95,9 @@ class SqliteApiKeys:
             assert created is not None
             return created
 
-        return await self._call(op)
+        # CreateApiKey's audit record commits with the key (issue 11, audit).
+        resource = f"tenants/{key.tenant}/apiKeys/{key.prefix}"
+        return await self._audited(Effect.ADMIN, op, admin_changed(resource))
 
     async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
         """The key with this prefix, whatever its state."""
@@ -144,7 +155,7 @@ class SqliteApiKeys:
             )
             return _select(conn, prefix)
 
-        return await self._call(op)
+        return await self._audited(Effect.ADMIN, op, api_key_changed)
 
     async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
         """Records last-used times, many keys in one transaction; a time never moves back."""

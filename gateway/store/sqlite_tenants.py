@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.quota import quota_exceeded, too_many_queued
+from gateway.security.audit import AuditRecord, Effect
 from gateway.store.base import QuotaCharge, StoredTenant, TenantUsageRecord
+from gateway.store.sqlite_audit import admin_changed
 
 T = TypeVar("T")
 
@@ -210,6 +212,13 @@ class SqliteTenants:
             self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
         ) -> T: ...
 
+        async def _audited(
+            self,
+            effect: Effect,
+            op: Callable[[sqlite3.Connection], T],
+            describe: Callable[[T, AuditRecord], AuditRecord | None],
+        ) -> T: ...
+
     async def create_tenant(self, tenant: StoredTenant) -> bool:
         """Inserts a tenant; False (nothing changed) when the id exists."""
 
@@ -227,7 +236,8 @@ class SqliteTenants:
             )
             return cursor.rowcount == 1
 
-        return await self._call(op)
+        # CreateTenant's audit record commits with the tenant (issue 11, audit).
+        return await self._audited(Effect.ADMIN, op, admin_changed(f"tenants/{tenant.id}"))
 
     async def get_tenant(self, tenant_id: str) -> StoredTenant | None:
         def op(conn: sqlite3.Connection) -> StoredTenant | None:
@@ -271,7 +281,7 @@ class SqliteTenants:
             ).fetchone()
             return None if row is None else _tenant(row)
 
-        return await self._call(op)
+        return await self._audited(Effect.ADMIN, op, admin_changed(f"tenants/{tenant.id}"))
 
     async def tenant_usage(
         self, tenant: str, period_start: datetime, period_end: datetime

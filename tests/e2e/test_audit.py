@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from qgateway.v1 import (
+    admin_pb2,
     admin_service_pb2,
     admin_service_pb2_grpc,
     job_service_pb2,
@@ -28,7 +29,7 @@ from qgateway.v1 import (
 from gateway.security.api_keys import NewKey, generate_key
 from gateway.security.principals import Role
 from tests.gateway_process import GatewayProcess, write_config
-from tests.rpc import ghz, sampler_spec, status_of
+from tests.rpc import ghz, sampler_spec, slow_circuit, status_of
 
 ADMIN = generate_key("ops", role=Role.ADMIN)
 ACME_ADMIN = generate_key("acme", role=Role.TENANT_ADMIN)
@@ -37,6 +38,9 @@ OTHER = generate_key("globex")
 # A well-formed key nobody issued: its secret must not be stored either.
 BOGUS = "qgw_deadbeef00_" + "S3cretThatMustNeverBeStored-xyz"
 FLOOD = 150
+READS = 3
+READ_JOBS: list[str] = []
+CREATED_KEYS: list[str] = []
 REPO = Path(__file__).resolve().parents[2]
 
 BACKENDS = """
@@ -149,6 +153,58 @@ def test_a_submission_has_exactly_one_record_committed_with_the_job(env: Env) ->
         assert len({r.sequence for r in found}) == 2
 
 
+def test_cancel_commits_its_record_and_reads_and_streams_write_one_each(env: Env) -> None:
+    channel, jobs, admin = _stubs(env)
+    with channel:
+        slow = jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(spec=sampler_spec(slow_circuit(), shots=50_000)),
+            metadata=_md(ACME),
+            timeout=30,
+        ).job
+        jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(name=slow.name), metadata=_md(ACME), timeout=10
+        )
+        # The cancel's record committed with the cancel: there when the call answers.
+        cancels = [
+            r for r in _records(admin, ADMIN, 'method = "CancelJob"') if r.resource == slow.name
+        ]
+        assert [(r.code, r.tenant) for r in cancels] == [(0, "acme")]
+        for _ in range(READS):
+            jobs.GetJob(job_service_pb2.GetJobRequest(name=slow.name), metadata=_md(ACME))
+        # The stream ends when the job is final (CANCELLED): one record, written at its end.
+        events = list(
+            jobs.WatchJob(
+                job_service_pb2.WatchJobRequest(name=slow.name), metadata=_md(ACME), timeout=60
+            )
+        )
+        assert events
+    READ_JOBS.append(slow.name)
+
+
+def test_admin_writes_commit_their_records_and_a_new_key_is_never_stored(env: Env) -> None:
+    channel, _, admin = _stubs(env)
+    with channel:
+        created = admin.CreateApiKey(
+            admin_service_pb2.CreateApiKeyRequest(
+                parent="tenants/acme", api_key=admin_pb2.ApiKey(display_name="ci")
+            ),
+            metadata=_md(ACME_ADMIN),
+            timeout=10,
+        )
+        CREATED_KEYS.append(created.key)
+        name = created.api_key.name
+        admin.RevokeApiKey(
+            admin_service_pb2.RevokeApiKeyRequest(name=name), metadata=_md(ADMIN), timeout=10
+        )
+        # Both committed with their change: listed the moment the calls answer.
+        found = [r for r in _records(admin, ADMIN, 'service = "qgateway.v1.AdminService"')]
+        writes = [(r.method, r.principal, r.code) for r in found if r.resource == name]
+        assert writes == [
+            ("CreateApiKey", f"apiKeys/{ACME_ADMIN.config.prefix}", 0),
+            ("RevokeApiKey", f"apiKeys/{ADMIN.config.prefix}", 0),
+        ]
+
+
 def test_list_audit_records_is_scoped_by_role_and_tenant(env: Env) -> None:
     channel, jobs, admin = _stubs(env)
     with channel:
@@ -159,9 +215,10 @@ def test_list_audit_records_is_scoped_by_role_and_tenant(env: Env) -> None:
         assert _records(admin, ACME_ADMIN, 'tenant = "globex"') == []
         every = _records(admin, ADMIN, '(tenant = "acme" OR tenant = "globex")')
         assert {"acme", "globex"} <= {r.tenant for r in every}
-        # Paging walks the same records by sequence.
+        # Paging walks the same records by sequence (batched reads may have landed since:
+        # always after them).
         paged = _records(admin, ADMIN, '(tenant = "acme" OR tenant = "globex")', page_size=2)
-        assert [r.sequence for r in paged] == [r.sequence for r in every]
+        assert [r.sequence for r in paged][: len(every)] == [r.sequence for r in every]
         assert [r.sequence for r in every] == sorted(r.sequence for r in every)
         for key in (ACME, OTHER):
             with pytest.raises(grpc.RpcError) as err:
@@ -203,8 +260,17 @@ def test_offline_verify_export_and_no_secret_anywhere(env: Env) -> None:
     assert sum(r["count"] for r in flood) == FLOOD
     assert {r["key_prefix"] for r in flood} == {"deadbeef00"}
     assert {r["code"] for r in flood} == {16}
+    # Reads and streams: one record per call (batched, all written by the graceful stop).
+    for name in READ_JOBS:
+        mine = [r for r in records if r["resource"] == name]
+        assert sorted(r["method"] for r in mine) == sorted(
+            ["SubmitJob", "CancelJob", "WatchJob"] + ["GetJob"] * READS
+        )
+        watch = next(r for r in mine if r["method"] == "WatchJob")
+        assert watch["end_time"] > watch["time"]
     # No key, whole or its secret part, in the log, the records or the database files.
-    secrets = [k.key for k in (ADMIN, ACME_ADMIN, ACME, OTHER)] + [BOGUS]
+    secrets = [k.key for k in (ADMIN, ACME_ADMIN, ACME, OTHER)] + [BOGUS, *CREATED_KEYS]
+    assert CREATED_KEYS
     haystacks = {"log": env.log.read_bytes(), "export": exported.stdout.encode()}
     for path in sorted(env.data.iterdir()):
         if path.name.startswith("qgateway.db"):
