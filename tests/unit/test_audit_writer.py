@@ -4,8 +4,10 @@ ListAuditRecords filter, in-process."""
 from __future__ import annotations
 
 import asyncio
+import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +120,24 @@ def test_the_audit_filter() -> None:
         with pytest.raises(InvalidArgument) as err:
             parse_audit_filter(bad)
         assert err.value.reason == "INVALID_FILTER"
+
+
+def test_audit_config_refuses_typos_and_off_builds_nothing(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_config
+    from gateway.server import _audit_log
+    from gateway.store.sqlite import SqliteStore
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[audit]\nkey_fle = 'x'\n")
+    with pytest.raises(ConfigError, match="key_fle"):
+        load_config(typo)
+    off = tmp_path / "off.toml"
+    off.write_text(f"data_dir = '{tmp_path / 'data'}'\n[audit]\nenabled = false\n")
+    assert _audit_log(load_config(off), SqliteStore(tmp_path / "data" / "q.db")) is None
+    assert not (tmp_path / "data" / "audit.key").exists()
+    on = tmp_path / "on.toml"
+    on.write_text(f"data_dir = '{tmp_path / 'data'}'\n")
+    assert _audit_log(load_config(on), SqliteStore(tmp_path / "data" / "q.db")) is not None
+    key = tmp_path / "data" / "audit.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
