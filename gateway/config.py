@@ -37,6 +37,7 @@ from gateway.security.tenant_policy import (
     etag_of,
     validate_policy,
 )
+from gateway.telemetry.settings import TelemetryConfig
 
 ENV_PREFIX = "QGATEWAY_"
 # Variables with the prefix that belong to the client CLI, not to the server's settings.
@@ -482,6 +483,8 @@ class GatewayConfig(BaseSettings):
     compiler: CompilerConfig = CompilerConfig()
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
+    # Traces, metrics and structured logs (gateway.telemetry); all off by default.
+    telemetry: TelemetryConfig = TelemetryConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
     # Tenants managed by this file; others are created through AdminService (stored).
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)

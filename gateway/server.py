@@ -67,6 +67,7 @@ from gateway.security.tenant_policy import Tenant, policy_from_json
 from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
+from gateway.telemetry.setup import Telemetry
 
 log = logging.getLogger("gateway")
 
@@ -108,6 +109,10 @@ def _runner(
             runner = FaultInjectingRunner(runner, backend.faults, name)
         except ValueError as exc:
             raise ConfigError(f"backends.{name}.faults: {exc}") from None
+    if config.telemetry.enabled:  # spans around runner and provider calls (issue 12)
+        from gateway.telemetry.runner import ObservedRunner
+
+        runner = ObservedRunner(runner, name)
     return runner
 
 
@@ -255,6 +260,9 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.port = 0
+        # Before anything else: runners and workers see whether tracing is on (issue 12).
+        self.telemetry = Telemetry(config.telemetry)
+        self.telemetry.install()
         self._store = SqliteStore(config.data_dir / DB_FILE)
         self.backends = build_backends(config, self._store)
         self.policies = build_policies(config)
@@ -280,6 +288,7 @@ class Gateway:
             ),
         )
         self.manager.hooks.add(self.sessions)
+        self.telemetry.register(self.manager.hooks)
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
@@ -294,6 +303,8 @@ class Gateway:
             # Outermost first: the boundary maps every error, including authentication's.
             interceptors=[
                 ErrorBoundaryInterceptor(server_cfg.max_request_bytes),
+                # A span and a duration for every RPC, refused ones included (issue 12).
+                *self.telemetry.interceptors(),
                 AuthInterceptor(
                     self.authenticator,
                     uses_certificates=bool(config.auth.mtls or config.auth.trusted_proxies),
@@ -385,6 +396,7 @@ class Gateway:
         )
         # Jobs recovered or accepted meanwhile are dispatched once the workers are up.
         self.manager.start_scheduling()
+        self.telemetry.start(self.backends, self.compiler.pool)
         await self.health.set(READINESS_SERVICE, SERVING)
 
     async def _start_health_port(self) -> None:
@@ -466,6 +478,7 @@ class Gateway:
         if self.audit is not None:  # the last calls' records, then the final head
             await self.audit.close()
         await self._store.close()
+        await self.telemetry.close()  # the last spans and metrics
 
 
 async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> None:

@@ -365,6 +365,8 @@ def encode_job(job: Job) -> job_pb2.Job:
     out.labels.update(job.labels)
     if job.session:
         out.session = SESSION_PREFIX + job.session
+    if job.trace_context:
+        out.trace_id = job.trace_id
     out.sampler_output = _SAMPLER_OUTPUT_TO_PROTO[job.sampler_output]
     if job.error is not None:
         out.error.CopyFrom(job_error_status(job.error))

@@ -26,6 +26,7 @@ from gateway.jobs.manager import JobManager
 from gateway.jobs.sessions import SessionCore
 from gateway.security.principals import tenant_of
 from gateway.store.base import JobCursor
+from gateway.telemetry import active as telemetry
 
 MAX_REQUEST_ID_LENGTH = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,9 +132,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 submit = self._sessions.submit
             # A retry that validates is found by the store, which deduplicates atomically
             # when it creates the job (the outcome says created or found).
-            outcome = await submit(
-                tenant, request_id, domain_spec, spec_bytes, digest, position=position
-            )
+            with telemetry.span("qgateway.admission"):  # validate, compile, store
+                outcome = await submit(
+                    tenant, request_id, domain_spec, spec_bytes, digest, position=position
+                )
         except GatewayError:
             # A retry gets its job even when the request would no longer be accepted (a
             # backend removed from the configuration, a limit lowered, the gateway draining):
@@ -163,7 +165,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         domain_spec = self._specs.decoded(spec_bytes, spec)
         if domain_spec.session:
             await self._sessions.check_accepts(tenant, domain_spec)
-        estimate = await self._manager.validate(tenant, domain_spec)
+        with telemetry.span("qgateway.validate"):
+            estimate = await self._manager.validate(tenant, domain_spec)
         return job_service_pb2.SubmitJobResponse(
             created=False, cost_estimate=codec.encode_cost_estimate(estimate)
         )

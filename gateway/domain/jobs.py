@@ -161,6 +161,15 @@ class Job:
     remote_id: str | None = None
     # The session it runs in (bare id; "" for none): gateway.domain.sessions.
     session: str = ""
+    # The W3C traceparent of the span the job was created under ("" with tracing off): GetJob
+    # shows its trace id, and a job recovered after a restart links its new spans to it.
+    trace_context: str = ""
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id (32 hex digits) of `trace_context`; "" when there is none."""
+        parts = self.trace_context.split("-")
+        return parts[1] if len(parts) == 4 else ""
 
 
 @dataclass(frozen=True)

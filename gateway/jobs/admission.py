@@ -36,6 +36,7 @@ from gateway.runtime.breaker import BreakerState
 from gateway.security import audit
 from gateway.security.policies import PolicyBook
 from gateway.store.base import CreateOutcome, NewJob, QuotaCharge, Store, request_id_reused
+from gateway.telemetry import active as telemetry
 
 
 class CompileStep(Protocol):
@@ -218,6 +219,7 @@ class Admission:
             sampler_output=spec.options.sampler_output,
             session=spec.session,
             charge=self._charge(tenant, runtime, prepared.shots),
+            trace_context=telemetry.traceparent(),
         )
         queue = runtime.queue
         if not queue.queues_before_commit:
@@ -329,4 +331,5 @@ def _queued(new: NewJob) -> Job:
         labels=new.labels,
         sampler_output=new.sampler_output,
         session=new.session,
+        trace_context=new.trace_context,
     )

@@ -112,6 +112,9 @@ class Pool(Generic[T]):
         self._high_water = 0
         self._waiting = 0
         self._closed = False
+        # Instances discarded as broken (crashed, killed, failed a check): worker restarts,
+        # observed by telemetry (qgateway.worker.restarts).
+        self.discarded = 0
         self._bucket = _CreationBucket(
             limits.max_creations_per_s, max(1, limits.max_instances), clock, sleep
         )
@@ -264,6 +267,8 @@ class Pool(Generic[T]):
                 self._idle.append(slot)
                 self._cond.notify()
                 return
+            if broken:
+                self.discarded += 1
         await self._destroy(instance)
         await self._free_place()
 

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gateway.telemetry import active as telemetry
+
 __all__ = [
     "TRANSIENT_AWS_ERROR_CODES",
     "RetryPolicy",
@@ -242,6 +244,8 @@ def _retry_delay(
     delay = policy.backoff(attempt, rng)
     if on_retry is not None:
         on_retry(attempt, exc, delay)
+    if telemetry.enabled:  # qgateway.provider.retries and a span event (gateway.telemetry)
+        telemetry.provider_retry(attempt, exc, delay)
     return delay
 
 

@@ -23,6 +23,7 @@ import resource
 import signal
 import struct
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
+from gateway.telemetry import active as telemetry
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,14 @@ def _run_worker() -> None:
     out.write(_frame(("ready", os.getpid())))
     out.flush()
     while (message := _read(stdin)) is not None:
-        reply = handle(message)
+        if message[0] == "traced":
+            # Traced work: the reply carries its start and end time for the gateway's span
+            # (gateway.telemetry.tracing; workers export nothing themselves).
+            started = time.time_ns()
+            inner = handle(message[1])
+            reply: tuple[Any, ...] = ("traced", started, time.time_ns(), inner)
+        else:
+            reply = handle(message)
         try:
             data = _frame(reply)
         except MemoryError:
@@ -282,10 +291,26 @@ class WorkerProcess:
         reply: tuple[Any, ...] = pickle.loads(body)
         return reply
 
+    async def _call(self, message: tuple[Any, ...], span: str) -> tuple[Any, ...]:
+        """Sends one request and returns the reply. With tracing on, the worker times the work
+        and the gateway records it as a span under the current one."""
+        tracing = telemetry.tracing
+        if tracing is None or not tracing.sampled():
+            await self._send(_frame(message))
+            return await self._receive()
+        return await tracing.worker_call(span, self.pid, self._traced_exchange, message)
+
+    async def _traced_exchange(self, message: tuple[Any, ...]) -> tuple[int, int, tuple[Any, ...]]:
+        await self._send(_frame(("traced", message)))
+        reply = await self._receive()
+        if reply[0] != "traced":  # ("memory",): the worker could not send its timing
+            return 0, 0, reply
+        _, started, ended, inner = reply
+        return started, ended, inner
+
     async def execute(self, payload: object) -> ExecutionOutcome:
         """Runs one payload; raises ExecutionError (WorkerCrashed if the process died)."""
-        await self._send(_frame(("run", payload)))
-        reply = await self._receive()
+        reply = await self._call(("run", payload), "qgateway.worker.execute")
         if reply[0] == "ok":
             outcome: ExecutionOutcome = reply[1]
             return outcome
@@ -306,8 +331,7 @@ class WorkerProcess:
             WorkerCrashed: the process died, e.g. at its CPU-time limit.
             ExecutionError: an unexpected error in the SDK or the adapter (a bug).
         """
-        await self._send(_frame(("compile", backend, source, cpu_seconds)))
-        reply = await self._receive()
+        reply = await self._call(("compile", backend, source, cpu_seconds), "qgateway.compile")
         kind = reply[0]
         if kind == "ok":
             return reply[1]

@@ -117,6 +117,8 @@ class NewJob:
     session: str = ""
     # Its tenant's quota charge, checked and reserved with the job (None: not counted).
     charge: QuotaCharge | None = None
+    # The W3C traceparent it was created under (Job.trace_context; "" with tracing off).
+    trace_context: str = ""
 
 
 @dataclass(frozen=True)

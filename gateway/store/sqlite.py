@@ -260,6 +260,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     # --- issue 11, audit (gateway.store.sqlite_audit) -----------------------------------------
     Migration(11, SQLITE_AUDIT_MIGRATION),
     # --- end of issue 11, audit ---------------------------------------------------------------
+    # --- issue 12, telemetry ------------------------------------------------------------------
+    Migration(
+        12,
+        """
+        -- The W3C traceparent a job was created under (NULL: tracing was off).
+        ALTER TABLE jobs ADD COLUMN trace_context TEXT;
+        """,
+    ),
+    # --- end of issue 12, telemetry -----------------------------------------------------------
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -282,6 +291,8 @@ _JOB_COLUMNS: Final = (
     ", remote_id"
     # issue 10, sessions
     ", session_id"
+    # issue 12, telemetry
+    ", trace_context"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
@@ -433,6 +444,10 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
             )
             if new.session:
                 conn.execute("UPDATE jobs SET session_id = ? WHERE id = ?", (new.session, new.id))
+            if new.trace_context:
+                conn.execute(
+                    "UPDATE jobs SET trace_context = ? WHERE id = ?", (new.trace_context, new.id)
+                )
             job = _enter_state(conn, new.id, JobState.QUEUED, created_us)
             assert job is not None  # inserted just above, in this transaction
             return CreateOutcome(job, created=True)
@@ -1432,6 +1447,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         ),
         remote_id=None if row["remote_id"] is None else str(row["remote_id"]),
         session=str(row["session_id"] or ""),
+        trace_context=str(row["trace_context"] or ""),
     )
 
 

@@ -36,6 +36,7 @@ from typing import Any, TypeAlias, cast
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 
+from qgateway import telemetry
 from qgateway.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -687,6 +688,8 @@ class Client(SessionCalls):
         metadata: Metadata sent with every call (e.g. an API key header).
         retry: How UNAVAILABLE is retried.
         options: gRPC channel options, e.g. [("grpc.max_receive_message_length", 64 << 20)].
+        client_spans: Record a CLIENT span per call (needs `qgateway[otel]`). With
+            opentelemetry installed, calls carry the current trace context either way.
     """
 
     def __init__(
@@ -697,6 +700,7 @@ class Client(SessionCalls):
         metadata: Sequence[tuple[str, str]] = (),
         retry: RetryPolicy = DEFAULT_RETRY,
         options: Sequence[tuple[str, Any]] = (),
+        client_spans: bool = False,
     ) -> None:
         self.target = target
         self.retry = retry
@@ -706,6 +710,9 @@ class Client(SessionCalls):
             self._channel: Any = grpc.insecure_channel(target, options=opts)
         else:
             self._channel = grpc.secure_channel(target, credentials, options=opts)
+        interceptors = telemetry.sync_interceptors(client_spans)
+        if interceptors:
+            self._channel = grpc.intercept_channel(self._channel, *interceptors)
         self._jobs: Any = _JobStub(self._channel)
         self._backends: Any = _BackendStub(self._channel)
 
@@ -1296,6 +1303,7 @@ class AsyncClient(AsyncSessionCalls):
         metadata: Metadata sent with every call.
         retry: How UNAVAILABLE is retried.
         options: gRPC channel options.
+        client_spans: Record a CLIENT span per call (needs `qgateway[otel]`).
     """
 
     def __init__(
@@ -1306,11 +1314,14 @@ class AsyncClient(AsyncSessionCalls):
         metadata: Sequence[tuple[str, str]] = (),
         retry: RetryPolicy = DEFAULT_RETRY,
         options: Sequence[tuple[str, Any]] = (),
+        client_spans: bool = False,
     ) -> None:
         self.target = target
         self.retry = retry
         self._credentials = credentials
         self._options = list(options)
+        # Trace-context propagation (and client spans): gateway.telemetry docs, `otel` extra.
+        self._interceptors = list(telemetry.async_interceptors(client_spans))
         self._metadata = tuple((key, value) for key, value in metadata)
         self._channel: Any = None
         self._jobs_stub: Any = None
@@ -1323,10 +1334,15 @@ class AsyncClient(AsyncSessionCalls):
             # Opened lazily: an aio channel binds to the event loop current at creation, and a
             # client is often constructed before asyncio.run starts the loop it will be used in.
             if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+                self._channel = grpc.aio.insecure_channel(
+                    self.target, options=self._options, interceptors=self._interceptors or None
+                )
             else:
                 self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, options=self._options
+                    self.target,
+                    self._credentials,
+                    options=self._options,
+                    interceptors=self._interceptors or None,
                 )
             self._jobs_stub = _JobStub(self._channel)
             self._backends_stub = _BackendStub(self._channel)

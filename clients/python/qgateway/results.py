@@ -693,6 +693,8 @@ class Job:
         created: For a job returned by submit or run: True when that call created it, False
             when it returned the job of an earlier call with the same request_id (a retry).
             None for jobs from other calls.
+        trace_id: W3C trace id (32 hex digits) of the trace the job was created in; "" when
+            the gateway's tracing was off.
         proto: The message as received.
     """
 
@@ -720,6 +722,7 @@ class Job:
     usage: JobUsage | None = None
     cost: Cost | None = None
     created: bool | None = field(default=None, compare=False)
+    trace_id: str = field(default="", compare=False)
     proto: job_pb2.Job | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -790,6 +793,7 @@ class Job:
             labels=dict(msg.labels),
             usage=usage,
             cost=Cost.from_proto(msg.cost) if msg.HasField("cost") else None,
+            trace_id=msg.trace_id,
             proto=msg,
         )
 

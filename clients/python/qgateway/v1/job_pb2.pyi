@@ -133,7 +133,7 @@ class StateTransition(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "tenant", "backend", "state", "create_time", "start_time", "end_time", "error", "execution", "timings", "num_pubs", "labels", "update_time", "state_history", "expire_time", "session", "queue_position", "sampler_output", "usage", "cost")
+    __slots__ = ("name", "tenant", "backend", "state", "create_time", "start_time", "end_time", "error", "execution", "timings", "num_pubs", "labels", "update_time", "state_history", "expire_time", "session", "queue_position", "sampler_output", "usage", "cost", "trace_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,7 @@ class Job(_message.Message):
     SAMPLER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant: str
     backend: str
@@ -181,7 +182,8 @@ class Job(_message.Message):
     sampler_output: SamplerOutput
     usage: JobUsage
     cost: Cost
-    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., execution: _Optional[_Union[ExecutionInfo, _Mapping]] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., num_pubs: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_history: _Optional[_Iterable[_Union[StateTransition, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session: _Optional[str] = ..., queue_position: _Optional[int] = ..., sampler_output: _Optional[_Union[SamplerOutput, str]] = ..., usage: _Optional[_Union[JobUsage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., execution: _Optional[_Union[ExecutionInfo, _Mapping]] = ..., timings: _Optional[_Union[JobTimings, _Mapping]] = ..., num_pubs: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_history: _Optional[_Iterable[_Union[StateTransition, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session: _Optional[str] = ..., queue_position: _Optional[int] = ..., sampler_output: _Optional[_Union[SamplerOutput, str]] = ..., usage: _Optional[_Union[JobUsage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class Cost(_message.Message):
     __slots__ = ("amount", "unit")

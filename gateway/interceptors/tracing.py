@@ -1,0 +1,141 @@
+"""Tracing and RPC metrics for qgateway.v1 methods (health and reflection are left alone).
+
+Sits just inside the error boundary, so every RPC, including one refused by authentication or
+rate limiting, has a span and a duration. The span follows the RPC semantic conventions of the
+installed opentelemetry-semantic-conventions package (rpc.system.name, rpc.method,
+rpc.response.status_code) and continues the caller's W3C trace context; baggage is accepted
+too. Streaming handlers stay async generators: the span covers the whole stream.
+
+Installed only when `[telemetry]` turns tracing or metrics on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
+    RPC_METHOD,
+    RPC_RESPONSE_STATUS_CODE,
+    RPC_SYSTEM_NAME,
+    RpcSystemNameValues,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway.api.context import Context
+from gateway.domain.errors import Code, GatewayError
+from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import RPC_CONTEXT, Tracing, extract
+
+GRPC = RpcSystemNameValues.GRPC.value
+
+
+def _outcome(exc: BaseException | None, context: Context) -> tuple[str, str | None]:
+    """(status code name, error reason or exception type) of a finished call."""
+    if exc is None:
+        code = context.code()
+        if code is None or code == grpc.StatusCode.OK:
+            return "OK", None
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        return name, name
+    if isinstance(exc, GatewayError):
+        return Code(exc.code).name, exc.reason
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
+        return code.name, code.name
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED", "CANCELLED"
+    return "UNKNOWN", type(exc).__name__
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A SERVER span (tracing on) and a duration (metrics on) per qgateway.v1 call.
+
+    Args:
+        tracing: The tracer, or None.
+        metrics: The instruments, or None.
+    """
+
+    def __init__(self, tracing: Tracing | None, metrics: GatewayMetrics | None) -> None:
+        self._tracing = tracing
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if not is_gateway_method(handler, method):
+            return handler
+        rpc_method = method.lstrip("/")  # "qgateway.v1.JobService/Run"
+        tracing = self._tracing
+        metrics = self._metrics
+
+        def start(context: Context) -> tuple[Any, object | None, float]:
+            started = time.perf_counter()
+            if tracing is None:
+                return None, None, started
+            parent = extract(context.invocation_metadata(), tracing.max_header_bytes)
+            span = tracing.tracer.start_span(
+                rpc_method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={RPC_SYSTEM_NAME: GRPC, RPC_METHOD: rpc_method},
+            )
+            ctx = trace.set_span_in_context(span, parent)
+            RPC_CONTEXT.set(ctx)  # the handler's task is this call's own: no reset needed
+            return span, otel_context.attach(ctx), started
+
+        def finish(
+            span: Any, token: object | None, started: float, exc: BaseException | None,
+            context: Context,
+        ) -> None:  # fmt: skip
+            code, error = _outcome(exc, context)
+            if metrics is not None:
+                metrics.record_rpc(rpc_method, code, time.perf_counter() - started)
+            if span is None:
+                return
+            span.set_attribute(RPC_RESPONSE_STATUS_CODE, code)
+            if error is not None:
+                span.set_attribute(ERROR_TYPE, error)
+                span.set_status(Status(StatusCode.ERROR, code))
+            span.end()
+            if token is not None:
+                otel_context.detach(token)  # type: ignore[arg-type]
+
+        def wrap_unary(unary: Unary) -> Unary:
+            async def handle(request: Any, context: Context) -> Any:
+                span, token, started = start(context)
+                try:
+                    response = await unary(request, context)
+                except BaseException as exc:
+                    finish(span, token, started, exc, context)
+                    raise
+                finish(span, token, started, None, context)
+                return response
+
+            return handle
+
+        def wrap_stream(stream: Stream) -> Stream:
+            async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+                span, token, started = start(context)
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                except BaseException as exc:
+                    finish(span, token, started, exc, context)
+                    raise
+                finish(span, token, started, None, context)
+
+            return handle
+
+        return rewrap(handler, wrap_unary, wrap_stream)

@@ -1,0 +1,116 @@
+"""A runner observed by telemetry: spans around runner (and so provider) calls, and the backend
+named for retry counts. Wrapped around a backend's runner only when `[telemetry]` is on.
+
+The job's execute span is current while the runner submits and waits, so a simulator
+worker's own span (gateway.runtime.worker) and a provider adapter's retries land under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.backends.runner import ExecutionModel, RunHandle, Runner
+from gateway.domain.backends import InstanceStats
+from gateway.domain.jobs import Job
+from gateway.domain.sessions import Session
+from gateway.telemetry import active
+
+SUBMIT = "qgateway.runner.submit"
+
+
+class ObservedRunner(Runner):
+    """Delegates everything to `inner`; its job calls run in the job's trace.
+
+    Args:
+        inner: The backend's runner.
+        backend: The backend's name.
+    """
+
+    def __init__(self, inner: Runner, backend: str) -> None:
+        self.inner = inner
+        self.backend = backend
+        self.model = inner.model
+
+    def __getattr__(self, name: str) -> Any:
+        # Runner-specific extras (a worker pool's `pool`, pinned workers) stay reachable.
+        return getattr(self.inner, name)
+
+    @contextlib.asynccontextmanager
+    async def _observed(
+        self, name: str, job_id: str, job: Job | None = None
+    ) -> AsyncIterator[None]:
+        token = active.backend.set(self.backend)
+        try:
+            tracing = active.tracing
+            if tracing is None:
+                yield
+                return
+            parent = (
+                tracing.job_context_for(job) if job is not None else tracing.job_context(job_id)
+            )
+            if parent is None:
+                yield
+                return
+            if self.model is ExecutionModel.LOCAL and name == SUBMIT:
+                # The worker's own span (started inside) is the work: no submit span around it.
+                with tracing.current(parent):
+                    yield
+                return
+            with tracing.span_in(name, parent, {"qgateway.job.id": job_id}):
+                yield
+        finally:
+            active.backend.reset(token)
+
+    @property
+    def capacity(self) -> int:
+        return self.inner.capacity
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        async with self._observed(SUBMIT, job.id, job):
+            return await self.inner.submit(prepared, job)
+
+    async def wait(self, handle: RunHandle) -> ExecutionOutcome:
+        async with self._observed("qgateway.runner.wait", handle.job_id):
+            return await self.inner.wait(handle)
+
+    async def cancel(self, handle: RunHandle) -> None:
+        async with self._observed("qgateway.runner.cancel", handle.job_id):
+            await self.inner.cancel(handle)
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        async with self._observed("qgateway.runner.reattach", job.id, job):
+            return await self.inner.reattach(job, remote_id)
+
+    async def probe(self, prepared: PreparedJob, timeout: float) -> None:
+        token = active.backend.set(self.backend)
+        try:
+            await self.inner.probe(prepared, timeout)
+        finally:
+            active.backend.reset(token)
+
+    async def maintain(self) -> None:
+        await self.inner.maintain()
+
+    def stats(self) -> InstanceStats | None:
+        return self.inner.stats()
+
+    async def open_session(self, session: Session) -> str | None:
+        return await self.inner.open_session(session)
+
+    async def close_session(self, session: Session) -> None:
+        await self.inner.close_session(session)
+
+    def pin_session(self, session_id: str) -> None:
+        self.inner.pin_session(session_id)
+
+    def unpin_session(self, session_id: str) -> None:
+        self.inner.unpin_session(session_id)

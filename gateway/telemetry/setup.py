@@ -1,0 +1,165 @@
+"""Turns `[telemetry]` into running providers and exporters, and shuts them down.
+
+The only module that imports the OpenTelemetry SDK and exporters, and only for what the
+configuration turns on. With everything off, `Telemetry.from_config` imports nothing and the
+gateway has no tracing interceptor, no hooks and no sampler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from gateway.jobs.backend import BackendRuntime
+from gateway.jobs.hooks import Hooks
+from gateway.runtime.pool import Pool
+from gateway.telemetry import active
+from gateway.telemetry.logs import TransitionLog, use_json
+from gateway.telemetry.settings import TelemetryConfig
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import GatewayMetrics
+    from gateway.telemetry.tracing import Tracing
+
+log = logging.getLogger(__name__)
+
+
+def _otlp_target(endpoint: str) -> tuple[str, bool]:
+    """(host:port, insecure) of an OTLP/gRPC URL."""
+    parts = urlsplit(endpoint)
+    return parts.netloc, parts.scheme == "http"
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+class Telemetry:
+    """The process's telemetry. `install` makes it current (gateway.telemetry.active)."""
+
+    def __init__(self, config: TelemetryConfig) -> None:
+        self.config = config
+        self.tracing: Tracing | None = None
+        self.metrics: GatewayMetrics | None = None
+        self._providers: list[Any] = []
+        self._sampler: asyncio.Task[None] | None = None
+        self._prometheus: Any = None
+        self.prometheus_port = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def install(self) -> None:
+        """Builds the providers the configuration asks for and makes them current."""
+        config = self.config
+        if config.logs.json_lines:
+            use_json()
+        if not config.enabled:
+            return
+        from opentelemetry.sdk.resources import Resource
+
+        resource = Resource.create({"service.name": config.service_name})
+        if config.tracing.enabled:
+            self.tracing = self._tracing(resource)
+        if config.metrics.enabled:
+            self.metrics = self._metrics(resource)
+        active.install(self.tracing, self.metrics)
+
+    def _tracing(self, resource: Any) -> Tracing:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        from gateway.telemetry.tracing import TRACER_NAME, Tracing
+
+        cfg = self.config.tracing
+        provider = TracerProvider(
+            resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio))
+        )
+        target, insecure = _otlp_target(cfg.otlp_endpoint)
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=target, insecure=insecure),
+                schedule_delay_millis=cfg.export_interval_s * 1000,
+            )
+        )
+        self._providers.append(provider)
+        return Tracing(provider.get_tracer(TRACER_NAME), cfg.max_header_bytes)
+
+    def _metrics(self, resource: Any) -> GatewayMetrics:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import MetricReader
+
+        from gateway.telemetry.metrics import GatewayMetrics
+
+        cfg = self.config.metrics
+        readers: list[MetricReader] = []
+        if cfg.prometheus_listen is not None:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            registry = CollectorRegistry()
+            readers.append(PrometheusMetricReader(registry=registry))
+            host, port = _split_listen(cfg.prometheus_listen)
+            server, _thread = start_http_server(port, addr=host, registry=registry)
+            self._prometheus = server
+            self.prometheus_port = server.server_address[1]
+            log.info("metrics: Prometheus scrape endpoint on http://%s:%d/metrics", host,
+                     self.prometheus_port)  # fmt: skip
+        if cfg.otlp_endpoint is not None:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            target, insecure = _otlp_target(cfg.otlp_endpoint)
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(endpoint=target, insecure=insecure),
+                    export_interval_millis=cfg.otlp_interval_s * 1000,
+                )
+            )
+        provider = MeterProvider(resource=resource, metric_readers=readers)
+        self._providers.append(provider)
+        return GatewayMetrics(provider.get_meter("qgateway"), cfg.max_tenant_labels)
+
+    def interceptors(self) -> list[Any]:
+        """The RPC interceptor (spans and durations), when tracing or metrics are on."""
+        if self.tracing is None and self.metrics is None:
+            return []
+        from gateway.interceptors.tracing import TelemetryInterceptor
+
+        return [TelemetryInterceptor(self.tracing, self.metrics)]
+
+    def register(self, hooks: Hooks) -> None:
+        """The lifecycle hooks: spans, metrics and transition log lines of every job."""
+        if self.tracing is not None:
+            hooks.add(self.tracing)
+        if self.metrics is not None:
+            hooks.add(self.metrics)
+        if self.config.logs.job_transitions and self.config.logs.json_lines:
+            hooks.add(TransitionLog())
+
+    def start(self, backends: Mapping[str, BackendRuntime], compile_pool: Pool[Any] | None) -> None:
+        """Starts sampling the backends' live state (metrics on)."""
+        if self.metrics is None:
+            return
+        self.metrics.watch(backends, compile_pool)
+        self._sampler = asyncio.create_task(
+            self.metrics.run_sampler(self.config.metrics.sample_interval_s)
+        )
+
+    async def close(self) -> None:
+        """Stops sampling, exports what is pending, stops the scrape endpoint."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+        for provider in self._providers:
+            await asyncio.to_thread(provider.shutdown)
+        if self._prometheus is not None:
+            self._prometheus.shutdown()
+        active.install(None, None)

@@ -1,0 +1,335 @@
+"""Traces: the tracer, W3C context from request metadata, and the spans of a job's life.
+
+Imported only when `[telemetry.tracing] enabled = true` (it imports the OpenTelemetry API).
+
+A job's spans hang under the RPC span that created it (SubmitJob or Run): the job remembers
+that span's context (`Job.trace_context`, a W3C traceparent stored with the job), so GetJob
+shows the trace id and a job recovered after a restart starts new spans that link to it.
+
+    rpc qgateway.v1.JobService/Run                      (the interceptor)
+      qgateway.admission                                (api: validate, compile, store)
+        qgateway.compile                                (timed inside the compile worker)
+        qgateway.store.create_job
+      qgateway.job.queue                                (created -> started)
+      qgateway.job.execute                              (started -> final state; events)
+        qgateway.runner.submit / qgateway.runner.wait   (runner / provider calls)
+          qgateway.worker.execute                       (timed inside the simulator worker)
+        qgateway.store.mark_running / finish_job
+
+Worker processes export nothing themselves: the gateway sends the trace flag with the work,
+the worker returns its own start and end times with the reply, and the gateway records the
+span (attribute process.pid names the worker). So workers need no exporter, no collector
+address and no OpenTelemetry import; sampling is decided once, in the gateway; and a worker
+that dies still gets its span (timed by the gateway, marked as an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import Link, Span, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.domain.jobs import Job, JobState
+from gateway.jobs.hooks import Transition
+
+TRACER_NAME = "qgateway"
+# The W3C headers accepted from callers (lower case, as gRPC metadata keys are).
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+_TRACEPARENT = TraceContextTextMapPropagator()
+
+# Jobs followed at once (open spans); beyond it the oldest entry is dropped.
+MAX_TRACKED_JOBS = 100_000
+
+# The context of the RPC being served (set by the interceptor): a job created in it hangs its
+# spans under the RPC's span, not under whatever child span is current when it is stored.
+RPC_CONTEXT: contextvars.ContextVar[context.Context | None] = contextvars.ContextVar(
+    "qgateway_rpc_context", default=None
+)
+
+JOB_ID = "qgateway.job.id"
+JOB_BACKEND = "qgateway.job.backend"
+JOB_TENANT = "qgateway.tenant"
+JOB_STATE = "qgateway.job.state"
+
+
+def extract(metadata: Sequence[tuple[str, Any]] | None, max_bytes: int) -> context.Context | None:
+    """The caller's trace context and baggage from gRPC metadata; None when it sent none.
+
+    A header longer than `max_bytes` (or not text) is ignored, as if absent: a caller cannot
+    make the gateway parse or store an unbounded header, and a bad header is never an error.
+    """
+    carrier: dict[str, str] = {}
+    for key, value in metadata or ():
+        if key in TRACE_HEADERS and isinstance(value, str) and len(value) <= max_bytes:
+            carrier[key] = value
+    if not carrier:
+        return None
+    return _PROPAGATOR.extract(carrier)
+
+
+def traceparent_of(span_context: trace.SpanContext) -> str:
+    """A span context as a W3C traceparent ("" when invalid)."""
+    if not span_context.is_valid:
+        return ""
+    carrier: dict[str, str] = {}
+    _TRACEPARENT.inject(carrier, trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+    return carrier.get("traceparent", "")
+
+
+def span_context_of(traceparent: str) -> trace.SpanContext | None:
+    """The span context of a stored traceparent; None when empty or malformed."""
+    if not traceparent:
+        return None
+    ctx = _TRACEPARENT.extract({"traceparent": traceparent})
+    span_context = trace.get_current_span(ctx).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The 32-hex-digit trace id of a stored traceparent ("" when none)."""
+    span_context = span_context_of(traceparent)
+    return "" if span_context is None else trace.format_trace_id(span_context.trace_id)
+
+
+def _ns(when: Any) -> int | None:
+    return None if when is None else int(when.timestamp() * 1e9)
+
+
+@dataclass
+class _JobTrace:
+    """What the tracer keeps of a job until it ends."""
+
+    parent: context.Context
+    links: Sequence[Link] = ()
+    execute: Span | None = None
+    queue_ended: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Tracing:
+    """The gateway's tracer and the lifecycle hook that turns job transitions into spans.
+
+    Args:
+        tracer: From the configured TracerProvider.
+        max_header_bytes: Longest W3C header accepted from a caller.
+    """
+
+    def __init__(self, tracer: trace.Tracer, max_header_bytes: int) -> None:
+        self.tracer = tracer
+        self.max_header_bytes = max_header_bytes
+        self._jobs: dict[str, _JobTrace] = {}
+        # Contexts of RPCs that created a job in this process, by the job's trace_context.
+        self._origins: dict[str, context.Context] = {}
+
+    # ------------------------------------------------------------------ helpers for callers
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+        """A child of the current span, current inside the block; records an exception."""
+        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
+            yield span
+
+    def current_traceparent(self) -> str:
+        """The RPC's span (else the current one) as a traceparent, stamped on a job being
+        created."""
+        rpc = RPC_CONTEXT.get()
+        traceparent = traceparent_of(trace.get_current_span(rpc).get_span_context())
+        if traceparent:
+            # The job may start before its QUEUED transition is heard of (a local run starts
+            # while the commit is in flight): its spans find the RPC's context by this key.
+            if len(self._origins) >= MAX_TRACKED_JOBS:
+                del self._origins[next(iter(self._origins))]
+            self._origins[traceparent] = rpc or context.get_current()
+        return traceparent
+
+    def job_context(self, job_id: str) -> context.Context | None:
+        """The context a job's work runs in: its execute span, else where it was created."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return None
+        if entry.execute is not None:
+            return trace.set_span_in_context(entry.execute, entry.parent)
+        return entry.parent
+
+    def execute_span(self, job: Job) -> Span:
+        """The job's execute span, started now if the RUNNING transition has not started it
+        (a local run starts before RUNNING is committed)."""
+        entry = self._entry(job)
+        if entry.execute is None:
+            entry.execute = self.tracer.start_span(
+                "qgateway.job.execute",
+                context=entry.parent,
+                links=entry.links,
+                attributes={JOB_ID: job.id, JOB_BACKEND: job.placement or job.backend},
+            )
+        return entry.execute
+
+    def job_context_for(self, job: Job) -> context.Context:
+        """The context of the job's execute span (started now if need be)."""
+        span = self.execute_span(job)
+        return trace.set_span_in_context(span, self._jobs[job.id].parent)
+
+    @contextlib.contextmanager
+    def span_in(
+        self, name: str, parent: context.Context, attributes: Mapping[str, Any]
+    ) -> Iterator[Span]:
+        """A span under `parent`, current inside the block."""
+        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes) as span:
+            yield span
+
+    @contextlib.contextmanager
+    def current(self, ctx: context.Context) -> Iterator[None]:
+        """Makes `ctx` current inside the block."""
+        token = context.attach(ctx)
+        try:
+            yield
+        finally:
+            context.detach(token)
+
+    def sampled(self) -> bool:
+        """Whether the current span is recorded (work outside a sampled trace is not)."""
+        return trace.get_current_span().get_span_context().trace_flags.sampled
+
+    async def worker_call(
+        self,
+        name: str,
+        pid: int,
+        exchange: Callable[[tuple[Any, ...]], Awaitable[tuple[int, int, tuple[Any, ...]]]],
+        message: tuple[Any, ...],
+    ) -> tuple[Any, ...]:
+        """Sends `message` to a worker as traced work and records its span: the worker's own
+        start and end times, or the gateway's when the worker died or could not time it."""
+        parent = context.get_current()
+        started = time.time_ns()
+        try:
+            worker_start, worker_end, reply = await exchange(message)
+        except BaseException as exc:
+            self.worker_span(name, parent, pid, started, time.time_ns(), type(exc).__name__)
+            raise
+        if not worker_start:
+            worker_start, worker_end = started, time.time_ns()
+        error = None
+        if reply[0] != "ok":
+            error = reply[1] if len(reply) > 1 and isinstance(reply[1], str) else str(reply[0])
+        self.worker_span(name, parent, pid, worker_start, worker_end, error)
+        return reply
+
+    def worker_span(
+        self,
+        name: str,
+        parent: context.Context | None,
+        pid: int,
+        start_ns: int,
+        end_ns: int,
+        error: str | None,
+    ) -> None:
+        """Records a span timed inside a worker process (or by the gateway, if it died)."""
+        span = self.tracer.start_span(
+            name,
+            context=parent,
+            start_time=start_ns,
+            attributes={"process.pid": pid},
+        )
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end_ns)
+
+    def current_event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        """An event on the current span (nothing outside a recorded one)."""
+        trace.get_current_span().add_event(name, dict(attributes))
+
+    def add_event(self, job_id: str, name: str, attributes: Mapping[str, Any]) -> None:
+        """An event on the job's execute span (retries, breaker transitions), if it has one."""
+        entry = self._jobs.get(job_id)
+        if entry is not None and entry.execute is not None:
+            entry.execute.add_event(name, dict(attributes))
+
+    # ------------------------------------------------------------------ lifecycle hook
+
+    def _entry(self, job: Job) -> _JobTrace:
+        entry = self._jobs.get(job.id)
+        if entry is not None:
+            return entry
+        local = self._origins.pop(job.trace_context, None) if job.trace_context else None
+        current = trace.get_current_span().get_span_context()
+        origin = span_context_of(job.trace_context)
+        if local is not None:
+            # Created by an RPC of this process.
+            entry = _JobTrace(parent=local)
+        elif current.is_valid and (origin is None or origin.trace_id == current.trace_id):
+            entry = _JobTrace(parent=RPC_CONTEXT.get() or context.get_current())
+        elif origin is not None:
+            # Recovered after a restart (or claimed from another replica): new spans, linked
+            # to the trace the job was created in.
+            entry = _JobTrace(
+                parent=context.Context(),
+                links=(Link(origin, {"qgateway.link": "job.created"}),),
+            )
+        else:
+            entry = _JobTrace(parent=context.Context())
+        if len(self._jobs) >= MAX_TRACKED_JOBS:
+            # Jobs that end elsewhere (another replica) never leave: forget the oldest.
+            del self._jobs[next(iter(self._jobs))]
+        self._jobs[job.id] = entry
+        return entry
+
+    def on_transition(self, transition: Transition) -> None:
+        job = transition.job
+        state = job.state
+        if transition.previous is None:
+            entry = self._entry(job)
+            span = trace.get_current_span(entry.parent)
+            span.add_event("job created", {JOB_ID: job.id, JOB_BACKEND: job.placement})
+            if job.placement and job.placement != job.backend:
+                span.add_event(
+                    "fallback", {"qgateway.backend": job.backend, JOB_BACKEND: job.placement}
+                )
+            return
+        if state in (JobState.SUBMITTING, JobState.RUNNING):
+            self._started(job)
+            if state is JobState.RUNNING and job.attempts > 1:
+                self.add_event(job.id, "retry", {"qgateway.job.attempt": job.attempts})
+            return
+        if state is JobState.CANCELLING:
+            self.add_event(job.id, "cancel requested", {})
+            return
+        if state.is_final:
+            self._finished(job)
+
+    def _started(self, job: Job) -> None:
+        entry = self._entry(job)
+        if not entry.queue_ended:
+            entry.queue_ended = True
+            queue = self.tracer.start_span(
+                "qgateway.job.queue",
+                context=entry.parent,
+                links=entry.links,
+                start_time=_ns(job.created_at),
+                attributes={JOB_ID: job.id, JOB_BACKEND: job.placement or job.backend},
+            )
+            queue.end(end_time=_ns(job.started_at) or time.time_ns())
+        span = self.execute_span(job)
+        span.add_event("state", {JOB_STATE: job.state.value})
+
+    def _finished(self, job: Job) -> None:
+        entry = self._jobs.pop(job.id, None)
+        if entry is None or entry.execute is None:
+            return  # never started (cancelled or expired in the queue): no execute span
+        span = entry.execute
+        span.set_attribute(JOB_STATE, job.state.value)
+        span.add_event("state", {JOB_STATE: job.state.value})
+        if job.error is not None:
+            span.set_status(Status(StatusCode.ERROR, job.error.reason))
+            span.set_attribute("error.type", job.error.reason)
+        span.end()
