@@ -231,9 +231,12 @@ class KeyVerifier:
         self._now = now
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._loading: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        # Bumped by forget(): a read that started before a revoke does not cache what it read.
+        self._epoch = 0
 
     def forget(self, prefix: str) -> None:
         """Drops a cached record (RevokeApiKey on this gateway: effective at once)."""
+        self._epoch += 1
         self._cache.pop(prefix, None)
 
     async def _record(self, prefix: str) -> ApiKeyRecord | None:
@@ -246,6 +249,7 @@ class KeyVerifier:
             return await asyncio.shield(loading)
         future: asyncio.Future[ApiKeyRecord | None] = asyncio.get_running_loop().create_future()
         self._loading[prefix] = future
+        epoch = self._epoch
         try:
             record = await self._store.get_api_key(prefix)
         except BaseException as exc:
@@ -255,6 +259,8 @@ class KeyVerifier:
         finally:
             del self._loading[prefix]
         future.set_result(record)
+        if epoch != self._epoch:
+            return record
         self._cache[prefix] = _Cached(record, self._clock())
         self._cache.move_to_end(prefix)
         while len(self._cache) > self._max_cached:

@@ -4,6 +4,7 @@ last-used times written in batches, never per call."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,3 +215,29 @@ async def test_last_use_is_written_in_batches_at_most_once_a_minute_per_key(
     assert counting.touches[-1] == {a.prefix: T0 + timedelta(seconds=61)}
     stored = await store.get_api_key(a.prefix)
     assert stored is not None and stored.last_used_at == T0 + timedelta(seconds=61)
+
+
+async def test_a_read_in_flight_during_a_revoke_is_not_cached(store: SqliteStore) -> None:
+    key, record = _record("acme")
+    await store.create_api_key(record)
+    release = asyncio.Event()
+    reads = []
+
+    class SlowStore(CountingStore):
+        async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
+            reads.append(prefix)
+            found = await self.inner.get_api_key(prefix)
+            await release.wait()  # the revoke lands while this read is in flight
+            return found
+
+    verifier = KeyVerifier(KeyRing([]), SlowStore(store), cache_s=3600)
+    first = asyncio.create_task(verifier.verify(key))
+    while not reads:
+        await asyncio.sleep(0)
+    await store.revoke_api_key(record.prefix, T0)
+    verifier.forget(record.prefix)
+    release.set()
+    assert (await first).tenant == "acme"  # a call authenticated before the revoke finishes
+    with pytest.raises(Unauthenticated) as revoked:
+        await verifier.verify(key)
+    assert revoked.value.reason == "API_KEY_REVOKED" and len(reads) == 2
