@@ -8,7 +8,6 @@ callers get PERMISSION_DENIED.
 from __future__ import annotations
 
 import struct
-from typing import Protocol, cast
 
 from qgateway.v1 import admin_pb2, admin_service_pb2
 
@@ -16,24 +15,12 @@ from gateway.api import codec, paging
 from gateway.api.audit_filter import parse_audit_filter
 from gateway.api.context import Context
 from gateway.domain.errors import PermissionDenied
-from gateway.security.audit import AuditFilter, AuditRecord
+from gateway.security.audit import AuditRecord
 from gateway.security.principals import Role, current_principal
 from gateway.store.base import Store
-from gateway.store.sqlite_audit import AuditPage
 
 DEFAULT_PAGE_SIZE = 100
 _CURSOR = struct.Struct(">q")
-
-
-class AuditReader(Protocol):
-    async def list_audit(
-        self,
-        *,
-        tenant: str | None = None,
-        query: AuditFilter | None = None,
-        after: int = 0,
-        limit: int = 100,
-    ) -> AuditPage: ...
 
 
 def encode_record(record: AuditRecord) -> admin_pb2.AuditRecord:
@@ -92,8 +79,7 @@ class AuditRpcs:
             if len(cursor) != _CURSOR.size:
                 raise paging.invalid_page_token()
             (after,) = _CURSOR.unpack(cursor)
-        store = cast(AuditReader, self._store)
-        page = await store.list_audit(tenant=tenant, query=query, after=after, limit=limit)
+        page = await self._store.list_audit(tenant=tenant, query=query, after=after, limit=limit)
         token = ""
         if page.next_after is not None:
             token = self._page_tokens.seal(

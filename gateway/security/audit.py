@@ -418,3 +418,12 @@ class AuditFilter:
                 "(" + " OR ".join(sorted(c.text() for c in clause)) + ")" for clause in self.clauses
             )
         )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of ListAuditRecords: records by sequence."""
+
+    records: list[AuditRecord]
+    # The sequence to continue after, or None on the last page.
+    next_after: int | None

@@ -28,6 +28,7 @@ from gateway.domain.jobs import (
 )
 from gateway.domain.pricing import Totals
 from gateway.domain.sessions import Session
+from gateway.security.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
 REQUEST_ID_DEDUP_WINDOW_S = 7 * 24 * 3600
@@ -399,4 +400,35 @@ class Store(Protocol):
 
     async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
         """Records last-used times in one transaction; a time never moves back."""
+        ...
+
+    # ---- the audit log (issue 11): gateway.security.audit; records are chained (HMAC) by
+    # the store as it inserts them, a mutating call's record in its effect's transaction.
+
+    def enable_audit(self, key: bytes) -> None:
+        """Turns record writing on with the chain's key (kept outside the database)."""
+        ...
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
+        """Chains and commits records in one transaction; returns the new head."""
+        ...
+
+    async def audit_head(self) -> ChainPoint:
+        """The newest record's sequence and MAC (the anchor's, or 0, when none is left)."""
+        ...
+
+    async def list_audit(
+        self,
+        *,
+        tenant: str | None = None,
+        query: AuditFilter | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> AuditPage:
+        """Records matching `query` (and `tenant` when given) by sequence, after `after`."""
+        ...
+
+    async def expire_audit(self, before: datetime) -> int:
+        """Deletes the oldest records that ended before `before`, keeping the chain
+        verifiable (its anchor moves past them); returns how many."""
         ...

@@ -16,7 +16,7 @@ import asyncio
 import pathlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -24,7 +24,7 @@ from gateway.domain.api_keys import ApiKeyRecord
 from gateway.domain.jobs import Job
 from gateway.domain.sessions import Session
 from gateway.security import audit
-from gateway.security.audit import AuditFilter, AuditRecord, ChainPoint, Effect
+from gateway.security.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint, Effect
 from gateway.store.base import CreateOutcome
 
 T = TypeVar("T")
@@ -77,13 +77,6 @@ _COLUMNS: Final = (
 )
 _INSERT: Final = f"INSERT INTO audit_records ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _TIME_SQL: Final = {">": "time > ?", ">=": "time >= ?", "<": "time < ?", "<=": "time <= ?"}
-
-
-@dataclass(frozen=True)
-class AuditPage:
-    records: list[AuditRecord]
-    # The sequence to continue after, or None on the last page.
-    next_after: int | None
 
 
 def _us(dt: datetime) -> int:
