@@ -411,6 +411,109 @@ def _cmd_keys_toml(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_arg(text: str | None) -> dict[str, Any] | None:
+    """--policy: JSON text, or @FILE holding it (the proto's JSON form of TenantPolicy)."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        text = _read_source(text[1:])
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--policy is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError("--policy must be a JSON object, e.g. '{\"max_qubits\": 20}'")
+    return value
+
+
+def _print_tenant(tenant: Any) -> None:
+    print(
+        json.dumps(
+            {
+                "name": tenant.name,
+                "display_name": tenant.display_name,
+                "etag": tenant.etag,
+                "create_time": _utc(tenant.create_time),
+                "update_time": _utc(tenant.update_time),
+                "policy": dict(tenant.policy),
+            },
+            indent=2,
+        )
+    )
+
+
+def _cmd_tenants_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        tenant = client.create_tenant(
+            args.tenant_id,
+            display_name=args.display_name,
+            policy=_policy_arg(args.policy),
+            timeout=args.timeout,
+        )
+    _print_tenant(tenant)
+    return 0
+
+
+def _cmd_tenants_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_tenant(client.get_tenant(args.name, timeout=args.timeout))
+    return 0
+
+
+def _cmd_tenants_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        rows = [
+            [t.name, t.display_name or "-", json.dumps(dict(t.policy), sort_keys=True)]
+            for t in client.list_tenants(timeout=args.timeout)
+        ]
+    if not rows:
+        print("no tenants")
+        return 0
+    print(format_table(["NAME", "DISPLAY NAME", "POLICY"], rows))
+    return 0
+
+
+def _cmd_tenants_update(args: argparse.Namespace) -> int:
+    policy = _policy_arg(args.policy)
+    if args.display_name is None and policy is None:
+        raise CliError("give --display-name and/or --policy")
+    with _client(args) as client:
+        tenant = client.update_tenant(
+            args.name,
+            display_name=args.display_name,
+            policy=policy,
+            etag=args.etag,
+            replace_policy=args.replace_policy,
+            timeout=args.timeout,
+        )
+    _print_tenant(tenant)
+    return 0
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        usage = client.get_tenant_usage(args.tenant, timeout=args.timeout)
+    quota = usage.policy.get("quota", {})
+    print(f"{usage.name}: period {_utc(usage.period_start)} - {_utc(usage.period_end)}")
+    shots_quota = quota.get("shots")
+    limit = f" of {shots_quota}" if shots_quota is not None else " (no shot quota)"
+    print(f"  shots      {usage.shots_used} used, {usage.shots_reserved} reserved{limit}")
+    if usage.cost_used is not None and usage.cost_reserved is not None:
+        unit = usage.cost_used.unit
+        print(
+            f"  cost       {usage.cost_used.amount:g} {unit} used, "
+            f"{usage.cost_reserved.amount:g} {unit} reserved of {quota.get('cost', '-')}"
+        )
+    print(
+        f"  queued     {usage.queued_jobs} jobs (limit {usage.policy.get('max_queued_jobs', '-')})"
+    )
+    print(
+        f"  sessions   {usage.open_sessions} open (limit {usage.policy.get('max_sessions', '-')})"
+    )
+    print(f"  policy     {json.dumps(dict(usage.policy), sort_keys=True)}")
+    return 0
+
+
 def _read_source(path: str) -> str:
     try:
         if path == "-":
@@ -625,6 +728,45 @@ def build_parser() -> argparse.ArgumentParser:
     toml.add_argument("--name", default="", help="a label for the key")
     toml.add_argument("--role", choices=list(_ROLE_PB), default="user", help=role_help)
     toml.set_defaults(handler=_cmd_keys_toml)
+
+    tenants = sub.add_parser("tenants", help="manage tenants and their policies (AdminService)")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", metavar="ACTION")
+    tenants.set_defaults(parser=tenants)
+    policy_help = (
+        "the policy as JSON (or @FILE), TenantPolicy's JSON form, e.g. "
+        '\'{"allowed_simulators": ["aer*"], "max_qubits": 20, "quota": {"shots": 100000}}\''
+    )
+    t_create = tenants_sub.add_parser("create", parents=[common], help="create a tenant")
+    t_create.add_argument("tenant_id", help="the tenant's id (1-64 of A-Z a-z 0-9 _ . -)")
+    t_create.add_argument("--display-name", default="", help="free text")
+    t_create.add_argument("--policy", default=None, help=policy_help + " (default: the gateway's)")
+    t_create.set_defaults(handler=_cmd_tenants_create)
+    t_get = tenants_sub.add_parser("get", parents=[common], help="show a tenant and its policy")
+    t_get.add_argument("name", help="tenant id or tenants/ID")
+    t_get.set_defaults(handler=_cmd_tenants_get)
+    t_list = tenants_sub.add_parser("list", parents=[common], help="list tenants")
+    t_list.set_defaults(handler=_cmd_tenants_list)
+    t_update = tenants_sub.add_parser(
+        "update", parents=[common], help="change a tenant's display name or policy fields"
+    )
+    t_update.add_argument("name", help="tenant id or tenants/ID")
+    t_update.add_argument("--display-name", default=None, help="the new display name")
+    t_update.add_argument(
+        "--policy", default=None, help=policy_help + "; only the fields given change"
+    )
+    t_update.add_argument(
+        "--replace-policy", action="store_true", help="replace the whole policy with --policy"
+    )
+    t_update.add_argument(
+        "--etag", default="", help="only if the tenant still has this etag (from get)"
+    )
+    t_update.set_defaults(handler=_cmd_tenants_update)
+
+    usage = sub.add_parser(
+        "usage", parents=[common], help="a tenant's usage and limits in the current period"
+    )
+    usage.add_argument("tenant", help="tenant id (your own, or any with an admin key)")
+    usage.set_defaults(handler=_cmd_usage)
 
     backends = sub.add_parser("backends", parents=[common], help="list backends")
     backends.set_defaults(handler=_cmd_backends)

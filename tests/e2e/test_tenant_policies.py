@@ -10,6 +10,7 @@ applies to the next call.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from qgateway import Client, PermissionDeniedError
 from qgateway.v1 import (
     admin_pb2,
     admin_service_pb2,
@@ -28,6 +30,7 @@ from qgateway.v1 import (
     job_service_pb2_grpc,
 )
 
+from gateway import cli
 from gateway.security.api_keys import NewKey, generate_key
 from gateway.security.principals import Role
 from tests.gateway_process import GatewayProcess, write_config
@@ -130,16 +133,19 @@ def spec(qubits: int = 2, shots: int = 10, backend: str = "aer") -> job_pb2.JobS
 
 
 @pytest.fixture(scope="module")
-def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("policies")
     keys = "".join(_key_toml(k) for k in (LIMITED, RATED, CHATTY, QUOTA, REFILL, BETA, OPS))
     config = write_config(root / "g.toml", root / "data", CONFIG + keys)
     process = GatewayProcess.start(config, root / "gateway.log")
-    try:
-        with grpc.insecure_channel(process.address) as ch:
-            yield ch
-    finally:
-        assert process.terminate() == 0, process.log_path.read_text()[-3000:]
+    yield process
+    assert process.terminate() == 0, process.log_path.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def channel(gw: GatewayProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(gw.address) as ch:
+        yield ch
 
 
 def caller(channel: grpc.Channel, key: NewKey) -> Caller:
@@ -318,3 +324,30 @@ def test_a_stored_tenants_policy_changes_apply_at_once(channel: grpc.Channel) ->
             admin_service_pb2.UpdateTenantRequest(tenant=update), metadata=beta.md
         )
     assert denied.value.code() == DENIED
+
+
+def test_client_and_cli_read_usage_and_manage_tenants(
+    gw: GatewayProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(gw.address, metadata=[("authorization", f"Bearer {LIMITED.key}")]) as client:
+        usage = client.get_tenant_usage("limited")
+        assert usage.name == "tenants/limited/usage" and usage.shots_left is None
+        assert usage.policy["max_qubits"] == 3 and usage.period_end is not None
+        with pytest.raises(PermissionDeniedError):
+            client.create_tenant("nope")
+    monkeypatch.setenv("QGATEWAY_API_KEY", OPS.key)
+    policy = '{"allowed_simulators": ["aer"], "quota": {"shots": 500, "period": "3600s"}}'
+    assert cli.main(["tenants", "create", "gamma", "--target", gw.address, "--policy", policy]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["policy"]["quota"] == {"shots": "500", "period": "3600s"}
+    update = ["tenants", "update", "gamma", "--target", gw.address, "--etag", created["etag"]]
+    assert cli.main([*update, "--policy", '{"max_sessions": 2}']) == 0
+    updated = json.loads(capsys.readouterr().out)
+    assert updated["policy"]["max_sessions"] == 2 and updated["policy"]["quota"]["shots"] == "500"
+    assert cli.main([*update, "--display-name", "stale etag"]) == 1
+    assert "ETAG_MISMATCH" in capsys.readouterr().err
+    assert cli.main(["usage", "gamma", "--target", gw.address]) == 0
+    out = capsys.readouterr().out
+    assert "tenants/gamma/usage" in out and "0 used, 0 reserved of 500" in out
+    assert cli.main(["tenants", "list", "--target", gw.address]) == 0
+    assert "tenants/gamma" in capsys.readouterr().out

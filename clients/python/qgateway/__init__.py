@@ -70,6 +70,7 @@ from qgateway.results import (
     job_result_from_stream,
 )
 from qgateway.sessions import Session, SessionState
+from qgateway.tenants import Tenant, TenantUsage
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -115,6 +116,8 @@ __all__ = [
     "Session",
     "SessionState",
     "StateTransition",
+    "Tenant",
+    "TenantUsage",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

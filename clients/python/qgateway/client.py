@@ -54,6 +54,7 @@ from qgateway.results import (
     ResultAssembler,
 )
 from qgateway.sessions import AsyncSessionCalls, SessionCalls, session_name
+from qgateway.tenants import AsyncTenantCalls, TenantCalls
 from qgateway.v1 import (
     backend_pb2,
     backend_service_pb2,
@@ -679,7 +680,7 @@ _JobStub: Any = job_service_pb2_grpc.JobServiceStub
 _BackendStub: Any = backend_service_pb2_grpc.BackendServiceStub
 
 
-class Client(SessionCalls):
+class Client(SessionCalls, TenantCalls):
     """Synchronous client.
 
     Args:
@@ -1292,7 +1293,7 @@ class Client(SessionCalls):
         return response.target
 
 
-class AsyncClient(AsyncSessionCalls):
+class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
     """asyncio client (grpc.aio); the same methods as `Client`, as coroutines and async iterators.
 
     The channel is opened on first use, inside the running event loop.

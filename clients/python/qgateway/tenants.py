@@ -1,0 +1,286 @@
+"""Tenants and usage in the Python client: the `Tenant` and `TenantUsage` records and the calls
+`Client` and `AsyncClient` inherit (get_tenant_usage, get_tenant, list_tenants, create_tenant,
+update_tenant).
+
+Any principal may read its own tenant's usage and limits; managing tenants needs the admin role
+(a tenant admin may read its own tenant). A policy is a dict in the proto's JSON form with field
+names as in the proto, e.g. {"allowed_simulators": ["aer*"], "max_qubits": 20,
+"quota": {"shots": 100000, "period": "86400s"}, "submit_rate": {"per_second": 5, "burst": 10}}.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import field_mask_pb2, json_format
+
+from qgateway.results import Cost
+from qgateway.v1 import admin_pb2, admin_service_pb2, admin_service_pb2_grpc
+
+_AdminStub: Any = admin_service_pb2_grpc.AdminServiceStub
+_PREFIX = "tenants/"
+
+
+def tenant_name(name: str) -> str:
+    """'acme' or 'tenants/acme' -> 'tenants/acme'."""
+    return name if name.startswith(_PREFIX) else _PREFIX + name
+
+
+def _time(msg: Any, present: bool) -> datetime | None:
+    return msg.ToDatetime(tzinfo=UTC) if present else None
+
+
+def _policy_dict(msg: admin_pb2.TenantPolicy) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant: its name ("tenants/{id}"), display name, policy (proto JSON form) and etag."""
+
+    name: str
+    display_name: str
+    etag: str
+    policy: Mapping[str, Any] = field(default_factory=dict)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.Tenant) -> Tenant:
+        return cls(
+            name=msg.name,
+            display_name=msg.display_name,
+            etag=msg.etag,
+            policy=_policy_dict(msg.policy),
+            create_time=_time(msg.create_time, msg.HasField("create_time")),
+            update_time=_time(msg.update_time, msg.HasField("update_time")),
+        )
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """What a tenant used and holds in the current quota period, and its limits.
+
+    Attributes:
+        shots_used: Shots of the period's finished jobs.
+        shots_reserved: Shots held by admitted jobs that have not finished.
+        cost_used, cost_reserved: The same in the cost quota's unit (None without one).
+        policy: The tenant's policy (proto JSON form): the limits these count against.
+    """
+
+    name: str
+    period_start: datetime | None
+    period_end: datetime | None
+    shots_used: int
+    shots_reserved: int
+    cost_used: Cost | None
+    cost_reserved: Cost | None
+    queued_jobs: int
+    open_sessions: int
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def shots_left(self) -> int | None:
+        """Shots the tenant may still reserve this period; None without a shot quota."""
+        quota = self.policy.get("quota", {}).get("shots")
+        if quota is None:
+            return None
+        return max(0, int(quota) - self.shots_used - self.shots_reserved)
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.TenantUsage) -> TenantUsage:
+        return cls(
+            name=msg.name,
+            period_start=_time(msg.period_start_time, msg.HasField("period_start_time")),
+            period_end=_time(msg.period_end_time, msg.HasField("period_end_time")),
+            shots_used=msg.shots_used,
+            shots_reserved=msg.shots_reserved,
+            cost_used=Cost.from_proto(msg.cost_used) if msg.HasField("cost_used") else None,
+            cost_reserved=(
+                Cost.from_proto(msg.cost_reserved) if msg.HasField("cost_reserved") else None
+            ),
+            queued_jobs=msg.queued_jobs,
+            open_sessions=msg.open_sessions,
+            policy=_policy_dict(msg.policy),
+        )
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def create_request(
+    tenant_id: str, display_name: str, policy: Mapping[str, Any] | None
+) -> admin_service_pb2.CreateTenantRequest:
+    tenant = admin_pb2.Tenant(display_name=display_name)
+    if policy is not None:
+        json_format.ParseDict(dict(policy), tenant.policy)
+    return admin_service_pb2.CreateTenantRequest(tenant_id=tenant_id, tenant=tenant)
+
+
+def update_request(
+    name: str,
+    display_name: str | None,
+    policy: Mapping[str, Any] | None,
+    etag: str,
+    replace_policy: bool,
+) -> admin_service_pb2.UpdateTenantRequest:
+    """Only what is given changes: display_name if not None; each key of `policy` (the whole
+    policy with `replace_policy`)."""
+    tenant = admin_pb2.Tenant(name=tenant_name(name), etag=etag)
+    paths: list[str] = []
+    if display_name is not None:
+        tenant.display_name = display_name
+        paths.append("display_name")
+    if policy is not None:
+        json_format.ParseDict(dict(policy), tenant.policy)
+        paths += ["policy"] if replace_policy else [f"policy.{key}" for key in policy]
+    if not paths:
+        raise ValueError("update_tenant: give display_name or policy")
+    return admin_service_pb2.UpdateTenantRequest(
+        tenant=tenant, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+
+
+class TenantCalls:
+    """The tenant calls of `Client` (mixed in; uses its `_unary` and `channel`)."""
+
+    _unary: Any
+    channel: Any
+
+    @property
+    def _admin(self) -> Any:
+        stub = self.__dict__.get("_admin_stub")
+        if stub is None or self.__dict__.get("_admin_channel") is not self.channel:
+            stub = _AdminStub(self.channel)
+            self.__dict__["_admin_stub"] = stub
+            self.__dict__["_admin_channel"] = self.channel
+        return stub
+
+    def get_tenant_usage(self, tenant: str, *, timeout: float | None = None) -> TenantUsage:
+        """What `tenant` used and holds this period, and its limits (its own principals and
+        admins may ask)."""
+        request = admin_service_pb2.GetTenantUsageRequest(name=f"{tenant_name(tenant)}/usage")
+        response = self._unary(
+            self._admin.GetTenantUsage, request, deadline=_deadline(timeout), retry=True
+        )
+        return TenantUsage.from_proto(response.usage)
+
+    def get_tenant(self, name: str, *, timeout: float | None = None) -> Tenant:
+        request = admin_service_pb2.GetTenantRequest(name=tenant_name(name))
+        response = self._unary(
+            self._admin.GetTenant, request, deadline=_deadline(timeout), retry=True
+        )
+        return Tenant.from_proto(response.tenant)
+
+    def list_tenants(self, *, page_size: int = 0, timeout: float | None = None) -> Iterator[Tenant]:
+        """Every tenant (paged as it is iterated); a tenant admin sees its own."""
+        token = ""
+        while True:
+            request = admin_service_pb2.ListTenantsRequest(page_size=page_size, page_token=token)
+            page = self._unary(
+                self._admin.ListTenants, request, deadline=_deadline(timeout), retry=True
+            )
+            yield from (Tenant.from_proto(t) for t in page.tenants)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def create_tenant(
+        self,
+        tenant_id: str,
+        *,
+        display_name: str = "",
+        policy: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Tenant:
+        """Creates a tenant (admins); without `policy` it gets the gateway's default policy."""
+        request = create_request(tenant_id, display_name, policy)
+        response = self._unary(
+            self._admin.CreateTenant, request, deadline=_deadline(timeout), retry=False
+        )
+        return Tenant.from_proto(response.tenant)
+
+    def update_tenant(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+        etag: str = "",
+        replace_policy: bool = False,
+        timeout: float | None = None,
+    ) -> Tenant:
+        """Changes what is given (each key of `policy`, or the whole policy with
+        `replace_policy`); with `etag`, only if the tenant did not change since (else
+        AbortedError)."""
+        request = update_request(name, display_name, policy, etag, replace_policy)
+        response = self._unary(
+            self._admin.UpdateTenant, request, deadline=_deadline(timeout), retry=False
+        )
+        return Tenant.from_proto(response.tenant)
+
+
+class AsyncTenantCalls:
+    """The tenant calls of `AsyncClient`, as coroutines."""
+
+    _unary: Any
+    channel: Any
+
+    @property
+    def _admin(self) -> Any:
+        stub = self.__dict__.get("_admin_stub")
+        if stub is None or self.__dict__.get("_admin_channel") is not self.channel:
+            stub = _AdminStub(self.channel)
+            self.__dict__["_admin_stub"] = stub
+            self.__dict__["_admin_channel"] = self.channel
+        return stub
+
+    async def get_tenant_usage(self, tenant: str, *, timeout: float | None = None) -> TenantUsage:
+        """See `Client.get_tenant_usage`."""
+        request = admin_service_pb2.GetTenantUsageRequest(name=f"{tenant_name(tenant)}/usage")
+        response = await self._unary(
+            self._admin.GetTenantUsage, request, deadline=_deadline(timeout), retry=True
+        )
+        return TenantUsage.from_proto(response.usage)
+
+    async def get_tenant(self, name: str, *, timeout: float | None = None) -> Tenant:
+        request = admin_service_pb2.GetTenantRequest(name=tenant_name(name))
+        response = await self._unary(
+            self._admin.GetTenant, request, deadline=_deadline(timeout), retry=True
+        )
+        return Tenant.from_proto(response.tenant)
+
+    async def create_tenant(
+        self,
+        tenant_id: str,
+        *,
+        display_name: str = "",
+        policy: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Tenant:
+        request = create_request(tenant_id, display_name, policy)
+        response = await self._unary(
+            self._admin.CreateTenant, request, deadline=_deadline(timeout), retry=False
+        )
+        return Tenant.from_proto(response.tenant)
+
+    async def update_tenant(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+        etag: str = "",
+        replace_policy: bool = False,
+        timeout: float | None = None,
+    ) -> Tenant:
+        request = update_request(name, display_name, policy, etag, replace_policy)
+        response = await self._unary(
+            self._admin.UpdateTenant, request, deadline=_deadline(timeout), retry=False
+        )
+        return Tenant.from_proto(response.tenant)
