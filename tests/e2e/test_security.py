@@ -26,6 +26,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 from jwt.algorithms import ECAlgorithm
 from qgateway.v1 import (
     admin_pb2,
@@ -390,6 +393,20 @@ def test_key_lifecycle_through_the_cli_and_every_deny_path(
         assert states[name] == admin_pb2.API_KEY_STATE_REVOKED
         assert states[user_key.api_key.name] == admin_pb2.API_KEY_STATE_EXPIRED
     _assert_no_secret_logged(keys_gw, secret, user_key.key, ADMIN.key)
+
+
+def test_health_and_reflection_need_no_credential(keys_gw: GatewayProcess, pki: Pki) -> None:
+    with _channel(keys_gw.address, pki.ca.cert_pem) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {"qgateway.v1.AdminService", "qgateway.v1.JobService"} <= services
+        # ... while the services behind them do.
+        assert _reason(lambda: _list_keys(channel, "tenants/acme")) == (
+            UNAUTHENTICATED,
+            "API_KEY_MISSING",
+        )
 
 
 def _jwt(**claims: Any) -> str:
