@@ -44,7 +44,7 @@ def _value(v: Any) -> Any:
     return getattr(v, which) if which else None
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._r = receiver
 
@@ -72,12 +72,12 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._r = receiver
 
     def Export(self, request: Any, context: Any) -> Any:
-        names = []
+        names: list[str] = []
         for resource_metrics in request.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 names.extend(m.name for m in scope_metrics.metrics)
@@ -93,8 +93,10 @@ class OtlpReceiver:
         self.metric_names: set[str] = set()
         self._cond = threading.Condition()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), self._server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), self._server)
+        add_traces = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
+        add_metrics = metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server
+        add_traces(_Traces(self), self._server)  # type: ignore[no-untyped-call]
+        add_metrics(_Metrics(self), self._server)  # type: ignore[no-untyped-call]
         self.port = 0
 
     @property

@@ -87,7 +87,9 @@ class _SyncInterceptor(
     def __init__(self, tracer: _Tracer) -> None:
         self._t = tracer
 
-    def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    def _call(
+        self, continuation: Callable[..., Any], details: Any, request: Any, stream: bool
+    ) -> Any:
         span, headers = self._t.start(details.method)
         new = _Details(
             details.method,
@@ -102,15 +104,19 @@ class _SyncInterceptor(
         except BaseException:
             self._t.finish(span, None)
             raise
-        if span is not None and not call.add_callback(lambda: self._t.finish(span, call.code())):
+        if span is None:
+            return call
+        if not stream:  # a unary call has finished when the continuation returns
+            self._t.finish(span, call.code())
+        elif not call.add_callback(lambda: self._t.finish(span, call.code())):
             self._t.finish(span, call.code())  # already over
         return call
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return self._call(continuation, details, request)
+        return self._call(continuation, details, request, stream=False)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return self._call(continuation, details, request)
+        return self._call(continuation, details, request, stream=True)
 
 
 class _AsyncInterceptor(

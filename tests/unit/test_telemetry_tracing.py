@@ -1,0 +1,238 @@
+"""Unit tests of gateway.telemetry's tracing, logs and configuration (in-process, an in-memory
+span exporter; the end-to-end span tree across processes is tests/e2e/test_telemetry.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from opentelemetry import baggage, context, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
+
+from gateway.config import GatewayConfig
+from gateway.domain.jobs import Job, JobError, JobState
+from gateway.jobs.hooks import Transition
+from gateway.telemetry import active
+from gateway.telemetry.logs import JsonFormatter, TransitionLog, redact
+from gateway.telemetry.settings import TelemetryConfig
+from gateway.telemetry.setup import Telemetry
+from gateway.telemetry.tracing import (
+    RPC_CONTEXT,
+    Tracing,
+    extract,
+    span_context_of,
+    trace_id_of,
+    traceparent_of,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Tracing, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield Tracing(provider.get_tracer("test"), max_header_bytes=256), exporter
+    provider.shutdown()
+
+
+def _job(state: JobState, trace_context: str = "", **kwargs: Any) -> Job:
+    return Job(
+        id="j1",
+        tenant="acme",
+        request_id="",
+        backend="aer",
+        placement="aer",
+        state=state,
+        created_at=T0,
+        num_pubs=1,
+        seed=1,
+        trace_context=trace_context,
+        **kwargs,
+    )
+
+
+def _named(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == name]
+    return span
+
+
+def test_w3c_context_and_baggage_are_taken_from_metadata() -> None:
+    ctx = extract([("traceparent", PARENT), ("baggage", "team=qa"), ("x", "y")], 256)
+    assert ctx is not None
+    span_context = trace.get_current_span(ctx).get_span_context()
+    assert trace.format_trace_id(span_context.trace_id) == "0af7651916cd43dd8448eb211c80319c"
+    assert span_context.is_remote
+    assert baggage.get_baggage("team", ctx) == "qa"
+    assert extract([("authorization", "Bearer x")], 256) is None
+
+
+def test_an_oversized_or_malformed_header_is_ignored_not_an_error() -> None:
+    assert extract([("traceparent", PARENT + "0" * 300)], 256) is None
+    ctx = extract([("traceparent", "00-garbage")], 256)
+    assert ctx is not None and not trace.get_current_span(ctx).get_span_context().is_valid
+    assert extract([("traceparent-bin", b"\x00")], 256) is None
+
+
+def test_traceparent_round_trip() -> None:
+    span_context = span_context_of(PARENT)
+    assert span_context is not None
+    assert traceparent_of(span_context) == PARENT
+    assert trace_id_of(PARENT) == "0af7651916cd43dd8448eb211c80319c"
+    assert trace_id_of("") == "" and span_context_of("nonsense") is None
+    assert _job(JobState.QUEUED, PARENT).trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert _job(JobState.QUEUED).trace_id == ""
+
+
+def _in_rpc(tracing: Tracing) -> Iterator[trace.Span]:
+    with tracing.tracer.start_as_current_span("rpc") as span:
+        token = RPC_CONTEXT.set(context.get_current())
+        try:
+            yield span
+        finally:
+            RPC_CONTEXT.reset(token)
+
+
+def test_a_jobs_spans_hang_under_the_rpc_that_created_it(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+    rpc_gen = _in_rpc(tracing)
+    rpc = next(rpc_gen)
+    with tracing.span("qgateway.admission"):
+        stamp = tracing.current_traceparent()  # what admission stores with the job
+        tracing.on_transition(Transition(_job(JobState.QUEUED, stamp), None, T0))
+    next(rpc_gen, None)
+    assert trace_id_of(stamp) == trace.format_trace_id(rpc.get_span_context().trace_id)
+    # The job runs in another task: no current span there.
+    started = _job(JobState.RUNNING, stamp, started_at=T0 + timedelta(seconds=1), attempts=2)
+    tracing.on_transition(Transition(started, JobState.QUEUED, T0))
+    failed = _job(JobState.FAILED, stamp, error=JobError.of("EXECUTION_FAILED", "boom"))
+    tracing.on_transition(Transition(failed, JobState.RUNNING, T0))
+    rpc_id = rpc.get_span_context().span_id
+    queue = _named(exporter, "qgateway.job.queue")
+    execute = _named(exporter, "qgateway.job.execute")
+    assert queue.parent is not None and queue.parent.span_id == rpc_id
+    assert execute.parent is not None and execute.parent.span_id == rpc_id
+    assert queue.end_time is not None and queue.start_time is not None
+    assert queue.end_time - queue.start_time == 1_000_000_000  # created -> started
+    assert execute.status.status_code is trace.StatusCode.ERROR
+    assert execute.attributes is not None
+    assert execute.attributes["error.type"] == "EXECUTION_FAILED"
+    assert [e.name for e in execute.events] == ["state", "retry", "state"]
+    assert tracing.job_context("j1") is None  # forgotten once final
+
+
+def test_a_recovered_job_starts_a_new_trace_linked_to_its_original(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+    job = _job(JobState.RUNNING, PARENT, started_at=T0)
+    tracing.on_transition(Transition(job, JobState.RUNNING, T0))
+    tracing.on_transition(Transition(_job(JobState.SUCCEEDED, PARENT), JobState.RUNNING, T0))
+    execute = _named(exporter, "qgateway.job.execute")
+    assert execute.parent is None
+    assert execute.context is not None
+    assert trace.format_trace_id(execute.context.trace_id) != trace_id_of(PARENT)
+    (link,) = execute.links
+    assert trace.format_trace_id(link.context.trace_id) == trace_id_of(PARENT)
+
+
+def test_a_worker_span_has_the_workers_own_times(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+
+    async def exchange(message: tuple[Any, ...]) -> tuple[int, int, tuple[Any, ...]]:
+        return 1_000, 5_000, ("ok", message[1])
+
+    async def dead(message: tuple[Any, ...]) -> tuple[int, int, tuple[Any, ...]]:
+        raise ConnectionError("gone")
+
+    async def main() -> None:
+        with tracing.span("parent"):
+            assert tracing.sampled()
+            reply = await tracing.worker_call("w.ok", 42, exchange, ("run", "payload"))
+            assert reply == ("ok", "payload")
+            with pytest.raises(ConnectionError):
+                await tracing.worker_call("w.dead", 43, dead, ("run", None))
+
+    asyncio.run(main())
+    ok, gone = _named(exporter, "w.ok"), _named(exporter, "w.dead")
+    assert (ok.start_time, ok.end_time) == (1_000, 5_000)
+    assert ok.attributes is not None and ok.attributes["process.pid"] == 42
+    assert gone.status.status_code is trace.StatusCode.ERROR
+    assert ok.parent is not None and ok.parent.span_id == _named(exporter, "parent").context.span_id
+
+
+def test_json_lines_carry_the_trace_and_mask_secrets(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, _ = spans
+    formatter = JsonFormatter()
+    active.install(tracing, None)
+    try:
+        with tracing.span("x") as span:
+            record = logging.LogRecord(
+                "gateway", logging.INFO, __file__, 1, "key %s", ("qgw_abcd1234_s3cr3tVALUE",), None
+            )
+            record.job = "jobs/j1"
+            line = json.loads(formatter.format(record))
+    finally:
+        active.install(None, None)
+    assert line["trace_id"] == trace.format_trace_id(span.get_span_context().trace_id)
+    assert line["job"] == "jobs/j1" and line["level"] == "INFO"
+    assert "s3cr3t" not in json.dumps(line)
+    assert redact("Authorization: Bearer eyJhbGciOi.x.y") == "Authorization: [REDACTED]"
+
+
+def test_one_log_line_per_transition(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "gateway.jobs.transitions")
+    hook = TransitionLog()
+    hook.on_transition(Transition(_job(JobState.QUEUED, PARENT), None, T0))
+    hook.on_transition(Transition(_job(JobState.RUNNING, PARENT), JobState.QUEUED, T0))
+    assert [r.state for r in caplog.records] == ["QUEUED", "RUNNING"]  # type: ignore[attr-defined]
+    assert caplog.records[1].trace_ids == (trace_id_of(PARENT), PARENT.split("-")[2])  # type: ignore[attr-defined]
+
+
+def test_config_is_strict_and_off_by_default() -> None:
+    config = GatewayConfig()
+    assert not config.telemetry.enabled and not config.telemetry.logs.json_lines
+    with pytest.raises(ValidationError):
+        TelemetryConfig.model_validate({"tracing": {"enabld": True}})
+    with pytest.raises(ValidationError):
+        TelemetryConfig.model_validate({"tracing": {"enabled": True, "otlp_endpoint": "host:1"}})
+    with pytest.raises(ValidationError):
+        TelemetryConfig.model_validate({"tracing": {"sample_ratio": 2}})
+    on = TelemetryConfig.model_validate({"metrics": {"prometheus_listen": "127.0.0.1:0"}})
+    assert on.enabled and on.metrics.enabled and not on.tracing.enabled
+    assert TelemetryConfig.model_validate({"logs": {"json": True}}).logs.json_lines
+
+
+def test_off_costs_nothing() -> None:
+    telemetry = Telemetry(TelemetryConfig())
+    telemetry.install()
+    assert telemetry.interceptors() == [] and active.tracing is None and not active.enabled
+    assert active.traceparent() == ""
+    # No OpenTelemetry import at all in a gateway process with telemetry off.
+    code = (
+        "import sys, gateway.server, gateway.runtime.worker, gateway.config\n"
+        "gateway.server.Telemetry(gateway.config.GatewayConfig().telemetry).install()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'prometheus'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
