@@ -16,9 +16,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from gateway.domain.audit import AuditRecord, Effect
 from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.quota import quota_exceeded, too_many_queued
-from gateway.security.audit import AuditRecord, Effect
 from gateway.store.base import QuotaCharge, StoredTenant, TenantUsageRecord
 from gateway.store.sqlite_audit import admin_changed
 
@@ -90,10 +90,6 @@ def _tenant(row: sqlite3.Row) -> StoredTenant:
 
 
 def _totals(conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int) -> sqlite3.Row:
-    conn.execute(
-        "INSERT OR IGNORE INTO quota_totals (tenant, period_start, period_end) VALUES (?, ?, ?)",
-        (tenant, start_us, end_us),
-    )
     row: sqlite3.Row = conn.execute(
         "SELECT shots_reserved, shots_used, cost_reserved, cost_used FROM quota_totals"
         " WHERE tenant = ? AND period_start = ? AND period_end = ?",
@@ -118,8 +114,14 @@ def reserve(
         if queued >= charge.max_queued_jobs:
             raise too_many_queued(tenant, queued, charge.max_queued_jobs)
     start_us, end_us = _us(charge.period_start), _us(charge.period_end)
-    totals = _totals(conn, tenant, start_us, end_us)
-    if charge.max_shots is not None and charge.shots > 0:
+    conn.execute(
+        "INSERT OR IGNORE INTO quota_totals (tenant, period_start, period_end) VALUES (?, ?, ?)",
+        (tenant, start_us, end_us),
+    )
+    # Read only under a quota: without one the job is just counted.
+    limited = charge.max_shots is not None or charge.max_cost is not None
+    totals = _totals(conn, tenant, start_us, end_us) if limited else None
+    if totals is not None and charge.max_shots is not None and charge.shots > 0:
         held = int(totals["shots_reserved"]) + int(totals["shots_used"])
         if held + charge.shots > charge.max_shots:
             raise quota_exceeded(
@@ -132,7 +134,7 @@ def reserve(
                 period_end=charge.period_end,
                 now=now,
             )
-    if charge.max_cost is not None and charge.cost > 0:
+    if totals is not None and charge.max_cost is not None and charge.cost > 0:
         held_cost = float(totals["cost_reserved"]) + float(totals["cost_used"])
         if held_cost + charge.cost > charge.max_cost + _COST_EPSILON:
             raise quota_exceeded(

@@ -28,6 +28,9 @@ from qgateway.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
+    session_pb2,
+    session_service_pb2,
+    session_service_pb2_grpc,
 )
 
 from gateway import cli
@@ -36,7 +39,7 @@ from gateway.security.principals import Role
 from tests.gateway_process import GatewayProcess, write_config
 from tests.rpc import StatusInfo, ghz, sampler_spec, status_of
 
-LIMITED = generate_key("limited")  # backend "aer" only, 3 qubits, 100 shots per job
+LIMITED = generate_key("limited")  # "aer" only, 3 qubits, 100 shots per job, 1 session
 RATED = generate_key("rated")  # 2 submissions, then one per 10 s
 CHATTY = generate_key("chatty")  # 3 requests, then one per 10 s
 QUOTA = generate_key("quota")  # 100 shots per day
@@ -59,7 +62,12 @@ faults = {{ hang = true }}
 
 [tenants.limited]
 display_name = "Limited"
-policy = {{ allowed_simulators = ["aer"], max_qubits = 3, max_shots_per_job = 100 }}
+
+[tenants.limited.policy]
+allowed_simulators = ["aer"]
+max_qubits = 3
+max_shots_per_job = 100
+max_sessions = 1
 
 [tenants.rated.policy]
 submit_rate = {{ per_second = 0.1, burst = 2 }}
@@ -351,3 +359,30 @@ def test_client_and_cli_read_usage_and_manage_tenants(
     assert "tenants/gamma/usage" in out and "0 used, 0 reserved of 500" in out
     assert cli.main(["tenants", "list", "--target", gw.address]) == 0
     assert "tenants/gamma" in capsys.readouterr().out
+
+
+def test_sessions_follow_the_policy(channel: grpc.Channel) -> None:
+    limited = caller(channel, LIMITED)
+    sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+
+    def create(backend: str) -> session_pb2.Session:
+        request = session_service_pb2.CreateSessionRequest(
+            request_id=uuid.uuid4().hex, session=session_pb2.Session(backend=backend)
+        )
+        return sessions.CreateSession(request, metadata=limited.md, timeout=10).session
+
+    with pytest.raises(grpc.RpcError) as denied:
+        create(f"backends/{STUCK}")
+    assert status_of(denied.value).reason == "BACKEND_NOT_ALLOWED"
+    first = create("backends/aer")
+    try:
+        # max_sessions = 1 supersedes the server's default of 10.
+        with pytest.raises(grpc.RpcError) as full:
+            create("backends/aer")
+        err = status_of(full.value)
+        assert (err.code, err.reason) == (EXHAUSTED, "SESSION_LIMIT_REACHED")
+        assert limited.usage().open_sessions == 1
+    finally:
+        sessions.CancelSession(
+            session_service_pb2.CancelSessionRequest(name=first.name), metadata=limited.md
+        )
