@@ -36,7 +36,9 @@ LOCAL_PROMTOOL = ROOT / ".tools" / "promtool" / "promtool"
 
 # Labels every scraped series may carry besides the metric's own: the target's, and the
 # Prometheus exporter's instrumentation scope.
-SCRAPE_LABELS = frozenset({"job", "instance", "otel_scope_name", "otel_scope_version"})
+SCRAPE_LABELS = frozenset(
+    {"job", "instance", "otel_scope_name", "otel_scope_version", "otel_scope_schema_url"}
+)
 GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
 JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
