@@ -39,7 +39,8 @@ def _paths(args: argparse.Namespace) -> _Paths:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.security import audit, audit_files
+    from gateway.domain import audit
+    from gateway.security import audit_files
     from gateway.store import sqlite_audit
 
     paths = _paths(args)

@@ -14,8 +14,8 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway.api import codec, paging
 from gateway.api.audit_filter import parse_audit_filter
 from gateway.api.context import Context
+from gateway.domain.audit import AuditRecord
 from gateway.domain.errors import PermissionDenied
-from gateway.security.audit import AuditRecord
 from gateway.security.principals import Role, current_principal
 from gateway.store.base import Store
 

@@ -17,7 +17,7 @@ from gateway.api.job_filter import (
     _tokens,
     invalid_filter,
 )
-from gateway.security.audit import (
+from gateway.domain.audit import (
     FILTER_TEXT_FIELDS,
     FILTER_TIME_FIELD,
     AuditComparison,

@@ -2,7 +2,7 @@
 are not audited).
 
 Sits inside authentication (it reads the caller from `current_principal`) and outside rate
-limiting (a throttled call is recorded too). A mutating call (gateway.security.audit.MUTATING)
+limiting (a throttled call is recorded too). A mutating call (gateway.domain.audit.MUTATING)
 carries a PendingRecord that the store operation committing its effect takes into the same
 transaction; whatever was not taken (reads, streams, failures, calls that changed nothing) is
 written in batches by the AuditWriter when the call ends. Failed authentications never reach
@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 
 from gateway.api.context import Context
+from gateway.domain import audit
+from gateway.domain.audit import AuditRecord, PendingRecord
 from gateway.domain.errors import Code, GatewayError
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
-from gateway.security import audit
-from gateway.security.audit import AuditRecord, PendingRecord
 from gateway.security.audit_writer import AuditWriter
 from gateway.security.principals import AuthFailure, current_principal
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import anyio
 
 from gateway.backends.base import BackendAdapter, PreparedJob
-from gateway.domain import pricing
+from gateway.domain import audit, pricing
 from gateway.domain.circuits import CircuitSource, circuit_field
 from gateway.domain.errors import (
     BACKEND_RESOURCE,
@@ -33,7 +33,6 @@ from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import BreakerState
-from gateway.security import audit
 from gateway.security.policies import PolicyBook
 from gateway.store.base import CreateOutcome, NewJob, QuotaCharge, Store, request_id_reused
 from gateway.telemetry import active as telemetry

@@ -8,7 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
-from gateway.security.audit import KEY_BYTES, ChainPoint
+from gateway.domain.audit import KEY_BYTES, ChainPoint
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from gateway.domain.audit import AuditRecord, ChainPoint
 from gateway.security import audit_files
-from gateway.security.audit import AuditRecord, ChainPoint
 from gateway.security.audit_writer import AuditWriter
 
 log = logging.getLogger("gateway.audit")

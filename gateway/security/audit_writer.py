@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from gateway.security.audit import AuditRecord, ChainPoint
+from gateway.domain.audit import AuditRecord, ChainPoint
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
+from gateway.domain.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import (
@@ -28,7 +29,6 @@ from gateway.domain.jobs import (
 )
 from gateway.domain.pricing import Totals
 from gateway.domain.sessions import Session
-from gateway.security.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint
 
 # A repeated request_id is recognised for this long; after it, the id may name a new job.
 REQUEST_ID_DEDUP_WINDOW_S = 7 * 24 * 3600
@@ -402,7 +402,7 @@ class Store(Protocol):
         """Records last-used times in one transaction; a time never moves back."""
         ...
 
-    # ---- the audit log (issue 11): gateway.security.audit; records are chained (HMAC) by
+    # ---- the audit log (issue 11): gateway.domain.audit; records are chained (HMAC) by
     # the store as it inserts them, a mutating call's record in its effect's transaction.
 
     def enable_audit(self, key: bytes) -> None:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
 from gateway.domain import queue_order
+from gateway.domain.audit import Effect
 from gateway.domain.errors import Code, reason_code
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import (
@@ -36,7 +37,6 @@ from gateway.domain.jobs import (
     StateTransition,
 )
 from gateway.domain.pricing import Cost, Usage
-from gateway.security.audit import Effect
 from gateway.store.base import (
     REQUEST_ID_DEDUP_WINDOW_S,
     CreateOutcome,

@@ -3,7 +3,7 @@
 Records are numbered and MAC'd on the store's writer thread, inside the transaction that
 inserts them: the chain continues from the newest row (or the anchor) as the transaction sees
 it, so it cannot fork, and a rolled-back operation takes its records with it. A mutating call's
-record (gateway.security.audit.PendingRecord) is inserted by the very operation that commits
+record (gateway.domain.audit.PendingRecord) is inserted by the very operation that commits
 the call's effect (`_audited`): no acknowledged change without its record, and no second commit.
 
 The table is append-only by trigger; retention deletes the oldest records only after moving the
@@ -20,11 +20,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from gateway.domain import audit
 from gateway.domain.api_keys import ApiKeyRecord
+from gateway.domain.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint, Effect
 from gateway.domain.jobs import Job
 from gateway.domain.sessions import Session
-from gateway.security import audit
-from gateway.security.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint, Effect
 from gateway.store.base import CreateOutcome
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
-from gateway.security.audit import AuditRecord, Effect
+from gateway.domain.audit import AuditRecord, Effect
 from gateway.store.sqlite_audit import admin_changed, api_key_changed
 
 T = TypeVar("T")

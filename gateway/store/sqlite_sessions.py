@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from gateway.domain.audit import AuditRecord, Effect
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import FINAL_STATES, Job
 from gateway.domain.pricing import Cost, Totals
@@ -23,7 +24,6 @@ from gateway.domain.sessions import (
     SessionState,
     too_many_sessions,
 )
-from gateway.security.audit import AuditRecord, Effect
 from gateway.store.base import JobCursor, SessionPage, request_id_reused
 from gateway.store.sqlite_audit import session_created, session_saved
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.security import audit
-from gateway.security.audit import (
+from gateway.domain import audit
+from gateway.domain.audit import (
     AuditRecord,
     ChainPoint,
     Effect,

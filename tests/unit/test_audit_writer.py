@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.api.audit_filter import parse_audit_filter
+from gateway.domain.audit import AuditComparison, AuditRecord, ChainPoint
 from gateway.domain.errors import InvalidArgument
-from gateway.security.audit import AuditComparison, AuditRecord, ChainPoint
 from gateway.security.audit_writer import OVERFLOW_PEER, AuditWriter, peer_host
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""The audit log's records and their keyed hash chain (pure: no gRPC, no SQLite).
+"""The audit log's records and their keyed hash chain (pure: the store computes the MACs, so
+this lives in the domain).
 
 Each record's MAC is HMAC-SHA256(key, previous MAC || canonical(record)); the first record
 after the chain's start chains from its anchor (32 zero bytes, or the last expired record's
