@@ -34,9 +34,14 @@ def split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
+# A client's own strings (a name, a request id) are kept to this many characters: an
+# authenticated caller must not grow the log by megabytes per call.
+MAX_CLIENT_TEXT = 256
+
+
 def _text_field(message: Any, name: str) -> str:
     value = getattr(message, name, "")
-    return value if isinstance(value, str) else ""
+    return value[:MAX_CLIENT_TEXT] if isinstance(value, str) else ""
 
 
 def _request_fields(request: Any) -> dict[str, str]:
@@ -104,7 +109,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 end_time=now,
                 service=service,
                 method=method,
-                key_prefix=failure.key_prefix,
+                key_prefix=failure.key_prefix[:MAX_CLIENT_TEXT],
                 peer=failure.peer,
                 code=int(Code.UNAUTHENTICATED),
                 reason=failure.reason,
@@ -128,7 +133,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             peer=context.peer() or "",
             resource=fields["resource"],
             backend=fields["backend"],
-            request_id=fields["request_id"] or meta.get("x-request-id", ""),
+            request_id=fields["request_id"] or meta.get("x-request-id", "")[:MAX_CLIENT_TEXT],
             trace_id=audit.trace_id(meta.get("traceparent", "")),
         )
 
