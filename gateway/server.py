@@ -302,7 +302,10 @@ class Gateway:
         self._server = grpc.aio.server(
             # Outermost first: the boundary maps every error, including authentication's.
             interceptors=[
-                ErrorBoundaryInterceptor(server_cfg.max_request_bytes),
+                ErrorBoundaryInterceptor(
+                    server_cfg.max_request_bytes,
+                    on_rejected=None if audit is None else audit.rejected,
+                ),
                 # A span and a duration for every RPC, refused ones included (issue 12).
                 *self.telemetry.interceptors(),
                 AuthInterceptor(

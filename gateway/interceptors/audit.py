@@ -116,6 +116,23 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         )
 
+    def rejected(self, full_method: str, peer: str, error: GatewayError) -> None:
+        """The error boundary's on_rejected: a request that could not be decoded (or was too
+        large) never reached authentication; counted per peer like failed authentications."""
+        now = self._clock()
+        service, method = split_method(full_method)
+        self._writer.auth_failed(
+            AuditRecord(
+                time=now,
+                end_time=now,
+                service=service,
+                method=method,
+                peer=peer,
+                code=int(error.code),
+                reason=error.reason,
+            )
+        )
+
     def _draft(self, full_method: str, request: Any, context: Context) -> AuditRecord:
         principal = current_principal.get()
         service, method = split_method(full_method)

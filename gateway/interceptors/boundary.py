@@ -79,12 +79,27 @@ async def abort(context: Context, error: GatewayError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+# Told of a request refused before any other interceptor saw it (the audit log): the full
+# method, the peer and the error.
+OnRejected = Callable[[str, str, GatewayError], None]
+
+
+def _rejected(
+    request: _Rejected, method: str, context: Context, on_rejected: OnRejected | None
+) -> GatewayError:
+    if on_rejected is not None:
+        on_rejected(method, context.peer() or "", request.error)
+    return request.error
+
+
 def _wrap_unary(
-    behaviour: Callable[[Any, Context], Awaitable[Any]], method: str
+    behaviour: Callable[[Any, Context], Awaitable[Any]],
+    method: str,
+    on_rejected: OnRejected | None = None,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     async def handle(request: Any, context: Context) -> Any:
         if isinstance(request, _Rejected):
-            await abort(context, request.error)
+            await abort(context, _rejected(request, method, context, on_rejected))
         try:
             return await behaviour(request, context)
         except GatewayError as err:
@@ -102,10 +117,11 @@ def _wrap_unary(
 def _wrap_stream(
     behaviour: Callable[[Any, Context], AsyncIterator[Any]],
     method: str,
+    on_rejected: OnRejected | None = None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         if isinstance(request, _Rejected):
-            await abort(context, request.error)
+            await abort(context, _rejected(request, method, context, on_rejected))
         try:
             async for item in behaviour(request, context):
                 yield item
@@ -122,8 +138,9 @@ def _wrap_stream(
 
 
 class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, max_request_bytes: int) -> None:
+    def __init__(self, max_request_bytes: int, on_rejected: OnRejected | None = None) -> None:
         self._max = max_request_bytes
+        self._on_rejected = on_rejected
 
     async def intercept_service(
         self,
@@ -136,7 +153,7 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             return handler
         return rewrap(
             handler,
-            lambda unary: _wrap_unary(unary, method),
-            lambda stream: _wrap_stream(stream, method),
+            lambda unary: _wrap_unary(unary, method, self._on_rejected),
+            lambda stream: _wrap_stream(stream, method, self._on_rejected),
             _safe_deserializer(handler.request_deserializer, self._max),
         )

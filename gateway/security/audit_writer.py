@@ -96,8 +96,9 @@ class AuditWriter:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
 
     def auth_failed(self, record: AuditRecord) -> None:
-        """A failed authentication: the first per (peer host, reason) in a window is written,
-        later ones are counted into one record when the window ends."""
+        """A call refused before authentication succeeded (bad credentials, an undecodable
+        request): the first per (peer host, reason) in a window is written, later ones are
+        counted into one record when the window ends."""
         key = (peer_host(record.peer), record.reason)
         record = replace(record, peer=key[0])
         state = self._failures.get(key)

@@ -236,9 +236,15 @@ def test_a_failed_authentication_flood_is_aggregated(env: Env) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 jobs.GetJob(job_service_pb2.GetJobRequest(name="jobs/x"), metadata=_md(BOGUS))
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A request that cannot be decoded never reaches authentication: recorded all the same.
+        garbage = channel.unary_unary("/qgateway.v1.JobService/GetJob")
+        with pytest.raises(grpc.RpcError) as err:
+            garbage(b"\xff\xff\xff", metadata=_md(ACME), timeout=10)
+        assert status_of(err.value).reason == "MALFORMED_REQUEST"
         # The first failure is written at once (in the next batch); the rest wait for the end
         # of the window, written when the gateway stops (test_offline_verify...).
-        first = [r for r in _records(admin, ADMIN, 'principal = ""') if r.method == "GetJob"]
+        failed = _records(admin, ADMIN, 'principal = ""')
+        first = [r for r in failed if r.reason == "API_KEY_INVALID"]
         assert len(first) <= 1
 
 
@@ -255,11 +261,13 @@ def test_offline_verify_export_and_no_secret_anywhere(env: Env) -> None:
     assert [r["sequence"] for r in records] == list(range(1, len(records) + 1))
     # Every call but health and reflection: the flood is a bounded number of records that
     # still count every call.
-    flood = [r for r in records if r["principal"] == "" and r["method"] == "GetJob"]
+    flood = [r for r in records if r["principal"] == "" and r["reason"] == "API_KEY_INVALID"]
     assert 1 <= len(flood) <= 2
     assert sum(r["count"] for r in flood) == FLOOD
     assert {r["key_prefix"] for r in flood} == {"deadbeef00"}
     assert {r["code"] for r in flood} == {16}
+    malformed = [r for r in records if r["reason"] == "MALFORMED_REQUEST"]
+    assert [(r["method"], r["code"], r["count"]) for r in malformed] == [("GetJob", 3, 1)]
     # Reads and streams: one record per call (batched, all written by the graceful stop).
     for name in READ_JOBS:
         mine = [r for r in records if r["resource"] == name]
