@@ -73,6 +73,8 @@ log = logging.getLogger("gateway")
 
 READINESS_SERVICE = "qgateway.v1.JobService"
 DB_FILE = "qgateway.db"
+# How soon a tenant changed through another replica applies here (shared store only).
+POLICY_REFRESH_S = 10.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -211,6 +213,17 @@ async def load_tenants(store: Store, policies: PolicyBook) -> None:
     policies.load(tenants)
 
 
+async def refresh_tenants(store: Store, policies: PolicyBook, interval_s: float) -> None:
+    """Re-reads stored tenants every `interval_s`: with a shared store, another replica's
+    UpdateTenant reaches this one within that time (this replica's own apply at once)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await load_tenants(store, policies)
+        except Exception:
+            log.exception("reloading tenants' policies failed; keeping the last ones")
+
+
 def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRuntime]:
     # Claims in a shared store name their holder: this process.
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -326,6 +339,9 @@ class Gateway:
     async def start(self) -> None:
         await self._store.open()
         await load_tenants(self._store, self.policies)
+        if self.config.server.queue == "store":  # replicas share the store and its tenants
+            refresh = refresh_tenants(self._store, self.policies, POLICY_REFRESH_S)
+            self._monitors.append(asyncio.create_task(refresh))
         if self.audit is not None:
             await self.audit.start()
         # Recovery runs before the port opens, so new submissions cannot be queued twice.

@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from qgateway.v1 import admin_pb2, admin_service_pb2
 
-from gateway.api import tenant_codec
+from gateway.api import admin_tenants, tenant_codec
 from gateway.api.admin_service import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.domain.backends import BackendKind
@@ -457,3 +457,16 @@ async def test_config_tenants_are_read_only_and_ids_unique(admin: AdminServicer)
         assert own.usage.name == "tenants/a/usage" and own.usage.shots_used == 0
     finally:
         current_principal.reset(user)
+
+
+async def test_stored_tenants_are_loaded_into_the_book(store: SqliteStore) -> None:
+    from gateway.server import load_tenants
+
+    policy = TenantPolicy(allowed_simulators=("aer",), max_qubits=7)
+    tenant = Tenant("acme", "Acme", policy, etag_of("Acme", policy), T0, T0)
+    assert await store.create_tenant(admin_tenants._stored(tenant, T0, T0))
+    assert not await store.create_tenant(admin_tenants._stored(tenant, T0, T0))  # ids unique
+    book = PolicyBook()
+    await load_tenants(store, book)
+    assert book.policy("acme") == policy
+    assert book.policy("someone-else") == PolicyBook().default
