@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from qgateway import Client, JobState, RetryPolicy
+from qgateway.client import sampler_pub
 
 from tests.gateway_process import GatewayProcess, write_config
 from tests.ibm_stub import API_KEY, IbmStub
@@ -99,6 +100,29 @@ def test_a_job_runs_queued_running_done_with_a_real_result(
         assert [j["status"] for j in stub.jobs_tagged(job.id)] == ["Completed"]
     finally:
         stub.control("hold_jobs", {"on": False})
+
+
+X_ON_QUBIT_0 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nx q[0];\n'
+
+
+def test_estimator_pubs_and_pubs_the_runtime_cannot_group(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+        # Through the runtime's client-side Estimator: "IZ" is Z on qubit 0 (flipped), "ZI"
+        # on qubit 1; basis states give exactly -1 and +1 whatever the sampling.
+        values = client.estimate(
+            X_ON_QUBIT_0, ["IZ", "ZI"], backend="ibmq", precision=0.05, timeout=30
+        )
+        assert values.expectation_values == [-1.0, 1.0]
+        # Its primitives run one shot count per job: PUBs asking for different ones are
+        # refused (the runtime's guidance: one job per group), nothing is created.
+        pubs = [sampler_pub(TWO_REGISTERS, shots=8), sampler_pub(TWO_REGISTERS, shots=16)]
+        mixed = client.submit_pubs(pubs, backend="ibmq")
+        refused = client.wait(mixed.name, timeout=20)
+        assert refused.state is JobState.FAILED
+        assert refused.error_reason == "UNSUPPORTED_FEATURE"
+        assert stub.jobs_tagged(mixed.id) == []
 
 
 def test_provider_failures_and_cancel(stub: IbmStub, gateway: GatewayProcess) -> None:

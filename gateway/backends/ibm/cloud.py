@@ -4,9 +4,14 @@
 `create_runner` calls it). It is a REMOTE runner (gateway.backends.runner):
 
 - The SDK's own client: a QiskitRuntimeService (channel, instance CRN, token, url) and the
-  device's IBMBackend; jobs go out through its V2 primitives in job mode (SamplerV2 or
-  EstimatorV2, `mode=backend`) on the ISA circuits the adapter transpiled for the device's
-  target (`device_target`, fetched from the service, is what the adapter compiles for).
+  device's IBMBackend; jobs go out through the primitives qiskit-ibm-runtime 0.50+ recommends,
+  `executor_sampler.Sampler` / `executor_estimator.Estimator` (client-side pre- and
+  post-processing, the circuits sent as the service's executor program; SamplerV2/EstimatorV2
+  are deprecated in their favour), in job mode (`mode=backend`) on the ISA circuits the adapter
+  transpiled for the device's target (`device_target`, fetched from the service, is what the
+  adapter compiles for). They run one shot count (sampler) or one precision (estimator) per
+  job: a job whose PUBs ask for several is refused (CLIENT_ERROR, UNSUPPORTED_FEATURE), as a job
+  mixing sampler and estimator PUBs is.
 - Sessions: a gateway session's jobs run in an IBM Runtime `Session` (DEDICATED) or `Batch`
   (BATCH), the SDK's own, as the primitives' mode, so each runtime job carries its session id.
   `open_session` (called by the job core before the session's first job here) opens it with
@@ -259,6 +264,28 @@ class _Client:
                         "pricing_type": "",
                     }
                 ]
+
+            # The client-side primitives name the backend to the service's `_run`, which
+            # looks it up again: without this cache every create would list the backends
+            # first, and a refused token would surface there as "no backend matches"
+            # instead of as the create's own 401.
+            def backend(
+                self,
+                name: str,
+                instance: str | None = None,
+                use_fractional_gates: bool | None = False,
+                calibration_id: str | None = None,
+            ) -> Any:
+                key = (name, instance, use_fractional_gates, calibration_id)
+                cache = self.__dict__.setdefault("_gateway_backends", {})
+                if key not in cache:
+                    cache[key] = super().backend(
+                        name,
+                        instance=instance,
+                        use_fractional_gates=use_fractional_gates,
+                        calibration_id=calibration_id,
+                    )
+                return cache[key]
 
         settings = self.settings
         _set_iam_url(settings.iam_url)
@@ -538,6 +565,18 @@ class IbmCloudRunner(Runner):
                 kind=FailureKind.CLIENT_ERROR,
             )
         primitive = "sampler" if samplers else "estimator"
+        # The runtime's primitives run one shot count (sampler) or one precision (estimator)
+        # per job; its guidance is one job per group, which is one gateway job per group here.
+        uniform = {t.shots for t in samplers} if samplers else {_precision(t) for t in tasks}
+        if len(uniform) > 1:
+            what = "shots" if samplers else "precision"
+            raise ExecutionError(
+                "UNSUPPORTED_FEATURE",
+                f"backends/{self.name} runs PUBs with one {what} per job: submit PUBs with "
+                f"different {what} in separate jobs",
+                kind=FailureKind.CLIENT_ERROR,
+                metadata={"field": "pubs"},
+            )
         pubs = [_sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t) for t in tasks]
         tag = JOB_TAG_PREFIX + job.id
         tags = [tag, _OUTPUT_TAG_PREFIX + payload.sampler_output.value]
@@ -569,16 +608,16 @@ class IbmCloudRunner(Runner):
         job: Job,
     ) -> str:
         def create() -> str:
-            from qiskit_ibm_runtime import EstimatorV2, SamplerV2
+            # The primitives qiskit-ibm-runtime 0.50+ recommends (SamplerV2/EstimatorV2 are
+            # deprecated in their favour): pre- and post-processing on the client side, the
+            # circuits sent as the service's executor program.
+            from qiskit_ibm_runtime.executor_estimator import Estimator
+            from qiskit_ibm_runtime.executor_sampler import Sampler
 
             backend = self._client.backend()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                cls = SamplerV2 if primitive == "sampler" else EstimatorV2
-                runner = cls(mode=self._mode(backend, job))
-            if runtime_options:
-                runner.options.update(**runtime_options)
-            runner.options.environment.job_tags = tags
+            cls = Sampler if primitive == "sampler" else Estimator
+            options = {**runtime_options, "environment": {"job_tags": tags}}
+            runner = cls(mode=self._mode(backend, job), options=options)
             return str(runner.run(pubs).job_id())
 
         return self._call(create, None, attempts=1)
@@ -857,6 +896,10 @@ def _estimator_pub(task: EstimatorTask) -> Any:
     bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
     precision = task.precision if task.precision > 0 else None
     return (circuit, array.reshape(task.observables_shape), bindings, precision)
+
+
+def _precision(task: SamplerTask | EstimatorTask) -> float | None:
+    return task.precision if isinstance(task, EstimatorTask) and task.precision > 0 else None
 
 
 def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:

@@ -3,8 +3,11 @@
 qiskit-ibm-runtime's own client (QiskitRuntimeService, IBMBackend, the V2 primitives and
 RuntimeJobV2) is pointed at it, so the gateway's IBM cloud runner is exercised through the real
 SDK up to the network boundary. Jobs run on Qiskit Aer (ideal simulation of the ISA circuits
-the SDK sends, seeded) and their results are written in the Runtime's own JSON format
-(qiskit-ibm-runtime's RuntimeEncoder of a PrimitiveResult), so the SDK's decoders read them.
+the SDK sends, seeded) and their results are written in the Runtime's own JSON format, so the
+SDK's decoders read them: the "executor" program of the client-side primitives (schema v2.0:
+the QuantumProgram run by qiskit-ibm-runtime's own local runner, its QuantumProgramResult with
+the client's passthrough data), and the legacy "sampler"/"estimator" programs (RuntimeEncoder
+of a PrimitiveResult).
 
     python -m gateway.backends.ibm.stub_service --port 0 --state-dir DIR [--token T]
 
@@ -458,6 +461,8 @@ def _execute(program: str, params: Any) -> str:
     from qiskit_aer.primitives import EstimatorV2, SamplerV2
     from qiskit_ibm_runtime import RuntimeDecoder, RuntimeEncoder
 
+    if program == "executor":
+        return _execute_program(params)
     inputs = json.loads(json.dumps(params), cls=RuntimeDecoder)
     pubs = [tuple(p) if isinstance(p, list) else p for p in inputs["pubs"]]
     options = inputs.get("options") or {}
@@ -473,6 +478,61 @@ def _execute(program: str, params: Any) -> str:
     else:
         raise ValueError(f"program {program!r} is not served here")
     return json.dumps(result, cls=RuntimeEncoder)
+
+
+def _execute_program(params: Any) -> str:
+    """The executor program (what qiskit-ibm-runtime's client-side primitives send, schema
+    v2.0): the QuantumProgram run by the runtime's own local runner on an ideal Aer simulator,
+    its QuantumProgramResult in the schema's JSON, passthrough data (the client's post-processing
+    plan) and semantic role handed back as the service does."""
+    import numpy as np
+    from ibm_quantum_schemas.common.tensor import (  # type: ignore[import-untyped]
+        CompressedTensorModel,
+    )
+    from ibm_quantum_schemas.executor.version_2_0 import (  # type: ignore[import-untyped]
+        ParamsModel,
+    )
+    from ibm_quantum_schemas.executor.version_2_0.models import (  # type: ignore[import-untyped]
+        ItemMetadataModel,
+        MetadataModel,
+        QuantumProgramResultItemModel,
+        QuantumProgramResultModel,
+    )
+    from qiskit_aer import AerSimulator
+    from qiskit_ibm_runtime.fake_provider.executor.run_quantum_program import (
+        run_quantum_program,
+    )
+    from qiskit_ibm_runtime.options_models.simulator import SimulatorOptions
+    from qiskit_ibm_runtime.quantum_program.converters.converters_2_0 import (
+        passthrough_data_to_2_0,
+        quantum_program_from_2_0,
+    )
+
+    model = ParamsModel.model_validate(params)
+    quantum_program, _ = quantum_program_from_2_0(model)
+    for item in quantum_program.items:
+        samplex = getattr(item, "samplex", None)
+        if samplex is not None:
+            # The wire form comes back unfinalized (the service finalizes it to run it).
+            samplex.finalize()
+    result = run_quantum_program(AerSimulator(), quantum_program, SimulatorOptions())
+    answer = QuantumProgramResultModel(
+        data=[
+            QuantumProgramResultItemModel(
+                results={
+                    name: CompressedTensorModel.from_numpy(np.asarray(value))
+                    for name, value in item.items()
+                },
+                metadata=ItemMetadataModel(),
+            )
+            for item in result
+        ],
+        metadata=MetadataModel(chunk_timing=[]),
+        passthrough_data=passthrough_data_to_2_0(quantum_program.passthrough_data),
+        semantic_role=model.quantum_program.semantic_role,
+    )
+    text: str = answer.model_dump_json()
+    return text
 
 
 class _Handler(BaseHTTPRequestHandler):
