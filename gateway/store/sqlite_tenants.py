@@ -178,11 +178,11 @@ def settle(
         return
     usage = None if execution is None else execution.usage
     cost = None if execution is None else execution.cost
-    if usage is not None:
+    if usage is not None and usage.shots > 0:
         shots_used = usage.shots
     else:
-        # A job that succeeded without a usage record used what it reserved; a failed or
-        # cancelled one, nothing.
+        # A job that succeeded with no shot count (re-attached after a restart, its prepared
+        # job gone) used what it reserved; a failed or cancelled one, nothing.
         shots_used = int(row["shots_reserved"]) if state is JobState.SUCCEEDED else 0
     cost_used = cost.amount if cost is not None and cost.unit == row["cost_unit"] else 0.0
     conn.execute(

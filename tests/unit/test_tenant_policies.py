@@ -279,6 +279,12 @@ async def test_settled_once_with_what_the_job_used(store: SqliteStore) -> None:
     # A second finish changes nothing, the ledger included.
     assert await store.finish_job(job.id, JobState.FAILED, ended_at=T0) is None
     assert await usage(store) == (30, 0)
+    # A job that succeeded with no shot count (re-attached, its prepared job gone) is charged
+    # what it reserved.
+    reattached = new_job(charge(20))
+    await store.create_job(reattached)
+    await store.finish_job(reattached.id, JobState.SUCCEEDED, ended_at=T0, execution=ran(0))
+    assert await usage(store) == (50, 0)
 
 
 async def test_failed_and_cancelled_jobs_release_their_reservation(store: SqliteStore) -> None:
