@@ -175,3 +175,17 @@ def test_the_output_tag_is_read_back() -> None:
         SamplerOutput.COUNTS
     )
     assert cloud._output_from_tags([]) is SamplerOutput.SAMPLES_AND_COUNTS
+
+
+def test_shots_rounded_up_by_twirling_are_cut_to_the_ones_asked_for() -> None:
+    # Twirling ran 3 shots per binding where the job asked for 2: the first 2 are kept.
+    a = BitArray.from_samples(["01", "10", "11", "00", "00", "01"], num_bits=2).reshape(2, 3)
+    sampler = SamplerPubResult(DataBin(a=a, shape=(2,)), metadata={"shots": 3})
+    tags = ["qgateway-job:x", "qgateway-shots:2"]
+    outcome = cloud._outcome(
+        PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, cloud._shots_from_tags(tags)
+    )
+    (pub,) = outcome.result.pubs
+    assert isinstance(pub, SamplerResult) and pub.shots == 2
+    assert [dict(c) for c in pub.registers[0].counts] == [{"01": 1, "10": 1}, {"00": 2}]
+    assert cloud._shots_from_tags(["qgateway-job:x"]) is None

@@ -107,6 +107,7 @@ T = TypeVar("T")
 
 JOB_TAG_PREFIX = "qgateway-job:"
 _OUTPUT_TAG_PREFIX = "qgateway-output:"
+_SHOTS_TAG_PREFIX = "qgateway-shots:"
 _IAM_ENV = "IAM_URL"
 _iam_lock = threading.Lock()
 
@@ -580,6 +581,10 @@ class IbmCloudRunner(Runner):
         pubs = [_sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t) for t in tasks]
         tag = JOB_TAG_PREFIX + job.id
         tags = [tag, _OUTPUT_TAG_PREFIX + payload.sampler_output.value]
+        if samplers:
+            # Twirling rounds the shots up to whole randomizations: the job keeps the first
+            # ones it asked for (read back from the tag, so a re-attached job does too).
+            tags.append(_SHOTS_TAG_PREFIX + str(samplers[0].shots))
         runtime_options = options.runtime_options(primitive) if options is not None else {}
         attempt = 1
         while True:
@@ -676,10 +681,10 @@ class IbmCloudRunner(Runner):
             handle.execution_seconds = self._quantum_seconds(job, remote_id)
         if status == "DONE":
             result = self._call(job.result, remote_id)
-            output = _output_from_tags(job.tags or [])
+            tags = job.tags or []
             seconds = self._quantum_seconds(job, remote_id)
             try:
-                return _outcome(result, output, seconds)
+                return _outcome(result, _output_from_tags(tags), seconds, _shots_from_tags(tags))
             except (AttributeError, KeyError, TypeError, ValueError) as exc:
                 raise ExecutionError(
                     "EXECUTION_FAILED",
@@ -902,6 +907,13 @@ def _precision(task: SamplerTask | EstimatorTask) -> float | None:
     return task.precision if isinstance(task, EstimatorTask) and task.precision > 0 else None
 
 
+def _shots_from_tags(tags: Sequence[str]) -> int | None:
+    for tag in tags:
+        if tag.startswith(_SHOTS_TAG_PREFIX):
+            return int(tag[len(_SHOTS_TAG_PREFIX) :])
+    return None
+
+
 def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
     for tag in tags:
         if tag.startswith(_OUTPUT_TAG_PREFIX):
@@ -910,7 +922,10 @@ def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
 
 
 def _outcome(
-    result: Any, output: SamplerOutput, execution_seconds: float | None = None
+    result: Any,
+    output: SamplerOutput,
+    execution_seconds: float | None = None,
+    shots_asked: int | None = None,
 ) -> ExecutionOutcome:
     """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator)."""
     import qiskit_ibm_runtime
@@ -935,6 +950,8 @@ def _outcome(
         shape: tuple[int, ...] = ()
         shots = 0
         for name, array in data.items():
+            if shots_asked is not None and array.num_shots > shots_asked:
+                array = array.slice_shots(np.arange(shots_asked))
             shape = tuple(int(d) for d in array.shape)
             shots = int(array.num_shots)
             samples = np.ascontiguousarray(array.array, dtype=np.uint8)
