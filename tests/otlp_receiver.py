@@ -49,6 +49,10 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         self._r = receiver
 
     def Export(self, request: Any, context: Any) -> Any:
+        if not self._r.keep:  # a sink (benchmarks): count, keep nothing
+            count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            self._r._count(count)
+            return trace_service_pb2.ExportTraceServiceResponse()
         spans = []
         for resource_spans in request.resource_spans:
             for scope_spans in resource_spans.scope_spans:
@@ -86,9 +90,15 @@ class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 
 class OtlpReceiver:
-    """Start with `start()`; `endpoint` is the URL to configure; `stop()` when done."""
+    """Start with `start()`; `endpoint` is the URL to configure; `stop()` when done.
 
-    def __init__(self) -> None:
+    Args:
+        keep: Keep every span (tests); False only counts them (`span_count`), cheaply.
+    """
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        self.span_count = 0
         self.spans: list[ReceivedSpan] = []
         self.metric_names: set[str] = set()
         self._cond = threading.Condition()
@@ -111,11 +121,16 @@ class OtlpReceiver:
     def stop(self) -> None:
         self._server.stop(None)
 
+    def _count(self, spans: int) -> None:
+        with self._cond:
+            self.span_count += spans
+
     def _add(
         self, spans: list[ReceivedSpan] | None = None, metric_names: list[str] | None = None
     ) -> None:
         with self._cond:
             self.spans.extend(spans or ())
+            self.span_count += len(spans or ())
             self.metric_names.update(metric_names or ())
             self._cond.notify_all()
 

@@ -54,8 +54,9 @@ class ObservedRunner(Runner):
             if parent is None:
                 yield
                 return
-            if self.model is ExecutionModel.LOCAL and name == SUBMIT:
-                # The worker's own span (started inside) is the work: no submit span around it.
+            if self.model is ExecutionModel.LOCAL:
+                # The worker's own span (started inside submit) is the work: no submit or wait
+                # span around it, only the job's context for it to hang under.
                 with tracing.current(parent):
                     yield
                 return

@@ -12,7 +12,7 @@ shows the trace id and a job recovered after a restart starts new spans that lin
         qgateway.store.create_job
       qgateway.job.queue                                (created -> started)
       qgateway.job.execute                              (started -> final state; events)
-        qgateway.runner.submit / qgateway.runner.wait   (runner / provider calls)
+        qgateway.runner.submit / .wait / .reattach     (provider runners' calls)
           qgateway.worker.execute                       (timed inside the simulator worker)
         qgateway.store.mark_running / finish_job
 
