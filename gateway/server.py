@@ -131,27 +131,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _audit_log(config: GatewayConfig, store: SqliteStore) -> AuditLog | None:
-    """The audit log (issue 11), or None when `[audit] enabled = false` (then it costs nothing:
-    no interceptor, no writer)."""
-    audit = config.audit
-    if not audit.enabled:
-        return None
-    try:
-        return AuditLog(
-            store,
-            audit.key_path(config.data_dir),
-            audit.head_path(config.data_dir),
-            head_interval_s=audit.head_interval_s,
-            retention_s=audit.retention_days * 86400,
-            flush_interval_s=audit.flush_interval_s,
-            failure_window_s=audit.failure_window_s,
-            max_failure_peers=audit.max_failure_peers,
-        )
-    except (OSError, RuntimeError) as exc:
-        raise ConfigError(f"audit.key_file: {exc}") from None
-
-
 def build_authenticator(
     config: GatewayConfig, store: Store
 ) -> tuple[Authenticator, LastUsedRecorder]:
@@ -188,6 +167,27 @@ def _server_credentials(config: GatewayConfig) -> ReloadingServerCredentials | N
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _audit_log(config: GatewayConfig, store: SqliteStore) -> AuditLog | None:
+    """The audit log (issue 11), or None when `[audit] enabled = false` (then it costs nothing:
+    no interceptor, no writer)."""
+    audit = config.audit
+    if not audit.enabled:
+        return None
+    try:
+        return AuditLog(
+            store,
+            audit.key_path(config.data_dir),
+            audit.head_path(config.data_dir),
+            head_interval_s=audit.head_interval_s,
+            retention_s=audit.retention_days * 86400,
+            flush_interval_s=audit.flush_interval_s,
+            failure_window_s=audit.failure_window_s,
+            max_failure_peers=audit.max_failure_peers,
+        )
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"audit.key_file: {exc}") from None
 
 
 def build_policies(config: GatewayConfig) -> PolicyBook:
@@ -281,7 +281,7 @@ class Gateway:
         self.policies = build_policies(config)
         self.compiler = build_compiler(config, self.backends)
         self.manager = JobManager(
-            self._store,
+            self.telemetry.store(self._store),  # spans around job writes (tracing on)
             self.backends,
             self.compiler,
             codec.STORED_FORMAT,
@@ -305,13 +305,13 @@ class Gateway:
         self.health = HealthServicer()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
+        # Inside authentication (it reads the principal), outside rate limiting.
+        self.audit = _audit_log(config, self._store)
+        audit = None if self.audit is None else AuditInterceptor(self.audit.writer)
         self.authenticator, self._key_uses = build_authenticator(config, self._store)
         self._tls = _server_credentials(config)
         self.health_port = 0
         self._health_server: grpc.aio.Server | None = None
-        # Inside authentication (it reads the principal), outside rate limiting.
-        self.audit = _audit_log(config, self._store)
-        audit = None if self.audit is None else AuditInterceptor(self.audit.writer)
         self._server = grpc.aio.server(
             # Outermost first: the boundary maps every error, including authentication's.
             interceptors=[

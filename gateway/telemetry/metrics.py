@@ -21,6 +21,7 @@ from gateway.domain.jobs import Job, JobState
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
 from gateway.runtime.pool import Pool
+from gateway.telemetry import active
 from gateway.telemetry import metric_names as names
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,9 @@ class GatewayMetrics:
                 execution.cost.amount,
                 {"tenant": tenant, "backend": backend, "currency": execution.cost.unit},
             )
-        self._check_breaker(backend)
+        self._check_breaker(backend, job.id)
 
-    def _check_breaker(self, backend: str) -> None:
+    def _check_breaker(self, backend: str, job_id: str = "") -> None:
         """Counts a breaker state change (breakers change as jobs end, and half-open by
         time: seen here and at each sample)."""
         runtime = self._backends.get(backend)
@@ -220,10 +221,10 @@ class GatewayMetrics:
         self._breakers[backend] = state
         if before is not None and before != state:
             self.breaker_transitions.add(1, {"backend": backend, "state": state})
-            from gateway.telemetry import active
-
-            if active.tracing is not None:
-                active.tracing.current_event(
+            tracing = active.tracing
+            if tracing is not None and job_id:  # on the span of the job whose end moved it
+                tracing.add_event(
+                    job_id,
                     "breaker transition",
                     {"qgateway.backend": backend, "qgateway.breaker.from": before,
                      "qgateway.breaker.to": state},

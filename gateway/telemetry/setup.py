@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Hooks
 from gateway.runtime.pool import Pool
+from gateway.store.base import Store
 from gateway.telemetry import active
 from gateway.telemetry.logs import TransitionLog, use_json
 from gateway.telemetry.settings import TelemetryConfig
@@ -135,12 +136,22 @@ class Telemetry:
 
         return [TelemetryInterceptor(self.tracing, self.metrics)]
 
+    def store(self, store: Store) -> Store:
+        """The store the job core writes through: with spans around job writes (tracing on)."""
+        if self.tracing is None:
+            return store
+        from gateway.telemetry.store import traced_store
+
+        return traced_store(store, self.tracing)
+
     def register(self, hooks: Hooks) -> None:
         """The lifecycle hooks: spans, metrics and transition log lines of every job."""
-        if self.tracing is not None:
-            hooks.add(self.tracing)
+        # Metrics first: a breaker change a job's end caused becomes an event on that job's
+        # execute span, which the tracing hook then ends.
         if self.metrics is not None:
             hooks.add(self.metrics)
+        if self.tracing is not None:
+            hooks.add(self.tracing)
         if self.config.logs.job_transitions and self.config.logs.json_lines:
             hooks.add(TransitionLog())
 

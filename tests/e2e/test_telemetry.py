@@ -164,9 +164,11 @@ def test_one_run_yields_the_span_tree_under_the_callers_trace(env: Env) -> None:
         "qgateway.v1.JobService/Run",
         "qgateway.admission",
         "qgateway.compile",
+        "qgateway.store.create_job",
         "qgateway.job.queue",
         "qgateway.job.execute",
         "qgateway.worker.execute",
+        "qgateway.store.finish_job",
     }
 
     def complete(r: OtlpReceiver) -> list[ReceivedSpan] | None:
@@ -190,6 +192,10 @@ def test_one_run_yields_the_span_tree_under_the_callers_trace(env: Env) -> None:
     assert execute.attributes["qgateway.job.id"] == job.id
     assert execute.attributes["qgateway.job.state"] == "SUCCEEDED"
     assert "state" in execute.events
+    (create,) = _by_name(spans, "qgateway.store.create_job")
+    assert create.parent_span_id == admission.span_id
+    (finish,) = _by_name(spans, "qgateway.store.finish_job")
+    assert finish.parent_span_id == execute.span_id
     (worker,) = _by_name(spans, "qgateway.worker.execute")
     assert worker.parent_span_id == execute.span_id
     # Timed inside the simulator worker, a process of its own.
@@ -246,7 +252,9 @@ def test_metrics_move_as_jobs_run_fail_and_get_refused(env: Env) -> None:
 
     def moved(_: OtlpReceiver) -> str | None:
         text = _scrape(env)
-        return text if _value(text, "qgateway_breaker_state", backend="sick", state="OPEN") else None
+        return (
+            text if _value(text, "qgateway_breaker_state", backend="sick", state="OPEN") else None
+        )
 
     after = env.receiver.wait_for(moved, timeout=10)
 
@@ -259,11 +267,14 @@ def test_metrics_move_as_jobs_run_fail_and_get_refused(env: Env) -> None:
     assert delta("qgateway_job_shots_total", tenant="acme", backend="aer") >= 50
     assert delta("qgateway_job_cost_total", tenant="acme", backend="aer", currency="USD") >= 0.5
     assert delta("qgateway_jobs_refused_total", rpc_response_status_code="UNAVAILABLE") == 1
-    assert delta(
-        "rpc_server_call_duration_seconds_count",
-        rpc_method="qgateway.v1.JobService/Run",
-        rpc_response_status_code="OK",
-    ) >= 2
+    assert (
+        delta(
+            "rpc_server_call_duration_seconds_count",
+            rpc_method="qgateway.v1.JobService/Run",
+            rpc_response_status_code="OK",
+        )
+        >= 2
+    )
     assert delta("qgateway_job_phase_duration_seconds_count", phase="execute", backend="aer")
     assert delta("qgateway_job_queue_wait_seconds_count", backend="aer") >= 1
     assert delta("qgateway_provider_retries_total", backend="blip") == 2

@@ -1,0 +1,71 @@
+"""Spans around the job core's store writes (tracing on): the store wrapped for the JobManager.
+
+A write made while an RPC is served (creating a job) hangs under the current span; a write
+about a job made elsewhere (the runner step marking it RUNNING, storing its end) hangs under
+the job's execute span. Writes of no traced job make no span. Everything else passes through.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from opentelemetry import trace
+
+from gateway.store.base import Store
+from gateway.telemetry.tracing import Tracing
+
+# The job writes the job core makes, by the name of the store method: its first argument is the
+# NewJob (create_job) or the job's id.
+TRACED_WRITES = frozenset(
+    {
+        "create_job",
+        "mark_submitting",
+        "mark_queued_again",
+        "mark_running",
+        "mark_cancelling",
+        "finish_job",
+    }
+)
+
+
+class TracedStore:
+    """Delegates to `inner`; its job writes make a `qgateway.store.<method>` span."""
+
+    def __init__(self, inner: Store, tracing: Tracing) -> None:
+        self._inner = inner
+        self._tracing = tracing
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name not in TRACED_WRITES:
+            return attribute
+        traced = self._traced(name, attribute)
+        setattr(self, name, traced)  # wrapped once per method
+        return traced
+
+    def _traced(
+        self, name: str, write: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        tracing = self._tracing
+        span_name = f"qgateway.store.{name}"
+
+        @functools.wraps(write)
+        async def call(first: Any, *args: Any, **kwargs: Any) -> Any:
+            if trace.get_current_span().get_span_context().trace_flags.sampled:
+                parent = None  # the current span (the RPC creating the job)
+            else:
+                job_id = first if isinstance(first, str) else getattr(first, "id", "")
+                parent = tracing.job_context(job_id)
+                if parent is None:
+                    return await write(first, *args, **kwargs)
+            with tracing.tracer.start_as_current_span(span_name, context=parent):
+                return await write(first, *args, **kwargs)
+
+        return call
+
+
+def traced_store(store: Store, tracing: Tracing | None) -> Store:
+    """`store`, with spans around its job writes when tracing is on."""
+    return store if tracing is None else cast(Store, TracedStore(store, tracing))
