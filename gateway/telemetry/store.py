@@ -30,6 +30,10 @@ TRACED_WRITES = frozenset(
 )
 
 
+def _sampled(ctx: Any) -> bool:
+    return bool(trace.get_current_span(ctx).get_span_context().trace_flags.sampled)
+
+
 class TracedStore:
     """Delegates to `inner`; its job writes make a `qgateway.store.<method>` span."""
 
@@ -58,7 +62,7 @@ class TracedStore:
             else:
                 job_id = first if isinstance(first, str) else getattr(first, "id", "")
                 parent = tracing.job_context(job_id)
-                if parent is None:
+                if parent is None or not _sampled(parent):
                     return await write(first, *args, **kwargs)
             with tracing.tracer.start_as_current_span(span_name, context=parent):
                 return await write(first, *args, **kwargs)

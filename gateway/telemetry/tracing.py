@@ -45,6 +45,7 @@ TRACER_NAME = "qgateway"
 # The W3C headers accepted from callers (lower case, as gRPC metadata keys are).
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
+_NOTHING: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 _TRACEPARENT = TraceContextTextMapPropagator()
 
@@ -134,11 +135,15 @@ class Tracing:
 
     # ------------------------------------------------------------------ helpers for callers
 
-    @contextlib.contextmanager
-    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
-        """A child of the current span, current inside the block; records an exception."""
-        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
-            yield span
+    def span(
+        self, name: str, attributes: Mapping[str, Any] | None = None
+    ) -> contextlib.AbstractContextManager[Any]:
+        """A child of the current span, current inside the block; records an exception.
+        Under a trace that is not sampled nothing is made (the parent-based sampler would
+        drop the child anyway)."""
+        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+            return _NOTHING
+        return self.tracer.start_as_current_span(name, attributes=attributes)
 
     def current_traceparent(self) -> str:
         """The RPC's span (else the current one) as a traceparent, stamped on a job being

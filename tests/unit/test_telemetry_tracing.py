@@ -150,6 +150,15 @@ def test_a_recovered_job_starts_a_new_trace_linked_to_its_original(
     assert trace.format_trace_id(link.context.trace_id) == trace_id_of(PARENT)
 
 
+def test_no_child_span_outside_a_sampled_trace(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+    with tracing.span("orphan") as nothing:
+        assert nothing is None and not tracing.sampled()
+    assert exporter.get_finished_spans() == ()
+
+
 def test_a_worker_span_has_the_workers_own_times(
     spans: tuple[Tracing, InMemorySpanExporter],
 ) -> None:
@@ -162,7 +171,7 @@ def test_a_worker_span_has_the_workers_own_times(
         raise ConnectionError("gone")
 
     async def main() -> None:
-        with tracing.span("parent"):
+        with tracing.tracer.start_as_current_span("parent"):
             assert tracing.sampled()
             reply = await tracing.worker_call("w.ok", 42, exchange, ("run", "payload"))
             assert reply == ("ok", "payload")
@@ -184,7 +193,7 @@ def test_json_lines_carry_the_trace_and_mask_secrets(
     formatter = JsonFormatter()
     active.install(tracing, None)
     try:
-        with tracing.span("x") as span:
+        with tracing.tracer.start_as_current_span("x") as span:
             record = logging.LogRecord(
                 "gateway", logging.INFO, __file__, 1, "key %s", ("qgw_abcd1234_s3cr3tVALUE",), None
             )
