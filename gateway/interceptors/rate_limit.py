@@ -3,7 +3,8 @@ and Run also one of its submit rate (gateway.security.rate_limits), before the s
 
 Placed after authentication, so the caller's principal (and its tenant's policy) is known; a
 refusal is RESOURCE_EXHAUSTED RATE_LIMITED with QuotaFailure and RetryInfo. The cost per call
-is a dict lookup of the policy and, for a limited tenant, one bucket update.
+is a dict lookup of the policy and, for a limited tenant, one bucket update; while no tenant
+has a rate at all, calls are not wrapped.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if not is_gateway_method(handler, method):
+        if not is_gateway_method(handler, method) or not self._policies.rate_limited:
             return handler
         submit = method in SUBMIT_METHODS
         check = self._check

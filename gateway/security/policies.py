@@ -34,6 +34,14 @@ class PolicyBook:
         self.configured: Mapping[str, Tenant] = {t.id: t for t in configured}
         self.default = default
         self._stored: dict[str, TenantPolicy] = {}
+        self._update_rate_limited()
+
+    def _update_rate_limited(self) -> None:
+        policies = [self.default, *(t.policy for t in self.configured.values())]
+        policies += self._stored.values()
+        # Whether any tenant has a request or submit rate: without one the rate-limit
+        # interceptor stays out of every call.
+        self.rate_limited = any(p.request_rate or p.submit_rate for p in policies)
 
     def policy(self, tenant: str) -> TenantPolicy:
         """The tenant's policy (a dict lookup: this runs on every RPC)."""
@@ -45,10 +53,12 @@ class PolicyBook:
     def put(self, tenant: str, policy: TenantPolicy) -> None:
         """A stored tenant was created or changed (or loaded at start)."""
         self._stored[tenant] = policy
+        self._update_rate_limited()
 
     def load(self, tenants: Iterable[Tenant]) -> None:
         """Replaces the stored tenants' policies (at start, or a refresh from the store)."""
         self._stored = {t.id: t.policy for t in tenants}
+        self._update_rate_limited()
 
     def visible_backends(
         self, principal: Principal, backends: Mapping[str, BackendKind]

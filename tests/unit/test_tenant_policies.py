@@ -159,6 +159,10 @@ def test_per_job_limits_name_the_limit_and_carry_no_retry_info() -> None:
     assert shots.value.metadata["maxShotsPerJob"] == "1000"
     assert shots.value.retry_after is None
     policies.check_job("someone-else", "aer", qubits=60, shots=10**7)
+    # Only a book with some rate makes the rate-limit interceptor wrap calls.
+    assert not policies.rate_limited
+    policies.put("chatty", TenantPolicy(request_rate=RateLimit(1.0, 1)))
+    assert policies.rate_limited
 
 
 def test_policies_round_trip_through_json_and_the_wire() -> None:
