@@ -1,0 +1,200 @@
+"""Provider sessions in the job core (issue 10): SessionCore asks a REMOTE runner to open the
+provider's session before the session's first job is submitted (once per process), stores its
+id, hands the stored id back after a restart, and closes it when the gateway session ends. A
+real SQLite store, the in-memory queue, a scripted runner, a hand-moved clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+import pickle
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.backends.base import PreparedJob
+from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import Job
+from gateway.domain.sessions import EndReason, Session, SessionMode
+from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.manager import JobManager
+from gateway.jobs.memory_queue import MemoryQueue
+from gateway.jobs.sessions import NewSession, SessionCore, SessionLimits, SessionQueue
+from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
+from gateway.store.sqlite import SqliteStore
+from tests.core_harness import (
+    Clock,
+    DirectCompiler,
+    EchoAdapter,
+    PickleFormat,
+    ScriptedRunner,
+    context,
+    spec,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "core.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@dataclass
+class SessionRunner(ScriptedRunner):
+    """A provider with sessions of its own: ids "p-1", "p-2", ... for new ones."""
+
+    model: ExecutionModel = ExecutionModel.REMOTE
+    opened: list[tuple[str, str]] = field(default_factory=list)  # (session, id it was given)
+    closed: list[tuple[str, str, EndReason | None]] = field(default_factory=list)
+    # The provider session each submitted job was given (as the runner looked it up).
+    sessions_of_jobs: dict[str, str] = field(default_factory=dict)
+    refusals: int = 0
+    known: dict[str, str] = field(default_factory=dict)  # gateway session -> provider id
+
+    async def open_session(self, session: Session) -> str | None:
+        self.opened.append((session.id, session.provider_session_id))
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise ExecutionError("PROVIDER_ERROR", "key refused", kind=FailureKind.CREDENTIALS)
+        provider_id = session.provider_session_id or f"p-{len(self.opened)}"
+        self.known[session.id] = provider_id
+        return provider_id
+
+    async def close_session(self, session: Session) -> None:
+        self.closed.append((session.id, session.provider_session_id, session.end_reason))
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        self.sessions_of_jobs[job.id] = self.known.get(job.session, "")
+        return await super().submit(prepared, job)
+
+
+@dataclass
+class Gateway:
+    manager: JobManager
+    sessions: SessionCore
+    clock: Clock
+    runner: SessionRunner
+
+    async def submit(self, session_id: str) -> Job:
+        self.clock.advance(0.001)
+        job_spec = dataclasses.replace(spec("qpu"), session=session_id)
+        outcome = await self.sessions.submit("alice", "", job_spec, pickle.dumps(job_spec), b"d")
+        return outcome.job
+
+    async def until(self, job_id: str, state: str) -> Job:
+        async with asyncio.timeout(5):
+            async for event in self.manager.watch("alice", job_id, heartbeat_s=5):
+                if event.job.state.value == state:
+                    return event.job
+        raise AssertionError(f"job {job_id} ended before {state}")
+
+    async def close(self) -> None:
+        await self.sessions.close()
+        await self.manager.close()
+
+
+async def start(store: SqliteStore, runner: SessionRunner, clock: Clock | None = None) -> Gateway:
+    clock = clock or Clock()
+    runtime = BackendRuntime(
+        name="qpu",
+        adapter=(adapter := EchoAdapter(context("qpu"))),
+        info=adapter.info(),
+        runner=runner,
+        breaker=CircuitBreaker(
+            BreakerPolicy(failure_threshold=1, cooldown_s=10),
+            clock=lambda: clock.now.timestamp(),
+        ),
+        settings=BackendSettings(
+            max_run_time_s=3600, max_queue_time_s=3600, health_interval_s=60, probe_timeout_s=5
+        ),
+        queue=SessionQueue(MemoryQueue("qpu", 3600, 30.0, clock)),
+    )
+    manager = JobManager(
+        store, {"qpu": runtime}, DirectCompiler(), PickleFormat(), prepare_threads=1, clock=clock
+    )
+    sessions = SessionCore(store, manager, SessionLimits(), clock=clock)
+    manager.hooks.add(sessions)
+    await sessions.load_sessions()
+    await manager.start(schedule=False)
+    await sessions.load()
+    manager.start_scheduling()
+    return Gateway(manager, sessions, clock, runner)
+
+
+async def test_opened_once_when_the_first_job_runs_reused_after_a_restart_closed_at_the_end(
+    store: SqliteStore,
+) -> None:
+    runner = SessionRunner(slots=1)
+    gw = await start(store, runner)
+    session, _ = await gw.sessions.create("alice", "", b"h", NewSession(backend="qpu"))
+    assert runner.opened == []  # nothing to open before a job runs
+    first = await gw.submit(session.id)
+    await gw.until(first.id, "RUNNING")
+    runner.succeed(first.id)
+    await gw.until(first.id, "SUCCEEDED")
+    second = await gw.submit(session.id)
+    await gw.until(second.id, "RUNNING")
+    runner.succeed(second.id)
+    await gw.until(second.id, "SUCCEEDED")
+    assert runner.opened == [(session.id, "")]  # once, for the first job
+    assert runner.sessions_of_jobs == {first.id: "p-1", second.id: "p-1"}
+    assert (await gw.sessions.get("alice", session.id)).provider_session_id == "p-1"
+    await gw.close()
+
+    # After a restart the stored id is handed back (re-used, not a new provider session).
+    again = SessionRunner(slots=1)
+    gw2 = await start(store, again, gw.clock)
+    try:
+        third = await gw2.submit(session.id)
+        await gw2.until(third.id, "RUNNING")
+        again.succeed(third.id)
+        await gw2.until(third.id, "SUCCEEDED")
+        assert again.opened == [(session.id, "p-1")]
+        assert again.sessions_of_jobs == {third.id: "p-1"}
+        await gw2.sessions.close_session("alice", session.id)
+        assert again.closed == [(session.id, "p-1", EndReason.CLOSED)]
+    finally:
+        await gw2.close()
+
+
+async def test_cancel_closes_it_with_its_reason_and_a_refused_open_queues_the_job_again(
+    store: SqliteStore,
+) -> None:
+    runner = SessionRunner(slots=1)
+    runner.refusals = 1
+    gw = await start(store, runner)
+    try:
+        session, _ = await gw.sessions.create(
+            "alice", "", b"h", NewSession(backend="qpu", mode=SessionMode.BATCH)
+        )
+        job = await gw.submit(session.id)
+        # The provider refused the key while opening: nothing submitted, the job queued again.
+        async with asyncio.timeout(5):
+            while len(runner.opened) < 1:
+                await asyncio.sleep(0.005)
+        queued = await gw.until(job.id, "QUEUED")
+        assert runner.submitted == [] and queued.remote_id is None
+        assert (await gw.sessions.get("alice", session.id)).provider_session_id == ""
+        gw.clock.advance(10)  # the breaker's cool-down
+        gw.manager.backends["qpu"].wake.set()
+        await gw.until(job.id, "RUNNING")
+        assert runner.opened == [(session.id, ""), (session.id, "")]
+        assert runner.sessions_of_jobs == {job.id: "p-2"}
+        await gw.sessions.cancel_session("alice", session.id)
+        await gw.until(job.id, "CANCELLED")
+        assert runner.closed == [(session.id, "p-2", EndReason.CANCELLED)]
+    finally:
+        await gw.close()
