@@ -94,7 +94,7 @@ class Telemetry:
         return Tracing(provider.get_tracer(TRACER_NAME), cfg.max_header_bytes)
 
     def _metrics(self, resource: Any) -> GatewayMetrics:
-        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
         from opentelemetry.sdk.metrics.export import MetricReader
 
         from gateway.telemetry.metrics import GatewayMetrics
@@ -124,7 +124,10 @@ class Telemetry:
                     export_interval_millis=cfg.otlp_interval_s * 1000,
                 )
             )
-        provider = MeterProvider(resource=resource, metric_readers=readers)
+        # No exemplars: the scrape format drops them, and sampling one costs every measurement.
+        provider = MeterProvider(
+            resource=resource, metric_readers=readers, exemplar_filter=AlwaysOffExemplarFilter()
+        )
         self._providers.append(provider)
         return GatewayMetrics(provider.get_meter("qgateway"), cfg.max_tenant_labels)
 
