@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
 from gateway.domain import queue_order
@@ -51,6 +51,7 @@ from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_sessions import SqliteSessions
 from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
 from gateway.store.sqlite_tenants import SqliteTenants, reserve, settle
+from gateway.store.sqlite_time import from_us, opt_from_us, to_us
 
 T = TypeVar("T")
 
@@ -276,7 +277,6 @@ LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 # Bounds one transaction's size (and so the latency of its first operation) under a flood.
 _MAX_BATCH: Final = 1000
 _BUSY_TIMEOUT_MS: Final = 5000
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _UINT64_MAX: Final = 2**64 - 1
 
 _JOB_COLUMNS: Final = (
@@ -317,7 +317,7 @@ class _Stop:
     future: asyncio.Future[None]
 
 
-class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
+class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     """Store on a SQLite file in WAL mode with `synchronous=FULL`.
 
     Args:
@@ -405,7 +405,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
             InvalidArgument: reason REQUEST_ID_REUSED, when the id names a job with another hash.
         """
         _check_seed(new.seed)
-        created_us = _to_us(new.created_at)
+        created_us = to_us(new.created_at)
 
         def op(conn: sqlite3.Connection) -> CreateOutcome:
             if new.request_id:
@@ -459,7 +459,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
         self, tenant: str, request_id: str, now: datetime
     ) -> tuple[Job, bytes] | None:
         """The job (and its request hash) that request_id names within the dedup window."""
-        now_us = _to_us(now)
+        now_us = to_us(now)
 
         def op(conn: sqlite3.Connection) -> tuple[Job, bytes] | None:
             return _lookup_request(conn, tenant, request_id, now_us)
@@ -505,7 +505,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
                 params.extend(values)
             where.append("(" + " OR ".join(parts) + ")")
         if after is not None:
-            after_us = _to_us(after.created_at)
+            after_us = to_us(after.created_at)
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params.extend([after_us, after_us, after.id])
         # One row more than asked tells whether another page follows.
@@ -541,7 +541,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
         None from any other state."""
-        at_us = _to_us(at)
+        at_us = to_us(at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
@@ -558,7 +558,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
         """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
         created nothing); None otherwise."""
-        at_us = _to_us(at)
+        at_us = to_us(at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
@@ -583,7 +583,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
         """QUEUED or SUBMITTING (and RUNNING when `rerun`) -> RUNNING, incrementing attempts and
         storing the provider's `remote_id` in the same transaction (None keeps the stored one);
         None from any other state."""
-        started_us = _to_us(started_at)
+        started_us = to_us(started_at)
         states = "('QUEUED', 'SUBMITTING', 'RUNNING')" if rerun else "('QUEUED', 'SUBMITTING')"
 
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -603,7 +603,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED, SUBMITTING or RUNNING -> CANCELLING (CancelJob accepted for a job whose
         worker is being stopped); None from any other state, CANCELLING included."""
-        at_us = _to_us(at)
+        at_us = to_us(at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
@@ -648,7 +648,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
         """
         if not state.is_final:
             raise ValueError(f"finish_job needs a final state, got {state.value}")
-        ended_us = _to_us(ended_at)
+        ended_us = to_us(ended_at)
         execution_json = None if execution is None else _execution_to_json(execution)
         timings_json = None if timings is None else _timings_to_json(timings)
 
@@ -683,7 +683,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
             if result_expires_at is not None and state is JobState.SUCCEEDED:
                 conn.execute(
                     "UPDATE jobs SET result_expires_at = ? WHERE id = ?",
-                    (_to_us(result_expires_at), job_id),
+                    (to_us(result_expires_at), job_id),
                 )
             settle(conn, job_id, state, execution, ended_at)  # its quota reservation (issue 11)
             return _enter_state(conn, job_id, state, ended_us)
@@ -704,7 +704,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
         Returns:
             Every non-final job, oldest first (create time, then id).
         """
-        now_us = _to_us(now)
+        now_us = to_us(now)
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             cancelled = conn.execute(
@@ -751,8 +751,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
         claims on `placement`, least recently claimed from, FIFO by (create time, id)). Every
         claim records its tenant as the most recently claimed from on `placement`.
         """
-        now_us = _to_us(now)
-        expires_us = _to_us(lease_expires_at)
+        now_us = to_us(now)
+        expires_us = to_us(lease_expires_at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             lapsed = conn.execute(_LAPSED_SQL, (placement, now_us, *_FINAL_NAMES)).fetchone()
@@ -788,8 +788,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     ) -> bool:
         """Extends `owner`'s live lease (now < its expiry) to `lease_expires_at`; False if the
         claim is not (or no longer) its, lapsed, or the job ended."""
-        now_us = _to_us(now)
-        expires_us = _to_us(lease_expires_at)
+        now_us = to_us(now)
+        expires_us = to_us(lease_expires_at)
 
         def op(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
@@ -844,7 +844,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
         """Live claims (now < lease expiry) on `placement` per tenant; tenants with none are
         absent."""
-        now_us = _to_us(now)
+        now_us = to_us(now)
 
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             return _live_claims(conn, placement, now_us)
@@ -857,7 +857,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
 
         def op(conn: sqlite3.Connection) -> datetime | None:
             row = conn.execute(_NEXT_EXPIRY_SQL, (placement,)).fetchone()
-            return _opt_dt(row[0])
+            return opt_from_us(row[0])
 
         return await self._call(op, readonly=True)
 
@@ -866,7 +866,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     ) -> Job | None:
         """Atomically leases one job to `owner` if it is an unclaimed QUEUED job of `tenant`
         on `placement`; None otherwise. The claim history is not touched."""
-        expires_us = _to_us(lease_expires_at)
+        expires_us = to_us(lease_expires_at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
@@ -884,8 +884,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
     ) -> Sequence[Job]:
         """Atomically leases to `owner` every unclaimed QUEUED job of `placement` created at
         or before `created_by`, oldest first. The claim history is not touched."""
-        created_us = _to_us(created_by)
-        expires_us = _to_us(lease_expires_at)
+        created_us = to_us(created_by)
+        expires_us = to_us(lease_expires_at)
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             ids = [
@@ -908,7 +908,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteAudit, SqliteTenants):
         """The create time of `placement`'s oldest unclaimed QUEUED job, or None."""
 
         def op(conn: sqlite3.Connection) -> datetime | None:
-            return _opt_dt(conn.execute(_OLDEST_SQL, (placement,)).fetchone()[0])
+            return opt_from_us(conn.execute(_OLDEST_SQL, (placement,)).fetchone()[0])
 
         return await self._call(op, readonly=True)
 
@@ -1303,20 +1303,6 @@ def _split_sql(script: str) -> list[str]:
     return statements
 
 
-def _to_us(dt: datetime) -> int:
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"naive datetime {dt!r}: the store keeps UTC instants only")
-    return (dt - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _opt_dt(value: object) -> datetime | None:
-    return None if value is None else _from_us(int(str(value)))
-
-
 def _check_seed(seed: int) -> None:
     if not 0 <= seed <= _UINT64_MAX:
         raise ValueError(f"seed {seed} is outside uint64")
@@ -1429,18 +1415,18 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         backend=str(row["backend"]),
         placement=str(row["placement"] or row["backend"]),
         state=JobState(row["state"]),
-        created_at=_from_us(int(row["created_at"])),
+        created_at=from_us(int(row["created_at"])),
         num_pubs=int(row["num_pubs"]),
         seed=int(row["seed"]),
-        started_at=_opt_dt(row["started_at"]),
-        ended_at=_opt_dt(row["ended_at"]),
+        started_at=opt_from_us(row["started_at"]),
+        ended_at=opt_from_us(row["ended_at"]),
         error=error,
         execution=None if execution is None else _execution_from_json(str(execution)),
         timings=None if timings is None else _timings_from_json(str(timings)),
         attempts=int(row["attempts"]),
-        updated_at=_opt_dt(row["updated_at"]),
+        updated_at=opt_from_us(row["updated_at"]),
         state_history=_history_from_json(row["state_history"]),
-        expire_at=_opt_dt(row["result_expires_at"]),
+        expire_at=opt_from_us(row["result_expires_at"]),
         labels=_labels_from_json(row["labels"]),
         sampler_output=SamplerOutput(
             row["sampler_output"] or SamplerOutput.SAMPLES_AND_COUNTS.value
@@ -1510,7 +1496,7 @@ def _history_from_json(text: object) -> tuple[StateTransition, ...]:
     if text is None:
         return ()
     return tuple(
-        StateTransition(JobState(str(state)), _from_us(int(at)))
+        StateTransition(JobState(str(state)), from_us(int(at)))
         for state, at in json.loads(str(text))
     )
 

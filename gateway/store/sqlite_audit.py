@@ -17,7 +17,7 @@ import pathlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from gateway.domain import audit
@@ -26,10 +26,10 @@ from gateway.domain.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint
 from gateway.domain.jobs import Job
 from gateway.domain.sessions import Session
 from gateway.store.base import CreateOutcome
+from gateway.store.sqlite_time import from_us, to_us
 
 T = TypeVar("T")
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 MIGRATION_SQL: Final = """
     CREATE TABLE audit_records (
@@ -79,20 +79,12 @@ _INSERT: Final = f"INSERT INTO audit_records ({_COLUMNS}) VALUES ({', '.join('?'
 _TIME_SQL: Final = {">": "time > ?", ">=": "time >= ?", "<": "time < ?", "<=": "time <= ?"}
 
 
-def _us(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(microseconds=1)
-
-
-def _dt(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
 def _row(row: sqlite3.Row | tuple[object, ...]) -> AuditRecord:
     r = tuple(row)
     return AuditRecord(
         sequence=int(str(r[0])),
-        time=_dt(int(str(r[1]))),
-        end_time=_dt(int(str(r[2]))),
+        time=from_us(int(str(r[1]))),
+        end_time=from_us(int(str(r[2]))),
         principal=str(r[3]),
         tenant=str(r[4]),
         key_prefix=str(r[5]),
@@ -115,8 +107,8 @@ def _row(row: sqlite3.Row | tuple[object, ...]) -> AuditRecord:
 def _values(r: AuditRecord) -> tuple[object, ...]:
     return (
         r.sequence,
-        _us(r.time),
-        _us(r.end_time),
+        to_us(r.time),
+        to_us(r.end_time),
         r.principal,
         r.tenant,
         r.key_prefix,
@@ -223,7 +215,8 @@ def _filter_sql(query: AuditFilter) -> tuple[list[str], list[object]]:
 
 
 class SqliteAudit:
-    """Audit methods of SqliteStore, on its writer thread."""
+    """Audit methods of SqliteStore, on its writer thread; the other repositories build on
+    `_audited` (a mutating call's record commits in its effect's transaction)."""
 
     _audit_key: bytes | None = None
 
@@ -336,7 +329,7 @@ class SqliteAudit:
         key = self._audit_key
         if key is None:
             raise RuntimeError("audit is not enabled on this store")
-        cutoff = _us(before)
+        cutoff = to_us(before)
 
         def op(conn: sqlite3.Connection) -> int:
             # Records are in time order only roughly (a stream's record is written when it

@@ -8,36 +8,24 @@ period, not one per RPC; last-used times arrive in batches (`touch_api_keys`).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, TypeVar
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final, TypeVar
 
 from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
-from gateway.domain.audit import AuditRecord, Effect
-from gateway.store.sqlite_audit import admin_changed, api_key_changed
+from gateway.domain.audit import Effect
+from gateway.store.sqlite_audit import SqliteAudit, admin_changed, api_key_changed
+from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
 
 T = TypeVar("T")
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS: Final = (
     "prefix, tenant, sha256, display_name, role, created_at, expires_at, revoked_at, last_used_at"
 )
 
 
-def _us(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(microseconds=1)
-
-
-def _opt_us(dt: datetime | None) -> int | None:
-    return None if dt is None else _us(dt)
-
-
-def _dt(value: object) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=int(str(value)))
-
-
 def _row(row: sqlite3.Row) -> ApiKeyRecord:
-    created = _dt(row["created_at"])
+    created = opt_from_us(row["created_at"])
     assert created is not None
     return ApiKeyRecord(
         prefix=str(row["prefix"]),
@@ -46,9 +34,9 @@ def _row(row: sqlite3.Row) -> ApiKeyRecord:
         display_name=str(row["display_name"]),
         role=str(row["role"]),
         created_at=created,
-        expires_at=_dt(row["expires_at"]),
-        revoked_at=_dt(row["revoked_at"]),
-        last_used_at=_dt(row["last_used_at"]),
+        expires_at=opt_from_us(row["expires_at"]),
+        revoked_at=opt_from_us(row["revoked_at"]),
+        last_used_at=opt_from_us(row["last_used_at"]),
     )
 
 
@@ -57,21 +45,8 @@ def _select(conn: sqlite3.Connection, prefix: str) -> ApiKeyRecord | None:
     return None if row is None else _row(row)
 
 
-class SqliteApiKeys:
+class SqliteApiKeys(SqliteAudit):
     """API-key methods of the Store protocol, on SqliteStore's writer thread."""
-
-    if TYPE_CHECKING:
-
-        async def _call(
-            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
-        ) -> T: ...
-
-        async def _audited(
-            self,
-            effect: Effect,
-            op: Callable[[sqlite3.Connection], T],
-            describe: Callable[[T, AuditRecord], AuditRecord | None],
-        ) -> T: ...
 
     async def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
         """Inserts a key (its prefix is random: a collision is an IntegrityError)."""
@@ -85,10 +60,10 @@ class SqliteApiKeys:
                     key.sha256,
                     key.display_name,
                     key.role,
-                    _us(key.created_at),
-                    _opt_us(key.expires_at),
-                    _opt_us(key.revoked_at),
-                    _opt_us(key.last_used_at),
+                    to_us(key.created_at),
+                    opt_us(key.expires_at),
+                    opt_us(key.revoked_at),
+                    opt_us(key.last_used_at),
                 ),
             )
             created = _select(conn, key.prefix)
@@ -126,7 +101,7 @@ class SqliteApiKeys:
             params.append(tenant)
         if active_at is not None:
             where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(_us(active_at))
+            params.append(to_us(active_at))
         if after is not None:
             where.append("(tenant > ? OR (tenant = ? AND prefix > ?))")
             params.extend([after[0], after[0], after[1]])
@@ -151,7 +126,7 @@ class SqliteApiKeys:
         def op(conn: sqlite3.Connection) -> ApiKeyRecord | None:
             conn.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
-                (_us(at), prefix),
+                (to_us(at), prefix),
             )
             return _select(conn, prefix)
 
@@ -161,7 +136,7 @@ class SqliteApiKeys:
         """Records last-used times, many keys in one transaction; a time never moves back."""
         if not used:
             return
-        rows = [(_us(at), prefix, _us(at)) for prefix, at in used.items()]
+        rows = [(to_us(at), prefix, to_us(at)) for prefix, at in used.items()]
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(

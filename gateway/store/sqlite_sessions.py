@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, TypeVar
+from collections.abc import Sequence
+from typing import Final, TypeVar
 
-from gateway.domain.audit import AuditRecord, Effect
+from gateway.domain.audit import Effect
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import FINAL_STATES, Job
 from gateway.domain.pricing import Cost, Totals
@@ -25,11 +24,11 @@ from gateway.domain.sessions import (
     too_many_sessions,
 )
 from gateway.store.base import JobCursor, SessionPage, request_id_reused
-from gateway.store.sqlite_audit import session_created, session_saved
+from gateway.store.sqlite_audit import SqliteAudit, session_created, session_saved
+from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
 
 T = TypeVar("T")
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS: Final = (
     "id, tenant, request_id, backend, mode, state, failure_policy, max_ttl_s, idle_ttl_s, "
     "labels, created_at, first_job_at, last_activity_at, ended_at, end_reason, "
@@ -52,20 +51,8 @@ _TIME_SQL: Final = {
 }
 
 
-def _us(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(microseconds=1)
-
-
-def _opt_us(dt: datetime | None) -> int | None:
-    return None if dt is None else _us(dt)
-
-
-def _dt(value: object) -> datetime | None:
-    return None if value is None else _EPOCH + timedelta(microseconds=int(str(value)))
-
-
 def _row(row: sqlite3.Row) -> Session:
-    created = _dt(row["created_at"])
+    created = opt_from_us(row["created_at"])
     assert created is not None
     return Session(
         id=str(row["id"]),
@@ -79,9 +66,9 @@ def _row(row: sqlite3.Row) -> Session:
         idle_ttl_s=float(row["idle_ttl_s"]),
         labels=json.loads(row["labels"]) if row["labels"] else {},
         created_at=created,
-        first_job_at=_dt(row["first_job_at"]),
-        last_activity_at=_dt(row["last_activity_at"]),
-        ended_at=_dt(row["ended_at"]),
+        first_job_at=opt_from_us(row["first_job_at"]),
+        last_activity_at=opt_from_us(row["last_activity_at"]),
+        ended_at=opt_from_us(row["ended_at"]),
         end_reason=None if row["end_reason"] is None else EndReason(row["end_reason"]),
         provider_session_id=str(row["provider_session_id"] or ""),
     )
@@ -110,21 +97,8 @@ def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
     raise ValueError(f"sessions cannot be filtered by {c.field.value}")
 
 
-class SqliteSessions:
+class SqliteSessions(SqliteAudit):
     """Session methods of the Store protocol, on SqliteStore's writer thread."""
-
-    if TYPE_CHECKING:
-
-        async def _call(
-            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
-        ) -> T: ...
-
-        async def _audited(
-            self,
-            effect: Effect,
-            op: Callable[[sqlite3.Connection], T],
-            describe: Callable[[T, AuditRecord], AuditRecord | None],
-        ) -> T: ...
 
     async def create_session(
         self, session: Session, request_hash: bytes, *, max_open: int | None = None
@@ -171,10 +145,10 @@ class SqliteSessions:
                     session.max_ttl_s,
                     session.idle_ttl_s,
                     json.dumps(dict(session.labels), sort_keys=True) if session.labels else None,
-                    _us(session.created_at),
-                    _opt_us(session.first_job_at),
-                    _opt_us(session.last_activity_at),
-                    _opt_us(session.ended_at),
+                    to_us(session.created_at),
+                    opt_us(session.first_job_at),
+                    opt_us(session.last_activity_at),
+                    opt_us(session.ended_at),
                     None if session.end_reason is None else session.end_reason.value,
                     session.provider_session_id or None,
                     request_hash,
@@ -208,9 +182,9 @@ class SqliteSessions:
                 f" WHERE id = ? AND state NOT IN {_FINAL_SESSION!r}",
                 (
                     session.state.value,
-                    _opt_us(session.first_job_at),
-                    _opt_us(session.last_activity_at),
-                    _opt_us(session.ended_at),
+                    opt_us(session.first_job_at),
+                    opt_us(session.last_activity_at),
+                    opt_us(session.ended_at),
                     None if session.end_reason is None else session.end_reason.value,
                     session.provider_session_id or None,
                     session.id,
@@ -242,7 +216,7 @@ class SqliteSessions:
                 params.extend(values)
             where.append("(" + " OR ".join(parts) + ")")
         if after is not None:
-            after_us = _us(after.created_at)
+            after_us = to_us(after.created_at)
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params.extend([after_us, after_us, after.id])
         sql = (

@@ -12,15 +12,15 @@ A job is charged to the period it was admitted in, also when it finishes in the 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, TypeVar
+from datetime import datetime
+from typing import Final, TypeVar
 
-from gateway.domain.audit import AuditRecord, Effect
+from gateway.domain.audit import Effect
 from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.quota import quota_exceeded, too_many_queued
 from gateway.store.base import QuotaCharge, StoredTenant, TenantUsageRecord
-from gateway.store.sqlite_audit import admin_changed
+from gateway.store.sqlite_audit import SqliteAudit, admin_changed
+from gateway.store.sqlite_time import from_us, to_us
 
 T = TypeVar("T")
 
@@ -64,18 +64,9 @@ MIGRATION_SQL: Final = """
     CREATE INDEX jobs_tenant_queued ON jobs (tenant) WHERE state = 'QUEUED';
 """
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS: Final = "id, display_name, policy, etag, created_at, updated_at"
 # Float sums of reserved cost go back to (almost) zero; below this they are zero.
 _COST_EPSILON: Final = 1e-9
-
-
-def _us(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(microseconds=1)
-
-
-def _dt(value: object) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(str(value)))
 
 
 def _tenant(row: sqlite3.Row) -> StoredTenant:
@@ -84,8 +75,8 @@ def _tenant(row: sqlite3.Row) -> StoredTenant:
         display_name=str(row["display_name"]),
         policy_json=str(row["policy"]),
         etag=str(row["etag"]),
-        created_at=_dt(row["created_at"]),
-        updated_at=_dt(row["updated_at"]),
+        created_at=from_us(row["created_at"]),
+        updated_at=from_us(row["updated_at"]),
     )
 
 
@@ -113,7 +104,7 @@ def reserve(
         ).fetchone()
         if queued >= charge.max_queued_jobs:
             raise too_many_queued(tenant, queued, charge.max_queued_jobs)
-    start_us, end_us = _us(charge.period_start), _us(charge.period_end)
+    start_us, end_us = to_us(charge.period_start), to_us(charge.period_end)
     conn.execute(
         "INSERT OR IGNORE INTO quota_totals (tenant, period_start, period_end) VALUES (?, ?, ?)",
         (tenant, start_us, end_us),
@@ -172,7 +163,7 @@ def settle(
     row = conn.execute(
         "UPDATE quota_ledger SET state = ?, settled_at = ? WHERE job_id = ? AND state = 'RESERVED'"
         " RETURNING tenant, period_start, period_end, shots_reserved, cost_reserved, cost_unit",
-        ("SETTLED" if state is JobState.SUCCEEDED else "RELEASED", _us(at), job_id),
+        ("SETTLED" if state is JobState.SUCCEEDED else "RELEASED", to_us(at), job_id),
     ).fetchone()
     if row is None:
         return
@@ -205,21 +196,8 @@ def settle(
     )
 
 
-class SqliteTenants:
+class SqliteTenants(SqliteAudit):
     """Tenant and usage methods of the Store protocol, on SqliteStore's writer thread."""
-
-    if TYPE_CHECKING:
-
-        async def _call(
-            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
-        ) -> T: ...
-
-        async def _audited(
-            self,
-            effect: Effect,
-            op: Callable[[sqlite3.Connection], T],
-            describe: Callable[[T, AuditRecord], AuditRecord | None],
-        ) -> T: ...
 
     async def create_tenant(self, tenant: StoredTenant) -> bool:
         """Inserts a tenant; False (nothing changed) when the id exists."""
@@ -232,8 +210,8 @@ class SqliteTenants:
                     tenant.display_name,
                     tenant.policy_json,
                     tenant.etag,
-                    _us(tenant.created_at),
-                    _us(tenant.updated_at),
+                    to_us(tenant.created_at),
+                    to_us(tenant.updated_at),
                 ),
             )
             return cursor.rowcount == 1
@@ -276,7 +254,7 @@ class SqliteTenants:
                     tenant.display_name,
                     tenant.policy_json,
                     tenant.etag,
-                    _us(tenant.updated_at),
+                    to_us(tenant.updated_at),
                     tenant.id,
                     expected_etag,
                 ),
@@ -292,7 +270,7 @@ class SqliteTenants:
             row = conn.execute(
                 "SELECT shots_reserved, shots_used, cost_reserved, cost_used FROM quota_totals"
                 " WHERE tenant = ? AND period_start = ? AND period_end = ?",
-                (tenant, _us(period_start), _us(period_end)),
+                (tenant, to_us(period_start), to_us(period_end)),
             ).fetchone()
             (queued,) = conn.execute(
                 "SELECT count(*) FROM jobs WHERE tenant = ? AND state = 'QUEUED'", (tenant,)
