@@ -157,7 +157,8 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self._page_tokens = page_tokens
 
     async def _encode(self, session: Session) -> session_pb2.Session:
-        return encode_session(session, await self._sessions.totals(session))
+        totals = await self._sessions.totals([session])
+        return encode_session(session, totals[session.id])
 
     async def CreateSession(
         self, request: session_service_pb2.CreateSessionRequest, context: Context
@@ -207,8 +208,10 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         sealed = self._page_tokens.open(request.page_token, **where)
         after = None if sealed is None else _cursor_from(sealed)
         page = await self._sessions.list(tenant, filter=session_filter, after=after, limit=limit)
+        totals = await self._sessions.totals(page.sessions)
         return session_service_pb2.ListSessionsResponse(
-            sessions=[await self._encode(s) for s in page.sessions],
+            # One store read for the whole page's totals, not one per session.
+            sessions=[encode_session(s, totals[s.id]) for s in page.sessions],
             next_page_token=(
                 self._page_tokens.seal(_cursor(page.next_cursor), **where)
                 if page.next_cursor is not None

@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -458,9 +458,9 @@ class SessionCore:
             raise domain.session_not_found(session_id)
         return session
 
-    async def totals(self, session: Session) -> Totals:
-        """What the session's finished jobs used and cost so far."""
-        return await self._store.session_totals(session.id)
+    async def totals(self, sessions: Sequence[Session]) -> dict[str, Totals]:
+        """What each session's finished jobs used and cost so far, by session id."""
+        return await self._store.session_totals([s.id for s in sessions])
 
     async def list(
         self, tenant: str, *, filter: JobFilter, after: JobCursor | None, limit: int

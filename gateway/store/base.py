@@ -338,8 +338,9 @@ class Store(Protocol):
     async def open_sessions(self) -> Sequence[Session]:
         """Every session that has not ended, oldest first."""
 
-    async def session_totals(self, session_id: str) -> Totals:
-        """What the session's finished jobs used and cost (costs summed per unit)."""
+    async def session_totals(self, session_ids: Sequence[str]) -> dict[str, Totals]:
+        """What each session's finished jobs used and cost (costs summed per unit), by id;
+        every id asked for is in the answer (zero totals when nothing finished)."""
         ...
 
     async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:

@@ -259,30 +259,46 @@ class SqliteSessions(SqliteAudit):
 
         return await self._call(op, readonly=True)
 
-    async def session_totals(self, session_id: str) -> Totals:
-        """What the session's finished jobs used and cost, summed in SQL (a session may hold
-        many jobs; their usage lives in each job's execution record)."""
+    async def session_totals(self, session_ids: Sequence[str]) -> dict[str, Totals]:
+        """What each session's finished jobs used and cost, summed in SQL (a session may hold
+        many jobs; their usage lives in each job's execution record): two grouped queries for
+        a whole page of sessions. A session without finished jobs has zero totals."""
+        ids = list(dict.fromkeys(session_ids))
 
-        def op(conn: sqlite3.Connection) -> Totals:
-            shots, seconds = conn.execute(
-                "SELECT COALESCE(SUM(json_extract(execution, '$.usage.shots')), 0),"
-                " COALESCE(SUM(json_extract(execution, '$.usage.execution_seconds')), 0.0)"
-                " FROM jobs WHERE session_id = ? AND execution IS NOT NULL",
-                (session_id,),
-            ).fetchone()
-            costs = conn.execute(
-                "SELECT json_extract(execution, '$.cost.unit') AS unit,"
+        def op(conn: sqlite3.Connection) -> dict[str, Totals]:
+            marks = ", ".join("?" * len(ids))
+            used = {
+                str(sid): (int(shots), float(seconds))
+                for sid, shots, seconds in conn.execute(
+                    "SELECT session_id,"
+                    " COALESCE(SUM(json_extract(execution, '$.usage.shots')), 0),"
+                    " COALESCE(SUM(json_extract(execution, '$.usage.execution_seconds')), 0.0)"
+                    f" FROM jobs WHERE session_id IN ({marks}) AND execution IS NOT NULL"
+                    " GROUP BY session_id",
+                    ids,
+                )
+            }
+            costs: dict[str, list[Cost]] = {}
+            for sid, unit, amount in conn.execute(
+                "SELECT session_id, json_extract(execution, '$.cost.unit') AS unit,"
                 " SUM(json_extract(execution, '$.cost.amount'))"
-                " FROM jobs WHERE session_id = ? AND json_extract(execution, '$.cost') IS NOT NULL"
-                " GROUP BY unit ORDER BY unit",
-                (session_id,),
-            ).fetchall()
-            return Totals(
-                shots=int(shots),
-                execution_seconds=float(seconds),
-                costs=tuple(Cost(float(amount), str(unit)) for unit, amount in costs),
-            )
+                f" FROM jobs WHERE session_id IN ({marks})"
+                " AND json_extract(execution, '$.cost') IS NOT NULL"
+                " GROUP BY session_id, unit ORDER BY session_id, unit",
+                ids,
+            ):
+                costs.setdefault(str(sid), []).append(Cost(float(amount), str(unit)))
+            return {
+                sid: Totals(
+                    shots=used.get(sid, (0, 0.0))[0],
+                    execution_seconds=used.get(sid, (0, 0.0))[1],
+                    costs=tuple(costs.get(sid, ())),
+                )
+                for sid in ids
+            }
 
+        if not ids:
+            return {}
         return await self._call(op, readonly=True)
 
     async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:

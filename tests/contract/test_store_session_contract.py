@@ -197,3 +197,31 @@ async def test_a_sessions_jobs_and_open_sessions_survive_a_reopen(
     assert [j.id for j in everything] == [first.id, second.id]
     assert {o.id for o in await reopened.open_sessions()} == {s.id, other.id}
     assert await reopened.get_session(s.id) == s
+
+
+async def test_totals_of_a_page_of_sessions_in_one_call(store: Store) -> None:
+    from gateway.domain.jobs import ExecutionInfo
+    from gateway.domain.pricing import Cost, Usage
+
+    a, _ = await store.create_session(new_session(), b"h")
+    b, _ = await store.create_session(new_session(), b"h")
+    idle, _ = await store.create_session(new_session(), b"h")
+    spent = [(a.id, 100, 1.5, Cost(0.25, "USD")), (a.id, 50, 0.5, Cost(2.0, "credits"))]
+    spent += [(a.id, 10, 0.25, Cost(0.5, "USD")), (b.id, 7, 0.0, None)]
+    for i, (sid, shots, seconds, cost) in enumerate(spent):
+        job = (await store.create_job(new_job(sid, T0 + i * SECOND))).job
+        execution = ExecutionInfo(
+            backend="aer", seed=1, usage=Usage(shots=shots, execution_seconds=seconds), cost=cost
+        )
+        await store.finish_job(
+            job.id, JobState.SUCCEEDED, ended_at=T0 + 9 * SECOND, execution=execution
+        )
+    # A job still queued adds nothing.
+    await store.create_job(new_job(b.id, T0 + 5 * SECOND))
+    totals = await store.session_totals([a.id, b.id, idle.id, a.id])
+    assert set(totals) == {a.id, b.id, idle.id}
+    assert (totals[a.id].shots, totals[a.id].execution_seconds) == (160, 2.25)
+    assert totals[a.id].costs == (Cost(0.75, "USD"), Cost(2.0, "credits"))  # by unit, bytewise
+    assert (totals[b.id].shots, totals[b.id].costs) == (7, ())
+    assert (totals[idle.id].shots, totals[idle.id].execution_seconds) == (0, 0.0)
+    assert await store.session_totals([]) == {}
