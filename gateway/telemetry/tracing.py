@@ -176,7 +176,11 @@ class Tracing:
                 "qgateway.job.execute",
                 context=entry.parent,
                 links=entry.links,
-                attributes={JOB_ID: job.id, JOB_BACKEND: job.placement or job.backend},
+                attributes={
+                    JOB_ID: job.id,
+                    JOB_BACKEND: job.placement or job.backend,
+                    JOB_TENANT: job.tenant,
+                },
             )
         return entry.execute
 
