@@ -87,3 +87,14 @@ def test_client_spans_are_opt_in(server: tuple[str, _Recorder]) -> None:
     assert recorder.metadata[-1]["traceparent"].split("-")[2] == format(
         span.context.span_id, "016x"
     )
+
+    async def call() -> None:
+        async with AsyncClient(address, retry=ONCE, client_spans=True) as aclient:
+            with pytest.raises(NotFoundError):
+                await aclient.get_job("jobs/y", timeout=5)
+
+    asyncio.run(call())
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 2 and spans[1].kind is trace.SpanKind.CLIENT
+    assert spans[1].attributes is not None
+    assert spans[1].attributes["rpc.response.status_code"] == "NOT_FOUND"

@@ -9,6 +9,7 @@ opentelemetry installed, nothing here is imported and calls carry no trace heade
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,6 +126,7 @@ class _AsyncInterceptor(
 ):
     def __init__(self, tracer: _Tracer) -> None:
         self._t = tracer
+        self._ending: set[asyncio.Task[None]] = set()
 
     async def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
@@ -138,9 +140,14 @@ class _AsyncInterceptor(
             raise
         if span is not None:
 
-            def done(finished: Any) -> None:
-                code = finished.code()
+            async def end() -> None:
+                code = await call.code()  # the call is over: answers at once
                 self._t.finish(span, code if isinstance(code, grpc.StatusCode) else None)
+
+            def done(_: Any) -> None:
+                task = asyncio.get_running_loop().create_task(end())
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
 
             call.add_done_callback(done)
         return call
