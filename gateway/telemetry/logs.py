@@ -105,10 +105,22 @@ class TransitionLog:
 
 
 def _job_trace_ids(job_id: str, traceparent: str) -> tuple[str, str] | None:
-    """The job's trace: the current span when there is one, else the stored context."""
+    """The job's trace: the current span when there is one, else the job's execute span,
+    else the stored context (the span the job was created under)."""
     current = _trace_ids()
     if current is not None:
         return current
+    tracing = active.tracing
+    job_context = None if tracing is None else tracing.job_context(job_id)
+    if job_context is not None:
+        from opentelemetry import trace
+
+        span_context = trace.get_current_span(job_context).get_span_context()
+        if span_context.is_valid:
+            return (
+                trace.format_trace_id(span_context.trace_id),
+                trace.format_span_id(span_context.span_id),
+            )
     if not traceparent:
         return None
     parts = traceparent.split("-")

@@ -245,7 +245,8 @@ def test_metrics_move_as_jobs_run_fail_and_get_refused(env: Env) -> None:
         assert _run(client, "blip", 10).state is JobState.SUCCEEDED
         env.switch.touch()
         try:
-            assert _run(client, "sick", 10).state is JobState.FAILED
+            failed = _run(client, "sick", 10)
+            assert failed.state is JobState.FAILED
             with pytest.raises(UnavailableError):  # the breaker opened: refused at admission
                 client.submit(_distinct_circuit(), backend="sick", shots=10)
         finally:
@@ -289,6 +290,20 @@ def test_metrics_move_as_jobs_run_fail_and_get_refused(env: Env) -> None:
     for metric in metric_names.ALL:
         for series in metric.prometheus_series:
             assert series in exported, series
+
+    # The failure that opened the breaker is an event on its job's span, which is an error.
+    def failed_span(r: OtlpReceiver) -> ReceivedSpan | None:
+        return next(
+            (
+                x
+                for x in r.trace(failed.trace_id)
+                if x.name == "qgateway.job.execute" and x.attributes["qgateway.job.id"] == failed.id
+            ),
+            None,
+        )
+
+    span = env.receiver.wait_for(failed_span)
+    assert "breaker transition" in span.events and span.status_code == ERROR_STATUS
 
     # ...and pushed over OTLP under their OpenTelemetry names.
     want = {m.name for m in metric_names.ALL}

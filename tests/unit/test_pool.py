@@ -262,3 +262,17 @@ def test_pool_config_carries_the_creation_rate() -> None:
     limits = PoolConfig(min_instances=1, max_instances=3, max_creations_per_s=0.5).limits()
     assert limits.max_creations_per_s == 0.5
     assert PoolConfig().limits().max_creations_per_s > 0
+
+
+@pytest.mark.anyio
+async def test_broken_instances_are_counted_as_restarts() -> None:
+    # Telemetry's qgateway.worker.restarts reads this count.
+    pool = Pool(Factory(), PoolLimits(min_instances=1, max_instances=2, acquire_timeout_s=5))
+    await pool.start()
+    first = await pool.acquire()
+    await pool.release(first)  # healthy: reused, not a restart
+    assert pool.discarded == 0
+    again = await pool.acquire()
+    await pool.release(again, broken=True)
+    assert pool.discarded == 1
+    await pool.close()
