@@ -31,6 +31,7 @@ from gateway.security.api_keys import NewKey, generate_key
 from gateway.telemetry import metric_names
 from tests.gateway_process import GatewayProcess, write_config
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.rpc import slow_circuit
 
 KEY: NewKey = generate_key("acme")
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
@@ -324,3 +325,61 @@ def test_secrets_never_reach_the_log(env: Env) -> None:
     for key in (KEY.key, wrong):
         secret = key.split("_", 2)[2]  # qgw_<prefix>_<secret>; the secret may hold "_"
         assert len(secret) >= 20 and secret not in text
+
+
+RECOVERY_CONFIG = """
+[backends.aer]
+adapter = "aer"
+pool = {{ min_instances = 1, max_instances = 1 }}
+options = {{ method = "statevector" }}
+
+[telemetry.tracing]
+enabled = true
+otlp_endpoint = "{endpoint}"
+export_interval_s = 0.1
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_recovered_after_a_crash_links_to_its_original_trace(
+    env: Env, tmp_path: Path
+) -> None:
+    text = RECOVERY_CONFIG.format(endpoint=env.receiver.endpoint)
+    config = write_config(tmp_path / "r.toml", tmp_path / "data", text)
+    gateway = GatewayProcess.start(config, tmp_path / "r.log")
+    try:
+        provider = TracerProvider()
+        with (
+            provider.get_tracer("test").start_as_current_span("caller") as root,
+            Client(gateway.address, retry=ONCE) as client,
+        ):
+            job = client.submit(slow_circuit(), backend="aer", shots=10000, seed=1)
+            for event in client.watch(job.name, timeout=60):
+                if event.state is JobState.RUNNING:
+                    break
+        original = trace.format_trace_id(root.get_span_context().trace_id)
+        assert job.trace_id == original
+        gateway.kill()  # SIGKILL while it runs: recovered (run again) at the next start
+        gateway = GatewayProcess.start(config, tmp_path / "r.log")
+        with Client(gateway.address, retry=ONCE) as client:
+            done = client.wait(job.name, timeout=90)
+        assert done.state is JobState.SUCCEEDED
+        assert done.trace_id == original  # the job keeps the trace it was created in
+
+        def relinked(r: OtlpReceiver) -> ReceivedSpan | None:
+            return next(
+                (
+                    s
+                    for s in r.spans
+                    if s.name == "qgateway.job.execute"
+                    and s.attributes.get("qgateway.job.id") == job.id
+                    and s.trace_id != original
+                ),
+                None,
+            )
+
+        span = env.receiver.wait_for(relinked)
+        assert span.links == (original,)
+        assert span.attributes["qgateway.job.state"] == "SUCCEEDED"
+    finally:
+        gateway.terminate()
