@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from gateway.config import ConfigError
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Hooks
 from gateway.runtime.pool import Pool
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
+# Seconds one OTLP export may take (with the exporter's own retries).
+EXPORT_TIMEOUT_S = 5.0
 
 
 def _otlp_target(endpoint: str) -> tuple[str, bool]:
@@ -86,7 +89,8 @@ class Telemetry:
         target, insecure = _otlp_target(cfg.otlp_endpoint)
         provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=target, insecure=insecure),
+                # A collector that is down delays shutdown by at most this much.
+                OTLPSpanExporter(endpoint=target, insecure=insecure, timeout=EXPORT_TIMEOUT_S),
                 schedule_delay_millis=cfg.export_interval_s * 1000,
             )
         )
@@ -108,7 +112,13 @@ class Telemetry:
             registry = CollectorRegistry()
             readers.append(PrometheusMetricReader(registry=registry))
             host, port = _split_listen(cfg.prometheus_listen)
-            server, _thread = start_http_server(port, addr=host, registry=registry)
+            try:
+                server, _thread = start_http_server(port, addr=host, registry=registry)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"telemetry.metrics.prometheus_listen: cannot listen on "
+                    f"{cfg.prometheus_listen}: {exc}"
+                ) from None
             self._prometheus = server
             self.prometheus_port = server.server_address[1]
             log.info("metrics: Prometheus scrape endpoint on http://%s:%d/metrics", host,
@@ -120,7 +130,9 @@ class Telemetry:
             target, insecure = _otlp_target(cfg.otlp_endpoint)
             readers.append(
                 PeriodicExportingMetricReader(
-                    OTLPMetricExporter(endpoint=target, insecure=insecure),
+                    OTLPMetricExporter(
+                        endpoint=target, insecure=insecure, timeout=EXPORT_TIMEOUT_S
+                    ),
                     export_interval_millis=cfg.otlp_interval_s * 1000,
                 )
             )

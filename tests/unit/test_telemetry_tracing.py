@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import ValidationError
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.domain.jobs import Job, JobError, JobState
 from gateway.jobs.hooks import Transition
 from gateway.telemetry import active
@@ -245,3 +246,16 @@ def test_off_costs_nothing() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_busy_prometheus_port_is_a_config_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = TelemetryConfig.model_validate(
+            {"metrics": {"prometheus_listen": f"127.0.0.1:{port}"}}
+        )
+        with pytest.raises(ConfigError, match="prometheus_listen"):
+            Telemetry(config).install()
+    assert active.metrics is None
