@@ -29,7 +29,7 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
@@ -115,7 +115,6 @@ class _JobTrace:
     links: Sequence[Link] = ()
     execute: Span | None = None
     queue_ended: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Tracing:
