@@ -56,6 +56,11 @@ def gateway(stub: IbmStub, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield gw
     assert gw.terminate() == 0
     assert API_KEY not in (root / "gateway.log").read_text()
+    # Nor in the store (jobs, sessions, audit records) or any other file the gateway keeps.
+    stored = [p for p in (root / "data").iterdir() if p.is_file()]
+    assert any(p.name.startswith("qgateway.db") for p in stored)
+    for path in stored:
+        assert API_KEY.encode() not in path.read_bytes(), f"the IBM token in {path.name}"
 
 
 def until(client: Client, name: str, state: JobState) -> JobState:

@@ -392,7 +392,7 @@ def test_key_lifecycle_through_the_cli_and_every_deny_path(
         states = {k.name: k.state for k in everything.api_keys}
         assert states[name] == admin_pb2.API_KEY_STATE_REVOKED
         assert states[user_key.api_key.name] == admin_pb2.API_KEY_STATE_EXPIRED
-    _assert_no_secret_logged(keys_gw, secret, user_key.key, ADMIN.key)
+    _assert_no_secret_anywhere(keys_gw, secret, user_key.key, ADMIN.key)
 
 
 def test_health_and_reflection_need_no_credential(keys_gw: GatewayProcess, pki: Pki) -> None:
@@ -443,14 +443,22 @@ def test_jwt_bearer_tokens(keys_gw: GatewayProcess, pki: Pki) -> None:
             UNAUTHENTICATED,
             "JWT_INVALID",
         )
-    _assert_no_secret_logged(keys_gw, good, expired, foreign)
+    _assert_no_secret_anywhere(keys_gw, good, expired, foreign)
 
 
-def _assert_no_secret_logged(gw: GatewayProcess, *secrets: str) -> None:
+def _assert_no_secret_anywhere(gw: GatewayProcess, *secrets: str) -> None:
+    """No secret in the log, nor in any file of the data directory (the database and its WAL,
+    audit records included)."""
     log = gw.log_path.read_text()
     assert "AUTHENTICATION IS OFF" not in log
+    data = gw.log_path.parent / "data"
+    stored = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    assert any(name.startswith("qgateway.db") for name in stored)
     for secret in secrets:
-        assert secret not in log
         # Nor the secret part of a key, nor a token's signature, alone.
         part = secret.split("_", 2)[2] if secret.startswith("qgw_") else secret.rsplit(".")[-1]
-        assert len(part) >= 16 and part not in log
+        assert len(part) >= 16
+        for text in (secret, part):
+            assert text not in log
+            for name, content in stored.items():
+                assert text.encode() not in content, f"a secret in {name}"
