@@ -25,6 +25,7 @@ from gateway.security.mtls import (
     CertMapper,
     CertMatch,
     PeerCert,
+    XfccMalformed,
     is_trusted,
     parse_xfcc,
     peer_cert,
@@ -90,17 +91,29 @@ class Authenticator:
     def _from_certificates(self, metadata: Metadata, context: AuthContext) -> PeerCert | None:
         """The mapped principal's certificate source, or raises for an untrusted XFCC."""
         direct = peer_cert(context)
-        forwarded = _header(metadata, XFCC_HEADER)
-        if forwarded is not None:
+        forwarded = [v for k, v in metadata if k == XFCC_HEADER]
+        if forwarded:
             if not is_trusted(direct, self._trusted):
                 raise Unauthenticated(
                     "FORWARDED_IDENTITY_UNTRUSTED",
                     f"{XFCC_HEADER} is accepted only from a trusted proxy (by its own client "
                     "certificate); send the call without it",
                 )
-            cert = parse_xfcc(forwarded)
-            if cert is not None:
-                return cert
+            # One header, well-formed: with two, which one the proxy wrote is unknowable, and
+            # a malformed one may hide a client-written element (see mtls._elements).
+            try:
+                if len(forwarded) != 1:
+                    raise XfccMalformed("more than one header")
+                value = forwarded[0]
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                # The proxy's own certificate is never its clients' identity: a forwarded
+                # header naming none leaves the caller to its bearer credential.
+                return parse_xfcc(text)
+            except XfccMalformed as exc:
+                raise Unauthenticated(
+                    "FORWARDED_IDENTITY_INVALID",
+                    f"the trusted proxy's {XFCC_HEADER} header is not well-formed ({exc})",
+                ) from None
         return direct
 
     async def authenticate(self, metadata: Metadata, context: AuthContext) -> Principal:

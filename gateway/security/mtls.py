@@ -74,61 +74,92 @@ def peer_cert(auth_context: Mapping[str, Sequence[bytes]]) -> PeerCert | None:
     return PeerCert(subjects[0] if subjects else "", tuple(sans))
 
 
-def _split(text: str, sep: str) -> list[str]:
-    """Splits at `sep` outside double quotes (a backslash escapes the next character)."""
-    parts, current, quoted, escaped = [], [], False, False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            current.append(ch)
-            escaped = True
-        elif ch == '"':
-            current.append(ch)
-            quoted = not quoted
-        elif ch == sep and not quoted:
-            parts.append("".join(current))
-            current = []
+class XfccMalformed(ValueError):
+    """An XFCC header that does not follow Envoy's grammar (or is too long)."""
+
+
+def _elements(header: str) -> list[list[tuple[str, str]]]:
+    """XFCC's elements, each a list of (lower-case key, value) pairs, parsed strictly:
+    element := pair (";" pair)*, elements joined by ","; pair := key "=" value; a value is
+    either unquoted (no `,;"\\`) or a whole double-quoted string (a backslash escapes the next
+    character) followed by a separator or the end.
+
+    Strict on purpose: behind a proxy that appends its element to one the client sent
+    (Envoy's APPEND_FORWARD), a lenient split lets a client's unbalanced quote swallow the
+    proxy's element and leave the client's own Subject/URI as the "last" element.
+
+    Raises:
+        XfccMalformed: Anything else.
+    """
+    elements: list[list[tuple[str, str]]] = []
+    pairs: list[tuple[str, str]] = []
+    i, n = 0, len(header)
+    while True:
+        eq = header.find("=", i)
+        if eq < 0:
+            raise XfccMalformed("a pair without '='")
+        key = header[i:eq].strip()
+        if not key or any(c in key for c in ',;"\\ '):
+            raise XfccMalformed("a bad key")
+        i = eq + 1
+        if i < n and header[i] == '"':
+            out: list[str] = []
+            i += 1
+            while True:
+                if i >= n:
+                    raise XfccMalformed("an unterminated quoted value")
+                ch = header[i]
+                if ch == "\\":
+                    if i + 1 >= n:
+                        raise XfccMalformed("a dangling escape")
+                    out.append(header[i + 1])
+                    i += 2
+                elif ch == '"':
+                    i += 1
+                    break
+                else:
+                    out.append(ch)
+                    i += 1
+            value = "".join(out)
         else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-        out, escaped = [], False
-        for ch in value:
-            if escaped or ch != "\\":
-                out.append(ch)
-                escaped = False
-            else:
-                escaped = True
-        return "".join(out)
-    return value
+            j = i
+            while j < n and header[j] not in ",;":
+                if header[j] in '"\\':
+                    raise XfccMalformed("a quote or escape inside an unquoted value")
+                j += 1
+            value, i = header[i:j], j
+        pairs.append((key.lower(), value))
+        while i < n and header[i] == " ":
+            i += 1
+        if i >= n:
+            elements.append(pairs)
+            return elements
+        sep = header[i]
+        if sep not in ",;":
+            raise XfccMalformed("text after a quoted value")
+        i += 1
+        if sep == ",":
+            elements.append(pairs)
+            pairs = []
 
 
 def parse_xfcc(header: str) -> PeerCert | None:
     """The client certificate the nearest proxy forwarded: XFCC's last element (Envoy appends
-    its own element last), from its Subject, URI and DNS fields. None when it names none."""
+    its own element last), from its Subject, URI and DNS fields. None when it names none.
+
+    Raises:
+        XfccMalformed: The header is not well-formed XFCC (or longer than 64 KiB).
+    """
     if len(header) > _MAX_XFCC_BYTES:
-        return None
-    elements = [e for e in _split(header, ",") if e.strip()]
-    if not elements:
+        raise XfccMalformed("longer than 64 KiB")
+    if not header.strip():
         return None
     subject, sans = "", []
-    for pair in _split(elements[-1], ";"):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            continue
-        key = key.strip().lower()
+    for key, value in _elements(header)[-1]:
         if key == "subject":
-            subject = _unquote(value)
+            subject = value
         elif key in ("uri", "dns"):
-            sans.append(_unquote(value))
+            sans.append(value)
     if not subject and not sans:
         return None
     return PeerCert(subject, tuple(sans))

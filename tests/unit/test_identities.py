@@ -15,7 +15,15 @@ from gateway.config import GatewayConfig
 from gateway.domain.errors import Unauthenticated
 from gateway.security.api_keys import KeyRing, KeyVerifier, generate_key
 from gateway.security.authenticator import Authenticator, bearer_token, claimed_key_prefix
-from gateway.security.mtls import CertMapper, CertMatch, CertRule, PeerCert, parse_xfcc, peer_cert
+from gateway.security.mtls import (
+    CertMapper,
+    CertMatch,
+    CertRule,
+    PeerCert,
+    XfccMalformed,
+    parse_xfcc,
+    peer_cert,
+)
 from gateway.security.principals import ANONYMOUS, Role
 
 pytestmark = pytest.mark.anyio
@@ -117,6 +125,33 @@ async def test_xfcc_counts_only_from_a_trusted_proxy_certificate() -> None:
     unknown = ("x-forwarded-client-cert", 'Subject="CN=nobody"')
     assert await _refused(auth, _md(unknown), PROXY_CTX) == "CERTIFICATE_NOT_MAPPED"
     assert (await auth.authenticate(_md(unknown, bearer), PROXY_CTX)).tenant == "keyco"
+
+
+async def test_a_client_written_xfcc_element_cannot_hide_the_proxys() -> None:
+    # Behind an appending proxy (Envoy APPEND_FORWARD) the client writes the header's start: an
+    # unbalanced quote there made the lenient split take the client's own Subject/URI as the
+    # proxy's (last) element.
+    auth = _auth()
+    forged = 'Subject="O=acme,CN=root";URI=spiffe://acme/root;x="'
+    envoy = ',By=spiffe://gw;Hash=abc;Subject="CN=mallory";URI=spiffe://mallory'
+    with pytest.raises(XfccMalformed):
+        parse_xfcc(forged + envoy)
+    header = ("x-forwarded-client-cert", forged + envoy)
+    assert await _refused(auth, _md(header), PROXY_CTX) == "FORWARDED_IDENTITY_INVALID"
+    for bad in ('Subject="CN=a"b', 'Subject="CN=a', "Subject=a\\b", "Subject", "=x", "a b=c"):
+        with pytest.raises(XfccMalformed):
+            parse_xfcc(bad)
+    # Two headers: which one the proxy wrote is unknowable.
+    twice = (header[0], 'Subject="O=acme,CN=alice"')
+    assert await _refused(auth, _md(twice, twice), PROXY_CTX) == "FORWARDED_IDENTITY_INVALID"
+    # A forwarded header naming no certificate is not the proxy's own identity.
+    proxy_mapped = Authenticator(
+        KeyVerifier(KeyRing([KEY.config])),
+        certs=CertMapper([CertRule(subject="CN=sidecar", tenant="mesh", role=Role.ADMIN)]),
+        trusted_proxies=PROXIES,
+    )
+    only_hash = ("x-forwarded-client-cert", "By=spiffe://gw;Hash=abc")
+    assert await _refused(proxy_mapped, _md(only_hash), PROXY_CTX) == "API_KEY_MISSING"
 
 
 async def test_the_order_certificate_then_bearer_and_the_reasons_without() -> None:
