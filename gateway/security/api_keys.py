@@ -230,6 +230,9 @@ class KeyVerifier:
         self._clock = clock
         self._now = now
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        # Unknown prefixes apart, with their own bound: a flood of made-up prefixes (no secret
+        # needed) must not evict the known keys every real caller relies on.
+        self._unknown: OrderedDict[str, _Cached] = OrderedDict()
         self._loading: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
         # Bumped by forget(): a read that started before a revoke does not cache what it read.
         self._epoch = 0
@@ -238,10 +241,11 @@ class KeyVerifier:
         """Drops a cached record (RevokeApiKey on this gateway: effective at once)."""
         self._epoch += 1
         self._cache.pop(prefix, None)
+        self._unknown.pop(prefix, None)
 
     async def _record(self, prefix: str) -> ApiKeyRecord | None:
         assert self._store is not None
-        cached = self._cache.get(prefix)
+        cached = self._cache.get(prefix) or self._unknown.get(prefix)
         if cached is not None and self._clock() - cached.fetched < self._cache_s:
             return cached.record
         loading = self._loading.get(prefix)
@@ -261,10 +265,12 @@ class KeyVerifier:
         future.set_result(record)
         if epoch != self._epoch:
             return record
-        self._cache[prefix] = _Cached(record, self._clock())
-        self._cache.move_to_end(prefix)
-        while len(self._cache) > self._max_cached:
-            self._cache.popitem(last=False)
+        cache = self._cache if record is not None else self._unknown
+        (self._unknown if record is not None else self._cache).pop(prefix, None)
+        cache[prefix] = _Cached(record, self._clock())
+        cache.move_to_end(prefix)
+        while len(cache) > self._max_cached:
+            cache.popitem(last=False)
         return record
 
     async def verify(self, token: str) -> Principal:

@@ -241,3 +241,25 @@ async def test_a_read_in_flight_during_a_revoke_is_not_cached(store: SqliteStore
     with pytest.raises(Unauthenticated) as revoked:
         await verifier.verify(key)
     assert revoked.value.reason == "API_KEY_REVOKED" and len(reads) == 2
+
+
+async def test_made_up_prefixes_do_not_evict_known_keys(store: SqliteStore) -> None:
+    # Anyone can send well-formed keys with random prefixes (no secret needed): each one is a
+    # store read, and cached with known keys it pushed them out, so a flood made every real
+    # caller's key a store read on the store's one thread too.
+    clock = Clock()
+    counting = CountingStore(store)
+    verifier = KeyVerifier(KeyRing([]), counting, max_cached=4, clock=lambda: clock.mono)
+    key, record = _record("acme")
+    await store.create_api_key(record)
+    await verifier.verify(key)
+    for n in range(20):
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(f"qgw_made{n:04d}up_secret")
+    reads = counting.reads
+    assert (await verifier.verify(key)).tenant == "acme"
+    assert counting.reads == reads  # still cached
+    # Unknown prefixes stay cached (bounded) for the cache period too.
+    with pytest.raises(Unauthenticated):
+        await verifier.verify("qgw_made0019up_secret")
+    assert counting.reads == reads
