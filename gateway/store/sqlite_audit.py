@@ -196,6 +196,10 @@ def api_key_changed(key: ApiKeyRecord | None, draft: AuditRecord) -> AuditRecord
     return replace(draft, resource=f"tenants/{key.tenant}/apiKeys/{key.prefix}")
 
 
+# Records one ListAuditRecords page examines at most (a few milliseconds of the store thread).
+MAX_SCAN = 10_000
+
+
 def _filter_sql(query: AuditFilter) -> tuple[list[str], list[object]]:
     where: list[str] = []
     params: list[object] = []
@@ -300,26 +304,44 @@ class SqliteAudit:
         query: AuditFilter | None = None,
         after: int = 0,
         limit: int = 100,
+        scan: int = MAX_SCAN,
     ) -> AuditPage:
-        """Records matching `query` (and `tenant` when given) by sequence, after `after`."""
+        """Records matching `query` (and `tenant` when given) by sequence, after `after`.
+
+        One page examines at most `scan` records (of the tenant's, in sequence order): a
+        filter that matches few or none must not scan the whole log on the store's only
+        thread, holding every write behind it. A page may therefore hold fewer than `limit`
+        records, or none, and still have a next page (AIP-158).
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        where, params = _filter_sql(query or AuditFilter())
-        where.insert(0, "seq > ?")
-        params.insert(0, after)
+        scan = max(scan, limit + 1)
+        scope = ["seq > ?"]
+        scope_params: list[object] = [after]
         if tenant is not None:
-            where.insert(0, "tenant = ?")
-            params.insert(0, tenant)
-        sql = (
-            f"SELECT {_COLUMNS} FROM audit_records WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+            scope.insert(0, "tenant = ?")
+            scope_params.insert(0, tenant)
+        # The last sequence of the window (None: fewer than `scan` records remain).
+        window_sql = (
+            f"SELECT seq FROM audit_records WHERE {' AND '.join(scope)}"
+            " ORDER BY seq LIMIT 1 OFFSET ?"
         )
-        params.append(limit + 1)
+        where, params = _filter_sql(query or AuditFilter())
 
         def op(conn: sqlite3.Connection) -> AuditPage:
-            rows = conn.execute(sql, params).fetchall()
-            records = [_row(r) for r in rows[:limit]]
-            more = len(rows) > limit
-            return AuditPage(records, records[-1].sequence if more else None)
+            end = conn.execute(window_sql, [*scope_params, scan - 1]).fetchone()
+            bound = ["seq <= ?"] if end is not None else []
+            bound_params = [end[0]] if end is not None else []
+            sql = (
+                f"SELECT {_COLUMNS} FROM audit_records"
+                f" WHERE {' AND '.join([*scope, *bound, *where])} ORDER BY seq LIMIT ?"
+            )
+            rows = conn.execute(sql, [*scope_params, *bound_params, *params, limit + 1])
+            found = rows.fetchall()
+            records = [_row(r) for r in found[:limit]]
+            if len(found) > limit:
+                return AuditPage(records, records[-1].sequence)
+            return AuditPage(records, None if end is None else int(end[0]))
 
         return await self._call(op, readonly=True)
 

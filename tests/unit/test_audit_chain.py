@@ -240,3 +240,42 @@ def test_the_store_refuses_edits_and_a_forged_anchor_shows(tmp_path: Path) -> No
     verdict = _verify_file(tmp_path / "q.db", head)
     assert verdict.problem is Problem.BAD_ANCHOR
     conn.close()
+
+
+def test_a_page_examines_a_bounded_window_of_records(tmp_path: Path) -> None:
+    # A filter matching nothing scanned the whole log (the tenant's, for a tenant admin) in
+    # one statement on the store's only thread; each page now examines at most `scan`
+    # records and says where to go on.
+    async def main() -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            records = _records(30)
+            records[25] = replace(records[25], principal="apiKeys/rare")
+            await store.append_audit(records)
+            await store.append_audit([replace(_records(1)[0], tenant="other")])
+            rare = audit.AuditFilter(((audit.AuditComparison("principal", "=", "apiKeys/rare"),),))
+            seen: list[int] = []
+            after, pages = 0, 0
+            while True:
+                page = await store.list_audit(
+                    tenant="acme", query=rare, after=after, limit=2, scan=10
+                )
+                pages += 1
+                seen += [r.sequence for r in page.records]
+                if page.next_after is None:
+                    break
+                after = page.next_after
+            assert seen == [26]
+            # Windows 1-10, 11-20, 21-30 (acme's records only), then an empty look past 30.
+            assert pages == 4
+            # Without a filter a page is full, and paging goes on from its last record.
+            page = await store.list_audit(tenant="acme", after=0, limit=4, scan=10)
+            assert [r.sequence for r in page.records] == [1, 2, 3, 4]
+            assert page.next_after == 4
+            last = await store.list_audit(tenant="other", after=0, limit=4, scan=10)
+            assert [r.sequence for r in last.records] == [31] and last.next_after is None
+        finally:
+            await store.close()
+
+    asyncio.run(main())
