@@ -130,7 +130,10 @@ class ApiKeyRpcs:
         now = self._clock()
         expires = None
         if asked.HasField("expire_time"):
-            expires = asked.expire_time.ToDatetime(tzinfo=UTC)
+            try:
+                expires = asked.expire_time.ToDatetime(tzinfo=UTC)
+            except ValueError:  # outside 0001..9999: the client's input, not a gateway bug
+                raise _bad("api_key.expire_time", "not a valid timestamp") from None
             if expires <= now:
                 raise _bad("api_key.expire_time", "must be in the future")
         new = generate_key(tenant, role=role)
