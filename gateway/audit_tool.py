@@ -53,6 +53,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         )
     finally:
         conn.close()
+    if verdict.ok and head is None and not args.no_head and verdict.count > 0:
+        # The gateway exports its head when it starts: records without a head file mean the
+        # file was removed, which would hide the deletion of the newest records.
+        print(
+            f"BAD: no exported head at {paths.head}, but {verdict.count} records: the newest "
+            "records cannot be checked (pass --no-head to verify without it)",
+            file=sys.stderr,
+        )
+        return 1
     if verdict.ok:
         checked = "" if head is not None else " (no exported head: newest records unchecked)"
         print(

@@ -3,6 +3,7 @@ that a caller controls."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +12,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from qgateway.v1 import admin_pb2, admin_service_pb2
 
+from gateway import audit_tool
 from gateway.api.admin_service import AdminServicer
+from gateway.domain.audit import AuditRecord
 from gateway.domain.errors import Code, InvalidArgument
+from gateway.security import audit_files
 from gateway.security.principals import Principal, Role, current_principal
 from gateway.store.sqlite import SqliteStore
 
@@ -47,3 +51,28 @@ async def test_a_key_expiry_outside_timestamps_range_is_invalid_argument(
         await admin.CreateApiKey(request, None)
     assert caught.value.code == Code.INVALID_ARGUMENT
     assert caught.value.reason == "INVALID_API_KEY"
+
+
+async def test_verify_refuses_records_without_their_exported_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Removing the head file and the newest records passed verify ("OK ... unchecked").
+    key = audit_files.load_or_create_key(tmp_path / "audit.key")
+    store = SqliteStore(tmp_path / audit_tool.DB_FILE)
+    store.enable_audit(key)
+    await store.open()
+    record = AuditRecord(time=T0, end_time=T0, service="s", method="GetJob", tenant="acme")
+    head = await store.append_audit([record, record])
+    await store.close()
+    args = argparse.Namespace(
+        config=None,
+        data_dir=tmp_path,
+        key_file=tmp_path / "audit.key",
+        head_file=tmp_path / "audit.head",
+        no_head=False,
+    )
+    assert audit_tool._cmd_verify(args) == 1
+    assert "no exported head" in capsys.readouterr().err
+    assert audit_tool._cmd_verify(argparse.Namespace(**{**vars(args), "no_head": True})) == 0
+    audit_files.write_head(tmp_path / "audit.head", head)
+    assert audit_tool._cmd_verify(args) == 0
