@@ -37,6 +37,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1 << 20
+_MAX_SUBJECT = 255
 
 
 class JwtConfig(BaseModel):
@@ -296,6 +297,11 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise _invalid("claim 'sub' missing")
+        # The principal id goes into every audit record: OIDC's bound (255 ASCII characters)
+        # keeps it small, and a lone surrogate (JSON's "\\ud800") could not be encoded there,
+        # failing the whole batch of records it was written with.
+        if len(subject) > _MAX_SUBJECT or not subject.isascii() or not subject.isprintable():
+            raise _invalid("claim 'sub' is not a subject identifier (at most 255 ASCII characters)")
         return Principal(
             tenant=tenant, id=f"jwt/{config.issuer}#{subject}", role=self._role(claims)
         )

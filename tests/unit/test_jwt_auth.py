@@ -99,6 +99,8 @@ async def test_a_good_token_names_its_tenant_subject_and_role(jwks_file: Path) -
         ({"tenant": None}, "tenant"),
         ({"tenant": "../etc"}, "tenant"),
         ({"sub": None}, "'sub' missing"),
+        ({"sub": "\ud800"}, "'sub' is not"),
+        ({"sub": "a" * 256}, "'sub' is not"),
         ({"exp": None}, "'exp' missing"),
         ({"nbf": int(time.time()) + 3600}, "not valid yet"),
     ],
