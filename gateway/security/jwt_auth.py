@@ -143,6 +143,7 @@ class JwksSource:
         self._failed = False
         self._file_stamp: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Future[None] | None = None
         if config.jwks_file is not None:
             self._load_file()  # at start: a missing or broken file is a configuration error
 
@@ -203,7 +204,13 @@ class JwksSource:
         if self._loaded_at is None or self._clock() - self._loaded_at >= (
             self._config.jwks_refresh_s
         ):
-            await self._refresh_url(unknown_kid=False)
+            if not self._keys:
+                await self._refresh_url(unknown_kid=False)
+            elif self._refreshing is None or self._refreshing.done():
+                # Calls go on with the keys they have while the set is fetched again: waiting
+                # on it stalled every JWT call for the fetch (up to its 10 s timeout, every
+                # min-refetch interval while the provider is down).
+                self._refreshing = asyncio.ensure_future(self._refresh_url(unknown_kid=False))
         found = self._pick(kid)
         if found is None:
             await self._refresh_url(unknown_kid=True)

@@ -4,9 +4,11 @@ key sets from a file (re-read when it changes) or a URL (re-fetched, rate-limite
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -206,3 +208,32 @@ async def test_a_key_set_url_is_cached_and_unknown_kids_refetch_at_most_so_often
     now[0] += 31
     assert (await verifier.verify(_token(new_key, "ES256", "e9"))).tenant == "acme"
     assert len(fetches) == 2
+
+
+async def test_a_due_key_set_refresh_does_not_hold_calls_up() -> None:
+    # Every call awaited the scheduled re-fetch (up to its 10 s timeout, and again every
+    # min-refetch interval while the provider was down) although its key was cached.
+    release = threading.Event()
+    fetches: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        fetches.append(url)
+        if len(fetches) > 1:
+            release.wait(10)
+        return json.dumps(_jwks(r1=RSA_KEY)).encode()
+
+    now = [0.0]
+    config = JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url="https://idp.example/jwks")
+    source = JwksSource(config, fetch=fetch, clock=lambda: now[0])
+    verifier = JwtVerifier(config, source)
+    assert (await verifier.verify(_token())).tenant == "acme"
+    now[0] += config.jwks_refresh_s + 1
+    try:
+        for _ in range(3):
+            principal = await asyncio.wait_for(verifier.verify(_token()), timeout=2)
+            assert principal.tenant == "acme"
+        assert len(fetches) == 2  # one background re-fetch, not one per call
+    finally:
+        release.set()
+    assert source._refreshing is not None
+    await source._refreshing
