@@ -13,7 +13,7 @@ import dataclasses
 import secrets
 import time
 import uuid
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Protocol
 
 import anyio
@@ -31,6 +31,7 @@ from gateway.domain.errors import (
 )
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
+from gateway.jobs.queue_port import JobQueue
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import BreakerState
 from gateway.security.policies import PolicyBook
@@ -236,7 +237,15 @@ class Admission:
         await queue.put(_queued(new), prepared)
         runtime.wake.set()
         try:
-            outcome = await creating
+            # Shielded: the store commits a write whose caller was cancelled anyway, so the
+            # create must not be cancelled with the call (a client's deadline): taking the
+            # stand-in back then left the committed job QUEUED in the store but in no queue,
+            # holding its quota reservation and queued-job count, never run (a retry with its
+            # request_id got it back, stuck) until a restart.
+            outcome = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(self._take_back_unless_created(queue, new))
+            raise
         except BaseException:
             await queue.remove(new.id, tenant)
             raise
@@ -257,6 +266,26 @@ class Admission:
         prepared = await self.prepare(runtime, tenant, spec, seed)
         self._check_job(tenant, spec, prepared)
         return pricing.estimate(runtime.settings.price, prepared.shots)
+
+    @staticmethod
+    def _take_back_unless_created(
+        queue: JobQueue, new: NewJob
+    ) -> Callable[[asyncio.Future[CreateOutcome]], None]:
+        """For a create whose caller went away: the stand-in stays queued if the job was
+        created, and is taken back otherwise."""
+
+        def done(creating: asyncio.Future[CreateOutcome]) -> None:
+            if (
+                not creating.cancelled()
+                and creating.exception() is None
+                and creating.result().created
+            ):
+                return
+            removing = asyncio.ensure_future(queue.remove(new.id, new.tenant))
+            _removals.add(removing)
+            removing.add_done_callback(_removals.discard)
+
+        return done
 
     async def _create(self, new: NewJob) -> CreateOutcome:
         outcome = await self._store.create_job(new)
@@ -312,6 +341,10 @@ class Admission:
             # Part of the stored spec, so a re-queued job keeps its limit after a restart.
             max_run_time_s=spec.options.max_execution_time_s,
         )
+
+
+# Stand-ins being taken back after their caller went away (a reference keeps each task alive).
+_removals: set[asyncio.Future[bool]] = set()
 
 
 def _queued(new: NewJob) -> Job:

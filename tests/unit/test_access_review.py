@@ -4,6 +4,7 @@ that a caller controls."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,9 @@ from gateway.domain.audit import AuditRecord
 from gateway.domain.errors import Code, InvalidArgument
 from gateway.security import audit_files
 from gateway.security.principals import Principal, Role, current_principal
+from gateway.store.base import CreateOutcome, NewJob
 from gateway.store.sqlite import SqliteStore
+from tests.core_harness import ScriptedRunner, build_core, spec
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -76,3 +79,49 @@ async def test_verify_refuses_records_without_their_exported_head(
     assert audit_tool._cmd_verify(argparse.Namespace(**{**vars(args), "no_head": True})) == 0
     audit_files.write_head(tmp_path / "audit.head", head)
     assert audit_tool._cmd_verify(args) == 0
+
+
+class _GatedStore(SqliteStore):
+    """create_job's commit goes on when its caller is cancelled (as SqliteStore._call's), and
+    the caller waits at a gate first, so a test can cancel it mid-commit."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate: asyncio.Event | None = None
+        self.reached = asyncio.Event()
+        self.creates: list[asyncio.Future[CreateOutcome]] = []
+
+    async def create_job(self, new: NewJob) -> CreateOutcome:
+        commit = asyncio.ensure_future(super().create_job(new))
+        self.creates.append(commit)
+        if self.gate is not None:
+            self.reached.set()
+            await self.gate.wait()
+        return await commit
+
+
+async def test_a_submit_cancelled_mid_commit_leaves_no_job_stranded(tmp_path: Path) -> None:
+    # The caller's cancellation (a client deadline) cancelled the create and took the stand-in
+    # out of the memory queue, while the store committed the job anyway: QUEUED, holding its
+    # quota and queued-job count, in no queue, never run until a restart.
+    store = _GatedStore(tmp_path / "q.db")
+    await store.open()
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        first = await core.submit("alice", spec("sim", "a"))
+        await core.until("alice", first.id, "RUNNING")
+        store.gate = asyncio.Event()
+        submitting = asyncio.ensure_future(core.submit("alice", spec("sim", "b"), "r1"))
+        await store.reached.wait()
+        submitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await submitting
+        store.gate.set()
+        outcome = await store.creates[-1]
+        assert outcome.created  # the store committed it: the job exists
+        runner.succeed(first.id)
+        await core.until("alice", outcome.job.id, "RUNNING", timeout=3)
+    finally:
+        await core.manager.close()
+        await store.close()
