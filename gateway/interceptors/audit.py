@@ -37,6 +37,8 @@ def split_method(full: str) -> tuple[str, str]:
 # A client's own strings (a name, a request id) are kept to this many characters: an
 # authenticated caller must not grow the log by megabytes per call.
 MAX_CLIENT_TEXT = 256
+# Refusals written aggregated (count per window), not one record per call.
+AGGREGATED_REASONS = frozenset({"RATE_LIMITED"})
 
 
 def _text_field(message: Any, name: str) -> str:
@@ -155,8 +157,16 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
     def _finish(self, record: AuditRecord | None, code: int, reason: str) -> None:
-        if record is not None:
-            self._writer.add(replace(record, end_time=self._clock(), code=code, reason=reason))
+        if record is None:
+            return
+        ended = replace(record, end_time=self._clock(), code=code, reason=reason)
+        if reason in AGGREGATED_REASONS:
+            # Refused before the servicer ran, at whatever rate the caller sends: aggregated
+            # per peer host, principal and window like failed authentications, or a caller
+            # over its rate grows the log by one record per refused call.
+            self._writer.auth_failed(ended)
+        else:
+            self._writer.add(ended)
 
     async def intercept_service(
         self,

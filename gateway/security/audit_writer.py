@@ -79,7 +79,7 @@ class AuditWriter:
         self._buffer: list[AuditRecord] = []
         self._timer: asyncio.TimerHandle | None = None
         self._window_timer: asyncio.TimerHandle | None = None
-        self._failures: dict[tuple[str, str], _Failures] = {}
+        self._failures: dict[tuple[str, str, str], _Failures] = {}
         self._inflight: set[asyncio.Future[ChainPoint]] = set()
         self._closed = False
         self.written = 0
@@ -97,13 +97,16 @@ class AuditWriter:
 
     def auth_failed(self, record: AuditRecord) -> None:
         """A call refused before authentication succeeded (bad credentials, an undecodable
-        request): the first per (peer host, reason) in a window is written, later ones are
-        counted into one record when the window ends."""
-        key = (peer_host(record.peer), record.reason)
+        request) or before its servicer ran (its rate): the first per (peer host, reason,
+        principal) in a window is written, later ones are counted into one record when the
+        window ends."""
+        # Per principal too: calls refused for their rate (authenticated, so the principal is
+        # known) are aggregated the same way without merging two callers of one host.
+        key = (peer_host(record.peer), record.reason, record.principal)
         record = replace(record, peer=key[0])
         state = self._failures.get(key)
         if state is None and len(self._failures) >= self._max_peers:
-            key = (OVERFLOW_PEER, "")
+            key = (OVERFLOW_PEER, "", "")
             record = replace(record, peer=OVERFLOW_PEER)
             state = self._failures.get(key)
         if state is None:

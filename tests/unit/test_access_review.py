@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,9 +15,11 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 
 from gateway import audit_tool
 from gateway.api.admin_service import AdminServicer
-from gateway.domain.audit import AuditRecord
+from gateway.domain.audit import AuditRecord, ChainPoint
 from gateway.domain.errors import Code, InvalidArgument
+from gateway.interceptors.audit import AuditInterceptor
 from gateway.security import audit_files
+from gateway.security.audit_writer import AuditWriter
 from gateway.security.principals import Principal, Role, current_principal
 from gateway.store.base import CreateOutcome, NewJob
 from gateway.store.sqlite import SqliteStore
@@ -125,3 +127,40 @@ async def test_a_submit_cancelled_mid_commit_leaves_no_job_stranded(tmp_path: Pa
     finally:
         await core.manager.close()
         await store.close()
+
+
+async def test_calls_refused_for_their_rate_are_aggregated_per_principal() -> None:
+    # A caller over its request rate still got one audit record per refused call: the rate
+    # limit bounded its work but not the log's growth.
+    batches: list[list[AuditRecord]] = []
+
+    class Sink:
+        async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
+            batches.append(list(records))
+            return ChainPoint(0, b"")
+
+    writer = AuditWriter(Sink(), flush_interval_s=3600, failure_window_s=3600)
+    interceptor = AuditInterceptor(writer, clock=lambda: T0)
+    for principal in ("apiKeys/a", "apiKeys/b"):
+        draft = AuditRecord(
+            time=T0,
+            end_time=T0,
+            service="qgateway.v1.JobService",
+            method="GetJob",
+            principal=principal,
+            tenant="acme",
+            peer="ipv4:10.0.0.1:5000",
+        )
+        for _ in range(100):
+            interceptor._finish(draft, int(Code.RESOURCE_EXHAUSTED), "RATE_LIMITED")
+    interceptor._finish(draft, int(Code.OK), "")
+    await writer.close()
+    records = [r for b in batches for r in b]
+    limited = [(r.principal, r.count) for r in records if r.reason == "RATE_LIMITED"]
+    assert sorted(limited) == [
+        ("apiKeys/a", 1),
+        ("apiKeys/a", 99),
+        ("apiKeys/b", 1),
+        ("apiKeys/b", 99),
+    ]
+    assert [r.code for r in records if r.reason == ""] == [int(Code.OK)]
