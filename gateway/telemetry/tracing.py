@@ -14,7 +14,7 @@ shows the trace id and a job recovered after a restart starts new spans that lin
       qgateway.job.execute                              (started -> final state; events)
         qgateway.runner.submit / .wait / .reattach     (provider runners' calls)
           qgateway.worker.execute                       (timed inside the simulator worker)
-        qgateway.store.mark_running / finish_job
+        qgateway.store.finish_job                       (marking it RUNNING: an event)
 
 Worker processes export nothing themselves: the gateway sends the trace flag with the work,
 the worker returns its own start and end times with the reply, and the gateway records the
@@ -83,9 +83,12 @@ def traceparent_of(span_context: trace.SpanContext) -> str:
     """A span context as a W3C traceparent ("" when invalid)."""
     if not span_context.is_valid:
         return ""
-    carrier: dict[str, str] = {}
-    _TRACEPARENT.inject(carrier, trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
-    return carrier.get("traceparent", "")
+    # Formatted here (version 00, as the W3C propagator writes it): one per job created, where
+    # the propagator's inject builds a context and a carrier first.
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}"
+    )
 
 
 def span_context_of(traceparent: str) -> trace.SpanContext | None:
@@ -270,12 +273,14 @@ class Tracing:
         if entry is not None:
             return entry
         local = self._origins.pop(job.trace_context, None) if job.trace_context else None
+        if local is not None:
+            # Created by an RPC of this process (the common case: no traceparent to parse).
+            entry = _JobTrace(parent=local)
+            self._track(job.id, entry)
+            return entry
         current = trace.get_current_span().get_span_context()
         origin = span_context_of(job.trace_context)
-        if local is not None:
-            # Created by an RPC of this process.
-            entry = _JobTrace(parent=local)
-        elif current.is_valid and (origin is None or origin.trace_id == current.trace_id):
+        if current.is_valid and (origin is None or origin.trace_id == current.trace_id):
             entry = _JobTrace(parent=RPC_CONTEXT.get() or context.get_current())
         elif origin is not None:
             # Recovered after a restart (or claimed from another replica): new spans, linked
@@ -286,11 +291,14 @@ class Tracing:
             )
         else:
             entry = _JobTrace(parent=context.Context())
+        self._track(job.id, entry)
+        return entry
+
+    def _track(self, job_id: str, entry: _JobTrace) -> None:
         if len(self._jobs) >= MAX_TRACKED_JOBS:
             # Jobs that end elsewhere (another replica) never leave: forget the oldest.
             del self._jobs[next(iter(self._jobs))]
-        self._jobs[job.id] = entry
-        return entry
+        self._jobs[job_id] = entry
 
     def on_transition(self, transition: Transition) -> None:
         job = transition.job
