@@ -57,7 +57,8 @@ class JwtConfig(BaseModel):
     tenant_claim: str = "tenant"
     # The claim naming its role (a string or a list of strings); "" gives every token `user`.
     role_claim: str = "role"
-    # Claim value -> role, e.g. { "qgw-admins" = "admin" }; empty: the claim holds a role name.
+    # Claim value -> role, e.g. { "qgw-admins" = "admin" }; empty: the claim holds a role name,
+    # "user" or "tenant-admin" (admin is granted only through this mapping).
     # A token whose claim matches several values gets the highest role; none: `user`.
     roles: dict[str, Role] = Field(default_factory=dict)
     jwks_refresh_s: float = Field(default=300.0, gt=0)
@@ -242,7 +243,9 @@ class JwtVerifier:
             if self._config.roles:
                 if value in self._config.roles:
                     roles.append(self._config.roles[value])
-            elif value in Role._value2member_map_:
+            elif value in Role._value2member_map_ and value != Role.ADMIN:
+                # Global admin only through an explicit mapping: an identity provider that
+                # lets users shape their own claims must not make them admins by default.
                 roles.append(Role(value))
         return max(roles, key=_ROLE_RANK.__getitem__)
 

@@ -170,6 +170,9 @@ async def test_claims_map_to_roles(jwks_file: Path) -> None:
     # Without a mapping only a role's own name counts; anything else is a user.
     plain = JwtVerifier(_config(jwks_file))
     assert (await plain.verify(_token(role="superuser"))).role is Role.USER
+    # ... and never "admin": global scope needs an explicit mapping of the claim's value.
+    assert (await plain.verify(_token(role="admin"))).role is Role.USER
+    assert (await plain.verify(_token(role=["admin", "tenant-admin"]))).role is Role.TENANT_ADMIN
 
 
 async def test_a_rotated_key_file_is_read_again(jwks_file: Path) -> None:
@@ -213,12 +216,13 @@ async def test_a_key_set_url_is_cached_and_unknown_kids_refetch_at_most_so_often
 async def test_a_due_key_set_refresh_does_not_hold_calls_up() -> None:
     # Every call awaited the scheduled re-fetch (up to its 10 s timeout, and again every
     # min-refetch interval while the provider was down) although its key was cached.
-    release = threading.Event()
+    release, refetching = threading.Event(), threading.Event()
     fetches: list[str] = []
 
     def fetch(url: str) -> bytes:
         fetches.append(url)
         if len(fetches) > 1:
+            refetching.set()
             release.wait(10)
         return json.dumps(_jwks(r1=RSA_KEY)).encode()
 
@@ -232,6 +236,8 @@ async def test_a_due_key_set_refresh_does_not_hold_calls_up() -> None:
         for _ in range(3):
             principal = await asyncio.wait_for(verifier.verify(_token()), timeout=2)
             assert principal.tenant == "acme"
+        # The re-fetch runs on a thread of its own, which may start after the calls answered.
+        assert await asyncio.to_thread(refetching.wait, 10)
         assert len(fetches) == 2  # one background re-fetch, not one per call
     finally:
         release.set()
