@@ -85,31 +85,6 @@ class KeyRing:
     def get(self, prefix: str) -> ApiKeyConfig | None:
         return self._by_prefix.get(prefix)
 
-    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
-        header = next((v for k, v in metadata if k == METADATA_KEY), None)
-        if header is None:
-            raise Unauthenticated(
-                "API_KEY_MISSING",
-                "this gateway requires an API key: send metadata 'authorization: Bearer qgw_...'",
-            )
-        value = header.decode(errors="replace") if isinstance(header, bytes) else header
-        scheme, _, key = value.partition(" ")
-        parts = key.split("_", 2)  # the secret may itself contain "_"
-        invalid = Unauthenticated("API_KEY_INVALID", "the API key is not valid")
-        if scheme.lower() != "bearer" or len(parts) != 3 or parts[0] != KEY_PREFIX:
-            raise invalid
-        entry = self._by_prefix.get(parts[1])
-        # Compare against a dummy hash when the prefix is unknown, so timing tells nothing.
-        expected = entry.sha256 if entry is not None else "0" * 64
-        if not hmac.compare_digest(hash_key(key), expected) or entry is None:
-            raise invalid
-        return Principal(
-            tenant=entry.tenant,
-            id=f"apiKeys/{entry.prefix}",
-            role=entry.role,
-            key_prefix=entry.prefix,
-        )
-
 
 def key_prefix(token: str) -> str | None:
     """The prefix of a well-formed `qgw_<prefix>_<secret>` token; None for anything else."""

@@ -3,13 +3,14 @@ hash, which the gateway's configuration loads and accepts the key by."""
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 
 import pytest
 
 from gateway import cli
 from gateway.config import GatewayConfig
-from gateway.security.api_keys import KeyRing
+from gateway.security.api_keys import KeyRing, KeyVerifier
 from gateway.security.principals import Role
 
 
@@ -24,6 +25,6 @@ def test_keys_toml_prints_a_loadable_entry_and_the_key_once(
     config = GatewayConfig(**tomllib.loads(entry))
     (configured,) = config.auth.api_keys
     assert (configured.tenant, configured.role, configured.name) == ("ops", Role.ADMIN, "boot")
-    principal = KeyRing(config.auth.api_keys).authenticate([("authorization", f"Bearer {key}")])
+    principal = asyncio.run(KeyVerifier(KeyRing(config.auth.api_keys)).verify(key))
     assert principal.role is Role.ADMIN and config.auth.enabled
     assert out.count(key) == 1
