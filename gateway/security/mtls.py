@@ -10,6 +10,7 @@ certificate matches `auth.trusted_proxies`; the peer's address is never trusted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -30,8 +31,24 @@ class PeerCert:
     sans: tuple[str, ...] = ()
 
 
+def _san_pattern(pattern: str) -> re.Pattern[str]:
+    """A SAN pattern: "*" and "?" never match "/", "@" or ":", so a wildcard stays inside one
+    DNS name or one URI path segment ("*.acme.test" is no URI or e-mail address ending in
+    ".acme.test"; "spiffe://acme/*" is not "spiffe://acme/x/admin")."""
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append("[^/@:]*")
+        elif char == "?":
+            parts.append("[^/@:]")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts))
+
+
 class CertMatch(BaseModel):
-    """A pattern on a certificate: `subject` or `san` (exactly one), shell-style ("*", "?")."""
+    """A pattern on a certificate: `subject` or `san` (exactly one), shell-style ("*", "?");
+    in a SAN pattern the wildcards never cross "/", "@" or ":" (see _san_pattern)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,7 +68,8 @@ class CertMatch(BaseModel):
                 cert.subject if cert.subject and fnmatchcase(cert.subject, self.subject) else None
             )
         assert self.san is not None
-        return next((s for s in cert.sans if fnmatchcase(s, self.san)), None)
+        pattern = _san_pattern(self.san)
+        return next((s for s in cert.sans if pattern.fullmatch(s)), None)
 
 
 class CertRule(CertMatch):

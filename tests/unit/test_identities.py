@@ -213,3 +213,15 @@ def test_a_gateway_without_authentication_says_so_loudly(caplog: pytest.LogCaptu
     with caplog.at_level("INFO", logger="gateway"):
         _log_security(keyed)  # type: ignore[arg-type]
     assert not any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+
+
+def test_san_wildcards_stay_inside_one_name_or_path_segment() -> None:
+    dns = CertMatch(san="*.acme.test")
+    assert dns.matches(PeerCert("", ("alice.acme.test",))) == "alice.acme.test"
+    # Neither a URI nor an e-mail address that merely ends like the DNS pattern.
+    assert dns.matches(PeerCert("", ("spiffe://cluster/ns/x/sa/y.acme.test",))) is None
+    assert dns.matches(PeerCert("", ("eve@x.acme.test",))) is None
+    uri = CertMatch(san="spiffe://acme/*")
+    assert uri.matches(PeerCert("", ("spiffe://acme/alice",))) == "spiffe://acme/alice"
+    assert uri.matches(PeerCert("", ("spiffe://acme/alice/admin",))) is None
+    assert uri.matches(PeerCert("", ("spiffe://acme.evil/alice",))) is None
