@@ -75,11 +75,11 @@ class Telemetry:
         active.install(self.tracing, self.metrics)
 
     def _tracing(self, resource: Any) -> Tracing:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-        from gateway.telemetry.otlp_spans import WireSpanExporter
         from gateway.telemetry.tracing import TRACER_NAME, Tracing
 
         cfg = self.config.tracing
@@ -89,9 +89,8 @@ class Telemetry:
         target, insecure = _otlp_target(cfg.otlp_endpoint)
         provider.add_span_processor(
             BatchSpanProcessor(
-                # A collector that is down delays shutdown by at most this much. The OTLP/gRPC
-                # exporter, with a cheaper encoding of the spans (otlp_spans).
-                WireSpanExporter(endpoint=target, insecure=insecure, timeout=EXPORT_TIMEOUT_S),
+                # A collector that is down delays shutdown by at most this much.
+                OTLPSpanExporter(endpoint=target, insecure=insecure, timeout=EXPORT_TIMEOUT_S),
                 schedule_delay_millis=cfg.export_interval_s * 1000,
             )
         )
