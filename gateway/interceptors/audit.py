@@ -26,6 +26,7 @@ from gateway.domain.errors import Code, GatewayError
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
 from gateway.security.audit_writer import AuditWriter
 from gateway.security.principals import AuthFailure, current_principal
+from gateway.telemetry import active as telemetry
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -153,7 +154,9 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             resource=fields["resource"],
             backend=fields["backend"],
             request_id=fields["request_id"] or meta.get("x-request-id", "")[:MAX_CLIENT_TEXT],
-            trace_id=audit.trace_id(meta.get("traceparent", "")),
+            # The call's own span when tracing is on (the caller's trace, or the one the
+            # gateway started for it); else the caller's traceparent, if it sent one.
+            trace_id=audit.trace_id(telemetry.traceparent() or meta.get("traceparent", "")),
         )
 
     def _finish(self, record: AuditRecord | None, code: int, reason: str) -> None:

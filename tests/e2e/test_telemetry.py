@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,14 +27,17 @@ from qgateway import (
     sampler_pub,
 )
 from qgateway.results import Job, JobState
+from qgateway.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from gateway.security.api_keys import NewKey, generate_key
+from gateway.security.principals import Role
 from gateway.telemetry import metric_names
 from tests.gateway_process import GatewayProcess, write_config
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.rpc import slow_circuit
 
-KEY: NewKey = generate_key("acme")
+# A tenant admin: it also reads its tenant's audit records.
+KEY: NewKey = generate_key("acme", role=Role.TENANT_ADMIN)
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
 ERROR_STATUS = 2
 ONCE = RetryPolicy(max_attempts=1)
@@ -46,6 +50,7 @@ def _config(endpoint: str, switch: Path) -> str:
 prefix = "{c.prefix}"
 sha256 = "{c.sha256}"
 tenant = "{c.tenant}"
+role = "{c.role}"
 
 [backends.aer]
 adapter = "aer"
@@ -383,3 +388,26 @@ def test_a_job_recovered_after_a_crash_links_to_its_original_trace(
         assert span.attributes["qgateway.job.state"] == "SUCCEEDED"
     finally:
         gateway.terminate()
+
+
+def test_the_audit_record_carries_the_trace_the_gateway_started(env: Env) -> None:
+    # No traceparent from this caller: the gateway starts the trace, and the call's audit
+    # record names it, as GetJob does.
+    with _client(env) as client:
+        job = _run(client, "aer", shots=16)
+    assert job.trace_id
+    channel = grpc.insecure_channel(env.gateway.address)
+    try:
+        admin = admin_service_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+        md = [("authorization", f"Bearer {KEY.key}")]
+        request = admin_service_pb2.ListAuditRecordsRequest(filter='method = "Run"', page_size=1000)
+        records = []
+        while True:
+            reply = admin.ListAuditRecords(request, metadata=md, timeout=10)
+            records += [r for r in reply.audit_records if r.resource == job.name]
+            if not reply.next_page_token:
+                break
+            request.page_token = reply.next_page_token
+    finally:
+        channel.close()
+    assert [r.trace_id for r in records] == [job.trace_id]
