@@ -56,7 +56,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             metadata = context.invocation_metadata() or ()
             try:
                 auth_context = context.auth_context() if uses_certificates else {}
-                return await authenticator.authenticate(metadata, auth_context)
+                return await authenticator.authenticate(
+                    metadata, auth_context, context.peer() or ""
+                )
             except GatewayError as err:
                 if on_failure is not None:
                     on_failure(

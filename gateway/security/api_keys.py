@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import Unauthenticated
 from gateway.security.principals import Principal, Role
+from gateway.security.rate_limits import TokenBucket
+from gateway.security.tenant_policy import RateLimit
 
 log = logging.getLogger("gateway.auth")
 
@@ -97,6 +99,10 @@ def key_prefix(token: str) -> str | None:
 
 def _invalid() -> Unauthenticated:
     return Unauthenticated("API_KEY_INVALID", "the API key is not valid")
+
+
+# Store reads for uncached prefixes, per peer host (KeyVerifier).
+LOOKUPS_PER_PEER = RateLimit(per_second=20.0, burst=100)
 
 
 class KeyStore(Protocol):
@@ -184,6 +190,9 @@ class KeyVerifier:
         cache_s: How long a stored key's record (or its absence) is reused; a revoke made
             on another replica is seen within this.
         max_cached: Bound on cached records (unknown prefixes included).
+        lookups_per_peer: Store reads for prefixes not in the cache, per peer host: made-up
+            prefixes cost no secret, and each would otherwise be a read on the store's only
+            thread. Beyond it a prefix the cache does not know is refused unread.
     """
 
     def __init__(
@@ -196,8 +205,11 @@ class KeyVerifier:
         max_cached: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lookups_per_peer: RateLimit = LOOKUPS_PER_PEER,
     ) -> None:
         self._ring = ring
+        self._lookups_per_peer = lookups_per_peer
+        self._lookups: OrderedDict[str, TokenBucket] = OrderedDict()
         self._store = store
         self._recorder = recorder
         self._cache_s = cache_s
@@ -218,11 +230,24 @@ class KeyVerifier:
         self._cache.pop(prefix, None)
         self._unknown.pop(prefix, None)
 
-    async def _record(self, prefix: str) -> ApiKeyRecord | None:
+    def _may_look_up(self, peer: str) -> bool:
+        """Takes one of the peer host's store lookups (its port aside: one host, one budget)."""
+        host = peer.rpartition(":")[0] or peer
+        bucket = self._lookups.get(host)
+        if bucket is None:
+            bucket = self._lookups[host] = TokenBucket(self._lookups_per_peer, self._clock)
+            while len(self._lookups) > self._max_cached:
+                self._lookups.popitem(last=False)
+        self._lookups.move_to_end(host)
+        return bucket.take() == 0.0
+
+    async def _record(self, prefix: str, peer: str) -> ApiKeyRecord | None:
         assert self._store is not None
         cached = self._cache.get(prefix) or self._unknown.get(prefix)
         if cached is not None and self._clock() - cached.fetched < self._cache_s:
             return cached.record
+        if prefix not in self._loading and not self._may_look_up(peer):
+            return None  # refused unread, as an unknown key
         loading = self._loading.get(prefix)
         if loading is not None:  # one store read for a burst of calls with the same key
             return await asyncio.shield(loading)
@@ -248,8 +273,9 @@ class KeyVerifier:
             cache.popitem(last=False)
         return record
 
-    async def verify(self, token: str) -> Principal:
-        """The principal of `token` (the text after "Bearer ").
+    async def verify(self, token: str, peer: str = "") -> Principal:
+        """The principal of `token` (the text after "Bearer "), sent by `peer` (gRPC's peer
+        string; it bounds the store reads unknown prefixes cost).
 
         Raises:
             Unauthenticated: API_KEY_INVALID (malformed, unknown or wrong secret),
@@ -269,7 +295,7 @@ class KeyVerifier:
                 role=configured.role,
                 key_prefix=prefix,
             )
-        record = await self._record(prefix) if self._store is not None else None
+        record = await self._record(prefix, peer) if self._store is not None else None
         # Compare against a dummy hash when the prefix is unknown, so timing tells nothing.
         expected = record.sha256 if record is not None else "0" * 64
         if not hmac.compare_digest(digest, expected) or record is None:

@@ -116,12 +116,15 @@ class Authenticator:
                 ) from None
         return direct
 
-    async def authenticate(self, metadata: Metadata, context: AuthContext) -> Principal:
+    async def authenticate(
+        self, metadata: Metadata, context: AuthContext, peer: str = ""
+    ) -> Principal:
         """The caller's principal.
 
         Args:
             metadata: The call's invocation metadata.
             context: gRPC's auth context of the connection (x509_* properties under mTLS).
+            peer: gRPC's peer string of the connection ("ipv4:10.0.0.7:51234").
 
         Raises:
             Unauthenticated: No credential, or one that is not accepted (its reason says why).
@@ -150,5 +153,5 @@ class Authenticator:
                 + (" or a mapped client certificate" if self._certs else ""),
             )
         if token.startswith(KEY_PREFIX + "_") or self._jwt is None:
-            return await self.keys.verify(token)
+            return await self.keys.verify(token, peer)
         return await self._jwt.verify(token)

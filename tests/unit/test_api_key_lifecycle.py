@@ -20,6 +20,7 @@ from gateway.security.api_keys import (
     generate_key,
 )
 from gateway.security.principals import Role
+from gateway.security.tenant_policy import RateLimit
 from gateway.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -263,3 +264,39 @@ async def test_made_up_prefixes_do_not_evict_known_keys(store: SqliteStore) -> N
     with pytest.raises(Unauthenticated):
         await verifier.verify("qgw_made0019up_secret")
     assert counting.reads == reads
+
+
+async def test_uncached_prefixes_cost_each_peer_a_bounded_number_of_store_reads(
+    store: SqliteStore,
+) -> None:
+    # Made-up prefixes need no secret; each uncached one was a read on the store's only
+    # thread, so one host could keep that thread busy for everyone.
+    clock = Clock()
+    counting = CountingStore(store)
+    verifier = KeyVerifier(
+        KeyRing([]),
+        counting,
+        clock=lambda: clock.mono,
+        lookups_per_peer=RateLimit(per_second=1.0, burst=5),
+    )
+    key, record = _record("acme")
+    await store.create_api_key(record)
+    flood, neighbour = "ipv4:10.0.0.9:40001", "ipv4:10.0.0.7:51234"
+    assert (await verifier.verify(key, flood)).tenant == "acme"  # cached from here on
+    for n in range(50):
+        with pytest.raises(Unauthenticated) as refused:
+            # Another source port of the same host shares the budget.
+            await verifier.verify(f"qgw_made{n:04d}up_secret", f"ipv4:10.0.0.9:{40002 + n}")
+        assert refused.value.reason == "API_KEY_INVALID"
+    assert counting.reads == 5  # the key's read and four made-up ones, then none
+    # The flooding host's real (cached) key still works; another host still gets its reads.
+    assert (await verifier.verify(key, flood)).tenant == "acme"
+    other_key, other = _record("globex")
+    await store.create_api_key(other)
+    assert (await verifier.verify(other_key, neighbour)).tenant == "globex"
+    assert counting.reads == 6
+    # The budget refills: a new key from the flooding host is read again a second later.
+    third_key, third = _record("initech")
+    await store.create_api_key(third)
+    clock.mono += 1.0
+    assert (await verifier.verify(third_key, flood)).tenant == "initech"
