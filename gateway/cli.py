@@ -296,22 +296,7 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.target, retry=CLI_RETRY, metadata=metadata, credentials=credentials)
 
 
-_ROLE_PB = {"user": 1, "tenant-admin": 2, "admin": 3}  # qgateway.v1.Role values
-_ROLE_TEXT = {v: k for k, v in _ROLE_PB.items()}
-_KEY_STATES = {1: "active", 2: "expired", 3: "revoked"}
-
-
-def _admin_call(client: Client, rpc: str, request: Any, timeout: float | None) -> Any:
-    """One AdminService call on the client's channel, its errors as the client's exceptions."""
-    import grpc
-    from qgateway.errors import from_rpc_error
-    from qgateway.v1 import admin_service_pb2_grpc
-
-    stub: Any = admin_service_pb2_grpc.AdminServiceStub(client.channel)  # type: ignore[no-untyped-call]
-    try:
-        return getattr(stub, rpc)(request, timeout=timeout, metadata=_auth_metadata())
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from None
+_ROLES = ["user", "tenant-admin", "admin"]
 
 
 def _key_name(text: str, tenant: str | None) -> str:
@@ -323,19 +308,19 @@ def _key_name(text: str, tenant: str | None) -> str:
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
-    from qgateway.v1 import admin_pb2, admin_service_pb2
-
-    api_key = admin_pb2.ApiKey(display_name=args.name, role=_ROLE_PB[args.role])  # type: ignore[arg-type]
+    expires = None
     if args.expires_in_days is not None:
         expires = datetime.now(UTC) + timedelta(days=args.expires_in_days)
-        api_key.expire_time.FromDatetime(expires)
-    request = admin_service_pb2.CreateApiKeyRequest(
-        parent=f"tenants/{args.tenant}", api_key=api_key
-    )
     with _client(args) as client:
-        response = _admin_call(client, "CreateApiKey", request, args.timeout)
-    print(f"API key {response.api_key.name} (role {args.role}):")
-    print(f"  {response.key}")
+        api_key, key = client.create_api_key(
+            args.tenant,
+            display_name=args.name,
+            role=args.role,
+            expire_time=expires,
+            timeout=args.timeout,
+        )
+    print(f"API key {api_key.name} (role {args.role}):")
+    print(f"  {key}")
     print(
         f"Shown once: give it to the tenant's clients as {ENV_API_KEY}; the gateway keeps a hash."
     )
@@ -343,51 +328,36 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    from qgateway.v1 import admin_service_pb2
-
-    parent = "tenants/-" if args.tenant is None else f"tenants/{args.tenant}"
-    rows: list[list[str]] = []
-    token = ""
     with _client(args) as client:
-        while True:
-            request = admin_service_pb2.ListApiKeysRequest(
-                parent=parent, page_token=token, show_inactive=args.inactive
+        keys = list(
+            client.list_api_keys(
+                args.tenant or "-", show_inactive=args.inactive, timeout=args.timeout
             )
-            page = _admin_call(client, "ListApiKeys", request, args.timeout)
-            for key in page.api_keys:
-                when = {
-                    f: _utc(getattr(key, f).ToDatetime(tzinfo=UTC)) if key.HasField(f) else "-"
-                    for f in ("create_time", "expire_time", "last_use_time")
-                }
-                rows.append(
-                    [
-                        key.name,
-                        _ROLE_TEXT.get(key.role, "user"),
-                        _KEY_STATES.get(key.state, "?"),
-                        when["create_time"],
-                        when["expire_time"],
-                        when["last_use_time"],
-                        key.display_name,
-                    ]
-                )
-            token = page.next_page_token
-            if not token:
-                break
-    if not rows:
+        )
+    if not keys:
         print("no keys")
         return 0
+    rows = [
+        [
+            key.name,
+            key.role,
+            key.state,
+            _utc(key.create_time),
+            _utc(key.expire_time),
+            _utc(key.last_use_time),
+            key.display_name,
+        ]
+        for key in keys
+    ]
     header = ["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED", "DISPLAY NAME"]
     print(format_table(header, rows))
     return 0
 
 
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from qgateway.v1 import admin_service_pb2
-
-    request = admin_service_pb2.RevokeApiKeyRequest(name=_key_name(args.name, args.tenant))
     with _client(args) as client:
-        response = _admin_call(client, "RevokeApiKey", request, args.timeout)
-    print(f"revoked {response.api_key.name}")
+        api_key = client.revoke_api_key(_key_name(args.name, args.tenant), timeout=args.timeout)
+    print(f"revoked {api_key.name}")
     return 0
 
 
@@ -706,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--tenant", required=True, help="tenant the key belongs to")
     create.add_argument("--name", default="", help="a label for the key")
-    create.add_argument("--role", choices=list(_ROLE_PB), default="user", help=role_help)
+    create.add_argument("--role", choices=_ROLES, default="user", help=role_help)
     create.add_argument(
         "--expires-in-days", type=float, default=None, help="the key expires after this long"
     )
@@ -726,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     toml.add_argument("--tenant", required=True, help="tenant the key belongs to")
     toml.add_argument("--name", default="", help="a label for the key")
-    toml.add_argument("--role", choices=list(_ROLE_PB), default="user", help=role_help)
+    toml.add_argument("--role", choices=_ROLES, default="user", help=role_help)
     toml.set_defaults(handler=_cmd_keys_toml)
 
     tenants = sub.add_parser("tenants", help="manage tenants and their policies (AdminService)")

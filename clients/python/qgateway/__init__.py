@@ -70,13 +70,14 @@ from qgateway.results import (
     job_result_from_stream,
 )
 from qgateway.sessions import Session, SessionState
-from qgateway.tenants import Tenant, TenantUsage
+from qgateway.tenants import ApiKey, Tenant, TenantUsage
 
 __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TARGET",
     "AbortedError",
     "AlreadyExistsError",
+    "ApiKey",
     "AsyncClient",
     "Backend",
     "BackendHealth",

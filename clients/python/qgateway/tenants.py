@@ -109,6 +109,43 @@ class TenantUsage:
         )
 
 
+_ROLES = {admin_pb2.ROLE_USER: "user", admin_pb2.ROLE_TENANT_ADMIN: "tenant-admin"}
+_ROLES[admin_pb2.ROLE_ADMIN] = "admin"
+_ROLE_VALUES = {text: value for value, text in _ROLES.items()}
+_KEY_STATES = {
+    admin_pb2.API_KEY_STATE_ACTIVE: "active",
+    admin_pb2.API_KEY_STATE_EXPIRED: "expired",
+    admin_pb2.API_KEY_STATE_REVOKED: "revoked",
+}
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as AdminService shows it ("tenants/{t}/apiKeys/{prefix}"); never its secret."""
+
+    name: str
+    display_name: str
+    role: str  # "user", "tenant-admin" or "admin"
+    state: str  # "active", "expired" or "revoked"
+    create_time: datetime | None = None
+    expire_time: datetime | None = None
+    revoke_time: datetime | None = None
+    last_use_time: datetime | None = None
+
+    @classmethod
+    def from_proto(cls, msg: admin_pb2.ApiKey) -> ApiKey:
+        return cls(
+            name=msg.name,
+            display_name=msg.display_name,
+            role=_ROLES.get(msg.role, "user"),
+            state=_KEY_STATES.get(msg.state, "unknown"),
+            create_time=_time(msg.create_time, msg.HasField("create_time")),
+            expire_time=_time(msg.expire_time, msg.HasField("expire_time")),
+            revoke_time=_time(msg.revoke_time, msg.HasField("revoke_time")),
+            last_use_time=_time(msg.last_use_time, msg.HasField("last_use_time")),
+        )
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -223,6 +260,52 @@ class TenantCalls:
             self._admin.UpdateTenant, request, deadline=_deadline(timeout), retry=False
         )
         return Tenant.from_proto(response.tenant)
+
+    def create_api_key(
+        self,
+        tenant: str,
+        *,
+        display_name: str = "",
+        role: str = "user",
+        expire_time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Creates a key for `tenant`: the key's record and the whole key, shown this once."""
+        if role not in _ROLE_VALUES:
+            raise ValueError(f"role must be one of {sorted(_ROLE_VALUES)}, not {role!r}")
+        api_key = admin_pb2.ApiKey(display_name=display_name, role=_ROLE_VALUES[role])
+        if expire_time is not None:
+            api_key.expire_time.FromDatetime(expire_time)
+        request = admin_service_pb2.CreateApiKeyRequest(parent=tenant_name(tenant), api_key=api_key)
+        response = self._unary(
+            self._admin.CreateApiKey, request, deadline=_deadline(timeout), retry=False
+        )
+        return ApiKey.from_proto(response.api_key), str(response.key)
+
+    def list_api_keys(
+        self, tenant: str = "-", *, show_inactive: bool = False, timeout: float | None = None
+    ) -> Iterator[ApiKey]:
+        """A tenant's keys ("-": every tenant's, admins only), paged as it is iterated."""
+        token = ""
+        while True:
+            request = admin_service_pb2.ListApiKeysRequest(
+                parent=tenant_name(tenant), page_token=token, show_inactive=show_inactive
+            )
+            page = self._unary(
+                self._admin.ListApiKeys, request, deadline=_deadline(timeout), retry=True
+            )
+            yield from (ApiKey.from_proto(k) for k in page.api_keys)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def revoke_api_key(self, name: str, *, timeout: float | None = None) -> ApiKey:
+        """Revokes "tenants/{t}/apiKeys/{prefix}" at once."""
+        request = admin_service_pb2.RevokeApiKeyRequest(name=name)
+        response = self._unary(
+            self._admin.RevokeApiKey, request, deadline=_deadline(timeout), retry=True
+        )
+        return ApiKey.from_proto(response.api_key)
 
 
 class AsyncTenantCalls:
