@@ -10,6 +10,7 @@ certificate matches `auth.trusted_proxies`; the peer's address is never trusted.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class PeerCert:
     sans: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=256)
 def _san_pattern(pattern: str) -> re.Pattern[str]:
     """A SAN pattern: "*" and "?" never match "/", "@" or ":", so a wildcard stays inside one
     DNS name or one URI path segment ("*.acme.test" is no URI or e-mail address ending in
