@@ -31,7 +31,6 @@ from gateway.domain.errors import (
 )
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
-from gateway.jobs.queue_port import JobQueue
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import BreakerState
 from gateway.security.policies import PolicyBook
@@ -230,9 +229,9 @@ class Admission:
                 runtime.wake.set()
             return outcome
         # The job starts while its QUEUED commit is in flight; the answer still waits for
-        # that commit. If the store finds an earlier job of this request_id instead (a
-        # concurrent retry), the stand-in is taken back: never claimed, or, if already
-        # running, stopped when its RUNNING write finds no such job.
+        # that commit. If the store creates nothing (an earlier job of this request_id, a
+        # quota or queue limit reached), the stand-in is taken back: never claimed, or, if
+        # already running, stopped (a refused request must not keep a worker busy).
         creating = asyncio.ensure_future(self._create(new))
         await queue.put(_queued(new), prepared)
         runtime.wake.set()
@@ -244,13 +243,13 @@ class Admission:
             # request_id got it back, stuck) until a restart.
             outcome = await asyncio.shield(creating)
         except asyncio.CancelledError:
-            creating.add_done_callback(self._take_back_unless_created(queue, new))
+            creating.add_done_callback(_take_back_unless_created(runtime, new))
             raise
         except BaseException:
-            await queue.remove(new.id, tenant)
+            await _take_back(runtime, new)
             raise
         if not outcome.created:
-            await queue.remove(new.id, tenant)
+            await _take_back(runtime, new)
         return outcome
 
     async def validate(self, tenant: str, spec: JobSpec) -> pricing.CostEstimate:
@@ -266,26 +265,6 @@ class Admission:
         prepared = await self.prepare(runtime, tenant, spec, seed)
         self._check_job(tenant, spec, prepared)
         return pricing.estimate(runtime.settings.price, prepared.shots)
-
-    @staticmethod
-    def _take_back_unless_created(
-        queue: JobQueue, new: NewJob
-    ) -> Callable[[asyncio.Future[CreateOutcome]], None]:
-        """For a create whose caller went away: the stand-in stays queued if the job was
-        created, and is taken back otherwise."""
-
-        def done(creating: asyncio.Future[CreateOutcome]) -> None:
-            if (
-                not creating.cancelled()
-                and creating.exception() is None
-                and creating.result().created
-            ):
-                return
-            removing = asyncio.ensure_future(queue.remove(new.id, new.tenant))
-            _removals.add(removing)
-            removing.add_done_callback(_removals.discard)
-
-        return done
 
     async def _create(self, new: NewJob) -> CreateOutcome:
         outcome = await self._store.create_job(new)
@@ -344,7 +323,33 @@ class Admission:
 
 
 # Stand-ins being taken back after their caller went away (a reference keeps each task alive).
-_removals: set[asyncio.Future[bool]] = set()
+_removals: set[asyncio.Future[None]] = set()
+
+
+async def _take_back(runtime: BackendRuntime, new: NewJob) -> None:
+    """A stand-in whose job the store did not create: out of the queue, or stopped if it
+    already runs (its end then finds no job to write)."""
+    if await runtime.queue.remove(new.id, new.tenant):
+        return
+    running = runtime.running.get(new.id)
+    if running is not None:
+        running.request_cancel()
+
+
+def _take_back_unless_created(
+    runtime: BackendRuntime, new: NewJob
+) -> Callable[[asyncio.Future[CreateOutcome]], None]:
+    """For a create whose caller went away: the stand-in stays queued if the job was
+    created, and is taken back otherwise."""
+
+    def done(creating: asyncio.Future[CreateOutcome]) -> None:
+        if not creating.cancelled() and creating.exception() is None and creating.result().created:
+            return
+        removing = asyncio.ensure_future(_take_back(runtime, new))
+        _removals.add(removing)
+        removing.add_done_callback(_removals.discard)
+
+    return done
 
 
 def _queued(new: NewJob) -> Job:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from gateway.backends.base import BackendAdapter
 from gateway.backends.runner import Runner
@@ -44,6 +45,9 @@ class RunningJob:
     poke: asyncio.Future[None] | None = None
     # The job went back to the queue unstarted (its claim was released, not done).
     released: bool = False
+    # A local run started then and its RUNNING state is not written yet: it is written with
+    # the job's end if that comes within the runner step's delay, else when the delay is over.
+    unwritten_start: datetime | None = None
 
     def request_cancel(self) -> None:
         """CancelJob: the runner step stops the job (its worker, or at the provider)."""

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 
 # Results up to about this size are encoded on the event loop (tens of microseconds).
 INLINE_ENCODE_BYTES = 64 << 10
+# A local run's RUNNING state is written with its end when it ends within this delay (one
+# commit instead of two), else when the delay is over. Meanwhile the store still says QUEUED:
+# a job that ran this briefly is seen going from QUEUED to its end, its history and start
+# time complete. A simulator job interrupted by a crash is re-queued either way.
+RUNNING_WRITE_DELAY_S = 0.05
 
 Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
 
@@ -84,6 +89,7 @@ class RunnerStep:
                 job,
                 JobState.FAILED,
                 error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
+                started_at=running.unwritten_start,
             )
         finally:
             # The queue hears of the end before the slot counts as free, so a session's next
@@ -201,25 +207,37 @@ class RunnerStep:
                 await self._no_longer_queued(runtime, running)
                 return None
             return handle, started
-        # A local run starts at once; the RUNNING commit overlaps it (a simulator job
-        # interrupted by a crash is re-queued whether or not RUNNING reached the disk).
-        marking = asyncio.ensure_future(self._t.running(job))
+        # A local run starts at once; its RUNNING write waits (RUNNING_WRITE_DELAY_S).
+        running.unwritten_start = self._t.clock()
         try:
             handle = await runner.submit(prepared, job)
         except ExecutionError as err:
-            started = await marking
-            await self._failed(runtime, running, started or job, err, None)
+            await self._failed(runtime, running, job, err, None)
             return None
-        except BaseException:
-            await asyncio.gather(marking, return_exceptions=True)
-            raise
-        started = await marking
-        if started is None:  # no longer QUEUED: cancelled or finished elsewhere meanwhile
-            await runner.cancel(handle)
-            await asyncio.gather(runner.wait(handle), return_exceptions=True)
-            await self._no_longer_queued(runtime, running)
-            return None
-        return handle, started
+        return handle, job
+
+    async def _write_running(
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        job: Job,
+        handle: RunHandle,
+        waiting: asyncio.Future[ExecutionOutcome],
+    ) -> Job | None:
+        """Writes the delayed RUNNING state of a local run that is still going; None (the run
+        stopped) when the job is no longer QUEUED: cancelled, or a stand-in whose create found
+        another job of its request_id."""
+        started_at = running.unwritten_start
+        assert started_at is not None
+        started = await self._t.running(job, started_at=started_at)
+        if started is not None:
+            running.unwritten_start = None
+            return started
+        await runtime.runner.cancel(handle)
+        await asyncio.gather(waiting, return_exceptions=True)
+        running.unwritten_start = None  # it did not run as this job
+        await self._no_longer_queued(runtime, running)
+        return None
 
     async def _requeue(
         self, runtime: BackendRuntime, running: RunningJob, job: Job, err: ExecutionError
@@ -273,6 +291,7 @@ class RunnerStep:
             run_limit = own_limit
         deadline = time.monotonic() + run_limit
         renew_every = runtime.settings.lease_s / 3
+        write_running_at = time.monotonic() + RUNNING_WRITE_DELAY_S
         if runner.model is ExecutionModel.REMOTE:
             waiting = asyncio.ensure_future(self._wait_remote(runtime, started, handle, deadline))
         else:
@@ -280,9 +299,13 @@ class RunnerStep:
         loop = asyncio.get_running_loop()
         try:
             while not waiting.done() and not running.cancel_requested.is_set():
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     break
+                timer = min(remaining, renew_every)
+                if running.unwritten_start is not None:
+                    timer = min(timer, max(write_running_at - now, 0.0))
                 # One future wakes the step: the job ending, a cancel request, or the timer (the
                 # time limit, or the next lease renewal).
                 poke: asyncio.Future[None] = loop.create_future()
@@ -295,12 +318,22 @@ class RunnerStep:
                 waiting.add_done_callback(finished)
                 try:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(remaining, renew_every)):
+                        async with asyncio.timeout(timer):
                             await poke
                 finally:
                     waiting.remove_done_callback(finished)
                     running.poke = None
-                if not waiting.done() and not running.cancel_requested.is_set():
+                if waiting.done() or running.cancel_requested.is_set():
+                    break
+                if running.unwritten_start is not None:
+                    if time.monotonic() >= write_running_at:
+                        written = await self._write_running(
+                            runtime, running, started, handle, waiting
+                        )
+                        if written is None:
+                            return
+                        started = written
+                else:
                     renewed = await runtime.queue.renew(running.claim)
                     if renewed is not None:
                         running.claim = renewed
@@ -315,7 +348,7 @@ class RunnerStep:
             backend=runtime.name,
             seed=started.seed,
             layouts=prepared.layouts if prepared is not None else (),
-            attempts=started.attempts,
+            attempts=_as_started(started, running).attempts,
         )
 
         def ran() -> ExecutionInfo:
@@ -339,7 +372,12 @@ class RunnerStep:
                 return
             runtime.breaker.release(running.permit)
             if running.cancel_requested.is_set():
-                await self._t.finish(started, JobState.CANCELLED, execution=ran())
+                await self._t.finish(
+                    started,
+                    JobState.CANCELLED,
+                    execution=ran(),
+                    started_at=running.unwritten_start,
+                )
                 return
             limit = f"{run_limit:g}"
             if own_limit_applies:
@@ -353,7 +391,13 @@ class RunnerStep:
                 f"the job ran past {whose} {limit}s",
                 {"backend": f"backends/{runtime.name}", "limitSeconds": limit},
             )
-            await self._t.finish(started, JobState.FAILED, error=error, execution=ran())
+            await self._t.finish(
+                started,
+                JobState.FAILED,
+                error=error,
+                execution=ran(),
+                started_at=running.unwritten_start,
+            )
             return
         try:
             result = waiting.result()
@@ -414,10 +458,13 @@ class RunnerStep:
                 log.warning("backend %s: circuit breaker %s", runtime.name, breaker.state.value)
         else:
             breaker.release(running.permit)
+        start = running.unwritten_start
         if err.kind is FailureKind.CANCELLED:
-            await self._t.finish(job, JobState.CANCELLED, execution=info)
+            await self._t.finish(job, JobState.CANCELLED, execution=info, started_at=start)
             return
-        await self._t.finish(job, JobState.FAILED, error=JobError.from_error(err), execution=info)
+        await self._t.finish(
+            job, JobState.FAILED, error=JobError.from_error(err), execution=info, started_at=start
+        )
 
     async def _succeeded(
         self,
@@ -451,9 +498,10 @@ class RunnerStep:
             provider_cost=outcome.provider_cost,
             provider_unit=outcome.provider_unit,
         )
+        ran = _as_started(started, running)
         queued_s = 0.0
-        if started.started_at is not None:
-            queued_s = (started.started_at - started.created_at).total_seconds()
+        if ran.started_at is not None:
+            queued_s = (ran.started_at - ran.created_at).total_seconds()
         await self._t.finish(
             started,
             JobState.SUCCEEDED,
@@ -462,7 +510,7 @@ class RunnerStep:
                 seed=started.seed if outcome.seeded else None,
                 sdk_versions=outcome.sdk_versions,
                 layouts=prepared.layouts if prepared is not None else (),
-                attempts=started.attempts,
+                attempts=ran.attempts,
                 usage=usage,
                 cost=pricing.charge(runtime.settings.price, usage),
             ),
@@ -472,6 +520,7 @@ class RunnerStep:
                 execute_s=elapsed,
             ),
             result=result,
+            started_at=running.unwritten_start,
         )
 
     async def _stored_shots(self, runtime: BackendRuntime, job: Job) -> int:
@@ -486,6 +535,13 @@ class RunnerStep:
         except Exception:  # usage is not worth failing a finished job for
             log.exception("job %s: its shots could not be read from its stored spec", job.id)
             return 0
+
+
+def _as_started(job: Job, running: RunningJob) -> Job:
+    """The job as its RUNNING write records it, also while that write waits."""
+    if running.unwritten_start is None:
+        return job
+    return dataclasses.replace(job, started_at=running.unwritten_start, attempts=job.attempts + 1)
 
 
 def _result_bytes_hint(result: JobResult) -> int:

@@ -4,6 +4,7 @@ that is not durable."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -64,10 +65,14 @@ class Transitions:
             self.committed(changed, job.state)
         return changed
 
-    async def running(self, job: Job, remote_id: str | None = None) -> Job | None:
+    async def running(
+        self, job: Job, remote_id: str | None = None, *, started_at: datetime | None = None
+    ) -> Job | None:
+        """-> RUNNING, started now or at `started_at` (a local run whose write was delayed)."""
         # A RUNNING job handed to a new holder (its previous holder's lease lapsed) runs again.
         rerun = job.state is JobState.RUNNING
-        changed = await self.store.mark_running(job.id, self.clock(), remote_id, rerun=rerun)
+        at = self.clock() if started_at is None else started_at
+        changed = await self.store.mark_running(job.id, at, remote_id, rerun=rerun)
         if changed is not None:
             self.committed(changed, job.state)
         return changed
@@ -87,8 +92,12 @@ class Transitions:
         execution: ExecutionInfo | None = None,
         timings: JobTimings | None = None,
         result: bytes | None = None,
+        started_at: datetime | None = None,
     ) -> Job | None:
-        """Moves a job to a final state; None if it already was in one."""
+        """Moves a job to a final state; None if it already was in one (or does not exist).
+
+        `started_at`: the job ran from then without its RUNNING state written (a short local
+        run); RUNNING commits with the end, and watchers and hooks hear of both, in order."""
         ended = self.clock()
         # Retention is fixed when the job ends (a later configuration change keeps it).
         expires = (
@@ -107,7 +116,28 @@ class Transitions:
             timings=timings,
             result=result,
             result_expires_at=expires,
+            started_at=started_at,
         )
-        if finished is not None:
+        if finished is None:
+            return None
+        if started_at is None:
             self.committed(finished, job.state)
+        else:
+            self.committed(_as_running(finished), job.state)
+            self.committed(finished, JobState.RUNNING)
         return finished
+
+
+def _as_running(finished: Job) -> Job:
+    """The job as it entered RUNNING, from its record finished in the same transaction."""
+    return dataclasses.replace(
+        finished,
+        state=JobState.RUNNING,
+        ended_at=None,
+        error=None,
+        execution=None,
+        timings=None,
+        expire_at=None,
+        updated_at=finished.started_at,
+        state_history=finished.state_history[:-1],
+    )

@@ -224,11 +224,14 @@ class Store(Protocol):
         timings: JobTimings | None = None,
         result: bytes | None = None,
         result_expires_at: datetime | None = None,
+        started_at: datetime | None = None,
     ) -> Job | None:
         """Moves a non-final job to a final state, storing its result in the same transaction.
 
         Every state change records the state entered in the job's state history and update
         time; `result_expires_at` (SUCCEEDED only) is when the result stops being kept.
+        `started_at`: the job ran from then without its RUNNING state written; RUNNING is
+        written first, in the same transaction, as mark_running(started_at) would have.
 
         Returns None (and changes nothing) when the job is already final.
         """

@@ -406,6 +406,25 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         """
         _check_seed(new.seed)
         created_us = to_us(new.created_at)
+        insert_args = (
+            new.id,
+            new.tenant,
+            new.request_id or None,
+            new.request_hash,
+            new.backend,
+            None if new.placement in ("", new.backend) else new.placement,
+            JobState.QUEUED.value,
+            new.spec,
+            new.num_pubs,
+            str(new.seed),
+            created_us,
+            _labels_to_json(new.labels),
+            new.sampler_output.value,
+            new.session or None,
+            new.trace_context or None,
+            created_us,
+            json.dumps([[JobState.QUEUED.value, created_us]], separators=(",", ":")),
+        )
 
         def op(conn: sqlite3.Connection) -> CreateOutcome:
             if new.request_id:
@@ -422,35 +441,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 )
             if new.charge is not None:  # the tenant's limits, checked and reserved (issue 11)
                 reserve(conn, new.id, new.tenant, new.charge, new.created_at)
-            conn.execute(
-                "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state,"
-                " spec, num_pubs, seed, attempts, created_at, labels, sampler_output)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                (
-                    new.id,
-                    new.tenant,
-                    new.request_id or None,
-                    new.request_hash,
-                    new.backend,
-                    None if new.placement in ("", new.backend) else new.placement,
-                    JobState.QUEUED.value,
-                    new.spec,
-                    new.num_pubs,
-                    str(new.seed),
-                    created_us,
-                    _labels_to_json(new.labels),
-                    new.sampler_output.value,
-                ),
-            )
-            if new.session:
-                conn.execute("UPDATE jobs SET session_id = ? WHERE id = ?", (new.session, new.id))
-            if new.trace_context:
-                conn.execute(
-                    "UPDATE jobs SET trace_context = ? WHERE id = ?", (new.trace_context, new.id)
-                )
-            job = _enter_state(conn, new.id, JobState.QUEUED, created_us)
-            assert job is not None  # inserted just above, in this transaction
-            return CreateOutcome(job, created=True)
+            row = conn.execute(_INSERT_JOB_SQL, insert_args).fetchone()
+            return CreateOutcome(_row_to_job(row), created=True)
 
         # A submission's audit record commits with its job (issue 11, audit).
         return await self._audited(Effect.CREATE_JOB, op, job_created(new.request_hash))
@@ -636,9 +628,14 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         timings: JobTimings | None = None,
         result: bytes | None = None,
         result_expires_at: datetime | None = None,
+        started_at: datetime | None = None,
     ) -> Job | None:
         """Moves a non-final job to a final state, storing its result in the same transaction,
         and ends its claim (a final job is never claimable).
+
+        `started_at`: the job ran, from then, without its RUNNING state written (a short local
+        run): RUNNING is written in this transaction as mark_running would have (start time,
+        attempts + 1, its history entry), then the final state.
 
         Returns None (and changes nothing) when the job is absent or already final.
         `result_expires_at` is kept for SUCCEEDED jobs only.
@@ -651,27 +648,50 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         ended_us = to_us(ended_at)
         execution_json = None if execution is None else _execution_to_json(execution)
         timings_json = None if timings is None else _timings_to_json(timings)
+        expires_us = (
+            to_us(result_expires_at)
+            if result_expires_at is not None and state is JobState.SUCCEEDED
+            else None
+        )
+        # One statement changes the row: its state, its history and its update time.
+        if started_at is None:
+            started_sql, history_sql = "", _APPEND_STATE
+            started_args: tuple[object, ...] = ()
+            history_args: tuple[object, ...] = (state.value, ended_us)
+        else:
+            started_sql = ", started_at = ?, attempts = attempts + 1"
+            history_sql = _APPEND_STATE_TO.format(history=_HISTORY_WITHOUT_STATE)
+            started_us = to_us(started_at)
+            started_args = (started_us,)
+            running = JobState.RUNNING.value
+            history_args = (running, running, started_us, state.value, ended_us)
+        sql = (
+            "UPDATE jobs SET state = ?, ended_at = ?, error_reason = ?, error_message = ?,"
+            " error_code = ?, error_metadata = ?, execution = ?, timings = ?,"
+            f" result_expires_at = ?, lease_owner = NULL, lease_expires_at = NULL{started_sql},"
+            f" state_history = {history_sql}, updated_at = ?"
+            f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
+            f" RETURNING {_JOB_COLUMNS}"
+        )
+        args = (
+            state.value,
+            ended_us,
+            None if error is None else error.reason,
+            None if error is None else error.message,
+            None if error is None else int(error.code),
+            None if error is None else json.dumps(dict(error.metadata), sort_keys=True),
+            execution_json,
+            timings_json,
+            expires_us,
+            *started_args,
+            *history_args,
+            ended_us,
+            job_id,
+            *_FINAL_NAMES,
+        )
 
         def op(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(
-                "UPDATE jobs SET state = ?, ended_at = ?, error_reason = ?, error_message = ?,"
-                " error_code = ?, error_metadata = ?, execution = ?, timings = ?,"
-                " lease_owner = NULL, lease_expires_at = NULL"
-                f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
-                f" RETURNING {_JOB_COLUMNS}",
-                (
-                    state.value,
-                    ended_us,
-                    None if error is None else error.reason,
-                    None if error is None else error.message,
-                    None if error is None else int(error.code),
-                    None if error is None else json.dumps(dict(error.metadata), sort_keys=True),
-                    execution_json,
-                    timings_json,
-                    job_id,
-                    *_FINAL_NAMES,
-                ),
-            ).fetchone()
+            row = conn.execute(sql, args).fetchone()
             if row is None:
                 return None
             if result is not None:
@@ -680,13 +700,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                     "INSERT INTO results (job_id, data, created_at) VALUES (?, ?, ?)",
                     (job_id, result, ended_us),
                 )
-            if result_expires_at is not None and state is JobState.SUCCEEDED:
-                conn.execute(
-                    "UPDATE jobs SET result_expires_at = ? WHERE id = ?",
-                    (to_us(result_expires_at), job_id),
-                )
             settle(conn, job_id, state, execution, ended_at)  # its quota reservation (issue 11)
-            return _enter_state(conn, job_id, state, ended_us)
+            return _row_to_job(row)
 
         if state is JobState.CANCELLED:  # CancelJob of a queued job: its record commits here
             return await self._audited(Effect.CANCEL_JOB, op, job_changed)
@@ -1512,11 +1527,28 @@ def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: 
     return None if row is None else _row_to_job(row)
 
 
-_ENTER_STATE_SQL: Final = (
-    "UPDATE jobs SET state_history = json_insert("
+# A new job, QUEUED since its creation (its history's first entry), read back as stored.
+_INSERT_JOB_SQL: Final = (
+    "INSERT INTO jobs (id, tenant, request_id, request_hash, backend, placement, state, spec,"
+    " num_pubs, seed, attempts, created_at, labels, sampler_output, session_id, trace_context,"
+    " updated_at, state_history)"
+    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?) RETURNING {_JOB_COLUMNS}"
+)
+# The history without its entry for a state (parameter 1), which is entered again.
+_HISTORY_WITHOUT_STATE: Final = (
     "(SELECT json_group_array(json(value)) FROM json_each(coalesce(jobs.state_history, '[]'))"
-    " WHERE json_extract(value, '$[0]') != ?), '$[#]', json_array(?, ?)),"
-    f" updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}"
+    " WHERE json_extract(value, '$[0]') != ?)"
+)
+_ENTER_STATE_SQL: Final = (
+    f"UPDATE jobs SET state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]',"
+    f" json_array(?, ?)), updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}"
+)
+# A final state (entered once, so nothing to replace) appended: parameters state, time.
+_APPEND_STATE: Final = "json_insert(coalesce(jobs.state_history, '[]'), '$[#]', json_array(?, ?))"
+# RUNNING entered (replacing an earlier run's entry) and then a final state: parameters
+# RUNNING, start, state, end.
+_APPEND_STATE_TO: Final = (
+    "json_insert(json_insert({history}, '$[#]', json_array(?, ?)), '$[#]', json_array(?, ?))"
 )
 
 

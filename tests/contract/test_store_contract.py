@@ -441,6 +441,42 @@ async def test_finish_job_only_once_and_first_result_kept(store: Store) -> None:
     assert await store.get_result(other.id) is None
 
 
+async def test_a_run_without_its_running_write_is_finished_with_its_start(store: Store) -> None:
+    """A short local run writes RUNNING with its end, in finish_job's transaction."""
+    await store.create_job(new_job(job_id="s"))
+    done = await store.finish_job(
+        "s", JobState.SUCCEEDED, ended_at=T0 + 2 * SECOND, started_at=T0 + SECOND, result=b"r"
+    )
+    assert done is not None and done.state is JobState.SUCCEEDED
+    assert done.started_at == T0 + SECOND and done.ended_at == T0 + 2 * SECOND
+    assert done.attempts == 1
+    assert done.updated_at == T0 + 2 * SECOND
+    assert done.state_history == _history(
+        (JobState.QUEUED, T0),
+        (JobState.RUNNING, T0 + SECOND),
+        (JobState.SUCCEEDED, T0 + 2 * SECOND),
+    )
+    assert await store.get_job("s") == done
+    assert await store.get_result("s") == b"r"
+
+    # A job re-queued after a restart keeps one RUNNING entry, its latest run's.
+    await store.create_job(new_job(job_id="r"))
+    await store.mark_running("r", T0 + SECOND)
+    await store.recover(T0 + 2 * SECOND)
+    cancelled = await store.finish_job(
+        "r", JobState.CANCELLED, ended_at=T0 + 4 * SECOND, started_at=T0 + 3 * SECOND
+    )
+    assert cancelled is not None and cancelled.attempts == 2
+    assert cancelled.state_history == _history(
+        (JobState.QUEUED, T0 + 2 * SECOND),
+        (JobState.RUNNING, T0 + 3 * SECOND),
+        (JobState.CANCELLED, T0 + 4 * SECOND),
+    )
+    # Final is final, with or without a start.
+    assert await store.finish_job("s", JobState.FAILED, ended_at=T0, started_at=T0) is None
+    assert await store.finish_job("missing", JobState.FAILED, ended_at=T0, started_at=T0) is None
+
+
 async def test_every_transition_is_in_the_history_with_its_time(store: Store) -> None:
     created = await store.create_job(new_job(job_id="a"))
     assert created.job.state_history == _history((JobState.QUEUED, T0))
