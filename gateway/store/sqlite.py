@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import pathlib
 import queue
@@ -701,7 +702,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                     (job_id, result, ended_us),
                 )
             settle(conn, job_id, state, execution, ended_at)  # its quota reservation (issue 11)
-            return _row_to_job(row)
+            job = _row_to_job(row)
+            return job if started_at is None else _history_in_time_order(conn, job)
 
         if state is JobState.CANCELLED:  # CancelJob of a queued job: its record commits here
             return await self._audited(Effect.CANCEL_JOB, op, job_changed)
@@ -1514,6 +1516,18 @@ def _history_from_json(text: object) -> tuple[StateTransition, ...]:
         StateTransition(JobState(str(state)), from_us(int(at)))
         for state, at in json.loads(str(text))
     )
+
+
+def _history_in_time_order(conn: sqlite3.Connection, job: Job) -> Job:
+    """The job with a RUNNING entry written after later ones (a cancel accepted while its
+    run's RUNNING write waited) moved back into time order; ties keep their order."""
+    history = job.state_history
+    ordered = tuple(sorted(history, key=lambda entry: entry.at))
+    if ordered == history:
+        return job
+    text = json.dumps([[e.state.value, to_us(e.at)] for e in ordered], separators=(",", ":"))
+    conn.execute("UPDATE jobs SET state_history = ? WHERE id = ?", (text, job.id))
+    return dataclasses.replace(job, state_history=ordered)
 
 
 def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int) -> Job | None:

@@ -472,6 +472,20 @@ async def test_a_run_without_its_running_write_is_finished_with_its_start(store:
         (JobState.RUNNING, T0 + 3 * SECOND),
         (JobState.CANCELLED, T0 + 4 * SECOND),
     )
+    # A cancel accepted while the RUNNING write waited: the history stays in time order.
+    await store.create_job(new_job(job_id="c"))
+    await store.mark_cancelling("c", T0 + 2 * SECOND)
+    stopped = await store.finish_job(
+        "c", JobState.CANCELLED, ended_at=T0 + 3 * SECOND, started_at=T0 + SECOND
+    )
+    assert stopped is not None
+    assert stopped.state_history == _history(
+        (JobState.QUEUED, T0),
+        (JobState.RUNNING, T0 + SECOND),
+        (JobState.CANCELLING, T0 + 2 * SECOND),
+        (JobState.CANCELLED, T0 + 3 * SECOND),
+    )
+    assert await store.get_job("c") == stopped
     # Final is final, with or without a start.
     assert await store.finish_job("s", JobState.FAILED, ended_at=T0, started_at=T0) is None
     assert await store.finish_job("missing", JobState.FAILED, ended_at=T0, started_at=T0) is None

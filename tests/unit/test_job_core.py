@@ -9,6 +9,7 @@ import asyncio
 import pathlib
 import pickle
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -300,6 +301,87 @@ async def test_cancel_of_a_running_job_reaches_the_runner_and_hooks_see_every_tr
         await core.until("alice", job.id, "CANCELLED")
         assert runner.cancelled == [job.id]
         assert core.recorder.states(job.id) == ["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]
+    finally:
+        await _close(core)
+
+
+# ---------------------------------------------------------------- the delayed RUNNING write
+
+
+async def test_a_run_ending_within_the_delay_commits_running_with_its_end(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        marked: list[str] = []
+        mark_running = store.mark_running
+
+        async def counted(job_id: str, *args: Any, **kwargs: Any) -> Job | None:
+            marked.append(job_id)
+            return await mark_running(job_id, *args, **kwargs)
+
+        monkeypatch.setattr(store, "mark_running", counted)
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        started_at = core.clock()
+        core.clock.advance(2.0)
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert marked == []  # RUNNING committed with the end, in finish_job's transaction
+        assert done.started_at == started_at and done.ended_at == core.clock()
+        assert done.attempts == 1
+        assert [t.state.value for t in done.state_history] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+        assert done.state_history[1].at == started_at
+        assert done.timings is not None
+        assert done.timings.queued_s == (started_at - job.created_at).total_seconds()
+        # Watchers and hooks still hear every state, in order.
+        assert core.recorder.states(job.id) == ["QUEUED", "RUNNING", "SUCCEEDED"]
+        running = [t.job for t in core.recorder.transitions if t.job.state is JobState.RUNNING]
+        assert running[0].started_at == started_at and running[0].ended_at is None
+        assert running[0].updated_at == started_at
+    finally:
+        await _close(core)
+
+
+async def test_a_longer_run_commits_running_once_the_delay_is_over(store: SqliteStore) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        started_at = core.clock()
+        stored = await store.get_job(job.id)
+        assert stored is not None and stored.state is JobState.QUEUED  # within the delay
+        running = await core.until("alice", job.id, "RUNNING")
+        assert running.started_at == started_at and running.attempts == 1
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert [t.state.value for t in done.state_history] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+        assert done.attempts == 1
+    finally:
+        await _close(core)
+
+
+async def test_a_cancel_within_the_delay_stops_the_run_and_records_its_start(
+    store: SqliteStore,
+) -> None:
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        started_at = core.clock()
+        core.clock.advance(1.0)
+        marked = await core.manager.cancel("alice", job.id)
+        assert marked.state is JobState.CANCELLING
+        done = await core.until("alice", job.id, "CANCELLED")
+        assert runner.cancelled == [job.id]
+        assert done.started_at == started_at and done.attempts == 1
+        # In time order: it started before the cancel came.
+        states = [t.state.value for t in done.state_history]
+        assert states == ["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]
+        assert done.state_history[1].at == started_at
     finally:
         await _close(core)
 
