@@ -160,40 +160,53 @@ def settle(
 ) -> None:
     """Ends the job's reservation as it entered final `state`, in the same transaction; a no-op
     for a job with no reservation or one already ended."""
+    usage = None if execution is None else execution.usage
+    cost = None if execution is None else execution.cost
+    succeeded = state is JobState.SUCCEEDED
+    # A job that succeeded with no shot count (re-attached after a restart, its prepared job
+    # gone) used what it reserved; a failed or cancelled one, nothing. Cost counts only in
+    # the unit it was reserved in.
+    shots = usage.shots if usage is not None and usage.shots > 0 else None
     row = conn.execute(
-        "UPDATE quota_ledger SET state = ?, settled_at = ? WHERE job_id = ? AND state = 'RESERVED'"
-        " RETURNING tenant, period_start, period_end, shots_reserved, cost_reserved, cost_unit",
-        ("SETTLED" if state is JobState.SUCCEEDED else "RELEASED", to_us(at), job_id),
+        _SETTLE_SQL,
+        (
+            "SETTLED" if succeeded else "RELEASED",
+            to_us(at),
+            shots,
+            shots,
+            int(succeeded),
+            None if cost is None else cost.unit,
+            0.0 if cost is None else cost.amount,
+            job_id,
+        ),
     ).fetchone()
     if row is None:
         return
-    usage = None if execution is None else execution.usage
-    cost = None if execution is None else execution.cost
-    if usage is not None and usage.shots > 0:
-        shots_used = usage.shots
-    else:
-        # A job that succeeded with no shot count (re-attached after a restart, its prepared
-        # job gone) used what it reserved; a failed or cancelled one, nothing.
-        shots_used = int(row["shots_reserved"]) if state is JobState.SUCCEEDED else 0
-    cost_used = cost.amount if cost is not None and cost.unit == row["cost_unit"] else 0.0
-    conn.execute(
-        "UPDATE quota_ledger SET shots_used = ?, cost_used = ? WHERE job_id = ?",
-        (shots_used, cost_used, job_id),
-    )
     conn.execute(
         "UPDATE quota_totals SET shots_reserved = shots_reserved - ?, shots_used = shots_used + ?,"
         " cost_reserved = max(0.0, cost_reserved - ?), cost_used = cost_used + ?"
         " WHERE tenant = ? AND period_start = ? AND period_end = ?",
         (
             int(row["shots_reserved"]),
-            shots_used,
+            int(row["shots_used"]),
             float(row["cost_reserved"]),
-            cost_used,
+            float(row["cost_used"]),
             row["tenant"],
             row["period_start"],
             row["period_end"],
         ),
     )
+
+
+# Ends a reservation and records what the job used, in one statement (see settle).
+_SETTLE_SQL: Final = (
+    "UPDATE quota_ledger SET state = ?, settled_at = ?,"
+    " shots_used = CASE WHEN ? IS NOT NULL THEN ? WHEN ? THEN shots_reserved ELSE 0 END,"
+    " cost_used = CASE WHEN cost_unit = ? THEN ? ELSE 0.0 END"
+    " WHERE job_id = ? AND state = 'RESERVED'"
+    " RETURNING tenant, period_start, period_end, shots_reserved, cost_reserved, shots_used,"
+    " cost_used"
+)
 
 
 class SqliteTenants(SqliteAudit):
