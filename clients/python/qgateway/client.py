@@ -575,10 +575,12 @@ def _result_of(job: Job) -> JobResult:
 
 
 def _run_job(response: job_service_pb2.RunResponse) -> Job:
-    job = replace(Job.from_proto(response.job), created=response.created)
     if response.HasField("result"):
-        return replace(job, result=JobResult.from_proto(response.result))
-    return replace(job, result_too_large=response.result_too_large)
+        result = JobResult.from_proto(response.result)
+        return Job.from_proto(response.job, created=response.created, result=result)
+    return Job.from_proto(
+        response.job, created=response.created, result_too_large=response.result_too_large
+    )
 
 
 def _watched(response: job_service_pb2.WatchJobResponse) -> Job:
@@ -1057,7 +1059,7 @@ class Client(SessionCalls, TenantCalls):
             request_id=rid,
         )
         # Whether this call created the job or got an earlier request's (same request_id).
-        return replace(Job.from_proto(response.job), created=response.created)
+        return Job.from_proto(response.job, created=response.created)
 
     def validate(
         self,
@@ -1633,7 +1635,7 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
             request_id=rid,
         )
         # Whether this call created the job or got an earlier request's (same request_id).
-        return replace(Job.from_proto(response.job), created=response.created)
+        return Job.from_proto(response.job, created=response.created)
 
     async def get_job(
         self, name: str, *, view_basic: bool = False, timeout: float | None = None

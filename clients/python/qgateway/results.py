@@ -736,8 +736,16 @@ class Job:
         return self.state.is_final
 
     @classmethod
-    def from_proto(cls, msg: job_pb2.Job) -> Job:
-        """Wraps a Job message (its result too, when present)."""
+    def from_proto(
+        cls,
+        msg: job_pb2.Job,
+        *,
+        created: bool | None = None,
+        result: JobResult | None = None,
+        result_too_large: bool = False,
+    ) -> Job:
+        """Wraps a Job message; `created`, `result` and `result_too_large` come from the
+        response around it (Run, SubmitJob)."""
 
         execution = None
         if msg.HasField("execution"):
@@ -795,6 +803,9 @@ class Job:
             cost=Cost.from_proto(msg.cost) if msg.HasField("cost") else None,
             trace_id=msg.trace_id,
             proto=msg,
+            created=created,
+            result=result,
+            result_too_large=result_too_large,
         )
 
 
