@@ -44,6 +44,7 @@ from gateway.interceptors.audit import AuditInterceptor
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.interceptors.rate_limit import RateLimitInterceptor
+from gateway.interceptors.stream_limit import StreamLimiter, StreamLimitInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.manager import JobManager
@@ -328,6 +329,7 @@ class Gateway:
                 ),
                 *([] if audit is None else [audit]),
                 RateLimitInterceptor(self.policies),
+                StreamLimitInterceptor(StreamLimiter(server_cfg.max_streams_per_tenant)),
             ],
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),

@@ -11,10 +11,14 @@ from gateway.testing import GatewayProcess
 __all__ = ["GatewayProcess", "children_of", "write_config"]
 
 
-def write_config(path: Path, data_dir: Path, backends: str = "", grace_period_s: float = 2) -> Path:
+def write_config(
+    path: Path, data_dir: Path, backends: str = "", grace_period_s: float = 2, server: str = ""
+) -> Path:
+    """`backends`: the rest of the file (backends, tenants, keys); `server`: more lines of the
+    [server] table."""
     text = (
         f'data_dir = "{data_dir}"\n\n[server]\nlisten = "127.0.0.1:0"\n'
-        f"grace_period_s = {grace_period_s}\nmax_request_bytes = 4194304\n\n"
+        f"grace_period_s = {grace_period_s}\nmax_request_bytes = 4194304\n{server}\n"
     )
     text += backends
     if "[compiler]" not in backends:

@@ -46,6 +46,8 @@ QUOTA = generate_key("quota")  # 100 shots per day
 REFILL = generate_key("refill")  # 50 shots per second
 BETA = generate_key("beta")  # a stored tenant, created by the admin
 OPS = generate_key("ops", role=Role.ADMIN)
+STREAMER = generate_key("streamer")  # 2 open streams at most (the server's limit here)
+MAX_STREAMS = 2
 STUCK = "pol-stuck"  # every job hangs until cancelled
 
 CONFIG = f"""
@@ -143,8 +145,15 @@ def spec(qubits: int = 2, shots: int = 10, backend: str = "aer") -> job_pb2.JobS
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("policies")
-    keys = "".join(_key_toml(k) for k in (LIMITED, RATED, CHATTY, QUOTA, REFILL, BETA, OPS))
-    config = write_config(root / "g.toml", root / "data", CONFIG + keys)
+    keys = "".join(
+        _key_toml(k) for k in (LIMITED, RATED, CHATTY, QUOTA, REFILL, BETA, OPS, STREAMER)
+    )
+    config = write_config(
+        root / "g.toml",
+        root / "data",
+        CONFIG + keys,
+        server=f"max_streams_per_tenant = {MAX_STREAMS}\n",
+    )
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process
     assert process.terminate() == 0, process.log_path.read_text()[-3000:]
@@ -242,6 +251,51 @@ def test_shot_quota_is_reserved_settled_and_released(channel: grpc.Channel) -> N
     quota.run(spec(shots=40))  # exactly the rest
     usage = quota.usage()
     assert (usage.shots_used, usage.shots_reserved, usage.queued_jobs) == (100, 0, 0)
+
+
+def test_open_streams_per_tenant_are_limited(channel: grpc.Channel) -> None:
+    streamer, ops = caller(channel, STREAMER), caller(channel, OPS)
+    job = streamer.submit(spec(backend=STUCK))  # runs until cancelled: its watches stay open
+    request = job_service_pb2.WatchJobRequest(name=job.name)
+    watches = [streamer.jobs.WatchJob(request, metadata=streamer.md, timeout=60) for _ in "ab"]
+    try:
+        for watch in watches:
+            next(watch)  # open on the server: its first event arrived
+        with pytest.raises(grpc.RpcError) as caught:
+            next(streamer.jobs.WatchJob(request, metadata=streamer.md, timeout=10))
+        err = status_of(caught.value)
+        assert (err.code, err.reason) == (EXHAUSTED, "TOO_MANY_STREAMS")
+        assert err.metadata["maxStreams"] == str(MAX_STREAMS)
+        assert err.metadata["openStreams"] == str(MAX_STREAMS)
+        assert err.has_quota_failure and err.retry_delay_s is not None
+        # Unary calls are not counted, nor are another tenant's streams.
+        streamer.jobs.GetJob(job_service_pb2.GetJobRequest(name=job.name), metadata=streamer.md)
+        own = ops.submit(spec(backend=STUCK))  # queued behind the stuck one
+        other = ops.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(name=own.name), metadata=ops.md, timeout=10
+        )
+        assert next(other).job.name == own.name
+        other.cancel()
+        ops.jobs.CancelJob(job_service_pb2.CancelJobRequest(name=own.name), metadata=ops.md)
+        # A stream the caller closes frees its place (once the server has seen it go).
+        watches.pop().cancel()
+        deadline = time.monotonic() + 10
+        while True:
+            again = streamer.jobs.WatchJob(request, metadata=streamer.md, timeout=10)
+            try:
+                assert next(again).job.name == job.name
+                watches.append(again)
+                break
+            except grpc.RpcError as refused:
+                assert status_of(refused).reason == "TOO_MANY_STREAMS"
+                assert time.monotonic() < deadline, "a closed stream kept its place"
+    finally:
+        for watch in watches:
+            watch.cancel()
+        streamer.jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(name=job.name), metadata=streamer.md
+        )
+    streamer.until(job.name, Q.JOB_STATE_CANCELLED)
 
 
 def test_shot_quota_refills_with_the_period(channel: grpc.Channel) -> None:
