@@ -9,6 +9,7 @@ Every deny path answers UNAUTHENTICATED with its reason, and no secret reaches a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -30,6 +31,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from jwt.algorithms import ECAlgorithm
+from qgateway import AsyncClient
 from qgateway.v1 import (
     admin_pb2,
     admin_service_pb2,
@@ -393,6 +395,30 @@ def test_key_lifecycle_through_the_cli_and_every_deny_path(
         assert states[name] == admin_pb2.API_KEY_STATE_REVOKED
         assert states[user_key.api_key.name] == admin_pb2.API_KEY_STATE_EXPIRED
     _assert_no_secret_anywhere(keys_gw, secret, user_key.key, ADMIN.key)
+
+
+def test_the_async_client_manages_keys_as_the_sync_one_does(
+    keys_gw: GatewayProcess, pki: Pki
+) -> None:
+    async def lifecycle() -> None:
+        async with AsyncClient(
+            keys_gw.address,
+            credentials=grpc.ssl_channel_credentials(pki.ca.cert_pem),
+            metadata=[("authorization", f"Bearer {ADMIN.key}")],
+        ) as client:
+            record, secret = await client.create_api_key("acme", display_name="async")
+            assert record.name.startswith("tenants/acme/apiKeys/") and secret.startswith("qgw_")
+            assert (record.display_name, record.role, record.state) == ("async", "user", "active")
+            assert record.name in [k.name async for k in client.list_api_keys("acme")]
+            revoked = await client.revoke_api_key(record.name)
+            assert revoked.state == "revoked" and revoked.revoke_time is not None
+            assert record.name not in [k.name async for k in client.list_api_keys("acme")]
+            every = {k.name: k.state async for k in client.list_api_keys(show_inactive=True)}
+            assert every[record.name] == "revoked"
+            with pytest.raises(ValueError):
+                await client.create_api_key("acme", role="root")
+
+    asyncio.run(lifecycle())
 
 
 def test_health_and_reflection_need_no_credential(keys_gw: GatewayProcess, pki: Pki) -> None:

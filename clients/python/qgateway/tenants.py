@@ -11,7 +11,7 @@ names as in the proto, e.g. {"allowed_simulators": ["aer*"], "max_qubits": 20,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -183,6 +183,17 @@ def update_request(
     )
 
 
+def create_key_request(
+    tenant: str, display_name: str, role: str, expire_time: datetime | None
+) -> admin_service_pb2.CreateApiKeyRequest:
+    if role not in _ROLE_VALUES:
+        raise ValueError(f"role must be one of {sorted(_ROLE_VALUES)}, not {role!r}")
+    api_key = admin_pb2.ApiKey(display_name=display_name, role=_ROLE_VALUES[role])
+    if expire_time is not None:
+        api_key.expire_time.FromDatetime(expire_time)
+    return admin_service_pb2.CreateApiKeyRequest(parent=tenant_name(tenant), api_key=api_key)
+
+
 class TenantCalls:
     """The tenant calls of `Client` (mixed in; uses its `_unary` and `channel`)."""
 
@@ -271,12 +282,7 @@ class TenantCalls:
         timeout: float | None = None,
     ) -> tuple[ApiKey, str]:
         """Creates a key for `tenant`: the key's record and the whole key, shown this once."""
-        if role not in _ROLE_VALUES:
-            raise ValueError(f"role must be one of {sorted(_ROLE_VALUES)}, not {role!r}")
-        api_key = admin_pb2.ApiKey(display_name=display_name, role=_ROLE_VALUES[role])
-        if expire_time is not None:
-            api_key.expire_time.FromDatetime(expire_time)
-        request = admin_service_pb2.CreateApiKeyRequest(parent=tenant_name(tenant), api_key=api_key)
+        request = create_key_request(tenant, display_name, role, expire_time)
         response = self._unary(
             self._admin.CreateApiKey, request, deadline=_deadline(timeout), retry=False
         )
@@ -367,3 +373,61 @@ class AsyncTenantCalls:
             self._admin.UpdateTenant, request, deadline=_deadline(timeout), retry=False
         )
         return Tenant.from_proto(response.tenant)
+
+    async def list_tenants(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[Tenant]:
+        """See `Client.list_tenants`."""
+        token = ""
+        while True:
+            request = admin_service_pb2.ListTenantsRequest(page_size=page_size, page_token=token)
+            page = await self._unary(
+                self._admin.ListTenants, request, deadline=_deadline(timeout), retry=True
+            )
+            for tenant in page.tenants:
+                yield Tenant.from_proto(tenant)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def create_api_key(
+        self,
+        tenant: str,
+        *,
+        display_name: str = "",
+        role: str = "user",
+        expire_time: datetime | None = None,
+        timeout: float | None = None,
+    ) -> tuple[ApiKey, str]:
+        """See `Client.create_api_key`."""
+        request = create_key_request(tenant, display_name, role, expire_time)
+        response = await self._unary(
+            self._admin.CreateApiKey, request, deadline=_deadline(timeout), retry=False
+        )
+        return ApiKey.from_proto(response.api_key), str(response.key)
+
+    async def list_api_keys(
+        self, tenant: str = "-", *, show_inactive: bool = False, timeout: float | None = None
+    ) -> AsyncIterator[ApiKey]:
+        """See `Client.list_api_keys`."""
+        token = ""
+        while True:
+            request = admin_service_pb2.ListApiKeysRequest(
+                parent=tenant_name(tenant), page_token=token, show_inactive=show_inactive
+            )
+            page = await self._unary(
+                self._admin.ListApiKeys, request, deadline=_deadline(timeout), retry=True
+            )
+            for api_key in page.api_keys:
+                yield ApiKey.from_proto(api_key)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def revoke_api_key(self, name: str, *, timeout: float | None = None) -> ApiKey:
+        """See `Client.revoke_api_key`."""
+        request = admin_service_pb2.RevokeApiKeyRequest(name=name)
+        response = await self._unary(
+            self._admin.RevokeApiKey, request, deadline=_deadline(timeout), retry=True
+        )
+        return ApiKey.from_proto(response.api_key)
