@@ -6,9 +6,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from gateway.security.api_keys import NewKey
 from gateway.testing import GatewayProcess
 
-__all__ = ["GatewayProcess", "children_of", "write_config"]
+__all__ = ["GatewayProcess", "children_of", "keys_toml", "write_config"]
 
 
 def write_config(
@@ -37,3 +38,12 @@ def children_of(pid: int) -> list[Any]:
         return list(psutil.Process(pid).children(recursive=True))
     except psutil.NoSuchProcess:
         return []
+
+
+def keys_toml(*keys: NewKey) -> str:
+    """The `[[auth.api_keys]]` entries of configured keys (their hashes, never the secrets)."""
+    return "".join(
+        f'[[auth.api_keys]]\nprefix = "{k.config.prefix}"\nsha256 = "{k.config.sha256}"\n'
+        f'tenant = "{k.config.tenant}"\nrole = "{k.config.role.value}"\n'
+        for k in keys
+    )

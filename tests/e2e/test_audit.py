@@ -28,7 +28,7 @@ from qgateway.v1 import (
 
 from gateway.security.api_keys import NewKey, generate_key
 from gateway.security.principals import Role
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.rpc import ghz, sampler_spec, slow_circuit, status_of
 
 ADMIN = generate_key("ops", role=Role.ADMIN)
@@ -55,14 +55,6 @@ failure_window_s = 600
 """
 
 
-def _key_toml(key: NewKey) -> str:
-    c = key.config
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nrole = "{c.role}"\n'
-    )
-
-
 @dataclass
 class Env:
     root: Path
@@ -75,7 +67,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("audit")
-    keys = "".join(_key_toml(k) for k in (ADMIN, ACME_ADMIN, ACME, OTHER))
+    keys = keys_toml(ADMIN, ACME_ADMIN, ACME, OTHER)
     config = write_config(root / "g.toml", root / "data", keys + BACKENDS)
     log = root / "gateway.log"
     state = Env(root, config, root / "data", log, GatewayProcess.start(config, log))

@@ -23,7 +23,7 @@ from qiskit import QuantumCircuit, qasm3, transpile
 
 from gateway.security.api_keys import NewKey, generate_key
 from gateway.security.principals import Role
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.rpc import status_of
 from tests.targets import every_instruction, qpy_bytes
 
@@ -33,14 +33,6 @@ AER_QUBITS = 12
 BASIC, FULL = backend_pb2.BACKEND_VIEW_BASIC, backend_pb2.BACKEND_VIEW_FULL
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DOMAIN = "qgateway.dev"
-
-
-def _key_toml(key: NewKey) -> str:
-    c = key.config
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nrole = "{c.role}"\n'
-    )
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +60,7 @@ health_interval_s = 3600
 breaker = {{ failure_threshold = 1000 }}
 faults = {{ fail_while_exists = "{sick_switch}" }}
 """
-    config = write_config(
-        root / "g.toml", root / "data", _key_toml(ADMIN) + _key_toml(TENANT) + backends
-    )
+    config = write_config(root / "g.toml", root / "data", keys_toml(ADMIN, TENANT) + backends)
     # The gateway announces itself once every backend's first probe has finished.
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process

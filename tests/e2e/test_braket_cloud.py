@@ -28,7 +28,7 @@ from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_gr
 from gateway.security.api_keys import generate_key
 from gateway.security.principals import Role
 from tests.braket_stub import AWS_ENV, SV1, BraketStubProcess
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.loopback_service import TWO_REGISTERS
 
 OPS = generate_key("ops", role=Role.ADMIN)
@@ -36,14 +36,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _key_toml() -> str:
-    c = OPS.config
-    return (
-        # One compile worker: the gateways here compile one small circuit.
-        "[compiler]\nworkers = 1\n\n"
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nrole = "admin"\n\n'
-    )
+def _ops_toml() -> str:
+    # One compile worker: the gateways here compile one small circuit.
+    return "[compiler]\nworkers = 1\n\n" + keys_toml(OPS) + "\n"
 
 
 RESERVATION = "arn:aws:braket:us-east-1:123456789012:reservation/r-0f1e2d"
@@ -149,7 +144,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stub: BraketStubProcess) -
         max_concurrent_tasks=1,
     )
     backends += _backend("sv1-reserved", stub.url, options=f', reservation_arn = "{RESERVATION}"')
-    config = write_config(root / "g.toml", root / "data", _key_toml() + backends)
+    config = write_config(root / "g.toml", root / "data", _ops_toml() + backends)
     gw = Gateway(
         GatewayProcess.start(config, root / "gateway.log", env=AWS_ENV, start_timeout=300),
         config,

@@ -28,7 +28,7 @@ from qgateway.results import Job, JobState
 from qgateway.v1 import circuit_pb2
 
 from gateway.security.api_keys import generate_key
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.qpy_payloads import dump, heavy_evolution, nested_block_declaring, nested_ifs
 from tests.rpc import ghz, slow_circuit
 
@@ -38,13 +38,6 @@ COMPILE_CPU_S = 2.0
 RESPAWN_PER_S = 0.5
 RUN_TIME_LIMIT_S = 4.0
 RSS_SLACK_BYTES = 100 << 20
-
-
-def _key_toml(key: object) -> str:
-    c = key.config  # type: ignore[attr-defined]
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\ntenant = "{c.tenant}"\n'
-    )
 
 
 CONFIG = f"""
@@ -81,9 +74,7 @@ max_execution_work = 1e10
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("hostile")
-    config = write_config(
-        root / "g.toml", root / "data", _key_toml(ALICE) + _key_toml(BOB) + CONFIG
-    )
+    config = write_config(root / "g.toml", root / "data", keys_toml(ALICE, BOB) + CONFIG)
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process
     assert process.terminate() == 0, process.log_path.read_text()[-3000:]

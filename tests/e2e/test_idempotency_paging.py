@@ -25,7 +25,7 @@ from qgateway.v1 import (
 
 from gateway.security.api_keys import generate_key
 from gateway.server import DB_FILE
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.rpc import ghz, sampler_spec, slow_circuit, status_of
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -44,19 +44,10 @@ options = { method = "matrix_product_state" }
 """
 
 
-def _key_toml(key: object) -> str:
-    c = key.config  # type: ignore[attr-defined]
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\ntenant = "{c.tenant}"\n'
-    )
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("idempotency")
-    config = write_config(
-        root / "g.toml", root / "data", _key_toml(ALICE) + _key_toml(BOB) + BACKENDS
-    )
+    config = write_config(root / "g.toml", root / "data", keys_toml(ALICE, BOB) + BACKENDS)
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process
     assert process.terminate() == 0, process.log_path.read_text()[-3000:]

@@ -25,7 +25,7 @@ from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_gr
 
 from gateway.security.api_keys import generate_key
 from gateway.security.principals import Role
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.rpc import ghz, slow_circuit
 
 ALICE = generate_key("alice")
@@ -34,14 +34,6 @@ BOB = generate_key("bob")
 OPS = generate_key("ops", role=Role.ADMIN)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _key_toml(key: object) -> str:
-    c = key.config  # type: ignore[attr-defined]
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\ntenant = "{c.tenant}"\n'
-        f'role = "{c.role}"\n'
-    )
 
 
 def _backends(switch: Path, stuck_switch: Path, blip_switch: Path) -> str:
@@ -127,7 +119,7 @@ def gw(
     config = write_config(
         root / "g.toml",
         root / "data",
-        _key_toml(ALICE) + _key_toml(BOB) + _key_toml(OPS) + _backends(*switches),
+        keys_toml(ALICE, BOB, OPS) + _backends(*switches),
     )
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process

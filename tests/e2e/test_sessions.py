@@ -19,7 +19,7 @@ from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway.backends.fault import injected_failure
 from gateway.security.api_keys import NewKey, generate_key
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import GatewayProcess, keys_toml
 from tests.rpc import ghz, sampler_spec, slow_circuit
 
 ALICE = generate_key("alice")
@@ -31,14 +31,6 @@ FLAKY_RATE = 0.5
 # Seeds the flaky backend fails (and one it runs), chosen by the fault backend's own rule.
 FAILING_SEED = next(s for s in range(1000) if injected_failure(s, FLAKY_RATE))
 PASSING_SEED = next(s for s in range(1000) if not injected_failure(s, FLAKY_RATE))
-
-
-def _key_toml(key: NewKey) -> str:
-    c = key.config
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\n'
-    )
 
 
 def _config(root: Path, *, workers: int = 2) -> Path:
@@ -65,7 +57,7 @@ faults = {{ failure_rate = {FLAKY_RATE}, latency_s = 2.0 }}
 
 """
     path = root / "g.toml"
-    path.write_text(text + "".join(_key_toml(k) for k in (ALICE, BOB, CAPPED)))
+    path.write_text(text + keys_toml(ALICE, BOB, CAPPED))
     return path
 
 

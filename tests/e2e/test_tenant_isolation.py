@@ -42,7 +42,7 @@ from qgateway.v1 import (
 
 from gateway.security.api_keys import NewKey, generate_key
 from gateway.security.principals import Role
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.rpc import ghz, sampler_spec
 
 ALICE = generate_key("alice")
@@ -113,14 +113,6 @@ def covers(*methods: str) -> Callable[[Callable[..., None]], Callable[..., None]
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
-
-
-def _key_toml(key: NewKey) -> str:
-    c = key.config
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nrole = "{c.role.value}"\n'
-    )
 
 
 class Caller:
@@ -254,7 +246,7 @@ def _session(team: str = "qml", backend: str = "aer") -> session_pb2.Session:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("isolation")
-    keys = "".join(_key_toml(k) for k in (ALICE, BOB, OPS, BOB_ADMIN, CAROL))
+    keys = keys_toml(ALICE, BOB, OPS, BOB_ADMIN, CAROL)
     config = write_config(root / "g.toml", root / "data", CONFIG + keys)
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process

@@ -36,7 +36,7 @@ from qgateway.v1 import (
 from gateway import cli
 from gateway.security.api_keys import NewKey, generate_key
 from gateway.security.principals import Role
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.rpc import StatusInfo, ghz, sampler_spec, status_of
 
 LIMITED = generate_key("limited")  # "aer" only, 3 qubits, 100 shots per job, 1 session
@@ -89,14 +89,6 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 Q = job_pb2.JobState
 
 
-def _key_toml(key: NewKey) -> str:
-    c = key.config
-    return (
-        f'[[auth.api_keys]]\nprefix = "{c.prefix}"\nsha256 = "{c.sha256}"\n'
-        f'tenant = "{c.tenant}"\nrole = "{c.role.value}"\n'
-    )
-
-
 class Caller:
     def __init__(self, channel: grpc.Channel, key: NewKey) -> None:
         self.tenant = key.config.tenant
@@ -145,9 +137,7 @@ def spec(qubits: int = 2, shots: int = 10, backend: str = "aer") -> job_pb2.JobS
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("policies")
-    keys = "".join(
-        _key_toml(k) for k in (LIMITED, RATED, CHATTY, QUOTA, REFILL, BETA, OPS, STREAMER)
-    )
+    keys = keys_toml(LIMITED, RATED, CHATTY, QUOTA, REFILL, BETA, OPS, STREAMER)
     config = write_config(
         root / "g.toml",
         root / "data",
