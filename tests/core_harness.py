@@ -237,11 +237,17 @@ class Core:
 
 
 def make_queue(
-    kind: QueueKind, store: SqliteStore, name: str, owner: str, clock: Clock, queue_s: float
+    kind: QueueKind,
+    store: SqliteStore,
+    name: str,
+    owner: str,
+    clock: Clock,
+    queue_s: float,
+    lease_s: float = 30.0,
 ) -> JobQueue:
     if kind == "store":
-        return ClaimQueue(store, name, owner, queue_s, 30.0, clock)
-    return MemoryQueue(name, queue_s, 30.0, clock)
+        return ClaimQueue(store, name, owner, queue_s, lease_s, clock)
+    return MemoryQueue(name, queue_s, lease_s, clock)
 
 
 async def build_core(
@@ -255,6 +261,7 @@ async def build_core(
     max_queue_time_s: float = 3600.0,
     max_run_time_s: float = 3600.0,
     max_queued_jobs: int = 100,
+    lease_s: float = 30.0,
 ) -> Core:
     clock = clock or Clock()
     backends = {
@@ -269,10 +276,10 @@ async def build_core(
                 max_queue_time_s=max_queue_time_s,
                 health_interval_s=60,
                 probe_timeout_s=5,
-                lease_s=30.0,
+                lease_s=lease_s,
                 remote_retry_s=0.01,
             ),
-            queue=make_queue(kind, store, name, owner, clock, max_queue_time_s),
+            queue=make_queue(kind, store, name, owner, clock, max_queue_time_s, lease_s),
         )
         for name, runner in runners.items()
     }

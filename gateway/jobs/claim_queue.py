@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from gateway.backends.base import PreparedJob
 from gateway.domain import queue_order
-from gateway.domain.jobs import Job
+from gateway.domain.jobs import Job, JobState
 from gateway.jobs.claim_book import ClaimBook
 from gateway.jobs.queue_port import Claim, Clock
 from gateway.store.base import Store
@@ -99,21 +99,27 @@ class ClaimQueue:
 
     async def renew(self, claim: Claim) -> Claim | None:
         """The claim with its lease extended from now; None when it is lost (lapsed, ended,
-        or claimed again, here or elsewhere). Any object of the claim (as handed out, or as
-        last renewed) may be passed."""
+        or claimed again, here or elsewhere). Its job is CANCELLING once another process has
+        accepted a CancelJob for it. Any object of the claim (as handed out, or as last
+        renewed) may be passed."""
         job_id = claim.job.id
         if not self._held.holds(claim):
             return None
         now = self._clock()
         expires = now + self._lease
-        if not await self._store.renew_claim(job_id, self.owner, expires, now):
+        state = await self._store.renew_claim(job_id, self.owner, expires, now)
+        if state is None:
             if self._held.holds(claim):
                 self._held.drop(job_id)
             return None
         current = self._held.current(job_id)
         if current is None or not self._held.holds(claim):  # ended or released meanwhile
             return None
-        renewed = dataclasses.replace(current, lease_expires_at=expires)
+        job = current.job
+        if state is JobState.CANCELLING and job.state is not state:
+            # Another process accepted a CancelJob: the claim says so, and its holder stops it.
+            job = dataclasses.replace(job, state=state)
+        renewed = dataclasses.replace(current, job=job, lease_expires_at=expires)
         self._held.renewed(claim, renewed)
         return renewed
 

@@ -350,7 +350,9 @@ class JobManager:
         """Answers at once. A queued job is taken out of its queue and ends CANCELLED now; a
         running one is marked CANCELLING (durably: after a restart it ends CANCELLED, never
         runs again) and its runner stops the worker in the background, ending it CANCELLED, or
-        SUCCEEDED/FAILED if it finished first. A CANCELLING or CANCELLED job is a no-op."""
+        SUCCEEDED/FAILED if it finished first; a job another process holds (a shared queue) is
+        marked CANCELLING and stopped by that holder at its next lease renewal. A CANCELLING or
+        CANCELLED job is a no-op."""
         job = await self.get(tenant, job_id)
         if job.state in (JobState.CANCELLED, JobState.CANCELLING):
             return job
@@ -361,8 +363,14 @@ class JobManager:
         # `running` in one step, so the job is in exactly one of them (or in neither).
         running = None if runtime is None else runtime.running.get(job_id)
         if running is None:
-            if runtime is not None:
-                await runtime.queue.remove(job_id, tenant)
+            removed = runtime is not None and await runtime.queue.remove(job_id, tenant)
+            if runtime is not None and not removed and not runtime.queue.queues_before_commit:
+                # Claimed by another process sharing the store's queue: that holder stops it
+                # when it next renews its claim; if it died, whoever claims the job next ends
+                # it CANCELLED. Finishing it here would leave its worker running.
+                marked = await self._transitions.cancelling(job)
+                if marked is not None:
+                    return marked
             finished = await self._transitions.finish(job, JobState.CANCELLED)
             if finished is not None:
                 return finished

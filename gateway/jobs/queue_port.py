@@ -69,7 +69,9 @@ class JobQueue(Protocol):
         is nothing to claim now. Expired claims of dead holders are claimable again."""
 
     async def renew(self, claim: Claim) -> Claim | None:
-        """Extends the lease; None if the claim was lost (expired and taken by another)."""
+        """Extends the lease; None if the claim was lost (expired and taken by another). A
+        shared queue's renewed claim carries CANCELLING when another process accepted a
+        CancelJob for the job: its holder stops it."""
 
     async def done(self, claim: Claim) -> None:
         """The claimed job reached a final state: the claim ends."""

@@ -337,6 +337,8 @@ class RunnerStep:
                     renewed = await runtime.queue.renew(running.claim)
                     if renewed is not None:
                         running.claim = renewed
+                        if renewed.job.state is JobState.CANCELLING:
+                            running.request_cancel()  # accepted by another process
         except asyncio.CancelledError:
             # The gateway is closing. A local job cannot outlive it: stop the worker. A remote
             # job goes on at the provider and is re-attached at the next start.

@@ -263,8 +263,10 @@ class Store(Protocol):
 
     async def renew_claim(
         self, job_id: str, owner: str, lease_expires_at: datetime, now: datetime
-    ) -> bool:
-        """Extends `owner`'s unexpired lease; False if the claim is not (or no longer) its."""
+    ) -> JobState | None:
+        """Extends `owner`'s unexpired lease and returns the job's state (CANCELLING: another
+        process accepted a cancel, the holder stops the job); None if the claim is not (or no
+        longer) its."""
 
     async def end_claim(self, job_id: str, owner: str, *, requeue: bool = False) -> None:
         """Drops `owner`'s claim (no-op if not its). `requeue`: the job goes back unstarted and

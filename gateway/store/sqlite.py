@@ -802,20 +802,20 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
     async def renew_claim(
         self, job_id: str, owner: str, lease_expires_at: datetime, now: datetime
-    ) -> bool:
-        """Extends `owner`'s live lease (now < its expiry) to `lease_expires_at`; False if the
-        claim is not (or no longer) its, lapsed, or the job ended."""
+    ) -> JobState | None:
+        """Extends `owner`'s live lease (now < its expiry) to `lease_expires_at` and returns the
+        job's state; None if the claim is not (or no longer) its, lapsed, or the job ended."""
         now_us = to_us(now)
         expires_us = to_us(lease_expires_at)
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> JobState | None:
             row = conn.execute(
                 "UPDATE jobs SET lease_expires_at = ?"
                 " WHERE id = ? AND lease_owner = ? AND lease_expires_at > ?"
-                f" AND state NOT IN ({_FINAL_PLACEHOLDERS}) RETURNING id",
+                f" AND state NOT IN ({_FINAL_PLACEHOLDERS}) RETURNING state",
                 (expires_us, job_id, owner, now_us, *_FINAL_NAMES),
             ).fetchone()
-            return row is not None
+            return None if row is None else JobState(row[0])
 
         return await self._call(op)
 

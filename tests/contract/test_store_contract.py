@@ -765,8 +765,10 @@ async def test_renew(store: Store) -> None:
     # Not the holder.
     assert not await store.renew_claim("a", "you", T0 + 2 * LEASE, T0 + SECOND)
     assert not await store.renew_claim("missing", "me", T0 + 2 * LEASE, T0 + SECOND)
-    # The holder, before expiry: the lease moves, and the claim outlives its first expiry.
-    assert await store.renew_claim("a", "me", T0 + 2 * LEASE, T0 + LEASE - SECOND)
+    # The holder, before expiry: the lease moves, and the claim outlives its first expiry;
+    # renewing tells the holder the job's state.
+    state = await store.renew_claim("a", "me", T0 + 2 * LEASE, T0 + LEASE - SECOND)
+    assert state is JobState.QUEUED
     assert await store.next_lease_expiry("aer") == T0 + 2 * LEASE
     assert await store.claims_by_tenant("aer", T0 + LEASE) == {"acme": 1}
     assert await store.claim_next("aer", "you", T0 + 3 * LEASE, T0 + LEASE) is None
@@ -776,6 +778,10 @@ async def test_renew(store: Store) -> None:
     assert await claim(store, "you", T0 + 2 * LEASE) == "a"
     assert not await store.renew_claim("a", "me", T0 + 4 * LEASE, T0 + 2 * LEASE)
     assert await store.renew_claim("a", "you", T0 + 4 * LEASE, T0 + 2 * LEASE)
+    # A cancel accepted elsewhere reaches the holder with its next renewal.
+    await store.mark_cancelling("a", T0 + 2 * LEASE)
+    cancelling = await store.renew_claim("a", "you", T0 + 4 * LEASE, T0 + 2 * LEASE)
+    assert cancelling is JobState.CANCELLING
     # A finished job has no claim left to renew.
     await store.finish_job("a", JobState.SUCCEEDED, ended_at=T0 + 2 * LEASE)
     assert not await store.renew_claim("a", "you", T0 + 5 * LEASE, T0 + 2 * LEASE)

@@ -386,6 +386,32 @@ async def test_a_cancel_within_the_delay_stops_the_run_and_records_its_start(
         await _close(core)
 
 
+async def test_a_cancel_accepted_by_another_process_stops_the_holders_run(
+    store: SqliteStore,
+) -> None:
+    # Two processes share the store's queue: A runs the job, B (no free slot) takes the
+    # CancelJob. B must not finish a job whose worker runs in A: it marks it CANCELLING and A
+    # stops it when it renews its claim (every lease_s / 3).
+    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=0)
+    clock = Clock()
+    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
+    b = await build_core(
+        store, "store", {"sim": runner_b}, clock=clock, owner="holder-2", lease_s=0.3
+    )
+    try:
+        job = await a.submit("alice", spec("sim"))
+        await a.until("alice", job.id, "RUNNING")
+        marked = await b.manager.cancel("alice", job.id)
+        assert marked.state is JobState.CANCELLING
+        done = await a.until("alice", job.id, "CANCELLED")
+        assert runner_a.cancelled == [job.id] and runner_b.submitted == []
+        states = [t.state.value for t in done.state_history]
+        assert states == ["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]
+    finally:
+        await _close(b)
+        await _close(a)
+
+
 # ---------------------------------------------------------------- recovery
 
 
