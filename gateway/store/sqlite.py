@@ -428,18 +428,15 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         )
 
         def op(conn: sqlite3.Connection) -> CreateOutcome:
-            if new.request_id:
-                found = _lookup_request(conn, new.tenant, new.request_id, created_us)
-                if found is not None:
-                    existing, request_hash = found
-                    if request_hash == new.request_hash:
+            earlier = _request_row(conn, new.tenant, new.request_id) if new.request_id else None
+            if earlier is not None:
+                if _within_dedup_window(earlier, created_us):
+                    existing = _row_to_job(earlier)
+                    if bytes(earlier["request_hash"]) == new.request_hash:
                         return CreateOutcome(existing, created=False)
                     raise request_id_reused(new.request_id, existing.id)
-                # Outside the window the id is free again: an old job gives it up.
-                conn.execute(
-                    "UPDATE jobs SET request_id = NULL WHERE tenant = ? AND request_id = ?",
-                    (new.tenant, new.request_id),
-                )
+                # Outside the window the id is free again: the old job gives it up.
+                conn.execute("UPDATE jobs SET request_id = NULL WHERE id = ?", (earlier["id"],))
             if new.charge is not None:  # the tenant's limits, checked and reserved (issue 11)
                 reserve(conn, new.id, new.tenant, new.charge, new.created_at)
             row = conn.execute(_INSERT_JOB_SQL, insert_args).fetchone()
@@ -1390,14 +1387,24 @@ def _timings_from_json(text: str) -> JobTimings:
     )
 
 
-def _lookup_request(
-    conn: sqlite3.Connection, tenant: str, request_id: str, now_us: int
-) -> tuple[Job, bytes] | None:
-    row = conn.execute(
+def _request_row(conn: sqlite3.Connection, tenant: str, request_id: str) -> sqlite3.Row | None:
+    """The job row (and its request hash) holding `request_id`, in or out of the window."""
+    row: sqlite3.Row | None = conn.execute(
         f"SELECT {_JOB_COLUMNS}, request_hash FROM jobs WHERE tenant = ? AND request_id = ?",
         (tenant, request_id),
     ).fetchone()
-    if row is None or now_us - int(row["created_at"]) > REQUEST_ID_DEDUP_WINDOW_S * 1_000_000:
+    return row
+
+
+def _within_dedup_window(row: sqlite3.Row, now_us: int) -> bool:
+    return now_us - int(row["created_at"]) <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000
+
+
+def _lookup_request(
+    conn: sqlite3.Connection, tenant: str, request_id: str, now_us: int
+) -> tuple[Job, bytes] | None:
+    row = _request_row(conn, tenant, request_id)
+    if row is None or not _within_dedup_window(row, now_us):
         return None
     return _row_to_job(row), bytes(row["request_hash"])
 
