@@ -80,13 +80,14 @@ def _tenant(row: sqlite3.Row) -> StoredTenant:
     )
 
 
-def _totals(conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int) -> sqlite3.Row:
-    row: sqlite3.Row = conn.execute(
-        "SELECT shots_reserved, shots_used, cost_reserved, cost_used FROM quota_totals"
+def _held(conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int) -> tuple[int, float]:
+    """Shots and cost the tenant holds in the period (reserved + used); 0 before its first job."""
+    row = conn.execute(
+        "SELECT shots_reserved + shots_used, cost_reserved + cost_used FROM quota_totals"
         " WHERE tenant = ? AND period_start = ? AND period_end = ?",
         (tenant, start_us, end_us),
     ).fetchone()
-    return row
+    return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
 
 
 def reserve(
@@ -105,49 +106,48 @@ def reserve(
         if queued >= charge.max_queued_jobs:
             raise too_many_queued(tenant, queued, charge.max_queued_jobs)
     start_us, end_us = to_us(charge.period_start), to_us(charge.period_end)
-    conn.execute(
-        "INSERT OR IGNORE INTO quota_totals (tenant, period_start, period_end) VALUES (?, ?, ?)",
-        (tenant, start_us, end_us),
-    )
     # Read only under a quota: without one the job is just counted.
     limited = charge.max_shots is not None or charge.max_cost is not None
-    totals = _totals(conn, tenant, start_us, end_us) if limited else None
-    if totals is not None and charge.max_shots is not None and charge.shots > 0:
-        held = int(totals["shots_reserved"]) + int(totals["shots_used"])
-        if held + charge.shots > charge.max_shots:
-            raise quota_exceeded(
-                tenant,
-                "shots",
-                asked=charge.shots,
-                held=held,
-                limit=charge.max_shots,
-                unit="",
-                period_end=charge.period_end,
-                now=now,
-            )
-    if totals is not None and charge.max_cost is not None and charge.cost > 0:
-        held_cost = float(totals["cost_reserved"]) + float(totals["cost_used"])
-        if held_cost + charge.cost > charge.max_cost + _COST_EPSILON:
-            raise quota_exceeded(
-                tenant,
-                "cost",
-                asked=charge.cost,
-                held=held_cost,
-                limit=charge.max_cost,
-                unit=charge.cost_unit,
-                period_end=charge.period_end,
-                now=now,
-            )
+    held, held_cost = _held(conn, tenant, start_us, end_us) if limited else (0, 0.0)
+    max_shots, max_cost = charge.max_shots, charge.max_cost
+    if max_shots is not None and charge.shots > 0 and held + charge.shots > max_shots:
+        raise quota_exceeded(
+            tenant,
+            "shots",
+            asked=charge.shots,
+            held=held,
+            limit=max_shots,
+            unit="",
+            period_end=charge.period_end,
+            now=now,
+        )
+    if (
+        max_cost is not None
+        and charge.cost > 0
+        and held_cost + charge.cost > max_cost + _COST_EPSILON
+    ):
+        raise quota_exceeded(
+            tenant,
+            "cost",
+            asked=charge.cost,
+            held=held_cost,
+            limit=max_cost,
+            unit=charge.cost_unit,
+            period_end=charge.period_end,
+            now=now,
+        )
     conn.execute(
         "INSERT INTO quota_ledger (job_id, tenant, period_start, period_end, state,"
         " shots_reserved, cost_reserved, cost_unit) VALUES (?, ?, ?, ?, 'RESERVED', ?, ?, ?)",
         (job_id, tenant, start_us, end_us, charge.shots, charge.cost, charge.cost_unit),
     )
     conn.execute(
-        "UPDATE quota_totals SET shots_reserved = shots_reserved + ?,"
-        " cost_reserved = cost_reserved + ?"
-        " WHERE tenant = ? AND period_start = ? AND period_end = ?",
-        (charge.shots, charge.cost, tenant, start_us, end_us),
+        "INSERT INTO quota_totals (tenant, period_start, period_end, shots_reserved,"
+        " cost_reserved) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (tenant, period_start, period_end) DO UPDATE SET"
+        " shots_reserved = shots_reserved + excluded.shots_reserved,"
+        " cost_reserved = cost_reserved + excluded.cost_reserved",
+        (tenant, start_us, end_us, charge.shots, charge.cost),
     )
 
 
