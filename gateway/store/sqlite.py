@@ -535,13 +535,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "UPDATE jobs SET state = 'SUBMITTING' WHERE id = ? AND state = 'QUEUED'"
-                " RETURNING id",
-                (job_id,),
+                f"UPDATE jobs SET state = 'SUBMITTING', {_ENTER_STATE}"
+                f" WHERE id = ? AND state = 'QUEUED' RETURNING {_JOB_COLUMNS}",
+                (*_entering(JobState.SUBMITTING, at_us), job_id),
             ).fetchone()
-            if row is None:
-                return None
-            return _enter_state(conn, job_id, JobState.SUBMITTING, at_us)
+            return None if row is None else _row_to_job(row)
 
         return await self._call(op)
 
@@ -552,13 +550,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "UPDATE jobs SET state = 'QUEUED' WHERE id = ? AND state = 'SUBMITTING'"
-                " AND remote_id IS NULL RETURNING id",
-                (job_id,),
+                f"UPDATE jobs SET state = 'QUEUED', {_ENTER_STATE} WHERE id = ?"
+                f" AND state = 'SUBMITTING' AND remote_id IS NULL RETURNING {_JOB_COLUMNS}",
+                (*_entering(JobState.QUEUED, at_us), job_id),
             ).fetchone()
-            if row is None:
-                return None
-            return _enter_state(conn, job_id, JobState.QUEUED, at_us)
+            return None if row is None else _row_to_job(row)
 
         return await self._call(op)
 
@@ -579,14 +575,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1,"
-                " remote_id = coalesce(?, remote_id)"
-                f" WHERE id = ? AND state IN {states}"
-                " RETURNING id",
-                (started_us, remote_id, job_id),
+                f" remote_id = coalesce(?, remote_id), {_ENTER_STATE}"
+                f" WHERE id = ? AND state IN {states} RETURNING {_JOB_COLUMNS}",
+                (started_us, remote_id, *_entering(JobState.RUNNING, started_us), job_id),
             ).fetchone()
-            if row is None:
-                return None
-            return _enter_state(conn, job_id, JobState.RUNNING, started_us)
+            return None if row is None else _row_to_job(row)
 
         return await self._call(op)
 
@@ -597,13 +590,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "UPDATE jobs SET state = 'CANCELLING'"
-                " WHERE id = ? AND state IN ('QUEUED', 'SUBMITTING', 'RUNNING') RETURNING id",
-                (job_id,),
+                f"UPDATE jobs SET state = 'CANCELLING', {_ENTER_STATE} WHERE id = ?"
+                f" AND state IN ('QUEUED', 'SUBMITTING', 'RUNNING') RETURNING {_JOB_COLUMNS}",
+                (*_entering(JobState.CANCELLING, at_us), job_id),
             ).fetchone()
-            if row is None:
-                return None
-            return _enter_state(conn, job_id, JobState.CANCELLING, at_us)
+            return None if row is None else _row_to_job(row)
 
         return await self._audited(Effect.CANCEL_JOB, op, job_changed)
 
@@ -658,7 +649,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             history_args: tuple[object, ...] = (state.value, ended_us)
         else:
             started_sql = ", started_at = ?, attempts = attempts + 1"
-            history_sql = _APPEND_STATE_TO.format(history=_HISTORY_WITHOUT_STATE)
+            history_sql = _ENTER_RUNNING_THEN
             started_us = to_us(started_at)
             started_args = (started_us,)
             running = JobState.RUNNING.value
@@ -722,19 +713,17 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             cancelled = conn.execute(
-                "UPDATE jobs SET state = 'CANCELLED', ended_at = ?"
+                f"UPDATE jobs SET state = 'CANCELLED', ended_at = ?, {_ENTER_STATE}"
                 " WHERE state = 'CANCELLING' AND remote_id IS NULL RETURNING id",
-                (now_us,),
+                (now_us, *_entering(JobState.CANCELLED, now_us)),
             ).fetchall()
             for (job_id,) in cancelled:
-                _enter_state(conn, job_id, JobState.CANCELLED, now_us)
                 settle(conn, job_id, JobState.CANCELLED, None, now)
-            requeued = conn.execute(
-                "UPDATE jobs SET state = 'QUEUED', started_at = NULL"
-                " WHERE state = 'RUNNING' AND remote_id IS NULL RETURNING id"
-            ).fetchall()
-            for (job_id,) in requeued:
-                _enter_state(conn, job_id, JobState.QUEUED, now_us)
+            conn.execute(
+                f"UPDATE jobs SET state = 'QUEUED', started_at = NULL, {_ENTER_STATE}"
+                " WHERE state = 'RUNNING' AND remote_id IS NULL",
+                _entering(JobState.QUEUED, now_us),
+            )
             conn.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE lease_owner IS NOT NULL"
@@ -1537,15 +1526,9 @@ def _history_in_time_order(conn: sqlite3.Connection, job: Job) -> Job:
     return dataclasses.replace(job, state_history=ordered)
 
 
-def _enter_state(conn: sqlite3.Connection, job_id: str, state: JobState, at_us: int) -> Job | None:
-    """Records that the job entered `state` at `at_us` (its update time too): appended to its
-    history, replacing an earlier entry of the same state (a state entered again after a
-    restart keeps its last time, so the history stays in order). Returns the job as it is now
-    (the same statement reads it back)."""
-    # One statement: SQLite's JSON functions rewrite the history in place.
-    updated = conn.execute(_ENTER_STATE_SQL, (state.value, state.value, at_us, at_us, job_id))
-    row = updated.fetchone()
-    return None if row is None else _row_to_job(row)
+def _entering(state: JobState, at_us: int) -> tuple[str, str, int, int]:
+    """The parameters of _ENTER_STATE."""
+    return (state.value, state.value, at_us, at_us)
 
 
 # A new job, QUEUED since its creation (its history's first entry), read back as stored.
@@ -1560,16 +1543,20 @@ _HISTORY_WITHOUT_STATE: Final = (
     "(SELECT json_group_array(json(value)) FROM json_each(coalesce(jobs.state_history, '[]'))"
     " WHERE json_extract(value, '$[0]') != ?)"
 )
-_ENTER_STATE_SQL: Final = (
-    f"UPDATE jobs SET state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]',"
-    f" json_array(?, ?)), updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}"
+# Every transition's SET clause records the state entered and when (its update time too):
+# appended to the history, replacing an earlier entry of the same state (a state entered again
+# after a restart keeps its last time, so the history stays in order). Parameters: _entering.
+_ENTER_STATE: Final = (
+    f"state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]', json_array(?, ?)),"
+    " updated_at = ?"
 )
 # A final state (entered once, so nothing to replace) appended: parameters state, time.
 _APPEND_STATE: Final = "json_insert(coalesce(jobs.state_history, '[]'), '$[#]', json_array(?, ?))"
 # RUNNING entered (replacing an earlier run's entry) and then a final state: parameters
-# RUNNING, start, state, end.
-_APPEND_STATE_TO: Final = (
-    "json_insert(json_insert({history}, '$[#]', json_array(?, ?)), '$[#]', json_array(?, ?))"
+# RUNNING, RUNNING, start, state, end.
+_ENTER_RUNNING_THEN: Final = (
+    f"json_insert(json_insert({_HISTORY_WITHOUT_STATE}, '$[#]', json_array(?, ?)), '$[#]',"
+    " json_array(?, ?))"
 )
 
 
