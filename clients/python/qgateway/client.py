@@ -37,6 +37,7 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 
 from qgateway import telemetry
+from qgateway._calls import deadline as _deadline
 from qgateway.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -169,10 +170,6 @@ def tls_credentials(
     return grpc.ssl_channel_credentials(
         root_certificates=_pem(root_ca), private_key=_pem(key), certificate_chain=_pem(cert)
     )
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -9,13 +9,13 @@ submit a job into one by setting JobSpec.session to the session's name.
 from __future__ import annotations
 
 import enum
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
+from qgateway._calls import channel_stub, deadline, timestamp
 from qgateway.results import Cost
 from qgateway.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
@@ -41,10 +41,6 @@ class SessionState(enum.Enum):
             return cls(session_pb2.SessionState.Name(value).removeprefix("SESSION_STATE_"))
         except ValueError:
             return cls.UNSPECIFIED
-
-
-def _time(msg: Any, present: bool) -> datetime | None:
-    return msg.ToDatetime(tzinfo=UTC) if present else None
 
 
 @dataclass(frozen=True)
@@ -94,8 +90,8 @@ class Session:
             max_ttl=msg.max_ttl.ToNanoseconds() / 1e9,
             idle_ttl=msg.idle_ttl.ToNanoseconds() / 1e9,
             accepting_jobs=msg.accepting_jobs,
-            create_time=_time(msg.create_time, msg.HasField("create_time")),
-            end_time=_time(msg.end_time, msg.HasField("end_time")),
+            create_time=timestamp(msg.create_time, msg.HasField("create_time")),
+            end_time=timestamp(msg.end_time, msg.HasField("end_time")),
             provider_session_id=msg.provider_session_id,
             labels=dict(msg.labels),
             shots=msg.usage.shots,
@@ -142,11 +138,6 @@ def create_request(
     )
 
 
-def _deadline(timeout: float | None) -> float | None:
-    # As the client's own: a monotonic time by which the call (all its attempts) must end.
-    return None if timeout is None else time.monotonic() + timeout
-
-
 class SessionCalls:
     """The session calls of `Client` (mixed in; uses its `_unary` and `channel`)."""
 
@@ -155,12 +146,7 @@ class SessionCalls:
 
     @property
     def _sessions(self) -> Any:
-        stub = self.__dict__.get("_sessions_stub")
-        if stub is None or self.__dict__.get("_sessions_channel") is not self.channel:
-            stub = _SessionStub(self.channel)
-            self.__dict__["_sessions_stub"] = stub
-            self.__dict__["_sessions_channel"] = self.channel
-        return stub
+        return channel_stub(self, "_sessions_stub", _SessionStub)
 
     def create_session(
         self,
@@ -189,7 +175,7 @@ class SessionCalls:
         response: session_service_pb2.CreateSessionResponse = self._unary(
             self._sessions.CreateSession,
             request,
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
             request_id=request.request_id,
         )
@@ -199,7 +185,7 @@ class SessionCalls:
         response: session_service_pb2.GetSessionResponse = self._unary(
             self._sessions.GetSession,
             session_service_pb2.GetSessionRequest(name=session_name(name)),
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
         )
         return Session.from_proto(response.session)
@@ -210,7 +196,7 @@ class SessionCalls:
         response: session_service_pb2.CloseSessionResponse = self._unary(
             self._sessions.CloseSession,
             session_service_pb2.CloseSessionRequest(name=session_name(name)),
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
         )
         return Session.from_proto(response.session)
@@ -220,7 +206,7 @@ class SessionCalls:
         response: session_service_pb2.CancelSessionResponse = self._unary(
             self._sessions.CancelSession,
             session_service_pb2.CancelSessionRequest(name=session_name(name)),
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
         )
         return Session.from_proto(response.session)
@@ -236,7 +222,7 @@ class SessionCalls:
         request = session_service_pb2.ListSessionsRequest(page_size=page_size, filter=filter)
         while True:
             response: session_service_pb2.ListSessionsResponse = self._unary(
-                self._sessions.ListSessions, request, deadline=_deadline(timeout), retry=True
+                self._sessions.ListSessions, request, deadline=deadline(timeout), retry=True
             )
             for session in response.sessions:
                 yield Session.from_proto(session)
@@ -253,12 +239,7 @@ class AsyncSessionCalls:
 
     @property
     def _sessions(self) -> Any:
-        stub = self.__dict__.get("_sessions_stub")
-        if stub is None or self.__dict__.get("_sessions_channel") is not self.channel:
-            stub = _SessionStub(self.channel)
-            self.__dict__["_sessions_stub"] = stub
-            self.__dict__["_sessions_channel"] = self.channel
-        return stub
+        return channel_stub(self, "_sessions_stub", _SessionStub)
 
     async def create_session(
         self,
@@ -279,7 +260,7 @@ class AsyncSessionCalls:
         response: session_service_pb2.CreateSessionResponse = await self._unary(
             self._sessions.CreateSession,
             request,
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
             request_id=request.request_id,
         )
@@ -289,7 +270,7 @@ class AsyncSessionCalls:
         response: session_service_pb2.GetSessionResponse = await self._unary(
             self._sessions.GetSession,
             session_service_pb2.GetSessionRequest(name=session_name(name)),
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
         )
         return Session.from_proto(response.session)
@@ -298,7 +279,7 @@ class AsyncSessionCalls:
         response: session_service_pb2.CloseSessionResponse = await self._unary(
             self._sessions.CloseSession,
             session_service_pb2.CloseSessionRequest(name=session_name(name)),
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
         )
         return Session.from_proto(response.session)
@@ -307,7 +288,7 @@ class AsyncSessionCalls:
         response: session_service_pb2.CancelSessionResponse = await self._unary(
             self._sessions.CancelSession,
             session_service_pb2.CancelSessionRequest(name=session_name(name)),
-            deadline=_deadline(timeout),
+            deadline=deadline(timeout),
             retry=True,
         )
         return Session.from_proto(response.session)
@@ -318,7 +299,7 @@ class AsyncSessionCalls:
         request = session_service_pb2.ListSessionsRequest(page_size=page_size, filter=filter)
         while True:
             response: session_service_pb2.ListSessionsResponse = await self._unary(
-                self._sessions.ListSessions, request, deadline=_deadline(timeout), retry=True
+                self._sessions.ListSessions, request, deadline=deadline(timeout), retry=True
             )
             for session in response.sessions:
                 yield Session.from_proto(session)

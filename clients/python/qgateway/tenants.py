@@ -10,14 +10,14 @@ names as in the proto, e.g. {"allowed_simulators": ["aer*"], "max_qubits": 20,
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import field_mask_pb2, json_format
 
+from qgateway._calls import channel_stub, deadline, timestamp
 from qgateway.results import Cost
 from qgateway.v1 import admin_pb2, admin_service_pb2, admin_service_pb2_grpc
 
@@ -28,10 +28,6 @@ _PREFIX = "tenants/"
 def tenant_name(name: str) -> str:
     """'acme' or 'tenants/acme' -> 'tenants/acme'."""
     return name if name.startswith(_PREFIX) else _PREFIX + name
-
-
-def _time(msg: Any, present: bool) -> datetime | None:
-    return msg.ToDatetime(tzinfo=UTC) if present else None
 
 
 def _policy_dict(msg: admin_pb2.TenantPolicy) -> dict[str, Any]:
@@ -56,8 +52,8 @@ class Tenant:
             display_name=msg.display_name,
             etag=msg.etag,
             policy=_policy_dict(msg.policy),
-            create_time=_time(msg.create_time, msg.HasField("create_time")),
-            update_time=_time(msg.update_time, msg.HasField("update_time")),
+            create_time=timestamp(msg.create_time, msg.HasField("create_time")),
+            update_time=timestamp(msg.update_time, msg.HasField("update_time")),
         )
 
 
@@ -95,8 +91,8 @@ class TenantUsage:
     def from_proto(cls, msg: admin_pb2.TenantUsage) -> TenantUsage:
         return cls(
             name=msg.name,
-            period_start=_time(msg.period_start_time, msg.HasField("period_start_time")),
-            period_end=_time(msg.period_end_time, msg.HasField("period_end_time")),
+            period_start=timestamp(msg.period_start_time, msg.HasField("period_start_time")),
+            period_end=timestamp(msg.period_end_time, msg.HasField("period_end_time")),
             shots_used=msg.shots_used,
             shots_reserved=msg.shots_reserved,
             cost_used=Cost.from_proto(msg.cost_used) if msg.HasField("cost_used") else None,
@@ -139,15 +135,11 @@ class ApiKey:
             display_name=msg.display_name,
             role=_ROLES.get(msg.role, "user"),
             state=_KEY_STATES.get(msg.state, "unknown"),
-            create_time=_time(msg.create_time, msg.HasField("create_time")),
-            expire_time=_time(msg.expire_time, msg.HasField("expire_time")),
-            revoke_time=_time(msg.revoke_time, msg.HasField("revoke_time")),
-            last_use_time=_time(msg.last_use_time, msg.HasField("last_use_time")),
+            create_time=timestamp(msg.create_time, msg.HasField("create_time")),
+            expire_time=timestamp(msg.expire_time, msg.HasField("expire_time")),
+            revoke_time=timestamp(msg.revoke_time, msg.HasField("revoke_time")),
+            last_use_time=timestamp(msg.last_use_time, msg.HasField("last_use_time")),
         )
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
 
 
 def create_request(
@@ -202,26 +194,21 @@ class TenantCalls:
 
     @property
     def _admin(self) -> Any:
-        stub = self.__dict__.get("_admin_stub")
-        if stub is None or self.__dict__.get("_admin_channel") is not self.channel:
-            stub = _AdminStub(self.channel)
-            self.__dict__["_admin_stub"] = stub
-            self.__dict__["_admin_channel"] = self.channel
-        return stub
+        return channel_stub(self, "_admin_stub", _AdminStub)
 
     def get_tenant_usage(self, tenant: str, *, timeout: float | None = None) -> TenantUsage:
         """What `tenant` used and holds this period, and its limits (its own principals and
         admins may ask)."""
         request = admin_service_pb2.GetTenantUsageRequest(name=f"{tenant_name(tenant)}/usage")
         response = self._unary(
-            self._admin.GetTenantUsage, request, deadline=_deadline(timeout), retry=True
+            self._admin.GetTenantUsage, request, deadline=deadline(timeout), retry=True
         )
         return TenantUsage.from_proto(response.usage)
 
     def get_tenant(self, name: str, *, timeout: float | None = None) -> Tenant:
         request = admin_service_pb2.GetTenantRequest(name=tenant_name(name))
         response = self._unary(
-            self._admin.GetTenant, request, deadline=_deadline(timeout), retry=True
+            self._admin.GetTenant, request, deadline=deadline(timeout), retry=True
         )
         return Tenant.from_proto(response.tenant)
 
@@ -231,7 +218,7 @@ class TenantCalls:
         while True:
             request = admin_service_pb2.ListTenantsRequest(page_size=page_size, page_token=token)
             page = self._unary(
-                self._admin.ListTenants, request, deadline=_deadline(timeout), retry=True
+                self._admin.ListTenants, request, deadline=deadline(timeout), retry=True
             )
             yield from (Tenant.from_proto(t) for t in page.tenants)
             token = page.next_page_token
@@ -249,7 +236,7 @@ class TenantCalls:
         """Creates a tenant (admins); without `policy` it gets the gateway's default policy."""
         request = create_request(tenant_id, display_name, policy)
         response = self._unary(
-            self._admin.CreateTenant, request, deadline=_deadline(timeout), retry=False
+            self._admin.CreateTenant, request, deadline=deadline(timeout), retry=False
         )
         return Tenant.from_proto(response.tenant)
 
@@ -268,7 +255,7 @@ class TenantCalls:
         AbortedError)."""
         request = update_request(name, display_name, policy, etag, replace_policy)
         response = self._unary(
-            self._admin.UpdateTenant, request, deadline=_deadline(timeout), retry=False
+            self._admin.UpdateTenant, request, deadline=deadline(timeout), retry=False
         )
         return Tenant.from_proto(response.tenant)
 
@@ -284,7 +271,7 @@ class TenantCalls:
         """Creates a key for `tenant`: the key's record and the whole key, shown this once."""
         request = create_key_request(tenant, display_name, role, expire_time)
         response = self._unary(
-            self._admin.CreateApiKey, request, deadline=_deadline(timeout), retry=False
+            self._admin.CreateApiKey, request, deadline=deadline(timeout), retry=False
         )
         return ApiKey.from_proto(response.api_key), str(response.key)
 
@@ -298,7 +285,7 @@ class TenantCalls:
                 parent=tenant_name(tenant), page_token=token, show_inactive=show_inactive
             )
             page = self._unary(
-                self._admin.ListApiKeys, request, deadline=_deadline(timeout), retry=True
+                self._admin.ListApiKeys, request, deadline=deadline(timeout), retry=True
             )
             yield from (ApiKey.from_proto(k) for k in page.api_keys)
             token = page.next_page_token
@@ -309,7 +296,7 @@ class TenantCalls:
         """Revokes "tenants/{t}/apiKeys/{prefix}" at once."""
         request = admin_service_pb2.RevokeApiKeyRequest(name=name)
         response = self._unary(
-            self._admin.RevokeApiKey, request, deadline=_deadline(timeout), retry=True
+            self._admin.RevokeApiKey, request, deadline=deadline(timeout), retry=True
         )
         return ApiKey.from_proto(response.api_key)
 
@@ -322,25 +309,20 @@ class AsyncTenantCalls:
 
     @property
     def _admin(self) -> Any:
-        stub = self.__dict__.get("_admin_stub")
-        if stub is None or self.__dict__.get("_admin_channel") is not self.channel:
-            stub = _AdminStub(self.channel)
-            self.__dict__["_admin_stub"] = stub
-            self.__dict__["_admin_channel"] = self.channel
-        return stub
+        return channel_stub(self, "_admin_stub", _AdminStub)
 
     async def get_tenant_usage(self, tenant: str, *, timeout: float | None = None) -> TenantUsage:
         """See `Client.get_tenant_usage`."""
         request = admin_service_pb2.GetTenantUsageRequest(name=f"{tenant_name(tenant)}/usage")
         response = await self._unary(
-            self._admin.GetTenantUsage, request, deadline=_deadline(timeout), retry=True
+            self._admin.GetTenantUsage, request, deadline=deadline(timeout), retry=True
         )
         return TenantUsage.from_proto(response.usage)
 
     async def get_tenant(self, name: str, *, timeout: float | None = None) -> Tenant:
         request = admin_service_pb2.GetTenantRequest(name=tenant_name(name))
         response = await self._unary(
-            self._admin.GetTenant, request, deadline=_deadline(timeout), retry=True
+            self._admin.GetTenant, request, deadline=deadline(timeout), retry=True
         )
         return Tenant.from_proto(response.tenant)
 
@@ -354,7 +336,7 @@ class AsyncTenantCalls:
     ) -> Tenant:
         request = create_request(tenant_id, display_name, policy)
         response = await self._unary(
-            self._admin.CreateTenant, request, deadline=_deadline(timeout), retry=False
+            self._admin.CreateTenant, request, deadline=deadline(timeout), retry=False
         )
         return Tenant.from_proto(response.tenant)
 
@@ -370,7 +352,7 @@ class AsyncTenantCalls:
     ) -> Tenant:
         request = update_request(name, display_name, policy, etag, replace_policy)
         response = await self._unary(
-            self._admin.UpdateTenant, request, deadline=_deadline(timeout), retry=False
+            self._admin.UpdateTenant, request, deadline=deadline(timeout), retry=False
         )
         return Tenant.from_proto(response.tenant)
 
@@ -382,7 +364,7 @@ class AsyncTenantCalls:
         while True:
             request = admin_service_pb2.ListTenantsRequest(page_size=page_size, page_token=token)
             page = await self._unary(
-                self._admin.ListTenants, request, deadline=_deadline(timeout), retry=True
+                self._admin.ListTenants, request, deadline=deadline(timeout), retry=True
             )
             for tenant in page.tenants:
                 yield Tenant.from_proto(tenant)
@@ -402,7 +384,7 @@ class AsyncTenantCalls:
         """See `Client.create_api_key`."""
         request = create_key_request(tenant, display_name, role, expire_time)
         response = await self._unary(
-            self._admin.CreateApiKey, request, deadline=_deadline(timeout), retry=False
+            self._admin.CreateApiKey, request, deadline=deadline(timeout), retry=False
         )
         return ApiKey.from_proto(response.api_key), str(response.key)
 
@@ -416,7 +398,7 @@ class AsyncTenantCalls:
                 parent=tenant_name(tenant), page_token=token, show_inactive=show_inactive
             )
             page = await self._unary(
-                self._admin.ListApiKeys, request, deadline=_deadline(timeout), retry=True
+                self._admin.ListApiKeys, request, deadline=deadline(timeout), retry=True
             )
             for api_key in page.api_keys:
                 yield ApiKey.from_proto(api_key)
@@ -428,6 +410,6 @@ class AsyncTenantCalls:
         """See `Client.revoke_api_key`."""
         request = admin_service_pb2.RevokeApiKeyRequest(name=name)
         response = await self._unary(
-            self._admin.RevokeApiKey, request, deadline=_deadline(timeout), retry=True
+            self._admin.RevokeApiKey, request, deadline=deadline(timeout), retry=True
         )
         return ApiKey.from_proto(response.api_key)
