@@ -218,7 +218,7 @@ class Admission:
             sampler_output=spec.options.sampler_output,
             session=spec.session,
             charge=self._charge(tenant, runtime, prepared.shots),
-            trace_context=telemetry.traceparent(),
+            trace_context=telemetry.job_traceparent(),
         )
         queue = runtime.queue
         if not queue.queues_before_commit:

@@ -55,8 +55,13 @@ def span(
 
 
 def traceparent() -> str:
-    """The current span as a W3C traceparent, stamped on a job being created ("" when off)."""
+    """The RPC's span as a W3C traceparent ("" when off)."""
     return "" if tracing is None else tracing.current_traceparent()
+
+
+def job_traceparent() -> str:
+    """traceparent(), for a job being created: its spans will hang under this RPC."""
+    return "" if tracing is None else tracing.job_traceparent()
 
 
 def install(new_tracing: Tracing | None, new_metrics: GatewayMetrics | None) -> None:

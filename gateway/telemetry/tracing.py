@@ -148,8 +148,12 @@ class Tracing:
         return self.tracer.start_as_current_span(name, attributes=attributes)
 
     def current_traceparent(self) -> str:
-        """The RPC's span (else the current one) as a traceparent, stamped on a job being
-        created."""
+        """The RPC's span (else the current one) as a traceparent (audit records name it)."""
+        return traceparent_of(trace.get_current_span(RPC_CONTEXT.get()).get_span_context())
+
+    def job_traceparent(self) -> str:
+        """current_traceparent, stamped on a job being created; the RPC's context is kept
+        until the job's creation is heard of."""
         rpc = RPC_CONTEXT.get()
         traceparent = traceparent_of(trace.get_current_span(rpc).get_span_context())
         if traceparent:

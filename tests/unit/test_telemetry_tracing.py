@@ -113,7 +113,7 @@ def test_a_jobs_spans_hang_under_the_rpc_that_created_it(
     rpc_gen = _in_rpc(tracing)
     rpc = next(rpc_gen)
     with tracing.span("qgateway.admission"):
-        stamp = tracing.current_traceparent()  # what admission stores with the job
+        stamp = tracing.job_traceparent()  # what admission stores with the job
         tracing.on_transition(Transition(_job(JobState.QUEUED, stamp), None, T0))
     next(rpc_gen, None)
     assert trace_id_of(stamp) == trace.format_trace_id(rpc.get_span_context().trace_id)
@@ -235,7 +235,7 @@ def test_off_costs_nothing() -> None:
     telemetry = Telemetry(TelemetryConfig())
     telemetry.install()
     assert telemetry.interceptors() == [] and active.tracing is None and not active.enabled
-    assert active.traceparent() == ""
+    assert active.traceparent() == "" and active.job_traceparent() == ""
     # No OpenTelemetry import at all in a gateway process with telemetry off.
     code = (
         "import sys, gateway.server, gateway.runtime.worker, gateway.config\n"
