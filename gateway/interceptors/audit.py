@@ -11,7 +11,6 @@ this interceptor: the auth interceptor reports them to `auth_failed`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,7 +22,13 @@ from gateway.api.context import Context
 from gateway.domain import audit
 from gateway.domain.audit import AuditRecord, PendingRecord
 from gateway.domain.errors import Code, GatewayError
-from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.interceptors.handlers import (
+    Stream,
+    Unary,
+    failed_call,
+    is_gateway_method,
+    rewrap,
+)
 from gateway.security.audit_writer import AuditWriter
 from gateway.security.principals import AuthFailure, current_principal
 from gateway.telemetry import active as telemetry
@@ -66,26 +71,6 @@ def _metadata(context: Context) -> dict[str, str]:
         if key in ("traceparent", "x-request-id") and isinstance(value, str):
             found[key] = value
     return found
-
-
-def _status_code(context: Context) -> int:
-    try:
-        code = context.code()
-    except Exception:  # never let recording fail the call
-        return int(Code.UNKNOWN)
-    if isinstance(code, grpc.StatusCode):
-        return int(code.value[0])
-    return int(code) if isinstance(code, int) else int(Code.UNKNOWN)
-
-
-def _outcome(exc: BaseException, context: Context) -> tuple[int, str]:
-    if isinstance(exc, GatewayError):
-        return int(exc.code), exc.reason
-    if isinstance(exc, grpc.aio.AbortError):
-        return _status_code(context), ""
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-        return int(Code.CANCELLED), ""
-    return int(Code.INTERNAL), "INTERNAL_ERROR"
 
 
 class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -191,7 +176,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     return await unary(request, context)
                 except BaseException as exc:
-                    code, reason = _outcome(exc, context)
+                    code, reason = failed_call(exc, context)
                     raise
                 finally:
                     audit.pending_record.reset(token)
@@ -209,7 +194,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     async for item in stream(request, context):
                         yield item
                 except BaseException as exc:
-                    code, reason = _outcome(exc, context)
+                    code, reason = failed_call(exc, context)
                     raise
                 finally:
                     self._finish(draft, code, reason)

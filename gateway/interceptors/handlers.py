@@ -6,12 +6,14 @@ the outcome they must replace the handler's behaviour, which is what `rewrap` do
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from gateway.api.context import Context
+from gateway.domain.errors import Code, GatewayError
 
 SERVICE_PREFIX = "/qgateway.v1."
 
@@ -45,3 +47,28 @@ def rewrap(
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+def status_code(context: Context) -> int:
+    """The status the call was answered with (UNKNOWN if it cannot be read)."""
+    try:
+        code = context.code()
+    except Exception:  # never let recording fail the call
+        return int(Code.UNKNOWN)
+    if isinstance(code, grpc.StatusCode):
+        return int(code.value[0])
+    return int(code) if isinstance(code, int) else int(Code.UNKNOWN)
+
+
+def failed_call(exc: BaseException, context: Context) -> tuple[int, str]:
+    """(status code, ErrorInfo reason or "") of a call its behaviour ended with `exc`, as the
+    error boundary answers it: a GatewayError its own status, an abort the status it set, a
+    caller gone (a cancelled task, a stream closed at its yield) CANCELLED, anything else
+    INTERNAL."""
+    if isinstance(exc, GatewayError):
+        return int(exc.code), exc.reason
+    if isinstance(exc, grpc.aio.AbortError):
+        return status_code(context), ""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return int(Code.CANCELLED), ""
+    return int(Code.INTERNAL), "INTERNAL_ERROR"

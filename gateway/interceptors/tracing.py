@@ -11,7 +11,6 @@ Installed only when `[telemetry]` turns tracing or metrics on.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -29,8 +28,15 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.api.context import Context
-from gateway.domain.errors import Code, GatewayError
-from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.domain.errors import Code
+from gateway.interceptors.handlers import (
+    Stream,
+    Unary,
+    failed_call,
+    is_gateway_method,
+    rewrap,
+    status_code,
+)
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import RPC_CONTEXT, Tracing, extract
 
@@ -38,21 +44,16 @@ GRPC = RpcSystemNameValues.GRPC.value
 
 
 def _outcome(exc: BaseException | None, context: Context) -> tuple[str, str | None]:
-    """(status code name, error reason or exception type) of a finished call."""
+    """(status code name, error type: the reason, else the code name; None for OK) of a
+    finished call, as the error boundary answered it (handlers.failed_call)."""
     if exc is None:
-        code = context.code()
-        if code is None or code == grpc.StatusCode.OK:
-            return "OK", None
-        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        return name, name
-    if isinstance(exc, GatewayError):
-        return Code(exc.code).name, exc.reason
-    code = context.code()
-    if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
-        return code.name, code.name
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED", "CANCELLED"
-    return "UNKNOWN", type(exc).__name__
+        code, reason = status_code(context), ""
+        if context.code() is None:  # answered without setting a status: OK
+            code = int(Code.OK)
+    else:
+        code, reason = failed_call(exc, context)
+    name = Code(code).name
+    return name, None if code == Code.OK else reason or name
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
