@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import Unauthenticated
+from gateway.security.peers import peer_host
 from gateway.security.principals import Principal, Role
 from gateway.security.rate_limits import TokenBucket
 from gateway.security.tenant_policy import RateLimit
@@ -232,7 +233,7 @@ class KeyVerifier:
 
     def _may_look_up(self, peer: str) -> bool:
         """Takes one of the peer host's store lookups (its port aside: one host, one budget)."""
-        host = peer.rpartition(":")[0] or peer
+        host = peer_host(peer)
         bucket = self._lookups.get(host)
         if bucket is None:
             bucket = self._lookups[host] = TokenBucket(self._lookups_per_peer, self._clock)

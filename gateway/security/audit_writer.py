@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.domain.audit import AuditRecord, ChainPoint
+from gateway.security.peers import peer_host
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,6 @@ class _Failures:
     first: AuditRecord | None = None  # the first failure after the one written at once
     count: int = 0
     last: datetime | None = None
-
-
-def peer_host(peer: str) -> str:
-    """The host of a gRPC peer string ("ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1"): each call
-    may come from a new port, one client is one host."""
-    if peer.startswith("ipv6:"):
-        # "ipv6:[::1]:5555"
-        end = peer.rfind("]")
-        return peer[: end + 1] if end != -1 else peer
-    if peer.startswith("ipv4:"):
-        return peer.rsplit(":", 1)[0]
-    return peer
 
 
 class AuditWriter:
