@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -55,6 +55,25 @@ class MetricsConfig(_Strict):
     @property
     def enabled(self) -> bool:
         return self.prometheus_listen is not None or self.otlp_endpoint is not None
+
+    @field_validator("prometheus_listen")
+    @classmethod
+    def _listen(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            split_listen(listen)
+        return listen
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """(host, port) of "host:port" ("" host: every interface).
+
+    Raises:
+        ValueError: Not host:port with a port in 0-65535.
+    """
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r}: give host:port, the port 0-65535")
+    return host or "0.0.0.0", int(port)
 
 
 class LogsConfig(_Strict):

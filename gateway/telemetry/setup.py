@@ -20,7 +20,7 @@ from gateway.runtime.pool import Pool
 from gateway.store.base import Store
 from gateway.telemetry import active
 from gateway.telemetry.logs import TransitionLog, use_json
-from gateway.telemetry.settings import TelemetryConfig
+from gateway.telemetry.settings import TelemetryConfig, split_listen
 
 if TYPE_CHECKING:
     from gateway.telemetry.metrics import GatewayMetrics
@@ -35,11 +35,6 @@ def _otlp_target(endpoint: str) -> tuple[str, bool]:
     """(host:port, insecure) of an OTLP/gRPC URL."""
     parts = urlsplit(endpoint)
     return parts.netloc, parts.scheme == "http"
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host or "0.0.0.0", int(port)
 
 
 class Telemetry:
@@ -111,7 +106,7 @@ class Telemetry:
 
             registry = CollectorRegistry()
             readers.append(PrometheusMetricReader(registry=registry))
-            host, port = _split_listen(cfg.prometheus_listen)
+            host, port = split_listen(cfg.prometheus_listen)
             try:
                 server, _thread = start_http_server(port, addr=host, registry=registry)
             except (OSError, ValueError) as exc:
