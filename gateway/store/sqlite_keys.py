@@ -10,14 +10,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Final, TypeVar
+from typing import Final
 
 from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
 from gateway.domain.audit import Effect
-from gateway.store.sqlite_audit import SqliteAudit, admin_changed, api_key_changed
+from gateway.store.sqlite_audit import SqliteAudit, api_key_changed
 from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
-
-T = TypeVar("T")
 
 _COLUMNS: Final = (
     "prefix, tenant, sha256, display_name, role, created_at, expires_at, revoked_at, last_used_at"
@@ -71,8 +69,7 @@ class SqliteApiKeys(SqliteAudit):
             return created
 
         # CreateApiKey's audit record commits with the key (issue 11, audit).
-        resource = f"tenants/{key.tenant}/apiKeys/{key.prefix}"
-        return await self._audited(Effect.ADMIN, op, admin_changed(resource))
+        return await self._audited(Effect.ADMIN, op, api_key_changed)
 
     async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
         """The key with this prefix, whatever its state."""

@@ -35,6 +35,14 @@ _COLUMNS: Final = (
     "provider_session_id"
 )
 _FINAL_SESSION: Final = ("CLOSED", "FAILED")
+
+
+def open_sessions(conn: sqlite3.Connection, tenant: str) -> int:
+    """How many of the tenant's sessions have not ended."""
+    sql = f"SELECT count(*) FROM sessions WHERE tenant = ? AND state NOT IN {_FINAL_SESSION!r}"
+    return int(conn.execute(sql, (tenant,)).fetchone()[0])
+
+
 _LABEL_IS: Final = (
     "EXISTS (SELECT 1 FROM json_each(sessions.labels) AS l WHERE l.key = ? AND l.value = ?)"
 )
@@ -123,14 +131,8 @@ class SqliteSessions(SqliteAudit):
                     if bytes(row["request_hash"]) != request_hash:
                         raise request_id_reused(session.request_id, f"sessions/{row['id']}")
                     return _row(row), False
-            if max_open is not None:
-                (count,) = conn.execute(
-                    "SELECT count(*) FROM sessions"
-                    f" WHERE tenant = ? AND state NOT IN {_FINAL_SESSION!r}",
-                    (session.tenant,),
-                ).fetchone()
-                if count >= max_open:
-                    raise too_many_sessions(session.tenant, max_open)
+            if max_open is not None and open_sessions(conn, session.tenant) >= max_open:
+                raise too_many_sessions(session.tenant, max_open)
             conn.execute(
                 f"INSERT INTO sessions ({_COLUMNS}, request_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -238,12 +240,7 @@ class SqliteSessions(SqliteAudit):
         """How many of the tenant's sessions have not ended."""
 
         def op(conn: sqlite3.Connection) -> int:
-            sql = (
-                "SELECT count(*) FROM sessions"
-                f" WHERE tenant = ? AND state NOT IN {_FINAL_SESSION!r}"
-            )
-            row = conn.execute(sql, (tenant,)).fetchone()
-            return int(row[0])
+            return open_sessions(conn, tenant)
 
         return await self._call(op, readonly=True)
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
-from typing import Final, TypeVar
+from typing import Final
 
 from gateway.domain.audit import Effect
 from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.quota import quota_exceeded, too_many_queued
 from gateway.store.base import QuotaCharge, StoredTenant, TenantUsageRecord
 from gateway.store.sqlite_audit import SqliteAudit, admin_changed
+from gateway.store.sqlite_sessions import open_sessions
 from gateway.store.sqlite_time import from_us, to_us
-
-T = TypeVar("T")
 
 MIGRATION_SQL: Final = """
     -- Tenants created through AdminService (TOML-declared ones live in the configuration).
@@ -90,6 +89,12 @@ def _held(conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int) -> 
     return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
 
 
+def _queued_jobs(conn: sqlite3.Connection, tenant: str) -> int:
+    """The tenant's QUEUED jobs over all backends (index jobs_tenant_queued)."""
+    sql = "SELECT count(*) FROM jobs WHERE tenant = ? AND state = 'QUEUED'"
+    return int(conn.execute(sql, (tenant,)).fetchone()[0])
+
+
 def reserve(
     conn: sqlite3.Connection, job_id: str, tenant: str, charge: QuotaCharge, now: datetime
 ) -> None:
@@ -100,9 +105,7 @@ def reserve(
         ResourceExhausted: TENANT_QUEUE_FULL, SHOT_QUOTA_EXCEEDED or COST_QUOTA_EXCEEDED.
     """
     if charge.max_queued_jobs is not None:
-        (queued,) = conn.execute(
-            "SELECT count(*) FROM jobs WHERE tenant = ? AND state = 'QUEUED'", (tenant,)
-        ).fetchone()
+        queued = _queued_jobs(conn, tenant)
         if queued >= charge.max_queued_jobs:
             raise too_many_queued(tenant, queued, charge.max_queued_jobs)
     start_us, end_us = to_us(charge.period_start), to_us(charge.period_end)
@@ -285,14 +288,8 @@ class SqliteTenants(SqliteAudit):
                 " WHERE tenant = ? AND period_start = ? AND period_end = ?",
                 (tenant, to_us(period_start), to_us(period_end)),
             ).fetchone()
-            (queued,) = conn.execute(
-                "SELECT count(*) FROM jobs WHERE tenant = ? AND state = 'QUEUED'", (tenant,)
-            ).fetchone()
-            (sessions,) = conn.execute(
-                "SELECT count(*) FROM sessions WHERE tenant = ?"
-                " AND state NOT IN ('CLOSED', 'FAILED')",
-                (tenant,),
-            ).fetchone()
+            queued = _queued_jobs(conn, tenant)
+            sessions = open_sessions(conn, tenant)
             if row is None:
                 return TenantUsageRecord(queued_jobs=int(queued), open_sessions=int(sessions))
             cost_reserved = float(row["cost_reserved"])
