@@ -329,7 +329,9 @@ class SqliteAudit:
         where, params = _filter_sql(query or AuditFilter())
 
         def op(conn: sqlite3.Connection) -> AuditPage:
-            end = conn.execute(window_sql, [*scope_params, scan - 1]).fetchone()
+            # Without a filter every record in scope matches: the first limit + 1 are the page
+            # and tell whether another follows; no window is needed.
+            end = conn.execute(window_sql, [*scope_params, scan - 1]).fetchone() if where else None
             bound = ["seq <= ?"] if end is not None else []
             bound_params = [end[0]] if end is not None else []
             sql = (
