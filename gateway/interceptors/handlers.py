@@ -16,6 +16,8 @@ from gateway.api.context import Context
 from gateway.domain.errors import Code, GatewayError
 
 SERVICE_PREFIX = "/qgateway.v1."
+# The methods that submit a job (rate limits, the refused-submission metric).
+SUBMIT_METHODS = frozenset({"/qgateway.v1.JobService/SubmitJob", "/qgateway.v1.JobService/Run"})
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Stream = Callable[[Any, Context], AsyncIterator[Any]]

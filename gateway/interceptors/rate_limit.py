@@ -15,12 +15,16 @@ from typing import Any
 import grpc
 
 from gateway.api.context import Context
-from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.interceptors.handlers import (
+    SUBMIT_METHODS,
+    Stream,
+    Unary,
+    is_gateway_method,
+    rewrap,
+)
 from gateway.security.policies import PolicyBook
 from gateway.security.principals import current_principal
 from gateway.security.rate_limits import RateLimiter
-
-SUBMIT_METHODS = frozenset({"/qgateway.v1.JobService/SubmitJob", "/qgateway.v1.JobService/Run"})
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from gateway.domain.jobs import Job, JobState
+from gateway.interceptors.handlers import SUBMIT_METHODS
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
 from gateway.runtime.pool import Pool
@@ -32,7 +33,6 @@ DURATION_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
 # Methods whose refusals count as refused jobs.
-SUBMIT_METHODS = frozenset({"qgateway.v1.JobService/SubmitJob", "qgateway.v1.JobService/Run"})
 
 
 class Sums:
@@ -168,7 +168,7 @@ class GatewayMetrics:
             seconds,
             {"rpc.system.name": "grpc", "rpc.method": method, "rpc.response.status_code": code},
         )
-        if code != "OK" and method in SUBMIT_METHODS:
+        if code != "OK" and f"/{method}" in SUBMIT_METHODS:
             self.jobs_refused.add(1, {"rpc.method": method, "rpc.response.status_code": code})
 
     def provider_retry(self, backend: str) -> None:

@@ -60,7 +60,8 @@ class ObservedRunner(Runner):
                 with tracing.current(parent):
                     yield
                 return
-            with tracing.span_in(name, parent, {"qgateway.job.id": job_id}):
+            attributes = {"qgateway.job.id": job_id}
+            with tracing.tracer.start_as_current_span(name, context=parent, attributes=attributes):
                 yield
         finally:
             active.backend.reset(token)

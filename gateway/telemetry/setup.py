@@ -49,10 +49,6 @@ class Telemetry:
         self._prometheus: Any = None
         self.prometheus_port = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.config.enabled
-
     def install(self) -> None:
         """Builds the providers the configuration asks for and makes them current."""
         config = self.config

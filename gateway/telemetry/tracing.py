@@ -196,14 +196,6 @@ class Tracing:
         return trace.set_span_in_context(span, self._jobs[job.id].parent)
 
     @contextlib.contextmanager
-    def span_in(
-        self, name: str, parent: context.Context, attributes: Mapping[str, Any]
-    ) -> Iterator[Span]:
-        """A span under `parent`, current inside the block."""
-        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes) as span:
-            yield span
-
-    @contextlib.contextmanager
     def current(self, ctx: context.Context) -> Iterator[None]:
         """Makes `ctx` current inside the block."""
         token = context.attach(ctx)
