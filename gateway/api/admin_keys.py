@@ -27,16 +27,20 @@ from gateway.domain.errors import (
 )
 from gateway.security.admin_scope import require_admin, require_tenant_admin
 from gateway.security.api_keys import KeyVerifier, generate_key
-from gateway.security.principals import Role, current_principal
+from gateway.security.principals import (
+    KEY_PREFIX_PATTERN,
+    TENANT_ID_PATTERN,
+    Role,
+    current_principal,
+)
 from gateway.store.base import Store
 
 log = logging.getLogger("gateway.admin")
 
 API_KEY_TYPE = "qgateway.dev/ApiKey"
 MAX_DISPLAY_NAME = 256
-_TENANT = r"[A-Za-z0-9_.-]{1,64}"
-_PARENT = re.compile(rf"^tenants/({_TENANT})$")
-_NAME = re.compile(rf"^tenants/({_TENANT})/apiKeys/([a-z0-9]{{4,32}})$")
+_PARENT = re.compile(rf"^tenants/({TENANT_ID_PATTERN})$")
+_NAME = re.compile(rf"^tenants/({TENANT_ID_PATTERN})/apiKeys/({KEY_PREFIX_PATTERN})$")
 _ROLES = {
     admin_pb2.ROLE_UNSPECIFIED: Role.USER,
     admin_pb2.ROLE_USER: Role.USER,

@@ -32,14 +32,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import Unauthenticated
 from gateway.security.peers import peer_host
-from gateway.security.principals import Principal, Role
+from gateway.security.principals import (
+    KEY_PREFIX_PATTERN,
+    TENANT_ID_PATTERN,
+    Principal,
+    Role,
+)
 from gateway.security.rate_limits import TokenBucket
 from gateway.security.tenant_policy import RateLimit
 
 log = logging.getLogger("gateway.auth")
 
 KEY_PREFIX = "qgw"
-_PREFIX_FORM = re.compile(r"^[a-z0-9]{4,32}$")  # as ApiKeyConfig.prefix
+_PREFIX_FORM = re.compile(rf"^{KEY_PREFIX_PATTERN}$")  # as ApiKeyConfig.prefix
 METADATA_KEY = "authorization"
 _PREFIX_BYTES = 6
 _SECRET_BYTES = 24
@@ -50,9 +55,9 @@ class ApiKeyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prefix: str = Field(pattern=r"^[a-z0-9]{4,32}$")
+    prefix: str = Field(pattern=rf"^{KEY_PREFIX_PATTERN}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    tenant: str = Field(pattern=rf"^{TENANT_ID_PATTERN}$")
     name: str = ""
     role: Role = Role.USER
 

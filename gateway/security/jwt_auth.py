@@ -26,7 +26,7 @@ import jwt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.domain.errors import Unauthenticated
-from gateway.security.principals import Principal, Role
+from gateway.security.principals import TENANT_ID_PATTERN, Principal, Role
 
 log = logging.getLogger("gateway.auth")
 
@@ -34,7 +34,7 @@ log = logging.getLogger("gateway.auth")
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TENANT = re.compile(rf"^{TENANT_ID_PATTERN}$")
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1 << 20
 _MAX_SUBJECT = 255

@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.security.principals import Principal, Role
+from gateway.security.principals import TENANT_ID_PATTERN, Principal, Role
 
 XFCC_HEADER = "x-forwarded-client-cert"
 _MAX_XFCC_BYTES = 64 * 1024
@@ -77,7 +77,7 @@ class CertMatch(BaseModel):
 class CertRule(CertMatch):
     """`[[auth.mtls]]`: certificates matching this act as `tenant` with `role`."""
 
-    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    tenant: str = Field(pattern=rf"^{TENANT_ID_PATTERN}$")
     role: Role = Role.USER
 
 

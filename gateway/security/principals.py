@@ -10,6 +10,10 @@ from enum import StrEnum
 from gateway.api.context import Context
 
 DEFAULT_TENANT = "default"
+# The spelling of a tenant id (API keys, JWT claims, mTLS rules, configuration, AdminService)
+# and of an API key's prefix; anchor them where a whole value must match.
+TENANT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+KEY_PREFIX_PATTERN = r"[a-z0-9]{4,32}"
 
 
 class Role(StrEnum):

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.domain.backends import BackendKind
+from gateway.security.principals import TENANT_ID_PATTERN
 
 DAY_S = 86400.0
-# A tenant id (API keys, configuration and AdminService alike).
-TENANT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TENANT_ID = re.compile(TENANT_ID_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
