@@ -3,7 +3,6 @@ and AIP-134 update masks on a tenant."""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ TENANT_PREFIX = "tenants/"
 USAGE_SUFFIX = "/usage"
 
 
-def invalid_tenant_name(name: str, field: str, pattern: str) -> InvalidArgument:
+def invalid_tenant_name(field: str, pattern: str) -> InvalidArgument:
     return InvalidArgument(
         "INVALID_TENANT_NAME",
         f"{field} must be {pattern!r} with an id of 1-64 letters, digits, '_', '.' or '-'",
@@ -40,18 +39,18 @@ def tenant_id(name: str, field: str = "name") -> str:
     """The id of "tenants/{tenant}"."""
     tid = name[len(TENANT_PREFIX) :] if name.startswith(TENANT_PREFIX) else ""
     if not TENANT_ID.fullmatch(tid):
-        raise invalid_tenant_name(name, field, "tenants/{tenant}")
+        raise invalid_tenant_name(field, "tenants/{tenant}")
     return tid
 
 
 def usage_tenant_id(name: str, field: str = "name") -> str:
     """The tenant id of "tenants/{tenant}/usage"."""
     if not name.endswith(USAGE_SUFFIX):
-        raise invalid_tenant_name(name, field, "tenants/{tenant}/usage")
+        raise invalid_tenant_name(field, "tenants/{tenant}/usage")
     try:
         return tenant_id(name[: -len(USAGE_SUFFIX)], field)
     except InvalidArgument:
-        raise invalid_tenant_name(name, field, "tenants/{tenant}/usage") from None
+        raise invalid_tenant_name(field, "tenants/{tenant}/usage") from None
 
 
 def check_tenant_id(value: str, field: str = "tenant_id") -> str:
@@ -68,10 +67,9 @@ def check_tenant_id(value: str, field: str = "tenant_id") -> str:
 # --------------------------------------------------------------------------------- policies
 
 
-def _encode_rate(rate: RateLimit | None, out: admin_pb2.RateLimit) -> None:
-    if rate is not None:
-        out.per_second = rate.per_second
-        out.burst = rate.burst
+def _encode_rate(rate: RateLimit, out: admin_pb2.RateLimit) -> None:
+    out.per_second = rate.per_second
+    out.burst = rate.burst
 
 
 def encode_policy(policy: TenantPolicy) -> admin_pb2.TenantPolicy:
@@ -123,7 +121,7 @@ def decode_policy(msg: admin_pb2.TenantPolicy, field: str = "tenant.policy") -> 
             shots=q.shots if q.HasField("shots") else None,
             cost=q.cost if q.HasField("cost") else None,
             cost_unit=q.cost_unit,
-            period_s=period_s if math.isfinite(period_s) else 0.0,
+            period_s=period_s,
         )
     policy = TenantPolicy(
         allowed_simulators=tuple(msg.allowed_simulators),
