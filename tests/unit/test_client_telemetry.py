@@ -56,14 +56,16 @@ def test_calls_carry_the_callers_trace_context(server: tuple[str, _Recorder]) ->
     want = trace.format_trace_id(span.get_span_context().trace_id)
     assert sent["traceparent"].split("-")[1] == want
 
-    async def call() -> None:
-        with tracer.start_as_current_span("async-caller"):
+    async def call() -> str:
+        with tracer.start_as_current_span("async-caller") as caller:
             async with AsyncClient(address, retry=ONCE) as aclient:
                 with pytest.raises(NotFoundError):
                     await aclient.get_job("jobs/y", timeout=5)
+        return trace.format_trace_id(caller.get_span_context().trace_id)
 
-    asyncio.run(call())
-    assert recorder.metadata[-1]["traceparent"].split("-")[1] != want  # its own trace
+    async_trace = asyncio.run(call())
+    assert async_trace != want
+    assert recorder.metadata[-1]["traceparent"].split("-")[1] == async_trace  # the caller's
     # Outside any span nothing is sent.
     with Client(address, retry=ONCE) as client, pytest.raises(NotFoundError):
         client.get_job("jobs/z", timeout=5)
