@@ -65,6 +65,8 @@ class InstanceStats:
     max_instances: int
     # Most live instances (idle + in use + being created or destroyed) at any one time so far.
     high_water: int
+    # Instances destroyed as broken (crashed, killed, recycled) so far.
+    discarded: int = 0
 
 
 @dataclass(frozen=True)

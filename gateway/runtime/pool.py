@@ -127,6 +127,7 @@ class Pool(Generic[T]):
             min_instances=self.limits.min_instances,
             max_instances=self.limits.max_instances,
             high_water=self._high_water,
+            discarded=self.discarded,
         )
 
     async def start(self) -> None:

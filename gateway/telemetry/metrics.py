@@ -93,11 +93,6 @@ class _Snapshot:
     compile_pool: tuple[int, int, int, int] | None = None  # in use, idle, waiting, discarded
 
 
-def _pool_of(runtime: BackendRuntime) -> Pool[object] | None:
-    pool = getattr(runtime.runner, "pool", None)
-    return pool if isinstance(pool, Pool) else None
-
-
 class GatewayMetrics:
     """Every instrument of the gateway.
 
@@ -245,7 +240,8 @@ class GatewayMetrics:
         snapshot = _Snapshot()
         for name, runtime in self._backends.items():
             status = await runtime.status()
-            pool = _pool_of(runtime)
+            # Through the runner's own stats: a wrapped runner (faults, telemetry) passes them on.
+            stats = runtime.runner.stats()
             snapshot.backends[name] = BackendSample(
                 queue_depth=status.queue_depth,
                 running=status.running,
@@ -254,7 +250,7 @@ class GatewayMetrics:
                 waiting=status.pool_waiting,
                 breaker=status.breaker_state,
                 serving=status.serving,
-                discarded=None if pool is None else pool.discarded,
+                discarded=None if stats is None else stats.discarded,
             )
             self._check_breaker(name)
         if self._compile_pool is not None:
@@ -263,7 +259,7 @@ class GatewayMetrics:
                 stats.in_use,
                 stats.idle,
                 stats.waiting,
-                self._compile_pool.discarded,
+                stats.discarded,
             )
         self._snapshot = snapshot
 

@@ -275,4 +275,5 @@ async def test_broken_instances_are_counted_as_restarts() -> None:
     again = await pool.acquire()
     await pool.release(again, broken=True)
     assert pool.discarded == 1
+    assert pool.stats().discarded == 1  # what metrics read through any wrapping runner
     await pool.close()
