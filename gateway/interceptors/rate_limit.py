@@ -42,9 +42,9 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _check(self, submit: bool) -> None:
         tenant = current_principal.get().tenant
         policy = self._policies.policy(tenant)
-        if policy.request_rate is not None:
-            self._limiter.check(tenant, "request", policy.request_rate)
-        if submit and policy.submit_rate is not None:
+        # A tenant whose rate was removed (UpdateTenant) has its bucket dropped here.
+        self._limiter.check(tenant, "request", policy.request_rate)
+        if submit:
             self._limiter.check(tenant, "submit", policy.submit_rate)
 
     async def intercept_service(
