@@ -18,7 +18,7 @@ from gateway.jobs.hooks import Transition
 from gateway.telemetry import active
 
 # Extra record attributes copied into the JSON object.
-FIELDS = ("job", "tenant", "backend", "state", "previous", "error", "attempt")
+FIELDS = ("job", "tenant", "backend", "state", "previous", "error")
 TRANSITIONS_LOGGER = "gateway.jobs.transitions"
 # API keys (qgw_<prefix>_<secret>) and bearer tokens, wherever a message might carry one.
 _SECRET = re.compile(r"qgw_[A-Za-z0-9]+_[A-Za-z0-9_\-]+|(?i:bearer)\s+[A-Za-z0-9._\-~+/]+=*")
