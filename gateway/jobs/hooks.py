@@ -15,17 +15,21 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.domain.jobs import Job, JobState
+from gateway.runtime.breaker import BreakerMove
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Transition:
-    """A job entered `job.state`, coming from `previous` (None: the job was just created)."""
+    """A job entered `job.state`, coming from `previous` (None: the job was just created).
+
+    `breaker`: this job's outcome moved its backend's circuit breaker."""
 
     job: Job
     previous: JobState | None
     at: datetime
+    breaker: BreakerMove | None = None
 
 
 class LifecycleHook(Protocol):

@@ -246,14 +246,14 @@ class RunnerStep:
         counts it, and the job goes back to the queue (its place kept), to wait like any queued
         job, up to its queue time limit, while the backend is out (its probe reports it
         NOT_SERVING)."""
-        runtime.breaker.record_failure(running.permit)
+        moved = runtime.breaker.record_failure(running.permit)
         log.warning(
             "job %s: backends/%s refused the credentials (%s); the job is queued again",
             job.id,
             runtime.name,
             err.reason,
         )
-        requeued = await self._t.queued_again(job)
+        requeued = await self._t.queued_again(job, moved)
         if requeued is None:  # no longer SUBMITTING: cancelled meanwhile
             current = await self._t.store.get_job(job.id)
             if current is not None and current.state is JobState.CANCELLING:
@@ -382,12 +382,13 @@ class RunnerStep:
                 )
                 return
             limit = f"{run_limit:g}"
+            moved = None
             if own_limit_applies:
                 whose = "its max_execution_time of"
             else:
                 whose = "the backend's limit of"
                 # Running past the backend's own limit is the backend's fault.
-                runtime.breaker.record_failure(running.permit)
+                moved = runtime.breaker.record_failure(running.permit)
             error = JobError.of(
                 "JOB_TIMEOUT",
                 f"the job ran past {whose} {limit}s",
@@ -399,6 +400,7 @@ class RunnerStep:
                 error=error,
                 execution=ran(),
                 started_at=running.unwritten_start,
+                breaker=moved,
             )
             return
         try:
@@ -454,8 +456,9 @@ class RunnerStep:
         info: ExecutionInfo | None,
     ) -> None:
         breaker = runtime.breaker
+        moved = None
         if err.kind.counts_for_breaker:
-            breaker.record_failure(running.permit)
+            moved = breaker.record_failure(running.permit)
             if breaker.state.value != "CLOSED":
                 log.warning("backend %s: circuit breaker %s", runtime.name, breaker.state.value)
         else:
@@ -465,7 +468,12 @@ class RunnerStep:
             await self._t.finish(job, JobState.CANCELLED, execution=info, started_at=start)
             return
         await self._t.finish(
-            job, JobState.FAILED, error=JobError.from_error(err), execution=info, started_at=start
+            job,
+            JobState.FAILED,
+            error=JobError.from_error(err),
+            execution=info,
+            started_at=start,
+            breaker=moved,
         )
 
     async def _succeeded(
@@ -478,7 +486,7 @@ class RunnerStep:
         t0: float,
     ) -> None:
         elapsed = time.perf_counter() - t0
-        runtime.breaker.record_success(running.permit)
+        moved = runtime.breaker.record_success(running.permit)
         if not started.session:
             # The slot is free for the next job before this one's result is encoded and
             # committed. Not for a session's job: its successor enters the queue only when
@@ -523,6 +531,7 @@ class RunnerStep:
             ),
             result=result,
             started_at=running.unwritten_start,
+            breaker=moved,
         )
 
     async def _stored_shots(self, runtime: BackendRuntime, job: Job) -> int:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
 from gateway.jobs.events import EventBus
 from gateway.jobs.hooks import Hooks, Transition
+from gateway.runtime.breaker import BreakerMove
 from gateway.store.base import Store
 
 WallClock = Callable[[], datetime]
@@ -42,7 +43,9 @@ class Transitions:
         truth while this process is the store's only writer."""
         return self._latest.get(job_id)
 
-    def committed(self, job: Job, previous: JobState | None) -> None:
+    def committed(
+        self, job: Job, previous: JobState | None, breaker: BreakerMove | None = None
+    ) -> None:
         """Tells watchers and hooks about a change the store has committed."""
         latest = self._latest
         latest[job.id] = job
@@ -50,7 +53,7 @@ class Transitions:
         if len(latest) > LATEST_JOBS:
             latest.popitem(last=False)
         self.bus.publish(job)
-        self.hooks.notify(Transition(job, previous, job.updated_at or self.clock()))
+        self.hooks.notify(Transition(job, previous, job.updated_at or self.clock(), breaker))
 
     async def submitting(self, job: Job) -> Job | None:
         changed = await self.store.mark_submitting(job.id, self.clock())
@@ -58,11 +61,11 @@ class Transitions:
             self.committed(changed, job.state)
         return changed
 
-    async def queued_again(self, job: Job) -> Job | None:
+    async def queued_again(self, job: Job, breaker: BreakerMove | None = None) -> Job | None:
         """SUBMITTING -> QUEUED: the provider refused the submit and created nothing."""
         changed = await self.store.mark_queued_again(job.id, self.clock())
         if changed is not None:
-            self.committed(changed, job.state)
+            self.committed(changed, job.state, breaker)
         return changed
 
     async def running(
@@ -93,11 +96,13 @@ class Transitions:
         timings: JobTimings | None = None,
         result: bytes | None = None,
         started_at: datetime | None = None,
+        breaker: BreakerMove | None = None,
     ) -> Job | None:
         """Moves a job to a final state; None if it already was in one (or does not exist).
 
         `started_at`: the job ran from then without its RUNNING state written (a short local
-        run); RUNNING commits with the end, and watchers and hooks hear of both, in order."""
+        run); RUNNING commits with the end, and watchers and hooks hear of both, in order.
+        `breaker`: the job's outcome moved its backend's breaker (hooks hear it with the end)."""
         ended = self.clock()
         # Retention is fixed when the job ends (a later configuration change keeps it).
         expires = (
@@ -121,10 +126,10 @@ class Transitions:
         if finished is None:
             return None
         if started_at is None:
-            self.committed(finished, job.state)
+            self.committed(finished, job.state, breaker)
         else:
             self.committed(_as_running(finished), job.state)
-            self.committed(finished, JobState.RUNNING)
+            self.committed(finished, JobState.RUNNING, breaker)
         return finished
 
 

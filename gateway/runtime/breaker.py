@@ -39,6 +39,14 @@ class Permit:
     token: int
 
 
+@dataclass(frozen=True)
+class BreakerMove:
+    """A job's outcome moved the breaker: observers tie the change to that job."""
+
+    before: BreakerState
+    after: BreakerState
+
+
 class CircuitBreaker:
     def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
@@ -78,30 +86,38 @@ class CircuitBreaker:
     def _is_current_trial(self, permit: Permit) -> bool:
         return permit.trial and permit.token == self._trial
 
-    def record_success(self, permit: Permit) -> None:
+    def record_success(self, permit: Permit) -> BreakerMove | None:
+        """The job run under `permit` succeeded; the move it caused, if any."""
         # Only the half-open trial closes the breaker. A job that started before the breaker
         # opened and succeeds meanwhile proves nothing about the backend now.
-        if self._is_current_trial(permit):
-            self._trial = None
-            self._opened_at = None
-            self._failures.clear()
+        if not self._is_current_trial(permit):
+            return None
+        before = self.state
+        self._trial = None
+        self._opened_at = None
+        self._failures.clear()
+        return BreakerMove(before, BreakerState.CLOSED)
 
-    def record_failure(self, permit: Permit) -> None:
-        """A backend fault of the job run under `permit`."""
+    def record_failure(self, permit: Permit) -> BreakerMove | None:
+        """A backend fault of the job run under `permit`; the move it caused, if any."""
         now = self._clock()
+        before = self.state
         if self._opened_at is not None:
             if self._is_current_trial(permit):  # the trial failed: cool down again
                 self._trial = None
                 self._opened_at = now
+                return BreakerMove(before, BreakerState.OPEN)
             # A job that started before the breaker opened: already accounted for.
-            return
+            return None
         self._failures.append(now)
         while self._failures and now - self._failures[0] > self.policy.window_s:
             self._failures.popleft()
-        if len(self._failures) >= self.policy.failure_threshold:
-            self._opened_at = now
-            self._failures.clear()
-            self.times_opened += 1
+        if len(self._failures) < self.policy.failure_threshold:
+            return None
+        self._opened_at = now
+        self._failures.clear()
+        self.times_opened += 1
+        return BreakerMove(before, BreakerState.OPEN)
 
     def release(self, permit: Permit) -> None:
         """The job ended without telling success from failure (cancelled, the client's own

@@ -21,8 +21,8 @@ from gateway.domain.jobs import Job, JobState
 from gateway.interceptors.handlers import SUBMIT_METHODS
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
+from gateway.runtime.breaker import BreakerMove
 from gateway.runtime.pool import Pool
-from gateway.telemetry import active
 from gateway.telemetry import metric_names as names
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,8 @@ class GatewayMetrics:
                 self.queue_wait.record(max(waited, 0.0), {"backend": backend})
         elif job.state.is_final:
             self._finished(job, backend)
+        if transition.breaker is not None:
+            self._breaker_moved(backend, transition.breaker)
 
     def _finished(self, job: Job, backend: str) -> None:
         tenant = self.tenant(job.tenant)
@@ -203,11 +205,18 @@ class GatewayMetrics:
                 execution.cost.amount,
                 {"tenant": tenant, "backend": backend, "currency": execution.cost.unit},
             )
-        self._check_breaker(backend, job.id)
 
-    def _check_breaker(self, backend: str, job_id: str = "") -> None:
-        """Counts a breaker state change (breakers change as jobs end, and half-open by
-        time: seen here and at each sample)."""
+    def _breaker_moved(self, backend: str, move: BreakerMove) -> None:
+        """Counts a job's move of its backend's breaker, unless a sample saw the new state
+        first (samples read breakers while the job's end commits)."""
+        after = move.after.value
+        if self._breakers.get(backend) != after:
+            self._breakers[backend] = after
+            self.breaker_transitions.add(1, {"backend": backend, "state": after})
+
+    def _check_breaker(self, backend: str) -> None:
+        """Counts a breaker state change seen by a sample: half-open comes with time, and a
+        job's move may not have reached its hook yet."""
         runtime = self._backends.get(backend)
         if runtime is None:
             return
@@ -216,14 +225,6 @@ class GatewayMetrics:
         self._breakers[backend] = state
         if before is not None and before != state:
             self.breaker_transitions.add(1, {"backend": backend, "state": state})
-            tracing = active.tracing
-            if tracing is not None and job_id:  # on the span of the job whose end moved it
-                tracing.add_event(
-                    job_id,
-                    "breaker transition",
-                    {"qgateway.backend": backend, "qgateway.breaker.from": before,
-                     "qgateway.breaker.to": state},
-                )  # fmt: skip
 
     # ------------------------------------------------------------------ live state
 

@@ -256,7 +256,7 @@ class Tracing:
         """An event on the current span (nothing outside a recorded one)."""
         trace.get_current_span().add_event(name, dict(attributes))
 
-    def add_event(self, job_id: str, name: str, attributes: Mapping[str, Any]) -> None:
+    def _add_event(self, job_id: str, name: str, attributes: Mapping[str, Any]) -> None:
         """An event on the job's execute span (retries, breaker transitions), if it has one."""
         entry = self._jobs.get(job_id)
         if entry is not None and entry.execute is not None:
@@ -311,11 +311,20 @@ class Tracing:
         if state in (JobState.SUBMITTING, JobState.RUNNING):
             self._started(job)
             if state is JobState.RUNNING and job.attempts > 1:
-                self.add_event(job.id, "retry", {"qgateway.job.attempt": job.attempts})
+                self._add_event(job.id, "retry", {"qgateway.job.attempt": job.attempts})
             return
         if state is JobState.CANCELLING:
-            self.add_event(job.id, "cancel requested", {})
+            self._add_event(job.id, "cancel requested", {})
             return
+        move = transition.breaker
+        if move is not None:  # on the span of the job whose outcome moved it
+            self._add_event(
+                job.id,
+                "breaker transition",
+                {"qgateway.backend": job.placement or job.backend,
+                 "qgateway.breaker.from": move.before.value,
+                 "qgateway.breaker.to": move.after.value},
+            )  # fmt: skip
         if state.is_final:
             self._finished(job)
 

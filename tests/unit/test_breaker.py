@@ -3,7 +3,13 @@ only the trial's own outcome closes (or reopens) it."""
 
 from __future__ import annotations
 
-from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
+from gateway.runtime.breaker import (
+    BreakerMove,
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    Permit,
+)
 
 
 class Clock:
@@ -40,7 +46,8 @@ def test_opens_after_threshold_failures_within_the_window() -> None:
     breaker.record_failure(_permit(breaker))
     breaker.record_failure(_permit(breaker))
     assert breaker.state is BreakerState.CLOSED
-    breaker.record_failure(_permit(breaker))
+    opened = breaker.record_failure(_permit(breaker))
+    assert opened == BreakerMove(BreakerState.CLOSED, BreakerState.OPEN)
     assert breaker.state is BreakerState.OPEN
     assert breaker.retry_after() == 5
     assert breaker.try_dispatch() is None
@@ -55,7 +62,8 @@ def test_half_open_allows_one_trial_and_closes_on_its_success() -> None:
     trial = _permit(breaker)
     assert trial.trial
     assert breaker.try_dispatch() is None  # a single trial
-    breaker.record_success(trial)
+    closed = breaker.record_success(trial)
+    assert closed == BreakerMove(BreakerState.HALF_OPEN, BreakerState.CLOSED)
     assert breaker.state is BreakerState.CLOSED
     assert breaker.try_dispatch() and breaker.try_dispatch()
 
@@ -65,7 +73,8 @@ def test_failed_trial_reopens_for_another_cooldown() -> None:
     _open(breaker)
     clock.now += 6
     trial = _permit(breaker)
-    breaker.record_failure(trial)
+    reopened = breaker.record_failure(trial)
+    assert reopened == BreakerMove(BreakerState.HALF_OPEN, BreakerState.OPEN)
     assert breaker.state is BreakerState.OPEN
     assert breaker.retry_after() == 5
     clock.now += 5
@@ -89,7 +98,7 @@ def test_a_job_started_before_the_breaker_opened_cannot_close_it() -> None:
     _open(breaker)
     clock.now += 5
     trial = _permit(breaker)
-    breaker.record_success(early)  # the early job finishes first, successfully
+    assert breaker.record_success(early) is None  # the early job finishes first, successfully
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.try_dispatch() is None  # and the trial is still the only one in flight
     breaker.record_failure(trial)  # the trial's own outcome decides
@@ -102,7 +111,7 @@ def test_a_job_started_before_the_breaker_opened_neither_reopens_nor_ends_the_tr
     _open(breaker)
     clock.now += 5
     trial = _permit(breaker)
-    breaker.record_failure(early)
+    assert breaker.record_failure(early) is None
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.try_dispatch() is None
     breaker.record_success(trial)

@@ -4,6 +4,8 @@ really produces, instruments move with job transitions, the tenant label is capp
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -12,7 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.domain.jobs import ExecutionInfo, Job, JobState, JobTimings
 from gateway.domain.pricing import Cost, Usage
+from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
+from gateway.runtime.breaker import BreakerMove, BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.telemetry import metric_names as names
 from gateway.telemetry.metrics import GatewayMetrics, TenantLabels
 
@@ -129,3 +133,22 @@ def test_only_failed_submissions_count_as_refused(code: str) -> None:
     refused = _value(registry, "qgateway_jobs_refused_total")
     assert refused == (0 if code == "OK" else 1)
     assert _value(registry, "rpc_server_call_duration_seconds_count") == 2
+
+
+@pytest.mark.parametrize("sampled_first", [False, True])
+def test_a_breaker_move_is_counted_once_whoever_sees_it_first(sampled_first: bool) -> None:
+    # A sample reads the breakers while the end of the job that moved one commits: the
+    # job's hook then comes second and must not count the move again.
+    metrics, registry = _metrics()
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=600))
+    metrics.watch({"aer": cast(BackendRuntime, SimpleNamespace(breaker=breaker))}, None)
+    permit = breaker.try_dispatch()
+    assert permit is not None
+    move = breaker.record_failure(permit)
+    assert move == BreakerMove(BreakerState.CLOSED, BreakerState.OPEN)
+    if sampled_first:
+        metrics._check_breaker("aer")  # what sample() does per backend
+    metrics.on_transition(Transition(_job(JobState.FAILED), JobState.RUNNING, T0, move))
+    metrics._check_breaker("aer")
+    opened = _value(registry, "qgateway_breaker_transitions_total", backend="aer", state="OPEN")
+    assert opened == 1

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from gateway.config import ConfigError, GatewayConfig
 from gateway.domain.jobs import Job, JobError, JobState
 from gateway.jobs.hooks import Transition
+from gateway.runtime.breaker import BreakerMove, BreakerState
 from gateway.telemetry import active
 from gateway.telemetry.logs import JsonFormatter, TransitionLog, redact
 from gateway.telemetry.settings import TelemetryConfig
@@ -121,7 +122,8 @@ def test_a_jobs_spans_hang_under_the_rpc_that_created_it(
     started = _job(JobState.RUNNING, stamp, started_at=T0 + timedelta(seconds=1), attempts=2)
     tracing.on_transition(Transition(started, JobState.QUEUED, T0))
     failed = _job(JobState.FAILED, stamp, error=JobError.of("EXECUTION_FAILED", "boom"))
-    tracing.on_transition(Transition(failed, JobState.RUNNING, T0))
+    opened = BreakerMove(BreakerState.CLOSED, BreakerState.OPEN)  # its failure opened it
+    tracing.on_transition(Transition(failed, JobState.RUNNING, T0, opened))
     rpc_id = rpc.get_span_context().span_id
     queue = _named(exporter, "qgateway.job.queue")
     execute = _named(exporter, "qgateway.job.execute")
@@ -132,7 +134,10 @@ def test_a_jobs_spans_hang_under_the_rpc_that_created_it(
     assert execute.status.status_code is trace.StatusCode.ERROR
     assert execute.attributes is not None
     assert execute.attributes["error.type"] == "EXECUTION_FAILED"
-    assert [e.name for e in execute.events] == ["state", "retry", "state"]
+    assert [e.name for e in execute.events] == ["state", "retry", "breaker transition", "state"]
+    moved = execute.events[2].attributes
+    assert moved is not None
+    assert (moved["qgateway.breaker.from"], moved["qgateway.breaker.to"]) == ("CLOSED", "OPEN")
     assert tracing.job_context("j1") is None  # forgotten once final
 
 
