@@ -97,10 +97,11 @@ class HealthMonitor:
         self._seeds = itertools.count()
 
     async def run(self) -> None:
+        """The probes after the start-up one (`probe`, awaited before the backend serves)."""
         while True:
-            await self.probe()
             await self._runner.maintain()
             await asyncio.sleep(self._interval)  # the probe schedule
+            await self.probe()
 
     async def probe(self) -> None:
         """One probe; publishes the result when serving changed."""

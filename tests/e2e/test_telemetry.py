@@ -68,6 +68,7 @@ faults = {{ fail_while_exists = "{switch}" }}
 [backends.blip]
 adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
+health_interval_s = 600
 faults = {{ transient_errors = 2, retry_attempts = 4, retry_backoff_s = 0.01 }}
 
 [telemetry.tracing]
@@ -245,7 +246,15 @@ def test_refused_calls_have_error_spans_and_oversized_headers_are_ignored(env: E
 
 @pytest.mark.timeout(60)
 def test_metrics_move_as_jobs_run_fail_and_get_refused(env: Env) -> None:
-    before = _scrape(env)
+    def probed(_: OtlpReceiver) -> str | None:
+        # blip's start-up health probe goes through the same faulty provider call and retries
+        # twice too (its next probe is 600 s away): counting starts once it has.
+        text = _scrape(env)
+        return (
+            text if _value(text, "qgateway_provider_retries_total", backend="blip") >= 2 else None
+        )
+
+    before = env.receiver.wait_for(probed, timeout=10)
     with _client(env) as client:
         assert _run(client, "aer", 50).state is JobState.SUCCEEDED
         assert _run(client, "blip", 10).state is JobState.SUCCEEDED

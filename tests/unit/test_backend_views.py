@@ -168,10 +168,16 @@ class _ProbeRunner:
 
     def __init__(self, error: BaseException | None) -> None:
         self.error = error
+        self.probes = 0
+        self.maintained = asyncio.Event()
 
     async def probe(self, prepared: object, timeout: float) -> None:
+        self.probes += 1
         if self.error is not None:
             raise self.error
+
+    async def maintain(self) -> None:
+        self.maintained.set()
 
 
 async def _run_probe(
@@ -241,3 +247,34 @@ def test_success_clears_the_error() -> None:
     health = HealthState(last_error="PROBE_FAILED: worker crashed")
     assert asyncio.run(_run_probe(None, health)) == ""
     assert health.serving
+
+
+def test_the_probe_loop_waits_an_interval_after_the_start_up_probe() -> None:
+    # The server awaits one probe before the backend serves; the loop probing again at once
+    # cost every backend a second probe (a provider call, for a cloud backend) at each start.
+    async def scenario() -> int:
+        runner = _ProbeRunner(None)
+
+        async def prepared(_: int) -> _Prepared:
+            return _Prepared()
+
+        async def on_change(_: str) -> None:
+            return None
+
+        monitor = HealthMonitor(
+            "aer",
+            runner,  # type: ignore[arg-type]
+            prepared,  # type: ignore[arg-type]
+            HealthState(),
+            interval_s=3600,
+            timeout_s=1,
+            on_change=on_change,
+        )
+        loop = asyncio.create_task(monitor.run())
+        await runner.maintained.wait()  # the loop is on its way to its first sleep
+        await asyncio.sleep(0)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        return runner.probes
+
+    assert asyncio.run(scenario()) == 0
