@@ -66,6 +66,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             method=method,
                             peer=context.peer() or "",
                             reason=err.reason,
+                            code=err.code,
                             key_prefix=claimed_key_prefix(metadata),
                         )
                     )

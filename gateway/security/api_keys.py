@@ -30,7 +30,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
-from gateway.domain.errors import Unauthenticated
+from gateway.domain.errors import ResourceExhausted, Unauthenticated
 from gateway.security.peers import peer_host
 from gateway.security.principals import (
     KEY_PREFIX_PATTERN,
@@ -198,7 +198,7 @@ class KeyVerifier:
         max_cached: Bound on cached records (unknown prefixes included).
         lookups_per_peer: Store reads for prefixes not in the cache, per peer host: made-up
             prefixes cost no secret, and each would otherwise be a read on the store's only
-            thread. Beyond it a prefix the cache does not know is refused unread.
+            thread. Beyond it a prefix the cache does not know is refused unread (retryable).
     """
 
     def __init__(
@@ -236,8 +236,14 @@ class KeyVerifier:
         self._cache.pop(prefix, None)
         self._unknown.pop(prefix, None)
 
-    def _may_look_up(self, peer: str) -> bool:
-        """Takes one of the peer host's store lookups (its port aside: one host, one budget)."""
+    def _take_lookup(self, peer: str) -> None:
+        """Takes one of the peer host's store lookups (its port aside: one host, one budget).
+
+        Raises:
+            ResourceExhausted: KEY_LOOKUPS_EXHAUSTED, with RetryInfo. Not API_KEY_INVALID: a
+                real key from behind a busy NAT would be told it is bad and never retried;
+                and a made-up key learns no more than a real one.
+        """
         host = peer_host(peer)
         bucket = self._lookups.get(host)
         if bucket is None:
@@ -245,15 +251,29 @@ class KeyVerifier:
             while len(self._lookups) > self._max_cached:
                 self._lookups.popitem(last=False)
         self._lookups.move_to_end(host)
-        return bucket.take() == 0.0
+        wait = bucket.take()
+        if wait == 0.0:
+            return
+        rate = self._lookups_per_peer
+        raise ResourceExhausted(
+            "KEY_LOOKUPS_EXHAUSTED",
+            f"this host presented more API keys the gateway has not seen recently than "
+            f"{rate.per_second:g} per second (burst {rate.burst}); retry in {wait:.2f}s",
+            metadata={
+                "perSecond": f"{rate.per_second:g}",
+                "burst": str(rate.burst),
+                "retryDelaySeconds": f"{wait:.3f}",
+            },
+            retry_after=wait,
+        )
 
     async def _record(self, prefix: str, peer: str) -> ApiKeyRecord | None:
         assert self._store is not None
         cached = self._cache.get(prefix) or self._unknown.get(prefix)
         if cached is not None and self._clock() - cached.fetched < self._cache_s:
             return cached.record
-        if prefix not in self._loading and not self._may_look_up(peer):
-            return None  # refused unread, as an unknown key
+        if prefix not in self._loading:
+            self._take_lookup(peer)
         loading = self._loading.get(prefix)
         if loading is not None:  # one store read for a burst of calls with the same key
             return await asyncio.shield(loading)
@@ -286,6 +306,8 @@ class KeyVerifier:
         Raises:
             Unauthenticated: API_KEY_INVALID (malformed, unknown or wrong secret),
                 API_KEY_EXPIRED or API_KEY_REVOKED (only to a caller holding the secret).
+            ResourceExhausted: KEY_LOOKUPS_EXHAUSTED: the key is not cached and `peer`'s host
+                has spent its store lookups.
         """
         prefix = key_prefix(token)
         if prefix is None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.api.context import Context
+from gateway.domain.errors import Code
 
 DEFAULT_TENANT = "default"
 # The spelling of a tenant id (API keys, JWT claims, mTLS rules, configuration, AdminService)
@@ -57,12 +58,15 @@ class AuthFailure:
         method: The full method, "/qgateway.v1.JobService/SubmitJob".
         peer: The caller's address as gRPC gives it.
         reason: The error's reason, e.g. "API_KEY_INVALID".
+        code: The status the call ended with: UNAUTHENTICATED, or RESOURCE_EXHAUSTED when the
+            host had spent its key lookups.
         key_prefix: The public prefix of the key presented, when it had one. Never a key.
     """
 
     method: str
     peer: str
     reason: str
+    code: Code
     key_prefix: str = ""
 
 

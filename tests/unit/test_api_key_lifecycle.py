@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
-from gateway.domain.errors import Unauthenticated
+from gateway.domain.errors import ResourceExhausted, Unauthenticated
 from gateway.security.api_keys import (
     KeyRing,
     KeyVerifier,
@@ -283,11 +283,18 @@ async def test_uncached_prefixes_cost_each_peer_a_bounded_number_of_store_reads(
     await store.create_api_key(record)
     flood, neighbour = "ipv4:10.0.0.9:40001", "ipv4:10.0.0.7:51234"
     assert (await verifier.verify(key, flood)).tenant == "acme"  # cached from here on
-    for n in range(50):
-        with pytest.raises(Unauthenticated) as refused:
+    for n in range(4):
+        with pytest.raises(Unauthenticated) as invalid:
+            await verifier.verify(f"qgw_made{n:04d}up_secret", flood)
+        assert invalid.value.reason == "API_KEY_INVALID"
+    for n in range(4, 50):
+        with pytest.raises(ResourceExhausted) as refused:
             # Another source port of the same host shares the budget.
             await verifier.verify(f"qgw_made{n:04d}up_secret", f"ipv4:10.0.0.9:{40002 + n}")
-        assert refused.value.reason == "API_KEY_INVALID"
+        # Retryable, and no verdict on the key: a real one from behind the same NAT is told
+        # to come back, not that it is bad.
+        assert refused.value.reason == "KEY_LOOKUPS_EXHAUSTED"
+        assert refused.value.retry_after == pytest.approx(1.0)
     assert counting.reads == 5  # the key's read and four made-up ones, then none
     # The flooding host's real (cached) key still works; another host still gets its reads.
     assert (await verifier.verify(key, flood)).tenant == "acme"
@@ -295,8 +302,11 @@ async def test_uncached_prefixes_cost_each_peer_a_bounded_number_of_store_reads(
     await store.create_api_key(other)
     assert (await verifier.verify(other_key, neighbour)).tenant == "globex"
     assert counting.reads == 6
-    # The budget refills: a new key from the flooding host is read again a second later.
+    # The budget refills: a new key from the flooding host, refused while it is spent, is
+    # read a second later.
     third_key, third = _record("initech")
     await store.create_api_key(third)
+    with pytest.raises(ResourceExhausted):
+        await verifier.verify(third_key, flood)
     clock.mono += 1.0
     assert (await verifier.verify(third_key, flood)).tenant == "initech"
