@@ -44,7 +44,7 @@ def split_method(full: str) -> tuple[str, str]:
 # authenticated caller must not grow the log by megabytes per call.
 MAX_CLIENT_TEXT = 256
 # Refusals written aggregated (count per window), not one record per call.
-AGGREGATED_REASONS = frozenset({"RATE_LIMITED", "TOO_MANY_STREAMS", "KEY_LOOKUPS_EXHAUSTED"})
+AGGREGATED_REASONS = frozenset({"RATE_LIMITED", "TOO_MANY_STREAMS"})
 
 
 def _text_field(message: Any, name: str) -> str:
