@@ -41,16 +41,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.runner import (
+    DelegatingRunner,
     ExecutionModel,
     RunHandle,
     Runner,
     cancelled_error,
 )
-from gateway.domain.backends import BackendInfo, InstanceStats
+from gateway.domain.backends import BackendInfo
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job
-from gateway.domain.sessions import Session
 from gateway.runtime.retry import RetryPolicy, call_with_retries_async
 
 __all__ = [
@@ -243,7 +243,7 @@ async def _accepted() -> None:
     """The provider call of a probe, once the injected transient errors are past."""
 
 
-class FaultInjectingRunner(Runner):
+class FaultInjectingRunner(DelegatingRunner):
     """Injects faults into the jobs and probes of any runner (see the module docstring).
 
     Args:
@@ -264,7 +264,7 @@ class FaultInjectingRunner(Runner):
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.options = options
         self._backend = backend
         self._sleep = sleep
@@ -274,7 +274,6 @@ class FaultInjectingRunner(Runner):
                 f"backends.{backend}.faults: latency_s, hang, allocate_mb and crash_rate are "
                 "faults of a worker process; this backend runs its jobs at a provider"
             )
-        self.model = inner.model
         self._probe_seeds = itertools.count()
         self._retry = RetryPolicy(
             max_attempts=options.retry_attempts,
@@ -282,61 +281,24 @@ class FaultInjectingRunner(Runner):
             max_backoff_s=max(options.retry_backoff_s, 1.0),
         )
 
-    @property
-    def inner(self) -> Runner:
-        return self._inner
-
-    @property
-    def capacity(self) -> int:
-        return self._inner.capacity
-
-    async def start(self) -> None:
-        await self._inner.start()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def maintain(self) -> None:
-        await self._inner.maintain()
-
-    def stats(self) -> InstanceStats | None:
-        return self._inner.stats()
-
-    # Sessions reach the backend's own runner unchanged.
-
-    async def open_session(self, session: Session) -> str | None:
-        return await self._inner.open_session(session)
-
-    async def close_session(self, session: Session) -> None:
-        await self._inner.close_session(session)
-
-    def pin_session(self, session_id: str) -> None:
-        self._inner.pin_session(session_id)
-
-    def unpin_session(self, session_id: str) -> None:
-        self._inner.unpin_session(session_id)
-
-    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
-        return await self._inner.reattach(job, remote_id)
-
     async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
         cause = self._failure_cause(job.seed)
         if cause is not None:
             return _InjectedFailure(job.id, self._injected(cause))
         faulty = self._faulty(prepared, job.seed)
-        return await self._provider_call(job.seed, lambda: self._inner.submit(faulty, job))
+        return await self._provider_call(job.seed, lambda: self.inner.submit(faulty, job))
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
         if isinstance(handle, _InjectedFailure):
             await self._take_as_long_as_a_job(handle)
             raise handle.error
-        return await self._inner.wait(handle)
+        return await self.inner.wait(handle)
 
     async def cancel(self, handle: RunHandle) -> None:
         if isinstance(handle, _InjectedFailure):
             handle.cancelled.set()
             return
-        await self._inner.cancel(handle)
+        await self.inner.cancel(handle)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         seed = next(self._probe_seeds)
@@ -352,7 +314,7 @@ class FaultInjectingRunner(Runner):
                 raise failure.error
             await self._provider_call(seed, _accepted)
         faulty = self._faulty(prepared, seed)
-        await self._inner.probe(faulty, max(0.0, deadline - loop.time()))
+        await self.inner.probe(faulty, max(0.0, deadline - loop.time()))
 
     # ---------------------------------------------------------------------------- internals
 

@@ -171,3 +171,55 @@ class Runner(ABC):
     def unpin_session(self, session_id: str) -> None:  # noqa: B027 - optional hook
         """The pinned session has no work left (or ended): its slot is free again; an
         instance kept for it goes back to the pool. No-op by default."""
+
+
+class DelegatingRunner(Runner):
+    """Passes every call to `inner`: a wrapper (fault injection, telemetry) overrides only what
+    it changes, and a method added to Runner reaches the backend's own runner through it."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.model = inner.model
+
+    @property
+    def capacity(self) -> int:
+        return self.inner.capacity
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        return await self.inner.submit(prepared, job)
+
+    async def wait(self, handle: RunHandle) -> ExecutionOutcome:
+        return await self.inner.wait(handle)
+
+    async def cancel(self, handle: RunHandle) -> None:
+        await self.inner.cancel(handle)
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        return await self.inner.reattach(job, remote_id)
+
+    async def probe(self, prepared: PreparedJob, timeout: float) -> None:
+        await self.inner.probe(prepared, timeout)
+
+    async def maintain(self) -> None:
+        await self.inner.maintain()
+
+    def stats(self) -> InstanceStats | None:
+        return self.inner.stats()
+
+    async def open_session(self, session: Session) -> str | None:
+        return await self.inner.open_session(session)
+
+    async def close_session(self, session: Session) -> None:
+        await self.inner.close_session(session)
+
+    def pin_session(self, session_id: str) -> None:
+        self.inner.pin_session(session_id)
+
+    def unpin_session(self, session_id: str) -> None:
+        self.inner.unpin_session(session_id)

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
-from gateway.backends.runner import ExecutionModel, RunHandle, Runner
-from gateway.domain.backends import InstanceStats
+from gateway.backends.runner import DelegatingRunner, ExecutionModel, RunHandle, Runner
 from gateway.domain.jobs import Job
-from gateway.domain.sessions import Session
 from gateway.telemetry import active
 
 SUBMIT = "qgateway.runner.submit"
 
 
-class ObservedRunner(Runner):
+class ObservedRunner(DelegatingRunner):
     """Delegates everything to `inner`; its job calls run in the job's trace.
 
     Args:
@@ -30,13 +27,8 @@ class ObservedRunner(Runner):
     """
 
     def __init__(self, inner: Runner, backend: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.backend = backend
-        self.model = inner.model
-
-    def __getattr__(self, name: str) -> Any:
-        # Runner-specific extras (a worker pool's `pool`, pinned workers) stay reachable.
-        return getattr(self.inner, name)
 
     @contextlib.asynccontextmanager
     async def _observed(
@@ -66,16 +58,6 @@ class ObservedRunner(Runner):
         finally:
             active.backend.reset(token)
 
-    @property
-    def capacity(self) -> int:
-        return self.inner.capacity
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
     async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
         async with self._observed(SUBMIT, job.id, job):
             return await self.inner.submit(prepared, job)
@@ -98,21 +80,3 @@ class ObservedRunner(Runner):
             await self.inner.probe(prepared, timeout)
         finally:
             active.backend.reset(token)
-
-    async def maintain(self) -> None:
-        await self.inner.maintain()
-
-    def stats(self) -> InstanceStats | None:
-        return self.inner.stats()
-
-    async def open_session(self, session: Session) -> str | None:
-        return await self.inner.open_session(session)
-
-    async def close_session(self, session: Session) -> None:
-        await self.inner.close_session(session)
-
-    def pin_session(self, session_id: str) -> None:
-        self.inner.pin_session(session_id)
-
-    def unpin_session(self, session_id: str) -> None:
-        self.inner.unpin_session(session_id)
