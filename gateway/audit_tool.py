@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.domain.timestamps import rfc3339
+
 DB_FILE = "qgateway.db"
 
 
@@ -81,8 +83,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def record_json(record: Any) -> dict[str, Any]:
     return {
         "sequence": record.sequence,
-        "time": record.time.isoformat().replace("+00:00", "Z"),
-        "end_time": record.end_time.isoformat().replace("+00:00", "Z"),
+        "time": rfc3339(record.time),
+        "end_time": rfc3339(record.end_time),
         "principal": record.principal,
         "tenant": record.tenant,
         "key_prefix": record.key_prefix,

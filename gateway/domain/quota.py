@@ -7,10 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from gateway.domain.errors import QuotaViolation, ResourceExhausted
-
-
-def _z(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
+from gateway.domain.timestamps import rfc3339
 
 
 def quota_exceeded(
@@ -33,14 +30,14 @@ def quota_exceeded(
     return ResourceExhausted(
         reason,
         f"tenant {tenant} has {amount}{left:g} {what} left of its quota of {limit:g} this "
-        f"period and this job needs {asked:g}; the quota refills at {_z(period_end)}",
+        f"period and this job needs {asked:g}; the quota refills at {rfc3339(period_end)}",
         metadata={
             "tenant": f"tenants/{tenant}",
             "limit": f"quota.{what}",
             "quota": f"{limit:g}",
             "used": f"{held:g}",
             "requested": f"{asked:g}",
-            "periodEndTime": _z(period_end),
+            "periodEndTime": rfc3339(period_end),
             **({"unit": unit} if unit else {}),
         },
         quota_violations=[

@@ -28,6 +28,7 @@ from gateway.domain.errors import (
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.domain.pricing import CostEstimate
+from gateway.domain.timestamps import rfc3339
 from gateway.jobs.admission import Admission, CompileStep
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.events import EventBus, MemoryEventBus, WatchEvent
@@ -250,7 +251,7 @@ class JobManager:
             # (there is no sweep yet, so an expired result nobody asks for stays on disk).
             await self._store.delete_result(job.id)
             name = f"jobs/{job.id}"
-            expired = job.expire_at.isoformat().replace("+00:00", "Z")
+            expired = rfc3339(job.expire_at)
             raise NotFound(
                 "RESULT_EXPIRED",
                 f"the result of job {name} expired at {expired} and is no longer kept",

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import ResourceExhausted, Unauthenticated
+from gateway.domain.timestamps import rfc3339
 from gateway.security.peers import peer_host
 from gateway.security.principals import (
     KEY_PREFIX_PATTERN,
@@ -340,7 +341,7 @@ class KeyVerifier:
             raise Unauthenticated(
                 "API_KEY_EXPIRED",
                 "the API key has expired",
-                metadata={"keyPrefix": prefix, "expireTime": _rfc3339(record.expires_at)},
+                metadata={"keyPrefix": prefix, "expireTime": rfc3339(record.expires_at)},
             )
         if self._recorder is not None:
             self._recorder.note(prefix)
@@ -350,7 +351,3 @@ class KeyVerifier:
             role=Role(record.role),
             key_prefix=prefix,
         )
-
-
-def _rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
