@@ -31,6 +31,7 @@ from qgateway.v1 import (
 from gateway.api import codec
 from gateway.api.admin_service import SERVICE_NAME as ADMIN_SERVICE_NAME
 from gateway.api.admin_service import AdminServicer
+from gateway.api.admin_tenants import tenant_from_stored
 from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
@@ -64,7 +65,7 @@ from gateway.security.authenticator import Authenticator
 from gateway.security.jwt_auth import JwtVerifier
 from gateway.security.mtls import CertMapper
 from gateway.security.policies import PolicyBook
-from gateway.security.tenant_policy import Tenant, policy_from_json
+from gateway.security.tenant_policy import Tenant
 from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
@@ -205,9 +206,7 @@ async def load_tenants(store: Store, policies: PolicyBook) -> None:
     after: str | None = None
     while True:
         page = await store.list_tenants(after=after, limit=1000)
-        tenants.extend(
-            Tenant(t.id, t.display_name, policy_from_json(t.policy_json), t.etag) for t in page
-        )
+        tenants.extend(tenant_from_stored(t) for t in page)
         if len(page) < 1000:
             break
         after = page[-1].id

@@ -46,7 +46,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _from_stored(stored: StoredTenant) -> Tenant:
+def tenant_from_stored(stored: StoredTenant) -> Tenant:
+    """A stored tenant with its policy decoded (AdminService reads, and the policy book)."""
     return Tenant(
         id=stored.id,
         display_name=stored.display_name,
@@ -91,7 +92,7 @@ class TenantRpcs:
         if configured is not None:
             return configured
         stored = await self._store.get_tenant(tenant)
-        return None if stored is None else _from_stored(stored)
+        return None if stored is None else tenant_from_stored(stored)
 
     async def CreateTenant(
         self, request: admin_service_pb2.CreateTenantRequest, context: Context
@@ -144,7 +145,7 @@ class TenantRpcs:
         # one of the same id is not shown twice.
         stored = await self._store.list_tenants(after=after, limit=limit + 1)
         configured = self._policies.configured
-        merged = {t.id: _from_stored(t) for t in stored if t.id not in configured}
+        merged = {t.id: tenant_from_stored(t) for t in stored if t.id not in configured}
         merged.update({tid: t for tid, t in configured.items() if after is None or tid > after})
         ids = sorted(merged)
         # Past the stored page's last id, a stored tenant may be missing: stop there.
@@ -173,7 +174,7 @@ class TenantRpcs:
         stored = await self._store.get_tenant(tid)
         if stored is None:
             raise tenant_not_found(tid)
-        current = _from_stored(stored)
+        current = tenant_from_stored(stored)
         if request.tenant.etag and request.tenant.etag != current.etag:
             raise _etag_mismatch(tid, request.tenant.etag)
         display_name, policy = tenant_codec.apply_update(
@@ -196,7 +197,7 @@ class TenantRpcs:
             raise _etag_mismatch(tid, request.tenant.etag or current.etag)
         self._policies.put(tid, policy)
         return admin_service_pb2.UpdateTenantResponse(
-            tenant=tenant_codec.encode_tenant(_from_stored(written))
+            tenant=tenant_codec.encode_tenant(tenant_from_stored(written))
         )
 
     async def GetTenantUsage(
