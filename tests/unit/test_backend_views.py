@@ -180,24 +180,30 @@ class _ProbeRunner:
         self.maintained.set()
 
 
-async def _run_probe(
-    error: BaseException | None, health: HealthState, prepare: object = None
-) -> str:
+def _monitor(
+    runner: _ProbeRunner, health: HealthState, prepare: object = None, interval_s: float = 30
+) -> HealthMonitor:
     async def prepared(_: int) -> _Prepared:
         return _Prepared()
 
     async def on_change(_: str) -> None:
         return None
 
-    monitor = HealthMonitor(
+    return HealthMonitor(
         "aer",
-        _ProbeRunner(error),  # type: ignore[arg-type]
+        runner,  # type: ignore[arg-type]
         prepare or prepared,  # type: ignore[arg-type]
         health,
-        interval_s=30,
+        interval_s=interval_s,
         timeout_s=0.05,
         on_change=on_change,
     )
+
+
+async def _run_probe(
+    error: BaseException | None, health: HealthState, prepare: object = None
+) -> str:
+    monitor = _monitor(_ProbeRunner(error), health, prepare)
     await monitor.probe()
     assert health.last_probe is not None
     return health.last_error
@@ -254,22 +260,7 @@ def test_the_probe_loop_waits_an_interval_after_the_start_up_probe() -> None:
     # cost every backend a second probe (a provider call, for a cloud backend) at each start.
     async def scenario() -> int:
         runner = _ProbeRunner(None)
-
-        async def prepared(_: int) -> _Prepared:
-            return _Prepared()
-
-        async def on_change(_: str) -> None:
-            return None
-
-        monitor = HealthMonitor(
-            "aer",
-            runner,  # type: ignore[arg-type]
-            prepared,  # type: ignore[arg-type]
-            HealthState(),
-            interval_s=3600,
-            timeout_s=1,
-            on_change=on_change,
-        )
+        monitor = _monitor(runner, HealthState(), interval_s=3600)
         loop = asyncio.create_task(monitor.run())
         await runner.maintained.wait()  # the loop is on its way to its first sleep
         await asyncio.sleep(0)
