@@ -73,12 +73,15 @@ class PreparedJob:
         max_run_time_s: The job's own run-time limit (JobOptions.max_execution_time), which
             the backend's max_run_time_s caps; the gateway sets it, adapters leave it None.
         shots: Shots the job runs (bindings x shots over its sampler PUBs), for its usage.
+        tasks: Provider tasks the job runs as, each billed the price's per_task (Braket: one
+            per PUB binding); the adapter sets it.
     """
 
     payload: object
     memory_bytes: int
     layouts: tuple[tuple[int, ...], ...]
     shots: int = 0
+    tasks: int = 1
     prepare_seconds: float = 0.0
     max_run_time_s: float | None = None
 
@@ -96,6 +99,8 @@ class ExecutionOutcome:
     provider_cost: float | None = None
     provider_unit: str = ""
     execution_seconds: float | None = None
+    # Provider tasks it ran as, where the runner knows (a re-attached job has no prepared job).
+    tasks: int | None = None
 
 
 # The field a compile error names; the compiler rewrites it to the PUB's circuit field (the same

@@ -1,6 +1,7 @@
 """What a job costs: a backend's price table, a job's usage, and the cost of one from the other.
 
-A price is per task (one job), per shot and per second of execution (QPU time for hardware,
+A price is per task (a provider task: one per job, but Braket runs each binding of a PUB as a
+task of its own and bills each), per shot and per second of execution (QPU time for hardware,
 wall time in the worker for simulators), in one unit (a currency or a credit). Before a job
 runs only its shots are known, so an estimate leaves per-second charges out and says so; after
 it ran, a provider's own bill, when it reports one, is the job's cost. A job that failed or was
@@ -54,12 +55,14 @@ class Usage:
         shots: Shots run, summed over PUBs and bindings (an exact estimator PUB runs none).
         execution_seconds: Execution time (QPU seconds from a provider, else wall time).
         provider_cost: What the provider billed for it, in `provider_unit`, if it said.
+        tasks: Provider tasks it ran as, each billed `per_task`.
     """
 
     shots: int
     execution_seconds: float
     provider_cost: float | None = None
     provider_unit: str = ""
+    tasks: int = 1
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,10 @@ def job_shots(spec: JobSpec, backend_default_shots: int) -> int:
     return total
 
 
-def estimate(price: Price | None, shots: int) -> CostEstimate:
+def estimate(price: Price | None, shots: int, tasks: int) -> CostEstimate:
     if price is None:
         return CostEstimate(shots, None, per_second_excluded=False)
-    amount = price.per_task + price.per_shot * shots
+    amount = price.per_task * tasks + price.per_shot * shots
     return CostEstimate(shots, Cost(amount, price.unit), per_second_excluded=price.per_second > 0)
 
 
@@ -114,7 +117,9 @@ def charge(price: Price | None, usage: Usage) -> Cost | None:
     if price is None:
         return None
     amount = (
-        price.per_task + price.per_shot * usage.shots + price.per_second * usage.execution_seconds
+        price.per_task * usage.tasks
+        + price.per_shot * usage.shots
+        + price.per_second * usage.execution_seconds
     )
     return Cost(amount, price.unit)
 

@@ -91,18 +91,18 @@ class Admission:
         qubits = max((len(layout) for layout in prepared.layouts), default=0)
         self._policies.check_job(tenant, spec.backend, qubits, prepared.shots)
 
-    def _charge(self, tenant: str, runtime: BackendRuntime, shots: int) -> QuotaCharge:
+    def _charge(self, tenant: str, runtime: BackendRuntime, prepared: PreparedJob) -> QuotaCharge:
         """What the job holds against its tenant's quota in the current period."""
         policy = self._policies.policy(tenant)
         period = policy.period(self._transitions.clock())
         quota = policy.quota
         unit = quota.cost_unit if quota is not None else ""
-        estimate = pricing.estimate(runtime.settings.price, shots).cost
+        estimate = pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks).cost
         cost = estimate.amount if estimate is not None and estimate.unit == unit else 0.0
         return QuotaCharge(
             period_start=period.start,
             period_end=period.end,
-            shots=shots,
+            shots=prepared.shots,
             cost=cost,
             cost_unit=unit,
             max_shots=None if quota is None else quota.shots,
@@ -217,7 +217,7 @@ class Admission:
             labels=spec.labels,
             sampler_output=spec.options.sampler_output,
             session=spec.session,
-            charge=self._charge(tenant, runtime, prepared.shots),
+            charge=self._charge(tenant, runtime, prepared),
             trace_context=telemetry.job_traceparent(),
         )
         queue = runtime.queue
@@ -264,7 +264,7 @@ class Admission:
         seed = spec.options.seed if spec.options.seed is not None else 0
         prepared = await self.prepare(runtime, tenant, spec, seed)
         self._check_job(tenant, spec, prepared)
-        return pricing.estimate(runtime.settings.price, prepared.shots)
+        return pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks)
 
     async def _create(self, new: NewJob) -> CreateOutcome:
         outcome = await self._store.create_job(new)

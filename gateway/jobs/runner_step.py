@@ -498,15 +498,24 @@ class RunnerStep:
         else:  # large results are encoded off the event loop
             result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
         self._recent.put(started.id, result)
+        seconds = outcome.execution_seconds
+        if seconds is None:
+            # A simulator's time on its worker. A provider that reports none is not charged
+            # the time it followed the job: that includes the provider's queue (hours).
+            seconds = elapsed if runtime.runner.model is ExecutionModel.LOCAL else 0.0
+            if runtime.runner.model is ExecutionModel.REMOTE:
+                log.warning("job %s: the provider reported no execution time", started.id)
+        tasks = outcome.tasks
+        if tasks is None:
+            tasks = prepared.tasks if prepared is not None else 1
         usage = pricing.Usage(
             shots=prepared.shots
             if prepared is not None
             else await self._stored_shots(runtime, started),
-            execution_seconds=(
-                outcome.execution_seconds if outcome.execution_seconds is not None else elapsed
-            ),
+            execution_seconds=seconds,
             provider_cost=outcome.provider_cost,
             provider_unit=outcome.provider_unit,
+            tasks=tasks,
         )
         ran = _as_started(started, running)
         queued_s = 0.0

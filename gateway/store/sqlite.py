@@ -1338,6 +1338,7 @@ def _usage_json(usage: Usage) -> dict[str, object]:
         "execution_seconds": usage.execution_seconds,
         "provider_cost": usage.provider_cost,
         "provider_unit": usage.provider_unit,
+        "tasks": usage.tasks,
     }
 
 

@@ -13,6 +13,7 @@ NOT_SERVING and open its breaker while queued jobs wait, then all finish; a burs
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from qgateway import Client, JobState, RetryPolicy
+from qgateway import Client, JobState, RetryPolicy, sampler_pub
 from qgateway.v1 import backend_pb2, backend_service_pb2, backend_service_pb2_grpc
 
 from gateway.security.api_keys import generate_key
@@ -41,6 +42,7 @@ def _ops_toml() -> str:
     return "[compiler]\nworkers = 1\n\n" + keys_toml(OPS) + "\n"
 
 
+SV1_PRICE = '{ per_task = 0.3, per_shot = 0.001, unit = "USD" }'
 RESERVATION = "arn:aws:braket:us-east-1:123456789012:reservation/r-0f1e2d"
 
 
@@ -137,7 +139,8 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, stub: BraketStubProcess) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("braket-gateway")
-    backends = _backend("sv1", stub.url) + _backend(
+    # Braket bills per task: the price's per_task counts once per task, not per job.
+    backends = _backend("sv1", stub.url, f"price = {SV1_PRICE}\n") + _backend(
         "sv1-fragile",
         stub.url,
         "breaker = { failure_threshold = 1, window_s = 60, cooldown_s = 3.0 }\n",
@@ -236,16 +239,21 @@ c = measure q;
 def test_a_sweep_runs_one_task_per_binding_with_its_angles(
     gateway: Gateway, stub: BraketStubProcess
 ) -> None:
+    angles = [[0.0], [3.141592653589793], [0.0]]
     with _client(gateway) as client:
+        # Three tasks of 16 shots, estimated and charged as three tasks.
+        estimate = client.validate(
+            [sampler_pub(SWEEP, shots=16, parameter_values=angles)], backend="sv1"
+        )
+        assert estimate.cost is not None
+        assert math.isclose(estimate.cost.amount, 3 * 0.3 + 48 * 0.001)
         job = client.submit(
-            SWEEP,
-            backend="sv1",
-            shots=16,
-            parameter_values=[[0.0], [3.141592653589793], [0.0]],
-            request_id="sv1-sweep",
+            SWEEP, backend="sv1", shots=16, parameter_values=angles, request_id="sv1-sweep"
         )
         done = client.wait(job.name, timeout=30)
         assert done.state is JobState.SUCCEEDED, done.error_message
+        assert done.cost is not None
+        assert math.isclose(done.cost.amount, 3 * 0.3 + 48 * 0.001)
         assert done.result is not None
         # Braket ran rx(theta) on qubit 1 with each binding's angle: c[1] reads theta / pi.
         assert [done.result.counts(index=i) for i in range(3)] == [

@@ -41,12 +41,20 @@ def test_a_job_s_shots_are_bindings_times_shots_over_its_sampler_pubs() -> None:
 
 
 def test_an_estimate_counts_the_task_and_its_shots_and_says_what_it_leaves_out() -> None:
-    got = estimate(PRICE, 1000)
+    got = estimate(PRICE, 1000, 1)
     assert got.shots == 1000
     assert got.cost == Cost(pytest.approx(0.3 + 0.35), "USD")
     assert got.per_second_excluded
-    assert not estimate(Price(per_shot=0.01), 10).per_second_excluded
-    assert estimate(None, 10).cost is None
+    assert not estimate(Price(per_shot=0.01), 10, 1).per_second_excluded
+    assert estimate(None, 10, 1).cost is None
+
+
+def test_each_provider_task_pays_the_task_price() -> None:
+    # Braket runs (and bills) each binding of a PUB as a task: a 1000-binding sweep of one
+    # shot each is 1000 task fees, not one.
+    assert estimate(PRICE, 1000, 1000).cost == Cost(pytest.approx(300 + 0.35), "USD")
+    swept = Usage(shots=1000, execution_seconds=0.0, tasks=1000)
+    assert charge(PRICE, swept) == Cost(pytest.approx(300 + 0.35), "USD")
 
 
 def test_a_finished_job_is_charged_its_usage_or_the_provider_s_own_bill() -> None:

@@ -139,11 +139,10 @@ async def test_a_job_re_attached_after_a_restart_reports_the_shots_of_its_stored
         done = await core2.until("alice", job.id, "SUCCEEDED")
         assert done.execution is not None and done.execution.usage is not None
         assert done.execution.usage.shots == 10
-        cost = done.execution.cost
-        assert cost is not None
-        assert cost.amount == pytest.approx(
-            1.0 + 0.5 * 10 + 2.0 * done.execution.usage.execution_seconds
-        )
+        # The provider reported no execution time: the time the gateway followed the job
+        # (the provider's queue, perhaps hours) is not charged as execution.
+        assert done.execution.usage.execution_seconds == 0.0
+        assert done.execution.cost == Cost(1.0 + 0.5 * 10, "credits")
     finally:
         await core2.manager.close()
 

@@ -277,6 +277,8 @@ class BraketAdapter(QiskitAdapter):
                     f"{tasks} tasks, at most {limit} per job",
                     "spec.pubs",
                 )
+            # Braket bills each task: the job's price is per_task times this.
+            prepared = dataclasses.replace(prepared, tasks=tasks)
         return prepared
 
     def info_properties(self) -> dict[str, str]:

@@ -436,7 +436,10 @@ class BraketCloudRunner(Runner):
         finally:
             self.status.set_position(handle.job_id, None)
         try:
-            result = _decode(plan, texts)
+            # Off the event loop: a sweep's results take seconds to decode.
+            result, seconds = await anyio.to_thread.run_sync(
+                lambda: (_decode(plan, texts), _execution_seconds(texts))
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ExecutionError(
                 "EXECUTION_FAILED",
@@ -446,13 +449,20 @@ class BraketCloudRunner(Runner):
             ) from None
         self._plans.pop(handle.job_id, None)
         return ExecutionOutcome(
-            result=result, sdk_versions=_versions(), execution_seconds=_execution_seconds(texts)
+            result=result, sdk_versions=_versions(), execution_seconds=seconds, tasks=len(arns)
         )
 
     async def cancel(self, handle: RunHandle) -> None:
+        # Every task is asked, even past one that could not be cancelled: each bills.
+        failed: ExecutionError | None = None
         for arn in _arns(handle):
             stop = functools.partial(self._cancel, arn)
-            await self._thread(functools.partial(self._retrying, stop, arn))
+            try:
+                await self._thread(functools.partial(self._retrying, stop, arn))
+            except ExecutionError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def reattach(self, job: Job, remote_id: str | None) -> BraketCloudHandle | None:
         if remote_id:
