@@ -144,7 +144,10 @@ def _bystander_meanwhile(
     )
     assert result.counts() == {"00": 16}
     assert _health(gw) == health_pb2.HealthCheckResponse.SERVING
-    assert not hostile.done(), "the hostile request ended before the bystander could show isolation"
+    assert not hostile.done(), (
+        "the hostile request ended before the bystander could show isolation: "
+        f"{hostile.exception()!r}"
+    )
 
 
 def _refusal(future: Future[object]) -> InvalidArgumentError:
@@ -190,6 +193,18 @@ def _compile_workers(gw: GatewayProcess) -> set[int]:
     return pids
 
 
+def _compile_cpu(gw: GatewayProcess) -> dict[int, float]:
+    """CPU seconds used so far by each live compile worker."""
+    used = {}
+    for pid in _compile_workers(gw):
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        used[pid] = times.user + times.system
+    return used
+
+
 def test_a_compile_whose_caller_went_away_is_killed(gw: GatewayProcess, alice: Client) -> None:
     before = _compile_workers(gw)
     assert before
@@ -215,12 +230,23 @@ def test_a_burst_of_hostile_compiles_leaves_the_bystander_a_compile_worker(
 ) -> None:
     # Three distinct slow compiles (two compile workers): Alice may hold at most her share
     # once Bob waits, so Bob's compile gets the next free worker, ahead of her queued one.
-    hostile = [
-        _in_background(
-            lambda d=d: alice.run(_heavy_qasm3(0.2 + d), backend="aer", shots=1, timeout=60)
+    # The second starts once the first has used half its CPU time: the two are killed about a
+    # second apart, so the first freed worker is Bob's alone (killed together, two replacement
+    # workers would start at once and race: Bob's start-up against her 2 s of compile).
+    def heavy(d: int) -> Future[object]:
+        return _in_background(
+            lambda: alice.run(_heavy_qasm3(0.2 + d), backend="aer", shots=1, timeout=60)
         )
-        for d in range(3)
-    ]
+
+    baseline = _compile_cpu(gw)
+    hostile = [heavy(0)]
+    deadline = time.monotonic() + 20
+    while not any(
+        cpu - baseline.get(pid, cpu) >= COMPILE_CPU_S / 2 for pid, cpu in _compile_cpu(gw).items()
+    ):
+        assert time.monotonic() < deadline, "the first hostile compile never ran"
+        time.sleep(0.05)
+    hostile += [heavy(1), heavy(2)]
     _bystander_meanwhile(gw, bob, hostile[-1], tag=2)
     for future in hostile:
         assert _refusal(future).reason == "CIRCUIT_TOO_COMPLEX"
