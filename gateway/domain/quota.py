@@ -27,10 +27,12 @@ def quota_exceeded(
     reason = "SHOT_QUOTA_EXCEEDED" if what == "shots" else "COST_QUOTA_EXCEEDED"
     left = max(0.0, limit - held)
     amount = f"{unit} " if unit else ""
+    # An estimate of 0 is a job priced by its run time, known only after it ran.
+    needs = f"this job needs {asked:g}" if asked > 0 else "this job is charged by its run time"
     return ResourceExhausted(
         reason,
         f"tenant {tenant} has {amount}{left:g} {what} left of its quota of {limit:g} this "
-        f"period and this job needs {asked:g}; the quota refills at {rfc3339(period_end)}",
+        f"period and {needs}; the quota refills at {rfc3339(period_end)}",
         metadata={
             "tenant": f"tenants/{tenant}",
             "limit": f"quota.{what}",

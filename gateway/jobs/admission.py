@@ -98,13 +98,15 @@ class Admission:
         quota = policy.quota
         unit = quota.cost_unit if quota is not None else ""
         estimate = pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks).cost
-        cost = estimate.amount if estimate is not None and estimate.unit == unit else 0.0
+        priced = estimate is not None and estimate.unit == unit
+        cost = estimate.amount if estimate is not None and priced else 0.0
         return QuotaCharge(
             period_start=period.start,
             period_end=period.end,
             shots=prepared.shots,
             cost=cost,
             cost_unit=unit,
+            priced=priced,
             max_shots=None if quota is None else quota.shots,
             max_cost=None if quota is None else quota.cost,
             max_queued_jobs=policy.max_queued_jobs,

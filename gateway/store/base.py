@@ -59,6 +59,8 @@ class QuotaCharge:
         shots: Shots it will run.
         cost: Its estimated cost in `cost_unit` (0 when not priced in that unit).
         cost_unit: The unit of the tenant's cost quota ("" without one).
+        priced: The backend charges in `cost_unit`. Its estimate may be 0 (a per-second price
+            is known only after the run), yet once the quota is spent such a job is refused.
         max_shots, max_cost: The period's quota; None: not limited (still counted).
         max_queued_jobs: The tenant's limit of QUEUED jobs over all backends; None: none.
     """
@@ -68,6 +70,7 @@ class QuotaCharge:
     shots: int
     cost: float = 0.0
     cost_unit: str = ""
+    priced: bool = False
     max_shots: int | None = None
     max_cost: float | None = None
     max_queued_jobs: int | None = None

@@ -124,10 +124,14 @@ def reserve(
             period_end=charge.period_end,
             now=now,
         )
+    # A priced job whose estimate is 0 (per-second prices) is refused once nothing is left.
     if (
         max_cost is not None
-        and charge.cost > 0
-        and held_cost + charge.cost > max_cost + _COST_EPSILON
+        and charge.priced
+        and (
+            held_cost + charge.cost > max_cost + _COST_EPSILON
+            or held_cost >= max_cost - _COST_EPSILON
+        )
     ):
         raise quota_exceeded(
             tenant,

@@ -211,7 +211,12 @@ async def store(db_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
 
 
 def charge(
-    shots: int, *, max_shots: int | None = 100, cost: float = 0.0, **kw: object
+    shots: int,
+    *,
+    max_shots: int | None = 100,
+    cost: float = 0.0,
+    priced: bool = True,
+    **kw: object,
 ) -> QuotaCharge:
     period = period_at(T0, 60.0)
     return QuotaCharge(
@@ -220,6 +225,7 @@ def charge(
         shots=shots,
         cost=cost,
         cost_unit="USD",
+        priced=priced,
         max_shots=max_shots,
         **kw,  # type: ignore[arg-type]
     )
@@ -339,6 +345,21 @@ async def test_cost_quota_and_queued_job_limit(store: SqliteStore) -> None:
         await store.create_job(new_job(charge(1, max_shots=None, max_queued_jobs=1)))
     assert queued.value.reason == "TENANT_QUEUE_FULL"
     assert queued.value.retry_after is not None
+
+
+async def test_a_job_priced_only_per_second_is_refused_once_the_cost_quota_is_spent(
+    store: SqliteStore,
+) -> None:
+    # Its estimate is 0 (per-second prices are known after the run): it passes while some of
+    # the quota is left, and not once none is, however many such jobs were admitted before.
+    timed = charge(1, max_shots=None, cost=0.0, max_cost=1.0)
+    await store.create_job(new_job(timed))
+    await store.create_job(new_job(charge(1, max_shots=None, cost=1.0, max_cost=1.0)))
+    with pytest.raises(ResourceExhausted) as spent:
+        await store.create_job(new_job(timed))
+    assert spent.value.reason == "COST_QUOTA_EXCEEDED"
+    # A backend that charges nothing in the quota's unit is not held back by it.
+    await store.create_job(new_job(charge(1, max_shots=None, priced=False, max_cost=1.0)))
 
 
 # --------------------------------------------------------------------- AdminService tenants
