@@ -175,6 +175,20 @@ class RunnerStep:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 60.0)
 
+    async def _after_uncertain_submit(
+        self, runtime: BackendRuntime, job: Job, err: ExecutionError
+    ) -> RunHandle | None:
+        """The provider's handle on a job whose submit failed for a reason that may have come
+        after the provider created it (a lost answer, a timeout), found by the job's id; None
+        when the provider does not have it. Failing it unlooked-for would leave a job running
+        and billing that nobody follows, and a client retrying would pay twice."""
+        log.warning("job %s: submit failed (%s); looking for it at the provider", job.id, err)
+        try:
+            return await self._reattach(runtime, job)
+        except ExecutionError as lookup:
+            log.warning("job %s: the provider could not be asked (%s)", job.id, lookup)
+            return None
+
     async def _submit(
         self, runtime: BackendRuntime, running: RunningJob, prepared: PreparedJob
     ) -> tuple[RunHandle, Job] | None:
@@ -198,9 +212,14 @@ class RunnerStep:
             except ExecutionError as err:
                 if err.kind is FailureKind.CREDENTIALS:
                     await self._requeue(runtime, running, job, err)
-                else:
+                    return None
+                found = None
+                if err.kind is FailureKind.TRANSIENT:
+                    found = await self._after_uncertain_submit(runtime, job, err)
+                if found is None:
                     await self._failed(runtime, running, job, err, None)
-                return None
+                    return None
+                handle = found
             started = await self._t.running(job, handle.remote_id)
             if started is None:  # cancelled while it was being submitted
                 await runner.cancel(handle)

@@ -169,8 +169,10 @@ c = measure q;
 class FakeBraket:
     """AwsSession, the braket client and the s3 client in one: records what the runner asks."""
 
-    def __init__(self, refuse_create: int | None = None) -> None:
+    def __init__(self, refuse_create: int | None = None, lose_answer: int | None = None) -> None:
         self.refuse_create = refuse_create
+        # This create makes its task, then its answer is lost (a transient error).
+        self.lose_answer = lose_answer
         self.tasks: dict[str, dict[str, Any]] = {}
         self.creates: list[dict[str, Any]] = []
         self.cancelled: list[str] = []
@@ -184,6 +186,8 @@ class FakeBraket:
             raise _client_error("ValidationException", 400)
         arn = f"arn:aws:braket:us-east-1:1:quantum-task/{len(self.creates)}"
         self.tasks[arn] = {"quantumTaskArn": arn, "status": "QUEUED", "tags": kwargs["tags"]}
+        if len(self.creates) - 1 == self.lose_answer:
+            raise _client_error("InternalServiceException", 500)
         return arn
 
     def cancel_quantum_task(self, arn: str) -> None:
@@ -239,6 +243,35 @@ async def test_a_refused_create_cancels_the_tasks_the_job_already_has() -> None:
     assert fake.creates[0]["tags"]["qgateway:job-name"] == f"jobs/{job.id}"
     assert fake.cancelled == list(fake.tasks)  # the one task it had
     assert f"results/gw/qgateway/{job.id}.json" in fake.objects  # the plan went first
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lost", [0, 1, 2])
+async def test_a_create_whose_answer_was_lost_is_found_by_tag_never_left_running(
+    lost: int,
+) -> None:
+    # Three tasks; one create makes its task and then fails transiently (retries spent).
+    adapter = _cloud_adapter()
+    bindings = Bindings(("theta",), (3,), np.array([[0.0], [1.0], [2.0]]))
+    spec = JobSpec(
+        backend="sv1",
+        pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, SWEEP), bindings, 8),),
+    )
+    fake = FakeBraket(lose_answer=lost)
+    job = _job()
+    runner = _runner(fake)
+    if lost == 2:
+        # The last create: Braket has every task, so the job runs on them.
+        handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
+        assert handle.remote_id == " ".join(fake.tasks) and fake.cancelled == []
+        return
+    with pytest.raises(ExecutionError) as failed:
+        await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
+    # Every task Braket has for the job is cancelled, the one whose answer was lost too; the
+    # job fails for good (its client tokens name cancelled tasks now).
+    assert sorted(fake.cancelled) == sorted(fake.tasks)
+    assert len(fake.tasks) == lost + 1
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
 
 
 @pytest.mark.anyio

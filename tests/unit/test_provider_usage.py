@@ -183,3 +183,39 @@ async def test_a_submit_refused_for_the_key_queues_the_job_again_and_counts_for_
         assert runner.submitted == [job.id]
     finally:
         await core.manager.close()
+
+
+class LostAnswerRunner(ScriptedRunner):
+    """A provider whose next create answers with a transient error: after it made the job
+    (the answer was lost) or before (it never arrived)."""
+
+    created_then_lost: bool = True
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        if self.created_then_lost:
+            await super().submit(prepared, job)
+        raise ExecutionError("PROVIDER_ERROR", "read timed out", kind=FailureKind.TRANSIENT)
+
+
+@pytest.mark.parametrize("created", [True, False])
+async def test_a_submit_whose_answer_was_lost_is_looked_up_before_the_job_fails(
+    store: SqliteStore, created: bool
+) -> None:
+    runner = LostAnswerRunner(slots=1, model=ExecutionModel.REMOTE)
+    runner.created_then_lost = created
+    core = await build_core(store, "memory", {"qpu": runner})
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        if created:
+            # The provider has it: followed under its provider id, never submitted again.
+            running = await core.until("alice", job.id, "RUNNING")
+            assert running.remote_id == f"r-{job.id}"
+            assert runner.reattached == [job.id] and runner.submitted == [job.id]
+            runner.succeed(job.id)
+            await core.until("alice", job.id, "SUCCEEDED")
+        else:
+            failed = await core.until("alice", job.id, "FAILED")
+            assert failed.error is not None and failed.error.reason == "PROVIDER_ERROR"
+            assert runner.reattached == [] and runner.remote == {}
+    finally:
+        await core.manager.close()

@@ -403,10 +403,20 @@ class BraketCloudRunner(Runner):
             try:
                 arns.append(await self._thread(functools.partial(self._retrying, make, rated=True)))
             except ExecutionError as err:
+                made = arns
+                if err.kind is FailureKind.TRANSIENT:
+                    # The create may have happened with its answer lost: the tasks Braket has
+                    # under the job's tags are the truth.
+                    found = await self._tasks_found(job)
+                    if len(found) == len(specs):
+                        log.info("job %s: every Braket task was created after all", job.id)
+                        return BraketCloudHandle(job.id, [found[i] for i in range(len(specs))])
+                    made = sorted(set(arns) | set(found.values()))
                 # The job fails: the tasks it already has would run (and be paid) for nothing.
-                await self._cancel_quietly(job.id, arns)
-                if err.kind is FailureKind.CREDENTIALS and arns:
-                    # Not queued again: its client tokens now name cancelled tasks.
+                await self._cancel_quietly(job.id, made)
+                if made and err.kind in (FailureKind.CREDENTIALS, FailureKind.TRANSIENT):
+                    # Neither queued again nor looked up: its client tokens now name cancelled
+                    # tasks.
                     raise ExecutionError(
                         err.reason,
                         err.message,
@@ -607,7 +617,29 @@ class BraketCloudRunner(Runner):
             if _error_code(exc) not in ("ConflictException", "ResourceNotFoundException"):
                 raise
 
+    async def _tasks_found(self, job: Job) -> dict[int, str]:
+        """The job's tasks Braket has, by index, found by its tags ({} when it cannot say)."""
+        try:
+            found, _ = await self._thread(
+                lambda: self._retrying(lambda: self._tagged(job), following=True)
+            )
+        except ExecutionError as exc:
+            log.warning("job %s: could not look for its Braket tasks: %s", job.id, exc)
+            return {}
+        return found
+
     def _search(self, job: Job) -> list[str] | None:
+        """Every task of the job, in order, or None when Braket does not have them all."""
+        found, total = self._tagged(job)
+        if total is None or len(found) < total:
+            # Missing tasks are created by `submit` under the same client tokens, which
+            # returns the ones Braket already has.
+            return None
+        return [found[i] for i in range(total)]
+
+    def _tagged(self, job: Job) -> tuple[dict[int, str], int | None]:
+        """The job's tasks Braket has, by index, and how many it has in all (None when none
+        was found), searched by the job's tags."""
         since = (job.created_at - _SEARCH_SLACK).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         filters = [
             {"name": "deviceArn", "operator": "EQUAL", "values": [self.settings.device_arn]},
@@ -622,7 +654,9 @@ class BraketCloudRunner(Runner):
         # first, the same bounded number of pages.
         return self._search_with(job, filters[:1])
 
-    def _search_with(self, job: Job, filters: list[dict[str, Any]]) -> list[str] | None:
+    def _search_with(
+        self, job: Job, filters: list[dict[str, Any]]
+    ) -> tuple[dict[int, str], int | None]:
         braket = self._clients().braket
         found: dict[int, str] = {}
         total: int | None = None
@@ -641,11 +675,7 @@ class BraketCloudRunner(Runner):
             token = page.get("nextToken")
             if not token or (total is not None and len(found) >= total):
                 break
-        if total is None or len(found) < total:
-            # Missing tasks are created by `submit` under the same client tokens, which
-            # returns the ones Braket already has.
-            return None
-        return [found[i] for i in range(total)]
+        return found, total
 
     async def _follow(self, job_id: str, arn: str) -> str:
         """Polls one task until it is final; its results.json text."""
