@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,9 @@ INLINE_ENCODE_BYTES = 64 << 10
 # a job that ran this briefly is seen going from QUEUED to its end, its history and start
 # time complete. A simulator job interrupted by a crash is re-queued either way.
 RUNNING_WRITE_DELAY_S = 0.05
+# Cancels of a provider job nobody follows (cancelled while it was being submitted): asked this
+# many times, with back-off, before it is given up with an error in the log.
+STOP_ATTEMPTS_UNFOLLOWED = 5
 
 Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
 
@@ -175,6 +179,43 @@ class RunnerStep:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 60.0)
 
+    async def _stop(
+        self,
+        runtime: BackendRuntime,
+        handle: RunHandle,
+        waiting: asyncio.Future[ExecutionOutcome] | None,
+    ) -> None:
+        """Cancels the job on its runner. A provider that could not be told (out of reach,
+        throttling) is asked again with back-off while the job is followed (`waiting`), or a
+        few times (nothing follows it): a job left running bills for nothing."""
+        backoff = runtime.settings.remote_retry_s
+        for attempt in itertools.count(1):
+            try:
+                await runtime.runner.cancel(handle)
+                return
+            except ExecutionError as err:
+                if waiting is None and attempt >= STOP_ATTEMPTS_UNFOLLOWED:
+                    log.error(
+                        "job %s: the provider was not told to cancel %s (%s); it may still run",
+                        handle.job_id,
+                        handle.remote_id,
+                        err,
+                    )
+                    return
+                log.warning(
+                    "job %s: cancel did not reach the provider (%s); asking again in %gs",
+                    handle.job_id,
+                    err,
+                    backoff,
+                )
+            if waiting is None:
+                await asyncio.sleep(backoff)
+            else:
+                await asyncio.wait({waiting}, timeout=backoff)
+                if waiting.done():  # it ended meanwhile: nothing left to cancel
+                    return
+            backoff = min(backoff * 2, 60.0)
+
     async def _after_uncertain_submit(
         self, runtime: BackendRuntime, job: Job, err: ExecutionError
     ) -> RunHandle | None:
@@ -222,7 +263,7 @@ class RunnerStep:
                 handle = found
             started = await self._t.running(job, handle.remote_id)
             if started is None:  # cancelled while it was being submitted
-                await runner.cancel(handle)
+                await self._stop(runtime, handle, None)
                 await self._no_longer_queued(runtime, running)
                 return None
             return handle, started
@@ -386,7 +427,7 @@ class RunnerStep:
         if not waiting.done():
             # Cancellation and time limits reach the backend: the worker is killed, the
             # provider job cancelled.
-            await runner.cancel(handle)
+            await self._stop(runtime, handle, waiting)
             outcome = await asyncio.gather(waiting, return_exceptions=True)
             if not isinstance(outcome[0], BaseException):  # it finished first after all
                 await self._succeeded(runtime, running, started, outcome[0], prepared, t0)

@@ -219,3 +219,38 @@ async def test_a_submit_whose_answer_was_lost_is_looked_up_before_the_job_fails(
             assert runner.reattached == [] and runner.remote == {}
     finally:
         await core.manager.close()
+
+
+class StubbornRunner(ScriptedRunner):
+    """A provider that cannot be reached for the next `refusals` cancels."""
+
+    refusals: int = 0
+    cancel_calls: int = 0
+
+    async def cancel(self, handle: RunHandle) -> None:
+        self.cancel_calls += 1
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise ExecutionError("PROVIDER_ERROR", "503", kind=FailureKind.TRANSIENT)
+        await super().cancel(handle)
+
+
+async def test_a_cancel_the_provider_did_not_hear_is_asked_again_until_it_does(
+    store: SqliteStore,
+) -> None:
+    # Before: the failed cancel ended the job FAILED INTERNAL_ERROR and the provider's job
+    # went on running (and billing).
+    runner = StubbornRunner(slots=1, model=ExecutionModel.REMOTE)
+    runner.refusals = 2
+    core = await build_core(store, "memory", {"qpu": runner})
+    runtime = core.backends["qpu"]
+    runtime.settings = dataclasses.replace(runtime.settings, remote_retry_s=0.01)
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        await core.until("alice", job.id, "RUNNING")
+        await core.manager.cancel("alice", job.id)
+        cancelled = await core.until("alice", job.id, "CANCELLED")
+        assert cancelled.error is None
+        assert runner.cancel_calls == 3 and runner.cancelled == [job.id]
+    finally:
+        await core.manager.close()
