@@ -83,8 +83,11 @@ class RunnerStep:
             await self._run(runtime, running)
         except asyncio.CancelledError:
             # The gateway is closing: the job stays where it is and is recovered (re-queued or
-            # re-attached) at the next start.
+            # re-attached) at the next start. Its claim is left to lapse, not ended: a shared
+            # store hands an unclaimed job that is not QUEUED to nobody, so ending the claim
+            # left it RUNNING (or CANCELLING) for ever.
             runtime.breaker.release(running.permit)
+            running.released = True
             raise
         except Exception:
             log.exception("job %s: unexpected failure", job.id)
@@ -129,8 +132,9 @@ class RunnerStep:
 
     async def _run(self, runtime: BackendRuntime, running: RunningJob) -> None:
         job = running.claim.job
-        if job.state is JobState.CANCELLING and job.remote_id is None:
-            # Its holder died while stopping a job that cannot be re-attached.
+        cancelling = job.state is JobState.CANCELLING
+        if cancelling and job.remote_id is None and runtime.runner.model is ExecutionModel.LOCAL:
+            # Its holder died while stopping a local run, which died with it.
             runtime.breaker.release(running.permit)
             await self._t.finish(job, JobState.CANCELLED)
             return
@@ -138,11 +142,16 @@ class RunnerStep:
         started: Job | None = None
         if job.state is not JobState.QUEUED:
             # Recovered after a restart, or a claim whose holder died: the backend may already
-            # have the job. Never submit what it has.
+            # have the job. Never submit what it has. A job cancelled while it was being
+            # submitted is looked up too: the provider may have it, and it must be stopped.
             try:
                 handle = await self._reattach(runtime, job)
             except ExecutionError as err:
                 await self._failed(runtime, running, job, err, None)
+                return
+            if handle is None and cancelling:
+                runtime.breaker.release(running.permit)
+                await self._t.finish(job, JobState.CANCELLED)
                 return
             if handle is not None:
                 started = job

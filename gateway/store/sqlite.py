@@ -703,8 +703,10 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         A job without a remote id ran in a worker that is gone: CANCELLING -> CANCELLED (a
         cancel accepted before the restart stands; ended at `now`, never run again) and
         RUNNING -> QUEUED (started_at cleared: a queued job has not started its next attempt;
-        attempts kept, so running again counts another). Jobs with a remote id, and SUBMITTING
-        ones, keep their state for the runner to re-attach. Every claim lease is cleared.
+        attempts kept, so running again counts another). Jobs with a remote id, SUBMITTING
+        ones, and CANCELLING ones that were SUBMITTING (a provider may have the job without
+        its id stored) keep their state for the runner to re-attach. Every claim lease is
+        cleared.
 
         Returns:
             Every non-final job, oldest first (create time, then id).
@@ -714,7 +716,9 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         def op(conn: sqlite3.Connection) -> list[Job]:
             cancelled = conn.execute(
                 f"UPDATE jobs SET state = 'CANCELLED', ended_at = ?, {_ENTER_STATE}"
-                " WHERE state = 'CANCELLING' AND remote_id IS NULL RETURNING id",
+                " WHERE state = 'CANCELLING' AND remote_id IS NULL AND NOT EXISTS (SELECT 1"
+                " FROM json_each(state_history) WHERE json_extract(value, '$[0]') = 'SUBMITTING')"
+                " RETURNING id",
                 (now_us, *_entering(JobState.CANCELLED, now_us)),
             ).fetchall()
             for (job_id,) in cancelled:

@@ -612,7 +612,14 @@ async def test_recover_ends_cancelling_jobs_and_requeues_running_ones(store: Sto
 
 
 async def test_recover_keeps_remote_and_submitting_jobs_for_reattach(store: Store) -> None:
-    ids = ["remote-running", "remote-cancelling", "submitting", "local-running", "queued"]
+    ids = [
+        "remote-running",
+        "remote-cancelling",
+        "submitting",
+        "cancelled-while-submitting",
+        "local-running",
+        "queued",
+    ]
     for i, job_id in enumerate(ids):
         await store.create_job(new_job(job_id=job_id, created_at=T0 + i * SECOND))
     await store.mark_submitting("remote-running", T0)
@@ -620,6 +627,9 @@ async def test_recover_keeps_remote_and_submitting_jobs_for_reattach(store: Stor
     await store.mark_running("remote-cancelling", T0 + SECOND, remote_id="p-2")
     await store.mark_cancelling("remote-cancelling", T0 + 2 * SECOND)
     await store.mark_submitting("submitting", T0 + SECOND)
+    # The provider may have it, its id not stored yet: the runner looks it up to cancel it.
+    await store.mark_submitting("cancelled-while-submitting", T0 + SECOND)
+    await store.mark_cancelling("cancelled-while-submitting", T0 + 2 * SECOND)
     await store.mark_running("local-running", T0 + SECOND)
 
     recovered = await store.recover(T0 + 10 * SECOND)
@@ -627,6 +637,7 @@ async def test_recover_keeps_remote_and_submitting_jobs_for_reattach(store: Stor
         ("remote-running", JobState.RUNNING, "p-1"),
         ("remote-cancelling", JobState.CANCELLING, "p-2"),
         ("submitting", JobState.SUBMITTING, None),
+        ("cancelled-while-submitting", JobState.CANCELLING, None),
         ("local-running", JobState.QUEUED, None),
         ("queued", JobState.QUEUED, None),
     ]

@@ -254,3 +254,41 @@ async def test_a_cancel_the_provider_did_not_hear_is_asked_again_until_it_does(
         assert runner.cancel_calls == 3 and runner.cancelled == [job.id]
     finally:
         await core.manager.close()
+
+
+class UnansweredSubmitRunner(ScriptedRunner):
+    """A provider that makes the job and never answers the submit."""
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        self.submitted.append(job.id)
+        self.remote[f"r-{job.id}"] = job.id
+        self.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("kind", ["memory", "store"])
+async def test_a_job_cancelled_while_being_submitted_is_cancelled_at_the_provider_after_a_restart(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # Before: recovery (or the next claimer) ended it CANCELLED without asking the provider,
+    # which went on running the job.
+    runner = UnansweredSubmitRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, kind, {"qpu": runner})
+    job = await core.submit("alice", spec("qpu"))
+    await asyncio.wait_for(runner.started.wait(), 5)
+    await core.manager.cancel("alice", job.id)
+    await went(core, job.id, ["QUEUED", "SUBMITTING", "CANCELLING"])
+    await core.manager.close()  # the gateway dies with the submit unanswered
+    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
+    core2 = await build_core(store, kind, {"qpu": again}, clock=core.clock)
+    try:
+        if kind == "store":  # the dead holder's lease lapses
+            core2.clock.advance(31)
+            core2.backends["qpu"].wake.set()
+        cancelled = await core2.until("alice", job.id, "CANCELLED")
+        assert cancelled.error is None
+        assert again.reattached == [job.id] and again.cancelled == [job.id]
+        assert again.submitted == []
+    finally:
+        await core2.manager.close()
