@@ -317,6 +317,25 @@ class SessionQueue:
 # ---------------------------------------------------------------------------- the core
 
 
+def _check_accepts(session: Session, spec: JobSpec) -> None:
+    """SESSION_CLOSED, or SESSION_BACKEND_MISMATCH for a job naming another backend, its
+    fallback backend included: a session's jobs run on its backend, one at a time, and a job
+    placed on a fallback would run beside the session's others, outside its order."""
+    if not session.state.accepts_jobs:
+        raise domain.session_closed(session)
+    for backend in (spec.backend, spec.options.fallback_backend):
+        if backend and backend != session.backend:
+            raise domain.session_backend_mismatch(session, backend)
+
+
+@dataclass(eq=False)
+class _SessionLock:
+    """One session's lock, and how many calls hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     """server.max_sessions_per_tenant, server.session_max_ttl_s, server.session_idle_ttl_s."""
@@ -387,7 +406,7 @@ class SessionCore:
         # Sessions that must not start another job (ended, or failing under ABORT).
         self._halted: set[str] = set()
         self._loaded = False
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _SessionLock] = {}
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -446,9 +465,20 @@ class SessionCore:
 
     @contextlib.asynccontextmanager
     async def _locked(self, session_id: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            yield
+        # Kept only while someone holds or waits for it: any well-formed id reaches here
+        # before the session is looked up, and a lock per id ever named would grow without
+        # bound.
+        entry = self._locks.get(session_id)
+        if entry is None:
+            entry = self._locks[session_id] = _SessionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[session_id]
 
     # ------------------------------------------------------------------ queries
 
@@ -529,10 +559,7 @@ class SessionCore:
             session = self._open.get(session_id)
             if session is None or session.tenant != tenant:
                 session = await self.get(tenant, session_id)
-            if not session.state.accepts_jobs:
-                raise domain.session_closed(session)
-            if spec.backend != session.backend:
-                raise domain.session_backend_mismatch(session, spec.backend)
+            _check_accepts(session, spec)
             outcome = await self._manager.submit(
                 tenant, request_id, spec, spec_bytes, digest, position=position
             )
@@ -542,11 +569,7 @@ class SessionCore:
 
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
         """What `submit` checks of the session before admitting a job (validate_only)."""
-        session = await self.get(tenant, spec.session)
-        if not session.state.accepts_jobs:
-            raise domain.session_closed(session)
-        if spec.backend != session.backend:
-            raise domain.session_backend_mismatch(session, spec.backend)
+        _check_accepts(await self.get(tenant, spec.session), spec)
 
     async def close_session(self, tenant: str, session_id: str) -> Session:
         """CloseSession: no more jobs; CLOSING until its jobs are done, then CLOSED."""
@@ -671,7 +694,12 @@ class SessionCore:
         if saved.state.is_final:
             self._open.pop(saved.id, None)
             self._work.pop(saved.id, None)
-            self._halted.add(saved.id)
+            # Not open is halted once the open sessions are loaded: every ended session kept
+            # here would grow the set for the life of the process.
+            if self._loaded:
+                self._halted.discard(saved.id)
+            else:
+                self._halted.add(saved.id)
             await self._close_provider_session(saved)
         else:
             self._open[saved.id] = saved

@@ -405,6 +405,34 @@ async def test_a_tenant_sees_only_its_sessions(store: SqliteStore) -> None:
         with pytest.raises(GatewayError) as other_backend:
             await core.submit("alice", replace(spec("nope"), session=s.id))
         assert other_backend.value.reason == "SESSION_BACKEND_MISMATCH"
+        # A fallback would run the job beside the session's others, on another backend.
+        with pytest.raises(GatewayError) as fallback:
+            await core.submit("alice", replace(spec("sim", fallback_backend="sim2"), session=s.id))
+        assert fallback.value.reason == "SESSION_BACKEND_MISMATCH"
+        assert fallback.value.metadata["backend"] == "backends/sim2"
+        with pytest.raises(GatewayError):
+            await core.sessions.check_accepts(
+                "alice", replace(spec("sim", fallback_backend="sim2"), session=s.id)
+            )
+    finally:
+        await core.close()
+
+
+async def test_named_sessions_leave_no_state_behind(store: SqliteStore) -> None:
+    # Every well-formed session id reaches the session's lock before the lookup: a lock kept
+    # per id ever named grew without bound; so did the set of ended sessions.
+    core = await build(store)
+    try:
+        for n in range(50):
+            made_up = f"s{n:031d}"
+            with pytest.raises(GatewayError):
+                await core.sessions.close_session("alice", made_up)
+            with pytest.raises(GatewayError):
+                await core.sessions.cancel_session("alice", made_up)
+        s = await core.create()
+        await core.sessions.cancel_session("alice", s.id)
+        assert core.sessions.halted(s.id)  # ended: still never starts a job
+        assert core.sessions._locks == {} and core.sessions._halted == set()
     finally:
         await core.close()
 
