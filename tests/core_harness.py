@@ -262,6 +262,7 @@ async def build_core(
     max_run_time_s: float = 3600.0,
     max_queued_jobs: int = 100,
     lease_s: float = 30.0,
+    schedule: bool = True,
 ) -> Core:
     clock = clock or Clock()
     backends = {
@@ -294,5 +295,5 @@ async def build_core(
         hooks=Hooks([recorder]),
         clock=clock,
     )
-    await manager.start()
+    await manager.start(schedule=schedule)
     return Core(manager, store, clock, runners, recorder, backends)

@@ -365,10 +365,13 @@ class JobManager:
         running = None if runtime is None else runtime.running.get(job_id)
         if running is None:
             removed = runtime is not None and await runtime.queue.remove(job_id, tenant)
-            if runtime is not None and not removed and not runtime.queue.queues_before_commit:
+            held = not runtime.queue.queues_before_commit if runtime is not None else False
+            if runtime is not None and not removed and (held or job.state is not JobState.QUEUED):
                 # Claimed by another process sharing the store's queue: that holder stops it
                 # when it next renews its claim; if it died, whoever claims the job next ends
-                # it CANCELLED. Finishing it here would leave its worker running.
+                # it CANCELLED. Or a provider job recovered at start whose runner step has not
+                # started yet: it re-attaches and cancels it at the provider. Finishing it
+                # here would leave its worker, or the provider's job, running.
                 marked = await self._transitions.cancelling(job)
                 if marked is not None:
                     return marked

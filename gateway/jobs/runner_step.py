@@ -132,6 +132,13 @@ class RunnerStep:
 
     async def _run(self, runtime: BackendRuntime, running: RunningJob) -> None:
         job = running.claim.job
+        if job.state is not JobState.QUEUED:
+            # Recovered or re-claimed: it may have been cancelled since it was read.
+            current = await self._t.store.get_job(job.id)
+            if current is None or current.state.is_final:
+                runtime.breaker.release(running.permit)
+                return
+            job = current
         cancelling = job.state is JobState.CANCELLING
         if cancelling and job.remote_id is None and runtime.runner.model is ExecutionModel.LOCAL:
             # Its holder died while stopping a local run, which died with it.

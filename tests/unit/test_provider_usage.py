@@ -292,3 +292,26 @@ async def test_a_job_cancelled_while_being_submitted_is_cancelled_at_the_provide
         assert again.submitted == []
     finally:
         await core2.manager.close()
+
+
+async def test_a_recovered_provider_job_cancelled_before_scheduling_starts_is_cancelled_there(
+    store: SqliteStore,
+) -> None:
+    # A session whose TTL passed while the gateway was down cancels its jobs at start, before
+    # the recovered ones' runner steps start. Before: such a job was finished CANCELLED unasked
+    # while the provider ran it; its step then re-attached and followed it to its end.
+    runner = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner})
+    job = await core.submit("alice", spec("qpu"))
+    await core.until("alice", job.id, "RUNNING")
+    await core.manager.close()
+    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
+    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock, schedule=False)
+    try:
+        marked = await core2.manager.cancel("alice", job.id)
+        assert marked.state is JobState.CANCELLING
+        core2.manager.start_scheduling()
+        await core2.until("alice", job.id, "CANCELLED")
+        assert again.reattached == [job.id] and again.cancelled == [job.id]
+    finally:
+        await core2.manager.close()
