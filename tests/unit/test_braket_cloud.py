@@ -100,6 +100,30 @@ def test_provider_errors_map_to_failure_kinds(
     assert error.metadata == {"providerJobId": "arn:task", "providerErrorCode": code}
 
 
+def test_clients_never_read_the_gateways_account_role_or_bucket() -> None:
+    from botocore.exceptions import ClientError
+
+    def error(code: str, status: int, message: str) -> Exception:
+        return ClientError(
+            {
+                "Error": {"Code": code, "Message": message},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            "CreateQuantumTask",
+        )
+
+    role = "arn:aws:sts::123456789012:assumed-role/qgw-prod/i-0abc"
+    denied = classify(error("AccessDeniedException", 403, f"User: {role} is not allowed"), "sv1")
+    assert denied.message == "backends/sv1: AccessDeniedException"
+    # A rejection of the job itself keeps AWS's reason, with ARNs and accounts masked.
+    rejected = classify(
+        error("ValidationException", 400, f"qubit count 40 exceeds 34 on {role} 123456789012"),
+        "sv1",
+    )
+    assert "qubit count 40 exceeds 34" in rejected.message
+    assert "123456789012" not in rejected.message and "qgw-prod" not in rejected.message
+
+
 def test_refused_credentials_while_following_a_task_are_transient() -> None:
     from botocore.exceptions import NoCredentialsError
 

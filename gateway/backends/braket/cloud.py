@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import pickle
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -268,7 +269,13 @@ def classify(
     if code:
         metadata["providerErrorCode"] = code
     kind_names = {cls.__name__ for cls in type(exc).__mro__}
-    text = f"backends/{name}: {type(exc).__name__}: {exc}"[:500]
+    log.info("backends/%s: Braket call failed: %s: %s", name, type(exc).__name__, exc)
+    # What clients read: AWS's text names the gateway's role, account and bucket
+    # ("arn:aws:sts::123456789012:assumed-role/..."), so only a rejection of the job itself
+    # keeps its text, with ARNs and account ids masked.
+    text = f"backends/{name}: {code or type(exc).__name__}"
+    if code in _CLIENT_ERROR_CODES:
+        text = f"{text}: {_masked(str(exc))}"[:500]
     if code in AUTH_ERROR_CODES or kind_names & _CREDENTIAL_ERRORS:
         metadata.setdefault("providerErrorCode", type(exc).__name__)
         kind = FailureKind.TRANSIENT if following else FailureKind.CREDENTIALS
@@ -280,6 +287,14 @@ def classify(
             "PROVIDER_REJECTED", text, kind=FailureKind.CLIENT_ERROR, metadata=metadata
         )
     return ExecutionError("PROVIDER_ERROR", text, kind=FailureKind.BACKEND_FAULT, metadata=metadata)
+
+
+_ARN = re.compile(r"arn:aws[\w-]*:[^\s'\"]*")
+_ACCOUNT = re.compile(r"\b\d{12}\b")
+
+
+def _masked(text: str) -> str:
+    return _ACCOUNT.sub("<account>", _ARN.sub("<arn>", text))
 
 
 def _error_code(exc: BaseException) -> str:
