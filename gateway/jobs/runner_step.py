@@ -361,11 +361,17 @@ class RunnerStep:
         # The job's own max_execution_time, when it is the smaller limit, is the client's
         # choice: running past it says nothing about the backend (no breaker failure).
         run_limit = runtime.settings.max_run_time_s
-        own_limit = prepared.max_run_time_s if prepared is not None else None
+        if prepared is not None:
+            own_limit = prepared.max_run_time_s
+        else:  # re-attached: the limits count from its start, not from this process's
+            own_limit = await self._stored_own_limit(started)
         own_limit_applies = own_limit is not None and own_limit < run_limit
         if own_limit is not None and own_limit_applies:
             run_limit = own_limit
-        deadline = time.monotonic() + run_limit
+        ran_before = 0.0
+        if prepared is None and started.started_at is not None:
+            ran_before = max(0.0, (self._t.clock() - started.started_at).total_seconds())
+        deadline = time.monotonic() + run_limit - ran_before
         renew_every = runtime.settings.lease_s / 3
         write_running_at = time.monotonic() + RUNNING_WRITE_DELAY_S
         if runner.model is ExecutionModel.REMOTE:
@@ -618,6 +624,18 @@ class RunnerStep:
             started_at=running.unwritten_start,
             breaker=moved,
         )
+
+    async def _stored_own_limit(self, job: Job) -> float | None:
+        """The job's own max_execution_time, from its stored spec (a re-attached job has no
+        prepared job); None when it set none or the spec cannot be read."""
+        try:
+            spec_bytes = await self._t.store.get_spec(job.id)
+            if spec_bytes is None:
+                return None
+            return self._format.decode_spec(spec_bytes).options.max_execution_time_s
+        except Exception:  # the backend's own limit still applies
+            log.exception("job %s: its time limit could not be read from its stored spec", job.id)
+            return None
 
     async def _stored_shots(self, runtime: BackendRuntime, job: Job) -> int:
         """The shots of a job that has no prepared job (re-attached after a restart), from its

@@ -315,3 +315,23 @@ async def test_a_recovered_provider_job_cancelled_before_scheduling_starts_is_ca
         assert again.reattached == [job.id] and again.cancelled == [job.id]
     finally:
         await core2.manager.close()
+
+
+async def test_a_re_attached_job_keeps_its_time_limit_from_its_start(store: SqliteStore) -> None:
+    # Before: a re-attached job lost its own max_execution_time and got the backend's whole
+    # limit again at each restart, so rolling restarts kept a billing job running for ever.
+    runner = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner})
+    job = await core.submit("alice", spec("qpu", max_execution_time_s=100.0))
+    await core.until("alice", job.id, "RUNNING")
+    await core.manager.close()
+    core.clock.advance(150)  # down for longer than the job's own limit
+    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
+    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock)
+    try:
+        failed = await core2.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
+        assert "max_execution_time" in failed.error.message
+        assert again.reattached == [job.id] and again.cancelled == [job.id]
+    finally:
+        await core2.manager.close()
