@@ -3,6 +3,7 @@ reading the runtime's results into the gateway's."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,31 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
         runner._submit(payload, None, job)  # type: ignore[arg-type]
     assert info.value.kind is FailureKind.TRANSIENT
     assert len(creates) == runner.settings.retry_attempts
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_provider_call_that_never_answers_gives_up_transient(anyio_backend: str) -> None:
+    # The SDK reads GET and cancel answers without a read timeout: a stalled connection held
+    # the job's step, and its slot, for ever.
+    runner = cloud.IbmCloudRunner(
+        settings(retry_attempts=1, request_timeout_s=0.05, max_retry_backoff_s=0.05)
+    )
+    stalled = threading.Event()
+
+    def hang(job_id: str, remote_id: str | None) -> str | None:
+        stalled.wait(10)  # released when the test ends
+        return None
+
+    runner._find = hang  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1"})()
+    try:
+        with pytest.raises(ExecutionError) as info:
+            await runner.reattach(job, "r-1")  # type: ignore[arg-type]
+        assert info.value.kind is FailureKind.TRANSIENT
+        assert "did not answer within 0.1s" in info.value.message
+    finally:
+        stalled.set()
 
 
 def test_runtime_results_read_as_the_gateways() -> None:

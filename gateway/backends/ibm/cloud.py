@@ -391,7 +391,9 @@ class IbmCloudRunner(Runner):
         options = getattr(payload, "options", None)
         if not isinstance(inner, QiskitPayload):
             raise TypeError(f"not an IBM payload: {type(payload).__name__}")
-        remote_id = await self._run(lambda: self._submit(inner, options, job), self._calls)
+        remote_id = await self._run(
+            lambda: self._submit(inner, options, job), self._calls, bounded=False
+        )
         return IbmCloudHandle(job.id, remote_id)
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
@@ -711,8 +713,28 @@ class IbmCloudRunner(Runner):
 
     # ------------------------------------------------------------------------- plumbing
 
-    async def _run(self, fn: Callable[[], T], limiter: anyio.CapacityLimiter) -> T:
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+    async def _run(
+        self, fn: Callable[[], T], limiter: anyio.CapacityLimiter, *, bounded: bool = True
+    ) -> T:
+        """`fn` on a thread. `bounded`: given up (TRANSIENT) after every attempt's request
+        timeout and back-off: the SDK reads its GET and cancel answers without a read timeout,
+        and a stalled connection would hold the job's step (and its slot) for ever. The create
+        has its own long timeout and is not bounded here."""
+        if not bounded:
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+        settings = self.settings
+        limit = settings.retry_attempts * (
+            settings.request_timeout_s + settings.max_retry_backoff_s
+        )
+        try:
+            with anyio.fail_after(limit):
+                return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+        except TimeoutError:
+            raise ExecutionError(
+                "PROVIDER_ERROR",
+                f"backends/{self.name}: IBM Quantum did not answer within {limit:g}s",
+                kind=FailureKind.TRANSIENT,
+            ) from None
 
     def _call(self, fn: Callable[[], T], remote_id: str | None, *, attempts: int = 0) -> T:
         """One SDK call; transient failures retried (never a create: `attempts=1`), every
