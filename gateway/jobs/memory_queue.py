@@ -27,6 +27,10 @@ from gateway.jobs.queue_port import Claim, Clock
 class _Waiting:
     job: Job
     prepared: PreparedJob | None
+    # When its queue time is over: max_queue_time_s after its creation; for a session's job,
+    # after it was let in (it waited in its session's line before, bounded by the session's
+    # TTLs, and must not expire the moment its turn comes).
+    deadline: datetime
 
     @property
     def key(self) -> tuple[datetime, str]:
@@ -58,7 +62,7 @@ class MemoryQueue:
         self._lease = timedelta(seconds=lease_s)
         self._clock = clock
         # Per tenant, its waiting jobs in (create time, id) order: FIFO, and a job given back
-        # goes back to its place. Deadlines follow the same order, so only heads can expire.
+        # goes back to its place.
         self._lines: dict[str, deque[_Waiting]] = {}
         self._waiting: dict[str, _Waiting] = {}
         # Every claim handed out and not ended, live or lapsed.
@@ -78,7 +82,7 @@ class MemoryQueue:
         left as it is."""
         if job.id in self._waiting or job.id in self._claims:
             return
-        self._insert(_Waiting(job, prepared))
+        self._insert(self._waiting_item(job, prepared))
         self._changed.set()
 
     async def claim(self) -> Claim | None:
@@ -128,7 +132,7 @@ class MemoryQueue:
         if not self._claims.holds(claim):
             return
         self._claims.drop(claim.job.id)
-        self._insert(_Waiting(job or claim.job, claim.prepared))
+        self._insert(self._waiting_item(job or claim.job, claim.prepared))
         self._changed.set()
 
     async def remove(self, job_id: str, tenant: str) -> bool:
@@ -145,15 +149,20 @@ class MemoryQueue:
         return True
 
     async def take_expired(self) -> list[Job]:
-        """Removes and returns the waiting jobs whose deadline (create time +
-        max_queue_time_s) is now or past, oldest first."""
-        cutoff = self._clock() - self._max_queue
+        """Removes and returns the waiting jobs whose queue time is over (`_Waiting.deadline`),
+        oldest first."""
+        now = self._clock()
         out: list[_Waiting] = []
         for tenant in list(self._lines):
             line = self._lines[tenant]
-            while line and line[0].job.created_at <= cutoff:
-                out.append(line.popleft())
-            if not line:
+            expired = [item for item in line if item.deadline <= now]
+            if not expired:
+                continue
+            out.extend(expired)
+            kept = deque(item for item in line if item.deadline > now)
+            if kept:
+                self._lines[tenant] = kept
+            else:
                 del self._lines[tenant]
         for item in out:
             del self._waiting[item.job.id]
@@ -163,7 +172,7 @@ class MemoryQueue:
     async def next_wakeup(self) -> datetime | None:
         """The earliest queue deadline or lease expiry (in the past for a lapsed claim not yet
         handed out again); None when the queue holds nothing."""
-        times = [line[0].job.created_at + self._max_queue for line in self._lines.values()]
+        times = [item.deadline for item in self._waiting.values()]
         times.extend(c.lease_expires_at for c in self._claims.claims())
         return min(times, default=None)
 
@@ -194,6 +203,10 @@ class MemoryQueue:
         return self._live_claims(self._clock())
 
     # ------------------------------------------------------------------ internals
+
+    def _waiting_item(self, job: Job, prepared: PreparedJob | None) -> _Waiting:
+        start = max(job.created_at, self._clock()) if job.session else job.created_at
+        return _Waiting(job, prepared, start + self._max_queue)
 
     def _insert(self, item: _Waiting) -> None:
         line = self._lines.setdefault(item.job.tenant, deque())

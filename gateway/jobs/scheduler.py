@@ -97,8 +97,14 @@ class Scheduler:
             self.start_job(claim, permit)
 
     def _past_deadline(self, job: Job) -> bool:
+        # A session's job is bounded by its session's TTLs (and its queue time counts from
+        # when its turn came, MemoryQueue), not from its creation.
         limit = timedelta(seconds=self._rt.settings.max_queue_time_s)
-        return job.state is JobState.QUEUED and self._t.clock() >= job.created_at + limit
+        return (
+            job.state is JobState.QUEUED
+            and not job.session
+            and self._t.clock() >= job.created_at + limit
+        )
 
     async def _wait(self, timeout: float | None = None) -> None:
         """Waits for the wake event, `timeout`, or the queue's next deadline; then fails the

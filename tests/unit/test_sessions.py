@@ -266,6 +266,25 @@ async def test_a_sessions_jobs_run_one_at_a_time_in_order_beside_other_jobs(
         await core.close()
 
 
+async def test_a_held_session_job_queue_time_counts_from_its_turn(store: SqliteStore) -> None:
+    # The job before it runs longer than the backend's queue time (3600 s here): the next one
+    # waited in its session's line, not in the queue, and must not expire when its turn comes.
+    core = await build(store, slots=2)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s, "j0"))
+        second = await core.submit("alice", session_spec(s, "j1"))
+        await core.until("alice", first.id, "RUNNING")
+        core.clock.advance(4000)
+        core.runner.succeed(first.id)
+        await core.until("alice", first.id, "SUCCEEDED")
+        await core.until("alice", second.id, "RUNNING")
+        core.runner.succeed(second.id)
+        await core.until("alice", second.id, "SUCCEEDED")
+    finally:
+        await core.close()
+
+
 async def test_close_drains_and_refuses_new_jobs_with_session_closed(store: SqliteStore) -> None:
     core = await build(store)
     try:
