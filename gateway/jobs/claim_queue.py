@@ -79,6 +79,9 @@ class ClaimQueue:
             self._prepared[job.id] = (next(self._puts), prepared)
         self._changed.set()
 
+    def adopt(self, job: Job) -> None:
+        """Nothing to do: a shared store recovers nothing at start (claims lapse instead)."""
+
     async def claim(self) -> Claim | None:
         """store.claim_next under this queue's owner: a lapsed claim's job first, else the
         fair choice; None when nothing is claimable now."""

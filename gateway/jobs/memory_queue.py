@@ -85,6 +85,9 @@ class MemoryQueue:
         self._insert(self._waiting_item(job, prepared))
         self._changed.set()
 
+    def adopt(self, job: Job) -> None:
+        """Nothing here waits for a job recovered in flight."""
+
     async def claim(self) -> Claim | None:
         """The next job: a lapsed claim's job first (oldest first), else the fair choice among
         the waiting tenants; None when there is nothing."""

@@ -64,6 +64,11 @@ class JobQueue(Protocol):
     async def put(self, job: Job, prepared: PreparedJob | None) -> None:
         """Queues a job the store already holds as QUEUED (admission, or recovery at start)."""
 
+    def adopt(self, job: Job) -> None:
+        """A job recovered in flight at start (a provider job re-attached) runs outside the
+        queue, under a claim that `done` ends: jobs that must follow it (its session's next
+        ones) wait for that."""
+
     async def claim(self) -> Claim | None:
         """The next job, fair across tenants, leased to this queue's holder; None when there
         is nothing to claim now. Expired claims of dead holders are claimable again."""

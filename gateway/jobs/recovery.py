@@ -54,5 +54,6 @@ async def recover(
         # (and, for CANCELLING, cancels at the provider).
         log.info("job %s: re-attaching (%s, remote id %s)", job.id, job.state.value, job.remote_id)
         lease = transitions.clock() + timedelta(days=3650)
+        runtime.queue.adopt(job)
         adopt(runtime, Claim(job, None, RECOVERY_OWNER, lease))
     return jobs

@@ -223,6 +223,16 @@ class SessionQueue:
             self._inner_out.add(claim.job.id)
         return claim
 
+    def adopt(self, job: Job) -> None:
+        """A session's job recovered in flight is its session's current one: the next waits
+        for its end instead of running beside it."""
+        self.inner.adopt(job)
+        if not job.session:
+            return
+        line = self._lines.get(job.session) or self._open_line(job.session, job.tenant)
+        if line.current is None:
+            line.current = job.id
+
     async def renew(self, claim: Claim) -> Claim | None:
         if claim.job.id in self._own:
             return self._own[claim.job.id]

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 
+from gateway.backends.runner import ExecutionModel
 from gateway.domain import sessions as domain
 from gateway.domain.errors import Code, GatewayError
 from gateway.domain.failures import FailureKind
@@ -197,9 +198,10 @@ async def build(
     slots: int = 3,
     clock: Clock | None = None,
     limits: SessionLimits | None = None,
+    runner: ScriptedRunner | None = None,
 ) -> SessionsCore:
     clock = clock or Clock()
-    runner = ScriptedRunner(slots=slots)
+    runner = runner or ScriptedRunner(slots=slots)
     runtime = BackendRuntime(
         name="sim",
         adapter=(adapter := EchoAdapter(context("sim"))),
@@ -474,6 +476,35 @@ async def test_queued_session_jobs_run_in_order_after_a_restart(store: SqliteSto
         assert closing.state is SessionState.CLOSED
     finally:
         await again.close()
+
+
+async def test_a_re_attached_session_job_runs_before_the_next_not_beside_it(
+    store: SqliteStore,
+) -> None:
+    # A provider job re-attached at start ran outside the session's line: the session's next
+    # job was submitted at once, beside it.
+    remote = ScriptedRunner(slots=2, model=ExecutionModel.REMOTE)
+    core = await build(store, runner=remote)
+    s = await core.create()
+    jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(2)]
+    await core.until("alice", jobs[0].id, "RUNNING")
+    await core.close()
+    again = ScriptedRunner(slots=2, model=ExecutionModel.REMOTE, remote=remote.remote)
+    core2 = await build(store, clock=core.clock, runner=again)
+    try:
+        await asyncio.wait_for(again.started.wait(), 5)
+        assert again.reattached == [jobs[0].id]
+        # The next job waits in its session's line for the re-attached one, not in the queue.
+        queue = core2.runtime.queue
+        assert isinstance(queue, SessionQueue)
+        assert jobs[1].id in queue._held
+        assert again.submitted == []
+        again.succeed(jobs[0].id)
+        await core2.until("alice", jobs[0].id, "SUCCEEDED")
+        await core2.until("alice", jobs[1].id, "RUNNING")
+        assert again.submitted == [jobs[1].id]
+    finally:
+        await core2.close()
 
 
 async def test_retried_create_returns_the_same_session_even_at_the_cap(
