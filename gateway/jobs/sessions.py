@@ -97,7 +97,8 @@ class SessionQueue:
     it (Runner.pin_session). At most capacity - 1 sessions are pinned at once, so jobs
     outside pinned sessions always keep a slot; a dedicated session beyond that runs like a
     batch until its work is done. A pin counts as a claim of its tenant in `inner`'s fair
-    share (MemoryQueue.extra_claims).
+    share (MemoryQueue.extra_claims). One tenant pins at most half of the capacity - 1
+    (at least one), so one tenant's sessions cannot take every other tenant's slots.
 
     Set by the SessionCore: `halted(session_id)` (a session that must not start another job:
     ended or aborting; its held jobs stay until cancelled), `dedicated(session_id)`,
@@ -147,7 +148,15 @@ class SessionQueue:
 
     def _open_line(self, session_id: str, tenant: str) -> _Line:
         line = _Line(tenant)
-        if self.dedicated(session_id) and self._pins() < self.capacity() - 1:
+        pinnable = self.capacity() - 1
+        # One tenant pins at most half the pinnable slots (at least one): its dedicated
+        # sessions past that run like batches, so several tenants can each keep one.
+        per_tenant = max(1, pinnable // 2)
+        if (
+            self.dedicated(session_id)
+            and self._pins() < pinnable
+            and self.pinned_by_tenant().get(tenant, 0) < per_tenant
+        ):
             line.pinned = True
             self.on_pin(session_id)
         self._lines[session_id] = line

@@ -549,6 +549,24 @@ async def test_a_dedicated_session_keeps_one_slot_and_goes_first_while_it_has_wo
         await core.close()
 
 
+async def test_one_tenant_pins_at_most_half_the_pinnable_slots(store: SqliteStore) -> None:
+    # Four slots, three pinnable: Alice's three dedicated sessions held three of them (and
+    # went first) for as long as she kept them busy, up to their max TTL.
+    core = await build(store, slots=4)
+    try:
+        sessions = [await core.create(mode=SessionMode.DEDICATED) for _ in range(3)]
+        for index, session in enumerate(sessions):
+            await core.submit("alice", session_spec(session, f"s{index}"))
+        queue = core.runtime.queue
+        assert isinstance(queue, SessionQueue)
+        assert queue.pinned_by_tenant() == {"alice": 1}
+        bob = await core.create("bob", mode=SessionMode.DEDICATED)
+        await core.submit("bob", session_spec(bob, "b"))
+        assert queue.pinned_by_tenant() == {"alice": 1, "bob": 1}
+    finally:
+        await core.close()
+
+
 async def test_a_batch_session_does_not_keep_a_slot(store: SqliteStore) -> None:
     core = await build(store, slots=2)
     try:
