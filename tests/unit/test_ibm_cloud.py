@@ -142,6 +142,16 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
     assert info.value.kind is FailureKind.TRANSIENT
     assert len(creates) == runner.settings.retry_attempts
 
+    # The key refused while looking by tag after an uncertain create: TRANSIENT (looked up
+    # again later), never CREDENTIALS, which would queue the job and create it again unlooked.
+    def refused(job_id: str, remote_id: str | None) -> str | None:
+        raise ExecutionError("PROVIDER_ERROR", "401", kind=FailureKind.CREDENTIALS)
+
+    runner._find = refused  # type: ignore[method-assign]
+    with pytest.raises(ExecutionError) as lookup:
+        runner._submit(payload, None, job)  # type: ignore[arg-type]
+    assert lookup.value.kind is FailureKind.TRANSIENT
+
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -602,7 +602,12 @@ class IbmCloudRunner(Runner):
             self._sleep(self._policy.backoff(attempt, _rng))
             attempt += 1
             # The failed attempt may have made the job (a reply lost after acceptance).
-            found = self._find(job.id, None)
+            try:
+                found = self._find(job.id, None)
+            except ExecutionError as err:
+                # Not CREDENTIALS, which would queue the job again and create it without a
+                # look: TRANSIENT, which the job core answers by looking it up by its tag.
+                raise _while_following(err) from err
             if found is not None:
                 return found
 
