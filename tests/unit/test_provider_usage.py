@@ -46,6 +46,20 @@ async def went(core: Core, job_id: str, states: list[str]) -> None:
             await asyncio.sleep(0.005)
 
 
+async def restarted(
+    store: SqliteStore,
+    core: Core,
+    runner: ScriptedRunner,
+    kind: QueueKind = "memory",
+    *,
+    schedule: bool = True,
+) -> tuple[Core, ScriptedRunner]:
+    """The gateway started again on the same store, clock and provider ("qpu")."""
+    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
+    core2 = await build_core(store, kind, {"qpu": again}, clock=core.clock, schedule=schedule)
+    return core2, again
+
+
 def priced(core: Core, name: str) -> None:
     runtime = core.backends[name]
     runtime.settings = dataclasses.replace(runtime.settings, price=PRICE)
@@ -129,8 +143,7 @@ async def test_a_job_re_attached_after_a_restart_reports_the_shots_of_its_stored
     job = await core.submit("alice", spec("qpu"))  # one PUB, 10 shots
     await core.until("alice", job.id, "RUNNING")
     await core.manager.close()
-    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
-    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock)
+    core2, again = await restarted(store, core, runner)
     priced(core2, "qpu")
     try:
         await asyncio.wait_for(again.started.wait(), 5)
@@ -280,8 +293,7 @@ async def test_a_job_cancelled_while_being_submitted_is_cancelled_at_the_provide
     await core.manager.cancel("alice", job.id)
     await went(core, job.id, ["QUEUED", "SUBMITTING", "CANCELLING"])
     await core.manager.close()  # the gateway dies with the submit unanswered
-    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
-    core2 = await build_core(store, kind, {"qpu": again}, clock=core.clock)
+    core2, again = await restarted(store, core, runner, kind)
     try:
         if kind == "store":  # the dead holder's lease lapses
             core2.clock.advance(31)
@@ -305,8 +317,7 @@ async def test_a_recovered_provider_job_cancelled_before_scheduling_starts_is_ca
     job = await core.submit("alice", spec("qpu"))
     await core.until("alice", job.id, "RUNNING")
     await core.manager.close()
-    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
-    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock, schedule=False)
+    core2, again = await restarted(store, core, runner, schedule=False)
     try:
         marked = await core2.manager.cancel("alice", job.id)
         assert marked.state is JobState.CANCELLING
@@ -326,8 +337,7 @@ async def test_a_re_attached_job_keeps_its_time_limit_from_its_start(store: Sqli
     await core.until("alice", job.id, "RUNNING")
     await core.manager.close()
     core.clock.advance(150)  # down for longer than the job's own limit
-    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=runner.remote)
-    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock)
+    core2, again = await restarted(store, core, runner)
     try:
         failed = await core2.until("alice", job.id, "FAILED")
         assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
