@@ -450,15 +450,22 @@ class SessionCore:
         the sessions whose TTL passed while the gateway was down."""
         if not self._loaded:
             await self.load_sessions()
+        aborted: list[str] = []
         for session in list(self._open.values()):
-            jobs = await self._store.session_jobs(session.id)
-            self._work[session.id] = {j.id for j in jobs}
+            jobs = await self._store.session_jobs(session.id, include_final=True)
+            self._work[session.id] = {j.id for j in jobs if not j.state.is_final}
+            if session.failure_policy is FailurePolicy.ABORT and any(
+                j.state is JobState.FAILED for j in jobs
+            ):
+                aborted.append(session.id)  # the gateway stopped before the failure applied
         for queue in self._queues.values():
             for session_id in queue.sessions():
                 if session_id not in self._open:
                     ended = await self._store.get_session(session_id)
                     if ended is not None:
                         await self._cancel_jobs(ended)
+        for session_id in aborted:
+            await self._job_ended(session_id, "", failed=True)
         for session_id in list(self._open):
             await self._settle(session_id)
         await self.expire_due()

@@ -17,7 +17,7 @@ from gateway.backends.runner import ExecutionModel
 from gateway.domain import sessions as domain
 from gateway.domain.errors import Code, GatewayError
 from gateway.domain.failures import FailureKind
-from gateway.domain.jobs import Job, JobSpec, JobState
+from gateway.domain.jobs import Job, JobError, JobSpec, JobState
 from gateway.domain.sessions import (
     EndReason,
     FailurePolicy,
@@ -327,6 +327,32 @@ async def test_abort_policy_fails_the_session_and_cancels_the_rest_unrun(
         assert core.runner.submitted == [jobs[0].id]
     finally:
         await core.close()
+
+
+async def test_an_abort_the_gateway_died_before_applying_applies_at_start(
+    store: SqliteStore,
+) -> None:
+    core = await build(store)
+    s = await core.create(failure_policy=FailurePolicy.ABORT)
+    jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(2)]
+    await core.until("alice", jobs[0].id, "RUNNING")
+    await core.close()
+    # The job's FAILED commit landed; the gateway died before the session heard of it.
+    failed = await store.finish_job(
+        jobs[0].id,
+        JobState.FAILED,
+        ended_at=core.clock.now,
+        error=JobError.of("EXECUTION_FAILED", "boom"),
+    )
+    assert failed is not None
+    again = await build(store, clock=core.clock)
+    try:
+        ended = await again.session_until(s.id, SessionState.FAILED)
+        assert ended.end_reason is EndReason.JOB_FAILED
+        assert (await again.until("alice", jobs[1].id, "CANCELLED")).state is JobState.CANCELLED
+        assert again.runner.submitted == []
+    finally:
+        await again.close()
 
 
 async def test_continue_policy_runs_the_rest_after_a_failure(store: SqliteStore) -> None:
