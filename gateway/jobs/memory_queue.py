@@ -12,7 +12,7 @@ import asyncio
 import bisect
 import dataclasses
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,6 +35,17 @@ class _Waiting:
     @property
     def key(self) -> tuple[datetime, str]:
         return (self.job.created_at, self.job.id)
+
+
+def _first_deadlines(line: deque[_Waiting]) -> Iterator[_Waiting]:
+    """The line's jobs that may expire first: up to and including its first job outside a
+    session. Every job after that one was created after it, so its deadline is not earlier
+    (a session job's deadline is never before its creation's): the scheduler's timer costs
+    one job per tenant, and the few session jobs ahead of it."""
+    for item in line:
+        yield item
+        if not item.job.session:
+            return
 
 
 class MemoryQueue:
@@ -158,14 +169,16 @@ class MemoryQueue:
         out: list[_Waiting] = []
         for tenant in list(self._lines):
             line = self._lines[tenant]
-            expired = [item for item in line if item.deadline <= now]
-            if not expired:
-                continue
+            expired: list[_Waiting] = []
+            for item in line:
+                if item.deadline <= now:
+                    expired.append(item)
+                elif not item.job.session:
+                    break  # every job after it expires no earlier (see _first_deadlines)
+            for item in expired:
+                line.remove(item)
             out.extend(expired)
-            kept = deque(item for item in line if item.deadline > now)
-            if kept:
-                self._lines[tenant] = kept
-            else:
+            if not line:
                 del self._lines[tenant]
         for item in out:
             del self._waiting[item.job.id]
@@ -175,7 +188,7 @@ class MemoryQueue:
     async def next_wakeup(self) -> datetime | None:
         """The earliest queue deadline or lease expiry (in the past for a lapsed claim not yet
         handed out again); None when the queue holds nothing."""
-        times = [item.deadline for item in self._waiting.values()]
+        times = [item.deadline for line in self._lines.values() for item in _first_deadlines(line)]
         times.extend(c.lease_expires_at for c in self._claims.claims())
         return min(times, default=None)
 

@@ -337,17 +337,19 @@ async def test_take_expired_at_the_deadline_and_not_before(h: Harness) -> None:
     await h.add("a0", "alice")
     await h.add("b0", "bob", at=timedelta(seconds=1))
     await h.add("a1", "alice", at=timedelta(seconds=2))
+    await h.add("a2", "alice", at=timedelta(seconds=3))
     await h.add("claimed", "carol", at=-timedelta(seconds=5))
     assert (await h.claim()).job.id == "claimed"
     h.clock.advance(MAX_QUEUE - US)
     assert await h.q.take_expired() == []
-    assert await h.q.depth() == 3
+    assert await h.q.depth() == 4
     h.clock.advance(US)  # a0's deadline
     assert [j.id for j in await h.q.take_expired()] == ["a0"]
     assert await h.q.take_expired() == []
     h.clock.advance(timedelta(seconds=5))
     expired = await h.q.take_expired()
-    assert [j.id for j in expired] == ["b0", "a1"]  # oldest first, across tenants
+    # Oldest first, across tenants; a tenant's whole expired run at once.
+    assert [j.id for j in expired] == ["b0", "a1", "a2"]
     assert all(j.state is JobState.QUEUED for j in expired)
     assert await h.q.depth() == 0
     # Taken out: never handed out. (Carol's claim, never renewed, lapsed long ago.)
