@@ -97,8 +97,14 @@ class Admission:
         period = policy.period(self._transitions.clock())
         quota = policy.quota
         unit = quota.cost_unit if quota is not None else ""
-        estimate = pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks).cost
-        priced = estimate is not None and estimate.unit == unit
+        estimated = pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks)
+        estimate = estimated.cost
+        # A zero price table charges nothing: a tenant whose quota is spent may still use it.
+        priced = (
+            estimate is not None
+            and estimate.unit == unit
+            and (estimate.amount > 0 or estimated.per_second_excluded)
+        )
         cost = estimate.amount if estimate is not None and priced else 0.0
         return QuotaCharge(
             period_start=period.start,

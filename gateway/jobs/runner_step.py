@@ -152,7 +152,7 @@ class RunnerStep:
             # have the job. Never submit what it has. A job cancelled while it was being
             # submitted is looked up too: the provider may have it, and it must be stopped.
             try:
-                handle = await self._reattach(runtime, job)
+                handle = await self._reattach(runtime, running, job)
             except ExecutionError as err:
                 await self._failed(runtime, running, job, err, None)
                 return
@@ -180,7 +180,9 @@ class RunnerStep:
         assert started is not None
         await self._follow(runtime, running, handle, started, prepared, t0)
 
-    async def _reattach(self, runtime: BackendRuntime, job: Job) -> RunHandle | None:
+    async def _reattach(
+        self, runtime: BackendRuntime, running: RunningJob, job: Job
+    ) -> RunHandle | None:
         """The runner's handle on a job it may already have; a provider out of reach
         (TRANSIENT) is asked again with back-off until the backend's run-time limit."""
         deadline = time.monotonic() + runtime.settings.max_run_time_s
@@ -192,12 +194,38 @@ class RunnerStep:
                 if err.kind is not FailureKind.TRANSIENT or time.monotonic() + backoff >= deadline:
                     raise
                 log.warning("job %s: provider out of reach (%s); re-attaching later", job.id, err)
-            await asyncio.sleep(backoff)
+            await self._pause(runtime, running, backoff)
             backoff = min(backoff * 2, 60.0)
+
+    async def _pause(
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        seconds: float,
+        waiting: asyncio.Future[ExecutionOutcome] | None = None,
+    ) -> None:
+        """Backs off for `seconds` (less if `waiting` ends) outside the follow loop, renewing
+        the claim as that loop does: a lease left to lapse hands the job out a second time."""
+        end = time.monotonic() + seconds
+        renew_every = runtime.settings.lease_s / 3
+        while (left := end - time.monotonic()) > 0:
+            step = min(left, renew_every)
+            if waiting is None:
+                await asyncio.sleep(step)
+            else:
+                await asyncio.wait({waiting}, timeout=step)
+                if waiting.done():
+                    return
+            renewed = await runtime.queue.renew(running.claim)
+            if renewed is not None:
+                running.claim = renewed
+                if renewed.job.state is JobState.CANCELLING:
+                    running.request_cancel()  # accepted by another process
 
     async def _stop(
         self,
         runtime: BackendRuntime,
+        running: RunningJob,
         handle: RunHandle,
         waiting: asyncio.Future[ExecutionOutcome] | None,
     ) -> None:
@@ -224,16 +252,13 @@ class RunnerStep:
                     err,
                     backoff,
                 )
-            if waiting is None:
-                await asyncio.sleep(backoff)
-            else:
-                await asyncio.wait({waiting}, timeout=backoff)
-                if waiting.done():  # it ended meanwhile: nothing left to cancel
-                    return
+            await self._pause(runtime, running, backoff, waiting)
+            if waiting is not None and waiting.done():  # it ended: nothing left to cancel
+                return
             backoff = min(backoff * 2, 60.0)
 
     async def _after_uncertain_submit(
-        self, runtime: BackendRuntime, job: Job, err: ExecutionError
+        self, runtime: BackendRuntime, running: RunningJob, job: Job, err: ExecutionError
     ) -> RunHandle | None:
         """The provider's handle on a job whose submit failed for a reason that may have come
         after the provider created it (a lost answer, a timeout), found by the job's id; None
@@ -241,7 +266,7 @@ class RunnerStep:
         and billing that nobody follows, and a client retrying would pay twice."""
         log.warning("job %s: submit failed (%s); looking for it at the provider", job.id, err)
         try:
-            return await self._reattach(runtime, job)
+            return await self._reattach(runtime, running, job)
         except ExecutionError as lookup:
             log.warning("job %s: the provider could not be asked (%s)", job.id, lookup)
             return None
@@ -272,14 +297,14 @@ class RunnerStep:
                     return None
                 found = None
                 if err.kind is FailureKind.TRANSIENT:
-                    found = await self._after_uncertain_submit(runtime, job, err)
+                    found = await self._after_uncertain_submit(runtime, running, job, err)
                 if found is None:
                     await self._failed(runtime, running, job, err, None)
                     return None
                 handle = found
             started = await self._t.running(job, handle.remote_id)
             if started is None:  # cancelled while it was being submitted
-                await self._stop(runtime, handle, None)
+                await self._stop(runtime, running, handle, None)
                 await self._no_longer_queued(runtime, running)
                 return None
             return handle, started
@@ -449,7 +474,7 @@ class RunnerStep:
         if not waiting.done():
             # Cancellation and time limits reach the backend: the worker is killed, the
             # provider job cancelled.
-            await self._stop(runtime, handle, waiting)
+            await self._stop(runtime, running, handle, waiting)
             outcome = await asyncio.gather(waiting, return_exceptions=True)
             if not isinstance(outcome[0], BaseException):  # it finished first after all
                 await self._succeeded(runtime, running, started, outcome[0], prepared, t0)

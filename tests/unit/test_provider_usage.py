@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.backends.base import PreparedJob
+from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.runner import ExecutionModel, RunHandle
-from gateway.domain.errors import ExecutionError
+from gateway.domain.errors import ExecutionError, ResourceExhausted
 from gateway.domain.failures import FailureKind
-from gateway.domain.jobs import Job, JobState
+from gateway.domain.jobs import Job, JobResult, JobState
 from gateway.domain.pricing import Cost, Price
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
+from gateway.security.tenant_policy import PeriodQuota, Tenant, TenantPolicy
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import Core, QueueKind, ScriptedRunner, build_core, spec
 
@@ -345,3 +346,63 @@ async def test_a_re_attached_job_keeps_its_time_limit_from_its_start(store: Sqli
         assert again.reattached == [job.id] and again.cancelled == [job.id]
     finally:
         await core2.manager.close()
+
+
+async def test_a_step_retrying_a_cancel_keeps_its_claim(store: SqliteStore) -> None:
+    # The back-off between cancels ran outside the follow loop, which alone renewed the claim:
+    # past the lease (30 s) the job was handed out again, and the second step finished it
+    # CANCELLED while the provider was never told.
+    runner = StubbornRunner(slots=2, model=ExecutionModel.REMOTE)
+    runner.refusals = 1000
+    core = await build_core(store, "memory", {"qpu": runner})
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        await core.until("alice", job.id, "RUNNING")
+        await core.manager.cancel("alice", job.id)
+        for _ in range(4):  # 80 s of the injected clock, renewed at each back-off
+            calls = runner.cancel_calls
+            async with asyncio.timeout(5):
+                while runner.cancel_calls == calls:
+                    await asyncio.sleep(0.005)
+            core.clock.advance(20)
+            core.backends["qpu"].wake.set()  # the scheduler looks for lapsed claims
+        assert (await core.manager.get("alice", job.id)).state is JobState.CANCELLING
+        assert runner.submitted == [job.id]
+        runner.refusals = 0
+        await core.until("alice", job.id, "CANCELLED")
+        assert runner.cancelled == [job.id]
+    finally:
+        await core.manager.close()
+
+
+async def test_a_spent_cost_quota_holds_back_priced_backends_only(store: SqliteStore) -> None:
+    # Per-second prices estimate 0: such jobs are refused once the quota is spent. A zero
+    # price table charges nothing, so it is not held back (the README's own setup: aer free,
+    # hardware priced, one USD quota).
+    qpu = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": qpu, "sim": ScriptedRunner(slots=1)})
+    core.backends["qpu"].settings = dataclasses.replace(
+        core.backends["qpu"].settings, price=Price(per_second=1.0, unit="USD")
+    )
+    core.backends["sim"].settings = dataclasses.replace(
+        core.backends["sim"].settings, price=Price(unit="USD")
+    )
+    quota = PeriodQuota(cost=10.0, cost_unit="USD")
+    policy = TenantPolicy(quota=quota)
+    core.manager.policies.load([Tenant("alice", "", policy, "e")])
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        await core.until("alice", job.id, "RUNNING")
+        qpu.handles[job.id].execution_seconds = None
+        qpu.handles[job.id].done.set_result(
+            ExecutionOutcome(JobResult(pubs=()), {}, execution_seconds=12.0)
+        )
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert done.execution is not None and done.execution.cost == Cost(12.0, "USD")
+        with pytest.raises(ResourceExhausted) as spent:
+            await core.submit("alice", spec("qpu", text="again"))
+        assert spent.value.reason == "COST_QUOTA_EXCEEDED"
+        free = await core.submit("alice", spec("sim"))
+        assert free.state is JobState.QUEUED
+    finally:
+        await core.manager.close()
