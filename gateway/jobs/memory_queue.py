@@ -76,6 +76,8 @@ class MemoryQueue:
         # goes back to its place.
         self._lines: dict[str, deque[_Waiting]] = {}
         self._waiting: dict[str, _Waiting] = {}
+        # The deadlines of claimed session jobs: one given back keeps it.
+        self._session_deadlines: dict[str, datetime] = {}
         # Every claim handed out and not ended, live or lapsed.
         self._claims = ClaimBook()
         # The ordinal of each tenant's latest claim (kept while its line is empty).
@@ -119,6 +121,8 @@ class MemoryQueue:
         if not line:
             del self._lines[tenant]
         del self._waiting[item.job.id]
+        if item.job.session:
+            self._session_deadlines[item.job.id] = item.deadline
         return self._hand_out(item.job, item.prepared, now)
 
     async def renew(self, claim: Claim) -> Claim | None:
@@ -137,16 +141,25 @@ class MemoryQueue:
         """Ends the claim (any object of it); no-op when it is not the job's current claim."""
         if self._claims.holds(claim):
             self._claims.drop(claim.job.id)
+            self._session_deadlines.pop(claim.job.id, None)
             # A tenant holding one claim fewer may now go first.
             self._changed.set()
 
     async def release(self, claim: Claim, job: Job | None = None) -> None:
         """Gives the job (as `job` says it is now, else as claimed) back to its tenant's line,
         at its place (create time, id); no-op when the claim is not the job's current one."""
-        if not self._claims.holds(claim):
+        job_id = claim.job.id
+        # A claim made outside this queue (a job recovered in flight at start, given back
+        # unstarted) queues the job now, or it would wait in no queue at all.
+        foreign = claim.owner != self.owner and job_id not in self._waiting
+        if not self._claims.holds(claim) and not (foreign and job_id not in self._claims):
             return
-        self._claims.drop(claim.job.id)
-        self._insert(self._waiting_item(job or claim.job, claim.prepared))
+        self._claims.drop(job_id)
+        deadline = self._session_deadlines.pop(job_id, None)
+        item = self._waiting_item(job or claim.job, claim.prepared)
+        if deadline is not None:  # a session job keeps the queue time its turn started
+            item = dataclasses.replace(item, deadline=deadline)
+        self._insert(item)
         self._changed.set()
 
     async def remove(self, job_id: str, tenant: str) -> bool:

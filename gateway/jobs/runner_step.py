@@ -58,6 +58,8 @@ RUNNING_WRITE_DELAY_S = 0.05
 # Cancels of a provider job nobody follows (cancelled while it was being submitted): asked this
 # many times, with back-off, before it is given up with an error in the log.
 STOP_ATTEMPTS_UNFOLLOWED = 5
+# How long a stopped job's runner has to report the stop.
+WAIT_AFTER_STOP_S = 300.0
 
 Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
 
@@ -475,6 +477,12 @@ class RunnerStep:
             # Cancellation and time limits reach the backend: the worker is killed, the
             # provider job cancelled.
             await self._stop(runtime, running, handle, waiting)
+            # The runner's wait reports the stop; one that does not (a provider call that
+            # never answers) is given up, or the step would hold its slot for ever.
+            await self._pause(runtime, running, WAIT_AFTER_STOP_S, waiting)
+            if not waiting.done():
+                log.error("job %s: no answer from its runner after it was stopped", started.id)
+                waiting.cancel()
             outcome = await asyncio.gather(waiting, return_exceptions=True)
             if not isinstance(outcome[0], BaseException):  # it finished first after all
                 await self._succeeded(runtime, running, started, outcome[0], prepared, t0)

@@ -406,3 +406,32 @@ async def test_a_spent_cost_quota_holds_back_priced_backends_only(store: SqliteS
         assert free.state is JobState.QUEUED
     finally:
         await core.manager.close()
+
+
+class SilentSubmitRunner(ScriptedRunner):
+    """A provider whose submit never answers, and that never made the job."""
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        self.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_recovered_job_refused_for_the_key_is_queued_again(store: SqliteStore) -> None:
+    # Recovered SUBMITTING, not at the provider, its submit refused for the key: it went back
+    # to QUEUED in the store but into no queue (the recovery claim was not the queue's), and
+    # never ran until the next restart.
+    silent = SilentSubmitRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": silent})
+    job = await core.submit("alice", spec("qpu"))
+    await asyncio.wait_for(silent.started.wait(), 5)
+    await went(core, job.id, ["QUEUED", "SUBMITTING"])
+    await core.manager.close()
+    again = RefusingRunner(slots=1, model=ExecutionModel.REMOTE)
+    again.refusals = 1
+    core2 = await build_core(store, "memory", {"qpu": again}, clock=core.clock)
+    try:
+        await core2.until("alice", job.id, "RUNNING")
+        assert again.submitted == [job.id] and again.refusals == 0
+    finally:
+        await core2.manager.close()

@@ -633,3 +633,31 @@ async def test_jobs_of_a_session_that_ended_before_a_crash_never_run_after_it(
         assert again.runner.submitted == [blocker.id]
     finally:
         await again.close()
+
+
+async def test_a_session_job_given_back_keeps_the_queue_time_its_turn_started() -> None:
+    # Given back (a breaker that said no, a refused key), it got a new full queue time each
+    # time, and never expired while the backend stayed out.
+    clock = Clock()
+    queue = MemoryQueue("sim", 3600, 30.0, clock)
+    job = Job(
+        id="j1",
+        tenant="alice",
+        request_id="",
+        backend="sim",
+        placement="sim",
+        state=JobState.QUEUED,
+        created_at=T0 - timedelta(hours=5),  # held in its session's line until now
+        num_pubs=1,
+        seed=1,
+        session="s1",
+    )
+    await queue.put(job, None)  # its turn: 3600 s from now
+    claim = await queue.claim()
+    assert claim is not None
+    clock.advance(1000)
+    await queue.release(claim)
+    clock.advance(2599)
+    assert await queue.take_expired() == []
+    clock.advance(1)
+    assert [j.id for j in await queue.take_expired()] == ["j1"]

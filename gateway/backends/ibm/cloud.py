@@ -391,9 +391,7 @@ class IbmCloudRunner(Runner):
         options = getattr(payload, "options", None)
         if not isinstance(inner, QiskitPayload):
             raise TypeError(f"not an IBM payload: {type(payload).__name__}")
-        remote_id = await self._run(
-            lambda: self._submit(inner, options, job), self._calls, bounded=False
-        )
+        remote_id = await self._run(lambda: self._submit(inner, options, job), self._calls)
         return IbmCloudHandle(job.id, remote_id)
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
@@ -417,7 +415,7 @@ class IbmCloudRunner(Runner):
                 if not isinstance(err.__cause__, RuntimeInvalidStateError):
                     raise  # a final job cannot be cancelled: nothing to do
 
-        await self._run(cancel, self._calls)
+        await self._run(cancel, self._calls, bounded=True)
 
     async def reattach(self, job: Job, remote_id: str | None) -> IbmCloudHandle | None:
         def find() -> str | None:
@@ -426,7 +424,7 @@ class IbmCloudRunner(Runner):
             except ExecutionError as err:
                 raise _while_following(err) from err
 
-        found = await self._run(find, self._calls)
+        found = await self._run(find, self._calls, bounded=True)
         return None if found is None else IbmCloudHandle(job.id, found)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
@@ -447,10 +445,10 @@ class IbmCloudRunner(Runner):
             await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
 
     async def open_session(self, session: Session) -> str | None:
-        return await self._run(lambda: self._open_session(session), self._calls)
+        return await self._run(lambda: self._open_session(session), self._calls, bounded=True)
 
     async def close_session(self, session: Session) -> None:
-        await self._run(lambda: self._close_session(session), self._calls)
+        await self._run(lambda: self._close_session(session), self._calls, bounded=True)
 
     # ------------------------------------------------------------------------- blocking halves
 
@@ -719,12 +717,13 @@ class IbmCloudRunner(Runner):
     # ------------------------------------------------------------------------- plumbing
 
     async def _run(
-        self, fn: Callable[[], T], limiter: anyio.CapacityLimiter, *, bounded: bool = True
+        self, fn: Callable[[], T], limiter: anyio.CapacityLimiter, *, bounded: bool = False
     ) -> T:
         """`fn` on a thread. `bounded`: given up (TRANSIENT) after every attempt's request
-        timeout and back-off: the SDK reads its GET and cancel answers without a read timeout,
-        and a stalled connection would hold the job's step (and its slot) for ever. The create
-        has its own long timeout and is not bounded here."""
+        timeout and back-off. The SDK reads its GET and cancel answers without a read timeout,
+        and a stalled cancel or lookup would hold the job's step (and its slot) for ever. Not
+        for the create (its own long timeout) nor the polls, which download results (a large
+        one can take longer) and run beside the step, which keeps its own deadline."""
         if not bounded:
             return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
         settings = self.settings
