@@ -465,7 +465,7 @@ class SessionCore:
                     if ended is not None:
                         await self._cancel_jobs(ended)
         for session_id in aborted:
-            await self._job_ended(session_id, "", failed=True)
+            await self._job_ended(session_id, failed=True)
         for session_id in list(self._open):
             await self._settle(session_id)
         await self.expire_due()
@@ -642,12 +642,12 @@ class SessionCore:
             # Before the queue lets the next job in (that happens when the claim ends).
             self._halted.add(session_id)
         task = asyncio.get_running_loop().create_task(
-            self._job_ended(session_id, job.tenant, job.state is JobState.FAILED)
+            self._job_ended(session_id, failed=job.state is JobState.FAILED)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _job_ended(self, session_id: str, tenant: str, failed: bool) -> None:
+    async def _job_ended(self, session_id: str, *, failed: bool) -> None:
         try:
             async with self._locked(session_id):
                 session = self._open.get(session_id)
