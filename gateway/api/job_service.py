@@ -103,12 +103,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def _result_message(self, job: Job, reserved: int = 0) -> job_pb2.JobResult | int:
         """The job's result as one message, or its stored size when that message and
         `reserved` bytes of the rest of the response would exceed the response limit."""
-        data = await self._manager.result(job)
         name = f"{codec.JOB_PREFIX}{job.id}/result"
-        # The name and the framing of the result field and of the name.
-        if len(data) + len(name) + RESULT_FRAMING_BYTES + reserved > self._max_response:
-            return len(data)
-        result = job_pb2.JobResult.FromString(data)
+        # The name and the framing of the result field and of the name; refused before the
+        # result is read.
+        size = await self._manager.result_size(job)
+        if size + len(name) + RESULT_FRAMING_BYTES + reserved > self._max_response:
+            return size
+        data = await self._manager.result(job)
+        if len(data) > INLINE_PARSE_BYTES:  # parsed off the event loop, as streams do
+            result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
+        else:
+            result = job_pb2.JobResult.FromString(data)
         result.name = name
         return result
 
@@ -289,10 +294,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         else:
             result = job_pb2.JobResult.FromString(data)
         result_stream.check_position(result, start_pub, start_binding)
-        for response in result_stream.result_chunks(result, chunk, start_pub, start_binding):
-            yield response
+        # The digest first, so the stored bytes are not held while a slow reader takes its
+        # time: only the parsed result is.
         if len(data) > INLINE_PARSE_BYTES:
             digest = await anyio.to_thread.run_sync(result_stream.result_digest, data, result)
         else:
             digest = result_stream.result_digest(data, result)
+        del data
+        for response in result_stream.result_chunks(result, chunk, start_pub, start_binding):
+            yield response
         yield result_stream.digest_response(digest)

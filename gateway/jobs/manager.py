@@ -245,7 +245,28 @@ class JobManager:
             return job
         return dataclasses.replace(job, queue_position=position)
 
+    async def result_size(self, job: Job) -> int:
+        """The size of the job's stored result, without reading it: a caller refused for its
+        size must not cost a read of up to max_result_mb on the store's one thread.
+
+        Raises:
+            NotFound: RESULT_EXPIRED or RESULT_NOT_FOUND, as `result`.
+        """
+        await self._check_kept(job)
+        recent = self._recent_results.get(job.id)
+        size = len(recent) if recent is not None else await self._store.result_size(job.id)
+        if size is None:
+            raise _no_result(job)
+        return size
+
     async def result(self, job: Job) -> bytes:
+        await self._check_kept(job)
+        data = self._recent_results.get(job.id) or await self._store.get_result(job.id)
+        if data is None:
+            raise _no_result(job)
+        return data
+
+    async def _check_kept(self, job: Job) -> None:
         if job.expire_at is not None and _now() >= job.expire_at:
             # Expired results are deleted lazily: here, when one is asked for after its expiry
             # (there is no sweep yet, so an expired result nobody asks for stays on disk).
@@ -258,16 +279,6 @@ class JobManager:
                 metadata={"job": name, "expireTime": expired},
                 resource_info=ResourceInfo(JOB_RESULT_RESOURCE, f"{name}/result", "expired"),
             )
-        data = self._recent_results.get(job.id) or await self._store.get_result(job.id)
-        if data is None:
-            name = f"jobs/{job.id}"
-            raise NotFound(
-                "RESULT_NOT_FOUND",
-                f"job {name} has no result",
-                metadata={"job": name},
-                resource_info=ResourceInfo(JOB_RESULT_RESOURCE, f"{name}/result", "no result"),
-            )
-        return data
 
     async def list(
         self, tenant: str, *, filter: JobFilter, after: JobCursor | None, limit: int
@@ -390,6 +401,16 @@ class JobManager:
         if after.state in (JobState.CANCELLED, JobState.CANCELLING):
             return after
         raise _already_finished(after)
+
+
+def _no_result(job: Job) -> NotFound:
+    name = f"jobs/{job.id}"
+    return NotFound(
+        "RESULT_NOT_FOUND",
+        f"job {name} has no result",
+        metadata={"job": name},
+        resource_info=ResourceInfo(JOB_RESULT_RESOURCE, f"{name}/result", "no result"),
+    )
 
 
 def _already_finished(job: Job) -> FailedPrecondition:

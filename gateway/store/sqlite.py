@@ -528,6 +528,15 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         return await self._call(op, readonly=True)
 
+    async def result_size(self, job_id: str) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT length(data) FROM results WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._call(op, readonly=True)
+
     async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
         None from any other state."""
