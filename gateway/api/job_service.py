@@ -106,10 +106,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         name = f"{codec.JOB_PREFIX}{job.id}/result"
         # The name and the framing of the result field and of the name; refused before the
         # result is read.
-        size = await self._manager.result_size(job)
-        if size + len(name) + RESULT_FRAMING_BYTES + reserved > self._max_response:
-            return size
-        data = await self._manager.result(job)
+        room = self._max_response - len(name) - RESULT_FRAMING_BYTES - reserved
+        data = await self._manager.result_within(job, room)
+        if isinstance(data, int):
+            return data
         if len(data) > INLINE_PARSE_BYTES:  # parsed off the event loop, as streams do
             result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
         else:

@@ -245,19 +245,22 @@ class JobManager:
             return job
         return dataclasses.replace(job, queue_position=position)
 
-    async def result_size(self, job: Job) -> int:
-        """The size of the job's stored result, without reading it: a caller refused for its
-        size must not cost a read of up to max_result_mb on the store's one thread.
+    async def result_within(self, job: Job, max_bytes: int) -> bytes | int:
+        """The job's result, or only its size when it is over `max_bytes`: a caller refused
+        for its size must not cost a read of up to max_result_mb on the store's one thread.
 
         Raises:
             NotFound: RESULT_EXPIRED or RESULT_NOT_FOUND, as `result`.
         """
         await self._check_kept(job)
         recent = self._recent_results.get(job.id)
-        size = len(recent) if recent is not None else await self._store.result_size(job.id)
-        if size is None:
+        if recent is not None:
+            return recent if len(recent) <= max_bytes else len(recent)
+        stored = await self._store.get_result_within(job.id, max_bytes)
+        if stored is None:
             raise _no_result(job)
-        return size
+        size, data = stored
+        return size if data is None else data
 
     async def result(self, job: Job) -> bytes:
         await self._check_kept(job)

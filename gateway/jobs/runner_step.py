@@ -218,11 +218,7 @@ class RunnerStep:
                 await asyncio.wait({waiting}, timeout=step)
                 if waiting.done():
                     return
-            renewed = await runtime.queue.renew(running.claim)
-            if renewed is not None:
-                running.claim = renewed
-                if renewed.job.state is JobState.CANCELLING:
-                    running.request_cancel()  # accepted by another process
+            await _renew(runtime, running)
 
     async def _stop(
         self,
@@ -443,11 +439,7 @@ class RunnerStep:
                             return
                         started = written
                 else:
-                    renewed = await runtime.queue.renew(running.claim)
-                    if renewed is not None:
-                        running.claim = renewed
-                        if renewed.job.state is JobState.CANCELLING:
-                            running.request_cancel()  # accepted by another process
+                    await _renew(runtime, running)
         except asyncio.CancelledError:
             # The gateway is closing. A local job cannot outlive it: stop the worker. A remote
             # job goes on at the provider and is re-attached at the next start.
@@ -682,6 +674,16 @@ class RunnerStep:
         except Exception:  # usage is not worth failing a finished job for
             log.exception("job %s: its shots could not be read from its stored spec", job.id)
             return 0
+
+
+async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:
+    """Extends the job's claim; a renewal that carries CANCELLING (a CancelJob accepted by
+    another process) stops the job."""
+    renewed = await runtime.queue.renew(running.claim)
+    if renewed is not None:
+        running.claim = renewed
+        if renewed.job.state is JobState.CANCELLING:
+            running.request_cancel()
 
 
 def _as_started(job: Job, running: RunningJob) -> Job:

@@ -452,11 +452,11 @@ class SessionCore:
             await self.load_sessions()
         aborted: list[str] = []
         for session in list(self._open.values()):
-            jobs = await self._store.session_jobs(session.id, include_final=True)
+            # Ended jobs are read only where one can matter: an ABORT session's failure.
+            abort = session.failure_policy is FailurePolicy.ABORT
+            jobs = await self._store.session_jobs(session.id, include_final=abort)
             self._work[session.id] = {j.id for j in jobs if not j.state.is_final}
-            if session.failure_policy is FailurePolicy.ABORT and any(
-                j.state is JobState.FAILED for j in jobs
-            ):
+            if abort and any(j.state is JobState.FAILED for j in jobs):
                 aborted.append(session.id)  # the gateway stopped before the failure applied
         for queue in self._queues.values():
             for session_id in queue.sessions():

@@ -190,8 +190,11 @@ class Store(Protocol):
 
     async def get_result(self, job_id: str) -> bytes | None: ...
 
-    async def result_size(self, job_id: str) -> int | None:
-        """The stored result's size in bytes, without reading it; None without one."""
+    async def get_result_within(
+        self, job_id: str, max_bytes: int
+    ) -> tuple[int, bytes | None] | None:
+        """The stored result's size, and its bytes when they are at most `max_bytes` (a larger
+        one is not read); None without one."""
 
     async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);

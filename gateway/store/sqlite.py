@@ -528,12 +528,18 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         return await self._call(op, readonly=True)
 
-    async def result_size(self, job_id: str) -> int | None:
-        def op(conn: sqlite3.Connection) -> int | None:
+    async def get_result_within(
+        self, job_id: str, max_bytes: int
+    ) -> tuple[int, bytes | None] | None:
+        def op(conn: sqlite3.Connection) -> tuple[int, bytes | None] | None:
             row = conn.execute(
-                "SELECT length(data) FROM results WHERE job_id = ?", (job_id,)
+                "SELECT length(data), CASE WHEN length(data) <= ? THEN data END"
+                " FROM results WHERE job_id = ?",
+                (max_bytes, job_id),
             ).fetchone()
-            return None if row is None else int(row[0])
+            if row is None:
+                return None
+            return int(row[0]), None if row[1] is None else bytes(row[1])
 
         return await self._call(op, readonly=True)
 

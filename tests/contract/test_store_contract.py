@@ -106,7 +106,7 @@ async def test_round_trip_of_every_field(store: Store) -> None:
     assert out.job.created_at.tzinfo == UTC
     assert await store.get_spec("full") == b"\x00\xffspec"
     assert await store.get_result("full") is None
-    assert await store.result_size("full") is None
+    assert await store.get_result_within("full", 100) is None
 
     started = T0 + timedelta(seconds=1, microseconds=1)
     ended = T0 + timedelta(seconds=5, microseconds=999999)
@@ -161,7 +161,9 @@ async def test_round_trip_of_every_field(store: Store) -> None:
     assert finished == expected
     assert await store.get_job("full") == expected
     assert await store.get_result("full") == b"\x01result\x00"
-    assert await store.result_size("full") == len(b"\x01result\x00")  # without reading it
+    stored = b"\x01result\x00"
+    assert await store.get_result_within("full", len(stored)) == (len(stored), stored)
+    assert await store.get_result_within("full", len(stored) - 1) == (len(stored), None)
     assert await store.get_job("missing") is None
     assert await store.get_spec("missing") is None
 
