@@ -120,10 +120,22 @@ class ServerConfig(_Strict):
     # Open server streams (WatchJob, StreamJobResult) one tenant may hold on this process; one
     # more is RESOURCE_EXHAUSTED TOO_MANY_STREAMS.
     max_streams_per_tenant: int = Field(default=1000, gt=0)
+    # Stored-result bytes that open StreamJobResult calls hold in memory (each keeps its parsed
+    # result until it ends), per tenant and for the whole process; past either a new stream is
+    # RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED. An empty budget takes any one result.
+    max_streamed_result_mb_per_tenant: float = Field(default=512.0, gt=0)
+    max_streamed_result_mb: float = Field(default=2048.0, gt=0)
 
     @property
     def transport_max_receive_bytes(self) -> int:
         return self.max_request_bytes * 2 + MIB
+
+    def stream_budget_bytes(self) -> tuple[int, int]:
+        """(per tenant, whole process) bytes of the streamed-result budgets."""
+        return (
+            max(1, round(self.max_streamed_result_mb_per_tenant * MIB)),
+            max(1, round(self.max_streamed_result_mb * MIB)),
+        )
 
 
 class CircuitConfig(_Strict):

@@ -36,6 +36,7 @@ from gateway.api.backend_service import BackendServicer
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
+from gateway.api.stream_budget import StreamBudget
 from gateway.backends.base import AdapterContext, BackendAdapter, PreparedJob
 from gateway.backends.fault import FaultInjectingRunner, with_fault_properties
 from gateway.backends.registry import adapter_names, load_adapter
@@ -360,6 +361,7 @@ class Gateway:
                 run_max_wait_s=self.config.server.run_max_wait_s,
                 page_tokens=page_tokens,
                 sessions=self.sessions,
+                stream_budget=StreamBudget(*self.config.server.stream_budget_bytes()),
             ),
             self._server,
         )

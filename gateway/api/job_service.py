@@ -14,6 +14,7 @@ from gateway.api.context import Context
 from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest
 from gateway.api.spec_cache import SpecCache
+from gateway.api.stream_budget import StreamBudget
 from gateway.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -91,8 +92,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         *,
         page_tokens: paging.PageTokens,
         sessions: SessionCore,
+        stream_budget: StreamBudget,
     ) -> None:
         self._manager = manager
+        self._stream_budget = stream_budget
         # Jobs naming a session are admitted through it (gateway.jobs.sessions).
         self._sessions = sessions
         self._page_tokens = page_tokens
@@ -288,19 +291,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         start_pub, start_binding = request.start_pub_index, request.start_binding_index
         result_stream.check_start_fields(start_pub, start_binding)
         job = await self._succeeded(context, request.name)
-        data = await self._manager.result(job)
-        if len(data) > INLINE_PARSE_BYTES:  # large results are parsed off the event loop
-            result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
-        else:
-            result = job_pb2.JobResult.FromString(data)
-        result_stream.check_position(result, start_pub, start_binding)
-        # The digest first, so the stored bytes are not held while a slow reader takes its
-        # time: only the parsed result is.
-        if len(data) > INLINE_PARSE_BYTES:
-            digest = await anyio.to_thread.run_sync(result_stream.result_digest, data, result)
-        else:
-            digest = result_stream.result_digest(data, result)
-        del data
-        for response in result_stream.result_chunks(result, chunk, start_pub, start_binding):
-            yield response
-        yield result_stream.digest_response(digest)
+        # Held from before the read until the stream ends: the size alone is read first.
+        with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)):
+            data = await self._manager.result(job)
+            if len(data) > INLINE_PARSE_BYTES:  # large results are parsed off the event loop
+                result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
+            else:
+                result = job_pb2.JobResult.FromString(data)
+            result_stream.check_position(result, start_pub, start_binding)
+            # The digest first, so the stored bytes are not held while a slow reader takes its
+            # time: only the parsed result is.
+            if len(data) > INLINE_PARSE_BYTES:
+                digest = await anyio.to_thread.run_sync(result_stream.result_digest, data, result)
+            else:
+                digest = result_stream.result_digest(data, result)
+            del data
+            for response in result_stream.result_chunks(result, chunk, start_pub, start_binding):
+                yield response
+            yield result_stream.digest_response(digest)

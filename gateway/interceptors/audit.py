@@ -44,7 +44,7 @@ def split_method(full: str) -> tuple[str, str]:
 # authenticated caller must not grow the log by megabytes per call.
 MAX_CLIENT_TEXT = 256
 # Refusals written aggregated (count per window), not one record per call.
-AGGREGATED_REASONS = frozenset({"RATE_LIMITED", "TOO_MANY_STREAMS"})
+AGGREGATED_REASONS = frozenset({"RATE_LIMITED", "TOO_MANY_STREAMS", "STREAM_MEMORY_EXHAUSTED"})
 
 
 def _text_field(message: Any, name: str) -> str:

@@ -262,6 +262,15 @@ class JobManager:
         size, data = stored
         return size if data is None else data
 
+    async def result_size(self, job: Job) -> int:
+        """The stored size of the job's result; only its length is read.
+
+        Raises:
+            NotFound: RESULT_EXPIRED or RESULT_NOT_FOUND, as `result`.
+        """
+        found = await self.result_within(job, 0)
+        return found if isinstance(found, int) else len(found)
+
     async def result(self, job: Job) -> bytes:
         await self._check_kept(job)
         data = self._recent_results.get(job.id) or await self._store.get_result(job.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -73,10 +74,16 @@ def wide_uniform(qubits: int) -> str:
     )
 
 
+# Bytes of results open StreamJobResult calls of one tenant may hold: the wide job's result
+# (~5 MB) once, not twice.
+STREAM_BUDGET_MB = 8
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("results")
-    config = write_config(root / "g.toml", root / "data", BACKENDS)
+    server = f"max_streamed_result_mb_per_tenant = {STREAM_BUDGET_MB}\n"
+    config = write_config(root / "g.toml", root / "data", BACKENDS, server=server)
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process
     assert process.terminate() == 0, process.log_path.read_text()[-3000:]
@@ -203,6 +210,42 @@ def test_get_job_result_too_large_is_failed_precondition(wide_job: Any, jobs: An
     # GetJob answers the state only, and fits.
     job = jobs.GetJob(job_service_pb2.GetJobRequest(name=wide_job.name), timeout=30).job
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_open_streams_hold_their_results_against_the_tenants_memory_budget(
+    wide_job: Any, jobs: Any
+) -> None:
+    with pytest.raises(grpc.RpcError) as too_large:
+        jobs.GetJobResult(
+            job_service_pb2.GetJobResultRequest(name=f"{wide_job.name}/result"), timeout=30
+        )
+    size = int(status_of(too_large.value).metadata["resultBytes"])
+    budget = STREAM_BUDGET_MB << 20
+    assert budget // 2 < size <= budget, "the premise: one result fits the budget, two do not"
+    request = job_service_pb2.StreamJobResultRequest(name=f"{wide_job.name}/result")
+    first = jobs.StreamJobResult(request, timeout=120)
+    try:
+        # Read one message and stop: the server holds the result while the caller waits
+        # (flow control stops it long before the end of ~5 MB).
+        assert next(first).HasField("header")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(jobs.StreamJobResult(request, timeout=30))
+        err = status_of(refused.value)
+        assert err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.reason == "STREAM_MEMORY_EXHAUSTED" and err.metadata["scope"] == "tenant"
+        assert err.metadata["heldBytes"] == err.metadata["resultBytes"] == str(size)
+        assert err.has_quota_failure and err.retry_delay_s is not None
+    finally:
+        first.cancel()
+    # A stream its caller closed gives its bytes back (once the server has seen it go).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert stream(jobs, wide_job.name)[-1].HasField("digest")
+            break
+        except grpc.RpcError as again:
+            assert status_of(again).reason == "STREAM_MEMORY_EXHAUSTED"
+            assert time.monotonic() < deadline, "a closed stream kept its bytes"
 
 
 def test_client_get_result_falls_back_to_streaming(wide_job: Any, client: Client) -> None:
