@@ -114,6 +114,10 @@ class Authenticator:
                     "FORWARDED_IDENTITY_INVALID",
                     f"the trusted proxy's {XFCC_HEADER} header is not well-formed ({exc})",
                 ) from None
+        if is_trusted(direct, self._trusted):
+            # Nor when the proxy forwards no header: a proxy that sanitises the header (Envoy's
+            # SANITIZE_SET) sends none for a client without a certificate.
+            return None
         return direct
 
     async def authenticate(

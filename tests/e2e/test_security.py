@@ -256,10 +256,11 @@ def test_forwarded_identities_count_only_from_the_trusted_proxy(
         )
     with _channel(mesh.address, pki.ca.cert_pem, pki.proxy) as proxy:
         assert list(_list_keys(proxy, "tenants/acme", xfcc).api_keys) == []
-        # The proxy's own certificate maps to no one: without the header it is nobody.
+        # Without the header the proxy's own certificate is not the caller's identity (a
+        # sanitising proxy forwards none for a client without a certificate): no credential.
         assert _reason(lambda: _list_keys(proxy, "tenants/acme")) == (
             UNAUTHENTICATED,
-            "CERTIFICATE_NOT_MAPPED",
+            "API_KEY_MISSING",
         )
 
 

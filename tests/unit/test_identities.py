@@ -152,6 +152,11 @@ async def test_a_client_written_xfcc_element_cannot_hide_the_proxys() -> None:
     )
     only_hash = ("x-forwarded-client-cert", "By=spiffe://gw;Hash=abc")
     assert await _refused(proxy_mapped, _md(only_hash), PROXY_CTX) == "API_KEY_MISSING"
+    # Nor is it when the proxy forwards no header at all (Envoy's SANITIZE_SET, for a client
+    # without a certificate): the caller is left to its bearer credential.
+    assert await _refused(proxy_mapped, _md(), PROXY_CTX) == "API_KEY_MISSING"
+    bearer = ("authorization", f"Bearer {KEY.key}")
+    assert (await proxy_mapped.authenticate(_md(bearer), PROXY_CTX)).tenant == KEY.config.tenant
 
 
 async def test_the_order_certificate_then_bearer_and_the_reasons_without() -> None:
