@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import ResourceExhausted, Unauthenticated
 from gateway.domain.timestamps import rfc3339
-from gateway.security.peers import peer_host
+from gateway.security.peers import peer_network
 from gateway.security.principals import (
     KEY_PREFIX_PATTERN,
     TENANT_ID_PATTERN,
@@ -238,14 +238,15 @@ class KeyVerifier:
         self._unknown.pop(prefix, None)
 
     def _take_lookup(self, peer: str) -> None:
-        """Takes one of the peer host's store lookups (its port aside: one host, one budget).
+        """Takes one of the peer's store lookups (its port aside: one host, or one IPv6 /64,
+        one budget).
 
         Raises:
             ResourceExhausted: KEY_LOOKUPS_EXHAUSTED, with RetryInfo. Not API_KEY_INVALID: a
                 real key from behind a busy NAT would be told it is bad and never retried;
                 and a made-up key learns no more than a real one.
         """
-        host = peer_host(peer)
+        host = peer_network(peer)
         bucket = self._lookups.get(host)
         if bucket is None:
             bucket = self._lookups[host] = TokenBucket(self._lookups_per_peer, self._clock)
@@ -268,12 +269,19 @@ class KeyVerifier:
             retry_after=wait,
         )
 
-    async def _record(self, prefix: str, peer: str) -> ApiKeyRecord | None:
+    async def _record(self, prefix: str, peer: str, digest: str) -> ApiKeyRecord | None:
         assert self._store is not None
         cached = self._cache.get(prefix) or self._unknown.get(prefix)
         if cached is not None and self._clock() - cached.fetched < self._cache_s:
             return cached.record
-        if prefix not in self._loading:
+        known = self._cache.get(prefix)
+        if known is not None and known.record is not None:
+            # A stored key's hash never changes: a wrong secret is refused without a read, and
+            # the holder of the right one refreshes its record uncharged, so spent lookups on a
+            # shared host never lock out keys the gateway already knows.
+            if not hmac.compare_digest(digest, known.record.sha256):
+                return known.record
+        elif prefix not in self._loading:
             self._take_lookup(peer)
         loading = self._loading.get(prefix)
         if loading is not None:  # one store read for a burst of calls with the same key
@@ -324,7 +332,7 @@ class KeyVerifier:
                 role=configured.role,
                 key_prefix=prefix,
             )
-        record = await self._record(prefix, peer) if self._store is not None else None
+        record = await self._record(prefix, peer, digest) if self._store is not None else None
         # Compare against a dummy hash when the prefix is unknown, so timing tells nothing.
         expected = record.sha256 if record is not None else "0" * 64
         if not hmac.compare_digest(digest, expected) or record is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import unquote
+
 
 def peer_host(peer: str) -> str:
     """The host of a gRPC peer string, its port dropped ("ipv4:127.0.0.1:5555" ->
@@ -11,3 +14,18 @@ def peer_host(peer: str) -> str:
     if peer.startswith(("ipv4:", "ipv6:")):
         return peer.rpartition(":")[0]
     return peer
+
+
+def peer_network(peer: str) -> str:
+    """What one client controls, for budgets: the host for IPv4, the /64 for IPv6 (one
+    subscriber or one machine routinely holds a whole /64, and may rotate through it); other
+    forms as `peer_host`."""
+    host = peer_host(peer)
+    if not host.startswith("ipv6:"):
+        return host
+    text = unquote(host[len("ipv6:") :]).strip("[]")
+    try:
+        address = ipaddress.IPv6Address(text.split("%", 1)[0])  # a zone id aside
+    except ValueError:
+        return host
+    return f"ipv6:{ipaddress.IPv6Network((address, 64), strict=False)}"

@@ -310,3 +310,58 @@ async def test_uncached_prefixes_cost_each_peer_a_bounded_number_of_store_reads(
         await verifier.verify(third_key, flood)
     clock.mono += 1.0
     assert (await verifier.verify(third_key, flood)).tenant == "initech"
+
+
+async def test_a_known_key_is_refreshed_uncharged_once_its_cache_entry_is_stale(
+    store: SqliteStore,
+) -> None:
+    # The lookup budget is for prefixes the gateway does not know: a host that spent it on
+    # made-up prefixes must not lock out, 30 s later, the real keys behind the same address.
+    clock = Clock()
+    counting = CountingStore(store)
+    verifier = KeyVerifier(
+        KeyRing([]),
+        counting,
+        clock=lambda: clock.mono,
+        cache_s=30.0,
+        lookups_per_peer=RateLimit(per_second=0.001, burst=2),
+    )
+    key, record = _record("acme")
+    await store.create_api_key(record)
+    nat = "ipv4:10.0.0.9:40001"
+    assert (await verifier.verify(key, nat)).tenant == "acme"
+    with pytest.raises(Unauthenticated):
+        await verifier.verify("qgw_made0001up_secret", nat)
+    with pytest.raises(ResourceExhausted):  # spent
+        await verifier.verify("qgw_made0002up_secret", nat)
+    clock.mono += 31.0  # the key's entry is stale; the budget is still spent
+    reads = counting.reads
+    assert (await verifier.verify(key, nat)).tenant == "acme"
+    assert counting.reads == reads + 1  # read again, to see a revocation elsewhere
+    # Its prefix with a wrong secret is refused without a read: a stored key's hash never
+    # changes, so the prefix (public) costs an attacker nothing but costs the store nothing.
+    clock.mono += 31.0
+    wrong = key.rsplit("_", 1)[0] + "_" + "x" * 20
+    with pytest.raises(Unauthenticated) as invalid:
+        await verifier.verify(wrong, nat)
+    assert invalid.value.reason == "API_KEY_INVALID" and counting.reads == reads + 1
+    # A revocation made elsewhere is still seen once the entry is stale.
+    await store.revoke_api_key(record.prefix, datetime.now(UTC))
+    with pytest.raises(Unauthenticated) as revoked:
+        await verifier.verify(key, nat)
+    assert revoked.value.reason == "API_KEY_REVOKED"
+
+
+async def test_one_ipv6_slash_64_is_one_lookup_budget(store: SqliteStore) -> None:
+    counting = CountingStore(store)
+    verifier = KeyVerifier(
+        KeyRing([]), counting, lookups_per_peer=RateLimit(per_second=0.001, burst=3)
+    )
+    for n in range(3):
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(f"qgw_made{n:04d}up_secret", f"ipv6:[2001:db8:1:2::{n:x}]:443")
+    with pytest.raises(ResourceExhausted):  # another address of the same /64
+        await verifier.verify("qgw_made0009up_secret", "ipv6:%5B2001:db8:1:2:ffff::1%5D:443")
+    with pytest.raises(Unauthenticated):  # the next /64 has its own
+        await verifier.verify("qgw_made0010up_secret", "ipv6:[2001:db8:1:3::1]:443")
+    assert counting.reads == 4

@@ -15,7 +15,7 @@ from gateway.api.audit_filter import parse_audit_filter
 from gateway.domain.audit import AuditComparison, AuditRecord, ChainPoint
 from gateway.domain.errors import InvalidArgument
 from gateway.security.audit_writer import OVERFLOW_PEER, AuditWriter
-from gateway.security.peers import peer_host
+from gateway.security.peers import peer_host, peer_network
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -143,3 +143,11 @@ def test_audit_config_refuses_typos_and_off_builds_nothing(tmp_path: Path) -> No
     key = tmp_path / "data" / "audit.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert len(key.read_bytes()) == 32
+
+
+def test_peer_networks() -> None:
+    assert peer_network("ipv4:127.0.0.1:5555") == "ipv4:127.0.0.1"
+    assert peer_network("ipv6:[2001:db8:1:2::7]:5555") == "ipv6:2001:db8:1:2::/64"
+    assert peer_network("ipv6:%5B2001:db8:1:2:ffff::1%5D:42150") == "ipv6:2001:db8:1:2::/64"
+    assert peer_network("ipv6:[fe80::1%25eth0]:5555") == "ipv6:fe80::/64"
+    assert peer_network("unix:/tmp/s") == "unix:/tmp/s"
