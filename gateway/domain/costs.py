@@ -65,6 +65,24 @@ def check_precision(precision: float, field: str) -> float:
     return float(precision)
 
 
+def check_precision_shots(shots: int, precision: float, max_shots: int, field: str) -> None:
+    """The shots a sampling backend needs per binding for `precision` fit within max_shots, a
+    PUB's limit (INVALID_PRECISION)."""
+    if shots <= max_shots:
+        return
+    finest = 1.0 / math.sqrt(max_shots)
+    message = (
+        f"precision {precision:g} needs about {shots} shots per binding on this backend, more "
+        f"than its limit of {max_shots}; ask for a precision of at least {finest:.3g}"
+    )
+    raise InvalidArgument(
+        "INVALID_PRECISION",
+        message,
+        metadata={"maxShots": str(max_shots), "shots": str(shots)},
+        field_violations=[FieldViolation(field, message)],
+    )
+
+
 def _refuse(reason: str, message: str, field: str, limit: str, value: int, maximum: int) -> None:
     raise InvalidArgument(
         reason,

@@ -470,3 +470,34 @@ def test_an_observable_on_an_idle_qubit_keeps_its_readout_error(manila: IbmAdapt
     est = results[0]
     assert isinstance(est, EstimatorResult)
     assert 0.8 < est.expectation_values[0] < 0.99, est.expectation_values
+
+
+def test_estimator_pubs_count_the_shots_their_precision_costs(manila: IbmAdapter) -> None:
+    # The runtime samples to reach the precision (~1/precision^2 shots per binding): those
+    # shots count against the job's shot limits, quotas and per-shot prices like a sampler's.
+    def estimator(precision: float | None, bindings: int = 1) -> EstimatorPub:
+        return EstimatorPub(
+            circuit=q3("input float[64] theta; qubit[1] q; rx(theta) q[0];"),
+            observables=(Observable((("Z", 1.0),)),),
+            observables_shape=(1,),
+            bindings=Bindings(("theta",), (bindings, 1), np.zeros(bindings)),
+            precision=precision,
+        )
+
+    assert prepare_in_process(manila, spec(estimator(0.01, bindings=3)), 1).shots == 3 * 10_000
+    default = 1 / 0.015625**2  # the runtime's default precision: unset, or 0
+    assert prepare_in_process(manila, spec(estimator(None)), 1).shots == default
+    assert prepare_in_process(manila, spec(estimator(0.0)), 1).shots == default
+    both = spec(estimator(0.1), sampler("qubit[1] q; bit[1] c; c[0] = measure q[0];", shots=50))
+    assert prepare_in_process(manila, both, 1).shots == 100 + 50
+    # Past the backend's shots per PUB (100 000 here): 1e6 shots, and 1/p^2 past any float.
+    for precision in (0.001, 1e-300):
+        with pytest.raises(InvalidArgument) as too_fine:
+            prepare_in_process(manila, spec(estimator(precision)), 1)
+        assert too_fine.value.reason == "INVALID_PRECISION"
+        assert too_fine.value.metadata["maxShots"] == "100000"
+        assert too_fine.value.field_violations[0].field == "spec.pubs[0].estimator.precision"
+    # Within it per binding, past the job's 10 million in all.
+    with pytest.raises(InvalidArgument) as too_many:
+        prepare_in_process(manila, spec(estimator(0.004, bindings=200)), 1)
+    assert too_many.value.reason == "TOO_MANY_SHOTS"

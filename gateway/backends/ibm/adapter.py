@@ -59,7 +59,7 @@ from gateway.backends.qiskit.adapter import (
     result_builder,
 )
 from gateway.backends.qiskit.fakes import fake_backend
-from gateway.domain.circuits import CircuitFeature, FloatArray
+from gateway.domain.circuits import DEFAULT_PRECISION, CircuitFeature, FloatArray
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import EstimatorResult, JobSpec, SamplerOutput, SamplerResult
@@ -75,6 +75,10 @@ _PROVIDER_FIELD = "spec.options.provider_options"
 _LOOSE_PREFIX = "_qgateway_loose_"
 _NOT_ACTIVE = frozenset({"barrier", "delay"})
 _RUNNABLES = 64
+# Estimator shots are 1/precision^2: below this precision that is past any shot limit, and it
+# is capped rather than computed (a precision of 1e-300 would overflow).
+MIN_SAMPLED_PRECISION = 1e-9
+MAX_SAMPLED_SHOTS = 10**18
 _NOISE_MODELS = 64
 
 # A circuit as the runtime runs it, and each register's name and circuit-wide clbits.
@@ -224,6 +228,14 @@ class IbmAdapter(QiskitAdapter):
     def samples_from_probabilities(self) -> bool:
         # Every shot comes from the runtime's sampler: noise, readout errors and twirling.
         return False
+
+    def estimator_shots(self, precision: float) -> int:
+        # The runtime samples each binding until its standard error reaches the precision:
+        # about 1/precision^2 shots (a lower bound: measurement groups and twirling add more).
+        precision = precision if precision > 0 else DEFAULT_PRECISION
+        if precision < MIN_SAMPLED_PRECISION:  # 1/p^2 would overflow; refused as too many
+            return MAX_SAMPLED_SHOTS
+        return min(math.ceil(1.0 / (precision * precision)), MAX_SAMPLED_SHOTS)
 
     def sample_shots(
         self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput

@@ -270,6 +270,11 @@ class QiskitAdapter(BackendAdapter):
         ideal simulator); False makes every sampler PUB go through `sample_shots`."""
         return True
 
+    def estimator_shots(self, precision: float) -> int:
+        """Shots one binding of an estimator PUB runs at `precision` (0: the backend's
+        default): 0 where expectation values are computed, not sampled (default)."""
+        return 0
+
     def terminal_probabilities(
         self,
         key: str,
@@ -535,13 +540,20 @@ class QiskitAdapter(BackendAdapter):
             base,
         )
         if pub.precision is not None:
-            precision = costs.check_precision(pub.precision, f"{base}.precision")
+            precision_field = f"{base}.precision"
+            precision = costs.check_precision(pub.precision, precision_field)
         elif spec.options.default_precision is not None:
-            precision = costs.check_precision(
-                spec.options.default_precision, "spec.options.default_precision"
-            )
+            precision_field = "spec.options.default_precision"
+            precision = costs.check_precision(spec.options.default_precision, precision_field)
         else:
-            precision = DEFAULT_PRECISION
+            precision_field, precision = f"{base}.precision", DEFAULT_PRECISION
+        # A sampling backend pays shots for its precision: they count against the job's shot
+        # limits, quotas and per-shot prices like a sampler's.
+        shots = self.estimator_shots(precision)
+        costs.check_precision_shots(
+            shots, precision, self.context.limits.max_shots, precision_field
+        )
+        cost.add_shots(bindings, shots, precision_field)
         task = EstimatorTask(
             circuit=entry.ref,
             parameters=entry.parameters,
