@@ -117,8 +117,8 @@ class ServerConfig(_Strict):
     max_sessions_per_tenant: int = Field(default=10, gt=0)
     session_max_ttl_s: float = Field(default=8 * 3600.0, gt=0)
     session_idle_ttl_s: float = Field(default=300.0, gt=0)
-    # Open server streams (WatchJob, StreamJobResult) one tenant may hold on this process; one
-    # more is RESOURCE_EXHAUSTED TOO_MANY_STREAMS.
+    # Open server streams (WatchJob, StreamJobResult) and waiting Run calls one tenant may hold
+    # on this process; one more is RESOURCE_EXHAUSTED TOO_MANY_STREAMS.
     max_streams_per_tenant: int = Field(default=1000, gt=0)
     # Stored-result bytes that open StreamJobResult calls hold in memory (each keeps its parsed
     # result until it ends), per tenant and for the whole process; past either a new stream is

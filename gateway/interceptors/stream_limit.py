@@ -1,8 +1,10 @@
 """Open server streams per tenant: WatchJob and StreamJobResult hold a stream (and a watcher or
-a result in memory) for as long as the caller keeps them open, so one tenant could otherwise
-open them without bound on the process every tenant shares. Past `server.max_streams_per_tenant`
-a new stream is RESOURCE_EXHAUSTED TOO_MANY_STREAMS (QuotaFailure, RetryInfo) before its
-handler runs; unary calls are not counted.
+a result in memory) for as long as the caller keeps them open, and Run holds a waiter until its
+job ends (up to `server.run_max_wait_s`), so one tenant could otherwise open them without bound
+on the process every tenant shares (a Run repeating one request_id creates no job and meets no
+queue limit). Past `server.max_streams_per_tenant` a new one is RESOURCE_EXHAUSTED
+TOO_MANY_STREAMS (QuotaFailure, RetryInfo) before its handler runs; other unary calls are not
+counted.
 
 Placed after authentication (the tenant is the principal's). Counted per process, like rate
 limits: replicas each allow the limit.
@@ -19,6 +21,8 @@ from gateway.api.context import Context
 from gateway.domain.errors import QuotaViolation, ResourceExhausted
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
 from gateway.security.principals import current_principal
+
+RUN_METHOD = "/qgateway.v1.JobService/Run"
 
 
 class StreamLimiter:
@@ -55,8 +59,8 @@ class StreamLimiter:
 def too_many_streams(tenant: str, held: int, limit: int) -> ResourceExhausted:
     return ResourceExhausted(
         "TOO_MANY_STREAMS",
-        f"tenant {tenant} has {held} open streams (WatchJob, StreamJobResult), the limit of "
-        f"{limit}; close one, or retry",
+        f"tenant {tenant} has {held} open streams (WatchJob, StreamJobResult) and waiting Run "
+        f"calls, the limit of {limit}; close one, or retry",
         metadata={
             "tenant": f"tenants/{tenant}",
             "limit": "max_streams_per_tenant",
@@ -80,12 +84,21 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if not is_gateway_method(handler, handler_call_details.method):
             return handler
-        if handler.unary_stream is None:
+        waits = handler_call_details.method == RUN_METHOD
+        if handler.unary_stream is None and not waits:
             return handler
         limiter = self._limiter
 
-        def unchanged(unary: Unary) -> Unary:
-            return unary
+        def wrap_unary(unary: Unary) -> Unary:
+            async def handle(request: Any, context: Context) -> Any:
+                tenant = current_principal.get().tenant
+                limiter.open(tenant)
+                try:
+                    return await unary(request, context)
+                finally:
+                    limiter.close(tenant)
+
+            return handle
 
         def wrap_stream(stream: Stream) -> Stream:
             async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -100,4 +113,4 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return handle
 
-        return rewrap(handler, unchanged, wrap_stream)
+        return rewrap(handler, wrap_unary, wrap_stream)

@@ -258,7 +258,11 @@ def test_open_streams_per_tenant_are_limited(channel: grpc.Channel) -> None:
         assert err.metadata["maxStreams"] == str(MAX_STREAMS)
         assert err.metadata["openStreams"] == str(MAX_STREAMS)
         assert err.has_quota_failure and err.retry_delay_s is not None
-        # Unary calls are not counted, nor are another tenant's streams.
+        # A Run holds a waiter until its job ends: counted like a stream.
+        with pytest.raises(grpc.RpcError) as run_refused:
+            streamer.run(spec())
+        assert status_of(run_refused.value).reason == "TOO_MANY_STREAMS"
+        # Other unary calls are not counted, nor are another tenant's streams.
         streamer.jobs.GetJob(job_service_pb2.GetJobRequest(name=job.name), metadata=streamer.md)
         own = ops.submit(spec(backend=STUCK))  # queued behind the stuck one
         other = ops.jobs.WatchJob(
