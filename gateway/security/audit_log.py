@@ -33,6 +33,8 @@ class AuditStore(Protocol):
 
     async def audit_head(self) -> ChainPoint: ...
 
+    async def audit_holds(self, point: ChainPoint) -> bool: ...
+
     async def expire_audit(self, before: datetime) -> int: ...
 
 
@@ -77,6 +79,13 @@ class AuditLog:
 
     async def start(self) -> None:
         """Sweeps expired records and exports the head; then both recur in the background."""
+        try:
+            # The head exported before this start: the database must still reach it.
+            self._exported = await asyncio.to_thread(audit_files.read_head, self._head_path)
+        except ValueError as exc:
+            log.error(
+                "audit: the head file %s is unreadable (%s); replacing it", self._head_path, exc
+            )
         await self._sweep()
         await self.export_head()
         self._task = asyncio.create_task(self._maintain(), name="qgateway-audit")
@@ -99,12 +108,26 @@ class AuditLog:
             log.info("audit: %d records past retention deleted", expired)
 
     async def export_head(self) -> ChainPoint:
-        """Writes the chain head to its file and the log (when it moved)."""
+        """Writes the chain head to its file and the log (when it moved), unless the database
+        no longer reaches the head exported before: then the old head file is kept, as the
+        evidence `qgateway audit verify` needs, and the deletion is logged."""
         head = await self._store.audit_head()
-        if head != self._exported:
-            await asyncio.to_thread(audit_files.write_head, self._head_path, head)
-            self._exported = head
-            log.info("audit head sequence=%d mac=%s", head.sequence, head.mac.hex())
+        if head == self._exported:
+            return head
+        exported = self._exported
+        if exported is not None and not await self._store.audit_holds(exported):
+            log.critical(
+                "audit: the database no longer holds the exported head (sequence=%d mac=%s): "
+                "records were deleted or rewritten; %s is kept as it is (run `qgateway audit "
+                "verify`; after restoring a database on purpose, move the head file away)",
+                exported.sequence,
+                exported.mac.hex(),
+                self._head_path,
+            )
+            return head
+        await asyncio.to_thread(audit_files.write_head, self._head_path, head)
+        self._exported = head
+        log.info("audit head sequence=%d mac=%s", head.sequence, head.mac.hex())
         return head
 
     async def close(self) -> None:

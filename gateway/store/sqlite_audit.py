@@ -13,6 +13,7 @@ anchor (the last expired record's sequence and MAC, itself MAC'd) past them.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import pathlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -296,6 +297,38 @@ class SqliteAudit:
     async def audit_head(self) -> ChainPoint:
         """The newest record's sequence and MAC (the anchor, or 0, when there is none)."""
         return await self._call(_head, readonly=True)
+
+    async def audit_holds(self, point: ChainPoint) -> bool:
+        """Whether the chain still reaches `point` (an exported head): the record at its
+        sequence has its MAC, or retention expired it (at or below a well-MAC'd anchor).
+        False when the newest records were deleted or rewritten since it was exported.
+
+        Raises:
+            RuntimeError: When audit writing is not enabled (the anchor needs the key).
+        """
+        key = self._audit_key
+        if key is None:
+            raise RuntimeError("audit is not enabled on this store")
+
+        def op(conn: sqlite3.Connection) -> bool:
+            if point == audit.START:
+                return True
+            row = conn.execute(
+                "SELECT mac FROM audit_records WHERE seq = ?", (point.sequence,)
+            ).fetchone()
+            if row is not None:
+                return hmac.compare_digest(bytes(row[0]), point.mac)
+            found = read_anchor(conn)
+            if found is None:
+                return False
+            anchor, mac = found
+            if not hmac.compare_digest(audit.anchor_mac(key, anchor), mac):
+                return False
+            if anchor.sequence == point.sequence:
+                return hmac.compare_digest(anchor.mac, point.mac)
+            return point.sequence < anchor.sequence
+
+        return await self._call(op, readonly=True)
 
     async def list_audit(
         self,

@@ -23,6 +23,8 @@ from gateway.domain.audit import (
     chain,
     verify,
 )
+from gateway.security import audit_files
+from gateway.security.audit_log import AuditLog
 from gateway.store import sqlite_audit
 from gateway.store.sqlite import SqliteStore
 
@@ -279,3 +281,91 @@ def test_a_page_examines_a_bounded_window_of_records(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def _audit_log(store: SqliteStore, tmp_path: Path, retention_s: float = 1e10) -> AuditLog:
+    (tmp_path / "audit.key").write_bytes(KEY)
+    return AuditLog(
+        store,
+        tmp_path / "audit.key",
+        tmp_path / "audit-head.json",
+        head_interval_s=3600.0,
+        retention_s=retention_s,
+        flush_interval_s=1.0,
+        failure_window_s=60.0,
+        max_failure_peers=100,
+    )
+
+
+def _delete_newest(path: Path, after: int) -> None:
+    """What someone with write access to the database does: the trigger dropped first."""
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER audit_records_no_delete")
+    conn.execute("DELETE FROM audit_records WHERE seq > ?", (after,))
+    conn.commit()
+    conn.close()
+
+
+def test_the_gateway_never_exports_a_head_its_database_no_longer_reaches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    head_file = tmp_path / "audit-head.json"
+
+    async def run(deleted_after: int | None) -> ChainPoint:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            await log.start()
+            if deleted_after is not None:
+                _delete_newest(tmp_path / "q.db", deleted_after)
+            await store.append_audit(_records(2, start=100))  # traffic goes on
+            return await log.export_head()
+        finally:
+            await log.close()
+            await store.close()
+
+    async def first() -> ChainPoint:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            await log.start()
+            await store.append_audit(_records(8))
+            return await log.export_head()
+        finally:
+            await log.close()
+            await store.close()
+
+    exported = asyncio.run(first())
+    assert exported.sequence == 8 and audit_files.read_head(head_file) == exported
+    # The newest three deleted while running: the next export keeps the old head.
+    asyncio.run(run(deleted_after=5))
+    assert audit_files.read_head(head_file) == exported
+    assert "no longer holds the exported head" in caplog.text
+    assert not _verify_file(tmp_path / "q.db", exported).ok
+    # And at the next start too.
+    caplog.clear()
+    asyncio.run(run(deleted_after=None))
+    assert audit_files.read_head(head_file) == exported
+    assert "no longer holds the exported head" in caplog.text
+
+
+def test_a_head_expired_by_retention_is_still_reached(tmp_path: Path) -> None:
+    async def main() -> tuple[ChainPoint, ChainPoint]:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path, retention_s=1.0)
+        await store.open()
+        try:
+            await store.append_audit(_records(4))  # long past their retention
+            await log.start()  # swept first, then the anchor's head exported
+            first = audit_files.read_head(tmp_path / "audit-head.json")
+            await store.append_audit(_records(1, start=10))
+            return first or audit.START, await log.export_head()
+        finally:
+            await log.close()
+            await store.close()
+
+    first, head = asyncio.run(main())
+    assert first.sequence == 4 and head.sequence == 5
+    assert audit_files.read_head(tmp_path / "audit-head.json") == head
