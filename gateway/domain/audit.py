@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -288,6 +288,7 @@ class _State(Enum):
     OPEN = 0
     TAKEN = 1
     CLOSED = 2
+    CLOSED_TAKEN = 3  # the call ended while an operation that took the record was running
 
 
 class Effect(Enum):
@@ -321,12 +322,19 @@ class PendingRecord:
 
     Exactly one of them writes it: the first store operation of an accepted kind that `take`s
     it commits it in its own transaction; otherwise the interceptor, at the end of the call
-    (`close`).
+    (`close`), or, when the call ended while such an operation ran and that operation then
+    committed nothing, `late` (the record as the call ended).
     """
 
-    def __init__(self, draft: AuditRecord, effects: frozenset[Effect]) -> None:
+    def __init__(
+        self,
+        draft: AuditRecord,
+        effects: frozenset[Effect],
+        late: Callable[[AuditRecord], None] | None = None,
+    ) -> None:
         self.draft = draft
         self.effects = effects
+        self._late = late
         self._state = _State.OPEN
 
     def note(self, **fields: Any) -> None:
@@ -346,11 +354,17 @@ class PendingRecord:
         """The operation that took it failed and committed nothing."""
         if self._state is _State.TAKEN:
             self._state = _State.OPEN
+        elif self._state is _State.CLOSED_TAKEN:
+            self._state = _State.CLOSED
+            if self._late is not None:
+                self._late(self.draft)
 
     def close(self) -> AuditRecord | None:
         """At the end of the call: the record if nothing committed it (the caller writes it);
-        None when an effect did. Later takers (tasks the call started) get nothing."""
-        state, self._state = self._state, _State.CLOSED
+        None when an effect did or may still. Later takers (tasks the call started) get
+        nothing."""
+        state = self._state
+        self._state = _State.CLOSED_TAKEN if state is _State.TAKEN else _State.CLOSED
         return self.draft if state is _State.OPEN else None
 
 

@@ -170,9 +170,15 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:
                 draft = self._draft(full_method, request, context)
-                pending = None if effects is None else PendingRecord(draft, effects)
-                token = audit.pending_record.set(pending)
                 code, reason = int(Code.OK), ""
+
+                def late(record: AuditRecord) -> None:
+                    # An operation the call left running committed nothing: the record is
+                    # written with how the call ended.
+                    self._finish(record, code, reason)
+
+                pending = None if effects is None else PendingRecord(draft, effects, late)
+                token = audit.pending_record.set(pending)
                 try:
                     return await unary(request, context)
                 except BaseException as exc:

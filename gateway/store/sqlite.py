@@ -968,6 +968,13 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         If the caller is cancelled the operation still runs (and may commit): callers that
         must not lose track of it retry with the same request_id.
         """
+        return await self._enqueue(fn, readonly=readonly)
+
+    def _enqueue(
+        self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+    ) -> asyncio.Future[T]:
+        """Queues `fn` for the writer thread; the future resolves once its transaction has
+        committed (cancelling the future does not stop the operation)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
@@ -976,7 +983,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             if self._thread is None:
                 raise RuntimeError("the store is not open; call open() first")
             self._queue.put(_Op(fn, loop, future, readonly))
-        return await future
+        return future
 
     def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
         try:

@@ -231,6 +231,10 @@ class SqliteAudit:
             self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
         ) -> T: ...
 
+        def _enqueue(
+            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+        ) -> asyncio.Future[T]: ...
+
     def enable_audit(self, key: bytes) -> None:
         """Turns record writing on with the chain's key (kept outside the database)."""
         if len(key) != audit.KEY_BYTES:
@@ -265,10 +269,19 @@ class SqliteAudit:
                 recorded.append(True)
             return value
 
+        committing = self._enqueue(with_record)
         try:
-            value = await self._call(with_record)
+            # Shielded, so a caller that goes away can still learn how the operation ended.
+            value = await asyncio.shield(committing)
         except asyncio.CancelledError:
-            # The operation still runs and may commit its record: never written twice.
+            # The operation still runs and may commit its record: never written twice. If it
+            # fails or changes nothing, the record goes back to the call, which has ended by
+            # then and writes it itself (PendingRecord.give_back after close).
+            def settle(done: asyncio.Future[T]) -> None:
+                if done.cancelled() or done.exception() is not None or not recorded:
+                    pending.give_back()
+
+            committing.add_done_callback(settle)
             raise
         except BaseException:
             pending.give_back()  # rolled back: the call's own outcome is recorded instead
