@@ -48,6 +48,34 @@ JOB_PREFIX = "jobs/"
 SESSION_PREFIX = "sessions/"
 # Upper bound on the elements of one sweep, so a hostile shape cannot make us allocate forever.
 MAX_BINDINGS_ELEMENTS = 50_000_000
+# Dimensions of a sweep or observables shape (numpy's own limit is 64). Checked before any
+# arithmetic on the shape: the product of 100 000 large dimensions is one huge integer, and
+# computing it held the event loop for seconds.
+MAX_SHAPE_DIMS = 32
+
+
+def _shape(
+    dims: Sequence[int], field: str, reason: str, most: int, smallest: int
+) -> tuple[int, ...]:
+    """A client's shape: at most MAX_SHAPE_DIMS dimensions, each >= `smallest`, whose product
+    is at most `most` (work linear in the dimensions; a refusal quotes none of them)."""
+    if len(dims) > MAX_SHAPE_DIMS:
+        raise _bad(
+            reason,
+            field,
+            f"at most {MAX_SHAPE_DIMS} dimensions, got {len(dims)}",
+            maxDimensions=MAX_SHAPE_DIMS,
+            dimensions=len(dims),
+        )
+    shape = tuple(int(d) for d in dims)
+    size = 1
+    for d in shape:
+        if d < smallest:
+            raise _bad(reason, field, f"every dimension must be >= {smallest}, got {d}")
+        size *= d
+        if size > most:
+            raise _bad(reason, field, f"the shape holds more than {most} elements", most=most)
+    return shape
 
 
 def _bad(reason: str, field: str, description: str, **metadata: object) -> InvalidArgument:
@@ -128,10 +156,10 @@ def _circuit(msg: circuit_pb2.Circuit, field: str) -> CircuitSource:
 
 
 def _bindings(msg: circuit_pb2.BindingsArray, field: str) -> Bindings:
-    shape = tuple(int(d) for d in msg.shape)
+    shape = _shape(
+        msg.shape, f"{field}.shape", "INVALID_PARAMETER_VALUES", MAX_BINDINGS_ELEMENTS, 0
+    )
     size = math.prod(shape)
-    if size > MAX_BINDINGS_ELEMENTS:
-        raise _bad("INVALID_PARAMETER_VALUES", f"{field}.shape", "sweep is too large")
     names = tuple(msg.parameters)
     if len(set(names)) != len(names):
         raise _bad("INVALID_PARAMETER_VALUES", f"{field}.parameters", "names must be unique")
@@ -208,7 +236,13 @@ def _pub(msg: circuit_pb2.Pub, field: str) -> Pub:
         )
         if not observables:
             raise _bad("INVALID_OBSERVABLE", f"{f}.observables", "at least one observable")
-        obs_shape = tuple(int(d) for d in e.observables_shape) or (len(observables),)
+        obs_shape = _shape(
+            e.observables_shape,
+            f"{f}.observables_shape",
+            "INVALID_OBSERVABLE",
+            len(observables),
+            1,
+        ) or (len(observables),)
         return EstimatorPub(
             circuit=_circuit(e.circuit, f"{f}.circuit"),
             observables=observables,

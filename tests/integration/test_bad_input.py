@@ -121,6 +121,55 @@ def test_parameter_values_of_the_wrong_size(jobs: job_service_pb2_grpc.JobServic
     assert "spec.pubs[0].sampler.parameter_values.values" in info.fields
 
 
+@pytest.mark.parametrize(
+    ("dims", "detail"),
+    [
+        # 100 000 dimensions near 2^31: their product was one huge integer, computed on the
+        # event loop for seconds; now refused by their count before any arithmetic.
+        ([2**31 - 1] * 100_000, "at most 32 dimensions, got 100000"),
+        ([2, -3], "every dimension must be >= 0, got -3"),
+        ([-1, -1], "every dimension must be >= 0, got -1"),
+        ([1] * 33, "at most 32 dimensions, got 33"),
+        ([2**31 - 1] * 3, "the shape holds more than 50000000 elements"),
+    ],
+    ids=["huge", "negative", "negatives", "too-many-dims", "too-many-elements"],
+)
+def test_hostile_sweep_shapes_are_refused_before_any_arithmetic(
+    jobs: job_service_pb2_grpc.JobServiceStub, dims: list[int], detail: str
+) -> None:
+    spec = sampler_spec(ghz(2))
+    spec.pubs[0].sampler.parameter_values.shape.extend(dims)
+    info = submit_error(jobs, spec)
+    assert (info.code, info.reason) == (INVALID, "INVALID_PARAMETER_VALUES")
+    assert "spec.pubs[0].sampler.parameter_values.shape" in info.fields
+    assert detail in info.message and len(info.message) < 300  # quotes no dimension list
+
+
+@pytest.mark.parametrize(
+    ("dims", "detail"),
+    [
+        ([2**31 - 1] * 100_000, "at most 32 dimensions"),
+        ([1, 0], "every dimension must be >= 1, got 0"),
+        ([2, 2], "the shape holds more than 1 elements"),
+    ],
+    ids=["huge", "zero", "more-than-observables"],
+)
+def test_hostile_observable_shapes_are_refused_before_any_arithmetic(
+    jobs: job_service_pb2_grpc.JobServiceStub, dims: list[int], detail: str
+) -> None:
+    pub = circuit_pb2.Pub(
+        estimator=circuit_pb2.EstimatorPub(
+            circuit=circuit_pb2.Circuit(qasm3=HEADER + "qubit[1] q; h q[0];"),
+            observables=[circuit_pb2.Observable(terms=[circuit_pb2.PauliTerm(pauli="Z")])],
+            observables_shape=dims,
+        )
+    )
+    spec = job_pb2.JobSpec(backend="backends/aer", pubs=[pub])
+    info = submit_error(jobs, spec)
+    assert (info.code, info.reason) == (INVALID, "INVALID_OBSERVABLE")
+    assert detail in info.message and len(info.message) < 300
+
+
 @pytest.mark.parametrize("shots", [0, -5, 100_001])
 def test_shots_out_of_range(jobs: job_service_pb2_grpc.JobServiceStub, shots: int) -> None:
     info = submit_error(jobs, sampler_spec(ghz(2), shots=shots))
