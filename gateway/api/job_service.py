@@ -271,11 +271,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=created)
         if finished.state is JobState.SUCCEEDED:
-            data = await self._manager.result(finished)
             name = f"{codec.JOB_PREFIX}{finished.id}/result"
-            # The rest of the response counts against the same message limit.
-            size = len(data) + len(name) + RESULT_FRAMING_BYTES + response.ByteSize()
-            if size > self._max_response:
+            # The rest of the response counts against the same message limit; a result that
+            # cannot fit is not read (a repeated Run must not cost a read of up to max_result_mb
+            # on the store's one thread each time).
+            room = self._max_response - len(name) - RESULT_FRAMING_BYTES - response.ByteSize()
+            data = await self._manager.result_within(finished, room)
+            if isinstance(data, int):
                 response.result_too_large = True
             else:
                 # Parsed straight into the response (no separate message to copy).
