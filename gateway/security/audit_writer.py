@@ -24,6 +24,8 @@ from gateway.security.peers import peer_host
 log = logging.getLogger(__name__)
 
 OVERFLOW_PEER = "*"
+# The reason of the record that counts refusals past `max_failure_peers` in a window.
+OVERFLOW_REASON = "AUDIT_OVERFLOW"
 
 
 class AuditSink(Protocol):
@@ -96,7 +98,17 @@ class AuditWriter:
         state = self._failures.get(key)
         if state is None and len(self._failures) >= self._max_peers:
             key = (OVERFLOW_PEER, "", "")
-            record = replace(record, peer=OVERFLOW_PEER)
+            # Calls of any caller, tenant, method and reason are counted here: the record names
+            # none of them, rather than the first one's (which would credit every other
+            # tenant's refusals to it, in its tenant admin's view).
+            record = AuditRecord(
+                time=record.time,
+                end_time=record.end_time,
+                service="",
+                method="",
+                peer=OVERFLOW_PEER,
+                reason=OVERFLOW_REASON,
+            )
             state = self._failures.get(key)
         if state is None:
             self._failures[key] = _Failures()

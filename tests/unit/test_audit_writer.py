@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import stat
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from gateway.api.audit_filter import parse_audit_filter
 from gateway.domain.audit import AuditComparison, AuditRecord, ChainPoint
 from gateway.domain.errors import InvalidArgument
-from gateway.security.audit_writer import OVERFLOW_PEER, AuditWriter
+from gateway.security.audit_writer import OVERFLOW_PEER, OVERFLOW_REASON, AuditWriter
 from gateway.security.peers import peer_host, peer_network
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -76,7 +77,38 @@ def test_many_peers_are_bounded_by_the_overflow_record() -> None:
     # 8 peers told apart (first + aggregate each), everything else under "*" (first + rest).
     assert len(records) <= 2 * 8 + 2
     assert sum(r.count for r in records) == 1500
-    assert OVERFLOW_PEER in {r.peer for r in records}
+    overflow = [r for r in records if r.peer == OVERFLOW_PEER]
+    assert overflow and all(r.reason == OVERFLOW_REASON for r in overflow)
+
+
+def test_the_overflow_record_names_no_caller_tenant_or_method() -> None:
+    # Past the bound, refusals of every tenant are counted into one record: it must not carry
+    # the first overflowing call's identity (another tenant's admin would see them as its own).
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(
+            sink, flush_interval_s=3600, failure_window_s=3600, max_failure_peers=2
+        )
+        for host in range(2):
+            writer.auth_failed(_failure(f"ipv4:10.9.9.{host}:5000"))
+        acme = replace(
+            _failure("ipv4:10.0.0.1:5000", "RATE_LIMITED"),
+            tenant="acme",
+            principal="apiKeys/acme1",
+            key_prefix="acme1",
+            method="SubmitJob",
+        )
+        globex = replace(acme, tenant="globex", principal="apiKeys/globex1", key_prefix="g1")
+        for record in (acme, acme, *[globex] * 5):
+            writer.auth_failed(record)
+        await writer.close()
+        return sink
+
+    overflow = [r for r in asyncio.run(main()).records if r.peer == OVERFLOW_PEER]
+    assert sum(r.count for r in overflow) == 7
+    for record in overflow:
+        assert (record.tenant, record.principal, record.key_prefix) == ("", "", "")
+        assert (record.method, record.reason) == ("", OVERFLOW_REASON)
 
 
 def test_records_are_written_in_batches() -> None:
