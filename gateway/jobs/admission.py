@@ -230,9 +230,8 @@ class Admission:
         )
         queue = runtime.queue
         if not queue.queues_before_commit:
-            outcome = await self._store.create_job(new)
+            outcome = await self._create(new)
             if outcome.created:
-                self._transitions.committed(outcome.job, None)
                 await queue.put(outcome.job, prepared)
                 runtime.wake.set()
             return outcome
@@ -275,11 +274,17 @@ class Admission:
         return pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks)
 
     async def _create(self, new: NewJob) -> CreateOutcome:
-        outcome = await self._store.create_job(new)
+        try:
+            outcome = await self._store.create_job(new)
+        except BaseException:
+            telemetry.job_not_created(new.trace_context)
+            raise
         # Published here, one step after the commit like RUNNING's publication, so watchers
         # and hooks hear QUEUED before RUNNING even when both commit in one batch.
         if outcome.created:
             self._transitions.committed(outcome.job, None)
+        else:
+            telemetry.job_not_created(new.trace_context)
         return outcome
 
     async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:

@@ -308,6 +308,9 @@ class _Op(Generic[T]):
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[T]
     readonly: bool
+    # Called on the loop with (value, error) once the transaction ended, even when the caller
+    # went away (its future cancelled): how an operation left running ended.
+    after: Callable[[Any, BaseException | None], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -971,10 +974,15 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         return await self._enqueue(fn, readonly=readonly)
 
     def _enqueue(
-        self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        readonly: bool = False,
+        after: Callable[[Any, BaseException | None], None] | None = None,
     ) -> asyncio.Future[T]:
         """Queues `fn` for the writer thread; the future resolves once its transaction has
-        committed (cancelling the future does not stop the operation)."""
+        committed (cancelling the future does not stop the operation); `after` is called on
+        the loop with (value, error) when it ended, even if the future was cancelled."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
@@ -982,7 +990,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 raise RuntimeError("the store is closed")
             if self._thread is None:
                 raise RuntimeError("the store is not open; call open() first")
-            self._queue.put(_Op(fn, loop, future, readonly))
+            self._queue.put(_Op(fn, loop, future, readonly, after))
         return future
 
     def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
@@ -1020,7 +1028,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             if isinstance(item, _Stop):
                 _settle(item.loop, item.future, None, None)
             else:
-                _settle(item.loop, item.future, None, RuntimeError("the store failed to open"))
+                _settle_op(item, None, RuntimeError("the store failed to open"))
 
     def _serve(self, conn: sqlite3.Connection) -> _Stop:
         while True:
@@ -1043,7 +1051,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             except BaseException as exc:
                 # A bug in the batch machinery: nobody may wait forever for an answer.
                 for op in batch:
-                    _settle(op.loop, op.future, None, exc)
+                    _settle_op(op, None, exc)
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -1059,7 +1067,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 conn.execute(begin)
             except sqlite3.Error as exc:
                 for op in pending:
-                    _settle(op.loop, op.future, None, exc)
+                    _settle_op(op, None, exc)
                 return
             outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
             aborted: int | None = None
@@ -1073,7 +1081,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                     with contextlib.suppress(sqlite3.Error):
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
-                    _settle(op.loop, op.future, None, exc)
+                    _settle_op(op, None, exc)
                     return
                 outcomes.append((op, value, None))
                 pending_ops: list[_Op[Any]] = []
@@ -1089,7 +1097,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                         continue
                     # SQLite rolled back the whole transaction (e.g. disk full): this op fails,
                     # the others run again in a fresh transaction.
-                    _settle(op.loop, op.future, None, exc)
+                    _settle_op(op, None, exc)
                     aborted = i
                     break
                 conn.execute("RELEASE op")
@@ -1104,7 +1112,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                 for op in pending:
-                    _settle(op.loop, op.future, None, exc)
+                    _settle_op(op, None, exc)
                 return
             self.commits += 1
             # Only now, with the commit on disk, may anyone see an answer: one wake-up of each
@@ -1147,6 +1155,10 @@ def _settle(
         loop.call_soon_threadsafe(resolve)
 
 
+def _settle_op(op: _Op[Any], value: Any, error: BaseException | None) -> None:
+    _settle_all([(op, value, error)])
+
+
 def _settle_all(outcomes: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op[Any], Any, BaseException | None]]]
     by_loop = {}
@@ -1156,6 +1168,8 @@ def _settle_all(outcomes: list[tuple[_Op[Any], Any, BaseException | None]]) -> N
 
         def resolve(group: list[tuple[_Op[Any], Any, BaseException | None]] = group) -> None:
             for op, value, error in group:
+                if op.after is not None:
+                    op.after(value, error)
                 if op.future.done():  # the caller was cancelled
                     continue
                 if error is not None:

@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from gateway.domain import audit
 from gateway.domain.api_keys import ApiKeyRecord
@@ -232,7 +232,11 @@ class SqliteAudit:
         ) -> T: ...
 
         def _enqueue(
-            self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False
+            self,
+            fn: Callable[[sqlite3.Connection], T],
+            *,
+            readonly: bool = False,
+            after: Callable[[Any, BaseException | None], None] | None = None,
         ) -> asyncio.Future[T]: ...
 
     def enable_audit(self, key: bytes) -> None:
@@ -269,19 +273,26 @@ class SqliteAudit:
                 recorded.append(True)
             return value
 
-        committing = self._enqueue(with_record)
+        # How the operation ended, seen on the loop even after its caller went away; the
+        # future is awaited directly (a shield would add a loop hop, and the job's QUEUED must
+        # be published before an end committed in the same batch).
+        ended: list[bool] = []  # [committed nothing], once the transaction ended
+        gone: list[bool] = []  # the caller was cancelled first
+
+        def after(value: object, error: BaseException | None) -> None:
+            ended.append(error is not None or not recorded)
+            if gone and ended[0]:
+                pending.give_back()
+
         try:
-            # Shielded, so a caller that goes away can still learn how the operation ended.
-            value = await asyncio.shield(committing)
+            value = await self._enqueue(with_record, after=after)
         except asyncio.CancelledError:
             # The operation still runs and may commit its record: never written twice. If it
             # fails or changes nothing, the record goes back to the call, which has ended by
             # then and writes it itself (PendingRecord.give_back after close).
-            def settle(done: asyncio.Future[T]) -> None:
-                if done.cancelled() or done.exception() is not None or not recorded:
-                    pending.give_back()
-
-            committing.add_done_callback(settle)
+            gone.append(True)
+            if ended and ended[0]:
+                pending.give_back()
             raise
         except BaseException:
             pending.give_back()  # rolled back: the call's own outcome is recorded instead

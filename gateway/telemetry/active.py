@@ -64,6 +64,12 @@ def job_traceparent() -> str:
     return "" if tracing is None else tracing.job_traceparent()
 
 
+def job_not_created(traceparent: str) -> None:
+    """A job stamped by job_traceparent() was not created after all."""
+    if tracing is not None:
+        tracing.job_not_created(traceparent)
+
+
 def install(new_tracing: Tracing | None, new_metrics: GatewayMetrics | None) -> None:
     global tracing, metrics, enabled
     tracing, metrics = new_tracing, new_metrics

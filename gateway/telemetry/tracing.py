@@ -161,8 +161,17 @@ class Tracing:
             # while the commit is in flight): its spans find the RPC's context by this key.
             if len(self._origins) >= MAX_TRACKED_JOBS:
                 del self._origins[next(iter(self._origins))]
-            self._origins[traceparent] = rpc or context.get_current()
+            # The span alone: the RPC's context also holds the caller's baggage (kilobytes).
+            self._origins[traceparent] = trace.set_span_in_context(
+                trace.get_current_span(rpc), context.Context()
+            )
         return traceparent
+
+    def job_not_created(self, traceparent: str) -> None:
+        """The job stamped with `traceparent` was not created (refused, or an earlier job of
+        its request_id): no transition will claim its context."""
+        if traceparent:
+            self._origins.pop(traceparent, None)
 
     def job_context(self, job_id: str) -> context.Context | None:
         """The context a job's work runs in: its execute span, else where it was created."""

@@ -141,6 +141,27 @@ def test_a_jobs_spans_hang_under_the_rpc_that_created_it(
     assert tracing.job_context("j1") is None  # forgotten once final
 
 
+def test_a_job_not_created_leaves_nothing_behind_and_no_baggage_is_kept(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    # A tenant over its quota submits again and again with maximal baggage: each refused job's
+    # stamp used to keep the RPC's whole context (baggage included) until evicted.
+    tracing, _ = spans
+    rpc_gen = _in_rpc(tracing)
+    next(rpc_gen)
+    token = context.attach(baggage.set_baggage("k", "v" * 4000))
+    try:
+        stamp = tracing.job_traceparent()
+    finally:
+        context.detach(token)
+    next(rpc_gen, None)
+    kept = tracing._origins[stamp]
+    assert baggage.get_all(kept) == {}  # the span only
+    assert trace.get_current_span(kept).get_span_context().is_valid
+    tracing.job_not_created(stamp)
+    assert stamp not in tracing._origins
+
+
 def test_a_recovered_job_starts_a_new_trace_linked_to_its_original(
     spans: tuple[Tracing, InMemorySpanExporter],
 ) -> None:
