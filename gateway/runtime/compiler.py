@@ -4,8 +4,9 @@ The gateway's serving process never parses client text: each distinct circuit is
 compile worker under a CPU-time limit (enforced by the kernel in the worker), a wall-clock limit
 (the worker is killed when it passes, or when the caller goes away) and a memory limit. Workers
 are shared fairly across tenants, and a killed worker is replaced in the background at the
-pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals included, so a
-repeated circuit (the VQE loop) or a repeated hostile request costs a hash and a lookup.
+pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals and failures
+inside a worker that answered included, so a repeated circuit (the VQE loop) or a repeated
+hostile request costs a hash and a lookup.
 """
 
 from __future__ import annotations
@@ -191,8 +192,12 @@ class Compiler:
             log.error("compile worker died: %s", crash.message)
             return Internal("COMPILER_CRASHED", "the compile worker failed unexpectedly"), False
         except ExecutionError as failure:
+            # The worker answered (it is healthy); the same circuit fails the same way, so the
+            # outcome is cached: a repeated request must not cost a compile, let alone a
+            # worker (killing it cost every tenant a replacement's start-up).
+            broken = False
             log.error("compile failed: %s", failure.message)
-            return Internal("COMPILER_FAILED", "compiling failed inside the gateway"), False
+            return Internal("COMPILER_FAILED", "compiling failed inside the gateway"), True
         finally:
             # Also on cancellation (the caller went away): a compile nobody waits for stops.
             if broken:

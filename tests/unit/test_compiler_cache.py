@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
 
 from gateway.backends.base import CIRCUIT_FIELD
 from gateway.domain.circuits import (
@@ -12,8 +16,8 @@ from gateway.domain.circuits import (
     SamplerPub,
     circuit_field,
 )
-from gateway.domain.errors import FieldViolation, InvalidArgument
-from gateway.runtime.compiler import _Cache, relocated
+from gateway.domain.errors import ExecutionError, FieldViolation, Internal, InvalidArgument
+from gateway.runtime.compiler import CompileLimits, Compiler, _Cache, relocated
 
 
 def test_a_cached_refusal_names_the_field_of_the_pub_that_sent_it() -> None:
@@ -62,3 +66,58 @@ def test_the_cache_keeps_the_most_recent_within_its_bytes() -> None:
     # Refusals (no nbytes) weigh a small fixed amount.
     cache.put("refused", InvalidArgument("X", "y"))
     assert isinstance(cache.get("refused"), InvalidArgument) and len(cache) == 5
+
+
+class _Worker:
+    """A compile worker whose adapter raises (an SDK bug, not a refusal)."""
+
+    def __init__(self) -> None:
+        self.compiles = 0
+        self.killed = False
+        self.exit_signal = None
+
+    async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+        self.compiles += 1
+        raise ExecutionError("COMPILER_FAILED", "TranspilerError: boom")
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class _Pool:
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.released: list[bool] = []
+        self.limits = SimpleNamespace(max_instances=1)
+
+    async def acquire(self, timeout: float) -> _Worker:
+        return self.worker
+
+    async def release(self, worker: _Worker, *, broken: bool) -> None:
+        self.released.append(broken)
+
+    async def maintain(self) -> None:
+        pass
+
+
+class _Adapter:
+    def circuit_key(self, source: CircuitSource) -> str:
+        return source.text
+
+
+def test_a_compile_that_fails_inside_a_healthy_worker_keeps_it_and_is_cached() -> None:
+    # The worker answered: killing it made every tenant wait for a replacement's start-up
+    # (seconds of SDK imports), and an 80-byte request could do that again and again.
+    worker = _Worker()
+    pool = _Pool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+    source = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; delay[10ns] q;")
+
+    async def twice() -> None:
+        for _ in range(2):
+            with pytest.raises(Internal) as failed:
+                await compiler.compile("acme", "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+            assert failed.value.reason == "COMPILER_FAILED"
+
+    asyncio.run(twice())
+    assert worker.compiles == 1 and not worker.killed and pool.released == [False]

@@ -501,3 +501,15 @@ def test_estimator_pubs_count_the_shots_their_precision_costs(manila: IbmAdapter
     with pytest.raises(InvalidArgument) as too_many:
         prepare_in_process(manila, spec(estimator(0.004, bindings=200)), 1)
     assert too_many.value.reason == "TOO_MANY_SHOTS"
+
+
+def test_a_circuit_the_transpiler_cannot_take_is_refused_not_a_gateway_fault(
+    manila: IbmAdapter,
+) -> None:
+    # An unscheduled `delay` on the device target: the transpiler raises, which used to be
+    # INTERNAL COMPILER_FAILED (and cost the compile worker).
+    source = q3("qubit[1] q; bit[1] c; delay[100ns] q[0]; c[0] = measure q[0];")
+    with pytest.raises(InvalidArgument) as refused:
+        manila.compile_circuit(source)
+    assert refused.value.reason == "TRANSPILE_FAILED"
+    assert "cannot be compiled for this backend" in refused.value.message

@@ -32,6 +32,7 @@ import qiskit
 from pydantic import Field
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
+from qiskit.transpiler.exceptions import TranspilerError
 
 from gateway.backends.base import (
     CIRCUIT_FIELD,
@@ -94,6 +95,9 @@ _NOT_GATES = frozenset({"measure", "reset", "delay", "barrier", "global_phase"})
 # loop (microseconds), sparing a thread hand-off.
 _CHEAP_BINDINGS = 1024
 _CHEAP_TERMS = 1024
+
+# The transpiler's own explanation is quoted up to this length.
+MAX_TRANSPILER_MESSAGE = 500
 
 
 class QiskitOptions(AdapterOptions):
@@ -363,7 +367,17 @@ class QiskitAdapter(BackendAdapter):
         circuit = fe.rename_shadowing_gates(circuit, target.operation_names, field)
         # Before transpiling, which costs more than refusing.
         fe.check_memory(self.state_size(circuit, False)[0], budget, self.method_name, field)
-        transpiled: QuantumCircuit = self._pass_manager().run(circuit)
+        try:
+            transpiled: QuantumCircuit = self._pass_manager().run(circuit)
+        except TranspilerError as exc:
+            # The circuit asks for what this target cannot do (a `delay` on a target without
+            # it): the client's to change, not a gateway fault.
+            detail = str(exc)[:MAX_TRANSPILER_MESSAGE]
+            raise fe.invalid(
+                "TRANSPILE_FAILED",
+                f"the circuit cannot be compiled for this backend: {detail}",
+                field,
+            ) from None
         # Each instance of a gate definition may bind its angles differently: an overflow can
         # show only once the transpiler has unrolled them all.
         fe.check_finite_parameters(transpiled, field)
