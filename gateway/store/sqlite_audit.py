@@ -443,10 +443,14 @@ class SqliteAudit:
 
 
 def open_readonly(path: pathlib.Path) -> sqlite3.Connection:
-    """The database, read-only (the gateway may be running: WAL readers do not block it)."""
+    """The database, read-only (the gateway may be running: WAL readers do not block it), in
+    one read transaction: the anchor and the records come from one snapshot, so a retention
+    sweep committing between the two reads cannot look like missing records."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such database")
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    conn.execute("BEGIN")
+    return conn
 
 
 def read_anchor(conn: sqlite3.Connection) -> tuple[ChainPoint, bytes] | None:

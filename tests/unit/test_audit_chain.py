@@ -369,3 +369,28 @@ def test_a_head_expired_by_retention_is_still_reached(tmp_path: Path) -> None:
     first, head = asyncio.run(main())
     assert first.sequence == 4 and head.sequence == 5
     assert audit_files.read_head(tmp_path / "audit-head.json") == head
+
+
+def test_verify_reads_the_anchor_and_the_records_from_one_snapshot(tmp_path: Path) -> None:
+    # A retention sweep committing between verify's two reads made a valid log look truncated.
+    async def main(step: str) -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            if step == "write":
+                await store.append_audit(_records(6))
+            else:
+                await store.expire_audit(T0 + timedelta(seconds=3, milliseconds=500))
+        finally:
+            await store.close()
+
+    asyncio.run(main("write"))
+    conn = sqlite_audit.open_readonly(tmp_path / "q.db")
+    try:
+        anchor = sqlite_audit.read_anchor(conn)  # none yet
+        asyncio.run(main("sweep"))  # records 1..4 expire, the anchor moves
+        verdict = verify(sqlite_audit.read_records(conn), KEY, None, anchor)
+    finally:
+        conn.close()
+    assert verdict.ok, verdict.detail
+    assert verdict.count == 6
