@@ -52,6 +52,9 @@ MAX_BINDINGS_ELEMENTS = 50_000_000
 # arithmetic on the shape: the product of 100 000 large dimensions is one huge integer, and
 # computing it held the event loop for seconds.
 MAX_SHAPE_DIMS = 32
+# PUBs of one job. Each distinct circuit is a compile and a compiled circuit the queued job
+# holds: 250 000 tiny PUBs fit in a 16 MiB request and held ~500 MB and minutes of compiles.
+MAX_PUBS = 1000
 
 
 def _shape(
@@ -275,6 +278,15 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
     backend = backend_id(msg.backend, f"{field}.backend")
     if not msg.pubs:
         raise _bad("NO_PUBS", f"{field}.pubs", "a job needs at least one PUB")
+    if len(msg.pubs) > MAX_PUBS:
+        raise _bad(
+            "TOO_MANY_PUBS",
+            f"{field}.pubs",
+            f"a job holds at most {MAX_PUBS} PUBs, got {len(msg.pubs)}; split it into several "
+            "jobs, or sweep parameters within a PUB",
+            maxPubs=MAX_PUBS,
+            pubs=len(msg.pubs),
+        )
     pubs = tuple(_pub(p, f"{field}.pubs[{i}]") for i, p in enumerate(msg.pubs))
     o = msg.options
     options = JobOptions(

@@ -170,6 +170,20 @@ def test_hostile_observable_shapes_are_refused_before_any_arithmetic(
     assert detail in info.message and len(info.message) < 300
 
 
+def test_a_job_of_too_many_pubs_is_refused_before_any_compile(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+) -> None:
+    spec = sampler_spec(ghz(2))
+    for _ in range(1000):
+        spec.pubs.append(spec.pubs[0])
+    info = submit_error(jobs, spec)
+    assert (info.code, info.reason) == (INVALID, "TOO_MANY_PUBS")
+    assert info.metadata == {"maxPubs": "1000", "pubs": "1001"}
+    assert "spec.pubs" in info.fields
+    del spec.pubs[1000]  # at the limit: accepted
+    jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=spec, validate_only=True), timeout=60)
+
+
 @pytest.mark.parametrize("shots", [0, -5, 100_001])
 def test_shots_out_of_range(jobs: job_service_pb2_grpc.JobServiceStub, shots: int) -> None:
     info = submit_error(jobs, sampler_spec(ghz(2), shots=shots))
