@@ -17,7 +17,8 @@ from gateway.domain.errors import Code, GatewayError
 
 SERVICE_PREFIX = "/qgateway.v1."
 # The methods that submit a job (rate limits, the refused-submission metric).
-SUBMIT_METHODS = frozenset({"/qgateway.v1.JobService/SubmitJob", "/qgateway.v1.JobService/Run"})
+RUN_METHOD = "/qgateway.v1.JobService/Run"
+SUBMIT_METHODS = frozenset({"/qgateway.v1.JobService/SubmitJob", RUN_METHOD})
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Stream = Callable[[Any, Context], AsyncIterator[Any]]

@@ -12,17 +12,16 @@ limits: replicas each allow the limit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
 from gateway.api.context import Context
 from gateway.domain.errors import QuotaViolation, ResourceExhausted
-from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.interceptors.handlers import RUN_METHOD, Stream, Unary, is_gateway_method, rewrap
 from gateway.security.principals import current_principal
-
-RUN_METHOD = "/qgateway.v1.JobService/Run"
 
 
 class StreamLimiter:
@@ -51,6 +50,19 @@ class StreamLimiter:
             self._open[tenant] = held
         else:  # no entry kept for a tenant with nothing open
             self._open.pop(tenant, None)
+
+    @contextmanager
+    def holding(self, tenant: str) -> Iterator[None]:
+        """Counts one stream of `tenant` for the block (open, then close however it ends).
+
+        Raises:
+            ResourceExhausted: TOO_MANY_STREAMS, as `open`.
+        """
+        self.open(tenant)
+        try:
+            yield
+        finally:
+            self.close(tenant)
 
     def held(self, tenant: str) -> int:
         return self._open.get(tenant, 0)
@@ -91,25 +103,17 @@ class StreamLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:
-                tenant = current_principal.get().tenant
-                limiter.open(tenant)
-                try:
+                with limiter.holding(current_principal.get().tenant):
                     return await unary(request, context)
-                finally:
-                    limiter.close(tenant)
 
             return handle
 
         def wrap_stream(stream: Stream) -> Stream:
             async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-                tenant = current_principal.get().tenant
-                limiter.open(tenant)
-                try:
+                # Released also when the caller goes away mid-stream (the generator is closed).
+                with limiter.holding(current_principal.get().tenant):
                     async for item in stream(request, context):
                         yield item
-                finally:
-                    # Also when the caller goes away mid-stream (the generator is closed).
-                    limiter.close(tenant)
 
             return handle
 

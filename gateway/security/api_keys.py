@@ -271,10 +271,10 @@ class KeyVerifier:
 
     async def _record(self, prefix: str, peer: str, digest: str) -> ApiKeyRecord | None:
         assert self._store is not None
-        cached = self._cache.get(prefix) or self._unknown.get(prefix)
+        known = self._cache.get(prefix)
+        cached = known or self._unknown.get(prefix)
         if cached is not None and self._clock() - cached.fetched < self._cache_s:
             return cached.record
-        known = self._cache.get(prefix)
         if known is not None and known.record is not None:
             # A stored key's hash never changes: a wrong secret is refused without a read, and
             # the holder of the right one refreshes its record uncharged, so spent lookups on a

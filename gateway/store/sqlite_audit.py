@@ -266,6 +266,7 @@ class SqliteAudit:
         recorded: list[bool] = []
 
         def with_record(conn: sqlite3.Connection) -> T:
+            recorded.clear()  # a batch SQLite rolled back whole runs its operations again
             value = op(conn)
             record = describe(value, draft)
             if record is not None:
@@ -273,33 +274,21 @@ class SqliteAudit:
                 recorded.append(True)
             return value
 
-        # How the operation ended, seen on the loop even after its caller went away; the
-        # future is awaited directly (a shield would add a loop hop, and the job's QUEUED must
-        # be published before an end committed in the same batch).
-        ended: list[bool] = []  # [committed nothing], once the transaction ended
-        gone: list[bool] = []  # the caller was cancelled first
-
         def after(value: object, error: BaseException | None) -> None:
-            ended.append(error is not None or not recorded)
-            if gone and ended[0]:
-                pending.give_back()
+            # On the loop once the transaction ended, before the caller resumes, and also when
+            # the caller went away meanwhile (then the call has ended and writes the record
+            # itself: PendingRecord.give_back after close). Awaiting the future directly, not
+            # through a shield, keeps the job's QUEUED published before an end committed in
+            # the same batch.
+            if error is not None or not recorded:
+                pending.give_back()  # rolled back, or nothing changed: the call records it
 
         try:
-            value = await self._enqueue(with_record, after=after)
-        except asyncio.CancelledError:
-            # The operation still runs and may commit its record: never written twice. If it
-            # fails or changes nothing, the record goes back to the call, which has ended by
-            # then and writes it itself (PendingRecord.give_back after close).
-            gone.append(True)
-            if ended and ended[0]:
-                pending.give_back()
-            raise
+            committing = self._enqueue(with_record, after=after)
         except BaseException:
-            pending.give_back()  # rolled back: the call's own outcome is recorded instead
+            pending.give_back()  # never queued
             raise
-        if not recorded:
-            pending.give_back()
-        return value
+        return await committing
 
     async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
         """Chains and commits `records` (a batch of reads, failures, aggregates) in one
