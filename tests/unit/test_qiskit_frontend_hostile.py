@@ -527,3 +527,15 @@ def test_near_valid_programs_get_a_circuit_or_a_client_error(data: st.DataObject
     fe.check_finite_parameters(circuit, FIELD)
     assert not fe.has_bits_outside_registers(circuit)
     assert sum(len(bits) for _, bits in fe.result_registers(circuit)) >= circuit.num_clbits
+
+
+def test_a_gate_used_without_its_parameters_is_a_client_error() -> None:
+    # Found by the fuzz test above: the QASM 2 reader accepts the call and fails only when the
+    # gate's definition is first built (lazily), which used to escape as QASM2ParseError.
+    text = (
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\ngate g(a) x, y { rx(a) x; cx x, y; }\n'
+        "qreg q[2];\ng q[0], q[1];\n"
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        fe.parse_circuit(CircuitSource(Q2, text), CircuitLimits(), FIELD, max_qubits=20)
+    assert refused.value.reason == "INVALID_QASM" and "'g'" in refused.value.message

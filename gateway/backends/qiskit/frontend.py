@@ -1293,7 +1293,15 @@ def _check_definitions(circuit: QuantumCircuit, field: str) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            definition = getattr(op, "definition", None)
+            try:
+                definition = getattr(op, "definition", None)
+            except qiskit.qasm2.QASM2ParseError as exc:
+                # The QASM 2 reader builds a gate's definition lazily, on this first access: a
+                # definition that does not fit its use (an opaque gate redeclaring a built-in
+                # with other parameters) fails only here.
+                raise invalid(
+                    "INVALID_QASM", f"gate {op.name!r}: {_sdk_message(exc)}", field, gate=op.name
+                ) from None
             if definition is None:
                 raise invalid(
                     "UNKNOWN_GATE",
