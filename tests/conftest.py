@@ -4,8 +4,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.gateway_process import GatewayProcess, write_config
+
+# Property tests draw the same examples on every run: a CI result must not depend on luck. A
+# case one of them finds once becomes a plain test of its own.
+settings.register_profile("deterministic", derandomize=True)
+settings.load_profile("deterministic")
 
 # One gateway for the whole session (every process that imports the SDK stack pays seconds).
 SESSION_BACKENDS = """
