@@ -157,3 +157,41 @@ def test_a_mid_circuit_measurement_still_collapses_the_state(aer: AerAdapter) ->
     counts = dict(sampler_result(results[0]).registers[0].counts[0])
     assert set(counts) == {"00", "01", "10", "11"}
     assert all(300 < n < 700 for n in counts.values())
+
+
+def test_a_wide_sweep_reads_its_probabilities_in_bounded_chunks(
+    aer: AerAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """600 bindings of 12 measured qubits: the simulator is asked for a bounded table of
+    probability rows at a time, not one row per binding at once (3000 bindings of 16 qubits
+    outgrew the worker's memory), and the draws are those of a single table."""
+    from gateway.backends.qiskit import adapter as qiskit_adapter
+
+    text = "input float[64] theta; qubit[12] q; bit[12] c; rx(theta) q[0]; x q[5]; c = measure q;"
+    # theta = 0, pi, pi/2: qubit 0 reads 0, 1, then either (so the draws themselves count).
+    values = np.array([[(0.0, math.pi, math.pi / 2)[k % 3]] for k in range(600)])
+    pub = sampler(q3(text), shots=8, bindings=Bindings(("theta",), (600,), values))
+    original = aer.terminal_probabilities
+    asked: list[int] = []
+
+    def counted(key: str, plan: Any, parameters: Any, rows: Any) -> Any:
+        asked.append(rows.shape[0])
+        return original(key, plan, parameters, rows)
+
+    monkeypatch.setattr(aer, "terminal_probabilities", counted)
+    _, results = run(aer, spec(pub, sampler_output=SamplerOutput.SAMPLES_AND_COUNTS), seed=3)
+    chunked = sampler_result(results[0]).registers[0]
+    assert sum(asked) == 600 and len(asked) > 1
+    assert max(asked) * (1 << 12) * 48 <= qiskit_adapter.PROBABILITY_TABLE_BYTES
+    for k in range(0, 600, 3):
+        assert dict(chunked.counts[k]) == {"000000100000": 8}
+        assert dict(chunked.counts[k + 1]) == {"000000100001": 8}
+        assert set(dict(chunked.counts[k + 2])) <= {"000000100000", "000000100001"}
+
+    asked.clear()
+    monkeypatch.setattr(qiskit_adapter, "PROBABILITY_TABLE_BYTES", 1 << 40)
+    _, results = run(aer, spec(pub, sampler_output=SamplerOutput.SAMPLES_AND_COUNTS), seed=3)
+    assert asked == [600]
+    whole = sampler_result(results[0]).registers[0]
+    assert whole.samples is not None and chunked.samples is not None
+    assert whole.samples.tolist() == chunked.samples.tolist()

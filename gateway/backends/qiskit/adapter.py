@@ -98,6 +98,11 @@ _CHEAP_TERMS = 1024
 
 # The transpiler's own explanation is quoted up to this length.
 MAX_TRANSPILER_MESSAGE = 500
+# Probability rows asked of the simulator at once. A row is 2^measured qubits float64, and a
+# simulator's Python output (Aer: a list of floats) holds several times that while it is read:
+# a table for every binding at once outgrew any budget (3000 bindings of 16 measured qubits).
+PROBABILITY_TABLE_BYTES = 32 << 20
+_PROBABILITY_ROW_FACTOR = 48  # bytes per probability while a row is read and copied
 
 
 class QiskitOptions(AdapterOptions):
@@ -651,27 +656,34 @@ class QiskitAdapter(BackendAdapter):
         plan = self.terminal_plan(task.circuit.key, circuit)
         if plan is None:
             return self.sample_shots(circuit, task, output)
-        probabilities = self.terminal_probabilities(
-            task.circuit.key, plan, task.parameters, task.flat_values()
-        )
-        if probabilities.shape[0] != task.size:
-            raise ExecutionError(
-                "EXECUTION_FAILED",
-                f"expected {task.size} probability vectors, got {probabilities.shape[0]}",
-                kind=FailureKind.BACKEND_FAULT,
-            )
         builder = result_builder(circuit.num_clbits, task, output)
         decoder = builder.decoder
         rng = np.random.default_rng(task.seed)
-        for b in range(task.size):
-            # The same draws whatever the output, so counts alone equal the counted samples.
-            outcomes = plan.outcomes(measurement.draw(probabilities[b], task.shots, rng))
-            if output.samples:  # counts, if asked for, come from these rows
-                builder.add_samples(b, decoder.int_samples(outcomes))
-            else:
-                values, numbers = np.unique(outcomes, return_counts=True)
-                drawn = zip(values.tolist(), numbers.tolist(), strict=True)
-                builder.add_counts(b, decoder.int_counts(dict(drawn)))
+        flat = task.flat_values()
+        row_bytes = (1 << len(plan.qubits)) * _PROBABILITY_ROW_FACTOR
+        chunk = max(1, PROBABILITY_TABLE_BYTES // row_bytes)
+        for start in range(0, task.size, chunk):
+            rows = flat[start : start + chunk]
+            probabilities = self.terminal_probabilities(
+                task.circuit.key, plan, task.parameters, rows
+            )
+            if probabilities.shape[0] != rows.shape[0]:
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"expected {rows.shape[0]} probability vectors, got {probabilities.shape[0]}",
+                    kind=FailureKind.BACKEND_FAULT,
+                )
+            for offset, row in enumerate(probabilities):
+                # The same draws whatever the output or the chunking, so counts alone equal
+                # the counted samples.
+                b = start + offset
+                outcomes = plan.outcomes(measurement.draw(row, task.shots, rng))
+                if output.samples:  # counts, if asked for, come from these rows
+                    builder.add_samples(b, decoder.int_samples(outcomes))
+                else:
+                    values, numbers = np.unique(outcomes, return_counts=True)
+                    drawn = zip(values.tolist(), numbers.tolist(), strict=True)
+                    builder.add_counts(b, decoder.int_counts(dict(drawn)))
         return builder.build()
 
     def _estimate(self, circuit: QuantumCircuit, task: EstimatorTask) -> EstimatorResult:
