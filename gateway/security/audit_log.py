@@ -24,6 +24,9 @@ from gateway.security.audit_writer import AuditWriter
 log = logging.getLogger("gateway.audit")
 
 RETENTION_SWEEP_S = 3600.0
+# Records deleted per store transaction: each batch is a short write (~3 ms) that other
+# writes queue behind, not one long one.
+EXPIRE_BATCH = 1000
 
 
 class AuditStore(Protocol):
@@ -35,7 +38,7 @@ class AuditStore(Protocol):
 
     async def audit_holds(self, point: ChainPoint) -> bool: ...
 
-    async def expire_audit(self, before: datetime) -> int: ...
+    async def expire_audit(self, before: datetime, limit: int) -> int: ...
 
 
 class AuditLog:
@@ -103,7 +106,13 @@ class AuditLog:
                 log.exception("audit: head export or retention sweep failed")
 
     async def _sweep(self) -> None:
-        expired = await self._store.expire_audit(self._clock() - self._retention)
+        before = self._clock() - self._retention
+        expired = 0
+        while True:
+            batch = await self._store.expire_audit(before, EXPIRE_BATCH)
+            expired += batch
+            if batch < EXPIRE_BATCH:
+                break
         if expired:
             log.info("audit: %d records past retention deleted", expired)
 

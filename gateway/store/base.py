@@ -443,7 +443,8 @@ class Store(Protocol):
         """Records matching `query` (and `tenant` when given) by sequence, after `after`."""
         ...
 
-    async def expire_audit(self, before: datetime) -> int:
-        """Deletes the oldest records that ended before `before`, keeping the chain
-        verifiable (its anchor moves past them); returns how many."""
+    async def expire_audit(self, before: datetime, limit: int) -> int:
+        """Deletes the oldest records that ended before `before`, at most `limit` of them
+        (oldest first), keeping the chain verifiable (its anchor moves past them); returns
+        how many."""
         ...

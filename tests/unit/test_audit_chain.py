@@ -198,8 +198,10 @@ def test_the_store_chains_batches_and_retention_keeps_the_chain_verifiable(
             assert head.sequence == 7
             assert await store.audit_head() == head
             # Records 1..5 ended before T0+4.5s.
-            expired = await store.expire_audit(T0 + timedelta(seconds=4, milliseconds=500))
-            assert expired == 3 + 2
+            cutoff = T0 + timedelta(seconds=4, milliseconds=500)
+            assert await store.expire_audit(cutoff, 2) == 2  # the oldest two, at most
+            assert (await store.list_audit(limit=10)).records[0].sequence == 3
+            assert await store.expire_audit(cutoff, 1000) == 3
             newer = await store.append_audit(_records(1, start=7))
             assert newer.sequence == 8
             page = await store.list_audit(limit=10)
@@ -219,7 +221,7 @@ def test_the_store_refuses_edits_and_a_forged_anchor_shows(tmp_path: Path) -> No
         await store.open()
         try:
             await store.append_audit(_records(4))
-            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500))
+            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
             return await store.audit_head()
         finally:
             await store.close()
@@ -380,7 +382,7 @@ def test_verify_reads_the_anchor_and_the_records_from_one_snapshot(tmp_path: Pat
             if step == "write":
                 await store.append_audit(_records(6))
             else:
-                await store.expire_audit(T0 + timedelta(seconds=3, milliseconds=500))
+                await store.expire_audit(T0 + timedelta(seconds=3, milliseconds=500), 1000)
         finally:
             await store.close()
 
@@ -394,3 +396,42 @@ def test_verify_reads_the_anchor_and_the_records_from_one_snapshot(tmp_path: Pat
         conn.close()
     assert verdict.ok, verdict.detail
     assert verdict.count == 6
+
+
+def test_retention_deletes_in_bounded_batches_and_the_chain_still_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One store transaction per batch: the store has one writer thread, and one delete of
+    200k expired records held every other write for 0.6 s."""
+    from gateway.security import audit_log
+
+    monkeypatch.setattr(audit_log, "EXPIRE_BATCH", 2)
+    batches: list[tuple[int, int]] = []
+
+    async def main() -> ChainPoint:
+        store = SqliteStore(tmp_path / "q.db")
+        original = store.expire_audit
+
+        async def counted(before: datetime, limit: int) -> int:
+            deleted = await original(before, limit)
+            batches.append((limit, deleted))
+            return deleted
+
+        monkeypatch.setattr(store, "expire_audit", counted)
+        await store.open()
+        log = _audit_log(store, tmp_path, retention_s=1.0)
+        try:
+            store.enable_audit(KEY)
+            await store.append_audit(_records(7))
+            await log.start()  # sweeps once at start: every record is past retention
+            assert (await store.list_audit(limit=10)).records == []
+            return await store.audit_head()
+        finally:
+            await log.close()
+            await store.close()
+
+    head = asyncio.run(main())
+    assert batches == [(2, 2), (2, 2), (2, 2), (2, 1)]
+    verdict = _verify_file(tmp_path / "q.db", head)
+    assert verdict.ok, verdict.detail
+    assert verdict.count == 0
