@@ -30,9 +30,11 @@ class TracingConfig(_Strict):
     enabled: bool = False
     # OTLP/gRPC collector, "http://host:4317" (plaintext) or "https://host:4317".
     otlp_endpoint: str = "http://127.0.0.1:4317"
-    # Share of new traces recorded; a caller's sampled trace context is followed
-    # (parent-based), so a trace the client records is recorded here too.
+    # Share of traces recorded. A caller's trace context is continued, but its sampled flag
+    # is followed only when follow_caller_sampling is on (a mesh sidecar that decides):
+    # otherwise any caller could have all its calls recorded (gateway.telemetry.sampling).
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    follow_caller_sampling: bool = False
     # Spans are exported in batches this often (and at shutdown).
     export_interval_s: float = Field(default=2.0, gt=0)
     # A W3C traceparent/tracestate/baggage header longer than this is ignored, not an error.

@@ -69,13 +69,14 @@ class Telemetry:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+        from gateway.telemetry.sampling import gateway_sampler
         from gateway.telemetry.tracing import TRACER_NAME, Tracing
 
         cfg = self.config.tracing
         provider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio))
+            resource=resource,
+            sampler=gateway_sampler(cfg.sample_ratio, cfg.follow_caller_sampling),
         )
         target, insecure = _otlp_target(cfg.otlp_endpoint)
         provider.add_span_processor(

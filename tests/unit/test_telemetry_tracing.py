@@ -288,3 +288,53 @@ def test_a_busy_prometheus_port_is_a_config_error() -> None:
         with pytest.raises(ConfigError, match="prometheus_listen"):
             Telemetry(config).install()
     assert active.metrics is None
+
+
+def _remote_parent(trace_id: int, sampled: bool) -> Any:
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    span = NonRecordingSpan(SpanContext(trace_id, 0x1234, is_remote=True, trace_flags=flags))
+    return trace.set_span_in_context(span)
+
+
+def test_a_callers_sampled_flag_decides_only_when_followed() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    from gateway.telemetry.sampling import gateway_sampler
+
+    parent = _remote_parent(0xABC << 64, sampled=True)
+    unsampled = _remote_parent(0xABC << 64, sampled=False)
+    never = gateway_sampler(0.0, follow_caller_sampling=False)
+    assert never.should_sample(parent, 0xABC << 64, "rpc").decision is Decision.DROP
+    always = gateway_sampler(1.0, follow_caller_sampling=False)
+    assert always.should_sample(unsampled, 0xABC << 64, "rpc").decision.is_sampled()
+    followed = gateway_sampler(0.0, follow_caller_sampling=True)
+    assert followed.should_sample(parent, 0xABC << 64, "rpc").decision.is_sampled()
+    assert followed.should_sample(unsampled, 0xABC << 64, "rpc").decision is Decision.DROP
+
+
+def test_a_caller_cannot_choose_trace_ids_that_are_always_sampled() -> None:
+    """Trace ids whose low 64 bits are zero: TraceIdRatioBased samples every one of them at
+    any ratio above 0; the keyed sampler samples about the ratio, the same way every time."""
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    from gateway.telemetry.sampling import KeyedRatioSampler
+
+    chosen = [(i + 1) << 64 for i in range(2000)]
+    plain = TraceIdRatioBased(0.25)
+    keyed = KeyedRatioSampler(0.25, key=b"k" * 16)
+
+    def sampled(sampler: Any) -> list[bool]:
+        return [
+            sampler.should_sample(_remote_parent(t, True), t, "rpc").decision.is_sampled()
+            for t in chosen
+        ]
+
+    assert all(sampled(plain))
+    first = sampled(keyed)
+    # 2000 draws at 0.25: mean 500, standard deviation ~19; +-100 is over 5 deviations.
+    assert 400 <= sum(first) <= 600
+    assert sampled(keyed) == first
+    other = KeyedRatioSampler(0.25, key=b"j" * 16)
+    assert sampled(other) != first
