@@ -2,11 +2,12 @@
 
 The gateway's serving process never parses client text: each distinct circuit is compiled by a
 compile worker under a CPU-time limit (enforced by the kernel in the worker), a wall-clock limit
-(the worker is killed when it passes, or when the caller goes away) and a memory limit. Workers
-are shared fairly across tenants, and a killed worker is replaced in the background at the
-pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals and failures
-inside a worker that answered included, so a repeated circuit (the VQE loop) or a repeated
-hostile request costs a hash and a lookup.
+(the worker is killed when it passes, or when every caller waiting for that circuit has gone)
+and a memory limit. Workers are shared fairly across tenants, and a killed worker is replaced
+in the background at the pool's creation rate. Outcomes are cached by the adapter's circuit
+key, refusals and failures inside a worker that answered included, so a repeated circuit (the
+VQE loop) or a repeated hostile request costs a hash and a lookup; callers asking for a circuit
+that is being compiled wait for that one compile.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ _DEFAULT_WEIGHT = 4096
 # native code aborts; the kernel's OOM killer sends SIGKILL).
 _CPU_SIGNALS = frozenset({signal.SIGXCPU})
 _MEMORY_SIGNALS = frozenset({signal.SIGABRT, signal.SIGKILL, signal.SIGBUS})
+# Sent by the host (its OOM killer, an operator), not by a limit of the worker's own: the
+# circuit may not be what caused it, so the refusal is not cached.
+_OUTSIDE_SIGNALS = frozenset({signal.SIGKILL})
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,14 @@ def _too_complex(what: str, limit: str) -> InvalidArgument:
     )
 
 
+@dataclass(eq=False)
+class _Flight:
+    """A compile in progress, and how many callers wait for it."""
+
+    task: asyncio.Future[object]
+    waiters: int = 0
+
+
 class Compiler:
     """Compiles circuits on a pool of compile workers, fairly across tenants."""
 
@@ -119,6 +131,7 @@ class Compiler:
         self.limits = limits
         self._fair = FairShare(pool.limits.max_instances)
         self._cache = _Cache(limits.cache_bytes)
+        self._inflight: dict[str, _Flight] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -143,16 +156,49 @@ class Compiler:
         key = adapter.circuit_key(source)
         outcome = self._cache.get(key)
         if outcome is None:
-            async with self._fair.slot(tenant):
-                outcome = self._cache.get(key)  # compiled by someone else while we waited
-                if outcome is None:
-                    outcome, lasting = await self._compile(backend, source)
-                    if lasting:
-                        self._cache.put(key, outcome)
+            outcome = await self._shared(key, tenant, backend, source)
         if isinstance(outcome, InvalidArgument):
             raise relocated(outcome, field)
         if isinstance(outcome, Internal):
             raise outcome
+        return outcome
+
+    async def _shared(self, key: str, tenant: str, backend: str, source: CircuitSource) -> object:
+        """One compile per circuit key at a time: a caller asking for a circuit that is being
+        compiled waits for that compile. It is stopped (its worker killed) only when every
+        caller waiting for it has gone; before, each caller's own compile was killed at its
+        deadline, so repeated short-deadline requests for a slow circuit cost a worker
+        replacement (seconds of SDK imports) each and the circuit was never cached."""
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = _Flight(
+                asyncio.ensure_future(self._compile_once(key, tenant, backend, source))
+            )
+            self._inflight[key] = flight
+            flight.task.add_done_callback(lambda _: self._land(key, flight))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                # Forgotten at once: a caller arriving while it winds down starts afresh
+                # instead of joining a compile that is being cancelled.
+                self._land(key, flight)
+                flight.task.cancel()
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+
+    async def _compile_once(
+        self, key: str, tenant: str, backend: str, source: CircuitSource
+    ) -> object:
+        # The tenant that started the compile holds the fair-share slot for everyone waiting.
+        async with self._fair.slot(tenant):
+            outcome, lasting = await self._compile(backend, source)
+        if lasting:
+            self._cache.put(key, outcome)
         return outcome
 
     async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
@@ -188,7 +234,8 @@ class Compiler:
             if signum in _CPU_SIGNALS:
                 return _too_complex("CPU-time", f"{limits.cpu_time_s:g} s"), True
             if signum in _MEMORY_SIGNALS:
-                return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB"), True
+                too_complex = _too_complex("memory", f"{limits.memory_bytes >> 20} MiB")
+                return too_complex, signum not in _OUTSIDE_SIGNALS
             log.error("compile worker died: %s", crash.message)
             return Internal("COMPILER_CRASHED", "the compile worker failed unexpectedly"), False
         except ExecutionError as failure:

@@ -121,3 +121,96 @@ def test_a_compile_that_fails_inside_a_healthy_worker_keeps_it_and_is_cached() -
 
     asyncio.run(twice())
     assert worker.compiles == 1 and not worker.killed and pool.released == [False]
+
+
+class _GatedWorker(_Worker):
+    """A compile worker that answers when the test opens its gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+        self.compiles += 1
+        self.started.set()
+        await self.gate.wait()
+        return _Weighted(100)
+
+
+SLOW = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; h q;")
+
+
+def _compile(compiler: Compiler, tenant: str) -> asyncio.Task[object]:
+    return asyncio.ensure_future(
+        compiler.compile(tenant, "aer", _Adapter(), SLOW, "spec.pubs[0]")  # type: ignore[arg-type]
+    )
+
+
+def test_callers_of_a_circuit_being_compiled_share_that_compile() -> None:
+    worker = _GatedWorker()
+    pool = _Pool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        first, second = _compile(compiler, "acme"), _compile(compiler, "globex")
+        await worker.started.wait()
+        # The caller that started it goes away (its deadline): the other still waits for it.
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        third = _compile(compiler, "initech")
+        worker.gate.set()
+        assert await second == await third == _Weighted(100)
+        assert await _compile(compiler, "acme") == _Weighted(100)  # cached
+
+    asyncio.run(main())
+    assert worker.compiles == 1 and not worker.killed and pool.released == [False]
+
+
+def test_a_compile_stops_when_its_last_caller_goes_and_the_next_starts_afresh() -> None:
+    worker = _GatedWorker()
+    pool = _Pool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        callers = [_compile(compiler, "acme"), _compile(compiler, "globex")]
+        await worker.started.wait()
+        for caller in callers:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+        assert worker.killed
+        worker.killed = False
+        again = _compile(compiler, "acme")  # not joined to the compile being cancelled
+        worker.gate.set()
+        assert await again == _Weighted(100)
+
+    asyncio.run(main())
+    assert worker.compiles == 2 and not worker.killed
+    assert pool.released == [True, False]
+
+
+def test_a_worker_killed_from_outside_is_not_cached_as_the_circuits_fault() -> None:
+    import signal
+
+    from gateway.runtime.worker import WorkerCrashed
+
+    class _Killed(_Worker):
+        async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+            self.compiles += 1
+            self.exit_signal = signal.SIGKILL if self.compiles == 1 else signal.SIGABRT  # type: ignore[assignment]
+            raise WorkerCrashed("gone")
+
+    worker = _Killed()
+    compiler = Compiler(_Pool(worker), CompileLimits())  # type: ignore[arg-type]
+
+    async def three() -> None:
+        for _ in range(3):
+            with pytest.raises(InvalidArgument) as refused:
+                await compiler.compile("acme", "aer", _Adapter(), SLOW, "spec.pubs[0]")  # type: ignore[arg-type]
+            assert refused.value.reason == "CIRCUIT_TOO_COMPLEX"
+
+    asyncio.run(three())
+    # The host's SIGKILL (OOM killer, operator) is tried again; an abort under the worker's own
+    # memory limit is the circuit's, and cached.
+    assert worker.compiles == 2
