@@ -319,6 +319,13 @@ def test_braket_refuses_a_seed_it_cannot_honour(client: Client, backend: str) ->
         client.submit_pubs([sampler_pub(BIT_ORDER, shots=16)], backend=backend, seed=4).name
     )
     assert seeded.execution is not None and seeded.execution.seed == 4
+    # Outcomes are one integer per shot: 65 classical bits are refused at once, not after the
+    # job waited in the queue.
+    wide = "qubit[1] q; bit[65] c; c[64] = measure q[0];"
+    with pytest.raises(QGatewayError) as info:
+        client.submit_pubs([sampler_pub(H3 + wide, shots=4)], backend=backend)
+    assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
+    assert info.value.metadata.get("feature") == "clbits"
 
 
 def test_braket_noise_matches_its_channels(client: Client) -> None:

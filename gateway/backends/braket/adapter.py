@@ -296,6 +296,15 @@ class BraketAdapter(QiskitAdapter):
         }
 
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
+        # Outcomes are read as one integer per shot, locally and from a device (refused here,
+        # not after the job waited in the queue).
+        if entry.num_clbits > 64:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                f"backends/{self.context.name} reads at most 64 classical bits per circuit",
+                circuit_field,
+                feature="clbits",
+            )
         if self.braket_options.is_cloud:
             if spec.options.seed is not None:
                 raise fe.invalid(
@@ -304,13 +313,6 @@ class BraketAdapter(QiskitAdapter):
                     "no seed; leave the seed unset",
                     circuit_field,
                     feature="seed",
-                )
-            if entry.num_clbits > 64:
-                raise fe.invalid(
-                    "UNSUPPORTED_FEATURE",
-                    f"backends/{self.context.name} reads at most 64 classical bits per circuit",
-                    circuit_field,
-                    feature="clbits",
                 )
             return
         if spec.options.seed is not None and not entry.terminal:
