@@ -149,3 +149,40 @@ def test_a_run_capped_by_the_server_is_followed_while_the_caller_has_time(
     assert capped(_capped("jobs/j"), 100.05) is None
     assert capped(_capped(None), None) is None  # no job to follow
     assert capped(_capped("jobs/j", reason="OTHER"), None) is None
+
+
+class _CutStream:
+    """A WatchJob call a proxy cuts after it delivered its messages (UNAVAILABLE)."""
+
+    def __init__(self, responses: list[job_service_pb2.WatchJobResponse]) -> None:
+        self._responses = responses
+
+    def __iter__(self) -> Any:
+        import grpc
+
+        from tests.unit.test_client_errors import FakeRpcError
+
+        yield from self._responses
+        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "upstream connect error / stream reset")
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_watch_cut_again_and_again_after_delivering_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mesh that ends every stream after a while: each resumed stream repeats the current
+    state and a heartbeat (nothing new), and the watch must not count those as failures."""
+    running = [
+        _event(job_pb2.JOB_STATE_RUNNING, None, False),
+        _event(job_pb2.JOB_STATE_RUNNING, None, True),
+    ]
+    streams: list[Any] = [_CutStream(running) for _ in range(12)]
+    streams.append(_Stream([_event(job_pb2.JOB_STATE_SUCCEEDED, None, False)]))
+    monkeypatch.setattr(client_module, "_sleep", lambda seconds: None)
+    with Client("127.0.0.1:1") as client:
+        client._jobs = type("Jobs", (), {"WatchJob": lambda self, *a, **k: streams.pop(0)})()
+        seen = [j.state for j in client.watch("w")]
+    assert seen == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert streams == []

@@ -1148,12 +1148,14 @@ class Client(SessionCalls, TenantCalls):
             )
             try:
                 for response in call:
+                    # Any message shows the stream works: a proxy that cuts every stream after
+                    # a while must not use up the retries of a long job's watch.
+                    attempt = 0
                     # A repeat (a resumed stream, or a heartbeat with nothing new) is skipped.
                     repeat = last is not None and response.job == last
                     if repeat and not (heartbeats and response.heartbeat):
                         continue
                     last = response.job
-                    attempt = 0
                     yield _watched(response)
                 return
             except grpc.RpcError as exc:
@@ -1677,12 +1679,14 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
             )
             try:
                 async for response in call:
+                    # Any message shows the stream works: a proxy that cuts every stream after
+                    # a while must not use up the retries of a long job's watch.
+                    attempt = 0
                     # A repeat (a resumed stream, or a heartbeat with nothing new) is skipped.
                     repeat = last is not None and response.job == last
                     if repeat and not (heartbeats and response.heartbeat):
                         continue
                     last = response.job
-                    attempt = 0
                     yield _watched(response)
                 return
             except grpc.RpcError as exc:
