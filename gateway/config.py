@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.fault import FaultOptions
@@ -45,12 +50,20 @@ CLIENT_ENV_VARS = frozenset({"QGATEWAY_TARGET", "QGATEWAY_API_KEY"})
 MIB = 1 << 20
 
 
+# Upper bounds of durations: far beyond any sensible setting, well inside what datetime and
+# timedelta arithmetic take (a retention of 1e7 days made every finished job fail).
+MAX_DAYS = 36_500.0
+MAX_SECONDS = MAX_DAYS * 86_400.0
+# gRPC's message-size options are int32: the transport limits derived from these must fit.
+_INT32_MAX = 2**31 - 1
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the offending key."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TlsConfig(_Strict):
@@ -66,7 +79,7 @@ class TlsConfig(_Strict):
     # credentials, or "require" on a port of their own.
     client_auth: Literal["none", "optional", "require"] = "none"
     # How often, at most, a new connection checks the files for a rotation.
-    reload_check_s: float = Field(default=5.0, ge=0)
+    reload_check_s: float = Field(default=5.0, ge=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _client_auth(self) -> TlsConfig:
@@ -88,35 +101,35 @@ class ServerConfig(_Strict):
     health_listen: str | None = None
     # The gateway's own request limit: below gRPC's transport limit, so an oversize request gets
     # a detailed error instead of gRPC's bare one.
-    max_request_bytes: int = Field(default=16 * MIB, gt=0)
+    max_request_bytes: int = Field(default=16 * MIB, gt=0, le=(_INT32_MAX - MIB) // 2)
     # Largest response the gateway sends in one message; the default matches gRPC clients'
     # default receive limit, so any client can read every answer.
-    max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0)
+    max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0, le=_INT32_MAX - MIB)
     # Threads that check large sweeps and observables next to the event loop.
     prepare_threads: int = Field(default=4, gt=0)
-    grace_period_s: float = Field(default=30.0, ge=0)
+    grace_period_s: float = Field(default=30.0, ge=0, le=MAX_SECONDS)
     # Longest a Run call waits for its job, whatever the caller's deadline (none included):
     # then it answers DEADLINE_EXCEEDED RUN_DEADLINE_EXCEEDED and the job keeps running. Keeps
     # calls through proxies and load balancers, which cut idle calls, short.
-    run_max_wait_s: float = Field(default=60.0, gt=0)
+    run_max_wait_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     # WatchJob sends the job again (heartbeat = true) after this long without a change, so a
     # silent stream through a proxy can be told from a dead one.
-    watch_heartbeat_s: float = Field(default=10.0, gt=0)
+    watch_heartbeat_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
     # How long a SUCCEEDED job's result is kept (Job.expire_time = end_time + this, fixed when
     # the job finishes); later GetJobResult/StreamJobResult answer NOT_FOUND RESULT_EXPIRED.
-    result_retention_days: float = Field(default=30.0, gt=0)
+    result_retention_days: float = Field(default=30.0, gt=0, le=MAX_DAYS)
     # Where schedulers claim jobs from: "memory" (this process's fair queue; it alone uses the
     # store and recovers it at start) or "store" (claims are leases in the store, so several
     # gateway processes can share it; a dead holder's jobs are claimed again when its lease
     # lapses).
     queue: Literal["memory", "store"] = "memory"
     # How long a claim lasts unless renewed (its holder renews every third of it).
-    lease_s: float = Field(default=30.0, gt=0)
+    lease_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Sessions (SessionService): open (not ended) sessions a tenant may hold; the longest max
     # TTL a session may ask for (also its default); the idle TTL of a session that names none.
     max_sessions_per_tenant: int = Field(default=10, gt=0)
-    session_max_ttl_s: float = Field(default=8 * 3600.0, gt=0)
-    session_idle_ttl_s: float = Field(default=300.0, gt=0)
+    session_max_ttl_s: float = Field(default=8 * 3600.0, gt=0, le=MAX_SECONDS)
+    session_idle_ttl_s: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     # Open server streams (WatchJob, StreamJobResult) and waiting Run calls one tenant may hold
     # on this process; one more is RESOURCE_EXHAUSTED TOO_MANY_STREAMS.
     max_streams_per_tenant: int = Field(default=1000, gt=0)
@@ -168,15 +181,15 @@ class CompilerConfig(_Strict):
     # A compile past either limit is killed and refused with CIRCUIT_TOO_COMPLEX. CPU time is
     # the circuit's own cost (the refusal is cached by content); wall time is the backstop for
     # a compile that stalls, and is longer, since a loaded machine also makes compiles slower.
-    cpu_time_s: float = Field(default=10.0, gt=0)
-    timeout_s: float = Field(default=30.0, gt=0)
+    cpu_time_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Memory one compile may allocate beyond the warm worker's own size (an OS limit,
     # RLIMIT_DATA); past it the compile is refused with CIRCUIT_TOO_COMPLEX.
     memory_headroom_mb: int = Field(default=1024, ge=64)
     # Compiled circuits and refusals kept by content digest.
     cache_mb: int = Field(default=256, gt=0)
     # A compile that finds no free worker within this answers RESOURCE_EXHAUSTED.
-    acquire_timeout_s: float = Field(default=30.0, gt=0)
+    acquire_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Replacements of killed compile workers per second, after a burst of `workers`. A start
     # costs seconds of CPU (the SDK imports), so a client whose every circuit hits a limit
     # must not make the gateway spend its cores on respawning.
@@ -206,16 +219,16 @@ class PoolConfig(_Strict):
     min_instances: int = Field(default=1, ge=0)
     # The backend's concurrency limit.
     max_instances: int = Field(default=1, ge=1)
-    max_age_s: float = Field(default=3600.0, gt=0)
-    idle_timeout_s: float = Field(default=600.0, gt=0)
-    acquire_timeout_s: float = Field(default=30.0, gt=0)
+    max_age_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
+    idle_timeout_s: float = Field(default=600.0, gt=0, le=MAX_SECONDS)
+    acquire_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Worker (re)starts per second once a burst of max_instances is spent: a client whose every
     # job kills its worker cannot make the gateway fork faster than this.
     max_creations_per_s: float = Field(default=1.0, gt=0)
 
     def limits(self) -> PoolLimits:
         return PoolLimits(
-            min_instances=min(self.min_instances, self.max_instances),
+            min_instances=self.min_instances,
             max_instances=self.max_instances,
             max_age_s=self.max_age_s,
             idle_timeout_s=self.idle_timeout_s,
@@ -226,8 +239,8 @@ class PoolConfig(_Strict):
 
 class BreakerConfig(_Strict):
     failure_threshold: int = Field(default=5, ge=1)
-    window_s: float = Field(default=60.0, gt=0)
-    cooldown_s: float = Field(default=30.0, gt=0)
+    window_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
+    cooldown_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
 
     def policy(self) -> BreakerPolicy:
         return BreakerPolicy(self.failure_threshold, self.window_s, self.cooldown_s)
@@ -261,12 +274,12 @@ class BackendConfig(_Strict):
     max_estimator_work: int = Field(default=100_000_000, gt=0)
     max_execution_work: float = Field(default=1e13, gt=0)
     # A running job past this is stopped (its worker killed) and FAILED with JOB_TIMEOUT.
-    max_run_time_s: float = Field(default=3600.0, gt=0)
+    max_run_time_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
     # A queued job past this FAILs: BACKEND_UNAVAILABLE while the breaker is open, else
     # QUEUE_TIMEOUT.
-    max_queue_time_s: float = Field(default=86400.0, gt=0)
-    health_interval_s: float = Field(default=30.0, gt=0)
-    probe_timeout_s: float = Field(default=30.0, gt=0)
+    max_queue_time_s: float = Field(default=86400.0, gt=0, le=MAX_SECONDS)
+    health_interval_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
+    probe_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     pool: PoolConfig = PoolConfig()
     breaker: BreakerConfig = BreakerConfig()
     # Adapter-specific options, validated by the adapter's own options model.
@@ -277,6 +290,20 @@ class BackendConfig(_Strict):
     # The price table jobs are charged by (Job.cost; SubmitJob validate_only estimates), e.g.
     # price = { per_task = 0.3, per_shot = 0.00035, unit = "USD" }.
     price: PriceConfig | None = None
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> BackendConfig:
+        # Otherwise every job that names no shots is refused, blaming a field it never set.
+        if self.default_shots > self.max_shots:
+            raise ValueError(
+                f"default_shots ({self.default_shots}) is above max_shots ({self.max_shots})"
+            )
+        if self.pool.min_instances > self.pool.max_instances:
+            raise ValueError(
+                f"pool.min_instances ({self.pool.min_instances}) is above pool.max_instances "
+                f"({self.pool.max_instances})"
+            )
+        return self
 
     def context(self, name: str, circuits: CircuitConfig) -> AdapterContext:
         memory_limit = self.worker_memory_limit_mb or self.memory_budget_mb + 1024
@@ -323,14 +350,24 @@ class AuthConfig(_Strict):
     # How long a stored key's record is reused before it is read again: a key revoked through
     # another replica stops working here within this many seconds (at once on the replica
     # that revoked it).
-    key_cache_s: float = Field(default=30.0, ge=0)
+    key_cache_s: float = Field(default=30.0, ge=0, le=MAX_SECONDS)
     # How stale a stored key's last-used time may be (written in batches this often).
-    key_last_used_interval_s: float = Field(default=60.0, gt=0)
+    key_last_used_interval_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
 
     @property
     def enabled(self) -> bool:
         """Whether callers must authenticate."""
         return bool(self.required or self.api_keys or self.jwt or self.mtls)
+
+    @model_validator(mode="after")
+    def _one_entry_per_key(self) -> AuthConfig:
+        # A copy-pasted entry would otherwise silently give the key the last one's tenant.
+        seen: set[str] = set()
+        for entry in self.api_keys:
+            if entry.prefix in seen:
+                raise ValueError(f"api_keys lists the key prefix {entry.prefix!r} twice")
+            seen.add(entry.prefix)
+        return self
 
     @model_validator(mode="after")
     def _anonymous_admin_without_keys(self) -> AuthConfig:
@@ -362,14 +399,14 @@ class AuditConfig(_Strict):
     # logged; `qgateway audit verify` checks the newest records against it. Default:
     # <data_dir>/audit-head.json.
     head_file: Path | None = None
-    head_interval_s: float = Field(default=60.0, gt=0)
+    head_interval_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     # Records older than this are deleted (the chain stays verifiable from its anchor).
-    retention_days: float = Field(default=365.0, gt=0)
+    retention_days: float = Field(default=365.0, gt=0, le=MAX_DAYS)
     # Reads and failures are committed in batches: at most this long after the call.
-    flush_interval_s: float = Field(default=1.0, gt=0)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=MAX_SECONDS)
     # Failed authentications: the first per peer and reason in a window is written, the rest
     # counted into one record; at most max_failure_peers peers are told apart per window.
-    failure_window_s: float = Field(default=60.0, gt=0)
+    failure_window_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     max_failure_peers: int = Field(default=256, gt=0)
 
     def key_path(self, data_dir: Path) -> Path:
@@ -490,6 +527,7 @@ class GatewayConfig(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     data_dir: Path = Path("data")
@@ -584,3 +622,6 @@ def load_config(path: Path | None = None) -> GatewayConfig:
         return GatewayConfig(**data)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+    except SettingsError as exc:  # an environment variable's value is not valid JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise ConfigError(f"invalid configuration: {exc}{cause}") from None

@@ -111,7 +111,7 @@ CIRCUIT_FIELD = "circuit"
 class AdapterOptions(BaseModel):
     """Base of adapter-specific options: a typo in the config is an error."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ProviderOptions(BaseModel):
@@ -121,7 +121,7 @@ class ProviderOptions(BaseModel):
     refuses every key. Values arrive as JSON values (numbers as floats).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

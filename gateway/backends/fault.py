@@ -96,7 +96,7 @@ class FaultOptions(BaseModel):
         retry_backoff_s: First backoff between attempts.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     crash_rate: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -54,7 +54,7 @@ _SECRET_BYTES = 24
 class ApiKeyConfig(BaseModel):
     """One key in the configuration: its public prefix, the hash of the whole key, its tenant."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prefix: str = Field(pattern=rf"^{KEY_PREFIX_PATTERN}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

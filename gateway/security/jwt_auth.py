@@ -43,7 +43,7 @@ _MAX_SUBJECT = 255
 class JwtConfig(BaseModel):
     """`[auth.jwt]`: which tokens are accepted and what their claims mean."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     issuer: str = Field(min_length=1)
     audience: str = Field(min_length=1)

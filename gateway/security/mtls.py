@@ -52,7 +52,7 @@ class CertMatch(BaseModel):
     """A pattern on a certificate: `subject` or `san` (exactly one), shell-style ("*", "?");
     in a SAN pattern the wildcards never cross "/", "@" or ":" (see _san_pattern)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     subject: str | None = Field(default=None, min_length=1)
     san: str | None = Field(default=None, min_length=1)

@@ -43,7 +43,7 @@ def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.Monk
     path = tmp_path / "g.toml"
     path.write_text(
         'data_dir = "/srv/q"\n[server]\nlisten = "127.0.0.1:7000"\n'
-        '[backends.sim]\nadapter = "aer"\nmax_shots = 10\n'
+        '[backends.sim]\nadapter = "aer"\nmax_shots = 10\ndefault_shots = 10\n'
     )
     monkeypatch.setenv("QGATEWAY_SERVER__LISTEN", "127.0.0.1:7001")
     config = load_config(path)
@@ -62,6 +62,35 @@ def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.Monk
         ('[backends.a]\nadapter = "aer"\nmax_shots = 0\n', "backends.a.max_shots"),
         ('[backends."a/b"]\nadapter = "aer"\n', "backends"),
         ("data_dir = [\n", "not valid TOML"),
+        # Before, each of these was accepted, then crashed `serve` at start (OverflowError)
+        # or failed every finished job (a date out of range).
+        ("[server]\nlease_s = inf\n", "server.lease_s"),
+        ("[server]\nresult_retention_days = 1e7\n", "server.result_retention_days"),
+        ("[server]\nmax_streamed_result_mb = nan\n", "server.max_streamed_result_mb"),
+        ("[server]\nmax_request_bytes = 1100000000\n", "server.max_request_bytes"),
+        ("[server]\nmax_response_bytes = 2147483647\n", "server.max_response_bytes"),
+        ("[audit]\nretention_days = inf\n", "audit.retention_days"),
+        (
+            '[backends.a]\nadapter = "aer"\nmax_execution_work = inf\n',
+            "backends.a.max_execution_work",
+        ),
+        ("[telemetry.tracing]\nexport_interval_s = inf\n", "telemetry.tracing.export_interval_s"),
+        # Every job naming no shots would be refused, for a field it never set.
+        ('[backends.a]\nadapter = "aer"\nmax_shots = 100\n', "default_shots"),
+        (
+            '[backends.a]\nadapter = "aer"\npool = { min_instances = 3, max_instances = 2 }\n',
+            "min_instances",
+        ),
+        # A copy-pasted key entry gave the key the last entry's tenant.
+        (
+            "[[auth.api_keys]]\nprefix = 'aaaaaaaa'\nsha256 = '"
+            + "0" * 64
+            + "'\ntenant = 'alpha'\n"
+            "[[auth.api_keys]]\nprefix = 'aaaaaaaa'\nsha256 = '"
+            + "1" * 64
+            + "'\ntenant = 'beta'\n",
+            "prefix 'aaaaaaaa' twice",
+        ),
     ],
 )
 def test_typos_and_bad_values_name_the_key(tmp_path: Path, toml: str, needle: str) -> None:
@@ -80,3 +109,12 @@ def test_unknown_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatc
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_an_environment_value_that_is_not_json_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A ConfigError is what `serve` reports with its configuration exit code (2), not 1.
+    monkeypatch.setenv("QGATEWAY_SERVER", "not json")
+    with pytest.raises(ConfigError, match='field "server"'):
+        load_config(None)

@@ -101,7 +101,7 @@ class IbmOptions(QiskitOptions):
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TwirlingOptions(_Options):
