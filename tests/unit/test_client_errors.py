@@ -344,8 +344,9 @@ def test_run_retries_unavailable_with_the_same_request_id(sleeps: list[float]) -
     ids = [r.request_id for r in run.requests]
     assert len(ids) == 3
     assert ids[0] and len(set(ids)) == 1
-    # Backoff first, then the gateway's RetryInfo delay.
-    assert sleeps == [pytest.approx(0.01), 2.0]
+    # Backoff first, then the gateway's RetryInfo delay, only ever lengthened by the jitter.
+    assert sleeps[0] == pytest.approx(0.01)
+    assert 2.0 <= sleeps[1] <= 2.0 * (1 + FAST.jitter)
     assert all(t is not None and 0 < t <= 30 for t in run.timeouts)
 
 
@@ -379,6 +380,24 @@ def test_retry_delay_beyond_the_timeout_gives_up_at_once(sleeps: list[float]) ->
         client.run("OPENQASM 3.0;", timeout=5)
     assert len(run.requests) == 1
     assert info.value.retry_delay == 60.0
+
+
+def test_a_retry_delay_past_the_policys_longest_is_raised_not_slept(
+    sleeps: list[float],
+) -> None:
+    # No timeout: an hour-long RetryInfo (a breaker's cooldown) was slept max_attempts times.
+    run = FakeUnary([unavailable(3600), finished_run()])
+    with make_client(Run=run) as client, pytest.raises(UnavailableError) as info:
+        client.run("OPENQASM 3.0;")
+    assert len(run.requests) == 1 and sleeps == []
+    assert info.value.retry_delay == 3600.0
+
+
+def test_a_negative_retry_delay_is_no_delay(sleeps: list[float]) -> None:
+    run = FakeUnary([unavailable(-1), finished_run()])
+    with make_client(Run=run) as client:
+        client.run("OPENQASM 3.0;")
+    assert sleeps == [0.0]
 
 
 def test_cancel_is_never_retried(sleeps: list[float]) -> None:

@@ -109,7 +109,10 @@ class RetryPolicy:
         multiplier: Growth of the delay per attempt.
         max_attempts: Attempts in all, the first included; 1 disables retries.
         jitter: Relative spread of each delay (0.2: +-20%), so clients that failed together do
-            not come back together.
+            not come back together. A delay the gateway asks for (RetryInfo) is only
+            lengthened, by up to this share.
+        max_retry_delay: The longest delay asked by the gateway that is waited out; past it
+            the UNAVAILABLE error is raised at once (its `retry_delay` says how long).
     """
 
     initial_backoff: float = 0.1
@@ -117,6 +120,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     max_attempts: int = 5
     jitter: float = 0.2
+    max_retry_delay: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -127,6 +131,8 @@ class RetryPolicy:
             raise ValueError("multiplier must be at least 1")
         if not 0 <= self.jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
+        if not self.max_retry_delay >= 0:
+            raise ValueError("max_retry_delay must not be negative")
 
     def backoff(self, attempt: int) -> float:
         """Delay after failed attempt number `attempt` (1 for the first), jitter included."""
@@ -182,8 +188,15 @@ def _retry_delay(
     """Seconds to wait before the next attempt, or None to give up and raise `error`."""
     if error.code != grpc.StatusCode.UNAVAILABLE or attempt >= policy.max_attempts:
         return None
-    # The gateway's RetryInfo (breaker open, draining) knows better than our backoff curve.
-    delay = error.retry_delay if error.retry_delay is not None else policy.backoff(attempt)
+    if error.retry_delay is None:
+        delay = policy.backoff(attempt)
+    elif error.retry_delay > policy.max_retry_delay:
+        return None  # not slept through silently: the error says how long the gateway asked
+    else:
+        # The gateway's RetryInfo (breaker open, draining) knows better than our backoff curve:
+        # waited at least that long, spread upwards so clients refused together do not all
+        # come back at the same instant.
+        delay = max(0.0, error.retry_delay) * (1 + policy.jitter * random.random())
     remaining = _remaining(deadline)
     if remaining is not None and delay >= remaining:
         return None  # the next attempt could not finish in time: UNAVAILABLE says more
