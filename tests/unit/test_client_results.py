@@ -10,6 +10,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
+import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from qgateway.client import bindings_array, circuit_from_source, observables_from
@@ -559,3 +560,23 @@ def test_observables_forms() -> None:
         observables_from([])
     with pytest.raises(ValueError):
         observables_from([("ZZ", 1j)])
+
+
+def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:
+    """Lists built from an array's elements hold numpy scalars (np.float32 and np.int64 are not
+    float/int subclasses): they were refused as 'not a number'."""
+    message = bindings_array([[np.float32(0.5)], [np.int64(3)]])
+    assert message is not None
+    assert list(message.shape) == [2] and list(message.values) == [0.5, 3.0]
+    (observable,) = observables_from(
+        [[("ZZ", np.float32(0.5)), ("XX", np.complex64(2)), ("Z", [np.int64(1)], np.float64(3))]]
+    )
+    assert [(t.pauli, t.coefficient, list(t.qubits)) for t in observable.terms] == [
+        ("ZZ", 0.5, []),
+        ("XX", 2.0, []),
+        ("Z", 3.0, [1]),
+    ]
+    with pytest.raises(ValueError, match="not real"):
+        observables_from([[("ZZ", np.complex64(1 + 1j))]])
+    with pytest.raises(TypeError):
+        bindings_array([[np.bool_(True)]])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import numbers
 import os
 import random
 import re
@@ -246,7 +247,9 @@ def circuit_from_source(circuit: str | bytes | circuit_pb2.Circuit) -> circuit_p
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # numbers.Real takes numpy's scalars too (np.float32, np.int64: not float/int subclasses),
+    # as found in lists built from an array's elements.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _is_sequence(value: object) -> bool:
@@ -332,14 +335,15 @@ def _is_sparse_term(value: object) -> bool:
 
 
 def _is_number_or_complex(value: object) -> bool:
-    return _is_number(value) or isinstance(value, complex)
+    return isinstance(value, numbers.Complex) and not isinstance(value, bool)
 
 
 def _coefficient(value: Any) -> float:
-    if isinstance(value, complex):
-        if value.imag != 0:
-            raise ValueError(f"coefficient {value} is not real: observables must be Hermitian")
-        return value.real
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real | bool):
+        number = complex(value)
+        if number.imag != 0:
+            raise ValueError(f"coefficient {number} is not real: observables must be Hermitian")
+        return number.real
     if not _is_number(value):
         # numpy scalars are not int/float subclasses in every case; float() takes them.
         try:
