@@ -462,3 +462,41 @@ def test_retry_policy_backoff_grows_and_is_capped() -> None:
     assert all(0.5 <= jittered.backoff(1) <= 1.5 for _ in range(50))
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+def test_the_client_reads_answers_above_grpcs_default_receive_limit() -> None:
+    """A gateway whose operator raised server.max_response_bytes above 4 MiB sends larger
+    answers; the client's own default limit turned a fetched result into a bare
+    RESOURCE_EXHAUSTED (and invited a retry that runs the job again)."""
+    from concurrent import futures
+
+    from qgateway.v1 import job_service_pb2_grpc
+
+    shots = 5 << 20  # one byte per shot: a 5 MiB answer
+    response = job_service_pb2.GetJobResultResponse()
+    sampler = response.result.pub_results.add().sampler
+    sampler.shots = shots
+    sampler.registers.add(name="c", num_bits=1, samples=b"\x01" * shots)
+
+    class Jobs(job_service_pb2_grpc.JobServiceServicer):
+        def GetJobResult(self, request: Any, context: Any) -> Any:
+            return response
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        options=[("grpc.max_send_message_length", 16 << 20)],
+    )
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(Jobs(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            result = client.get_result("jobs/big", timeout=30)
+        assert result.sampler(0).counts() == {"1": shots}
+        # A limit the caller sets is kept.
+        small = Client(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 1 << 20)])
+        with small, pytest.raises(QGatewayError) as info:
+            small.get_result("jobs/big", timeout=30)
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop(None)

@@ -687,6 +687,20 @@ class _ResultFetch:
         return delay
 
 
+_RECEIVE_LIMIT = "grpc.max_receive_message_length"
+
+
+def _channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The caller's options, with no receive limit unless they set one: the gateway bounds
+    what it sends (`server.max_response_bytes`, which an operator may raise above gRPC's 4 MiB
+    default), and a result refused by the client's own limit is lost to a bare
+    RESOURCE_EXHAUSTED, where the gateway's RESULT_TOO_LARGE would have led to the stream."""
+    chosen = list(options)
+    if all(name != _RECEIVE_LIMIT for name, _ in chosen):
+        chosen.append((_RECEIVE_LIMIT, -1))
+    return chosen
+
+
 def _is_too_large(error: QGatewayError) -> bool:
     return isinstance(error, FailedPreconditionError) and error.reason == "RESULT_TOO_LARGE"
 
@@ -704,7 +718,8 @@ class Client(SessionCalls, TenantCalls):
         credentials: Channel credentials for TLS/mTLS; None for a plaintext channel.
         metadata: Metadata sent with every call (e.g. an API key header).
         retry: How UNAVAILABLE is retried.
-        options: gRPC channel options, e.g. [("grpc.max_receive_message_length", 64 << 20)].
+        options: gRPC channel options, e.g. [("grpc.keepalive_time_ms", 60_000)]. The
+            receive limit is off unless set here: the gateway bounds what it sends.
         client_spans: Record a CLIENT span per call (needs `qgateway[otel]`). With
             opentelemetry installed, calls carry the current trace context either way.
     """
@@ -722,7 +737,7 @@ class Client(SessionCalls, TenantCalls):
         self.target = target
         self.retry = retry
         self._metadata = tuple((key, value) for key, value in metadata)
-        opts = list(options)
+        opts = _channel_options(options)
         if credentials is None:
             self._channel: Any = grpc.insecure_channel(target, options=opts)
         else:
@@ -1338,7 +1353,7 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
         self.target = target
         self.retry = retry
         self._credentials = credentials
-        self._options = list(options)
+        self._options = _channel_options(options)
         # Trace-context propagation (and client spans): gateway.telemetry docs, `otel` extra.
         self._interceptors = list(telemetry.async_interceptors(client_spans))
         self._metadata = tuple((key, value) for key, value in metadata)
