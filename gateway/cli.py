@@ -36,6 +36,7 @@ from qgateway import (
     QGatewayError,
     RegisterData,
     RetryPolicy,
+    UnavailableError,
     sampler_pub,
     tls_credentials,
 )
@@ -259,6 +260,9 @@ def format_error(err: BaseException, *, target: str | None = None) -> str:
         head += f": {_one_line(err.message)}" if err.message else ""
         if isinstance(err, DeadlineExceededError) and err.job and err.job not in err.message:
             head += f" (job {err.job} keeps running)"
+        if isinstance(err, DeadlineExceededError | UnavailableError) and err.request_id:
+            # What repeating the call needs to get the same job back instead of a new one.
+            head += f" (request_id {err.request_id}: repeat with --request-id to get this job)"
         if err.retry_delay is not None:
             head += f" (retry after {err.retry_delay:g}s)"
         if err.code_name == "UNAVAILABLE" and not err.reason and target:
@@ -556,6 +560,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             counts_only=args.counts_only,
             sampler_output=args.sampler_output,
             timeout=args.timeout,
+            request_id=args.request_id,
         )
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise JobFailedError(
@@ -754,6 +759,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("samples_and_counts", "samples", "counts"),
         default=None,
         help="what the job returns (default: samples and counts)",
+    )
+    run.add_argument(
+        "--request-id",
+        default=None,
+        help="the call's idempotency key: repeating a run with the same id returns the same "
+        "job, never a second one (default: a new id; an error that leaves the job running "
+        "prints it)",
     )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument(

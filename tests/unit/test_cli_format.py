@@ -149,6 +149,44 @@ def test_error_lines_for_transport_deadline_and_failed_job() -> None:
     )
 
 
+def test_a_run_left_running_says_how_to_get_the_same_job_back(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`qgateway run` past its timeout: the error names the request_id, and --request-id sends
+    it again (before, the id was hidden, so repeating the command ran a second job)."""
+    sent: list[str | None] = []
+
+    class Late:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> Late:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def run_pubs(self, pubs: object, **kwargs: object) -> None:
+            request_id = kwargs["request_id"]
+            assert request_id is None or isinstance(request_id, str)
+            sent.append(request_id)
+            raise DeadlineExceededError(
+                "job jobs/j9 did not finish within the deadline",
+                reason="RUN_DEADLINE_EXCEEDED",
+                metadata={"job": "jobs/j9"},
+                request_id=request_id or "generated-1",
+            )
+
+    monkeypatch.setattr(cli, "Client", Late)
+    source = tmp_path / "one.qasm"
+    source.write_text('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit q; bit c; c = measure q;\n')
+    assert cli.main(["run", str(source), "--timeout", "0.5"]) == 1
+    assert "(request_id generated-1: repeat with --request-id" in capsys.readouterr().err
+    assert cli.main(["run", str(source), "--request-id", "mine-7"]) == 1
+    assert "request_id mine-7" in capsys.readouterr().err
+    assert sent == [None, "mine-7"]
+
+
 def test_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = cli.main(["run", str(tmp_path / "absent.qasm"), "--shots", "10"])
     assert code == 1
@@ -241,6 +279,7 @@ def test_run_command_prints_job_line_and_tables(
             "counts_only": True,
             "sampler_output": None,
             "timeout": None,
+            "request_id": None,
         }
     ]
     fake.calls.clear()
