@@ -501,3 +501,16 @@ async def test_stored_tenants_are_loaded_into_the_book(store: SqliteStore) -> No
     await load_tenants(store, book)
     assert book.policy("acme") == policy
     assert book.policy("someone-else") == PolicyBook().default
+
+
+def test_a_policy_update_in_json_names_masks_the_proto_fields() -> None:
+    """The CLI takes TenantPolicy's JSON form, whose canonical names are lowerCamelCase:
+    ParseDict read them, but the update mask kept them, and the gateway refused the path."""
+    from qgateway.tenants import update_request
+
+    request = update_request(
+        "acme", None, {"maxQubits": 5, "max_shots_per_job": 100}, "etag-1", False
+    )
+    assert list(request.update_mask.paths) == ["policy.max_qubits", "policy.max_shots_per_job"]
+    assert request.tenant.policy.max_qubits == 5
+    assert request.tenant.policy.max_shots_per_job == 100

@@ -167,12 +167,20 @@ def update_request(
         paths.append("display_name")
     if policy is not None:
         json_format.ParseDict(dict(policy), tenant.policy)
-        paths += ["policy"] if replace_policy else [f"policy.{key}" for key in policy]
+        paths += ["policy"] if replace_policy else [f"policy.{_field(key)}" for key in policy]
     if not paths:
         raise ValueError("update_tenant: give display_name or policy")
     return admin_service_pb2.UpdateTenantRequest(
         tenant=tenant, update_mask=field_mask_pb2.FieldMask(paths=paths)
     )
+
+
+def _field(key: str) -> str:
+    """A TenantPolicy field's proto name, from its proto or JSON (lowerCamelCase) name: ParseDict
+    takes either, a FieldMask path only the first."""
+    fields = admin_pb2.TenantPolicy.DESCRIPTOR.fields_by_camelcase_name
+    field = fields.get(key)
+    return field.name if field is not None else key
 
 
 def create_key_request(
