@@ -606,10 +606,13 @@ def _cmd_jobs_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs_watch(args: argparse.Namespace) -> int:
+    last: Job | None = None
     with _client(args) as client:
         for job in client.watch(args.name, timeout=args.timeout):
             print(format_event(job, datetime.now(UTC)), flush=True)
-    return 0
+            last = job
+    # As `run`: a script waiting on `jobs watch` learns the outcome from the exit code.
+    return 0 if last is not None and last.state is JobState.SUCCEEDED else 1
 
 
 def _cmd_jobs_cancel(args: argparse.Namespace) -> int:

@@ -565,6 +565,7 @@ RESTART_AFTER = """
 [backends.aer]
 adapter = "aer"
 max_shots = 1000
+default_shots = 1000
 pool = { min_instances = 1, max_instances = 1 }
 """
 

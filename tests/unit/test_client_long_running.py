@@ -186,3 +186,21 @@ def test_a_watch_cut_again_and_again_after_delivering_goes_on(
         seen = [j.state for j in client.watch("w")]
     assert seen == [JobState.RUNNING, JobState.SUCCEEDED]
     assert streams == []
+
+
+@pytest.mark.parametrize(
+    ("final", "code"),
+    [
+        (job_pb2.JOB_STATE_SUCCEEDED, 0),
+        (job_pb2.JOB_STATE_CANCELLED, 1),
+        (job_pb2.JOB_STATE_FAILED, 1),
+    ],
+)
+def test_jobs_watch_exits_with_the_jobs_outcome(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], final: int, code: int
+) -> None:
+    # As `run`: a script that waits on `jobs watch` learns from the exit code how the job ended.
+    events = [_event(job_pb2.JOB_STATE_RUNNING, None, False), _event(final, None, False)]
+    monkeypatch.setattr(cli, "_client", lambda args: _watching(events))
+    assert cli.main(["jobs", "watch", "jobs/w"]) == code
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -4,7 +4,7 @@ import pytest
 from qgateway.results import job_result_from_stream
 from qgateway.v1 import job_pb2
 
-from gateway.api import paging
+from gateway.api import codec, paging
 from gateway.api.result_stream import digest_response, result_chunks, result_digest
 from gateway.domain.errors import InvalidArgument
 
@@ -51,3 +51,40 @@ def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
         {"000000010": 4},
     ]
     assert rebuilt.estimator(1).expectation_values == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def test_a_job_page_is_cut_by_bytes_and_goes_on_after_the_last_job_sent() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.api.job_service import jobs_within
+    from gateway.domain.jobs import Job, JobState
+    from gateway.store.base import JobCursor
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    labels = {f"k{i:02d}" + "x" * 60: "v" * 63 for i in range(64)}  # ~8.5 KB a job
+
+    def job(n: int) -> Job:
+        return Job(
+            id=f"j{n}",
+            tenant="acme",
+            request_id="",
+            backend="aer",
+            placement="aer",
+            state=JobState.SUCCEEDED,
+            created_at=start - timedelta(seconds=n),
+            num_pubs=1,
+            seed=1,
+            labels=labels,
+        )
+
+    jobs = [job(n) for n in range(10)]
+    store_cursor = JobCursor(jobs[-1].created_at, jobs[-1].id)
+    sent, cursor = jobs_within(jobs, store_cursor, 30_000)
+    assert [m.name for m in sent] == ["jobs/j0", "jobs/j1", "jobs/j2"]
+    assert sum(m.ByteSize() for m in sent) <= 30_000
+    assert cursor == JobCursor(jobs[2].created_at, "j2")  # the next page starts at j3
+    # All fit: the store's own cursor (None at the end).
+    assert jobs_within(jobs, None, 1 << 20) == ([codec.encode_job(j) for j in jobs], None)
+    # One job larger than the budget still goes alone (a page is never empty).
+    sent, cursor = jobs_within(jobs[:2], None, 100)
+    assert [m.name for m in sent] == ["jobs/j0"] and cursor == JobCursor(jobs[0].created_at, "j0")
