@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -79,8 +80,16 @@ class JwtConfig(BaseModel):
     def _one_key_source(self) -> JwtConfig:
         if (self.jwks_file is None) == (self.jwks_url is None):
             raise ValueError("set exactly one of jwks_file and jwks_url")
-        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
-            raise ValueError("jwks_url must be an https:// (or http://) URL")
+        if self.jwks_url is not None:
+            url = urllib.parse.urlsplit(self.jwks_url)
+            # Keys fetched in plaintext can be replaced by anyone on the path, who could then
+            # sign any token, admin included: http only to this host (a local key server).
+            local = url.hostname in {"localhost", "127.0.0.1", "::1"}
+            if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and local)):
+                raise ValueError(
+                    "jwks_url must be an https:// URL (http:// only to localhost, 127.0.0.1 or "
+                    "[::1])"
+                )
         return self
 
 

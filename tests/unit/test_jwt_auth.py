@@ -158,6 +158,16 @@ def test_the_configuration_accepts_asymmetric_algorithms_only(jwks_file: Path) -
         JwtConfig(issuer=ISSUER, audience=AUDIENCE)
 
 
+def test_keys_are_fetched_over_https_or_from_this_host_only() -> None:
+    # Keys fetched in plaintext across a network can be swapped for an attacker's, who then
+    # signs admin tokens.
+    for bad in ("http://idp.example/jwks", "ftp://idp.example/jwks", "https:///jwks"):
+        with pytest.raises(ValidationError, match="must be an https"):
+            JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=bad)
+    for good in ("https://idp.example/jwks", "http://127.0.0.1:8080/jwks", "http://[::1]/k"):
+        assert JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=good).jwks_url == good
+
+
 async def test_claims_map_to_roles(jwks_file: Path) -> None:
     mapped = JwtVerifier(
         _config(
