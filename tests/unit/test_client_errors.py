@@ -500,3 +500,17 @@ def test_the_client_reads_answers_above_grpcs_default_receive_limit() -> None:
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         server.stop(None)
+
+
+def test_a_closed_async_client_is_not_reopened() -> None:
+    # It used to open a new channel on the next call, which nothing ever closed.
+    async def main() -> None:
+        client = AsyncClient("127.0.0.1:1")
+        _ = client.channel
+        await client.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            _ = client.channel
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.get_job("j1")
+
+    asyncio.run(main())

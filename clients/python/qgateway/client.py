@@ -1358,12 +1358,16 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
         self._interceptors = list(telemetry.async_interceptors(client_spans))
         self._metadata = tuple((key, value) for key, value in metadata)
         self._channel: Any = None
+        self._closed = False
         self._jobs_stub: Any = None
         self._backends_stub: Any = None
 
     @property
     def channel(self) -> Any:
         """The underlying grpc.aio.Channel, opened on first access."""
+        if self._closed:
+            # Reopening would leave a channel nobody closes.
+            raise RuntimeError("this AsyncClient is closed")
         if self._channel is None:
             # Opened lazily: an aio channel binds to the event loop current at creation, and a
             # client is often constructed before asyncio.run starts the loop it will be used in.
@@ -1404,7 +1408,8 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
         await self.close()
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel; calls in flight are cancelled. The client cannot be used again."""
+        self._closed = True
         if self._channel is not None:
             channel, self._channel = self._channel, None
             await channel.close()
