@@ -588,9 +588,11 @@ class GatewayConfig(BaseSettings):
 def _check_env_names(environ: Mapping[str, str]) -> None:
     known = {name.upper() for name in GatewayConfig.model_fields}
     for var in environ:
-        if not var.startswith(ENV_PREFIX) or var in CLIENT_ENV_VARS:
+        # Case-blind, as pydantic-settings reads them: qgateway_bogus is a setting too.
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in CLIENT_ENV_VARS:
             continue
-        top = var[len(ENV_PREFIX) :].split("__", 1)[0]
+        top = upper[len(ENV_PREFIX) :].split("__", 1)[0]
         if top not in known:
             raise ConfigError(f"unknown setting {var} (known: {', '.join(sorted(known))})")
 

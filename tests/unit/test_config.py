@@ -106,6 +106,15 @@ def test_unknown_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatc
         load_config(None)
 
 
+def test_unknown_lowercase_environment_variable_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pydantic-settings reads environment names case-blind, so the check must too.
+    monkeypatch.setenv("qgateway_bogus", "1")
+    with pytest.raises(ConfigError, match="qgateway_bogus"):
+        load_config(None)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "absent.toml")
