@@ -298,7 +298,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "RUN_DEADLINE_EXCEEDED",
                 f"job jobs/{job.id} did not finish within {waited}; it keeps running "
                 "(repeat Run with the same request_id, or WatchJob, to get it)",
-                metadata={"job": f"jobs/{job.id}", "limitSeconds": limit},
+                # Whether this call created the job: the caller follows it and still knows.
+                metadata={
+                    "job": f"jobs/{job.id}",
+                    "limitSeconds": limit,
+                    "created": "true" if created else "false",
+                },
             )
         response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=created)
         if finished.state is JobState.SUCCEEDED:

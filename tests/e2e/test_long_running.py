@@ -286,6 +286,7 @@ def test_run_without_deadline_answers_at_the_server_limit(
     assert info.reason == "RUN_DEADLINE_EXCEEDED"
     assert info.domain == ERROR_DOMAIN
     assert info.metadata["limitSeconds"] == f"{RUN_MAX_WAIT_S:g}"
+    assert info.metadata["created"] == "true"  # a client that follows the job still knows
     name = info.metadata["job"]
     assert name.startswith("jobs/")
     assert waited >= RUN_MAX_WAIT_S * 0.95  # it did wait, up to the limit
@@ -294,6 +295,7 @@ def test_run_without_deadline_answers_at_the_server_limit(
     with pytest.raises(grpc.RpcError) as again:
         jobs.Run(job_service_pb2.RunRequest(request_id="lr-run-cap", spec=spec), timeout=30)
     assert status_of(again.value).metadata["job"] == name
+    assert status_of(again.value).metadata["created"] == "false"
     job = jobs.GetJob(job_service_pb2.GetJobRequest(name=name), timeout=10).job
     assert job.state == Q.JOB_STATE_RUNNING
     _cancel(jobs, name)

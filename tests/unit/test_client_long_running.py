@@ -151,6 +151,20 @@ def test_a_run_capped_by_the_server_is_followed_while_the_caller_has_time(
     assert capped(_capped("jobs/j", reason="OTHER"), None) is None
 
 
+def test_a_followed_run_keeps_whether_it_created_the_job() -> None:
+    job = Job.from_proto(job_pb2.Job(name="jobs/j", state=job_pb2.JOB_STATE_SUCCEEDED))
+    assert job.created is None  # what wait() knows
+    first = DeadlineExceededError(
+        "capped", reason="RUN_DEADLINE_EXCEEDED", metadata={"job": "jobs/j", "created": "true"}
+    )
+    repeat = DeadlineExceededError(
+        "capped", reason="RUN_DEADLINE_EXCEEDED", metadata={"job": "jobs/j", "created": "false"}
+    )
+    assert client_module._created_as(first, job).created is True
+    assert client_module._created_as(repeat, job).created is False
+    assert client_module._created_as(_capped("jobs/j"), job).created is None  # an older gateway
+
+
 class _CutStream:
     """A WatchJob call a proxy cuts after it delivered its messages (UNAVAILABLE)."""
 

@@ -618,6 +618,12 @@ def _capped_run(err: DeadlineExceededError, deadline: float | None) -> str | Non
     return err.job
 
 
+def _created_as(err: DeadlineExceededError, job: Job) -> Job:
+    """The followed job, with `created` as the capped Run said (the wait cannot know it)."""
+    created = err.metadata.get("created")
+    return job if created is None else replace(job, created=created == "true")
+
+
 def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> QGatewayError:
     """Adds what the caller needs to get back to the job (request_id, job name) to an error."""
     if request_id is not None:
@@ -991,7 +997,7 @@ class Client(SessionCalls, TenantCalls):
                 raise
             # The gateway's Run wait limit passed, not our timeout: follow the job instead.
             try:
-                return self.wait(name, timeout=_remaining(deadline))
+                return _created_as(err, self.wait(name, timeout=_remaining(deadline)))
             except QGatewayError as late:
                 _tag(late, rid, name)
                 raise
@@ -1586,7 +1592,7 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 raise
             # The gateway's Run wait limit passed, not our timeout: follow the job instead.
             try:
-                return await self.wait(name, timeout=_remaining(deadline))
+                return _created_as(err, await self.wait(name, timeout=_remaining(deadline)))
             except QGatewayError as late:
                 _tag(late, rid, name)
                 raise

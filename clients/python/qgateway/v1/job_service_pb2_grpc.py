@@ -153,8 +153,8 @@ class JobServiceServicer:
         """Submits (like SubmitJob, same request_id rules) and waits for the job to finish, within
         the call's deadline and at most the server's Run wait limit (60 s by default). If either
         passes first the answer is DEADLINE_EXCEEDED, reason RUN_DEADLINE_EXCEEDED, with the job
-        name in ErrorInfo metadata "job"; the job keeps running (repeat Run with the same
-        request_id, or WatchJob, to get it).
+        name in ErrorInfo metadata "job" and "created" ("true" when this call created the job);
+        the job keeps running (repeat Run with the same request_id, or WatchJob, to get it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
