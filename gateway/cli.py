@@ -288,15 +288,29 @@ def _auth_metadata() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")] if key else []
 
 
+def _is_local(target: str) -> bool:
+    """Whether a gRPC target is this host (a plaintext key cannot be read on the way)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    address = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    host = address.rsplit(":", 1)[0] if not address.startswith("[") else address[1:].split("]")[0]
+    return host in {"localhost", "127.0.0.1", "::1"} or host.startswith("127.")
+
+
 def _client(args: argparse.Namespace) -> Client:
     metadata = _auth_metadata()
     ca, cert, tls_key = (getattr(args, n, None) for n in ("ca", "cert", "key"))
     credentials = None
-    if ca or cert or tls_key:
+    if ca or cert or tls_key or getattr(args, "tls", False):
         try:
             credentials = tls_credentials(ca, cert=cert, key=tls_key)
         except OSError as exc:
             raise CliError(f"cannot read a TLS file: {exc.strerror or exc}") from None
+    elif metadata and not getattr(args, "plaintext", False) and not _is_local(args.target):
+        raise CliError(
+            f"refusing to send {ENV_API_KEY} in plaintext to {args.target}: use --tls (the "
+            "system's CA roots) or --ca FILE, or --plaintext if the network is trusted"
+        )
     return Client(args.target, retry=CLI_RETRY, metadata=metadata, credentials=credentials)
 
 
@@ -657,13 +671,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--cert": "client certificate PEM file (mTLS)",
         "--key": "client private key PEM file (mTLS)",
     }
+    switches = {
+        "--tls": "TLS with the system's CA roots",
+        "--plaintext": f"send ${ENV_API_KEY} without TLS to another host (a trusted network)",
+    }
     for flag, text in tls_help.items():
         parser.add_argument(flag, default=None, help=text)
+    for flag, text in switches.items():
+        parser.add_argument(flag, action="store_true", help=text)
     # Also accepted after the subcommand; SUPPRESS keeps the global value when absent there.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--target", default=argparse.SUPPRESS, help="gateway host:port")
     for flag, text in tls_help.items():
         common.add_argument(flag, default=argparse.SUPPRESS, help=text)
+    for flag, text in switches.items():
+        common.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
     common.add_argument(
         "--timeout", type=float, default=None, help="seconds for the call (default: none)"
     )

@@ -293,3 +293,22 @@ def test_run_command_prints_job_line_and_tables(
     )
     assert cli.main(["run", str(source)]) == 1
     assert capsys.readouterr().err == "error: job jobs/j1 FAILED EXECUTION_FAILED: x\n"
+
+
+def test_an_api_key_is_not_sent_in_plaintext_to_another_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(cli.ENV_API_KEY, "qgw_abcdef12_secret")
+    code = cli.main(["--target", "gw.example.com:443", "backends"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "refusing to send QGATEWAY_API_KEY in plaintext to gw.example.com:443" in err
+    assert "secret" not in err
+    for local in ("127.0.0.1:50051", "localhost:1", "[::1]:50051", "unix:/run/q.sock"):
+        assert cli._is_local(local), local
+    for remote in ("gw.example.com:443", "10.0.0.5:50051", "[2001:db8::1]:443", "dns:///gw:1"):
+        assert not cli._is_local(remote), remote
+    parse = cli.build_parser().parse_args
+    for argv in (["--tls", "backends"], ["backends", "--plaintext"]):
+        with cli._client(parse(["--target", "gw.example.com:443", *argv])) as client:
+            assert client.target == "gw.example.com:443"
