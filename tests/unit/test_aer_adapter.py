@@ -761,3 +761,38 @@ def test_assembled_run_reused_matches_aer_own_run(aer: AerAdapter) -> None:
         got = aer_module._run_assembled(aer._sim(), plan)
         np.testing.assert_allclose(np.asarray(got[0]["data"][aer_module._PROBABILITIES]), expected)
     assert plan.assembled is not None
+
+
+@pytest.mark.parametrize("device", ["aer", "braket_sv"])
+def test_bindings_that_make_an_angle_non_finite_are_the_clients_error(
+    aer: AerAdapter, device: str
+) -> None:
+    """rx(1/th) at th = 0, rx(th*th) at th = 1e200: every input value is finite, the angle is
+    not. Before, the sampler failed as a backend fault (counted by the breaker, so one tenant
+    could open it for all) and Braket's estimator SUCCEEDED with NaN."""
+    from gateway.backends.braket.adapter import BraketAdapter
+    from gateway.domain.failures import FailureKind
+
+    adapter = aer if device == "aer" else BraketAdapter(context(device=device))
+    zero, huge = np.array([0.0]), np.array([1e200])
+    jobs = [
+        spec(
+            sampler(
+                q3("input float th; qubit[1] q; bit[1] c; rx(1/th) q[0]; c[0] = measure q[0];"),
+                bindings=Bindings(("th",), (1,), zero),
+            )
+        ),
+        spec(
+            estimator(
+                q3("input float th; qubit[1] q; rx(th*th) q[0];"),
+                [single("Z")],
+                bindings=Bindings(("th",), (1,), huge),
+            )
+        ),
+    ]
+    for job in jobs:
+        with pytest.raises(ExecutionError) as failed:
+            run(adapter, job)
+        assert failed.value.reason == "NON_FINITE_ANGLE"
+        assert failed.value.kind is FailureKind.CLIENT_ERROR
+        assert failed.value.metadata["pubIndex"] == "0"

@@ -628,6 +628,10 @@ class QiskitAdapter(BackendAdapter):
                     kind=FailureKind.OUT_OF_MEMORY,
                     metadata={"pubIndex": str(index)},
                 ) from None
+            except (ZeroDivisionError, OverflowError) as exc:
+                # Raised while an SDK binds an angle expression (1/theta at theta = 0): the
+                # client's values, not the backend, so the breaker must not count it.
+                raise _non_finite(index, type(exc).__name__) from None
         return ExecutionOutcome(
             result=JobResult(pubs=tuple(results)),
             sdk_versions={"qiskit": qiskit.__version__, **self.sdk_versions()},
@@ -667,6 +671,8 @@ class QiskitAdapter(BackendAdapter):
             probabilities = self.terminal_probabilities(
                 task.circuit.key, plan, task.parameters, rows
             )
+            if not np.isfinite(probabilities).all():
+                raise _non_finite(None, "non-finite probabilities")
             if probabilities.shape[0] != rows.shape[0]:
                 raise ExecutionError(
                     "EXECUTION_FAILED",
@@ -721,6 +727,8 @@ class QiskitAdapter(BackendAdapter):
             np.arange(size).reshape(task.bindings_shape),
             np.arange(len(task.observables)).reshape(task.observables_shape),
         )
+        if not np.isfinite(exact_flat).all():
+            raise _non_finite(None, "non-finite expectation values")
         exact: FloatArray = exact_flat[binding_index, observable_index].astype(np.float64)
         if task.precision > 0:
             rng = np.random.default_rng(task.seed)
@@ -735,6 +743,19 @@ class QiskitAdapter(BackendAdapter):
             standard_errors=errors.reshape(task.shape),
             precision=task.precision,
         )
+
+
+def _non_finite(index: int | None, what: str) -> ExecutionError:
+    """A binding made a gate angle infinite or NaN (an expression like 1/theta or theta**2 of
+    finite values): the client's input, refused as Qiskit refuses binding an infinite value."""
+    where = "" if index is None else f"PUB {index}: "
+    return ExecutionError(
+        "NON_FINITE_ANGLE",
+        f"{where}the parameter values make a gate angle infinite or NaN ({what}); check the "
+        "bindings against the circuit's angle expressions",
+        kind=FailureKind.CLIENT_ERROR,
+        metadata={} if index is None else {"pubIndex": str(index)},
+    )
 
 
 def result_builder(
