@@ -796,3 +796,21 @@ def test_bindings_that_make_an_angle_non_finite_are_the_clients_error(
         assert failed.value.reason == "NON_FINITE_ANGLE"
         assert failed.value.kind is FailureKind.CLIENT_ERROR
         assert failed.value.metadata["pubIndex"] == "0"
+
+
+def test_braket_is_admitted_by_its_peak_not_by_its_state() -> None:
+    """Braket's simulators peak at ~4x the state: a 12-qubit density matrix (256 MiB) is 1 GiB
+    of work, so a 1 GiB budget takes it and a 1023 MiB one does not (it was admitted at
+    256 MiB and ran out of the worker's memory)."""
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    job = spec(sampler(q3(ghz(12))))
+    fits = BraketAdapter(context(budget=1 << 30, device="braket_dm"))
+    assert prepare_in_process(fits, job, 1).memory_bytes == 4 * 16 * 4**12
+    error = refused(
+        BraketAdapter(context(budget=(1 << 30) - MiB, device="braket_dm")),
+        job,
+        "MEMORY_BUDGET_EXCEEDED",
+        "spec.pubs[0].sampler.circuit.qasm3",
+    )
+    assert error.metadata["estimateBytes"] == str(4 * 16 * 4**12)
