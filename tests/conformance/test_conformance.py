@@ -328,6 +328,22 @@ def test_braket_refuses_a_seed_it_cannot_honour(client: Client, backend: str) ->
     assert info.value.metadata.get("feature") == "clbits"
 
 
+def test_noisy_braket_refuses_at_submission_what_its_worker_cannot_run(client: Client) -> None:
+    """A reset, then a qubit measured twice: the front end sees no mid-circuit measurement,
+    but Braket would run it path by path and drop the noise. It was accepted, queued, and
+    failed in the worker; now it is refused before a job exists."""
+    text = "qubit[2] q; bit[2] c; reset q[1]; h q[0]; c[0] = measure q[0]; c[1] = measure q[0];"
+    with pytest.raises(QGatewayError) as info:
+        client.submit_pubs([sampler_pub(H3 + text, shots=8)], backend="braket-dm-noisy")
+    assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
+    assert info.value.metadata.get("feature") == "mid_circuit_measurement"
+    # The same circuit runs on the noiseless device (it branches there, as Braket does).
+    job = client.wait(
+        client.submit_pubs([sampler_pub(H3 + text, shots=8)], backend="braket-dm").name
+    )
+    assert job.state == "SUCCEEDED", job
+
+
 def test_braket_noise_matches_its_channels(client: Client) -> None:
     """braket-dm-noisy's channels, by hand on X then measure: the 1-qubit depolarizing channel
     of probability p leaves |1> with weight 1 - 2p/3, then the readout flip r mixes it:

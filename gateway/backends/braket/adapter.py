@@ -36,7 +36,7 @@ from qiskit.transpiler import Target
 
 from gateway.backends.base import AdapterContext, AdapterOptions, PreparedJob
 from gateway.backends.braket.gates import DEVICE_QUBITS, QISKIT_GATES, Device, features
-from gateway.backends.braket.program import BraketNoise
+from gateway.backends.braket.program import BraketNoise, needs_branching
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit import measurement
 from gateway.backends.qiskit.adapter import (
@@ -298,6 +298,22 @@ class BraketAdapter(QiskitAdapter):
             name: metadata.version(name)
             for name in ("amazon-braket-sdk", "amazon-braket-default-simulator")
         }
+
+    def check_transpiled(self, circuit: QuantumCircuit, field: str) -> None:
+        # Noise with a circuit Braket must branch (run path by path) is refused by the worker;
+        # the front end's features do not see every such circuit (a qubit measured twice
+        # after a reset), so the same rule runs here, on what the worker will get.
+        if self.braket_options.is_cloud or self._noise() is None:
+            return
+        if measurement.terminal_plan(circuit) is None and needs_branching(circuit):
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                f"backends/{self.context.name} (noisy braket_dm) cannot run a circuit Braket "
+                "simulates path by path (a qubit used again after its measurement, or "
+                "if/else): its noise would be dropped",
+                field,
+                feature=CircuitFeature.MID_CIRCUIT_MEASUREMENT.value,
+            )
 
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         # Outcomes are read as one integer per shot, locally and from a device (refused here,
