@@ -328,6 +328,25 @@ def test_braket_refuses_a_seed_it_cannot_honour(client: Client, backend: str) ->
     assert info.value.metadata.get("feature") == "clbits"
 
 
+# The fake-device targets (IBM, and Aer with its noise) schedule delays: their refusal of an
+# unscheduled one is a known gap (README).
+@pytest.mark.parametrize("backend", [b for b in PROFILES if "manila" not in b])
+def test_a_delay_is_a_no_op_on_every_local_simulator(client: Client, backend: str) -> None:
+    """Braket's and PennyLane's targets had no delay, so the transpiler refused these circuits
+    (TRANSPILE_FAILED) though their writers drop delays; one after a measurement also took
+    the circuit off the probability path (PennyLane then refused it)."""
+    after = (
+        "qubit[2] q; bit[2] c; x q[0]; c[0] = measure q[0]; delay[10ns] q[0]; x q[1];"
+        " c[1] = measure q[1];"
+    )
+    for text, ideal in (
+        ("qubit[2] q; bit[2] c; x q[0]; delay[100ns] q[0]; c = measure q;", {"01": 1.0}),
+        (after, {"11": 1.0}),
+    ):
+        counts = client.run(H3 + text, backend=backend, shots=SHOTS, seed=3).sampler().counts()
+        _check(client, backend, counts, ideal)
+
+
 def test_noisy_braket_refuses_at_submission_what_its_worker_cannot_run(client: Client) -> None:
     """A reset, then a qubit measured twice: the front end sees no mid-circuit measurement,
     but Braket would run it path by path and drop the noise. It was accepted, queued, and

@@ -197,7 +197,10 @@ class BraketAdapter(QiskitAdapter):
             return ideal_target(QISKIT_GATES, qubits, self.circuit_features(), "braket-cloud")
         device = options.local_device
         qubits = min(options.num_qubits, DEVICE_QUBITS[device])
-        return ideal_target(QISKIT_GATES, qubits, self.circuit_features(), f"braket-{device}")
+        # The program writer drops delays: no noise model here acts in time.
+        return ideal_target(
+            QISKIT_GATES, qubits, self.circuit_features(), f"braket-{device}", delay=True
+        )
 
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits

@@ -65,8 +65,13 @@ class PennyLaneAdapter(QiskitAdapter):
 
     def build_qiskit_target(self) -> Target:
         qubits = min(self.pennylane_options.num_qubits, _MAX_QUBITS)
+        # The translation drops delays (gates.IGNORED_INSTRUCTIONS).
         return ideal_target(
-            QISKIT_GATES, qubits, frozenset(), f"pennylane-{self.pennylane_options.device}"
+            QISKIT_GATES,
+            qubits,
+            frozenset(),
+            f"pennylane-{self.pennylane_options.device}",
+            delay=True,
         )
 
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:

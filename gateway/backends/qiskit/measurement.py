@@ -75,12 +75,13 @@ def terminal_plan(circuit: QuantumCircuit) -> TerminalPlan | None:
             clbit_source[circuit.find_bit(instruction.clbits[0]).index] = qubits[0]
             measured.add(qubits[0])
             continue
-        if isinstance(operation, Barrier):
+        if isinstance(operation, Barrier | Delay):
+            # Neither acts on an ideal state: a delay after a measurement leaves it terminal.
             continue
         if (
             isinstance(operation, ControlFlowOp)
             or instruction.clbits
-            or not isinstance(operation, Gate | Delay)
+            or not isinstance(operation, Gate)
             or measured.intersection(qubits)
         ):
             return None  # reset, control flow, a non-unitary instruction, a mid-circuit measure

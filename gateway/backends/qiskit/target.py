@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable, Collection
 from datetime import datetime
 
-from qiskit.circuit import IfElseOp, Measure, Reset
+from qiskit.circuit import Delay, IfElseOp, Measure, Parameter, Reset
 from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.transpiler import Target
 
@@ -121,9 +121,13 @@ def ideal_target(
     num_qubits: int,
     features: Collection[CircuitFeature],
     description: str,
+    *,
+    delay: bool = False,
 ) -> Target:
     """An all-to-all, noiseless Target of Qiskit standard gates (by name), measure, and reset
-    or if/else where the backend runs them: what a simulator that is not Qiskit's takes."""
+    or if/else where the backend runs them: what a simulator that is not Qiskit's takes. With
+    `delay`, delays pass through (a local simulator without noise in time runs them as no-ops;
+    without it the transpiler refuses a circuit that has one)."""
     standard = get_standard_gate_name_mapping()
     target = Target(num_qubits=num_qubits, description=description)
     for name in sorted(gates):
@@ -133,4 +137,6 @@ def ideal_target(
         target.add_instruction(Reset(), properties=None)
     if CircuitFeature.CONTROL_FLOW in features:
         target.add_instruction(IfElseOp, name="if_else")
+    if delay:
+        target.add_instruction(Delay(Parameter("t")), properties=None)
     return target
