@@ -42,6 +42,7 @@ from qgateway import (
 )
 
 from gateway import audit_tool
+from gateway.security.peers import is_loopback_host
 
 ENV_TARGET = "QGATEWAY_TARGET"
 ENV_API_KEY = "QGATEWAY_API_KEY"
@@ -294,7 +295,7 @@ def _is_local(target: str) -> bool:
         return True
     address = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
     host = address.rsplit(":", 1)[0] if not address.startswith("[") else address[1:].split("]")[0]
-    return host in {"localhost", "127.0.0.1", "::1"} or host.startswith("127.")
+    return is_loopback_host(host)
 
 
 def _client(args: argparse.Namespace) -> Client:

@@ -232,6 +232,15 @@ class PoolConfig(_Strict):
     # job kills its worker cannot make the gateway fork faster than this.
     max_creations_per_s: float = Field(default=1.0, gt=0)
 
+    @model_validator(mode="after")
+    def _min_within_max(self) -> PoolConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) is above max_instances "
+                f"({self.max_instances})"
+            )
+        return self
+
     def limits(self) -> PoolLimits:
         return PoolLimits(
             min_instances=self.min_instances,
@@ -304,11 +313,6 @@ class BackendConfig(_Strict):
         if self.default_shots > self.max_shots:
             raise ValueError(
                 f"default_shots ({self.default_shots}) is above max_shots ({self.max_shots})"
-            )
-        if self.pool.min_instances > self.pool.max_instances:
-            raise ValueError(
-                f"pool.min_instances ({self.pool.min_instances}) is above pool.max_instances "
-                f"({self.pool.max_instances})"
             )
         return self
 

@@ -57,6 +57,8 @@ def _request_id(value: str) -> str:
 
 # Room kept in a ListJobs response for its page token and framing.
 PAGE_FRAMING_BYTES = 1024
+# A repeated message field's tag and length prefix.
+_FIELD_FRAMING_BYTES = 6
 
 
 def jobs_within(
@@ -77,10 +79,6 @@ def jobs_within(
         encoded.append(message)
         used += size
     return encoded, next_cursor
-
-
-# A repeated message field's tag and length prefix.
-_FIELD_FRAMING_BYTES = 6
 
 
 def _job_cursor(cursor: JobCursor) -> bytes:

@@ -27,6 +27,7 @@ import jwt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.domain.errors import Unauthenticated
+from gateway.security.peers import is_loopback_host
 from gateway.security.principals import TENANT_ID_PATTERN, Principal, Role
 
 log = logging.getLogger("gateway.auth")
@@ -84,11 +85,11 @@ class JwtConfig(BaseModel):
             url = urllib.parse.urlsplit(self.jwks_url)
             # Keys fetched in plaintext can be replaced by anyone on the path, who could then
             # sign any token, admin included: http only to this host (a local key server).
-            local = url.hostname in {"localhost", "127.0.0.1", "::1"}
+            local = url.hostname is not None and is_loopback_host(url.hostname)
             if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and local)):
                 raise ValueError(
-                    "jwks_url must be an https:// URL (http:// only to localhost, 127.0.0.1 or "
-                    "[::1])"
+                    "jwks_url must be an https:// URL (http:// only to this host: localhost, "
+                    "127.0.0.0/8 or [::1])"
                 )
         return self
 

@@ -29,3 +29,14 @@ def peer_network(peer: str) -> str:
     except ValueError:
         return host
     return f"ipv6:{ipaddress.IPv6Network((address, 64), strict=False)}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address is this machine ("localhost", 127.0.0.0/8, ::1): what is
+    sent to it in plaintext crosses no network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

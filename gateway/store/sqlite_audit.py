@@ -410,17 +410,15 @@ class SqliteAudit:
             young = conn.execute(
                 "SELECT min(seq) FROM audit_records WHERE end_time >= ?", (cutoff,)
             ).fetchone()[0]
-            below = (
-                "SELECT seq, mac FROM audit_records WHERE seq < coalesce(?, 9223372036854775807)"
-            )
-            # At most `limit` records per transaction: the store has one writer thread, and
-            # 200k expired records in one delete held every other write for 0.6 s.
-            bound = (
-                conn.execute(
-                    f"{below} ORDER BY seq LIMIT 1 OFFSET ?", (young, limit - 1)
-                ).fetchone()
-                or conn.execute(f"{below} ORDER BY seq DESC LIMIT 1", (young,)).fetchone()
-            )
+            # The last of the oldest `limit` expired records: at most `limit` per transaction
+            # (the store has one writer thread, and 200k expired records in one delete held
+            # every other write for 0.6 s).
+            bound = conn.execute(
+                "SELECT seq, mac FROM (SELECT seq, mac FROM audit_records"
+                " WHERE seq < coalesce(?, 9223372036854775807) ORDER BY seq LIMIT ?)"
+                " ORDER BY seq DESC LIMIT 1",
+                (young, limit),
+            ).fetchone()
             if bound is None:
                 return 0
             point = ChainPoint(int(bound[0]), bytes(bound[1]))

@@ -302,13 +302,13 @@ class BraketAdapter(QiskitAdapter):
             for name in ("amazon-braket-sdk", "amazon-braket-default-simulator")
         }
 
-    def check_transpiled(self, circuit: QuantumCircuit, field: str) -> None:
+    def check_transpiled(self, circuit: QuantumCircuit, terminal: bool, field: str) -> None:
         # Noise with a circuit Braket must branch (run path by path) is refused by the worker;
         # the front end's features do not see every such circuit (a qubit measured twice
         # after a reset), so the same rule runs here, on what the worker will get.
         if self.braket_options.is_cloud or self._noise() is None:
             return
-        if measurement.terminal_plan(circuit) is None and needs_branching(circuit):
+        if not terminal and needs_branching(circuit):
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
                 f"backends/{self.context.name} (noisy braket_dm) cannot run a circuit Braket "

@@ -274,9 +274,10 @@ class QiskitAdapter(BackendAdapter):
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         """Refuses a sampler PUB this backend cannot run as asked (default: none)."""
 
-    def check_transpiled(self, circuit: QuantumCircuit, field: str) -> None:
+    def check_transpiled(self, circuit: QuantumCircuit, terminal: bool, field: str) -> None:
         """Refuses (INVALID_ARGUMENT) what this backend's worker would refuse to run: checked
-        when compiling, so a job is never queued only to fail. Nothing by default."""
+        when compiling, so a job is never queued only to fail. `terminal`: every measurement
+        is at the end (measurement.terminal_plan). Nothing by default."""
 
     def samples_from_probabilities(self) -> bool:
         """True when terminal-measurement circuits are sampled from exact probabilities (an
@@ -390,7 +391,8 @@ class QiskitAdapter(BackendAdapter):
         # Each instance of a gate definition may bind its angles differently: an overflow can
         # show only once the transpiler has unrolled them all.
         fe.check_finite_parameters(transpiled, field)
-        self.check_transpiled(transpiled, field)
+        terminal = measurement.terminal_plan(transpiled) is not None
+        self.check_transpiled(transpiled, terminal, field)
         memory, amplitudes = self.state_size(transpiled, True)
         fe.check_memory(memory, budget, self.method_name, field)
         # Loose bits (`bit c;`) are one-bit registers named after their variable.
@@ -405,7 +407,7 @@ class QiskitAdapter(BackendAdapter):
             parameters=tuple(p.name for p in circuit.parameters),
             features=features,
             has_measurements=fe.has_measurements(circuit),
-            terminal=measurement.terminal_plan(transpiled) is not None,
+            terminal=terminal,
             registers=registers,
             layout=_layout_of(transpiled),
             memory_bytes=memory,
