@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import math
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,25 @@ def test_sdk_failures_become_execution_errors(
 def test_unknown_devices_are_refused() -> None:
     with pytest.raises(ValueError):
         PennyLaneSimulation("default.mixed", num_wires=2)  # type: ignore[arg-type]
+
+
+def test_default_qubit_reads_wide_pauli_products_from_the_state() -> None:
+    # qml.expval of an 18-letter Pauli product builds the product's eigenvalues on
+    # default.qubit: ~24x the 4 MiB state. Read from the final state, a term costs two copies.
+    n = 18
+    sim = PennyLaneSimulation("default.qubit", num_wires=n)
+    circuit = QuantumCircuit(n)
+    circuit.h(n - 1)  # first touches the last qubit: wire order must not follow first use
+    for q in range(n - 1, 0, -1):
+        circuit.cx(q, q - 1)
+    terms = [("X" * n, tuple(range(n))), ("Y" * n, tuple(range(n))), ("Z" * n, tuple(range(n)))]
+    state_bytes = 16 << n
+    tracemalloc.start()
+    try:
+        got = sim.expectations("wide-ghz", circuit, terms, (), np.zeros((1, 0)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # GHZ: <X..X> = 1, <Y..Y> = Re(i^n + (-i)^n) / 2 = -1 for n = 18, <Z..Z> = 1 (n even).
+    np.testing.assert_allclose(got, [[1.0, -1.0, 1.0]], atol=1e-9)
+    assert peak < 6 * state_bytes, f"peak {peak >> 20} MiB for a {state_bytes >> 20} MiB state"

@@ -49,6 +49,12 @@ from gateway.backends.braket.program import (
     shots_program,
 )
 from gateway.backends.lru import LRU
+from gateway.backends.pauli_values import (
+    Masks,
+    density_matrix_values,
+    pauli_masks,
+    state_vector_values,
+)
 from gateway.backends.qiskit.measurement import TerminalPlan
 from gateway.domain.circuits import FloatArray
 from gateway.domain.errors import ExecutionError
@@ -69,12 +75,8 @@ _CACHE_SIZE = 64
 _INTERPRETER_LOGGER = "braket.default_simulator.openqasm.interpreter"
 _ADVANCED_FEATURES = "This program uses OpenQASM language features"
 _NOISE_FREE = "You are running a noise-free circuit on the density matrix simulator"
-_PHASES = (1.0, 1j, -1.0, -1j)  # i**k
 
 Term = tuple[str, tuple[int, ...]]
-# A Pauli term as masks on Braket's state indices (qubit q = bit n-1-q): flipped bits, bits
-# whose value gives a sign (Z and Y), number of Ys.
-_Masks = tuple[int, int, int]
 
 
 class _QuietInterpreter(logging.Filter):
@@ -119,7 +121,6 @@ class BraketSimulation:
         )
         self._program_class: Any = Program
         self._programs: LRU[tuple[str, str], BraketProgram] = LRU(_CACHE_SIZE)
-        self._indices: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
         # Braket's own RNG is unseeded too; this one only unsorts its branched shots.
         self._rng = np.random.default_rng()
         interpreter = logging.getLogger(_INTERPRETER_LOGGER)
@@ -174,7 +175,7 @@ class BraketSimulation:
         each term's expectation from it."""
         bindings = _bindings(parameters, values)
         n = circuit.num_qubits
-        masks = [_masks(term, n) for term in terms]
+        masks = [pauli_masks(letters, qubits, n) for letters, qubits in terms]
         distinct = sorted({m for m in masks if m is not None})
         out = np.ones((bindings, len(terms)), dtype=np.float64)
         if not distinct or not bindings:
@@ -198,34 +199,15 @@ class BraketSimulation:
         return out
 
     def _pauli_values(
-        self, final: npt.NDArray[Any], n: int, distinct: Sequence[_Masks]
+        self, final: npt.NDArray[Any], n: int, distinct: Sequence[Masks]
     ) -> FloatArray:
-        """<P> for each term, from a state vector (2^n) or density matrix (2^n x 2^n) in
-        Braket's order. P|a> = i^ny (-1)^popcount(a & z) |a ^ x>, so <psi|P|psi> =
-        i^ny sum_a conj(psi[a^x]) psi[a] sign(a) and tr(rho P) = i^ny sum_a rho[a, a^x] sign(a)."""
         size = 1 << n
         expected = (size,) if self.device == "braket_sv" else (size, size)
         if final.shape != expected:
             raise _failure(f"Braket returned a {final.shape} state for {n} qubits")
-        index = self._index(size)
-        out = np.empty(len(distinct), dtype=np.float64)
-        diagonal: FloatArray | None = None
-        for k, (x, z, ny) in enumerate(distinct):
-            signs = 1 - 2 * (np.bitwise_count(index & np.uint32(z)) & 1).astype(np.int8)
-            if x == 0:
-                if diagonal is None:
-                    diagonal = (
-                        np.abs(final) ** 2 if final.ndim == 1 else np.real(np.diagonal(final))
-                    )
-                out[k] = float(diagonal @ signs)
-                continue
-            flipped = index ^ np.uint32(x)
-            if final.ndim == 1:
-                value = np.vdot(final[flipped], final * signs)
-            else:
-                value = np.sum(final[index, flipped] * signs)
-            out[k] = float(np.real(_PHASES[ny % 4] * value))
-        return out
+        if final.ndim == 1:
+            return state_vector_values(final.reshape(1, size), distinct).reshape(len(distinct))
+        return density_matrix_values(final, distinct)
 
     # ------------------------------------------------------------------------ shots
 
@@ -309,11 +291,6 @@ class BraketSimulation:
             raise _failure(f"Braket returned {len(result_types)} results, expected 1")
         return result_types[0].value
 
-    def _index(self, size: int) -> npt.NDArray[np.uint32]:
-        if self._indices.shape[0] != size:
-            self._indices = np.arange(size, dtype=np.uint32)
-        return self._indices
-
 
 def _bindings(parameters: tuple[str, ...], values: FloatArray) -> int:
     if values.ndim != 2 or values.shape[1] != len(parameters):
@@ -331,29 +308,6 @@ def _distinct(inputs: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp]]:
         return inputs, np.zeros(bindings, dtype=np.intp)
     rows, inverse = np.unique(inputs, axis=0, return_inverse=True)
     return rows, inverse.reshape(-1).astype(np.intp, copy=False)
-
-
-def _masks(term: Term, n: int) -> _Masks | None:
-    """A term's masks on Braket's state indices, or None for the identity."""
-    letters, qubits = term
-    if len(letters) != len(qubits) or len(set(qubits)) != len(qubits):
-        raise ValueError(f"bad Pauli term {term!r}: one distinct qubit per letter")
-    x = z = ny = 0
-    for letter, qubit in zip(letters, qubits, strict=True):
-        if not 0 <= qubit < n:
-            raise ValueError(f"Pauli term {term!r} acts on qubit {qubit} of a {n}-qubit circuit")
-        bit = 1 << (n - 1 - qubit)
-        if letter == "X":
-            x |= bit
-        elif letter == "Z":
-            z |= bit
-        elif letter == "Y":
-            x |= bit
-            z |= bit
-            ny += 1
-        elif letter != "I":
-            raise ValueError(f"bad Pauli letter {letter!r} in {term!r}")
-    return None if x == 0 and z == 0 else (x, z, ny)
 
 
 def _bits(measurements: Any) -> npt.NDArray[np.bool_]:
