@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -539,6 +540,7 @@ def test_circuits_exported_by_qasm3_dumps_round_trip(sv: BraketSimulation) -> No
 def test_braket_failures_are_execution_errors() -> None:
     simulation = BraketSimulation("braket_sv")
     circuit = QuantumCircuit(1, 1)
+    circuit.x(0)  # a measured qubit no gate touches reads 0 without a run
     circuit.measure(0, 0)
     raised: list[BaseException] = [ValueError("x" * 600), MemoryError()]
 
@@ -603,3 +605,29 @@ def test_the_program_names_braket_gates_and_inputs_only() -> None:
     assert program.columns == (1,)
     values = program.input_values(("v[0]", "θ"), np.array([[0.5, 0.25]]))
     np.testing.assert_allclose(values, [[0.25, 1.0]])
+
+
+def test_wide_probabilities_cost_a_few_state_copies(sv: BraketSimulation) -> None:
+    # Asked for named targets, Braket permutes its table through 2^k Python tuples (~440 MiB
+    # for 20 qubits); the table is taken whole and marginalised in numpy instead.
+    n = 20
+    circuit = QuantumCircuit(n + 1, n)
+    circuit.x(n)  # touched, never measured: summed out
+    for q in range(n - 1):
+        circuit.h(q)
+    # qubit n - 1 is measured but never touched: it reads 0
+    circuit.measure(list(reversed(range(n))), list(range(n)))
+    terminal = plan(circuit)
+    state_bytes = 16 << (n + 1)
+    tracemalloc.start()
+    try:
+        got = sv.probabilities(key(), terminal, (), NONE)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * state_bytes, f"peak {peak >> 20} MiB for a {state_bytes >> 20} MiB state"
+    # Bit i of an outcome is terminal.qubits[i]; the untouched qubit's bit is always 0.
+    untouched = terminal.qubits.index(n - 1)
+    index = np.arange(1 << n)
+    want = np.where((index >> untouched) & 1, 0.0, 1.0 / (1 << (n - 1)))
+    np.testing.assert_allclose(got[0], want, atol=1e-12)

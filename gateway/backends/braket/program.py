@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -107,12 +107,16 @@ class BraketProgram:
             circuit, evaluated per binding by `input_values`.
         columns: For a shots program, the clbit each column of Braket's measurements holds.
         num_qubits: The circuit's width (Braket's results cover exactly these qubits).
+        table_qubits: For a probabilities program, the qubits of Braket's table, most
+            significant first: those some instruction touches, ascending (Braket simulates no
+            other qubit).
     """
 
     source: str
     angles: tuple[ParameterExpression, ...]
     columns: tuple[int, ...]
     num_qubits: int
+    table_qubits: tuple[int, ...] = ()
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -157,17 +161,20 @@ class BraketProgram:
 def probabilities_program(
     body: QuantumCircuit, qubits: Sequence[int], noise: BraketNoise | None
 ) -> BraketProgram:
-    """`body` (gates only), then Braket's exact probabilities of `qubits` with bit i of an
-    index = qubits[i] (Qiskit's order: Braket lists its first target as the highest bit, so the
-    targets are written last qubit first). Readout flips act on `qubits` before they are read."""
+    """`body` (gates only), then Braket's exact probabilities of every qubit it simulates
+    (`table_qubits`), which the caller marginalises to `qubits`: given targets, Braket permutes
+    its table through 2^k Python tuples (20 qubits: ~440 MiB and seconds per binding). Readout
+    flips act on `qubits` before they are read."""
     writer = _Writer(body.num_qubits, noise)
     writer.gates(body)
-    if noise is not None and noise.readout_flip:
+    if writer.noise is not None and writer.noise.readout_flip:
         for qubit in qubits:
-            writer.line(f"#pragma braket noise bit_flip({_number(noise.readout_flip)}) q[{qubit}]")
-    targets = ", ".join(f"q[{qubit}]" for qubit in reversed(qubits))
-    writer.line(f"#pragma braket result probability {targets}")
-    return writer.program()
+            writer.line(
+                f"#pragma braket noise bit_flip({_number(writer.noise.readout_flip)}) q[{qubit}]"
+            )
+            writer.touched.add(qubit)
+    writer.line("#pragma braket result probability")
+    return replace(writer.program(), table_qubits=tuple(sorted(writer.touched)))
 
 
 def expectations_program(

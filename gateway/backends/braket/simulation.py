@@ -150,14 +150,21 @@ class BraketSimulation:
         program = self._program(
             key, "probabilities", lambda: probabilities_program(plan.body, plan.qubits, self.noise)
         )
+        table = program.table_qubits
+        if not set(plan.qubits) & set(table):  # no measured qubit is touched: all read 0
+            out = np.zeros((bindings, 1 << width), dtype=np.float64)
+            out[:, 0] = 1.0
+            return out
         inputs = program.input_values(parameters, values)
         rows, inverse = _distinct(inputs)
         out = np.empty((len(rows), 1 << width), dtype=np.float64)
         for u, row in enumerate(rows):
             value = np.asarray(self._result(self._run(program, row, 0)), dtype=np.float64)
-            if value.shape != (1 << width,):
-                raise _failure(f"Braket returned {value.shape} probabilities for {width} qubits")
-            out[u] = value
+            if value.shape != (1 << len(table),):
+                raise _failure(
+                    f"Braket returned {value.shape} probabilities for {len(table)} qubits"
+                )
+            out[u] = _marginal(value, table, plan.qubits)
         return out[inverse]
 
     def expectations(
@@ -308,6 +315,33 @@ def _distinct(inputs: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp]]:
         return inputs, np.zeros(bindings, dtype=np.intp)
     rows, inverse = np.unique(inputs, axis=0, return_inverse=True)
     return rows, inverse.reshape(-1).astype(np.intp, copy=False)
+
+
+def _marginal(table: FloatArray, table_qubits: Sequence[int], qubits: Sequence[int]) -> FloatArray:
+    """(2^len(qubits),) probabilities with bit i of an index = qubits[i], from Braket's table
+    over `table_qubits` (the first the most significant bit). A qubit outside the table was
+    never touched: it reads 0."""
+    axis_of = {qubit: axis for axis, qubit in enumerate(table_qubits)}
+    tensor = table.reshape((2,) * len(table_qubits))
+    measured = set(qubits)
+    kept = [q for q in qubits if q in axis_of]
+    summed = tuple(axis for axis, q in enumerate(table_qubits) if q not in measured)
+    marginal = tensor.sum(axis=summed) if summed else tensor
+    # The remaining axes are in table order; put qubits[-1] first (the highest bit).
+    remaining = sorted(kept, key=lambda q: axis_of[q])
+    order = [remaining.index(q) for q in reversed(kept)]
+    compact = np.ascontiguousarray(np.transpose(marginal, order)).reshape(-1)
+    if len(kept) == len(qubits):
+        return compact
+    # Scatter: compact index bit j is kept[j]; its place in the full index is qubits' position.
+    positions = [qubits.index(q) for q in kept]
+    index = np.arange(1 << len(kept))
+    full = np.zeros_like(index)
+    for bit, position in enumerate(positions):
+        full |= ((index >> bit) & 1) << position
+    out = np.zeros(1 << len(qubits), dtype=np.float64)
+    out[full] = compact
+    return out
 
 
 def _bits(measurements: Any) -> npt.NDArray[np.bool_]:
