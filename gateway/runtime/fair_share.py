@@ -76,14 +76,12 @@ class FairShare:
 
     def _forget(self, tenant: str, future: asyncio.Future[None]) -> None:
         queue = self._waiting.get(tenant)
-        if queue is None:
-            return
-        if future in queue:
+        if queue is not None and future in queue:
             queue.remove(future)
-        if not queue:
+        if queue is not None and not queue:
             del self._waiting[tenant]
-            if not self._held[tenant]:
-                self._served.pop(tenant, None)
+        if tenant not in self._waiting and not self._held[tenant]:
+            self._served.pop(tenant, None)
 
     def _grant(self) -> None:
         while self._free and self._waiting:
@@ -92,5 +90,10 @@ class FairShare:
             future = queue.popleft()
             if not queue:
                 del self._waiting[tenant]
+            if future.done():
+                # Its caller was cancelled and has not run yet (cancelling a task cancels the
+                # future it awaits at once): it will find itself gone. Granting it would leak
+                # the slot, and set_result would raise here, in whoever released.
+                continue
             self._take(tenant)
             future.set_result(None)

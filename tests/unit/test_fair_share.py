@@ -88,3 +88,29 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
     # The slot is free again: a new tenant gets it at once.
     async with fair.slot("c"):
         assert fair.held("c") == 1
+
+
+@pytest.mark.anyio
+async def test_a_waiter_cancelled_as_a_slot_frees_neither_takes_it_nor_breaks_the_release() -> None:
+    # Cancelling a task cancels the future it awaits at once, before its except clause runs: a
+    # release in the same loop turn found that future still queued and granted it the slot
+    # (set_result raised in the releasing holder, and the slot was never given back).
+    fair = FairShare(1)
+    release = asyncio.Event()
+
+    async def hold(tenant: str) -> None:
+        async with fair.slot(tenant):
+            await release.wait()
+
+    holder = asyncio.create_task(hold("alice"))
+    await _settle()
+    waiter = asyncio.create_task(hold("bob"))
+    await _settle()
+    assert fair.waiting == 1
+    release.set()  # the holder's release runs in the next turn ...
+    waiter.cancel()  # ... after the waiter's future is already cancelled
+    done = await asyncio.gather(holder, waiter, return_exceptions=True)
+    assert done[0] is None and isinstance(done[1], asyncio.CancelledError)
+    assert fair.held("alice") == fair.held("bob") == 0 and fair.waiting == 0
+    async with fair.slot("carol"):  # the one slot is free again
+        assert fair.held("carol") == 1
