@@ -24,6 +24,10 @@ from gateway.runtime.breaker import BreakerState, Permit
 
 log = logging.getLogger(__name__)
 
+# After a failed turn the scheduler tries again after this, doubling per failure in a row.
+ERROR_BACKOFF_S = 0.05
+ERROR_BACKOFF_MAX_S = 5.0
+
 
 class Scheduler:
     def __init__(
@@ -67,34 +71,59 @@ class Scheduler:
             self._rt.wake.set()
 
     async def _loop(self) -> None:
-        rt = self._rt
+        failures = 0
         while not self._draining.is_set():
-            rt.wake.clear()
-            if not rt.has_free_slot():
-                await self._wait()
-                continue
-            permit = rt.breaker.try_dispatch()
-            if permit is None:
-                # Open: wake when the cool-down ends; half-open: when the trial finishes.
-                delay = rt.breaker.retry_after()
-                await self._wait(delay if delay > 0 else None)
-                continue
+            try:
+                if not await self._turn():
+                    return
+                failures = 0
+            except Exception:
+                # A store or queue call failed (SQLITE_BUSY past the busy timeout, a full
+                # disk): the backend's only scheduler must outlive it, or every later job of
+                # the backend stays QUEUED with nothing to run or expire it.
+                failures += 1
+                delay = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** min(failures - 1, 16))
+                log.exception(
+                    "scheduler of backends/%s: a turn failed; next in %.2fs", self._rt.name, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._draining.wait()
+
+    async def _turn(self) -> bool:
+        """Starts at most one job, or waits for a reason to try again; False once draining."""
+        rt = self._rt
+        rt.wake.clear()
+        if not rt.has_free_slot():
+            await self._wait()
+            return True
+        permit = rt.breaker.try_dispatch()
+        if permit is None:
+            # Open: wake when the cool-down ends; half-open: when the trial finishes.
+            delay = rt.breaker.retry_after()
+            await self._wait(delay if delay > 0 else None)
+            return True
+        try:
             claim = await rt.queue.claim()
-            if claim is None:
-                rt.breaker.release(permit)
-                await self._wait()
-                continue
-            if self._draining.is_set():
-                rt.breaker.release(permit)
-                await rt.queue.release(claim)
-                return
-            if self._past_deadline(claim.job):
-                # A claim that lapsed and came back after the job's queue time was over.
-                rt.breaker.release(permit)
-                await self._t.finish(claim.job, JobState.FAILED, error=self._expired_error())
-                await rt.queue.done(claim)
-                continue
-            self.start_job(claim, permit)
+        except BaseException:
+            rt.breaker.release(permit)  # a half-open trial's token must not be lost
+            raise
+        if claim is None:
+            rt.breaker.release(permit)
+            await self._wait()
+            return True
+        if self._draining.is_set():
+            rt.breaker.release(permit)
+            await rt.queue.release(claim)
+            return False
+        if self._past_deadline(claim.job):
+            # A claim that lapsed and came back after the job's queue time was over.
+            rt.breaker.release(permit)
+            await self._t.finish(claim.job, JobState.FAILED, error=self._expired_error())
+            await rt.queue.done(claim)
+            return True
+        self.start_job(claim, permit)
+        return True
 
     def _past_deadline(self, job: Job) -> bool:
         # A session's job is bounded by its session's TTLs (and its queue time counts from

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import pickle
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -150,6 +151,36 @@ async def test_runs_no_more_than_the_runner_capacity(store: SqliteStore, kind: Q
         runner.succeed(jobs[0].id)
         await core.until("alice", jobs[2].id, "RUNNING")
         assert (await core.until("alice", jobs[0].id, "SUCCEEDED")).state is JobState.SUCCEEDED
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_a_failed_queue_call_does_not_end_the_scheduler(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # One store error (SQLITE_BUSY past the busy timeout, a full disk) inside a scheduler turn
+    # ended the backend's only scheduler task: later jobs stayed QUEUED with nothing to run them.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, kind, {"sim": runner})
+    queue = core.backends["sim"].queue
+    real_claim = queue.claim
+    calls = 0
+
+    async def flaky_claim() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return await real_claim()
+
+    queue.claim = flaky_claim  # type: ignore[method-assign]
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        assert calls >= 2 and runner.submitted == [job.id]
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
     finally:
         await _close(core)
 
