@@ -176,11 +176,12 @@ class ClaimQueue:
             self._prepared.pop(job.id, None)
         return jobs
 
-    async def next_wakeup(self) -> datetime | None:
-        """The earliest of the oldest waiting job's deadline and the next lease expiry (in
-        the past for a lapsed claim nobody has taken over); None when there is neither."""
+    async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
+        """The earliest of the oldest waiting job's deadline and (with `leases`) the next
+        lease expiry (in the past for a lapsed claim nobody has taken over); None when there
+        is neither."""
         oldest = await self._store.oldest_queued_at(self.backend)
-        lease = await self._store.next_lease_expiry(self.backend)
+        lease = await self._store.next_lease_expiry(self.backend) if leases else None
         deadline = None if oldest is None else oldest + self._max_queue
         return min((t for t in (lease, deadline) if t is not None), default=None)
 

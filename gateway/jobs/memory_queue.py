@@ -198,11 +198,12 @@ class MemoryQueue:
         out.sort(key=lambda item: item.key)
         return [item.job for item in out]
 
-    async def next_wakeup(self) -> datetime | None:
-        """The earliest queue deadline or lease expiry (in the past for a lapsed claim not yet
-        handed out again); None when the queue holds nothing."""
+    async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
+        """The earliest queue deadline or (with `leases`) lease expiry (in the past for a
+        lapsed claim not yet handed out again); None when there is none."""
         times = [item.deadline for line in self._lines.values() for item in _first_deadlines(line)]
-        times.extend(c.lease_expires_at for c in self._claims.claims())
+        if leases:
+            times.extend(c.lease_expires_at for c in self._claims.claims())
         return min(times, default=None)
 
     async def wait_changed(self) -> None:

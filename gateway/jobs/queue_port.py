@@ -93,9 +93,12 @@ class JobQueue(Protocol):
     async def take_expired(self) -> list[Job]:
         """Removes and returns the unclaimed jobs that waited past the queue-time limit."""
 
-    async def next_wakeup(self) -> datetime | None:
+    async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
         """The earliest time something may become claimable or expire without a put (a
-        queue deadline, a lease that lapses), for the scheduler's timer; None if nothing."""
+        queue deadline, a lease that lapses), for the scheduler's timer; None if nothing.
+        With leases=False, queue deadlines only: a scheduler that could not claim anyway (no
+        free slot, no breaker permit) would otherwise spin on a lapsed lease, whose expiry
+        stays in the past until someone claims it."""
 
     async def wait_changed(self) -> None:
         """Returns when the queue may have changed (a put, a release, a removal): the

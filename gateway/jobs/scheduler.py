@@ -95,13 +95,13 @@ class Scheduler:
         rt = self._rt
         rt.wake.clear()
         if not rt.has_free_slot():
-            await self._wait()
+            await self._wait(can_claim=False)
             return True
         permit = rt.breaker.try_dispatch()
         if permit is None:
             # Open: wake when the cool-down ends; half-open: when the trial finishes.
             delay = rt.breaker.retry_after()
-            await self._wait(delay if delay > 0 else None)
+            await self._wait(delay if delay > 0 else None, can_claim=False)
             return True
         try:
             claim = await rt.queue.claim()
@@ -135,10 +135,11 @@ class Scheduler:
             and self._t.clock() >= job.created_at + limit
         )
 
-    async def _wait(self, timeout: float | None = None) -> None:
-        """Waits for the wake event, `timeout`, or the queue's next deadline; then fails the
-        jobs whose queue time is over."""
-        wakeup = await self._rt.queue.next_wakeup()
+    async def _wait(self, timeout: float | None = None, *, can_claim: bool = True) -> None:
+        """Waits for the wake event, `timeout`, or the queue's next deadline (and lease
+        expiry, when the scheduler could claim a lapsed job); then fails the jobs whose queue
+        time is over."""
+        wakeup = await self._rt.queue.next_wakeup(leases=can_claim)
         if wakeup is not None:
             due = max(0.0, (wakeup - self._t.clock()).total_seconds())
             timeout = due if timeout is None else min(timeout, due)

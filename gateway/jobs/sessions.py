@@ -301,8 +301,8 @@ class SessionQueue:
                 await self._current_gone(job.id)
         return expired
 
-    async def next_wakeup(self) -> datetime | None:
-        return await self.inner.next_wakeup()
+    async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
+        return await self.inner.next_wakeup(leases=leases)
 
     async def wait_changed(self) -> None:
         await self.inner.wait_changed()

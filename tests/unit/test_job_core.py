@@ -249,6 +249,50 @@ async def test_a_lease_whose_holder_died_is_claimed_again(
 
 
 @pytest.mark.parametrize("kind", QUEUES)
+async def test_a_lapsed_claim_does_not_spin_a_scheduler_without_a_free_slot(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # A lapsed lease's expiry stays in the past until someone claims it: a scheduler with no
+    # free slot took it as its timer and turned with timeout 0 (thousands of store reads and
+    # a write transaction per second) until a slot freed.
+    runner = ScriptedRunner(slots=1)
+    clock = Clock()
+    core = await build_core(store, kind, {"sim": runner}, clock=clock)
+    try:
+        blocker = await core.submit("alice", spec("sim"))
+        await core.until("alice", blocker.id, "RUNNING")
+        job = await core.submit("bob", spec("sim"))
+        holder = (
+            make_queue(kind, store, "sim", "dead-holder", clock, 3600.0)
+            if kind == "store"
+            else core.backends["sim"].queue
+        )
+        claim = await holder.claim()
+        assert claim is not None and claim.job.id == job.id
+        queue = core.backends["sim"].queue
+        real_next_wakeup = queue.next_wakeup
+        turns = 0
+
+        async def counting(*, leases: bool = True) -> Any:
+            nonlocal turns
+            turns += 1
+            return await real_next_wakeup(leases=leases)
+
+        queue.next_wakeup = counting  # type: ignore[method-assign]
+        clock.advance(31)  # the lease lapses while the only slot is busy
+        core.backends["sim"].wake.set()
+        for _ in range(20):
+            await core.settle()
+        assert turns <= 2, f"{turns} scheduler turns while nothing could change"
+        runner.succeed(blocker.id)  # a slot frees: the lapsed job is claimed and runs
+        await core.until("bob", job.id, "RUNNING")
+        runner.succeed(job.id)
+        await core.until("bob", job.id, "SUCCEEDED")
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
 async def test_a_lapsed_claim_past_the_queue_deadline_fails_instead_of_running(
     store: SqliteStore, kind: QueueKind
 ) -> None:
