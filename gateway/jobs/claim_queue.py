@@ -20,6 +20,10 @@ from gateway.jobs.claim_book import ClaimBook
 from gateway.jobs.queue_port import Claim, Clock
 from gateway.store.base import Store
 
+# put() prunes the prepared jobs other processes took once it holds this many (then twice as
+# many as it kept).
+_PRUNE_MIN = 256
+
 
 class ClaimQueue:
     """The JobQueue port on a Store's claim leases.
@@ -63,8 +67,11 @@ class ClaimQueue:
         self._clock = clock
         # Prepared jobs put here and not claimed yet: job id -> (put number, prepared).
         # Entries of jobs that left the queue elsewhere (claimed or cancelled by another
-        # process) are dropped whenever the waiting list is read (depth, position).
+        # process) are dropped whenever the waiting list is read (position), and by put()
+        # each time the map has doubled since (a process whose callers use Run never asks
+        # for a position).
         self._prepared: dict[str, tuple[int, PreparedJob]] = {}
+        self._prune_at = _PRUNE_MIN
         self._puts = itertools.count(1)
         # The claims this queue handed out and has not seen end, so that a claim of this
         # process that lapsed and was claimed again here is lost to its first holder.
@@ -77,6 +84,9 @@ class ClaimQueue:
         """Remembers the prepared job for a claim in this process and wakes local waiters."""
         if prepared is not None:
             self._prepared[job.id] = (next(self._puts), prepared)
+            if len(self._prepared) >= self._prune_at:
+                await self._waiting()
+                self._prune_at = max(_PRUNE_MIN, 2 * len(self._prepared))
         self._changed.set()
 
     def adopt(self, job: Job) -> None:

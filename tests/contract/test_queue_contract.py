@@ -463,3 +463,25 @@ async def test_wait_changed_wakes_on_release_and_remove(h: Harness) -> None:
     assert await h.q.remove("a1", "acme")
     with anyio.fail_after(5):
         await waiter
+
+
+async def test_claim_queue_forgets_prepared_jobs_other_processes_took(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A process whose callers use Run never asks for a position, the only read that pruned the
+    # prepared jobs it kept for jobs another process then claimed: the map grew with every job.
+    store = SqliteStore(tmp_path / "gateway.db")
+    await store.open()
+    try:
+        h = Harness("claim", store, ManualClock(T0))
+        for i in range(1000):
+            await h.add(f"j{i}", prepared=prepared(f"p{i}"), holder="a")
+            await h.finish(await h.claim("b"), holder="b")  # another process runs it
+        kept = len(h.queue("a")._prepared)  # type: ignore[attr-defined]
+        assert kept <= 256, f"{kept} prepared jobs kept for jobs that left the queue"
+        # Its own waiting jobs keep theirs.
+        await h.add("mine", prepared=prepared("mine"), holder="a")
+        mine = (await h.claim("a")).prepared
+        assert mine is not None and mine.payload == "mine"
+    finally:
+        await store.close()
