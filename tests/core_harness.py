@@ -31,6 +31,7 @@ from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.queue_port import JobQueue
 from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
+from gateway.security.policies import PolicyBook
 from gateway.store.sqlite import SqliteStore
 
 QueueKind = Literal["memory", "store"]
@@ -263,6 +264,7 @@ async def build_core(
     max_queued_jobs: int = 100,
     lease_s: float = 30.0,
     schedule: bool = True,
+    policies: PolicyBook | None = None,
 ) -> Core:
     clock = clock or Clock()
     backends = {
@@ -294,6 +296,7 @@ async def build_core(
         recover_at_start=kind == "memory",
         hooks=Hooks([recorder]),
         clock=clock,
+        policies=policies,
     )
     await manager.start(schedule=schedule)
     return Core(manager, store, clock, runners, recorder, backends)

@@ -71,6 +71,8 @@ class Admission:
         self._draining = draining
         self._limiter = anyio.CapacityLimiter(prepare_threads)
         self._policies = policies if policies is not None else PolicyBook()
+        # By (tenant, request_id): done once that submission's create has answered.
+        self._creating: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def check_allowed(self, tenant: str, backend: str, field: str = "spec.backend") -> None:
         """NOT_FOUND for a backend that does not exist; PERMISSION_DENIED BACKEND_NOT_ALLOWED
@@ -229,12 +231,37 @@ class Admission:
             trace_context=telemetry.job_traceparent(),
         )
         queue = runtime.queue
-        if not queue.queues_before_commit:
+        # A stand-in started before its commit and then refused is taken back from its
+        # worker, which for a simulator is a worker kill and respawn: a tenant over its
+        # limits, or a client sending twins of one request_id at once, would keep every
+        # tenant's workers restarting. Those jobs are queued only once created, a twin after
+        # the first one's create has answered (the store then gives it that job).
+        twin = (tenant, request_id)
+        first = self._creating.get(twin) if request_id else None
+        if first is not None:
+            await asyncio.shield(first)
+        limited = new.charge is not None and new.charge.limited
+        early = queue.queues_before_commit and not limited and first is None
+        done: asyncio.Future[None] | None = None
+        if request_id and twin not in self._creating:
+            done = self._creating[twin] = asyncio.get_running_loop().create_future()
+        try:
+            if early:
+                return await self._start_before_commit(runtime, new, prepared)
             outcome = await self._create(new)
             if outcome.created:
                 await queue.put(outcome.job, prepared)
                 runtime.wake.set()
             return outcome
+        finally:
+            if done is not None:
+                done.set_result(None)
+                del self._creating[twin]
+
+    async def _start_before_commit(
+        self, runtime: BackendRuntime, new: NewJob, prepared: PreparedJob
+    ) -> CreateOutcome:
+        queue = runtime.queue
         # The job starts while its QUEUED commit is in flight; the answer still waits for
         # that commit. If the store creates nothing (an earlier job of this request_id, a
         # quota or queue limit reached), the stand-in is taken back: never claimed, or, if

@@ -75,6 +75,15 @@ class QuotaCharge:
     max_cost: float | None = None
     max_queued_jobs: int | None = None
 
+    @property
+    def limited(self) -> bool:
+        """Whether the store may refuse the job for its tenant's quota or queued-job limit."""
+        return (
+            self.max_shots is not None
+            or self.max_cost is not None
+            or self.max_queued_jobs is not None
+        )
+
 
 @dataclass(frozen=True)
 class StoredTenant:

@@ -19,6 +19,8 @@ from gateway.domain.errors import ExecutionError, ResourceExhausted, Unavailable
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobState
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
+from gateway.security.policies import PolicyBook
+from gateway.security.tenant_policy import TenantPolicy
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import (
     Clock,
@@ -72,11 +74,10 @@ async def test_admission_commits_queued_before_answering_and_hooks_see_it(
         await _close(core)
 
 
-async def test_concurrent_twins_make_one_job_though_both_start_before_their_commit(
-    store: SqliteStore,
-) -> None:
+async def test_concurrent_twins_make_one_job_and_start_one_run(store: SqliteStore) -> None:
     # The in-memory queue takes a job while its QUEUED commit is in flight: a twin that the
-    # store then deduplicates must leave no trace but the one job.
+    # store then deduplicates must leave no trace but the one job, and must not start (a
+    # stand-in taken back from a simulator worker kills the worker).
     runner = ScriptedRunner(slots=2)
     core = await build_core(store, "memory", {"sim": runner})
     try:
@@ -93,10 +94,33 @@ async def test_concurrent_twins_make_one_job_though_both_start_before_their_comm
         await core.settle()
         page = await store.list_jobs("alice", limit=10)
         assert [j.id for j in page.jobs] == [job_id]
-        stand_ins = [j for j in runner.submitted if j != job_id]
-        assert all(j in runner.cancelled for j in stand_ins)  # started, then stopped
+        assert runner.submitted == [job_id] and runner.cancelled == []
         runner.succeed(job_id)
         await core.until("alice", job_id, "SUCCEEDED")
+    finally:
+        await _close(core)
+
+
+async def test_a_submission_over_the_tenants_limits_never_starts(store: SqliteStore) -> None:
+    # Refused by the store after its stand-in started, a job was taken back from its worker:
+    # for a simulator a worker kill and respawn, for every tenant, at the refused one's rate.
+    runner = ScriptedRunner(slots=1)
+    policies = PolicyBook(default=TenantPolicy(max_queued_jobs=1))
+    core = await build_core(store, "memory", {"sim": runner}, policies=policies)
+    try:
+        first = await core.submit("mallory", spec("sim"))
+        await core.until("mallory", first.id, "RUNNING")  # RUNNING: no longer QUEUED
+        second = await core.submit("mallory", spec("sim", text="y"))
+        for i in range(5):
+            with pytest.raises(ResourceExhausted) as refused:
+                await core.submit("mallory", spec("sim", text=f"z{i}"))
+            assert refused.value.reason == "TENANT_QUEUE_FULL"
+        await core.settle()
+        assert runner.submitted == [first.id] and runner.cancelled == []
+        runner.succeed(first.id)
+        await core.until("mallory", second.id, "RUNNING")
+        runner.succeed(second.id)
+        await core.until("mallory", second.id, "SUCCEEDED")
     finally:
         await _close(core)
 
