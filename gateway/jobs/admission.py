@@ -170,7 +170,7 @@ class Admission:
             )
         runtime = self._placement(spec)
         limit = runtime.info.limits.max_queued_jobs
-        depth = await runtime.queue.depth()
+        depth = await runtime.queue.depth() + runtime.admitting
         if depth >= limit:
             raise ResourceExhausted(
                 "QUEUE_FULL",
@@ -186,6 +186,7 @@ class Admission:
                 ],
                 retry_after=1.0,
             )
+        runtime.admitting += 1  # no await since the check: see BackendRuntime.admitting
         return runtime
 
     async def submit(
@@ -209,6 +210,21 @@ class Admission:
             if existing is None:
                 raise
             return CreateOutcome(existing, created=False)
+        try:
+            return await self._queue(runtime, tenant, request_id, spec, spec_bytes, digest)
+        finally:
+            runtime.admitting -= 1
+
+    async def _queue(
+        self,
+        runtime: BackendRuntime,
+        tenant: str,
+        request_id: str,
+        spec: JobSpec,
+        spec_bytes: bytes,
+        digest: bytes,
+    ) -> CreateOutcome:
+        """Prepares the admitted job, then creates and queues it."""
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         prepared = await self.prepare(runtime, tenant, spec, seed)
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)

@@ -74,6 +74,9 @@ class BackendRuntime:
     # Before a session's job goes to a REMOTE runner: gives the runner the session's provider
     # session (gateway.jobs.sessions.SessionCore.provider_session); None without sessions.
     provider_session: Callable[[Runner, Job], Awaitable[None]] | None = None
+    # Submissions past the queue-depth check and not yet queued (compiling, committing): they
+    # count against max_queued_jobs, or concurrent submissions all pass the same check.
+    admitting: int = 0
 
     def has_free_slot(self) -> bool:
         busy = sum(1 for r in self.running.values() if not r.slot_freed)

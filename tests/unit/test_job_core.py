@@ -25,6 +25,7 @@ from gateway.store.sqlite import SqliteStore
 from tests.core_harness import (
     Clock,
     Core,
+    DirectCompiler,
     QueueKind,
     ScriptedRunner,
     build_core,
@@ -137,6 +138,40 @@ async def test_a_full_queue_refuses_with_nothing_accepted(store: SqliteStore) ->
         assert refused.value.reason == "QUEUE_FULL"
         page = await store.list_jobs("alice", limit=10)
         assert len(page.jobs) == 2
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_concurrent_submissions_cannot_overfill_the_queue(
+    store: SqliteStore, kind: QueueKind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The depth check ran before the compile's await, and nothing checked again: 40 concurrent
+    # submissions of new circuits all passed a limit of 3.
+    async def slow_compile(self: Any, *args: Any) -> object:
+        await asyncio.sleep(0)  # a compile worker's round trip
+        await asyncio.sleep(0)
+        return args[2].compile_circuit(args[3])
+
+    monkeypatch.setattr(DirectCompiler, "compile", slow_compile)
+    runner = ScriptedRunner(slots=0)  # nothing runs: every accepted job waits
+    core = await build_core(store, kind, {"sim": runner}, max_queued_jobs=3)
+    try:
+
+        async def one(i: int) -> str:
+            job_spec = spec("sim", text=f"x{i}")
+            try:
+                out = await core.manager.submit(
+                    f"t{i}", "", job_spec, pickle.dumps(job_spec), b"d%d" % i
+                )
+            except ResourceExhausted as refused:
+                return refused.reason
+            return out.job.state.value
+
+        results = await asyncio.gather(*(one(i) for i in range(40)))
+        assert results.count("QUEUED") == 3 and results.count("QUEUE_FULL") == 37
+        assert await core.backends["sim"].queue.depth() == 3
+        assert core.backends["sim"].admitting == 0
     finally:
         await _close(core)
 
