@@ -435,9 +435,12 @@ def _already_finished(job: Job) -> FailedPrecondition:
 
 
 def _older(event: Job, than: Job) -> bool:
-    """Whether `event` is a stale view of the job (its publication overtook by a later one)."""
+    """Whether `event` is a stale view of the job (its publication overtook by a later one).
+    A final state never is: a job never leaves one, and the wall clock may have stepped back
+    between two commits (a watcher then waited out the job's end sending heartbeats)."""
     return (
-        event.updated_at is not None
+        not event.state.is_final
+        and event.updated_at is not None
         and than.updated_at is not None
         and event.updated_at < than.updated_at
     )

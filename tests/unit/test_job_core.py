@@ -422,6 +422,35 @@ async def test_only_backend_faults_count_and_only_the_trial_closes(store: Sqlite
 # ---------------------------------------------------------------- cancellation and hooks
 
 
+async def test_a_watch_ends_with_the_final_state_though_the_clock_stepped_back(
+    store: SqliteStore,
+) -> None:
+    # A final event whose updated_at was earlier than the state the watch held was dropped
+    # as stale: with the wall clock stepped back (NTP), the watch never ended.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        seen: list[str] = []
+        first = asyncio.Event()
+
+        async def follow() -> None:
+            async for event in core.manager.watch("alice", job.id, heartbeat_s=60):
+                seen.append(event.job.state.value)
+                first.set()
+
+        watcher = asyncio.create_task(follow())
+        await asyncio.wait_for(first.wait(), 5)
+        assert seen == ["RUNNING"]
+        core.clock.advance(-2.0)
+        runner.succeed(job.id)
+        await asyncio.wait_for(watcher, 5)
+        assert seen == ["RUNNING", "SUCCEEDED"]
+    finally:
+        await _close(core)
+
+
 async def test_cancel_of_a_running_job_reaches_the_runner_and_hooks_see_every_transition(
     store: SqliteStore,
 ) -> None:
