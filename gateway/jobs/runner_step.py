@@ -23,13 +23,14 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import anyio
 
 from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.domain import pricing
-from gateway.domain.errors import ExecutionError, GatewayError
+from gateway.domain.errors import Code, ExecutionError, GatewayError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import (
     ExecutionInfo,
@@ -47,6 +48,12 @@ from gateway.jobs.stored_format import StoredFormat
 from gateway.jobs.transitions import Transitions
 
 log = logging.getLogger(__name__)
+
+# Preparing a recovered or re-claimed job again: refusals that say the compile pool was busy
+# or lost a worker, not that the job is wrong, are retried after this (doubling, to the max).
+_BUSY_CODES = frozenset({Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE, Code.INTERNAL})
+_PREPARE_RETRY_S = 0.5
+_PREPARE_RETRY_MAX_S = 30.0
 
 # Results up to about this size are encoded on the event loop (tens of microseconds).
 INLINE_ENCODE_BYTES = 64 << 10
@@ -123,14 +130,27 @@ class RunnerStep:
         if spec_bytes is None:
             raise RuntimeError(f"job {job.id} has no stored spec")
         spec = self._format.decode_spec(spec_bytes)
-        try:
-            return await self._prepare(runtime, job.tenant, spec, job.seed)
-        except GatewayError as err:
-            # A spec that validated at admission and no longer does (a limit lowered, the
-            # backend reconfigured): the job's own problem, not the backend's.
-            runtime.breaker.release(running.permit)
-            await self._t.finish(job, JobState.FAILED, error=JobError.from_error(err))
-            return None
+        deadline = job.created_at + timedelta(seconds=runtime.settings.max_queue_time_s)
+        backoff = _PREPARE_RETRY_S
+        while True:
+            try:
+                return await self._prepare(runtime, job.tenant, spec, job.seed)
+            except GatewayError as err:
+                if (
+                    err.code in _BUSY_CODES
+                    and self._t.clock() + timedelta(seconds=backoff) < deadline
+                ):
+                    # The compile pool busy or a worker lost (a restart with a backlog): the
+                    # job was accepted, so it waits, up to its queue time, not fails.
+                    log.warning("job %s: preparing again failed (%s); retrying", job.id, err)
+                    await self._pause(runtime, running, backoff)
+                    backoff = min(backoff * 2, _PREPARE_RETRY_MAX_S)
+                    continue
+                # A spec that validated at admission and no longer does (a limit lowered, the
+                # backend reconfigured): the job's own problem, not the backend's.
+                runtime.breaker.release(running.permit)
+                await self._t.finish(job, JobState.FAILED, error=JobError.from_error(err))
+                return None
 
     async def _run(self, runtime: BackendRuntime, running: RunningJob) -> None:
         job = running.claim.job

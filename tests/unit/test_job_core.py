@@ -18,6 +18,7 @@ from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.domain.errors import ExecutionError, ResourceExhausted, Unavailable
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobState
+from gateway.jobs import runner_step
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
@@ -576,6 +577,36 @@ async def test_a_cancel_accepted_by_another_process_stops_the_holders_run(
 
 
 # ---------------------------------------------------------------- recovery
+
+
+async def test_a_recovered_job_waits_for_a_busy_compile_pool_instead_of_failing(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recovered job is prepared again; COMPILERS_BUSY there (a restart with a backlog)
+    # failed the accepted job for good, with a message telling the client nothing was accepted.
+    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    job = await first.submit("alice", spec("sim"))
+    await _close(first)
+    refusals = 2
+
+    async def busy_then_free(self: Any, *args: Any) -> object:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise ResourceExhausted("COMPILERS_BUSY", "no compile worker became free")
+        return args[2].compile_circuit(args[3])
+
+    monkeypatch.setattr(DirectCompiler, "compile", busy_then_free)
+    monkeypatch.setattr(runner_step, "_PREPARE_RETRY_S", 0.01, raising=False)
+    runner = ScriptedRunner(slots=1)
+    second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
+    try:
+        await second.until("alice", job.id, "RUNNING")
+        assert refusals == 0 and runner.submitted == [job.id]
+        runner.succeed(job.id)
+        await second.until("alice", job.id, "SUCCEEDED")
+    finally:
+        await _close(second)
 
 
 async def test_recovery_requeues_local_jobs_and_reattaches_remote_ones(
