@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import anyio
@@ -115,7 +115,8 @@ class RunnerStep:
                 if not running.released:
                     await runtime.queue.done(claim)
             finally:
-                runtime.running.pop(job.id, None)
+                if runtime.running.get(job.id) is running:
+                    del runtime.running[job.id]
                 if not running.slot_freed:  # (a success already woke the scheduler)
                     runtime.wake.set()
 
@@ -191,10 +192,11 @@ class RunnerStep:
         prepared: PreparedJob | None = None
         t0 = time.perf_counter()
         if handle is None:
-            prepared = await self._prepared(runtime, running)
-            if prepared is None:
-                return
-            submitted = await self._submit(runtime, running, prepared)
+            async with _claim_kept(runtime, running):
+                prepared = await self._prepared(runtime, running)
+                if prepared is None:
+                    return
+                submitted = await self._submit(runtime, running, prepared)
             if submitted is None:
                 return
             handle, started = submitted
@@ -694,6 +696,29 @@ class RunnerStep:
         except Exception:  # usage is not worth failing a finished job for
             log.exception("job %s: its shots could not be read from its stored spec", job.id)
             return 0
+
+
+@contextlib.asynccontextmanager
+async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIterator[None]:
+    """Renews the claim while the step prepares and submits the job, as the follow loop does
+    while it runs: compiling every PUB again, a pool's acquire or a provider's retries can
+    outlast a lease, and a lapsed claim is handed out again."""
+
+    async def keep() -> None:
+        while True:
+            await asyncio.sleep(runtime.settings.lease_s / 3)
+            try:
+                await _renew(runtime, running)
+            except Exception:
+                log.exception("job %s: renewing its claim failed", running.claim.job.id)
+
+    keeper = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
 
 
 async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:

@@ -45,6 +45,14 @@ class Scheduler:
     def start_job(self, claim: Claim, permit: Permit) -> RunningJob:
         """Runs a claimed job in its own task. No await between registering the job and
         creating its task: CancelJob finds it in `running` from this moment on."""
+        current = self._rt.running.get(claim.job.id)
+        if current is not None:
+            # This process's own step still runs the job: its claim lapsed (a slow compile or
+            # provider call, a clock step) and came back here. The step keeps the job under
+            # the new claim; a second step would run it twice.
+            self._rt.breaker.release(permit)
+            current.claim = claim
+            return current
         running = RunningJob(claim, permit)
         self._rt.running[claim.job.id] = running
         running.task = asyncio.create_task(self._step.run(self._rt, running))

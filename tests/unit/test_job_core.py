@@ -609,6 +609,46 @@ async def test_a_recovered_job_waits_for_a_busy_compile_pool_instead_of_failing(
         await _close(second)
 
 
+async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recovered job's step was still compiling when its claim lapsed (a clock step, or
+    # compiles slower than the lease): the scheduler handed the job to a second step, both
+    # ran it, and the loser's end unregistered the winner, so CancelJob missed the live run.
+    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    job = await first.submit("alice", spec("sim"))
+    await _close(first)
+    gate = asyncio.Event()
+    compiles = 0
+
+    async def gated(self: Any, *args: Any) -> object:
+        nonlocal compiles
+        compiles += 1
+        await gate.wait()
+        return args[2].compile_circuit(args[3])
+
+    monkeypatch.setattr(DirectCompiler, "compile", gated)
+    runner = ScriptedRunner(slots=2)
+    second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
+    try:
+        for _ in range(10):
+            await second.settle()
+        assert compiles == 1
+        second.clock.advance(31)  # the lease (30 s) lapses while the step compiles
+        second.backends["sim"].wake.set()
+        await second.settle()
+        gate.set()
+        await second.until("alice", job.id, "RUNNING")
+        await second.settle()
+        assert runner.submitted == [job.id]
+        assert job.id in second.backends["sim"].running
+        await second.manager.cancel("alice", job.id)
+        await second.until("alice", job.id, "CANCELLED")
+        assert runner.cancelled == [job.id]
+    finally:
+        await _close(second)
+
+
 async def test_recovery_requeues_local_jobs_and_reattaches_remote_ones(
     store: SqliteStore,
 ) -> None:
