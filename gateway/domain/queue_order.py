@@ -13,6 +13,7 @@ their position estimates, so they cannot disagree:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -60,7 +61,8 @@ def position(
     Replays the order on copies, counting every job handed out as a live claim of its tenant
     and no claim as ending meanwhile. Fair share makes it an estimate, not a promise: a tenant
     that submits later, or whose claims end, can be served first, so a position can also grow.
-    O(jobs ahead x waiting tenants); few tenants in practice, and queues are bounded.
+    O(jobs ahead x log waiting tenants): it runs on the event loop for every GetJob and
+    WatchJob heartbeat of a queued job.
 
     Args:
         lines: Per waiting tenant, its waiting jobs in order as (order key, job).
@@ -75,18 +77,19 @@ def position(
     index = next((i for i, (_, j) in enumerate(line) if j == job), None)
     if index is None or len(lines) == 1:
         return index
-    taken = {t: 0 for t in lines}
-    counts = dict(claims)
-    history = dict(last_claim)
-    ordinal = max(history.values(), default=0)
+    # next_tenant's rule as a heap: only the chosen tenant's key changes at each step.
+    ordinal = max(last_claim.values(), default=0)
+    heap = [(claims.get(t, 0), last_claim.get(t, 0), ln[0][0], t) for t, ln in lines.items()]
+    heapq.heapify(heap)
+    taken = dict.fromkeys(lines, 0)
     ahead = 0
     while True:
-        heads = {t: ln[taken[t]][0] for t, ln in lines.items() if taken[t] < len(ln)}
-        chosen = next_tenant(heads, counts, history)
+        count, _, _, chosen = heapq.heappop(heap)
         if chosen == tenant and taken[tenant] == index:
             return ahead
         ahead += 1
         taken[chosen] += 1
-        counts[chosen] = counts.get(chosen, 0) + 1
         ordinal += 1
-        history[chosen] = ordinal
+        rest = lines[chosen]
+        if taken[chosen] < len(rest):
+            heapq.heappush(heap, (count + 1, ordinal, rest[taken[chosen]][0], chosen))
