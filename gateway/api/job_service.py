@@ -336,12 +336,18 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 result = job_pb2.JobResult.FromString(data)
             result_stream.check_position(result, start_pub, start_binding)
             # The digest first, so the stored bytes are not held while a slow reader takes its
-            # time: only the parsed result is.
+            # time: only the parsed result is, its samples detached (one copy of them).
             if len(data) > INLINE_PARSE_BYTES:
-                digest = await anyio.to_thread.run_sync(result_stream.result_digest, data, result)
+                digest, samples = await anyio.to_thread.run_sync(_digest_and_detach, data, result)
             else:
-                digest = result_stream.result_digest(data, result)
+                digest, samples = _digest_and_detach(data, result)
             del data
-            for response in result_stream.result_chunks(result, chunk, start_pub, start_binding):
+            chunks = result_stream.result_chunks(result, samples, chunk, start_pub, start_binding)
+            for response in chunks:
                 yield response
             yield result_stream.digest_response(digest)
+
+
+def _digest_and_detach(data: bytes, result: job_pb2.JobResult) -> tuple[bytes, list[list[bytes]]]:
+    digest = result_stream.result_digest(data, result)
+    return digest, result_stream.detach_samples(result)

@@ -18,6 +18,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 
+from google.protobuf.message import Message
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.domain.costs import varint_bytes
@@ -106,26 +107,63 @@ def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int
         )
 
 
+def detach_samples(result: job_pb2.JobResult) -> list[list[bytes]]:
+    """Per PUB, its registers' packed samples (none for an estimator PUB), cleared from
+    `result`: the stream slices these, and the parsed result no longer holds a second copy
+    while a slow reader takes its time. Copies every sample byte once: off the event loop
+    for a large result. Digest the result first (result_digest)."""
+    detached: list[list[bytes]] = []
+    for pub in result.pub_results:
+        registers: list[bytes] = []
+        if pub.HasField("sampler"):
+            for reg in pub.sampler.registers:
+                registers.append(reg.samples)
+                reg.ClearField("samples")
+        detached.append(registers)
+    return detached
+
+
 def _header(pub: job_pb2.PubResult) -> job_pb2.PubResult:
+    # Field by field, skipping the data: a CopyFrom copied every count of a PUB of hundreds
+    # of MiB on the event loop, at every stream's start.
     header = job_pb2.PubResult()
-    header.CopyFrom(pub)
-    if header.HasField("sampler"):
-        for reg in header.sampler.registers:
-            reg.ClearField("samples")
-            reg.ClearField("counts")
+    if pub.HasField("sampler"):
+        header.sampler.SetInParent()
+        _copy_fields(pub.sampler, header.sampler, skip={"registers"})
+        for reg in pub.sampler.registers:
+            _copy_fields(reg, header.sampler.registers.add(), skip={"samples", "counts"})
     else:
-        header.estimator.ClearField("expectation_values")
-        header.estimator.ClearField("standard_errors")
+        header.estimator.SetInParent()
+        skip = {"expectation_values", "standard_errors"}
+        _copy_fields(pub.estimator, header.estimator, skip=skip)
     return header
 
 
+def _copy_fields(source: Message, target: Message, skip: set[str]) -> None:
+    """Copies every field of `source` into `target` but those named in `skip` (not read)."""
+    for field in source.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).MergeFrom(getattr(source, field.name))
+        elif field.message_type is not None:
+            if source.HasField(field.name):
+                getattr(target, field.name).CopyFrom(getattr(source, field.name))
+        elif not field.has_presence or source.HasField(field.name):
+            setattr(target, field.name, getattr(source, field.name))
+
+
 def _sampler_chunks(
-    index: int, sampler: job_pb2.SamplerPubResult, chunk_bytes: int, start: int
+    index: int,
+    sampler: job_pb2.SamplerPubResult,
+    samples: list[bytes],
+    chunk_bytes: int,
+    start: int,
 ) -> Iterator[Response]:
     bindings = math.prod(sampler.shape)
     shots = sampler.shots
-    # Read once: every access to a bytes field of a message copies the whole field.
-    samples = [reg.samples for reg in sampler.registers]
+    if len(samples) != len(sampler.registers):
+        raise RuntimeError(f"PUB {index}: {len(samples)} detached sample arrays")
     rows = [(reg.num_bits + 7) // 8 for reg in sampler.registers]
     for r, reg in enumerate(sampler.registers):
         if samples[r] and len(samples[r]) != bindings * shots * rows[r]:
@@ -187,12 +225,17 @@ def _estimator_chunks(
 
 
 def result_chunks(
-    result: job_pb2.JobResult, chunk_bytes: int, start_pub: int = 0, start_binding: int = 0
+    result: job_pb2.JobResult,
+    samples: list[list[bytes]],
+    chunk_bytes: int,
+    start_pub: int = 0,
+    start_binding: int = 0,
 ) -> Iterator[Response]:
     """Headers and data from (start_pub, start_binding) on, without the final digest.
 
     Args:
-        result: The whole result.
+        result: The whole result, its samples detached (detach_samples).
+        samples: What detach_samples returned.
         chunk_bytes: Payload budget per message, > 0.
         start_pub: First PUB to send (its header is sent again).
         start_binding: Within start_pub, the first binding to send; later PUBs start at 0.
@@ -204,7 +247,7 @@ def result_chunks(
         first = start_binding if index == start_pub else 0
         yield Response(pub_index=index, header=_header(pub))
         if pub.HasField("sampler"):
-            yield from _sampler_chunks(index, pub.sampler, chunk_bytes, first)
+            yield from _sampler_chunks(index, pub.sampler, samples[index], chunk_bytes, first)
         else:
             yield from _estimator_chunks(index, pub.estimator, chunk_bytes, first)
 

@@ -166,11 +166,40 @@ def _binding(response: job_service_pb2.StreamJobResultResponse, result: job_pb2.
     return response.values.offset
 
 
+def _chunks(
+    result: job_pb2.JobResult, chunk: int, *position: int
+) -> list[job_service_pb2.StreamJobResultResponse]:
+    """What the gateway streams: from a copy of the result, its samples detached."""
+    source = job_pb2.JobResult()
+    source.CopyFrom(result)
+    samples = result_stream.detach_samples(source)
+    assert not any(reg.samples for pub in source.pub_results for reg in pub.sampler.registers)
+    return list(result_stream.result_chunks(source, samples, chunk, *position))
+
+
+def test_headers_hold_everything_but_the_data() -> None:
+    result = big_result()
+    headers = [r.header for r in _chunks(result, 1 << 20) if r.HasField("header")]
+    assert len(headers) == 3
+    for header, pub in zip(headers, result.pub_results, strict=True):
+        expected = job_pb2.PubResult()
+        expected.CopyFrom(pub)
+        if pub.HasField("sampler"):
+            for reg in expected.sampler.registers:
+                reg.ClearField("samples")
+                reg.ClearField("counts")
+        else:
+            expected.estimator.ClearField("expectation_values")
+            expected.estimator.ClearField("standard_errors")
+        assert header == expected
+        assert header.WhichOneof("result") == pub.WhichOneof("result")
+
+
 @pytest.mark.parametrize("chunk", [64, 1000, 4096, 1 << 20])
 def test_chunks_are_binding_major_bounded_and_reassemble(chunk: int) -> None:
     result = big_result()
     data = result.SerializeToString(deterministic=True)
-    chunks = list(result_stream.result_chunks(result, chunk))
+    chunks = _chunks(result, chunk)
     for response in chunks:
         assert _payload(response) <= chunk
     # Per PUB: header first, then bindings in non-decreasing order; per binding and register,
@@ -213,10 +242,10 @@ def _positions(result: job_pb2.JobResult) -> list[tuple[int, int]]:
 
 def test_a_resumed_stream_is_the_tail_of_the_full_stream() -> None:
     result = big_result()
-    full = list(result_stream.result_chunks(result, 1000))
+    full = _chunks(result, 1000)
     headers = {r.pub_index: r for r in full if r.HasField("header")}
     for pub, binding in _positions(result):
-        resumed = list(result_stream.result_chunks(result, 1000, pub, binding))
+        resumed = _chunks(result, 1000, pub, binding)
         # The PUB's header again, then what the full stream sends from that binding on.
         assert resumed[0] == headers[pub]
         tail = [
@@ -242,7 +271,7 @@ def test_a_binding_whose_counts_exceed_a_chunk_alone_is_split() -> None:
     values = list(range(0, 200 * 1000, 1000))
     counts = Counts.from_rows(_rows(values, 22), 22)
     result = codec.encode_result(_single_register(counts, 22, shots=200))
-    chunks = list(result_stream.result_chunks(result, 100))
+    chunks = _chunks(result, 100)
     slices = [r.counts for r in chunks if r.HasField("counts")]
     assert [s.offset for s in slices] == list(range(0, 200, 20))
     assert all(len(s.counts.outcomes) == 60 and len(s.counts.counts) == 20 for s in slices)
@@ -299,7 +328,7 @@ def _error(cls: type[QGatewayError]) -> QGatewayError:
 def _stream(result: job_pb2.JobResult) -> list[job_service_pb2.StreamJobResultResponse]:
     data = result.SerializeToString(deterministic=True)
     return [
-        *result_stream.result_chunks(result, 1000),
+        *_chunks(result, 1000),
         result_stream.digest_response(result_stream.result_digest(data, result)),
     ]
 
@@ -310,9 +339,7 @@ def _serve(
     """What the gateway answers to a request (digest included)."""
     data = result.SerializeToString(deterministic=True)
     return [
-        *result_stream.result_chunks(
-            result, 1000, request.start_pub_index, request.start_binding_index
-        ),
+        *_chunks(result, 1000, request.start_pub_index, request.start_binding_index),
         result_stream.digest_response(result_stream.result_digest(data, result)),
     ]
 
