@@ -619,11 +619,13 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
     job = await first.submit("alice", spec("sim"))
     await _close(first)
     gate = asyncio.Event()
+    compiling = asyncio.Event()
     compiles = 0
 
     async def gated(self: Any, *args: Any) -> object:
         nonlocal compiles
         compiles += 1
+        compiling.set()
         await gate.wait()
         return args[2].compile_circuit(args[3])
 
@@ -631,11 +633,21 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
     runner = ScriptedRunner(slots=2)
     second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
     try:
-        for _ in range(10):
-            await second.settle()
-        assert compiles == 1
+        queue = second.backends["sim"].queue
+        real_claim = queue.claim
+        reclaimed = asyncio.Event()
+
+        async def claim() -> Any:
+            found = await real_claim()
+            if found is not None and found.job.id == job.id and compiling.is_set():
+                reclaimed.set()
+            return found
+
+        queue.claim = claim  # type: ignore[method-assign]
+        await asyncio.wait_for(compiling.wait(), 5)
         second.clock.advance(31)  # the lease (30 s) lapses while the step compiles
         second.backends["sim"].wake.set()
+        await asyncio.wait_for(reclaimed.wait(), 5)  # handed out again
         await second.settle()
         gate.set()
         await second.until("alice", job.id, "RUNNING")
