@@ -2,8 +2,9 @@
 servicer in gateway.api.admin_service).
 
 A key's secret exists only in CreateApiKey's response: the store keeps its SHA-256. Tenant
-admins manage their own tenant's keys with roles up to tenant-admin; only admins create or
-revoke admin keys, and only admins list every tenant's keys ("tenants/-").
+admins manage their own tenant's keys with roles up to tenant-admin, and a key they create
+expires no later than the credential they created it with; only admins create or revoke admin
+keys, and only admins list every tenant's keys ("tenants/-").
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from gateway.domain.errors import (
     PermissionDenied,
     ResourceInfo,
 )
+from gateway.domain.timestamps import rfc3339
 from gateway.security.admin_scope import require_admin, require_tenant_admin
 from gateway.security.api_keys import KeyVerifier, generate_key
 from gateway.security.principals import (
     KEY_PREFIX_PATTERN,
     TENANT_ID_PATTERN,
+    Principal,
     Role,
     current_principal,
 )
@@ -101,6 +104,25 @@ def _role_not_grantable(role: Role) -> PermissionDenied:
     )
 
 
+def _check_lifetime(principal: Principal, expires: datetime | None) -> None:
+    """A key made by a credential that expires must expire no later: otherwise a short-lived
+    credential (a JWT, an expiring key) could leave itself a permanent one. Admins are exempt:
+    they may create admin keys anyway."""
+    ceiling = principal.expires_at
+    if principal.role is Role.ADMIN or ceiling is None:
+        return
+    if expires is None or expires > ceiling:
+        raise PermissionDenied(
+            "EXPIRY_NOT_GRANTABLE",
+            f"this credential expires at {rfc3339(ceiling)}: a key it creates needs an "
+            "expire_time no later than that",
+            metadata={
+                "credentialExpireTime": rfc3339(ceiling),
+                "expireTime": "" if expires is None else rfc3339(expires),
+            },
+        )
+
+
 class ApiKeyRpcs:
     """The key RPCs, mixed into AdminServicer, which sets these attributes.
 
@@ -140,6 +162,7 @@ class ApiKeyRpcs:
                 raise _bad("api_key.expire_time", "not a valid timestamp") from None
             if expires <= now:
                 raise _bad("api_key.expire_time", "must be in the future")
+        _check_lifetime(principal, expires)
         new = generate_key(tenant, role=role)
         record = await self._store.create_api_key(
             ApiKeyRecord(

@@ -358,4 +358,5 @@ class KeyVerifier:
             id=f"apiKeys/{prefix}",
             role=Role(record.role),
             key_prefix=prefix,
+            expires_at=record.expires_at,
         )

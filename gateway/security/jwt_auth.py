@@ -20,6 +20,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -323,5 +324,17 @@ class JwtVerifier:
         if len(subject) > _MAX_SUBJECT or not subject.isascii() or not subject.isprintable():
             raise _invalid("claim 'sub' is not a subject identifier (at most 255 ASCII characters)")
         return Principal(
-            tenant=tenant, id=f"jwt/{config.issuer}#{subject}", role=self._role(claims)
+            tenant=tenant,
+            id=f"jwt/{config.issuer}#{subject}",
+            role=self._role(claims),
+            expires_at=_expiry(claims["exp"]),
         )
+
+
+def _expiry(exp: Any) -> datetime:
+    """When a token whose `exp` pyjwt accepted expires (it took `int(exp)`; leeway aside, which
+    is for clock skew, not a longer life)."""
+    try:
+        return datetime.fromtimestamp(int(exp), UTC)
+    except (OverflowError, OSError, ValueError):  # past year 9999: as good as never
+        return datetime.max.replace(tzinfo=UTC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from gateway.api.context import Context
@@ -35,12 +36,16 @@ class Principal:
             "cert/<subject>" or "anonymous". Never a secret.
         role: What it may do.
         key_prefix: The public prefix of the API key it used; "" for other credentials.
+        expires_at: When its credential stops being accepted (a stored key's expire_time, a
+            JWT's exp); None: never (configured keys, certificates, anonymous). A key it
+            creates may not outlive it.
     """
 
     tenant: str
     id: str
     role: Role = Role.USER
     key_prefix: str = ""
+    expires_at: datetime | None = None
 
     @property
     def admin(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway import audit_tool
 from gateway.api.admin_service import AdminServicer
 from gateway.domain.audit import AuditRecord, ChainPoint
-from gateway.domain.errors import Code, InvalidArgument
+from gateway.domain.errors import Code, InvalidArgument, PermissionDenied
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.security import audit_files
 from gateway.security.audit_writer import AuditWriter
@@ -56,6 +56,45 @@ async def test_a_key_expiry_outside_timestamps_range_is_invalid_argument(
         await admin.CreateApiKey(request, None)
     assert caught.value.code == Code.INVALID_ARGUMENT
     assert caught.value.reason == "INVALID_API_KEY"
+
+
+async def _create_key(
+    admin: AdminServicer, caller: Principal, expires: datetime | None, role: int
+) -> admin_service_pb2.CreateApiKeyResponse:
+    asked = admin_pb2.ApiKey(role=role)  # type: ignore[arg-type]
+    if expires is not None:
+        asked.expire_time.FromDatetime(expires)
+    token = current_principal.set(caller)
+    try:
+        request = admin_service_pb2.CreateApiKeyRequest(parent="tenants/acme", api_key=asked)
+        return await admin.CreateApiKey(request, None)
+    finally:
+        current_principal.reset(token)
+
+
+async def test_a_key_never_outlives_the_credential_that_created_it(
+    admin: AdminServicer,
+) -> None:
+    # A tenant-admin key expiring in seconds (or a JWT lasting minutes) created a tenant-admin
+    # key that never expired, and kept the tenant after its own credential was gone.
+    ends = T0 + timedelta(hours=1)
+    short = Principal("acme", "apiKeys/ta", Role.TENANT_ADMIN, expires_at=ends)
+    for expires in (None, ends + timedelta(seconds=1)):
+        for role in (admin_pb2.ROLE_TENANT_ADMIN, admin_pb2.ROLE_USER):
+            with pytest.raises(PermissionDenied) as caught:
+                await _create_key(admin, short, expires, role)
+            assert caught.value.reason == "EXPIRY_NOT_GRANTABLE"
+            assert caught.value.metadata["credentialExpireTime"] == "2026-12-01T13:00:00Z"
+    for expires in (ends, ends - timedelta(minutes=59)):
+        made = await _create_key(admin, short, expires, admin_pb2.ROLE_TENANT_ADMIN)
+        assert made.api_key.expire_time.ToDatetime(tzinfo=UTC) == expires
+    # A credential that never expires (a configured or unexpiring key, a mapped certificate)
+    # may create keys that never expire; so may an admin, whatever its credential.
+    lasting = Principal("acme", "apiKeys/tb", Role.TENANT_ADMIN)
+    ops = Principal("ops", "jwt/idp#ops", Role.ADMIN, expires_at=ends)
+    for caller in (lasting, ops):
+        made = await _create_key(admin, caller, None, admin_pb2.ROLE_TENANT_ADMIN)
+        assert not made.api_key.HasField("expire_time")
 
 
 async def test_verify_refuses_records_without_their_exported_head(

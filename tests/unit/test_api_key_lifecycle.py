@@ -133,8 +133,10 @@ async def test_expired_and_revoked_keys_are_refused_with_their_reasons(
         Role.TENANT_ADMIN,
         good.prefix,
     )
-    assert principal.id == f"apiKeys/{good.prefix}"
-    assert (await verifier.verify(soon_key)).tenant == "acme"
+    assert principal.id == f"apiKeys/{good.prefix}" and principal.expires_at is None
+    soon_principal = await verifier.verify(soon_key)
+    # What CreateApiKey bounds the keys it creates by.
+    assert (soon_principal.tenant, soon_principal.expires_at) == ("acme", soon.expires_at)
     clock.advance(60)
     with pytest.raises(Unauthenticated) as expired:
         await verifier.verify(soon_key)

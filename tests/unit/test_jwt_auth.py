@@ -10,6 +10,7 @@ import hmac
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,17 @@ async def test_a_good_token_names_its_tenant_subject_and_role(jwks_file: Path) -
     assert principal.role is Role.TENANT_ADMIN
     ec_principal = await verifier.verify(_token(EC_KEY, "ES256", "e1"))
     assert (ec_principal.tenant, ec_principal.role) == ("acme", Role.USER)
+
+
+async def test_a_tokens_principal_expires_with_it(jwks_file: Path) -> None:
+    # CreateApiKey bounds the keys a principal creates by this.
+    verifier = JwtVerifier(_config(jwks_file))
+    exp = int(time.time()) + 300
+    principal = await verifier.verify(_token(exp=exp))
+    assert principal.expires_at == datetime.fromtimestamp(exp, UTC)
+    # pyjwt accepts an exp past year 9999 (it only takes int(exp)): as good as never.
+    far = await verifier.verify(_token(exp=10**12))
+    assert far.expires_at == datetime.max.replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
