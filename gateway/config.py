@@ -34,6 +34,7 @@ from gateway.security.mtls import CertMatch, CertRule
 from gateway.security.principals import ANONYMOUS, Principal, Role
 from gateway.security.tenant_policy import (
     DAY_S,
+    MAX_DISPLAY_NAME,
     TENANT_ID,
     PeriodQuota,
     RateLimit,
@@ -490,7 +491,7 @@ class TenantConfig(_Strict):
     """A tenant declared in the file (`[tenants.<id>]`, its policy `[tenants.<id>.policy]`):
     managed by the configuration, read-only through AdminService."""
 
-    display_name: str = ""
+    display_name: str = Field(default="", max_length=MAX_DISPLAY_NAME)
     policy: TenantPolicyConfig = TenantPolicyConfig()
 
     def tenant(self, tenant_id: str) -> Tenant:

@@ -377,6 +377,7 @@ class Gateway:
                 page_tokens=page_tokens,
                 keys=self.authenticator.keys,
                 policies=self.policies,
+                max_response_bytes=self.config.server.max_response_bytes,
             ),
             self._server,
         )

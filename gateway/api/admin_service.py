@@ -15,7 +15,7 @@ from qgateway.v1 import admin_service_pb2_grpc
 from gateway.api.admin_audit import AuditRpcs
 from gateway.api.admin_keys import ApiKeyRpcs
 from gateway.api.admin_tenants import TenantRpcs
-from gateway.api.paging import PageTokens
+from gateway.api.paging import DEFAULT_MAX_RESPONSE_BYTES, PageTokens
 from gateway.security.api_keys import KeyVerifier
 from gateway.security.policies import PolicyBook
 from gateway.store.base import Store
@@ -36,6 +36,8 @@ class AdminServicer(TenantRpcs, AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.Ad
         page_tokens: Seals list page tokens.
         keys: The gateway's API-key verifier (RevokeApiKey drops its cached record).
         clock: The current time (UTC).
+        max_response_bytes: The largest response sent (`server.max_response_bytes`): list
+            pages are cut by bytes as well as by count.
     """
 
     def __init__(
@@ -46,8 +48,10 @@ class AdminServicer(TenantRpcs, AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.Ad
         page_tokens: PageTokens | None = None,
         clock: Callable[[], datetime] = _now,
         keys: KeyVerifier | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._store = store
+        self._max_response = max_response_bytes
         self._keys = keys
         self._policies = policies if policies is not None else PolicyBook()
         self._page_tokens = page_tokens if page_tokens is not None else PageTokens(bytes(32))

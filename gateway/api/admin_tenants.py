@@ -86,6 +86,7 @@ class TenantRpcs:
     _policies: PolicyBook
     _page_tokens: paging.PageTokens
     _clock: Callable[[], datetime]
+    _max_response: int
 
     async def _find(self, tenant: str) -> Tenant | None:
         configured = self._policies.configured.get(tenant)
@@ -102,7 +103,7 @@ class TenantRpcs:
         policy: TenantPolicy = self._policies.default
         if request.tenant.HasField("policy"):
             policy = tenant_codec.decode_policy(request.tenant.policy)
-        display_name = request.tenant.display_name
+        display_name = tenant_codec.check_display_name(request.tenant.display_name)
         now = self._clock()
         tenant = Tenant(tid, display_name, policy, etag_of(display_name, policy), now, now)
         if tid in self._policies.configured or not await self._store.create_tenant(
@@ -152,12 +153,16 @@ class TenantRpcs:
         if len(stored) > limit:
             ids = [tid for tid in ids if tid <= stored[limit - 1].id]
         page = ids[:limit]
-        more = len(ids) > limit or len(stored) > limit
+        # A tenant's policy can hold 512 patterns: a page is cut by bytes as well.
+        tenants = paging.within_bytes(
+            (tenant_codec.encode_tenant(merged[tid]) for tid in page),
+            self._max_response - paging.PAGE_FRAMING_BYTES,
+        )
+        more = len(tenants) < len(page) or len(ids) > limit or len(stored) > limit
+        last = page[len(tenants) - 1] if tenants else ""
         return admin_service_pb2.ListTenantsResponse(
-            tenants=[tenant_codec.encode_tenant(merged[tid]) for tid in page],
-            next_page_token=self._page_tokens.seal(page[-1].encode(), **where)
-            if more and page
-            else "",
+            tenants=tenants,
+            next_page_token=self._page_tokens.seal(last.encode(), **where) if more and last else "",
         )
 
     async def UpdateTenant(

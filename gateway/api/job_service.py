@@ -55,29 +55,16 @@ def _request_id(value: str) -> str:
     return value
 
 
-# Room kept in a ListJobs response for its page token and framing.
-PAGE_FRAMING_BYTES = 1024
-# A repeated message field's tag and length prefix.
-_FIELD_FRAMING_BYTES = 6
-
-
 def jobs_within(
     jobs: Sequence[Job], next_cursor: JobCursor | None, budget: int
 ) -> tuple[list[job_pb2.Job], JobCursor | None]:
     """The page's jobs that fit `budget` bytes (at least one), and the cursor after the last
-    one sent: a page is cut by bytes as well as by count. A job can carry 64 labels and a
-    layout per PUB, so 1000 of them outgrew the largest message the gateway sends, and the
-    whole page failed with a bare RESOURCE_EXHAUSTED."""
-    encoded: list[job_pb2.Job] = []
-    used = 0
-    for index, job in enumerate(jobs):
-        message = codec.encode_job(job)
-        size = message.ByteSize() + _FIELD_FRAMING_BYTES
-        if encoded and used + size > budget:
-            last = jobs[index - 1]
-            return encoded, JobCursor(last.created_at, last.id)
-        encoded.append(message)
-        used += size
+    one sent. A job can carry 64 labels and a layout per PUB, so 1000 of them outgrew the
+    largest message the gateway sends."""
+    encoded = paging.within_bytes((codec.encode_job(job) for job in jobs), budget)
+    if len(encoded) < len(jobs):
+        last = jobs[len(encoded) - 1]
+        return encoded, JobCursor(last.created_at, last.id)
     return encoded, next_cursor
 
 
@@ -265,7 +252,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         after = None if sealed is None else _job_cursor_from(sealed)
         page = await self._manager.list(tenant, filter=job_filter, after=after, limit=limit)
         jobs, next_cursor = jobs_within(
-            page.jobs, page.next_cursor, self._max_response - PAGE_FRAMING_BYTES
+            page.jobs, page.next_cursor, self._max_response - paging.PAGE_FRAMING_BYTES
         )
         return job_service_pb2.ListJobsResponse(
             jobs=jobs,

@@ -30,16 +30,25 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import Message
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# server.max_response_bytes' default: what a list servicer built without it cuts pages at.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+# Room kept in a list response for its page token and framing.
+PAGE_FRAMING_BYTES = 1024
+# A repeated message field's tag and length prefix.
+_FIELD_FRAMING_BYTES = 6
+M = TypeVar("M", bound=Message)
 # Tokens we issue are under 200 characters; anything longer is refused before decoding.
 MAX_TOKEN_LENGTH = 1024
 
@@ -52,6 +61,22 @@ def page_size(requested: int) -> int:
             field_violations=[FieldViolation("page_size", "must be >= 0")],
         )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def within_bytes(messages: Iterable[M], budget: int) -> list[M]:
+    """The leading `messages` that fit `budget` bytes as one repeated field, and always the
+    first: a page is cut by bytes as well as by count, so a page of large items never outgrows
+    the largest message the gateway sends (gRPC would fail it with a bare RESOURCE_EXHAUSTED).
+    `messages` is consumed lazily: nothing past the cut is encoded."""
+    fitting: list[M] = []
+    used = 0
+    for message in messages:
+        size = message.ByteSize() + _FIELD_FRAMING_BYTES
+        if fitting and used + size > budget:
+            break
+        fitting.append(message)
+        used += size
+    return fitting
 
 
 # ----------------------------------------------------------------------------- sealed tokens

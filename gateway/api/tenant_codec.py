@@ -13,6 +13,7 @@ from gateway.api.codec import timestamp
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.security.tenant_policy import (
     DAY_S,
+    MAX_DISPLAY_NAME,
     TENANT_ID,
     PeriodQuota,
     RateLimit,
@@ -60,6 +61,18 @@ def check_tenant_id(value: str, field: str = "tenant_id") -> str:
             f"{field} must be 1-64 letters, digits, '_', '.' or '-'",
             metadata={"field": field},
             field_violations=[FieldViolation(field, "1-64 of [A-Za-z0-9_.-]")],
+        )
+    return value
+
+
+def check_display_name(value: str, field: str = "tenant.display_name") -> str:
+    if len(value) > MAX_DISPLAY_NAME:
+        problem = f"at most {MAX_DISPLAY_NAME} characters"
+        raise InvalidArgument(
+            "INVALID_TENANT",
+            f"{field}: {problem}",
+            metadata={"field": field},
+            field_violations=[FieldViolation(field, problem)],
         )
     return value
 
@@ -242,7 +255,8 @@ def apply_update(
 
     Raises:
         InvalidArgument: INVALID_UPDATE_MASK for an unknown or output-only path; INVALID_POLICY
-            for a resulting policy that is not valid.
+            for a resulting policy that is not valid; INVALID_TENANT for a display name too
+            long.
     """
     if not paths:
         paths = [p for p in ("display_name",) if request.display_name]
@@ -260,4 +274,4 @@ def apply_update(
         if parts[0] in _NOT_UPDATABLE:
             raise _invalid_mask(path, "not a field UpdateTenant changes")
         _copy_path(request, merged, parts, path)
-    return merged.display_name, decode_policy(merged.policy)
+    return check_display_name(merged.display_name), decode_policy(merged.policy)

@@ -8,6 +8,7 @@ An unset limit (None) is no limit beyond the backend's own.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -22,6 +23,12 @@ from gateway.security.principals import TENANT_ID_PATTERN
 
 DAY_S = 86400.0
 TENANT_ID = re.compile(TENANT_ID_PATTERN)
+# Bounds on what AdminService and the configuration accept: every ListBackends and submission
+# of the tenant matches its patterns on the event loop, and every GetTenant, ListTenants and
+# GetTenantUsage response carries them.
+MAX_PATTERNS = 256
+MAX_PATTERN_CHARS = 128
+MAX_DISPLAY_NAME = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -89,10 +96,19 @@ class TenantPolicy:
 
     def allows(self, backend: str, kind: BackendKind) -> bool:
         """Whether the policy lets the tenant use `backend` (a backend id) of `kind`."""
-        patterns = (
-            self.allowed_hardware if kind is BackendKind.HARDWARE else self.allowed_simulators
-        )
-        return any(fnmatch.fnmatchcase(backend, p) for p in patterns)
+        matcher = self._hardware if kind is BackendKind.HARDWARE else self._simulators
+        return matcher.match(backend) is not None
+
+    # Compiled once per policy, on first use (never for a policy that fails validation):
+    # fnmatchcase's shared cache of compiled patterns (32768) thrashes once every tenant's
+    # patterns together pass it, and each miss recompiles.
+    @functools.cached_property
+    def _simulators(self) -> re.Pattern[str]:
+        return _compile(self.allowed_simulators)
+
+    @functools.cached_property
+    def _hardware(self) -> re.Pattern[str]:
+        return _compile(self.allowed_hardware)
 
     @property
     def period_s(self) -> float:
@@ -100,6 +116,13 @@ class TenantPolicy:
 
     def period(self, now: datetime) -> Period:
         return period_at(now, self.period_s)
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One expression matching what any of the shell patterns matches (as fnmatchcase)."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
 
 
 # Every backend, no limit beyond the backends' own: what a tenant that no configuration or
@@ -216,9 +239,10 @@ def validate_policy(policy: TenantPolicy) -> list[tuple[str, str]]:
         ("allowed_simulators", policy.allowed_simulators),
         ("allowed_hardware", policy.allowed_hardware),
     ):
-        for pattern in patterns:
-            if not pattern or len(pattern) > 128:
-                problems.append((name, "patterns are 1 to 128 characters"))
+        if len(patterns) > MAX_PATTERNS:
+            problems.append((name, f"at most {MAX_PATTERNS} patterns"))
+        elif any(not p or len(p) > MAX_PATTERN_CHARS for p in patterns):
+            problems.append((name, f"patterns are 1 to {MAX_PATTERN_CHARS} characters"))
     for name in ("request_rate", "submit_rate"):
         rate: RateLimit | None = getattr(policy, name)
         if rate is None:

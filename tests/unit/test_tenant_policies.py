@@ -4,6 +4,7 @@ finish, exactly once, across a store restart), update masks and etags on AdminSe
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import pathlib
 import sqlite3
@@ -192,6 +193,45 @@ def test_toml_tenants_become_config_managed_policies() -> None:
         GatewayConfig(tenants={"acme": {"policy": {"max_quibts": 2}}})
     with pytest.raises(ValueError, match="cost_unit"):
         GatewayConfig(tenants={"acme": {"policy": {"quota": {"cost": 5}}}})
+
+
+def test_policy_lists_and_display_names_are_bounded() -> None:
+    # 60,001 patterns were accepted (a 7.4 MB policy): each allows() check then took seconds
+    # on the event loop, for every backend of ListBackends and every submission.
+    most = [f"sim-{i:03d}-*" for i in range(256)]
+    ok = tenant_codec.decode_policy(admin_pb2.TenantPolicy(allowed_hardware=most))
+    assert ok.allows("sim-255-x", BackendKind.HARDWARE)
+    for field in ("allowed_simulators", "allowed_hardware"):
+        msg = admin_pb2.TenantPolicy()
+        getattr(msg, field).extend([*most, "one-too-many"])
+        with pytest.raises(InvalidArgument) as caught:
+            tenant_codec.decode_policy(msg)
+        assert caught.value.reason == "INVALID_POLICY"
+        assert [v.field for v in caught.value.field_violations] == [f"tenant.policy.{field}"]
+        with pytest.raises(ValueError, match=f"{field}: at most 256 patterns"):
+            GatewayConfig(tenants={"acme": {"policy": {field: [*most, "x"]}}})
+    # One violation per list, not one per bad pattern.
+    many_bad = admin_pb2.TenantPolicy(allowed_simulators=["x" * 129] * 200)
+    with pytest.raises(InvalidArgument) as bad:
+        tenant_codec.decode_policy(many_bad)
+    assert len(bad.value.field_violations) == 1
+    assert GatewayConfig(tenants={"acme": {"display_name": "d" * 256}})
+    with pytest.raises(ValueError, match="display_name"):
+        GatewayConfig(tenants={"acme": {"display_name": "d" * 257}})
+
+
+def test_a_policy_matches_as_fnmatchcase_does() -> None:
+    # allows() matches one expression compiled per policy instead of fnmatchcase per pattern.
+    patterns = ("aer", "aer-*", "braket-?v", "[ip]bm-*", "[!x]ennylane", "a*b*c", "lit.[*]")
+    policy = TenantPolicy(allowed_simulators=patterns, allowed_hardware=())
+    names = [
+        "aer", "aerx", "aer-mps", "braket-sv", "braket-dmv", "ibm-kyiv", "pbm-x", "xbm-x",
+        "pennylane", "xennylane", "abc", "a-b-c-", "lit.*", "lit.x", "AER", "aer\n",
+    ]  # fmt: skip
+    for name in names:
+        expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        assert policy.allows(name, BackendKind.SIMULATOR) is expected, name
+        assert not policy.allows(name, BackendKind.HARDWARE)
 
 
 # ------------------------------------------------------------------------------ the ledger
@@ -444,6 +484,27 @@ async def test_update_masks_change_only_the_named_fields(admin: AdminServicer) -
         assert invalid.value.reason == "INVALID_UPDATE_MASK"
 
 
+async def test_a_tenants_display_name_is_bounded(admin: AdminServicer) -> None:
+    # 100,000 characters were accepted, where an API key's display name stops at 256.
+    created = await admin.CreateTenant(
+        admin_service_pb2.CreateTenantRequest(
+            tenant_id="named", tenant=admin_pb2.Tenant(display_name="n" * 256)
+        ),
+        None,
+    )
+    long = admin_pb2.Tenant(display_name="n" * 257)
+    with pytest.raises(InvalidArgument) as create:
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id="long", tenant=long), None
+        )
+    long.name, long.etag = "tenants/named", created.tenant.etag
+    with pytest.raises(InvalidArgument) as update:
+        await admin.UpdateTenant(admin_service_pb2.UpdateTenantRequest(tenant=long), None)
+    for caught in (create, update):
+        assert caught.value.reason == "INVALID_TENANT"
+        assert [v.field for v in caught.value.field_violations] == ["tenant.display_name"]
+
+
 async def test_config_tenants_are_read_only_and_ids_unique(admin: AdminServicer) -> None:
     with pytest.raises(FailedPrecondition) as managed:
         await admin.UpdateTenant(
@@ -488,6 +549,35 @@ async def test_config_tenants_are_read_only_and_ids_unique(admin: AdminServicer)
         assert own.usage.name == "tenants/a/usage" and own.usage.shots_used == 0
     finally:
         current_principal.reset(user)
+
+
+async def test_list_tenants_pages_are_cut_by_bytes(
+    admin: AdminServicer, store: SqliteStore
+) -> None:
+    # A tenant's policy holds up to 2 x 256 patterns of 128 characters: 1000 of them on one
+    # page outgrew the largest response, and the whole page failed.
+    wide = admin_pb2.TenantPolicy(allowed_simulators=[f"s{i:03d}-" + "x" * 123 for i in range(256)])
+    for tid in ("t1", "t2", "t3", "t4", "t5"):
+        request = admin_service_pb2.CreateTenantRequest(
+            tenant_id=tid, tenant=admin_pb2.Tenant(policy=wide)
+        )
+        await admin.CreateTenant(request, None)
+    one = wide.ByteSize()
+    small = AdminServicer(
+        store, policies=admin._policies, clock=lambda: T0, max_response_bytes=2 * one + 2048
+    )
+    names, sizes, token = [], [], ""
+    while True:
+        page = await small.ListTenants(
+            admin_service_pb2.ListTenantsRequest(page_size=1000, page_token=token), None
+        )
+        names += [t.name for t in page.tenants]
+        sizes.append(page.ByteSize())
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"tenants/{t}" for t in ("cfg", "t1", "t2", "t3", "t4", "t5")]
+    assert len(sizes) == 3 and max(sizes) <= 2 * one + 2048
 
 
 async def test_stored_tenants_are_loaded_into_the_book(store: SqliteStore) -> None:
