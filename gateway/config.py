@@ -35,6 +35,8 @@ from gateway.security.principals import ANONYMOUS, Principal, Role
 from gateway.security.tenant_policy import (
     DAY_S,
     MAX_DISPLAY_NAME,
+    MAX_PERIOD_S,
+    MIN_PER_SECOND,
     TENANT_ID,
     PeriodQuota,
     RateLimit,
@@ -431,7 +433,7 @@ class AuditConfig(_Strict):
 class RateLimitConfig(_Strict):
     """A token bucket: `per_second` tokens refill each second, up to `burst`."""
 
-    per_second: float = Field(gt=0)
+    per_second: float = Field(ge=MIN_PER_SECOND)
     burst: int = Field(ge=1)
 
     def limit(self) -> RateLimit:
@@ -444,7 +446,7 @@ class PeriodQuotaConfig(_Strict):
     shots: int | None = Field(default=None, ge=0)
     cost: float | None = Field(default=None, ge=0)
     cost_unit: str = ""
-    period_s: float = Field(default=DAY_S, ge=0.001, le=366 * DAY_S)
+    period_s: float = Field(default=DAY_S, ge=0.001, le=MAX_PERIOD_S)
 
     def quota(self) -> PeriodQuota:
         return PeriodQuota(self.shots, self.cost, self.cost_unit, self.period_s)

@@ -19,6 +19,10 @@ ERROR_DOMAIN = "qgateway.dev"
 # a message or in metadata (a 4000-digit register size) are clipped to keep well below it.
 MAX_MESSAGE_CHARS = 1000
 MAX_DETAIL_CHARS = 200
+# The longest RetryInfo delay: no delay may break the status it travels in (an infinite one
+# cannot be a Duration, nor one past Duration's 10,000 years), and a year says "not soon" as
+# well as any longer one. The longest the gateway computes (a quota period's end) is within it.
+MAX_RETRY_DELAY_S = 366 * 86400
 
 
 def _clip(text: str, limit: int) -> str:
@@ -98,10 +102,16 @@ def _gateway_details(error: GatewayError) -> list[any_pb2.Any]:
             )
         )
     if error.retry_after is not None:
-        delay = Duration()
-        delay.FromNanoseconds(int(error.retry_after * 1e9))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_delay(error.retry_after))))
     return details
+
+
+def _delay(seconds: float) -> Duration:
+    # NaN and negative delays (never computed on purpose) are "now".
+    bounded = min(seconds, MAX_RETRY_DELAY_S) if seconds > 0 else 0.0
+    delay = Duration()
+    delay.FromNanoseconds(int(bounded * 1e9))
+    return delay
 
 
 def job_error_status(error: JobError) -> status_pb2.Status:

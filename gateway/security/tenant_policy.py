@@ -22,6 +22,10 @@ from gateway.domain.backends import BackendKind
 from gateway.security.principals import TENANT_ID_PATTERN
 
 DAY_S = 86400.0
+# The longest quota period, and the longest a rate may take to refill one token: a slower
+# rate's retry delay would be no use to a caller (and 1e-300 per second overflowed it).
+MAX_PERIOD_S = 366 * DAY_S
+MIN_PER_SECOND = 1 / MAX_PERIOD_S
 TENANT_ID = re.compile(TENANT_ID_PATTERN)
 # Bounds on what AdminService and the configuration accept: every ListBackends and submission
 # of the tenant matches its patterns on the event loop, and every GetTenant, ListTenants and
@@ -247,8 +251,8 @@ def validate_policy(policy: TenantPolicy) -> list[tuple[str, str]]:
         rate: RateLimit | None = getattr(policy, name)
         if rate is None:
             continue
-        if not (math.isfinite(rate.per_second) and rate.per_second > 0):
-            problems.append((f"{name}.per_second", "must be positive"))
+        if not (math.isfinite(rate.per_second) and rate.per_second >= MIN_PER_SECOND):
+            problems.append((f"{name}.per_second", "must be at least one per 366 days"))
         if rate.burst < 1:
             problems.append((f"{name}.burst", "must be at least 1"))
     quota = policy.quota
@@ -259,6 +263,6 @@ def validate_policy(policy: TenantPolicy) -> list[tuple[str, str]]:
             problems.append(("quota.cost", "must be a non-negative number"))
         if quota.cost is not None and not quota.cost_unit:
             problems.append(("quota.cost_unit", "is required with a cost quota"))
-        if not (math.isfinite(quota.period_s) and 1e-3 <= quota.period_s <= 366 * DAY_S):
+        if not (math.isfinite(quota.period_s) and 1e-3 <= quota.period_s <= MAX_PERIOD_S):
             problems.append(("quota.period", "must be between 1 ms and 366 days"))
     return problems

@@ -5,6 +5,7 @@ failure's code and metadata; the Aer adapter names the failing PUB."""
 from __future__ import annotations
 
 import ast
+import math
 import pickle
 import re
 import sqlite3
@@ -407,6 +408,19 @@ def test_retry_info_and_quota_failure_only_where_given() -> None:
     assert retry.retry_delay.ToNanoseconds() == 1_500_000_000
     breaker = Unavailable("BACKEND_UNAVAILABLE", "open", retry_after=2.0)
     assert set(_details(status_proto(breaker))) == {"ErrorInfo", "RetryInfo"}
+
+
+@pytest.mark.parametrize(
+    ("after", "seconds"),
+    [(math.inf, 366 * 86400), (1e300, 366 * 86400), (1e12, 366 * 86400), (math.nan, 0), (-1, 0)],
+)
+def test_no_retry_delay_breaks_the_status(after: float, seconds: int) -> None:
+    # An infinite delay raised OverflowError inside the error boundary's abort (the caller got
+    # UNKNOWN with the exception's text), and 1e12 s is past Duration's range.
+    limited = ResourceExhausted("RATE_LIMITED", "slow", retry_after=after)
+    retry = _details(status_proto(limited))["RetryInfo"]
+    assert isinstance(retry, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToTimedelta().total_seconds() == seconds
 
 
 def test_to_status_carries_the_same_status_in_its_trailer() -> None:

@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf import field_mask_pb2
+from google.rpc.error_details_pb2 import RetryInfo
 from qgateway.v1 import admin_pb2, admin_service_pb2
 
 from gateway.api import admin_tenants, tenant_codec
 from gateway.api.admin_service import AdminServicer
+from gateway.api.errors import status_proto
 from gateway.config import GatewayConfig
 from gateway.domain.backends import BackendKind
 from gateway.domain.errors import (
@@ -34,6 +36,7 @@ from gateway.security.policies import PolicyBook
 from gateway.security.principals import Principal, Role, current_principal
 from gateway.security.rate_limits import RateLimiter, TokenBucket
 from gateway.security.tenant_policy import (
+    MIN_PER_SECOND,
     PeriodQuota,
     RateLimit,
     Tenant,
@@ -97,6 +100,36 @@ def test_rate_limiter_refuses_with_quota_failure_and_retry_info() -> None:
     limiter.check("acme", "submit", RateLimit(per_second=1.0, burst=2))
     for _ in range(5):
         limiter.check("acme", "submit", None)
+
+
+def test_a_rate_slower_than_a_token_per_366_days_is_invalid() -> None:
+    # 1e-300 per second passed as positive and finite; its retry delay then overflowed
+    # building RetryInfo (UNKNOWN OverflowError instead of RATE_LIMITED), and 1e-12 gave a
+    # delay past Duration's range.
+    for tiny in (1e-300, 1e-12, MIN_PER_SECOND * 0.99):
+        msg = admin_pb2.TenantPolicy(submit_rate=admin_pb2.RateLimit(per_second=tiny, burst=1))
+        with pytest.raises(InvalidArgument) as caught:
+            tenant_codec.decode_policy(msg)
+        assert caught.value.reason == "INVALID_POLICY"
+        assert [v.field for v in caught.value.field_violations] == [
+            "tenant.policy.submit_rate.per_second"
+        ]
+        rate = {"per_second": tiny, "burst": 1}
+        with pytest.raises(ValueError, match="per_second"):
+            GatewayConfig(tenants={"acme": {"policy": {"request_rate": rate}}})
+    slowest = RateLimit(per_second=MIN_PER_SECOND, burst=1)
+    msg = admin_pb2.TenantPolicy(
+        request_rate=admin_pb2.RateLimit(per_second=MIN_PER_SECOND, burst=1)
+    )
+    assert tenant_codec.decode_policy(msg).request_rate == slowest
+    limiter = RateLimiter(Clock())
+    limiter.check("acme", "request", slowest)
+    with pytest.raises(ResourceExhausted) as limited:
+        limiter.check("acme", "request", slowest)
+    assert limited.value.reason == "RATE_LIMITED"
+    assert limited.value.retry_after == pytest.approx(366 * 86400)
+    retry = [d for d in status_proto(limited.value).details if d.Is(RetryInfo.DESCRIPTOR)]
+    assert len(retry) == 1
 
 
 def test_periods_are_aligned_to_the_epoch() -> None:
