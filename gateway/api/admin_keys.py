@@ -4,7 +4,8 @@ servicer in gateway.api.admin_service).
 A key's secret exists only in CreateApiKey's response: the store keeps its SHA-256. Tenant
 admins manage their own tenant's keys with roles up to tenant-admin, and a key they create
 expires no later than the credential they created it with; only admins create or revoke admin
-keys, and only admins list every tenant's keys ("tenants/-").
+keys, and only admins list every tenant's keys ("tenants/-"). Keys are made and listed only for
+tenants that exist (admin_tenants.require_known_tenant).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from qgateway.v1 import admin_pb2, admin_service_pb2
 
 from gateway.api import paging
+from gateway.api.admin_tenants import require_known_tenant
 from gateway.api.context import Context
 from gateway.domain.api_keys import ApiKeyRecord, KeyState
 from gateway.domain.errors import (
@@ -29,6 +31,7 @@ from gateway.domain.errors import (
 from gateway.domain.timestamps import rfc3339
 from gateway.security.admin_scope import require_admin, require_tenant_admin
 from gateway.security.api_keys import KeyVerifier, generate_key
+from gateway.security.policies import PolicyBook
 from gateway.security.principals import (
     KEY_PREFIX_PATTERN,
     TENANT_ID_PATTERN,
@@ -128,6 +131,8 @@ class ApiKeyRpcs:
 
     Attributes:
         _store: Where keys live.
+        _policies: The configured tenants (a key's tenant is configured, stored, the caller's
+            own or `default`).
         _page_tokens: Seals ListApiKeys cursors.
         _keys: The gateway's key verifier: a revoke drops its cached record (effective at once
             on this gateway; other replicas within their `auth.key_cache_s`). None: no cache.
@@ -135,6 +140,7 @@ class ApiKeyRpcs:
     """
 
     _store: Store
+    _policies: PolicyBook
     _page_tokens: paging.PageTokens
     _keys: KeyVerifier | None
     _clock: Callable[[], datetime]
@@ -145,6 +151,7 @@ class ApiKeyRpcs:
         principal = current_principal.get()
         tenant = _parent_tenant(request.parent)
         require_tenant_admin(principal, tenant, request.parent)
+        await require_known_tenant(self._store, self._policies, principal, tenant)
         asked = request.api_key
         role = _ROLES.get(asked.role)
         if role is None:
@@ -189,6 +196,7 @@ class ApiKeyRpcs:
         else:
             tenant = _parent_tenant(request.parent)
             require_tenant_admin(principal, tenant, request.parent)
+            await require_known_tenant(self._store, self._policies, principal, tenant)
         limit = paging.page_size(request.page_size)
         where = {
             "kind": "apiKeys",

@@ -29,7 +29,7 @@ from gateway.security.admin_scope import (
     require_tenant_member,
 )
 from gateway.security.policies import PolicyBook
-from gateway.security.principals import DEFAULT_TENANT, current_principal
+from gateway.security.principals import DEFAULT_TENANT, Principal, current_principal
 from gateway.security.tenant_policy import (
     Tenant,
     TenantPolicy,
@@ -77,6 +77,23 @@ def tenant_not_found(tenant: str) -> NotFound:
         metadata={"resource": name},
         resource_info=ResourceInfo(TENANT_RESOURCE, name, "no such tenant"),
     )
+
+
+async def require_known_tenant(
+    store: Store, policies: PolicyBook, principal: Principal, tenant: str
+) -> None:
+    """Refuses a tenant declared nowhere: neither in the configuration, nor in the store, nor
+    the caller's own (its identity provider or key names it), nor `default` (every caller's
+    before authentication is configured). A key made for such a tenant would work with the
+    default policy, under a name GetTenant does not know.
+
+    Raises:
+        NotFound: TENANT_NOT_FOUND, with ResourceInfo.
+    """
+    if tenant in (principal.tenant, DEFAULT_TENANT) or tenant in policies.configured:
+        return
+    if await store.get_tenant(tenant) is None:
+        raise tenant_not_found(tenant)
 
 
 class TenantRpcs:
@@ -211,11 +228,7 @@ class TenantRpcs:
         principal = current_principal.get()
         tid = tenant_codec.usage_tenant_id(request.name)
         require_tenant_member(principal, tid, f"tenants/{tid}/usage")
-        # Any tenant a caller belongs to has usage; an admin asking for a tenant declared
-        # nowhere (and not its own) gets NOT_FOUND.
-        known = tid in (principal.tenant, DEFAULT_TENANT) or tid in self._policies.configured
-        if not known and await self._store.get_tenant(tid) is None:
-            raise tenant_not_found(tid)
+        await require_known_tenant(self._store, self._policies, principal, tid)
         policy = self._policies.policy(tid)
         period = policy.period(self._clock())
         usage = await self._store.tenant_usage(tid, period.start, period.end)

@@ -16,11 +16,13 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway import audit_tool
 from gateway.api.admin_service import AdminServicer
 from gateway.domain.audit import AuditRecord, ChainPoint
-from gateway.domain.errors import Code, InvalidArgument, PermissionDenied
+from gateway.domain.errors import Code, InvalidArgument, NotFound, PermissionDenied, ResourceInfo
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.security import audit_files
 from gateway.security.audit_writer import AuditWriter
+from gateway.security.policies import PolicyBook
 from gateway.security.principals import Principal, Role, current_principal
+from gateway.security.tenant_policy import Tenant, TenantPolicy, etag_of
 from gateway.store.base import CreateOutcome, NewJob
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import ScriptedRunner, build_core, spec
@@ -91,10 +93,64 @@ async def test_a_key_never_outlives_the_credential_that_created_it(
     # A credential that never expires (a configured or unexpiring key, a mapped certificate)
     # may create keys that never expire; so may an admin, whatever its credential.
     lasting = Principal("acme", "apiKeys/tb", Role.TENANT_ADMIN)
-    ops = Principal("ops", "jwt/idp#ops", Role.ADMIN, expires_at=ends)
+    ops = Principal("acme", "jwt/idp#ops", Role.ADMIN, expires_at=ends)
     for caller in (lasting, ops):
         made = await _create_key(admin, caller, None, admin_pb2.ROLE_TENANT_ADMIN)
         assert not made.api_key.HasField("expire_time")
+
+
+async def test_keys_are_made_and_listed_only_for_tenants_that_exist(tmp_path: Path) -> None:
+    # CreateApiKey tenants/acem-typo succeeded, and the key worked with the default policy,
+    # while GetTenant of the same name answered NOT_FOUND; ListApiKeys of a tenant that exists
+    # nowhere answered an empty page.
+    store = SqliteStore(tmp_path / "keys.db")
+    await store.open()
+    configured = TenantPolicy()
+    book = PolicyBook(
+        [Tenant("cfg", "", configured, etag_of("", configured), managed_by_config=True)]
+    )
+    admin = AdminServicer(store, policies=book, clock=lambda: T0)
+    token = current_principal.set(Principal("ops", "apiKeys/ops", Role.ADMIN))
+    try:
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id="stored", tenant=admin_pb2.Tenant()),
+            None,
+        )
+        # Configured, stored, the caller's own, and `default` (every caller's without auth).
+        for tenant in ("cfg", "stored", "ops", "default"):
+            parent = f"tenants/{tenant}"
+            await admin.CreateApiKey(
+                admin_service_pb2.CreateApiKeyRequest(parent=parent, api_key=admin_pb2.ApiKey()),
+                None,
+            )
+            listed = await admin.ListApiKeys(
+                admin_service_pb2.ListApiKeysRequest(parent=parent), None
+            )
+            assert len(listed.api_keys) == 1
+        typo = "tenants/acem-typo"
+        calls = (
+            lambda: admin.CreateApiKey(
+                admin_service_pb2.CreateApiKeyRequest(parent=typo, api_key=admin_pb2.ApiKey()),
+                None,
+            ),
+            lambda: admin.ListApiKeys(admin_service_pb2.ListApiKeysRequest(parent=typo), None),
+        )
+        for call in calls:
+            with pytest.raises(NotFound) as caught:
+                await call()
+            assert caught.value.reason == "TENANT_NOT_FOUND"
+            assert caught.value.resource_info == ResourceInfo(
+                "qgateway.dev/Tenant", "tenants/acem-typo", "no such tenant"
+            )
+        every = await admin.ListApiKeys(
+            admin_service_pb2.ListApiKeysRequest(parent="tenants/-"), None
+        )
+        assert sorted(k.name.split("/")[1] for k in every.api_keys) == [
+            "cfg", "default", "ops", "stored"
+        ]  # fmt: skip
+    finally:
+        current_principal.reset(token)
+        await store.close()
 
 
 async def test_verify_refuses_records_without_their_exported_head(
