@@ -20,7 +20,7 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway.api import paging
 from gateway.api.admin_tenants import require_known_tenant
 from gateway.api.context import Context
-from gateway.domain.api_keys import ApiKeyRecord, KeyState
+from gateway.domain.api_keys import MAX_KEYS_PER_TENANT, ApiKeyRecord, KeyState
 from gateway.domain.errors import (
     FieldViolation,
     InvalidArgument,
@@ -180,7 +180,8 @@ class ApiKeyRpcs:
                 role=str(role),
                 created_at=now,
                 expires_at=expires,
-            )
+            ),
+            max_unrevoked=MAX_KEYS_PER_TENANT,
         )
         log.info("API key %s created by %s", key_name(record), principal.id)
         return admin_service_pb2.CreateApiKeyResponse(api_key=encode_key(record, now), key=new.key)

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from gateway.domain.errors import QuotaViolation, ResourceExhausted
+
+# Keys a tenant may hold that are not revoked (expired ones included, until revoked): listing
+# its active keys walks these, so they bound what one page costs the store.
+MAX_KEYS_PER_TENANT = 1000
+
 
 class KeyState(StrEnum):
     ACTIVE = "ACTIVE"
@@ -57,3 +63,15 @@ class ApiKeyPage:
     keys: list[ApiKeyRecord]
     # (tenant, prefix) of the last key of this page, for the next page's `after`; None at the end.
     next_cursor: tuple[str, str] | None
+
+
+def too_many_keys(tenant: str, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        "API_KEY_LIMIT_REACHED",
+        f"tenant {tenant} already has {limit} API keys that are not revoked, its limit (expired "
+        "keys count until revoked); revoke one first",
+        metadata={"tenant": f"tenants/{tenant}", "limit": str(limit)},
+        quota_violations=[
+            QuotaViolation(f"tenants/{tenant}", f"at most {limit} API keys not revoked")
+        ],
+    )

@@ -398,8 +398,11 @@ class Store(Protocol):
 
     # ---- API keys (issue 11): gateway.security.api_keys. Only a key's hash is stored.
 
-    async def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
-        """Inserts a key."""
+    async def create_api_key(
+        self, key: ApiKeyRecord, *, max_unrevoked: int | None = None
+    ) -> ApiKeyRecord:
+        """Inserts a key; ResourceExhausted API_KEY_LIMIT_REACHED when its tenant already has
+        `max_unrevoked` keys not revoked (counted in the same transaction)."""
         ...
 
     async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:

@@ -48,6 +48,7 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
 from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
+from gateway.store.sqlite_keys import UNREVOKED_INDEX_SQL as SQLITE_KEYS_UNREVOKED_INDEX
 from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_sessions import SqliteSessions
 from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
@@ -271,6 +272,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
     ),
     # --- end of issue 12, telemetry -----------------------------------------------------------
+    # --- review: listing a tenant's keys (gateway.store.sqlite_keys) -------------------------
+    Migration(13, SQLITE_KEYS_UNREVOKED_INDEX),
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version

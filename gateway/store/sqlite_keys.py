@@ -1,8 +1,12 @@
-"""The API-keys repository of the SQLite store (migration 9): a mixin of SqliteStore.
+"""The API-keys repository of the SQLite store (migrations 9 and 13): a mixin of SqliteStore.
 
 Only a key's hash is stored. Authentication reads a key by its prefix (the primary key) and
 caches what it read (gateway.security.api_keys), so the store sees one read per key and cache
 period, not one per RPC; last-used times arrive in batches (`touch_api_keys`).
+
+Revoked keys are never deleted: listing a tenant's active keys walks an index of its unrevoked
+keys only, and a tenant holds at most `max_unrevoked` of those (counted on that index), so a
+page costs the store's one thread a bounded scan however many keys the tenant ever revoked.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final
 
-from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord
+from gateway.domain.api_keys import ApiKeyPage, ApiKeyRecord, too_many_keys
 from gateway.domain.audit import Effect
 from gateway.store.sqlite_audit import SqliteAudit, api_key_changed
 from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
@@ -20,6 +24,12 @@ from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
 _COLUMNS: Final = (
     "prefix, tenant, sha256, display_name, role, created_at, expires_at, revoked_at, last_used_at"
 )
+
+# Migration 13. expires_at in the index: an expired key is skipped without reading its row.
+UNREVOKED_INDEX_SQL: Final = """
+    CREATE INDEX api_keys_unrevoked ON api_keys (tenant, prefix, expires_at)
+        WHERE revoked_at IS NULL;
+"""
 
 
 def _row(row: sqlite3.Row) -> ApiKeyRecord:
@@ -43,13 +53,60 @@ def _select(conn: sqlite3.Connection, prefix: str) -> ApiKeyRecord | None:
     return None if row is None else _row(row)
 
 
+def list_sql(
+    tenant: str | None,
+    *,
+    active_at: datetime | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> tuple[str, list[object]]:
+    """list_api_keys' query: one row more than `limit`, to tell whether a page follows."""
+    where: list[str] = []
+    params: list[object] = []
+    # Active keys only: the unrevoked keys' index, whatever the planner would guess, so the
+    # keys a tenant revoked are never walked (it has no statistics to prefer it with).
+    source = "api_keys"
+    if active_at is not None:
+        source += " INDEXED BY api_keys_unrevoked"
+        where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
+        params.append(to_us(active_at))
+    if tenant is not None:
+        where.append("tenant = ?")
+        params.append(tenant)
+    if after is not None:
+        where.append("(tenant > ? OR (tenant = ? AND prefix > ?))")
+        params.extend([after[0], after[0], after[1]])
+    sql = f"SELECT {_COLUMNS} FROM {source}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY tenant, prefix LIMIT ?"
+    params.append(limit + 1)
+    return sql, params
+
+
 class SqliteApiKeys(SqliteAudit):
     """API-key methods of the Store protocol, on SqliteStore's writer thread."""
 
-    async def create_api_key(self, key: ApiKeyRecord) -> ApiKeyRecord:
-        """Inserts a key (its prefix is random: a collision is an IntegrityError)."""
+    async def create_api_key(
+        self, key: ApiKeyRecord, *, max_unrevoked: int | None = None
+    ) -> ApiKeyRecord:
+        """Inserts a key (its prefix is random: a collision is an IntegrityError). Counting
+        the tenant's unrevoked keys and inserting is one transaction.
+
+        Raises:
+            ResourceExhausted: API_KEY_LIMIT_REACHED, when the tenant already has
+                `max_unrevoked` keys that are not revoked (expired ones included).
+        """
 
         def op(conn: sqlite3.Connection) -> ApiKeyRecord:
+            if max_unrevoked is not None:
+                held = conn.execute(
+                    "SELECT count(*) FROM api_keys INDEXED BY api_keys_unrevoked"
+                    " WHERE tenant = ? AND revoked_at IS NULL",
+                    (key.tenant,),
+                ).fetchone()[0]
+                if held >= max_unrevoked:
+                    raise too_many_keys(key.tenant, max_unrevoked)
             conn.execute(
                 f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -91,22 +148,7 @@ class SqliteApiKeys(SqliteAudit):
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        where: list[str] = []
-        params: list[object] = []
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        if active_at is not None:
-            where.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(to_us(active_at))
-        if after is not None:
-            where.append("(tenant > ? OR (tenant = ? AND prefix > ?))")
-            params.extend([after[0], after[0], after[1]])
-        sql = f"SELECT {_COLUMNS} FROM api_keys"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY tenant, prefix LIMIT ?"
-        params.append(limit + 1)
+        sql, params = list_sql(tenant, active_at=active_at, after=after, limit=limit)
 
         def op(conn: sqlite3.Connection) -> ApiKeyPage:
             rows = conn.execute(sql, params).fetchall()

@@ -14,9 +14,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from qgateway.v1 import admin_pb2, admin_service_pb2
 
 from gateway import audit_tool
+from gateway.api import admin_keys
 from gateway.api.admin_service import AdminServicer
 from gateway.domain.audit import AuditRecord, ChainPoint
-from gateway.domain.errors import Code, InvalidArgument, NotFound, PermissionDenied, ResourceInfo
+from gateway.domain.errors import (
+    Code,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ResourceInfo,
+)
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.security import audit_files
 from gateway.security.audit_writer import AuditWriter
@@ -151,6 +159,18 @@ async def test_keys_are_made_and_listed_only_for_tenants_that_exist(tmp_path: Pa
     finally:
         current_principal.reset(token)
         await store.close()
+
+
+async def test_create_api_key_stops_at_the_tenants_key_limit(
+    admin: AdminServicer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin_keys, "MAX_KEYS_PER_TENANT", 2)
+    lasting = Principal("acme", "apiKeys/ta", Role.TENANT_ADMIN)
+    for _ in range(2):
+        await _create_key(admin, lasting, None, admin_pb2.ROLE_USER)
+    with pytest.raises(ResourceExhausted) as full:
+        await _create_key(admin, lasting, None, admin_pb2.ROLE_USER)
+    assert full.value.reason == "API_KEY_LIMIT_REACHED"
 
 
 async def test_verify_refuses_records_without_their_exported_head(

@@ -22,6 +22,7 @@ import pytest
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobState
 from gateway.store import sqlite as sqlite_module
+from gateway.store import sqlite_keys
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
 from gateway.store.sqlite import LATEST_SCHEMA_VERSION, MIGRATIONS, SqliteStore, _split_sql
 
@@ -348,6 +349,30 @@ async def test_migration_7_adds_remote_ids_and_claims_to_existing_jobs(
         ]
     finally:
         await store.close()
+
+
+async def test_migration_13_indexes_the_unrevoked_keys_of_existing_databases(
+    db_path: pathlib.Path,
+) -> None:
+    _database_at(db_path, 12)
+    with sqlite3.connect(db_path) as conn:
+        conn.executemany(
+            "INSERT INTO api_keys (prefix, tenant, sha256, role, created_at, revoked_at)"
+            " VALUES (?, 'acme', ?, 'user', 0, ?)",
+            [("aaaa0001", "0" * 64, None), ("aaaa0002", "0" * 64, 5)],
+        )
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert (await store.settings())["schema_version"] == LATEST_SCHEMA_VERSION
+        page = await store.list_api_keys("acme", active_at=T0)
+        assert [k.prefix for k in page.keys] == ["aaaa0001"]
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        sql, params = sqlite_keys.list_sql("acme", active_at=T0, after=("acme", "a"), limit=5)
+        plan = _plan(conn, sql, tuple(params))
+        assert "INDEX api_keys_unrevoked" in plan, plan
 
 
 def _plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> str:

@@ -97,7 +97,9 @@ class AdminServiceServicer:
     """
 
     def CreateApiKey(self, request, context):
-        """Creates an API key; the response holds the secret, shown this once.
+        """Creates an API key; the response holds the secret, shown this once. A tenant holds at most
+        1000 keys that are not revoked, expired ones included (RESOURCE_EXHAUSTED,
+        API_KEY_LIMIT_REACHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
