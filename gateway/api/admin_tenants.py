@@ -24,6 +24,7 @@ from gateway.domain.errors import (
     ResourceInfo,
 )
 from gateway.security.admin_scope import (
+    TENANT_RESOURCE,
     require_admin,
     require_tenant_admin,
     require_tenant_member,
@@ -38,8 +39,6 @@ from gateway.security.tenant_policy import (
     policy_to_json,
 )
 from gateway.store.base import Store, StoredTenant
-
-TENANT_RESOURCE = "qgateway.dev/Tenant"
 
 
 def _now() -> datetime:

@@ -7,8 +7,21 @@ the role gets PERMISSION_DENIED.
 
 from __future__ import annotations
 
-from gateway.domain.errors import NotFound, PermissionDenied
+from gateway.domain.errors import NotFound, PermissionDenied, ResourceInfo
 from gateway.security.principals import Principal, Role
+
+TENANT_RESOURCE = "qgateway.dev/Tenant"
+
+
+def _hidden(tenant: str, resource: str) -> NotFound:
+    """Another tenant's resource, answered exactly as one of a tenant that does not exist
+    (admin_tenants.tenant_not_found's ResourceInfo): NOT_FOUND names what was not found."""
+    return NotFound(
+        "TENANT_NOT_FOUND",
+        f"{resource} not found",
+        metadata={"resource": resource},
+        resource_info=ResourceInfo(TENANT_RESOURCE, f"tenants/{tenant}", "no such tenant"),
+    )
 
 
 def require_admin(principal: Principal) -> None:
@@ -30,7 +43,7 @@ def require_tenant_admin(principal: Principal, tenant: str, resource: str) -> No
     if principal.role is Role.ADMIN:
         return
     if principal.tenant != tenant:
-        raise NotFound("TENANT_NOT_FOUND", f"{resource} not found", metadata={"resource": resource})
+        raise _hidden(tenant, resource)
     if principal.role is not Role.TENANT_ADMIN:
         raise PermissionDenied(
             "TENANT_ADMIN_ROLE_REQUIRED",
@@ -43,4 +56,4 @@ def require_tenant_member(principal: Principal, tenant: str, resource: str) -> N
     """Reading what every principal of `tenant` may read about it (its usage): admins, or any
     principal of that tenant."""
     if principal.role is not Role.ADMIN and principal.tenant != tenant:
-        raise NotFound("TENANT_NOT_FOUND", f"{resource} not found", metadata={"resource": resource})
+        raise _hidden(tenant, resource)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway import audit_tool
 from gateway.api import admin_keys
 from gateway.api.admin_service import AdminServicer
+from gateway.api.errors import status_proto
 from gateway.domain.audit import AuditRecord, ChainPoint
 from gateway.domain.errors import (
     Code,
@@ -171,6 +172,51 @@ async def test_create_api_key_stops_at_the_tenants_key_limit(
     with pytest.raises(ResourceExhausted) as full:
         await _create_key(admin, lasting, None, admin_pb2.ROLE_USER)
     assert full.value.reason == "API_KEY_LIMIT_REACHED"
+
+
+async def test_another_tenants_resources_are_not_found_with_resource_info(
+    admin: AdminServicer,
+) -> None:
+    # DESIGN: ResourceInfo with every NOT_FOUND. It names the tenant, exactly as for a tenant
+    # that does not exist, so a tenant admin still cannot tell whether globex exists.
+    token = current_principal.set(Principal("ops", "apiKeys/ops", Role.ADMIN))
+    try:
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id="globex", tenant=admin_pb2.Tenant()),
+            None,
+        )
+    finally:
+        current_principal.reset(token)
+
+    def calls(tenant: str) -> list[Callable[[], Awaitable[object]]]:
+        return [
+            lambda: admin.GetTenant(
+                admin_service_pb2.GetTenantRequest(name=f"tenants/{tenant}"), None
+            ),
+            lambda: admin.ListApiKeys(
+                admin_service_pb2.ListApiKeysRequest(parent=f"tenants/{tenant}"), None
+            ),
+            lambda: admin.RevokeApiKey(
+                admin_service_pb2.RevokeApiKeyRequest(name=f"tenants/{tenant}/apiKeys/abcd1234"),
+                None,
+            ),
+            lambda: admin.GetTenantUsage(
+                admin_service_pb2.GetTenantUsageRequest(name=f"tenants/{tenant}/usage"), None
+            ),
+        ]
+
+    for real, none in zip(calls("globex"), calls("nosuch"), strict=True):
+        seen = []
+        for call, tenant in ((real, "globex"), (none, "nosuch")):
+            with pytest.raises(NotFound) as caught:
+                await call()
+            err = caught.value
+            assert err.reason == "TENANT_NOT_FOUND"
+            assert err.resource_info == ResourceInfo(
+                "qgateway.dev/Tenant", f"tenants/{tenant}", "no such tenant"
+            )
+            seen.append(str(status_proto(err)).replace(tenant, "<t>"))
+        assert seen[0] == seen[1]
 
 
 async def test_verify_refuses_records_without_their_exported_head(
