@@ -429,6 +429,8 @@ class SessionCore:
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # CancelSession's job cancellations under way, by session.
+        self._cancelling: dict[str, asyncio.Task[None]] = {}
         # Sessions whose runner has their provider session in this process (opened or
         # re-used): open_session is not asked again.
         self._provider_ready: set[str] = set()
@@ -607,16 +609,20 @@ class SessionCore:
             return await self._save(updated)
 
     async def cancel_session(self, tenant: str, session_id: str) -> Session:
-        """CancelSession: ends it now (CLOSED) and cancels its queued and running jobs."""
+        """CancelSession: ends it now (CLOSED) and cancels its queued and running jobs. On a
+        session that has already ended it cancels whichever of its jobs are still unfinished
+        (an earlier call that failed part-way)."""
         async with self._locked(session_id):
             session = await self.get(tenant, session_id)
             updated = domain.cancel(session, self.clock())
-            if updated is session:
-                return session
-            self._halted.add(session_id)
-            saved = await self._save(updated)
-        await self._cancel_jobs(saved)
-        return saved
+            if updated is not session:
+                self._halted.add(session_id)
+                session = await self._save(updated)
+        # The jobs are cancelled in a task of this core: the caller's task is cancelled at its
+        # deadline or disconnect, and an ended session's held jobs are never let in, so jobs
+        # left uncancelled would stay QUEUED for ever, filling the backend's queue.
+        await asyncio.shield(self._cancel_jobs_once(session))
+        return session
 
     # ------------------------------------------------------------------ jobs ending
 
@@ -739,6 +745,25 @@ class SessionCore:
         if session is not None and closing and not self._has_work(session_id):
             await self._save(
                 domain.end(session, SessionState.CLOSED, domain.EndReason.CLOSED, self.clock())
+            )
+
+    def _cancel_jobs_once(self, session: Session) -> asyncio.Task[None]:
+        """The task cancelling the session's jobs: the one already at it, else a new one."""
+        task = self._cancelling.get(session.id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._cancel_jobs(session))
+            self._cancelling[session.id] = task
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._cancelled_jobs, session.id))
+        return task
+
+    def _cancelled_jobs(self, session_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        del self._cancelling[session_id]
+        # Its caller may have gone; the error must not pass unseen (a retry cancels the rest).
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "session %s: cancelling its jobs failed", session_id, exc_info=task.exception()
             )
 
     async def _cancel_jobs(self, session: Session) -> None:

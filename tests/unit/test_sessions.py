@@ -389,6 +389,66 @@ async def test_cancel_session_cancels_running_and_queued_jobs(store: SqliteStore
         await core.close()
 
 
+async def test_an_interrupted_cancel_session_still_cancels_every_job(store: SqliteStore) -> None:
+    # The caller's task is cancelled (its deadline, a disconnect) once the session is saved
+    # CLOSED: the jobs not cancelled yet stayed QUEUED for ever, held in the line of a session
+    # that never lets another in, and counted against the backend's queue.
+    core = await build(store, slots=1)
+    try:
+        s = await core.create()
+        jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(4)]
+        await core.until("alice", jobs[0].id, "RUNNING")
+        cancel_job = core.manager.cancel
+        call: asyncio.Task[Session] | None = None
+
+        async def cancel_then_interrupt(tenant: str, job_id: str) -> Job:
+            cancelled = await cancel_job(tenant, job_id)
+            assert call is not None
+            call.cancel()
+            return cancelled
+
+        core.manager.cancel = cancel_then_interrupt  # type: ignore[method-assign]
+        call = asyncio.create_task(core.sessions.cancel_session("alice", s.id))
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for job in jobs:
+            await core.until("alice", job.id, "CANCELLED")
+        assert await core.runtime.queue.depth() == 0
+    finally:
+        await core.close()
+
+
+async def test_cancel_session_again_cancels_the_jobs_an_earlier_call_left(
+    store: SqliteStore,
+) -> None:
+    # A retry found the session ended and answered at once, leaving the jobs for ever.
+    core = await build(store, slots=1)
+    try:
+        s = await core.create()
+        jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(3)]
+        await core.until("alice", jobs[0].id, "RUNNING")
+        cancel_job = core.manager.cancel
+        calls = 0
+
+        async def fail_the_second(tenant: str, job_id: str) -> Job:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise OSError("disk I/O error")
+            return await cancel_job(tenant, job_id)
+
+        core.manager.cancel = fail_the_second  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            await core.sessions.cancel_session("alice", s.id)
+        assert await store.session_jobs(s.id)  # some left unfinished
+        again = await core.sessions.cancel_session("alice", s.id)
+        assert again.state is SessionState.CLOSED and again.end_reason is EndReason.CANCELLED
+        for job in jobs:
+            await core.until("alice", job.id, "CANCELLED")
+    finally:
+        await core.close()
+
+
 async def test_idle_and_max_ttl_end_sessions_by_the_injected_clock(store: SqliteStore) -> None:
     clock = Clock()
     core = await build(store, clock=clock)

@@ -100,7 +100,8 @@ class SessionServiceServicer:
 
     def CancelSession(self, request, context):
         """Ends a session now: it accepts no more jobs, and its queued and running jobs are
-        cancelled. The session ends CLOSED.
+        cancelled (even if this call's deadline passes first). The session ends CLOSED. On a
+        session that has already ended it cancels whichever of its jobs are still unfinished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
