@@ -369,7 +369,12 @@ class Gateway:
             BackendServicer(self.manager, page_tokens=page_tokens), self._server
         )
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SessionServicer(self.sessions, page_tokens=page_tokens), self._server
+            SessionServicer(
+                self.sessions,
+                page_tokens=page_tokens,
+                max_response_bytes=self.config.server.max_response_bytes,
+            ),
+            self._server,
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminServicer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -55,17 +55,8 @@ def _request_id(value: str) -> str:
     return value
 
 
-def jobs_within(
-    jobs: Sequence[Job], next_cursor: JobCursor | None, budget: int
-) -> tuple[list[job_pb2.Job], JobCursor | None]:
-    """The page's jobs that fit `budget` bytes (at least one), and the cursor after the last
-    one sent. A job can carry 64 labels and a layout per PUB, so 1000 of them outgrew the
-    largest message the gateway sends."""
-    encoded = paging.within_bytes((codec.encode_job(job) for job in jobs), budget)
-    if len(encoded) < len(jobs):
-        last = jobs[len(encoded) - 1]
-        return encoded, JobCursor(last.created_at, last.id)
-    return encoded, next_cursor
+def _after(job: Job) -> JobCursor:
+    return JobCursor(job.created_at, job.id)
 
 
 def _job_cursor(cursor: JobCursor) -> bytes:
@@ -251,8 +242,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         sealed = self._page_tokens.open(request.page_token, **where)
         after = None if sealed is None else _job_cursor_from(sealed)
         page = await self._manager.list(tenant, filter=job_filter, after=after, limit=limit)
-        jobs, next_cursor = jobs_within(
-            page.jobs, page.next_cursor, self._max_response - paging.PAGE_FRAMING_BYTES
+        jobs, next_cursor = paging.within_response(
+            page.jobs, page.next_cursor, self._max_response, codec.encode_job, _after
         )
         return job_service_pb2.ListJobsResponse(
             jobs=jobs,

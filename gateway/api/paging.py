@@ -1,4 +1,4 @@
-"""AIP-158 paging: page sizes and sealed page tokens.
+"""AIP-158 paging: page sizes, pages cut to the response limit, and sealed page tokens.
 
 A page token (PageTokens) is opaque, authenticated and bound to what it was issued for:
 
@@ -30,7 +30,7 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,6 +77,27 @@ def within_bytes(messages: Iterable[M], budget: int) -> list[M]:
         fitting.append(message)
         used += size
     return fitting
+
+
+_Item = TypeVar("_Item")
+_Cursor = TypeVar("_Cursor")
+
+
+def within_response(
+    items: Sequence[_Item],
+    next_cursor: _Cursor | None,
+    max_response: int,
+    encode: Callable[[_Item], M],
+    cursor_after: Callable[[_Item], _Cursor],
+) -> tuple[list[M], _Cursor | None]:
+    """The page's items, encoded, that fit a response of `max_response` bytes (at least one),
+    and the cursor to go on from: after the last one sent when the page was cut, else the
+    store's `next_cursor`. An item can carry 64 labels (a job also a layout per PUB), so a
+    page of 1000 outgrew the largest message the gateway sends."""
+    encoded = within_bytes((encode(item) for item in items), max_response - PAGE_FRAMING_BYTES)
+    if len(encoded) < len(items):
+        return encoded, cursor_after(items[len(encoded) - 1])
+    return encoded, next_cursor
 
 
 # ----------------------------------------------------------------------------- sealed tokens

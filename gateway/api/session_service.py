@@ -121,6 +121,10 @@ def encode_session(session: Session, totals: Totals | None = None) -> session_pb
     return out
 
 
+def _after(session: Session) -> JobCursor:
+    return JobCursor(session.created_at, session.id)
+
+
 def _cursor(cursor: JobCursor) -> bytes:
     created_us = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
     return _CREATED_US.pack(created_us) + cursor.id.encode()
@@ -152,9 +156,12 @@ def _request_digest(msg: session_pb2.Session) -> bytes:
 
 
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
-    def __init__(self, sessions: SessionCore, *, page_tokens: paging.PageTokens) -> None:
+    def __init__(
+        self, sessions: SessionCore, *, page_tokens: paging.PageTokens, max_response_bytes: int
+    ) -> None:
         self._sessions = sessions
         self._page_tokens = page_tokens
+        self._max_response = max_response_bytes
 
     async def _encode(self, session: Session) -> session_pb2.Session:
         totals = await self._sessions.totals([session])
@@ -208,13 +215,20 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         sealed = self._page_tokens.open(request.page_token, **where)
         after = None if sealed is None else _cursor_from(sealed)
         page = await self._sessions.list(tenant, filter=session_filter, after=after, limit=limit)
+        # One store read for the whole page's totals, not one per session.
         totals = await self._sessions.totals(page.sessions)
+        sessions, next_cursor = paging.within_response(
+            page.sessions,
+            page.next_cursor,
+            self._max_response,
+            lambda s: encode_session(s, totals[s.id]),
+            _after,
+        )
         return session_service_pb2.ListSessionsResponse(
-            # One store read for the whole page's totals, not one per session.
-            sessions=[encode_session(s, totals[s.id]) for s in page.sessions],
+            sessions=sessions,
             next_page_token=(
-                self._page_tokens.seal(_cursor(page.next_cursor), **where)
-                if page.next_cursor is not None
+                self._page_tokens.seal(_cursor(next_cursor), **where)
+                if next_cursor is not None
                 else ""
             ),
         )

@@ -62,7 +62,7 @@ def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
 def test_a_job_page_is_cut_by_bytes_and_goes_on_after_the_last_job_sent() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from gateway.api.job_service import jobs_within
+    from gateway.api.paging import PAGE_FRAMING_BYTES, within_response
     from gateway.domain.jobs import Job, JobState
     from gateway.store.base import JobCursor
 
@@ -81,6 +81,17 @@ def test_a_job_page_is_cut_by_bytes_and_goes_on_after_the_last_job_sent() -> Non
             num_pubs=1,
             seed=1,
             labels=labels,
+        )
+
+    def jobs_within(
+        jobs: list[Job], next_cursor: JobCursor | None, budget: int
+    ) -> tuple[list[job_pb2.Job], JobCursor | None]:
+        return within_response(
+            jobs,
+            next_cursor,
+            budget + PAGE_FRAMING_BYTES,
+            codec.encode_job,
+            lambda j: JobCursor(j.created_at, j.id),
         )
 
     jobs = [job(n) for n in range(10)]

@@ -1,18 +1,30 @@
 """SessionService's wire side in process: the ListSessions filter (the ListJobs language over a
-session's fields), CreateSession's fields as read and refused, and a session as answered."""
+session's fields) and its pages, CreateSession's fields as read and refused, and a session as
+answered."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf import duration_pb2
-from qgateway.v1 import session_pb2
+from qgateway.v1 import session_pb2, session_service_pb2
 
+from gateway.api.paging import PageTokens
 from gateway.api.session_filter import parse_session_filter
-from gateway.api.session_service import _request_digest, decode_new_session, encode_session
+from gateway.api.session_service import (
+    SessionServicer,
+    _request_digest,
+    decode_new_session,
+    encode_session,
+)
 from gateway.domain.errors import GatewayError
+from gateway.domain.job_filter import JobFilter
+from gateway.domain.pricing import Totals
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
+from gateway.store.base import JobCursor, SessionPage
 
 
 def test_the_filter_reads_session_states_and_refuses_job_states_and_the_session_field() -> None:
@@ -95,3 +107,67 @@ def test_a_session_as_answered() -> None:
     assert out.max_ttl.ToNanoseconds() == 3_600_250_000_000
     assert out.create_time.ToDatetime(tzinfo=UTC) == created
     assert not out.HasField("end_time") and dict(out.labels) == {"k": "v"}
+
+
+class _Listed:
+    """The SessionCore's list and totals over fixed sessions, newest first."""
+
+    def __init__(self, sessions: Sequence[Session]) -> None:
+        self.sessions = sorted(sessions, key=lambda s: (s.created_at, s.id), reverse=True)
+
+    async def list(
+        self, tenant: str, *, filter: JobFilter, after: JobCursor | None, limit: int
+    ) -> SessionPage:
+        rest = [
+            s
+            for s in self.sessions
+            if after is None or (s.created_at, s.id) < (after.created_at, after.id)
+        ]
+        page = rest[:limit]
+        more = len(rest) > limit
+        return SessionPage(page, JobCursor(page[-1].created_at, page[-1].id) if more else None)
+
+    async def totals(self, sessions: Sequence[Session]) -> dict[str, Totals]:
+        return {s.id: Totals() for s in sessions}
+
+
+def test_a_session_page_is_cut_to_the_response_limit_and_goes_on_after_the_last_sent() -> None:
+    # 1000 sessions with 64 maximal labels each (all within the documented limits) made a
+    # response larger than gRPC's send limit: the caller got a bare RESOURCE_EXHAUSTED.
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    labels = {f"k{i:02d}" + "x" * 60: "v" * 63 for i in range(64)}  # ~8.5 KB a session
+    sessions = [
+        Session(
+            id=f"s{n:02d}",
+            tenant="default",
+            backend="aer",
+            mode=SessionMode.BATCH,
+            state=SessionState.CLOSED,
+            failure_policy=FailurePolicy.CONTINUE,
+            max_ttl_s=60,
+            idle_ttl_s=60,
+            created_at=start - timedelta(seconds=n),
+            labels=labels,
+        )
+        for n in range(10)
+    ]
+    max_response = 40_000
+    servicer = SessionServicer(
+        _Listed(sessions),  # type: ignore[arg-type]
+        page_tokens=PageTokens(bytes(32)),
+        max_response_bytes=max_response,
+    )
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        request = session_service_pb2.ListSessionsRequest(page_size=1000, page_token=token)
+        response = asyncio.run(servicer.ListSessions(request, None))  # type: ignore[arg-type]
+        assert response.ByteSize() <= max_response
+        seen.extend(s.name for s in response.sessions)
+        pages += 1
+        token = response.next_page_token
+        if not token:
+            break
+    assert seen == [f"sessions/s{n:02d}" for n in range(10)]  # each once, newest first
+    assert pages > 1
