@@ -533,9 +533,17 @@ class SessionCore:
         """A new PENDING session (or the one an earlier request with this request_id made).
 
         Raises:
+            InvalidArgument: REQUEST_ID_REUSED, when an earlier, different request used the
+                request_id; INVALID_SESSION for a TTL out of range.
             NotFound: BACKEND_NOT_FOUND.
             ResourceExhausted: SESSION_LIMIT_REACHED, at the tenant's cap of open sessions.
         """
+        # Looked up before validating: a retry gets its session even after its backend was
+        # removed or a limit lowered.
+        if request_id:
+            found = await self._store.find_session_request(tenant, request_id, request_hash)
+            if found is not None:
+                return found, False
         self._manager.check_allowed(tenant, new.backend, "session.backend")
         lim = self._limits
         # The tenant's policy, where it sets max_sessions, supersedes the server's cap.
@@ -557,7 +565,7 @@ class SessionCore:
             last_activity_at=None,
         )
         # The store counts and creates in one transaction: two creates cannot both pass the
-        # cap, and a retry (same request_id) gets its session even at the cap.
+        # cap, and a concurrent twin (same request_id) gets the session the other created.
         stored, was_new = await self._store.create_session(session, request_hash, max_open=max_open)
         if was_new:
             self._open[stored.id] = stored

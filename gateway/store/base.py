@@ -338,6 +338,12 @@ class Store(Protocol):
         ResourceExhausted SESSION_LIMIT_REACHED when the tenant already has `max_open` open
         sessions (counted in the same transaction)."""
 
+    async def find_session_request(
+        self, tenant: str, request_id: str, request_hash: bytes
+    ) -> Session | None:
+        """The session (tenant, request_id) names, or None. Raises InvalidArgument
+        REQUEST_ID_REUSED when a different request made it."""
+
     async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
         """The session, or None if absent or (when tenant is given) another tenant's."""
 

@@ -87,6 +87,20 @@ def _select(conn: sqlite3.Connection, session_id: str) -> Session | None:
     return None if row is None else _row(row)
 
 
+def _find_request(
+    conn: sqlite3.Connection, tenant: str, request_id: str, request_hash: bytes
+) -> Session | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS}, request_hash FROM sessions WHERE tenant = ? AND request_id = ?",
+        (tenant, request_id),
+    ).fetchone()
+    if row is None:
+        return None
+    if bytes(row["request_hash"]) != request_hash:
+        raise request_id_reused(request_id, f"sessions/{row['id']}")
+    return _row(row)
+
+
 def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
     if c.field is FilterField.STATE:
         value = c.value if isinstance(c.value, str) else str(c.value)
@@ -122,15 +136,9 @@ class SqliteSessions(SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> tuple[Session, bool]:
             if session.request_id:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS}, request_hash FROM sessions"
-                    " WHERE tenant = ? AND request_id = ?",
-                    (session.tenant, session.request_id),
-                ).fetchone()
-                if row is not None:
-                    if bytes(row["request_hash"]) != request_hash:
-                        raise request_id_reused(session.request_id, f"sessions/{row['id']}")
-                    return _row(row), False
+                found = _find_request(conn, session.tenant, session.request_id, request_hash)
+                if found is not None:
+                    return found, False
             if max_open is not None and open_sessions(conn, session.tenant) >= max_open:
                 raise too_many_sessions(session.tenant, max_open)
             conn.execute(
@@ -161,6 +169,20 @@ class SqliteSessions(SqliteAudit):
             return created, True
 
         return await self._audited(Effect.CREATE_SESSION, op, session_created)
+
+    async def find_session_request(
+        self, tenant: str, request_id: str, request_hash: bytes
+    ) -> Session | None:
+        """The session (tenant, request_id) names, or None.
+
+        Raises:
+            InvalidArgument: reason REQUEST_ID_REUSED, when the id names a different request.
+        """
+
+        def op(conn: sqlite3.Connection) -> Session | None:
+            return _find_request(conn, tenant, request_id, request_hash)
+
+        return await self._call(op, readonly=True)
 
     async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
         """The session, or None if absent or (when tenant is given) another tenant's."""

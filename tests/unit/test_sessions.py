@@ -608,6 +608,30 @@ async def test_retried_create_returns_the_same_session_even_at_the_cap(
         await core.close()
 
 
+async def test_retried_create_returns_its_session_after_a_limit_was_lowered(
+    store: SqliteStore,
+) -> None:
+    # The TTL was checked against the new limit before the request_id was looked up: the
+    # retry of a request that had created its session got INVALID_SESSION.
+    core = await build(store, limits=SessionLimits(max_ttl_s=600))
+    first, _ = await core.sessions.create("alice", "r1", b"h", NewSession("sim", max_ttl_s=500))
+    await core.close()
+    again = await build(store, clock=core.clock, limits=SessionLimits(max_ttl_s=300))
+    try:
+        retry, created = await again.sessions.create(
+            "alice", "r1", b"h", NewSession("sim", max_ttl_s=500)
+        )
+        assert not created and retry.id == first.id and retry.max_ttl_s == 500
+        with pytest.raises(GatewayError) as reused:
+            await again.sessions.create("alice", "r1", b"other", NewSession("sim", max_ttl_s=500))
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        with pytest.raises(GatewayError) as too_long:
+            await again.sessions.create("alice", "r2", b"h", NewSession("sim", max_ttl_s=500))
+        assert too_long.value.reason == "INVALID_SESSION"
+    finally:
+        await again.close()
+
+
 async def test_a_dedicated_session_keeps_one_slot_and_goes_first_while_it_has_work(
     store: SqliteStore,
 ) -> None:
