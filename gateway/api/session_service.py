@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from datetime import UTC, datetime, timedelta
 
@@ -140,21 +139,6 @@ def _cursor_from(data: bytes) -> JobCursor:
         raise paging.invalid_page_token() from None
 
 
-def _request_digest(msg: session_pb2.Session) -> bytes:
-    """What a retried CreateSession must repeat: the fields CreateSession reads."""
-    read = session_pb2.Session(
-        backend=msg.backend,
-        mode=msg.mode,
-        failure_policy=msg.failure_policy,
-        labels=msg.labels,
-    )
-    if msg.HasField("max_ttl"):
-        read.max_ttl.CopyFrom(msg.max_ttl)
-    if msg.HasField("idle_ttl"):
-        read.idle_ttl.CopyFrom(msg.idle_ttl)
-    return hashlib.sha256(read.SerializeToString(deterministic=True)).digest()
-
-
 class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     def __init__(
         self, sessions: SessionCore, *, page_tokens: paging.PageTokens, max_response_bytes: int
@@ -176,9 +160,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         if not request.HasField("session"):
             raise _bad_session("session", "required")
         new = decode_new_session(request.session)
-        session, created = await self._sessions.create(
-            tenant_of(context), request_id, _request_digest(request.session), new
-        )
+        session, created = await self._sessions.create(tenant_of(context), request_id, new)
         return session_service_pb2.CreateSessionResponse(
             session=await self._encode(session), created=created
         )

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +27,8 @@ from datetime import datetime, timedelta
 from gateway.domain.errors import (
     SESSION_RESOURCE,
     FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
@@ -104,6 +108,22 @@ class Session:
     @property
     def name(self) -> str:
         return f"sessions/{self.id}"
+
+
+def request_digest(session: Session) -> bytes:
+    """What a retried CreateSession must repeat, as it was resolved: backend, mode, failure
+    policy, TTLs and labels. Resolved, so that a retry spelling out a default (DEDICATED,
+    CONTINUE, the configured TTL) is the request that left it unset."""
+    canonical = [
+        session.backend,
+        session.mode.value,
+        session.failure_policy.value,
+        # Whole nanoseconds, as a Duration carries them: no float formatting in the digest.
+        round(session.max_ttl_s * 1e9),
+        round(session.idle_ttl_s * 1e9),
+        sorted(session.labels.items()),
+    ]
+    return hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).digest()
 
 
 # ---------------------------------------------------------------------------- decisions
@@ -194,6 +214,19 @@ def session_not_found(session_id: str) -> NotFound:
         f"session {name} not found",
         metadata={"session": name},
         resource_info=ResourceInfo(SESSION_RESOURCE, name, "no such session for this caller"),
+    )
+
+
+def request_id_reused(request_id: str, session_id: str) -> InvalidArgument:
+    """The error for a request_id that names a session made by a different request."""
+    name = f"sessions/{session_id}"
+    return InvalidArgument(
+        "REQUEST_ID_REUSED",
+        f"request_id {request_id!r} was already used for session {name} with a different request",
+        metadata={"session": name, "requestId": request_id},
+        field_violations=[
+            FieldViolation("request_id", "already used for another request; use a new request_id")
+        ],
     )
 
 

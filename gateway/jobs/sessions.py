@@ -527,9 +527,7 @@ class SessionCore:
 
     # ------------------------------------------------------------------ commands
 
-    async def create(
-        self, tenant: str, request_id: str, request_hash: bytes, new: NewSession
-    ) -> tuple[Session, bool]:
+    async def create(self, tenant: str, request_id: str, new: NewSession) -> tuple[Session, bool]:
         """A new PENDING session (or the one an earlier request with this request_id made).
 
         Raises:
@@ -541,9 +539,23 @@ class SessionCore:
         # Looked up before validating: a retry gets its session even after its backend was
         # removed or a limit lowered.
         if request_id:
-            found = await self._store.find_session_request(tenant, request_id, request_hash)
+            found = await self._store.find_session_request(tenant, request_id)
             if found is not None:
-                return found, False
+                existing, digest = found
+                # A TTL the retry leaves unset is the one its session got (the default then,
+                # which may not be the default now).
+                asked = dataclasses.replace(
+                    existing,
+                    backend=new.backend,
+                    mode=new.mode,
+                    failure_policy=new.failure_policy,
+                    max_ttl_s=existing.max_ttl_s if new.max_ttl_s is None else new.max_ttl_s,
+                    idle_ttl_s=existing.idle_ttl_s if new.idle_ttl_s is None else new.idle_ttl_s,
+                    labels=new.labels,
+                )
+                if domain.request_digest(asked) != digest:
+                    raise domain.request_id_reused(request_id, existing.id)
+                return existing, False
         self._manager.check_allowed(tenant, new.backend, "session.backend")
         lim = self._limits
         # The tenant's policy, where it sets max_sessions, supersedes the server's cap.
@@ -566,7 +578,9 @@ class SessionCore:
         )
         # The store counts and creates in one transaction: two creates cannot both pass the
         # cap, and a concurrent twin (same request_id) gets the session the other created.
-        stored, was_new = await self._store.create_session(session, request_hash, max_open=max_open)
+        stored, was_new = await self._store.create_session(
+            session, domain.request_digest(session), max_open=max_open
+        )
         if was_new:
             self._open[stored.id] = stored
             self._work[stored.id] = set()

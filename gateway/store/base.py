@@ -339,10 +339,9 @@ class Store(Protocol):
         sessions (counted in the same transaction)."""
 
     async def find_session_request(
-        self, tenant: str, request_id: str, request_hash: bytes
-    ) -> Session | None:
-        """The session (tenant, request_id) names, or None. Raises InvalidArgument
-        REQUEST_ID_REUSED when a different request made it."""
+        self, tenant: str, request_id: str
+    ) -> tuple[Session, bytes] | None:
+        """The session (tenant, request_id) names and its request hash, or None."""
 
     async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
         """The session, or None if absent or (when tenant is given) another tenant's."""

@@ -21,9 +21,10 @@ from gateway.domain.sessions import (
     Session,
     SessionMode,
     SessionState,
+    request_id_reused,
     too_many_sessions,
 )
-from gateway.store.base import JobCursor, SessionPage, request_id_reused
+from gateway.store.base import JobCursor, SessionPage
 from gateway.store.sqlite_audit import SqliteAudit, session_created, session_saved
 from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
 
@@ -88,17 +89,13 @@ def _select(conn: sqlite3.Connection, session_id: str) -> Session | None:
 
 
 def _find_request(
-    conn: sqlite3.Connection, tenant: str, request_id: str, request_hash: bytes
-) -> Session | None:
+    conn: sqlite3.Connection, tenant: str, request_id: str
+) -> tuple[Session, bytes] | None:
     row = conn.execute(
         f"SELECT {_COLUMNS}, request_hash FROM sessions WHERE tenant = ? AND request_id = ?",
         (tenant, request_id),
     ).fetchone()
-    if row is None:
-        return None
-    if bytes(row["request_hash"]) != request_hash:
-        raise request_id_reused(request_id, f"sessions/{row['id']}")
-    return _row(row)
+    return None if row is None else (_row(row), bytes(row["request_hash"]))
 
 
 def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
@@ -136,9 +133,12 @@ class SqliteSessions(SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> tuple[Session, bool]:
             if session.request_id:
-                found = _find_request(conn, session.tenant, session.request_id, request_hash)
+                found = _find_request(conn, session.tenant, session.request_id)
                 if found is not None:
-                    return found, False
+                    existing, existing_hash = found
+                    if existing_hash != request_hash:
+                        raise request_id_reused(session.request_id, existing.id)
+                    return existing, False
             if max_open is not None and open_sessions(conn, session.tenant) >= max_open:
                 raise too_many_sessions(session.tenant, max_open)
             conn.execute(
@@ -171,16 +171,12 @@ class SqliteSessions(SqliteAudit):
         return await self._audited(Effect.CREATE_SESSION, op, session_created)
 
     async def find_session_request(
-        self, tenant: str, request_id: str, request_hash: bytes
-    ) -> Session | None:
-        """The session (tenant, request_id) names, or None.
+        self, tenant: str, request_id: str
+    ) -> tuple[Session, bytes] | None:
+        """The session (tenant, request_id) names and its request hash, or None."""
 
-        Raises:
-            InvalidArgument: reason REQUEST_ID_REUSED, when the id names a different request.
-        """
-
-        def op(conn: sqlite3.Connection) -> Session | None:
-            return _find_request(conn, tenant, request_id, request_hash)
+        def op(conn: sqlite3.Connection) -> tuple[Session, bytes] | None:
+            return _find_request(conn, tenant, request_id)
 
         return await self._call(op, readonly=True)
 

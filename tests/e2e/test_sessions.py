@@ -13,9 +13,22 @@ from typing import Any
 import grpc
 import pytest
 import qgateway
-from qgateway import Client, FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from qgateway import (
+    Client,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from qgateway.errors import from_rpc_error
-from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from qgateway.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    session_pb2,
+    session_service_pb2,
+    session_service_pb2_grpc,
+)
 
 from gateway.backends.fault import injected_failure
 from gateway.security.api_keys import NewKey, generate_key
@@ -251,6 +264,29 @@ def test_the_number_of_open_sessions_per_tenant_is_capped(clients: dict[str, Cli
     client.close_session(client.create_session("aer").name)
     for s in made[1:]:
         client.close_session(s.name)
+
+
+def test_a_retry_spelling_out_the_defaults_is_the_same_create_session(
+    clients: dict[str, Client],
+) -> None:
+    # The digest was of the raw message: a retry naming the default mode, policy or TTLs of a
+    # request that left them unset was REQUEST_ID_REUSED, with an error naming a "job".
+    client = clients["bob"]
+    stub = session_service_pb2_grpc.SessionServiceStub(client.channel)  # type: ignore[no-untyped-call]
+    bare = session_service_pb2.CreateSessionRequest(
+        request_id="defaults-1", session=session_pb2.Session(backend="backends/aer")
+    )
+    made = stub.CreateSession(bare, timeout=10, metadata=_md(BOB))
+    assert made.created
+    # The client sends mode DEDICATED and policy CONTINUE; the TTLs are the server's.
+    again = client.create_session("backends/aer", max_ttl=600, idle_ttl=60, request_id="defaults-1")
+    assert again.name == made.session.name
+    with pytest.raises(InvalidArgumentError) as reused:
+        client.create_session("aer", labels={"k": "v"}, request_id="defaults-1")
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+    assert reused.value.metadata == {"session": made.session.name, "requestId": "defaults-1"}
+    assert f"session {made.session.name}" in str(reused.value)
+    client.cancel_session(made.session.name)
 
 
 def test_abort_policy_fails_the_session_and_cancels_the_rest(

@@ -139,7 +139,7 @@ async def test_opened_once_when_the_first_job_runs_reused_after_a_restart_closed
 ) -> None:
     runner = SessionRunner(slots=1)
     gw = await start(store, runner)
-    session, _ = await gw.sessions.create("alice", "", b"h", NewSession(backend="qpu"))
+    session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
     assert runner.opened == []  # nothing to open before a job runs
     first = await gw.submit(session.id)
     await gw.until(first.id, "RUNNING")
@@ -178,7 +178,7 @@ async def test_cancel_closes_it_with_its_reason_and_a_refused_open_queues_the_jo
     gw = await start(store, runner)
     try:
         session, _ = await gw.sessions.create(
-            "alice", "", b"h", NewSession(backend="qpu", mode=SessionMode.BATCH)
+            "alice", "", NewSession(backend="qpu", mode=SessionMode.BATCH)
         )
         job = await gw.submit(session.id)
         # The provider refused the key while opening: nothing submitted, the job queued again.

@@ -158,7 +158,6 @@ class SessionsCore:
         session, created = await self.sessions.create(
             tenant,
             "",
-            b"h",
             NewSession(backend="sim", **new),  # type: ignore[arg-type]
         )
         assert created
@@ -598,11 +597,11 @@ async def test_retried_create_returns_the_same_session_even_at_the_cap(
 ) -> None:
     core = await build(store, limits=SessionLimits(max_sessions_per_tenant=1))
     try:
-        first, created = await core.sessions.create("alice", "r1", b"h", NewSession("sim"))
-        again, created_again = await core.sessions.create("alice", "r1", b"h", NewSession("sim"))
+        first, created = await core.sessions.create("alice", "r1", NewSession("sim"))
+        again, created_again = await core.sessions.create("alice", "r1", NewSession("sim"))
         assert created and not created_again and again.id == first.id
         with pytest.raises(GatewayError) as reused:
-            await core.sessions.create("alice", "r1", b"other", NewSession("sim"))
+            await core.sessions.create("alice", "r1", NewSession("sim", mode=SessionMode.BATCH))
         assert reused.value.reason == "REQUEST_ID_REUSED"
     finally:
         await core.close()
@@ -614,20 +613,41 @@ async def test_retried_create_returns_its_session_after_a_limit_was_lowered(
     # The TTL was checked against the new limit before the request_id was looked up: the
     # retry of a request that had created its session got INVALID_SESSION.
     core = await build(store, limits=SessionLimits(max_ttl_s=600))
-    first, _ = await core.sessions.create("alice", "r1", b"h", NewSession("sim", max_ttl_s=500))
+    first, _ = await core.sessions.create("alice", "r1", NewSession("sim", max_ttl_s=500))
     await core.close()
     again = await build(store, clock=core.clock, limits=SessionLimits(max_ttl_s=300))
     try:
         retry, created = await again.sessions.create(
-            "alice", "r1", b"h", NewSession("sim", max_ttl_s=500)
+            "alice", "r1", NewSession("sim", max_ttl_s=500)
         )
         assert not created and retry.id == first.id and retry.max_ttl_s == 500
         with pytest.raises(GatewayError) as reused:
-            await again.sessions.create("alice", "r1", b"other", NewSession("sim", max_ttl_s=500))
+            await again.sessions.create("alice", "r1", NewSession("sim", max_ttl_s=400))
         assert reused.value.reason == "REQUEST_ID_REUSED"
         with pytest.raises(GatewayError) as too_long:
-            await again.sessions.create("alice", "r2", b"h", NewSession("sim", max_ttl_s=500))
+            await again.sessions.create("alice", "r2", NewSession("sim", max_ttl_s=500))
         assert too_long.value.reason == "INVALID_SESSION"
+    finally:
+        await again.close()
+
+
+async def test_a_retry_spelling_out_or_leaving_out_the_resolved_ttls_is_the_same_request(
+    store: SqliteStore,
+) -> None:
+    core = await build(store, limits=SessionLimits(max_ttl_s=600, idle_ttl_s=60))
+    first, _ = await core.sessions.create("alice", "r1", NewSession("sim"))
+    spelled = NewSession("sim", SessionMode.DEDICATED, FailurePolicy.CONTINUE, 600, 60)
+    assert (await core.sessions.create("alice", "r1", spelled))[0].id == first.id
+    await core.close()
+    # Defaults changed: an unset TTL still means the one the session got, not today's.
+    again = await build(store, clock=core.clock, limits=SessionLimits(max_ttl_s=300))
+    try:
+        assert (await again.sessions.create("alice", "r1", NewSession("sim")))[0].id == first.id
+        assert (await again.sessions.create("alice", "r1", spelled))[0].id == first.id
+        with pytest.raises(GatewayError) as reused:
+            await again.sessions.create("alice", "r1", NewSession("sim", idle_ttl_s=30))
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        assert reused.value.metadata == {"session": first.name, "requestId": "r1"}
     finally:
         await again.close()
 
