@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf import duration_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from qgateway.v1 import circuit_pb2, job_pb2
 
@@ -90,6 +91,30 @@ def _bad(reason: str, field: str, description: str, **metadata: object) -> Inval
         metadata={key: str(value) for key, value in metadata.items()},
         field_violations=[FieldViolation(field, description)],
     )
+
+
+# ------------------------------------------------------------------------------ durations
+
+# google.protobuf.Duration's own range: about 10,000 years.
+MAX_DURATION_S = 315_576_000_000
+_NANOS = 1_000_000_000
+
+
+def positive_seconds(msg: duration_pb2.Duration, field: str, reason: str) -> float:
+    """A Duration in seconds, or InvalidArgument `reason` (metadata: seconds, nanos) unless it
+    is positive and a valid Duration: protobuf parses any seconds and nanos, so nanos past a
+    second, or nanos and seconds of different signs, arrive as sent."""
+    seconds, nanos = msg.seconds, msg.nanos
+    valid = 0 <= nanos < _NANOS and 0 <= seconds <= MAX_DURATION_S
+    if not valid or (seconds == 0 and nanos == 0):
+        raise _bad(
+            reason,
+            field,
+            f"must be a positive duration (got {seconds} s and {nanos} ns)",
+            seconds=seconds,
+            nanos=nanos,
+        )
+    return seconds + nanos / _NANOS
 
 
 # ---------------------------------------------------------------------------------- names
@@ -306,8 +331,10 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
             else ""
         ),
         max_execution_time_s=(
-            job_options.decode_max_execution_time(
-                o.max_execution_time, f"{field}.options.max_execution_time"
+            positive_seconds(
+                o.max_execution_time,
+                f"{field}.options.max_execution_time",
+                "INVALID_MAX_EXECUTION_TIME",
             )
             if o.HasField("max_execution_time")
             else None

@@ -1,10 +1,10 @@
-"""JobOptions fields that need more than a range check: max_execution_time and provider_options.
+"""JobOptions.provider_options, which needs more than a range check.
 
-Both are bounded here, at the API edge, in linear time on what the client sent: a Duration must
-be a valid, positive one; a provider_options Struct must serialise to at most
-MAX_PROVIDER_OPTIONS_BYTES and nest at most MAX_PROVIDER_OPTIONS_DEPTH levels, with finite
-numbers only. What the keys mean is each backend's business: its adapter validates the decoded
-options against its own schema (BackendAdapter.provider_options_model).
+It is bounded here, at the API edge, in linear time on what the client sent: a
+provider_options Struct must serialise to at most MAX_PROVIDER_OPTIONS_BYTES and nest at most
+MAX_PROVIDER_OPTIONS_DEPTH levels, with finite numbers only. What the keys mean is each
+backend's business: its adapter validates the decoded options against its own schema
+(BackendAdapter.provider_options_model).
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ import json
 import math
 import re
 
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
 __all__ = [
-    "MAX_EXECUTION_TIME_S",
     "MAX_PROVIDER_OPTIONS_BYTES",
     "MAX_PROVIDER_OPTIONS_DEPTH",
-    "decode_max_execution_time",
     "decode_provider_options",
     "option_field",
 ]
@@ -29,9 +27,6 @@ __all__ = [
 MAX_PROVIDER_OPTIONS_BYTES = 16 * 1024
 # The options Struct itself is level 1; each nested Struct or list adds one.
 MAX_PROVIDER_OPTIONS_DEPTH = 8
-# google.protobuf.Duration's own range: about 10,000 years.
-MAX_EXECUTION_TIME_S = 315_576_000_000
-_NANOS = 1_000_000_000
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _MAX_KEY_CHARS = 64
 
@@ -43,21 +38,6 @@ def _invalid(reason: str, message: str, field: str, **metadata: object) -> Inval
         metadata={key: str(value) for key, value in metadata.items()},
         field_violations=[FieldViolation(field, message)],
     )
-
-
-def decode_max_execution_time(msg: duration_pb2.Duration, field: str) -> float:
-    """The Duration in seconds: positive and a valid Duration (INVALID_MAX_EXECUTION_TIME)."""
-    seconds, nanos = msg.seconds, msg.nanos
-    valid = 0 <= nanos < _NANOS and 0 <= seconds <= MAX_EXECUTION_TIME_S
-    if not valid or (seconds == 0 and nanos == 0):
-        raise _invalid(
-            "INVALID_MAX_EXECUTION_TIME",
-            f"max_execution_time must be a positive duration (got {seconds} s and {nanos} ns)",
-            field,
-            seconds=seconds,
-            nanos=nanos,
-        )
-    return seconds + nanos / _NANOS
 
 
 def option_field(field: str, key: str) -> str:

@@ -60,12 +60,6 @@ def _bad_session(field: str, problem: str) -> InvalidArgument:
     )
 
 
-def _seconds(value: duration_pb2.Duration, field: str) -> float:
-    if value.seconds < 0 or value.nanos < 0 or (value.seconds == 0 and value.nanos == 0):
-        raise _bad_session(field, "must be positive")
-    return value.seconds + value.nanos / 1e9
-
-
 def _duration(seconds: float) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     whole = int(seconds)
@@ -87,9 +81,15 @@ def decode_new_session(msg: session_pb2.Session) -> NewSession:
         backend=backend,
         mode=_MODES[msg.mode],
         failure_policy=_POLICIES[msg.failure_policy],
-        max_ttl_s=_seconds(msg.max_ttl, "session.max_ttl") if msg.HasField("max_ttl") else None,
+        max_ttl_s=(
+            codec.positive_seconds(msg.max_ttl, "session.max_ttl", "INVALID_SESSION")
+            if msg.HasField("max_ttl")
+            else None
+        ),
         idle_ttl_s=(
-            _seconds(msg.idle_ttl, "session.idle_ttl") if msg.HasField("idle_ttl") else None
+            codec.positive_seconds(msg.idle_ttl, "session.idle_ttl", "INVALID_SESSION")
+            if msg.HasField("idle_ttl")
+            else None
         ),
         labels=validate_labels(msg.labels, "session.labels"),
     )

@@ -80,9 +80,10 @@ class Session:
     """A session's record.
 
     Attributes:
-        max_ttl_s: Longest life from the first job (resolved: the backend's maximum when the
-            request left it unset).
-        idle_ttl_s: Longest wait for a next job while the session has no work (resolved).
+        max_ttl_s: Longest life from the first job (resolved: the server's
+            session_max_ttl_s when the request left it unset).
+        idle_ttl_s: Longest wait for a next job while the session has no work (resolved: the
+            server's session_idle_ttl_s when unset).
         first_job_at: When its first job was accepted (the max TTL counts from here).
         last_activity_at: When it last had work: a job accepted or a job ended (the idle TTL
             counts from here while it has none).

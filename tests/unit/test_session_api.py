@@ -15,7 +15,7 @@ from qgateway.v1 import session_pb2, session_service_pb2
 from gateway.api.paging import PageTokens
 from gateway.api.session_filter import parse_session_filter
 from gateway.api.session_service import SessionServicer, decode_new_session, encode_session
-from gateway.domain.errors import GatewayError
+from gateway.domain.errors import Code, GatewayError
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.pricing import Totals
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
@@ -74,10 +74,18 @@ def test_create_reads_what_it_documents_and_refuses_bad_fields() -> None:
         (session_pb2.Session(backend="backends/aer", idle_ttl=_duration(-1)), "INVALID_SESSION"),
         (session_pb2.Session(backend="backends/aer", max_ttl=_duration(0)), "INVALID_SESSION"),
     ]
+    # Durations protobuf parses as sent, though no valid Duration is like them: nanos past a
+    # second (read as 2 s before), or seconds and nanos of different signs.
+    for field in ("max_ttl", "idle_ttl"):
+        for seconds, nanos in ((0, 1_999_999_999), (2, -5), (-1, 5)):
+            invalid = session_pb2.Session(backend="backends/aer")
+            getattr(invalid, field).CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
+            bad.append((invalid, "INVALID_SESSION"))
     for request, reason in bad:
         with pytest.raises(GatewayError) as refused:
             decode_new_session(request)
         assert refused.value.reason == reason, request
+        assert refused.value.code is Code.INVALID_ARGUMENT
 
 
 def test_a_session_as_answered() -> None:

@@ -14,10 +14,10 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from pydantic import Field
 
+from gateway.api.codec import positive_seconds
 from gateway.api.job_options import (
     MAX_PROVIDER_OPTIONS_BYTES,
     MAX_PROVIDER_OPTIONS_DEPTH,
-    decode_max_execution_time,
     decode_provider_options,
 )
 from gateway.backends.aer.adapter import AerAdapter
@@ -178,7 +178,7 @@ def test_sparse_terms_count_against_the_estimator_limit() -> None:
     [(1, 0, 1.0), (0, 1, 1e-9), (2, 500_000_000, 2.5), (315_576_000_000, 0, 315_576_000_000.0)],
 )
 def test_a_positive_duration_is_its_seconds(seconds: int, nanos: int, expected: float) -> None:
-    value = decode_max_execution_time(duration_pb2.Duration(seconds=seconds, nanos=nanos), "f")
+    value = positive_seconds(duration_pb2.Duration(seconds=seconds, nanos=nanos), "f", "R")
     assert value == expected
 
 
@@ -189,8 +189,10 @@ def test_a_positive_duration_is_its_seconds(seconds: int, nanos: int, expected: 
 )
 def test_a_duration_that_is_not_positive_and_valid_is_refused(seconds: int, nanos: int) -> None:
     with pytest.raises(InvalidArgument) as info:
-        decode_max_execution_time(
-            duration_pb2.Duration(seconds=seconds, nanos=nanos), "spec.options.max_execution_time"
+        positive_seconds(
+            duration_pb2.Duration(seconds=seconds, nanos=nanos),
+            "spec.options.max_execution_time",
+            "INVALID_MAX_EXECUTION_TIME",
         )
     error = info.value
     assert error.reason == "INVALID_MAX_EXECUTION_TIME"
