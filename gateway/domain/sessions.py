@@ -162,13 +162,14 @@ def end(session: Session, state: SessionState, reason: EndReason, now: datetime)
 
 
 def job_accepted(session: Session, now: datetime) -> Session:
-    """A job was accepted into the session: PENDING becomes ACTIVE; the max TTL starts with
-    the first job."""
-    if not session.state.accepts_jobs:
-        raise session_closed(session)
+    """A job was created in the session: PENDING becomes ACTIVE; the max TTL starts with the
+    first job. Admitted while the session accepted jobs, it may be recorded after a
+    CloseSession (CLOSING stays CLOSING); an ended session is returned as it is."""
+    if session.state.is_final:
+        return session
     return dataclasses.replace(
         session,
-        state=SessionState.ACTIVE,
+        state=(SessionState.ACTIVE if session.state is SessionState.PENDING else session.state),
         first_job_at=session.first_job_at or now,
         last_activity_at=now,
     )

@@ -5,10 +5,10 @@ gateway.domain.sessions'; this module applies them to the store and the queues).
   wraps a backend's queue: it lets one job per session into the inner queue and holds the
   others until that one is done (so several pool instances never run two jobs of a session at
   once, or out of order). Fair share across tenants is the inner queue's, unchanged.
-- Lifecycle: a lifecycle hook sees every job of a session end; a CLOSING session with nothing
-  left becomes CLOSED; under the ABORT policy a FAILED job fails the session and its other jobs
-  are cancelled (the session is halted synchronously in the hook, so the queue never lets the
-  next job in first).
+- Lifecycle: a lifecycle hook sees every job of a session created (the first one starts the
+  max TTL) and end; a CLOSING session with nothing left becomes CLOSED; under the ABORT policy
+  a FAILED job fails the session and its other jobs are cancelled (the session is halted
+  synchronously in the hook, so the queue never lets the next job in first).
 - TTLs: one timer task wakes at the earliest deadline of the open sessions (or when a session
   changes): event-driven, the store is never polled.
 - Restart: sessions are stored; at start the open ones and their unfinished jobs are loaded
@@ -431,6 +431,8 @@ class SessionCore:
         self._tasks: set[asyncio.Task[None]] = set()
         # CancelSession's job cancellations under way, by session.
         self._cancelling: dict[str, asyncio.Task[None]] = {}
+        # New jobs being recorded in their sessions, by job.
+        self._accepting: dict[str, asyncio.Task[None]] = {}
         # Sessions whose runner has their provider session in this process (opened or
         # re-used): open_session is not asked again.
         self._provider_ready: set[str] = set()
@@ -613,8 +615,11 @@ class SessionCore:
             outcome = await self._manager.submit(
                 tenant, request_id, spec, spec_bytes, digest, position=position
             )
-            if outcome.created:
-                await self._save(domain.job_accepted(session, self.clock()))
+        # The hook records the job in its session (on_transition); the answer waits for it,
+        # so a session is ACTIVE once SubmitJob has answered.
+        accepted = self._accepting.get(outcome.job.id) if outcome.created else None
+        if accepted is not None:
+            await asyncio.shield(accepted)
         return outcome
 
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
@@ -657,6 +662,14 @@ class SessionCore:
         if not job.state.is_final:
             if transition.previous is None:
                 self._work.setdefault(session_id, set()).add(job.id)
+                # Here, where every created job passes, and in a task of this core: recorded
+                # in SubmitJob's own call, it was lost when the caller was cancelled while the
+                # job's commit was in flight (the commit goes on), and the session stayed
+                # PENDING with no max TTL running.
+                task = asyncio.get_running_loop().create_task(self._job_accepted(job))
+                self._accepting[job.id] = task
+                self._tasks.add(task)
+                task.add_done_callback(functools.partial(self._accepted, job.id))
             return
         work = self._work.get(session_id)
         if work is not None:
@@ -674,6 +687,24 @@ class SessionCore:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _job_accepted(self, job: Job) -> None:
+        try:
+            async with self._locked(job.session):
+                session = self._open.get(job.session)
+                if session is not None:
+                    await self._save(domain.job_accepted(session, self.clock()))
+                    return
+            # The session ended while the job's commit was in flight (its caller gone, the
+            # lock free): its jobs were cancelled without this one.
+            with contextlib.suppress(GatewayError):
+                await self._manager.cancel(job.tenant, job.id)
+        except Exception:
+            log.exception("session %s: recording job %s failed", job.session, job.id)
+
+    def _accepted(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        del self._accepting[job_id]
 
     async def _job_ended(self, session_id: str, *, failed: bool) -> None:
         try:

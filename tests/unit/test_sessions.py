@@ -31,6 +31,7 @@ from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.sessions import NewSession, SessionCore, SessionLimits, SessionQueue
 from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
+from gateway.store.base import CreateOutcome, NewJob
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import (
     T0,
@@ -101,16 +102,17 @@ def test_close_drains_then_closes_and_ended_sessions_stay_ended() -> None:
     s = domain.job_accepted(_session(), T0)
     closing = domain.close(s, T0, has_work=True)
     assert closing.state is SessionState.CLOSING and not closing.state.accepts_jobs
-    with pytest.raises(GatewayError) as refused:
-        domain.job_accepted(closing, T0)
-    assert refused.value.reason == "SESSION_CLOSED"
-    assert refused.value.code is Code.FAILED_PRECONDITION
+    # A job admitted before the close and recorded after it: the session stays CLOSING.
+    late = domain.job_accepted(closing, T0 + timedelta(seconds=1))
+    assert late.state is SessionState.CLOSING
+    assert late.last_activity_at == T0 + timedelta(seconds=1) and late.first_job_at == T0
     still = domain.job_ended(closing, False, T0, has_work=True)
     assert still.state is SessionState.CLOSING
     closed = domain.job_ended(closing, False, T0 + timedelta(seconds=1), has_work=False)
     assert closed.state is SessionState.CLOSED and closed.end_reason is EndReason.CLOSED
     assert domain.close(closed, T0, has_work=False) is closed
     assert domain.cancel(closed, T0) is closed
+    assert domain.job_accepted(closed, T0) is closed
     assert domain.expire(closed, T0 + timedelta(days=1), has_work=False) is None
     # Closing a session with no work closes it at once.
     assert domain.close(s, T0, has_work=False).state is SessionState.CLOSED
@@ -444,6 +446,88 @@ async def test_cancel_session_again_cancels_the_jobs_an_earlier_call_left(
         assert again.state is SessionState.CLOSED and again.end_reason is EndReason.CANCELLED
         for job in jobs:
             await core.until("alice", job.id, "CANCELLED")
+    finally:
+        await core.close()
+
+
+@dataclass
+class _GatedCreates:
+    """Every job's create waits for `open` once it is in flight (`entered`); `committed`
+    once one has returned."""
+
+    entered: asyncio.Event
+    open: asyncio.Event
+    committed: asyncio.Event
+
+
+def _gate_creates(store: SqliteStore) -> _GatedCreates:
+    gated = _GatedCreates(asyncio.Event(), asyncio.Event(), asyncio.Event())
+    create_job = store.create_job
+
+    async def create(new: NewJob) -> CreateOutcome:
+        gated.entered.set()
+        await gated.open.wait()
+        outcome = await create_job(new)
+        gated.committed.set()
+        return outcome
+
+    store.create_job = create  # type: ignore[method-assign]
+    return gated
+
+
+async def test_a_job_whose_submit_was_cancelled_mid_commit_starts_the_max_ttl(
+    store: SqliteStore,
+) -> None:
+    # The create is shielded and commits, but the session was recorded after it in the
+    # cancelled call: it stayed PENDING, and with no first job its max TTL never started.
+    core = await build(store, slots=1)
+    try:
+        s = await core.create(max_ttl_s=30.0, idle_ttl_s=10.0)
+        gated = _gate_creates(store)
+        call = asyncio.create_task(core.submit("alice", session_spec(s)))
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        call.cancel()  # the client's deadline, while the job's commit is in flight
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        gated.open.set()
+        await asyncio.wait_for(gated.committed.wait(), 5)
+        active = await core.session_until(s.id, SessionState.ACTIVE)
+        assert active.first_job_at is not None
+        (job,) = await store.session_jobs(s.id)
+        core.clock.advance(30)
+        await core.sessions.expire_due()
+        ended = await core.sessions.get("alice", s.id)
+        assert ended.state is SessionState.CLOSED and ended.end_reason is EndReason.MAX_TTL
+        await core.until("alice", job.id, "CANCELLED")
+    finally:
+        await core.close()
+
+
+async def test_a_job_committed_after_its_session_was_cancelled_is_cancelled(
+    store: SqliteStore,
+) -> None:
+    # The submit's caller was gone, so CancelSession did not wait for its create: it cancelled
+    # the jobs it found, and the job committed after it stayed QUEUED for ever.
+    core = await build(store, slots=1)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s, "j0"))
+        await core.until("alice", first.id, "RUNNING")
+        gated = _gate_creates(store)
+        call = asyncio.create_task(core.submit("alice", session_spec(s, "j1")))
+        await asyncio.wait_for(gated.entered.wait(), 5)  # held behind the first
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await core.sessions.cancel_session("alice", s.id)
+        gated.open.set()
+        await asyncio.wait_for(gated.committed.wait(), 5)
+        jobs = await store.session_jobs(s.id, include_final=True)
+        assert len(jobs) == 2
+        for job in jobs:
+            await core.until("alice", job.id, "CANCELLED")
+        assert core.runner.submitted == [first.id]
+        assert await core.runtime.queue.depth() == 0
     finally:
         await core.close()
 
