@@ -186,6 +186,9 @@ class ClaimQueue:
             self._prepared.pop(job.id, None)
         return jobs
 
+    async def expired_ended(self, job: Job) -> None:
+        """Its claim ended with the job's final state; nothing else waits here."""
+
     async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
         """The earliest of the oldest waiting job's deadline and (with `leases`) the next
         lease expiry (in the past for a lapsed claim nobody has taken over); None when there

@@ -198,6 +198,9 @@ class MemoryQueue:
         out.sort(key=lambda item: item.key)
         return [item.job for item in out]
 
+    async def expired_ended(self, job: Job) -> None:
+        """Nothing here waits for a job's end."""
+
     async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
         """The earliest queue deadline or (with `leases`) lease expiry (in the past for a
         lapsed claim not yet handed out again); None when there is none."""

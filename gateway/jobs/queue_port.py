@@ -15,7 +15,8 @@ out again. Time comes from an injected wall clock, so tests can move it.
 
 A job's queue deadline is its create time plus the backend's max_queue_time_s (so a job
 re-queued after a restart keeps its original deadline); `take_expired` hands out the unclaimed
-jobs past it. Both implementations are constructed with (backend name, max_queue_time_s,
+jobs past it, and the caller reports each one it has ended to `expired_ended`. Both
+implementations are constructed with (backend name, max_queue_time_s,
 lease_s, clock) plus what they are built on (the store and a holder id for ClaimQueue).
 """
 
@@ -92,6 +93,10 @@ class JobQueue(Protocol):
 
     async def take_expired(self) -> list[Job]:
         """Removes and returns the unclaimed jobs that waited past the queue-time limit."""
+
+    async def expired_ended(self, job: Job) -> None:
+        """A job `take_expired` returned has been ended by the caller (its final state
+        committed): what waits for its end may go on (its session's next job)."""
 
     async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
         """The earliest time something may become claimable or expire without a put (a

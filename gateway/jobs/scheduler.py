@@ -158,9 +158,13 @@ class Scheduler:
             await self._expire()
 
     async def _expire(self) -> None:
-        for job in await self._rt.queue.take_expired():
-            if job.state is JobState.QUEUED:
-                await self._t.finish(job, JobState.FAILED, error=self._expired_error())
+        queue = self._rt.queue
+        for job in await queue.take_expired():
+            try:
+                if job.state is JobState.QUEUED:
+                    await self._t.finish(job, JobState.FAILED, error=self._expired_error())
+            finally:
+                await queue.expired_ended(job)
 
     def _expired_error(self) -> JobError:
         rt = self._rt

@@ -295,11 +295,14 @@ class SessionQueue:
                 return
 
     async def take_expired(self) -> list[Job]:
-        expired = await self.inner.take_expired()
-        for job in expired:
-            if job.session:
-                await self._current_gone(job.id)
-        return expired
+        # The session's next job waits for expired_ended: the expired job's FAILED commit is
+        # what halts an ABORT session, and the next must not be let in before it.
+        return await self.inner.take_expired()
+
+    async def expired_ended(self, job: Job) -> None:
+        await self.inner.expired_ended(job)
+        if job.session:
+            await self._current_gone(job.id)
 
     async def next_wakeup(self, *, leases: bool = True) -> datetime | None:
         return await self.inner.next_wakeup(leases=leases)

@@ -330,6 +330,32 @@ async def test_abort_policy_fails_the_session_and_cancels_the_rest_unrun(
         await core.close()
 
 
+async def test_abort_after_a_queue_timeout_cancels_the_rest_before_any_starts(
+    store: SqliteStore,
+) -> None:
+    # The expired job's session let its next job in when the queue handed the expired one
+    # out, before the scheduler committed its FAILED state (what halts the session): the next
+    # job was claimed and started, then cancelled mid-run.
+    core = await build(store, slots=1)
+    try:
+        s = await core.create(failure_policy=FailurePolicy.ABORT, max_ttl_s=28800.0)
+        blocker = await core.submit("bob", spec("sim", "b"))
+        await core.until("bob", blocker.id, "RUNNING")
+        first = await core.submit("alice", session_spec(s, "j0"))
+        second = await core.submit("alice", session_spec(s, "j1"))
+        core.clock.advance(3601)  # the first waited past the backend's queue time
+        core.runner.succeed(blocker.id)
+        failed = await core.until("alice", first.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "QUEUE_TIMEOUT"
+        await core.until("alice", second.id, "CANCELLED")
+        assert (await core.session_until(s.id, SessionState.FAILED)).end_reason is (
+            EndReason.JOB_FAILED
+        )
+        assert core.runner.submitted == [blocker.id]
+    finally:
+        await core.close()
+
+
 async def test_an_abort_the_gateway_died_before_applying_applies_at_start(
     store: SqliteStore,
 ) -> None:
