@@ -305,6 +305,7 @@ REASONS: Final[Mapping[str, Code]] = {
     "INVALID_API_KEY": Code.INVALID_ARGUMENT,
     "INVALID_API_KEY_NAME": Code.INVALID_ARGUMENT,
     "SESSION_CLOSED": Code.FAILED_PRECONDITION,
+    "SESSIONS_UNAVAILABLE": Code.FAILED_PRECONDITION,
     "SESSION_BACKEND_MISMATCH": Code.FAILED_PRECONDITION,
     "SESSION_LIMIT_REACHED": Code.RESOURCE_EXHAUSTED,
     # Tenants, policies and quotas (gateway.security.policies, gateway.domain.quota).

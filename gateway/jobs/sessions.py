@@ -43,7 +43,12 @@ from datetime import UTC, datetime, timedelta
 from gateway.backends.base import PreparedJob
 from gateway.backends.runner import Runner
 from gateway.domain import sessions as domain
-from gateway.domain.errors import FieldViolation, GatewayError, InvalidArgument
+from gateway.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    GatewayError,
+    InvalidArgument,
+)
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.domain.pricing import Totals
@@ -539,6 +544,7 @@ class SessionCore:
             InvalidArgument: REQUEST_ID_REUSED, when an earlier, different request used the
                 request_id; INVALID_SESSION for a TTL out of range.
             NotFound: BACKEND_NOT_FOUND.
+            FailedPrecondition: SESSIONS_UNAVAILABLE, with server.queue = "store".
             ResourceExhausted: SESSION_LIMIT_REACHED, at the tenant's cap of open sessions.
         """
         # Looked up before validating: a retry gets its session even after its backend was
@@ -562,6 +568,16 @@ class SessionCore:
                     raise domain.request_id_reused(request_id, existing.id)
                 return existing, False
         self._manager.check_allowed(tenant, new.backend, "session.backend")
+        if new.backend not in self._queues:
+            # Only the in-memory queue lets a session's jobs in one at a time: with the
+            # store's claim queue they would run side by side, ABORT would not halt the rest
+            # and DEDICATED would pin nothing.
+            raise FailedPrecondition(
+                "SESSIONS_UNAVAILABLE",
+                f"backends/{new.backend} cannot keep a session's jobs in order on this gateway: "
+                'sessions need server.queue = "memory"',
+                metadata={"backend": f"backends/{new.backend}"},
+            )
         lim = self._limits
         # The tenant's policy, where it sets max_sessions, supersedes the server's cap.
         max_open = self._manager.policies.policy(tenant).max_sessions

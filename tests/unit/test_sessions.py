@@ -26,6 +26,7 @@ from gateway.domain.sessions import (
     SessionState,
 )
 from gateway.jobs.backend import BackendRuntime, BackendSettings
+from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.hooks import Hooks
 from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
@@ -200,6 +201,7 @@ async def build(
     clock: Clock | None = None,
     limits: SessionLimits | None = None,
     runner: ScriptedRunner | None = None,
+    claim_queue: bool = False,
 ) -> SessionsCore:
     clock = clock or Clock()
     runner = runner or ScriptedRunner(slots=slots)
@@ -215,7 +217,11 @@ async def build(
             health_interval_s=60,
             probe_timeout_s=5,
         ),
-        queue=SessionQueue(MemoryQueue("sim", 3600, 30.0, clock)),
+        queue=(
+            ClaimQueue(store, "sim", "holder", 3600, 30.0, clock)
+            if claim_queue
+            else SessionQueue(MemoryQueue("sim", 3600, 30.0, clock))
+        ),
     )
     recorder = Recorder()
     manager = JobManager(
@@ -238,6 +244,22 @@ async def build(
 
 def session_spec(session: Session, text: str = "x") -> JobSpec:
     return replace(spec("sim", text), session=session.id)
+
+
+async def test_sessions_are_refused_where_the_queue_cannot_keep_their_order(
+    store: SqliteStore,
+) -> None:
+    # The store's claim queue hands out a session's jobs like any others: they ran side by
+    # side, though CreateSession had promised one at a time, in order.
+    core = await build(store, claim_queue=True)
+    try:
+        with pytest.raises(GatewayError) as refused:
+            await core.create()
+        assert refused.value.code is Code.FAILED_PRECONDITION
+        assert refused.value.reason == "SESSIONS_UNAVAILABLE"
+        assert refused.value.metadata == {"backend": "backends/sim"}
+    finally:
+        await core.close()
 
 
 async def test_a_sessions_jobs_run_one_at_a_time_in_order_beside_other_jobs(

@@ -71,7 +71,8 @@ class SessionServiceServicer:
     """
 
     def CreateSession(self, request, context):
-        """Creates a session.
+        """Creates a session. A gateway whose queue cannot keep a session's jobs in order (the
+        store's claim queue) answers FAILED_PRECONDITION, reason SESSIONS_UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
