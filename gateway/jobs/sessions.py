@@ -693,6 +693,12 @@ class SessionCore:
         work = self._work.get(session_id)
         if work is not None:
             work.discard(job.id)
+        if job.state is JobState.FAILED and job.remote_id is None:
+            # The provider never took it: its provider session may have ended on the
+            # provider's side (expired, closed from its console). The next job asks the runner
+            # again (open_session checks it and opens a new one), instead of every later job
+            # failing the same way until a restart.
+            self._provider_ready.discard(session_id)
         session = self._open.get(session_id)
         if (
             job.state is JobState.FAILED

@@ -198,3 +198,40 @@ async def test_cancel_closes_it_with_its_reason_and_a_refused_open_queues_the_jo
         assert runner.closed == [(session.id, "p-2", EndReason.CANCELLED)]
     finally:
         await gw.close()
+
+
+async def test_a_job_the_provider_refused_makes_the_next_one_check_the_provider_session(
+    store: SqliteStore,
+) -> None:
+    # The provider ended its session on its side (its own TTL, a console): each later job was
+    # refused the same way until a restart, as the runner was asked only once per process.
+    runner = SessionRunner(slots=1)
+    gw = await start(store, runner)
+    try:
+        session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
+        first = await gw.submit(session.id)
+        await gw.until(first.id, "RUNNING")
+        runner.succeed(first.id)
+        await gw.until(first.id, "SUCCEEDED")
+        real_submit = runner.submit
+
+        async def refused(prepared: PreparedJob, job: Job) -> RunHandle:
+            raise ExecutionError(
+                "PROVIDER_REJECTED",
+                "session is not accepting jobs",
+                kind=FailureKind.CLIENT_ERROR,
+            )
+
+        runner.submit = refused  # type: ignore[method-assign]
+        second = await gw.submit(session.id)
+        failed = await gw.until(second.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "PROVIDER_REJECTED"
+        runner.submit = real_submit  # type: ignore[method-assign]
+        third = await gw.submit(session.id)
+        await gw.until(third.id, "RUNNING")
+        # Asked again before the third job (it checks the provider session, or opens one).
+        assert runner.opened == [(session.id, ""), (session.id, "p-1")]
+        runner.succeed(third.id)
+        await gw.until(third.id, "SUCCEEDED")
+    finally:
+        await gw.close()
