@@ -86,8 +86,7 @@ class RunnerStep:
 
     async def run(self, runtime: BackendRuntime, running: RunningJob) -> None:
         """Runs the job to a final state; always ends the claim and frees the slot."""
-        claim = running.claim
-        job = claim.job
+        job = running.claim.job
         try:
             await self._run(runtime, running)
         except asyncio.CancelledError:
@@ -112,8 +111,9 @@ class RunnerStep:
             # job (let in by `done`) is queued before the scheduler looks for work.
             try:
                 # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
+                # The current claim: a lapsed one that came back was handed to this step.
                 if not running.released:
-                    await runtime.queue.done(claim)
+                    await runtime.queue.done(running.claim)
             finally:
                 if runtime.running.get(job.id) is running:
                     del runtime.running[job.id]
@@ -717,8 +717,8 @@ async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIter
         yield
     finally:
         keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        # Waited on, not awaited: awaiting it would swallow this step's own cancellation.
+        await asyncio.wait({keeper})
 
 
 async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:

@@ -657,6 +657,14 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
         await second.manager.cancel("alice", job.id)
         await second.until("alice", job.id, "CANCELLED")
         assert runner.cancelled == [job.id]
+        # The claim the step was handed ended with the job: nothing lapses and runs it again.
+        await second.settle()
+        assert await real_claim() is None and await queue.claims_by_tenant() == {}
+        second.clock.advance(31)
+        second.backends["sim"].wake.set()
+        for _ in range(5):
+            await second.settle()
+        assert runner.submitted == [job.id]
     finally:
         await _close(second)
 
