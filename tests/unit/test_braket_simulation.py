@@ -631,3 +631,23 @@ def test_wide_probabilities_cost_a_few_state_copies(sv: BraketSimulation) -> Non
     index = np.arange(1 << n)
     want = np.where((index >> untouched) & 1, 0.0, 1.0 / (1 << (n - 1)))
     np.testing.assert_allclose(got[0], want, atol=1e-12)
+
+
+def test_a_gate_that_leaves_one_of_its_qubits_alone_does_not_touch_it(
+    exact: BraketSimulation,
+) -> None:
+    # Braket simulates only the qubits an instruction names: a qubit counted as touched because
+    # its gate named it (its definition did not) made the table one qubit short of what the
+    # gateway expected, a backend fault the breaker counted.
+    half = QuantumCircuit(2)
+    half.x(0)
+    foo = Gate("foo", 2, [])
+    foo.definition = half
+    empty = Gate("bar", 1, [])
+    empty.definition = QuantumCircuit(1)
+    circuit = QuantumCircuit(3, 3)
+    circuit.append(foo, [0, 1])
+    circuit.append(empty, [2])
+    circuit.measure([0, 1, 2], [0, 1, 2])
+    got = exact.probabilities(key(), plan(circuit), (), NONE)
+    np.testing.assert_allclose(got, [[0, 1, 0, 0, 0, 0, 0, 0]], atol=1e-12)  # only qubit 0 set

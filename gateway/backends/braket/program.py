@@ -24,7 +24,7 @@ This module imports no Braket code: the compile side may translate a circuit to 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -352,7 +352,6 @@ class _Writer:
             pass  # unobservable: nothing here controls a gate
         else:
             self._definition(operation, qubits, depth)
-        self.touched.update(qubits)
         noise = self.noise
         if noise is None:
             return
@@ -360,14 +359,19 @@ class _Writer:
         if len(qubits) == 1 and noise.depolarizing_1q:
             p = _number(noise.depolarizing_1q)
             self.line(f"#pragma braket noise depolarizing({p}) {targets}", depth)
+            self.touched.update(qubits)
         elif len(qubits) == 2 and noise.depolarizing_2q:
             p = _number(noise.depolarizing_2q)
             self.line(f"#pragma braket noise two_qubit_depolarizing({p}) {targets}", depth)
+            self.touched.update(qubits)
 
-    def _call(self, name: str, params: Sequence[str], qubits: Iterable[int], depth: int) -> None:
+    def _call(self, name: str, params: Sequence[str], qubits: Sequence[int], depth: int) -> None:
         arguments = f"({', '.join(params)})" if params else ""
         targets = ", ".join(f"q[{q}]" for q in qubits)
         self.line(f"{name}{arguments} {targets};", depth)
+        # Only qubits an instruction names are simulated (a gate whose definition leaves one
+        # of its qubits alone does not touch it), and Braket's tables cover exactly those.
+        self.touched.update(qubits)
 
     def _special(self, name: str, params: list[str], qubits: list[int], depth: int) -> None:
         if name == "u2":  # U2(phi, lam) = U(pi/2, phi, lam)
