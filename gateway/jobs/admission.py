@@ -210,21 +210,41 @@ class Admission:
             if existing is None:
                 raise
             return CreateOutcome(existing, created=False)
+        place = _Place(runtime)
+        # A stand-in started before its commit and then refused is taken back from its
+        # worker, which for a simulator is a worker kill and respawn: a tenant over its
+        # limits, or a client sending twins of one request_id at once, would keep every
+        # tenant's workers restarting. Those jobs are queued only once created, a twin after
+        # the first one's create has answered (the store then gives it that job). Registered
+        # before preparing: the first twin's prepare may end after the second's.
+        twin = (tenant, request_id)
+        first = self._creating.get(twin) if request_id else None
+        done: asyncio.Future[None] | None = None
+        if request_id and first is None:
+            done = self._creating[twin] = asyncio.get_running_loop().create_future()
         try:
-            return await self._queue(runtime, tenant, request_id, spec, spec_bytes, digest)
+            return await self._queue(
+                runtime, place, first, tenant, request_id, spec, spec_bytes, digest
+            )
         finally:
-            runtime.admitting -= 1
+            place.release()
+            if done is not None:
+                done.set_result(None)
+                del self._creating[twin]
 
     async def _queue(
         self,
         runtime: BackendRuntime,
+        place: _Place,
+        first: asyncio.Future[None] | None,
         tenant: str,
         request_id: str,
         spec: JobSpec,
         spec_bytes: bytes,
         digest: bytes,
     ) -> CreateOutcome:
-        """Prepares the admitted job, then creates and queues it."""
+        """Prepares the admitted job, then creates and queues it (a twin of a request_id
+        being created, `first`, once that create has answered)."""
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         prepared = await self.prepare(runtime, tenant, spec, seed)
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
@@ -247,35 +267,20 @@ class Admission:
             trace_context=telemetry.job_traceparent(),
         )
         queue = runtime.queue
-        # A stand-in started before its commit and then refused is taken back from its
-        # worker, which for a simulator is a worker kill and respawn: a tenant over its
-        # limits, or a client sending twins of one request_id at once, would keep every
-        # tenant's workers restarting. Those jobs are queued only once created, a twin after
-        # the first one's create has answered (the store then gives it that job).
-        twin = (tenant, request_id)
-        first = self._creating.get(twin) if request_id else None
         if first is not None:
             await asyncio.shield(first)
         limited = new.charge is not None and new.charge.limited
-        early = queue.queues_before_commit and not limited and first is None
-        done: asyncio.Future[None] | None = None
-        if request_id and twin not in self._creating:
-            done = self._creating[twin] = asyncio.get_running_loop().create_future()
-        try:
-            if early:
-                return await self._start_before_commit(runtime, new, prepared)
-            outcome = await self._create(new)
-            if outcome.created:
-                await queue.put(outcome.job, prepared)
-                runtime.wake.set()
-            return outcome
-        finally:
-            if done is not None:
-                done.set_result(None)
-                del self._creating[twin]
+        if queue.queues_before_commit and not limited and first is None:
+            return await self._start_before_commit(runtime, place, new, prepared)
+        outcome = await self._create(new)
+        if outcome.created:
+            await queue.put(outcome.job, prepared)
+            place.release()
+            runtime.wake.set()
+        return outcome
 
     async def _start_before_commit(
-        self, runtime: BackendRuntime, new: NewJob, prepared: PreparedJob
+        self, runtime: BackendRuntime, place: _Place, new: NewJob, prepared: PreparedJob
     ) -> CreateOutcome:
         queue = runtime.queue
         # The job starts while its QUEUED commit is in flight; the answer still waits for
@@ -284,6 +289,7 @@ class Admission:
         # already running, stopped (a refused request must not keep a worker busy).
         creating = asyncio.ensure_future(self._create(new))
         await queue.put(_queued(new), prepared)
+        place.release()  # the queue counts it now
         runtime.wake.set()
         try:
             # Shielded: the store commits a write whose caller was cancelled anyway, so the
@@ -406,6 +412,19 @@ def _take_back_unless_created(
         removing.add_done_callback(_removals.discard)
 
     return done
+
+
+class _Place:
+    """A submission's place in its backend's queue-depth count (BackendRuntime.admitting),
+    from the depth check until the queue holds the job or the submission ends."""
+
+    def __init__(self, runtime: BackendRuntime) -> None:
+        self._runtime: BackendRuntime | None = runtime
+
+    def release(self) -> None:
+        if self._runtime is not None:
+            self._runtime.admitting -= 1
+            self._runtime = None
 
 
 def _queued(new: NewJob) -> Job:

@@ -103,6 +103,45 @@ async def test_concurrent_twins_make_one_job_and_start_one_run(store: SqliteStor
         await _close(core)
 
 
+async def test_a_twin_prepared_after_the_first_ones_create_answered_does_not_start(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Twins were recognised only after preparing: a twin whose compile ended after the first
+    # one's create had answered found no create in flight and started a stand-in, which the
+    # store's dedup then took back from its worker.
+    release = asyncio.Event()
+    calls = 0
+
+    async def second_waits(self: Any, *args: Any) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await release.wait()
+        return args[2].compile_circuit(args[3])
+
+    monkeypatch.setattr(DirectCompiler, "compile", second_waits)
+    runner = ScriptedRunner(slots=2)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job_spec = spec("sim")
+        data = pickle.dumps(job_spec)
+        first = asyncio.ensure_future(core.manager.submit("alice", "twin", job_spec, data, b"d"))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(core.manager.submit("alice", "twin", job_spec, data, b"d"))
+        created = await first
+        release.set()
+        again = await second
+        assert created.created and not again.created and again.job.id == created.job.id
+        await core.until("alice", created.job.id, "RUNNING")
+        await core.settle()
+        assert runner.submitted == [created.job.id] and runner.cancelled == []
+        assert core.backends["sim"].admitting == 0
+        runner.succeed(created.job.id)
+        await core.until("alice", created.job.id, "SUCCEEDED")
+    finally:
+        await _close(core)
+
+
 async def test_a_submission_over_the_tenants_limits_never_starts(store: SqliteStore) -> None:
     # Refused by the store after its stand-in started, a job was taken back from its worker:
     # for a simulator a worker kill and respawn, for every tenant, at the refused one's rate.
