@@ -49,9 +49,8 @@ from gateway.jobs.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
-# Preparing a recovered or re-claimed job again: refusals that say the compile pool was busy
-# or lost a worker, not that the job is wrong, are retried after this (doubling, to the max).
-_BUSY_CODES = frozenset({Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE, Code.INTERNAL})
+# Preparing a recovered or re-claimed job again: refusals that say "retry" (the compile pool
+# busy) are retried after this (doubling, to the max).
 _PREPARE_RETRY_S = 0.5
 _PREPARE_RETRY_MAX_S = 30.0
 
@@ -137,14 +136,20 @@ class RunnerStep:
             try:
                 return await self._prepare(runtime, job.tenant, spec, job.seed)
             except GatewayError as err:
-                if (
-                    err.code in _BUSY_CODES
-                    and self._t.clock() + timedelta(seconds=backoff) < deadline
-                ):
-                    # The compile pool busy or a worker lost (a restart with a backlog): the
-                    # job was accepted, so it waits, up to its queue time, not fails.
+                retry = err.retry_after is not None or err.code is Code.UNAVAILABLE
+                if retry and self._t.clock() + timedelta(seconds=backoff) < deadline:
+                    # The compile pool busy (a restart with a backlog): the job was accepted,
+                    # so it waits, up to its queue time, not fails. Refusals that do not say
+                    # "retry" (a cached compile failure) would come back the same. The claim
+                    # is kept meanwhile (_claim_kept); a CancelJob ends the wait.
                     log.warning("job %s: preparing again failed (%s); retrying", job.id, err)
-                    await self._pause(runtime, running, backoff)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(backoff):
+                            await running.cancel_requested.wait()
+                    if running.cancel_requested.is_set():
+                        runtime.breaker.release(running.permit)
+                        await self._t.finish(job, JobState.CANCELLED)
+                        return None
                     backoff = min(backoff * 2, _PREPARE_RETRY_MAX_S)
                     continue
                 # A spec that validated at admission and no longer does (a limit lowered, the

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.backends.runner import ExecutionModel, RunHandle
-from gateway.domain.errors import ExecutionError, ResourceExhausted, Unavailable
+from gateway.domain.errors import ExecutionError, Internal, ResourceExhausted, Unavailable
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobState
 from gateway.jobs import runner_step
@@ -632,7 +632,9 @@ async def test_a_recovered_job_waits_for_a_busy_compile_pool_instead_of_failing(
         nonlocal refusals
         if refusals:
             refusals -= 1
-            raise ResourceExhausted("COMPILERS_BUSY", "no compile worker became free")
+            raise ResourceExhausted(
+                "COMPILERS_BUSY", "no compile worker became free", retry_after=1.0
+            )
         return args[2].compile_circuit(args[3])
 
     monkeypatch.setattr(DirectCompiler, "compile", busy_then_free)
@@ -704,6 +706,52 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
         for _ in range(5):
             await second.settle()
         assert runner.submitted == [job.id]
+    finally:
+        await _close(second)
+
+
+async def test_a_recovered_job_waiting_for_the_compile_pool_can_be_cancelled(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    job = await first.submit("alice", spec("sim"))
+    await _close(first)
+    refused = asyncio.Event()
+
+    async def always_busy(self: Any, *args: Any) -> object:
+        refused.set()
+        raise ResourceExhausted("COMPILERS_BUSY", "no compile worker", retry_after=1.0)
+
+    monkeypatch.setattr(DirectCompiler, "compile", always_busy)
+    monkeypatch.setattr(runner_step, "_PREPARE_RETRY_S", 30.0)  # waits until cancelled
+    runner = ScriptedRunner(slots=1)
+    second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
+    try:
+        await asyncio.wait_for(refused.wait(), 5)
+        await second.manager.cancel("alice", job.id)
+        await second.until("alice", job.id, "CANCELLED")
+        assert runner.submitted == []
+    finally:
+        await _close(second)
+
+
+async def test_a_recovered_job_whose_compile_fails_for_good_fails_at_once(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refusal that does not say "retry" (a cached compile failure) comes back the same:
+    # retrying it held a runner slot until the job's queue deadline.
+    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    job = await first.submit("alice", spec("sim"))
+    await _close(first)
+
+    async def broken(self: Any, *args: Any) -> object:
+        raise Internal("COMPILER_FAILED", "the compiler failed on this circuit")
+
+    monkeypatch.setattr(DirectCompiler, "compile", broken)
+    second = await build_core(store, "memory", {"sim": ScriptedRunner(slots=1)}, clock=first.clock)
+    try:
+        failed = await second.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "COMPILER_FAILED"
     finally:
         await _close(second)
 
