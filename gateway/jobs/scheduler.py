@@ -159,12 +159,23 @@ class Scheduler:
 
     async def _expire(self) -> None:
         queue = self._rt.queue
+        failure: Exception | None = None
         for job in await queue.take_expired():
-            try:
-                if job.state is JobState.QUEUED:
-                    await self._t.finish(job, JobState.FAILED, error=self._expired_error())
-            finally:
-                await queue.expired_ended(job)
+            if failure is None:
+                try:
+                    if job.state is JobState.QUEUED:
+                        await self._t.finish(job, JobState.FAILED, error=self._expired_error())
+                except Exception as exc:
+                    failure = exc
+                else:
+                    await queue.expired_ended(job)
+                    continue
+            # Taken out of the queue but still QUEUED in the store (the store failed): put
+            # back, to expire after the scheduler's back-off, not lost until a restart; its
+            # session does not let the next job in meanwhile.
+            await queue.put(job, None)
+        if failure is not None:
+            raise failure
 
     def _expired_error(self) -> JobError:
         rt = self._rt

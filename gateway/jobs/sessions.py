@@ -208,7 +208,14 @@ class SessionQueue:
             await self.inner.put(job, prepared)
             return
         line = self._lines.get(session_id) or self._open_line(session_id, job.tenant)
-        if line.current == job.id or job.id in self._held:
+        if line.current == job.id:
+            # Let in already: a job put back after its expiry could not be stored goes back
+            # to the inner queue (a no-op there while it waits or is claimed there; a pinned
+            # session's job waits in _ready or runs under its own claim instead).
+            if session_id not in self._ready and job.id not in self._own:
+                await self.inner.put(job, prepared)
+            return
+        if job.id in self._held:
             return
         if line.current is None and not line.held and not self.halted(session_id):
             await self._let_in(line, session_id, job, prepared)

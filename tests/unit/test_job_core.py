@@ -347,6 +347,37 @@ async def test_a_lease_whose_holder_died_is_claimed_again(
         await _close(core)
 
 
+async def test_jobs_whose_expiry_could_not_be_stored_expire_later_not_never(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The memory queue hands expired jobs out of the queue before the store fails them: a
+    # store error on the first lost the rest (in no queue, QUEUED in the store) until a restart.
+    runner = ScriptedRunner(slots=0)
+    clock = Clock()
+    core = await build_core(store, "memory", {"sim": runner}, clock=clock, max_queue_time_s=60)
+    try:
+        jobs = [await core.submit(f"t{i}", spec("sim", text=f"x{i}")) for i in range(2)]
+        real_finish = store.finish_job
+        failures = 1
+
+        async def flaky_finish(*args: Any, **kwargs: Any) -> Any:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return await real_finish(*args, **kwargs)
+
+        monkeypatch.setattr(store, "finish_job", flaky_finish)
+        clock.advance(61)
+        core.backends["sim"].wake.set()
+        for i, job in enumerate(jobs):
+            failed = await core.until(f"t{i}", job.id, "FAILED")
+            assert failed.error is not None and failed.error.reason == "QUEUE_TIMEOUT"
+        assert failures == 0
+    finally:
+        await _close(core)
+
+
 @pytest.mark.parametrize("kind", QUEUES)
 async def test_a_lapsed_claim_does_not_spin_a_scheduler_without_a_free_slot(
     store: SqliteStore, kind: QueueKind
