@@ -169,16 +169,18 @@ class TenantRpcs:
         if len(stored) > limit:
             ids = [tid for tid in ids if tid <= stored[limit - 1].id]
         page = ids[:limit]
+        more = len(ids) > limit or len(stored) > limit
         # A tenant's policy can hold 512 patterns: a page is cut by bytes as well.
-        tenants = paging.within_bytes(
-            (tenant_codec.encode_tenant(merged[tid]) for tid in page),
-            self._max_response - paging.PAGE_FRAMING_BYTES,
+        tenants, cursor = paging.within_response(
+            page,
+            page[-1] if more and page else None,
+            self._max_response,
+            lambda tid: tenant_codec.encode_tenant(merged[tid]),
+            lambda tid: tid,
         )
-        more = len(tenants) < len(page) or len(ids) > limit or len(stored) > limit
-        last = page[len(tenants) - 1] if tenants else ""
         return admin_service_pb2.ListTenantsResponse(
             tenants=tenants,
-            next_page_token=self._page_tokens.seal(last.encode(), **where) if more and last else "",
+            next_page_token=self._page_tokens.seal(cursor.encode(), **where) if cursor else "",
         )
 
     async def UpdateTenant(
