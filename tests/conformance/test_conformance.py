@@ -347,6 +347,16 @@ def test_a_delay_is_a_no_op_on_every_local_simulator(client: Client, backend: st
         _check(client, backend, counts, ideal)
 
 
+@pytest.mark.parametrize("backend", sorted(PROFILES))
+def test_classical_bits_nothing_writes_read_zero_everywhere(client: Client, backend: str) -> None:
+    """A sampler circuit with classical bits but no measurement: every bit keeps its initial
+    0 (Aer's and Braket's answer). PennyLane, which samples measured qubits only, refused it
+    with a reason about how many qubits it measures."""
+    text = "qubit[2] q; bit[3] c; h q[0]; cx q[0], q[1];"
+    counts = client.run(H3 + text, backend=backend, shots=SHOTS, seed=3).sampler().counts()
+    assert counts == {"000": SHOTS}
+
+
 def test_noisy_braket_refuses_at_submission_what_its_worker_cannot_run(client: Client) -> None:
     """A reset, then a qubit measured twice: the front end sees no mid-circuit measurement,
     but Braket would run it path by path and drop the noise. It was accepted, queued, and

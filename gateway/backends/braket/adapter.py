@@ -338,7 +338,7 @@ class BraketAdapter(QiskitAdapter):
                     feature="seed",
                 )
             return
-        if spec.options.seed is not None and not entry.terminal:
+        if spec.options.seed is not None and not entry.terminal and entry.writes_clbits:
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
                 f"backends/{self.context.name} takes no seed: a seeded job is sampled from "

@@ -87,7 +87,7 @@ class PennyLaneAdapter(QiskitAdapter):
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         # Mid-circuit features are refused when compiling; what is left without a plan measures
         # too many qubits (or nothing).
-        if not entry.terminal:
+        if not entry.terminal and entry.writes_clbits:
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
                 f"backends/{self.context.name} samples from exact probabilities: it measures "

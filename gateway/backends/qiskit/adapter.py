@@ -193,6 +193,8 @@ class CompiledCircuit:
     has_measurements: bool
     # Its shots are draws from one final state (gateway.backends.qiskit.measurement).
     terminal: bool
+    # False: every classical bit reads 0 in every shot, whatever the simulator.
+    writes_clbits: bool
     registers: tuple[RegisterSpec, ...]
     layout: tuple[int, ...]
     memory_bytes: int
@@ -408,6 +410,7 @@ class QiskitAdapter(BackendAdapter):
             features=features,
             has_measurements=fe.has_measurements(circuit),
             terminal=terminal,
+            writes_clbits=fe.writes_clbits(transpiled),
             registers=registers,
             layout=_layout_of(transpiled),
             memory_bytes=memory,
@@ -666,6 +669,8 @@ class QiskitAdapter(BackendAdapter):
     ) -> SamplerResult:
         plan = self.terminal_plan(task.circuit.key, circuit)
         if plan is None:
+            if not fe.writes_clbits(circuit):
+                return _zeros(circuit, task, output)
             return self.sample_shots(circuit, task, output)
         builder = result_builder(circuit.num_clbits, task, output)
         decoder = builder.decoder
@@ -763,6 +768,19 @@ def _non_finite(index: int | None, what: str) -> ExecutionError:
         kind=FailureKind.CLIENT_ERROR,
         metadata={} if index is None else {"pubIndex": str(index)},
     )
+
+
+def _zeros(circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput) -> SamplerResult:
+    """The result of a circuit that writes no classical bit: 0 in every bit of every shot
+    (no simulator run: every simulator answers the same)."""
+    builder = result_builder(circuit.num_clbits, task, output)
+    decoder = builder.decoder
+    for binding in range(task.size):
+        if output.samples:
+            builder.add_samples(binding, decoder.int_samples(np.zeros(task.shots, np.uint64)))
+        else:
+            builder.add_counts(binding, decoder.int_counts({0: task.shots}))
+    return builder.build()
 
 
 def result_builder(

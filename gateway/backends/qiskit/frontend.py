@@ -113,6 +113,7 @@ __all__ = [
     "statevector_bytes",
     "tally_operations",
     "validate_observables",
+    "writes_clbits",
 ]
 
 ALLOWED_INCLUDES: Mapping[CircuitLanguage, frozenset[str]] = {
@@ -1360,6 +1361,19 @@ def detect_features(circuit: QuantumCircuit) -> frozenset[CircuitFeature]:
 
     walk(circuit, set())
     return frozenset(features)
+
+
+def writes_clbits(circuit: QuantumCircuit) -> bool:
+    """False when nothing in the circuit can change a classical bit (every one reads its
+    initial 0 in every shot): no instruction names a clbit (a measurement, a condition) and
+    none stores to one. Conservative: a condition only reads, yet counts."""
+    for instruction in circuit.data:
+        op = instruction.operation
+        if instruction.clbits or op.name == "store":
+            return True
+        if isinstance(op, ControlFlowOp) and any(writes_clbits(b) for b in op.blocks):
+            return True
+    return False
 
 
 def has_measurements(circuit: QuantumCircuit) -> bool:
