@@ -19,6 +19,7 @@ from gateway.domain.errors import ExecutionError, Internal, ResourceExhausted, U
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobState
 from gateway.jobs import runner_step
+from gateway.jobs.queue_port import Claim
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
@@ -54,6 +55,28 @@ async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
 
 async def _close(core: Core) -> None:
     await core.manager.close()
+
+
+async def _queued_before_a_restart(store: SqliteStore) -> tuple[Job, Clock]:
+    """A job a gateway accepted and stopped before running (it is recovered at the next start),
+    and that gateway's clock."""
+    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    job = await first.submit("alice", spec("sim"))
+    await _close(first)
+    return job, first.clock
+
+
+async def _claimed_by_a_dead_holder(core: Core, kind: QueueKind, job: Job) -> tuple[Any, Claim]:
+    """The job claimed by a holder that then never renews nor ends its claim: another replica
+    on the shared store, or, in one process, a runner task that vanished."""
+    holder = (
+        make_queue(kind, core.store, "sim", "dead-holder", core.clock, 3600.0)
+        if kind == "store"
+        else core.backends["sim"].queue
+    )
+    claim = await holder.claim()
+    assert claim is not None and claim.job.id == job.id
+    return holder, claim
 
 
 # ---------------------------------------------------------------- admission
@@ -323,15 +346,7 @@ async def test_a_lease_whose_holder_died_is_claimed_again(
         blocker = await core.submit("alice", spec("sim"))
         await core.until("alice", blocker.id, "RUNNING")
         job = await core.submit("alice", spec("sim"))
-        # Another holder claims the job and dies: it never renews and never ends its claim.
-        # (Another replica on the shared store; in one process, a runner task that vanished.)
-        holder = (
-            make_queue(kind, store, "sim", "dead-holder", clock, 3600.0)
-            if kind == "store"
-            else core.backends["sim"].queue
-        )
-        claim = await holder.claim()
-        assert claim is not None and claim.job.id == job.id
+        holder, claim = await _claimed_by_a_dead_holder(core, kind, job)
         runner.succeed(blocker.id)
         await core.until("alice", blocker.id, "SUCCEEDED")
         await core.settle()
@@ -392,13 +407,7 @@ async def test_a_lapsed_claim_does_not_spin_a_scheduler_without_a_free_slot(
         blocker = await core.submit("alice", spec("sim"))
         await core.until("alice", blocker.id, "RUNNING")
         job = await core.submit("bob", spec("sim"))
-        holder = (
-            make_queue(kind, store, "sim", "dead-holder", clock, 3600.0)
-            if kind == "store"
-            else core.backends["sim"].queue
-        )
-        claim = await holder.claim()
-        assert claim is not None and claim.job.id == job.id
+        await _claimed_by_a_dead_holder(core, kind, job)
         queue = core.backends["sim"].queue
         real_next_wakeup = queue.next_wakeup
         turns = 0
@@ -654,9 +663,7 @@ async def test_a_recovered_job_waits_for_a_busy_compile_pool_instead_of_failing(
 ) -> None:
     # A recovered job is prepared again; COMPILERS_BUSY there (a restart with a backlog)
     # failed the accepted job for good, with a message telling the client nothing was accepted.
-    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
-    job = await first.submit("alice", spec("sim"))
-    await _close(first)
+    job, clock = await _queued_before_a_restart(store)
     refusals = 2
 
     async def busy_then_free(self: Any, *args: Any) -> object:
@@ -671,7 +678,7 @@ async def test_a_recovered_job_waits_for_a_busy_compile_pool_instead_of_failing(
     monkeypatch.setattr(DirectCompiler, "compile", busy_then_free)
     monkeypatch.setattr(runner_step, "_PREPARE_RETRY_S", 0.01, raising=False)
     runner = ScriptedRunner(slots=1)
-    second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
+    second = await build_core(store, "memory", {"sim": runner}, clock=clock)
     try:
         await second.until("alice", job.id, "RUNNING")
         assert refusals == 0 and runner.submitted == [job.id]
@@ -687,9 +694,7 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
     # A recovered job's step was still compiling when its claim lapsed (a clock step, or
     # compiles slower than the lease): the scheduler handed the job to a second step, both
     # ran it, and the loser's end unregistered the winner, so CancelJob missed the live run.
-    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
-    job = await first.submit("alice", spec("sim"))
-    await _close(first)
+    job, clock = await _queued_before_a_restart(store)
     gate = asyncio.Event()
     compiling = asyncio.Event()
     compiles = 0
@@ -703,7 +708,7 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
 
     monkeypatch.setattr(DirectCompiler, "compile", gated)
     runner = ScriptedRunner(slots=2)
-    second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
+    second = await build_core(store, "memory", {"sim": runner}, clock=clock)
     try:
         queue = second.backends["sim"].queue
         real_claim = queue.claim
@@ -744,9 +749,7 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
 async def test_a_recovered_job_waiting_for_the_compile_pool_can_be_cancelled(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
-    job = await first.submit("alice", spec("sim"))
-    await _close(first)
+    job, clock = await _queued_before_a_restart(store)
     refused = asyncio.Event()
 
     async def always_busy(self: Any, *args: Any) -> object:
@@ -756,7 +759,7 @@ async def test_a_recovered_job_waiting_for_the_compile_pool_can_be_cancelled(
     monkeypatch.setattr(DirectCompiler, "compile", always_busy)
     monkeypatch.setattr(runner_step, "_PREPARE_RETRY_S", 30.0)  # waits until cancelled
     runner = ScriptedRunner(slots=1)
-    second = await build_core(store, "memory", {"sim": runner}, clock=first.clock)
+    second = await build_core(store, "memory", {"sim": runner}, clock=clock)
     try:
         await asyncio.wait_for(refused.wait(), 5)
         await second.manager.cancel("alice", job.id)
@@ -771,15 +774,13 @@ async def test_a_recovered_job_whose_compile_fails_for_good_fails_at_once(
 ) -> None:
     # A refusal that does not say "retry" (a cached compile failure) comes back the same:
     # retrying it held a runner slot until the job's queue deadline.
-    first = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
-    job = await first.submit("alice", spec("sim"))
-    await _close(first)
+    job, clock = await _queued_before_a_restart(store)
 
     async def broken(self: Any, *args: Any) -> object:
         raise Internal("COMPILER_FAILED", "the compiler failed on this circuit")
 
     monkeypatch.setattr(DirectCompiler, "compile", broken)
-    second = await build_core(store, "memory", {"sim": ScriptedRunner(slots=1)}, clock=first.clock)
+    second = await build_core(store, "memory", {"sim": ScriptedRunner(slots=1)}, clock=clock)
     try:
         failed = await second.until("alice", job.id, "FAILED")
         assert failed.error is not None and failed.error.reason == "COMPILER_FAILED"
