@@ -215,19 +215,30 @@ def _invalid_mask(path: str, why: str) -> InvalidArgument:
     )
 
 
-def _copy_path(src: Message, dst: Message, parts: list[str], path: str) -> None:
-    """dst.<parts> = src.<parts> (cleared where src has it unset)."""
-    name = parts[0]
-    fd: Any = src.DESCRIPTOR.fields_by_name.get(name)
+def _check_path(message: Message, parts: list[str], path: str) -> None:
+    """Refuses a path that names no field, or a subfield of a field that has none."""
+    fd: Any = message.DESCRIPTOR.fields_by_name.get(parts[0])
     if fd is None:
-        raise _invalid_mask(path, f"{src.DESCRIPTOR.name} has no field {name!r}")
+        raise _invalid_mask(path, f"{message.DESCRIPTOR.name} has no field {parts[0]!r}")
+    if len(parts) > 1:
+        if fd.message_type is None or fd.is_repeated or fd.message_type.name == "Duration":
+            raise _invalid_mask(path, f"{parts[0]} has no subfields")
+        _check_path(getattr(message, parts[0]), parts[1:], path)
+
+
+def _copy_path(src: Message, dst: Message, parts: list[str]) -> None:
+    """dst.<parts> = src.<parts> (cleared where src has it unset); the path is checked."""
+    name = parts[0]
+    fd: Any = src.DESCRIPTOR.fields_by_name[name]
+    if len(parts) > 1:
+        if not src.HasField(name) and not dst.HasField(name):
+            # Unset on both sides: nothing below changes, and descending would set it (a
+            # mask of policy.quota.shots gave a tenant without a quota an empty one).
+            return
+        _copy_path(getattr(src, name), getattr(dst, name), parts[1:])
+        return
     is_message = fd.message_type is not None
     repeated = bool(fd.is_repeated)
-    if len(parts) > 1:
-        if not is_message or repeated or fd.message_type.name == "Duration":
-            raise _invalid_mask(path, f"{name} has no subfields")
-        _copy_path(getattr(src, name), getattr(dst, name), parts[1:], path)
-        return
     if repeated:
         dst.ClearField(name)
         getattr(dst, name).extend(getattr(src, name))
@@ -273,5 +284,6 @@ def apply_update(
         parts = path.split(".")
         if parts[0] in _NOT_UPDATABLE:
             raise _invalid_mask(path, "not a field UpdateTenant changes")
-        _copy_path(request, merged, parts, path)
+        _check_path(request, parts, path)
+        _copy_path(request, merged, parts)
     return check_display_name(merged.display_name), decode_policy(merged.policy)

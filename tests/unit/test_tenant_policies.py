@@ -637,3 +637,20 @@ def test_a_policy_update_in_json_names_masks_the_proto_fields() -> None:
     assert list(request.update_mask.paths) == ["policy.max_qubits", "policy.max_shots_per_job"]
     assert request.tenant.policy.max_qubits == 5
     assert request.tenant.policy.max_shots_per_job == 100
+
+
+def test_masking_a_quota_field_of_a_tenant_without_a_quota_creates_none() -> None:
+    # Descending the path set every message on it: a tenant without a quota got an empty one
+    # (period 86400 s, no limit), a changed policy and etag for nothing.
+    current = Tenant("acme", "Acme", TenantPolicy(max_qubits=5), "etag-1", T0, T0)
+    for path in ("policy.quota.shots", "policy.quota.period"):
+        _, policy = tenant_codec.apply_update(current, admin_pb2.Tenant(), [path])
+        assert policy == current.policy, path
+    # A path naming no field is still refused, whatever is set.
+    with pytest.raises(InvalidArgument) as refused:
+        tenant_codec.apply_update(current, admin_pb2.Tenant(), ["policy.quota.bogus"])
+    assert refused.value.reason == "INVALID_UPDATE_MASK"
+    # Setting a quota field through the mask still creates the quota.
+    asked = admin_pb2.Tenant(policy=admin_pb2.TenantPolicy(quota=admin_pb2.PeriodQuota(shots=9)))
+    _, policy = tenant_codec.apply_update(current, asked, ["policy.quota.shots"])
+    assert policy.quota is not None and policy.quota.shots == 9
