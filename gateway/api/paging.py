@@ -30,7 +30,7 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -63,22 +63,6 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def within_bytes(messages: Iterable[M], budget: int) -> list[M]:
-    """The leading `messages` that fit `budget` bytes as one repeated field, and always the
-    first: a page is cut by bytes as well as by count, so a page of large items never outgrows
-    the largest message the gateway sends (gRPC would fail it with a bare RESOURCE_EXHAUSTED).
-    `messages` is consumed lazily: nothing past the cut is encoded."""
-    fitting: list[M] = []
-    used = 0
-    for message in messages:
-        size = message.ByteSize() + _FIELD_FRAMING_BYTES
-        if fitting and used + size > budget:
-            break
-        fitting.append(message)
-        used += size
-    return fitting
-
-
 _Item = TypeVar("_Item")
 _Cursor = TypeVar("_Cursor")
 
@@ -93,10 +77,18 @@ def within_response(
     """The page's items, encoded, that fit a response of `max_response` bytes (at least one),
     and the cursor to go on from: after the last one sent when the page was cut, else the
     store's `next_cursor`. An item can carry 64 labels (a job also a layout per PUB), so a
-    page of 1000 outgrew the largest message the gateway sends."""
-    encoded = within_bytes((encode(item) for item in items), max_response - PAGE_FRAMING_BYTES)
-    if len(encoded) < len(items):
-        return encoded, cursor_after(items[len(encoded) - 1])
+    page of 1000 outgrew the largest message the gateway sends (gRPC would fail it with a
+    bare RESOURCE_EXHAUSTED). Nothing past the cut is encoded."""
+    budget = max_response - PAGE_FRAMING_BYTES
+    encoded: list[M] = []
+    used = 0
+    for index, item in enumerate(items):
+        message = encode(item)
+        size = message.ByteSize() + _FIELD_FRAMING_BYTES
+        if encoded and used + size > budget:
+            return encoded, cursor_after(items[index - 1])
+        encoded.append(message)
+        used += size
     return encoded, next_cursor
 
 
