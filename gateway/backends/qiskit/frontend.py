@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import math
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ from openqasm3._antlr.qasm3Parser import qasm3Parser  # type: ignore[import-not-
 from openqasm3.parser import QASMNodeVisitor
 from qiskit.circuit import (
     Barrier,
+    CircuitInstruction,
     ClassicalRegister,
     ControlFlowOp,
     ControlledGate,
@@ -1367,22 +1368,21 @@ def writes_clbits(circuit: QuantumCircuit) -> bool:
     """False when nothing in the circuit can change a classical bit (every one reads its
     initial 0 in every shot): no instruction names a clbit (a measurement, a condition) and
     none stores to one. Conservative: a condition only reads, yet counts."""
-    for instruction in circuit.data:
-        op = instruction.operation
-        if instruction.clbits or op.name == "store":
-            return True
-        if isinstance(op, ControlFlowOp) and any(writes_clbits(b) for b in op.blocks):
-            return True
-    return False
+    return _any_instruction(circuit, lambda i: bool(i.clbits) or i.operation.name == "store")
 
 
 def has_measurements(circuit: QuantumCircuit) -> bool:
     """True when the circuit measures anywhere, control-flow blocks included."""
+    return _any_instruction(circuit, lambda i: i.operation.name == "measure")
+
+
+def _any_instruction(circuit: QuantumCircuit, found: Callable[[CircuitInstruction], bool]) -> bool:
+    """Whether `found` holds for an instruction of the circuit, control-flow blocks included."""
     for instruction in circuit.data:
-        op = instruction.operation
-        if op.name == "measure":
+        if found(instruction):
             return True
-        if isinstance(op, ControlFlowOp) and any(has_measurements(b) for b in op.blocks):
+        op = instruction.operation
+        if isinstance(op, ControlFlowOp) and any(_any_instruction(b, found) for b in op.blocks):
             return True
     return False
 
