@@ -139,6 +139,8 @@ class SamplerTask:
     shots: int
     registers: tuple[RegisterSpec, ...]
     seed: int
+    # CompiledCircuit.writes_clbits: False, every bit reads 0 without a run.
+    writes_clbits: bool
 
     @property
     def size(self) -> int:
@@ -521,6 +523,7 @@ class QiskitAdapter(BackendAdapter):
             shots=shots,
             registers=entry.registers,
             seed=seed,
+            writes_clbits=entry.writes_clbits,
         )
         return task, size
 
@@ -669,7 +672,7 @@ class QiskitAdapter(BackendAdapter):
     ) -> SamplerResult:
         plan = self.terminal_plan(task.circuit.key, circuit)
         if plan is None:
-            if not fe.writes_clbits(circuit):
+            if not task.writes_clbits:
                 return _zeros(circuit, task, output)
             return self.sample_shots(circuit, task, output)
         builder = result_builder(circuit.num_clbits, task, output)
