@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.testing import GatewayProcess
@@ -17,8 +18,10 @@ def write_config(
     workers: int,
     max_parallel_threads: int,
     optimization_level: int,
+    cpu_affinity: Sequence[int] = (),
 ) -> Path:
-    """A gateway config with one Aer state-vector backend named `aer`, listening on port 0."""
+    """A gateway config with one Aer state-vector backend named `aer`, listening on port 0;
+    `cpu_affinity`: the CPUs of the gateway's own threads (server.cpu_affinity), if any."""
     options = (
         f'{{ method = "statevector", max_parallel_threads = {max_parallel_threads}, '
         f"optimization_level = {optimization_level} }}"
@@ -29,6 +32,7 @@ data_dir = "{data_dir}"
 [server]
 listen = "127.0.0.1:0"
 grace_period_s = 2
+{f"cpu_affinity = {list(cpu_affinity)}" if cpu_affinity else ""}
 
 [backends.aer]
 adapter = "aer"

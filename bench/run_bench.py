@@ -922,6 +922,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="gateway Aer workers")
     parser.add_argument(
+        "--gateway-cpus",
+        metavar="N,...",
+        default="",
+        help="server.cpu_affinity: the CPUs of the gateway's own threads (its workers stay free)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="REF",
         help="before/after in one run: REF's gateway (own worktree and venv) against this "
@@ -934,6 +940,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "holding another checkout with its own .venv, instead of this checkout's working tree",
     )
     args = parser.parse_args(argv)
+    gateway_cpus = tuple(int(cpu) for cpu in args.gateway_cpus.split(",") if cpu.strip())
+    if args.baseline and gateway_cpus:
+        parser.error("--gateway-cpus applies to this checkout's gateway only, not to --baseline")
     if args.baseline:
         from bench import ab
 
@@ -971,6 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             max_parallel_threads=1,
             optimization_level=args.optimization_level,
+            cpu_affinity=gateway_cpus,
         )
         profile_out = root / "profile.json" if args.profile else None
         t0 = time.perf_counter()
@@ -986,8 +996,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             out(
                 f"  gateway pid {gateway.pid} on {gateway.address}, backend aer: "
-                f"{args.workers} workers, max_parallel_threads=1 (ready in "
-                f"{time.perf_counter() - t0:.1f} s)"
+                f"{args.workers} workers, max_parallel_threads=1, server.cpu_affinity "
+                f"{list(gateway_cpus) or 'unset'} (ready in {time.perf_counter() - t0:.1f} s)"
             )
             env = Env(
                 address=gateway.address,

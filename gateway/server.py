@@ -53,6 +53,7 @@ from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.queue_port import JobQueue
 from gateway.jobs.sessions import SessionCore, SessionLimits, SessionQueue
+from gateway.runtime import affinity
 from gateway.runtime.breaker import CircuitBreaker
 from gateway.runtime.compiler import Compiler
 from gateway.runtime.health import PROBE_TENANT, HealthMonitor
@@ -566,6 +567,11 @@ def serve_forever(config_path: Path | None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(config_path)
+        if config.server.cpu_affinity is not None:
+            try:
+                affinity.bind_gateway(config.server.cpu_affinity)
+            except affinity.AffinityError as exc:
+                raise ConfigError(str(exc)) from None
         asyncio.run(serve(config, _print_ready))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

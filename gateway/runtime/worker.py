@@ -33,6 +33,7 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
+from gateway.runtime import affinity
 from gateway.telemetry import active as telemetry
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def _run_worker() -> None:
+    affinity.release_worker(sys.argv[3:])  # before an SDK starts threads that inherit it
     parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent)
     # The protocol owns fd 1; anything an SDK prints goes to stderr instead.
@@ -237,7 +239,7 @@ class WorkerProcess:
 
     @classmethod
     async def start(cls, role: SimulatorRole | CompileRole) -> WorkerProcess:
-        # The last argument shows in `ps` what the worker is for.
+        # The label shows in `ps` what the worker is for.
         label = role.context.name if isinstance(role, SimulatorRole) else "compile"
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -245,6 +247,7 @@ class WorkerProcess:
             "gateway.runtime.worker",
             str(os.getpid()),
             label,
+            *affinity.worker_args(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
