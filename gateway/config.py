@@ -147,6 +147,10 @@ class ServerConfig(_Strict):
     # RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED. An empty budget takes any one result.
     max_streamed_result_mb_per_tenant: float = Field(default=512.0, gt=0)
     max_streamed_result_mb: float = Field(default=2048.0, gt=0)
+    # StreamJobResult messages a second one tenant's streams send together (also the burst);
+    # the rest wait. A message per binding and register costs the loop ~40 us however small:
+    # this bounds what a result of many tiny parts costs (gateway.api.stream_pace).
+    stream_messages_per_s: float = Field(default=5_000.0, ge=1, le=1e9)
     # CPUs the gateway process's own threads run on (Linux); unset: wherever the kernel puts
     # them. Its Python threads take turns on one interpreter lock, and every hand-off between
     # threads on two cores wakes an idle core (costly on VMs): on one CPU a sequential Run's

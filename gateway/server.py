@@ -37,6 +37,7 @@ from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
 from gateway.api.stream_budget import StreamBudget
+from gateway.api.stream_pace import StreamPace
 from gateway.backends.base import AdapterContext, BackendAdapter, PreparedJob
 from gateway.backends.fault import FaultInjectingRunner, with_fault_properties
 from gateway.backends.registry import adapter_names, load_adapter
@@ -363,6 +364,7 @@ class Gateway:
                 page_tokens=page_tokens,
                 sessions=self.sessions,
                 stream_budget=StreamBudget(*self.config.server.stream_budget_bytes()),
+                stream_pace=StreamPace(self.config.server.stream_messages_per_s),
             ),
             self._server,
         )

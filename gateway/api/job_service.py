@@ -15,6 +15,7 @@ from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest
 from gateway.api.spec_cache import SpecCache
 from gateway.api.stream_budget import StreamBudget
+from gateway.api.stream_pace import StreamPace
 from gateway.domain.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -97,9 +98,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         page_tokens: paging.PageTokens,
         sessions: SessionCore,
         stream_budget: StreamBudget,
+        stream_pace: StreamPace,
     ) -> None:
         self._manager = manager
         self._stream_budget = stream_budget
+        self._stream_pace = stream_pace
         # Jobs naming a session are admitted through it (gateway.jobs.sessions).
         self._sessions = sessions
         self._page_tokens = page_tokens
@@ -322,6 +325,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             del data
             chunks = result_stream.result_chunks(result, samples, chunk, start_pub, start_binding)
             for response in chunks:
+                await self._stream_pace.next_message(job.tenant)
                 yield response
             yield result_stream.digest_response(digest)
 

@@ -48,6 +48,7 @@ BETA = generate_key("beta")  # a stored tenant, created by the admin
 OPS = generate_key("ops", role=Role.ADMIN)
 STREAMER = generate_key("streamer")  # 2 open streams at most (the server's limit here)
 MAX_STREAMS = 2
+STREAM_PACE = 100  # result-stream messages a second per tenant (the server's pace here)
 STUCK = "pol-stuck"  # every job hangs until cancelled
 
 CONFIG = f"""
@@ -142,7 +143,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         root / "g.toml",
         root / "data",
         CONFIG + keys,
-        server=f"max_streams_per_tenant = {MAX_STREAMS}\n",
+        server=(f"max_streams_per_tenant = {MAX_STREAMS}\nstream_messages_per_s = {STREAM_PACE}\n"),
     )
     process = GatewayProcess.start(config, root / "gateway.log")
     yield process
@@ -290,6 +291,23 @@ def test_open_streams_per_tenant_are_limited(channel: grpc.Channel) -> None:
             job_service_pb2.CancelJobRequest(name=job.name), metadata=streamer.md
         )
     streamer.until(job.name, Q.JOB_STATE_CANCELLED)
+
+
+def test_result_streams_keep_to_the_tenants_message_pace(channel: grpc.Channel) -> None:
+    streamer = caller(channel, STREAMER)
+    # 300,000 one-byte samples in 1 KiB messages: ~300 messages at 100 a second after a
+    # burst of 100. A message costs the server the same however small (stream_pace).
+    job = streamer.run(sampler_spec(ghz(5), shots=300_000, seed=3))
+    request = job_service_pb2.StreamJobResultRequest(name=f"{job.name}/result", chunk_bytes=1024)
+    started = time.monotonic()
+    messages = list(streamer.jobs.StreamJobResult(request, metadata=streamer.md, timeout=60))
+    elapsed = time.monotonic() - started
+    samples = b"".join(m.samples.data for m in messages if m.WhichOneof("chunk") == "samples")
+    assert len(samples) == 300_000 and set(samples) <= {0b00000, 0b11111}
+    assert messages[-1].WhichOneof("chunk") == "digest"
+    assert len(messages) > 290
+    # A lower bound only: the pace is what the stream cannot beat.
+    assert elapsed >= (len(messages) - STREAM_PACE) / STREAM_PACE * 0.95
 
 
 def test_shot_quota_refills_with_the_period(channel: grpc.Channel) -> None:

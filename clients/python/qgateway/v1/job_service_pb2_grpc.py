@@ -164,7 +164,9 @@ class JobServiceServicer:
         """Streams any job result, however large: for each PUB a header, then per binding its data
         (per register: a samples slice, then counts slices; estimator values in runs), every
         message at most `chunk_bytes` of payload; the last message holds the SHA-256 of the
-        whole result. A broken stream resumes from a (PUB, binding) position.
+        whole result. A broken stream resumes from a (PUB, binding) position. A tenant's streams
+        together send at most the server's message pace (5000 a second by default), however
+        small the messages: a result of many bindings x registers streams at that pace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
