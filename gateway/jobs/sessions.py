@@ -557,7 +557,7 @@ class SessionCore:
         # Looked up before validating: a retry gets its session even after its backend was
         # removed or a limit lowered.
         if request_id:
-            found = await self._store.find_session_request(tenant, request_id)
+            found = await self._store.find_session_request(tenant, request_id, self.clock())
             if found is not None:
                 existing, digest = found
                 # A TTL the retry leaves unset is the one its session got (the default then,

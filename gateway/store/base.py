@@ -333,15 +333,17 @@ class Store(Protocol):
     async def create_session(
         self, session: Session, request_hash: bytes, *, max_open: int | None = None
     ) -> tuple[Session, bool]:
-        """Inserts a session unless (tenant, request_id) already names one: then that one and
-        False. Raises InvalidArgument REQUEST_ID_REUSED for a different request, and
-        ResourceExhausted SESSION_LIMIT_REACHED when the tenant already has `max_open` open
-        sessions (counted in the same transaction)."""
+        """Inserts a session unless (tenant, request_id) already names one created within
+        REQUEST_ID_DEDUP_WINDOW_S before `session.created_at`: then that one and False (an
+        older one gives the id up). Raises InvalidArgument REQUEST_ID_REUSED for a different
+        request, and ResourceExhausted SESSION_LIMIT_REACHED when the tenant already has
+        `max_open` open sessions (counted in the same transaction)."""
 
     async def find_session_request(
-        self, tenant: str, request_id: str
+        self, tenant: str, request_id: str, now: datetime
     ) -> tuple[Session, bytes] | None:
-        """The session (tenant, request_id) names and its request hash, or None."""
+        """The session (tenant, request_id) names within the dedup window before `now`, and its
+        request hash, or None."""
 
     async def get_session(self, session_id: str, tenant: str | None = None) -> Session | None:
         """The session, or None if absent or (when tenant is given) another tenant's."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final, TypeVar
 
 from gateway.domain.audit import Effect
@@ -24,7 +25,7 @@ from gateway.domain.sessions import (
     request_id_reused,
     too_many_sessions,
 )
-from gateway.store.base import JobCursor, SessionPage
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, JobCursor, SessionPage
 from gateway.store.sqlite_audit import SqliteAudit, session_created, session_saved
 from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
 
@@ -88,14 +89,25 @@ def _select(conn: sqlite3.Connection, session_id: str) -> Session | None:
     return None if row is None else _row(row)
 
 
-def _find_request(
-    conn: sqlite3.Connection, tenant: str, request_id: str
-) -> tuple[Session, bytes] | None:
-    row = conn.execute(
+def _request_row(conn: sqlite3.Connection, tenant: str, request_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
         f"SELECT {_COLUMNS}, request_hash FROM sessions WHERE tenant = ? AND request_id = ?",
         (tenant, request_id),
     ).fetchone()
-    return None if row is None else (_row(row), bytes(row["request_hash"]))
+    return row
+
+
+def _within_window(row: sqlite3.Row, now_us: int) -> bool:
+    return now_us - int(row["created_at"]) <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000
+
+
+def _find_request(
+    conn: sqlite3.Connection, tenant: str, request_id: str, now_us: int
+) -> tuple[Session, bytes] | None:
+    row = _request_row(conn, tenant, request_id)
+    if row is None or not _within_window(row, now_us):
+        return None
+    return _row(row), bytes(row["request_hash"])
 
 
 def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
@@ -131,14 +143,20 @@ class SqliteSessions(SqliteAudit):
                 sessions that have not ended.
         """
 
+        created_us = to_us(session.created_at)
+
         def op(conn: sqlite3.Connection) -> tuple[Session, bool]:
             if session.request_id:
-                found = _find_request(conn, session.tenant, session.request_id)
-                if found is not None:
-                    existing, existing_hash = found
-                    if existing_hash != request_hash:
+                earlier = _request_row(conn, session.tenant, session.request_id)
+                if earlier is not None and _within_window(earlier, created_us):
+                    existing = _row(earlier)
+                    if bytes(earlier["request_hash"]) != request_hash:
                         raise request_id_reused(session.request_id, existing.id)
                     return existing, False
+                if earlier is not None:  # outside the window the id is free again
+                    conn.execute(
+                        "UPDATE sessions SET request_id = NULL WHERE id = ?", (earlier["id"],)
+                    )
             if max_open is not None and open_sessions(conn, session.tenant) >= max_open:
                 raise too_many_sessions(session.tenant, max_open)
             conn.execute(
@@ -171,12 +189,14 @@ class SqliteSessions(SqliteAudit):
         return await self._audited(Effect.CREATE_SESSION, op, session_created)
 
     async def find_session_request(
-        self, tenant: str, request_id: str
+        self, tenant: str, request_id: str, now: datetime
     ) -> tuple[Session, bytes] | None:
-        """The session (tenant, request_id) names and its request hash, or None."""
+        """The session (tenant, request_id) names within the dedup window before `now`, and
+        its request hash, or None."""
+        now_us = to_us(now)
 
         def op(conn: sqlite3.Connection) -> tuple[Session, bytes] | None:
-            return _find_request(conn, tenant, request_id)
+            return _find_request(conn, tenant, request_id, now_us)
 
         return await self._call(op, readonly=True)
 

@@ -23,7 +23,7 @@ from gateway.domain.sessions import (
     SessionMode,
     SessionState,
 )
-from gateway.store.base import NewJob, Store
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob, Store
 from tests.contract.stores import StoreOpener
 
 pytestmark = pytest.mark.anyio
@@ -97,9 +97,25 @@ async def test_request_id_dedup_and_reuse(store: Store) -> None:
     _, other_created = await store.create_session(new_session(tenant="b", request_id="r1"), b"x")
     assert other_created
     # The lookup CreateSession makes before validating a request.
-    assert await store.find_session_request("acme", "r1") == (first, b"h")
-    assert await store.find_session_request("acme", "r2") is None
-    assert await store.find_session_request("c", "r1") is None
+    assert await store.find_session_request("acme", "r1", T0) == (first, b"h")
+    assert await store.find_session_request("acme", "r2", T0) is None
+    assert await store.find_session_request("c", "r1", T0) is None
+
+
+async def test_request_ids_are_recognised_for_the_dedup_window_only(store: Store) -> None:
+    first, _ = await store.create_session(new_session(request_id="r1"), b"h")
+    edge = T0 + timedelta(seconds=REQUEST_ID_DEDUP_WINDOW_S)
+    late = edge + timedelta(microseconds=1)
+    assert await store.find_session_request("acme", "r1", edge) == (first, b"h")
+    assert await store.find_session_request("acme", "r1", late) is None
+    # Within the window a different request is refused; past it the id is free again.
+    with pytest.raises(GatewayError) as reused:
+        await store.create_session(new_session(request_id="r1", created_at=edge), b"x")
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+    fresh, created = await store.create_session(new_session(request_id="r1", created_at=late), b"x")
+    assert created and fresh.id != first.id
+    assert await store.find_session_request("acme", "r1", late) == (fresh, b"x")
+    assert await store.get_session(first.id) == dataclasses.replace(first, request_id="")
 
 
 async def test_the_cap_counts_open_sessions_atomically(store: Store) -> None:

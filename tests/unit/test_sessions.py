@@ -32,7 +32,7 @@ from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.sessions import NewSession, SessionCore, SessionLimits, SessionQueue
 from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
-from gateway.store.base import CreateOutcome, NewJob
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, CreateOutcome, NewJob
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import (
     T0,
@@ -735,6 +735,25 @@ async def test_retried_create_returns_the_same_session_even_at_the_cap(
         with pytest.raises(GatewayError) as reused:
             await core.sessions.create("alice", "r1", NewSession("sim", mode=SessionMode.BATCH))
         assert reused.value.reason == "REQUEST_ID_REUSED"
+    finally:
+        await core.close()
+
+
+async def test_a_request_id_names_its_session_for_the_dedup_window_only(
+    store: SqliteStore,
+) -> None:
+    core = await build(store)
+    try:
+        first, _ = await core.sessions.create("alice", "r1", NewSession("sim"))
+        await core.sessions.close_session("alice", first.id)
+        core.clock.advance(REQUEST_ID_DEDUP_WINDOW_S)
+        assert (await core.sessions.create("alice", "r1", NewSession("sim")))[0].id == first.id
+        core.clock.advance(1)
+        # As with SubmitJob: a week later the id is free, whatever the old request was.
+        later, created = await core.sessions.create(
+            "alice", "r1", NewSession("sim", mode=SessionMode.BATCH)
+        )
+        assert created and later.id != first.id and later.mode is SessionMode.BATCH
     finally:
         await core.close()
 
