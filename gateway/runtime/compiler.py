@@ -2,12 +2,14 @@
 
 The gateway's serving process never parses client text: each distinct circuit is compiled by a
 compile worker under a CPU-time limit (enforced by the kernel in the worker), a wall-clock limit
-(the worker is killed when it passes, or when every caller waiting for that circuit has gone)
-and a memory limit. Workers are shared fairly across tenants, and a killed worker is replaced
-in the background at the pool's creation rate. Outcomes are cached by the adapter's circuit
-key, refusals and failures inside a worker that answered included, so a repeated circuit (the
-VQE loop) or a repeated hostile request costs a hash and a lookup; callers asking for a circuit
-that is being compiled wait for that one compile.
+(the worker is killed when it passes) and a memory limit. A compile that has its worker runs
+to its end, and is cached, even when every caller waiting for it has gone: killing the worker
+cost every tenant a replacement's start-up (seconds of SDK imports) for one cancelled request.
+Workers are shared fairly across tenants, and a killed worker is replaced in the background at
+the pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals and
+failures inside a worker that answered included, so a repeated circuit (the VQE loop) or a
+repeated hostile request costs a hash and a lookup; callers asking for a circuit that is being
+compiled wait for that one compile.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import logging
 import signal
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter
 from gateway.domain.circuits import CircuitSource
@@ -117,10 +119,11 @@ def _too_complex(what: str, limit: str) -> InvalidArgument:
 
 @dataclass(eq=False)
 class _Flight:
-    """A compile in progress, and how many callers wait for it."""
+    """A compile in progress, how many callers wait for it, and whether it has its worker."""
 
-    task: asyncio.Future[object]
     waiters: int = 0
+    compiling: bool = False
+    task: asyncio.Future[object] = field(init=False)
 
 
 class Compiler:
@@ -165,14 +168,16 @@ class Compiler:
 
     async def _shared(self, key: str, tenant: str, backend: str, source: CircuitSource) -> object:
         """One compile per circuit key at a time: a caller asking for a circuit that is being
-        compiled waits for that compile. It is stopped (its worker killed) only when every
-        caller waiting for it has gone; before, each caller's own compile was killed at its
-        deadline, so repeated short-deadline requests for a slow circuit cost a worker
-        replacement (seconds of SDK imports) each and the circuit was never cached."""
+        compiled waits for that compile. When every caller has gone, a compile still waiting
+        for a worker is dropped; one that has its worker runs to its end and is cached (within
+        its limits, holding its tenant's fair share meanwhile), so a cancelled request costs
+        what a waited one does. Killing it made each short-deadline request for a slow circuit
+        cost a worker replacement (seconds of SDK imports, for every tenant)."""
         flight = self._inflight.get(key)
         if flight is None:
-            flight = _Flight(
-                asyncio.ensure_future(self._compile_once(key, tenant, backend, source))
+            flight = _Flight()
+            flight.task = asyncio.ensure_future(
+                self._compile_once(key, tenant, backend, source, flight)
             )
             self._inflight[key] = flight
             flight.task.add_done_callback(lambda _: self._land(key, flight))
@@ -181,7 +186,7 @@ class Compiler:
             return await asyncio.shield(flight.task)
         finally:
             flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
+            if flight.waiters == 0 and not flight.task.done() and not flight.compiling:
                 # Forgotten at once: a caller arriving while it winds down starts afresh
                 # instead of joining a compile that is being cancelled.
                 self._land(key, flight)
@@ -190,23 +195,30 @@ class Compiler:
     def _land(self, key: str, flight: _Flight) -> None:
         if self._inflight.get(key) is flight:
             del self._inflight[key]
+        # Nobody awaits an abandoned compile: its failure is logged here, not lost.
+        task = flight.task
+        if task.done() and not task.cancelled() and flight.waiters == 0 and task.exception():
+            log.error("an abandoned compile failed", exc_info=task.exception())
 
     async def _compile_once(
-        self, key: str, tenant: str, backend: str, source: CircuitSource
+        self, key: str, tenant: str, backend: str, source: CircuitSource, flight: _Flight
     ) -> object:
         # The tenant that started the compile holds the fair-share slot for everyone waiting.
         async with self._fair.slot(tenant):
-            outcome, lasting = await self._compile(backend, source)
+            outcome, lasting = await self._compile(backend, source, flight)
         if lasting:
             self._cache.put(key, outcome)
         return outcome
 
-    async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
+    async def _compile(
+        self, backend: str, source: CircuitSource, flight: _Flight
+    ) -> tuple[object, bool]:
         """The outcome, and whether it is a property of the circuit (worth caching). A wall-time
         kill is not: a loaded machine may be what made the compile slow."""
         limits = self.limits
         try:
             worker = await self._pool.acquire(timeout=limits.acquire_timeout_s)
+            flight.compiling = True
         except TimeoutError:
             raise ResourceExhausted(
                 "COMPILERS_BUSY",
@@ -246,7 +258,7 @@ class Compiler:
             log.error("compile failed: %s", failure.message)
             return Internal("COMPILER_FAILED", "compiling failed inside the gateway"), True
         finally:
-            # Also on cancellation (the caller went away): a compile nobody waits for stops.
+            # Also on cancellation (the gateway closing).
             if broken:
                 worker.kill()
             await self._pool.release(worker, broken=broken)

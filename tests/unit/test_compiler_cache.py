@@ -168,7 +168,9 @@ def test_callers_of_a_circuit_being_compiled_share_that_compile() -> None:
     assert worker.compiles == 1 and not worker.killed and pool.released == [False]
 
 
-def test_a_compile_stops_when_its_last_caller_goes_and_the_next_starts_afresh() -> None:
+def test_a_compile_whose_callers_all_go_runs_to_its_end_and_is_cached() -> None:
+    # Killing its worker cost every tenant a replacement's start-up (seconds of SDK imports)
+    # for each short-deadline request: a cancelled request must cost what a waited one does.
     worker = _GatedWorker()
     pool = _Pool(worker)
     compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
@@ -179,15 +181,65 @@ def test_a_compile_stops_when_its_last_caller_goes_and_the_next_starts_afresh() 
         for caller in callers:
             caller.cancel()
         await asyncio.gather(*callers, return_exceptions=True)
-        assert worker.killed
-        worker.killed = False
-        again = _compile(compiler, "acme")  # not joined to the compile being cancelled
+        assert not worker.killed
+        joined = _compile(compiler, "initech")  # joins the compile still running
         worker.gate.set()
-        assert await again == _Weighted(100)
+        assert await joined == _Weighted(100)
+        assert await _compile(compiler, "acme") == _Weighted(100)  # cached
 
     asyncio.run(main())
-    assert worker.compiles == 2 and not worker.killed
-    assert pool.released == [True, False]
+    assert worker.compiles == 1 and not worker.killed and pool.released == [False]
+
+
+def test_an_abandoned_compile_lands_in_the_cache_with_nobody_waiting() -> None:
+    worker = _GatedWorker()
+    compiler = Compiler(_Pool(worker), CompileLimits())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        caller = _compile(compiler, "acme")
+        await worker.started.wait()
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        worker.gate.set()
+        while compiler._inflight:  # the compile ends a few loop turns later
+            await asyncio.sleep(0)
+        assert await _compile(compiler, "globex") == _Weighted(100)
+
+    asyncio.run(main())
+    assert worker.compiles == 1 and not worker.killed
+
+
+class _BusyPool(_Pool):
+    """A pool whose worker is lent only when the test opens it."""
+
+    def __init__(self, worker: _Worker) -> None:
+        super().__init__(worker)
+        self.asked = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def acquire(self, timeout: float) -> _Worker:
+        self.asked.set()
+        await self.open.wait()
+        return self.worker
+
+
+def test_a_compile_still_waiting_for_a_worker_is_dropped_when_its_callers_go() -> None:
+    worker = _GatedWorker()
+    pool = _BusyPool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        caller = _compile(compiler, "acme")
+        await pool.asked.wait()
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        assert not compiler._inflight
+        pool.open.set()
+        worker.gate.set()
+        assert await _compile(compiler, "acme") == _Weighted(100)  # afresh
+
+    asyncio.run(main())
+    assert worker.compiles == 1 and pool.released == [False]
 
 
 def test_a_worker_killed_from_outside_is_not_cached_as_the_circuits_fault() -> None:
