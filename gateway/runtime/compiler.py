@@ -19,6 +19,7 @@ import logging
 import signal
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter
 from gateway.domain.circuits import CircuitSource
@@ -271,6 +272,9 @@ class Compiler:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        for task in self._background:
+        # Compiles nobody waits for any more are stopped too (their workers killed).
+        tasks: list[asyncio.Future[Any]] = [*self._background]
+        tasks += (flight.task for flight in self._inflight.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -266,3 +266,20 @@ def test_a_worker_killed_from_outside_is_not_cached_as_the_circuits_fault() -> N
     # The host's SIGKILL (OOM killer, operator) is tried again; an abort under the worker's own
     # memory limit is the circuit's, and cached.
     assert worker.compiles == 2
+
+
+def test_closing_stops_a_compile_nobody_waits_for() -> None:
+    worker = _GatedWorker()
+    pool = _Pool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        caller = _compile(compiler, "acme")
+        await worker.started.wait()
+        caller.cancel()
+        await asyncio.gather(caller, return_exceptions=True)
+        await compiler.close()
+        assert not compiler._inflight
+
+    asyncio.run(main())
+    assert worker.killed and pool.released == [True]
