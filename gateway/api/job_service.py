@@ -10,7 +10,7 @@ import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway.api import codec, paging, result_stream
-from gateway.api.context import Context
+from gateway.api.context import Context, request_bytes
 from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest
 from gateway.api.spec_cache import SpecCache
@@ -23,7 +23,7 @@ from gateway.domain.errors import (
     GatewayError,
     InvalidArgument,
 )
-from gateway.domain.jobs import Job, JobState
+from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.manager import JobManager
 from gateway.jobs.sessions import SessionCore
 from gateway.security.principals import tenant_of
@@ -37,6 +37,10 @@ _CREATED_US = struct.Struct(">q")
 RESULT_FRAMING_BYTES = 64
 # Stored results up to this size are parsed and hashed on the event loop (a millisecond or so).
 INLINE_PARSE_BYTES = 1 << 20
+# Requests larger than this have their spec serialised, digested and decoded off the event
+# loop: both walk every Pauli term and label in Python (~0.35 s per MB of terms; a 15 MB
+# observable held the loop ~6 s). The spec cache keeps only smaller specs.
+INLINE_SPEC_BYTES = 64 << 10
 # Run answers this long before the caller's deadline (less for short deadlines).
 RUN_ANSWER_MARGIN_S = 0.05
 
@@ -127,21 +131,36 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         result.name = name
         return result
 
-    async def _submit(
-        self, context: Context, request_id: str, spec: job_pb2.JobSpec, *, position: bool = True
-    ) -> tuple[Job, bool]:
-        """The job and whether this call created it (False: an earlier request's job)."""
-        tenant = tenant_of(context)
-        request_id = _request_id(request_id)
+    async def _derived(
+        self, spec: job_pb2.JobSpec, *, digest: bool
+    ) -> tuple[bytes, bytes, JobSpec | GatewayError]:
+        """The spec's stored bytes, its request digest (b"" unless `digest`) and its domain form,
+        or the error decoding it raised (the caller may still look its request_id up)."""
+        if request_bytes() > INLINE_SPEC_BYTES:
+            return await anyio.to_thread.run_sync(_derive, spec, digest)
         # Only what the API defines is stored: unknown fields (at any depth) would otherwise be
         # persisted verbatim (the digest ignores them anyway).
         spec.DiscardUnknownFields()
         spec_bytes = spec.SerializeToString(deterministic=True)
         # A repeated spec (the same circuit and options, a new request_id) is digested and
         # decoded once.
-        digest = self._specs.digest(spec_bytes, spec)
+        spec_digest = self._specs.digest(spec_bytes, spec) if digest else b""
         try:
-            domain_spec = self._specs.decoded(spec_bytes, spec)
+            return spec_bytes, spec_digest, self._specs.decoded(spec_bytes, spec)
+        except GatewayError as err:
+            return spec_bytes, spec_digest, err
+
+    async def _submit(
+        self, context: Context, request_id: str, spec: job_pb2.JobSpec, *, position: bool = True
+    ) -> tuple[Job, bool]:
+        """The job and whether this call created it (False: an earlier request's job)."""
+        tenant = tenant_of(context)
+        request_id = _request_id(request_id)
+        spec_bytes, digest, decoded = await self._derived(spec, digest=True)
+        try:
+            if isinstance(decoded, GatewayError):
+                raise decoded
+            domain_spec = decoded
             submit = self._manager.submit
             if domain_spec.session:
                 submit = self._sessions.submit
@@ -174,10 +193,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.SubmitJobResponse:
         """validate_only (AIP-163): the submission's checks and its cost estimate; no job is
         created and the request_id is not recorded."""
-        spec.DiscardUnknownFields()
         tenant = tenant_of(context)
-        spec_bytes = spec.SerializeToString(deterministic=True)
-        domain_spec = self._specs.decoded(spec_bytes, spec)
+        _, _, decoded = await self._derived(spec, digest=False)
+        if isinstance(decoded, GatewayError):
+            raise decoded
+        domain_spec = decoded
         if domain_spec.session:
             await self._sessions.check_accepts(tenant, domain_spec)
         with telemetry.span("qgateway.validate"):
@@ -328,6 +348,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 await self._stream_pace.next_message(job.tenant)
                 yield response
             yield result_stream.digest_response(digest)
+
+
+def _derive(spec: job_pb2.JobSpec, digest: bool) -> tuple[bytes, bytes, JobSpec | GatewayError]:
+    """JobServicer._derived for a large spec, in a thread: never cached (too large to keep)."""
+    spec.DiscardUnknownFields()
+    spec_bytes = spec.SerializeToString(deterministic=True)
+    spec_digest = request_digest(spec) if digest else b""
+    try:
+        return spec_bytes, spec_digest, codec.decode_spec(spec)
+    except GatewayError as err:
+        return spec_bytes, spec_digest, err
 
 
 def _digest_and_detach(data: bytes, result: job_pb2.JobResult) -> tuple[bytes, list[list[bytes]]]:

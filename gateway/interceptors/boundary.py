@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from gateway.api.context import Context
+from gateway.api.context import Context, set_request_bytes
 from gateway.api.errors import to_status
 from gateway.domain.errors import GatewayError, Internal, InvalidArgument
 from gateway.interceptors.handlers import is_gateway_method, rewrap
@@ -33,6 +33,15 @@ class _Rejected:
     """Stands in for a request that failed to decode; the handler answers with `error`."""
 
     error: GatewayError
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A decoded request and its size on the wire, which servicers read (request_bytes) to
+    decide whether deriving things from it may run on the event loop."""
+
+    message: Any
+    size: int
 
 
 def _safe_deserializer(
@@ -49,9 +58,9 @@ def _safe_deserializer(
                 )
             )
         if deserialize is None:
-            return data
+            return _Received(data, len(data))
         try:
-            return deserialize(data)
+            return _Received(deserialize(data), len(data))
         except (DecodeError, UnicodeDecodeError, ValueError) as exc:
             return _Rejected(
                 InvalidArgument(
@@ -92,6 +101,15 @@ def _rejected(
     return request.error
 
 
+def _unwrapped(request: Any) -> Any:
+    """The message of a _Received, its size recorded for the call (each call is its own task,
+    so the size is the call's own)."""
+    if isinstance(request, _Received):
+        set_request_bytes(request.size)
+        return request.message
+    return request
+
+
 def _wrap_unary(
     behaviour: Callable[[Any, Context], Awaitable[Any]],
     method: str,
@@ -101,7 +119,7 @@ def _wrap_unary(
         if isinstance(request, _Rejected):
             await abort(context, _rejected(request, method, context, on_rejected))
         try:
-            return await behaviour(request, context)
+            return await behaviour(_unwrapped(request), context)
         except GatewayError as err:
             await abort(context, err)
         except (grpc.aio.AbortError, grpc.RpcError):
@@ -123,7 +141,7 @@ def _wrap_stream(
         if isinstance(request, _Rejected):
             await abort(context, _rejected(request, method, context, on_rejected))
         try:
-            async for item in behaviour(request, context):
+            async for item in behaviour(_unwrapped(request), context):
                 yield item
         except GatewayError as err:
             await abort(context, err)

@@ -1,0 +1,84 @@
+"""A large JobSpec is digested and decoded off the event loop: both walk every Pauli term in
+Python, and a 15 MB observable held the loop ~6 s. The error boundary tells the servicer the
+request's size on the wire; small specs stay on the loop (and in the spec cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from qgateway.v1 import circuit_pb2, job_pb2
+
+from gateway.api import codec, job_service
+from gateway.api.context import Context, request_bytes, set_request_bytes
+from gateway.api.job_service import INLINE_SPEC_BYTES, JobServicer
+from gateway.api.request_digest import request_digest
+from gateway.domain.errors import GatewayError
+from gateway.interceptors import boundary
+
+_QASM = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0];\n'
+
+
+def _spec(terms: int) -> job_pb2.JobSpec:
+    observable = circuit_pb2.Observable(
+        terms=[circuit_pb2.PauliTerm(pauli="ZZ", coefficient=0.5) for _ in range(terms)]
+    )
+    pub = circuit_pb2.EstimatorPub(
+        circuit=circuit_pb2.Circuit(qasm3=_QASM), observables=[observable]
+    )
+    return job_pb2.JobSpec(backend="backends/aer", pubs=[circuit_pb2.Pub(estimator=pub)])
+
+
+def test_the_boundary_tells_the_servicer_the_request_size() -> None:
+    data = _spec(3).SerializeToString()
+    decode = boundary._safe_deserializer(job_pb2.JobSpec.FromString, 1 << 20)
+    seen: list[tuple[Any, int]] = []
+
+    async def behaviour(request: Any, context: Context) -> None:
+        seen.append((request, request_bytes()))
+
+    handle = boundary._wrap_unary(behaviour, "/qgateway.v1.JobService/SubmitJob")
+    asyncio.run(handle(decode(data), None))
+    [(request, size)] = seen
+    assert isinstance(request, job_pb2.JobSpec) and len(request.pubs) == 1
+    assert size == len(data)
+
+
+@pytest.mark.parametrize(("terms", "on_loop"), [(10, True), (INLINE_SPEC_BYTES // 10, False)])
+def test_large_specs_are_digested_and_decoded_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch, terms: int, on_loop: bool
+) -> None:
+    threads: list[tuple[str, int]] = []
+    decode_spec = codec.decode_spec
+
+    def digest(spec: job_pb2.JobSpec) -> bytes:
+        threads.append(("digest", threading.get_ident()))
+        return request_digest(spec)
+
+    def decode(spec: job_pb2.JobSpec) -> Any:
+        threads.append(("decode", threading.get_ident()))
+        return decode_spec(spec)
+
+    monkeypatch.setattr(job_service, "request_digest", digest)
+    monkeypatch.setattr(job_service.codec, "decode_spec", decode)
+    none: Any = None
+    servicer = JobServicer(
+        none, 4 << 20, page_tokens=none, sessions=none, stream_budget=none, stream_pace=none
+    )
+    spec = _spec(terms)
+    size = spec.ByteSize()
+
+    async def derive() -> tuple[bytes, bytes, Any]:
+        set_request_bytes(size)  # as the boundary records it for the call
+        return await servicer._derived(spec, digest=True)
+
+    loop_thread = threading.get_ident()
+    spec_bytes, spec_digest, decoded = asyncio.run(derive())
+    assert spec_bytes == spec.SerializeToString(deterministic=True)
+    assert spec_digest == request_digest(spec)
+    assert not isinstance(decoded, GatewayError)
+    assert len(decoded.pubs[0].observables[0].terms) == terms
+    assert [name for name, _ in threads] == ["digest", "decode"]
+    assert all((ident == loop_thread) is on_loop for _, ident in threads)
