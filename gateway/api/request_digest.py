@@ -135,7 +135,9 @@ def _message(msg: Message) -> dict[str, Any]:
             if len(value) == 0:
                 continue
             if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-                out[key] = _doubles(list(value))
+                # Read as an array straight from the container: a list of 1.9M floats first
+                # cost 0.17 s (0.05 s without), holding the interpreter lock throughout.
+                out[key] = _doubles(value)
             else:
                 out[key] = [_value(field, v) for v in value]
         elif field.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
