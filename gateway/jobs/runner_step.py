@@ -56,6 +56,8 @@ _PREPARE_RETRY_MAX_S = 30.0
 
 # Results up to about this size are encoded on the event loop (tens of microseconds).
 INLINE_ENCODE_BYTES = 64 << 10
+# Stored specs larger than this are decoded in a thread (as the API does with requests).
+INLINE_DECODE_BYTES = 64 << 10
 # A local run's RUNNING state is written with its end when it ends within this delay (one
 # commit instead of two), else when the delay is over. Meanwhile the store still says QUEUED:
 # a job that ran this briefly is seen going from QUEUED to its end, its history and start
@@ -129,7 +131,7 @@ class RunnerStep:
         spec_bytes = await self._t.store.get_spec(job.id)
         if spec_bytes is None:
             raise RuntimeError(f"job {job.id} has no stored spec")
-        spec = self._format.decode_spec(spec_bytes)
+        spec = await self._decode(spec_bytes)
         deadline = job.created_at + timedelta(seconds=runtime.settings.max_queue_time_s)
         backoff = _PREPARE_RETRY_S
         while True:
@@ -677,6 +679,13 @@ class RunnerStep:
             breaker=moved,
         )
 
+    async def _decode(self, spec_bytes: bytes) -> JobSpec:
+        """A stored spec, decoded off the event loop when large: decoding walks every Pauli
+        term and binding in Python (seconds for a spec of megabytes)."""
+        if len(spec_bytes) > INLINE_DECODE_BYTES:
+            return await anyio.to_thread.run_sync(self._format.decode_spec, spec_bytes)
+        return self._format.decode_spec(spec_bytes)
+
     async def _stored_own_limit(self, job: Job) -> float | None:
         """The job's own max_execution_time, from its stored spec (a re-attached job has no
         prepared job); None when it set none or the spec cannot be read."""
@@ -684,7 +693,7 @@ class RunnerStep:
             spec_bytes = await self._t.store.get_spec(job.id)
             if spec_bytes is None:
                 return None
-            return self._format.decode_spec(spec_bytes).options.max_execution_time_s
+            return (await self._decode(spec_bytes)).options.max_execution_time_s
         except Exception:  # the backend's own limit still applies
             log.exception("job %s: its time limit could not be read from its stored spec", job.id)
             return None
@@ -696,7 +705,7 @@ class RunnerStep:
             spec_bytes = await self._t.store.get_spec(job.id)
             if spec_bytes is None:
                 return 0
-            spec = self._format.decode_spec(spec_bytes)
+            spec = await self._decode(spec_bytes)
             return pricing.job_shots(spec, runtime.adapter.context.default_shots)
         except Exception:  # usage is not worth failing a finished job for
             log.exception("job %s: its shots could not be read from its stored spec", job.id)

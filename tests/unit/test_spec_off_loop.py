@@ -17,6 +17,7 @@ from gateway.api.job_service import INLINE_SPEC_BYTES, JobServicer
 from gateway.api.request_digest import request_digest
 from gateway.domain.errors import GatewayError
 from gateway.interceptors import boundary
+from gateway.jobs.runner_step import INLINE_DECODE_BYTES, RunnerStep
 
 _QASM = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0];\n'
 
@@ -82,3 +83,25 @@ def test_large_specs_are_digested_and_decoded_off_the_loop(
     assert len(decoded.pubs[0].observables[0].terms) == terms
     assert [name for name, _ in threads] == ["digest", "decode"]
     assert all((ident == loop_thread) is on_loop for _, ident in threads)
+
+
+class _Format:
+    """A stored format that records the thread each spec is decoded on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def decode_spec(self, data: bytes) -> Any:
+        self.threads.append(threading.get_ident())
+        return data
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("size", "on_loop"), [(100, True), (INLINE_DECODE_BYTES + 1, False)])
+async def test_stored_specs_are_decoded_off_the_loop_when_large(size: int, on_loop: bool) -> None:
+    # Re-preparing a job after a restart (or on another replica) decodes its stored spec: a
+    # spec of megabytes of Pauli terms took seconds on the loop.
+    stored = _Format()
+    step = RunnerStep(None, stored, None, None)  # type: ignore[arg-type]
+    assert await step._decode(b"x" * size) == b"x" * size
+    assert (stored.threads == [threading.get_ident()]) is on_loop
