@@ -6,7 +6,7 @@ registers is 2,000,000 messages, over a minute of the loop's CPU, and a tenant m
 call. A result's bytes are bounded (max_result_mb, the stream memory budget); its messages
 were not. So each tenant's streams together send at most `per_second` messages a second (a
 burst of as many), and wait for the rest: what a tenant's streams cost the loop is bounded
-whatever the result's shape. A stream of large chunks sends a message per chunk and never
+whatever the result's shape. A stream of large chunks sends a message per chunk and rarely
 waits. Counted per process, like the other stream limits.
 """
 

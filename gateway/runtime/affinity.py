@@ -8,7 +8,8 @@ hand-offs. Bound to one CPU, they become context switches on a core that is awak
 
 Workers do the heavy work in their own processes and must keep every CPU the gateway had: they
 inherit its binding through fork, so the gateway names the original CPUs on each worker's
-command line (worker_args) and the worker binds itself back to them first (release_worker).
+command line (worker_args) and the worker's entry point binds itself back to them
+(release_worker) before anything imports numpy (gateway.runtime.worker_main).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The gateway's serving process never parses client text: each distinct circuit is compiled by a
 compile worker under a CPU-time limit (enforced by the kernel in the worker), a wall-clock limit
-(the worker is killed when it passes) and a memory limit. A compile that has its worker runs
-to its end, and is cached, even when every caller waiting for it has gone: killing the worker
-cost every tenant a replacement's start-up (seconds of SDK imports) for one cancelled request.
+(the worker is killed when it passes) and a memory limit. A compile that has its fair-share
+slot runs to its end even when every caller waiting for it has gone, and its outcome is cached
+when it is the circuit's: killing the worker cost every tenant a replacement's start-up
+(seconds of SDK imports) for one cancelled request.
 Workers are shared fairly across tenants, and a killed worker is replaced in the background at
 the pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals and
 failures inside a worker that answered included, so a repeated circuit (the VQE loop) or a
@@ -120,7 +121,8 @@ def _too_complex(what: str, limit: str) -> InvalidArgument:
 
 @dataclass(eq=False)
 class _Flight:
-    """A compile in progress, how many callers wait for it, and whether it has its worker."""
+    """A compile in progress, how many callers wait for it, and whether it has its fair-share
+    slot (from then on it goes on without callers)."""
 
     waiters: int = 0
     compiling: bool = False
@@ -137,6 +139,7 @@ class Compiler:
         self._cache = _Cache(limits.cache_bytes)
         self._inflight: dict[str, _Flight] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     @property
     def pool(self) -> Pool[WorkerProcess]:
@@ -170,9 +173,9 @@ class Compiler:
     async def _shared(self, key: str, tenant: str, backend: str, source: CircuitSource) -> object:
         """One compile per circuit key at a time: a caller asking for a circuit that is being
         compiled waits for that compile. When every caller has gone, a compile still waiting
-        for a worker is dropped; one that has its worker runs to its end and is cached (within
-        its limits, holding its tenant's fair share meanwhile), so a cancelled request costs
-        what a waited one does. Killing it made each short-deadline request for a slow circuit
+        for its tenant's fair-share slot is dropped; one that has its slot runs to its end
+        within its limits (and is cached as any compile is), so a cancelled request costs what
+        a waited one does. Killing it made each short-deadline request for a slow circuit
         cost a worker replacement (seconds of SDK imports, for every tenant)."""
         flight = self._inflight.get(key)
         if flight is None:
@@ -206,20 +209,20 @@ class Compiler:
     ) -> object:
         # The tenant that started the compile holds the fair-share slot for everyone waiting.
         async with self._fair.slot(tenant):
-            outcome, lasting = await self._compile(backend, source, flight)
+            # From here it goes on without callers: slots are as many as workers, and dropping
+            # it while the pool starts a worker for it threw that start-up away.
+            flight.compiling = True
+            outcome, lasting = await self._compile(backend, source)
         if lasting:
             self._cache.put(key, outcome)
         return outcome
 
-    async def _compile(
-        self, backend: str, source: CircuitSource, flight: _Flight
-    ) -> tuple[object, bool]:
+    async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
         """The outcome, and whether it is a property of the circuit (worth caching). A wall-time
         kill is not: a loaded machine may be what made the compile slow."""
         limits = self.limits
         try:
             worker = await self._pool.acquire(timeout=limits.acquire_timeout_s)
-            flight.compiling = True
         except TimeoutError:
             raise ResourceExhausted(
                 "COMPILERS_BUSY",
@@ -267,12 +270,15 @@ class Compiler:
                 self._replace_in_background()
 
     def _replace_in_background(self) -> None:
+        if self._closing:  # a worker killed by close() is not replaced
+            return
         task = asyncio.ensure_future(self._pool.maintain())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         # Compiles nobody waits for any more are stopped too (their workers killed).
+        self._closing = True
         tasks: list[asyncio.Future[Any]] = [*self._background]
         tasks += (flight.task for flight in self._inflight.values())
         for task in tasks:

@@ -1,13 +1,13 @@
 """Worker processes: simulators and circuit compilers.
 
-A worker is `python -m gateway.runtime.worker`, in one of two roles chosen by its first message.
-A simulator worker builds one adapter and runs prepared payloads. A compile worker builds the
-adapters of every backend and compiles client circuits one at a time under a CPU-time limit
-(RLIMIT_CPU, set afresh for each circuit) and a memory limit (RLIMIT_DATA); the gateway adds the
-wall-clock limit and kills the process when it passes. Requests arrive on stdin, answers leave
-on stdout, both as length-prefixed pickles. A crash or an out-of-memory kill takes only the
-worker, and the worker asks the kernel to kill it when the gateway dies, so a SIGKILLed gateway
-leaves no orphans.
+A worker is `python -m gateway.runtime.worker_main`, in one of two roles chosen by its first
+message. A simulator worker builds one adapter and runs prepared payloads. A compile worker
+builds the adapters of every backend and compiles client circuits one at a time under a
+CPU-time limit (RLIMIT_CPU, set afresh for each circuit) and a memory limit (RLIMIT_DATA); the
+gateway adds the wall-clock limit and kills the process when it passes. Requests arrive on
+stdin, answers leave on stdout, both as length-prefixed pickles. A crash or an out-of-memory
+kill takes only the worker, and the worker asks the kernel to kill it when the gateway dies, so
+a SIGKILLed gateway leaves no orphans.
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
     return handle
 
 
-def _run_worker() -> None:
-    affinity.release_worker(sys.argv[3:])  # before an SDK starts threads that inherit it
+def run_worker() -> None:
+    """The worker's loop (gateway.runtime.worker_main starts it): argv[1] is the gateway's pid."""
     parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent)
     # The protocol owns fd 1; anything an SDK prints goes to stderr instead.
@@ -248,10 +248,10 @@ class WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.runtime.worker",
+            "gateway.runtime.worker_main",
             str(os.getpid()),
-            label,
             *affinity.worker_args(),
+            label,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -400,11 +400,3 @@ def _describe_exit(code: int) -> tuple[str, dict[str, str]]:
             name = str(-code)
         return f"the worker process was killed by signal {name}", {"signal": name}
     return f"the worker process exited with status {code}", {"exitStatus": str(code)}
-
-
-if __name__ == "__main__":
-    # Run the imported module, not __main__: roles arrive pickled as gateway.runtime.worker
-    # classes, and isinstance must see the same classes.
-    from gateway.runtime import worker
-
-    worker._run_worker()

@@ -308,7 +308,7 @@ class WorkerCounter:
             cmd = proc.info["cmdline"] or []
             if "serve" in cmd and self._config in cmd:
                 gateways.add(proc.info["pid"])
-            elif "gateway.runtime.worker" in cmd and cmd[-1:] == [self._backend]:
+            elif "gateway.runtime.worker_main" in cmd and cmd[-1:] == [self._backend]:
                 workers.append((proc.info["ppid"], cmd))
         return sum(1 for ppid, _ in workers if ppid in gateways)
 

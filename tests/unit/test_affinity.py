@@ -105,3 +105,14 @@ def test_cpu_lists_are_checked(tmp_path: Path, value: str, needle: str) -> None:
 def test_cpu_affinity_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QGATEWAY_SERVER__CPU_AFFINITY", "[0, 1]")
     assert load_config(None).server.cpu_affinity == (0, 1)
+
+
+def test_a_worker_is_released_before_numpy_loads() -> None:
+    # numpy's OpenBLAS sizes its thread pool from the CPUs the process may use when it loads:
+    # released after that, a worker of a bound gateway kept one BLAS thread.
+    probe = "import sys, gateway.runtime.worker_main; print('numpy' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "False"

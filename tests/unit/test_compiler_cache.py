@@ -209,34 +209,27 @@ def test_an_abandoned_compile_lands_in_the_cache_with_nobody_waiting() -> None:
     assert worker.compiles == 1 and not worker.killed
 
 
-class _BusyPool(_Pool):
-    """A pool whose worker is lent only when the test opens it."""
-
-    def __init__(self, worker: _Worker) -> None:
-        super().__init__(worker)
-        self.asked = asyncio.Event()
-        self.open = asyncio.Event()
-
-    async def acquire(self, timeout: float) -> _Worker:
-        self.asked.set()
-        await self.open.wait()
-        return self.worker
+OTHER = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; x q;")
 
 
-def test_a_compile_still_waiting_for_a_worker_is_dropped_when_its_callers_go() -> None:
+def test_a_compile_still_waiting_for_its_fair_share_is_dropped_when_its_callers_go() -> None:
     worker = _GatedWorker()
-    pool = _BusyPool(worker)
+    pool = _Pool(worker)  # one worker: one fair-share slot
     compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
 
     async def main() -> None:
-        caller = _compile(compiler, "acme")
-        await pool.asked.wait()
-        caller.cancel()
-        await asyncio.gather(caller, return_exceptions=True)
-        assert not compiler._inflight
-        pool.open.set()
+        first = _compile(compiler, "acme")
+        await worker.started.wait()
+        waiting = asyncio.ensure_future(
+            compiler.compile("globex", "aer", _Adapter(), OTHER, "spec.pubs[0]")  # type: ignore[arg-type]
+        )
+        while OTHER.text not in compiler._inflight:
+            await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert OTHER.text not in compiler._inflight
         worker.gate.set()
-        assert await _compile(compiler, "acme") == _Weighted(100)  # afresh
+        assert await first == _Weighted(100)
 
     asyncio.run(main())
     assert worker.compiles == 1 and pool.released == [False]
@@ -268,9 +261,18 @@ def test_a_worker_killed_from_outside_is_not_cached_as_the_circuits_fault() -> N
     assert worker.compiles == 2
 
 
+class _CountingPool(_Pool):
+    def __init__(self, worker: _Worker) -> None:
+        super().__init__(worker)
+        self.maintained = 0
+
+    async def maintain(self) -> None:
+        self.maintained += 1
+
+
 def test_closing_stops_a_compile_nobody_waits_for() -> None:
     worker = _GatedWorker()
-    pool = _Pool(worker)
+    pool = _CountingPool(worker)
     compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
 
     async def main() -> None:
@@ -283,3 +285,4 @@ def test_closing_stops_a_compile_nobody_waits_for() -> None:
 
     asyncio.run(main())
     assert worker.killed and pool.released == [True]
+    assert pool.maintained == 0  # its killed worker is not replaced while closing
