@@ -11,6 +11,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens
 from gateway.api.stream_budget import StreamBudget
+from gateway.api.stream_pace import StreamPace
 from gateway.domain.jobs import Job, JobState
 from gateway.store.base import CreateOutcome
 from tests.rpc import ghz, sampler_spec
@@ -67,6 +68,7 @@ def run(result: job_pb2.JobResult) -> tuple[job_service_pb2.RunResponse, Manager
         page_tokens=PageTokens(bytes(32)),
         sessions=None,  # type: ignore[arg-type]
         stream_budget=StreamBudget(1 << 20, 1 << 20),
+        stream_pace=StreamPace(1000),
     )
     request = job_service_pb2.RunRequest(request_id="r1", spec=sampler_spec(ghz(2)))
     response = asyncio.run(servicer.Run(request, Context()))  # type: ignore[arg-type]
