@@ -60,12 +60,19 @@ class CompileLimits:
 
 
 class _Cache:
-    """A byte-bounded LRU of compile outcomes: a compiled circuit or the refusal."""
+    """A byte-bounded LRU of compile outcomes: a compiled circuit or the refusal.
+
+    Each entry counts against the tenant whose compile put it there, and no tenant's entries
+    may fill more than `max_bytes // 2`: past that its own least recent go first. Without it
+    one tenant compiling thousands of distinct circuits (within its fair share of workers)
+    flushed every other tenant's circuits, and each of their next calls compiled again."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
+        self._tenant_max = max_bytes // 2
         self._size = 0
-        self._items: OrderedDict[str, tuple[object, int]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[object, int, str]] = OrderedDict()
+        self._by_tenant: dict[str, int] = {}
 
     def get(self, key: str) -> object | None:
         item = self._items.get(key)
@@ -74,18 +81,35 @@ class _Cache:
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: str, value: object) -> None:
+    def put(self, key: str, value: object, tenant: str) -> None:
         weight = int(getattr(value, "nbytes", _DEFAULT_WEIGHT))
         if weight > self._max // 4:
             return
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._size -= old[1]
-        self._items[key] = (value, weight)
+        self._drop(key)
+        self._items[key] = (value, weight, tenant)
         self._size += weight
+        self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + weight
+        if self._by_tenant[tenant] > self._tenant_max:
+            # The tenant's own least recent entries, oldest first (never the one just put).
+            own = [k for k, item in self._items.items() if item[2] == tenant and k != key]
+            for old in own:
+                if self._by_tenant[tenant] <= self._tenant_max:
+                    break
+                self._drop(old)
         while self._size > self._max:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self._size -= dropped
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is None:
+            return
+        _, weight, tenant = item
+        self._size -= weight
+        left = self._by_tenant[tenant] - weight
+        if left:
+            self._by_tenant[tenant] = left
+        else:
+            del self._by_tenant[tenant]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -214,7 +238,7 @@ class Compiler:
             flight.compiling = True
             outcome, lasting = await self._compile(backend, source)
         if lasting:
-            self._cache.put(key, outcome)
+            self._cache.put(key, outcome, tenant)
         return outcome
 
     async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:

@@ -52,20 +52,37 @@ class _Weighted:
 
 def test_the_cache_keeps_the_most_recent_within_its_bytes() -> None:
     cache = _Cache(max_bytes=100_000)
-    cache.put("a", _Weighted(20_000))
-    cache.put("b", _Weighted(20_000))
-    cache.put("c", _Weighted(20_000))
+    # A tenant each, so that only the cache's own bound applies.
+    cache.put("a", _Weighted(20_000), "t1")
+    cache.put("b", _Weighted(20_000), "t2")
+    cache.put("c", _Weighted(20_000), "t3")
     assert cache.get("a") is not None  # now the most recent
-    cache.put("d", _Weighted(25_000))
-    cache.put("e", _Weighted(25_000))  # 110,000 bytes: the least recent ("b") goes
+    cache.put("d", _Weighted(25_000), "t4")
+    cache.put("e", _Weighted(25_000), "t5")  # 110,000 bytes: the least recent ("b") goes
     assert cache.get("b") is None
     assert all(cache.get(k) is not None for k in "acde")
     # Larger than a quarter of the cache: never cached, nothing evicted for it.
-    cache.put("huge", _Weighted(30_000))
+    cache.put("huge", _Weighted(30_000), "t6")
     assert cache.get("huge") is None and len(cache) == 4
     # Refusals (no nbytes) weigh a small fixed amount.
-    cache.put("refused", InvalidArgument("X", "y"))
+    cache.put("refused", InvalidArgument("X", "y"), "t7")
     assert isinstance(cache.get("refused"), InvalidArgument) and len(cache) == 5
+
+
+def test_one_tenant_fills_at_most_half_the_cache() -> None:
+    # One tenant compiling many distinct circuits flushed every other tenant's: their next
+    # calls all compiled again.
+    cache = _Cache(max_bytes=100_000)
+    cache.put("vqe", _Weighted(20_000), "victim")
+    for i in range(50):
+        cache.put(f"flood{i}", _Weighted(10_000), "flooder")
+    assert cache.get("vqe") is not None
+    flooded = [i for i in range(50) if cache.get(f"flood{i}") is not None]
+    assert flooded == list(range(45, 50))  # its 5 most recent: 50,000 bytes, half the cache
+    # Its own oldest go first, even when the victim's entry is less recent.
+    assert cache.get("flood45") is not None
+    cache.put("flood50", _Weighted(10_000), "flooder")
+    assert cache.get("vqe") is not None and cache.get("flood46") is None
 
 
 class _Worker:
