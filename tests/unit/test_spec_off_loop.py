@@ -15,7 +15,7 @@ from gateway.api import codec, job_service
 from gateway.api.context import Context, request_bytes, set_request_bytes
 from gateway.api.job_service import INLINE_SPEC_BYTES, JobServicer
 from gateway.api.request_digest import request_digest
-from gateway.domain.errors import GatewayError
+from gateway.domain.errors import GatewayError, InvalidArgument
 from gateway.interceptors import boundary
 from gateway.jobs.runner_step import INLINE_DECODE_BYTES, RunnerStep
 
@@ -105,3 +105,45 @@ async def test_stored_specs_are_decoded_off_the_loop_when_large(size: int, on_lo
     step = RunnerStep(None, stored, None, None)  # type: ignore[arg-type]
     assert await step._decode(b"x" * size) == b"x" * size
     assert (stored.threads == [threading.get_ident()]) is on_loop
+
+
+class _Retrying:
+    """A manager that has the job of an earlier request with the same request_id."""
+
+    def __init__(self) -> None:
+        self.looked_up: list[tuple[str, str, bytes]] = []
+
+    async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Any:
+        self.looked_up.append((tenant, request_id, digest))
+        return "the earlier job"
+
+
+@pytest.mark.parametrize("terms", [10, INLINE_SPEC_BYTES // 10])
+def test_a_retry_that_no_longer_decodes_gets_its_job(
+    monkeypatch: pytest.MonkeyPatch, terms: int
+) -> None:
+    # The request_id is looked up when the submission fails, its decoding included (a limit
+    # lowered since), on either path: a retry gets its job.
+    def refuse(spec: job_pb2.JobSpec) -> Any:
+        raise InvalidArgument("TOO_MANY_TERMS", "a limit lowered since")
+
+    monkeypatch.setattr(job_service.codec, "decode_spec", refuse)
+    manager = _Retrying()
+    none: Any = None
+    servicer = JobServicer(
+        manager,  # type: ignore[arg-type]
+        4 << 20,
+        page_tokens=none,
+        sessions=none,
+        stream_budget=none,
+        stream_pace=none,
+    )
+    spec = _spec(terms)
+
+    async def submit() -> tuple[Any, bool]:
+        set_request_bytes(spec.ByteSize())
+        return await servicer._submit(None, "r-1", spec)
+
+    assert asyncio.run(submit()) == ("the earlier job", False)
+    [(_, request_id, digest)] = manager.looked_up
+    assert request_id == "r-1" and digest == request_digest(spec)
