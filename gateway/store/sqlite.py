@@ -39,7 +39,6 @@ from gateway.domain.jobs import (
 )
 from gateway.domain.pricing import Cost, Usage
 from gateway.store.base import (
-    REQUEST_ID_DEDUP_WINDOW_S,
     CreateOutcome,
     JobCursor,
     JobPage,
@@ -53,7 +52,7 @@ from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_sessions import SqliteSessions
 from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
 from gateway.store.sqlite_tenants import SqliteTenants, reserve, settle
-from gateway.store.sqlite_time import from_us, opt_from_us, to_us
+from gateway.store.sqlite_time import from_us, opt_from_us, to_us, within_dedup_window
 
 T = TypeVar("T")
 
@@ -436,7 +435,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         def op(conn: sqlite3.Connection) -> CreateOutcome:
             earlier = _request_row(conn, new.tenant, new.request_id) if new.request_id else None
             if earlier is not None:
-                if _within_dedup_window(earlier, created_us):
+                if within_dedup_window(int(earlier["created_at"]), created_us):
                     existing = _row_to_job(earlier)
                     if bytes(earlier["request_hash"]) == new.request_hash:
                         return CreateOutcome(existing, created=False)
@@ -1429,15 +1428,11 @@ def _request_row(conn: sqlite3.Connection, tenant: str, request_id: str) -> sqli
     return row
 
 
-def _within_dedup_window(row: sqlite3.Row, now_us: int) -> bool:
-    return now_us - int(row["created_at"]) <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000
-
-
 def _lookup_request(
     conn: sqlite3.Connection, tenant: str, request_id: str, now_us: int
 ) -> tuple[Job, bytes] | None:
     row = _request_row(conn, tenant, request_id)
-    if row is None or not _within_dedup_window(row, now_us):
+    if row is None or not within_dedup_window(int(row["created_at"]), now_us):
         return None
     return _row_to_job(row), bytes(row["request_hash"])
 

@@ -25,9 +25,9 @@ from gateway.domain.sessions import (
     request_id_reused,
     too_many_sessions,
 )
-from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, JobCursor, SessionPage
+from gateway.store.base import JobCursor, SessionPage
 from gateway.store.sqlite_audit import SqliteAudit, session_created, session_saved
-from gateway.store.sqlite_time import opt_from_us, opt_us, to_us
+from gateway.store.sqlite_time import opt_from_us, opt_us, to_us, within_dedup_window
 
 T = TypeVar("T")
 
@@ -97,15 +97,11 @@ def _request_row(conn: sqlite3.Connection, tenant: str, request_id: str) -> sqli
     return row
 
 
-def _within_window(row: sqlite3.Row, now_us: int) -> bool:
-    return now_us - int(row["created_at"]) <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000
-
-
 def _find_request(
     conn: sqlite3.Connection, tenant: str, request_id: str, now_us: int
 ) -> tuple[Session, bytes] | None:
     row = _request_row(conn, tenant, request_id)
-    if row is None or not _within_window(row, now_us):
+    if row is None or not within_dedup_window(int(row["created_at"]), now_us):
         return None
     return _row(row), bytes(row["request_hash"])
 
@@ -148,7 +144,9 @@ class SqliteSessions(SqliteAudit):
         def op(conn: sqlite3.Connection) -> tuple[Session, bool]:
             if session.request_id:
                 earlier = _request_row(conn, session.tenant, session.request_id)
-                if earlier is not None and _within_window(earlier, created_us):
+                if earlier is not None and within_dedup_window(
+                    int(earlier["created_at"]), created_us
+                ):
                     existing = _row(earlier)
                     if bytes(earlier["request_hash"]) != request_hash:
                         raise request_id_reused(session.request_id, existing.id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S
+
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -30,3 +32,8 @@ def from_us(value: object) -> datetime:
 
 def opt_from_us(value: object) -> datetime | None:
     return None if value is None else from_us(value)
+
+
+def within_dedup_window(created_us: int, now_us: int) -> bool:
+    """Whether a request_id recorded at `created_us` still names its job or session."""
+    return now_us - created_us <= REQUEST_ID_DEDUP_WINDOW_S * 1_000_000
