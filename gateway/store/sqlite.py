@@ -298,6 +298,8 @@ _JOB_COLUMNS: Final = (
     ", trace_context"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
+# Jobs one filtered ListJobs page examines at most (see SqliteStore.list_jobs).
+LIST_SCAN_ROWS = 10_000
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
 # The queue a job waits in. The very expression of the claim indexes (migration 7): SQLite uses
 # an expression index only when a query spells the expression the same way.
@@ -483,39 +485,60 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         """The tenant's jobs matching `filter` (None: all), newest first (create time, then id,
         both descending), starting after cursor `after`.
 
-        The filter runs in SQL with every client value a bound parameter.
+        The filter runs in SQL with every client value a bound parameter. A filtered page
+        examines at most LIST_SCAN_ROWS of the tenant's jobs (those its create-time clauses
+        leave): the page may then hold fewer than `limit` jobs, even none, with a cursor after
+        the last job examined (AIP-158). A filter matching none of a million jobs scanned them
+        all on the store's one thread, every tenant's commits waiting.
 
         Raises:
             ValueError: When limit is below 1 (page-size defaults belong to the API layer).
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        # The rows a page may examine: the tenant's, after the cursor, within its create-time
+        # clauses (an index range); the other clauses filter those.
         where = ["tenant = ?"]
         params: list[object] = [tenant]
+        matches: list[str] = []
+        match_params: list[object] = []
         for clause in filter.clauses if filter is not None else ():
             parts = []
+            values: list[object] = []
             for comparison in clause:
-                sql, values = _comparison_sql(comparison)
+                sql, comparison_values = _comparison_sql(comparison)
                 parts.append(sql)
-                params.extend(values)
-            where.append("(" + " OR ".join(parts) + ")")
+                values.extend(comparison_values)
+            timed = all(c.field is FilterField.CREATE_TIME for c in clause)
+            (where if timed else matches).append("(" + " OR ".join(parts) + ")")
+            (params if timed else match_params).extend(values)
         if after is not None:
             after_us = to_us(after.created_at)
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params.extend([after_us, after_us, after.id])
+        order = " ORDER BY created_at DESC, id DESC"
+        examined = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)}{order}"
+        scan = LIST_SCAN_ROWS
+        if matches:
+            # Aliased `jobs`: the label comparisons name jobs.labels.
+            examined = f"SELECT * FROM ({examined} LIMIT {scan}) AS jobs"
+            examined += f" WHERE {' AND '.join(matches)}{order}"
         # One row more than asked tells whether another page follows.
-        sql = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, id DESC LIMIT ?"
-        )
-        params.append(limit + 1)
+        sql = f"{examined} LIMIT ?"
+        sql_params = [*params, *match_params, limit + 1]
+        boundary = f"SELECT created_at, id FROM jobs WHERE {' AND '.join(where)}{order}"
+        boundary += f" LIMIT 1 OFFSET {scan - 1}"
 
         def op(conn: sqlite3.Connection) -> JobPage:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, sql_params).fetchall()
             more = len(rows) > limit
             jobs = [_row_to_job(r) for r in rows[:limit]]
-            cursor = JobCursor(jobs[-1].created_at, jobs[-1].id) if more else None
-            return JobPage(jobs=jobs, next_cursor=cursor)
+            if more:
+                return JobPage(jobs=jobs, next_cursor=JobCursor(jobs[-1].created_at, jobs[-1].id))
+            last = conn.execute(boundary, params).fetchone() if matches else None
+            if last is None:  # every row was examined
+                return JobPage(jobs=jobs, next_cursor=None)
+            return JobPage(jobs=jobs, next_cursor=JobCursor(from_us(last[0]), str(last[1])))
 
         return await self._call(op, readonly=True)
 

@@ -407,3 +407,36 @@ async def test_claim_queries_use_their_indexes(store: SqliteStore, db_path: path
                 plan,
             )
             assert "SCAN jobs" not in plan.replace("SCAN jobs USING", ""), (sql, plan)
+
+
+async def test_a_filtered_page_examines_a_bounded_window_and_pages_on(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A filter matching none of a tenant's million jobs scanned them all on the store's one
+    # thread: every tenant's commits waited. A page examines at most LIST_SCAN_ROWS jobs and
+    # may come back short, even empty, with a cursor past what it examined (AIP-158).
+    from gateway.api.job_filter import parse_filter
+
+    monkeypatch.setattr(sqlite_module, "LIST_SCAN_ROWS", 4)
+    backends = ["aer", "aer", "other", "aer", "aer", "aer", "other", "aer", "aer", "other"]
+    for i, backend in enumerate(backends):  # newest last
+        await store.create_job(
+            new_job(backend=backend, job_id=f"j{i}", created_at=T0 + timedelta(seconds=i))
+        )
+    wanted = parse_filter('backend = "backends/other"')
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        page = await store.list_jobs("acme", filter=wanted, after=cursor, limit=10)
+        pages.append([j.id for j in page.jobs])
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    # Windows of 4 from the newest: j9-j6, j5-j2, j1-j0 (none there: an empty last page).
+    assert pages == [["j9", "j6"], ["j2"], []]
+    # Unfiltered and time-only pages are bounded by their limit alone: never short.
+    page = await store.list_jobs("acme", limit=6)
+    assert len(page.jobs) == 6 and page.next_cursor is not None
+    before = parse_filter(f'create_time < "{(T0 + timedelta(seconds=8)).isoformat()}"')
+    page = await store.list_jobs("acme", filter=before, limit=6)
+    assert [j.id for j in page.jobs] == ["j7", "j6", "j5", "j4", "j3", "j2"]
