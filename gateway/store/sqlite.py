@@ -49,6 +49,7 @@ from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
 from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
 from gateway.store.sqlite_keys import UNREVOKED_INDEX_SQL as SQLITE_KEYS_UNREVOKED_INDEX
 from gateway.store.sqlite_keys import SqliteApiKeys
+from gateway.store.sqlite_pages import page_query
 from gateway.store.sqlite_sessions import SqliteSessions
 from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
 from gateway.store.sqlite_tenants import SqliteTenants, reserve, settle
@@ -298,8 +299,6 @@ _JOB_COLUMNS: Final = (
     ", trace_context"
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
-# Jobs one filtered ListJobs page examines at most (see SqliteStore.list_jobs).
-LIST_SCAN_ROWS = 10_000
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
 # The queue a job waits in. The very expression of the claim indexes (migration 7): SQLite uses
 # an expression index only when a query spells the expression the same way.
@@ -485,60 +484,22 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         """The tenant's jobs matching `filter` (None: all), newest first (create time, then id,
         both descending), starting after cursor `after`.
 
-        The filter runs in SQL with every client value a bound parameter. A filtered page
-        examines at most LIST_SCAN_ROWS of the tenant's jobs (those its create-time clauses
-        leave): the page may then hold fewer than `limit` jobs, even none, with a cursor after
-        the last job examined (AIP-158). A filter matching none of a million jobs scanned them
-        all on the store's one thread, every tenant's commits waiting.
+        The filter runs in SQL with every client value a bound parameter; a filtered page
+        examines a bounded number of jobs and may come back short (gateway.store.sqlite_pages).
 
         Raises:
             ValueError: When limit is below 1 (page-size defaults belong to the API layer).
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        # The rows a page may examine: the tenant's, after the cursor, within its create-time
-        # clauses (an index range); the other clauses filter those.
-        where = ["tenant = ?"]
-        params: list[object] = [tenant]
-        matches: list[str] = []
-        match_params: list[object] = []
-        for clause in filter.clauses if filter is not None else ():
-            parts = []
-            values: list[object] = []
-            for comparison in clause:
-                sql, comparison_values = _comparison_sql(comparison)
-                parts.append(sql)
-                values.extend(comparison_values)
-            timed = all(c.field is FilterField.CREATE_TIME for c in clause)
-            (where if timed else matches).append("(" + " OR ".join(parts) + ")")
-            (params if timed else match_params).extend(values)
-        if after is not None:
-            after_us = to_us(after.created_at)
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params.extend([after_us, after_us, after.id])
-        order = " ORDER BY created_at DESC, id DESC"
-        examined = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)}{order}"
-        scan = LIST_SCAN_ROWS
-        if matches:
-            # Aliased `jobs`: the label comparisons name jobs.labels.
-            examined = f"SELECT * FROM ({examined} LIMIT {scan}) AS jobs"
-            examined += f" WHERE {' AND '.join(matches)}{order}"
-        # One row more than asked tells whether another page follows.
-        sql = f"{examined} LIMIT ?"
-        sql_params = [*params, *match_params, limit + 1]
-        boundary = f"SELECT created_at, id FROM jobs WHERE {' AND '.join(where)}{order}"
-        boundary += f" LIMIT 1 OFFSET {scan - 1}"
+        query = page_query("jobs", _JOB_COLUMNS, tenant, filter, after, limit, _comparison_sql)
 
         def op(conn: sqlite3.Connection) -> JobPage:
-            rows = conn.execute(sql, sql_params).fetchall()
-            more = len(rows) > limit
+            rows = query.rows(conn)
             jobs = [_row_to_job(r) for r in rows[:limit]]
-            if more:
+            if len(rows) > limit:
                 return JobPage(jobs=jobs, next_cursor=JobCursor(jobs[-1].created_at, jobs[-1].id))
-            last = conn.execute(boundary, params).fetchone() if matches else None
-            if last is None:  # every row was examined
-                return JobPage(jobs=jobs, next_cursor=None)
-            return JobPage(jobs=jobs, next_cursor=JobCursor(from_us(last[0]), str(last[1])))
+            return JobPage(jobs=jobs, next_cursor=query.cursor_past_scan(conn))
 
         return await self._call(op, readonly=True)
 

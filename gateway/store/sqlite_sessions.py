@@ -27,6 +27,7 @@ from gateway.domain.sessions import (
 )
 from gateway.store.base import JobCursor, SessionPage
 from gateway.store.sqlite_audit import SqliteAudit, session_created, session_saved
+from gateway.store.sqlite_pages import page_query
 from gateway.store.sqlite_time import opt_from_us, opt_us, to_us, within_dedup_window
 
 T = TypeVar("T")
@@ -241,34 +242,20 @@ class SqliteSessions(SqliteAudit):
         limit: int = 50,
     ) -> SessionPage:
         """The tenant's sessions matching `filter` (state values are SessionState names),
-        newest first (create time, then id, both descending), after cursor `after`."""
+        newest first (create time, then id, both descending), after cursor `after`; a filtered
+        page examines a bounded number of sessions and may come back short
+        (gateway.store.sqlite_pages)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        where = ["tenant = ?"]
-        params: list[object] = [tenant]
-        for clause in filter.clauses if filter is not None else ():
-            parts = []
-            for comparison in clause:
-                sql, values = _comparison_sql(comparison)
-                parts.append(sql)
-                params.extend(values)
-            where.append("(" + " OR ".join(parts) + ")")
-        if after is not None:
-            after_us = to_us(after.created_at)
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params.extend([after_us, after_us, after.id])
-        sql = (
-            f"SELECT {_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, id DESC LIMIT ?"
-        )
-        params.append(limit + 1)
+        query = page_query("sessions", _COLUMNS, tenant, filter, after, limit, _comparison_sql)
 
         def op(conn: sqlite3.Connection) -> SessionPage:
-            rows = conn.execute(sql, params).fetchall()
+            rows = query.rows(conn)
             sessions = [_row(r) for r in rows[:limit]]
-            more = len(rows) > limit
-            cursor = JobCursor(sessions[-1].created_at, sessions[-1].id) if more else None
-            return SessionPage(sessions=sessions, next_cursor=cursor)
+            if len(rows) > limit:
+                cursor = JobCursor(sessions[-1].created_at, sessions[-1].id)
+                return SessionPage(sessions=sessions, next_cursor=cursor)
+            return SessionPage(sessions=sessions, next_cursor=query.cursor_past_scan(conn))
 
         return await self._call(op, readonly=True)
 

@@ -246,3 +246,27 @@ async def test_totals_of_a_page_of_sessions_in_one_call(store: Store) -> None:
     assert (totals[b.id].shots, totals[b.id].costs) == (7, ())
     assert (totals[idle.id].shots, totals[idle.id].execution_seconds) == (0, 0.0)
     assert await store.session_totals([]) == {}
+
+
+async def test_filtered_pages_may_come_back_short_yet_page_through_every_match(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store import sqlite_pages
+
+    monkeypatch.setattr(sqlite_pages, "SCAN_ROWS", 2)  # the SQLite store's scan bound
+    made = []
+    for i in range(7):
+        labels = {"team": "qml"} if i in (0, 5, 6) else {}
+        session = new_session(created_at=T0 + timedelta(seconds=i), labels=labels)
+        made.append((await store.create_session(session, b"h"))[0])
+    wanted = parse_session_filter('labels.team = "qml"')
+    found, pages, cursor = [], 0, None
+    while True:
+        page = await store.list_sessions("acme", filter=wanted, after=cursor, limit=10)
+        found += [s.id for s in page.sessions]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert found == [made[6].id, made[5].id, made[0].id]
+    assert pages == 4  # windows of 2: [6 5] [4 3] [2 1] [0]

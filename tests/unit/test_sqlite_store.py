@@ -22,7 +22,7 @@ import pytest
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobState
 from gateway.store import sqlite as sqlite_module
-from gateway.store import sqlite_keys
+from gateway.store import sqlite_keys, sqlite_pages
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
 from gateway.store.sqlite import LATEST_SCHEMA_VERSION, MIGRATIONS, SqliteStore, _split_sql
 
@@ -417,7 +417,7 @@ async def test_a_filtered_page_examines_a_bounded_window_and_pages_on(
     # may come back short, even empty, with a cursor past what it examined (AIP-158).
     from gateway.api.job_filter import parse_filter
 
-    monkeypatch.setattr(sqlite_module, "LIST_SCAN_ROWS", 4)
+    monkeypatch.setattr(sqlite_pages, "SCAN_ROWS", 4)
     backends = ["aer", "aer", "other", "aer", "aer", "aer", "other", "aer", "aer", "other"]
     for i, backend in enumerate(backends):  # newest last
         await store.create_job(
