@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
+from gateway import offload
 from gateway.api import codec, paging, result_stream
 from gateway.api.context import Context, request_bytes
 from gateway.api.job_filter import parse_filter
@@ -37,10 +38,6 @@ _CREATED_US = struct.Struct(">q")
 RESULT_FRAMING_BYTES = 64
 # Stored results up to this size are parsed and hashed on the event loop (a millisecond or so).
 INLINE_PARSE_BYTES = 1 << 20
-# Requests larger than this have their spec serialised, digested and decoded off the event
-# loop: both walk every Pauli term and label in Python (~0.35 s per MB of terms; a 15 MB
-# observable held the loop ~6 s). The spec cache keeps only smaller specs.
-INLINE_SPEC_BYTES = 64 << 10
 # Run answers this long before the caller's deadline (less for short deadlines).
 RUN_ANSWER_MARGIN_S = 0.05
 
@@ -124,10 +121,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         data = await self._manager.result_within(job, room)
         if isinstance(data, int):
             return data
-        if len(data) > INLINE_PARSE_BYTES:  # parsed off the event loop, as streams do
-            result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
-        else:
-            result = job_pb2.JobResult.FromString(data)
+        parse = job_pb2.JobResult.FromString
+        result = await offload.by_size(len(data), parse, data, inline_bytes=INLINE_PARSE_BYTES)
         result.name = name
         return result
 
@@ -135,20 +130,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, spec: job_pb2.JobSpec, *, digest: bool
     ) -> tuple[bytes, bytes, JobSpec | GatewayError]:
         """The spec's stored bytes, its request digest (b"" unless `digest`) and its domain form,
-        or the error decoding it raised (the caller may still look its request_id up)."""
-        if request_bytes() > INLINE_SPEC_BYTES:
-            return await anyio.to_thread.run_sync(_derive, spec, digest)
-        # Only what the API defines is stored: unknown fields (at any depth) would otherwise be
-        # persisted verbatim (the digest ignores them anyway).
-        spec.DiscardUnknownFields()
-        spec_bytes = spec.SerializeToString(deterministic=True)
-        # A repeated spec (the same circuit and options, a new request_id) is digested and
-        # decoded once.
-        spec_digest = self._specs.digest(spec_bytes, spec) if digest else b""
-        try:
-            return spec_bytes, spec_digest, self._specs.decoded(spec_bytes, spec)
-        except GatewayError as err:
-            return spec_bytes, spec_digest, err
+        or the error decoding it raised (the caller may still look its request_id up). A large
+        request is derived in a thread, with a cache that keeps nothing: the servicer's is the
+        event loop's (and keeps small specs only)."""
+        if request_bytes() > offload.INLINE_BYTES:
+            uncached = SpecCache(request_digest, codec.decode_spec, max_spec_bytes=0)
+            return await anyio.to_thread.run_sync(_derive, spec, digest, uncached)
+        return _derive(spec, digest, self._specs)
 
     async def _submit(
         self, context: Context, request_id: str, spec: job_pb2.JobSpec, *, position: bool = True
@@ -331,17 +319,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # Held from before the read until the stream ends: the size alone is read first.
         with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)):
             data = await self._manager.result(job)
-            if len(data) > INLINE_PARSE_BYTES:  # large results are parsed off the event loop
-                result = await anyio.to_thread.run_sync(job_pb2.JobResult.FromString, data)
-            else:
-                result = job_pb2.JobResult.FromString(data)
+            parse = job_pb2.JobResult.FromString
+            result = await offload.by_size(len(data), parse, data, inline_bytes=INLINE_PARSE_BYTES)
             result_stream.check_position(result, start_pub, start_binding)
             # The digest first, so the stored bytes are not held while a slow reader takes its
             # time: only the parsed result is, its samples detached (one copy of them).
-            if len(data) > INLINE_PARSE_BYTES:
-                digest, samples = await anyio.to_thread.run_sync(_digest_and_detach, data, result)
-            else:
-                digest, samples = _digest_and_detach(data, result)
+            digest, samples = await offload.by_size(
+                len(data), _digest_and_detach, data, result, inline_bytes=INLINE_PARSE_BYTES
+            )
             del data
             chunks = result_stream.result_chunks(result, samples, chunk, start_pub, start_binding)
             for response in chunks:
@@ -350,13 +335,19 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             yield result_stream.digest_response(digest)
 
 
-def _derive(spec: job_pb2.JobSpec, digest: bool) -> tuple[bytes, bytes, JobSpec | GatewayError]:
-    """JobServicer._derived for a large spec, in a thread: never cached (too large to keep)."""
+def _derive(
+    spec: job_pb2.JobSpec, digest: bool, specs: SpecCache
+) -> tuple[bytes, bytes, JobSpec | GatewayError]:
+    """JobServicer._derived's work, wherever it runs."""
+    # Only what the API defines is stored: unknown fields (at any depth) would otherwise be
+    # persisted verbatim (the digest ignores them anyway).
     spec.DiscardUnknownFields()
     spec_bytes = spec.SerializeToString(deterministic=True)
-    spec_digest = request_digest(spec) if digest else b""
+    # A repeated spec (the same circuit and options, a new request_id) is digested and
+    # decoded once.
+    spec_digest = specs.digest(spec_bytes, spec) if digest else b""
     try:
-        return spec_bytes, spec_digest, codec.decode_spec(spec)
+        return spec_bytes, spec_digest, specs.decoded(spec_bytes, spec)
     except GatewayError as err:
         return spec_bytes, spec_digest, err
 

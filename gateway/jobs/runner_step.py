@@ -27,6 +27,7 @@ from datetime import timedelta
 
 import anyio
 
+from gateway import offload
 from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.domain import pricing
@@ -54,10 +55,6 @@ log = logging.getLogger(__name__)
 _PREPARE_RETRY_S = 0.5
 _PREPARE_RETRY_MAX_S = 30.0
 
-# Results up to about this size are encoded on the event loop (tens of microseconds).
-INLINE_ENCODE_BYTES = 64 << 10
-# Stored specs larger than this are decoded in a thread (as the API does with requests).
-INLINE_DECODE_BYTES = 64 << 10
 # A local run's RUNNING state is written with its end when it ends within this delay (one
 # commit instead of two), else when the delay is over. Meanwhile the store still says QUEUED:
 # a job that ran this briefly is seen going from QUEUED to its end, its history and start
@@ -682,9 +679,7 @@ class RunnerStep:
     async def _decode(self, spec_bytes: bytes) -> JobSpec:
         """A stored spec, decoded off the event loop when large: decoding walks every Pauli
         term and binding in Python (seconds for a spec of megabytes)."""
-        if len(spec_bytes) > INLINE_DECODE_BYTES:
-            return await anyio.to_thread.run_sync(self._format.decode_spec, spec_bytes)
-        return self._format.decode_spec(spec_bytes)
+        return await offload.by_size(len(spec_bytes), self._format.decode_spec, spec_bytes)
 
     async def _stored_own_limit(self, job: Job) -> float | None:
         """The job's own max_execution_time, from its stored spec (a re-attached job has no
@@ -763,10 +758,10 @@ def _encodes_inline(result: JobResult) -> bool:
                 size += 0 if reg.samples is None else reg.samples.nbytes
                 for counts in reg.counts:
                     size += 16 * len(counts)
-                    if size > INLINE_ENCODE_BYTES:
+                    if size > offload.INLINE_BYTES:
                         return False
         else:
             size += 16 * pub.expectation_values.size
-        if size > INLINE_ENCODE_BYTES:
+        if size > offload.INLINE_BYTES:
             return False
     return True

@@ -29,8 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import anyio
-
+from gateway import offload
 from gateway.backends.base import AdapterContext, ExecutionOutcome
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
@@ -41,8 +40,6 @@ from gateway.telemetry import active as telemetry
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!Q")
-# Replies larger than this are unpickled in a thread.
-INLINE_UNPICKLE_BYTES = 64 << 10
 _PR_SET_PDEATHSIG = 1
 WORKER_CRASHED = "WORKER_CRASHED"
 
@@ -295,13 +292,8 @@ class WorkerProcess:
             # The pid is for operators; a job's error (which tenants read) says only how it ended.
             log.warning("worker process %d: %s", self.pid, message)
             raise WorkerCrashed(message, metadata) from None
-        reply: tuple[Any, ...]
-        if size > INLINE_UNPICKLE_BYTES:
-            # Off the event loop: a result of 100,000 bindings x registers took ~1 s to unpickle
-            # (an array per part), every other call of every tenant waiting meanwhile.
-            reply = await anyio.to_thread.run_sync(pickle.loads, body)
-        else:
-            reply = pickle.loads(body)
+        # A result of 100,000 bindings x registers took ~1 s to unpickle: off the event loop.
+        reply: tuple[Any, ...] = await offload.by_size(size, pickle.loads, body)
         return reply
 
     async def _call(self, message: tuple[Any, ...], span: str) -> tuple[Any, ...]:

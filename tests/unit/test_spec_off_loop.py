@@ -13,11 +13,12 @@ from qgateway.v1 import circuit_pb2, job_pb2
 
 from gateway.api import codec, job_service
 from gateway.api.context import Context, request_bytes, set_request_bytes
-from gateway.api.job_service import INLINE_SPEC_BYTES, JobServicer
+from gateway.api.job_service import JobServicer
 from gateway.api.request_digest import request_digest
 from gateway.domain.errors import GatewayError, InvalidArgument
 from gateway.interceptors import boundary
-from gateway.jobs.runner_step import INLINE_DECODE_BYTES, RunnerStep
+from gateway.jobs.runner_step import RunnerStep
+from gateway.offload import INLINE_BYTES
 
 _QASM = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0];\n'
 
@@ -47,7 +48,7 @@ def test_the_boundary_tells_the_servicer_the_request_size() -> None:
     assert size == len(data)
 
 
-@pytest.mark.parametrize(("terms", "on_loop"), [(10, True), (INLINE_SPEC_BYTES // 10, False)])
+@pytest.mark.parametrize(("terms", "on_loop"), [(10, True), (INLINE_BYTES // 10, False)])
 def test_large_specs_are_digested_and_decoded_off_the_loop(
     monkeypatch: pytest.MonkeyPatch, terms: int, on_loop: bool
 ) -> None:
@@ -97,7 +98,7 @@ class _Format:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("size", "on_loop"), [(100, True), (INLINE_DECODE_BYTES + 1, False)])
+@pytest.mark.parametrize(("size", "on_loop"), [(100, True), (INLINE_BYTES + 1, False)])
 async def test_stored_specs_are_decoded_off_the_loop_when_large(size: int, on_loop: bool) -> None:
     # Re-preparing a job after a restart (or on another replica) decodes its stored spec: a
     # spec of megabytes of Pauli terms took seconds on the loop.
@@ -118,7 +119,7 @@ class _Retrying:
         return "the earlier job"
 
 
-@pytest.mark.parametrize("terms", [10, INLINE_SPEC_BYTES // 10])
+@pytest.mark.parametrize("terms", [10, INLINE_BYTES // 10])
 def test_a_retry_that_no_longer_decodes_gets_its_job(
     monkeypatch: pytest.MonkeyPatch, terms: int
 ) -> None:

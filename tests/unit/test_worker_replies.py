@@ -12,9 +12,10 @@ import pytest
 
 from gateway.domain.bitarray import Counts
 from gateway.domain.jobs import JobResult, RegisterResult, SamplerResult
-from gateway.jobs.runner_step import INLINE_ENCODE_BYTES, _encodes_inline
+from gateway.jobs.runner_step import _encodes_inline
+from gateway.offload import INLINE_BYTES
 from gateway.runtime import worker
-from gateway.runtime.worker import INLINE_UNPICKLE_BYTES, WorkerProcess
+from gateway.runtime.worker import WorkerProcess
 
 SEEN: list[int] = []
 
@@ -47,7 +48,7 @@ async def _received(padding: int) -> tuple[Any, ...]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("padding", "on_loop"), [(100, True), (INLINE_UNPICKLE_BYTES, False)])
+@pytest.mark.parametrize(("padding", "on_loop"), [(100, True), (INLINE_BYTES, False)])
 async def test_large_replies_are_unpickled_off_the_event_loop(padding: int, on_loop: bool) -> None:
     SEEN.clear()
     reply = await _received(padding)
@@ -71,11 +72,11 @@ def _sampler(counts_entries: int, bindings: int, sample_bytes: int = 0) -> JobRe
     [
         (_sampler(4, 1), True),
         # ~16 bytes per count entry: 64 KiB is 4096 entries, however they are spread.
-        (_sampler(1, INLINE_ENCODE_BYTES // 16), True),
-        (_sampler(1, INLINE_ENCODE_BYTES // 16 + 1), False),
+        (_sampler(1, INLINE_BYTES // 16), True),
+        (_sampler(1, INLINE_BYTES // 16 + 1), False),
         (_sampler(64, 1000), False),
-        (_sampler(0, 0, sample_bytes=INLINE_ENCODE_BYTES + 1), False),
-        (_sampler(0, 0, sample_bytes=INLINE_ENCODE_BYTES), True),
+        (_sampler(0, 0, sample_bytes=INLINE_BYTES + 1), False),
+        (_sampler(0, 0, sample_bytes=INLINE_BYTES), True),
     ],
 )
 def test_results_are_encoded_on_the_loop_only_when_small(result: JobResult, inline: bool) -> None:
