@@ -63,16 +63,20 @@ class StreamPace:
                 self._drop_idle(now)
             allowance = self._tenants[tenant] = _Allowance(self._burst, now)
         else:
-            refilled = allowance.messages + max(0.0, now - allowance.at) * self._rate
-            allowance.messages = min(self._burst, refilled)
+            allowance.messages = self._refilled(allowance, now)
             allowance.at = now
         allowance.messages -= 1.0
         if allowance.messages < 0.0:
             await self._sleep(-allowance.messages / self._rate)
 
+    def _refilled(self, allowance: _Allowance, now: float) -> float:
+        """What the allowance holds at `now`."""
+        refill = max(0.0, now - allowance.at) * self._rate
+        return min(self._burst, allowance.messages + refill)
+
     def _drop_idle(self, now: float) -> None:
         # A tenant whose allowance has refilled to the burst is what a new one would be:
         # forgetting it changes nothing.
         for tenant, allowance in list(self._tenants.items()):
-            if allowance.messages + max(0.0, now - allowance.at) * self._rate >= self._burst:
+            if self._refilled(allowance, now) >= self._burst:
                 del self._tenants[tenant]

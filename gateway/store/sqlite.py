@@ -495,11 +495,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         query = page_query("jobs", _JOB_COLUMNS, tenant, filter, after, limit, _comparison_sql)
 
         def op(conn: sqlite3.Connection) -> JobPage:
-            rows = query.rows(conn)
-            jobs = [_row_to_job(r) for r in rows[:limit]]
-            if len(rows) > limit:
-                return JobPage(jobs=jobs, next_cursor=JobCursor(jobs[-1].created_at, jobs[-1].id))
-            return JobPage(jobs=jobs, next_cursor=query.cursor_past_scan(conn))
+            jobs, cursor = query.page(conn, _row_to_job)
+            return JobPage(jobs=jobs, next_cursor=cursor)
 
         return await self._call(op, readonly=True)
 

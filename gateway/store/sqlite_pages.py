@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from gateway.domain.job_filter import Comparison, FilterField, JobFilter
 from gateway.store.base import JobCursor
@@ -23,26 +25,41 @@ SCAN_ROWS = 10_000
 ComparisonSql = Callable[[Comparison], tuple[str, list[object]]]
 
 
+class _Listed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Listed)
+
+
 @dataclass(frozen=True)
 class PageQuery:
     """The SQL of one page: its rows (one more than the limit), and the row that bounds its
     scan (None when nothing but the limit bounds it)."""
 
+    limit: int
     rows_sql: str
     rows_params: list[object]
     boundary_sql: str | None
     boundary_params: list[object]
 
-    def rows(self, conn: sqlite3.Connection) -> list[sqlite3.Row]:
-        return conn.execute(self.rows_sql, self.rows_params).fetchall()
-
-    def cursor_past_scan(self, conn: sqlite3.Connection) -> JobCursor | None:
-        """For a page that came back short: the cursor after the last row it examined, or
-        None when it examined every row left."""
+    def page(
+        self, conn: sqlite3.Connection, convert: Callable[[sqlite3.Row], L]
+    ) -> tuple[list[L], JobCursor | None]:
+        """The page's items and the cursor to go on from: after its last item when more
+        matched, else after the last row its scan examined (None: every row was examined)."""
+        rows = conn.execute(self.rows_sql, self.rows_params).fetchall()
+        items = [convert(row) for row in rows[: self.limit]]
+        if len(rows) > self.limit:
+            return items, JobCursor(items[-1].created_at, items[-1].id)
         if self.boundary_sql is None:
-            return None
+            return items, None
         last = conn.execute(self.boundary_sql, self.boundary_params).fetchone()
-        return None if last is None else JobCursor(from_us(last[0]), str(last[1]))
+        return items, None if last is None else JobCursor(from_us(last[0]), str(last[1]))
 
 
 def page_query(
@@ -76,10 +93,10 @@ def page_query(
     order = " ORDER BY created_at DESC, id DESC"
     examined = f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)}{order}"
     if not matches:
-        return PageQuery(f"{examined} LIMIT ?", [*params, limit + 1], None, [])
+        return PageQuery(limit, f"{examined} LIMIT ?", [*params, limit + 1], None, [])
     # Aliased as the table: comparisons name its columns (jobs.labels).
     scanned = f"SELECT * FROM ({examined} LIMIT {SCAN_ROWS}) AS {table}"
     scanned += f" WHERE {' AND '.join(matches)}{order} LIMIT ?"
     boundary = f"SELECT created_at, id FROM {table} WHERE {' AND '.join(where)}{order}"
     boundary += f" LIMIT 1 OFFSET {SCAN_ROWS - 1}"
-    return PageQuery(scanned, [*params, *match_params, limit + 1], boundary, params)
+    return PageQuery(limit, scanned, [*params, *match_params, limit + 1], boundary, params)

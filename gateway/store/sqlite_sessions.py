@@ -250,12 +250,8 @@ class SqliteSessions(SqliteAudit):
         query = page_query("sessions", _COLUMNS, tenant, filter, after, limit, _comparison_sql)
 
         def op(conn: sqlite3.Connection) -> SessionPage:
-            rows = query.rows(conn)
-            sessions = [_row(r) for r in rows[:limit]]
-            if len(rows) > limit:
-                cursor = JobCursor(sessions[-1].created_at, sessions[-1].id)
-                return SessionPage(sessions=sessions, next_cursor=cursor)
-            return SessionPage(sessions=sessions, next_cursor=query.cursor_past_scan(conn))
+            sessions, cursor = query.page(conn, _row)
+            return SessionPage(sessions=sessions, next_cursor=cursor)
 
         return await self._call(op, readonly=True)
 
