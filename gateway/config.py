@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -654,6 +656,9 @@ def load_config(path: Path | None = None) -> GatewayConfig:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        # A service manager starts the gateway from a directory of its own choosing: the
+        # file's relative paths mean what they meant to whoever wrote them, next to it.
+        data = _anchor_paths(data, GatewayConfig, path.resolve().parent)
     _check_env_names(os.environ)
     try:
         return GatewayConfig(**data)
@@ -662,3 +667,36 @@ def load_config(path: Path | None = None) -> GatewayConfig:
     except SettingsError as exc:  # an environment variable's value is not valid JSON
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
         raise ConfigError(f"invalid configuration: {exc}{cause}") from None
+
+
+def _anchor_paths(data: dict[str, Any], model: type[BaseModel], base: Path) -> dict[str, Any]:
+    """`data` (one model's table from the file) with every relative path of a Path-typed
+    field made relative to `base`. Found from the models' annotations, so a new path setting
+    is anchored too; values of other types are left for validation to judge."""
+    anchored = dict(data)
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is not None:
+            anchored[name] = _anchor_value(value, field.annotation, base)
+    return anchored
+
+
+def _anchor_value(value: Any, annotation: Any, base: Path) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # `Path | None`, a model or None
+        for arm in typing.get_args(annotation):
+            value = _anchor_value(value, arm, base)
+        return value
+    if annotation is Path:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _anchor_paths(value, annotation, base) if isinstance(value, dict) else value
+    if origin is dict and isinstance(value, dict):
+        _, item = typing.get_args(annotation)
+        return {key: _anchor_value(v, item, base) for key, v in value.items()}
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(annotation)
+        return [_anchor_value(v, item, base) for v in value]
+    return value

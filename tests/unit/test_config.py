@@ -53,6 +53,46 @@ def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.Monk
     assert set(config.backends) == {"sim"}
 
 
+
+def test_relative_paths_in_the_file_are_next_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service manager starts the gateway from its own directory: the file's relative paths
+    still name what sits next to the file; absolute ones are kept."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = etc / "g.toml"
+    path.write_text(
+        'data_dir = "state"\n'
+        '[server.tls]\ncert_file = "tls/server.crt"\nkey_file = "tls/server.key"\n'
+        'client_ca_file = "/pki/ca.crt"\nclient_auth = "require"\n'
+        '[audit]\nkey_file = "../secrets/audit.key"\n'
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # The file named relatively, from the directory the gateway runs in.
+    config = load_config(Path("../etc/g.toml"))
+    assert config.data_dir == etc / "state"
+    tls = config.server.tls
+    assert tls is not None
+    assert tls.cert_file == etc / "tls/server.crt"
+    assert tls.key_file == etc / "tls/server.key"
+    assert tls.client_ca_file == Path("/pki/ca.crt")
+    assert config.audit.key_file == etc / "../secrets/audit.key"
+    assert config.audit.head_file is None  # unset: <data_dir>/audit-head.json, next to the file
+    assert config.audit.head_path(config.data_dir) == etc / "state/audit-head.json"
+
+
+def test_relative_paths_from_the_environment_stay_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('data_dir = "state"\n')
+    monkeypatch.setenv("QGATEWAY_DATA_DIR", "elsewhere")
+    assert load_config(path).data_dir == Path("elsewhere")
+
+
 @pytest.mark.parametrize(
     ("toml", "needle"),
     [
