@@ -53,7 +53,6 @@ def test_file_then_environment_override(tmp_path: Path, monkeypatch: pytest.Monk
     assert set(config.backends) == {"sim"}
 
 
-
 def test_relative_paths_in_the_file_are_next_to_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
