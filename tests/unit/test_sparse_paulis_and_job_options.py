@@ -109,7 +109,7 @@ def test_a_sparse_term_on_a_wide_circuit_is_never_expanded(mps: AerAdapter) -> N
     assert isinstance(prepared.payload, QiskitPayload)
     task = prepared.payload.tasks[0]
     assert isinstance(task, EstimatorTask)
-    assert task.observables == (((("Z", (97,)), 1.0),), ((("ZZ", (0, 97)), 1.0),))
+    assert tuple(task.observables) == (((("Z", (97,)), 1.0),), ((("ZZ", (0, 97)), 1.0),))
     result = mps.execute(prepared.payload).result.pubs[0]
     assert [float(v) for v in estimator_result(result).expectation_values] == [-1.0, -1.0]
 

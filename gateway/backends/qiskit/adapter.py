@@ -45,6 +45,7 @@ from gateway.backends.base import (
 from gateway.backends.lru import LRU
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit.observables import PackedObservables, PauliKey
 from gateway.backends.qiskit.qpy_reader import qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain import costs
@@ -84,8 +85,6 @@ __all__ = [
     "Term",
 ]
 
-# A dense Pauli string, or sparse Paulis and the qubits they act on.
-PauliKey = str | tuple[str, tuple[int, ...]]
 # A Pauli term on the transpiled circuit's qubits: letters[i] acts on qubits[i].
 Term = tuple[str, tuple[int, ...]]
 
@@ -157,10 +156,9 @@ class EstimatorTask:
     parameters: tuple[str, ...]
     values: FloatArray  # (*bindings_shape, len(parameters))
     bindings_shape: tuple[int, ...]
-    # Row-major over observables_shape: (term, coefficient) pairs, a term being a dense Pauli
-    # string (character 0 on the highest virtual qubit) or a sparse (paulis, qubits) pair in
-    # ascending virtual-qubit order (paulis[i] on qubits[i]).
-    observables: tuple[tuple[tuple[PauliKey, float], ...], ...]
+    # Row-major over observables_shape: (PauliKey, coefficient) terms, packed (see
+    # gateway.backends.qiskit.observables).
+    observables: PackedObservables
     observables_shape: tuple[int, ...]
     shape: tuple[int, ...]
     precision: float
@@ -565,6 +563,8 @@ class QiskitAdapter(BackendAdapter):
         )
         # Each distinct Pauli term is evaluated once per binding.
         terms = len({key for observable in observables for key, _ in observable})
+        packed = PackedObservables.pack(observables)
+        del observables
         bindings = math.prod(bindings_shape)
         cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
         cost.add_execution(
@@ -591,7 +591,7 @@ class QiskitAdapter(BackendAdapter):
             parameters=entry.parameters,
             values=values,
             bindings_shape=bindings_shape,
-            observables=observables,
+            observables=packed,
             observables_shape=observables_shape,
             shape=shape,
             precision=precision,
