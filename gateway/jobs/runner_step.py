@@ -505,8 +505,8 @@ class RunnerStep:
             if not isinstance(outcome[0], BaseException):  # it finished first after all
                 await self._succeeded(runtime, running, started, outcome[0], prepared, t0)
                 return
-            runtime.breaker.release(running.permit)
             if running.cancel_requested.is_set():
+                runtime.breaker.release(running.permit)
                 await self._t.finish(
                     started,
                     JobState.CANCELLED,
@@ -518,9 +518,12 @@ class RunnerStep:
             moved = None
             if own_limit_applies:
                 whose = "its max_execution_time of"
+                runtime.breaker.release(running.permit)
             else:
                 whose = "the backend's limit of"
-                # Running past the backend's own limit is the backend's fault.
+                # Running past the backend's own limit is the backend's fault; a half-open
+                # trial that did so opens the breaker again (released first, it no longer
+                # counted as the trial, and the next job became one).
                 moved = runtime.breaker.record_failure(running.permit)
             error = JobError.of(
                 "JOB_TIMEOUT",

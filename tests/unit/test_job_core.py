@@ -499,6 +499,36 @@ async def test_only_backend_faults_count_and_only_the_trial_closes(store: Sqlite
         await _close(core)
 
 
+async def test_a_trial_that_runs_past_the_backends_limit_opens_the_breaker_again(
+    store: SqliteStore,
+) -> None:
+    # The step released the trial's permit before counting the timeout against it, so the
+    # hung backend's trial failed without reopening the breaker and the next job was let in
+    # as a new trial (each hanging for the backend's whole limit).
+    runner = ScriptedRunner(slots=2)
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(
+        store, "memory", {"sim": runner}, clock=clock, breaker=policy, max_run_time_s=0.2
+    )
+    breaker = core.backends["sim"].breaker
+    try:
+        first = await core.submit("alice", spec("sim"))
+        await core.until("alice", first.id, "RUNNING")
+        runner.fail(first.id, FailureKind.BACKEND_FAULT)
+        await core.until("alice", first.id, "FAILED")
+        assert breaker.state is BreakerState.OPEN
+        clock.advance(10)
+        trial = await core.submit("alice", spec("sim"))
+        core.backends["sim"].wake.set()
+        failed = await core.until("alice", trial.id, "FAILED")  # never answers: its limit
+        assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
+        assert breaker.state is BreakerState.OPEN
+        assert breaker.try_dispatch() is None
+    finally:
+        await _close(core)
+
+
 # ---------------------------------------------------------------- cancellation and hooks
 
 
