@@ -124,8 +124,11 @@ class Scheduler:
             rt.breaker.release(permit)
             await rt.queue.release(claim)
             return False
-        if self._past_deadline(claim.job):
-            # A claim that lapsed and came back after the job's queue time was over.
+        if claim.job.id not in rt.running and self._past_deadline(claim.job):
+            # A claim that lapsed and came back after the job's queue time was over. Not a job
+            # this process's step still runs: its lapsed claim (a clock step, a slow provider
+            # call) carries the job as it was queued, and start_job gives the claim back to
+            # that step; failing it QUEUE_TIMEOUT threw away a job that was running.
             rt.breaker.release(permit)
             await self._t.finish(claim.job, JobState.FAILED, error=self._expired_error())
             await rt.queue.done(claim)

@@ -499,6 +499,31 @@ async def test_only_backend_faults_count_and_only_the_trial_closes(store: Sqlite
         await _close(core)
 
 
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_a_running_job_whose_claim_lapsed_past_its_queue_time_is_not_failed(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # The wall clock stepped past the lease (NTP, a VM resumed) while the job ran: the lapsed
+    # claim came back to the scheduler carrying the job as queued, which was then failed with
+    # QUEUE_TIMEOUT while its run went on (and its real end was thrown away).
+    runner = ScriptedRunner(slots=2)
+    clock = Clock()
+    core = await build_core(store, kind, {"sim": runner}, clock=clock, max_queue_time_s=20)
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        await core.settle()
+        clock.advance(31)
+        core.backends["sim"].wake.set()
+        await core.settle()
+        current = await store.get_job(job.id)
+        assert current is not None and current.state is JobState.RUNNING
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        assert runner.cancelled == []
+    finally:
+        await _close(core)
+
 async def test_a_trial_that_runs_past_the_backends_limit_opens_the_breaker_again(
     store: SqliteStore,
 ) -> None:
