@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.backends.base import BackendAdapter
-from gateway.backends.runner import Runner
+from gateway.backends.runner import Runner, RunHandle
 from gateway.domain.backends import BackendInfo, BackendStatus
 from gateway.domain.jobs import Job
 from gateway.domain.pricing import Price
@@ -48,6 +48,8 @@ class RunningJob:
     # A local run started then and its RUNNING state is not written yet: it is written with
     # the job's end if that comes within the runner step's delay, else when the delay is over.
     unwritten_start: datetime | None = None
+    # The runner's handle once it has the job: what is stopped if the step itself fails.
+    handle: RunHandle | None = None
 
     def request_cancel(self) -> None:
         """CancelJob: the runner step stops the job (its worker, or at the provider)."""

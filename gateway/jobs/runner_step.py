@@ -85,8 +85,13 @@ class RunnerStep:
     async def run(self, runtime: BackendRuntime, running: RunningJob) -> None:
         """Runs the job to a final state; always ends the claim and frees the slot."""
         job = running.claim.job
+        # Whether the job reached a final state (or was handed on): only then is its claim
+        # ended. A job whose end could not be written keeps its claim, which lapses and hands
+        # the job out again; an ended claim left it RUNNING, claimable by nobody.
+        settled = False
         try:
             await self._run(runtime, running)
+            settled = True
         except asyncio.CancelledError:
             # The gateway is closing: the job stays where it is and is recovered (re-queued or
             # re-attached) at the next start. Its claim is left to lapse, not ended: a shared
@@ -98,25 +103,39 @@ class RunnerStep:
         except Exception:
             log.exception("job %s: unexpected failure", job.id)
             runtime.breaker.release(running.permit)
-            await self._t.finish(
-                job,
-                JobState.FAILED,
-                error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
-                started_at=running.unwritten_start,
-            )
+            if running.handle is not None:
+                # The job is failed here, so its run must not go on (a worker busy, a
+                # provider job billing, nobody following either).
+                await self._stop_after_failure(runtime, running.handle)
+            try:
+                await self._t.finish(
+                    job,
+                    JobState.FAILED,
+                    error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
+                    started_at=running.unwritten_start,
+                )
+                settled = True
+            except Exception:
+                log.exception("job %s: its failure could not be written either", job.id)
         finally:
             # The queue hears of the end before the slot counts as free, so a session's next
             # job (let in by `done`) is queued before the scheduler looks for work.
             try:
                 # Not shielded: a claim whose end is interrupted (the gateway closing) lapses.
                 # The current claim: a lapsed one that came back was handed to this step.
-                if not running.released:
+                if settled and not running.released:
                     await runtime.queue.done(running.claim)
             finally:
                 if runtime.running.get(job.id) is running:
                     del runtime.running[job.id]
                 if not running.slot_freed:  # (a success already woke the scheduler)
                     runtime.wake.set()
+
+    async def _stop_after_failure(self, runtime: BackendRuntime, handle: RunHandle) -> None:
+        try:
+            await runtime.runner.cancel(handle)
+        except Exception:
+            log.exception("job %s: stopping its run failed; it may still run", handle.job_id)
 
     async def _prepared(self, runtime: BackendRuntime, running: RunningJob) -> PreparedJob | None:
         """The claim's prepared job, or the job prepared again from its stored spec (after a
@@ -188,6 +207,7 @@ class RunnerStep:
                 await self._t.finish(job, JobState.CANCELLED)
                 return
             if handle is not None:
+                running.handle = handle
                 started = job
                 if job.state is JobState.SUBMITTING and handle.remote_id is not None:
                     # Found by its token or tag after a crash before its id was stored: store
@@ -326,6 +346,7 @@ class RunnerStep:
                     await self._failed(runtime, running, job, err, None)
                     return None
                 handle = found
+            running.handle = handle
             started = await self._t.running(job, handle.remote_id)
             if started is None:  # cancelled while it was being submitted
                 await self._stop(runtime, running, handle, None)
@@ -339,6 +360,7 @@ class RunnerStep:
         except ExecutionError as err:
             await self._failed(runtime, running, job, err, None)
             return None
+        running.handle = handle
         return handle, job
 
     async def _write_running(
@@ -471,6 +493,11 @@ class RunnerStep:
             # job goes on at the provider and is re-attached at the next start.
             if runner.model is ExecutionModel.LOCAL:
                 await runner.cancel(handle)
+            waiting.cancel()
+            raise
+        except Exception:
+            # The step failed (a store error writing RUNNING): run() stops the run and fails
+            # the job; nobody follows this wait any more.
             waiting.cancel()
             raise
         info = ExecutionInfo(
@@ -719,10 +746,7 @@ async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIter
     async def keep() -> None:
         while True:
             await asyncio.sleep(runtime.settings.lease_s / 3)
-            try:
-                await _renew(runtime, running)
-            except Exception:
-                log.exception("job %s: renewing its claim failed", running.claim.job.id)
+            await _renew(runtime, running)
 
     keeper = asyncio.create_task(keep())
     try:
@@ -735,8 +759,14 @@ async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIter
 
 async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:
     """Extends the job's claim; a renewal that carries CANCELLING (a CancelJob accepted by
-    another process) stops the job."""
-    renewed = await runtime.queue.renew(running.claim)
+    another process) stops the job. A renewal that fails (the store busy, a disk error) is
+    logged and tried again at the next one: a lease outlasts two missed renewals, and failing
+    the job for it left its run going."""
+    try:
+        renewed = await runtime.queue.renew(running.claim)
+    except Exception:
+        log.exception("job %s: renewing its claim failed", running.claim.job.id)
+        return
     if renewed is not None:
         running.claim = renewed
         if renewed.job.state is JobState.CANCELLING:

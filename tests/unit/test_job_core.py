@@ -524,6 +524,101 @@ async def test_a_running_job_whose_claim_lapsed_past_its_queue_time_is_not_faile
     finally:
         await _close(core)
 
+
+@pytest.mark.parametrize("model", [ExecutionModel.LOCAL, ExecutionModel.REMOTE])
+async def test_a_failed_lease_renewal_is_retried_not_a_job_failure(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, model: ExecutionModel
+) -> None:
+    # One store error while renewing failed the job INTERNAL_ERROR and left its run going
+    # (a worker busy or a provider job billing, followed by nobody).
+    runner = ScriptedRunner(slots=1, model=model)
+    core = await build_core(store, "store", {"sim": runner}, clock=Clock(), lease_s=0.3)
+    real = store.renew_claim
+    failed, renewed = asyncio.Event(), asyncio.Event()
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise sqlite3.OperationalError("database is locked")
+        renewed.set()
+        return await real(*args, **kwargs)
+
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        monkeypatch.setattr(store, "renew_claim", flaky)
+        async with asyncio.timeout(5):
+            await renewed.wait()  # the next renewal, after the failed one
+        current = await store.get_job(job.id)
+        assert current is not None and current.state is JobState.RUNNING
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        assert runner.cancelled == []
+    finally:
+        await _close(core)
+
+
+async def test_a_step_that_fails_after_its_run_started_stops_the_run(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writing RUNNING failed (a disk error): the job was failed INTERNAL_ERROR but its run
+    # went on, its slot counted free, so the backend ran past its capacity.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        monkeypatch.setattr(store, "mark_running", broken)
+        job = await core.submit("alice", spec("sim"))
+        failed = await core.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "INTERNAL_ERROR"
+        assert runner.cancelled == [job.id]
+    finally:
+        await _close(core)
+
+
+async def test_a_job_whose_end_could_not_be_written_is_handed_out_again(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both the end and the INTERNAL_ERROR that replaced it failed to commit, then the claim
+    # was ended anyway: on the shared store the job stayed RUNNING, claimable by nobody.
+    runner = ScriptedRunner(slots=1)
+    clock = Clock()
+    core = await build_core(store, "store", {"sim": runner}, clock=clock)
+    real = store.finish_job
+    failures = 2
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await real(*args, **kwargs)
+
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        monkeypatch.setattr(store, "finish_job", flaky)
+        runner.succeed(job.id)
+        async with asyncio.timeout(5):
+            while job.id in core.backends["sim"].running:
+                await core.settle()
+        assert failures == 0
+        row = await store.get_job(job.id)
+        assert row is not None and row.state is JobState.RUNNING
+        clock.advance(3600)  # its lease lapses: the job is handed out again and runs
+        core.backends["sim"].wake.set()
+        async with asyncio.timeout(5):
+            while len(runner.submitted) < 2:
+                await core.settle()
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+    finally:
+        await _close(core)
+
+
 async def test_a_trial_that_runs_past_the_backends_limit_opens_the_breaker_again(
     store: SqliteStore,
 ) -> None:
