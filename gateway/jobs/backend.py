@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.backends.base import BackendAdapter
-from gateway.backends.runner import Runner, RunHandle
+from gateway.backends.runner import RunHandle, Runner
 from gateway.domain.backends import BackendInfo, BackendStatus
 from gateway.domain.jobs import Job
 from gateway.domain.pricing import Price
