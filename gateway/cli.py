@@ -189,7 +189,9 @@ def format_job(job: Job) -> str:
     if job.state_history:
         steps = ", ".join(f"{t.state.value} {_utc(t.time)}" for t in job.state_history)
         fields.append(("history", steps))
-    if job.expire_time is not None:
+    if job.result_expired:
+        fields.append(("result", f"expired at {_utc(job.expire_time)}, no longer kept"))
+    elif job.expire_time is not None:
         fields.append(("result expires", _utc(job.expire_time)))
     if job.error_reason or job.error_message:
         fields.append(("error", f"{job.error_reason}: {_one_line(job.error_message)}"))

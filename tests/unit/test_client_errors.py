@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -298,6 +298,29 @@ class FakeUnary:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+class CutStream:
+    """A server-streaming call (sync or aio) cut after it delivered its messages: with
+    `error`, or as a proxy cuts it (UNAVAILABLE)."""
+
+    def __init__(self, responses: Sequence[Any], error: FakeRpcError | None = None) -> None:
+        self._responses = responses
+        self._error = error or FakeRpcError(
+            grpc.StatusCode.UNAVAILABLE, "upstream connect error / stream reset"
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self._responses
+        raise self._error
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for response in self._responses:
+            yield response
+        raise self._error
+
+    def cancel(self) -> None:
+        pass
 
 
 def finished_run() -> job_service_pb2.RunResponse:

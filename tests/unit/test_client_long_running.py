@@ -3,17 +3,27 @@ state, heartbeats in watch(), and the queue position where the CLI shows a state
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
+import grpc  # type: ignore[import-untyped, unused-ignore]
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from qgateway import Client, DeadlineExceededError
+from qgateway import AsyncClient, Client, DeadlineExceededError, NotFoundError
 from qgateway import client as client_module
 from qgateway.results import Job, JobState, StateTransition
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway import cli
+from tests.unit.test_client_errors import (
+    CutStream,
+    FakeRpcError,
+    FakeUnary,
+    error_info,
+    status_trailers,
+)
 
 T0 = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
 
@@ -165,24 +175,6 @@ def test_a_followed_run_keeps_whether_it_created_the_job() -> None:
     assert client_module._created_as(_capped("jobs/j"), job).created is None  # an older gateway
 
 
-class _CutStream:
-    """A WatchJob call a proxy cuts after it delivered its messages (UNAVAILABLE)."""
-
-    def __init__(self, responses: list[job_service_pb2.WatchJobResponse]) -> None:
-        self._responses = responses
-
-    def __iter__(self) -> Any:
-        import grpc
-
-        from tests.unit.test_client_errors import FakeRpcError
-
-        yield from self._responses
-        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "upstream connect error / stream reset")
-
-    def cancel(self) -> None:
-        pass
-
-
 def test_a_watch_cut_again_and_again_after_delivering_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -192,7 +184,7 @@ def test_a_watch_cut_again_and_again_after_delivering_goes_on(
         _event(job_pb2.JOB_STATE_RUNNING, None, False),
         _event(job_pb2.JOB_STATE_RUNNING, None, True),
     ]
-    streams: list[Any] = [_CutStream(running) for _ in range(12)]
+    streams: list[Any] = [CutStream(running) for _ in range(12)]
     streams.append(_Stream([_event(job_pb2.JOB_STATE_SUCCEEDED, None, False)]))
     monkeypatch.setattr(client_module, "_sleep", lambda seconds: None)
     with Client("127.0.0.1:1") as client:
@@ -218,3 +210,99 @@ def test_jobs_watch_exits_with_the_jobs_outcome(
     monkeypatch.setattr(cli, "_client", lambda args: _watching(events))
     assert cli.main(["jobs", "watch", "jobs/w"]) == code
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+# --- A SUCCEEDED job whose result expired -----------------------------------------------------
+
+
+def _not_found(reason: str) -> FakeRpcError:
+    message = f"the result of job jobs/old: {reason}"
+    trailers = status_trailers(
+        grpc.StatusCode.NOT_FOUND, message, error_info(reason, job="jobs/old")
+    )
+    return FakeRpcError(grpc.StatusCode.NOT_FOUND, message, trailers)
+
+
+def _old_job() -> job_pb2.Job:
+    return job_pb2.Job(name="jobs/old", state=job_pb2.JOB_STATE_SUCCEEDED, expire_time=_ts(9))
+
+
+def _expired_client() -> Client:
+    """A gateway that still has jobs/old but no longer its result."""
+    client = Client("127.0.0.1:1")
+    client._jobs = SimpleNamespace(
+        GetJob=FakeUnary([job_service_pb2.GetJobResponse(job=_old_job())]),
+        GetJobResult=FakeUnary([_not_found("RESULT_EXPIRED")]),
+        WatchJob=lambda *a, **k: _Stream([job_service_pb2.WatchJobResponse(job=_old_job())]),
+    )
+    return client
+
+
+def _is_expired_old_job(job: Job) -> bool:
+    return (
+        job.name == "jobs/old"
+        and job.state is JobState.SUCCEEDED
+        and job.result is None
+        and job.result_expired
+        and job.expire_time == T0.replace(second=9)
+    )
+
+
+def test_get_job_and_wait_return_a_job_whose_result_expired() -> None:
+    """They raised NotFoundError RESULT_EXPIRED for a job that exists."""
+    with _expired_client() as client:
+        assert _is_expired_old_job(client.get_job("old"))
+    with _expired_client() as client:
+        assert _is_expired_old_job(client.wait("old"))
+    # Other answers about the result are still raised.
+    with Client("127.0.0.1:1") as client:
+        client._jobs = SimpleNamespace(
+            GetJob=FakeUnary([job_service_pb2.GetJobResponse(job=_old_job())]),
+            GetJobResult=FakeUnary([_not_found("RESULT_NOT_FOUND")]),
+        )
+        with pytest.raises(NotFoundError, match="RESULT_NOT_FOUND"):
+            client.get_job("old")
+
+
+def test_the_async_get_job_returns_a_job_whose_result_expired() -> None:
+    async def answer(outcome: Any) -> Any:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def get() -> Job:
+        async with AsyncClient("127.0.0.1:1") as client:
+            _ = client.channel  # opened inside the loop, then its stub replaced
+            client._jobs_stub = SimpleNamespace(
+                GetJob=lambda *a, **k: answer(job_service_pb2.GetJobResponse(job=_old_job())),
+                GetJobResult=lambda *a, **k: answer(_not_found("RESULT_EXPIRED")),
+            )
+            return await client.get_job("old")
+
+    assert _is_expired_old_job(asyncio.run(get()))
+
+
+def test_run_says_the_result_expired() -> None:
+    # Run answered without the result (too large) and it expired before the stream began.
+    with Client("127.0.0.1:1") as client:
+        client._jobs = SimpleNamespace(
+            Run=FakeUnary([job_service_pb2.RunResponse(job=_old_job(), result_too_large=True)]),
+            StreamJobResult=lambda *a, **k: CutStream([], _not_found("RESULT_EXPIRED")),
+        )
+        assert _is_expired_old_job(client.run_pubs([client_module.sampler_pub("qubit q;")]))
+        client._jobs.Run.outcomes.append(
+            job_service_pb2.RunResponse(job=_old_job(), result_too_large=True)
+        )
+        with pytest.raises(RuntimeError, match="result of job jobs/old expired"):
+            client.run("qubit q;")
+
+
+def test_jobs_get_result_shows_the_job_and_says_its_result_expired(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_client", lambda args: _expired_client())
+    assert cli.main(["jobs", "get", "old", "--result"]) == 0
+    fields = _fields(capsys.readouterr().out)
+    assert fields["name"] == "jobs/old" and fields["state"] == "SUCCEEDED"
+    assert fields["result"] == "expired at 2026-12-01 10:00:09Z, no longer kept"
+    assert "result expires" not in fields

@@ -6,16 +6,28 @@ test): registers a (1 bit), b (3 bits) and c (9 bits), a PUB of shape (2, 3), 2 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from qgateway.client import bindings_array, circuit_from_source, observables_from
+from qgateway.client import (
+    AsyncClient,
+    Client,
+    bindings_array,
+    circuit_from_source,
+    observables_from,
+    sampler_pub,
+)
 from qgateway.errors import InternalError, ResultDigestError
 from qgateway.results import (
+    Cost,
+    CostEstimate,
     EstimatorPubResult,
     Job,
     JobResult,
@@ -580,3 +592,45 @@ def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:
         observables_from([[("ZZ", np.complex64(1 + 1j))]])
     with pytest.raises(TypeError):
         bindings_array([[np.bool_(True)]])
+
+
+def test_the_async_client_validates_as_the_sync_one() -> None:
+    """AsyncClient had no validate, though the README documents client.validate(...)."""
+    answer = job_service_pb2.SubmitJobResponse(
+        cost_estimate=job_pb2.CostEstimate(shots=300, cost=job_pb2.Cost(amount=0.5, unit="USD"))
+    )
+    sent: list[job_service_pb2.SubmitJobRequest] = []
+
+    def submit(request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+        sent.append(request)
+        return answer
+
+    async def async_submit(request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+        return submit(request)
+
+    pubs = [sampler_pub("OPENQASM 3.0;", shots=100), sampler_pub("OPENQASM 3.0;", shots=200)]
+    arguments: dict[str, Any] = {
+        "backend": "priced",
+        "seed": 7,
+        "provider_options": {"optimization_level": 1},
+        "session": "s1",
+    }
+    with Client("127.0.0.1:1") as client:
+        client._jobs = SimpleNamespace(SubmitJob=submit)
+        estimate = client.validate(pubs, **arguments)
+
+    async def validate_async() -> CostEstimate:
+        async with AsyncClient("127.0.0.1:1") as aclient:
+            _ = aclient.channel  # opened inside the loop, then its stub replaced
+            aclient._jobs_stub = SimpleNamespace(SubmitJob=async_submit)
+            return await aclient.validate(pubs, **arguments)
+
+    expected = CostEstimate(shots=300, cost=Cost(amount=0.5, unit="USD"), per_second_excluded=False)
+    assert asyncio.run(validate_async()) == estimate == expected
+    synchronous, asynchronous = sent
+    assert asynchronous == synchronous
+    assert synchronous.validate_only and not synchronous.request_id
+    assert (
+        synchronous.spec.backend == "backends/priced" and synchronous.spec.session == "sessions/s1"
+    )
+    assert list(synchronous.spec.pubs) == pubs

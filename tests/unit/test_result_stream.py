@@ -7,21 +7,25 @@ the message that was chunked, and resumed streams with the tail of the full stre
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import pickle
 from collections import Counter
+from types import SimpleNamespace
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 import pytest
-from qgateway.client import RetryPolicy, _ResultFetch
+from qgateway import results as client_results
+from qgateway.client import AsyncClient, Client, RetryPolicy, _ResultFetch
 from qgateway.errors import (
     InternalError,
     InvalidArgumentError,
     QGatewayError,
+    ResultDigestError,
     UnavailableError,
 )
-from qgateway.results import PackedCounts, ResultAssembler
+from qgateway.results import PackedCounts, ResultAssembler, job_result_from_stream
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import codec, result_stream
@@ -34,6 +38,7 @@ from gateway.domain.jobs import (
     RegisterResult,
     SamplerResult,
 )
+from tests.unit.test_client_errors import CutStream, FakeRpcError
 
 Resp = job_service_pb2.StreamJobResultResponse
 
@@ -391,6 +396,56 @@ def test_fetch_stops_when_the_deadline_would_pass() -> None:
     error = _error(UnavailableError)
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert fetch.retry_delay(error) is None
+
+
+def test_fetch_clamps_and_caps_the_gateways_retry_delay() -> None:
+    """The RetryInfo delay was used as sent: a negative one made time.sleep raise ValueError, a
+    huge one slept for hours. The rules are those of every other retry."""
+    policy = RetryPolicy(initial_backoff=0.0, jitter=0.5, max_retry_delay=60.0)
+    fetch = _ResultFetch("j1", 0, policy, None)
+    fetch.request()
+    assert fetch.retry_delay(UnavailableError("draining", retry_delay=-3.0)) == 0.0
+    fetch.request()
+    delay = fetch.retry_delay(UnavailableError("draining", retry_delay=2.0))
+    assert delay is not None and 2.0 <= delay <= 3.0  # only ever lengthened, by the jitter
+    fetch.request()
+    assert fetch.retry_delay(UnavailableError("breaker open", retry_delay=3600.0)) is None
+
+
+BREAKS = [
+    FakeRpcError(grpc.StatusCode.UNAVAILABLE, "upstream connect error / stream reset"),
+    FakeRpcError(grpc.StatusCode.INTERNAL, "RST_STREAM"),
+    FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+]
+
+
+@pytest.mark.parametrize("error", BREAKS, ids=lambda e: e.code().name)
+def test_a_stream_broken_after_its_digest_gives_the_result(error: FakeRpcError) -> None:
+    """Every message, the digest included, had arrived; the break was raised all the same."""
+    result = big_result()
+    streams = [CutStream(_stream(result), error)]  # a second call would find none
+    with Client("127.0.0.1:1") as client:
+        client._jobs = SimpleNamespace(StreamJobResult=lambda *a, **k: streams.pop(0))
+        fetched = client.stream_result("j1", chunk_bytes=1000)
+    assert fetched == job_result_from_stream(_stream(result))  # the stream, unbroken
+
+    async def fetch_async() -> client_results.JobResult:
+        streams.append(CutStream(_stream(result), error))
+        async with AsyncClient("127.0.0.1:1") as aclient:
+            _ = aclient.channel  # opened inside the loop, then its stub replaced
+            aclient._jobs_stub = SimpleNamespace(StreamJobResult=lambda *a, **k: streams.pop(0))
+            return await aclient.stream_result("j1", chunk_bytes=1000)
+
+    assert asyncio.run(fetch_async()) == fetched
+
+
+def test_a_stream_broken_after_a_wrong_digest_is_refused() -> None:
+    result = big_result()
+    wrong = [*_stream(result)[:-1], result_stream.digest_response(bytes(32))]
+    with Client("127.0.0.1:1") as client:
+        client._jobs = SimpleNamespace(StreamJobResult=lambda *a, **k: CutStream(wrong, BREAKS[0]))
+        with pytest.raises(ResultDigestError):
+            client.stream_result("j1", chunk_bytes=1000)
 
 
 def test_packed_counts_decode_across_blocks_and_ignore_padding_bits() -> None:

@@ -43,6 +43,7 @@ from qgateway.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     JobFailedError,
+    NotFoundError,
     QGatewayError,
     from_rpc_error,
 )
@@ -187,7 +188,16 @@ def _retry_delay(
     policy: RetryPolicy, error: QGatewayError, attempt: int, deadline: float | None
 ) -> float | None:
     """Seconds to wait before the next attempt, or None to give up and raise `error`."""
-    if error.code != grpc.StatusCode.UNAVAILABLE or attempt >= policy.max_attempts:
+    if error.code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    return _attempt_delay(policy, error, attempt, deadline)
+
+
+def _attempt_delay(
+    policy: RetryPolicy, error: QGatewayError, attempt: int, deadline: float | None
+) -> float | None:
+    """As `_retry_delay`, for an `error` the caller already judged worth another attempt."""
+    if attempt >= policy.max_attempts:
         return None
     if error.retry_delay is None:
         delay = policy.backoff(attempt)
@@ -491,6 +501,30 @@ def _job_spec(
     return spec
 
 
+def _validate_request(
+    pubs: Sequence[circuit_pb2.Pub],
+    backend: str,
+    default_shots: int | None,
+    seed: int | None,
+    default_precision: float | None,
+    provider_options: Mapping[str, Any] | None,
+    session: str | None,
+) -> job_service_pb2.SubmitJobRequest:
+    """SubmitJob with validate_only, as `Client.validate` and `AsyncClient.validate` send it."""
+    spec = _job_spec(
+        pubs,
+        backend,
+        default_shots,
+        seed,
+        _sampler_output(None, False),
+        default_precision,
+        provider_options=provider_options,
+        session=session,
+    )
+    # No request_id: nothing is created, so there is nothing a retry could duplicate.
+    return job_service_pb2.SubmitJobRequest(spec=spec, validate_only=True)
+
+
 #: What sampler PUBs return: "samples_and_counts", "samples" or "counts" (any case, with or
 #: without the "SAMPLER_OUTPUT_" prefix), or a `job_pb2.SamplerOutput` number.
 SamplerOutputLike: TypeAlias = str | int
@@ -583,6 +617,8 @@ def _result_of(job: Job) -> JobResult:
         raise JobFailedError(
             job.name, job.state.value, job.error_reason, job.error_message, error=job.error
         )
+    if job.result_expired:
+        raise RuntimeError(f"the result of job {job.name} expired before it was fetched")
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise RuntimeError(f"job {job.name} is {job.state.value} without a result")
     return job.result
@@ -672,25 +708,17 @@ class _ResultFetch:
         return self.assembler.result()
 
     def retry_delay(self, error: QGatewayError) -> float | None:
-        """Seconds to wait before resuming, or None to raise `error`."""
+        """Seconds to wait before resuming an incomplete stream, or None to raise `error`."""
         broken = error.code == grpc.StatusCode.UNAVAILABLE or (
             error.code == grpc.StatusCode.INTERNAL and self.received > 0
         )
-        if not broken or self.assembler.complete:
+        if not broken:
             return None
         progressed = self.start is not None and self.assembler.position > self.start
         self.stalled = 1 if progressed else self.stalled + 1
-        if self.stalled >= self.policy.max_attempts:
-            return None
-        delay = (
-            error.retry_delay
-            if error.retry_delay is not None
-            else self.policy.backoff(self.stalled)
-        )
-        remaining = _remaining(self.deadline)
-        if remaining is not None and delay >= remaining:
-            return None
-        return delay
+        # Not `_retry_delay`: a stream reset mid-way (INTERNAL) is resumed too. The limits on
+        # the delay (attempts, the gateway's RetryInfo, the deadline) are the same.
+        return _attempt_delay(self.policy, error, self.stalled, self.deadline)
 
 
 _RECEIVE_LIMIT = "grpc.max_receive_message_length"
@@ -709,6 +737,10 @@ def _channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]
 
 def _is_too_large(error: QGatewayError) -> bool:
     return isinstance(error, FailedPreconditionError) and error.reason == "RESULT_TOO_LARGE"
+
+
+def _is_expired(error: QGatewayError) -> bool:
+    return isinstance(error, NotFoundError) and error.reason == "RESULT_EXPIRED"
 
 
 # Stubs are built through Any: the generated *_grpc modules are untyped.
@@ -798,11 +830,19 @@ class Client(SessionCalls, TenantCalls):
             _sleep(delay)
 
     def _complete(self, job: Job, deadline: float | None) -> Job:
-        """Adds the result of a SUCCEEDED job that came without it."""
+        """Adds the result of a SUCCEEDED job that came without it, or marks it expired."""
         if job.result is None and job.state is JobState.SUCCEEDED:
-            if job.result_too_large:  # Run said so: straight to the stream
-                return replace(job, result=self._stream_result(job.name, deadline, 0))
-            return replace(job, result=self._fetch_result(job.name, deadline))
+            try:
+                if job.result_too_large:  # Run said so: straight to the stream
+                    result = self._stream_result(job.name, deadline, 0)
+                else:
+                    result = self._fetch_result(job.name, deadline)
+            except QGatewayError as err:
+                if not _is_expired(err):
+                    raise
+                # The job exists, only its result is gone: the caller asked for the job.
+                return replace(job, result_expired=True)
+            return replace(job, result=result)
         return job
 
     def _fetch_result(self, name: str, deadline: float | None) -> JobResult:
@@ -832,6 +872,9 @@ class Client(SessionCalls, TenantCalls):
                     fetch.add(response)
                 return fetch.result()
             except grpc.RpcError as exc:
+                # Broken after the digest: every message arrived, nothing is left to fetch.
+                if fetch.assembler.complete:
+                    return fetch.result()
                 err = _tag(from_rpc_error(exc), None, fetch.job)
                 delay = fetch.retry_delay(err)
                 if delay is None:
@@ -1111,19 +1154,11 @@ class Client(SessionCalls, TenantCalls):
         """Checks PUBs as a submission would be checked (SubmitJob with validate_only: the
         backend, every circuit compiled, every limit) and estimates their cost; no job is
         created. Raises what submit_pubs would raise for an invalid request."""
-        spec = _job_spec(
-            pubs,
-            backend,
-            default_shots,
-            seed,
-            _sampler_output(None, False),
-            default_precision,
-            provider_options=provider_options,
-            session=session,
-        )
         response: job_service_pb2.SubmitJobResponse = self._unary(
             self._jobs.SubmitJob,
-            job_service_pb2.SubmitJobRequest(spec=spec, validate_only=True),
+            _validate_request(
+                pubs, backend, default_shots, seed, default_precision, provider_options, session
+            ),
             deadline=_deadline(timeout),
             retry=True,
         )
@@ -1131,6 +1166,9 @@ class Client(SessionCalls, TenantCalls):
 
     def get_job(self, name: str, *, view_basic: bool = False, timeout: float | None = None) -> Job:
         """Gets a job; with its result (streamed when too large) unless view_basic.
+
+        A SUCCEEDED job whose result is past its `expire_time` is returned without it:
+        `job.result` is None and `job.result_expired` True.
 
         Args:
             name: "jobs/{job}" or just the id.
@@ -1148,7 +1186,8 @@ class Client(SessionCalls, TenantCalls):
         return job if view_basic else self._complete(job, deadline)
 
     def wait(self, name: str, *, timeout: float | None = None) -> Job:
-        """Waits until a job is final (by watching it) and returns it with its result."""
+        """Waits until a job is final (by watching it) and returns it with its result (None,
+        with `job.result_expired` set, when the result is past its `expire_time`)."""
         deadline = _deadline(timeout)
         final: Job | None = None
         with contextlib.closing(self.watch(name, timeout=timeout)) as events:
@@ -1445,9 +1484,16 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
 
     async def _complete(self, job: Job, deadline: float | None) -> Job:
         if job.result is None and job.state is JobState.SUCCEEDED:
-            if job.result_too_large:
-                return replace(job, result=await self._stream_result(job.name, deadline, 0))
-            return replace(job, result=await self._fetch_result(job.name, deadline))
+            try:
+                if job.result_too_large:
+                    result = await self._stream_result(job.name, deadline, 0)
+                else:
+                    result = await self._fetch_result(job.name, deadline)
+            except QGatewayError as err:
+                if not _is_expired(err):
+                    raise
+                return replace(job, result_expired=True)
+            return replace(job, result=result)
         return job
 
     async def _fetch_result(self, name: str, deadline: float | None) -> JobResult:
@@ -1478,6 +1524,9 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                     fetch.add(response)
                 return fetch.result()
             except grpc.RpcError as exc:
+                # Broken after the digest: every message arrived, nothing is left to fetch.
+                if fetch.assembler.complete:
+                    return fetch.result()
                 err = _tag(from_rpc_error(exc), None, fetch.job)
                 delay = fetch.retry_delay(err)
                 if delay is None:
@@ -1678,6 +1727,29 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
         )
         # Whether this call created the job or got an earlier request's (same request_id).
         return Job.from_proto(response.job, created=response.created)
+
+    async def validate(
+        self,
+        pubs: Sequence[circuit_pb2.Pub],
+        *,
+        backend: str = "aer",
+        default_shots: int | None = None,
+        seed: int | None = None,
+        default_precision: float | None = None,
+        provider_options: Mapping[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> CostEstimate:
+        """Checks PUBs as a submission would and estimates their cost; see `Client.validate`."""
+        response: job_service_pb2.SubmitJobResponse = await self._unary(
+            self._jobs.SubmitJob,
+            _validate_request(
+                pubs, backend, default_shots, seed, default_precision, provider_options, session
+            ),
+            deadline=_deadline(timeout),
+            retry=True,
+        )
+        return CostEstimate.from_proto(response.cost_estimate)
 
     async def get_job(
         self, name: str, *, view_basic: bool = False, timeout: float | None = None

@@ -677,6 +677,9 @@ class Job:
         num_pubs: Number of PUBs.
         result: The result, when the client fetched it (Run, or GetJobResult/StreamJobResult).
         result_too_large: Run answered without the result: it must be streamed.
+        result_expired: The job SUCCEEDED but its result was past `expire_time` when the
+            client fetched it (get_job, wait, run_pubs): the gateway no longer keeps it, and
+            `result` is None.
         update_time: When the job last changed (UTC).
         state_history: Every state it entered, in order, with the time (the last time, for a
             state entered again after a gateway restart).
@@ -713,6 +716,7 @@ class Job:
     num_pubs: int = 0
     result: JobResult | None = None
     result_too_large: bool = False
+    result_expired: bool = False
     update_time: datetime | None = None
     state_history: tuple[StateTransition, ...] = ()
     expire_time: datetime | None = None
