@@ -271,12 +271,25 @@ class Admission:
             await asyncio.shield(first)
         limited = new.charge is not None and new.charge.limited
         if queue.queues_before_commit and not limited and first is None:
+            # A retry of a request whose job exists gets it back before anything starts: a
+            # stand-in started first ran the circuit again and was then taken back from its
+            # worker (a kill and a respawn per retry, a cheap way to cost every tenant).
+            existing = await self.find_request(tenant, request_id, digest)
+            if existing is not None:
+                return CreateOutcome(existing, created=False)
             return await self._start_before_commit(runtime, place, new, prepared)
-        outcome = await self._create(new)
+        # Shielded as in _start_before_commit: the store commits a create whose caller went
+        # away (a client's deadline), and that job must then be queued, or it stayed QUEUED in
+        # no queue, holding its quota reservation and queued-job count, until a restart.
+        creating = asyncio.ensure_future(self._create(new))
+        try:
+            outcome = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(_queue_if_created(runtime, prepared))
+            raise
         if outcome.created:
-            await queue.put(outcome.job, prepared)
+            await _queue_created(runtime, outcome.job, prepared)
             place.release()
-            runtime.wake.set()
         return outcome
 
     async def _start_before_commit(
@@ -384,8 +397,9 @@ class Admission:
         )
 
 
-# Stand-ins being taken back after their caller went away (a reference keeps each task alive).
-_removals: set[asyncio.Future[None]] = set()
+# Stand-ins being taken back, and jobs being queued, after their caller went away (a reference
+# keeps each task alive).
+_detached: set[asyncio.Future[None]] = set()
 
 
 async def _take_back(runtime: BackendRuntime, new: NewJob) -> None:
@@ -408,8 +422,31 @@ def _take_back_unless_created(
         if not creating.cancelled() and creating.exception() is None and creating.result().created:
             return
         removing = asyncio.ensure_future(_take_back(runtime, new))
-        _removals.add(removing)
-        removing.add_done_callback(_removals.discard)
+        _detached.add(removing)
+        removing.add_done_callback(_detached.discard)
+
+    return done
+
+
+async def _queue_created(runtime: BackendRuntime, job: Job, prepared: PreparedJob) -> None:
+    await runtime.queue.put(job, prepared)
+    runtime.wake.set()
+
+
+def _queue_if_created(
+    runtime: BackendRuntime, prepared: PreparedJob
+) -> Callable[[asyncio.Future[CreateOutcome]], None]:
+    """For a create (committed before queueing) whose caller went away: its job is queued
+    if the store created it."""
+
+    def done(creating: asyncio.Future[CreateOutcome]) -> None:
+        if creating.cancelled() or creating.exception() is not None:
+            return
+        outcome = creating.result()
+        if outcome.created:
+            queueing = asyncio.ensure_future(_queue_created(runtime, outcome.job, prepared))
+            _detached.add(queueing)
+            queueing.add_done_callback(_detached.discard)
 
     return done
 

@@ -342,6 +342,10 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         self._opening = False
         self._thread: threading.Thread | None = None
         self._closed = False
+        # The event loop's own read-only connection, for point lookups every submission makes
+        # (request_id): an indexed read takes microseconds, a hand-off to the writer thread and
+        # back far longer. WAL lets it read committed state while the writer writes.
+        self._reader: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -378,6 +382,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             self._thread = thread
         thread.start()
         await ready
+        self._reader = _connect_reader(self.path)
 
     async def close(self) -> None:
         """Runs every operation already queued, then closes the connection and the thread.
@@ -386,6 +391,9 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         with self._lock:
             first = not self._closed
             self._closed = True
@@ -456,6 +464,14 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     ) -> tuple[Job, bytes] | None:
         """The job (and its request hash) that request_id names within the dedup window."""
         now_us = to_us(now)
+        if self._reader is None:
+            raise RuntimeError("the store is not open")
+        try:
+            return _lookup_request(self._reader, tenant, request_id, now_us)
+        except sqlite3.OperationalError:
+            # Busy (a WAL reader rarely is: the log being recovered or reset): the writer
+            # thread may wait for it; the event loop must not.
+            pass
 
         def op(conn: sqlite3.Connection) -> tuple[Job, bytes] | None:
             return _lookup_request(conn, tenant, request_id, now_us)
@@ -1180,6 +1196,19 @@ def _connect(path: pathlib.Path) -> sqlite3.Connection:
             raise RuntimeError(f"{path}: PRAGMA synchronous=FULL did not take effect")
         if int(conn.execute("PRAGMA foreign_keys").fetchone()[0]) != 1:
             raise RuntimeError(f"{path}: PRAGMA foreign_keys=ON did not take effect")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_reader(path: pathlib.Path) -> sqlite3.Connection:
+    """A read-only connection for the thread that opens it (the event loop's)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 0")  # never wait on the event loop
+        conn.execute("PRAGMA query_only = ON")
     except BaseException:
         conn.close()
         raise

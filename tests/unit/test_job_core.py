@@ -189,6 +189,61 @@ async def test_a_submission_over_the_tenants_limits_never_starts(store: SqliteSt
         await _close(core)
 
 
+async def test_a_retry_of_a_created_request_starts_nothing(store: SqliteStore) -> None:
+    # A retry whose job existed was started as a stand-in before the store's dedup answered,
+    # ran the circuit again and was taken back from its worker: a worker kill and respawn per
+    # retry, which any client could repeat at will.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        first = await core.submit("alice", spec("sim"), request_id="r-1")
+        await core.until("alice", first.id, "RUNNING")
+        again = await core.submit("alice", spec("sim"), request_id="r-1")
+        assert again.id == first.id
+        runner.succeed(first.id)
+        await core.until("alice", first.id, "SUCCEEDED")
+        after = await core.submit("alice", spec("sim"), request_id="r-1")
+        assert after.id == first.id
+        await core.settle()
+        assert runner.submitted == [first.id] and runner.cancelled == []
+    finally:
+        await _close(core)
+
+
+async def test_a_limited_submission_whose_caller_left_during_its_commit_still_runs(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tenant with limits has its job committed before it is queued. The caller's deadline
+    # cancelled the commit's await: the store committed the job anyway, but it was never
+    # queued (QUEUED in no queue, its quota reservation held, until a restart).
+    runner = ScriptedRunner(slots=1)
+    policies = PolicyBook(default=TenantPolicy(max_queued_jobs=5))
+    core = await build_core(store, "memory", {"sim": runner}, policies=policies)
+    real = store.create_job
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def slow_create(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await go.wait()
+        return await real(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(store, "create_job", slow_create)
+        submitting = asyncio.ensure_future(core.submit("alice", spec("sim"), request_id="r-2"))
+        await entered.wait()
+        submitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await submitting
+        go.set()
+        async with asyncio.timeout(5):
+            while not runner.submitted:
+                await core.settle()
+        found = await store.find_request("alice", "r-2", core.clock())
+        assert found is not None and runner.submitted == [found[0].id]
+    finally:
+        await _close(core)
+
+
 async def test_a_full_queue_refuses_with_nothing_accepted(store: SqliteStore) -> None:
     runner = ScriptedRunner(slots=1)
     core = await build_core(store, "memory", {"sim": runner}, max_queued_jobs=1)
