@@ -65,6 +65,10 @@ from gateway.store.base import CreateOutcome, JobCursor, SessionPage, Store
 
 log = logging.getLogger(__name__)
 
+# A TTL sweep that failed (a store error) runs again after this, doubling up to the maximum.
+SWEEP_RETRY_S = 1.0
+SWEEP_RETRY_MAX_S = 30.0
+
 Clock = Callable[[], datetime]
 
 
@@ -669,8 +673,7 @@ class SessionCore:
             session = await self.get(tenant, session_id)
             updated = domain.cancel(session, self.clock())
             if updated is not session:
-                self._halted.add(session_id)
-                session = await self._save(updated)
+                session = await self._halted_save(updated)
         # The jobs are cancelled in a task of this core: the caller's task is cancelled at its
         # deadline or disconnect, and an ended session's held jobs are never let in, so jobs
         # left uncancelled would stay QUEUED for ever, filling the backend's queue.
@@ -773,21 +776,26 @@ class SessionCore:
                 ended = domain.expire(current, now, has_work=self._has_work(session_id))
                 if ended is None:
                     continue
-                self._halted.add(session_id)
-                saved = await self._save(ended)
+                saved = await self._halted_save(ended)
             log.info("session %s ended: %s", session_id, ended.end_reason)
             await self._cancel_jobs(saved)
         return next_at
 
     async def _run_timer(self) -> None:
+        retry = SWEEP_RETRY_S
         while True:
             self._changed.clear()
+            timeout: float | None = None
             try:
                 next_at = await self.expire_due()
+                retry = SWEEP_RETRY_S
             except Exception:
-                log.exception("session TTL sweep failed")
+                # A store error: swept again after a back-off. Waiting for the next change
+                # instead stopped every tenant's TTLs until some session happened to change.
+                log.exception("session TTL sweep failed; again in %gs", retry)
                 next_at = None
-            timeout = None
+                timeout = retry
+                retry = min(retry * 2, SWEEP_RETRY_MAX_S)
             if next_at is not None:
                 # A little past the deadline: the clock must read past it when we look again.
                 timeout = max(0.0, (next_at - self.clock()).total_seconds()) + 0.01
@@ -801,6 +809,18 @@ class SessionCore:
         if self._work.get(session_id):
             return True
         return any(q.has_work(session_id) for q in self._queues.values())
+
+    async def _halted_save(self, ended: Session) -> Session:
+        """Saves a session that has just ended, holding its jobs back from the moment it is
+        decided; if the save fails the session is still open, and runs its jobs again."""
+        held_already = ended.id in self._halted  # (an ABORT failure, not yet saved)
+        self._halted.add(ended.id)
+        try:
+            return await self._save(ended)
+        except BaseException:
+            if not held_already:
+                self._halted.discard(ended.id)
+            raise
 
     async def _save(self, session: Session) -> Session:
         saved = await self._store.save_session(session)

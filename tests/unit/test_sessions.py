@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import pickle
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -25,6 +26,7 @@ from gateway.domain.sessions import (
     SessionMode,
     SessionState,
 )
+from gateway.jobs import sessions as sessions_module
 from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.hooks import Hooks
@@ -604,6 +606,43 @@ async def test_idle_and_max_ttl_end_sessions_by_the_injected_clock(store: Sqlite
         assert over.state is SessionState.CLOSED and over.end_reason is EndReason.MAX_TTL
         await core.until("alice", job.id, "CANCELLED")
         await core.until("alice", queued.id, "CANCELLED")
+    finally:
+        await core.close()
+
+
+async def test_a_ttl_end_that_could_not_be_saved_leaves_the_session_running_and_is_retried(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One store error while saving a TTL end left the session open but halted (its jobs held,
+    # never run) and stopped the sweep until some unrelated session changed.
+    clock = Clock()
+    core = await build(store, clock=clock)
+    real = store.save_session
+    failures = 1
+    retried = asyncio.Event()
+
+    async def flaky(session: Session) -> Session | None:
+        nonlocal failures
+        if session.state.is_final:
+            if failures:
+                failures -= 1
+                raise sqlite3.OperationalError("database is locked")
+            retried.set()
+        return await real(session)
+
+    monkeypatch.setattr(sessions_module, "SWEEP_RETRY_S", 0.01)
+    try:
+        idle = await core.create(idle_ttl_s=10.0, max_ttl_s=100.0)
+        monkeypatch.setattr(store, "save_session", flaky)
+        clock.advance(11)
+        with pytest.raises(sqlite3.OperationalError):
+            await core.sessions.expire_due()
+        assert not core.sessions.halted(idle.id)  # still open: its jobs may still run
+        core.sessions.start()  # the timer sweeps, fails... and sweeps again on its own
+        async with asyncio.timeout(5):
+            await retried.wait()
+            while (await core.sessions.get("alice", idle.id)).state is not SessionState.CLOSED:
+                await asyncio.sleep(0)
     finally:
         await core.close()
 
