@@ -645,11 +645,20 @@ class SessionCore:
             outcome = await self._manager.submit(
                 tenant, request_id, spec, spec_bytes, digest, position=position
             )
-        # The hook records the job in its session (on_transition); the answer waits for it,
-        # so a session is ACTIVE once SubmitJob has answered.
-        accepted = self._accepting.get(outcome.job.id) if outcome.created else None
-        if accepted is not None:
-            await asyncio.shield(accepted)
+            # The hook started a task to record the job in its session (on_transition), for
+            # a caller that goes away during the commit. This caller is here: it records the
+            # job itself, under the lock it holds, so the session is ACTIVE once SubmitJob
+            # answers. Awaiting the task made the answer wait behind the next submission,
+            # first in line for the lock, and its whole compile.
+            accepting = self._accepting.get(outcome.job.id) if outcome.created else None
+            recorded = True
+            if accepting is not None and accepting.cancel():
+                try:
+                    recorded = await self._record_accepted(outcome.job)
+                except Exception:
+                    log.exception("session %s: recording job %s failed", session_id, outcome.job.id)
+        if not recorded:
+            await self._cancel_unrecorded(outcome.job)
         return outcome
 
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
@@ -726,16 +735,25 @@ class SessionCore:
     async def _job_accepted(self, job: Job) -> None:
         try:
             async with self._locked(job.session):
-                session = self._open.get(job.session)
-                if session is not None:
-                    await self._save(domain.job_accepted(session, self.clock()))
-                    return
-            # The session ended while the job's commit was in flight (its caller gone, the
-            # lock free): its jobs were cancelled without this one.
-            with contextlib.suppress(GatewayError):
-                await self._manager.cancel(job.tenant, job.id)
+                recorded = await self._record_accepted(job)
+            if not recorded:
+                await self._cancel_unrecorded(job)
         except Exception:
             log.exception("session %s: recording job %s failed", job.session, job.id)
+
+    async def _record_accepted(self, job: Job) -> bool:
+        """Under the session's lock: the session is ACTIVE with the job; False when it has
+        ended (the job's commit was in flight meanwhile, its caller gone, the lock free)."""
+        session = self._open.get(job.session)
+        if session is None:
+            return False
+        await self._save(domain.job_accepted(session, self.clock()))
+        return True
+
+    async def _cancel_unrecorded(self, job: Job) -> None:
+        # Its session's jobs were cancelled without this one.
+        with contextlib.suppress(GatewayError):
+            await self._manager.cancel(job.tenant, job.id)
 
     def _accepted(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -644,6 +645,40 @@ async def test_a_ttl_end_that_could_not_be_saved_leaves_the_session_running_and_
             while (await core.sessions.get("alice", idle.id)).state is not SessionState.CLOSED:
                 await asyncio.sleep(0)
     finally:
+        await core.close()
+
+
+async def test_a_submission_is_answered_without_waiting_for_the_next_ones_compile(
+    store: SqliteStore,
+) -> None:
+    # The answer awaited a task recording the job in its session, which queued for the
+    # session's lock behind the next submission, held through that one's whole compile.
+    core = await build(store, slots=3)
+    admission = core.manager._admission
+    compiler = admission._compiler
+    gate = asyncio.Event()
+
+    class GatedCompiler:
+        async def compile(self, tenant: str, backend: str, *args: Any) -> Any:
+            if args[1].text == "slow":
+                await gate.wait()
+            return await compiler.compile(tenant, backend, *args)
+
+    admission._compiler = GatedCompiler()
+    try:
+        session = await core.create()
+        fast = asyncio.ensure_future(core.submit("alice", session_spec(session, "fast")))
+        await asyncio.sleep(0)  # the fast one takes the session's lock first
+        slow = asyncio.ensure_future(core.submit("alice", session_spec(session, "slow")))
+        async with asyncio.timeout(5):
+            await fast  # while the slow one still compiles
+        assert not slow.done()
+        assert (await core.sessions.get("alice", session.id)).state is SessionState.ACTIVE
+        gate.set()
+        async with asyncio.timeout(5):
+            await slow
+    finally:
+        gate.set()
         await core.close()
 
 
