@@ -230,6 +230,14 @@ def _shots(has: bool, value: int, field: str) -> int | None:
     return value
 
 
+def _seed(has: bool, value: int, field: str) -> int | None:
+    if not has:
+        return None
+    if value < 0:  # the simulators' seeds are unsigned (the store keeps them as such)
+        raise _bad("INVALID_SEED", field, "the seed must be >= 0", value=value)
+    return value
+
+
 def _precision(has: bool, value: float, field: str) -> float | None:
     if not has:
         return None
@@ -318,7 +326,7 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
         default_shots=_shots(
             o.HasField("default_shots"), o.default_shots, f"{field}.options.default_shots"
         ),
-        seed=o.seed if o.HasField("seed") else None,
+        seed=_seed(o.HasField("seed"), o.seed, f"{field}.options.seed"),
         default_precision=_precision(
             o.HasField("default_precision"),
             o.default_precision,

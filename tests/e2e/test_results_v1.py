@@ -475,6 +475,19 @@ def test_an_unknown_sampler_output_is_invalid_argument(jobs: Any) -> None:
     )
 
 
+@pytest.mark.parametrize("validate_only", [False, True])
+def test_a_negative_seed_is_invalid_argument(jobs: Any, validate_only: bool) -> None:
+    # It was accepted at the edge, started on a worker before its commit, then refused by the
+    # store as INTERNAL, and taken back with a worker kill (every tenant paid the respawn).
+    spec = spec_of([sampler_pub(BIT_ORDER, shots=5)])
+    spec.options.seed = -1
+    request = job_service_pb2.SubmitJobRequest(spec=spec, validate_only=validate_only)
+    with pytest.raises(grpc.RpcError) as info:
+        jobs.SubmitJob(request, timeout=30)
+    status = status_of(info.value)
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert (status.reason, status.fields) == ("INVALID_SEED", ["spec.options.seed"])
+
 def test_client_sampler_output_argument(client: Client) -> None:
     with pytest.raises(ValueError, match="unknown sampler output"):
         client.run(BIT_ORDER, sampler_output="everything")
