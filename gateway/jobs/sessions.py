@@ -452,6 +452,8 @@ class SessionCore:
         self._cancelling: dict[str, asyncio.Task[None]] = {}
         # New jobs being recorded in their sessions, by job.
         self._accepting: dict[str, asyncio.Task[None]] = {}
+        # TTL ends waiting for a session's lock (a submission compiling): by session id.
+        self._expiring: dict[str, asyncio.Task[None]] = {}
         # Sessions whose runner has their provider session in this process (opened or
         # re-used): open_session is not asked again.
         self._provider_ready: set[str] = set()
@@ -787,17 +789,40 @@ class SessionCore:
             if due[0] > now:
                 next_at = due[0] if next_at is None else min(next_at, due[0])
                 continue
-            async with self._locked(session_id):
-                current = self._open.get(session_id)
-                if current is None:
-                    continue
-                ended = domain.expire(current, now, has_work=self._has_work(session_id))
-                if ended is None:
-                    continue
-                saved = await self._halted_save(ended)
-            log.info("session %s ended: %s", session_id, ended.end_reason)
-            await self._cancel_jobs(saved)
+            if session_id in self._expiring:
+                continue
+            if session_id in self._locks:
+                # Held (a submission compiling, up to its PUBs' compile limits): ended when it
+                # is free, in a task, so the sweep goes on to every other tenant's sessions.
+                task = asyncio.get_running_loop().create_task(self._expire_when_free(session_id))
+                self._expiring[session_id] = task
+                self._tasks.add(task)
+                task.add_done_callback(functools.partial(self._expired, session_id))
+                continue
+            await self._expire(session_id)
         return next_at
+
+    async def _expire(self, session_id: str) -> None:
+        async with self._locked(session_id):
+            current = self._open.get(session_id)
+            if current is None:
+                return
+            ended = domain.expire(current, self.clock(), has_work=self._has_work(session_id))
+            if ended is None:
+                return
+            saved = await self._halted_save(ended)
+        log.info("session %s ended: %s", session_id, ended.end_reason)
+        await self._cancel_jobs(saved)
+
+    async def _expire_when_free(self, session_id: str) -> None:
+        try:
+            await self._expire(session_id)
+        except Exception:  # the next sweep tries again
+            log.exception("session %s: ending it at its TTL failed", session_id)
+
+    def _expired(self, session_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        del self._expiring[session_id]
 
     async def _run_timer(self) -> None:
         retry = SWEEP_RETRY_S

@@ -5,6 +5,7 @@ store, the in-memory queue and a scripted runner. No worker process, no gRPC."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import pickle
 import sqlite3
@@ -677,6 +678,50 @@ async def test_a_submission_is_answered_without_waiting_for_the_next_ones_compil
         gate.set()
         async with asyncio.timeout(5):
             await slow
+    finally:
+        gate.set()
+        await core.close()
+
+
+async def test_a_session_held_by_a_compiling_submission_does_not_hold_up_other_ttls(
+    store: SqliteStore,
+) -> None:
+    # The sweep waited for each due session's lock in turn: a submission compiling into one
+    # session (up to its PUBs' compile limits) held up every other tenant's TTLs.
+    clock = Clock()
+    core = await build(store, clock=clock)
+    admission = core.manager._admission
+    compiler = admission._compiler
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class GatedCompiler:
+        async def compile(self, tenant: str, backend: str, *args: Any) -> Any:
+            if args[1].text == "slow":
+                entered.set()
+                await gate.wait()
+            return await compiler.compile(tenant, backend, *args)
+
+    admission._compiler = GatedCompiler()
+    try:
+        busy = await core.create("mallory", idle_ttl_s=10.0, max_ttl_s=20.0)
+        idle = await core.create("alice", idle_ttl_s=10.0, max_ttl_s=100.0)
+        await core.submit("mallory", session_spec(busy, "fast"))  # its max TTL runs from here
+        held = asyncio.ensure_future(core.submit("mallory", session_spec(busy, "slow")))
+        await entered.wait()  # compiling, the session's lock held
+        clock.advance(30)
+        async with asyncio.timeout(5):
+            await core.sessions.expire_due()
+        ended = await core.sessions.get("alice", idle.id)
+        assert ended.state is SessionState.CLOSED and ended.end_reason is EndReason.IDLE_TTL
+        assert (await core.sessions.get("mallory", busy.id)).state is not SessionState.CLOSED
+        gate.set()  # the submission ends; the held session's TTL end follows
+        with contextlib.suppress(GatewayError):
+            await held
+        async with asyncio.timeout(5):
+            while (await core.sessions.get("mallory", busy.id)).state is not SessionState.CLOSED:
+                await asyncio.sleep(0)
+        over = await core.sessions.get("mallory", busy.id)
+        assert over.end_reason is EndReason.MAX_TTL
     finally:
         gate.set()
         await core.close()
