@@ -56,6 +56,13 @@ MAX_SHAPE_DIMS = 32
 # PUBs of one job. Each distinct circuit is a compile and a compiled circuit the queued job
 # holds: 250 000 tiny PUBs fit in a 16 MiB request and held ~500 MB and minutes of compiles.
 MAX_PUBS = 1000
+# Elements of one job that decoding and digesting pay for one by one, in Python (~2 us each,
+# and ~200 bytes each while decoded): Pauli terms (an empty observable counts as one), the
+# qubit indices of sparse terms, and parameter names. A 16 MiB request of 8 million empty
+# terms cost 19 s of CPU and 1.7 GB before it was refused; these bound it to ~2 s.
+MAX_TERMS = 1_000_000
+MAX_SPARSE_QUBITS = 4_000_000
+MAX_PARAMETERS = 1_000_000
 
 
 def _shape(
@@ -63,14 +70,7 @@ def _shape(
 ) -> tuple[int, ...]:
     """A client's shape: at most MAX_SHAPE_DIMS dimensions, each >= `smallest`, whose product
     is at most `most` (work linear in the dimensions; a refusal quotes none of them)."""
-    if len(dims) > MAX_SHAPE_DIMS:
-        raise _bad(
-            reason,
-            field,
-            f"at most {MAX_SHAPE_DIMS} dimensions, got {len(dims)}",
-            maxDimensions=MAX_SHAPE_DIMS,
-            dimensions=len(dims),
-        )
+    _check_dimensions(dims, field, reason)
     shape = tuple(int(d) for d in dims)
     size = 1
     for d in shape:
@@ -306,11 +306,10 @@ def _sampler_output(value: int, field: str) -> SamplerOutput:
     return output
 
 
-def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
-    """Structural validation and translation; circuit semantics are the adapter's job."""
-    backend = backend_id(msg.backend, f"{field}.backend")
-    if not msg.pubs:
-        raise _bad("NO_PUBS", f"{field}.pubs", "a job needs at least one PUB")
+def check_counts(msg: job_pb2.JobSpec, field: str = "spec") -> None:
+    """Refuses a spec holding more elements than a job may (MAX_PUBS, MAX_TERMS,
+    MAX_SPARSE_QUBITS, MAX_PARAMETERS, MAX_SHAPE_DIMS) before anything is paid per element:
+    lengths of repeated fields only, and a walk over at most MAX_TERMS terms."""
     if len(msg.pubs) > MAX_PUBS:
         raise _bad(
             "TOO_MANY_PUBS",
@@ -320,6 +319,63 @@ def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
             maxPubs=MAX_PUBS,
             pubs=len(msg.pubs),
         )
+    terms = qubits = parameters = 0
+    for i, pub in enumerate(msg.pubs):
+        f = f"{field}.pubs[{i}]"
+        kind = pub.WhichOneof("pub")
+        if kind is None:
+            continue
+        part = pub.sampler if kind == "sampler" else pub.estimator
+        f = f"{f}.{kind}"
+        bindings = part.parameter_values
+        _check_dimensions(bindings.shape, f"{f}.parameter_values.shape", "INVALID_PARAMETER_VALUES")
+        parameters += len(bindings.parameters)
+        if parameters > MAX_PARAMETERS:
+            raise _too_many(
+                "TOO_MANY_PARAMETERS", f"{f}.parameter_values", "parameter names", MAX_PARAMETERS
+            )
+        if kind != "estimator":
+            continue
+        e = pub.estimator
+        _check_dimensions(e.observables_shape, f"{f}.observables_shape", "INVALID_OBSERVABLE")
+        if terms + len(e.observables) > MAX_TERMS:
+            raise _too_many("TOO_MANY_TERMS", f"{f}.observables", "Pauli terms", MAX_TERMS)
+        for o in e.observables:
+            terms += max(1, len(o.terms))
+            if terms > MAX_TERMS:
+                raise _too_many("TOO_MANY_TERMS", f"{f}.observables", "Pauli terms", MAX_TERMS)
+            for t in o.terms:
+                qubits += len(t.qubits)
+            if qubits > MAX_SPARSE_QUBITS:
+                raise _too_many(
+                    "TOO_MANY_TERMS",
+                    f"{f}.observables",
+                    "qubit indices of sparse Pauli terms",
+                    MAX_SPARSE_QUBITS,
+                )
+
+
+def _check_dimensions(dims: Sequence[int], field: str, reason: str) -> None:
+    if len(dims) > MAX_SHAPE_DIMS:
+        raise _bad(
+            reason,
+            field,
+            f"at most {MAX_SHAPE_DIMS} dimensions, got {len(dims)}",
+            maxDimensions=MAX_SHAPE_DIMS,
+            dimensions=len(dims),
+        )
+
+
+def _too_many(reason: str, field: str, what: str, limit: int) -> InvalidArgument:
+    return _bad(reason, field, f"a job holds at most {limit} {what}", limit=limit)
+
+
+def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
+    """Structural validation and translation; circuit semantics are the adapter's job."""
+    check_counts(msg, field)
+    backend = backend_id(msg.backend, f"{field}.backend")
+    if not msg.pubs:
+        raise _bad("NO_PUBS", f"{field}.pubs", "a job needs at least one PUB")
     pubs = tuple(_pub(p, f"{field}.pubs[{i}]") for i, p in enumerate(msg.pubs))
     o = msg.options
     options = JobOptions(

@@ -40,6 +40,8 @@ RESULT_FRAMING_BYTES = 64
 INLINE_PARSE_BYTES = 1 << 20
 # Run answers this long before the caller's deadline (less for short deadlines).
 RUN_ANSWER_MARGIN_S = 0.05
+# Specs above offload.INLINE_BYTES decoded at once (each holds ~10x its size meanwhile).
+LARGE_SPECS_AT_ONCE = 2
 
 
 def _request_id(value: str) -> str:
@@ -110,6 +112,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._max_response = max_response_bytes
         self._run_max_wait = run_max_wait_s
         self._specs = SpecCache(request_digest, codec.decode_spec)
+        self._large_specs: anyio.CapacityLimiter | None = None
 
     async def _result_message(self, job: Job, reserved: int = 0) -> job_pb2.JobResult | int:
         """The job's result as one message, or its stored size when that message and
@@ -135,7 +138,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         event loop's (and keeps small specs only)."""
         if request_bytes() > offload.INLINE_BYTES:
             uncached = SpecCache(request_digest, codec.decode_spec, max_spec_bytes=0)
-            return await anyio.to_thread.run_sync(_derive, spec, digest, uncached)
+            # Few at a time: a large spec holds ~10x its size while it is decoded.
+            if self._large_specs is None:  # made on the event loop, on first use
+                self._large_specs = anyio.CapacityLimiter(LARGE_SPECS_AT_ONCE)
+            return await anyio.to_thread.run_sync(
+                _derive, spec, digest, uncached, limiter=self._large_specs
+            )
         return _derive(spec, digest, self._specs)
 
     async def _submit(
@@ -339,6 +347,8 @@ def _derive(
     spec: job_pb2.JobSpec, digest: bool, specs: SpecCache
 ) -> tuple[bytes, bytes, JobSpec | GatewayError]:
     """JobServicer._derived's work, wherever it runs."""
+    # Before anything is paid per element (the digest and the decoding walk every term).
+    codec.check_counts(spec)
     # Only what the API defines is stored: unknown fields (at any depth) would otherwise be
     # persisted verbatim (the digest ignores them anyway).
     spec.DiscardUnknownFields()

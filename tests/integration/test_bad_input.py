@@ -388,3 +388,38 @@ def test_only_documented_resource_names_are_accepted(
         job_service_pb2.GetJobResultRequest(name=f"{done.job.name}/result"), timeout=10
     ).result
     assert result.name == f"{done.job.name}/result"
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason", "field"),
+    [
+        # 16 MB of empty Pauli terms cost 19 s of CPU and 1.7 GB, refused only after decoding.
+        ("terms", "TOO_MANY_TERMS", "spec.pubs[0].estimator.observables"),
+        ("observables", "TOO_MANY_TERMS", "spec.pubs[0].estimator.observables"),
+        ("sparse-qubits", "TOO_MANY_TERMS", "spec.pubs[0].estimator.observables"),
+        ("parameters", "TOO_MANY_PARAMETERS", "spec.pubs[0].estimator.parameter_values"),
+        # 16 million zeros of a shape were digested (5 s) before the dimension check.
+        ("dimensions", "INVALID_PARAMETER_VALUES", "spec.pubs[0].estimator.parameter_values.shape"),
+    ],
+)
+def test_a_job_of_too_many_elements_is_refused_before_it_is_decoded(
+    jobs: job_service_pb2_grpc.JobServiceStub, shape: str, reason: str, field: str
+) -> None:
+    estimator = circuit_pb2.EstimatorPub(circuit=circuit_pb2.Circuit(qasm3=HEADER + "qubit[1] q;"))
+    observable = estimator.observables.add()
+    if shape == "terms":
+        observable.terms.extend([circuit_pb2.PauliTerm()] * 1_000_001)
+    elif shape == "observables":
+        estimator.observables.extend([circuit_pb2.Observable()] * 1_000_001)
+    elif shape == "sparse-qubits":
+        observable.terms.add(qubits=[0] * 4_000_001)
+    elif shape == "parameters":
+        observable.terms.add(pauli="Z")
+        estimator.parameter_values.parameters.extend([""] * 1_000_001)
+    else:
+        observable.terms.add(pauli="Z")
+        estimator.parameter_values.shape.extend([0] * 1_000_000)
+    spec = job_pb2.JobSpec(backend="backends/aer", pubs=[circuit_pb2.Pub(estimator=estimator)])
+    info = submit_error(jobs, spec)
+    assert (info.code, info.reason) == (INVALID, reason)
+    assert info.fields == [field]
