@@ -13,8 +13,7 @@ their position estimates, so they cannot disagree:
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 
@@ -45,51 +44,48 @@ def next_tenant(
     return min(heads, key=lambda t: (claims.get(t, 0), last_claim.get(t, 0), heads[t]))
 
 
-J = TypeVar("J", bound=Hashable)
-
-
 def position(
-    lines: Mapping[str, Sequence[tuple[K, J]]],
+    lengths: Mapping[str, int],
+    heads: Mapping[str, K],
     claims: Mapping[str, int],
     last_claim: Mapping[str, int],
-    job: J,
     tenant: str,
-) -> int | None:
-    """How many jobs are handed out before `job` (0: it is next), or None when it is not in
-    `tenant`'s line.
+    index: int,
+) -> int:
+    """How many jobs are handed out before the job at `index` of `tenant`'s line (0: next),
+    if nothing else changes.
 
-    Replays the order on copies, counting every job handed out as a live claim of its tenant
-    and no claim as ending meanwhile. Fair share makes it an estimate, not a promise: a tenant
+    Exact for next_tenant's rule, in O(waiting tenants): it runs on the event loop for every
+    SubmitJob, GetJob and WatchJob heartbeat of a queued job (replaying the order job by job
+    took 11 ms with 10,000 queued). Fair share makes it an estimate, not a promise: a tenant
     that submits later, or whose claims end, can be served first, so a position can also grow.
-    O(jobs ahead x log waiting tenants): it runs on the event loop for every GetJob and
-    WatchJob heartbeat of a queued job.
+
+    Why it is exact: a tenant holding c live claims makes its picks at "levels" c, c+1, ...
+    (its claim count when picked), and every pick at one level comes before any at the next.
+    Within a level, a tenant's first pick comes before repeat picks (its last claim is older
+    than any made meanwhile); first picks go by next_tenant's ties (last claim, oldest job), and
+    repeat picks keep the order of the level before. So a level is ordered by the level each
+    tenant started at, latest first, then by those ties.
 
     Args:
-        lines: Per waiting tenant, its waiting jobs in order as (order key, job).
+        lengths: Per waiting tenant, how many jobs it has waiting.
+        heads: Per waiting tenant, the order key of its oldest waiting job.
         claims: As for next_tenant.
         last_claim: As for next_tenant.
-        job: The job asked about.
-        tenant: Its tenant.
+        tenant: The job's tenant.
+        index: The job's place in its tenant's line (0: its oldest).
     """
-    line = lines.get(tenant)
-    if line is None:
-        return None
-    index = next((i for i, (_, j) in enumerate(line) if j == job), None)
-    if index is None or len(lines) == 1:
-        return index
-    # next_tenant's rule as a heap: only the chosen tenant's key changes at each step.
-    ordinal = max(last_claim.values(), default=0)
-    heap = [(claims.get(t, 0), last_claim.get(t, 0), ln[0][0], t) for t, ln in lines.items()]
-    heapq.heapify(heap)
-    taken = dict.fromkeys(lines, 0)
-    ahead = 0
-    while True:
-        count, _, _, chosen = heapq.heappop(heap)
-        if chosen == tenant and taken[tenant] == index:
-            return ahead
-        ahead += 1
-        taken[chosen] += 1
-        ordinal += 1
-        rest = lines[chosen]
-        if taken[chosen] < len(rest):
-            heapq.heappush(heap, (count + 1, ordinal, rest[taken[chosen]][0], chosen))
+    level = claims.get(tenant, 0) + index
+    own = (claims.get(tenant, 0), last_claim.get(tenant, 0), heads[tenant])
+    ahead = index
+    for other, length in lengths.items():
+        if other == tenant:
+            continue
+        start = claims.get(other, 0)
+        ahead += min(max(level - start, 0), length)  # its picks at the levels below
+        if start <= level < start + length:  # it also picks at this level: before us?
+            if start > own[0] or (
+                start == own[0] and (last_claim.get(other, 0), heads[other]) < own[1:]
+            ):
+                ahead += 1
+    return ahead

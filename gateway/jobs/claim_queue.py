@@ -219,11 +219,16 @@ class ClaimQueue:
         now = self._clock()
         claims = await self._store.claims_by_tenant(self.backend, now)
         history = await self._store.last_claims(self.backend)
-        lines: dict[str, list[tuple[int, str]]] = {}
+        lengths: dict[str, int] = {}
+        heads: dict[str, int] = {}
+        index = 0
         # queued_jobs is oldest first: the rank orders jobs as (create time, id) does.
         for rank, (queued_id, queued_tenant) in enumerate(waiting):
-            lines.setdefault(queued_tenant, []).append((rank, queued_id))
-        return queue_order.position(lines, claims, history, job_id, tenant)
+            if queued_id == job_id:
+                index = lengths.get(tenant, 0)
+            heads.setdefault(queued_tenant, rank)
+            lengths[queued_tenant] = lengths.get(queued_tenant, 0) + 1
+        return queue_order.position(lengths, heads, claims, history, tenant, index)
 
     async def claims_by_tenant(self) -> dict[str, int]:
         """Live claims per tenant on this backend, held by any process sharing the store."""

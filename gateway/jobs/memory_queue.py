@@ -224,11 +224,18 @@ class MemoryQueue:
         """An estimate of how many waiting jobs are handed out before this one (0: next), by
         gateway.domain.queue_order.position; None when it is not waiting here. Lapsed claims,
         which go first, are not counted."""
-        if job_id not in self._waiting:
+        item = self._waiting.get(job_id)
+        if item is None or item.job.tenant != tenant:
             return None
-        lines = {t: [(item.key, item.job.id) for item in line] for t, line in self._lines.items()}
+        line = self._lines[tenant]
+        index = bisect.bisect_left(line, item.key, key=lambda w: w.key)
         return queue_order.position(
-            lines, self._live_claims(self._clock()), self._last_claim, job_id, tenant
+            {t: len(waiting) for t, waiting in self._lines.items()},
+            {t: waiting[0].key for t, waiting in self._lines.items()},
+            self._live_claims(self._clock()),
+            self._last_claim,
+            tenant,
+            index,
         )
 
     async def claims_by_tenant(self) -> dict[str, int]:

@@ -488,6 +488,7 @@ def test_a_negative_seed_is_invalid_argument(jobs: Any, validate_only: bool) -> 
     assert status.code is grpc.StatusCode.INVALID_ARGUMENT
     assert (status.reason, status.fields) == ("INVALID_SEED", ["spec.options.seed"])
 
+
 def test_client_sampler_output_argument(client: Client) -> None:
     with pytest.raises(ValueError, match="unknown sampler output"):
         client.run(BIT_ORDER, sampler_output="everything")
