@@ -83,9 +83,12 @@ def position(
             continue
         start = claims.get(other, 0)
         ahead += min(max(level - start, 0), length)  # its picks at the levels below
-        if start <= level < start + length:  # it also picks at this level: before us?
-            if start > own[0] or (
-                start == own[0] and (last_claim.get(other, 0), heads[other]) < own[1:]
-            ):
-                ahead += 1
+        # It also picks at this level: before us when it started at a later level, or at ours
+        # and wins next_tenant's ties.
+        picks_here = start <= level < start + length
+        if picks_here and (
+            start > own[0]
+            or (start == own[0] and (last_claim.get(other, 0), heads[other]) < own[1:])
+        ):
+            ahead += 1
     return ahead
