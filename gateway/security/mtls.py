@@ -14,7 +14,6 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,24 +32,39 @@ class PeerCert:
 
 
 @functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=256)
+def _glob(pattern: str, one: str) -> re.Pattern[str]:
+    """A shell-style pattern whose "?" is the regex `one` and "*" any run of it."""
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(f"(?:{one})*")
+        elif char == "?":
+            parts.append(f"(?:{one})")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
 def _san_pattern(pattern: str) -> re.Pattern[str]:
     """A SAN pattern: "*" and "?" never match "/", "@" or ":", so a wildcard stays inside one
     DNS name or one URI path segment ("*.acme.test" is no URI or e-mail address ending in
     ".acme.test"; "spiffe://acme/*" is not "spiffe://acme/x/admin")."""
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append("[^/@:]*")
-        elif char == "?":
-            parts.append("[^/@:]")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts))
+    return _glob(pattern, "[^/@:]")
+
+
+def _subject_pattern(pattern: str) -> re.Pattern[str]:
+    """A subject pattern (RFC 2253 text, as gRPC and Envoy print it): "*" and "?" take an
+    escaped character with its backslash, never the backslash alone, so the pattern's own
+    separators only meet the subject's ("CN=*,O=acme" matched "CN=ci\\,O=acme", one CN of
+    "ci,O=acme" that any holder of a certificate from the CA could choose)."""
+    return _glob(pattern, r"\\.|[^\\]")
 
 
 class CertMatch(BaseModel):
     """A pattern on a certificate: `subject` or `san` (exactly one), shell-style ("*", "?");
-    in a SAN pattern the wildcards never cross "/", "@" or ":" (see _san_pattern)."""
+    in a SAN pattern the wildcards never cross "/", "@" or ":" (see _san_pattern), in a subject
+    pattern never split an escaped character (see _subject_pattern)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -66,9 +80,8 @@ class CertMatch(BaseModel):
     def matches(self, cert: PeerCert) -> str | None:
         """What matched (the subject or the SAN), or None."""
         if self.subject is not None:
-            return (
-                cert.subject if cert.subject and fnmatchcase(cert.subject, self.subject) else None
-            )
+            matched = cert.subject and _subject_pattern(self.subject).fullmatch(cert.subject)
+            return cert.subject if matched else None
         assert self.san is not None
         pattern = _san_pattern(self.san)
         return next((s for s in cert.sans if pattern.fullmatch(s)), None)
@@ -132,6 +145,10 @@ def _elements(header: str) -> list[list[tuple[str, str]]]:
                 if ch == "\\":
                     if i + 1 >= n:
                         raise XfccMalformed("a dangling escape")
+                    # Only a quote is unescaped: the rest is the subject's own RFC 2253 text
+                    # ("CN=ci\\,O=acme" is one CN; unescaped, it read as the subject CN=ci,O=acme).
+                    if header[i + 1] != '"':
+                        out.append(ch)
                     out.append(header[i + 1])
                     i += 2
                 elif ch == '"':

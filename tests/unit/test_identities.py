@@ -106,6 +106,24 @@ def test_xfcc_is_parsed_from_the_nearest_proxys_element() -> None:
     assert parse_xfcc("") is None
 
 
+def test_an_escaped_separator_in_a_subject_never_passes_for_a_real_one() -> None:
+    # gRPC and Envoy print a certificate whose only field is CN "ci,O=acme" as
+    # CN=ci\,O=acme (RFC 2253). The forwarded header's parser dropped the backslash, and a
+    # subject wildcard matched it: anyone the CA issues a certificate with a chosen CN became
+    # acme's tenant admin.
+    forged = PeerCert("CN=ci\\,O=acme")
+    assert parse_xfcc('Subject="CN=ci\\,O=acme"') == forged
+    exact = CertMapper([CertRule(subject="CN=ci,O=acme", tenant="acme")])
+    wildcard = CertMapper([CertRule(subject="CN=*,O=acme", tenant="acme")])
+    suffix = CertMapper([CertRule(subject="*,O=acme", tenant="acme")])
+    for mapper in (exact, wildcard, suffix):
+        assert mapper.principal(forged) is None
+        assert mapper.principal(PeerCert("CN=ci,O=acme")) is not None
+    # A wildcard still takes escaped characters whole, and a quote is still unescaped.
+    assert wildcard.principal(PeerCert("CN=a\\,b,O=acme")) is not None
+    assert parse_xfcc('Subject="CN=a\\"b"') == PeerCert('CN=a"b')
+
+
 async def test_xfcc_counts_only_from_a_trusted_proxy_certificate() -> None:
     auth = _auth()
     xfcc = ("x-forwarded-client-cert", 'Subject="O=acme,CN=alice";URI=spiffe://acme/alice')
