@@ -270,13 +270,17 @@ class Admission:
         if first is not None:
             await asyncio.shield(first)
         limited = new.charge is not None and new.charge.limited
-        if queue.queues_before_commit and not limited and first is None:
-            # A retry of a request whose job exists gets it back before anything starts: a
-            # stand-in started first ran the circuit again and was then taken back from its
-            # worker (a kill and a respawn per retry, a cheap way to cost every tenant).
-            existing = await self.find_request(tenant, request_id, digest)
-            if existing is not None:
-                return CreateOutcome(existing, created=False)
+        # A retry of a request whose job exists (found on the loop's own read connection, in
+        # microseconds) starts nothing: a stand-in started first ran the circuit again and was
+        # then taken back from its worker, a kill and a respawn per retry, a cheap way to cost
+        # every tenant. It goes the commit-first way, where the store finds the job and
+        # commits the call's audit record with it.
+        if (
+            queue.queues_before_commit
+            and not limited
+            and first is None
+            and await self.find_request(tenant, request_id, digest) is None
+        ):
             return await self._start_before_commit(runtime, place, new, prepared)
         # Shielded as in _start_before_commit: the store commits a create whose caller went
         # away (a client's deadline), and that job must then be queued, or it stayed QUEUED in
