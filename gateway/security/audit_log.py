@@ -38,6 +38,8 @@ class AuditStore(Protocol):
 
     async def audit_holds(self, point: ChainPoint) -> bool: ...
 
+    def audit_committed(self) -> ChainPoint | None: ...
+
     async def expire_audit(self, before: datetime, limit: int) -> int: ...
 
 
@@ -120,10 +122,30 @@ class AuditLog:
         """Writes the chain head to its file and the log (when it moved), unless the database
         no longer reaches the head exported before: then the old head file is kept, as the
         evidence `qgateway audit verify` needs, and the deletion is logged."""
-        head = await self._store.audit_head()
-        if head == self._exported:
-            return head
+        committed = self._store.audit_committed()
         exported = self._exported
+        if (
+            committed is not None
+            and (exported is None or committed.sequence > exported.sequence)
+            and not await self._store.audit_holds(committed)
+        ):
+            # Records this gateway wrote since the last export are gone, and new ones may
+            # already chain on from what was left: exporting the database's head now would
+            # hide the deletion. The head file keeps the point that was deleted, so
+            # `qgateway audit verify` fails on it.
+            log.critical(
+                "audit: records this gateway committed were deleted (sequence=%d mac=%s is no "
+                "longer in the database); %s keeps that head (run `qgateway audit verify`)",
+                committed.sequence,
+                committed.mac.hex(),
+                self._head_path,
+            )
+            await asyncio.to_thread(audit_files.write_head, self._head_path, committed)
+            self._exported = committed
+            return committed
+        head = await self._store.audit_head()
+        if head == exported:
+            return head
         if exported is not None and not await self._store.audit_holds(exported):
             log.critical(
                 "audit: the database no longer holds the exported head (sequence=%d mac=%s): "

@@ -224,6 +224,8 @@ class SqliteAudit:
     `_audited` (a mutating call's record commits in its effect's transaction)."""
 
     _audit_key: bytes | None = None
+    # The newest chain point this store committed (audit_committed).
+    _audit_committed: ChainPoint | None = None
 
     if TYPE_CHECKING:
 
@@ -263,15 +265,15 @@ class SqliteAudit:
         if pending is None or key is None:
             return await self._call(op)
         draft = pending.draft
-        recorded: list[bool] = []
+        recorded: list[ChainPoint] = []
 
         def with_record(conn: sqlite3.Connection) -> T:
             recorded.clear()  # a batch SQLite rolled back whole runs its operations again
             value = op(conn)
             record = describe(value, draft)
             if record is not None:
-                append_records(conn, key, [replace(record, end_time=datetime.now(UTC))])
-                recorded.append(True)
+                point = append_records(conn, key, [replace(record, end_time=datetime.now(UTC))])
+                recorded.append(point)
             return value
 
         def after(value: object, error: BaseException | None) -> None:
@@ -282,6 +284,8 @@ class SqliteAudit:
             # the same batch.
             if error is not None or not recorded:
                 pending.give_back()  # rolled back, or nothing changed: the call records it
+            else:
+                self._committed_audit(recorded[0])
 
         try:
             committing = self._enqueue(with_record, after=after)
@@ -305,7 +309,20 @@ class SqliteAudit:
         def op(conn: sqlite3.Connection) -> ChainPoint:
             return append_records(conn, key, batch)
 
-        return await self._call(op)
+        head = await self._call(op)
+        self._committed_audit(head)
+        return head
+
+    def _committed_audit(self, point: ChainPoint) -> None:
+        # Commits answer in order; a later one may be seen first only through another path.
+        if self._audit_committed is None or point.sequence > self._audit_committed.sequence:
+            self._audit_committed = point
+
+    def audit_committed(self) -> ChainPoint | None:
+        """The newest chain point this store has committed since it opened (None: none). The
+        database must go on holding it: records deleted after it was written, before the next
+        head export, are found by checking it (AuditLog.export_head)."""
+        return self._audit_committed
 
     async def audit_head(self) -> ChainPoint:
         """The newest record's sequence and MAC (the anchor, or 0, when there is none)."""

@@ -353,6 +353,36 @@ def test_the_gateway_never_exports_a_head_its_database_no_longer_reaches(
     assert "no longer holds the exported head" in caplog.text
 
 
+def test_records_deleted_before_their_head_was_exported_are_found(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The newest records, written since the last export, were deleted; the gateway chained
+    # on from what was left and exported that head: verify then passed, the deletion gone.
+    head_file = tmp_path / "audit-head.json"
+
+    async def main() -> tuple[ChainPoint, ChainPoint]:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            await log.start()
+            await store.append_audit(_records(2))
+            await log.export_head()
+            written = await store.append_audit(_records(2, start=100))  # an admin's changes
+            _delete_newest(tmp_path / "q.db", 2)
+            await store.append_audit(_records(1, start=200))  # chains on as sequence 3
+            return written, await log.export_head()
+        finally:
+            await log.close()
+            await store.close()
+
+    written, exported = asyncio.run(main())
+    assert written.sequence == 4 and exported == written
+    assert audit_files.read_head(head_file) == written
+    assert "records this gateway committed were deleted" in caplog.text
+    assert not _verify_file(tmp_path / "q.db", written).ok
+
+
 def test_a_head_expired_by_retention_is_still_reached(tmp_path: Path) -> None:
     async def main() -> tuple[ChainPoint, ChainPoint]:
         store = SqliteStore(tmp_path / "q.db")
