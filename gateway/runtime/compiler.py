@@ -191,7 +191,9 @@ class Compiler:
         if isinstance(outcome, InvalidArgument):
             raise relocated(outcome, field)
         if isinstance(outcome, Internal):
-            raise outcome
+            # A new error each time: raising the cached one again grew its traceback by every
+            # caller's frames (their requests kept alive with it), without bound.
+            raise Internal(outcome.reason, outcome.message, metadata=outcome.metadata)
         return outcome
 
     async def _shared(self, key: str, tenant: str, backend: str, source: CircuitSource) -> object:

@@ -152,9 +152,10 @@ class Pool(Generic[T]):
                 return False
             self._reserve()
         slot = await self._create_slot()
-        async with self._cond:
-            self._idle.append(slot)
-            self._cond.notify()
+        with anyio.CancelScope(shield=True):  # see _create_in_use
+            async with self._cond:
+                self._idle.append(slot)
+                self._cond.notify()
         return True
 
     async def acquire(self, timeout: float | None = None) -> T:
@@ -208,8 +209,13 @@ class Pool(Generic[T]):
 
     async def _create_in_use(self) -> T:
         slot = await self._create_slot()
-        async with self._cond:
-            self._in_use[id(slot.instance)] = slot
+        # Shielded: a deadline that passes as the instance comes up must not lose it. The
+        # lock is a cancellation point even when free, and an instance created but in neither
+        # list kept its place counted and its process running for good (a compile pool of 2
+        # lost to two such timeouts refused every uncached compile).
+        with anyio.CancelScope(shield=True):
+            async with self._cond:
+                self._in_use[id(slot.instance)] = slot
         return slot.instance
 
     async def _create_slot(self) -> _Slot[T]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -130,14 +131,23 @@ def test_a_compile_that_fails_inside_a_healthy_worker_keeps_it_and_is_cached() -
     compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
     source = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; delay[10ns] q;")
 
-    async def twice() -> None:
-        for _ in range(2):
+    errors: list[Internal] = []
+
+    async def repeatedly() -> None:
+        for _ in range(5):
             with pytest.raises(Internal) as failed:
                 await compiler.compile("acme", "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
             assert failed.value.reason == "COMPILER_FAILED"
+            errors.append(failed.value)
 
-    asyncio.run(twice())
+    asyncio.run(repeatedly())
     assert worker.compiles == 1 and not worker.killed and pool.released == [False]
+    # Each caller gets an error of its own: the cached one raised again grew its traceback
+    # by every caller's frames (their requests kept alive), without bound.
+    assert len({id(e) for e in errors}) == len(errors)
+    assert len(traceback.extract_tb(errors[-1].__traceback__)) == len(
+        traceback.extract_tb(errors[1].__traceback__)
+    )
 
 
 class _GatedWorker(_Worker):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import anyio
 import pytest
@@ -111,6 +113,27 @@ async def test_a_timeout_during_creation_does_not_leak_capacity() -> None:
     factory.gate.set()
     instance = await pool.acquire(timeout=math.inf)  # capacity was given back
     assert instance == 1
+
+
+@pytest.mark.anyio
+async def test_an_instance_ready_as_the_acquire_deadline_passes_is_kept() -> None:
+    # Its "ready" and the acquire's deadline came due in one loop iteration (the loop busy just
+    # before): the lock taken after the creation raised the timeout, and the instance, in
+    # neither list, kept its place and its process for good (the pool one smaller each time).
+    class ReadyAtTheDeadline(Factory):
+        async def create(self) -> int:
+            loop = asyncio.get_running_loop()
+            deadline = anyio.current_effective_deadline()
+            loop.call_at(deadline - 0.010, time.sleep, 0.02)  # the loop busy past the deadline
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.call_at(deadline - 0.003, ready.set_result, None)
+            await ready
+            return await super().create()
+
+    pool = Pool(ReadyAtTheDeadline(), PoolLimits(min_instances=0, max_instances=1))
+    instance = await pool.acquire(timeout=0.2)
+    await pool.release(instance)
+    assert await pool.acquire(timeout=0.2) == instance  # still the pool's one instance
 
 
 @pytest.mark.anyio
