@@ -161,7 +161,12 @@ class Compiler:
         self.limits = limits
         self._fair = FairShare(pool.limits.max_instances)
         self._cache = _Cache(limits.cache_bytes)
-        self._inflight: dict[str, _Flight] = {}
+        # Compiles in progress, by the tenant that asked and the circuit: until it has its
+        # tenant's fair-share slot a compile is that tenant's alone (another tenant joining it
+        # waited behind the first one's whole backlog); then by the circuit in `_compiling`,
+        # where any caller joins it.
+        self._inflight: dict[tuple[str, str], _Flight] = {}
+        self._compiling: dict[str, _Flight] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -203,14 +208,15 @@ class Compiler:
         within its limits (and is cached as any compile is), so a cancelled request costs what
         a waited one does. Killing it made each short-deadline request for a slow circuit
         cost a worker replacement (seconds of SDK imports, for every tenant)."""
-        flight = self._inflight.get(key)
+        place = (tenant, key)
+        flight = self._compiling.get(key) or self._inflight.get(place)
         if flight is None:
             flight = _Flight()
             flight.task = asyncio.ensure_future(
                 self._compile_once(key, tenant, backend, source, flight)
             )
-            self._inflight[key] = flight
-            flight.task.add_done_callback(lambda _: self._land(key, flight))
+            self._inflight[place] = flight
+            flight.task.add_done_callback(lambda _: self._land(place, flight))
         flight.waiters += 1
         try:
             return await asyncio.shield(flight.task)
@@ -219,12 +225,12 @@ class Compiler:
             if flight.waiters == 0 and not flight.task.done() and not flight.compiling:
                 # Forgotten at once: a caller arriving while it winds down starts afresh
                 # instead of joining a compile that is being cancelled.
-                self._land(key, flight)
+                self._land(place, flight)
                 flight.task.cancel()
 
-    def _land(self, key: str, flight: _Flight) -> None:
-        if self._inflight.get(key) is flight:
-            del self._inflight[key]
+    def _land(self, place: tuple[str, str], flight: _Flight) -> None:
+        if self._inflight.get(place) is flight:
+            del self._inflight[place]
         # Nobody awaits an abandoned compile: its failure is logged here, not lost.
         task = flight.task
         if task.done() and not task.cancelled() and flight.waiters == 0 and task.exception():
@@ -235,13 +241,26 @@ class Compiler:
     ) -> object:
         # The tenant that started the compile holds the fair-share slot for everyone waiting.
         async with self._fair.slot(tenant):
-            # From here it goes on without callers: slots are as many as workers, and dropping
-            # it while the pool starts a worker for it threw that start-up away.
-            flight.compiling = True
-            outcome, lasting = await self._compile(backend, source)
-        if lasting:
-            self._cache.put(key, outcome, tenant)
-        return outcome
+            # Another tenant's compile of the circuit may have started, or ended, meanwhile.
+            cached = self._cache.get(key)
+            other = self._compiling.get(key)
+            if cached is None and other is None:
+                # From here it goes on without callers: slots are as many as workers, and
+                # dropping it while the pool starts a worker for it threw that start-up away.
+                flight.compiling = True
+                self._compiling[key] = flight
+                try:
+                    outcome, lasting = await self._compile(backend, source)
+                finally:
+                    if self._compiling.get(key) is flight:
+                        del self._compiling[key]
+                if lasting:
+                    self._cache.put(key, outcome, tenant)
+                return outcome
+        if cached is not None:
+            return cached
+        assert other is not None
+        return await asyncio.shield(other.task)
 
     async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
         """The outcome, and whether it is a property of the circuit (worth caching). A wall-time

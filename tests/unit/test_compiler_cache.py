@@ -250,11 +250,11 @@ def test_a_compile_still_waiting_for_its_fair_share_is_dropped_when_its_callers_
         waiting = asyncio.ensure_future(
             compiler.compile("globex", "aer", _Adapter(), OTHER, "spec.pubs[0]")  # type: ignore[arg-type]
         )
-        while OTHER.text not in compiler._inflight:
+        while ("globex", OTHER.text) not in compiler._inflight:
             await asyncio.sleep(0)
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
-        assert OTHER.text not in compiler._inflight
+        assert ("globex", OTHER.text) not in compiler._inflight
         worker.gate.set()
         assert await first == _Weighted(100)
 
@@ -313,3 +313,47 @@ def test_closing_stops_a_compile_nobody_waits_for() -> None:
     asyncio.run(main())
     assert worker.killed and pool.released == [True]
     assert pool.maintained == 0  # its killed worker is not replaced while closing
+
+
+COMMON = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; z q;")
+
+
+class _RecordingWorker(_GatedWorker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+        self.order.append(source.text)
+        return await super().compile(backend, source, cpu_seconds)
+
+
+def test_a_circuit_another_tenant_waits_to_compile_does_not_wait_behind_that_tenants_turn() -> None:
+    # A compile waits for the fair-share slot of the tenant that started it: a second tenant
+    # asking for the same circuit joined it, and so waited behind the first tenant's whole
+    # backlog instead of getting the next free slot as its own compile would.
+    worker = _RecordingWorker()
+    compiler = Compiler(_Pool(worker), CompileLimits())  # type: ignore[arg-type]
+
+    def ask(tenant: str, source: CircuitSource) -> asyncio.Task[object]:
+        return asyncio.ensure_future(
+            compiler.compile(tenant, "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+        )
+
+    async def main() -> None:
+        running = ask("acme", SLOW)  # holds the one slot
+        await worker.started.wait()
+        backlog = [ask("acme", OTHER), ask("acme", COMMON)]
+        while len(compiler._inflight) < 3:
+            await asyncio.sleep(0)
+        joined = ask("globex", COMMON)
+        for _ in range(20):  # globex's own compile, waiting for its own slot
+            await asyncio.sleep(0)
+        assert len(compiler._inflight) == 4
+        worker.gate.set()
+        assert await asyncio.gather(running, joined, *backlog) == [_Weighted(100)] * 4
+
+    asyncio.run(main())
+    # globex's compile got the next slot (it held none and was served least recently); acme's
+    # own request for the circuit then found it cached.
+    assert worker.order == [SLOW.text, COMMON.text, OTHER.text]
