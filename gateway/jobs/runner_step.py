@@ -297,8 +297,10 @@ class RunnerStep:
                     backoff,
                 )
             await self._pause(runtime, running, backoff, waiting)
-            if waiting is not None and waiting.done():  # it ended: nothing left to cancel
-                return
+            if waiting is not None and waiting.done():
+                if not _lost_touch(waiting):
+                    return  # it ended: nothing left to cancel
+                waiting = None  # the gateway gave up following it, not the job: keep asking
             backoff = min(backoff * 2, 60.0)
 
     async def _after_uncertain_submit(
@@ -569,6 +571,10 @@ class RunnerStep:
         try:
             result = waiting.result()
         except ExecutionError as err:
+            if runner.model is ExecutionModel.REMOTE and _lost_touch(waiting):
+                # The provider was out of reach until the run deadline: the job goes on there,
+                # billing, unless it is told to stop (it was failed with nobody cancelling it).
+                await self._stop(runtime, running, handle, None)
             await self._failed(runtime, running, started, err, ran())
             return
         await self._succeeded(runtime, running, started, result, prepared, t0)
@@ -771,6 +777,15 @@ async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:
         running.claim = renewed
         if renewed.job.state is JobState.CANCELLING:
             running.request_cancel()
+
+
+def _lost_touch(waiting: asyncio.Future[ExecutionOutcome]) -> bool:
+    """Whether a provider job's wait ended because the gateway lost touch with the provider
+    (TRANSIENT past the runner's retries): the job itself may still run there."""
+    if waiting.cancelled():
+        return False
+    error = waiting.exception()
+    return isinstance(error, ExecutionError) and error.kind is FailureKind.TRANSIENT
 
 
 def _as_started(job: Job, running: RunningJob) -> Job:

@@ -674,6 +674,44 @@ async def test_a_job_whose_end_could_not_be_written_is_handed_out_again(
         await _close(core)
 
 
+class _Outage(ScriptedRunner):
+    """A provider out of reach (429s, 5xx) for following jobs; cancels still get through after
+    `cancel_failures` refusals."""
+
+    def __init__(self, cancel_failures: int) -> None:
+        super().__init__(slots=1, model=ExecutionModel.REMOTE)
+        self.cancel_failures = cancel_failures
+
+    async def wait(self, handle: RunHandle) -> Any:
+        raise ExecutionError("PROVIDER_ERROR", "503", kind=FailureKind.TRANSIENT)
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        raise ExecutionError("PROVIDER_ERROR", "503", kind=FailureKind.TRANSIENT)
+
+    async def cancel(self, handle: RunHandle) -> None:
+        if self.cancel_failures:
+            self.cancel_failures -= 1
+            raise ExecutionError("PROVIDER_ERROR", "503", kind=FailureKind.TRANSIENT)
+        await super().cancel(handle)
+
+
+@pytest.mark.parametrize("cancel_failures", [0, 1])
+async def test_a_provider_job_the_gateway_lost_touch_with_is_cancelled(
+    store: SqliteStore, cancel_failures: int
+) -> None:
+    # Out of reach until the run deadline, the job was failed while it went on at the
+    # provider, billing, with nobody cancelling it.
+    runner = _Outage(cancel_failures)
+    core = await build_core(store, "memory", {"cloud": runner}, max_run_time_s=0.001)
+    try:
+        job = await core.submit("alice", spec("cloud"))
+        failed = await core.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "PROVIDER_ERROR"
+        assert runner.cancelled == [job.id]
+    finally:
+        await _close(core)
+
+
 async def test_a_trial_that_runs_past_the_backends_limit_opens_the_breaker_again(
     store: SqliteStore,
 ) -> None:
