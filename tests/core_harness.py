@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -300,3 +301,18 @@ async def build_core(
     )
     await manager.start(schedule=schedule)
     return Core(manager, store, clock, runners, recorder, backends)
+
+
+class FailFirst:
+    """An async store method whose first `left` calls raise a store error (SQLite busy), the
+    rest running the real one: a transient write failure, injected."""
+
+    def __init__(self, real: Callable[..., Awaitable[Any]], left: int) -> None:
+        self.real = real
+        self.left = left
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.left:
+            self.left -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await self.real(*args, **kwargs)

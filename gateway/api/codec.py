@@ -371,8 +371,9 @@ def _too_many(reason: str, field: str, what: str, limit: int) -> InvalidArgument
 
 
 def decode_spec(msg: job_pb2.JobSpec, field: str = "spec") -> JobSpec:
-    """Structural validation and translation; circuit semantics are the adapter's job."""
-    check_counts(msg, field)
+    """Structural validation and translation; circuit semantics are the adapter's job. The
+    spec's element counts are checked before (check_counts, at the API edge, ahead of the
+    digest): a stored spec passed them when it was accepted."""
     backend = backend_id(msg.backend, f"{field}.backend")
     if not msg.pubs:
         raise _bad("NO_PUBS", f"{field}.pubs", "a job needs at least one PUB")

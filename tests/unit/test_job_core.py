@@ -28,6 +28,7 @@ from tests.core_harness import (
     Clock,
     Core,
     DirectCompiler,
+    FailFirst,
     QueueKind,
     ScriptedRunner,
     build_core,
@@ -427,23 +428,14 @@ async def test_jobs_whose_expiry_could_not_be_stored_expire_later_not_never(
     core = await build_core(store, "memory", {"sim": runner}, clock=clock, max_queue_time_s=60)
     try:
         jobs = [await core.submit(f"t{i}", spec("sim", text=f"x{i}")) for i in range(2)]
-        real_finish = store.finish_job
-        failures = 1
-
-        async def flaky_finish(*args: Any, **kwargs: Any) -> Any:
-            nonlocal failures
-            if failures:
-                failures -= 1
-                raise sqlite3.OperationalError("database is locked")
-            return await real_finish(*args, **kwargs)
-
+        flaky_finish = FailFirst(store.finish_job, 1)
         monkeypatch.setattr(store, "finish_job", flaky_finish)
         clock.advance(61)
         core.backends["sim"].wake.set()
         for i, job in enumerate(jobs):
             failed = await core.until(f"t{i}", job.id, "FAILED")
             assert failed.error is not None and failed.error.reason == "QUEUE_TIMEOUT"
-        assert failures == 0
+        assert flaky_finish.left == 0
     finally:
         await _close(core)
 
@@ -642,16 +634,7 @@ async def test_a_job_whose_end_could_not_be_written_is_handed_out_again(
     runner = ScriptedRunner(slots=1)
     clock = Clock()
     core = await build_core(store, "store", {"sim": runner}, clock=clock)
-    real = store.finish_job
-    failures = 2
-
-    async def flaky(*args: Any, **kwargs: Any) -> Any:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise sqlite3.OperationalError("database is locked")
-        return await real(*args, **kwargs)
-
+    flaky = FailFirst(store.finish_job, 2)
     try:
         job = await core.submit("alice", spec("sim"))
         await core.until("alice", job.id, "RUNNING")
@@ -660,7 +643,7 @@ async def test_a_job_whose_end_could_not_be_written_is_handed_out_again(
         async with asyncio.timeout(5):
             while job.id in core.backends["sim"].running:
                 await core.settle()
-        assert failures == 0
+        assert flaky.left == 0
         row = await store.get_job(job.id)
         assert row is not None and row.state is JobState.RUNNING
         clock.advance(3600)  # its lease lapses: the job is handed out again and runs
