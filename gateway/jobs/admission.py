@@ -19,7 +19,7 @@ from typing import Protocol
 import anyio
 
 from gateway.backends.base import BackendAdapter, PreparedJob
-from gateway.domain import audit, pricing
+from gateway.domain import audit, pricing, queue_share
 from gateway.domain.circuits import CircuitSource, circuit_field
 from gateway.domain.errors import (
     BACKEND_RESOURCE,
@@ -159,8 +159,8 @@ class Admission:
             retry_after=retry,
         )
 
-    async def _admit(self, spec: JobSpec) -> BackendRuntime:
-        """The backend the job will queue on, or an admission refusal."""
+    async def _admit(self, tenant: str, spec: JobSpec) -> _Place:
+        """The job's place on the backend it will queue on, or an admission refusal."""
         if self._draining.is_set():
             raise Unavailable(
                 "DRAINING",
@@ -170,24 +170,51 @@ class Admission:
             )
         runtime = self._placement(spec)
         limit = runtime.info.limits.max_queued_jobs
-        depth = await runtime.queue.depth() + runtime.admitting
+        depth = await runtime.queue.depth() + runtime.admitting.total()
         if depth >= limit:
-            raise ResourceExhausted(
-                "QUEUE_FULL",
-                f"backend backends/{runtime.name} has {depth} queued jobs, its limit of "
-                f"{limit}; nothing was accepted, retry later",
-                metadata={
-                    "backend": f"backends/{runtime.name}",
-                    "queuedJobs": str(depth),
-                    "limit": str(limit),
-                },
-                quota_violations=[
-                    QuotaViolation(f"backends/{runtime.name}", "queued jobs at the limit")
-                ],
-                retry_after=1.0,
+            raise _queue_full(
+                runtime.name,
+                f"has {depth} queued jobs, its limit of {limit}",
+                {"queuedJobs": str(depth), "limit": str(limit)},
+                "queued jobs at the limit",
             )
-        runtime.admitting += 1  # no await since the check: see BackendRuntime.admitting
-        return runtime
+        # Taken with no await since the check (see BackendRuntime.admitting); the share check
+        # below awaits, and concurrent submissions must see this one.
+        place = _Place(runtime, tenant)
+        if 2 * depth >= limit:
+            try:
+                await self._check_share(runtime, tenant, depth)
+            except BaseException:
+                place.release()
+                raise
+        return place
+
+    async def _check_share(self, runtime: BackendRuntime, tenant: str, depth: int) -> None:
+        """QUEUE_FULL when the tenant has its share of the backend's queue waiting
+        (gateway.domain.queue_share), counting its submissions being admitted but this one."""
+        limit = runtime.info.limits.max_queued_jobs
+        waiting = await runtime.queue.waiting_by_tenant()
+        for admitting, count in runtime.admitting.items():
+            waiting[admitting] = waiting.get(admitting, 0) + count - (admitting == tenant)
+        if not waiting.get(tenant):
+            waiting.pop(tenant, None)
+        share = queue_share.over_share(limit, depth, waiting, tenant)
+        if share is None:
+            return
+        own = waiting[tenant]
+        raise _queue_full(
+            runtime.name,
+            f"is over half full ({depth} of {limit} queued jobs) and this tenant has {own} of "
+            f"them waiting, its share being {share} while {len(waiting) - 1} other tenants "
+            "have jobs waiting",
+            {
+                "queuedJobs": str(depth),
+                "limit": str(limit),
+                "tenantQueuedJobs": str(own),
+                "tenantShare": str(share),
+            },
+            "this tenant's share of the queued jobs",
+        )
 
     async def submit(
         self, tenant: str, request_id: str, spec: JobSpec, spec_bytes: bytes, digest: bytes
@@ -202,7 +229,7 @@ class Admission:
         transaction that creates the job."""
         self._check_policy(tenant, spec)
         try:
-            runtime = await self._admit(spec)
+            place = await self._admit(tenant, spec)
         except (Unavailable, ResourceExhausted):
             # A concurrent twin may have been accepted since the caller's lookup: it gets its
             # job back even while the backend refuses new work; nothing new is accepted.
@@ -210,7 +237,7 @@ class Admission:
             if existing is None:
                 raise
             return CreateOutcome(existing, created=False)
-        place = _Place(runtime)
+        runtime = place.runtime
         # A stand-in started before its commit and then refused is taken back from its
         # worker, which for a simulator is a worker kill and respawn: a tenant over its
         # limits, or a client sending twins of one request_id at once, would keep every
@@ -459,13 +486,34 @@ class _Place:
     """A submission's place in its backend's queue-depth count (BackendRuntime.admitting),
     from the depth check until the queue holds the job or the submission ends."""
 
-    def __init__(self, runtime: BackendRuntime) -> None:
-        self._runtime: BackendRuntime | None = runtime
+    def __init__(self, runtime: BackendRuntime, tenant: str) -> None:
+        self.runtime = runtime
+        self._tenant = tenant
+        self._held = True
+        runtime.admitting[tenant] += 1
 
     def release(self) -> None:
-        if self._runtime is not None:
-            self._runtime.admitting -= 1
-            self._runtime = None
+        if self._held:
+            admitting = self.runtime.admitting
+            admitting[self._tenant] -= 1
+            if not admitting[self._tenant]:
+                del admitting[self._tenant]
+            self._held = False
+
+
+def _queue_full(
+    backend: str, why: str, metadata: dict[str, str], violation: str
+) -> ResourceExhausted:
+    """QUEUE_FULL: the backend's queue is at its limit, or at this tenant's share of it
+    (gateway.domain.queue_share)."""
+    name = f"backends/{backend}"
+    return ResourceExhausted(
+        "QUEUE_FULL",
+        f"backend {name} {why}; nothing was accepted, retry later",
+        metadata={"backend": name, **metadata},
+        quota_violations=[QuotaViolation(name, violation)],
+        retry_after=1.0,
+    )
 
 
 def _queued(new: NewJob) -> Job:

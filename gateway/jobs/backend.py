@@ -4,6 +4,7 @@ health, as the job core sees them."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -76,9 +77,10 @@ class BackendRuntime:
     # Before a session's job goes to a REMOTE runner: gives the runner the session's provider
     # session (gateway.jobs.sessions.SessionCore.provider_session); None without sessions.
     provider_session: Callable[[Runner, Job], Awaitable[None]] | None = None
-    # Submissions past the queue-depth check and not yet queued (compiling, committing): they
-    # count against max_queued_jobs, or concurrent submissions all pass the same check.
-    admitting: int = 0
+    # Submissions past the queue-depth check and not yet queued (compiling, committing), per
+    # tenant: they count against max_queued_jobs and the tenant's share of the queue, or
+    # concurrent submissions all pass the same check.
+    admitting: Counter[str] = field(default_factory=Counter)
 
     def has_free_slot(self) -> bool:
         busy = sum(1 for r in self.running.values() if not r.slot_freed)

@@ -207,7 +207,11 @@ class ClaimQueue:
 
     async def depth(self) -> int:
         """Jobs waiting in the store (unclaimed QUEUED), whichever process queued them."""
-        return await self._store.count_queued(self.backend)
+        return sum((await self._store.queued_by_tenant(self.backend)).values())
+
+    async def waiting_by_tenant(self) -> dict[str, int]:
+        """Jobs waiting in the store per tenant, whichever process queued them."""
+        return await self._store.queued_by_tenant(self.backend)
 
     async def position(self, job_id: str, tenant: str) -> int | None:
         """An estimate of how many waiting jobs are handed out before this one (0: next), by

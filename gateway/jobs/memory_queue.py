@@ -220,6 +220,10 @@ class MemoryQueue:
         """Jobs waiting (not claimed)."""
         return len(self._waiting)
 
+    async def waiting_by_tenant(self) -> dict[str, int]:
+        """Jobs waiting per tenant (a tenant's line is never empty)."""
+        return {tenant: len(line) for tenant, line in self._lines.items()}
+
     async def position(self, job_id: str, tenant: str) -> int | None:
         """An estimate of how many waiting jobs are handed out before this one (0: next), by
         gateway.domain.queue_order.position; None when it is not waiting here. Lapsed claims,

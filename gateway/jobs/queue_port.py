@@ -112,6 +112,10 @@ class JobQueue(Protocol):
     async def depth(self) -> int:
         """Jobs waiting (not claimed)."""
 
+    async def waiting_by_tenant(self) -> dict[str, int]:
+        """Jobs waiting (not claimed) per tenant; tenants with none are absent (admission's
+        fair share of the queue, gateway.domain.queue_share)."""
+
     async def position(self, job_id: str, tenant: str) -> int | None:
         """An estimate of how many jobs are handed out before this one (0: next); None when
         it is not waiting here."""

@@ -329,6 +329,15 @@ class SessionQueue:
     async def depth(self) -> int:
         return await self.inner.depth() + len(self._held) + len(self._ready)
 
+    async def waiting_by_tenant(self) -> dict[str, int]:
+        """The inner queue's waiting jobs and the sessions' held and ready ones, per tenant."""
+        counts = await self.inner.waiting_by_tenant()
+        for session_id, line in self._lines.items():
+            held = len(line.held) + (1 if session_id in self._ready else 0)
+            if held:
+                counts[line.tenant] = counts.get(line.tenant, 0) + held
+        return counts
+
     async def position(self, job_id: str, tenant: str) -> int | None:
         if any(job.id == job_id for job, _p in self._ready.values()):
             return 0

@@ -294,8 +294,9 @@ class Store(Protocol):
     async def queued_jobs(self, placement: str) -> Sequence[tuple[str, str]]:
         """(job id, tenant) of the unclaimed QUEUED jobs of `placement`, oldest first."""
 
-    async def count_queued(self, placement: str) -> int:
-        """How many unclaimed QUEUED jobs `placement` has (queue depth, without listing them)."""
+    async def queued_by_tenant(self, placement: str) -> dict[str, int]:
+        """How many unclaimed QUEUED jobs `placement` has per tenant (tenants with none
+        absent): queue depth and fair share, without listing the jobs."""
 
     async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
         """Live (unexpired) claims on `placement` per tenant."""

@@ -857,11 +857,12 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         return await self._call(op, readonly=True)
 
-    async def count_queued(self, placement: str) -> int:
-        """How many unclaimed QUEUED jobs `placement` has."""
+    async def queued_by_tenant(self, placement: str) -> dict[str, int]:
+        """How many unclaimed QUEUED jobs `placement` has per tenant."""
 
-        def op(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(_WAITING_COUNT_SQL, (placement,)).fetchone()[0])
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(_WAITING_COUNT_SQL, (placement,)).fetchall()
+            return {str(r[0]): int(r[1]) for r in rows}
 
         return await self._call(op, readonly=True)
 
@@ -1639,7 +1640,7 @@ _LIVE_CLAIMS_SQL: Final = (
     f"SELECT tenant, count(*) FROM jobs WHERE {_CLAIMED} AND lease_expires_at > ? GROUP BY tenant"
 )
 _WAITING_SQL: Final = f"SELECT id, tenant FROM jobs WHERE {_WAITING} ORDER BY created_at, id"
-_WAITING_COUNT_SQL: Final = f"SELECT count(*) FROM jobs WHERE {_WAITING}"
+_WAITING_COUNT_SQL: Final = f"SELECT tenant, count(*) FROM jobs WHERE {_WAITING} GROUP BY tenant"
 _EXPIRED_SQL: Final = (
     f"SELECT id FROM jobs WHERE {_WAITING} AND created_at <= ? ORDER BY created_at, id"
 )

@@ -132,6 +132,7 @@ async def test_empty_queue(h: Harness) -> None:
     assert await h.q.depth() == 0
     assert await h.q.next_wakeup() is None
     assert await h.q.claims_by_tenant() == {}
+    assert await h.q.waiting_by_tenant() == {}
     assert await h.q.take_expired() == []
     assert await h.q.position("nope", "acme") is None
 
@@ -153,6 +154,17 @@ async def test_a_backlog_does_not_starve_another_tenant(h: Harness) -> None:
     await h.add("b0", "bob", at=100 * US)
     assert await h.claim_ids(2) == ["a0", "b0"]
     assert await h.q.depth() == 49
+
+
+async def test_waiting_by_tenant_counts_unclaimed_jobs(h: Harness) -> None:
+    for i in range(3):
+        await h.add(f"a{i}", "alice", at=i * US)
+    await h.add("b0", "bob", at=10 * US)
+    assert await h.q.waiting_by_tenant() == {"alice": 3, "bob": 1}
+    assert await h.claim_ids(2) == ["a0", "b0"]
+    assert await h.q.waiting_by_tenant() == {"alice": 2}
+    assert await h.q.remove("a1", "alice")
+    assert await h.q.waiting_by_tenant() == {"alice": 1}
 
 
 async def test_tenants_take_turns_while_they_hold_their_claims(h: Harness) -> None:

@@ -679,15 +679,30 @@ async def claim(store: Store, owner: str = "me", now: datetime = T0, placement: 
     return job.id
 
 
+async def test_queued_by_tenant_counts_unclaimed_queued_jobs_of_the_placement(
+    store: Store,
+) -> None:
+    for i in range(3):
+        await store.create_job(new_job(job_id=f"a{i}", created_at=T0 + timedelta(seconds=i)))
+    await store.create_job(new_job(job_id="b0", tenant="beta", created_at=T0))
+    await store.create_job(new_job(job_id="x0", tenant="beta", backend="other"))
+    assert await store.queued_by_tenant("aer") == {"acme": 3, "beta": 1}
+    await claim(store)  # the oldest: a0 or b0
+    await claim(store)
+    counts = await store.queued_by_tenant("aer")
+    assert sum(counts.values()) == 2 and set(counts) <= {"acme", "beta"}
+    assert await store.queued_by_tenant("other") == {"beta": 1}
+
+
 async def test_a_claim_leases_the_job_without_changing_it(store: Store) -> None:
     created = (await store.create_job(new_job(job_id="a"))).job
     assert await store.queued_jobs("aer") == [("a", "acme")]
     assert await store.next_lease_expiry("aer") is None
-    assert await store.count_queued("aer") == 1
+    assert await store.queued_by_tenant("aer") == {"acme": 1}
     claimed = await store.claim_next("aer", "me", T0 + LEASE, T0)
     assert claimed == created  # QUEUED, untouched; the lease is not part of the job
     assert await store.queued_jobs("aer") == []
-    assert await store.count_queued("aer") == 0 and await store.count_queued("other") == 0
+    assert await store.queued_by_tenant("aer") == {} and await store.queued_by_tenant("other") == {}
     assert await store.claims_by_tenant("aer", T0) == {"acme": 1}
     assert await store.next_lease_expiry("aer") == T0 + LEASE
     # Nothing else to claim, for anyone.

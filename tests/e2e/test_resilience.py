@@ -324,18 +324,30 @@ def test_fair_share_across_tenants(gw: GatewayProcess, alice: Client) -> None:
     assert len(later) == len(backlog)
 
 
-def test_full_queue_is_resource_exhausted_with_retry_info(alice: Client) -> None:
+def test_full_queue_is_resource_exhausted_with_retry_info(
+    gw: GatewayProcess, alice: Client
+) -> None:
+    # A queue of 3: Alice alone may fill half of it (rounded up, 2), and Bob, who has nothing
+    # waiting, still finds room; then the queue's own limit refuses everyone.
     blocker = alice.submit(slow_circuit(), backend="capped", shots=100_000, seed=1)
     for event in alice.watch(blocker.name):
         if event.state is JobState.RUNNING:
             break
-    queued = [alice.submit(ghz(2), backend="capped", shots=10, seed=i) for i in range(3)]
-    with pytest.raises(ResourceExhaustedError) as exc:
+    queued = [alice.submit(ghz(2), backend="capped", shots=10, seed=i) for i in range(2)]
+    with pytest.raises(ResourceExhaustedError) as share:
         alice.submit(ghz(2), backend="capped", shots=10, seed=99)
-    assert exc.value.reason == "QUEUE_FULL"
-    assert exc.value.retry_delay is not None and exc.value.quota_violations
+    with _client(gw, BOB, retry=RetryPolicy(max_attempts=1)) as bob:
+        queued.append(bob.submit(ghz(2), backend="capped", shots=10, seed=1))
+        with pytest.raises(ResourceExhaustedError) as full:
+            bob.submit(ghz(2), backend="capped", shots=10, seed=2)
+        bob.cancel(queued.pop().name)
     for job in [*queued, blocker]:
         alice.cancel(job.name)
+    assert share.value.reason == "QUEUE_FULL"
+    assert share.value.metadata["tenantQueuedJobs"] == "2"
+    assert share.value.retry_delay is not None and share.value.quota_violations
+    assert full.value.reason == "QUEUE_FULL" and full.value.metadata["queuedJobs"] == "3"
+    assert full.value.retry_delay is not None and full.value.quota_violations
 
 
 def test_pool_and_breaker_are_visible(gw: GatewayProcess) -> None:

@@ -159,7 +159,7 @@ async def test_a_twin_prepared_after_the_first_ones_create_answered_does_not_sta
         await core.until("alice", created.job.id, "RUNNING")
         await core.settle()
         assert runner.submitted == [created.job.id] and runner.cancelled == []
-        assert core.backends["sim"].admitting == 0
+        assert not core.backends["sim"].admitting
         runner.succeed(created.job.id)
         await core.until("alice", created.job.id, "SUCCEEDED")
     finally:
@@ -262,6 +262,43 @@ async def test_a_full_queue_refuses_with_nothing_accepted(store: SqliteStore) ->
 
 
 @pytest.mark.parametrize("kind", QUEUES)
+async def test_one_tenant_cannot_fill_the_queue_others_need(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # One tenant submitting as fast as it could filled the backend's queue, and every other
+    # tenant was refused QUEUE_FULL until that backlog drained.
+    runner = ScriptedRunner(slots=0)  # nothing runs: every accepted job waits
+    core = await build_core(store, kind, {"sim": runner}, max_queued_jobs=10)
+
+    async def fill(tenant: str) -> tuple[int, ResourceExhausted]:
+        for i in range(11):
+            try:
+                await core.submit(tenant, spec("sim", text=f"{tenant}{i}"))
+            except ResourceExhausted as refused:
+                return i, refused
+        raise AssertionError(f"{tenant} was never refused")
+
+    try:
+        accepted, refused = await fill("mallory")
+        assert accepted == 5 and refused.reason == "QUEUE_FULL"  # half the queue
+        assert refused.metadata["tenantQueuedJobs"] == "5"
+        assert refused.metadata["tenantShare"] == "5"
+        assert refused.retry_after is not None
+        accepted, refused = await fill("alice")  # an equal share with mallory and one more
+        assert accepted == 10 // 3 and refused.metadata["tenantShare"] == "3"
+        accepted, refused = await fill("bob")  # the rest, to the queue's limit
+        assert accepted == 2 and "limit of 10" in str(refused)
+        assert await core.backends["sim"].queue.waiting_by_tenant() == {
+            "mallory": 5,
+            "alice": 3,
+            "bob": 2,
+        }
+        assert not core.backends["sim"].admitting
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
 async def test_concurrent_submissions_cannot_overfill_the_queue(
     store: SqliteStore, kind: QueueKind, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,7 +327,7 @@ async def test_concurrent_submissions_cannot_overfill_the_queue(
         results = await asyncio.gather(*(one(i) for i in range(40)))
         assert results.count("QUEUED") == 3 and results.count("QUEUE_FULL") == 37
         assert await core.backends["sim"].queue.depth() == 3
-        assert core.backends["sim"].admitting == 0
+        assert not core.backends["sim"].admitting
     finally:
         await _close(core)
 

@@ -278,6 +278,8 @@ async def test_a_sessions_jobs_run_one_at_a_time_in_order_beside_other_jobs(
         await core.until("bob", other.id, "RUNNING")
         # Three free slots, yet only the session's first job runs.
         assert core.runner.submitted == [jobs[0].id, other.id]
+        # The held jobs count as the tenant's waiting ones (its share of the queue).
+        assert await core.runtime.queue.waiting_by_tenant() == {"alice": 2}
         assert (await core.manager.get("alice", jobs[1].id)).queue_position == 0
         assert (await core.manager.get("alice", jobs[2].id)).queue_position == 1
         for index, job in enumerate(jobs):
