@@ -180,6 +180,15 @@ def _job() -> Job:
     )
 
 
+BELL = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[2] q;
+bit[2] c;
+h q[0];
+cx q[0], q[1];
+c = measure q;
+"""
+
 SWEEP = """OPENQASM 3.0;
 include "stdgates.inc";
 input float theta;
@@ -193,10 +202,17 @@ c = measure q;
 class FakeBraket:
     """AwsSession, the braket client and the s3 client in one: records what the runner asks."""
 
-    def __init__(self, refuse_create: int | None = None, lose_answer: int | None = None) -> None:
+    def __init__(
+        self,
+        refuse_create: int | None = None,
+        lose_answer: int | None = None,
+        refuse_key: int | None = None,
+    ) -> None:
         self.refuse_create = refuse_create
         # This create makes its task, then its answer is lost (a transient error).
         self.lose_answer = lose_answer
+        # This create is refused for an expired key and makes nothing.
+        self.refuse_key = refuse_key
         self.tasks: dict[str, dict[str, Any]] = {}
         self.creates: list[dict[str, Any]] = []
         self.cancelled: list[str] = []
@@ -208,6 +224,8 @@ class FakeBraket:
         self.creates.append(kwargs)
         if len(self.creates) - 1 == self.refuse_create:
             raise _client_error("ValidationException", 400)
+        if len(self.creates) - 1 == self.refuse_key:
+            raise _client_error("ExpiredTokenException", 403)
         arn = f"arn:aws:braket:us-east-1:1:quantum-task/{len(self.creates)}"
         self.tasks[arn] = {"quantumTaskArn": arn, "status": "QUEUED", "tags": kwargs["tags"]}
         if len(self.creates) - 1 == self.lose_answer:
@@ -230,13 +248,17 @@ class FakeBraket:
 RESERVATION = "arn:aws:braket:us-east-1:123456789012:reservation/r-1"
 
 
-def _runner(fake: FakeBraket, reservation: str | None = None) -> BraketCloudRunner:
+def _runner(
+    fake: FakeBraket, reservation: str | None = None, attempts: int = 1
+) -> BraketCloudRunner:
     settings = CloudSettings(
         device_arn=SV1,
         region="us-east-1",
         s3_bucket="results",
         s3_prefix="gw",
-        retry_attempts=1,
+        retry_attempts=attempts,
+        retry_backoff_s=0.001,
+        max_retry_backoff_s=0.001,
         reservation_arn=reservation,
     )
     return BraketCloudRunner(
@@ -296,6 +318,28 @@ async def test_a_create_whose_answer_was_lost_is_found_by_tag_never_left_running
     assert sorted(fake.cancelled) == sorted(fake.tasks)
     assert len(fake.tasks) == lost + 1
     assert failed.value.kind is FailureKind.BACKEND_FAULT
+
+
+@pytest.mark.anyio
+async def test_a_key_refused_after_a_lost_answer_finds_the_task_made() -> None:
+    # The first create made its task and its answer was lost; the retry's key was refused.
+    # CREDENTIALS queued the job again without a look: a cancel while it waited left the task
+    # running and billing, unfollowed. An uncertain create refused later is TRANSIENT: looked
+    # up by tag, and here followed.
+    adapter = _cloud_adapter()
+    spec = JobSpec(
+        backend="sv1", pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, BELL), Bindings(), 8),)
+    )
+    fake = FakeBraket(lose_answer=0, refuse_key=1)
+    job = _job()
+    handle = await _runner(fake, attempts=3).submit(prepare_in_process(adapter, spec, 1), job)
+    assert len(fake.creates) == 2 and handle.remote_id == " ".join(fake.tasks)
+    assert fake.cancelled == []
+    # Refused on its first attempt, nothing was made: CREDENTIALS (the job is queued again).
+    refused = FakeBraket(refuse_key=0)
+    with pytest.raises(ExecutionError) as first:
+        await _runner(refused, attempts=3).submit(prepare_in_process(adapter, spec, 1), _job())
+    assert first.value.kind is FailureKind.CREDENTIALS and len(refused.creates) == 1
 
 
 @pytest.mark.anyio

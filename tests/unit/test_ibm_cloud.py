@@ -153,6 +153,67 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
     assert lookup.value.kind is FailureKind.TRANSIENT
 
 
+def test_a_key_refused_after_an_uncertain_create_is_transient() -> None:
+    # The first create timed out (the service may still make that job), the retry's key was
+    # refused: CREDENTIALS queued the job again without a look, so it was created twice, or
+    # the first copy ran on unfollowed if the job was cancelled meanwhile.
+    runner = cloud.IbmCloudRunner(settings(retry_backoff_s=0.01), sleep=lambda s: None)
+    errors = [
+        ExecutionError("PROVIDER_ERROR", "timed out", kind=FailureKind.TRANSIENT),
+        ExecutionError("PROVIDER_ERROR", "401", kind=FailureKind.CREDENTIALS),
+    ]
+
+    def create(primitive: str, pubs: Any, tags: list[str], options: Any, job: Any) -> str:
+        raise errors.pop(0)
+
+    runner._create = create  # type: ignore[method-assign]
+    runner._find = lambda job_id, remote_id: None  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1"})()
+    payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, ())
+    with pytest.raises(ExecutionError) as info:
+        runner._submit(payload, None, job)  # type: ignore[arg-type]
+    assert info.value.kind is FailureKind.TRANSIENT and not errors
+
+    # Refused on the first attempt, nothing was made: CREDENTIALS (queued again).
+    errors[:] = [ExecutionError("PROVIDER_ERROR", "401", kind=FailureKind.CREDENTIALS)]
+    with pytest.raises(ExecutionError) as first:
+        runner._submit(payload, None, job)  # type: ignore[arg-type]
+    assert first.value.kind is FailureKind.CREDENTIALS
+
+
+class _TaggedJob:
+    def __init__(self, remote_id: str, ended: bool = False) -> None:
+        self.remote_id = remote_id
+        self.ended = ended
+        self.cancelled = False
+
+    def job_id(self) -> str:
+        return self.remote_id
+
+    def cancel(self) -> None:
+        if self.ended:
+            raise RuntimeError("job already ended")
+        self.cancelled = True
+
+
+def test_extra_copies_under_a_jobs_tag_are_cancelled() -> None:
+    # Two creates of one job both made one: the oldest was followed and the others ran and
+    # billed for nothing.
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=1), sleep=lambda s: None)
+    newest, ended, oldest = _TaggedJob("r-3"), _TaggedJob("r-2", ended=True), _TaggedJob("r-1")
+    asked: list[list[str]] = []
+
+    class Service:
+        def jobs(self, job_tags: list[str], limit: int) -> list[_TaggedJob]:
+            asked.append(job_tags)
+            return [newest, ended, oldest]  # newest first, as the service lists them
+
+    runner._client.service = Service  # type: ignore[method-assign]
+    assert runner._find("job-1", None) == "r-1"
+    assert asked == [["qgateway-job:job-1"]]
+    assert newest.cancelled and not oldest.cancelled
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_provider_call_that_never_answers_gives_up_transient(anyio_backend: str) -> None:

@@ -416,7 +416,9 @@ class BraketCloudRunner(Runner):
 
             make = functools.partial(self._create, spec, token, tags)
             try:
-                arns.append(await self._thread(functools.partial(self._retrying, make, rated=True)))
+                arns.append(
+                    await self._thread(functools.partial(self._retrying, make, create=True))
+                )
             except ExecutionError as err:
                 made = arns
                 if err.kind is FailureKind.TRANSIENT:
@@ -558,19 +560,32 @@ class BraketCloudRunner(Runner):
         fn: Callable[[], T],
         arn: str | None = None,
         *,
-        rated: bool = False,
+        create: bool = False,
         following: bool = False,
     ) -> T:
+        """`fn` with transient failures retried. `create`: a CreateQuantumTask, under the
+        rate limiter; once one attempt failed transiently (Braket may have made that task), a
+        later refusal of the key is TRANSIENT too, so `submit` and the job core look for the
+        task by its tags instead of queueing the job again (a cancel while it waited would
+        leave the task running, unfollowed)."""
+        uncertain = False
+
         def attempt() -> T:
-            if not rated:
-                return fn()
-            with self.limiter.slot():
-                return fn()
+            nonlocal uncertain
+            try:
+                if not create:
+                    return fn()
+                with self.limiter.slot():
+                    return fn()
+            except Exception as exc:
+                uncertain = uncertain or is_transient(exc)
+                raise
 
         try:
             return call_with_retries(attempt, policy=self._policy, sleep=self._sleep)
         except Exception as exc:
-            raise classify(exc, self.name, arn, following=following) from exc
+            refusal_uncertain = create and uncertain
+            raise classify(exc, self.name, arn, following=following or refusal_uncertain) from exc
 
     def _key(self, job_id: str) -> str:
         prefix = self.settings.s3_prefix.strip("/")

@@ -594,6 +594,12 @@ class IbmCloudRunner(Runner):
             try:
                 return self._create(primitive, pubs, tags, runtime_options, job)
             except ExecutionError as err:
+                if attempt > 1 and err.kind is FailureKind.CREDENTIALS:
+                    # An earlier attempt's outcome is unknown (the service may still make
+                    # that job): TRANSIENT, which the job core answers by looking the job up
+                    # by its tag; CREDENTIALS would queue it again and create it a second
+                    # time, or leave the first running if the job is cancelled meanwhile.
+                    raise _while_following(err) from err
                 if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
                     raise
                 log.warning("job %s: create failed transiently (%s); checking by tag", job.id, err)
@@ -650,10 +656,23 @@ class IbmCloudRunner(Runner):
         if not jobs:
             return None
         if len(jobs) > 1:
+            # Two creates of one job both made one (the service's tag search lagged behind
+            # an accepted create): one is followed, the others would run and bill for nothing.
             log.error(
-                "job %s: %d runtime jobs carry its tag; following the oldest", job_id, len(jobs)
+                "job %s: %d runtime jobs carry its tag; following the oldest, cancelling the rest",
+                job_id,
+                len(jobs),
             )
+            for extra in jobs[:-1]:
+                self._cancel_copy(job_id, extra)
         return str(jobs[-1].job_id())
+
+    def _cancel_copy(self, job_id: str, copy: Any) -> None:
+        remote_id = str(copy.job_id())
+        try:
+            self._call(copy.cancel, remote_id)
+        except ExecutionError as err:  # an ended copy cannot be cancelled: nothing to stop
+            log.warning("job %s: extra runtime job %s not cancelled (%s)", job_id, remote_id, err)
 
     def _poll(self, handle: RunHandle, remote_id: str) -> ExecutionOutcome | None:
         try:
