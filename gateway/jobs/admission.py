@@ -294,20 +294,28 @@ class Admission:
             trace_context=telemetry.job_traceparent(),
         )
         queue = runtime.queue
-        if first is not None:
-            await asyncio.shield(first)
         limited = new.charge is not None and new.charge.limited
-        # A retry of a request whose job exists (found on the loop's own read connection, in
-        # microseconds) starts nothing: a stand-in started first ran the circuit again and was
-        # then taken back from its worker, a kill and a respawn per retry, a cheap way to cost
-        # every tenant. It goes the commit-first way, where the store finds the job and
-        # commits the call's audit record with it.
-        if (
-            queue.queues_before_commit
-            and not limited
-            and first is None
-            and await self.find_request(tenant, request_id, digest) is None
-        ):
+        try:
+            if first is not None:
+                await asyncio.shield(first)
+            # A retry of a request whose job exists (found on the loop's own read connection,
+            # in microseconds) starts nothing: a stand-in started first ran the circuit again
+            # and was then taken back from its worker, a kill and a respawn per retry, a cheap
+            # way to cost every tenant. It goes the commit-first way, where the store finds
+            # the job and commits the call's audit record with it.
+            before_commit = (
+                queue.queues_before_commit
+                and not limited
+                and first is None
+                and await self.find_request(tenant, request_id, digest) is None
+            )
+        except BaseException:
+            # The RPC's context was kept for this job (job_traceparent) until its create is
+            # heard of; a request refused here (REQUEST_ID_REUSED, a caller gone) has none,
+            # and any client could fill that memory with them.
+            telemetry.job_not_created(new.trace_context)
+            raise
+        if before_commit:
             return await self._start_before_commit(runtime, place, new, prepared)
         # Shielded as in _start_before_commit: the store commits a create whose caller went
         # away (a client's deadline), and that job must then be queued, or it stayed QUEUED in

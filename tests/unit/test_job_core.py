@@ -13,17 +13,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from opentelemetry import context
+from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.backends.runner import ExecutionModel, RunHandle
-from gateway.domain.errors import ExecutionError, Internal, ResourceExhausted, Unavailable
+from gateway.domain.errors import (
+    ExecutionError,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from gateway.domain.failures import FailureKind
-from gateway.domain.jobs import Job, JobState
+from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs import runner_step
 from gateway.jobs.queue_port import Claim
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
 from gateway.store.sqlite import SqliteStore
+from gateway.telemetry import active
+from gateway.telemetry.tracing import RPC_CONTEXT, Tracing
 from tests.core_harness import (
     Clock,
     Core,
@@ -243,6 +253,42 @@ async def test_a_limited_submission_whose_caller_left_during_its_commit_still_ru
         assert found is not None and runner.submitted == [found[0].id]
     finally:
         await _close(core)
+
+
+async def test_a_refused_submission_keeps_no_trace_context(store: SqliteStore) -> None:
+    # A submission refused after its job was stamped with the RPC's trace context (a reused
+    # request_id) kept that context for ever: with tracing on, any client could grow the
+    # gateway's memory by ~3 KB per request, up to 100,000 of them.
+    provider = TracerProvider()
+    tracing = Tracing(provider.get_tracer("test"), max_header_bytes=256)
+    active.install(tracing, None)
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+
+    async def submit_job(request: JobSpec, digest: bytes) -> Job:
+        with tracing.tracer.start_as_current_span("SubmitJob"):  # one RPC span per call
+            token = RPC_CONTEXT.set(context.get_current())
+            try:
+                outcome = await core.manager.submit(
+                    "alice", "r-1", request, pickle.dumps(request), digest
+                )
+            finally:
+                RPC_CONTEXT.reset(token)
+        return outcome.job
+
+    try:
+        first = await submit_job(spec("sim"), b"first")
+        await core.until("alice", first.id, "RUNNING")
+        kept = len(tracing._origins)
+        for seed in range(5):
+            with pytest.raises(InvalidArgument) as refused:
+                await submit_job(spec("sim", text=f"other{seed}"), b"other%d" % seed)
+            assert refused.value.reason == "REQUEST_ID_REUSED"
+        assert len(tracing._origins) == kept
+    finally:
+        await _close(core)
+        active.install(None, None)
+        provider.shutdown()
 
 
 async def test_a_full_queue_refuses_with_nothing_accepted(store: SqliteStore) -> None:
