@@ -320,7 +320,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.StreamJobResultRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse]:
         # The request's own fields first: a bad request is refused before any lookup.
-        chunk = result_stream.chunk_size(request.chunk_bytes)
+        chunk = result_stream.chunk_size(request.chunk_bytes, self._max_response)
         start_pub, start_binding = request.start_pub_index, request.start_binding_index
         result_stream.check_start_fields(start_pub, start_binding)
         job = await self._succeeded(context, request.name)

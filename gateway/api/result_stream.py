@@ -29,6 +29,9 @@ MAX_CHUNK_BYTES = 3 << 20
 # Smaller requests are raised to this: a stream of single-byte messages would cost the server
 # a message per byte of a result of hundreds of MiB.
 MIN_CHUNK_BYTES = 1 << 10
+# A message's bytes beyond its payload (positions, field tags, lengths): a chunk leaves this
+# much of server.max_response_bytes free.
+FRAMING_BYTES = 1 << 10
 # Payload bytes of one estimator entry: its value and its standard error.
 ESTIMATOR_ENTRY_BYTES = 16
 
@@ -44,8 +47,11 @@ def _invalid(reason: str, field: str, message: str, **metadata: int) -> InvalidA
     )
 
 
-def chunk_size(requested: int) -> int:
-    """The payload budget per message for a request's chunk_bytes (0: the default)."""
+def chunk_size(requested: int, max_response_bytes: int) -> int:
+    """The payload budget per message for a request's chunk_bytes (0: the default), within
+    the server's largest response (`server.max_response_bytes`, less framing): a larger chunk
+    was sent past it, and past gRPC's send limit failed the stream with a bare
+    RESOURCE_EXHAUSTED."""
     if requested < 0:
         raise _invalid(
             "INVALID_CHUNK_SIZE",
@@ -53,9 +59,10 @@ def chunk_size(requested: int) -> int:
             f"chunk_bytes must be >= 0 (0: the default), got {requested}",
             chunkBytes=requested,
         )
+    largest = max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, max_response_bytes - FRAMING_BYTES))
     if requested == 0:
-        return DEFAULT_CHUNK_BYTES
-    return max(MIN_CHUNK_BYTES, min(requested, MAX_CHUNK_BYTES))
+        return min(DEFAULT_CHUNK_BYTES, largest)
+    return max(MIN_CHUNK_BYTES, min(requested, largest))
 
 
 def check_start_fields(start_pub: int, start_binding: int) -> None:

@@ -289,7 +289,18 @@ def test_a_binding_whose_counts_exceed_a_chunk_alone_is_split() -> None:
     [(0, 1 << 20), (1, 1024), (5000, 5000), (3 << 20, 3 << 20), (2**31 - 1, 3 << 20)],
 )
 def test_chunk_size(requested: int, expected: int) -> None:
-    assert result_stream.chunk_size(requested) == expected
+    assert result_stream.chunk_size(requested, 4 << 20) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [(0, (1 << 19) - 1024), (3 << 20, (1 << 19) - 1024), (5000, 5000), (1, 1024)],
+)
+def test_chunks_stay_within_the_largest_response(requested: int, expected: int) -> None:
+    # server.max_response_bytes lowered to 512 KiB: a 3 MiB chunk went past it, and past
+    # gRPC's send limit the stream failed with a bare RESOURCE_EXHAUSTED.
+    assert result_stream.chunk_size(requested, 1 << 19) == expected
+    assert result_stream.chunk_size(requested, 100) == 1024  # never below the minimum
 
 
 def _refused(error: InvalidArgument, reason: str, field: str) -> None:
@@ -299,7 +310,7 @@ def _refused(error: InvalidArgument, reason: str, field: str) -> None:
 
 def test_negative_request_fields_are_refused() -> None:
     with pytest.raises(InvalidArgument) as info:
-        result_stream.chunk_size(-1)
+        result_stream.chunk_size(-1, 4 << 20)
     _refused(info.value, "INVALID_CHUNK_SIZE", "chunk_bytes")
     assert info.value.metadata == {"chunkBytes": "-1"}
     with pytest.raises(InvalidArgument) as info:
