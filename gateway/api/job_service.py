@@ -325,17 +325,18 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         result_stream.check_start_fields(start_pub, start_binding)
         job = await self._succeeded(context, request.name)
         # Held from before the read until the stream ends: the size alone is read first.
-        with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)):
+        with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)) as held:
             data = await self._manager.result(job)
             parse = job_pb2.JobResult.FromString
             result = await offload.by_size(len(data), parse, data, inline_bytes=INLINE_PARSE_BYTES)
             result_stream.check_position(result, start_pub, start_binding)
             # The digest first, so the stored bytes are not held while a slow reader takes its
             # time: only the parsed result is, its samples detached (one copy of them).
-            digest, samples = await offload.by_size(
+            digest, samples, extra = await offload.by_size(
                 len(data), _digest_and_detach, data, result, inline_bytes=INLINE_PARSE_BYTES
             )
             del data
+            held.grow(extra)  # before the first message: a refusal is a clean status
             chunks = result_stream.result_chunks(result, samples, chunk, start_pub, start_binding)
             for response in chunks:
                 await self._stream_pace.next_message(job.tenant)
@@ -362,6 +363,8 @@ def _derive(
         return spec_bytes, spec_digest, err
 
 
-def _digest_and_detach(data: bytes, result: job_pb2.JobResult) -> tuple[bytes, list[list[bytes]]]:
+def _digest_and_detach(
+    data: bytes, result: job_pb2.JobResult
+) -> tuple[bytes, list[list[bytes]], int]:
     digest = result_stream.result_digest(data, result)
-    return digest, result_stream.detach_samples(result)
+    return digest, result_stream.detach_samples(result), result_stream.parsed_extra_bytes(result)

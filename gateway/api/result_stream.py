@@ -114,6 +114,23 @@ def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int
         )
 
 
+# What one count takes parsed: an int64 in an array grown by doubling (stored, a varint of a
+# byte or two). Measured: a counts result of 15 MiB stored held 66 MiB parsed.
+PARSED_COUNT_BYTES = 16
+
+
+def parsed_extra_bytes(result: job_pb2.JobResult) -> int:
+    """Memory the parsed result takes beyond its stored size, for the stream budget: its
+    counts (outcomes, samples and estimator values take about what they take stored)."""
+    extra = 0
+    for pub in result.pub_results:
+        if pub.HasField("sampler"):
+            for reg in pub.sampler.registers:
+                for table in reg.counts:
+                    extra += PARSED_COUNT_BYTES * len(table.counts)
+    return extra
+
+
 def detach_samples(result: job_pb2.JobResult) -> list[list[bytes]]:
     """Per PUB, its registers' packed samples (none for an estimator PUB), cleared from
     `result`: the stream slices these, and the parsed result no longer holds a second copy

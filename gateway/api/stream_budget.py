@@ -4,7 +4,9 @@ A result stream keeps its parsed result until the caller has read it all or gone
 caller decides how slowly it reads. Counting streams is not enough: a tenant's 1000 streams of
 one 256 MiB result would hold 256 GiB. So each stream holds its result's stored size against
 two budgets, the tenant's and the process's, from before the result is read until the stream
-ends; one past either is RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED.
+ends, and once parsed what the parsed form takes beyond that (counts: a varint of a byte or
+two stored, eight bytes and more parsed, which made a stream hold ~4x what it was charged);
+one past either is RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED.
 
 A budget with nothing held against it takes any one result, so a result larger than a budget
 is still readable, one stream at a time. Counted per process, like stream counts and rate
@@ -39,33 +41,55 @@ class StreamBudget:
         self._total = 0
 
     @contextmanager
-    def hold(self, tenant: str, size: int) -> Iterator[None]:
-        """Holds `size` bytes for `tenant` for the duration of the block.
+    def hold(self, tenant: str, size: int) -> Iterator[Holding]:
+        """Holds `size` bytes for `tenant` for the duration of the block; the stream may
+        take more (Holding.grow) once it knows what its parsed result takes.
 
         Raises:
             ResourceExhausted: STREAM_MEMORY_EXHAUSTED, when either budget cannot take `size`
                 more bytes (nothing is held then).
         """
-        held = self._held.get(tenant, 0)
-        if held and held + size > self.per_tenant_bytes:
-            raise _exhausted(tenant, "tenant", held, size, self.per_tenant_bytes)
-        if self._total and self._total + size > self.total_bytes:
-            raise _exhausted(tenant, "process", self._total, size, self.total_bytes)
-        self._held[tenant] = held + size
-        self._total += size
+        holding = Holding(self, tenant)
+        holding.grow(size)
         try:
-            yield
+            yield holding
         finally:
-            self._total -= size
-            left = self._held[tenant] - size
+            self._total -= holding.size
+            left = self._held[tenant] - holding.size
             if left:
                 self._held[tenant] = left
             else:  # no entry kept for a tenant with nothing open
                 del self._held[tenant]
 
+    def _take(self, tenant: str, size: int, own: int) -> None:
+        """Takes `size` more bytes for a stream of `tenant` that holds `own` already: refused
+        past a budget unless that stream is all the budget holds."""
+        held = self._held.get(tenant, 0)
+        if held > own and held + size > self.per_tenant_bytes:
+            raise _exhausted(tenant, "tenant", held, size, self.per_tenant_bytes)
+        if self._total > own and self._total + size > self.total_bytes:
+            raise _exhausted(tenant, "process", self._total, size, self.total_bytes)
+        self._held[tenant] = held + size
+        self._total += size
+
     def held(self, tenant: str | None = None) -> int:
         """Bytes held by `tenant`'s streams, or by every stream when tenant is None."""
         return self._total if tenant is None else self._held.get(tenant, 0)
+
+
+class Holding:
+    """What one open stream holds against the budgets."""
+
+    def __init__(self, budget: StreamBudget, tenant: str) -> None:
+        self._budget = budget
+        self._tenant = tenant
+        self.size = 0
+
+    def grow(self, size: int) -> None:
+        """Holds `size` bytes more (STREAM_MEMORY_EXHAUSTED when a budget cannot take them:
+        nothing more is held then)."""
+        self._budget._take(self._tenant, size, self.size)
+        self.size += size
 
 
 def _exhausted(tenant: str, scope: str, held: int, size: int, limit: int) -> ResourceExhausted:
