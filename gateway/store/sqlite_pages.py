@@ -1,10 +1,10 @@
 """Pages of a tenant's jobs or sessions, newest first, with a bounded scan (AIP-158).
 
 A page's filter runs in SQL on the tenant's rows after the cursor, within the filter's
-create-time clauses (an index range). Other clauses are checked on at most SCAN_ROWS of those
-rows: a filter matching none of a million rows scanned them all on the store's one thread,
-every tenant's commits waiting. A page may then hold fewer rows than asked, even none, with a
-cursor after the last row examined.
+create-time bounds: one index range. Other clauses, an OR of create times among them, are
+checked on at most SCAN_ROWS of those rows: a filter matching none of a million rows scanned
+them all on the store's one thread, every tenant's commits waiting. A page may then hold fewer
+rows than asked, even none, with a cursor after the last row examined.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from gateway.domain.job_filter import Comparison, FilterField, JobFilter
+from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.store.base import JobCursor
 from gateway.store.sqlite_time import from_us, to_us
 
@@ -74,22 +74,31 @@ def page_query(
     """The page's query; `comparison_sql` renders one filter comparison over `table`."""
     where = ["tenant = ?"]
     params: list[object] = [tenant]
+    if after is not None:
+        # A row value, which SQLite makes the index range's top: spelled out as
+        # `created_at < ? OR (created_at = ? AND id < ?)` it was checked row by row, each page
+        # walking the tenant's rows from the newest. First in the WHERE: of two upper bounds
+        # SQLite ranges on the first, and the cursor is never above the filter's (its row was
+        # within them).
+        where.append("(created_at, id) < (?, ?)")
+        params.extend([to_us(after.created_at), after.id])
+    bounds: list[Comparison] = []
     matches: list[str] = []
     match_params: list[object] = []
     for clause in filter.clauses if filter is not None else ():
+        if len(clause) == 1 and clause[0].field is FilterField.CREATE_TIME:
+            bounds.append(clause[0])
+            continue
         parts = []
-        values: list[object] = []
         for comparison in clause:
-            sql, comparison_values = comparison_sql(comparison)
+            sql, values = comparison_sql(comparison)
             parts.append(sql)
-            values.extend(comparison_values)
-        timed = all(c.field is FilterField.CREATE_TIME for c in clause)
-        (where if timed else matches).append("(" + " OR ".join(parts) + ")")
-        (params if timed else match_params).extend(values)
-    if after is not None:
-        after_us = to_us(after.created_at)
-        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-        params.extend([after_us, after_us, after.id])
+            match_params.extend(values)
+        matches.append("(" + " OR ".join(parts) + ")")
+    for bound in _tightest(bounds):
+        sql, values = comparison_sql(bound)
+        where.append(sql)
+        params.extend(values)
     order = " ORDER BY created_at DESC, id DESC"
     examined = f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)}{order}"
     if not matches:
@@ -100,3 +109,29 @@ def page_query(
     boundary = f"SELECT created_at, id FROM {table} WHERE {' AND '.join(where)}{order}"
     boundary += f" LIMIT 1 OFFSET {SCAN_ROWS - 1}"
     return PageQuery(limit, scanned, [*params, *match_params, limit + 1], boundary, params)
+
+
+def _tightest(bounds: list[Comparison]) -> list[Comparison]:
+    """The tightest lower and upper of ANDed create-time `bounds`, which imply the others:
+    SQLite ranges on one bound each way and checks the rest row by row, so a looser bound
+    taken first walked every row up to the tighter one."""
+    lower = [c for c in bounds if c.op in (FilterOp.GT, FilterOp.GE)]
+    upper = [c for c in bounds if c.op in (FilterOp.LT, FilterOp.LE)]
+    if len(lower) + len(upper) != len(bounds):  # dropping one would widen the filter
+        raise ValueError(f"create_time compares by <, <=, > or >= only, got {bounds}")
+    return [
+        *([max(lower, key=_earliest)] if lower else []),
+        *([min(upper, key=_latest)] if upper else []),
+    ]
+
+
+def _earliest(bound: Comparison) -> int:
+    """The earliest nanosecond a `>` or `>=` bound admits."""
+    assert isinstance(bound.value, int)
+    return bound.value + 1 if bound.op is FilterOp.GT else bound.value
+
+
+def _latest(bound: Comparison) -> int:
+    """The latest nanosecond a `<` or `<=` bound admits."""
+    assert isinstance(bound.value, int)
+    return bound.value - 1 if bound.op is FilterOp.LT else bound.value
