@@ -74,8 +74,15 @@ def list_sql(
         where.append("tenant = ?")
         params.append(tenant)
     if after is not None:
-        where.append("(tenant > ? OR (tenant = ? AND prefix > ?))")
-        params.extend([after[0], after[0], after[1]])
+        # Index ranges from the cursor: spelled `tenant > ? OR (tenant = ? AND prefix > ?)` it
+        # was checked row by row, each page walking the keys from the first (quadratic over
+        # all pages, on the store's one thread).
+        if tenant is not None and after[0] == tenant:
+            where.append("prefix > ?")
+            params.append(after[1])
+        else:
+            where.append("(tenant, prefix) > (?, ?)")
+            params.extend(after)
     sql = f"SELECT {_COLUMNS} FROM {source}"
     if where:
         sql += " WHERE " + " AND ".join(where)

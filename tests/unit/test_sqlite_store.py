@@ -372,7 +372,14 @@ async def test_migration_13_indexes_the_unrevoked_keys_of_existing_databases(
     with sqlite3.connect(db_path) as conn:
         sql, params = sqlite_keys.list_sql("acme", active_at=T0, after=("acme", "a"), limit=5)
         plan = _plan(conn, sql, tuple(params))
-        assert "INDEX api_keys_unrevoked" in plan, plan
+        assert "INDEX api_keys_unrevoked (tenant=? AND prefix>?)" in plan, plan
+        # Every tenant's keys, after a cursor: a range from it, not a scan from the first key.
+        for active_at, index in ((T0, "api_keys_unrevoked"), (None, "api_keys_tenant")):
+            sql, params = sqlite_keys.list_sql(
+                None, active_at=active_at, after=("acme", "a"), limit=5
+            )
+            plan = _plan(conn, sql, tuple(params))
+            assert f"SEARCH api_keys USING INDEX {index} ((tenant,prefix)>(?,?))" in plan, plan
 
 
 def _plan(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> str:
