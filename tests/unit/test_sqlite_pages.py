@@ -14,6 +14,7 @@ import pytest
 
 from gateway.api.job_filter import parse_filter
 from gateway.domain.job_filter import JobFilter
+from gateway.domain.jobs import ExecutionInfo, Job
 from gateway.store import sqlite as sqlite_module
 from gateway.store import sqlite_pages, sqlite_sessions
 from gateway.store.base import JobCursor
@@ -206,3 +207,44 @@ async def test_anded_create_times_range_on_the_tightest_bound(
             [],
             None,
         )
+
+
+async def test_a_page_of_large_jobs_decodes_a_bounded_amount(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job of 1000 PUBs keeps a layout per PUB (~250 KB of JSON at 64 qubits, ~7 ms to
+    # decode): a page of 1000 of them held the store's one thread for seconds.
+    made = _insert_jobs(db_path, 10)
+    execution = sqlite_module._execution_to_json(
+        ExecutionInfo(
+            backend="aer", seed=1, sdk_versions={}, layouts=((0, 1, 2, 3),) * 1000, attempts=1
+        )
+    )
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE jobs SET execution = ?", (execution,))
+    conn.close()
+    monkeypatch.setattr(sqlite_pages, "PAGE_BYTES", 3 * len(execution) + 100)
+    decoded: list[str] = []
+    to_job = sqlite_module._row_to_job
+
+    def counted(row: sqlite3.Row) -> Job:
+        decoded.append(str(row["id"]))
+        return to_job(row)
+
+    monkeypatch.setattr(sqlite_module, "_row_to_job", counted)
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        walked: list[str] = []
+        after = None
+        while True:
+            page = await store.list_jobs("acme", after=after, limit=1000)
+            assert 1 <= len(page.jobs) <= 3
+            walked.extend(job.id for job in page.jobs)
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        assert walked == [job.id for job in made]
+        assert decoded == walked  # nothing decoded past a page's cut
+    finally:
+        await store.close()
