@@ -371,7 +371,9 @@ class Store(Protocol):
 
     async def session_totals(self, session_ids: Sequence[str]) -> dict[str, Totals]:
         """What each session's finished jobs used and cost (costs summed per unit), by id;
-        every id asked for is in the answer (zero totals when nothing finished)."""
+        every id asked for is in the answer (zero totals when nothing finished). Read on every
+        GetSession and ListSessions: its cost must not grow with a session's job count (kept
+        as jobs finish, not summed over them)."""
         ...
 
     async def session_jobs(self, session_id: str, *, include_final: bool = False) -> Sequence[Job]:

@@ -50,7 +50,8 @@ from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
 from gateway.store.sqlite_keys import UNREVOKED_INDEX_SQL as SQLITE_KEYS_UNREVOKED_INDEX
 from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_pages import page_query
-from gateway.store.sqlite_sessions import SqliteSessions
+from gateway.store.sqlite_sessions import TOTALS_MIGRATION_SQL as SQLITE_SESSION_TOTALS
+from gateway.store.sqlite_sessions import SqliteSessions, add_to_totals
 from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
 from gateway.store.sqlite_tenants import SqliteTenants, reserve, settle
 from gateway.store.sqlite_time import from_us, opt_from_us, to_us, within_dedup_window
@@ -274,6 +275,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     # --- end of issue 12, telemetry -----------------------------------------------------------
     # --- review: listing a tenant's keys (gateway.store.sqlite_keys) -------------------------
     Migration(13, SQLITE_KEYS_UNREVOKED_INDEX),
+    # --- review: session totals kept, not summed over jobs (gateway.store.sqlite_sessions) ---
+    Migration(14, SQLITE_SESSION_TOTALS),
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -707,6 +710,9 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                     (job_id, result, ended_us),
                 )
             settle(conn, job_id, state, execution, ended_at)  # its quota reservation (issue 11)
+            if execution is not None and row["session_id"] is not None:
+                # Here, once: the UPDATE above matched only because the job was not final.
+                add_to_totals(conn, str(row["session_id"]), execution)
             job = _row_to_job(row)
             return job if started_at is None else _history_in_time_order(conn, job)
 

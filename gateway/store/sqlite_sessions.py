@@ -1,7 +1,11 @@
-"""The sessions repository of the SQLite store (migration 8): a mixin of SqliteStore.
+"""The sessions repository of the SQLite store (migrations 8 and 14): a mixin of SqliteStore.
 
 Sessions are rows of their own; a job names its session in jobs.session_id. Every change is one
-transaction on the store's writer thread, like a job's.
+transaction on the store's writer thread, like a job's. What a session's finished jobs used and
+cost is kept as running sums (migration 14), added to by finish_job in the transaction that
+stores each job's execution record: reading them is a point read however many jobs a session
+ran, where summing the jobs' records grew with every job (on the one writer thread every
+tenant's commits wait for).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Final, TypeVar
 
 from gateway.domain.audit import Effect
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
-from gateway.domain.jobs import FINAL_STATES, Job
+from gateway.domain.jobs import FINAL_STATES, ExecutionInfo, Job
 from gateway.domain.pricing import Cost, Totals
 from gateway.domain.sessions import (
     EndReason,
@@ -39,6 +43,34 @@ _COLUMNS: Final = (
 )
 _FINAL_SESSION: Final = ("CLOSED", "FAILED")
 
+# Migration 14: running totals of each session's finished jobs, backfilled once from the jobs'
+# execution records with the sums session_totals computed before this step.
+TOTALS_MIGRATION_SQL: Final = """
+    ALTER TABLE sessions ADD COLUMN shots_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN execution_seconds_total REAL NOT NULL DEFAULT 0.0;
+    -- Cost summed per unit: a session's jobs may be priced in several.
+    CREATE TABLE session_costs (
+        session_id TEXT NOT NULL REFERENCES sessions (id),
+        unit TEXT NOT NULL,
+        amount REAL NOT NULL,
+        PRIMARY KEY (session_id, unit)
+    ) WITHOUT ROWID;
+    UPDATE sessions SET
+        shots_total = (
+            SELECT COALESCE(SUM(json_extract(execution, '$.usage.shots')), 0) FROM jobs
+            WHERE jobs.session_id = sessions.id AND execution IS NOT NULL),
+        execution_seconds_total = (
+            SELECT COALESCE(SUM(json_extract(execution, '$.usage.execution_seconds')), 0.0)
+            FROM jobs WHERE jobs.session_id = sessions.id AND execution IS NOT NULL);
+    -- Only sessions that exist: a cost row names its session.
+    INSERT INTO session_costs (session_id, unit, amount)
+        SELECT session_id, json_extract(execution, '$.cost.unit') AS unit,
+            SUM(json_extract(execution, '$.cost.amount'))
+        FROM jobs WHERE session_id IN (SELECT id FROM sessions)
+            AND json_extract(execution, '$.cost') IS NOT NULL
+        GROUP BY session_id, unit;
+"""
+
 
 def open_sessions(conn: sqlite3.Connection, tenant: str) -> int:
     """How many of the tenant's sessions have not ended."""
@@ -60,6 +92,33 @@ _TIME_SQL: Final = {
     FilterOp.LT: "created_at < ?",
     FilterOp.LE: "created_at <= ?",
 }
+
+
+def add_to_totals(conn: sqlite3.Connection, session_id: str, execution: ExecutionInfo) -> None:
+    """Adds a finished job's usage and cost to its session's running totals.
+
+    Only finish_job calls it, in the transaction that makes the job final and only when its
+    UPDATE matched a job that was not final yet: a job is counted once, also when its finish
+    is attempted again (a retry, or the runner and a cancel racing).
+    """
+    usage = execution.usage
+    if usage is None and execution.cost is None:
+        return
+    shots, seconds = (0, 0.0) if usage is None else (usage.shots, usage.execution_seconds)
+    found = conn.execute(
+        "UPDATE sessions SET shots_total = shots_total + ?,"
+        " execution_seconds_total = execution_seconds_total + ? WHERE id = ?",
+        (shots, seconds, session_id),
+    )
+    # A job naming no stored session has no totals to add to (and a cost row would break
+    # its foreign key, failing the finish).
+    if found.rowcount == 0 or execution.cost is None:
+        return
+    conn.execute(
+        "INSERT INTO session_costs (session_id, unit, amount) VALUES (?, ?, ?)"
+        " ON CONFLICT (session_id, unit) DO UPDATE SET amount = amount + excluded.amount",
+        (session_id, execution.cost.unit, execution.cost.amount),
+    )
 
 
 def _row(row: sqlite3.Row) -> Session:
@@ -276,42 +335,34 @@ class SqliteSessions(SqliteAudit):
         return await self._call(op, readonly=True)
 
     async def session_totals(self, session_ids: Sequence[str]) -> dict[str, Totals]:
-        """What each session's finished jobs used and cost, summed in SQL (a session may hold
-        many jobs; their usage lives in each job's execution record): two grouped queries for
-        a whole page of sessions. A session without finished jobs has zero totals."""
+        """What each session's finished jobs used and cost: the running totals finish_job
+        keeps (add_to_totals), two indexed reads for a whole page of sessions, never a pass
+        over the sessions' jobs. A session without finished jobs has zero totals, and so does
+        an id naming no session."""
         ids = list(dict.fromkeys(session_ids))
 
         def op(conn: sqlite3.Connection) -> dict[str, Totals]:
             marks = ", ".join("?" * len(ids))
-            used = {
-                str(sid): (int(shots), float(seconds))
-                for sid, shots, seconds in conn.execute(
-                    "SELECT session_id,"
-                    " COALESCE(SUM(json_extract(execution, '$.usage.shots')), 0),"
-                    " COALESCE(SUM(json_extract(execution, '$.usage.execution_seconds')), 0.0)"
-                    f" FROM jobs WHERE session_id IN ({marks}) AND execution IS NOT NULL"
-                    " GROUP BY session_id",
-                    ids,
-                )
-            }
             costs: dict[str, list[Cost]] = {}
+            # ORDER BY unit compares bytes (BINARY collation): the order totals always had.
             for sid, unit, amount in conn.execute(
-                "SELECT session_id, json_extract(execution, '$.cost.unit') AS unit,"
-                " SUM(json_extract(execution, '$.cost.amount'))"
-                f" FROM jobs WHERE session_id IN ({marks})"
-                " AND json_extract(execution, '$.cost') IS NOT NULL"
-                " GROUP BY session_id, unit ORDER BY session_id, unit",
+                "SELECT session_id, unit, amount FROM session_costs"
+                f" WHERE session_id IN ({marks}) ORDER BY session_id, unit",
                 ids,
             ):
                 costs.setdefault(str(sid), []).append(Cost(float(amount), str(unit)))
-            return {
-                sid: Totals(
-                    shots=used.get(sid, (0, 0.0))[0],
-                    execution_seconds=used.get(sid, (0, 0.0))[1],
-                    costs=tuple(costs.get(sid, ())),
+            totals = {sid: Totals() for sid in ids}
+            for sid, shots, seconds in conn.execute(
+                "SELECT id, shots_total, execution_seconds_total FROM sessions"
+                f" WHERE id IN ({marks})",
+                ids,
+            ):
+                totals[str(sid)] = Totals(
+                    shots=int(shots),
+                    execution_seconds=float(seconds),
+                    costs=tuple(costs.get(str(sid), ())),
                 )
-                for sid in ids
-            }
+            return totals
 
         if not ids:
             return {}

@@ -248,6 +248,75 @@ async def test_totals_of_a_page_of_sessions_in_one_call(store: Store) -> None:
     assert await store.session_totals([]) == {}
 
 
+async def test_totals_count_each_finished_job_once_and_are_kept(
+    store_factory: StoreOpener,
+) -> None:
+    """Totals are added as each job finishes with its execution record: a finish that does
+    not happen (the job already final, twice at once, or never given a record) adds nothing,
+    and every handle on the data sees the same totals."""
+    from gateway.domain.jobs import ExecutionInfo
+    from gateway.domain.pricing import Cost, Totals, Usage
+
+    store = await store_factory()
+    s, _ = await store.create_session(new_session(), b"h")
+    other, _ = await store.create_session(new_session(), b"h")
+
+    def spent(shots: int, seconds: float, cost: Cost | None) -> ExecutionInfo:
+        usage = Usage(shots=shots, execution_seconds=seconds)
+        return ExecutionInfo(backend="aer", seed=1, usage=usage, cost=cost)
+
+    jobs = [(await store.create_job(new_job(s.id, T0 + i * SECOND))).job for i in range(6)]
+    end = T0 + 9 * SECOND
+    first = spent(100, 0.1, Cost(0.25, "USD"))
+    assert await store.finish_job(jobs[0].id, JobState.SUCCEEDED, ended_at=end, execution=first)
+    # The same job finished again (a retry, a late runner): already final, so not counted.
+    again = spent(100, 0.1, Cost(0.25, "USD"))
+    assert (
+        await store.finish_job(jobs[0].id, JobState.FAILED, ended_at=end, execution=again) is None
+    )
+    # Two finishes racing: one wins, the job counts once.
+    racing = spent(10, 0.2, Cost(1.5, "credits"))
+    outcomes = await asyncio.gather(
+        *(
+            store.finish_job(jobs[1].id, JobState.SUCCEEDED, ended_at=end, execution=racing)
+            for _ in range(2)
+        )
+    )
+    assert sum(o is not None for o in outcomes) == 1
+    # A failed job's record counts too; one with usage but no cost adds no unit; a short local
+    # run (started_at: RUNNING written with the final state) counts like any other.
+    await store.finish_job(
+        jobs[2].id, JobState.FAILED, ended_at=end, execution=spent(5, 0.0, Cost(0.5, "USD"))
+    )
+    await store.finish_job(
+        jobs[3].id, JobState.SUCCEEDED, ended_at=end, execution=spent(1, 1, None)
+    )
+    await store.finish_job(
+        jobs[4].id,
+        JobState.SUCCEEDED,
+        ended_at=end,
+        started_at=T0 + 8 * SECOND,
+        execution=spent(4, 0.25, Cost(0.0, "AUD")),
+    )
+    # Cancelled before it ran: no execution record, nothing to add.
+    await store.finish_job(jobs[5].id, JobState.CANCELLED, ended_at=end)
+    # A job of no session adds to no session's totals.
+    alone = (await store.create_job(new_job("", T0))).job
+    await store.finish_job(alone.id, JobState.SUCCEEDED, ended_at=end, execution=first)
+
+    expected = Totals(
+        shots=100 + 10 + 5 + 1 + 4,
+        execution_seconds=0.1 + 0.2 + 0.0 + 1 + 0.25,
+        # By unit, bytewise; a zero amount still names its unit.
+        costs=(Cost(0.0, "AUD"), Cost(0.75, "USD"), Cost(1.5, "credits")),
+    )
+    totals = await store.session_totals([s.id, other.id, "no-such-session"])
+    assert totals == {s.id: expected, other.id: Totals(), "no-such-session": Totals()}
+    await store.close()
+    reopened = await store_factory()
+    assert await reopened.session_totals([s.id]) == {s.id: expected}
+
+
 async def test_filtered_pages_may_come_back_short_yet_page_through_every_match(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

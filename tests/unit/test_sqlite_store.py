@@ -4,6 +4,7 @@ commit, the claim queries' plans. What every store must do is in tests/contract/
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -20,7 +21,9 @@ import anyio
 import pytest
 
 from gateway.domain.errors import InvalidArgument
-from gateway.domain.jobs import JobState
+from gateway.domain.jobs import ExecutionInfo, JobState
+from gateway.domain.pricing import Cost, Totals, Usage
+from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
 from gateway.store import sqlite as sqlite_module
 from gateway.store import sqlite_keys, sqlite_pages
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
@@ -447,3 +450,157 @@ async def test_a_filtered_page_examines_a_bounded_window_and_pages_on(
     before = parse_filter(f'create_time < "{(T0 + timedelta(seconds=8)).isoformat()}"')
     page = await store.list_jobs("acme", filter=before, limit=6)
     assert [j.id for j in page.jobs] == ["j7", "j6", "j5", "j4", "j3", "j2"]
+
+
+# -- review: session totals are kept, not summed over the sessions' jobs ----------------------
+
+
+def _insert_session(conn: sqlite3.Connection, session_id: str) -> None:
+    conn.execute(
+        "INSERT INTO sessions (id, tenant, request_hash, backend, mode, state, failure_policy,"
+        " max_ttl_s, idle_ttl_s, created_at) VALUES (?, 'acme', x'00', 'aer', 'BATCH', 'CLOSED',"
+        " 'ABORT', 60, 60, 0)",
+        (session_id,),
+    )
+
+
+def _insert_session_job(
+    conn: sqlite3.Connection,
+    job_id: str,
+    session_id: str,
+    created_us: int,
+    execution: ExecutionInfo | None,
+) -> None:
+    """A job of `session_id` as a gateway left it: final with its execution record, or
+    queued without one."""
+    state = "QUEUED" if execution is None else "SUCCEEDED"
+    record = None if execution is None else sqlite_module._execution_to_json(execution)
+    conn.execute(
+        "INSERT INTO jobs (id, tenant, request_hash, backend, state, spec, num_pubs, seed,"
+        " created_at, state_history, session_id, execution) VALUES (?, 'acme', x'00', 'aer', ?,"
+        " x'00', 1, '7', ?, '[]', ?, ?)",
+        (job_id, state, created_us, session_id, record),
+    )
+
+
+def _spent(shots: int, seconds: float, cost: Cost | None) -> ExecutionInfo:
+    usage = Usage(shots=shots, execution_seconds=seconds)
+    return ExecutionInfo(backend="aer", seed=7, usage=usage, cost=cost)
+
+
+async def test_migration_14_backfills_session_totals_from_finished_jobs(
+    db_path: pathlib.Path,
+) -> None:
+    # Before migration 14 totals were summed over the jobs on every read: the jobs finished
+    # then must be in the kept totals, once, and later jobs add to them.
+    _database_at(db_path, 13)
+    with sqlite3.connect(db_path) as conn:
+        for session_id in ("mixed", "queued-only", "empty"):
+            _insert_session(conn, session_id)
+        spent = [
+            _spent(100, 0.5, Cost(0.25, "USD")),
+            _spent(50, 0.25, Cost(2.0, "credits")),
+            _spent(10, 1.0, Cost(0.5, "USD")),
+            ExecutionInfo(backend="aer", seed=7),  # finished before usage was recorded
+            None,  # still queued
+        ]
+        for i, execution in enumerate(spent):
+            _insert_session_job(conn, f"m{i}", "mixed", i, execution)
+        _insert_session_job(conn, "q", "queued-only", 0, None)
+        # A job naming a session that is not stored: no totals row to fill, and no failure.
+        _insert_session_job(conn, "o", "orphan", 0, _spent(1, 1.0, Cost(1.0, "USD")))
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert (await store.settings())["schema_version"] == LATEST_SCHEMA_VERSION
+        mixed = Totals(
+            shots=160, execution_seconds=1.75, costs=(Cost(0.75, "USD"), Cost(2.0, "credits"))
+        )
+        totals = await store.session_totals(["mixed", "queued-only", "empty"])
+        assert totals == {"mixed": mixed, "queued-only": Totals(), "empty": Totals()}
+        # The queued job finishes now: added to what the migration found.
+        done = await store.finish_job(
+            "m4", JobState.SUCCEEDED, ended_at=T0, execution=_spent(5, 0.25, Cost(1.0, "EUR"))
+        )
+        assert done is not None
+        after = await store.session_totals(["mixed"])
+        assert after["mixed"] == Totals(
+            shots=165,
+            execution_seconds=2.0,
+            costs=(Cost(1.0, "EUR"), Cost(0.75, "USD"), Cost(2.0, "credits")),
+        )
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        kept = conn.execute(
+            "SELECT id, shots_total, execution_seconds_total FROM sessions ORDER BY id"
+        ).fetchall()
+        assert kept == [("empty", 0, 0.0), ("mixed", 165, 2.0), ("queued-only", 0, 0.0)]
+        costs = conn.execute("SELECT session_id, unit, amount FROM session_costs").fetchall()
+        assert sorted(costs) == [
+            ("mixed", "EUR", 1.0),
+            ("mixed", "USD", 0.75),
+            ("mixed", "credits", 2.0),
+        ]
+
+
+async def test_session_totals_read_session_rows_and_never_their_jobs(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Summing every job's execution record on each GetSession/ListSessions took ~130 ms per
+    # call at 100,000 jobs in one session, on the writer thread every tenant's commits wait
+    # for. Every statement session_totals runs must be an indexed search of the session rows.
+    statements: list[str] = []
+    connect = sqlite_module._connect
+
+    def traced(path: pathlib.Path) -> sqlite3.Connection:
+        conn = connect(path)
+        # Called on the writer thread, with the statement's parameters filled in.
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite_module, "_connect", traced)
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        # Enough sessions that the planner would rather search than scan them; two ran jobs.
+        for n in range(40):
+            session = Session(
+                id=f"s{n}",
+                tenant="acme",
+                backend="aer",
+                mode=SessionMode.BATCH,
+                state=SessionState.ACTIVE,
+                failure_policy=FailurePolicy.ABORT,
+                max_ttl_s=60.0,
+                idle_ttl_s=60.0,
+                created_at=T0,
+            )
+            await store.create_session(session, b"h")
+        session_ids = ["s0", "s1"]
+        for session_id in session_ids:
+            for i in range(20):
+                job = (await store.create_job(_session_job(session_id, i))).job
+                unit = "USD" if i % 2 else "credits"
+                execution = _spent(10, 0.5, Cost(0.25, unit))
+                await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, execution=execution)
+        statements.clear()
+        totals = await store.session_totals(session_ids)
+        read = [s for s in statements if s not in ("BEGIN", "COMMIT")]
+    finally:
+        await store.close()
+    expected = Totals(
+        shots=200, execution_seconds=10.0, costs=(Cost(2.5, "USD"), Cost(2.5, "credits"))
+    )
+    assert totals == {"s0": expected, "s1": expected}
+    assert read, statements
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("ANALYZE")
+        for sql in read:
+            plan = _plan(conn, sql, ())
+            assert "jobs" not in plan, (sql, plan)
+            assert all(step.startswith("SEARCH") for step in plan.split(" | ")), (sql, plan)
+
+
+def _session_job(session_id: str, i: int) -> NewJob:
+    return dataclasses.replace(new_job(created_at=T0 + timedelta(seconds=i)), session=session_id)
