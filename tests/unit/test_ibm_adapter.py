@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from qiskit import QuantumCircuit
+from qiskit.transpiler.exceptions import TranspilerError
 
 from gateway.backends import registry
 from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
@@ -503,13 +504,33 @@ def test_estimator_pubs_count_the_shots_their_precision_costs(manila: IbmAdapter
     assert too_many.value.reason == "TOO_MANY_SHOTS"
 
 
+def test_a_delay_is_scheduled_on_the_device_and_runs(manila: IbmAdapter) -> None:
+    # The device's target has timing: an unscheduled `delay` was refused TRANSPILE_FAILED
+    # ("not scheduled", Qiskit's own transpile too) though qasm3.dumps writes delays.
+    source = q3("qubit[2] q; bit[2] c; x q[0]; delay[100ns] q[0]; x q[1]; c = measure q;")
+    compiled = manila.compile_circuit(source)
+    assert isinstance(compiled, CompiledCircuit)
+    assert "delay" in pickle.loads(compiled.ref.data).count_ops()
+    _, results = run(
+        manila,
+        spec(sampler("qubit[2] q; bit[2] c; x q[0]; delay[100ns] q[0]; x q[1]; c = measure q;")),
+    )
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    counts = dict(result.registers[0].counts[0])
+    assert counts["11"] / sum(counts.values()) > 0.85, counts  # readout noise of a few percent
+
+
 def test_a_circuit_the_transpiler_cannot_take_is_refused_not_a_gateway_fault(
-    manila: IbmAdapter,
+    manila: IbmAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An unscheduled `delay` on the device target: the transpiler raises, which used to be
-    # INTERNAL COMPILER_FAILED (and cost the compile worker).
-    source = q3("qubit[1] q; bit[1] c; delay[100ns] q[0]; c[0] = measure q[0];")
+    # A transpiler refusal used to be INTERNAL COMPILER_FAILED (and cost the compile worker).
+    class Refusing:
+        def run(self, circuit: QuantumCircuit) -> QuantumCircuit:
+            raise TranspilerError("no way to route this")
+
+    monkeypatch.setattr(manila, "_pass_manager", lambda scheduled=False: Refusing())
     with pytest.raises(InvalidArgument) as refused:
-        manila.compile_circuit(source)
+        manila.compile_circuit(q3("qubit[1] q; bit[1] c; x q[0]; c[0] = measure q[0];"))
     assert refused.value.reason == "TRANSPILE_FAILED"
-    assert "cannot be compiled for this backend" in refused.value.message
+    assert "cannot be compiled for this backend: 'no way to route this'" in refused.value.message

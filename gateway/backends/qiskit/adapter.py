@@ -231,7 +231,8 @@ class QiskitAdapter(BackendAdapter):
         self.qiskit_options: QiskitOptions = self.options
         # Reentrant: a subclass's lazily built simulator may need the lazily built target.
         self._lock = threading.RLock()
-        self._pm: PassManager | None = None
+        # By whether it schedules (a circuit with a delay on a target with timing).
+        self._pms: dict[bool, PassManager] = {}
         self._target: Target | None = None
         self._info: BackendInfo | None = None
         self._backend_target: BackendTarget | None = None
@@ -379,8 +380,12 @@ class QiskitAdapter(BackendAdapter):
         circuit = fe.rename_shadowing_gates(circuit, target.operation_names, field)
         # Before transpiling, which costs more than refusing.
         fe.check_memory(self.state_size(circuit, False)[0], budget, self.method_name, field)
+        # A target with timing (IBM devices and their noisy Aer twins) refuses an unscheduled
+        # `delay` ("not scheduled", Qiskit's own transpile too): such a circuit is scheduled
+        # as late as possible, as the device would run it.
+        scheduled = target.dt is not None and "delay" in circuit.count_ops()
         try:
-            transpiled: QuantumCircuit = self._pass_manager().run(circuit)
+            transpiled: QuantumCircuit = self._pass_manager(scheduled).run(circuit)
         except TranspilerError as exc:
             # The circuit asks for what this target cannot do (a `delay` on a target without
             # it): the client's to change, not a gateway fault.
@@ -418,17 +423,20 @@ class QiskitAdapter(BackendAdapter):
             amplitudes=amplitudes,
         )
 
-    def _pass_manager(self) -> PassManager:
-        if self._pm is None:
+    def _pass_manager(self, scheduled: bool = False) -> PassManager:
+        manager = self._pms.get(scheduled)
+        if manager is None:
             target = self.qiskit_target()
             with self._lock:
-                if self._pm is None:
-                    self._pm = generate_preset_pass_manager(
+                manager = self._pms.get(scheduled)
+                if manager is None:
+                    manager = self._pms[scheduled] = generate_preset_pass_manager(
                         optimization_level=self.qiskit_options.optimization_level,
                         target=target,
                         seed_transpiler=self.qiskit_options.seed_transpiler,
+                        scheduling_method="alap" if scheduled else None,
                     )
-        return self._pm
+        return manager
 
     # ------------------------------------------------------------------ prepare
 
