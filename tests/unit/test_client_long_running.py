@@ -293,8 +293,11 @@ def test_run_says_the_result_expired() -> None:
         client._jobs.Run.outcomes.append(
             job_service_pb2.RunResponse(job=_old_job(), result_too_large=True)
         )
-        with pytest.raises(RuntimeError, match="result of job jobs/old expired"):
+        with pytest.raises(NotFoundError, match="result of job jobs/old expired") as expired:
             client.run("qubit q;")
+        # A typed error, as GetJobResult answers it (a RuntimeError escaped error handling).
+        assert expired.value.reason == "RESULT_EXPIRED"
+        assert expired.value.metadata["job"] == "jobs/old"
 
 
 def test_jobs_get_result_shows_the_job_and_says_its_result_expired(

@@ -40,6 +40,7 @@ import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 from qgateway import telemetry
 from qgateway._calls import deadline as _deadline
 from qgateway.errors import (
+    ERROR_DOMAIN,
     DeadlineExceededError,
     FailedPreconditionError,
     JobFailedError,
@@ -618,7 +619,17 @@ def _result_of(job: Job) -> JobResult:
             job.name, job.state.value, job.error_reason, job.error_message, error=job.error
         )
     if job.result_expired:
-        raise RuntimeError(f"the result of job {job.name} expired before it was fetched")
+        # What GetJobResult answers for it: a QGatewayError like every other refusal, so
+        # callers handling the gateway's errors handle this one too.
+        metadata = {"job": job.name}
+        if job.expire_time is not None:
+            metadata["expireTime"] = job.expire_time.isoformat().replace("+00:00", "Z")
+        raise NotFoundError(
+            f"the result of job {job.name} expired before it was fetched",
+            reason="RESULT_EXPIRED",
+            domain=ERROR_DOMAIN,
+            metadata=metadata,
+        )
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise RuntimeError(f"job {job.name} is {job.state.value} without a result")
     return job.result
