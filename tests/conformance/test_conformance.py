@@ -44,7 +44,9 @@ BIT_ORDER_EXPECTED = {"a": "1", "b": "100", "c": "10"}
 SWEEP = (
     H3
     + "input float[64] theta;\nqubit[4] q; bit[4] c;\n"
-    + "ry(theta) q[0]; cx q[0], q[3]; h q[1]; x q[2];\n"
+    # A controlled rotation whose angle is bound (its control q[2] is |1>: ry(theta) on q[0]):
+    # Aer applied bound angles of controlled rotations wrongly.
+    + "x q[2]; cry(theta) q[2], q[0]; cx q[0], q[3]; h q[1];\n"
     + "c[0] = measure q[1]; c[1] = measure q[2]; c[2] = measure q[0]; c[3] = measure q[3];\n"
 )
 THETAS = [0.0, 0.7, 1.9, math.pi]

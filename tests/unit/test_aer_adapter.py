@@ -814,3 +814,38 @@ def test_braket_is_admitted_by_its_peak_not_by_its_state() -> None:
         "spec.pubs[0].sampler.circuit.qasm3",
     )
     assert error.metadata["estimateBytes"] == str(4 * 16 * 4**12)
+
+
+# Angles from bindings on controlled rotations and phases: Aer 0.18 applies these gates wrongly
+# when their angles come from parameter_binds (cp(1.1) after x/h read <Z> = 1.0, not 0.4536),
+# and the gateway binds every parameterised circuit that way.
+CONTROLLED_ANGLES = [
+    "cp(theta) q[0], q[1];",
+    "crx(theta) q[0], q[1];",
+    "cry(theta) q[0], q[1];",
+    "crz(theta) q[0], q[1];",
+    "cu(theta, 0.3, 0.2, 0.1) q[0], q[1];",
+    "ctrl @ ctrl @ p(theta) q[0], q[2], q[1];",
+    "ctrl(2) @ ry(theta) q[0], q[2], q[1];",
+]
+
+
+@pytest.mark.parametrize("method", ["statevector", "density_matrix", "matrix_product_state"])
+def test_controlled_gates_with_bound_angles_match_qiskit(method: str) -> None:
+    from qiskit import qasm3
+    from qiskit.primitives import StatevectorEstimator
+
+    adapter = AerAdapter(context(method=method))
+    observables = [single("IZI"), single("IXI"), single("IYI")]
+    for gate in CONTROLLED_ANGLES:
+        text = f"input float[64] theta; qubit[3] q; x q[0]; x q[2]; h q[1]; {gate} h q[1];"
+        bindings = Bindings(("theta",), (2,), np.array([[1.1], [2.3]]))
+        pub = estimator(q3(text), observables, bindings=bindings, shape=(3, 1))
+        _, results = run(adapter, spec(pub))
+        got = estimator_result(results[0]).expectation_values
+        circuit = qasm3.loads(H3 + text)
+        reference = StatevectorEstimator().run(
+            [(circuit, [["IZI"], ["IXI"], ["IYI"]], [[1.1], [2.3]])]
+        )
+        expected = reference.result()[0].data.evs
+        np.testing.assert_allclose(got, expected, atol=1e-9, err_msg=f"{method}: {gate}")
