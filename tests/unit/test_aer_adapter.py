@@ -149,6 +149,10 @@ def test_bad_options_are_refused() -> None:
         AerAdapter(context(method="stabilizer"))
     with pytest.raises(ValueError):
         AerAdapter(context(max_bond_dimnesion=4))
+    # A device's noise on a statevector: one noise trajectory per binding, read as exact.
+    with pytest.raises(ValueError, match="noise_from needs method"):
+        AerAdapter(context(noise_from="FakeManilaV2"))
+    AerAdapter(context(noise_from="FakeManilaV2", method="density_matrix"))
 
 
 # ---------------------------------------------------------------------------- bit order

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import qiskit_aer
-from pydantic import Field
+from pydantic import Field, model_validator
 from qiskit.circuit import ControlFlowOp, ControlledGate, QuantumCircuit
 from qiskit.quantum_info import Pauli
 from qiskit.transpiler import Target
@@ -62,6 +62,18 @@ class AerOptions(QiskitOptions):
     # A fake IBM backend (a class of qiskit_ibm_runtime.fake_provider) whose target and noise
     # model this simulator takes.
     noise_from: str | None = Field(default=None, pattern=r"^Fake[A-Za-z0-9]+$")
+
+    @model_validator(mode="after")
+    def _noise_needs_density_matrix(self) -> AerOptions:
+        # Probabilities and expectation values are saved from one run per binding: exact with a
+        # density matrix, one random noise trajectory with any other method (read as exact:
+        # a Bell pair's <XX> came back 0.0 with standard error 0).
+        if self.noise_from is not None and self.method != "density_matrix":
+            raise ValueError(
+                f'noise_from needs method = "density_matrix" (got "{self.method}"): the '
+                "gateway applies a device's noise exactly, not by sampling trajectories"
+            )
+        return self
 
 
 def _target_for(method: str, num_qubits: int) -> Target:
