@@ -574,6 +574,29 @@ def test_observables_forms() -> None:
         observables_from([("ZZ", 1j)])
 
 
+def test_observables_as_qiskit_writes_them() -> None:
+    """Hermitian operators Qiskit's estimator takes were refused: a product whose iY and -iY
+    terms cancel (each refused alone), a coefficient with a rounding-sized imaginary part, the
+    sparse identity ("", [], c) from_sparse_list writes, and a Pauli object."""
+    from qiskit.quantum_info import Pauli, SparsePauliOp
+
+    def terms(obs: list[circuit_pb2.Observable]) -> list[list[tuple[str, list[int], float]]]:
+        return [[(t.pauli, list(t.qubits), t.coefficient) for t in o.terms] for o in obs]
+
+    square = SparsePauliOp(["Z", "X"]) @ SparsePauliOp(["Z", "X"])  # 2 I, unsimplified
+    assert terms(observables_from(square)) == [[("I", [], 2.0)]]
+    rounded = SparsePauliOp(["X", "Z"], [0.5 + 1e-17j, 0.5])
+    assert terms(observables_from(rounded)) == [[("X", [], 0.5), ("Z", [], 0.5)]]
+    sparse = [("", [], -0.5), ("ZZ", [0, 1], 1.0)]
+    assert terms(observables_from([sparse])) == [[("I", [0], -0.5), ("ZZ", [0, 1], 1.0)]]
+    assert terms(observables_from(Pauli("-XZ"))) == [[("XZ", [], -1.0)]]
+    assert terms(observables_from([Pauli("XX"), "ZZ"])) == [[("XX", [], 1.0)], [("ZZ", [], 1.0)]]
+    with pytest.raises(ValueError, match="not real"):
+        observables_from(Pauli("iXZ"))
+    with pytest.raises(ValueError, match="not real"):
+        observables_from(SparsePauliOp(["X"], [0.5 + 1e-9j]))
+
+
 def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:
     """Lists built from an array's elements hold numpy scalars (np.float32 and np.int64 are not
     float/int subclasses): they were refused as 'not a number'."""

@@ -17,6 +17,7 @@ import numbers
 import os
 import random
 import re
+import sys
 import time
 import uuid
 from collections.abc import (
@@ -349,10 +350,15 @@ def _is_number_or_complex(value: object) -> bool:
     return isinstance(value, numbers.Complex) and not isinstance(value, bool)
 
 
+# An imaginary part this small is rounding (numpy's real_if_close, which Qiskit's estimator
+# applies to coefficients): 100 machine epsilons.
+_IMAGINARY_ROUNDING = 100 * sys.float_info.epsilon
+
+
 def _coefficient(value: Any) -> float:
     if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real | bool):
         number = complex(value)
-        if number.imag != 0:
+        if abs(number.imag) > _IMAGINARY_ROUNDING:
             raise ValueError(f"coefficient {number} is not real: observables must be Hermitian")
         return number.real
     if not _is_number(value):
@@ -371,6 +377,10 @@ def _term(item: Any) -> circuit_pb2.PauliTerm:
         return circuit_pb2.PauliTerm(pauli=item[0], coefficient=_coefficient(item[1]))
     if _is_sparse_term(item):
         # Sparse: pauli[i] acts on qubits[i]; the other qubits are I.
+        if not item[0] and not item[1]:
+            # The identity ("", [], c), as from_sparse_list writes it: no qubits reads as a
+            # dense term on the wire, where "" is no Pauli string; I on qubit 0 is the same.
+            return circuit_pb2.PauliTerm(pauli="I", qubits=[0], coefficient=_coefficient(item[2]))
         return circuit_pb2.PauliTerm(
             pauli=item[0], qubits=[int(q) for q in item[1]], coefficient=_coefficient(item[2])
         )
@@ -380,11 +390,26 @@ def _term(item: Any) -> circuit_pb2.PauliTerm:
     )
 
 
+def _pauli_term(pauli: Any) -> tuple[str, complex]:
+    """A qiskit Pauli (duck-typed: to_label()) as a (letters, coefficient) term: its label
+    may start with a phase, "-", "i" or "-i"."""
+    label = str(pauli.to_label())
+    letters = label.lstrip("-i")
+    phase = {"": 1, "-": -1, "i": 1j, "-i": -1j}[label[: len(label) - len(letters)]]
+    return letters, phase
+
+
 def _observable(item: Any) -> circuit_pb2.Observable:
     if isinstance(item, circuit_pb2.Observable):
         return item
-    if hasattr(item, "to_list") and not isinstance(item, Sequence | Mapping):
-        item = list(item.to_list())  # SparsePauliOp-like
+    if hasattr(item, "to_label") and not isinstance(item, str | Sequence | Mapping):
+        item = _pauli_term(item)  # a qiskit Pauli
+    elif hasattr(item, "to_list") and not isinstance(item, Sequence | Mapping):
+        # SparsePauliOp-like. Simplified first, as Qiskit's estimator does: a product such as
+        # (Z+X)@(Z+X) holds iY and -iY terms that cancel, each refused as not Hermitian alone.
+        if hasattr(item, "simplify"):
+            item = item.simplify()
+        item = list(item.to_list())
     if isinstance(item, str) or _is_term(item):
         terms = [_term(item)]
     elif isinstance(item, Mapping):
@@ -404,6 +429,8 @@ def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observabl
     "ZZ" is one observable; ["ZZ", "XX"] two; ("ZZ", 0.5) one term; [[("ZZ", 0.5), ("XX", 0.5)]]
     one observable of two terms; {"ZZ": 0.5, "XX": 0.5} one observable of two terms. A sparse
     term ("ZX", [3, 0], 0.5) puts Z on qubit 3 and X on qubit 0 (SparsePauliOp.from_sparse_list).
+    Qiskit's SparsePauliOp (simplified first, as its estimator does) and Pauli are observables
+    too; coefficients must be real up to rounding.
 
     Raises:
         ValueError: For an empty list or an empty observable.
@@ -413,6 +440,7 @@ def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observabl
         isinstance(observables, str | Mapping | circuit_pb2.Observable)
         or _is_term(observables)
         or (hasattr(observables, "to_list") and not _is_sequence(observables))
+        or (hasattr(observables, "to_label") and not _is_sequence(observables))
     )
     if single:
         return [_observable(observables)]
