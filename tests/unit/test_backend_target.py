@@ -141,7 +141,10 @@ def test_aer_target_is_what_the_simulator_offers_and_the_gateway_accepts(method:
     assert adapter.target() is target  # computed once
     offered = set(AerSimulator(method=method).target.operation_names)
     names = {i.name for i in target.instructions}
-    assert names == offered & ACCEPTED_INSTRUCTION_NAMES
+    # Controlled rotations and phases are written as cx and rotations: Aer applies their angles
+    # wrongly when they come from parameter_binds (gateway.backends.aer.adapter._misbound).
+    misbound = {"cp", "cu1", "cu2", "cu3", "cu", "crx", "cry", "crz"}
+    assert names == (offered & ACCEPTED_INSTRUCTION_NAMES) - misbound
     assert {"cx", "h", "measure", "reset", "if_else", "for_loop", "while_loop"} <= names
     # Aer's own extensions and what the front end refuses are left out.
     assert not names & {"save_statevector", "kraus", "unitary", "switch_case", "break_loop"}
