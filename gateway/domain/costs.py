@@ -175,18 +175,46 @@ SHOT_BY_SHOT_OPERATION_WEIGHT = 100_000
 SAMPLE_WEIGHT = 1_000
 
 
+@dataclass(frozen=True)
+class RunCosts:
+    """What a simulator's runs cost beyond amplitude updates, in the same work units: a
+    simulator that reads its program again for every run (a binding's, or a shot's when it
+    runs shot by shot) pays per run and per operation in it, whatever the state's size.
+
+    Attributes:
+        per_run: Work of one run's set-up.
+        per_operation_run: Work of one operation in one run, on top of its amplitudes.
+    """
+
+    per_run: int = 0
+    per_operation_run: int = 0
+
+
+# Aer runs every binding of one assembled circuit (its costs are the amplitudes').
+BATCHED_RUNS = RunCosts()
+
+
 def simulation_work(
-    operations: int, amplitudes: int, bindings: int, shots: int, shot_by_shot: bool
+    operations: int,
+    amplitudes: int,
+    bindings: int,
+    shots: int,
+    shot_by_shot: bool,
+    runs: RunCosts = BATCHED_RUNS,
 ) -> int:
     """Estimated work to simulate a circuit once per binding (once per shot, at a higher cost
-    per step, when it has mid-circuit measurements, resets or control flow), plus sampling."""
+    per step, when it has mid-circuit measurements, resets or control flow), plus sampling,
+    plus the simulator's own cost per run (`runs`)."""
     operations = max(operations, 1)
     if shot_by_shot:
         per_step = amplitudes * SHOT_BY_SHOT_AMPLITUDE_WEIGHT + SHOT_BY_SHOT_OPERATION_WEIGHT
         evolve = operations * per_step * bindings * shots
+        count = bindings * shots
     else:
         evolve = operations * amplitudes * bindings
-    return evolve + bindings * shots * SAMPLE_WEIGHT
+        count = bindings
+    set_up = count * (runs.per_run + operations * runs.per_operation_run)
+    return evolve + set_up + bindings * shots * SAMPLE_WEIGHT
 
 
 # ------------------------------------------------------------------------------ result size

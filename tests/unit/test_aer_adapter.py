@@ -820,6 +820,41 @@ def test_braket_is_admitted_by_its_peak_not_by_its_state() -> None:
     assert error.metadata["estimateBytes"] == str(4 * 16 * 4**12)
 
 
+def test_a_noisy_braket_density_matrix_is_admitted_by_its_larger_peak() -> None:
+    """With noise channels braket_dm peaks at ~6.1-6.6x the density matrix (measured at 11
+    and 12 qubits): a 13-qubit noisy job passed the 4x estimate and ran out of memory."""
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    job = spec(sampler(q3(ghz(10))))
+    noise = {"depolarizing_1q": 0.001}
+    noisy = BraketAdapter(context(device="braket_dm", noise=noise))
+    assert prepare_in_process(noisy, job, 1).memory_bytes == 7 * 16 * 4**10
+
+
+def test_braket_pays_for_every_run_of_its_program() -> None:
+    """LocalSimulator reads the program again for every binding (~5 ms, and ~0.6 ms per gate):
+    a 51 KiB request of 2000 gates x 3000 bindings was admitted as 0.5 ms of work and held
+    the backend's one worker for an hour. Aer runs every binding of one assembled circuit."""
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    body = "input float th; qubit[2] q; bit[2] c;" + " ry(th) q[0]; cx q[0], q[1];" * 1000
+    values = np.linspace(0.0, 1.0, 3000).reshape(3000, 1)
+    heavy = spec(sampler(q3(body + " c = measure q;"), 1, Bindings(("th",), (3000,), values)))
+    braket = BraketAdapter(context(device="braket_sv"))
+    refused(braket, heavy, "EXECUTION_TOO_EXPENSIVE", "spec.pubs[0].sampler")
+    prepare_in_process(AerAdapter(context()), heavy, 1)  # Aer: one assembled circuit
+    # A sweep of ordinary size is admitted.
+    light = spec(
+        sampler(q3(ghz(3)), 100, Bindings((), (), np.zeros((0,)))),
+        sampler(
+            q3("input float th; qubit[1] q; bit[1] c; ry(th) q[0]; c[0] = measure q[0];"),
+            100,
+            Bindings(("th",), (50,), np.linspace(0.0, 3.0, 50).reshape(50, 1)),
+        ),
+    )
+    prepare_in_process(braket, light, 1)
+
+
 # Angles from bindings on controlled rotations and phases: Aer 0.18 applies these gates wrongly
 # when their angles come from parameter_binds (cp(1.1) after x/h read <Z> = 1.0, not 0.4536),
 # and the gateway binds every parameterised circuit that way.

@@ -70,3 +70,11 @@ def test_bad_precision(bad: float) -> None:
 
 def test_precision_zero_is_exact_and_allowed() -> None:
     assert costs.check_precision(0.0, "f") == 0.0
+
+
+def test_run_costs_are_paid_per_binding_or_per_shot_shot_by_shot() -> None:
+    runs = costs.RunCosts(per_run=1000, per_operation_run=10)
+    base = costs.simulation_work(100, 1 << 10, bindings=3, shots=5, shot_by_shot=False)
+    assert costs.simulation_work(100, 1 << 10, 3, 5, False, runs) == base + 3 * (1000 + 100 * 10)
+    every = costs.simulation_work(100, 1 << 10, bindings=3, shots=5, shot_by_shot=True)
+    assert costs.simulation_work(100, 1 << 10, 3, 5, True, runs) == every + 15 * (1000 + 1000)

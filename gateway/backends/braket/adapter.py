@@ -48,6 +48,7 @@ from gateway.backends.qiskit.adapter import (
     result_builder,
 )
 from gateway.backends.qiskit.target import ideal_target
+from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
 from gateway.domain.circuits import CircuitFeature, FloatArray, SamplerPub
 from gateway.domain.jobs import JobSpec, SamplerOutput, SamplerResult
@@ -75,6 +76,12 @@ _LOCAL_DEVICES = ("braket_sv", "braket_dm")
 _CLOUD_QUBITS = 34
 # Copies of the state a local Braket simulation holds at its peak (see state_size).
 _WORKING_COPIES = 4
+_NOISY_DM_COPIES = 7
+# LocalSimulator reads and interprets the program again for every binding (and every shot of a
+# branching circuit): measured ~5 ms a run and ~0.6 ms per gate and run (sv and dm alike),
+# where the amplitude count priced 2000 gates x 3000 bindings at 0.5 ms of work; they ran about
+# an hour on the backend's one worker. In work units (5e10 a second).
+_LOCAL_RUNS = costs.RunCosts(per_run=250_000_000, per_operation_run=30_000_000)
 
 
 class BraketOptions(QiskitOptions):
@@ -202,6 +209,11 @@ class BraketAdapter(QiskitAdapter):
             QISKIT_GATES, qubits, self.circuit_features(), f"braket-{device}", delay=True
         )
 
+    def run_costs(self) -> costs.RunCosts:
+        if self.braket_options.is_cloud:
+            return costs.BATCHED_RUNS  # run at the provider: its price is what counts
+        return _LOCAL_RUNS
+
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits
         if self.braket_options.is_cloud:
@@ -209,7 +221,11 @@ class BraketAdapter(QiskitAdapter):
         # Braket's simulators peak at ~4x the state (measured: a 12-qubit density matrix,
         # 256 MiB, peaked at 1073 MiB; a 24-qubit state vector, 256 MiB, at 979 MiB).
         if self.braket_options.device == "braket_dm":
-            return _WORKING_COPIES * fe.density_matrix_bytes(n), 1 << (2 * n)
+            # With noise channels, ~6.1-6.6x (measured: 11 qubits +421 MiB of 64, 12 qubits
+            # +1573 MiB of 256): a 13-qubit noisy job passed the 4x estimate and ran out of
+            # the worker's memory after a minute.
+            copies = _NOISY_DM_COPIES if self._noise() is not None else _WORKING_COPIES
+            return copies * fe.density_matrix_bytes(n), 1 << (2 * n)
         return _WORKING_COPIES * fe.statevector_bytes(n), 1 << n
 
     # ---------------------------------------------------------------------------- cloud

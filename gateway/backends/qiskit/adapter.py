@@ -423,6 +423,11 @@ class QiskitAdapter(BackendAdapter):
             amplitudes=amplitudes,
         )
 
+    def run_costs(self) -> costs.RunCosts:
+        """What the simulator's runs cost beyond amplitude updates (admission's execution
+        work): nothing for a simulator that runs every binding of one assembled circuit."""
+        return costs.BATCHED_RUNS
+
     def _pass_manager(self, scheduled: bool = False) -> PassManager:
         manager = self._pms.get(scheduled)
         if manager is None:
@@ -511,7 +516,12 @@ class QiskitAdapter(BackendAdapter):
         cost.add_shots(bindings, shots, shots_field)
         cost.add_execution(
             costs.simulation_work(
-                entry.operations, entry.amplitudes, bindings, shots, entry.shot_by_shot
+                entry.operations,
+                entry.amplitudes,
+                bindings,
+                shots,
+                entry.shot_by_shot,
+                self.run_costs(),
             ),
             base,
         )
@@ -576,7 +586,9 @@ class QiskitAdapter(BackendAdapter):
         bindings = math.prod(bindings_shape)
         cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
         cost.add_execution(
-            costs.simulation_work(entry.operations + terms, entry.amplitudes, bindings, 1, False),
+            costs.simulation_work(
+                entry.operations + terms, entry.amplitudes, bindings, 1, False, self.run_costs()
+            ),
             base,
         )
         if pub.precision is not None:
