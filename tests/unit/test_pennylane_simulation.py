@@ -297,6 +297,35 @@ def test_broadcasts_are_cut_into_chunks(
     np.testing.assert_allclose(got, expected, atol=1e-9)
 
 
+def test_device_calls_hold_a_bounded_number_of_operations_times_bindings(
+    sim: PennyLaneSimulation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lightning.qubit splits a broadcast into a tape per binding, each with every operation:
+    # 1000 bindings of 4000 operations went to the device in one call (+952 MiB before it
+    # ran; 2000 bindings +1.9 GiB). Now each call holds at most _OPERATION_BINDINGS of them.
+    bound = 60
+    monkeypatch.setattr(simulation_module, "_OPERATION_BINDINGS", bound)
+    calls: list[int] = []
+    execute = PennyLaneSimulation._execute
+
+    def counted(self: PennyLaneSimulation, width: int, tapes: list[Any]) -> Any:
+        calls.append(sum(max(1, t.batch_size or 1) * len(t.operations) for t in tapes))
+        return execute(self, width, tapes)
+
+    monkeypatch.setattr(PennyLaneSimulation, "_execute", counted)
+    circuit = _parametric_circuit()
+    measured = circuit.copy()
+    measured.add_register(ClassicalRegister(4))
+    measured.measure([4, 0, 2, 3], [0, 1, 2, 3])
+    plan = measurement.terminal_plan(measured)
+    assert plan is not None
+    values = np.random.default_rng(9).uniform(-3, 3, (25, len(PARAMETERS)))
+    expected = _reference_probabilities(plan.body, plan.qubits, PARAMETERS, values)
+    got = sim.probabilities("bounded", plan, PARAMETERS, values)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert len(calls) > 1 and max(calls) <= bound, calls
+
+
 def test_wide_circuits_run_on_the_dynamic_wire_device(
     sim: PennyLaneSimulation, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,6 +47,10 @@ Device = Literal["lightning.qubit", "default.qubit"]
 _CACHE_SIZE = 64
 # Complex amplitudes a broadcast chunk may hold: bindings * 2^qubits <= this (32 MiB).
 _BROADCAST_AMPLITUDES = 1 << 21
+# Operations times bindings one device call may hold: lightning.qubit splits a broadcast tape
+# into a tape per binding, each holding every operation (~250 bytes per operation and binding:
+# 1000 bindings of 4000 operations took +952 MiB before anything ran).
+_OPERATION_BINDINGS = 1 << 17
 _FIXED_WIDTH_MAX = 16
 _PAULIS: dict[str, Any] = {"X": qml.PauliX, "Y": qml.PauliY, "Z": qml.PauliZ}
 
@@ -341,9 +345,24 @@ class PennyLaneSimulation:
         bindings: int,
     ) -> list[FloatArray]:
         """The measurements' values for every binding: (bindings, ...) per measurement."""
-        chunk = max(1, _BROADCAST_AMPLITUDES >> len(translation.qubits))
+        per_binding = max(1, len(translation.operations))
+        chunk = max(
+            1,
+            min(
+                _BROADCAST_AMPLITUDES >> len(translation.qubits), _OPERATION_BINDINGS // per_binding
+            ),
+        )
+        parts: list[list[FloatArray]] = []
         tapes: list[QuantumScript] = []
         sizes: list[int] = []
+
+        def execute() -> None:
+            results = self._execute(len(translation.qubits), tapes)
+            for result, n in zip(results, sizes, strict=True):
+                parts.append(_columns(result, len(measurements), n))
+            tapes.clear()
+            sizes.clear()
+
         for start in range(0, bindings, chunk):
             stop = min(bindings, start + chunk)
             if stop - start == 1:  # a plain tape: cheaper than a broadcast of one
@@ -352,8 +371,12 @@ class PennyLaneSimulation:
                 operations = translation.build([leaf[start:stop] for leaf in leaves])
             tapes.append(QuantumScript(operations, measurements))
             sizes.append(stop - start)
-        results = self._execute(len(translation.qubits), tapes)
-        parts = [_columns(r, len(measurements), n) for r, n in zip(results, sizes, strict=True)]
+            # One device call per batch of tapes within the bound: all at once, their
+            # preprocessed copies held together.
+            if (sum(sizes) + chunk) * per_binding > _OPERATION_BINDINGS:
+                execute()
+        if tapes:
+            execute()
         return [np.concatenate([part[m] for part in parts]) for m in range(len(measurements))]
 
 
