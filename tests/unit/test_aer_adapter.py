@@ -831,6 +831,25 @@ def test_a_noisy_braket_density_matrix_is_admitted_by_its_larger_peak() -> None:
     assert prepare_in_process(noisy, job, 1).memory_bytes == 7 * 16 * 4**10
 
 
+def test_estimator_terms_are_priced_as_the_state_passes_they_take() -> None:
+    """1000 terms x 900 bindings on 20 qubits (~40 KiB) were admitted as 20 s of work (one
+    state pass a term) and ran over an hour on Braket and PennyLane; ~300-750 passes a term
+    were measured."""
+    words = ["".join("IXYZ"[(i >> (2 * k)) % 4] for k in range(20)) for i in range(1, 1001)]
+    observables = [Observable(((word, 1.0),)) for word in words]
+    text = "input float th; qubit[20] q;" + " ry(th) q[0];"
+    values = np.linspace(0.0, 1.0, 900).reshape(900, 1, 1)
+    heavy = estimator(
+        q3(text), observables, bindings=Bindings(("th",), (900, 1), values), shape=(1000,)
+    )
+    refused(
+        AerAdapter(context(budget=1 << 30)),
+        spec(heavy),
+        "EXECUTION_TOO_EXPENSIVE",
+        "spec.pubs[0].estimator",
+    )
+
+
 @pytest.mark.parametrize(("device", "copies"), [("lightning.qubit", 2), ("default.qubit", 4)])
 def test_pennylane_is_admitted_by_its_peak(device: str, copies: int) -> None:
     """PennyLane peaks at 1.4-2x the state on lightning.qubit and 3-4x on default.qubit

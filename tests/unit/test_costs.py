@@ -78,3 +78,13 @@ def test_run_costs_are_paid_per_binding_or_per_shot_shot_by_shot() -> None:
     assert costs.simulation_work(100, 1 << 10, 3, 5, False, runs) == base + 3 * (1000 + 100 * 10)
     every = costs.simulation_work(100, 1 << 10, bindings=3, shots=5, shot_by_shot=True)
     assert costs.simulation_work(100, 1 << 10, 3, 5, True, runs) == every + 15 * (1000 + 1000)
+
+
+def test_state_passes_cost_amplitudes_per_binding_only() -> None:
+    # An estimator's terms read the final state: ~500 passes each (300-750 measured), where one
+    # was charged; not per-operation run costs, which are a simulator's per-gate set-up.
+    runs = costs.RunCosts(per_run=1000, per_operation_run=10)
+    base = costs.simulation_work(100, 1 << 10, 3, 1, False, runs)
+    read = costs.simulation_work(100, 1 << 10, 3, 1, False, runs, state_passes=7)
+    assert read - base == 7 * (1 << 10) * 3
+    assert costs.TERM_STATE_PASSES >= 300

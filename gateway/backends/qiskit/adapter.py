@@ -587,7 +587,13 @@ class QiskitAdapter(BackendAdapter):
         cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
         cost.add_execution(
             costs.simulation_work(
-                entry.operations + terms, entry.amplitudes, bindings, 1, False, self.run_costs()
+                entry.operations,
+                entry.amplitudes,
+                bindings,
+                1,
+                False,
+                self.run_costs(),
+                state_passes=terms * costs.TERM_STATE_PASSES,
             ),
             base,
         )
