@@ -263,17 +263,22 @@ def _parametric_circuit() -> QuantumCircuit:
     return circuit
 
 
+def _measured_plan() -> measurement.TerminalPlan:
+    """_parametric_circuit measured on four of its qubits, as a terminal plan."""
+    measured = _parametric_circuit()
+    measured.add_register(ClassicalRegister(4))
+    measured.measure([4, 0, 2, 3], [0, 1, 2, 3])
+    plan = measurement.terminal_plan(measured)
+    assert plan is not None
+    return plan
+
+
 # Names in a scrambled order, with one the transpiled circuit no longer has.
 PARAMETERS = ("v[2]", "phi", "dropped", "theta", "v[0]", "v[1]")
 
 
 def test_parameters_expressions_and_vectors_over_many_bindings(sim: PennyLaneSimulation) -> None:
-    circuit = _parametric_circuit()
-    measured = circuit.copy()
-    measured.add_register(ClassicalRegister(4))
-    measured.measure([4, 0, 2, 3], [0, 1, 2, 3])
-    plan = measurement.terminal_plan(measured)
-    assert plan is not None
+    plan = _measured_plan()
     values = np.random.default_rng(7).uniform(-3, 3, (40, len(PARAMETERS)))
     expected = _reference_probabilities(plan.body, plan.qubits, PARAMETERS, values)
     got = sim.probabilities("parametric", plan, PARAMETERS, values)
@@ -313,12 +318,7 @@ def test_device_calls_hold_a_bounded_number_of_operations_times_bindings(
         return execute(self, width, tapes)
 
     monkeypatch.setattr(PennyLaneSimulation, "_execute", counted)
-    circuit = _parametric_circuit()
-    measured = circuit.copy()
-    measured.add_register(ClassicalRegister(4))
-    measured.measure([4, 0, 2, 3], [0, 1, 2, 3])
-    plan = measurement.terminal_plan(measured)
-    assert plan is not None
+    plan = _measured_plan()
     values = np.random.default_rng(9).uniform(-3, 3, (25, len(PARAMETERS)))
     expected = _reference_probabilities(plan.body, plan.qubits, PARAMETERS, values)
     got = sim.probabilities("bounded", plan, PARAMETERS, values)
