@@ -56,6 +56,23 @@ def _insert_jobs(path: pathlib.Path, count: int) -> list[JobCursor]:
     return made[::-1]
 
 
+async def _walk(path: pathlib.Path, limit: int, filter: JobFilter | None = None) -> list[list[str]]:
+    """Every page of acme's jobs through the store, as lists of job ids."""
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        pages: list[list[str]] = []
+        cursor = None
+        while True:
+            page = await store.list_jobs("acme", filter=filter, after=cursor, limit=limit)
+            pages.append([job.id for job in page.jobs])
+            if page.next_cursor is None:
+                return pages
+            cursor = page.next_cursor
+    finally:
+        await store.close()
+
+
 @contextmanager
 def _reader(path: pathlib.Path) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(path)
@@ -120,19 +137,7 @@ async def test_a_page_after_a_cursor_is_an_index_range_from_it(
 
 async def test_a_deep_page_examines_no_more_rows_than_the_first(db_path: pathlib.Path) -> None:
     made = _insert_jobs(db_path, JOBS)
-    store = SqliteStore(db_path)
-    await store.open()
-    try:
-        listed: list[str] = []
-        cursor = None
-        while True:
-            page = await store.list_jobs("acme", after=cursor, limit=97)
-            listed += [job.id for job in page.jobs]
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-    finally:
-        await store.close()
+    listed = [job_id for page in await _walk(db_path, 97) for job_id in page]
     assert listed == [job.id for job in made]  # every job once, newest first, ties by id
     deep = made[-41]  # 40 older jobs: 2 pages of 20
     with _reader(db_path) as conn:
@@ -152,19 +157,7 @@ async def test_an_or_of_create_times_is_checked_within_the_scan_bound(
     _insert_jobs(db_path, 11)  # j00010 .. j00000, three to a second from T0
     monkeypatch.setattr(sqlite_pages, "SCAN_ROWS", 4)
     ends = parse_filter(f'(create_time < "{_time(0.5)}" OR create_time >= "{_time(3)}")')
-    store = SqliteStore(db_path)
-    await store.open()
-    try:
-        pages: list[list[str]] = []
-        cursor = None
-        while True:
-            page = await store.list_jobs("acme", filter=ends, after=cursor, limit=10)
-            pages.append([job.id for job in page.jobs])
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-    finally:
-        await store.close()
+    pages = await _walk(db_path, 10, ends)
     # The jobs it always matched, in windows of 4 from the newest.
     assert pages == [["j00010", "j00009"], [], ["j00002", "j00001", "j00000"]]
 
@@ -232,19 +225,8 @@ async def test_a_page_of_large_jobs_decodes_a_bounded_amount(
         return to_job(row)
 
     monkeypatch.setattr(sqlite_module, "_row_to_job", counted)
-    store = SqliteStore(db_path)
-    await store.open()
-    try:
-        walked: list[str] = []
-        after = None
-        while True:
-            page = await store.list_jobs("acme", after=after, limit=1000)
-            assert 1 <= len(page.jobs) <= 3
-            walked.extend(job.id for job in page.jobs)
-            if page.next_cursor is None:
-                break
-            after = page.next_cursor
-        assert walked == [job.id for job in made]
-        assert decoded == walked  # nothing decoded past a page's cut
-    finally:
-        await store.close()
+    pages = await _walk(db_path, 1000)
+    assert all(1 <= len(page) <= 3 for page in pages)
+    walked = [job_id for page in pages for job_id in page]
+    assert walked == [job.id for job in made]
+    assert decoded == walked  # nothing decoded past a page's cut
