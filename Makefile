@@ -5,21 +5,28 @@ UV := .tools/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml clients/python/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: serve test protos lint bench venv promtool
+.PHONY: serve test protos lint bench venv promtool bytecode
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# Bytecode is compiled here, once: where PYTHONDONTWRITEBYTECODE is set (as on CI) Python
+# never caches it, and every gateway, worker and test process compiled the SDK stack's ~10,000
+# modules again on import (~3 s of its ~4 s start).
 $(SYNCED): $(UV)
-	$(UV) sync --frozen --all-extras --quiet
+	$(UV) sync --frozen --all-extras --quiet --compile-bytecode
 	rm -f $(VENV)/.synced-*
 	touch $@
 
 venv: $(SYNCED)
 
+# The repository's own modules, for the same reason (up-to-date files are skipped).
+bytecode: $(SYNCED)
+	@$(VENV)/bin/python -m compileall -q -j 0 gateway clients/python/qgateway tests bench > /dev/null
+
 ## Start the gateway on 127.0.0.1:50051 with embedded defaults (aer, aer-mps; SQLite in ./data).
-serve: $(SYNCED)
+serve: $(SYNCED) bytecode
 	$(VENV)/bin/qgateway serve $(if $(CONFIG),--config $(CONFIG))
 
 ## promtool for the observability checks (skipped with a note where it cannot be installed).
@@ -27,7 +34,7 @@ promtool:
 	@sh scripts/ensure_promtool.sh
 
 ## Run the whole test suite.
-test: $(SYNCED) promtool
+test: $(SYNCED) bytecode promtool
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 ## Regenerate clients/python/qgateway/v1 from protos/ (the result is committed).
