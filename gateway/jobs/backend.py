@@ -51,10 +51,20 @@ class RunningJob:
     unwritten_start: datetime | None = None
     # The runner's handle once it has the job: what is stopped if the step itself fails.
     handle: RunHandle | None = None
+    # The claim a renewal found lost to another holder (a shared queue): the step lets go.
+    lost_claim: Claim | None = None
 
     def request_cancel(self) -> None:
         """CancelJob: the runner step stops the job (its worker, or at the provider)."""
         self.cancel_requested.set()
+        self._wake()
+
+    def lose_claim(self, claim: Claim) -> None:
+        """A renewal found `claim` lost: the job is another holder's now."""
+        self.lost_claim = claim
+        self._wake()
+
+    def _wake(self) -> None:
         if self.poke is not None and not self.poke.done():
             self.poke.set_result(None)
 

@@ -220,6 +220,9 @@ class RunnerStep:
                 prepared = await self._prepared(runtime, running)
                 if prepared is None:
                     return
+                if running.lost_claim is not None:
+                    await self._let_go(runtime, running, None, None)
+                    return
                 submitted = await self._submit(runtime, running, prepared)
             if submitted is None:
                 return
@@ -453,7 +456,11 @@ class RunnerStep:
             waiting = asyncio.ensure_future(runner.wait(handle))
         loop = asyncio.get_running_loop()
         try:
-            while not waiting.done() and not running.cancel_requested.is_set():
+            while (
+                not waiting.done()
+                and not running.cancel_requested.is_set()
+                and running.lost_claim is None
+            ):
                 now = time.monotonic()
                 remaining = deadline - now
                 if remaining <= 0:
@@ -478,7 +485,11 @@ class RunnerStep:
                 finally:
                     waiting.remove_done_callback(finished)
                     running.poke = None
-                if waiting.done() or running.cancel_requested.is_set():
+                if (
+                    waiting.done()
+                    or running.cancel_requested.is_set()
+                    or running.lost_claim is not None
+                ):
                     break
                 if running.unwritten_start is not None:
                     if time.monotonic() >= write_running_at:
@@ -502,6 +513,9 @@ class RunnerStep:
             # the job; nobody follows this wait any more.
             waiting.cancel()
             raise
+        if running.lost_claim is not None and not waiting.done():
+            await self._let_go(runtime, running, handle, waiting)
+            return
         info = ExecutionInfo(
             backend=runtime.name,
             seed=started.seed,
@@ -578,6 +592,31 @@ class RunnerStep:
             await self._failed(runtime, running, started, err, ran())
             return
         await self._succeeded(runtime, running, started, result, prepared, t0)
+
+    async def _let_go(
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        handle: RunHandle | None,
+        waiting: asyncio.Future[ExecutionOutcome] | None,
+    ) -> None:
+        """Ends the step without writing the job: a renewal found its claim lost (this
+        process did not renew it in time: a stalled loop, the store out of reach), so the job
+        is another holder's, which runs it again (a local run) or re-attaches to it (a
+        provider job). A local run is stopped here, or the job would run twice at once, each
+        holding a worker; a provider job is left to its new holder, only no longer followed."""
+        log.warning("job %s: its claim went to another holder; stopping here", running.claim.job.id)
+        runtime.breaker.release(running.permit)
+        running.released = True  # the claim is not this step's to end
+        if waiting is not None and not waiting.done():
+            if handle is not None and runtime.runner.model is ExecutionModel.LOCAL:
+                await self._stop_after_failure(runtime, handle)
+                await asyncio.wait({waiting}, timeout=WAIT_AFTER_STOP_S)
+            waiting.cancel()
+        if running.claim is not running.lost_claim:
+            # The job came back to this process meanwhile: given back to the queue at once,
+            # for the scheduler to start it afresh, instead of left to lapse.
+            await runtime.queue.release(running.claim)
 
     async def _wait_remote(
         self, runtime: BackendRuntime, job: Job, handle: RunHandle, deadline: float
@@ -765,18 +804,25 @@ async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIter
 
 async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:
     """Extends the job's claim; a renewal that carries CANCELLING (a CancelJob accepted by
-    another process) stops the job. A renewal that fails (the store busy, a disk error) is
-    logged and tried again at the next one: a lease outlasts two missed renewals, and failing
-    the job for it left its run going."""
+    another process) stops the job, one that finds the claim lost lets it go. A renewal that
+    fails (the store busy, a disk error) is logged and tried again at the next one: a lease
+    outlasts two missed renewals, and failing the job for it left its run going."""
+    claim = running.claim
     try:
-        renewed = await runtime.queue.renew(running.claim)
+        renewed = await runtime.queue.renew(claim)
     except Exception:
-        log.exception("job %s: renewing its claim failed", running.claim.job.id)
+        log.exception("job %s: renewing its claim failed", claim.job.id)
         return
-    if renewed is not None:
-        running.claim = renewed
-        if renewed.job.state is JobState.CANCELLING:
-            running.request_cancel()
+    if renewed is None:
+        # A shared queue hands a lapsed claim to another holder. The in-memory queue's only
+        # holder is this process: a claim lapsed there (a wall-clock step) comes back to this
+        # step (Scheduler.start_job), which goes on.
+        if not runtime.queue.queues_before_commit and running.claim is claim:
+            running.lose_claim(claim)
+        return
+    running.claim = renewed
+    if renewed.job.state is JobState.CANCELLING:
+        running.request_cancel()
 
 
 def _lost_touch(waiting: asyncio.Future[ExecutionOutcome]) -> bool:

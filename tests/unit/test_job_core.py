@@ -964,6 +964,82 @@ async def test_a_cancel_accepted_by_another_process_stops_the_holders_run(
         await _close(a)
 
 
+@pytest.mark.parametrize("model", [ExecutionModel.LOCAL, ExecutionModel.REMOTE])
+async def test_a_holder_whose_claim_went_to_another_lets_the_job_go(
+    store: SqliteStore, model: ExecutionModel
+) -> None:
+    # A stopped renewing in time (a stalled loop, the store out of reach) and its lease
+    # lapsed: the job is B's now. A kept its local run going beside B's (two workers on one
+    # job, and the first end won); it must stop it and write nothing. A provider job is not
+    # cancelled: B re-attaches to it, and nothing is submitted twice.
+    remote: dict[str, str] = {}
+    runner_a = ScriptedRunner(slots=1, model=model, remote=remote)
+    runner_b = ScriptedRunner(slots=1, model=model, remote=remote)
+    clock = Clock()
+    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
+    job = await a.submit("alice", spec("sim"))
+    await a.until("alice", job.id, "RUNNING")
+    b = await build_core(
+        store, "store", {"sim": runner_b}, clock=clock, owner="holder-2", lease_s=0.3
+    )
+    try:
+        clock.advance(1.0)  # A's lease (0.3 s) lapses before its next renewal, and B claims
+        b.backends["sim"].wake.set()
+        await asyncio.wait_for(runner_b.started.wait(), 5)
+        async with asyncio.timeout(5):
+            while a.backends["sim"].running:  # A's next renewal finds the claim lost
+                await asyncio.sleep(0.01)
+        runner_b.succeed(job.id)
+        done = await b.until("alice", job.id, "SUCCEEDED")
+        if model is ExecutionModel.LOCAL:
+            assert runner_a.cancelled == [job.id]  # A's worker is free again
+            assert runner_b.submitted == [job.id]  # B runs it afresh
+        else:
+            assert runner_a.cancelled == []  # the provider job goes on, for B
+            assert runner_a.submitted == [job.id]
+            assert runner_b.submitted == [] and runner_b.reattached == [job.id]
+        ran = (
+            ["QUEUED", "RUNNING"]
+            if model is ExecutionModel.LOCAL
+            else ["QUEUED", "SUBMITTING", "RUNNING"]
+        )
+        assert [t.state.value for t in done.state_history] == [*ran, "SUCCEEDED"]
+        assert a.recorder.states(job.id) == ran  # A wrote nothing more
+        assert a.backends["sim"].breaker.state is BreakerState.CLOSED
+        assert await a.backends["sim"].queue.claims_by_tenant() == {}
+    finally:
+        await _close(b)
+        await _close(a)
+
+
+async def test_a_claim_lapsed_in_memory_stays_with_its_only_holder(store: SqliteStore) -> None:
+    # The in-memory queue has one holder: a renewal that finds the lease lapsed (a wall-clock
+    # step) is not a loss, and the run goes on to its end.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner}, lease_s=0.3)
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        core.clock.advance(1.0)
+        renewed = 0
+        real_renew = core.backends["sim"].queue.renew
+
+        async def counted(claim: Claim) -> Claim | None:
+            nonlocal renewed
+            renewed += 1
+            return await real_renew(claim)
+
+        core.backends["sim"].queue.renew = counted  # type: ignore[method-assign]
+        async with asyncio.timeout(5):
+            while renewed < 2:
+                await asyncio.sleep(0.01)
+        assert runner.cancelled == []
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+    finally:
+        await _close(core)
+
+
 # ---------------------------------------------------------------- recovery
 
 
