@@ -45,8 +45,8 @@ log = logging.getLogger("gateway.admin")
 
 API_KEY_TYPE = "qgateway.dev/ApiKey"
 MAX_DISPLAY_NAME = 256
-_PARENT = re.compile(rf"^tenants/({TENANT_ID_PATTERN})$")
-_NAME = re.compile(rf"^tenants/({TENANT_ID_PATTERN})/apiKeys/({KEY_PREFIX_PATTERN})$")
+_PARENT = re.compile(rf"tenants/({TENANT_ID_PATTERN})")  # fullmatch: `$` allows a final newline
+_NAME = re.compile(rf"tenants/({TENANT_ID_PATTERN})/apiKeys/({KEY_PREFIX_PATTERN})")
 _ROLES = {
     admin_pb2.ROLE_UNSPECIFIED: Role.USER,
     admin_pb2.ROLE_USER: Role.USER,
@@ -93,7 +93,7 @@ def encode_key(record: ApiKeyRecord, now: datetime) -> admin_pb2.ApiKey:
 
 
 def _parent_tenant(parent: str) -> str:
-    match = _PARENT.match(parent)
+    match = _PARENT.fullmatch(parent)
     if match is None:
         raise _bad("parent", "must be tenants/{tenant}")
     return match.group(1)
@@ -227,7 +227,7 @@ class ApiKeyRpcs:
         self, request: admin_service_pb2.RevokeApiKeyRequest, context: Context
     ) -> admin_service_pb2.RevokeApiKeyResponse:
         principal = current_principal.get()
-        match = _NAME.match(request.name)
+        match = _NAME.fullmatch(request.name)
         if match is None:
             raise InvalidArgument(
                 "INVALID_API_KEY_NAME",

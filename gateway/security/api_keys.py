@@ -45,7 +45,7 @@ from gateway.security.tenant_policy import RateLimit
 log = logging.getLogger("gateway.auth")
 
 KEY_PREFIX = "qgw"
-_PREFIX_FORM = re.compile(rf"^{KEY_PREFIX_PATTERN}$")  # as ApiKeyConfig.prefix
+_PREFIX_FORM = re.compile(KEY_PREFIX_PATTERN)  # as ApiKeyConfig.prefix
 METADATA_KEY = "authorization"
 _PREFIX_BYTES = 6
 _SECRET_BYTES = 24
@@ -101,7 +101,7 @@ def key_prefix(token: str) -> str | None:
     if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[2]:
         return None
     # Only a prefix a key can have reaches the cache or the store.
-    return parts[1] if _PREFIX_FORM.match(parts[1]) else None
+    return parts[1] if _PREFIX_FORM.fullmatch(parts[1]) else None
 
 
 def _invalid() -> Unauthenticated:

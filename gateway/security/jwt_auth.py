@@ -37,7 +37,8 @@ log = logging.getLogger("gateway.auth")
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-_TENANT = re.compile(rf"^{TENANT_ID_PATTERN}$")
+# fullmatch: `$` also matches before a final newline ("acme\n" passed as a tenant id).
+_TENANT = re.compile(TENANT_ID_PATTERN)
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1 << 20
 _MAX_SUBJECT = 255
@@ -271,7 +272,9 @@ class JwtVerifier:
             raise _invalid("too long")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except (jwt.InvalidTokenError, TypeError, ValueError):
+            # Not only DecodeError: a `crit` header pyjwt does not support is InvalidTokenError,
+            # which escaped as a gateway bug (INTERNAL, a traceback per call, no audit record).
             raise _invalid("malformed") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -313,7 +316,7 @@ class JwtVerifier:
         except (TypeError, ValueError):  # pyjwt's own checks of odd inputs
             raise _invalid("malformed") from None
         tenant = claims.get(config.tenant_claim)
-        if not isinstance(tenant, str) or not _TENANT.match(tenant):
+        if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
             raise _invalid(f"claim {config.tenant_claim!r} missing or not a tenant id")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:

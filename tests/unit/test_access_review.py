@@ -69,6 +69,19 @@ async def test_a_key_expiry_outside_timestamps_range_is_invalid_argument(
     assert caught.value.reason == "INVALID_API_KEY"
 
 
+@pytest.mark.parametrize("parent", ["tenants/acme\n", "tenants/acme/", "xtenants/acme"])
+async def test_a_parent_is_the_whole_name_not_a_prefix_of_it(
+    admin: AdminServicer, parent: str
+) -> None:
+    # `$` matches before a final newline: "tenants/acme\n" was read as tenant acme.
+    request = admin_service_pb2.CreateApiKeyRequest(parent=parent, api_key=admin_pb2.ApiKey())
+    with pytest.raises(InvalidArgument):
+        await admin.CreateApiKey(request, None)
+    listing = admin_service_pb2.ListApiKeysRequest(parent=parent)
+    with pytest.raises(InvalidArgument):
+        await admin.ListApiKeys(listing, None)
+
+
 async def _create_key(
     admin: AdminServicer, caller: Principal, expires: datetime | None, role: int
 ) -> admin_service_pb2.CreateApiKeyResponse:
