@@ -47,6 +47,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
+from gateway.interceptors.decode import DecodeInterceptor
 from gateway.interceptors.rate_limit import RateLimitInterceptor
 from gateway.interceptors.stream_limit import StreamLimiter, StreamLimitInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
@@ -330,6 +331,8 @@ class Gateway:
                     uses_certificates=bool(config.auth.mtls or config.auth.trusted_proxies),
                     on_failure=None if audit is None else audit.auth_failed,
                 ),
+                # Requests are bytes up to here: only an authenticated caller's are parsed.
+                DecodeInterceptor(on_rejected=None if audit is None else audit.rejected),
                 *([] if audit is None else [audit]),
                 RateLimitInterceptor(self.policies),
                 StreamLimitInterceptor(StreamLimiter(server_cfg.max_streams_per_tenant)),

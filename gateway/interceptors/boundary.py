@@ -1,13 +1,14 @@
 """Error boundary for qgateway.v1 methods.
 
 Wraps each method handler so that:
-  * a request that cannot be decoded (garbage bytes, invalid UTF-8) is INVALID_ARGUMENT with
-    reason MALFORMED_REQUEST, not gRPC's UNKNOWN;
   * a request above the gateway's own size limit (which sits below the transport limit) is
     INVALID_ARGUMENT with reason REQUEST_TOO_LARGE and the sizes: it can never succeed as sent,
     so it carries no RetryInfo and is not RESOURCE_EXHAUSTED, which generic policies retry;
   * a GatewayError raised by a servicer becomes its status with details;
   * anything else is a gateway bug: INTERNAL with a generic message, logged with its traceback.
+
+Requests reach the layers inside it as bytes: they are decoded after authentication
+(gateway.interceptors.decode), where a request that cannot be decoded is MALFORMED_REQUEST.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from gateway.api.context import Context, set_request_bytes
 from gateway.api.errors import to_status
@@ -37,17 +37,17 @@ class _Rejected:
 
 @dataclass(frozen=True)
 class _Received:
-    """A decoded request and its size on the wire, which servicers read (request_bytes) to
-    decide whether deriving things from it may run on the event loop."""
+    """A request's bytes and their size, which servicers read (request_bytes) to decide
+    whether deriving things from the request may run on the event loop."""
 
-    message: Any
+    data: bytes
     size: int
 
 
-def _safe_deserializer(
-    deserialize: Callable[[bytes], Any] | None, max_bytes: int
-) -> Callable[[bytes], Any]:
-    def decode(data: bytes) -> Any:
+def _size_checked(max_bytes: int) -> Callable[[bytes], Any]:
+    """gRPC's request deserializer: the bytes, kept as they are, or their refusal."""
+
+    def receive(data: bytes) -> Any:
         if len(data) > max_bytes:
             return _Rejected(
                 InvalidArgument(
@@ -57,19 +57,9 @@ def _safe_deserializer(
                     metadata={"sizeBytes": str(len(data)), "limitBytes": str(max_bytes)},
                 )
             )
-        if deserialize is None:
-            return _Received(data, len(data))
-        try:
-            return _Received(deserialize(data), len(data))
-        except (DecodeError, UnicodeDecodeError, ValueError) as exc:
-            return _Rejected(
-                InvalidArgument(
-                    "MALFORMED_REQUEST",
-                    f"request could not be decoded as protobuf: {type(exc).__name__}",
-                )
-            )
+        return _Received(data, len(data))
 
-    return decode
+    return receive
 
 
 def _unexpected(exc: BaseException, method: str) -> GatewayError:
@@ -88,8 +78,8 @@ async def abort(context: Context, error: GatewayError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-# Told of a request refused before any other interceptor saw it (the audit log): the full
-# method, the peer and the error.
+# Told of a request refused before the audit interceptor saw it (too large, or not decodable):
+# the full method, the peer and the error.
 OnRejected = Callable[[str, str, GatewayError], None]
 
 
@@ -102,11 +92,11 @@ def _rejected(
 
 
 def _unwrapped(request: Any) -> Any:
-    """The message of a _Received, its size recorded for the call (each call is its own task,
+    """The bytes of a _Received, their size recorded for the call (each call is its own task,
     so the size is the call's own)."""
     if isinstance(request, _Received):
         set_request_bytes(request.size)
-        return request.message
+        return request.data
     return request
 
 
@@ -173,5 +163,5 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             handler,
             lambda unary: _wrap_unary(unary, method, self._on_rejected),
             lambda stream: _wrap_stream(stream, method, self._on_rejected),
-            _safe_deserializer(handler.request_deserializer, self._max),
+            _size_checked(self._max),
         )

@@ -34,9 +34,12 @@ def rewrap(
     wrap_unary: Callable[[Unary], Unary],
     wrap_stream: Callable[[Stream], Stream],
     request_deserializer: Callable[[bytes], Any] | None = None,
+    *,
+    raw_requests: bool = False,
 ) -> grpc.RpcMethodHandler:
-    """The handler with its unary-unary or unary-stream behaviour wrapped."""
-    deserializer = request_deserializer or handler.request_deserializer
+    """The handler with its unary-unary or unary-stream behaviour wrapped; `raw_requests`:
+    the wrapped behaviour takes the request's bytes (it decodes them itself)."""
+    deserializer = None if raw_requests else request_deserializer or handler.request_deserializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             wrap_unary(handler.unary_unary),

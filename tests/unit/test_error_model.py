@@ -36,7 +36,7 @@ from gateway.domain.errors import (
     reason_code,
 )
 from gateway.domain.jobs import JobError, JobState
-from gateway.interceptors.boundary import _Rejected, _safe_deserializer
+from gateway.interceptors.boundary import _Rejected, _size_checked
 from gateway.jobs import manager
 from gateway.store import sqlite as sqlite_store
 from gateway.store.base import NewJob
@@ -434,8 +434,8 @@ def test_to_status_carries_the_same_status_in_its_trailer() -> None:
 
 
 def test_an_oversize_request_is_invalid_argument_without_retry_info() -> None:
-    decode = _safe_deserializer(lambda data: data, max_bytes=10)
-    rejected = decode(b"x" * 11)
+    receive = _size_checked(max_bytes=10)
+    rejected = receive(b"x" * 11)
     assert isinstance(rejected, _Rejected)
     error = rejected.error
     assert (error.code, error.reason) == (Code.INVALID_ARGUMENT, "REQUEST_TOO_LARGE")
