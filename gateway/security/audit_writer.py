@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from gateway.domain.audit import AuditRecord, ChainPoint
-from gateway.security.peers import peer_host
+from gateway.security.peers import peer_network
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,15 @@ class AuditWriter:
 
     def auth_failed(self, record: AuditRecord) -> None:
         """A call refused before authentication succeeded (bad credentials, an undecodable
-        request) or before its servicer ran (its rate): the first per (peer host, reason,
+        request) or before its servicer ran (its rate): the first per (peer network, reason,
         principal) in a window is written, later ones are counted into one record when the
         window ends."""
         # Per principal too: calls refused for their rate (authenticated, so the principal is
-        # known) are aggregated the same way without merging two callers of one host.
-        key = (peer_host(record.peer), record.reason, record.principal)
+        # known) are aggregated the same way without merging two callers of one host. Per
+        # network as the key-lookup budget counts (an IPv6 /64): one subscriber rotating
+        # through its /64 filled the table, and everyone else's failures went unnamed into
+        # the overflow record.
+        key = (peer_network(record.peer), record.reason, record.principal)
         record = replace(record, peer=key[0])
         state = self._failures.get(key)
         if state is None and len(self._failures) >= self._max_peers:

@@ -81,6 +81,30 @@ def test_many_peers_are_bounded_by_the_overflow_record() -> None:
     assert overflow and all(r.reason == OVERFLOW_REASON for r in overflow)
 
 
+def test_one_ipv6_slash_64_is_one_failing_peer() -> None:
+    # Failures are grouped as the key-lookup budget counts clients: one subscriber rotating
+    # through its /64 took every slot, and a brute force from elsewhere went unnamed.
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(
+            sink, flush_interval_s=3600, failure_window_s=3600, max_failure_peers=8
+        )
+        for host in range(500):
+            writer.auth_failed(_failure(f"ipv6:[2001:db8:0:1::{host:x}]:5000"))
+        for _ in range(3):
+            writer.auth_failed(_failure("ipv4:203.0.113.9:5000", "JWT_INVALID"))
+        await writer.close()
+        return sink
+
+    records = asyncio.run(main()).records
+    flood = [r for r in records if r.peer == "ipv6:2001:db8:0:1::/64"]
+    assert sum(r.count for r in flood) == 500
+    brute = [r for r in records if r.peer == "ipv4:203.0.113.9"]
+    assert [r.reason for r in brute] == ["JWT_INVALID"] * 2
+    assert sum(r.count for r in brute) == 3
+    assert not [r for r in records if r.peer == OVERFLOW_PEER]
+
+
 def test_the_overflow_record_names_no_caller_tenant_or_method() -> None:
     # Past the bound, refusals of every tenant are counted into one record: it must not carry
     # the first overflowing call's identity (another tenant's admin would see them as its own).
