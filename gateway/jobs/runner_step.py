@@ -223,6 +223,12 @@ class RunnerStep:
                 if running.lost_claim is not None:
                     await self._let_go(runtime, running, None, None)
                     return
+                if running.cancel_requested.is_set():
+                    # Cancelled while it was prepared again (recovered, or claimed from a
+                    # shared queue): it never reaches a worker or the provider.
+                    runtime.breaker.release(running.permit)
+                    await self._t.finish(job, JobState.CANCELLED)
+                    return
                 submitted = await self._submit(runtime, running, prepared)
             if submitted is None:
                 return

@@ -1131,6 +1131,37 @@ async def test_a_claim_lapsing_under_a_live_step_does_not_run_the_job_twice(
         await _close(second)
 
 
+async def test_a_job_cancelled_while_prepared_again_never_starts(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recovered job is compiled again in its runner step; CancelJob meanwhile marked it
+    # CANCELLING, yet the step still started it on a worker and killed it after: its history
+    # went CANCELLING -> RUNNING -> CANCELLED, one more attempt, a worker respawned.
+    job, clock = await _queued_before_a_restart(store)
+    gate, compiling = asyncio.Event(), asyncio.Event()
+
+    async def gated(self: Any, *args: Any) -> object:
+        compiling.set()
+        await gate.wait()
+        return args[2].compile_circuit(args[3])
+
+    monkeypatch.setattr(DirectCompiler, "compile", gated)
+    runner = ScriptedRunner(slots=1)
+    second = await build_core(store, "memory", {"sim": runner}, clock=clock)
+    try:
+        await asyncio.wait_for(compiling.wait(), 5)
+        marked = await second.manager.cancel("alice", job.id)
+        assert marked.state is JobState.CANCELLING
+        gate.set()
+        done = await second.until("alice", job.id, "CANCELLED")
+        assert runner.submitted == [] and runner.cancelled == []
+        assert [t.state.value for t in done.state_history] == ["QUEUED", "CANCELLING", "CANCELLED"]
+        assert done.attempts == 0 and done.started_at is None
+    finally:
+        gate.set()
+        await _close(second)
+
+
 async def test_a_recovered_job_waiting_for_the_compile_pool_can_be_cancelled(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
