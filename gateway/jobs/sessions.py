@@ -771,19 +771,28 @@ class SessionCore:
         del self._accepting[job_id]
 
     async def _job_ended(self, session_id: str, *, failed: bool) -> None:
-        try:
-            async with self._locked(session_id):
-                session = self._open.get(session_id)
-                if session is None:
-                    return
-                updated = domain.job_ended(
-                    session, failed, self.clock(), has_work=self._has_work(session_id)
-                )
-                saved = await self._save(updated)
-            if saved.state is SessionState.FAILED:
-                await self._cancel_jobs(saved)
-        except Exception:
-            log.exception("session %s: updating after a job ended failed", session_id)
+        retry = SWEEP_RETRY_S
+        while True:
+            try:
+                async with self._locked(session_id):
+                    session = self._open.get(session_id)
+                    if session is None:
+                        return
+                    updated = domain.job_ended(
+                        session, failed, self.clock(), has_work=self._has_work(session_id)
+                    )
+                    saved = await self._save(updated)
+                if saved.state is SessionState.FAILED:
+                    await self._cancel_jobs(saved)
+                return
+            except Exception:
+                log.exception("session %s: updating after a job ended failed", session_id)
+            if not (failed and session_id in self._halted and session_id in self._open):
+                return
+            # An ABORT failure not saved: the session holds its jobs back but is still open,
+            # taking jobs that would never run (nor end) until its max TTL. Saved again.
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, SWEEP_RETRY_MAX_S)
 
     # ------------------------------------------------------------------ TTLs
 
@@ -824,10 +833,19 @@ class SessionCore:
         await self._cancel_jobs(saved)
 
     async def _expire_when_free(self, session_id: str) -> None:
-        try:
-            await self._expire(session_id)
-        except Exception:  # the next sweep tries again
-            log.exception("session %s: ending it at its TTL failed", session_id)
+        # Tried again here until it is saved: sweeps skip a session this task ends, and
+        # nothing else would sweep again (the session's deadline is past, not the next one).
+        retry = SWEEP_RETRY_S
+        while True:
+            try:
+                await self._expire(session_id)
+                return
+            except Exception:
+                log.exception(
+                    "session %s: ending it at its TTL failed; again in %gs", session_id, retry
+                )
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, SWEEP_RETRY_MAX_S)
 
     def _expired(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -651,6 +651,92 @@ async def test_a_ttl_end_that_could_not_be_saved_leaves_the_session_running_and_
         await core.close()
 
 
+async def test_an_abort_that_could_not_be_saved_is_saved_again(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One store error saving an ABORT failure left the session open (taking jobs) but holding
+    # them back: its waiting and new jobs never ran and never ended, until its max TTL.
+    core = await build(store, slots=2)
+    real = store.save_session
+    failures = 1
+
+    async def flaky(session: Session) -> Session | None:
+        nonlocal failures
+        if session.state.is_final and failures:
+            failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await real(session)
+
+    monkeypatch.setattr(sessions_module, "SWEEP_RETRY_S", 0.01)
+    try:
+        session = await core.create(failure_policy=FailurePolicy.ABORT)
+        first = await core.submit("alice", session_spec(session, "j0"))
+        second = await core.submit("alice", session_spec(session, "j1"))
+        await core.until("alice", first.id, "RUNNING")
+        monkeypatch.setattr(store, "save_session", flaky)
+        core.runner.fail(first.id, FailureKind.CLIENT_ERROR)
+        await core.until("alice", first.id, "FAILED")
+        failed = await core.session_until(session.id, SessionState.FAILED)
+        assert failures == 0 and failed.end_reason is EndReason.JOB_FAILED
+        assert (await core.until("alice", second.id, "CANCELLED")).started_at is None
+        assert core.runner.submitted == [first.id]
+        with pytest.raises(GatewayError) as refused:
+            await core.submit("alice", session_spec(session, "j2"))
+        assert refused.value.reason == "SESSION_CLOSED"
+    finally:
+        await core.close()
+
+
+async def test_a_ttl_end_deferred_behind_a_compile_is_saved_again_after_a_store_error(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A TTL end waiting for the session's lock (a submission compiling) that then hit a store
+    # error was not tried again: the session ran on past its max TTL, taking jobs, until some
+    # other session changed.
+    clock = Clock()
+    core = await build(store, clock=clock)
+    admission = core.manager._admission
+    compiler = admission._compiler
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class GatedCompiler:
+        async def compile(self, tenant: str, backend: str, *args: Any) -> Any:
+            if args[1].text == "slow":
+                entered.set()
+                await gate.wait()
+            return await compiler.compile(tenant, backend, *args)
+
+    admission._compiler = GatedCompiler()
+    real = store.save_session
+    failures = 1
+
+    async def flaky(session: Session) -> Session | None:
+        nonlocal failures
+        if session.state.is_final and failures:
+            failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await real(session)
+
+    monkeypatch.setattr(sessions_module, "SWEEP_RETRY_S", 0.01)
+    try:
+        session = await core.create(idle_ttl_s=10.0, max_ttl_s=20.0)
+        await core.submit("alice", session_spec(session, "fast"))  # its max TTL from here
+        held = asyncio.ensure_future(core.submit("alice", session_spec(session, "slow")))
+        await entered.wait()  # compiling, the session's lock held
+        clock.advance(30)
+        monkeypatch.setattr(store, "save_session", flaky)
+        async with asyncio.timeout(5):
+            await core.sessions.expire_due()  # deferred to a task: the lock is held
+        gate.set()
+        with contextlib.suppress(GatewayError):
+            await held
+        over = await core.session_until(session.id, SessionState.CLOSED)
+        assert failures == 0 and over.end_reason is EndReason.MAX_TTL
+    finally:
+        gate.set()
+        await core.close()
+
+
 async def test_a_submission_is_answered_without_waiting_for_the_next_ones_compile(
     store: SqliteStore,
 ) -> None:
