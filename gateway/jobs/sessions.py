@@ -231,9 +231,12 @@ class SessionQueue:
     async def claim(self) -> Claim | None:
         """A pinned session's waiting job first (its slot is its own); else the inner queue's
         next job while fewer than capacity minus the pins run from it."""
-        if self._ready:
+        # A halted session's job waits in _ready (cancelled with its session, or claimed once
+        # the session goes on after its end could not be saved).
+        ready = [item for item in self._ready.items() if not self.halted(item[0])]
+        if ready:
             session_id, (job, prepared) = min(
-                self._ready.items(), key=lambda item: (item[1][0].created_at, item[1][0].id)
+                ready, key=lambda item: (item[1][0].created_at, item[1][0].id)
             )
             del self._ready[session_id]
             own = Claim(job, prepared, f"session:{session_id}", job.created_at + _PINNED_LEASE)
@@ -243,10 +246,41 @@ class SessionQueue:
         # Without pins the scheduler's own slot count is the only limit.
         if pins and len(self._inner_out) >= self.capacity() - pins:
             return None
-        claim = await self.inner.claim()
-        if claim is not None:
-            self._inner_out.add(claim.job.id)
-        return claim
+        while True:
+            claim = await self.inner.claim()
+            if claim is None:
+                return None
+            job = claim.job
+            if job.session and job.state is JobState.QUEUED and self.halted(job.session):
+                # Let in before its session began to end (CancelSession, a TTL: halted while
+                # the end is saved, its jobs cancelled after): held back, not started.
+                await self._hold_back(claim)
+                continue
+            self._inner_out.add(job.id)
+            return claim
+
+    async def _hold_back(self, claim: Claim) -> None:
+        """Takes a halted session's job out of `inner` and back to the head of its line."""
+        await self.inner.done(claim)
+        job, session_id = claim.job, claim.job.session
+        line = self._lines.get(session_id) or self._open_line(session_id, job.tenant)
+        if line.current == job.id:
+            line.current = None
+        key = (job.created_at, job.id)
+        bisect.insort(line.held, (key, job, claim.prepared), key=lambda item: item[0])
+        self._held[job.id] = session_id
+
+    async def resume(self, session_id: str) -> None:
+        """The session is no longer halted (its end could not be saved): its next job is let
+        in if none is, and a pinned one waiting in _ready can be claimed again."""
+        line = self._lines.get(session_id)
+        if line is None or self.halted(session_id):
+            return
+        if line.current is None and line.held:
+            _, job, prepared = line.held.pop(0)
+            del self._held[job.id]
+            await self._let_in(line, session_id, job, prepared)
+        self.wake()
 
     def adopt(self, job: Job) -> None:
         """A session's job recovered in flight is its session's current one: the next waits
@@ -890,7 +924,19 @@ class SessionCore:
         except BaseException:
             if not held_already:
                 self._halted.discard(ended.id)
+                # Its jobs held back meanwhile run again (in a task: this may be a
+                # cancellation, which must not wait).
+                task = asyncio.get_running_loop().create_task(self._resume(ended.id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             raise
+
+    async def _resume(self, session_id: str) -> None:
+        try:
+            for queue in self._queues.values():
+                await queue.resume(session_id)
+        except Exception:
+            log.exception("session %s: letting its jobs in again failed", session_id)
 
     async def _save(self, session: Session) -> Session:
         saved = await self._store.save_session(session)

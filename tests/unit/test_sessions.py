@@ -737,6 +737,53 @@ async def test_a_ttl_end_deferred_behind_a_compile_is_saved_again_after_a_store_
         await core.close()
 
 
+@pytest.mark.parametrize("save_fails", [False, True])
+async def test_a_job_let_in_before_its_session_began_to_end_is_not_started(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, save_fails: bool
+) -> None:
+    # CancelSession halts the session, saves its end, then cancels its jobs; a slot freed
+    # during the save started the job already let into the backend's queue, killed right
+    # after. If the save fails the session goes on, and so does the job.
+    core = await build(store, slots=1)
+    try:
+        session = await core.create()
+        blocker = await core.submit("bob", spec("sim", "b"))
+        await core.until("bob", blocker.id, "RUNNING")
+        waiting = await core.submit("alice", session_spec(session, "a"))  # let in, no slot
+        real = store.save_session
+        saving, gate = asyncio.Event(), asyncio.Event()
+
+        async def slow_save(ended: Session) -> Session | None:
+            if ended.state.is_final:
+                saving.set()
+                await gate.wait()
+                if save_fails:
+                    raise sqlite3.OperationalError("database is locked")
+            return await real(ended)
+
+        monkeypatch.setattr(store, "save_session", slow_save)
+        cancel = asyncio.ensure_future(core.sessions.cancel_session("alice", session.id))
+        await saving.wait()
+        core.runner.succeed(blocker.id)  # a slot frees while the end is being saved
+        await core.until("bob", blocker.id, "SUCCEEDED")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert core.runner.submitted == [blocker.id]
+        gate.set()
+        if save_fails:
+            with pytest.raises(sqlite3.OperationalError):
+                await cancel
+            await core.started(2)  # the session goes on: its job runs
+            assert core.runner.submitted == [blocker.id, waiting.id]
+        else:
+            await cancel
+            done = await core.until("alice", waiting.id, "CANCELLED")
+            assert [t.state.value for t in done.state_history] == ["QUEUED", "CANCELLED"]
+            assert core.runner.submitted == [blocker.id]
+    finally:
+        await core.close()
+
+
 async def test_a_submission_is_answered_without_waiting_for_the_next_ones_compile(
     store: SqliteStore,
 ) -> None:
