@@ -69,6 +69,7 @@ from gateway.domain.bitarray import RegisterSpec, SamplerResultBuilder
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobResult, SamplerOutput, SamplerResult
+from gateway.runtime.blocking import run_blocking
 from gateway.runtime.retry import RetryPolicy, call_with_retries, is_transient
 
 __all__ = [
@@ -540,7 +541,7 @@ class BraketCloudRunner(Runner):
                 )
 
         with anyio.fail_after(timeout):
-            await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
+            await run_blocking(ask, self._calls)
 
     # ------------------------------------------------------------------------- plumbing
 
@@ -553,7 +554,7 @@ class BraketCloudRunner(Runner):
                 log.warning("job %s: could not cancel Braket task %s: %s", job_id, arn, exc)
 
     async def _thread(self, fn: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._calls)
+        return await run_blocking(fn, self._calls)
 
     def _retrying(
         self,

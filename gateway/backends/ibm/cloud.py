@@ -85,6 +85,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.domain.sessions import EndReason, Session, SessionMode
+from gateway.runtime.blocking import run_blocking
 from gateway.runtime.retry import RetryPolicy, http_status_of, is_transient
 
 if TYPE_CHECKING:
@@ -442,7 +443,7 @@ class IbmCloudRunner(Runner):
                 )
 
         with anyio.fail_after(timeout):
-            await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
+            await run_blocking(ask, self._calls)
 
     async def open_session(self, session: Session) -> str | None:
         return await self._run(lambda: self._open_session(session), self._calls, bounded=True)
@@ -744,14 +745,14 @@ class IbmCloudRunner(Runner):
         for the create (its own long timeout) nor the polls, which download results (a large
         one can take longer) and run beside the step, which keeps its own deadline."""
         if not bounded:
-            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+            return await run_blocking(fn, limiter)
         settings = self.settings
         limit = settings.retry_attempts * (
             settings.request_timeout_s + settings.max_retry_backoff_s
         )
         try:
             with anyio.fail_after(limit):
-                return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+                return await run_blocking(fn, limiter)
         except TimeoutError:
             raise ExecutionError(
                 "PROVIDER_ERROR",

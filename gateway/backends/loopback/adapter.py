@@ -74,6 +74,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.domain.targets import BackendTarget
+from gateway.runtime.blocking import run_blocking
 from gateway.runtime.retry import RetryPolicy, call_with_retries, is_transient
 
 __all__ = [
@@ -573,13 +574,13 @@ class LoopbackRunner(Runner):
                 raise self._fault(f"GET /v1/stats answered HTTP {status}")
 
         with anyio.fail_after(timeout):
-            await anyio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self._calls)
+            await run_blocking(ask, self._calls)
 
     # ------------------------------------------------------------------------- plumbing
 
     async def _run(self, fn: Callable[[], T], limiter: anyio.CapacityLimiter) -> T:
-        # abandon_on_cancel: a cancelled wait returns at once; its long poll ends by itself.
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=limiter)
+        # A cancelled wait returns at once; its long poll ends by itself, holding its slot.
+        return await run_blocking(fn, limiter)
 
     def _call(
         self,
