@@ -25,7 +25,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from gateway.domain import queue_order
 from gateway.domain.audit import Effect
-from gateway.domain.errors import Code, reason_code
+from gateway.domain.errors import Code, Unavailable, reason_code
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import (
     FINAL_STATES,
@@ -1072,9 +1072,12 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             try:
                 conn.execute(begin)
             except sqlite3.Error as exc:
-                for op in pending:
-                    _settle_op(op, None, exc)
-                return
+                if begin == "BEGIN":
+                    for op in pending:
+                        _settle_op(op, None, exc)
+                    return
+                pending = _fail_writes(pending, exc)
+                continue
             outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
             aborted: int | None = None
             if len(pending) == 1:
@@ -1117,14 +1120,60 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                for op in pending:
-                    _settle_op(op, None, exc)
-                return
+                if begin == "BEGIN":
+                    for op in pending:
+                        _settle_op(op, None, exc)
+                    return
+                # The reads' answers may have seen the failed writes: they run again.
+                pending = _fail_writes(pending, exc)
+                continue
             self.commits += 1
             # Only now, with the commit on disk, may anyone see an answer: one wake-up of each
             # waiting event loop for the whole batch.
             _settle_all(outcomes)
             return
+
+
+def _fail_writes(pending: list[_Op[Any]], exc: BaseException) -> list[_Op[Any]]:
+    """Fails a batch's writes with `exc` and returns its reads, to run again alone: a GetJob
+    must not fail because a write batched beside it could not be stored (a full or read-only
+    disk fails BEGIN IMMEDIATE or COMMIT, and reads alone still work)."""
+    for op in pending:
+        if not op.readonly:
+            _settle_op(op, None, exc)
+    return [op for op in pending if op.readonly]
+
+
+# SQLite's answers that say the store cannot write now, not that the request is wrong: a full
+# disk, an I/O error or a read-only file (an emergency remount), a lock held past busy_timeout.
+_UNAVAILABLE_ERRORS = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+)
+STORE_RETRY_S = 5.0
+
+
+def _as_answer(error: BaseException) -> BaseException:
+    """The error a caller gets: the store out of service is UNAVAILABLE STORE_UNAVAILABLE
+    (retryable; INTERNAL said "a gateway bug" and clients do not retry it)."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return error
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if not name.startswith(_UNAVAILABLE_ERRORS):
+        return error
+    unavailable = Unavailable(
+        "STORE_UNAVAILABLE",
+        f"the gateway's store cannot write now ({error}); retry later, with the same "
+        "request_id for a submission (its job may have been stored)",
+        metadata={"sqliteError": name},
+        retry_after=STORE_RETRY_S,
+    )
+    unavailable.__cause__ = error
+    return unavailable
 
 
 def _rollback_savepoint(conn: sqlite3.Connection) -> bool:
@@ -1179,7 +1228,7 @@ def _settle_all(outcomes: list[tuple[_Op[Any], Any, BaseException | None]]) -> N
                 if op.future.done():  # the caller was cancelled
                     continue
                 if error is not None:
-                    op.future.set_exception(error)
+                    op.future.set_exception(_as_answer(error))
                 else:
                     op.future.set_result(value)
 

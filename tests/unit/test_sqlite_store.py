@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from gateway.domain.errors import InvalidArgument
+from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.pricing import Cost, Totals, Usage
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
@@ -276,6 +276,60 @@ async def test_failing_operation_does_not_fail_its_batch(store: SqliteStore) -> 
     assert await store.get_job("a") == getattr(a, "job", None)
     assert await store.get_job("c") == getattr(c, "job", None)
     assert await store.get_job("existing") == existing  # request_id still "r"
+
+
+async def test_a_full_disk_fails_writes_unavailable_and_reads_batched_beside_them_answer(
+    store: SqliteStore,
+) -> None:
+    # A full (or read-only) disk failed the whole batch's COMMIT: GetJobs batched beside a
+    # write failed with it, and every failure was INTERNAL ("a gateway bug"), not retried.
+    kept = (await store.create_job(new_job(job_id="kept"))).job
+    pages = await store._call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await store._call(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchone())
+    big = new_job(job_id="big", payload=b"x" * (1 << 20))
+    got, written, listed = await _run_gated(
+        store,
+        WriterGate(),
+        store.get_job("kept"),
+        store.create_job(big),
+        store.list_jobs("acme"),
+    )
+    assert got == kept
+    assert isinstance(written, Unavailable) and written.reason == "STORE_UNAVAILABLE"
+    assert written.retry_after and written.metadata == {"sqliteError": "SQLITE_FULL"}
+    assert [j.id for j in getattr(listed, "jobs", ())] == ["kept"]
+    # Space back: the same submission is stored.
+    await store._call(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchone())
+    assert (await store.create_job(big)).created
+
+
+async def test_reads_batched_with_writes_the_store_cannot_begin_still_answer(
+    store: SqliteStore, db_path: pathlib.Path
+) -> None:
+    # BEGIN IMMEDIATE failing (here a lock held elsewhere past busy_timeout; a read-only
+    # remount fails it too) failed every operation of the batch, reads included.
+    kept = (await store.create_job(new_job(job_id="kept"))).job
+    await store._call(lambda c: c.execute("PRAGMA busy_timeout = 50").fetchone())
+    other = sqlite3.connect(db_path, isolation_level=None)
+    gate = WriterGate()
+    try:
+        held = asyncio.ensure_future(store._call(gate.op, readonly=True))  # takes no lock
+        await anyio.to_thread.run_sync(gate.started.wait, 10)
+        other.execute("BEGIN IMMEDIATE")
+        tasks = [
+            asyncio.ensure_future(store.get_job("kept")),
+            asyncio.ensure_future(store.create_job(new_job(job_id="late"))),
+        ]
+        await asyncio.sleep(0)  # both queued while the writer is held: one batch
+        gate.release.set()
+        await held
+        got, written = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        other.close()
+    assert got == kept
+    assert isinstance(written, Unavailable) and written.reason == "STORE_UNAVAILABLE"
+    assert written.metadata == {"sqliteError": "SQLITE_BUSY"}
+    assert await store.get_job("late") is None
 
 
 async def test_operation_that_aborts_the_transaction_fails_alone(store: SqliteStore) -> None:
