@@ -597,6 +597,26 @@ def test_observables_as_qiskit_writes_them() -> None:
         observables_from(SparsePauliOp(["X"], [0.5 + 1e-9j]))
 
 
+def test_qiskits_nested_observables_are_refused_not_read_as_terms() -> None:
+    """Qiskit reads [["ZZ", "XX"]] as a 1x2 array of observables; the client read it as one
+    observable ZZ + XX and answered other numbers without a word. A 1-D numpy array of Pauli
+    strings (which Qiskit takes) is a list of observables."""
+    import numpy as np
+    from qiskit.quantum_info import SparsePauliOp
+
+    for nested in (
+        [["ZZ", "XX"]],
+        [["ZZ"], ["XX"]],
+        [[SparsePauliOp("ZZ"), SparsePauliOp("XX")]],
+        [[{"ZZ": 1.0}]],
+        np.array([["ZZ", "XX"]]),
+    ):
+        with pytest.raises(ValueError, match="more than one"):
+            observables_from(nested)  # type: ignore[arg-type]
+    flat = observables_from(np.array(["ZZ", "XX"]))  # type: ignore[arg-type]
+    assert [[t.pauli for t in o.terms] for o in flat] == [["ZZ"], ["XX"]]
+
+
 def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:
     """Lists built from an array's elements hold numpy scalars (np.float32 and np.int64 are not
     float/int subclasses): they were refused as 'not a number'."""

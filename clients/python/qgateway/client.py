@@ -415,12 +415,27 @@ def _observable(item: Any) -> circuit_pb2.Observable:
     elif isinstance(item, Mapping):
         terms = [_term((pauli, coeff)) for pauli, coeff in item.items()]
     elif _is_sequence(item):
+        if any(isinstance(t, str) or _is_observable_object(t) for t in item):
+            # Qiskit reads [["ZZ", "XX"]] as a 1x2 array of observables, and this as one
+            # observable ZZ + XX gave other numbers without a word.
+            raise ValueError(
+                f"{item!r}: a list inside the list of observables is one observable's terms, "
+                "given as (pauli, coefficient) tuples; arrays of observables of more than one "
+                "dimension (Qiskit's nested lists) are not supported: pass a flat list"
+            )
         terms = [_term(t) for t in item]
     else:
         raise TypeError(f"{item!r} is not an observable")
     if not terms:
         raise ValueError("an observable needs at least one term")
     return circuit_pb2.Observable(terms=terms)
+
+
+def _is_observable_object(value: object) -> bool:
+    """A mapping, a SparsePauliOp or a Pauli: a whole observable, never one term."""
+    return isinstance(value, Mapping) or (
+        not _is_sequence(value) and (hasattr(value, "to_list") or hasattr(value, "to_label"))
+    )
 
 
 def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observable]:
@@ -433,9 +448,15 @@ def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observabl
     too; coefficients must be real up to rounding.
 
     Raises:
-        ValueError: For an empty list or an empty observable.
+        ValueError: For an empty list or an empty observable, and for Qiskit's nested lists
+            of observables (an observables array of more than one dimension): a list inside
+            the list must hold (pauli, coefficient) terms.
         TypeError: For anything else.
     """
+    if type(observables).__module__ == "numpy" and hasattr(observables, "tolist"):
+        if getattr(observables, "ndim", 1) > 1:
+            raise ValueError("arrays of observables of more than one dimension are not supported")
+        observables = cast(Any, observables).tolist()  # 1-D Pauli strings, as Qiskit takes
     single = (
         isinstance(observables, str | Mapping | circuit_pb2.Observable)
         or _is_term(observables)
