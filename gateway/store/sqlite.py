@@ -1236,6 +1236,9 @@ def _settle_all(outcomes: list[tuple[_Op[Any], Any, BaseException | None]]) -> N
             loop.call_soon_threadsafe(resolve)
 
 
+WAL_SIZE_LIMIT_BYTES = 64 << 20
+
+
 def _connect(path: pathlib.Path) -> sqlite3.Connection:
     # isolation_level=None: the module starts no transactions of its own; we issue BEGIN.
     conn = sqlite3.connect(path, isolation_level=None)
@@ -1247,6 +1250,11 @@ def _connect(path: pathlib.Path) -> sqlite3.Connection:
             raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # The WAL is reused from its start after each checkpoint but kept at its high-water
+        # mark: one large result, or a reader holding an old snapshot meanwhile (`qgateway
+        # audit export` into a pipe nobody reads), left it at hundreds of MiB for the life of
+        # the process. Past this size it is truncated when it restarts.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         # Durability is asserted, not assumed: a build or wrapper ignoring the pragma fails here.
         if int(conn.execute("PRAGMA synchronous").fetchone()[0]) != 2:
             raise RuntimeError(f"{path}: PRAGMA synchronous=FULL did not take effect")

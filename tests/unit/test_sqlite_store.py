@@ -115,6 +115,25 @@ async def test_durability_pragmas(store: SqliteStore, db_path: pathlib.Path) -> 
     assert header[18] == 2 and header[19] == 2
 
 
+async def test_the_wal_shrinks_back_after_a_large_write(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite reuses the WAL from its start after a checkpoint but keeps its file at the
+    # high-water mark unless journal_size_limit says otherwise (one 64 MiB result: 64 MiB of
+    # WAL for the life of the process).
+    monkeypatch.setattr(sqlite_module, "WAL_SIZE_LIMIT_BYTES", 1 << 20)
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        await store.create_job(new_job(job_id="big", payload=os.urandom(8 << 20)))
+        wal = db_path.with_name(db_path.name + "-wal")
+        assert wal.stat().st_size > 8 << 20  # checkpointed at that commit, still that large
+        await store.create_job(new_job(job_id="small"))  # the WAL restarts, truncated
+        assert wal.stat().st_size <= 1 << 20
+    finally:
+        await store.close()
+
+
 async def test_schema_version_recorded_and_reopen_is_idempotent(db_path: pathlib.Path) -> None:
     first = SqliteStore(db_path)
     await first.open()
