@@ -510,10 +510,15 @@ class Gateway:
         await asyncio.gather(
             self.compiler.pool.close(), *(rt.runner.close() for rt in self.backends.values())
         )
-        if self.audit is not None:  # the last calls' records, then the final head
-            await self.audit.close()
-        await self._store.close()
-        await self.telemetry.close()  # the last spans and metrics
+        # Each closes even if the one before failed (the audit head on a read-only disk).
+        try:
+            if self.audit is not None:  # the last calls' records, then the final head
+                await self.audit.close()
+        finally:
+            try:
+                await self._store.close()
+            finally:
+                await self.telemetry.close()  # the last spans and metrics
 
 
 async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> None:
