@@ -155,6 +155,11 @@ class Unavailable(GatewayError):
     code = Code.UNAVAILABLE
 
 
+class StoreUnavailable(Unavailable):
+    """The store cannot write now (a full disk, an I/O error, a read-only file, a lock held
+    elsewhere): nothing was written, and the same write may succeed later."""
+
+
 class DeadlineExceeded(GatewayError):
     """The caller's deadline passed before the answer was ready."""
 

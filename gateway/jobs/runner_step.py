@@ -31,7 +31,7 @@ from gateway import offload
 from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.domain import pricing
-from gateway.domain.errors import Code, ExecutionError, GatewayError
+from gateway.domain.errors import Code, ExecutionError, GatewayError, StoreUnavailable
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import (
     ExecutionInfo,
@@ -65,6 +65,10 @@ RUNNING_WRITE_DELAY_S = 0.05
 STOP_ATTEMPTS_UNFOLLOWED = 5
 # How long a stopped job's runner has to report the stop.
 WAIT_AFTER_STOP_S = 300.0
+# A finished job's end the store could not write is tried again after this (doubling, to 30 s),
+# for up to the limit.
+FINISH_RETRY_S = 1.0
+FINISH_RETRY_LIMIT_S = 600.0
 
 Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
 
@@ -735,27 +739,55 @@ class RunnerStep:
         queued_s = 0.0
         if ran.started_at is not None:
             queued_s = (ran.started_at - ran.created_at).total_seconds()
-        await self._t.finish(
-            started,
-            JobState.SUCCEEDED,
-            execution=ExecutionInfo(
-                backend=runtime.name,
-                seed=started.seed if outcome.seeded else None,
-                sdk_versions=outcome.sdk_versions,
-                layouts=prepared.layouts if prepared is not None else (),
-                attempts=ran.attempts,
-                usage=usage,
-                cost=pricing.charge(runtime.settings.price, usage),
+        await self._stored_end(
+            runtime,
+            running,
+            lambda: self._t.finish(
+                started,
+                JobState.SUCCEEDED,
+                execution=ExecutionInfo(
+                    backend=runtime.name,
+                    seed=started.seed if outcome.seeded else None,
+                    sdk_versions=outcome.sdk_versions,
+                    layouts=prepared.layouts if prepared is not None else (),
+                    attempts=ran.attempts,
+                    usage=usage,
+                    cost=pricing.charge(runtime.settings.price, usage),
+                ),
+                timings=JobTimings(
+                    queued_s=queued_s,
+                    transpile_s=prepared.prepare_seconds if prepared is not None else 0.0,
+                    execute_s=elapsed,
+                ),
+                result=result,
+                started_at=running.unwritten_start,
+                breaker=moved,
             ),
-            timings=JobTimings(
-                queued_s=queued_s,
-                transpile_s=prepared.prepare_seconds if prepared is not None else 0.0,
-                execute_s=elapsed,
-            ),
-            result=result,
-            started_at=running.unwritten_start,
-            breaker=moved,
         )
+
+    async def _stored_end(
+        self, runtime: BackendRuntime, running: RunningJob, write: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Writes a finished job's end, again while the store cannot write (a full disk): its
+        result is in hand, and failing the job for it threw a finished run away. The claim is
+        renewed meanwhile; after FINISH_RETRY_LIMIT_S the error goes on (the job FAILED)."""
+        backoff = FINISH_RETRY_S
+        deadline = time.monotonic() + FINISH_RETRY_LIMIT_S
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable as err:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                log.warning(
+                    "job %s: its end could not be stored (%s); again in %gs",
+                    running.claim.job.id,
+                    err.message,
+                    backoff,
+                )
+            await self._pause(runtime, running, backoff)
+            backoff = min(backoff * 2, 30.0)
 
     async def _decode(self, spec_bytes: bytes) -> JobSpec:
         """A stored spec, decoded off the event loop when large: decoding walks every Pauli

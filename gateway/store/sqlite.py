@@ -25,7 +25,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from gateway.domain import queue_order
 from gateway.domain.audit import Effect
-from gateway.domain.errors import Code, Unavailable, reason_code
+from gateway.domain.errors import Code, StoreUnavailable, reason_code
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import (
     FINAL_STATES,
@@ -1165,7 +1165,7 @@ def _as_answer(error: BaseException) -> BaseException:
     name = getattr(error, "sqlite_errorname", "") or ""
     if not name.startswith(_UNAVAILABLE_ERRORS):
         return error
-    unavailable = Unavailable(
+    unavailable = StoreUnavailable(
         "STORE_UNAVAILABLE",
         f"the gateway's store cannot write now ({error}); retry later, with the same "
         "request_id for a submission (its job may have been stored)",

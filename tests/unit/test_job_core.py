@@ -22,6 +22,7 @@ from gateway.domain.errors import (
     Internal,
     InvalidArgument,
     ResourceExhausted,
+    StoreUnavailable,
     Unavailable,
 )
 from gateway.domain.failures import FailureKind
@@ -705,6 +706,37 @@ async def test_a_step_that_fails_after_its_run_started_stops_the_run(
         failed = await core.until("alice", job.id, "FAILED")
         assert failed.error is not None and failed.error.reason == "INTERNAL_ERROR"
         assert runner.cancelled == [job.id]
+    finally:
+        await _close(core)
+
+
+async def test_a_finished_jobs_end_is_stored_again_while_the_store_cannot_write(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk refused the SUCCEEDED write (the result is the large part); the smaller
+    # INTERNAL_ERROR write that replaced it fitted: a finished run's result was thrown away
+    # and the client told "internal error" for a transient condition.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    real = store.finish_job
+    refusals = 2
+
+    async def full_disk(job_id: str, state: JobState, **kwargs: Any) -> Any:
+        nonlocal refusals
+        if state is JobState.SUCCEEDED and refusals:
+            refusals -= 1
+            raise StoreUnavailable("STORE_UNAVAILABLE", "database or disk is full")
+        return await real(job_id, state, **kwargs)
+
+    monkeypatch.setattr(runner_step, "FINISH_RETRY_S", 0.01)
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        monkeypatch.setattr(store, "finish_job", full_disk)
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert refusals == 0 and done.error is None
+        assert await store.get_result(job.id) is not None
     finally:
         await _close(core)
 
