@@ -556,6 +556,16 @@ def test_bindings_array_shapes() -> None:
         bindings_array([[True, 0.2]])
 
 
+def test_an_array_of_no_bindings_is_refused_not_sent_as_no_parameters() -> None:
+    import numpy as np
+
+    for empty in (np.zeros((0, 1)), np.zeros((2, 0, 3))):
+        with pytest.raises(ValueError, match="no bindings"):
+            bindings_array(empty)
+    one = bindings_array(np.zeros((1, 2)))
+    assert one is not None and list(one.shape) == [1] and len(one.values) == 2
+
+
 def test_observables_forms() -> None:
     def terms(obs: list[circuit_pb2.Observable]) -> list[list[tuple[str, float]]]:
         return [[(t.pauli, t.coefficient) for t in o.terms] for o in obs]

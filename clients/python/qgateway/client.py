@@ -282,7 +282,8 @@ def bindings_array(
         The message, or None when neither values nor names were given.
 
     Raises:
-        ValueError: For ragged nesting or a names/columns mismatch.
+        ValueError: For ragged nesting, a names/columns mismatch, or an array of no bindings
+            (a sweep dimension of 0).
         TypeError: For values that are not numbers.
     """
     if parameter_values is None:
@@ -291,6 +292,11 @@ def bindings_array(
         return None
     values: Any = parameter_values
     if hasattr(values, "tolist"):
+        array_shape = tuple(getattr(values, "shape", ()))
+        if 0 in array_shape[:-1]:
+            # tolist() drops the shape of an empty sweep: [] read as "no parameters", and the
+            # gateway answered UNBOUND_PARAMETERS for a circuit that has them.
+            raise ValueError(f"parameter_values of shape {array_shape} hold no bindings to run")
         values = values.tolist()
     if _is_number(values):
         values = [values]
