@@ -19,12 +19,14 @@ import itertools
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from qgateway import (
+    AbortedError,
     Backend,
     Client,
     DeadlineExceededError,
@@ -263,7 +265,9 @@ def format_error(err: BaseException, *, target: str | None = None) -> str:
         head += f": {_one_line(err.message)}" if err.message else ""
         if isinstance(err, DeadlineExceededError) and err.job and err.job not in err.message:
             head += f" (job {err.job} keeps running)"
-        if isinstance(err, DeadlineExceededError | UnavailableError) and err.request_id:
+        if isinstance(err, DeadlineExceededError | UnavailableError | AbortedError) and (
+            err.request_id
+        ):
             # What repeating the call needs to get the same job back instead of a new one.
             head += f" (request_id {err.request_id}: repeat with --request-id to get this job)"
         if err.retry_delay is not None:
@@ -569,16 +573,27 @@ def _run_json(job: Job) -> dict[str, Any]:
 def _cmd_run(args: argparse.Namespace) -> int:
     source = _read_source(args.file)
     pub = sampler_pub(source, shots=args.shots)
-    with _client(args) as client:
-        job = client.run_pubs(
-            [pub],
-            backend=args.backend,
-            seed=args.seed,
-            counts_only=args.counts_only,
-            sampler_output=args.sampler_output,
-            timeout=args.timeout,
-            request_id=args.request_id,
+    # Named here, not left to the client: an interrupted run must still say how to get its
+    # job back (it keeps running at the gateway).
+    request_id = args.request_id or str(uuid.uuid4())
+    try:
+        with _client(args) as client:
+            job = client.run_pubs(
+                [pub],
+                backend=args.backend,
+                seed=args.seed,
+                counts_only=args.counts_only,
+                sampler_output=args.sampler_output,
+                timeout=args.timeout,
+                request_id=request_id,
+            )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: a job it submitted keeps running (request_id {request_id}: repeat "
+            "with --request-id to get this job, or see `qgateway jobs list`)",
+            file=sys.stderr,
         )
+        raise
     if job.state is not JobState.SUCCEEDED or job.result is None:
         raise JobFailedError(
             job.name, job.state.value, job.error_reason, job.error_message, error=job.error

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from qgateway import (
+    AbortedError,
     Backend,
     DeadlineExceededError,
     InvalidArgumentError,
@@ -168,23 +169,36 @@ def test_a_run_left_running_says_how_to_get_the_same_job_back(
 
         def run_pubs(self, pubs: object, **kwargs: object) -> None:
             request_id = kwargs["request_id"]
-            assert request_id is None or isinstance(request_id, str)
+            assert isinstance(request_id, str) and request_id
             sent.append(request_id)
+            if request_id == "drained":
+                raise AbortedError(
+                    "the gateway is shutting down; repeat the call with the same request_id",
+                    reason="GATEWAY_DRAINING",
+                    request_id=request_id,
+                )
+            if request_id == "interrupted":
+                raise KeyboardInterrupt
             raise DeadlineExceededError(
                 "job jobs/j9 did not finish within the deadline",
                 reason="RUN_DEADLINE_EXCEEDED",
                 metadata={"job": "jobs/j9"},
-                request_id=request_id or "generated-1",
+                request_id=request_id,
             )
 
     monkeypatch.setattr(cli, "Client", Late)
     source = tmp_path / "one.qasm"
     source.write_text('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit q; bit c; c = measure q;\n')
     assert cli.main(["run", str(source), "--timeout", "0.5"]) == 1
-    assert "(request_id generated-1: repeat with --request-id" in capsys.readouterr().err
+    assert f"(request_id {sent[0]}: repeat with --request-id" in capsys.readouterr().err
     assert cli.main(["run", str(source), "--request-id", "mine-7"]) == 1
     assert "request_id mine-7" in capsys.readouterr().err
-    assert sent == [None, "mine-7"]
+    # A drain (ABORTED) and Ctrl-C left the job running with its request_id unsaid.
+    assert cli.main(["run", str(source), "--request-id", "drained"]) == 1
+    assert "request_id drained: repeat with --request-id" in capsys.readouterr().err
+    assert cli.main(["run", str(source), "--request-id", "interrupted"]) == 130
+    assert "request_id interrupted: repeat with --request-id" in capsys.readouterr().err
+    assert sent[1:] == ["mine-7", "drained", "interrupted"]
 
 
 def test_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -272,6 +286,8 @@ def test_run_command_prints_job_line_and_tables(
     assert out[0] == "jobs/j1 SUCCEEDED on backends/aer (seed 7)"
     assert out[2] == "register c (2 bits): 8 shots, 2 outcomes"
     assert out[4].startswith("00           5  0.6250  ")
+    request_id = fake.calls[0].pop("request_id")
+    assert isinstance(request_id, str) and request_id  # named by the CLI (see above)
     assert fake.calls == [
         {
             "backend": "aer",
@@ -279,7 +295,6 @@ def test_run_command_prints_job_line_and_tables(
             "counts_only": True,
             "sampler_output": None,
             "timeout": None,
-            "request_id": None,
         }
     ]
     fake.calls.clear()
