@@ -335,7 +335,9 @@ class SamplerPubResult:
     Attributes:
         shape: The PUB's shape.
         shots: Shots per binding.
-        registers: Register name -> data, in declaration order.
+        registers: Register name -> data, in declaration order; a loose bit (OpenQASM 3's
+            `bit b;`, in no register) is a one-bit register named after it, after all the
+            registers (Qiskit's importer leaves such bits out of its registers).
     """
 
     shape: tuple[int, ...]
