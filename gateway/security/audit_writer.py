@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 OVERFLOW_PEER = "*"
 # The reason of the record that counts refusals past `max_failure_peers` in a window.
 OVERFLOW_REASON = "AUDIT_OVERFLOW"
+# The reason of the record that counts records dropped while the store could not write them
+# (more than `max_held` waiting).
+LOST_REASON = "AUDIT_RECORDS_LOST"
+# A batch the store could not write is tried again after this, doubling to the maximum.
+RETRY_S = 1.0
+RETRY_MAX_S = 30.0
 
 
 class AuditSink(Protocol):
@@ -59,6 +65,7 @@ class AuditWriter:
         max_batch: int = 256,
         failure_window_s: float = 60.0,
         max_failure_peers: int = 256,
+        max_held: int = 100_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._sink = sink
@@ -73,6 +80,10 @@ class AuditWriter:
         self._failures: dict[tuple[str, str, str], _Failures] = {}
         self._inflight: set[asyncio.Future[ChainPoint]] = set()
         self._closed = False
+        self._max_held = max_held
+        self._lost = 0  # dropped past max_held while the store could not write
+        self._retry_s = RETRY_S
+        self._failing = False  # the last batch could not be written: the retry timer runs
         self.written = 0
 
     def add(self, record: AuditRecord) -> None:
@@ -81,10 +92,18 @@ class AuditWriter:
             log.warning("audit record after close dropped: %s %s", record.service, record.method)
             return
         self._buffer.append(record)
-        if len(self._buffer) >= self._max_batch:
+        if self._failing:  # held for the retry timer; the oldest go past max_held
+            self._trim()
+        elif len(self._buffer) >= self._max_batch:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+
+    def _trim(self) -> None:
+        excess = len(self._buffer) - self._max_held
+        if excess > 0:
+            del self._buffer[:excess]
+            self._lost += excess
 
     def auth_failed(self, record: AuditRecord) -> None:
         """A call refused before authentication succeeded (bad credentials, an undecodable
@@ -140,23 +159,57 @@ class AuditWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._buffer:
+        if not self._buffer and not self._lost:
             return
-        batch, self._buffer = self._buffer, []
+        batch, self._buffer = self._buffer[: self._max_batch], self._buffer[self._max_batch :]
+        lost = self._lost
+        if lost:
+            now = self._clock()
+            batch.append(
+                AuditRecord(time=now, end_time=now, service="", method="", peer=OVERFLOW_PEER,
+                            reason=LOST_REASON, count=lost)
+            )  # fmt: skip
+            self._lost = 0
         task = asyncio.ensure_future(self._sink.append_audit(batch))
         self._inflight.add(task)
-        task.add_done_callback(self._written(len(batch)))
+        task.add_done_callback(self._written(batch, lost))
 
-    def _written(self, n: int) -> Callable[[asyncio.Future[ChainPoint]], None]:
+    def _written(
+        self, batch: list[AuditRecord], lost: int
+    ) -> Callable[[asyncio.Future[ChainPoint]], None]:
         def done(task: asyncio.Future[ChainPoint]) -> None:
             self._inflight.discard(task)
             if task.cancelled():
                 return
             error = task.exception()
-            if error is not None:
-                log.error("audit: a batch of %d records could not be written: %r", n, error)
-            else:
-                self.written += n
+            if error is None:
+                self.written += len(batch)
+                self._retry_s = RETRY_S
+                self._failing = False
+                # What was held while it failed: the next batch now if full, else on time.
+                if len(self._buffer) >= self._max_batch or self._lost:
+                    self._flush()
+                elif self._buffer and self._timer is None:
+                    self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+                return
+            log.error(
+                "audit: a batch of %d records could not be written (again in %gs): %r",
+                len(batch),
+                self._retry_s,
+                error,
+            )
+            # Held, not dropped: a full or read-only disk still serves reads, and their
+            # records were lost for good. Past max_held the oldest go, counted in a record.
+            self._failing = True
+            self._lost += lost
+            self._buffer[:0] = batch[:-1] if lost else batch
+            self._trim()
+            if self._closed:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(self._retry_s, self._flush)
+            self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
 
         return done
 
@@ -167,10 +220,22 @@ class AuditWriter:
             self._window_timer = None
         self._end_window()
         self._flush()
-        if self._inflight:
+        # A batch written flushes what was held behind it; one that failed leaves the rest to
+        # its retry timer.
+        while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            if self._buffer and not self._failing and not self._inflight:
+                self._flush()
 
     async def close(self) -> None:
         """Flushes, then refuses further records."""
         await self.flush()
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffer or self._lost:
+            log.error(
+                "audit: %d records could not be written before closing",
+                len(self._buffer) + self._lost,
+            )

@@ -15,6 +15,7 @@ import pytest
 from gateway.api.audit_filter import parse_audit_filter
 from gateway.domain.audit import AuditComparison, AuditRecord, ChainPoint
 from gateway.domain.errors import InvalidArgument
+from gateway.security import audit_writer
 from gateway.security.audit_writer import OVERFLOW_PEER, OVERFLOW_REASON, AuditWriter
 from gateway.security.peers import peer_host, peer_network
 
@@ -103,6 +104,71 @@ def test_one_ipv6_slash_64_is_one_failing_peer() -> None:
     assert [r.reason for r in brute] == ["JWT_INVALID"] * 2
     assert sum(r.count for r in brute) == 3
     assert not [r for r in records if r.peer == OVERFLOW_PEER]
+
+
+class FailingSink(Sink):
+    """A store that cannot write (a full disk) for its first `failures` batches."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database or disk is full")
+        return await super().append_audit(records)
+
+
+def test_records_the_store_could_not_write_are_written_when_it_can_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failed batch was logged and dropped: a full disk still serves reads, and their
+    # records were lost for good while the chain still verified.
+    monkeypatch.setattr(audit_writer, "RETRY_S", 0.01)
+
+    async def main() -> Sink:
+        sink = FailingSink(failures=3)
+        writer = AuditWriter(sink, flush_interval_s=0.01, max_batch=10)
+        for i in range(25):
+            writer.add(replace(_failure(f"ipv4:10.0.0.{i}:1"), code=0, reason=""))
+            await asyncio.sleep(0.002)
+        async with asyncio.timeout(10):
+            while sink.failures or writer.written < 25:
+                await asyncio.sleep(0.01)
+        await writer.close()
+        return sink
+
+    records = asyncio.run(main()).records
+    assert sorted(r.peer for r in records) == sorted(f"ipv4:10.0.0.{i}:1" for i in range(25))
+
+
+def test_records_past_the_bound_while_the_store_fails_are_counted_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(audit_writer, "RETRY_S", 0.01)
+
+    async def main() -> Sink:
+        sink = FailingSink(failures=1)
+        writer = AuditWriter(sink, flush_interval_s=3600, max_batch=10, max_held=15)
+        for i in range(10):  # a full batch: written at once, and refused
+            writer.add(_failure(f"ipv4:10.0.0.{i}:1"))
+        while sink.failures:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the refusal's callback
+        for i in range(10, 40):  # held meanwhile, past the bound
+            writer.add(_failure(f"ipv4:10.0.0.{i}:1"))
+        async with asyncio.timeout(10):
+            while sink.failures or not sink.batches:
+                await asyncio.sleep(0.01)
+        await writer.close()
+        return sink
+
+    records = asyncio.run(main()).records
+    lost = [r for r in records if r.reason == audit_writer.LOST_REASON]
+    kept = [r for r in records if r.reason != audit_writer.LOST_REASON]
+    assert len(kept) == 15 and [r.count for r in lost] == [25]
+    assert [r.peer for r in kept] == [f"ipv4:10.0.0.{i}:1" for i in range(25, 40)]
 
 
 def test_the_overflow_record_names_no_caller_tenant_or_method() -> None:
