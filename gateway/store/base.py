@@ -140,6 +140,10 @@ class CreateOutcome:
     created: bool  # False: an earlier job with the same (tenant, request_id, hash) was returned
 
 
+# Where a sweep of expired results stopped: the last job walked (its result expiry, its id).
+ExpiryCursor = tuple[datetime, str]
+
+
 @dataclass(frozen=True)
 class JobCursor:
     """A position in a tenant's job list (newest first): the last job of a page. Made of that
@@ -230,6 +234,13 @@ class Store(Protocol):
 
     async def delete_result(self, job_id: str) -> bool:
         """Deletes a job's stored result (an expired one); False if there was none."""
+
+    async def delete_expired_results(
+        self, after: ExpiryCursor | None, until: datetime, limit: int
+    ) -> tuple[int, int, ExpiryCursor | None]:
+        """Deletes the stored results of up to `limit` jobs whose result expired after the
+        cursor `after` (None: from the first) and by `until`, in (expiry, id) order; returns
+        (results deleted, jobs walked, the cursor of the last job walked or None)."""
 
     async def finish_job(
         self,

@@ -40,6 +40,7 @@ from gateway.domain.jobs import (
 from gateway.domain.pricing import Cost, Usage
 from gateway.store.base import (
     CreateOutcome,
+    ExpiryCursor,
     JobCursor,
     JobPage,
     NewJob,
@@ -277,9 +278,30 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(13, SQLITE_KEYS_UNREVOKED_INDEX),
     # --- review: session totals kept, not summed over jobs (gateway.store.sqlite_sessions) ---
     Migration(14, SQLITE_SESSION_TOTALS),
+    # --- review: expired results deleted by a sweep (gateway.jobs.result_sweep) --------------
+    Migration(
+        15,
+        """
+        -- The sweep walks jobs by result expiry from where it stopped (a cursor), not every job.
+        CREATE INDEX jobs_result_expiry ON jobs (result_expires_at, id)
+            WHERE result_expires_at IS NOT NULL;
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version
+
+# The result sweep's walk (jobs_result_expiry): from the start, and from a cursor.
+_EXPIRED_RESULTS_SQL: Final = (
+    "SELECT id, result_expires_at FROM jobs"
+    " WHERE result_expires_at IS NOT NULL AND result_expires_at <= ?"
+    " ORDER BY result_expires_at, id LIMIT ?"
+)
+_EXPIRED_RESULTS_AFTER_SQL: Final = (
+    "SELECT id, result_expires_at FROM jobs"
+    " WHERE result_expires_at IS NOT NULL AND (result_expires_at, id) > (?, ?)"
+    " AND result_expires_at <= ? ORDER BY result_expires_at, id LIMIT ?"
+)
 
 # Bounds one transaction's size (and so the latency of its first operation) under a flood.
 _MAX_BATCH: Final = 1000
@@ -623,6 +645,35 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM results WHERE job_id = ?", (job_id,)).rowcount > 0
+
+        return await self._call(op)
+
+    async def delete_expired_results(
+        self, after: ExpiryCursor | None, until: datetime, limit: int
+    ) -> tuple[int, int, ExpiryCursor | None]:
+        """Deletes the stored results of up to `limit` jobs whose result expired after the
+        cursor `after` (None: from the first) and by `until`, in expiry order.
+
+        Returns:
+            (results deleted, jobs walked, the cursor of the last job walked or None).
+        """
+        until_us = to_us(until)
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int, ExpiryCursor | None]:
+            if after is None:
+                rows = conn.execute(_EXPIRED_RESULTS_SQL, (until_us, limit)).fetchall()
+            else:
+                params = (to_us(after[0]), after[1], until_us, limit)
+                rows = conn.execute(_EXPIRED_RESULTS_AFTER_SQL, params).fetchall()
+            if not rows:
+                return 0, 0, None
+            deleted = 0
+            for row in rows:
+                deleted += conn.execute(
+                    "DELETE FROM results WHERE job_id = ?", (row["id"],)
+                ).rowcount
+            last = rows[-1]
+            return deleted, len(rows), (from_us(last["result_expires_at"]), last["id"])
 
         return await self._call(op)
 

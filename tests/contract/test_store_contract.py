@@ -555,6 +555,47 @@ async def test_mark_cancelling_from_running_queued_only(store: Store) -> None:
     assert await store.mark_cancelling("missing", T0) is None
 
 
+async def test_expired_results_are_deleted_in_expiry_order_from_a_cursor(store: Store) -> None:
+    # Results nobody asked for again were kept for ever. Jobs walked in (expiry, id) order,
+    # `limit` at a time, from where the last batch stopped; results not yet expired stay.
+    expiries = {"a": 1, "b": 3, "c": 3, "d": 3, "e": 5, "late": 100}
+    for job_id, hours in expiries.items():
+        await store.create_job(new_job(job_id=job_id))
+        await store.finish_job(
+            job_id,
+            JobState.SUCCEEDED,
+            ended_at=T0,
+            result=job_id.encode(),
+            result_expires_at=T0 + timedelta(hours=hours),
+        )
+    await store.create_job(new_job(job_id="failed"))
+    await store.finish_job("failed", JobState.FAILED, ended_at=T0)
+    now = T0 + timedelta(hours=10)
+    walked: list[tuple[int, int]] = []
+    cursor = None
+    while True:
+        deleted, count, last = await store.delete_expired_results(cursor, now, 2)
+        walked.append((deleted, count))
+        cursor = last if last is not None else cursor
+        if count < 2:
+            break
+    # Ties at one expiry (b, c, d) are split across batches by id, none skipped.
+    assert walked == [(2, 2), (2, 2), (1, 1)]
+    assert cursor == (T0 + timedelta(hours=5), "e")
+    for job_id in ("a", "b", "c", "d", "e"):
+        assert await store.get_result(job_id) is None
+        assert (await get(store, job_id)).state is JobState.SUCCEEDED  # the job is kept
+    assert await store.get_result("late") == b"late"
+    # From the cursor, a later sweep walks only what expired since.
+    assert await store.delete_expired_results(cursor, now, 2) == (0, 0, None)
+    later = T0 + timedelta(hours=200)
+    assert await store.delete_expired_results(cursor, later, 2) == (
+        1,
+        1,
+        (T0 + timedelta(hours=100), "late"),
+    )
+
+
 async def test_delete_result(store: Store) -> None:
     await store.create_job(new_job(job_id="d"))
     await store.finish_job("d", JobState.SUCCEEDED, ended_at=T0, result=b"data")

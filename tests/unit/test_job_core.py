@@ -10,6 +10,7 @@ import pathlib
 import pickle
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -737,6 +738,26 @@ async def test_a_finished_jobs_end_is_stored_again_while_the_store_cannot_write(
         done = await core.until("alice", job.id, "SUCCEEDED")
         assert refusals == 0 and done.error is None
         assert await store.get_result(job.id) is not None
+    finally:
+        await _close(core)
+
+
+async def test_expired_results_are_swept_from_the_store(store: SqliteStore) -> None:
+    # Expired results were deleted only when someone asked for them again: the rest stayed
+    # on disk for ever (the database only grew).
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert done.expire_at is not None and await store.get_result(job.id) is not None
+        assert await core.manager.result_sweep.sweep() == 0  # not expired yet
+        core.clock.now = done.expire_at + timedelta(seconds=1)
+        assert await core.manager.result_sweep.sweep() == 1
+        assert await store.get_result(job.id) is None
+        assert (await store.get_job(job.id)) == done  # the job itself is kept
     finally:
         await _close(core)
 
