@@ -49,6 +49,9 @@ from qgateway.errors import (
     QGatewayError,
     from_rpc_error,
 )
+from qgateway.errors import (
+    CancelledError as CallCancelledError,
+)
 from qgateway.results import (
     Backend,
     CostEstimate,
@@ -724,6 +727,18 @@ def _created_as(err: DeadlineExceededError, job: Job) -> Job:
     """The followed job, with `created` as the capped Run said (the wait cannot know it)."""
     created = err.metadata.get("created")
     return job if created is None else replace(job, created=created == "true")
+
+
+def _closed_under(request_id: str | None) -> QGatewayError | None:
+    """grpc.aio ends a call whose channel was closed under it (AsyncClient.close while it
+    waited) with asyncio.CancelledError although nobody cancelled the caller's task: that is
+    the sync client's typed CANCELLED, with the request_id of a job that may go on. None for a
+    real cancellation of the task, which stays what it is."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    closed = CallCancelledError("the client was closed while the call was in flight")
+    return _tag(closed, request_id)
 
 
 def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> QGatewayError:
@@ -1546,6 +1561,11 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 delay = _retry_delay(self.retry, err, attempt, deadline) if retry else None
                 if delay is None:
                     raise err from exc
+            except asyncio.CancelledError as exc:
+                closed = _closed_under(request_id)
+                if closed is None:
+                    raise
+                raise closed from exc
             await _async_sleep(delay)
 
     async def _complete(self, job: Job, deadline: float | None) -> Job:

@@ -1,0 +1,73 @@
+"""AsyncClient.close while a call waits: grpc.aio ends the call with asyncio.CancelledError
+although nobody cancelled the caller's task, so code using TaskGroup or gather took it for a
+cancellation of its own, and the request_id of a job that may go on was lost. The sync client
+raises its typed CancelledError; the async one now does the same. A real server on 127.0.0.1
+whose GetJob never answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from qgateway import AsyncClient
+from qgateway.errors import CancelledError as CallCancelledError
+from qgateway.v1 import job_service_pb2_grpc
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Silent(job_service_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def GetJob(self, request: Any, context: Any) -> Any:
+        self.entered.set()
+        await asyncio.Event().wait()  # never answers
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[tuple[str, Silent]]:
+    server = grpc.aio.server()
+    servicer = Silent()
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        await server.stop(None)
+
+
+async def test_closing_the_client_under_a_call_raises_the_typed_cancelled_error(
+    silent: tuple[str, Silent],
+) -> None:
+    address, servicer = silent
+    client = AsyncClient(address)
+    call = asyncio.create_task(client.get_job("jobs/x"))
+    await asyncio.wait_for(servicer.entered.wait(), 10)
+    await client.close()
+    with pytest.raises(CallCancelledError):
+        await asyncio.wait_for(call, 10)
+
+
+async def test_cancelling_the_callers_task_is_still_a_cancellation(
+    silent: tuple[str, Silent],
+) -> None:
+    address, servicer = silent
+    client = AsyncClient(address)
+    try:
+        call = asyncio.create_task(client.get_job("jobs/x"))
+        await asyncio.wait_for(servicer.entered.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        await client.close()
