@@ -1123,10 +1123,6 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             try:
                 conn.execute(begin)
             except sqlite3.Error as exc:
-                if begin == "BEGIN":
-                    for op in pending:
-                        _settle_op(op, None, exc)
-                    return
                 pending = _fail_writes(pending, exc)
                 continue
             outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
@@ -1171,10 +1167,6 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                if begin == "BEGIN":
-                    for op in pending:
-                        _settle_op(op, None, exc)
-                    return
                 # The reads' answers may have seen the failed writes: they run again.
                 pending = _fail_writes(pending, exc)
                 continue
@@ -1188,11 +1180,13 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 def _fail_writes(pending: list[_Op[Any]], exc: BaseException) -> list[_Op[Any]]:
     """Fails a batch's writes with `exc` and returns its reads, to run again alone: a GetJob
     must not fail because a write batched beside it could not be stored (a full or read-only
-    disk fails BEGIN IMMEDIATE or COMMIT, and reads alone still work)."""
+    disk fails BEGIN IMMEDIATE or COMMIT, and reads alone still work). Reads that failed
+    alone fail; nothing is left to run."""
+    reads_alone = all(op.readonly for op in pending)
     for op in pending:
-        if not op.readonly:
+        if reads_alone or not op.readonly:
             _settle_op(op, None, exc)
-    return [op for op in pending if op.readonly]
+    return [] if reads_alone else [op for op in pending if op.readonly]
 
 
 # SQLite's answers that say the store cannot write now, not that the request is wrong: a full

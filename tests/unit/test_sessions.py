@@ -614,6 +614,38 @@ async def test_idle_and_max_ttl_end_sessions_by_the_injected_clock(store: Sqlite
         await core.close()
 
 
+class FinalSavesFail:
+    """store.save_session refusing the first `left` saves of an ended session (a store error)."""
+
+    def __init__(self, store: SqliteStore, left: int) -> None:
+        self.real = store.save_session
+        self.left = left
+
+    async def __call__(self, session: Session) -> Session | None:
+        if session.state.is_final and self.left:
+            self.left -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await self.real(session)
+
+
+def gate_slow_compiles(core: SessionsCore) -> tuple[asyncio.Event, asyncio.Event]:
+    """Holds the compile of a PUB whose text is "slow" until the returned gate is set; the
+    returned `entered` is set when one starts (the session's lock is then held)."""
+    admission = core.manager._admission
+    compiler = admission._compiler
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class GatedCompiler:
+        async def compile(self, tenant: str, backend: str, *args: Any) -> Any:
+            if args[1].text == "slow":
+                entered.set()
+                await gate.wait()
+            return await compiler.compile(tenant, backend, *args)
+
+    admission._compiler = GatedCompiler()
+    return entered, gate
+
+
 async def test_a_ttl_end_that_could_not_be_saved_leaves_the_session_running_and_is_retried(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -657,16 +689,7 @@ async def test_an_abort_that_could_not_be_saved_is_saved_again(
     # One store error saving an ABORT failure left the session open (taking jobs) but holding
     # them back: its waiting and new jobs never ran and never ended, until its max TTL.
     core = await build(store, slots=2)
-    real = store.save_session
-    failures = 1
-
-    async def flaky(session: Session) -> Session | None:
-        nonlocal failures
-        if session.state.is_final and failures:
-            failures -= 1
-            raise sqlite3.OperationalError("database is locked")
-        return await real(session)
-
+    flaky = FinalSavesFail(store, 1)
     monkeypatch.setattr(sessions_module, "SWEEP_RETRY_S", 0.01)
     try:
         session = await core.create(failure_policy=FailurePolicy.ABORT)
@@ -677,7 +700,7 @@ async def test_an_abort_that_could_not_be_saved_is_saved_again(
         core.runner.fail(first.id, FailureKind.CLIENT_ERROR)
         await core.until("alice", first.id, "FAILED")
         failed = await core.session_until(session.id, SessionState.FAILED)
-        assert failures == 0 and failed.end_reason is EndReason.JOB_FAILED
+        assert flaky.left == 0 and failed.end_reason is EndReason.JOB_FAILED
         assert (await core.until("alice", second.id, "CANCELLED")).started_at is None
         assert core.runner.submitted == [first.id]
         with pytest.raises(GatewayError) as refused:
@@ -695,28 +718,8 @@ async def test_a_ttl_end_deferred_behind_a_compile_is_saved_again_after_a_store_
     # other session changed.
     clock = Clock()
     core = await build(store, clock=clock)
-    admission = core.manager._admission
-    compiler = admission._compiler
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    class GatedCompiler:
-        async def compile(self, tenant: str, backend: str, *args: Any) -> Any:
-            if args[1].text == "slow":
-                entered.set()
-                await gate.wait()
-            return await compiler.compile(tenant, backend, *args)
-
-    admission._compiler = GatedCompiler()
-    real = store.save_session
-    failures = 1
-
-    async def flaky(session: Session) -> Session | None:
-        nonlocal failures
-        if session.state.is_final and failures:
-            failures -= 1
-            raise sqlite3.OperationalError("database is locked")
-        return await real(session)
-
+    entered, gate = gate_slow_compiles(core)
+    flaky = FinalSavesFail(store, 1)
     monkeypatch.setattr(sessions_module, "SWEEP_RETRY_S", 0.01)
     try:
         session = await core.create(idle_ttl_s=10.0, max_ttl_s=20.0)
@@ -731,7 +734,7 @@ async def test_a_ttl_end_deferred_behind_a_compile_is_saved_again_after_a_store_
         with contextlib.suppress(GatewayError):
             await held
         over = await core.session_until(session.id, SessionState.CLOSED)
-        assert failures == 0 and over.end_reason is EndReason.MAX_TTL
+        assert flaky.left == 0 and over.end_reason is EndReason.MAX_TTL
     finally:
         gate.set()
         await core.close()
@@ -825,18 +828,7 @@ async def test_a_session_held_by_a_compiling_submission_does_not_hold_up_other_t
     # session (up to its PUBs' compile limits) held up every other tenant's TTLs.
     clock = Clock()
     core = await build(store, clock=clock)
-    admission = core.manager._admission
-    compiler = admission._compiler
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    class GatedCompiler:
-        async def compile(self, tenant: str, backend: str, *args: Any) -> Any:
-            if args[1].text == "slow":
-                entered.set()
-                await gate.wait()
-            return await compiler.compile(tenant, backend, *args)
-
-    admission._compiler = GatedCompiler()
+    entered, gate = gate_slow_compiles(core)
     try:
         busy = await core.create("mallory", idle_ttl_s=10.0, max_ttl_s=20.0)
         idle = await core.create("alice", idle_ttl_s=10.0, max_ttl_s=100.0)
