@@ -1,20 +1,24 @@
-"""AsyncClient.close while a call waits: grpc.aio ends the call with asyncio.CancelledError
-although nobody cancelled the caller's task, so code using TaskGroup or gather took it for a
-cancellation of its own, and the request_id of a job that may go on was lost. The sync client
-raises its typed CancelledError; the async one now does the same. A real server on 127.0.0.1
-whose GetJob never answers."""
+"""AsyncClient's channel lifecycle, on real servers on 127.0.0.1.
+
+Closed while a call waits: grpc.aio ended the call with asyncio.CancelledError although nobody
+cancelled the caller's task, so code using TaskGroup or gather took it for a cancellation of its
+own, and the request_id of a job that may go on was lost; the sync client raises its typed
+CancelledError, and the async one now does the same. Used again in a second event loop (a second
+asyncio.run, a notebook cell): the channel bound to the first loop failed with a raw
+RuntimeError; it is opened again in the new loop."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 from qgateway import AsyncClient
 from qgateway.errors import CancelledError as CallCancelledError
-from qgateway.v1 import job_service_pb2_grpc
+from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 pytestmark = pytest.mark.anyio
 
@@ -71,3 +75,29 @@ async def test_cancelling_the_callers_task_is_still_a_cancellation(
             await call
     finally:
         await client.close()
+
+
+class Answering(job_service_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
+    """A thread-served GetJob, bound to no event loop."""
+
+    def GetJob(self, request: Any, context: Any) -> Any:
+        job = job_pb2.Job(name=request.name, state=job_pb2.JOB_STATE_QUEUED)
+        return job_service_pb2.GetJobResponse(job=job)
+
+
+def test_a_client_used_again_in_a_new_event_loop_opens_its_channel_there() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(Answering(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = AsyncClient(f"127.0.0.1:{port}")
+
+        async def name() -> str:
+            return (await client.get_job("jobs/a", timeout=10)).name
+
+        assert asyncio.run(name()) == "jobs/a"
+        assert asyncio.run(name()) == "jobs/a"  # a second loop: RuntimeError before
+        asyncio.run(client.close())
+    finally:
+        server.stop(None)

@@ -729,6 +729,13 @@ def _created_as(err: DeadlineExceededError, job: Job) -> Job:
     return job if created is None else replace(job, created=created == "true")
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _closed_under(request_id: str | None) -> QGatewayError | None:
     """grpc.aio ends a call whose channel was closed under it (AsyncClient.close while it
     waited) with asyncio.CancelledError although nobody cancelled the caller's task: that is
@@ -1484,6 +1491,7 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
         self._interceptors = list(telemetry.async_interceptors(client_spans))
         self._metadata = tuple((key, value) for key, value in metadata)
         self._channel: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the channel's
         self._closed = False
         self._jobs_stub: Any = None
         self._backends_stub: Any = None
@@ -1494,7 +1502,18 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
         if self._closed:
             # Reopening would leave a channel nobody closes.
             raise RuntimeError("this AsyncClient is closed")
+        loop = _running_loop()
+        if self._channel is not None and loop is not None and loop is not self._loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise RuntimeError(
+                    "this AsyncClient's channel belongs to another event loop, still running; "
+                    "use one client per event loop"
+                )
+            # Its loop has ended (a second asyncio.run, a notebook cell, a test's own loop):
+            # an aio channel cannot move to another loop, and its resources went with it.
+            self._channel = None
         if self._channel is None:
+            self._loop = loop
             # Opened lazily: an aio channel binds to the event loop current at creation, and a
             # client is often constructed before asyncio.run starts the loop it will be used in.
             if self._credentials is None:
