@@ -36,6 +36,11 @@ class Silent(job_service_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
         self.entered.set()
         await asyncio.Event().wait()  # never answers
 
+    async def WatchJob(self, request: Any, context: Any) -> Any:
+        self.entered.set()
+        await asyncio.Event().wait()  # never sends
+        yield job_service_pb2.WatchJobResponse()
+
 
 @pytest.fixture
 async def silent() -> AsyncIterator[tuple[str, Silent]]:
@@ -60,6 +65,24 @@ async def test_closing_the_client_under_a_call_raises_the_typed_cancelled_error(
     await client.close()
     with pytest.raises(CallCancelledError):
         await asyncio.wait_for(call, 10)
+
+
+async def test_closing_the_client_under_a_watch_raises_the_typed_cancelled_error(
+    silent: tuple[str, Silent],
+) -> None:
+    address, servicer = silent
+    client = AsyncClient(address)
+
+    async def follow() -> None:
+        async for _ in client.watch("jobs/x"):
+            pass
+
+    watching = asyncio.create_task(follow())
+    await asyncio.wait_for(servicer.entered.wait(), 10)
+    await client.close()
+    with pytest.raises(CallCancelledError) as caught:
+        await asyncio.wait_for(watching, 10)
+    assert caught.value.metadata["job"] == "jobs/x"
 
 
 async def test_cancelling_the_callers_task_is_still_a_cancellation(

@@ -967,6 +967,11 @@ class Client(SessionCalls, TenantCalls):
                 delay = fetch.retry_delay(err)
                 if delay is None:
                     raise err from exc
+            except asyncio.CancelledError as exc:
+                closed = _closed_under(None)
+                if closed is None:
+                    raise
+                raise _tag(closed, None, fetch.job) from exc
             finally:
                 call.cancel()
             _sleep(delay)
@@ -1636,6 +1641,11 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 delay = fetch.retry_delay(err)
                 if delay is None:
                     raise err from exc
+            except asyncio.CancelledError as exc:
+                closed = _closed_under(None)
+                if closed is None:
+                    raise
+                raise _tag(closed, None, fetch.job) from exc
             finally:
                 call.cancel()
             await _async_sleep(delay)
@@ -1915,6 +1925,11 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 delay = _retry_delay(self.retry, err, attempt, deadline)
                 if delay is None:
                     raise err from exc
+            except asyncio.CancelledError as exc:
+                closed = _closed_under(None)
+                if closed is None:
+                    raise
+                raise _tag(closed, None, request.name) from exc
             finally:
                 call.cancel()
             await _async_sleep(delay)
