@@ -54,6 +54,11 @@ class RunningJob:
     # The claim a renewal found lost to another holder (a shared queue): the step lets go.
     lost_claim: Claim | None = None
 
+    @property
+    def stopping(self) -> bool:
+        """CancelJob asked for it, or its claim is lost: the runner step ends its run."""
+        return self.cancel_requested.is_set() or self.lost_claim is not None
+
     def request_cancel(self) -> None:
         """CancelJob: the runner step stops the job (its worker, or at the provider)."""
         self.cancel_requested.set()

@@ -65,9 +65,10 @@ RUNNING_WRITE_DELAY_S = 0.05
 STOP_ATTEMPTS_UNFOLLOWED = 5
 # How long a stopped job's runner has to report the stop.
 WAIT_AFTER_STOP_S = 300.0
-# A finished job's end the store could not write is tried again after this (doubling, to 30 s),
-# for up to the limit.
+# A finished job's end the store could not write is tried again after this (doubling, to the
+# maximum), for up to the limit.
 FINISH_RETRY_S = 1.0
+FINISH_RETRY_MAX_S = 30.0
 FINISH_RETRY_LIMIT_S = 600.0
 
 Prepare = Callable[[BackendRuntime, str, JobSpec, int], Awaitable[PreparedJob]]
@@ -466,11 +467,7 @@ class RunnerStep:
             waiting = asyncio.ensure_future(runner.wait(handle))
         loop = asyncio.get_running_loop()
         try:
-            while (
-                not waiting.done()
-                and not running.cancel_requested.is_set()
-                and running.lost_claim is None
-            ):
+            while not waiting.done() and not running.stopping:
                 now = time.monotonic()
                 remaining = deadline - now
                 if remaining <= 0:
@@ -495,11 +492,7 @@ class RunnerStep:
                 finally:
                     waiting.remove_done_callback(finished)
                     running.poke = None
-                if (
-                    waiting.done()
-                    or running.cancel_requested.is_set()
-                    or running.lost_claim is not None
-                ):
+                if waiting.done() or running.stopping:
                     break
                 if running.unwritten_start is not None:
                     if time.monotonic() >= write_running_at:
@@ -787,7 +780,7 @@ class RunnerStep:
                     backoff,
                 )
             await self._pause(runtime, running, backoff)
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, FINISH_RETRY_MAX_S)
 
     async def _decode(self, spec_bytes: bytes) -> JobSpec:
         """A stored spec, decoded off the event loop when large: decoding walks every Pauli

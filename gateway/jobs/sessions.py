@@ -36,9 +36,10 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from gateway.backends.base import PreparedJob
 from gateway.backends.runner import Runner
@@ -396,6 +397,26 @@ class SessionQueue:
 
 
 # ---------------------------------------------------------------------------- the core
+
+
+async def _retried(
+    attempt: Callable[[], Awaitable[None]],
+    what: str,
+    again: Callable[[], bool] = lambda: True,
+) -> None:
+    """`attempt`, again after an error (a store error) with the sweep's back-off while
+    `again()` says it is still needed."""
+    retry = SWEEP_RETRY_S
+    while True:
+        try:
+            await attempt()
+            return
+        except Exception:
+            log.exception("%s failed", what)
+        if not again():
+            return
+        await asyncio.sleep(retry)
+        retry = min(retry * 2, SWEEP_RETRY_MAX_S)
 
 
 def _check_accepts(session: Session, spec: JobSpec) -> None:
@@ -771,11 +792,7 @@ class SessionCore:
         ):
             # Before the queue lets the next job in (that happens when the claim ends).
             self._halted.add(session_id)
-        task = asyncio.get_running_loop().create_task(
-            self._job_ended(session_id, failed=job.state is JobState.FAILED)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._job_ended(session_id, failed=job.state is JobState.FAILED))
 
     async def _job_accepted(self, job: Job) -> None:
         try:
@@ -805,28 +822,24 @@ class SessionCore:
         del self._accepting[job_id]
 
     async def _job_ended(self, session_id: str, *, failed: bool) -> None:
-        retry = SWEEP_RETRY_S
-        while True:
-            try:
-                async with self._locked(session_id):
-                    session = self._open.get(session_id)
-                    if session is None:
-                        return
-                    updated = domain.job_ended(
-                        session, failed, self.clock(), has_work=self._has_work(session_id)
-                    )
-                    saved = await self._save(updated)
-                if saved.state is SessionState.FAILED:
-                    await self._cancel_jobs(saved)
-                return
-            except Exception:
-                log.exception("session %s: updating after a job ended failed", session_id)
-            if not (failed and session_id in self._halted and session_id in self._open):
-                return
+        async def update() -> None:
+            async with self._locked(session_id):
+                session = self._open.get(session_id)
+                if session is None:
+                    return
+                updated = domain.job_ended(
+                    session, failed, self.clock(), has_work=self._has_work(session_id)
+                )
+                saved = await self._save(updated)
+            if saved.state is SessionState.FAILED:
+                await self._cancel_jobs(saved)
+
+        def aborting() -> bool:
             # An ABORT failure not saved: the session holds its jobs back but is still open,
             # taking jobs that would never run (nor end) until its max TTL. Saved again.
-            await asyncio.sleep(retry)
-            retry = min(retry * 2, SWEEP_RETRY_MAX_S)
+            return failed and session_id in self._halted and session_id in self._open
+
+        await _retried(update, f"session {session_id}: updating after a job ended", aborting)
 
     # ------------------------------------------------------------------ TTLs
 
@@ -869,17 +882,9 @@ class SessionCore:
     async def _expire_when_free(self, session_id: str) -> None:
         # Tried again here until it is saved: sweeps skip a session this task ends, and
         # nothing else would sweep again (the session's deadline is past, not the next one).
-        retry = SWEEP_RETRY_S
-        while True:
-            try:
-                await self._expire(session_id)
-                return
-            except Exception:
-                log.exception(
-                    "session %s: ending it at its TTL failed; again in %gs", session_id, retry
-                )
-            await asyncio.sleep(retry)
-            retry = min(retry * 2, SWEEP_RETRY_MAX_S)
+        await _retried(
+            lambda: self._expire(session_id), f"session {session_id}: ending it at its TTL"
+        )
 
     def _expired(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -926,10 +931,14 @@ class SessionCore:
                 self._halted.discard(ended.id)
                 # Its jobs held back meanwhile run again (in a task: this may be a
                 # cancellation, which must not wait).
-                task = asyncio.get_running_loop().create_task(self._resume(ended.id))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._resume(ended.id))
             raise
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """`work` in a task of this core (cancelled by close)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _resume(self, session_id: str) -> None:
         try:

@@ -94,9 +94,14 @@ class AuditWriter:
         self._buffer.append(record)
         if self._failing:  # held for the retry timer; the oldest go past max_held
             self._trim()
-        elif len(self._buffer) >= self._max_batch:
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """The buffer's next batch: now if it is full, else within the flush interval."""
+        if len(self._buffer) >= self._max_batch:
             self._flush()
-        elif self._timer is None:
+        elif self._buffer and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
 
     def _trim(self) -> None:
@@ -186,11 +191,11 @@ class AuditWriter:
                 self.written += len(batch)
                 self._retry_s = RETRY_S
                 self._failing = False
-                # What was held while it failed: the next batch now if full, else on time.
-                if len(self._buffer) >= self._max_batch or self._lost:
+                # What was held while it failed (and the count of what was dropped).
+                if self._lost:
                     self._flush()
-                elif self._buffer and self._timer is None:
-                    self._timer = asyncio.get_running_loop().call_later(self._interval, self._flush)
+                else:
+                    self._schedule()
                 return
             log.error(
                 "audit: a batch of %d records could not be written (again in %gs): %r",

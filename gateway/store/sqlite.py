@@ -667,11 +667,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 rows = conn.execute(_EXPIRED_RESULTS_AFTER_SQL, params).fetchall()
             if not rows:
                 return 0, 0, None
-            deleted = 0
-            for row in rows:
-                deleted += conn.execute(
-                    "DELETE FROM results WHERE job_id = ?", (row["id"],)
-                ).rowcount
+            ids = [(row["id"],) for row in rows]
+            deleted = conn.executemany("DELETE FROM results WHERE job_id = ?", ids).rowcount
             last = rows[-1]
             return deleted, len(rows), (from_us(last["result_expires_at"]), last["id"])
 

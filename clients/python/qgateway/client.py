@@ -736,16 +736,18 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _closed_under(request_id: str | None) -> QGatewayError | None:
+def _raise_if_closed_under(
+    exc: asyncio.CancelledError, request_id: str | None = None, job: str | None = None
+) -> None:
     """grpc.aio ends a call whose channel was closed under it (AsyncClient.close while it
     waited) with asyncio.CancelledError although nobody cancelled the caller's task: that is
-    the sync client's typed CANCELLED, with the request_id of a job that may go on. None for a
-    real cancellation of the task, which stays what it is."""
+    raised as the sync client's typed CANCELLED, with the request_id or job of a job that may
+    go on. Returns for a real cancellation of the task (the caller re-raises it)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
-        return None
+        return
     closed = CallCancelledError("the client was closed while the call was in flight")
-    return _tag(closed, request_id)
+    raise _tag(closed, request_id, job) from exc
 
 
 def _tag(err: QGatewayError, request_id: str | None, job: str | None = None) -> QGatewayError:
@@ -967,11 +969,6 @@ class Client(SessionCalls, TenantCalls):
                 delay = fetch.retry_delay(err)
                 if delay is None:
                     raise err from exc
-            except asyncio.CancelledError as exc:
-                closed = _closed_under(None)
-                if closed is None:
-                    raise
-                raise _tag(closed, None, fetch.job) from exc
             finally:
                 call.cancel()
             _sleep(delay)
@@ -1586,10 +1583,8 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 if delay is None:
                     raise err from exc
             except asyncio.CancelledError as exc:
-                closed = _closed_under(request_id)
-                if closed is None:
-                    raise
-                raise closed from exc
+                _raise_if_closed_under(exc, request_id)
+                raise
             await _async_sleep(delay)
 
     async def _complete(self, job: Job, deadline: float | None) -> Job:
@@ -1642,10 +1637,8 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 if delay is None:
                     raise err from exc
             except asyncio.CancelledError as exc:
-                closed = _closed_under(None)
-                if closed is None:
-                    raise
-                raise _tag(closed, None, fetch.job) from exc
+                _raise_if_closed_under(exc, job=fetch.job)
+                raise
             finally:
                 call.cancel()
             await _async_sleep(delay)
@@ -1926,10 +1919,8 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
                 if delay is None:
                     raise err from exc
             except asyncio.CancelledError as exc:
-                closed = _closed_under(None)
-                if closed is None:
-                    raise
-                raise _tag(closed, None, request.name) from exc
+                _raise_if_closed_under(exc, job=request.name)
+                raise
             finally:
                 call.cancel()
             await _async_sleep(delay)
