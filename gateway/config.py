@@ -47,6 +47,7 @@ from gateway.security.tenant_policy import (
     etag_of,
     validate_policy,
 )
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S
 from gateway.telemetry.settings import TelemetryConfig
 
 ENV_PREFIX = "QGATEWAY_"
@@ -129,6 +130,11 @@ class ServerConfig(_Strict):
     # How long a SUCCEEDED job's result is kept (Job.expire_time = end_time + this, fixed when
     # the job finishes); later GetJobResult/StreamJobResult answer NOT_FOUND RESULT_EXPIRED.
     result_retention_days: float = Field(default=30.0, gt=0, le=MAX_DAYS)
+    # How long a final job (and its state history) is kept after it ended; an ended session is
+    # deleted as old once none of its jobs is left. Then GetJob answers NOT_FOUND, and a
+    # request_id may be used again. At least result_retention_days (an expired result answers
+    # RESULT_EXPIRED, not a missing job) and the 7 days a request_id is recognised for.
+    job_retention_days: float = Field(default=90.0, gt=0, le=MAX_DAYS)
     # Where schedulers claim jobs from: "memory" (this process's fair queue; it alone uses the
     # store and recovers it at start) or "store" (claims are leases in the store, so several
     # gateway processes can share it; a dead holder's jobs are claimed again when its lease
@@ -160,6 +166,17 @@ class ServerConfig(_Strict):
     # SQLite writer and gRPC's threads no longer run beside the event loop). Workers are not
     # bound (gateway.runtime.affinity). Name CPUs no other busy process is bound to.
     cpu_affinity: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=4096)
+
+    @model_validator(mode="after")
+    def _jobs_outlive_their_results(self) -> ServerConfig:
+        least = max(self.result_retention_days, REQUEST_ID_DEDUP_WINDOW_S / 86_400)
+        if self.job_retention_days < least:
+            raise ValueError(
+                f"job_retention_days ({self.job_retention_days:g}) must be at least"
+                f" result_retention_days and the {REQUEST_ID_DEDUP_WINDOW_S // 86_400} days a"
+                f" request_id is recognised for: {least:g}"
+            )
+        return self
 
     @field_validator("cpu_affinity")
     @classmethod

@@ -293,6 +293,7 @@ class Gateway:
             prepare_threads=config.server.prepare_threads,
             watch_heartbeat_s=config.server.watch_heartbeat_s,
             result_retention_s=config.server.result_retention_days * 86400,
+            job_retention_s=config.server.job_retention_days * 86400,
             recover_at_start=config.server.queue == "memory",
             policies=self.policies,
         )

@@ -36,7 +36,7 @@ from gateway.jobs.hooks import Hooks
 from gateway.jobs.queue_port import Claim
 from gateway.jobs.recovery import recover
 from gateway.jobs.result_cache import RecentResults
-from gateway.jobs.result_sweep import ResultSweep
+from gateway.jobs.retention_sweep import RetentionSweep
 from gateway.jobs.runner_step import RunnerStep
 from gateway.jobs.scheduler import Scheduler
 from gateway.jobs.stored_format import StoredFormat
@@ -75,6 +75,7 @@ class JobManager:
         prepare_threads: int,
         watch_heartbeat_s: float = 10.0,
         result_retention_s: float = 30 * 86400.0,
+        job_retention_s: float = 90 * 86400.0,
         recover_at_start: bool = True,
         hooks: Hooks | None = None,
         bus: EventBus | None = None,
@@ -106,7 +107,7 @@ class JobManager:
         )
         # Results just written, so Run and GetJobResult right after a job ends skip a read.
         self._recent_results = RecentResults()
-        self.result_sweep = ResultSweep(store, clock)
+        self.retention_sweep = RetentionSweep(store, clock, job_retention_s)
         self._step = RunnerStep(
             self._transitions, stored_format, self._admission.prepare, self._recent_results
         )
@@ -128,7 +129,7 @@ class JobManager:
         are up, so a recovered job is not prepared while the compile workers still start)."""
         if self._recover_at_start:
             await recover(self.backends, self._transitions, self._adopt)
-        self._tasks.append(asyncio.create_task(self.result_sweep.run()))
+        self._tasks.append(asyncio.create_task(self.retention_sweep.run()))
         if schedule:
             self.start_scheduling()
 
@@ -283,7 +284,7 @@ class JobManager:
 
     async def _check_kept(self, job: Job) -> None:
         if job.expire_at is not None and _now() >= job.expire_at:
-            # Deleted here if asked for before the sweep (gateway.jobs.result_sweep) came.
+            # Deleted here if asked for before the sweep (gateway.jobs.retention_sweep) came.
             await self._store.delete_result(job.id)
             name = f"jobs/{job.id}"
             expired = rfc3339(job.expire_at)

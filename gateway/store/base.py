@@ -242,6 +242,12 @@ class Store(Protocol):
         cursor `after` (None: from the first) and by `until`, in (expiry, id) order; returns
         (results deleted, jobs walked, the cursor of the last job walked or None)."""
 
+    async def delete_ended_jobs(self, until: datetime, limit: int) -> tuple[int, int]:
+        """Deletes up to `limit` final jobs that ended by `until` (oldest end first), with
+        their results and quota ledger rows, and up to `limit` ended sessions that ended by
+        `until` and hold no job any more; returns (jobs deleted, sessions deleted). A tenant's
+        quota totals are kept."""
+
     async def finish_job(
         self,
         job_id: str,

@@ -278,13 +278,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(13, SQLITE_KEYS_UNREVOKED_INDEX),
     # --- review: session totals kept, not summed over jobs (gateway.store.sqlite_sessions) ---
     Migration(14, SQLITE_SESSION_TOTALS),
-    # --- review: expired results deleted by a sweep (gateway.jobs.result_sweep) --------------
+    # --- review: expired results deleted by a sweep (gateway.jobs.retention_sweep) --------------
     Migration(
         15,
         """
         -- The sweep walks jobs by result expiry from where it stopped (a cursor), not every job.
         CREATE INDEX jobs_result_expiry ON jobs (result_expires_at, id)
             WHERE result_expires_at IS NOT NULL;
+        """,
+    ),
+    # --- job retention (gateway.jobs.retention_sweep) ----------------------------------------
+    Migration(
+        16,
+        """
+        -- The retention sweep deletes the oldest ended jobs and sessions first.
+        CREATE INDEX jobs_ended ON jobs (ended_at, id) WHERE ended_at IS NOT NULL;
+        CREATE INDEX sessions_ended ON sessions (ended_at, id) WHERE ended_at IS NOT NULL;
         """,
     ),
 )
@@ -301,6 +310,16 @@ _EXPIRED_RESULTS_AFTER_SQL: Final = (
     "SELECT id, result_expires_at FROM jobs"
     " WHERE result_expires_at IS NOT NULL AND (result_expires_at, id) > (?, ?)"
     " AND result_expires_at <= ? ORDER BY result_expires_at, id LIMIT ?"
+)
+# The retention sweep's batches (jobs_ended, sessions_ended): deleted rows leave the index, so
+# every batch starts from the oldest again and needs no cursor.
+_ENDED_JOBS_SQL: Final = (
+    "SELECT id FROM jobs WHERE ended_at IS NOT NULL AND ended_at <= ? ORDER BY ended_at, id LIMIT ?"
+)
+_ENDED_SESSIONS_SQL: Final = (
+    "SELECT id FROM sessions WHERE ended_at IS NOT NULL AND ended_at <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.session_id = sessions.id)"
+    " ORDER BY ended_at, id LIMIT ?"
 )
 
 # Bounds one transaction's size (and so the latency of its first operation) under a flood.
@@ -671,6 +690,31 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             deleted = conn.executemany("DELETE FROM results WHERE job_id = ?", ids).rowcount
             last = rows[-1]
             return deleted, len(rows), (from_us(last["result_expires_at"]), last["id"])
+
+        return await self._call(op)
+
+    async def delete_ended_jobs(self, until: datetime, limit: int) -> tuple[int, int]:
+        """Deletes up to `limit` final jobs that ended by `until` (oldest end first), with their
+        results (ON DELETE CASCADE) and quota ledger rows, and up to `limit` ended sessions that
+        ended by `until` and hold no job any more; returns (jobs deleted, sessions deleted)."""
+        until_us = to_us(until)
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            jobs = [(row["id"],) for row in conn.execute(_ENDED_JOBS_SQL, (until_us, limit))]
+            # A job's ledger row is only read to settle it, once, when it ends: the running
+            # totals in quota_totals keep what it used.
+            conn.executemany("DELETE FROM quota_ledger WHERE job_id = ?", jobs)
+            deleted_jobs = conn.executemany(
+                f"DELETE FROM jobs WHERE id = ? AND state IN ({_FINAL_PLACEHOLDERS})",
+                [(job_id, *_FINAL_NAMES) for (job_id,) in jobs],
+            ).rowcount
+            sessions = [
+                (row["id"],) for row in conn.execute(_ENDED_SESSIONS_SQL, (until_us, limit))
+            ]
+            deleted_sessions = conn.executemany(
+                "DELETE FROM sessions WHERE id = ?", sessions
+            ).rowcount
+            return deleted_jobs, deleted_sessions
 
         return await self._call(op)
 

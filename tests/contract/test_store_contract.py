@@ -5,6 +5,7 @@ are tested beside the implementation in tests/unit/."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,7 +23,8 @@ from gateway.domain.jobs import (
     JobTimings,
     StateTransition,
 )
-from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, JobCursor, NewJob, Store
+from gateway.domain.pricing import Usage
+from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, JobCursor, NewJob, QuotaCharge, Store
 from tests.contract.stores import StoreOpener
 
 pytestmark = pytest.mark.anyio
@@ -603,6 +605,45 @@ async def test_delete_result(store: Store) -> None:
     assert await store.get_result("d") is None
     assert await store.delete_result("d") is False
     assert (await store.get_job("d")) is not None  # the job stays
+
+
+async def test_jobs_and_sessions_past_retention_are_deleted(store: Store) -> None:
+    # Jobs were kept for ever: the database only grew. Final jobs that ended by the cutoff go,
+    # oldest end first, with their results and ledger rows (the tenant's totals stay); jobs
+    # still running and jobs that ended later stay; so does a session that still holds a job.
+    hour = timedelta(hours=1)
+    period = (T0 - 24 * hour, T0 + 24 * hour)
+    charge = QuotaCharge(period_start=period[0], period_end=period[1], shots=100)
+    ended = {"a": 1, "b": 2, "c": 3, "late": 9}
+    for job_id, hours in ended.items():
+        new = dataclasses.replace(new_job(job_id=job_id, request_id=f"r-{job_id}"), charge=charge)
+        await store.create_job(new)
+        await store.mark_running(job_id, T0)
+        await store.finish_job(
+            job_id,
+            JobState.SUCCEEDED if job_id != "b" else JobState.FAILED,
+            ended_at=T0 + hours * hour,
+            result=job_id.encode(),
+            execution=ExecutionInfo(backend="aer", seed=7, usage=Usage(100, 0.5)),
+        )
+    await store.create_job(new_job(job_id="running"))
+    await store.mark_running("running", T0)
+    usage = await store.tenant_usage("acme", *period)
+    assert usage.shots_used == 400
+
+    cutoff = T0 + 5 * hour
+    assert await store.delete_ended_jobs(cutoff, 2) == (2, 0)  # a and b
+    assert await store.delete_ended_jobs(cutoff, 2) == (1, 0)  # c
+    assert await store.delete_ended_jobs(cutoff, 2) == (0, 0)
+    for job_id in ("a", "b", "c"):
+        assert await store.get_job(job_id) is None
+        assert await store.get_result(job_id) is None
+    assert await store.get_result("late") == b"late"
+    assert (await get(store, "running")).state is JobState.RUNNING
+    assert await store.tenant_usage("acme", *period) == usage
+    # The deleted job's request_id is free again (its 7 days had passed long before).
+    again = await store.create_job(new_job(job_id="a2", request_id="r-a", payload=b"other"))
+    assert again.created and again.job.id == "a2"
 
 
 # -- recovery at start -------------------------------------------------------------------------

@@ -339,3 +339,34 @@ async def test_filtered_pages_may_come_back_short_yet_page_through_every_match(
         cursor = page.next_cursor
     assert found == [made[6].id, made[5].id, made[0].id]
     assert pages == 4  # windows of 2: [6 5] [4 3] [2 1] [0]
+
+
+async def test_ended_sessions_past_retention_go_once_their_jobs_have_gone(store: Store) -> None:
+    hour = timedelta(hours=1)
+
+    async def ended(at: datetime, job_ends: datetime | None = None) -> Session:
+        session, _ = await store.create_session(new_session(created_at=T0), b"h")
+        if job_ends is not None:
+            job = new_job(session.id, T0)
+            await store.create_job(job)
+            await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=job_ends)
+        closed = dataclasses.replace(
+            session, state=SessionState.CLOSED, ended_at=at, end_reason=EndReason.CLOSED
+        )
+        assert await store.save_session(closed) == closed
+        return closed
+
+    empty = await ended(T0 + hour)
+    with_old_job = await ended(T0 + hour, job_ends=T0 + 2 * hour)
+    with_late_job = await ended(T0 + hour, job_ends=T0 + 9 * hour)
+    recent = await ended(T0 + 8 * hour)
+    still_open, _ = await store.create_session(new_session(created_at=T0), b"h")
+
+    # The old job goes first, then the sessions left without jobs, in the same batch.
+    assert await store.delete_ended_jobs(T0 + 5 * hour, 10) == (1, 2)
+    assert await store.get_session(empty.id) is None
+    assert await store.get_session(with_old_job.id) is None
+    assert await store.get_session(with_late_job.id) == with_late_job
+    assert await store.get_session(recent.id) == recent
+    assert await store.get_session(still_open.id) == still_open
+    assert await store.delete_ended_jobs(T0 + 5 * hour, 10) == (0, 0)

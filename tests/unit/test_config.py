@@ -106,6 +106,9 @@ def test_relative_paths_from_the_environment_stay_relative_to_the_working_direct
         ("[server]\nlease_s = inf\n", "server.lease_s"),
         ("[server]\nresult_retention_days = 1e7\n", "server.result_retention_days"),
         ("[server]\nmax_streamed_result_mb = nan\n", "server.max_streamed_result_mb"),
+        # A job deleted before its result expired, or before its request_id may be reused.
+        ("[server]\nresult_retention_days = 100\n", "job_retention_days"),
+        ("[server]\njob_retention_days = 3\nresult_retention_days = 1\n", "7 days"),
         ("[server]\nmax_request_bytes = 1100000000\n", "server.max_request_bytes"),
         ("[server]\nmax_response_bytes = 2147483647\n", "server.max_response_bytes"),
         ("[audit]\nretention_days = inf\n", "audit.retention_days"),

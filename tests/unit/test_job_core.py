@@ -22,6 +22,7 @@ from gateway.domain.errors import (
     ExecutionError,
     Internal,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     StoreUnavailable,
     Unavailable,
@@ -30,6 +31,7 @@ from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs import runner_step
 from gateway.jobs.queue_port import Claim
+from gateway.jobs.retention_sweep import Swept
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
@@ -742,9 +744,11 @@ async def test_a_finished_jobs_end_is_stored_again_while_the_store_cannot_write(
         await _close(core)
 
 
-async def test_expired_results_are_swept_from_the_store(store: SqliteStore) -> None:
-    # Expired results were deleted only when someone asked for them again: the rest stayed
-    # on disk for ever (the database only grew).
+async def test_expired_results_then_old_jobs_are_swept_from_the_store(
+    store: SqliteStore,
+) -> None:
+    # Expired results were deleted only when someone asked for them again, and jobs never:
+    # the database only grew.
     runner = ScriptedRunner(slots=1)
     core = await build_core(store, "memory", {"sim": runner})
     try:
@@ -753,11 +757,17 @@ async def test_expired_results_are_swept_from_the_store(store: SqliteStore) -> N
         runner.succeed(job.id)
         done = await core.until("alice", job.id, "SUCCEEDED")
         assert done.expire_at is not None and await store.get_result(job.id) is not None
-        assert await core.manager.result_sweep.sweep() == 0  # not expired yet
+        sweep = core.manager.retention_sweep
+        assert await sweep.sweep() == Swept()  # not expired yet
         core.clock.now = done.expire_at + timedelta(seconds=1)
-        assert await core.manager.result_sweep.sweep() == 1
+        assert await sweep.sweep() == Swept(results=1)
         assert await store.get_result(job.id) is None
         assert (await store.get_job(job.id)) == done  # the job itself is kept
+        assert done.ended_at is not None
+        core.clock.now = done.ended_at + timedelta(days=90)
+        assert await sweep.sweep() == Swept(jobs=1)
+        with pytest.raises(NotFound):
+            await core.manager.get("alice", job.id)
     finally:
         await _close(core)
 

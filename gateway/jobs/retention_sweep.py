@@ -1,0 +1,81 @@
+"""Deleting what has outlived its retention: expired results, then ended jobs and sessions.
+
+A result expires `result_retention_days` after its job ended (GetJobResult answers
+RESULT_EXPIRED from then on, whether or not it is still on disk); a final job, its state
+history and quota ledger row go `job_retention_days` after it ended, and an ended session once
+it is that old and holds no job any more (GetJob, GetSession answer NOT_FOUND from then on).
+Without the sweep the database only grew. Every RETENTION_SWEEP_S the sweep deletes in batches,
+the store's one thread serving other calls between them: results walked in expiry order from
+where the last batch stopped (a cursor kept in memory: one walk over the already-swept jobs per
+process start), jobs and sessions oldest end first (deleted rows leave the index the next batch
+reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gateway.store.base import ExpiryCursor, Store
+
+log = logging.getLogger(__name__)
+
+RETENTION_SWEEP_S = 600.0
+SWEEP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Swept:
+    results: int = 0
+    jobs: int = 0
+    sessions: int = 0
+
+
+class RetentionSweep:
+    def __init__(self, store: Store, clock: Callable[[], datetime], job_retention_s: float) -> None:
+        self._store = store
+        self._clock = clock
+        self._job_retention = timedelta(seconds=job_retention_s)
+        self._after: ExpiryCursor | None = None
+
+    async def sweep(self) -> Swept:
+        """Deletes every result expired by now, then every job and session past retention."""
+        now = self._clock()
+        results = 0
+        while True:
+            deleted, walked, last = await self._store.delete_expired_results(
+                self._after, now, SWEEP_BATCH
+            )
+            results += deleted
+            if last is not None:
+                self._after = last
+            if walked < SWEEP_BATCH:
+                break
+        jobs = sessions = 0
+        while True:
+            deleted_jobs, deleted_sessions = await self._store.delete_ended_jobs(
+                now - self._job_retention, SWEEP_BATCH
+            )
+            jobs += deleted_jobs
+            sessions += deleted_sessions
+            if deleted_jobs < SWEEP_BATCH and deleted_sessions < SWEEP_BATCH:
+                return Swept(results, jobs, sessions)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_SWEEP_S)
+            try:
+                swept = await self.sweep()
+            except Exception:
+                log.exception("the retention sweep failed; again in %gs", RETENTION_SWEEP_S)
+                continue
+            if swept != Swept():
+                log.info(
+                    "deleted %d expired results, %d jobs and %d sessions past retention",
+                    swept.results,
+                    swept.jobs,
+                    swept.sessions,
+                )
