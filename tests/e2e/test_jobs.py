@@ -178,6 +178,27 @@ def test_estimator_exact_and_sampled(client: Client, backend: str) -> None:
     assert sampled.expectation_values[0] == pytest.approx(0.75, abs=0.05)  # 5 sd
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_observables_array_broadcasts_as_in_qiskit(client: Client, backend: str) -> None:
+    # Qiskit's nested observables are a 2x1 array, broadcast against 3 bindings: 2x3 values.
+    from qiskit import qasm3
+    from qiskit.primitives import StatevectorEstimator
+
+    qasm = (
+        'OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] theta;\nqubit[2] q;\n'
+        "ry(theta) q[0];\ncx q[0], q[1];\n"
+    )
+    observables = [["ZZ"], [{"XX": 0.5, "ZI": -2.0}]]
+    values = [[0.1], [0.7], [1.3]]
+    got = client.estimate(
+        qasm, observables, backend=backend, parameter_values=values, precision=0.0
+    )
+    reference = StatevectorEstimator().run([(qasm3.loads(qasm), observables, values)])
+    evs = reference.result()[0].data.evs
+    assert got.shape == evs.shape == (2, 3)
+    assert got.expectation_values == pytest.approx(evs.ravel().tolist(), abs=1e-9)
+
+
 def test_dynamic_circuit_runs_on_aer(client: Client, examples: Path) -> None:
     # Teleporting |1>: the output bit is 1 on every shot, whatever the mid-circuit outcomes.
     pub = client.run((examples / "teleport.qasm").read_text(), shots=200, seed=9).sampler(0)

@@ -21,6 +21,7 @@ from qgateway.client import (
     Client,
     bindings_array,
     circuit_from_source,
+    estimator_pub,
     observables_from,
     sampler_pub,
 )
@@ -567,8 +568,10 @@ def test_an_array_of_no_bindings_is_refused_not_sent_as_no_parameters() -> None:
 
 
 def test_observables_forms() -> None:
-    def terms(obs: list[circuit_pb2.Observable]) -> list[list[tuple[str, float]]]:
-        return [[(t.pauli, t.coefficient) for t in o.terms] for o in obs]
+    def terms(
+        array: tuple[list[circuit_pb2.Observable], tuple[int, ...]],
+    ) -> list[list[tuple[str, float]]]:
+        return [[(t.pauli, t.coefficient) for t in o.terms] for o in array[0]]
 
     assert terms(observables_from("IZ")) == [[("IZ", 1.0)]]
     assert terms(observables_from(["ZZ", "XX"])) == [[("ZZ", 1.0)], [("XX", 1.0)]]
@@ -590,8 +593,10 @@ def test_observables_as_qiskit_writes_them() -> None:
     sparse identity ("", [], c) from_sparse_list writes, and a Pauli object."""
     from qiskit.quantum_info import Pauli, SparsePauliOp
 
-    def terms(obs: list[circuit_pb2.Observable]) -> list[list[tuple[str, list[int], float]]]:
-        return [[(t.pauli, list(t.qubits), t.coefficient) for t in o.terms] for o in obs]
+    def terms(
+        array: tuple[list[circuit_pb2.Observable], tuple[int, ...]],
+    ) -> list[list[tuple[str, list[int], float]]]:
+        return [[(t.pauli, list(t.qubits), t.coefficient) for t in o.terms] for o in array[0]]
 
     square = SparsePauliOp(["Z", "X"]) @ SparsePauliOp(["Z", "X"])  # 2 I, unsimplified
     assert terms(observables_from(square)) == [[("I", [], 2.0)]]
@@ -607,24 +612,39 @@ def test_observables_as_qiskit_writes_them() -> None:
         observables_from(SparsePauliOp(["X"], [0.5 + 1e-9j]))
 
 
-def test_qiskits_nested_observables_are_refused_not_read_as_terms() -> None:
+def test_nested_observables_are_arrays_as_in_qiskit() -> None:
     """Qiskit reads [["ZZ", "XX"]] as a 1x2 array of observables; the client read it as one
-    observable ZZ + XX and answered other numbers without a word. A 1-D numpy array of Pauli
-    strings (which Qiskit takes) is a list of observables."""
+    observable ZZ + XX (other numbers without a word), then refused it. Nested lists and numpy
+    arrays are arrays of their shape; a list of (pauli, coefficient) tuples stays one
+    observable, which Qiskit has no other reading of."""
     import numpy as np
-    from qiskit.quantum_info import SparsePauliOp
+    from qiskit.quantum_info import Pauli, SparsePauliOp
 
-    for nested in (
-        [["ZZ", "XX"]],
-        [["ZZ"], ["XX"]],
-        [[SparsePauliOp("ZZ"), SparsePauliOp("XX")]],
-        [[{"ZZ": 1.0}]],
-        np.array([["ZZ", "XX"]]),
+    def paulis(obs: list[circuit_pb2.Observable]) -> list[list[str]]:
+        return [[t.pauli for t in o.terms] for o in obs]
+
+    for nested, shape, expected in (
+        ([["ZZ", "XX"]], (1, 2), [["ZZ"], ["XX"]]),
+        ([["ZZ"], ["XX"]], (2, 1), [["ZZ"], ["XX"]]),
+        ([[SparsePauliOp("ZZ"), Pauli("XX")]], (1, 2), [["ZZ"], ["XX"]]),
+        ([[{"ZZ": 1.0}], [[("XX", 0.5), ("YY", 0.5)]]], (2, 1), [["ZZ"], ["XX", "YY"]]),
+        (np.array([["ZZ", "XX"], ["YY", "ZI"]]), (2, 2), [["ZZ"], ["XX"], ["YY"], ["ZI"]]),
+        ([[["Z"], ["X"]]], (1, 2, 1), [["Z"], ["X"]]),
+        (np.array(["ZZ", "XX"]), (2,), [["ZZ"], ["XX"]]),
+        (np.array("ZZ"), (), [["ZZ"]]),
     ):
-        with pytest.raises(ValueError, match="more than one"):
-            observables_from(nested)  # type: ignore[arg-type]
-    flat = observables_from(np.array(["ZZ", "XX"]))  # type: ignore[arg-type]
-    assert [[t.pauli for t in o.terms] for o in flat] == [["ZZ"], ["XX"]]
+        flat, got = observables_from(nested)  # type: ignore[arg-type]
+        assert (paulis(flat), got) == (expected, shape), nested
+    for ragged in ([["ZZ"], ["XX", "YY"]], [["ZZ"], "XX"]):
+        with pytest.raises(ValueError, match="not rectangular"):
+            observables_from(ragged)
+    with pytest.raises(ValueError, match="every dimension"):
+        observables_from([[]])
+    with pytest.raises(TypeError):
+        observables_from([["ZZ", 0.5]])  # a term is a tuple; this is a row holding 0.5
+    pub = estimator_pub("qubit q;", [["Z", "X"], ["Y", "Z"], ["X", "X"]]).estimator
+    assert list(pub.observables_shape) == [3, 2] and len(pub.observables) == 6
+    assert list(estimator_pub("qubit q;", ["Z", "X"]).estimator.observables_shape) == []
 
 
 def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:
@@ -633,7 +653,7 @@ def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:
     message = bindings_array([[np.float32(0.5)], [np.int64(3)]])
     assert message is not None
     assert list(message.shape) == [2] and list(message.values) == [0.5, 3.0]
-    (observable,) = observables_from(
+    (observable,), _ = observables_from(
         [[("ZZ", np.float32(0.5)), ("XX", np.complex64(2)), ("Z", [np.int64(1)], np.float64(3))]]
     )
     assert [(t.pauli, t.coefficient, list(t.qubits)) for t in observable.terms] == [

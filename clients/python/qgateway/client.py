@@ -103,7 +103,8 @@ ObservableLike: TypeAlias = (
     str | tuple[str, float] | Sequence[str | tuple[str, float]] | Mapping[str, float] | Any
 )
 #: One observable, or a list of them.
-ObservablesLike: TypeAlias = ObservableLike | Sequence[ObservableLike]
+# One observable, or an array of them as nested lists (Qiskit's ObservablesArray forms).
+ObservablesLike: TypeAlias = ObservableLike | Sequence["ObservablesLike"]
 
 
 @dataclass(frozen=True)
@@ -423,63 +424,78 @@ def _observable(item: Any) -> circuit_pb2.Observable:
         terms = [_term(item)]
     elif isinstance(item, Mapping):
         terms = [_term((pauli, coeff)) for pauli, coeff in item.items()]
-    elif _is_sequence(item):
-        if any(isinstance(t, str) or _is_observable_object(t) for t in item):
-            # Qiskit reads [["ZZ", "XX"]] as a 1x2 array of observables, and this as one
-            # observable ZZ + XX gave other numbers without a word.
-            raise ValueError(
-                f"{item!r}: a list inside the list of observables is one observable's terms, "
-                "given as (pauli, coefficient) tuples; arrays of observables of more than one "
-                "dimension (Qiskit's nested lists) are not supported: pass a flat list"
-            )
+    else:  # a list of terms (_is_terms)
         terms = [_term(t) for t in item]
-    else:
-        raise TypeError(f"{item!r} is not an observable")
     if not terms:
         raise ValueError("an observable needs at least one term")
     return circuit_pb2.Observable(terms=terms)
 
 
-def _is_observable_object(value: object) -> bool:
-    """A mapping, a SparsePauliOp or a Pauli: a whole observable, never one term."""
-    return isinstance(value, Mapping) or (
-        not _is_sequence(value) and (hasattr(value, "to_list") or hasattr(value, "to_label"))
+def _is_one_observable(value: object) -> bool:
+    """A Pauli string, a term, a mapping, an Observable message, a SparsePauliOp or a Pauli."""
+    return (
+        isinstance(value, str | Mapping | circuit_pb2.Observable)
+        or _is_term(value)
+        or (not _is_sequence(value) and (hasattr(value, "to_list") or hasattr(value, "to_label")))
     )
 
 
-def observables_from(observables: ObservablesLike) -> list[circuit_pb2.Observable]:
-    """Observable messages from friendly forms.
+def _is_terms(value: object) -> bool:
+    """A list of (pauli, coefficient) or sparse terms: one observable. Qiskit takes no tuple as
+    an observable, so this never hides one of its arrays ([["ZZ", "XX"]] is 1x2 there)."""
+    return (
+        isinstance(value, Sequence)
+        and _is_sequence(value)
+        and bool(value)
+        and all(_is_term(t) for t in value)
+    )
 
-    "ZZ" is one observable; ["ZZ", "XX"] two; ("ZZ", 0.5) one term; [[("ZZ", 0.5), ("XX", 0.5)]]
-    one observable of two terms; {"ZZ": 0.5, "XX": 0.5} one observable of two terms. A sparse
-    term ("ZX", [3, 0], 0.5) puts Z on qubit 3 and X on qubit 0 (SparsePauliOp.from_sparse_list).
-    Qiskit's SparsePauliOp (simplified first, as its estimator does) and Pauli are observables
-    too; coefficients must be real up to rounding.
+
+def observables_from(
+    observables: ObservablesLike,
+) -> tuple[list[circuit_pb2.Observable], tuple[int, ...]]:
+    """Observable messages from friendly forms, row-major, and the array's shape.
+
+    "ZZ" is one observable (shape ()); ["ZZ", "XX"] two (shape (2,)); ("ZZ", 0.5) one term;
+    [("ZZ", 0.5), ("XX", 0.5)] inside a list is one observable of two terms; {"ZZ": 0.5,
+    "XX": 0.5} one observable of two terms. A sparse term ("ZX", [3, 0], 0.5) puts Z on qubit 3
+    and X on qubit 0 (SparsePauliOp.from_sparse_list). Qiskit's SparsePauliOp (simplified
+    first, as its estimator does) and Pauli are observables too; coefficients must be real up to
+    rounding. Nested lists (or a numpy array) of observables are an array of that shape, as in
+    Qiskit: [["ZZ", "XX"]] is 1x2, broadcast against the parameter sweep.
 
     Raises:
-        ValueError: For an empty list or an empty observable, and for Qiskit's nested lists
-            of observables (an observables array of more than one dimension): a list inside
-            the list must hold (pauli, coefficient) terms.
+        ValueError: For an empty list or observable, and nested lists that are not rectangular.
         TypeError: For anything else.
     """
     if type(observables).__module__ == "numpy" and hasattr(observables, "tolist"):
-        if getattr(observables, "ndim", 1) > 1:
-            raise ValueError("arrays of observables of more than one dimension are not supported")
-        observables = cast(Any, observables).tolist()  # 1-D Pauli strings, as Qiskit takes
-    single = (
-        isinstance(observables, str | Mapping | circuit_pb2.Observable)
-        or _is_term(observables)
-        or (hasattr(observables, "to_list") and not _is_sequence(observables))
-        or (hasattr(observables, "to_label") and not _is_sequence(observables))
-    )
-    if single:
-        return [_observable(observables)]
+        observables = cast(Any, observables).tolist()  # Pauli strings, as Qiskit takes
+    if _is_one_observable(observables):
+        return [_observable(observables)], ()
     if not _is_sequence(observables):
         raise TypeError(f"{observables!r} is not an observable or a list of observables")
-    result = [_observable(item) for item in observables]
-    if not result:
-        raise ValueError("at least one observable is needed")
-    return result
+    flat: list[circuit_pb2.Observable] = []
+    return flat, _observables_dimension(cast(Sequence[Any], observables), flat)
+
+
+def _observables_dimension(
+    items: Sequence[Any], flat: list[circuit_pb2.Observable]
+) -> tuple[int, ...]:
+    """Appends the observables of one dimension to `flat`; returns its shape."""
+    if not items:
+        raise ValueError("at least one observable is needed in every dimension")
+    shapes: set[tuple[int, ...]] = set()
+    for item in items:
+        if _is_one_observable(item) or _is_terms(item):
+            flat.append(_observable(item))
+            shapes.add(())
+        elif _is_sequence(item):
+            shapes.add(_observables_dimension(item, flat))
+        else:
+            raise TypeError(f"{item!r} is not an observable")
+    if len(shapes) > 1:
+        raise ValueError(f"nested observables are not rectangular: rows of shapes {sorted(shapes)}")
+    return (len(items), *shapes.pop())
 
 
 def sampler_pub(
@@ -508,8 +524,12 @@ def estimator_pub(
     precision: float | None = None,
 ) -> circuit_pb2.Pub:
     """An estimator PUB (see `Client.estimate` for the arguments)."""
+    flat, shape = observables_from(observables)
     pub = circuit_pb2.EstimatorPub(
-        circuit=circuit_from_source(circuit), observables=observables_from(observables)
+        circuit=circuit_from_source(circuit),
+        observables=flat,
+        # Empty on the wire: one dimension of len(observables).
+        observables_shape=shape if len(shape) > 1 else (),
     )
     bindings = bindings_array(parameter_values, parameters)
     if bindings is not None:
@@ -1049,9 +1069,10 @@ class Client(SessionCalls, TenantCalls):
 
         Args:
             circuit: OpenQASM text without final measurements.
-            observables: A Pauli string, a list of them, or lists of (pauli, coefficient) terms
-                (see `observables_from`). Character 0 of a Pauli string acts on the
-                highest-index qubit.
+            observables: A Pauli string, a list of them, nested lists of them (an array, as
+                in Qiskit, broadcast against `parameter_values`), or lists of (pauli,
+                coefficient) terms (see `observables_from`). Character 0 of a Pauli string acts
+                on the highest-index qubit.
             backend: Backend name.
             parameter_values: As for `run`.
             parameters: As for `run`.
