@@ -34,6 +34,9 @@ class PolicyBook:
         self.configured: Mapping[str, Tenant] = {t.id: t for t in configured}
         self.default = default
         self._stored: dict[str, TenantPolicy] = {}
+        # Counts puts; the version each stored tenant was last put at (see `load`).
+        self.version = 0
+        self._put_at: dict[str, int] = {}
         self._update_rate_limited()
 
     def _update_rate_limited(self) -> None:
@@ -52,12 +55,22 @@ class PolicyBook:
 
     def put(self, tenant: str, policy: TenantPolicy) -> None:
         """A stored tenant was created or changed (or loaded at start)."""
+        self.version += 1
         self._stored[tenant] = policy
+        self._put_at[tenant] = self.version
         self._update_rate_limited()
 
-    def load(self, tenants: Iterable[Tenant]) -> None:
-        """Replaces the stored tenants' policies (at start, or a refresh from the store)."""
-        self._stored = {t.id: t.policy for t in tenants}
+    def load(self, tenants: Iterable[Tenant], *, read_from: int = 0) -> None:
+        """Replaces the stored tenants' policies (at start, or a refresh from the store).
+
+        `read_from`: `version` when the read of `tenants` began. A tenant put since then was
+        changed by this process after the read may have seen it: its put policy is kept (the
+        refresh put the old one back until the next refresh)."""
+        stored = {t.id: t.policy for t in tenants}
+        newer = {tid: at for tid, at in self._put_at.items() if at > read_from}
+        stored.update({tid: self._stored[tid] for tid in newer})
+        self._stored = stored
+        self._put_at = newer
         self._update_rate_limited()
 
     def visible_backends(

@@ -626,6 +626,44 @@ async def test_stored_tenants_are_loaded_into_the_book(store: SqliteStore) -> No
     assert book.policy("someone-else") == PolicyBook().default
 
 
+async def test_a_refresh_keeps_an_update_made_while_it_read(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a shared store every replica re-reads its tenants every 10 s. An UpdateTenant
+    # answered on this replica while a refresh was reading put the refresh's older policy back:
+    # the replica enforced the old limits until the next refresh.
+    import asyncio
+
+    from gateway.server import load_tenants
+
+    old = TenantPolicy(max_qubits=30)
+    tenant = Tenant("acme", "Acme", old, etag_of("Acme", old), T0, T0)
+    assert await store.create_tenant(admin_tenants._stored(tenant, T0, T0))
+    book = PolicyBook()
+    await load_tenants(store, book)
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    list_tenants = store.list_tenants
+
+    async def gated(*args: object, **kwargs: object) -> object:
+        page = await list_tenants(*args, **kwargs)  # type: ignore[arg-type]
+        reading.set()
+        await go_on.wait()
+        return page
+
+    monkeypatch.setattr(store, "list_tenants", gated)
+    refresh = asyncio.create_task(load_tenants(store, book))
+    await reading.wait()
+    new = TenantPolicy(max_qubits=2)
+    book.put("acme", new)  # as UpdateTenant does once the store has it
+    go_on.set()
+    await refresh
+    assert book.policy("acme") == new
+    # The next refresh reads what the store holds again.
+    monkeypatch.setattr(store, "list_tenants", list_tenants)
+    await load_tenants(store, book)
+    assert book.policy("acme") == old  # this test never wrote `new` to the store
+
+
 def test_a_policy_update_in_json_names_masks_the_proto_fields() -> None:
     """The CLI takes TenantPolicy's JSON form, whose canonical names are lowerCamelCase:
     ParseDict read them, but the update mask kept them, and the gateway refused the path."""
