@@ -73,6 +73,7 @@ from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import Tenant
 from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
+from gateway.store.data_dir_lock import DataDirInUse, lock_data_dir
 from gateway.store.sqlite import SqliteStore
 from gateway.telemetry.setup import Telemetry
 
@@ -525,21 +526,29 @@ class Gateway:
 
 async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Runs until SIGTERM or SIGINT, then drains."""
-    gateway = Gateway(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
-    _settle_heap()
-    _log_security(gateway)
-    log.info("qgateway serving on %s (data in %s)", gateway.address, config.data_dir.resolve())
-    if on_ready is not None:
-        on_ready(gateway.address)
-    await stop.wait()
-    log.info("draining")
-    await gateway.stop()
-    log.info("stopped")
+    try:
+        # Before anything touches the data directory (the audit key is made in Gateway()).
+        lock = lock_data_dir(config.data_dir, exclusive=config.server.queue == "memory")
+    except DataDirInUse as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        gateway = Gateway(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await gateway.start()
+        _settle_heap()
+        _log_security(gateway)
+        log.info("qgateway serving on %s (data in %s)", gateway.address, config.data_dir.resolve())
+        if on_ready is not None:
+            on_ready(gateway.address)
+        await stop.wait()
+        log.info("draining")
+        await gateway.stop()
+        log.info("stopped")
+    finally:
+        lock.release()
 
 
 def _settle_heap() -> None:

@@ -13,6 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from qgateway import Client
+
+from tests.gateway_process import GatewayProcess
+from tests.rpc import ghz
 
 BIN = Path(sys.executable).parent
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -138,3 +142,23 @@ def test_cli_errors_are_one_line(address: str, tmp_path: Path) -> None:
     )
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_gateway_on_the_same_data_directory_refuses_to_start(
+    gateway: GatewayProcess, address: str
+) -> None:
+    # Started twice on one data directory with the in-memory queue, the second re-queued the
+    # first one's running jobs at start and ran them again beside it.
+    config = gateway.log_path.parent / "gateway.toml"
+    second = subprocess.run(
+        [str(BIN / "qgateway"), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"in use by the gateway with pid {gateway.pid}" in second.stderr
+    assert "qgateway listening" not in second.stdout
+    with Client(address) as client:  # the first one is untouched
+        assert client.run(ghz(2), shots=10, seed=1).counts().keys() <= {"00", "11"}
