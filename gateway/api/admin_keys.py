@@ -20,6 +20,7 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway.api import paging
 from gateway.api.admin_tenants import require_known_tenant
 from gateway.api.context import Context
+from gateway.api.shielded import to_the_end
 from gateway.domain.api_keys import MAX_KEYS_PER_TENANT, ApiKeyRecord, KeyState
 from gateway.domain.errors import (
     FieldViolation,
@@ -247,9 +248,15 @@ class ApiKeyRpcs:
         if Role(record.role) is Role.ADMIN and principal.role is not Role.ADMIN:
             raise _role_not_grantable(Role.ADMIN)
         now = self._clock()
-        revoked = await self._store.revoke_api_key(prefix, now)
+        keys = self._keys
+
+        async def revoke() -> ApiKeyRecord | None:
+            revoked = await self._store.revoke_api_key(prefix, now)
+            if keys is not None:
+                keys.forget(prefix)
+            return revoked
+
+        revoked = await to_the_end(revoke())
         assert revoked is not None  # keys are never deleted
-        if self._keys is not None:
-            self._keys.forget(prefix)
         log.info("API key %s revoked by %s", request.name, principal.id)
         return admin_service_pb2.RevokeApiKeyResponse(api_key=encode_key(revoked, now))

@@ -16,6 +16,7 @@ from qgateway.v1 import admin_service_pb2
 
 from gateway.api import paging, tenant_codec
 from gateway.api.context import Context
+from gateway.api.shielded import to_the_end
 from gateway.domain.errors import (
     Aborted,
     AlreadyExists,
@@ -122,16 +123,20 @@ class TenantRpcs:
         display_name = tenant_codec.check_display_name(request.tenant.display_name)
         now = self._clock()
         tenant = Tenant(tid, display_name, policy, etag_of(display_name, policy), now, now)
-        if tid in self._policies.configured or not await self._store.create_tenant(
-            _stored(tenant, now, now)
-        ):
+
+        async def create() -> bool:
+            created = await self._store.create_tenant(_stored(tenant, now, now))
+            if created:
+                self._policies.put(tid, policy)
+            return created
+
+        if tid in self._policies.configured or not await to_the_end(create()):
             raise AlreadyExists(
                 "TENANT_ALREADY_EXISTS",
                 f"tenants/{tid} already exists",
                 metadata={"tenant": f"tenants/{tid}"},
                 resource_info=ResourceInfo(TENANT_RESOURCE, f"tenants/{tid}", "exists"),
             )
-        self._policies.put(tid, policy)
         return admin_service_pb2.CreateTenantResponse(tenant=tenant_codec.encode_tenant(tenant))
 
     async def GetTenant(
@@ -212,13 +217,20 @@ class TenantRpcs:
                 tenant=tenant_codec.encode_tenant(current)
             )
         assert current.created_at is not None
-        # Compare and set on the etag read: a concurrent update in between is ABORTED too.
-        written = await self._store.update_tenant(
-            _stored(updated, current.created_at, now), current.etag
-        )
+        created_at = current.created_at
+
+        async def update() -> StoredTenant | None:
+            # Compare and set on the etag read: a concurrent update in between is ABORTED too.
+            written = await self._store.update_tenant(
+                _stored(updated, created_at, now), current.etag
+            )
+            if written is not None:
+                self._policies.put(tid, policy)
+            return written
+
+        written = await to_the_end(update())
         if written is None:
             raise _etag_mismatch(tid, request.tenant.etag or current.etag)
-        self._policies.put(tid, policy)
         return admin_service_pb2.UpdateTenantResponse(
             tenant=tenant_codec.encode_tenant(tenant_from_stored(written))
         )

@@ -233,6 +233,60 @@ async def test_a_revoke_here_is_at_once_elsewhere_within_the_cache_period(
     assert late.value.reason == "API_KEY_REVOKED"
 
 
+async def test_a_revoke_whose_caller_went_away_still_drops_the_cached_key(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RevokeApiKey dropped the key from this gateway's cache only after the store's write
+    # returned: a call cut off meanwhile revoked the key in the store and left it usable here
+    # for the rest of its cache period.
+    from qgateway.v1 import admin_service_pb2
+
+    from gateway.api.admin_service import AdminServicer
+    from gateway.security.principals import Principal, current_principal
+
+    clock = Clock()
+    verifier = KeyVerifier(KeyRing([]), store, cache_s=30, clock=lambda: clock.mono)
+    admin = AdminServicer(store, clock=lambda: T0, keys=verifier)
+    key, record = _record("acme")
+    await store.create_api_key(record)
+    assert (await verifier.verify(key)).tenant == "acme"  # cached now
+    writing, release = asyncio.Event(), asyncio.Event()
+    revoke = store.revoke_api_key
+
+    async def gated(prefix: str, at: datetime) -> ApiKeyRecord | None:
+        writing.set()
+        await release.wait()
+        return await revoke(prefix, at)
+
+    monkeypatch.setattr(store, "revoke_api_key", gated)
+    token = current_principal.set(Principal("ops", "apiKeys/admin", Role.ADMIN))
+    try:
+        call = asyncio.ensure_future(
+            admin.RevokeApiKey(
+                admin_service_pb2.RevokeApiKeyRequest(name=f"tenants/acme/apiKeys/{record.prefix}"),
+                None,  # type: ignore[arg-type]
+            )
+        )
+        await writing.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        current_principal.reset(token)
+    release.set()
+    # The revoke now runs on without its caller; within 100 turns of the loop at most it has
+    # committed and the key is refused here, not served from the cache for 30 s.
+    for _ in range(100):
+        try:
+            await verifier.verify(key)
+        except Unauthenticated as refused:
+            assert refused.reason == "API_KEY_REVOKED"
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the revoked key was still served from the cache")
+
+
 async def test_configured_keys_still_load_and_win_over_the_store(store: SqliteStore) -> None:
     configured = generate_key("ops", role=Role.ADMIN)
     counting = CountingStore(store)

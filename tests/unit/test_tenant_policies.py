@@ -11,6 +11,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from google.protobuf import field_mask_pb2
@@ -450,6 +451,62 @@ async def admin(store: SqliteStore) -> AsyncIterator[AdminServicer]:
     token = current_principal.set(ADMIN)
     yield AdminServicer(store, policies=policies, clock=lambda: T0)
     current_principal.reset(token)
+
+
+async def test_a_tenant_write_whose_caller_went_away_is_still_enforced(
+    admin: AdminServicer, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The policy was applied to the process's book only after the store's write returned: an
+    # admin call cut off by its deadline meanwhile committed the tenant, never applied it, and
+    # a retry found it existing (ALREADY_EXISTS) or unchanged. The tenant was checked against
+    # the default policy (unrestricted by default) until the next start.
+    import asyncio
+
+    writing, release = asyncio.Event(), asyncio.Event()
+
+    def gated(write: Any) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            writing.set()
+            await release.wait()
+            return await write(*args, **kwargs)
+
+        return call
+
+    async def cut_off(call: Any) -> None:
+        writing.clear()
+        release.clear()
+        task = asyncio.ensure_future(call)
+        await writing.wait()  # the handler is waiting for its write now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()  # the write commits after its caller has gone
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(store, "create_tenant", gated(store.create_tenant))
+    monkeypatch.setattr(store, "update_tenant", gated(store.update_tenant))
+    policies = admin._policies
+    limited = admin_pb2.TenantPolicy(max_shots_per_job=10)
+    await cut_off(
+        admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(
+                tenant_id="acme", tenant=admin_pb2.Tenant(policy=limited)
+            ),
+            None,
+        )
+    )
+    assert policies.policy("acme").max_shots_per_job == 10
+    update = admin_pb2.Tenant(
+        name="tenants/acme", policy=admin_pb2.TenantPolicy(max_shots_per_job=3)
+    )
+    mask = field_mask_pb2.FieldMask(paths=["policy.max_shots_per_job"])
+    await cut_off(
+        admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(tenant=update, update_mask=mask), None
+        )
+    )
+    assert policies.policy("acme").max_shots_per_job == 3
 
 
 async def test_update_masks_change_only_the_named_fields(admin: AdminServicer) -> None:
