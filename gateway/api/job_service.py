@@ -172,8 +172,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             # looked up only when the request fails, so the common first try pays no lookup.
             existing = await self._manager.find_request(tenant, request_id, digest)
             if existing is not None:
+                telemetry.job_known()
                 return existing, False
             raise
+        telemetry.job_known()  # an error from here on is no refusal: the job exists
         return outcome.job, outcome.created
 
     async def SubmitJob(

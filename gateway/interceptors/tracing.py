@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gateway.api.context import Context
 from gateway.domain.errors import Code
 from gateway.interceptors.handlers import (
+    SUBMIT_METHODS,
     Stream,
     Unary,
     failed_call,
@@ -37,6 +38,7 @@ from gateway.interceptors.handlers import (
     rewrap,
     status_code,
 )
+from gateway.telemetry import active
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import RPC_CONTEXT, Tracing, extract
 
@@ -80,9 +82,12 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         rpc_method = method.lstrip("/")  # "qgateway.v1.JobService/Run"
         tracing = self._tracing
         metrics = self._metrics
+        submits = metrics is not None and method in SUBMIT_METHODS
 
         def start(context: Context) -> tuple[Any, object | None, float]:
             started = time.perf_counter()
+            if submits:
+                active.call_job.set(active.CallJob())  # the call's task: no reset needed
             if tracing is None:
                 return None, None, started
             parent = extract(context.invocation_metadata(), tracing.max_header_bytes)
@@ -102,7 +107,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         ) -> None:  # fmt: skip
             code, error = _outcome(exc, context)
             if metrics is not None:
-                metrics.record_rpc(rpc_method, code, time.perf_counter() - started)
+                holder = active.call_job.get() if submits else None
+                known = holder is not None and holder.known
+                metrics.record_rpc(rpc_method, code, time.perf_counter() - started, job_known=known)
             if span is None:
                 return
             span.set_attribute(RPC_RESPONSE_STATUS_CODE, code)

@@ -27,6 +27,30 @@ enabled = False
 backend: contextvars.ContextVar[str] = contextvars.ContextVar("qgateway_backend", default="")
 
 
+class CallJob:
+    """Whether a SubmitJob or Run call has its job (created, or an earlier request's found):
+    an error after that (Run's wait past its deadline, the caller gone) is no refusal."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known = False
+
+
+# Set by the RPC interceptor on SubmitJob and Run while metrics are on (a holder: the handler
+# may run in a copy of the call's context).
+call_job: contextvars.ContextVar[CallJob | None] = contextvars.ContextVar(
+    "qgateway_call_job", default=None
+)
+
+
+def job_known() -> None:
+    """The current SubmitJob or Run call has its job."""
+    holder = call_job.get()
+    if holder is not None:
+        holder.known = True
+
+
 def provider_retry(attempt: int, exc: BaseException, delay: float) -> None:
     """A provider call is retried (gateway.runtime.retry): counted, and an event on the
     current span."""

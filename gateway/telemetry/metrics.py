@@ -158,12 +158,14 @@ class GatewayMetrics:
 
     # ------------------------------------------------------------------ recording
 
-    def record_rpc(self, method: str, code: str, seconds: float) -> None:
+    def record_rpc(self, method: str, code: str, seconds: float, *, job_known: bool) -> None:
+        """One call's duration; a refusal too for SubmitJob or Run answered with an error
+        before it had its job (`job_known`: created, or an earlier request's found)."""
         self.rpc_duration.record(
             seconds,
             {"rpc.system.name": "grpc", "rpc.method": method, "rpc.response.status_code": code},
         )
-        if code != "OK" and f"/{method}" in SUBMIT_METHODS:
+        if code != "OK" and not job_known and f"/{method}" in SUBMIT_METHODS:
             self.jobs_refused.add(1, {"rpc.method": method, "rpc.response.status_code": code})
 
     def provider_retry(self, backend: str) -> None:

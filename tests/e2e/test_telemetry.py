@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from qgateway import (
     Client,
+    DeadlineExceededError,
     InvalidArgumentError,
     RetryPolicy,
     UnavailableError,
@@ -323,6 +324,25 @@ def test_metrics_move_as_jobs_run_fail_and_get_refused(env: Env) -> None:
     # ...and pushed over OTLP under their OpenTelemetry names.
     want = {m.name for m in metric_names.ALL}
     env.receiver.wait_for(lambda r: want <= r.metric_names, timeout=10)
+
+    # A Run that outlasts its deadline answers DEADLINE_EXCEEDED while its job runs on: not a
+    # refusal (it was counted as one, and again for every retry of it).
+    with _client(env) as client:
+        with pytest.raises(DeadlineExceededError) as late:
+            client.run(slow_circuit(), backend="aer", shots=100_000, seed=3, timeout=1.0)
+        assert late.value.reason == "RUN_DEADLINE_EXCEEDED"
+        client.cancel(late.value.metadata["job"], timeout=30)
+    late_run = {
+        "rpc_method": "qgateway.v1.JobService/Run",
+        "rpc_response_status_code": "DEADLINE_EXCEEDED",
+    }
+
+    def counted(_: OtlpReceiver) -> str | None:
+        text = _scrape(env)
+        return text if _value(text, "rpc_server_call_duration_seconds_count", **late_run) else None
+
+    last = env.receiver.wait_for(counted, timeout=10)
+    assert _value(last, "qgateway_jobs_refused_total", **late_run) == 0
 
 
 @pytest.mark.timeout(30)

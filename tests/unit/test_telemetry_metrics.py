@@ -65,7 +65,7 @@ def _job(state: JobState, tenant: str = "acme", **kwargs: object) -> Job:
 def test_every_catalogued_metric_has_its_documented_prometheus_names() -> None:
     metrics, registry = _metrics()
     # Record each recorded instrument once; observed ones need live state (watched below).
-    metrics.record_rpc("qgateway.v1.JobService/Run", "UNAVAILABLE", 0.01)
+    metrics.record_rpc("qgateway.v1.JobService/Run", "UNAVAILABLE", 0.01, job_known=False)
     metrics.provider_retry("aer")
     metrics.breaker_transitions.add(1, {"backend": "aer", "state": "OPEN"})
     started = _job(JobState.RUNNING, started_at=T0 + timedelta(seconds=2))
@@ -128,11 +128,13 @@ def test_tenants_beyond_the_cap_share_one_series() -> None:
 @pytest.mark.parametrize("code", ["OK", "INVALID_ARGUMENT"])
 def test_only_failed_submissions_count_as_refused(code: str) -> None:
     metrics, registry = _metrics()
-    metrics.record_rpc("qgateway.v1.JobService/SubmitJob", code, 0.001)
-    metrics.record_rpc("qgateway.v1.JobService/GetJob", "NOT_FOUND", 0.001)
+    metrics.record_rpc("qgateway.v1.JobService/SubmitJob", code, 0.001, job_known=False)
+    metrics.record_rpc("qgateway.v1.JobService/GetJob", "NOT_FOUND", 0.001, job_known=False)
+    # Run answered DEADLINE_EXCEEDED once its job existed: the job keeps running.
+    metrics.record_rpc("qgateway.v1.JobService/Run", "DEADLINE_EXCEEDED", 0.001, job_known=True)
     refused = _value(registry, "qgateway_jobs_refused_total")
     assert refused == (0 if code == "OK" else 1)
-    assert _value(registry, "rpc_server_call_duration_seconds_count") == 2
+    assert _value(registry, "rpc_server_call_duration_seconds_count") == 3
 
 
 @pytest.mark.parametrize("sampled_first", [False, True])
