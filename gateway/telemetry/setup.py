@@ -8,8 +8,10 @@ gateway has no tracing interceptor, no hooks and no sampler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -29,6 +31,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Seconds one OTLP export may take (with the exporter's own retries).
 EXPORT_TIMEOUT_S = 5.0
+# Seconds the gateway's stop waits for the providers to export what is pending.
+SHUTDOWN_TIMEOUT_S = EXPORT_TIMEOUT_S
+
+
+async def shut_down(providers: Sequence[Any], timeout: float) -> None:
+    """Shuts the providers down together, waiting at most `timeout`; then whatever they still
+    export is dropped. Their shutdown exports every pending batch, each retried up to its own
+    timeout (a collector that is down took ~14 s for a full span queue), and joins the SDK's
+    worker thread for up to 30 s: an orchestrator would SIGKILL a gateway stopping that long.
+    Daemon threads, not the loop's executor, which the end of asyncio.run would wait for."""
+    if not providers:
+        return
+    loop = asyncio.get_running_loop()
+    done = [loop.create_future() for _ in providers]
+
+    def shut(provider: Any, future: asyncio.Future[None]) -> None:
+        try:
+            provider.shutdown()
+        except Exception:
+            log.exception("shutting a telemetry provider down failed")
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nobody waits
+                loop.call_soon_threadsafe(future.set_result, None)
+
+    for provider, future in zip(providers, done, strict=True):
+        threading.Thread(
+            target=shut, args=(provider, future), name="telemetry-shutdown", daemon=True
+        ).start()
+    finished, _ = await asyncio.wait(done, timeout=timeout)
+    if len(finished) < len(done):
+        log.warning(
+            "telemetry: spans or metrics still unexported after %gs (is the collector"
+            " reachable?) are dropped",
+            timeout,
+        )
 
 
 def _otlp_target(endpoint: str) -> tuple[str, bool]:
@@ -81,7 +118,7 @@ class Telemetry:
         target, insecure = _otlp_target(cfg.otlp_endpoint)
         provider.add_span_processor(
             BatchSpanProcessor(
-                # A collector that is down delays shutdown by at most this much.
+                # A collector that is down holds each export at most this long.
                 OTLPSpanExporter(endpoint=target, insecure=insecure, timeout=EXPORT_TIMEOUT_S),
                 schedule_delay_millis=cfg.export_interval_s * 1000,
             )
@@ -176,8 +213,7 @@ class Telemetry:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
-        for provider in self._providers:
-            await asyncio.to_thread(provider.shutdown)
+        await shut_down(self._providers, SHUTDOWN_TIMEOUT_S)
         if self._prometheus is not None:
             self._prometheus.shutdown()
         active.install(None, None)
