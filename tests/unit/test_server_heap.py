@@ -30,7 +30,7 @@ class _Gateway:
         pass
 
 
-def test_serve_freezes_the_start_up_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_freezes_the_start_up_heap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(server, "Gateway", _Gateway)
     monkeypatch.setattr(server, "_log_security", lambda gateway: None)
     frozen: list[int] = []
@@ -41,7 +41,8 @@ def test_serve_freezes_the_start_up_heap(monkeypatch: pytest.MonkeyPatch) -> Non
 
     gc.unfreeze()
     try:
-        config: Any = type("Config", (), {"data_dir": Path(".")})()
+        server_config = type("ServerConfig", (), {"queue": "memory"})()
+        config: Any = type("Config", (), {"data_dir": tmp_path, "server": server_config})()
         asyncio.run(server.serve(config, ready))
     finally:
         gc.unfreeze()
