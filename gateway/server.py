@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 from qgateway.v1 import (
@@ -34,6 +33,7 @@ from gateway.api.admin_service import SERVICE_NAME as ADMIN_SERVICE_NAME
 from gateway.api.admin_service import AdminServicer
 from gateway.api.admin_tenants import tenant_from_stored
 from gateway.api.backend_service import BackendServicer
+from gateway.api.health_service import HealthService
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
@@ -310,7 +310,7 @@ class Gateway:
         )
         self.manager.hooks.add(self.sessions)
         self.telemetry.register(self.manager.hooks)
-        self.health = HealthServicer()
+        self.health = HealthService()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
         # Inside authentication (it reads the principal), outside rate limiting.
