@@ -159,6 +159,28 @@ class ServerConfig(_Strict):
     # the rest wait. A message per binding and register costs the loop ~40 us however small:
     # this bounds what a result of many tiny parts costs (gateway.api.stream_pace).
     stream_messages_per_s: float = Field(default=5_000.0, ge=1, le=1e9)
+    # HTTP/2 connections (both ports). grpc's defaults keep a connection for ever: idle ones
+    # held a descriptor each until new clients and kubelet probes were refused, a client's
+    # channel stayed pinned to one replica behind an L4 balancer however far the fleet scaled,
+    # a dead peer went unnoticed for 2 h, and one connection could open streams without limit.
+    # Streams one connection may have open at once (a client queues the rest; the default
+    # matches max_streams_per_tenant, so one channel can hold a tenant's watches).
+    max_concurrent_streams: int = Field(default=1000, gt=0, le=_INT32_MAX)
+    # A connection with no call for this long is closed (GOAWAY; clients reconnect on demand).
+    max_connection_idle_s: float = Field(default=300.0, gt=0, le=_INT32_MAX / 1000)
+    # A connection is asked to go (GOAWAY) at this age, so clients reconnect (to whichever
+    # replica the balancer picks); its calls get the grace period to finish, then are cut
+    # UNAVAILABLE (the Python client resumes watches and result streams). At least
+    # run_max_wait_s, so a Run in progress is answered.
+    max_connection_age_s: float = Field(default=1800.0, gt=0, le=_INT32_MAX / 1000)
+    max_connection_age_grace_s: float = Field(default=300.0, ge=0, le=_INT32_MAX / 1000)
+    # The server pings a connection after this long without activity, and drops it when no
+    # answer comes within the timeout (a peer that vanished without a FIN).
+    keepalive_time_s: float = Field(default=60.0, gt=0, le=_INT32_MAX / 1000)
+    keepalive_timeout_s: float = Field(default=20.0, gt=0, le=_INT32_MAX / 1000)
+    # Clients' own keepalive pings are accepted this often, with or without calls (grpc's 5
+    # minutes closed connections of clients pinging every minute with "too many pings").
+    min_client_ping_interval_s: float = Field(default=30.0, gt=0, le=_INT32_MAX / 1000)
     # CPUs the gateway process's own threads run on (Linux); unset: wherever the kernel puts
     # them. Its Python threads take turns on one interpreter lock, and every hand-off between
     # threads on two cores wakes an idle core (costly on VMs): on one CPU a sequential Run's
@@ -166,6 +188,16 @@ class ServerConfig(_Strict):
     # SQLite writer and gRPC's threads no longer run beside the event loop). Workers are not
     # bound (gateway.runtime.affinity). Name CPUs no other busy process is bound to.
     cpu_affinity: tuple[int, ...] | None = Field(default=None, min_length=1, max_length=4096)
+
+    @model_validator(mode="after")
+    def _runs_outlive_a_connection_age(self) -> ServerConfig:
+        if self.max_connection_age_grace_s < self.run_max_wait_s:
+            raise ValueError(
+                f"max_connection_age_grace_s ({self.max_connection_age_grace_s:g}) must be at"
+                f" least run_max_wait_s ({self.run_max_wait_s:g}): a Run waiting on an aged"
+                " connection would be cut before its answer"
+            )
+        return self
 
     @model_validator(mode="after")
     def _jobs_outlive_their_results(self) -> ServerConfig:
@@ -187,6 +219,24 @@ class ServerConfig(_Strict):
             if len(set(cpus)) != len(cpus):
                 raise ValueError("a CPU is named twice")
         return cpus
+
+    def connection_options(self) -> list[tuple[str, int]]:
+        """grpc server options for the settings above (both ports)."""
+
+        def ms(seconds: float) -> int:
+            return max(1, round(seconds * 1000))
+
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", round(self.max_connection_age_grace_s * 1000)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval_s)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
 
     @property
     def transport_max_receive_bytes(self) -> int:

@@ -343,7 +343,7 @@ class Gateway:
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
                 ("grpc.max_send_message_length", server_cfg.max_response_bytes + (1 << 20)),
-                ("grpc.so_reuseport", 0),
+                *server_cfg.connection_options(),
             ],
         )
 
@@ -443,7 +443,7 @@ class Gateway:
         listen = self.config.server.health_listen
         if listen is None:
             return
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=self.config.server.connection_options())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             self.health_port = server.add_insecure_port(listen)

@@ -169,3 +169,16 @@ def test_an_environment_value_that_is_not_json_is_a_config_error(
     monkeypatch.setenv("QGATEWAY_SERVER", "not json")
     with pytest.raises(ConfigError, match='field "server"'):
         load_config(None)
+
+
+def test_connection_limits_become_grpc_server_options(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text("[server]\nmax_connection_idle_s = 1.5\nmin_client_ping_interval_s = 10\n")
+    options = dict(load_config(path).server.connection_options())
+    assert options["grpc.max_connection_idle_ms"] == 1500
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 10_000
+    assert options["grpc.max_connection_age_grace_ms"] == 300_000
+    assert options["grpc.max_concurrent_streams"] == 1000
+    path.write_text("[server]\nrun_max_wait_s = 600\n")
+    with pytest.raises(ConfigError, match="max_connection_age_grace_s"):
+        load_config(path)
