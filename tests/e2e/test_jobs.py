@@ -268,15 +268,15 @@ def test_submit_watch_and_list(client: Client) -> None:
 def test_run_deadline_leaves_the_job_running(client: Client) -> None:
     with pytest.raises(DeadlineExceededError) as exc:
         client.run(
-            slow_circuit(), backend="aer-mps", shots=8000, seed=1, request_id="slow-1", timeout=2.0
+            slow_circuit(), backend="aer-mps", shots=30_000, seed=1, request_id="slow-1", timeout=2.0
         )
     name = exc.value.job
     assert name is not None and name.startswith("jobs/")
     # Repeating Run with the same request_id gets the same job, now finished.
     result = client.run(
-        slow_circuit(), backend="aer-mps", shots=8000, seed=1, request_id="slow-1", timeout=60
+        slow_circuit(), backend="aer-mps", shots=30_000, seed=1, request_id="slow-1", timeout=60
     )
-    assert sum(result.sampler(0)["c"].counts().values()) == 8000
+    assert sum(result.sampler(0)["c"].counts().values()) == 30_000
     job = client.get_job(name)
     assert job.state is JobState.SUCCEEDED and job.execution is not None
     assert job.execution.attempts == 1  # it ran once
