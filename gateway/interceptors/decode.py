@@ -2,9 +2,9 @@
 
 Parsing a request costs the event loop time and memory in proportion to its bytes (16 MiB of
 empty messages: ~0.8 s holding the GIL, ~20x its size in memory), so a caller is identified
-first: a request from nobody is refused without being decoded. The error boundary, outermost,
-only checks the size and passes the bytes on; every interceptor between the two reads no more
-than metadata. A request that cannot be decoded is INVALID_ARGUMENT MALFORMED_REQUEST (not
+first: a request from nobody is refused without being read or decoded. The error boundary,
+outermost, passes the message on unread (it is read here, size-checked); every interceptor
+between the two reads no more than metadata. A request that cannot be decoded is INVALID_ARGUMENT MALFORMED_REQUEST (not
 gRPC's UNKNOWN), told to the audit log as the boundary tells it of a request too large.
 """
 
@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.api.context import Context
 from gateway.domain.errors import InvalidArgument
-from gateway.interceptors.boundary import OnRejected
+from gateway.interceptors.boundary import OnRejected, PendingRequest
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
 
 
@@ -38,7 +38,9 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
         on_rejected = self._on_rejected
 
-        def decoded(data: bytes, context: Context) -> Any:
+        async def decoded(request: Any, context: Context) -> Any:
+            # Read here, once the caller is known (gateway.interceptors.boundary).
+            data = await request.read() if isinstance(request, PendingRequest) else request
             if deserialize is None:
                 return data
             try:
@@ -54,13 +56,13 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:
-                return await unary(decoded(request, context), context)
+                return await unary(await decoded(request, context), context)
 
             return handle
 
         def wrap_stream(stream: Stream) -> Stream:
             async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-                async for item in stream(decoded(request, context), context):
+                async for item in stream(await decoded(request, context), context):
                     yield item
 
             return handle

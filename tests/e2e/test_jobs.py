@@ -268,7 +268,12 @@ def test_submit_watch_and_list(client: Client) -> None:
 def test_run_deadline_leaves_the_job_running(client: Client) -> None:
     with pytest.raises(DeadlineExceededError) as exc:
         client.run(
-            slow_circuit(), backend="aer-mps", shots=30_000, seed=1, request_id="slow-1", timeout=2.0
+            slow_circuit(),
+            backend="aer-mps",
+            shots=30_000,
+            seed=1,
+            request_id="slow-1",
+            timeout=2.0,
         )
     name = exc.value.job
     assert name is not None and name.startswith("jobs/")

@@ -116,11 +116,40 @@ async def test_an_undecodable_request_is_malformed_and_told_to_the_audit_log(
     assert seen.rejected == [(METHOD, "MALFORMED_REQUEST")]
 
 
-async def test_a_request_too_large_is_refused_before_authentication_undecoded(
+async def test_a_request_too_large_is_refused_undecoded(
     served: tuple[grpc.aio.Channel, Seen],
 ) -> None:
     channel, seen = served
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _call(channel, b"\x0a" * ((1 << 20) + 1), None)
+        await _call(channel, b"\x0a" * ((1 << 20) + 1), KEY.key)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert seen.rejected == [(METHOD, "REQUEST_TOO_LARGE")] and seen.decoded == []
+    # Without credentials it is refused as such: its body is never read.
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await _call(channel, b"\x0a" * ((1 << 20) + 1), None)
+    assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert len(seen.rejected) == 1
+
+
+async def test_a_caller_without_credentials_is_refused_before_its_body_arrives(
+    served: tuple[grpc.aio.Channel, Seen],
+) -> None:
+    # gRPC read a unary request's whole message before any interceptor ran: a caller with no
+    # credentials that sent headers and part of a 16 MiB body, then went silent, had it held
+    # for as long as it liked. The gateway serves methods request-streaming and reads the
+    # message only once the caller is known; this caller never sends one.
+    import asyncio
+
+    channel, seen = served
+    never = asyncio.Event()
+
+    async def silent() -> AsyncIterator[bytes]:
+        await never.wait()
+        yield b""
+
+    call = channel.stream_unary(METHOD)(silent(), timeout=30)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert seen.decoded == []
+    never.set()

@@ -41,8 +41,14 @@ def test_the_boundary_tells_the_servicer_the_request_size() -> None:
     async def behaviour(request: Any, context: Context) -> None:
         seen.append((request, request_bytes()))
 
-    handle = boundary._wrap_unary(behaviour, "/qgateway.v1.JobService/SubmitJob")
-    asyncio.run(handle(receive(data), None))
+    async def requests() -> Any:
+        yield receive(data)
+
+    async def behaviour_reading(request: Any, context: Context) -> None:
+        await behaviour(await request.read(), context)  # as the decode interceptor does
+
+    handle = boundary._wrap_unary(behaviour_reading, "/qgateway.v1.JobService/SubmitJob")
+    asyncio.run(handle(requests(), None))
     # The bytes as received (decoded inside authentication), and their size for the call.
     assert seen == [(data, len(data))]
 
