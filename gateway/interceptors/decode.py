@@ -4,8 +4,9 @@ Parsing a request costs the event loop time and memory in proportion to its byte
 empty messages: ~0.8 s holding the GIL, ~20x its size in memory), so a caller is identified
 first: a request from nobody is refused without being read or decoded. The error boundary,
 outermost, passes the message on unread (it is read here, size-checked); every interceptor
-between the two reads no more than metadata. A request that cannot be decoded is INVALID_ARGUMENT MALFORMED_REQUEST (not
-gRPC's UNKNOWN), told to the audit log as the boundary tells it of a request too large.
+between the two reads no more than metadata. A request that cannot be decoded is
+INVALID_ARGUMENT MALFORMED_REQUEST (not gRPC's UNKNOWN), told to the audit log as a request too
+large is.
 """
 
 from __future__ import annotations
