@@ -62,6 +62,8 @@ MAX_DAYS = 36_500.0
 MAX_SECONDS = MAX_DAYS * 86_400.0
 # gRPC's message-size options are int32: the transport limits derived from these must fit.
 _INT32_MAX = 2**31 - 1
+# Request metadata (headers) a call may carry, both ports.
+METADATA_LIMIT_BYTES = 16 * 1024
 
 
 # What a warmed simulator worker holds before any job (measured: VmData ~1.2 GiB for Aer,
@@ -235,6 +237,11 @@ class ServerConfig(_Strict):
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
             ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval_s)),
             ("grpc.keepalive_permit_without_calls", 1),
+            # grpc refuses request metadata between its soft (8 KiB) and hard (16 KiB) limits
+            # at random; a large JWT beside a forwarded client certificate falls there. One
+            # limit: up to 16 KiB is always accepted, above it always refused.
+            ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
+            ("grpc.absolute_max_metadata_size", METADATA_LIMIT_BYTES),
             ("grpc.so_reuseport", 0),
         ]
 

@@ -41,3 +41,17 @@ def test_an_idle_connection_is_closed(address: str) -> None:
         channel.subscribe(seen)
         assert closed.wait(30), "the gateway kept an idle connection open"
         channel.unsubscribe(seen)
+
+
+@pytest.mark.timeout(60)
+def test_metadata_up_to_the_limit_is_always_accepted(address: str) -> None:
+    # Between grpc's soft (8 KiB) and hard (16 KiB) limits a call was refused at random: a
+    # large JWT beside a forwarded client certificate got RESOURCE_EXHAUSTED now and then.
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        for _ in range(30):
+            answer = health.Check(request, metadata=(("x-big", "a" * 12_000),), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError):
+            health.Check(request, metadata=(("x-big", "a" * 17_000),), timeout=10)
