@@ -85,23 +85,6 @@ async def abort(context: Context, error: GatewayError) -> None:
 OnRejected = Callable[[str, str, GatewayError], None]
 
 
-def _rejected(
-    request: _Rejected, method: str, context: Context, on_rejected: OnRejected | None
-) -> GatewayError:
-    if on_rejected is not None:
-        on_rejected(method, context.peer() or "", request.error)
-    return request.error
-
-
-def _unwrapped(request: Any) -> Any:
-    """The bytes of a _Received, their size recorded for the call (each call is its own task,
-    so the size is the call's own)."""
-    if isinstance(request, _Received):
-        set_request_bytes(request.size)
-        return request.data
-    return request
-
-
 class PendingRequest:
     """A call's request message not read yet. The boundary serves every method as
     request-streaming, so gRPC reads no message before the behaviour asks for one: the
@@ -123,12 +106,17 @@ class PendingRequest:
         self._on_rejected = on_rejected
 
     async def read(self) -> bytes:
-        """The request's bytes (their size recorded for the call); raises its refusal."""
+        """The request's bytes (their size recorded for the call: each call is its own task);
+        raises its refusal, told to `on_rejected`."""
         async for request in self._requests:
             if isinstance(request, _Rejected):
-                raise _rejected(request, self._method, self._context, self._on_rejected)
-            data: bytes = _unwrapped(request)
-            return data
+                if self._on_rejected is not None:
+                    peer = self._context.peer() or ""
+                    self._on_rejected(self._method, peer, request.error)
+                raise request.error
+            received: _Received = request
+            set_request_bytes(received.size)
+            return received.data
         raise InvalidArgument("MALFORMED_REQUEST", "the call carried no request message")
 
 

@@ -39,9 +39,8 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
         on_rejected = self._on_rejected
 
-        async def decoded(request: Any, context: Context) -> Any:
-            # Read here, once the caller is known (gateway.interceptors.boundary).
-            data = await request.read() if isinstance(request, PendingRequest) else request
+        async def decoded(request: PendingRequest, context: Context) -> Any:
+            data = await request.read()  # here, once the caller is known
             if deserialize is None:
                 return data
             try:

@@ -313,9 +313,6 @@ _EXPIRED_RESULTS_AFTER_SQL: Final = (
 )
 # The retention sweep's batches (jobs_ended, sessions_ended): deleted rows leave the index, so
 # every batch starts from the oldest again and needs no cursor.
-_ENDED_JOBS_SQL: Final = (
-    "SELECT id FROM jobs WHERE ended_at IS NOT NULL AND ended_at <= ? ORDER BY ended_at, id LIMIT ?"
-)
 _ENDED_SESSIONS_SQL: Final = (
     "SELECT id FROM sessions WHERE ended_at IS NOT NULL AND ended_at <= ?"
     " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.session_id = sessions.id)"
@@ -344,6 +341,11 @@ _JOB_COLUMNS: Final = (
 )
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
+# The retention sweep's jobs (see _ENDED_SESSIONS_SQL): (until, *final states, limit).
+_ENDED_JOBS_SQL: Final = (
+    "SELECT id FROM jobs WHERE ended_at IS NOT NULL AND ended_at <= ?"
+    f" AND state IN ({_FINAL_PLACEHOLDERS}) ORDER BY ended_at, id LIMIT ?"
+)
 # The queue a job waits in. The very expression of the claim indexes (migration 7): SQLite uses
 # an expression index only when a query spells the expression the same way.
 _PLACE: Final = "coalesce(placement, backend)"
@@ -700,14 +702,12 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         until_us = to_us(until)
 
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
-            jobs = [(row["id"],) for row in conn.execute(_ENDED_JOBS_SQL, (until_us, limit))]
+            params = (until_us, *_FINAL_NAMES, limit)
+            jobs = [(row["id"],) for row in conn.execute(_ENDED_JOBS_SQL, params)]
             # A job's ledger row is only read to settle it, once, when it ends: the running
             # totals in quota_totals keep what it used.
             conn.executemany("DELETE FROM quota_ledger WHERE job_id = ?", jobs)
-            deleted_jobs = conn.executemany(
-                f"DELETE FROM jobs WHERE id = ? AND state IN ({_FINAL_PLACEHOLDERS})",
-                [(job_id, *_FINAL_NAMES) for (job_id,) in jobs],
-            ).rowcount
+            deleted_jobs = conn.executemany("DELETE FROM jobs WHERE id = ?", jobs).rowcount
             sessions = [
                 (row["id"],) for row in conn.execute(_ENDED_SESSIONS_SQL, (until_us, limit))
             ]

@@ -484,7 +484,7 @@ async def test_claim_queries_use_their_indexes(store: SqliteStore, db_path: path
             (sqlite_module._NEXT_EXPIRY_SQL, ("aer",), "jobs_claimed"),
             (sqlite_module._EXPIRED_RESULTS_SQL, (0, 10), "jobs_result_expiry"),
             (sqlite_module._EXPIRED_RESULTS_AFTER_SQL, (0, "a", 5, 10), "jobs_result_expiry"),
-            (sqlite_module._ENDED_JOBS_SQL, (0, 10), "jobs_ended"),
+            (sqlite_module._ENDED_JOBS_SQL, (0, *final, 10), "jobs_ended"),
             (sqlite_module._ENDED_SESSIONS_SQL, (0, 10), "sessions_ended"),
         ]
         for sql, params, index in queries:

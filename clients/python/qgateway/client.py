@@ -32,7 +32,7 @@ from collections.abc import (
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeGuard, cast
 
 # grpc ships no type information; the unused-ignore code keeps these lines clean once stubs exist.
 import grpc  # type: ignore[import-untyped, unused-ignore]
@@ -268,7 +268,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_sequence(value: object) -> bool:
+def _is_sequence(value: object) -> TypeGuard[Sequence[Any]]:
     return isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
 
 
@@ -443,12 +443,7 @@ def _is_one_observable(value: object) -> bool:
 def _is_terms(value: object) -> bool:
     """A list of (pauli, coefficient) or sparse terms: one observable. Qiskit takes no tuple as
     an observable, so this never hides one of its arrays ([["ZZ", "XX"]] is 1x2 there)."""
-    return (
-        isinstance(value, Sequence)
-        and _is_sequence(value)
-        and bool(value)
-        and all(_is_term(t) for t in value)
-    )
+    return _is_sequence(value) and bool(value) and all(_is_term(t) for t in value)
 
 
 def observables_from(
@@ -475,7 +470,7 @@ def observables_from(
     if not _is_sequence(observables):
         raise TypeError(f"{observables!r} is not an observable or a list of observables")
     flat: list[circuit_pb2.Observable] = []
-    return flat, _observables_dimension(cast(Sequence[Any], observables), flat)
+    return flat, _observables_dimension(observables, flat)
 
 
 def _observables_dimension(
