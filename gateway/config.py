@@ -116,6 +116,13 @@ class ServerConfig(_Strict):
     # The gateway's own request limit: below gRPC's transport limit, so an oversize request gets
     # a detailed error instead of gRPC's bare one.
     max_request_bytes: int = Field(default=16 * MIB, gt=0, le=(_INT32_MAX - MIB) // 2)
+    # gRPC holds a request's bytes as they arrive: a caller that sends most of a large body
+    # and goes silent keeps them in memory. Requests of one tenant whose message is still
+    # arriving a second after their headers (slow ones) are limited, one more is
+    # RESOURCE_EXHAUSTED TOO_MANY_SLOW_REQUESTS; no message may take longer than the timeout
+    # (DEADLINE_EXCEEDED REQUEST_READ_TIMEOUT). 16 MiB in 60 s needs ~2.3 Mbit/s.
+    max_slow_requests_per_tenant: int = Field(default=32, gt=0)
+    request_read_timeout_s: float = Field(default=60.0, gt=1.0, le=MAX_SECONDS)
     # Largest response the gateway sends in one message; the default matches gRPC clients'
     # default receive limit, so any client can read every answer.
     max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0, le=_INT32_MAX - MIB)

@@ -49,6 +49,7 @@ from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.interceptors.decode import DecodeInterceptor
 from gateway.interceptors.rate_limit import RateLimitInterceptor
+from gateway.interceptors.request_reads import RequestReads
 from gateway.interceptors.stream_limit import StreamLimiter, StreamLimitInterceptor
 from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.claim_queue import ClaimQueue
@@ -335,7 +336,13 @@ class Gateway:
                     on_failure=None if audit is None else audit.auth_failed,
                 ),
                 # Requests are bytes up to here: only an authenticated caller's are parsed.
-                DecodeInterceptor(on_rejected=None if audit is None else audit.rejected),
+                DecodeInterceptor(
+                    RequestReads(
+                        server_cfg.max_slow_requests_per_tenant,
+                        server_cfg.request_read_timeout_s,
+                    ),
+                    on_rejected=None if audit is None else audit.rejected,
+                ),
                 *([] if audit is None else [audit]),
                 RateLimitInterceptor(self.policies),
                 StreamLimitInterceptor(StreamLimiter(server_cfg.max_streams_per_tenant)),

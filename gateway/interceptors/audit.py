@@ -44,7 +44,9 @@ def split_method(full: str) -> tuple[str, str]:
 # authenticated caller must not grow the log by megabytes per call.
 MAX_CLIENT_TEXT = 256
 # Refusals written aggregated (count per window), not one record per call.
-AGGREGATED_REASONS = frozenset({"RATE_LIMITED", "TOO_MANY_STREAMS", "STREAM_MEMORY_EXHAUSTED"})
+AGGREGATED_REASONS = frozenset(
+    {"RATE_LIMITED", "TOO_MANY_STREAMS", "TOO_MANY_SLOW_REQUESTS", "STREAM_MEMORY_EXHAUSTED"}
+)
 
 
 def _text_field(message: Any, name: str) -> str:
@@ -105,8 +107,9 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
     def rejected(self, full_method: str, peer: str, error: GatewayError) -> None:
-        """The error boundary's on_rejected: a request that could not be decoded (or was too
-        large) never reached authentication; counted per peer like failed authentications."""
+        """The error boundary's and the decode step's on_rejected: a request refused before
+        this interceptor saw it (too large, not decodable, or its message too slow to arrive);
+        counted per peer like failed authentications."""
         now = self._clock()
         service, method = split_method(full_method)
         self._writer.auth_failed(

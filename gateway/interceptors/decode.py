@@ -6,7 +6,8 @@ first: a request from nobody is refused without being read or decoded. The error
 outermost, passes the message on unread (it is read here, size-checked); every interceptor
 between the two reads no more than metadata. A request that cannot be decoded is
 INVALID_ARGUMENT MALFORMED_REQUEST (not gRPC's UNKNOWN), told to the audit log as a request too
-large is.
+large is. A message still arriving is read under the caller's tenant's slow-read limits
+(gateway.interceptors.request_reads).
 """
 
 from __future__ import annotations
@@ -18,13 +19,21 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.api.context import Context
-from gateway.domain.errors import InvalidArgument
+from gateway.domain.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from gateway.interceptors.boundary import OnRejected, PendingRequest
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
+from gateway.interceptors.request_reads import RequestReads
+from gateway.security.principals import current_principal
 
 
 class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, on_rejected: OnRejected | None = None) -> None:
+    def __init__(self, reads: RequestReads, on_rejected: OnRejected | None = None) -> None:
+        self._reads = reads
         self._on_rejected = on_rejected
 
     async def intercept_service(
@@ -38,9 +47,18 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
         on_rejected = self._on_rejected
+        reads = self._reads
+
+        def told(error: GatewayError, context: Context) -> GatewayError:
+            if on_rejected is not None:
+                on_rejected(method, context.peer() or "", error)
+            return error
 
         async def decoded(request: PendingRequest, context: Context) -> Any:
-            data = await request.read()  # here, once the caller is known
+            try:  # here, once the caller is known
+                data = await reads.read(request, current_principal.get().tenant)
+            except (ResourceExhausted, DeadlineExceeded) as refused:  # the slow-read limits
+                raise told(refused, context) from None
             if deserialize is None:
                 return data
             try:
@@ -50,9 +68,7 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     "MALFORMED_REQUEST",
                     f"request could not be decoded as protobuf: {type(exc).__name__}",
                 )
-                if on_rejected is not None:
-                    on_rejected(method, context.peer() or "", error)
-                raise error from None
+                raise told(error, context) from None
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:

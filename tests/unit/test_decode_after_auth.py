@@ -1,14 +1,17 @@
 """Requests are decoded inside authentication (gateway.interceptors.decode): the parse of a
 request costs time and memory in proportion to its bytes (16 MiB of empty messages held the
 event loop ~0.8 s and took ~20x its size), and a caller with no credentials had every request
-decoded before it was refused. In process, on a real grpc.aio server with the gateway's own
-interceptors in the gateway's order."""
+decoded before it was refused. An authenticated caller's message still arriving is read under
+its tenant's slow-read limits (gateway.interceptors.request_reads). In process, on a real
+grpc.aio server with the gateway's own interceptors in the gateway's order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
@@ -18,12 +21,17 @@ from gateway.domain.errors import GatewayError
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.interceptors.decode import DecodeInterceptor
+from gateway.interceptors.request_reads import RequestReads
 from gateway.security.api_keys import METADATA_KEY, KeyRing, KeyVerifier, generate_key
 from gateway.security.authenticator import Authenticator
+from tests.rpc import status_of
 
 pytestmark = pytest.mark.anyio
 METHOD = "/qgateway.v1.Probe/Echo"
 KEY = generate_key("acme")
+OTHER = generate_key("globex")
+MAX_SLOW = 2
+READ_TIMEOUT_S = 3.0
 
 
 @pytest.fixture
@@ -36,6 +44,8 @@ class Seen:
         self.decoded: list[bytes] = []
         self.rejected: list[tuple[str, str]] = []
         self.sizes: list[int] = []
+        # Short enough that tests wait little, far above an arrived message's read.
+        self.reads = RequestReads(MAX_SLOW, READ_TIMEOUT_S, slow_after_s=0.2)
 
     def deserialize(self, data: bytes) -> bytes:
         self.decoded.append(data)
@@ -66,8 +76,8 @@ async def served() -> AsyncIterator[tuple[grpc.aio.Channel, Seen]]:
     server = grpc.aio.server(
         interceptors=[
             ErrorBoundaryInterceptor(1 << 20, on_rejected=seen.on_rejected),
-            AuthInterceptor(Authenticator(KeyVerifier(KeyRing([KEY.config])))),
-            DecodeInterceptor(on_rejected=seen.on_rejected),
+            AuthInterceptor(Authenticator(KeyVerifier(KeyRing([KEY.config, OTHER.config])))),
+            DecodeInterceptor(seen.reads, on_rejected=seen.on_rejected),
         ]
     )
     server.add_generic_rpc_handlers((handler,))
@@ -138,8 +148,6 @@ async def test_a_caller_without_credentials_is_refused_before_its_body_arrives(
     # credentials that sent headers and part of a 16 MiB body, then went silent, had it held
     # for as long as it liked. The gateway serves methods request-streaming and reads the
     # message only once the caller is known; this caller never sends one.
-    import asyncio
-
     channel, seen = served
     never = asyncio.Event()
 
@@ -153,3 +161,76 @@ async def test_a_caller_without_credentials_is_refused_before_its_body_arrives(
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert seen.decoded == []
     never.set()
+
+
+class Silent:
+    """A call whose headers are sent and whose message is held back until `send`."""
+
+    def __init__(self, channel: grpc.aio.Channel, key: str, timeout: float = 30) -> None:
+        self._go = asyncio.Event()
+
+        async def held() -> AsyncIterator[bytes]:
+            await self._go.wait()
+            yield b"late"
+
+        metadata = ((METADATA_KEY, f"Bearer {key}"),)
+        self.call = channel.stream_unary(METHOD)(held(), metadata=metadata, timeout=timeout)
+
+    def send(self) -> None:
+        self._go.set()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    # The server's read state changes on its own timers; wait for it, bounded.
+    with anyio.fail_after(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_tenants_slow_requests_are_limited_and_others_go_on(
+    served: tuple[grpc.aio.Channel, Seen],
+) -> None:
+    # gRPC holds the bytes of a message as they arrive: an authenticated caller that sent
+    # headers and most of a body, then went silent, kept them until its connection was cut.
+    channel, seen = served
+    held = [Silent(channel, KEY.key) for _ in range(MAX_SLOW)]
+    await _until(lambda: seen.reads.slow_reads("acme") == MAX_SLOW)
+    one_more = Silent(channel, KEY.key)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one_more.call
+    status = status_of(caught.value)
+    assert status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status.reason == "TOO_MANY_SLOW_REQUESTS"
+    assert status.metadata["maxSlowRequests"] == str(MAX_SLOW)
+    assert status.retry_delay_s is not None and status.has_quota_failure
+    assert seen.rejected == [(METHOD, "TOO_MANY_SLOW_REQUESTS")]
+    # A burst of the tenant's own calls whose messages arrive is never counted or refused,
+    # nor is another tenant's slow call.
+    answers = await asyncio.gather(*(_call(channel, b"%d" % i, KEY.key) for i in range(50)))
+    assert answers == [b"%d" % i for i in range(50)]
+    other = Silent(channel, OTHER.key)
+    await _until(lambda: seen.reads.slow_reads("globex") == 1)
+    # A slow call whose message arrives is answered, and frees its place.
+    held[0].send()
+    assert await held[0].call == b"late"
+    await _until(lambda: seen.reads.slow_reads("acme") == MAX_SLOW - 1)
+    for call in (*held[1:], other):
+        call.send()
+        assert await call.call == b"late"
+    assert seen.reads.slow_reads("acme") == seen.reads.slow_reads("globex") == 0
+
+
+async def test_a_message_that_never_arrives_times_out(
+    served: tuple[grpc.aio.Channel, Seen],
+) -> None:
+    channel, seen = served
+    silent = Silent(channel, KEY.key)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await silent.call
+    status = status_of(caught.value)
+    assert status.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert status.reason == "REQUEST_READ_TIMEOUT"
+    assert status.metadata["timeoutSeconds"] == f"{READ_TIMEOUT_S:g}"
+    assert seen.rejected == [(METHOD, "REQUEST_READ_TIMEOUT")]
+    assert seen.reads.slow_reads("acme") == 0
+    silent.send()
