@@ -314,7 +314,8 @@ class Gateway:
         self.health = HealthService()
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
-        # Inside authentication (it reads the principal), outside rate limiting.
+        # Inside authentication and decoding (it reads the principal and the request); the
+        # rate limit, outside it (before the request is read), tells it of its refusals.
         self.audit = _audit_log(config, self._store)
         audit = None if self.audit is None else AuditInterceptor(self.audit.writer)
         self.authenticator, self._key_uses = build_authenticator(config, self._store)
@@ -335,6 +336,10 @@ class Gateway:
                     uses_certificates=bool(config.auth.mtls or config.auth.trusted_proxies),
                     on_failure=None if audit is None else audit.auth_failed,
                 ),
+                # Before the request is read: a tenant's rate bounds what parsing costs.
+                RateLimitInterceptor(
+                    self.policies, on_refused=None if audit is None else audit.refused_unread
+                ),
                 # Requests are bytes up to here: only an authenticated caller's are parsed.
                 DecodeInterceptor(
                     RequestReads(
@@ -344,7 +349,6 @@ class Gateway:
                     on_rejected=None if audit is None else audit.rejected,
                 ),
                 *([] if audit is None else [audit]),
-                RateLimitInterceptor(self.policies),
                 StreamLimitInterceptor(StreamLimiter(server_cfg.max_streams_per_tenant)),
             ],
             options=[

@@ -124,6 +124,11 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         )
 
+    def refused_unread(self, full_method: str, context: Context, error: GatewayError) -> None:
+        """The rate limit's on_refused: an authenticated call refused before its request was
+        read, so the record has no request fields."""
+        self._finish(self._draft(full_method, None, context), int(error.code), error.reason)
+
     def _draft(self, full_method: str, request: Any, context: Context) -> AuditRecord:
         principal = current_principal.get()
         service, method = split_method(full_method)

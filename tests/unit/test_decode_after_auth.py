@@ -21,15 +21,22 @@ from gateway.domain.errors import GatewayError
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.interceptors.decode import DecodeInterceptor
+from gateway.interceptors.rate_limit import RateLimitInterceptor
 from gateway.interceptors.request_reads import RequestReads
 from gateway.security.api_keys import METADATA_KEY, KeyRing, KeyVerifier, generate_key
 from gateway.security.authenticator import Authenticator
+from gateway.security.policies import PolicyBook
+from gateway.security.rate_limits import RateLimiter
+from gateway.security.tenant_policy import RateLimit, Tenant, TenantPolicy, etag_of
 from tests.rpc import status_of
 
 pytestmark = pytest.mark.anyio
 METHOD = "/qgateway.v1.Probe/Echo"
 KEY = generate_key("acme")
 OTHER = generate_key("globex")
+# One call, then none: the test's clock never moves, so no token refills.
+RATED = generate_key("initech")
+RATED_POLICY = TenantPolicy(request_rate=RateLimit(per_second=1.0, burst=1))
 MAX_SLOW = 2
 READ_TIMEOUT_S = 3.0
 
@@ -43,6 +50,7 @@ class Seen:
     def __init__(self) -> None:
         self.decoded: list[bytes] = []
         self.rejected: list[tuple[str, str]] = []
+        self.refused: list[tuple[str, str]] = []
         self.sizes: list[int] = []
         # Short enough that tests wait little, far above an arrived message's read.
         self.reads = RequestReads(MAX_SLOW, READ_TIMEOUT_S, slow_after_s=0.2)
@@ -55,6 +63,9 @@ class Seen:
 
     def on_rejected(self, method: str, peer: str, error: GatewayError) -> None:
         self.rejected.append((method, error.reason))
+
+    def on_refused(self, method: str, context: Context, error: GatewayError) -> None:
+        self.refused.append((method, error.reason))
 
 
 @pytest.fixture
@@ -76,7 +87,14 @@ async def served() -> AsyncIterator[tuple[grpc.aio.Channel, Seen]]:
     server = grpc.aio.server(
         interceptors=[
             ErrorBoundaryInterceptor(1 << 20, on_rejected=seen.on_rejected),
-            AuthInterceptor(Authenticator(KeyVerifier(KeyRing([KEY.config, OTHER.config])))),
+            AuthInterceptor(
+                Authenticator(KeyVerifier(KeyRing([KEY.config, OTHER.config, RATED.config])))
+            ),
+            RateLimitInterceptor(
+                PolicyBook([Tenant("initech", "", RATED_POLICY, etag_of("", RATED_POLICY))]),
+                RateLimiter(clock=lambda: 0.0),
+                on_refused=seen.on_refused,
+            ),
             DecodeInterceptor(seen.reads, on_rejected=seen.on_rejected),
         ]
     )
@@ -233,4 +251,25 @@ async def test_a_message_that_never_arrives_times_out(
     assert status.metadata["timeoutSeconds"] == f"{READ_TIMEOUT_S:g}"
     assert seen.rejected == [(METHOD, "REQUEST_READ_TIMEOUT")]
     assert seen.reads.slow_reads("acme") == 0
+    silent.send()
+
+
+async def test_a_call_over_its_rate_is_refused_before_its_request_is_read(
+    served: tuple[grpc.aio.Channel, Seen],
+) -> None:
+    # The rate limit ran after decoding: a tenant over its rate still had every request (up to
+    # 16 MiB, ~0.8 s of the event loop at worst) read and parsed before it was refused.
+    channel, seen = served
+    assert await _call(channel, b"one", RATED.key) == b"one"
+    silent = Silent(channel, RATED.key)  # its message never arrives: it need not
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await silent.call
+    status = status_of(caught.value)
+    assert (status.code, status.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    with pytest.raises(grpc.aio.AioRpcError) as large:
+        await _call(channel, b"\x0a" * 4096, RATED.key)
+    assert status_of(large.value).reason == "RATE_LIMITED"
+    assert seen.decoded == [b"one"]
+    assert seen.refused == [(METHOD, "RATE_LIMITED")] * 2
+    assert seen.reads.slow_reads("initech") == 0
     silent.send()
