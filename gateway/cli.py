@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -883,3 +884,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`qgateway run ... | head`): stop quietly, as a command killed by
+        # SIGPIPE does, and point stdout at /dev/null so the interpreter's final flush does not
+        # print a second traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

@@ -4,14 +4,16 @@ process exits 0."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import threading
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from qgateway import AbortedError, Client, RetryPolicy, UnavailableError
-from qgateway.results import JobState
+from qgateway.results import Job, JobResult, JobState
 
 from tests.gateway_process import GatewayProcess, write_config
 from tests.rpc import ghz, slow_circuit
@@ -74,3 +76,59 @@ def test_sigterm_drains(tmp_path: Path) -> None:
             assert client.wait(queued.name, timeout=60).state is JobState.SUCCEEDED
     finally:
         assert gw.terminate() == 0
+
+
+def _free_port() -> int:
+    # The restarted gateway must listen where the clients' channels point.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.timeout(240)
+def test_a_restart_is_waited_out_by_runs_and_waits(tmp_path: Path) -> None:
+    # A Run or a wait cut by a drain (ABORTED GATEWAY_DRAINING: "the job is safe, repeat the
+    # call") reached the caller as an error, and UNAVAILABLE was given up after 1.5 s of
+    # back-off: every planned restart failed the calls in flight, whatever their timeouts.
+    data = tmp_path / "data"
+    port = _free_port()
+    config = write_config(tmp_path / "g.toml", data, BACKENDS, grace_period_s=0.5)
+    config.write_text(config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log")
+    # The test's budget, not the default's ~21 s: a loaded CI machine may take longer to
+    # start the gateway again (the default's sum is a unit test's concern).
+    patient = RetryPolicy(max_attempts=40, max_backoff=2.0)
+    outcomes: dict[str, object] = {}
+    with Client(gw.address, retry=patient) as client:
+        blocker = client.submit(slow_circuit(), backend="aer-mps", shots=30_000, seed=1)
+        queued = client.submit(ghz(3), backend="aer-mps", shots=100, seed=2)
+
+        def run() -> None:
+            outcomes["run"] = client.run(
+                ghz(3), backend="aer-mps", shots=100, seed=3, request_id="r-1", timeout=180
+            )
+
+        def wait() -> None:
+            outcomes["wait"] = client.wait(queued.name, timeout=180)
+
+        callers = [threading.Thread(target=f) for f in (run, wait)]
+        for caller in callers:
+            caller.start()
+        gw.terminate()  # drains: the queued jobs' callers are told GATEWAY_DRAINING
+        gw = GatewayProcess.start(config, tmp_path / "gateway.log")
+        try:
+            for caller in callers:
+                caller.join(timeout=180)
+            assert not any(caller.is_alive() for caller in callers)
+            ran, waited = outcomes["run"], outcomes["wait"]
+            assert isinstance(ran, JobResult) and isinstance(waited, Job)
+            assert waited.state is JobState.SUCCEEDED and waited.result is not None
+            for result in (ran, waited.result):
+                counts = result.counts()
+                assert set(counts) == {"000", "111"} and sum(counts.values()) == 100
+            # One job for the Run's request_id, however many times it was sent.
+            names = {job.name for job in client.list_jobs()}
+            assert len(names) == 3 and {blocker.name, queued.name} < names
+        finally:
+            assert gw.terminate() == 0

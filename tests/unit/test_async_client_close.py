@@ -31,8 +31,14 @@ def anyio_backend() -> str:
 class Silent(job_service_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     def __init__(self) -> None:
         self.entered = asyncio.Event()
+        self.requests: list[Any] = []
 
     async def GetJob(self, request: Any, context: Any) -> Any:
+        self.entered.set()
+        await asyncio.Event().wait()  # never answers
+
+    async def Run(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
         self.entered.set()
         await asyncio.Event().wait()  # never answers
 
@@ -98,6 +104,23 @@ async def test_cancelling_the_callers_task_is_still_a_cancellation(
             await call
     finally:
         await client.close()
+
+
+async def test_a_cancelled_run_says_its_request_id(silent: tuple[str, Silent]) -> None:
+    # The job a cancelled Run created goes on (only CancelJob cancels): with an automatic
+    # request_id the caller had no way back to it but listing jobs.
+    address, servicer = silent
+    client = AsyncClient(address)
+    try:
+        call = asyncio.create_task(client.run("OPENQASM 3.0;", shots=1))
+        await asyncio.wait_for(servicer.entered.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError) as caught:
+            await call
+    finally:
+        await client.close()
+    sent = servicer.requests[0].request_id
+    assert sent and any(f"request_id {sent}:" in note for note in caught.value.__notes__)
 
 
 class Answering(job_service_pb2_grpc.JobServiceServicer):  # type: ignore[misc]

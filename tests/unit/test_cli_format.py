@@ -327,3 +327,37 @@ def test_an_api_key_is_not_sent_in_plaintext_to_another_host(
     for argv in (["--tls", "backends"], ["backends", "--plaintext"]):
         with cli._client(parse(["--target", "gw.example.com:443", *argv])) as client:
             assert client.target == "gw.example.com:443"
+
+
+BROKEN_PIPE_SCRIPT = """
+import sys
+from gateway import cli
+
+def flood(args):
+    for _ in range(200_000):
+        print("x" * 100)
+    return 0
+
+cli._cmd_backends = flood  # build_parser, called by main, binds it
+sys.exit(cli.main(["backends"]))
+"""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    # `qgateway run ... --json | head -c 100` printed a BrokenPipeError traceback and exited 1.
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", BROKEN_PIPE_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(cli.__file__).parents[1],
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(100) == b"x" * 100
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert stderr == b""

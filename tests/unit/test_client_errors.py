@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from qgateway import client as client_module
-from qgateway.client import AsyncClient, Client, RetryPolicy
+from qgateway.client import DEFAULT_RETRY, AsyncClient, Client, RetryPolicy
 from qgateway.errors import (
     ERROR_DOMAIN,
     STATUS_DETAILS_KEY,
@@ -323,6 +324,19 @@ class CutStream:
         pass
 
 
+class EndedStream:
+    """A server-streaming call that delivers its messages and ends."""
+
+    def __init__(self, responses: Sequence[Any]) -> None:
+        self._responses = responses
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self._responses
+
+    def cancel(self) -> None:
+        pass
+
+
 def finished_run() -> job_service_pb2.RunResponse:
     return job_service_pb2.RunResponse(
         job=job_pb2.Job(name="jobs/j1", state=job_pb2.JOB_STATE_SUCCEEDED),
@@ -355,7 +369,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def make_client(**methods: Any) -> Client:
     client = Client("127.0.0.1:1", retry=FAST)
-    client._jobs = SimpleNamespace(**methods)
+    client._jobs_stub = SimpleNamespace(**methods)
     return client
 
 
@@ -421,6 +435,53 @@ def test_a_negative_retry_delay_is_no_delay(sleeps: list[float]) -> None:
     with make_client(Run=run) as client:
         client.run("OPENQASM 3.0;")
     assert sleeps == [0.0]
+
+
+def aborted(reason: str) -> FakeRpcError:
+    return FakeRpcError(
+        grpc.StatusCode.ABORTED,
+        "stopped",
+        status_trailers(grpc.StatusCode.ABORTED, "stopped", error_info(reason, job="jobs/j1")),
+    )
+
+
+def test_a_run_cut_by_a_drain_is_repeated_with_its_request_id(sleeps: list[float]) -> None:
+    # A Run cut by a shutdown is ABORTED GATEWAY_DRAINING ("the job is safe, repeat the call"):
+    # it reached the caller as an error at every planned restart.
+    run = FakeUnary([aborted("GATEWAY_DRAINING"), unavailable(), finished_run()])
+    with make_client(Run=run) as client:
+        result = client.run("OPENQASM 3.0;", shots=4, timeout=30)
+    assert result.counts() == {"00": 3, "11": 1}
+    ids = [r.request_id for r in run.requests]
+    assert len(ids) == 3 and len(set(ids)) == 1 and len(sleeps) == 2
+
+
+def test_a_watch_cut_by_a_drain_is_resumed(sleeps: list[float]) -> None:
+    queued = job_service_pb2.WatchJobResponse(
+        job=job_pb2.Job(name="jobs/j1", state=job_pb2.JOB_STATE_QUEUED)
+    )
+    done = job_service_pb2.WatchJobResponse(
+        job=job_pb2.Job(name="jobs/j1", state=job_pb2.JOB_STATE_SUCCEEDED)
+    )
+    streams = [CutStream([queued], aborted("GATEWAY_DRAINING")), EndedStream([queued, done])]
+    with make_client(WatchJob=lambda *args, **kwargs: streams.pop(0)) as client:
+        states = [job.state.name for job in client.watch("j1", timeout=30)]
+    assert states == ["QUEUED", "SUCCEEDED"] and len(sleeps) == 1
+
+
+def test_other_aborted_answers_are_not_retried(sleeps: list[float]) -> None:
+    run = FakeUnary([aborted("ETAG_MISMATCH")])
+    with make_client(Run=run) as client, pytest.raises(AbortedError):
+        client.run("OPENQASM 3.0;")
+    assert len(run.requests) == 1 and sleeps == []
+
+
+def test_the_default_policy_waits_out_a_restarting_gateway() -> None:
+    # 5 attempts gave up after 1.5 s of back-off: a gateway restart (~3.5 s here) reached
+    # every caller of Run or wait as UNAVAILABLE, whatever its timeout.
+    policy = replace(DEFAULT_RETRY, jitter=0.0)
+    waited = sum(policy.backoff(n) for n in range(1, policy.max_attempts))
+    assert waited >= 20.0
 
 
 def test_cancel_is_never_retried(sleeps: list[float]) -> None:

@@ -104,7 +104,7 @@ class _Stream:
 
 def _watching(responses: list[job_service_pb2.WatchJobResponse]) -> Client:
     client = Client("127.0.0.1:1")
-    client._jobs = type("Jobs", (), {"WatchJob": lambda self, *a, **k: _Stream(responses)})()
+    client._jobs_stub = type("Jobs", (), {"WatchJob": lambda self, *a, **k: _Stream(responses)})()
     return client
 
 
@@ -188,7 +188,7 @@ def test_a_watch_cut_again_and_again_after_delivering_goes_on(
     streams.append(_Stream([_event(job_pb2.JOB_STATE_SUCCEEDED, None, False)]))
     monkeypatch.setattr(client_module, "_sleep", lambda seconds: None)
     with Client("127.0.0.1:1") as client:
-        client._jobs = type("Jobs", (), {"WatchJob": lambda self, *a, **k: streams.pop(0)})()
+        client._jobs_stub = type("Jobs", (), {"WatchJob": lambda self, *a, **k: streams.pop(0)})()
         seen = [j.state for j in client.watch("w")]
     assert seen == [JobState.RUNNING, JobState.SUCCEEDED]
     assert streams == []
@@ -230,7 +230,7 @@ def _old_job() -> job_pb2.Job:
 def _expired_client() -> Client:
     """A gateway that still has jobs/old but no longer its result."""
     client = Client("127.0.0.1:1")
-    client._jobs = SimpleNamespace(
+    client._jobs_stub = SimpleNamespace(
         GetJob=FakeUnary([job_service_pb2.GetJobResponse(job=_old_job())]),
         GetJobResult=FakeUnary([_not_found("RESULT_EXPIRED")]),
         WatchJob=lambda *a, **k: _Stream([job_service_pb2.WatchJobResponse(job=_old_job())]),
@@ -256,7 +256,7 @@ def test_get_job_and_wait_return_a_job_whose_result_expired() -> None:
         assert _is_expired_old_job(client.wait("old"))
     # Other answers about the result are still raised.
     with Client("127.0.0.1:1") as client:
-        client._jobs = SimpleNamespace(
+        client._jobs_stub = SimpleNamespace(
             GetJob=FakeUnary([job_service_pb2.GetJobResponse(job=_old_job())]),
             GetJobResult=FakeUnary([_not_found("RESULT_NOT_FOUND")]),
         )
@@ -285,7 +285,7 @@ def test_the_async_get_job_returns_a_job_whose_result_expired() -> None:
 def test_run_says_the_result_expired() -> None:
     # Run answered without the result (too large) and it expired before the stream began.
     with Client("127.0.0.1:1") as client:
-        client._jobs = SimpleNamespace(
+        client._jobs_stub = SimpleNamespace(
             Run=FakeUnary([job_service_pb2.RunResponse(job=_old_job(), result_too_large=True)]),
             StreamJobResult=lambda *a, **k: CutStream([], _not_found("RESULT_EXPIRED")),
         )

@@ -689,7 +689,7 @@ def test_the_async_client_validates_as_the_sync_one() -> None:
         "session": "s1",
     }
     with Client("127.0.0.1:1") as client:
-        client._jobs = SimpleNamespace(SubmitJob=submit)
+        client._jobs_stub = SimpleNamespace(SubmitJob=submit)
         estimate = client.validate(pubs, **arguments)
 
     async def validate_async() -> CostEstimate:

@@ -436,7 +436,7 @@ def test_a_stream_broken_after_its_digest_gives_the_result(error: FakeRpcError) 
     result = big_result()
     streams = [CutStream(_stream(result), error)]  # a second call would find none
     with Client("127.0.0.1:1") as client:
-        client._jobs = SimpleNamespace(StreamJobResult=lambda *a, **k: streams.pop(0))
+        client._jobs_stub = SimpleNamespace(StreamJobResult=lambda *a, **k: streams.pop(0))
         fetched = client.stream_result("j1", chunk_bytes=1000)
     assert fetched == job_result_from_stream(_stream(result))  # the stream, unbroken
 
@@ -454,7 +454,9 @@ def test_a_stream_broken_after_a_wrong_digest_is_refused() -> None:
     result = big_result()
     wrong = [*_stream(result)[:-1], result_stream.digest_response(bytes(32))]
     with Client("127.0.0.1:1") as client:
-        client._jobs = SimpleNamespace(StreamJobResult=lambda *a, **k: CutStream(wrong, BREAKS[0]))
+        client._jobs_stub = SimpleNamespace(
+            StreamJobResult=lambda *a, **k: CutStream(wrong, BREAKS[0])
+        )
         with pytest.raises(ResultDigestError):
             client.stream_result("j1", chunk_bytes=1000)
 

@@ -109,13 +109,16 @@ ObservablesLike: TypeAlias = ObservableLike | Sequence["ObservablesLike"]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How UNAVAILABLE answers are retried (exponential backoff with jitter).
+    """How UNAVAILABLE answers (and Runs and watches cut by a gateway's shutdown) are retried:
+    exponential backoff with jitter, within the call's timeout.
 
     Attributes:
         initial_backoff: Delay after the first failed attempt, in seconds.
         max_backoff: Largest delay between attempts, in seconds.
         multiplier: Growth of the delay per attempt.
-        max_attempts: Attempts in all, the first included; 1 disables retries.
+        max_attempts: Attempts in all, the first included; 1 disables retries. The default
+            waits ~21 s in all between its attempts: a gateway restarting (a few seconds to
+            start, more on a loaded machine) is waited out, not raised.
         jitter: Relative spread of each delay (0.2: +-20%), so clients that failed together do
             not come back together. A delay the gateway asks for (RetryInfo) is only
             lengthened, by up to this share.
@@ -126,7 +129,7 @@ class RetryPolicy:
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
     multiplier: float = 2.0
-    max_attempts: int = 5
+    max_attempts: int = 10
     jitter: float = 0.2
     max_retry_delay: float = 60.0
 
@@ -190,11 +193,21 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def _retryable(error: QGatewayError) -> bool:
+    """UNAVAILABLE: the gateway did nothing (or, for SubmitJob and Run, the same request_id
+    finds what it did). ABORTED GATEWAY_DRAINING: a Run or WatchJob cut by a shutdown, whose
+    job is safe; the gateway asks for the call to be repeated (a replica, or the restarted
+    gateway, answers it)."""
+    return error.code == grpc.StatusCode.UNAVAILABLE or (
+        error.code == grpc.StatusCode.ABORTED and error.reason == "GATEWAY_DRAINING"
+    )
+
+
 def _retry_delay(
     policy: RetryPolicy, error: QGatewayError, attempt: int, deadline: float | None
 ) -> float | None:
     """Seconds to wait before the next attempt, or None to give up and raise `error`."""
-    if error.code != grpc.StatusCode.UNAVAILABLE:
+    if not _retryable(error):
         return None
     return _attempt_delay(policy, error, attempt, deadline)
 
@@ -757,9 +770,16 @@ def _raise_if_closed_under(
     """grpc.aio ends a call whose channel was closed under it (AsyncClient.close while it
     waited) with asyncio.CancelledError although nobody cancelled the caller's task: that is
     raised as the sync client's typed CANCELLED, with the request_id or job of a job that may
-    go on. Returns for a real cancellation of the task (the caller re-raises it)."""
+    go on. Returns for a real cancellation of the task (the caller re-raises it), with a note
+    of the request_id: the job, if created, goes on (only CancelJob cancels it), and the
+    request_id is how the caller finds it again."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
+        if request_id is not None:
+            exc.add_note(
+                f"request_id {request_id}: a job it created goes on (only cancel() stops it);"
+                " repeat the call with this request_id to get it"
+            )
         return
     closed = CallCancelledError("the client was closed while the call was in flight")
     raise _tag(closed, request_id, job) from exc
@@ -888,13 +908,28 @@ class Client(SessionCalls, TenantCalls):
         interceptors = telemetry.sync_interceptors(client_spans)
         if interceptors:
             self._channel = grpc.intercept_channel(self._channel, *interceptors)
-        self._jobs: Any = _JobStub(self._channel)
-        self._backends: Any = _BackendStub(self._channel)
+        self._closed = False
+        self._jobs_stub: Any = _JobStub(self._channel)
+        self._backends_stub: Any = _BackendStub(self._channel)
 
     @property
     def channel(self) -> Any:
         """The underlying grpc.Channel (e.g. for health checks)."""
+        if self._closed:
+            # grpcio crashes the process (SIGSEGV) on a call through an intercepted channel
+            # whose method was first used after the close: refused here, with a clear error.
+            raise RuntimeError("this Client is closed")
         return self._channel
+
+    @property
+    def _jobs(self) -> Any:
+        _ = self.channel
+        return self._jobs_stub
+
+    @property
+    def _backends(self) -> Any:
+        _ = self.channel
+        return self._backends_stub
 
     def __enter__(self) -> Client:
         return self
@@ -908,7 +943,8 @@ class Client(SessionCalls, TenantCalls):
         self.close()
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channel; calls in flight are cancelled. The client cannot be used again."""
+        self._closed = True
         self._channel.close()
 
     # -- plumbing ------------------------------------------------------------------------------
