@@ -278,7 +278,17 @@ def _pub(msg: circuit_pb2.Pub, field: str) -> Pub:
             "INVALID_OBSERVABLE",
             len(observables),
             1,
-        ) or (len(observables),)
+        )
+        if e.single_observable:
+            if len(observables) != 1 or obs_shape:
+                raise _bad(
+                    "INVALID_OBSERVABLE",
+                    f"{f}.single_observable",
+                    "needs exactly one observable and no observables_shape",
+                    observables=len(observables),
+                )
+        elif not obs_shape:
+            obs_shape = (len(observables),)  # one dimension, as the API documents
         return EstimatorPub(
             circuit=_circuit(e.circuit, f"{f}.circuit"),
             observables=observables,

@@ -98,6 +98,7 @@ class SamplerPub:
 class EstimatorPub:
     circuit: CircuitSource
     observables: tuple[Observable, ...]
+    # The observables array's shape, row-major: () for a single observable.
     observables_shape: tuple[int, ...]
     bindings: Bindings
     precision: float | None = None

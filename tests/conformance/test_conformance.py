@@ -198,6 +198,17 @@ def test_estimator_observables(client: Client, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", FLEET)
+def test_a_single_observable_without_a_sweep_is_one_value(client: Client, backend: str) -> None:
+    # Shape (), as Qiskit gives a single observable with one binding (it was (1,)).
+    t = STAR_ANGLES[1]
+    result = client.estimate(STAR, "XXXX", backend=backend, parameter_values=[t], precision=0.0)
+    assert result.shape == ()
+    profile = PROFILES[backend]
+    tolerance = 1e-7 if profile.noise is None else profile.estimator_noise
+    assert abs(result.expectation_values[0] - math.sin(t)) <= tolerance
+
+
+@pytest.mark.parametrize("backend", FLEET)
 def test_estimator_precision_gives_standard_errors(client: Client, backend: str) -> None:
     precision = 0.01
     pub = client.estimate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -196,6 +197,39 @@ def test_an_observables_array_broadcasts_as_in_qiskit(client: Client, backend: s
     reference = StatevectorEstimator().run([(qasm3.loads(qasm), observables, values)])
     evs = reference.result()[0].data.evs
     assert got.shape == evs.shape == (2, 3)
+    assert got.expectation_values == pytest.approx(evs.ravel().tolist(), abs=1e-9)
+
+
+SINGLE_OBSERVABLE_CASES = [
+    # (observables, parameter values): Qiskit reads one observable as shape (), a list of one
+    # as (1,); a flat list of values as one binding, shape ().
+    ("ZZ", [0.4], ()),
+    ({"XX": 0.5, "ZI": -2.0}, [[0.1], [0.7]], (2,)),
+    (["ZZ"], [0.4], (1,)),
+    ("ZZ", [[[0.1], [0.7]]], (1, 2)),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("observables", "values", "shape"), SINGLE_OBSERVABLE_CASES)
+def test_a_single_observable_has_qiskits_shape(
+    client: Client, backend: str, observables: Any, values: Any, shape: tuple[int, ...]
+) -> None:
+    # One observable was sent as an array of one: its PUB had shape (1,) where Qiskit's has
+    # (), and code indexing evs[()] or comparing shapes broke.
+    from qiskit import qasm3
+    from qiskit.primitives import StatevectorEstimator
+
+    qasm = (
+        'OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] theta;\nqubit[2] q;\n'
+        "ry(theta) q[0];\ncx q[0], q[1];\n"
+    )
+    got = client.estimate(
+        qasm, observables, backend=backend, parameter_values=values, precision=0.0
+    )
+    reference = StatevectorEstimator().run([(qasm3.loads(qasm), observables, values)])
+    evs = reference.result()[0].data.evs
+    assert got.shape == evs.shape == shape
     assert got.expectation_values == pytest.approx(evs.ravel().tolist(), abs=1e-9)
 
 

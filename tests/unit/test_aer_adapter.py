@@ -388,12 +388,13 @@ def estimator(
     observables: list[Observable],
     precision: float | None = 0.0,
     bindings: Bindings | None = None,
-    shape: tuple[int, ...] = (),
+    shape: tuple[int, ...] | None = None,
 ) -> EstimatorPub:
     return EstimatorPub(
         circuit=source,
         observables=tuple(observables),
-        observables_shape=shape,
+        # One dimension unless told: the API's default for an empty shape.
+        observables_shape=(len(observables),) if shape is None else shape,
         bindings=bindings or Bindings(),
         precision=precision,
     )

@@ -645,6 +645,9 @@ def test_nested_observables_are_arrays_as_in_qiskit() -> None:
     pub = estimator_pub("qubit q;", [["Z", "X"], ["Y", "Z"], ["X", "X"]]).estimator
     assert list(pub.observables_shape) == [3, 2] and len(pub.observables) == 6
     assert list(estimator_pub("qubit q;", ["Z", "X"]).estimator.observables_shape) == []
+    # One observable is Qiskit's shape (), a list of one an array of shape (1,).
+    assert estimator_pub("qubit q;", "Z").estimator.single_observable
+    assert not estimator_pub("qubit q;", ["Z"]).estimator.single_observable
 
 
 def test_numpy_scalars_are_numbers_in_parameter_values_and_terms() -> None:

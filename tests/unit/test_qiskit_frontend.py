@@ -383,9 +383,14 @@ def obs(*terms: tuple[str, float]) -> Observable:
     return Observable(terms)
 
 
-def test_observables_shape_defaults_to_their_number() -> None:
-    assert fe.validate_observables([obs(("ZZ", 1.0)), obs(("XI", 0.5))], (), 2, OFIELD) == (2,)
+def test_observables_shape_is_the_arrays() -> None:
+    # The API edge resolves an empty observables_shape (one dimension, or () for a
+    # single_observable); here () is a single observable, as Qiskit reads one.
+    assert fe.validate_observables([obs(("ZZ", 1.0)), obs(("XI", 0.5))], (2,), 2, OFIELD) == (2,)
     assert fe.validate_observables([obs(("Z", 1.0))] * 6, (2, 3), 1, OFIELD) == (2, 3)
+    assert fe.validate_observables([obs(("ZZ", 1.0))], (), 2, OFIELD) == ()
+    with pytest.raises(InvalidArgument):
+        fe.validate_observables([obs(("ZZ", 1.0)), obs(("XI", 0.5))], (), 2, OFIELD)
 
 
 @pytest.mark.parametrize(

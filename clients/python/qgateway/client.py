@@ -536,8 +536,9 @@ def estimator_pub(
     pub = circuit_pb2.EstimatorPub(
         circuit=circuit_from_source(circuit),
         observables=flat,
-        # Empty on the wire: one dimension of len(observables).
+        # Empty on the wire: one dimension of len(observables), or () for a single one.
         observables_shape=shape if len(shape) > 1 else (),
+        single_observable=not shape,
     )
     bindings = bindings_array(parameter_values, parameters)
     if bindings is not None:

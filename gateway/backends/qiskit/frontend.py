@@ -1595,17 +1595,18 @@ def validate_observables(
 ) -> tuple[int, ...]:
     """Checks estimator observables and returns their shape.
 
-    An empty `observables_shape` means one dimension of length len(observables), as the API
-    documents. Character 0 of a dense Pauli string acts on the highest-index qubit; a sparse
-    term's pauli[i] acts on its qubits[i] (distinct qubits of the circuit). Work is linear in
-    the terms' own lengths, each bounded by the circuit's width.
+    `observables_shape` is the array's shape (the API edge has resolved an empty one): () for
+    a single observable, as Qiskit reads one. Character 0 of a dense Pauli string acts on the
+    highest-index qubit; a sparse term's pauli[i] acts on its qubits[i] (distinct qubits of
+    the circuit). Work is linear in the terms' own lengths, each bounded by the circuit's
+    width.
 
     Raises:
         InvalidArgument: INVALID_OBSERVABLE.
     """
     if not observables:
         raise invalid("INVALID_OBSERVABLE", "at least one observable is required", field)
-    shape = tuple(int(d) for d in observables_shape) or (len(observables),)
+    shape = tuple(int(d) for d in observables_shape)
     if any(d < 1 for d in shape) or math.prod(shape) != len(observables):
         raise invalid(
             "INVALID_OBSERVABLE",

@@ -54,18 +54,20 @@ class Observable(_message.Message):
     def __init__(self, terms: _Optional[_Iterable[_Union[PauliTerm, _Mapping]]] = ...) -> None: ...
 
 class EstimatorPub(_message.Message):
-    __slots__ = ("circuit", "observables", "observables_shape", "parameter_values", "precision")
+    __slots__ = ("circuit", "observables", "observables_shape", "parameter_values", "precision", "single_observable")
     CIRCUIT_FIELD_NUMBER: _ClassVar[int]
     OBSERVABLES_FIELD_NUMBER: _ClassVar[int]
     OBSERVABLES_SHAPE_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_VALUES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_OBSERVABLE_FIELD_NUMBER: _ClassVar[int]
     circuit: Circuit
     observables: _containers.RepeatedCompositeFieldContainer[Observable]
     observables_shape: _containers.RepeatedScalarFieldContainer[int]
     parameter_values: BindingsArray
     precision: float
-    def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., observables: _Optional[_Iterable[_Union[Observable, _Mapping]]] = ..., observables_shape: _Optional[_Iterable[int]] = ..., parameter_values: _Optional[_Union[BindingsArray, _Mapping]] = ..., precision: _Optional[float] = ...) -> None: ...
+    single_observable: bool
+    def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., observables: _Optional[_Iterable[_Union[Observable, _Mapping]]] = ..., observables_shape: _Optional[_Iterable[int]] = ..., parameter_values: _Optional[_Union[BindingsArray, _Mapping]] = ..., precision: _Optional[float] = ..., single_observable: _Optional[bool] = ...) -> None: ...
 
 class Pub(_message.Message):
     __slots__ = ("sampler", "estimator")
