@@ -511,6 +511,8 @@ class Gateway:
         finished = await self.manager.wait_running(grace)
         if not finished:
             log.warning("grace period over: jobs still running are re-queued at the next start")
+            # Their waiters are answered (the server's stop gives them a second to be sent).
+            self.manager.end_grace()
         await self._server.stop(1.0)
         if self._health_server is not None:
             await self._health_server.stop(None)

@@ -95,6 +95,9 @@ class JobManager:
         self.hooks = hooks if hooks is not None else Hooks()
         self._events: EventBus = bus if bus is not None else MemoryEventBus()
         self.draining = asyncio.Event()
+        # Set when the drain's grace period is over: jobs still running are left to the next
+        # start, so their waiters are answered too.
+        self.grace_over = asyncio.Event()
         self._transitions = Transitions(store, self._events, self.hooks, clock, result_retention_s)
         self._admission = Admission(
             store,
@@ -157,6 +160,14 @@ class JobManager:
             events.put_nowait(_DRAINING)
         for runtime in self.backends.values():
             runtime.wake.set()
+
+    def end_grace(self) -> None:
+        """The grace period is over: Run and WatchJob calls waiting on jobs still running are
+        answered ABORTED GATEWAY_DRAINING (with the job's name) before the server stops, not cut
+        UNAVAILABLE, which says nothing was accepted."""
+        self.grace_over.set()
+        for events in self._watchers:
+            events.put_nowait(_DRAINING)
 
     def _running_tasks(self) -> list[asyncio.Task[None]]:
         return [r.task for rt in self.backends.values() for r in rt.running.values() if r.task]
@@ -301,18 +312,26 @@ class JobManager:
         return await self._store.list_jobs(tenant, filter=filter, after=after, limit=limit)
 
     def _interrupted_by_drain(self, job: Job) -> Aborted:
+        running = job.state in (JobState.RUNNING, JobState.CANCELLING)
+        where = (
+            "was still running when the grace period ended and goes on after the restart"
+            if running
+            else "is safe in the queue and runs after the restart"
+        )
         return Aborted(
             "GATEWAY_DRAINING",
-            f"the gateway is shutting down; job jobs/{job.id} is safe in the queue and runs after "
-            "the restart (repeat the call with the same request_id, or watch it again)",
+            f"the gateway is shutting down; job jobs/{job.id} {where} (repeat the call with the "
+            "same request_id, or watch it again)",
             metadata={"job": f"jobs/{job.id}"},
         )
 
     async def _next_event(self, events: asyncio.Queue[Job], job: Job) -> Job:
         """The next change of `job`. Once the gateway drains, only running jobs will still
-        finish in this process; waiting on any other answers ABORTED."""
+        finish in this process, until the grace period ends; waiting on any other answers
+        ABORTED."""
         while True:
-            if self.draining.is_set() and job.state not in (JobState.RUNNING, JobState.CANCELLING):
+            finishing = job.state in (JobState.RUNNING, JobState.CANCELLING)
+            if self.draining.is_set() and (self.grace_over.is_set() or not finishing):
                 raise self._interrupted_by_drain(job)
             event = await events.get()
             if event is not _DRAINING:  # begin_drain wakes every watcher to look again

@@ -100,9 +100,18 @@ def test_a_restart_is_waited_out_by_runs_and_waits(tmp_path: Path) -> None:
     # start the gateway again (the default's sum is a unit test's concern).
     patient = RetryPolicy(max_attempts=40, max_backoff=2.0)
     outcomes: dict[str, object] = {}
-    with Client(gw.address, retry=patient) as client:
+    with (
+        Client(gw.address, retry=patient) as client,
+        Client(gw.address, retry=RetryPolicy(max_attempts=1)) as once,
+    ):
         blocker = client.submit(slow_circuit(), backend="aer-mps", shots=30_000, seed=1)
         queued = client.submit(ghz(3), backend="aer-mps", shots=100, seed=2)
+        # A watcher of the job still running when the grace period ends was cut UNAVAILABLE
+        # with no reason ("nothing was accepted") when the server stopped.
+        running = once.watch(blocker.name, timeout=120)
+        for event in running:
+            if event.state is JobState.RUNNING:
+                break
 
         def run() -> None:
             outcomes["run"] = client.run(
@@ -116,6 +125,11 @@ def test_a_restart_is_waited_out_by_runs_and_waits(tmp_path: Path) -> None:
         for caller in callers:
             caller.start()
         gw.terminate()  # drains: the queued jobs' callers are told GATEWAY_DRAINING
+        with pytest.raises(AbortedError) as cut:
+            list(running)
+        assert cut.value.reason == "GATEWAY_DRAINING"
+        assert cut.value.metadata["job"] == blocker.name
+        assert "still running when the grace period ended" in cut.value.message
         gw = GatewayProcess.start(config, tmp_path / "gateway.log")
         try:
             for caller in callers:
