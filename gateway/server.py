@@ -501,14 +501,15 @@ class Gateway:
         host = self.config.server.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
-    async def stop(self) -> None:
+    async def stop(self, cut_short: asyncio.Event | None = None) -> None:
         """Graceful drain: readiness goes NOT_SERVING (liveness stays SERVING), new jobs are
-        refused UNAVAILABLE, running jobs finish within the grace period, queued jobs stay in
-        the store for the next start."""
+        refused UNAVAILABLE, running jobs finish within the grace period (or until
+        `cut_short` is set: an operator's second signal), queued jobs stay in the store for
+        the next start."""
         grace = self.config.server.grace_period_s
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
         self.manager.begin_drain()
-        finished = await self.manager.wait_running(grace)
+        finished = await self.manager.wait_running(grace, cut_short)
         if not finished:
             log.warning("grace period over: jobs still running are re-queued at the next start")
             # Their waiters are answered (the server's stop gives them a second to be sent).
@@ -547,9 +548,17 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
     try:
         gateway = Gateway(config)
         stop = asyncio.Event()
+        hurry = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second SIGTERM or Ctrl-C: the grace period ends now
+                log.warning("asked again: ending the grace period")
+                hurry.set()
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await gateway.start()
         _settle_heap()
         _log_security(gateway)
@@ -558,7 +567,7 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
             on_ready(gateway.address)
         await stop.wait()
         log.info("draining")
-        await gateway.stop()
+        await gateway.stop(cut_short=hurry)
         log.info("stopped")
     finally:
         lock.release()

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from gateway.backends.base import PreparedJob
 from gateway.domain.errors import (
@@ -172,13 +172,27 @@ class JobManager:
     def _running_tasks(self) -> list[asyncio.Task[None]]:
         return [r.task for rt in self.backends.values() for r in rt.running.values() if r.task]
 
-    async def wait_running(self, timeout: float) -> bool:
-        """Waits for running jobs to finish; False if some still run after `timeout`."""
-        tasks = self._running_tasks()
-        if not tasks:
+    async def wait_running(self, timeout: float, cut_short: asyncio.Event | None = None) -> bool:
+        """Waits for running jobs to finish; False if some still run after `timeout`, or
+        when `cut_short` is set first."""
+        pending: set[asyncio.Future[Any]] = set(self._running_tasks())
+        if not pending:
             return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        return not pending
+        hurry = asyncio.ensure_future((cut_short or asyncio.Event()).wait())
+        try:
+            async with asyncio.timeout(timeout):
+                while pending:
+                    done, pending = await asyncio.wait(
+                        pending | {hurry}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if hurry in done:
+                        return False
+                    pending.discard(hurry)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            hurry.cancel()
 
     async def close(self) -> None:
         for task in self._tasks:

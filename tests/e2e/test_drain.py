@@ -146,3 +146,36 @@ def test_a_restart_is_waited_out_by_runs_and_waits(tmp_path: Path) -> None:
             assert len(names) == 3 and {blocker.name, queued.name} < names
         finally:
             assert gw.terminate() == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_second_signal_ends_the_grace_period(tmp_path: Path) -> None:
+    # Ctrl-C twice (or SIGTERM twice) waited out the whole grace period all the same.
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "g.toml", data, BACKENDS, grace_period_s=3600)
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log")
+    with (
+        Client(gw.address, retry=RetryPolicy(max_attempts=1)) as client,
+        grpc.insecure_channel(gw.address) as ch,
+    ):
+        running = client.submit(slow_circuit(), backend="aer-mps", shots=30_000, seed=1)
+        for event in client.watch(running.name, timeout=120):
+            if event.state is JobState.RUNNING:
+                break
+        readiness = health_pb2_grpc.HealthStub(ch).Watch(
+            health_pb2.HealthCheckRequest(service="qgateway.v1.JobService"), timeout=60
+        )
+        assert next(readiness).status == SERVING
+        gw.process.send_signal(15)
+        assert next(readiness).status == NOT_SERVING  # draining: the first signal was taken
+        readiness.cancel()
+        gw.process.send_signal(2)
+        # Well inside the hour of grace: the job is left to the next start.
+        assert gw.process.wait(timeout=90) == 0
+    db = sqlite3.connect(f"file:{data / 'qgateway.db'}?mode=ro", uri=True)
+    (state,) = db.execute(
+        "SELECT state FROM jobs WHERE id = ?", (running.name.removeprefix("jobs/"),)
+    ).fetchone()
+    db.close()
+    assert state == "RUNNING"  # re-queued when the gateway starts again
+    assert "ending the grace period" in (tmp_path / "gateway.log").read_text()
