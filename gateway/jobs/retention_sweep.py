@@ -4,18 +4,18 @@ A result expires `result_retention_days` after its job ended (GetJobResult answe
 RESULT_EXPIRED from then on, whether or not it is still on disk); a final job, its state
 history and quota ledger row go `job_retention_days` after it ended, and an ended session once
 it is that old and holds no job any more (GetJob, GetSession answer NOT_FOUND from then on).
-Without the sweep the database only grew. Every RETENTION_SWEEP_S the sweep deletes in batches,
-the store's one thread serving other calls between them: results walked in expiry order from
-where the last batch stopped (a cursor kept in memory: one walk over the already-swept jobs per
-process start), jobs and sessions oldest end first (deleted rows leave the index the next batch
-reads).
+Without the sweep the database only grew. FIRST_SWEEP_S after a start and then every
+RETENTION_SWEEP_S the sweep deletes in batches, the store's one thread serving other calls
+between them: results walked in expiry order from where the last batch stopped (a cursor kept
+in memory: one walk over the already-swept jobs per process start), jobs and sessions oldest
+end first (deleted rows leave the index the next batch reads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +24,10 @@ from gateway.store.base import ExpiryCursor, Store
 log = logging.getLogger(__name__)
 
 RETENTION_SWEEP_S = 600.0
+# The first sweep after a start: soon, so a gateway restarted more often than every
+# RETENTION_SWEEP_S (rolling deploys, autoscaled replicas) still sweeps; not at once, so it
+# stays out of the start's recovery and first jobs.
+FIRST_SWEEP_S = 60.0
 SWEEP_BATCH = 1000
 
 
@@ -64,18 +68,22 @@ class RetentionSweep:
             if deleted_jobs < SWEEP_BATCH and deleted_sessions < SWEEP_BATCH:
                 return Swept(results, jobs, sessions)
 
-    async def run(self) -> None:
+    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        await sleep(FIRST_SWEEP_S)
         while True:
-            await asyncio.sleep(RETENTION_SWEEP_S)
-            try:
-                swept = await self.sweep()
-            except Exception:
-                log.exception("the retention sweep failed; again in %gs", RETENTION_SWEEP_S)
-                continue
-            if swept != Swept():
-                log.info(
-                    "deleted %d expired results, %d jobs and %d sessions past retention",
-                    swept.results,
-                    swept.jobs,
-                    swept.sessions,
-                )
+            await self._sweep_and_tell()
+            await sleep(RETENTION_SWEEP_S)
+
+    async def _sweep_and_tell(self) -> None:
+        try:
+            swept = await self.sweep()
+        except Exception:
+            log.exception("the retention sweep failed; again in %gs", RETENTION_SWEEP_S)
+            return
+        if swept != Swept():
+            log.info(
+                "deleted %d expired results, %d jobs and %d sessions past retention",
+                swept.results,
+                swept.jobs,
+                swept.sessions,
+            )

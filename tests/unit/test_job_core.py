@@ -31,7 +31,7 @@ from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs import runner_step
 from gateway.jobs.queue_port import Claim
-from gateway.jobs.retention_sweep import Swept
+from gateway.jobs.retention_sweep import FIRST_SWEEP_S, RETENTION_SWEEP_S, Swept
 from gateway.runtime.breaker import BreakerPolicy, BreakerState
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
@@ -768,6 +768,34 @@ async def test_expired_results_then_old_jobs_are_swept_from_the_store(
         assert await sweep.sweep() == Swept(jobs=1)
         with pytest.raises(NotFound):
             await core.manager.get("alice", job.id)
+    finally:
+        await _close(core)
+
+
+async def test_the_first_sweep_comes_soon_after_a_start(store: SqliteStore) -> None:
+    # The first sweep came RETENTION_SWEEP_S (10 minutes) after a start: a gateway restarted
+    # more often than that (rolling deploys, autoscaled replicas) never swept.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert done.ended_at is not None
+        core.clock.now = done.ended_at + timedelta(days=91)
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 2:  # after one sweep: stop the loop
+                raise asyncio.CancelledError
+
+        with pytest.raises(asyncio.CancelledError):
+            await core.manager.retention_sweep.run(sleep)
+        assert waits == [FIRST_SWEEP_S, RETENTION_SWEEP_S]
+        assert FIRST_SWEEP_S < RETENTION_SWEEP_S
+        assert await store.get_job(job.id) is None  # swept between the two waits
     finally:
         await _close(core)
 
