@@ -52,6 +52,9 @@ ENV_API_KEY = "QGATEWAY_API_KEY"
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: Retries of UNAVAILABLE for CLI calls (tests shorten it).
 CLI_RETRY = RetryPolicy()
+# `run` and `jobs watch`: the job ended FAILED or CANCELLED (1 is a call that failed: bad input,
+# an unreachable gateway), so a script can tell the two apart.
+JOB_NOT_SUCCEEDED = 3
 #: Outcomes shown per counts table unless --top says otherwise.
 DEFAULT_TOP = 64
 
@@ -566,7 +569,9 @@ def _run_json(job: Job) -> dict[str, Any]:
         "job": job.name,
         "state": job.state.value,
         "backend": job.execution.backend if job.execution else job.backend,
-        "seed": seed,
+        # A 64-bit value as a string, as protobuf's JSON mapping writes one: readers that take
+        # JSON numbers as doubles (JavaScript, jq before 1.7) would round it.
+        "seed": None if seed is None else str(seed),
         "pubs": pubs,
     }
 
@@ -645,7 +650,7 @@ def _cmd_jobs_watch(args: argparse.Namespace) -> int:
             print(format_event(job, datetime.now(UTC)), flush=True)
             last = job
     # As `run`: a script waiting on `jobs watch` learns the outcome from the exit code.
-    return 0 if last is not None and last.state is JobState.SUCCEEDED else 1
+    return 0 if last is not None and last.state is JobState.SUCCEEDED else JOB_NOT_SUCCEEDED
 
 
 def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
@@ -875,7 +880,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except (QGatewayError, JobFailedError, CliError) as err:
+    except JobFailedError as err:
+        print(format_error(err), file=sys.stderr)
+        return JOB_NOT_SUCCEEDED
+    except (QGatewayError, CliError) as err:
         print(format_error(err, target=getattr(args, "target", None)), file=sys.stderr)
         return 1
     except ValueError as err:

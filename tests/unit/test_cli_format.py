@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,17 @@ def test_run_command_prints_job_line_and_tables(
             "timeout": None,
         }
     ]
+    # --json writes the 64-bit seed as a string (protobuf's JSON mapping): a JSON number this
+    # large is rounded by readers that take numbers as doubles.
+    big = 2**63 + 5
+    seeded = fake.job
+    assert seeded.execution is not None
+    fake.job = dataclasses.replace(
+        seeded, execution=dataclasses.replace(seeded.execution, seed=big)
+    )
+    assert cli.main(["run", str(source), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == str(big)
+    fake.job = seeded
     fake.calls.clear()
     assert cli.main(["run", str(source), "--sampler-output", "samples"]) == 0
     assert fake.calls[0]["sampler_output"] == "samples"
@@ -306,7 +318,8 @@ def test_run_command_prints_job_line_and_tables(
     fake.job = Job(
         name="jobs/j1", state=JobState.FAILED, error_reason="EXECUTION_FAILED", error_message="x"
     )
-    assert cli.main(["run", str(source)]) == 1
+    # Its own exit status: a script tells a failed job from a failed call (1).
+    assert cli.main(["run", str(source)]) == cli.JOB_NOT_SUCCEEDED == 3
     assert capsys.readouterr().err == "error: job jobs/j1 FAILED EXECUTION_FAILED: x\n"
 
 
