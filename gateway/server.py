@@ -358,7 +358,10 @@ class Gateway:
             ],
         )
 
-    async def start(self) -> None:
+    async def start(self, stopping: asyncio.Event | None = None) -> None:
+        """Opens the store, recovers, starts the ports and the workers, then turns ready and
+        dispatches jobs, unless `stopping` was set meanwhile (a SIGTERM while starting): then
+        it never turns ready, and the caller drains."""
         await self._store.open()
         await load_tenants(self._store, self.policies)
         if self.config.server.queue == "store":  # replicas share the store and its tenants
@@ -443,6 +446,8 @@ class Gateway:
         await asyncio.gather(
             compilers, *(self._start_backend(rt, compilers) for rt in self.backends.values())
         )
+        if stopping is not None and stopping.is_set():
+            return
         # Jobs recovered or accepted meanwhile are dispatched once the workers are up.
         self.manager.start_scheduling()
         self.telemetry.start(self.backends, self.compiler.pool)
@@ -559,12 +564,19 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        await gateway.start()
-        _settle_heap()
-        _log_security(gateway)
-        log.info("qgateway serving on %s (data in %s)", gateway.address, config.data_dir.resolve())
-        if on_ready is not None:
-            on_ready(gateway.address)
+        await gateway.start(stopping=stop)
+        if stop.is_set():
+            # Asked to stop while starting: never announced ready to a supervisor that has
+            # already asked it to go.
+            log.info("asked to stop while starting: not turning ready")
+        else:
+            _settle_heap()
+            _log_security(gateway)
+            log.info(
+                "qgateway serving on %s (data in %s)", gateway.address, config.data_dir.resolve()
+            )
+            if on_ready is not None:
+                on_ready(gateway.address)
         await stop.wait()
         log.info("draining")
         await gateway.stop(cut_short=hurry)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -179,3 +181,46 @@ def test_a_second_signal_ends_the_grace_period(tmp_path: Path) -> None:
     db.close()
     assert state == "RUNNING"  # re-queued when the gateway starts again
     assert "ending the grace period" in (tmp_path / "gateway.log").read_text()
+
+
+SLOW_TO_START = """
+[backends.slow]
+adapter = "aer"
+pool = { min_instances = 1, max_instances = 1 }
+faults = { latency_s = 4.0 }
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_gateway_stopped_while_starting_never_turns_ready(tmp_path: Path) -> None:
+    # SIGTERM while the gateway started (its backends' first probes can take up to
+    # probe_timeout_s) was acted on only after it had announced itself ready, turned readiness
+    # SERVING and dispatched recovered jobs.
+    port = _free_port()
+    config = write_config(tmp_path / "g.toml", tmp_path / "data", SLOW_TO_START)
+    config.write_text(config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+    with (tmp_path / "gateway.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            # Liveness answers once the port is open, while the slow backend's first probe
+            # (4 s of injected latency) still holds the start.
+            request = health_pb2.HealthCheckRequest(service="")
+            assert health.Check(request, wait_for_ready=True, timeout=60).status == SERVING
+            readiness = health_pb2.HealthCheckRequest(service="qgateway.v1.JobService")
+            assert health.Check(readiness, timeout=10).status == NOT_SERVING
+        process.send_signal(15)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert out == ""  # no "qgateway listening on" line: never announced ready
+    assert "asked to stop while starting" in (tmp_path / "gateway.log").read_text()
