@@ -359,7 +359,7 @@ def test_the_client_resumes_a_stream_that_breaks(
             cut, code = cuts.pop(0) if cuts else (None, grpc.StatusCode.OK)
             return BreakingCall(real.StreamJobResult(request, **kwargs), cut, code)
 
-    monkeypatch.setattr(client, "_jobs", Jobs())
+    monkeypatch.setattr(client, "_jobs_stub", Jobs())
     resumed = client.stream_result(sweep_job, chunk_bytes=1024, timeout=120)
     assert resumed == whole
     starts = [(r.start_pub_index, r.start_binding_index) for r in requests]

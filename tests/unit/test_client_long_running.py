@@ -198,8 +198,8 @@ def test_a_watch_cut_again_and_again_after_delivering_goes_on(
     ("final", "code"),
     [
         (job_pb2.JOB_STATE_SUCCEEDED, 0),
-        (job_pb2.JOB_STATE_CANCELLED, 1),
-        (job_pb2.JOB_STATE_FAILED, 1),
+        (job_pb2.JOB_STATE_CANCELLED, cli.JOB_NOT_SUCCEEDED),
+        (job_pb2.JOB_STATE_FAILED, cli.JOB_NOT_SUCCEEDED),
     ],
 )
 def test_jobs_watch_exits_with_the_jobs_outcome(

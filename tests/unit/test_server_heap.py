@@ -23,10 +23,10 @@ class _Gateway:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    async def start(self) -> None:
+    async def start(self, stopping: Any = None) -> None:
         pass
 
-    async def stop(self) -> None:
+    async def stop(self, cut_short: Any = None) -> None:
         pass
 
 
