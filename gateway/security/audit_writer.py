@@ -77,7 +77,7 @@ class AuditWriter:
         self._buffer: list[AuditRecord] = []
         self._timer: asyncio.TimerHandle | None = None
         self._window_timer: asyncio.TimerHandle | None = None
-        self._failures: dict[tuple[str, str, str], _Failures] = {}
+        self._failures: dict[tuple[str, str, str, str], _Failures] = {}
         self._inflight: set[asyncio.Future[ChainPoint]] = set()
         self._closed = False
         self._max_held = max_held
@@ -113,18 +113,20 @@ class AuditWriter:
     def auth_failed(self, record: AuditRecord) -> None:
         """A call refused before authentication succeeded (bad credentials, an undecodable
         request) or before its servicer ran (its rate): the first per (peer network, reason,
-        principal) in a window is written, later ones are counted into one record when the
+        principal, tenant) in a window is written, later ones are counted into one record when the
         window ends."""
         # Per principal too: calls refused for their rate (authenticated, so the principal is
         # known) are aggregated the same way without merging two callers of one host. Per
         # network as the key-lookup budget counts (an IPv6 /64): one subscriber rotating
         # through its /64 filled the table, and everyone else's failures went unnamed into
         # the overflow record.
-        key = (peer_network(record.peer), record.reason, record.principal)
+        # And per tenant: a JWT subject is one principal in every tenant its tokens name, and
+        # one tenant's refusals were counted into a record of the other's (its admin saw them).
+        key = (peer_network(record.peer), record.reason, record.principal, record.tenant)
         record = replace(record, peer=key[0])
         state = self._failures.get(key)
         if state is None and len(self._failures) >= self._max_peers:
-            key = (OVERFLOW_PEER, "", "")
+            key = (OVERFLOW_PEER, "", "", "")
             # Calls of any caller, tenant, method and reason are counted here: the record names
             # none of them, rather than the first one's (which would credit every other
             # tenant's refusals to it, in its tenant admin's view).

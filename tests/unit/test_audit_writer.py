@@ -201,6 +201,29 @@ def test_the_overflow_record_names_no_caller_tenant_or_method() -> None:
         assert (record.method, record.reason) == ("", OVERFLOW_REASON)
 
 
+def test_one_principal_in_two_tenants_is_counted_per_tenant() -> None:
+    # A JWT subject is one principal in every tenant its tokens name: its refusals in one
+    # tenant were counted into a record of the other (whose admin then saw them).
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(sink, flush_interval_s=3600, failure_window_s=3600)
+        ta = replace(
+            _failure("ipv4:10.0.0.1:5000", "RATE_LIMITED"),
+            tenant="ta",
+            principal="jwt/https://idp.test/#bob",
+        )
+        tb = replace(ta, tenant="tb")
+        for record in (ta, ta, ta, tb, tb, tb, tb, tb):
+            writer.auth_failed(record)
+        await writer.close()
+        return sink
+
+    counts: dict[str, int] = {}
+    for record in asyncio.run(main()).records:
+        counts[record.tenant] = counts.get(record.tenant, 0) + record.count
+    assert counts == {"ta": 3, "tb": 5}
+
+
 def test_records_are_written_in_batches() -> None:
     async def main() -> Sink:
         sink = Sink()
