@@ -317,7 +317,6 @@ REASONS: Final[Mapping[str, Code]] = {
     "SESSION_BACKEND_MISMATCH": Code.FAILED_PRECONDITION,
     "SESSION_LIMIT_REACHED": Code.RESOURCE_EXHAUSTED,
     # Tenants, policies and quotas (gateway.security.policies, gateway.domain.quota).
-    "BACKEND_NOT_ALLOWED": Code.PERMISSION_DENIED,
     "QUBIT_LIMIT_EXCEEDED": Code.PERMISSION_DENIED,
     "SHOT_LIMIT_EXCEEDED": Code.PERMISSION_DENIED,
     "RATE_LIMITED": Code.RESOURCE_EXHAUSTED,

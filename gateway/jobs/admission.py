@@ -75,10 +75,11 @@ class Admission:
         self._creating: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def check_allowed(self, tenant: str, backend: str, field: str = "spec.backend") -> None:
-        """NOT_FOUND for a backend that does not exist; PERMISSION_DENIED BACKEND_NOT_ALLOWED
-        for one outside the tenant's policy."""
-        runtime = self.runtime(backend, field)
-        self._policies.check_backend(tenant, backend, runtime.info.kind, field)
+        """NOT_FOUND for a backend that does not exist or is outside the tenant's policy, the
+        same answer for both: a tenant naming another's private backend learned it existed."""
+        runtime = self._backends.get(backend)
+        if runtime is None or not self._policies.allows(tenant, backend, runtime.info.kind):
+            raise _backend_not_found(backend, field)
 
     def _check_policy(self, tenant: str, spec: JobSpec) -> None:
         self.check_allowed(tenant, spec.backend)
@@ -127,13 +128,7 @@ class Admission:
         backends the caller may use) leaves it out: a caller cannot tell the two apart."""
         runtime = self._backends.get(backend)
         if runtime is None or (visible is not None and backend not in visible):
-            name = f"backends/{backend}"
-            raise NotFound(
-                "BACKEND_NOT_FOUND",
-                f"backend {name} does not exist",
-                metadata={"backend": name},
-                resource_info=ResourceInfo(BACKEND_RESOURCE, name, f"named by {field}"),
-            )
+            raise _backend_not_found(backend, field)
         return runtime
 
     def _placement(self, spec: JobSpec) -> BackendRuntime:
@@ -541,4 +536,14 @@ def _queued(new: NewJob) -> Job:
         sampler_output=new.sampler_output,
         session=new.session,
         trace_context=new.trace_context,
+    )
+
+
+def _backend_not_found(backend: str, field: str) -> NotFound:
+    name = f"backends/{backend}"
+    return NotFound(
+        "BACKEND_NOT_FOUND",
+        f"backend {name} does not exist",
+        metadata={"backend": name},
+        resource_info=ResourceInfo(BACKEND_RESOURCE, name, f"named by {field}"),
     )

@@ -214,8 +214,8 @@ class JobManager:
         return self._admission.runtime(backend, field, visible)
 
     def check_allowed(self, tenant: str, backend: str, field: str = "spec.backend") -> None:
-        """NOT_FOUND for an unknown backend, PERMISSION_DENIED BACKEND_NOT_ALLOWED for one
-        outside the tenant's policy (Admission.check_allowed)."""
+        """NOT_FOUND for an unknown backend or one outside the tenant's policy
+        (Admission.check_allowed)."""
         self._admission.check_allowed(tenant, backend, field)
 
     async def submit(

@@ -84,20 +84,11 @@ class PolicyBook:
         policy = self.policy(principal.tenant)
         return sorted(name for name, kind in backends.items() if policy.allows(name, kind))
 
-    def check_backend(self, tenant: str, backend: str, kind: BackendKind, field: str) -> None:
-        """Refuses a submission, validation or session on a backend outside the policy.
-
-        Raises:
-            PermissionDenied: BACKEND_NOT_ALLOWED.
-        """
-        if self.policy(tenant).allows(backend, kind):
-            return
-        name = f"backends/{backend}"
-        raise PermissionDenied(
-            "BACKEND_NOT_ALLOWED",
-            f"tenant {tenant} may not use {name} (named by {field}); ask an admin to allow it",
-            metadata={"backend": name, "tenant": f"tenants/{tenant}", "field": field},
-        )
+    def allows(self, tenant: str, backend: str, kind: BackendKind) -> bool:
+        """Whether the tenant may use the backend: one it may not answers NOT_FOUND wherever
+        it is named, exactly as one that does not exist (a tenant cannot learn another's
+        private backends by naming them)."""
+        return self.policy(tenant).allows(backend, kind)
 
     def check_job(self, tenant: str, backend: str, qubits: int, shots: int) -> None:
         """Per-job limits of the tenant's policy, on a compiled and prepared job: no RetryInfo,

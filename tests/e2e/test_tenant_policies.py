@@ -1,11 +1,11 @@
 """Tenants' policies over real gRPC (issue 11, item 3): one gateway, tenants declared in its TOML
 file (and one created through AdminService), each with the one policy its test needs.
 
-Backends outside a policy are absent from the tenant's listings and PERMISSION_DENIED on
-submit; per-job limits are PERMISSION_DENIED with the limit in metadata and no RetryInfo; rates
-and period quotas are RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo; a cancelled job's
-reservation is released; GetTenantUsage shows all of it; a policy changed through AdminService
-applies to the next call.
+Backends outside a policy are absent from the tenant's listings and NOT_FOUND wherever named,
+as one that does not exist; per-job limits are PERMISSION_DENIED with the limit in metadata and
+no RetryInfo; rates and period quotas are RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo; a
+cancelled job's reservation is released; GetTenantUsage shows all of it; a policy changed
+through AdminService applies to the next call.
 """
 
 from __future__ import annotations
@@ -169,13 +169,19 @@ def test_backends_outside_the_policy_are_absent_and_refused(channel: grpc.Channe
             backend_service_pb2.GetBackendRequest(name=f"backends/{STUCK}"), metadata=limited.md
         )
     assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    # Named in a job, its validation or as a fallback: the very answer a backend that does not
+    # exist gets (PERMISSION_DENIED BACKEND_NOT_ALLOWED told a tenant another's private
+    # backend existed).
     for validate_only in (False, True):
         err = limited.refused(spec(backend=STUCK), validate_only)
-        assert (err.code, err.reason) == (DENIED, "BACKEND_NOT_ALLOWED")
-        assert err.metadata["backend"] == f"backends/{STUCK}"
+        absent = limited.refused(spec(backend="no-such-backend"), validate_only)
+        assert (err.code, err.reason) == (absent.code, absent.reason)
+        assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "BACKEND_NOT_FOUND")
+        assert err.message == absent.message.replace("no-such-backend", STUCK)
+        assert err.metadata == {"backend": f"backends/{STUCK}"}
     fallback = spec()
     fallback.options.fallback_backend = f"backends/{STUCK}"
-    assert limited.refused(fallback).reason == "BACKEND_NOT_ALLOWED"
+    assert limited.refused(fallback).reason == "BACKEND_NOT_FOUND"
 
 
 def test_per_job_limits_are_denied_with_the_limit_and_no_retry(channel: grpc.Channel) -> None:
@@ -439,7 +445,7 @@ def test_sessions_follow_the_policy(channel: grpc.Channel) -> None:
 
     with pytest.raises(grpc.RpcError) as denied:
         create(f"backends/{STUCK}")
-    assert status_of(denied.value).reason == "BACKEND_NOT_ALLOWED"
+    assert status_of(denied.value).reason == "BACKEND_NOT_FOUND"
     first = create("backends/aer")
     try:
         # max_sessions = 1 supersedes the server's default of 10.
