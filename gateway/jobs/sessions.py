@@ -645,16 +645,7 @@ class SessionCore:
                     raise domain.request_id_reused(request_id, existing.id)
                 return existing, False
         self._manager.check_allowed(tenant, new.backend, "session.backend")
-        if new.backend not in self._queues:
-            # Only the in-memory queue lets a session's jobs in one at a time: with the
-            # store's claim queue they would run side by side, ABORT would not halt the rest
-            # and DEDICATED would pin nothing.
-            raise FailedPrecondition(
-                "SESSIONS_UNAVAILABLE",
-                f"backends/{new.backend} cannot keep a session's jobs in order on this gateway: "
-                'sessions need server.queue = "memory"',
-                metadata={"backend": f"backends/{new.backend}"},
-            )
+        self._check_ordered(new.backend)
         lim = self._limits
         # The tenant's policy, where it sets max_sessions, supersedes the server's cap.
         max_open = self._manager.policies.policy(tenant).max_sessions
@@ -700,7 +691,8 @@ class SessionCore:
         Raises:
             NotFound: SESSION_NOT_FOUND (also for another tenant's session).
             FailedPrecondition: SESSION_CLOSED when the session accepts no more jobs;
-                SESSION_BACKEND_MISMATCH when the job names another backend.
+                SESSION_BACKEND_MISMATCH when the job names another backend;
+                SESSIONS_UNAVAILABLE with server.queue = "store".
         """
         session_id = spec.session
         async with self._locked(session_id):
@@ -708,6 +700,7 @@ class SessionCore:
             if session is None or session.tenant != tenant:
                 session = await self.get(tenant, session_id)
             _check_accepts(session, spec)
+            self._check_ordered(session.backend)
             outcome = await self._manager.submit(
                 tenant, request_id, spec, spec_bytes, digest, position=position
             )
@@ -729,7 +722,22 @@ class SessionCore:
 
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
         """What `submit` checks of the session before admitting a job (validate_only)."""
-        _check_accepts(await self.get(tenant, spec.session), spec)
+        session = await self.get(tenant, spec.session)
+        _check_accepts(session, spec)
+        self._check_ordered(session.backend)
+
+    def _check_ordered(self, backend: str) -> None:
+        """Only the in-memory queue lets a session's jobs in one at a time: with the store's
+        claim queue they would run side by side, ABORT would not halt the rest and DEDICATED
+        would pin nothing. Checked for new jobs too: a session opened before the gateway
+        moved to the claim queue took jobs and ran them together."""
+        if backend not in self._queues:
+            raise FailedPrecondition(
+                "SESSIONS_UNAVAILABLE",
+                f"backends/{backend} cannot keep a session's jobs in order on this gateway: "
+                'sessions need server.queue = "memory"',
+                metadata={"backend": f"backends/{backend}"},
+            )
 
     async def close_session(self, tenant: str, session_id: str) -> Session:
         """CloseSession: no more jobs; CLOSING until its jobs are done, then CLOSED."""

@@ -266,6 +266,25 @@ async def test_sessions_are_refused_where_the_queue_cannot_keep_their_order(
         await core.close()
 
 
+async def test_a_session_opened_before_the_move_to_the_claim_queue_takes_no_jobs(
+    store: SqliteStore,
+) -> None:
+    # CreateSession was refused on the claim queue, but a session opened before the gateway
+    # moved to it took jobs and ran them side by side.
+    before = await build(store)
+    session = await before.create()
+    await before.close()
+    core = await build(store, claim_queue=True)
+    try:
+        for check in (core.submit, core.sessions.check_accepts):
+            with pytest.raises(GatewayError) as refused:
+                await check("alice", session_spec(session))
+            assert refused.value.reason == "SESSIONS_UNAVAILABLE"
+        assert core.runner.submitted == []
+    finally:
+        await core.close()
+
+
 async def test_a_sessions_jobs_run_one_at_a_time_in_order_beside_other_jobs(
     store: SqliteStore,
 ) -> None:
