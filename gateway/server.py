@@ -55,6 +55,7 @@ from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.claim_queue import ClaimQueue
 from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
+from gateway.jobs.peer_events import PeerEventBus
 from gateway.jobs.queue_port import JobQueue
 from gateway.jobs.sessions import SessionCore, SessionLimits, SessionQueue
 from gateway.runtime import affinity
@@ -75,6 +76,7 @@ from gateway.security.tenant_policy import Tenant
 from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
 from gateway.store.data_dir_lock import DataDirInUse, lock_data_dir
+from gateway.store.peer_signals import PEERS_DIR, PeerSignals
 from gateway.store.sqlite import SqliteStore
 from gateway.telemetry.setup import Telemetry
 
@@ -288,6 +290,16 @@ class Gateway:
         self.backends = build_backends(config, self._store)
         self.policies = build_policies(config)
         self.compiler = build_compiler(config, self.backends)
+        # Processes sharing the store hear each other's changes (gateway.jobs.peer_events).
+        self._peers: PeerSignals | None = None
+        bus: PeerEventBus | None = None
+        if config.server.queue == "store":
+            self._peers = PeerSignals(config.data_dir / PEERS_DIR)
+            bus = PeerEventBus(self._store, self._peers.send)
+            for runtime in self.backends.values():
+                if isinstance(runtime.queue, ClaimQueue):
+                    bus.wake_on_changes(runtime.name, runtime.queue.notify_changed)
+        self._bus = bus
         self.manager = JobManager(
             self.telemetry.store(self._store),  # spans around job writes (tracing on)
             self.backends,
@@ -298,6 +310,7 @@ class Gateway:
             result_retention_s=config.server.result_retention_days * 86400,
             job_retention_s=config.server.job_retention_days * 86400,
             recover_at_start=config.server.queue == "memory",
+            bus=bus,
             policies=self.policies,
         )
         self.sessions = SessionCore(
@@ -363,6 +376,8 @@ class Gateway:
         dispatches jobs, unless `stopping` was set meanwhile (a SIGTERM while starting): then
         it never turns ready, and the caller drains."""
         await self._store.open()
+        if self._peers is not None and self._bus is not None:
+            self._peers.start(self._bus.heard)
         await load_tenants(self._store, self.policies)
         if self.config.server.queue == "store":  # replicas share the store and its tenants
             refresh = refresh_tenants(self._store, self.policies, POLICY_REFRESH_S)
@@ -528,6 +543,10 @@ class Gateway:
         await asyncio.gather(*self._monitors, return_exceptions=True)
         await self.sessions.close()
         await self.manager.close()
+        if self._peers is not None:
+            self._peers.close()
+        if self._bus is not None:
+            await self._bus.close()
         await self.compiler.close()
         await asyncio.gather(
             self.compiler.pool.close(), *(rt.runner.close() for rt in self.backends.values())

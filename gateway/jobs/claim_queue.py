@@ -33,9 +33,10 @@ class ClaimQueue:
     Ordering, fairness, deadlines and leases are the store's (see claim_next); a lease is live
     while now < its expiry and lost to its holder from then on, even before another takes it.
 
-    wait_changed() is woken by this process's own puts, releases, removals and ended claims.
-    Jobs queued by other processes are found at next_wakeup() (a deadline or lease expiry) or
-    at this process's next local event; a PostgreSQL store will wake it with LISTEN/NOTIFY.
+    wait_changed() is woken by this process's own puts, releases, removals and ended claims,
+    and by `notify_changed` when another process queued or claimed a job (its signals:
+    gateway.jobs.peer_events); a signal lost is made up for at next_wakeup() (a deadline or
+    lease expiry) or this process's next local event.
 
     Args:
         store: The store; it holds the queue.
@@ -198,10 +199,13 @@ class ClaimQueue:
         deadline = None if oldest is None else oldest + self._max_queue
         return min((t for t in (lease, deadline) if t is not None), default=None)
 
+    def notify_changed(self) -> None:
+        """Another process queued or claimed a job here: the scheduler looks again."""
+        self._changed.set()
+
     async def wait_changed(self) -> None:
         """Returns once this process changed the queue (a put, release, removal or ended
-        claim) since the last return; one waiter (the scheduler). Other processes' changes
-        do not wake it (see the class docstring)."""
+        claim, or a peer's signal) since the last return; one waiter (the scheduler)."""
         await self._changed.wait()
         self._changed.clear()
 

@@ -1,8 +1,9 @@
 """The event-bus port: how watchers (WatchJob, Run) hear of a job's changes.
 
 Publishers are the job core's transitions (gateway.jobs.transitions), after each change is
-committed. `MemoryEventBus` serves one process; a store shared by replicas brings its own bus
-(PostgreSQL LISTEN/NOTIFY), which must deliver every change committed by any replica.
+committed. `MemoryEventBus` serves one process; processes sharing a store need a bus that
+delivers every change committed by any of them (gateway.jobs.peer_events on one host's SQLite
+store; PostgreSQL LISTEN/NOTIFY for replicas on several).
 """
 
 from __future__ import annotations
@@ -55,3 +56,6 @@ class MemoryEventBus:
     def publish(self, job: Job) -> None:
         for queue in self._subscribers.get(job.id, ()):
             queue.put_nowait(job)
+
+    def has_subscribers(self, job_id: str) -> bool:
+        return job_id in self._subscribers

@@ -74,3 +74,35 @@ def test_a_dead_gateways_claim_lapses_and_the_job_runs_again(tmp_path: Path) -> 
             (job.name.split("/")[1],),
         ).fetchone()
     assert attempts == 2 and results == 1 and new_owner is None  # ran again, one result
+
+
+@pytest.mark.timeout(240)
+def test_replicas_hear_each_others_jobs_and_take_over_a_dead_ones(tmp_path: Path) -> None:
+    # SQLite tells no process of another's commits: a wait on replica B for a job replica A
+    # ran never ended (heartbeats of a stale QUEUED until the deadline), an idle B claimed
+    # none of the jobs A queued, and none of those A left behind when it died.
+    data = tmp_path / "data"
+    config = _config(tmp_path / "g.toml", data)
+    log = tmp_path / "gateway.log"
+    a = GatewayProcess.start(config, log)
+    b = GatewayProcess.start(config, log)
+    try:
+        with Client(a.address) as on_a, Client(b.address) as on_b:
+            jobs = [on_a.submit(ghz(2), backend="slow", shots=20, seed=i) for i in range(4)]
+            # Each replica runs one slow job at a time: B, which was sent nothing, takes some.
+            first = on_b.wait(jobs[0].name, timeout=60)  # whoever ran it, B hears it end
+            assert first.state is JobState.SUCCEEDED
+            # A holds a running job (and maybe a queued one): left to its lapsing lease, with
+            # nothing sent to B from now on.
+            a.kill()
+            for job in jobs:
+                assert on_b.wait(job.name, timeout=90).state is JobState.SUCCEEDED
+    finally:
+        a.kill()
+        b.terminate()
+    with sqlite3.connect(data / "qgateway.db") as db:
+        rows = db.execute(
+            "SELECT owner, count(*) FROM jobs JOIN (SELECT job_id, count(*) AS owner FROM results"
+            " GROUP BY job_id) ON job_id = jobs.id GROUP BY owner"
+        ).fetchall()
+    assert rows == [(1, 4)]  # four jobs, one result each
