@@ -88,9 +88,26 @@ class AuditLog:
             # The head exported before this start: the database must still reach it.
             self._exported = await asyncio.to_thread(audit_files.read_head, self._head_path)
         except ValueError as exc:
-            log.error(
-                "audit: the head file %s is unreadable (%s); replacing it", self._head_path, exc
+            # Kept beside, not overwritten: it is evidence, and an operator must see it.
+            kept = self._head_path.with_name(f"{self._head_path.name}.unreadable")
+            await asyncio.to_thread(self._head_path.replace, kept)
+            log.critical(
+                "audit: the head file %s is unreadable (%s); kept as %s, and a new head is"
+                " written from the database: records deleted before this start cannot be found",
+                self._head_path,
+                exc,
+                kept,
             )
+        else:
+            if self._exported is None and (await self._store.audit_head()).sequence > 0:
+                # Records and no head: the documented reset after restoring a database on
+                # purpose, or someone removed the evidence. Either way, said loudly.
+                log.critical(
+                    "audit: no head file %s although the database holds records; a new head is"
+                    " written from the database: records deleted before this start cannot be"
+                    " found (expected only after restoring a database on purpose)",
+                    self._head_path,
+                )
         await self._sweep()
         await self.export_head()
         self._task = asyncio.create_task(self._maintain(), name="qgateway-audit")

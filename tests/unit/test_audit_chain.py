@@ -308,6 +308,39 @@ def _delete_newest(path: Path, after: int) -> None:
     conn.close()
 
 
+def test_a_missing_or_unreadable_head_file_is_said_loudly_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restart replaced a garbled head file after one ERROR line, and a removed one without
+    # a word: the check that records exist without a head was undone quietly.
+    head_file = tmp_path / "audit-head.json"
+
+    async def restart() -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            await log.start()
+            await store.append_audit(_records(2, start=100))
+        finally:
+            await log.close()
+            await store.close()
+
+    asyncio.run(restart())  # records, and their head
+    assert head_file.exists()
+    caplog.clear()
+    head_file.unlink()
+    asyncio.run(restart())
+    assert [r.levelname for r in caplog.records if "no head file" in r.message] == ["CRITICAL"]
+    caplog.clear()
+    head_file.write_text("garbled")
+    asyncio.run(restart())
+    assert [r.levelname for r in caplog.records if "unreadable" in r.message] == ["CRITICAL"]
+    kept = tmp_path / "audit-head.json.unreadable"
+    assert kept.read_text() == "garbled"  # the evidence, beside the new head
+    assert audit_files.read_head(head_file) is not None
+
+
 def test_the_gateway_never_exports_a_head_its_database_no_longer_reaches(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
