@@ -651,6 +651,10 @@ def serve_forever(config_path: Path | None) -> int:
     # The SDKs log every transpiler pass at INFO; keep the gateway's own log readable.
     for noisy in ("qiskit", "qiskit_aer", "stevedore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Every file the gateway makes (the database with every tenant's circuits and results, its
+    # WAL, the audit head, the data directory itself) is its own: they were readable by every
+    # local user (0644 in a 0755 directory).
+    os.umask(0o077)
     try:
         config = load_config(config_path)
         if config.server.cpu_affinity is not None:

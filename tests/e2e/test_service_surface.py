@@ -162,3 +162,13 @@ def test_a_second_gateway_on_the_same_data_directory_refuses_to_start(
     assert "qgateway listening" not in second.stdout
     with Client(address) as client:  # the first one is untouched
         assert client.run(ghz(2), shots=10, seed=1).counts().keys() <= {"00", "11"}
+
+
+def test_the_gateways_files_are_its_own(gateway: GatewayProcess) -> None:
+    # The database (every tenant's circuits and results), its WAL and the audit head were
+    # 0644 in a 0755 directory: readable by every local user.
+    data = gateway.log_path.parent / "data"
+    made = [data, *data.iterdir()]
+    assert any(path.name == "qgateway.db" for path in made)
+    for path in made:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)}"

@@ -238,6 +238,11 @@ def test_the_store_refuses_edits_and_a_forged_anchor_shows(tmp_path: Path) -> No
     conn.commit()
     verdict = _verify_file(tmp_path / "q.db", head)
     assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 3)
+    # A MAC rewritten as text is the record altered too (it raised a TypeError in verify).
+    conn.execute("UPDATE audit_records SET tenant = 'acme', mac = hex(mac) WHERE seq = 3")
+    conn.commit()
+    verdict = _verify_file(tmp_path / "q.db", head)
+    assert (verdict.problem, verdict.sequence) == (Problem.ALTERED, 3)
     # Moving the anchor past records one wants gone does not verify.
     conn.execute("UPDATE audit_anchor SET seq = 3")
     conn.commit()
