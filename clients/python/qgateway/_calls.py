@@ -28,3 +28,22 @@ def channel_stub(owner: Any, key: str, factory: Callable[[Any], Any]) -> Any:
         cache[key] = stub
         cache[f"{key}_channel"] = owner.channel
     return stub
+
+
+class JobStubs:
+    """The job and backend stubs of `Client` and `AsyncClient` (mixed in), reached through
+    their `channel`, which refuses a closed client; tests replace the `*_stub` attributes."""
+
+    channel: Any
+    _jobs_stub: Any
+    _backends_stub: Any
+
+    @property
+    def _jobs(self) -> Any:
+        _ = self.channel
+        return self._jobs_stub
+
+    @property
+    def _backends(self) -> Any:
+        _ = self.channel
+        return self._backends_stub

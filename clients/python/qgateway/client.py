@@ -39,6 +39,7 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 import grpc.aio  # type: ignore[import-untyped, unused-ignore]
 
 from qgateway import telemetry
+from qgateway._calls import JobStubs
 from qgateway._calls import deadline as _deadline
 from qgateway.errors import (
     ERROR_DOMAIN,
@@ -874,7 +875,7 @@ _JobStub: Any = job_service_pb2_grpc.JobServiceStub
 _BackendStub: Any = backend_service_pb2_grpc.BackendServiceStub
 
 
-class Client(SessionCalls, TenantCalls):
+class Client(JobStubs, SessionCalls, TenantCalls):
     """Synchronous client.
 
     Args:
@@ -921,16 +922,6 @@ class Client(SessionCalls, TenantCalls):
             # whose method was first used after the close: refused here, with a clear error.
             raise RuntimeError("this Client is closed")
         return self._channel
-
-    @property
-    def _jobs(self) -> Any:
-        _ = self.channel
-        return self._jobs_stub
-
-    @property
-    def _backends(self) -> Any:
-        _ = self.channel
-        return self._backends_stub
 
     def __enter__(self) -> Client:
         return self
@@ -1514,7 +1505,7 @@ class Client(SessionCalls, TenantCalls):
         return response.target
 
 
-class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
+class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
     """asyncio client (grpc.aio); the same methods as `Client`, as coroutines and async iterators.
 
     The channel is opened on first use, inside the running event loop.
@@ -1585,16 +1576,6 @@ class AsyncClient(AsyncSessionCalls, AsyncTenantCalls):
             self._jobs_stub = _JobStub(self._channel)
             self._backends_stub = _BackendStub(self._channel)
         return self._channel
-
-    @property
-    def _jobs(self) -> Any:
-        _ = self.channel
-        return self._jobs_stub
-
-    @property
-    def _backends(self) -> Any:
-        _ = self.channel
-        return self._backends_stub
 
     async def __aenter__(self) -> AsyncClient:
         return self
