@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 # The register, under the data directory.
 PEERS_DIR = "peers"
 _PREFIX = b"\0qgateway-peer-"
-# A job id (32), a backend id (config key) and a state name, with room to spare.
-_MAX_SIGNAL = 512
+# A job id (32), a backend id (a configuration key) and a state name, with room to spare: a
+# longer datagram is cut short on receipt and its state read wrong, which only costs a wake.
+_MAX_SIGNAL = 4096
 
 # (job id, backend, state name)
 OnSignal = Callable[[str, str, str], None]
@@ -113,6 +114,9 @@ class PeerSignals:
             except OSError:
                 log.exception("peer signals: receive failed")
                 return
-            parts = data.decode("ascii", errors="replace").split(" ")
-            if len(parts) == 3 and self._on_signal is not None:
-                self._on_signal(parts[0], parts[1], parts[2])
+            # A backend id may hold spaces (any printable text): it is what lies between the
+            # job id and the state.
+            job_id, _, rest = data.decode("utf-8", errors="replace").partition(" ")
+            backend, _, state = rest.rpartition(" ")
+            if backend and self._on_signal is not None:
+                self._on_signal(job_id, backend, state)

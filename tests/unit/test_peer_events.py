@@ -44,8 +44,10 @@ async def test_a_signal_reaches_every_peer_and_a_dead_one_is_forgotten(tmp_path:
     gone._socket = None
     try:
         a.send("j1", "aer", "QUEUED")
+        a.send("j2", "my backend é", "RUNNING")  # a configuration key may hold spaces
         async with asyncio.timeout(5):
             assert await heard.get() == ("j1", "aer", "QUEUED")
+            assert await heard.get() == ("j2", "my backend é", "RUNNING")
         assert not gone_file.exists()  # its name refused the datagram: dropped
         assert sorted(p.name for p in register.iterdir()) == sorted([a.name, b.name])
     finally:
