@@ -365,9 +365,18 @@ class RunnerStep:
             running.handle = handle
             started = await self._t.running(job, handle.remote_id)
             if started is None:  # cancelled while it was being submitted
-                await self._stop(runtime, running, handle, None)
-                await self._no_longer_queued(runtime, running)
-                return None
+                # The provider has the job, and may run it before the cancel reaches it: it
+                # is followed as a running job being cancelled (stopped; SUCCEEDED with its
+                # result if it finished first, else CANCELLED with what it ran), under its
+                # provider id, never ended CANCELLED unaccounted while the provider bills it.
+                cancelling = None
+                if handle.remote_id is not None:
+                    cancelling = await self._t.store.record_remote_id(job.id, handle.remote_id)
+                if cancelling is None:
+                    await self._stop(runtime, running, handle, None)
+                    await self._no_longer_queued(runtime, running)
+                    return None
+                return handle, cancelling
             return handle, started
         # A local run starts at once; its RUNNING write waits (RUNNING_WRITE_DELAY_S).
         running.unwritten_start = self._t.clock()

@@ -232,6 +232,11 @@ class Store(Protocol):
     async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED, SUBMITTING or RUNNING -> CANCELLING; None otherwise (CANCELLING included)."""
 
+    async def record_remote_id(self, job_id: str, remote_id: str) -> Job | None:
+        """Stores the provider's id of a CANCELLING job (cancelled while it was being
+        submitted: the provider has it, and it must be stopped and accounted for); None
+        when the job is not CANCELLING."""
+
     async def delete_result(self, job_id: str) -> bool:
         """Deletes a job's stored result (an expired one); False if there was none."""
 

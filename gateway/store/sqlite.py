@@ -661,6 +661,20 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         return await self._audited(Effect.CANCEL_JOB, op, job_changed)
 
+    async def record_remote_id(self, job_id: str, remote_id: str) -> Job | None:
+        """Stores the provider's id of a CANCELLING job (cancelled while it was being
+        submitted); None when the job is not CANCELLING."""
+
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "UPDATE jobs SET remote_id = ? WHERE id = ? AND state = 'CANCELLING'"
+                f" RETURNING {_JOB_COLUMNS}",
+                (remote_id, job_id),
+            ).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return await self._call(op)
+
     async def delete_result(self, job_id: str) -> bool:
         """Deletes a job's stored result (an expired one); False if there was none."""
 

@@ -396,7 +396,12 @@ async def test_mark_submitting_then_running_stores_the_remote_id(store: Store) -
     # A local job (no remote id) runs straight from QUEUED; SUBMITTING can be cancelled.
     await store.create_job(new_job(job_id="s"))
     await store.mark_submitting("s", T0)
+    assert await store.record_remote_id("s", "provider-7") is None  # not CANCELLING yet
     assert (await store.mark_cancelling("s", T0 + SECOND)) is not None
+    # The provider had it after all: its id is kept, so it can be stopped and accounted for.
+    kept = await store.record_remote_id("s", "provider-7")
+    assert kept is not None and kept.state is JobState.CANCELLING
+    assert (await get(store, "s")).remote_id == "provider-7"
 
 
 async def test_a_refused_submit_queues_the_job_again(store: Store) -> None:

@@ -876,6 +876,51 @@ class _Outage(ScriptedRunner):
         await super().cancel(handle)
 
 
+class _HeldSubmit(ScriptedRunner):
+    """A provider whose create answers only when `answer` is set; with `done_first`, its job
+    has already finished by then."""
+
+    def __init__(self, done_first: bool) -> None:
+        super().__init__(slots=1, model=ExecutionModel.REMOTE)
+        self.done_first = done_first
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def submit(self, prepared: Any, job: Job) -> RunHandle:
+        self.asked.set()
+        await self.answer.wait()
+        handle = await super().submit(prepared, job)
+        if self.done_first:
+            self.succeed(job.id)
+        return handle
+
+
+@pytest.mark.parametrize("done_first", [True, False])
+async def test_a_job_cancelled_while_submitting_is_stopped_and_accounted_for(
+    store: SqliteStore, done_first: bool
+) -> None:
+    # Cancelled while the provider's create was in flight, the job ended CANCELLED with no
+    # provider id, no usage and its result (if the provider ran it first) thrown away, while
+    # the provider billed the run.
+    runner = _HeldSubmit(done_first)
+    core = await build_core(store, "memory", {"cloud": runner})
+    try:
+        job = await core.submit("alice", spec("cloud"))
+        await runner.asked.wait()
+        cancelling = await core.manager.cancel("alice", job.id)
+        assert cancelling.state is JobState.CANCELLING
+        runner.answer.set()
+        final = await core.until("alice", job.id, "SUCCEEDED" if done_first else "CANCELLED")
+        assert final.remote_id == f"r-{job.id}"  # kept: the provider's job can be found
+        if done_first:
+            assert await store.get_result(job.id) is not None  # its result, not thrown away
+            assert runner.cancelled == [job.id]  # told to stop, too late
+        else:
+            assert runner.cancelled == [job.id]
+    finally:
+        await _close(core)
+
+
 @pytest.mark.parametrize("cancel_failures", [0, 1])
 async def test_a_provider_job_the_gateway_lost_touch_with_is_cancelled(
     store: SqliteStore, cancel_failures: int
