@@ -39,7 +39,6 @@ from gateway.jobs.result_cache import RecentResults
 from gateway.jobs.retention_sweep import RetentionSweep
 from gateway.jobs.runner_step import RunnerStep
 from gateway.jobs.scheduler import Scheduler
-from gateway.jobs.steady_clock import SteadyClock
 from gateway.jobs.stored_format import StoredFormat
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import Permit
@@ -99,7 +98,6 @@ class JobManager:
         # Set when the drain's grace period is over: jobs still running are left to the next
         # start, so their waiters are answered too.
         self.grace_over = asyncio.Event()
-        clock = SteadyClock(clock)
         self._transitions = Transitions(store, self._events, self.hooks, clock, result_retention_s)
         self._admission = Admission(
             store,

@@ -772,30 +772,6 @@ async def test_expired_results_then_old_jobs_are_swept_from_the_store(
         await _close(core)
 
 
-async def test_jobs_keep_their_order_when_the_wall_clock_steps_back(store: SqliteStore) -> None:
-    # Jobs are ordered by create time (a session's run and are recovered in that order, the
-    # store queue claims oldest first): a clock stepped back (NTP, a resumed VM) put the jobs
-    # created after it before the earlier ones.
-    runner = ScriptedRunner(slots=1)
-    core = await build_core(store, "memory", {"sim": runner})
-    try:
-        running = await core.submit("alice", spec("sim"))
-        await runner.started.wait()
-        before = await core.submit("alice", spec("sim"))
-        core.clock.advance(-3600)
-        after = [await core.submit("alice", spec("sim")) for _ in range(3)]
-        created = [job.created_at for job in (before, *after)]
-        assert created == sorted(created) and len(set(created)) == len(created)
-        runner.succeed(running.id)
-        for job in (before, *after):  # one slot: they start in their order
-            await core.until("alice", job.id, "RUNNING")
-            runner.succeed(job.id)
-            await core.until("alice", job.id, "SUCCEEDED")
-        assert runner.submitted == [running.id, before.id, *(job.id for job in after)]
-    finally:
-        await _close(core)
-
-
 async def test_the_first_sweep_comes_soon_after_a_start(store: SqliteStore) -> None:
     # The first sweep came RETENTION_SWEEP_S (10 minutes) after a start: a gateway restarted
     # more often than that (rolling deploys, autoscaled replicas) never swept.
