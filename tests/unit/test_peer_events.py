@@ -42,6 +42,9 @@ async def test_a_signal_reaches_every_peer_and_a_dead_one_is_forgotten(tmp_path:
     gone_file = register / gone.name
     gone._socket.close()  # type: ignore[union-attr]  # as a SIGKILL leaves it: file, no socket
     gone._socket = None
+    # Only the gateway's user may send to the sockets (abstract ones could be flooded by any
+    # local user, and did not cross network namespaces).
+    assert register.stat().st_mode & 0o077 == 0
     try:
         a.send("j1", "aer", "QUEUED")
         a.send("j2", "my backend é", "RUNNING")  # a configuration key may hold spaces
@@ -50,9 +53,28 @@ async def test_a_signal_reaches_every_peer_and_a_dead_one_is_forgotten(tmp_path:
             assert await heard.get() == ("j2", "my backend é", "RUNNING")
         assert not gone_file.exists()  # its name refused the datagram: dropped
         assert sorted(p.name for p in register.iterdir()) == sorted([a.name, b.name])
+        for _ in range(600):  # one loop turn's burst: one datagram
+            a.send("j3", "aer", "QUEUED")
+        async with asyncio.timeout(5):
+            for _ in range(600):
+                assert await heard.get() == ("j3", "aer", "QUEUED")
+        # A peer busy elsewhere: its socket queues only a few datagrams (max_dgram_qlen, 10 by
+        # default); the rest wait at the sender and arrive later, in order (they were lost).
+        loop = asyncio.get_running_loop()
+        assert b._socket is not None
+        loop.remove_reader(b._socket.fileno())
+        for turn in range(40):
+            a.send(f"k{turn}", "aer", "RUNNING")
+            await asyncio.sleep(0)  # a loop turn each: forty datagrams
+        assert heard.empty()
+        loop.add_reader(b._socket.fileno(), b._readable)
+        async with asyncio.timeout(5):
+            got = [(await heard.get())[0] for _ in range(40)]
+        assert got == [f"k{turn}" for turn in range(40)]
     finally:
         a.close()
         b.close()
+        gone.close()
     assert list(register.iterdir()) == []
 
 
