@@ -528,7 +528,7 @@ class Gateway:
         the next start."""
         grace = self.config.server.grace_period_s
         await self.health.set(READINESS_SERVICE, NOT_SERVING)
-        self.manager.begin_drain()
+        self.manager.begin_drain(grace)
         finished = await self.manager.wait_running(grace, cut_short)
         if not finished:
             log.warning("grace period over: jobs still running are re-queued at the next start")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable, Container, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -52,6 +53,9 @@ def _now() -> datetime:
 
 # Put in watchers' event queues when draining begins: not a job, a reason to look again.
 _DRAINING = cast(Job, object())
+# The longest RetryInfo a drain's GATEWAY_DRAINING asks for: a drain often ends well before its
+# grace period (its running jobs finish), and the caller should not wait much past that.
+DRAIN_RETRY_MAX_S = 5.0
 
 
 def _job_not_found(job_id: str) -> NotFound:
@@ -98,6 +102,7 @@ class JobManager:
         # Set when the drain's grace period is over: jobs still running are left to the next
         # start, so their waiters are answered too.
         self.grace_over = asyncio.Event()
+        self._drain_ends = 0.0  # monotonic: when this process stops at the latest
         self._transitions = Transitions(store, self._events, self.hooks, clock, result_retention_s)
         self._admission = Admission(
             store,
@@ -153,8 +158,10 @@ class JobManager:
 
         self._adopted.append(start)
 
-    def begin_drain(self) -> None:
-        """Stops admission and dispatch; running jobs go on, queued jobs stay durable."""
+    def begin_drain(self, grace_s: float = 0.0) -> None:
+        """Stops admission and dispatch; running jobs go on (for up to `grace_s`), queued
+        jobs stay durable."""
+        self._drain_ends = time.monotonic() + grace_s
         self.draining.set()
         for events in self._watchers:
             events.put_nowait(_DRAINING)
@@ -332,11 +339,17 @@ class JobManager:
             if running
             else "is safe in the queue and runs after the restart"
         )
+        # Repeated at once, the call meets the same draining process and is answered the
+        # same: a client spent its attempts in seconds while the grace period ran. It is told
+        # to come back once this process is gone (then a replica or the restarted gateway
+        # answers), or DRAIN_RETRY_MAX_S from now if that is sooner.
+        after = self._drain_ends - time.monotonic() + 1.0
         return Aborted(
             "GATEWAY_DRAINING",
             f"the gateway is shutting down; job jobs/{job.id} {where} (repeat the call with the "
             "same request_id, or watch it again)",
             metadata={"job": f"jobs/{job.id}"},
+            retry_after=min(max(after, 1.0), DRAIN_RETRY_MAX_S),
         )
 
     async def _next_event(self, events: asyncio.Queue[Job], job: Job) -> Job:

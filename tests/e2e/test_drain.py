@@ -61,6 +61,8 @@ def test_sigterm_drains(tmp_path: Path) -> None:
         with pytest.raises(AbortedError) as aborted:
             list(client.watch(queued.name, timeout=30))
         assert aborted.value.reason == "GATEWAY_DRAINING"
+        # Come back once this process is gone, or in 5 s: at once, the same drain answers.
+        assert aborted.value.retry_delay is not None and 1 <= aborted.value.retry_delay <= 5
         # The running job finishes and its watcher sees it.
         final = [e.state for e in events]
         assert final[-1] is JobState.SUCCEEDED

@@ -437,12 +437,30 @@ def test_a_negative_retry_delay_is_no_delay(sleeps: list[float]) -> None:
     assert sleeps == [0.0]
 
 
-def aborted(reason: str) -> FakeRpcError:
+def aborted(reason: str, delay: int | None = None) -> FakeRpcError:
+    details: list[Message] = [error_info(reason, job="jobs/j1")]
+    if delay is not None:
+        details.append(retry_info(delay))
     return FakeRpcError(
         grpc.StatusCode.ABORTED,
         "stopped",
-        status_trailers(grpc.StatusCode.ABORTED, "stopped", error_info(reason, job="jobs/j1")),
+        status_trailers(grpc.StatusCode.ABORTED, "stopped", *details),
     )
+
+
+def test_a_long_drain_is_waited_out_within_the_timeout(sleeps: list[float]) -> None:
+    # A draining gateway answers a queued job's Run GATEWAY_DRAINING for its whole grace
+    # period (its running jobs may take all of it): the client spent its attempts in seconds
+    # and gave up while it still drained. Its answers spend no attempt; RetryInfo paces them.
+    drained = [aborted("GATEWAY_DRAINING", 5) for _ in range(3 * FAST.max_attempts)]
+    run = FakeUnary([*drained, unavailable(), finished_run()])
+    with make_client(Run=run) as client:
+        assert client.run("OPENQASM 3.0;", shots=4, timeout=3600).counts()
+    assert len(run.requests) == len(drained) + 2
+    assert sleeps[: len(drained)] == [5.0] * len(drained)  # jitter 0 in FAST
+    once = FakeUnary([aborted("GATEWAY_DRAINING", 5)])
+    with make_client(Run=once) as client, pytest.raises(AbortedError):
+        client.run("OPENQASM 3.0;", shots=4, timeout=2)  # within its deadline only
 
 
 def test_a_run_cut_by_a_drain_is_repeated_with_its_request_id(sleeps: list[float]) -> None:

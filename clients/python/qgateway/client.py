@@ -194,21 +194,28 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _retryable(error: QGatewayError) -> bool:
-    """UNAVAILABLE: the gateway did nothing (or, for SubmitJob and Run, the same request_id
-    finds what it did). ABORTED GATEWAY_DRAINING: a Run or WatchJob cut by a shutdown, whose
-    job is safe; the gateway asks for the call to be repeated (a replica, or the restarted
-    gateway, answers it)."""
-    return error.code == grpc.StatusCode.UNAVAILABLE or (
-        error.code == grpc.StatusCode.ABORTED and error.reason == "GATEWAY_DRAINING"
-    )
+def _draining(error: QGatewayError) -> bool:
+    """ABORTED GATEWAY_DRAINING: a Run or WatchJob cut by a shutdown, whose job is safe; the
+    gateway asks for the call to be repeated (a replica, or the restarted gateway, answers)."""
+    return error.code == grpc.StatusCode.ABORTED and error.reason == "GATEWAY_DRAINING"
+
+
+def _attempts_spent(error: QGatewayError) -> int:
+    """A draining gateway's answers spend no attempt: its RetryInfo paces them and the call's
+    deadline bounds them (the grace period can outlast the attempts' whole back-off: its
+    running jobs may take all of it, and callers gave up while it still drained)."""
+    return 0 if _draining(error) else 1
 
 
 def _retry_delay(
     policy: RetryPolicy, error: QGatewayError, attempt: int, deadline: float | None
 ) -> float | None:
-    """Seconds to wait before the next attempt, or None to give up and raise `error`."""
-    if not _retryable(error):
+    """Seconds to wait before failed attempt number `attempt` is repeated (`_attempts_spent`
+    counts them), or None to give up and raise `error`. UNAVAILABLE: the gateway did nothing
+    (or, for SubmitJob and Run, the same request_id finds what it did); GATEWAY_DRAINING."""
+    if _draining(error):
+        return _attempt_delay(policy, error, max(attempt, 1), deadline)
+    if error.code != grpc.StatusCode.UNAVAILABLE:
         return None
     return _attempt_delay(policy, error, attempt, deadline)
 
@@ -952,11 +959,11 @@ class Client(JobStubs, SessionCalls, TenantCalls):
     ) -> Any:
         attempt = 0
         while True:
-            attempt += 1
             try:
                 return method(request, timeout=_remaining(deadline), metadata=self._metadata)
             except grpc.RpcError as exc:
                 err = _tag(from_rpc_error(exc), request_id)
+                attempt += _attempts_spent(err)
                 delay = _retry_delay(self.retry, err, attempt, deadline) if retry else None
                 if delay is None:
                     raise err from exc
@@ -1370,8 +1377,8 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                     yield _watched(response)
                 return
             except grpc.RpcError as exc:
-                attempt += 1
                 err = from_rpc_error(exc)
+                attempt += _attempts_spent(err)
                 delay = _retry_delay(self.retry, err, attempt, deadline)
                 if delay is None:
                     raise err from exc
@@ -1608,11 +1615,11 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
     ) -> Any:
         attempt = 0
         while True:
-            attempt += 1
             try:
                 return await method(request, timeout=_remaining(deadline), metadata=self._metadata)
             except grpc.RpcError as exc:
                 err = _tag(from_rpc_error(exc), request_id)
+                attempt += _attempts_spent(err)
                 delay = _retry_delay(self.retry, err, attempt, deadline) if retry else None
                 if delay is None:
                     raise err from exc
@@ -1947,8 +1954,8 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                     yield _watched(response)
                 return
             except grpc.RpcError as exc:
-                attempt += 1
                 err = from_rpc_error(exc)
+                attempt += _attempts_spent(err)
                 delay = _retry_delay(self.retry, err, attempt, deadline)
                 if delay is None:
                     raise err from exc
