@@ -132,7 +132,7 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
     job = type("J", (), {"id": "job-1"})()
     payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, ())
     assert runner._submit(payload, None, job) == "r-made-by-the-lost-reply"  # type: ignore[arg-type]
-    assert creates == [["qgateway-job:job-1", "qgateway-output:COUNTS"]]
+    assert creates == [["qgateway-job:job-1", "qgateway-output:COUNTS", "qgateway-pubs:0"]]
 
     # No job under the tag: created again, up to the attempts.
     found[0] = None
@@ -286,3 +286,18 @@ def test_shots_rounded_up_by_twirling_are_cut_to_the_ones_asked_for() -> None:
     assert isinstance(pub, SamplerResult) and pub.shots == 2
     assert [dict(c) for c in pub.registers[0].counts] == [{"01": 1, "10": 1}, {"00": 2}]
     assert cloud._shots_from_tags(["qgateway-job:x"]) is None
+
+
+def test_a_result_that_does_not_answer_the_job_is_refused() -> None:
+    # A result with fewer PUBs or fewer shots than the job asked for was a SUCCEEDED job,
+    # charged in full, with less than it asked.
+    a = BitArray.from_samples(["01", "10", "11", "00"], num_bits=2).reshape(2, 2)
+    sampler = SamplerPubResult(DataBin(a=a, shape=(2,)), metadata={"shots": 2})
+    tags = ["qgateway-job:x", "qgateway-shots:2", "qgateway-pubs:2"]
+    assert cloud._pubs_from_tags(tags) == 2 and cloud._pubs_from_tags(tags[:2]) is None
+    with pytest.raises(cloud._Mismatch, match="1 PUB results for the job's 2 PUBs"):
+        cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, 2, 2)
+    with pytest.raises(cloud._Mismatch, match="register a holds 2 shots, the job asked for 4"):
+        cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, 4, 1)
+    answered = cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, 2, 1)
+    assert len(answered.result.pubs) == 1

@@ -109,6 +109,7 @@ T = TypeVar("T")
 JOB_TAG_PREFIX = "qgateway-job:"
 _OUTPUT_TAG_PREFIX = "qgateway-output:"
 _SHOTS_TAG_PREFIX = "qgateway-shots:"
+_PUBS_TAG_PREFIX = "qgateway-pubs:"
 _IAM_ENV = "IAM_URL"
 _iam_lock = threading.Lock()
 
@@ -582,6 +583,9 @@ class IbmCloudRunner(Runner):
         pubs = [_sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t) for t in tasks]
         tag = JOB_TAG_PREFIX + job.id
         tags = [tag, _OUTPUT_TAG_PREFIX + payload.sampler_output.value]
+        # The result is checked against it (a re-attached job too): PUBs missing from what
+        # the service returned are a failed job, not a SUCCEEDED one with less than it asked.
+        tags.append(_PUBS_TAG_PREFIX + str(len(pubs)))
         if samplers:
             # Twirling rounds the shots up to whole randomizations: the job keeps the first
             # ones it asked for (read back from the tag, so a re-attached job does too).
@@ -708,8 +712,23 @@ class IbmCloudRunner(Runner):
             result = self._call(job.result, remote_id)
             tags = job.tags or []
             seconds = self._quantum_seconds(job, remote_id)
+            # Charged even when the result cannot be read: the device time was used.
+            handle.execution_seconds = seconds
             try:
-                return _outcome(result, _output_from_tags(tags), seconds, _shots_from_tags(tags))
+                return _outcome(
+                    result,
+                    _output_from_tags(tags),
+                    seconds,
+                    _shots_from_tags(tags),
+                    _pubs_from_tags(tags),
+                )
+            except _Mismatch as exc:
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"backends/{self.name}: the runtime result does not answer the job: {exc}",
+                    kind=FailureKind.BACKEND_FAULT,
+                    metadata={"providerJobId": remote_id},
+                ) from None
             except (AttributeError, KeyError, TypeError, ValueError) as exc:
                 raise ExecutionError(
                     "EXECUTION_FAILED",
@@ -960,6 +979,17 @@ def _shots_from_tags(tags: Sequence[str]) -> int | None:
     return None
 
 
+def _pubs_from_tags(tags: Sequence[str]) -> int | None:
+    for tag in tags:
+        if tag.startswith(_PUBS_TAG_PREFIX):
+            return int(tag[len(_PUBS_TAG_PREFIX) :])
+    return None  # a job submitted before the tag existed
+
+
+class _Mismatch(ValueError):
+    """A runtime result that does not answer the job it came for."""
+
+
 def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
     for tag in tags:
         if tag.startswith(_OUTPUT_TAG_PREFIX):
@@ -972,10 +1002,18 @@ def _outcome(
     output: SamplerOutput,
     execution_seconds: float | None = None,
     shots_asked: int | None = None,
+    pubs_asked: int | None = None,
 ) -> ExecutionOutcome:
-    """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator)."""
+    """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator).
+
+    Raises:
+        _Mismatch: Another number of PUB results than `pubs_asked`, or a register with fewer
+            shots than `shots_asked`.
+    """
     import qiskit_ibm_runtime
 
+    if pubs_asked is not None and len(result) != pubs_asked:
+        raise _Mismatch(f"{len(result)} PUB results for the job's {pubs_asked} PUBs")
     pubs: list[PubResult] = []
     for pub in result:
         data = pub.data
@@ -996,6 +1034,11 @@ def _outcome(
         shape: tuple[int, ...] = ()
         shots = 0
         for name, array in data.items():
+            if shots_asked is not None and array.num_shots < shots_asked:
+                raise _Mismatch(
+                    f"register {name} holds {array.num_shots} shots, the job asked for "
+                    f"{shots_asked}"
+                )
             if shots_asked is not None and array.num_shots > shots_asked:
                 array = array.slice_shots(np.arange(shots_asked))
             shape = tuple(int(d) for d in array.shape)
