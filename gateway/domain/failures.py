@@ -27,6 +27,11 @@ class FailureKind(enum.Enum):
     # breaker counts it like BACKEND_FAULT. Refusals while following a job the provider has
     # are TRANSIENT instead (the job goes on there).
     CREDENTIALS = "CREDENTIALS"
+    # The provider throttled every attempt of a create (HTTP 429: it made nothing): the job
+    # goes back to the queue as with CREDENTIALS and is submitted again later, instead of an
+    # accepted job failing because the account's rate was spent for a few seconds; the
+    # breaker counts it, so a backend throttled for long fails fast meanwhile.
+    THROTTLED = "THROTTLED"
     # One big job ran out of the memory its backend may use: a property of the job.
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     # The job ran past its own max_execution_time: the client's choice.
@@ -35,4 +40,9 @@ class FailureKind(enum.Enum):
 
     @property
     def counts_for_breaker(self) -> bool:
-        return self in (FailureKind.BACKEND_FAULT, FailureKind.TRANSIENT, FailureKind.CREDENTIALS)
+        return self in (
+            FailureKind.BACKEND_FAULT,
+            FailureKind.TRANSIENT,
+            FailureKind.CREDENTIALS,
+            FailureKind.THROTTLED,
+        )

@@ -352,7 +352,7 @@ class RunnerStep:
                     await runtime.provider_session(runner, job)
                 handle = await runner.submit(prepared, job)
             except ExecutionError as err:
-                if err.kind is FailureKind.CREDENTIALS:
+                if err.kind in (FailureKind.CREDENTIALS, FailureKind.THROTTLED):
                     await self._requeue(runtime, running, job, err)
                     return None
                 found = None
@@ -414,15 +414,17 @@ class RunnerStep:
     async def _requeue(
         self, runtime: BackendRuntime, running: RunningJob, job: Job, err: ExecutionError
     ) -> None:
-        """The provider refused the backend's credentials and created nothing: the breaker
-        counts it, and the job goes back to the queue (its place kept), to wait like any queued
-        job, up to its queue time limit, while the backend is out (its probe reports it
-        NOT_SERVING)."""
+        """The provider refused the backend's credentials, or throttled the create, and
+        created nothing: the breaker counts it, and the job goes back to the queue (its place
+        kept), to wait like any queued job, up to its queue time limit, while the backend is
+        out (its probe reports it NOT_SERVING) or throttled."""
         moved = runtime.breaker.record_failure(running.permit)
+        what = "throttled" if err.kind is FailureKind.THROTTLED else "refused the credentials"
         log.warning(
-            "job %s: backends/%s refused the credentials (%s); the job is queued again",
+            "job %s: backends/%s %s (%s); the job is queued again",
             job.id,
             runtime.name,
+            what,
             err.reason,
         )
         requeued = await self._t.queued_again(job, moved)

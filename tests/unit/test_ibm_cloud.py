@@ -153,6 +153,35 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
     assert lookup.value.kind is FailureKind.TRANSIENT
 
 
+def test_a_create_throttled_at_every_attempt_is_throttled() -> None:
+    # 429 at every attempt made nothing: THROTTLED, which queues the job again (it was
+    # TRANSIENT, and the accepted job failed within seconds of throttling).
+    runner = cloud.IbmCloudRunner(settings(retry_backoff_s=0.01), sleep=lambda s: None)
+    statuses = ["429"] * runner.settings.retry_attempts
+
+    def create(primitive: str, pubs: Any, tags: list[str], options: Any, job: Any) -> str:
+        status = statuses.pop(0)
+        raise ExecutionError(
+            "PROVIDER_ERROR",
+            status,
+            kind=FailureKind.TRANSIENT,
+            metadata={"providerStatus": status},
+        )
+
+    runner._create = create  # type: ignore[method-assign]
+    runner._find = lambda job_id, remote_id: None  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1"})()
+    payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, ())
+    with pytest.raises(ExecutionError) as info:
+        runner._submit(payload, None, job)  # type: ignore[arg-type]
+    assert info.value.kind is FailureKind.THROTTLED and statuses == []
+    # One 503 among them: that create's outcome is unknown, so it stays TRANSIENT.
+    statuses[:] = ["503"] + ["429"] * (runner.settings.retry_attempts - 1)
+    with pytest.raises(ExecutionError) as mixed:
+        runner._submit(payload, None, job)  # type: ignore[arg-type]
+    assert mixed.value.kind is FailureKind.TRANSIENT
+
+
 def test_a_key_refused_after_an_uncertain_create_is_transient() -> None:
     # The first create timed out (the service may still make that job), the retry's key was
     # refused: CREDENTIALS queued the job again without a look, so it was created twice, or

@@ -852,6 +852,36 @@ class _Outage(ScriptedRunner):
         await super().cancel(handle)
 
 
+class _ThrottledOnce(ScriptedRunner):
+    """A provider that throttles the first create (HTTP 429 at every attempt)."""
+
+    def __init__(self) -> None:
+        super().__init__(slots=1, model=ExecutionModel.REMOTE)
+        self.throttled = 0
+
+    async def submit(self, prepared: Any, job: Job) -> RunHandle:
+        if not self.throttled:
+            self.throttled += 1
+            raise ExecutionError("PROVIDER_ERROR", "429", kind=FailureKind.THROTTLED)
+        return await super().submit(prepared, job)
+
+
+async def test_a_throttled_create_queues_the_job_again(store: SqliteStore) -> None:
+    # Throttled at every create attempt (nothing made), an accepted job failed PROVIDER_ERROR.
+    runner = _ThrottledOnce()
+    core = await build_core(store, "memory", {"cloud": runner})
+    try:
+        job = await core.submit("alice", spec("cloud"))
+        await runner.started.wait()  # submitted again after it went back to the queue
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert runner.throttled == 1 and runner.submitted == [job.id]
+        assert "QUEUED" in core.recorder.states(job.id)[2:]  # QUEUED, SUBMITTING, QUEUED again
+        assert done.error is None
+    finally:
+        await _close(core)
+
+
 class _HeldSubmit(ScriptedRunner):
     """A provider whose create answers only when `answer` is set; with `done_first`, its job
     has already finished by then."""

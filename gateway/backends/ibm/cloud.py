@@ -32,8 +32,10 @@
   the service's /jobs/{id}/metrics) give the quantum seconds it is charged: the outcome's
   execution_seconds, or the handle's for a job that failed or was cancelled. The service bills
   no currency through the API: cost comes from the backend's price table (per QPU second).
-- Failures: 429, 5xx and connection errors are TRANSIENT ("PROVIDER_ERROR"); 401/403 (an
-  expired or revoked key, still refused after one fresh key exchange) are CREDENTIALS
+- Failures: 429, 5xx and connection errors are TRANSIENT ("PROVIDER_ERROR"), and a create
+  whose every attempt answered 429 is THROTTLED (it made nothing: the job goes back to the
+  queue); 401/403 (an expired or revoked key, still refused after one fresh key exchange) are
+  CREDENTIALS
   ("PROVIDER_ERROR", metadata providerStatus): a refused create made nothing, so the job goes
   back to the queue while the breaker counts the refusal and the probe turns the backend
   NOT_SERVING (TRANSIENT while following a job the service has: it goes on there); other 4xx
@@ -592,6 +594,7 @@ class IbmCloudRunner(Runner):
             tags.append(_SHOTS_TAG_PREFIX + str(samplers[0].shots))
         runtime_options = options.runtime_options(primitive) if options is not None else {}
         attempt = 1
+        throttled = True  # every attempt so far answered 429: none made a job
         while True:
             delay = self._bucket.delay()
             if delay > 0:
@@ -599,6 +602,12 @@ class IbmCloudRunner(Runner):
             try:
                 return self._create(primitive, pubs, tags, runtime_options, job)
             except ExecutionError as err:
+                throttled = throttled and err.metadata.get("providerStatus") == "429"
+                if throttled and attempt >= self._policy.max_attempts:
+                    # Nothing was made: the job goes back to the queue, not FAILED.
+                    raise ExecutionError(
+                        err.reason, err.message, kind=FailureKind.THROTTLED, metadata=err.metadata
+                    ) from err
                 if attempt > 1 and err.kind is FailureKind.CREDENTIALS:
                     # An earlier attempt's outcome is unknown (the service may still make
                     # that job): TRANSIENT, which the job core answers by looking the job up
