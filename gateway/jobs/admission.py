@@ -78,7 +78,8 @@ class Admission:
         """NOT_FOUND for a backend that does not exist or is outside the tenant's policy, the
         same answer for both: a tenant naming another's private backend learned it existed."""
         runtime = self._backends.get(backend)
-        if runtime is None or not self._policies.allows(tenant, backend, runtime.info.kind):
+        policy = self._policies.policy(tenant)
+        if runtime is None or not policy.allows(backend, runtime.info.kind):
             raise _backend_not_found(backend, field)
 
     def _check_policy(self, tenant: str, spec: JobSpec) -> None:

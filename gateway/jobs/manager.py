@@ -163,8 +163,7 @@ class JobManager:
         jobs stay durable."""
         self._drain_ends = time.monotonic() + grace_s
         self.draining.set()
-        for events in self._watchers:
-            events.put_nowait(_DRAINING)
+        self._wake_watchers()
         for runtime in self.backends.values():
             runtime.wake.set()
 
@@ -173,6 +172,10 @@ class JobManager:
         answered ABORTED GATEWAY_DRAINING (with the job's name) before the server stops, not cut
         UNAVAILABLE, which says nothing was accepted."""
         self.grace_over.set()
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        """Every Run and WatchJob waiting on a job looks again at whether it may wait on."""
         for events in self._watchers:
             events.put_nowait(_DRAINING)
 

@@ -84,12 +84,6 @@ class PolicyBook:
         policy = self.policy(principal.tenant)
         return sorted(name for name, kind in backends.items() if policy.allows(name, kind))
 
-    def allows(self, tenant: str, backend: str, kind: BackendKind) -> bool:
-        """Whether the tenant may use the backend: one it may not answers NOT_FOUND wherever
-        it is named, exactly as one that does not exist (a tenant cannot learn another's
-        private backends by naming them)."""
-        return self.policy(tenant).allows(backend, kind)
-
     def check_job(self, tenant: str, backend: str, qubits: int, shots: int) -> None:
         """Per-job limits of the tenant's policy, on a compiled and prepared job: no RetryInfo,
         since repeating the same job can never pass.

@@ -273,15 +273,17 @@ def test_bare_rpc_error_is_unknown() -> None:
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_attempts=4, jitter=0.0)
 
 
-def unavailable(delay: int | None = None) -> FakeRpcError:
-    details: list[Message] = [error_info("BREAKER_OPEN")]
+def refusal(
+    code: grpc.StatusCode, message: str, info: Message, delay: int | None = None
+) -> FakeRpcError:
+    details: list[Message] = [info]
     if delay is not None:
         details.append(retry_info(delay))
-    return FakeRpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        "breaker open",
-        status_trailers(grpc.StatusCode.UNAVAILABLE, "breaker open", *details),
-    )
+    return FakeRpcError(code, message, status_trailers(code, message, *details))
+
+
+def unavailable(delay: int | None = None) -> FakeRpcError:
+    return refusal(grpc.StatusCode.UNAVAILABLE, "breaker open", error_info("BREAKER_OPEN"), delay)
 
 
 class FakeUnary:
@@ -438,14 +440,7 @@ def test_a_negative_retry_delay_is_no_delay(sleeps: list[float]) -> None:
 
 
 def aborted(reason: str, delay: int | None = None) -> FakeRpcError:
-    details: list[Message] = [error_info(reason, job="jobs/j1")]
-    if delay is not None:
-        details.append(retry_info(delay))
-    return FakeRpcError(
-        grpc.StatusCode.ABORTED,
-        "stopped",
-        status_trailers(grpc.StatusCode.ABORTED, "stopped", *details),
-    )
+    return refusal(grpc.StatusCode.ABORTED, "stopped", error_info(reason, job="jobs/j1"), delay)
 
 
 def test_a_long_drain_is_waited_out_within_the_timeout(sleeps: list[float]) -> None:

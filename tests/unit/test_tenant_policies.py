@@ -171,10 +171,11 @@ def test_backends_outside_the_policy_are_invisible_and_refused() -> None:
     # A tenant named nowhere keeps today's behaviour: every backend.
     anyone = Principal("default", "anonymous")
     assert policies.visible_backends(anyone, KINDS) == sorted(KINDS)
-    assert policies.allows("acme", "aer", BackendKind.SIMULATOR)
-    assert not policies.allows("acme", "braket-sv", BackendKind.SIMULATOR)
+    acme_policy = policies.policy("acme")
+    assert acme_policy.allows("aer", BackendKind.SIMULATOR)
+    assert not acme_policy.allows("braket-sv", BackendKind.SIMULATOR)
     # Hardware is allowed separately: a simulator pattern does not admit a QPU of that name.
-    assert not policies.allows("acme", "aer-qpu", BackendKind.HARDWARE)
+    assert not acme_policy.allows("aer-qpu", BackendKind.HARDWARE)
 
 
 def test_per_job_limits_name_the_limit_and_carry_no_retry_info() -> None:

@@ -731,17 +731,15 @@ class IbmCloudRunner(Runner):
                     _shots_from_tags(tags),
                     _pubs_from_tags(tags),
                 )
-            except _Mismatch as exc:
-                raise ExecutionError(
-                    "EXECUTION_FAILED",
-                    f"backends/{self.name}: the runtime result does not answer the job: {exc}",
-                    kind=FailureKind.BACKEND_FAULT,
-                    metadata={"providerJobId": remote_id},
-                ) from None
             except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                problem = (
+                    f"the runtime result does not answer the job: {exc}"
+                    if isinstance(exc, _Mismatch)
+                    else f"unreadable runtime result: {type(exc).__name__}"
+                )
                 raise ExecutionError(
                     "EXECUTION_FAILED",
-                    f"backends/{self.name}: unreadable runtime result: {type(exc).__name__}",
+                    f"backends/{self.name}: {problem}",
                     kind=FailureKind.BACKEND_FAULT,
                     metadata={"providerJobId": remote_id},
                 ) from None
