@@ -92,6 +92,8 @@ def test_a_job_runs_queued_running_done_with_a_real_result(
     stub.control("hold_jobs", {"on": True})
     try:
         with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+            # A device is hardware: only tenants whose allowed_hardware names it may use it.
+            assert client.get_backend("ibmq").kind == "HARDWARE"
             job = client.submit(TWO_REGISTERS, backend="ibmq", shots=32, request_id="ibm-1")
             assert until(client, job.name, JobState.RUNNING) is JobState.RUNNING
             (remote,) = stub.jobs_tagged(job.id)

@@ -23,7 +23,7 @@ from gateway.backends.ibm.adapter import IbmAdapter, IbmPayload
 from gateway.backends.ibm.options import TOKEN_ENV, IbmOptions, IbmProviderOptions
 from gateway.backends.qiskit.adapter import CompiledCircuit
 from gateway.backends.qiskit.fakes import fake_backend
-from gateway.domain.backends import BackendLimits
+from gateway.domain.backends import BackendKind, BackendLimits
 from gateway.domain.circuits import (
     Bindings,
     CircuitFeature,
@@ -128,6 +128,7 @@ def test_no_credentials_no_runner(manila: IbmAdapter, monkeypatch: pytest.Monkey
 def test_info_and_target_are_the_fake_device(manila: IbmAdapter) -> None:
     info = manila.info()
     assert info.provider == "ibm"
+    assert info.kind is BackendKind.SIMULATOR  # a local simulation, not IBM's hardware
     assert info.num_qubits == 5
     assert set(info.basis_gates) == {"cx", "id", "rz", "sx", "x"}
     assert info.features == frozenset(CircuitFeature)

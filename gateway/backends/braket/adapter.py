@@ -239,13 +239,17 @@ class BraketAdapter(QiskitAdapter):
             self._cloud_status = CloudStatus(options.device, options.region)
         return self._cloud_status
 
+    def backend_kind(self) -> BackendKind:
+        if "/qpu/" in self.braket_options.device:
+            return BackendKind.HARDWARE
+        return BackendKind.SIMULATOR  # LocalSimulator, or a managed simulator (SV1, DM1, TN1)
+
     def info(self) -> BackendInfo:
         info = super().info()
         if not self.braket_options.is_cloud or isinstance(info.properties, _LiveProperties):
             return info
         self._info = dataclasses.replace(
             info,
-            kind=BackendKind.HARDWARE if "/qpu/" in self.braket_options.device else info.kind,
             primitives=frozenset({Primitive.SAMPLER}),
             properties=_LiveProperties(info.properties, self._status().properties),
         )

@@ -59,6 +59,7 @@ from gateway.backends.qiskit.adapter import (
     result_builder,
 )
 from gateway.backends.qiskit.fakes import fake_backend
+from gateway.domain.backends import BackendKind
 from gateway.domain.circuits import DEFAULT_PRECISION, CircuitFeature, FloatArray
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
@@ -152,6 +153,11 @@ class IbmAdapter(QiskitAdapter):
             return device
         target: Target = self.fake_backend().target
         return target
+
+    def backend_kind(self) -> BackendKind:
+        # A device runs on IBM's hardware (IBM Quantum offers no cloud simulators): tenants
+        # need it in allowed_hardware. A fake backend is a local simulation of one.
+        return BackendKind.SIMULATOR if self.ibm_options.is_fake else BackendKind.HARDWARE
 
     def circuit_features(self) -> frozenset[CircuitFeature]:
         # What the device's target declares (dynamic circuits on IBM's current devices).

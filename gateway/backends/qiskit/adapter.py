@@ -335,6 +335,11 @@ class QiskitAdapter(BackendAdapter):
                     self._target = self.build_qiskit_target()
         return self._target
 
+    def backend_kind(self) -> BackendKind:
+        """What tenants' policies see: a simulator unless the backend runs on a provider's
+        device (allowed_hardware)."""
+        return BackendKind.SIMULATOR
+
     def info(self) -> BackendInfo:
         if self._info is None:
             target = self.qiskit_target()
@@ -345,7 +350,7 @@ class QiskitAdapter(BackendAdapter):
             self._info = BackendInfo(
                 name=self.context.name,
                 provider=self.provider,
-                kind=BackendKind.SIMULATOR,
+                kind=self.backend_kind(),
                 num_qubits=target.num_qubits or self.qiskit_options.num_qubits,
                 basis_gates=basis,
                 primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
