@@ -39,7 +39,7 @@ from gateway.api.paging import PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
-from gateway.backends.base import AdapterContext, BackendAdapter, PreparedJob
+from gateway.backends.base import AdapterContext, BackendAdapter, PreparedJob, TargetUnavailable
 from gateway.backends.fault import FaultInjectingRunner, with_fault_properties
 from gateway.backends.registry import adapter_names, load_adapter
 from gateway.backends.runner import Runner
@@ -255,13 +255,21 @@ def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRunt
                 for e in exc.errors()
             )
             raise ConfigError(f"invalid configuration: {details}") from None
-        info = adapter.info()
+        pending = ""
+        try:
+            info = adapter.info()
+        except TargetUnavailable as exc:
+            # One provider's outage (or a refused key) must not stop the other backends: this
+            # one serves once its health probe has fetched the description.
+            log.error("backend %s: %s; it is NOT_SERVING until fetched", name, exc)
+            info, pending = adapter.info_without_target(), str(exc)
         if backend.faults is not None:
             info = with_fault_properties(info, backend.faults)
         runtimes[name] = BackendRuntime(
             name=name,
             adapter=adapter,
             info=info,
+            target_pending=pending,
             runner=_runner(config, name, adapter, context),
             breaker=CircuitBreaker(backend.breaker.policy()),
             settings=BackendSettings(
@@ -506,10 +514,30 @@ class Gateway:
             interval_s=runtime.settings.health_interval_s,
             timeout_s=runtime.settings.probe_timeout_s,
             on_change=self._publish_health,
+            fetch_target=lambda: self._fetch_target(runtime),
         )
         await asyncio.shield(compilers)  # the probe circuit is compiled like any other
         await monitor.probe()
         self._monitors.append(asyncio.create_task(monitor.run()))
+
+    async def _fetch_target(self, runtime: BackendRuntime) -> None:
+        """The description a provider could not give at start (nothing to do once fetched):
+        the backend's info is then complete and its jobs are admitted.
+
+        Raises:
+            TargetUnavailable: still not fetched.
+        """
+        if not runtime.target_pending:
+            return
+        try:
+            info = await asyncio.to_thread(runtime.adapter.info)
+        except TargetUnavailable as exc:
+            runtime.target_pending = str(exc)
+            raise
+        faults = self.config.backends[runtime.name].faults
+        runtime.info = info if faults is None else with_fault_properties(info, faults)
+        runtime.target_pending = ""
+        log.info("backend %s: the device's description was fetched", runtime.name)
 
     async def _publish_health(self, backend: str) -> None:
         runtime = self.backends[backend]

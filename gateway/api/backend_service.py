@@ -74,6 +74,10 @@ class BackendServicer(backend_service_pb2_grpc.BackendServiceServicer):
         return self._manager.runtime(backend, "name", visible=visible)
 
     async def _target(self, runtime: BackendRuntime) -> backend_pb2.BackendTarget:
+        if runtime.target_pending:
+            # Fetched by the backend's health probe, not by callers: an outage must not turn
+            # each GetBackendTarget into a call to the provider.
+            raise runtime.target_pending_error()
         future = self._targets.get(runtime.name)
         if future is None:
             future = asyncio.ensure_future(asyncio.to_thread(_encode_target, runtime))

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from gateway.backends.runner import Runner
 
 
+class TargetUnavailable(Exception):
+    """A backend whose description (its target) lives at its provider could not fetch it now:
+    the network, the provider or the key failed. `info()`, `target()` and `compile_circuit`
+    raise it until a fetch succeeds; its message names the cause without secrets (callers
+    may see it)."""
+
+
 @dataclass(frozen=True)
 class CircuitLimits:
     """Limits on one circuit, checked from its text and parsed structure before it is built or
@@ -183,7 +190,18 @@ class BackendAdapter(ABC):
 
     @abstractmethod
     def info(self) -> BackendInfo:
-        """Static description of the backend."""
+        """Static description of the backend.
+
+        Raises:
+            TargetUnavailable: the description must be fetched from the provider and that
+                failed (the gateway serves without the backend and fetches again).
+        """
+
+    def info_without_target(self) -> BackendInfo:
+        """What is known before the provider describes the backend (its name, provider, kind
+        and limits): shown while `info()` raises TargetUnavailable. Only adapters whose
+        target is fetched need it."""
+        raise NotImplementedError(f"{type(self).__name__} fetches no target")
 
     @abstractmethod
     def target(self) -> BackendTarget:

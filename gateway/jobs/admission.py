@@ -138,10 +138,12 @@ class Admission:
         fallback = (
             self.runtime(fallback_name, "spec.options.fallback_backend") if fallback_name else None
         )
-        if runtime.breaker.state is not BreakerState.OPEN:
+        if _usable(runtime):
             return runtime
-        if fallback is not None and fallback.breaker.state is not BreakerState.OPEN:
+        if fallback is not None and _usable(fallback):
             return fallback
+        if runtime.target_pending:
+            raise runtime.target_pending_error()
         retry = runtime.breaker.retry_after()
         raise Unavailable(
             "BACKEND_UNAVAILABLE",
@@ -405,6 +407,8 @@ class Admission:
         self, runtime: BackendRuntime, tenant: str, spec: JobSpec, seed: int
     ) -> PreparedJob:
         """Compiles every PUB's circuit in compile workers, then assembles the job."""
+        if runtime.target_pending:  # validate_only, which has no placement
+            raise runtime.target_pending_error()
         started = time.perf_counter()
         adapter = runtime.adapter
         # Bounded in size and depth at the API edge; what the keys mean is the backend's (its
@@ -548,3 +552,7 @@ def _backend_not_found(backend: str, field: str) -> NotFound:
         metadata={"backend": name},
         resource_info=ResourceInfo(BACKEND_RESOURCE, name, f"named by {field}"),
     )
+
+
+def _usable(runtime: BackendRuntime) -> bool:
+    return runtime.breaker.state is not BreakerState.OPEN and not runtime.target_pending

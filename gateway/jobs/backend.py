@@ -12,6 +12,7 @@ from datetime import datetime
 from gateway.backends.base import BackendAdapter
 from gateway.backends.runner import RunHandle, Runner
 from gateway.domain.backends import BackendInfo, BackendStatus
+from gateway.domain.errors import Unavailable
 from gateway.domain.jobs import Job
 from gateway.domain.pricing import Price
 from gateway.jobs.queue_port import Claim, JobQueue
@@ -83,6 +84,10 @@ class BackendRuntime:
     breaker: CircuitBreaker
     settings: BackendSettings
     queue: JobQueue
+    # Why the provider's description of the backend is not fetched yet ("" once it is):
+    # `info` is then info_without_target(), jobs are refused and each health probe fetches
+    # it first.
+    target_pending: str = ""
     running: dict[str, RunningJob] = field(default_factory=dict)
     health: HealthState = field(default_factory=HealthState)
     ready: bool = False
@@ -96,6 +101,21 @@ class BackendRuntime:
     # tenant: they count against max_queued_jobs and the tenant's share of the queue, or
     # concurrent submissions all pass the same check.
     admitting: Counter[str] = field(default_factory=Counter)
+
+    def target_pending_error(self) -> Unavailable:
+        """What a job or GetBackendTarget gets while `target_pending`."""
+        retry = self.settings.health_interval_s
+        return Unavailable(
+            "BACKEND_UNAVAILABLE",
+            f"backend backends/{self.name} cannot take jobs yet: {self.target_pending}; "
+            f"nothing was accepted, retry in {retry:g}s or name a fallback_backend",
+            metadata={
+                "backend": f"backends/{self.name}",
+                "targetFetched": "false",
+                "retryDelaySeconds": f"{retry:g}",
+            },
+            retry_after=retry,
+        )
 
     def has_free_slot(self) -> bool:
         busy = sum(1 for r in self.running.values() if not r.slot_freed)

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter
+from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter, TargetUnavailable
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import (
     ExecutionError,
@@ -31,6 +31,7 @@ from gateway.domain.errors import (
     InvalidArgument,
     QuotaViolation,
     ResourceExhausted,
+    Unavailable,
 )
 from gateway.runtime.fair_share import FairShare
 from gateway.runtime.pool import Pool
@@ -187,6 +188,7 @@ class Compiler:
         Raises:
             InvalidArgument: the circuit is refused; violations name `field`.
             ResourceExhausted: no compile worker became free in time (nothing was accepted).
+            Unavailable: the backend's target could not be fetched from its provider.
             Internal: the compile worker failed in a way no input should cause.
         """
         key = adapter.circuit_key(source)
@@ -195,10 +197,15 @@ class Compiler:
             outcome = await self._shared(key, tenant, backend, source)
         if isinstance(outcome, InvalidArgument):
             raise relocated(outcome, field)
-        if isinstance(outcome, Internal):
+        if isinstance(outcome, Internal | Unavailable):
             # A new error each time: raising the cached one again grew its traceback by every
             # caller's frames (their requests kept alive with it), without bound.
-            raise Internal(outcome.reason, outcome.message, metadata=outcome.metadata)
+            raise type(outcome)(
+                outcome.reason,
+                outcome.message,
+                metadata=outcome.metadata,
+                retry_after=outcome.retry_after,
+            )
         return outcome
 
     async def _shared(self, key: str, tenant: str, backend: str, source: CircuitSource) -> object:
@@ -286,6 +293,10 @@ class Compiler:
         except InvalidArgument as refusal:
             broken = False
             return refusal, True
+        except TargetUnavailable as exc:
+            # Not the circuit's doing, and over once the provider answers: never cached.
+            broken = False
+            return Unavailable("BACKEND_UNAVAILABLE", str(exc), retry_after=1.0), False
         except TimeoutError:
             return _too_complex("wall-time", f"{limits.timeout_s:g} s"), False
         except MemoryError:

@@ -65,6 +65,7 @@ def probe_timeout(seconds: float) -> str:
 
 
 NO_INSTANCE = "NO_INSTANCE: no backend instance could be started"
+TARGET_UNAVAILABLE = "TARGET_UNAVAILABLE"
 PROBE_ERROR = "PROBE_FAILED: unexpected error"
 
 
@@ -86,6 +87,7 @@ class HealthMonitor:
         interval_s: float,
         timeout_s: float,
         on_change: OnChange,
+        fetch_target: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._backend = backend
         self._runner = runner
@@ -94,6 +96,9 @@ class HealthMonitor:
         self._interval = interval_s
         self._timeout = timeout_s
         self._on_change = on_change
+        # Before each probe: the provider's description of the backend, if it is not fetched
+        # yet (raises TargetUnavailable).
+        self._fetch_target = fetch_target
         self._seeds = itertools.count()
 
     async def run(self) -> None:
@@ -105,6 +110,13 @@ class HealthMonitor:
 
     async def probe(self) -> None:
         """One probe; publishes the result when serving changed."""
+        try:
+            if self._fetch_target is not None:
+                await self._fetch_target()
+        except Exception as exc:  # TargetUnavailable; anything else must not end the monitor
+            self._log_failure("no target", exc)
+            await self._publish(False, TARGET_UNAVAILABLE)
+            return
         try:
             prepared = await self._prepare_probe(next(self._seeds))
         except GatewayError as err:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from gateway import offload
-from gateway.backends.base import AdapterContext, ExecutionOutcome
+from gateway.backends.base import AdapterContext, ExecutionOutcome, TargetUnavailable
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
@@ -168,8 +168,13 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
         name: load_adapter(adapter_name)(context)
         for name, (adapter_name, context) in role.backends.items()
     }
-    for adapter in adapters.values():
-        adapter.warm_up_compiler()
+    for name, adapter in adapters.items():
+        try:
+            adapter.warm_up_compiler()
+        except TargetUnavailable as exc:
+            # Its provider is out of reach: the other backends' compiles must not wait for
+            # it. Its first compile fetches the target again.
+            print(f"backend {name}: compile warm-up skipped: {exc}", file=sys.stderr)
     # What a compile may use beyond the warm worker's own size.
     if role.memory_bytes:
         _limit_memory(_data_bytes() + role.memory_bytes)
@@ -182,6 +187,8 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
         except InvalidArgument as exc:
             violations = tuple((v.field, v.description) for v in exc.field_violations)
             return ("invalid", exc.reason, exc.message, exc.metadata, violations)
+        except TargetUnavailable as exc:
+            return ("unavailable", str(exc))
         except MemoryError:
             return ("memory",)
         except (KeyboardInterrupt, SystemExit):
@@ -332,6 +339,7 @@ class WorkerProcess:
 
         Raises:
             InvalidArgument: the circuit is refused (field violations name CIRCUIT_FIELD).
+            TargetUnavailable: the backend's target could not be fetched from its provider.
             MemoryError: compiling ran out of the worker's memory (recycle the worker).
             WorkerCrashed: the process died, e.g. at its CPU-time limit.
             ExecutionError: an unexpected error in the SDK or the adapter (a bug).
@@ -350,6 +358,8 @@ class WorkerProcess:
             )
         if kind == "memory":
             raise MemoryError
+        if kind == "unavailable":
+            raise TargetUnavailable(reply[1])
         raise _failure(reply)
 
     @property

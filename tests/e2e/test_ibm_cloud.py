@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from qgateway import Client, JobState, RetryPolicy
 from qgateway.client import sampler_pub
+from qgateway.errors import UnavailableError
 
 from tests.gateway_process import GatewayProcess, write_config
 from tests.ibm_stub import API_KEY, IbmStub
@@ -342,3 +343,46 @@ def test_a_session_runs_in_a_runtime_session_or_batch_that_ends_with_it(
         expiring_id = client.get_session(e.name).provider_session_id
         wait_for(lambda: runtime_session(stub, expiring_id)["accepting_jobs"] is False)
         assert client.get_session(e.name).state.name == "CLOSED"
+
+
+def test_a_key_refused_at_start_stops_only_its_backend_until_the_target_is_fetched(
+    stub: IbmStub, tmp_path: Path
+) -> None:
+    # Last in the module: the refused key also stops the module gateway's probes meanwhile.
+    stub.control("reject_token", {"on": True})
+    try:
+        aer = '[backends.aer]\nadapter = "aer"\npool = { min_instances = 1, max_instances = 1 }\n'
+        ibm = stub.backend_block(extra="health_interval_s = 0.3\n")
+        config = write_config(tmp_path / "g.toml", tmp_path / "data", aer + ibm + ADMIN)
+        gateway = GatewayProcess.start(config, tmp_path / "gateway.log")
+        try:
+            with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+                # The gateway serves; its other backend runs jobs.
+                ran = client.run(TWO_REGISTERS, backend="aer", shots=8)
+                assert ran.counts(register="b") == {"011": 8}
+                device = client.get_backend("ibmq", view="FULL")
+                assert device.health is not None and not device.health.serving
+                assert device.health.last_error == "TARGET_UNAVAILABLE"
+                assert device.num_qubits == 0  # nothing is claimed before the device says it
+                with pytest.raises(UnavailableError) as refused:
+                    client.submit(TWO_REGISTERS, backend="ibmq", shots=8)
+                assert refused.value.reason == "BACKEND_UNAVAILABLE"
+                assert refused.value.metadata["targetFetched"] == "false"
+                assert "HTTP 401" in refused.value.message
+                assert refused.value.retry_delay == pytest.approx(0.3)
+                with pytest.raises(UnavailableError):
+                    client.get_backend_target("ibmq")
+                # The key works again: a probe fetches the target and the device serves.
+                stub.control("reject_token", {"on": False})
+                wait_for(lambda: client.get_backend("ibmq", view="FULL").health.serving)
+                assert client.get_backend("ibmq").num_qubits == 5
+                assert client.get_backend_target("ibmq").num_qubits == 5
+                done = client.wait(
+                    client.submit(TWO_REGISTERS, backend="ibmq", shots=8).name, timeout=20
+                )
+                assert done.state is JobState.SUCCEEDED, done.error_message
+        finally:
+            assert gateway.terminate() == 0
+        assert API_KEY not in (tmp_path / "gateway.log").read_text()
+    finally:
+        stub.control("reject_token", {"on": False})

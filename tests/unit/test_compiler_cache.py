@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.backends.base import CIRCUIT_FIELD
+from gateway.backends.base import CIRCUIT_FIELD, TargetUnavailable
 from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
@@ -17,7 +17,13 @@ from gateway.domain.circuits import (
     SamplerPub,
     circuit_field,
 )
-from gateway.domain.errors import ExecutionError, FieldViolation, Internal, InvalidArgument
+from gateway.domain.errors import (
+    ExecutionError,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+)
 from gateway.runtime.compiler import CompileLimits, Compiler, _Cache, relocated
 
 
@@ -148,6 +154,32 @@ def test_a_compile_that_fails_inside_a_healthy_worker_keeps_it_and_is_cached() -
     assert len(traceback.extract_tb(errors[-1].__traceback__)) == len(
         traceback.extract_tb(errors[1].__traceback__)
     )
+
+
+class _UnreachableWorker(_Worker):
+    """A compile worker whose backend's provider cannot describe the device now."""
+
+    async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+        self.compiles += 1
+        raise TargetUnavailable("the device could not be described (HTTP 503)")
+
+
+def test_a_target_the_provider_cannot_give_is_unavailable_and_never_cached() -> None:
+    # The provider's outage is not the circuit's fault: once it answers, the circuit compiles.
+    worker = _UnreachableWorker()
+    pool = _Pool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+    source = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; h q;")
+
+    async def twice() -> None:
+        for _ in range(2):
+            with pytest.raises(Unavailable) as failed:
+                await compiler.compile("acme", "ibm", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+            assert failed.value.reason == "BACKEND_UNAVAILABLE"
+            assert "HTTP 503" in failed.value.message and failed.value.retry_after
+
+    asyncio.run(twice())
+    assert worker.compiles == 2 and not worker.killed and pool.released == [False, False]
 
 
 class _GatedWorker(_Worker):

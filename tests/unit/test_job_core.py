@@ -401,6 +401,32 @@ async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteSt
         await _close(core)
 
 
+async def test_a_backend_without_its_target_refuses_jobs_or_places_on_the_fallback(
+    store: SqliteStore,
+) -> None:
+    main, fallback = ScriptedRunner(), ScriptedRunner()
+    core = await build_core(store, "memory", {"main": main, "spare": fallback})
+    try:
+        core.backends["main"].target_pending = "the device could not be described (HTTP 503)"
+        for refused_call in (
+            core.submit("alice", spec("main")),
+            core.manager.validate("alice", spec("main")),
+        ):
+            with pytest.raises(Unavailable) as refused:
+                await refused_call
+            assert refused.value.reason == "BACKEND_UNAVAILABLE"
+            assert refused.value.metadata["targetFetched"] == "false"
+            assert "HTTP 503" in refused.value.message
+            assert refused.value.retry_after is not None
+        placed = await core.submit("alice", spec("main", fallback_backend="spare"))
+        assert placed.placement == "spare"
+        core.backends["main"].target_pending = ""
+        job = await core.submit("alice", spec("main"))
+        assert job.placement == "main"
+    finally:
+        await _close(core)
+
+
 # ---------------------------------------------------------------- scheduling (both queues)
 
 

@@ -71,7 +71,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from gateway.backends.base import ExecutionOutcome, PreparedJob
+from gateway.backends.base import ExecutionOutcome, PreparedJob, TargetUnavailable
 from gateway.backends.qiskit.adapter import EstimatorTask, QiskitPayload, SamplerTask
 from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled_error
 from gateway.domain.bitarray import Counts
@@ -171,9 +171,22 @@ def create_runner(adapter: IbmAdapter) -> IbmCloudRunner:
 
 def device_target(name: str, options: IbmOptions) -> Target:
     """The device's Target as the service describes it (configuration and properties): what
-    circuits are transpiled for. Blocking (network calls): call it off the event loop."""
+    circuits are transpiled for. Blocking (network calls): call it off the event loop.
+
+    Raises:
+        TargetUnavailable: the service, its IAM or the key failed (the whole error is logged;
+            the message shows only its HTTP status or type).
+    """
     client = _Client(CloudSettings.from_options(name, options))
-    target: Target = client.backend().target
+    try:
+        target: Target = client.backend().target
+    except Exception as exc:
+        log.warning("backend %s: fetching the device's target failed: %r", name, exc)
+        status = http_status_of(exc)
+        cause = f"HTTP {status}" if status is not None else type(exc).__name__
+        raise TargetUnavailable(
+            f"the device's description could not be fetched from IBM Quantum ({cause})"
+        ) from None
     return target
 
 

@@ -19,6 +19,7 @@ the expectation values of Pauli terms.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import threading
@@ -347,19 +348,27 @@ class QiskitAdapter(BackendAdapter):
             basis = tuple(
                 sorted(n for n in names if n in fe.STANDARD_GATE_NAMES and n not in _NOT_GATES)
             )
-            self._info = BackendInfo(
-                name=self.context.name,
-                provider=self.provider,
-                kind=self.backend_kind(),
+            self._info = dataclasses.replace(
+                self.info_without_target(),
                 num_qubits=target.num_qubits or self.qiskit_options.num_qubits,
                 basis_gates=basis,
-                primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
                 features=self.circuit_features(),
-                limits=self.context.limits,
-                # QPY format versions Circuit.qpy may use, e.g. "13-18".
-                properties={**self.info_properties(), "qpy_versions": qpy_versions()},
             )
         return self._info
+
+    def info_without_target(self) -> BackendInfo:
+        return BackendInfo(
+            name=self.context.name,
+            provider=self.provider,
+            kind=self.backend_kind(),
+            num_qubits=0,
+            basis_gates=(),
+            primitives=frozenset({Primitive.SAMPLER, Primitive.ESTIMATOR}),
+            features=frozenset(),
+            limits=self.context.limits,
+            # QPY format versions Circuit.qpy may use, e.g. "13-18".
+            properties={**self.info_properties(), "qpy_versions": qpy_versions()},
+        )
 
     def target(self) -> BackendTarget:
         """What this simulator really offers: the target's instructions that the front end
