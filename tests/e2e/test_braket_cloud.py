@@ -296,6 +296,15 @@ def test_provider_failures_map_to_failure_kinds(gateway: Gateway, stub: BraketSt
         done = client.wait(job.name, timeout=30)
         assert done.state is JobState.SUCCEEDED, done.error_message
         assert stub.stats()["calls"]["CreateQuantumTask"] - before == 3
+        # Throttled at every attempt (5): nothing was made, the job goes back to the queue and
+        # runs on a later create instead of failing.
+        before = stub.stats()["calls"]["CreateQuantumTask"]
+        stub.control("throttle", count=5)
+        job = client.submit(TWO_REGISTERS, backend="sv1", shots=8, request_id="sv1-throttled-5")
+        done = client.wait(job.name, timeout=30)
+        assert done.state is JobState.SUCCEEDED, done.error_message
+        assert stub.stats()["calls"]["CreateQuantumTask"] - before == 6
+        assert f"job {job.id}: backends/sv1 throttled" in gateway.log.read_text()
 
         # A 500 after Braket made the task: the retry, same clientToken, finds that task.
         before_creates = stub.stats()

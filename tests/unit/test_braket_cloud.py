@@ -207,8 +207,11 @@ class FakeBraket:
         refuse_create: int | None = None,
         lose_answer: int | None = None,
         refuse_key: int | None = None,
+        throttle: int = 0,
     ) -> None:
         self.refuse_create = refuse_create
+        # The first `throttle` creates are throttled (429) and make nothing.
+        self.throttle = throttle
         # This create makes its task, then its answer is lost (a transient error).
         self.lose_answer = lose_answer
         # This create is refused for an expired key and makes nothing.
@@ -222,6 +225,8 @@ class FakeBraket:
 
     def create_quantum_task(self, **kwargs: Any) -> str:
         self.creates.append(kwargs)
+        if len(self.creates) <= self.throttle:
+            raise _client_error("ThrottlingException", 429)
         if len(self.creates) - 1 == self.refuse_create:
             raise _client_error("ValidationException", 400)
         if len(self.creates) - 1 == self.refuse_key:
@@ -340,6 +345,51 @@ async def test_a_key_refused_after_a_lost_answer_finds_the_task_made() -> None:
     with pytest.raises(ExecutionError) as first:
         await _runner(refused, attempts=3).submit(prepare_in_process(adapter, spec, 1), _job())
     assert first.value.kind is FailureKind.CREDENTIALS and len(refused.creates) == 1
+
+
+@pytest.mark.anyio
+async def test_a_create_throttled_at_every_attempt_is_throttled_and_made_nothing() -> None:
+    # Every attempt answered 429: nothing was made, so the job goes back to the queue
+    # (THROTTLED) instead of failing PROVIDER_ERROR within seconds of sustained throttling.
+    adapter = _cloud_adapter()
+    spec = JobSpec(
+        backend="sv1", pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, BELL), Bindings(), 8),)
+    )
+    fake = FakeBraket(throttle=3)
+    with pytest.raises(ExecutionError) as throttled:
+        await _runner(fake, attempts=3).submit(prepare_in_process(adapter, spec, 1), _job())
+    assert throttled.value.kind is FailureKind.THROTTLED
+    assert len(fake.creates) == 3 and fake.tasks == {} and fake.searches == []
+    # Throttled fewer times than the attempts: retried, one task.
+    fake = FakeBraket(throttle=2)
+    handle = await _runner(fake, attempts=3).submit(prepare_in_process(adapter, spec, 1), _job())
+    assert len(fake.creates) == 3 and handle.remote_id == " ".join(fake.tasks)
+    # A 500 among them (that create may have made its task): not throttled, looked up by tag.
+    fake = FakeBraket(throttle=1, lose_answer=1)
+    handle = await _runner(fake, attempts=2).submit(prepare_in_process(adapter, spec, 1), _job())
+    assert fake.searches and handle.remote_id == " ".join(fake.tasks) and len(fake.tasks) == 1
+    # A sweep whose second task is throttled throughout: the first is cancelled, and the job
+    # fails (its client tokens name a cancelled task now).
+    bindings = Bindings(("theta",), (2,), np.array([[0.0], [1.0]]))
+    sweep = JobSpec(
+        backend="sv1",
+        pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, SWEEP), bindings, 8),),
+    )
+    fake = FakeBraket()
+    runner = _runner(fake, attempts=2)
+    original = fake.create_quantum_task
+
+    def second_throttled(**kwargs: Any) -> str:
+        if len(fake.creates) >= 1:
+            fake.creates.append(kwargs)
+            raise _client_error("ThrottlingException", 429)
+        return original(**kwargs)
+
+    fake.create_quantum_task = second_throttled  # type: ignore[method-assign]
+    with pytest.raises(ExecutionError) as failed:
+        await runner.submit(prepare_in_process(adapter, sweep, seed=1), _job())
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert fake.cancelled == list(fake.tasks) and len(fake.tasks) == 1
 
 
 @pytest.mark.anyio

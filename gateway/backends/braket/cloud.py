@@ -24,8 +24,9 @@ Provider errors become FailureKinds: throttling, 5xx and connection failures TRA
 PROVIDER_REJECTED, the provider's code in metadata "providerErrorCode"), rejected or expired
 credentials CREDENTIALS (PROVIDER_ERROR: the job's first create was refused and nothing was
 made, so the job goes back to the queue; BACKEND_FAULT once some of its tasks were created, as
-everything else); the health probe (GetDevice) fails the same way, so a backend whose
-credentials expired turns NOT_SERVING. Every create
+everything else); a create throttled at every attempt made nothing either: THROTTLED, the job
+goes back to the queue the same way. The health probe (GetDevice) fails like a create, so a
+backend whose credentials expired turns NOT_SERVING. Every create
 (retries included) passes a limiter shared by the backends of one account and region: never
 more than `max_creates_per_s` CreateQuantumTask calls arrive at Braket in any one second
 (Braket allows 20 per second; see CreateRateLimiter).
@@ -70,7 +71,7 @@ from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobResult, SamplerOutput, SamplerResult
 from gateway.runtime.blocking import run_blocking
-from gateway.runtime.retry import RetryPolicy, call_with_retries, is_transient
+from gateway.runtime.retry import RetryPolicy, call_with_retries, http_status_of, is_transient
 
 __all__ = [
     "AUTH_ERROR_CODES",
@@ -298,6 +299,16 @@ def _masked(text: str) -> str:
     return _ACCOUNT.sub("<account>", _ARN.sub("<arn>", text))
 
 
+_THROTTLING_CODES = frozenset(
+    {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"}
+)
+
+
+def _is_throttling(exc: BaseException) -> bool:
+    """Braket refused the call for the account's request rate (it did nothing)."""
+    return _error_code(exc) in _THROTTLING_CODES or http_status_of(exc) == 429
+
+
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, Mapping):
@@ -432,7 +443,11 @@ class BraketCloudRunner(Runner):
                     made = sorted(set(arns) | set(found.values()))
                 # The job fails: the tasks it already has would run (and be paid) for nothing.
                 await self._cancel_quietly(job.id, made)
-                if made and err.kind in (FailureKind.CREDENTIALS, FailureKind.TRANSIENT):
+                if made and err.kind in (
+                    FailureKind.CREDENTIALS,
+                    FailureKind.TRANSIENT,
+                    FailureKind.THROTTLED,
+                ):
                     # Neither queued again nor looked up: its client tokens now name cancelled
                     # tasks.
                     raise ExecutionError(
@@ -570,23 +585,33 @@ class BraketCloudRunner(Runner):
         task by its tags instead of queueing the job again (a cancel while it waited would
         leave the task running, unfollowed)."""
         uncertain = False
+        # Every attempt so far was throttled: Braket refused each before making anything.
+        throttled = True
 
         def attempt() -> T:
-            nonlocal uncertain
+            nonlocal uncertain, throttled
             try:
                 if not create:
                     return fn()
                 with self.limiter.slot():
                     return fn()
             except Exception as exc:
-                uncertain = uncertain or is_transient(exc)
+                was_throttled = _is_throttling(exc)
+                throttled = throttled and was_throttled
+                uncertain = uncertain or (is_transient(exc) and not was_throttled)
                 raise
 
         try:
             return call_with_retries(attempt, policy=self._policy, sleep=self._sleep)
         except Exception as exc:
             refusal_uncertain = create and uncertain
-            raise classify(exc, self.name, arn, following=following or refusal_uncertain) from exc
+            err = classify(exc, self.name, arn, following=following or refusal_uncertain)
+            if create and throttled and err.kind is FailureKind.TRANSIENT:
+                # Queued again rather than failed: the account's rate was spent for a while.
+                err = ExecutionError(
+                    err.reason, err.message, kind=FailureKind.THROTTLED, metadata=err.metadata
+                )
+            raise err from exc
 
     def _key(self, job_id: str) -> str:
         prefix = self.settings.s3_prefix.strip("/")
