@@ -66,6 +66,9 @@ from gateway.store.base import CreateOutcome, JobCursor, SessionPage, Store
 
 log = logging.getLogger(__name__)
 
+# The longest wait between two tries at closing a provider session.
+PROVIDER_CLOSE_MAX_RETRY_S = 60.0
+
 # A TTL sweep that failed (a store error) runs again after this, doubling up to the maximum.
 SWEEP_RETRY_S = 1.0
 SWEEP_RETRY_MAX_S = 30.0
@@ -485,8 +488,12 @@ class SessionCore:
         limits: SessionLimits,
         *,
         clock: Clock = _now,
+        provider_close_retry_s: float = 1.0,
     ) -> None:
         self._store = store
+        # First wait before a provider session that would not close is asked again (doubles,
+        # to PROVIDER_CLOSE_MAX_RETRY_S).
+        self._provider_close_retry_s = provider_close_retry_s
         self._manager = manager
         self._limits = limits
         self.clock = clock
@@ -1045,6 +1052,35 @@ class SessionCore:
             await runtime.runner.close_session(session)
         except Exception:
             log.exception("session %s: closing it at the provider failed", session.id)
+            self._spawn(self._close_provider_session_later(runtime.runner, session))
+
+    async def _close_provider_session_later(self, runner: Runner, session: Session) -> None:
+        """Asks the provider again, with back-off, while it may still hold the session: it
+        ends the session itself only at its max TTL, and a DEDICATED one keeps the device (and
+        its billed time) until then. Not across a restart of this process."""
+        started = session.first_job_at or session.created_at
+        until = started + timedelta(seconds=session.max_ttl_s)
+        delay = self._provider_close_retry_s
+        while self.clock() < until:
+            await asyncio.sleep(delay)
+            try:
+                await runner.close_session(session)
+            except Exception as exc:
+                log.warning(
+                    "session %s: closing it at the provider failed again: %s",
+                    session.id,
+                    type(exc).__name__,
+                )
+                delay = min(delay * 2, PROVIDER_CLOSE_MAX_RETRY_S)
+                continue
+            log.info("session %s: closed at the provider after a retry", session.id)
+            return
+        log.error(
+            "session %s: its provider session %s could not be closed; the provider ends it at "
+            "its max TTL",
+            session.id,
+            session.provider_session_id,
+        )
 
 
 def _capacity(runner: Runner) -> int:

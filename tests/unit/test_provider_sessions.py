@@ -63,6 +63,7 @@ class SessionRunner(ScriptedRunner):
     sessions_of_jobs: dict[str, str] = field(default_factory=dict)
     refusals: int = 0
     known: dict[str, str] = field(default_factory=dict)  # gateway session -> provider id
+    close_failures: int = 0  # closes that fail (the provider unreachable)
 
     async def open_session(self, session: Session) -> str | None:
         self.opened.append((session.id, session.provider_session_id))
@@ -75,6 +76,9 @@ class SessionRunner(ScriptedRunner):
 
     async def close_session(self, session: Session) -> None:
         self.closed.append((session.id, session.provider_session_id, session.end_reason))
+        if self.close_failures > 0:
+            self.close_failures -= 1
+            raise ExecutionError("PROVIDER_ERROR", "unreachable", kind=FailureKind.TRANSIENT)
 
     async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
         self.sessions_of_jobs[job.id] = self.known.get(job.session, "")
@@ -125,7 +129,9 @@ async def start(store: SqliteStore, runner: SessionRunner, clock: Clock | None =
     manager = JobManager(
         store, {"qpu": runtime}, DirectCompiler(), PickleFormat(), prepare_threads=1, clock=clock
     )
-    sessions = SessionCore(store, manager, SessionLimits(), clock=clock)
+    sessions = SessionCore(
+        store, manager, SessionLimits(), clock=clock, provider_close_retry_s=0.001
+    )
     manager.hooks.add(sessions)
     await sessions.load_sessions()
     await manager.start(schedule=False)
@@ -233,5 +239,30 @@ async def test_a_job_the_provider_refused_makes_the_next_one_check_the_provider_
         assert runner.opened == [(session.id, ""), (session.id, "p-1")]
         runner.succeed(third.id)
         await gw.until(third.id, "SUCCEEDED")
+    finally:
+        await gw.close()
+
+
+async def test_a_provider_session_that_would_not_close_is_asked_again_until_it_closes(
+    store: SqliteStore,
+) -> None:
+    # Asked once, its failure only logged: a DEDICATED session at the provider kept the
+    # device (and its billed time) until the provider's own max TTL.
+    runner = SessionRunner(slots=1, close_failures=2)
+    gw = await start(store, runner)
+    try:
+        session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
+        job = await gw.submit(session.id)
+        await gw.until(job.id, "RUNNING")
+        runner.succeed(job.id)
+        await gw.until(job.id, "SUCCEEDED")
+        closed = await gw.sessions.close_session("alice", session.id)
+        assert closed.state.is_final  # the gateway session ends whatever the provider says
+        async with asyncio.timeout(5):
+            while len(runner.closed) < 3:
+                await asyncio.sleep(0.005)
+        await gw.sessions.close()  # nothing left to retry: no fourth ask
+        assert runner.closed == [(session.id, "p-1", EndReason.CLOSED)] * 3
+        assert runner.close_failures == 0
     finally:
         await gw.close()
