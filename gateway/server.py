@@ -97,7 +97,7 @@ def backend_health_name(backend: str) -> str:
 def build_compiler(config: GatewayConfig, backends: dict[str, BackendRuntime]) -> Compiler:
     role = CompileRole(
         backends={
-            name: (config.backends[name].adapter, runtime.adapter.context)
+            name: (config.backends[name].adapter, runtime.adapter.compile_context())
             for name, runtime in backends.items()
         },
         memory_bytes=config.compiler.limits().memory_bytes,

@@ -65,6 +65,9 @@ class AdapterContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     # OS memory limit (RLIMIT_DATA) for each worker process running this adapter.
     worker_memory_bytes: int | None = None
+    # The backend's target as the gateway fetched it from the provider (pickled by the
+    # adapter): compile workers use it instead of asking the provider again.
+    target_data: bytes | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,6 +199,11 @@ class BackendAdapter(ABC):
             TargetUnavailable: the description must be fetched from the provider and that
                 failed (the gateway serves without the backend and fetches again).
         """
+
+    def compile_context(self) -> AdapterContext:
+        """The context compile workers build this backend's adapter from: its own, plus
+        whatever it fetched that they would otherwise fetch each (`target_data`)."""
+        return self.context
 
     def info_without_target(self) -> BackendInfo:
         """What is known before the provider describes the backend (its name, provider, kind

@@ -168,13 +168,8 @@ def _compiler(role: CompileRole) -> Callable[[Any], tuple[Any, ...]]:
         name: load_adapter(adapter_name)(context)
         for name, (adapter_name, context) in role.backends.items()
     }
-    for name, adapter in adapters.items():
-        try:
-            adapter.warm_up_compiler()
-        except TargetUnavailable as exc:
-            # Its provider is out of reach: the other backends' compiles must not wait for
-            # it. Its first compile fetches the target again.
-            print(f"backend {name}: compile warm-up skipped: {exc}", file=sys.stderr)
+    for adapter in adapters.values():
+        adapter.warm_up_compiler()
     # What a compile may use beyond the warm worker's own size.
     if role.memory_bytes:
         _limit_memory(_data_bytes() + role.memory_bytes)

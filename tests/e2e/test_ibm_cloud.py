@@ -16,7 +16,7 @@ from qgateway import Client, JobState, RetryPolicy
 from qgateway.client import sampler_pub
 from qgateway.errors import UnavailableError
 
-from tests.gateway_process import GatewayProcess, write_config
+from tests.gateway_process import GatewayProcess, children_of, write_config
 from tests.ibm_stub import API_KEY, IbmStub
 from tests.loopback_service import TWO_REGISTERS
 
@@ -343,6 +343,25 @@ def test_a_session_runs_in_a_runtime_session_or_batch_that_ends_with_it(
         expiring_id = client.get_session(e.name).provider_session_id
         wait_for(lambda: runtime_session(stub, expiring_id)["accepting_jobs"] is False)
         assert client.get_session(e.name).state.name == "CLOSED"
+
+
+def test_a_compile_worker_gets_the_device_target_from_the_gateway(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    # Each compile worker fetched the device's target from IBM at its start, and a worker
+    # replaced after a kill (a hostile circuit's) asked again: calls to IBM, and seconds of
+    # a blackholed network in every worker start.
+    (compiler,) = [w for w in children_of(gateway.pid) if "compile" in w.cmdline()]
+    before = stub.stats()["calls"].get("GET /backends/{id}/configuration", 0)
+    compiler.kill()
+    compiler.wait(10)
+    with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+        # A circuit not compiled before: the new worker compiles it for the device.
+        job = client.submit(X_ON_QUBIT_0 + "bit[2] c;\nc = measure q;\n", backend="ibmq")
+        done = client.wait(job.name, timeout=30)
+    assert done.state is JobState.SUCCEEDED, done.error_message
+    assert [w.pid for w in children_of(gateway.pid) if "compile" in w.cmdline()] != [compiler.pid]
+    assert stub.stats()["calls"].get("GET /backends/{id}/configuration", 0) == before
 
 
 def test_a_key_refused_at_start_stops_only_its_backend_until_the_target_is_fetched(

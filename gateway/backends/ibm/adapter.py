@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import importlib
 import math
+import pickle
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,9 @@ class IbmAdapter(QiskitAdapter):
         return self._fake
 
     def build_qiskit_target(self) -> Target:
+        if self.context.target_data is not None:  # a compile worker: the gateway fetched it
+            handed: Target = pickle.loads(self.context.target_data)
+            return handed
         if not self.ibm_options.is_fake and self.ibm_options.has_credentials:
             # A device: its target as the service describes it (the cloud runner's client).
             cloud = importlib.import_module("gateway.backends.ibm.cloud")
@@ -153,6 +157,22 @@ class IbmAdapter(QiskitAdapter):
             return device
         target: Target = self.fake_backend().target
         return target
+
+    def compile_context(self) -> AdapterContext:
+        # A device's target, once fetched here, goes to the compile workers: each of them
+        # asked IBM for it at its start (and each replacement after a kill did again).
+        if self.ibm_options.is_fake or self._target is None:
+            return self.context
+        data = pickle.dumps(self._target, pickle.HIGHEST_PROTOCOL)
+        return dataclasses.replace(self.context, target_data=data)
+
+    def warm_up_compiler(self) -> None:
+        if not self.ibm_options.is_fake and self.context.target_data is None:
+            # The gateway has not fetched the device's target (IBM out of reach at its start):
+            # a compile worker must not wait on the network to start; its first compile,
+            # once the gateway has the target, fetches it.
+            return
+        super().warm_up_compiler()
 
     def backend_kind(self) -> BackendKind:
         # A device runs on IBM's hardware (IBM Quantum offers no cloud simulators): tenants
