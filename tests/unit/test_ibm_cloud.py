@@ -3,7 +3,9 @@ reading the runtime's results into the gateway's."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,9 @@ from pydantic import SecretStr
 from qiskit.primitives import BitArray, DataBin, PrimitiveResult, SamplerPubResult
 from qiskit.primitives.containers import PubResult
 
+from gateway.backends.base import TargetUnavailable
 from gateway.backends.ibm import cloud
+from gateway.backends.ibm.options import IbmOptions
 from gateway.backends.qiskit.adapter import QiskitPayload
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
@@ -330,3 +334,50 @@ def test_a_result_that_does_not_answer_the_job_is_refused() -> None:
         cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, 4, 1)
     answered = cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, 2, 1)
     assert len(answered.result.pubs) == 1
+
+
+def test_a_device_that_never_answers_is_waited_for_briefly_one_fetch_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An address that accepts connections and never answers: the SDK reads without a read
+    # timeout, and the gateway's start waited minutes for the device's target.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    address = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setenv("IAM_URL", address)
+    options = IbmOptions(
+        backend="ibm_test",
+        channel="ibm_cloud",
+        instance="crn:v1:bluemix:public:quantum-computing:us-east:a/0:1::",
+        token=SecretStr("secret-key"),
+        url=f"{address}/api/v1",
+        iam_url=address,
+    )
+    device = cloud.DeviceTarget("ibmq", options, wait_s=0.2)
+    try:
+        for _ in range(cloud.DeviceTarget.ABANDON_AFTER):
+            with pytest.raises(TargetUnavailable, match=r"no answer within 0\.2 s"):
+                device.get()
+        assert len(accepted) == 1  # the hung fetch is waited on again, not repeated
+        # Hung for as many waits as it may: the next call starts a fetch of its own.
+        with pytest.raises(TargetUnavailable):
+            device.get()
+        deadline = time.monotonic() + 5
+        while len(accepted) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(accepted) == 2
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()

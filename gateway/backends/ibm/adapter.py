@@ -82,6 +82,9 @@ _RUNNABLES = 64
 MIN_SAMPLED_PRECISION = 1e-9
 MAX_SAMPLED_SHOTS = 10**18
 _NOISE_MODELS = 64
+# The longest a caller (the gateway's start, a health probe, a compile) waits for the
+# device's target; a fetch still running goes on and is collected by the next call.
+TARGET_WAIT_S = 10.0
 
 # A circuit as the runtime runs it, and each register's name and circuit-wide clbits.
 _Runnable = tuple[QuantumCircuit, tuple[tuple[str, tuple[int, ...]], ...]]
@@ -118,6 +121,7 @@ class IbmAdapter(QiskitAdapter):
             raise TypeError("IbmAdapter needs IbmOptions")
         self.ibm_options: IbmOptions = self.options
         self._fake: Any = None
+        self._device_target: Any = None  # gateway.backends.ibm.cloud.DeviceTarget
         self._simulator: Any = None
         # The device's whole noise model, and restrictions of it by the qubits a run touches.
         self._noise: Any = None
@@ -152,8 +156,12 @@ class IbmAdapter(QiskitAdapter):
             return handed
         if not self.ibm_options.is_fake and self.ibm_options.has_credentials:
             # A device: its target as the service describes it (the cloud runner's client).
-            cloud = importlib.import_module("gateway.backends.ibm.cloud")
-            device: Target = cloud.device_target(self.context.name, self.ibm_options)
+            if self._device_target is None:
+                cloud = importlib.import_module("gateway.backends.ibm.cloud")
+                self._device_target = cloud.DeviceTarget(
+                    self.context.name, self.ibm_options, TARGET_WAIT_S
+                )
+            device: Target = self._device_target.get()
             return device
         target: Target = self.fake_backend().target
         return target

@@ -8,7 +8,7 @@
   `executor_sampler.Sampler` / `executor_estimator.Estimator` (client-side pre- and
   post-processing, the circuits sent as the service's executor program; SamplerV2/EstimatorV2
   are deprecated in their favour), in job mode (`mode=backend`) on the ISA circuits the adapter
-  transpiled for the device's target (`device_target`, fetched from the service, is what the
+  transpiled for the device's target (`DeviceTarget`, fetched from the service, is what the
   adapter compiles for). They run one shot count (sampler) or one precision (estimator) per
   job: a job whose PUBs ask for several is refused (CLIENT_ERROR, UNSUPPORTED_FEATURE), as a job
   mixing sampler and estimator PUBs is.
@@ -55,6 +55,7 @@ The token is a SecretStr until the moment it is handed to the SDK; nothing here 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import os
@@ -99,10 +100,10 @@ if TYPE_CHECKING:
 __all__ = [
     "JOB_TAG_PREFIX",
     "CloudSettings",
+    "DeviceTarget",
     "IbmCloudHandle",
     "IbmCloudRunner",
     "create_runner",
-    "device_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,25 +170,71 @@ def create_runner(adapter: IbmAdapter) -> IbmCloudRunner:
     return IbmCloudRunner(CloudSettings.from_options(adapter.context.name, adapter.ibm_options))
 
 
-def device_target(name: str, options: IbmOptions) -> Target:
+class DeviceTarget:
     """The device's Target as the service describes it (configuration and properties): what
-    circuits are transpiled for. Blocking (network calls): call it off the event loop.
+    circuits are transpiled for.
 
-    Raises:
-        TargetUnavailable: the service, its IAM or the key failed (the whole error is logged;
-            the message shows only its HTTP status or type).
+    Fetched on a thread of its own, one fetch at a time, each call waiting at most
+    `wait_s`: the SDK reads the service's answers without a read timeout, and an address that
+    accepts connections and never answers held the gateway's start (and each health probe)
+    for minutes. A fetch still running is waited on again by the next call rather than
+    started anew; one running past `ABANDON_AFTER` waits is left to its thread (logged) so
+    that a hung read cannot keep the backend from ever being described.
     """
-    client = _Client(CloudSettings.from_options(name, options))
-    try:
-        target: Target = client.backend().target
-    except Exception as exc:
-        log.warning("backend %s: fetching the device's target failed: %r", name, exc)
-        status = http_status_of(exc)
-        cause = f"HTTP {status}" if status is not None else type(exc).__name__
-        raise TargetUnavailable(
-            f"the device's description could not be fetched from IBM Quantum ({cause})"
-        ) from None
-    return target
+
+    ABANDON_AFTER = 4
+
+    def __init__(self, name: str, options: IbmOptions, wait_s: float) -> None:
+        self._name = name
+        self._settings = CloudSettings.from_options(name, options)
+        self._wait_s = wait_s
+        self._lock = threading.Lock()
+        self._fetch: concurrent.futures.Future[Target] | None = None
+        self._waits = 0
+
+    def get(self) -> Target:
+        """The target (blocking: call it off the event loop).
+
+        Raises:
+            TargetUnavailable: the service, its IAM or the key failed, or no answer came
+                within `wait_s` (the whole error is logged; the message shows only its HTTP
+                status or type).
+        """
+        with self._lock:
+            fetch = self._fetch
+            failed = fetch is not None and fetch.done() and fetch.exception() is not None
+            if fetch is not None and not fetch.done() and self._waits >= self.ABANDON_AFTER:
+                log.warning("backend %s: a target fetch hung; starting another", self._name)
+                failed = True
+            if fetch is None or failed:
+                fetch = self._fetch = concurrent.futures.Future()
+                self._waits = 0
+                threading.Thread(
+                    target=self._run, args=(fetch,), name="ibm-target", daemon=True
+                ).start()
+            self._waits += 1
+        try:
+            return fetch.result(timeout=self._wait_s)
+        except concurrent.futures.TimeoutError:
+            raise TargetUnavailable(
+                "the device's description was not fetched from IBM Quantum: no answer "
+                f"within {self._wait_s:g} s"
+            ) from None
+
+    def _run(self, fetch: concurrent.futures.Future[Target]) -> None:
+        try:
+            target: Target = _Client(self._settings).backend().target
+        except Exception as exc:
+            log.warning("backend %s: fetching the device's target failed: %r", self._name, exc)
+            status = http_status_of(exc)
+            cause = f"HTTP {status}" if status is not None else type(exc).__name__
+            fetch.set_exception(
+                TargetUnavailable(
+                    f"the device's description could not be fetched from IBM Quantum ({cause})"
+                )
+            )
+            return
+        fetch.set_result(target)
 
 
 # --------------------------------------------------------------------------------------------
