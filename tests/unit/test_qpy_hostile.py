@@ -16,9 +16,9 @@ import struct
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
-from qiskit.circuit import Gate, Parameter
+from qiskit.circuit import Barrier, CircuitInstruction, Gate, IfElseOp, Measure, Parameter
 from qiskit.circuit.classical import expr
-from qiskit.circuit.library import Initialize, MCXGate, UnitaryGate
+from qiskit.circuit.library import CXGate, Initialize, MCXGate, UnitaryGate
 
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import CircuitLimits
@@ -302,6 +302,33 @@ def test_a_gate_definition_holds_gates_only(aer: AerAdapter) -> None:
     body.measure(0, 0)
     gate.definition = body
     refusal(aer, dump(_with(gate)), "INVALID_QPY")
+
+
+def test_an_instruction_on_the_same_bit_twice_is_invalid_qpy(aer: AerAdapter) -> None:
+    # The QPY reader appends without Qiskit's checks: a CX on one qubit twice reached the
+    # transpiler, whose Rust panic ("not a DAG") was cached as INTERNAL for that payload.
+    for block in ("top", "if", "definition"):
+        circuit = QuantumCircuit(2, 2)
+        q0, c = circuit.qubits[0], circuit.clbits
+        if block == "top":
+            circuit._append(CircuitInstruction(CXGate(), (q0, q0), ()))
+        elif block == "if":
+            body = QuantumCircuit([q0, circuit.qubits[1], c[0]])
+            body._append(CircuitInstruction(CXGate(), (q0, q0), ()))
+            circuit.append(IfElseOp((c[0], True), body), circuit.qubits, [c[0]])
+        else:
+            gate = Gate("twice", 2, [])
+            definition = QuantumCircuit(2)
+            definition._append(CircuitInstruction(CXGate(), (definition.qubits[1],) * 2, ()))
+            gate.definition = definition
+            circuit.append(gate, [0, 1])
+        circuit.measure([0, 1], [0, 1])
+        error = refusal(aer, dump(circuit), "INVALID_QPY")
+        assert "twice" in error.message or "same" in error.message, error.message
+    measured = QuantumCircuit(2, 2)
+    measured._append(CircuitInstruction(Measure(), (measured.qubits[0],), (measured.clbits[0],)))
+    measured._append(CircuitInstruction(Barrier(2), (measured.qubits[1], measured.qubits[1]), ()))
+    refusal(aer, dump(measured), "INVALID_QPY")
 
 
 def test_classical_variables_are_unsupported(aer: AerAdapter) -> None:

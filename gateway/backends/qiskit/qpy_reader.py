@@ -217,7 +217,8 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
     """Only what the OpenQASM readers can produce, plus library and unitary gates.
 
     Top level and control-flow blocks: gates, measure, reset, barrier, delay, control flow.
-    Custom gate definitions: gates, barrier and delay only (a gate is unitary). Each distinct
+    Custom gate definitions: gates, barrier and delay only (a gate is unitary). No instruction
+    may name one qubit or clbit twice. Each distinct
     definition is looked at once, so nested definitions cost linear time.
 
     Raises:
@@ -242,6 +243,16 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
                     f"instruction {fe._clip(name)!r} acts on {op.num_qubits} qubits and "
                     f"{op.num_clbits} clbits but is applied to {len(instruction.qubits)} and "
                     f"{len(instruction.clbits)}",
+                    field,
+                    instruction=name,
+                )
+            if len(set(instruction.qubits)) != len(instruction.qubits) or len(
+                set(instruction.clbits)
+            ) != len(instruction.clbits):
+                # QPY's reader appends without QuantumCircuit.append's checks; the transpiler
+                # panics on such an instruction ("not a DAG").
+                raise _invalid_qpy(
+                    f"instruction {fe._clip(name)!r} is applied to the same qubit or clbit twice",
                     field,
                     instruction=name,
                 )
