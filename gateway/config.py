@@ -398,6 +398,10 @@ class BackendConfig(_Strict):
     max_execution_work: float = Field(default=1e13, gt=0)
     # A running job past this is stopped (its worker killed) and FAILED with JOB_TIMEOUT.
     max_run_time_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
+    # A job with a `while` loop on a simulator (iterations no estimate bounds: a ~150-byte
+    # loop that never ends held a worker for the hour above) is stopped past this instead:
+    # JOB_TIMEOUT, the job's fault. Providers bound loops themselves.
+    max_loop_run_time_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     # A queued job past this FAILs: BACKEND_UNAVAILABLE while the breaker is open, else
     # QUEUE_TIMEOUT.
     max_queue_time_s: float = Field(default=86400.0, gt=0, le=MAX_SECONDS)

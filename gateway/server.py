@@ -274,6 +274,7 @@ def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRunt
             breaker=CircuitBreaker(backend.breaker.policy()),
             settings=BackendSettings(
                 max_run_time_s=backend.max_run_time_s,
+                max_loop_run_time_s=backend.max_loop_run_time_s,
                 max_queue_time_s=backend.max_queue_time_s,
                 health_interval_s=backend.health_interval_s,
                 probe_timeout_s=backend.probe_timeout_s,

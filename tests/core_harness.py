@@ -74,7 +74,11 @@ class EchoAdapter(BackendAdapter):
         return source.text
 
     def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
-        return PreparedJob(payload=tuple(circuits), memory_bytes=0, layouts=())
+        # A circuit whose text says "while" stands for one with a while loop.
+        loops = any("while" in str(c) for c in circuits)
+        return PreparedJob(
+            payload=tuple(circuits), memory_bytes=0, layouts=(), has_while_loop=loops
+        )
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:
         return True
@@ -262,6 +266,7 @@ async def build_core(
     breaker: BreakerPolicy | None = None,
     max_queue_time_s: float = 3600.0,
     max_run_time_s: float = 3600.0,
+    max_loop_run_time_s: float = 60.0,
     max_queued_jobs: int = 100,
     lease_s: float = 30.0,
     schedule: bool = True,
@@ -277,6 +282,7 @@ async def build_core(
             breaker=CircuitBreaker(breaker or BreakerPolicy(), clock=lambda: clock.now.timestamp()),
             settings=BackendSettings(
                 max_run_time_s=max_run_time_s,
+                max_loop_run_time_s=max_loop_run_time_s,
                 max_queue_time_s=max_queue_time_s,
                 health_interval_s=60,
                 probe_timeout_s=5,

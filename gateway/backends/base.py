@@ -85,6 +85,8 @@ class PreparedJob:
         shots: Shots the job runs (bindings x shots over its sampler PUBs), for its usage.
         tasks: Provider tasks the job runs as, each billed the price's per_task (Braket: one
             per PUB binding); the adapter sets it.
+        has_while_loop: A circuit has a `while` loop, whose iterations are unknown until it
+            runs: the backend's max_loop_run_time_s bounds it on a simulator.
     """
 
     payload: object
@@ -94,6 +96,7 @@ class PreparedJob:
     tasks: int = 1
     prepare_seconds: float = 0.0
     max_run_time_s: float | None = None
+    has_while_loop: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,6 +32,9 @@ class BackendSettings:
     remote_retry_s: float = 1.0
     # What its jobs are charged by (None: no price table).
     price: Price | None = None
+    # The run-time limit of a job with a while loop on a LOCAL runner (JOB_TIMEOUT, the job's
+    # fault): a loop's iterations cannot be estimated before it runs.
+    max_loop_run_time_s: float = 60.0
 
 
 @dataclass(eq=False)

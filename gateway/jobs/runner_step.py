@@ -463,9 +463,19 @@ class RunnerStep:
             own_limit = prepared.max_run_time_s
         else:  # re-attached: the limits count from its start, not from this process's
             own_limit = await self._stored_own_limit(started)
-        own_limit_applies = own_limit is not None and own_limit < run_limit
-        if own_limit is not None and own_limit_applies:
-            run_limit = own_limit
+        # The limit that stops the job, and whether running past it is the job's doing.
+        whose, jobs_own = "the backend's limit of", False
+        if own_limit is not None and own_limit < run_limit:
+            run_limit, whose, jobs_own = own_limit, "its max_execution_time of", True
+        loop_limit = runtime.settings.max_loop_run_time_s
+        if (
+            prepared is not None
+            and prepared.has_while_loop
+            and runner.model is ExecutionModel.LOCAL
+            and loop_limit < run_limit
+        ):
+            # A while loop may never end: only a provider bounds it on its own.
+            run_limit, whose, jobs_own = loop_limit, "the backend's limit for while loops of", True
         ran_before = 0.0
         if prepared is None and started.started_at is not None:
             ran_before = max(0.0, (self._t.clock() - started.started_at).total_seconds())
@@ -573,11 +583,9 @@ class RunnerStep:
                 return
             limit = f"{run_limit:g}"
             moved = None
-            if own_limit_applies:
-                whose = "its max_execution_time of"
+            if jobs_own:
                 runtime.breaker.release(running.permit)
             else:
-                whose = "the backend's limit of"
                 # Running past the backend's own limit is the backend's fault; a half-open
                 # trial that did so opens the breaker again (released first, it no longer
                 # counted as the trial, and the next job became one).

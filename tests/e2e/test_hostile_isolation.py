@@ -37,6 +37,7 @@ BOB = generate_key("bob")
 COMPILE_CPU_S = 2.0
 RESPAWN_PER_S = 0.5
 RUN_TIME_LIMIT_S = 4.0
+LOOP_LIMIT_S = 1.0
 RSS_SLACK_BYTES = 100 << 20
 
 
@@ -66,6 +67,8 @@ faults = {{ crash_rate = 1.0 }}
 [backends.aer-strict]
 adapter = "aer"
 pool = {{ min_instances = 1, max_instances = 1 }}
+max_loop_run_time_s = {LOOP_LIMIT_S}
+breaker = {{ failure_threshold = 1, window_s = 60, cooldown_s = 60 }}
 max_estimator_work = 1000000
 max_execution_work = 1e10
 """
@@ -324,6 +327,35 @@ def test_a_job_that_would_run_for_minutes_is_stopped_and_shares_the_workers(
         final = alice.wait(job.name, timeout=60)
         assert final.state is JobState.FAILED
         assert final.error_reason == "JOB_TIMEOUT"
+
+
+# About 150 bytes that never end: the measured |0> never reads 1 (from the hostile-input
+# review: it held a worker at full CPU for the backend's hour).
+ENDLESS_LOOP = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[1] q;
+bit[1] c;
+c[0] = measure q[0];
+while (c[0] == false) { reset q[0]; c[0] = measure q[0]; }
+c = measure q;
+"""
+# Repeat until success: ends after two rounds on average.
+COIN_LOOP = ENDLESS_LOOP.replace("reset q[0];", "reset q[0]; h q[0];")
+
+
+def test_a_while_loop_that_never_ends_stops_at_the_loop_limit_as_the_jobs_fault(
+    alice: Client, bob: Client
+) -> None:
+    job = alice.submit(ENDLESS_LOOP, backend="aer-strict", shots=10)
+    done = alice.wait(job.name, timeout=60)
+    assert done.state is JobState.FAILED and done.error_reason == "JOB_TIMEOUT"
+    assert done.error is not None and done.error.metadata["limitSeconds"] == f"{LOOP_LIMIT_S:g}"
+    assert "while loops" in (done.error_message or "")
+    # Not the backend's fault: its breaker (threshold 1) stays closed, and the worker killed
+    # for the loop is replaced for the next job; a loop that ends runs.
+    assert bob.get_backend("aer-strict").status == "ONLINE"
+    counts = bob.run(COIN_LOOP, backend="aer-strict", shots=64, seed=5, timeout=60).counts()
+    assert counts == {"1": 64}
 
 
 def _parameterless_sweep(shape: list[int], shots: int) -> circuit_pb2.Pub:

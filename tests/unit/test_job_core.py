@@ -427,6 +427,38 @@ async def test_a_backend_without_its_target_refuses_jobs_or_places_on_the_fallba
         await _close(core)
 
 
+async def test_a_while_loop_on_a_simulator_stops_at_the_loop_limit_as_its_own_fault(
+    store: SqliteStore,
+) -> None:
+    # A ~150-byte loop that never ends held a simulator worker for the backend's hour.
+    local, remote = ScriptedRunner(), ScriptedRunner(model=ExecutionModel.REMOTE)
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(
+        store, "memory", {"sim": local, "qpu": remote}, breaker=policy, max_loop_run_time_s=0.2
+    )
+    try:
+        # A provider bounds loops itself: its job is not stopped at the loop limit.
+        at_provider = await core.submit("alice", spec("qpu", text="while forever"))
+        await core.until("alice", at_provider.id, "RUNNING")
+        looping = await core.submit("alice", spec("sim", text="while forever"))
+        failed = await core.until("alice", looping.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
+        assert "while loops of 0.2s" in failed.error.message
+        assert failed.error.metadata["limitSeconds"] == "0.2"
+        # The job's doing, not the backend's: the breaker (threshold 1) stays closed.
+        assert core.backends["sim"].breaker.state is BreakerState.CLOSED
+        assert (await core.store.get_job(at_provider.id)).state.value == "RUNNING"  # type: ignore[union-attr]
+        remote.succeed(at_provider.id)
+        await core.until("alice", at_provider.id, "SUCCEEDED")
+        # A job without a loop keeps the backend's own limit.
+        plain = await core.submit("alice", spec("sim"))
+        await core.until("alice", plain.id, "RUNNING")
+        local.succeed(plain.id)
+        await core.until("alice", plain.id, "SUCCEEDED")
+    finally:
+        await _close(core)
+
+
 # ---------------------------------------------------------------- scheduling (both queues)
 
 

@@ -203,6 +203,8 @@ class CompiledCircuit:
     operations: int
     # Complex numbers the simulation state holds (what one operation may touch).
     amplitudes: int
+    # A `while` loop, whose run time no estimate bounds (PreparedJob.has_while_loop).
+    has_while_loop: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -435,6 +437,7 @@ class QiskitAdapter(BackendAdapter):
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
             amplitudes=amplitudes,
+            has_while_loop=fe.has_while_loop(transpiled),
         )
 
     def run_costs(self) -> costs.RunCosts:
@@ -497,7 +500,13 @@ class QiskitAdapter(BackendAdapter):
             method=self.method_name, sampler_output=spec.options.sampler_output, tasks=tuple(tasks)
         )
         return PreparedJob(
-            payload=payload, memory_bytes=peak_memory, layouts=tuple(layouts), shots=cost.shots
+            payload=payload,
+            memory_bytes=peak_memory,
+            layouts=tuple(layouts),
+            shots=cost.shots,
+            has_while_loop=any(
+                isinstance(c, CompiledCircuit) and c.has_while_loop for c in circuits
+            ),
         )
 
     def _sampler_task(

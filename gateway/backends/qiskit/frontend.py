@@ -1322,6 +1322,21 @@ def check_qubit_count(circuit: QuantumCircuit, max_qubits: int, field: str) -> N
         raise _too_many_qubits(circuit.num_qubits, max_qubits, field)
 
 
+def has_while_loop(circuit: QuantumCircuit) -> bool:
+    """Whether a `while` loop is anywhere in the circuit (its blocks included): its
+    iterations, and so its run time, are unknown until it runs."""
+    pending = [circuit]
+    while pending:
+        body = pending.pop()
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                if op.name == "while_loop":
+                    return True
+                pending.extend(op.blocks)
+    return False
+
+
 def detect_features(circuit: QuantumCircuit) -> frozenset[CircuitFeature]:
     """Dynamic-circuit features the circuit uses.
 
