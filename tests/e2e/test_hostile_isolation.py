@@ -37,7 +37,7 @@ BOB = generate_key("bob")
 COMPILE_CPU_S = 2.0
 RESPAWN_PER_S = 0.5
 RUN_TIME_LIMIT_S = 4.0
-LOOP_LIMIT_S = 1.0
+LOOP_LIMIT_S = 3.0
 RSS_SLACK_BYTES = 100 << 20
 
 
@@ -344,10 +344,18 @@ COIN_LOOP = ENDLESS_LOOP.replace("reset q[0];", "reset q[0]; h q[0];")
 
 
 def test_a_while_loop_that_never_ends_stops_at_the_loop_limit_as_the_jobs_fault(
-    alice: Client, bob: Client
+    gw: GatewayProcess, alice: Client, bob: Client
 ) -> None:
+    bob.run(_bystander_circuit(9), backend="aer", shots=16, seed=9, timeout=30)  # compiled
     job = alice.submit(ENDLESS_LOOP, backend="aer-strict", shots=10)
-    done = alice.wait(job.name, timeout=60)
+    for update in alice.watch(job.name, timeout=30):
+        if update.state is not JobState.QUEUED:
+            break
+    assert update.state is JobState.RUNNING
+    hostile = _in_background(lambda: alice.wait(job.name, timeout=60))
+    _bystander_meanwhile(gw, bob, hostile, tag=9)
+    done = hostile.result(timeout=60)
+    assert isinstance(done, Job)
     assert done.state is JobState.FAILED and done.error_reason == "JOB_TIMEOUT"
     assert done.error is not None and done.error.metadata["limitSeconds"] == f"{LOOP_LIMIT_S:g}"
     assert "while loops" in (done.error_message or "")
