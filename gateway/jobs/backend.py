@@ -110,8 +110,8 @@ class BackendRuntime:
         retry = self.settings.health_interval_s
         return Unavailable(
             "BACKEND_UNAVAILABLE",
-            f"backend backends/{self.name} cannot take jobs yet: {self.target_pending}; "
-            f"nothing was accepted, retry in {retry:g}s or name a fallback_backend",
+            f"backend backends/{self.name} is not described by its provider yet "
+            f"({self.target_pending}); nothing was accepted, retry in {retry:g}s",
             metadata={
                 "backend": f"backends/{self.name}",
                 "targetFetched": "false",
