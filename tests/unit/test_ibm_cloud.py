@@ -365,18 +365,32 @@ def test_a_device_that_never_answers_is_waited_for_briefly_one_fetch_at_a_time(
         iam_url=address,
     )
     device = cloud.DeviceTarget("ibmq", options, wait_s=0.2)
+
+    def threads() -> int:
+        return sum(t.name == "ibm-target" and t.is_alive() for t in threading.enumerate())
+
+    def until_accepted(count: int) -> None:
+        deadline = time.monotonic() + 30  # the fetch thread imports the SDK first
+        while len(accepted) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(accepted) == count
+
     try:
         for _ in range(cloud.DeviceTarget.ABANDON_AFTER):
             with pytest.raises(TargetUnavailable, match=r"no answer within 0\.2 s"):
                 device.get()
-        assert len(accepted) == 1  # the hung fetch is waited on again, not repeated
+        until_accepted(1)
+        assert threads() == 1  # the hung fetch is waited on again, not repeated
         # Hung for as many waits as it may: the next call starts a fetch of its own.
         with pytest.raises(TargetUnavailable):
             device.get()
-        deadline = time.monotonic() + 5
-        while len(accepted) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(accepted) == 2
+        assert threads() == 2
+        until_accepted(2)
+        # That one hangs too, while the first still does: no third thread and socket.
+        for _ in range(2 * cloud.DeviceTarget.ABANDON_AFTER):
+            with pytest.raises(TargetUnavailable):
+                device.get()
+        assert threads() == 2 and len(accepted) == 2
     finally:
         server.close()
         for connection in accepted:

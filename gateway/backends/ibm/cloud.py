@@ -179,7 +179,9 @@ class DeviceTarget:
     accepts connections and never answers held the gateway's start (and each health probe)
     for minutes. A fetch still running is waited on again by the next call rather than
     started anew; one running past `ABANDON_AFTER` waits is left to its thread (logged) so
-    that a hung read cannot keep the backend from ever being described.
+    that a hung read cannot keep the backend from ever being described, but only while no
+    other abandoned fetch is still hanging: at most two threads (and sockets) ever hang,
+    however long the outage (the SDK offers no read timeout to end them).
     """
 
     ABANDON_AFTER = 4
@@ -191,6 +193,7 @@ class DeviceTarget:
         self._lock = threading.Lock()
         self._fetch: concurrent.futures.Future[Target] | None = None
         self._waits = 0
+        self._abandoned: concurrent.futures.Future[Target] | None = None
 
     def get(self) -> Target:
         """The target (blocking: call it off the event loop).
@@ -203,9 +206,10 @@ class DeviceTarget:
         with self._lock:
             fetch = self._fetch
             failed = fetch is not None and fetch.done() and fetch.exception() is not None
-            if fetch is not None and not fetch.done() and self._waits >= self.ABANDON_AFTER:
+            hung = fetch is not None and not fetch.done() and self._waits >= self.ABANDON_AFTER
+            if hung and (self._abandoned is None or self._abandoned.done()):
                 log.warning("backend %s: a target fetch hung; starting another", self._name)
-                failed = True
+                self._abandoned, failed = fetch, True
             if fetch is None or failed:
                 fetch = self._fetch = concurrent.futures.Future()
                 self._waits = 0
