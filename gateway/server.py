@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -94,15 +95,18 @@ def backend_health_name(backend: str) -> str:
     return f"qgateway.backend.{backend}"
 
 
-def build_compiler(config: GatewayConfig, backends: dict[str, BackendRuntime]) -> Compiler:
-    role = CompileRole(
+def compile_role(config: GatewayConfig, backends: dict[str, BackendRuntime]) -> CompileRole:
+    return CompileRole(
         backends={
             name: (config.backends[name].adapter, runtime.adapter.compile_context())
             for name, runtime in backends.items()
         },
         memory_bytes=config.compiler.limits().memory_bytes,
     )
-    pool: Pool[WorkerProcess] = Pool(WorkerFactory(role), config.compiler.pool_limits())
+
+
+def build_compiler(config: GatewayConfig, workers: WorkerFactory) -> Compiler:
+    pool: Pool[WorkerProcess] = Pool(workers, config.compiler.pool_limits())
     return Compiler(pool, config.compiler.limits())
 
 
@@ -298,7 +302,9 @@ class Gateway:
         self._store = SqliteStore(config.data_dir / DB_FILE)
         self.backends = build_backends(config, self._store)
         self.policies = build_policies(config)
-        self.compiler = build_compiler(config, self.backends)
+        # Its role changes when a backend's target is fetched after the start (_fetch_target).
+        self._compile_workers = WorkerFactory(compile_role(config, self.backends))
+        self.compiler = build_compiler(config, self._compile_workers)
         # Processes sharing the store hear each other's changes (gateway.jobs.peer_events).
         self._peers: PeerSignals | None = None
         bus: PeerEventBus | None = None
@@ -537,6 +543,18 @@ class Gateway:
             raise
         faults = self.config.backends[runtime.name].faults
         runtime.info = info if faults is None else with_fault_properties(info, faults)
+        # Compile workers started from now on get the target too (those running fetch it once
+        # themselves at their first compile for the backend).
+        role = self._compile_workers.role
+        assert isinstance(role, CompileRole)
+        adapter_name = self.config.backends[runtime.name].adapter
+        self._compile_workers.role = dataclasses.replace(
+            role,
+            backends={
+                **role.backends,
+                runtime.name: (adapter_name, runtime.adapter.compile_context()),
+            },
+        )
         runtime.target_pending = ""
         log.info("backend %s: the device's description was fetched", runtime.name)
 

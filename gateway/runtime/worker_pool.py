@@ -9,10 +9,12 @@ class WorkerFactory:
     """Creates worker processes in one role: a simulator of one adapter, or a compiler."""
 
     def __init__(self, role: SimulatorRole | CompileRole) -> None:
-        self._role = role
+        # What workers created from now on are started as (the workers already running keep
+        # theirs).
+        self.role = role
 
     async def create(self) -> WorkerProcess:
-        return await WorkerProcess.start(self._role)
+        return await WorkerProcess.start(self.role)
 
     async def check(self, instance: WorkerProcess) -> bool:
         return instance.alive

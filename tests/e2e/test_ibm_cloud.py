@@ -400,6 +400,19 @@ def test_a_key_refused_at_start_stops_only_its_backend_until_the_target_is_fetch
                     client.submit(TWO_REGISTERS, backend="ibmq", shots=8).name, timeout=20
                 )
                 assert done.state is JobState.SUCCEEDED, done.error_message
+                # A compile worker started from now on gets the target the gateway fetched:
+                # the replacement of a killed one compiles without asking IBM.
+                (compiler,) = [w for w in children_of(gateway.pid) if "compile" in w.cmdline()]
+                before = stub.stats()["calls"].get("GET /backends/{id}/configuration", 0)
+                compiler.kill()
+                compiler.wait(10)
+                job = client.submit(
+                    X_ON_QUBIT_0 + "bit[2] c;\nc = measure q;\nx q[1];\n", backend="ibmq"
+                )
+                done = client.wait(job.name, timeout=30)
+                assert done.state is JobState.SUCCEEDED, done.error_message
+                after = stub.stats()["calls"].get("GET /backends/{id}/configuration", 0)
+                assert after == before
         finally:
             assert gateway.terminate() == 0
         assert API_KEY not in (tmp_path / "gateway.log").read_text()
