@@ -1058,8 +1058,9 @@ class SessionCore:
         """Asks the provider again, with back-off, while it may still hold the session: it
         ends the session itself only at its max TTL, and a DEDICATED one keeps the device (and
         its billed time) until then. Not across a restart of this process."""
-        started = session.first_job_at or session.created_at
-        until = started + timedelta(seconds=session.max_ttl_s)
+        # A provider session lives at most max_ttl_s from its opening, which came before the
+        # gateway session ended (one opened again after the provider ended the first, too).
+        until = (session.ended_at or self.clock()) + timedelta(seconds=session.max_ttl_s)
         delay = self._provider_close_retry_s
         while self.clock() < until:
             await asyncio.sleep(delay)

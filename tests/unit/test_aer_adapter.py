@@ -920,3 +920,19 @@ def test_controlled_gates_with_bound_angles_match_qiskit(method: str) -> None:
         )
         expected = reference.result()[0].data.evs
         np.testing.assert_allclose(got, expected, atol=1e-9, err_msg=f"{method}: {gate}")
+
+
+def test_a_while_loop_anywhere_marks_the_prepared_job(aer: AerAdapter) -> None:
+    # What the runner step's loop limit reads (PreparedJob.has_while_loop).
+    declare = "qubit[2] q;\nbit[2] c;\n"
+    loop = (
+        "c[0] = measure q[0];\nwhile (c[0] == false) { reset q[0]; h q[0]; c[0] = measure q[0]; }\n"
+    )
+    nested = f"c[1] = measure q[1];\nif (c[1]) {{ {loop} }}\n"
+    counted = "for int i in [0:3] { h q[0]; }\nc = measure q;\n"
+    for text, expected in ((loop, True), (nested, True), (counted, False)):
+        prepared = prepare_in_process(aer, spec(sampler(q3(declare + text), shots=4)), 1)
+        assert prepared.has_while_loop is expected, text
+    # A job is marked when any of its PUBs has one.
+    both = spec(sampler(q3(declare + counted), shots=4), sampler(q3(declare + nested), shots=4))
+    assert prepare_in_process(aer, both, 1).has_while_loop
