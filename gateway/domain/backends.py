@@ -34,8 +34,8 @@ class BackendLimits:
     max_job_shots: int = 10_000_000
     # Estimator work: distinct Pauli terms x qubits x bindings, summed over the job's PUBs.
     max_estimator_work: int = 100_000_000
-    # Estimated simulation work (domain/costs.py: amplitude updates, ~5e10 a second), summed
-    # over the job's PUBs.
+    # Estimated simulation work (domain/costs.py: units of ~20 ps of one worker, 5e10 a
+    # second; the default is ~200 s), summed over the job's PUBs.
     max_execution_work: int = 10_000_000_000_000
 
 

@@ -155,9 +155,9 @@ class JobCost:
         if self.execution_work > self.max_execution_work:
             _refuse(
                 "EXECUTION_TOO_EXPENSIVE",
-                f"simulating the job needs about {self.execution_work:.3g} amplitude updates; "
-                f"the backend's budget is {self.max_execution_work:.3g} (fewer bindings, shots "
-                "or operations)",
+                f"simulating the job needs about {self.execution_work:.3g} units of work (about "
+                f"{self.execution_work / WORK_PER_SECOND:.3g} s of one worker); the backend's "
+                f"budget is {self.max_execution_work:.3g} (fewer bindings, shots or operations)",
                 field,
                 "max_execution_work",
                 self.execution_work,
@@ -165,10 +165,15 @@ class JobCost:
             )
 
 
-# Work is counted in amplitude updates of a batched state-vector run (Aer: ~5e10 a second on
-# one thread here). Simulating shot by shot costs far more per amplitude and per operation
-# (measured with Aer 0.18, one thread: ~2.5 us per operation and shot at 3 qubits, ~21 us at
-# 12 qubits), so those runs are weighted accordingly.
+# Work is counted in units of about 20 ps of one worker's CPU (5e10 a second). A batched
+# state-vector run updates ~5.5e8 amplitudes a second on one thread from 14 to 24 qubits
+# (measured with Aer 0.17, an h/cx chain, shots 1000: 24 qubits, 801 operations, 24 s), so one
+# amplitude update is AMPLITUDE_UPDATE_WEIGHT units; it was counted as one, and a 24-qubit job
+# admitted at 0.13% of the default budget ran 25 s (the budget allowed hours). Simulating shot
+# by shot costs more per amplitude and per operation (measured with Aer 0.18, one thread:
+# ~2.5 us per operation and shot at 3 qubits, ~21 us at 12 qubits), weighted accordingly.
+AMPLITUDE_UPDATE_WEIGHT = 100
+WORK_PER_SECOND = 5e10
 SHOT_BY_SHOT_AMPLITUDE_WEIGHT = 250
 SHOT_BY_SHOT_OPERATION_WEIGHT = 100_000
 # Decoding and storing one sample.
@@ -189,10 +194,12 @@ class RunCosts:
     Attributes:
         per_run: Work of one run's set-up.
         per_operation_run: Work of one operation in one run, on top of its amplitudes.
+        per_amplitude: Work of one operation's update of one amplitude in a batched run.
     """
 
     per_run: int = 0
     per_operation_run: int = 0
+    per_amplitude: int = AMPLITUDE_UPDATE_WEIGHT
 
 
 # Aer runs every binding of one assembled circuit (its costs are the amplitudes').
@@ -218,7 +225,7 @@ def simulation_work(
         evolve = operations * per_step * bindings * shots
         count = bindings * shots
     else:
-        evolve = operations * amplitudes * bindings
+        evolve = operations * amplitudes * runs.per_amplitude * bindings
         count = bindings
     set_up = count * (runs.per_run + operations * runs.per_operation_run)
     read = state_passes * amplitudes * bindings

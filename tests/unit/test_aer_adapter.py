@@ -16,6 +16,7 @@ import pytest
 
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
+from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit.adapter import QiskitPayload, SamplerTask
 from gateway.domain.backends import BackendKind, BackendLimits, Primitive
 from gateway.domain.circuits import (
@@ -936,3 +937,58 @@ def test_a_while_loop_anywhere_marks_the_prepared_job(aer: AerAdapter) -> None:
     # A job is marked when any of its PUBs has one.
     both = spec(sampler(q3(declare + counted), shots=4), sampler(q3(declare + nested), shots=4))
     assert prepare_in_process(aer, both, 1).has_while_loop
+
+
+def _chain(qubits: int, pairs: int) -> str:
+    """An h/cx chain around `qubits` qubits, measured: the circuit the work unit was measured
+    on (24 qubits, 801 operations: 24 s of one Aer thread)."""
+    body = "".join(
+        f"h q[{i % qubits}]; cx q[{i % qubits}], q[{(i + 1) % qubits}];\n" for i in range(pairs)
+    )
+    return f"qubit[{qubits}] q;\nbit[1] c;\n{body}c[0] = measure q[0];\n"
+
+
+def test_work_is_priced_at_the_measured_cost_of_an_amplitude_update() -> None:
+    # An amplitude update was counted as one unit (20 ps) where Aer takes ~2 ns: a 24-qubit
+    # job of 801 operations (25 s) was admitted at 0.13% of the budget, which allowed hours.
+    aer = AerAdapter(context(budget=1 << 30))
+    one = spec(sampler(q3(_chain(24, 400)), shots=1000))
+    prepare_in_process(aer, one, 1)  # ~27 s of work: within the default ~200 s
+    # Eight bindings of it (~3.6 minutes) are past the budget.
+    values = np.zeros((8, 1))
+    text = "input float th;\n" + _chain(24, 400).replace("h q[0];", "rz(th) q[0]; h q[0];", 1)
+    sweep = spec(sampler(q3(text), 1000, Bindings(("th",), (8,), values)))
+    refused(aer, sweep, "EXECUTION_TOO_EXPENSIVE", "spec.pubs[0].sampler")
+    # A density matrix pays ~3.6x more per entry (measured: 1.4e8 entries a second).
+    dm = AerAdapter(context(budget=1 << 30, method="density_matrix"))
+    refused(
+        dm,
+        spec(sampler(q3(_chain(12, 1200)), 1000)),
+        "EXECUTION_TOO_EXPENSIVE",
+        "spec.pubs[0].sampler",
+    )
+    prepare_in_process(dm, spec(sampler(q3(_chain(10, 1200)), 1000)), 1)
+
+
+def test_a_matrix_product_state_pays_for_its_widest_bond() -> None:
+    # 20 qubits of CXs between distant qubits: bonds up to 2^10, an SVD of a 2048 x 2048
+    # matrix per gate; priced as one pass over the tensors, it was admitted at 0.13 s of work
+    # and ran for minutes.
+    mps = AerAdapter(context(budget=1 << 30, method="matrix_product_state"))
+    body = "".join(f"h q[{i % 20}]; cx q[{i % 20}], q[{(i + 10) % 20}];\n" for i in range(300))
+    far = spec(sampler(q3(f"qubit[20] q;\nbit[20] c;\n{body}c = measure q;\n"), 1000))
+    refused(mps, far, "EXECUTION_TOO_EXPENSIVE", "spec.pubs[0].sampler")
+    # A GHZ state of 60 qubits (bond 2) is cheap.
+    prepare_in_process(mps, spec(sampler(q3(ghz(60)), 1000)), 1)
+
+
+def test_a_dense_unitary_counts_as_the_gates_it_costs() -> None:
+    # `pow` of a 4-qubit gate is a 4-qubit unitary: ~8.5 gates on Aer, counted as one.
+    text = (
+        "gate g a, b, c, d { h a; cx a, b; cx b, c; cx c, d; t d; }\n"
+        "qubit[4] q;\npow(2) @ g q[0], q[1], q[2], q[3];\n"
+    )
+    aer = AerAdapter(context())
+    compiled = aer.compile_circuit(q3(text))
+    assert compiled.operations == fe.unitary_steps(4) == 8  # type: ignore[attr-defined]
+    assert fe.unitary_steps(1) == fe.unitary_steps(2) == 1

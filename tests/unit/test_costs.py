@@ -42,7 +42,7 @@ def test_simulation_work_multiplies_by_shots_only_shot_by_shot() -> None:
     once = costs.simulation_work(100, 1 << 10, bindings=3, shots=1000, shot_by_shot=False)
     every = costs.simulation_work(100, 1 << 10, bindings=3, shots=1000, shot_by_shot=True)
     sampling = 3 * 1000 * costs.SAMPLE_WEIGHT
-    assert once == 100 * 1024 * 3 + sampling
+    assert once == 100 * 1024 * costs.AMPLITUDE_UPDATE_WEIGHT * 3 + sampling
     step = 1024 * costs.SHOT_BY_SHOT_AMPLITUDE_WEIGHT + costs.SHOT_BY_SHOT_OPERATION_WEIGHT
     assert every == 100 * step * 3 * 1000 + sampling
 
