@@ -970,18 +970,6 @@ def test_work_is_priced_at_the_measured_cost_of_an_amplitude_update() -> None:
     prepare_in_process(dm, spec(sampler(q3(_chain(10, 1200)), 1000)), 1)
 
 
-def test_a_matrix_product_state_pays_for_its_widest_bond() -> None:
-    # 20 qubits of CXs between distant qubits: bonds up to 2^10, an SVD of a 2048 x 2048
-    # matrix per gate; priced as one pass over the tensors, it was admitted at 0.13 s of work
-    # and ran for minutes.
-    mps = AerAdapter(context(budget=1 << 30, method="matrix_product_state"))
-    body = "".join(f"h q[{i % 20}]; cx q[{i % 20}], q[{(i + 10) % 20}];\n" for i in range(300))
-    far = spec(sampler(q3(f"qubit[20] q;\nbit[20] c;\n{body}c = measure q;\n"), 1000))
-    refused(mps, far, "EXECUTION_TOO_EXPENSIVE", "spec.pubs[0].sampler")
-    # A GHZ state of 60 qubits (bond 2) is cheap.
-    prepare_in_process(mps, spec(sampler(q3(ghz(60)), 1000)), 1)
-
-
 def test_a_dense_unitary_counts_as_the_gates_it_costs() -> None:
     # `pow` of a 4-qubit gate is a 4-qubit unitary: ~8.5 gates on Aer, counted as one.
     text = (

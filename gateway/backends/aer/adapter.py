@@ -173,8 +173,9 @@ class AerAdapter(QiskitAdapter):
         if not transpiled:
             # Not transpiled yet: the bound depends on the gates the transpiler leaves.
             return fe.MPS_OVERHEAD_BYTES, 1
-        bond = self.aer_options.max_bond_dimension
-        return fe.mps_bytes(circuit, bond), fe.mps_step_amplitudes(circuit, bond)
+        memory = fe.mps_bytes(circuit, self.aer_options.max_bond_dimension)
+        # The tensors, not Aer's fixed bookkeeping, are what operations touch.
+        return memory, max(1, (memory - fe.MPS_OVERHEAD_BYTES) // 16)
 
     def run_costs(self) -> costs.RunCosts:
         if self.aer_options.method == "density_matrix":

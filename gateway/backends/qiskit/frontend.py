@@ -1823,20 +1823,6 @@ def mps_bytes(circuit: QuantumCircuit, max_bond_dimension: int | None = None) ->
     return MPS_OVERHEAD_BYTES + tensors + merge
 
 
-def mps_step_amplitudes(circuit: QuantumCircuit, max_bond_dimension: int | None = None) -> int:
-    """What one operation costs on a matrix product state, in state-vector amplitude updates
-    (what the cost model weighs): a two-qubit gate's SVD of the merged (2 chi) x (2 chi)
-    matrix at the widest cut, ~20 (2 chi)^3 flops or about 2 (2 chi)^3 updates, times n/2 for
-    the swaps that bring a distant pair together; at least a pass over the tensors. Counting
-    one pass over the tensors per gate admitted a 20-qubit, 920-gate circuit of long-range CXs
-    as 0.13 s of work; it ran for minutes."""
-    n: int = circuit.num_qubits
-    dims = (1, *mps_bond_dimensions(circuit, max_bond_dimension), 1)
-    tensors = sum(2 * dims[i] * dims[i + 1] for i in range(n))
-    merged = 2 * max(dims)
-    return max(tensors, 2 * merged * merged * merged * max(1, n // 2))
-
-
 def check_memory(estimate: int, budget: int, method: str, field: str) -> None:
     """MEMORY_BUDGET_EXCEEDED when the estimate exceeds the backend's budget."""
     if estimate > budget:
