@@ -296,7 +296,13 @@ class Compiler:
         except TargetUnavailable as exc:
             # Not the circuit's doing, and over once the provider answers: never cached.
             broken = False
-            return Unavailable("BACKEND_UNAVAILABLE", str(exc), retry_after=1.0), False
+            unavailable = Unavailable(
+                "BACKEND_UNAVAILABLE",
+                str(exc),
+                metadata={"backend": f"backends/{backend}", "targetFetched": "false"},
+                retry_after=1.0,
+            )
+            return unavailable, False
         except TimeoutError:
             return _too_complex("wall-time", f"{limits.timeout_s:g} s"), False
         except MemoryError:

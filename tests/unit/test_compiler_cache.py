@@ -177,6 +177,7 @@ def test_a_target_the_provider_cannot_give_is_unavailable_and_never_cached() -> 
                 await compiler.compile("acme", "ibm", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
             assert failed.value.reason == "BACKEND_UNAVAILABLE"
             assert "HTTP 503" in failed.value.message and failed.value.retry_after
+            assert failed.value.metadata == {"backend": "backends/ibm", "targetFetched": "false"}
 
     asyncio.run(twice())
     assert worker.compiles == 2 and not worker.killed and pool.released == [False, False]
