@@ -968,6 +968,21 @@ def test_work_is_priced_at_the_measured_cost_of_an_amplitude_update() -> None:
         "spec.pubs[0].sampler",
     )
     prepare_in_process(dm, spec(sampler(q3(_chain(10, 1200)), 1000)), 1)
+    # PennyLane's devices at their own measured rates: lightning.qubit ~4x Aer's, default.qubit
+    # ~2x slower (one hundred bindings of a 20-qubit chain: ~40 s and ~6 minutes).
+    from gateway.backends.pennylane.adapter import PennyLaneAdapter
+
+    chain20 = "input float th;\n" + _chain(20, 400).replace("h q[0];", "rz(th) q[0]; h q[0];", 1)
+    hundred = spec(sampler(q3(chain20), 10, Bindings(("th",), (100,), np.zeros((100, 1)))))
+    prepare_in_process(
+        PennyLaneAdapter(context(budget=1 << 30, device="lightning.qubit")), hundred, 1
+    )
+    refused(
+        PennyLaneAdapter(context(budget=1 << 30, device="default.qubit")),
+        hundred,
+        "EXECUTION_TOO_EXPENSIVE",
+        "spec.pubs[0].sampler",
+    )
 
 
 def test_a_dense_unitary_counts_as_the_gates_it_costs() -> None:
