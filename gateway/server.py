@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import os
@@ -545,16 +544,7 @@ class Gateway:
         runtime.info = info if faults is None else with_fault_properties(info, faults)
         # Compile workers started from now on get the target too (those running fetch it once
         # themselves at their first compile for the backend).
-        role = self._compile_workers.role
-        assert isinstance(role, CompileRole)
-        adapter_name = self.config.backends[runtime.name].adapter
-        self._compile_workers.role = dataclasses.replace(
-            role,
-            backends={
-                **role.backends,
-                runtime.name: (adapter_name, runtime.adapter.compile_context()),
-            },
-        )
+        self._compile_workers.role = compile_role(self.config, self.backends)
         runtime.target_pending = ""
         log.info("backend %s: the device's description was fetched", runtime.name)
 

@@ -19,27 +19,27 @@ from typing import TypeVar
 from gateway.telemetry import active as telemetry
 
 __all__ = [
+    "THROTTLING_AWS_ERROR_CODES",
     "TRANSIENT_AWS_ERROR_CODES",
     "RetryPolicy",
     "call_with_retries",
     "call_with_retries_async",
     "http_status_of",
+    "is_throttled",
     "is_transient",
 ]
 
 T = TypeVar("T")
 
-TRANSIENT_AWS_ERROR_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ServiceUnavailable",
-        "InternalServerError",
-        "InternalFailure",
-    }
+# AWS refusing a call for the account's request rate (the call did nothing).
+THROTTLING_AWS_ERROR_CODES = frozenset(
+    {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"}
 )
+TRANSIENT_AWS_ERROR_CODES = THROTTLING_AWS_ERROR_CODES | {
+    "ServiceUnavailable",
+    "InternalServerError",
+    "InternalFailure",
+}
 
 # Network failures of HTTP clients that do not subclass the builtin ConnectionError or
 # TimeoutError (requests' and botocore's derive from OSError or their own bases), named by
@@ -247,6 +247,12 @@ def _retry_delay(
     if telemetry.enabled:  # qgateway.provider.retries and a span event (gateway.telemetry)
         telemetry.provider_retry(attempt, exc, delay)
     return delay
+
+
+def is_throttled(exc: BaseException) -> bool:
+    """Whether the call was refused for the caller's request rate: HTTP 429 or an AWS
+    throttling code (which arrives as HTTP 400)."""
+    return _aws_error_code(exc) in THROTTLING_AWS_ERROR_CODES or http_status_of(exc) == 429
 
 
 def _classify(exc: BaseException) -> bool | None:

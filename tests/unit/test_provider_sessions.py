@@ -98,6 +98,13 @@ class Gateway:
         outcome = await self.sessions.submit("alice", "", job_spec, pickle.dumps(job_spec), b"d")
         return outcome.job
 
+    async def run(self, session_id: str) -> Job:
+        """A job of the session, run to SUCCEEDED."""
+        job = await self.submit(session_id)
+        await self.until(job.id, "RUNNING")
+        self.runner.succeed(job.id)
+        return await self.until(job.id, "SUCCEEDED")
+
     async def until(self, job_id: str, state: str) -> Job:
         async with asyncio.timeout(5):
             async for event in self.manager.watch("alice", job_id, heartbeat_s=5):
@@ -215,10 +222,7 @@ async def test_a_job_the_provider_refused_makes_the_next_one_check_the_provider_
     gw = await start(store, runner)
     try:
         session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
-        first = await gw.submit(session.id)
-        await gw.until(first.id, "RUNNING")
-        runner.succeed(first.id)
-        await gw.until(first.id, "SUCCEEDED")
+        await gw.run(session.id)
         real_submit = runner.submit
 
         async def refused(prepared: PreparedJob, job: Job) -> RunHandle:
@@ -252,10 +256,7 @@ async def test_a_provider_session_that_would_not_close_is_asked_again_until_it_c
     gw = await start(store, runner)
     try:
         session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
-        job = await gw.submit(session.id)
-        await gw.until(job.id, "RUNNING")
-        runner.succeed(job.id)
-        await gw.until(job.id, "SUCCEEDED")
+        await gw.run(session.id)
         closed = await gw.sessions.close_session("alice", session.id)
         assert closed.state.is_final  # the gateway session ends whatever the provider says
         async with asyncio.timeout(5):

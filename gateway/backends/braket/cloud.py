@@ -71,7 +71,7 @@ from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobResult, SamplerOutput, SamplerResult
 from gateway.runtime.blocking import run_blocking
-from gateway.runtime.retry import RetryPolicy, call_with_retries, http_status_of, is_transient
+from gateway.runtime.retry import RetryPolicy, call_with_retries, is_throttled, is_transient
 
 __all__ = [
     "AUTH_ERROR_CODES",
@@ -297,16 +297,6 @@ _ACCOUNT = re.compile(r"\b\d{12}\b")
 
 def _masked(text: str) -> str:
     return _ACCOUNT.sub("<account>", _ARN.sub("<arn>", text))
-
-
-_THROTTLING_CODES = frozenset(
-    {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded"}
-)
-
-
-def _is_throttling(exc: BaseException) -> bool:
-    """Braket refused the call for the account's request rate (it did nothing)."""
-    return _error_code(exc) in _THROTTLING_CODES or http_status_of(exc) == 429
 
 
 def _error_code(exc: BaseException) -> str:
@@ -596,7 +586,7 @@ class BraketCloudRunner(Runner):
                 with self.limiter.slot():
                     return fn()
             except Exception as exc:
-                was_throttled = _is_throttling(exc)
+                was_throttled = is_throttled(exc)
                 throttled = throttled and was_throttled
                 uncertain = uncertain or (is_transient(exc) and not was_throttled)
                 raise

@@ -468,6 +468,7 @@ class QiskitAdapter(BackendAdapter):
         layouts: list[tuple[int, ...]] = []
         peak_memory = 0
         result_bytes = 0
+        has_while_loop = False
         cost = JobCost(limits.max_job_shots, limits.max_estimator_work, limits.max_execution_work)
         for index, pub in enumerate(spec.pubs):
             kind = "sampler" if isinstance(pub, SamplerPub) else "estimator"
@@ -495,6 +496,7 @@ class QiskitAdapter(BackendAdapter):
             tasks.append(task)
             layouts.append(entry.layout)
             peak_memory = max(peak_memory, entry.memory_bytes)
+            has_while_loop = has_while_loop or entry.has_while_loop
         fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
         payload = QiskitPayload(
             method=self.method_name, sampler_output=spec.options.sampler_output, tasks=tuple(tasks)
@@ -504,9 +506,7 @@ class QiskitAdapter(BackendAdapter):
             memory_bytes=peak_memory,
             layouts=tuple(layouts),
             shots=cost.shots,
-            has_while_loop=any(
-                isinstance(c, CompiledCircuit) and c.has_while_loop for c in circuits
-            ),
+            has_while_loop=has_while_loop,
         )
 
     def _sampler_task(
