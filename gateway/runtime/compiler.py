@@ -35,7 +35,7 @@ from gateway.domain.errors import (
 )
 from gateway.runtime.fair_share import FairShare
 from gateway.runtime.pool import Pool
-from gateway.runtime.worker import WorkerCrashed, WorkerProcess
+from gateway.runtime.worker import WorkerCrashed, WorkerProcess, WorkerReplyRefused
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,11 @@ class Compiler:
             return _too_complex("wall-time", f"{limits.timeout_s:g} s"), False
         except MemoryError:
             return _too_complex("memory", f"{limits.memory_bytes >> 20} MiB"), True
+        except WorkerReplyRefused:
+            # The circuit's doing as far as anyone can tell (code may have run in the worker):
+            # cached, so repeating it does not cost another worker.
+            log.error("compile worker killed for its reply, compiling for %s", backend)
+            return Internal("COMPILER_CRASHED", "the compile worker failed unexpectedly"), True
         except WorkerCrashed as crash:
             signum = worker.exit_signal
             if signum in _CPU_SIGNALS:

@@ -5,7 +5,9 @@ message. A simulator worker builds one adapter and runs prepared payloads. A com
 builds the adapters of every backend and compiles client circuits one at a time under a
 CPU-time limit (RLIMIT_CPU, set afresh for each circuit) and a memory limit (RLIMIT_DATA); the
 gateway adds the wall-clock limit and kills the process when it passes. Requests arrive on
-stdin, answers leave on stdout, both as length-prefixed pickles. A crash or an out-of-memory
+stdin, answers leave on stdout, both as length-prefixed pickles; the gateway reads an answer
+with a restricted unpickler (`restricted_pickle.WORKER_REPLY`), since a compile worker runs
+hostile input and code run in it must not reach the gateway. A crash or an out-of-memory
 kill takes only the worker, and the worker asks the kernel to kill it when the gateway dies, so
 a SIGKILLed gateway leaves no orphans.
 """
@@ -34,7 +36,7 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome, TargetUnavai
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
-from gateway.runtime import affinity
+from gateway.runtime import affinity, restricted_pickle
 from gateway.telemetry import active as telemetry
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ class WorkerCrashed(ExecutionError):
 
     def __init__(self, message: str, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(WORKER_CRASHED, message, kind=FailureKind.BACKEND_FAULT, metadata=metadata)
+
+
+class WorkerReplyRefused(WorkerCrashed):
+    """The worker answered with something no worker sends (a global its reply may not name,
+    or no pickle at all): code it should not run may have run in it, so it was killed."""
 
 
 @dataclass(frozen=True)
@@ -294,8 +301,15 @@ class WorkerProcess:
             # The pid is for operators; a job's error (which tenants read) says only how it ended.
             log.warning("worker process %d: %s", self.pid, message)
             raise WorkerCrashed(message, metadata) from None
-        # A result of 100,000 bindings x registers took ~1 s to unpickle: off the event loop.
-        reply: tuple[Any, ...] = await offload.by_size(size, pickle.loads, body)
+        try:
+            # A result of 100,000 bindings x registers took ~1 s to unpickle: off the event loop.
+            reply = await offload.by_size(size, _read_reply, body)
+        except Exception as exc:  # anything a hostile pickle raises, not only UnpicklingError
+            self.kill()
+            log.error("worker process %d sent a reply that was refused, killed: %s", self.pid, exc)
+            raise WorkerReplyRefused(
+                "the worker sent a reply the gateway refused", {"reply": "refused"}
+            ) from None
         return reply
 
     async def _call(self, message: tuple[Any, ...], span: str) -> tuple[Any, ...]:
@@ -380,6 +394,13 @@ class WorkerProcess:
         except TimeoutError:
             self.kill()
             await self._process.wait()
+
+
+def _read_reply(body: bytes) -> tuple[Any, ...]:
+    reply = restricted_pickle.loads(body, restricted_pickle.WORKER_REPLY)
+    if not isinstance(reply, tuple) or not reply or not isinstance(reply[0], str):
+        raise restricted_pickle.RefusedPickle("a worker's reply is not a tagged tuple")
+    return reply
 
 
 def _failure(reply: tuple[Any, ...]) -> ExecutionError:

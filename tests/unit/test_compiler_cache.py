@@ -25,6 +25,7 @@ from gateway.domain.errors import (
     Unavailable,
 )
 from gateway.runtime.compiler import CompileLimits, Compiler, _Cache, relocated
+from gateway.runtime.worker import WorkerReplyRefused
 
 
 def test_a_cached_refusal_names_the_field_of_the_pub_that_sent_it() -> None:
@@ -390,3 +391,31 @@ def test_a_circuit_another_tenant_waits_to_compile_does_not_wait_behind_that_ten
     # globex's compile got the next slot (it held none and was served least recently); acme's
     # own request for the circuit then found it cached.
     assert worker.order == [SLOW.text, COMMON.text, OTHER.text]
+
+
+class _CompromisedWorker(_Worker):
+    """A compile worker whose reply was refused (it named a global no reply holds)."""
+
+    async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
+        self.compiles += 1
+        raise WorkerReplyRefused(
+            "the worker sent a reply the gateway refused", {"reply": "refused"}
+        )
+
+
+def test_a_circuit_whose_compile_sent_a_refused_reply_is_refused_again_from_the_cache() -> None:
+    # Code may have run in the worker: it is killed and replaced, and the same circuit does not
+    # get another worker to try again.
+    worker = _CompromisedWorker()
+    pool = _Pool(worker)
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+    source = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q;")
+
+    async def twice() -> None:
+        for _ in range(2):
+            with pytest.raises(Internal) as failed:
+                await compiler.compile("acme", "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+            assert failed.value.reason == "COMPILER_CRASHED"
+
+    asyncio.run(twice())
+    assert worker.compiles == 1 and worker.killed and pool.released == [True]

@@ -148,7 +148,7 @@ def test_circuits_compile_to_isa_on_the_fake_target(manila: IbmAdapter) -> None:
         )
     )
     assert isinstance(compiled, CompiledCircuit)
-    circuit: QuantumCircuit = pickle.loads(compiled.ref.data)
+    circuit: QuantumCircuit = compiled.ref.circuit()
     target = manila.qiskit_target()
     for instruction in circuit.data:
         name = instruction.operation.name
@@ -511,7 +511,7 @@ def test_a_delay_is_scheduled_on_the_device_and_runs(manila: IbmAdapter) -> None
     source = q3("qubit[2] q; bit[2] c; x q[0]; delay[100ns] q[0]; x q[1]; c = measure q;")
     compiled = manila.compile_circuit(source)
     assert isinstance(compiled, CompiledCircuit)
-    assert "delay" in pickle.loads(compiled.ref.data).count_ops()
+    assert "delay" in compiled.ref.circuit().count_ops()
     _, results = run(
         manila,
         spec(sampler("qubit[2] q; bit[2] c; x q[0]; delay[100ns] q[0]; x q[1]; c = measure q;")),

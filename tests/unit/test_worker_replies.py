@@ -1,10 +1,17 @@
 """Worker replies are unpickled, and results encoded, on the event loop only when small: a large
-result (an array per binding and register) took ~1 s to unpickle, every other call waiting."""
+result (an array per binding and register) took ~1 s to unpickle, every other call waiting. A
+reply no worker sends is refused, and its worker killed."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import pickle
+import signal
+import struct
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,19 +22,7 @@ from gateway.domain.jobs import JobResult, RegisterResult, SamplerResult
 from gateway.jobs.runner_step import _encodes_inline
 from gateway.offload import INLINE_BYTES
 from gateway.runtime import worker
-from gateway.runtime.worker import WorkerProcess
-
-SEEN: list[int] = []
-
-
-class Where:
-    """Records the thread that unpickles it."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        SEEN.append(threading.get_ident())
+from gateway.runtime.worker import WorkerCrashed, WorkerProcess, WorkerReplyRefused
 
 
 class _Process:
@@ -37,24 +32,62 @@ class _Process:
         self.pid = 4242
         self.returncode = None
         self.stdin = None
+        self.killed = False
         self.stdout = asyncio.StreamReader()
         self.stdout.feed_data(data)
         self.stdout.feed_eof()
 
+    def kill(self) -> None:
+        self.killed = True
 
-async def _received(padding: int) -> tuple[Any, ...]:
-    process = WorkerProcess(_Process(worker._frame(("ok", Where(), b"x" * padding))))  # type: ignore[arg-type]
+
+async def _received(padding: int, monkeypatch: pytest.MonkeyPatch, seen: list[int]) -> Any:
+    read_reply = worker._read_reply
+
+    def recording(body: bytes) -> tuple[Any, ...]:
+        seen.append(threading.get_ident())
+        return read_reply(body)
+
+    monkeypatch.setattr(worker, "_read_reply", recording)
+    process = WorkerProcess(_Process(worker._frame(("ok", b"x" * padding))))  # type: ignore[arg-type]
     return await process._receive()
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("padding", "on_loop"), [(100, True), (INLINE_BYTES, False)])
-async def test_large_replies_are_unpickled_off_the_event_loop(padding: int, on_loop: bool) -> None:
-    SEEN.clear()
-    reply = await _received(padding)
-    assert reply[0] == "ok" and len(reply[2]) == padding
-    assert len(SEEN) == 1
-    assert (SEEN[0] == threading.get_ident()) is on_loop
+async def test_large_replies_are_unpickled_off_the_event_loop(
+    padding: int, on_loop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    reply = await _received(padding, monkeypatch, seen)
+    assert reply[0] == "ok" and len(reply[1]) == padding
+    assert len(seen) == 1
+    assert (seen[0] == threading.get_ident()) is on_loop
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("true",))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        pickle.dumps(("ok", _Evil())),  # what code run in a compile worker could send
+        b"not a pickle",
+        pickle.dumps(["ok"]),  # every reply is a tagged tuple
+    ],
+)
+async def test_a_reply_no_worker_sends_is_refused_and_the_worker_killed(body: bytes) -> None:
+    process = _Process(struct.pack("!Q", len(body)) + body)
+    handle = WorkerProcess(process)  # type: ignore[arg-type]
+    with pytest.raises(WorkerReplyRefused) as refused:
+        await handle._receive()
+    # A worker crash to every caller (the job fails BACKEND_FAULT; a compile is not retried).
+    assert isinstance(refused.value, WorkerCrashed)
+    assert refused.value.metadata == {"reply": "refused"}
+    assert process.killed and not handle.alive
 
 
 def _sampler(counts_entries: int, bindings: int, sample_bytes: int = 0) -> JobResult:
@@ -81,3 +114,38 @@ def _sampler(counts_entries: int, bindings: int, sample_bytes: int = 0) -> JobRe
 )
 def test_results_are_encoded_on_the_loop_only_when_small(result: JobResult, inline: bool) -> None:
     assert _encodes_inline(result) is inline
+
+
+_COMPROMISED = """
+import os, pickle, struct, sys
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[1],))
+sys.stdin.buffer.read(8)  # the gateway's request header: answer it with what code run here sends
+body = pickle.dumps(("ok", Evil()))
+sys.stdout.buffer.write(struct.pack("!Q", len(body)) + body)
+sys.stdout.buffer.flush()
+sys.stdin.buffer.read()
+"""
+
+
+def test_code_run_in_a_worker_process_does_not_run_in_the_gateway(tmp_path: Path) -> None:
+    # A real process on the real pipe, standing in for a worker a parser bug took over.
+    marker = tmp_path / "ran-in-the-gateway"
+
+    async def run() -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _COMPROMISED,
+            str(marker),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        handle = WorkerProcess(process)
+        with pytest.raises(WorkerReplyRefused):
+            await handle.execute("payload")
+        assert await asyncio.wait_for(handle.wait(), timeout=30) == -signal.SIGKILL
+
+    asyncio.run(run())
+    assert not marker.exists()

@@ -49,7 +49,6 @@ import functools
 import json
 import logging
 import math
-import pickle
 import re
 import threading
 import time
@@ -804,7 +803,7 @@ def _task_specs(payload: QiskitPayload) -> tuple[list[_TaskSpec], dict[str, Any]
                 kind=FailureKind.CLIENT_ERROR,
                 metadata={"pubIndex": str(p)},
             )
-        circuit = pickle.loads(task.circuit.data)  # the gateway's own compile output
+        circuit = task.circuit.circuit()
         try:
             program: BraketProgram = shots_program(circuit, None)
         except UnsupportedCircuit as exc:

@@ -992,11 +992,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _circuit(task: SamplerTask | EstimatorTask) -> Any:
-    import pickle
-
     from qiskit.circuit import ClassicalRegister
 
-    circuit = pickle.loads(task.circuit.data)
+    circuit = task.circuit.circuit()
     loose = [bit for bit in circuit.clbits if not circuit.find_bit(bit).registers]
     if loose:
         # The runtime reports registers only: a loose bit gets a register of its own, named

@@ -73,6 +73,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.domain.targets import BackendTarget
+from gateway.runtime import restricted_pickle
 
 __all__ = [
     "CircuitRef",
@@ -118,6 +119,20 @@ class QiskitOptions(AdapterOptions):
 # --------------------------------------------------------------------------------------------
 
 
+# What a compiled circuit's pickle may name: the circuit model's own classes, NumPy's arrays (a
+# unitary's matrix), a classical variable's UUID, and the two generic helpers Qiskit's pickles
+# use: `functools.partial` (a singleton gate) and `getattr` for the reconstructors that Qiskit's
+# compiled extension defines on its classes (a bit is rebuilt as `getattr(Qubit, "_from_owned")`).
+COMPILED_CIRCUIT = restricted_pickle.PicklePolicy(
+    what="a compiled circuit",
+    globals=restricted_pickle.PLAIN_GLOBALS | {("functools", "partial"), ("uuid", "UUID")},
+    class_modules=("qiskit.circuit", "qiskit._accelerate.circuit", "qiskit.transpiler.layout"),
+    class_attributes=frozenset(
+        {"_from_anonymous", "_from_owned", "_from_pickle", "_from_state", "_reconstruct"}
+    ),
+)
+
+
 @dataclass(frozen=True)
 class CircuitRef:
     """A transpiled circuit, pickled once when it is compiled.
@@ -128,6 +143,21 @@ class CircuitRef:
 
     key: str
     data: bytes
+
+    @classmethod
+    def of(cls, key: str, circuit: QuantumCircuit) -> CircuitRef:
+        return cls(key=key, data=pickle.dumps(circuit, pickle.HIGHEST_PROTOCOL))
+
+    def circuit(self) -> QuantumCircuit:
+        """The circuit, read as what it is: a compile worker's output, which ran client input.
+
+        Raises:
+            RefusedPickle: the data names a global no compiled circuit holds.
+        """
+        circuit = restricted_pickle.loads(self.data, COMPILED_CIRCUIT)
+        if not isinstance(circuit, QuantumCircuit):
+            raise restricted_pickle.RefusedPickle("a compiled circuit is not a QuantumCircuit")
+        return circuit
 
 
 @dataclass(frozen=True, eq=False)
@@ -424,7 +454,7 @@ class QiskitAdapter(BackendAdapter):
             for name, clbits in fe.result_registers(transpiled)
         )
         return CompiledCircuit(
-            ref=CircuitRef(key=key, data=pickle.dumps(transpiled, pickle.HIGHEST_PROTOCOL)),
+            ref=CircuitRef.of(key, transpiled),
             num_qubits=circuit.num_qubits,
             num_clbits=circuit.num_clbits,
             parameters=tuple(p.name for p in circuit.parameters),
@@ -703,7 +733,7 @@ class QiskitAdapter(BackendAdapter):
     def _load(self, ref: CircuitRef) -> QuantumCircuit:
         circuit: QuantumCircuit | None = self._worker_circuits.get(ref.key)
         if circuit is None:
-            circuit = pickle.loads(ref.data)
+            circuit = ref.circuit()
             self._worker_circuits.put(ref.key, circuit)
         return circuit
 
