@@ -453,8 +453,22 @@ class QiskitAdapter(BackendAdapter):
             RegisterSpec(name=name, clbits=clbits)
             for name, clbits in fe.result_registers(transpiled)
         )
+        ref = CircuitRef.of(key, transpiled)
+        try:
+            # Read back as a worker will: what cannot be (Qiskit 2.6 cannot unpickle a switch's
+            # default case) is refused here as the circuit's, not failed on a worker as a
+            # backend fault that counts against the breaker every tenant shares.
+            ref.circuit()
+        except Exception as exc:  # whatever the SDK raises on its own output
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                f"the compiled circuit cannot be handed to a worker: {type(exc).__name__}: "
+                f"{str(exc)[:MAX_TRANSPILER_MESSAGE]}",
+                field,
+                feature="circuit_serialization",
+            ) from None
         return CompiledCircuit(
-            ref=CircuitRef.of(key, transpiled),
+            ref=ref,
             num_qubits=circuit.num_qubits,
             num_clbits=circuit.num_clbits,
             parameters=tuple(p.name for p in circuit.parameters),
