@@ -309,3 +309,67 @@ def test_jobs_get_result_shows_the_job_and_says_its_result_expired(
     assert fields["name"] == "jobs/old" and fields["state"] == "SUCCEEDED"
     assert fields["result"] == "expired at 2026-12-01 10:00:09Z, no longer kept"
     assert "result expires" not in fields
+
+
+class _AsyncStream:
+    """An AsyncClient's WatchJob call: yields the responses, then ends with OK."""
+
+    def __init__(self, responses: list[job_service_pb2.WatchJobResponse]) -> None:
+        self._responses = list(responses)
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> job_service_pb2.WatchJobResponse:
+        if not self._responses:
+            raise StopAsyncIteration
+        return self._responses.pop(0)
+
+    def cancel(self) -> None:
+        pass
+
+
+RUNNING_ONLY = [_event(job_pb2.JOB_STATE_RUNNING, None, False)]
+SUCCEEDED_ONLY = [_event(job_pb2.JOB_STATE_SUCCEEDED, None, False)]
+
+
+def test_a_watch_that_ends_with_ok_before_a_final_state_is_resumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy that closes streams cleanly: wait() raised RuntimeError, watch() just stopped.
+    sleeps: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", sleeps.append)
+    streams: list[Any] = [_Stream(RUNNING_ONLY), _Stream(RUNNING_ONLY), _Stream(SUCCEEDED_ONLY)]
+    with Client("127.0.0.1:1") as client:
+        client._jobs_stub = type("Jobs", (), {"WatchJob": lambda self, *a, **k: streams.pop(0)})()
+        seen = [j.state for j in client.watch("w")]
+    assert seen == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert streams == [] and len(sleeps) == 2
+
+
+def test_a_watch_that_keeps_ending_without_news_gives_up_with_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_module, "_sleep", lambda seconds: None)
+    with _watching([]) as client, pytest.raises(client_module.UnavailableError) as info:
+        client.wait("w")
+    assert "ended before the job's final state" in info.value.message
+
+
+def test_the_async_watch_that_ends_with_ok_before_a_final_state_is_resumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_sleep(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(client_module, "_async_sleep", no_sleep)
+    streams: list[Any] = [_AsyncStream(RUNNING_ONLY), _AsyncStream(SUCCEEDED_ONLY)]
+
+    async def scenario() -> list[JobState]:
+        async with AsyncClient("127.0.0.1:1") as client:
+            _ = client.channel
+            client._jobs_stub = SimpleNamespace(WatchJob=lambda *a, **k: streams.pop(0))
+            return [j.state async for j in client.watch("w")]
+
+    assert asyncio.run(scenario()) == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert streams == []

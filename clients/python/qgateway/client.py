@@ -48,6 +48,7 @@ from qgateway.errors import (
     JobFailedError,
     NotFoundError,
     QGatewayError,
+    UnavailableError,
     from_rpc_error,
 )
 from qgateway.errors import (
@@ -205,6 +206,17 @@ def _attempts_spent(error: QGatewayError) -> int:
     deadline bounds them (the grace period can outlast the attempts' whole back-off: its
     running jobs may take all of it, and callers gave up while it still drained)."""
     return 0 if _draining(error) else 1
+
+
+def _final(job: job_pb2.Job) -> bool:
+    return JobState.from_proto(job.state).is_final
+
+
+_WATCH_ENDED = UnavailableError("the watch ended before the job's final state")
+
+
+def _watch_ended(name: str) -> UnavailableError:
+    return UnavailableError(f"the watch of {name} ended before the job's final state")
 
 
 def _retry_delay(
@@ -1337,7 +1349,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                 if job.done:
                     break
         if final is None or not final.done:
-            raise RuntimeError(f"the watch of {_job_name(name)} ended before a final state")
+            raise _watch_ended(_job_name(name))
         remaining = _remaining(deadline)
         return self.get_job(final.name, timeout=remaining)
 
@@ -1375,7 +1387,14 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                         continue
                     last = response.job
                     yield _watched(response)
-                return
+                if last is not None and _final(last):
+                    return
+                # Ended with OK before a final state (a proxy closing streams cleanly; the
+                # gateway never does): resumed like a dropped stream.
+                attempt += 1
+                delay = _attempt_delay(self.retry, _WATCH_ENDED, attempt, deadline)
+                if delay is None:
+                    raise _watch_ended(request.name)
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 attempt += _attempts_spent(err)
@@ -1925,7 +1944,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                 if job.done:
                     break
         if final is None or not final.done:
-            raise RuntimeError(f"the watch of {_job_name(name)} ended before a final state")
+            raise _watch_ended(_job_name(name))
         return await self.get_job(final.name, timeout=_remaining(deadline))
 
     async def watch(
@@ -1952,7 +1971,14 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                         continue
                     last = response.job
                     yield _watched(response)
-                return
+                if last is not None and _final(last):
+                    return
+                # Ended with OK before a final state (a proxy closing streams cleanly; the
+                # gateway never does): resumed like a dropped stream.
+                attempt += 1
+                delay = _attempt_delay(self.retry, _WATCH_ENDED, attempt, deadline)
+                if delay is None:
+                    raise _watch_ended(request.name)
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 attempt += _attempts_spent(err)
