@@ -7,10 +7,10 @@ slot runs to its end even when every caller waiting for it has gone, and its out
 when it is the circuit's: killing the worker cost every tenant a replacement's start-up
 (seconds of SDK imports) for one cancelled request.
 Workers are shared fairly across tenants, and a killed worker is replaced in the background at
-the pool's creation rate. Outcomes are cached by the adapter's circuit key, refusals and
-failures inside a worker that answered included, so a repeated circuit (the VQE loop) or a
+the pool's creation rate. Outcomes are cached per tenant by the adapter's circuit key, refusals
+and failures inside a worker that answered included, so a repeated circuit (the VQE loop) or a
 repeated hostile request costs a hash and a lookup; callers asking for a circuit that is being
-compiled wait for that one compile.
+compiled for their tenant wait for that one compile.
 """
 
 from __future__ import annotations
@@ -116,6 +116,11 @@ class _Cache:
         return len(self._items)
 
 
+def _cache_key(place: tuple[str, str]) -> str:
+    tenant, circuit_key = place
+    return f"{tenant}\0{circuit_key}"
+
+
 def relocated(error: InvalidArgument, field: str) -> InvalidArgument:
     """The same refusal, its CIRCUIT_FIELD violations renamed to `field` (the PUB's circuit)."""
 
@@ -162,12 +167,8 @@ class Compiler:
         self.limits = limits
         self._fair = FairShare(pool.limits.max_instances)
         self._cache = _Cache(limits.cache_bytes)
-        # Compiles in progress, by the tenant that asked and the circuit: until it has its
-        # tenant's fair-share slot a compile is that tenant's alone (another tenant joining it
-        # waited behind the first one's whole backlog); then by the circuit in `_compiling`,
-        # where any caller joins it.
+        # Compiles in progress, by the tenant that asked and the circuit.
         self._inflight: dict[tuple[str, str], _Flight] = {}
-        self._compiling: dict[str, _Flight] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -191,10 +192,12 @@ class Compiler:
             Unavailable: the backend's target could not be fetched from its provider.
             Internal: the compile worker failed in a way no input should cause.
         """
-        key = adapter.circuit_key(source)
-        outcome = self._cache.get(key)
+        # Per tenant: a hit answers in microseconds and a compile takes milliseconds, so a
+        # shared cache told any tenant whether another had sent a given circuit.
+        place = (tenant, adapter.circuit_key(source))
+        outcome = self._cache.get(_cache_key(place))
         if outcome is None:
-            outcome = await self._shared(key, tenant, backend, source)
+            outcome = await self._shared(place, backend, source)
         if isinstance(outcome, InvalidArgument):
             raise relocated(outcome, field)
         if isinstance(outcome, Internal | Unavailable):
@@ -208,20 +211,17 @@ class Compiler:
             )
         return outcome
 
-    async def _shared(self, key: str, tenant: str, backend: str, source: CircuitSource) -> object:
-        """One compile per circuit key at a time: a caller asking for a circuit that is being
-        compiled waits for that compile. When every caller has gone, a compile still waiting
-        for its tenant's fair-share slot is dropped; one that has its slot runs to its end
-        within its limits (and is cached as any compile is), so a cancelled request costs what
-        a waited one does. Killing it made each short-deadline request for a slow circuit
-        cost a worker replacement (seconds of SDK imports, for every tenant)."""
-        place = (tenant, key)
-        flight = self._compiling.get(key) or self._inflight.get(place)
+    async def _shared(self, place: tuple[str, str], backend: str, source: CircuitSource) -> object:
+        """One compile per tenant and circuit key at a time: a caller asking for a circuit
+        that is being compiled waits for that compile. When every caller has gone, a compile
+        still waiting for its tenant's fair-share slot is dropped; one that has its slot runs to
+        its end within its limits (and is cached as any compile is), so a cancelled request
+        costs what a waited one does. Killing it made each short-deadline request for a slow
+        circuit cost a worker replacement (seconds of SDK imports, for every tenant)."""
+        flight = self._inflight.get(place)
         if flight is None:
             flight = _Flight()
-            flight.task = asyncio.ensure_future(
-                self._compile_once(key, tenant, backend, source, flight)
-            )
+            flight.task = asyncio.ensure_future(self._compile_once(place, backend, source, flight))
             self._inflight[place] = flight
             flight.task.add_done_callback(lambda _: self._land(place, flight))
         flight.waiters += 1
@@ -244,30 +244,17 @@ class Compiler:
             log.error("an abandoned compile failed", exc_info=task.exception())
 
     async def _compile_once(
-        self, key: str, tenant: str, backend: str, source: CircuitSource, flight: _Flight
+        self, place: tuple[str, str], backend: str, source: CircuitSource, flight: _Flight
     ) -> object:
-        # The tenant that started the compile holds the fair-share slot for everyone waiting.
+        tenant, _ = place
         async with self._fair.slot(tenant):
-            # Another tenant's compile of the circuit may have started, or ended, meanwhile.
-            cached = self._cache.get(key)
-            other = self._compiling.get(key)
-            if cached is None and other is None:
-                # From here it goes on without callers: slots are as many as workers, and
-                # dropping it while the pool starts a worker for it threw that start-up away.
-                flight.compiling = True
-                self._compiling[key] = flight
-                try:
-                    outcome, lasting = await self._compile(backend, source)
-                finally:
-                    if self._compiling.get(key) is flight:
-                        del self._compiling[key]
-                if lasting:
-                    self._cache.put(key, outcome, tenant)
-                return outcome
-        if cached is not None:
-            return cached
-        assert other is not None
-        return await asyncio.shield(other.task)
+            # From here it goes on without callers: slots are as many as workers, and dropping
+            # it while the pool starts a worker for it threw that start-up away.
+            flight.compiling = True
+            outcome, lasting = await self._compile(backend, source)
+            if lasting:
+                self._cache.put(_cache_key(place), outcome, tenant)
+            return outcome
 
     async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
         """The outcome, and whether it is a property of the circuit (worth caching). A wall-time
