@@ -5,9 +5,9 @@ message. A simulator worker builds one adapter and runs prepared payloads. A com
 builds the adapters of every backend and compiles client circuits one at a time under a
 CPU-time limit (RLIMIT_CPU, set afresh for each circuit) and a memory limit (RLIMIT_DATA); the
 gateway adds the wall-clock limit and kills the process when it passes. Requests arrive on
-stdin, answers leave on stdout, both as length-prefixed pickles; the gateway reads an answer
-with a restricted unpickler (`restricted_pickle.WORKER_REPLY`), since a compile worker runs
-hostile input and code run in it must not reach the gateway. A crash or an out-of-memory
+stdin as length-prefixed pickles; answers leave on stdout as length-prefixed `reply_codec` data,
+never pickles: a compile worker runs hostile input, and code run in it must not reach the
+gateway through what it answers. A crash or an out-of-memory
 kill takes only the worker, and the worker asks the kernel to kill it when the gateway dies, so
 a SIGKILLed gateway leaves no orphans.
 """
@@ -36,7 +36,7 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome, TargetUnavai
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
-from gateway.runtime import affinity, restricted_pickle
+from gateway.runtime import affinity, reply_codec
 from gateway.telemetry import active as telemetry
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ class WorkerCrashed(ExecutionError):
 
 
 class WorkerReplyRefused(WorkerCrashed):
-    """The worker answered with something no worker sends (a global its reply may not name,
-    or no pickle at all): code it should not run may have run in it, so it was killed."""
+    """The worker answered with something no worker sends (`reply_codec.RefusedReply`): code
+    it should not run may have run in it, so it was killed."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,28 @@ class CompileRole:
 
 
 def _frame(obj: object) -> bytes:
+    """A request (the gateway's, trusted by the worker): a pickle."""
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+def _reply_frame(reply: tuple[Any, ...]) -> bytes:
+    """A reply: data only (reply_codec)."""
+    try:
+        body = reply_codec.encode(reply)
+    except MemoryError:
+        body = reply_codec.encode(("memory",))
+    except (TypeError, ValueError) as exc:  # a value no reply may hold: the adapter's bug
+        log.error("a worker reply could not be encoded: %s", exc)
+        fault = FailureKind.BACKEND_FAULT.value
+        failed: tuple[Any, ...] = (
+            "failed",
+            "EXECUTION_FAILED",
+            f"the worker's reply: {exc}"[:500],
+            {},
+            fault,
+        )
+        body = reply_codec.encode(failed)
     return _HEADER.pack(len(body)) + body
 
 
@@ -217,7 +238,7 @@ def run_worker() -> None:
     if role is None:
         return
     handle = _simulator(role) if isinstance(role, SimulatorRole) else _compiler(role)
-    out.write(_frame(("ready", os.getpid())))
+    out.write(_reply_frame(("ready", os.getpid())))
     out.flush()
     while (message := _read(stdin)) is not None:
         if message[0] == "traced":
@@ -228,11 +249,7 @@ def run_worker() -> None:
             reply: tuple[Any, ...] = ("traced", started, time.time_ns(), inner)
         else:
             reply = handle(message)
-        try:
-            data = _frame(reply)
-        except MemoryError:
-            data = _frame(("memory",))
-        out.write(data)
+        out.write(_reply_frame(reply))
         out.flush()
 
 
@@ -303,8 +320,8 @@ class WorkerProcess:
             raise WorkerCrashed(message, metadata) from None
         try:
             # A result of 100,000 bindings x registers took ~1 s to unpickle: off the event loop.
-            reply = await offload.by_size(size, _read_reply, body)
-        except Exception as exc:  # anything a hostile pickle raises, not only UnpicklingError
+            reply = await offload.by_size(size, reply_codec.decode, body)
+        except reply_codec.RefusedReply as exc:
             self.kill()
             log.error("worker process %d sent a reply that was refused, killed: %s", self.pid, exc)
             raise WorkerReplyRefused(
@@ -394,13 +411,6 @@ class WorkerProcess:
         except TimeoutError:
             self.kill()
             await self._process.wait()
-
-
-def _read_reply(body: bytes) -> tuple[Any, ...]:
-    reply = restricted_pickle.loads(body, restricted_pickle.WORKER_REPLY)
-    if not isinstance(reply, tuple) or not reply or not isinstance(reply[0], str):
-        raise restricted_pickle.RefusedPickle("a worker's reply is not a tagged tuple")
-    return reply
 
 
 def _failure(reply: tuple[Any, ...]) -> ExecutionError:

@@ -21,7 +21,7 @@ from gateway.domain.bitarray import Counts
 from gateway.domain.jobs import JobResult, RegisterResult, SamplerResult
 from gateway.jobs.runner_step import _encodes_inline
 from gateway.offload import INLINE_BYTES
-from gateway.runtime import worker
+from gateway.runtime import reply_codec, worker
 from gateway.runtime.worker import WorkerCrashed, WorkerProcess, WorkerReplyRefused
 
 
@@ -42,14 +42,14 @@ class _Process:
 
 
 async def _received(padding: int, monkeypatch: pytest.MonkeyPatch, seen: list[int]) -> Any:
-    read_reply = worker._read_reply
+    decode = reply_codec.decode
 
     def recording(body: bytes) -> tuple[Any, ...]:
         seen.append(threading.get_ident())
-        return read_reply(body)
+        return decode(body)
 
-    monkeypatch.setattr(worker, "_read_reply", recording)
-    process = WorkerProcess(_Process(worker._frame(("ok", b"x" * padding))))  # type: ignore[arg-type]
+    monkeypatch.setattr(reply_codec, "decode", recording)
+    process = WorkerProcess(_Process(worker._reply_frame(("ok", b"x" * padding))))  # type: ignore[arg-type]
     return await process._receive()
 
 

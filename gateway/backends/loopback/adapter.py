@@ -74,6 +74,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.domain.targets import BackendTarget
+from gateway.runtime import reply_codec
 from gateway.runtime.blocking import run_blocking
 from gateway.runtime.retry import RetryPolicy, call_with_retries, is_transient
 
@@ -170,6 +171,9 @@ class LoopbackCircuit:
     def nbytes(self) -> int:
         """Its weight in the gateway's compile cache."""
         return len(self.program) + 1024
+
+
+reply_codec.register(LoopbackCircuit)  # what a compile worker answers
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,7 +6,7 @@ The half of an adapter that does not depend on the simulator lives here once:
   manager, and describe the result (registers, layout, features, size).
 - `prepare` (gateway): bindings, observables, shots, precision and costs become one
   SamplerTask or EstimatorTask per PUB.
-- `execute` (simulator worker): unpickles each compiled circuit once (an LRU by circuit key),
+- `execute` (simulator worker): reads each compiled circuit's QPY once (an LRU by circuit key),
   samples terminal measurements from exact probabilities with the job's seed (so a seed
   reproduces samples on every simulator that agrees on the probabilities), and turns exact
   expectation values of Pauli terms, mapped through the circuit's layout, into the estimator's
@@ -20,9 +20,10 @@ the expectation values of Pauli terms.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
-import pickle
 import threading
+import warnings
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 import qiskit
+import qiskit.qpy
 from pydantic import Field
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
@@ -73,7 +75,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from gateway.domain.targets import BackendTarget
-from gateway.runtime import restricted_pickle
+from gateway.runtime import reply_codec
 
 __all__ = [
     "CircuitRef",
@@ -119,26 +121,14 @@ class QiskitOptions(AdapterOptions):
 # --------------------------------------------------------------------------------------------
 
 
-# What a compiled circuit's pickle may name: the circuit model's own classes, NumPy's arrays (a
-# unitary's matrix), a classical variable's UUID, and the two generic helpers Qiskit's pickles
-# use: `functools.partial` (a singleton gate) and `getattr` for the reconstructors that Qiskit's
-# compiled extension defines on its classes (a bit is rebuilt as `getattr(Qubit, "_from_owned")`).
-COMPILED_CIRCUIT = restricted_pickle.PicklePolicy(
-    what="a compiled circuit",
-    globals=restricted_pickle.PLAIN_GLOBALS | {("functools", "partial"), ("uuid", "UUID")},
-    class_modules=("qiskit.circuit", "qiskit._accelerate.circuit", "qiskit.transpiler.layout"),
-    class_attributes=frozenset(
-        {"_from_anonymous", "_from_owned", "_from_pickle", "_from_state", "_reconstruct"}
-    ),
-)
-
-
 @dataclass(frozen=True)
 class CircuitRef:
-    """A transpiled circuit, pickled once when it is compiled.
+    """A transpiled circuit, written once as QPY when it is compiled.
 
-    `key` is the adapter's circuit_key (the source's digest and everything compiling depends
-    on), so a simulator worker can keep the unpickled circuit.
+    QPY, not a pickle: the bytes come from a compile worker, which ran client input, and a
+    pickle runs code of its bytes' choosing wherever it is read (a simulator worker, or the
+    gateway for a provider's runner). `key` is the adapter's circuit_key (the source's digest
+    and everything compiling depends on), so a simulator worker can keep the circuit it read.
     """
 
     key: str
@@ -146,18 +136,18 @@ class CircuitRef:
 
     @classmethod
     def of(cls, key: str, circuit: QuantumCircuit) -> CircuitRef:
-        return cls(key=key, data=pickle.dumps(circuit, pickle.HIGHEST_PROTOCOL))
+        buffer = io.BytesIO()
+        qiskit.qpy.dump(circuit, buffer)
+        return cls(key=key, data=buffer.getvalue())
 
     def circuit(self) -> QuantumCircuit:
-        """The circuit, read as what it is: a compile worker's output, which ran client input.
-
-        Raises:
-            RefusedPickle: the data names a global no compiled circuit holds.
-        """
-        circuit = restricted_pickle.loads(self.data, COMPILED_CIRCUIT)
-        if not isinstance(circuit, QuantumCircuit):
-            raise restricted_pickle.RefusedPickle("a compiled circuit is not a QuantumCircuit")
-        return circuit
+        """The circuit, layout included, through Qiskit's QPY reader."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "written by a newer Qiskit"
+            circuits = qiskit.qpy.load(io.BytesIO(self.data))
+        if len(circuits) != 1 or not isinstance(circuits[0], QuantumCircuit):
+            raise ValueError("a compiled circuit is one QuantumCircuit")
+        return circuits[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,6 +237,9 @@ class CompiledCircuit:
         return bool(self.features)
 
 
+reply_codec.register(CircuitRef, CompiledCircuit)  # what a compile worker answers
+
+
 class QiskitAdapter(BackendAdapter):
     """A simulator fed Qiskit circuits; subclasses name the target and run the simulation."""
 
@@ -269,8 +262,8 @@ class QiskitAdapter(BackendAdapter):
         self._target: Target | None = None
         self._info: BackendInfo | None = None
         self._backend_target: BackendTarget | None = None
-        # Simulator-worker side, by circuit key: unpickled transpiled circuits, their terminal
-        # plans (or _NO_PLAN) and layouts.
+        # Simulator-worker side, by circuit key: transpiled circuits (read from their QPY),
+        # their terminal plans (or _NO_PLAN) and layouts.
         self._worker_circuits: LRU[str, QuantumCircuit] = LRU(_WORKER_CACHE_SIZE)
         self._worker_plans: LRU[str, measurement.TerminalPlan | None] = LRU(_WORKER_CACHE_SIZE)
 
@@ -453,11 +446,11 @@ class QiskitAdapter(BackendAdapter):
             RegisterSpec(name=name, clbits=clbits)
             for name, clbits in fe.result_registers(transpiled)
         )
-        ref = CircuitRef.of(key, transpiled)
         try:
-            # Read back as a worker will: what cannot be (Qiskit 2.6 cannot unpickle a switch's
-            # default case) is refused here as the circuit's, not failed on a worker as a
-            # backend fault that counts against the breaker every tenant shares.
+            # Written, and read back as a worker will: what cannot be is refused here as the
+            # circuit's, not failed on a worker as a backend fault that counts against the
+            # breaker every tenant shares (pickled, a switch's default case did that).
+            ref = CircuitRef.of(key, transpiled)
             ref.circuit()
         except Exception as exc:  # whatever the SDK raises on its own output
             raise fe.invalid(

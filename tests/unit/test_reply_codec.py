@@ -1,0 +1,201 @@
+"""What a worker sends back is data (reply_codec), and a compiled circuit is QPY: code run in a
+compile worker (by a parser bug on hostile input) must not run again in the gateway or in a
+simulator worker through what they read from it. A restricted Unpickler was tried first and a
+review ran code through it (a pickle's BUILD sets attributes on the classes it may name)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import Clbit, Parameter, QuantumRegister, Qubit
+from qiskit.circuit.classical import expr
+from qiskit.circuit.library import UnitaryGate
+from qiskit_aer import AerSimulator
+
+from gateway.backends.base import ExecutionOutcome
+from gateway.backends.loopback.adapter import LoopbackCircuit
+from gateway.backends.qiskit.adapter import CircuitRef, CompiledCircuit
+from gateway.domain.bitarray import Counts, RegisterSpec
+from gateway.domain.circuits import CircuitFeature
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import EstimatorResult, JobResult, RegisterResult, SamplerResult
+from gateway.runtime.reply_codec import RefusedReply, decode, encode
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _object(tag: str, fields: list[object]) -> msgpack.ExtType:
+    return msgpack.ExtType(1, msgpack.packb([tag, fields], use_bin_type=True))
+
+
+def _reply(*values: object) -> bytes:
+    return msgpack.packb(("ok", *values), use_bin_type=True)
+
+
+def test_replies_that_are_not_data_a_worker_sends_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    dtype = msgpack.packb(["|O", [1], b"A" * 8], use_bin_type=True)
+    hostile = [
+        pickle.dumps(("ok", _Evil(marker))),  # the old wire format: refused, never unpickled
+        b"",
+        b"\xc1",  # a byte msgpack never writes
+        msgpack.packb(["ok"]),  # a list, not the tuple... which msgpack cannot tell apart:
+        msgpack.packb({"ok": 1}),
+        msgpack.packb((1, 2)),  # untagged
+        _reply(_object("posix:system", [f"touch {marker}"])),
+        _reply(_object("gateway.runtime.reply_codec:RefusedReply", ["x"])),
+        _reply(_object("gateway.domain.policies:Principal", ["t", True])),
+        _reply(_object("gateway.__main__:x", [])),  # importing it would start a gateway
+        _reply(msgpack.ExtType(4, dtype)),  # an object array: its bytes would be pointers
+        _reply(msgpack.ExtType(4, msgpack.packb(["<f8", [-1], b""]))),
+        _reply(msgpack.ExtType(4, msgpack.packb(["<f8", [2, 2], b"x" * 8]))),  # wrong size
+        _reply(msgpack.ExtType(5, msgpack.packb([3, "not bytes", b""]))),
+        _reply(msgpack.ExtType(2, msgpack.packb(["gateway.domain.circuits:CircuitFeature", "x"]))),
+        _reply(msgpack.ExtType(99, b"")),
+        # A registered class with the wrong number of fields.
+        _reply(_object("gateway.domain.bitarray:RegisterSpec", ["c"])),
+    ]
+    for data in hostile[:3] + hostile[4:]:
+        with pytest.raises(RefusedReply):
+            decode(data)
+    assert not marker.exists()
+    assert "gateway.__main__" not in sys.modules
+    # msgpack has one array type: a list reads as the tuple a reply is.
+    assert decode(hostile[3]) == ("ok",)
+
+
+def _sampler() -> SamplerResult:
+    counts = Counts.from_dict({"00": 3, "11": 5}, 2)
+    samples = np.arange(16, dtype=np.uint8).reshape(2, 8, 1)
+    return SamplerResult((2,), 8, (RegisterResult("c", 2, samples, (counts, counts)),))
+
+
+def test_every_kind_of_worker_reply_reads_back() -> None:
+    estimator = EstimatorResult((3,), np.array([0.5, 0.25, -1.0]), np.array([0.1, 0.1, 0.0]), 0.01)
+    outcome = ExecutionOutcome(
+        result=JobResult((_sampler(), estimator)),
+        sdk_versions={"qiskit-aer": "0.18"},
+        seeded=False,
+        execution_seconds=np.float64(0.25),  # a NumPy scalar reads back as a float
+        tasks=2,
+    )
+    back = decode(encode(("traced", 1, 2, ("ok", outcome))))
+    assert back[:3] == ("traced", 1, 2)
+    read = back[3][1]
+    assert isinstance(read, ExecutionOutcome)
+    assert (read.sdk_versions, read.seeded, read.execution_seconds, read.tasks) == (
+        {"qiskit-aer": "0.18"},
+        False,
+        0.25,
+        2,
+    )
+    sampler, est = read.result.pubs
+    register = sampler.registers[0]
+    assert (sampler.shape, sampler.shots, register.name, register.num_bits) == ((2,), 8, "c", 2)
+    assert np.array_equal(register.samples, _sampler().registers[0].samples)
+    assert dict(register.counts[1]) == {"00": 3, "11": 5}
+    assert np.array_equal(est.expectation_values, estimator.expectation_values)
+    assert est.precision == 0.01
+    for reply in [
+        ("ready", 4242),
+        ("failed", "X", "message", {"k": "v"}, FailureKind.CLIENT_ERROR.value),
+        ("invalid", "BAD", "message", {}, (("f", "d"),)),
+        ("unavailable", "the target"),
+        ("memory",),
+    ]:
+        assert decode(encode(reply)) == reply
+
+
+def test_compile_replies_read_back() -> None:
+    compiled = CompiledCircuit(
+        ref=CircuitRef("key", b"QISKIT..."),
+        num_qubits=2,
+        num_clbits=2,
+        parameters=("a",),
+        features=frozenset({CircuitFeature.MID_CIRCUIT_MEASUREMENT}),
+        has_measurements=True,
+        terminal=False,
+        writes_clbits=True,
+        registers=(RegisterSpec(name="c", clbits=(0, 1)),),
+        layout=(1, 0),
+        memory_bytes=64,
+        operations=3,
+        amplitudes=4,
+        has_while_loop=True,
+    )
+    read = decode(encode(("ok", compiled)))[1]
+    assert isinstance(read, CompiledCircuit)
+    assert read.__dict__ == compiled.__dict__
+    loopback = LoopbackCircuit("OPENQASM 3.0;", 1, (), (("c", 1),), (0,), 16, 1, False)
+    assert decode(encode(("ok", loopback)))[1].__dict__ == loopback.__dict__
+
+
+def test_a_worker_cannot_send_what_no_reply_holds() -> None:
+    # The worker's own side: an unregistered type is the adapter's bug, caught where it starts.
+    with pytest.raises(TypeError):
+        encode(("ok", object()))
+    with pytest.raises(TypeError):
+        encode(("ok", np.array([object()])))
+
+
+def test_compiled_circuits_of_every_kind_read_back_equal() -> None:
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(3, 3)
+    circuit.h(0)
+    circuit.rz(theta * 2 + 1, 1)
+    circuit.append(UnitaryGate(np.eye(2)), [2])
+    circuit.cx(0, 1)
+    circuit.reset(2)
+    circuit.delay(10, 0)
+    circuit.barrier()
+    circuit.measure(0, 0)
+    with circuit.if_test((circuit.clbits[0], 1)):
+        circuit.x(1)
+    with circuit.for_loop(range(2)):
+        circuit.sx(2)
+    with circuit.while_loop((circuit.clbits[1], 0)):
+        circuit.x(1)
+        circuit.measure(1, 1)
+    circuit.measure([1, 2], [1, 2])
+    transpiled = transpile(circuit, AerSimulator(), optimization_level=1, seed_transpiler=1)
+    transpiled.append(UnitaryGate(np.eye(2)), [0])
+    read = CircuitRef.of("k", transpiled).circuit()
+    assert read == transpiled
+    assert read.layout == transpiled.layout
+
+
+def test_circuits_with_loose_bits_classical_variables_and_switches_read_back_equal() -> None:
+    circuit = QuantumCircuit([Qubit(), Clbit(), Clbit()], QuantumRegister(2, "q"))
+    flag = circuit.add_var("flag", expr.lift(False))
+    circuit.h(0)
+    circuit.measure(0, 0)
+    circuit.store(flag, expr.logic_not(flag))
+    with circuit.if_test(expr.logic_and(flag, circuit.clbits[0])):
+        circuit.x(1)
+    with circuit.switch(circuit.clbits[1]) as case:
+        with case(0):
+            circuit.z(2)
+        with case(case.DEFAULT):  # which a pickle could not carry (Qiskit 2.6)
+            circuit.y(2)
+    circuit.rzz(Parameter("a") * Parameter("b"), 1, 2)
+    assert CircuitRef.of("k", circuit).circuit() == circuit
+
+
+def test_a_pickle_is_not_read_as_a_compiled_circuit(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(Exception):  # noqa: B017 - whatever the QPY reader says, nothing runs
+        CircuitRef("k", pickle.dumps(_Evil(marker))).circuit()
+    assert not marker.exists()
