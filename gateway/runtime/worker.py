@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from gateway import offload
 from gateway.backends.base import AdapterContext, ExecutionOutcome, TargetUnavailable
@@ -42,6 +42,8 @@ from gateway.telemetry import active as telemetry
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!Q")
+_REPLY_SLACK_BYTES = 64 << 20
+_MAX_COMPILE_REPLY_BYTES = 256 << 20
 _PR_SET_PDEATHSIG = 1
 WORKER_CRASHED = "WORKER_CRASHED"
 
@@ -259,10 +261,13 @@ def run_worker() -> None:
 class WorkerProcess:
     """The gateway's handle on one worker process. Not safe for concurrent use."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, max_reply_bytes: int) -> None:
         self._process = process
         self.pid = process.pid
         self._dead = False
+        # Past it a reply is refused before it is read: a worker taken over by hostile input
+        # could otherwise stream the gateway out of memory.
+        self.max_reply_bytes = max_reply_bytes
 
     @classmethod
     async def start(cls, role: SimulatorRole | CompileRole) -> WorkerProcess:
@@ -278,7 +283,7 @@ class WorkerProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        worker = cls(process)
+        worker = cls(process, _max_reply_bytes(role))
         try:
             await worker._send(_frame(role))
             reply = await worker._receive()
@@ -310,6 +315,8 @@ class WorkerProcess:
         assert stdout is not None
         try:
             (size,) = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
+            if size > self.max_reply_bytes:
+                self._refuse(f"a reply of {size} bytes, over {self.max_reply_bytes}")
             body = await stdout.readexactly(size)
         except (asyncio.IncompleteReadError, ConnectionError):
             self._dead = True
@@ -319,15 +326,18 @@ class WorkerProcess:
             log.warning("worker process %d: %s", self.pid, message)
             raise WorkerCrashed(message, metadata) from None
         try:
-            # A result of 100,000 bindings x registers took ~1 s to unpickle: off the event loop.
+            # A result of 100,000 bindings x registers took ~1 s to read: off the event loop.
             reply = await offload.by_size(size, reply_codec.decode, body)
         except reply_codec.RefusedReply as exc:
-            self.kill()
-            log.error("worker process %d sent a reply that was refused, killed: %s", self.pid, exc)
-            raise WorkerReplyRefused(
-                "the worker sent a reply the gateway refused", {"reply": "refused"}
-            ) from None
+            self._refuse(str(exc))
         return reply
+
+    def _refuse(self, why: str) -> NoReturn:
+        self.kill()
+        log.error("worker process %d sent a reply that was refused, killed: %s", self.pid, why)
+        raise WorkerReplyRefused(
+            "the worker sent a reply the gateway refused", {"reply": "refused"}
+        )
 
     async def _call(self, message: tuple[Any, ...], span: str) -> tuple[Any, ...]:
         """Sends one request and returns the reply. With tracing on, the worker times the work
@@ -411,6 +421,14 @@ class WorkerProcess:
         except TimeoutError:
             self.kill()
             await self._process.wait()
+
+
+def _max_reply_bytes(role: SimulatorRole | CompileRole) -> int:
+    """A simulator's largest result, twice over for the encoding; a compile's circuit (its
+    QPY, a few tens of bytes per operation) within a fixed bound."""
+    if isinstance(role, SimulatorRole):
+        return 2 * role.context.limits.max_result_bytes + _REPLY_SLACK_BYTES
+    return _MAX_COMPILE_REPLY_BYTES
 
 
 def _failure(reply: tuple[Any, ...]) -> ExecutionError:

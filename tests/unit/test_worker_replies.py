@@ -49,7 +49,7 @@ async def _received(padding: int, monkeypatch: pytest.MonkeyPatch, seen: list[in
         return decode(body)
 
     monkeypatch.setattr(reply_codec, "decode", recording)
-    process = WorkerProcess(_Process(worker._reply_frame(("ok", b"x" * padding))))  # type: ignore[arg-type]
+    process = WorkerProcess(_Process(worker._reply_frame(("ok", b"x" * padding))), 1 << 20)  # type: ignore[arg-type]
     return await process._receive()
 
 
@@ -81,7 +81,7 @@ class _Evil:
 )
 async def test_a_reply_no_worker_sends_is_refused_and_the_worker_killed(body: bytes) -> None:
     process = _Process(struct.pack("!Q", len(body)) + body)
-    handle = WorkerProcess(process)  # type: ignore[arg-type]
+    handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]
     with pytest.raises(WorkerReplyRefused) as refused:
         await handle._receive()
     # A worker crash to every caller (the job fails BACKEND_FAULT; a compile is not retried).
@@ -116,6 +116,16 @@ def test_results_are_encoded_on_the_loop_only_when_small(result: JobResult, inli
     assert _encodes_inline(result) is inline
 
 
+@pytest.mark.anyio
+async def test_a_reply_larger_than_any_worker_sends_is_refused_before_it_is_read() -> None:
+    # A worker taken over by hostile input could stream the gateway out of memory.
+    process = _Process(struct.pack("!Q", 1 << 40))
+    handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(WorkerReplyRefused):
+        await handle._receive()
+    assert process.killed and not handle.alive
+
+
 _COMPROMISED = """
 import os, pickle, struct, sys
 class Evil:
@@ -142,7 +152,7 @@ def test_code_run_in_a_worker_process_does_not_run_in_the_gateway(tmp_path: Path
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        handle = WorkerProcess(process)
+        handle = WorkerProcess(process, 1 << 20)
         with pytest.raises(WorkerReplyRefused):
             await handle.execute("payload")
         assert await asyncio.wait_for(handle.wait(), timeout=30) == -signal.SIGKILL
