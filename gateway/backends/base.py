@@ -120,6 +120,37 @@ class ExecutionOutcome:
 # compiled circuit, and so the same cached error, can serve any PUB of any request).
 CIRCUIT_FIELD = "circuit"
 
+# A compiled circuit is built in a compile worker, which ran client input, and read back in the
+# gateway, where admission trusts its sizes; a worker taken over could send anything (a 94-byte
+# reply declaring 2^33 qubits held the event loop for 16 s and 4.4 GB, and negative costs
+# cancelled other PUBs' against the limits). So compiled circuits check what they hold when
+# they are built, on both sides. The bounds are far above any backend's.
+MAX_COMPILED_QUBITS = 1 << 16
+MAX_COMPILED_CLBITS = 1 << 20
+
+
+def check_compiled_sizes(num_qubits: int, layout: tuple[int, ...], **counts: int) -> None:
+    """Raises ValueError unless num_qubits and every count are non-negative ints (num_qubits
+    at most MAX_COMPILED_QUBITS) and layout is one distinct qubit index per circuit qubit."""
+    for name, value in {"num_qubits": num_qubits, **counts}.items():
+        if type(value) is not int or value < 0:
+            raise ValueError(f"a compiled circuit with {name} = {value!r}")
+    if num_qubits > MAX_COMPILED_QUBITS:
+        raise ValueError(f"a compiled circuit of {num_qubits} qubits")
+    if (
+        type(layout) is not tuple
+        or len(layout) != num_qubits
+        or not all(type(q) is int and 0 <= q < MAX_COMPILED_QUBITS for q in layout)
+        or len(set(layout)) != num_qubits
+    ):
+        raise ValueError("a compiled circuit's layout is not one distinct qubit per qubit")
+
+
+def check_types(what: str, values: Sequence[object], kind: type | tuple[type, ...]) -> None:
+    """Raises ValueError unless `values` is a tuple of `kind`."""
+    if type(values) is not tuple or not all(isinstance(v, kind) for v in values):
+        raise ValueError(f"a compiled circuit's {what} are not all {kind}")
+
 
 class AdapterOptions(BaseModel):
     """Base of adapter-specific options: a typo in the config is an error."""

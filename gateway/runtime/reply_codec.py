@@ -34,6 +34,11 @@ _DTYPES = frozenset(
     np.dtype(name).str for name in ("bool", "uint8", "int32", "int64", "float64", "complex128")
 )
 _TYPES: dict[str, type] = {}
+# Each level is a C stack frame of msgpack's: ~200 of them overran the stack (a segfault, from a
+# 722-byte reply). A result nests 5 deep (outcome, job result, PUB, register, counts).
+_MAX_DEPTH = 16
+# Wider than any register a circuit may declare (its clbits are bounded far below this).
+_MAX_BITS = 1 << 24
 
 
 class RefusedReply(ValueError):
@@ -101,21 +106,31 @@ def _default(value: object) -> object:
     return msgpack.ExtType(_OBJECT, _pack([_tag(cls), fields]))
 
 
-def _unpack(data: bytes) -> Any:
+def _unpack(data: bytes, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise RefusedReply(f"extension types nested deeper than {_MAX_DEPTH}")
     return msgpack.unpackb(
-        data, ext_hook=_ext, use_list=False, raw=False, strict_map_key=True, timestamp=0
+        data,
+        ext_hook=lambda code, inner: _ext(code, inner, depth + 1),
+        use_list=False,
+        raw=False,
+        strict_map_key=True,
+        timestamp=0,
     )
 
 
-def _ext(code: int, data: bytes) -> object:
-    value = _unpack(data)
+def _ext(code: int, data: bytes, depth: int) -> object:
+    value = _unpack(data, depth)
     if code == _COUNTS:
         num_bits, outcomes, counts = value
-        if not (isinstance(num_bits, int) and isinstance(outcomes, bytes)):
+        if not (isinstance(num_bits, int) and 0 <= num_bits <= _MAX_BITS):
+            raise RefusedReply(f"counts of {num_bits!r} bits")
+        if not (isinstance(outcomes, bytes) and isinstance(counts, bytes)):
             raise RefusedReply("malformed counts")
-        if not isinstance(counts, bytes):
-            raise RefusedReply("malformed counts")
-        return _counts_from_bytes(num_bits, outcomes, counts)
+        read = _counts_from_bytes(num_bits, outcomes, counts)
+        if not bool(np.all(read.counts > 0)):
+            raise RefusedReply("counts that are not positive")
+        return read
     if code == _ARRAY:
         dtype, shape, raw = value
         if dtype not in _DTYPES or not all(isinstance(n, int) and n >= 0 for n in shape):

@@ -36,6 +36,7 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome, TargetUnavai
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import ExecutionError, FieldViolation, InvalidArgument
 from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import JobResult
 from gateway.runtime import affinity, reply_codec
 from gateway.telemetry import active as telemetry
 
@@ -360,7 +361,9 @@ class WorkerProcess:
         """Runs one payload; raises ExecutionError (WorkerCrashed if the process died)."""
         reply = await self._call(("run", payload), "qgateway.worker.execute")
         if reply[0] == "ok":
-            outcome: ExecutionOutcome = reply[1]
+            outcome = reply[1]
+            if type(outcome) is not ExecutionOutcome or type(outcome.result) is not JobResult:
+                self._refuse(f"an answer to a run holding {type(outcome).__name__}")
             return outcome
         if reply[0] == "memory":  # the result itself did not fit in the worker's memory
             raise ExecutionError(

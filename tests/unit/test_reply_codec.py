@@ -5,10 +5,13 @@ review ran code through it (a pickle's BUILD sets attributes on the classes it m
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import pickle
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -22,11 +25,13 @@ from qiskit_aer import AerSimulator
 from gateway.backends.base import ExecutionOutcome
 from gateway.backends.loopback.adapter import LoopbackCircuit
 from gateway.backends.qiskit.adapter import CircuitRef, CompiledCircuit
+from gateway.backends.qiskit.qpy_reader import QPY_MAX_VERSION
 from gateway.domain.bitarray import Counts, RegisterSpec
 from gateway.domain.circuits import CircuitFeature
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import EstimatorResult, JobResult, RegisterResult, SamplerResult
 from gateway.runtime.reply_codec import RefusedReply, decode, encode
+from tests.qpy_payloads import dump, patch_header, top_header_offset, x_on
 
 
 class _Evil:
@@ -77,6 +82,27 @@ def test_replies_that_are_not_data_a_worker_sends_are_refused(tmp_path: Path) ->
     assert decode(hostile[3]) == ("ok",)
 
 
+def _compiled(**changes: object) -> CompiledCircuit:
+    fields: dict[str, Any] = {
+        "ref": CircuitRef(b"QISKIT..."),
+        "num_qubits": 2,
+        "num_clbits": 2,
+        "parameters": ("a",),
+        "features": frozenset({CircuitFeature.MID_CIRCUIT_MEASUREMENT}),
+        "has_measurements": True,
+        "terminal": False,
+        "writes_clbits": True,
+        "registers": (RegisterSpec(name="c", clbits=(0, 1)),),
+        "layout": (1, 0),
+        "memory_bytes": 64,
+        "operations": 3,
+        "amplitudes": 4,
+        "has_while_loop": True,
+    }
+    fields.update(changes)
+    return CompiledCircuit(**fields)
+
+
 def _sampler() -> SamplerResult:
     counts = Counts.from_dict({"00": 3, "11": 5}, 2)
     samples = np.arange(16, dtype=np.uint8).reshape(2, 8, 1)
@@ -120,22 +146,7 @@ def test_every_kind_of_worker_reply_reads_back() -> None:
 
 
 def test_compile_replies_read_back() -> None:
-    compiled = CompiledCircuit(
-        ref=CircuitRef("key", b"QISKIT..."),
-        num_qubits=2,
-        num_clbits=2,
-        parameters=("a",),
-        features=frozenset({CircuitFeature.MID_CIRCUIT_MEASUREMENT}),
-        has_measurements=True,
-        terminal=False,
-        writes_clbits=True,
-        registers=(RegisterSpec(name="c", clbits=(0, 1)),),
-        layout=(1, 0),
-        memory_bytes=64,
-        operations=3,
-        amplitudes=4,
-        has_while_loop=True,
-    )
+    compiled = _compiled()
     read = decode(encode(("ok", compiled)))[1]
     assert isinstance(read, CompiledCircuit)
     assert read.__dict__ == compiled.__dict__
@@ -172,7 +183,7 @@ def test_compiled_circuits_of_every_kind_read_back_equal() -> None:
     circuit.measure([1, 2], [1, 2])
     transpiled = transpile(circuit, AerSimulator(), optimization_level=1, seed_transpiler=1)
     transpiled.append(UnitaryGate(np.eye(2)), [0])
-    read = CircuitRef.of("k", transpiled).circuit()
+    read = CircuitRef.of(transpiled).circuit()
     assert read == transpiled
     assert read.layout == transpiled.layout
 
@@ -191,11 +202,86 @@ def test_circuits_with_loose_bits_classical_variables_and_switches_read_back_equ
         with case(case.DEFAULT):  # which a pickle could not carry (Qiskit 2.6)
             circuit.y(2)
     circuit.rzz(Parameter("a") * Parameter("b"), 1, 2)
-    assert CircuitRef.of("k", circuit).circuit() == circuit
+    assert CircuitRef.of(circuit).circuit() == circuit
 
 
 def test_a_pickle_is_not_read_as_a_compiled_circuit(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    with pytest.raises(Exception):  # noqa: B017 - whatever the QPY reader says, nothing runs
-        CircuitRef("k", pickle.dumps(_Evil(marker))).circuit()
+    with pytest.raises(ValueError):
+        CircuitRef(pickle.dumps(_Evil(marker))).circuit()
     assert not marker.exists()
+
+
+def test_a_deeply_nested_reply_is_refused_not_a_crash() -> None:
+    # Each extension level re-entered msgpack's C unpacker: ~200 of them (a 722-byte reply)
+    # overran the stack and segfaulted the gateway, whose event loop decodes small replies.
+    value: object = 0
+    for _ in range(400):
+        value = msgpack.ExtType(3, msgpack.packb([value]))
+    data = msgpack.packb(("ok", value))
+    assert len(data) < 4096
+    with pytest.raises(RefusedReply):
+        decode(data)
+
+
+def test_counts_that_no_simulation_gives_are_refused() -> None:
+    negative = np.array([-5], dtype=np.int64).tobytes()
+    for num_bits, outcomes, counts in [(1, b"\x00", negative), ((1 << 63) - 1, b"", b"")]:
+        with pytest.raises(RefusedReply):
+            decode(_reply(msgpack.ExtType(5, msgpack.packb([num_bits, outcomes, counts]))))
+
+
+def _as_sent(compiled: CompiledCircuit, **changes: object) -> bytes:
+    """A compile reply carrying `compiled` with fields changed past the constructor's checks,
+    as a compile worker taken over could send it."""
+    tag = "gateway.backends.qiskit.adapter:CompiledCircuit"
+    data = encode(("ok", compiled))
+    ok, value = msgpack.unpackb(data, ext_hook=lambda c, d: (c, d))
+    _, payload = value
+    _, fields = msgpack.unpackb(payload, ext_hook=msgpack.ExtType, strict_map_key=False)
+    names = [f.name for f in dataclasses.fields(CompiledCircuit)]
+    for name, changed in changes.items():
+        fields[names.index(name)] = changed
+    return msgpack.packb((ok, msgpack.ExtType(1, msgpack.packb([tag, fields]))))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"num_qubits": 2**33, "layout": []},  # 2^33 qubits held the event loop 16 s, 4.4 GB
+        {"amplitudes": -(10**12)},  # cancelled other PUBs' work against max_execution_work
+        {"memory_bytes": -1},
+        {"layout": [0]},  # one qubit unaccounted for by the per-job qubit policy
+        {"layout": [0, 0]},
+        {"operations": 1.5},
+        {"num_clbits": 1},  # the register's bit 1 past the circuit's clbits
+        {"features": msgpack.ExtType(3, msgpack.packb(["x"]))},
+        {"terminal": 1},
+    ],
+)
+def test_a_compiled_circuit_that_no_compile_makes_is_refused(changes: dict[str, object]) -> None:
+    assert decode(_as_sent(_compiled()))[1].__dict__ == _compiled().__dict__  # the unchanged one
+    with pytest.raises(RefusedReply):
+        decode(_as_sent(_compiled(), **changes))
+
+
+def test_a_compile_reply_cannot_choose_the_key_workers_cache_its_circuit_by() -> None:
+    # The key was sent with the circuit: a worker taken over named another tenant's circuit's
+    # key, and that tenant's next job on a shared simulator worker ran the attacker's circuit.
+    assert [f.name for f in dataclasses.fields(CircuitRef)] == ["data"]
+    read = decode(encode(("ok", CircuitRef(b"QISKIT-one"))))[1]
+    assert read.key == hashlib.blake2b(b"QISKIT-one", digest_size=16).hexdigest()
+    assert read.key != CircuitRef(b"QISKIT-two").key
+
+
+def test_qpy_declaring_more_than_any_backend_has_is_refused_before_it_is_read() -> None:
+    # In the gateway (IBM and Braket runners) a 417-byte payload declaring 2^25 qubits took
+    # 12 GB before the reader gave up.
+    version = QPY_MAX_VERSION
+    data = dump(x_on([0, 1], 2), version)
+    start = top_header_offset(version)
+    for field in ("num_qubits", "num_clbits"):
+        patched = data[:start] + patch_header(data[start:], field, 2**25)
+        with pytest.raises(ValueError):
+            CircuitRef(patched).circuit()
+    assert CircuitRef(data).circuit().num_qubits == 2

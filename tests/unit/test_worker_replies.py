@@ -126,6 +126,23 @@ async def test_a_reply_larger_than_any_worker_sends_is_refused_before_it_is_read
     assert process.killed and not handle.alive
 
 
+@pytest.mark.anyio
+async def test_an_answer_to_a_run_that_holds_no_outcome_is_refused() -> None:
+    class _Sink:
+        def write(self, data: bytes) -> None:
+            pass
+
+        async def drain(self) -> None:
+            pass
+
+    process = _Process(worker._reply_frame(("ok", ("not", "an outcome"))))
+    process.stdin = _Sink()  # type: ignore[assignment]
+    handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]
+    with pytest.raises(WorkerReplyRefused):
+        await handle.execute("payload")
+    assert process.killed
+
+
 _COMPROMISED = """
 import os, pickle, struct, sys
 class Evil:

@@ -48,11 +48,14 @@ from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 
 from gateway.backends.base import (
     CIRCUIT_FIELD,
+    MAX_COMPILED_CLBITS,
     AdapterContext,
     AdapterOptions,
     BackendAdapter,
     ExecutionOutcome,
     PreparedJob,
+    check_compiled_sizes,
+    check_types,
 )
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit.qpy_reader import qpy_versions
@@ -166,6 +169,24 @@ class LoopbackCircuit:
     memory_bytes: int
     operations: int
     shot_by_shot: bool
+
+    def __post_init__(self) -> None:
+        # It may come from a compile worker taken over by hostile input (check_compiled_sizes).
+        check_compiled_sizes(
+            self.num_qubits, self.layout, memory_bytes=self.memory_bytes, operations=self.operations
+        )
+        check_types("program", (self.program,), str)
+        check_types("parameters", self.parameters, str)
+        check_types("flags", (self.shot_by_shot,), bool)
+        check_types("registers", self.registers, tuple)
+        for register in self.registers:
+            name, width = register
+            if (
+                type(name) is not str
+                or type(width) is not int
+                or not 0 <= width <= MAX_COMPILED_CLBITS
+            ):
+                raise ValueError(f"a compiled circuit's register {register!r}")
 
     @property
     def nbytes(self) -> int:

@@ -20,10 +20,11 @@ the expectation values of Pauli terms.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import io
 import math
 import threading
-import warnings
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,17 +40,20 @@ from qiskit.transpiler.exceptions import TranspilerError
 
 from gateway.backends.base import (
     CIRCUIT_FIELD,
+    MAX_COMPILED_CLBITS,
     AdapterContext,
     AdapterOptions,
     BackendAdapter,
     ExecutionOutcome,
     PreparedJob,
+    check_compiled_sizes,
+    check_types,
 )
 from gateway.backends.lru import LRU
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit import measurement
 from gateway.backends.qiskit.observables import PackedObservables, PauliKey
-from gateway.backends.qiskit.qpy_reader import qpy_versions
+from gateway.backends.qiskit.qpy_reader import load_compiled, qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
@@ -127,27 +131,31 @@ class CircuitRef:
 
     QPY, not a pickle: the bytes come from a compile worker, which ran client input, and a
     pickle runs code of its bytes' choosing wherever it is read (a simulator worker, or the
-    gateway for a provider's runner). `key` is the adapter's circuit_key (the source's digest
-    and everything compiling depends on), so a simulator worker can keep the circuit it read.
+    gateway for a provider's runner). For the same reason `key`, by which workers keep what
+    they derive from the circuit, is the bytes' own digest, computed where they are read: a key
+    the compile worker named could be another tenant's circuit's, swapping its circuit in a
+    simulator worker's cache.
     """
 
-    key: str
     data: bytes
 
+    def __post_init__(self) -> None:
+        if type(self.data) is not bytes:
+            raise ValueError("a compiled circuit's QPY is bytes")
+
     @classmethod
-    def of(cls, key: str, circuit: QuantumCircuit) -> CircuitRef:
+    def of(cls, circuit: QuantumCircuit) -> CircuitRef:
         buffer = io.BytesIO()
         qiskit.qpy.dump(circuit, buffer)
-        return cls(key=key, data=buffer.getvalue())
+        return cls(data=buffer.getvalue())
+
+    @functools.cached_property
+    def key(self) -> str:
+        return hashlib.blake2b(self.data, digest_size=16).hexdigest()
 
     def circuit(self) -> QuantumCircuit:
-        """The circuit, layout included, through Qiskit's QPY reader."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "written by a newer Qiskit"
-            circuits = qiskit.qpy.load(io.BytesIO(self.data))
-        if len(circuits) != 1 or not isinstance(circuits[0], QuantumCircuit):
-            raise ValueError("a compiled circuit is one QuantumCircuit")
-        return circuits[0]
+        """The circuit, layout included (qpy_reader.load_compiled; raises ValueError)."""
+        return load_compiled(self.data)
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,6 +233,33 @@ class CompiledCircuit:
     amplitudes: int
     # A `while` loop, whose run time no estimate bounds (PreparedJob.has_while_loop).
     has_while_loop: bool = False
+
+    def __post_init__(self) -> None:
+        # It may come from a compile worker taken over by hostile input (check_compiled_sizes).
+        check_compiled_sizes(
+            self.num_qubits,
+            self.layout,
+            num_clbits=self.num_clbits,
+            memory_bytes=self.memory_bytes,
+            operations=self.operations,
+            amplitudes=self.amplitudes,
+        )
+        if self.num_clbits > MAX_COMPILED_CLBITS or type(self.ref) is not CircuitRef:
+            raise ValueError("a compiled circuit past its bounds")
+        check_types("parameters", self.parameters, str)
+        check_types("registers", self.registers, RegisterSpec)
+        check_types("flags", (self.has_measurements, self.terminal), bool)
+        check_types("flags", (self.writes_clbits, self.has_while_loop), bool)
+        if type(self.features) is not frozenset or not all(
+            isinstance(f, CircuitFeature) for f in self.features
+        ):
+            raise ValueError("a compiled circuit's features are not CircuitFeatures")
+        for register in self.registers:
+            check_types("register bits", register.clbits, int)
+            if type(register.name) is not str or not all(
+                0 <= bit < self.num_clbits for bit in register.clbits
+            ):
+                raise ValueError(f"register {register.name!r} past the circuit's clbits")
 
     @property
     def nbytes(self) -> int:
@@ -406,7 +441,6 @@ class QiskitAdapter(BackendAdapter):
 
     def compile_circuit(self, source: CircuitSource) -> CompiledCircuit:
         field = CIRCUIT_FIELD
-        key = self.circuit_key(source)
         target = self.qiskit_target()
         budget = self.context.limits.memory_budget_bytes
         max_qubits = target.num_qubits or self.qiskit_options.num_qubits
@@ -450,7 +484,7 @@ class QiskitAdapter(BackendAdapter):
             # Written, and read back as a worker will: what cannot be is refused here as the
             # circuit's, not failed on a worker as a backend fault that counts against the
             # breaker every tenant shares (pickled, a switch's default case did that).
-            ref = CircuitRef.of(key, transpiled)
+            ref = CircuitRef.of(transpiled)
             ref.circuit()
         except Exception as exc:  # whatever the SDK raises on its own output
             raise fe.invalid(

@@ -43,7 +43,7 @@ from qiskit.circuit import (
 )
 from qiskit.qpy import common as qpy_common
 
-from gateway.backends.base import CircuitLimits
+from gateway.backends.base import MAX_COMPILED_CLBITS, MAX_COMPILED_QUBITS, CircuitLimits
 from gateway.backends.qiskit import frontend as fe
 from gateway.domain.errors import InvalidArgument
 
@@ -337,3 +337,41 @@ def load_circuit(
     fe.check_operation_count(circuit, limits, field)
     fe.check_finite_parameters(circuit, field)
     return circuit
+
+
+# A compiled circuit (CircuitRef) comes from a compile worker, which ran client input: its header
+# is checked before Qiskit's reader allocates for what it declares (a 417-byte payload declaring
+# 2^25 qubits took 12 GB).
+_MAX_COMPILED_INSTRUCTIONS = 1 << 24
+
+
+def load_compiled(data: bytes) -> QuantumCircuit:
+    """A compiled circuit's QPY (what `CircuitRef` holds), its layout kept.
+
+    Raises:
+        ValueError: not one circuit in a QPY version read here, sizes past the bounds above,
+            or whatever the reader refuses (a Rust panic included).
+    """
+    try:
+        header = read_header(data, "circuit")
+    except InvalidArgument as exc:
+        raise ValueError(exc.message) from None
+    if (
+        header.num_qubits > MAX_COMPILED_QUBITS
+        or header.num_clbits > MAX_COMPILED_CLBITS
+        or header.num_instructions > _MAX_COMPILED_INSTRUCTIONS
+    ):
+        raise ValueError(f"a compiled circuit declaring {header}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "written by a newer Qiskit"
+            programs = qiskit.qpy.load(io.BytesIO(data))
+    except Exception as exc:
+        raise ValueError(f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    except BaseException as exc:
+        if not fe._is_sdk_panic(exc):
+            raise
+        raise ValueError(f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    if len(programs) != 1 or not isinstance(programs[0], QuantumCircuit):
+        raise ValueError("a compiled circuit is one QuantumCircuit")
+    return programs[0]
