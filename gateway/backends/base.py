@@ -5,7 +5,8 @@ wall-time and memory limits), `compile_circuit` parses, validates, transpiles an
 client circuit: untrusted text never reaches the gateway's serving process. In the gateway,
 `prepare` assembles a job from the compiled circuits and the request's bindings, observables and
 shots: linear-time, bounded work. In simulator workers, `execute` runs the prepared payload.
-Everything passed between them must pickle.
+What the gateway sends a worker is pickled; what a worker sends back (a compiled circuit, an
+outcome) is data that `gateway.runtime.reply_codec` can carry: dataclasses it has registered.
 """
 
 from __future__ import annotations
@@ -282,7 +283,9 @@ class BackendAdapter(ABC):
 
     @abstractmethod
     def compile_circuit(self, source: CircuitSource) -> object:
-        """Parses, validates, transpiles and estimates one circuit; returns a picklable value.
+        """Parses, validates, transpiles and estimates one circuit; returns a dataclass
+        registered with `reply_codec`, which checks what it holds when it is built (it is
+        rebuilt in the gateway from what the worker sent: check_compiled_sizes).
 
         Runs in a compile worker, on untrusted text: the worker's limits bound it. Client errors
         are InvalidArgument whose field violations name CIRCUIT_FIELD.

@@ -39,7 +39,7 @@ from gateway.runtime.worker import WorkerCrashed, WorkerProcess, WorkerReplyRefu
 
 log = logging.getLogger(__name__)
 
-# A compiled circuit's cache weight when it does not say (most are a pickled circuit).
+# A compiled circuit's cache weight when it does not say (most say: their QPY's size).
 _DEFAULT_WEIGHT = 4096
 # The worker died this way: it ran out of CPU time, or of memory (an allocation failure in
 # native code aborts; the kernel's OOM killer sends SIGKILL).

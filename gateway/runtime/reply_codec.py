@@ -28,7 +28,7 @@ from gateway.domain.bitarray import Counts, RegisterSpec, _counts_from_bytes
 from gateway.domain.circuits import CircuitFeature
 from gateway.domain.jobs import EstimatorResult, JobResult, RegisterResult, SamplerResult
 
-_OBJECT, _ENUM, _FROZENSET, _ARRAY, _COUNTS = 1, 2, 3, 4, 5
+_OBJECT, _ENUM, _FROZENSET, _ARRAY, _COUNTS, _SCALAR = 1, 2, 3, 4, 5, 6
 # Numeric dtypes only: an object dtype would make the array's bytes pointers.
 _DTYPES = frozenset(
     np.dtype(name).str for name in ("bool", "uint8", "int32", "int64", "float64", "complex128")
@@ -77,12 +77,16 @@ def _tag(cls: type) -> str:
 
 
 def _pack(value: object) -> bytes:
-    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True)
+    # strict_types: a subclass of a type msgpack knows goes to `_default` too, so a NumPy
+    # float64 (a float subclass) keeps its type instead of reading back as a float.
+    packed: bytes = msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
     return packed
 
 
 def _default(value: object) -> object:
     """What msgpack packs in place of a value it does not know (packed again in turn)."""
+    if type(value) is tuple:
+        return list(value)  # read back as a tuple (use_list=False)
     if isinstance(value, Counts):
         counts = [value.num_bits, value.outcomes.tobytes(), value.counts.tobytes()]
         return msgpack.ExtType(_COUNTS, _pack(counts))
@@ -92,7 +96,10 @@ def _default(value: object) -> object:
         array = [value.dtype.str, list(value.shape), np.ascontiguousarray(value).tobytes()]
         return msgpack.ExtType(_ARRAY, _pack(array))
     if isinstance(value, np.generic):
-        return value.item()
+        # Kept a NumPy scalar (an estimator's value of shape () is one).
+        if value.dtype.str not in _DTYPES:
+            raise TypeError(f"a reply holds no scalar of dtype {value.dtype}")
+        return msgpack.ExtType(_SCALAR, _pack([value.dtype.str, value.tobytes()]))
     if isinstance(value, frozenset | set):
         return msgpack.ExtType(_FROZENSET, _pack(list(value)))
     if isinstance(value, Mapping):
@@ -136,6 +143,11 @@ def _ext(code: int, data: bytes, depth: int) -> object:
         if dtype not in _DTYPES or not all(isinstance(n, int) and n >= 0 for n in shape):
             raise RefusedReply(f"an array of dtype {dtype!r}, shape {shape!r}")
         return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+    if code == _SCALAR:
+        dtype, raw = value
+        if dtype not in _DTYPES or not isinstance(raw, bytes):
+            raise RefusedReply(f"a scalar of dtype {dtype!r}")
+        return np.frombuffer(raw, dtype=np.dtype(dtype), count=1)[0]
     if code == _FROZENSET:
         return frozenset(value)
     if code == _OBJECT:

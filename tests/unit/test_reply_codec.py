@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import pickle
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from qiskit import QuantumCircuit, transpile
+from qiskit import QuantumCircuit, qpy, transpile
 from qiskit.circuit import Clbit, Parameter, QuantumRegister, Qubit
 from qiskit.circuit.classical import expr
 from qiskit.circuit.library import UnitaryGate
@@ -115,7 +116,7 @@ def test_every_kind_of_worker_reply_reads_back() -> None:
         result=JobResult((_sampler(), estimator)),
         sdk_versions={"qiskit-aer": "0.18"},
         seeded=False,
-        execution_seconds=np.float64(0.25),  # a NumPy scalar reads back as a float
+        execution_seconds=np.float64(0.25),
         tasks=2,
     )
     back = decode(encode(("traced", 1, 2, ("ok", outcome))))
@@ -135,6 +136,11 @@ def test_every_kind_of_worker_reply_reads_back() -> None:
     assert dict(register.counts[1]) == {"00": 3, "11": 5}
     assert np.array_equal(est.expectation_values, estimator.expectation_values)
     assert est.precision == 0.01
+    assert type(read.execution_seconds) is np.float64  # NumPy scalars stay NumPy scalars
+    scalar = EstimatorResult((), np.float64(0.5), np.float64(0.0), 0.0)  # shape (): scalars
+    read_scalar = decode(encode(("ok", scalar)))[1]
+    assert type(read_scalar.expectation_values) is np.float64
+    assert read_scalar.expectation_values == 0.5
     for reply in [
         ("ready", 4242),
         ("failed", "X", "message", {"k": "v"}, FailureKind.CLIENT_ERROR.value),
@@ -285,3 +291,55 @@ def test_qpy_declaring_more_than_any_backend_has_is_refused_before_it_is_read() 
         with pytest.raises(ValueError):
             CircuitRef(patched).circuit()
     assert CircuitRef(data).circuit().num_qubits == 2
+
+
+def _delays(circuit: QuantumCircuit) -> list[tuple[object, str]]:
+    found: list[tuple[object, str]] = []
+    for instruction in circuit.data:
+        operation = instruction.operation
+        if operation.name == "delay":
+            found.append((operation.duration, operation.unit))
+        for block in getattr(operation, "blocks", ()):
+            found += _delays(block)
+    return found
+
+
+def test_delays_keep_their_units_through_qpy() -> None:
+    # Qiskit 2.6's QPY reader reads every delay's unit as dt: 10 ns came back as 10 dt, and
+    # 1.5 us did not load (a job with `delay[1.5us]` failed on its worker).
+    circuit = QuantumCircuit(2, 1)
+    circuit.metadata = {"client": "kept"}
+    circuit.delay(1.5, 0, unit="us")
+    circuit.delay(10.0, 1, unit="ns")
+    circuit.measure(0, 0)
+    with circuit.if_test((circuit.clbits[0], 1)) as otherwise:
+        circuit.delay(2e-9, 1, unit="s")
+    with otherwise:
+        circuit.delay(7, 1, unit="dt")
+    with circuit.for_loop(range(2)):
+        circuit.delay(3.0, 0, unit="ps")
+    read = CircuitRef.of(circuit).circuit()
+    assert (
+        _delays(read)
+        == _delays(circuit)
+        == [
+            (1.5, "us"),
+            (10.0, "ns"),
+            (2e-9, "s"),
+            (7, "dt"),
+            (3.0, "ps"),
+        ]
+    )
+    assert read.metadata == {"client": "kept"}
+    assert circuit.metadata == {"client": "kept"}  # the compiled circuit itself untouched
+
+
+def test_delay_units_that_do_not_match_the_delays_are_refused() -> None:
+    circuit = QuantumCircuit(1)
+    circuit.delay(1.5, 0, unit="us")
+    for units in (["us", "ns"], [], ["parsec"], "us"):
+        circuit.metadata = {"qgateway.delay_units": units}
+        buffer = io.BytesIO()
+        qpy.dump(circuit, buffer)
+        with pytest.raises(ValueError):
+            CircuitRef(buffer.getvalue()).circuit()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import math
 import threading
 from abc import abstractmethod
@@ -53,7 +52,7 @@ from gateway.backends.lru import LRU
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit import measurement
 from gateway.backends.qiskit.observables import PackedObservables, PauliKey
-from gateway.backends.qiskit.qpy_reader import load_compiled, qpy_versions
+from gateway.backends.qiskit.qpy_reader import dump_compiled, load_compiled, qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.domain import costs
 from gateway.domain.backends import BackendInfo, BackendKind, Primitive
@@ -145,9 +144,7 @@ class CircuitRef:
 
     @classmethod
     def of(cls, circuit: QuantumCircuit) -> CircuitRef:
-        buffer = io.BytesIO()
-        qiskit.qpy.dump(circuit, buffer)
-        return cls(data=buffer.getvalue())
+        return cls(data=dump_compiled(circuit))
 
     @functools.cached_property
     def key(self) -> str:

@@ -29,6 +29,7 @@ import io
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import qiskit.qpy
@@ -343,10 +344,27 @@ def load_circuit(
 # is checked before Qiskit's reader allocates for what it declares (a 417-byte payload declaring
 # 2^25 qubits took 12 GB).
 _MAX_COMPILED_INSTRUCTIONS = 1 << 24
+# Qiskit 2.6's QPY reader reads every delay's unit as "dt" (10 ns reads back as 10 dt, 1.5 us
+# does not load at all). A compiled circuit carries its delays' units, in the order `_delays`
+# walks them, in this metadata entry; they are put back when it is read.
+_DELAY_UNITS = "qgateway.delay_units"
+_TIME_UNITS = frozenset({"s", "ms", "us", "ns", "ps", "dt"})
+_CONTROL_FLOW = frozenset({"if_else", "while_loop", "for_loop", "switch_case", "box"})
+
+
+def dump_compiled(circuit: QuantumCircuit) -> bytes:
+    """A compiled circuit as QPY, which `load_compiled` reads back."""
+    units = _delay_units(circuit)
+    if any(unit != "dt" for unit in units):
+        circuit = circuit.copy()
+        circuit.metadata = {**(circuit.metadata or {}), _DELAY_UNITS: units}
+    buffer = io.BytesIO()
+    qiskit.qpy.dump(circuit, buffer)
+    return buffer.getvalue()
 
 
 def load_compiled(data: bytes) -> QuantumCircuit:
-    """A compiled circuit's QPY (what `CircuitRef` holds), its layout kept.
+    """A compiled circuit's QPY (what `CircuitRef` holds, `dump_compiled`'s), its layout kept.
 
     Raises:
         ValueError: not one circuit in a QPY version read here, sizes past the bounds above,
@@ -374,4 +392,49 @@ def load_compiled(data: bytes) -> QuantumCircuit:
         raise ValueError(f"{type(exc).__name__}: {str(exc)[:300]}") from None
     if len(programs) != 1 or not isinstance(programs[0], QuantumCircuit):
         raise ValueError("a compiled circuit is one QuantumCircuit")
-    return programs[0]
+    circuit = programs[0]
+    units = (circuit.metadata or {}).pop(_DELAY_UNITS, None)
+    if units is not None:
+        if not (isinstance(units, list) and all(unit in _TIME_UNITS for unit in units)):
+            raise ValueError("a compiled circuit's delay units are not time units")
+        remaining = iter(units)
+        _put_delay_units(circuit, remaining)
+        if next(remaining, None) is not None:
+            raise ValueError("a compiled circuit with more delay units than delays")
+    return circuit
+
+
+def _delay_units(circuit: QuantumCircuit) -> list[str]:
+    ops = circuit.count_ops()
+    if "delay" not in ops and not _CONTROL_FLOW.intersection(ops):
+        return []
+    units: list[str] = []
+    for instruction in circuit.data:
+        if instruction.name == "delay":
+            units.append(instruction.operation.unit)
+        elif instruction.name in _CONTROL_FLOW:
+            for block in instruction.operation.blocks:
+                units += _delay_units(block)
+    return units
+
+
+def _put_delay_units(circuit: QuantumCircuit, units: Iterator[str]) -> None:
+    """Rebuilds each delay (in `_delay_units`' order) with its unit, without ever building the
+    delay the reader made (which raises for a fractional duration in "dt")."""
+    for index, instruction in enumerate(circuit.data):
+        if instruction.name == "delay":
+            unit = next(units, None)
+            if unit is None:
+                raise ValueError("a compiled circuit with fewer delay units than delays")
+            (duration,) = instruction.params
+            try:
+                delay = Delay(duration, unit)
+            except Exception as exc:
+                raise ValueError(f"a compiled circuit's delay: {exc}") from None
+            circuit._data[index] = instruction.replace(operation=delay)
+        elif instruction.name in _CONTROL_FLOW:
+            operation = instruction.operation
+            blocks = list(operation.blocks)
+            for block in blocks:
+                _put_delay_units(block, units)
+            circuit._data[index] = instruction.replace(operation=operation.replace_blocks(blocks))
