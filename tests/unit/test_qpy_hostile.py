@@ -479,3 +479,18 @@ def test_a_switch_with_a_default_case_runs(aer: AerAdapter) -> None:
             circuit.x(0)
     circuit.measure(0, 1)
     assert counts(aer, dump(circuit)) == {"01": 16}
+
+
+def test_a_qpy_delay_that_cannot_be_in_dt_is_refused_as_the_payloads(aer: AerAdapter) -> None:
+    # QPY does not carry a delay's unit: the reader gives every delay the unit dt, and 1.5 us
+    # raised CircuitError when first built (INTERNAL COMPILER_FAILED, the gateway's fault).
+    circuit = QuantumCircuit(1, 1)
+    circuit.delay(1.5, 0, unit="us")
+    circuit.measure(0, 0)
+    error = refusal(aer, dump(circuit), "INVALID_QPY")
+    assert error.metadata["instruction"] == "delay"
+    # A whole number reads as that many dt.
+    whole = QuantumCircuit(1, 1)
+    whole.delay(10.0, 0, unit="ns")
+    whole.measure(0, 0)
+    assert counts(aer, dump(whole)) == {"0": 16}

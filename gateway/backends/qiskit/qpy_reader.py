@@ -42,6 +42,7 @@ from qiskit.circuit import (
     QuantumCircuit,
     Reset,
 )
+from qiskit.circuit.exceptions import CircuitError
 from qiskit.qpy import common as qpy_common
 
 from gateway.backends.base import MAX_COMPILED_CLBITS, MAX_COMPILED_QUBITS, CircuitLimits
@@ -237,7 +238,17 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
                 feature="classical_variables",
             )
         for instruction in body.data:
-            op = instruction.operation
+            try:
+                op = instruction.operation
+            except CircuitError as exc:
+                # Built only now, from what the reader kept: a fractional delay, which the
+                # reader gives the unit dt (QPY does not carry units), is refused here.
+                raise _invalid_qpy(
+                    f"instruction {fe._clip(instruction.name)!r} cannot be built: "
+                    f"{fe._clip(str(exc))}",
+                    field,
+                    instruction=instruction.name,
+                ) from None
             name = op.name
             if op.num_qubits != len(instruction.qubits) or op.num_clbits != len(instruction.clbits):
                 raise _invalid_qpy(
