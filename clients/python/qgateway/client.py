@@ -208,11 +208,19 @@ def _attempts_spent(error: QGatewayError) -> int:
     return 0 if _draining(error) else 1
 
 
-def _final(job: job_pb2.Job) -> bool:
-    return JobState.from_proto(job.state).is_final
-
-
-_WATCH_ENDED = UnavailableError("the watch ended before the job's final state")
+def _resume_delay(
+    policy: RetryPolicy, last: job_pb2.Job | None, attempt: int, deadline: float | None, name: str
+) -> float | None:
+    """After a WatchJob stream ended with OK: None when it had shown the final state, else
+    the delay before it is resumed (a proxy closing streams cleanly; the gateway never ends one
+    early). Raises UnavailableError when the retries are spent."""
+    if last is not None and JobState.from_proto(last.state).is_final:
+        return None
+    ended = _watch_ended(name)
+    delay = _attempt_delay(policy, ended, attempt, deadline)
+    if delay is None:
+        raise ended
+    return delay
 
 
 def _watch_ended(name: str) -> UnavailableError:
@@ -1387,14 +1395,10 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                         continue
                     last = response.job
                     yield _watched(response)
-                if last is not None and _final(last):
-                    return
-                # Ended with OK before a final state (a proxy closing streams cleanly; the
-                # gateway never does): resumed like a dropped stream.
                 attempt += 1
-                delay = _attempt_delay(self.retry, _WATCH_ENDED, attempt, deadline)
+                delay = _resume_delay(self.retry, last, attempt, deadline, request.name)
                 if delay is None:
-                    raise _watch_ended(request.name)
+                    return
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 attempt += _attempts_spent(err)
@@ -1971,14 +1975,10 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                         continue
                     last = response.job
                     yield _watched(response)
-                if last is not None and _final(last):
-                    return
-                # Ended with OK before a final state (a proxy closing streams cleanly; the
-                # gateway never does): resumed like a dropped stream.
                 attempt += 1
-                delay = _attempt_delay(self.retry, _WATCH_ENDED, attempt, deadline)
+                delay = _resume_delay(self.retry, last, attempt, deadline, request.name)
                 if delay is None:
-                    raise _watch_ended(request.name)
+                    return
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc)
                 attempt += _attempts_spent(err)
