@@ -176,3 +176,11 @@ def test_code_run_in_a_worker_process_does_not_run_in_the_gateway(tmp_path: Path
 
     asyncio.run(run())
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("value", [object(), 1 << 70, np.array([object()])])
+def test_a_reply_the_worker_cannot_encode_is_sent_as_its_failure(value: object) -> None:
+    # An adapter's bug (a value no reply may hold): the job fails, the worker goes on.
+    reply = reply_codec.decode(worker._reply_frame(("ok", value))[8:])
+    assert reply[:2] == ("failed", "EXECUTION_FAILED")
+    assert reply[4] == "BACKEND_FAULT"
