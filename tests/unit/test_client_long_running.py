@@ -373,3 +373,31 @@ def test_the_async_watch_that_ends_with_ok_before_a_final_state_is_resumed(
 
     assert asyncio.run(scenario()) == [JobState.RUNNING, JobState.SUCCEEDED]
     assert streams == []
+
+
+def test_streams_that_end_with_ok_without_news_use_up_the_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every message reset the count, so streams that each repeated RUNNING and ended with OK
+    # were resumed forever (with no timeout, the watch never ended).
+    monkeypatch.setattr(client_module, "_sleep", lambda seconds: None)
+    streams = 0
+
+    def watch(*args: Any, **kwargs: Any) -> _Stream:
+        nonlocal streams
+        streams += 1
+        return _Stream(RUNNING_ONLY)
+
+    seen: list[JobState] = []
+    with Client("127.0.0.1:1") as client, pytest.raises(client_module.UnavailableError):
+        client._jobs_stub = type("Jobs", (), {"WatchJob": lambda self, *a, **k: watch()})()
+        for job in client.watch("w"):
+            seen.append(job.state)
+    assert seen == [JobState.RUNNING]
+    assert streams == client.retry.max_attempts
+
+
+def test_a_state_this_client_does_not_know_ends_the_watch() -> None:
+    # A newer gateway's state: not resumed (it may be final there).
+    with _watching([_event(99, None, False)]) as client:
+        assert [j.state for j in client.watch("w")] == [JobState.UNSPECIFIED]

@@ -343,3 +343,17 @@ def test_delay_units_that_do_not_match_the_delays_are_refused() -> None:
         qpy.dump(circuit, buffer)
         with pytest.raises(ValueError):
             CircuitRef(buffer.getvalue()).circuit()
+
+
+def test_a_clients_own_delay_units_entry_is_not_obeyed() -> None:
+    # A client's QPY metadata naming the entry made a 10 dt delay run as 10 s.
+    circuit = QuantumCircuit(1)
+    circuit.metadata = {"qgateway.delay_units": ["s"], "client": "kept"}
+    circuit.delay(10, 0)
+    read = CircuitRef.of(circuit).circuit()
+    assert _delays(read) == [(10, "dt")]
+    assert read.metadata == {"client": "kept"}
+    with_units = QuantumCircuit(1)
+    with_units.metadata = {"qgateway.delay_units": ["s", "s"]}
+    with_units.delay(1.5, 0, unit="us")
+    assert _delays(CircuitRef.of(with_units).circuit()) == [(1.5, "us")]

@@ -211,11 +211,14 @@ def _attempts_spent(error: QGatewayError) -> int:
 def _resume_delay(
     policy: RetryPolicy, last: job_pb2.Job | None, attempt: int, deadline: float | None, name: str
 ) -> float | None:
-    """After a WatchJob stream ended with OK: None when it had shown the final state, else
-    the delay before it is resumed (a proxy closing streams cleanly; the gateway never ends one
-    early). Raises UnavailableError when the retries are spent."""
-    if last is not None and JobState.from_proto(last.state).is_final:
-        return None
+    """After a WatchJob stream ended with OK: None when it had shown the final state (or a
+    state this client does not know, a newer gateway's), else the delay before it is resumed
+    (a proxy closing streams cleanly; the gateway never ends one early). Raises
+    UnavailableError when the retries are spent."""
+    if last is not None:
+        state = JobState.from_proto(last.state)
+        if state.is_final or state is JobState.UNSPECIFIED:
+            return None
     ended = _watch_ended(name)
     delay = _attempt_delay(policy, ended, attempt, deadline)
     if delay is None:
@@ -1377,7 +1380,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         """
         request = job_service_pb2.WatchJobRequest(name=_job_name(name))
         deadline = _deadline(timeout)
-        attempt = 0
+        attempt = quiet_ends = 0
         last: job_pb2.Job | None = None
         while True:
             delay: float | None = None
@@ -1391,12 +1394,15 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                     attempt = 0
                     # A repeat (a resumed stream, or a heartbeat with nothing new) is skipped.
                     repeat = last is not None and response.job == last
+                    if not repeat:
+                        quiet_ends = 0
                     if repeat and not (heartbeats and response.heartbeat):
                         continue
                     last = response.job
                     yield _watched(response)
-                attempt += 1
-                delay = _resume_delay(self.retry, last, attempt, deadline, request.name)
+                # Ended with OK: streams that end so without news count as failed attempts.
+                quiet_ends += 1
+                delay = _resume_delay(self.retry, last, quiet_ends, deadline, request.name)
                 if delay is None:
                     return
             except grpc.RpcError as exc:
@@ -1957,7 +1963,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         """Follows a job until a final state; see `Client.watch`."""
         request = job_service_pb2.WatchJobRequest(name=_job_name(name))
         deadline = _deadline(timeout)
-        attempt = 0
+        attempt = quiet_ends = 0
         last: job_pb2.Job | None = None
         while True:
             delay: float | None = None
@@ -1971,12 +1977,15 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                     attempt = 0
                     # A repeat (a resumed stream, or a heartbeat with nothing new) is skipped.
                     repeat = last is not None and response.job == last
+                    if not repeat:
+                        quiet_ends = 0
                     if repeat and not (heartbeats and response.heartbeat):
                         continue
                     last = response.job
                     yield _watched(response)
-                attempt += 1
-                delay = _resume_delay(self.retry, last, attempt, deadline, request.name)
+                # Ended with OK: streams that end so without news count as failed attempts.
+                quiet_ends += 1
+                delay = _resume_delay(self.retry, last, quiet_ends, deadline, request.name)
                 if delay is None:
                     return
             except grpc.RpcError as exc:

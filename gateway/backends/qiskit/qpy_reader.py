@@ -364,11 +364,21 @@ _CONTROL_FLOW = frozenset({"if_else", "while_loop", "for_loop", "switch_case", "
 
 
 def dump_compiled(circuit: QuantumCircuit) -> bytes:
-    """A compiled circuit as QPY, which `load_compiled` reads back."""
+    """A compiled circuit as QPY, which `load_compiled` reads back.
+
+    Raises:
+        ValueError: a delay whose duration is an expression (no simulator or device here runs
+            one; QPY would carry it, but not as a time).
+    """
     units = _delay_units(circuit)
+    metadata = dict(circuit.metadata or {})
+    # A client's QPY may name the entry itself: it is never the client's to set.
+    spoofed = metadata.pop(_DELAY_UNITS, None) is not None
     if any(unit != "dt" for unit in units):
+        metadata[_DELAY_UNITS] = units
+    if spoofed or _DELAY_UNITS in metadata:
         circuit = circuit.copy()
-        circuit.metadata = {**(circuit.metadata or {}), _DELAY_UNITS: units}
+        circuit.metadata = metadata
     buffer = io.BytesIO()
     qiskit.qpy.dump(circuit, buffer)
     return buffer.getvalue()
@@ -422,7 +432,10 @@ def _delay_units(circuit: QuantumCircuit) -> list[str]:
     units: list[str] = []
     for instruction in circuit.data:
         if instruction.name == "delay":
-            units.append(instruction.operation.unit)
+            unit = instruction.operation.unit
+            if unit not in _TIME_UNITS:
+                raise ValueError(f"a delay whose duration is {unit!r}, not a time")
+            units.append(unit)
         elif instruction.name in _CONTROL_FLOW:
             for block in instruction.operation.blocks:
                 units += _delay_units(block)
