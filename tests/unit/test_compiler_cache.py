@@ -165,22 +165,32 @@ class _UnreachableWorker(_Worker):
         raise TargetUnavailable("the device could not be described (HTTP 503)")
 
 
+def _compile_twice(
+    pool: _Pool, backend: str, text: str, error: type[Exception]
+) -> list[pytest.ExceptionInfo[Exception]]:
+    """Asks a compiler on `pool` for the same circuit twice; each call raises `error`."""
+    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
+    source = CircuitSource(CircuitLanguage.QASM3, text)
+    raised: list[pytest.ExceptionInfo[Exception]] = []
+
+    async def twice() -> None:
+        for _ in range(2):
+            with pytest.raises(error) as failed:
+                await compiler.compile("acme", backend, _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+            raised.append(failed)
+
+    asyncio.run(twice())
+    return raised
+
+
 def test_a_target_the_provider_cannot_give_is_unavailable_and_never_cached() -> None:
     # The provider's outage is not the circuit's fault: once it answers, the circuit compiles.
     worker = _UnreachableWorker()
     pool = _Pool(worker)
-    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
-    source = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; h q;")
-
-    async def twice() -> None:
-        for _ in range(2):
-            with pytest.raises(Unavailable) as failed:
-                await compiler.compile("acme", "ibm", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
-            assert failed.value.reason == "BACKEND_UNAVAILABLE"
-            assert "HTTP 503" in failed.value.message and failed.value.retry_after
-            assert failed.value.metadata == {"backend": "backends/ibm", "targetFetched": "false"}
-
-    asyncio.run(twice())
+    for failed in _compile_twice(pool, "ibm", "OPENQASM 3.0; qubit q; h q;", Unavailable):
+        assert failed.value.reason == "BACKEND_UNAVAILABLE"
+        assert "HTTP 503" in failed.value.message and failed.value.retry_after
+        assert failed.value.metadata == {"backend": "backends/ibm", "targetFetched": "false"}
     assert worker.compiles == 2 and not worker.killed and pool.released == [False, False]
 
 
@@ -409,7 +419,7 @@ def test_a_circuit_two_tenants_ask_for_is_compiled_in_each_ones_turn() -> None:
 
 
 class _CompromisedWorker(_Worker):
-    """A compile worker whose reply was refused (it named a global no reply holds)."""
+    """A compile worker whose reply was refused (not data a worker sends)."""
 
     async def compile(self, backend: str, source: CircuitSource, cpu_seconds: float) -> object:
         self.compiles += 1
@@ -423,14 +433,6 @@ def test_a_circuit_whose_compile_sent_a_refused_reply_is_refused_again_from_the_
     # get another worker to try again.
     worker = _CompromisedWorker()
     pool = _Pool(worker)
-    compiler = Compiler(pool, CompileLimits())  # type: ignore[arg-type]
-    source = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q;")
-
-    async def twice() -> None:
-        for _ in range(2):
-            with pytest.raises(Internal) as failed:
-                await compiler.compile("acme", "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
-            assert failed.value.reason == "COMPILER_CRASHED"
-
-    asyncio.run(twice())
+    for failed in _compile_twice(pool, "aer", "OPENQASM 3.0; qubit q;", Internal):
+        assert failed.value.reason == "COMPILER_CRASHED"
     assert worker.compiles == 1 and worker.killed and pool.released == [True]

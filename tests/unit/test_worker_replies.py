@@ -1,4 +1,4 @@
-"""Worker replies are unpickled, and results encoded, on the event loop only when small: a large
+"""Worker replies are decoded, and results encoded, on the event loop only when small: a large
 result (an array per binding and register) took ~1 s to unpickle, every other call waiting. A
 reply no worker sends is refused, and its worker killed."""
 
@@ -55,7 +55,7 @@ async def _received(padding: int, monkeypatch: pytest.MonkeyPatch, seen: list[in
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("padding", "on_loop"), [(100, True), (INLINE_BYTES, False)])
-async def test_large_replies_are_unpickled_off_the_event_loop(
+async def test_large_replies_are_decoded_off_the_event_loop(
     padding: int, on_loop: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[int] = []

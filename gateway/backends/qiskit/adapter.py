@@ -31,7 +31,6 @@ from typing import ClassVar
 
 import numpy as np
 import qiskit
-import qiskit.qpy
 from pydantic import Field
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
@@ -141,6 +140,10 @@ class CircuitRef:
     def __post_init__(self) -> None:
         if type(self.data) is not bytes:
             raise ValueError("a compiled circuit's QPY is bytes")
+        # Digested once, where the ref is built (the gateway rebuilds it from the compile
+        # reply): the key then travels to simulator workers inside the job's pickle, instead
+        # of each worker hashing the circuit again for every job.
+        _ = self.key
 
     @classmethod
     def of(cls, circuit: QuantumCircuit) -> CircuitRef:
@@ -245,8 +248,8 @@ class CompiledCircuit:
             raise ValueError("a compiled circuit past its bounds")
         check_types("parameters", self.parameters, str)
         check_types("registers", self.registers, RegisterSpec)
-        check_types("flags", (self.has_measurements, self.terminal), bool)
-        check_types("flags", (self.writes_clbits, self.has_while_loop), bool)
+        flags = (self.has_measurements, self.terminal, self.writes_clbits, self.has_while_loop)
+        check_types("flags", flags, bool)
         if type(self.features) is not frozenset or not all(
             isinstance(f, CircuitFeature) for f in self.features
         ):

@@ -356,8 +356,8 @@ def load_circuit(
 # 2^25 qubits took 12 GB).
 _MAX_COMPILED_INSTRUCTIONS = 1 << 24
 # Qiskit 2.6's QPY reader reads every delay's unit as "dt" (10 ns reads back as 10 dt, 1.5 us
-# does not load at all). A compiled circuit carries its delays' units, in the order `_delays`
-# walks them, in this metadata entry; they are put back when it is read.
+# does not load at all). A compiled circuit carries its delays' units, in the order
+# `_delay_units` walks them, in this metadata entry; they are put back when it is read.
 _DELAY_UNITS = "qgateway.delay_units"
 _TIME_UNITS = frozenset({"s", "ms", "us", "ns", "ps", "dt"})
 _CONTROL_FLOW = frozenset({"if_else", "while_loop", "for_loop", "switch_case", "box"})
