@@ -703,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, default=None, help=text)
     for flag, text in switches.items():
         parser.add_argument(flag, action="store_true", help=text)
+    timeout_help = "seconds for the call (default: none)"
+    parser.add_argument("--timeout", type=float, default=None, help=timeout_help)
     # Also accepted after the subcommand; SUPPRESS keeps the global value when absent there.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--target", default=argparse.SUPPRESS, help="gateway host:port")
@@ -710,9 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument(flag, default=argparse.SUPPRESS, help=text)
     for flag, text in switches.items():
         common.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
-    common.add_argument(
-        "--timeout", type=float, default=None, help="seconds for the call (default: none)"
-    )
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=timeout_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway")

@@ -233,6 +233,15 @@ def test_target_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.target == "b:2"
 
 
+def test_timeout_before_or_after_the_subcommand() -> None:
+    parse = cli.build_parser().parse_args
+    assert parse(["--timeout", "5", "backends"]).timeout == 5.0
+    assert parse(["backends", "--timeout", "7"]).timeout == 7.0
+    assert parse(["--timeout", "5", "jobs", "get", "j1", "--timeout", "9"]).timeout == 9.0
+    assert parse(["backends"]).timeout is None
+    assert parse(["--timeout", "5", "serve"]).timeout == 5.0  # accepted, unused by serve
+
+
 class FakeClient:
     def __init__(self, job: Job) -> None:
         self.job = job
