@@ -610,6 +610,19 @@ def test_observables_as_qiskit_writes_them() -> None:
         observables_from(Pauli("iXZ"))
     with pytest.raises(ValueError, match="not real"):
         observables_from(SparsePauliOp(["X"], [0.5 + 1e-9j]))
+    # Simplified at a tolerance relative to the operator: an absolute 1e-8 dropped every term
+    # of a Hamiltonian in SI units, which was then sent as 0 * I.
+    si = SparsePauliOp(["ZZ", "XI", "IZ", "ZZ"], [3e-22, -1.1e-22, 0.5e-22, 1e-22])
+    assert terms(observables_from(si)) == [
+        [("ZZ", [], 4e-22), ("XI", [], -1.1e-22), ("IZ", [], 5e-23)]
+    ]
+    tiny_square = SparsePauliOp(["Z", "X"], [1e-22, 1e-22]) @ SparsePauliOp(
+        ["Z", "X"], [1e-22, 1e-22]
+    )
+    [[(pauli, qubits, coefficient)]] = terms(observables_from(tiny_square))  # iY, -iY cancel
+    assert (pauli, qubits) == ("I", []) and coefficient == pytest.approx(2e-44, rel=1e-12, abs=0)
+    # At unit scale it drops what Qiskit's own simplify drops.
+    assert terms(observables_from(SparsePauliOp(["Z", "X"], [1.0, 1e-9]))) == [[("Z", [], 1.0)]]
 
 
 def test_nested_observables_are_arrays_as_in_qiskit() -> None:

@@ -461,8 +461,11 @@ def _observable(item: Any) -> circuit_pb2.Observable:
     elif hasattr(item, "to_list") and not isinstance(item, Sequence | Mapping):
         # SparsePauliOp-like. Simplified first, as Qiskit's estimator does: a product such as
         # (Z+X)@(Z+X) holds iY and -iY terms that cancel, each refused as not Hermitian alone.
-        if hasattr(item, "simplify"):
-            item = item.simplify()
+        # The tolerance is relative: simplify's default (an absolute 1e-8) dropped every term
+        # of an operator in SI units (coefficients ~1e-22), whose value then read as 0.
+        if hasattr(item, "simplify") and hasattr(item, "coeffs"):
+            scale = max((abs(complex(c)) for c in item.coeffs), default=0.0)
+            item = item.simplify(atol=1e-8 * scale)
         item = list(item.to_list())
     if isinstance(item, str) or _is_term(item):
         terms = [_term(item)]
