@@ -62,6 +62,15 @@ MAX_DAYS = 36_500.0
 MAX_SECONDS = MAX_DAYS * 86_400.0
 # gRPC's message-size options are int32: the transport limits derived from these must fit.
 _INT32_MAX = 2**31 - 1
+# Counts and sizes that ListBackends, GetBackend or GetTenantUsage report travel in int64
+# fields (int32 where the bound below says so): a value past them made those calls INTERNAL.
+_INT64_MAX = 2**63 - 1
+# Mebibyte settings: far beyond any machine, and their bytes (doubled, for the reply cap) still
+# fit a C long, which setrlimit takes (a larger one crashed the first worker's start).
+MAX_MB = 2**40
+# Processes one setting may start: far beyond any machine's cores, and a typo's cost bounded
+# (each warm worker holds ~1.2 GiB).
+MAX_PROCESSES = 1024
 # Request metadata (headers) a call may carry, both ports.
 METADATA_LIMIT_BYTES = 16 * 1024
 
@@ -121,13 +130,13 @@ class ServerConfig(_Strict):
     # arriving a second after their headers (slow ones) are limited, one more is
     # RESOURCE_EXHAUSTED TOO_MANY_SLOW_REQUESTS; no message may take longer than the timeout
     # (DEADLINE_EXCEEDED REQUEST_READ_TIMEOUT). 16 MiB in 60 s needs ~2.3 Mbit/s.
-    max_slow_requests_per_tenant: int = Field(default=32, gt=0)
+    max_slow_requests_per_tenant: int = Field(default=32, gt=0, le=_INT32_MAX)
     request_read_timeout_s: float = Field(default=60.0, gt=1.0, le=MAX_SECONDS)
     # Largest response the gateway sends in one message; the default matches gRPC clients'
     # default receive limit, so any client can read every answer.
     max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0, le=_INT32_MAX - MIB)
     # Threads that check large sweeps and observables next to the event loop.
-    prepare_threads: int = Field(default=4, gt=0)
+    prepare_threads: int = Field(default=4, gt=0, le=MAX_PROCESSES)
     grace_period_s: float = Field(default=30.0, ge=0, le=MAX_SECONDS)
     # Longest a Run call waits for its job, whatever the caller's deadline (none included):
     # then it answers DEADLINE_EXCEEDED RUN_DEADLINE_EXCEEDED and the job keeps running. Keeps
@@ -153,12 +162,12 @@ class ServerConfig(_Strict):
     lease_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Sessions (SessionService): open (not ended) sessions a tenant may hold; the longest max
     # TTL a session may ask for (also its default); the idle TTL of a session that names none.
-    max_sessions_per_tenant: int = Field(default=10, gt=0)
+    max_sessions_per_tenant: int = Field(default=10, gt=0, le=_INT32_MAX)
     session_max_ttl_s: float = Field(default=8 * 3600.0, gt=0, le=MAX_SECONDS)
     session_idle_ttl_s: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     # Open server streams (WatchJob, StreamJobResult) and waiting Run calls one tenant may hold
     # on this process; one more is RESOURCE_EXHAUSTED TOO_MANY_STREAMS.
-    max_streams_per_tenant: int = Field(default=1000, gt=0)
+    max_streams_per_tenant: int = Field(default=1000, gt=0, le=_INT32_MAX)
     # Stored-result bytes that open StreamJobResult calls hold in memory (each keeps its parsed
     # result until it ends), per tenant and for the whole process; past either a new stream is
     # RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED. An empty budget takes any one result.
@@ -268,13 +277,13 @@ class CircuitConfig(_Strict):
     """Limits on one circuit, checked from its parsed structure before it is built or
     transpiled (each refusal names its limit)."""
 
-    max_source_bytes: int = Field(default=1 * MIB, gt=0)
+    max_source_bytes: int = Field(default=1 * MIB, gt=0, le=_INT32_MAX)
     # Gate applications once every definition is unrolled (counted per definition).
-    max_operations: int = Field(default=250_000, gt=0)
+    max_operations: int = Field(default=250_000, gt=0, le=_INT64_MAX)
     # Operations that exist only inside gate definitions, unrolled: transpiling pays for each.
-    max_definition_operations: int = Field(default=20_000, gt=0)
+    max_definition_operations: int = Field(default=20_000, gt=0, le=_INT64_MAX)
     # Declared classical bits (the reader allocates each one).
-    max_clbits: int = Field(default=100_000, gt=0)
+    max_clbits: int = Field(default=100_000, gt=0, le=_INT64_MAX)
 
     def limits(self) -> CircuitLimits:
         return CircuitLimits(
@@ -290,7 +299,7 @@ class CompilerConfig(_Strict):
 
     # Processes, shared fairly across tenants. The default is one per core of this kind of
     # machine; a lone tenant may use them all.
-    workers: int = Field(default=2, ge=1)
+    workers: int = Field(default=2, ge=1, le=MAX_PROCESSES)
     # A compile past either limit is killed and refused with CIRCUIT_TOO_COMPLEX. CPU time is
     # the circuit's own cost (the refusal is cached by content); wall time is the backstop for
     # a compile that stalls, and is longer, since a loaded machine also makes compiles slower.
@@ -298,9 +307,9 @@ class CompilerConfig(_Strict):
     timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Memory one compile may allocate beyond the warm worker's own size (an OS limit,
     # RLIMIT_DATA); past it the compile is refused with CIRCUIT_TOO_COMPLEX.
-    memory_headroom_mb: int = Field(default=1024, ge=64)
+    memory_headroom_mb: int = Field(default=1024, ge=64, le=MAX_MB)
     # Compiled circuits and refusals kept by content digest.
-    cache_mb: int = Field(default=256, gt=0)
+    cache_mb: int = Field(default=256, gt=0, le=MAX_MB)
     # A compile that finds no free worker within this answers RESOURCE_EXHAUSTED.
     acquire_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     # Replacements of killed compile workers per second, after a burst of `workers`. A start
@@ -329,9 +338,9 @@ class CompilerConfig(_Strict):
 class PoolConfig(_Strict):
     """Instances of a backend: warm worker processes for simulators."""
 
-    min_instances: int = Field(default=1, ge=0)
+    min_instances: int = Field(default=1, ge=0, le=MAX_PROCESSES)
     # The backend's concurrency limit.
-    max_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=1, ge=1, le=MAX_PROCESSES)
     max_age_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
     idle_timeout_s: float = Field(default=600.0, gt=0, le=MAX_SECONDS)
     acquire_timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
@@ -360,7 +369,7 @@ class PoolConfig(_Strict):
 
 
 class BreakerConfig(_Strict):
-    failure_threshold: int = Field(default=5, ge=1)
+    failure_threshold: int = Field(default=5, ge=1, le=_INT32_MAX)
     window_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     cooldown_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
 
@@ -382,20 +391,20 @@ class PriceConfig(_Strict):
 
 class BackendConfig(_Strict):
     adapter: str
-    max_shots: int = Field(default=1_000_000, gt=0)
+    max_shots: int = Field(default=1_000_000, gt=0, le=_INT64_MAX)
     default_shots: int = Field(default=1024, gt=0)
-    memory_budget_mb: int = Field(default=4096, gt=0)
+    memory_budget_mb: int = Field(default=4096, gt=0, le=MAX_MB)
     # OS limit (RLIMIT_DATA) on each worker process; default: the budget plus 2 GiB of headroom
     # (a warmed Braket or PennyLane worker's own data is ~1.35 GiB before any job)
     # for the interpreter and SDKs.
-    worker_memory_limit_mb: int | None = Field(default=None, gt=0)
-    max_queued_jobs: int = Field(default=10_000, gt=0)
-    max_result_mb: int = Field(default=256, gt=0)
+    worker_memory_limit_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
+    max_queued_jobs: int = Field(default=10_000, gt=0, le=_INT32_MAX)
+    max_result_mb: int = Field(default=256, gt=0, le=MAX_MB)
     # Costs bounded before any work starts (the error names the limit).
-    max_bindings: int = Field(default=100_000, gt=0)
-    max_job_shots: int = Field(default=10_000_000, gt=0)
-    max_estimator_work: int = Field(default=100_000_000, gt=0)
-    max_execution_work: float = Field(default=1e13, gt=0)
+    max_bindings: int = Field(default=100_000, gt=0, le=_INT64_MAX)
+    max_job_shots: int = Field(default=10_000_000, gt=0, le=_INT64_MAX)
+    max_estimator_work: int = Field(default=100_000_000, gt=0, le=_INT64_MAX)
+    max_execution_work: float = Field(default=1e13, gt=0, le=float(_INT64_MAX))
     # A running job past this is stopped (its worker killed) and FAILED with JOB_TIMEOUT.
     max_run_time_s: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
     # A job with a `while` loop on a simulator (iterations no estimate bounds: a ~150-byte
@@ -529,7 +538,7 @@ class AuditConfig(_Strict):
     # Failed authentications: the first per peer and reason in a window is written, the rest
     # counted into one record; at most max_failure_peers peers are told apart per window.
     failure_window_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
-    max_failure_peers: int = Field(default=256, gt=0)
+    max_failure_peers: int = Field(default=256, gt=0, le=_INT32_MAX)
 
     def key_path(self, data_dir: Path) -> Path:
         return self.key_file if self.key_file is not None else data_dir / "audit.key"

@@ -33,6 +33,16 @@ TENANT_ID = re.compile(TENANT_ID_PATTERN)
 MAX_PATTERNS = 256
 MAX_PATTERN_CHARS = 128
 MAX_DISPLAY_NAME = 256
+# The widest each limit can be reported as (TenantPolicy's fields in the v1 API): a policy
+# from the configuration file past them made GetTenantUsage and GetTenant fail INTERNAL.
+_MAX_BY_FIELD = {
+    "max_qubits": 2**31 - 1,
+    "max_shots_per_job": 2**63 - 1,
+    "max_queued_jobs": 2**31 - 1,
+    "max_sessions": 2**31 - 1,
+}
+_MAX_BURST = 2**31 - 1
+_MAX_QUOTA_SHOTS = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -235,10 +245,10 @@ def etag_of(display_name: str, policy: TenantPolicy) -> str:
 def validate_policy(policy: TenantPolicy) -> list[tuple[str, str]]:
     """Problems with a policy, as (field path, description); empty when it is valid."""
     problems: list[tuple[str, str]] = []
-    for name in ("max_qubits", "max_shots_per_job", "max_queued_jobs", "max_sessions"):
+    for name, most in _MAX_BY_FIELD.items():
         value = getattr(policy, name)
-        if value is not None and value < 1:
-            problems.append((name, "must be at least 1 when set"))
+        if value is not None and not 1 <= value <= most:
+            problems.append((name, f"must be 1 to {most} when set"))
     for name, patterns in (
         ("allowed_simulators", policy.allowed_simulators),
         ("allowed_hardware", policy.allowed_hardware),
@@ -253,12 +263,12 @@ def validate_policy(policy: TenantPolicy) -> list[tuple[str, str]]:
             continue
         if not (math.isfinite(rate.per_second) and rate.per_second >= MIN_PER_SECOND):
             problems.append((f"{name}.per_second", "must be at least one per 366 days"))
-        if rate.burst < 1:
-            problems.append((f"{name}.burst", "must be at least 1"))
+        if not 1 <= rate.burst <= _MAX_BURST:
+            problems.append((f"{name}.burst", f"must be 1 to {_MAX_BURST}"))
     quota = policy.quota
     if quota is not None:
-        if quota.shots is not None and quota.shots < 0:
-            problems.append(("quota.shots", "must not be negative"))
+        if quota.shots is not None and not 0 <= quota.shots <= _MAX_QUOTA_SHOTS:
+            problems.append(("quota.shots", f"must be 0 to {_MAX_QUOTA_SHOTS}"))
         if quota.cost is not None and not (math.isfinite(quota.cost) and quota.cost >= 0):
             problems.append(("quota.cost", "must be a non-negative number"))
         if quota.cost is not None and not quota.cost_unit:

@@ -117,6 +117,27 @@ def test_relative_paths_from_the_environment_stay_relative_to_the_working_direct
             "backends.a.max_execution_work",
         ),
         ("[telemetry.tracing]\nexport_interval_s = inf\n", "telemetry.tracing.export_interval_s"),
+        # Accepted before, then ListBackends, GetBackend or GetTenantUsage answered INTERNAL
+        # (a value past its int32 field), or the first worker's setrlimit crashed the start.
+        ('[backends.a]\nadapter = "aer"\nmax_queued_jobs = 2147483648\n', "max_queued_jobs"),
+        ('[backends.a]\nadapter = "aer"\nmemory_budget_mb = 1099511627777\n', "memory_budget"),
+        (
+            '[backends.a]\nadapter = "aer"\nworker_memory_limit_mb = 1099511627777\n',
+            "worker_memory_limit_mb",
+        ),
+        ("[compiler]\nmemory_headroom_mb = 1125899906842624\n", "compiler.memory_headroom_mb"),
+        ("[compiler]\nworkers = 1025\n", "compiler.workers"),
+        (
+            '[backends.a]\nadapter = "aer"\npool = { max_instances = 100000 }\n',
+            "pool.max_instances",
+        ),
+        ("[tenants.t.policy]\nmax_qubits = 2147483648\n", "max_qubits: must be 1 to 2147483647"),
+        ("[tenants.t.policy]\nmax_sessions = 2147483648\n", "max_sessions"),
+        ("[tenants.t.policy]\nmax_queued_jobs = 2147483648\n", "max_queued_jobs"),
+        (
+            "[tenants.t.policy]\nrequest_rate = { per_second = 1, burst = 2147483648 }\n",
+            "request_rate.burst",
+        ),
         # Every job naming no shots would be refused, for a field it never set.
         ('[backends.a]\nadapter = "aer"\nmax_shots = 100\n', "default_shots"),
         (
@@ -182,3 +203,42 @@ def test_connection_limits_become_grpc_server_options(tmp_path: Path) -> None:
     path.write_text("[server]\nrun_max_wait_s = 600\n")
     with pytest.raises(ConfigError, match="max_connection_age_grace_s"):
         load_config(path)
+
+
+def test_limits_at_their_widest_are_reported(tmp_path: Path) -> None:
+    """The widest value each setting takes is one the API can report: a backend's limits
+    and a tenant's policy at their bounds encode as ListBackends and GetTenant send them."""
+    from gateway.api import backend_codec, tenant_codec
+    from gateway.config import MAX_MB
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        f"""
+[backends.a]
+adapter = "aer"
+max_queued_jobs = {2**31 - 1}
+max_shots = {2**63 - 1}
+default_shots = {2**63 - 1}
+max_job_shots = {2**63 - 1}
+memory_budget_mb = {MAX_MB}
+worker_memory_limit_mb = {MAX_MB}
+max_result_mb = {MAX_MB}
+[compiler]
+memory_headroom_mb = {MAX_MB}
+[tenants.t.policy]
+max_qubits = {2**31 - 1}
+max_shots_per_job = {2**63 - 1}
+max_queued_jobs = {2**31 - 1}
+max_sessions = {2**31 - 1}
+request_rate = {{ per_second = 1, burst = {2**31 - 1} }}
+quota = {{ shots = {2**63 - 1} }}
+"""
+    )
+    config = load_config(path)
+    context = config.backends["a"].context("a", config.circuits)
+    limits = backend_codec.encode_limits(context.limits, 60.0)
+    assert limits.max_queued_jobs == 2**31 - 1
+    assert limits.memory_budget_bytes == MAX_MB << 20
+    assert context.worker_memory_bytes == MAX_MB << 20
+    policy = config.tenants["t"].tenant("t").policy
+    assert tenant_codec.decode_policy(tenant_codec.encode_policy(policy)) == policy
