@@ -288,8 +288,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         timeout = run_wait_timeout(remaining, self._run_max_wait)
         finished = await self._manager.wait(job.tenant, job.id, timeout)
         if finished is None:
-            limit = f"{self._run_max_wait:g}"
             capped = remaining is None or timeout >= self._run_max_wait
+            # The limit that applied: the server's cap, or the caller's own deadline (as much
+            # of it as was left when the call arrived).
+            limit = f"{self._run_max_wait:g}" if capped else f"{round(remaining or 0.0, 3):g}"
             waited = f"the server's Run wait limit of {limit}s" if capped else "the deadline"
             raise DeadlineExceeded(
                 "RUN_DEADLINE_EXCEEDED",
