@@ -165,7 +165,7 @@ def test_unknown_fields_in_a_spec_are_not_stored(client: Client, gateway: Gatewa
     db_path = gateway.log_path.parent / "data" / "qgateway.db"
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         row = db.execute(
-            "SELECT spec FROM jobs WHERE id = ?", (job.name.removeprefix("jobs/"),)
+            "SELECT spec FROM job_specs WHERE job_id = ?", (job.name.removeprefix("jobs/"),)
         ).fetchone()
     stored = bytes(row[0])
     assert len(stored) < 4096, len(stored)

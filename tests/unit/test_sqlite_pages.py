@@ -48,8 +48,8 @@ def _insert_jobs(path: pathlib.Path, count: int) -> list[JobCursor]:
     made = [JobCursor(T0 + timedelta(seconds=i // 3), f"j{i:05d}") for i in range(count)]
     with sqlite3.connect(path) as conn:
         conn.executemany(
-            "INSERT INTO jobs (id, tenant, backend, state, spec, num_pubs, seed, created_at,"
-            " request_hash) VALUES (?, 'acme', 'aer', 'SUCCEEDED', x'00', 1, '7', ?, x'00')",
+            "INSERT INTO jobs (id, tenant, backend, state, num_pubs, seed, created_at,"
+            " request_hash) VALUES (?, 'acme', 'aer', 'SUCCEEDED', 1, '7', ?, x'00')",
             [(job.id, to_us(job.created_at)) for job in made],
         )
     conn.close()

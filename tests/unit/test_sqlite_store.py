@@ -427,6 +427,38 @@ async def test_migration_7_adds_remote_ids_and_claims_to_existing_jobs(
         await store.close()
 
 
+async def test_migration_17_moves_specs_out_of_the_jobs_rows(db_path: pathlib.Path) -> None:
+    """A spec inside its job's row made every listing walk its overflow pages to reach the
+    columns after it: existing specs move to job_specs, whole, and leave with their jobs."""
+    _database_at(db_path, 16)
+    t0 = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    big = os.urandom(3 << 20)
+    with sqlite3.connect(db_path) as conn:
+        for job_id, state, spec in [("big", "SUCCEEDED", big), ("small", "QUEUED", b"\x01")]:
+            conn.execute(
+                "INSERT INTO jobs (id, tenant, request_hash, backend, state, spec, num_pubs,"
+                " seed, created_at, ended_at, state_history) VALUES (?, 'acme', x'00', 'aer',"
+                " ?, ?, 1, '7', ?, ?, '[]')",
+                (job_id, state, spec, t0, t0 if state == "SUCCEEDED" else None),
+            )
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert (await store.settings())["schema_version"] == LATEST_SCHEMA_VERSION
+        assert await store.get_spec("big") == big
+        assert await store.get_spec("small") == b"\x01"
+        page = await store.list_jobs("acme", limit=10)
+        assert sorted(j.id for j in page.jobs) == ["big", "small"]
+        assert await store.delete_ended_jobs(T0 + timedelta(days=1), 10) == (1, 0)
+        assert await store.get_spec("big") is None
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+        assert "spec" not in columns and "num_pubs" in columns
+        assert conn.execute("SELECT job_id FROM job_specs").fetchall() == [("small",)]
+
+
 async def test_migration_13_indexes_the_unrevoked_keys_of_existing_databases(
     db_path: pathlib.Path,
 ) -> None:
