@@ -328,6 +328,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         start_pub, start_binding = request.start_pub_index, request.start_binding_index
         result_stream.check_start_fields(start_pub, start_binding)
         job = await self._succeeded(context, request.name)
+        result_stream.check_pub_position(start_pub, job.num_pubs)
         # Held from before the read until the stream ends: the size alone is read first.
         with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)) as held:
             data = await self._manager.result(job)

@@ -90,9 +90,9 @@ def num_bindings(pub: job_pb2.PubResult) -> int:
     return math.prod(pub.estimator.shape)
 
 
-def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int) -> None:
-    """Refuses a resume position past the end of the result."""
-    pubs = len(result.pub_results)
+def check_pub_position(start_pub: int, pubs: int) -> None:
+    """Refuses a resume position past the last of `pubs` PUBs: checked from the job, before
+    its result is read (a refusal must not cost a read of up to max_result_mb)."""
     if start_pub >= pubs:
         raise _invalid(
             "INVALID_RESUME_POSITION",
@@ -101,6 +101,11 @@ def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int
             startPubIndex=start_pub,
             numPubs=pubs,
         )
+
+
+def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int) -> None:
+    """Refuses a resume position past the end of the result."""
+    check_pub_position(start_pub, len(result.pub_results))
     bindings = num_bindings(result.pub_results[start_pub])
     if start_binding >= bindings:
         raise _invalid(

@@ -4,7 +4,8 @@ Every operation is a callable run on the single thread that owns the connection.
 takes all operations waiting in its queue and runs them in one transaction, each inside its own
 SAVEPOINT, so one failing operation rolls back alone. Futures are resolved only after COMMIT
 returned: with `synchronous=FULL` that means a job is acknowledged only once it is on disk, while
-the fsync is shared by everything that arrived during the previous one.
+the fsync is shared by everything that arrived during the previous one. Specs and results,
+up to hundreds of MB, are read on threads of their own instead (gateway.store.sqlite_blobs).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
 from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
+from gateway.store.sqlite_blobs import BlobReader
 from gateway.store.sqlite_keys import UNREVOKED_INDEX_SQL as SQLITE_KEYS_UNREVOKED_INDEX
 from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_pages import page_query
@@ -408,6 +410,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         # (request_id): an indexed read takes microseconds, a hand-off to the writer thread and
         # back far longer. WAL lets it read committed state while the writer writes.
         self._reader: sqlite3.Connection | None = None
+        # Specs and results are read off the writer thread (gateway.store.sqlite_blobs).
+        self._blobs: BlobReader | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -445,6 +449,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         thread.start()
         await ready
         self._reader = _connect_reader(self.path)
+        self._blobs = BlobReader(self.path)
 
     async def close(self) -> None:
         """Runs every operation already queued, then closes the connection and the thread.
@@ -456,6 +461,9 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._blobs is not None:
+            blobs, self._blobs = self._blobs, None
+            await asyncio.to_thread(blobs.close)  # waits for a large read in progress
         with self._lock:
             first = not self._closed
             self._closed = True
@@ -579,18 +587,18 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         return await self._call(op, readonly=True)
 
     async def get_spec(self, job_id: str) -> bytes | None:
-        def op(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute("SELECT spec FROM job_specs WHERE job_id = ?", (job_id,)).fetchone()
-            return None if row is None else bytes(row[0])
-
-        return await self._call(op, readonly=True)
+        return await self._read_blob("SELECT spec FROM job_specs WHERE job_id = ?", job_id)
 
     async def get_result(self, job_id: str) -> bytes | None:
-        def op(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute("SELECT data FROM results WHERE job_id = ?", (job_id,)).fetchone()
-            return None if row is None else bytes(row[0])
+        return await self._read_blob("SELECT data FROM results WHERE job_id = ?", job_id)
 
-        return await self._call(op, readonly=True)
+    async def _read_blob(self, sql: str, key: str) -> bytes | None:
+        if self._blobs is None:
+            raise RuntimeError("the store is not open")
+        try:
+            return await self._blobs.read(sql, key)
+        except sqlite3.OperationalError as exc:
+            raise _as_answer(exc) from exc
 
     async def get_result_within(
         self, job_id: str, max_bytes: int

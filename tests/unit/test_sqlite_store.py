@@ -25,7 +25,7 @@ from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.pricing import Cost, Totals, Usage
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
 from gateway.store import sqlite as sqlite_module
-from gateway.store import sqlite_keys, sqlite_pages
+from gateway.store import sqlite_blobs, sqlite_keys, sqlite_pages
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
 from gateway.store.sqlite import LATEST_SCHEMA_VERSION, MIGRATIONS, SqliteStore, _split_sql
 
@@ -272,6 +272,37 @@ async def _run_gated(
     gate.release.set()
     await held
     return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def test_large_reads_do_not_hold_the_writer(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Specs and results are read on threads of their own: while a result read is held (as a
+    150 MB one is), other operations, writes included, go on; on the writer thread they
+    waited for it (another tenant's GetJob took 1.2 s instead of 3 ms)."""
+    job = (await store.create_job(new_job(payload=b"the spec"))).job
+    await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, result=b"the result")
+    entered, release = threading.Event(), threading.Event()
+    read = sqlite_blobs.BlobReader._read
+
+    def held(self: sqlite_blobs.BlobReader, sql: str, key: str) -> bytes | None:
+        entered.set()
+        release.wait(30)
+        return read(self, sql, key)
+
+    monkeypatch.setattr(sqlite_blobs.BlobReader, "_read", held)
+    reading = asyncio.ensure_future(store.get_result(job.id))
+    try:
+        assert await asyncio.to_thread(entered.wait, 30)
+        other = (await store.create_job(new_job(tenant="other"))).job
+        assert (await store.get_job(other.id)) == other
+        assert not reading.done()
+    finally:
+        release.set()
+    assert await reading == b"the result"
+    monkeypatch.undo()
+    assert await store.get_spec(job.id) == b"the spec"
+    assert await store.get_spec("absent") is None and await store.get_result("absent") is None
 
 
 async def test_failing_operation_does_not_fail_its_batch(store: SqliteStore) -> None:
