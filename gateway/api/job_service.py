@@ -14,6 +14,7 @@ from gateway.api import codec, paging, result_stream
 from gateway.api.context import Context, request_bytes
 from gateway.api.job_filter import parse_filter
 from gateway.api.request_digest import request_digest
+from gateway.api.result_samples import split_samples
 from gateway.api.spec_cache import SpecCache
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
@@ -332,15 +333,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         # Held from before the read until the stream ends: the size alone is read first.
         with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)) as held:
             data = await self._manager.result(job)
-            parse = job_pb2.JobResult.FromString
-            result = await offload.by_size(len(data), parse, data, inline_bytes=INLINE_PARSE_BYTES)
-            result_stream.check_position(result, start_pub, start_binding)
-            # The digest first, so the stored bytes are not held while a slow reader takes its
-            # time: only the parsed result is, its samples detached (one copy of them).
-            digest, samples, extra = await offload.by_size(
-                len(data), _digest_and_detach, data, result, inline_bytes=INLINE_PARSE_BYTES
+            # The samples stay views of the stored bytes (held once, as charged); only the
+            # rest is parsed, and what its counts take beyond their stored size is charged.
+            digest, result, samples, extra = await offload.by_size(
+                len(data), _split, data, inline_bytes=INLINE_PARSE_BYTES
             )
             del data
+            result_stream.check_position(result, start_pub, start_binding)
             held.grow(extra)  # before the first message: a refusal is a clean status
             chunks = result_stream.result_chunks(result, samples, chunk, start_pub, start_binding)
             for response in chunks:
@@ -368,8 +367,9 @@ def _derive(
         return spec_bytes, spec_digest, err
 
 
-def _digest_and_detach(
-    data: bytes, result: job_pb2.JobResult
-) -> tuple[bytes, list[list[bytes]], int]:
-    digest = result_stream.result_digest(data, result)
-    return digest, result_stream.detach_samples(result), result_stream.parsed_extra_bytes(result)
+def _split(data: bytes) -> tuple[bytes, job_pb2.JobResult, list[list[memoryview]], int]:
+    """StreamJobResult's work on a stored result, wherever it runs: its digest, the result
+    without its samples, the samples, and what the parse holds beyond the stored size."""
+    result, samples = split_samples(data)
+    extra = result_stream.parsed_extra_bytes(result)
+    return result_stream.result_digest(data), result, samples, extra

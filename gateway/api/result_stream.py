@@ -136,22 +136,6 @@ def parsed_extra_bytes(result: job_pb2.JobResult) -> int:
     return extra
 
 
-def detach_samples(result: job_pb2.JobResult) -> list[list[bytes]]:
-    """Per PUB, its registers' packed samples (none for an estimator PUB), cleared from
-    `result`: the stream slices these, and the parsed result no longer holds a second copy
-    while a slow reader takes its time. Copies every sample byte once: off the event loop
-    for a large result. Digest the result first (result_digest)."""
-    detached: list[list[bytes]] = []
-    for pub in result.pub_results:
-        registers: list[bytes] = []
-        if pub.HasField("sampler"):
-            for reg in pub.sampler.registers:
-                registers.append(reg.samples)
-                reg.ClearField("samples")
-        detached.append(registers)
-    return detached
-
-
 def _header(pub: job_pb2.PubResult) -> job_pb2.PubResult:
     # Field by field, skipping the data: a CopyFrom copied every count of a PUB of hundreds
     # of MiB on the event loop, at every stream's start.
@@ -185,14 +169,14 @@ def _copy_fields(source: Message, target: Message, skip: set[str]) -> None:
 def _sampler_chunks(
     index: int,
     sampler: job_pb2.SamplerPubResult,
-    samples: list[bytes],
+    samples: list[memoryview],
     chunk_bytes: int,
     start: int,
 ) -> Iterator[Response]:
     bindings = math.prod(sampler.shape)
     shots = sampler.shots
     if len(samples) != len(sampler.registers):
-        raise RuntimeError(f"PUB {index}: {len(samples)} detached sample arrays")
+        raise RuntimeError(f"PUB {index}: {len(samples)} sample arrays")
     rows = [(reg.num_bits + 7) // 8 for reg in sampler.registers]
     for r, reg in enumerate(sampler.registers):
         if samples[r] and len(samples[r]) != bindings * shots * rows[r]:
@@ -213,7 +197,9 @@ def _sampler_chunks(
                         samples=job_service_pb2.SamplesChunk(
                             register_index=r,
                             offset=base + offset,
-                            data=data[base + offset : base + min(offset + chunk_bytes, size)],
+                            data=bytes(
+                                data[base + offset : base + min(offset + chunk_bytes, size)]
+                            ),
                         ),
                     )
             if reg.counts:
@@ -255,7 +241,7 @@ def _estimator_chunks(
 
 def result_chunks(
     result: job_pb2.JobResult,
-    samples: list[list[bytes]],
+    samples: list[list[memoryview]],
     chunk_bytes: int,
     start_pub: int = 0,
     start_binding: int = 0,
@@ -263,8 +249,8 @@ def result_chunks(
     """Headers and data from (start_pub, start_binding) on, without the final digest.
 
     Args:
-        result: The whole result, its samples detached (detach_samples).
-        samples: What detach_samples returned.
+        result: The result without its samples (result_samples.split_samples).
+        samples: Per PUB, its registers' samples, as split_samples returned them.
         chunk_bytes: Payload budget per message, > 0.
         start_pub: First PUB to send (its header is sent again).
         start_binding: Within start_pub, the first binding to send; later PUBs start at 0.
@@ -281,18 +267,11 @@ def result_chunks(
             yield from _estimator_chunks(index, pub.estimator, chunk_bytes, first)
 
 
-def result_digest(data: bytes, result: job_pb2.JobResult) -> bytes:
-    """SHA-256 of the result's canonical serialisation (name unset, deterministic=True).
-
-    `data` is the stored serialisation of `result`; the gateway stores results canonically, so
-    it is hashed as it is unless its size says otherwise (then `result` is re-serialised).
-    """
-    if not result.name and result.ByteSize() == len(data):
-        return hashlib.sha256(data).digest()
-    canonical = job_pb2.JobResult()
-    canonical.CopyFrom(result)
-    canonical.ClearField("name")
-    return hashlib.sha256(canonical.SerializeToString(deterministic=True)).digest()
+def result_digest(data: bytes) -> bytes:
+    """SHA-256 of the result's canonical serialisation (name unset, deterministic=True): of
+    the stored bytes as they are, since the gateway stores results so (codec's
+    STORED_FORMAT)."""
+    return hashlib.sha256(data).digest()
 
 
 def digest_response(digest: bytes) -> Response:

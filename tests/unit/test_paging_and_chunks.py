@@ -5,8 +5,8 @@ from qgateway.results import job_result_from_stream
 from qgateway.v1 import job_pb2
 
 from gateway.api import codec, paging
+from gateway.api.result_samples import split_samples
 from gateway.api.result_stream import (
-    detach_samples,
     digest_response,
     result_chunks,
     result_digest,
@@ -45,8 +45,8 @@ def _result() -> job_pb2.JobResult:
 def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
     result = _result()
     data = result.SerializeToString(deterministic=True)
-    digest = result_digest(data, result)
-    chunks = list(result_chunks(result, detach_samples(result), chunk))
+    digest = result_digest(data)
+    chunks = list(result_chunks(*split_samples(data), chunk))
     for c in chunks:
         assert len(c.samples.data) <= chunk
     rebuilt = job_result_from_stream([*chunks, digest_response(digest)])

@@ -29,6 +29,7 @@ from qgateway.results import PackedCounts, ResultAssembler, job_result_from_stre
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import codec, result_stream
+from gateway.api.result_samples import split_samples
 from gateway.domain.bitarray import Counts
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import InvalidArgument
@@ -174,10 +175,8 @@ def _binding(response: job_service_pb2.StreamJobResultResponse, result: job_pb2.
 def _chunks(
     result: job_pb2.JobResult, chunk: int, *position: int
 ) -> list[job_service_pb2.StreamJobResultResponse]:
-    """What the gateway streams: from a copy of the result, its samples detached."""
-    source = job_pb2.JobResult()
-    source.CopyFrom(result)
-    samples = result_stream.detach_samples(source)
+    """What the gateway streams: from the stored result split into samples and the rest."""
+    source, samples = split_samples(result.SerializeToString(deterministic=True))
     assert not any(reg.samples for pub in source.pub_results for reg in pub.sampler.registers)
     return list(result_stream.result_chunks(source, samples, chunk, *position))
 
@@ -221,7 +220,7 @@ def test_chunks_are_binding_major_bounded_and_reassemble(chunk: int) -> None:
     assembler = ResultAssembler()
     for response in chunks:
         assembler.add(response)
-    assembler.add(result_stream.digest_response(result_stream.result_digest(data, result)))
+    assembler.add(result_stream.digest_response(result_stream.result_digest(data)))
     assert assembler.proto() == result
 
 
@@ -229,12 +228,7 @@ def test_the_digest_is_the_sha256_of_the_canonical_result() -> None:
     result = big_result()
     canonical = result.SerializeToString(deterministic=True)
     expected = hashlib.sha256(canonical).digest()
-    assert result_stream.result_digest(canonical, result) == expected
-    # A named result (as GetJobResult answers) digests as the unnamed one.
-    named = job_pb2.JobResult()
-    named.CopyFrom(result)
-    named.name = "jobs/j1/result"
-    assert result_stream.result_digest(named.SerializeToString(), named) == expected
+    assert result_stream.result_digest(canonical) == expected
 
 
 def _positions(result: job_pb2.JobResult) -> list[tuple[int, int]]:
@@ -345,7 +339,7 @@ def _stream(result: job_pb2.JobResult) -> list[job_service_pb2.StreamJobResultRe
     data = result.SerializeToString(deterministic=True)
     return [
         *_chunks(result, 1000),
-        result_stream.digest_response(result_stream.result_digest(data, result)),
+        result_stream.digest_response(result_stream.result_digest(data)),
     ]
 
 
@@ -356,7 +350,7 @@ def _serve(
     data = result.SerializeToString(deterministic=True)
     return [
         *_chunks(result, 1000, request.start_pub_index, request.start_binding_index),
-        result_stream.digest_response(result_stream.result_digest(data, result)),
+        result_stream.digest_response(result_stream.result_digest(data)),
     ]
 
 

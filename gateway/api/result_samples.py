@@ -1,0 +1,108 @@
+"""A stored JobResult split into its packed samples and the rest, the samples never parsed.
+
+Parsing a result copies every sample byte into the parsed message, and protobuf's upb runtime
+keeps a cleared field's memory until the whole message goes: a stream of a 150 MB result held
+~300 MB while its budget charged the 150 MB stored. Here each register's samples stay a slice of
+the stored bytes, and only the rest (headers, counts, estimator values) is parsed: a stream holds
+the stored bytes once, plus what its counts take parsed.
+
+The walk follows the protobuf wire format along one path, JobResult.pub_results (1) ->
+PubResult.sampler (1) -> SamplerPubResult.registers (3) -> RegisterResult.samples (3), and
+copies every other field as it is. Stored results are written canonically (each field once),
+so a second sampler in one PUB or second samples in one register is refused, not merged.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from qgateway.v1 import job_pb2
+
+_PATH: Final = (1, 1, 3, 3)
+_SAMPLES_DEPTH: Final = len(_PATH) - 1
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+def split_samples(data: bytes) -> tuple[job_pb2.JobResult, list[list[memoryview]]]:
+    """The result without its samples, and per PUB its registers' samples (views of `data`;
+    empty for a register stored without samples; no entries for an estimator PUB).
+
+    Raises:
+        ValueError: `data` is not a canonically stored JobResult.
+    """
+    samples: list[list[memoryview]] = []
+    rest = _strip(memoryview(data), 0, samples)
+    return job_pb2.JobResult.FromString(rest), samples
+
+
+def _strip(message: memoryview, depth: int, samples: list[list[memoryview]]) -> bytes:
+    """`message`, at `depth` along _PATH, re-encoded without the samples it holds."""
+    out = bytearray()
+    pos = 0
+    seen_path_field = False
+    while pos < len(message):
+        start = pos
+        key, pos = _varint(message, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            _, pos = _varint(message, pos)
+        elif wire == _I64:
+            pos += 8
+        elif wire == _I32:
+            pos += 4
+        elif wire == _LEN:
+            length, pos = _varint(message, pos)
+            end = pos + length
+            if end > len(message):
+                raise ValueError("a field runs past its message")
+            if number == _PATH[depth]:
+                _enter(depth, seen_path_field, samples)
+                seen_path_field = True
+                if depth == _SAMPLES_DEPTH:
+                    samples[-1][-1] = message[pos:end]
+                else:
+                    inner = _strip(message[pos:end], depth + 1, samples)
+                    out += _encode_varint(key) + _encode_varint(len(inner)) + inner
+                pos = end
+                continue
+            pos = end
+        else:
+            raise ValueError(f"wire type {wire} has no place in a JobResult")
+        if pos > len(message):
+            raise ValueError("a field runs past its message")
+        out += message[start:pos]
+    return bytes(out)
+
+
+def _enter(depth: int, seen: bool, samples: list[list[memoryview]]) -> None:
+    """Bookkeeping for one field along the path: a PUB, its sampler, a register, samples."""
+    if depth == 0:
+        samples.append([])  # each pub_results entry is a PUB
+    elif depth == 2:
+        samples[-1].append(memoryview(b""))  # each registers entry is a register
+    elif seen:  # repeated only as merges, which a canonical result never needs
+        what = "sampler" if depth == 1 else "samples"
+        raise ValueError(f"a {what} field appears twice: the result is not stored canonically")
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 64:
+        if pos >= len(buf):
+            raise ValueError("a varint runs past its message")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("a varint is longer than 10 bytes")
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
