@@ -78,6 +78,7 @@ from gateway.store.base import Store
 from gateway.store.data_dir_lock import DataDirInUse, lock_data_dir
 from gateway.store.peer_signals import PEERS_DIR, PeerSignals
 from gateway.store.sqlite import SqliteStore
+from gateway.telemetry.logs import GRPC_SERVER_LOGGER, QuietPeerGone
 from gateway.telemetry.setup import Telemetry
 
 log = logging.getLogger("gateway")
@@ -688,6 +689,7 @@ def serve_forever(config_path: Path | None) -> int:
     # The SDKs log every transpiler pass at INFO; keep the gateway's own log readable.
     for noisy in ("qiskit", "qiskit_aer", "stevedore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger(GRPC_SERVER_LOGGER).addFilter(QuietPeerGone())
     # Every file the gateway makes (the database with every tenant's circuits and results, its
     # WAL, the audit head, the data directory itself) is its own: they were readable by every
     # local user (0644 in a 0755 directory).

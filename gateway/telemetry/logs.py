@@ -62,6 +62,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# The logger grpc's asyncio server reports a servicer's failures on.
+GRPC_SERVER_LOGGER = "grpc._cython.cygrpc"
+
+
+class QuietPeerGone(logging.Filter):
+    """grpc's asyncio server logs an ERROR with a traceback whenever it cannot write a response
+    to a call whose client has gone (an ExecuteBatchError on a send): every client that
+    abandoned a result stream wrote one, so any tenant could fill the log with them. Such a
+    record passes only when DEBUG is on, as a line without its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ != "ExecuteBatchError":
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def use_json(level: int = logging.INFO) -> None:
     """Every record of the process as JSON lines on stderr (replaces the root handlers'
     formatters)."""
