@@ -587,33 +587,32 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         return await self._call(op, readonly=True)
 
     async def get_spec(self, job_id: str) -> bytes | None:
-        return await self._read_blob("SELECT spec FROM job_specs WHERE job_id = ?", job_id)
+        row = await self._read_blob("SELECT spec FROM job_specs WHERE job_id = ?", (job_id,))
+        return None if row is None else bytes(row[0])
 
     async def get_result(self, job_id: str) -> bytes | None:
-        return await self._read_blob("SELECT data FROM results WHERE job_id = ?", job_id)
+        row = await self._read_blob("SELECT data FROM results WHERE job_id = ?", (job_id,))
+        return None if row is None else bytes(row[0])
 
-    async def _read_blob(self, sql: str, key: str) -> bytes | None:
+    async def _read_blob(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if self._blobs is None:
             raise RuntimeError("the store is not open")
         try:
-            return await self._blobs.read(sql, key)
+            return await self._blobs.fetch_one(sql, params)
         except sqlite3.OperationalError as exc:
             raise _as_answer(exc) from exc
 
     async def get_result_within(
         self, job_id: str, max_bytes: int
     ) -> tuple[int, bytes | None] | None:
-        def op(conn: sqlite3.Connection) -> tuple[int, bytes | None] | None:
-            row = conn.execute(
-                "SELECT length(data), CASE WHEN length(data) <= ? THEN data END"
-                " FROM results WHERE job_id = ?",
-                (max_bytes, job_id),
-            ).fetchone()
-            if row is None:
-                return None
-            return int(row[0]), None if row[1] is None else bytes(row[1])
-
-        return await self._call(op, readonly=True)
+        row = await self._read_blob(
+            "SELECT length(data), CASE WHEN length(data) <= ? THEN data END"
+            " FROM results WHERE job_id = ?",
+            (max_bytes, job_id),
+        )
+        if row is None:
+            return None
+        return int(row[0]), None if row[1] is None else bytes(row[1])
 
     async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);

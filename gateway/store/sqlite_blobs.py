@@ -14,7 +14,7 @@ import pathlib
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final
 
 # Large reads at once: two, so one tenant's reads cannot hold every other tenant's stream start
 # behind them, and few, since each one holds a value of up to max_result_mb in memory (the
@@ -24,7 +24,7 @@ _BUSY_TIMEOUT_MS: Final = 5000
 
 
 class BlobReader:
-    """Runs single-value SELECTs on `BLOB_READ_THREADS` threads, each with its own connection."""
+    """Runs single-row SELECTs on `BLOB_READ_THREADS` threads, each with its own connection."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self._path = path
@@ -35,15 +35,15 @@ class BlobReader:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
 
-    async def read(self, sql: str, key: str) -> bytes | None:
-        """The first column of the row `sql` selects for `key` (one `?`), or None without one.
+    async def fetch_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row `sql` selects with `params`, or None without one.
 
         Raises:
             RuntimeError: After close().
             sqlite3.Error: The read failed.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read, sql, key)
+        return await loop.run_in_executor(self._executor, self._fetch_one, sql, params)
 
     def close(self) -> None:
         """Waits for reads in progress, then closes every connection (idempotent)."""
@@ -53,9 +53,9 @@ class BlobReader:
         for conn in connections:
             conn.close()
 
-    def _read(self, sql: str, key: str) -> bytes | None:
-        row = self._connection().execute(sql, (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+    def _fetch_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._connection().execute(sql, params).fetchone()
+        return row
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

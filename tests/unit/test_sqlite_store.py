@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -283,14 +284,14 @@ async def test_large_reads_do_not_hold_the_writer(
     job = (await store.create_job(new_job(payload=b"the spec"))).job
     await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, result=b"the result")
     entered, release = threading.Event(), threading.Event()
-    read = sqlite_blobs.BlobReader._read
+    read = sqlite_blobs.BlobReader._fetch_one
 
-    def held(self: sqlite_blobs.BlobReader, sql: str, key: str) -> bytes | None:
+    def held(self: sqlite_blobs.BlobReader, sql: str, params: tuple[Any, ...]) -> Any:
         entered.set()
         release.wait(30)
-        return read(self, sql, key)
+        return read(self, sql, params)
 
-    monkeypatch.setattr(sqlite_blobs.BlobReader, "_read", held)
+    monkeypatch.setattr(sqlite_blobs.BlobReader, "_fetch_one", held)
     reading = asyncio.ensure_future(store.get_result(job.id))
     try:
         assert await asyncio.to_thread(entered.wait, 30)
@@ -303,6 +304,8 @@ async def test_large_reads_do_not_hold_the_writer(
     monkeypatch.undo()
     assert await store.get_spec(job.id) == b"the spec"
     assert await store.get_spec("absent") is None and await store.get_result("absent") is None
+    assert await store.get_result_within(job.id, 4) == (10, None)
+    assert await store.get_result_within(job.id, 10) == (10, b"the result")
 
 
 async def test_failing_operation_does_not_fail_its_batch(store: SqliteStore) -> None:
