@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from google.protobuf.message import DecodeError
 from qgateway.v1 import job_pb2
 
 _PATH: Final = (1, 1, 3, 3)
@@ -32,45 +33,65 @@ def split_samples(data: bytes) -> tuple[job_pb2.JobResult, list[list[memoryview]
     """
     samples: list[list[memoryview]] = []
     rest = _strip(memoryview(data), 0, samples)
-    return job_pb2.JobResult.FromString(rest), samples
+    try:
+        result = job_pb2.JobResult.FromString(rest)
+    except DecodeError as exc:
+        raise ValueError(f"the stored result does not parse: {exc}") from None
+    for pub in result.pub_results:
+        # Empty unless a samples field came after a later field, which no canonical
+        # serialisation writes (the walk stops at the first field past its path's).
+        if any(reg.samples for reg in pub.sampler.registers):
+            raise ValueError("a register's samples are out of order: not stored canonically")
+    return result, samples
 
 
 def _strip(message: memoryview, depth: int, samples: list[list[memoryview]]) -> bytes:
-    """`message`, at `depth` along _PATH, re-encoded without the samples it holds."""
+    """`message`, at `depth` along _PATH, re-encoded without the samples it holds.
+
+    Fields come in ascending order (canonical serialisation), so the walk ends at the first
+    field numbered past the path's and copies the rest whole: a register's counts (one field
+    per binding) are never walked in Python.
+    """
     out = bytearray()
+    copied = 0  # message[copied:] is not in `out` yet
     pos = 0
-    seen_path_field = False
+    seen = False
+    wanted = _PATH[depth]
     while pos < len(message):
         start = pos
         key, pos = _varint(message, pos)
         number, wire = key >> 3, key & 7
+        if number > wanted:
+            break
         if wire == _VARINT:
             _, pos = _varint(message, pos)
-        elif wire == _I64:
+            continue
+        if wire == _I64:
             pos += 8
-        elif wire == _I32:
+            continue
+        if wire == _I32:
             pos += 4
-        elif wire == _LEN:
-            length, pos = _varint(message, pos)
-            end = pos + length
-            if end > len(message):
-                raise ValueError("a field runs past its message")
-            if number == _PATH[depth]:
-                _enter(depth, seen_path_field, samples)
-                seen_path_field = True
-                if depth == _SAMPLES_DEPTH:
-                    samples[-1][-1] = message[pos:end]
-                else:
-                    inner = _strip(message[pos:end], depth + 1, samples)
-                    out += _encode_varint(key) + _encode_varint(len(inner)) + inner
-                pos = end
-                continue
-            pos = end
-        else:
+            continue
+        if wire != _LEN:
             raise ValueError(f"wire type {wire} has no place in a JobResult")
-        if pos > len(message):
+        length, pos = _varint(message, pos)
+        end = pos + length
+        if end > len(message):
             raise ValueError("a field runs past its message")
-        out += message[start:pos]
+        if number == wanted:
+            _enter(depth, seen, samples)
+            seen = True
+            out += message[copied:start]
+            if depth == _SAMPLES_DEPTH:
+                samples[-1][-1] = message[pos:end]
+            else:
+                inner = _strip(message[pos:end], depth + 1, samples)
+                out += _encode_varint(key) + _encode_varint(len(inner)) + inner
+            copied = end
+        pos = end
+    if pos > len(message):
+        raise ValueError("a field runs past its message")
+    out += message[copied:]
     return bytes(out)
 
 

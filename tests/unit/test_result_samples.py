@@ -67,6 +67,8 @@ def _field(number: int, payload: bytes) -> bytes:
         # A register with two samples fields: protobuf keeps the last, a canonical store
         # never writes two.
         _field(1, _field(1, _field(3, _field(3, b"ab") + _field(3, b"cd")))),
+        # Samples after counts: canonical serialisation writes fields in ascending order.
+        _field(1, _field(1, _field(3, _field(4, b"") + _field(3, b"ab")))),
         # A PUB with two sampler fields (merged by protobuf).
         _field(1, _field(1, b"") + _field(1, b"")),
         _field(1, b"\x0a\x05ab"),  # a field longer than its message
