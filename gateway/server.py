@@ -75,9 +75,9 @@ from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import Tenant
 from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
-from gateway.store.data_dir_lock import DataDirInUse, lock_data_dir
+from gateway.store.data_dir_lock import DataDirInUse, DataDirLock, lock_data_dir
 from gateway.store.peer_signals import PEERS_DIR, PeerSignals
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import SqliteStore, StoreInUse
 from gateway.telemetry.logs import GRPC_SERVER_LOGGER, QuietPeerGone
 from gateway.telemetry.setup import Telemetry
 
@@ -386,11 +386,25 @@ class Gateway:
             ],
         )
 
-    async def start(self, stopping: asyncio.Event | None = None) -> None:
+    async def start(
+        self, stopping: asyncio.Event | None = None, data_dir_lock: DataDirLock | None = None
+    ) -> None:
         """Opens the store, recovers, starts the ports and the workers, then turns ready and
         dispatches jobs, unless `stopping` was set meanwhile (a SIGTERM while starting): then
-        it never turns ready, and the caller drains."""
-        await self._store.open()
+        it never turns ready, and the caller drains.
+
+        Raises:
+            StoreInUse: The store needs a migration older gateways cannot run beside, and
+                `data_dir_lock` shows other gateways on the data directory.
+        """
+        # Held exclusively while the store migrates, when no other gateway is running: none
+        # of an older version starts meanwhile (one started later refuses the newer schema).
+        alone = data_dir_lock is None or data_dir_lock.try_alone()
+        try:
+            await self._store.open(alone=alone)
+        finally:
+            if data_dir_lock is not None and alone:
+                data_dir_lock.share()
         if self._peers is not None and self._bus is not None:
             self._peers.start(self._bus.heard)
         await load_tenants(self._store, self.policies)
@@ -621,7 +635,10 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        await gateway.start(stopping=stop)
+        try:
+            await gateway.start(stopping=stop, data_dir_lock=lock)
+        except (StoreInUse, DataDirInUse) as exc:
+            raise ConfigError(str(exc)) from None
         if stop.is_set():
             # Asked to stop while starting: never announced ready to a supervisor that has
             # already asked it to go.

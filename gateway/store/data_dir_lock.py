@@ -26,8 +26,35 @@ class DataDirInUse(RuntimeError):
 
 
 class DataDirLock:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, exclusive: bool) -> None:
         self._fd: int | None = fd
+        self._exclusive = exclusive
+
+    def try_alone(self) -> bool:
+        """Whether no other gateway holds the directory: a shared lock is made exclusive when
+        it can be (until `share` is called), so no other gateway starts meanwhile."""
+        if self._exclusive or self._fd is None:
+            return self._fd is not None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            # Linux drops the shared lock before trying the exclusive one: take it again.
+            self.share()
+            return False
+
+    def share(self) -> None:
+        """Back to the shared lock of a gateway with queue = 'store' after `try_alone`.
+
+        Raises:
+            DataDirInUse: A gateway with queue = 'memory' took the directory meanwhile.
+        """
+        if self._exclusive or self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirInUse("a gateway with queue = 'memory' took the data directory") from None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -63,4 +90,4 @@ def lock_data_dir(data_dir: Path, *, exclusive: bool) -> DataDirLock:
     os.ftruncate(fd, 0)
     if exclusive:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return DataDirLock(fd)
+    return DataDirLock(fd, exclusive=exclusive)

@@ -71,6 +71,13 @@ class Migration:
     # Rebuilding a table needs foreign keys off: DROP TABLE of a parent would run its ON DELETE
     # CASCADE actions (and delete every result). Integrity is checked before the commit.
     foreign_keys_off: bool = False
+    # Removes what older gateways still use: run only by a gateway alone on the database, never
+    # under replicas of an older version (sharing it with queue = "store"), which would fail.
+    needs_alone: bool = False
+
+
+class StoreInUse(RuntimeError):
+    """A migration that older gateways cannot run beside is due while others use the store."""
 
 
 # Append only: a released migration is never edited, the next change is a new version.
@@ -313,6 +320,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         INSERT INTO job_specs (job_id, spec) SELECT id, spec FROM jobs;
         ALTER TABLE jobs DROP COLUMN spec;
         """,
+        needs_alone=True,
     ),
 )
 
@@ -415,10 +423,15 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, alone: bool = True) -> None:
         """Creates the directory, opens the database and applies missing migrations.
 
+        Args:
+            alone: Whether no other gateway uses the database now (DataDirLock.try_alone):
+                migrations that remove what older gateways use run only then.
+
         Raises:
+            StoreInUse: Such a migration is due and `alone` is False.
             RuntimeError: When already opened or closed, when the database was written by a
                 newer schema version than this code knows, or when WAL cannot be enabled.
         """
@@ -436,7 +449,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         ready: asyncio.Future[None] = loop.create_future()
         thread = threading.Thread(
             target=self._main,
-            args=(loop, ready),
+            args=(loop, ready, alone),
             name="qgateway-sqlite-writer",
             # A process exiting without close() must not hang on this thread; an unfinished
             # transaction is rolled back by SQLite and was never acknowledged.
@@ -1128,7 +1141,9 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             self._queue.put(_Op(fn, loop, future, readonly, after))
         return future
 
-    def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+    def _main(
+        self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None], alone: bool
+    ) -> None:
         try:
             conn = _connect(self.path)
         except BaseException as exc:
@@ -1137,7 +1152,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         stop: _Stop | None = None
         try:
             try:
-                _migrate(conn, self.path)
+                _migrate(conn, self.path, alone=alone)
             except BaseException as exc:
                 self._fail_start(loop, ready, exc)
                 return
@@ -1407,7 +1422,7 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return 0 if row[0] is None else int(row[0])
 
 
-def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+def _migrate(conn: sqlite3.Connection, path: pathlib.Path, *, alone: bool = True) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -1434,6 +1449,12 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
                     "data directory"
                 )
             if current < migration.version:
+                if migration.needs_alone and not alone:
+                    raise StoreInUse(
+                        f"{path}: schema migration {migration.version} removes what older "
+                        "gateways use, and other gateways use this database now: stop them "
+                        "all, start one gateway of this version, then the others"
+                    )
                 for statement in _split_sql(migration.sql):
                     conn.execute(statement)
                 if migration.apply is not None:

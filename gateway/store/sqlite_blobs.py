@@ -46,8 +46,9 @@ class BlobReader:
         return await loop.run_in_executor(self._executor, self._fetch_one, sql, params)
 
     def close(self) -> None:
-        """Waits for reads in progress, then closes every connection (idempotent)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Runs the reads already asked for, then closes every connection (idempotent); reads
+        asked for later raise RuntimeError."""
+        self._executor.shutdown(wait=True)
         with self._lock:
             connections, self._connections = self._connections, []
         for conn in connections:

@@ -6,6 +6,8 @@ recovery, the way a replica would take over."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,3 +108,45 @@ def test_replicas_hear_each_others_jobs_and_take_over_a_dead_ones(tmp_path: Path
             " GROUP BY job_id) ON job_id = jobs.id GROUP BY owner"
         ).fetchall()
     assert rows == [(1, 4)]  # four jobs, one result each
+
+
+@pytest.mark.timeout(120)
+def test_a_migration_older_replicas_cannot_run_beside_waits_for_them_to_stop(
+    tmp_path: Path,
+) -> None:
+    """Migration 17 drops jobs.spec, which a running gateway of an older version reads and
+    writes: a new gateway started beside it (sharing the data directory) refuses to start,
+    changing nothing, and migrates once it is alone."""
+    from gateway.store.data_dir_lock import lock_data_dir
+    from tests.gateway_process import write_config
+    from tests.unit.test_sqlite_store import _database_at
+
+    data = tmp_path / "data"
+    _database_at(data / "qgateway.db", 16)
+    config = write_config(
+        tmp_path / "g.toml",
+        data,
+        '[backends.aer]\nadapter = "aer"\n',
+        server='queue = "store"',
+    )
+    older = lock_data_dir(data, exclusive=False)  # a running gateway of the older version
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        older.release()
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "schema migration 17" in refused.stderr and "Traceback" not in refused.stderr
+    with sqlite3.connect(data / "qgateway.db") as db:
+        assert db.execute("SELECT max(version) FROM schema_migrations").fetchone() == (16,)
+    gw = GatewayProcess.start(config, tmp_path / "gateway.log", start_timeout=90)
+    try:
+        with Client(gw.address) as client:
+            assert client.run(ghz(2), shots=10, seed=1).counts().keys() <= {"00", "11"}
+    finally:
+        gw.terminate()

@@ -28,6 +28,34 @@ def test_an_owner_excludes_everyone_and_store_queue_gateways_share(tmp_path: Pat
     lock_data_dir(tmp_path / "data", exclusive=True).release()
 
 
+def test_a_replica_is_alone_only_when_no_other_gateway_holds_the_directory(
+    tmp_path: Path,
+) -> None:
+    """Migrations that older gateways cannot run beside need the directory alone: a replica
+    sees whether it is, holds it exclusively until it shares again, and keeps its shared
+    lock when it is not alone (Linux drops it while trying)."""
+    first = lock_data_dir(tmp_path, exclusive=False)
+    second = lock_data_dir(tmp_path, exclusive=False)
+    assert not first.try_alone()
+    with pytest.raises(DataDirInUse):  # `first` still holds its shared lock
+        lock_data_dir(tmp_path, exclusive=True)
+    second.release()
+    assert first.try_alone()
+    with pytest.raises(DataDirInUse):  # nobody starts while it migrates
+        lock_data_dir(tmp_path, exclusive=False)
+    first.share()
+    third = lock_data_dir(tmp_path, exclusive=False)
+    assert not first.try_alone() and not third.try_alone()
+    first.release()
+    third.release()
+    owner = lock_data_dir(tmp_path, exclusive=True)
+    assert owner.try_alone()  # a memory-queue gateway is alone by its lock
+    owner.share()  # and keeps it exclusive
+    with pytest.raises(DataDirInUse):
+        lock_data_dir(tmp_path, exclusive=False)
+    owner.release()
+
+
 def test_a_killed_owner_leaves_no_stale_lock(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [

@@ -28,7 +28,13 @@ from gateway.domain.sessions import FailurePolicy, Session, SessionMode, Session
 from gateway.store import sqlite as sqlite_module
 from gateway.store import sqlite_blobs, sqlite_keys, sqlite_pages
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
-from gateway.store.sqlite import LATEST_SCHEMA_VERSION, MIGRATIONS, SqliteStore, _split_sql
+from gateway.store.sqlite import (
+    LATEST_SCHEMA_VERSION,
+    MIGRATIONS,
+    SqliteStore,
+    StoreInUse,
+    _split_sql,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -308,6 +314,36 @@ async def test_large_reads_do_not_hold_the_writer(
     assert await store.get_result_within(job.id, 10) == (10, b"the result")
 
 
+async def test_reads_asked_for_before_close_are_answered(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() runs every operation already asked for, the blob readers' too: reads queued
+    behind the two threads were cancelled (CancelledError) by a close meanwhile."""
+    store = SqliteStore(db_path)
+    await store.open()
+    job = (await store.create_job(new_job(payload=b"the spec"))).job
+    started = threading.Semaphore(0)
+    release = threading.Event()
+    read = sqlite_blobs.BlobReader._fetch_one
+
+    def held(self: sqlite_blobs.BlobReader, sql: str, params: tuple[Any, ...]) -> Any:
+        started.release()
+        release.wait(30)
+        return read(self, sql, params)
+
+    monkeypatch.setattr(sqlite_blobs.BlobReader, "_fetch_one", held)
+    reads = [asyncio.ensure_future(store.get_spec(job.id)) for _ in range(4)]
+    for _ in range(sqlite_blobs.BLOB_READ_THREADS):  # both threads busy, two reads queued
+        assert await asyncio.to_thread(started.acquire, True, 30)
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)
+    release.set()
+    await closing
+    assert await asyncio.gather(*reads) == [b"the spec"] * 4
+    with pytest.raises(RuntimeError):
+        await store.get_spec(job.id)
+
+
 async def test_failing_operation_does_not_fail_its_batch(store: SqliteStore) -> None:
     existing = (await store.create_job(new_job(job_id="existing", request_id="r"))).job
     before = store.commits
@@ -491,6 +527,27 @@ async def test_migration_17_moves_specs_out_of_the_jobs_rows(db_path: pathlib.Pa
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
         assert "spec" not in columns and "num_pubs" in columns
         assert conn.execute("SELECT job_id FROM job_specs").fetchall() == [("small",)]
+
+
+async def test_migration_17_waits_for_a_gateway_alone(db_path: pathlib.Path) -> None:
+    """Older gateways sharing the database (queue = "store") read and write jobs.spec: a
+    start beside them refuses the migration, changing nothing; alone, it migrates."""
+    _database_at(db_path, 16)
+    store = SqliteStore(db_path)
+    with pytest.raises(StoreInUse, match="stop them all"):
+        await store.open(alone=False)
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (16,)
+        assert "spec" in [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    store = SqliteStore(db_path)  # once migrated, replicas start beside each other again
+    await store.open(alone=False)
+    try:
+        assert (await store.settings())["schema_version"] == LATEST_SCHEMA_VERSION
+    finally:
+        await store.close()
 
 
 async def test_migration_13_indexes_the_unrevoked_keys_of_existing_databases(
