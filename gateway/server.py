@@ -397,13 +397,20 @@ class Gateway:
             StoreInUse: The store needs a migration older gateways cannot run beside, and
                 `data_dir_lock` shows other gateways on the data directory.
         """
-        # Held exclusively while the store migrates, when no other gateway is running: none
-        # of an older version starts meanwhile (one started later refuses the newer schema).
-        alone = data_dir_lock is None or data_dir_lock.try_alone()
+        # Asked only when a migration needs it, and then held exclusively until the store is
+        # open: no gateway of an older version starts meanwhile (one started later refuses
+        # the newer schema), and replicas starting together never meet it otherwise.
+        asked = False
+
+        def alone() -> bool:
+            nonlocal asked
+            asked = True
+            return data_dir_lock is None or data_dir_lock.try_alone()
+
         try:
             await self._store.open(alone=alone)
         finally:
-            if data_dir_lock is not None and alone:
+            if data_dir_lock is not None and asked:
                 data_dir_lock.share()
         if self._peers is not None and self._bus is not None:
             self._peers.start(self._bus.heard)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Final
 
 LOCK_FILE: Final = "qgateway.lock"
+# After the holder's pid while it holds a shared directory alone to migrate the store.
+MIGRATING: Final = " (migrating the store)"
 
 
 class DataDirInUse(RuntimeError):
@@ -37,6 +39,7 @@ class DataDirLock:
             return self._fd is not None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.pwrite(self._fd, f"{os.getpid()}{MIGRATING}".encode(), 0)
             return True
         except BlockingIOError:
             # Linux drops the shared lock before trying the exclusive one: take it again.
@@ -52,6 +55,7 @@ class DataDirLock:
         if self._exclusive or self._fd is None:
             return
         try:
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DataDirInUse("a gateway with queue = 'memory' took the data directory") from None
@@ -73,6 +77,11 @@ def lock_data_dir(data_dir: Path, *, exclusive: bool) -> DataDirLock:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
         os.close(fd)
         where = data_dir.resolve()
+        if holder.endswith(MIGRATING):
+            raise DataDirInUse(
+                f"{where}: the gateway with pid {holder.removesuffix(MIGRATING)} is migrating"
+                " the store; start this one once it serves"
+            ) from None
         if exclusive:
             by = f"the gateway with pid {holder}" if holder else "gateways with queue = 'store'"
             raise DataDirInUse(

@@ -423,15 +423,16 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def open(self, *, alone: bool = True) -> None:
+    async def open(self, *, alone: Callable[[], bool] | None = None) -> None:
         """Creates the directory, opens the database and applies missing migrations.
 
         Args:
-            alone: Whether no other gateway uses the database now (DataDirLock.try_alone):
-                migrations that remove what older gateways use run only then.
+            alone: Asked (on the store's thread) before a migration that removes what older
+                gateways use: whether no other gateway uses the database, kept so until the
+                open ends (DataDirLock.try_alone). None: this process is its only user.
 
         Raises:
-            StoreInUse: Such a migration is due and `alone` is False.
+            StoreInUse: Such a migration is due and `alone` says other gateways use it.
             RuntimeError: When already opened or closed, when the database was written by a
                 newer schema version than this code knows, or when WAL cannot be enabled.
         """
@@ -1142,7 +1143,10 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         return future
 
     def _main(
-        self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None], alone: bool
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ready: asyncio.Future[None],
+        alone: Callable[[], bool] | None,
     ) -> None:
         try:
             conn = _connect(self.path)
@@ -1422,7 +1426,9 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return 0 if row[0] is None else int(row[0])
 
 
-def _migrate(conn: sqlite3.Connection, path: pathlib.Path, *, alone: bool = True) -> None:
+def _migrate(
+    conn: sqlite3.Connection, path: pathlib.Path, *, alone: Callable[[], bool] | None = None
+) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -1449,7 +1455,7 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path, *, alone: bool = True
                     "data directory"
                 )
             if current < migration.version:
-                if migration.needs_alone and not alone:
+                if migration.needs_alone and not (alone is None or alone()):
                     raise StoreInUse(
                         f"{path}: schema migration {migration.version} removes what older "
                         "gateways use, and other gateways use this database now: stop them "

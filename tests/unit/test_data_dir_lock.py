@@ -41,8 +41,8 @@ def test_a_replica_is_alone_only_when_no_other_gateway_holds_the_directory(
         lock_data_dir(tmp_path, exclusive=True)
     second.release()
     assert first.try_alone()
-    with pytest.raises(DataDirInUse):  # nobody starts while it migrates
-        lock_data_dir(tmp_path, exclusive=False)
+    with pytest.raises(DataDirInUse, match=f"pid {os.getpid()} is migrating"):
+        lock_data_dir(tmp_path, exclusive=False)  # nobody starts while it migrates
     first.share()
     third = lock_data_dir(tmp_path, exclusive=False)
     assert not first.try_alone() and not third.try_alone()

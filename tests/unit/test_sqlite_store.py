@@ -534,8 +534,15 @@ async def test_migration_17_waits_for_a_gateway_alone(db_path: pathlib.Path) -> 
     start beside them refuses the migration, changing nothing; alone, it migrates."""
     _database_at(db_path, 16)
     store = SqliteStore(db_path)
+    asked: list[bool] = []
+
+    def not_alone() -> bool:
+        asked.append(False)
+        return False
+
     with pytest.raises(StoreInUse, match="stop them all"):
-        await store.open(alone=False)
+        await store.open(alone=not_alone)
+    assert asked == [False]
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (16,)
         assert "spec" in [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
@@ -543,7 +550,8 @@ async def test_migration_17_waits_for_a_gateway_alone(db_path: pathlib.Path) -> 
     await store.open()
     await store.close()
     store = SqliteStore(db_path)  # once migrated, replicas start beside each other again
-    await store.open(alone=False)
+    await store.open(alone=not_alone)
+    assert asked == [False]  # and are not even asked
     try:
         assert (await store.settings())["schema_version"] == LATEST_SCHEMA_VERSION
     finally:
