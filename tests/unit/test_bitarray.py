@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.domain import bitarray
 from gateway.domain.bitarray import (
     Counts,
     OutcomeDecoder,
@@ -80,6 +81,46 @@ def test_a_wide_circuit_past_64_clbits() -> None:
     assert [r.tolist() for r in decoder.int_samples([value])] == expected
     assert [r.tolist() for r in decoder.hex_samples([hex(value)])] == expected
     assert [r.tolist() for r in decoder.bitstring_samples([format(value, "070b")])] == expected
+
+
+@pytest.mark.parametrize("unpack_bytes", [1, 1000, 16 << 20])
+def test_wide_outcomes_straight_from_ints_or_in_chunks(
+    monkeypatch: pytest.MonkeyPatch, unpack_bytes: int
+) -> None:
+    """Past 64 clbits a register of consecutive clbits takes its bytes from each outcome's
+    int; a scattered one is gathered from bit matrices of a few shots at a time (one shot,
+    several, all at once): every way gives the reference rows."""
+    monkeypatch.setattr(bitarray, "_UNPACK_BYTES", unpack_bytes)
+    unpacked: list[int] = []  # shots per bit matrix: what one unpack holds, x num_clbits
+    unpack = bitarray.bits_from_ints
+
+    def counted(values: list[int], num_bits: int) -> bitarray.UInt8Array:
+        unpacked.append(len(values))
+        return unpack(values, num_bits)
+
+    monkeypatch.setattr(bitarray, "bits_from_ints", counted)
+    rng = np.random.default_rng(11)
+    num_clbits = 150
+    registers = [
+        RegisterSpec("low", tuple(range(70))),
+        RegisterSpec("scattered", (149, 100, 75, 3)),
+        RegisterSpec("none", ()),
+        RegisterSpec("high", tuple(range(140, 150))),
+    ]
+    values = [int.from_bytes(rng.bytes(19), "little") >> 2 for _ in range(37)]
+    decoder = OutcomeDecoder(num_clbits, registers)
+    expected = [[reference_row(v, r.clbits) for v in values] for r in registers]
+    for rows in (
+        decoder.int_samples(values),
+        decoder.hex_samples([hex(v) for v in values]),
+        decoder.bitstring_samples([format(v, f"0{num_clbits}b") for v in values]),
+    ):
+        assert [r.tolist() for r in rows] == expected
+        assert [r.shape for r in rows] == [(37, 9), (37, 1), (37, 0), (37, 2)]
+    # Only the scattered registers unpack bits (int and hex outcomes), a bounded number of
+    # shots at a time: 8000 shots of 100,000 bits held 2.2 GB at once.
+    step = max(1, unpack_bytes // num_clbits)
+    assert sum(unpacked) == 2 * 37 and max(unpacked) == min(step, 37)
 
 
 def test_counts_of_hex_counts_are_per_register() -> None:
