@@ -36,6 +36,7 @@ __all__ = [
     "bits_from_ints",
     "pack_bits",
     "packed_width",
+    "unpack_rows",
 ]
 
 UInt8Array = npt.NDArray[np.uint8]
@@ -240,6 +241,15 @@ def bits_from_bitstrings(values: Sequence[str], num_bits: int) -> UInt8Array:
     return bits
 
 
+def unpack_rows(packed: UInt8Array, num_bits: int) -> UInt8Array:
+    """Packed big-endian rows (pack_bits' and Qiskit's BitArray layout) as a
+    (rows, num_bits) 0/1 matrix whose column j is bit j."""
+    if num_bits == 0:
+        return np.zeros((packed.shape[0], 0), dtype=np.uint8)
+    bits: UInt8Array = np.unpackbits(packed, axis=1)[:, -num_bits:][:, ::-1]
+    return bits
+
+
 def pack_bits(rows: UInt8Array) -> UInt8Array:
     """Packs big-endian 0/1 rows (column 0 = the highest bit) into bytes; padding goes into
     the first byte's high bits."""
@@ -305,7 +315,7 @@ class OutcomeDecoder:
 
     def bitstring_samples(self, values: Sequence[str]) -> list[UInt8Array]:
         """From bitstrings (character 0 = the highest clbit)."""
-        return self._in_chunks(
+        return self.matrix_samples(
             len(values), lambda a, b: bits_from_bitstrings(values[a:b], self.num_clbits)
         )
 
@@ -314,7 +324,7 @@ class OutcomeDecoder:
         matrix = np.asarray(bits, dtype=np.uint8)
         if matrix.ndim != 2 or matrix.shape[1] != self.num_clbits:
             raise ValueError(f"bits of shape {matrix.shape}; expected (n, {self.num_clbits})")
-        return [pack_bits(matrix[:, list(r.clbits)[::-1]]) for r in self.registers]
+        return self.matrix_samples(matrix.shape[0], lambda a, b: matrix[a:b])
 
     def _wide(self, wholes: Sequence[int]) -> list[UInt8Array]:
         """`_split` for outcomes past 64 bits, as Python ints: a register of consecutive clbits
@@ -332,7 +342,7 @@ class OutcomeDecoder:
             data = b"".join([((v >> start) & mask).to_bytes(width, "big") for v in wholes])
             out[r] = np.frombuffer(data, dtype=np.uint8).reshape(len(wholes), width).copy()
         if scattered:
-            gathered = self._in_chunks(
+            gathered = self.matrix_samples(
                 len(wholes),
                 lambda a, b: bits_from_ints(wholes[a:b], self.num_clbits),
                 only=scattered,
@@ -341,15 +351,16 @@ class OutcomeDecoder:
                 out[r] = rows
         return [rows for rows in out if rows is not None]
 
-    def _in_chunks(
+    def matrix_samples(
         self,
         shots: int,
         unpack: Callable[[int, int], UInt8Array],
         only: Sequence[int] | None = None,
     ) -> list[UInt8Array]:
         """Per register (those in `only`, or all), packed rows of `shots` shots, from
-        `unpack(a, b)`: shots a..b as a (b - a, num_clbits) 0/1 matrix, asked for a bounded
-        number of shots at a time."""
+        `unpack(a, b)`: shots a..b as a (b - a, num_clbits) 0/1 matrix whose column j is
+        clbit j, asked for a bounded number of shots at a time (so a wide circuit's shots
+        are never all unpacked at once)."""
         registers = range(len(self.registers)) if only is None else only
         step = max(1, _UNPACK_BYTES // max(1, self.num_clbits))
         parts: list[list[UInt8Array]] = [[] for _ in registers]

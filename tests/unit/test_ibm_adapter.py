@@ -23,6 +23,7 @@ from gateway.backends.ibm.adapter import IbmAdapter, IbmPayload
 from gateway.backends.ibm.options import TOKEN_ENV, IbmOptions, IbmProviderOptions
 from gateway.backends.qiskit.adapter import CompiledCircuit
 from gateway.backends.qiskit.fakes import fake_backend
+from gateway.domain import bitarray
 from gateway.domain.backends import BackendKind, BackendLimits
 from gateway.domain.circuits import (
     Bindings,
@@ -180,6 +181,34 @@ def test_bit_order_across_registers_within_noise(manila: IbmAdapter) -> None:
         assert sum(counts.values()) == 2000
         # Readout errors of a few percent: the expected value dominates.
         assert counts[expected[register.name]] / 2000 > 0.85, (register.name, counts)
+
+
+def test_a_wide_register_is_unpacked_a_few_shots_at_a_time(
+    manila: IbmAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime's packed rows are unpacked a bounded number of shots at a time: every shot
+    of every binding at once took a byte per clbit per shot (800 MB for 8000 shots of a
+    100,000-bit register). The bits still land where the circuit measured them."""
+    monkeypatch.setattr(bitarray, "_UNPACK_BYTES", 200 * 64)
+    unpacked: list[int] = []
+    unpack = ibm.unpack_rows
+
+    def counted(packed: Any, num_bits: int) -> Any:
+        unpacked.append(packed.shape[0])
+        return unpack(packed, num_bits)
+
+    monkeypatch.setattr(ibm, "unpack_rows", counted)
+    text = "qubit[2] q; bit[200] w; bit m; x q[0]; w[150] = measure q[0]; m = measure q[1];"
+    _, results = run(manila, spec(sampler(text, shots=300)))
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    wide, loose = result.registers
+    assert (wide.name, wide.num_bits, loose.name) == ("w", 200, "m")
+    ones = dict(wide.counts[0]).get("0" * 49 + "1" + "0" * 150, 0)
+    assert ones > 270  # readout errors of a few percent
+    assert dict(loose.counts[0]).get("0", 0) > 270
+    step = (200 * 64) // 201  # shots per unpack: the bound over the circuit's 201 clbits
+    assert max(unpacked) == step and sum(unpacked) == 2 * 300  # two registers
 
 
 def test_loose_bits_are_returned(manila: IbmAdapter) -> None:
