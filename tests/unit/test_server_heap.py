@@ -23,7 +23,7 @@ class _Gateway:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    async def start(self, stopping: Any = None) -> None:
+    async def start(self, stopping: Any = None, data_dir_lock: Any = None) -> None:
         pass
 
     async def stop(self, cut_short: Any = None) -> None:
