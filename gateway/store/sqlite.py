@@ -19,6 +19,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +79,12 @@ class Migration:
 
 class StoreInUse(RuntimeError):
     """A migration that older gateways cannot run beside is due while others use the store."""
+
+
+# How long a start waits for a replica beside it to apply a migration it may not apply itself
+# (one replica of a version applies it, the others wait), and how often it looks.
+PEER_MIGRATION_WAIT_S = 30.0
+PEER_MIGRATION_POLL_S = 0.1
 
 
 # Append only: a released migration is never edited, the next change is a new version.
@@ -1435,11 +1442,15 @@ def _migrate(
             "CREATE TABLE IF NOT EXISTS schema_migrations"
             " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
+        # A new database: no gateway of an older version can be using it, and replicas
+        # started together on it must not wait for each other.
+        fresh = _schema_version(conn) == 0
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     for migration in MIGRATIONS:
+        waiting = False
         if migration.foreign_keys_off:
             # Only outside a transaction does this pragma take effect.
             conn.execute("PRAGMA foreign_keys = OFF")
@@ -1454,13 +1465,13 @@ def _migrate(
                     f"knows ({LATEST_SCHEMA_VERSION}); upgrade the gateway or use another "
                     "data directory"
                 )
-            if current < migration.version:
-                if migration.needs_alone and not (alone is None or alone()):
-                    raise StoreInUse(
-                        f"{path}: schema migration {migration.version} removes what older "
-                        "gateways use, and other gateways use this database now: stop them "
-                        "all, start one gateway of this version, then the others"
-                    )
+            waiting = (
+                current < migration.version
+                and migration.needs_alone
+                and not fresh
+                and not (alone is None or alone())
+            )
+            if current < migration.version and not waiting:
                 for statement in _split_sql(migration.sql):
                     conn.execute(statement)
                 if migration.apply is not None:
@@ -1485,6 +1496,24 @@ def _migrate(
                 conn.execute("PRAGMA foreign_keys = ON")
                 if int(conn.execute("PRAGMA foreign_keys").fetchone()[0]) != 1:
                     raise RuntimeError(f"{path}: PRAGMA foreign_keys=ON did not take effect")
+        # Others use the database: a replica of this version starting beside this one applies
+        # the step soon (wait for it); one of an older version never does.
+        if waiting and not _applied_meanwhile(conn, migration.version):
+            raise StoreInUse(
+                f"{path}: schema migration {migration.version} removes what older gateways "
+                "use, and other gateways use this database now: stop them all, start one "
+                "gateway of this version, then the others"
+            )
+
+
+def _applied_meanwhile(conn: sqlite3.Connection, version: int) -> bool:
+    """Whether another process brings the schema to `version` within PEER_MIGRATION_WAIT_S."""
+    deadline = time.monotonic() + PEER_MIGRATION_WAIT_S
+    while _schema_version(conn) < version:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(PEER_MIGRATION_POLL_S)
+    return True
 
 
 # --- issue 7, long-running behaviour: schema steps of migration 3 -----------------------------

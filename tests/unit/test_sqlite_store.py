@@ -281,6 +281,22 @@ async def _run_gated(
     return list(await asyncio.gather(*tasks, return_exceptions=True))
 
 
+def _hold_blob_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[threading.Semaphore, threading.Event]:
+    """Every blob read, once on its thread, signals the semaphore and waits for the event."""
+    started, release = threading.Semaphore(0), threading.Event()
+    read = sqlite_blobs.BlobReader._fetch_one
+
+    def held(self: sqlite_blobs.BlobReader, sql: str, params: tuple[Any, ...]) -> Any:
+        started.release()
+        release.wait(30)
+        return read(self, sql, params)
+
+    monkeypatch.setattr(sqlite_blobs.BlobReader, "_fetch_one", held)
+    return started, release
+
+
 async def test_large_reads_do_not_hold_the_writer(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,18 +305,10 @@ async def test_large_reads_do_not_hold_the_writer(
     waited for it (another tenant's GetJob took 1.2 s instead of 3 ms)."""
     job = (await store.create_job(new_job(payload=b"the spec"))).job
     await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, result=b"the result")
-    entered, release = threading.Event(), threading.Event()
-    read = sqlite_blobs.BlobReader._fetch_one
-
-    def held(self: sqlite_blobs.BlobReader, sql: str, params: tuple[Any, ...]) -> Any:
-        entered.set()
-        release.wait(30)
-        return read(self, sql, params)
-
-    monkeypatch.setattr(sqlite_blobs.BlobReader, "_fetch_one", held)
+    started, release = _hold_blob_reads(monkeypatch)
     reading = asyncio.ensure_future(store.get_result(job.id))
     try:
-        assert await asyncio.to_thread(entered.wait, 30)
+        assert await asyncio.to_thread(started.acquire, True, 30)
         other = (await store.create_job(new_job(tenant="other"))).job
         assert (await store.get_job(other.id)) == other
         assert not reading.done()
@@ -322,16 +330,7 @@ async def test_reads_asked_for_before_close_are_answered(
     store = SqliteStore(db_path)
     await store.open()
     job = (await store.create_job(new_job(payload=b"the spec"))).job
-    started = threading.Semaphore(0)
-    release = threading.Event()
-    read = sqlite_blobs.BlobReader._fetch_one
-
-    def held(self: sqlite_blobs.BlobReader, sql: str, params: tuple[Any, ...]) -> Any:
-        started.release()
-        release.wait(30)
-        return read(self, sql, params)
-
-    monkeypatch.setattr(sqlite_blobs.BlobReader, "_fetch_one", held)
+    started, release = _hold_blob_reads(monkeypatch)
     reads = [asyncio.ensure_future(store.get_spec(job.id)) for _ in range(4)]
     for _ in range(sqlite_blobs.BLOB_READ_THREADS):  # both threads busy, two reads queued
         assert await asyncio.to_thread(started.acquire, True, 30)
@@ -529,9 +528,13 @@ async def test_migration_17_moves_specs_out_of_the_jobs_rows(db_path: pathlib.Pa
         assert conn.execute("SELECT job_id FROM job_specs").fetchall() == [("small",)]
 
 
-async def test_migration_17_waits_for_a_gateway_alone(db_path: pathlib.Path) -> None:
+async def test_migration_17_waits_for_a_gateway_alone(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Older gateways sharing the database (queue = "store") read and write jobs.spec: a
-    start beside them refuses the migration, changing nothing; alone, it migrates."""
+    start beside them waits for a replica to apply the migration, and without one refuses
+    it, changing nothing; alone, it migrates."""
+    monkeypatch.setattr(sqlite_module, "PEER_MIGRATION_WAIT_S", 0.3)
     _database_at(db_path, 16)
     store = SqliteStore(db_path)
     asked: list[bool] = []
@@ -556,6 +559,38 @@ async def test_migration_17_waits_for_a_gateway_alone(db_path: pathlib.Path) -> 
         assert (await store.settings())["schema_version"] == LATEST_SCHEMA_VERSION
     finally:
         await store.close()
+
+
+async def test_replicas_starting_together_never_refuse_each_other(
+    db_path: pathlib.Path,
+) -> None:
+    """From the review of the gate: replicas starting together on a new data directory each
+    asked to be alone and both exited 2, since each held its lock beside the other. A new
+    database has no older gateway to protect; on one to upgrade, a start that is not alone
+    waits for a replica beside it to apply the migration."""
+    first, second = SqliteStore(db_path), SqliteStore(db_path)
+    await asyncio.gather(first.open(alone=lambda: False), second.open(alone=lambda: False))
+    await asyncio.gather(first.close(), second.close())
+
+    upgraded = db_path.with_name("upgraded.db")
+    _database_at(upgraded, 16)
+    asked = threading.Event()
+
+    def not_alone() -> bool:
+        asked.set()
+        return False
+
+    beside = SqliteStore(upgraded)
+    waiting = asyncio.ensure_future(beside.open(alone=not_alone))
+    assert await asyncio.to_thread(asked.wait, 30)
+    alone = SqliteStore(upgraded)  # a replica of this version that was alone
+    await alone.open()
+    await waiting
+    with sqlite3.connect(upgraded) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (
+            LATEST_SCHEMA_VERSION,
+        )
+    await asyncio.gather(alone.close(), beside.close())
 
 
 async def test_migration_13_indexes_the_unrevoked_keys_of_existing_databases(
