@@ -211,6 +211,34 @@ def test_a_wide_register_is_unpacked_a_few_shots_at_a_time(
     assert max(unpacked) == step and sum(unpacked) == 2 * 300  # two registers
 
 
+def test_an_empty_register_beside_more_than_64_clbits_runs(manila: IbmAdapter) -> None:
+    """The runtime's sampler fails on a register of no bits once a circuit has more than 64
+    clbits, which counted against the backend's breaker: such a register is not sent, and
+    reads empty."""
+    import io
+
+    from qiskit import ClassicalRegister, QuantumRegister, qpy
+    from qiskit.circuit import Clbit
+
+    bits = [Clbit() for _ in range(70)]
+    circuit = QuantumCircuit(QuantumRegister(2, "q"))
+    circuit.add_bits(bits)
+    circuit.add_register(ClassicalRegister(name="z", bits=[]))
+    circuit.add_register(ClassicalRegister(name="w", bits=bits))
+    circuit.x(0)
+    circuit.measure(0, bits[0])
+    data = io.BytesIO()
+    qpy.dump(circuit, data)
+    source = CircuitSource(CircuitLanguage.QPY, data=data.getvalue())
+    _, results = run(manila, spec(SamplerPub(circuit=source, bindings=Bindings(), shots=50)))
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    empty, wide = result.registers
+    assert (empty.name, empty.num_bits, dict(empty.counts[0])) == ("z", 0, {"": 50})
+    assert (wide.name, wide.num_bits) == ("w", 70)
+    assert dict(wide.counts[0]).get("0" * 69 + "1", 0) > 40
+
+
 def test_loose_bits_are_returned(manila: IbmAdapter) -> None:
     _, results = run(
         manila,

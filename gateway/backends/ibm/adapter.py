@@ -419,15 +419,21 @@ class IbmAdapter(QiskitAdapter):
 
     def _runnable(self, key: str, circuit: QuantumCircuit) -> _Runnable:
         """The circuit with every loose clbit in a register of its own (the runtime reports
-        registers only), and each register's name and circuit-wide clbit indices."""
+        registers only) and no register of no bits, and each register's name and circuit-wide
+        clbit indices."""
         cached = self._runnables.get(key)
         if cached is not None:
             return cached
         in_register = {bit for register in circuit.cregs for bit in register}
         loose = [bit for bit in circuit.clbits if bit not in in_register]
+        empty = [register for register in circuit.cregs if not len(register)]
         runnable = circuit
-        if loose:
+        if loose or empty:
             runnable = circuit.copy()
+            # A register of no bits reads empty whatever runs: not sent, since the runtime's
+            # sampler fails on one once the circuit has more than 64 clbits, and that failure
+            # would count against the backend's breaker.
+            runnable.cregs = [register for register in runnable.cregs if len(register)]
             for i, bit in enumerate(loose):
                 runnable.add_register(ClassicalRegister(name=f"{_LOOSE_PREFIX}{i}", bits=[bit]))
         registers = tuple(
