@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,15 @@ quota = {{ shots = {2**63 - 1} }}
     assert context.worker_memory_bytes == MAX_MB << 20
     policy = config.tenants["t"].tenant("t").policy
     assert tenant_codec.decode_policy(tenant_codec.encode_policy(policy)) == policy
+
+
+def test_every_configuration_the_readme_shows_loads(tmp_path: Path) -> None:
+    """A README block a reader copies must load: two wrote inline tables across lines, which
+    TOML 1.0 (Python's tomllib) refuses."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 10
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"readme-{i}.toml"
+        path.write_text(block)
+        load_config(path)
