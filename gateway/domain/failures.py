@@ -18,9 +18,14 @@ class FailureKind(enum.Enum):
     # 5xx); runners retry these under their policy, and one that reaches the core failed
     # after its retries.
     TRANSIENT = "TRANSIENT"
-    # The backend failed: a crashed worker, a simulator error, a provider's own failure, a
-    # job that ran past the backend's limit. The breaker counts these.
+    # The backend failed: a crashed worker, a provider's own failure, a job that ran past the
+    # backend's limit. The breaker counts these.
     BACKEND_FAULT = "BACKEND_FAULT"
+    # A local simulator's SDK raised on this job while its worker stayed up: either a circuit
+    # that trips an SDK bug (one tenant could open the breaker every tenant shares with five
+    # such jobs) or a backend gone bad, which then fails its health probe too. The breaker
+    # counts these only while the backend's probe fails.
+    SDK_ERROR = "SDK_ERROR"
     # The provider refused the backend's credentials (an expired or revoked key) on a call
     # that creates nothing (a submit's create, opening a provider session): the job goes back
     # to the queue and waits (up to its queue time limit) while the backend is out; the

@@ -687,7 +687,10 @@ class RunnerStep:
     ) -> None:
         breaker = runtime.breaker
         moved = None
-        if err.kind.counts_for_breaker:
+        # An SDK's error on one job is the backend's only if the backend also fails its probe:
+        # otherwise a circuit that trips an SDK bug would let one tenant open the breaker.
+        sick = err.kind is FailureKind.SDK_ERROR and not runtime.health.serving
+        if err.kind.counts_for_breaker or sick:
             moved = breaker.record_failure(running.permit)
             if breaker.state.value != "CLOSED":
                 log.warning("backend %s: circuit breaker %s", runtime.name, breaker.state.value)

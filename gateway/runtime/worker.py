@@ -167,7 +167,7 @@ def _simulator(role: SimulatorRole) -> Callable[[Any], tuple[Any, ...]]:
             return ("failed", "OUT_OF_MEMORY", "the simulation ran out of memory", {}, oom)
         except Exception as exc:
             traceback.print_exc()
-            fault = FailureKind.BACKEND_FAULT.value
+            fault = FailureKind.SDK_ERROR.value
             return ("failed", "EXECUTION_FAILED", f"{type(exc).__name__}: {exc}", {}, fault)
 
     return handle

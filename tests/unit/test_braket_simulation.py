@@ -551,7 +551,7 @@ def test_braket_failures_are_execution_errors() -> None:
     with pytest.raises(ExecutionError) as caught:
         simulation.probabilities(key(), plan(circuit), (), NONE)
     assert caught.value.reason == "EXECUTION_FAILED"
-    assert caught.value.kind is FailureKind.BACKEND_FAULT
+    assert caught.value.kind is FailureKind.SDK_ERROR
     assert caught.value.message.startswith("braket_sv: ValueError: xxx")
     assert len(caught.value.message) == 500
     with pytest.raises(ExecutionError) as caught:

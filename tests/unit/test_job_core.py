@@ -401,6 +401,35 @@ async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteSt
         await _close(core)
 
 
+async def test_an_sdk_error_opens_the_breaker_only_while_the_backend_fails_its_probe(
+    store: SqliteStore,
+) -> None:
+    """A circuit that trips an SDK bug fails with SDK_ERROR on a backend that still passes
+    its probe: one tenant's such jobs must not open the breaker every tenant shares (five
+    QPY jobs did, on ibm-fake-*). A backend gone bad fails its probe too: then they count."""
+    main = ScriptedRunner()
+    policy = BreakerPolicy(failure_threshold=2, window_s=60, cooldown_s=30)
+    core = await build_core(store, "memory", {"main": main}, breaker=policy)
+    runtime = core.backends["main"]
+    try:
+        runtime.health.serving = True
+        for _ in range(3):
+            job = await core.submit("mallory", spec("main"))
+            await core.until("mallory", job.id, "RUNNING")
+            main.fail(job.id, FailureKind.SDK_ERROR)
+            await core.until("mallory", job.id, "FAILED")
+        assert runtime.breaker.state is BreakerState.CLOSED
+        runtime.health.serving = False  # its probe fails: the same errors are the backend's
+        for _ in range(2):
+            job = await core.submit("alice", spec("main"))
+            await core.until("alice", job.id, "RUNNING")
+            main.fail(job.id, FailureKind.SDK_ERROR)
+            await core.until("alice", job.id, "FAILED")
+        assert runtime.breaker.state is BreakerState.OPEN
+    finally:
+        await _close(core)
+
+
 async def test_a_backend_without_its_target_refuses_jobs_or_places_on_the_fallback(
     store: SqliteStore,
 ) -> None:

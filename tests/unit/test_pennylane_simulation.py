@@ -456,7 +456,7 @@ def test_a_circuit_wider_than_the_device_is_refused() -> None:
 @pytest.mark.parametrize(
     ("raised", "reason", "kind"),
     [
-        (RuntimeError("kernel exploded"), "EXECUTION_FAILED", FailureKind.BACKEND_FAULT),
+        (RuntimeError("kernel exploded"), "EXECUTION_FAILED", FailureKind.SDK_ERROR),
         (MemoryError(), "OUT_OF_MEMORY", FailureKind.OUT_OF_MEMORY),
     ],
 )

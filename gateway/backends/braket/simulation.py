@@ -355,7 +355,7 @@ def _bits(measurements: Any) -> npt.NDArray[np.bool_]:
 
 
 def _failure(message: str) -> ExecutionError:
-    return ExecutionError("EXECUTION_FAILED", message[:500], kind=FailureKind.BACKEND_FAULT)
+    return ExecutionError("EXECUTION_FAILED", message[:500], kind=FailureKind.SDK_ERROR)
 
 
 def _unsupported(exc: UnsupportedCircuit) -> ExecutionError:

@@ -510,7 +510,8 @@ def _bindings(
 
 def _call(run: Any) -> Any:
     """Runs a primitive; the runtime's own refusals and simulator failures become
-    ExecutionErrors (the gateway validated the job: a failure here is the backend's)."""
+    ExecutionErrors: SDK_ERROR, the backend's only while it also fails its probe (the gateway
+    validated the job, but a circuit can still trip an SDK bug)."""
     try:
         return run()
     except ExecutionError:
@@ -522,7 +523,7 @@ def _call(run: Any) -> Any:
         lowered = message.lower()
         if "insufficient memory" in lowered or "greater than max" in lowered:
             raise ExecutionError("OUT_OF_MEMORY", message, kind=FailureKind.OUT_OF_MEMORY) from None
-        raise ExecutionError("EXECUTION_FAILED", message, kind=FailureKind.BACKEND_FAULT) from None
+        raise ExecutionError("EXECUTION_FAILED", message, kind=FailureKind.SDK_ERROR) from None
 
 
 def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend: str) -> None:

@@ -132,7 +132,7 @@ class PennyLaneSimulation:
             little-endian order).
 
         Raises:
-            ExecutionError: EXECUTION_FAILED (BACKEND_FAULT) when PennyLane fails,
+            ExecutionError: EXECUTION_FAILED (SDK_ERROR) when PennyLane fails,
                 OUT_OF_MEMORY when it runs out of memory, a CLIENT_ERROR when the circuit
                 holds an untranslatable instruction, a parameter without value or more qubits
                 than num_wires.
@@ -425,6 +425,4 @@ def _sdk_errors() -> Iterator[None]:
         ) from None
     except Exception as exc:
         message = f"PennyLane failed: {type(exc).__name__}: {exc}"
-        raise ExecutionError(
-            "EXECUTION_FAILED", message[:500], kind=FailureKind.BACKEND_FAULT
-        ) from exc
+        raise ExecutionError("EXECUTION_FAILED", message[:500], kind=FailureKind.SDK_ERROR) from exc
