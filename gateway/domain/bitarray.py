@@ -32,7 +32,6 @@ __all__ = [
     "SamplerResultBuilder",
     "UInt8Array",
     "bits_from_bitstrings",
-    "bits_from_hex",
     "bits_from_ints",
     "pack_bits",
     "packed_width",
@@ -49,11 +48,6 @@ _NARROW_BITS = 64
 # and took 16 s.
 _UNPACK_BYTES = 16 << 20
 
-_HEX_VALUES = np.zeros(128, dtype=np.uint8)
-for _i, _c in enumerate("0123456789abcdef"):
-    _HEX_VALUES[ord(_c)] = _i
-    _HEX_VALUES[ord(_c.upper())] = _i
-_NIBBLE_SHIFTS = np.array([3, 2, 1, 0], dtype=np.uint8)
 _ZERO_CHAR = ord("0")
 
 
@@ -197,22 +191,6 @@ def _counts_from_bytes(num_bits: int, outcomes: bytes, counts: bytes) -> Counts:
 
 
 # ------------------------------------------------------------------ outcomes as bit matrices
-
-
-def bits_from_hex(values: Sequence[str], num_bits: int) -> UInt8Array:
-    """Hex outcomes ("0x1f", as Aer writes them: the integer whose bit j is clbit j) as a
-    (len(values), num_bits) 0/1 array; column j is clbit j."""
-    count = len(values)
-    if count == 0:
-        return np.zeros((0, num_bits), dtype=np.uint8)
-    width = max(1, (num_bits + 3) // 4)
-    joined = "".join([v[2:].rjust(width, "0") for v in values])
-    digits = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(count, -1)
-    nibbles = _HEX_VALUES[digits[:, -width:]]
-    # Big-endian within each digit; reversed, column j is bit j.
-    bits = ((nibbles[:, :, None] >> _NIBBLE_SHIFTS) & 1).astype(np.uint8, copy=False)
-    little: UInt8Array = bits.reshape(count, width * 4)[:, ::-1][:, :num_bits]
-    return little
 
 
 def bits_from_ints(values: Sequence[int], num_bits: int) -> UInt8Array:

@@ -43,8 +43,11 @@ class FailureKind(enum.Enum):
     TIMEOUT = "TIMEOUT"
     CANCELLED = "CANCELLED"
 
-    @property
-    def counts_for_breaker(self) -> bool:
+    def counts_for_breaker(self, backend_serving: bool) -> bool:
+        """Whether a job's failure of this kind tells the breaker the backend is sick, given
+        whether the backend passes its health probe (which decides for SDK_ERROR alone)."""
+        if self is FailureKind.SDK_ERROR:
+            return not backend_serving
         return self in (
             FailureKind.BACKEND_FAULT,
             FailureKind.TRANSIENT,

@@ -687,10 +687,7 @@ class RunnerStep:
     ) -> None:
         breaker = runtime.breaker
         moved = None
-        # An SDK's error on one job is the backend's only if the backend also fails its probe:
-        # otherwise a circuit that trips an SDK bug would let one tenant open the breaker.
-        sick = err.kind is FailureKind.SDK_ERROR and not runtime.health.serving
-        if err.kind.counts_for_breaker or sick:
+        if err.kind.counts_for_breaker(runtime.health.serving):
             moved = breaker.record_failure(running.permit)
             if breaker.state.value != "CLOSED":
                 log.warning("backend %s: circuit breaker %s", runtime.name, breaker.state.value)

@@ -25,7 +25,6 @@ from gateway.domain.bitarray import (
     RegisterSpec,
     SamplerResultBuilder,
     bits_from_bitstrings,
-    bits_from_hex,
     bits_from_ints,
     pack_bits,
     packed_width,
@@ -166,7 +165,6 @@ def test_counts_pickle_as_bytes_not_arrays(counts: Counts) -> None:
 
 
 def test_helpers_pinned() -> None:
-    assert bits_from_hex(["0x5"], 4).tolist() == [[1, 0, 1, 0]]
     assert bits_from_ints([5], 4).tolist() == [[1, 0, 1, 0]]
     assert bits_from_bitstrings(["0101"], 4).tolist() == [[1, 0, 1, 0]]
     assert pack_bits(np.array([[1, 0, 0, 0, 0, 0, 0, 0, 1]], dtype=np.uint8)).tolist() == [

@@ -72,6 +72,16 @@ async def _close(core: Core) -> None:
     await core.manager.close()
 
 
+async def _failed_job(
+    core: Core, runner: ScriptedRunner, backend: str, tenant: str, kind: FailureKind
+) -> Job:
+    """A job of `tenant` on `backend` (run by `runner`), failed with `kind` once it runs."""
+    job = await core.submit(tenant, spec(backend))
+    await core.until(tenant, job.id, "RUNNING")
+    runner.fail(job.id, kind)
+    return await core.until(tenant, job.id, "FAILED")
+
+
 async def _queued_before_a_restart(store: SqliteStore) -> tuple[Job, Clock]:
     """A job a gateway accepted and stopped before running (it is recovered at the next start),
     and that gateway's clock."""
@@ -387,10 +397,7 @@ async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteSt
     policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
     core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
     try:
-        job = await core.submit("alice", spec("main"))
-        await core.until("alice", job.id, "RUNNING")
-        main.fail(job.id, FailureKind.BACKEND_FAULT)
-        await core.until("alice", job.id, "FAILED")
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
         assert core.backends["main"].breaker.state is BreakerState.OPEN
         with pytest.raises(Unavailable) as refused:
             await core.submit("alice", spec("main"))
@@ -414,17 +421,11 @@ async def test_an_sdk_error_opens_the_breaker_only_while_the_backend_fails_its_p
     try:
         runtime.health.serving = True
         for _ in range(3):
-            job = await core.submit("mallory", spec("main"))
-            await core.until("mallory", job.id, "RUNNING")
-            main.fail(job.id, FailureKind.SDK_ERROR)
-            await core.until("mallory", job.id, "FAILED")
+            await _failed_job(core, main, "main", "mallory", FailureKind.SDK_ERROR)
         assert runtime.breaker.state is BreakerState.CLOSED
         runtime.health.serving = False  # its probe fails: the same errors are the backend's
         for _ in range(2):
-            job = await core.submit("alice", spec("main"))
-            await core.until("alice", job.id, "RUNNING")
-            main.fail(job.id, FailureKind.SDK_ERROR)
-            await core.until("alice", job.id, "FAILED")
+            await _failed_job(core, main, "main", "alice", FailureKind.SDK_ERROR)
         assert runtime.breaker.state is BreakerState.OPEN
     finally:
         await _close(core)
@@ -691,10 +692,7 @@ async def test_only_backend_faults_count_and_only_the_trial_closes(store: Sqlite
         # Client errors, out-of-memory and the job's own time limit say nothing about the
         # backend.
         for kind in (FailureKind.CLIENT_ERROR, FailureKind.OUT_OF_MEMORY, FailureKind.TIMEOUT):
-            job = await core.submit("alice", spec("sim"))
-            await core.until("alice", job.id, "RUNNING")
-            runner.fail(job.id, kind)
-            await core.until("alice", job.id, "FAILED")
+            await _failed_job(core, runner, "sim", "alice", kind)
         assert breaker.state is BreakerState.CLOSED
         early = await core.submit("alice", spec("sim"))  # started while CLOSED
         first = await core.submit("alice", spec("sim"))
