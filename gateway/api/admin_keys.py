@@ -20,7 +20,6 @@ from qgateway.v1 import admin_pb2, admin_service_pb2
 from gateway.api import paging
 from gateway.api.admin_tenants import require_known_tenant
 from gateway.api.context import Context
-from gateway.api.shielded import to_the_end
 from gateway.domain.api_keys import MAX_KEYS_PER_TENANT, ApiKeyRecord, KeyState
 from gateway.domain.errors import (
     FieldViolation,
@@ -30,6 +29,7 @@ from gateway.domain.errors import (
     ResourceInfo,
 )
 from gateway.domain.timestamps import rfc3339
+from gateway.runtime.shielded import to_the_end
 from gateway.security.admin_scope import require_admin, require_tenant_admin
 from gateway.security.api_keys import KeyVerifier, generate_key
 from gateway.security.policies import PolicyBook

@@ -16,7 +16,6 @@ from qgateway.v1 import admin_service_pb2
 
 from gateway.api import paging, tenant_codec
 from gateway.api.context import Context
-from gateway.api.shielded import to_the_end
 from gateway.domain.errors import (
     Aborted,
     AlreadyExists,
@@ -24,6 +23,7 @@ from gateway.domain.errors import (
     NotFound,
     ResourceInfo,
 )
+from gateway.runtime.shielded import to_the_end
 from gateway.security.admin_scope import (
     TENANT_RESOURCE,
     require_admin,

@@ -71,8 +71,8 @@ class Admission:
         self._draining = draining
         self._limiter = anyio.CapacityLimiter(prepare_threads)
         self._policies = policies if policies is not None else PolicyBook()
-        # By (tenant, request_id): done once that submission's create has answered.
-        self._creating: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # By (tenant, request_id): the submission of that request in progress here.
+        self._creating: dict[tuple[str, str], _Twin] = {}
 
     def check_allowed(self, tenant: str, backend: str, field: str = "spec.backend") -> None:
         """NOT_FOUND for a backend that does not exist or is outside the tenant's policy, the
@@ -242,26 +242,42 @@ class Admission:
         # tenant's workers restarting. Those jobs are queued only once created, a twin after
         # the first one's create has answered (the store then gives it that job). Registered
         # before preparing: the first twin's prepare may end after the second's.
-        twin = (tenant, request_id)
-        first = self._creating.get(twin) if request_id else None
-        done: asyncio.Future[None] | None = None
-        if request_id and first is None:
-            done = self._creating[twin] = asyncio.get_running_loop().create_future()
+        key = (tenant, request_id)
+        twin = self._creating.get(key) if request_id else None
+        first = None if twin is None else twin.answered
+        mine = None
+        if request_id and twin is None:
+            mine = self._creating[key] = _Twin()
         try:
             return await self._queue(
-                runtime, place, first, tenant, request_id, spec, spec_bytes, digest
+                runtime, place, first, mine, tenant, request_id, spec, spec_bytes, digest
             )
         finally:
             place.release()
-            if done is not None:
-                done.set_result(None)
-                del self._creating[twin]
+            if mine is not None:
+                self._answer_twins(key, mine)
+
+    def _answer_twins(self, key: tuple[str, str], mine: _Twin) -> None:
+        """Lets the twins of a submission go on once its create has answered: at once if it
+        started none, else when the create ends, which runs on after a caller that went away
+        (a client's deadline). Its retry, let go before, found no job yet and started a
+        stand-in that the store's answer then took back from its worker."""
+
+        def answered(_: object = None) -> None:
+            mine.answered.set_result(None)
+            del self._creating[key]
+
+        if mine.create is None or mine.create.done():
+            answered()
+        else:
+            mine.create.add_done_callback(answered)
 
     async def _queue(
         self,
         runtime: BackendRuntime,
         place: _Place,
         first: asyncio.Future[None] | None,
+        mine: _Twin | None,
         tenant: str,
         request_id: str,
         spec: JobSpec,
@@ -314,11 +330,11 @@ class Admission:
             telemetry.job_not_created(new.trace_context)
             raise
         if before_commit:
-            return await self._start_before_commit(runtime, place, new, prepared)
+            return await self._start_before_commit(runtime, place, new, prepared, mine)
         # Shielded as in _start_before_commit: the store commits a create whose caller went
         # away (a client's deadline), and that job must then be queued, or it stayed QUEUED in
         # no queue, holding its quota reservation and queued-job count, until a restart.
-        creating = asyncio.ensure_future(self._create(new))
+        creating = self._start_create(new, mine)
         try:
             outcome = await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -330,14 +346,19 @@ class Admission:
         return outcome
 
     async def _start_before_commit(
-        self, runtime: BackendRuntime, place: _Place, new: NewJob, prepared: PreparedJob
+        self,
+        runtime: BackendRuntime,
+        place: _Place,
+        new: NewJob,
+        prepared: PreparedJob,
+        mine: _Twin | None,
     ) -> CreateOutcome:
         queue = runtime.queue
         # The job starts while its QUEUED commit is in flight; the answer still waits for
         # that commit. If the store creates nothing (an earlier job of this request_id, a
         # quota or queue limit reached), the stand-in is taken back: never claimed, or, if
         # already running, stopped (a refused request must not keep a worker busy).
-        creating = asyncio.ensure_future(self._create(new))
+        creating = self._start_create(new, mine)
         await queue.put(_queued(new), prepared)
         place.release()  # the queue counts it now
         runtime.wake.set()
@@ -371,6 +392,12 @@ class Admission:
         prepared = await self.prepare(runtime, tenant, spec, seed)
         self._check_job(tenant, spec, prepared)
         return pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks)
+
+    def _start_create(self, new: NewJob, mine: _Twin | None) -> asyncio.Future[CreateOutcome]:
+        creating = asyncio.ensure_future(self._create(new))
+        if mine is not None:
+            mine.create = creating
+        return creating
 
     async def _create(self, new: NewJob) -> CreateOutcome:
         try:
@@ -488,6 +515,15 @@ def _queue_if_created(
             queueing.add_done_callback(_detached.discard)
 
     return done
+
+
+class _Twin:
+    """A submission of a request_id in progress: its twins (the same request_id at once, a
+    retry after its caller went away) wait until its create has answered, then find its job."""
+
+    def __init__(self) -> None:
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.create: asyncio.Future[CreateOutcome] | None = None
 
 
 class _Place:

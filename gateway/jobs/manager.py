@@ -43,6 +43,7 @@ from gateway.jobs.scheduler import Scheduler
 from gateway.jobs.stored_format import StoredFormat
 from gateway.jobs.transitions import Transitions
 from gateway.runtime.breaker import Permit
+from gateway.runtime.shielded import to_the_end
 from gateway.security.policies import PolicyBook
 from gateway.store.base import CreateOutcome, JobCursor, JobPage, Store
 
@@ -212,6 +213,7 @@ class JobManager:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        await self._transitions.settle()
 
     # ------------------------------------------------------------------ admission
 
@@ -429,6 +431,12 @@ class JobManager:
         SUCCEEDED/FAILED if it finished first; a job another process holds (a shared queue) is
         marked CANCELLING and stopped by that holder at its next lease renewal. A CANCELLING or
         CANCELLED job is a no-op."""
+        # To its end even if the caller goes away: a running job marked CANCELLING must also
+        # be told to stop, or it runs on, CANCELLING, until it ends or reaches its time limit
+        # (a retried CancelJob of a CANCELLING job is a no-op).
+        return await to_the_end(self._cancel(tenant, job_id))
+
+    async def _cancel(self, tenant: str, job_id: str) -> Job:
         job = await self.get(tenant, job_id)
         if job.state in (JobState.CANCELLED, JobState.CANCELLING):
             return job

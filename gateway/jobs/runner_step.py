@@ -561,10 +561,16 @@ class RunnerStep:
         if not waiting.done():
             # Cancellation and time limits reach the backend: the worker is killed, the
             # provider job cancelled.
-            await self._stop(runtime, running, handle, waiting)
-            # The runner's wait reports the stop; one that does not (a provider call that
-            # never answers) is given up, or the step would hold its slot for ever.
-            await self._pause(runtime, running, WAIT_AFTER_STOP_S, waiting)
+            try:
+                await self._stop(runtime, running, handle, waiting)
+                # The runner's wait reports the stop; one that does not (a provider call that
+                # never answers) is given up, or the step would hold its slot for ever.
+                await self._pause(runtime, running, WAIT_AFTER_STOP_S, waiting)
+            except BaseException:
+                # The gateway closing (or a store error renewing the claim): nobody follows
+                # this wait any more, as in the loop above.
+                waiting.cancel()
+                raise
             if not waiting.done():
                 log.error("job %s: no answer from its runner after it was stopped", started.id)
                 waiting.cancel()

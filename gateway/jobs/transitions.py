@@ -4,10 +4,12 @@ that is not durable."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
 from gateway.jobs.events import EventBus
@@ -37,6 +39,8 @@ class Transitions:
         self.result_retention_s = result_retention_s
         # The last committed state of the jobs this process changed most recently.
         self._latest: OrderedDict[str, Job] = OrderedDict()
+        # Writes in flight; settle() waits for those whose callers went away.
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     def latest(self, job_id: str) -> Job | None:
         """The job as this process last committed it, if it did recently. Only the whole
@@ -56,17 +60,12 @@ class Transitions:
         self.hooks.notify(Transition(job, previous, job.updated_at or self.clock(), breaker))
 
     async def submitting(self, job: Job) -> Job | None:
-        changed = await self.store.mark_submitting(job.id, self.clock())
-        if changed is not None:
-            self.committed(changed, job.state)
-        return changed
+        return await self._change(job, self.store.mark_submitting(job.id, self.clock()))
 
     async def queued_again(self, job: Job, breaker: BreakerMove | None = None) -> Job | None:
         """SUBMITTING -> QUEUED: the provider refused the submit and created nothing."""
-        changed = await self.store.mark_queued_again(job.id, self.clock())
-        if changed is not None:
-            self.committed(changed, job.state, breaker)
-        return changed
+        write = self.store.mark_queued_again(job.id, self.clock())
+        return await self._change(job, write, breaker)
 
     async def running(
         self, job: Job, remote_id: str | None = None, *, started_at: datetime | None = None
@@ -75,16 +74,11 @@ class Transitions:
         # A RUNNING job handed to a new holder (its previous holder's lease lapsed) runs again.
         rerun = job.state is JobState.RUNNING
         at = self.clock() if started_at is None else started_at
-        changed = await self.store.mark_running(job.id, at, remote_id, rerun=rerun)
-        if changed is not None:
-            self.committed(changed, job.state)
-        return changed
+        write = self.store.mark_running(job.id, at, remote_id, rerun=rerun)
+        return await self._change(job, write)
 
     async def cancelling(self, job: Job) -> Job | None:
-        changed = await self.store.mark_cancelling(job.id, self.clock())
-        if changed is not None:
-            self.committed(changed, job.state)
-        return changed
+        return await self._change(job, self.store.mark_cancelling(job.id, self.clock()))
 
     async def finish(
         self,
@@ -110,9 +104,7 @@ class Transitions:
             if state is JobState.SUCCEEDED
             else None
         )
-        # Once a final state is decided it is written even if the caller goes away: the store
-        # queues the write before its first await, and runs what it queued.
-        finished = await self.store.finish_job(
+        write = self.store.finish_job(
             job.id,
             state,
             ended_at=ended,
@@ -123,14 +115,68 @@ class Transitions:
             result_expires_at=expires,
             started_at=started_at,
         )
-        if finished is None:
-            return None
-        if started_at is None:
-            self.committed(finished, job.state, breaker)
-        else:
-            self.committed(_as_running(finished), job.state)
-            self.committed(finished, JobState.RUNNING, breaker)
-        return finished
+
+        def publish(finished: Job) -> None:
+            if started_at is None:
+                self.committed(finished, job.state, breaker)
+            else:
+                self.committed(_as_running(finished), job.state)
+                self.committed(finished, JobState.RUNNING, breaker)
+
+        return await self._commit(write, publish)
+
+    async def _change(
+        self,
+        job: Job,
+        write: Coroutine[Any, Any, Job | None],
+        breaker: BreakerMove | None = None,
+    ) -> Job | None:
+        """Commits `write`, a change of `job`, and publishes what it changed."""
+
+        def publish(changed: Job) -> None:
+            self.committed(changed, job.state, breaker)
+
+        return await self._commit(write, publish)
+
+    async def _commit(
+        self, write: Coroutine[Any, Any, Job | None], publish: Callable[[Job], None]
+    ) -> Job | None:
+        # The write runs to its end even when the caller goes away (a CancelJob whose client
+        # left, a step cancelled at close), as the store commits it regardless: a change
+        # committed but never published left Run and WaitJob waiting and hooks blind to it.
+        # The caller publishes, so it goes on before anything the publication wakes (a
+        # session's hook expects the step to have given its claim back); if it left, the
+        # change is published when it commits.
+        writing = asyncio.ensure_future(write)
+        self._in_flight.add(writing)
+        writing.add_done_callback(self._in_flight.discard)
+        try:
+            changed = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            writing.add_done_callback(_publish_when_committed(publish))
+            raise
+        if changed is not None:
+            publish(changed)
+        return changed
+
+    async def settle(self) -> None:
+        """Waits for changes still being written for callers that went away (at close, before
+        the store closes)."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+def _publish_when_committed(
+    publish: Callable[[Job], None],
+) -> Callable[[asyncio.Future[Job | None]], None]:
+    def committed(writing: asyncio.Future[Job | None]) -> None:
+        if writing.cancelled() or writing.exception() is not None:
+            return
+        changed = writing.result()
+        if changed is not None:
+            publish(changed)
+
+    return committed
 
 
 def _as_running(finished: Job) -> Job:

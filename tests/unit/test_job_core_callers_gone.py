@@ -1,0 +1,182 @@
+"""The job core when a caller goes away mid-write (a client's deadline, a disconnect, the
+gateway closing): the store commits what it was asked regardless, so what follows a commit in
+this process (publishing the change, stopping a worker, letting twins of a request go on) must
+happen too. Found by a randomized interleaving review of the core (2026-12-04)."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import pickle
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain.jobs import Job, JobState
+from gateway.store.sqlite import SqliteStore
+from tests.core_harness import ScriptedRunner, build_core, spec
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "core.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+class Entered:
+    """Wraps a store method: `entered` is set once a call is inside it, and the call holds
+    there until `go` is set (a slow commit: a busy writer, an fsync)."""
+
+    def __init__(self, real: Callable[..., Awaitable[Any]], *, hold: bool = False) -> None:
+        self.real = real
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+        if not hold:
+            self.go.set()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.go.wait()
+        return await self.real(*args, **kwargs)
+
+
+async def _cancel_while_inside(call: Awaitable[Any], inside: Entered) -> None:
+    """Starts `call`, cancels it once it is inside the wrapped store method."""
+    task = asyncio.ensure_future(call)
+    await inside.entered.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    inside.go.set()
+
+
+async def test_a_cancel_whose_caller_went_away_is_heard_by_waiters_watchers_and_hooks(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A queued job (no free slot); its CANCELLED write commits after CancelJob's caller left.
+    # It was committed but never published: Run and WaitJob waited for ever, WatchJob sent
+    # heartbeats of the QUEUED job, hooks (metrics, traces) never heard of it.
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        waiting = asyncio.ensure_future(core.manager.wait("alice", job.id, timeout=5.0))
+        watched = asyncio.ensure_future(core.until("alice", job.id, "CANCELLED"))
+        inside = Entered(store.finish_job, hold=True)
+        monkeypatch.setattr(store, "finish_job", inside)
+        await _cancel_while_inside(core.manager.cancel("alice", job.id), inside)
+        ended = await waiting
+        assert ended is not None and ended.state is JobState.CANCELLED
+        assert (await watched).state is JobState.CANCELLED
+        assert core.recorder.states(job.id) == ["QUEUED", "CANCELLED"]
+    finally:
+        await core.manager.close()
+
+
+async def test_a_running_job_whose_cancels_caller_went_away_is_still_stopped(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CANCELLING committed after the caller left, but the runner was never told: the job ran on,
+    # CANCELLING, until it ended by itself (a retried CancelJob of a CANCELLING job is a no-op).
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        inside = Entered(store.mark_cancelling, hold=True)
+        monkeypatch.setattr(store, "mark_cancelling", inside)
+        await _cancel_while_inside(core.manager.cancel("alice", job.id), inside)
+        ended = await core.until("alice", job.id, "CANCELLED")
+        assert runner.cancelled == [job.id]
+        assert ended.state is JobState.CANCELLED
+    finally:
+        await core.manager.close()
+
+
+async def test_a_retry_after_its_first_caller_went_away_starts_no_stand_in(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first submission's caller left while its create was in flight; its retry (same
+    # request_id) was let go at once, found no job yet, started a stand-in on a worker, and the
+    # store's answer (the first one's job) took it back: a worker kill and respawn per retry.
+    runner = ScriptedRunner(slots=2)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        inside = Entered(store.create_job, hold=True)
+        monkeypatch.setattr(store, "create_job", inside)
+        job_spec = spec("sim")
+        data = pickle.dumps(job_spec)
+        first = core.manager.submit("alice", "req-1", job_spec, data, b"d")
+        await _cancel_while_inside(first, inside)
+        outcome = await core.manager.submit("alice", "req-1", job_spec, data, b"d")
+        assert not outcome.created
+        await core.until("alice", outcome.job.id, "RUNNING")
+        assert runner.submitted == [outcome.job.id]
+        assert runner.cancelled == []
+    finally:
+        await core.manager.close()
+
+
+async def test_closing_while_a_stopped_provider_job_has_not_ended_leaves_no_wait_behind(
+    store: SqliteStore,
+) -> None:
+    # A provider job cancelled: the provider took the cancel, the job has not ended, and the
+    # step waits for it; the gateway closing there left its wait task running.
+    class SlowCancel(ScriptedRunner):
+        async def cancel(self, handle: RunHandle) -> None:
+            self.cancelled.append(handle.job_id)  # accepted; the job would end later
+
+    runner = SlowCancel(slots=1, model=ExecutionModel.REMOTE)
+    before = asyncio.all_tasks()
+    core = await build_core(store, "store", {"sim": runner})
+    job = await core.submit("alice", spec("sim"))
+    await core.until("alice", job.id, "RUNNING")
+    stopped = asyncio.Event()
+    runner.cancel = _then_set(runner.cancel, stopped)  # type: ignore[method-assign]
+    await core.manager.cancel("alice", job.id)
+    await stopped.wait()
+    await core.manager.close()
+    await core.settle()
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    for task in left:
+        task.cancel()
+    assert left == []
+
+
+def _then_set(
+    call: Callable[[RunHandle], Awaitable[None]], event: asyncio.Event
+) -> Callable[[RunHandle], Awaitable[None]]:
+    async def wrapped(handle: RunHandle) -> None:
+        await call(handle)
+        event.set()
+
+    return wrapped
+
+
+async def test_changes_in_flight_at_close_are_written_and_published(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() waits for changes whose callers it cancelled, before the store closes.
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    job = await core.submit("alice", spec("sim"))
+    inside = Entered(store.finish_job, hold=True)
+    monkeypatch.setattr(store, "finish_job", inside)
+    cancelling = asyncio.ensure_future(core.manager.cancel("alice", job.id))
+    await inside.entered.wait()
+    closing = asyncio.ensure_future(core.manager.close())
+    await core.settle()
+    assert not closing.done()  # waiting for the write
+    inside.go.set()
+    await closing
+    ended: Job = await cancelling
+    assert ended.state is JobState.CANCELLED
+    assert core.recorder.states(job.id) == ["QUEUED", "CANCELLED"]
