@@ -25,7 +25,7 @@ venv: $(SYNCED)
 bytecode: $(SYNCED)
 	@$(VENV)/bin/python -m compileall -q -j 0 gateway clients/python/qgateway tests bench > /dev/null
 
-## Start the gateway on 127.0.0.1:50051 with embedded defaults (aer, aer-mps; SQLite in ./data).
+## Start the gateway on 127.0.0.1:50051 with embedded defaults (the local fleet; SQLite in ./data).
 serve: $(SYNCED) bytecode
 	$(VENV)/bin/qgateway serve $(if $(CONFIG),--config $(CONFIG))
 

@@ -506,9 +506,9 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     print(
         f"  queued     {usage.queued_jobs} jobs (limit {usage.policy.get('max_queued_jobs', '-')})"
     )
-    print(
-        f"  sessions   {usage.open_sessions} open (limit {usage.policy.get('max_sessions', '-')})"
-    )
+    # A policy without max_sessions has the server's cap, which the API does not report.
+    sessions_limit = usage.policy.get("max_sessions", "server.max_sessions_per_tenant")
+    print(f"  sessions   {usage.open_sessions} open (limit {sessions_limit})")
     print(f"  policy     {json.dumps(dict(usage.policy), sort_keys=True)}")
     return 0
 

@@ -75,7 +75,13 @@ def _shape(
     size = 1
     for d in shape:
         if d < smallest:
-            raise _bad(reason, field, f"every dimension must be >= {smallest}, got {d}")
+            raise _bad(
+                reason,
+                field,
+                f"every dimension must be >= {smallest}, got {d}",
+                minimum=smallest,
+                dimension=d,
+            )
         size *= d
         if size > most:
             raise _bad(reason, field, f"the shape holds more than {most} elements", most=most)
@@ -475,17 +481,6 @@ def encode_result(result: JobResult) -> job_pb2.JobResult:
 
 
 _STATES: dict[JobState, Any] = {s: job_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
-STATE_FROM_PROTO = {v: k for k, v in _STATES.items()}
-
-
-def decode_states(values: Sequence[int], field: str) -> frozenset[JobState]:
-    out = set()
-    for i, v in enumerate(values):
-        state = STATE_FROM_PROTO.get(v)
-        if state is None:
-            raise _bad("INVALID_STATE_FILTER", f"{field}[{i}]", f"unknown job state {v}", value=v)
-        out.add(state)
-    return frozenset(out)
 
 
 def encode_job(job: Job) -> job_pb2.Job:

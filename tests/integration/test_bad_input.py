@@ -143,6 +143,8 @@ def test_hostile_sweep_shapes_are_refused_before_any_arithmetic(
     assert (info.code, info.reason) == (INVALID, "INVALID_PARAMETER_VALUES")
     assert "spec.pubs[0].sampler.parameter_values.shape" in info.fields
     assert detail in info.message and len(info.message) < 300  # quotes no dimension list
+    if "must be >= 0" in detail:  # the values quoted are in the metadata too
+        assert info.metadata == {"minimum": "0", "dimension": detail.rsplit(" ", 1)[1]}
 
 
 @pytest.mark.parametrize(

@@ -420,6 +420,7 @@ def test_pub_shape_broadcasting() -> None:
     with pytest.raises(InvalidArgument) as info:
         fe.broadcast_pub_shape((2,), (3,), "f")
     assert info.value.reason == "INVALID_SHAPE"
+    assert info.value.metadata == {"observablesShape": "(2,)", "parameterShape": "(3,)"}
 
 
 # -------------------------------------------------------------- shots, precision, results

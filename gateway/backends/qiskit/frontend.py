@@ -1723,6 +1723,8 @@ def broadcast_pub_shape(
             f"observables shape {tuple(observables_shape)} does not broadcast with parameter "
             f"shape {tuple(bindings_shape)}",
             field,
+            observables_shape=tuple(observables_shape),
+            parameter_shape=tuple(bindings_shape),
         ) from None
 
 
