@@ -60,12 +60,15 @@ def write_head(path: Path, head: ChainPoint) -> None:
     """Replaces the head file atomically (a crash leaves the old head or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with tmp.open("w", encoding="utf-8") as out:
-        json.dump({"sequence": head.sequence, "mac": head.mac.hex()}, out)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            json.dump({"sequence": head.sequence, "mac": head.mac.hex()}, out)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
     _fsync_dir(path.parent)
 
 

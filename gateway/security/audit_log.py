@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.domain.audit import AuditRecord, ChainPoint
+from gateway.domain.errors import StoreUnavailable
 from gateway.security import audit_files
 from gateway.security.audit_writer import AuditWriter
 
@@ -108,8 +109,18 @@ class AuditLog:
                     " found (expected only after restoring a database on purpose)",
                     self._head_path,
                 )
-        await self._sweep()
-        await self.export_head()
+        try:
+            await self._sweep()
+            await self.export_head()
+        except (OSError, StoreUnavailable) as exc:
+            # A full or read-only disk: the gateway starts all the same (reads answer, writes
+            # are STORE_UNAVAILABLE) rather than exit and restart for as long as it lasts; the
+            # head is exported at the next attempt, the old head file still anchors the chain.
+            log.error(
+                "audit: head export or retention sweep failed at start (%s); retried every %gs",
+                exc,
+                self._head_interval,
+            )
         self._task = asyncio.create_task(self._maintain(), name="qgateway-audit")
 
     async def _maintain(self) -> None:
@@ -185,4 +196,8 @@ class AuditLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.writer.close()
-        await self.export_head()
+        try:
+            await self.export_head()
+        except (OSError, StoreUnavailable) as exc:
+            # The drain ends cleanly all the same; the head file keeps the last export.
+            log.error("audit: the final head could not be exported (%s)", exc)

@@ -5,6 +5,7 @@ Store-level tests run on a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -344,6 +345,46 @@ def test_a_missing_or_unreadable_head_file_is_said_loudly_and_kept(
     kept = tmp_path / "audit-head.json.unreadable"
     assert kept.read_text() == "garbled"  # the evidence, beside the new head
     assert audit_files.read_head(head_file) is not None
+
+
+def test_a_full_disk_neither_stops_a_start_nor_fails_a_drain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a SIGKILL the database is ahead of the exported head, and the start exports it:
+    # on a full disk that raised, and the gateway exited and restarted for as long as the disk
+    # stayed full (no reads either); a drain exited 1, leaving the head's temporary file.
+    head_file = tmp_path / "audit-head.json"
+
+    async def run(killed: bool) -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            if killed:  # records committed, the process gone before their head's export
+                await store.append_audit(_records(2, start=10))
+                return
+            await log.start()
+            await store.append_audit(_records(2, start=100))
+            await log.close()
+        finally:
+            await store.close()
+
+    asyncio.run(run(killed=False))
+    exported = head_file.read_text()
+    asyncio.run(run(killed=True))
+
+    def no_space(src: Any, dst: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_files.os, "replace", no_space)
+    caplog.clear()
+    asyncio.run(run(killed=False))  # starts, records, drains: no exception
+    failed = [r.message for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failed) == 2 and "at start" in failed[0] and "final head" in failed[1]
+    assert head_file.read_text() == exported  # the last export still anchors the chain
+    assert sorted(p.name for p in tmp_path.iterdir() if "audit-head" in p.name) == [
+        "audit-head.json"
+    ]
 
 
 def test_the_gateway_never_exports_a_head_its_database_no_longer_reaches(
