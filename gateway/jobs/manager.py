@@ -446,6 +446,11 @@ class JobManager:
         # No await between these two lookups: the dispatcher moves a job from the queue to
         # `running` in one step, so the job is in exactly one of them (or in neither).
         running = None if runtime is None else runtime.running.get(job_id)
+        if running is not None and running.released:
+            # Its step gave the job back (to the queue, or to another holder) and is only
+            # returning: the job is the queue's now. Marked CANCELLING for that step, an
+            # unclaimed job in the store's queue stayed CANCELLING for ever.
+            running = None
         if running is None:
             removed = runtime is not None and await runtime.queue.remove(job_id, tenant)
             held = not runtime.queue.queues_before_commit if runtime is not None else False

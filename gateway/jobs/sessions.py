@@ -62,6 +62,7 @@ from gateway.domain.sessions import (
 from gateway.jobs.hooks import Transition
 from gateway.jobs.manager import JobManager
 from gateway.jobs.queue_port import Claim, JobQueue
+from gateway.runtime.shielded import to_the_end
 from gateway.store.base import CreateOutcome, JobCursor, SessionPage, Store
 
 log = logging.getLogger(__name__)
@@ -672,8 +673,14 @@ class SessionCore:
             labels=dict(new.labels),
             last_activity_at=None,
         )
+        return await to_the_end(self._create(session, max_open))
+
+    async def _create(self, session: Session, max_open: int) -> tuple[Session, bool]:
         # The store counts and creates in one transaction: two creates cannot both pass the
         # cap, and a concurrent twin (same request_id) gets the session the other created.
+        # Run to its end (to_the_end) even if the caller goes away: the store commits the
+        # session regardless, and one committed but not open here cancelled every job sent
+        # into it right after SubmitJob answered (its retry got it back, still not open).
         stored, was_new = await self._store.create_session(
             session, domain.request_digest(session), max_open=max_open
         )
@@ -963,6 +970,11 @@ class SessionCore:
             log.exception("session %s: letting its jobs in again failed", session_id)
 
     async def _save(self, session: Session) -> Session:
+        # To its end even if the caller goes away (a CloseSession whose client left): the
+        # store commits the change regardless, and the sessions open here must follow it.
+        return await to_the_end(self._saved(session))
+
+    async def _saved(self, session: Session) -> Session:
         saved = await self._store.save_session(session)
         if saved is None:  # it had already ended
             stored = await self._store.get_session(session.id)

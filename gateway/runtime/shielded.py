@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from gateway.domain.errors import GatewayError
+
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # What runs on after its caller went away (the loop itself keeps only weak references).
 _carried_on: set[asyncio.Future[Any]] = set()
@@ -15,10 +20,24 @@ _carried_on: set[asyncio.Future[Any]] = set()
 async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
     """Runs `work` to its end even if the caller is cancelled (its deadline passed, it went
     away): a store write commits regardless, and what this process must do once it has (stop
-    a cancelled job's worker, apply a tenant's policy, drop a revoked key from the cache) would
-    otherwise be skipped, leaving the stored change unenforced here until a restart; a retry
-    finds nothing left to change."""
+    a cancelled job's worker, open a session here, apply a tenant's policy, drop a revoked key
+    from the cache) would otherwise be skipped, leaving the stored change unenforced here
+    until a restart; a retry finds nothing left to change."""
     task = asyncio.ensure_future(work)
     _carried_on.add(task)
     task.add_done_callback(_carried_on.discard)
-    return await asyncio.shield(task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_unheard)
+        raise
+
+
+def _unheard(task: asyncio.Future[Any]) -> None:
+    """The outcome of work whose caller left: a refusal (a cancel of a job that had finished)
+    is nobody's concern; anything else is logged once, not as asyncio's "never retrieved"."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, GatewayError):
+        log.error("work carried on after its caller left failed", exc_info=exc)

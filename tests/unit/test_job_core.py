@@ -967,6 +967,36 @@ async def test_a_throttled_create_queues_the_job_again(store: SqliteStore) -> No
         await _close(core)
 
 
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_a_job_cancelled_as_its_throttled_create_goes_back_to_the_queue_ends(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # Found by a fuzzer: the step gave the job back (QUEUED, its claim released) but was still
+    # in `running` when a CancelJob came; the cancel marked it CANCELLING for a step that was
+    # returning. In the store's queue nothing hands out an unclaimed CANCELLING job: it stayed
+    # CANCELLING, its quota reserved, for ever.
+    runner = _ThrottledOnce()
+    core = await build_core(store, kind, {"cloud": runner})
+    try:
+        job = await core.submit("alice", spec("cloud"))
+        queue = core.backends["cloud"].queue
+        release = queue.release
+        answer: asyncio.Future[JobState] = asyncio.get_running_loop().create_future()
+
+        async def release_then_cancel(claim: Claim, requeued: Job | None = None) -> None:
+            await release(claim, requeued)
+            if not answer.done():
+                answer.set_result((await core.manager.cancel("alice", job.id)).state)
+
+        queue.release = release_then_cancel  # type: ignore[method-assign]
+        ended = await core.until("alice", job.id, "CANCELLED")
+        async with asyncio.timeout(5):
+            assert await answer is JobState.CANCELLED
+        assert ended.state is JobState.CANCELLED
+    finally:
+        await _close(core)
+
+
 class _HeldSubmit(ScriptedRunner):
     """A provider whose create answers only when `answer` is set; with `done_first`, its job
     has already finished by then."""

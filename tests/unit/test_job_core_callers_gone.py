@@ -6,6 +6,7 @@ happen too. Found by a randomized interleaving review of the core (2026-12-04)."
 from __future__ import annotations
 
 import asyncio
+import gc
 import pathlib
 import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -180,3 +181,30 @@ async def test_changes_in_flight_at_close_are_written_and_published(
     ended: Job = await cancelling
     assert ended.state is JobState.CANCELLED
     assert core.recorder.states(job.id) == ["QUEUED", "CANCELLED"]
+
+
+async def test_a_refusal_nobody_waits_for_any_more_is_not_logged_as_an_error(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A CancelJob whose caller left, of a job that had finished: the refusal (FAILED_PRECONDITION)
+    # came out of the task carrying the cancel on, unretrieved, and asyncio logged it at ERROR
+    # with a traceback; any client could fill the log with them.
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        inside = Entered(store.get_job, hold=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store, "get_job", inside)
+            await _cancel_while_inside(core.manager.cancel("alice", job.id), inside)
+        carried = {t for t in asyncio.all_tasks() if "_cancel" in repr(t.get_coro())}
+        assert carried
+        await asyncio.wait(carried)  # ended, its outcome not read (as nobody reads it)
+        del carried
+        gc.collect()
+        assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    finally:
+        await core.manager.close()

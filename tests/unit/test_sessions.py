@@ -1181,3 +1181,77 @@ async def test_a_session_job_given_back_keeps_the_queue_time_its_turn_started() 
     assert await queue.take_expired() == []
     clock.advance(1)
     assert [j.id for j in await queue.take_expired()] == ["j1"]
+
+
+class _HeldWrite:
+    """A store write that holds until `go` is set; `entered` once a call is inside it,
+    `done` once it has committed."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.go.wait()
+        try:
+            return await self.real(*args, **kwargs)
+        finally:
+            self.done.set()
+
+
+async def _caller_leaves_inside(call: Any, held: _HeldWrite) -> None:
+    task = asyncio.ensure_future(call)
+    await held.entered.wait()
+    task.cancel()  # a client's deadline, a reset connection
+    await asyncio.gather(task, return_exceptions=True)
+    held.go.set()
+
+
+async def test_a_session_created_after_its_caller_left_takes_jobs(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found through a proxy resetting connections: the create committed after CreateSession's
+    # caller went away, but the session was never opened in the core; its retry got it back,
+    # and every job sent into it was cancelled right after SubmitJob answered.
+    core = await build(store)
+    try:
+        held = _HeldWrite(store.create_session)
+        monkeypatch.setattr(store, "create_session", held)
+        new = NewSession(backend="sim")
+        await _caller_leaves_inside(core.sessions.create("alice", "req-1", new), held)
+        session, created = await core.sessions.create("alice", "req-1", new)
+        assert not created  # the retry gets the session the first call committed
+        job = await core.submit("alice", session_spec(session))
+        await core.until("alice", job.id, "RUNNING")
+        core.runner.succeed(job.id)
+        assert (await core.until("alice", job.id, "SUCCEEDED")).state is JobState.SUCCEEDED
+    finally:
+        await core.close()
+
+
+async def test_a_session_closed_after_its_caller_left_takes_no_more_jobs(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = await build(store)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s))
+        await core.until("alice", first.id, "RUNNING")
+        held = _HeldWrite(store.save_session)
+        monkeypatch.setattr(store, "save_session", held)
+        await _caller_leaves_inside(core.sessions.close_session("alice", s.id), held)
+        await held.done.wait()  # what follows the commit runs on in the same task, at once
+        monkeypatch.undo()
+        stored = await store.get_session(s.id)
+        assert stored is not None and stored.state is SessionState.CLOSING
+        with pytest.raises(GatewayError) as refused:
+            await core.submit("alice", session_spec(s))
+        assert refused.value.reason == "SESSION_CLOSED"
+        core.runner.succeed(first.id)
+        closed = await core.session_until(s.id, SessionState.CLOSED)
+        assert closed.end_reason is EndReason.CLOSED
+    finally:
+        await core.close()
