@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from qgateway import client as client_module
-from qgateway.client import DEFAULT_RETRY, AsyncClient, Client, RetryPolicy
+from qgateway.client import DEFAULT_RETRY, AsyncClient, Client, RetryPolicy, sampler_pub
 from qgateway.errors import (
     ERROR_DOMAIN,
     STATUS_DETAILS_KEY,
@@ -394,6 +394,30 @@ def test_caller_request_id_is_kept(sleeps: list[float]) -> None:
     with make_client(Run=run) as client:
         client.run("OPENQASM 3.0;", request_id="mine")
     assert [r.request_id for r in run.requests] == ["mine", "mine"]
+
+
+def test_a_retry_that_gets_its_own_job_back_says_the_call_created_it(
+    sleeps: list[float],
+) -> None:
+    # The first attempt created the job; its answer was lost (a reset) and the retry got the
+    # job back, created=False: the call reported it had not created the job it had.
+    def again(response: Any) -> Any:
+        repeated = type(response)()
+        repeated.CopyFrom(response)
+        repeated.created = False
+        return repeated
+
+    created = job_service_pb2.SubmitJobResponse(job=job_pb2.Job(name="jobs/j1"), created=True)
+    with make_client(
+        Run=FakeUnary([unavailable(), again(finished_run())]),
+        SubmitJob=FakeUnary([unavailable(), again(created)]),
+    ) as client:
+        assert client.run_pubs([sampler_pub("OPENQASM 3.0;", shots=4)]).created is True
+        assert client.submit("OPENQASM 3.0;", shots=4).created is True
+    # A request_id of the caller's own may have been an earlier call's: the answer stands.
+    with make_client(Run=FakeUnary([again(finished_run())])) as client:
+        pubs = [sampler_pub("OPENQASM 3.0;", shots=4)]
+        assert client.run_pubs(pubs, request_id="mine").created is False
 
 
 def test_other_codes_are_not_retried(sleeps: list[float]) -> None:

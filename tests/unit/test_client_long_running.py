@@ -170,9 +170,11 @@ def test_a_followed_run_keeps_whether_it_created_the_job() -> None:
     repeat = DeadlineExceededError(
         "capped", reason="RUN_DEADLINE_EXCEEDED", metadata={"job": "jobs/j", "created": "false"}
     )
-    assert client_module._created_as(first, job).created is True
-    assert client_module._created_as(repeat, job).created is False
-    assert client_module._created_as(_capped("jobs/j"), job).created is None  # an older gateway
+    assert client_module._created_as(first, job, "mine").created is True
+    assert client_module._created_as(repeat, job, "mine").created is False
+    # A request_id the client drew was no other call's: its own earlier attempt created it.
+    assert client_module._created_as(repeat, job, None).created is True
+    assert client_module._created_as(_capped("jobs/j"), job, None).created is None  # older
 
 
 def test_a_watch_cut_again_and_again_after_delivering_goes_on(

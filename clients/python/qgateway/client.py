@@ -756,13 +756,19 @@ def _result_of(job: Job) -> JobResult:
     return job.result
 
 
-def _run_job(response: job_service_pb2.RunResponse) -> Job:
+def _created(answered: bool, request_id: str | None) -> bool:
+    """Whether the call created its job: as the gateway answered its last attempt, or True
+    when the client drew the request_id (no other call used it: a retry whose earlier attempt
+    created the job, its answer lost, gets it back with created=False)."""
+    return answered or not request_id
+
+
+def _run_job(response: job_service_pb2.RunResponse, request_id: str | None) -> Job:
+    created = _created(response.created, request_id)
     if response.HasField("result"):
         result = JobResult.from_proto(response.result)
-        return Job.from_proto(response.job, created=response.created, result=result)
-    return Job.from_proto(
-        response.job, created=response.created, result_too_large=response.result_too_large
-    )
+        return Job.from_proto(response.job, created=created, result=result)
+    return Job.from_proto(response.job, created=created, result_too_large=response.result_too_large)
 
 
 def _watched(response: job_service_pb2.WatchJobResponse) -> Job:
@@ -786,10 +792,12 @@ def _capped_run(err: DeadlineExceededError, deadline: float | None) -> str | Non
     return err.job
 
 
-def _created_as(err: DeadlineExceededError, job: Job) -> Job:
+def _created_as(err: DeadlineExceededError, job: Job, request_id: str | None) -> Job:
     """The followed job, with `created` as the capped Run said (the wait cannot know it)."""
     created = err.metadata.get("created")
-    return job if created is None else replace(job, created=created == "true")
+    if created is None:
+        return job
+    return replace(job, created=_created(created == "true", request_id))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -1207,11 +1215,11 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                 raise
             # The gateway's Run wait limit passed, not our timeout: follow the job instead.
             try:
-                return _created_as(err, self.wait(name, timeout=_remaining(deadline)))
+                return _created_as(err, self.wait(name, timeout=_remaining(deadline)), request_id)
             except QGatewayError as late:
                 _tag(late, rid, name)
                 raise
-        job = _run_job(response)
+        job = _run_job(response, request_id)
         try:
             return self._complete(job, deadline)
         except QGatewayError as err:
@@ -1304,7 +1312,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
             request_id=rid,
         )
         # Whether this call created the job or got an earlier request's (same request_id).
-        return Job.from_proto(response.job, created=response.created)
+        return Job.from_proto(response.job, created=_created(response.created, request_id))
 
     def validate(
         self,
@@ -1822,11 +1830,13 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                 raise
             # The gateway's Run wait limit passed, not our timeout: follow the job instead.
             try:
-                return _created_as(err, await self.wait(name, timeout=_remaining(deadline)))
+                return _created_as(
+                    err, await self.wait(name, timeout=_remaining(deadline)), request_id
+                )
             except QGatewayError as late:
                 _tag(late, rid, name)
                 raise
-        job = _run_job(response)
+        job = _run_job(response, request_id)
         try:
             return await self._complete(job, deadline)
         except QGatewayError as err:
@@ -1907,7 +1917,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
             request_id=rid,
         )
         # Whether this call created the job or got an earlier request's (same request_id).
-        return Job.from_proto(response.job, created=response.created)
+        return Job.from_proto(response.job, created=_created(response.created, request_id))
 
     async def validate(
         self,

@@ -695,9 +695,11 @@ class Job:
         usage: What it used, once it finished after running.
         cost: What it cost (the provider's bill, else the backend's price table), once it
             finished on a backend with either.
-        created: For a job returned by submit or run: True when that call created it, False
-            when it returned the job of an earlier call with the same request_id (a retry).
-            None for jobs from other calls.
+        created: For a job returned by submit or run: True when that call created it (its
+            own retries included), False when it returned the job of an earlier call with the
+            same request_id. With a request_id of your own, a retry by the client whose
+            earlier attempt created the job (its answer lost) also says False: the gateway
+            cannot tell that attempt from an earlier call. None for jobs from other calls.
         trace_id: W3C trace id (32 hex digits) of the trace the job was created in; "" when
             the gateway's tracing was off.
         proto: The message as received.
