@@ -96,6 +96,9 @@ async def require_known_tenant(
         raise tenant_not_found(tenant)
 
 
+# Attempts of an UpdateTenant without an etag, each losing a race with another update.
+UPDATE_ATTEMPTS = 8
+
 class TenantRpcs:
     """CreateTenant, GetTenant, ListTenants, UpdateTenant and GetTenantUsage."""
 
@@ -119,7 +122,7 @@ class TenantRpcs:
         tid = tenant_codec.check_tenant_id(request.tenant_id)
         policy: TenantPolicy = self._policies.default
         if request.tenant.HasField("policy"):
-            policy = tenant_codec.decode_policy(request.tenant.policy)
+            policy = tenant_codec.decode_policy(request.tenant.policy, created=True)
         display_name = tenant_codec.check_display_name(request.tenant.display_name)
         now = self._clock()
         tenant = Tenant(tid, display_name, policy, etag_of(display_name, policy), now, now)
@@ -199,6 +202,21 @@ class TenantRpcs:
                 f"tenants/{tid} is declared in the gateway's configuration file; change it there",
                 metadata={"tenant": f"tenants/{tid}"},
             )
+        # Without an etag the caller asked for its change whatever the tenant holds: an update
+        # that lost a race with another (its compare-and-set on the etag it read) is applied
+        # again to what that one wrote, never refused for an etag the caller did not send.
+        for _ in range(UPDATE_ATTEMPTS):
+            done = await self._update_once(tid, request)
+            if done is not None:
+                return done
+            if request.tenant.etag:
+                raise _etag_mismatch(tid, request.tenant.etag)
+        raise _etag_mismatch(tid, "")
+
+    async def _update_once(
+        self, tid: str, request: admin_service_pb2.UpdateTenantRequest
+    ) -> admin_service_pb2.UpdateTenantResponse | None:
+        """One read, apply and compare-and-set; None when another update came in between."""
         stored = await self._store.get_tenant(tid)
         if stored is None:
             raise tenant_not_found(tid)
@@ -220,7 +238,7 @@ class TenantRpcs:
         created_at = current.created_at
 
         async def update() -> StoredTenant | None:
-            # Compare and set on the etag read: a concurrent update in between is ABORTED too.
+            # Compare and set on the etag read: a concurrent update in between is seen.
             written = await self._store.update_tenant(
                 _stored(updated, created_at, now), current.etag
             )
@@ -230,7 +248,7 @@ class TenantRpcs:
 
         written = await to_the_end(update())
         if written is None:
-            raise _etag_mismatch(tid, request.tenant.etag or current.etag)
+            return None
         return admin_service_pb2.UpdateTenantResponse(
             tenant=tenant_codec.encode_tenant(tenant_from_stored(written))
         )
@@ -251,9 +269,11 @@ class TenantRpcs:
 
 
 def _etag_mismatch(tenant: str, sent: str) -> Aborted:
+    """`sent`: the etag the caller sent; "" when it sent none and every attempt lost a race."""
+    why = f"etag {sent[:40]!r}" if sent else "updated by others at every attempt"
     return Aborted(
         "ETAG_MISMATCH",
-        f"tenants/{tenant} changed since it was read (etag {sent[:40]!r}); read it again and "
-        "repeat the update",
+        f"tenants/{tenant} changed since it was read ({why}); read it again and repeat the "
+        "update",
         metadata={"tenant": f"tenants/{tenant}"},
     )

@@ -120,8 +120,12 @@ def _decode_rate(msg: admin_pb2.TenantPolicy, name: str) -> RateLimit | None:
     return RateLimit(rate.per_second, rate.burst)
 
 
-def decode_policy(msg: admin_pb2.TenantPolicy, field: str = "tenant.policy") -> TenantPolicy:
-    """The policy a message describes.
+def decode_policy(
+    msg: admin_pb2.TenantPolicy, field: str = "tenant.policy", *, created: bool = False
+) -> TenantPolicy:
+    """The policy a message describes. `created`: CreateTenant's, where no allowed_simulators
+    (a repeated field cannot tell unset from empty) is the default, every simulator, as in
+    the configuration file; a policy naming only a limit allowed no backend at all.
 
     Raises:
         InvalidArgument: INVALID_POLICY, each problem a field violation under `field`.
@@ -137,7 +141,11 @@ def decode_policy(msg: admin_pb2.TenantPolicy, field: str = "tenant.policy") -> 
             period_s=period_s,
         )
     policy = TenantPolicy(
-        allowed_simulators=tuple(msg.allowed_simulators),
+        allowed_simulators=(
+            tuple(msg.allowed_simulators)
+            if msg.allowed_simulators or not created
+            else TenantPolicy.allowed_simulators
+        ),
         allowed_hardware=tuple(msg.allowed_hardware),
         max_qubits=msg.max_qubits if msg.HasField("max_qubits") else None,
         max_shots_per_job=msg.max_shots_per_job if msg.HasField("max_shots_per_job") else None,

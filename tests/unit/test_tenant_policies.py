@@ -507,6 +507,63 @@ async def test_a_tenant_write_whose_caller_went_away_is_still_enforced(
     assert policies.policy("acme").max_shots_per_job == 3
 
 
+async def test_updates_without_an_etag_are_applied_however_they_race(
+    admin: AdminServicer,
+) -> None:
+    # Each read the tenant, then compared and set on the etag it read: all but one of updates
+    # sent at once failed ABORTED ETAG_MISMATCH, naming an etag their callers never sent.
+    import asyncio
+
+    await admin.CreateTenant(
+        admin_service_pb2.CreateTenantRequest(tenant_id="acme", tenant=admin_pb2.Tenant()), None
+    )
+    fields = {
+        "max_qubits": 5,
+        "max_shots_per_job": 6,
+        "max_queued_jobs": 7,
+        "max_sessions": 8,
+    }
+
+    def update(field: str, value: int) -> Any:
+        return admin.UpdateTenant(
+            admin_service_pb2.UpdateTenantRequest(
+                tenant=admin_pb2.Tenant(
+                    name="tenants/acme", policy=admin_pb2.TenantPolicy(**{field: value})
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=[f"policy.{field}"]),
+            ),
+            None,
+        )
+
+    await asyncio.gather(*(update(f, v) for f, v in fields.items()))
+    got = await admin.GetTenant(admin_service_pb2.GetTenantRequest(name="tenants/acme"), None)
+    assert {f: getattr(got.tenant.policy, f) for f in fields} == fields
+
+
+async def test_a_tenant_created_with_only_a_limit_may_use_every_simulator(
+    admin: AdminServicer,
+) -> None:
+    # A repeated field cannot tell unset from empty: a policy naming only a limit allowed no
+    # backend at all (every submission BACKEND_NOT_FOUND), unlike the same policy in the file.
+    created = await admin.CreateTenant(
+        admin_service_pb2.CreateTenantRequest(
+            tenant_id="acme", tenant=admin_pb2.Tenant(policy=admin_pb2.TenantPolicy(max_qubits=20))
+        ),
+        None,
+    )
+    assert list(created.tenant.policy.allowed_simulators) == ["*"]
+    assert admin._policies.policy("acme").allowed_simulators == ("*",)
+    # None, if asked for: UpdateTenant with the field masked and no patterns.
+    none = await admin.UpdateTenant(
+        admin_service_pb2.UpdateTenantRequest(
+            tenant=admin_pb2.Tenant(name="tenants/acme"),
+            update_mask=field_mask_pb2.FieldMask(paths=["policy.allowed_simulators"]),
+        ),
+        None,
+    )
+    assert list(none.tenant.policy.allowed_simulators) == []
+
+
 async def test_update_masks_change_only_the_named_fields(admin: AdminServicer) -> None:
     created = await admin.CreateTenant(
         admin_service_pb2.CreateTenantRequest(
