@@ -99,6 +99,7 @@ async def require_known_tenant(
 # Attempts of an UpdateTenant without an etag, each losing a race with another update.
 UPDATE_ATTEMPTS = 8
 
+
 class TenantRpcs:
     """CreateTenant, GetTenant, ListTenants, UpdateTenant and GetTenantUsage."""
 
@@ -273,7 +274,6 @@ def _etag_mismatch(tenant: str, sent: str) -> Aborted:
     why = f"etag {sent[:40]!r}" if sent else "updated by others at every attempt"
     return Aborted(
         "ETAG_MISMATCH",
-        f"tenants/{tenant} changed since it was read ({why}); read it again and repeat the "
-        "update",
+        f"tenants/{tenant} changed since it was read ({why}); read it again and repeat the update",
         metadata={"tenant": f"tenants/{tenant}"},
     )

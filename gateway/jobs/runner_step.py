@@ -217,7 +217,8 @@ class RunnerStep:
                 if job.state is JobState.SUBMITTING and handle.remote_id is not None:
                     # Found by its token or tag after a crash before its id was stored: store
                     # it now, so a second crash re-attaches by id.
-                    started = await self._t.running(job, handle.remote_id) or job
+                    holder = running.claim.owner
+                    started = await self._t.running(job, handle.remote_id, holder=holder) or job
         prepared: PreparedJob | None = None
         t0 = time.perf_counter()
         if handle is None:
@@ -341,7 +342,7 @@ class RunnerStep:
             # SUBMITTING is committed before the provider hears of the job: after a crash, a
             # SUBMITTING job is looked up at the provider by its id before anything is resent.
             if job.state is JobState.QUEUED:
-                marked = await self._t.submitting(job)
+                marked = await self._t.submitting(job, running.claim.owner)
                 if marked is None:
                     await self._no_longer_queued(runtime, running)
                     return None
@@ -363,7 +364,7 @@ class RunnerStep:
                     return None
                 handle = found
             running.handle = handle
-            started = await self._t.running(job, handle.remote_id)
+            started = await self._t.running(job, handle.remote_id, holder=running.claim.owner)
             if started is None:  # cancelled while it was being submitted
                 # The provider has the job, and may run it before the cancel reaches it: it
                 # is followed as a running job being cancelled (stopped; SUCCEEDED with its
@@ -401,7 +402,7 @@ class RunnerStep:
         another job of its request_id."""
         started_at = running.unwritten_start
         assert started_at is not None
-        started = await self._t.running(job, started_at=started_at)
+        started = await self._t.running(job, started_at=started_at, holder=running.claim.owner)
         if started is not None:
             running.unwritten_start = None
             return started

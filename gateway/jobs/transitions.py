@@ -59,8 +59,10 @@ class Transitions:
         self.bus.publish(job)
         self.hooks.notify(Transition(job, previous, job.updated_at or self.clock(), breaker))
 
-    async def submitting(self, job: Job) -> Job | None:
-        return await self._change(job, self.store.mark_submitting(job.id, self.clock()))
+    async def submitting(self, job: Job, holder: str | None = None) -> Job | None:
+        """QUEUED -> SUBMITTING, by `holder` (the claim's owner): None if another holds it."""
+        write = self.store.mark_submitting(job.id, self.clock(), holder=holder)
+        return await self._change(job, write)
 
     async def queued_again(self, job: Job, breaker: BreakerMove | None = None) -> Job | None:
         """SUBMITTING -> QUEUED: the provider refused the submit and created nothing."""
@@ -68,13 +70,19 @@ class Transitions:
         return await self._change(job, write, breaker)
 
     async def running(
-        self, job: Job, remote_id: str | None = None, *, started_at: datetime | None = None
+        self,
+        job: Job,
+        remote_id: str | None = None,
+        *,
+        started_at: datetime | None = None,
+        holder: str | None = None,
     ) -> Job | None:
-        """-> RUNNING, started now or at `started_at` (a local run whose write was delayed)."""
+        """-> RUNNING, started now or at `started_at` (a local run whose write was delayed), by
+        `holder` (the claim's owner): None if another holds the job's lease."""
         # A RUNNING job handed to a new holder (its previous holder's lease lapsed) runs again.
         rerun = job.state is JobState.RUNNING
         at = self.clock() if started_at is None else started_at
-        write = self.store.mark_running(job.id, at, remote_id, rerun=rerun)
+        write = self.store.mark_running(job.id, at, remote_id, rerun=rerun, holder=holder)
         return await self._change(job, write)
 
     async def cancelling(self, job: Job) -> Job | None:

@@ -209,9 +209,12 @@ class Store(Protocol):
         """The stored result's size, and its bytes when they are at most `max_bytes` (a larger
         one is not read); None without one."""
 
-    async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
+    async def mark_submitting(
+        self, job_id: str, at: datetime, *, holder: str | None = None
+    ) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
-        None from any other state."""
+        None from any other state, or when `holder` (the claim's owner) is given and another
+        holds the job's lease."""
 
     async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
         """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
@@ -224,10 +227,14 @@ class Store(Protocol):
         remote_id: str | None = None,
         *,
         rerun: bool = False,
+        holder: str | None = None,
     ) -> Job | None:
         """QUEUED or SUBMITTING -> RUNNING, incrementing attempts and storing the provider's
         `remote_id` in the same transaction; None otherwise. `rerun`: RUNNING -> RUNNING too, for
-        the new holder of a lapsed claim whose job ran on a worker that is gone."""
+        the new holder of a lapsed claim whose job ran on a worker that is gone. `holder`: the
+        claim's owner; None (refused) when another holds the job's lease: a holder whose lease
+        lapsed while its write waited must not move a job its new holder runs (the new holder's
+        own write then failed and the job was left RUNNING, claimed by nobody)."""
 
     async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED, SUBMITTING or RUNNING -> CANCELLING; None otherwise (CANCELLING included)."""

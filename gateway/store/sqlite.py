@@ -635,16 +635,18 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             return None
         return int(row[0]), None if row[1] is None else bytes(row[1])
 
-    async def mark_submitting(self, job_id: str, at: datetime) -> Job | None:
+    async def mark_submitting(
+        self, job_id: str, at: datetime, *, holder: str | None = None
+    ) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
-        None from any other state."""
+        None from any other state, or when another than `holder` holds its lease."""
         at_us = to_us(at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 f"UPDATE jobs SET state = 'SUBMITTING', {_ENTER_STATE}"
-                f" WHERE id = ? AND state = 'QUEUED' RETURNING {_JOB_COLUMNS}",
-                (*_entering(JobState.SUBMITTING, at_us), job_id),
+                f" WHERE id = ? AND state = 'QUEUED' AND {_HELD_BY} RETURNING {_JOB_COLUMNS}",
+                (*_entering(JobState.SUBMITTING, at_us), job_id, holder, holder),
             ).fetchone()
             return None if row is None else _row_to_job(row)
 
@@ -672,10 +674,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         remote_id: str | None = None,
         *,
         rerun: bool = False,
+        holder: str | None = None,
     ) -> Job | None:
         """QUEUED or SUBMITTING (and RUNNING when `rerun`) -> RUNNING, incrementing attempts and
         storing the provider's `remote_id` in the same transaction (None keeps the stored one);
-        None from any other state."""
+        None from any other state, or when another than `holder` holds its lease."""
         started_us = to_us(started_at)
         states = "('QUEUED', 'SUBMITTING', 'RUNNING')" if rerun else "('QUEUED', 'SUBMITTING')"
 
@@ -683,8 +686,15 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             row = conn.execute(
                 "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1,"
                 f" remote_id = coalesce(?, remote_id), {_ENTER_STATE}"
-                f" WHERE id = ? AND state IN {states} RETURNING {_JOB_COLUMNS}",
-                (started_us, remote_id, *_entering(JobState.RUNNING, started_us), job_id),
+                f" WHERE id = ? AND state IN {states} AND {_HELD_BY} RETURNING {_JOB_COLUMNS}",
+                (
+                    started_us,
+                    remote_id,
+                    *_entering(JobState.RUNNING, started_us),
+                    job_id,
+                    holder,
+                    holder,
+                ),
             ).fetchone()
             return None if row is None else _row_to_job(row)
 
@@ -1839,6 +1849,9 @@ _HISTORY_WITHOUT_STATE: Final = (
 # Every transition's SET clause records the state entered and when (its update time too):
 # appended to the history, replacing an earlier entry of the same state (a state entered again
 # after a restart keeps its last time, so the history stays in order). Parameters: _entering.
+# A write naming the claim's holder (bound twice: it, then it again) applies only while no
+# other holds the job's lease; an unleased job (the in-memory queue's) is anyone's.
+_HELD_BY: Final = "(? IS NULL OR lease_owner IS NULL OR lease_owner = ?)"
 _ENTER_STATE: Final = (
     f"state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]', json_array(?, ?)),"
     " updated_at = ?"

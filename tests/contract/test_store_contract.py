@@ -766,6 +766,26 @@ async def claim(store: Store, owner: str = "me", now: datetime = T0, placement: 
     return job.id
 
 
+async def test_only_the_lease_holder_moves_a_claimed_job(store: Store) -> None:
+    # A holder whose lease lapsed while its write waited must not move the job its new holder
+    # runs: the new holder's own write would fail and leave the job claimed by nobody.
+    await store.create_job(new_job(job_id="a"))
+    await store.create_job(new_job(job_id="b", created_at=T0 + SECOND))
+    assert await claim(store, "old") == "a"
+    later = T0 + 2 * LEASE  # "old"'s lease lapsed: the job goes to "new"
+    claimed = await store.claim_next("aer", "new", later + LEASE, later)
+    assert claimed is not None and claimed.id == "a"
+    assert await store.mark_running("a", later, holder="old") is None
+    assert await store.mark_submitting("a", later, holder="old") is None
+    assert (await get(store, "a")).state is JobState.QUEUED
+    submitting = await store.mark_submitting("a", later, holder="new")
+    assert submitting is not None and submitting.state is JobState.SUBMITTING
+    running = await store.mark_running("a", later, holder="new")
+    assert running is not None and running.attempts == 1
+    # An unleased job (the in-memory queue's) is anyone's.
+    assert await store.mark_running("b", later, holder="memory:aer") is not None
+
+
 async def test_queued_by_tenant_counts_unclaimed_queued_jobs_of_the_placement(
     store: Store,
 ) -> None:

@@ -1293,6 +1293,45 @@ async def test_a_holder_whose_claim_went_to_another_lets_the_job_go(
         await _close(a)
 
 
+async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_job_to_the_next(
+    store: SqliteStore,
+) -> None:
+    # Found by a fuzzer of replicas: A's local run waited to write RUNNING (within
+    # RUNNING_WRITE_DELAY_S); its lease lapsed meanwhile and B claimed the job, still QUEUED,
+    # and ran it too. A's late write committed RUNNING over B's claim, B's own write then failed
+    # (the job was no longer QUEUED), B stopped and ended its claim, A let go at its renewal:
+    # the job stayed RUNNING, claimed by nobody, its quota reserved, for ever.
+    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
+    clock = Clock()
+    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
+    b = await build_core(
+        store,
+        "store",
+        {"sim": runner_b},
+        clock=clock,
+        owner="holder-2",
+        lease_s=0.3,
+        schedule=False,
+    )
+    try:
+        job = await a.submit("alice", spec("sim"))
+        await asyncio.wait_for(runner_a.started.wait(), 5)  # A runs it; RUNNING not written
+        clock.advance(0.35)  # A's lease lapses
+        b.manager.start_scheduling()
+        await asyncio.wait_for(runner_b.started.wait(), 5)  # B claimed it and runs it
+        # B's RUNNING is written (A's, refused, would have left B's refused instead).
+        running = await b.until("alice", job.id, "RUNNING")
+        assert running.attempts == 1
+        runner_b.succeed(job.id)
+        done = await b.until("alice", job.id, "SUCCEEDED")
+        assert runner_a.cancelled == [job.id]  # A's run stopped when its write was refused
+        assert [t.state.value for t in done.state_history] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+        assert a.recorder.states(job.id) == ["QUEUED"]  # A wrote nothing
+    finally:
+        await _close(b)
+        await _close(a)
+
+
 async def test_a_claim_lapsed_in_memory_stays_with_its_only_holder(store: SqliteStore) -> None:
     # The in-memory queue has one holder: a renewal that finds the lease lapsed (a wall-clock
     # step) is not a loss, and the run goes on to its end.
