@@ -58,7 +58,7 @@ from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.peer_events import PeerEventBus
 from gateway.jobs.queue_port import JobQueue
 from gateway.jobs.sessions import SessionCore, SessionLimits, SessionQueue
-from gateway.runtime import affinity
+from gateway.runtime import affinity, shielded
 from gateway.runtime.breaker import CircuitBreaker
 from gateway.runtime.compiler import Compiler
 from gateway.runtime.health import PROBE_TENANT, HealthMonitor
@@ -85,6 +85,9 @@ log = logging.getLogger("gateway")
 
 READINESS_SERVICE = "qgateway.v1.JobService"
 DB_FILE = "qgateway.db"
+# How long a stop waits for writes still carried on for callers that left (a session's end
+# closing its provider session), before the store closes.
+STOP_CARRIED_ON_S = 5.0
 # How soon a tenant changed through another replica applies here (shared store only).
 POLICY_REFRESH_S = 10.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -602,6 +605,7 @@ class Gateway:
         await asyncio.gather(*self._monitors, return_exceptions=True)
         await self.sessions.close()
         await self.manager.close()
+        await shielded.carried_on(STOP_CARRIED_ON_S)
         if self._peers is not None:
             self._peers.close()
         if self._bus is not None:

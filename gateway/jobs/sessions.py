@@ -520,6 +520,8 @@ class SessionCore:
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Closed: transitions still published as the manager closes start nothing here.
+        self._closed = False
         # CancelSession's job cancellations under way, by session.
         self._cancelling: dict[str, asyncio.Task[None]] = {}
         # New jobs being recorded in their sessions, by job.
@@ -572,6 +574,7 @@ class SessionCore:
         self._timer = asyncio.create_task(self._run_timer())
 
     async def close(self) -> None:
+        self._closed = True
         tasks = [t for t in (self._timer, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -766,15 +769,18 @@ class SessionCore:
         """CancelSession: ends it now (CLOSED) and cancels its queued and running jobs. On a
         session that has already ended it cancels whichever of its jobs are still unfinished
         (an earlier call that failed part-way)."""
+        # To its end even if the caller goes away (its deadline, a disconnect): the session's
+        # end commits regardless, and an ended session's held jobs are never let in, so jobs
+        # left uncancelled stayed QUEUED (and running ones ran on) for ever.
+        return await to_the_end(self._cancel_session(tenant, session_id))
+
+    async def _cancel_session(self, tenant: str, session_id: str) -> Session:
         async with self._locked(session_id):
             session = await self.get(tenant, session_id)
             updated = domain.cancel(session, self.clock())
             if updated is not session:
                 session = await self._halted_save(updated)
-        # The jobs are cancelled in a task of this core: the caller's task is cancelled at its
-        # deadline or disconnect, and an ended session's held jobs are never let in, so jobs
-        # left uncancelled would stay QUEUED for ever, filling the backend's queue.
-        await asyncio.shield(self._cancel_jobs_once(session))
+        await self._cancel_jobs_once(session)
         return session
 
     # ------------------------------------------------------------------ jobs ending
@@ -783,7 +789,7 @@ class SessionCore:
         """Lifecycle hook: keeps each session's unfinished jobs and reacts to one ending."""
         job = transition.job
         session_id = job.session
-        if not session_id:
+        if not session_id or self._closed:
             return
         if not job.state.is_final:
             if transition.previous is None:
@@ -948,16 +954,18 @@ class SessionCore:
         self._halted.add(ended.id)
         try:
             return await self._save(ended)
-        except BaseException:
+        except Exception:  # not a caller gone: the save goes on to its end (to_the_end)
             if not held_already:
                 self._halted.discard(ended.id)
-                # Its jobs held back meanwhile run again (in a task: this may be a
-                # cancellation, which must not wait).
+                # Its jobs held back meanwhile run again.
                 self._spawn(self._resume(ended.id))
             raise
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """`work` in a task of this core (cancelled by close)."""
+        """`work` in a task of this core (cancelled by close; not started once closed)."""
+        if self._closed:
+            work.close()
+            return
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -50,8 +50,13 @@ class Transitions:
     def committed(
         self, job: Job, previous: JobState | None, breaker: BreakerMove | None = None
     ) -> None:
-        """Tells watchers and hooks about a change the store has committed."""
+        """Tells watchers and hooks about a change the store has committed, unless a later one
+        of the job was told already: a change whose caller left is published when it commits,
+        which can be before the caller of an earlier one resumes (a stop cancelling steps)."""
         latest = self._latest
+        told = latest.get(job.id)
+        if told is not None and len(told.state_history) > len(job.state_history):
+            return
         latest[job.id] = job
         latest.move_to_end(job.id)
         if len(latest) > LATEST_JOBS:

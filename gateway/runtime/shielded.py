@@ -7,7 +7,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from gateway.domain.errors import GatewayError
+from gateway.domain.errors import GatewayError, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -33,11 +33,24 @@ async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+async def carried_on(timeout: float) -> None:
+    """Waits (up to `timeout` seconds) for work still carried on for callers that left: at a
+    stop, before the store closes under it."""
+    if not _carried_on:
+        return
+    _, left = await asyncio.wait(set(_carried_on), timeout=timeout)
+    if left:
+        log.warning("%d writes for callers that left were still going at the stop", len(left))
+
+
 def _unheard(task: asyncio.Future[Any]) -> None:
     """The outcome of work whose caller left: a refusal (a cancel of a job that had finished)
-    is nobody's concern; anything else is logged once, not as asyncio's "never retrieved"."""
+    is nobody's concern; a store that could not write is said; anything else is logged once,
+    not as asyncio's "never retrieved"."""
     if task.cancelled():
         return
     exc = task.exception()
-    if exc is not None and not isinstance(exc, GatewayError):
+    if isinstance(exc, StoreUnavailable):
+        log.warning("a write for a caller that left was not stored: %s", exc)
+    elif exc is not None and not isinstance(exc, GatewayError):
         log.error("work carried on after its caller left failed", exc_info=exc)

@@ -208,3 +208,69 @@ async def test_a_refusal_nobody_waits_for_any_more_is_not_logged_as_an_error(
         assert [r for r in caplog.records if r.levelname == "ERROR"] == []
     finally:
         await core.manager.close()
+
+
+async def test_a_change_published_late_never_follows_a_later_one(store: SqliteStore) -> None:
+    # A change whose caller left is published when it commits, before the caller of an earlier
+    # change (committed in the same batch) resumes: watchers and hooks heard SUCCEEDED, then
+    # CANCELLING, and the latest state this process kept was CANCELLING.
+    from datetime import UTC, datetime
+
+    from gateway.jobs.events import MemoryEventBus
+    from gateway.jobs.hooks import Hooks
+    from gateway.jobs.transitions import Transitions
+    from tests.contract.test_store_contract import new_job
+    from tests.core_harness import Recorder
+
+    job = (await store.create_job(new_job(job_id="j1"))).job
+    running = await store.mark_running(job.id, job.created_at)
+    assert running is not None
+    gate = asyncio.get_running_loop().create_future()
+
+    def held(write: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await gate  # both answer in one batch, the first asked first
+            return await write(*args, **kwargs)
+
+        return call
+
+    recorder = Recorder()
+    transitions = Transitions(
+        store, MemoryEventBus(), Hooks([recorder]), lambda: datetime.now(UTC), 60.0
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "mark_cancelling", held(store.mark_cancelling))
+        patch.setattr(store, "finish_job", held(store.finish_job))
+        first = asyncio.ensure_future(transitions.cancelling(running))  # its caller stays
+        second = asyncio.ensure_future(transitions.finish(running, JobState.SUCCEEDED))
+        for _ in range(3):
+            await asyncio.sleep(0)  # both are waiting at the gate now
+        second.cancel()  # its caller leaves
+        await asyncio.gather(second, return_exceptions=True)
+        gate.set_result(None)
+        await first
+        await transitions.settle()
+    assert recorder.states(job.id)[-1] == "SUCCEEDED"
+    latest = transitions.latest(job.id)
+    assert latest is not None and latest.state is JobState.SUCCEEDED
+
+
+async def test_a_stop_waits_for_work_carried_on_for_callers_that_left() -> None:
+    from gateway.runtime import shielded
+
+    go, finished = asyncio.Event(), asyncio.Event()
+
+    async def write() -> None:
+        await go.wait()
+        finished.set()
+
+    caller = asyncio.ensure_future(shielded.to_the_end(write()))
+    await asyncio.sleep(0)
+    caller.cancel()
+    await asyncio.gather(caller, return_exceptions=True)
+    stopping = asyncio.ensure_future(shielded.carried_on(5.0))
+    await asyncio.sleep(0)
+    assert not stopping.done()  # the write is still going
+    go.set()
+    await stopping
+    assert finished.is_set()

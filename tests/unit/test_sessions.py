@@ -1255,3 +1255,51 @@ async def test_a_session_closed_after_its_caller_left_takes_no_more_jobs(
         assert closed.end_reason is EndReason.CLOSED
     finally:
         await core.close()
+
+
+async def test_a_session_cancelled_after_its_caller_left_cancels_its_jobs(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session's end committed after CancelSession's caller left, but its jobs were
+    # cancelled only by a caller still there: the running one ran on, the held one stayed
+    # QUEUED for ever (an ended session's held jobs are never let in).
+    core = await build(store)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s))
+        await core.until("alice", first.id, "RUNNING")
+        second = await core.submit("alice", session_spec(s))  # held behind the first
+        held = _HeldWrite(store.save_session)
+        monkeypatch.setattr(store, "save_session", held)
+        await _caller_leaves_inside(core.sessions.cancel_session("alice", s.id), held)
+        assert (await core.until("alice", first.id, "CANCELLED")).state is JobState.CANCELLED
+        assert (await core.until("alice", second.id, "CANCELLED")).state is JobState.CANCELLED
+        ended = await core.session_until(s.id, SessionState.CLOSED)
+        assert ended.end_reason is EndReason.CANCELLED
+    finally:
+        await core.close()
+
+
+async def test_a_closed_core_starts_nothing_for_changes_published_as_the_manager_closes(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sessions close first, then the manager, whose steps' last writes are published
+    # when they commit: the session hook started work on the closed core, still running
+    # (and writing) after close returned, racing the store's close.
+    core = await build(store)
+    s = await core.create()
+    first = await core.submit("alice", session_spec(s))
+    await core.until("alice", first.id, "RUNNING")
+    held = _HeldWrite(store.finish_job)
+    monkeypatch.setattr(store, "finish_job", held)
+    core.runner.succeed(first.id)
+    await held.entered.wait()  # the job's end is being written
+    closing = asyncio.ensure_future(core.close())
+    async with asyncio.timeout(5):
+        while not core.sessions._closed:  # the sessions close first, then the manager
+            await asyncio.sleep(0)
+    held.go.set()
+    await closing
+    assert [t for t in core.sessions._tasks if not t.done()] == []
+    stored = await store.get_job(first.id)
+    assert stored is not None and stored.state is JobState.SUCCEEDED  # written, all the same
