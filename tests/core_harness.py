@@ -322,3 +322,33 @@ class FailFirst:
             self.left -= 1
             raise sqlite3.OperationalError("database is locked")
         return await self.real(*args, **kwargs)
+
+
+class HeldCall:
+    """Wraps a store (or runner) method: `entered` is set once a call is inside it, which then
+    holds until `go` is set (a slow commit: a busy writer, an fsync); `done` once the wrapped
+    call has returned."""
+
+    def __init__(self, real: Callable[..., Awaitable[Any]]) -> None:
+        self.real = real
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.go.wait()
+        try:
+            return await self.real(*args, **kwargs)
+        finally:
+            self.done.set()
+
+
+async def caller_leaves_inside(call: Awaitable[Any], held: HeldCall) -> None:
+    """Starts `call` and cancels it (a client's deadline, a reset connection) once it is inside
+    the held method, then lets that method go on."""
+    task = asyncio.ensure_future(call)
+    await held.entered.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    held.go.set()

@@ -17,7 +17,7 @@ import pytest
 from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.domain.jobs import Job, JobState
 from gateway.store.sqlite import SqliteStore
-from tests.core_harness import ScriptedRunner, build_core, spec
+from tests.core_harness import HeldCall, ScriptedRunner, build_core, caller_leaves_inside, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -35,32 +35,6 @@ async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
     await store.close()
 
 
-class Entered:
-    """Wraps a store method: `entered` is set once a call is inside it, and the call holds
-    there until `go` is set (a slow commit: a busy writer, an fsync)."""
-
-    def __init__(self, real: Callable[..., Awaitable[Any]], *, hold: bool = False) -> None:
-        self.real = real
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
-        if not hold:
-            self.go.set()
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        await self.go.wait()
-        return await self.real(*args, **kwargs)
-
-
-async def _cancel_while_inside(call: Awaitable[Any], inside: Entered) -> None:
-    """Starts `call`, cancels it once it is inside the wrapped store method."""
-    task = asyncio.ensure_future(call)
-    await inside.entered.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    inside.go.set()
-
-
 async def test_a_cancel_whose_caller_went_away_is_heard_by_waiters_watchers_and_hooks(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,9 +46,9 @@ async def test_a_cancel_whose_caller_went_away_is_heard_by_waiters_watchers_and_
         job = await core.submit("alice", spec("sim"))
         waiting = asyncio.ensure_future(core.manager.wait("alice", job.id, timeout=5.0))
         watched = asyncio.ensure_future(core.until("alice", job.id, "CANCELLED"))
-        inside = Entered(store.finish_job, hold=True)
+        inside = HeldCall(store.finish_job)
         monkeypatch.setattr(store, "finish_job", inside)
-        await _cancel_while_inside(core.manager.cancel("alice", job.id), inside)
+        await caller_leaves_inside(core.manager.cancel("alice", job.id), inside)
         ended = await waiting
         assert ended is not None and ended.state is JobState.CANCELLED
         assert (await watched).state is JobState.CANCELLED
@@ -93,9 +67,9 @@ async def test_a_running_job_whose_cancels_caller_went_away_is_still_stopped(
     try:
         job = await core.submit("alice", spec("sim"))
         await core.until("alice", job.id, "RUNNING")
-        inside = Entered(store.mark_cancelling, hold=True)
+        inside = HeldCall(store.mark_cancelling)
         monkeypatch.setattr(store, "mark_cancelling", inside)
-        await _cancel_while_inside(core.manager.cancel("alice", job.id), inside)
+        await caller_leaves_inside(core.manager.cancel("alice", job.id), inside)
         ended = await core.until("alice", job.id, "CANCELLED")
         assert runner.cancelled == [job.id]
         assert ended.state is JobState.CANCELLED
@@ -112,12 +86,12 @@ async def test_a_retry_after_its_first_caller_went_away_starts_no_stand_in(
     runner = ScriptedRunner(slots=2)
     core = await build_core(store, "memory", {"sim": runner})
     try:
-        inside = Entered(store.create_job, hold=True)
+        inside = HeldCall(store.create_job)
         monkeypatch.setattr(store, "create_job", inside)
         job_spec = spec("sim")
         data = pickle.dumps(job_spec)
         first = core.manager.submit("alice", "req-1", job_spec, data, b"d")
-        await _cancel_while_inside(first, inside)
+        await caller_leaves_inside(first, inside)
         outcome = await core.manager.submit("alice", "req-1", job_spec, data, b"d")
         assert not outcome.created
         await core.until("alice", outcome.job.id, "RUNNING")
@@ -169,7 +143,7 @@ async def test_changes_in_flight_at_close_are_written_and_published(
     # close() waits for changes whose callers it cancelled, before the store closes.
     core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
     job = await core.submit("alice", spec("sim"))
-    inside = Entered(store.finish_job, hold=True)
+    inside = HeldCall(store.finish_job)
     monkeypatch.setattr(store, "finish_job", inside)
     cancelling = asyncio.ensure_future(core.manager.cancel("alice", job.id))
     await inside.entered.wait()
@@ -196,10 +170,10 @@ async def test_a_refusal_nobody_waits_for_any_more_is_not_logged_as_an_error(
         await runner.started.wait()
         runner.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
-        inside = Entered(store.get_job, hold=True)
+        inside = HeldCall(store.get_job)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(store, "get_job", inside)
-            await _cancel_while_inside(core.manager.cancel("alice", job.id), inside)
+            await caller_leaves_inside(core.manager.cancel("alice", job.id), inside)
         carried = {t for t in asyncio.all_tasks() if "_cancel" in repr(t.get_coro())}
         assert carried
         await asyncio.wait(carried)  # ended, its outcome not read (as nobody reads it)

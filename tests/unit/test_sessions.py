@@ -43,9 +43,11 @@ from tests.core_harness import (
     Clock,
     DirectCompiler,
     EchoAdapter,
+    HeldCall,
     PickleFormat,
     Recorder,
     ScriptedRunner,
+    caller_leaves_inside,
     context,
     spec,
 )
@@ -1183,33 +1185,6 @@ async def test_a_session_job_given_back_keeps_the_queue_time_its_turn_started() 
     assert [j.id for j in await queue.take_expired()] == ["j1"]
 
 
-class _HeldWrite:
-    """A store write that holds until `go` is set; `entered` once a call is inside it,
-    `done` once it has committed."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
-        self.done = asyncio.Event()
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        await self.go.wait()
-        try:
-            return await self.real(*args, **kwargs)
-        finally:
-            self.done.set()
-
-
-async def _caller_leaves_inside(call: Any, held: _HeldWrite) -> None:
-    task = asyncio.ensure_future(call)
-    await held.entered.wait()
-    task.cancel()  # a client's deadline, a reset connection
-    await asyncio.gather(task, return_exceptions=True)
-    held.go.set()
-
-
 async def test_a_session_created_after_its_caller_left_takes_jobs(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1218,10 +1193,10 @@ async def test_a_session_created_after_its_caller_left_takes_jobs(
     # and every job sent into it was cancelled right after SubmitJob answered.
     core = await build(store)
     try:
-        held = _HeldWrite(store.create_session)
+        held = HeldCall(store.create_session)
         monkeypatch.setattr(store, "create_session", held)
         new = NewSession(backend="sim")
-        await _caller_leaves_inside(core.sessions.create("alice", "req-1", new), held)
+        await caller_leaves_inside(core.sessions.create("alice", "req-1", new), held)
         session, created = await core.sessions.create("alice", "req-1", new)
         assert not created  # the retry gets the session the first call committed
         job = await core.submit("alice", session_spec(session))
@@ -1240,9 +1215,9 @@ async def test_a_session_closed_after_its_caller_left_takes_no_more_jobs(
         s = await core.create()
         first = await core.submit("alice", session_spec(s))
         await core.until("alice", first.id, "RUNNING")
-        held = _HeldWrite(store.save_session)
+        held = HeldCall(store.save_session)
         monkeypatch.setattr(store, "save_session", held)
-        await _caller_leaves_inside(core.sessions.close_session("alice", s.id), held)
+        await caller_leaves_inside(core.sessions.close_session("alice", s.id), held)
         await held.done.wait()  # what follows the commit runs on in the same task, at once
         monkeypatch.undo()
         stored = await store.get_session(s.id)
@@ -1269,9 +1244,9 @@ async def test_a_session_cancelled_after_its_caller_left_cancels_its_jobs(
         first = await core.submit("alice", session_spec(s))
         await core.until("alice", first.id, "RUNNING")
         second = await core.submit("alice", session_spec(s))  # held behind the first
-        held = _HeldWrite(store.save_session)
+        held = HeldCall(store.save_session)
         monkeypatch.setattr(store, "save_session", held)
-        await _caller_leaves_inside(core.sessions.cancel_session("alice", s.id), held)
+        await caller_leaves_inside(core.sessions.cancel_session("alice", s.id), held)
         assert (await core.until("alice", first.id, "CANCELLED")).state is JobState.CANCELLED
         assert (await core.until("alice", second.id, "CANCELLED")).state is JobState.CANCELLED
         ended = await core.session_until(s.id, SessionState.CLOSED)
@@ -1290,7 +1265,7 @@ async def test_a_closed_core_starts_nothing_for_changes_published_as_the_manager
     s = await core.create()
     first = await core.submit("alice", session_spec(s))
     await core.until("alice", first.id, "RUNNING")
-    held = _HeldWrite(store.finish_job)
+    held = HeldCall(store.finish_job)
     monkeypatch.setattr(store, "finish_job", held)
     core.runner.succeed(first.id)
     await held.entered.wait()  # the job's end is being written
