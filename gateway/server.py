@@ -603,9 +603,11 @@ class Gateway:
         for task in self._monitors:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
+        # Before the sessions close: a CancelSession whose caller left cancels its jobs in a
+        # task of the sessions' core, which its close would cut.
+        await shielded.carried_on(STOP_CARRIED_ON_S)
         await self.sessions.close()
         await self.manager.close()
-        await shielded.carried_on(STOP_CARRIED_ON_S)
         if self._peers is not None:
             self._peers.close()
         if self._bus is not None:

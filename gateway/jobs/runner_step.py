@@ -217,7 +217,7 @@ class RunnerStep:
                 if job.state is JobState.SUBMITTING and handle.remote_id is not None:
                     # Found by its token or tag after a crash before its id was stored: store
                     # it now, so a second crash re-attaches by id.
-                    holder = running.claim.owner
+                    holder = _holder(runtime, running)
                     started = await self._t.running(job, handle.remote_id, holder=holder) or job
         prepared: PreparedJob | None = None
         t0 = time.perf_counter()
@@ -342,7 +342,7 @@ class RunnerStep:
             # SUBMITTING is committed before the provider hears of the job: after a crash, a
             # SUBMITTING job is looked up at the provider by its id before anything is resent.
             if job.state is JobState.QUEUED:
-                marked = await self._t.submitting(job, running.claim.owner)
+                marked = await self._t.submitting(job, _holder(runtime, running))
                 if marked is None:
                     await self._no_longer_queued(runtime, running)
                     return None
@@ -364,7 +364,13 @@ class RunnerStep:
                     return None
                 handle = found
             running.handle = handle
-            started = await self._t.running(job, handle.remote_id, holder=running.claim.owner)
+            started = await self._t.running(job, handle.remote_id, holder=_holder(runtime, running))
+            if started is None and await _claim_lost(runtime, running):
+                # This holder's lease lapsed while the provider answered, and the job is
+                # another holder's now, which finds the provider's job by its id or tag:
+                # stopping it here would cancel the run that holder follows.
+                await self._let_go(runtime, running, handle, None)
+                return None
             if started is None:  # cancelled while it was being submitted
                 # The provider has the job, and may run it before the cancel reaches it: it
                 # is followed as a running job being cancelled (stopped; SUCCEEDED with its
@@ -402,7 +408,9 @@ class RunnerStep:
         another job of its request_id."""
         started_at = running.unwritten_start
         assert started_at is not None
-        started = await self._t.running(job, started_at=started_at, holder=running.claim.owner)
+        started = await self._t.running(
+            job, started_at=started_at, holder=_holder(runtime, running)
+        )
         if started is not None:
             running.unwritten_start = None
             return started
@@ -857,6 +865,19 @@ async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIter
         keeper.cancel()
         # Waited on, not awaited: awaiting it would swallow this step's own cancellation.
         await asyncio.wait({keeper})
+
+
+def _holder(runtime: BackendRuntime, running: RunningJob) -> str | None:
+    """Who a state write names as the job's holder: the claim's owner when the store is the
+    queue (its lease there is the truth); None for the in-memory queue, which leases nothing
+    in the store."""
+    return None if runtime.queue.queues_before_commit else running.claim.owner
+
+
+async def _claim_lost(runtime: BackendRuntime, running: RunningJob) -> bool:
+    """Whether the job's claim went to another holder (a renewal finds out)."""
+    await _renew(runtime, running)
+    return running.lost_claim is not None
 
 
 async def _renew(runtime: BackendRuntime, running: RunningJob) -> None:

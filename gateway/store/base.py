@@ -213,8 +213,8 @@ class Store(Protocol):
         self, job_id: str, at: datetime, *, holder: str | None = None
     ) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
-        None from any other state, or when `holder` (the claim's owner) is given and another
-        holds the job's lease."""
+        None from any other state, or when `holder` (the claim's owner, where the store is the
+        queue) is given and does not hold the job's lease."""
 
     async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
         """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
@@ -232,9 +232,9 @@ class Store(Protocol):
         """QUEUED or SUBMITTING -> RUNNING, incrementing attempts and storing the provider's
         `remote_id` in the same transaction; None otherwise. `rerun`: RUNNING -> RUNNING too, for
         the new holder of a lapsed claim whose job ran on a worker that is gone. `holder`: the
-        claim's owner; None (refused) when another holds the job's lease: a holder whose lease
-        lapsed while its write waited must not move a job its new holder runs (the new holder's
-        own write then failed and the job was left RUNNING, claimed by nobody)."""
+        claim's owner where the store is the queue; None (refused) unless it holds the job's
+        lease: a holder whose lease lapsed while its write waited must not move a job another
+        holder runs or the queue holds (that job was left RUNNING, claimed by nobody)."""
 
     async def mark_cancelling(self, job_id: str, at: datetime) -> Job | None:
         """QUEUED, SUBMITTING or RUNNING -> CANCELLING; None otherwise (CANCELLING included)."""

@@ -639,7 +639,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         self, job_id: str, at: datetime, *, holder: str | None = None
     ) -> Job | None:
         """QUEUED -> SUBMITTING (a REMOTE runner is about to hand the job to its provider);
-        None from any other state, or when another than `holder` holds its lease."""
+        None from any other state, or when `holder` is given and does not hold its lease."""
         at_us = to_us(at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -678,7 +678,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     ) -> Job | None:
         """QUEUED or SUBMITTING (and RUNNING when `rerun`) -> RUNNING, incrementing attempts and
         storing the provider's `remote_id` in the same transaction (None keeps the stored one);
-        None from any other state, or when another than `holder` holds its lease."""
+        None from any other state, or when `holder` is given and does not hold its lease."""
         started_us = to_us(started_at)
         states = "('QUEUED', 'SUBMITTING', 'RUNNING')" if rerun else "('QUEUED', 'SUBMITTING')"
 
@@ -1849,9 +1849,9 @@ _HISTORY_WITHOUT_STATE: Final = (
 # Every transition's SET clause records the state entered and when (its update time too):
 # appended to the history, replacing an earlier entry of the same state (a state entered again
 # after a restart keeps its last time, so the history stays in order). Parameters: _entering.
-# A write naming the claim's holder (bound twice: it, then it again) applies only while no
-# other holds the job's lease; an unleased job (the in-memory queue's) is anyone's.
-_HELD_BY: Final = "(? IS NULL OR lease_owner IS NULL OR lease_owner = ?)"
+# A write naming the claim's holder (bound twice: it, then it again) applies only while that
+# holder holds the job's lease; one naming none (the in-memory queue's) applies to any job.
+_HELD_BY: Final = "(? IS NULL OR lease_owner = ?)"
 _ENTER_STATE: Final = (
     f"state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]', json_array(?, ?)),"
     " updated_at = ?"

@@ -782,8 +782,10 @@ async def test_only_the_lease_holder_moves_a_claimed_job(store: Store) -> None:
     assert submitting is not None and submitting.state is JobState.SUBMITTING
     running = await store.mark_running("a", later, holder="new")
     assert running is not None and running.attempts == 1
-    # An unleased job (the in-memory queue's) is anyone's.
-    assert await store.mark_running("b", later, holder="memory:aer") is not None
+    # Given back to the queue (unleased, QUEUED), a job is no former holder's either.
+    assert await store.mark_running("b", later, holder="old") is None
+    # A write naming no holder (the in-memory queue's) applies to any job.
+    assert await store.mark_running("b", later) is not None
 
 
 async def test_queued_by_tenant_counts_unclaimed_queued_jobs_of_the_placement(

@@ -1332,6 +1332,92 @@ async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_j
         await _close(a)
 
 
+async def test_a_holder_whose_lease_lapsed_leaves_a_job_given_back_to_the_queue(
+    store: SqliteStore,
+) -> None:
+    # As above, but B claimed the job and gave it back (its scheduler draining): unleased and
+    # QUEUED, the job was anyone's, and A's late write made it RUNNING, claimed by nobody.
+    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
+    clock = Clock()
+    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
+    b = await build_core(
+        store, "store", {"sim": runner_b}, clock=clock, owner="holder-2", schedule=False
+    )
+    try:
+        job = await a.submit("alice", spec("sim"))
+        await asyncio.wait_for(runner_a.started.wait(), 5)  # RUNNING not written yet
+        clock.advance(0.35)  # A's lease lapses
+        queue_b = b.backends["sim"].queue
+        claim = await queue_b.claim()
+        assert claim is not None and claim.job.id == job.id
+        await queue_b.release(claim)
+        async with asyncio.timeout(5):
+            # A's write is refused: it stops its run, and claims the job afresh from the queue.
+            while len(runner_a.submitted) < 2:
+                await asyncio.sleep(0.01)
+        assert runner_a.cancelled == [job.id]
+        runner_a.succeed(job.id)
+        done = await a.until("alice", job.id, "SUCCEEDED")
+        assert [t.state.value for t in done.state_history] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    finally:
+        await _close(b)
+        await _close(a)
+
+
+class _SlowAnswer(ScriptedRunner):
+    """A provider that creates the job at once and answers the create when `answer` is set."""
+
+    def __init__(self, remote: dict[str, str]) -> None:
+        super().__init__(slots=1, model=ExecutionModel.REMOTE, remote=remote)
+        self.created = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def submit(self, prepared: Any, job: Job) -> RunHandle:
+        handle = await super().submit(prepared, job)
+        self.created.set()
+        await self.answer.wait()
+        return handle
+
+
+async def test_a_holder_whose_lease_lapsed_during_its_create_leaves_the_provider_job_running(
+    store: SqliteStore,
+) -> None:
+    # A's create reached the provider and its answer came after A's lease lapsed and B had
+    # claimed the job: A's RUNNING write was refused (the job is B's), A took that for a cancel
+    # and cancelled at the provider the job B was re-attaching to.
+    remote: dict[str, str] = {}
+    runner_a = _SlowAnswer(remote)
+    runner_b = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=remote)
+    clock = Clock()
+    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
+    b = await build_core(
+        store,
+        "store",
+        {"sim": runner_b},
+        clock=clock,
+        owner="holder-2",
+        lease_s=0.3,
+        schedule=False,
+    )
+    try:
+        job = await a.submit("alice", spec("sim"))
+        await asyncio.wait_for(runner_a.created.wait(), 5)
+        clock.advance(1.0)  # A's lease lapses
+        b.manager.start_scheduling()
+        await asyncio.wait_for(runner_b.started.wait(), 5)  # B re-attached to the provider job
+        runner_a.answer.set()
+        async with asyncio.timeout(5):
+            while a.backends["sim"].running:  # A's write is refused; it lets the job go
+                await asyncio.sleep(0.01)
+        assert runner_a.cancelled == []  # the provider job goes on, for B
+        assert runner_b.reattached == [job.id]
+        runner_b.succeed(job.id)
+        assert (await b.until("alice", job.id, "SUCCEEDED")).state is JobState.SUCCEEDED
+    finally:
+        await _close(b)
+        await _close(a)
+
+
 async def test_a_claim_lapsed_in_memory_stays_with_its_only_holder(store: SqliteStore) -> None:
     # The in-memory queue has one holder: a renewal that finds the lease lapsed (a wall-clock
     # step) is not a loss, and the run goes on to its end.
