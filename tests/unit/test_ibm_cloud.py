@@ -395,3 +395,44 @@ def test_a_device_that_never_answers_is_waited_for_briefly_one_fetch_at_a_time(
         server.close()
         for connection in accepted:
             connection.close()
+
+
+def test_a_session_open_whose_answer_was_lost_is_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Constructing the runtime's Session creates it at the service (POST /sessions); the open
+    # was retried after a lost answer like a read, opening a second session while the first
+    # stayed open, known to nobody (a dedicated one holds the device until its max time).
+    from datetime import UTC, datetime
+
+    from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
+
+    opened: list[str] = []
+
+    class LostAnswer:
+        def __init__(self, backend: Any, max_time: int) -> None:
+            self.session_id = f"s-{len(opened) + 1}"
+            opened.append(self.session_id)  # created at the service
+            raise TimeoutError("read timed out")  # its answer lost
+
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=4), sleep=lambda s: None)
+    runner._client.backend = lambda: object()  # type: ignore[method-assign]
+    monkeypatch.setattr(cloud, "_session_class", lambda batch: LostAnswer)
+    session = Session(
+        id="g-1",
+        tenant="alice",
+        backend="ibmq",
+        mode=SessionMode.DEDICATED,
+        state=SessionState.PENDING,
+        failure_policy=FailurePolicy.CONTINUE,
+        max_ttl_s=3600.0,
+        idle_ttl_s=300.0,
+        created_at=datetime(2026, 12, 1, tzinfo=UTC),
+        request_id="",
+        labels={},
+        last_activity_at=None,
+    )
+    with pytest.raises(ExecutionError) as failed:
+        runner._open_session(session)
+    assert failed.value.kind is FailureKind.TRANSIENT
+    assert opened == ["s-1"]  # one create, not one per attempt

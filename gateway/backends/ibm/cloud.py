@@ -534,7 +534,10 @@ class IbmCloudRunner(Runner):
         cls = _session_class(batch)
         max_time = max(1, math.ceil(session.max_ttl_s))
         # The backend is looked up in the call: a retry after a refused token uses the new client.
-        sdk = self._call(lambda: cls(self._client.backend(), max_time=max_time), None)
+        # Constructing it creates the session at the service (POST /sessions): a create, never
+        # repeated after an unanswered attempt, which may have opened one (nobody would close
+        # it, and a dedicated one holds the device until its max time).
+        sdk = self._call(lambda: cls(self._client.backend(), max_time=max_time), None, attempts=1)
         if not sdk.session_id:
             raise ExecutionError(
                 "PROVIDER_ERROR",
