@@ -608,6 +608,8 @@ class Gateway:
         await shielded.carried_on(STOP_CARRIED_ON_S)
         await self.sessions.close()
         await self.manager.close()
+        # And what the steps it cancelled carry on (a provider session being opened).
+        await shielded.carried_on(STOP_CARRIED_ON_S)
         if self._peers is not None:
             self._peers.close()
         if self._bus is not None:

@@ -1047,6 +1047,12 @@ class SessionCore:
         session_id = job.session
         if session_id in self._provider_ready:
             return
+        # To its end, lock held, even if the job's step is cancelled (a stop): the provider
+        # may open the session regardless (an IBM open runs on a thread), and one whose id is
+        # not stored is never closed; a dedicated one holds the device until its max time.
+        await to_the_end(self._provider_session(runner, session_id))
+
+    async def _provider_session(self, runner: Runner, session_id: str) -> None:
         async with self._locked(session_id):
             session = self._open.get(session_id)
             if session is None or session_id in self._provider_ready:

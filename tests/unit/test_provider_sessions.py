@@ -24,6 +24,7 @@ from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.sessions import NewSession, SessionCore, SessionLimits, SessionQueue
+from gateway.runtime import shielded
 from gateway.runtime.breaker import BreakerPolicy, CircuitBreaker
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import (
@@ -267,3 +268,55 @@ async def test_a_provider_session_that_would_not_close_is_asked_again_until_it_c
         assert runner.close_failures == 0
     finally:
         await gw.close()
+
+
+@dataclass
+class _SlowOpen(SessionRunner):
+    """A provider whose session exists from the open's start (an IBM open runs on a thread,
+    which goes on when its awaiting task is cancelled); the answer comes when `answer` is set."""
+
+    provider_open: set[str] = field(default_factory=set)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def open_session(self, session: Session) -> str | None:
+        self.opened.append((session.id, session.provider_session_id))
+        if session.provider_session_id in self.provider_open:
+            return session.provider_session_id
+        provider_id = f"p-{len(self.opened)}"
+        self.provider_open.add(provider_id)
+        self.entered.set()
+        await self.answer.wait()
+        return provider_id
+
+    async def close_session(self, session: Session) -> None:
+        await super().close_session(session)
+        self.provider_open.discard(session.provider_session_id)
+
+
+async def test_a_provider_session_opened_as_the_gateway_stops_is_stored_and_closed_later(
+    store: SqliteStore,
+) -> None:
+    # The stop cancelled the job's step while the provider opened its session: the open went
+    # on at the provider, its id was never stored, the next start opened another, and the
+    # first stayed open, known to nobody.
+    runner = _SlowOpen(slots=1)
+    gw = await start(store, runner)
+    session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
+    job = await gw.submit(session.id)
+    await asyncio.wait_for(runner.entered.wait(), 5)
+    await gw.close()  # the stop cancels the job's step while the open is in flight
+    runner.answer.set()
+    await shielded.carried_on(5.0)  # as the server's stop does before the store closes
+    stored = await store.get_session(session.id)
+    assert stored is not None and stored.provider_session_id == "p-1"
+    again = _SlowOpen(slots=1, provider_open=runner.provider_open)
+    gw2 = await start(store, again, gw.clock)
+    try:
+        await gw2.until(job.id, "RUNNING")  # in the provider session already open
+        again.succeed(job.id)
+        await gw2.until(job.id, "SUCCEEDED")
+        await gw2.sessions.close_session("alice", session.id)
+        assert again.provider_open == set()  # closed at the provider: nothing left open
+    finally:
+        await gw2.close()
