@@ -351,6 +351,11 @@ class RunnerStep:
                 if job.session and runtime.provider_session is not None:
                     # The provider's own session (IBM Runtime Session/Batch) the job runs in.
                     await runtime.provider_session(runner, job)
+                    if running.cancel_requested.is_set():
+                        # Cancelled (or its session ended) while that session opened: the
+                        # provider never hears of the job.
+                        await self._no_longer_queued(runtime, running)
+                        return None
                 handle = await runner.submit(prepared, job)
             except ExecutionError as err:
                 if err.kind in (FailureKind.CREDENTIALS, FailureKind.THROTTLED):

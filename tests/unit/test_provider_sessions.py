@@ -320,3 +320,21 @@ async def test_a_provider_session_opened_as_the_gateway_stops_is_stored_and_clos
         assert again.provider_open == set()  # closed at the provider: nothing left open
     finally:
         await gw2.close()
+
+
+async def test_a_job_cancelled_while_its_provider_session_opens_never_reaches_the_provider(
+    store: SqliteStore,
+) -> None:
+    runner = _SlowOpen(slots=1)
+    gw = await start(store, runner)
+    try:
+        session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
+        job = await gw.submit(session.id)
+        await asyncio.wait_for(runner.entered.wait(), 5)
+        cancelling = await gw.manager.cancel("alice", job.id)
+        assert cancelling.state.value == "CANCELLING"
+        runner.answer.set()
+        ended = await gw.until(job.id, "CANCELLED")
+        assert runner.submitted == [] and ended.remote_id is None
+    finally:
+        await gw.close()
