@@ -403,10 +403,6 @@ def test_a_session_open_whose_answer_was_lost_is_not_sent_again(
     # Constructing the runtime's Session creates it at the service (POST /sessions); the open
     # was retried after a lost answer like a read, opening a second session while the first
     # stayed open, known to nobody (a dedicated one holds the device until its max time).
-    from datetime import UTC, datetime
-
-    from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
-
     opened: list[str] = []
 
     class LostAnswer:
@@ -418,7 +414,47 @@ def test_a_session_open_whose_answer_was_lost_is_not_sent_again(
     runner = cloud.IbmCloudRunner(settings(retry_attempts=4), sleep=lambda s: None)
     runner._client.backend = lambda: object()  # type: ignore[method-assign]
     monkeypatch.setattr(cloud, "_session_class", lambda batch: LostAnswer)
-    session = Session(
+    with pytest.raises(ExecutionError) as failed:
+        runner._create_session(_gateway_session())
+    assert failed.value.kind is FailureKind.TRANSIENT
+    assert opened == ["s-1"]  # one create, not one per attempt
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_session_open_slower_than_a_lookup_is_waited_for(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The open was bounded like a lookup: given up (TRANSIENT) while its thread went on and
+    # opened the session at the service, whose id nobody learned, or closed.
+    answer = threading.Event()
+
+    class SlowOpen:
+        def __init__(self, backend: Any, max_time: int) -> None:
+            answer.wait(10)
+            self.session_id = "s-1"
+
+    runner = cloud.IbmCloudRunner(
+        settings(retry_attempts=1, request_timeout_s=0.05, max_retry_backoff_s=0.0)
+    )
+    runner._client.backend = lambda: object()  # type: ignore[method-assign]
+    runner._client.service = lambda: object()  # type: ignore[method-assign]
+    monkeypatch.setattr(cloud, "_session_class", lambda batch: SlowOpen)
+    late = threading.Timer(0.3, answer.set)  # well past a lookup's bound of 0.05 s
+    late.start()
+    try:
+        assert await runner.open_session(_gateway_session()) == "s-1"
+    finally:
+        answer.set()
+        late.cancel()
+
+
+def _gateway_session() -> Any:
+    from datetime import UTC, datetime
+
+    from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
+
+    return Session(
         id="g-1",
         tenant="alice",
         backend="ibmq",
@@ -432,7 +468,3 @@ def test_a_session_open_whose_answer_was_lost_is_not_sent_again(
         labels={},
         last_activity_at=None,
     )
-    with pytest.raises(ExecutionError) as failed:
-        runner._open_session(session)
-    assert failed.value.kind is FailureKind.TRANSIENT
-    assert opened == ["s-1"]  # one create, not one per attempt

@@ -513,24 +513,38 @@ class IbmCloudRunner(Runner):
             await run_blocking(ask, self._calls)
 
     async def open_session(self, session: Session) -> str | None:
-        return await self._run(lambda: self._open_session(session), self._calls, bounded=True)
+        if session.provider_session_id:
+            # A lookup: bounded (the SDK reads its answer without a read timeout).
+            reused = await self._run(
+                lambda: self._reuse_session(session), self._calls, bounded=True
+            )
+            if reused is not None:
+                return reused
+        # A create: waited for up to its own request timeout, never given up while it may
+        # still open a session (its thread goes on; nobody would learn the id, or close it).
+        return await self._run(lambda: self._create_session(session), self._calls)
 
     async def close_session(self, session: Session) -> None:
         await self._run(lambda: self._close_session(session), self._calls, bounded=True)
 
     # ------------------------------------------------------------------------- blocking halves
 
-    def _open_session(self, session: Session) -> str:
+    def _reuse_session(self, session: Session) -> str | None:
+        """The session's stored provider session, kept for its jobs while the service still
+        accepts jobs in it; None when it has ended."""
         batch = session.mode is SessionMode.BATCH
         existing = session.provider_session_id
-        if existing:
-            found = self._session_from_id(existing, batch)
-            if found is not None:
-                accepting = self._call(lambda: found.sdk.details() or {}, None)
-                if accepting.get("accepting_jobs"):
-                    self._keep(session.id, found)
-                    return existing
-            log.info("session %s: runtime session %s has ended", session.id, existing)
+        found = self._session_from_id(existing, batch)
+        if found is not None:
+            accepting = self._call(lambda: found.sdk.details() or {}, None)
+            if accepting.get("accepting_jobs"):
+                self._keep(session.id, found)
+                return existing
+        log.info("session %s: runtime session %s has ended", session.id, existing)
+        return None
+
+    def _create_session(self, session: Session) -> str:
+        batch = session.mode is SessionMode.BATCH
         cls = _session_class(batch)
         max_time = max(1, math.ceil(session.max_ttl_s))
         # The backend is looked up in the call: a retry after a refused token uses the new client.
