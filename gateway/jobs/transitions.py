@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 from gateway.domain.jobs import ExecutionInfo, Job, JobError, JobState, JobTimings
 from gateway.jobs.events import EventBus
 from gateway.jobs.hooks import Hooks, Transition
+from gateway.runtime import shielded
 from gateway.runtime.breaker import BreakerMove
 from gateway.store.base import Store
 
@@ -166,10 +168,9 @@ class Transitions:
         try:
             changed = await asyncio.shield(writing)
         except asyncio.CancelledError:
-            writing.add_done_callback(_publish_when_committed(publish))
+            shielded.when_caller_left(writing, functools.partial(_publish_if_changed, publish))
             raise
-        if changed is not None:
-            publish(changed)
+        _publish_if_changed(publish, changed)
         return changed
 
     async def settle(self) -> None:
@@ -179,17 +180,9 @@ class Transitions:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
-def _publish_when_committed(
-    publish: Callable[[Job], None],
-) -> Callable[[asyncio.Future[Job | None]], None]:
-    def committed(writing: asyncio.Future[Job | None]) -> None:
-        if writing.cancelled() or writing.exception() is not None:
-            return
-        changed = writing.result()
-        if changed is not None:
-            publish(changed)
-
-    return committed
+def _publish_if_changed(publish: Callable[[Job], None], changed: Job | None) -> None:
+    if changed is not None:
+        publish(changed)
 
 
 def _as_running(finished: Job) -> Job:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from gateway.domain.errors import GatewayError, StoreUnavailable
@@ -41,6 +41,18 @@ async def carried_on(timeout: float) -> None:
     _, left = await asyncio.wait(set(_carried_on), timeout=timeout)
     if left:
         log.warning("%d writes for callers that left were still going at the stop", len(left))
+
+
+def when_caller_left(task: asyncio.Future[T], use: Callable[[T], None]) -> None:
+    """For work whose caller left: `use` its result once it ends; a failure is said as for
+    to_the_end's."""
+
+    def ended(done: asyncio.Future[T]) -> None:
+        _unheard(done)
+        if not done.cancelled() and done.exception() is None:
+            use(done.result())
+
+    task.add_done_callback(ended)
 
 
 def _unheard(task: asyncio.Future[Any]) -> None:

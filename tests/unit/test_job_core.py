@@ -1293,15 +1293,11 @@ async def test_a_holder_whose_claim_went_to_another_lets_the_job_go(
         await _close(a)
 
 
-async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_job_to_the_next(
-    store: SqliteStore,
-) -> None:
-    # Found by a fuzzer of replicas: A's local run waited to write RUNNING (within
-    # RUNNING_WRITE_DELAY_S); its lease lapsed meanwhile and B claimed the job, still QUEUED,
-    # and ran it too. A's late write committed RUNNING over B's claim, B's own write then failed
-    # (the job was no longer QUEUED), B stopped and ended its claim, A let go at its renewal:
-    # the job stayed RUNNING, claimed by nobody, its quota reserved, for ever.
-    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
+async def _two_holders(
+    store: SqliteStore, runner_a: ScriptedRunner, runner_b: ScriptedRunner
+) -> tuple[Clock, Core, Core]:
+    """Two replicas on one store's queue with short leases: A schedules, B (holder-2) only
+    once the test starts it (b.manager.start_scheduling) or claims by hand."""
     clock = Clock()
     a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
     b = await build_core(
@@ -1313,6 +1309,19 @@ async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_j
         lease_s=0.3,
         schedule=False,
     )
+    return clock, a, b
+
+
+async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_job_to_the_next(
+    store: SqliteStore,
+) -> None:
+    # Found by a fuzzer of replicas: A's local run waited to write RUNNING (within
+    # RUNNING_WRITE_DELAY_S); its lease lapsed meanwhile and B claimed the job, still QUEUED,
+    # and ran it too. A's late write committed RUNNING over B's claim, B's own write then failed
+    # (the job was no longer QUEUED), B stopped and ended its claim, A let go at its renewal:
+    # the job stayed RUNNING, claimed by nobody, its quota reserved, for ever.
+    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
+    clock, a, b = await _two_holders(store, runner_a, runner_b)
     try:
         job = await a.submit("alice", spec("sim"))
         await asyncio.wait_for(runner_a.started.wait(), 5)  # A runs it; RUNNING not written
@@ -1338,11 +1347,7 @@ async def test_a_holder_whose_lease_lapsed_leaves_a_job_given_back_to_the_queue(
     # As above, but B claimed the job and gave it back (its scheduler draining): unleased and
     # QUEUED, the job was anyone's, and A's late write made it RUNNING, claimed by nobody.
     runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
-    clock = Clock()
-    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
-    b = await build_core(
-        store, "store", {"sim": runner_b}, clock=clock, owner="holder-2", schedule=False
-    )
+    clock, a, b = await _two_holders(store, runner_a, runner_b)
     try:
         job = await a.submit("alice", spec("sim"))
         await asyncio.wait_for(runner_a.started.wait(), 5)  # RUNNING not written yet
@@ -1388,17 +1393,7 @@ async def test_a_holder_whose_lease_lapsed_during_its_create_leaves_the_provider
     remote: dict[str, str] = {}
     runner_a = _SlowAnswer(remote)
     runner_b = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=remote)
-    clock = Clock()
-    a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
-    b = await build_core(
-        store,
-        "store",
-        {"sim": runner_b},
-        clock=clock,
-        owner="holder-2",
-        lease_s=0.3,
-        schedule=False,
-    )
+    clock, a, b = await _two_holders(store, runner_a, runner_b)
     try:
         job = await a.submit("alice", spec("sim"))
         await asyncio.wait_for(runner_a.created.wait(), 5)
