@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -414,3 +415,9 @@ async def test_reattach_by_tag_finds_every_task_of_the_job_or_none() -> None:
     del fake.tasks[handle.remote_id.split()[1]]  # type: ignore[union-attr]
     assert await runner.reattach(job, None) is None  # submit re-creates under the same tokens
     assert other.remote_id not in (None, handle.remote_id)
+    assert fake.cancelled == []
+    # Cancelled before its second task was created: that one never will be (the step ends the
+    # job unsent), so the first, which Braket has, is cancelled rather than left billing.
+    cancelling = dataclasses.replace(job, state=JobState.CANCELLING)
+    assert await runner.reattach(cancelling, None) is None
+    assert fake.cancelled == [handle.remote_id.split()[0]]  # type: ignore[union-attr]

@@ -17,7 +17,8 @@ Never paying twice:
 - `reattach` follows the stored task ARNs, or, when the gateway died between a create and
   storing its ARN, finds the tasks by SearchQuantumTasks (device, creation time) and their tags;
   what it cannot find is created again by `submit` under the same client tokens, which finds
-  the tasks Braket already has.
+  the tasks Braket already has; a job cancelled meanwhile gets no more tasks, and the ones it
+  has are cancelled.
 
 Provider errors become FailureKinds: throttling, 5xx and connection failures TRANSIENT
 (retried here with backoff first), a ValidationException CLIENT_ERROR (reason
@@ -68,7 +69,7 @@ from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled
 from gateway.domain.bitarray import RegisterSpec, SamplerResultBuilder
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
-from gateway.domain.jobs import Job, JobResult, SamplerOutput, SamplerResult
+from gateway.domain.jobs import Job, JobResult, JobState, SamplerOutput, SamplerResult
 from gateway.runtime.blocking import run_blocking
 from gateway.runtime.retry import RetryPolicy, call_with_retries, is_throttled, is_transient
 
@@ -514,13 +515,19 @@ class BraketCloudRunner(Runner):
                 )
             return BraketCloudHandle(job.id, arns)
         # The gateway died between a create and storing its ARN: look for the job's tags.
-        found = await self._thread(
-            lambda: self._retrying(lambda: self._search(job), following=True)
+        found, total = await self._thread(
+            lambda: self._retrying(lambda: self._tagged(job), following=True)
         )
-        if found is None:
+        if total is None or len(found) < total:
+            if found and job.state is JobState.CANCELLING:
+                # Cancelled before its other tasks were created: none will be (the step ends
+                # the job unsent), so the ones Braket has would run and bill for nothing.
+                await self._cancel_quietly(job.id, sorted(found.values()))
+            # Otherwise `submit` creates the missing tasks under the same client tokens,
+            # which returns the ones Braket already has.
             return None
-        log.info("job %s: re-attached by tag to %d Braket task(s)", job.id, len(found))
-        return BraketCloudHandle(job.id, found)
+        log.info("job %s: re-attached by tag to %d Braket task(s)", job.id, total)
+        return BraketCloudHandle(job.id, [found[i] for i in range(total)])
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         """GetDevice (free): the device must be ONLINE and the credentials accepted."""
@@ -672,15 +679,6 @@ class BraketCloudRunner(Runner):
             log.warning("job %s: could not look for its Braket tasks: %s", job.id, exc)
             return {}
         return found
-
-    def _search(self, job: Job) -> list[str] | None:
-        """Every task of the job, in order, or None when Braket does not have them all."""
-        found, total = self._tagged(job)
-        if total is None or len(found) < total:
-            # Missing tasks are created by `submit` under the same client tokens, which
-            # returns the ones Braket already has.
-            return None
-        return [found[i] for i in range(total)]
 
     def _tagged(self, job: Job) -> tuple[dict[int, str], int | None]:
         """The job's tasks Braket has, by index, and how many it has in all (None when none
