@@ -47,19 +47,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     paths = _paths(args)
     key = audit_files.read_key(paths.key)
-    head = None if args.no_head else audit_files.read_head(paths.head)
+    head = None
+    if not args.no_head:
+        try:
+            head = audit_files.read_head(paths.head, key)
+        except ValueError as exc:
+            # Written atomically and sealed by the gateway: anything else was written by
+            # someone else, perhaps to hide the deletion of the newest records.
+            print(f"BAD: {exc}", file=sys.stderr)
+            return 1
     conn = sqlite_audit.open_readonly(paths.db)
     try:
         verdict = audit.verify(
-            sqlite_audit.read_records(conn), key, head, sqlite_audit.read_anchor(conn)
+            sqlite_audit.read_records_to_verify(conn), key, head, sqlite_audit.read_anchor(conn)
         )
     finally:
         conn.close()
-    if verdict.ok and head is None and not args.no_head and verdict.count > 0:
-        # The gateway exports its head when it starts: records without a head file mean the
-        # file was removed, which would hide the deletion of the newest records.
+    if verdict.ok and head is None and not args.no_head:
+        # The gateway exports its head when it first starts: no head file means the file was
+        # removed, which would hide the deletion of the newest records (or of every one).
         print(
-            f"BAD: no exported head at {paths.head}, but {verdict.count} records: the newest "
+            f"BAD: no exported head at {paths.head} ({verdict.count} records): the newest "
             "records cannot be checked (pass --no-head to verify without it)",
             file=sys.stderr,
         )
@@ -129,13 +137,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Missing files, a wrong key or an unreadable database: one line, exit status 2."""
+    """Missing files, a wrong key, an unreadable database or record: one line, exit status 2."""
+    from gateway.domain.errors import DataLoss
 
     def handler(args: argparse.Namespace) -> int:
         try:
             return command(args)
         except (OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except DataLoss as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
             return 2
 
     return handler

@@ -67,7 +67,7 @@ from gateway.runtime.simulator_runner import WorkerPoolRunner
 from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
 from gateway.runtime.worker_pool import WorkerFactory
 from gateway.security.api_keys import KeyRing, KeyVerifier, LastUsedRecorder
-from gateway.security.audit_log import AuditLog
+from gateway.security.audit_log import AuditKeyMismatch, AuditLog
 from gateway.security.authenticator import Authenticator
 from gateway.security.jwt_auth import JwtVerifier
 from gateway.security.mtls import CertMapper
@@ -652,7 +652,7 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
             loop.add_signal_handler(sig, on_signal)
         try:
             await gateway.start(stopping=stop, data_dir_lock=lock)
-        except (StoreInUse, DataDirInUse) as exc:
+        except (StoreInUse, DataDirInUse, AuditKeyMismatch) as exc:
             raise ConfigError(str(exc)) from None
         if stop.is_set():
             # Asked to stop while starting: never announced ready to a supervisor that has

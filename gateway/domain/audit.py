@@ -30,6 +30,7 @@ KEY_BYTES: Final = 32
 GENESIS_MAC: Final = bytes(MAC_BYTES)
 _RECORD_TAG: Final = b"qgw-audit-record-v1"
 _ANCHOR_TAG: Final = b"qgw-audit-anchor-v1"
+_HEAD_TAG: Final = b"qgw-audit-head-v1"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _INT: Final = struct.Struct(">q")
 _LEN: Final = struct.Struct(">I")
@@ -155,6 +156,20 @@ def anchor_mac(key: bytes, point: ChainPoint) -> bytes:
     ).digest()
 
 
+def head_seal(key: bytes, point: ChainPoint) -> bytes:
+    """The MAC of an exported head: whoever can write the head file but not read the key
+    cannot make it name an older record (to hide the deletion of the newest ones)."""
+    return hmac.new(key, _HEAD_TAG + _INT.pack(point.sequence) + point.mac, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored record holding a value no gateway writes (a time out of range, text in a
+    number): the database was edited, so verify names it altered."""
+
+    sequence: int
+
+
 class Problem(Enum):
     ALTERED = "altered"
     INSERTED = "inserted"
@@ -190,8 +205,13 @@ def _intact(key: bytes, previous: bytes, record: AuditRecord, sequence: int) -> 
     return hmac.compare_digest(expected, record.mac)
 
 
+def chained_from(key: bytes, previous: bytes, record: AuditRecord) -> bool:
+    """Whether `record` carries the MAC `key` gives it after a record whose MAC is `previous`."""
+    return _intact(key, previous, record, record.sequence)
+
+
 def verify(
-    records: Iterable[AuditRecord],
+    records: Iterable[AuditRecord | Unreadable],
     key: bytes,
     head: ChainPoint | None = None,
     anchor: tuple[ChainPoint, bytes] | None = None,
@@ -200,7 +220,7 @@ def verify(
 
     Args:
         records: The stored records in sequence order (streamed: one pass, one record of
-            look-ahead).
+            look-ahead); Unreadable for one whose values could not be read.
         key: The audit key.
         head: The exported head: records up to it must be present, the one at its sequence
             with its MAC, which catches the deletion of the newest records. None: unchecked.
@@ -236,14 +256,23 @@ def verify(
                 current.sequence,
                 f"record {current.sequence} is out of order after {previous.sequence}",
             )
+        if isinstance(current, Unreadable):
+            return Verdict(
+                count,
+                previous,
+                Problem.ALTERED,
+                expected,
+                f"record {expected} was altered (it holds a value no gateway writes)",
+            )
+        readable = following if isinstance(following, AuditRecord) else None
         if not _intact(key, previous.mac, current, expected):
             # Tell an insertion (the next record chains from the previous one when numbered
             # here) and a removal with renumbering (the next record chains from this one when
             # numbered one on) from an edit.
-            if following is not None and _intact(key, previous.mac, following, expected):
+            if readable is not None and _intact(key, previous.mac, readable, expected):
                 problem, detail = Problem.INSERTED, f"record {expected} was inserted"
-            elif following is not None and _intact(
-                key, current.mac, following, following.sequence + 1
+            elif readable is not None and _intact(
+                key, current.mac, readable, readable.sequence + 1
             ):
                 problem = Problem.MISSING
                 detail = f"record {expected} is missing (later records renumbered)"

@@ -184,6 +184,12 @@ class Internal(GatewayError):
     code = Code.INTERNAL
 
 
+class DataLoss(GatewayError):
+    """Stored data holds what the gateway never writes: the database was edited or damaged."""
+
+    code = Code.DATA_LOSS
+
+
 class Unimplemented(GatewayError):
     """Part of the API that is declared but not built yet (sessions, until the providers
     issue)."""
@@ -282,6 +288,7 @@ REASONS: Final[Mapping[str, Code]] = {
     "RESULT_LIMIT_EXCEEDED": Code.INVALID_ARGUMENT,
     # Who is calling.
     "API_KEY_MISSING": Code.UNAUTHENTICATED,
+    "AUTHORIZATION_INVALID": Code.UNAUTHENTICATED,
     "API_KEY_INVALID": Code.UNAUTHENTICATED,
     "API_KEY_EXPIRED": Code.UNAUTHENTICATED,
     "API_KEY_REVOKED": Code.UNAUTHENTICATED,
@@ -354,6 +361,8 @@ REASONS: Final[Mapping[str, Code]] = {
     "EXECUTION_FAILED": Code.INTERNAL,
     "PROVIDER_ERROR": Code.UNAVAILABLE,
     "PROVIDER_REJECTED": Code.FAILED_PRECONDITION,
+    # Stored data the gateway never wrote (an edited database).
+    "AUDIT_RECORD_CORRUPT": Code.DATA_LOSS,
     # Bugs in the gateway.
     "INTERNAL_ERROR": Code.INTERNAL,
     "COMPILER_CRASHED": Code.INTERNAL,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import secrets
 from pathlib import Path
 
-from gateway.domain.audit import KEY_BYTES, ChainPoint
+from gateway.domain.audit import KEY_BYTES, MAC_BYTES, ChainPoint, head_seal
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -56,13 +57,19 @@ def read_key(path: Path) -> bytes:
     return key
 
 
-def write_head(path: Path, head: ChainPoint) -> None:
-    """Replaces the head file atomically (a crash leaves the old head or the new one)."""
+def write_head(path: Path, head: ChainPoint, key: bytes) -> None:
+    """Replaces the head file atomically (a crash leaves the old head or the new one); the head
+    is sealed with the audit key, so writing the file needs the key, not just the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    data = {
+        "sequence": head.sequence,
+        "mac": head.mac.hex(),
+        "seal": head_seal(key, head).hex(),
+    }
     try:
         with tmp.open("w", encoding="utf-8") as out:
-            json.dump({"sequence": head.sequence, "mac": head.mac.hex()}, out)
+            json.dump(data, out)
             out.write("\n")
             out.flush()
             os.fsync(out.fileno())
@@ -72,17 +79,27 @@ def write_head(path: Path, head: ChainPoint) -> None:
     _fsync_dir(path.parent)
 
 
-def read_head(path: Path) -> ChainPoint | None:
+def read_head(path: Path, key: bytes) -> ChainPoint | None:
     """The exported head, or None when no head was written yet.
 
     Raises:
-        ValueError: When the file is not a head file.
+        ValueError: When the file is not a head file this key sealed.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     try:
-        return ChainPoint(int(data["sequence"]), bytes.fromhex(str(data["mac"])))
+        data = json.loads(text)
+        head = ChainPoint(int(data["sequence"]), bytes.fromhex(str(data["mac"])))
+        seal = bytes.fromhex(str(data["seal"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not an audit head file ({exc})") from None
+    if head.sequence < 0 or len(head.mac) != MAC_BYTES:
+        raise ValueError(f"{path}: not an audit head file (sequence {head.sequence})")
+    if not hmac.compare_digest(head_seal(key, head), seal):
+        raise ValueError(
+            f"{path}: the head's seal is not this audit key's (the file was written by "
+            "someone without the key, or for another key)"
+        )
+    return head

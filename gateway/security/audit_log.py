@@ -37,11 +37,18 @@ class AuditStore(Protocol):
 
     async def audit_head(self) -> ChainPoint: ...
 
+    async def audit_key_wrote_chain(self) -> bool: ...
+
     async def audit_holds(self, point: ChainPoint) -> bool: ...
 
     def audit_committed(self) -> ChainPoint | None: ...
 
     async def expire_audit(self, before: datetime, limit: int) -> int: ...
+
+
+class AuditKeyMismatch(RuntimeError):
+    """The audit key file did not write the database's records (lost, replaced, or another
+    data directory's): records chained on with it could never be verified."""
 
 
 class AuditLog:
@@ -72,7 +79,10 @@ class AuditLog:
         self._retention = timedelta(seconds=retention_s)
         self._clock = clock
         # Read (or made) before the first call, so every record can be chained.
-        store.enable_audit(audit_files.load_or_create_key(key_path))
+        self._key_path = key_path
+        self._key_made = not key_path.exists()
+        self._key = audit_files.load_or_create_key(key_path)
+        store.enable_audit(self._key)
         self.writer = AuditWriter(
             store,
             flush_interval_s=flush_interval_s,
@@ -84,10 +94,27 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Sweeps expired records and exports the head; then both recur in the background."""
+        """Sweeps expired records and exports the head; then both recur in the background.
+
+        Raises:
+            AuditKeyMismatch: The key file is not the one that wrote the database's records.
+        """
+        if not await self._store.audit_key_wrote_chain():
+            if self._key_made:
+                # Not left behind: the next start should say the key is missing, not wrong.
+                self._key_path.unlink(missing_ok=True)
+                problem = "is missing"
+            else:
+                problem = "did not write the audit records in the database"
+            raise AuditKeyMismatch(
+                f"audit: the key {self._key_path} {problem}; restore the key file that wrote "
+                "them (no other key verifies them), or start with [audit] enabled = false"
+            )
         try:
             # The head exported before this start: the database must still reach it.
-            self._exported = await asyncio.to_thread(audit_files.read_head, self._head_path)
+            self._exported = await asyncio.to_thread(
+                audit_files.read_head, self._head_path, self._key
+            )
         except ValueError as exc:
             # Kept beside, not overwritten: it is evidence, and an operator must see it.
             kept = self._head_path.with_name(f"{self._head_path.name}.unreadable")
@@ -168,7 +195,7 @@ class AuditLog:
                 committed.mac.hex(),
                 self._head_path,
             )
-            await asyncio.to_thread(audit_files.write_head, self._head_path, committed)
+            await asyncio.to_thread(audit_files.write_head, self._head_path, committed, self._key)
             self._exported = committed
             return committed
         head = await self._store.audit_head()
@@ -184,7 +211,7 @@ class AuditLog:
                 self._head_path,
             )
             return head
-        await asyncio.to_thread(audit_files.write_head, self._head_path, head)
+        await asyncio.to_thread(audit_files.write_head, self._head_path, head, self._key)
         self._exported = head
         log.info("audit head sequence=%d mac=%s", head.sequence, head.mac.hex())
         return head

@@ -9,7 +9,8 @@ Order, and why:
    A forwarded certificate that an `[[auth.mtls]]` rule maps is the caller.
 2. The direct peer's certificate, when a rule maps it.
 3. `authorization: Bearer <token>`: a token starting `qgw_` is an API key, anything else a JWT
-   (when `[auth.jwt]` is configured).
+   (when `[auth.jwt]` is configured). Two such headers, another scheme or an empty token:
+   AUTHORIZATION_INVALID.
 4. Nothing: API_KEY_MISSING, or CERTIFICATE_NOT_MAPPED when a certificate came without a rule.
 """
 
@@ -141,7 +142,16 @@ class Authenticator:
             principal = self._certs.principal(cert)
             if principal is not None:
                 return principal
+        if sum(1 for key, _ in metadata if key == METADATA_KEY) > 1:
+            # Which one a client or a proxy meant is unknowable: the first one would win.
+            raise Unauthenticated(
+                "AUTHORIZATION_INVALID", "more than one 'authorization' header: send one"
+            )
         token = bearer_token(metadata)
+        if token == "":
+            raise Unauthenticated(
+                "AUTHORIZATION_INVALID", "the 'authorization' header must be 'Bearer <token>'"
+            )
         if token is None:
             if cert is not None and self._certs:
                 raise Unauthenticated(

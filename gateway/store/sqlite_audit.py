@@ -13,6 +13,7 @@ anchor (the last expired record's sequence and MAC, itself MAC'd) past them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import pathlib
 import sqlite3
@@ -24,12 +25,17 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from gateway.domain import audit
 from gateway.domain.api_keys import ApiKeyRecord
 from gateway.domain.audit import AuditFilter, AuditPage, AuditRecord, ChainPoint, Effect
+from gateway.domain.errors import DataLoss
 from gateway.domain.jobs import Job
 from gateway.domain.sessions import Session
 from gateway.store.base import CreateOutcome
 from gateway.store.sqlite_time import from_us, to_us
 
 T = TypeVar("T")
+
+# The newest records the start checks against the audit key: a wrong key verifies none, and an
+# attacker who edited the newest few does not make a right one look wrong.
+KEY_CHECK_RECORDS: Final = 16
 
 
 MIGRATION_SQL: Final = """
@@ -81,30 +87,48 @@ _TIME_SQL: Final = {">": "time > ?", ">=": "time >= ?", "<": "time < ?", "<=": "
 
 
 def _row(row: sqlite3.Row | tuple[object, ...]) -> AuditRecord:
+    """The record a row holds.
+
+    Raises:
+        DataLoss: AUDIT_RECORD_CORRUPT, a value no gateway writes (a time out of range, text
+            in a number column): someone edited the database.
+    """
     r = tuple(row)
-    return AuditRecord(
-        sequence=int(str(r[0])),
-        time=from_us(int(str(r[1]))),
-        end_time=from_us(int(str(r[2]))),
-        principal=str(r[3]),
-        tenant=str(r[4]),
-        key_prefix=str(r[5]),
-        peer=str(r[6]),
-        service=str(r[7]),
-        method=str(r[8]),
-        resource=str(r[9]),
-        backend=str(r[10]),
-        circuit_digest=str(r[11]),
-        shots=int(str(r[12])),
-        code=int(str(r[13])),
-        reason=str(r[14]),
-        request_id=str(r[15]),
-        trace_id=str(r[16]),
-        count=int(str(r[17])),
-        # A MAC stored as anything but a blob was written by someone else: an empty MAC, which
-        # verify reports as the record altered (bytes() of text raised a TypeError).
-        mac=bytes(r[18]) if isinstance(r[18], bytes | memoryview) else b"",
-    )
+    try:
+        return AuditRecord(
+            sequence=int(str(r[0])),
+            time=from_us(int(str(r[1]))),
+            end_time=from_us(int(str(r[2]))),
+            principal=str(r[3]),
+            tenant=str(r[4]),
+            key_prefix=str(r[5]),
+            peer=str(r[6]),
+            service=str(r[7]),
+            method=str(r[8]),
+            resource=str(r[9]),
+            backend=str(r[10]),
+            circuit_digest=str(r[11]),
+            shots=int(str(r[12])),
+            code=int(str(r[13])),
+            reason=str(r[14]),
+            request_id=str(r[15]),
+            trace_id=str(r[16]),
+            count=int(str(r[17])),
+            mac=_mac(r[18]),
+        )
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise DataLoss(
+            "AUDIT_RECORD_CORRUPT",
+            f"audit record {r[0]} holds a value no gateway writes ({type(exc).__name__}): the "
+            "database was edited; run `qgateway audit verify`",
+            metadata={"sequence": str(r[0])},
+        ) from None
+
+
+def _mac(value: object) -> bytes:
+    # A MAC stored as anything but a blob was written by someone else: an empty MAC, which
+    # verify reports as the record altered, and which no new record can chain from unnoticed.
+    return bytes(value) if isinstance(value, bytes | memoryview) else b""
 
 
 def _values(r: AuditRecord) -> tuple[object, ...]:
@@ -135,7 +159,7 @@ def _head(conn: sqlite3.Connection) -> ChainPoint:
     """The chain's newest point as this transaction sees it."""
     row = conn.execute("SELECT seq, mac FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
     if row is not None:
-        return ChainPoint(int(row[0]), bytes(row[1]))
+        return ChainPoint(int(row[0]), _mac(row[1]))
     anchor = conn.execute("SELECT seq, mac FROM audit_anchor WHERE id = 1").fetchone()
     return audit.START if anchor is None else ChainPoint(int(anchor[0]), bytes(anchor[1]))
 
@@ -330,6 +354,42 @@ class SqliteAudit:
         """The newest record's sequence and MAC (the anchor, or 0, when there is none)."""
         return await self._call(_head, readonly=True)
 
+    async def audit_key_wrote_chain(self) -> bool:
+        """Whether the enabled key wrote the stored chain: the anchor's MAC, or one of the
+        newest records' after its predecessor, verifies under it (True when there is no chain
+        yet). False for a lost or replaced key file, whose records no key could verify.
+
+        Raises:
+            RuntimeError: When audit writing is not enabled.
+        """
+        key = self._audit_key
+        if key is None:
+            raise RuntimeError("audit is not enabled on this store")
+
+        def op(conn: sqlite3.Connection) -> bool:
+            found = read_anchor(conn)
+            if found is not None and hmac.compare_digest(audit.anchor_mac(key, found[0]), found[1]):
+                return True
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq DESC LIMIT ?",
+                (KEY_CHECK_RECORDS,),
+            ).fetchall()
+            if not rows:
+                return found is None
+            macs = {0: audit.GENESIS_MAC}
+            records = []
+            for row in rows:
+                with contextlib.suppress(DataLoss):  # an edited record proves nothing
+                    records.append(_row(row))
+                macs[int(row[0])] = _mac(row[-1])
+            return any(
+                audit.chained_from(key, macs[r.sequence - 1], r)
+                for r in records
+                if r.sequence - 1 in macs
+            )
+
+        return await self._call(op, readonly=True)
+
     async def audit_holds(self, point: ChainPoint) -> bool:
         """Whether the chain still reaches `point` (an exported head): the record at its
         sequence has its MAC, or retention expired it (at or below a well-MAC'd anchor).
@@ -474,6 +534,20 @@ def read_anchor(conn: sqlite3.Connection) -> tuple[ChainPoint, bytes] | None:
 
 
 def read_records(conn: sqlite3.Connection) -> Iterator[AuditRecord]:
-    """Every stored record by sequence, streamed."""
+    """Every stored record by sequence, streamed.
+
+    Raises:
+        DataLoss: At a record holding a value no gateway writes.
+    """
     for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq"):
         yield _row(row)
+
+
+def read_records_to_verify(conn: sqlite3.Connection) -> Iterator[AuditRecord | audit.Unreadable]:
+    """As read_records, with a record holding a value no gateway writes as Unreadable: verify
+    names it instead of stopping."""
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq"):
+        try:
+            yield _row(row)
+        except DataLoss:
+            yield audit.Unreadable(int(row[0]))

@@ -253,7 +253,7 @@ async def test_verify_refuses_records_without_their_exported_head(
     assert audit_tool._cmd_verify(args) == 1
     assert "no exported head" in capsys.readouterr().err
     assert audit_tool._cmd_verify(argparse.Namespace(**{**vars(args), "no_head": True})) == 0
-    audit_files.write_head(tmp_path / "audit.head", head)
+    audit_files.write_head(tmp_path / "audit.head", head, key)
     assert audit_tool._cmd_verify(args) == 0
 
 

@@ -42,7 +42,7 @@ async def test_generated_keys_authenticate_to_their_tenant() -> None:
     ("header", "reason"),
     [
         (None, "API_KEY_MISSING"),
-        ("Basic abc", "API_KEY_INVALID"),
+        ("Basic abc", "AUTHORIZATION_INVALID"),
         ("Bearer qgw_nope_secret", "API_KEY_INVALID"),
         ("Bearer notakey", "API_KEY_INVALID"),
     ],

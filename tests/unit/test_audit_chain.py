@@ -4,8 +4,10 @@ Store-level tests run on a real SQLite file."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
+import json
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,8 +26,9 @@ from gateway.domain.audit import (
     chain,
     verify,
 )
+from gateway.domain.errors import DataLoss
 from gateway.security import audit_files
-from gateway.security.audit_log import AuditLog
+from gateway.security.audit_log import AuditKeyMismatch, AuditLog
 from gateway.store import sqlite_audit
 from gateway.store.sqlite import SqliteStore
 
@@ -344,7 +347,7 @@ def test_a_missing_or_unreadable_head_file_is_said_loudly_and_kept(
     assert [r.levelname for r in caplog.records if "unreadable" in r.message] == ["CRITICAL"]
     kept = tmp_path / "audit-head.json.unreadable"
     assert kept.read_text() == "garbled"  # the evidence, beside the new head
-    assert audit_files.read_head(head_file) is not None
+    assert audit_files.read_head(head_file, KEY) is not None
 
 
 def test_a_full_disk_neither_stops_a_start_nor_fails_a_drain(
@@ -419,16 +422,16 @@ def test_the_gateway_never_exports_a_head_its_database_no_longer_reaches(
             await store.close()
 
     exported = asyncio.run(first())
-    assert exported.sequence == 8 and audit_files.read_head(head_file) == exported
+    assert exported.sequence == 8 and audit_files.read_head(head_file, KEY) == exported
     # The newest three deleted while running: the next export keeps the old head.
     asyncio.run(run(deleted_after=5))
-    assert audit_files.read_head(head_file) == exported
+    assert audit_files.read_head(head_file, KEY) == exported
     assert "no longer holds the exported head" in caplog.text
     assert not _verify_file(tmp_path / "q.db", exported).ok
     # And at the next start too.
     caplog.clear()
     asyncio.run(run(deleted_after=None))
-    assert audit_files.read_head(head_file) == exported
+    assert audit_files.read_head(head_file, KEY) == exported
     assert "no longer holds the exported head" in caplog.text
 
 
@@ -457,7 +460,7 @@ def test_records_deleted_before_their_head_was_exported_are_found(
 
     written, exported = asyncio.run(main())
     assert written.sequence == 4 and exported == written
-    assert audit_files.read_head(head_file) == written
+    assert audit_files.read_head(head_file, KEY) == written
     assert "records this gateway committed were deleted" in caplog.text
     assert not _verify_file(tmp_path / "q.db", written).ok
 
@@ -470,7 +473,7 @@ def test_a_head_expired_by_retention_is_still_reached(tmp_path: Path) -> None:
         try:
             await store.append_audit(_records(4))  # long past their retention
             await log.start()  # swept first, then the anchor's head exported
-            first = audit_files.read_head(tmp_path / "audit-head.json")
+            first = audit_files.read_head(tmp_path / "audit-head.json", KEY)
             await store.append_audit(_records(1, start=10))
             return first or audit.START, await log.export_head()
         finally:
@@ -479,7 +482,7 @@ def test_a_head_expired_by_retention_is_still_reached(tmp_path: Path) -> None:
 
     first, head = asyncio.run(main())
     assert first.sequence == 4 and head.sequence == 5
-    assert audit_files.read_head(tmp_path / "audit-head.json") == head
+    assert audit_files.read_head(tmp_path / "audit-head.json", KEY) == head
 
 
 def test_verify_reads_the_anchor_and_the_records_from_one_snapshot(tmp_path: Path) -> None:
@@ -544,3 +547,179 @@ def test_retention_deletes_in_bounded_batches_and_the_chain_still_verifies(
     verdict = _verify_file(tmp_path / "q.db", head)
     assert verdict.ok, verdict.detail
     assert verdict.count == 0
+
+
+def _edit(path: Path, sql: str) -> None:
+    """What someone with write access to the database does: the edit trigger dropped first."""
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER audit_records_no_update")
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+def test_a_start_with_a_key_that_did_not_write_the_records_is_refused(tmp_path: Path) -> None:
+    # A lost or replaced key file was taken (or made) silently: new records chained on with
+    # it, and from then on no key verified the log.
+    async def start(edit: str | None = None) -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            await log.start()
+            await store.append_audit(_records(20))
+        finally:
+            await log.close()
+            await store.close()
+
+    asyncio.run(start())
+    key_file = tmp_path / "audit.key"
+
+    async def restart_with(key: bytes | None) -> None:
+        if key is None:
+            key_file.unlink()
+        else:
+            key_file.write_bytes(key)
+        store = SqliteStore(tmp_path / "q.db")
+        log = AuditLog(
+            store,
+            key_file,
+            tmp_path / "audit-head.json",
+            head_interval_s=3600.0,
+            retention_s=1e10,
+            flush_interval_s=1.0,
+            failure_window_s=60.0,
+            max_failure_peers=100,
+        )
+        await store.open()
+        try:
+            await log.start()
+        finally:
+            await log.close()
+            await store.close()
+
+    with pytest.raises(AuditKeyMismatch, match="did not write the audit records"):
+        asyncio.run(restart_with(bytes(32)))
+    with pytest.raises(AuditKeyMismatch, match="is missing"):
+        asyncio.run(restart_with(None))
+    assert not key_file.exists()  # the next start says so again
+    # Someone who edited the newest records does not make the right key look wrong.
+    _edit(tmp_path / "q.db", "UPDATE audit_records SET method = 'x' WHERE seq > 15")
+    asyncio.run(restart_with(KEY))
+    assert not _verify_file(tmp_path / "q.db", None).ok
+
+
+def test_a_head_file_written_without_the_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The head was a sequence and a MAC already stored in the database: whoever could write
+    # the data directory deleted the newest records and wrote the head of what was left.
+    from gateway import audit_tool
+
+    store = SqliteStore(tmp_path / audit_tool.DB_FILE)
+    store.enable_audit(KEY)
+
+    async def write(n: int) -> ChainPoint:
+        await store.open()
+        try:
+            return await store.append_audit(_records(n))
+        finally:
+            await store.close()
+
+    head = asyncio.run(write(8))
+    head_file = tmp_path / "audit-head.json"
+    audit_files.write_head(head_file, head, KEY)
+    (tmp_path / "audit.key").write_bytes(KEY)
+    args = argparse.Namespace(
+        config=None, data_dir=tmp_path, key_file=None, head_file=None, no_head=False
+    )
+    assert audit_tool._cmd_verify(args) == 0
+    _delete_newest(tmp_path / audit_tool.DB_FILE, 5)
+    assert audit_tool._cmd_verify(args) == 1
+    conn = sqlite3.connect(tmp_path / audit_tool.DB_FILE)
+    mac5 = bytes(conn.execute("SELECT mac FROM audit_records WHERE seq = 5").fetchone()[0])
+    conn.close()
+    forged = {"sequence": 5, "mac": mac5.hex()}
+    for seal in (None, "00" * 32, audit.head_seal(bytes(32), ChainPoint(5, mac5)).hex()):
+        head_file.write_text(json.dumps(forged if seal is None else {**forged, "seal": seal}))
+        capsys.readouterr()
+        assert audit_tool._cmd_verify(args) == 1
+        assert "BAD" in capsys.readouterr().err
+    for bad in ({"sequence": -5, "mac": "00"}, {"sequence": 0, "mac": "00"}):
+        head_file.write_text(json.dumps(bad))
+        assert audit_tool._cmd_verify(args) == 1
+    with pytest.raises(ValueError, match="not an audit head file"):
+        audit_files.read_head(head_file, KEY)
+
+
+def test_no_head_file_is_bad_even_with_no_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every record deleted and the head removed verified "OK: 0 records".
+    from gateway import audit_tool
+
+    asyncio.run(_started_once(tmp_path, audit_tool.DB_FILE))
+    args = argparse.Namespace(
+        config=None, data_dir=tmp_path, key_file=None, head_file=None, no_head=False
+    )
+    assert audit_tool._cmd_verify(args) == 0
+    (tmp_path / "audit-head.json").unlink()
+    assert audit_tool._cmd_verify(args) == 1
+    assert "no exported head" in capsys.readouterr().err
+
+
+async def _started_once(tmp_path: Path, db: str) -> None:
+    store = SqliteStore(tmp_path / db)
+    log = _audit_log(store, tmp_path)
+    await store.open()
+    try:
+        await log.start()
+    finally:
+        await log.close()
+        await store.close()
+
+
+@pytest.mark.parametrize("value", ["9000000000000000000", "'abc'"])
+def test_a_record_holding_a_value_no_gateway_writes_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    # verify and export died with a traceback (OverflowError), and ListAuditRecords answered
+    # INTERNAL for every page holding the row; none named the record.
+    from gateway import audit_tool
+
+    store = SqliteStore(tmp_path / audit_tool.DB_FILE)
+    store.enable_audit(KEY)
+
+    async def write() -> ChainPoint:
+        await store.open()
+        try:
+            return await store.append_audit(_records(12))
+        finally:
+            await store.close()
+
+    head = asyncio.run(write())
+    audit_files.write_head(tmp_path / "audit-head.json", head, KEY)
+    (tmp_path / "audit.key").write_bytes(KEY)
+    _edit(tmp_path / audit_tool.DB_FILE, f"UPDATE audit_records SET time = {value} WHERE seq = 10")
+    args = argparse.Namespace(
+        config=None, data_dir=tmp_path, key_file=None, head_file=None, no_head=False
+    )
+    assert audit_tool._cmd_verify(args) == 1
+    assert "record 10 was altered (it holds a value" in capsys.readouterr().err
+    export = audit_tool._guarded(audit_tool._cmd_export)
+    assert export(argparse.Namespace(**vars(args), output=str(tmp_path / "out.jsonl"))) == 2
+    assert "audit record 10 holds a value no gateway writes" in capsys.readouterr().err
+
+    async def listed() -> None:
+        reopened = SqliteStore(tmp_path / audit_tool.DB_FILE)
+        reopened.enable_audit(KEY)
+        await reopened.open()
+        try:
+            await reopened.list_audit(limit=50)
+        finally:
+            await reopened.close()
+
+    with pytest.raises(DataLoss) as caught:
+        asyncio.run(listed())
+    assert caught.value.reason == "AUDIT_RECORD_CORRUPT"
+    assert caught.value.metadata == {"sequence": "10"}

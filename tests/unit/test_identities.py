@@ -186,7 +186,12 @@ async def test_the_order_certificate_then_bearer_and_the_reasons_without() -> No
     assert (by_key.tenant, by_key.key_prefix) == ("keyco", KEY.config.prefix)
     assert await _refused(auth, (), {}) == "API_KEY_MISSING"
     assert await _refused(auth, (), {"x509_subject": [b"CN=eve"]}) == "CERTIFICATE_NOT_MAPPED"
-    assert await _refused(auth, _md(("authorization", "Basic x")), {}) == "API_KEY_INVALID"
+    assert await _refused(auth, _md(("authorization", "Basic x")), {}) == "AUTHORIZATION_INVALID"
+    assert await _refused(auth, _md(("authorization", "Bearer ")), {}) == "AUTHORIZATION_INVALID"
+    # Two credentials: the first one won, so the identity hung on header order.
+    other = ("authorization", f"Bearer {generate_key('otherco').key}")
+    assert await _refused(auth, _md(bearer, other), {}) == "AUTHORIZATION_INVALID"
+    assert await _refused(auth, _md(bearer, bearer), {}) == "AUTHORIZATION_INVALID"
     # Without [auth.jwt], a token that is not a qgw_ key is just an invalid key.
     jwt_like = ("authorization", "Bearer aaa.bbb.ccc")
     assert await _refused(auth, _md(jwt_like), {}) == "API_KEY_INVALID"
