@@ -53,6 +53,8 @@ def test_simulation_work_multiplies_by_shots_only_shot_by_shot() -> None:
 def test_shots() -> None:
     assert costs.resolve_shots(None, 1024, 100_000, "f") == 1024
     assert costs.resolve_shots(7, 1024, 100_000, "f") == 7
+    assert costs.resolve_shots(100_000, 1024, 100_000, "f") == 100_000  # the limit itself
+    assert costs.resolve_shots(1, 1024, 100_000, "f") == 1
     for bad in (0, -1, 100_001):
         with pytest.raises(InvalidArgument) as info:
             costs.resolve_shots(bad, 1024, 100_000, "spec.pubs[0].sampler.shots")

@@ -114,3 +114,54 @@ async def test_a_waiter_cancelled_as_a_slot_frees_neither_takes_it_nor_breaks_th
     assert fair.held("alice") == fair.held("bob") == 0 and fair.waiting == 0
     async with fair.slot("carol"):  # the one slot is free again
         assert fair.held("carol") == 1
+
+
+@pytest.mark.anyio
+async def test_fewest_held_wins_over_least_recently_served() -> None:
+    # b was served more recently than a, but holds nothing while a holds two: the freed slot
+    # goes to b (fewest held is the first rule, recency only breaks ties).
+    fair = FairShare(3)
+    order: list[str] = []
+    gates = {name: asyncio.Event() for name in ("a1", "a2", "b1", "a3", "b2")}
+
+    async def job(name: str) -> None:
+        async with fair.slot(name[0]):
+            order.append(name)
+            await gates[name].wait()
+
+    tasks = [asyncio.create_task(job(n)) for n in ("a1", "a2", "b1")]
+    await _settle()
+    tasks += [asyncio.create_task(job(n)) for n in ("a3", "b2")]
+    await _settle()
+    assert order == ["a1", "a2", "b1"] and fair.waiting == 2
+    gates["b1"].set()
+    await _settle()
+    assert order == ["a1", "a2", "b1", "b2"]
+    for gate in gates.values():
+        gate.set()
+    await asyncio.gather(*tasks)
+
+
+@pytest.mark.anyio
+async def test_a_waiter_granted_then_cancelled_before_it_runs_gives_the_slot_back() -> None:
+    # The release grants the waiter's future, then its task is cancelled before it resumes:
+    # the slot it was given must be released, or it leaks for good.
+    fair = FairShare(1)
+    holding = fair.slot("alice")
+    await holding.__aenter__()
+
+    async def hold(tenant: str) -> None:
+        async with fair.slot(tenant):
+            await asyncio.Event().wait()
+
+    waiter = asyncio.create_task(hold("bob"))
+    await _settle()
+    assert fair.waiting == 1
+    await holding.__aexit__(None, None, None)  # grants bob's future, no loop turn
+    assert fair.held("bob") == 1
+    waiter.cancel()  # before bob's task resumes
+    done = await asyncio.gather(waiter, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert fair.held("bob") == 0 and fair.waiting == 0
+    async with fair.slot("carol"):  # the one slot is free again
+        assert fair.held("carol") == 1

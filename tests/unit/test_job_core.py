@@ -6,9 +6,11 @@ the scheduler's contract suite."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pathlib
 import pickle
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -32,7 +34,7 @@ from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs import runner_step
 from gateway.jobs.queue_port import Claim
 from gateway.jobs.retention_sweep import FIRST_SWEEP_S, RETENTION_SWEEP_S, Swept
-from gateway.runtime.breaker import BreakerPolicy, BreakerState
+from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
 from gateway.store.sqlite import SqliteStore
@@ -719,6 +721,37 @@ async def test_only_backend_faults_count_and_only_the_trial_closes(store: Sqlite
 
 
 @pytest.mark.parametrize("kind", QUEUES)
+async def test_a_half_open_trial_found_no_job_and_the_next_job_still_runs(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # The scheduler takes the half-open trial's permit before it claims: with the queue empty
+    # the permit must be given back, or no job is ever let through (stuck HALF_OPEN).
+    runner = ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(store, kind, {"sim": runner}, clock=clock, breaker=policy)
+    runtime = core.backends["sim"]
+    try:
+        failed = await core.submit("alice", spec("sim"))
+        await core.until("alice", failed.id, "RUNNING")
+        runner.fail(failed.id, FailureKind.BACKEND_FAULT)
+        await core.until("alice", failed.id, "FAILED")
+        assert runtime.breaker.state is BreakerState.OPEN
+        clock.advance(10)  # half-open, and nothing queued
+        runtime.wake.set()
+        for _ in range(20):  # the scheduler takes a turn: the trial's permit, no claim
+            await asyncio.sleep(0)
+        assert runtime.breaker.state.value == "HALF_OPEN"
+        trial = await core.submit("alice", spec("sim"))
+        await core.until("alice", trial.id, "RUNNING", timeout=2.0)
+        runner.succeed(trial.id)
+        await core.until("alice", trial.id, "SUCCEEDED")
+        assert runtime.breaker.state.value == "CLOSED"
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("kind", QUEUES)
 async def test_a_running_job_whose_claim_lapsed_past_its_queue_time_is_not_failed(
     store: SqliteStore, kind: QueueKind
 ) -> None:
@@ -740,6 +773,38 @@ async def test_a_running_job_whose_claim_lapsed_past_its_queue_time_is_not_faile
         runner.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
         assert runner.cancelled == []
+    finally:
+        await _close(core)
+
+
+async def test_a_lapsed_claim_of_a_running_job_gives_back_a_half_open_trials_place(
+    store: SqliteStore,
+) -> None:
+    # A lapsed claim of a job this process still runs goes back to its step; the permit the
+    # scheduler took for it must be given back, or a half-open trial's place is lost for good
+    # (no job is let through again).
+    runner = ScriptedRunner(slots=2)
+    core = await build_core(store, "memory", {"sim": runner})
+    runtime = core.backends["sim"]
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        running = runtime.running[job.id]
+        now = [0.0]
+        breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=10), lambda: now[0])
+        runtime.breaker = breaker
+        opener = breaker.try_dispatch()
+        assert opener is not None
+        breaker.record_failure(opener)
+        now[0] = 10.0
+        trial = breaker.try_dispatch()
+        assert trial is not None and trial.trial
+        scheduler = core.manager._schedulers["sim"]
+        kept = scheduler.start_job(dataclasses.replace(running.claim), trial)
+        assert kept is running
+        assert breaker.try_dispatch() is not None  # the trial's place went to the next job
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
     finally:
         await _close(core)
 
@@ -773,6 +838,40 @@ async def test_a_failed_lease_renewal_is_retried_not_a_job_failure(
         runner.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
         assert runner.cancelled == []
+    finally:
+        await _close(core)
+
+
+@pytest.mark.parametrize("model", [ExecutionModel.LOCAL, ExecutionModel.REMOTE])
+async def test_a_running_jobs_lease_is_renewed_well_before_it_lapses(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, model: ExecutionModel
+) -> None:
+    # A holder that renews less often than its lease lasts loses the claim while the job runs:
+    # another holder claims it again and the job runs twice.
+    lease_s = 1.0  # renewed every third of it; a loaded machine's stalls stay well inside
+    runner = ScriptedRunner(slots=1, model=model)
+    core = await build_core(store, "store", {"sim": runner}, clock=Clock(), lease_s=lease_s)
+    real = store.renew_claim
+    times: list[float] = []
+    enough = asyncio.Event()
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        times.append(time.monotonic())
+        if len(times) >= 3:
+            enough.set()
+        return await real(*args, **kwargs)
+
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        monkeypatch.setattr(store, "renew_claim", counted)
+        start = time.monotonic()
+        async with asyncio.timeout(5):
+            await enough.wait()
+        gaps = [b - a for a, b in zip([start, *times], times, strict=False)]
+        assert max(gaps) < lease_s, f"renewals {gaps} apart, the lease lasts {lease_s}s"
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
     finally:
         await _close(core)
 

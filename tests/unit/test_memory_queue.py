@@ -82,3 +82,50 @@ def test_position_predicts_the_claim_order(
         assert predicted == {job_id: order.index(job_id) for job_id, _ in jobs}
     finally:
         world.loop.close()
+
+
+def _job(job_id: str, created: datetime, session: str = "") -> Job:
+    return Job(
+        id=job_id,
+        tenant="acme",
+        request_id="",
+        backend="aer",
+        state=JobState.QUEUED,
+        created_at=created,
+        num_pubs=1,
+        seed=0,
+        session=session,
+    )
+
+
+def test_a_session_job_queue_time_counts_from_when_it_was_let_in() -> None:
+    # A session's job waited in its session's line (bounded by the session's TTLs) before it
+    # was put here: it must not expire the moment its turn comes.
+    now = [T0]
+    queue = MemoryQueue("aer", 600.0, 30.0, lambda: now[0])
+    loop = asyncio.new_event_loop()
+    try:
+        now[0] = T0 + timedelta(seconds=900)
+        loop.run_until_complete(queue.put(_job("s0", T0, session="sess"), None))
+        assert loop.run_until_complete(queue.take_expired()) == []
+        now[0] = T0 + timedelta(seconds=1500)
+        assert [j.id for j in loop.run_until_complete(queue.take_expired())] == ["s0"]
+    finally:
+        loop.close()
+
+
+def test_a_job_behind_a_late_session_job_still_expires() -> None:
+    # s0 (a session's job, let in late) is first in the line but expires last: the plain job
+    # behind it must still expire at its own deadline.
+    now = [T0 + timedelta(seconds=1)]
+    queue = MemoryQueue("aer", 600.0, 30.0, lambda: now[0])
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(queue.put(_job("n1", T0 + timedelta(seconds=1)), None))
+        now[0] = T0 + timedelta(seconds=300)
+        loop.run_until_complete(queue.put(_job("s0", T0, session="sess"), None))
+        now[0] = T0 + timedelta(seconds=601)
+        assert [j.id for j in loop.run_until_complete(queue.take_expired())] == ["n1"]
+        assert loop.run_until_complete(queue.depth()) == 1
+    finally:
+        loop.close()
