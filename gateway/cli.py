@@ -671,6 +671,22 @@ def _state(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown state {text!r} (one of {names})") from None
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e9:  # NaN too: every call with it failed DEADLINE_EXCEEDED
+        raise argparse.ArgumentTypeError("must be a number above 0")
+    return value
+
+
+def _target(text: str) -> str:
+    if not text.strip():  # gRPC answered an empty target with pages of its own log
+        raise argparse.ArgumentTypeError("must name the gateway (host:port)")
+    return text
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -686,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
+        type=_target,
         default=default_target,
         help=f"gateway host:port (default: ${ENV_TARGET} or {DEFAULT_TARGET}; now "
         f"{default_target})",
@@ -704,15 +721,17 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, text in switches.items():
         parser.add_argument(flag, action="store_true", help=text)
     timeout_help = "seconds for the call (default: none)"
-    parser.add_argument("--timeout", type=float, default=None, help=timeout_help)
+    parser.add_argument("--timeout", type=_positive, default=None, help=timeout_help)
     # Also accepted after the subcommand; SUPPRESS keeps the global value when absent there.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=argparse.SUPPRESS, help="gateway host:port")
+    common.add_argument(
+        "--target", type=_target, default=argparse.SUPPRESS, help="gateway host:port"
+    )
     for flag, text in tls_help.items():
         common.add_argument(flag, default=argparse.SUPPRESS, help=text)
     for flag, text in switches.items():
         common.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
-    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=timeout_help)
+    common.add_argument("--timeout", type=_positive, default=argparse.SUPPRESS, help=timeout_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -732,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="a label for the key")
     create.add_argument("--role", choices=_ROLES, default="user", help=role_help)
     create.add_argument(
-        "--expires-in-days", type=float, default=None, help="the key expires after this long"
+        "--expires-in-days", type=_positive, default=None, help="the key expires after this long"
     )
     create.set_defaults(handler=_cmd_keys_create)
     key_list = keys_sub.add_parser("list", parents=[common], help="list API keys")

@@ -228,6 +228,21 @@ class ServerConfig(_Strict):
             )
         return self
 
+    @field_validator("listen", "health_listen")
+    @classmethod
+    def _host_and_port(cls, address: str | None) -> str | None:
+        # gRPC takes a port past 65535 modulo 65536, and no port as 443: the gateway served
+        # on a port nobody asked for.
+        if address is None or address.startswith(("unix:", "unix-abstract:")):
+            return address
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"{address!r}: expected HOST:PORT, the port 0-65535 (0: any free port), or "
+                "unix:PATH"
+            )
+        return address
+
     @field_validator("cpu_affinity")
     @classmethod
     def _distinct_cpus(cls, cpus: tuple[int, ...] | None) -> tuple[int, ...] | None:

@@ -81,6 +81,10 @@ class StoreInUse(RuntimeError):
     """A migration that older gateways cannot run beside is due while others use the store."""
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer gateway: this one cannot read it safely."""
+
+
 # How long a start waits for a replica beside it to apply a migration it may not apply itself
 # (one replica of a version applies it, the others wait), and how often it looks.
 PEER_MIGRATION_WAIT_S = 30.0
@@ -1470,7 +1474,7 @@ def _migrate(
         try:
             current = _schema_version(conn)
             if current > LATEST_SCHEMA_VERSION:
-                raise RuntimeError(
+                raise SchemaTooNew(
                     f"{path}: database schema version {current} is newer than this gateway "
                     f"knows ({LATEST_SCHEMA_VERSION}); upgrade the gateway or use another "
                     "data directory"

@@ -144,6 +144,55 @@ def test_cli_errors_are_one_line(address: str, tmp_path: Path) -> None:
     assert len(unreachable.stderr.strip().splitlines()) == 1
 
 
+def test_cli_arguments_that_could_only_fail_later_are_usage_errors(address: str) -> None:
+    # A timeout of 0 or below failed every call DEADLINE_EXCEEDED; an empty target printed
+    # pages of gRPC's own log.
+    for args in (["--timeout", "0"], ["--timeout", "-1"], ["--timeout", "nan"]):
+        refused = _cli(address, "backends", *args)
+        assert refused.returncode == 2 and "must be a number above 0" in refused.stderr
+    empty = subprocess.run(
+        [str(BIN / "qgateway"), "backends", "--target", ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert empty.returncode == 2 and "must name the gateway" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) <= 3  # argparse's usage and the reason
+
+
+def test_a_start_that_cannot_use_its_data_directory_says_why_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # A data_dir that is a file, or a database a newer gateway migrated, ended in a
+    # traceback and exit 1.
+    import sqlite3
+
+    from gateway.store.sqlite import LATEST_SCHEMA_VERSION
+
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    newer = tmp_path / "newer"
+    newer.mkdir(mode=0o700)
+    conn = sqlite3.connect(newer / "qgateway.db")
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'x')", (LATEST_SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    for data_dir, needle in ((a_file, "data_dir"), (newer, "is newer than this gateway")):
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'data_dir = "{data_dir}"\n[server]\nlisten = "127.0.0.1:0"\n')
+        start = subprocess.run(
+            [str(BIN / "qgateway"), "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert start.returncode == 2, start.stderr[-2000:]
+        assert "Traceback" not in start.stderr and needle in start.stderr
+        assert start.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_a_second_gateway_on_the_same_data_directory_refuses_to_start(
     gateway: GatewayProcess, address: str
 ) -> None:

@@ -139,6 +139,12 @@ def test_relative_paths_from_the_environment_stay_relative_to_the_working_direct
             "[tenants.t.policy]\nrequest_rate = { per_second = 1, burst = 2147483648 }\n",
             "request_rate.burst",
         ),
+        # gRPC served on the port modulo 65536, on 443 without one: ports nobody asked for.
+        ('[server]\nlisten = "127.0.0.1:99999"\n', "server.listen"),
+        ('[server]\nlisten = "127.0.0.1:65536"\n', "server.listen"),
+        ('[server]\nlisten = "127.0.0.1"\n', "server.listen"),
+        ('[server]\nlisten = "127.0.0.1:-5"\n', "server.listen"),
+        ('[server]\nhealth_listen = ":8080"\n', "server.health_listen"),
         # Every job naming no shots would be refused, for a field it never set.
         ('[backends.a]\nadapter = "aer"\nmax_shots = 100\n', "default_shots"),
         (
@@ -255,3 +261,10 @@ def test_every_configuration_the_readme_shows_loads(tmp_path: Path) -> None:
         path = tmp_path / f"readme-{i}.toml"
         path.write_text(block)
         load_config(path)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::]:50051", "0.0.0.0:443", "unix:/tmp/q.sock"])
+def test_listen_addresses_gRPC_serves_as_written_load(tmp_path: Path, listen: str) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(f'[server]\nlisten = "{listen}"\n')
+    assert load_config(path).server.listen == listen
