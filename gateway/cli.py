@@ -303,9 +303,13 @@ def _is_local(target: str) -> bool:
     """Whether a gRPC target is this host (a plaintext key cannot be read on the way)."""
     if target.startswith(("unix:", "unix-abstract:")):
         return True
-    address = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
-    host = address.rsplit(":", 1)[0] if not address.startswith("[") else address[1:].split("]")[0]
-    return is_loopback_host(host)
+    addresses = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    # Every address of a list: gRPC goes on to the next when one fails to connect.
+    return all(is_loopback_host(_host(address)) for address in addresses.split(","))
+
+
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0] if not address.startswith("[") else address[1:].split("]")[0]
 
 
 def _client(args: argparse.Namespace) -> Client:

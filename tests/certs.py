@@ -82,8 +82,11 @@ def issue(
     uris: tuple[str, ...] = (),
     ips: tuple[str, ...] = (),
     server: bool = False,
+    valid_from: datetime.timedelta = -datetime.timedelta(minutes=5),
+    valid_for: datetime.timedelta = datetime.timedelta(days=1),
 ) -> Issued:
-    """A leaf certificate signed by `ca` (server: serverAuth, else clientAuth)."""
+    """A leaf certificate signed by `ca` (server: serverAuth, else clientAuth), valid from
+    now + `valid_from` for `valid_for`."""
     import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -97,8 +100,8 @@ def issue(
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now + valid_from)
+        .not_valid_after(now + valid_from + valid_for)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(

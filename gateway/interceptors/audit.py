@@ -100,6 +100,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 service=service,
                 method=method,
                 key_prefix=failure.key_prefix[:MAX_CLIENT_TEXT],
+                principal=failure.principal[:MAX_CLIENT_TEXT],
                 peer=failure.peer,
                 code=int(failure.code),
                 reason=failure.reason,

@@ -12,7 +12,11 @@ import grpc
 from gateway.api.context import Context
 from gateway.domain.errors import GatewayError
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
-from gateway.security.authenticator import Authenticator, claimed_key_prefix
+from gateway.security.authenticator import (
+    Authenticator,
+    claimed_key_prefix,
+    refused_principal,
+)
 from gateway.security.principals import ANONYMOUS, AuthFailure, Principal, current_principal
 
 
@@ -68,6 +72,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             reason=err.reason,
                             code=err.code,
                             key_prefix=claimed_key_prefix(metadata),
+                            principal=refused_principal(err),
                         )
                     )
                 raise

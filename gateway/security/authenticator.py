@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.domain.errors import Unauthenticated
+from gateway.domain.errors import GatewayError, Unauthenticated
 from gateway.security.api_keys import KEY_PREFIX, METADATA_KEY, KeyVerifier, key_prefix
 from gateway.security.jwt_auth import JwtVerifier
 from gateway.security.mtls import (
@@ -57,6 +57,12 @@ def claimed_key_prefix(metadata: Metadata) -> str:
     """The prefix a `qgw_` bearer key claims ("" otherwise): safe to log and audit."""
     token = bearer_token(metadata)
     return (key_prefix(token) or "") if token else ""
+
+
+def refused_principal(error: GatewayError) -> str:
+    """Who a verified but refused credential names, for the audit record ("" for none)."""
+    certificate = error.metadata.get("certificate")
+    return f"cert/{certificate}" if certificate else ""
 
 
 class Authenticator:
@@ -158,6 +164,8 @@ class Authenticator:
                     "CERTIFICATE_NOT_MAPPED",
                     "the client certificate matches no [[auth.mtls]] rule; send a bearer "
                     "credential or have a rule added",
+                    # The caller's own, verified certificate: the audit record names it.
+                    metadata={"certificate": cert.subject or ",".join(cert.sans)},
                 )
             raise Unauthenticated(
                 "API_KEY_MISSING",

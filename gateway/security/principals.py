@@ -66,6 +66,8 @@ class AuthFailure:
         code: The status the call ended with: UNAUTHENTICATED, or RESOURCE_EXHAUSTED when the
             host had spent its key lookups.
         key_prefix: The public prefix of the key presented, when it had one. Never a key.
+        principal: Who a verified but refused credential names ("cert/<subject>" for a
+            certificate no rule maps), else "".
     """
 
     method: str
@@ -73,6 +75,7 @@ class AuthFailure:
     reason: str
     code: Code
     key_prefix: str = ""
+    principal: str = ""
 
 
 # Set by the auth interceptor for the duration of one call.

@@ -3,8 +3,9 @@
 grpc's dynamic server credentials ask a fetcher for a new certificate configuration whenever
 a connection is set up; ours looks at the files' modification times (at most every
 `reload_check_s` seconds) and reads them again when they changed. A half-written rotation
-(a certificate that does not match its key, or a file that does not parse) is not taken: the
-previous certificate keeps serving, and the next check tries again.
+(a certificate that does not match its key, or a file that does not parse), or a certificate
+outside its validity, is not taken: the previous certificate keeps serving, and the next check
+tries again.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 log = logging.getLogger("gateway.tls")
@@ -33,14 +36,28 @@ class _Files:
     ca: bytes | None
 
 
-def _check_pair(cert_pem: bytes, key_pem: bytes) -> None:
-    """Raises ValueError unless the first certificate in `cert_pem` belongs to `key_pem`."""
+def _check_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> None:
+    """Raises ValueError unless the first certificate in `cert_pem` belongs to `key_pem` and is
+    valid at `now` (an expired one fails every client's handshake: never worth serving)."""
     cert = x509.load_pem_x509_certificates(cert_pem)[0]
-    key = serialization.load_pem_private_key(key_pem, password=None)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ValueError(
+            "the private key is encrypted: give it unencrypted (the gateway has no passphrase)"
+        ) from None
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(f"the private key's algorithm is not supported: {exc}") from None
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if cert.public_key().public_bytes(der, public) != key.public_key().public_bytes(der, public):
         raise ValueError("the certificate does not belong to the private key")
+    if now > cert.not_valid_after_utc:
+        raise ValueError(f"the certificate expired at {cert.not_valid_after_utc.isoformat()}")
+    if now < cert.not_valid_before_utc:
+        raise ValueError(
+            f"the certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
 
 
 class ReloadingServerCredentials:
@@ -52,6 +69,8 @@ class ReloadingServerCredentials:
         client_ca_file: CA certificates clients' certificates must chain to (mTLS).
         require_client_auth: Require and verify a client certificate on every connection.
         reload_check_s: Least time between two looks at the files.
+        clock: Monotonic seconds (when to look again).
+        wall_clock: The time certificates must be valid at.
 
     Raises:
         ValueError: The files cannot be read or do not match (at start, a configuration error).
@@ -66,11 +85,13 @@ class ReloadingServerCredentials:
         require_client_auth: bool = False,
         reload_check_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._paths = (cert_file, key_file) + ((client_ca_file,) if client_ca_file else ())
         self._require = require_client_auth
         self._reload_check_s = reload_check_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()  # grpc may call the fetcher from its own threads
         self._checked = clock()
         self.reloads = 0
@@ -86,7 +107,7 @@ class ReloadingServerCredentials:
 
     def _read(self) -> _Files:
         cert, key = self._paths[0].read_bytes(), self._paths[1].read_bytes()
-        _check_pair(cert, key)
+        _check_pair(cert, key, self._wall_clock())
         ca = self._paths[2].read_bytes() if len(self._paths) > 2 else None
         if ca is not None:
             x509.load_pem_x509_certificates(ca)

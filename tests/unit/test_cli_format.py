@@ -343,7 +343,16 @@ def test_an_api_key_is_not_sent_in_plaintext_to_another_host(
     assert "secret" not in err
     for local in ("127.0.0.1:50051", "localhost:1", "[::1]:50051", "unix:/run/q.sock"):
         assert cli._is_local(local), local
-    for remote in ("gw.example.com:443", "10.0.0.5:50051", "[2001:db8::1]:443", "dns:///gw:1"):
+    assert cli._is_local("ipv6:[::1]:1,[::1]:2")
+    for remote in (
+        "gw.example.com:443",
+        "10.0.0.5:50051",
+        "[2001:db8::1]:443",
+        "dns:///gw:1",
+        # gRPC goes on to the second address when the first one fails: it got the key.
+        "ipv6:[::1]:50051,[2001:db8::1]:50051",
+        "ipv4:127.0.0.1:1,10.0.0.5:2",
+    ):
         assert not cli._is_local(remote), remote
     parse = cli.build_parser().parse_args
     for argv in (["--tls", "backends"], ["backends", "--plaintext"]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -14,7 +15,12 @@ from pydantic import ValidationError
 from gateway.config import GatewayConfig
 from gateway.domain.errors import Unauthenticated
 from gateway.security.api_keys import KeyRing, KeyVerifier, generate_key
-from gateway.security.authenticator import Authenticator, bearer_token, claimed_key_prefix
+from gateway.security.authenticator import (
+    Authenticator,
+    bearer_token,
+    claimed_key_prefix,
+    refused_principal,
+)
 from gateway.security.mtls import (
     CertMapper,
     CertMatch,
@@ -253,3 +259,34 @@ def test_san_wildcards_stay_inside_one_name_or_path_segment() -> None:
     assert uri.matches(PeerCert("", ("spiffe://acme/alice",))) == "spiffe://acme/alice"
     assert uri.matches(PeerCert("", ("spiffe://acme/alice/admin",))) is None
     assert uri.matches(PeerCert("", ("spiffe://acme.evil/alice",))) is None
+
+
+async def test_a_refused_certificate_is_named_in_its_audit_record() -> None:
+    # The record of a CERTIFICATE_NOT_MAPPED refusal named no one: the verified subject was
+    # lost (a refused key at least leaves its prefix).
+    from gateway.domain.errors import Code
+    from gateway.interceptors.audit import AuditInterceptor
+    from gateway.security.principals import AuthFailure
+
+    with pytest.raises(Unauthenticated) as caught:
+        await _auth().authenticate((), {"x509_subject": [b"CN=eve"]})
+    assert refused_principal(caught.value) == "cert/CN=eve"
+    with pytest.raises(Unauthenticated) as caught:
+        await _auth().authenticate((), {})
+    assert refused_principal(caught.value) == ""
+    written: list[Any] = []
+
+    class Writer:
+        def auth_failed(self, record: Any) -> None:
+            written.append(record)
+
+    AuditInterceptor(Writer()).auth_failed(  # type: ignore[arg-type]
+        AuthFailure(
+            method="/qgateway.v1.JobService/ListJobs",
+            peer="ipv4:127.0.0.1:5000",
+            reason="CERTIFICATE_NOT_MAPPED",
+            code=Code.UNAUTHENTICATED,
+            principal="cert/CN=eve",
+        )
+    )
+    assert written[0].principal == "cert/CN=eve"
