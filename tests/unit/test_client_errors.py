@@ -635,3 +635,15 @@ def test_a_closed_async_client_is_not_reopened() -> None:
             await client.get_job("j1")
 
     asyncio.run(main())
+
+
+def test_a_refused_certificate_is_not_retried_as_an_outage() -> None:
+    # A wrong --ca was retried ten times over ~20 s before its clear error was shown.
+    refused = UnavailableError(
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: Ssl "
+        "handshake failed: SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:"
+        "CERTIFICATE_VERIFY_FAILED"
+    )
+    assert client_module._retry_delay(DEFAULT_RETRY, refused, 1, None) is None
+    outage = UnavailableError("failed to connect to all addresses; connection refused")
+    assert client_module._retry_delay(DEFAULT_RETRY, outage, 1, None) is not None

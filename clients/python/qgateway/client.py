@@ -238,9 +238,15 @@ def _retry_delay(
     (or, for SubmitJob and Run, the same request_id finds what it did); GATEWAY_DRAINING."""
     if _draining(error):
         return _attempt_delay(policy, error, max(attempt, 1), deadline)
-    if error.code != grpc.StatusCode.UNAVAILABLE:
+    if error.code != grpc.StatusCode.UNAVAILABLE or _untrusted(error):
         return None
     return _attempt_delay(policy, error, attempt, deadline)
+
+
+def _untrusted(error: QGatewayError) -> bool:
+    """The connection failed because one side refused the other's certificate: a wrong CA or
+    client certificate, which ten more attempts over twenty seconds cannot fix."""
+    return "CERTIFICATE_VERIFY_FAILED" in error.message
 
 
 def _attempt_delay(
