@@ -51,6 +51,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not args.no_head:
         try:
             head = audit_files.read_head(paths.head, key)
+        except audit_files.UnsealedHead as exc:
+            print(
+                f"BAD: {exc}: after an upgrade, start the gateway once (it checks the head "
+                "against the database and seals it), then verify again",
+                file=sys.stderr,
+            )
+            return 1
         except ValueError as exc:
             # Written atomically and sealed by the gateway: anything else was written by
             # someone else, perhaps to hide the deletion of the newest records.

@@ -79,10 +79,20 @@ def write_head(path: Path, head: ChainPoint, key: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+class UnsealedHead(ValueError):
+    """A head file without a seal: written by a gateway from before heads were sealed, or by
+    someone without the key. `head` is what it names."""
+
+    def __init__(self, message: str, head: ChainPoint) -> None:
+        super().__init__(message)
+        self.head = head
+
+
 def read_head(path: Path, key: bytes) -> ChainPoint | None:
     """The exported head, or None when no head was written yet.
 
     Raises:
+        UnsealedHead: When the file is a head file without a seal.
         ValueError: When the file is not a head file this key sealed.
     """
     try:
@@ -92,11 +102,17 @@ def read_head(path: Path, key: bytes) -> ChainPoint | None:
     try:
         data = json.loads(text)
         head = ChainPoint(int(data["sequence"]), bytes.fromhex(str(data["mac"])))
-        seal = bytes.fromhex(str(data["seal"]))
+        seal = bytes.fromhex(str(data["seal"])) if "seal" in data else None
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not an audit head file ({exc})") from None
     if head.sequence < 0 or len(head.mac) != MAC_BYTES:
         raise ValueError(f"{path}: not an audit head file (sequence {head.sequence})")
+    if seal is None:
+        raise UnsealedHead(
+            f"{path}: the head is not sealed (written by a gateway from before heads were "
+            "sealed, or by someone without the audit key)",
+            head,
+        )
     if not hmac.compare_digest(head_seal(key, head), seal):
         raise ValueError(
             f"{path}: the head's seal is not this audit key's (the file was written by "

@@ -91,6 +91,8 @@ class AuditLog:
             clock=clock,
         )
         self._exported: ChainPoint | None = None
+        # False while the head file is an unsealed one (from an earlier version).
+        self._sealed = True
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -115,6 +117,13 @@ class AuditLog:
             self._exported = await asyncio.to_thread(
                 audit_files.read_head, self._head_path, self._key
             )
+        except audit_files.UnsealedHead as exc:
+            # Checked like a sealed one (a database that no longer reaches it keeps the file
+            # as evidence), then sealed. Taking it hides nothing that removing the file would
+            # not: a start then writes a new head too.
+            self._exported = exc.head
+            self._sealed = False
+            log.warning("audit: %s; checked against the database and sealed now", exc)
         except ValueError as exc:
             # Kept beside, not overwritten: it is evidence, and an operator must see it.
             kept = self._head_path.with_name(f"{self._head_path.name}.unreadable")
@@ -197,9 +206,10 @@ class AuditLog:
             )
             await asyncio.to_thread(audit_files.write_head, self._head_path, committed, self._key)
             self._exported = committed
+            self._sealed = True
             return committed
         head = await self._store.audit_head()
-        if head == exported:
+        if head == exported and self._sealed:
             return head
         if exported is not None and not await self._store.audit_holds(exported):
             log.critical(
@@ -213,6 +223,7 @@ class AuditLog:
             return head
         await asyncio.to_thread(audit_files.write_head, self._head_path, head, self._key)
         self._exported = head
+        self._sealed = True
         log.info("audit head sequence=%d mac=%s", head.sequence, head.mac.hex())
         return head
 

@@ -34,11 +34,13 @@ class _Files:
     cert: bytes
     key: bytes
     ca: bytes | None
+    not_after: datetime
 
 
-def _check_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> None:
-    """Raises ValueError unless the first certificate in `cert_pem` belongs to `key_pem` and is
-    valid at `now` (an expired one fails every client's handshake: never worth serving)."""
+def _check_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> datetime:
+    """The end of the validity of the first certificate in `cert_pem`; raises ValueError
+    unless it belongs to `key_pem` and is valid at `now` (an expired one fails every client's
+    handshake: never worth serving)."""
     cert = x509.load_pem_x509_certificates(cert_pem)[0]
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -58,6 +60,7 @@ def _check_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> None:
         raise ValueError(
             f"the certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
         )
+    return cert.not_valid_after_utc
 
 
 class ReloadingServerCredentials:
@@ -97,9 +100,12 @@ class ReloadingServerCredentials:
         self.reloads = 0
         try:
             self._stamp = self._stat()
-            self._initial = self._configuration(self._read())
+            files = self._read()
+            self._initial = self._configuration(files)
         except (OSError, ValueError) as exc:
             raise ValueError(f"server.tls: {exc}") from None
+        self._not_after = files.not_after
+        self._expiry_told = False
 
     def _stat(self) -> _Stamp:
         stats = [os.stat(p) for p in self._paths]
@@ -107,11 +113,11 @@ class ReloadingServerCredentials:
 
     def _read(self) -> _Files:
         cert, key = self._paths[0].read_bytes(), self._paths[1].read_bytes()
-        _check_pair(cert, key, self._wall_clock())
+        not_after = _check_pair(cert, key, self._wall_clock())
         ca = self._paths[2].read_bytes() if len(self._paths) > 2 else None
         if ca is not None:
             x509.load_pem_x509_certificates(ca)
-        return _Files(cert, key, ca)
+        return _Files(cert, key, ca, not_after)
 
     @staticmethod
     def _configuration(files: _Files) -> grpc.ServerCertificateConfiguration:
@@ -124,6 +130,7 @@ class ReloadingServerCredentials:
             if now - self._checked < self._reload_check_s:
                 return None
             self._checked = now
+            self._tell_expiry()
             try:
                 stamp = self._stat()
                 if stamp == self._stamp:
@@ -133,9 +140,22 @@ class ReloadingServerCredentials:
                 log.warning("TLS files changed but cannot be used yet (keeping the old): %s", exc)
                 return None
             self._stamp = stamp
+            self._not_after, self._expiry_told = files.not_after, False
             self.reloads += 1
             log.info("TLS certificate reloaded from %s", self._paths[0])
             return self._configuration(files)
+
+    def _tell_expiry(self) -> None:
+        # Served on once expired (clients then refuse every handshake), and refused at the next
+        # start: said once, loudly, so the rotation that did not happen is noticed.
+        if not self._expiry_told and self._wall_clock() > self._not_after:
+            self._expiry_told = True
+            log.error(
+                "TLS: the served certificate %s expired at %s; clients refuse it, and a restart "
+                "refuses to start with it: rotate it",
+                self._paths[0],
+                self._not_after.isoformat(),
+            )
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(

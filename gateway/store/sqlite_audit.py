@@ -500,7 +500,9 @@ class SqliteAudit:
             ).fetchone()
             if bound is None:
                 return 0
-            point = ChainPoint(int(bound[0]), bytes(bound[1]))
+            # An edited MAC (text) anchors as empty: the record after it then fails verify,
+            # so the edit still shows once its record is gone.
+            point = ChainPoint(int(bound[0]), _mac(bound[1]))
             conn.execute(
                 "INSERT INTO audit_anchor (id, seq, mac, anchor_mac) VALUES (1, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, mac = excluded.mac,"

@@ -503,11 +503,11 @@ async def test_a_lapsed_running_job_given_back_is_handed_out_again(h: Harness) -
     # A RUNNING job whose holder died is claimed again (lapsed), then given back unstarted (a
     # gateway draining): it must be handed out once more, not left RUNNING with no holder.
     await h.add("job")
-    first = await h.claim("a")
+    await h.claim("a")
     assert await h.store.mark_running("job", h.clock()) is not None
     h.clock.advance(LEASE)
     again = await h.claim("b")
     assert again.job.id == "job"
     await h.queue("b").release(again)
     third = await h.claim("b")
-    assert third.job.id == "job" and third is not first
+    assert third.job.id == "job"

@@ -723,3 +723,81 @@ def test_a_record_holding_a_value_no_gateway_writes_is_named(
         asyncio.run(listed())
     assert caught.value.reason == "AUDIT_RECORD_CORRUPT"
     assert caught.value.metadata == {"sequence": "10"}
+
+
+def test_an_edited_mac_among_expired_records_neither_stops_a_start_nor_hides(
+    tmp_path: Path,
+) -> None:
+    # The retention sweep read the MAC with bytes(): a MAC edited to text raised TypeError,
+    # and the start failed (the hourly sweep would have failed every time).
+    now = datetime.now(UTC)
+    young = [replace(r, time=now, end_time=now) for r in _records(2, start=50)]
+
+    async def write() -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            await store.append_audit(_records(6))  # long past a one-day retention
+            await store.append_audit(young)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    _edit(tmp_path / "q.db", "UPDATE audit_records SET mac = 'x' WHERE seq = 6")
+
+    async def start() -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path, retention_s=86400.0)
+        await store.open()
+        try:
+            await log.start()
+            assert [r.sequence for r in (await store.list_audit(limit=10)).records] == [7, 8]
+        finally:
+            await log.close()
+            await store.close()
+
+    asyncio.run(start())
+    verdict = _verify_file(tmp_path / "q.db", None)
+    assert (verdict.ok, verdict.sequence) == (False, 7)  # chained from the MAC that was edited
+
+
+def test_an_unsealed_head_from_an_earlier_version_is_checked_then_sealed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first start after upgrading took the earlier version's head for a forgery: a new head
+    # from the database, and records deleted before the upgrade could no longer be found.
+    head_file = tmp_path / "audit-head.json"
+
+    async def write(n: int) -> ChainPoint:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            return await store.append_audit(_records(n))
+        finally:
+            await store.close()
+
+    async def start() -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        log = _audit_log(store, tmp_path)
+        await store.open()
+        try:
+            await log.start()
+        finally:
+            await log.close()
+            await store.close()
+
+    old = asyncio.run(write(5))
+    head_file.write_text(json.dumps({"sequence": old.sequence, "mac": old.mac.hex()}))
+    with pytest.raises(audit_files.UnsealedHead):
+        audit_files.read_head(head_file, KEY)
+    asyncio.run(start())
+    assert "not sealed" in caplog.text and "CRITICAL" not in caplog.text
+    assert audit_files.read_head(head_file, KEY) == old  # sealed now, same point
+    # The earlier version's head names a record deleted before the upgrade: kept, and said.
+    _delete_newest(tmp_path / "q.db", 3)
+    head_file.write_text(json.dumps({"sequence": old.sequence, "mac": old.mac.hex()}))
+    caplog.clear()
+    asyncio.run(start())
+    assert "no longer holds the exported head" in caplog.text
+    with pytest.raises(audit_files.UnsealedHead):  # the evidence, as it was
+        audit_files.read_head(head_file, KEY)

@@ -34,7 +34,7 @@ from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs import runner_step
 from gateway.jobs.queue_port import Claim
 from gateway.jobs.retention_sweep import FIRST_SWEEP_S, RETENTION_SWEEP_S, Swept
-from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Permit
 from gateway.security.policies import PolicyBook
 from gateway.security.tenant_policy import TenantPolicy
 from gateway.store.sqlite import SqliteStore
@@ -722,7 +722,7 @@ async def test_only_backend_faults_count_and_only_the_trial_closes(store: Sqlite
 
 @pytest.mark.parametrize("kind", QUEUES)
 async def test_a_half_open_trial_found_no_job_and_the_next_job_still_runs(
-    store: SqliteStore, kind: QueueKind
+    store: SqliteStore, kind: QueueKind, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The scheduler takes the half-open trial's permit before it claims: with the queue empty
     # the permit must be given back, or no job is ever let through (stuck HALF_OPEN).
@@ -737,11 +737,30 @@ async def test_a_half_open_trial_found_no_job_and_the_next_job_still_runs(
         runner.fail(failed.id, FailureKind.BACKEND_FAULT)
         await core.until("alice", failed.id, "FAILED")
         assert runtime.breaker.state is BreakerState.OPEN
+        breaker = runtime.breaker
+        taken: list[Permit] = []
+        given_back = asyncio.Event()
+        dispatch, release = breaker.try_dispatch, breaker.release
+
+        def took() -> Permit | None:
+            permit = dispatch()
+            if permit is not None and permit.trial:
+                taken.append(permit)
+            return permit
+
+        def gave_back(permit: Permit) -> None:
+            release(permit)
+            if permit in taken:
+                given_back.set()
+
+        monkeypatch.setattr(breaker, "try_dispatch", took)
+        monkeypatch.setattr(breaker, "release", gave_back)
         clock.advance(10)  # half-open, and nothing queued
         runtime.wake.set()
-        for _ in range(20):  # the scheduler takes a turn: the trial's permit, no claim
-            await asyncio.sleep(0)
-        assert runtime.breaker.state.value == "HALF_OPEN"
+        # The scheduler's turn takes the trial's permit, finds no job, gives the permit back.
+        async with asyncio.timeout(5):
+            await given_back.wait()
+        assert len(taken) == 1
         trial = await core.submit("alice", spec("sim"))
         await core.until("alice", trial.id, "RUNNING", timeout=2.0)
         runner.succeed(trial.id)

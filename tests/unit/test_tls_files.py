@@ -72,3 +72,19 @@ def test_an_encrypted_key_is_a_one_line_reason_not_a_type_error(tmp_path: Path) 
     )
     with pytest.raises(ValueError, match="the private key is encrypted"):
         _credentials(cert, key, [0.0])
+
+
+def test_a_certificate_that_expires_while_served_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Served on silently once expired (clients refuse it), then refused by the next start.
+    cert, key = issue(make_ca(), "gw", server=True, dns=("localhost",)).write(tmp_path, "s")
+    clock, wall = [0.0], [NOW]
+    credentials = ReloadingServerCredentials(
+        cert, key, reload_check_s=1.0, clock=lambda: clock[0], wall_clock=lambda: wall[0]
+    )
+    wall[0] = NOW + datetime.timedelta(days=2)
+    for tick in (2.0, 4.0):
+        clock[0] = tick
+        assert credentials.fetch() is None
+    assert [r.levelname for r in caplog.records if "expired at" in r.message] == ["ERROR"]
