@@ -105,3 +105,38 @@ def test_a_job_page_is_cut_by_bytes_and_goes_on_after_the_last_job_sent() -> Non
     # One job larger than the budget still goes alone (a page is never empty).
     sent, cursor = jobs_within(jobs[:2], None, 100)
     assert [m.name for m in sent] == ["jobs/j0"] and cursor == JobCursor(jobs[0].created_at, "j0")
+
+
+def test_a_job_message_carries_its_times_and_usage_to_the_nanosecond() -> None:
+    # encode_job sets Timestamps and Durations field by field (no FromDatetime): a unit slip
+    # there showed every create/start/end time and execution duration wrong below a second.
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.domain.jobs import ExecutionInfo, Job, JobState
+    from gateway.domain.pricing import Usage
+
+    created = datetime(2026, 12, 1, 8, 30, 15, 250_000, tzinfo=UTC)
+    job = Job(
+        id="j1",
+        tenant="acme",
+        request_id="",
+        backend="aer",
+        placement="aer",
+        state=JobState.SUCCEEDED,
+        created_at=created,
+        started_at=created + timedelta(microseconds=500_001),
+        num_pubs=1,
+        seed=1,
+        execution=ExecutionInfo(
+            backend="aer", seed=1, usage=Usage(shots=10, execution_seconds=1.5)
+        ),
+    )
+    msg = codec.encode_job(job)
+    assert msg.create_time.ToDatetime(tzinfo=UTC) == created
+    assert (msg.create_time.seconds, msg.create_time.nanos) == (
+        int(created.timestamp()),
+        250_000_000,
+    )
+    assert msg.start_time.ToDatetime(tzinfo=UTC) == created + timedelta(microseconds=500_001)
+    assert msg.usage.shots == 10
+    assert msg.usage.execution_duration.ToNanoseconds() == 1_500_000_000

@@ -124,6 +124,28 @@ def test_negative_zero_is_zero() -> None:
     assert request_digest(left) == request_digest(right)
 
 
+def test_every_nan_is_one_nan_in_a_repeated_double_too() -> None:
+    # Sweeps (repeated doubles) are written as one base64 string, not value by value: their
+    # NaNs must be normalised there as well, or a client that wrote a NaN with another payload
+    # or sign on its retry got REQUEST_ID_REUSED for the same request.
+    import struct
+
+    def nan(bits: str) -> float:
+        return float(struct.unpack(">d", bytes.fromhex(bits))[0])
+
+    def sweep(value: float) -> job_pb2.JobSpec:
+        spec = _spec()
+        pub = spec.pubs.add()
+        pub.CopyFrom(_estimator())
+        pub.estimator.parameter_values.values[:] = [value, 1.0]
+        return spec
+
+    canonical = request_digest(sweep(float("nan")))
+    for bits in ("7ff8000000000001", "fff8000000000000"):
+        assert request_digest(sweep(nan(bits))) == canonical, bits
+    assert request_digest(sweep(2.0)) != canonical
+
+
 def test_field_order_on_the_wire_and_unknown_fields_do_not_matter() -> None:
     spec = _spec(labels={"x": "y"})
     spec.options.seed = 7

@@ -108,6 +108,25 @@ def test_codec_writes_counts_as_the_packed_arrays() -> None:
     assert dict(PackedCounts.from_proto(entry, 9)) == {"110100101": 3, "000000011": 1}
 
 
+def test_codec_writes_an_estimator_pub_s_values_errors_and_precision() -> None:
+    # Each array in its own field: standard errors written from the expectation values (or a
+    # precision left out) would reach the client as plausible numbers, nothing refused.
+    values = np.array([[0.5, -0.25], [1.0, 0.0]])
+    errors = np.array([[0.01, 0.02], [0.03, 0.04]])
+    result = JobResult(
+        pubs=(
+            EstimatorResult(
+                shape=(2, 2), expectation_values=values, standard_errors=errors, precision=0.05
+            ),
+        )
+    )
+    e = codec.encode_result(result).pub_results[0].estimator
+    assert list(e.shape) == [2, 2]
+    assert list(e.expectation_values) == [0.5, -0.25, 1.0, 0.0]
+    assert list(e.standard_errors) == [0.01, 0.02, 0.03, 0.04]
+    assert e.precision == 0.05
+
+
 # --- StreamJobResult chunks -------------------------------------------------------------------
 
 SHOTS = 300

@@ -318,6 +318,25 @@ async def test_a_sessions_jobs_run_one_at_a_time_in_order_beside_other_jobs(
         await core.close()
 
 
+async def test_a_held_session_job_is_removed_only_for_its_own_tenant(
+    store: SqliteStore,
+) -> None:
+    # SessionQueue.remove keeps the queue contract (another tenant's job is not removed) for
+    # jobs it holds behind the session's current one, as the inner queue does for its own.
+    core = await build(store, slots=3)
+    try:
+        s = await core.create()
+        first = await core.submit("alice", session_spec(s, "j0"))
+        held = await core.submit("alice", session_spec(s, "j1"))
+        await core.until("alice", first.id, "RUNNING")
+        assert not await core.runtime.queue.remove(held.id, "bob")
+        assert await core.runtime.queue.waiting_by_tenant() == {"alice": 1}
+        assert await core.runtime.queue.remove(held.id, "alice")
+        assert await core.runtime.queue.waiting_by_tenant() == {}
+    finally:
+        await core.close()
+
+
 async def test_a_held_session_job_queue_time_counts_from_its_turn(store: SqliteStore) -> None:
     # The job before it runs longer than the backend's queue time (3600 s here): the next one
     # waited in its session's line, not in the queue, and must not expire when its turn comes.
@@ -631,6 +650,26 @@ async def test_idle_and_max_ttl_end_sessions_by_the_injected_clock(store: Sqlite
         assert over.state is SessionState.CLOSED and over.end_reason is EndReason.MAX_TTL
         await core.until("alice", job.id, "CANCELLED")
         await core.until("alice", queued.id, "CANCELLED")
+    finally:
+        await core.close()
+
+
+async def test_the_sweep_wakes_for_the_earliest_deadline_of_all_sessions(
+    store: SqliteStore,
+) -> None:
+    # The timer sleeps until the deadline the sweep returns: a later one (say, the last of
+    # several sessions) left every earlier TTL unenforced until then.
+    clock = Clock()
+    core = await build(store, clock=clock)
+    try:
+        late = await core.create(idle_ttl_s=50.0, max_ttl_s=100.0)
+        soon = await core.create(idle_ttl_s=10.0, max_ttl_s=100.0)
+        later = await core.create(idle_ttl_s=30.0, max_ttl_s=100.0)
+        assert await core.sessions.expire_due() == soon.created_at + timedelta(seconds=10)
+        clock.advance(10)
+        assert await core.sessions.expire_due() == later.created_at + timedelta(seconds=30)
+        assert (await core.sessions.get("alice", soon.id)).state is SessionState.CLOSED
+        assert (await core.sessions.get("alice", late.id)).state is SessionState.PENDING
     finally:
         await core.close()
 

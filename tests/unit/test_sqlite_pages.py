@@ -202,6 +202,25 @@ async def test_anded_create_times_range_on_the_tightest_bound(
         )
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f'create_time >= "{_time(1)}" AND create_time > "{_time(1)}"', [9, 8, 7, 6]),
+        (f'create_time > "{_time(1)}" AND create_time >= "{_time(1)}"', [9, 8, 7, 6]),
+        (f'create_time <= "{_time(1)}" AND create_time < "{_time(1)}"', [2, 1, 0]),
+        (f'create_time < "{_time(1)}" AND create_time <= "{_time(1)}"', [2, 1, 0]),
+    ],
+)
+async def test_of_two_bounds_at_one_instant_the_strict_one_is_kept(
+    db_path: pathlib.Path, text: str, expected: list[int]
+) -> None:
+    # Only the tightest bound each way reaches SQL: `>` and `>=` at the same instant are not
+    # equally tight, and keeping `>=` listed jobs created exactly then, which the filter
+    # excludes.
+    _insert_jobs(db_path, 10)  # three a second: j00003..j00005 at T0 + 1 s
+    assert await _walk(db_path, 20, parse_filter(text)) == [[f"j{i:05d}" for i in expected]]
+
+
 async def test_a_page_of_large_jobs_decodes_a_bounded_amount(
     db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -419,6 +419,22 @@ async def test_cost_quota_and_queued_job_limit(store: SqliteStore) -> None:
     assert queued.value.retry_after is not None
 
 
+async def test_the_queued_job_limit_counts_only_the_tenant_s_own_jobs(store: SqliteStore) -> None:
+    # Another tenant's queue is not this tenant's: counted together, one busy tenant would
+    # refuse every other tenant's jobs TENANT_QUEUE_FULL.
+    for _ in range(3):
+        await store.create_job(new_job(charge(1, max_shots=None), tenant="other"))
+    limited = charge(1, max_shots=None, max_queued_jobs=2)
+    await store.create_job(new_job(limited))
+    await store.create_job(new_job(limited))
+    with pytest.raises(ResourceExhausted) as queued:
+        await store.create_job(new_job(limited))
+    assert queued.value.reason == "TENANT_QUEUE_FULL"
+    assert queued.value.metadata["queuedJobs"] == "2"
+    period = period_at(T0, 60.0)
+    assert (await store.tenant_usage("acme", period.start, period.end)).queued_jobs == 2
+
+
 async def test_a_job_priced_only_per_second_is_refused_once_the_cost_quota_is_spent(
     store: SqliteStore,
 ) -> None:
