@@ -116,7 +116,8 @@ class Runner(ABC):
         """After a restart (or a lost lease), finds a job this runner may already have: by
         `remote_id` when one was stored, else by `job.id` as the idempotency token. None when
         the backend does not have it, so submitting it is safe (and, for LOCAL runners, always:
-        a worker does not outlive the gateway).
+        a worker does not outlive the gateway). For a CANCELLING `job` (it will not be
+        submitted), a runner that has only part of it stops that part before answering None.
         """
         return None
 

@@ -204,6 +204,14 @@ class RunnerStep:
             # submitted is looked up too: the provider may have it, and it must be stopped.
             try:
                 handle = await self._reattach(runtime, running, job)
+                if handle is None and not cancelling and running.cancel_requested.is_set():
+                    # Cancelled while it was looked up: looked up again as cancelled, so a
+                    # runner that has part of it (Braket: some of its tasks) stops that part
+                    # rather than leave it running for a job that ends CANCELLED unsent.
+                    current = await self._t.store.get_job(job.id)
+                    if current is not None and current.state is JobState.CANCELLING:
+                        job, cancelling = current, True
+                        handle = await self._reattach(runtime, running, job)
             except ExecutionError as err:
                 await self._failed(runtime, running, job, err, None)
                 return

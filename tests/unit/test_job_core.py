@@ -1800,6 +1800,46 @@ async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
         await _close(core2)
 
 
+@dataclasses.dataclass
+class _LookedUpSlowly(ScriptedRunner):
+    """A provider whose first look-up of a job waits at a gate; records the state each look-up
+    was asked with."""
+
+    gate: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    asked: list[JobState] = dataclasses.field(default_factory=list)
+    looking: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
+        self.asked.append(job.state)
+        self.looking.set()
+        await self.gate.wait()
+        return await super().reattach(job, remote_id)
+
+
+async def test_a_job_cancelled_while_it_is_looked_up_is_looked_up_again_as_cancelled(
+    store: SqliteStore,
+) -> None:
+    # A CancelJob during a recovered job's look-up (Braket: its tag search, finding part of
+    # its tasks) ended it CANCELLED unsent, and the runner, asked as SUBMITTING, kept what it
+    # had of the job running and billing.
+    remote = ScriptedRunner(slots=0, model=ExecutionModel.REMOTE)  # nothing starts
+    core = await build_core(store, "memory", {"qpu": remote})
+    job = await core.submit("alice", spec("qpu"))
+    await core.manager.close()
+    await store.mark_submitting(job.id, core.clock())
+    remote2 = _LookedUpSlowly(slots=1, model=ExecutionModel.REMOTE)
+    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=core.clock)
+    try:
+        await asyncio.wait_for(remote2.looking.wait(), 5)
+        assert (await core2.manager.cancel("alice", job.id)).state is JobState.CANCELLING
+        remote2.gate.set()
+        await core2.until("alice", job.id, "CANCELLED")
+        assert remote2.asked == [JobState.SUBMITTING, JobState.CANCELLING]
+        assert remote2.submitted == []
+    finally:
+        await _close(core2)
+
+
 class _Unreachable(ScriptedRunner):
     """A provider out of reach at start: its first `outages` re-attach calls fail TRANSIENT."""
 
