@@ -13,13 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from gateway.security.tls import ReloadingServerCredentials
 from tests.certs import Issued, issue, make_ca
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 
 def _credentials(cert: Path, key: Path, clock: list[float]) -> ReloadingServerCredentials:
-    return ReloadingServerCredentials(
-        cert, key, reload_check_s=1.0, clock=lambda: clock[0], wall_clock=lambda: NOW
-    )
+    # The real time: the certificates are issued around it (a time taken at import was minutes
+    # before them when the whole suite ran).
+    return ReloadingServerCredentials(cert, key, reload_check_s=1.0, clock=lambda: clock[0])
 
 
 def _replace(issued: Issued, cert: Path, key: Path) -> None:
@@ -79,11 +77,12 @@ def test_a_certificate_that_expires_while_served_is_said_once(
 ) -> None:
     # Served on silently once expired (clients refuse it), then refused by the next start.
     cert, key = issue(make_ca(), "gw", server=True, dns=("localhost",)).write(tmp_path, "s")
-    clock, wall = [0.0], [NOW]
+    now = datetime.datetime.now(datetime.UTC)
+    clock, wall = [0.0], [now]
     credentials = ReloadingServerCredentials(
         cert, key, reload_check_s=1.0, clock=lambda: clock[0], wall_clock=lambda: wall[0]
     )
-    wall[0] = NOW + datetime.timedelta(days=2)
+    wall[0] = now + datetime.timedelta(days=2)
     for tick in (2.0, 4.0):
         clock[0] = tick
         assert credentials.fetch() is None
