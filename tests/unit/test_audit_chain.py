@@ -558,6 +558,35 @@ def _edit(path: Path, sql: str) -> None:
     conn.close()
 
 
+def _appended(path: Path, *batches: list[AuditRecord]) -> ChainPoint:
+    """Appends each batch to the database at `path` (chained with KEY); the head after them."""
+
+    async def append() -> ChainPoint:
+        store = SqliteStore(path)
+        store.enable_audit(KEY)
+        await store.open()
+        head = audit.START
+        try:
+            for batch in batches:
+                head = await store.append_audit(batch)
+            return head
+        finally:
+            await store.close()
+
+    return asyncio.run(append())
+
+
+async def _started_once(tmp_path: Path, db: str = "q.db") -> None:
+    store = SqliteStore(tmp_path / db)
+    log = _audit_log(store, tmp_path)
+    await store.open()
+    try:
+        await log.start()
+    finally:
+        await log.close()
+        await store.close()
+
+
 def test_a_start_with_a_key_that_did_not_write_the_records_is_refused(tmp_path: Path) -> None:
     # A lost or replaced key file was taken (or made) silently: new records chained on with
     # it, and from then on no key verified the log.
@@ -616,17 +645,7 @@ def test_a_head_file_written_without_the_key_is_refused(
     # the data directory deleted the newest records and wrote the head of what was left.
     from gateway import audit_tool
 
-    store = SqliteStore(tmp_path / audit_tool.DB_FILE)
-    store.enable_audit(KEY)
-
-    async def write(n: int) -> ChainPoint:
-        await store.open()
-        try:
-            return await store.append_audit(_records(n))
-        finally:
-            await store.close()
-
-    head = asyncio.run(write(8))
+    head = _appended(tmp_path / audit_tool.DB_FILE, _records(8))
     head_file = tmp_path / "audit-head.json"
     audit_files.write_head(head_file, head, KEY)
     (tmp_path / "audit.key").write_bytes(KEY)
@@ -668,17 +687,6 @@ def test_no_head_file_is_bad_even_with_no_records(
     assert "no exported head" in capsys.readouterr().err
 
 
-async def _started_once(tmp_path: Path, db: str) -> None:
-    store = SqliteStore(tmp_path / db)
-    log = _audit_log(store, tmp_path)
-    await store.open()
-    try:
-        await log.start()
-    finally:
-        await log.close()
-        await store.close()
-
-
 @pytest.mark.parametrize("value", ["9000000000000000000", "'abc'"])
 def test_a_record_holding_a_value_no_gateway_writes_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
@@ -687,17 +695,7 @@ def test_a_record_holding_a_value_no_gateway_writes_is_named(
     # INTERNAL for every page holding the row; none named the record.
     from gateway import audit_tool
 
-    store = SqliteStore(tmp_path / audit_tool.DB_FILE)
-    store.enable_audit(KEY)
-
-    async def write() -> ChainPoint:
-        await store.open()
-        try:
-            return await store.append_audit(_records(12))
-        finally:
-            await store.close()
-
-    head = asyncio.run(write())
+    head = _appended(tmp_path / audit_tool.DB_FILE, _records(12))
     audit_files.write_head(tmp_path / "audit-head.json", head, KEY)
     (tmp_path / "audit.key").write_bytes(KEY)
     _edit(tmp_path / audit_tool.DB_FILE, f"UPDATE audit_records SET time = {value} WHERE seq = 10")
@@ -733,16 +731,7 @@ def test_an_edited_mac_among_expired_records_neither_stops_a_start_nor_hides(
     now = datetime.now(UTC)
     young = [replace(r, time=now, end_time=now) for r in _records(2, start=50)]
 
-    async def write() -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
-            await store.append_audit(_records(6))  # long past a one-day retention
-            await store.append_audit(young)
-        finally:
-            await store.close()
-
-    asyncio.run(write())
+    _appended(tmp_path / "q.db", _records(6), young)  # the six long past a day's retention
     _edit(tmp_path / "q.db", "UPDATE audit_records SET mac = 'x' WHERE seq = 6")
 
     async def start() -> None:
@@ -768,36 +757,18 @@ def test_an_unsealed_head_from_an_earlier_version_is_checked_then_sealed(
     # from the database, and records deleted before the upgrade could no longer be found.
     head_file = tmp_path / "audit-head.json"
 
-    async def write(n: int) -> ChainPoint:
-        store = _open(tmp_path)
-        await store.open()
-        try:
-            return await store.append_audit(_records(n))
-        finally:
-            await store.close()
-
-    async def start() -> None:
-        store = SqliteStore(tmp_path / "q.db")
-        log = _audit_log(store, tmp_path)
-        await store.open()
-        try:
-            await log.start()
-        finally:
-            await log.close()
-            await store.close()
-
-    old = asyncio.run(write(5))
+    old = _appended(tmp_path / "q.db", _records(5))
     head_file.write_text(json.dumps({"sequence": old.sequence, "mac": old.mac.hex()}))
     with pytest.raises(audit_files.UnsealedHead):
         audit_files.read_head(head_file, KEY)
-    asyncio.run(start())
+    asyncio.run(_started_once(tmp_path))
     assert "not sealed" in caplog.text and "CRITICAL" not in caplog.text
     assert audit_files.read_head(head_file, KEY) == old  # sealed now, same point
     # The earlier version's head names a record deleted before the upgrade: kept, and said.
     _delete_newest(tmp_path / "q.db", 3)
     head_file.write_text(json.dumps({"sequence": old.sequence, "mac": old.mac.hex()}))
     caplog.clear()
-    asyncio.run(start())
+    asyncio.run(_started_once(tmp_path))
     assert "no longer holds the exported head" in caplog.text
     with pytest.raises(audit_files.UnsealedHead):  # the evidence, as it was
         audit_files.read_head(head_file, KEY)

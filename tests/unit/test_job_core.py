@@ -1774,19 +1774,25 @@ async def test_losing_touch_with_the_provider_re_attaches_instead_of_failing(
         await _close(core)
 
 
-async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
-    store: SqliteStore,
-) -> None:
-    # The provider has the job (under the gateway job id as its token); the store still says
-    # SUBMITTING, with no remote id.
+async def _crashed_while_submitting(store: SqliteStore) -> tuple[Job, Clock]:
+    """A provider job the gateway crashed on after SUBMITTING was stored, before its id was."""
     remote = ScriptedRunner(slots=0, model=ExecutionModel.REMOTE)  # nothing starts
     core = await build_core(store, "memory", {"qpu": remote})
     job = await core.submit("alice", spec("qpu"))
     await core.manager.close()
     await store.mark_submitting(job.id, core.clock())
+    return job, core.clock
+
+
+async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
+    store: SqliteStore,
+) -> None:
+    # The provider has the job (under the gateway job id as its token); the store still says
+    # SUBMITTING, with no remote id.
+    job, clock = await _crashed_while_submitting(store)
     provider = {"r-by-token": job.id}
     remote2 = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=provider)
-    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=core.clock)
+    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=clock)
     try:
         await asyncio.wait_for(remote2.started.wait(), 5)
         assert remote2.reattached == [job.id] and remote2.submitted == []
@@ -1822,13 +1828,9 @@ async def test_a_job_cancelled_while_it_is_looked_up_is_looked_up_again_as_cance
     # A CancelJob during a recovered job's look-up (Braket: its tag search, finding part of
     # its tasks) ended it CANCELLED unsent, and the runner, asked as SUBMITTING, kept what it
     # had of the job running and billing.
-    remote = ScriptedRunner(slots=0, model=ExecutionModel.REMOTE)  # nothing starts
-    core = await build_core(store, "memory", {"qpu": remote})
-    job = await core.submit("alice", spec("qpu"))
-    await core.manager.close()
-    await store.mark_submitting(job.id, core.clock())
+    job, clock = await _crashed_while_submitting(store)
     remote2 = _LookedUpSlowly(slots=1, model=ExecutionModel.REMOTE)
-    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=core.clock)
+    core2 = await build_core(store, "memory", {"qpu": remote2}, clock=clock)
     try:
         await asyncio.wait_for(remote2.looking.wait(), 5)
         assert (await core2.manager.cancel("alice", job.id)).state is JobState.CANCELLING
