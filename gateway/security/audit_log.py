@@ -107,7 +107,10 @@ class AuditLog:
                 self._key_path.unlink(missing_ok=True)
                 problem = "is missing"
             else:
-                problem = "did not write the audit records in the database"
+                problem = (
+                    "did not write the newest audit records in the database (or they were "
+                    "edited there: `qgateway audit verify` tells)"
+                )
             raise AuditKeyMismatch(
                 f"audit: the key {self._key_path} {problem}; restore the key file that wrote "
                 "them (no other key verifies them), or start with [audit] enabled = false"
@@ -123,7 +126,11 @@ class AuditLog:
             # not: a start then writes a new head too.
             self._exported = exc.head
             self._sealed = False
-            log.warning("audit: %s; checked against the database and sealed now", exc)
+            log.warning(
+                "audit: %s; it is checked against the database like a sealed one, and sealed"
+                " if the database still holds it",
+                exc,
+            )
         except ValueError as exc:
             # Kept beside, not overwritten: it is evidence, and an operator must see it.
             kept = self._head_path.with_name(f"{self._head_path.name}.unreadable")

@@ -627,7 +627,7 @@ def test_a_start_with_a_key_that_did_not_write_the_records_is_refused(tmp_path: 
             await log.close()
             await store.close()
 
-    with pytest.raises(AuditKeyMismatch, match="did not write the audit records"):
+    with pytest.raises(AuditKeyMismatch, match="did not write the newest audit records"):
         asyncio.run(restart_with(bytes(32)))
     with pytest.raises(AuditKeyMismatch, match="is missing"):
         asyncio.run(restart_with(None))
