@@ -440,11 +440,25 @@ class IbmAdapter(QiskitAdapter):
             (register.name, tuple(runnable.find_bit(bit).index for bit in register))
             for register in runnable.cregs
         )
+        if not all(_ascending_run(clbits) for _, clbits in registers):
+            # The runtime's sampler slices each register from its first bit's index (an
+            # ascending run assumed): a register of scattered or reordered bits (QPY, or a bit
+            # in two registers) read other bits. One more register of every clbit in order is
+            # read instead; each register is cut from it by its own clbits.
+            if runnable is circuit:
+                runnable = circuit.copy()
+            every = ClassicalRegister(name=f"{_LOOSE_PREFIX}all", bits=list(runnable.clbits))
+            runnable.add_register(every)
+            registers = ((every.name, tuple(range(runnable.num_clbits))),)
         value = (runnable, registers)
         if len(self._runnables) >= _RUNNABLES:
             self._runnables.clear()
         self._runnables[key] = value
         return value
+
+
+def _ascending_run(clbits: tuple[int, ...]) -> bool:
+    return list(clbits) == list(range(clbits[0], clbits[0] + len(clbits))) if clbits else True
 
 
 def _shared_simulator_class() -> Any:
