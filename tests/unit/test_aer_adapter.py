@@ -998,3 +998,19 @@ def test_a_dense_unitary_counts_as_the_gates_it_costs() -> None:
     compiled = aer.compile_circuit(q3(text))
     assert compiled.operations == fe.unitary_steps(4) == 8  # type: ignore[attr-defined]
     assert fe.unitary_steps(1) == fe.unitary_steps(2) == 1
+
+
+def test_options_reach_the_simulator() -> None:
+    adapter = AerAdapter(
+        context(
+            budget=64 * MiB,
+            method="matrix_product_state",
+            max_parallel_threads=3,
+            max_bond_dimension=7,
+        )
+    )
+    options = adapter._sim().options
+    assert options.method == "matrix_product_state"
+    assert options.max_parallel_threads == 3
+    assert options.matrix_product_state_max_bond_dimension == 7
+    assert options.max_memory_mb == 64  # the budget in MiB, as Aer counts it

@@ -17,7 +17,7 @@ from gateway.domain.audit import AuditComparison, AuditRecord, ChainPoint
 from gateway.domain.errors import InvalidArgument
 from gateway.security import audit_writer
 from gateway.security.audit_writer import OVERFLOW_PEER, OVERFLOW_REASON, AuditWriter
-from gateway.security.peers import peer_host, peer_network
+from gateway.security.peers import is_loopback_host, peer_host, peer_network
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -296,3 +296,19 @@ def test_peer_networks() -> None:
     assert peer_network("ipv6:%5B2001:db8:1:2:ffff::1%5D:42150") == "ipv6:2001:db8:1:2::/64"
     assert peer_network("ipv6:[fe80::1%25eth0]:5555") == "ipv6:fe80::/64"
     assert peer_network("unix:/tmp/s") == "unix:/tmp/s"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("::1", True),
+        ("10.0.0.1", False),
+        ("example.com", False),
+        ("localhost.example.com", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback

@@ -215,3 +215,20 @@ def test_calibration_time_is_utc_on_the_wire() -> None:
         datetime(2024, 5, 27, 18, 27, 23, tzinfo=UTC).timestamp()
     )
     assert not message.HasField("dt") and len(message.instructions) == 0
+
+
+def test_a_backend_id_of_the_maximum_length_is_a_target_name() -> None:
+    longest = "a" * backend_codec.MAX_BACKEND_ID
+    assert backend_codec.target_backend_id(f"backends/{longest}/target") == longest
+    with pytest.raises(InvalidArgument):
+        backend_codec.target_backend_id(f"backends/{longest}a/target")
+
+
+def test_a_target_refuses_duplicate_or_unsorted_instructions() -> None:
+    from gateway.domain.targets import BackendTarget, TargetInstruction
+
+    cx, x = TargetInstruction("cx", 2, 0), TargetInstruction("x", 1, 0)
+    assert BackendTarget(2, (cx, x)).instruction("x") == x
+    for instructions in ((x, cx), (cx, cx, x)):
+        with pytest.raises(ValueError, match="unique and in name order"):
+            BackendTarget(2, instructions)

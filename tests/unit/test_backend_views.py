@@ -12,6 +12,7 @@ import pytest
 from qgateway.v1 import backend_pb2
 
 from gateway.api import backend_codec
+from gateway.backends.runner import ProbeSkipped
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.domain.backends import (
     BackendInfo,
@@ -253,6 +254,64 @@ def test_success_clears_the_error() -> None:
     health = HealthState(last_error="PROBE_FAILED: worker crashed")
     assert asyncio.run(_run_probe(None, health)) == ""
     assert health.serving
+
+
+def test_a_skipped_probe_changes_nothing() -> None:
+    # Every worker busy: no verdict. A broken backend must not read SERVING for it (nor a
+    # healthy one NOT_SERVING), and nothing is published.
+    broken = HealthState(serving=False, last_error="PROBE_FAILED: worker crashed")
+    assert asyncio.run(_run_probe_keeping(ProbeSkipped("every worker is busy"), broken)) == 0
+    assert not broken.serving and broken.last_error == "PROBE_FAILED: worker crashed"
+    assert broken.last_probe is None
+
+
+async def _run_probe_keeping(error: BaseException | None, health: HealthState) -> int:
+    changes: list[str] = []
+
+    async def prepared(_: int) -> _Prepared:
+        return _Prepared()
+
+    async def on_change(name: str) -> None:
+        changes.append(name)
+
+    monitor = HealthMonitor(
+        "aer",
+        _ProbeRunner(error),  # type: ignore[arg-type]
+        prepared,  # type: ignore[arg-type]
+        health,
+        interval_s=30,
+        timeout_s=0.05,
+        on_change=on_change,
+    )
+    await monitor.probe()
+    return len(changes)
+
+
+def test_an_unavailable_target_is_not_serving_and_the_probe_is_not_run() -> None:
+    runner = _ProbeRunner(None)  # the probe itself would succeed
+    health = HealthState(serving=True)
+
+    async def prepared(_: int) -> _Prepared:
+        return _Prepared()
+
+    async def on_change(_: str) -> None:
+        return None
+
+    async def no_target() -> None:
+        raise RuntimeError("provider has no description yet")
+
+    monitor = HealthMonitor(
+        "aer",
+        runner,  # type: ignore[arg-type]
+        prepared,  # type: ignore[arg-type]
+        health,
+        interval_s=30,
+        timeout_s=0.05,
+        on_change=on_change,
+        fetch_target=no_target,
+    )
+    asyncio.run(monitor.probe())
+    assert (health.serving, health.last_error, runner.probes) == (False, "TARGET_UNAVAILABLE", 0)
 
 
 def test_the_probe_loop_waits_an_interval_after_the_start_up_probe() -> None:

@@ -410,6 +410,33 @@ def test_retry_info_and_quota_failure_only_where_given() -> None:
     assert set(_details(status_proto(breaker))) == {"ErrorInfo", "RetryInfo"}
 
 
+def test_quota_failure_names_the_subject_and_describes_the_limit() -> None:
+    error = ResourceExhausted(
+        "QUEUE_FULL",
+        "queue full",
+        quota_violations=[QuotaViolation("backends/aer", "queued jobs at the limit")],
+    )
+    quota = _details(status_proto(error))["QuotaFailure"]
+    assert isinstance(quota, error_details_pb2.QuotaFailure)
+    assert [(v.subject, v.description) for v in quota.violations] == [
+        ("backends/aer", "queued jobs at the limit")
+    ]
+
+
+def test_long_messages_and_metadata_are_clipped_to_their_limits() -> None:
+    from gateway.api.errors import MAX_DETAIL_CHARS, MAX_MESSAGE_CHARS
+
+    error = InvalidArgument("CIRCUIT_TOO_LARGE", "m" * 5000, metadata={"size": "9" * 4000})
+    status = status_proto(error)
+    assert len(status.message) == MAX_MESSAGE_CHARS and status.message.endswith("...")
+    info = _details(status)["ErrorInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert len(info.metadata["size"]) == MAX_DETAIL_CHARS
+    # At the limit nothing is clipped.
+    exact = status_proto(InvalidArgument("CIRCUIT_TOO_LARGE", "m" * MAX_MESSAGE_CHARS))
+    assert exact.message == "m" * MAX_MESSAGE_CHARS
+
+
 @pytest.mark.parametrize(
     ("after", "seconds"),
     [(math.inf, 366 * 86400), (1e300, 366 * 86400), (1e12, 366 * 86400), (math.nan, 0), (-1, 0)],

@@ -89,6 +89,30 @@ async def test_checkout_check_and_max_age_replace_instances() -> None:
 
 
 @pytest.mark.anyio
+async def test_max_age_counts_from_creation_not_from_the_last_use() -> None:
+    # An instance in constant use is still recycled once it is older than max_age_s.
+    factory, clock = Factory(), Clock()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=1, max_age_s=10), clock)
+    await pool.start()
+    one = await pool.acquire()
+    clock.now = 9.5
+    await pool.release(one)  # last used at 9.5, created at 0
+    clock.now = 10.5
+    two = await pool.acquire()
+    assert two != one and one in factory.destroyed
+
+
+@pytest.mark.anyio
+async def test_idle_eviction_keeps_the_minimum_without_recreating_it() -> None:
+    factory, clock = Factory(), Clock()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=2, idle_timeout_s=5), clock)
+    await pool.start()
+    clock.now += 6
+    await pool.maintain()  # the one idle instance is the minimum: kept, not churned
+    assert (factory.created, factory.destroyed, pool.stats().idle) == (1, [], 1)
+
+
+@pytest.mark.anyio
 async def test_broken_release_and_idle_eviction_keep_the_minimum() -> None:
     factory, clock = Factory(), Clock()
     pool = Pool(factory, PoolLimits(min_instances=1, max_instances=3, idle_timeout_s=5), clock)

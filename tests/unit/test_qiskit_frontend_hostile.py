@@ -539,3 +539,17 @@ def test_a_gate_used_without_its_parameters_is_a_client_error() -> None:
     with pytest.raises(InvalidArgument) as refused:
         fe.parse_circuit(CircuitSource(Q2, text), CircuitLimits(), FIELD, max_qubits=20)
     assert refused.value.reason == "INVALID_QASM" and "'g'" in refused.value.message
+
+
+def test_declared_qubits_and_clbits_together_count_against_the_operation_limit() -> None:
+    # Without a backend's qubit count, what is allocated is bounded by max_operations: the
+    # clbits count too (each is allocated like a qubit).
+    limits = CircuitLimits(max_operations=10, max_clbits=100)
+    parsed(Q3, H3 + "qubit[6] q; bit[4] c;", limits)
+    error = refused(Q3, H3 + "qubit[6] q; bit[5] c;", "CIRCUIT_TOO_LARGE", limits)
+    assert "11 bits" in error.message
+
+
+def test_too_many_qubits_is_refused_at_one_past_the_backend() -> None:
+    fe.parse_circuit(CircuitSource(Q3, H3 + "qubit[5] q;"), LIMITS, FIELD, max_qubits=5)
+    refused(Q3, H3 + "qubit[6] q;", "TOO_MANY_QUBITS", max_qubits=5)

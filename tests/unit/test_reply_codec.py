@@ -357,3 +357,16 @@ def test_a_clients_own_delay_units_entry_is_not_obeyed() -> None:
     with_units.metadata = {"qgateway.delay_units": ["s", "s"]}
     with_units.delay(1.5, 0, unit="us")
     assert _delays(CircuitRef.of(with_units).circuit()) == [(1.5, "us")]
+
+
+def _nested_sets(levels: int) -> frozenset[object]:
+    value: frozenset[object] = frozenset({1})
+    for _ in range(levels - 1):
+        value = frozenset({value})
+    return value
+
+
+def test_extension_types_nest_at_most_sixteen_deep() -> None:
+    assert decode(encode(("ok", _nested_sets(16))))[1] == _nested_sets(16)
+    with pytest.raises(RefusedReply, match="nested deeper than 16"):
+        decode(encode(("ok", _nested_sets(17))))

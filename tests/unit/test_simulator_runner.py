@@ -259,3 +259,28 @@ async def test_probe_runs_skips_when_busy_and_times_out(
     assert gone(pid)
     assert runner.stats().in_use == 0
     assert await idle_pid(runner) != pid
+
+
+class _FakeWorker:
+    def __init__(self, alive: bool) -> None:
+        self.alive = alive
+        self.calls: list[str] = []
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+
+    def kill(self) -> None:
+        self.calls.append("kill")
+
+    async def wait(self) -> None:
+        self.calls.append("wait")
+
+
+def test_worker_factory_checks_out_only_live_workers_and_reaps_dead_ones() -> None:
+    factory = WorkerFactory(None)  # type: ignore[arg-type]
+    live, dead = _FakeWorker(True), _FakeWorker(False)
+    assert asyncio.run(factory.check(live)) is True  # type: ignore[arg-type]
+    assert asyncio.run(factory.check(dead)) is False  # type: ignore[arg-type]
+    asyncio.run(factory.destroy(live))  # type: ignore[arg-type]
+    asyncio.run(factory.destroy(dead))  # type: ignore[arg-type]
+    assert (live.calls, dead.calls) == (["stop"], ["kill", "wait"])

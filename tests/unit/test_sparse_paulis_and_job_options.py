@@ -308,3 +308,12 @@ def test_an_adapter_schema_validates_values_and_refuses_unknown_keys() -> None:
     with pytest.raises(InvalidArgument) as info:
         adapter.validate_provider_options({"threads": 99.0, "typo": 1.0}, PO)
     assert sorted(v.field for v in info.value.field_violations) == [f"{PO}.threads", f"{PO}.typo"]
+
+
+def test_options_of_exactly_the_size_limit_are_accepted() -> None:
+    sizes = {struct({"s": "x" * n}).ByteSize(): n for n in range(MAX_PROVIDER_OPTIONS_BYTES)}
+    exact = struct({"s": "x" * sizes[MAX_PROVIDER_OPTIONS_BYTES]})
+    assert exact.ByteSize() == MAX_PROVIDER_OPTIONS_BYTES
+    assert decode_provider_options(exact, PO)
+    over = struct({"s": "x" * (sizes[MAX_PROVIDER_OPTIONS_BYTES] + 1)})
+    assert provider_refusal(over).metadata["limit"] == "max_provider_options_bytes"
