@@ -1014,3 +1014,35 @@ def test_options_reach_the_simulator() -> None:
     assert options.max_parallel_threads == 3
     assert options.matrix_product_state_max_bond_dimension == 7
     assert options.max_memory_mb == 64  # the budget in MiB, as Aer counts it
+
+
+def test_a_condition_braket_cannot_branch_on_is_refused_at_submission() -> None:
+    """`if (c > 1)` (QPY: OpenQASM 3's reader refuses `>` anyway) was accepted, then the job
+    failed UNSUPPORTED_FEATURE in the worker."""
+    import io
+
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, qpy
+    from qiskit.circuit.classical import expr
+
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    def qpy_source(condition: object) -> CircuitSource:
+        register = ClassicalRegister(2, "c")
+        circuit = QuantumCircuit(QuantumRegister(2, "q"), register)
+        circuit.x(0)
+        circuit.measure([0, 1], register)
+        with circuit.if_test(condition):  # type: ignore[arg-type]
+            circuit.x(1)
+        circuit.measure([0, 1], register)
+        data = io.BytesIO()
+        qpy.dump(circuit, data)
+        return CircuitSource(CircuitLanguage.QPY, data=data.getvalue())
+
+    braket = BraketAdapter(context(device="braket_sv"))
+    register = ClassicalRegister(2, "c")
+    above = qpy_source(expr.greater(register, 1))
+    field = "spec.pubs[0].sampler.circuit.qpy"
+    error = refused(braket, spec(sampler(above, 10)), "UNSUPPORTED_FEATURE", field)
+    assert "cannot" in error.message
+    # A condition it can branch on is still admitted.
+    prepare_in_process(braket, spec(sampler(qpy_source((register, 1)), 10)), 1)

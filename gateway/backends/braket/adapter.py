@@ -36,7 +36,12 @@ from qiskit.transpiler import Target
 
 from gateway.backends.base import AdapterContext, AdapterOptions, PreparedJob
 from gateway.backends.braket.gates import DEVICE_QUBITS, QISKIT_GATES, Device, features
-from gateway.backends.braket.program import BraketNoise, needs_branching
+from gateway.backends.braket.program import (
+    BraketNoise,
+    UnsupportedCircuit,
+    needs_branching,
+    shots_program,
+)
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit import measurement
 from gateway.backends.qiskit.adapter import (
@@ -329,9 +334,10 @@ class BraketAdapter(QiskitAdapter):
         # Noise with a circuit Braket must branch (run path by path) is refused by the worker;
         # the front end's features do not see every such circuit (a qubit measured twice
         # after a reset), so the same rule runs here, on what the worker will get.
-        if self.braket_options.is_cloud or self._noise() is None:
+        if terminal:
             return
-        if not terminal and needs_branching(circuit):
+        noise = None if self.braket_options.is_cloud else self._noise()
+        if noise is not None and needs_branching(circuit):
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
                 f"backends/{self.context.name} (noisy braket_dm) cannot run a circuit Braket "
@@ -340,6 +346,14 @@ class BraketAdapter(QiskitAdapter):
                 field,
                 feature=CircuitFeature.MID_CIRCUIT_MEASUREMENT.value,
             )
+        try:
+            # What the worker (or the task) will run, written here: a condition Braket cannot
+            # branch on (`c > 1`) was accepted, and the job then failed.
+            shots_program(circuit, noise)
+        except UnsupportedCircuit as exc:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE", f"backends/{self.context.name}: {exc}", field
+            ) from None
 
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         # Outcomes are read as one integer per shot, locally and from a device (refused here,
