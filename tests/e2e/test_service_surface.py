@@ -94,13 +94,19 @@ def test_generic_client_through_reflection(address: str) -> None:
     assert counts == {"outcomes": base64.b64encode(b"\x02").decode(), "counts": ["10"]}
 
 
-def _cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _qgateway(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `qgateway` command, run to its end (a bound, not a measure: 120 s)."""
     return subprocess.run(
-        [str(BIN / "qgateway"), *args, "--target", address],
+        [str(BIN / "qgateway"), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
+
+
+def _cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return _qgateway(*args, "--target", address)
 
 
 def test_cli_run_backends_and_jobs(address: str, examples: Path) -> None:
@@ -134,12 +140,7 @@ def test_cli_errors_are_one_line(address: str, tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
     missing = _cli(address, "run", str(tmp_path / "absent.qasm"))
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
-    unreachable = subprocess.run(
-        [str(BIN / "qgateway"), "backends", "--target", "127.0.0.1:1", "--timeout", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unreachable = _qgateway("backends", "--target", "127.0.0.1:1", "--timeout", "2")
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
 
@@ -150,12 +151,7 @@ def test_cli_arguments_that_could_only_fail_later_are_usage_errors(address: str)
     for args in (["--timeout", "0"], ["--timeout", "-1"], ["--timeout", "nan"]):
         refused = _cli(address, "backends", *args)
         assert refused.returncode == 2 and "must be a number above 0" in refused.stderr
-    empty = subprocess.run(
-        [str(BIN / "qgateway"), "backends", "--target", ""],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    empty = _qgateway("backends", "--target", "")
     assert empty.returncode == 2 and "must name the gateway" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) <= 3  # argparse's usage and the reason
 
@@ -181,13 +177,7 @@ def test_a_start_that_cannot_use_its_data_directory_says_why_in_one_line(
     for data_dir, needle in ((a_file, "data_dir"), (newer, "is newer than this gateway")):
         config = tmp_path / "gateway.toml"
         config.write_text(f'data_dir = "{data_dir}"\n[server]\nlisten = "127.0.0.1:0"\n')
-        start = subprocess.run(
-            [str(BIN / "qgateway"), "serve", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        start = _qgateway("serve", "--config", str(config))
         assert start.returncode == 2, start.stderr[-2000:]
         assert "Traceback" not in start.stderr and needle in start.stderr
         assert start.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -199,13 +189,7 @@ def test_a_second_gateway_on_the_same_data_directory_refuses_to_start(
     # Started twice on one data directory with the in-memory queue, the second re-queued the
     # first one's running jobs at start and ran them again beside it.
     config = gateway.log_path.parent / "gateway.toml"
-    second = subprocess.run(
-        [str(BIN / "qgateway"), "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    second = _qgateway("serve", "--config", str(config))
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"in use by the gateway with pid {gateway.pid}" in second.stderr
     assert "qgateway listening" not in second.stdout

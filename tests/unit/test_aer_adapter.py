@@ -39,6 +39,7 @@ from gateway.domain.jobs import (
     SamplerResult,
 )
 from tests.adapters import prepare_in_process
+from tests.targets import qpy_bytes
 
 MiB = 1 << 20
 H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
@@ -1019,9 +1020,7 @@ def test_options_reach_the_simulator() -> None:
 def test_a_condition_braket_cannot_branch_on_is_refused_at_submission() -> None:
     """`if (c > 1)` (QPY: OpenQASM 3's reader refuses `>` anyway) was accepted, then the job
     failed UNSUPPORTED_FEATURE in the worker."""
-    import io
-
-    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, qpy
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
     from qiskit.circuit.classical import expr
 
     from gateway.backends.braket.adapter import BraketAdapter
@@ -1034,9 +1033,7 @@ def test_a_condition_braket_cannot_branch_on_is_refused_at_submission() -> None:
         with circuit.if_test(condition):  # type: ignore[arg-type]
             circuit.x(1)
         circuit.measure([0, 1], register)
-        data = io.BytesIO()
-        qpy.dump(circuit, data)
-        return CircuitSource(CircuitLanguage.QPY, data=data.getvalue())
+        return CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
 
     braket = BraketAdapter(context(device="braket_sv"))
     register = ClassicalRegister(2, "c")

@@ -294,8 +294,12 @@ def test_a_page_examines_a_bounded_window_of_records(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def _audit_log(store: SqliteStore, tmp_path: Path, retention_s: float = 1e10) -> AuditLog:
-    (tmp_path / "audit.key").write_bytes(KEY)
+def _audit_log(
+    store: SqliteStore, tmp_path: Path, retention_s: float = 1e10, key: bytes | None = KEY
+) -> AuditLog:
+    """The audit log of `store`, its key file holding `key` (None: left as it is, or absent)."""
+    if key is not None:
+        (tmp_path / "audit.key").write_bytes(key)
     return AuditLog(
         store,
         tmp_path / "audit.key",
@@ -576,9 +580,9 @@ def _appended(path: Path, *batches: list[AuditRecord]) -> ChainPoint:
     return asyncio.run(append())
 
 
-async def _started_once(tmp_path: Path, db: str = "q.db") -> None:
+async def _started_once(tmp_path: Path, db: str = "q.db", key: bytes | None = KEY) -> None:
     store = SqliteStore(tmp_path / db)
-    log = _audit_log(store, tmp_path)
+    log = _audit_log(store, tmp_path, key=key)
     await store.open()
     try:
         await log.start()
@@ -590,42 +594,13 @@ async def _started_once(tmp_path: Path, db: str = "q.db") -> None:
 def test_a_start_with_a_key_that_did_not_write_the_records_is_refused(tmp_path: Path) -> None:
     # A lost or replaced key file was taken (or made) silently: new records chained on with
     # it, and from then on no key verified the log.
-    async def start(edit: str | None = None) -> None:
-        store = SqliteStore(tmp_path / "q.db")
-        log = _audit_log(store, tmp_path)
-        await store.open()
-        try:
-            await log.start()
-            await store.append_audit(_records(20))
-        finally:
-            await log.close()
-            await store.close()
-
-    asyncio.run(start())
+    _appended(tmp_path / "q.db", _records(20))
     key_file = tmp_path / "audit.key"
 
     async def restart_with(key: bytes | None) -> None:
         if key is None:
-            key_file.unlink()
-        else:
-            key_file.write_bytes(key)
-        store = SqliteStore(tmp_path / "q.db")
-        log = AuditLog(
-            store,
-            key_file,
-            tmp_path / "audit-head.json",
-            head_interval_s=3600.0,
-            retention_s=1e10,
-            flush_interval_s=1.0,
-            failure_window_s=60.0,
-            max_failure_peers=100,
-        )
-        await store.open()
-        try:
-            await log.start()
-        finally:
-            await log.close()
-            await store.close()
+            key_file.unlink(missing_ok=True)
+        await _started_once(tmp_path, key=key)
 
     with pytest.raises(AuditKeyMismatch, match="did not write the newest audit records"):
         asyncio.run(restart_with(bytes(32)))

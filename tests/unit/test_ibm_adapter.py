@@ -38,6 +38,7 @@ from gateway.domain.circuits import (
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
 from tests.adapters import prepare_in_process
+from tests.targets import qpy_bytes
 
 H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 NAME = "ibm-fake-manila"
@@ -215,9 +216,7 @@ def test_an_empty_register_beside_more_than_64_clbits_runs(manila: IbmAdapter) -
     """The runtime's sampler fails on a register of no bits once a circuit has more than 64
     clbits, which counted against the backend's breaker: such a register is not sent, and
     reads empty."""
-    import io
-
-    from qiskit import ClassicalRegister, QuantumRegister, qpy
+    from qiskit import ClassicalRegister, QuantumRegister
     from qiskit.circuit import Clbit
 
     bits = [Clbit() for _ in range(70)]
@@ -227,9 +226,7 @@ def test_an_empty_register_beside_more_than_64_clbits_runs(manila: IbmAdapter) -
     circuit.add_register(ClassicalRegister(name="w", bits=bits))
     circuit.x(0)
     circuit.measure(0, bits[0])
-    data = io.BytesIO()
-    qpy.dump(circuit, data)
-    source = CircuitSource(CircuitLanguage.QPY, data=data.getvalue())
+    source = CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
     _, results = run(manila, spec(SamplerPub(circuit=source, bindings=Bindings(), shots=50)))
     result = results[0]
     assert isinstance(result, SamplerResult)
@@ -244,9 +241,7 @@ def test_registers_of_scattered_or_reordered_bits_read_their_own_bits(
 ) -> None:
     """The runtime's sampler reads a register as a run from its first bit's index: a register
     of reordered bits (only QPY can carry one) read `00` for `10`, every other backend right."""
-    import io
-
-    from qiskit import ClassicalRegister, QuantumRegister, qpy
+    from qiskit import ClassicalRegister, QuantumRegister
     from qiskit.circuit import Clbit
 
     bits = [Clbit() for _ in range(4)]
@@ -256,9 +251,7 @@ def test_registers_of_scattered_or_reordered_bits_read_their_own_bits(
     circuit.add_register(ClassicalRegister(name="b", bits=[bits[3]]))
     circuit.x([0, 2])
     circuit.measure(range(4), range(4))  # clbits 1, 0, 1, 0
-    data = io.BytesIO()
-    qpy.dump(circuit, data)
-    source = CircuitSource(CircuitLanguage.QPY, data=data.getvalue())
+    source = CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
     _, results = run(manila, spec(SamplerPub(circuit=source, bindings=Bindings(), shots=500)))
     result = results[0]
     assert isinstance(result, SamplerResult)

@@ -1246,17 +1246,32 @@ async def test_a_session_created_after_its_caller_left_takes_jobs(
         await core.close()
 
 
+async def _running_in_a_session(core: SessionsCore) -> tuple[Session, Job]:
+    """A new session and its first job, RUNNING."""
+    session = await core.create()
+    first = await core.submit("alice", session_spec(session))
+    return session, await core.until("alice", first.id, "RUNNING")
+
+
+async def _save_whose_caller_leaves(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, call: Any
+) -> HeldCall:
+    """Runs `call` until its session save is committing, then its caller leaves."""
+    held = HeldCall(store.save_session)
+    monkeypatch.setattr(store, "save_session", held)
+    await caller_leaves_inside(call, held)
+    return held
+
+
 async def test_a_session_closed_after_its_caller_left_takes_no_more_jobs(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     core = await build(store)
     try:
-        s = await core.create()
-        first = await core.submit("alice", session_spec(s))
-        await core.until("alice", first.id, "RUNNING")
-        held = HeldCall(store.save_session)
-        monkeypatch.setattr(store, "save_session", held)
-        await caller_leaves_inside(core.sessions.close_session("alice", s.id), held)
+        s, first = await _running_in_a_session(core)
+        held = await _save_whose_caller_leaves(
+            store, monkeypatch, core.sessions.close_session("alice", s.id)
+        )
         await held.done.wait()  # what follows the commit runs on in the same task, at once
         monkeypatch.undo()
         stored = await store.get_session(s.id)
@@ -1279,13 +1294,11 @@ async def test_a_session_cancelled_after_its_caller_left_cancels_its_jobs(
     # QUEUED for ever (an ended session's held jobs are never let in).
     core = await build(store)
     try:
-        s = await core.create()
-        first = await core.submit("alice", session_spec(s))
-        await core.until("alice", first.id, "RUNNING")
+        s, first = await _running_in_a_session(core)
         second = await core.submit("alice", session_spec(s))  # held behind the first
-        held = HeldCall(store.save_session)
-        monkeypatch.setattr(store, "save_session", held)
-        await caller_leaves_inside(core.sessions.cancel_session("alice", s.id), held)
+        await _save_whose_caller_leaves(
+            store, monkeypatch, core.sessions.cancel_session("alice", s.id)
+        )
         assert (await core.until("alice", first.id, "CANCELLED")).state is JobState.CANCELLED
         assert (await core.until("alice", second.id, "CANCELLED")).state is JobState.CANCELLED
         ended = await core.session_until(s.id, SessionState.CLOSED)
@@ -1301,9 +1314,7 @@ async def test_a_closed_core_starts_nothing_for_changes_published_as_the_manager
     # when they commit: the session hook started work on the closed core, still running
     # (and writing) after close returned, racing the store's close.
     core = await build(store)
-    s = await core.create()
-    first = await core.submit("alice", session_spec(s))
-    await core.until("alice", first.id, "RUNNING")
+    _, first = await _running_in_a_session(core)
     held = HeldCall(store.finish_job)
     monkeypatch.setattr(store, "finish_job", held)
     core.runner.succeed(first.id)
