@@ -23,6 +23,8 @@ from gateway.domain import audit, pricing, queue_share
 from gateway.domain.circuits import CircuitSource, circuit_field
 from gateway.domain.errors import (
     BACKEND_RESOURCE,
+    GatewayError,
+    InvalidArgument,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
@@ -89,11 +91,11 @@ class Admission:
                 tenant, spec.options.fallback_backend, "spec.options.fallback_backend"
             )
 
-    def _check_job(self, tenant: str, spec: JobSpec, prepared: PreparedJob) -> None:
-        """The policy's per-job limits on the prepared job (qubits per circuit: its layout's
-        virtual qubits)."""
+    def _check_job(self, tenant: str, backend: str, prepared: PreparedJob) -> None:
+        """The policy's per-job limits on the job prepared for `backend` (qubits per circuit:
+        its layout's virtual qubits)."""
         qubits = max((len(layout) for layout in prepared.layouts), default=0)
-        self._policies.check_job(tenant, spec.backend, qubits, prepared.shots)
+        self._policies.check_job(tenant, backend, qubits, prepared.shots)
 
     def _charge(self, tenant: str, runtime: BackendRuntime, prepared: PreparedJob) -> QuotaCharge:
         """What the job holds against its tenant's quota in the current period."""
@@ -138,24 +140,18 @@ class Admission:
         fallback = (
             self.runtime(fallback_name, "spec.options.fallback_backend") if fallback_name else None
         )
+        # A half-open backend whose one trial is out, or whose probe fails, would hold the job
+        # until the trial ends and then perhaps make it the next trial (failing it): a job
+        # that names a fallback taking jobs runs there instead.
+        if fallback is not None and not _taking_jobs(runtime) and _taking_jobs(fallback):
+            return fallback
         if _usable(runtime):
             return runtime
         if fallback is not None and _usable(fallback):
             return fallback
         if runtime.target_pending:
             raise runtime.target_pending_error()
-        retry = runtime.breaker.retry_after()
-        raise Unavailable(
-            "BACKEND_UNAVAILABLE",
-            f"backend backends/{spec.backend} is failing (circuit breaker OPEN); nothing was "
-            f"accepted, retry in {retry:.1f}s or name a fallback_backend",
-            metadata={
-                "backend": f"backends/{spec.backend}",
-                "breakerState": "OPEN",
-                "retryDelaySeconds": f"{retry:.1f}",
-            },
-            retry_after=retry,
-        )
+        raise _breaker_open(runtime, fallback)
 
     async def _admit(self, tenant: str, spec: JobSpec) -> _Place:
         """The job's place on the backend it will queue on, or an admission refusal."""
@@ -287,9 +283,14 @@ class Admission:
         """Prepares the admitted job, then creates and queues it (a twin of a request_id
         being created, `first`, once that create has answered)."""
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
-        prepared = await self.prepare(runtime, tenant, spec, seed)
+        try:
+            prepared = await self.prepare(runtime, tenant, spec, seed)
+        except (InvalidArgument, ResourceExhausted) as refused:
+            if runtime.name == spec.backend:
+                raise
+            raise _fallback_refused(self.runtime(spec.backend), runtime, refused) from None
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
-        self._check_job(tenant, spec, prepared)
+        self._check_job(tenant, runtime.name, prepared)
         new = NewJob(
             id=uuid.uuid4().hex,
             tenant=tenant,
@@ -390,7 +391,7 @@ class Admission:
         runtime = self.runtime(spec.backend)
         seed = spec.options.seed if spec.options.seed is not None else 0
         prepared = await self.prepare(runtime, tenant, spec, seed)
-        self._check_job(tenant, spec, prepared)
+        self._check_job(tenant, runtime.name, prepared)
         return pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks)
 
     def _start_create(self, new: NewJob, mine: _Twin | None) -> asyncio.Future[CreateOutcome]:
@@ -462,6 +463,10 @@ class Admission:
             max_run_time_s=spec.options.max_execution_time_s,
         )
 
+
+# The least retry delay when a job's fallback cannot run it while its backend is half-open
+# (its trial out, or failing its probe): the trial's outcome is due, not a cool-down.
+FALLBACK_REFUSED_RETRY_S = 1.0
 
 # Stand-ins being taken back, and jobs being queued, after their caller went away (a reference
 # keeps each task alive).
@@ -592,3 +597,67 @@ def _backend_not_found(backend: str, field: str) -> NotFound:
 
 def _usable(runtime: BackendRuntime) -> bool:
     return runtime.breaker.state is not BreakerState.OPEN and not runtime.target_pending
+
+
+def _taking_jobs(runtime: BackendRuntime) -> bool:
+    """Whether a job placed on the backend now starts once a slot is free: its breaker is
+    closed, or half-open with no trial out and its health probe passing."""
+    if runtime.target_pending:
+        return False
+    state = runtime.breaker.state
+    if state is BreakerState.CLOSED:
+        return True
+    breaker = runtime.breaker
+    return state is BreakerState.HALF_OPEN and not breaker.trial_running and runtime.health.serving
+
+
+def _breaker_open(runtime: BackendRuntime, fallback: BackendRuntime | None) -> Unavailable:
+    """The refusal of a job whose backend's breaker is open and whose fallback, if it named
+    one, cannot take it either: the retry delay is the sooner of the two."""
+    retry = runtime.breaker.retry_after()
+    metadata = {"backend": f"backends/{runtime.name}", "breakerState": "OPEN"}
+    if fallback is None:
+        advice = "or name a fallback_backend"
+    else:
+        fallback_retry = (
+            fallback.settings.health_interval_s
+            if fallback.target_pending
+            else fallback.breaker.retry_after()
+        )
+        retry = min(retry, fallback_retry)
+        why = "not described by its provider yet" if fallback.target_pending else "failing too"
+        advice = f"its fallback backends/{fallback.name} is {why}"
+        metadata["fallbackBackend"] = f"backends/{fallback.name}"
+        metadata["fallbackBreakerState"] = fallback.breaker.state.value
+    metadata["retryDelaySeconds"] = f"{retry:.1f}"
+    return Unavailable(
+        "BACKEND_UNAVAILABLE",
+        f"backend backends/{runtime.name} is failing (circuit breaker OPEN); nothing was "
+        f"accepted, retry in {retry:.1f}s ({advice})",
+        metadata=metadata,
+        retry_after=retry,
+    )
+
+
+def _fallback_refused(
+    runtime: BackendRuntime, fallback: BackendRuntime, refused: GatewayError
+) -> Unavailable:
+    """A job placed on its fallback (its backend not taking jobs now) that the fallback
+    cannot run: its backend may take it later, so the answer is the backend's retryable
+    unavailability, not the fallback's refusal of a request that is fine as sent."""
+    retry = max(runtime.breaker.retry_after(), FALLBACK_REFUSED_RETRY_S)
+    state = runtime.breaker.state.value
+    return Unavailable(
+        "BACKEND_UNAVAILABLE",
+        f"backend backends/{runtime.name} is not taking jobs now (circuit breaker {state}) and "
+        f"its fallback backends/{fallback.name} cannot run this job ({refused.reason}: "
+        f"{refused.message}); nothing was accepted, retry in {retry:.1f}s",
+        metadata={
+            "backend": f"backends/{runtime.name}",
+            "breakerState": state,
+            "fallbackBackend": f"backends/{fallback.name}",
+            "fallbackReason": refused.reason,
+            "retryDelaySeconds": f"{retry:.1f}",
+        },
+        retry_after=retry,
+    )

@@ -66,6 +66,11 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
+    @property
+    def trial_running(self) -> bool:
+        """The half-open trial is out: a job placed here now waits for its outcome."""
+        return self._trial is not None
+
     def retry_after(self) -> float:
         """Seconds until the breaker half-opens (0 when it is not open)."""
         if self._opened_at is None:

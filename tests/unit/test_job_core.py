@@ -410,6 +410,101 @@ async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteSt
         await _close(core)
 
 
+async def test_a_job_naming_a_fallback_is_not_held_behind_a_half_open_trial(
+    store: SqliteStore,
+) -> None:
+    # Placed on the half-open backend while its trial was out (its probe failing too), a job
+    # naming a healthy fallback waited for the trial, then became the next trial and failed:
+    # three such jobs failed in turn on a real gateway, none ran on the fallback.
+    main, fallback = ScriptedRunner(slots=2), ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(
+        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
+    )
+    runtime = core.backends["main"]
+    try:
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        clock.advance(30)
+        assert runtime.breaker.state is BreakerState.HALF_OPEN
+        runtime.health.serving = False
+        placed = await core.submit("bob", spec("main", text="a", fallback_backend="spare"))
+        assert placed.placement == "spare"  # no trial out, but its probe fails
+        runtime.health.serving = True
+        trial = await core.submit("bob", spec("main", text="b", fallback_backend="spare"))
+        assert trial.placement == "main"  # it may be the trial
+        runtime.wake.set()
+        await core.until("bob", trial.id, "RUNNING")
+        assert runtime.breaker.trial_running
+        placed = await core.submit("bob", spec("main", text="c", fallback_backend="spare"))
+        assert placed.placement == "spare"
+        assert (await core.submit("bob", spec("main", text="d"))).placement == "main"
+    finally:
+        await _close(core)
+
+
+async def test_a_refusal_with_an_open_fallback_names_it_and_the_sooner_retry(
+    store: SqliteStore,
+) -> None:
+    # It named only the backend, its retry delay, and told the caller to "name a
+    # fallback_backend", which it had done.
+    main, fallback = ScriptedRunner(), ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(
+        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
+    )
+    try:
+        await _failed_job(core, fallback, "spare", "alice", FailureKind.BACKEND_FAULT)
+        clock.advance(20)
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        with pytest.raises(Unavailable) as refused:
+            await core.submit("alice", spec("main", text="y", fallback_backend="spare"))
+        error = refused.value
+        assert error.reason == "BACKEND_UNAVAILABLE"
+        assert "name a fallback_backend" not in error.message
+        assert "its fallback backends/spare is failing too" in error.message
+        assert error.metadata["fallbackBackend"] == "backends/spare"
+        assert error.metadata["fallbackBreakerState"] == "OPEN"
+        assert error.retry_after == pytest.approx(10.0, abs=0.1)  # spare half-opens first
+        assert error.metadata["retryDelaySeconds"] == "10.0"
+    finally:
+        await _close(core)
+
+
+async def test_a_fallback_that_cannot_run_the_job_is_the_backends_unavailability(
+    store: SqliteStore,
+) -> None:
+    # A 5-qubit job with a 3-qubit fallback ran while its backend was closed and, once the
+    # breaker opened, was refused INVALID_ARGUMENT TOO_MANY_QUBITS naming no backend: a
+    # refusal the client never retries, of a request that is fine as sent.
+    main, fallback = ScriptedRunner(), ScriptedRunner()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
+
+    def too_big(source: object) -> object:
+        raise InvalidArgument("TOO_MANY_QUBITS", "the circuit uses 5 qubits; this backend has 3")
+
+    core.backends["spare"].adapter.compile_circuit = too_big  # type: ignore[method-assign]
+    try:
+        job = await core.submit("alice", spec("main", fallback_backend="spare"))
+        assert job.placement == "main"
+        main.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        with pytest.raises(Unavailable) as refused:
+            await core.submit("alice", spec("main", text="y", fallback_backend="spare"))
+        error = refused.value
+        assert error.reason == "BACKEND_UNAVAILABLE"
+        assert error.metadata["fallbackBackend"] == "backends/spare"
+        assert error.metadata["fallbackReason"] == "TOO_MANY_QUBITS"
+        assert error.metadata["breakerState"] == "OPEN"
+        assert error.retry_after == pytest.approx(30.0, abs=1.0)
+        assert "this backend has 3" in error.message
+    finally:
+        await _close(core)
+
+
 async def test_an_sdk_error_opens_the_breaker_only_while_the_backend_fails_its_probe(
     store: SqliteStore,
 ) -> None:
@@ -1203,6 +1298,30 @@ async def test_a_trial_that_runs_past_the_backends_limit_opens_the_breaker_again
         assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
         assert breaker.state is BreakerState.OPEN
         assert breaker.try_dispatch() is None
+    finally:
+        await _close(core)
+
+
+async def test_a_simulator_passing_its_probe_is_not_opened_by_jobs_past_its_limit(
+    store: SqliteStore,
+) -> None:
+    # Admitted under the work budget (not tied to max_run_time_s), two of one tenant's slow
+    # jobs ran past the backend's limit and opened the breaker for every tenant while the
+    # backend's probe passed. A provider's jobs past the limit still count.
+    local, remote = ScriptedRunner(slots=2), ScriptedRunner(model=ExecutionModel.REMOTE)
+    policy = BreakerPolicy(failure_threshold=2, window_s=60, cooldown_s=30)
+    core = await build_core(
+        store, "memory", {"sim": local, "qpu": remote}, breaker=policy, max_run_time_s=0.2
+    )
+    try:
+        for name in ("sim", "qpu"):
+            core.backends[name].health.serving = True
+            for i in range(2):
+                slow = await core.submit("mallory", spec(name, text=f"slow {i}"))
+                failed = await core.until("mallory", slow.id, "FAILED")  # never answers
+                assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
+        assert core.backends["sim"].breaker.state is BreakerState.CLOSED
+        assert core.backends["qpu"].breaker.state is BreakerState.OPEN
     finally:
         await _close(core)
 
