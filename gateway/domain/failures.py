@@ -1,8 +1,9 @@
 """How a job failed, as a kind the job core acts on (never by sorting reason strings).
 
-Every ExecutionError carries one. Only BACKEND_FAULT, TRANSIENT and CREDENTIALS say something
-about the backend, so only they count for the circuit breaker; the kind also tells a runner
-whether the instance that ran the job can be reused.
+Every ExecutionError carries one. Only BACKEND_FAULT, TRANSIENT, CREDENTIALS and THROTTLED say
+something about the backend, and SDK_ERROR while the backend fails its health probe, so only
+they count for the circuit breaker (counts_for_breaker); the kind also tells a runner whether
+the instance that ran the job can be reused.
 """
 
 from __future__ import annotations

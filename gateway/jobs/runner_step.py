@@ -4,7 +4,8 @@ It prepares the job again if the claim carries no prepared job, hands it to the 
 (or re-attaches to a provider job that was already submitted), waits for it under the run-time
 limit while renewing the claim's lease, stops it on CancelJob, accounts its outcome to the
 breaker with the permit the scheduler got (only the half-open trial's own outcome can close the
-breaker, and only failures of kind BACKEND_FAULT/TRANSIENT count), and commits the final state.
+breaker, and only the failures FailureKind.counts_for_breaker names count), and commits the
+final state.
 
 Usage: a job that succeeded reports its shots (from the prepared job, or from the stored spec for
 a job re-attached after a restart) and its execution time (the provider's, else the time it

@@ -21,7 +21,7 @@ from gateway.domain.backends import (
     BackendStatus,
     Primitive,
 )
-from gateway.domain.errors import ExecutionError, InvalidArgument
+from gateway.domain.errors import ExecutionError, InvalidArgument, Unavailable
 from gateway.jobs.backend import HealthState
 from gateway.runtime.health import HealthMonitor
 from gateway.security.api_keys import KeyRing, KeyVerifier, generate_key
@@ -328,3 +328,41 @@ def test_the_probe_loop_waits_an_interval_after_the_start_up_probe() -> None:
         return runner.probes
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_pool_that_cannot_start_an_instance_shows_no_instance() -> None:
+    # The pool's own refusal (a GatewayError, not an ExecutionError of the probe job).
+    last_error = asyncio.run(_run_probe(Unavailable("NO_CAPACITY", SECRET_TEXT), HealthState()))
+    assert last_error == "NO_INSTANCE: no backend instance could be started"
+
+
+def test_serving_is_published_after_the_first_probe_and_then_only_when_it_changes() -> None:
+    async def scenario() -> list[int]:
+        changes: list[str] = []
+
+        async def prepared(_: int) -> _Prepared:
+            return _Prepared()
+
+        async def on_change(name: str) -> None:
+            changes.append(name)
+
+        runner = _ProbeRunner(ExecutionError("WORKER_CRASHED", "crashed"))
+        monitor = HealthMonitor(
+            "aer",
+            runner,  # type: ignore[arg-type]
+            prepared,  # type: ignore[arg-type]
+            HealthState(),
+            interval_s=30,
+            timeout_s=0.05,
+            on_change=on_change,
+        )
+        seen = []
+        for error in (runner.error, runner.error, None, None, runner.error):
+            runner.error = error
+            await monitor.probe()
+            seen.append(len(changes))
+        assert set(changes) == {"aer"}
+        return seen
+
+    # The first verdict is published though NOT_SERVING was the default; a repeated one is not.
+    assert asyncio.run(scenario()) == [1, 1, 2, 2, 3]

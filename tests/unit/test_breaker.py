@@ -132,3 +132,61 @@ def test_a_released_trial_lets_the_next_job_be_the_trial() -> None:
     assert breaker.state is BreakerState.HALF_OPEN
     breaker.record_success(second)
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_each_opening_has_its_own_trial_after_a_trial_closed_it() -> None:
+    # The trial that closes the breaker must end its trial too: a breaker that opens again
+    # later needs a fresh trial, or it stays half-open with no job ever let through.
+    breaker, clock = _breaker()
+    _open(breaker)
+    clock.now += 5
+    assert breaker.record_success(_permit(breaker)) is not None
+    _open(breaker)
+    clock.now += 5
+    assert breaker.state is BreakerState.HALF_OPEN
+    second = breaker.try_dispatch()
+    assert second is not None and second.trial
+    breaker.record_success(second)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_after_a_failed_trial_the_next_cooldown_lets_a_new_trial_through() -> None:
+    breaker, clock = _breaker()
+    _open(breaker)
+    clock.now += 5
+    breaker.record_failure(_permit(breaker))
+    clock.now += 5
+    assert breaker.state is BreakerState.HALF_OPEN
+    retrial = breaker.try_dispatch()
+    assert retrial is not None and retrial.trial
+    breaker.record_success(retrial)
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_failures_of_jobs_started_before_it_opened_do_not_extend_the_cooldown() -> None:
+    # Jobs dispatched while CLOSED that fail after the breaker opened were already counted:
+    # they neither open it again (a longer cool-down) nor count as a new opening.
+    breaker, clock = _breaker()
+    early = [_permit(breaker) for _ in range(3)]
+    _open(breaker)
+    clock.now += 2
+    for permit in early:
+        assert breaker.record_failure(permit) is None
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.retry_after() == 3
+    assert breaker.times_opened == 1
+    clock.now += 3
+    assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_a_released_trials_late_failure_neither_reopens_nor_ends_the_next_trial() -> None:
+    breaker, clock = _breaker()
+    _open(breaker)
+    clock.now += 5
+    trial = _permit(breaker)
+    breaker.release(trial)  # e.g. cancelled: no verdict
+    second = _permit(breaker)
+    assert breaker.record_failure(trial) is None  # its late failure counts for nothing
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.record_success(second)
+    assert breaker.state is BreakerState.CLOSED

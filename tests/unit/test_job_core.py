@@ -84,6 +84,19 @@ async def _failed_job(
     return await core.until(tenant, job.id, "FAILED")
 
 
+def _released_permits(monkeypatch: pytest.MonkeyPatch, breaker: CircuitBreaker) -> list[Permit]:
+    """The permits given back to `breaker` (CircuitBreaker.release) from now on."""
+    released: list[Permit] = []
+    release = breaker.release
+
+    def spy(permit: Permit) -> None:
+        released.append(permit)
+        release(permit)
+
+    monkeypatch.setattr(breaker, "release", spy)
+    return released
+
+
 async def _queued_before_a_restart(store: SqliteStore) -> tuple[Job, Clock]:
     """A job a gateway accepted and stopped before running (it is recovered at the next start),
     and that gateway's clock."""
@@ -1484,7 +1497,7 @@ async def test_a_cancel_accepted_by_another_process_stops_the_holders_run(
 
 @pytest.mark.parametrize("model", [ExecutionModel.LOCAL, ExecutionModel.REMOTE])
 async def test_a_holder_whose_claim_went_to_another_lets_the_job_go(
-    store: SqliteStore, model: ExecutionModel
+    store: SqliteStore, model: ExecutionModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A stopped renewing in time (a stalled loop, the store out of reach) and its lease
     # lapsed: the job is B's now. A kept its local run going beside B's (two workers on one
@@ -1497,6 +1510,8 @@ async def test_a_holder_whose_claim_went_to_another_lets_the_job_go(
     a = await build_core(store, "store", {"sim": runner_a}, clock=clock, lease_s=0.3)
     job = await a.submit("alice", spec("sim"))
     await a.until("alice", job.id, "RUNNING")
+    permit = a.backends["sim"].running[job.id].permit
+    released = _released_permits(monkeypatch, a.backends["sim"].breaker)
     b = await build_core(
         store, "store", {"sim": runner_b}, clock=clock, owner="holder-2", lease_s=0.3
     )
@@ -1524,6 +1539,7 @@ async def test_a_holder_whose_claim_went_to_another_lets_the_job_go(
         assert [t.state.value for t in done.state_history] == [*ran, "SUCCEEDED"]
         assert a.recorder.states(job.id) == ran  # A wrote nothing more
         assert a.backends["sim"].breaker.state is BreakerState.CLOSED
+        assert permit in released  # a half-open trial's place is not kept by a step gone
         assert await a.backends["sim"].queue.claims_by_tenant() == {}
     finally:
         await _close(b)
@@ -1550,7 +1566,7 @@ async def _two_holders(
 
 
 async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_job_to_the_next(
-    store: SqliteStore,
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Found by a fuzzer of replicas: A's local run waited to write RUNNING (within
     # RUNNING_WRITE_DELAY_S); its lease lapsed meanwhile and B claimed the job, still QUEUED,
@@ -1562,6 +1578,8 @@ async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_j
     try:
         job = await a.submit("alice", spec("sim"))
         await asyncio.wait_for(runner_a.started.wait(), 5)  # A runs it; RUNNING not written
+        permit = a.backends["sim"].running[job.id].permit
+        released = _released_permits(monkeypatch, a.backends["sim"].breaker)
         clock.advance(0.35)  # A's lease lapses
         b.manager.start_scheduling()
         await asyncio.wait_for(runner_b.started.wait(), 5)  # B claimed it and runs it
@@ -1573,6 +1591,10 @@ async def test_a_holder_whose_lease_lapsed_before_its_running_write_leaves_the_j
         assert runner_a.cancelled == [job.id]  # A's run stopped when its write was refused
         assert [t.state.value for t in done.state_history] == ["QUEUED", "RUNNING", "SUCCEEDED"]
         assert a.recorder.states(job.id) == ["QUEUED"]  # A wrote nothing
+        async with asyncio.timeout(5):
+            while a.backends["sim"].running:  # A's step ends
+                await asyncio.sleep(0.01)
+        assert permit in released
     finally:
         await _close(b)
         await _close(a)
@@ -1993,3 +2015,264 @@ async def test_recovery_waits_out_a_provider_out_of_reach(
         await core2.until("alice", job.id, "SUCCEEDED")
     finally:
         await _close(core2)
+
+
+# ---------------------------------------------------------------- placement and the half-open trial
+
+
+async def _opened_then_half_open(core: Core, runner: ScriptedRunner, clock: Clock) -> None:
+    """Opens the breaker of `sim` (threshold 1) with a backend fault, then lets its cool-down
+    (10 s) pass, waking the scheduler for the trial."""
+    await _failed_job(core, runner, "sim", "alice", FailureKind.BACKEND_FAULT)
+    assert core.backends["sim"].breaker.state is BreakerState.OPEN
+    clock.advance(10)
+    core.backends["sim"].wake.set()
+
+
+@pytest.mark.parametrize("ending", ["client_error", "cancelled"])
+async def test_a_trial_ended_by_no_fault_of_the_backend_lets_the_next_job_be_the_trial(
+    store: SqliteStore, ending: str
+) -> None:
+    # A half-open trial that fails by its own fault (or is cancelled) says nothing about the
+    # backend: its place must go to the next job, or the breaker stays half-open for good.
+    runner = ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(store, "memory", {"sim": runner}, clock=clock, breaker=policy)
+    breaker = core.backends["sim"].breaker
+    try:
+        await _opened_then_half_open(core, runner, clock)
+        trial = await core.submit("alice", spec("sim"))
+        await core.until("alice", trial.id, "RUNNING")
+        if ending == "client_error":
+            runner.fail(trial.id, FailureKind.CLIENT_ERROR)
+            await core.until("alice", trial.id, "FAILED")
+        else:
+            await core.manager.cancel("alice", trial.id)
+            await core.until("alice", trial.id, "CANCELLED")
+        assert breaker.state is BreakerState.HALF_OPEN
+        following = await core.submit("alice", spec("sim"))
+        await core.until("alice", following.id, "RUNNING", timeout=2.0)
+        runner.succeed(following.id)
+        await core.until("alice", following.id, "SUCCEEDED")
+        assert breaker.state is BreakerState.CLOSED
+    finally:
+        await _close(core)
+
+
+async def test_a_throttled_create_counts_for_the_breaker(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A provider throttling every create attempt for long is out for this gateway: the
+    # breaker counts it (FailureKind.THROTTLED), and the job waits in the queue meanwhile.
+    runner = _ThrottledOnce()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(store, "memory", {"cloud": runner}, clock=clock, breaker=policy)
+    runtime = core.backends["cloud"]
+    requeued = asyncio.Event()
+    release = runtime.queue.release
+
+    async def released(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await release(*args, **kwargs)
+        finally:
+            requeued.set()
+
+    monkeypatch.setattr(runtime.queue, "release", released)
+    try:
+        job = await core.submit("alice", spec("cloud"))
+        async with asyncio.timeout(5):
+            await requeued.wait()
+        assert runner.throttled == 1 and runner.submitted == []
+        assert runtime.breaker.state is BreakerState.OPEN
+        clock.advance(10)  # half-open: the queued job is the trial
+        runtime.wake.set()
+        async with asyncio.timeout(5):
+            await runner.started.wait()
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        assert runtime.breaker.state is BreakerState.CLOSED
+    finally:
+        await _close(core)
+
+
+async def test_a_usable_backend_is_used_though_a_fallback_is_named(store: SqliteStore) -> None:
+    main, spare = ScriptedRunner(slots=2), ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(
+        store, "memory", {"sim": main, "spare": spare}, clock=clock, breaker=policy
+    )
+    try:
+        placed = await core.submit("alice", spec("sim", fallback_backend="spare"))
+        assert placed.placement == "sim"
+        # Half-open, no trial out and its probe passing: the job may be the trial.
+        await _opened_then_half_open(core, main, clock)
+        core.backends["sim"].health.serving = True
+        placed = await core.submit("alice", spec("sim", fallback_backend="spare"))
+        assert placed.placement == "sim"
+    finally:
+        await _close(core)
+
+
+async def test_a_fallback_whose_breaker_is_open_is_not_used(store: SqliteStore) -> None:
+    main, spare = ScriptedRunner(), ScriptedRunner()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(store, "memory", {"main": main, "spare": spare}, breaker=policy)
+    try:
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        await _failed_job(core, spare, "spare", "alice", FailureKind.BACKEND_FAULT)
+        with pytest.raises(Unavailable) as refused:
+            await core.submit("alice", spec("main", fallback_backend="spare"))
+        assert refused.value.reason == "BACKEND_UNAVAILABLE"
+        assert refused.value.metadata["backend"] == "backends/main"
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
+        status = await core.backends["spare"].status()
+        assert status.breaker_state == "OPEN"
+    finally:
+        await _close(core)
+
+
+async def test_a_fallback_outside_the_tenants_policy_is_refused(store: SqliteStore) -> None:
+    # Named as the fallback, a backend the tenant may not use is NOT_FOUND like any other,
+    # whether or not the job would be placed on it.
+    policies = PolicyBook(default=TenantPolicy(allowed_simulators=("main",)))
+    main, private = ScriptedRunner(), ScriptedRunner()
+    core = await build_core(store, "memory", {"main": main, "private": private}, policies=policies)
+    try:
+        with pytest.raises(NotFound) as refused:
+            await core.submit("alice", spec("main", fallback_backend="private"))
+        assert refused.value.reason == "BACKEND_NOT_FOUND"
+        assert refused.value.metadata["backend"] == "backends/private"
+    finally:
+        await _close(core)
+
+
+async def test_a_trial_whose_step_failed_lets_the_next_job_be_the_trial(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step itself failed (writing RUNNING: a disk error): the job is failed
+    # INTERNAL_ERROR, which says nothing about the backend, and the trial's place is given
+    # back.
+    runner = ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
+    core = await build_core(store, "memory", {"sim": runner}, clock=clock, breaker=policy)
+    breaker = core.backends["sim"].breaker
+    mark_running = store.mark_running
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        await _opened_then_half_open(core, runner, clock)
+        monkeypatch.setattr(store, "mark_running", broken)
+        trial = await core.submit("alice", spec("sim"))
+        failed = await core.until("alice", trial.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "INTERNAL_ERROR"
+        monkeypatch.setattr(store, "mark_running", mark_running)
+        assert breaker.state is BreakerState.HALF_OPEN
+        following = await core.submit("alice", spec("sim"))
+        await core.until("alice", following.id, "RUNNING", timeout=2.0)
+        runner.succeed(following.id)
+        await core.until("alice", following.id, "SUCCEEDED")
+        assert breaker.state is BreakerState.CLOSED
+    finally:
+        await _close(core)
+
+
+async def test_a_recovered_trial_whose_compile_fails_for_good_gives_its_place_back(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spec that no longer prepares is the job's own problem: failed, it leaves the
+    # half-open trial's place to the next job.
+    job, clock = await _queued_before_a_restart(store)
+    compile = DirectCompiler.compile
+
+    async def broken(self: Any, *args: Any) -> object:
+        raise Internal("COMPILER_FAILED", "the compiler failed on this circuit")
+
+    monkeypatch.setattr(DirectCompiler, "compile", broken)
+    runner = ScriptedRunner(slots=1)
+    second = await build_core(store, "memory", {"sim": runner}, clock=clock, schedule=False)
+    now = [0.0]
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=10), lambda: now[0])
+    opener = breaker.try_dispatch()
+    assert opener is not None
+    breaker.record_failure(opener)
+    now[0] = 10.0  # half-open: the recovered job is the trial
+    second.backends["sim"].breaker = breaker
+    try:
+        second.manager.start_scheduling()
+        failed = await second.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "COMPILER_FAILED"
+        monkeypatch.setattr(DirectCompiler, "compile", compile)
+        assert breaker.state is BreakerState.HALF_OPEN
+        following = await second.submit("alice", spec("sim"))
+        await second.until("alice", following.id, "RUNNING", timeout=2.0)
+        runner.succeed(following.id)
+        await second.until("alice", following.id, "SUCCEEDED")
+        assert breaker.state is BreakerState.CLOSED
+    finally:
+        await _close(second)
+
+
+@pytest.mark.parametrize("kind", [FailureKind.BACKEND_FAULT, FailureKind.TRANSIENT])
+async def test_a_backend_fault_or_a_provider_out_of_reach_counts_for_the_breaker(
+    store: SqliteStore, kind: FailureKind
+) -> None:
+    runner = ScriptedRunner()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(store, "memory", {"sim": runner}, breaker=policy)
+    try:
+        await _failed_job(core, runner, "sim", "alice", kind)
+        assert core.backends["sim"].breaker.state is BreakerState.OPEN
+    finally:
+        await _close(core)
+
+
+async def test_a_lapsed_claim_of_a_job_already_ended_gives_back_a_half_open_trials_place(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim that lapsed and came back carrying a job another step has since ended: the
+    # step finds it final and does nothing, but the trial permit it was started with must
+    # go back.
+    runner = ScriptedRunner()
+    core = await build_core(store, "memory", {"sim": runner})
+    runtime = core.backends["sim"]
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        claim = runtime.running[job.id].claim
+        runner.succeed(job.id)
+        await core.until("alice", job.id, "SUCCEEDED")
+        now = [0.0]
+        breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=10), lambda: now[0])
+        runtime.breaker = breaker
+        opener = breaker.try_dispatch()
+        assert opener is not None
+        breaker.record_failure(opener)
+        now[0] = 10.0
+        trial = breaker.try_dispatch()
+        assert trial is not None and trial.trial
+        given_back = asyncio.Event()
+        release = breaker.release
+
+        def gave_back(permit: Permit) -> None:
+            release(permit)
+            if permit == trial:
+                given_back.set()
+
+        monkeypatch.setattr(breaker, "release", gave_back)
+        lapsed = dataclasses.replace(
+            claim, job=dataclasses.replace(claim.job, state=JobState.RUNNING)
+        )
+        core.manager._schedulers["sim"].start_job(lapsed, trial)
+        async with asyncio.timeout(5):
+            await given_back.wait()
+        assert breaker.state is BreakerState.HALF_OPEN
+        current = await store.get_job(job.id)
+        assert current is not None and current.state is JobState.SUCCEEDED
+    finally:
+        await _close(core)
