@@ -180,13 +180,16 @@ def _cpu_seconds_used() -> float:
 
 def _limit_cpu(seconds: float | None) -> None:
     """Lets the process use `seconds` more CPU time; past that the kernel sends SIGXCPU, whose
-    default action ends the process (whatever it is doing, even inside native code)."""
-    soft = (
-        resource.RLIM_INFINITY
-        if seconds is None
-        else math.ceil(_cpu_seconds_used() + max(seconds, 0.0)) + 1
-    )
+    default action ends the process (whatever it is doing, even inside native code). None
+    lifts the limit to the hard one, which the host may have set (`ulimit -t`, systemd's
+    LimitCPU): a soft limit above it is refused, and every compile then ended its worker."""
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if seconds is None:
+        soft = hard
+    else:
+        soft = math.ceil(_cpu_seconds_used() + max(seconds, 0.0)) + 1
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 

@@ -116,3 +116,20 @@ def test_a_worker_is_released_before_numpy_loads() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_thread_that_ends_while_binding_does_not_stop_the_others_being_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing is really bound here: the system call is recorded instead.
+    bound: list[tuple[int, frozenset[int]]] = []
+
+    def setaffinity(tid: int, cpus: frozenset[int]) -> None:
+        if tid == 2:
+            raise ProcessLookupError(tid)  # the thread ended after it was listed
+        bound.append((tid, frozenset(cpus)))
+
+    monkeypatch.setattr(affinity, "thread_ids", lambda pid=None: [1, 2, 3])
+    monkeypatch.setattr(affinity.os, "sched_setaffinity", setaffinity)
+    affinity.release_worker(["label", "cpus=0,1"])
+    assert bound == [(1, frozenset({0, 1})), (3, frozenset({0, 1}))]

@@ -370,3 +370,42 @@ def test_extension_types_nest_at_most_sixteen_deep() -> None:
     assert decode(encode(("ok", _nested_sets(16))))[1] == _nested_sets(16)
     with pytest.raises(RefusedReply, match="nested deeper than 16"):
         decode(encode(("ok", _nested_sets(17))))
+
+
+def test_counts_of_zero_are_refused() -> None:
+    # A simulation reports only the outcomes it saw: a count of zero is no simulation's.
+    zero = np.array([0], dtype=np.int64).tobytes()
+    with pytest.raises(RefusedReply, match="not positive"):
+        decode(_reply(msgpack.ExtType(5, msgpack.packb([1, b"\x00", zero]))))
+
+
+def test_counts_as_wide_as_the_bound_read_back_and_one_bit_more_is_refused() -> None:
+    widest = 1 << 24
+    outcome = b"\x01" + b"\x00" * (widest // 8 - 1)
+    one = np.array([1], dtype=np.int64).tobytes()
+    read = decode(_reply(msgpack.ExtType(5, msgpack.packb([widest, outcome, one]))))[1]
+    assert isinstance(read, Counts) and read.num_bits == widest
+    with pytest.raises(RefusedReply, match="bits"):
+        decode(_reply(msgpack.ExtType(5, msgpack.packb([widest + 1, outcome + b"\x00", one]))))
+
+
+def test_an_empty_array_reads_back() -> None:
+    # No samples kept, no bindings: a zero-length axis is a result a worker sends.
+    for shape in [(0,), (3, 0)]:
+        empty = np.zeros(shape, dtype=np.float64)
+        read = decode(encode(("ok", empty)))[1]
+        assert read.shape == shape and read.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<U1", "|V8", "<M8[s]", ">i8"])
+def test_an_array_of_a_dtype_no_worker_sends_is_refused(dtype: str) -> None:
+    array = msgpack.ExtType(4, msgpack.packb([dtype, [1], b"\x00" * 8]))
+    with pytest.raises(RefusedReply, match="dtype"):
+        decode(_reply(array))
+
+
+def test_an_empty_reply_is_refused() -> None:
+    # Every caller reads reply[0]: an empty tuple was an IndexError in the gateway, its worker
+    # kept.
+    with pytest.raises(RefusedReply):
+        decode(encode(()))

@@ -23,22 +23,7 @@ from gateway.jobs.runner_step import _encodes_inline
 from gateway.offload import INLINE_BYTES
 from gateway.runtime import reply_codec, worker
 from gateway.runtime.worker import WorkerCrashed, WorkerProcess, WorkerReplyRefused
-
-
-class _Process:
-    """What WorkerProcess reads a reply from: its stdout, already written."""
-
-    def __init__(self, data: bytes) -> None:
-        self.pid = 4242
-        self.returncode = None
-        self.stdin = None
-        self.killed = False
-        self.stdout = asyncio.StreamReader()
-        self.stdout.feed_data(data)
-        self.stdout.feed_eof()
-
-    def kill(self) -> None:
-        self.killed = True
+from tests.worker_output import WrittenWorker
 
 
 async def _received(padding: int, monkeypatch: pytest.MonkeyPatch, seen: list[int]) -> Any:
@@ -49,7 +34,7 @@ async def _received(padding: int, monkeypatch: pytest.MonkeyPatch, seen: list[in
         return decode(body)
 
     monkeypatch.setattr(reply_codec, "decode", recording)
-    process = WorkerProcess(_Process(worker._reply_frame(("ok", b"x" * padding))), 1 << 20)  # type: ignore[arg-type]
+    process = WorkerProcess(WrittenWorker(worker._reply_frame(("ok", b"x" * padding))), 1 << 20)  # type: ignore[arg-type]
     return await process._receive()
 
 
@@ -80,7 +65,7 @@ class _Evil:
     ],
 )
 async def test_a_reply_no_worker_sends_is_refused_and_the_worker_killed(body: bytes) -> None:
-    process = _Process(struct.pack("!Q", len(body)) + body)
+    process = WrittenWorker(struct.pack("!Q", len(body)) + body)
     handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]
     with pytest.raises(WorkerReplyRefused) as refused:
         await handle._receive()
@@ -119,7 +104,7 @@ def test_results_are_encoded_on_the_loop_only_when_small(result: JobResult, inli
 @pytest.mark.anyio
 async def test_a_reply_larger_than_any_worker_sends_is_refused_before_it_is_read() -> None:
     # A worker taken over by hostile input could stream the gateway out of memory.
-    process = _Process(struct.pack("!Q", 1 << 40))
+    process = WrittenWorker(struct.pack("!Q", 1 << 40))
     handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]
     with pytest.raises(WorkerReplyRefused):
         await handle._receive()
@@ -135,7 +120,7 @@ async def test_an_answer_to_a_run_that_holds_no_outcome_is_refused() -> None:
         async def drain(self) -> None:
             pass
 
-    process = _Process(worker._reply_frame(("ok", ("not", "an outcome"))))
+    process = WrittenWorker(worker._reply_frame(("ok", ("not", "an outcome"))))
     process.stdin = _Sink()  # type: ignore[assignment]
     handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]
     with pytest.raises(WorkerReplyRefused):
