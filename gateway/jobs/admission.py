@@ -153,8 +153,9 @@ class Admission:
             raise runtime.target_pending_error()
         raise _breaker_open(runtime, fallback)
 
-    async def _admit(self, tenant: str, spec: JobSpec) -> _Place:
-        """The job's place on the backend it will queue on, or an admission refusal."""
+    async def _admit(self, tenant: str, spec: JobSpec, runtime: BackendRuntime) -> _Place:
+        """The job's place on `runtime`, the backend it will queue on, or an admission
+        refusal."""
         if self._draining.is_set():
             raise Unavailable(
                 "DRAINING",
@@ -162,7 +163,6 @@ class Admission:
                 "retry (another replica or after the restart)",
                 retry_after=1.0,
             )
-        runtime = self._placement(spec)
         limit = runtime.info.limits.max_queued_jobs
         depth = await runtime.queue.depth() + runtime.admitting.total()
         if depth >= limit:
@@ -223,14 +223,9 @@ class Admission:
         transaction that creates the job."""
         self._check_policy(tenant, spec)
         try:
-            place = await self._admit(tenant, spec)
-        except (Unavailable, ResourceExhausted):
-            # A concurrent twin may have been accepted since the caller's lookup: it gets its
-            # job back even while the backend refuses new work; nothing new is accepted.
-            existing = await self.find_request(tenant, request_id, digest)
-            if existing is None:
-                raise
-            return CreateOutcome(existing, created=False)
+            place = await self._admit(tenant, spec, self._placement(spec))
+        except (Unavailable, ResourceExhausted) as refused:
+            return await self._twin_or_raise(tenant, request_id, digest, refused)
         runtime = place.runtime
         # A stand-in started before its commit and then refused is taken back from its
         # worker, which for a simulator is a worker kill and respawn: a tenant over its
@@ -245,13 +240,50 @@ class Admission:
         if request_id and twin is None:
             mine = self._creating[key] = _Twin()
         try:
+            try:
+                return await self._queue(
+                    runtime, place, first, mine, tenant, request_id, spec, spec_bytes, digest
+                )
+            except _FallbackRefused as fallback:
+                place.release()
+                try:
+                    place = await self._after_fallback_refused(tenant, spec, runtime, fallback)
+                except (Unavailable, ResourceExhausted) as refused:
+                    return await self._twin_or_raise(tenant, request_id, digest, refused)
             return await self._queue(
-                runtime, place, first, mine, tenant, request_id, spec, spec_bytes, digest
+                place.runtime, place, first, mine, tenant, request_id, spec, spec_bytes, digest
             )
         finally:
             place.release()
             if mine is not None:
                 self._answer_twins(key, mine)
+
+    async def _twin_or_raise(
+        self, tenant: str, request_id: str, digest: bytes, refused: GatewayError
+    ) -> CreateOutcome:
+        """A submission `refused` at admission: a concurrent twin may have been accepted since
+        the caller's lookup, and it gets its job back even while the backend refuses new work
+        (nothing new is accepted); else the refusal stands."""
+        existing = await self.find_request(tenant, request_id, digest)
+        if existing is None:
+            raise refused
+        return CreateOutcome(existing, created=False)
+
+    async def _after_fallback_refused(
+        self, tenant: str, spec: JobSpec, fallback: BackendRuntime, refused: _FallbackRefused
+    ) -> _Place:
+        """The place of a job its fallback cannot run (fewer qubits, a gate it lacks): on its
+        own backend when that takes jobs at all (half-open: the fallback was only preferred
+        to waiting behind the trial), as if it had named no fallback. Else the backend's
+        refusal: its breaker's BACKEND_UNAVAILABLE if it could run the job (compiled for it,
+        so the retry finds it cached), its own refusal if the request is at fault there too.
+        """
+        runtime = self.runtime(spec.backend)
+        if _usable(runtime):
+            return await self._admit(tenant, spec, runtime)
+        seed = spec.options.seed if spec.options.seed is not None else 0
+        await self.prepare(runtime, tenant, spec, seed)
+        raise _fallback_refused(runtime, fallback, refused.error)
 
     def _answer_twins(self, key: tuple[str, str], mine: _Twin) -> None:
         """Lets the twins of a submission go on once its create has answered: at once if it
@@ -285,10 +317,10 @@ class Admission:
         seed = spec.options.seed if spec.options.seed is not None else secrets.randbits(63)
         try:
             prepared = await self.prepare(runtime, tenant, spec, seed)
-        except (InvalidArgument, ResourceExhausted) as refused:
+        except InvalidArgument as refused:
             if runtime.name == spec.backend:
                 raise
-            raise _fallback_refused(self.runtime(spec.backend), runtime, refused) from None
+            raise _FallbackRefused(refused) from None
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
         self._check_job(tenant, runtime.name, prepared)
         new = NewJob(
@@ -464,10 +496,6 @@ class Admission:
         )
 
 
-# The least retry delay when a job's fallback cannot run it while its backend is half-open
-# (its trial out, or failing its probe): the trial's outcome is due, not a cool-down.
-FALLBACK_REFUSED_RETRY_S = 1.0
-
 # Stand-ins being taken back, and jobs being queued, after their caller went away (a reference
 # keeps each task alive).
 _detached: set[asyncio.Future[None]] = set()
@@ -639,22 +667,29 @@ def _breaker_open(runtime: BackendRuntime, fallback: BackendRuntime | None) -> U
     )
 
 
+class _FallbackRefused(Exception):
+    """The fallback a job was placed on cannot run it (its compiler refused the job)."""
+
+    def __init__(self, error: InvalidArgument) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def _fallback_refused(
     runtime: BackendRuntime, fallback: BackendRuntime, refused: GatewayError
 ) -> Unavailable:
-    """A job placed on its fallback (its backend not taking jobs now) that the fallback
-    cannot run: its backend may take it later, so the answer is the backend's retryable
+    """A job whose backend's breaker is open and could run it, and whose fallback cannot: the
+    backend may take it once the breaker closes, so the answer is its retryable
     unavailability, not the fallback's refusal of a request that is fine as sent."""
-    retry = max(runtime.breaker.retry_after(), FALLBACK_REFUSED_RETRY_S)
-    state = runtime.breaker.state.value
+    retry = runtime.breaker.retry_after()
     return Unavailable(
         "BACKEND_UNAVAILABLE",
-        f"backend backends/{runtime.name} is not taking jobs now (circuit breaker {state}) and "
-        f"its fallback backends/{fallback.name} cannot run this job ({refused.reason}: "
-        f"{refused.message}); nothing was accepted, retry in {retry:.1f}s",
+        f"backend backends/{runtime.name} is failing (circuit breaker OPEN) and its fallback "
+        f"backends/{fallback.name} cannot run this job ({refused.reason}: {refused.message}); "
+        f"nothing was accepted, retry in {retry:.1f}s",
         metadata={
             "backend": f"backends/{runtime.name}",
-            "breakerState": state,
+            "breakerState": "OPEN",
             "fallbackBackend": f"backends/{fallback.name}",
             "fallbackReason": refused.reason,
             "retryDelaySeconds": f"{retry:.1f}",

@@ -612,15 +612,14 @@ class RunnerStep:
                 return
             limit = f"{run_limit:g}"
             moved = None
-            # Running past the backend's own limit is the backend's fault, unless a local
-            # simulator still passes its probe: then the job's own size made it slow (any
-            # tenant could send a few such jobs, admitted under the work budget, and open the
-            # breaker every tenant shares), as for SDK_ERROR. A half-open trial that counts
-            # opens the breaker again (released, the next job becomes the trial).
-            local = runner.model is ExecutionModel.LOCAL
-            if jobs_own or (local and runtime.health.serving):
+            if jobs_own:
                 runtime.breaker.release(running.permit)
             else:
+                # Running past the backend's own limit is the backend's fault; a half-open
+                # trial that did so opens the breaker again (released first, it no longer
+                # counted as the trial, and the next job became one). Not only while the
+                # probe fails, as for SDK_ERROR: a backend whose every worker hangs is never
+                # probed ("busy is not sick"), so its probe would pass for ever.
                 moved = runtime.breaker.record_failure(running.permit)
             error = JobError.of(
                 "JOB_TIMEOUT",
