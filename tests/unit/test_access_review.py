@@ -29,7 +29,7 @@ from gateway.domain.errors import (
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.security import audit_files
 from gateway.security.audit_writer import AuditWriter
-from gateway.security.policies import PolicyBook
+from gateway.security.policies import PolicyBook, may_read_operations
 from gateway.security.principals import Principal, Role, current_principal
 from gateway.security.tenant_policy import Tenant, TenantPolicy, etag_of
 from gateway.store.base import CreateOutcome, NewJob
@@ -338,3 +338,34 @@ async def test_calls_refused_for_their_rate_are_aggregated_per_principal() -> No
         ("apiKeys/b", 99),
     ]
     assert [r.code for r in records if r.reason == ""] == [int(Code.OK)]
+
+
+async def test_roles_are_never_widened_to_the_next_one(admin: AdminServicer) -> None:
+    # A user may not manage its own tenant's keys; a tenant admin may not create tenants, see
+    # other tenants in ListTenants, or read backends' operational detail.
+    user = Principal("acme", "apiKeys/us", Role.USER)
+    with pytest.raises(PermissionDenied) as caught:
+        await _create_key(admin, user, None, admin_pb2.ROLE_USER)
+    assert caught.value.reason == "TENANT_ADMIN_ROLE_REQUIRED"
+    for tid in ("acme", "globex"):
+        with pytest.raises(PermissionDenied) as denied:
+            await admin.CreateTenant(
+                admin_service_pb2.CreateTenantRequest(tenant_id=tid, tenant=admin_pb2.Tenant()),
+                None,
+            )
+        assert denied.value.reason == "ADMIN_ROLE_REQUIRED"
+    token = current_principal.set(Principal("acme", "jwt/idp#ops", Role.ADMIN))
+    try:
+        for tid in ("acme", "globex"):
+            await admin.CreateTenant(
+                admin_service_pb2.CreateTenantRequest(tenant_id=tid, tenant=admin_pb2.Tenant()),
+                None,
+            )
+    finally:
+        current_principal.reset(token)
+    listed = await admin.ListTenants(admin_service_pb2.ListTenantsRequest(), None)
+    assert [t.name for t in listed.tenants] == ["tenants/acme"]
+    tenant_admin = Principal("acme", "apiKeys/ta", Role.TENANT_ADMIN)
+    assert not tenant_admin.admin
+    assert not may_read_operations(tenant_admin)
+    assert may_read_operations(Principal("acme", "jwt/idp#ops", Role.ADMIN))

@@ -475,3 +475,18 @@ async def test_one_ipv6_slash_64_is_one_lookup_budget(store: SqliteStore) -> Non
     with pytest.raises(Unauthenticated):  # the next /64 has its own
         await verifier.verify("qgw_made0010up_secret", "ipv6:[2001:db8:1:3::1]:443")
     assert counting.reads == 4
+
+
+async def test_a_revoked_key_that_has_not_expired_yet_is_refused(store: SqliteStore) -> None:
+    # Every revoked key of the test above never expired: a revoke of a key with an expiry
+    # still ahead must count at once, not only once the key expires anyway.
+    clock = Clock()
+    verifier = KeyVerifier(KeyRing([]), store, clock=lambda: clock.mono, now=lambda: clock.wall)
+    key, record = _record("acme", expires_at=T0 + timedelta(days=30))
+    await store.create_api_key(record)
+    await store.revoke_api_key(record.prefix, T0)
+    with pytest.raises(Unauthenticated) as revoked:
+        await verifier.verify(key)
+    assert revoked.value.reason == "API_KEY_REVOKED"
+    stored = await store.get_api_key(record.prefix)
+    assert stored is not None and stored.state(T0) is KeyState.REVOKED

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.domain.errors import Unauthenticated
 from gateway.security.api_keys import ApiKeyConfig, KeyRing, KeyVerifier, generate_key, hash_key
-from gateway.security.authenticator import Authenticator
+from gateway.security.authenticator import Authenticator, claimed_key_prefix
 from gateway.security.principals import Principal
 
 pytestmark = pytest.mark.anyio
@@ -60,3 +60,30 @@ async def test_right_prefix_wrong_secret_is_invalid() -> None:
         await _authenticate([good.config], _md(f"Bearer {forged}"))
     assert exc.value.reason == "API_KEY_INVALID"
     assert forged not in exc.value.message
+
+
+class _CountingStore:
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    async def get_api_key(self, prefix: str) -> None:
+        self.reads.append(prefix)
+
+    async def touch_api_keys(self, used: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["qgw_ABCD_secret", "qgw_ab_secret", "qgw_abc\ndef_secret", "qgw_" + "a" * 33 + "_secret"],
+)
+async def test_a_prefix_no_key_can_have_is_invalid_unread_and_unaudited(token: str) -> None:
+    # Only a prefix of a key's own form reaches the cache, the store or the audit log: any
+    # other (upper case, too short or long, a newline) cost a store read and was logged as is.
+    store = _CountingStore()
+    verifier = KeyVerifier(KeyRing([]), store)
+    with pytest.raises(Unauthenticated) as caught:
+        await verifier.verify(token, "ipv4:10.0.0.7:5555")
+    assert caught.value.reason == "API_KEY_INVALID"
+    assert store.reads == []
+    assert claimed_key_prefix([("authorization", f"Bearer {token}")]) == ""

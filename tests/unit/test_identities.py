@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 from pydantic import ValidationError
 
 from gateway.config import GatewayConfig
 from gateway.domain.errors import Unauthenticated
+from gateway.interceptors.auth import AuthInterceptor
 from gateway.security.api_keys import KeyRing, KeyVerifier, generate_key
 from gateway.security.authenticator import (
     Authenticator,
@@ -30,7 +33,7 @@ from gateway.security.mtls import (
     parse_xfcc,
     peer_cert,
 )
-from gateway.security.principals import ANONYMOUS, Role
+from gateway.security.principals import ANONYMOUS, Role, current_principal
 
 pytestmark = pytest.mark.anyio
 ALICE_CTX = {
@@ -290,3 +293,86 @@ async def test_a_refused_certificate_is_named_in_its_audit_record() -> None:
         )
     )
     assert written[0].principal == "cert/CN=eve"
+
+
+async def test_xfcc_is_believed_from_no_one_when_no_proxy_is_trusted() -> None:
+    # With no trusted proxies configured, a client with a certificate of its own is no proxy:
+    # its XFCC header naming another (mapped) certificate is refused, not believed.
+    auth = Authenticator(KeyVerifier(KeyRing([KEY.config])), certs=CertMapper(RULES))
+    xfcc = ("x-forwarded-client-cert", 'Subject="O=acme,CN=alice";URI=spiffe://acme/alice')
+    for ctx in (PROXY_CTX, {"x509_subject": [b"CN=bob"]}, {}):
+        assert await _refused(auth, _md(xfcc), ctx) == "FORWARDED_IDENTITY_UNTRUSTED"
+
+
+def test_the_first_matching_rule_wins_over_a_later_wider_one() -> None:
+    mapper = CertMapper(
+        [
+            CertRule(san="spiffe://acme/ci", tenant="acme"),
+            CertRule(san="spiffe://acme/*", tenant="acme", role=Role.ADMIN),
+        ]
+    )
+    ci = mapper.principal(PeerCert("", ("spiffe://acme/ci",)))
+    assert ci is not None and ci.role is Role.USER
+    other = mapper.principal(PeerCert("", ("spiffe://acme/ops",)))
+    assert other is not None and other.role is Role.ADMIN
+
+
+class _Jwt:
+    """A JWT verifier that accepts nothing: only bearer tokens that are not keys reach it."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    async def verify(self, token: str) -> Any:
+        self.tokens.append(token)
+        raise Unauthenticated("JWT_INVALID", "not accepted")
+
+
+async def test_a_qgw_key_is_a_key_even_when_jwts_are_accepted() -> None:
+    jwt = _Jwt()
+    auth = _auth(jwt=jwt)
+    key = await auth.authenticate(_md(("authorization", f"Bearer {KEY.key}")), {})
+    assert key.tenant == "keyco"
+    assert await _refused(auth, _md(("authorization", "Bearer ey.x.y")), {}) == "JWT_INVALID"
+    assert jwt.tokens == ["ey.x.y"]
+
+
+class _Context:
+    def __init__(self, auth_context: dict[str, list[bytes]]) -> None:
+        self._auth_context = auth_context
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth_context
+
+    def peer(self) -> str:
+        return "ipv4:10.0.0.7:5555"
+
+
+async def test_the_auth_interceptor_reads_the_connections_certificate() -> None:
+    # With certificate rules the interceptor hands the connection's auth context over: a
+    # mapped client certificate is the caller without any bearer credential.
+    async def whoami(request: Any, context: Any) -> tuple[str, Role]:
+        principal = current_principal.get()
+        return principal.tenant, principal.role
+
+    async def continuation(details: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(whoami)
+
+    interceptor = AuthInterceptor(_auth(), uses_certificates=True)
+    details = SimpleNamespace(method="/qgateway.v1.JobService/GetJob", invocation_metadata=())
+    handler = await interceptor.intercept_service(continuation, details)
+    assert await handler.unary_unary(b"", _Context(ALICE_CTX)) == ("acme", Role.TENANT_ADMIN)
+    with pytest.raises(Unauthenticated) as caught:
+        await handler.unary_unary(b"", _Context({"x509_subject": [b"CN=nobody"]}))
+    assert caught.value.reason == "CERTIFICATE_NOT_MAPPED"
+
+
+def test_an_xfcc_header_past_64_kib_is_malformed() -> None:
+    # Well-formed but huge: parsed on the event loop for every call that sends it.
+    header = 'Subject="CN=' + "a" * (64 * 1024) + '"'
+    with pytest.raises(XfccMalformed, match="64 KiB"):
+        parse_xfcc(header)
+    assert parse_xfcc('Subject="CN=' + "a" * 1024 + '"') == PeerCert("CN=" + "a" * 1024)

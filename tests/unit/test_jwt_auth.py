@@ -281,3 +281,43 @@ async def test_a_due_key_set_refresh_does_not_hold_calls_up() -> None:
         release.set()
     assert source._refreshing is not None
     await source._refreshing
+
+
+async def test_a_token_uses_an_algorithm_both_the_configuration_and_its_key_accept(
+    jwks_file: Path,
+) -> None:
+    # The configuration's list binds even where the key could verify the token ...
+    es_only = JwtVerifier(_config(jwks_file, algorithms=["ES256"]))
+    assert "not accepted" in (await _refused(es_only, _token())).message
+    assert (await es_only.verify(_token(EC_KEY, "ES256", kid="e1"))).tenant == "acme"
+    # ... and so does the algorithm a key declares ("alg": "RS256"): PS256 by the same key no.
+    both = JwtVerifier(_config(jwks_file, algorithms=["RS256", "PS256"]))
+    error = await _refused(both, _token(alg="PS256"))
+    assert "does not match the key" in error.message
+    assert (await both.verify(_token())).tenant == "acme"
+
+
+async def test_the_highest_mapped_role_wins_whatever_the_claims_order(jwks_file: Path) -> None:
+    mapped = JwtVerifier(
+        _config(jwks_file, role_claim="groups", roles={"qgw-admins": Role.ADMIN, "ops": "user"})
+    )
+    for groups in (["qgw-admins", "ops"], ["ops", "qgw-admins"]):
+        assert (await mapped.verify(_token(groups=groups))).role is Role.ADMIN
+
+
+async def test_a_token_without_a_key_id_needs_a_key_set_of_one(
+    jwks_file: Path, tmp_path: Path
+) -> None:
+    # With several keys, which one a token without "kid" meant is unknowable: never the first.
+    several = JwtVerifier(_config(jwks_file))
+    assert "unknown signing key" in (await _refused(several, _token(kid=None))).message
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(_jwks(r1=RSA_KEY)))
+    assert (await JwtVerifier(_config(single)).verify(_token(kid=None))).tenant == "acme"
+
+
+async def test_a_token_past_16_kib_is_refused_unparsed(jwks_file: Path) -> None:
+    padded = _token(pad="x" * 16 * 1024)
+    assert len(padded) > 16 * 1024
+    error = await _refused(JwtVerifier(_config(jwks_file)), padded)
+    assert error.message == "the bearer token is not accepted: too long"

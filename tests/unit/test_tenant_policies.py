@@ -46,6 +46,7 @@ from gateway.security.tenant_policy import (
     period_at,
     policy_from_json,
     policy_to_json,
+    validate_policy,
 )
 from gateway.store.base import NewJob, QuotaCharge
 from gateway.store.sqlite import SqliteStore
@@ -820,3 +821,27 @@ def test_masking_a_quota_field_of_a_tenant_without_a_quota_creates_none() -> Non
     asked = admin_pb2.Tenant(policy=admin_pb2.TenantPolicy(quota=admin_pb2.PeriodQuota(shots=9)))
     _, policy = tenant_codec.apply_update(current, asked, ["policy.quota.shots"])
     assert policy.quota is not None and policy.quota.shots == 9
+
+
+def test_a_pattern_matches_a_whole_backend_id_never_its_tail() -> None:
+    policy = TenantPolicy(allowed_simulators=("aer*",), allowed_hardware=("ibm-kyiv",))
+    assert policy.allows("aer-mps", BackendKind.SIMULATOR)
+    assert policy.allows("ibm-kyiv", BackendKind.HARDWARE)
+    for name in ("xaer", "my-aer-mps"):
+        assert not policy.allows(name, BackendKind.SIMULATOR), name
+    assert not policy.allows("old-ibm-kyiv", BackendKind.HARDWARE)
+    # A policy that names no hardware allows none.
+    assert not TenantPolicy().allows("ibm-kyiv", BackendKind.HARDWARE)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"request_rate": RateLimit(per_second=1.0, burst=0)}, "request_rate.burst"),
+        ({"submit_rate": RateLimit(per_second=1.0, burst=0)}, "submit_rate.burst"),
+        ({"max_qubits": 0}, "max_qubits"),
+        ({"max_shots_per_job": 0}, "max_shots_per_job"),
+    ],
+)
+def test_a_zero_limit_or_burst_is_invalid(changes: dict[str, Any], field: str) -> None:
+    assert [name for name, _ in validate_policy(TenantPolicy(**changes))] == [field]
