@@ -260,6 +260,20 @@ async def test_request_id_is_released_after_the_dedup_window(store: Store) -> No
     assert retry.job.id == fresh.job.id and not retry.created
 
 
+async def test_the_dedup_window_runs_from_creation_not_from_the_last_change(store: Store) -> None:
+    # A job that ran and ended long after it was created still gives its request_id up once
+    # the window, measured from its creation, has passed: its later changes do not extend it.
+    old = await store.create_job(new_job(request_id="nightly", payload=b"a"))
+    window = timedelta(seconds=REQUEST_ID_DEDUP_WINDOW_S)
+    ended = T0 + window - SECOND
+    await store.mark_running(old.job.id, ended - SECOND)
+    await store.finish_job(old.job.id, JobState.SUCCEEDED, ended_at=ended, result=b"r")
+    later = T0 + window + SECOND
+    assert await store.find_request("acme", "nightly", later) is None
+    fresh = await store.create_job(new_job(request_id="nightly", payload=b"b", created_at=later))
+    assert fresh.created and fresh.job.id != old.job.id
+
+
 async def test_jobs_without_request_id_never_deduplicate(store: Store) -> None:
     for _ in range(3):
         assert (await store.create_job(new_job())).created
@@ -535,6 +549,18 @@ async def test_expiry_is_kept_for_succeeded_jobs_only(store: Store) -> None:
     assert failed is not None and failed.expire_at is None
 
 
+@pytest.mark.parametrize("final", [s for s in JobState if s.is_final])
+async def test_no_final_state_is_left_for_cancelling(store: Store, final: JobState) -> None:
+    # Every final state is final, not only CANCELLED: a late CancelJob of a job that failed
+    # or succeeded changes nothing, its history and end time included.
+    await store.create_job(new_job(job_id="f"))
+    await store.mark_running("f", T0 + SECOND)
+    ended = await store.finish_job("f", final, ended_at=T0 + 2 * SECOND)
+    assert ended is not None
+    assert await store.mark_cancelling("f", T0 + 3 * SECOND) is None
+    assert await store.get_job("f") == ended
+
+
 async def test_mark_cancelling_from_running_queued_only(store: Store) -> None:
     await store.create_job(new_job(job_id="r"))
     await store.mark_running("r", T0 + SECOND)
@@ -601,6 +627,43 @@ async def test_expired_results_are_deleted_in_expiry_order_from_a_cursor(store: 
         1,
         (T0 + timedelta(hours=100), "late"),
     )
+
+
+async def test_a_result_is_not_deleted_a_microsecond_before_it_expires(store: Store) -> None:
+    expires = T0 + timedelta(hours=1)
+    await store.create_job(new_job(job_id="r"))
+    await store.finish_job(
+        "r", JobState.SUCCEEDED, ended_at=T0, result=b"data", result_expires_at=expires
+    )
+    early = expires - timedelta(microseconds=1)
+    assert await store.delete_expired_results(None, early, 10) == (0, 0, None)
+    assert await store.get_result("r") == b"data"
+    assert await store.delete_expired_results(None, expires, 10) == (1, 1, (expires, "r"))
+    assert await store.get_result("r") is None
+
+
+async def test_a_later_expiry_batch_deletes_results_expiring_at_its_cutoff(store: Store) -> None:
+    # Batches after the first (from a cursor) take `until` as inclusively as the first does.
+    expires = T0 + timedelta(hours=1)
+    for job_id in ("a", "b"):
+        await store.create_job(new_job(job_id=job_id))
+        await store.finish_job(
+            job_id, JobState.SUCCEEDED, ended_at=T0, result=b"x", result_expires_at=expires
+        )
+    first = await store.delete_expired_results(None, expires, 1)
+    assert first == (1, 1, (expires, "a"))
+    assert await store.delete_expired_results(first[2], expires, 1) == (1, 1, (expires, "b"))
+    assert await store.get_result("b") is None
+
+
+async def test_a_job_ending_a_microsecond_after_the_retention_cutoff_stays(store: Store) -> None:
+    ended = T0 + timedelta(hours=1)
+    await store.create_job(new_job(job_id="j"))
+    await store.finish_job("j", JobState.SUCCEEDED, ended_at=ended, result=b"r")
+    assert await store.delete_ended_jobs(ended - timedelta(microseconds=1), 10) == (0, 0)
+    assert await store.get_result("j") == b"r"
+    assert await store.delete_ended_jobs(ended, 10) == (1, 0)
+    assert await store.get_job("j") is None
 
 
 async def test_delete_result(store: Store) -> None:
@@ -990,6 +1053,19 @@ async def test_claim_job_takes_one_waiting_job_out(store: Store) -> None:
     # Finishing it ends the claim.
     await store.finish_job("a", JobState.CANCELLED, ended_at=T0)
     assert await store.claims_by_tenant("aer", T0) == {"acme": 1}
+
+
+async def test_claim_job_never_takes_a_started_or_final_job(store: Store) -> None:
+    # Only a waiting (QUEUED) job is taken: one that ran, or ended, has no lease left to hold,
+    # yet it is not claimable by id either.
+    for job_id in ("ended", "running"):
+        await store.create_job(new_job(job_id=job_id))
+    await store.finish_job("ended", JobState.CANCELLED, ended_at=T0)
+    await store.mark_running("running", T0)
+    assert await store.claim_job("ended", "acme", "aer", "me", T0 + LEASE) is None
+    assert await store.claim_job("running", "acme", "aer", "me", T0 + LEASE) is None
+    assert await store.claims_by_tenant("aer", T0) == {}
+    assert await store.next_lease_expiry("aer") is None
 
 
 async def test_claim_expired_takes_waiting_jobs_created_by_the_cutoff(store: Store) -> None:

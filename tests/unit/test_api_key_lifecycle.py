@@ -115,6 +115,19 @@ async def test_the_repository_keeps_hashes_states_and_pages(store: SqliteStore) 
     assert used is not None and used.last_used_at == T0 + timedelta(minutes=5)
 
 
+async def test_a_key_is_not_listed_active_from_its_expiry_on(store: SqliteStore) -> None:
+    # The listing agrees with ApiKeyRecord.state: expired at its expiry instant, not after it.
+    expires = T0 + timedelta(hours=1)
+    _, record = _record("acme", expires_at=expires)
+    await store.create_api_key(record)
+    just_before = expires - timedelta(microseconds=1)
+    assert record.state(just_before) is KeyState.ACTIVE
+    listed = await store.list_api_keys("acme", active_at=just_before)
+    assert [k.prefix for k in listed.keys] == [record.prefix]
+    assert record.state(expires) is KeyState.EXPIRED
+    assert (await store.list_api_keys("acme", active_at=expires)).keys == []
+
+
 async def test_listing_active_keys_never_walks_revoked_ones(store: SqliteStore) -> None:
     # Revoked keys are never deleted and were filtered after the (tenant, prefix) index: with
     # 300,000 of them one ListApiKeys page held the store's only thread for 82 ms. Counted in

@@ -847,3 +847,43 @@ async def test_session_totals_read_session_rows_and_never_their_jobs(
 
 def _session_job(session_id: str, i: int) -> NewJob:
     return dataclasses.replace(new_job(created_at=T0 + timedelta(seconds=i)), session=session_id)
+
+
+class _IgnoresSynchronous(sqlite3.Connection):
+    """A connection whose build (or wrapper) silently ignores `PRAGMA synchronous = FULL`."""
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.replace(" ", "").upper() == "PRAGMASYNCHRONOUS=FULL":
+            sql = "PRAGMA synchronous = NORMAL"
+        return super().execute(sql, *args)
+
+
+def test_a_connection_that_ignores_synchronous_full_is_refused(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Durability is asserted, not assumed: without FULL an acknowledged job may be lost.
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, factory=_IgnoresSynchronous, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(RuntimeError, match="synchronous=FULL did not take effect"):
+        sqlite_module._connect(tmp_path / "gateway.db")
+
+
+async def test_no_write_is_acknowledged_when_its_batch_s_commit_fails(store: SqliteStore) -> None:
+    # Answers are settled only after COMMIT returned: a submission batched with a write whose
+    # COMMIT fails (here a foreign key deferred to COMMIT) is answered with the failure, never
+    # with a job that was not stored.
+    def orphan_spec(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute("INSERT INTO job_specs (job_id, spec) VALUES ('nobody', x'00')")
+
+    created, orphan = await _run_gated(
+        store, WriterGate(), store.create_job(new_job(job_id="a")), store._call(orphan_spec)
+    )
+    assert isinstance(created, sqlite3.IntegrityError)
+    assert isinstance(orphan, sqlite3.IntegrityError)
+    assert await store.get_job("a") is None
+    assert (await store.create_job(new_job(job_id="a"))).created

@@ -380,6 +380,23 @@ async def test_failed_and_cancelled_jobs_release_their_reservation(store: Sqlite
     await store.create_job(new_job(charge(100)))  # the whole quota is free again
 
 
+async def test_an_ended_job_gives_back_the_cost_it_reserved(store: SqliteStore) -> None:
+    # The cost reserved at admission is what settling takes off again: a failed job holds
+    # none of it, a succeeded one holds what it used (its execution record's cost).
+    period = period_at(T0, 60.0)
+    priced = charge(1, max_shots=None, cost=0.75, max_cost=1.0)
+    failed, succeeded = new_job(priced), new_job(priced)
+    await store.create_job(failed)
+    await store.finish_job(failed.id, JobState.FAILED, ended_at=T0)
+    figures = await store.tenant_usage("acme", period.start, period.end)
+    assert (figures.cost_reserved, figures.cost_used) == (0.0, 0.0)
+    await store.create_job(succeeded)
+    await store.finish_job(succeeded.id, JobState.SUCCEEDED, ended_at=T0, execution=ran(1))
+    figures = await store.tenant_usage("acme", period.start, period.end)
+    assert (figures.cost_reserved, figures.cost_used) == (0.0, 0.5)
+    await store.create_job(new_job(charge(1, max_shots=None, cost=0.5, max_cost=1.0)))
+
+
 async def test_a_reservation_survives_a_restart_and_settles_once(db_path: pathlib.Path) -> None:
     first = SqliteStore(db_path)
     await first.open()
@@ -434,6 +451,27 @@ async def test_the_queued_job_limit_counts_only_the_tenant_s_own_jobs(store: Sql
     assert queued.value.metadata["queuedJobs"] == "2"
     period = period_at(T0, 60.0)
     assert (await store.tenant_usage("acme", period.start, period.end)).queued_jobs == 2
+
+
+async def test_the_queued_job_limit_counts_only_jobs_still_waiting(store: SqliteStore) -> None:
+    # A job handed to its provider (SUBMITTING), running or cancelling no longer waits in the
+    # tenant's queue: it frees its place at once.
+    limited = charge(1, max_shots=None, max_queued_jobs=1)
+    for step in ("submitting", "running", "cancelling"):
+        job = new_job(limited)
+        await store.create_job(job)
+        if step == "submitting":
+            await store.mark_submitting(job.id, T0)
+        else:
+            await store.mark_running(job.id, T0)
+            if step == "cancelling":
+                await store.mark_cancelling(job.id, T0)
+    await store.create_job(new_job(limited))
+    with pytest.raises(ResourceExhausted) as queued:
+        await store.create_job(new_job(limited))
+    assert queued.value.reason == "TENANT_QUEUE_FULL"
+    period = period_at(T0, 60.0)
+    assert (await store.tenant_usage("acme", period.start, period.end)).queued_jobs == 1
 
 
 async def test_a_job_priced_only_per_second_is_refused_once_the_cost_quota_is_spent(
