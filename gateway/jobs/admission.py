@@ -222,18 +222,31 @@ class Admission:
         limits); its quota and queued-job limit are checked and reserved by the store in the
         transaction that creates the job."""
         self._check_policy(tenant, spec)
+        key = (tenant, request_id)
+        # A twin being created now: a refusal waits for its create before looking it up.
+        earlier = self._creating.get(key) if request_id else None
+        before = None if earlier is None else earlier.answered
         try:
-            place = await self._admit(tenant, spec, self._placement(spec))
+            placed = self._placement(spec)
+            try:
+                place = await self._admit(tenant, spec, placed)
+            except ResourceExhausted:
+                # A fallback preferred to a half-open backend's trial, its queue full: the
+                # backend, as for a job naming no fallback.
+                backend = self.runtime(spec.backend)
+                if placed is backend or not _usable(backend):
+                    raise
+                place = await self._admit(tenant, spec, backend)
         except (Unavailable, ResourceExhausted) as refused:
-            return await self._twin_or_raise(tenant, request_id, digest, refused)
+            return await self._twin_or_raise(tenant, request_id, digest, refused, before)
         runtime = place.runtime
         # A stand-in started before its commit and then refused is taken back from its
         # worker, which for a simulator is a worker kill and respawn: a tenant over its
         # limits, or a client sending twins of one request_id at once, would keep every
         # tenant's workers restarting. Those jobs are queued only once created, a twin after
         # the first one's create has answered (the store then gives it that job). Registered
-        # before preparing: the first twin's prepare may end after the second's.
-        key = (tenant, request_id)
+        # before preparing: the first twin's prepare may end after the second's. Looked up
+        # again: a twin may have started during the admission's awaits.
         twin = self._creating.get(key) if request_id else None
         first = None if twin is None else twin.answered
         mine = None
@@ -249,7 +262,7 @@ class Admission:
                 try:
                     place = await self._after_fallback_refused(tenant, spec, runtime, fallback)
                 except (Unavailable, ResourceExhausted) as refused:
-                    return await self._twin_or_raise(tenant, request_id, digest, refused)
+                    return await self._twin_or_raise(tenant, request_id, digest, refused, first)
             return await self._queue(
                 place.runtime, place, first, mine, tenant, request_id, spec, spec_bytes, digest
             )
@@ -259,11 +272,19 @@ class Admission:
                 self._answer_twins(key, mine)
 
     async def _twin_or_raise(
-        self, tenant: str, request_id: str, digest: bytes, refused: GatewayError
+        self,
+        tenant: str,
+        request_id: str,
+        digest: bytes,
+        refused: GatewayError,
+        first: asyncio.Future[None] | None,
     ) -> CreateOutcome:
         """A submission `refused` at admission: a concurrent twin may have been accepted since
         the caller's lookup, and it gets its job back even while the backend refuses new work
-        (nothing new is accepted); else the refusal stands."""
+        (nothing new is accepted); else the refusal stands. `first`: the twin being created,
+        whose create is awaited before the lookup."""
+        if first is not None:
+            await asyncio.shield(first)
         existing = await self.find_request(tenant, request_id, digest)
         if existing is None:
             raise refused
@@ -282,7 +303,8 @@ class Admission:
         if _usable(runtime):
             return await self._admit(tenant, spec, runtime)
         seed = spec.options.seed if spec.options.seed is not None else 0
-        await self.prepare(runtime, tenant, spec, seed)
+        prepared = await self.prepare(runtime, tenant, spec, seed)
+        self._check_job(tenant, runtime.name, prepared)
         raise _fallback_refused(runtime, fallback, refused.error)
 
     def _answer_twins(self, key: tuple[str, str], mine: _Twin) -> None:

@@ -2448,3 +2448,143 @@ async def test_a_twin_placed_on_a_refusing_fallback_gets_the_first_twins_job(
     finally:
         hold.set()
         await _close(core)
+
+
+async def test_a_full_fallback_queue_leaves_the_job_behind_its_half_open_trial(
+    store: SqliteStore,
+) -> None:
+    # While the half-open backend's trial is out, a job naming a fallback is placed there and
+    # the fallback's admission checks are the only ones asked: its full queue answered
+    # QUEUE_FULL naming the fallback, while the backend (empty queue) takes a job that names
+    # no fallback. As for a fallback that cannot run the job, naming one must not make the
+    # submission worse than naming none.
+    main, fallback = ScriptedRunner(slots=2), ScriptedRunner(slots=1)
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(
+        store,
+        "memory",
+        {"main": main, "spare": fallback},
+        clock=clock,
+        breaker=policy,
+        max_queued_jobs=2,
+    )
+    runtime = core.backends["main"]
+    try:
+        runtime.health.serving = True
+        busy = await core.submit("carol", spec("spare", text="busy"))
+        await core.until("carol", busy.id, "RUNNING")
+        await core.submit("carol", spec("spare", text="wait1"))
+        await core.submit("dave", spec("spare", text="wait2"))
+        assert await core.backends["spare"].queue.depth() == 2  # at its limit
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        clock.advance(30)
+        trial = await core.submit("bob", spec("main", text="trial"))
+        await core.until("bob", trial.id, "RUNNING")
+        assert runtime.breaker.trial_running
+        # A job naming no fallback queues on the backend; one naming the full fallback must too.
+        named = await core.submit("bob", spec("main", text="named", fallback_backend="spare"))
+        assert named.placement == "main"
+    finally:
+        await _close(core)
+
+
+async def test_a_job_over_the_tenants_limits_on_its_open_backend_is_refused_by_policy(
+    store: SqliteStore,
+) -> None:
+    # While the backend is open and its fallback cannot run the job, the job is compiled for
+    # the backend to tell "the backend could run it" (retryable BACKEND_UNAVAILABLE) from
+    # "neither can" (the backend's own refusal). The tenant's per-job limits were not asked:
+    # a job over max_shots_per_job was told to retry at the cool-down (the Python client
+    # retries UNAVAILABLE), then refused PERMISSION_DENIED once the breaker closed; with the
+    # backend closed it is refused at once, and validate_only refuses it too.
+    from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
+    from gateway.domain.errors import PermissionDenied
+    from gateway.domain.jobs import JobOptions
+
+    main, fallback = ScriptedRunner(), ScriptedRunner()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    policies = PolicyBook(default=TenantPolicy(max_shots_per_job=10))
+    core = await build_core(
+        store, "memory", {"main": main, "spare": fallback}, breaker=policy, policies=policies
+    )
+    _refuse_on(core, "spare", InvalidArgument("TOO_MANY_QUBITS", "this backend has 3"))
+    for adapter in (core.backends["main"].adapter, core.backends["spare"].adapter):
+        echo = adapter.prepare
+
+        def counting(job_spec: JobSpec, seed: int, circuits: Any, echo: Any = echo) -> Any:
+            # The echo adapter reports no shots; a real one reports the PUBs' shots.
+            shots = sum(pub.shots for pub in job_spec.pubs)
+            return dataclasses.replace(echo(job_spec, seed, circuits), shots=shots)
+
+        adapter.prepare = counting  # type: ignore[method-assign]
+    big = JobSpec(
+        backend="main",
+        pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, "big"), Bindings(), shots=20),),
+        options=JobOptions(fallback_backend="spare"),
+    )
+    try:
+        with pytest.raises(PermissionDenied):  # the backend closed
+            await core.submit("alice", big)
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        assert core.backends["main"].breaker.state is BreakerState.OPEN
+        with pytest.raises(PermissionDenied) as refused:
+            await core.submit("alice", big)
+        assert refused.value.reason == "SHOT_LIMIT_EXCEEDED"
+    finally:
+        await _close(core)
+
+
+async def test_a_twin_refused_while_its_backend_is_open_gets_the_first_twins_job(
+    store: SqliteStore,
+) -> None:
+    # Twins of one request_id (a retry after the caller's deadline): the first was admitted
+    # on the half-open backend and is being compiled; the trial then fails and the breaker
+    # opens; the second is placed on the fallback, which cannot run it, and is refused with
+    # the backend's BACKEND_UNAVAILABLE "nothing was accepted". It looked for the first
+    # twin's job before that one's create had answered (it never waited for `first`), so it
+    # was told nothing was accepted while the first twin's job was created and runs.
+    main, fallback = ScriptedRunner(slots=2), ScriptedRunner()
+    clock = Clock()
+    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+    core = await build_core(
+        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
+    )
+    runtime = core.backends["main"]
+    admission = core.manager._admission
+    compiler = admission._compiler
+    held, hold, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    class Holding:
+        async def compile(
+            self, tenant: str, backend: str, adapter: Any, source: Any, field: str
+        ) -> object:
+            calls.append(backend)
+            if source.text == "twin" and backend == "main" and not held.is_set():
+                held.set()
+                await hold.wait()
+            if backend == "spare":
+                refused.set()
+                raise InvalidArgument("TOO_MANY_QUBITS", "this backend has 3")
+            return await compiler.compile(tenant, backend, adapter, source, field)
+
+    admission._compiler = Holding()
+    try:
+        runtime.health.serving = True
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        clock.advance(30)
+        twin = spec("main", text="twin", fallback_backend="spare")
+        first = asyncio.ensure_future(core.submit("bob", twin, request_id="r1"))
+        await held.wait()
+        await _failed_job(core, main, "main", "carol", FailureKind.BACKEND_FAULT)  # the trial
+        assert runtime.breaker.state is BreakerState.OPEN
+        second = asyncio.ensure_future(core.submit("bob", twin, request_id="r1"))
+        await refused.wait()
+        hold.set()
+        job = await first
+        assert job.placement == "main"
+        assert (await second).id == job.id
+    finally:
+        hold.set()
+        await _close(core)
