@@ -8,6 +8,7 @@ import pytest
 
 from gateway.domain import costs
 from gateway.domain.errors import Code, InvalidArgument
+from gateway.domain.jobs import SamplerOutput
 
 
 def test_bindings_are_counted_without_overflow() -> None:
@@ -90,3 +91,31 @@ def test_state_passes_cost_amplitudes_per_binding_only() -> None:
     read = costs.simulation_work(100, 1 << 10, 3, 1, False, runs, state_passes=7)
     assert read - base == 7 * (1 << 10) * 3
     assert costs.TERM_STATE_PASSES >= 300
+
+
+def test_precision_needing_exactly_max_shots_is_allowed() -> None:
+    costs.check_precision_shots(100, 0.1, 100, "f")  # at the limit: admitted
+    with pytest.raises(InvalidArgument) as info:
+        costs.check_precision_shots(101, 0.1, 100, "f")
+    assert info.value.metadata == {"maxShots": "100", "shots": "101"}
+
+
+def test_sampler_result_bytes_count_a_byte_per_row_of_a_narrow_register() -> None:
+    # 3 bits pack into 1 byte per shot: 32 framing + 2 bindings x 5 shots x 1 byte.
+    assert costs.sampler_result_bytes([3], 2, 5, SamplerOutput.SAMPLES) == 32 + 10
+    # Counts: at most 5 distinct outcomes per binding, each 1 byte and a 1-byte varint count.
+    assert costs.sampler_result_bytes([3], 2, 5, SamplerOutput.COUNTS) == 32 + 2 * (18 + 5 * 2)
+    # 9 bits: 2 bytes a row.
+    assert costs.sampler_result_bytes([9], 1, 4, SamplerOutput.SAMPLES) == 32 + 8
+
+
+def test_estimator_result_bytes_are_two_doubles_per_entry() -> None:
+    assert costs.estimator_result_bytes((2, 3)) == 2 * 8 * 6
+    assert costs.estimator_result_bytes(()) == 16
+
+
+def test_derived_seeds_stay_below_two_to_the_62() -> None:
+    # Aer adds the experiment index to a seed and takes it as a signed 64-bit integer.
+    seeds = [costs.derive_seed(s, i, p) for s in range(100) for i in range(3) for p in "ab"]
+    assert all(0 <= seed < 1 << 62 for seed in seeds)
+    assert len(set(seeds)) == len(seeds)

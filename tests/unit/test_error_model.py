@@ -5,13 +5,15 @@ failure's code and metadata; the Aer adapter names the failing PUB."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import math
 import pickle
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -36,7 +38,7 @@ from gateway.domain.errors import (
     reason_code,
 )
 from gateway.domain.jobs import JobError, JobState
-from gateway.interceptors.boundary import _Rejected, _size_checked
+from gateway.interceptors.boundary import _Rejected, _size_checked, _wrap_unary
 from gateway.jobs import manager
 from gateway.store import sqlite as sqlite_store
 from gateway.store.base import NewJob
@@ -469,6 +471,84 @@ def test_an_oversize_request_is_invalid_argument_without_retry_info() -> None:
     assert error.metadata == {"sizeBytes": "11", "limitBytes": "10"}
     assert error.retry_after is None and not error.quota_violations
     assert set(_details(status_proto(error))) == {"ErrorInfo"}
+
+
+def test_a_retry_delay_of_zero_is_still_retry_info() -> None:
+    # "Retry now" is a retryable answer: its RetryInfo is kept, with a zero delay.
+    now = _details(status_proto(ResourceExhausted("RATE_LIMITED", "slow", retry_after=0.0)))
+    retry = now["RetryInfo"]
+    assert isinstance(retry, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToNanoseconds() == 0
+
+
+def test_client_values_in_bad_request_and_resource_info_are_clipped() -> None:
+    from gateway.api.errors import MAX_DETAIL_CHARS
+
+    name = "jobs/" + "x" * 4000
+    missing = NotFound(
+        "JOB_NOT_FOUND",
+        "no such job",
+        resource_info=ResourceInfo(JOB_RESOURCE, name, "d" * 4000),
+    )
+    resource = _details(status_proto(missing))["ResourceInfo"]
+    assert isinstance(resource, error_details_pb2.ResourceInfo)
+    assert len(resource.resource_name) == len(resource.description) == MAX_DETAIL_CHARS
+    assert resource.resource_name.endswith("...")
+    bad = InvalidArgument(
+        "INVALID_REQUEST_ID", "bad", field_violations=[FieldViolation("request_id", "v" * 4000)]
+    )
+    request = _details(status_proto(bad))["BadRequest"]
+    assert isinstance(request, error_details_pb2.BadRequest)
+    (violation,) = request.field_violations
+    assert violation.field == "request_id" and len(violation.description) == MAX_DETAIL_CHARS
+
+
+def test_a_request_of_exactly_the_limit_is_received() -> None:
+    received = _size_checked(max_bytes=10)(b"x" * 10)
+    assert not isinstance(received, _Rejected)
+    assert received.size == 10
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _AbortContext:
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, ...] = ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    async def abort(self, *args: object) -> None:
+        self.aborted = args
+        raise _Aborted
+
+
+def test_an_unexpected_exception_is_internal_without_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def behaviour(request: object, context: object) -> None:
+        raise ValueError("secret path /srv/keys/tenant-acme")
+
+    handle = _wrap_unary(behaviour, "/qgateway.v1.JobService/GetJob")
+    context = _AbortContext()
+    with caplog.at_level("ERROR"), pytest.raises(_Aborted):
+        asyncio.run(handle(_no_requests(), context))  # type: ignore[arg-type]
+    code, message, trailers = context.aborted
+    assert code is grpc.StatusCode.INTERNAL
+    assert isinstance(message, str) and "secret" not in message
+    ((_, value),) = trailers
+    status = status_pb2.Status.FromString(value)
+    assert "secret" not in str(status)
+    info = _details(status)["ErrorInfo"]
+    assert isinstance(info, error_details_pb2.ErrorInfo) and info.reason == "INTERNAL_ERROR"
+    assert "secret path" in caplog.text  # logged, with its traceback, for the operator
+
+
+async def _no_requests() -> AsyncIterator[object]:
+    return
+    yield
 
 
 # ------------------------------------------------------------------------- the store

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from qgateway.v1 import circuit_pb2, job_pb2
 
+from gateway.api.codec import decode_spec
+from gateway.api.job_service import _derive
 from gateway.api.request_digest import (
     _canonical_pieces,
     _dumps,
@@ -19,6 +21,7 @@ from gateway.api.request_digest import (
     canonical_spec,
     request_digest,
 )
+from gateway.api.spec_cache import SpecCache
 
 QASM = 'OPENQASM 3.0; include "stdgates.inc"; qubit[1] q; bit[1] c; h q[0]; c = measure q;'
 
@@ -380,3 +383,15 @@ def test_a_large_request_is_written_in_small_pieces() -> None:
     # The same nesting written whole.
     nested = {"a": [{"b": i, "c": [i] * 3} for i in range(2500)], "d": {"e": ["x"] * 1001}}
     assert "".join(_pieces(nested)) == _dumps(nested)
+
+
+def test_unknown_fields_are_not_stored_with_the_spec() -> None:
+    # Unknown fields at the top and inside a PUB: what is stored is only what the API defines.
+    spec = _spec()
+    data = bytearray(spec.SerializeToString()) + bytes([15 << 3 | 0, 1])
+    parsed = job_pb2.JobSpec.FromString(bytes(data))
+    parsed.pubs[0].MergeFromString(bytes([14 << 3 | 0, 1]))
+    spec_bytes, digest, decoded = _derive(parsed, True, SpecCache(request_digest, decode_spec))
+    assert spec_bytes == _spec().SerializeToString(deterministic=True)
+    assert digest == request_digest(_spec())
+    assert not isinstance(decoded, Exception)

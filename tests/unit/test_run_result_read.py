@@ -4,17 +4,19 @@ StreamJobResult refuses a resume position past the job's PUBs without reading it
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from qgateway.v1 import job_pb2, job_service_pb2
 
+from gateway.api import result_stream
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
-from gateway.domain.errors import InvalidArgument
+from gateway.domain.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from gateway.domain.jobs import Job, JobState
 from gateway.store.base import CreateOutcome
 from tests.rpc import ghz, sampler_spec
@@ -45,7 +47,7 @@ class Manager:
     async def submit(self, *args: Any, **kwargs: Any) -> CreateOutcome:
         return CreateOutcome(self.job, created=True)
 
-    async def wait(self, tenant: str, job_id: str, timeout: float | None) -> Job:
+    async def wait(self, tenant: str, job_id: str, timeout: float | None) -> Job | None:
         return self.job
 
     async def get(self, tenant: str, job_id: str) -> Job:
@@ -127,3 +129,164 @@ def test_a_stream_resumed_past_the_last_pub_is_refused_before_the_result_is_read
     # The last PUB itself is streamed.
     request.start_pub_index = 0
     assert asyncio.run(stream())[-1].HasField("digest") and manager.full_reads == 1
+
+
+class Waiting(Manager):
+    """A job Run finds again (created=False) that has not finished when the wait ends."""
+
+    def __init__(self, created: bool) -> None:
+        super().__init__(b"")
+        self.created = created
+        self.job = replace(self.job, state=JobState.RUNNING)
+
+    async def submit(self, *args: Any, **kwargs: Any) -> CreateOutcome:
+        return CreateOutcome(self.job, created=self.created)
+
+    async def wait(self, tenant: str, job_id: str, timeout: float | None) -> None:
+        return None
+
+
+class Remaining:
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def time_remaining(self) -> float | None:
+        return self.seconds
+
+
+def _unfinished(manager: Manager, remaining: float | None) -> DeadlineExceeded:
+    servicer = JobServicer(
+        manager,  # type: ignore[arg-type]
+        MAX_RESPONSE,
+        10.0,
+        page_tokens=PageTokens(bytes(32)),
+        sessions=None,  # type: ignore[arg-type]
+        stream_budget=StreamBudget(1 << 20, 1 << 20),
+        stream_pace=StreamPace(1000),
+    )
+    request = job_service_pb2.RunRequest(request_id="r1", spec=sampler_spec(ghz(2)))
+    with pytest.raises(DeadlineExceeded) as info:
+        asyncio.run(servicer.Run(request, Remaining(remaining)))  # type: ignore[arg-type]
+    assert info.value.reason == "RUN_DEADLINE_EXCEEDED"
+    assert info.value.metadata["job"] == "jobs/j1"
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("remaining", "limit"), [(None, "10"), (30.0, "10"), (10.1, "10"), (5.0, "5")]
+)
+def test_run_names_the_limit_that_ended_its_wait(remaining: float | None, limit: str) -> None:
+    # The server's cap (10 s) applies whenever the caller's deadline leaves at least that.
+    error = _unfinished(Waiting(created=True), remaining)
+    assert error.metadata["limitSeconds"] == limit
+    assert ("Run wait limit" in error.message) == (limit == "10")
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_an_unfinished_run_says_whether_it_created_the_job(created: bool) -> None:
+    error = _unfinished(Waiting(created=created), 5.0)
+    assert error.metadata["created"] == ("true" if created else "false")
+
+
+@pytest.mark.parametrize("state", [JobState.CANCELLED, JobState.FAILED])
+def test_run_reads_no_result_for_a_job_that_did_not_succeed(state: JobState) -> None:
+    manager = Manager(_result(100).SerializeToString(deterministic=True))
+    manager.job = replace(manager.job, state=state)
+    request = job_service_pb2.RunRequest(request_id="r1", spec=sampler_spec(ghz(2)))
+    response = asyncio.run(_servicer(manager).Run(request, Context()))  # type: ignore[arg-type]
+    assert not response.HasField("result") and not response.result_too_large
+    assert manager.asked_within == [] and manager.full_reads == 0
+
+
+def test_run_never_answers_past_the_response_limit_with_the_job_included() -> None:
+    # Results just under the limit alone: the job's own bytes (here ~300 of labels) count
+    # against it too.
+    request = job_service_pb2.RunRequest(request_id="r1", spec=sampler_spec(ghz(2)))
+    for size in range(MAX_RESPONSE - 400, MAX_RESPONSE - 60, 7):
+        manager = Manager(_result(size).SerializeToString(deterministic=True))
+        manager.job = replace(manager.job, labels={"team": "q" * 300})
+        response = asyncio.run(_servicer(manager).Run(request, Context()))  # type: ignore[arg-type]
+        assert response.result_too_large or response.ByteSize() <= MAX_RESPONSE, size
+        if response.result_too_large:
+            assert not response.HasField("result")
+
+
+def test_a_stream_holds_its_parsed_counts_against_the_budget() -> None:
+    result = _result(0)
+    sampler = result.pub_results[0].sampler
+    sampler.shots = 3
+    sampler.registers[0].ClearField("samples")
+    sampler.registers[0].counts.add(outcomes=b"\x00\x01\x02", counts=[1, 1, 1])
+    data = result.SerializeToString(deterministic=True)
+    manager = Manager(data)
+    budget = StreamBudget(1 << 20, 1 << 20)
+    servicer = JobServicer(
+        manager,  # type: ignore[arg-type]
+        MAX_RESPONSE,
+        page_tokens=PageTokens(bytes(32)),
+        sessions=None,  # type: ignore[arg-type]
+        stream_budget=budget,
+        stream_pace=StreamPace(1000),
+    )
+    request = job_service_pb2.StreamJobResultRequest(name="jobs/j1/result")
+
+    async def first_message() -> int:
+        stream = servicer.StreamJobResult(request, Context())  # type: ignore[arg-type]
+        await anext(stream)
+        held = budget.held("default")
+        assert [r async for r in stream][-1].HasField("digest")
+        return held
+
+    assert asyncio.run(first_message()) == len(data) + 3 * result_stream.PARSED_COUNT_BYTES
+    assert budget.held() == 0
+
+
+class Refusing(Manager):
+    """Refuses the submission now, but an earlier request with its request_id made a job."""
+
+    async def submit(self, *args: Any, **kwargs: Any) -> CreateOutcome:
+        raise FailedPrecondition("BACKEND_DRAINING", "the gateway is draining")
+
+    async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job:
+        return self.job
+
+
+def test_a_retry_refused_now_gets_the_earlier_job_not_created() -> None:
+    servicer = _servicer(Refusing(b""))
+    request = job_service_pb2.SubmitJobRequest(request_id="r1", spec=sampler_spec(ghz(2)))
+    response = asyncio.run(servicer.SubmitJob(request, Context()))  # type: ignore[arg-type]
+    assert response.job.name == "jobs/j1" and not response.created
+
+
+class CountingPace(StreamPace):
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.tenants: list[str] = []
+
+    async def next_message(self, tenant: str) -> None:
+        self.tenants.append(tenant)
+        await super().next_message(tenant)
+
+
+def test_a_stream_is_paced_as_its_jobs_tenant() -> None:
+    result = _result(100)
+    result.pub_results[0].sampler.shots = 100
+    manager = Manager(result.SerializeToString(deterministic=True))
+    manager.job = replace(manager.job, tenant="acme")
+    pace = CountingPace()
+    servicer = JobServicer(
+        manager,  # type: ignore[arg-type]
+        MAX_RESPONSE,
+        page_tokens=PageTokens(bytes(32)),
+        sessions=None,  # type: ignore[arg-type]
+        stream_budget=StreamBudget(1 << 20, 1 << 20),
+        stream_pace=pace,
+    )
+    request = job_service_pb2.StreamJobResultRequest(name="jobs/j1/result")
+
+    async def stream() -> list[Any]:
+        return [r async for r in servicer.StreamJobResult(request, Context())]  # type: ignore[arg-type]
+
+    responses = asyncio.run(stream())
+    # Every message but the digest waits its turn in the tenant's pace.
+    assert pace.tenants == ["acme"] * (len(responses) - 1) and len(responses) >= 3
