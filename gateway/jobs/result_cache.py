@@ -16,6 +16,11 @@ class RecentResults:
         self._items: OrderedDict[str, bytes] = OrderedDict()
 
     def put(self, job_id: str, data: bytes) -> None:
+        # A job's result put again (a re-run) replaces the old one, which must neither stay
+        # counted (the count would creep up until nothing fits) nor be read after it.
+        stale = self._items.pop(job_id, None)
+        if stale is not None:
+            self._size -= len(stale)
         if len(data) > self._max // 4:
             return
         self._items[job_id] = data
