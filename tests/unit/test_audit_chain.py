@@ -31,6 +31,7 @@ from gateway.security import audit_files
 from gateway.security.audit_log import AuditKeyMismatch, AuditLog
 from gateway.store import sqlite_audit
 from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_time import to_us
 
 KEY = bytes(range(32))
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -747,3 +748,137 @@ def test_an_unsealed_head_from_an_earlier_version_is_checked_then_sealed(
     assert "no longer holds the exported head" in caplog.text
     with pytest.raises(audit_files.UnsealedHead):  # the evidence, as it was
         audit_files.read_head(head_file, KEY)
+
+
+def test_a_record_repeated_out_of_order_is_named_at_its_own_sequence() -> None:
+    records = chain(KEY, audit.START, _records(4))
+    repeated = [*records[:3], records[1], records[3]]
+    verdict = verify(repeated, KEY, _head(records))
+    assert (verdict.problem, verdict.sequence, verdict.count) == (Problem.INSERTED, 2, 3)
+    assert "out of order after 3" in verdict.detail
+
+
+def test_a_head_file_with_its_sequence_edited_is_refused(tmp_path: Path) -> None:
+    # The seal binds the sequence too: a head moved back to 0 (keeping its MAC and seal)
+    # would check nothing, and hide the deletion of every record.
+    records = chain(KEY, audit.START, _records(6))
+    head_file = tmp_path / "audit-head.json"
+    audit_files.write_head(head_file, _head(records), KEY)
+    assert audit_files.read_head(head_file, KEY) == _head(records)
+    data = json.loads(head_file.read_text())
+    for sequence in (0, 4):
+        head_file.write_text(json.dumps({**data, "sequence": sequence}))
+        with pytest.raises(ValueError, match="seal"):
+            audit_files.read_head(head_file, KEY)
+
+
+def test_an_anchor_whose_mac_was_edited_is_a_bad_anchor(tmp_path: Path) -> None:
+    async def main() -> ChainPoint:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            await store.append_audit(_records(4))
+            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
+            return await store.audit_head()
+        finally:
+            await store.close()
+
+    head = asyncio.run(main())
+    assert _verify_file(tmp_path / "q.db", head).ok
+    conn = sqlite3.connect(tmp_path / "q.db")
+    conn.execute("UPDATE audit_anchor SET mac = zeroblob(32)")
+    conn.commit()
+    conn.close()
+    verdict = _verify_file(tmp_path / "q.db", head)
+    assert (verdict.problem, verdict.sequence) == (Problem.BAD_ANCHOR, 2)
+
+
+def test_retention_keeps_a_record_that_ended_exactly_at_the_cutoff(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            records = _records(4)
+            await store.append_audit(records)
+            # Only records that ended before the cutoff go: the third ended at it.
+            assert await store.expire_audit(records[2].end_time, 1000) == 2
+            page = await store.list_audit(limit=10)
+            assert [r.sequence for r in page.records] == [3, 4]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_exported_head_is_reached_through_the_anchor_only_if_it_is_the_anchors(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            sealed = chain(KEY, audit.START, _records(4))
+            await store.append_audit(_records(4))
+            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
+            anchor = ChainPoint(2, sealed[1].mac)
+            assert await store.audit_holds(anchor)
+            assert await store.audit_holds(ChainPoint(1, sealed[0].mac))  # expired before it
+            assert await store.audit_holds(_head(sealed))
+            # The anchor's sequence with another MAC: a chain that was replaced, then expired.
+            assert not await store.audit_holds(ChainPoint(2, bytes(32)))
+            # A head past every stored record: the newest records were deleted.
+            assert not await store.audit_holds(ChainPoint(9, bytes(32)))
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_anchor_does_not_vouch_for_a_key_that_did_not_write_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            await store.append_audit(_records(4))
+            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
+            assert await store.audit_key_wrote_chain()
+            store.enable_audit(bytes(32))
+            assert not await store.audit_key_wrote_chain()
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("comparison", "expected"),
+    [
+        (audit.AuditComparison("tenant", "!=", "acme"), [5]),
+        (audit.AuditComparison("tenant", "=", "acme"), [1, 2, 3, 4]),
+        # Records keep microseconds: ">" a record's own time excludes it, ">=" includes it.
+        (audit.AuditComparison("time", ">", 2_000_000), [4, 5]),
+        (audit.AuditComparison("time", ">=", 2_000_000), [3, 4, 5]),
+        (audit.AuditComparison("time", "<", 2_000_000), [1, 2]),
+        (audit.AuditComparison("time", "<=", 2_000_000), [1, 2, 3]),
+    ],
+)
+def test_a_filter_bound_is_exact(
+    tmp_path: Path, comparison: audit.AuditComparison, expected: list[int]
+) -> None:
+    base = to_us(T0)
+    if isinstance(comparison.value, int):
+        comparison = replace(comparison, value=base + comparison.value)
+
+    async def main() -> list[int]:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            records = _records(5)
+            records[4] = replace(records[4], tenant="globex")
+            await store.append_audit(records)
+            page = await store.list_audit(query=audit.AuditFilter(((comparison,),)), limit=10)
+            return [r.sequence for r in page.records]
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == expected

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from gateway.domain.audit import AuditRecord, Effect, PendingRecord
-from gateway.domain.errors import Code
+from gateway.domain.errors import Code, InvalidArgument
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.security.audit_writer import AuditWriter
 from gateway.store.base import NewJob
@@ -141,3 +141,69 @@ def test_a_refused_submission_has_its_record_even_when_its_caller_went_away(
         (int(Code.CANCELLED), "") if cancel else (int(Code.INVALID_ARGUMENT), "REQUEST_ID_REUSED")
     )
     assert rows == [("SubmitJob", *expected)]
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.records: list[AuditRecord] = []
+
+    async def append_audit(self, records: Any) -> Any:
+        self.records.extend(records)
+        return None
+
+
+def test_a_read_without_a_request_id_takes_the_x_request_id_header() -> None:
+    class Metadata(_Ctx):
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+            return (
+                ("x-request-id", "req-7"),
+                ("traceparent", "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"),
+            )
+
+    async def get_job(request: Any, context: Any) -> str:
+        return "ok"
+
+    async def main() -> list[AuditRecord]:
+        sink = _Sink()
+        writer = AuditWriter(sink, flush_interval_s=3600)
+        interceptor = AuditInterceptor(writer, clock=lambda: T0)
+
+        async def continuation(details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(get_job)
+
+        details = SimpleNamespace(method="/qgateway.v1.JobService/GetJob")
+        handler = await interceptor.intercept_service(continuation, details)
+        request = SimpleNamespace(name="jobs/j1")
+        assert await handler.unary_unary(request, Metadata()) == "ok"
+        await writer.close()
+        return sink.records
+
+    (record,) = asyncio.run(main())
+    assert (record.method, record.resource, record.code) == ("GetJob", "jobs/j1", 0)
+    assert (record.request_id, record.trace_id) == ("req-7", "ab" * 16)
+    assert (record.principal, record.tenant) == ("anonymous", "default")
+
+
+def test_a_request_refused_before_it_was_read_is_recorded_per_peer_host() -> None:
+    async def main() -> list[AuditRecord]:
+        sink = _Sink()
+        writer = AuditWriter(sink, flush_interval_s=3600, failure_window_s=3600)
+        interceptor = AuditInterceptor(writer, clock=lambda: T0)
+        for port in (5555, 5556):
+            interceptor.rejected(
+                "/qgateway.v1.JobService/SubmitJob",
+                f"ipv4:10.1.2.3:{port}",
+                InvalidArgument("MALFORMED_REQUEST", "not a SubmitJobRequest"),
+            )
+        await writer.close()
+        return sink.records
+
+    first, counted = asyncio.run(main())
+    assert (first.service, first.method) == ("qgateway.v1.JobService", "SubmitJob")
+    assert (first.peer, first.code, first.reason) == (
+        "ipv4:10.1.2.3",
+        int(Code.INVALID_ARGUMENT),
+        "MALFORMED_REQUEST",
+    )
+    assert (first.time, first.principal, first.tenant, first.count) == (T0, "", "", 1)
+    assert (counted.reason, counted.count) == ("MALFORMED_REQUEST", 1)

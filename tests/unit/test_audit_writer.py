@@ -62,6 +62,24 @@ def test_a_flood_from_one_peer_is_two_records_that_count_every_call() -> None:
     assert {r.peer for r in records} == {"ipv4:10.0.0.1"}
 
 
+def test_the_aggregated_record_spans_its_window_from_the_second_failure_to_the_last() -> None:
+    async def main() -> Sink:
+        sink = Sink()
+        writer = AuditWriter(sink, flush_interval_s=3600, failure_window_s=3600)
+        for i, method in enumerate(("GetJob", "SubmitJob", "ListJobs", "CancelJob")):
+            at = T0 + timedelta(seconds=i)
+            failure = replace(_failure("ipv4:10.0.0.1:4000"), method=method)
+            writer.auth_failed(replace(failure, time=at, end_time=at))
+        await writer.close()
+        return sink
+
+    first, aggregated = asyncio.run(main()).records
+    assert (first.method, first.count) == ("GetJob", 1)
+    assert (aggregated.method, aggregated.count) == ("SubmitJob", 3)
+    assert aggregated.time == T0 + timedelta(seconds=1)
+    assert aggregated.end_time == T0 + timedelta(seconds=3)
+
+
 def test_many_peers_are_bounded_by_the_overflow_record() -> None:
     async def main() -> Sink:
         sink = Sink()
@@ -171,6 +189,26 @@ def test_records_past_the_bound_while_the_store_fails_are_counted_not_kept(
     assert [r.peer for r in kept] == [f"ipv4:10.0.0.{i}:1" for i in range(25, 40)]
 
 
+def test_the_count_of_dropped_records_is_written_once_when_its_batch_fails_again() -> None:
+    async def main() -> Sink:
+        sink = FailingSink(failures=2)
+        writer = AuditWriter(sink, flush_interval_s=3600, max_batch=10, max_held=15)
+        for i in range(10):  # a full batch: handed over at once, and refused
+            writer.add(_failure(f"ipv4:10.0.0.{i}:1"))
+        await writer.flush()
+        for i in range(10, 20):  # held: the oldest 5 go past max_held, counted
+            writer.add(_failure(f"ipv4:10.0.0.{i}:1"))
+        await writer.flush()  # 10 records and the count: refused again
+        await writer.close()  # written
+        return sink
+
+    records = asyncio.run(main()).records
+    lost = [r for r in records if r.reason == audit_writer.LOST_REASON]
+    assert [r.count for r in lost] == [5]
+    kept = sorted(r.peer for r in records if r.reason != audit_writer.LOST_REASON)
+    assert kept == sorted(f"ipv4:10.0.0.{i}:1" for i in range(5, 20))
+
+
 def test_the_overflow_record_names_no_caller_tenant_or_method() -> None:
     # Past the bound, refusals of every tenant are counted into one record: it must not carry
     # the first overflowing call's identity (another tenant's admin would see them as its own).
@@ -267,6 +305,15 @@ def test_the_audit_filter() -> None:
         with pytest.raises(InvalidArgument) as err:
             parse_audit_filter(bad)
         assert err.value.reason == "INVALID_FILTER"
+
+
+@pytest.mark.parametrize(("op", "up"), [(">", False), ("<=", False), (">=", True), ("<", True)])
+def test_a_time_bound_between_microseconds_rounds_to_keep_the_comparison(op: str, up: bool) -> None:
+    # A record at start_us + 1 is after 00:00:00.0000005 and one at start_us is before it:
+    # ">" and "<=" round down, ">=" and "<" round up.
+    parsed = parse_audit_filter(f'time {op} "2026-12-01T00:00:00.0000005Z"')
+    start_us = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert parsed.clauses == ((AuditComparison("time", op, start_us + int(up)),),)
 
 
 def test_audit_config_refuses_typos_and_off_builds_nothing(tmp_path: Path) -> None:

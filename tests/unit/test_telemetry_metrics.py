@@ -3,6 +3,7 @@ really produces, instruments move with job transitions, the tenant label is capp
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import cast
@@ -18,7 +19,7 @@ from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
 from gateway.runtime.breaker import BreakerMove, BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.telemetry import metric_names as names
-from gateway.telemetry.metrics import GatewayMetrics, TenantLabels
+from gateway.telemetry.metrics import BackendSample, GatewayMetrics, TenantLabels, _Snapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -154,3 +155,36 @@ def test_a_breaker_move_is_counted_once_whoever_sees_it_first(sampled_first: boo
     metrics._check_breaker("aer")
     opened = _value(registry, "qgateway_breaker_transitions_total", backend="aer", state="OPEN")
     assert opened == 1
+
+
+def test_finished_jobs_of_tenants_beyond_the_cap_share_one_series() -> None:
+    metrics, registry = _metrics(max_tenants=1)
+    for tenant in ("t1", "t2", "t3"):
+        finished = _job(JobState.SUCCEEDED, tenant=tenant, ended_at=T0)
+        metrics.on_transition(Transition(finished, JobState.RUNNING, T0))
+    assert _value(registry, "qgateway_jobs_finished_total", tenant="t1") == 1
+    assert _value(registry, "qgateway_jobs_finished_total", tenant="other") == 2
+    assert _value(registry, "qgateway_jobs_finished_total", tenant="t2") == 0
+
+
+def test_a_job_placed_on_a_fallback_is_counted_under_the_backend_it_ran_on() -> None:
+    metrics, registry = _metrics()
+    job = replace(_job(JobState.QUEUED), placement="aer-gpu")
+    metrics.on_transition(Transition(job, None, T0))
+    ended = replace(job, state=JobState.SUCCEEDED, ended_at=T0)
+    metrics.on_transition(Transition(ended, JobState.RUNNING, T0))
+    assert _value(registry, "qgateway_jobs_submitted_total", backend="aer-gpu") == 1
+    assert _value(registry, "qgateway_jobs_finished_total", backend="aer-gpu") == 1
+    assert _value(registry, "qgateway_jobs_finished_total", backend="aer") == 0
+
+
+def test_the_breaker_state_gauge_is_one_for_the_current_state_only() -> None:
+    metrics, registry = _metrics()
+    sample = BackendSample(
+        queue_depth=0, running=0, in_use=0, idle=0, waiting=0, breaker="OPEN", serving=True,
+        discarded=None,
+    )  # fmt: skip
+    metrics._snapshot = _Snapshot(backends={"aer": sample})
+    for state in names.BREAKER_STATES:
+        value = _value(registry, "qgateway_breaker_state", backend="aer", state=state)
+        assert value == (1 if state == "OPEN" else 0), state

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -20,12 +22,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import ValidationError
 
+from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.config import ConfigError, GatewayConfig
+from gateway.domain.errors import NotFound
 from gateway.domain.jobs import Job, JobError, JobState
-from gateway.jobs.hooks import Transition
+from gateway.interceptors.tracing import TelemetryInterceptor
+from gateway.jobs.hooks import Hooks, Transition
 from gateway.runtime.breaker import BreakerMove, BreakerState
 from gateway.telemetry import active
 from gateway.telemetry.logs import JsonFormatter, TransitionLog, redact
+from gateway.telemetry.runner import ObservedRunner
 from gateway.telemetry.settings import TelemetryConfig
 from gateway.telemetry.setup import Telemetry
 from gateway.telemetry.tracing import (
@@ -338,3 +344,158 @@ def test_a_caller_cannot_choose_trace_ids_that_are_always_sampled() -> None:
     assert sampled(keyed) == first
     other = KeyedRatioSampler(0.25, key=b"j" * 16)
     assert sampled(other) != first
+
+
+def test_a_header_of_exactly_the_limit_is_accepted() -> None:
+    assert extract([("traceparent", PARENT)], len(PARENT)) is not None
+    assert extract([("traceparent", PARENT)], len(PARENT) - 1) is None
+
+
+def test_the_execute_span_names_its_job_and_backend(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+    started = _job(JobState.RUNNING, started_at=T0 + timedelta(seconds=1))
+    tracing.on_transition(Transition(started, JobState.QUEUED, T0))
+    tracing.on_transition(Transition(_job(JobState.SUCCEEDED), JobState.RUNNING, T0))
+    execute = _named(exporter, "qgateway.job.execute")
+    assert execute.attributes is not None
+    assert execute.attributes["qgateway.job.id"] == "j1"
+    assert execute.attributes["qgateway.job.state"] == "SUCCEEDED"
+    assert execute.status.status_code is trace.StatusCode.UNSET
+
+
+def test_a_jobs_kept_rpc_context_drops_the_callers_baggage(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    # The interceptor's RPC context holds the caller's baggage (up to max_header_bytes).
+    tracing, _ = spans
+    with tracing.tracer.start_as_current_span("rpc"):
+        token = RPC_CONTEXT.set(baggage.set_baggage("k", "v" * 200))
+        try:
+            stamp = tracing.job_traceparent()
+        finally:
+            RPC_CONTEXT.reset(token)
+    assert baggage.get_all(tracing._origins[stamp]) == {}
+
+
+def test_a_failing_hook_neither_breaks_the_job_nor_the_hooks_after_it() -> None:
+    seen: list[Transition] = []
+
+    class Broken:
+        def on_transition(self, transition: Transition) -> None:
+            raise RuntimeError("boom")
+
+    class Recording:
+        def on_transition(self, transition: Transition) -> None:
+            seen.append(transition)
+
+    hooks = Hooks([Broken(), Recording()])
+    transition = Transition(_job(JobState.QUEUED), None, T0)
+    hooks.notify(transition)
+    assert seen == [transition]
+
+
+def test_a_job_of_another_trace_claimed_inside_an_rpc_is_linked_not_adopted(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    # A job created elsewhere (another replica, before a restart) first heard of while this
+    # process serves an unrelated RPC: its spans must not join that RPC's trace.
+    tracing, exporter = spans
+    with tracing.tracer.start_as_current_span("rpc") as rpc:
+        job = _job(JobState.RUNNING, PARENT, started_at=T0)
+        tracing.on_transition(Transition(job, JobState.QUEUED, T0))
+    tracing.on_transition(Transition(_job(JobState.SUCCEEDED, PARENT), JobState.RUNNING, T0))
+    execute = _named(exporter, "qgateway.job.execute")
+    assert execute.parent is None
+    assert execute.context is not None
+    assert execute.context.trace_id != rpc.get_span_context().trace_id
+    (link,) = execute.links
+    assert trace.format_trace_id(link.context.trace_id) == trace_id_of(PARENT)
+
+
+class _CallContext:
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def code(self) -> None:
+        return None
+
+
+def test_an_rpc_span_continues_the_callers_trace_and_ends_with_its_outcome(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+
+    async def get_job(request: Any, ctx: Any) -> str:
+        if request == "missing":
+            raise NotFound("JOB_NOT_FOUND", "no such job")
+        return "ok"
+
+    async def main() -> None:
+        interceptor = TelemetryInterceptor(tracing, None)
+
+        async def continuation(details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(get_job)
+
+        details = SimpleNamespace(method="/qgateway.v1.JobService/GetJob")
+        handler = await interceptor.intercept_service(continuation, details)
+        ctx = _CallContext((("traceparent", PARENT),))
+        assert await handler.unary_unary("found", ctx) == "ok"
+        with pytest.raises(NotFound):
+            await handler.unary_unary("missing", ctx)
+
+    asyncio.run(main())
+    ok, failed = exporter.get_finished_spans()
+    for span in (ok, failed):
+        assert span.name == "qgateway.v1.JobService/GetJob"
+        assert span.context is not None and span.parent is not None
+        assert trace.format_trace_id(span.context.trace_id) == trace_id_of(PARENT)
+        assert span.parent.span_id == 0xB7AD6B7169203331
+    assert ok.attributes is not None and failed.attributes is not None
+    assert ok.attributes["rpc.response.status_code"] == "OK"
+    assert ok.status.status_code is trace.StatusCode.UNSET
+    assert failed.attributes["rpc.response.status_code"] == "NOT_FOUND"
+    assert failed.attributes["error.type"] == "JOB_NOT_FOUND"
+    assert failed.status.status_code is trace.StatusCode.ERROR
+
+
+def test_a_job_cancelled_in_its_queue_ends_without_an_execute_span(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+    tracing.on_transition(Transition(_job(JobState.QUEUED), None, T0))
+    tracing.on_transition(Transition(_job(JobState.CANCELLED), JobState.QUEUED, T0))
+    assert exporter.get_finished_spans() == ()
+    assert tracing.job_context("j1") is None
+
+
+def test_a_remote_runners_wait_span_hangs_under_the_jobs_execute_span(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = spans
+
+    class Remote:
+        model = ExecutionModel.REMOTE
+
+        async def wait(self, handle: RunHandle) -> str:
+            return "done"
+
+    started = _job(JobState.RUNNING, started_at=T0)
+    tracing.on_transition(Transition(started, JobState.QUEUED, T0))
+    runner = ObservedRunner(Remote(), "ibm")  # type: ignore[arg-type]
+    active.install(tracing, None)
+    try:
+        # Waited on from a task that is serving some other RPC.
+        with tracing.tracer.start_as_current_span("unrelated rpc"):
+            assert asyncio.run(runner.wait(RunHandle(job_id="j1"))) == "done"  # type: ignore[comparison-overlap]
+    finally:
+        active.install(None, None)
+    tracing.on_transition(Transition(_job(JobState.SUCCEEDED), JobState.RUNNING, T0))
+    wait = _named(exporter, "qgateway.runner.wait")
+    execute = _named(exporter, "qgateway.job.execute")
+    assert execute.context is not None and wait.parent is not None
+    assert wait.parent.span_id == execute.context.span_id
