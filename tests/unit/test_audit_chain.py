@@ -183,6 +183,27 @@ def _open(tmp_path: Path) -> SqliteStore:
     return store
 
 
+async def _anchored(store: SqliteStore) -> None:
+    """Four records, the first two expired: record 2 is the retention anchor."""
+    await store.append_audit(_records(4))
+    await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
+
+
+def _anchored_head(tmp_path: Path) -> ChainPoint:
+    """The head of an anchored chain (`_anchored`) in tmp_path/q.db, the store closed."""
+
+    async def main() -> ChainPoint:
+        store = _open(tmp_path)
+        await store.open()
+        try:
+            await _anchored(store)
+            return await store.audit_head()
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
 def _verify_file(path: Path, head: ChainPoint | None) -> audit.Verdict:
     conn = sqlite_audit.open_readonly(path)
     try:
@@ -221,17 +242,7 @@ def test_the_store_chains_batches_and_retention_keeps_the_chain_verifiable(
 
 
 def test_the_store_refuses_edits_and_a_forged_anchor_shows(tmp_path: Path) -> None:
-    async def main() -> ChainPoint:
-        store = _open(tmp_path)
-        await store.open()
-        try:
-            await store.append_audit(_records(4))
-            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
-            return await store.audit_head()
-        finally:
-            await store.close()
-
-    head = asyncio.run(main())
+    head = _anchored_head(tmp_path)
     conn = sqlite3.connect(tmp_path / "q.db")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE audit_records SET tenant = 'x' WHERE seq = 3")
@@ -773,17 +784,7 @@ def test_a_head_file_with_its_sequence_edited_is_refused(tmp_path: Path) -> None
 
 
 def test_an_anchor_whose_mac_was_edited_is_a_bad_anchor(tmp_path: Path) -> None:
-    async def main() -> ChainPoint:
-        store = _open(tmp_path)
-        await store.open()
-        try:
-            await store.append_audit(_records(4))
-            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
-            return await store.audit_head()
-        finally:
-            await store.close()
-
-    head = asyncio.run(main())
+    head = _anchored_head(tmp_path)
     assert _verify_file(tmp_path / "q.db", head).ok
     conn = sqlite3.connect(tmp_path / "q.db")
     conn.execute("UPDATE audit_anchor SET mac = zeroblob(32)")
@@ -818,8 +819,7 @@ def test_an_exported_head_is_reached_through_the_anchor_only_if_it_is_the_anchor
         await store.open()
         try:
             sealed = chain(KEY, audit.START, _records(4))
-            await store.append_audit(_records(4))
-            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
+            await _anchored(store)
             anchor = ChainPoint(2, sealed[1].mac)
             assert await store.audit_holds(anchor)
             assert await store.audit_holds(ChainPoint(1, sealed[0].mac))  # expired before it
@@ -839,8 +839,7 @@ def test_an_anchor_does_not_vouch_for_a_key_that_did_not_write_it(tmp_path: Path
         store = _open(tmp_path)
         await store.open()
         try:
-            await store.append_audit(_records(4))
-            await store.expire_audit(T0 + timedelta(seconds=1, milliseconds=500), 1000)
+            await _anchored(store)
             assert await store.audit_key_wrote_chain()
             store.enable_audit(bytes(32))
             assert not await store.audit_key_wrote_chain()

@@ -407,10 +407,67 @@ async def test_concurrent_submissions_cannot_overfill_the_queue(
         await _close(core)
 
 
+# A backend `main` and its fallback `spare`, whose breakers open at one backend fault and
+# half-open 30 s later.
+ONE_FAULT_OPENS = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
+
+
+async def _with_fallback(
+    store: SqliteStore, main_slots: int = 1, spare_slots: int = 1, **options: Any
+) -> Core:
+    runners = {"main": ScriptedRunner(slots=main_slots), "spare": ScriptedRunner(slots=spare_slots)}
+    return await build_core(store, "memory", runners, breaker=ONE_FAULT_OPENS, **options)
+
+
+async def _half_open(core: Core) -> None:
+    """Opens `main`'s breaker with a backend fault and lets its cool-down pass; its health
+    probe passes."""
+    core.backends["main"].health.serving = True
+    await _failed_job(core, core.runners["main"], "main", "alice", FailureKind.BACKEND_FAULT)
+    core.clock.advance(30)
+
+
+def _refuse_on(core: Core, backend: str, error: Exception, text: str | None = None) -> None:
+    """`backend`'s compiler refuses circuits (those whose text is `text`, else all) with
+    `error`."""
+    adapter = core.backends[backend].adapter
+    compile_circuit = adapter.compile_circuit
+
+    def refusing(source: Any) -> object:
+        if text is None or source.text == text:
+            raise error
+        return compile_circuit(source)
+
+    adapter.compile_circuit = refusing  # type: ignore[method-assign]
+
+
+class _TwinCompiler:
+    """The admission's compiler, except that the first compile of the circuit "twin" for
+    `main` waits for `hold` (`held` says it waits) and `spare` refuses every circuit
+    (TOO_MANY_QUBITS; `refused` says it did): twins of one request_id, one kept mid-admission
+    while the other meets the fallback."""
+
+    def __init__(self, core: Core) -> None:
+        admission = core.manager._admission
+        self._real = admission._compiler
+        self.held, self.hold, self.refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        admission._compiler = self
+
+    async def compile(
+        self, tenant: str, backend: str, adapter: Any, source: Any, field: str
+    ) -> object:
+        if source.text == "twin" and backend == "main" and not self.held.is_set():
+            self.held.set()
+            await self.hold.wait()
+        if backend == "spare":
+            self.refused.set()
+            raise InvalidArgument("TOO_MANY_QUBITS", "this backend has 3")
+        return await self._real.compile(tenant, backend, adapter, source, field)
+
+
 async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteStore) -> None:
-    main, fallback = ScriptedRunner(), ScriptedRunner()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
+    core = await _with_fallback(store)
+    main = core.runners["main"]
     try:
         await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
         assert core.backends["main"].breaker.state is BreakerState.OPEN
@@ -429,16 +486,10 @@ async def test_a_job_naming_a_fallback_is_not_held_behind_a_half_open_trial(
     # Placed on the half-open backend while its trial was out (its probe failing too), a job
     # naming a healthy fallback waited for the trial, then became the next trial and failed:
     # three such jobs failed in turn on a real gateway, none ran on the fallback.
-    main, fallback = ScriptedRunner(slots=2), ScriptedRunner()
-    clock = Clock()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(
-        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
-    )
+    core = await _with_fallback(store, main_slots=2)
     runtime = core.backends["main"]
     try:
-        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
-        clock.advance(30)
+        await _half_open(core)
         assert runtime.breaker.state is BreakerState.HALF_OPEN
         runtime.health.serving = False
         placed = await core.submit("bob", spec("main", text="a", fallback_backend="spare"))
@@ -461,15 +512,11 @@ async def test_a_refusal_with_an_open_fallback_names_it_and_the_sooner_retry(
 ) -> None:
     # It named only the backend, its retry delay, and told the caller to "name a
     # fallback_backend", which it had done.
-    main, fallback = ScriptedRunner(), ScriptedRunner()
-    clock = Clock()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(
-        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
-    )
+    core = await _with_fallback(store)
+    main, fallback = core.runners["main"], core.runners["spare"]
     try:
         await _failed_job(core, fallback, "spare", "alice", FailureKind.BACKEND_FAULT)
-        clock.advance(20)
+        core.clock.advance(20)
         await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
         with pytest.raises(Unavailable) as refused:
             await core.submit("alice", spec("main", text="y", fallback_backend="spare"))
@@ -491,14 +538,10 @@ async def test_a_fallback_that_cannot_run_the_job_is_the_backends_unavailability
     # A 5-qubit job with a 3-qubit fallback ran while its backend was closed and, once the
     # breaker opened, was refused INVALID_ARGUMENT TOO_MANY_QUBITS naming no backend: a
     # refusal the client never retries, of a request that is fine as sent.
-    main, fallback = ScriptedRunner(), ScriptedRunner()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
-
-    def too_big(source: object) -> object:
-        raise InvalidArgument("TOO_MANY_QUBITS", "the circuit uses 5 qubits; this backend has 3")
-
-    core.backends["spare"].adapter.compile_circuit = too_big  # type: ignore[method-assign]
+    core = await _with_fallback(store)
+    main = core.runners["main"]
+    too_big = InvalidArgument("TOO_MANY_QUBITS", "the circuit uses 5 qubits; this backend has 3")
+    _refuse_on(core, "spare", too_big)
     try:
         job = await core.submit("alice", spec("main", fallback_backend="spare"))
         assert job.placement == "main"
@@ -2257,38 +2300,17 @@ async def test_a_lapsed_claim_of_a_job_already_ended_gives_back_a_half_open_tria
 # ---------------------------------------------------------------- fallbacks that cannot run the job
 
 
-def _refuse_on(core: Core, backend: str, error: Exception, text: str | None = None) -> None:
-    """`backend`'s compiler refuses circuits (those whose text is `text`, else all) with
-    `error`."""
-    adapter = core.backends[backend].adapter
-    compile_circuit = adapter.compile_circuit
-
-    def refusing(source: Any) -> object:
-        if text is None or source.text == text:
-            raise error
-        return compile_circuit(source)
-
-    adapter.compile_circuit = refusing  # type: ignore[method-assign]
-
-
 async def test_a_job_its_fallback_cannot_run_still_queues_behind_a_half_open_trial(
     store: SqliteStore,
 ) -> None:
     # Placed on the fallback while the half-open backend's trial is out, and refused there, a
     # job was answered BACKEND_UNAVAILABLE for as long as the trial ran (minutes on a
     # provider): naming a fallback made it worse than naming none, which queues it.
-    main, fallback = ScriptedRunner(slots=2), ScriptedRunner()
-    clock = Clock()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(
-        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
-    )
+    core = await _with_fallback(store, main_slots=2)
     runtime = core.backends["main"]
     _refuse_on(core, "spare", InvalidArgument("TOO_MANY_QUBITS", "this backend has 3"))
     try:
-        runtime.health.serving = True
-        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
-        clock.advance(30)
+        await _half_open(core)
         trial = await core.submit("bob", spec("main", text="trial"))
         await core.until("bob", trial.id, "RUNNING")
         assert runtime.breaker.trial_running
@@ -2307,9 +2329,8 @@ async def test_a_circuit_refused_for_itself_on_the_fallback_stays_invalid_argume
     # field violation, not as the backend's retryable BACKEND_UNAVAILABLE: the Python client
     # retries that up to 10 times at the breaker's cool-down (up to minutes) and then raises
     # UnavailableError, never the INVALID_ARGUMENT the caller must fix.
-    main, fallback = ScriptedRunner(), ScriptedRunner()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
+    core = await _with_fallback(store)
+    main = core.runners["main"]
     syntax = InvalidArgument("INVALID_CIRCUIT", "line 1: syntax error")
     _refuse_on(core, "main", syntax, text="bad")
     _refuse_on(core, "spare", syntax, text="bad")
@@ -2331,9 +2352,8 @@ async def test_compilers_busy_on_the_fallback_is_not_the_backends_unavailability
     # COMPILERS_BUSY (RESOURCE_EXHAUSTED, retry in 1 s) says nothing about what the fallback
     # can run: it became BACKEND_UNAVAILABLE "its fallback cannot run this job
     # (COMPILERS_BUSY ...)" with the breaker's 30 s cool-down as the delay.
-    main, fallback = ScriptedRunner(), ScriptedRunner()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(store, "memory", {"main": main, "spare": fallback}, breaker=policy)
+    core = await _with_fallback(store)
+    main = core.runners["main"]
     busy = ResourceExhausted("COMPILERS_BUSY", "no compile worker", retry_after=1.0)
     _refuse_on(core, "spare", busy)
     try:
@@ -2399,57 +2419,6 @@ async def test_a_simulator_whose_workers_all_hang_opens_its_breaker(store: Sqlit
         await _close(core)
 
 
-async def test_a_twin_placed_on_a_refusing_fallback_gets_the_first_twins_job(
-    store: SqliteStore,
-) -> None:
-    # Twins of one request_id: the first is placed on the half-open backend (no trial out
-    # yet) and is being compiled; another job becomes the trial; the second twin is placed on
-    # the fallback, which cannot run it. It must get the first twin's job, not a refusal.
-    main, fallback = ScriptedRunner(slots=2), ScriptedRunner()
-    clock = Clock()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(
-        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
-    )
-    runtime = core.backends["main"]
-    admission = core.manager._admission
-    compiler = admission._compiler
-    held, hold, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    class Holding:
-        async def compile(
-            self, tenant: str, backend: str, adapter: Any, source: Any, field: str
-        ) -> object:
-            if source.text == "twin" and backend == "main":
-                held.set()
-                await hold.wait()
-            if backend == "spare":
-                refused.set()
-                raise InvalidArgument("TOO_MANY_QUBITS", "this backend has 3")
-            return await compiler.compile(tenant, backend, adapter, source, field)
-
-    admission._compiler = Holding()
-    try:
-        runtime.health.serving = True
-        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
-        clock.advance(30)
-        twin = spec("main", text="twin", fallback_backend="spare")
-        first = asyncio.ensure_future(core.submit("bob", twin, request_id="r1"))
-        await held.wait()
-        trial = await core.submit("carol", spec("main", text="trial"))
-        await core.until("carol", trial.id, "RUNNING")
-        assert runtime.breaker.trial_running
-        second = asyncio.ensure_future(core.submit("bob", twin, request_id="r1"))
-        await refused.wait()
-        hold.set()
-        job = await first
-        assert job.placement == "main"
-        assert (await second).id == job.id
-    finally:
-        hold.set()
-        await _close(core)
-
-
 async def test_a_full_fallback_queue_leaves_the_job_behind_its_half_open_trial(
     store: SqliteStore,
 ) -> None:
@@ -2458,27 +2427,15 @@ async def test_a_full_fallback_queue_leaves_the_job_behind_its_half_open_trial(
     # QUEUE_FULL naming the fallback, while the backend (empty queue) takes a job that names
     # no fallback. As for a fallback that cannot run the job, naming one must not make the
     # submission worse than naming none.
-    main, fallback = ScriptedRunner(slots=2), ScriptedRunner(slots=1)
-    clock = Clock()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(
-        store,
-        "memory",
-        {"main": main, "spare": fallback},
-        clock=clock,
-        breaker=policy,
-        max_queued_jobs=2,
-    )
+    core = await _with_fallback(store, main_slots=2, max_queued_jobs=2)
     runtime = core.backends["main"]
     try:
-        runtime.health.serving = True
         busy = await core.submit("carol", spec("spare", text="busy"))
         await core.until("carol", busy.id, "RUNNING")
         await core.submit("carol", spec("spare", text="wait1"))
         await core.submit("dave", spec("spare", text="wait2"))
         assert await core.backends["spare"].queue.depth() == 2  # at its limit
-        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
-        clock.advance(30)
+        await _half_open(core)
         trial = await core.submit("bob", spec("main", text="trial"))
         await core.until("bob", trial.id, "RUNNING")
         assert runtime.breaker.trial_running
@@ -2502,12 +2459,9 @@ async def test_a_job_over_the_tenants_limits_on_its_open_backend_is_refused_by_p
     from gateway.domain.errors import PermissionDenied
     from gateway.domain.jobs import JobOptions
 
-    main, fallback = ScriptedRunner(), ScriptedRunner()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
     policies = PolicyBook(default=TenantPolicy(max_shots_per_job=10))
-    core = await build_core(
-        store, "memory", {"main": main, "spare": fallback}, breaker=policy, policies=policies
-    )
+    core = await _with_fallback(store, policies=policies)
+    main = core.runners["main"]
     _refuse_on(core, "spare", InvalidArgument("TOO_MANY_QUBITS", "this backend has 3"))
     for adapter in (core.backends["main"].adapter, core.backends["spare"].adapter):
         echo = adapter.prepare
@@ -2535,56 +2489,38 @@ async def test_a_job_over_the_tenants_limits_on_its_open_backend_is_refused_by_p
         await _close(core)
 
 
-async def test_a_twin_refused_while_its_backend_is_open_gets_the_first_twins_job(
-    store: SqliteStore,
+@pytest.mark.parametrize("trial_fails", [False, True])
+async def test_a_twin_that_meets_a_refusing_fallback_gets_the_first_twins_job(
+    store: SqliteStore, trial_fails: bool
 ) -> None:
-    # Twins of one request_id (a retry after the caller's deadline): the first was admitted
-    # on the half-open backend and is being compiled; the trial then fails and the breaker
-    # opens; the second is placed on the fallback, which cannot run it, and is refused with
-    # the backend's BACKEND_UNAVAILABLE "nothing was accepted". It looked for the first
-    # twin's job before that one's create had answered (it never waited for `first`), so it
-    # was told nothing was accepted while the first twin's job was created and runs.
-    main, fallback = ScriptedRunner(slots=2), ScriptedRunner()
-    clock = Clock()
-    policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=30)
-    core = await build_core(
-        store, "memory", {"main": main, "spare": fallback}, clock=clock, breaker=policy
-    )
+    # Twins of one request_id (a retry after the caller's deadline): the first is admitted on
+    # the half-open backend (no trial out yet) and is being compiled; another job becomes the
+    # trial, which runs on (half-open, trial out) or fails (open); the second twin is placed
+    # on the fallback, which cannot run it. It must get the first twin's job, not a refusal:
+    # it was refused BACKEND_UNAVAILABLE "nothing was accepted" while the first twin's job was
+    # created (it looked the job up before that one's create had answered).
+    core = await _with_fallback(store, main_slots=2)
     runtime = core.backends["main"]
-    admission = core.manager._admission
-    compiler = admission._compiler
-    held, hold, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    calls: list[str] = []
-
-    class Holding:
-        async def compile(
-            self, tenant: str, backend: str, adapter: Any, source: Any, field: str
-        ) -> object:
-            calls.append(backend)
-            if source.text == "twin" and backend == "main" and not held.is_set():
-                held.set()
-                await hold.wait()
-            if backend == "spare":
-                refused.set()
-                raise InvalidArgument("TOO_MANY_QUBITS", "this backend has 3")
-            return await compiler.compile(tenant, backend, adapter, source, field)
-
-    admission._compiler = Holding()
+    compiler = _TwinCompiler(core)
     try:
-        runtime.health.serving = True
-        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
-        clock.advance(30)
+        await _half_open(core)
         twin = spec("main", text="twin", fallback_backend="spare")
         first = asyncio.ensure_future(core.submit("bob", twin, request_id="r1"))
-        await held.wait()
-        await _failed_job(core, main, "main", "carol", FailureKind.BACKEND_FAULT)  # the trial
-        assert runtime.breaker.state is BreakerState.OPEN
+        await compiler.held.wait()
+        if trial_fails:
+            main = core.runners["main"]
+            await _failed_job(core, main, "main", "carol", FailureKind.BACKEND_FAULT)
+            assert runtime.breaker.state is BreakerState.OPEN
+        else:
+            trial = await core.submit("carol", spec("main", text="trial"))
+            await core.until("carol", trial.id, "RUNNING")
+            assert runtime.breaker.trial_running
         second = asyncio.ensure_future(core.submit("bob", twin, request_id="r1"))
-        await refused.wait()
-        hold.set()
+        await compiler.refused.wait()
+        compiler.hold.set()
         job = await first
         assert job.placement == "main"
         assert (await second).id == job.id
     finally:
-        hold.set()
+        compiler.hold.set()
         await _close(core)

@@ -16,7 +16,7 @@ import pytest
 from gateway.backends.runner import ExecutionModel
 from gateway.domain import sessions as domain
 from gateway.domain.jobs import Job, JobState, StateTransition
-from gateway.domain.sessions import EndReason, FailurePolicy, Session, SessionMode, SessionState
+from gateway.domain.sessions import EndReason, SessionState
 from gateway.jobs.events import MemoryEventBus
 from gateway.jobs.hooks import Hooks, Transition
 from gateway.jobs.memory_queue import MemoryQueue
@@ -28,7 +28,7 @@ from gateway.jobs.transitions import LATEST_JOBS, Transitions
 from gateway.store.base import ExpiryCursor
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import T0, Clock, Recorder, ScriptedRunner, build_core, spec
-from tests.unit.test_sessions import build, session_spec
+from tests.unit.test_sessions import _session, build, session_spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -249,23 +249,9 @@ def test_a_change_is_signalled_under_the_backend_the_job_is_placed_on() -> None:
     assert sent == [("j", "fallback", "QUEUED"), ("k", "sim", "QUEUED")]
 
 
-def _session() -> Session:
-    return Session(
-        id="s1",
-        tenant="alice",
-        backend="sim",
-        mode=SessionMode.DEDICATED,
-        state=SessionState.PENDING,
-        failure_policy=FailurePolicy.CONTINUE,
-        max_ttl_s=1000.0,
-        idle_ttl_s=10.0,
-        created_at=T0,
-    )
-
-
 def test_the_idle_ttl_counts_from_when_the_last_job_ended() -> None:
     at = T0 + timedelta(seconds=5)
-    active = domain.job_accepted(_session(), at)
+    active = domain.job_accepted(_session(max_ttl_s=1000.0), at)
     # The job runs for 45 s: no idleness meanwhile.
     assert domain.expire(active, T0 + timedelta(seconds=50), has_work=True) is None
     ended_at = T0 + timedelta(seconds=50)
