@@ -10,7 +10,7 @@ PolicyBook at once, so the RPC path never reads a policy from the store.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from qgateway.v1 import admin_service_pb2
 
@@ -40,10 +40,6 @@ from gateway.security.tenant_policy import (
     policy_to_json,
 )
 from gateway.store.base import Store, StoredTenant
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def tenant_from_stored(stored: StoredTenant) -> Tenant:

@@ -88,6 +88,7 @@ class JobManager:
         policies: PolicyBook | None = None,
     ) -> None:
         self._store = store
+        self._clock = clock
         self.backends = backends
         # Tenants' policies (gateway.security.policies): admission and backend listings ask.
         self.policies = policies if policies is not None else PolicyBook()
@@ -320,7 +321,7 @@ class JobManager:
         return data
 
     async def _check_kept(self, job: Job) -> None:
-        if job.expire_at is not None and _now() >= job.expire_at:
+        if job.expire_at is not None and self._clock() >= job.expire_at:
             # Deleted here if asked for before the sweep (gateway.jobs.retention_sweep) came.
             await self._store.delete_result(job.id)
             name = f"jobs/{job.id}"

@@ -1126,6 +1126,30 @@ async def test_expired_results_then_old_jobs_are_swept_from_the_store(
         await _close(core)
 
 
+async def test_a_result_expires_by_the_cores_clock_not_the_wall_clock(
+    store: SqliteStore,
+) -> None:
+    # Expiry was stamped from the injected clock but checked against the wall clock, so a
+    # result read before the sweep came was served past its expire_at (and, with a clock
+    # ahead of the wall, refused before it).
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await runner.started.wait()
+        runner.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert done.expire_at is not None
+        assert await core.manager.result(done)  # kept, and served from the recent results
+        core.clock.now = done.expire_at
+        with pytest.raises(NotFound) as expired:
+            await core.manager.result(done)
+        assert expired.value.reason == "RESULT_EXPIRED"
+        assert await store.get_result(job.id) is None  # deleted when asked for
+    finally:
+        await _close(core)
+
+
 async def test_the_first_sweep_comes_soon_after_a_start(store: SqliteStore) -> None:
     # The first sweep came RETENTION_SWEEP_S (10 minutes) after a start: a gateway restarted
     # more often than that (rolling deploys, autoscaled replicas) never swept.
