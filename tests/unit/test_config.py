@@ -151,6 +151,32 @@ def test_relative_paths_from_the_environment_stay_relative_to_the_working_direct
             '[backends.a]\nadapter = "aer"\npool = { min_instances = 3, max_instances = 2 }\n',
             "min_instances",
         ),
+        # Each bound at the first value past it (the accepted side is in
+        # test_limits_at_their_boundaries_load).
+        ('[backends.a]\nadapter = "aer"\nmax_shots = 100\ndefault_shots = 101\n', "default_shots"),
+        ("[server]\nrequest_read_timeout_s = 1.0\n", "server.request_read_timeout_s"),
+        ("[compiler]\nworkers = 0\n", "compiler.workers"),
+        ("[compiler]\nmemory_headroom_mb = 63\n", "compiler.memory_headroom_mb"),
+        (
+            '[backends.a]\nadapter = "aer"\npool = { min_instances = 0, max_instances = 0 }\n',
+            "max_instances",
+        ),
+        (
+            '[backends.a]\nadapter = "aer"\nbreaker = { failure_threshold = 0 }\n',
+            "failure_threshold",
+        ),
+        ('[backends.a]\nadapter = "aer"\nprice = { per_shot = -0.01 }\n', "price.per_shot"),
+        ('[backends.a]\nadapter = "aer"\nprice = { unit = "' + "U" * 33 + '" }\n', "price.unit"),
+        ('[backends."a.b"]\nadapter = "aer"\n', "backends"),
+        ('[tenants."a b"]\n', "tenant id"),
+        ("[server]\nresult_retention_days = 36501\n", "server.result_retention_days"),
+        # A CA file without client_auth = "require" would look like mTLS and check nothing.
+        ('[server.tls]\ncert_file = "c"\nkey_file = "k"\nclient_ca_file = "ca"\n', "go together"),
+        (
+            '[server.tls]\ncert_file = "c"\nkey_file = "k"\n'
+            '[[auth.mtls]]\nsubject = "CN=ci"\ntenant = "acme"\n',
+            "client_auth = 'require'",
+        ),
         # A copy-pasted key entry gave the key the last entry's tenant.
         (
             "[[auth.api_keys]]\nprefix = 'aaaaaaaa'\nsha256 = '"
@@ -268,3 +294,71 @@ def test_listen_addresses_gRPC_serves_as_written_load(tmp_path: Path, listen: st
     path = tmp_path / "g.toml"
     path.write_text(f'[server]\nlisten = "{listen}"\n')
     assert load_config(path).server.listen == listen
+
+
+def test_limits_at_their_boundaries_load(tmp_path: Path) -> None:
+    """The last accepted value of each bound (and the zeros that mean "at once" or "none")."""
+    path = tmp_path / "g.toml"
+    path.write_text(
+        "[server]\nrequest_read_timeout_s = 1.001\ngrace_period_s = 0\n"
+        "run_max_wait_s = 300\nmax_connection_age_grace_s = 300\n"
+        '[server.tls]\ncert_file = "c"\nkey_file = "k"\nreload_check_s = 0\n'
+        "[auth]\nkey_cache_s = 0\n"
+        "[compiler]\nworkers = 1\nmemory_headroom_mb = 64\n"
+        '[backends.a]\nadapter = "aer"\nmax_shots = 100\ndefault_shots = 100\n'
+        "pool = { min_instances = 0, max_instances = 1 }\nbreaker = { failure_threshold = 1 }\n"
+        'price = { per_shot = 0, unit = "' + "U" * 32 + '" }\n'
+        "[tenants.t.policy]\nquota = { shots = 0 }\n"
+    )
+    config = load_config(path)
+    assert config.server.grace_period_s == 0
+    assert config.server.max_connection_age_grace_s == config.server.run_max_wait_s
+    assert config.backends["a"].default_shots == 100
+    policy = config.tenants["t"].tenant("t").policy
+    assert policy.quota is not None and policy.quota.shots == 0
+
+
+def test_derived_limits_and_defaults(tmp_path: Path) -> None:
+    from gateway.config import MIB, GatewayConfig
+
+    server = GatewayConfig().server
+    # The README's documented default.
+    assert GatewayConfig().backends["aer"].max_queued_jobs == 10_000
+    # gRPC clients' default receive limit is 4 MiB: every answer, with its framing, fits.
+    assert server.max_response_bytes == 4 * MIB - 64 * 1024
+    # The transport lets through twice the gateway's own limit, so an oversize request gets
+    # the detailed REQUEST_TOO_LARGE instead of gRPC's bare refusal.
+    assert server.transport_max_receive_bytes == 2 * server.max_request_bytes + MIB
+    path = tmp_path / "g.toml"
+    path.write_text(
+        "[server]\nmax_streamed_result_mb_per_tenant = 1\nmax_streamed_result_mb = 3\n"
+        '[backends.a]\nadapter = "aer"\nmemory_budget_mb = 100\n'
+        '[backends.b]\nadapter = "aer"\nmemory_budget_mb = 100\nworker_memory_limit_mb = 500\n'
+    )
+    config = load_config(path)
+    assert config.server.stream_budget_bytes() == (MIB, 3 * MIB)
+    a = config.backends["a"].context("a", config.circuits)
+    assert a.worker_memory_bytes == (100 + 2048) * MIB
+    b = config.backends["b"].context("b", config.circuits)
+    assert b.worker_memory_bytes == 500 * MIB
+
+
+def test_certificate_rules_alone_require_authentication(tmp_path: Path) -> None:
+    """[[auth.mtls]] without keys still turns authentication on: a certificate no rule maps is
+    refused, not served as the anonymous tenant."""
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[server.tls]\ncert_file = "c"\nkey_file = "k"\nclient_ca_file = "ca"\n'
+        'client_auth = "require"\n'
+        '[[auth.mtls]]\nsubject = "CN=ci"\ntenant = "acme"\n'
+    )
+    assert load_config(path).auth.enabled
+
+
+def test_the_client_cli_s_variables_are_not_server_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `qgateway serve` in a shell that also runs the client CLI.
+    monkeypatch.setenv("QGATEWAY_TARGET", "gw:443")
+    monkeypatch.setenv("QGATEWAY_API_KEY", "qgw_x_y")
+    assert load_config(None).server.listen
