@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from types import SimpleNamespace
@@ -14,7 +15,14 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from qgateway import client as client_module
-from qgateway.client import DEFAULT_RETRY, AsyncClient, Client, RetryPolicy, sampler_pub
+from qgateway.client import (
+    DEFAULT_RETRY,
+    AsyncClient,
+    Client,
+    RetryPolicy,
+    estimator_pub,
+    sampler_pub,
+)
 from qgateway.errors import (
     ERROR_DOMAIN,
     STATUS_DETAILS_KEY,
@@ -200,6 +208,10 @@ def test_unavailable_carries_retry_delay() -> None:
     assert isinstance(err, UnavailableError)
     assert err.reason == "BREAKER_OPEN"
     assert err.retry_delay == pytest.approx(1.000000005)
+    half = status_trailers(grpc.StatusCode.UNAVAILABLE, "busy", retry_info(0, 500_000_000))
+    assert (
+        from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "busy", half)).retry_delay == 0.5
+    )
 
 
 def test_resource_exhausted_carries_quota_violations_and_delay() -> None:
@@ -261,6 +273,9 @@ def test_message_falls_back_to_status_message() -> None:
     trailers = status_trailers(grpc.StatusCode.ABORTED, "from status", error_info("X"))
     err = from_rpc_error(FakeRpcError(grpc.StatusCode.ABORTED, "", trailers))
     assert err.message == "from status"
+    # The call's own message, when it has one, is the one raised.
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.ABORTED, "from call", trailers))
+    assert err.message == "from call" and err.reason == "X"
 
 
 def test_bare_rpc_error_is_unknown() -> None:
@@ -396,6 +411,61 @@ def test_caller_request_id_is_kept(sleeps: list[float]) -> None:
     assert [r.request_id for r in run.requests] == ["mine", "mine"]
 
 
+def test_a_zero_seed_and_a_zero_precision_are_sent_not_dropped(sleeps: list[float]) -> None:
+    # 0 is a seed like any other, and precision 0 asks for exact values: neither is "unset".
+    submit = FakeUnary([job_service_pb2.SubmitJobResponse(job=job_pb2.Job(name="jobs/j1"))])
+    pub = estimator_pub("OPENQASM 3.0;", "Z", precision=0.0)
+    with make_client(SubmitJob=submit) as client:
+        client.submit_pubs([pub], seed=0, default_precision=0.0)
+    spec = submit.requests[0].spec
+    assert spec.options.HasField("seed") and spec.options.seed == 0
+    assert spec.options.HasField("default_precision")
+    assert spec.pubs[0].estimator.HasField("precision")
+
+
+def test_submit_pubs_sends_every_job_option(sleeps: list[float]) -> None:
+    submit = FakeUnary([job_service_pb2.SubmitJobResponse(job=job_pb2.Job(name="jobs/j1"))])
+    with make_client(SubmitJob=submit) as client:
+        client.submit_pubs(
+            [sampler_pub("OPENQASM 3.0;")],
+            backend="aer",
+            default_shots=100,
+            max_execution_time=1.5,
+            fallback_backend="braket",
+            session="s1",
+            labels={"team": "a"},
+        )
+    spec = submit.requests[0].spec
+    assert spec.backend == "backends/aer" and spec.session == "sessions/s1"
+    assert spec.options.default_shots == 100
+    assert spec.options.max_execution_time == duration_pb2.Duration(seconds=1, nanos=500_000_000)
+    assert spec.options.fallback_backend == "backends/braket"
+    assert dict(spec.labels) == {"team": "a"}
+
+
+def test_counts_only_and_sampler_output_are_sent_or_refused(sleeps: list[float]) -> None:
+    submit = FakeUnary(
+        [job_service_pb2.SubmitJobResponse(job=job_pb2.Job(name="jobs/j1")) for _ in range(2)]
+    )
+    with make_client(SubmitJob=submit) as client:
+        client.submit("OPENQASM 3.0;", counts_only=True)
+        client.submit("OPENQASM 3.0;", sampler_output="samples")
+        with pytest.raises(ValueError, match="unknown sampler output"):
+            client.submit("OPENQASM 3.0;", sampler_output=99)
+        with pytest.raises(ValueError, match="contradicts"):
+            client.submit("OPENQASM 3.0;", counts_only=True, sampler_output="samples")
+    outputs = [r.spec.options.sampler_output for r in submit.requests]
+    assert outputs == [job_pb2.SAMPLER_OUTPUT_COUNTS, job_pb2.SAMPLER_OUTPUT_SAMPLES]
+
+
+def test_a_run_whose_job_was_cancelled_raises_job_failed(sleeps: list[float]) -> None:
+    cancelled = job_pb2.Job(name="jobs/j1", state=job_pb2.JOB_STATE_CANCELLED)
+    run = FakeUnary([job_service_pb2.RunResponse(job=cancelled)])
+    with make_client(Run=run) as client, pytest.raises(JobFailedError) as info:
+        client.run("OPENQASM 3.0;")
+    assert info.value.job == "jobs/j1" and info.value.state == "CANCELLED"
+
+
 def test_a_retry_that_gets_its_own_job_back_says_the_call_created_it(
     sleeps: list[float],
 ) -> None:
@@ -443,6 +513,15 @@ def test_retry_delay_beyond_the_timeout_gives_up_at_once(sleeps: list[float]) ->
         client.run("OPENQASM 3.0;", timeout=5)
     assert len(run.requests) == 1
     assert info.value.retry_delay == 60.0
+
+
+def test_a_retry_delay_as_long_as_the_timeout_gives_up_at_once(sleeps: list[float]) -> None:
+    # The next attempt could not start before the deadline: raised now, not slept into it.
+    run = FakeUnary([unavailable(5), finished_run()])
+    with make_client(Run=run) as client, pytest.raises(UnavailableError) as info:
+        client.run("OPENQASM 3.0;", timeout=5)
+    assert len(run.requests) == 1 and sleeps == []
+    assert info.value.retry_delay == 5.0
 
 
 def test_a_retry_delay_past_the_policys_longest_is_raised_not_slept(
@@ -583,6 +662,20 @@ def test_retry_policy_backoff_grows_and_is_capped() -> None:
     assert all(0.5 <= jittered.backoff(1) <= 1.5 for _ in range(50))
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+def test_retry_policy_jitter_spreads_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=10.0, jitter=0.5)
+    monkeypatch.setattr(random, "random", lambda: 0.0)
+    assert policy.backoff(1) == pytest.approx(0.5)
+    monkeypatch.setattr(random, "random", lambda: 1.0)
+    assert policy.backoff(1) == pytest.approx(1.5)
+
+
+def test_a_receive_limit_the_caller_set_is_kept() -> None:
+    limit = ("grpc.max_receive_message_length", 1024)
+    assert client_module._channel_options([limit]) == [limit]
+    assert client_module._channel_options([]) == [("grpc.max_receive_message_length", -1)]
 
 
 def test_the_client_reads_answers_above_grpcs_default_receive_limit() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from qgateway.client import (
     AsyncClient,
@@ -38,7 +39,8 @@ from qgateway.results import (
     SamplerPubResult,
     job_result_from_stream,
 )
-from qgateway.v1 import circuit_pb2, job_pb2, job_service_pb2
+from qgateway.sessions import Session, SessionState
+from qgateway.v1 import circuit_pb2, job_pb2, job_service_pb2, session_pb2
 
 # Per binding (row-major over shape (2, 3)), 2 shots each: 12 rows per register.
 A_SAMPLES = bytes([1, 0, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0])
@@ -147,8 +149,51 @@ def test_register_bitstrings_decode_the_packed_rows() -> None:
     assert pub["c"].bitstrings((1, 0)) == ["101010101", "010101010"]
     assert pub["c"].bitstrings((1, 2)) == ["000000001", "110000000"]
     assert pub["c"].bitstrings(-1) == ["000000001", "110000000"]
+    assert pub["c"].bitstrings((-1, -2)) == ["110100101", "110100101"]  # (1, 1): flat 4
+    assert pub["c"].bitstrings((-2, 2)) == ["111111111", "000000000"]  # (0, 2): flat 2
     assert pub["c"].ints(5) == [1, 384]
     assert pub["c"].get_int_counts(5) == {1: 1, 384: 1}
+
+
+def test_a_whole_byte_register_has_no_padding_byte() -> None:
+    # 8 and 16 bits fill their bytes: one and two bytes per shot, no extra byte.
+    msg = job_pb2.SamplerPubResult(
+        shots=2,
+        registers=[
+            register("m", 8, bytes([0xFF, 0x01]), [{"11111111": 1, "00000001": 1}]),
+            register("w", 16, bytes([0x80, 0x01, 0x00, 0x02]), [], with_counts=False),
+        ],
+    )
+    pub = SamplerPubResult.from_proto(msg)
+    assert pub["m"].num_bytes == 1 and pub["w"].num_bytes == 2
+    assert pub["m"].bitstrings() == ["11111111", "00000001"]
+    assert pub["w"].bitstrings() == ["1000000000000001", "0000000000000010"]
+    assert pub.counts(register="w") == {"1000000000000001": 1, "0000000000000010": 1}
+
+
+def test_padding_bits_and_empty_registers() -> None:
+    # A producer that left padding bits set (0xFD: 11111 101) cannot widen a 3-bit outcome;
+    # a register of no bits has empty outcomes, not "no samples".
+    msg = job_pb2.SamplerPubResult(
+        shots=2,
+        registers=[
+            register("p", 3, bytes([0xFD, 0xFA]), [], with_counts=False),
+            register("z", 0, b"", [], with_counts=False),
+        ],
+    )
+    pub = SamplerPubResult.from_proto(msg)
+    assert pub["p"].ints() == [5, 2]
+    assert pub["p"].bitstrings() == ["101", "010"]
+    assert pub["z"].has_samples and pub["z"].bitstrings() == ["", ""]
+    assert pub["z"].counts() == {"": 2}
+
+
+def test_counts_for_too_few_bindings_are_refused() -> None:
+    msg = job_pb2.SamplerPubResult(
+        shape=[2], shots=1, registers=[register("b", 1, b"", [{"1": 1}], with_counts=True)]
+    )
+    with pytest.raises(ValueError, match="1 counts entries for 2 bindings"):
+        SamplerPubResult.from_proto(msg)["b"].counts(0)
 
 
 def test_counts_from_samples_match_the_gateway_counts() -> None:
@@ -205,6 +250,21 @@ def test_bad_indexes_and_kinds() -> None:
         result.counts(pub=1)
     with pytest.raises(TypeError):
         result.estimator(0)
+
+
+def test_session_from_proto() -> None:
+    msg = session_pb2.Session(
+        name="sessions/s1",
+        backend="backends/aer",
+        state=session_pb2.SESSION_STATE_FAILED,
+        max_ttl=duration_pb2.Duration(seconds=60),
+        idle_ttl=duration_pb2.Duration(seconds=1, nanos=500_000_000),
+    )
+    session = Session.from_proto(msg)
+    assert session.state is SessionState.FAILED and session.state.is_final
+    assert session.max_ttl == 60.0 and session.idle_ttl == 1.5
+    assert SessionState.CLOSED.is_final
+    assert not SessionState.ACTIVE.is_final and not SessionState.CLOSING.is_final
 
 
 def test_estimator_result() -> None:
@@ -549,6 +609,8 @@ def test_bindings_array_shapes() -> None:
     assert list(sweep.values) == [float(v) for v in range(12)]
     assert bindings_array(0.5) == circuit_pb2.BindingsArray(values=[0.5])
     assert bindings_array(None) is None
+    with pytest.raises(ValueError, match="no parameter_values"):
+        bindings_array(None, ["a"])  # names without values: not silently an unbound circuit
     with pytest.raises(ValueError, match="ragged"):
         bindings_array([[0.1, 0.2], [0.3]])
     with pytest.raises(ValueError):
