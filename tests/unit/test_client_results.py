@@ -525,6 +525,19 @@ def test_a_broken_stream_resumes_from_the_binding_it_was_in(cut: int) -> None:
     assert assembler.proto() == full_result()
 
 
+def test_a_stream_broken_in_estimator_values_resumes_at_their_offset() -> None:
+    # Not from the PUB's first value: resuming a large PUB's values from the start every time
+    # never counts as progress, so breaks a few streams apart would end the fetch.
+    full = chunked_stream()
+    assembler = ResultAssembler()
+    for response in full[:-1]:  # up to the values chunk at offset 2, no digest
+        assembler.add(response)
+    assert assembler.resume_position() == (1, 2)
+    assembler.add(full[-2])  # the gateway's answer from value 2 on
+    assembler.add(full[-1])
+    assert assembler.proto() == full_result()
+
+
 def test_resuming_a_complete_stream_is_an_error() -> None:
     assembler = ResultAssembler()
     for response in chunked_stream():
