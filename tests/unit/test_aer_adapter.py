@@ -892,6 +892,80 @@ def test_braket_pays_for_every_run_of_its_program() -> None:
     prepare_in_process(braket, light, 1)
 
 
+def test_braket_density_matrices_are_priced_per_entry_above_state_vectors() -> None:
+    """braket_dm updates ~1.6e8 density-matrix entries a second, braket_sv ~6.7e8 amplitudes:
+    the density matrix's work per amplitude is the larger (it was priced as the state vector's)."""
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    dm = BraketAdapter(context(device="braket_dm")).run_costs()
+    sv = BraketAdapter(context(device="braket_sv")).run_costs()
+    assert dm.per_amplitude > 3 * sv.per_amplitude
+    assert (dm.per_run, dm.per_operation_run) == (sv.per_run, sv.per_operation_run)
+
+
+def test_braket_refuses_a_seed_only_where_it_would_run_shot_by_shot() -> None:
+    """LocalSimulator takes no seed: a seeded job whose circuit must run shot by shot would
+    silently be unseeded, so it is refused; measurements at the end are sampled with the seed,
+    and the same circuit without a seed runs."""
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    braket = BraketAdapter(context(device="braket_sv"))
+    mid = q3("qubit[1] q; bit[2] c; h q[0]; c[0] = measure q[0]; x q[0]; c[1] = measure q[0];")
+    error = refused(
+        braket,
+        spec(sampler(mid), seed=7),
+        "UNSUPPORTED_FEATURE",
+        "spec.pubs[0].sampler.circuit.qasm3",
+    )
+    assert error.metadata.get("feature") == "seed"
+    prepare_in_process(braket, spec(sampler(mid)), 1)
+    prepare_in_process(braket, spec(sampler(q3(ghz(2))), seed=7), 1)
+
+
+def test_braket_refuses_more_than_64_clbits_when_preparing() -> None:
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    braket = BraketAdapter(context(device="braket_sv"))
+    field = "spec.pubs[0].sampler.circuit.qasm3"
+    wide = q3("qubit[1] q; bit[65] c; x q[0]; c[64] = measure q[0];")
+    assert (
+        refused(braket, spec(sampler(wide)), "UNSUPPORTED_FEATURE", field).metadata.get("feature")
+        == "clbits"
+    )
+    prepare_in_process(braket, spec(sampler(q3("qubit[1] q; bit[64] c; c[63] = measure q[0];"))), 1)
+
+
+@pytest.mark.parametrize(("device", "qubits"), [("braket_sv", 26), ("braket_dm", 13)])
+def test_braket_targets_are_as_wide_as_the_simulator_allows(device: str, qubits: int) -> None:
+    from gateway.backends.braket.adapter import BraketAdapter
+
+    assert BraketAdapter(context(device=device)).qiskit_target().num_qubits == qubits
+    narrow = BraketAdapter(context(device=device, num_qubits=5))
+    assert narrow.qiskit_target().num_qubits == 5
+
+
+def test_pennylane_refuses_a_sampler_measuring_more_than_it_can_sample() -> None:
+    """PennyLane samples from exact probabilities only: 21 measured qubits are refused when
+    preparing, not failed in the worker."""
+    from gateway.backends.pennylane.adapter import PennyLaneAdapter
+
+    adapter = PennyLaneAdapter(context(device="default.qubit"))
+    error = refused(
+        adapter,
+        spec(sampler(q3("qubit[21] q; bit[21] c; c = measure q;"))),
+        "UNSUPPORTED_FEATURE",
+        "spec.pubs[0].sampler.circuit.qasm3",
+    )
+    assert error.metadata.get("feature") == "measured_qubits"
+
+
+def test_pennylane_targets_stop_at_25_qubits() -> None:
+    from gateway.backends.pennylane.adapter import PennyLaneAdapter
+
+    assert PennyLaneAdapter(context()).qiskit_target().num_qubits == 25
+    assert PennyLaneAdapter(context(num_qubits=7)).qiskit_target().num_qubits == 7
+
+
 # Angles from bindings on controlled rotations and phases: Aer 0.18 applies these gates wrongly
 # when their angles come from parameter_binds (cp(1.1) after x/h read <Z> = 1.0, not 0.4536),
 # and the gateway binds every parameterised circuit that way.

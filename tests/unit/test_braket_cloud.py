@@ -22,7 +22,7 @@ from gateway.backends.braket.cloud import (
 )
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
-from gateway.domain.errors import ExecutionError
+from gateway.domain.errors import ExecutionError, InvalidArgument
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobSpec, JobState
 from tests.adapters import prepare_in_process
@@ -421,3 +421,32 @@ async def test_reattach_by_tag_finds_every_task_of_the_job_or_none() -> None:
     cancelling = dataclasses.replace(job, state=JobState.CANCELLING)
     assert await runner.reattach(cancelling, None) is None
     assert fake.cancelled == [handle.remote_id.split()[0]]  # type: ignore[union-attr]
+
+
+def test_a_job_may_run_exactly_max_tasks_per_job_tasks() -> None:
+    context = _cloud_adapter().context
+    options = {**context.options, "max_tasks_per_job": 3}
+    adapter = BraketAdapter(dataclasses.replace(context, options=options))
+
+    def sweep(n: int) -> JobSpec:
+        values = np.linspace(0.0, 1.0, n).reshape(n, 1)
+        bindings = Bindings(("theta",), (n,), values)
+        source = CircuitSource(CircuitLanguage.QASM3, SWEEP)
+        return JobSpec(backend="sv1", pubs=(SamplerPub(source, bindings, 8),))
+
+    assert prepare_in_process(adapter, sweep(3), seed=1).tasks == 3
+    with pytest.raises(InvalidArgument) as refused:
+        prepare_in_process(adapter, sweep(4), seed=1)
+    assert refused.value.reason == "TOO_MANY_BINDINGS"
+
+
+def test_a_qpu_arn_is_hardware_and_a_managed_simulator_is_not() -> None:
+    from gateway.domain.backends import BackendKind
+
+    qpu = "arn:aws:braket:us-east-1::device/qpu/ionq/Aria-1"
+    context = _cloud_adapter().context
+    hardware = BraketAdapter(
+        dataclasses.replace(context, options={**context.options, "device": qpu})
+    )
+    assert hardware.backend_kind() is BackendKind.HARDWARE
+    assert _cloud_adapter().backend_kind() is BackendKind.SIMULATOR

@@ -651,3 +651,137 @@ def test_a_gate_that_leaves_one_of_its_qubits_alone_does_not_touch_it(
     circuit.measure([0, 1, 2], [0, 1, 2])
     got = exact.probabilities(key(), plan(circuit), (), NONE)
     np.testing.assert_allclose(got, [[0, 1, 0, 0, 0, 0, 0, 0]], atol=1e-12)  # only qubit 0 set
+
+
+# ------------------------------------------------------------------------------ mutation gaps
+
+
+def _branch_on(condition: Any) -> QuantumCircuit:
+    """c = (1, 0) measured, then if (condition) x q1 else x q2, read into r: every shot reads
+    5 when the condition holds (true branch) and 9 when it does not (else branch)."""
+    c, r = ClassicalRegister(2, "c"), ClassicalRegister(2, "r")
+    circuit = QuantumCircuit(QuantumRegister(3, "q"), c, r)
+    circuit.x(0)
+    circuit.measure(0, c[0])
+    circuit.measure(1, c[1])
+    resolved = condition(c) if callable(condition) else condition
+    with circuit.if_test(resolved) as otherwise:
+        circuit.x(1)
+    with otherwise:
+        circuit.x(2)
+    circuit.measure(1, r[0])
+    circuit.measure(2, r[1])
+    return circuit
+
+
+@pytest.mark.parametrize(
+    ("condition", "holds"),
+    [
+        (lambda c: (c[1], 1), False),  # the else branch runs
+        (lambda c: (c[0], 1), True),
+        (lambda c: (c, 1), True),
+        (lambda c: (c, 5), False),  # wider than the register: never equal
+        (lambda c: expr.not_equal(c, 1), False),
+        (lambda c: expr.not_equal(c, 3), True),
+        (lambda c: expr.equal(c[0], False), False),
+        (lambda c: expr.equal(c[1], False), True),
+        (lambda c: expr.logic_or(c[1], c[0]), True),
+        (lambda c: expr.logic_or(c[1], expr.logic_not(c[0])), False),
+        (lambda c: expr.logic_and(c[0], c[1]), False),
+    ],
+)
+def test_each_condition_form_takes_the_branch_qiskit_would(
+    sv: BraketSimulation, condition: Any, holds: bool
+) -> None:
+    (shots,) = sv.shots(key(), _branch_on(condition), (), NONE, 5)
+    assert shots.tolist() == [5 if holds else 9] * 5
+
+
+def test_mid_circuit_outcomes_land_in_their_own_clbits(exact: BraketSimulation) -> None:
+    """No control flow: Braket's columns are the measured clbits in ascending order, written
+    here out of order. c = (0, 1, 1) = 6 every shot."""
+    circuit = QuantumCircuit(2, 3)
+    circuit.x(0)
+    circuit.measure(0, 2)
+    circuit.reset(0)
+    circuit.measure(0, 0)
+    circuit.x(1)
+    circuit.measure(1, 1)
+    (shots,) = exact.shots(key(), circuit, (), NONE, 20)
+    assert shots.tolist() == [6] * 20
+
+
+def test_measured_qubits_no_gate_touches_read_zero(exact: BraketSimulation) -> None:
+    circuit = QuantumCircuit(2, 1)
+    circuit.h(0)
+    circuit.measure(1, 0)
+    got = exact.probabilities(key(), plan(circuit), (), np.zeros((2, 0)))
+    np.testing.assert_array_equal(got, [[1.0, 0.0]] * 2)
+
+
+def test_readout_flips_reach_measured_qubits_no_gate_touches() -> None:
+    """x q0, measure q0, q1, q2 with readout flip r: q0 reads 1 with 1 - r, the others with r."""
+    r = 0.25
+    simulation = BraketSimulation("braket_dm", BraketNoise(readout_flip=r))
+    circuit = QuantumCircuit(3, 3)
+    circuit.x(0)
+    circuit.measure([0, 1, 2], [0, 1, 2])
+    got = simulation.probabilities(key(), plan(circuit), (), NONE)
+    ones = [1 - r, r, r]
+    want = [
+        math.prod(ones[i] if (index >> i) & 1 else 1 - ones[i] for i in range(3))
+        for index in range(8)
+    ]
+    np.testing.assert_allclose(got, [want], atol=1e-12)
+
+
+def test_expectations_when_qubit_zero_is_untouched(exact: BraketSimulation) -> None:
+    circuit = QuantumCircuit(3)
+    circuit.x(1)
+    circuit.h(2)
+    terms = [("Z", (0,)), ("Z", (1,)), ("X", (2,)), ("X", (0,)), ("ZZ", (0, 1))]
+    got = exact.expectations(key(), circuit, terms, (), np.zeros((1, 0)))
+    np.testing.assert_allclose(got, [[1.0, -1.0, 1.0, 0.0, -1.0]], atol=1e-12)
+
+
+def test_a_complex_angle_is_refused(sv: BraketSimulation) -> None:
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(1, 1)
+    circuit.rx(theta**0.5, 0)
+    circuit.measure(0, 0)
+    with pytest.raises(ValueError, match="complex"):
+        sv.probabilities(key(), plan(circuit), ("theta",), np.array([[-1.0]]))
+
+
+def test_shot_counts_and_clbit_widths_are_checked(sv: BraketSimulation) -> None:
+    circuit = QuantumCircuit(1, 1)
+    circuit.reset(0)
+    circuit.measure(0, 0)
+    with pytest.raises(ValueError, match="shots must be positive"):
+        sv.shots(key(), circuit, (), NONE, 0)
+    wide = QuantumCircuit(1, 65)
+    wide.reset(0)
+    wide.measure(0, 64)
+    with pytest.raises(ExecutionError) as caught:
+        sv.shots(key(), wide, (), NONE, 1)
+    assert caught.value.reason == "UNSUPPORTED_FEATURE"
+
+
+def test_every_term_follows_its_own_binding(exact: BraketSimulation) -> None:
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(2)
+    circuit.rx(theta, 0)
+    circuit.x(1)
+    values = np.array([[0.0], [math.pi], [math.pi / 2], [0.0]])
+    got = exact.expectations(key(), circuit, [("Z", (0,)), ("Z", (1,))], ("theta",), values)
+    np.testing.assert_allclose(got, [[1, -1], [-1, -1], [0, -1], [1, -1]], atol=1e-12)
+
+
+def test_a_parameter_named_like_an_expression_is_its_own_input(sv: BraketSimulation) -> None:
+    odd, t = Parameter("2*t"), Parameter("t")
+    circuit = QuantumCircuit(2, 2)
+    circuit.rx(odd, 0)
+    circuit.rx(2 * t, 1)
+    circuit.measure([0, 1], [0, 1])
+    got = sv.probabilities(key(), plan(circuit), ("2*t", "t"), np.array([[math.pi, 0.0]]))
+    np.testing.assert_allclose(got, [[0, 1, 0, 0]], atol=1e-12)

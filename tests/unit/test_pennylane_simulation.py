@@ -506,3 +506,36 @@ def test_default_qubit_reads_wide_pauli_products_from_the_state() -> None:
     # GHZ: <X..X> = 1, <Y..Y> = Re(i^n + (-i)^n) / 2 = -1 for n = 18, <Z..Z> = 1 (n even).
     np.testing.assert_allclose(got, [[1.0, -1.0, 1.0]], atol=1e-9)
     assert peak < 6 * state_bytes, f"peak {peak >> 20} MiB for a {state_bytes >> 20} MiB state"
+
+
+# ------------------------------------------------------------------------------ mutation gaps
+
+
+def test_one_qubit_more_than_the_device_is_refused() -> None:
+    small = PennyLaneSimulation("default.qubit", num_wires=2)
+    circuit = QuantumCircuit(3)
+    circuit.h([0, 1, 2])
+    with pytest.raises(ExecutionError) as caught:
+        small.expectations("three", circuit, [("Z", (0,))], (), NO_VALUES)
+    assert caught.value.reason == "TOO_MANY_QUBITS"
+
+
+def test_a_complex_angle_is_the_jobs_fault(sim: PennyLaneSimulation) -> None:
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(1)
+    circuit.rx(theta**0.5, 0)
+    with pytest.raises(ExecutionError) as caught:
+        sim.expectations("complex", circuit, [("Z", (0,))], ("theta",), np.array([[-1.0]]))
+    assert caught.value.kind is FailureKind.CLIENT_ERROR
+    assert "complex" in caught.value.message
+
+
+def test_a_parameter_named_like_an_expression_is_its_own_leaf(sim: PennyLaneSimulation) -> None:
+    t, u, odd = Parameter("t"), Parameter("u"), Parameter("t*u")
+    assert str(t * u) == "t*u"
+    circuit = QuantumCircuit(2)
+    circuit.rx(odd, 0)
+    circuit.rx(t * u, 1)
+    values = np.array([[math.pi, 1.0, 0.0], [0.0, 1.0, math.pi]])
+    got = sim.expectations("odd", circuit, [("Z", (0,)), ("Z", (1,))], ("t*u", "t", "u"), values)
+    np.testing.assert_allclose(got, [[-1.0, 1.0], [1.0, -1.0]], atol=1e-9)
