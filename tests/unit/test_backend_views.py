@@ -366,3 +366,24 @@ def test_serving_is_published_after_the_first_probe_and_then_only_when_it_change
 
     # The first verdict is published though NOT_SERVING was the default; a repeated one is not.
     assert asyncio.run(scenario()) == [1, 1, 2, 2, 3]
+
+
+def test_each_limit_is_written_to_its_own_field() -> None:
+    limits = backend_codec.encode_limits(
+        BackendLimits(
+            max_shots=1,
+            memory_budget_bytes=2,
+            max_queued_jobs=3,
+            max_result_bytes=4,
+            max_job_shots=5,
+        ),
+        6.5,
+    )
+    assert (
+        limits.max_shots,
+        limits.memory_budget_bytes,
+        limits.max_queued_jobs,
+        limits.max_result_bytes,
+        limits.max_job_shots,
+        limits.max_execution_seconds,
+    ) == (1, 2, 3, 4, 5, 6.5)

@@ -140,3 +140,17 @@ def test_a_job_message_carries_its_times_and_usage_to_the_nanosecond() -> None:
     assert msg.start_time.ToDatetime(tzinfo=UTC) == created + timedelta(microseconds=500_001)
     assert msg.usage.shots == 10
     assert msg.usage.execution_duration.ToNanoseconds() == 1_500_000_000
+
+
+def test_a_page_fills_the_response_to_the_byte_less_its_framing() -> None:
+    from gateway.api.paging import PAGE_FRAMING_BYTES, within_response
+
+    items = [job_pb2.Job(name=f"jobs/{n}" + "x" * 90) for n in range(3)]
+    size = items[0].ByteSize() + 6  # a repeated field's tag and length prefix
+    for max_response, names in [
+        (PAGE_FRAMING_BYTES + 2 * size, [items[0].name, items[1].name]),
+        (PAGE_FRAMING_BYTES + 2 * size - 1, [items[0].name]),
+    ]:
+        sent, cursor = within_response(items, "end", max_response, lambda m: m, lambda m: m.name)
+        assert [m.name for m in sent] == names
+        assert cursor == names[-1]  # cut: the next page starts after the last one sent

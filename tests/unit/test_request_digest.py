@@ -149,6 +149,14 @@ def test_every_nan_is_one_nan_in_a_repeated_double_too() -> None:
     assert request_digest(sweep(2.0)) != canonical
 
 
+def test_bytes_are_written_as_standard_padded_base64() -> None:
+    # The encoding is part of the digest's contract (a different one turns every retry of a
+    # stored job into REQUEST_ID_REUSED), and the pinned text above holds no bytes field.
+    spec = _spec()
+    spec.pubs[0].sampler.circuit.qpy = bytes([0xFB, 0xFF, 0x00, 0x41])
+    assert b'{"3":"+/8AQQ=="}' in canonical_spec(spec)
+
+
 def test_field_order_on_the_wire_and_unknown_fields_do_not_matter() -> None:
     spec = _spec(labels={"x": "y"})
     spec.options.seed = 7
@@ -204,6 +212,12 @@ def _changed(change: str) -> job_pb2.JobSpec:
             pub.parameter_values.shape.append(0)
         case "parameters":
             pub.parameter_values.parameters.append("a")
+        case "parameters-two":
+            pub.parameter_values.parameters.extend(["a", "b"])
+        case "parameters-two-reordered":
+            pub.parameter_values.parameters.extend(["b", "a"])
+        case "session-one-char":
+            spec.session = "s"
         case "counts-only":
             spec.options.sampler_output = job_pb2.SAMPLER_OUTPUT_COUNTS
         case "samples-only":
@@ -222,6 +236,13 @@ def _changed(change: str) -> job_pb2.JobSpec:
             spec.pubs.append(circuit_pb2.Pub())
         case "empty-sampler-pub":
             spec.pubs.append(circuit_pb2.Pub(sampler=circuit_pb2.SamplerPub()))
+        case "estimator-pub-after":
+            spec.pubs.append(_estimator())
+        case "estimator-pub-before":
+            sampler = circuit_pb2.Pub()
+            sampler.CopyFrom(spec.pubs[0])
+            del spec.pubs[:]
+            spec.pubs.extend([_estimator(), sampler])
         case _:
             raise AssertionError(change)
     return spec
@@ -244,6 +265,9 @@ CHANGES = [
     "values",
     "shape",
     "parameters",
+    "parameters-two",
+    "parameters-two-reordered",
+    "session-one-char",
     "counts-only",
     "samples-only",
     "fallback",
@@ -253,6 +277,8 @@ CHANGES = [
     "second-pub",
     "empty-pub-kind",
     "empty-sampler-pub",
+    "estimator-pub-after",
+    "estimator-pub-before",
 ]
 
 

@@ -230,12 +230,15 @@ def provider_refusal(msg: struct_pb2.Struct) -> InvalidArgument:
 
 def test_options_decode_to_json_values() -> None:
     msg = struct({"a": 1, "b": "x", "c": [True, None, {"d": 2.5}], "e": {}})
-    assert decode_provider_options(msg, PO) == {
+    decoded = decode_provider_options(msg, PO)
+    assert decoded == {
         "a": 1.0,
         "b": "x",
         "c": [True, None, {"d": 2.5}],
         "e": {},
     }
+    # == takes True for 1 and 1.0: the types too (an adapter's schema tells a bool from a number).
+    assert [type(decoded["a"]), *map(type, decoded["c"])] == [float, bool, type(None), dict]  # type: ignore[call-overload]
     assert decode_provider_options(struct_pb2.Struct(), PO) == {}
 
 
