@@ -264,6 +264,44 @@ def test_declared_features_work_and_others_are_refused(
         assert max(counts, key=lambda k: counts[k]) == expected["c"]
 
 
+# r holds 1 in every shot; `r == 3` can never hold for a one-bit register, so q[1] stays 0
+# (c[0] = 0) and, where there is an else, q[2] is flipped. Aer cut 3 to r's width (1) and took
+# the branch.
+UNREACHABLE = {
+    "qasm3-if-else": (
+        H3 + "qubit[3] q; bit[1] r; bit[2] c; x q[0]; r[0] = measure q[0];\n"
+        "if (r == 3) { x q[1]; } else { x q[2]; }\n"
+        "c[0] = measure q[1]; c[1] = measure q[2];",
+        "10",
+    ),
+    "qasm2-if": (
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2]; creg r[1]; creg c[2];\n'
+        "x q[0]; measure q[0] -> r[0];\nif (r == 3) x q[1];\n"
+        "measure q[1] -> c[0]; measure q[0] -> c[1];",
+        "10",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(UNREACHABLE))
+@pytest.mark.parametrize("backend", FLEET)
+def test_a_register_compared_with_a_value_it_cannot_hold_never_branches(
+    client: Client, backend: str, form: str
+) -> None:
+    text, expected = UNREACHABLE[form]
+    if "CONTROL_FLOW" not in client.get_backend(backend).features:
+        with pytest.raises(QGatewayError) as info:
+            client.run(text, backend=backend, shots=16)
+        assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
+        return
+    # Unseeded: Braket cannot seed a circuit it runs shot by shot.
+    counts = client.run(text, backend=backend, shots=200).sampler().counts(register="c")
+    if PROFILES[backend].noise is None:
+        assert counts == {expected: 200}
+    else:
+        assert max(counts, key=lambda k: counts[k]) == expected
+
+
 @pytest.mark.parametrize("backend", FLEET)
 def test_declared_qubit_count_is_the_limit(client: Client, backend: str) -> None:
     """n qubits are accepted (they run, or only the memory budget refuses them, as for a

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
+from qiskit.circuit.classical import expr
 
 from gateway.backends.base import CircuitLimits
 from gateway.backends.qiskit import frontend as fe
@@ -518,3 +519,33 @@ def test_memory_budget() -> None:
         "budgetBytes": str(8 * 2**20),
         "method": "statevector",
     }
+
+
+def test_conditions_a_register_cannot_meet_are_settled_false_in_every_block() -> None:
+    """`r == 4`, `r == 5` and `r == 7` on a two-bit r (values 0-3) never hold; `r == 3` and
+    `r == 1` may. Nested in a for loop's body and an if's branch too."""
+    text = (
+        H3 + "qubit[2] q; bit[2] r;\nr = measure q;\n"
+        "if (r == 3) { x q[0]; }\n"
+        "if (r == 4) { x q[0]; } else { x q[1]; }\n"
+        "for int i in [0:1] { while (r == 5) { x q[0]; } }\n"
+        "if (r == 1) { if (r == 7) { x q[1]; } }\n"
+    )
+    circuit = fe.settle_unreachable_conditions(fe.parse_circuit(q3(text), LIMITS, FIELD))
+
+    def conditions(block: QuantumCircuit) -> list[object]:
+        found: list[object] = []
+        for instruction in block.data:
+            op = instruction.operation
+            if op.name in ("if_else", "while_loop"):
+                condition = op.condition
+                found.append(condition[1] if isinstance(condition, tuple) else condition)
+            for inner in getattr(op, "blocks", ()):
+                found += conditions(inner)
+        return found
+
+    never = expr.lift(False)
+    assert conditions(circuit) == [3, never, never, 1, never]
+    # The branch not taken is kept: an if/else still runs its else.
+    (unreachable,) = [i.operation for i in circuit.data if i.operation.name == "if_else"][1:2]
+    assert unreachable.blocks[1].count_ops() == {"x": 1}

@@ -59,6 +59,7 @@ from qiskit.circuit import (
     ControlledGate,
     Delay,
     ForLoopOp,
+    IfElseOp,
     Measure,
     Operation,
     ParameterExpression,
@@ -66,6 +67,7 @@ from qiskit.circuit import (
     Reset,
     WhileLoopOp,
 )
+from qiskit.circuit.classical import expr
 from qiskit.circuit.library import UnitaryGate, get_standard_gate_name_mapping
 from qiskit_qasm3_import import ConversionError
 
@@ -111,6 +113,7 @@ __all__ = [
     "resolve_bindings",
     "result_registers",
     "sampler_result_bytes",
+    "settle_unreachable_conditions",
     "statevector_bytes",
     "tally_operations",
     "validate_observables",
@@ -1444,6 +1447,55 @@ def check_control_flow_supported(
             )
         for block in op.blocks:
             check_control_flow_supported(block, supported, field)
+
+
+def settle_unreachable_conditions(circuit: QuantumCircuit) -> QuantumCircuit:
+    """`circuit`, its `if`/`while` conditions that compare a register with a value it cannot
+    hold (`if (c == 3)` on a one-bit `c`) made a literal false, in every block.
+
+    OpenQASM 2 and 3 compare the register's integer value: never equal, so the branch is never
+    taken. Aer compares the value cut to the register's width (3 read as 1) and took it, or
+    looped on a `while` forever, where the Braket simulator skipped it: one circuit, two
+    results. Qiskit's own expressions refuse such a literal; its (register, value) conditions,
+    which both OpenQASM readers produce, do not.
+    """
+    settled = _settled(circuit)
+    return circuit if settled is None else settled
+
+
+def _settled(circuit: QuantumCircuit) -> QuantumCircuit | None:
+    """A settled copy of `circuit`, or None when nothing in it needs settling. A copy, not an
+    edit in place: a loop's body read from circuit.data is itself a copy, and Qiskit's own
+    bookkeeping of blocks breaks when one is edited (a Rust panic)."""
+    replaced: dict[int, CircuitInstruction] = {}
+    for index, instruction in enumerate(circuit.data):
+        op = instruction.operation
+        if not isinstance(op, ControlFlowOp):
+            continue
+        blocks = list(op.blocks)
+        inner = [_settled(block) for block in blocks]
+        never = isinstance(op, IfElseOp | WhileLoopOp) and _unreachable(op.condition)
+        if not never and all(block is None for block in inner):
+            continue
+        settled = op.replace_blocks(
+            [old if new is None else new for old, new in zip(blocks, inner, strict=True)]
+        )
+        if never:
+            settled.condition = expr.lift(False)
+        replaced[index] = instruction.replace(operation=settled)
+    if not replaced:
+        return None
+    out = circuit.copy_empty_like()
+    for index, instruction in enumerate(circuit.data):
+        out._append(replaced.get(index, instruction))
+    return out
+
+
+def _unreachable(condition: object) -> bool:
+    if not (isinstance(condition, tuple) and len(condition) == 2):
+        return False
+    target, value = condition
+    return isinstance(target, ClassicalRegister) and (value < 0 or value >> len(target) != 0)
 
 
 def rename_shadowing_gates(
