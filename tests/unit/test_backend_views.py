@@ -219,6 +219,8 @@ async def _run_probe(
         # A reason no one described yet is shown only if it looks like a reason.
         (ExecutionError("SOME_NEW_REASON", SECRET_TEXT), "PROBE_FAILED: SOME_NEW_REASON"),
         (ExecutionError(SECRET_TEXT, SECRET_TEXT), "PROBE_FAILED"),
+        # Upper case but not a reason code (spaces): the text could name a host.
+        (ExecutionError("WORKER ON HOST DB1", SECRET_TEXT), "PROBE_FAILED"),
         (ValueError(SECRET_TEXT), "PROBE_FAILED: unexpected error"),
     ],
 )
@@ -248,6 +250,21 @@ def test_refused_probe_circuit_shows_only_its_reason() -> None:
 def test_probe_timeout_names_the_configured_limit() -> None:
     last_error = asyncio.run(_run_probe(TimeoutError(), HealthState()))
     assert last_error == "PROBE_TIMEOUT: no answer within 0.05 s"
+
+
+class _TimedProbeRunner(_ProbeRunner):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.timeouts: list[float] = []
+
+    async def probe(self, prepared: object, timeout: float) -> None:
+        self.timeouts.append(timeout)
+
+
+def test_the_probe_gets_the_probe_timeout_not_the_interval() -> None:
+    runner = _TimedProbeRunner()
+    asyncio.run(_monitor(runner, HealthState(), interval_s=30).probe())
+    assert runner.timeouts == [0.05]
 
 
 def test_success_clears_the_error() -> None:

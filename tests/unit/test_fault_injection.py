@@ -292,6 +292,23 @@ async def test_failure_rate_half_is_decided_by_the_seed() -> None:
     ]
 
 
+async def test_successive_probes_draw_from_successive_seeds() -> None:
+    # A failure rate makes a share of probes fail, not all or none of them.
+    inner = FakeRunner()
+    runner = wrap(inner, failure_rate=0.5)
+    outcomes: list[bool] = []
+    for _ in range(6):
+        try:
+            await runner.probe(PREPARED, timeout=5)
+        except ExecutionError as exc:
+            assert exc.reason == "EXECUTION_FAILED"
+            outcomes.append(True)
+        else:
+            outcomes.append(False)
+    assert outcomes == [injected_failure(seed, 0.5) for seed in range(6)]
+    assert outcomes == [True, True, False, True, True, True] and len(inner.probed) == 1
+
+
 def test_rates_zero_and_one_are_absolute() -> None:
     assert not any(injected_failure(seed, 0.0) or injected_crash(seed, 0.0) for seed in SEEDS)
     assert all(injected_failure(seed, 1.0) and injected_crash(seed, 1.0) for seed in SEEDS)

@@ -324,3 +324,129 @@ async def test_broken_instances_are_counted_as_restarts() -> None:
     assert pool.discarded == 1
     assert pool.stats().discarded == 1  # what metrics read through any wrapping runner
     await pool.close()
+
+
+@pytest.mark.anyio
+async def test_a_long_idle_spell_banks_no_more_tokens_than_the_burst() -> None:
+    clock = SleepingClock()
+    factory = Factory()
+    factory.clock = clock
+    pool = Pool(
+        factory,
+        PoolLimits(min_instances=0, max_instances=2, max_creations_per_s=2.0),
+        clock,
+        sleep=clock.sleep,
+    )
+    clock.now = 100.0  # long idle: the bucket is full, with max_instances tokens, not 200
+    for _ in range(2):
+        held = [await pool.acquire() for _ in range(2)]
+        for instance in held:
+            await pool.release(instance, broken=True)
+    assert factory.created_at == [100.0, 100.0, 100.5, 101.0]
+
+
+@pytest.mark.anyio
+async def test_an_instance_that_died_while_idle_is_not_handed_to_a_waiter() -> None:
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=1, acquire_timeout_s=5))
+    await pool.start()
+    first = await pool.acquire()
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_acquire_into, pool, got)
+        await anyio.wait_all_tasks_blocked()
+        assert pool.stats().waiting == 1
+        factory.broken.add(first)  # the worker dies as it is given back
+        await pool.release(first)
+    assert got == [2] and first in factory.destroyed
+
+
+class RaisingCheckFactory(Factory):
+    async def check(self, instance: int) -> bool:
+        if instance in self.broken:
+            raise ConnectionResetError("the worker's pipe is gone")
+        return True
+
+
+@pytest.mark.anyio
+async def test_an_instance_whose_check_raises_is_replaced() -> None:
+    factory = RaisingCheckFactory()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=1))
+    await pool.start()
+    one = await pool.acquire()
+    await pool.release(one)
+    factory.broken.add(one)
+    two = await pool.acquire()
+    assert two != one and one in factory.destroyed
+
+
+@pytest.mark.anyio
+async def test_idle_time_counts_from_the_last_release() -> None:
+    factory, clock = Factory(), Clock()
+    limits = PoolLimits(min_instances=0, max_instances=1, idle_timeout_s=5, max_age_s=100)
+    pool = Pool(factory, limits, clock)
+    one = await pool.acquire()
+    clock.now = 4.0
+    await pool.release(one)  # idle since 4, created at 0
+    clock.now = 6.0
+    await pool.maintain()
+    assert factory.destroyed == [] and pool.stats().idle == 1
+    clock.now = 9.5
+    await pool.maintain()
+    assert factory.destroyed == [one] and pool.stats().idle == 0
+
+
+@pytest.mark.anyio
+async def test_maintain_replaces_an_idle_instance_past_its_max_age() -> None:
+    factory, clock = Factory(), Clock()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=1, max_age_s=10), clock)
+    await pool.start()
+    clock.now = 11.0
+    await pool.maintain()  # recycled in the background, not at the next checkout
+    assert factory.destroyed == [1] and factory.created == 2 and pool.stats().idle == 1
+
+
+@pytest.mark.anyio
+async def test_idle_eviction_keeps_the_most_recently_used_instances() -> None:
+    factory, clock = Factory(), Clock()
+    pool = Pool(factory, PoolLimits(min_instances=1, max_instances=2, idle_timeout_s=5), clock)
+    a, b = await pool.acquire(), await pool.acquire()
+    await pool.release(a)  # idle since 0
+    clock.now = 4.0
+    await pool.release(b)  # idle since 4
+    clock.now = 6.0  # a is stale, b is not: the pool shrinks to its minimum, keeping b
+    await pool.maintain()
+    assert factory.destroyed == [a] and pool.stats().idle == 1
+
+
+@pytest.mark.anyio
+async def test_maintain_restores_every_missing_instance_of_the_minimum() -> None:
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=3, max_instances=3))
+    await pool.start()
+    held = [await pool.acquire() for _ in range(3)]
+    for instance in held:
+        await pool.release(instance, broken=True)
+    await pool.maintain()
+    assert pool.stats().idle == 3 and factory.created == 6
+
+
+@pytest.mark.anyio
+async def test_close_destroys_the_instances_in_use_too() -> None:
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=2, max_instances=2))
+    await pool.start()
+    held = await pool.acquire()
+    await pool.close()
+    assert sorted(factory.destroyed) == [1, 2] and held in factory.destroyed
+
+
+@pytest.mark.anyio
+async def test_checkout_takes_the_most_recently_used_instance() -> None:
+    # Last in, first out: the others stay idle long enough to be evicted when load drops.
+    factory = Factory()
+    pool = Pool(factory, PoolLimits(min_instances=0, max_instances=2))
+    a, b = await pool.acquire(), await pool.acquire()
+    await pool.release(a)
+    await pool.release(b)
+    assert await pool.acquire() == b
