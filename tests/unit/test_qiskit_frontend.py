@@ -549,3 +549,17 @@ def test_conditions_a_register_cannot_meet_are_settled_false_in_every_block() ->
     # The branch not taken is kept: an if/else still runs its else.
     (unreachable,) = [i.operation for i in circuit.data if i.operation.name == "if_else"][1:2]
     assert unreachable.blocks[1].count_ops() == {"x": 1}
+
+
+def test_a_bit_compared_with_a_value_past_one_is_settled_false() -> None:
+    # Only QPY carries such a condition. Aer never took it; the Braket writer read it as bool.
+    circuit = QuantumCircuit(2, 1)
+    with circuit.if_test((circuit.clbits[0], 2)):
+        circuit.x(0)
+    with circuit.if_test((circuit.clbits[0], True)):
+        circuit.x(1)
+    settled = fe.settle_unreachable_conditions(circuit)
+    assert [i.operation.condition for i in settled.data] == [
+        expr.lift(False),
+        (circuit.clbits[0], True),
+    ]

@@ -1450,8 +1450,8 @@ def check_control_flow_supported(
 
 
 def settle_unreachable_conditions(circuit: QuantumCircuit) -> QuantumCircuit:
-    """`circuit`, its `if`/`while` conditions that compare a register with a value it cannot
-    hold (`if (c == 3)` on a one-bit `c`) made a literal false, in every block.
+    """`circuit`, its `if`/`while` conditions that compare a register or bit with a value it
+    cannot hold (`if (c == 3)` on a one-bit `c`) made a literal false, in every block.
 
     OpenQASM 2 and 3 compare the register's integer value: never equal, so the branch is never
     taken. Aer compares the value cut to the register's width (3 read as 1) and took it, or
@@ -1495,7 +1495,9 @@ def _unreachable(condition: object) -> bool:
     if not (isinstance(condition, tuple) and len(condition) == 2):
         return False
     target, value = condition
-    return isinstance(target, ClassicalRegister) and (value < 0 or value >> len(target) != 0)
+    # A single bit holds 0 or 1 (QPY can say `(clbit, 2)`; the OpenQASM 3 reader refuses it).
+    width = len(target) if isinstance(target, ClassicalRegister) else 1
+    return isinstance(value, int) and (value < 0 or value >> width != 0)
 
 
 def rename_shadowing_gates(
