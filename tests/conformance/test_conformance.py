@@ -302,6 +302,46 @@ def test_a_register_compared_with_a_value_it_cannot_hold_never_branches(
         assert max(counts, key=lambda k: counts[k]) == expected
 
 
+# Gate angles far past 2 pi, one at the top level and one inside a user gate. The transpiler adds
+# constants to angles (rx(t) becomes rz(t + pi) between two sx on the fakes' sx/rz basis), which
+# vanish in rounding next to 1e17: unreduced, the noisy Aer and IBM fakes read +0.886 for Z0.
+HUGE_ANGLES = H3 + "gate big a { ry(3e200) a; }\nqubit[2] q; rx(1e17) q[0]; big q[1];\n"
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_huge_angles_mean_what_they_say(client: Client, backend: str) -> None:
+    job = client.submit_pubs(
+        [estimator_pub(HUGE_ANGLES, ["IZ", "ZI"], precision=0.0)], backend=backend
+    )
+    done = client.wait(job.name, timeout=120)
+    assert done.state == "SUCCEEDED", done.error
+    got = np.array(client.get_result(job.name).estimator().expectation_values)
+    # <Z> after rx(t) or ry(t) on |0> is cos(t); math.cos reduces its argument exactly.
+    want = np.array([math.cos(1e17), math.cos(3e200)])  # -0.886, -0.504
+    profile = PROFILES[backend]
+    tolerance = 1e-7 if profile.noise is None else profile.estimator_noise
+    assert np.abs(got - want).max() <= tolerance, f"{got} vs {want}"
+
+
+# A user gate named like a standard one, under `negctrl @` and `ctrl @`: Qiskit controls a gate by
+# its name (a standard CH here, though this `h` is an X), and a definition read from a gate with
+# open controls and stored back had its controls closed: every backend was wrong, Braket
+# differently from the others.
+SHADOWED_CONTROLS = (
+    "OPENQASM 3.0;\ngate h a { U(pi, 0, pi) a; }\nqubit[3] q; bit[3] c;\n"
+    "negctrl @ h q[0], q[1]; ctrl @ h q[1], q[2]; c = measure q;\n"
+)
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_controlled_user_gates_named_like_standard_ones_run_their_definition(
+    client: Client, backend: str
+) -> None:
+    counts = client.run(SHADOWED_CONTROLS, backend=backend, shots=SHOTS, seed=8).sampler().counts()
+    # q0 stays 0, so the open control flips q1; q1 then flips q2.
+    _check(client, backend, counts, {"110": 1.0})
+
+
 @pytest.mark.parametrize("backend", FLEET)
 def test_declared_qubit_count_is_the_limit(client: Client, backend: str) -> None:
     """n qubits are accepted (they run, or only the memory budget refuses them, as for a

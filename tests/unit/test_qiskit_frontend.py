@@ -563,3 +563,103 @@ def test_a_bit_compared_with_a_value_past_one_is_settled_false() -> None:
         expr.lift(False),
         (circuit.clbits[0], True),
     ]
+
+
+@pytest.mark.parametrize(
+    "angle", [2.0**20 + 0.5, -3e15, 1e17, 123456789012.345, -3e200, 1.7976931348623157e308]
+)
+def test_a_huge_angle_is_reduced_by_whole_turns_of_4_pi(angle: float) -> None:
+    circuit = QuantumCircuit(1)
+    circuit.rx(angle, 0)
+    (instruction,) = fe.reduce_huge_angles(circuit, FIELD).data
+    (reduced,) = instruction.operation.params
+    assert -2 * math.pi <= reduced <= 2 * math.pi
+    # math.cos and math.sin reduce their argument exactly: the same half angle, to rounding.
+    assert math.cos(reduced / 2) == pytest.approx(math.cos(angle / 2), abs=1e-15)
+    assert math.sin(reduced / 2) == pytest.approx(math.sin(angle / 2), abs=1e-15)
+
+
+def test_huge_angles_are_reduced_at_every_depth_and_others_left_alone() -> None:
+    from qiskit import transpile
+    from qiskit.quantum_info import Operator, Statevector
+
+    ordinary = QuantumCircuit(1)
+    ordinary.rx(2.0**20, 0)
+    ordinary.rz(-7.5, 0)
+    ordinary.delay(2_000_000, 0)  # a duration, whatever its size
+    assert fe.reduce_huge_angles(ordinary, FIELD) is ordinary
+
+    inner = QuantumCircuit(1)
+    inner.ry(3e200, 0)
+    big = inner.to_gate()
+    big.name = "big"
+    circuit = QuantumCircuit(2, 1)
+    circuit.rx(1e17, 0)
+    circuit.append(big, [1])
+    circuit.append(big.control(1, ctrl_state=0), [0, 1])  # open control: "cbig_o0"
+    circuit.cu(1e17, -1e16, 5e15, 2e18, 0, 1)  # the phase a control reveals, too
+    reduced = fe.reduce_huge_angles(circuit, FIELD)
+
+    def angles(body: QuantumCircuit) -> list[float]:
+        found: list[float] = []
+        for instruction in body.data:
+            op = instruction.operation
+            found += [float(p) for p in op.params]
+            if op.definition is not None and op.name not in fe.STANDARD_GATE_NAMES:
+                found += angles(op.definition)
+        return found
+
+    assert all(abs(a) <= 2 * math.pi for a in angles(reduced))
+    assert np.allclose(Operator(reduced).data, Operator(circuit).data, atol=1e-12)  # with phase
+    # Inside control flow too.
+    flow = QuantumCircuit(1, 1)
+    flow.measure(0, 0)
+    with flow.if_test((flow.clbits[0], True)):
+        flow.rx(1e17, 0)
+    (if_else,) = [i.operation for i in fe.reduce_huge_angles(flow, FIELD).data[1:]]
+    assert abs(if_else.blocks[0].data[0].operation.params[0]) <= 2 * math.pi
+    # Why: on an sx/rz basis rx(t) becomes rz(t + pi) between two sx, and pi vanishes next to
+    # 1e17; reduced first, the transpiled circuit keeps cos(1e17) (the unreduced one reads +0.886).
+    single = QuantumCircuit(1)
+    single.rx(1e17, 0)
+    basis = ["rz", "sx", "x"]
+    for candidate, want in ((fe.reduce_huge_angles(single, FIELD), math.cos(1e17)), (single, None)):
+        state = Statevector(transpile(candidate, basis_gates=basis, optimization_level=0))
+        z = float(state.probabilities()[0] - state.probabilities()[1])
+        if want is not None:
+            assert z == pytest.approx(want, abs=1e-9)
+        else:
+            assert z == pytest.approx(-math.cos(1e17), abs=1e-9)  # the SDK's loss, unreduced
+
+
+def test_controlled_user_gates_named_like_standard_ones_are_controlled_from_their_definition() -> (
+    None
+):
+    from qiskit import transpile
+    from qiskit.quantum_info import Statevector
+
+    text = (
+        "OPENQASM 3.0;\ngate h a { U(pi, 0, pi) a; }\nqubit[3] q;\n"
+        "negctrl @ h q[0], q[1]; ctrl @ h q[1], q[2]; negctrl(2) @ h q[0], q[2], q[1];"
+    )
+    circuit = fe.rename_shadowing_gates(fe.parse_circuit(q3(text), LIMITS, FIELD), set(), FIELD)
+    assert [i.operation.name for i in circuit.data] == ["ch_def_o0", "ch_def", "cch_def_o0"]
+    state = Statevector(transpile(circuit, basis_gates=["u", "cx"], optimization_level=0))
+    # |000> -> q1 flips (q0 open) -> q2 flips (q1 set) -> q0 = 0 but q2 = 1: no third flip.
+    assert state.probabilities_dict()["110"] == pytest.approx(1.0)
+
+
+def test_a_gate_with_open_controls_keeps_them_when_its_definition_is_rewritten() -> None:
+    # Qiskit conjugates an open-controlled gate's stored definition with X on every read.
+    inner = QuantumCircuit(1)
+    inner.rx(1e17, 0)
+    big = inner.to_gate()
+    big.name = "big"
+    circuit = QuantumCircuit(2)
+    circuit.append(big.control(1, ctrl_state=0), [0, 1])
+    reduced = fe.reduce_huge_angles(circuit, FIELD)
+    from qiskit.quantum_info import Statevector
+
+    # q0 = 0 opens the control: rx(1e17) on q1, P(1) = sin^2(5e16).
+    probabilities = Statevector(reduced).probabilities_dict()
+    assert probabilities["10"] == pytest.approx(math.sin(5e16) ** 2, abs=1e-12)

@@ -59,6 +59,7 @@ from qiskit.circuit import (
     ControlledGate,
     Delay,
     ForLoopOp,
+    Gate,
     IfElseOp,
     Measure,
     Operation,
@@ -109,6 +110,7 @@ __all__ = [
     "mps_bond_dimensions",
     "mps_bytes",
     "parse_circuit",
+    "reduce_huge_angles",
     "rename_shadowing_gates",
     "resolve_bindings",
     "result_registers",
@@ -1500,6 +1502,127 @@ def _unreachable(condition: object) -> bool:
     return isinstance(value, int) and (value < 0 or value >> width != 0)
 
 
+# Angles past this are brought into (-2pi, 2pi]: ulp(2^20) is 2^-32, so below it the transpiler's
+# added constants (rx(t) becomes rz(t + pi) between two sx) keep ~10 significant digits.
+_HUGE_ANGLE = float(1 << 20)
+# pi to this many bits after the point: x - k*4pi is exact to a double for every finite x (the
+# largest k is ~2^1021, so 2^-1200 * k leaves >100 bits past a double's last).
+_PI_BITS = 1200
+
+
+def _arctan_inverse(x: int, one: int) -> int:
+    """arctan(1/x) * one, in fixed point (Machin's series)."""
+    total = term = one // x
+    square, n, sign = x * x, 3, -1
+    while term:
+        term //= square
+        total += sign * (term // n)
+        sign, n = -sign, n + 2
+    return total
+
+
+def _four_pi_fixed() -> int:
+    """4 pi * 2^_PI_BITS, rounded down (to within a few units)."""
+    guard = 64
+    one = 1 << (_PI_BITS + guard)
+    pi = 16 * _arctan_inverse(5, one) - 4 * _arctan_inverse(239, one)
+    return (4 * pi) >> guard
+
+
+_FOUR_PI_FIXED = _four_pi_fixed()
+
+
+def _reduced_angle(value: float) -> float:
+    """`value` minus the multiple of 4 pi nearest it, computed exactly, then rounded once."""
+    numerator, denominator = value.as_integer_ratio()  # denominator: a power of two <= 2^1074
+    scaled = (numerator << _PI_BITS) // denominator
+    turns = (2 * scaled + _FOUR_PI_FIXED) // (2 * _FOUR_PI_FIXED)
+    return (scaled - turns * _FOUR_PI_FIXED) / (1 << _PI_BITS)
+
+
+def _settable_definition(op: Operation) -> QuantumCircuit | None:
+    """The definition that `op.definition = ...` replaces. For a gate with open controls
+    (`negctrl @`), Qiskit conjugates the stored definition with X on every read: what it
+    returns, stored back, would be conjugated twice (the controls made closed)."""
+    if isinstance(op, ControlledGate) and op.ctrl_state != (1 << op.num_ctrl_qubits) - 1:
+        closed = op.to_mutable()
+        closed.ctrl_state = None  # all closed
+        return closed.definition
+    definition: QuantumCircuit | None = getattr(op, "definition", None)
+    return definition
+
+
+def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
+    """`circuit` with every numeric angle of a standard gate larger than 2^20 in magnitude
+    replaced by the angle in (-2pi, 2pi] that differs from it by a multiple of 4pi, at any depth
+    (control-flow blocks and the definitions of user gates).
+
+    Every parameter of a standard gate enters its matrix as e^{i t/2} or e^{i t}: a multiple of
+    4pi changes nothing, not even the global phase a control would reveal. The transpiler's
+    rules add constants to angles (rx(t) becomes rz(t + pi) between two sx on an sx/rz basis):
+    added to 1e17 they vanish in rounding, so rx(1e17) ran as rx(1e17 - pi) on the noisy Aer
+    and IBM fakes, and <Z> came out +0.886 where every other backend read cos(1e17) = -0.886.
+    A parameter bound per run is not reduced (its value is unknown here).
+
+    Raises:
+        InvalidArgument: CIRCUIT_TOO_COMPLEX when definitions nest too deeply to rewrite.
+    """
+    # id -> (the operation, its rewrite): the operation is kept so its id is not reused.
+    memo: dict[int, tuple[Operation, Operation]] = {}
+
+    def rewrite_op(op: Operation) -> Operation:
+        if isinstance(op, ControlFlowOp):
+            return op.replace_blocks([rewrite_body(block) for block in op.blocks])
+        standard = _STANDARD_GATES.get(op.name)
+        # Gates only: a delay's parameter is a duration, not an angle.
+        if standard is not None and type(op) is type(standard) and isinstance(op, Gate):
+            params = list(op.params)
+            changed = False
+            for index, param in enumerate(params):
+                if (
+                    isinstance(param, int | float)
+                    and math.isfinite(param)
+                    and abs(param) > _HUGE_ANGLE
+                ):
+                    params[index] = _reduced_angle(float(param))
+                    changed = True
+            if not changed:
+                return op
+            new = op.copy()
+            new.params = params
+            return new
+        definition = _settable_definition(op) if isinstance(op, Gate) else None
+        if definition is None or _is_atomic(op):
+            return op
+        key = id(op)
+        if key not in memo:
+            rewritten = rewrite_body(definition)
+            new = op
+            if rewritten is not definition:
+                new = op.copy()
+                new.definition = rewritten
+            memo[key] = (op, new)
+        return memo[key][1]
+
+    def rewrite_body(body: QuantumCircuit) -> QuantumCircuit:
+        replaced: dict[int, CircuitInstruction] = {}
+        for index, instruction in enumerate(body.data):
+            op = rewrite_op(instruction.operation)
+            if op is not instruction.operation:
+                replaced[index] = instruction.replace(operation=op)
+        if not replaced:
+            return body
+        out = body.copy_empty_like()
+        for index, instruction in enumerate(body.data):
+            out._append(replaced.get(index, instruction))
+        return out
+
+    try:
+        return rewrite_body(circuit)
+    except RecursionError:
+        raise _too_deep(field) from None
+
+
 def rename_shadowing_gates(
     circuit: QuantumCircuit, reserved: Collection[str], field: str
 ) -> QuantumCircuit:
@@ -1537,8 +1660,18 @@ def rename_shadowing_gates(
         key = _definition_key(op)
         if key not in taint:
             taint[key] = False  # gate definitions cannot recurse; this only guards the walk
-            taint[key] = op.name in names or body_tainted(getattr(op, "definition", None))
+            taint[key] = (
+                op.name in names
+                or body_tainted(getattr(op, "definition", None))
+                or base_tainted(op)
+            )
         return taint[key]
+
+    def base_tainted(op: Operation) -> bool:
+        # `ctrl @ h` on a user gate `h`: Qiskit controls the base gate by its name, so the
+        # controlled gate's definition holds a standard CH, whatever the user's `h` does.
+        base = getattr(op, "base_gate", None) if isinstance(op, ControlledGate) else None
+        return base is not None and not _is_atomic(base) and op_tainted(base)
 
     def fresh(name: str) -> str:
         candidate = f"{name}_def"
@@ -1547,8 +1680,12 @@ def rename_shadowing_gates(
         return candidate
 
     def rewrite_op(op: Operation) -> Operation:
+        if isinstance(op, ControlledGate) and base_tainted(op):
+            # Controlled again from the renamed base: synthesised from its definition.
+            base = rewrite_op(op.base_gate)
+            return base.control(op.num_ctrl_qubits, ctrl_state=op.ctrl_state)
         new = op.copy(name=fresh(op.name) if op.name in names else None)
-        definition = getattr(op, "definition", None)
+        definition = _settable_definition(op)
         if definition is not None:
             new.definition = rewrite_body(definition)
         return new
