@@ -7,6 +7,7 @@ are hard-coded, never computed by the code under test.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -531,7 +532,7 @@ def test_conditions_a_register_cannot_meet_are_settled_false_in_every_block() ->
         "for int i in [0:1] { while (r == 5) { x q[0]; } }\n"
         "if (r == 1) { if (r == 7) { x q[1]; } }\n"
     )
-    circuit = fe.settle_unreachable_conditions(fe.parse_circuit(q3(text), LIMITS, FIELD))
+    circuit = fe.settle_unreachable_conditions(fe.parse_circuit(q3(text), LIMITS, FIELD), FIELD)
 
     def conditions(block: QuantumCircuit) -> list[object]:
         found: list[object] = []
@@ -558,7 +559,7 @@ def test_a_bit_compared_with_a_value_past_one_is_settled_false() -> None:
         circuit.x(0)
     with circuit.if_test((circuit.clbits[0], True)):
         circuit.x(1)
-    settled = fe.settle_unreachable_conditions(circuit)
+    settled = fe.settle_unreachable_conditions(circuit, FIELD)
     assert [i.operation.condition for i in settled.data] == [
         expr.lift(False),
         (circuit.clbits[0], True),
@@ -663,3 +664,55 @@ def test_a_gate_with_open_controls_keeps_them_when_its_definition_is_rewritten()
     # q0 = 0 opens the control: rx(1e17) on q1, P(1) = sin^2(5e16).
     probabilities = Statevector(reduced).probabilities_dict()
     assert probabilities["10"] == pytest.approx(math.sin(5e16) ** 2, abs=1e-12)
+
+
+def test_an_open_controlled_standard_gate_has_its_huge_angle_reduced() -> None:
+    # `negctrl @ ry(t)` is a CRYGate named "cry_o0": not found by name among the standard gates.
+    text = "qubit[3] q; negctrl @ ry(1e17) q[0], q[1]; ctrl(2) @ rx(1e17) q[0], q[1], q[2];"
+    circuit = fe.parse_circuit(q3(H3 + text), LIMITS, FIELD)
+    reduced = fe.reduce_huge_angles(circuit, FIELD)
+    for instruction in reduced.data:
+        op = instruction.operation
+        assert all(abs(float(p)) <= 2 * math.pi for p in op.params), op.name
+        assert all(abs(float(p)) <= 2 * math.pi for p in op.base_gate.params), op.name
+    from qiskit.quantum_info import Operator
+
+    assert np.allclose(Operator(reduced).data, Operator(circuit).data, atol=1e-12)
+
+
+def test_reducing_nested_definitions_does_not_copy_them_per_level() -> None:
+    # Each level's two calls are distinct objects (the memo by id never hits): a deep copy per
+    # rewritten gate copied its whole subtree, n log n deep copies of a 2^n-leaf tree.
+    from unittest import mock
+
+    text = "gate g0 a { rx(1e17) a; }\n"
+    for i in range(1, 8):
+        text += f"gate g{i} a {{ g{i - 1} a; g{i - 1} a; }}\n"
+    circuit = fe.parse_circuit(q3(H3 + text + "qubit[1] q; g7 q[0];"), LIMITS, FIELD)
+    deep = QuantumCircuit.__deepcopy__
+    calls = []
+
+    def counted(self: QuantumCircuit, memo: object = None) -> QuantumCircuit:
+        calls.append(1)
+        return deep(self, memo)
+
+    with mock.patch.object(QuantumCircuit, "__deepcopy__", counted):
+        reduced = fe.reduce_huge_angles(circuit, FIELD)
+    assert len(calls) <= 8, len(calls)  # a deep copy per rewritten gate copied its whole subtree
+    op = reduced.data[0].operation
+    for _ in range(7):
+        op = op.definition.data[0].operation
+    assert abs(op.definition.data[0].operation.params[0]) <= 2 * math.pi
+
+
+def test_blocks_nested_past_the_recursion_limit_are_too_complex_to_settle() -> None:
+    # Not a bare RecursionError: that would be the compile worker's INTERNAL, not the circuit's.
+    circuit = QuantumCircuit(1, 1)
+    body = circuit
+    for _ in range(sys.getrecursionlimit()):
+        inner = QuantumCircuit(circuit.qubits, circuit.clbits)
+        body.if_else((circuit.clbits[0], True), inner, None, circuit.qubits, circuit.clbits)
+        body = inner
+    with pytest.raises(InvalidArgument) as info:
+        fe.settle_unreachable_conditions(circuit, FIELD)
+    assert info.value.reason == "CIRCUIT_TOO_COMPLEX"

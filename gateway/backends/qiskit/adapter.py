@@ -451,7 +451,7 @@ class QiskitAdapter(BackendAdapter):
         fe.check_features(features, self.circuit_features(), field)
         fe.check_control_flow_supported(circuit, target.operation_names, field)
         circuit = fe.rename_shadowing_gates(circuit, target.operation_names, field)
-        circuit = fe.settle_unreachable_conditions(circuit)
+        circuit = fe.settle_unreachable_conditions(circuit, field)
         circuit = fe.reduce_huge_angles(circuit, field)
         # Before transpiling, which costs more than refusing.
         fe.check_memory(self.state_size(circuit, False)[0], budget, self.method_name, field)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import cmath
 import contextlib
+import copy
 import dataclasses
 import math
 import re
@@ -1451,7 +1452,7 @@ def check_control_flow_supported(
             check_control_flow_supported(block, supported, field)
 
 
-def settle_unreachable_conditions(circuit: QuantumCircuit) -> QuantumCircuit:
+def settle_unreachable_conditions(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
     """`circuit`, its `if`/`while` conditions that compare a register or bit with a value it
     cannot hold (`if (c == 3)` on a one-bit `c`) made a literal false, in every block.
 
@@ -1460,8 +1461,14 @@ def settle_unreachable_conditions(circuit: QuantumCircuit) -> QuantumCircuit:
     looped on a `while` forever, where the Braket simulator skipped it: one circuit, two
     results. Qiskit's own expressions refuse such a literal; its (register, value) conditions,
     which both OpenQASM readers produce, do not.
+
+    Raises:
+        InvalidArgument: CIRCUIT_TOO_COMPLEX when blocks nest too deeply to walk.
     """
-    settled = _settled(circuit)
+    try:
+        settled = _settled(circuit)
+    except RecursionError:
+        raise _too_deep(field) from None
     return circuit if settled is None else settled
 
 
@@ -1552,6 +1559,21 @@ def _settable_definition(op: Operation) -> QuantumCircuit | None:
     return definition
 
 
+def _is_standard_gate(op: Operation | None) -> bool:
+    return isinstance(op, Gate) and getattr(op, "_standard_gate", None) is not None
+
+
+def _reduced_params(params: Sequence[object]) -> list[object] | None:
+    """`params` with each finite number past 2^20 reduced, or None when none is."""
+    out = list(params)
+    changed = False
+    for index, param in enumerate(out):
+        if isinstance(param, int | float) and math.isfinite(param) and abs(param) > _HUGE_ANGLE:
+            out[index] = _reduced_angle(float(param))
+            changed = True
+    return out if changed else None
+
+
 def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
     """`circuit` with every numeric angle of a standard gate larger than 2^20 in magnitude
     replaced by the angle in (-2pi, 2pi] that differs from it by a multiple of 4pi, at any depth
@@ -1573,20 +1595,11 @@ def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
     def rewrite_op(op: Operation) -> Operation:
         if isinstance(op, ControlFlowOp):
             return op.replace_blocks([rewrite_body(block) for block in op.blocks])
-        standard = _STANDARD_GATES.get(op.name)
-        # Gates only: a delay's parameter is a duration, not an angle.
-        if standard is not None and type(op) is type(standard) and isinstance(op, Gate):
-            params = list(op.params)
-            changed = False
-            for index, param in enumerate(params):
-                if (
-                    isinstance(param, int | float)
-                    and math.isfinite(param)
-                    and abs(param) > _HUGE_ANGLE
-                ):
-                    params[index] = _reduced_angle(float(param))
-                    changed = True
-            if not changed:
+        # Gates only: a delay's parameter is a duration, not an angle. By class, not name: an
+        # open-controlled standard gate is named `crx_o0`.
+        if _is_standard_gate(op):
+            params = _reduced_params(op.params)
+            if params is None:
                 return op
             new = op.copy()
             new.params = params
@@ -1597,9 +1610,21 @@ def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
         key = id(op)
         if key not in memo:
             rewritten = rewrite_body(definition)
+            # `ctrl(2) @ rx(t)`, `ctrl @ gphase(t)`: the transpiler may synthesise such a gate
+            # from its base gate's angles rather than from its definition.
+            base = op.base_gate if isinstance(op, ControlledGate) else None
+            params = (
+                _reduced_params(base.params)
+                if base is not None and _is_standard_gate(base)
+                else None
+            )
             new = op
-            if rewritten is not definition:
-                new = op.copy()
+            if rewritten is not definition or params is not None:
+                # Shallow: a deep copy would copy every nested definition only to replace it.
+                new = copy.copy(op)
+                if base is not None and params is not None:
+                    new.base_gate = base.copy()
+                    new.params = params  # a controlled gate's are its base gate's
                 new.definition = rewritten
             memo[key] = (op, new)
         return memo[key][1]
