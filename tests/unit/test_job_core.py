@@ -84,6 +84,14 @@ async def _failed_job(
     return await core.until(tenant, job.id, "FAILED")
 
 
+async def _succeeded_job(core: Core, runner: ScriptedRunner, backend: str) -> Job:
+    """A job of alice on `backend` (run by `runner`, with one slot), succeeded once it runs."""
+    job = await core.submit("alice", spec(backend))
+    await runner.started.wait()
+    runner.succeed(job.id)
+    return await core.until("alice", job.id, "SUCCEEDED")
+
+
 def _released_permits(monkeypatch: pytest.MonkeyPatch, breaker: CircuitBreaker) -> list[Permit]:
     """The permits given back to `breaker` (CircuitBreaker.release) from now on."""
     released: list[Permit] = []
@@ -1106,10 +1114,7 @@ async def test_expired_results_then_old_jobs_are_swept_from_the_store(
     runner = ScriptedRunner(slots=1)
     core = await build_core(store, "memory", {"sim": runner})
     try:
-        job = await core.submit("alice", spec("sim"))
-        await runner.started.wait()
-        runner.succeed(job.id)
-        done = await core.until("alice", job.id, "SUCCEEDED")
+        job = done = await _succeeded_job(core, runner, "sim")
         assert done.expire_at is not None and await store.get_result(job.id) is not None
         sweep = core.manager.retention_sweep
         assert await sweep.sweep() == Swept()  # not expired yet
@@ -1135,17 +1140,14 @@ async def test_a_result_expires_by_the_cores_clock_not_the_wall_clock(
     runner = ScriptedRunner(slots=1)
     core = await build_core(store, "memory", {"sim": runner})
     try:
-        job = await core.submit("alice", spec("sim"))
-        await runner.started.wait()
-        runner.succeed(job.id)
-        done = await core.until("alice", job.id, "SUCCEEDED")
+        done = await _succeeded_job(core, runner, "sim")
         assert done.expire_at is not None
         assert await core.manager.result(done)  # kept, and served from the recent results
         core.clock.now = done.expire_at
         with pytest.raises(NotFound) as expired:
             await core.manager.result(done)
         assert expired.value.reason == "RESULT_EXPIRED"
-        assert await store.get_result(job.id) is None  # deleted when asked for
+        assert await store.get_result(done.id) is None  # deleted when asked for
     finally:
         await _close(core)
 

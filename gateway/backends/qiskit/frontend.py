@@ -1492,8 +1492,14 @@ def _settled(circuit: QuantumCircuit) -> QuantumCircuit | None:
         if never:
             settled.condition = expr.lift(False)
         replaced[index] = instruction.replace(operation=settled)
-    if not replaced:
-        return None
+    return _with_replaced(circuit, replaced) if replaced else None
+
+
+def _with_replaced(
+    circuit: QuantumCircuit, replaced: Mapping[int, CircuitInstruction]
+) -> QuantumCircuit:
+    """A copy of `circuit` with the instructions at `replaced`'s indexes replaced. A copy, not
+    an edit in place (see `_settled`)."""
     out = circuit.copy_empty_like()
     for index, instruction in enumerate(circuit.data):
         out._append(replaced.get(index, instruction))
@@ -1635,12 +1641,7 @@ def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
             op = rewrite_op(instruction.operation)
             if op is not instruction.operation:
                 replaced[index] = instruction.replace(operation=op)
-        if not replaced:
-            return body
-        out = body.copy_empty_like()
-        for index, instruction in enumerate(body.data):
-            out._append(replaced.get(index, instruction))
-        return out
+        return _with_replaced(body, replaced) if replaced else body
 
     try:
         return rewrite_body(circuit)
