@@ -41,11 +41,6 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[AdminServicer]:
     store = SqliteStore(tmp_path / "q.db")
     await store.open()

@@ -12,11 +12,6 @@ from gateway.security.principals import Principal
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _authenticate(keys: list[ApiKeyConfig], metadata: list[tuple[str, str]]) -> Principal:
     return await Authenticator(KeyVerifier(KeyRing(keys))).authenticate(metadata, {})
 

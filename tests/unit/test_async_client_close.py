@@ -23,11 +23,6 @@ from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Silent(job_service_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
     def __init__(self) -> None:
         self.entered = asyncio.Event()

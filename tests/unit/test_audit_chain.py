@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -177,10 +179,16 @@ def test_trace_ids_come_from_traceparent() -> None:
 # --- the SQLite repository -----------------------------------------------------------------
 
 
-def _open(tmp_path: Path) -> SqliteStore:
+@contextlib.asynccontextmanager
+async def _opened(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """The audited store in tmp_path/q.db, open, closed on the way out."""
     store = SqliteStore(tmp_path / "q.db")
     store.enable_audit(KEY)
-    return store
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def _anchored(store: SqliteStore) -> None:
@@ -193,13 +201,9 @@ def _anchored_head(tmp_path: Path) -> ChainPoint:
     """The head of an anchored chain (`_anchored`) in tmp_path/q.db, the store closed."""
 
     async def main() -> ChainPoint:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             await _anchored(store)
             return await store.audit_head()
-        finally:
-            await store.close()
 
     return asyncio.run(main())
 
@@ -216,9 +220,7 @@ def test_the_store_chains_batches_and_retention_keeps_the_chain_verifiable(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             await store.append_audit(_records(3))
             head = await store.append_audit(_records(4, start=3))
             assert head.sequence == 7
@@ -232,8 +234,6 @@ def test_the_store_chains_batches_and_retention_keeps_the_chain_verifiable(
             assert newer.sequence == 8
             page = await store.list_audit(limit=10)
             assert [r.sequence for r in page.records] == [6, 7, 8]
-        finally:
-            await store.close()
         verdict = _verify_file(tmp_path / "q.db", newer)
         assert verdict.ok, verdict.detail
         assert verdict.count == 3
@@ -272,9 +272,7 @@ def test_a_page_examines_a_bounded_window_of_records(tmp_path: Path) -> None:
     # one statement on the store's only thread; each page now examines at most `scan`
     # records and says where to go on.
     async def main() -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             records = _records(30)
             records[25] = replace(records[25], principal="apiKeys/rare")
             await store.append_audit(records)
@@ -300,8 +298,6 @@ def test_a_page_examines_a_bounded_window_of_records(tmp_path: Path) -> None:
             assert page.next_after == 4
             last = await store.list_audit(tenant="other", after=0, limit=4, scan=10)
             assert [r.sequence for r in last.records] == [31] and last.next_after is None
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -504,15 +500,11 @@ def test_a_head_expired_by_retention_is_still_reached(tmp_path: Path) -> None:
 def test_verify_reads_the_anchor_and_the_records_from_one_snapshot(tmp_path: Path) -> None:
     # A retention sweep committing between verify's two reads made a valid log look truncated.
     async def main(step: str) -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             if step == "write":
                 await store.append_audit(_records(6))
             else:
                 await store.expire_audit(T0 + timedelta(seconds=3, milliseconds=500), 1000)
-        finally:
-            await store.close()
 
     asyncio.run(main("write"))
     conn = sqlite_audit.open_readonly(tmp_path / "q.db")
@@ -796,17 +788,13 @@ def test_an_anchor_whose_mac_was_edited_is_a_bad_anchor(tmp_path: Path) -> None:
 
 def test_retention_keeps_a_record_that_ended_exactly_at_the_cutoff(tmp_path: Path) -> None:
     async def main() -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             records = _records(4)
             await store.append_audit(records)
             # Only records that ended before the cutoff go: the third ended at it.
             assert await store.expire_audit(records[2].end_time, 1000) == 2
             page = await store.list_audit(limit=10)
             assert [r.sequence for r in page.records] == [3, 4]
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -815,9 +803,7 @@ def test_an_exported_head_is_reached_through_the_anchor_only_if_it_is_the_anchor
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             sealed = chain(KEY, audit.START, _records(4))
             await _anchored(store)
             anchor = ChainPoint(2, sealed[1].mac)
@@ -828,23 +814,17 @@ def test_an_exported_head_is_reached_through_the_anchor_only_if_it_is_the_anchor
             assert not await store.audit_holds(ChainPoint(2, bytes(32)))
             # A head past every stored record: the newest records were deleted.
             assert not await store.audit_holds(ChainPoint(9, bytes(32)))
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
 
 def test_an_anchor_does_not_vouch_for_a_key_that_did_not_write_it(tmp_path: Path) -> None:
     async def main() -> None:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             await _anchored(store)
             assert await store.audit_key_wrote_chain()
             store.enable_audit(bytes(32))
             assert not await store.audit_key_wrote_chain()
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -869,15 +849,11 @@ def test_a_filter_bound_is_exact(
         comparison = replace(comparison, value=base + comparison.value)
 
     async def main() -> list[int]:
-        store = _open(tmp_path)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:
             records = _records(5)
             records[4] = replace(records[4], tenant="globex")
             await store.append_audit(records)
             page = await store.list_audit(query=audit.AuditFilter(((comparison,),)), limit=10)
             return [r.sequence for r in page.records]
-        finally:
-            await store.close()
 
     assert asyncio.run(main()) == expected

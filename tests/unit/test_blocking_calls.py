@@ -15,11 +15,6 @@ from gateway.runtime.blocking import run_blocking
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_stuck_calls_keep_their_slots_and_no_more_threads_start() -> None:
     limiter = anyio.CapacityLimiter(2)
     answer = threading.Event()

@@ -41,11 +41,6 @@ MAX_SLOW = 2
 READ_TIMEOUT_S = 3.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Seen:
     def __init__(self) -> None:
         self.decoded: list[bytes] = []

@@ -554,11 +554,6 @@ async def _no_requests() -> AsyncIterator[object]:
 # ------------------------------------------------------------------------- the store
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 

@@ -18,11 +18,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 READINESS = "qgateway.v1.JobService"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Watcher:
     """A Watch call's context: `stuck` never finishes a write (a peer whose HTTP/2 window is
     0); otherwise each status written is queued for the test."""

@@ -53,11 +53,6 @@ PROXIES = [CertMatch(san="spiffe://mesh/ns/edge/sa/*")]
 KEY = generate_key("keyco")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _auth(**kw: object) -> Authenticator:
     return Authenticator(
         KeyVerifier(KeyRing([KEY.config])),

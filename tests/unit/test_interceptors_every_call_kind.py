@@ -38,11 +38,6 @@ def _tenant(tid: str, policy: TenantPolicy) -> Tenant:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     async def watch(request: Any, context: Context) -> AsyncIterator[bytes]:
         yield current_principal.get().tenant.encode()

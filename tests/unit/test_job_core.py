@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import pathlib
 import pickle
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -55,19 +53,6 @@ from tests.core_harness import (
 pytestmark = pytest.mark.anyio
 
 QUEUES: list[QueueKind] = ["memory", "store"]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "core.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def _close(core: Core) -> None:

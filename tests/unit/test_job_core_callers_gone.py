@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import pathlib
 import pickle
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,19 +19,6 @@ from gateway.store.sqlite import SqliteStore
 from tests.core_harness import HeldCall, ScriptedRunner, build_core, caller_leaves_inside, spec
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "core.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def test_a_cancel_whose_caller_went_away_is_heard_by_waiters_watchers_and_hooks(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import pathlib
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -31,19 +29,6 @@ from tests.core_harness import T0, Clock, Recorder, ScriptedRunner, build_core, 
 from tests.unit.test_sessions import _session, build, session_spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "core.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.mark.parametrize("model", [ExecutionModel.LOCAL, ExecutionModel.REMOTE])

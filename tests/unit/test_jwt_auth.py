@@ -32,11 +32,6 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())
 OTHER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _jwks(**keys: Any) -> dict[str, Any]:
     out = []
     for kid, key in keys.items():

@@ -245,13 +245,22 @@ class SleepingClock(Clock):
         await anyio.sleep(0)
 
 
-@pytest.mark.anyio
-async def test_creations_past_the_burst_are_spaced_at_the_configured_rate() -> None:
+def _paced_pool(
+    min_instances: int, max_instances: int, per_s: float
+) -> tuple[Pool[int], Factory, SleepingClock]:
+    """A pool creating at most `per_s` instances a second, on a clock the test moves."""
     clock = SleepingClock()
     factory = Factory()
     factory.clock = clock
-    limits = PoolLimits(min_instances=3, max_instances=3, max_creations_per_s=4.0)
-    pool = Pool(factory, limits, clock, sleep=clock.sleep)
+    limits = PoolLimits(
+        min_instances=min_instances, max_instances=max_instances, max_creations_per_s=per_s
+    )
+    return Pool(factory, limits, clock, sleep=clock.sleep), factory, clock
+
+
+@pytest.mark.anyio
+async def test_creations_past_the_burst_are_spaced_at_the_configured_rate() -> None:
+    pool, factory, clock = _paced_pool(3, 3, 4.0)
     await pool.start()  # the first min_instances creations are within the burst
     assert factory.created_at == [0.0, 0.0, 0.0] and clock.sleeps == []
     for _ in range(3):
@@ -266,15 +275,7 @@ async def test_creations_past_the_burst_are_spaced_at_the_configured_rate() -> N
 
 @pytest.mark.anyio
 async def test_concurrent_creations_wait_their_turn_for_a_token() -> None:
-    clock = SleepingClock()
-    factory = Factory()
-    factory.clock = clock
-    pool = Pool(
-        factory,
-        PoolLimits(min_instances=0, max_instances=4, max_creations_per_s=2.0),
-        clock,
-        sleep=clock.sleep,
-    )
+    pool, factory, clock = _paced_pool(0, 4, 2.0)
     got: list[int] = []
     async with anyio.create_task_group() as tg:
         for _ in range(4):
@@ -328,15 +329,7 @@ async def test_broken_instances_are_counted_as_restarts() -> None:
 
 @pytest.mark.anyio
 async def test_a_long_idle_spell_banks_no_more_tokens_than_the_burst() -> None:
-    clock = SleepingClock()
-    factory = Factory()
-    factory.clock = clock
-    pool = Pool(
-        factory,
-        PoolLimits(min_instances=0, max_instances=2, max_creations_per_s=2.0),
-        clock,
-        sleep=clock.sleep,
-    )
+    pool, factory, clock = _paced_pool(0, 2, 2.0)
     clock.now = 100.0  # long idle: the bucket is full, with max_instances tokens, not 200
     for _ in range(2):
         held = [await pool.acquire() for _ in range(2)]

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import pathlib
 import pickle
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -38,19 +36,6 @@ from tests.core_harness import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "core.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @dataclass

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import pathlib
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,19 +23,6 @@ from tests.core_harness import Core, QueueKind, ScriptedRunner, build_core, spec
 pytestmark = pytest.mark.anyio
 
 PRICE = Price(per_task=1.0, per_shot=0.5, per_second=2.0, unit="credits")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "core.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def went(core: Core, job_id: str, states: list[str]) -> None:

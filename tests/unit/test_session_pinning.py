@@ -23,11 +23,6 @@ pytestmark = pytest.mark.anyio
 _IDS = itertools.count(1)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass(eq=False)
 class StandInWorker:
     pid: int = field(default_factory=lambda: next(_IDS))

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pathlib
 import pickle
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -53,11 +51,6 @@ from tests.core_harness import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # ---------------------------------------------------------------- the state machine
@@ -134,14 +127,6 @@ def test_abort_policy_fails_the_session_continue_does_not() -> None:
 
 
 # ---------------------------------------------------------------- the job core
-
-
-@pytest.fixture
-async def store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "core.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 @dataclass

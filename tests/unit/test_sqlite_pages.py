@@ -29,11 +29,6 @@ JOBS = 2000
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def db_path(tmp_path: pathlib.Path) -> AsyncIterator[pathlib.Path]:
     path = tmp_path / "gateway.db"
     store = SqliteStore(path)

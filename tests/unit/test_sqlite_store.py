@@ -43,11 +43,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
     # Two levels that do not exist yet: open() must create them.
     return tmp_path / "data" / "state" / "gateway.db"

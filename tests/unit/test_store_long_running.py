@@ -29,11 +29,6 @@ SECOND = timedelta(seconds=1)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "data" / "gateway.db"
 

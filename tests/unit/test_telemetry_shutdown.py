@@ -12,11 +12,6 @@ from gateway.telemetry.setup import shut_down
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Provider:
     """A provider whose shutdown blocks until released, as one exporting to a collector that
     never answers does (the SDK joins its worker thread for up to 30 s)."""

@@ -55,11 +55,6 @@ pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 11, 2, 9, 30, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
