@@ -342,6 +342,24 @@ def test_controlled_user_gates_named_like_standard_ones_run_their_definition(
     _check(client, backend, counts, {"110": 1.0})
 
 
+# `pow` over such a controlled gate: the reader folds it into a matrix built from the standard CH
+# (every backend ran sqrt(CH) twice, a CH, leaving q1 in superposition).
+POWERED_SHADOWED_CONTROL = (
+    "OPENQASM 3.0;\ngate h a { U(pi, 0, pi) a; }\nqubit[2] q; bit[2] c;\n"
+    "U(pi, 0, pi) q[0]; pow(0.5) @ ctrl @ h q[0], q[1]; pow(0.5) @ ctrl @ h q[0], q[1];\n"
+    "c = measure q;\n"
+)
+
+
+@pytest.mark.parametrize("backend", FLEET)
+def test_a_power_of_a_controlled_user_gate_named_like_a_standard_one_runs_its_definition(
+    client: Client, backend: str
+) -> None:
+    counts = client.run(POWERED_SHADOWED_CONTROL, backend=backend, shots=SHOTS, seed=8)
+    # Two square roots of a CX with q0 set: q1 flips.
+    _check(client, backend, counts.sampler().counts(), {"11": 1.0})
+
+
 @pytest.mark.parametrize("backend", FLEET)
 def test_declared_qubit_count_is_the_limit(client: Client, backend: str) -> None:
     """n qubits are accepted (they run, or only the memory budget refuses them, as for a

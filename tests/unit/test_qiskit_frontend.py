@@ -650,6 +650,38 @@ def test_controlled_user_gates_named_like_standard_ones_are_controlled_from_thei
     assert state.probabilities_dict()["110"] == pytest.approx(1.0)
 
 
+def test_a_power_of_a_controlled_user_gate_named_like_a_standard_one_uses_its_definition() -> None:
+    from qiskit.quantum_info import Operator
+
+    # The reader folds `pow` over `ctrl @ h` into a matrix, built from a CH when the user gate
+    # `h` (an X here) is controlled by its name: sqrt(CH) instead of sqrt(CX).
+    text = "OPENQASM 3.0;\ngate h a { U(pi, 0, pi) a; }\nqubit[2] q;\n"
+    text += "pow(0.5) @ ctrl @ h q[0], q[1];"
+    circuit = fe.parse_circuit(q3(text), LIMITS, FIELD)
+    sqrt_x = np.array([[1 + 1j, 1 - 1j], [1 - 1j, 1 + 1j]]) / 2
+    want = np.eye(4, dtype=complex)
+    want[np.ix_([1, 3], [1, 3])] = sqrt_x  # q0 (the control) is the low bit
+    assert np.allclose(Operator(circuit).data, want, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gate h a { U(pi, 0, pi) a; } gate h a { U(0, 0, 0) a; }", "'h' is already defined"),
+        ('include "stdgates.inc"; gate h a { U(pi, 0, pi) a; }', "'h' is already defined"),
+        ("qubit q; h q; gate h a { U(pi, 0, pi) a; }", "gate 'h' is not defined"),
+        ("gate h a { U(pi, 0, pi) a; } gate g(h) a { h a; }", "'h' is a 'angle', not a gate"),
+    ],
+)
+def test_programs_the_reader_refuses_stay_refused_under_the_names_they_wrote(
+    text: str, message: str
+) -> None:
+    # Standard-named gates are renamed before the reader runs; its refusals must not change.
+    with pytest.raises(InvalidArgument) as info:
+        fe.parse_circuit(q3("OPENQASM 3.0;\n" + text + "\nqubit[1] r;"), LIMITS, FIELD)
+    assert message in str(info.value), info.value
+
+
 def test_a_gate_with_open_controls_keeps_them_when_its_definition_is_rewritten() -> None:
     # Qiskit conjugates an open-controlled gate's stored definition with X on every read.
     inner = QuantumCircuit(1)

@@ -540,12 +540,82 @@ _QASM3_UNSUPPORTED = re.compile(
 
 
 def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
+    renamed = _rename_standard_named_gates(program)
     with _reader_refusals("OpenQASM 3", field):
         try:
             circuit: QuantumCircuit = qiskit_qasm3_import.convert(program)
         except ConversionError as exc:
-            raise _map_conversion_error(_sdk_message(exc), field) from None
+            message = _sdk_message(exc)
+            for fresh, original in renamed.items():
+                message = message.replace(f"'{fresh}'", f"'{original}'")
+            raise _map_conversion_error(message, field) from None
     return circuit
+
+
+# What OpenQASM 3's standard library defines (the specification's list): after
+# `include "stdgates.inc"` a program may not define these again.
+# fmt: off
+_STDGATES_INC_NAMES = frozenset({
+    "p", "x", "y", "z", "h", "s", "sdg", "t", "tdg", "sx", "rx", "ry", "rz", "cx", "cy", "cz",
+    "cp", "crx", "cry", "crz", "ch", "swap", "ccx", "cswap", "cu", "CX", "phase", "cphase", "id",
+    "u1", "u2", "u3",
+})
+# fmt: on
+
+
+def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
+    """Gives every gate the program defines under a standard gate's name a name of its own, in
+    its definition and in every call after it (in place). Returns {new name: the program's}.
+
+    The reader builds `pow(k) @ ctrl @ h` by controlling `h`, which Qiskit does by the gate's
+    name (the standard CH, whatever the program's `h` does), and then folds the power into a
+    matrix: nothing named `h` is left for `rename_shadowing_gates` to put right afterwards.
+    A definition the reader refuses keeps its name so that it still refuses it: one that the
+    standard library already defines, or a call before its definition.
+    """
+    taken = {node.name for node in _walk(program) if isinstance(node, q3ast.Identifier)}
+    renames: dict[str, str] = {}  # the program's name -> the new one, once defined
+    included: frozenset[str] = frozenset()
+
+    def fresh(name: str) -> str:
+        candidate = f"{name}_def"
+        while candidate in taken or candidate in STANDARD_GATE_NAMES:
+            candidate += "_"
+        taken.add(candidate)
+        return candidate
+
+    def rename_calls(node: q3ast.QASMNode, local: Collection[str]) -> None:
+        for call in _walk(node):
+            if isinstance(call, q3ast.QuantumGate):
+                name = call.name.name
+                if name in renames and name not in local:
+                    call.name.name = renames[name]
+
+    for statement in program.statements:
+        if isinstance(statement, q3ast.Include):
+            if statement.filename == "stdgates.inc":
+                included = _STDGATES_INC_NAMES
+        elif isinstance(statement, q3ast.QuantumGateDefinition):
+            # A gate's own parameters and qubits hide a gate of the same name in its body.
+            local = {a.name for a in statement.arguments} | {q.name for q in statement.qubits}
+            for body_statement in statement.body:
+                rename_calls(body_statement, local)
+            name = statement.name.name
+            if name in STANDARD_GATE_NAMES and name not in included:
+                if name not in renames:
+                    renames[name] = fresh(name)
+                statement.name.name = renames[name]
+        else:
+            rename_calls(statement, ())
+    return {new: old for old, new in renames.items()}
+
+
+def _walk(root: q3ast.QASMNode) -> Iterator[q3ast.QASMNode]:
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        yield node
+        pending.extend(_children(node))
 
 
 def _map_conversion_error(message: str, field: str) -> InvalidArgument:
