@@ -110,10 +110,13 @@ def test_loose_bits_are_one_bit_registers_named_after_the_variable(
     client: Client, backend: str
 ) -> None:
     pub = client.run(LOOSE_BITS, backend=backend, shots=7, seed=2).sampler(0)
-    assert sorted(pub.register_names) == ["a", "b", "r"]
+    # The order job.proto promises: declared registers, then loose bits as declared.
+    assert list(pub.register_names) == ["r", "a", "b"]
     assert pub["a"].counts() == {"1": 7}
     assert pub["r"].counts() == {"10": 7}
     assert pub["b"].counts() == {"1": 7}
+    # Joined, the result's last register first.
+    assert pub.counts() == {"1 1 10": 7}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

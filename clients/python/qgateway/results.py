@@ -384,7 +384,9 @@ class SamplerPubResult:
         """Each shot's outcome as a bitstring.
 
         With several registers and none named, each shot's registers are joined with a space,
-        last-declared register first (Qiskit's legacy `Result.get_counts` format).
+        the result's last register first (Qiskit's legacy `Result.get_counts` format). The
+        result lists the declared registers, then each OpenQASM 3 `bit` variable declared
+        outside a register, so those come first here.
 
         Args:
             index: Binding index, flat or per dimension.
@@ -407,7 +409,7 @@ class SamplerPubResult:
         Args:
             index: Binding index, flat or per dimension.
             register: A register name; None for the only register, or for all registers joined
-                per shot (last-declared first, space-separated), which needs the samples.
+                per shot (as `bitstrings` joins them), which needs the samples.
 
         Raises:
             ValueError: Several registers, none named, and the job asked for counts only.
