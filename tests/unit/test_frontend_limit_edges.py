@@ -182,3 +182,22 @@ def test_the_larger_branch_of_an_if_else_counts() -> None:
     with pytest.raises(InvalidArgument) as info:
         fe.parse_circuit(source, CircuitLimits(max_operations=4), FIELD)
     assert info.value.reason == "CIRCUIT_TOO_LARGE"
+
+
+def test_every_operand_of_a_global_phase_may_be_a_control_and_no_more() -> None:
+    from qiskit import QuantumCircuit
+    from qiskit.quantum_info import Statevector
+
+    # gphase acts on no qubit of its own: ctrl @ gphase(pi) on q0 between two h is a Z (q0
+    # reads 1); the doubly controlled phase changes no probability.
+    text = H3 + "qubit[3] q;\nh q[0]; ctrl @ gphase(pi) q[0]; h q[0];\n"
+    text += "x q[1]; ctrl(2) @ gphase(pi / 2) q[1], q[2];\n"
+    circuit = parse(Q3, text, CircuitLimits())
+    assert isinstance(circuit, QuantumCircuit)
+    assert Statevector(circuit).probabilities_dict()["011"] == pytest.approx(1.0)
+    limits = CircuitLimits()
+    assert reason(Q3, H3 + "qubit[2] q;\nctrl(3) @ gphase(pi) q[0], q[1];\n", limits) == (
+        "INVALID_QASM"
+    )
+    # A gate keeps at least one operand of its own.
+    assert reason(Q3, H3 + "qubit[2] q;\nctrl(2) @ x q[0], q[1];\n", limits) == "INVALID_QASM"

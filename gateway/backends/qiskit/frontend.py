@@ -1060,6 +1060,8 @@ class _Qasm3Cost:
         # Only user gates are copied (their whole definition, at every application).
         work = size if user_gate else 0
         num_qubits = len(node.qubits)
+        # gphase acts on no qubit of its own: every operand may be a control.
+        max_controls = num_qubits if isinstance(node, q3ast.QuantumPhase) else num_qubits - 1
         for modifier in node.modifiers:
             if modifier.modifier is q3ast.GateModifierName.pow and num_qubits > _MAX_POW_QUBITS:
                 raise self._error(
@@ -1069,7 +1071,7 @@ class _Qasm3Cost:
                 )
             if modifier.modifier in (q3ast.GateModifierName.ctrl, q3ast.GateModifierName.negctrl):
                 controls = 1 if modifier.argument is None else _literal_int(modifier.argument)
-                if controls is not None and not 0 < controls < max(num_qubits, 1):
+                if controls is not None and not 0 < controls <= max_controls:
                     raise self._error("INVALID_QASM", node, "more controls than qubit operands")
                 if user_gate:
                     work *= _CTRL_WORK_FACTOR
