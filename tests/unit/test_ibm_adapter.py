@@ -617,3 +617,108 @@ def test_a_circuit_the_transpiler_cannot_take_is_refused_not_a_gateway_fault(
         manila.compile_circuit(q3("qubit[1] q; bit[1] c; x q[0]; c[0] = measure q[0];"))
     assert refused.value.reason == "TRANSPILE_FAILED"
     assert "cannot be compiled for this backend: 'no way to route this'" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # The runtime's own bounds: the sampler job of the test above refuses any
+        # resilience_level, so these are checked on the model itself.
+        {"resilience_level": 3},
+        {"resilience_level": -1},
+        {"twirling": {"num_randomizations": 4.5}},  # no silent rounding down to 4
+        {"twirling": {"shots_per_randomization": True}},  # a flag is no count
+        {"twirling": {"num_randomizations": 0}},
+    ],
+)
+def test_provider_options_keep_the_runtimes_bounds(options: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        IbmProviderOptions.model_validate(options)
+
+
+def test_resilience_level_goes_to_the_estimator_only() -> None:
+    options = IbmProviderOptions.model_validate({"resilience_level": 2})
+    assert options.runtime_options("estimator") == {"resilience_level": 2}
+    assert options.runtime_options("sampler") == {}
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"), [("poll_interval_s", 61.0), ("retry_attempts", 0), ("creates_per_s", 0.0)]
+)
+def test_cloud_knobs_out_of_bounds_are_refused(knob: str, value: float) -> None:
+    with pytest.raises(ValidationError):
+        IbmOptions.model_validate({"backend": "ibm_brisbane", knob: value})
+
+
+def test_an_empty_or_null_token_is_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    device = {"backend": "ibm_brisbane", "instance": "crn:v1:x"}
+    empty = IbmOptions.model_validate({**device, "token": ""})
+    assert not empty.has_credentials
+    # No runner without a key: a device job would otherwise fail at its first call.
+    assert IbmAdapter(context(**device, token="")).create_runner() is None
+    assert IbmAdapter(context(**device)).backend_kind() is BackendKind.HARDWARE
+    monkeypatch.setenv(TOKEN_ENV, "s3cr3t-from-env")
+    # A configuration that names the token as null still reads it from the environment.
+    nulled = IbmOptions.model_validate({**device, "token": None})
+    assert nulled.has_credentials
+
+
+def test_twirling_counts_bind_the_shots_only_when_twirling_is_on() -> None:
+    from gateway.backends.qiskit.adapter import QiskitPayload, SamplerTask
+    from gateway.domain.jobs import SamplerOutput
+
+    task = SamplerTask(None, (), np.zeros(0), (), 100, (), 0, True)  # type: ignore[arg-type]
+    payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, (task,))
+    counts = {"num_randomizations": 4, "shots_per_randomization": 10}  # 40 shots, not 100
+    ibm._check_options(IbmProviderOptions.model_validate({"twirling": counts}), payload, NAME)
+    on = IbmProviderOptions.model_validate({"twirling": {**counts, "enable_measure": True}})
+    with pytest.raises(InvalidArgument):
+        ibm._check_options(on, payload, NAME)
+
+
+def test_estimator_shots_are_one_over_the_precision_squared(manila: IbmAdapter) -> None:
+    assert manila.estimator_shots(0.01) == 10_000
+    # Just above the cap's precision: computed, not capped.
+    assert manila.estimator_shots(2e-9) < ibm.MAX_SAMPLED_SHOTS
+    assert manila.estimator_shots(1e-10) == ibm.MAX_SAMPLED_SHOTS
+
+
+def test_a_jobs_provider_options_end_with_it(manila: IbmAdapter) -> None:
+    # A worker runs one job after another: the next job must not inherit this one's
+    # dynamical decoupling (the whole noise model) or twirling.
+    options = {"dynamical_decoupling": {"enable": True}}
+    run(
+        manila,
+        spec(sampler("qubit[1] q; bit[1] c; c = measure q;", shots=10), provider_options=options),
+    )
+    assert manila._job_options == IbmProviderOptions()
+
+
+def test_a_register_of_ascending_but_scattered_bits_is_read_from_the_whole_run() -> None:
+    # The runtime slices a register from its first bit's index: bits 0 and 2 would read 0, 1.
+    assert ibm._ascending_run((3, 4, 5)) and ibm._ascending_run(())
+    assert not ibm._ascending_run((0, 2)) and not ibm._ascending_run((1, 0))
+
+
+def test_barriers_and_delays_touch_no_qubit() -> None:
+    # A transpiled circuit's barrier spans the device: counted, a 2-qubit circuit on a
+    # 127-qubit device was sized (and its noise model kept) as a 127-qubit one.
+    circuit = QuantumCircuit(5, 1)
+    circuit.h(1)
+    circuit.barrier()
+    circuit.delay(100, 3)
+    circuit.measure(1, 0)
+    assert ibm._touched(circuit) == frozenset({1})
+
+
+def test_aer_running_out_of_memory_is_out_of_memory() -> None:
+    from gateway.domain.errors import ExecutionError
+    from gateway.domain.failures import FailureKind
+
+    def too_big() -> None:
+        raise RuntimeError("required memory (4096M) greater than max allowed (1024M)")
+
+    with pytest.raises(ExecutionError) as info:
+        ibm._call(too_big)
+    assert info.value.kind is FailureKind.OUT_OF_MEMORY

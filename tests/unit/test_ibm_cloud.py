@@ -468,3 +468,264 @@ def _gateway_session() -> Any:
         labels={},
         last_activity_at=None,
     )
+
+
+class _RuntimeJob:
+    """A runtime job as the SDK's service returns it: a status, metrics and a result."""
+
+    def __init__(self, status: str, metrics: object = None, result: object = None) -> None:
+        self._status = status
+        self._metrics = metrics
+        self._result = result
+        self.tags: list[str] = []
+        self.cancels = 0
+
+    def status(self) -> str:
+        return self._status
+
+    def metrics(self) -> object:
+        return self._metrics
+
+    def result(self) -> object:
+        return self._result
+
+    def error_message(self) -> str:
+        return "calibration lost"
+
+    def job_id(self) -> str:
+        return "r-1"
+
+    def cancel(self) -> None:
+        from qiskit_ibm_runtime.exceptions import RuntimeInvalidStateError
+
+        self.cancels += 1
+        if self._status in ("DONE", "ERROR", "CANCELLED"):
+            raise RuntimeInvalidStateError("the job has already ended")
+
+
+def _following(job: _RuntimeJob) -> cloud.IbmCloudRunner:
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=1), sleep=lambda s: None)
+    service = type("Service", (), {"job": lambda self, remote_id: job})()
+    runner._client.service = lambda: service  # type: ignore[method-assign]
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("metrics", "seconds"),
+    [
+        ({"usage": {"quantum_seconds": 0}}, 0.0),  # ran nothing billable: zero, not unknown
+        ({"usage": {"quantum_seconds": 3, "seconds": 9}}, 3.0),  # the charged time first
+        ({"usage": {"qpu_charge_time_seconds": 2.5}}, 2.5),
+        ({"usage": {"quantum_seconds": True}}, None),  # a flag is no count of seconds
+        ({"usage": {"quantum_seconds": -1}}, None),
+        ({"usage": None}, None),
+    ],
+)
+def test_the_charged_quantum_seconds_are_read_from_the_metrics(
+    metrics: object, seconds: float | None
+) -> None:
+    job = _RuntimeJob("DONE", metrics=metrics)
+    assert _following(job)._quantum_seconds(job, "r-1") == seconds
+
+
+def test_a_runtime_job_that_ended_without_a_result_reports_what_it_used() -> None:
+    # A cancelled or failed job may have run first: its charged seconds go on the handle,
+    # and it ends CANCELLED or BACKEND_FAULT, never as a job still running (None).
+    cancelled = _RuntimeJob("CANCELLED", metrics={"usage": {"quantum_seconds": 4}})
+    handle = cloud.IbmCloudHandle("job-1", "r-1")
+    with pytest.raises(ExecutionError) as stopped:
+        _following(cancelled)._poll_once(handle, "r-1")
+    assert stopped.value.kind is FailureKind.CANCELLED
+    assert stopped.value.metadata["providerJobId"] == "r-1"
+    assert handle.execution_seconds == 4.0
+
+    failed = _RuntimeJob("ERROR", metrics={"usage": {"quantum_seconds": 1}})
+    handle = cloud.IbmCloudHandle("job-1", "r-1")
+    with pytest.raises(ExecutionError) as fault:
+        _following(failed)._poll_once(handle, "r-1")
+    assert fault.value.kind is FailureKind.BACKEND_FAULT
+    assert "calibration lost" in fault.value.message and handle.execution_seconds == 1.0
+
+    running = _RuntimeJob("RUNNING")
+    assert _following(running)._poll_once(cloud.IbmCloudHandle("job-1", "r-1"), "r-1") is None
+
+
+def test_a_done_job_whose_result_cannot_be_read_is_still_charged() -> None:
+    job = _RuntimeJob("DONE", metrics={"usage": {"quantum_seconds": 7}}, result=object())
+    handle = cloud.IbmCloudHandle("job-1", "r-1")
+    with pytest.raises(ExecutionError) as unreadable:
+        _following(job)._poll_once(handle, "r-1")
+    assert unreadable.value.kind is FailureKind.BACKEND_FAULT
+    assert handle.execution_seconds == 7.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cancelling_a_runtime_job_that_already_ended_is_no_failure(
+    anyio_backend: str,
+) -> None:
+    ended = _RuntimeJob("DONE")
+    await _following(ended).cancel(cloud.IbmCloudHandle("job-1", "r-1"))
+    assert ended.cancels == 1
+    running = _RuntimeJob("RUNNING")
+    await _following(running).cancel(cloud.IbmCloudHandle("job-1", "r-1"))
+    assert running.cancels == 1
+
+
+def test_a_stored_id_the_service_does_not_know_is_no_job() -> None:
+    # reattach by the stored id: a job the service no longer has is None (the job core then
+    # decides), not a failure; any other error is raised as it is.
+    from qiskit_ibm_runtime.exceptions import RuntimeJobNotFound
+
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=1), sleep=lambda s: None)
+    errors: list[Exception] = [RuntimeJobNotFound("no such job"), ValueError("boom")]
+
+    class Service:
+        def job(self, remote_id: str) -> _RuntimeJob:
+            raise errors.pop(0)
+
+        def jobs(self, job_tags: list[str], limit: int) -> list[_RuntimeJob]:
+            return []
+
+    runner._client.service = Service  # type: ignore[method-assign]
+    assert runner._find("job-1", "r-1") is None
+    with pytest.raises(ExecutionError) as other:
+        runner._find("job-1", "r-1")
+    assert other.value.kind is FailureKind.BACKEND_FAULT
+    assert runner._find("job-1", None) is None  # nothing under the tag
+
+
+def test_a_create_is_sent_once_even_when_its_answer_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A create whose answer was lost may have made the job: the one call never retries it
+    # (only _submit does, after looking the job up by its tag).
+    import qiskit_ibm_runtime.executor_sampler as executor_sampler
+
+    runs: list[dict[str, Any]] = []
+
+    class LostSampler:
+        def __init__(self, mode: Any, options: dict[str, Any]) -> None:
+            self.options = options
+
+        def run(self, pubs: Any) -> Any:
+            runs.append(self.options)
+            raise RequestsApiError("503 Service Unavailable", 503)
+
+    monkeypatch.setattr(executor_sampler, "Sampler", LostSampler)
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=4), sleep=lambda s: None)
+    runner._client.backend = lambda: object()  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1", "session": None})()
+    twirling = {"twirling": {"enable_gates": True}}
+    with pytest.raises(ExecutionError) as lost:
+        runner._create("sampler", [], ["qgateway-job:job-1"], twirling, job)  # type: ignore[arg-type]
+    assert lost.value.kind is FailureKind.TRANSIENT
+    # One create, with the job's options and its tags.
+    assert runs == [{**twirling, "environment": {"job_tags": ["qgateway-job:job-1"]}}]
+
+
+def test_an_expired_token_is_exchanged_again_once() -> None:
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=1), sleep=lambda s: None)
+    resets: list[bool] = []
+    runner._client.reset = lambda: resets.append(True)  # type: ignore[method-assign]
+    answers: list[object] = [IBMNotAuthorizedError("401"), "answered"]
+
+    def call() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert runner._call(call, None) == "answered" and resets == [True]
+    # Still refused after the fresh exchange: CREDENTIALS.
+    answers[:] = [IBMNotAuthorizedError("401"), IBMNotAuthorizedError("401")]
+    with pytest.raises(ExecutionError) as refused:
+        runner._call(call, None)
+    assert refused.value.kind is FailureKind.CREDENTIALS and not answers
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "code"),
+    [
+        # A job or session the service no longer has is no refusal of the request.
+        (HTTPError(Response(404, {})), FailureKind.BACKEND_FAULT, None),
+        (HTTPError(Response(409, {"errors": [{"code": 3211}]})), FailureKind.CLIENT_ERROR, "3211"),
+    ],
+)
+def test_more_provider_errors_become_failure_kinds(
+    exc: BaseException, kind: FailureKind, code: str | None
+) -> None:
+    err = cloud.IbmCloudRunner(settings())._error(exc, None)
+    assert err.kind is kind and err.metadata.get("providerErrorCode") == code
+
+
+def test_a_register_one_shot_short_is_refused() -> None:
+    a = BitArray.from_samples(["01", "10", "11", "00"], num_bits=2).reshape(2, 2)
+    sampler = SamplerPubResult(DataBin(a=a, shape=(2,)), metadata={"shots": 2})
+    with pytest.raises(cloud._Mismatch, match="holds 2 shots, the job asked for 3"):
+        cloud._outcome(PrimitiveResult([sampler]), SamplerOutput.COUNTS, None, 3, 1)
+
+
+def test_cloud_settings_from_the_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    crn = "crn:v1:bluemix:public:quantum-computing:us-east:a/0:1::"
+    options = IbmOptions(
+        backend="ibm_test", instance=crn, token=SecretStr("k"), channel="ibm_cloud", creates_per_s=2
+    )
+    built = cloud.CloudSettings.from_options("ibmq", options)
+    assert (built.channel, built.creates_per_s, built.device) == ("ibm_cloud", 2.0, "ibm_test")
+    assert cloud.CloudSettings.from_options("ibmq", options.model_copy(update={"channel": None}))
+    # An instance name instead of its CRN: refused (the runner does not list instances).
+    with pytest.raises(ValueError, match="CRN"):
+        cloud.CloudSettings.from_options("ibmq", options.model_copy(update={"instance": "my-inst"}))
+
+
+def test_a_url_with_a_path_is_the_api_base_itself() -> None:
+    url, resolver = cloud._runtime_url(settings_with_url("http://127.0.0.1:9/api/v1"))
+    assert url == "http://127.0.0.1:9/api/v1" and resolver is not None
+    assert resolver("http://x/api/v1", "crn") == "http://x/api/v1"
+    for regional in ("https://cloud.ibm.com", "https://cloud.ibm.com/"):
+        assert cloud._runtime_url(settings_with_url(regional)) == (regional, None)
+
+
+def settings_with_url(url: str) -> cloud.CloudSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings(), url=url)
+
+
+def test_one_process_names_one_iam_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Set first so that the test's end removes what _set_iam_url writes.
+    monkeypatch.setenv("IAM_URL", "unset-by-the-test")
+    monkeypatch.delenv("IAM_URL")
+    cloud._set_iam_url("http://127.0.0.1:1")
+    cloud._set_iam_url("http://127.0.0.1:1")  # the same again: fine
+    with pytest.raises(ValueError, match="one IBM IAM address"):
+        cloud._set_iam_url("http://127.0.0.1:2")
+
+
+def test_pubs_the_runtime_cannot_run_in_one_job_are_refused_before_any_create() -> None:
+    from gateway.backends.qiskit.adapter import EstimatorTask, SamplerTask
+
+    def sampler(shots: int) -> SamplerTask:
+        return SamplerTask(None, (), np.zeros(0), (), shots, (), 0, True)  # type: ignore[arg-type]
+
+    def estimator(precision: float) -> EstimatorTask:
+        return EstimatorTask(None, (), np.zeros(0), (), (), (), (), precision, 0)  # type: ignore[arg-type]
+
+    runner = cloud.IbmCloudRunner(settings(), sleep=lambda s: None)
+    creates: list[list[str]] = []
+    runner._create = lambda *args: creates.append(args[2]) or "r-1"  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1"})()
+    for tasks in (
+        (sampler(10), estimator(0.1)),  # one primitive per job
+        (estimator(0.1), estimator(0.2)),  # one precision per job
+        (sampler(10), sampler(20)),  # one shot count per job
+    ):
+        payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, tasks)  # type: ignore[arg-type]
+        with pytest.raises(ExecutionError) as refused:
+            runner._submit(payload, None, job)  # type: ignore[arg-type]
+        assert (refused.value.reason, refused.value.kind) == (
+            "UNSUPPORTED_FEATURE",
+            FailureKind.CLIENT_ERROR,
+        )
+    assert creates == []
