@@ -220,6 +220,31 @@ async def test_a_sessions_jobs_and_open_sessions_survive_a_reopen(
     assert await reopened.get_session(s.id) == s
 
 
+async def test_a_sessions_jobs_and_open_sessions_come_oldest_first_whatever_their_ids(
+    store: Store,
+) -> None:
+    # Ids chosen against create order: random ids matched it half the time, so an order by
+    # id passed as often as not. Recovery re-queues (and cancels) in this order.
+    late = dataclasses.replace(new_session(created_at=T0 + SECOND), id="a" * 32)
+    early = dataclasses.replace(new_session(created_at=T0), id="b" * 32)
+    for s in (late, early):
+        await store.create_session(s, b"h")
+    assert [o.id for o in await store.open_sessions()] == [early.id, late.id]
+    newer = dataclasses.replace(new_job(early.id, T0 + 2 * SECOND), id="c" * 32)
+    older = dataclasses.replace(new_job(early.id, T0 + SECOND), id="d" * 32)
+    for job in (newer, older):
+        await store.create_job(job)
+    assert [j.id for j in await store.session_jobs(early.id)] == [older.id, newer.id]
+    everything = await store.session_jobs(early.id, include_final=True)
+    assert [j.id for j in everything] == [older.id, newer.id]
+
+
+async def test_a_page_of_no_sessions_is_refused(store: Store) -> None:
+    # A page of none would answer with a cursor that never moves on.
+    with pytest.raises(ValueError):
+        await store.list_sessions("acme", limit=0)
+
+
 async def test_totals_of_a_page_of_sessions_in_one_call(store: Store) -> None:
     from gateway.domain.jobs import ExecutionInfo
     from gateway.domain.pricing import Cost, Usage

@@ -199,6 +199,22 @@ async def test_cancel_closes_it_with_its_reason_and_a_refused_open_queues_the_jo
         await gw.close()
 
 
+async def test_a_session_that_never_ran_a_job_is_not_closed_at_the_provider(
+    store: SqliteStore,
+) -> None:
+    # No job went to the provider, so it holds no session for this one: asking it to close
+    # one with an empty id is a call to a provider API for nothing (or an error it logs).
+    runner = SessionRunner(slots=1)
+    gw = await start(store, runner)
+    try:
+        session, _ = await gw.sessions.create("alice", "", NewSession(backend="qpu"))
+        closed = await gw.sessions.close_session("alice", session.id)
+        assert closed.state.is_final and closed.provider_session_id == ""
+        assert runner.opened == [] and runner.closed == []
+    finally:
+        await gw.close()
+
+
 async def test_a_job_the_provider_refused_makes_the_next_one_check_the_provider_session(
     store: SqliteStore,
 ) -> None:

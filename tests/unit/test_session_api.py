@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -109,6 +110,9 @@ def test_a_session_as_answered() -> None:
     assert out.max_ttl.ToNanoseconds() == 3_600_250_000_000
     assert out.create_time.ToDatetime(tzinfo=UTC) == created
     assert not out.HasField("end_time") and dict(out.labels) == {"k": "v"}
+    ended_at = created + timedelta(minutes=5)
+    ended = encode_session(replace(session, state=SessionState.CLOSED, ended_at=ended_at))
+    assert ended.end_time.ToDatetime(tzinfo=UTC) == ended_at
 
 
 class _Listed:

@@ -118,6 +118,13 @@ def test_close_drains_then_closes_and_ended_sessions_stay_ended() -> None:
     assert domain.close(s, T0, has_work=False).state is SessionState.CLOSED
 
 
+def test_closing_a_closing_session_again_leaves_it_draining() -> None:
+    # A second CloseSession (a retry) while nothing is queued or running, before the last
+    # job's end is recorded: the drain's end is job_ended's to record, with its time.
+    closing = domain.close(domain.job_accepted(_session(), T0), T0, has_work=True)
+    assert domain.close(closing, T0 + timedelta(seconds=1), has_work=False) is closing
+
+
 def test_abort_policy_fails_the_session_continue_does_not() -> None:
     s = domain.job_accepted(_session(failure_policy=FailurePolicy.ABORT), T0)
     failed = domain.job_ended(s, True, T0, has_work=True)
@@ -465,6 +472,33 @@ async def test_cancel_session_cancels_running_and_queued_jobs(store: SqliteStore
         await core.until("alice", second.id, "CANCELLED")
         assert core.runner.cancelled == [first.id]
         assert core.runner.submitted == [first.id]
+    finally:
+        await core.close()
+
+
+async def test_cancel_session_goes_on_past_a_job_that_finished_meanwhile(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session's unfinished jobs are read, then cancelled one by one; one that finished in
+    # between is refused (already finished) and the others must still be cancelled.
+    core = await build(store, slots=1)
+    try:
+        s = await core.create()
+        jobs = [await core.submit("alice", session_spec(s, f"j{i}")) for i in range(3)]
+        await core.until("alice", jobs[0].id, "RUNNING")
+        core.runner.succeed(jobs[0].id)
+        await core.until("alice", jobs[1].id, "RUNNING")
+        read = store.session_jobs
+
+        async def read_before_the_first_finished(
+            session_id: str, *, include_final: bool = False
+        ) -> Any:
+            return await read(session_id, include_final=True)
+
+        monkeypatch.setattr(store, "session_jobs", read_before_the_first_finished)
+        await core.sessions.cancel_session("alice", s.id)
+        for job in jobs[1:]:
+            await core.until("alice", job.id, "CANCELLED")
     finally:
         await core.close()
 
@@ -966,6 +1000,26 @@ async def test_named_sessions_leave_no_state_behind(store: SqliteStore) -> None:
         await core.close()
 
 
+async def test_a_closing_session_whose_jobs_ended_while_down_is_closed_at_start(
+    store: SqliteStore,
+) -> None:
+    # Its last job ended while the gateway was down, so no job end comes to close it: left
+    # CLOSING, it lingered until its idle TTL, then ended as IDLE_TTL instead of CLOSED.
+    core = await build(store)
+    s = await core.create()
+    job = await core.submit("alice", session_spec(s))
+    await core.until("alice", job.id, "RUNNING")
+    assert (await core.sessions.close_session("alice", s.id)).state is SessionState.CLOSING
+    await core.close()
+    await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=core.clock())
+    again = await build(store, clock=core.clock)
+    try:
+        closed = await again.sessions.get("alice", s.id)
+        assert closed.state is SessionState.CLOSED and closed.end_reason is EndReason.CLOSED
+    finally:
+        await again.close()
+
+
 async def test_queued_session_jobs_run_in_order_after_a_restart(store: SqliteStore) -> None:
     core = await build(store, slots=2)
     s = await core.create()
@@ -1094,6 +1148,119 @@ async def test_a_retry_spelling_out_or_leaving_out_the_resolved_ttls_is_the_same
         await again.close()
 
 
+async def test_a_retry_asking_for_other_labels_or_another_failure_policy_is_refused(
+    store: SqliteStore,
+) -> None:
+    # Both are part of the request a request_id names: a retry that changed either got the
+    # earlier session back, with labels or a policy the caller did not ask for.
+    core = await build(store)
+    try:
+        asked = NewSession("sim", failure_policy=FailurePolicy.ABORT, labels={"team": "a"})
+        first, _ = await core.sessions.create("alice", "r1", asked)
+        assert (await core.sessions.create("alice", "r1", asked))[0].id == first.id
+        for changed in (
+            replace(asked, labels={"team": "b"}),
+            replace(asked, labels={}),
+            replace(asked, failure_policy=FailurePolicy.CONTINUE),
+        ):
+            with pytest.raises(GatewayError) as reused:
+                await core.sessions.create("alice", "r1", changed)
+            assert reused.value.reason == "REQUEST_ID_REUSED", changed
+    finally:
+        await core.close()
+
+
+async def test_the_idle_ttl_never_exceeds_the_max_ttl_limit(store: SqliteStore) -> None:
+    # The configured idle default above the max TTL limit is cut to the limit; asked for
+    # explicitly above it, the request is refused like an over-long max TTL.
+    core = await build(store, limits=SessionLimits(max_ttl_s=60, idle_ttl_s=300))
+    try:
+        defaulted = await core.create()
+        assert (defaulted.max_ttl_s, defaulted.idle_ttl_s) == (60, 60)
+        assert (await core.create(idle_ttl_s=60)).idle_ttl_s == 60
+        with pytest.raises(GatewayError) as too_long:
+            await core.create(idle_ttl_s=61)
+        assert too_long.value.code is Code.INVALID_ARGUMENT
+        assert too_long.value.reason == "INVALID_SESSION"
+        assert too_long.value.metadata == {"field": "session.idle_ttl", "maxSeconds": "60"}
+    finally:
+        await core.close()
+
+
+def _queued(job_id: str, created_at: timedelta, session: str = "") -> Job:
+    return Job(
+        id=job_id,
+        tenant="alice",
+        request_id="",
+        backend="sim",
+        placement="sim",
+        state=JobState.QUEUED,
+        created_at=T0 + created_at,
+        num_pubs=1,
+        seed=1,
+        session=session,
+    )
+
+
+async def test_held_session_jobs_are_let_in_by_create_time_not_arrival() -> None:
+    # Jobs can reach the queue out of create order (recovery, a job given back); the line
+    # is ordered by create time, so the older one still runs first.
+    queue = SessionQueue(MemoryQueue("sim", 3600, 30.0, Clock()))
+    await queue.put(_queued("j1", timedelta(seconds=1), "s1"), None)
+    await queue.put(_queued("j3", timedelta(seconds=3), "s1"), None)
+    await queue.put(_queued("j2", timedelta(seconds=2), "s1"), None)
+    order: list[str] = []
+    while (claim := await queue.claim()) is not None:
+        order.append(claim.job.id)
+        await queue.done(claim)
+    assert order == ["j1", "j2", "j3"]
+
+
+async def test_jobs_outside_a_pinned_session_use_at_most_capacity_minus_the_pins() -> None:
+    # Capacity 3 and one pinned session: two slots for everything else, even while the
+    # pinned session's job is not claimed (its session halted for a moment), so its slot is
+    # free the moment it goes on.
+    queue = SessionQueue(MemoryQueue("sim", 3600, 30.0, Clock()))
+    queue.capacity = lambda: 3
+    queue.dedicated = lambda session: session == "s1"
+    halted = {"s1"}
+    queue.halted = lambda session: session in halted
+    await queue.put(_queued("p1", timedelta(seconds=1), "s1"), None)
+    for index in range(3):
+        await queue.put(_queued(f"o{index}", timedelta(seconds=2 + index)), None)
+    assert queue.pinned_by_tenant() == {"alice": 1}
+    first, second = await queue.claim(), await queue.claim()
+    assert first is not None and second is not None
+    assert [first.job.id, second.job.id] == ["o0", "o1"]
+    assert await queue.claim() is None
+    halted.clear()
+    await queue.resume("s1")  # what the core does when a session's end could not be saved
+    assert await queue.depth() == 2  # o2, and the pinned session's job waiting to be claimed
+    pinned = await queue.claim()
+    assert pinned is not None and pinned.job.id == "p1"
+
+
+async def test_a_held_jobs_position_counts_its_sessions_current_job_ahead_of_it() -> None:
+    queue = SessionQueue(MemoryQueue("sim", 3600, 30.0, Clock()))
+    await queue.put(_queued("j1", timedelta(seconds=1), "s1"), None)
+    await queue.put(_queued("j2", timedelta(seconds=2), "s1"), None)
+    await queue.put(_queued("j3", timedelta(seconds=3), "s1"), None)
+    assert [await queue.position(j, "alice") for j in ("j1", "j2", "j3")] == [0, 1, 2]
+
+
+async def test_cancelling_a_halted_dedicated_sessions_last_held_job_gives_up_its_pin() -> None:
+    # An ending session's jobs are held, then cancelled: its line (and the slot it pins)
+    # must go with the last of them, or the slot is lost to every tenant for good.
+    queue = SessionQueue(MemoryQueue("sim", 3600, 30.0, Clock()))
+    queue.capacity = lambda: 3
+    queue.dedicated = lambda session: True
+    queue.halted = lambda session: True
+    await queue.put(_queued("p1", timedelta(seconds=1), "s1"), None)
+    assert queue.pinned_by_tenant() == {"alice": 1} and queue.has_work("s1")
+    assert await queue.remove("p1", "alice")
+    assert queue.pinned_by_tenant() == {} and not queue.has_work("s1")
+
+
 async def test_a_dedicated_session_keeps_one_slot_and_goes_first_while_it_has_work(
     store: SqliteStore,
 ) -> None:
@@ -1147,6 +1314,8 @@ async def test_a_batch_session_does_not_keep_a_slot(store: SqliteStore) -> None:
         await core.until("alice", mine[0].id, "RUNNING")
         theirs = [await core.submit("bob", spec("sim", f"b{i}")) for i in range(2)]
         await core.until("bob", theirs[0].id, "RUNNING")
+        queue = core.runtime.queue
+        assert isinstance(queue, SessionQueue) and queue.pinned_by_tenant() == {}
         core.runner.succeed(mine[0].id)
         await core.until("alice", mine[0].id, "SUCCEEDED")
         # The session's next job and Bob's second share the freed slot by fair share: Bob
