@@ -39,12 +39,12 @@ from gateway.security.tenant_policy import (
     MAX_DISPLAY_NAME,
     MAX_PERIOD_S,
     MIN_PER_SECOND,
-    TENANT_ID,
     PeriodQuota,
     RateLimit,
     Tenant,
     TenantPolicy,
     etag_of,
+    is_tenant_id,
     validate_policy,
 )
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S
@@ -714,8 +714,10 @@ class GatewayConfig(BaseSettings):
     @classmethod
     def _tenant_ids(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
         for name in value:
-            if not TENANT_ID.fullmatch(name):
-                raise ValueError(f"tenant id {name!r} must be 1-64 of letters, digits, '_.-'")
+            if not is_tenant_id(name):
+                raise ValueError(
+                    f"tenant id {name!r} must be 1-64 of letters, digits, '_.-', not '-' alone"
+                )
         return value
 
     @classmethod

@@ -40,6 +40,7 @@ from gateway.security.principals import (
     Role,
     current_principal,
 )
+from gateway.security.tenant_policy import EVERY_TENANT
 from gateway.store.base import Store
 
 log = logging.getLogger("gateway.admin")
@@ -192,7 +193,7 @@ class ApiKeyRpcs:
     ) -> admin_service_pb2.ListApiKeysResponse:
         principal = current_principal.get()
         tenant: str | None
-        if request.parent == "tenants/-":
+        if request.parent == f"tenants/{EVERY_TENANT}":
             require_admin(principal)
             tenant = None
         else:

@@ -19,6 +19,7 @@ from gateway.security.tenant_policy import (
     RateLimit,
     Tenant,
     TenantPolicy,
+    is_tenant_id,
     validate_policy,
 )
 from gateway.store.base import TenantUsageRecord
@@ -55,10 +56,11 @@ def usage_tenant_id(name: str, field: str = "name") -> str:
 
 
 def check_tenant_id(value: str, field: str = "tenant_id") -> str:
-    if not TENANT_ID.fullmatch(value):
+    if not is_tenant_id(value):
         raise InvalidArgument(
             "INVALID_TENANT_ID",
-            f"{field} must be 1-64 letters, digits, '_', '.' or '-'",
+            f"{field} must be 1-64 letters, digits, '_', '.' or '-', not '-' alone (which names"
+            " every tenant)",
             metadata={"field": field},
             field_violations=[FieldViolation(field, "1-64 of [A-Za-z0-9_.-]")],
         )

@@ -364,3 +364,138 @@ async def test_roles_are_never_widened_to_the_next_one(admin: AdminServicer) -> 
     assert not tenant_admin.admin
     assert not may_read_operations(tenant_admin)
     assert may_read_operations(Principal("acme", "jwt/idp#ops", Role.ADMIN))
+
+
+async def test_a_keys_display_name_and_expiry_bounds_are_exact(admin: AdminServicer) -> None:
+    # The bounds are inclusive of the longest name and exclusive of the present instant: a key
+    # that expires as it is made would be created already EXPIRED.
+    longest = admin_pb2.ApiKey(display_name="n" * admin_keys.MAX_DISPLAY_NAME)
+    made = await admin.CreateApiKey(
+        admin_service_pb2.CreateApiKeyRequest(parent="tenants/acme", api_key=longest), None
+    )
+    assert made.api_key.display_name == longest.display_name
+    assert made.api_key.state == admin_pb2.API_KEY_STATE_ACTIVE
+    assert made.api_key.role == admin_pb2.ROLE_USER  # unspecified: the least role
+    too_long = admin_pb2.ApiKey(display_name="n" * (admin_keys.MAX_DISPLAY_NAME + 1))
+    expiring_now = admin_pb2.ApiKey()
+    expiring_now.expire_time.FromDatetime(T0)
+    for asked, field in (
+        (too_long, "api_key.display_name"),
+        (expiring_now, "api_key.expire_time"),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            await admin.CreateApiKey(
+                admin_service_pb2.CreateApiKeyRequest(parent="tenants/acme", api_key=asked),
+                None,
+            )
+        assert caught.value.reason == "INVALID_API_KEY"
+        assert [v.field for v in caught.value.field_violations] == [field]
+
+
+async def test_a_key_page_token_serves_only_its_own_caller_and_query(
+    admin: AdminServicer,
+) -> None:
+    # A cursor is bound to the caller's tenant, the parent and show_inactive: replayed with
+    # another filter or by another tenant's caller it is refused, not read as a position.
+    ops = current_principal.set(Principal("ops", "apiKeys/ops", Role.ADMIN))
+    try:  # stored, so that an admin of another tenant may list it too
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id="acme", tenant=admin_pb2.Tenant()),
+            None,
+        )
+    finally:
+        current_principal.reset(ops)
+    lasting = Principal("acme", "apiKeys/ta", Role.TENANT_ADMIN)
+    for _ in range(2):
+        await _create_key(admin, lasting, None, admin_pb2.ROLE_USER)
+
+    def listing(token: str, show_inactive: bool) -> admin_service_pb2.ListApiKeysRequest:
+        return admin_service_pb2.ListApiKeysRequest(
+            parent="tenants/acme", page_size=1, page_token=token, show_inactive=show_inactive
+        )
+
+    first = await admin.ListApiKeys(listing("", True), None)
+    token = first.next_page_token
+    assert token
+    second = await admin.ListApiKeys(listing(token, True), None)
+    assert len(second.api_keys) == 1 and second.api_keys[0].name != first.api_keys[0].name
+    with pytest.raises(InvalidArgument) as other_query:
+        await admin.ListApiKeys(listing(token, False), None)
+    assert other_query.value.reason == "INVALID_PAGE_TOKEN"
+    ops = current_principal.set(Principal("ops", "apiKeys/ops", Role.ADMIN))
+    try:
+        with pytest.raises(InvalidArgument) as other_caller:
+            await admin.ListApiKeys(listing(token, True), None)
+    finally:
+        current_principal.reset(ops)
+    assert other_caller.value.reason == "INVALID_PAGE_TOKEN"
+
+
+async def test_the_wildcard_tenant_id_cannot_be_created(admin: AdminServicer) -> None:
+    # A tenant named "-" got keys its own tenant admin could never list: ListApiKeys of
+    # tenants/- is the admins-only listing of every tenant's keys (PERMISSION_DENIED).
+    token = current_principal.set(Principal("ops", "apiKeys/ops", Role.ADMIN))
+    try:
+        with pytest.raises(InvalidArgument) as caught:
+            await admin.CreateTenant(
+                admin_service_pb2.CreateTenantRequest(tenant_id="-", tenant=admin_pb2.Tenant()),
+                None,
+            )
+    finally:
+        current_principal.reset(token)
+    assert caught.value.reason == "INVALID_TENANT_ID"
+
+
+async def test_a_revoked_keys_times_and_state_are_shown(admin: AdminServicer) -> None:
+    # Listing inactive keys is how a tenant admin audits its keys: when each was last used
+    # and when it was revoked.
+    lasting = Principal("acme", "apiKeys/ta", Role.TENANT_ADMIN)
+    made = await _create_key(admin, lasting, None, admin_pb2.ROLE_USER)
+    prefix = made.api_key.name.rsplit("/", 1)[1]
+    used = T0 - timedelta(minutes=1)  # the fixture's clock stands still at T0
+    await admin._store.touch_api_keys({prefix: used})
+    revoked = await admin.RevokeApiKey(
+        admin_service_pb2.RevokeApiKeyRequest(name=made.api_key.name), None
+    )
+    assert revoked.api_key.state == admin_pb2.API_KEY_STATE_REVOKED
+    assert revoked.api_key.revoke_time.ToDatetime(tzinfo=UTC) == T0
+    listed = await admin.ListApiKeys(
+        admin_service_pb2.ListApiKeysRequest(parent="tenants/acme", show_inactive=True), None
+    )
+    assert [k.name for k in listed.api_keys] == [made.api_key.name]
+    assert listed.api_keys[0].last_use_time.ToDatetime(tzinfo=UTC) == used
+    assert listed.api_keys[0].revoke_time.ToDatetime(tzinfo=UTC) == T0
+    active = await admin.ListApiKeys(
+        admin_service_pb2.ListApiKeysRequest(parent="tenants/acme"), None
+    )
+    assert list(active.api_keys) == []
+
+
+async def test_only_admins_update_tenants_and_read_usage_of_tenants_that_exist(
+    admin: AdminServicer,
+) -> None:
+    # A tenant admin may read its tenant but never change its policy (its own quota); an
+    # admin asking for the usage of a tenant declared nowhere is told so, not shown zeros.
+    ops = current_principal.set(Principal("ops", "apiKeys/ops", Role.ADMIN))
+    try:
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id="acme", tenant=admin_pb2.Tenant()),
+            None,
+        )
+        with pytest.raises(NotFound) as unknown:
+            await admin.GetTenantUsage(
+                admin_service_pb2.GetTenantUsageRequest(name="tenants/nosuch/usage"), None
+            )
+        assert unknown.value.reason == "TENANT_NOT_FOUND"
+    finally:
+        current_principal.reset(ops)
+    raise_quota = admin_service_pb2.UpdateTenantRequest(
+        tenant=admin_pb2.Tenant(
+            name="tenants/acme", policy=admin_pb2.TenantPolicy(max_shots_per_job=10**6)
+        ),
+    )
+    with pytest.raises(PermissionDenied) as denied:
+        await admin.UpdateTenant(raise_quota, None)
+    assert denied.value.reason == "ADMIN_ROLE_REQUIRED"
+    got = await admin.GetTenant(admin_service_pb2.GetTenantRequest(name="tenants/acme"), None)
+    assert not got.tenant.policy.HasField("max_shots_per_job")

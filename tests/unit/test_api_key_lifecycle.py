@@ -123,6 +123,28 @@ async def test_a_key_is_not_listed_active_from_its_expiry_on(store: SqliteStore)
     assert (await store.list_api_keys("acme", active_at=expires)).keys == []
 
 
+async def test_every_tenants_keys_page_by_page_each_once_and_no_empty_last_page(
+    store: SqliteStore,
+) -> None:
+    # Across tenants the cursor is compared as a (tenant, prefix) pair, and a page that ends
+    # exactly at the last key must say so: a client follows next_cursor until it is None.
+    keys = [_record(t)[1] for t in ("acme", "acme", "globex", "initech", "initech")]
+    for record in keys:
+        await store.create_api_key(record)
+    seen: list[tuple[str, str]] = []
+    after: tuple[str, str] | None = None
+    for _ in range(len(keys) + 1):  # bounded: a cursor that repeats a key would never end
+        page = await store.list_api_keys(None, after=after, limit=1)
+        seen += [(k.tenant, k.prefix) for k in page.keys]
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    assert seen == sorted((r.tenant, r.prefix) for r in keys)
+    # Exactly a page's worth: no cursor to a page that would be empty.
+    whole = await store.list_api_keys("initech", limit=2)
+    assert len(whole.keys) == 2 and whole.next_cursor is None
+
+
 async def test_listing_active_keys_never_walks_revoked_ones(store: SqliteStore) -> None:
     # Revoked keys are never deleted and were filtered after the (tenant, prefix) index: with
     # 300,000 of them one ListApiKeys page held the store's only thread for 82 ms. Counted in

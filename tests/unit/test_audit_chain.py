@@ -857,3 +857,71 @@ def test_a_filter_bound_is_exact(
             return [r.sequence for r in page.records]
 
     assert asyncio.run(main()) == expected
+
+
+def test_verify_and_export_exit_2_when_they_cannot_read_their_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Exit 1 says the chain is bad; 2 says nothing was checked (no key, no database, not a
+    # database): a script must be able to tell tampering from a wrong path.
+    from gateway import audit_tool
+
+    verify = audit_tool._guarded(audit_tool._cmd_verify)
+    export = audit_tool._guarded(audit_tool._cmd_export)
+    args = argparse.Namespace(
+        config=None, data_dir=tmp_path, key_file=None, head_file=None, no_head=True
+    )
+    assert verify(args) == 2  # no key file
+    (tmp_path / "audit.key").write_bytes(KEY[:16])
+    assert verify(args) == 2  # a key of the wrong length
+    assert "error:" in capsys.readouterr().err
+    (tmp_path / "audit.key").write_bytes(KEY)
+    assert verify(args) == 2  # no database
+    assert export(argparse.Namespace(**vars(args), output="-")) == 2
+    (tmp_path / audit_tool.DB_FILE).write_bytes(b"not a database" * 512)
+    for command in (verify, export):
+        capsys.readouterr()
+        assert command(argparse.Namespace(**vars(args), output="-")) == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_verify_with_no_head_ignores_the_head_file_and_says_what_it_left_unchecked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --no-head is the way to verify the records a damaged or foreign head file would
+    # otherwise hide behind "BAD: not an audit head file": that file must not be read at all.
+    from gateway import audit_tool
+
+    _appended(tmp_path / audit_tool.DB_FILE, _records(4))
+    (tmp_path / "audit.key").write_bytes(KEY)
+    (tmp_path / "audit-head.json").write_text("{not json")
+    args = argparse.Namespace(
+        config=None, data_dir=tmp_path, key_file=None, head_file=None, no_head=True
+    )
+    assert audit_tool._cmd_verify(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: 4 records") and "newest records unchecked" in out
+
+
+def test_export_to_dash_writes_json_lines_to_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "-o -" is stdout, as for most tools: not a file named "-" in the working directory.
+    from gateway import audit_tool
+
+    head = _appended(tmp_path / audit_tool.DB_FILE, _records(3))
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(
+        config=None, data_dir=tmp_path, key_file=None, head_file=None, output="-"
+    )
+    assert audit_tool._cmd_export(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not (tmp_path / "-").exists()
+    assert [r["sequence"] for r in lines] == [1, 2, 3]
+    assert [r["resource"] for r in lines] == ["jobs/0", "jobs/1", "jobs/2"]
+    last = lines[-1]
+    assert (last["time"], last["end_time"]) == (
+        "2026-12-01T12:00:02Z",
+        "2026-12-01T12:00:02.005000Z",
+    )
+    assert last["count"] == 1 and last["mac"] == head.mac.hex()

@@ -169,6 +169,8 @@ def test_relative_paths_from_the_environment_stay_relative_to_the_working_direct
         ('[backends.a]\nadapter = "aer"\nprice = { unit = "' + "U" * 33 + '" }\n', "price.unit"),
         ('[backends."a.b"]\nadapter = "aer"\n', "backends"),
         ('[tenants."a b"]\n', "tenant id"),
+        # "tenants/-" names every tenant (AIP-159).
+        ('[tenants."-"]\n', "not '-' alone"),
         ("[server]\nresult_retention_days = 36501\n", "server.result_retention_days"),
         # A CA file without client_auth = "require" would look like mTLS and check nothing.
         ('[server.tls]\ncert_file = "c"\nkey_file = "k"\nclient_ca_file = "ca"\n', "go together"),

@@ -392,6 +392,19 @@ async def test_an_ended_job_gives_back_the_cost_it_reserved(store: SqliteStore) 
     await store.create_job(new_job(charge(1, max_shots=None, cost=0.5, max_cost=1.0)))
 
 
+async def test_usage_shows_no_float_residue_of_released_cost(store: SqliteStore) -> None:
+    # 0.1 + 0.2 reserved and both released leaves 2.8e-17 in the running sum: usage must
+    # say 0, not a reservation no job holds.
+    period = period_at(T0, 60.0)
+    jobs = [new_job(charge(1, max_shots=None, cost=c, max_cost=1.0)) for c in (0.1, 0.2)]
+    for job in jobs:
+        await store.create_job(job)
+    for job in jobs:
+        await store.finish_job(job.id, JobState.FAILED, ended_at=T0)
+    figures = await store.tenant_usage("acme", period.start, period.end)
+    assert figures.cost_reserved == 0.0
+
+
 async def test_a_reservation_survives_a_restart_and_settles_once(db_path: pathlib.Path) -> None:
     first = SqliteStore(db_path)
     await first.open()
@@ -679,6 +692,37 @@ async def test_update_masks_change_only_the_named_fields(admin: AdminServicer) -
         assert invalid.value.reason == "INVALID_UPDATE_MASK"
 
 
+async def test_an_update_that_changes_nothing_writes_nothing(
+    admin: AdminServicer, store: SqliteStore
+) -> None:
+    # Re-applying what the tenant holds (a CLI run twice) keeps its etag and update time, so
+    # a reader holding the etag does not see a conflict for a change nobody made.
+    created = await admin.CreateTenant(
+        admin_service_pb2.CreateTenantRequest(
+            tenant_id="acme",
+            tenant=admin_pb2.Tenant(
+                display_name="Acme", policy=admin_pb2.TenantPolicy(max_qubits=5)
+            ),
+        ),
+        None,
+    )
+    later = AdminServicer(store, policies=admin._policies, clock=lambda: T0 + timedelta(hours=1))
+    same = admin_pb2.Tenant(
+        name="tenants/acme",
+        etag=created.tenant.etag,
+        display_name="Acme",
+        policy=admin_pb2.TenantPolicy(max_qubits=5),
+    )
+    mask = field_mask_pb2.FieldMask(paths=["display_name", "policy.max_qubits"])
+    out = await later.UpdateTenant(
+        admin_service_pb2.UpdateTenantRequest(tenant=same, update_mask=mask), None
+    )
+    assert out.tenant.etag == created.tenant.etag
+    assert out.tenant.update_time == created.tenant.update_time
+    stored = await store.get_tenant("acme")
+    assert stored is not None and stored.updated_at == T0
+
+
 async def test_a_tenants_display_name_is_bounded(admin: AdminServicer) -> None:
     # 100,000 characters were accepted, where an API key's display name stops at 256.
     created = await admin.CreateTenant(
@@ -744,6 +788,30 @@ async def test_config_tenants_are_read_only_and_ids_unique(admin: AdminServicer)
         assert own.usage.name == "tenants/a/usage" and own.usage.shots_used == 0
     finally:
         current_principal.reset(user)
+
+
+async def test_list_tenants_pages_one_by_one_through_stored_and_configured_ids(
+    admin: AdminServicer,
+) -> None:
+    # Pages of one merge the configured "cfg" between stored ids: a page may end on a
+    # configured id (the next must not repeat it) or on the last stored id of its read (it
+    # must still be shown, not cut off with the ids past it).
+    for tid in ("z", "a", "d"):
+        await admin.CreateTenant(
+            admin_service_pb2.CreateTenantRequest(tenant_id=tid, tenant=admin_pb2.Tenant()),
+            None,
+        )
+    names: list[str] = []
+    token = ""
+    for _ in range(6):  # bounded: a cursor that repeats an id would never end
+        page = await admin.ListTenants(
+            admin_service_pb2.ListTenantsRequest(page_size=1, page_token=token), None
+        )
+        names += [t.name for t in page.tenants]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [f"tenants/{t}" for t in ("a", "cfg", "d", "z")]
 
 
 async def test_list_tenants_pages_are_cut_by_bytes(
@@ -854,6 +922,30 @@ def test_masking_a_quota_field_of_a_tenant_without_a_quota_creates_none() -> Non
     asked = admin_pb2.Tenant(policy=admin_pb2.TenantPolicy(quota=admin_pb2.PeriodQuota(shots=9)))
     _, policy = tenant_codec.apply_update(current, asked, ["policy.quota.shots"])
     assert policy.quota is not None and policy.quota.shots == 9
+
+
+def test_a_wildcard_mask_stands_alone_and_a_duration_has_no_mask_subfields() -> None:
+    # "*" replaces display name and policy whole; combined with other paths it is ambiguous.
+    # A Duration is one value: masking its seconds alone would keep the old nanos.
+    quota = PeriodQuota(shots=5, period_s=3600.5)
+    current = Tenant("acme", "Acme", TenantPolicy(quota=quota), "etag-1", T0, T0)
+    asked = admin_pb2.Tenant(display_name="New", policy=admin_pb2.TenantPolicy(max_qubits=3))
+    name, policy = tenant_codec.apply_update(current, asked, ["*"])
+    assert (name, policy.max_qubits, policy.quota) == ("New", 3, None)
+    for paths in (["*", "display_name"], ["policy.quota.period.seconds"]):
+        with pytest.raises(InvalidArgument) as refused:
+            tenant_codec.apply_update(current, asked, paths)
+        assert refused.value.reason == "INVALID_UPDATE_MASK", paths
+
+
+def test_a_zero_shot_quota_is_kept_not_read_as_no_limit() -> None:
+    # A quota of 0 shots suspends a tenant's submissions; read as unset it would lift the
+    # limit altogether.
+    asked = admin_pb2.TenantPolicy(quota=admin_pb2.PeriodQuota(shots=0))
+    policy = tenant_codec.decode_policy(asked)
+    assert policy.quota is not None and policy.quota.shots == 0
+    wire = tenant_codec.encode_policy(policy)
+    assert wire.quota.HasField("shots") and wire.quota.shots == 0
 
 
 def test_a_pattern_matches_a_whole_backend_id_never_its_tail() -> None:
