@@ -361,6 +361,35 @@ def test_exact_precision_runs_at_the_runtime_default(manila: IbmAdapter) -> None
     assert -1.0 <= est.expectation_values[0] < -0.85
 
 
+def test_a_zero_observable_is_refused_before_anything_runs(manila: IbmAdapter) -> None:
+    # The runtime's estimator refuses an observable that simplifies to zero; run, the job
+    # failed as the backend's fault, which a tenant could repeat to open the breaker.
+    def pub(*observables: Observable) -> EstimatorPub:
+        return EstimatorPub(
+            circuit=q3("qubit[2] q; h q[0];"),
+            observables=observables,
+            observables_shape=(len(observables),),
+            bindings=Bindings(),
+        )
+
+    fine = Observable((("ZI", 1.0),))
+    for zero in (
+        Observable((("IZ", 0.0),)),
+        Observable((("XI", 0.5), ("X", -0.5, (1,)))),  # dense and sparse forms cancel
+        Observable((("ZZ", 1e-9),)),  # zero as the runtime reads it: within its tolerance
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            prepare_in_process(manila, spec(pub(fine, zero)), 1)
+        assert info.value.reason == "INVALID_OBSERVABLE", info.value
+        assert "observable 1 is zero" in str(info.value), info.value
+        assert [v.field for v in info.value.field_violations] == [
+            "spec.pubs[0].estimator.observables"
+        ]
+    # Nearly cancelling is not zero: it runs.
+    _, results = run(manila, spec(pub(fine, Observable((("XI", 0.5), ("XI", -0.25))))))
+    assert isinstance(results[0], EstimatorResult)
+
+
 # ---------------------------------------------------------------------- provider options
 
 

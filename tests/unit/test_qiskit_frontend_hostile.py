@@ -381,13 +381,30 @@ def test_loose_bits_are_one_bit_registers_named_after_their_variable() -> None:
     assert fe.result_registers(out) == fe.result_registers(circuit)
 
 
-def test_loose_bit_names_never_collide_with_a_register() -> None:
-    # Qiskit's importer escapes `C` to `esc_C`; the loose `esc_C` must not take that name.
+def test_registers_keep_the_names_the_program_declares() -> None:
+    # The reader would escape a name not starting with a lowercase letter ("_c" as "esc__c"),
+    # and then refuse a program that also declares "esc__c" as declaring it twice.
+    text = (
+        H3 + "qubit[2] _Q; bit[2] _c; bit[1] Big; bit[1] esc__c;\n"
+        "x _Q[0]; _c = measure _Q; Big[0] = measure _Q[0]; esc__c[0] = measure _Q[1];\n"
+    )
+    circuit = parsed(Q3, text)
+    assert [r.name for r in circuit.qregs] == ["_Q"]
+    assert fe.result_registers(circuit) == (("_c", (0, 1)), ("Big", (2,)), ("esc__c", (3,)))
+
+
+def test_an_alias_of_one_qubit_is_unsupported_not_invalid() -> None:
+    # Valid OpenQASM 3 that Qiskit cannot represent (it aliases registers only).
+    refused(Q3, H3 + "qubit[2] q;\nlet a = q[1];\nx a;\n", "UNSUPPORTED_FEATURE")
+
+
+def test_loose_bits_and_registers_keep_their_declared_names_side_by_side() -> None:
+    # Names the reader once escaped (`C` as `esc_C`) next to loose bits spelled that way.
     circuit = parsed(Q3, H3 + "bit[2] C;\nbit esc_C;\nbit esc_C_1;\nqubit q;\n")
     assert fe.result_registers(circuit) == (
-        ("esc_C", (0, 1)),
-        ("esc_C_1", (2,)),
-        ("esc_C_1_1", (3,)),
+        ("C", (0, 1)),
+        ("esc_C", (2,)),
+        ("esc_C_1", (3,)),
     )
 
 

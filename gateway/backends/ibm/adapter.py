@@ -240,6 +240,7 @@ class IbmAdapter(QiskitAdapter):
         inner = prepared.payload
         assert isinstance(inner, QiskitPayload)
         _check_options(options, inner, self.context.name)
+        _check_observables(inner, self.context.name)
         return dataclasses.replace(prepared, payload=IbmPayload(inner, options))
 
     # ------------------------------------------------------------------ execute (worker)
@@ -563,6 +564,32 @@ def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend:
                     f"{_PROVIDER_FIELD}.twirling.shots_per_randomization",
                     f"num_randomizations x shots_per_randomization = {per * count} shots, but "
                     f"a sampler PUB asks for {task.shots}",
+                )
+
+
+def _check_observables(payload: QiskitPayload, backend: str) -> None:
+    """Refuses an observable that is zero (its terms cancel, or every coefficient is 0), as the
+    runtime's estimator does ("Empty observable was detected"): refused here, before a worker
+    or the service runs anything, it is the request's fault, not a failed run counted against
+    the backend's breaker. Zero as the runtime reads it: simplified, tolerance included."""
+    from qiskit.quantum_info import SparseObservable
+
+    unbounded = range(1 << 62)  # virtual qubit v is v: zero-ness does not depend on layout
+    for index, task in enumerate(payload.tasks):
+        if not isinstance(task, EstimatorTask):
+            continue
+        for position, observable in enumerate(task.observables):
+            terms = [(*_physical_term(key, unbounded), c) for key, c in observable]
+            width = 1 + max((q for _, qubits, _ in terms for q in qubits), default=0)
+            simplified = SparseObservable.from_sparse_list(terms, width).simplify()
+            if simplified == SparseObservable.zero(width):
+                raise fe.invalid(
+                    "INVALID_OBSERVABLE",
+                    f"backends/{backend}: observable {position} is zero (its terms cancel or "
+                    "their coefficients are 0), which the IBM runtime's estimator refuses",
+                    f"spec.pubs[{index}].estimator.observables",
+                    index=position,
+                    backend=f"backends/{backend}",
                 )
 
 
