@@ -511,3 +511,51 @@ async def test_a_lapsed_running_job_given_back_is_handed_out_again(h: Harness) -
     await h.queue("b").release(again)
     third = await h.claim("b")
     assert third.job.id == "job"
+
+
+async def test_lapsed_claims_come_back_oldest_first(h: Harness) -> None:
+    # Two holders die; their jobs must return in (create time, id) order, as waiting jobs do,
+    # not in the order the claims were made or lapsed.
+    await h.add("old")
+    await h.add("new", at=1 * US)
+    first = await h.claim("a")
+    second = await h.claim("a")
+    assert (first.job.id, second.job.id) == ("old", "new")
+    h.clock.advance(LEASE)
+    assert await h.claim_ids(2, holder="b") == ["old", "new"]
+
+
+async def test_putting_a_claimed_job_again_never_hands_it_out_twice(h: Harness) -> None:
+    # A put of a job already claimed (the scheduler puts back what it took; recovery queues
+    # again) must not make it waiting too, or a second holder would run it while the first does.
+    job = await h.add("job")
+    claim = await h.claim()
+    await h.q.put(job, None)
+    assert await h.q.depth() == 0
+    assert await h.queue("b").claim() is None
+    assert await h.q.renew(claim) is not None
+
+
+async def test_wait_changed_wakes_on_done(h: Harness) -> None:
+    # An ended claim frees a slot of its tenant's share: the scheduler must look again.
+    await h.add("job")
+    claim = await h.claim()
+    with anyio.fail_after(5):
+        await h.q.wait_changed()  # the put
+    waiter = asyncio.ensure_future(h.q.wait_changed())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await h.finish(claim)
+    with anyio.fail_after(5):
+        await waiter
+
+
+async def test_next_wakeup_is_the_earliest_of_several_leases(h: Harness) -> None:
+    # The scheduler sleeps until next_wakeup: the latest lease instead of the earliest would
+    # leave a dead holder's job unclaimed until the others lapse too.
+    await h.add("a0")
+    await h.add("a1", at=1 * US)
+    first = await h.claim()
+    h.clock.advance(LEASE / 2)
+    await h.claim()
+    assert await h.q.next_wakeup() == first.lease_expires_at == T0 + LEASE

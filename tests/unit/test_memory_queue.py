@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.jobs import Job, JobState
 from gateway.jobs.memory_queue import MemoryQueue
+from gateway.jobs.queue_port import Claim
 
 T0 = datetime(2026, 11, 2, 9, 30, 0, tzinfo=UTC)
 T = TypeVar("T")
@@ -127,5 +128,25 @@ def test_a_job_behind_a_late_session_job_still_expires() -> None:
         now[0] = T0 + timedelta(seconds=601)
         assert [j.id for j in loop.run_until_complete(queue.take_expired())] == ["n1"]
         assert loop.run_until_complete(queue.depth()) == 1
+    finally:
+        loop.close()
+
+
+def test_giving_back_a_foreign_claim_of_a_waiting_job_queues_it_once() -> None:
+    # A claim made outside this queue (recovery at start) is given back only when its job is
+    # waiting nowhere: were the job queued again here as well, its line would hold it twice
+    # and two holders would be handed one job.
+    queue = MemoryQueue("aer", 600.0, 30.0, lambda: T0)
+    loop = asyncio.new_event_loop()
+    try:
+        job = _job("j0", T0)
+        loop.run_until_complete(queue.put(job, None))
+        foreign = Claim(job, None, "recovered", T0 + timedelta(seconds=30))
+        loop.run_until_complete(queue.release(foreign))
+        assert loop.run_until_complete(queue.depth()) == 1
+        assert loop.run_until_complete(queue.waiting_by_tenant()) == {job.tenant: 1}
+        first = loop.run_until_complete(queue.claim())
+        assert first is not None and first.job.id == "j0"
+        assert loop.run_until_complete(queue.claim()) is None
     finally:
         loop.close()

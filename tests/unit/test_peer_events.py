@@ -12,7 +12,7 @@ import pytest
 
 from gateway.domain.jobs import JobState
 from gateway.jobs.peer_events import PeerEventBus
-from gateway.store.peer_signals import PeerSignals
+from gateway.store.peer_signals import _DATAGRAM, PeerSignals, _datagrams
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import Clock, ScriptedRunner, build_core, spec
 
@@ -103,3 +103,18 @@ async def test_a_peers_change_reaches_watchers_and_wakes_the_scheduler(
         runner.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
         await core.manager.close()
+
+
+def test_datagrams_fill_up_to_the_size_limit_exactly() -> None:
+    # A receiver reads at most _DATAGRAM bytes: lines joined up to exactly that fit in one
+    # datagram, and one byte more must start another, or the tail of the batch is cut off.
+    line = "x" * 99
+    count = (_DATAGRAM + 1) // (len(line) + 1)
+    lines = [line] * count
+    last = _DATAGRAM - (count * (len(line) + 1))
+    exact = [*lines, "y" * last]
+    assert [len(d) for d in _datagrams(exact)] == [_DATAGRAM]
+    over = [*lines, "y" * (last + 1)]
+    sizes = [len(d) for d in _datagrams(over)]
+    assert len(sizes) == 2 and max(sizes) <= _DATAGRAM
+    assert b"\n".join(_datagrams(over)).split(b"\n") == [s.encode() for s in over]
