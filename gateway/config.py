@@ -33,7 +33,7 @@ from gateway.runtime.pool import PoolLimits
 from gateway.security.api_keys import ApiKeyConfig
 from gateway.security.jwt_auth import JwtConfig
 from gateway.security.mtls import CertMatch, CertRule
-from gateway.security.principals import ANONYMOUS, Principal, Role
+from gateway.security.principals import ANONYMOUS, Principal, Role, is_tenant_id
 from gateway.security.tenant_policy import (
     DAY_S,
     MAX_DISPLAY_NAME,
@@ -44,7 +44,6 @@ from gateway.security.tenant_policy import (
     Tenant,
     TenantPolicy,
     etag_of,
-    is_tenant_id,
     validate_policy,
 )
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S

@@ -34,13 +34,13 @@ from gateway.security.admin_scope import require_admin, require_tenant_admin
 from gateway.security.api_keys import KeyVerifier, generate_key
 from gateway.security.policies import PolicyBook
 from gateway.security.principals import (
+    EVERY_TENANT,
     KEY_PREFIX_PATTERN,
     TENANT_ID_PATTERN,
     Principal,
     Role,
     current_principal,
 )
-from gateway.security.tenant_policy import EVERY_TENANT
 from gateway.store.base import Store
 
 log = logging.getLogger("gateway.admin")

@@ -11,6 +11,7 @@ from qgateway.v1 import admin_pb2, job_pb2
 
 from gateway.api.codec import timestamp
 from gateway.domain.errors import FieldViolation, InvalidArgument
+from gateway.security.principals import is_tenant_id
 from gateway.security.tenant_policy import (
     DAY_S,
     MAX_DISPLAY_NAME,
@@ -19,7 +20,6 @@ from gateway.security.tenant_policy import (
     RateLimit,
     Tenant,
     TenantPolicy,
-    is_tenant_id,
     validate_policy,
 )
 from gateway.store.base import TenantUsageRecord

@@ -35,9 +35,9 @@ from gateway.domain.timestamps import rfc3339
 from gateway.security.peers import peer_network
 from gateway.security.principals import (
     KEY_PREFIX_PATTERN,
-    TENANT_ID_PATTERN,
     Principal,
     Role,
+    TenantId,
 )
 from gateway.security.rate_limits import TokenBucket
 from gateway.security.tenant_policy import RateLimit
@@ -58,7 +58,7 @@ class ApiKeyConfig(BaseModel):
 
     prefix: str = Field(pattern=rf"^{KEY_PREFIX_PATTERN}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    tenant: str = Field(pattern=rf"^{TENANT_ID_PATTERN}$")
+    tenant: TenantId
     name: str = ""
     role: Role = Role.USER
 

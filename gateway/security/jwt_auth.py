@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 import urllib.parse
 import urllib.request
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.domain.errors import Unauthenticated
 from gateway.security.peers import is_loopback_host
-from gateway.security.principals import TENANT_ID_PATTERN, Principal, Role
+from gateway.security.principals import Principal, Role, is_tenant_id
 
 log = logging.getLogger("gateway.auth")
 
@@ -38,7 +37,6 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 # fullmatch: `$` also matches before a final newline ("acme\n" passed as a tenant id).
-_TENANT = re.compile(TENANT_ID_PATTERN)
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1 << 20
 _MAX_SUBJECT = 255
@@ -316,7 +314,7 @@ class JwtVerifier:
         except (TypeError, ValueError):  # pyjwt's own checks of odd inputs
             raise _invalid("malformed") from None
         tenant = claims.get(config.tenant_claim)
-        if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+        if not isinstance(tenant, str) or not is_tenant_id(tenant):
             raise _invalid(f"claim {config.tenant_claim!r} missing or not a tenant id")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.security.principals import TENANT_ID_PATTERN, Principal, Role
+from gateway.security.principals import Principal, Role, TenantId
 
 XFCC_HEADER = "x-forwarded-client-cert"
 _MAX_XFCC_BYTES = 64 * 1024
@@ -90,7 +90,7 @@ class CertMatch(BaseModel):
 class CertRule(CertMatch):
     """`[[auth.mtls]]`: certificates matching this act as `tenant` with `role`."""
 
-    tenant: str = Field(pattern=rf"^{TENANT_ID_PATTERN}$")
+    tenant: TenantId
     role: Role = Role.USER
 
 

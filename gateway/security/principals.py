@@ -3,10 +3,14 @@ every caller is the anonymous principal of tenant "default"."""
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from gateway.api.context import Context
 from gateway.domain.errors import Code
@@ -16,6 +20,26 @@ DEFAULT_TENANT = "default"
 # and of an API key's prefix; anchor them where a whole value must match.
 TENANT_ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 KEY_PREFIX_PATTERN = r"[a-z0-9]{4,32}"
+# AIP-159: "tenants/-" names every tenant (ListApiKeys), so no tenant may be called "-": its
+# keys could never be listed by its own tenant admin.
+EVERY_TENANT = "-"
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+
+
+def is_tenant_id(value: str) -> bool:
+    """True for an id a tenant may have (AdminService, the configuration, keys, certificate
+    rules and JWT claims alike)."""
+    return _TENANT_ID.fullmatch(value) is not None and value != EVERY_TENANT
+
+
+def _tenant_id(value: str) -> str:
+    if not is_tenant_id(value):
+        raise ValueError(f"a tenant id is 1-64 of [A-Za-z0-9_.-], not '-' alone: {value!r}")
+    return value
+
+
+# A tenant id in a configuration model.
+TenantId = Annotated[str, AfterValidator(_tenant_id)]
 
 
 class Role(StrEnum):

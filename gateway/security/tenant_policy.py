@@ -27,16 +27,6 @@ DAY_S = 86400.0
 MAX_PERIOD_S = 366 * DAY_S
 MIN_PER_SECOND = 1 / MAX_PERIOD_S
 TENANT_ID = re.compile(TENANT_ID_PATTERN)
-# AIP-159: "tenants/-" names every tenant (ListApiKeys), so no tenant may be called "-": its
-# keys could never be listed by its own tenant admin.
-EVERY_TENANT = "-"
-
-
-def is_tenant_id(value: str) -> bool:
-    """True for an id a tenant may be created or configured with."""
-    return TENANT_ID.fullmatch(value) is not None and value != EVERY_TENANT
-
-
 # Bounds on what AdminService and the configuration accept: every ListBackends and submission
 # of the tenant matches its patterns on the event loop, and every GetTenant, ListTenants and
 # GetTenantUsage response carries them.

@@ -10,6 +10,7 @@ import io
 import math
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 import pytest
 from qgateway import Client, estimator_pub
@@ -171,18 +172,21 @@ def test_observables_with_real_coefficients_identities_and_idle_qubits(
 
 # A zero observable (one term with coefficient 0, or terms that cancel) is a valid observable
 # whose expectation is 0 on every state. IBM's runtime refuses it ("Empty observable was
-# detected"): ibm-fake-manila ran the job and failed it INTERNAL / EXECUTION_FAILED, a run the
-# breaker counted against the backend. It is refused at submission now, as the request's.
+# detected"): on ibm-fake-manila the job fails as the client's (INVALID_OBSERVABLE, a failure
+# the breaker does not count), not as an SDK error.
 ZERO_OBSERVABLES: list[object] = [[("Z", [0], 0.0)], "IIZ", [("X", [1], 0.5), ("X", [1], -0.5)]]
 
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_a_zero_observable_has_expectation_zero(client: Client, backend: str) -> None:
     if backend == "ibm-fake-manila":
-        with pytest.raises(QGatewayError) as info:
-            _estimate(client, backend, IDLE, ZERO_OBSERVABLES)
-        assert info.value.reason == "INVALID_OBSERVABLE", info.value
-        assert "observable 0 is zero" in str(info.value), info.value
+        job = client.submit_pubs(
+            [estimator_pub(IDLE, ZERO_OBSERVABLES, precision=0.0)], backend=backend
+        )
+        done = client.wait(job.name, timeout=180)
+        assert done.state == "FAILED", done
+        assert done.error is not None and done.error.reason == "INVALID_OBSERVABLE", done.error
+        assert done.error.code is grpc.StatusCode.INVALID_ARGUMENT, done.error
         return
     got = _estimate(client, backend, IDLE, ZERO_OBSERVABLES)
     want = np.array([0.0, math.cos(0.8), 0.0])

@@ -35,7 +35,8 @@ from gateway.domain.circuits import (
     Pub,
     SamplerPub,
 )
-from gateway.domain.errors import InvalidArgument
+from gateway.domain.errors import ExecutionError, InvalidArgument
+from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
 from tests.adapters import prepare_in_process
 from tests.targets import qpy_bytes
@@ -361,33 +362,41 @@ def test_exact_precision_runs_at_the_runtime_default(manila: IbmAdapter) -> None
     assert -1.0 <= est.expectation_values[0] < -0.85
 
 
-def test_a_zero_observable_is_refused_before_anything_runs(manila: IbmAdapter) -> None:
-    # The runtime's estimator refuses an observable that simplifies to zero; run, the job
-    # failed as the backend's fault, which a tenant could repeat to open the breaker.
+def zero_refused(adapter: IbmAdapter, job: JobSpec) -> ExecutionError:
+    prepared = prepare_in_process(adapter, job, 1)
+    with pytest.raises(ExecutionError) as info:
+        adapter.execute(pickle.loads(pickle.dumps(prepared.payload)))
+    return info.value
+
+
+def test_a_zero_observable_fails_the_job_as_the_clients(manila: IbmAdapter) -> None:
+    # The runtime's estimator refuses an observable that simplifies to zero; its ValueError
+    # failed the job as an SDK error (on the cloud path, a backend fault the breaker counts).
     def pub(*observables: Observable) -> EstimatorPub:
         return EstimatorPub(
-            circuit=q3("qubit[2] q; h q[0];"),
+            circuit=q3("qubit[3] q; h q[0];"),
             observables=observables,
             observables_shape=(len(observables),),
             bindings=Bindings(),
         )
 
-    fine = Observable((("ZI", 1.0),))
+    fine = Observable((("IZI", 1.0),))
     for zero in (
-        Observable((("IZ", 0.0),)),
-        Observable((("XI", 0.5), ("X", -0.5, (1,)))),  # dense and sparse forms cancel
-        Observable((("ZZ", 1e-9),)),  # zero as the runtime reads it: within its tolerance
+        Observable((("IIZ", 0.0),)),
+        Observable((("IXI", 0.5), ("X", -0.5, (1,)))),  # dense and sparse forms cancel
+        Observable((("ZZI", 1e-9),)),  # zero as the runtime reads it: within its tolerance
+        Observable((("III", 1.0), ("I", -1.0, (2,)))),  # identities cancelling
+        Observable((("ZX", 2.0, (2, 0)), ("ZIX", -2.0))),  # sparse past the dense ones
     ):
-        with pytest.raises(InvalidArgument) as info:
-            prepare_in_process(manila, spec(pub(fine, zero)), 1)
-        assert info.value.reason == "INVALID_OBSERVABLE", info.value
-        assert "observable 1 is zero" in str(info.value), info.value
-        assert [v.field for v in info.value.field_violations] == [
-            "spec.pubs[0].estimator.observables"
-        ]
-    # Nearly cancelling is not zero: it runs.
-    _, results = run(manila, spec(pub(fine, Observable((("XI", 0.5), ("XI", -0.25))))))
+        error = zero_refused(manila, spec(pub(fine, zero)))
+        assert error.reason == "INVALID_OBSERVABLE", error
+        assert error.kind is FailureKind.CLIENT_ERROR
+        assert "observable 1 is zero" in str(error), error
+    # Nearly cancelling is not zero, nor is an identity alone: they run.
+    nearly = Observable((("IXI", 0.5), ("IXI", -0.25)))
+    _, results = run(manila, spec(pub(fine, nearly, Observable((("III", 0.5),)))))
     assert isinstance(results[0], EstimatorResult)
+    assert results[0].expectation_values[2] == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------- provider options
@@ -742,8 +751,6 @@ def test_barriers_and_delays_touch_no_qubit() -> None:
 
 
 def test_aer_running_out_of_memory_is_out_of_memory() -> None:
-    from gateway.domain.errors import ExecutionError
-    from gateway.domain.failures import FailureKind
 
     def too_big() -> None:
         raise RuntimeError("required memory (4096M) greater than max allowed (1024M)")
@@ -751,3 +758,44 @@ def test_aer_running_out_of_memory_is_out_of_memory() -> None:
     with pytest.raises(ExecutionError) as info:
         ibm._call(too_big)
     assert info.value.kind is FailureKind.OUT_OF_MEMORY
+
+
+# ------------------------------------------------ review H: register names as declared, zero obs
+
+
+@pytest.mark.parametrize(
+    "name", ["_data", "_shape", "_SHAPE", "_FIELDS", "shape", "keys", "__class__", "__dict__"]
+)
+def test_a_register_the_runtime_cannot_return_is_refused_when_compiled(
+    manila: IbmAdapter, name: str
+) -> None:
+    # The runtime's results hold each register as a DataBin attribute, which refuses these
+    # names: the job would fail only after it ran (on a device, after it was paid for).
+    text = f"qubit[1] q; bit[1] {name}; x q[0]; {name}[0] = measure q[0];"
+    with pytest.raises(InvalidArgument) as info:
+        prepare_in_process(manila, spec(sampler(text, shots=50)), 1)
+    assert info.value.reason == "UNSUPPORTED_FEATURE", info.value
+    assert repr(name) in str(info.value), info.value
+
+
+@pytest.mark.parametrize("name", ["_c", "C", "data", "__len__", "\u00e9t\u00e9"])
+def test_a_register_named_as_the_runtime_allows_is_returned(manila: IbmAdapter, name: str) -> None:
+    text = f"qubit[1] q; bit[1] {name}; x q[0]; {name}[0] = measure q[0];"
+    _, results = run(manila, spec(sampler(text, shots=50)))
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    counts = {r.name: dict(r.counts[0]) for r in result.registers}
+    assert set(counts) == {name} and counts[name].get("1", 0) > 40
+
+
+def test_a_register_named_like_the_adapters_own_register_runs(manila: IbmAdapter) -> None:
+    text = (
+        "qubit[2] q; bit[2] c; bit[1] _qgateway_loose_all; let d = c[{1, 0}];"
+        " x q[0]; c = measure q; _qgateway_loose_all[0] = measure q[1];"
+    )
+    _, results = run(manila, spec(sampler(text, shots=50)))
+    result = results[0]
+    assert isinstance(result, SamplerResult)
+    counts = {r.name: dict(r.counts[0]) for r in result.registers}
+    assert set(counts) == {"c", "d", "_qgateway_loose_all"}
+    assert counts["c"].get("01", 0) > 40 and counts["d"].get("10", 0) > 40

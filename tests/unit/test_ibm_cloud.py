@@ -729,3 +729,22 @@ def test_pubs_the_runtime_cannot_run_in_one_job_are_refused_before_any_create() 
             FailureKind.CLIENT_ERROR,
         )
     assert creates == []
+
+
+def test_a_zero_observable_is_the_clients_fault_and_never_created() -> None:
+    # The runtime's estimator refuses it at create with a ValueError, which the cloud path
+    # read as a backend fault: a tenant repeating it would open the breaker for everyone.
+    from qiskit import QuantumCircuit
+
+    from gateway.backends.qiskit.adapter import CircuitRef, EstimatorTask
+    from gateway.backends.qiskit.observables import PackedObservables
+
+    observables = PackedObservables.pack([[("IZ", 1.0)], [("XI", 0.5), (("X", (1,)), -0.5)]])
+    task = EstimatorTask(
+        CircuitRef.of(QuantumCircuit(2)), (), np.zeros((0,)), (), observables, (2,), (2,), 0.0, 1
+    )
+    with pytest.raises(ExecutionError) as info:
+        cloud._estimator_pub(task, "ibm-cloud")
+    assert info.value.reason == "INVALID_OBSERVABLE"
+    assert info.value.kind is FailureKind.CLIENT_ERROR
+    assert "observable 1 is zero" in info.value.message

@@ -108,6 +108,7 @@ async def test_a_tokens_principal_expires_with_it(jwks_file: Path) -> None:
         ({"tenant": None}, "tenant"),
         ({"tenant": "../etc"}, "tenant"),
         ({"tenant": "acme\n"}, "tenant"),
+        ({"tenant": "-"}, "tenant"),  # "tenants/-" names every tenant
         ({"sub": None}, "'sub' missing"),
         ({"sub": "\ud800"}, "'sub' is not"),
         ({"sub": "a" * 256}, "'sub' is not"),

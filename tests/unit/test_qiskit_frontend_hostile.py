@@ -570,3 +570,60 @@ def test_declared_qubits_and_clbits_together_count_against_the_operation_limit()
 def test_too_many_qubits_is_refused_at_one_past_the_backend() -> None:
     fe.parse_circuit(CircuitSource(Q3, H3 + "qubit[5] q;"), LIMITS, FIELD, max_qubits=5)
     refused(Q3, H3 + "qubit[6] q;", "TOO_MANY_QUBITS", max_qubits=5)
+
+
+# ------------------------------------------------- review H: standard-named gate rename, gphase
+
+_H_GATE = "gate h a { U(0, 0, 0) a; }\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "qubit[1] q;\ninput float h;\n" + _H_GATE + "h q[0];\n",
+        "qubit[1] h;\n" + _H_GATE + "h h[0];\n",
+        "qubit[1] q;\n" + _H_GATE + "bit h;\nh q[0];\nh = measure q[0];\n",
+        "qubit[1] q;\n" + _H_GATE + "let h = q;\nh q[0];\n",
+        "qubit[1] q;\n" + _H_GATE + 'include "stdgates.inc";\nh q[0];\n',
+        # The loop variable hides the gate in the loop body: `h q[0]` calls an int.
+        "qubit[1] q;\n" + _H_GATE + "for int h in [0:1] { h q[0]; }\n",
+    ],
+    ids=["input-before", "qubit-before", "bit-after", "alias-after", "include-after", "loop-var"],
+)
+def test_a_user_gate_sharing_its_name_with_another_symbol_stays_refused(body: str) -> None:
+    refused(Q3, "OPENQASM 3.0;\n" + body, "INVALID_QASM")
+
+
+def test_a_renamed_gate_keeps_the_programs_name_in_the_readers_refusals() -> None:
+    # The fresh name (`h_def`) never reaches the client.
+    for body in (
+        "qubit[1] q;\n" + _H_GATE + "gate g a { h(0.1) a; }\ng q[0];\n",
+        "qubit[1] q;\n" + _H_GATE + _H_GATE + "h q[0];\n",
+    ):
+        error = refused(Q3, "OPENQASM 3.0;\n" + body, "INVALID_QASM")
+        assert "h_def" not in error.message, error.message
+
+
+def test_the_fresh_name_avoids_every_name_in_the_program() -> None:
+    # A user gate already called h_def, and a bit called h_def_: the renamed `h` takes neither.
+    text = (
+        "OPENQASM 3.0;\nqubit[1] q;\nbit h_def_;\n" + _H_GATE + "gate h_def a { h a; }\n"
+        "h_def q[0];\nh q[0];\nh_def_ = measure q[0];\n"
+    )
+    circuit = parsed(Q3, text)
+    names = [i.operation.name for i in circuit.data]
+    assert names[0] == "h_def" and names[1] not in {"h", "h_def", "h_def_"}, names
+    assert fe.result_registers(circuit) == (("h_def_", (0,)),)
+
+
+def test_controlled_gphase_on_every_operand_is_a_phase_on_all_ones() -> None:
+    from qiskit.quantum_info import Operator
+
+    circuit = parsed(Q3, H3 + "qubit[2] q;\nnegctrl @ ctrl @ gphase(0.5) q[0], q[1];\n")
+    # negctrl on q[0], ctrl on q[1]: the phase lands on |q1 q0> = |10>.
+    expected = np.diag([1, 1, np.exp(0.5j), 1])
+    assert np.allclose(Operator(circuit).data, expected)
+    # Broadcast over a register: one controlled phase per qubit.
+    circuit = parsed(Q3, H3 + "qubit[2] q;\nctrl @ gphase(0.5) q;\n")
+    assert np.allclose(np.diag(Operator(circuit).data), [1, np.exp(0.5j), np.exp(0.5j), np.exp(1j)])
+    refused(Q3, H3 + "ctrl @ gphase(0.5);\n", "INVALID_QASM")

@@ -74,7 +74,7 @@ __all__ = ["IbmAdapter", "IbmPayload", "simulator_builds"]
 
 _PROVIDER_FIELD = "spec.options.provider_options"
 # Names given to loose classical bits so the runtime's sampler returns them (it reports
-# registers only); no client register can start with this prefix and be valid OpenQASM.
+# registers only), made unique against the circuit's own registers.
 _LOOSE_PREFIX = "_qgateway_loose_"
 _NOT_ACTIVE = frozenset({"barrier", "delay"})
 _RUNNABLES = 64
@@ -240,7 +240,6 @@ class IbmAdapter(QiskitAdapter):
         inner = prepared.payload
         assert isinstance(inner, QiskitPayload)
         _check_options(options, inner, self.context.name)
-        _check_observables(inner, self.context.name)
         return dataclasses.replace(prepared, payload=IbmPayload(inner, options))
 
     # ------------------------------------------------------------------ execute (worker)
@@ -260,6 +259,9 @@ class IbmAdapter(QiskitAdapter):
             return super().execute(payload.inner)
         finally:
             self._job_options = IbmProviderOptions()
+
+    def check_transpiled(self, circuit: QuantumCircuit, terminal: bool, field: str) -> None:
+        _check_register_names(circuit, field)
 
     def samples_from_probabilities(self) -> bool:
         # Every shot comes from the runtime's sampler: noise, readout errors and twirling.
@@ -314,16 +316,15 @@ class IbmAdapter(QiskitAdapter):
         return builder.build()
 
     def _estimate(self, circuit: QuantumCircuit, task: EstimatorTask) -> EstimatorResult:
-        from qiskit.quantum_info import SparsePauliOp
 
         layout = _layout_of(circuit)
         n = circuit.num_qubits
         observables = []
         touched = set(_touched(circuit))
-        for observable in task.observables:
+        for index, observable in enumerate(task.observables):
             terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
             touched.update(q for _, qubits, _ in terms for q in qubits)
-            observables.append(SparsePauliOp.from_sparse_list(terms or [("", (), 0.0)], n))
+            observables.append(runtime_observable(terms, n, index, self.context.name))
         array = np.empty(len(observables), dtype=object)
         array[:] = observables
         bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
@@ -435,8 +436,11 @@ class IbmAdapter(QiskitAdapter):
             # sampler fails on one once the circuit has more than 64 clbits, and that failure
             # would count against the backend's breaker.
             runnable.cregs = [register for register in runnable.cregs if len(register)]
+            taken = {register.name for register in circuit.cregs}
             for i, bit in enumerate(loose):
-                runnable.add_register(ClassicalRegister(name=f"{_LOOSE_PREFIX}{i}", bits=[bit]))
+                name = fe.unique_name(f"{_LOOSE_PREFIX}{i}", taken)
+                taken.add(name)
+                runnable.add_register(ClassicalRegister(name=name, bits=[bit]))
         registers = tuple(
             (register.name, tuple(runnable.find_bit(bit).index for bit in register))
             for register in runnable.cregs
@@ -448,7 +452,8 @@ class IbmAdapter(QiskitAdapter):
             # read instead; each register is cut from it by its own clbits.
             if runnable is circuit:
                 runnable = circuit.copy()
-            every = ClassicalRegister(name=f"{_LOOSE_PREFIX}all", bits=list(runnable.clbits))
+            name = fe.unique_name(f"{_LOOSE_PREFIX}all", {r.name for r in runnable.cregs})
+            every = ClassicalRegister(name=name, bits=list(runnable.clbits))
             runnable.add_register(every)
             registers = ((every.name, tuple(range(runnable.num_clbits))),)
         value = (runnable, registers)
@@ -567,30 +572,57 @@ def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend:
                 )
 
 
-def _check_observables(payload: QiskitPayload, backend: str) -> None:
-    """Refuses an observable that is zero (its terms cancel, or every coefficient is 0), as the
-    runtime's estimator does ("Empty observable was detected"): refused here, before a worker
-    or the service runs anything, it is the request's fault, not a failed run counted against
-    the backend's breaker. Zero as the runtime reads it: simplified, tolerance included."""
-    from qiskit.quantum_info import SparseObservable
+def _check_register_names(circuit: QuantumCircuit, field: str) -> None:
+    """Refuses a register the runtime cannot return. Its results hold each register as an
+    attribute of a DataBin, which refuses some names (`shape`, `keys`, `_data`, `__class__`,
+    ...): the job would fail after it ran, on a device after it was paid for. DataBin itself
+    decides, so a name it takes is never refused here."""
+    from qiskit.primitives.containers import DataBin
 
-    unbounded = range(1 << 62)  # virtual qubit v is v: zero-ness does not depend on layout
-    for index, task in enumerate(payload.tasks):
-        if not isinstance(task, EstimatorTask):
-            continue
-        for position, observable in enumerate(task.observables):
-            terms = [(*_physical_term(key, unbounded), c) for key, c in observable]
-            width = 1 + max((q for _, qubits, _ in terms for q in qubits), default=0)
-            simplified = SparseObservable.from_sparse_list(terms, width).simplify()
-            if simplified == SparseObservable.zero(width):
-                raise fe.invalid(
-                    "INVALID_OBSERVABLE",
-                    f"backends/{backend}: observable {position} is zero (its terms cancel or "
-                    "their coefficients are 0), which the IBM runtime's estimator refuses",
-                    f"spec.pubs[{index}].estimator.observables",
-                    index=position,
-                    backend=f"backends/{backend}",
-                )
+    for register in circuit.cregs:
+        name = register.name
+        try:
+            held = isinstance(getattr(DataBin(**{name: np.zeros(1)}), name), np.ndarray)
+        except (AttributeError, TypeError, ValueError):
+            held = False
+        if not held:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                f"IBM's runtime cannot return a classical register named {name!r} (its "
+                "results reserve the name); rename the register",
+                field,
+                feature="register_name",
+                register=name,
+            )
+
+
+def runtime_observable(
+    terms: Sequence[tuple[str, tuple[int, ...], float]], num_qubits: int, index: int, backend: str
+) -> Any:
+    """The SparsePauliOp of one observable's physical terms, for the runtime's estimator.
+
+    Raises:
+        ExecutionError: CLIENT_ERROR INVALID_OBSERVABLE for an observable that is zero (its
+            terms cancel, or their coefficients are 0), which the runtime refuses ("Empty
+            observable was detected"): the request's fault, not the backend's (on the cloud
+            path the runtime's refusal at create would count against the breaker). Zero as the
+            runtime reads it: simplified, tolerance included. Checked here, where the operator
+            is built anyway, not when the job is submitted: at the job limit of 1,000,000
+            terms that took seconds of the gateway's CPU.
+    """
+    from qiskit.quantum_info import SparseObservable, SparsePauliOp
+
+    if SparseObservable.from_sparse_list(terms, num_qubits).simplify() == SparseObservable.zero(
+        num_qubits
+    ):
+        raise ExecutionError(
+            "INVALID_OBSERVABLE",
+            f"backends/{backend}: observable {index} is zero (its terms cancel or their "
+            "coefficients are 0), which the IBM runtime's estimator refuses",
+            kind=FailureKind.CLIENT_ERROR,
+            metadata={"index": str(index)},
+        )
+    return SparsePauliOp.from_sparse_list(terms, num_qubits)
 
 
 def _refuse(backend: str, field: str, message: str) -> None:

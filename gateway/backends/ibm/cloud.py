@@ -663,7 +663,10 @@ class IbmCloudRunner(Runner):
                 kind=FailureKind.CLIENT_ERROR,
                 metadata={"field": "pubs"},
             )
-        pubs = [_sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t) for t in tasks]
+        pubs = [
+            _sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t, self.name)
+            for t in tasks
+        ]
         tag = JOB_TAG_PREFIX + job.id
         tags = [tag, _OUTPUT_TAG_PREFIX + payload.sampler_output.value]
         # The result is checked against it (a re-attached job too): PUBs missing from what
@@ -1034,19 +1037,17 @@ def _sampler_pub(task: SamplerTask) -> Any:
     return (circuit, _bindings(circuit, task.parameters, task.values, task.shape), task.shots)
 
 
-def _estimator_pub(task: EstimatorTask) -> Any:
-    from qiskit.quantum_info import SparsePauliOp
-
-    from gateway.backends.ibm.adapter import _bindings
+def _estimator_pub(task: EstimatorTask, backend: str) -> Any:
+    from gateway.backends.ibm.adapter import _bindings, runtime_observable
     from gateway.backends.qiskit.adapter import _layout_of, _physical_term
 
     circuit = _circuit(task)
     layout = _layout_of(circuit)
     n = circuit.num_qubits
     observables = []
-    for observable in task.observables:
+    for index, observable in enumerate(task.observables):
         terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
-        observables.append(SparsePauliOp.from_sparse_list(terms or [("", (), 0.0)], n))
+        observables.append(runtime_observable(terms, n, index, backend))
     array = np.empty(len(observables), dtype=object)
     array[:] = observables
     bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)

@@ -119,6 +119,7 @@ __all__ = [
     "settle_unreachable_conditions",
     "statevector_bytes",
     "tally_operations",
+    "unique_name",
     "validate_observables",
     "writes_clbits",
 ]
@@ -578,48 +579,46 @@ _STDGATES_INC_NAMES = frozenset({
 
 def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
     """Gives every gate the program defines under a standard gate's name a name of its own, in
-    its definition and in every call after it (in place). Returns {new name: the program's}.
+    its definitions and calls (in place). Returns {new name: the program's}.
 
     The reader builds `pow(k) @ ctrl @ h` by controlling `h`, which Qiskit does by the gate's
     name (the standard CH, whatever the program's `h` does), and then folds the power into a
     matrix: nothing named `h` is left for `rename_shadowing_gates` to put right afterwards.
-    A definition the reader refuses keeps its name so that it still refuses it: one that the
-    standard library already defines, or a call before its definition.
+    A name is left alone where the reader must still see it to refuse the program as it did:
+    one `stdgates.inc` defines when the program includes it, and one the program also uses as
+    anything but a gate (a variable, a parameter, a loop variable, a register).
     """
-    taken = {node.name for node in _walk(program) if isinstance(node, q3ast.Identifier)}
-    renames: dict[str, str] = {}  # the program's name -> the new one, once defined
-    included: frozenset[str] = frozenset()
-
-    def fresh(name: str) -> str:
+    included = any(
+        isinstance(s, q3ast.Include) and s.filename == "stdgates.inc" for s in program.statements
+    )
+    gate_identifiers: list[q3ast.Identifier] = []
+    defined: set[str] = set()
+    for node in _walk(program):
+        if isinstance(node, q3ast.QuantumGateDefinition):
+            defined.add(node.name.name)
+            gate_identifiers.append(node.name)
+        elif isinstance(node, q3ast.QuantumGate):
+            gate_identifiers.append(node.name)
+    as_gate = {id(identifier) for identifier in gate_identifiers}
+    taken: set[str] = set()
+    other_uses: set[str] = set()
+    for node in _walk(program):
+        if isinstance(node, q3ast.Identifier):
+            taken.add(node.name)
+            if id(node) not in as_gate:
+                other_uses.add(node.name)
+    renames: dict[str, str] = {}  # the program's name -> the new one
+    for name in sorted(defined & STANDARD_GATE_NAMES):
+        if name in other_uses or (included and name in _STDGATES_INC_NAMES):
+            continue
         candidate = f"{name}_def"
         while candidate in taken or candidate in STANDARD_GATE_NAMES:
             candidate += "_"
         taken.add(candidate)
-        return candidate
-
-    def rename_calls(node: q3ast.QASMNode, local: Collection[str]) -> None:
-        for call in _walk(node):
-            if isinstance(call, q3ast.QuantumGate):
-                name = call.name.name
-                if name in renames and name not in local:
-                    call.name.name = renames[name]
-
-    for statement in program.statements:
-        if isinstance(statement, q3ast.Include):
-            if statement.filename == "stdgates.inc":
-                included = _STDGATES_INC_NAMES
-        elif isinstance(statement, q3ast.QuantumGateDefinition):
-            # A gate's own parameters and qubits hide a gate of the same name in its body.
-            local = {a.name for a in statement.arguments} | {q.name for q in statement.qubits}
-            for body_statement in statement.body:
-                rename_calls(body_statement, local)
-            name = statement.name.name
-            if name in STANDARD_GATE_NAMES and name not in included:
-                if name not in renames:
-                    renames[name] = fresh(name)
-                statement.name.name = renames[name]
-        else:
-            rename_calls(statement, ())
+        renames[name] = candidate
+    for identifier in gate_identifiers:
+        if identifier.name in renames:
+            identifier.name = renames[identifier.name]
     return {new: old for old, new in renames.items()}
 
 
@@ -1016,12 +1015,13 @@ def _register_loose_bits(circuit: QuantumCircuit, loose_bits: Sequence[tuple[int
         bit = circuit.clbits[index]
         # The declaration order and the importer's bit order must agree; if not, this is a bug.
         assert not circuit.find_bit(bit).registers, f"clbit {index} ({variable}) is in a register"
-        name = _unique_name(variable, taken)
+        name = unique_name(variable, taken)
         taken.add(name)
         circuit.add_register(ClassicalRegister(name=name, bits=[bit]))
 
 
-def _unique_name(name: str, taken: Collection[str]) -> str:
+def unique_name(name: str, taken: Collection[str]) -> str:
+    """`name`, or `name_1`, `name_2`, ...: the first not in `taken`."""
     candidate, suffix = name, 0
     while candidate in taken:
         suffix += 1
@@ -1045,7 +1045,7 @@ def result_registers(circuit: QuantumCircuit) -> tuple[tuple[str, tuple[int, ...
     taken = {name for name, _ in registers}
     for index, bit in enumerate(circuit.clbits):
         if not circuit.find_bit(bit).registers:
-            name = _unique_name(f"clbit{index}", taken)
+            name = unique_name(f"clbit{index}", taken)
             taken.add(name)
             registers.append((name, (index,)))
     return tuple(registers)
