@@ -2047,6 +2047,30 @@ async def test_recovery_waits_out_a_provider_out_of_reach(
         await _close(core2)
 
 
+async def test_recovery_gives_up_on_a_provider_out_of_reach_past_the_run_time_limit(
+    store: SqliteStore,
+) -> None:
+    remote = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": remote})
+    job = await core.submit("alice", spec("qpu"))
+    await asyncio.wait_for(remote.started.wait(), 5)
+    await core.manager.close()
+    # Out of reach for good, and the backend's run-time limit (1 ms) is shorter than the first
+    # back-off (remote_retry_s, 10 ms): the look-up gives up at once rather than retrying for
+    # ever, and the job fails TRANSIENT; it is never submitted again.
+    remote2 = _Unreachable(slots=1, model=ExecutionModel.REMOTE, remote=remote.remote)
+    remote2.outages = 1_000_000
+    core2 = await build_core(
+        store, "memory", {"qpu": remote2}, clock=core.clock, max_run_time_s=0.001
+    )
+    try:
+        failed = await core2.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "PROVIDER_ERROR"
+        assert remote2.outages == 1_000_000 - 1 and remote2.submitted == []
+    finally:
+        await _close(core2)
+
+
 # ---------------------------------------------------------------- placement and the half-open trial
 
 

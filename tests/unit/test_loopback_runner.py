@@ -6,6 +6,7 @@ through its control endpoints, and wait on its states with its long polls, never
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from gateway.backends.loopback.adapter import (
     LoopbackPayload,
     LoopbackRunner,
 )
+from gateway.backends.loopback.service import JobService, RequestError
 from gateway.backends.runner import ExecutionModel
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import (
@@ -309,6 +311,75 @@ async def test_cancel_is_remote(service: LoopbackService) -> None:
     assert service.job(running.remote_id)["status"] == "CANCELLED"  # stays cancelled
 
 
+async def test_cancel_of_a_finished_or_unknown_job_changes_nothing(
+    service: LoopbackService,
+) -> None:
+    adapter = make_adapter(service.url)
+    runner = adapter.create_runner()
+    prepared = prepare_in_process(adapter, sampler_spec(shots=4), seed=2)
+    done = await runner.submit(prepared, new_job())
+    await runner.wait(done)
+    assert done.remote_id is not None
+    # The job core may cancel a job that finished meanwhile: its result must stay.
+    await runner.cancel(done)
+    assert service.job(done.remote_id)["status"] == "DONE"
+    assert len((await runner.wait(done)).result.pubs) == 1
+    # Nothing there (the service lost it, or never had it): nothing to cancel, not a fault.
+    await runner.cancel(LoopbackHandle("job-gone", "lbj-0000000000000000"))
+
+
+async def test_a_job_cancelled_while_queued_never_runs(service: LoopbackService) -> None:
+    adapter = make_adapter(service.url)
+    runner = adapter.create_runner()
+    prepared = prepare_in_process(adapter, sampler_spec(shots=4), seed=2)
+    service.hold()
+    cancelled = await runner.submit(prepared, new_job())
+    await runner.cancel(cancelled)
+    later = await runner.submit(prepared, new_job())
+    service.release()
+    # The queue is FIFO: once the later job is done, a worker has taken the cancelled one.
+    await runner.wait(later)
+    assert cancelled.remote_id is not None
+    assert service.job(cancelled.remote_id)["status"] == "CANCELLED"
+
+
+async def test_waiting_for_a_job_the_service_lost_is_a_backend_fault(
+    service: LoopbackService,
+) -> None:
+    runner = make_adapter(service.url).create_runner()
+    # fail_after only bounds a regression that polls forever; the real call fails at once.
+    with anyio.fail_after(60), pytest.raises(ExecutionError) as lost:
+        await runner.wait(LoopbackHandle("job-lost", "lbj-0000000000000000"))
+    assert lost.value.kind is FailureKind.BACKEND_FAULT
+    assert lost.value.metadata["providerJobId"] == "lbj-0000000000000000"
+
+
+async def test_a_long_poll_may_outlast_the_request_timeout(service: LoopbackService) -> None:
+    # The service holds a long poll for long_poll_s: the socket timeout must allow for it, or
+    # every wait on a job longer than request_timeout_s fails as TRANSIENT.
+    adapter = make_adapter(service.url, long_poll_s=3, request_timeout_s=2, retry_attempts=1)
+    runner = adapter.create_runner()
+    prepared = prepare_in_process(adapter, sampler_spec(shots=4), seed=2)
+    service.hold()
+    handle = await runner.submit(prepared, new_job())
+    assert handle.remote_id is not None
+    # One poll of a job held QUEUED: answered after the full long poll, still not final.
+    assert await anyio.to_thread.run_sync(runner._poll, handle.remote_id) is None
+
+
+def test_a_first_backoff_above_the_cap_is_capped() -> None:
+    # Both are valid options on their own; the runner must not refuse to start, nor wait
+    # longer than max_retry_backoff_s.
+    sleeps: list[float] = []
+    dead = make_runner(
+        f"http://127.0.0.1:{free_port()}", sleeps, retry_backoff_s=10, max_retry_backoff_s=0.5
+    )
+    with pytest.raises(ExecutionError) as failed:
+        dead._call("GET", "/v1/stats")
+    assert failed.value.kind is FailureKind.TRANSIENT
+    assert len(sleeps) == 2 and all(0 < s <= 0.5 for s in sleeps)
+
+
 async def test_cancelling_the_wait_leaves_the_job_running(service: LoopbackService) -> None:
     adapter = make_adapter(service.url, long_poll_s=30)
     runner = adapter.create_runner()
@@ -377,6 +448,24 @@ async def test_a_job_failed_at_the_service_is_a_backend_fault(service: LoopbackS
     assert "cannot read the program" in failed.value.message
 
 
+async def test_a_result_the_runner_cannot_read_is_a_backend_fault(
+    service: LoopbackService,
+) -> None:
+    # A plan of another version (stored by a newer gateway before a downgrade) is a ValueError
+    # while reading: it must end the job as a backend fault, not escape as a bare exception.
+    runner = make_adapter(service.url).create_runner()
+    pub = {"program": TWO_REGISTERS, "shots": 1, "seed": 0}
+    payload = LoopbackPayload(
+        {"pubs": [pub], "memory": False, "metadata": {"v": 99, "pubs": [], "sampler_output": ""}}
+    )
+    prepared = PreparedJob(payload=payload, memory_bytes=0, layouts=((0,),))
+    handle = await runner.submit(prepared, new_job())
+    with pytest.raises(ExecutionError) as failed:
+        await runner.wait(handle)
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert "unreadable result" in failed.value.message
+
+
 async def test_a_dead_service_is_transient(service: LoopbackService) -> None:
     adapter = make_adapter(service.url)
     prepared = prepare_in_process(adapter, sampler_spec(), seed=1)
@@ -435,3 +524,63 @@ def test_the_service_keeps_its_jobs_across_a_restart(tmp_path: Path) -> None:
         assert counts == [{"01": 2}, {"011": 2}]
     finally:
         assert second.stop() == 0
+
+
+def test_a_job_running_when_the_service_stopped_runs_again(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = LoopbackService.start(state, tmp_path / "service.log")
+    try:
+        first.hold("running")
+        created = first.call(
+            "POST",
+            "/v1/jobs",
+            {"client_token": "t-run", "pubs": [{"program": TWO_REGISTERS, "shots": 2}]},
+        )
+        assert first.wait_status(created["id"], leaving="QUEUED") == "RUNNING"
+    finally:
+        assert first.stop() == 0
+    second = LoopbackService.start(state, tmp_path / "service.log")
+    try:
+        # Like a provider, a restarted service runs it again rather than leaving it RUNNING.
+        done = second.call("GET", f"/v1/jobs/{created['id']}?wait=20")
+        assert done["status"] == "DONE"
+        assert second.stats()["creates"] == 1
+    finally:
+        assert second.stop() == 0
+
+
+def test_a_cancelled_job_stays_cancelled_across_a_restart(tmp_path: Path) -> None:
+    # In process, without workers: the state machine and its files, not the simulation.
+    body = {"client_token": "t-c", "pubs": [{"program": TWO_REGISTERS, "shots": 2}]}
+    first = JobService(tmp_path)
+    view, created = first.create(body)
+    assert created
+    first.cancel(view["id"])
+    second = JobService(tmp_path)
+    again = second.get(view["id"])
+    assert again is not None and again["status"] == "CANCELLED"
+    # Cancelling a final job again changes nothing, and the token still finds the same job.
+    second.cancel(view["id"])
+    assert second.create(body) == ({**again}, False)
+
+
+def test_a_restarted_service_numbers_new_jobs_after_its_old_ones(tmp_path: Path) -> None:
+    # seq orders the jobs a restart re-queues; a reused number would reorder them.
+    pubs = [{"program": TWO_REGISTERS, "shots": 2}]
+    first = JobService(tmp_path)
+    old, _ = first.create({"client_token": "t-1", "pubs": pubs})
+    new, _ = JobService(tmp_path).create({"client_token": "t-2", "pubs": pubs})
+    seqs = [
+        json.loads((tmp_path / "jobs" / f"{view['id']}.json").read_text())["seq"]
+        for view in (old, new)
+    ]
+    assert seqs[0] < seqs[1]
+
+
+@pytest.mark.parametrize("token", ["", "x" * 201, 7, None])
+def test_a_create_without_a_usable_client_token_is_refused(tmp_path: Path, token: object) -> None:
+    # Without a token a retried create could not be answered with the job it already made.
+    service = JobService(tmp_path)
+    with pytest.raises(RequestError):
+        service.create({"client_token": token, "pubs": [{"program": "x", "shots": 1}]})
+    assert service.stats()["creates"] == 0

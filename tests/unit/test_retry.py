@@ -19,6 +19,7 @@ from gateway.runtime.retry import (
     call_with_retries,
     call_with_retries_async,
     http_status_of,
+    is_throttled,
     is_transient,
 )
 
@@ -138,6 +139,7 @@ TRANSIENT: list[tuple[str, BaseException]] = [
     ("HTTP 500 status_code", RequestsApiError("500 Server Error", 500)),
     ("HTTP 503 status_code", RequestsApiError("maintenance", 503)),
     ("HTTP 504 status", ClientResponseError(504)),
+    ("HTTP 599, the last 5xx", ClientResponseError(599)),
     ("HTTPStatus enum", ClientResponseError(HTTPStatus.BAD_GATEWAY)),
     ("requests HTTPError 502", HTTPError(502)),
     ("requests HTTPError 429", HTTPError(429)),
@@ -156,6 +158,11 @@ TRANSIENT: list[tuple[str, BaseException]] = [
     (
         "a wrapper raised from a reset connection",
         caused_by(RuntimeError("submit failed"), ConnectionResetError()),
+    ),
+    (
+        # A status below 100 is no HTTP answer (a job state, an SDK's own code): not a verdict.
+        "a wrapper with a sub-100 status raised from a reset connection",
+        caused_by(JobStatusError(3), ConnectionResetError()),
     ),
 ]
 
@@ -237,6 +244,17 @@ def test_http_status_of() -> None:
     assert http_status_of(JobStatusError(JobStatus("DONE"))) is None
 
 
+def test_throttled_is_429_or_an_aws_throttling_code() -> None:
+    # Only a refusal for the request rate counts: the call did nothing, so a create may be
+    # repeated; a 5xx may come after the provider acted.
+    assert is_throttled(HTTPError(429))
+    assert is_throttled(RequestsApiError("429 Client Error", 429))
+    assert is_throttled(ClientError("ThrottlingException", 400))
+    assert not is_throttled(RequestsApiError("503 Server Error", 503))
+    assert not is_throttled(ClientError("ServiceUnavailable", 503))
+    assert not is_throttled(ConnectionResetError())
+
+
 def test_a_cause_cycle_ends() -> None:
     first, second = RuntimeError("a"), RuntimeError("b")
     first.__cause__, second.__cause__ = second, first
@@ -267,6 +285,24 @@ def test_backoff_jitter_stays_within_bounds_and_is_seeded() -> None:
     assert max(delays[4]) == 5.0
     again = random.Random(42)
     assert [policy.backoff(1, again) for _ in range(200)] == delays[1]
+
+
+def test_jitter_goes_both_ways() -> None:
+    # Jitter only upwards would make every delay longer than configured and halve the spread.
+    policy = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=5.0, jitter=0.2)
+    rng = random.Random(5)
+    delays = [policy.backoff(1, rng) for _ in range(200)]
+    assert min(delays) < 0.9 and max(delays) > 1.1
+
+
+def test_jitter_still_spreads_delays_at_the_cap() -> None:
+    # The cap bounds the base before jitter: clients that all reached the cap must not retry in
+    # lockstep at exactly max_backoff_s.
+    policy = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=5.0, multiplier=2.0, jitter=0.2)
+    rng = random.Random(11)
+    delays = [policy.backoff(n, rng) for n in (4, 10, 10_000) for _ in range(100)]
+    assert all(4.0 <= d <= 5.0 for d in delays)
+    assert len(set(delays)) > 100
 
 
 def test_default_policy_jitters_around_the_exponential() -> None:
