@@ -473,6 +473,25 @@ async def test_an_open_breaker_refuses_or_places_on_the_fallback(store: SqliteSt
         await _close(core)
 
 
+async def test_a_full_fallback_of_an_open_backend_refuses_rather_than_queue_on_the_backend(
+    store: SqliteStore,
+) -> None:
+    core = await _with_fallback(store, spare_slots=0, max_queued_jobs=1)
+    main = core.runners["main"]
+    try:
+        await _failed_job(core, main, "main", "alice", FailureKind.BACKEND_FAULT)
+        assert core.backends["main"].breaker.state is BreakerState.OPEN
+        await core.submit("alice", spec("spare"))  # the fallback's one queued place
+        # The backend is no way out: its breaker is open, so the answer is the full queue.
+        with pytest.raises(ResourceExhausted) as refused:
+            await core.submit("alice", spec("main", fallback_backend="spare"))
+        assert refused.value.reason == "QUEUE_FULL"
+        assert refused.value.metadata["backend"] == "backends/spare"
+        assert await core.backends["main"].queue.depth() == 0
+    finally:
+        await _close(core)
+
+
 async def test_a_job_naming_a_fallback_is_not_held_behind_a_half_open_trial(
     store: SqliteStore,
 ) -> None:

@@ -13,7 +13,11 @@ import pytest
 
 from gateway.backends.runner import ExecutionModel
 from gateway.domain import sessions as domain
+from gateway.domain.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from gateway.domain.failures import FailureKind
+from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobState, StateTransition
+from gateway.domain.pricing import Price
 from gateway.domain.sessions import EndReason, SessionState
 from gateway.jobs.events import MemoryEventBus
 from gateway.jobs.hooks import Hooks, Transition
@@ -23,9 +27,11 @@ from gateway.jobs.result_cache import RecentResults
 from gateway.jobs.retention_sweep import SWEEP_BATCH, RetentionSweep, Swept
 from gateway.jobs.sessions import SessionQueue
 from gateway.jobs.transitions import LATEST_JOBS, Transitions
+from gateway.security.policies import PolicyBook
+from gateway.security.tenant_policy import PeriodQuota, TenantPolicy
 from gateway.store.base import ExpiryCursor
 from gateway.store.sqlite import SqliteStore
-from tests.core_harness import T0, Clock, Recorder, ScriptedRunner, build_core, spec
+from tests.core_harness import T0, Clock, Core, Recorder, ScriptedRunner, build_core, spec
 from tests.unit.test_sessions import _session, build, session_spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -483,3 +489,236 @@ async def test_a_sweep_that_deleted_something_says_so(caplog: pytest.LogCaptureF
         await sweep._sweep_and_tell()  # nothing this time: nothing said
     said = [r.getMessage() for r in caplog.records if r.name == "gateway.jobs.retention_sweep"]
     assert said == ["deleted 2 expired results, 1 jobs and 0 sessions past retention"]
+
+
+# ------------------------------------------------------------------ admission and façade edges
+
+
+async def test_a_retried_request_id_returns_its_job_and_queues_it_only_once(
+    store: SqliteStore,
+) -> None:
+    local = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": local})
+    try:
+        first = await core.manager.submit("alice", "r1", spec("sim"), b"spec", b"digest")
+        await core.until("alice", first.job.id, "RUNNING")
+        local.succeed(first.job.id)
+        await core.until("alice", first.job.id, "SUCCEEDED")
+        # Finished, so out of the queue: a retry must not put its job back there (where the
+        # scheduler would claim a final job again).
+        again = await core.manager.submit("alice", "r1", spec("sim"), b"spec", b"digest")
+        assert first.created and not again.created
+        assert again.job.id == first.job.id
+        assert again.job.state is JobState.SUCCEEDED
+        assert await core.backends["sim"].queue.depth() == 0
+        assert local.submitted == [first.job.id]
+    finally:
+        await core.manager.close()
+
+
+async def test_a_request_id_reused_for_a_different_request_is_refused(
+    store: SqliteStore,
+) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        first = await core.manager.submit("alice", "r1", spec("sim"), b"spec", b"digest")
+        found = await core.manager.find_request("alice", "r1", b"digest")
+        assert found is not None and found.id == first.job.id
+        # The API looks the request_id up before validating: a different body must be refused
+        # there, not answered with the other request's job.
+        with pytest.raises(InvalidArgument) as refused:
+            await core.manager.find_request("alice", "r1", b"another body")
+        assert refused.value.reason == "REQUEST_ID_REUSED"
+    finally:
+        await core.manager.close()
+
+
+async def test_a_seed_of_zero_is_kept_not_replaced_by_a_random_one(store: SqliteStore) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        job = await core.submit("alice", spec("sim", seed=0))
+        assert job.seed == 0
+    finally:
+        await core.manager.close()
+
+
+async def test_submit_answers_the_queue_position_unless_asked_not_to(store: SqliteStore) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        await core.submit("alice", spec("sim"))
+        second = await core.submit("alice", spec("sim"))
+        assert second.queue_position == 1
+        unpositioned = await core.manager.submit(
+            "alice", "", spec("sim"), b"spec", b"d", position=False
+        )
+        assert unpositioned.job.queue_position is None
+    finally:
+        await core.manager.close()
+
+
+async def test_a_draining_gateway_admits_nothing(store: SqliteStore) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        core.manager.begin_drain()
+        with pytest.raises(Unavailable) as refused:
+            await core.submit("alice", spec("sim"))
+        assert refused.value.reason == "DRAINING"
+        page = await core.manager.list("alice", filter=JobFilter(), after=None, limit=10)
+        assert page.jobs == []
+    finally:
+        await core.manager.close()
+
+
+async def test_wait_past_its_deadline_answers_none_for_a_job_still_queued(
+    store: SqliteStore,
+) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        # A zero deadline expires at the first wait: the job is not final, so no job.
+        assert await core.manager.wait("alice", job.id, 0) is None
+    finally:
+        await core.manager.close()
+
+
+async def test_wait_on_another_tenants_job_is_not_found_even_when_just_changed(
+    store: SqliteStore,
+) -> None:
+    # The job is in the latest-commit map, which holds every tenant's jobs.
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        with pytest.raises(NotFound) as missing:
+            await core.manager.wait("mallory", job.id, 0)
+        assert missing.value.reason == "JOB_NOT_FOUND"
+    finally:
+        await core.manager.close()
+
+
+async def test_cancelling_a_cancelled_job_again_is_a_no_op(store: SqliteStore) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        job = await core.submit("alice", spec("sim"))
+        cancelled = await core.manager.cancel("alice", job.id)
+        assert cancelled.state is JobState.CANCELLED
+        # A retried CancelJob (its first answer lost) must not fail JOB_ALREADY_FINISHED.
+        again = await core.manager.cancel("alice", job.id)
+        assert again.state is JobState.CANCELLED
+        assert again.state_history == cancelled.state_history
+    finally:
+        await core.manager.close()
+
+
+async def test_only_a_succeeded_job_gets_a_result_expiry(store: SqliteStore) -> None:
+    local = ScriptedRunner(slots=2)
+    core = await build_core(store, "memory", {"sim": local})
+    try:
+        ok = await core.submit("alice", spec("sim"))
+        bad = await core.submit("alice", spec("sim"))
+        await core.until("alice", ok.id, "RUNNING")
+        await core.until("alice", bad.id, "RUNNING")
+        local.succeed(ok.id)
+        local.fail(bad.id, FailureKind.CLIENT_ERROR)
+        succeeded = await core.until("alice", ok.id, "SUCCEEDED")
+        failed = await core.until("alice", bad.id, "FAILED")
+        assert succeeded.expire_at is not None
+        # A failed job has no result to expire; an expiry would have the sweep look for one.
+        assert failed.expire_at is None
+    finally:
+        await core.manager.close()
+
+
+def _priced(core: Core, price: Price) -> None:
+    runtime = core.backends["sim"]
+    runtime.settings = dataclasses.replace(runtime.settings, price=price)
+
+
+async def test_a_job_priced_in_another_unit_does_not_count_against_the_cost_quota(
+    store: SqliteStore,
+) -> None:
+    quota = PeriodQuota(cost=5.0, cost_unit="USD")
+    policies = PolicyBook(default=TenantPolicy(quota=quota))
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)}, policies=policies)
+    try:
+        # One task at 10.0: twice the quota, were it in the quota's unit.
+        _priced(core, Price(per_task=10.0, unit="EUR"))
+        accepted = await core.submit("alice", spec("sim"))
+        assert accepted.state is JobState.QUEUED
+        _priced(core, Price(per_task=10.0, unit="USD"))
+        with pytest.raises(ResourceExhausted) as refused:
+            await core.submit("alice", spec("sim"))
+        assert refused.value.reason == "COST_QUOTA_EXCEEDED"
+    finally:
+        await core.manager.close()
+
+
+async def test_a_free_backend_stays_usable_once_the_cost_quota_is_spent(
+    store: SqliteStore,
+) -> None:
+    quota = PeriodQuota(cost=5.0, cost_unit="USD")
+    policies = PolicyBook(default=TenantPolicy(quota=quota))
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)}, policies=policies)
+    try:
+        _priced(core, Price(per_task=5.0, unit="USD"))
+        await core.submit("alice", spec("sim"))  # one task: the whole quota
+        with pytest.raises(ResourceExhausted):
+            await core.submit("alice", spec("sim"))
+        # A zero price table charges nothing, so nothing is over the spent quota.
+        _priced(core, Price(unit="USD"))
+        free = await core.submit("alice", spec("sim"))
+        assert free.state is JobState.QUEUED
+    finally:
+        await core.manager.close()
+
+
+async def test_a_backend_the_caller_may_not_see_is_not_found_as_if_it_did_not_exist(
+    store: SqliteStore,
+) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        assert core.manager.runtime("sim", visible={"sim"}) is core.backends["sim"]
+        # GetBackend of another tenant's private backend must not tell it exists.
+        with pytest.raises(NotFound) as hidden:
+            core.manager.runtime("sim", visible=set())
+        with pytest.raises(NotFound) as missing:
+            core.manager.runtime("nope")
+        assert hidden.value.reason == missing.value.reason == "BACKEND_NOT_FOUND"
+    finally:
+        await core.manager.close()
+
+
+async def test_cancelling_a_recovered_provider_job_before_it_reattaches_marks_it_cancelling(
+    store: SqliteStore,
+) -> None:
+    provider: dict[str, str] = {}
+    first = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=provider)
+    core = await build_core(store, "memory", {"sim": first})
+    job = await core.submit("alice", spec("sim"))
+    await core.until("alice", job.id, "RUNNING")
+    await core.manager.close()
+    # Restarted, its runner step not started yet: the job is in no queue and not running here.
+    again = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE, remote=provider)
+    core2 = await build_core(store, "memory", {"sim": again}, clock=core.clock, schedule=False)
+    try:
+        marked = await core2.manager.cancel("alice", job.id)
+        # Ended CANCELLED here, the provider's job would run on with nobody to stop it.
+        assert marked.state is JobState.CANCELLING
+        core2.manager.start_scheduling()
+        await core2.until("alice", job.id, "CANCELLED")
+        assert again.cancelled == [job.id]
+    finally:
+        await core2.manager.close()
+
+
+async def test_a_retry_refused_at_admission_still_gets_the_job_its_request_created(
+    store: SqliteStore,
+) -> None:
+    core = await build_core(store, "memory", {"sim": ScriptedRunner(slots=0)})
+    try:
+        first = await core.manager.submit("alice", "r1", spec("sim"), b"spec", b"digest")
+        core.manager.begin_drain()
+        # Nothing new is accepted, but the request was: its retry is answered with its job.
+        again = await core.manager.submit("alice", "r1", spec("sim"), b"spec", b"digest")
+        assert not again.created and again.job.id == first.job.id
+    finally:
+        await core.manager.close()
