@@ -682,6 +682,21 @@ def test_programs_the_reader_refuses_stay_refused_under_the_names_they_wrote(
     assert message in str(info.value), info.value
 
 
+def test_user_gates_named_like_synthesis_plugins_are_renamed_library_gates_kept() -> None:
+    from qiskit.circuit.library import QFTGate
+
+    # The transpiler picks a synthesis plugin by name: the comparator's failed on a user gate.
+    text = "OPENQASM 3.0;\ngate IntComp a { U(pi, 0, pi) a; }\ngate qft a { U(0, 0, pi) a; }\n"
+    text += "qubit[2] q;\nIntComp q[0]; qft q[1];"
+    circuit = fe.rename_shadowing_gates(fe.parse_circuit(q3(text), LIMITS, FIELD), set(), FIELD)
+    assert [i.operation.name for i in circuit.data] == ["IntComp_def", "qft_def"]
+    # A library gate is the plugin's to synthesise: kept under its name.
+    library = QuantumCircuit(2)
+    library.append(QFTGate(2), [0, 1])
+    kept = fe.rename_shadowing_gates(library, set(), FIELD)
+    assert [i.operation.name for i in kept.data] == ["qft"]
+
+
 def test_a_gate_with_open_controls_keeps_them_when_its_definition_is_rewritten() -> None:
     # Qiskit conjugates an open-controlled gate's stored definition with X on every read.
     inner = QuantumCircuit(1)

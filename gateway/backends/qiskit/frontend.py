@@ -28,6 +28,7 @@ import cmath
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
@@ -1753,7 +1754,13 @@ def rename_shadowing_gates(
         InvalidArgument: CIRCUIT_TOO_COMPLEX when definitions nest too deeply to rewrite.
     """
     names = STANDARD_GATE_NAMES | frozenset(reserved)
+    plugins = _synthesis_plugin_names()
     taint: dict[tuple[object, ...], bool] = {}
+
+    def shadows(op: Operation) -> bool:
+        # The transpiler's high-level synthesis also picks a plugin by name: a user gate named
+        # `IntComp` reached the integer comparator's, which failed on it (INTERNAL).
+        return op.name in names or (isinstance(op, Gate) and op.name in plugins)
 
     def body_tainted(body: QuantumCircuit | None) -> bool:
         if body is None:
@@ -1772,9 +1779,7 @@ def rename_shadowing_gates(
         if key not in taint:
             taint[key] = False  # gate definitions cannot recurse; this only guards the walk
             taint[key] = (
-                op.name in names
-                or body_tainted(getattr(op, "definition", None))
-                or base_tainted(op)
+                shadows(op) or body_tainted(getattr(op, "definition", None)) or base_tainted(op)
             )
         return taint[key]
 
@@ -1786,7 +1791,7 @@ def rename_shadowing_gates(
 
     def fresh(name: str) -> str:
         candidate = f"{name}_def"
-        while candidate in names:
+        while candidate in names or candidate in plugins:
             candidate += "_"
         return candidate
 
@@ -1795,7 +1800,7 @@ def rename_shadowing_gates(
             # Controlled again from the renamed base: synthesised from its definition.
             base = rewrite_op(op.base_gate)
             return base.control(op.num_ctrl_qubits, ctrl_state=op.ctrl_state)
-        new = op.copy(name=fresh(op.name) if op.name in names else None)
+        new = op.copy(name=fresh(op.name) if shadows(op) else None)
         definition = _settable_definition(op)
         if definition is not None:
             new.definition = rewrite_body(definition)
@@ -1818,6 +1823,17 @@ def rename_shadowing_gates(
         return rewrite_body(circuit)
     except RecursionError:
         raise _too_deep(field) from None
+
+
+@functools.cache
+def _synthesis_plugin_names() -> frozenset[str]:
+    """The operation names the transpiler's high-level synthesis looks plugins up by (`qft`,
+    `mcx`, `IntComp`, ... and those of installed plugin packages)."""
+    from qiskit.transpiler.passes.synthesis.plugin import HighLevelSynthesisPluginManager
+
+    return frozenset(
+        name.split(".")[0] for name in HighLevelSynthesisPluginManager().plugins.names()
+    )
 
 
 def has_bits_outside_registers(circuit: QuantumCircuit) -> bool:
