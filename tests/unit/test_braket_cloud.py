@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from qiskit.circuit import QuantumCircuit
 
 from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.braket.adapter import BraketAdapter, BraketOptions
 from gateway.backends.braket.cloud import (
+    BraketCloudHandle,
     BraketCloudRunner,
     CloudSettings,
     CloudStatus,
     CreateRateLimiter,
     classify,
+    shared_limiter,
 )
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
@@ -250,6 +256,43 @@ class FakeBraket:
     def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
         self.objects[f"{Bucket}/{Key}"] = Body
 
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        return {"Body": io.BytesIO(self.objects[f"{Bucket}/{Key}"])}
+
+    def get_quantum_task(self, arn: str) -> dict[str, Any]:
+        if arn not in self.tasks:
+            raise _client_error("ResourceNotFoundException", 404)
+        return dict(self.tasks[arn])
+
+    def finish(self, arn: str, execution_ms: int | None = None) -> None:
+        """The task ran on Braket's simulator: COMPLETED, its results.json in the bucket."""
+        index = int(arn.rsplit("/", 1)[1]) - 1
+        create = self.creates[index]
+        directory = f"{create['outputS3KeyPrefix']}/tasks/{index}"
+        text = _results(create, execution_ms)
+        self.objects[f"{create['outputS3Bucket']}/{directory}/results.json"] = text.encode()
+        self.tasks[arn].update(
+            status="COMPLETED",
+            outputS3Bucket=create["outputS3Bucket"],
+            outputS3Directory=directory,
+        )
+
+
+def _results(create: Mapping[str, Any], execution_ms: int | None) -> str:
+    """What a managed simulator writes for a task: its program's shots, and its execution
+    duration where it reports one."""
+    from braket.default_simulator import StateVectorSimulator
+    from braket.ir.openqasm import Program
+    from braket.task_result import SimulatorMetadata
+
+    program = Program.parse_raw(create["action"])
+    result = StateVectorSimulator().run(program, shots=create["shots"])
+    result.additionalMetadata.simulatorMetadata = (
+        None if execution_ms is None else SimulatorMetadata(executionDuration=execution_ms)
+    )
+    text: str = result.json()
+    return text
+
 
 RESERVATION = "arn:aws:braket:us-east-1:123456789012:reservation/r-1"
 
@@ -346,6 +389,11 @@ async def test_a_key_refused_after_a_lost_answer_finds_the_task_made() -> None:
     with pytest.raises(ExecutionError) as first:
         await _runner(refused, attempts=3).submit(prepare_in_process(adapter, spec, 1), _job())
     assert first.value.kind is FailureKind.CREDENTIALS and len(refused.creates) == 1
+    # Throttled, then refused: a 429 made nothing, so the create is not uncertain.
+    throttled = FakeBraket(throttle=1, refuse_key=1)
+    with pytest.raises(ExecutionError) as later:
+        await _runner(throttled, attempts=3).submit(prepare_in_process(adapter, spec, 1), _job())
+    assert later.value.kind is FailureKind.CREDENTIALS and throttled.searches == []
 
 
 @pytest.mark.anyio
@@ -450,3 +498,388 @@ def test_a_qpu_arn_is_hardware_and_a_managed_simulator_is_not() -> None:
     )
     assert hardware.backend_kind() is BackendKind.HARDWARE
     assert _cloud_adapter().backend_kind() is BackendKind.SIMULATOR
+
+
+def _sweep(angles: Sequence[float], source: str = SWEEP) -> SamplerPub:
+    values = np.array([[a] for a in angles])
+    return SamplerPub(
+        CircuitSource(CircuitLanguage.QASM3, source),
+        Bindings(("theta",), (len(angles),), values),
+        8,
+    )
+
+
+# rx(theta) on q[1] only: c reads "00" at theta 0 and "10" at pi, unlike SWEEP's one bit.
+SWEEP_Q1 = """OPENQASM 3.0;
+include "stdgates.inc";
+input float theta;
+qubit[2] q;
+bit[2] c;
+rx(theta) q[1];
+c = measure q;
+"""
+
+
+@pytest.mark.anyio
+async def test_results_come_back_in_binding_order_and_durations_are_summed() -> None:
+    # Two PUBs, five tasks finished out of order: each binding reads its own task's shots.
+    adapter = _cloud_adapter()
+    spec = JobSpec(
+        backend="sv1",
+        pubs=(_sweep([math.pi, 0.0, math.pi]), _sweep([0.0, math.pi], SWEEP_Q1)),
+    )
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    assert len(handle.arns) == 5
+    # Results land beside the plan, under the backend's prefix.
+    assert {c["outputS3KeyPrefix"] for c in fake.creates} == {"gw"}
+    for i, arn in reversed(list(enumerate(handle.arns))):
+        fake.finish(arn, execution_ms=100 * (i + 1))
+    outcome = await runner.wait(handle)
+    counts = [[dict(c) for c in pub.registers[0].counts] for pub in outcome.result.pubs]  # type: ignore[union-attr]
+    assert counts == [
+        [{"1": 8}, {"0": 8}, {"1": 8}],
+        [{"00": 8}, {"10": 8}],
+    ]
+    assert outcome.tasks == 5
+    assert outcome.execution_seconds == pytest.approx(1.5)  # 0.1 + 0.2 + ... + 0.5
+
+
+@pytest.mark.anyio
+async def test_a_task_without_a_duration_leaves_the_job_without_one() -> None:
+    # A QPU reports no execution time: a sum over some of the tasks would under-report it.
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0, math.pi]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    fake.finish(handle.arns[0], execution_ms=250)
+    fake.finish(handle.arns[1], execution_ms=None)
+    outcome = await runner.wait(handle)
+    assert outcome.execution_seconds is None and outcome.tasks == 2
+
+
+@pytest.mark.anyio
+async def test_a_failed_task_ends_the_job_and_cancels_only_the_tasks_after_it() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0, 1.0, 2.0, 3.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    first, second, *rest = handle.arns
+    fake.finish(first)
+    fake.tasks[second].update(status="FAILED", failureReason="device calibration lost")
+    with pytest.raises(ExecutionError) as failed:
+        await runner.wait(handle)
+    assert (failed.value.kind, failed.value.reason) == (
+        FailureKind.BACKEND_FAULT,
+        "EXECUTION_FAILED",
+    )
+    assert failed.value.metadata == {
+        "providerJobId": second,
+        "providerFailureReason": "device calibration lost",
+    }
+    # The tasks after it would run and bill for a job that failed; the ones before are final.
+    assert fake.cancelled == rest
+
+
+@pytest.mark.anyio
+async def test_a_task_cancelled_at_braket_cancels_the_job_and_its_other_tasks() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0, 1.0, 2.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    fake.tasks[handle.arns[0]]["status"] = "CANCELLED"
+    with pytest.raises(ExecutionError) as cancelled:
+        await runner.wait(handle)
+    assert cancelled.value.kind is FailureKind.CANCELLED
+    assert cancelled.value.metadata["providerJobId"] == handle.arns[0]
+    assert fake.cancelled == list(handle.arns[1:])
+
+
+class PagedBraket(FakeBraket):
+    """Searches answered one task a page, newest first, as Braket pages a busy device."""
+
+    def search_quantum_tasks(self, **kwargs: Any) -> dict[str, Any]:
+        self.searches.append(kwargs["filters"])
+        tasks = list(reversed(self.tasks.values()))
+        start = int(kwargs.get("nextToken") or 0)
+        page: dict[str, Any] = {"quantumTasks": tasks[start : start + 1]}
+        if start + 1 < len(tasks):
+            page["nextToken"] = str(start + 1)
+        return page
+
+
+@pytest.mark.anyio
+async def test_reattach_by_tag_follows_the_pages_past_other_jobs_tasks() -> None:
+    # The job's tasks lie on later pages, behind a newer job's tasks with the same indices.
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0, 1.0]),))
+    fake = PagedBraket()
+    runner = _runner(fake)
+    job = _job()
+    # ARNs that sort otherwise than the job's task order (".../9" after ".../10").
+    older = JobSpec(backend="sv1", pubs=(_sweep([0.0] * 8),))
+    await runner.submit(prepare_in_process(adapter, older, seed=1), _job())
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
+    await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    found = await runner.reattach(job, None)
+    assert found is not None and found.arns == handle.arns
+    assert fake.cancelled == []
+
+
+@pytest.mark.anyio
+async def test_cancel_asks_for_every_task_past_one_it_could_not_cancel() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0, 1.0, 2.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    asked: list[str] = []
+
+    def cancel(arn: str) -> None:
+        asked.append(arn)
+        if arn == handle.arns[0]:
+            raise _client_error("InternalServiceException", 500)
+        if arn == handle.arns[1]:
+            raise _client_error("ConflictException", 409)  # already final: nothing to cancel
+
+    fake.cancel_quantum_task = cancel  # type: ignore[method-assign]
+    with pytest.raises(ExecutionError) as failed:
+        await runner.cancel(handle)
+    assert failed.value.kind is FailureKind.TRANSIENT
+    assert asked == list(handle.arns)  # each task bills: none is skipped
+    asked.clear()
+    await runner.cancel(BraketCloudHandle(handle.job_id, handle.arns[1:]))
+    assert asked == list(handle.arns[1:])
+
+
+@pytest.mark.anyio
+async def test_a_create_throttled_after_a_lost_answer_is_looked_up_not_queued_again() -> None:
+    # The first attempt made the task and lost its answer; the retry was throttled. Not
+    # THROTTLED (that is for creates that made nothing): the task is found by its tag.
+    adapter = _cloud_adapter()
+    spec = JobSpec(
+        backend="sv1", pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, BELL), Bindings(), 8),)
+    )
+    fake = FakeBraket(lose_answer=0)
+    original = fake.create_quantum_task
+
+    def throttled_retry(**kwargs: Any) -> str:
+        if fake.creates:
+            fake.creates.append(kwargs)
+            raise _client_error("ThrottlingException", 429)
+        return original(**kwargs)
+
+    fake.create_quantum_task = throttled_retry  # type: ignore[method-assign]
+    handle = await _runner(fake, attempts=2).submit(prepare_in_process(adapter, spec, 1), _job())
+    assert len(fake.creates) == 2 and fake.searches
+    assert handle.arns == tuple(fake.tasks) and fake.cancelled == []
+
+
+@pytest.mark.anyio
+async def test_the_probe_needs_an_online_device_and_counts_its_task_queues_only() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(
+        backend="sv1", pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, BELL), Bindings(), 8),)
+    )
+    prepared = prepare_in_process(adapter, spec, 1)
+    fake = FakeBraket()
+    device: dict[str, Any] = {
+        "deviceStatus": "ONLINE",
+        "deviceQueueInfo": [
+            {"queue": "QUANTUM_TASKS_QUEUE", "queueSize": "3", "queuePriority": "Normal"},
+            {"queue": "QUANTUM_TASKS_QUEUE", "queueSize": "1", "queuePriority": "Priority"},
+            {"queue": "JOBS_QUEUE", "queueSize": "7"},  # hybrid jobs, not the gateway's tasks
+        ],
+    }
+    fake.get_device = lambda arn: device  # type: ignore[attr-defined]
+    runner = _runner(fake)
+    await runner.probe(prepared, 5.0)
+    properties = runner.status.properties()
+    assert (properties["device_status"], properties["queue_depth"]) == ("ONLINE", "4")
+    device["deviceStatus"] = "RETIRED"
+    with pytest.raises(ExecutionError) as retired:
+        await runner.probe(prepared, 5.0)
+    assert retired.value.kind is FailureKind.BACKEND_FAULT
+    assert runner.status.properties()["device_status"] == "RETIRED"
+
+
+def test_backends_of_one_account_and_region_share_one_create_limiter() -> None:
+    # Braket counts creates per account: two profiles are two accounts, two budgets.
+    def settings(profile: str | None, device: str = SV1) -> CloudSettings:
+        return CloudSettings(device, "eu-west-2", "b", "p", profile=profile)
+
+    dm1 = "arn:aws:braket:::device/quantum-simulator/amazon/dm1"
+    assert shared_limiter(settings("a")) is shared_limiter(settings("a", dm1))
+    assert shared_limiter(settings("a")) is not shared_limiter(settings("b"))
+
+
+def test_queue_positions_keep_only_the_latest_jobs() -> None:
+    # Read at every GetBackend: a gateway following thousands of jobs must not grow it.
+    status = CloudStatus(SV1, "us-east-1")
+    for i in range(101):
+        status.set_position(f"job-{i}", str(i + 1))
+    positions = [k for k in status.properties() if k.startswith("queue_position/")]
+    assert len(positions) == 100 and "queue_position/jobs/job-0" not in positions
+    status.set_position("job-100", None)
+    assert "queue_position/jobs/job-100" not in status.properties()
+
+
+@pytest.mark.anyio
+async def test_reattach_by_stored_arns_follows_every_task_of_that_job_only() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0, 1.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    job = _job()
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
+    again = await runner.reattach(job, handle.remote_id)
+    assert again is not None and again.arns == handle.arns
+    # A stored id that names another job's task (a restored database, a bad row): following
+    # it would deliver that job's results as this one's.
+    with pytest.raises(ExecutionError) as foreign:
+        await runner.reattach(_job(), handle.remote_id)
+    assert foreign.value.kind is FailureKind.BACKEND_FAULT
+    # Braket no longer has the task: nothing to follow, submit creates it again.
+    del fake.tasks[handle.arns[0]]
+    assert await runner.reattach(job, handle.remote_id) is None
+
+
+@pytest.mark.anyio
+async def test_results_of_the_wrong_shape_fail_the_job_rather_than_misread_it() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    # Results with two measured bits for a program that measures one: read as they come,
+    # the second bit would be ORed into the first's outcomes.
+    from braket.ir.openqasm import Program
+
+    two_bits = "OPENQASM 3.0;\nqubit[2] q;\nbit[2] c;\nx q[1];\nc = measure q;\n"
+    fake.creates[0]["action"] = Program(source=two_bits).json()
+    fake.finish(handle.arns[0])
+    with pytest.raises(ExecutionError) as unreadable:
+        await runner.wait(handle)
+    assert (unreadable.value.kind, unreadable.value.reason) == (
+        FailureKind.BACKEND_FAULT,
+        "EXECUTION_FAILED",
+    )
+    assert "unreadable task results" in unreadable.value.message
+
+
+# No measurement: every clbit reads 0, and the runner creates no task for the PUB.
+UNMEASURED = """OPENQASM 3.0;
+include "stdgates.inc";
+input float theta;
+qubit[1] q;
+bit[1] c;
+rx(theta) q[0];
+"""
+
+
+@pytest.mark.anyio
+async def test_the_estimate_counts_only_the_tasks_braket_is_asked_to_run() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0]), _sweep([0.0, 1.0, 2.0], UNMEASURED)))
+    prepared = prepare_in_process(adapter, spec, seed=1)
+    handle = await _runner(FakeBraket()).submit(prepared, _job())
+    # The estimate is per_task times prepared.tasks; the charge, per task the runner made.
+    assert prepared.tasks == len(handle.arns) == 1
+
+
+@pytest.mark.anyio
+async def test_a_pub_without_measurements_is_no_task_and_reads_zeros() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([math.pi]), _sweep([0.0, 1.0], UNMEASURED)))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), _job())
+    assert len(fake.creates) == 1  # nothing to pay Braket for
+    fake.finish(handle.arns[0])
+    outcome = await runner.wait(handle)
+    counts = [[dict(c) for c in pub.registers[0].counts] for pub in outcome.result.pubs]  # type: ignore[union-attr]
+    assert counts == [[{"1": 8}], [{"0": 8}, {"0": 8}]]
+
+
+@pytest.mark.anyio
+async def test_a_job_that_ends_while_queued_leaves_no_queue_position() -> None:
+    adapter = _cloud_adapter()
+    spec = JobSpec(backend="sv1", pubs=(_sweep([0.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    job = _job()
+    handle = await runner.submit(prepare_in_process(adapter, spec, seed=1), job)
+    views = [{**fake.tasks[handle.arns[0]], "queueInfo": {"position": "3"}}]
+
+    def get(arn: str) -> dict[str, Any]:
+        if views:
+            return views.pop()
+        raise _client_error("ResourceNotFoundException", 404)  # then Braket lost it
+
+    fake.get_quantum_task = get  # type: ignore[method-assign]
+    with pytest.raises(ExecutionError):
+        await runner.wait(handle)
+    assert not [k for k in runner.status.properties() if k.startswith("queue_position/")]
+
+
+def test_a_cloud_backend_offers_the_sampler_and_reads_the_device_live() -> None:
+    from gateway.domain import costs
+    from gateway.domain.backends import Primitive
+
+    adapter = _cloud_adapter()
+    info = adapter.info()
+    # Braket tasks are shots: a client must not be offered an estimator it would be refused.
+    assert info.primitives == frozenset({Primitive.SAMPLER})
+    runner = adapter.create_runner()
+    assert runner is not None
+    runner.status.set_device("ONLINE", "7")
+    assert adapter.info().properties["queue_depth"] == "7"
+    # Run at the provider: no local simulation work or memory is priced for it.
+    assert adapter.run_costs() is costs.BATCHED_RUNS
+    assert adapter.state_size(QuantumCircuit(20), True) == (0, 1 << 20)
+
+
+def test_a_cloud_backend_runs_with_the_options_it_was_given() -> None:
+    context = _cloud_adapter().context
+    tuned = {
+        "s3_prefix": "p",
+        "max_concurrent_tasks": 3,
+        "max_creates_per_s": 5,
+        "poll_interval_s": 2.5,
+        "request_timeout_s": 7.0,
+        "retry_attempts": 2,
+        "retry_backoff_s": 0.5,
+        "max_retry_backoff_s": 4.0,
+        "reservation_arn": RESERVATION,
+    }
+    adapter = BraketAdapter(dataclasses.replace(context, options={**context.options, **tuned}))
+    runner = adapter.create_runner()
+    assert runner is not None
+    expected = CloudSettings(device_arn=SV1, region="us-east-1", s3_bucket="results", **tuned)
+    assert runner.settings == expected
+
+
+def test_a_cloud_backend_refuses_a_seed_it_cannot_honour() -> None:
+    from gateway.domain.jobs import JobOptions
+
+    spec = JobSpec(
+        backend="sv1",
+        pubs=(SamplerPub(CircuitSource(CircuitLanguage.QASM3, BELL), Bindings(), 8),),
+        options=JobOptions(seed=7),
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        prepare_in_process(_cloud_adapter(), spec, seed=7)
+    assert refused.value.reason == "UNSUPPORTED_FEATURE"
+
+
+def test_a_cloud_target_is_no_wider_than_the_managed_simulators() -> None:
+    # SV1 runs at most 34 qubits: a wider circuit is refused here, not after its queue wait.
+    context = _cloud_adapter().context
+    wide = BraketAdapter(
+        dataclasses.replace(context, options={**context.options, "num_qubits": 40})
+    )
+    assert wide.build_qiskit_target().num_qubits == 34

@@ -301,8 +301,12 @@ class BraketAdapter(QiskitAdapter):
                     )
         prepared = super().prepare(spec, seed, circuits)
         if self.braket_options.is_cloud:
+            # A PUB whose bits all read 0 is no task (cloud._task_specs): neither counted against
+            # the limit nor priced.
             tasks = sum(
-                int(getattr(task, "size", 1)) for task in getattr(prepared.payload, "tasks", ())
+                task.size
+                for task in getattr(prepared.payload, "tasks", ())
+                if isinstance(task, SamplerTask) and task.writes_clbits
             )
             limit = self.braket_options.max_tasks_per_job
             if tasks > limit:

@@ -818,8 +818,8 @@ def _task_specs(payload: QiskitPayload) -> tuple[list[_TaskSpec], dict[str, Any]
                 "columns": list(program.columns),
             }
         )
-        if not program.columns:
-            continue  # nothing measured: every clbit reads 0, no task to pay for
+        if not task.writes_clbits:
+            continue  # every clbit reads 0: no task to pay for (nor counted when prepared)
         for b in range(task.size):
             inputs = dict(zip(program.input_names, values[b].tolist(), strict=True))
             specs.append(_TaskSpec(p, b, program.source, inputs, task.shots))
