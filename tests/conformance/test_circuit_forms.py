@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from tests.conformance.conftest import EXACT, NOISY, PROFILES
 from tests.conformance.test_circuit_semantics import (
     _estimate,
+    _expect,
     _joint,
     _pauli_expectations,
     _sampled,
@@ -274,9 +275,7 @@ INDEXING = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_negative_indices_index_sets_and_slice_aliases(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, INDEXING)
-    assert result is not None
-    _check(client, backend, result.counts(), {"1011": 1.0})
+    _expect(client, backend, INDEXING, {"1011": 1.0})
 
 
 # An alias of one qubit, which Qiskit's reader cannot represent (it aliases registers only): a
@@ -310,9 +309,7 @@ PARTIAL = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_measuring_some_qubits_only(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, PARTIAL)
-    assert result is not None
-    _check(client, backend, result.counts(), {"10": 1.0})
+    _expect(client, backend, PARTIAL, {"10": 1.0})
 
 
 # A whole register measured into a register declared in a different order than the qubits
@@ -326,9 +323,7 @@ SLICE_MEASURE = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_slices_measured_into_slices(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, SLICE_MEASURE)
-    assert result is not None
-    _check(client, backend, _joint(result, ["c", "late"]), {"101|10": 1.0})
+    _expect(client, backend, SLICE_MEASURE, {"101|10": 1.0}, registers=["c", "late"])
 
 
 # --------------------------------------------------------------------------- QPY
@@ -500,9 +495,7 @@ def test_short_delays_in_dt_and_us_are_no_ops(client: Client, backend: str, unit
         H3
         + f"qubit[2] q; bit[2] c; x q[1]; delay[20{unit}] q[1]; delay[3{unit}] q; c = measure q;\n"
     )
-    result = _sampled(client, backend, text)
-    assert result is not None
-    _check(client, backend, result.counts(), {"10": 1.0})
+    _expect(client, backend, text, {"10": 1.0})
 
 
 # A 20 ms delay is ~100 T1 on FakeManila: the fake-device backends (thermal relaxation in their
@@ -516,9 +509,7 @@ def test_a_long_delay_relaxes_only_where_the_noise_model_has_t1(
     client: Client, backend: str
 ) -> None:
     text = H3 + "qubit[2] q; bit[2] c; x q[1]; delay[20ms] q[1]; c = measure q;\n"
-    result = _sampled(client, backend, text)
-    assert result is not None
-    _check(client, backend, result.counts(), {"00" if backend in RELAXING else "10": 1.0})
+    _expect(client, backend, text, {"00" if backend in RELAXING else "10": 1.0})
 
 
 # Two registers whose names the OpenQASM 3 reader's escaping would make equal ("_c" as

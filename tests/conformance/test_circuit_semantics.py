@@ -71,6 +71,23 @@ def _sampled(
     return result
 
 
+def _expect(
+    client: Client,
+    backend: str,
+    text: str | bytes,
+    ideal: dict[str, float],
+    refusals: Mapping[str, str] = {},
+    registers: list[str] | None = None,
+) -> None:
+    """The circuit's counts (of `registers` joined, else of every register) follow `ideal`
+    within the backend's budget, or the backend refuses it as `refusals` says it must."""
+    result = _sampled(client, backend, text, refusals)
+    if result is None:
+        return
+    counts = result.counts() if registers is None else _joint(result, registers)
+    _check(client, backend, counts, ideal)
+
+
 def _joint(result: SamplerPubResult, registers: list[str]) -> dict[str, int]:
     """Counts of the registers' values per shot, joined with '|' in the order given."""
     columns = [result.bitstrings(register=r) for r in registers]
@@ -161,10 +178,7 @@ def test_conditions_on_classical_expressions(client: Client, backend: str, form:
     refusals = dict(NO_CONTROL_FLOW)
     if form == "qpy":  # `m < 2` has no Braket condition
         refusals |= {name: "Braket cannot branch on" for name in BRAKET}
-    result = _sampled(client, backend, source, refusals)
-    if result is None:
-        return
-    _check(client, backend, _joint(result, ["m", "r"]), _expressions_ideal())
+    _expect(client, backend, source, _expressions_ideal(), refusals, registers=["m", "r"])
 
 
 # Repeat until a coin reads 1: c ends 1 in every shot; q1 flips once per iteration, so it reads
@@ -183,10 +197,9 @@ def test_a_while_loop_on_a_measured_bit(client: Client, backend: str) -> None:
     refusals = NO_CONTROL_FLOW | _construct(
         "while_loop", [*BRAKET, "aer-noisy-manila", "ibm-fake-manila"]
     )
-    result = _sampled(client, backend, WHILE, refusals)
-    if result is None:
-        return
-    _check(client, backend, _joint(result, ["c", "parity"]), {"1|1": 1 / 3, "1|0": 2 / 3})
+    _expect(
+        client, backend, WHILE, {"1|1": 1 / 3, "1|0": 2 / 3}, refusals, registers=["c", "parity"]
+    )
 
 
 # OpenQASM 3 ranges include their end: [0:3] is 4 iterations, [4:-2:0] is 4, 2, 0 and
@@ -205,10 +218,7 @@ FOR_RANGES = (
 @pytest.mark.parametrize("backend", FLEET)
 def test_for_loop_ranges_include_their_end_and_honour_steps(client: Client, backend: str) -> None:
     refusals = NO_CONTROL_FLOW | _construct("for_loop", BRAKET)
-    result = _sampled(client, backend, FOR_RANGES, refusals)
-    if result is None:
-        return
-    _check(client, backend, result.counts(), {"1111": 1.0})
+    _expect(client, backend, FOR_RANGES, {"1111": 1.0}, refusals)
 
 
 # The loop variable in an angle: pi/6 * (1 + 2 + 3) = pi.
@@ -220,10 +230,7 @@ FOR_VARIABLE = (
 @pytest.mark.parametrize("backend", FLEET)
 def test_a_for_loop_variable_in_an_angle(client: Client, backend: str) -> None:
     refusals = NO_CONTROL_FLOW | _construct("for_loop", BRAKET)
-    result = _sampled(client, backend, FOR_VARIABLE, refusals)
-    if result is None:
-        return
-    _check(client, backend, result.counts(), {"1": 1.0})
+    _expect(client, backend, FOR_VARIABLE, {"1": 1.0}, refusals)
 
 
 # --------------------------------------------------------------------------- measurement
@@ -240,10 +247,7 @@ RESET_ENTANGLED = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_reset_of_an_entangled_qubit(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, RESET_ENTANGLED, NO_MID_CIRCUIT)
-    if result is None:
-        return
-    _check(client, backend, result.counts(), {"000": 0.5, "010": 0.5})
+    _expect(client, backend, RESET_ENTANGLED, {"000": 0.5, "010": 0.5}, NO_MID_CIRCUIT)
 
 
 # Two measurements into the same bit, each qubit measured once at the end: the later write
@@ -257,9 +261,7 @@ LAST_WRITE = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_the_last_measurement_into_a_bit_wins(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, LAST_WRITE)
-    assert result is not None
-    _check(client, backend, result.counts(), {"10": 1.0})
+    _expect(client, backend, LAST_WRITE, {"10": 1.0})
 
 
 # Registers and loose bit variables interleaved, written in scrambled order; flag copies a
@@ -305,9 +307,7 @@ CONTROLLED_GPHASE = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_controlled_global_phase(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, CONTROLLED_GPHASE)
-    assert result is not None
-    _check(client, backend, result.counts(), {"0111": 1.0})
+    _expect(client, backend, CONTROLLED_GPHASE, {"0111": 1.0})
 
 
 I2 = np.eye(2, dtype=complex)
@@ -530,10 +530,7 @@ def test_a_switch_on_a_register(client: Client, backend: str) -> None:
     # r = (q2, q0): m=0 -> "10"; m=1 -> q0 holds 1: "01"; m=2 -> "01"; m=3 -> q0=1, q2=1: "11".
     ideal = {"00|10": 0.25, "01|01": 0.25, "10|01": 0.25, "11|11": 0.25}
     refusals = NO_CONTROL_FLOW | _construct("switch_case", BRAKET)
-    result = _sampled(client, backend, _switch_qpy(), refusals)
-    if result is None:
-        return
-    _check(client, backend, _joint(result, ["m", "r"]), ideal)
+    _expect(client, backend, _switch_qpy(), ideal, refusals, registers=["m", "r"])
 
 
 def _translatable_conditions_qpy() -> bytes:
@@ -574,10 +571,14 @@ def test_translatable_conditions_with_an_else_branch(client: Client, backend: st
         same = int(m0 == m1)
         bits = [m0 ^ same, m1 ^ (1 - same), int(m1 and not m0), int(m == 2), int(m1 != 1)]
         ideal[f"{m1}{m0}|" + "".join(str(b) for b in reversed(bits))] = 0.25
-    result = _sampled(client, backend, _translatable_conditions_qpy(), NO_CONTROL_FLOW)
-    if result is None:
-        return
-    _check(client, backend, _joint(result, ["m", "r"]), ideal)
+    _expect(
+        client,
+        backend,
+        _translatable_conditions_qpy(),
+        ideal,
+        NO_CONTROL_FLOW,
+        registers=["m", "r"],
+    )
 
 
 # A user gate whose definition holds a global phase, under ctrl: g = -X, so ctrl @ g is a CX
@@ -595,9 +596,7 @@ GPHASE_IN_DEFINITION = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_a_global_phase_inside_a_controlled_user_gate(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, GPHASE_IN_DEFINITION)
-    assert result is not None
-    _check(client, backend, result.counts(), {"11": 1.0})
+    _expect(client, backend, GPHASE_IN_DEFINITION, {"11": 1.0})
 
 
 # OpenQASM 3 broadcasts a gate over registers of equal size (cx a, b is cx a[i], b[i]) and a
@@ -611,6 +610,4 @@ BROADCAST = (
 
 @pytest.mark.parametrize("backend", FLEET)
 def test_gates_broadcast_over_registers(client: Client, backend: str) -> None:
-    result = _sampled(client, backend, BROADCAST)
-    assert result is not None
-    _check(client, backend, _joint(result, ["ma", "mb", "mc"]), {"10|10|0": 1.0})
+    _expect(client, backend, BROADCAST, {"10|10|0": 1.0}, registers=["ma", "mb", "mc"])
