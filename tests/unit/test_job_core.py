@@ -844,6 +844,36 @@ async def test_a_lapsed_claim_past_the_queue_deadline_fails_instead_of_running(
         await _close(core)
 
 
+@pytest.mark.parametrize("kind", QUEUES)
+async def test_a_lapsed_claim_at_exactly_the_queue_deadline_fails_as_a_waiting_job_would(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    # A waiting job expires when its deadline is reached (take_expired: deadline <= now); a
+    # claim that lapses at that very instant must not run it instead.
+    runner = ScriptedRunner(slots=1)
+    clock = Clock()
+    core = await build_core(
+        store, kind, {"sim": runner}, clock=clock, max_queue_time_s=30, lease_s=30
+    )
+    try:
+        blocker = await core.submit("alice", spec("sim"))
+        await core.until("alice", blocker.id, "RUNNING")
+        job = await core.submit("alice", spec("sim"))
+        holder = (
+            make_queue(kind, store, "sim", "dead-holder", clock, 30.0)
+            if kind == "store"
+            else core.backends["sim"].queue
+        )
+        assert (claim := await holder.claim()) is not None and claim.job.id == job.id
+        clock.advance(30)  # the lease lapses as the job's 30 s in the queue end
+        runner.succeed(blocker.id)
+        failed = await core.until("alice", job.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "QUEUE_TIMEOUT"
+        assert runner.submitted == [blocker.id]
+    finally:
+        await _close(core)
+
+
 # ---------------------------------------------------------------- breaker accounting
 
 
