@@ -11,11 +11,10 @@ from qgateway.v1 import admin_pb2, job_pb2
 
 from gateway.api.codec import timestamp
 from gateway.domain.errors import FieldViolation, InvalidArgument
-from gateway.security.principals import is_tenant_id
+from gateway.security.principals import TENANT_ID, is_tenant_id
 from gateway.security.tenant_policy import (
     DAY_S,
     MAX_DISPLAY_NAME,
-    TENANT_ID,
     PeriodQuota,
     RateLimit,
     Tenant,

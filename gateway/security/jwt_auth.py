@@ -36,7 +36,6 @@ log = logging.getLogger("gateway.auth")
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-# fullmatch: `$` also matches before a final newline ("acme\n" passed as a tenant id).
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1 << 20
 _MAX_SUBJECT = 255

@@ -23,13 +23,14 @@ KEY_PREFIX_PATTERN = r"[a-z0-9]{4,32}"
 # AIP-159: "tenants/-" names every tenant (ListApiKeys), so no tenant may be called "-": its
 # keys could never be listed by its own tenant admin.
 EVERY_TENANT = "-"
-_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
 
 def is_tenant_id(value: str) -> bool:
     """True for an id a tenant may have (AdminService, the configuration, keys, certificate
-    rules and JWT claims alike)."""
-    return _TENANT_ID.fullmatch(value) is not None and value != EVERY_TENANT
+    rules and JWT claims alike). fullmatch: `$` also matches before a final newline, and
+    "acme\n" passed a JWT's tenant claim that way."""
+    return TENANT_ID.fullmatch(value) is not None and value != EVERY_TENANT
 
 
 def _tenant_id(value: str) -> str:

@@ -19,14 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.domain.backends import BackendKind
-from gateway.security.principals import TENANT_ID_PATTERN
 
 DAY_S = 86400.0
 # The longest quota period, and the longest a rate may take to refill one token: a slower
 # rate's retry delay would be no use to a caller (and 1e-300 per second overflowed it).
 MAX_PERIOD_S = 366 * DAY_S
 MIN_PER_SECOND = 1 / MAX_PERIOD_S
-TENANT_ID = re.compile(TENANT_ID_PATTERN)
 # Bounds on what AdminService and the configuration accept: every ListBackends and submission
 # of the tenant matches its patterns on the event loop, and every GetTenant, ListTenants and
 # GetTenantUsage response carries them.

@@ -316,7 +316,6 @@ class IbmAdapter(QiskitAdapter):
         return builder.build()
 
     def _estimate(self, circuit: QuantumCircuit, task: EstimatorTask) -> EstimatorResult:
-
         layout = _layout_of(circuit)
         n = circuit.num_qubits
         observables = []

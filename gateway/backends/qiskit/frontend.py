@@ -593,6 +593,7 @@ def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
         isinstance(s, q3ast.Include) and s.filename == "stdgates.inc" for s in program.statements
     )
     gate_identifiers: list[q3ast.Identifier] = []
+    identifiers: list[q3ast.Identifier] = []
     defined: set[str] = set()
     for node in _walk(program):
         if isinstance(node, q3ast.QuantumGateDefinition):
@@ -600,14 +601,11 @@ def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
             gate_identifiers.append(node.name)
         elif isinstance(node, q3ast.QuantumGate):
             gate_identifiers.append(node.name)
+        elif isinstance(node, q3ast.Identifier):
+            identifiers.append(node)
     as_gate = {id(identifier) for identifier in gate_identifiers}
-    taken: set[str] = set()
-    other_uses: set[str] = set()
-    for node in _walk(program):
-        if isinstance(node, q3ast.Identifier):
-            taken.add(node.name)
-            if id(node) not in as_gate:
-                other_uses.add(node.name)
+    taken = {identifier.name for identifier in identifiers}
+    other_uses = {i.name for i in identifiers if id(i) not in as_gate}
     renames: dict[str, str] = {}  # the program's name -> the new one
     for name in sorted(defined & STANDARD_GATE_NAMES):
         if name in other_uses or (included and name in _STDGATES_INC_NAMES):
