@@ -212,6 +212,25 @@ def test_list_audit_records_is_scoped_by_role_and_tenant(env: Env) -> None:
         paged = _records(admin, ADMIN, '(tenant = "acme" OR tenant = "globex")', page_size=2)
         assert [r.sequence for r in paged][: len(every)] == [r.sequence for r in every]
         assert [r.sequence for r in every] == sorted(r.sequence for r in every)
+        # A page token is bound to its caller's scope: the global admin's token, replayed by a
+        # tenant admin with the same filter and page size, is refused, not a next page of
+        # every tenant's records.
+        first = admin.ListAuditRecords(
+            admin_service_pb2.ListAuditRecordsRequest(page_size=1),
+            metadata=_md(ADMIN),
+            timeout=10,
+        )
+        assert first.next_page_token
+        with pytest.raises(grpc.RpcError) as err:
+            admin.ListAuditRecords(
+                admin_service_pb2.ListAuditRecordsRequest(
+                    page_size=1, page_token=first.next_page_token
+                ),
+                metadata=_md(ACME_ADMIN),
+                timeout=10,
+            )
+        assert status_of(err.value).code == grpc.StatusCode.INVALID_ARGUMENT
+        assert status_of(err.value).reason == "INVALID_PAGE_TOKEN"
         for key in (ACME, OTHER):
             with pytest.raises(grpc.RpcError) as err:
                 _records(admin, key)

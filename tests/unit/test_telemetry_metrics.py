@@ -19,7 +19,13 @@ from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
 from gateway.runtime.breaker import BreakerMove, BreakerPolicy, BreakerState, CircuitBreaker
 from gateway.telemetry import metric_names as names
-from gateway.telemetry.metrics import BackendSample, GatewayMetrics, TenantLabels, _Snapshot
+from gateway.telemetry.metrics import (
+    DURATION_BUCKETS,
+    BackendSample,
+    GatewayMetrics,
+    TenantLabels,
+    _Snapshot,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -109,6 +115,24 @@ def test_the_catalogue_spells_prometheus_names_like_the_exporter() -> None:
         "rpc_response_status_code",
     )
     assert len({m.name for m in names.ALL}) == len(names.ALL)
+
+
+def test_durations_fall_into_the_documented_buckets() -> None:
+    # The SDK's default boundaries (0, 5, 10, ... 10000) are meant for milliseconds: in seconds
+    # every Run and cached compile would share one bucket. The advisory layout must reach the
+    # scrape.
+    metrics, registry = _metrics()
+    for seconds in (0.0007, 0.02, 4000.0):
+        metrics.record_rpc("qgateway.v1.JobService/Run", "OK", seconds, job_known=True)
+    bucket = f"{names.RPC_SERVER_DURATION.prometheus}_bucket"
+    counts = {
+        key.split('le="')[1].split('"')[0]: value
+        for key, value in _samples(registry).items()
+        if key.startswith(bucket + "{")
+    }
+    assert list(counts) == [*(str(b) for b in DURATION_BUCKETS), "+Inf"]
+    assert (counts["0.0005"], counts["0.001"], counts["0.01"], counts["0.025"]) == (0, 1, 1, 2)
+    assert (counts["3600.0"], counts["+Inf"]) == (2, 3)
 
 
 def test_the_tenant_label_is_capped() -> None:
