@@ -235,7 +235,7 @@ class ServerConfig(_Strict):
         if address is None or address.startswith(("unix:", "unix-abstract:")):
             return address
         host, colon, port = address.rpartition(":")
-        if not colon or not host or not port.isdigit() or int(port) > 65535:
+        if not colon or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
             raise ValueError(
                 f"{address!r}: expected HOST:PORT, the port 0-65535 (0: any free port), or "
                 "unix:PATH"

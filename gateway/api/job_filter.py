@@ -38,8 +38,10 @@ MAX_DEPTH = 8
 
 # A resource id inside a name: what the gateway itself issues or configures.
 _RESOURCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# ASCII digits only: `\d` would take any script's digits ("٢٠٢٦" read as 2026).
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
 )
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _OPERATORS = ("!=", ">=", "<=", "=", ">", "<", ":")

@@ -73,7 +73,7 @@ def split_listen(listen: str) -> tuple[str, int]:
         ValueError: Not host:port with a port in 0-65535.
     """
     host, _, port = listen.rpartition(":")
-    if not port.isdigit() or int(port) > 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"{listen!r}: give host:port, the port 0-65535")
     return host or "0.0.0.0", int(port)
 

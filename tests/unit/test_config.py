@@ -144,6 +144,8 @@ def test_relative_paths_from_the_environment_stay_relative_to_the_working_direct
         ('[server]\nlisten = "127.0.0.1:65536"\n', "server.listen"),
         ('[server]\nlisten = "127.0.0.1"\n', "server.listen"),
         ('[server]\nlisten = "127.0.0.1:-5"\n', "server.listen"),
+        # Arabic-Indic digits are digits to str.isdigit and int(), not to gRPC.
+        ('[server]\nlisten = "127.0.0.1:\u0668\u0660"\n', "server.listen"),
         ('[server]\nhealth_listen = ":8080"\n', "server.health_listen"),
         # Every job naming no shots would be refused, for a field it never set.
         ('[backends.a]\nadapter = "aer"\nmax_shots = 100\n', "default_shots"),

@@ -258,7 +258,7 @@ def test_config_is_strict_and_off_by_default() -> None:
         TelemetryConfig.model_validate({"tracing": {"enabled": True, "otlp_endpoint": "host:1"}})
     with pytest.raises(ValidationError):
         TelemetryConfig.model_validate({"tracing": {"sample_ratio": 2}})
-    for listen in ("localhost", "0.0.0.0:abc", "0.0.0.0:99999", "host:-1"):
+    for listen in ("localhost", "0.0.0.0:abc", "0.0.0.0:99999", "host:-1", "host:\u0668\u0660"):
         with pytest.raises(ValidationError):  # a config error, not a traceback at start
             TelemetryConfig.model_validate({"metrics": {"prometheus_listen": listen}})
     on = TelemetryConfig.model_validate({"metrics": {"prometheus_listen": "127.0.0.1:0"}})
