@@ -132,9 +132,17 @@ def decode_policy(
         InvalidArgument: INVALID_POLICY, each problem a field violation under `field`.
     """
     quota = None
+    problems: list[tuple[str, str]] = []
     if msg.HasField("quota"):
         q = msg.quota
         period_s = q.period.ToNanoseconds() / 1e9 if q.HasField("period") else DAY_S
+        # protobuf parses any seconds and nanos: nanos past a second, or of the other sign,
+        # would be stored as a different period than the one sent.
+        seconds, nanos = q.period.seconds, q.period.nanos
+        if not (abs(nanos) < 1_000_000_000 and seconds * nanos >= 0):
+            problems.append(
+                ("quota.period", f"is not a valid Duration ({seconds} s and {nanos} ns)")
+            )
         quota = PeriodQuota(
             shots=q.shots if q.HasField("shots") else None,
             cost=q.cost if q.HasField("cost") else None,
@@ -156,7 +164,7 @@ def decode_policy(
         max_queued_jobs=msg.max_queued_jobs if msg.HasField("max_queued_jobs") else None,
         max_sessions=msg.max_sessions if msg.HasField("max_sessions") else None,
     )
-    problems = validate_policy(policy)
+    problems += validate_policy(policy)
     if problems:
         raise InvalidArgument(
             "INVALID_POLICY",
