@@ -399,6 +399,38 @@ def test_a_zero_observable_fails_the_job_as_the_clients(manila: IbmAdapter) -> N
     assert results[0].expectation_values[2] == pytest.approx(0.5)
 
 
+def test_coefficients_whose_squares_overflow_fail_the_job_as_the_clients(
+    manila: IbmAdapter,
+) -> None:
+    # The runtime adds coefficient**2 into the variance: OverflowError, an INTERNAL
+    # EXECUTION_FAILED after the run, for an observable every other backend answers.
+    def pub(observable: Observable) -> EstimatorPub:
+        return EstimatorPub(
+            circuit=q3("qubit[2] q; h q[0]; cx q[0], q[1];"),
+            observables=(Observable((("ZZ", 1.0),)), observable),
+            observables_shape=(2,),
+            bindings=Bindings(),
+        )
+
+    for huge in (
+        Observable((("ZZ", 1.4e154),)),
+        Observable((("ZZ", 9.5e153), ("Z", 9.5e153, (0,)), ("Z", 9.5e153, (1,)))),
+        Observable((("ZZ", 9e153), ("ZZ", 9e153))),  # merged by the runtime: 1.8e154
+    ):
+        error = zero_refused(manila, spec(pub(huge)))
+        assert error.reason == "INVALID_OBSERVABLE", error
+        assert error.kind is FailureKind.CLIENT_ERROR
+        assert "observable 1's squared coefficients" in str(error), error
+    # Just below the bound, and huge terms that cancel when merged: they run.
+    _, results = run(manila, spec(pub(Observable((("ZZ", 1.3e154),)))))
+    assert isinstance(results[0], EstimatorResult)
+    assert 1.1e154 < results[0].expectation_values[1] <= 1.3e154
+    cancelled = Observable((("ZZ", 1e154), ("ZZ", -1e154), ("XX", 1.0)))
+    _, results = run(manila, spec(pub(cancelled)))
+    assert isinstance(results[0], EstimatorResult)
+    assert 0.8 < results[0].expectation_values[1] <= 1.0
+
+
 # ---------------------------------------------------------------------- provider options
 
 

@@ -393,6 +393,9 @@ def test_observables_shape_is_the_arrays() -> None:
     assert fe.validate_observables([obs(("ZZ", 1.0))], (), 2, OFIELD) == ()
     with pytest.raises(InvalidArgument):
         fe.validate_observables([obs(("ZZ", 1.0)), obs(("XI", 0.5))], (), 2, OFIELD)
+    # Near the bound, each observable on its own: accepted.
+    big = [obs(("ZZ", 8e307), ("XX", 8e307)), obs(("ZZ", 1.7e308))]
+    assert fe.validate_observables(big, (2,), 2, OFIELD) == (2,)
 
 
 @pytest.mark.parametrize(
@@ -404,6 +407,8 @@ def test_observables_shape_is_the_arrays() -> None:
         ([obs(("zz", 1.0))], ()),
         ([obs(("ZZ", math.nan))], ()),
         ([obs(("ZZ", math.inf))], ()),
+        # Each finite, their magnitudes' sum is not: every simulator's value overflowed.
+        ([obs(("ZZ", 1e308), ("XX", -1e308))], ()),
         ([obs()], ()),  # no terms
         ([], ()),  # no observables
         ([obs(("ZZ", 1.0))] * 3, (2, 2)),  # shape does not hold them

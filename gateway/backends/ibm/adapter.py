@@ -603,7 +603,8 @@ def runtime_observable(
     Raises:
         ExecutionError: CLIENT_ERROR INVALID_OBSERVABLE for an observable that is zero (its
             terms cancel, or their coefficients are 0), which the runtime refuses ("Empty
-            observable was detected"): the request's fault, not the backend's (on the cloud
+            observable was detected"), or whose squared coefficients overflow: the request's
+            fault, not the backend's (on the cloud
             path the runtime's refusal at create would count against the breaker). Zero as the
             runtime reads it: simplified, tolerance included. Checked here, where the operator
             is built anyway, not when the job is submitted: at the job limit of 1,000,000
@@ -611,13 +612,26 @@ def runtime_observable(
     """
     from qiskit.quantum_info import SparseObservable, SparsePauliOp
 
-    if SparseObservable.from_sparse_list(terms, num_qubits).simplify() == SparseObservable.zero(
-        num_qubits
-    ):
+    simplified = SparseObservable.from_sparse_list(terms, num_qubits).simplify()
+    if simplified == SparseObservable.zero(num_qubits):
         raise ExecutionError(
             "INVALID_OBSERVABLE",
             f"backends/{backend}: observable {index} is zero (its terms cancel or their "
             "coefficients are 0), which the IBM runtime's estimator refuses",
+            kind=FailureKind.CLIENT_ERROR,
+            metadata={"index": str(index)},
+        )
+    # The runtime's estimator adds each merged term's coefficient**2 into the estimate's
+    # variance, which raised OverflowError past the largest float (|c| above ~1.3e154): an
+    # INTERNAL failure after the run (on a device, after it was paid for).
+    with np.errstate(over="ignore"):
+        squares = float(np.sum(np.abs(simplified.coeffs) ** 2))
+    if not math.isfinite(squares):
+        raise ExecutionError(
+            "INVALID_OBSERVABLE",
+            f"backends/{backend}: observable {index}'s squared coefficients sum past the "
+            "largest float, which the IBM runtime's estimator cannot take (it computes the "
+            "estimate's variance from them); scale the observable down",
             kind=FailureKind.CLIENT_ERROR,
             metadata={"index": str(index)},
         )

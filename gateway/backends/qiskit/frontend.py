@@ -1960,8 +1960,12 @@ def validate_observables(
         where = f"observable {index}"
         if not observable.terms:
             raise invalid("INVALID_OBSERVABLE", f"{where} has no terms", field, index=index)
+        # Bounds the expectation value: finite coefficients whose magnitudes sum past the
+        # largest float (two terms at 1e308) made every simulator's answer overflow.
+        magnitude = 0.0
         for term_index, term in enumerate(observable.terms):
             pauli, coefficient = term.pauli, term.coefficient
+            magnitude += abs(coefficient)
             if term.qubits is not None:
                 _check_sparse_term(
                     term.qubits,
@@ -1993,6 +1997,14 @@ def validate_observables(
                     field,
                     index=index,
                 )
+        if not math.isfinite(magnitude):
+            raise invalid(
+                "INVALID_OBSERVABLE",
+                f"{where}: the magnitudes of its coefficients sum past the largest float; "
+                "scale the observable down",
+                field,
+                index=index,
+            )
     return shape
 
 
