@@ -31,7 +31,7 @@ from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import Job, JobSpec, JobState, SamplerResult
 from gateway.runtime.pool import Pool, PoolLimits
-from gateway.runtime.simulator_runner import WorkerPoolRunner, WorkerRunHandle
+from gateway.runtime.simulator_runner import KILL_AFTER_S, WorkerPoolRunner, WorkerRunHandle
 from gateway.runtime.worker import SimulatorRole, WorkerProcess
 from gateway.runtime.worker_pool import WorkerFactory
 from tests.adapters import prepare_in_process
@@ -152,10 +152,11 @@ async def test_a_job_runs_and_its_worker_is_reused(
     assert (stats.min_instances, stats.max_instances) == (1, 1) and stats.high_water >= 1
 
 
-async def test_cancel_kills_the_worker_and_wait_says_cancelled(
+async def test_cancel_answers_at_once_and_kills_a_hung_worker_once_it_has_run(
     runner: WorkerPoolRunner, prepared: PreparedJob
 ) -> None:
     pid = await idle_pid(runner)
+    discarded = runner.stats().discarded
     handle = await runner.submit(with_faults(prepared, hang=True), x_job()[1])
     waiting = asyncio.ensure_future(runner.wait(handle))
     await asyncio.sleep(0)
@@ -163,10 +164,50 @@ async def test_cancel_kills_the_worker_and_wait_says_cancelled(
     await runner.cancel(handle)
     await runner.cancel(handle)  # idempotent
     with pytest.raises(ExecutionError) as info:
-        await waiting
+        await waiting  # at once, not when the worker ends
     assert info.value.kind is FailureKind.CANCELLED and info.value.reason == "CANCELLED"
-    assert gone(pid)
-    assert await idle_pid(runner) != pid  # replaced
+    # The hung job never ends: its worker is killed KILL_AFTER_S after it started, replaced.
+    assert await idle_pid(runner) != pid
+    assert gone(pid) and runner.stats().discarded == discarded + 1
+    with pytest.raises(ExecutionError) as info:
+        await runner.wait(handle)
+    assert info.value.kind is FailureKind.CANCELLED
+
+
+async def test_a_job_stopped_before_kill_after_s_finishes_and_its_worker_is_reused(
+    runner: WorkerPoolRunner, prepared: PreparedJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killing the worker of a job cancelled (or limited to a nanosecond) right away would cost
+    # every tenant a replacement's start per request; the job ends, the worker finishes it.
+    monkeypatch.setattr(runner, "_kill_after_s", 600.0)
+    pid = await idle_pid(runner)
+    discarded = runner.stats().discarded
+    handle = await runner.submit(with_faults(prepared, latency_s=0.2), x_job()[1])
+    waiting = asyncio.ensure_future(runner.wait(handle))
+    await runner.cancel(handle)
+    with pytest.raises(ExecutionError) as info:
+        await waiting
+    assert info.value.kind is FailureKind.CANCELLED
+    assert isinstance(handle, WorkerRunHandle) and handle.execution is not None
+    assert counts(await handle.execution) == {"001": SHOTS}  # it ran to its end
+    assert await idle_pid(runner) == pid and not gone(pid)
+    assert runner.stats().discarded == discarded
+
+
+async def test_a_job_stopped_after_running_kill_after_s_is_killed_at_once(
+    runner: WorkerPoolRunner, prepared: PreparedJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = await idle_pid(runner)
+    handle = await runner.submit(with_faults(prepared, hang=True), x_job()[1])
+    assert isinstance(handle, WorkerRunHandle) and handle.execution is not None
+    # Exactly KILL_AFTER_S after it started, on the runner's clock.
+    monkeypatch.setattr(runner, "_clock", lambda: handle.started + KILL_AFTER_S)
+    await runner.cancel(handle)
+    assert handle.kill_timer is None  # killed in cancel() itself
+    with pytest.raises(ExecutionError) as info:
+        await handle.execution  # the kill ended it: ours, so CANCELLED, not a crash
+    assert info.value.kind is FailureKind.CANCELLED
+    assert gone(pid) and await idle_pid(runner) != pid
 
 
 async def test_cancel_after_the_job_finished_keeps_its_result_and_worker(
