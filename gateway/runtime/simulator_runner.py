@@ -8,8 +8,8 @@ gateway crash: `reattach` finds nothing and the job runs again.
 
 A stopped job (cancelled, or past a time limit) ends at once for the job core, but its worker
 is killed only once the job has run KILL_AFTER_S: a kill costs a replacement worker's start
-(a second or more of CPU, and of the backend's capacity), so a job stopped sooner is let
-finish until then, and its worker reused. Otherwise a client could make every tenant pay a
+(its imports alone take 0.8-1.7 s, and the backend has a worker fewer meanwhile), so a job
+stopped sooner is let finish until then, and its worker reused. Otherwise a client could make every tenant pay a
 replacement per request with jobs it cancels at once or limits to a nanosecond.
 """
 
