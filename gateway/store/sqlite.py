@@ -770,7 +770,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     async def delete_ended_jobs(self, until: datetime, limit: int) -> tuple[int, int]:
         """Deletes up to `limit` final jobs that ended by `until` (oldest end first), with their
         results (ON DELETE CASCADE) and quota ledger rows, and up to `limit` ended sessions that
-        ended by `until` and hold no job any more; returns (jobs deleted, sessions deleted)."""
+        ended by `until` and hold no job any more, with their cost totals; returns (jobs
+        deleted, sessions deleted)."""
         until_us = to_us(until)
 
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -783,6 +784,10 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             sessions = [
                 (row["id"],) for row in conn.execute(_ENDED_SESSIONS_SQL, (until_us, limit))
             ]
+            # Its cost rows name the session (a foreign key without a cascade): left behind,
+            # they failed the whole batch, and every later sweep retried it, so one session
+            # that ran a priced job stopped retention for every tenant.
+            conn.executemany("DELETE FROM session_costs WHERE session_id = ?", sessions)
             deleted_sessions = conn.executemany(
                 "DELETE FROM sessions WHERE id = ?", sessions
             ).rowcount

@@ -15,7 +15,8 @@ import pytest
 
 from gateway.api.session_filter import parse_session_filter
 from gateway.domain.errors import Code, GatewayError
-from gateway.domain.jobs import JobState
+from gateway.domain.jobs import ExecutionInfo, JobState
+from gateway.domain.pricing import Cost, Totals, Usage
 from gateway.domain.sessions import (
     EndReason,
     FailurePolicy,
@@ -246,8 +247,6 @@ async def test_a_page_of_no_sessions_is_refused(store: Store) -> None:
 
 
 async def test_totals_of_a_page_of_sessions_in_one_call(store: Store) -> None:
-    from gateway.domain.jobs import ExecutionInfo
-    from gateway.domain.pricing import Cost, Usage
 
     a, _ = await store.create_session(new_session(), b"h")
     b, _ = await store.create_session(new_session(), b"h")
@@ -279,8 +278,6 @@ async def test_totals_count_each_finished_job_once_and_are_kept(
     """Totals are added as each job finishes with its execution record: a finish that does
     not happen (the job already final, twice at once, or never given a record) adds nothing,
     and every handle on the data sees the same totals."""
-    from gateway.domain.jobs import ExecutionInfo
-    from gateway.domain.pricing import Cost, Totals, Usage
 
     store = await store_factory()
     s, _ = await store.create_session(new_session(), b"h")
@@ -374,7 +371,13 @@ async def test_ended_sessions_past_retention_go_once_their_jobs_have_gone(store:
         if job_ends is not None:
             job = new_job(session.id, T0)
             await store.create_job(job)
-            await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=job_ends)
+            # Priced: the session's cost totals name it, and must go with it (left behind,
+            # they failed every later sweep's batch).
+            usage = Usage(shots=8, execution_seconds=0.5)
+            execution = ExecutionInfo(backend="aer", seed=1, usage=usage, cost=Cost(1.0, "USD"))
+            await store.finish_job(
+                job.id, JobState.SUCCEEDED, ended_at=job_ends, execution=execution
+            )
         closed = dataclasses.replace(
             session, state=SessionState.CLOSED, ended_at=at, end_reason=EndReason.CLOSED
         )
