@@ -6,11 +6,13 @@ one's bookkeeping; it is recycled (destroyed and replaced) when the process died
 or ran out of memory (its heap may be fragmented), and reused otherwise. Nothing survives a
 gateway crash: `reattach` finds nothing and the job runs again.
 
-A stopped job (cancelled, or past a time limit) ends at once for the job core, but its worker
-is killed only once the job has run KILL_AFTER_S: a kill costs a replacement worker's start
-(its imports alone take 0.8-1.7 s, and the backend has a worker fewer meanwhile), so a job
-stopped sooner is let finish until then, and its worker reused. Otherwise a client could make every tenant pay a
-replacement per request with jobs it cancels at once or limits to a nanosecond.
+A stopped job's (cancelled, or past a time limit) worker is killed only once the job has run
+KILL_AFTER_S: a kill costs a replacement worker's start (its imports alone take 0.8-1.7 s, and
+the backend has a worker fewer meanwhile), so a job stopped sooner is let finish until then,
+its result discarded and its worker reused. Otherwise a client could make every tenant pay a
+replacement per request with jobs it cancels at once or limits to a nanosecond. `wait`
+answers CANCELLED only once the worker is free: until then the job keeps its slot, its
+tenant's share and its running time, as a job still running does.
 """
 
 from __future__ import annotations
@@ -68,8 +70,6 @@ class WorkerRunHandle(RunHandle):
         self.ended = False
         self.cancel_requested = False
         self.execution: asyncio.Task[ExecutionOutcome] | None = None
-        # Done when `cancel` stopped the job: `wait` answers then, not when the worker ends.
-        self.stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.kill_timer: asyncio.TimerHandle | None = None
 
 
@@ -196,8 +196,13 @@ class WorkerPoolRunner(Runner):
         worker = handle.worker
         recycle = True
         try:
+            if handle.cancel_requested:  # stopped before the worker took it: nothing ran
+                recycle = False
+                raise cancelled_error()
             outcome = await worker.execute(payload)
             recycle = False
+            if handle.cancel_requested:  # stopped while it ran: its result is discarded
+                raise cancelled_error()
             return outcome
         except ExecutionError as error:
             recycle = _recycle(error)
@@ -215,10 +220,10 @@ class WorkerPoolRunner(Runner):
                 handle.kill_timer.cancel()
             broken = recycle or not worker.alive
             session = handle.session
-            # A stopped job's session may already run its next job on another worker: this
-            # one goes back to the pool, where that job may be waiting for it.
+            # A stopped job's worker goes back to the pool: the session's next job may already
+            # wait there for a worker (a pool of one would never give it one).
             keep = session in self._pinned and not handle.cancel_requested
-            if keep and session and not broken and session not in self._kept:
+            if keep and not broken and session not in self._kept:
                 self._kept[session] = worker  # the pinned session's next job runs here
             else:
                 await self._pool.release(worker, broken=broken)
@@ -229,15 +234,15 @@ class WorkerPoolRunner(Runner):
         return handle
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
-        """The job's outcome, or CANCELLED as soon as `cancel` stopped it (its worker may run
-        on for a while; see the module's docstring). If the awaiting task is cancelled (the
+        """The job's outcome; CANCELLED for a job `cancel` stopped before it ended, once its
+        worker is free (see the module's docstring). If the awaiting task is cancelled (the
         gateway is closing), the job is stopped too: its worker is killed and given back
         before this returns."""
         own = self._handle(handle)
         execution = own.execution
         assert execution is not None
         try:
-            await asyncio.wait({execution, own.stopped}, return_when=asyncio.FIRST_COMPLETED)
+            return await asyncio.shield(execution)
         except asyncio.CancelledError:
             if not own.ended:
                 own.worker.kill()
@@ -245,17 +250,12 @@ class WorkerPoolRunner(Runner):
             # this task leaves that to the execution alone.
             await asyncio.wait({execution})
             raise
-        if execution.done():  # finished first, even if a stop came in the meantime
-            return execution.result()
-        raise cancelled_error()
 
     async def cancel(self, handle: RunHandle) -> None:
         own = self._handle(handle)
         if own.ended:  # finished first: its worker may already run another job
             return
         own.cancel_requested = True
-        if not own.stopped.done():
-            own.stopped.set_result(None)
         left = self._kill_after_s - (self._clock() - own.started)
         if left <= 0:
             own.worker.kill()

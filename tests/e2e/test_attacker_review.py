@@ -196,8 +196,8 @@ def test_unmeetable_max_execution_time_does_not_cost_a_worker(
     gw: GatewayProcess, channel: grpc.Channel
 ) -> None:
     """Jobs limited to 1 ns each had their worker killed and replaced: 6 cost ~3.7 CPU-s of
-    worker start-ups and another tenant's 25 ms job took 1.2 s. They fail JOB_TIMEOUT at once
-    still, and the worker finishes them (it is killed only past KILL_AFTER_S)."""
+    worker start-ups and another tenant's 25 ms job took 1.2 s. They still fail JOB_TIMEOUT,
+    once their worker has finished them (it is killed only past KILL_AFTER_S)."""
     jobs = job_service_pb2_grpc.JobServiceStub(channel)
     warm = jobs.SubmitJob(
         job_service_pb2.SubmitJobRequest(

@@ -152,7 +152,7 @@ async def test_a_job_runs_and_its_worker_is_reused(
     assert (stats.min_instances, stats.max_instances) == (1, 1) and stats.high_water >= 1
 
 
-async def test_cancel_answers_at_once_and_kills_a_hung_worker_once_it_has_run(
+async def test_cancel_kills_a_hung_worker_once_its_job_has_run_kill_after_s(
     runner: WorkerPoolRunner, prepared: PreparedJob
 ) -> None:
     pid = await idle_pid(runner)
@@ -163,10 +163,11 @@ async def test_cancel_answers_at_once_and_kills_a_hung_worker_once_it_has_run(
     assert not waiting.done()
     await runner.cancel(handle)
     await runner.cancel(handle)  # idempotent
+    # The hung job never ends: its worker is killed KILL_AFTER_S after it started (wait
+    # answers then), and replaced.
     with pytest.raises(ExecutionError) as info:
-        await waiting  # at once, not when the worker ends
+        await waiting
     assert info.value.kind is FailureKind.CANCELLED and info.value.reason == "CANCELLED"
-    # The hung job never ends: its worker is killed KILL_AFTER_S after it started, replaced.
     assert await idle_pid(runner) != pid
     assert gone(pid) and runner.stats().discarded == discarded + 1
     with pytest.raises(ExecutionError) as info:
@@ -185,11 +186,10 @@ async def test_a_job_stopped_before_kill_after_s_finishes_and_its_worker_is_reus
     handle = await runner.submit(with_faults(prepared, latency_s=0.2), x_job()[1])
     waiting = asyncio.ensure_future(runner.wait(handle))
     await runner.cancel(handle)
+    # Answered once the worker finished the job (its result discarded): not killed.
     with pytest.raises(ExecutionError) as info:
         await waiting
     assert info.value.kind is FailureKind.CANCELLED
-    assert isinstance(handle, WorkerRunHandle) and handle.execution is not None
-    assert counts(await handle.execution) == {"001": SHOTS}  # it ran to its end
     assert await idle_pid(runner) == pid and not gone(pid)
     assert runner.stats().discarded == discarded
 

@@ -271,7 +271,8 @@ class _Process(WrittenWorker):
         return self.returncode  # type: ignore[return-value]
 
 
-def test_a_worker_that_died_while_idle_is_not_alive() -> None:
+@pytest.mark.anyio
+async def test_a_worker_that_died_while_idle_is_not_alive() -> None:
     # Killed from outside between jobs (the OOM killer): the pool must not hand it out.
     process = _Process()
     handle = WorkerProcess(process, 1 << 20)  # type: ignore[arg-type]

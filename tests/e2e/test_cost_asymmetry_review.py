@@ -1,0 +1,202 @@
+"""A cost-asymmetry review over real gRPC: cheap requests whose actual cost (worker CPU, worker
+restarts, a backend's availability) is far above what admission estimated or allows.
+
+One gateway: aer-mps (matrix product state), an IBM fake device in local mode
+(FakeGuadalupeV2, 16 qubits, its noise model) and Braket's local braket_sv, one worker each,
+default limits
+(max_execution_work 1e13, about 200 s of one worker; max_shots 1e6; max_job_shots 1e7).
+Findings are xfail(strict=True): each fails today in the way its reason says and passes once
+fixed. The refusals are asked with validate_only, so nothing expensive runs here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from qgateway import Client
+from qgateway.client import estimator_pub, sampler_pub
+from qgateway.errors import InvalidArgumentError
+from qgateway.results import JobState
+from qgateway.v1 import circuit_pb2
+
+from tests.gateway_process import GatewayProcess, write_config
+
+BACKENDS = """
+[backends.aer-mps]
+adapter = "aer"
+pool = { min_instances = 1, max_instances = 1 }
+options = { method = "matrix_product_state" }
+
+[backends.ibm-guadalupe]
+adapter = "ibm"
+pool = { min_instances = 1, max_instances = 1 }
+options = { backend = "FakeGuadalupeV2" }
+
+[backends.braket-sv]
+adapter = "braket"
+pool = { min_instances = 1, max_instances = 1 }
+options = { device = "braket_sv" }
+"""
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    root = tmp_path_factory.mktemp("cost-asymmetry")
+    config = write_config(root / "gateway.toml", root / "data", BACKENDS)
+    process = GatewayProcess.start(config, root / "gateway.log", start_timeout=180.0)
+    try:
+        with Client(process.address) as c:
+            yield c
+    finally:
+        assert process.terminate() == 0, process.log_path.read_text()[-4000:]
+
+
+def brick(n: int, layers: int, measure: bool = True) -> str:
+    """Layers of distinct one-qubit rotations and a brickwork of cx: entangling, no symmetry."""
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{n}] q;"]
+    if measure:
+        lines.append(f"bit[{n}] c;")
+    for layer in range(layers):
+        lines += [f"rx({0.3 + 0.1 * q + 0.07 * layer:.3f}) q[{q}];" for q in range(n)]
+        lines += [f"rz({0.2 + 0.05 * q:.3f}) q[{q}];" for q in range(n)]
+        lines += [f"cx q[{q}], q[{q + 1}];" for q in range(layer % 2, n - 1, 2)]
+    if measure:
+        lines.append("c = measure q;")
+    return "\n".join(lines) + "\n"
+
+
+def _refusal(
+    client: Client,
+    pubs: list[circuit_pb2.Pub],
+    backend: str,
+    provider_options: dict[str, Any] | None = None,
+) -> InvalidArgumentError:
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.validate(pubs, backend=backend, provider_options=provider_options, timeout=60)
+    return caught.value
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "aer-mps prices a sampled shot at SAMPLE_WEIGHT (20 ns) but Aer's MPS sampler costs "
+        "~chi^2 x n per shot: a 16-qubit, 16-layer brickwork (378 ops) ran 2000 shots in "
+        "6.4 s (12.8 worker CPU-s; 1 shot: 0.47 s), ~3.2 ms a shot, so 1,000,000 shots is "
+        "~3200 s (cut only by max_run_time_s = 3600), admitted as ~1.75e10 units (0.35 s) "
+        "against a 1e13 (200 s) budget"
+    ),
+)
+def test_mps_shots_are_priced_at_what_sampling_the_mps_costs(client: Client) -> None:
+    pub = sampler_pub(brick(16, 16), shots=1_000_000)
+    error = _refusal(client, [pub], "aer-mps")
+    assert error.reason == "EXECUTION_TOO_EXPENSIVE"
+    assert error.metadata["limit"] == "max_execution_work"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "an IBM fake's noise model makes Aer simulate every shot as its own trajectory, but "
+        "admission prices the circuit as one batched state-vector run plus 20 ns a shot: a "
+        "12-qubit, 6-layer brickwork on FakeGuadalupeV2 ran 300 shots in 2.2 s (1 shot: "
+        "0.15 s), ~7 ms a shot, so 1,000,000 shots is ~7000 s (cut at max_run_time_s = "
+        "3600), admitted as ~1.2e9 units (0.02 s) against a 1e13 (200 s) budget"
+    ),
+)
+def test_noisy_ibm_fake_shots_are_priced_as_trajectories(client: Client) -> None:
+    pub = sampler_pub(brick(12, 6), shots=1_000_000)
+    error = _refusal(client, [pub], "ibm-guadalupe")
+    assert error.reason == "EXECUTION_TOO_EXPENSIVE"
+    assert error.metadata["limit"] == "max_execution_work"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "twirling's randomizations are not priced: each is a circuit of its own that the "
+        "runtime builds and Aer runs; a 1-qubit circuit with 20,000 shots ran 0.044 s plain "
+        "and 7.4 s as 20,000 randomizations x 1 shot (~0.37 ms each), so ten PUBs of "
+        "1,000,000 x 1 (max_job_shots) are ~3700 s (cut at max_run_time_s = 3600) admitted "
+        "as ~1e10 units (0.2 s) against a 1e13 (200 s) budget"
+    ),
+)
+def test_twirling_randomizations_are_priced(client: Client) -> None:
+    pubs = [sampler_pub(brick(1, 1), shots=1_000_000) for _ in range(10)]
+    twirling = {
+        "enable_gates": True,
+        "enable_measure": True,
+        "num_randomizations": 1_000_000,
+        "shots_per_randomization": 1,
+    }
+    error = _refusal(client, pubs, "ibm-guadalupe", {"twirling": twirling})
+    assert error.reason == "EXECUTION_TOO_EXPENSIVE"
+    assert error.metadata["limit"] == "max_execution_work"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "an IBM fake's estimator is priced as one noiseless pass (simulation_work with "
+        "shots=1; its 1/precision^2 shots only count against max_job_shots), whatever the "
+        "runtime does: at resilience_level 2 (ZNE's folded circuits x twirling) a 7-qubit, "
+        "6-layer brickwork's <ZZZZZZZ> at precision 0.01 (10,000 shots) ran 43.6 s "
+        "(34 worker CPU-s) on FakeLagosV2, against 0.41 s at resilience_level 0, and is "
+        "admitted as ~2e7 units (under 1 ms); 50 such PUBs (500,000 shots) are ~2200 s, "
+        "11x the 1e13 (200 s) budget"
+    ),
+)
+def test_ibm_fake_estimator_mitigation_is_priced(client: Client) -> None:
+    circuit = brick(7, 6, measure=False)
+    pubs = [estimator_pub(circuit, "ZZZZZZZ", precision=0.01) for _ in range(50)]
+    error = _refusal(client, pubs, "ibm-guadalupe", {"resilience_level": 2})
+    assert error.reason == "EXECUTION_TOO_EXPENSIVE"
+    assert error.metadata["limit"] == "max_execution_work"
+
+
+def remeasured(measurements: int) -> str:
+    """One qubit put in superposition and measured again and again (into 64 bits in turn):
+    every measurement splits every path Braket follows, up to one path per shot."""
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', "qubit[1] q;", "bit[64] c;"]
+    for i in range(measurements):
+        lines += ["h q[0];", f"c[{i % 64}] = measure q[0];"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "braket_sv's branched simulation re-evolves every path's whole prefix at each "
+        "mid-circuit measurement (ProgramContext._get_qubit_samples), so its cost is "
+        "paths x measurements x operations, quadratic in the measurements, where admission "
+        "prices operations x shots: with 100 shots, 25/50/100 measurements ran 1.1/4.3/16 s, "
+        "1600 ran past a 60 s limit (~4100 s extrapolated, cut at max_run_time_s = 3600), "
+        "admitted as ~9.7e12 units (193 s) under the 1e13 (200 s) budget"
+    ),
+)
+def test_braket_branching_is_priced_per_path_and_measurement(client: Client) -> None:
+    pub = sampler_pub(remeasured(1600), shots=100)
+    error = _refusal(client, [pub], "braket-sv")
+    assert error.reason == "EXECUTION_TOO_EXPENSIVE"
+    assert error.metadata["limit"] == "max_execution_work"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "IbmAdapter._estimate stores each SparsePauliOp with `array[:] = observables`, and "
+        "NumPy calls SparsePauliOp.__array__ (to_matrix: a dense 4^n matrix over the "
+        "device's n qubits, not the circuit's): on 16-qubit FakeGuadalupeV2 the allocation "
+        "panics in Rust and the worker exits 1, so a Bell pair's <ZZ> fails WORKER_CRASHED "
+        "(measured: 6 of 6), each costing a worker restart, and 5 in a row open the "
+        "backend's breaker for every tenant; at 12 qubits it costs 2.3 s and 1 GB per "
+        "observable"
+    ),
+)
+def test_an_ibm_fake_estimator_job_does_not_crash_its_worker(client: Client) -> None:
+    # Last in the module: today it leaves the IBM backend's worker restarting.
+    pub = estimator_pub(brick(2, 1, measure=False), "ZZ", precision=0.1)
+    job = client.submit_pubs([pub], backend="ibm-guadalupe", seed=1, timeout=60)
+    done = client.wait(job.name, timeout=60)
+    assert (done.state, done.error_reason) == (JobState.SUCCEEDED, "")
