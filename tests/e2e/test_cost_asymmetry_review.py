@@ -182,20 +182,10 @@ def test_braket_branching_is_priced_per_path_and_measurement(client: Client) -> 
     assert error.metadata["limit"] == "max_execution_work"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "IbmAdapter._estimate stores each SparsePauliOp with `array[:] = observables`, and "
-        "NumPy calls SparsePauliOp.__array__ (to_matrix: a dense 4^n matrix over the "
-        "device's n qubits, not the circuit's): on 16-qubit FakeGuadalupeV2 the allocation "
-        "panics in Rust and the worker exits 1, so a Bell pair's <ZZ> fails WORKER_CRASHED "
-        "(measured: 6 of 6), each costing a worker restart, and 5 in a row open the "
-        "backend's breaker for every tenant; at 12 qubits it costs 2.3 s and 1 GB per "
-        "observable"
-    ),
-)
 def test_an_ibm_fake_estimator_job_does_not_crash_its_worker(client: Client) -> None:
-    # Last in the module: today it leaves the IBM backend's worker restarting.
+    """Each observable went into NumPy's object array as a slice, so NumPy asked it for its
+    dense 4^n matrix over the device's qubits: on 16 qubits the allocation panicked and the
+    worker exited (6 of 6 jobs WORKER_CRASHED; 5 in a row opened the breaker for everyone)."""
     pub = estimator_pub(brick(2, 1, measure=False), "ZZ", precision=0.1)
     job = client.submit_pubs([pub], backend="ibm-guadalupe", seed=1, timeout=60)
     done = client.wait(job.name, timeout=60)

@@ -324,8 +324,7 @@ class IbmAdapter(QiskitAdapter):
             terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
             touched.update(q for _, qubits, _ in terms for q in qubits)
             observables.append(runtime_observable(terms, n, index, self.context.name))
-        array = np.empty(len(observables), dtype=object)
-        array[:] = observables
+        array = object_array(observables)
         bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
         # The runtime estimates from shots (precision 0, "exact" on an ideal simulator, is
         # the runtime's default precision here: a sampled estimate is never exact).
@@ -352,8 +351,7 @@ class IbmAdapter(QiskitAdapter):
         from qiskit.quantum_info import SparsePauliOp
 
         n = circuit.num_qubits
-        array = np.empty(len(terms), dtype=object)
-        array[:] = [SparsePauliOp.from_sparse_list([(p, q, 1.0)], n) for p, q in terms]
+        array = object_array([SparsePauliOp.from_sparse_list([(p, q, 1.0)], n) for p, q in terms])
         size = values.shape[0]
         pub = (
             circuit,
@@ -595,6 +593,16 @@ def _check_register_names(circuit: QuantumCircuit, field: str) -> None:
             )
 
 
+def object_array(items: Sequence[object]) -> np.ndarray[Any, np.dtype[np.object_]]:
+    """A 1-D object array of `items`, each stored as itself. Assigned as a slice, NumPy asks
+    each SparsePauliOp for its `__array__`: a dense 4^n matrix over the device's qubits (the
+    Rust allocation panicked and took the worker down on a 16-qubit fake)."""
+    array = np.empty(len(items), dtype=object)
+    for index, item in enumerate(items):
+        array[index] = item
+    return array
+
+
 def runtime_observable(
     terms: Sequence[tuple[str, tuple[int, ...], float]], num_qubits: int, index: int, backend: str
 ) -> Any:
@@ -603,10 +611,10 @@ def runtime_observable(
     Raises:
         ExecutionError: CLIENT_ERROR INVALID_OBSERVABLE for an observable that is zero (its
             terms cancel, or their coefficients are 0), which the runtime refuses ("Empty
-            observable was detected"), or whose squared coefficients overflow: the request's
-            fault, not the backend's (on the cloud
-            path the runtime's refusal at create would count against the breaker). Zero as the
-            runtime reads it: simplified, tolerance included. Checked here, where the operator
+            observable was detected"), or that has a coefficient whose square overflows: the
+            request's fault, not the backend's (on the cloud path the runtime's refusal at
+            create would count against the breaker). Zero as the runtime reads it: simplified,
+            tolerance included. Checked here, where the operator
             is built anyway, not when the job is submitted: at the job limit of 1,000,000
             terms that took seconds of the gateway's CPU.
     """
@@ -621,17 +629,17 @@ def runtime_observable(
             kind=FailureKind.CLIENT_ERROR,
             metadata={"index": str(index)},
         )
-    # The runtime's estimator adds each merged term's coefficient**2 into the estimate's
-    # variance, which raised OverflowError past the largest float (|c| above ~1.3e154): an
-    # INTERNAL failure after the run (on a device, after it was paid for).
-    with np.errstate(over="ignore"):
-        squares = float(np.sum(np.abs(simplified.coeffs) ** 2))
-    if not math.isfinite(squares):
+    # The runtime's estimator squares each merged term's coefficient (a Python float's **,
+    # which raises OverflowError where numpy's sum of the squares gives inf) for the
+    # estimate's variance: past ~1.34e154 an INTERNAL failure after the run (on a device,
+    # after it was paid for).
+    largest = float(np.max(np.abs(simplified.coeffs)))
+    if not math.isfinite(largest * largest):
         raise ExecutionError(
             "INVALID_OBSERVABLE",
-            f"backends/{backend}: observable {index}'s squared coefficients sum past the "
-            "largest float, which the IBM runtime's estimator cannot take (it computes the "
-            "estimate's variance from them); scale the observable down",
+            f"backends/{backend}: observable {index} has a coefficient of {largest:.3g}, whose "
+            "square is past the largest float, which the IBM runtime's estimator cannot take "
+            "(it computes the estimate's variance from it); scale the observable down",
             kind=FailureKind.CLIENT_ERROR,
             metadata={"index": str(index)},
         )

@@ -1038,7 +1038,7 @@ def _sampler_pub(task: SamplerTask) -> Any:
 
 
 def _estimator_pub(task: EstimatorTask, backend: str) -> Any:
-    from gateway.backends.ibm.adapter import _bindings, runtime_observable
+    from gateway.backends.ibm.adapter import _bindings, object_array, runtime_observable
     from gateway.backends.qiskit.adapter import _layout_of, _physical_term
 
     circuit = _circuit(task)
@@ -1048,8 +1048,7 @@ def _estimator_pub(task: EstimatorTask, backend: str) -> Any:
     for index, observable in enumerate(task.observables):
         terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
         observables.append(runtime_observable(terms, n, index, backend))
-    array = np.empty(len(observables), dtype=object)
-    array[:] = observables
+    array = object_array(observables)
     bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
     precision = task.precision if task.precision > 0 else None
     return (circuit, array.reshape(task.observables_shape), bindings, precision)
