@@ -78,51 +78,32 @@ def _refusal(
     return caught.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "aer-mps prices a sampled shot at SAMPLE_WEIGHT (20 ns) but Aer's MPS sampler costs "
-        "~chi^2 x n per shot: a 16-qubit, 16-layer brickwork (378 ops) ran 2000 shots in "
-        "6.4 s (12.8 worker CPU-s; 1 shot: 0.47 s), ~3.2 ms a shot, so 1,000,000 shots is "
-        "~3200 s (cut only by max_run_time_s = 3600), admitted as ~1.75e10 units (0.35 s) "
-        "against a 1e13 (200 s) budget"
-    ),
-)
 def test_mps_shots_are_priced_at_what_sampling_the_mps_costs(client: Client) -> None:
+    """Aer samples an MPS shot by shot (~chi^2 x n each): a 16-qubit, 16-layer brickwork ran
+    ~3.2 ms a shot, so 1,000,000 shots (~3200 s) were admitted as 0.35 s of work."""
     pub = sampler_pub(brick(16, 16), shots=1_000_000)
     error = _refusal(client, [pub], "aer-mps")
     assert error.reason == "EXECUTION_TOO_EXPENSIVE"
     assert error.metadata["limit"] == "max_execution_work"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "an IBM fake's noise model makes Aer simulate every shot as its own trajectory, but "
-        "admission prices the circuit as one batched state-vector run plus 20 ns a shot: a "
-        "12-qubit, 6-layer brickwork on FakeGuadalupeV2 ran 300 shots in 2.2 s (1 shot: "
-        "0.15 s), ~7 ms a shot, so 1,000,000 shots is ~7000 s (cut at max_run_time_s = "
-        "3600), admitted as ~1.2e9 units (0.02 s) against a 1e13 (200 s) budget"
-    ),
-)
 def test_noisy_ibm_fake_shots_are_priced_as_trajectories(client: Client) -> None:
-    pub = sampler_pub(brick(12, 6), shots=1_000_000)
-    error = _refusal(client, [pub], "ibm-guadalupe")
+    """An IBM fake's noise model makes Aer follow each shot as a trajectory while the shots
+    are at most 2^n (~7 ms a shot at 12 qubits), priced as one batched run: 65,536 shots of a
+    16-qubit brickwork would run about an hour. Past 2^n Aer evolves the density matrix once,
+    which is cheap: 1,000,000 shots of 12 qubits are admitted."""
+    error = _refusal(client, [sampler_pub(brick(16, 6), shots=65_536)], "ibm-guadalupe")
     assert error.reason == "EXECUTION_TOO_EXPENSIVE"
     assert error.metadata["limit"] == "max_execution_work"
+    estimate = client.validate(
+        [sampler_pub(brick(12, 6), shots=1_000_000)], backend="ibm-guadalupe", timeout=60
+    )
+    assert estimate.shots == 1_000_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "twirling's randomizations are not priced: each is a circuit of its own that the "
-        "runtime builds and Aer runs; a 1-qubit circuit with 20,000 shots ran 0.044 s plain "
-        "and 7.4 s as 20,000 randomizations x 1 shot (~0.37 ms each), so ten PUBs of "
-        "1,000,000 x 1 (max_job_shots) are ~3700 s (cut at max_run_time_s = 3600) admitted "
-        "as ~1e10 units (0.2 s) against a 1e13 (200 s) budget"
-    ),
-)
 def test_twirling_randomizations_are_priced(client: Client) -> None:
+    """Each randomization is a circuit the runtime builds and Aer runs (~0.37 ms each at one
+    qubit): 10 x 1,000,000 randomizations of one shot (~3700 s) were admitted as 0.2 s."""
     pubs = [sampler_pub(brick(1, 1), shots=1_000_000) for _ in range(10)]
     twirling = {
         "enable_gates": True,
@@ -135,19 +116,10 @@ def test_twirling_randomizations_are_priced(client: Client) -> None:
     assert error.metadata["limit"] == "max_execution_work"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "an IBM fake's estimator is priced as one noiseless pass (simulation_work with "
-        "shots=1; its 1/precision^2 shots only count against max_job_shots), whatever the "
-        "runtime does: at resilience_level 2 (ZNE's folded circuits x twirling) a 7-qubit, "
-        "6-layer brickwork's <ZZZZZZZ> at precision 0.01 (10,000 shots) ran 43.6 s "
-        "(34 worker CPU-s) on FakeLagosV2, against 0.41 s at resilience_level 0, and is "
-        "admitted as ~2e7 units (under 1 ms); 50 such PUBs (500,000 shots) are ~2200 s, "
-        "11x the 1e13 (200 s) budget"
-    ),
-)
 def test_ibm_fake_estimator_mitigation_is_priced(client: Client) -> None:
+    """An IBM fake's estimator was priced as one noiseless pass: at resilience_level 2 a
+    7-qubit <ZZZZZZZ> at precision 0.01 ran 43.6 s (0.41 s at level 0); 50 of them
+    (~2200 s) were admitted as under 1 ms."""
     circuit = brick(7, 6, measure=False)
     pubs = [estimator_pub(circuit, "ZZZZZZZ", precision=0.01) for _ in range(50)]
     error = _refusal(client, pubs, "ibm-guadalupe", {"resilience_level": 2})

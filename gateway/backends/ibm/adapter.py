@@ -50,6 +50,7 @@ from gateway.backends.base import AdapterContext, ExecutionOutcome, PreparedJob,
 from gateway.backends.ibm.options import IbmOptions, IbmProviderOptions
 from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit.adapter import (
+    CompiledCircuit,
     EstimatorTask,
     QiskitAdapter,
     QiskitPayload,
@@ -60,6 +61,7 @@ from gateway.backends.qiskit.adapter import (
     result_builder,
 )
 from gateway.backends.qiskit.fakes import fake_backend
+from gateway.domain import costs
 from gateway.domain.backends import BackendKind
 from gateway.domain.bitarray import UInt8Array, unpack_rows
 from gateway.domain.circuits import DEFAULT_PRECISION, CircuitFeature, FloatArray
@@ -83,6 +85,17 @@ _RUNNABLES = 64
 MIN_SAMPLED_PRECISION = 1e-9
 MAX_SAMPLED_SHOTS = 10**18
 _NOISE_MODELS = 64
+# What mitigation multiplies an estimator's simulation by, per resilience level (unset: the
+# runtime's default, 1). Measured on FakeLagosV2, a 7-qubit <ZZZZZZZ> at precision 0.05:
+# 0.22 s at level 0, 0.45 s at 1 (TREX's twirled readout), 3.9 s at 2 (ZNE's folded circuits
+# and gate twirling); ~100x at 10,000 shots (the cost review).
+_RESILIENCE_FACTOR = {0: 1, 1: 2, 2: 20}
+_DEFAULT_RESILIENCE = 1
+# The runtime's "auto" number of twirling randomizations.
+_AUTO_RANDOMIZATIONS = 32
+# Building and running one randomization of a circuit (measured: 20,000 randomizations of a
+# one-qubit circuit, one shot each, took 7.4 s against 0.044 s for 20,000 plain shots).
+_RANDOMIZATION_WORK = 20_000_000
 # The longest a caller (the gateway's start, a health probe, a compile) waits for the
 # device's target; a fetch still running goes on and is collected by the next call.
 TARGET_WAIT_S = 10.0
@@ -275,6 +288,39 @@ class IbmAdapter(QiskitAdapter):
             return MAX_SAMPLED_SHOTS
         return min(math.ceil(1.0 / (precision * precision)), MAX_SAMPLED_SHOTS)
 
+    def sampling_work(
+        self, entry: CompiledCircuit, bindings: int, shots: int, spec: JobSpec
+    ) -> int:
+        options = self._provider_options_of(spec)
+        return _noisy_work(entry, bindings, shots, _randomizations(options, shots))
+
+    def estimation_work(
+        self, entry: CompiledCircuit, bindings: int, terms: int, shots: int, spec: JobSpec
+    ) -> int:
+        # Sampled like a sampler's shots (each term's group measured: the terms' state
+        # passes stand for that), times what mitigation adds.
+        options = self._provider_options_of(spec)
+        level = options.resilience_level
+        factor = _RESILIENCE_FACTOR[_DEFAULT_RESILIENCE if level is None else level]
+        randomizations = _randomizations(options, shots)
+        if randomizations == 1 and factor > 1:  # mitigation twirls by default
+            randomizations = _AUTO_RANDOMIZATIONS
+        sampled = _noisy_work(entry, bindings, shots, randomizations)
+        reads = costs.simulation_work(
+            entry.operations,
+            entry.amplitudes,
+            bindings,
+            1,
+            False,
+            state_passes=terms * costs.TERM_STATE_PASSES,
+        )
+        return factor * sampled + reads
+
+    def _provider_options_of(self, spec: JobSpec) -> IbmProviderOptions:
+        options = self.validate_provider_options(spec.options.provider_options, _PROVIDER_FIELD)
+        assert isinstance(options, IbmProviderOptions)
+        return options
+
     def sample_shots(
         self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
@@ -458,6 +504,40 @@ class IbmAdapter(QiskitAdapter):
             self._runnables.clear()
         self._runnables[key] = value
         return value
+
+
+def _randomizations(options: IbmProviderOptions, shots: int) -> int:
+    """How many randomized circuits the runtime runs for `shots` of one binding."""
+    twirling = options.twirling
+    if twirling is None or not twirling.enabled:
+        return 1
+    count, per = twirling.num_randomizations, twirling.shots_per_randomization
+    if isinstance(count, int):
+        return count
+    if isinstance(per, int):
+        return math.ceil(shots / per)
+    return _AUTO_RANDOMIZATIONS
+
+
+def _noisy_work(entry: CompiledCircuit, bindings: int, shots: int, circuits: int) -> int:
+    """Work of `shots` of each binding, split over `circuits` randomized circuits, under the
+    device's noise model. Aer follows each shot of a circuit as a trajectory of its own while
+    they are at most 2^n, and evolves the density matrix (4^n entries) once beyond (measured
+    at 10 qubits: 1000 shots 0.77 s, 1100 shots 0.32 s)."""
+    per_circuit = math.ceil(shots / circuits)
+    if per_circuit > entry.amplitudes:
+        one = costs.simulation_work(
+            entry.operations,
+            entry.amplitudes * entry.amplitudes,
+            1,
+            per_circuit,
+            False,
+            costs.DENSITY_MATRIX_RUNS,
+        )
+    else:
+        one = costs.simulation_work(entry.operations, entry.amplitudes, 1, per_circuit, True)
+    per_binding = circuits * one + (circuits * _RANDOMIZATION_WORK if circuits > 1 else 0)
+    return bindings * per_binding
 
 
 def _ascending_run(clbits: tuple[int, ...]) -> bool:

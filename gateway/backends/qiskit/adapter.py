@@ -518,6 +518,35 @@ class QiskitAdapter(BackendAdapter):
         work): nothing for a simulator that runs every binding of one assembled circuit."""
         return costs.BATCHED_RUNS
 
+    def sampling_work(
+        self, entry: CompiledCircuit, bindings: int, shots: int, spec: JobSpec
+    ) -> int:
+        """Admission's execution work of a sampler PUB (costs.simulation_work's units)."""
+        return costs.simulation_work(
+            entry.operations,
+            entry.amplitudes,
+            bindings,
+            shots,
+            entry.shot_by_shot,
+            self.run_costs(),
+        )
+
+    def estimation_work(
+        self, entry: CompiledCircuit, bindings: int, terms: int, shots: int, spec: JobSpec
+    ) -> int:
+        """Admission's execution work of an estimator PUB of `terms` distinct Pauli terms:
+        one exact pass per binding and the terms' reads of its state (`shots`, what a sampling
+        backend pays for the precision, are its own)."""
+        return costs.simulation_work(
+            entry.operations,
+            entry.amplitudes,
+            bindings,
+            1,
+            False,
+            self.run_costs(),
+            state_passes=terms * costs.TERM_STATE_PASSES,
+        )
+
     def _pass_manager(self, scheduled: bool = False) -> PassManager:
         manager = self._pms.get(scheduled)
         if manager is None:
@@ -610,17 +639,7 @@ class QiskitAdapter(BackendAdapter):
         )
         bindings = math.prod(shape)
         cost.add_shots(bindings, shots, shots_field)
-        cost.add_execution(
-            costs.simulation_work(
-                entry.operations,
-                entry.amplitudes,
-                bindings,
-                shots,
-                entry.shot_by_shot,
-                self.run_costs(),
-            ),
-            base,
-        )
+        cost.add_execution(self.sampling_work(entry, bindings, shots, spec), base)
         size = fe.sampler_result_bytes(
             [len(r.clbits) for r in entry.registers],
             bindings,
@@ -681,18 +700,6 @@ class QiskitAdapter(BackendAdapter):
         del observables
         bindings = math.prod(bindings_shape)
         cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
-        cost.add_execution(
-            costs.simulation_work(
-                entry.operations,
-                entry.amplitudes,
-                bindings,
-                1,
-                False,
-                self.run_costs(),
-                state_passes=terms * costs.TERM_STATE_PASSES,
-            ),
-            base,
-        )
         if pub.precision is not None:
             precision_field = f"{base}.precision"
             precision = costs.check_precision(pub.precision, precision_field)
@@ -708,6 +715,7 @@ class QiskitAdapter(BackendAdapter):
             shots, precision, self.context.limits.max_shots, precision_field
         )
         cost.add_shots(bindings, shots, precision_field)
+        cost.add_execution(self.estimation_work(entry, bindings, terms, shots, spec), base)
         task = EstimatorTask(
             circuit=entry.ref,
             parameters=entry.parameters,

@@ -1,0 +1,96 @@
+"""What admission charges for runs whose cost is not the batched state vector's, in process:
+an IBM fake's noisy trajectories, its twirling randomizations and mitigation, and an MPS's
+shot-by-shot sampling (each was admitted at a fraction of what it ran; the cost review's e2e
+tests show the refusals over gRPC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.backends.aer.adapter import AerAdapter
+from gateway.backends.ibm import adapter as ibm
+from gateway.backends.qiskit.adapter import CompiledCircuit
+from gateway.domain import costs
+from gateway.domain.circuits import CircuitLanguage, CircuitSource
+from gateway.domain.jobs import JobOptions, JobSpec
+from tests.unit.test_aer_adapter import context as aer_context
+from tests.unit.test_ibm_adapter import context as ibm_context
+
+GHZ3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[3] q;\nbit[3] c;\nh q[0];\n'
+GHZ3 += "cx q[0], q[1];\ncx q[1], q[2];\nc = measure q;\n"
+
+
+def job(**provider_options: Any) -> JobSpec:
+    return JobSpec(backend="x", pubs=(), options=JobOptions(provider_options=provider_options))
+
+
+@pytest.fixture(scope="module")
+def manila() -> ibm.IbmAdapter:
+    return ibm.IbmAdapter(ibm_context())
+
+
+@pytest.fixture(scope="module")
+def ghz3(manila: ibm.IbmAdapter) -> CompiledCircuit:
+    return manila.compile_circuit(CircuitSource(CircuitLanguage.QASM3, GHZ3))
+
+
+def test_noisy_shots_are_trajectories_up_to_2_to_the_n_then_one_density_matrix(
+    manila: ibm.IbmAdapter, ghz3: CompiledCircuit
+) -> None:
+    assert ghz3.amplitudes == 8  # three active qubits
+    ops = ghz3.operations
+    trajectories = manila.sampling_work(ghz3, 1, 8, job())
+    assert trajectories == costs.simulation_work(ops, 8, 1, 8, True)
+    # Past 2^n shots Aer evolves the 4^n-entry density matrix once (measured: cheaper).
+    density = manila.sampling_work(ghz3, 1, 9, job())
+    assert density == costs.simulation_work(ops, 64, 1, 9, False, costs.DENSITY_MATRIX_RUNS)
+    assert density < trajectories
+    assert manila.sampling_work(ghz3, 3, 8, job()) == 3 * trajectories  # per binding
+
+
+def test_twirling_randomizations_are_circuits_of_their_own(
+    manila: ibm.IbmAdapter, ghz3: CompiledCircuit
+) -> None:
+    plain = manila.sampling_work(ghz3, 1, 1000, job())
+    twirled = {"enable_gates": True, "num_randomizations": 100}
+    hundred = manila.sampling_work(ghz3, 1, 1000, job(twirling=twirled))
+    # 100 circuits of 10 shots each (trajectories: 10 <= 2^3 is false, so density matrices).
+    one = costs.simulation_work(ghz3.operations, 64, 1, 10, False, costs.DENSITY_MATRIX_RUNS)
+    assert hundred == 100 * (one + ibm._RANDOMIZATION_WORK) > plain
+    by_size = {"enable_measure": True, "shots_per_randomization": 10}
+    assert manila.sampling_work(ghz3, 1, 1000, job(twirling=by_size)) == hundred
+    auto = {"enable_gates": True}
+    per_auto = manila.sampling_work(ghz3, 1, 1000, job(twirling=auto))
+    assert per_auto > plain and per_auto != hundred  # the runtime's 32
+    off = {"enable_gates": False, "num_randomizations": 100}
+    assert manila.sampling_work(ghz3, 1, 1000, job(twirling=off)) == plain
+
+
+def test_estimator_mitigation_multiplies_the_sampled_work(
+    manila: ibm.IbmAdapter, ghz3: CompiledCircuit
+) -> None:
+    def work(level: int | None) -> int:
+        options = {} if level is None else {"resilience_level": level}
+        return manila.estimation_work(ghz3, 1, 4, 4096, job(**options))
+
+    reads = costs.simulation_work(
+        ghz3.operations, 8, 1, 1, False, state_passes=4 * costs.TERM_STATE_PASSES
+    )
+    level0 = work(0) - reads
+    assert level0 == ibm._noisy_work(ghz3, 1, 4096, 1)
+    # Mitigation twirls (32 circuits) and multiplies: 2x at level 1 (the default), 20x at 2.
+    twirled = ibm._noisy_work(ghz3, 1, 4096, ibm._AUTO_RANDOMIZATIONS)
+    assert work(1) - reads == 2 * twirled == work(None) - reads
+    assert work(2) - reads == 20 * twirled
+
+
+def test_an_mps_is_sampled_shot_by_shot() -> None:
+    mps = AerAdapter(aer_context(method="matrix_product_state"))
+    statevector = AerAdapter(aer_context())
+    source = CircuitSource(CircuitLanguage.QASM3, GHZ3)
+    entry = mps.compile_circuit(source)
+    base = statevector.sampling_work(entry, 2, 1000, job())  # the plain price
+    per_shot = 500 * entry.amplitudes + 100_000 * entry.num_qubits
+    assert mps.sampling_work(entry, 2, 1000, job()) == base + 2 * 1000 * per_shot
