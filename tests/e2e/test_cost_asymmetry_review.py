@@ -3,10 +3,9 @@ restarts, a backend's availability) is far above what admission estimated or all
 
 One gateway: aer-mps (matrix product state), an IBM fake device in local mode
 (FakeGuadalupeV2, 16 qubits, its noise model) and Braket's local braket_sv, one worker each,
-default limits
-(max_execution_work 1e13, about 200 s of one worker; max_shots 1e6; max_job_shots 1e7).
-Findings are xfail(strict=True): each fails today in the way its reason says and passes once
-fixed. The refusals are asked with validate_only, so nothing expensive runs here.
+default limits (max_execution_work 1e13, about 200 s of one worker; max_shots 1e6;
+max_job_shots 1e7). Each finding was an xfail until fixed. The refusals are asked with
+validate_only, so nothing expensive runs here.
 """
 
 from __future__ import annotations
@@ -136,18 +135,10 @@ def remeasured(measurements: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "braket_sv's branched simulation re-evolves every path's whole prefix at each "
-        "mid-circuit measurement (ProgramContext._get_qubit_samples), so its cost is "
-        "paths x measurements x operations, quadratic in the measurements, where admission "
-        "prices operations x shots: with 100 shots, 25/50/100 measurements ran 1.1/4.3/16 s, "
-        "1600 ran past a 60 s limit (~4100 s extrapolated, cut at max_run_time_s = 3600), "
-        "admitted as ~9.7e12 units (193 s) under the 1e13 (200 s) budget"
-    ),
-)
 def test_braket_branching_is_priced_per_path_and_measurement(client: Client) -> None:
+    """braket_sv re-evolves every path's prefix at each mid-circuit measurement: quadratic in
+    them (100 shots: 25, 50, 100 measurements ran 1.1, 4.3, 16 s); 1600 (~70 min) were
+    admitted as 193 s."""
     pub = sampler_pub(remeasured(1600), shots=100)
     error = _refusal(client, [pub], "braket-sv")
     assert error.reason == "EXECUTION_TOO_EXPENSIVE"

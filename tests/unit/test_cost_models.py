@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from gateway.backends.aer.adapter import AerAdapter
+from gateway.backends.braket.adapter import BraketAdapter
 from gateway.backends.ibm import adapter as ibm
-from gateway.backends.qiskit.adapter import CompiledCircuit
+from gateway.backends.qiskit.adapter import CompiledCircuit, QiskitAdapter
 from gateway.domain import costs
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.jobs import JobOptions, JobSpec
@@ -94,3 +95,20 @@ def test_an_mps_is_sampled_shot_by_shot() -> None:
     base = statevector.sampling_work(entry, 2, 1000, job())  # the plain price
     per_shot = 500 * entry.amplitudes + 100_000 * entry.num_qubits
     assert mps.sampling_work(entry, 2, 1000, job()) == base + 2 * 1000 * per_shot
+
+
+def test_braket_branching_grows_with_paths_measurements_and_operations() -> None:
+    braket = BraketAdapter(aer_context(device="braket_sv"))
+    lines = ['OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[4] c;']
+    lines += [f"h q[0];\nc[{i}] = measure q[0];" for i in range(4)]
+    entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, "\n".join(lines)))
+    assert entry.shot_by_shot and entry.measurements == 4
+    per_shot = QiskitAdapter.sampling_work(braket, entry, 2, 100, job())  # every shot run
+    branching = 2 * 100 * entry.operations * 4 * 300_000  # paths x measurements x operations
+    assert braket.sampling_work(entry, 2, 100, job()) == per_shot + branching
+    # A circuit measured once at its end does not branch.
+    ghz = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, GHZ3))
+    assert not ghz.shot_by_shot
+    assert braket.sampling_work(ghz, 2, 100, job()) == QiskitAdapter.sampling_work(
+        braket, ghz, 2, 100, job()
+    )

@@ -233,6 +233,8 @@ class CompiledCircuit:
     amplitudes: int
     # A `while` loop, whose run time no estimate bounds (PreparedJob.has_while_loop).
     has_while_loop: bool = False
+    # Measure instructions (a branching simulator's cost grows with them).
+    measurements: int = 0
 
     def __post_init__(self) -> None:
         # It may come from a compile worker taken over by hostile input (check_compiled_sizes).
@@ -245,6 +247,9 @@ class CompiledCircuit:
             amplitudes=self.amplitudes,
         )
         if self.num_clbits > MAX_COMPILED_CLBITS or type(self.ref) is not CircuitRef:
+            raise ValueError("a compiled circuit past its bounds")
+        check_types("measurements", (self.measurements,), int)
+        if not 0 <= self.measurements <= max(self.operations, 1):
             raise ValueError("a compiled circuit past its bounds")
         check_types("parameters", self.parameters, str)
         check_types("registers", self.registers, RegisterSpec)
@@ -511,6 +516,7 @@ class QiskitAdapter(BackendAdapter):
             operations=fe.count_operations(transpiled),
             amplitudes=amplitudes,
             has_while_loop=fe.has_while_loop(transpiled),
+            measurements=fe.count_measurements(transpiled),
         )
 
     def run_costs(self) -> costs.RunCosts:

@@ -1436,6 +1436,21 @@ def has_while_loop(circuit: QuantumCircuit) -> bool:
     return False
 
 
+def count_measurements(circuit: QuantumCircuit) -> int:
+    """Measure instructions anywhere in the circuit (each block of its control flow once)."""
+    count = 0
+    pending = [circuit]
+    while pending:
+        body = pending.pop()
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                pending.extend(op.blocks)
+            elif op.name == "measure":
+                count += 1
+    return count
+
+
 def detect_features(circuit: QuantumCircuit) -> frozenset[CircuitFeature]:
     """Dynamic-circuit features the circuit uses.
 
