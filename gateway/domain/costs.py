@@ -195,14 +195,21 @@ class RunCosts:
         per_run: Work of one run's set-up.
         per_operation_run: Work of one operation in one run, on top of its amplitudes.
         per_amplitude: Work of one operation's update of one amplitude in a batched run.
+        per_binding: Work of each binding whatever its shots (a simulator that runs every
+            binding in one call still sets each up and returns its result apart).
+        per_term: Work of one Pauli term's expectation value for one binding, on top of its
+            state passes (the simulator's own call per term).
     """
 
     per_run: int = 0
     per_operation_run: int = 0
     per_amplitude: int = AMPLITUDE_UPDATE_WEIGHT
+    per_binding: int = 0
+    per_term: int = 0
 
 
-# Aer runs every binding of one assembled circuit (its costs are the amplitudes').
+# A simulator that runs every binding of one assembled circuit (its costs are the
+# amplitudes'), as a provider is priced.
 BATCHED_RUNS = RunCosts()
 # A density matrix's 4^n entries, counted as amplitudes: measured 1.4e8 of them a second on
 # one thread at 8-11 qubits (a gate acts on both sides), against 5.5e8 amplitudes of a state
@@ -233,7 +240,7 @@ def simulation_work(
         count = bindings
     set_up = count * (runs.per_run + operations * runs.per_operation_run)
     read = state_passes * amplitudes * bindings
-    return evolve + set_up + read + bindings * shots * SAMPLE_WEIGHT
+    return evolve + set_up + read + bindings * (runs.per_binding + shots * SAMPLE_WEIGHT)
 
 
 # ------------------------------------------------------------------------------ result size

@@ -27,6 +27,7 @@ from qgateway import (
 from qgateway.results import Job, JobState
 from qgateway.v1 import circuit_pb2
 
+from gateway.backends.qiskit.frontend import MAX_QASM3_STATEMENTS
 from gateway.security.api_keys import generate_key
 from tests.gateway_process import GatewayProcess, keys_toml, write_config
 from tests.qpy_payloads import dump, heavy_evolution, nested_block_declaring, nested_ifs
@@ -119,9 +120,10 @@ def _health(gw: GatewayProcess) -> int:
 
 
 def _heavy_qasm3(angle: float = 0.1) -> str:
-    """Valid OpenQASM 3 of about 600 KB that takes the reader tens of seconds of CPU (about
-    25 us a byte): a compile that runs up to the test gateway's CPU-time limit."""
-    body = f"rz({angle}) q[0];\n" * 40_000
+    """Valid OpenQASM 3 just within the statement limit (the frontend refuses longer ones
+    before parsing), which takes the reader ~4 s of CPU (~0.2 ms a statement): a compile that
+    runs up to the test gateway's CPU-time limit (2 s)."""
+    body = f"rz({angle}) q[0];\n" * (MAX_QASM3_STATEMENTS - 10)
     return f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n{body}c = measure q;\n'
 
 

@@ -543,13 +543,15 @@ class QiskitAdapter(BackendAdapter):
         """Admission's execution work of an estimator PUB of `terms` distinct Pauli terms:
         one exact pass per binding and the terms' reads of its state (`shots`, what a sampling
         backend pays for the precision, are its own)."""
-        return costs.simulation_work(
+        runs = self.run_costs()
+        read_terms = terms * bindings * runs.per_term
+        return read_terms + costs.simulation_work(
             entry.operations,
             entry.amplitudes,
             bindings,
             1,
             False,
-            self.run_costs(),
+            runs,
             state_passes=terms * costs.TERM_STATE_PASSES,
         )
 

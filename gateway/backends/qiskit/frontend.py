@@ -145,6 +145,12 @@ _CTRL_WORK_FACTOR = 16
 # Aer's MPS bookkeeping beyond the tensors themselves.
 MPS_OVERHEAD_BYTES = 1 << 20
 _MAX_MESSAGE_CHARS = 300
+# OpenQASM 3 is parsed by ANTLR's Python runtime at ~0.33 ms a simple statement (measured:
+# 50,000 one-gate lines, 800 KB, took 16-17 s), so a longer program could not be parsed within
+# a compile worker's default CPU limit (10 s) anyway: refused before parsing, for the cost of
+# counting its semicolons, instead of after burning that limit (each changed comment a new
+# cache key). OpenQASM 2 and QPY read far faster and are not bound by this.
+MAX_QASM3_STATEMENTS = 20_000
 # Aliases cost the importer a tuple copy per bit (`a ++ b` copies both sides): cheap, but a long
 # chain of concatenations is quadratic, so their total is bounded relative to max_clbits.
 _ALIAS_WORK_PER_CLBIT = 10
@@ -713,6 +719,17 @@ def parse_circuit(
         except RecursionError:
             raise _too_deep(field) from None
     else:
+        statements = text.count(";")  # comments' semicolons too: an upper bound
+        if statements > MAX_QASM3_STATEMENTS:
+            raise invalid(
+                "CIRCUIT_TOO_LARGE",
+                f"the OpenQASM 3 program has {statements} statements; the limit is "
+                f"{MAX_QASM3_STATEMENTS} (its parser is slow: send longer circuits as QPY or "
+                "OpenQASM 2)",
+                field,
+                statements=statements,
+                max_statements=MAX_QASM3_STATEMENTS,
+            )
         try:
             program = _parse_qasm3_ast(text, field)
             declarations = _qasm3_declarations(program, limits, field)
