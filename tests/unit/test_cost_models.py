@@ -5,6 +5,7 @@ tests show the refusals over gRPC)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -72,19 +73,34 @@ def test_twirling_randomizations_are_circuits_of_their_own(
 def test_estimator_mitigation_multiplies_the_sampled_work(
     manila: ibm.IbmAdapter, ghz3: CompiledCircuit
 ) -> None:
-    def work(level: int | None) -> int:
+    def work(level: int | None, bases: int = 1) -> int:
         options = {} if level is None else {"resilience_level": level}
-        return manila.estimation_work(ghz3, 1, 4, 4096, job(**options))
+        return manila.estimation_work(ghz3, 1, 4, bases, 4096, job(**options))
 
     reads = costs.simulation_work(
         ghz3.operations, 8, 1, 1, False, state_passes=4 * costs.TERM_STATE_PASSES
     )
+    # The runtime's estimator simulates the whole device (5 qubits, ~3 operations each), not
+    # the 3 qubits the circuit uses, and samples each measurement basis apart.
+    device = 1 << 5
+    ops = ghz3.operations + ibm._ESTIMATOR_OPERATIONS_PER_QUBIT * 5
+    on_device = dataclasses.replace(ghz3, operations=ops)
     level0 = work(0) - reads
-    assert level0 == ibm._noisy_work(ghz3, 1, 4096, 1)
+    assert level0 == ibm._noisy_work(on_device, device, 1, 4096, 1)
+    assert work(0, bases=3) - reads == 3 * level0
     # Mitigation twirls (32 circuits) and multiplies: 2x at level 1 (the default), 20x at 2.
-    twirled = ibm._noisy_work(ghz3, 1, 4096, ibm._AUTO_RANDOMIZATIONS)
+    twirled = ibm._noisy_work(on_device, device, 1, 4096, ibm._AUTO_RANDOMIZATIONS)
     assert work(1) - reads == 2 * twirled == work(None) - reads
     assert work(2) - reads == 20 * twirled
+
+
+def test_the_bases_of_an_estimators_terms_are_bounded_from_above() -> None:
+    from gateway.backends.qiskit.adapter import _measurement_bases
+
+    assert _measurement_bases(["ZZI", "IZZ", "ZII"]) == 1  # diagonal: one basis
+    assert _measurement_bases(["ZZ", "XX", "YY", ("X", (3,))]) == 4
+    assert _measurement_bases([("XY", (0, 4))]) == 1
+    assert _measurement_bases([]) == 0
 
 
 def test_an_mps_is_sampled_shot_by_shot() -> None:
@@ -102,13 +118,20 @@ def test_braket_branching_grows_with_paths_measurements_and_operations() -> None
     lines = ['OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[4] c;']
     lines += [f"h q[0];\nc[{i}] = measure q[0];" for i in range(4)]
     entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, "\n".join(lines)))
-    assert entry.shot_by_shot and entry.measurements == 4
-    per_shot = QiskitAdapter.sampling_work(braket, entry, 2, 100, job())  # every shot run
-    branching = 2 * 100 * entry.operations * 4 * 300_000  # paths x measurements x operations
-    assert braket.sampling_work(entry, 2, 100, job()) == per_shot + branching
+    # The last measurement has nothing after it: three split the paths.
+    assert entry.shot_by_shot and entry.mid_circuit_measurements == 3
+    ops = entry.operations
+    # At most 2^3 distinct paths are run, whatever the shots; the other shots are samples.
+    runs = costs.simulation_work(ops, 2, 2, 8, True, braket.run_costs())
+    samples = 2 * (100 - 8) * costs.SAMPLE_WEIGHT
+    branching = 2 * 8 * ops * 3 * (300_000 + 2 * 3_000)  # paths x measurements x operations
+    assert braket.sampling_work(entry, 2, 100, job()) == runs + samples + branching
+    # Fewer shots than paths: each shot a path.
+    few = costs.simulation_work(ops, 2, 1, 5, True, braket.run_costs())
+    assert braket.sampling_work(entry, 1, 5, job()) == few + 5 * ops * 3 * 306_000
     # A circuit measured once at its end does not branch.
     ghz = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, GHZ3))
-    assert not ghz.shot_by_shot
+    assert not ghz.shot_by_shot and ghz.mid_circuit_measurements == 0
     assert braket.sampling_work(ghz, 2, 100, job()) == QiskitAdapter.sampling_work(
         braket, ghz, 2, 100, job()
     )

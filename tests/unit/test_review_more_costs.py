@@ -2,8 +2,8 @@
 state vector estimator and the estimator's combination of terms into observables (shared by
 Aer, Braket and PennyLane), and the compile path's OpenQASM 3 parser. Each request here was
 admitted at a small fraction of what it was measured to cost on one worker (in process, one
-thread, CPU seconds; 5e10 work units a second); those still open are xfail. The tests price or
-refuse; none runs a simulation.
+thread, CPU seconds; 5e10 work units a second); each was an xfail until priced. The tests price
+or refuse; none runs a simulation.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def test_aer_estimator_prices_each_term_of_each_binding() -> None:
     bindings, terms = 200, 255
     job = JobSpec(backend="aer", pubs=())
     measured = 0.295 * costs.WORK_PER_SECOND
-    assert adapter.estimation_work(entry, bindings, terms, 1, job) >= measured / 10
+    assert adapter.estimation_work(entry, bindings, terms, 1, 1, job) >= measured / 10
 
 
 # ----------------------------------------------- estimators, terms combined into observables
@@ -132,16 +132,10 @@ ONE_QUBIT = CircuitSource(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_estimate combines every observable with every binding (size x observables floats) "
-        "before broadcasting, so N observables zipped with N bindings cost N^2: measured "
-        "N = 4000 (100 terms each, one distinct) 2.77 s CPU and +173 MiB, priced 0.18 ms and "
-        "32 bytes; N = 100,000 is an 80 GB matrix, admitted"
-    ),
-)
 def test_observables_zipped_with_bindings_price_their_product() -> None:
+    """The exact estimator combines every observable with every binding before broadcasting
+    (N = 4000 zipped: 2.77 s, +173 MiB, priced 0.18 ms and 32 bytes; N = 100,000 is an 80 GB
+    matrix): its memory is the PUB's now, and the memory budget refuses it."""
     adapter = AerAdapter(context(budget=GiB))
     count = 100_000
     observables = tuple(Observable((PauliTerm("Z", 1.0),)) for _ in range(count))
@@ -155,16 +149,9 @@ def test_observables_zipped_with_bindings_price_their_product() -> None:
     assert prepared.memory_bytes >= 8 * count * count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "_estimate gathers each observable's terms for every binding (bindings x terms "
-        "floats) but admission counts distinct terms: one observable of 5000 copies of Z "
-        "with 5000 bindings ran 2.11 s CPU and +243 MiB, priced 0.22 ms and 32 bytes; 200,000 "
-        "copies x 100,000 bindings (a 160 GB gather, ~35 s at the measured rate) are admitted"
-    ),
-)
 def test_repeated_terms_price_every_term_of_every_binding() -> None:
+    """Admission counted distinct terms, but every listed term is read for every binding
+    (5000 copies of Z x 5000 bindings: 2.11 s, +243 MiB, priced 0.22 ms)."""
     adapter = AerAdapter(context(budget=GiB))
     terms, bindings = 200_000, 100_000
     observable = Observable(tuple(PauliTerm("Z", 1.0) for _ in range(terms)))

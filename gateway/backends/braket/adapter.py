@@ -90,11 +90,16 @@ _LOCAL_RUNS = costs.RunCosts(per_run=250_000_000, per_operation_run=30_000_000)
 # braket_dm updates ~1.6e8 density-matrix entries a second on one thread at 9-10 qubits
 # (measured; braket_sv ~6.7e8 amplitudes, about the default weight).
 _LOCAL_DM_RUNS = dataclasses.replace(_LOCAL_RUNS, per_amplitude=360)
-# A branching run re-evolves every path's prefix at each mid-circuit measurement
-# (ProgramContext._get_qubit_samples): paths x measurements x operations. Measured with 100
-# shots on one qubit: 25, 50, 100 measurements ran 1.1, 4.3, 16 s (1600 would run ~70 min,
-# admitted as 193 s when priced per shot alone).
+# A branching run follows each distinct path of outcomes once (paths: at most the shots, and
+# 2^m for m mid-circuit measurements; the conformance circuit with two resets ran 25,000 shots
+# in 0.16 s) and re-evolves every path's prefix at each mid-circuit measurement
+# (ProgramContext._get_qubit_samples): paths x measurements x operations, at a fixed cost plus
+# one that grows with the state. Measured: with 100 shots on one qubit, 25, 50, 100
+# measurements ran 1.1, 4.3, 16 s (1600, ~70 min, were admitted as 193 s priced per shot
+# alone); braket_sv at 14 qubits ~2,000-3,400 units an amplitude, braket_dm at 8-9 qubits
+# ~350 an entry.
 _BRANCH_WEIGHT = 300_000
+_BRANCH_AMPLITUDE_WEIGHT = {"braket_sv": 3_000, "braket_dm": 400}
 
 
 class BraketOptions(QiskitOptions):
@@ -225,10 +230,19 @@ class BraketAdapter(QiskitAdapter):
     def sampling_work(
         self, entry: CompiledCircuit, bindings: int, shots: int, spec: JobSpec
     ) -> int:
-        work = super().sampling_work(entry, bindings, shots, spec)
-        if entry.shot_by_shot and not self.braket_options.is_cloud:
-            work += bindings * shots * entry.operations * entry.measurements * _BRANCH_WEIGHT
-        return work
+        options = self.braket_options
+        if options.is_cloud or not entry.shot_by_shot:
+            return super().sampling_work(entry, bindings, shots, spec)
+        measured = entry.mid_circuit_measurements
+        paths = min(shots, 1 << min(measured, 62))
+        runs = costs.simulation_work(
+            entry.operations, entry.amplitudes, bindings, paths, True, self.run_costs()
+        )
+        samples = bindings * (shots - paths) * costs.SAMPLE_WEIGHT  # beyond the paths'
+        per_step = (
+            _BRANCH_WEIGHT + entry.amplitudes * _BRANCH_AMPLITUDE_WEIGHT[options.local_device]
+        )
+        return runs + samples + bindings * paths * entry.operations * measured * per_step
 
     def run_costs(self) -> costs.RunCosts:
         if self.braket_options.is_cloud:

@@ -1453,18 +1453,26 @@ def has_while_loop(circuit: QuantumCircuit) -> bool:
     return False
 
 
-def count_measurements(circuit: QuantumCircuit) -> int:
-    """Measure instructions anywhere in the circuit (each block of its control flow once)."""
+def count_mid_circuit_measurements(circuit: QuantumCircuit) -> int:
+    """Measurements that something later acts on the same qubit after (those a branching
+    simulator splits its paths at), and every measurement inside control flow (each block
+    once); a qubit's last measurement, with nothing after it, is not counted."""
     count = 0
-    pending = [circuit]
-    while pending:
-        body = pending.pop()
-        for instruction in body.data:
-            op = instruction.operation
-            if isinstance(op, ControlFlowOp):
-                pending.extend(op.blocks)
-            elif op.name == "measure":
-                count += 1
+    later: set[object] = set()  # qubits some later instruction acts on
+    for instruction in reversed(circuit.data):
+        op = instruction.operation
+        if isinstance(op, ControlFlowOp):
+            pending = list(op.blocks)
+            while pending:
+                for inner in pending.pop().data:
+                    if isinstance(inner.operation, ControlFlowOp):
+                        pending.extend(inner.operation.blocks)
+                    elif inner.operation.name == "measure":
+                        count += 1
+        elif op.name == "measure" and instruction.qubits[0] in later:
+            count += 1
+        if op.name != "barrier":
+            later.update(instruction.qubits)
     return count
 
 
