@@ -720,9 +720,9 @@ def runtime_observable(
             observable was detected"), or that has a coefficient whose square overflows: the
             request's fault, not the backend's (on the cloud path the runtime's refusal at
             create would count against the breaker). Zero as the runtime reads it: simplified,
-            tolerance included. Checked here, where the operator
-            is built anyway, not when the job is submitted: at the job limit of 1,000,000
-            terms that took seconds of the gateway's CPU.
+            tolerance included. Checked here, where the operator is built anyway, not when the
+            job is submitted: at the job limit of 1,000,000 terms that took seconds of the
+            gateway's CPU.
     """
     from qiskit.quantum_info import SparseObservable, SparsePauliOp
 

@@ -251,7 +251,7 @@ class CompiledCircuit:
         )
         if self.num_clbits > MAX_COMPILED_CLBITS or type(self.ref) is not CircuitRef:
             raise ValueError("a compiled circuit past its bounds")
-        check_types("measurements", (self.mid_circuit_measurements,), int)
+        check_types("mid_circuit_measurements", (self.mid_circuit_measurements,), int)
         if not 0 <= self.mid_circuit_measurements <= max(self.operations, 1):
             raise ValueError("a compiled circuit past its bounds")
         check_types("parameters", self.parameters, str)
