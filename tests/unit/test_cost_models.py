@@ -97,9 +97,10 @@ def test_estimator_mitigation_multiplies_the_sampled_work(
 def test_the_bases_of_an_estimators_terms_are_bounded_from_above() -> None:
     from gateway.backends.qiskit.adapter import _measurement_bases
 
-    assert _measurement_bases(["ZZI", "IZZ", "ZII"]) == 1  # diagonal: one basis
-    assert _measurement_bases(["ZZ", "XX", "YY", ("X", (3,))]) == 4
-    assert _measurement_bases([("XY", (0, 4))]) == 1
+    assert _measurement_bases(["ZZI", "IZZ", "ZII", "III"]) == 1  # diagonal: one basis
+    # One letter each (with I): one basis per letter; mixed letters: one each at most.
+    assert _measurement_bases(["XXI", "IXX", ("X", (3,)), "YY", "ZZ"]) == 3
+    assert _measurement_bases(["XZ", "ZX", ("XY", (0, 4))]) == 3
     assert _measurement_bases([]) == 0
 
 

@@ -47,16 +47,17 @@ class PennyLaneOptions(QiskitOptions):
     device: Device = "lightning.qubit"
 
 
-# Measured on one thread (the cost review): each binding sets up a run (~80 us on lightning,
+# Measured on one thread (the cost reviews): each binding sets up a run (~80 us on lightning,
 # ~45 us on default.qubit, 1 qubit, 1 shot), each operation of a binding's run ~15 us on
 # lightning and ~1 us on default.qubit whatever the width (2 qubits, 1002 operations), and each
-# Pauli term's expval of a binding ~63 us on lightning (4 qubits, 255 terms): a narrow circuit's
-# amplitudes priced them at nanoseconds, 100,000 bindings of 1002 operations (~25 min) at 0.2 s.
+# Pauli term's expval of a binding ~63 us on lightning, ~70 us on default.qubit (4 qubits, 255
+# terms): a narrow circuit's amplitudes priced them at nanoseconds, 100,000 bindings of 1002
+# operations (~25 min) at 0.2 s.
 _LIGHTNING_RUNS = costs.RunCosts(
     per_amplitude=25, per_binding=4_000_000, per_operation_run=750_000, per_term=3_150_000
 )
 _DEFAULT_QUBIT_RUNS = costs.RunCosts(
-    per_amplitude=210, per_binding=2_500_000, per_operation_run=50_000
+    per_amplitude=210, per_binding=2_500_000, per_operation_run=50_000, per_term=3_500_000
 )
 
 

@@ -527,6 +527,12 @@ class QiskitAdapter(BackendAdapter):
         work): nothing for a simulator that runs every binding of one assembled circuit."""
         return costs.BATCHED_RUNS
 
+    @property
+    def combines_terms(self) -> bool:
+        """Whether the worker combines the terms' values into observables itself (the exact
+        estimators), or the SDK it hands the observables to does."""
+        return True
+
     def sampling_work(
         self, entry: CompiledCircuit, bindings: int, shots: int, spec: JobSpec
     ) -> int:
@@ -616,6 +622,13 @@ class QiskitAdapter(BackendAdapter):
             result_bytes += size
             tasks.append(task)
             layouts.append(entry.layout)
+            if combining:
+                fe.check_memory(
+                    entry.memory_bytes + combining,
+                    limits.memory_budget_bytes,
+                    self.method_name,
+                    f"spec.pubs[{index}]",
+                )
             peak_memory = max(peak_memory, entry.memory_bytes + combining)
             has_while_loop = has_while_loop or entry.has_while_loop
         fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
@@ -743,8 +756,10 @@ class QiskitAdapter(BackendAdapter):
         )
         cost.add_shots(bindings, shots, precision_field)
         cost.add_execution(self.estimation_work(entry, bindings, terms, bases, shots, spec), base)
-        cost.add_execution(bindings * listed * _GATHER_WEIGHT, base)
-        combining = 8 * bindings * (terms + len(pub.observables) + widest)
+        combining = 0
+        if self.combines_terms:
+            cost.add_execution(bindings * listed * _GATHER_WEIGHT, base)
+            combining = 8 * bindings * (terms + len(pub.observables) + widest)
         task = EstimatorTask(
             circuit=entry.ref,
             parameters=entry.parameters,
@@ -960,16 +975,17 @@ def result_builder(
 
 def _measurement_bases(keys: Iterable[PauliKey]) -> int:
     """An upper bound on the measurement bases a sampling estimator needs for these terms:
-    the diagonal ones (Z and I only) share one, every other term may need its own."""
-    diagonal = 0
-    other = 0
+    terms of one Pauli letter (with I) share one basis per letter (every {I, X} string commutes
+    qubit-wise with every other); each term mixing letters may need its own."""
+    uniform: set[str] = set()
+    mixed = 0
     for key in keys:
-        letters = key if isinstance(key, str) else key[0]
-        if "X" in letters or "Y" in letters:
-            other += 1
+        letters = set(key if isinstance(key, str) else key[0]) - {"I"}
+        if len(letters) > 1:
+            mixed += 1
         else:
-            diagonal = 1
-    return diagonal + other
+            uniform.add(letters.pop() if letters else "Z")
+    return len(uniform) + mixed
 
 
 def _pauli_key(term: PauliTerm) -> PauliKey:

@@ -1454,11 +1454,13 @@ def has_while_loop(circuit: QuantumCircuit) -> bool:
 
 
 def count_mid_circuit_measurements(circuit: QuantumCircuit) -> int:
-    """Measurements that something later acts on the same qubit after (those a branching
-    simulator splits its paths at), and every measurement inside control flow (each block
-    once); a qubit's last measurement, with nothing after it, is not counted."""
+    """Measurements a branching simulator splits its paths at: those something later acts on
+    the same qubit after, every one before control flow (which may read its bit: feed-forward),
+    and every one inside control flow (each block once). A qubit's last measurement, with
+    nothing after it and no control flow, is not counted."""
     count = 0
     later: set[object] = set()  # qubits some later instruction acts on
+    branches_later = False  # control flow comes later (it may read any earlier bit)
     for instruction in reversed(circuit.data):
         op = instruction.operation
         if isinstance(op, ControlFlowOp):
@@ -1469,7 +1471,8 @@ def count_mid_circuit_measurements(circuit: QuantumCircuit) -> int:
                         pending.extend(inner.operation.blocks)
                     elif inner.operation.name == "measure":
                         count += 1
-        elif op.name == "measure" and instruction.qubits[0] in later:
+            branches_later = True
+        elif op.name == "measure" and (branches_later or instruction.qubits[0] in later):
             count += 1
         if op.name != "barrier":
             later.update(instruction.qubits)
