@@ -11,7 +11,7 @@ Grammar (whitespace between tokens is free; AND and OR are upper case, as in AIP
                 | "session" "=" STRING                        -- "sessions/{session}"
                 | "labels." KEY ("=" | "!=") STRING           -- a label value
                 | "labels" ":" KEY                            -- has the label
-                | "create_time" (">" | ">=" | "<" | "<=") STRING   -- RFC 3339
+                | "create_time" (">" | ">=" | "<" | "<=") STRING   -- RFC 3339, ASCII digits
     STATE      := QUEUED | SUBMITTING | RUNNING | SUCCEEDED | FAILED | CANCELLED | CANCELLING,
                   each also with the prefix JOB_STATE_
     STRING     := "..." or '...', with \\\\, \\" and \\' as the only escapes

@@ -109,8 +109,10 @@ class Runner(ABC):
 
     @abstractmethod
     async def cancel(self, handle: RunHandle) -> None:
-        """Stops the job: kills its worker, or cancels it at the provider. Idempotent; `wait`
-        then raises ExecutionError of kind CANCELLED unless the job finished first."""
+        """Stops the job: kills its worker (on the worker pool, only once the job has run
+        KILL_AFTER_S; a job stopped sooner finishes there, its result discarded), or cancels it
+        at the provider. Idempotent; `wait` then raises ExecutionError of kind CANCELLED unless
+        the job finished first."""
 
     async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
         """After a restart (or a lost lease), finds a job this runner may already have: by

@@ -228,8 +228,9 @@ def simulation_work(
 ) -> int:
     """Estimated work to simulate a circuit once per binding (once per shot, at a higher cost
     per step, when it has mid-circuit measurements, resets or control flow), plus sampling,
-    plus the simulator's own cost per run (`runs`), plus `state_passes` passes over each
-    binding's final state (an estimator's terms: TERM_STATE_PASSES each)."""
+    plus the simulator's own cost per run, operation and binding (`runs`; its `per_term` is
+    the caller's), plus `state_passes` passes over each binding's final state (an estimator's
+    terms: TERM_STATE_PASSES each)."""
     operations = max(operations, 1)
     if shot_by_shot:
         per_step = amplitudes * SHOT_BY_SHOT_AMPLITUDE_WEIGHT + SHOT_BY_SHOT_OPERATION_WEIGHT

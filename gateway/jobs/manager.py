@@ -470,8 +470,9 @@ class JobManager:
         else:
             marked = await self._transitions.cancelling(job)
             if marked is not None:
-                # Stopping the worker (a kill; for provider jobs a remote cancel that can take
-                # minutes) happens in the job's own runner task, not in this call.
+                # Stopping the worker (a kill, or up to KILL_AFTER_S of letting it finish; for
+                # provider jobs a remote cancel that can take minutes) happens in the job's own
+                # runner task, not in this call.
                 running.request_cancel()
                 return marked
         # It reached a final state (or was cancelled by another call) meanwhile.

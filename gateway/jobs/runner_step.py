@@ -582,8 +582,8 @@ class RunnerStep:
             return dataclasses.replace(info, usage=usage, cost=cost)
 
         if not waiting.done():
-            # Cancellation and time limits reach the backend: the worker is killed, the
-            # provider job cancelled.
+            # Cancellation and time limits reach the backend: the worker is killed (a job
+            # that has run under KILL_AFTER_S finishes on it first), the provider job cancelled.
             try:
                 await self._stop(runtime, running, handle, waiting)
                 # The runner's wait reports the stop; one that does not (a provider call that

@@ -257,8 +257,8 @@ class Store(Protocol):
     async def delete_ended_jobs(self, until: datetime, limit: int) -> tuple[int, int]:
         """Deletes up to `limit` final jobs that ended by `until` (oldest end first), with
         their results and quota ledger rows, and up to `limit` ended sessions that ended by
-        `until` and hold no job any more; returns (jobs deleted, sessions deleted). A tenant's
-        quota totals are kept."""
+        `until` and hold no job any more, with their cost totals; returns (jobs deleted,
+        sessions deleted). A tenant's quota totals are kept."""
 
     async def finish_job(
         self,

@@ -14,7 +14,9 @@ The half of an adapter that does not depend on the simulator lives here once:
 
 A subclass names its target and answers three questions in the worker: the measured qubits'
 probabilities, shot-by-shot outcomes (where the backend declares mid-circuit features), and
-the expectation values of Pauli terms.
+the expectation values of Pauli terms. In the gateway it prices its runs where they cost more
+than a batched state vector's amplitude updates (`run_costs`, `sampling_work`,
+`estimation_work`: admission's execution work).
 """
 
 from __future__ import annotations

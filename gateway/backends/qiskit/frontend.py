@@ -14,8 +14,10 @@ What is bounded, and where, before the expensive work:
   `include` and every register declaration before the reader runs; the reader itself never gets
   an include path, and Qiskit's legacy gates (what `QuantumCircuit.from_qasm_str` accepts) come
   from `custom_instructions`, not from a file.
-- OpenQASM 3: includes, declared sizes, physical qubits, aliases and the importer's work are read
-  from the parsed AST, before the importer allocates anything.
+- OpenQASM 3: a program of more than MAX_QASM3_STATEMENTS statements (its semicolons) is refused
+  before parsing, which would cost more than a compile worker's CPU limit; includes, declared
+  sizes, physical qubits, aliases and the importer's work are read from the parsed AST, before
+  the importer allocates anything.
 - Both: unrolled operations and operations inside gate definitions are counted per definition
   (memoised), never by unrolling, and definition nesting is limited.
 
