@@ -267,6 +267,15 @@ def test_the_combinations_memory_is_refused_past_the_budget() -> None:
 # ---------------------------------------------------------- typical jobs: priced about right
 
 
+def simulator(backend: str, option: str) -> QiskitAdapter:
+    """An Aer (`option`: its method), PennyLane or Braket (`option`: its device) adapter."""
+    if backend == "aer":
+        return AerAdapter(aer_context(budget=GiB, method=option))
+    if backend == "pennylane":
+        return PennyLaneAdapter(aer_context(budget=GiB, device=option))
+    return BraketAdapter(aer_context(budget=GiB, device=option))
+
+
 def within(price: float, cpu_s: float) -> bool:
     """Neither more than 20x over what it ran nor more than 10x under."""
     return measured(cpu_s) / 10 <= price <= 20 * measured(cpu_s)
@@ -284,13 +293,7 @@ def within(price: float, cpu_s: float) -> bool:
 def test_a_vqe_estimator_sweep_is_admitted_at_about_its_cost(
     backend: str, option: str, cpu_s: float
 ) -> None:
-    adapter: QiskitAdapter
-    if backend == "aer":
-        adapter = AerAdapter(aer_context(budget=GiB, method=option))
-    elif backend == "pennylane":
-        adapter = PennyLaneAdapter(aer_context(budget=GiB, device=option))
-    else:
-        adapter = BraketAdapter(aer_context(budget=GiB, device=option))
+    adapter = simulator(backend, option)
     pub = EstimatorPub(layered(4, 4, measure=False), (H2_4Q,), (), sweep(200))
     job = JobSpec(backend=backend, pubs=(pub,))
     assert within(price_of(adapter, job), cpu_s)
@@ -308,13 +311,7 @@ def test_a_vqe_estimator_sweep_is_admitted_at_about_its_cost(
 def test_a_sampler_parameter_sweep_is_admitted_at_about_its_cost(
     backend: str, option: str, cpu_s: float
 ) -> None:
-    adapter: QiskitAdapter
-    if backend == "aer":
-        adapter = AerAdapter(aer_context(budget=GiB, method=option))
-    elif backend == "pennylane":
-        adapter = PennyLaneAdapter(aer_context(budget=GiB, device=option))
-    else:
-        adapter = BraketAdapter(aer_context(budget=GiB, device=option))
+    adapter = simulator(backend, option)
     job = JobSpec(backend=backend, pubs=(SamplerPub(layered(6, 6, True), sweep(500), 1000),))
     assert within(price_of(adapter, job), cpu_s)
     prepare_in_process(adapter, job, 1)

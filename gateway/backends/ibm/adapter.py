@@ -147,6 +147,8 @@ class IbmAdapter(QiskitAdapter):
         self._runnables: dict[str, _Runnable] = {}
         # The running job's provider options (a simulator worker runs one job at a time).
         self._job_options = IbmProviderOptions()
+        # The last job's provider options, as prepare validated them (_provider_options_of).
+        self._last_provider_options: tuple[object, IbmProviderOptions] | None = None
 
     # ------------------------------------------------------------------ what the base asks
 
@@ -260,8 +262,7 @@ class IbmAdapter(QiskitAdapter):
                 "spec.pubs",
             )
         prepared = super().prepare(spec, seed, circuits)
-        options = self.validate_provider_options(spec.options.provider_options, _PROVIDER_FIELD)
-        assert isinstance(options, IbmProviderOptions)
+        options = self._provider_options_of(spec)
         inner = prepared.payload
         assert isinstance(inner, QiskitPayload)
         _check_options(options, inner, self.context.name)
@@ -354,8 +355,16 @@ class IbmAdapter(QiskitAdapter):
         return factor * sampled + reads
 
     def _provider_options_of(self, spec: JobSpec) -> IbmProviderOptions:
-        options = self.validate_provider_options(spec.options.provider_options, _PROVIDER_FIELD)
+        """The job's validated provider options: validated once per job, though every PUB's
+        price and the payload ask (the last job's are kept, with the object they came from,
+        which that reference keeps alive: identity is a safe key)."""
+        raw = spec.options.provider_options
+        last = self._last_provider_options
+        if last is not None and last[0] is raw:
+            return last[1]
+        options = self.validate_provider_options(raw, _PROVIDER_FIELD)
         assert isinstance(options, IbmProviderOptions)
+        self._last_provider_options = (raw, options)
         return options
 
     def sample_shots(

@@ -736,8 +736,8 @@ class QiskitAdapter(BackendAdapter):
         bases = _measurement_bases(distinct)
         # Combining them reads every term of every observable for every binding (repeated
         # terms too), into a bindings x observables matrix before broadcasting.
-        listed = sum(len(observable) for observable in observables)
-        widest = max(len(observable) for observable in observables)
+        lengths = [len(observable) for observable in observables]
+        listed, widest = sum(lengths), max(lengths)
         packed = PackedObservables.pack(observables)
         del observables
         bindings = math.prod(bindings_shape)
