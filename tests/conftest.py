@@ -8,6 +8,8 @@ from hypothesis import settings
 
 from tests.gateway_process import GatewayProcess, write_config
 
+pytest_plugins = ["tests.phase_watchdog"]
+
 # Property tests draw the same examples on every run: a CI result must not depend on luck. A
 # case one of them finds once becomes a plain test of its own.
 settings.register_profile("deterministic", derandomize=True)
