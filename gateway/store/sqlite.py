@@ -1594,11 +1594,11 @@ def _allow_cancelling_state(conn: sqlite3.Connection) -> None:
     if int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0]) != count:
         raise RuntimeError("jobs table rebuild lost rows")
     if sequence is not None:
-        kept = conn.execute(
+        # The copy gave the new table a sequence row even when no job was left to copy (seq 0
+        # then): raise it to the old mark.
+        conn.execute(
             "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'", (sequence[0],)
         )
-        if kept.rowcount == 0:  # every job had been deleted: nothing was copied
-            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", sequence)
 
 
 # --- end of issue 7, long-running behaviour --------------------------------------------------

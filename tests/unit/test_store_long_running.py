@@ -141,6 +141,30 @@ async def test_migration_allows_cancelling_and_keeps_everything(db_path: pathlib
         assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
 
 
+async def test_migration_keeps_the_sequence_of_a_database_whose_jobs_were_all_deleted(
+    db_path: pathlib.Path,
+) -> None:
+    # The rebuilt table copies no row, so SQLite starts no sequence for it: the old high-water
+    # mark must be written back, or the next job would take a seq a deleted job had (and a
+    # client's page token past it would skip the new job).
+    _old_database(db_path)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("DELETE FROM results")
+        conn.execute("DELETE FROM jobs")
+        old_seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()[0]
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert (await store.create_job(new_job("fresh"))).created
+    finally:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        seq = conn.execute("SELECT seq FROM jobs WHERE id = 'fresh'").fetchone()[0]
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_sequence")]
+    assert seq == old_seq + 1
+    assert names.count("jobs") == 1
+
+
 # -- result expiry, as the job manager answers it -----------------------------------------------
 
 
