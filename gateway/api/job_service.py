@@ -183,6 +183,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.SubmitJobRequest, context: Context
     ) -> job_service_pb2.SubmitJobResponse:
         if request.validate_only:
+            _request_id(request.request_id)  # refused as a submission refuses it
             return await self._validate(context, request.spec)
         job, created = await self._submit(context, request.request_id, request.spec)
         return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job), created=created)

@@ -184,6 +184,19 @@ def test_a_request_id_is_at_most_128_printable_ascii_characters() -> None:
     assert len(manager.submitted) == 1
 
 
+@pytest.mark.parametrize("bad", ["r" * 129, "caf\u00e9\n"])
+def test_validate_only_refuses_a_request_id_a_submission_would_refuse(bad: str) -> None:
+    # "Errors are those a submission would get" (SubmitJobRequest.validate_only): it answered
+    # an estimate for a request_id its submission then refused.
+    servicer = _servicer(_Manager())
+    request = job_service_pb2.SubmitJobRequest(
+        request_id=bad, spec=sampler_spec(ghz(2)), validate_only=True
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        _submit(servicer, request)
+    assert refused.value.reason == "INVALID_REQUEST_ID"
+
+
 def test_a_job_naming_a_session_is_admitted_through_the_session_not_the_manager() -> None:
     manager = _Manager()
     sessions = _Sessions(manager)
