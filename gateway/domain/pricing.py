@@ -64,6 +64,23 @@ class Usage:
     provider_unit: str = ""
     tasks: int = 1
 
+    def __post_init__(self) -> None:
+        # Stored, summed into session totals and quotas, and written as a Duration: a
+        # provider's Infinity or NaN would poison every one (runner steps drop such values).
+        if not (math.isfinite(self.execution_seconds) and self.execution_seconds >= 0):
+            raise ValueError(f"execution_seconds {self.execution_seconds!r}")
+        if self.provider_cost is not None and not (
+            math.isfinite(self.provider_cost) and self.provider_cost >= 0
+        ):
+            raise ValueError(f"provider_cost {self.provider_cost!r}")
+
+
+def reported(value: float | None) -> float | None:
+    """A provider's reported seconds or cost, or None when it is not a finite amount >= 0."""
+    if value is None or not (math.isfinite(value) and value >= 0):
+        return None
+    return value
+
 
 @dataclass(frozen=True)
 class Totals:

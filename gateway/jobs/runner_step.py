@@ -66,6 +66,11 @@ RUNNING_WRITE_DELAY_S = 0.05
 STOP_ATTEMPTS_UNFOLLOWED = 5
 # How long a stopped job's runner has to report the stop.
 WAIT_AFTER_STOP_S = 300.0
+# Cancels that failed for these reasons (the provider out of reach, not saying no) are asked
+# again.
+_ASK_AGAIN = frozenset(
+    {FailureKind.TRANSIENT, FailureKind.THROTTLED, FailureKind.TIMEOUT, FailureKind.CREDENTIALS}
+)
 # A finished job's end the store could not write is tried again after this (doubling, to the
 # maximum), for up to the limit.
 FINISH_RETRY_S = 1.0
@@ -299,13 +304,24 @@ class RunnerStep:
     ) -> None:
         """Cancels the job on its runner. A provider that could not be told (out of reach,
         throttling) is asked again with back-off while the job is followed (`waiting`), or a
-        few times (nothing follows it): a job left running bills for nothing."""
+        few times (nothing follows it): a job left running bills for nothing. One that
+        answered no (a refusal, not an outage) is not asked again: the caller then waits
+        WAIT_AFTER_STOP_S for the job's end and gives it up, rather than hold its slot for
+        as long as the provider keeps a job it will not cancel."""
         backoff = runtime.settings.remote_retry_s
         for attempt in itertools.count(1):
             try:
                 await runtime.runner.cancel(handle)
                 return
             except ExecutionError as err:
+                if err.kind not in _ASK_AGAIN:
+                    log.error(
+                        "job %s: the provider refused to cancel %s (%s); it may still run",
+                        handle.job_id,
+                        handle.remote_id,
+                        err,
+                    )
+                    return
                 if waiting is None and attempt >= STOP_ATTEMPTS_UNFOLLOWED:
                     log.error(
                         "job %s: the provider was not told to cancel %s (%s); it may still run",
@@ -572,7 +588,7 @@ class RunnerStep:
 
         def ran() -> ExecutionInfo:
             """`info` with what a job that failed or was cancelled after it ran used."""
-            seconds = handle.execution_seconds
+            seconds = pricing.reported(handle.execution_seconds)
             if seconds is None and runner.model is ExecutionModel.LOCAL:
                 seconds = time.perf_counter() - t0
             if seconds is None:
@@ -759,7 +775,7 @@ class RunnerStep:
         else:  # large results are encoded off the event loop
             result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
         self._recent.put(started.id, result)
-        seconds = outcome.execution_seconds
+        seconds = pricing.reported(outcome.execution_seconds)
         if seconds is None:
             # A simulator's time on its worker. A provider that reports none is not charged
             # the time it followed the job: that includes the provider's queue (hours).
@@ -774,7 +790,7 @@ class RunnerStep:
             if prepared is not None
             else await self._stored_shots(runtime, started),
             execution_seconds=seconds,
-            provider_cost=outcome.provider_cost,
+            provider_cost=pricing.reported(outcome.provider_cost),
             provider_unit=outcome.provider_unit,
             tasks=tasks,
         )

@@ -418,3 +418,52 @@ def test_a_key_refused_at_start_stops_only_its_backend_until_the_target_is_fetch
         assert API_KEY not in (tmp_path / "gateway.log").read_text()
     finally:
         stub.control("reject_token", {"on": False})
+
+
+def test_a_poll_the_provider_never_answers_gives_its_slot_back(
+    stub: IbmStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK read answers with no read timeout: a provider that accepted a job's GET and
+    # never answered held the poll's thread, and its slot of the polls' limit
+    # (max_concurrent_jobs), for ever; once that many polls hung, no job was polled again.
+    # The runner here is built in this process, against the stub, through the real SDK.
+    import anyio
+    from pydantic import SecretStr
+    from requests.adapters import HTTPAdapter
+
+    from gateway.backends.ibm import cloud
+    from gateway.domain.errors import ExecutionError
+    from gateway.domain.failures import FailureKind
+    from tests.ibm_stub import CRN, DEVICE
+
+    monkeypatch.setenv("IAM_URL", "restored-by-the-test")  # the runner sets it process-wide
+    monkeypatch.delenv("IAM_URL")
+    settings = cloud.CloudSettings(
+        name="ibm-stalled",
+        device=DEVICE,
+        channel="ibm_cloud",
+        instance=CRN,
+        url=f"http://{stub.address}/api/v1",
+        iam_url=f"http://{stub.address}",
+        token=SecretStr(API_KEY),
+        max_concurrent_jobs=1,
+        request_timeout_s=0.5,
+        retry_attempts=1,
+    )
+    runner = cloud.IbmCloudRunner(settings)
+    service = runner._client.service()  # built (and authenticated) before the stall
+    # The SDK's session retries a timed-out read 5 times with back-off (~16 s); not here.
+    service._active_api_client._session.mount("http://", HTTPAdapter(max_retries=0))
+    stub.control("stall_job_gets", {"on": True})
+    try:
+
+        async def poll() -> None:
+            with anyio.fail_after(20):  # the stub holds a stalled GET for 60 s
+                await runner.wait(cloud.IbmCloudHandle("job-1", "d-stalled"))
+
+        with pytest.raises(ExecutionError) as given_up:
+            anyio.run(poll)
+        assert given_up.value.kind is FailureKind.TRANSIENT
+        assert runner._waits.borrowed_tokens == 0  # the slot came back with the thread
+    finally:
+        stub.control("stall_job_gets", {"on": False})

@@ -219,6 +219,7 @@ class _TaggedJob:
         self.remote_id = remote_id
         self.ended = ended
         self.cancelled = False
+        self.tags = ["qgateway-job:job-1"]
 
     def job_id(self) -> str:
         return self.remote_id

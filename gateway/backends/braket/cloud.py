@@ -100,6 +100,10 @@ AUTH_ERROR_CODES = frozenset(
         "MissingAuthenticationTokenException",
     }
 )
+# Braket's on-demand simulators stop a task at 6 hours (SV1's and DM1's documented maximum
+# runtime): a longer reported duration is not believed, nor charged.
+_MAX_TASK_MS = 6 * 3600 * 1000
+
 # botocore's exceptions for credentials it could not find or refresh (by class name).
 _CREDENTIAL_ERRORS = frozenset(
     {
@@ -473,7 +477,9 @@ class BraketCloudRunner(Runner):
             result, seconds = await anyio.to_thread.run_sync(
                 lambda: (_decode(plan, texts), _execution_seconds(texts))
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            # Whatever the provider's results hold (nesting deep enough to exhaust the
+            # parser's recursion included), the job fails as the backend's fault.
             raise ExecutionError(
                 "EXECUTION_FAILED",
                 f"backends/{self.name}: unreadable task results: {type(exc).__name__}: {exc}"[:500],
@@ -505,11 +511,14 @@ class BraketCloudRunner(Runner):
             )
             if view is None:
                 return None
-            tags = view.get("tags") or {}
-            if tags.get("qgateway:job", job.id) != job.id:
+            tags = view.get("tags")
+            owner = tags.get("qgateway:job") if isinstance(tags, dict) else None
+            if owner != job.id:
+                # The gateway tags every task it creates: one without the tag is not this
+                # job's either.
                 raise ExecutionError(
                     "EXECUTION_FAILED",
-                    f"backends/{self.name}: task {arns[0]} belongs to {tags['qgateway:job']!r}",
+                    f"backends/{self.name}: task {arns[0]} belongs to {repr(owner)[:100]}",
                     kind=FailureKind.BACKEND_FAULT,
                     metadata={"providerJobId": arns[0]},
                 )
@@ -518,7 +527,7 @@ class BraketCloudRunner(Runner):
         found, total = await self._thread(
             lambda: self._retrying(lambda: self._tagged(job), following=True)
         )
-        if total is None or len(found) < total:
+        if total is None or any(i not in found for i in range(total)):
             if found and job.state is JobState.CANCELLING:
                 # Cancelled before its other tasks were created: none will be (the step ends
                 # the job unsent), so the ones Braket has would run and bill for nothing.
@@ -713,8 +722,15 @@ class BraketCloudRunner(Runner):
                 tags = summary.get("tags") or {}
                 if tags.get("qgateway:job") != job.id:
                     continue
-                found[int(tags.get("qgateway:task", 0))] = summary["quantumTaskArn"]
-                total = int(tags.get("qgateway:tasks", 1))
+                try:
+                    index = int(tags.get("qgateway:task", 0))
+                    tasks = int(tags.get("qgateway:tasks", 1))
+                except (TypeError, ValueError):
+                    continue  # tags the gateway never writes: not one of its tasks
+                if not 0 <= index < tasks:
+                    continue
+                found[index] = summary["quantumTaskArn"]
+                total = tasks
             token = page.get("nextToken")
             if not token or (total is not None and len(found) >= total):
                 break
@@ -735,15 +751,23 @@ class BraketCloudRunner(Runner):
                     metadata={"providerJobId": arn},
                 )
             state = view.get("status")
-            queue = view.get("queueInfo") or {}
-            position = queue.get("position")
+            queue = view.get("queueInfo")
+            position = queue.get("position") if isinstance(queue, dict) else None
             if state == "QUEUED" and position not in (None, "None"):
                 self.status.set_position(job_id, str(position))
             else:
                 self.status.set_position(job_id, None)
             if state == "COMPLETED":
-                bucket = view["outputS3Bucket"]
-                key = f"{view['outputS3Directory'].rstrip('/')}/results.json"
+                bucket, directory = view.get("outputS3Bucket"), view.get("outputS3Directory")
+                if not (isinstance(bucket, str) and bucket and isinstance(directory, str)):
+                    raise ExecutionError(
+                        "EXECUTION_FAILED",
+                        f"backends/{self.name}: Braket task {arn} completed without its "
+                        "results' location",
+                        kind=FailureKind.BACKEND_FAULT,
+                        metadata={"providerJobId": arn},
+                    )
+                key = f"{directory.rstrip('/')}/results.json"
                 read = functools.partial(self._read, bucket, key)
                 return await self._thread(
                     functools.partial(self._retrying, read, arn, following=True)
@@ -834,15 +858,34 @@ def _task_specs(payload: QiskitPayload) -> tuple[list[_TaskSpec], dict[str, Any]
 
 
 def _execution_seconds(texts: Sequence[str]) -> float | None:
-    """The tasks' execution durations summed, where every task reports one (simulators)."""
+    """The tasks' execution durations summed, where every task reports a believable one
+    (simulators): none ran longer than Braket's on-demand simulators allow a task (6 hours)."""
     total_ms = 0
     for text in texts:
         try:
             metadata = json.loads(text)["additionalMetadata"]["simulatorMetadata"]
-            total_ms += int(metadata["executionDuration"])
-        except (KeyError, TypeError, ValueError):
+            duration_ms = int(metadata["executionDuration"])
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
+        if not 0 <= duration_ms <= _MAX_TASK_MS:
+            return None
+        total_ms += duration_ms
     return total_ms / 1000.0 if texts else None
+
+
+def _check_measurements(text: str) -> None:
+    """Refuses measurements that are not each 0 or 1 (as a number or, as Braket's simulators
+    write them, a string) as the provider sent them: the SDK's schema turns a fractional one
+    (0.9) into the integer 0, made-up counts."""
+    data = json.loads(text)
+    measured = data.get("measurements") if isinstance(data, dict) else None
+    if not measured:
+        return
+    bits = np.asarray(measured)
+    kind = bits.dtype.kind
+    allowed = ["0", "1"] if kind == "U" else [0, 1] if kind in "iu" else None
+    if allowed is None or not bool(np.isin(bits, allowed).all()):
+        raise ValueError("measurements that are not each 0 or 1")
 
 
 def _decode(plan: Mapping[str, Any], texts: Sequence[str]) -> JobResult:
@@ -876,6 +919,7 @@ def _decode(plan: Mapping[str, Any], texts: Sequence[str]) -> JobResult:
             if text is None:
                 outcomes = np.zeros(shots, dtype=np.uint64)
             else:
+                _check_measurements(text)
                 measured = GateModelQuantumTaskResult.from_string(text).measurements
                 bits = np.asarray(measured).astype(np.uint64)
                 if bits.shape != (shots, len(shifts)):

@@ -364,13 +364,27 @@ class _Client:
         url, resolver = _runtime_url(settings)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return GatewayRuntimeService(
+            service = GatewayRuntimeService(
                 channel=settings.channel,
                 token=settings.token.get_secret_value(),
                 instance=settings.instance,
                 url=url,
                 url_resolver=resolver,
             )
+        _bound_reads(service, settings.request_timeout_s)
+        return service
+
+
+def _bound_reads(service: Any, read_timeout_s: float) -> None:
+    """Bounds each socket read of the service's HTTP sessions. The SDK waits for an answer
+    with no read timeout (its RetrySession's (5 s, None)): a provider that accepted a GET and
+    never answered held the poll's thread, and with it a slot of the polls' limit, for ever;
+    once `max_concurrent_jobs` polls hung, no job was polled again. The bound is between
+    bytes, so a large result still downloads."""
+    clients = [service._active_api_client, *service._api_clients.values()]
+    for client in clients:
+        connect_s, _ = client._session._timeout
+        client._session._timeout = (connect_s, read_timeout_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -747,10 +761,22 @@ class IbmCloudRunner(Runner):
                 if isinstance(err.__cause__, RuntimeJobNotFound):
                     return None
                 raise
+            if not _tagged_for(found, job_id):
+                # The gateway tags every runtime job it creates: a stored id that names
+                # another (the service's mistake, a store restored elsewhere) is not followed.
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"backends/{self.name}: runtime job {remote_id} is not this job's",
+                    kind=FailureKind.BACKEND_FAULT,
+                    metadata={"providerJobId": remote_id},
+                )
             return str(found.job_id())
-        jobs = self._call(
+        listed = self._call(
             lambda: service_call().jobs(job_tags=[JOB_TAG_PREFIX + job_id], limit=10), None
         )
+        # The service's tag filter is not taken on trust: a job it lists without this job's
+        # tag (another tenant's) is neither followed nor cancelled as a copy.
+        jobs = [job for job in listed or () if _tagged_for(job, job_id)]
         if not jobs:
             return None
         if len(jobs) > 1:
@@ -791,7 +817,10 @@ class IbmCloudRunner(Runner):
             return None
         for key in ("quantum_seconds", "qpu_charge_time_seconds", "seconds"):
             value = usage.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            # JSON from the service may hold Infinity or NaN (Python's parser takes both).
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value) and value >= 0:
                 return float(value)
         return None
 
@@ -928,6 +957,15 @@ class IbmCloudRunner(Runner):
 
 # Jitter of retry backoffs.
 _rng = random.Random()
+
+
+def _tagged_for(runtime_job: Any, job_id: str) -> bool:
+    """Whether a runtime job carries the gateway job's tag (unreadable tags: it does not)."""
+    try:
+        tags = runtime_job.tags
+    except Exception:
+        return False
+    return isinstance(tags, list | tuple) and JOB_TAG_PREFIX + job_id in tags
 
 
 def _while_following(err: ExecutionError) -> ExecutionError:
@@ -1093,8 +1131,10 @@ def _outcome(
     """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator).
 
     Raises:
-        _Mismatch: Another number of PUB results than `pubs_asked`, or a register with fewer
-            shots than `shots_asked`.
+        _Mismatch: Another number of PUB results than `pubs_asked`, a register with fewer
+            shots than `shots_asked`, an estimator's result for a sampler job (one with
+            `shots_asked`), or expectation values or standard errors that are not finite
+            (or negative errors).
     """
     import qiskit_ibm_runtime
 
@@ -1104,8 +1144,12 @@ def _outcome(
     for pub in result:
         data = pub.data
         if hasattr(data, "evs"):
+            if shots_asked is not None:  # the shots tag is a sampler job's
+                raise _Mismatch("an estimator's result for a sampler job")
             evs = np.asarray(data.evs, dtype=np.float64)
             stds = np.asarray(data.stds, dtype=np.float64)
+            if not (np.isfinite(evs).all() and np.isfinite(stds).all() and (stds >= 0).all()):
+                raise _Mismatch("expectation values or standard errors that are not finite")
             precision = float(pub.metadata.get("target_precision", 0.0) or 0.0)
             pubs.append(
                 EstimatorResult(

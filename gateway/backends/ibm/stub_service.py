@@ -25,6 +25,8 @@ Calls answered (the ones qiskit-ibm-runtime 0.51 makes for job-mode primitives):
 - ``POST /api/v1/jobs`` (create; tags stored), ``GET /api/v1/jobs/{id}``,
   ``GET /api/v1/jobs/{id}/results``, ``POST /api/v1/jobs/{id}/cancel``,
   ``GET /api/v1/jobs?tags=...`` (jobs carrying every tag given, newest first).
+- ``/control/stall_job_gets`` ``{on}``: ``GET /api/v1/jobs/{id}`` accepts the request and
+  answers nothing (for up to a minute) until turned off.
 - ``GET /api/v1/jobs/{id}/metrics``: timestamps and ``usage`` (``quantum_seconds``,
   ``seconds``, ``qpu_charge_time_seconds``, ``status`` "final" once the job ended; the quantum
   seconds a job that ran is charged are set with ``/control/usage``, 1 by default).
@@ -79,6 +81,8 @@ __all__ = ["READY_PREFIX", "RuntimeStub", "main"]
 
 READY_PREFIX = "ibm runtime stub listening on "
 API = "/api/v1"
+# The longest a stalled GET is held (a test that forgets to release it does not hang the stub).
+STALL_LIMIT_S = 60.0
 FINAL = frozenset({"Completed", "Failed", "Cancelled"})
 # A job's stub-only fields, never in a job view.
 _HIDDEN = frozenset({"params", "result", "fail", "ran", "quantum_seconds", "finished"})
@@ -101,6 +105,8 @@ class RuntimeStub:
         self._hold_creates = 0
         self._create_gate = threading.Event()
         self._create_gate.set()
+        self.get_gate = threading.Event()
+        self.get_gate.set()
         self._fail_creates: list[dict[str, Any]] = []
         self._fail_jobs: list[str] = []
         self.creates_per_s: float | None = None
@@ -326,6 +332,11 @@ class RuntimeStub:
             elif name == "release_create":
                 self._hold_creates = 0
                 self._create_gate.set()
+            elif name == "stall_job_gets":
+                if body.get("on", True):
+                    self.get_gate.clear()
+                else:
+                    self.get_gate.set()
             elif name == "hold_jobs":
                 self.hold_jobs = bool(body.get("on", True))
             elif name == "fail":
@@ -619,6 +630,8 @@ class _Handler(BaseHTTPRequestHandler):
             offset = int((query.get("offset") or ["0"])[0])
             self._send(200, stub.list(tags, limit, offset))
         elif method == "GET" and len(segments) == 2 and segments[0] == "jobs":
+            # A provider that accepts the request and never answers (until released).
+            stub.get_gate.wait(STALL_LIMIT_S)
             view = stub.view(segments[1])
             self._send(404 if view is None else 200, view or _error(404, "job not found"))
         elif method == "GET" and len(segments) == 3 and segments[2] == "results":

@@ -1,0 +1,340 @@
+"""Review: what the cloud runners (IBM Runtime, Amazon Braket) and the job core do when the
+PROVIDER misbehaves or is hostile. In process, against the unit tests' fakes: a provider's
+answer is whatever the fake says.
+
+The findings are fixed; each test says what it found. A poll the provider never answers
+(the SDK reads with no read timeout) is tested against the IBM stub over HTTP, in
+tests/e2e/test_ibm_cloud.py: a fake service here cannot show a socket's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from qiskit.primitives import BitArray, DataBin, PrimitiveResult, SamplerPubResult
+from qiskit.primitives.containers import PubResult
+
+from gateway.api import codec
+from gateway.backends.base import ExecutionOutcome
+from gateway.backends.ibm import cloud
+from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.domain import pricing
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
+from gateway.domain.jobs import JobResult, JobSpec, SamplerOutput
+from gateway.store.sqlite import SqliteStore
+from tests.adapters import prepare_in_process
+from tests.core_harness import ScriptedRunner, build_core, spec
+from tests.unit.test_braket_cloud import FakeBraket, _cloud_adapter, _job, _runner, _sweep
+from tests.unit.test_ibm_cloud import _following, _RuntimeJob, settings
+
+# ------------------------------------------------------------------------------ Braket
+
+
+async def _finished_braket_job(execution_ms: int | None = 100) -> tuple[FakeBraket, Any, Any]:
+    adapter = _cloud_adapter()
+    spec_ = JobSpec(backend="sv1", pubs=(_sweep([0.0]),))
+    fake = FakeBraket()
+    runner = _runner(fake)
+    handle = await runner.submit(prepare_in_process(adapter, spec_, seed=1), _job())
+    fake.finish(handle.arns[0], execution_ms=execution_ms)
+    return fake, runner, handle
+
+
+def _results_key(fake: FakeBraket, arn: str) -> str:
+    task = fake.tasks[arn]
+    return f"{task['outputS3Bucket']}/{task['outputS3Directory']}/results.json"
+
+
+def _edit_results(fake: FakeBraket, arn: str, edit: Any) -> None:
+    key = _results_key(fake, arn)
+    data = json.loads(fake.objects[key])
+    edit(data)
+    fake.objects[key] = json.dumps(data).encode()
+
+
+def _duration(value: object) -> Any:
+    def edit(data: dict[str, Any]) -> None:
+        data["additionalMetadata"]["simulatorMetadata"]["executionDuration"] = value
+
+    return edit
+
+
+def _measurements(value: object) -> Any:
+    def edit(data: dict[str, Any]) -> None:
+        data["measurements"] = value
+
+    return edit
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _duration(float("inf")),
+        _duration(float("nan")),
+        _duration(-1000),
+        _measurements([[2]] * 8),
+        _measurements([[-1]] * 8),
+        _measurements([[0], [1]]),  # fewer shots than asked
+        _measurements([[0, 1]] * 8),  # wider than the program measures
+    ],
+    ids=["inf-ms", "nan-ms", "negative-ms", "bit-2", "bit-minus-1", "short", "wide"],
+)
+async def test_braket_malformed_results_fail_the_job_as_backend_fault(edit: Any) -> None:
+    # Held: pydantic's schema and the runner's shape check refuse these with a clear reason.
+    fake, runner, handle = await _finished_braket_job()
+    _edit_results(fake, handle.arns[0], edit)
+    with pytest.raises(ExecutionError) as failed:
+        await runner.wait(handle)
+    assert (failed.value.kind, failed.value.reason) == (
+        FailureKind.BACKEND_FAULT,
+        "EXECUTION_FAILED",
+    )
+
+
+@pytest.mark.anyio
+async def test_braket_fractional_measurements_are_refused() -> None:
+    fake, runner, handle = await _finished_braket_job()
+    _edit_results(fake, handle.arns[0], _measurements([[0.9]] * 8))
+    with pytest.raises(ExecutionError):
+        await runner.wait(handle)
+
+
+@pytest.mark.anyio
+async def test_braket_results_that_are_not_json_or_not_utf8_fail_cleanly() -> None:
+    for body in (b"{not json", b"[]", b"\xff\xfe\xfd"):
+        fake, runner, handle = await _finished_braket_job()
+        fake.objects[_results_key(fake, handle.arns[0])] = body
+        with pytest.raises(ExecutionError) as failed:
+            await runner.wait(handle)
+        assert failed.value.kind is FailureKind.BACKEND_FAULT
+
+
+@pytest.mark.anyio
+async def test_braket_deeply_nested_results_json_is_a_backend_fault() -> None:
+    fake, runner, handle = await _finished_braket_job()
+    fake.objects[_results_key(fake, handle.arns[0])] = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ExecutionError) as failed:
+        await runner.wait(handle)
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+
+
+@pytest.mark.anyio
+async def test_braket_completed_view_without_its_output_location_is_a_backend_fault() -> None:
+    fake, runner, handle = await _finished_braket_job()
+    fake.tasks[handle.arns[0]].pop("outputS3Bucket")
+    with pytest.raises(ExecutionError) as failed:
+        await runner.wait(handle)
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+
+
+@pytest.mark.anyio
+async def test_braket_queue_info_of_the_wrong_type_does_not_crash_the_follow() -> None:
+    fake, runner, handle = await _finished_braket_job()
+    fake.tasks[handle.arns[0]]["queueInfo"] = "position 3"
+    outcome = await runner.wait(handle)
+    assert outcome.result.pubs
+
+
+@pytest.mark.anyio
+async def test_braket_an_absurd_execution_duration_is_not_charged() -> None:
+    _fake, runner, handle = await _finished_braket_job(execution_ms=10**15)
+    try:
+        outcome = await runner.wait(handle)
+    except ExecutionError:
+        return  # refusing the result is acceptable too
+    # Whatever the provider says, no task ran longer than a day here (the test took ms).
+    assert outcome.execution_seconds is None or outcome.execution_seconds < 86_400
+
+
+@pytest.mark.anyio
+async def test_braket_reattach_refuses_a_task_without_the_jobs_tag() -> None:
+    fake, runner, handle = await _finished_braket_job()
+    fake.tasks[handle.arns[0]]["tags"] = {}
+    job = _job()
+    with pytest.raises(ExecutionError):
+        await runner.reattach(job, handle.remote_id)
+
+
+@pytest.mark.anyio
+async def test_braket_reattach_by_tag_with_inconsistent_task_tags_fails_cleanly() -> None:
+    fake, runner, handle = await _finished_braket_job()
+    job = _job()
+    fake.tasks[handle.arns[0]]["tags"] = {
+        "qgateway:job": job.id,
+        "qgateway:task": "5",
+        "qgateway:tasks": "1",
+    }
+    try:
+        found = await runner.reattach(job, None)
+    except ExecutionError:
+        return
+    assert found is None
+
+
+# ------------------------------------------------------------------------------ IBM
+
+
+def test_ibm_infinite_quantum_seconds_are_not_charged() -> None:
+    job = _RuntimeJob("DONE", metrics={"usage": {"quantum_seconds": float("inf")}})
+    seconds = _following(job)._quantum_seconds(job, "r-1")
+    assert seconds is None or math.isfinite(seconds)
+
+
+def test_a_usage_refuses_amounts_that_cannot_be_stored() -> None:
+    # An infinite usage (a provider's metrics said Infinity) made encode_job raise
+    # OverflowError: the job could never be read back (INTERNAL on GetJob and ListJobs).
+    with pytest.raises(ValueError):
+        pricing.Usage(shots=8, execution_seconds=float("inf"))
+    with pytest.raises(ValueError):
+        pricing.Usage(shots=8, execution_seconds=-1.0)
+    with pytest.raises(ValueError):
+        pricing.Usage(shots=8, execution_seconds=1.0, provider_cost=float("nan"))
+    values = (float("inf"), float("nan"), -1.0, None, 2.5)
+    assert [pricing.reported(v) for v in values] == [None, None, None, None, 2.5]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("reported", [float("inf"), float("nan"), -3.0])
+async def test_a_provider_reporting_an_impossible_run_time_or_bill_is_charged_neither(
+    store: SqliteStore, reported: float
+) -> None:
+    runner = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner})
+    try:
+        job = await core.submit("alice", spec("qpu"))
+        await core.until("alice", job.id, "RUNNING")
+        runner.handles[job.id].done.set_result(
+            ExecutionOutcome(
+                JobResult(pubs=()),
+                {},
+                execution_seconds=reported,
+                provider_cost=reported,
+                provider_unit="USD",
+            )
+        )
+        ended = await core.until("alice", job.id, "SUCCEEDED")
+        assert ended.execution is not None and ended.execution.usage is not None
+        usage = ended.execution.usage
+        assert (usage.execution_seconds, usage.provider_cost) == (0.0, None)
+        codec.encode_job(ended)  # readable back
+    finally:
+        await core.manager.close()
+
+
+def _ibm_job(rid: str, tags: list[str], status: str = "RUNNING") -> _RuntimeJob:
+    job = _RuntimeJob(status)
+    job.tags = tags
+    job.job_id = lambda: rid  # type: ignore[method-assign]
+    return job
+
+
+def test_ibm_find_by_tag_never_touches_jobs_of_other_gateway_jobs() -> None:
+    theirs = [
+        _ibm_job("other-1", ["qgateway-job:someone-else"]),
+        _ibm_job("other-2", ["qgateway-job:someone-else-2"]),
+    ]
+
+    class Service:
+        def job(self, remote_id: str) -> _RuntimeJob:
+            raise AssertionError("not by id")
+
+        def jobs(self, job_tags: list[str], limit: int) -> list[_RuntimeJob]:
+            return list(theirs)  # the filter ignored (or a prefix match)
+
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=1), sleep=lambda s: None)
+    runner._client.service = lambda: Service()  # type: ignore[method-assign]
+    found = runner._find("mine", None)
+    assert [j.cancels for j in theirs] == [0, 0]
+    assert found is None
+
+
+def test_ibm_reattach_by_id_refuses_a_runtime_job_of_another_gateway_job() -> None:
+    theirs = _ibm_job("r-1", ["qgateway-job:someone-else"])
+    runner = _following(theirs)
+    try:
+        found = runner._find("mine", "r-1")
+    except ExecutionError:
+        return
+    assert found is None
+
+
+def test_ibm_an_estimator_answer_to_a_sampler_job_is_refused() -> None:
+    answer = PubResult(
+        DataBin(evs=np.array([np.nan]), stds=np.array([-1.0]), shape=(1,)), metadata={}
+    )
+    with pytest.raises(ValueError):
+        cloud._outcome(PrimitiveResult([answer]), SamplerOutput.COUNTS, None, 8, 1)
+
+
+def test_ibm_results_with_fewer_pubs_or_shots_than_asked_are_refused() -> None:
+    # Held: the PUB-count and shot-count tags are checked, on re-attach too.
+    bits = BitArray.from_samples(["1"] * 4, num_bits=1)
+    answer = SamplerPubResult(DataBin(c=bits, shape=()), metadata={})
+    with pytest.raises(ValueError):
+        cloud._outcome(PrimitiveResult([answer]), SamplerOutput.COUNTS, None, 8, 1)
+    with pytest.raises(ValueError):
+        cloud._outcome(PrimitiveResult([answer]), SamplerOutput.COUNTS, None, 4, 2)
+
+
+def test_ibm_unreadable_tags_and_results_are_backend_faults() -> None:
+    # Held: a shots tag that is no number, or a result of the wrong type, fails the job
+    # BACKEND_FAULT, and the seconds it used are still on the handle.
+    job = _RuntimeJob("DONE", metrics={"usage": {"quantum_seconds": 2}}, result=[object()])
+    job.tags = ["qgateway-shots:lots"]
+    handle = cloud.IbmCloudHandle("job-1", "r-1")
+    with pytest.raises(ExecutionError) as failed:
+        _following(job)._poll_once(handle, "r-1")
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert handle.execution_seconds == 2.0
+
+
+@pytest.mark.parametrize("value", [-5, float("nan"), "12", True, None])
+def test_ibm_negative_nan_or_non_numeric_quantum_seconds_are_ignored(value: object) -> None:
+    job = _RuntimeJob("DONE", metrics={"usage": {"quantum_seconds": value}})
+    assert _following(job)._quantum_seconds(job, "r-1") is None
+
+
+# ------------------------------------------------------------------------------ job core
+
+
+class RefusingProvider(ScriptedRunner):
+    """A provider whose jobs never end and which refuses every cancel for good (a 4xx that
+    is not 'already final')."""
+
+    cancel_calls: int = 0
+
+    async def cancel(self, handle: RunHandle) -> None:
+        self.cancel_calls += 1
+        raise ExecutionError(
+            "PROVIDER_REJECTED", "400 not cancellable", kind=FailureKind.CLIENT_ERROR
+        )
+
+
+@pytest.mark.anyio
+async def test_a_job_past_its_deadline_whose_cancel_is_refused_frees_its_slot(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step asked again, with back-off, for as long as it followed the job, whatever the
+    # answer: a provider that never ended the job and refused its cancel kept it RUNNING past
+    # its run limit for ever, holding the backend's slot (bob's job never started). A refusal
+    # is not asked again; the job is given up after WAIT_AFTER_STOP_S.
+    from gateway.jobs import runner_step
+
+    monkeypatch.setattr(runner_step, "WAIT_AFTER_STOP_S", 0.1)
+    runner = RefusingProvider(slots=1, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner}, max_run_time_s=0.2)
+    try:
+        stuck = await core.submit("alice", spec("qpu"))
+        other = await core.submit("bob", spec("qpu"))
+        failed = await core.until("alice", stuck.id, "FAILED")
+        assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
+        assert runner.cancel_calls == 1
+        await core.until("bob", other.id, "RUNNING")
+    finally:
+        await core.manager.close()
