@@ -38,6 +38,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1 << 20
+# One key-set fetch, connect to last byte (each socket operation too).
+_JWKS_FETCH_S = 10.0
 _MAX_SUBJECT = 255
 
 
@@ -97,12 +99,39 @@ def _invalid(why: str) -> Unauthenticated:
     return Unauthenticated("JWT_INVALID", f"the bearer token is not accepted: {why}")
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses a redirect (an HTTPError): jwks_url was checked (https, or http to this host),
+    where it points was not; a loopback key server redirecting to http://another-host had the
+    gateway trust keys anyone on the path could write."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# No $http_proxy for plain http (allowed only to this host, whose traffic "crosses no network"):
+# urllib's default opener sends even http://127.0.0.1 to the proxy, which then chooses the keys.
+# https keeps the environment's proxy (CONNECT: TLS to the key server itself).
+_PLAIN_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+_TLS_OPENER = urllib.request.build_opener(_NoRedirects())
+
+
 def _fetch_url(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        data: bytes = response.read(_MAX_JWKS_BYTES + 1)
-    if len(data) > _MAX_JWKS_BYTES:
-        raise ValueError("JWKS document larger than 1 MiB")
-    return data
+    """The key set at `url`, within _JWKS_FETCH_S from connect to last byte (urllib's
+    timeout bounds each socket operation only: a server answering a byte at a time held the
+    fetch, and every JWT call waiting for keys, as long as it liked)."""
+    opener = _TLS_OPENER if urllib.parse.urlsplit(url).scheme == "https" else _PLAIN_OPENER
+    deadline = time.monotonic() + _JWKS_FETCH_S
+    chunks: list[bytes] = []
+    size = 0
+    with opener.open(url, timeout=_JWKS_FETCH_S) as response:
+        while chunk := response.read1(1 << 16):
+            size += len(chunk)
+            if size > _MAX_JWKS_BYTES:
+                raise ValueError("JWKS document larger than 1 MiB")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JWKS fetch took longer than {_JWKS_FETCH_S:g}s")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # A key and the algorithms it may verify: the one its JWK declares ("alg"), else every
@@ -118,8 +147,13 @@ _BY_KEY_TYPE = {
 def _parse_jwks(data: bytes) -> dict[str, _Key]:
     """Key id -> key; keys that are not asymmetric signing keys are skipped."""
     document = json.loads(data)
+    # A document of another shape is refused whole (ValueError: the keys held are kept), as
+    # a file rewritten as {"keys": null} had every JWT call end INTERNAL.
+    entries = document.get("keys", []) if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("not a JWK set: an object whose 'keys' is a list of objects")
     keys: dict[str, _Key] = {}
-    for entry in document.get("keys", []):
+    for entry in entries:
         if entry.get("use", "sig") != "sig" or entry.get("kty") == "oct":
             continue
         try:
