@@ -116,6 +116,22 @@ async def test_braket_results_that_are_not_json_or_not_utf8_fail_cleanly() -> No
 
 
 @pytest.mark.anyio
+async def test_braket_results_larger_than_any_task_writes_are_not_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The whole object was read into the gateway's memory, whatever its size.
+    from gateway.backends.braket import cloud as braket_cloud
+
+    fake, runner, handle = await _finished_braket_job()
+    key = _results_key(fake, handle.arns[0])
+    monkeypatch.setattr(braket_cloud, "_MAX_RESULTS_BYTES", len(fake.objects[key]) - 1)
+    with pytest.raises(ExecutionError) as failed:
+        await runner.wait(handle)
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert "larger than" in failed.value.message
+
+
+@pytest.mark.anyio
 async def test_braket_deeply_nested_results_json_is_a_backend_fault() -> None:
     fake, runner, handle = await _finished_braket_job()
     fake.objects[_results_key(fake, handle.arns[0])] = b"[" * 100_000 + b"]" * 100_000

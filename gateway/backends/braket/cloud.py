@@ -103,6 +103,9 @@ AUTH_ERROR_CODES = frozenset(
 # Braket's on-demand simulators stop a task at 6 hours (SV1's and DM1's documented maximum
 # runtime): a longer reported duration is not believed, nor charged.
 _MAX_TASK_MS = 6 * 3600 * 1000
+# A task's results.json: 100,000 shots (SV1's most) of 34 qubits, written as ["0", "1", ...],
+# is ~14 MB; a larger object is not read into the gateway's memory.
+_MAX_RESULTS_BYTES = 128 << 20
 
 # botocore's exceptions for credentials it could not find or refresh (by class name).
 _CREDENTIAL_ERRORS = frozenset(
@@ -789,8 +792,16 @@ class BraketCloudRunner(Runner):
 
     def _read(self, bucket: str, key: str) -> str:
         answer = self._clients().s3.get_object(Bucket=bucket, Key=key)
-        text: str = answer["Body"].read().decode()
-        return text
+        data: bytes = answer["Body"].read(_MAX_RESULTS_BYTES + 1)
+        if len(data) > _MAX_RESULTS_BYTES:
+            raise ExecutionError(
+                "EXECUTION_FAILED",
+                f"backends/{self.name}: a task's results are larger than "
+                f"{_MAX_RESULTS_BYTES >> 20} MiB",
+                kind=FailureKind.BACKEND_FAULT,
+                metadata={"resultsKey": key[:200]},
+            )
+        return data.decode()
 
 
 def _arns(handle: RunHandle) -> tuple[str, ...]:
