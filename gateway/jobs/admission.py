@@ -112,6 +112,15 @@ class Admission:
             and (estimate.amount > 0 or estimated.per_second_excluded)
         )
         cost = estimate.amount if estimate is not None and priced else 0.0
+        price = runtime.settings.price
+        if priced and price is not None and price.per_second > 0:
+            # Held at the most its run can be charged (it is stopped at its run-time limit):
+            # held at 0, every job of a tenant with anything left of its quota was admitted,
+            # and a few hundred hour-long jobs could spend far past it before one settled.
+            limit = runtime.settings.max_run_time_s
+            if prepared.max_run_time_s is not None:
+                limit = min(limit, prepared.max_run_time_s)
+            cost += price.per_second * limit
         return QuotaCharge(
             period_start=period.start,
             period_end=period.end,

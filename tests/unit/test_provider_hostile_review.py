@@ -9,6 +9,7 @@ tests/e2e/test_ibm_cloud.py: a fake service here cannot show a socket's timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -352,5 +353,44 @@ async def test_a_job_past_its_deadline_whose_cancel_is_refused_frees_its_slot(
         assert failed.error is not None and failed.error.reason == "JOB_TIMEOUT"
         assert runner.cancel_calls == 1
         await core.until("bob", other.id, "RUNNING")
+    finally:
+        await core.manager.close()
+
+
+@pytest.mark.anyio
+async def test_a_per_second_price_is_held_against_the_quota_at_the_runs_limit(
+    store: SqliteStore,
+) -> None:
+    # A per-second price was held at 0: every job of a tenant with anything left of its cost
+    # quota was admitted, so a few hundred hour-long provider jobs could spend far past it
+    # before the first settled. Each now holds its price times its run-time limit (its own
+    # max_execution_time, else the backend's), and gives back what it did not use.
+    from gateway.domain.errors import ResourceExhausted
+    from gateway.security.policies import PolicyBook
+    from gateway.security.tenant_policy import PeriodQuota, Tenant, TenantPolicy, etag_of
+
+    policy = TenantPolicy(quota=PeriodQuota(cost=25.0, cost_unit="USD"))
+    book = PolicyBook([Tenant("alice", "", policy, etag_of("", policy), None, None, True)])
+    runner = ScriptedRunner(slots=4, model=ExecutionModel.REMOTE)
+    core = await build_core(store, "memory", {"qpu": runner}, policies=book)
+    runtime = core.backends["qpu"]
+    runtime.settings = dataclasses.replace(
+        runtime.settings, price=pricing.Price(per_second=1.0, unit="USD")
+    )
+    try:
+        with pytest.raises(ResourceExhausted) as unbounded:  # 3600 s of the backend's limit
+            await core.submit("alice", spec("qpu"))
+        assert unbounded.value.reason == "COST_QUOTA_EXCEEDED"
+        first = await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
+        await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
+        with pytest.raises(ResourceExhausted):  # 30 > 25
+            await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
+        await core.until("alice", first.id, "RUNNING")
+        runner.handles[first.id].done.set_result(
+            ExecutionOutcome(JobResult(pubs=()), {}, execution_seconds=2.0)
+        )
+        await core.until("alice", first.id, "SUCCEEDED")
+        # 2 used + 10 held: another 10 s job fits again.
+        await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
     finally:
         await core.manager.close()
