@@ -361,9 +361,9 @@ async def test_a_step_retrying_a_cancel_keeps_its_claim(store: SqliteStore) -> N
 
 
 async def test_a_spent_cost_quota_holds_back_priced_backends_only(store: SqliteStore) -> None:
-    # Per-second prices estimate 0: such jobs are refused once the quota is spent. A zero
-    # price table charges nothing, so it is not held back (the README's own setup: aer free,
-    # hardware priced, one USD quota).
+    # A per-second price is held at the job's run-time limit (10 s here): such jobs are
+    # refused once what is left cannot cover that. A zero price table charges nothing, so it
+    # is not held back (the README's own setup: aer free, hardware priced, one USD quota).
     qpu = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
     core = await build_core(store, "memory", {"qpu": qpu, "sim": ScriptedRunner(slots=1)})
     core.backends["qpu"].settings = dataclasses.replace(
@@ -376,16 +376,16 @@ async def test_a_spent_cost_quota_holds_back_priced_backends_only(store: SqliteS
     policy = TenantPolicy(quota=quota)
     core.manager.policies.load([Tenant("alice", "", policy, "e")])
     try:
-        job = await core.submit("alice", spec("qpu"))
+        job = await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
         await core.until("alice", job.id, "RUNNING")
         qpu.handles[job.id].execution_seconds = None
         qpu.handles[job.id].done.set_result(
-            ExecutionOutcome(JobResult(pubs=()), {}, execution_seconds=12.0)
+            ExecutionOutcome(JobResult(pubs=()), {}, execution_seconds=8.0)
         )
         done = await core.until("alice", job.id, "SUCCEEDED")
-        assert done.execution is not None and done.execution.cost == Cost(12.0, "USD")
+        assert done.execution is not None and done.execution.cost == Cost(8.0, "USD")
         with pytest.raises(ResourceExhausted) as spent:
-            await core.submit("alice", spec("qpu", text="again"))
+            await core.submit("alice", spec("qpu", text="again", max_execution_time_s=10.0))
         assert spent.value.reason == "COST_QUOTA_EXCEEDED"
         free = await core.submit("alice", spec("sim"))
         assert free.state is JobState.QUEUED
