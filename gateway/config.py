@@ -67,6 +67,9 @@ _INT64_MAX = 2**63 - 1
 # Mebibyte settings: far beyond any machine, and their bytes (doubled, for the reply cap) still
 # fit a C long, which setrlimit takes (a larger one crashed the first worker's start).
 MAX_MB = 2**40
+# The largest spec or result the store takes: SQLite holds a value of at most 1,000,000,000
+# bytes (SQLITE_MAX_LENGTH); 900 MiB leaves room for the encoding around the client's bytes.
+STORED_VALUE_MAX_BYTES = 900 * MIB
 # Processes one setting may start: far beyond any machine's cores, and a typo's cost bounded
 # (each warm worker holds ~1.2 GiB).
 MAX_PROCESSES = 1024
@@ -122,8 +125,9 @@ class ServerConfig(_Strict):
     # A plaintext port serving only grpc.health.v1 (Kubernetes probes while `listen` is TLS).
     health_listen: str | None = None
     # The gateway's own request limit: below gRPC's transport limit, so an oversize request gets
-    # a detailed error instead of gRPC's bare one.
-    max_request_bytes: int = Field(default=16 * MIB, gt=0, le=(_INT32_MAX - MIB) // 2)
+    # a detailed error instead of gRPC's bare one, and below what the store can hold (the spec
+    # is stored as one value).
+    max_request_bytes: int = Field(default=16 * MIB, gt=0, le=STORED_VALUE_MAX_BYTES)
     # gRPC holds a request's bytes as they arrive: a caller that sends most of a large body
     # and goes silent keeps them in memory. Requests of one tenant whose message is still
     # arriving a second after their headers (slow ones) are limited, one more is
@@ -413,7 +417,8 @@ class BackendConfig(_Strict):
     # for the interpreter and SDKs.
     worker_memory_limit_mb: int | None = Field(default=None, gt=0, le=MAX_MB)
     max_queued_jobs: int = Field(default=10_000, gt=0, le=_INT32_MAX)
-    max_result_mb: int = Field(default=256, gt=0, le=MAX_MB)
+    # A result is stored as one value: past what SQLite holds, a finished run would be lost.
+    max_result_mb: int = Field(default=256, gt=0, le=STORED_VALUE_MAX_BYTES // MIB)
     # Costs bounded before any work starts (the error names the limit).
     max_bindings: int = Field(default=100_000, gt=0, le=_INT64_MAX)
     max_job_shots: int = Field(default=10_000_000, gt=0, le=_INT64_MAX)

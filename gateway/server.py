@@ -77,7 +77,7 @@ from gateway.security.tls import ReloadingServerCredentials
 from gateway.store.base import Store
 from gateway.store.data_dir_lock import DataDirInUse, DataDirLock, lock_data_dir
 from gateway.store.peer_signals import PEERS_DIR, PeerSignals
-from gateway.store.sqlite import SchemaTooNew, SqliteStore, StoreInUse
+from gateway.store.sqlite import SchemaTooNew, SqliteStore, StoreInUse, StoreLocked
 from gateway.telemetry.logs import GRPC_SERVER_LOGGER, QuietPeerGone
 from gateway.telemetry.setup import Telemetry
 
@@ -654,7 +654,7 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
             loop.add_signal_handler(sig, on_signal)
         try:
             await gateway.start(stopping=stop, data_dir_lock=lock)
-        except (StoreInUse, SchemaTooNew, DataDirInUse, AuditKeyMismatch) as exc:
+        except (StoreInUse, StoreLocked, SchemaTooNew, DataDirInUse, AuditKeyMismatch) as exc:
             raise ConfigError(str(exc)) from None
         if stop.is_set():
             # Asked to stop while starting: never announced ready to a supervisor that has

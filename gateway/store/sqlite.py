@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import pathlib
 import queue
 import re
@@ -27,7 +28,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from gateway.domain import queue_order
 from gateway.domain.audit import Effect
-from gateway.domain.errors import Code, StoreUnavailable, reason_code
+from gateway.domain.errors import Code, DataLoss, StoreUnavailable, reason_code
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.domain.jobs import (
     FINAL_STATES,
@@ -77,12 +78,25 @@ class Migration:
     needs_alone: bool = False
 
 
+log = logging.getLogger(__name__)
+
+
 class StoreInUse(RuntimeError):
     """A migration that older gateways cannot run beside is due while others use the store."""
 
 
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer gateway: this one cannot read it safely."""
+
+
+class StoreLocked(RuntimeError):
+    """Another process (an operator's sqlite3 shell) held the database's write lock for the
+    whole of START_LOCK_WAIT_S while this gateway started."""
+
+
+# How long a start waits for another process's write lock on the database (each attempt waits
+# the connection's busy timeout) before it gives up with one line instead of a traceback.
+START_LOCK_WAIT_S = 60.0
 
 
 # How long a start waits for a replica beside it to apply a migration it may not apply itself
@@ -1322,15 +1336,27 @@ _UNAVAILABLE_ERRORS = (
     "SQLITE_LOCKED",
     "SQLITE_CANTOPEN",
 )
+# The file itself damaged (a torn write on bad hardware, an edit): retrying cannot help.
+_DAMAGED_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 STORE_RETRY_S = 5.0
 
 
 def _as_answer(error: BaseException) -> BaseException:
     """The error a caller gets: the store out of service is UNAVAILABLE STORE_UNAVAILABLE
-    (retryable; INTERNAL said "a gateway bug" and clients do not retry it)."""
+    (retryable; INTERNAL said "a gateway bug" and clients do not retry it); a damaged
+    database file is DATA_LOSS STORE_CORRUPT."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if isinstance(error, sqlite3.DatabaseError) and name.startswith(_DAMAGED_ERRORS):
+        damaged = DataLoss(
+            "STORE_CORRUPT",
+            f"the gateway's database is damaged ({error}); its operator must restore it",
+            metadata={"sqliteError": name},
+        )
+        damaged.__cause__ = error
+        log.error("the database is damaged: %s (%s)", error, name)
+        return damaged
     if not isinstance(error, sqlite3.OperationalError):
         return error
-    name = getattr(error, "sqlite_errorname", "") or ""
     if not name.startswith(_UNAVAILABLE_ERRORS):
         return error
     unavailable = StoreUnavailable(
@@ -1452,10 +1478,28 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return 0 if row[0] is None else int(row[0])
 
 
+def _begin_at_start(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    """BEGIN IMMEDIATE, waiting out another process's write lock for up to START_LOCK_WAIT_S."""
+    deadline = time.monotonic() + START_LOCK_WAIT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_BUSY":
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreLocked(
+                    f"{path}: another process held the database's write lock for "
+                    f"{START_LOCK_WAIT_S:g}s (an open sqlite3 shell?); close it and start again"
+                ) from exc
+            log.warning("%s: another process holds the database's write lock; waiting", path)
+
+
 def _migrate(
     conn: sqlite3.Connection, path: pathlib.Path, *, alone: Callable[[], bool] | None = None
 ) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+    _begin_at_start(conn, path)
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations"
@@ -1475,7 +1519,7 @@ def _migrate(
             conn.execute("PRAGMA foreign_keys = OFF")
         # One transaction per migration, re-checking the version under the write lock in
         # case another process migrated meanwhile.
-        conn.execute("BEGIN IMMEDIATE")
+        _begin_at_start(conn, path)
         try:
             current = _schema_version(conn)
             if current > LATEST_SCHEMA_VERSION:

@@ -246,7 +246,7 @@ def test_limits_at_their_widest_are_reported(tmp_path: Path) -> None:
     """The widest value each setting takes is one the API can report: a backend's limits
     and a tenant's policy at their bounds encode as ListBackends and GetTenant send them."""
     from gateway.api import backend_codec, tenant_codec
-    from gateway.config import MAX_MB
+    from gateway.config import MAX_MB, MIB, STORED_VALUE_MAX_BYTES
 
     path = tmp_path / "g.toml"
     path.write_text(
@@ -259,7 +259,7 @@ default_shots = {2**63 - 1}
 max_job_shots = {2**63 - 1}
 memory_budget_mb = {MAX_MB}
 worker_memory_limit_mb = {MAX_MB}
-max_result_mb = {MAX_MB}
+max_result_mb = {STORED_VALUE_MAX_BYTES // MIB}
 [compiler]
 memory_headroom_mb = {MAX_MB}
 [tenants.t.policy]
