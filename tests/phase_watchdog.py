@@ -3,7 +3,8 @@
 pytest-timeout runs with `timeout_func_only` (a slow gateway start on a loaded machine must not
 fail a whole module), so a fixture whose tear-down hangs would hold CI until its job limit with
 no output. Past `phase_timeout_setup` / `phase_timeout_teardown` seconds this prints every
-thread's stack and ends the run, as pytest-timeout's thread method does for a test.
+thread's stack and ends the run, as pytest-timeout's thread method does for a test (0: no
+bound, e.g. `-o phase_timeout_setup=0` while debugging a fixture).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def _expire(item: pytest.Item, phase: str, limit: float) -> None:
 
 def _watched(item: pytest.Item, phase: str, ini: str) -> Generator[None, None, None]:
     limit = float(item.config.getini(ini))
+    if limit <= 0:  # 0: no bound (as pytest-timeout reads it), e.g. to debug a fixture
+        yield
+        return
     timer = threading.Timer(limit, _expire, args=(item, phase, limit))
     timer.daemon = True
     timer.start()

@@ -7,7 +7,6 @@ messages and the security and store layers. Methods not defined here answer UNIM
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -57,4 +56,4 @@ class AdminServicer(TenantRpcs, AuditRpcs, ApiKeyRpcs, admin_service_pb2_grpc.Ad
         self._policies = policies if policies is not None else PolicyBook()
         self._page_tokens = page_tokens if page_tokens is not None else PageTokens(bytes(32))
         self._clock = clock
-        self._tenant_updates = asyncio.Lock()
+        self._tenant_updates = {}

@@ -10,7 +10,9 @@ PolicyBook at once, so the RPC path never reads a policy from the store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from qgateway.v1 import admin_service_pb2
@@ -97,6 +99,14 @@ async def require_known_tenant(
 UPDATE_ATTEMPTS = 8
 
 
+@dataclass
+class _Turn:
+    """One tenant's updates in this process, one at a time; `users` hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class TenantRpcs:
     """CreateTenant, GetTenant, ListTenants, UpdateTenant and GetTenantUsage."""
 
@@ -105,7 +115,7 @@ class TenantRpcs:
     _page_tokens: paging.PageTokens
     _clock: Callable[[], datetime]
     _max_response: int
-    _tenant_updates: asyncio.Lock
+    _tenant_updates: dict[str, _Turn]
 
     async def _find(self, tenant: str) -> Tenant | None:
         configured = self._policies.configured.get(tenant)
@@ -204,10 +214,11 @@ class TenantRpcs:
         # Without an etag the caller asked for its change whatever the tenant holds: an update
         # that lost a race with another (its compare-and-set on the etag it read) is applied
         # again to what that one wrote, never refused for an etag the caller did not send.
-        # This process's updates take turns, so only another process sharing the store (or a
-        # write carried on for a caller that left) can come in between: 16 admins updating one
-        # tenant at once each lost 8 rounds of that race here (one winner a round).
-        async with self._tenant_updates:
+        # This process's updates of a tenant take turns, so only another process sharing the
+        # store (or a write carried on for a caller that left) can come in between: 16 admins
+        # updating one tenant at once each lost 8 rounds of that race here (one winner a
+        # round). Turns are per tenant: one tenant's slow write holds no other's update.
+        async with self._tenant_turn(tid):
             for _ in range(UPDATE_ATTEMPTS):
                 done = await self._update_once(tid, request)
                 if done is not None:
@@ -215,6 +226,21 @@ class TenantRpcs:
                 if request.tenant.etag:
                     raise _etag_mismatch(tid, request.tenant.etag)
         raise _etag_mismatch(tid, "")
+
+    @contextlib.asynccontextmanager
+    async def _tenant_turn(self, tid: str) -> AsyncIterator[None]:
+        """Holds the tenant's turn for updates; the lock is dropped once nobody waits for it."""
+        turn = self._tenant_updates.get(tid)
+        if turn is None:
+            turn = self._tenant_updates[tid] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._tenant_updates[tid]
 
     async def _update_once(
         self, tid: str, request: admin_service_pb2.UpdateTenantRequest

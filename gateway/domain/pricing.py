@@ -30,6 +30,7 @@ __all__ = [
     "charge_time",
     "estimate",
     "job_shots",
+    "reported",
 ]
 
 

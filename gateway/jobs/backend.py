@@ -57,6 +57,8 @@ class RunningJob:
     handle: RunHandle | None = None
     # The claim a renewal found lost to another holder (a shared queue): the step lets go.
     lost_claim: Claim | None = None
+    # The limit that stops its run (seconds): the most a provider's report of it is charged.
+    run_limit_s: float | None = None
 
     @property
     def stopping(self) -> bool:

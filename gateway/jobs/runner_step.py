@@ -66,11 +66,6 @@ RUNNING_WRITE_DELAY_S = 0.05
 STOP_ATTEMPTS_UNFOLLOWED = 5
 # How long a stopped job's runner has to report the stop.
 WAIT_AFTER_STOP_S = 300.0
-# Cancels that failed for these reasons (the provider out of reach, not saying no) are asked
-# again.
-_ASK_AGAIN = frozenset(
-    {FailureKind.TRANSIENT, FailureKind.THROTTLED, FailureKind.TIMEOUT, FailureKind.CREDENTIALS}
-)
 # A finished job's end the store could not write is tried again after this (doubling, to the
 # maximum), for up to the limit.
 FINISH_RETRY_S = 1.0
@@ -314,7 +309,9 @@ class RunnerStep:
                 await runtime.runner.cancel(handle)
                 return
             except ExecutionError as err:
-                if err.kind not in _ASK_AGAIN:
+                # Only a refusal (the provider answered no) ends the asking: an outage can be
+                # reported as a backend fault too (IBM's SDK gives up on a 5xx that way).
+                if err.kind is FailureKind.CLIENT_ERROR:
                     log.error(
                         "job %s: the provider refused to cancel %s (%s); it may still run",
                         handle.job_id,
@@ -518,6 +515,7 @@ class RunnerStep:
         ran_before = 0.0
         if prepared is None and started.started_at is not None:
             ran_before = max(0.0, (self._t.clock() - started.started_at).total_seconds())
+        running.run_limit_s = run_limit
         deadline = time.monotonic() + run_limit - ran_before
         renew_every = runtime.settings.lease_s / 3
         write_running_at = time.monotonic() + RUNNING_WRITE_DELAY_S
@@ -588,7 +586,7 @@ class RunnerStep:
 
         def ran() -> ExecutionInfo:
             """`info` with what a job that failed or was cancelled after it ran used."""
-            seconds = pricing.reported(handle.execution_seconds)
+            seconds = _charged_seconds(handle.execution_seconds, running)
             if seconds is None and runner.model is ExecutionModel.LOCAL:
                 seconds = time.perf_counter() - t0
             if seconds is None:
@@ -775,7 +773,7 @@ class RunnerStep:
         else:  # large results are encoded off the event loop
             result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
         self._recent.put(started.id, result)
-        seconds = pricing.reported(outcome.execution_seconds)
+        seconds = _charged_seconds(outcome.execution_seconds, running)
         if seconds is None:
             # A simulator's time on its worker. A provider that reports none is not charged
             # the time it followed the job: that includes the provider's queue (hours).
@@ -969,3 +967,13 @@ def _encodes_inline(result: JobResult) -> bool:
         if size > offload.INLINE_BYTES:
             return False
     return True
+
+
+def _charged_seconds(reported: float | None, running: RunningJob) -> float | None:
+    """A runner's report of a job's execution time, as charged: None when it is not a finite
+    amount >= 0, and at most the limit that stops the run, which its quota hold assumed (a
+    provider reporting more is not believed)."""
+    seconds = pricing.reported(reported)
+    if seconds is None or running.run_limit_s is None:
+        return seconds
+    return min(seconds, running.run_limit_s)

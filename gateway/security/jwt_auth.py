@@ -149,7 +149,7 @@ def _parse_jwks(data: bytes) -> dict[str, _Key]:
     document = json.loads(data)
     # A document of another shape is refused whole (ValueError: the keys held are kept), as
     # a file rewritten as {"keys": null} had every JWT call end INTERNAL.
-    entries = document.get("keys", []) if isinstance(document, dict) else None
+    entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ValueError("not a JWK set: an object whose 'keys' is a list of objects")
     keys: dict[str, _Key] = {}

@@ -40,7 +40,7 @@ from gateway.domain.jobs import (
     SamplerOutput,
     StateTransition,
 )
-from gateway.domain.pricing import Cost, Usage
+from gateway.domain.pricing import Cost, Usage, reported
 from gateway.store.base import (
     CreateOutcome,
     ExpiryCursor,
@@ -1431,6 +1431,23 @@ def _settle_all(outcomes: list[tuple[_Op[Any], Any, BaseException | None]]) -> N
 
 
 WAL_SIZE_LIMIT_BYTES = 64 << 20
+_WAL_RETRY_S = 0.01
+
+
+def _enable_wal(conn: sqlite3.Connection) -> str:
+    """Switches to WAL; the journal mode it answers. Two processes opening a new database at
+    once (replicas started together): the switch needs the database alone, and SQLite answers
+    the one that lost SQLITE_BUSY at once, without its busy handler. Asked again within the
+    busy timeout (1 start in ~5 failed "database is locked")."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY"
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_S)
 
 
 def _connect(path: pathlib.Path) -> sqlite3.Connection:
@@ -1439,7 +1456,7 @@ def _connect(path: pathlib.Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        mode = _enable_wal(conn)
         if mode != "wal":
             raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = FULL")
@@ -1700,6 +1717,21 @@ def _usage_json(usage: Usage) -> dict[str, object]:
     }
 
 
+def _usage_from_json(data: Mapping[str, Any]) -> Usage:
+    # Gateways before 2026-12-05 stored what a provider reported, Infinity included (written
+    # by json as such): an amount that is not finite and >= 0 reads as none reported, so the
+    # job stays readable.
+    return Usage(
+        shots=int(data["shots"]),
+        execution_seconds=reported(float(data["execution_seconds"])) or 0.0,
+        provider_cost=None
+        if data.get("provider_cost") is None
+        else reported(float(data["provider_cost"])),
+        provider_unit=str(data.get("provider_unit", "")),
+        tasks=int(data.get("tasks", 1)),
+    )
+
+
 def _execution_from_json(text: str) -> ExecutionInfo:
     data = json.loads(text)
     seed = data["seed"]
@@ -1710,7 +1742,7 @@ def _execution_from_json(text: str) -> ExecutionInfo:
         layouts=tuple(tuple(int(q) for q in layout) for layout in data["layouts"]),
         attempts=int(data["attempts"]),
         # Absent from jobs that finished before usage was recorded.
-        usage=None if data.get("usage") is None else Usage(**data["usage"]),
+        usage=None if data.get("usage") is None else _usage_from_json(data["usage"]),
         cost=None if data.get("cost") is None else Cost(**data["cost"]),
     )
 

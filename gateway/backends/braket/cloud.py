@@ -502,7 +502,10 @@ class BraketCloudRunner(Runner):
             try:
                 await self._thread(functools.partial(self._retrying, stop, arn))
             except ExecutionError as exc:
-                failed = failed or exc
+                # A task that could not be reached outweighs one that refused: the cancel is
+                # then asked again (a refusal alone ends the asking).
+                if failed is None or failed.kind is FailureKind.CLIENT_ERROR:
+                    failed = exc
         if failed is not None:
             raise failed
 
