@@ -12,9 +12,13 @@ cannot make the gateway hammer the identity provider).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -108,29 +112,76 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
+# The deadline of the fetch running on this thread (each runs on a thread of its own).
+_fetch = threading.local()
+
+
+def _shut_at_deadline(sock: socket.socket) -> None:
+    """Shuts the fetch's socket down at its deadline: urllib's timeout bounds each socket
+    operation only, so a server answering a header line or a byte at a time held the fetch,
+    and every JWT call waiting for keys, as long as it liked. A shut socket ends a read that
+    is waiting in another thread."""
+    timer = threading.Timer(max(0.0, _fetch.deadline - time.monotonic()), _shut, (sock,))
+    timer.daemon = True
+    timer.start()
+    _fetch.timers.append(timer)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _shut_at_deadline(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _shut_at_deadline(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPSConnection, req)
+
+
 # No $http_proxy for plain http (allowed only to this host, whose traffic "crosses no network"):
 # urllib's default opener sends even http://127.0.0.1 to the proxy, which then chooses the keys.
 # https keeps the environment's proxy (CONNECT: TLS to the key server itself).
-_PLAIN_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
-_TLS_OPENER = urllib.request.build_opener(_NoRedirects())
+_PLAIN_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _NoRedirects(), _HTTPHandler()
+)
+_TLS_OPENER = urllib.request.build_opener(_NoRedirects(), _HTTPHandler(), _HTTPSHandler())
 
 
 def _fetch_url(url: str) -> bytes:
-    """The key set at `url`, within _JWKS_FETCH_S from connect to last byte (urllib's
-    timeout bounds each socket operation only: a server answering a byte at a time held the
-    fetch, and every JWT call waiting for keys, as long as it liked)."""
+    """The key set at `url`, within _JWKS_FETCH_S from connect to last byte."""
     opener = _TLS_OPENER if urllib.parse.urlsplit(url).scheme == "https" else _PLAIN_OPENER
-    deadline = time.monotonic() + _JWKS_FETCH_S
+    _fetch.deadline = time.monotonic() + _JWKS_FETCH_S
+    _fetch.timers = []
     chunks: list[bytes] = []
     size = 0
-    with opener.open(url, timeout=_JWKS_FETCH_S) as response:
-        while chunk := response.read1(1 << 16):
-            size += len(chunk)
-            if size > _MAX_JWKS_BYTES:
-                raise ValueError("JWKS document larger than 1 MiB")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"JWKS fetch took longer than {_JWKS_FETCH_S:g}s")
-            chunks.append(chunk)
+    try:
+        with opener.open(url, timeout=_JWKS_FETCH_S) as response:
+            while chunk := response.read1(1 << 16):
+                size += len(chunk)
+                if size > _MAX_JWKS_BYTES:
+                    raise ValueError("JWKS document larger than 1 MiB")
+                chunks.append(chunk)
+        if time.monotonic() > _fetch.deadline:  # what a shut socket left may look whole
+            raise TimeoutError(f"JWKS fetch took longer than {_JWKS_FETCH_S:g}s")
+    finally:
+        for timer in _fetch.timers:
+            timer.cancel()
     return b"".join(chunks)
 
 
