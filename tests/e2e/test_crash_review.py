@@ -4,7 +4,8 @@ acknowledged request_id maps to the same job, every job ends once with one resul
 answered CANCELLING ends CANCELLED, the quota ledger and session totals match the jobs, no
 worker of the killed gateway is left, ListJobs pages each job once, and the database is sound.
 
-No violation was found (see the review report); this is the passing probe, bounded to ~30 s.
+No violation was found in the review (42 kill cycles on both queues); this passing probe keeps
+one cycle (~15 s).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def test_sigkill_mid_batch_with_store_queue_keeps_invariants(tmp_path: Path) -> 
     w = World()
     gw = GatewayProcess.start(config, log)
     try:
-        for cycle in range(2):
+        for cycle in range(1):
             threads = workload(gw.address, w, cycle, rng)
             time.sleep(rng.uniform(0.1, 1.0))
             workers = children_of(gw.pid)

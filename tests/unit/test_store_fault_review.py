@@ -3,7 +3,6 @@ that cannot be checkpointed), in process. The findings are fixed; each test fail
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 import sqlite3
 import time
@@ -30,15 +29,6 @@ async def store(db_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
     await s.open()
     yield s
     await s.close()
-
-
-async def _writer_took_everything(store: SqliteStore, deadline_s: float = 10.0) -> None:
-    """Waits until the writer thread has taken every queued operation (it is then inside the
-    batch's BEGIN IMMEDIATE, waiting on the lock)."""
-    deadline = time.monotonic() + deadline_s
-    while not store._queue.empty():
-        assert time.monotonic() < deadline, "the writer never took the queued write"
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize(
