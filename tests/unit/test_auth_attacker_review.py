@@ -268,3 +268,44 @@ async def test_a_loopback_jwks_url_is_not_sent_through_an_http_proxy(
     # Built at import, before this test set the variable: it must ignore proxies whenever set.
     handlers = jwt_auth._PLAIN_OPENER.handlers
     assert not any(isinstance(h, urllib.request.ProxyHandler) and h.proxies for h in handlers)
+
+
+def test_an_https_key_set_is_fetched_through_the_openers_own_connections(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The https path (its own connection class arms the deadline on the TLS socket) against a
+    # local TLS key server whose certificate the default trust store is told to trust.
+    import ssl
+
+    from tests.certs import issue, make_ca
+
+    ca = make_ca()
+    leaf = issue(ca, "localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    cert, key = leaf.write(tmp_path, "server")
+    body = _jwks(GOOD, "k1")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    try:
+        fetched = jwt_auth._fetch_url(f"https://127.0.0.1:{server.server_address[1]}/jwks")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert fetched == body
+    assert jwt_auth._fetch.timers and all(t.finished.is_set() for t in jwt_auth._fetch.timers)
