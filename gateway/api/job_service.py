@@ -183,18 +183,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.SubmitJobRequest, context: Context
     ) -> job_service_pb2.SubmitJobResponse:
         if request.validate_only:
-            _request_id(request.request_id)  # refused as a submission refuses it
-            return await self._validate(context, request.spec)
+            return await self._validate(context, request.request_id, request.spec)
         job, created = await self._submit(context, request.request_id, request.spec)
         return job_service_pb2.SubmitJobResponse(job=codec.encode_job(job), created=created)
 
     async def _validate(
-        self, context: Context, spec: job_pb2.JobSpec
+        self, context: Context, request_id: str, spec: job_pb2.JobSpec
     ) -> job_service_pb2.SubmitJobResponse:
         """validate_only (AIP-163): the submission's checks and its cost estimate; no job is
-        created and the request_id is not recorded."""
+        created and the request_id is not recorded. A request_id is checked as a submission
+        checks it: its form, and REQUEST_ID_REUSED when an earlier request used it for
+        another spec (one indexed lookup)."""
         tenant = tenant_of(context)
-        _, _, decoded = await self._derived(spec, digest=False)
+        request_id = _request_id(request_id)
+        _, digest, decoded = await self._derived(spec, digest=bool(request_id))
+        await self._manager.find_request(tenant, request_id, digest)
         if isinstance(decoded, GatewayError):
             raise decoded
         domain_spec = decoded

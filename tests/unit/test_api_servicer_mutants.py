@@ -197,6 +197,46 @@ def test_validate_only_refuses_a_request_id_a_submission_would_refuse(bad: str) 
     assert refused.value.reason == "INVALID_REQUEST_ID"
 
 
+def test_validate_only_refuses_a_request_id_used_for_another_request() -> None:
+    # A submission with a request_id an earlier, different request used is REQUEST_ID_REUSED;
+    # validate_only answered an estimate for it. It asks the same lookup, with the digest a
+    # submission of the same spec carries.
+    asked: list[tuple[str, bytes]] = []
+    submitted_digests: list[bytes] = []
+
+    class Used(_Manager):
+        async def find_request(self, tenant: str, request_id: str, digest: bytes) -> Job | None:
+            asked.append((request_id, digest))
+            if request_id == "used":
+                raise InvalidArgument("REQUEST_ID_REUSED", "used for another request")
+            return None
+
+        async def submit(
+            self, tenant: str, request_id: str, spec: JobSpec, *args: Any, **kwargs: Any
+        ) -> CreateOutcome:
+            submitted_digests.append(args[1])  # (spec_bytes, digest)
+            return await super().submit(tenant, request_id, spec, *args, **kwargs)
+
+    manager = Used()
+    servicer = _servicer(manager)
+    spec = sampler_spec(ghz(2))
+
+    def validate(request_id: str) -> None:
+        request = job_service_pb2.SubmitJobRequest(
+            request_id=request_id, spec=spec, validate_only=True
+        )
+        _submit(servicer, request)
+
+    with pytest.raises(InvalidArgument) as refused:
+        validate("used")
+    assert refused.value.reason == "REQUEST_ID_REUSED" and manager.validated == []
+    validate("fresh")
+    assert len(manager.validated) == 1
+    _submit(servicer, job_service_pb2.SubmitJobRequest(request_id="fresh", spec=spec))
+    assert [r for r, _ in asked] == ["used", "fresh"]
+    assert {d for _, d in asked} == set(submitted_digests) and submitted_digests[0]
+
+
 def test_a_job_naming_a_session_is_admitted_through_the_session_not_the_manager() -> None:
     manager = _Manager()
     sessions = _Sessions(manager)
