@@ -68,11 +68,9 @@ class Usage:
     def __post_init__(self) -> None:
         # Stored, summed into session totals and quotas, and written as a Duration: a
         # provider's Infinity or NaN would poison every one (runner steps drop such values).
-        if not (math.isfinite(self.execution_seconds) and self.execution_seconds >= 0):
+        if reported(self.execution_seconds) is None:
             raise ValueError(f"execution_seconds {self.execution_seconds!r}")
-        if self.provider_cost is not None and not (
-            math.isfinite(self.provider_cost) and self.provider_cost >= 0
-        ):
+        if self.provider_cost is not None and reported(self.provider_cost) is None:
             raise ValueError(f"provider_cost {self.provider_cost!r}")
 
 

@@ -133,15 +133,15 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _HTTPConnection(http.client.HTTPConnection):
+    """A connection whose socket is shut at its fetch's deadline."""
+
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # for TLS, the TLS socket (HTTPSConnection.connect, next in line)
         _shut_at_deadline(self.sock)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _shut_at_deadline(self.sock)
+class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

@@ -46,6 +46,14 @@ def _token(key: rsa.RSAPrivateKey, kid: str, **claims: Any) -> str:
     return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid})
 
 
+def _send(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """Answers 200 with `body` as a key server does."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @pytest.fixture
 def http_server() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]], int]]:
     servers: list[ThreadingHTTPServer] = []
@@ -85,10 +93,7 @@ async def test_a_jwks_redirect_to_a_plaintext_remote_host_is_not_followed(
     def evil(handler: BaseHTTPRequestHandler) -> None:
         served_evil.set()
         body = _jwks(EVIL, "k1")
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _send(handler, body)
 
     evil_port = http_server(evil)
 
@@ -181,10 +186,7 @@ async def test_a_flood_of_unknown_kids_fetches_the_key_set_once(
         with lock:
             fetches += 1
         body = _jwks(GOOD, "k1")
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _send(handler, body)
 
     port = http_server(serve)
     config = JwtConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{port}/k")
@@ -236,18 +238,12 @@ async def test_a_loopback_jwks_url_is_not_sent_through_an_http_proxy(
 ) -> None:
     def real_idp(handler: BaseHTTPRequestHandler) -> None:
         body = _jwks(GOOD, "k1")
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _send(handler, body)
 
     def proxy(handler: BaseHTTPRequestHandler) -> None:
         # Stands for a proxy across the network: it answers with its own key.
         body = _jwks(EVIL, "k1")
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        _send(handler, body)
 
     idp_port, proxy_port = http_server(real_idp), http_server(proxy)
     for name in ("no_proxy", "NO_PROXY"):
@@ -288,10 +284,7 @@ def test_an_https_key_set_is_fetched_through_the_openers_own_connections(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            _send(self, body)
 
         def log_message(self, *args: Any) -> None:
             pass

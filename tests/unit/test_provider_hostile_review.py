@@ -29,7 +29,7 @@ from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import JobResult, JobSpec, SamplerOutput
 from gateway.store.sqlite import SqliteStore
 from tests.adapters import prepare_in_process
-from tests.core_harness import ScriptedRunner, build_core, spec
+from tests.core_harness import Core, ScriptedRunner, build_core, spec
 from tests.unit.test_braket_cloud import FakeBraket, _cloud_adapter, _job, _runner, _sweep
 from tests.unit.test_ibm_cloud import _following, _RuntimeJob, settings
 
@@ -357,6 +357,22 @@ async def test_a_job_past_its_deadline_whose_cancel_is_refused_frees_its_slot(
         await core.manager.close()
 
 
+async def priced_quota_core(store: SqliteStore, runner: ScriptedRunner) -> Core:
+    """A job core whose backend "qpu" (`runner`) costs 1 USD a second, and whose tenant
+    "alice" has a cost quota of 25 USD."""
+    from gateway.security.policies import PolicyBook
+    from gateway.security.tenant_policy import PeriodQuota, Tenant, TenantPolicy, etag_of
+
+    policy = TenantPolicy(quota=PeriodQuota(cost=25.0, cost_unit="USD"))
+    book = PolicyBook([Tenant("alice", "", policy, etag_of("", policy), None, None, True)])
+    core = await build_core(store, "memory", {"qpu": runner}, policies=book)
+    runtime = core.backends["qpu"]
+    runtime.settings = dataclasses.replace(
+        runtime.settings, price=pricing.Price(per_second=1.0, unit="USD")
+    )
+    return core
+
+
 @pytest.mark.anyio
 async def test_a_per_second_price_is_held_against_the_quota_at_the_runs_limit(
     store: SqliteStore,
@@ -366,17 +382,9 @@ async def test_a_per_second_price_is_held_against_the_quota_at_the_runs_limit(
     # before the first settled. Each now holds its price times its run-time limit (its own
     # max_execution_time, else the backend's), and gives back what it did not use.
     from gateway.domain.errors import ResourceExhausted
-    from gateway.security.policies import PolicyBook
-    from gateway.security.tenant_policy import PeriodQuota, Tenant, TenantPolicy, etag_of
 
-    policy = TenantPolicy(quota=PeriodQuota(cost=25.0, cost_unit="USD"))
-    book = PolicyBook([Tenant("alice", "", policy, etag_of("", policy), None, None, True)])
     runner = ScriptedRunner(slots=4, model=ExecutionModel.REMOTE)
-    core = await build_core(store, "memory", {"qpu": runner}, policies=book)
-    runtime = core.backends["qpu"]
-    runtime.settings = dataclasses.replace(
-        runtime.settings, price=pricing.Price(per_second=1.0, unit="USD")
-    )
+    core = await priced_quota_core(store, runner)
     try:
         with pytest.raises(ResourceExhausted) as unbounded:  # 3600 s of the backend's limit
             await core.submit("alice", spec("qpu"))

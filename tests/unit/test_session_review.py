@@ -46,7 +46,7 @@ def bad_gateway() -> Iterator[str]:
     thread.join(5)
 
 
-def test_an_ibm_cancel_that_met_a_5xx_is_asked_again(bad_gateway: str) -> None:
+def test_an_ibm_cancel_that_met_a_5xx_is_no_refusal(bad_gateway: str) -> None:
     from qiskit_ibm_runtime.api.exceptions import RequestsApiError
     from qiskit_ibm_runtime.api.session import RetrySession
     from qiskit_ibm_runtime.exceptions import IBMRuntimeError
@@ -230,24 +230,14 @@ def test_a_zero_phase_bound_means_no_bound(tmp_path: Any) -> None:
 async def test_a_report_past_the_jobs_run_limit_is_not_charged_past_its_hold(
     store: Any,  # noqa: F811
 ) -> None:
-    import dataclasses
-
     from gateway.backends.base import ExecutionOutcome
     from gateway.backends.runner import ExecutionModel
-    from gateway.domain import pricing
     from gateway.domain.jobs import JobResult
-    from gateway.security.policies import PolicyBook
-    from gateway.security.tenant_policy import PeriodQuota, Tenant, TenantPolicy, etag_of
-    from tests.core_harness import ScriptedRunner, build_core, spec
+    from tests.core_harness import ScriptedRunner, spec
+    from tests.unit.test_provider_hostile_review import priced_quota_core
 
-    policy = TenantPolicy(quota=PeriodQuota(cost=25.0, cost_unit="USD"))
-    book = PolicyBook([Tenant("alice", "", policy, etag_of("", policy), None, None, True)])
     runner = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)
-    core = await build_core(store, "memory", {"qpu": runner}, policies=book)
-    runtime = core.backends["qpu"]
-    runtime.settings = dataclasses.replace(
-        runtime.settings, price=pricing.Price(per_second=1.0, unit="USD")
-    )
+    core = await priced_quota_core(store, runner)
     try:
         job = await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
         await core.until("alice", job.id, "RUNNING")

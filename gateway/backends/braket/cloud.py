@@ -477,9 +477,7 @@ class BraketCloudRunner(Runner):
             self.status.set_position(handle.job_id, None)
         try:
             # Off the event loop: a sweep's results take seconds to decode.
-            result, seconds = await anyio.to_thread.run_sync(
-                lambda: (_decode(plan, texts), _execution_seconds(texts))
-            )
+            result, seconds = await anyio.to_thread.run_sync(lambda: _read_results(plan, texts))
         except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             # Whatever the provider's results hold (nesting deep enough to exhaust the
             # parser's recursion included), the job fails as the backend's fault.
@@ -871,28 +869,34 @@ def _task_specs(payload: QiskitPayload) -> tuple[list[_TaskSpec], dict[str, Any]
     return specs, plan
 
 
-def _execution_seconds(texts: Sequence[str]) -> float | None:
+def _read_results(plan: Mapping[str, Any], texts: Sequence[str]) -> tuple[JobResult, float | None]:
+    """The job's result and execution seconds from its tasks' results.json texts, each parsed
+    once here (a sweep's results are large) and once more by the SDK's schema."""
+    documents = [json.loads(text) for text in texts]
+    return _decode(plan, texts, documents), _execution_seconds(documents)
+
+
+def _execution_seconds(documents: Sequence[Any]) -> float | None:
     """The tasks' execution durations summed, where every task reports a believable one
     (simulators): none ran longer than Braket's on-demand simulators allow a task (6 hours)."""
     total_ms = 0
-    for text in texts:
+    for document in documents:
         try:
-            metadata = json.loads(text)["additionalMetadata"]["simulatorMetadata"]
+            metadata = document["additionalMetadata"]["simulatorMetadata"]
             duration_ms = int(metadata["executionDuration"])
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
         if not 0 <= duration_ms <= _MAX_TASK_MS:
             return None
         total_ms += duration_ms
-    return total_ms / 1000.0 if texts else None
+    return total_ms / 1000.0 if documents else None
 
 
-def _check_measurements(text: str) -> None:
+def _check_measurements(document: Any) -> None:
     """Refuses measurements that are not each 0 or 1 (as a number or, as Braket's simulators
     write them, a string) as the provider sent them: the SDK's schema turns a fractional one
     (0.9) into the integer 0, made-up counts."""
-    data = json.loads(text)
-    measured = data.get("measurements") if isinstance(data, dict) else None
+    measured = document.get("measurements") if isinstance(document, dict) else None
     if not measured:
         return
     bits = np.asarray(measured)
@@ -902,7 +906,7 @@ def _check_measurements(text: str) -> None:
         raise ValueError("measurements that are not each 0 or 1")
 
 
-def _decode(plan: Mapping[str, Any], texts: Sequence[str]) -> JobResult:
+def _decode(plan: Mapping[str, Any], texts: Sequence[str], documents: Sequence[Any]) -> JobResult:
     from braket.tasks import GateModelQuantumTaskResult  # type: ignore[import-untyped]
 
     if plan.get("v") != _PLAN_VERSION:
@@ -911,7 +915,7 @@ def _decode(plan: Mapping[str, Any], texts: Sequence[str]) -> JobResult:
     tasks = [tuple(t) for t in plan["tasks"]]
     if len(tasks) != len(texts):
         raise ValueError(f"{len(texts)} task results for {len(tasks)} tasks")
-    by_task = dict(zip(tasks, texts, strict=True))
+    by_task = dict(zip(tasks, zip(texts, documents, strict=True), strict=True))
     results: list[SamplerResult] = []
     for p, pub in enumerate(plan["pubs"]):
         shape = tuple(int(d) for d in pub["shape"])
@@ -929,11 +933,12 @@ def _decode(plan: Mapping[str, Any], texts: Sequence[str]) -> JobResult:
         )
         shifts = np.asarray(pub["columns"], dtype=np.uint64)
         for b in range(math.prod(shape)):
-            text = by_task.get((p, b))
-            if text is None:
+            found = by_task.get((p, b))
+            if found is None:
                 outcomes = np.zeros(shots, dtype=np.uint64)
             else:
-                _check_measurements(text)
+                text, document = found
+                _check_measurements(document)
                 measured = GateModelQuantumTaskResult.from_string(text).measurements
                 bits = np.asarray(measured).astype(np.uint64)
                 if bits.shape != (shots, len(shifts)):
