@@ -136,7 +136,8 @@ def test_a_transient_create_is_retried_only_when_no_job_carries_the_tag() -> Non
     job = type("J", (), {"id": "job-1"})()
     payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, ())
     assert runner._submit(payload, None, job) == "r-made-by-the-lost-reply"  # type: ignore[arg-type]
-    assert creates == [["qgateway-job:job-1", "qgateway-output:COUNTS", "qgateway-pubs:0"]]
+    layout = "qgateway-layout:" + cloud._layout_digest([])
+    assert creates == [["qgateway-job:job-1", "qgateway-output:COUNTS", "qgateway-pubs:0", layout]]
 
     # No job under the tag: created again, up to the attempts.
     found[0] = None

@@ -24,13 +24,22 @@ from gateway.backends.base import ExecutionOutcome
 from gateway.backends.ibm import cloud
 from gateway.backends.runner import ExecutionModel, RunHandle
 from gateway.domain import pricing
+from gateway.domain.circuits import (
+    Bindings,
+    CircuitLanguage,
+    CircuitSource,
+    EstimatorPub,
+    Observable,
+    SamplerPub,
+)
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
-from gateway.domain.jobs import JobResult, JobSpec, SamplerOutput
+from gateway.domain.jobs import JobResult, JobSpec, SamplerOutput, SamplerResult
 from gateway.store.sqlite import SqliteStore
 from tests.adapters import prepare_in_process
 from tests.core_harness import Core, ScriptedRunner, build_core, spec
 from tests.unit.test_braket_cloud import FakeBraket, _cloud_adapter, _job, _runner, _sweep
+from tests.unit.test_ibm_adapter import context as ibm_context
 from tests.unit.test_ibm_cloud import _following, _RuntimeJob, settings
 
 # ------------------------------------------------------------------------------ Braket
@@ -402,3 +411,199 @@ async def test_a_per_second_price_is_held_against_the_quota_at_the_runs_limit(
         await core.submit("alice", spec("qpu", max_execution_time_s=10.0))
     finally:
         await core.manager.close()
+
+
+# ------------------------------------------------------------------ IBM: result layouts
+
+_Q3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+# Two registers (a: 1 bit, b: 2 bits) and a sweep of 3 angles, 4 shots.
+_TWO_REGISTERS = SamplerPub(
+    circuit=CircuitSource(
+        CircuitLanguage.QASM3,
+        _Q3 + "input float th; qubit[2] q; bit[1] a; bit[2] b; rx(th) q[0];"
+        " a[0] = measure q[0]; b = measure q;",
+    ),
+    bindings=Bindings(("th",), (3,), np.array([[0.0], [1.0], [2.0]])),
+    shots=4,
+)
+# Observables of shape (2, 1) broadcast with a sweep of 3: results of shape (2, 3).
+_BROADCAST = EstimatorPub(
+    circuit=CircuitSource(CircuitLanguage.QASM3, _Q3 + "input float th; qubit[1] q; rx(th) q[0];"),
+    observables=(Observable((("Z", 1.0),)), Observable((("X", 1.0),))),
+    observables_shape=(2, 1),
+    bindings=Bindings(("th",), (3,), np.array([[0.0], [1.0], [2.0]])),
+    precision=0.1,
+)
+
+
+def _submitted_tags(*pubs: Any) -> list[str]:
+    """The tags the IBM runner gives the runtime job of a job of `pubs`, prepared by the IBM
+    adapter (a fake device) as the gateway prepares it."""
+    from gateway.backends.ibm.adapter import IbmAdapter
+
+    adapter = IbmAdapter(ibm_context())
+    payload = prepare_in_process(adapter, JobSpec(backend="ibm", pubs=pubs), seed=1).payload
+    runner = cloud.IbmCloudRunner(settings(), sleep=lambda s: None)
+    created: list[list[str]] = []
+
+    def create(primitive: str, runtime_pubs: Any, tags: list[str], options: Any, job: Any) -> str:
+        created.append(tags)
+        return "r-1"
+
+    runner._create = create  # type: ignore[method-assign]
+    job = type("J", (), {"id": "job-1", "session": ""})()
+    runner._submit(payload.inner, payload.options, job)  # type: ignore[attr-defined, arg-type]
+    return created[0]
+
+
+def _bits(num_bits: int, shape: tuple[int, ...] = (3,), shots: int = 4) -> BitArray:
+    rows = np.zeros((*shape, shots, (num_bits + 7) // 8), dtype=np.uint8)
+    return BitArray(rows, num_bits)
+
+
+def _sampler_answer(**registers: BitArray) -> PrimitiveResult:
+    shape = next(iter(registers.values())).shape if registers else ()
+    return PrimitiveResult([SamplerPubResult(DataBin(**registers, shape=shape), metadata={})])
+
+
+def _estimator_answer(evs: tuple[int, ...], stds: tuple[int, ...] | None = None) -> PrimitiveResult:
+    # A bin of shape () holds arrays of any shapes: the service's answer is not validated.
+    data = DataBin(evs=np.zeros(evs), stds=np.full(stds or evs, 0.01), shape=())
+    return PrimitiveResult([PubResult(data, metadata={"target_precision": 0.1})])
+
+
+def _followed(tags: list[str], answer: PrimitiveResult) -> ExecutionOutcome | None:
+    """What waiting on a DONE runtime job with these tags and this result gives: the result
+    is read from the runtime job and its tags alone, as after a re-attach."""
+    job = _RuntimeJob("DONE", metrics={"usage": {"quantum_seconds": 1}}, result=answer)
+    job.tags = tags
+    return _following(job)._poll_once(cloud.IbmCloudHandle("job-1", "r-1"), "r-1")
+
+
+def _layout_tag(*layouts: cloud._PubLayout) -> str:
+    return "qgateway-layout:" + cloud._layout_digest(layouts)
+
+
+def test_ibm_the_layout_tag_names_the_registers_and_shapes_the_job_asked_for() -> None:
+    assert _layout_tag(cloud._PubLayout((3,), (("a", 1), ("b", 2)))) in _submitted_tags(
+        _TWO_REGISTERS
+    )
+    assert _layout_tag(cloud._PubLayout((2, 3), None)) in _submitted_tags(_BROADCAST)
+    # Fixed length and hex, whatever the register names: the service's limits on tags are not
+    # documented, and names are the client's.
+    long = _layout_tag(cloud._PubLayout((1,), (("r" * 2000 + '"[]', 1),)))
+    assert len(long) == len("qgateway-layout:") + 32
+    assert all(c in "0123456789abcdef" for c in long.removeprefix("qgateway-layout:"))
+
+
+def test_ibm_an_answer_that_matches_the_circuit_is_accepted_in_any_register_order() -> None:
+    # Two registers and a sweep: nothing valid is refused, whatever order the service lists
+    # the registers in.
+    outcome = _followed(_submitted_tags(_TWO_REGISTERS), _sampler_answer(b=_bits(2), a=_bits(1)))
+    assert outcome is not None
+    (pub,) = outcome.result.pubs
+    assert isinstance(pub, SamplerResult) and (pub.shape, pub.shots) == ((3,), 4)
+    assert sorted((r.name, r.num_bits) for r in pub.registers) == [("a", 1), ("b", 2)]
+    estimated = _followed(_submitted_tags(_BROADCAST), _estimator_answer((2, 3)))
+    assert estimated is not None and estimated.result.pubs[0].shape == (2, 3)
+    # A job tagged before the check is read as before.
+    untagged = _followed(["qgateway-job:job-1"], _sampler_answer(a=_bits(64)))
+    assert untagged is not None
+
+
+def test_ibm_the_runtimes_own_answers_for_a_sweep_and_a_broadcast_are_accepted() -> None:
+    # Not only fakes shaped by hand: the runtime's executor primitives (as the IBM adapter runs
+    # them on its noisy fake device), given the PUBs the cloud runner sends, answer what the
+    # layout tag names.
+    from gateway.backends.ibm.adapter import IbmAdapter
+
+    adapter = IbmAdapter(ibm_context())
+    for pub in (_TWO_REGISTERS, _BROADCAST):
+        payload = prepare_in_process(adapter, JobSpec(backend="ibm", pubs=(pub,)), seed=1).payload
+        (task,) = payload.inner.tasks  # type: ignore[attr-defined]
+        if isinstance(pub, SamplerPub):
+            runtime_pub = cloud._sampler_pub(task)
+            primitive = adapter._sampler(1, frozenset(range(5)))
+        else:
+            runtime_pub = cloud._estimator_pub(task, "ibm")
+            primitive = adapter._estimator(1, frozenset(range(5)))
+        answer = primitive.run([runtime_pub]).result()
+        expected = cloud._expected_layout(task)
+        digest = cloud._layout_digest([expected])
+        outcome = cloud._outcome(answer, SamplerOutput.SAMPLES_AND_COUNTS, None, None, 1, digest)
+        assert outcome.result.pubs[0].shape == expected.shape
+
+
+@pytest.mark.parametrize(
+    ("registers", "answered"),
+    [
+        ({"a": _bits(64), "b": _bits(2)}, "PUB 0: a[64] b[2] shape (3,)"),
+        ({"a": _bits(1), "b": _bits(2), "c": _bits(1)}, "PUB 0: a[1] b[2] c[1] shape (3,)"),
+        ({"a": _bits(1)}, "PUB 0: a[1] shape (3,)"),
+        ({"a": _bits(1), "x": _bits(2)}, "PUB 0: a[1] x[2] shape (3,)"),
+        ({"a": _bits(1, (2,)), "b": _bits(2, (2,))}, "PUB 0: a[1] b[2] shape (2,)"),
+    ],
+    ids=["64-bit-register", "extra-register", "missing-register", "renamed-register", "shape"],
+)
+def test_ibm_registers_or_shapes_other_than_the_circuits_are_a_backend_fault(
+    registers: dict[str, BitArray], answered: str
+) -> None:
+    # Whatever registers the service answered were stored as the job's result: a 64-bit
+    # register for a 1-bit circuit, one it never declared, one missing or renamed, or a sweep
+    # of 2 bindings for the PUB's 3.
+    with pytest.raises(ExecutionError) as failed:
+        _followed(_submitted_tags(_TWO_REGISTERS), _sampler_answer(**registers))
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert "not those of the job's circuits" in failed.value.message
+    assert f"the service answered {answered})" in failed.value.message
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (_estimator_answer((3,)), "the service answered PUB 0: expectation values shape (3,)"),
+        (_estimator_answer((2, 3), (3,)), "PUB 0: standard errors of shape (3,)"),
+        (_sampler_answer(c=_bits(1)), "the service answered PUB 0: c[1] shape (3,)"),
+    ],
+    ids=["evs-shape", "stds-shape", "sampler-answer"],
+)
+def test_ibm_an_estimator_answer_of_another_shape_or_kind_is_a_backend_fault(
+    answer: PrimitiveResult, message: str
+) -> None:
+    with pytest.raises(ExecutionError) as failed:
+        _followed(_submitted_tags(_BROADCAST), answer)
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert message in failed.value.message
+
+
+def test_ibm_registers_of_one_pub_with_different_shapes_are_a_backend_fault() -> None:
+    # Even untagged: a PUB's registers answer the same bindings.
+    answer = PrimitiveResult(
+        [SamplerPubResult(DataBin(a=_bits(1), b=_bits(2, (2,)), shape=()), metadata={})]
+    )
+    with pytest.raises(ExecutionError) as failed:
+        _followed(["qgateway-job:job-1"], answer)
+    assert failed.value.kind is FailureKind.BACKEND_FAULT
+    assert "register a has shape (3,), its PUB's is ()" in failed.value.message
+
+
+def test_ibm_loose_bits_are_named_as_the_gateways_registers_name_them() -> None:
+    # The runner named a loose bit clbit1_ where the task's registers (the front end's
+    # result_registers) say clbit1_1: a valid answer would be refused by the layout check.
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import ClassicalRegister, Clbit
+
+    from gateway.backends.qiskit.frontend import result_registers
+
+    circuit = QuantumCircuit([Clbit(), Clbit()], ClassicalRegister(name="clbit1", bits=[]))
+    task = type("T", (), {"circuit": type("C", (), {"circuit": lambda self: circuit})()})()
+    sent = cloud._circuit(task)
+    assert [r.name for r in sent.cregs] == [name for name, _ in result_registers(circuit)]
+
+
+def test_ibm_a_forged_layout_tag_is_a_backend_fault() -> None:
+    answer = _sampler_answer(a=_bits(1), b=_bits(2))
+    for forged in ("qgateway-layout:{not a digest", "qgateway-layout:" + "0" * 32):
+        with pytest.raises(ExecutionError) as failed:
+            _followed(["qgateway-job:job-1", forged], answer)
+        assert failed.value.kind is FailureKind.BACKEND_FAULT

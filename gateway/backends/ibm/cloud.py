@@ -26,8 +26,10 @@
 - `reattach` finds a job by its stored id, or by the tag when the gateway died between the
   create call and storing the id; it never submits.
 - `wait` polls the job's status (`poll_interval_s`) and decodes the runtime's PrimitiveResult
-  into the gateway's JobResult from the result alone (register names, shapes and shots are in
-  it), so a re-attached job needs no prepared payload. `cancel` cancels the runtime job.
+  into the gateway's JobResult from the result and the runtime job's tags alone, so a
+  re-attached job needs no prepared payload: the tags carry what the result is checked
+  against (its PUB count, shots, and a digest of each PUB's shape and registers' names and
+  widths, as the gateway's simulators report them). `cancel` cancels the runtime job.
 - Usage: once a runtime job has ended (done, failed or cancelled), its metrics (`metrics()`,
   the service's /jobs/{id}/metrics) give the quantum seconds it is charged: the outcome's
   execution_seconds, or the handle's for a job that failed or was cancelled. The service bills
@@ -56,6 +58,8 @@ The token is a SecretStr until the moment it is handed to the SDK; nothing here 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import logging
 import math
 import os
@@ -113,6 +117,9 @@ JOB_TAG_PREFIX = "qgateway-job:"
 _OUTPUT_TAG_PREFIX = "qgateway-output:"
 _SHOTS_TAG_PREFIX = "qgateway-shots:"
 _PUBS_TAG_PREFIX = "qgateway-pubs:"
+# A digest, not the layout itself: the service documents no limit on a tag's length or
+# characters, and register names are the client's (a QPY name may be any text).
+_LAYOUT_TAG_PREFIX = "qgateway-layout:"
 _IAM_ENV = "IAM_URL"
 _iam_lock = threading.Lock()
 
@@ -686,6 +693,9 @@ class IbmCloudRunner(Runner):
         # The result is checked against it (a re-attached job too): PUBs missing from what
         # the service returned are a failed job, not a SUCCEEDED one with less than it asked.
         tags.append(_PUBS_TAG_PREFIX + str(len(pubs)))
+        # What each PUB's result must look like (registers, shape), read back from the tag so
+        # that a re-attached job, which has no prepared payload, is checked too.
+        tags.append(_LAYOUT_TAG_PREFIX + _layout_digest([_expected_layout(t) for t in tasks]))
         if samplers:
             # Twirling rounds the shots up to whole randomizations: the job keeps the first
             # ones it asked for (read back from the tag, so a re-attached job does too).
@@ -843,6 +853,7 @@ class IbmCloudRunner(Runner):
                     seconds,
                     _shots_from_tags(tags),
                     _pubs_from_tags(tags),
+                    _layout_digest_from_tags(tags),
                 )
             except (AttributeError, KeyError, TypeError, ValueError) as exc:
                 problem = (
@@ -1052,17 +1063,18 @@ def _first_line(exc: BaseException) -> str:
 def _circuit(task: SamplerTask | EstimatorTask) -> Any:
     from qiskit.circuit import ClassicalRegister
 
+    from gateway.backends.qiskit.frontend import unique_name
+
     circuit = task.circuit.circuit()
     loose = [bit for bit in circuit.clbits if not circuit.find_bit(bit).registers]
     if loose:
         # The runtime reports registers only: a loose bit gets a register of its own, named
-        # as the gateway's front end names it.
+        # as the gateway's front end names it (`result_registers`, the task's registers, which
+        # the result is checked against).
         circuit = circuit.copy()
         taken = {r.name for r in circuit.cregs}
         for bit in loose:
-            name = f"clbit{circuit.find_bit(bit).index}"
-            while name in taken:
-                name += "_"
+            name = unique_name(f"clbit{circuit.find_bit(bit).index}", taken)
             taken.add(name)
             circuit.add_register(ClassicalRegister(name=name, bits=[bit]))
     return circuit
@@ -1114,6 +1126,54 @@ class _Mismatch(ValueError):
     """A runtime result that does not answer the job it came for."""
 
 
+@dataclass(frozen=True)
+class _PubLayout:
+    """What a PUB's result looks like: its shape (a sampler's binding shape, an estimator's
+    broadcast shape) and, for a sampler PUB, its registers' names and widths; None for an
+    estimator PUB."""
+
+    shape: tuple[int, ...]
+    registers: tuple[tuple[str, int], ...] | None
+
+
+def _expected_layout(task: SamplerTask | EstimatorTask) -> _PubLayout:
+    """The layout the gateway's own simulators give the task's result."""
+    if isinstance(task, EstimatorTask):
+        return _PubLayout(task.shape, None)
+    return _PubLayout(task.shape, tuple((r.name, len(r.clbits)) for r in task.registers))
+
+
+def _layout_digest(layouts: Sequence[_PubLayout]) -> str:
+    """32 hex digits naming `layouts` (registers in any order: names are unique)."""
+    encoded = [
+        [list(layout.shape), None if layout.registers is None else sorted(layout.registers)]
+        for layout in layouts
+    ]
+    text = json.dumps(encoded, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _layout_digest_from_tags(tags: Sequence[str]) -> str | None:
+    """The layout tag's digest; None for a job submitted before the tag existed."""
+    for tag in tags:
+        if tag.startswith(_LAYOUT_TAG_PREFIX):
+            return tag[len(_LAYOUT_TAG_PREFIX) :]
+    return None
+
+
+def _described(layouts: Sequence[_PubLayout]) -> str:
+    """The first PUBs' layouts in a line, e.g. "PUB 0: a[1] b[64] shape (3,)"."""
+    shown = []
+    for index, layout in enumerate(layouts[:3]):
+        if layout.registers is None:
+            shown.append(f"PUB {index}: expectation values shape {layout.shape}")
+        else:
+            names = " ".join(f"{name[:40]}[{width}]" for name, width in layout.registers)
+            shown.append(f"PUB {index}: {names or 'no registers'} shape {layout.shape}")
+    more = f"; {len(layouts) - 3} more PUBs" if len(layouts) > 3 else ""
+    return "; ".join(shown) + more
+
+
 def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
     for tag in tags:
         if tag.startswith(_OUTPUT_TAG_PREFIX):
@@ -1127,27 +1187,37 @@ def _outcome(
     execution_seconds: float | None = None,
     shots_asked: int | None = None,
     pubs_asked: int | None = None,
+    layout_digest: str | None = None,
 ) -> ExecutionOutcome:
     """The gateway's JobResult of a runtime PrimitiveResult (sampler or estimator).
 
     Raises:
         _Mismatch: Another number of PUB results than `pubs_asked`, a register with fewer
             shots than `shots_asked`, an estimator's result for a sampler job (one with
-            `shots_asked`), or expectation values or standard errors that are not finite
-            (or negative errors).
+            `shots_asked`), PUB results whose kinds, shapes or registers (names, widths) differ
+            from those `layout_digest` names, registers of one PUB of different shapes,
+            standard errors of another shape than their expectation values, or expectation
+            values or standard errors that are not finite (or negative errors).
     """
     import qiskit_ibm_runtime
 
     if pubs_asked is not None and len(result) != pubs_asked:
         raise _Mismatch(f"{len(result)} PUB results for the job's {pubs_asked} PUBs")
     pubs: list[PubResult] = []
-    for pub in result:
+    answered: list[_PubLayout] = []
+    for index, pub in enumerate(result):
         data = pub.data
         if hasattr(data, "evs"):
             if shots_asked is not None:  # the shots tag is a sampler job's
                 raise _Mismatch("an estimator's result for a sampler job")
             evs = np.asarray(data.evs, dtype=np.float64)
             stds = np.asarray(data.stds, dtype=np.float64)
+            answered.append(_PubLayout(tuple(int(d) for d in evs.shape), None))
+            if stds.shape != evs.shape:
+                raise _Mismatch(
+                    f"PUB {index}: standard errors of shape {stds.shape}, the expectation "
+                    f"values' shape is {evs.shape}"
+                )
             if not (np.isfinite(evs).all() and np.isfinite(stds).all() and (stds >= 0).all()):
                 raise _Mismatch("expectation values or standard errors that are not finite")
             precision = float(pub.metadata.get("target_precision", 0.0) or 0.0)
@@ -1160,10 +1230,18 @@ def _outcome(
                 )
             )
             continue
+        shape = tuple(int(d) for d in data.shape)
+        answered.append(
+            _PubLayout(shape, tuple((name, int(array.num_bits)) for name, array in data.items()))
+        )
         registers = []
-        shape: tuple[int, ...] = ()
         shots = 0
         for name, array in data.items():
+            if tuple(int(d) for d in array.shape) != shape:
+                raise _Mismatch(
+                    f"PUB {index}: register {name[:40]} has shape {array.shape}, its PUB's is "
+                    f"{shape}"
+                )
             if shots_asked is not None and array.num_shots < shots_asked:
                 raise _Mismatch(
                     f"register {name} holds {array.num_shots} shots, the job asked for "
@@ -1171,7 +1249,6 @@ def _outcome(
                 )
             if shots_asked is not None and array.num_shots > shots_asked:
                 array = array.slice_shots(np.arange(shots_asked))
-            shape = tuple(int(d) for d in array.shape)
             shots = int(array.num_shots)
             samples = np.ascontiguousarray(array.array, dtype=np.uint8)
             counts: tuple[Counts, ...] = ()
@@ -1185,6 +1262,11 @@ def _outcome(
                 )
             )
         pubs.append(SamplerResult(shape=shape, shots=shots, registers=tuple(registers)))
+    if layout_digest is not None and _layout_digest(answered) != layout_digest:
+        raise _Mismatch(
+            "PUB results whose registers or shapes are not those of the job's circuits (the "
+            f"service answered {_described(answered)})"
+        )
     return ExecutionOutcome(
         result=JobResult(pubs=tuple(pubs)),
         sdk_versions={"qiskit-ibm-runtime": qiskit_ibm_runtime.__version__},
