@@ -143,8 +143,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Missing files, a wrong key, an unreadable database or record: one line, exit status 2."""
+def guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An offline command whose files are missing, unreadable or wrong (a key, a database, a
+    record, a held data directory): one line, exit status 2."""
     from gateway.domain.errors import DataLoss
 
     def handler(args: argparse.Namespace) -> int:
@@ -176,7 +177,7 @@ def add_parser(sub: Any) -> None:
     verify.add_argument(
         "--no-head", action="store_true", help="do not check against the exported head"
     )
-    verify.set_defaults(handler=_guarded(_cmd_verify))
+    verify.set_defaults(handler=guarded(_cmd_verify))
     export = actions.add_parser("export", parents=[common], help="write records as JSON lines")
     export.add_argument("--output", "-o", default=None, help="file (default: stdout)")
-    export.set_defaults(handler=_guarded(_cmd_export), key_file=None, head_file=None)
+    export.set_defaults(handler=guarded(_cmd_export), key_file=None, head_file=None)

@@ -44,7 +44,7 @@ from qgateway import (
     tls_credentials,
 )
 
-from gateway import audit_tool
+from gateway import audit_tool, store_tool
 from gateway.security.peers import is_loopback_host
 
 ENV_TARGET = "QGATEWAY_TARGET"
@@ -890,6 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=_cmd_jobs_cancel)
 
     audit_tool.add_parser(sub)
+    store_tool.add_parser(sub)
     return parser
 
 

@@ -683,7 +683,7 @@ def test_a_record_holding_a_value_no_gateway_writes_is_named(
     )
     assert audit_tool._cmd_verify(args) == 1
     assert "record 10 was altered (it holds a value" in capsys.readouterr().err
-    export = audit_tool._guarded(audit_tool._cmd_export)
+    export = audit_tool.guarded(audit_tool._cmd_export)
     assert export(argparse.Namespace(**vars(args), output=str(tmp_path / "out.jsonl"))) == 2
     assert "audit record 10 holds a value no gateway writes" in capsys.readouterr().err
 
@@ -866,8 +866,8 @@ def test_verify_and_export_exit_2_when_they_cannot_read_their_inputs(
     # database): a script must be able to tell tampering from a wrong path.
     from gateway import audit_tool
 
-    verify = audit_tool._guarded(audit_tool._cmd_verify)
-    export = audit_tool._guarded(audit_tool._cmd_export)
+    verify = audit_tool.guarded(audit_tool._cmd_verify)
+    export = audit_tool.guarded(audit_tool._cmd_export)
     args = argparse.Namespace(
         config=None, data_dir=tmp_path, key_file=None, head_file=None, no_head=True
     )
