@@ -11,18 +11,25 @@ restored directory) and the page-token key. They are secrets: keep a backup as y
 data directory.
 
 restore refuses while any gateway holds the data directory (its lock), refuses a backup that
-fails its integrity check or has a schema newer than this gateway's, and moves what it replaces
-into `data_dir/before-restore-<UTC time>/`, never deleting it: the database with its -wal and
--shm files (SQLite would otherwise replay the old -wal onto the restored file, corrupting it),
-the head and any key the backup replaces.
+fails its integrity check or has a schema newer than this gateway's, and keeps what it replaces
+in `data_dir/before-restore-<UTC time>/`, never deleting it: the database, its -wal folded in
+first as SQLite's next open would (left beside the restored file, SQLite would replay the old
+-wal onto it, corrupting it), the head and any key the backup replaces. The old database stays
+in place until the restored one replaces it in one rename, so a crash midway never leaves the
+directory without a database (on which a restarted gateway would serve a new, empty store).
+Both commands create what they write readable by its owner alone (umask 077), as the gateway
+does.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sqlite3
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +100,10 @@ def checked_summary(db: Path) -> Summary:
     """
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
-        problems = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{db}: {exc}") from None
         if problems != ["ok"]:
             raise ValueError(f"{db}: damaged: {'; '.join(problems)}")
         try:
@@ -143,8 +153,9 @@ def _fsync(path: Path) -> None:
 def _copy_secret(source: Path, target: Path) -> None:
     """Copies a key or head file to the new file `target`, readable by its owner only."""
     data = source.read_bytes()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A name of its own (O_EXCL, no symlink followed): an existing file would keep its mode.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -155,23 +166,45 @@ def _copy_secret(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _refuse_existing(dest: Path) -> None:
+    if dest.exists():
+        raise FileExistsError(f"{dest}: already exists; a backup is written to a new directory")
+
+
 def _cmd_backup(args: argparse.Namespace) -> int:
     paths = _paths(args)
     dest: Path = args.destination
-    if dest.exists():
-        raise FileExistsError(f"{dest}: already exists; a backup is written to a new directory")
-    dest.mkdir(mode=0o700, parents=True)
-    copied = []
-    # The head before the snapshot: the snapshot then holds the record it names.
-    for name, path in paths.beside_db().items():
-        if path.exists():
-            _copy_secret(path, dest / name)
-            copied.append(name)
-    _snapshot(paths.db, dest / DB_FILE)
-    summary = checked_summary(dest / DB_FILE)
-    _fsync(dest)
+    _refuse_existing(dest)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written beside DEST and renamed to it once whole: a failed backup leaves no DEST (a
+    # retry would refuse it) and never one that looks like a backup.
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    partial.mkdir(mode=0o700)
+    try:
+        copied = []
+        # The head before the snapshot: the snapshot then holds the record it names.
+        for name, path in paths.beside_db().items():
+            if path.exists():
+                _copy_secret(path, partial / name)
+                copied.append(name)
+        _snapshot(paths.db, partial / DB_FILE)
+        summary = checked_summary(partial / DB_FILE)
+        _fsync(partial)
+        _refuse_existing(dest)  # one may have appeared meanwhile: rename would replace it
+        os.rename(partial, dest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _fsync(dest.parent)
     besides = ", ".join(copied) or "no key or head files"
     print(f"backup {dest}: {summary.line()}; with {besides}")
+    if summary.audit_records and AUDIT_KEY not in copied:
+        print(
+            f"warning: no audit key at {paths.audit_key}: a gateway restored from this backup "
+            f"starts only with the key that wrote its {summary.audit_records} audit records in "
+            "place (or with [audit] enabled = false); pass the gateway's --config",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -197,29 +230,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         _snapshot(source / DB_FILE, restored)
         aside = paths.data_dir / (ASIDE_PREFIX + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"))
         aside.mkdir(mode=0o700)
-        moved = []
-        # The database with its -wal and -shm, together: a -wal left beside the restored file
-        # would be replayed onto it.
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            old = paths.db.with_name(DB_FILE + suffix)
-            if old.exists():
-                shutil.move(old, aside / old.name)
-                moved.append(old.name)
-        os.replace(restored, paths.db)
-        for name, path in paths.beside_db().items():
-            backed_up = source / name
-            # The head always goes: one naming a record the restored log never had would be
-            # kept as evidence of deleted records at every start.
-            replaced = name == AUDIT_HEAD or backed_up.exists()
-            if path.exists() and replaced:
-                if backed_up.exists() and backed_up.read_bytes() == path.read_bytes():
-                    continue
-                shutil.move(path, aside / name)
-                moved.append(name)
-            if backed_up.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _copy_secret(backed_up, path)
-        _fsync(paths.data_dir)
+        moved: list[str] = []
+        try:
+            _replace(paths, source, restored, aside, moved)
+        except (OSError, sqlite3.Error) as exc:
+            raise RuntimeError(
+                f"{exc}; the restore stopped halfway: what it replaced is in {aside} "
+                "(run the restore again)"
+            ) from None
     finally:
         lock.release()
     kept = f"; replaced files kept in {aside}" if moved else ""
@@ -227,6 +245,86 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         aside.rmdir()
     print(f"restored {source} into {paths.data_dir}: {summary.line()}{kept}")
     return 0
+
+
+def _replace(paths: _Paths, source: Path, restored: Path, aside: Path, moved: list[str]) -> None:
+    """Puts `restored` and the backup's key and head files in place, what they replace aside."""
+    # The old database stays in place until the restored file replaces it in one rename, so a
+    # crash meanwhile never leaves the directory without one (a restarted gateway would create
+    # an empty store and serve it). Its -wal is folded into it first, as its next open would:
+    # a -wal must never outlive its database (SQLite would replay it onto the restored file),
+    # nor be parted from it (it may hold the end of a checkpoint the file needs).
+    _fold_log(paths.db)
+    logs = [paths.db.with_name(DB_FILE + suffix) for suffix in ("-wal", "-journal")]
+    shm = paths.db.with_name(DB_FILE + "-shm")
+    if any(log.exists() for log in logs) or not paths.db.exists():
+        # Not folded (a damaged database, or a -wal without one): the files go aside together,
+        # the only way with a moment without a database.
+        for old in (paths.db, *logs, shm):
+            if old.exists():
+                shutil.move(old, aside / old.name)
+                moved.append(old.name)
+    else:
+        _keep_aside(paths.db, aside / DB_FILE)
+        moved.append(DB_FILE)
+        if shm.exists():  # an index of no -wal: rebuilt at the next open
+            shutil.move(shm, aside / shm.name)
+    os.replace(restored, paths.db)
+    for name, path in paths.beside_db().items():
+        backed_up = source / name
+        # The head always goes: one naming a record the restored log never had would be
+        # kept as evidence of deleted records at every start.
+        replaced = name == AUDIT_HEAD or backed_up.exists()
+        if path.exists() and replaced:
+            if backed_up.exists() and backed_up.read_bytes() == path.read_bytes():
+                continue
+            shutil.move(path, aside / name)
+            moved.append(name)
+        if backed_up.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _copy_secret(backed_up, path)
+    _fsync(paths.data_dir)
+
+
+def _fold_log(db: Path) -> None:
+    """Folds the database's -wal (or a hot -journal) into it, as its next open would; a
+    database SQLite cannot open keeps them (the caller moves them aside with it)."""
+    if not db.exists() or not any(db.with_name(DB_FILE + s).exists() for s in ("-wal", "-journal")):
+        return
+    try:
+        conn = sqlite3.connect(db, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            # Leaving WAL checkpoints the log whole and deletes it (and its -shm); reading the
+            # mode rolls a hot -journal back.
+            conn.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return
+
+
+def _keep_aside(old: Path, kept: Path) -> None:
+    """Keeps `old` as `kept` without moving it (a hard link, else a copy)."""
+    try:
+        os.link(old, kept, follow_symlinks=False)
+    except OSError:  # a file system without hard links
+        shutil.copy2(old, kept)
+        _fsync(kept)
+
+
+def _private(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Runs `command` with the gateway's umask (077): what it creates (the backup's database,
+    the restored one, a data directory) holds every tenant's circuits and results."""
+
+    def handler(args: argparse.Namespace) -> int:
+        old = os.umask(0o077)
+        try:
+            return command(args)
+        finally:
+            os.umask(old)
+
+    return handler
 
 
 def add_parser(sub: Any) -> None:
@@ -241,9 +339,9 @@ def add_parser(sub: Any) -> None:
         "backup", parents=[common], help="copy the store and its keys (gateways may run)"
     )
     backup.add_argument("destination", type=Path, help="a new directory for the backup")
-    backup.set_defaults(handler=guarded(_cmd_backup))
+    backup.set_defaults(handler=guarded(_private(_cmd_backup)))
     restore = actions.add_parser(
         "restore", parents=[common], help="put a backup back (no gateway may run)"
     )
     restore.add_argument("source", type=Path, help="a directory `store backup` wrote")
-    restore.set_defaults(handler=guarded(_cmd_restore))
+    restore.set_defaults(handler=guarded(_private(_cmd_restore)))

@@ -89,9 +89,9 @@ async def test_a_backup_taken_while_jobs_are_written_restores_into_a_fresh_data_
     await reopened.close()
 
 
-async def test_restore_moves_the_old_wal_aside_with_its_database(tmp_path: Path) -> None:
-    # A data directory left by a crash: its newest jobs only in the -wal file. Restored over, that
-    # -wal must go with its database: left beside the restored file, SQLite replays it onto it.
+async def test_restore_folds_the_old_wal_into_the_database_it_keeps_aside(tmp_path: Path) -> None:
+    # A data directory left by a crash: its newest changes only in the -wal file. Restored over,
+    # that -wal must not stay: left beside the restored file, SQLite replays it onto it.
     backup_source = tmp_path / "source"
     await _store_with_jobs(backup_source, 3)
     backup = tmp_path / "backup"
@@ -124,8 +124,8 @@ async def test_restore_moves_the_old_wal_aside_with_its_database(tmp_path: Path)
             == 0
         )
     (aside,) = [p for p in crashed.iterdir() if p.name.startswith("before-restore-")]
-    assert {p.name for p in aside.iterdir()} == {DB, DB + "-wal"}
-    # What was moved aside is the crashed directory whole: its -wal still holds its jobs.
+    assert {p.name for p in aside.iterdir()} == {DB}
+    # What was kept aside is the crashed database whole, its -wal folded in.
     with sqlite3.connect(aside / DB) as conn:
         assert (
             conn.execute("SELECT count(*) FROM jobs WHERE backend = 'in-the-wal'").fetchone()[0]
