@@ -607,3 +607,48 @@ def test_ibm_a_forged_layout_tag_is_a_backend_fault() -> None:
         with pytest.raises(ExecutionError) as failed:
             _followed(["qgateway-job:job-1", forged], answer)
         assert failed.value.kind is FailureKind.BACKEND_FAULT
+
+
+@pytest.mark.parametrize(
+    "registers",
+    [((1, 0),), ((0, 2),), ((0, 1), (1, 0))],
+    ids=["reordered", "scattered", "shared-reordered"],
+)
+def test_ibm_a_register_the_service_would_read_from_other_bits_is_refused_before_a_create(
+    registers: tuple[tuple[int, ...], ...],
+) -> None:
+    # The runtime's sampler reads a register as the run of clbits from its first bit on: a QPY
+    # register of clbits (1, 0) came back holding clbits (0, 1) under its name, and the new
+    # layout check cannot see it (names and widths agree). Local mode cuts registers from every
+    # clbit; the cloud refuses them, as the client's, before anything is created.
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+    from qiskit.circuit import Clbit
+
+    from tests.targets import qpy_bytes
+
+    bits = [Clbit() for _ in range(3)]
+    circuit = QuantumCircuit(QuantumRegister(3, "q"), bits)
+    for i, indices in enumerate(registers):
+        circuit.add_register(ClassicalRegister(name=f"r{i}", bits=[bits[j] for j in indices]))
+    circuit.measure(range(3), range(3))
+    pub = SamplerPub(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit)), Bindings(), 4)
+    with pytest.raises(ExecutionError) as refused:
+        _submitted_tags(pub)
+    assert refused.value.reason == "UNSUPPORTED_FEATURE"
+    assert refused.value.kind is FailureKind.CLIENT_ERROR
+    assert "not one ascending run" in refused.value.message
+
+
+def test_ibm_registers_of_consecutive_clbits_in_any_order_of_declaration_are_sent() -> None:
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+    from qiskit.circuit import Clbit
+
+    from tests.targets import qpy_bytes
+
+    bits = [Clbit() for _ in range(3)]
+    circuit = QuantumCircuit(QuantumRegister(3, "q"), bits)
+    circuit.add_register(ClassicalRegister(name="late", bits=bits[1:]))
+    circuit.add_register(ClassicalRegister(name="early", bits=bits[:1]))
+    circuit.measure(range(3), range(3))
+    pub = SamplerPub(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit)), Bindings(), 4)
+    assert any(tag.startswith("qgateway-layout:") for tag in _submitted_tags(pub))

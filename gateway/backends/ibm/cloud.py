@@ -1081,9 +1081,29 @@ def _circuit(task: SamplerTask | EstimatorTask) -> Any:
 
 
 def _sampler_pub(task: SamplerTask) -> Any:
-    from gateway.backends.ibm.adapter import _bindings
+    """The runtime's PUB of a sampler task.
+
+    Raises:
+        ExecutionError: UNSUPPORTED_FEATURE (the client's) for a register whose bits are not
+            one ascending run of the circuit's clbits.
+    """
+    from gateway.backends.ibm.adapter import _ascending_run, _bindings
 
     circuit = _circuit(task)
+    for register in circuit.cregs:
+        if not _ascending_run(tuple(circuit.find_bit(bit).index for bit in register)):
+            # The runtime's sampler reads a register as the run of clbits from its first bit's
+            # index on: the service would answer other bits' values under this name. Local
+            # mode reads every clbit and cuts the registers from them; a re-attached cloud job
+            # has nothing to cut them by.
+            raise ExecutionError(
+                "UNSUPPORTED_FEATURE",
+                f"register {register.name[:40]} holds clbits that are not one ascending run "
+                "(a QPY register of reordered or scattered bits): IBM's service would "
+                "read other bits under its name; measure into registers of consecutive clbits",
+                kind=FailureKind.CLIENT_ERROR,
+                metadata={"field": "pubs", "register": register.name[:40]},
+            )
     return (circuit, _bindings(circuit, task.parameters, task.values, task.shape), task.shots)
 
 
