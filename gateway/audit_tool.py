@@ -161,14 +161,20 @@ def guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     return handler
 
 
+def offline_options() -> argparse.ArgumentParser:
+    """The options of the commands that work on a data directory without a gateway."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=None, help="the gateway's TOML file")
+    common.add_argument("--data-dir", type=Path, default=None, help="overrides data_dir")
+    return common
+
+
 def add_parser(sub: Any) -> None:
     """Adds `audit verify` and `audit export` to the `qgateway` subcommands."""
     audit = sub.add_parser("audit", help="verify or export the audit log (offline)")
     actions = audit.add_subparsers(dest="audit_command", metavar="ACTION")
     audit.set_defaults(handler=None, parser=audit)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=None, help="the gateway's TOML file")
-    common.add_argument("--data-dir", type=Path, default=None, help="overrides data_dir")
+    common = offline_options()
     verify = actions.add_parser(
         "verify", parents=[common], help="prove the chain intact or name the first bad record"
     )

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.audit_tool import DB_FILE, guarded
+from gateway.audit_tool import DB_FILE, guarded, offline_options
 
 AUDIT_KEY: Final = "audit.key"
 AUDIT_HEAD: Final = "audit-head.json"
@@ -332,9 +332,7 @@ def add_parser(sub: Any) -> None:
     store = sub.add_parser("store", help="back up or restore the data directory (offline)")
     actions = store.add_subparsers(dest="store_command", metavar="ACTION")
     store.set_defaults(handler=None, parser=store)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=None, help="the gateway's TOML file")
-    common.add_argument("--data-dir", type=Path, default=None, help="overrides data_dir")
+    common = offline_options()
     backup = actions.add_parser(
         "backup", parents=[common], help="copy the store and its keys (gateways may run)"
     )

@@ -31,6 +31,22 @@ async def _store_with_jobs(data: Path, n: int) -> None:
         await store.close()
 
 
+async def crash_left(tmp_path: Path) -> Path:
+    """A data directory as a SIGKILL leaves it: 5 jobs, each changed (backend 'in-the-wal') in
+    its -wal file only."""
+    data = tmp_path / "alive"
+    await _store_with_jobs(data, 5)
+    held = sqlite3.connect(data / DB, isolation_level=None)
+    held.execute("PRAGMA wal_autocheckpoint = 0")
+    held.execute("UPDATE jobs SET backend = 'in-the-wal'")
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for name in (DB, DB + "-wal"):
+        shutil.copy(data / name, crashed / name)
+    held.close()
+    return crashed
+
+
 def _job_ids(db: Path) -> set[str]:
     with sqlite3.connect(db) as conn:
         return {row[0] for row in conn.execute("SELECT id FROM jobs")}
@@ -97,16 +113,7 @@ async def test_restore_folds_the_old_wal_into_the_database_it_keeps_aside(tmp_pa
     backup = tmp_path / "backup"
     assert main(["store", "backup", "--data-dir", str(backup_source), str(backup)]) == 0
 
-    data = tmp_path / "data"
-    await _store_with_jobs(data, 5)
-    held = sqlite3.connect(data / DB, isolation_level=None)
-    held.execute("PRAGMA wal_autocheckpoint = 0")
-    held.execute("UPDATE jobs SET backend = 'in-the-wal'")
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    for name in (DB, DB + "-wal"):
-        shutil.copy(data / name, crashed / name)  # as a SIGKILL leaves them
-    held.close()
+    crashed = await crash_left(tmp_path)
     evidence = tmp_path / "evidence"
     shutil.copytree(crashed, evidence)  # opened here, not in `crashed`: a close checkpoints
     with sqlite3.connect(evidence / DB) as conn:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from gateway.cli import main
 from gateway.store.sqlite import SqliteStore
 from tests.unit.test_audit_chain import KEY, _records
 from tests.unit.test_sqlite_store import count_rows, new_job
+from tests.unit.test_store_tool import crash_left
 
 pytestmark = pytest.mark.anyio
 
@@ -200,16 +200,7 @@ async def test_an_interrupted_restore_over_a_crash_left_wal_leaves_a_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backup = await _backup(tmp_path, jobs=2, key=False)
-    data = tmp_path / "data"
-    await _store_with_jobs(data, 5)
-    held = sqlite3.connect(data / DB, isolation_level=None)
-    held.execute("PRAGMA wal_autocheckpoint = 0")
-    held.execute("UPDATE jobs SET backend = 'in-the-wal'")
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    for name in (DB, DB + "-wal"):
-        shutil.copy(data / name, crashed / name)  # as a SIGKILL leaves them
-    held.close()
+    crashed = await crash_left(tmp_path)
     real = os.replace
 
     def crash(src: str | Path, dst: str | Path) -> None:
