@@ -234,10 +234,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         try:
             _replace(paths, source, restored, aside, moved)
         except (OSError, sqlite3.Error) as exc:
-            raise RuntimeError(
-                f"{exc}; the restore stopped halfway: what it replaced is in {aside} "
-                "(run the restore again)"
-            ) from None
+            raise RuntimeError(f"{exc}; {_halfway(aside)}") from None
+        except BaseException:  # Ctrl-C: the operator still needs to know
+            print(f"interrupted: {_halfway(aside)}", file=sys.stderr)
+            raise
     finally:
         lock.release()
     kept = f"; replaced files kept in {aside}" if moved else ""
@@ -245,6 +245,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         aside.rmdir()
     print(f"restored {source} into {paths.data_dir}: {summary.line()}{kept}")
     return 0
+
+
+def _halfway(aside: Path) -> str:
+    return f"the restore stopped halfway: what it replaced is in {aside} (run the restore again)"
 
 
 def _replace(paths: _Paths, source: Path, restored: Path, aside: Path, moved: list[str]) -> None:

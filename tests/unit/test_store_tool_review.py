@@ -219,3 +219,24 @@ async def test_an_interrupted_restore_over_a_crash_left_wal_leaves_a_database(
         assert in_wal.fetchone()[0] == 5
     assert main(["store", "restore", "--data-dir", str(crashed), str(backup)]) == 0
     assert count_rows(crashed / DB) == 2
+
+
+async def test_a_restore_interrupted_by_ctrl_c_says_where_the_replaced_files_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup = await _backup(tmp_path, jobs=2, key=False)
+    data = tmp_path / "data"
+    await _store_with_jobs(data, 5)
+    real = os.replace
+
+    def interrupted(src: str | Path, dst: str | Path) -> None:
+        if Path(dst) == data / DB:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    assert main(["store", "restore", "--data-dir", str(data), str(backup)]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: the restore stopped halfway: what it replaced is in ")
+    assert "before-restore-" in err
+    assert count_rows(data / DB) == 5  # the old database still in place
