@@ -266,6 +266,7 @@ class IbmAdapter(QiskitAdapter):
         inner = prepared.payload
         assert isinstance(inner, QiskitPayload)
         _check_options(options, inner, self.context.name)
+        _check_sweeps(inner)
         return dataclasses.replace(prepared, payload=IbmPayload(inner, options))
 
     # ------------------------------------------------------------------ execute (worker)
@@ -671,6 +672,29 @@ def _call(run: Any) -> Any:
         raise ExecutionError("EXECUTION_FAILED", message, kind=FailureKind.SDK_ERROR) from None
 
 
+def _check_sweeps(payload: QiskitPayload) -> None:
+    """Refuses a sampler PUB sweeping a circuit without parameters: the runtime's sampler
+    reads parameter values only for a circuit that has some, so it runs such a PUB once and
+    answers shape () (local mode failed reading it; IBM's service ran and billed a job whose
+    answer the layout check refuses)."""
+    for index, task in enumerate(payload.tasks):
+        if isinstance(task, SamplerTask) and task.shape != () and not task.parameters:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                parameterless_sweep(task.shape),
+                f"spec.pubs[{index}].sampler.parameter_values",
+                feature="parameterless_sweep",
+            )
+
+
+def parameterless_sweep(shape: tuple[int, ...]) -> str:
+    """Why a sampler PUB sweeping a circuit without parameters is refused."""
+    return (
+        f"a sweep of shape {shape} of a circuit without parameters: IBM's runtime sampler runs "
+        "such a circuit once; send it without a sweep (shape ())"
+    )
+
+
 def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend: str) -> None:
     """Refuses options the runtime could not apply to this job as the gateway reports it."""
     samplers = [t for t in payload.tasks if isinstance(t, SamplerTask)]
@@ -697,11 +721,16 @@ def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend:
                 )
 
 
+# qiskit_ibm_runtime.decoders.executor_sampler.utils.TWIRLING_PREFIX
+_RUNTIME_FLIPS_PREFIX = "measurement_flips."
+
+
 def _check_register_names(circuit: QuantumCircuit, field: str) -> None:
     """Refuses a register the runtime cannot return. Its results hold each register as an
     attribute of a DataBin, which refuses some names (`shape`, `keys`, `_data`, `__class__`,
     ...): the job would fail after it ran, on a device after it was paid for. DataBin itself
-    decides, so a name it takes is never refused here."""
+    decides, so a name it takes is never refused here, but for the runtime's twirling-flip
+    prefix (`measurement_flips.`), which its sampler's post-processing consumes."""
     from qiskit.primitives.containers import DataBin
 
     for register in circuit.cregs:
@@ -710,6 +739,10 @@ def _check_register_names(circuit: QuantumCircuit, field: str) -> None:
             held = isinstance(getattr(DataBin(**{name: np.zeros(1)}), name), np.ndarray)
         except (AttributeError, TypeError, ValueError):
             held = False
+        # The runtime's sampler post-processing takes every register of this prefix for
+        # twirling's flips (twirling or not): XORed into another register and dropped, or the
+        # decode fails.
+        held = held and not name.startswith(_RUNTIME_FLIPS_PREFIX)
         if not held:
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",

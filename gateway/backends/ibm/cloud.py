@@ -1087,7 +1087,7 @@ def _sampler_pub(task: SamplerTask) -> Any:
         ExecutionError: UNSUPPORTED_FEATURE (the client's) for a register whose bits are not
             one ascending run of the circuit's clbits.
     """
-    from gateway.backends.ibm.adapter import _ascending_run, _bindings
+    from gateway.backends.ibm.adapter import _ascending_run, _bindings, parameterless_sweep
 
     circuit = _circuit(task)
     for register in circuit.cregs:
@@ -1099,11 +1099,22 @@ def _sampler_pub(task: SamplerTask) -> Any:
             raise ExecutionError(
                 "UNSUPPORTED_FEATURE",
                 f"register {register.name[:40]} holds clbits that are not one ascending run "
-                "(a QPY register of reordered or scattered bits): IBM's service would "
-                "read other bits under its name; measure into registers of consecutive clbits",
+                "(reordered or scattered bits, from QPY or an OpenQASM 3 alias): IBM's service "
+                "would read other bits under its name; measure into registers of consecutive "
+                "clbits",
                 kind=FailureKind.CLIENT_ERROR,
                 metadata={"field": "pubs", "register": register.name[:40]},
             )
+    if task.shape != () and not circuit.parameters:
+        # The runtime's sampler reads parameter values only for a circuit that has parameters:
+        # a sweep of one without any is run once and answered with shape (), which the layout
+        # check refuses after the job ran (on a device, paid for).
+        raise ExecutionError(
+            "UNSUPPORTED_FEATURE",
+            parameterless_sweep(task.shape),
+            kind=FailureKind.CLIENT_ERROR,
+            metadata={"field": "pubs"},
+        )
     return (circuit, _bindings(circuit, task.parameters, task.values, task.shape), task.shots)
 
 
@@ -1220,6 +1231,7 @@ def _outcome(
             values or standard errors that are not finite (or negative errors).
     """
     import qiskit_ibm_runtime
+    from qiskit.primitives.containers import BitArray
 
     if pubs_asked is not None and len(result) != pubs_asked:
         raise _Mismatch(f"{len(result)} PUB results for the job's {pubs_asked} PUBs")
@@ -1227,7 +1239,9 @@ def _outcome(
     answered: list[_PubLayout] = []
     for index, pub in enumerate(result):
         data = pub.data
-        if hasattr(data, "evs"):
+        # A sampler's register may be named evs (its field is a BitArray, never an
+        # estimator's): it is not taken for an estimator's answer.
+        if hasattr(data, "evs") and not isinstance(data.evs, BitArray):
             if shots_asked is not None:  # the shots tag is a sampler job's
                 raise _Mismatch("an estimator's result for a sampler job")
             evs = np.asarray(data.evs, dtype=np.float64)
@@ -1240,7 +1254,13 @@ def _outcome(
                 )
             if not (np.isfinite(evs).all() and np.isfinite(stds).all() and (stds >= 0).all()):
                 raise _Mismatch("expectation values or standard errors that are not finite")
-            precision = float(pub.metadata.get("target_precision", 0.0) or 0.0)
+            # The executor estimator reports the precision in the result's metadata, not the
+            # PUB's (a PUB's, as the earlier EstimatorV2 put it, is read first).
+            precision = float(
+                pub.metadata.get("target_precision")
+                or (getattr(result, "metadata", None) or {}).get("target_precision")
+                or 0.0
+            )
             pubs.append(
                 EstimatorResult(
                     shape=tuple(evs.shape),
