@@ -42,6 +42,21 @@ class _Crash(BaseException):
     """The process ending at that point (nothing catches it)."""
 
 
+def _fail_replacing(
+    monkeypatch: pytest.MonkeyPatch, target: Path, error: type[BaseException]
+) -> None:
+    """os.replace raises `error` when it would put a file at `target` (the restored database
+    renamed into place)."""
+    real = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if Path(dst) == target:
+            raise error
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -145,14 +160,7 @@ async def test_an_interrupted_restore_never_leaves_a_data_dir_without_its_databa
     backup = await _backup(tmp_path, jobs=2, key=False)
     data = tmp_path / "data"
     await _store_with_jobs(data, 5)
-    real = os.replace
-
-    def crash(src: str | Path, dst: str | Path) -> None:
-        if Path(dst) == data / DB:
-            raise _Crash  # the process ends here
-        real(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash)
+    _fail_replacing(monkeypatch, data / DB, _Crash)  # the process ends there
     with pytest.raises(_Crash):
         main(["store", "restore", "--data-dir", str(data), str(backup)])
     monkeypatch.undo()
@@ -201,14 +209,7 @@ async def test_an_interrupted_restore_over_a_crash_left_wal_leaves_a_database(
 ) -> None:
     backup = await _backup(tmp_path, jobs=2, key=False)
     crashed = await crash_left(tmp_path)
-    real = os.replace
-
-    def crash(src: str | Path, dst: str | Path) -> None:
-        if Path(dst) == crashed / DB:
-            raise _Crash
-        real(src, dst)
-
-    monkeypatch.setattr(os, "replace", crash)
+    _fail_replacing(monkeypatch, crashed / DB, _Crash)
     with pytest.raises(_Crash):
         main(["store", "restore", "--data-dir", str(crashed), str(backup)])
     monkeypatch.undo()
@@ -227,14 +228,7 @@ async def test_a_restore_interrupted_by_ctrl_c_says_where_the_replaced_files_wen
     backup = await _backup(tmp_path, jobs=2, key=False)
     data = tmp_path / "data"
     await _store_with_jobs(data, 5)
-    real = os.replace
-
-    def interrupted(src: str | Path, dst: str | Path) -> None:
-        if Path(dst) == data / DB:
-            raise KeyboardInterrupt
-        real(src, dst)
-
-    monkeypatch.setattr(os, "replace", interrupted)
+    _fail_replacing(monkeypatch, data / DB, KeyboardInterrupt)
     assert main(["store", "restore", "--data-dir", str(data), str(backup)]) == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted: the restore stopped halfway: what it replaced is in ")
