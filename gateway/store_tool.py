@@ -333,7 +333,9 @@ def _private(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 def add_parser(sub: Any) -> None:
     """Adds `store backup` and `store restore` to the `qgateway` subcommands."""
-    store = sub.add_parser("store", help="back up or restore the data directory (offline)")
+    store = sub.add_parser(
+        "store", help="back up the data directory (gateways may run) or restore it (none may)"
+    )
     actions = store.add_subparsers(dest="store_command", metavar="ACTION")
     store.set_defaults(handler=None, parser=store)
     common = offline_options()
