@@ -52,6 +52,11 @@ def _job_ids(db: Path) -> set[str]:
         return {row[0] for row in conn.execute("SELECT id FROM jobs")}
 
 
+def _asides(data: Path) -> list[Path]:
+    """The directories restores kept replaced files in."""
+    return [p for p in data.iterdir() if p.name.startswith(store_tool.ASIDE_PREFIX)]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -99,7 +104,7 @@ async def test_a_backup_taken_while_jobs_are_written_restores_into_a_fresh_data_
     assert main(["store", "restore", "--data-dir", str(fresh), str(backup)]) == 0
     assert _job_ids(fresh / DB) == backed_up
     assert (fresh / "audit.key").read_bytes() == b"k" * 32
-    assert not [p for p in fresh.iterdir() if p.name.startswith("before-restore-")]
+    assert not _asides(fresh)
     reopened = SqliteStore(fresh / DB)
     await reopened.open()  # the gateway's own open: migrations, WAL, the schema checked
     await reopened.close()
@@ -130,7 +135,7 @@ async def test_restore_folds_the_old_wal_into_the_database_it_keeps_aside(tmp_pa
             conn.execute("SELECT count(*) FROM jobs WHERE backend = 'in-the-wal'").fetchone()[0]
             == 0
         )
-    (aside,) = [p for p in crashed.iterdir() if p.name.startswith("before-restore-")]
+    (aside,) = _asides(crashed)
     assert {p.name for p in aside.iterdir()} == {DB}
     # What was kept aside is the crashed database whole, its -wal folded in.
     with sqlite3.connect(aside / DB) as conn:
@@ -156,7 +161,7 @@ async def test_restore_refuses_while_a_gateway_holds_the_data_directory(
             lock.release()
         assert "in use" in capsys.readouterr().err
         assert count_rows(data / DB) == 2
-    assert not [p for p in data.iterdir() if p.name.startswith("before-restore-")]
+    assert not _asides(data)
 
 
 async def test_restore_refuses_a_damaged_backup_and_a_newer_schema(
@@ -187,7 +192,7 @@ async def test_restore_refuses_a_damaged_backup_and_a_newer_schema(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and ("damaged" in err or "malformed" in err), err
     assert count_rows(data / DB) == 2  # nothing replaced
-    assert not [p for p in data.iterdir() if p.name.startswith("before-restore-")]
+    assert not _asides(data)
 
 
 async def test_a_backup_is_never_written_over_an_existing_one(

@@ -871,9 +871,10 @@ def _task_specs(payload: QiskitPayload) -> tuple[list[_TaskSpec], dict[str, Any]
 
 def _read_results(plan: Mapping[str, Any], texts: Sequence[str]) -> tuple[JobResult, float | None]:
     """The job's result and execution seconds from its tasks' results.json texts, each parsed
-    once here (a sweep's results are large) and once more by the SDK's schema."""
+    once (a sweep's results are large): the gateway's checks and the SDK's schema read the
+    same document."""
     documents = [json.loads(text) for text in texts]
-    return _decode(plan, texts, documents), _execution_seconds(documents)
+    return _decode(plan, documents), _execution_seconds(documents)
 
 
 def _execution_seconds(documents: Sequence[Any]) -> float | None:
@@ -906,16 +907,17 @@ def _check_measurements(document: Any) -> None:
         raise ValueError("measurements that are not each 0 or 1")
 
 
-def _decode(plan: Mapping[str, Any], texts: Sequence[str], documents: Sequence[Any]) -> JobResult:
+def _decode(plan: Mapping[str, Any], documents: Sequence[Any]) -> JobResult:
+    from braket.task_result import GateModelTaskResult  # type: ignore[import-untyped]
     from braket.tasks import GateModelQuantumTaskResult  # type: ignore[import-untyped]
 
     if plan.get("v") != _PLAN_VERSION:
         raise ValueError(f"plan version {plan.get('v')!r}")
     output = SamplerOutput(plan["sampler_output"])
     tasks = [tuple(t) for t in plan["tasks"]]
-    if len(tasks) != len(texts):
-        raise ValueError(f"{len(texts)} task results for {len(tasks)} tasks")
-    by_task = dict(zip(tasks, zip(texts, documents, strict=True), strict=True))
+    if len(tasks) != len(documents):
+        raise ValueError(f"{len(documents)} task results for {len(tasks)} tasks")
+    by_task = dict(zip(tasks, documents, strict=True))
     results: list[SamplerResult] = []
     for p, pub in enumerate(plan["pubs"]):
         shape = tuple(int(d) for d in pub["shape"])
@@ -933,13 +935,14 @@ def _decode(plan: Mapping[str, Any], texts: Sequence[str], documents: Sequence[A
         )
         shifts = np.asarray(pub["columns"], dtype=np.uint64)
         for b in range(math.prod(shape)):
-            found = by_task.get((p, b))
-            if found is None:
+            document = by_task.get((p, b))
+            if document is None:
                 outcomes = np.zeros(shots, dtype=np.uint64)
             else:
-                text, document = found
                 _check_measurements(document)
-                measured = GateModelQuantumTaskResult.from_string(text).measurements
+                # The SDK's schema on the parsed document (from_string parses the text again).
+                task_result = GateModelTaskResult.parse_obj(document)
+                measured = GateModelQuantumTaskResult.from_object(task_result).measurements
                 bits = np.asarray(measured).astype(np.uint64)
                 if bits.shape != (shots, len(shifts)):
                     raise ValueError(

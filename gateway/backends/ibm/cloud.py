@@ -1193,7 +1193,8 @@ def _layout_digest_from_tags(tags: Sequence[str]) -> str | None:
 
 
 def _described(layouts: Sequence[_PubLayout]) -> str:
-    """The first PUBs' layouts in a line, e.g. "PUB 0: a[1] b[64] shape (3,)"."""
+    """The first PUBs' layouts in a line of at most 500 characters, e.g.
+    "PUB 0: a[1] b[64] shape (3,)"."""
     shown = []
     for index, layout in enumerate(layouts[:3]):
         if layout.registers is None:
@@ -1202,7 +1203,8 @@ def _described(layouts: Sequence[_PubLayout]) -> str:
             names = " ".join(f"{name[:40]}[{width}]" for name, width in layout.registers)
             shown.append(f"PUB {index}: {names or 'no registers'} shape {layout.shape}")
     more = f"; {len(layouts) - 3} more PUBs" if len(layouts) > 3 else ""
-    return "; ".join(shown) + more
+    # Bounded as the Braket runner bounds its messages: a PUB may hold thousands of registers.
+    return ("; ".join(shown) + more)[:500]
 
 
 def _output_from_tags(tags: Sequence[str]) -> SamplerOutput:
