@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from qgateway import Client, JobState, RetryPolicy
 from qgateway.client import sampler_pub
-from qgateway.errors import UnavailableError
+from qgateway.errors import InvalidArgumentError, UnavailableError
 
 from tests.gateway_process import GatewayProcess, children_of, write_config
 from tests.ibm_stub import API_KEY, IbmStub
@@ -124,13 +124,16 @@ def test_estimator_pubs_and_pubs_the_runtime_cannot_group(
         )
         assert values.expectation_values == [-1.0, 1.0]
         # Its primitives run one shot count per job: PUBs asking for different ones are
-        # refused (the runtime's guidance: one job per group), nothing is created.
+        # refused when submitted (the runtime's guidance: one job per group); no job is made.
         pubs = [sampler_pub(TWO_REGISTERS, shots=8), sampler_pub(TWO_REGISTERS, shots=16)]
-        mixed = client.submit_pubs(pubs, backend="ibmq")
-        refused = client.wait(mixed.name, timeout=20)
-        assert refused.state is JobState.FAILED
-        assert refused.error_reason == "UNSUPPORTED_FEATURE"
-        assert stub.jobs_tagged(mixed.id) == []
+        jobs = len(list(client.list_jobs()))
+        runtime_jobs = len(stub.stats()["jobs"])
+        with pytest.raises(InvalidArgumentError) as refused:
+            client.submit_pubs(pubs, backend="ibmq")
+        assert refused.value.reason == "UNSUPPORTED_FEATURE"
+        assert "one shots per job" in str(refused.value)
+        assert len(list(client.list_jobs())) == jobs
+        assert len(stub.stats()["jobs"]) == runtime_jobs
 
 
 def test_provider_failures_and_cancel(stub: IbmStub, gateway: GatewayProcess) -> None:

@@ -6,6 +6,7 @@ per qubit, CX near 1 %) bounds how far a result may be from them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from typing import Any
@@ -57,6 +58,15 @@ def context(**options: Any) -> AdapterContext:
         default_shots=1024,
         circuit_limits=CircuitLimits(),
         options={"backend": "FakeManilaV2", **options},
+    )
+
+
+def device_context(**options: Any) -> AdapterContext:
+    """A device on IBM's service (the cloud runner's), whose target the gateway has fetched:
+    FakeManilaV2's, handed over as to a compile worker, so nothing reaches the network."""
+    return dataclasses.replace(
+        context(backend="ibm_device", token="unused", instance="crn:unused", **options),
+        target_data=pickle.dumps(fake_backend("FakeManilaV2").target),
     )
 
 
@@ -830,3 +840,90 @@ def test_a_register_named_like_the_adapters_own_register_runs(manila: IbmAdapter
     counts = {r.name: dict(r.counts[0]) for r in result.registers}
     assert set(counts) == {"c", "d", "_qgateway_loose_all"}
     assert counts["c"].get("01", 0) > 40 and counts["d"].get("10", 0) > 40
+
+
+# ------------------------------------------- what IBM's service cannot run: refused when submitted
+
+GHZ2 = "qubit[2] q; bit[2] c; h q[0]; cx q[0], q[1]; c = measure q;"
+
+
+def z_of_plus(precision: float | None = None) -> EstimatorPub:
+    return EstimatorPub(
+        circuit=q3("qubit[1] q; h q[0];"),
+        observables=(Observable((("Z", 1.0),)),),
+        observables_shape=(1,),
+        bindings=Bindings(),
+        precision=precision,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pubs", "says"),
+    [
+        ((sampler(GHZ2, shots=8), z_of_plus()), "sampler and estimator PUBs in separate jobs"),
+        ((sampler(GHZ2, shots=8), sampler(GHZ2, shots=16)), "one shots per job"),
+        ((z_of_plus(0.1), z_of_plus(0.2)), "one precision per job"),
+    ],
+    ids=["sampler-and-estimator", "shots", "precisions"],
+)
+def test_a_device_refuses_pubs_one_runtime_job_cannot_hold_when_submitted(
+    manila: IbmAdapter, pubs: tuple[Pub, ...], says: str
+) -> None:
+    # The runtime's primitives run PUBs of one kind, with one shot count or one precision, per
+    # job: refused at the API edge (INVALID_ARGUMENT), not a job that FAILED at its create.
+    device = IbmAdapter(device_context())
+    with pytest.raises(InvalidArgument) as refused:
+        prepare_in_process(device, spec(*pubs), 1)
+    assert refused.value.reason == "UNSUPPORTED_FEATURE"
+    assert says in refused.value.message
+    assert [v.field for v in refused.value.field_violations] == ["spec.pubs"]
+    # Local mode runs them.
+    prepare_in_process(manila, spec(*pubs), 1)
+
+
+def test_a_device_refuses_a_register_its_service_would_read_from_other_bits(
+    manila: IbmAdapter,
+) -> None:
+    # `let d = c[{1, 0}];` is a register of clbits (1, 0); the runtime's sampler reads a
+    # register as the run of clbits from its first one on, so IBM's service would answer
+    # clbits (1, 2) under its name. Local mode cuts every register from all the clbits.
+    pub = sampler("qubit[3] q; bit[3] c; let d = c[{1, 0}]; x q[0]; c = measure q;", shots=64)
+    device = IbmAdapter(device_context())
+    with pytest.raises(InvalidArgument) as refused:
+        prepare_in_process(device, spec(pub), 1)
+    assert refused.value.reason == "UNSUPPORTED_FEATURE"
+    assert "register d holds clbits that are not one ascending run" in refused.value.message
+    assert [v.field for v in refused.value.field_violations] == ["spec.pubs[0].sampler.circuit"]
+    _, (result,) = run(manila, spec(pub))
+    assert isinstance(result, SamplerResult)
+    (d,) = [dict(r.counts[0]) for r in result.registers if r.name == "d"]
+    assert max(d, key=d.__getitem__) == "10"  # d[1] is c[0], the flipped qubit's
+
+
+_RZ_BEFORE_MEASURE = "input float th; qubit[1] q; bit[1] c; x q[0]; rz(th) q[0]; c = measure q;"
+
+
+@pytest.mark.parametrize("make", [context, device_context], ids=["local-mode", "device"])
+def test_a_sweep_of_a_circuit_transpiling_left_without_parameters_is_refused(
+    make: Any,
+) -> None:
+    # From optimization_level 2 on, transpiling removes an rz right before a measurement, and
+    # with it the circuit's only parameter: the runtime's sampler then runs it once (shape
+    # ()), which failed local mode's worker with a raw reshape error and would have run a
+    # billed device job the layout check refuses.
+    sweep = Bindings(("th",), (3,), np.array([[0.1], [0.2], [0.3]]))
+    pub = sampler(_RZ_BEFORE_MEASURE, shots=16, bindings=sweep)
+    with pytest.raises(InvalidArgument) as refused:
+        prepare_in_process(IbmAdapter(make(optimization_level=2)), spec(pub), 1)
+    assert refused.value.reason == "UNSUPPORTED_FEATURE"
+    assert "parameters transpiling removed" in refused.value.message
+    assert [v.field for v in refused.value.field_violations] == [
+        "spec.pubs[0].sampler.parameter_values"
+    ]
+
+
+def test_the_same_sweep_keeping_its_parameter_runs(manila: IbmAdapter) -> None:
+    sweep = Bindings(("th",), (3,), np.array([[0.1], [0.2], [0.3]]))
+    _, (result,) = run(manila, spec(sampler(_RZ_BEFORE_MEASURE, shots=16, bindings=sweep)))
+    assert isinstance(result, SamplerResult)
+    assert result.shape == (3,)

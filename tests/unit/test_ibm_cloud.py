@@ -705,34 +705,6 @@ def test_one_process_names_one_iam_address(monkeypatch: pytest.MonkeyPatch) -> N
         cloud._set_iam_url("http://127.0.0.1:2")
 
 
-def test_pubs_the_runtime_cannot_run_in_one_job_are_refused_before_any_create() -> None:
-    from gateway.backends.qiskit.adapter import EstimatorTask, SamplerTask
-
-    def sampler(shots: int) -> SamplerTask:
-        return SamplerTask(None, (), np.zeros(0), (), shots, (), 0, True)  # type: ignore[arg-type]
-
-    def estimator(precision: float) -> EstimatorTask:
-        return EstimatorTask(None, (), np.zeros(0), (), (), (), (), precision, 0)  # type: ignore[arg-type]
-
-    runner = cloud.IbmCloudRunner(settings(), sleep=lambda s: None)
-    creates: list[list[str]] = []
-    runner._create = lambda *args: creates.append(args[2]) or "r-1"  # type: ignore[method-assign]
-    job = type("J", (), {"id": "job-1"})()
-    for tasks in (
-        (sampler(10), estimator(0.1)),  # one primitive per job
-        (estimator(0.1), estimator(0.2)),  # one precision per job
-        (sampler(10), sampler(20)),  # one shot count per job
-    ):
-        payload = QiskitPayload("local_mode", SamplerOutput.COUNTS, tasks)  # type: ignore[arg-type]
-        with pytest.raises(ExecutionError) as refused:
-            runner._submit(payload, None, job)  # type: ignore[arg-type]
-        assert (refused.value.reason, refused.value.kind) == (
-            "UNSUPPORTED_FEATURE",
-            FailureKind.CLIENT_ERROR,
-        )
-    assert creates == []
-
-
 def test_a_zero_observable_is_the_clients_fault_and_never_created() -> None:
     # The runtime's estimator refuses it at create with a ValueError, which the cloud path
     # read as a backend fault: a tenant repeating it would open the breaker for everyone.

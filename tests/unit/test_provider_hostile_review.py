@@ -40,6 +40,7 @@ from tests.adapters import prepare_in_process
 from tests.core_harness import Core, ScriptedRunner, build_core, spec
 from tests.unit.test_braket_cloud import FakeBraket, _cloud_adapter, _job, _runner, _sweep
 from tests.unit.test_ibm_adapter import context as ibm_context
+from tests.unit.test_ibm_adapter import device_context
 from tests.unit.test_ibm_cloud import _following, _RuntimeJob, settings
 
 # ------------------------------------------------------------------------------ Braket
@@ -438,10 +439,10 @@ _BROADCAST = EstimatorPub(
 
 def _submitted_tags(*pubs: Any) -> list[str]:
     """The tags the IBM runner gives the runtime job of a job of `pubs`, prepared by the IBM
-    adapter (a fake device) as the gateway prepares it."""
+    adapter of a device (on a fake's target) as the gateway prepares it."""
     from gateway.backends.ibm.adapter import IbmAdapter
 
-    adapter = IbmAdapter(ibm_context())
+    adapter = IbmAdapter(device_context())
     payload = prepare_in_process(adapter, JobSpec(backend="ibm", pubs=pubs), seed=1).payload
     runner = cloud.IbmCloudRunner(settings(), sleep=lambda s: None)
     created: list[list[str]] = []
@@ -620,10 +621,11 @@ def test_ibm_a_register_the_service_would_read_from_other_bits_is_refused_before
     # The runtime's sampler reads a register as the run of clbits from its first bit on: a QPY
     # register of clbits (1, 0) came back holding clbits (0, 1) under its name, and the new
     # layout check cannot see it (names and widths agree). Local mode cuts registers from every
-    # clbit; the cloud refuses them, as the client's, before anything is created.
+    # clbit; a device's job is refused, as the client's, when it is submitted.
     from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
     from qiskit.circuit import Clbit
 
+    from gateway.domain.errors import InvalidArgument
     from tests.targets import qpy_bytes
 
     bits = [Clbit() for _ in range(3)]
@@ -632,10 +634,9 @@ def test_ibm_a_register_the_service_would_read_from_other_bits_is_refused_before
         circuit.add_register(ClassicalRegister(name=f"r{i}", bits=[bits[j] for j in indices]))
     circuit.measure(range(3), range(3))
     pub = SamplerPub(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit)), Bindings(), 4)
-    with pytest.raises(ExecutionError) as refused:
+    with pytest.raises(InvalidArgument) as refused:
         _submitted_tags(pub)
     assert refused.value.reason == "UNSUPPORTED_FEATURE"
-    assert refused.value.kind is FailureKind.CLIENT_ERROR
     assert "not one ascending run" in refused.value.message
 
 
@@ -722,17 +723,6 @@ def test_ibm_a_sweep_of_a_circuit_without_parameters_is_refused_when_prepared(
     with pytest.raises(InvalidArgument) as refused:
         _prepared_task(pub)
     assert refused.value.reason == "UNSUPPORTED_FEATURE"
-
-
-def test_ibm_a_sweep_of_a_circuit_left_without_parameters_is_refused_before_a_create() -> None:
-    # The runner's own check, for a task whose circuit as sent has no parameters however it
-    # was prepared (transpiling may drop a parameter): nothing is created.
-    _, task = _prepared_task(dataclasses.replace(_NO_PARAMETERS_SWEPT, bindings=Bindings()))
-    swept = dataclasses.replace(task, shape=(3,), values=np.zeros((3, 0)))
-    with pytest.raises(ExecutionError) as refused:
-        cloud._sampler_pub(swept)
-    assert refused.value.reason == "UNSUPPORTED_FEATURE"
-    assert refused.value.kind is FailureKind.CLIENT_ERROR
 
 
 def test_ibm_a_circuit_without_parameters_and_no_sweep_is_still_sent() -> None:
@@ -901,6 +891,8 @@ def test_ibm_the_runtimes_estimator_answer_reports_the_precision_it_ran_at() -> 
 def test_ibm_a_qasm3_alias_of_reordered_bits_is_refused_before_a_create_too() -> None:
     # Not only QPY: `let d = c[{1, 0}];` is a register of clbits (1, 0), which the service
     # would read as (1, 2). (The refusal's message and the README call it a QPY register.)
+    from gateway.domain.errors import InvalidArgument
+
     pub = SamplerPub(
         CircuitSource(
             CircuitLanguage.QASM3,
@@ -909,7 +901,7 @@ def test_ibm_a_qasm3_alias_of_reordered_bits_is_refused_before_a_create_too() ->
         Bindings(),
         4,
     )
-    with pytest.raises(ExecutionError) as refused:
+    with pytest.raises(InvalidArgument) as refused:
         _submitted_tags(pub)
     assert refused.value.reason == "UNSUPPORTED_FEATURE"
     assert "register d " in refused.value.message

@@ -89,6 +89,7 @@ def _compiled(**changes: object) -> CompiledCircuit:
         "num_qubits": 2,
         "num_clbits": 2,
         "parameters": ("a",),
+        "keeps_parameters": True,
         "features": frozenset({CircuitFeature.MID_CIRCUIT_MEASUREMENT}),
         "has_measurements": True,
         "terminal": False,

@@ -266,7 +266,9 @@ class IbmAdapter(QiskitAdapter):
         inner = prepared.payload
         assert isinstance(inner, QiskitPayload)
         _check_options(options, inner, self.context.name)
-        _check_sweeps(inner)
+        _check_sweeps(inner, circuits)
+        if not self.ibm_options.is_fake:
+            _check_runtime_job(inner, self.context.name)
         return dataclasses.replace(prepared, payload=IbmPayload(inner, options))
 
     # ------------------------------------------------------------------ execute (worker)
@@ -672,27 +674,86 @@ def _call(run: Any) -> Any:
         raise ExecutionError("EXECUTION_FAILED", message, kind=FailureKind.SDK_ERROR) from None
 
 
-def _check_sweeps(payload: QiskitPayload) -> None:
-    """Refuses a sampler PUB sweeping a circuit without parameters: the runtime's sampler
-    reads parameter values only for a circuit that has some, so it runs such a PUB once and
-    answers shape () (local mode failed reading it; IBM's service ran and billed a job whose
-    answer the layout check refuses)."""
+def _check_sweeps(payload: QiskitPayload, circuits: Sequence[object]) -> None:
+    """Refuses a sampler PUB sweeping a circuit without parameters, as the client sent it or
+    as transpiled (from optimization_level 2 on, transpiling removes parameters that cannot
+    change a measurement): the runtime's sampler reads parameter values only for a circuit
+    that has some, so it runs such a PUB once and answers shape () (local mode failed reading
+    it; IBM's service ran and billed a job whose answer the layout check refuses)."""
     for index, task in enumerate(payload.tasks):
-        if isinstance(task, SamplerTask) and task.shape != () and not task.parameters:
+        if not isinstance(task, SamplerTask) or task.shape == ():
+            continue
+        entry = circuits[index]
+        assert isinstance(entry, CompiledCircuit)
+        if not entry.keeps_parameters:
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
-                parameterless_sweep(task.shape),
+                parameterless_sweep(task.shape, transpiled=bool(task.parameters)),
                 f"spec.pubs[{index}].sampler.parameter_values",
                 feature="parameterless_sweep",
             )
 
 
-def parameterless_sweep(shape: tuple[int, ...]) -> str:
-    """Why a sampler PUB sweeping a circuit without parameters is refused."""
-    return (
-        f"a sweep of shape {shape} of a circuit without parameters: IBM's runtime sampler runs "
-        "such a circuit once; send it without a sweep (shape ())"
+def parameterless_sweep(shape: tuple[int, ...], *, transpiled: bool) -> str:
+    """Why a sampler PUB sweeping a circuit without parameters is refused; `transpiled`: the
+    client's circuit had parameters, which transpiling removed."""
+    what = (
+        "a circuit whose parameters transpiling removed (none changes a measurement)"
+        if transpiled
+        else "a circuit without parameters"
     )
+    return (
+        f"a sweep of shape {shape} of {what}: IBM's runtime sampler runs such a circuit once; "
+        "send it without a sweep (shape ())"
+    )
+
+
+def _check_runtime_job(payload: QiskitPayload, backend: str) -> None:
+    """Refuses, for IBM's service, PUBs it cannot run as one runtime job as the gateway
+    reports them: its primitives run PUBs of one kind with one shot count (sampler) or one
+    precision (estimator) per job (its guidance is one job per group: here, one gateway job
+    per group), and its sampler reads a register as the run of clbits from its first bit on,
+    so a register of reordered or scattered bits (QPY, or an OpenQASM 3 alias) would come back
+    holding other bits' values under its name, which no check of the answer can see. Local
+    mode runs these (it cuts every register from all the clbits)."""
+    tasks = payload.tasks
+    samplers = [t for t in tasks if isinstance(t, SamplerTask)]
+    if samplers and len(samplers) != len(tasks):
+        raise fe.invalid(
+            "UNSUPPORTED_FEATURE",
+            f"backends/{backend} runs sampler and estimator PUBs in separate jobs",
+            "spec.pubs",
+            feature="mixed_primitives",
+        )
+    uniform = {t.shots for t in samplers} if samplers else {_precision(t) for t in tasks}
+    if len(uniform) > 1:
+        what = "shots" if samplers else "precision"
+        raise fe.invalid(
+            "UNSUPPORTED_FEATURE",
+            f"backends/{backend} runs PUBs with one {what} per job: submit PUBs with different "
+            f"{what} in separate jobs",
+            "spec.pubs",
+            feature=f"mixed_{what}",
+        )
+    for index, task in enumerate(samplers):
+        for register in task.registers:
+            if not _ascending_run(register.clbits):
+                name = register.name[:40]
+                raise fe.invalid(
+                    "UNSUPPORTED_FEATURE",
+                    f"register {name} holds clbits that are not one ascending run (reordered "
+                    "or scattered bits, from QPY or an OpenQASM 3 alias): IBM's service would "
+                    "read other bits under its name; measure into registers of consecutive "
+                    "clbits",
+                    f"spec.pubs[{index}].sampler.circuit",
+                    feature="register_bits",
+                    register=name,
+                )
+
+
+def _precision(task: SamplerTask | EstimatorTask) -> float | None:
+    """An estimator PUB's precision; None: the job's default."""
+    return task.precision if isinstance(task, EstimatorTask) and task.precision > 0 else None
 
 
 def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend: str) -> None:

@@ -10,8 +10,8 @@
   are deprecated in their favour), in job mode (`mode=backend`) on the ISA circuits the adapter
   transpiled for the device's target (`DeviceTarget`, fetched from the service, is what the
   adapter compiles for). They run one shot count (sampler) or one precision (estimator) per
-  job: a job whose PUBs ask for several is refused (CLIENT_ERROR, UNSUPPORTED_FEATURE), as a job
-  mixing sampler and estimator PUBs is.
+  job: the adapter refuses a job whose PUBs ask for several when it is submitted
+  (INVALID_ARGUMENT, UNSUPPORTED_FEATURE), as it does a job mixing sampler and estimator PUBs.
 - Sessions: a gateway session's jobs run in an IBM Runtime `Session` (DEDICATED) or `Batch`
   (BATCH), the SDK's own, as the primitives' mode, so each runtime job carries its session id.
   `open_session` (called by the job core before the session's first job here) opens it with
@@ -663,27 +663,11 @@ class IbmCloudRunner(Runner):
         return provider.sdk
 
     def _submit(self, payload: QiskitPayload, options: Any, job: Job) -> str:
+        # The adapter refused what one runtime job cannot hold (PUBs of both kinds, or of
+        # different shots or precisions: _check_runtime_job).
         tasks = payload.tasks
         samplers = [t for t in tasks if isinstance(t, SamplerTask)]
-        if samplers and len(samplers) != len(tasks):
-            raise ExecutionError(
-                "UNSUPPORTED_FEATURE",
-                f"backends/{self.name} runs sampler and estimator PUBs in separate jobs",
-                kind=FailureKind.CLIENT_ERROR,
-            )
         primitive = "sampler" if samplers else "estimator"
-        # The runtime's primitives run one shot count (sampler) or one precision (estimator)
-        # per job; its guidance is one job per group, which is one gateway job per group here.
-        uniform = {t.shots for t in samplers} if samplers else {_precision(t) for t in tasks}
-        if len(uniform) > 1:
-            what = "shots" if samplers else "precision"
-            raise ExecutionError(
-                "UNSUPPORTED_FEATURE",
-                f"backends/{self.name} runs PUBs with one {what} per job: submit PUBs with "
-                f"different {what} in separate jobs",
-                kind=FailureKind.CLIENT_ERROR,
-                metadata={"field": "pubs"},
-            )
         pubs = [
             _sampler_pub(t) if isinstance(t, SamplerTask) else _estimator_pub(t, self.name)
             for t in tasks
@@ -1081,40 +1065,11 @@ def _circuit(task: SamplerTask | EstimatorTask) -> Any:
 
 
 def _sampler_pub(task: SamplerTask) -> Any:
-    """The runtime's PUB of a sampler task.
-
-    Raises:
-        ExecutionError: UNSUPPORTED_FEATURE (the client's) for a register whose bits are not
-            one ascending run of the circuit's clbits.
-    """
-    from gateway.backends.ibm.adapter import _ascending_run, _bindings, parameterless_sweep
+    """The runtime's PUB of a sampler task (its registers and sweep checked when prepared:
+    gateway.backends.ibm.adapter._check_runtime_job and _check_sweeps)."""
+    from gateway.backends.ibm.adapter import _bindings
 
     circuit = _circuit(task)
-    for register in circuit.cregs:
-        if not _ascending_run(tuple(circuit.find_bit(bit).index for bit in register)):
-            # The runtime's sampler reads a register as the run of clbits from its first bit's
-            # index on: the service would answer other bits' values under this name. Local
-            # mode reads every clbit and cuts the registers from them; a re-attached cloud job
-            # has nothing to cut them by.
-            raise ExecutionError(
-                "UNSUPPORTED_FEATURE",
-                f"register {register.name[:40]} holds clbits that are not one ascending run "
-                "(reordered or scattered bits, from QPY or an OpenQASM 3 alias): IBM's service "
-                "would read other bits under its name; measure into registers of consecutive "
-                "clbits",
-                kind=FailureKind.CLIENT_ERROR,
-                metadata={"field": "pubs", "register": register.name[:40]},
-            )
-    if task.shape != () and not circuit.parameters:
-        # The runtime's sampler reads parameter values only for a circuit that has parameters:
-        # a sweep of one without any is run once and answered with shape (), which the layout
-        # check refuses after the job ran (on a device, paid for).
-        raise ExecutionError(
-            "UNSUPPORTED_FEATURE",
-            parameterless_sweep(task.shape),
-            kind=FailureKind.CLIENT_ERROR,
-            metadata={"field": "pubs"},
-        )
     return (circuit, _bindings(circuit, task.parameters, task.values, task.shape), task.shots)
 
 
@@ -1133,10 +1088,6 @@ def _estimator_pub(task: EstimatorTask, backend: str) -> Any:
     bindings = _bindings(circuit, task.parameters, task.values, task.bindings_shape)
     precision = task.precision if task.precision > 0 else None
     return (circuit, array.reshape(task.observables_shape), bindings, precision)
-
-
-def _precision(task: SamplerTask | EstimatorTask) -> float | None:
-    return task.precision if isinstance(task, EstimatorTask) and task.precision > 0 else None
 
 
 def _shots_from_tags(tags: Sequence[str]) -> int | None:

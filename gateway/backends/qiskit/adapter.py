@@ -223,6 +223,9 @@ class CompiledCircuit:
     num_qubits: int
     num_clbits: int
     parameters: tuple[str, ...]
+    # Whether the transpiled circuit still has parameters: from optimization_level 2 on,
+    # transpiling removes those that cannot change a measurement (an rz right before one).
+    keeps_parameters: bool
     features: frozenset[CircuitFeature]
     has_measurements: bool
     # Its shots are draws from one final state (gateway.backends.qiskit.measurement).
@@ -511,6 +514,7 @@ class QiskitAdapter(BackendAdapter):
             num_qubits=circuit.num_qubits,
             num_clbits=circuit.num_clbits,
             parameters=tuple(p.name for p in circuit.parameters),
+            keeps_parameters=bool(transpiled.parameters),
             features=features,
             has_measurements=fe.has_measurements(circuit),
             terminal=terminal,
