@@ -314,7 +314,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             name = f"{codec.JOB_PREFIX}{finished.id}/result"
             # The rest of the response counts against the same message limit; a result that
             # cannot fit is not read (a repeated Run must not cost a read of up to max_result_mb
-            # on the store's one thread each time).
+            # on a store's result reader each time).
             room = self._max_response - len(name) - RESULT_FRAMING_BYTES - response.ByteSize()
             data = await self._manager.result_within(finished, room)
             if isinstance(data, int):

@@ -289,7 +289,7 @@ class JobManager:
 
     async def result_within(self, job: Job, max_bytes: int) -> bytes | int:
         """The job's result, or only its size when it is over `max_bytes`: a caller refused
-        for its size must not cost a read of up to max_result_mb on the store's one thread.
+        for its size must not cost a read of up to max_result_mb on a store's result reader.
 
         Raises:
             NotFound: RESULT_EXPIRED or RESULT_NOT_FOUND, as `result`.

@@ -5,7 +5,7 @@ RESULT_EXPIRED from then on, whether or not it is still on disk); a final job, i
 history and quota ledger row go `job_retention_days` after it ended, and an ended session once
 it is that old and holds no job any more (GetJob, GetSession answer NOT_FOUND from then on).
 Without the sweep the database only grew. FIRST_SWEEP_S after a start and then every
-RETENTION_SWEEP_S the sweep deletes in batches, the store's one thread serving other calls
+RETENTION_SWEEP_S the sweep deletes in batches, the store's writer thread serving other writes
 between them: results walked in expiry order from where the last batch stopped (a cursor kept
 in memory: one walk over the already-swept jobs per process start), jobs and sessions oldest
 end first (deleted rows leave the index the next batch reads).

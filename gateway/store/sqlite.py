@@ -1,11 +1,13 @@
 """The embedded SQLite store: one writer thread, group commit, versioned schema.
 
-Every operation is a callable run on the single thread that owns the connection. The thread
+Every write is a callable run on the single thread that owns the writing connection. The thread
 takes all operations waiting in its queue and runs them in one transaction, each inside its own
 SAVEPOINT, so one failing operation rolls back alone. Futures are resolved only after COMMIT
 returned: with `synchronous=FULL` that means a job is acknowledged only once it is on disk, while
-the fsync is shared by everything that arrived during the previous one. Specs and results,
-up to hundreds of MB, are read on threads of their own instead (gateway.store.sqlite_blobs).
+the fsync is shared by everything that arrived during the previous one. Reads run on reader
+threads with connections of their own (gateway.store.sqlite_readers), never behind writes: specs
+and results, up to hundreds of MB, on one pool, every other read on another. A write's future
+resolves after its COMMIT, so a read asked for after it was awaited sees it (WAL).
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
 from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
-from gateway.store.sqlite_blobs import BlobReader
 from gateway.store.sqlite_keys import UNREVOKED_INDEX_SQL as SQLITE_KEYS_UNREVOKED_INDEX
 from gateway.store.sqlite_keys import SqliteApiKeys
 from gateway.store.sqlite_pages import page_query
+from gateway.store.sqlite_readers import BLOB_READ_THREADS, READ_THREADS, ReaderPool
 from gateway.store.sqlite_sessions import TOTALS_MIGRATION_SQL as SQLITE_SESSION_TOTALS
 from gateway.store.sqlite_sessions import SqliteSessions, add_to_totals
 from gateway.store.sqlite_tenants import MIGRATION_SQL as SQLITE_TENANTS_MIGRATION
@@ -407,7 +409,6 @@ class _Op(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[T]
-    readonly: bool
     # Called on the loop with (value, error) once the transaction ended, even when the caller
     # went away (its future cancelled): how an operation left running ended.
     after: Callable[[Any, BaseException | None], None] | None = None
@@ -428,7 +429,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         path: The database file; its directory is created by `open()`.
 
     Attributes:
-        commits: Transactions committed by the writer thread so far (one per batch).
+        commits: Write transactions committed by the writer thread so far (one per batch).
     """
 
     def __init__(self, path: pathlib.Path) -> None:
@@ -443,8 +444,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         # (request_id): an indexed read takes microseconds, a hand-off to the writer thread and
         # back far longer. WAL lets it read committed state while the writer writes.
         self._reader: sqlite3.Connection | None = None
-        # Specs and results are read off the writer thread (gateway.store.sqlite_blobs).
-        self._blobs: BlobReader | None = None
+        # Reads run off the writer thread (gateway.store.sqlite_readers): specs and results on
+        # a pool of their own, so a large result read never holds a GetJob behind it.
+        self._reads: ReaderPool | None = None
+        self._blobs: ReaderPool | None = None
+        self._reads_closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -487,11 +491,13 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             self._thread = thread
         thread.start()
         await ready
+        # Only now: a read must not see the schema before the migrations are committed.
         self._reader = _connect_reader(self.path)
-        self._blobs = BlobReader(self.path)
+        self._reads = ReaderPool(self.path, threads=READ_THREADS, name="reads")
+        self._blobs = ReaderPool(self.path, threads=BLOB_READ_THREADS, name="blobs")
 
     async def close(self) -> None:
-        """Runs every operation already queued, then closes the connection and the thread.
+        """Runs every operation already asked for, then closes the connections and threads.
 
         Idempotent; operations after close raise RuntimeError.
         """
@@ -500,9 +506,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        if self._blobs is not None:
-            blobs, self._blobs = self._blobs, None
-            await asyncio.to_thread(blobs.close)  # waits for a large read in progress
+        pools = [pool for pool in (self._reads, self._blobs) if pool is not None]
+        self._reads = self._blobs = None
+        self._reads_closed = True
+        for pool in pools:
+            await asyncio.to_thread(pool.close)  # answers the reads already asked for
         with self._lock:
             first = not self._closed
             self._closed = True
@@ -633,13 +641,12 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         row = await self._read_blob("SELECT data FROM results WHERE job_id = ?", (job_id,))
         return None if row is None else bytes(row[0])
 
-    async def _read_blob(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if self._blobs is None:
-            raise RuntimeError("the store is not open")
-        try:
-            return await self._blobs.fetch_one(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise _as_answer(exc) from exc
+    async def _read_blob(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+        def op(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+            return row
+
+        return await self._read(self._blobs, op)
 
     async def get_result_within(
         self, job_id: str, max_bytes: int
@@ -1053,7 +1060,12 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             rows = conn.execute(_WAITING_COUNT_SQL, (placement,)).fetchall()
             return {str(r[0]): int(r[1]) for r in rows}
 
-        return await self._call(op, readonly=True)
+        # On the writer thread, in order with this process's creates: admission adds this
+        # count to its submissions in flight (BackendRuntime.admitting), each of which it
+        # stops counting once its create answered. A reader thread's count could miss a
+        # create whose answer then arrived first (a full queue overfilled) or see one whose
+        # answer had not arrived yet (counted twice). A bounded count of the waiting index.
+        return await self._call(op)
 
     async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
         """Live claims (now < lease expiry) on `placement` per tenant; tenants with none are
@@ -1141,6 +1153,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         Keys: journal_mode ("wal"), synchronous (2 = FULL), foreign_keys (1), schema_version.
         """
+        # On the writer thread, a (rare) write call: synchronous and foreign_keys are settings
+        # of each connection, and the writer's are the ones that count.
 
         def op(conn: sqlite3.Connection) -> dict[str, str | int]:
             return {
@@ -1150,23 +1164,46 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 "schema_version": _schema_version(conn),
             }
 
-        return await self._call(op, readonly=True)
+        return await self._call(op)
 
     # -- the writer thread -------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T], *, readonly: bool = False) -> T:
         """Runs `fn` on the writer thread; returns once its transaction has committed.
+        `readonly`: `fn` only reads; it runs on a reader thread instead, in a read transaction
+        of its own, seeing every write whose call has returned.
 
         If the caller is cancelled the operation still runs (and may commit): callers that
         must not lose track of it retry with the same request_id.
         """
-        return await self._enqueue(fn, readonly=readonly)
+        if readonly:
+            return await self._read(self._reads, fn)
+        return await self._enqueue(fn)
+
+    async def _read(self, pool: ReaderPool | None, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn`'s value from a reader thread of `pool`, its errors answered as the writer
+        thread's are (_as_answer)."""
+        if pool is None:
+            raise RuntimeError(
+                "the store is closed"
+                if self._reads_closed
+                else "the store is not open; call open() first"
+            )
+        try:
+            return await pool.run(fn)
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY":
+                # A read that tried to write (query_only): a bug to see, not a store to retry.
+                raise
+            answer = _as_answer(exc)
+            if answer is exc:
+                raise
+            raise answer from exc
 
     def _enqueue(
         self,
         fn: Callable[[sqlite3.Connection], T],
         *,
-        readonly: bool = False,
         after: Callable[[Any, BaseException | None], None] | None = None,
     ) -> asyncio.Future[T]:
         """Queues `fn` for the writer thread; the future resolves once its transaction has
@@ -1179,7 +1216,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 raise RuntimeError("the store is closed")
             if self._thread is None:
                 raise RuntimeError("the store is not open; call open() first")
-            self._queue.put(_Op(fn, loop, future, readonly, after))
+            self._queue.put(_Op(fn, loop, future, after))
         return future
 
     def _main(
@@ -1255,13 +1292,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
         pending = list(batch)
         while pending:
-            # Reads alone need no write lock (and their COMMIT writes nothing).
-            begin = "BEGIN" if all(op.readonly for op in pending) else "BEGIN IMMEDIATE"
             try:
-                conn.execute(begin)
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                pending = _fail_writes(pending, exc)
-                continue
+                _fail_all(pending, exc)
+                return
             outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
             aborted: int | None = None
             if len(pending) == 1:
@@ -1304,9 +1339,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                # The reads' answers may have seen the failed writes: they run again.
-                pending = _fail_writes(pending, exc)
-                continue
+                _fail_all(pending, exc)
+                return
             self.commits += 1
             # Only now, with the commit on disk, may anyone see an answer: one wake-up of each
             # waiting event loop for the whole batch.
@@ -1314,16 +1348,11 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             return
 
 
-def _fail_writes(pending: list[_Op[Any]], exc: BaseException) -> list[_Op[Any]]:
-    """Fails a batch's writes with `exc` and returns its reads, to run again alone: a GetJob
-    must not fail because a write batched beside it could not be stored (a full or read-only
-    disk fails BEGIN IMMEDIATE or COMMIT, and reads alone still work). Reads that failed
-    alone fail; nothing is left to run."""
-    reads_alone = all(op.readonly for op in pending)
+def _fail_all(pending: list[_Op[Any]], exc: BaseException) -> None:
+    """Fails a batch's operations with `exc` (a full or read-only disk fails BEGIN IMMEDIATE
+    or COMMIT): nothing of it was stored."""
     for op in pending:
-        if reads_alone or not op.readonly:
-            _settle_op(op, None, exc)
-    return [] if reads_alone else [op for op in pending if op.readonly]
+        _settle_op(op, None, exc)
 
 
 # SQLite's answers that say the store cannot write now, not that the request is wrong: a full

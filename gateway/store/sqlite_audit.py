@@ -246,8 +246,9 @@ def _filter_sql(query: AuditFilter) -> tuple[list[str], list[object]]:
 
 
 class SqliteAudit:
-    """Audit methods of SqliteStore, on its writer thread; the other repositories build on
-    `_audited` (a mutating call's record commits in its effect's transaction)."""
+    """Audit methods of SqliteStore (writes on its writer thread, reads on its reader
+    threads); the other repositories build on `_audited` (a mutating call's record commits in
+    its effect's transaction)."""
 
     _audit_key: bytes | None = None
     # The newest chain point this store committed (audit_committed).
@@ -263,7 +264,6 @@ class SqliteAudit:
             self,
             fn: Callable[[sqlite3.Connection], T],
             *,
-            readonly: bool = False,
             after: Callable[[Any, BaseException | None], None] | None = None,
         ) -> asyncio.Future[T]: ...
 

@@ -6,7 +6,7 @@ period, not one per RPC; last-used times arrive in batches (`touch_api_keys`).
 
 Revoked keys are never deleted: listing a tenant's active keys walks an index of its unrevoked
 keys only, and a tenant holds at most `max_unrevoked` of those (counted on that index), so a
-page costs the store's one thread a bounded scan however many keys the tenant ever revoked.
+page costs a reader thread a bounded scan however many keys the tenant ever revoked.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def list_sql(
     if after is not None:
         # Index ranges from the cursor: spelled `tenant > ? OR (tenant = ? AND prefix > ?)` it
         # was checked row by row, each page walking the keys from the first (quadratic over
-        # all pages, on the store's one thread).
+        # all pages).
         if tenant is not None and after[0] == tenant:
             where.append("prefix > ?")
             params.append(after[1])
@@ -92,7 +92,8 @@ def list_sql(
 
 
 class SqliteApiKeys(SqliteAudit):
-    """API-key methods of the Store protocol, on SqliteStore's writer thread."""
+    """API-key methods of the Store protocol: writes on SqliteStore's writer thread, reads on
+    its reader threads."""
 
     async def create_api_key(
         self, key: ApiKeyRecord, *, max_unrevoked: int | None = None

@@ -3,7 +3,7 @@
 A page's filter runs in SQL on the tenant's rows after the cursor, within the filter's
 create-time bounds: one index range. Other clauses, an OR of create times among them, are
 checked on at most SCAN_ROWS of those rows: a filter matching none of a million rows scanned
-them all on the store's one thread, every tenant's commits waiting. A page may then hold fewer
+them all (on a reader thread, the reads queued behind it waiting). A page may then hold fewer
 rows than asked, even none, with a cursor after the last row examined.
 """
 
@@ -26,7 +26,7 @@ ComparisonSql = Callable[[Comparison], tuple[str, list[object]]]
 
 # The stored text one page decodes at most (at least one row): a job of 1000 PUBs keeps a
 # layout per PUB, ~250 KB of JSON for 64 qubits that take ~7 ms to decode, so a page of 1000
-# of them held the store's one thread, and every tenant's commits, for seconds, only for the
+# of them held a reader thread, and the reads queued behind it, for seconds, only for the
 # API to send the few that fit a response. A page of large rows comes back short instead.
 PAGE_BYTES = 4 << 20
 

@@ -185,7 +185,8 @@ def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
 
 
 class SqliteSessions(SqliteAudit):
-    """Session methods of the Store protocol, on SqliteStore's writer thread."""
+    """Session methods of the Store protocol: writes on SqliteStore's writer thread, reads on
+    its reader threads."""
 
     async def create_session(
         self, session: Session, request_hash: bytes, *, max_open: int | None = None

@@ -217,7 +217,8 @@ _SETTLE_SQL: Final = (
 
 
 class SqliteTenants(SqliteAudit):
-    """Tenant and usage methods of the Store protocol, on SqliteStore's writer thread."""
+    """Tenant and usage methods of the Store protocol: writes on SqliteStore's writer thread,
+    reads on its reader threads."""
 
     async def create_tenant(self, tenant: StoredTenant) -> bool:
         """Inserts a tenant; False (nothing changed) when the id exists."""

@@ -366,9 +366,11 @@ async def test_a_read_in_flight_during_a_revoke_is_not_cached(store: SqliteStore
 
     class SlowStore(CountingStore):
         async def get_api_key(self, prefix: str) -> ApiKeyRecord | None:
-            reads.append(prefix)
+            # Read before the revoke (reads run beside writes, not queued before them), then
+            # still in flight when it lands.
             found = await self.inner.get_api_key(prefix)
-            await release.wait()  # the revoke lands while this read is in flight
+            reads.append(prefix)
+            await release.wait()
             return found
 
     verifier = KeyVerifier(KeyRing([]), SlowStore(store), cache_s=3600)

@@ -2016,7 +2016,9 @@ async def test_a_crash_between_submit_and_storing_the_id_reattaches_by_job_id(
     try:
         await asyncio.wait_for(remote2.started.wait(), 5)
         assert remote2.reattached == [job.id] and remote2.submitted == []
-        # The id found by token is stored at once: a second crash re-attaches by id.
+        # The id found by token is stored at once, with RUNNING: a second crash re-attaches by
+        # id. (Reads do not queue behind writes: wait for the write to be published.)
+        await core2.until("alice", job.id, "RUNNING")
         stored = await store.get_job(job.id)
         assert stored is not None and stored.remote_id == "r-by-token"
         assert stored.state is JobState.RUNNING

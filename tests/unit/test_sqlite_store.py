@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,7 @@ from gateway.domain.jobs import ExecutionInfo, JobState
 from gateway.domain.pricing import Cost, Totals, Usage
 from gateway.domain.sessions import FailurePolicy, Session, SessionMode, SessionState
 from gateway.store import sqlite as sqlite_module
-from gateway.store import sqlite_blobs, sqlite_keys, sqlite_pages
+from gateway.store import sqlite_keys, sqlite_pages, sqlite_readers
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, NewJob
 from gateway.store.sqlite import (
     LATEST_SCHEMA_VERSION,
@@ -277,18 +277,20 @@ async def _run_gated(
 
 
 def _hold_blob_reads(
-    monkeypatch: pytest.MonkeyPatch,
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[threading.Semaphore, threading.Event]:
     """Every blob read, once on its thread, signals the semaphore and waits for the event."""
     started, release = threading.Semaphore(0), threading.Event()
-    read = sqlite_blobs.BlobReader._fetch_one
+    blobs = store._blobs
+    assert blobs is not None
+    read = blobs._run
 
-    def held(self: sqlite_blobs.BlobReader, sql: str, params: tuple[Any, ...]) -> Any:
+    def held(fn: Callable[[sqlite3.Connection], Any]) -> Any:
         started.release()
         release.wait(30)
-        return read(self, sql, params)
+        return read(fn)
 
-    monkeypatch.setattr(sqlite_blobs.BlobReader, "_fetch_one", held)
+    monkeypatch.setattr(blobs, "_run", held)
     return started, release
 
 
@@ -300,7 +302,7 @@ async def test_large_reads_do_not_hold_the_writer(
     waited for it (another tenant's GetJob took 1.2 s instead of 3 ms)."""
     job = (await store.create_job(new_job(payload=b"the spec"))).job
     await store.finish_job(job.id, JobState.SUCCEEDED, ended_at=T0, result=b"the result")
-    started, release = _hold_blob_reads(monkeypatch)
+    started, release = _hold_blob_reads(store, monkeypatch)
     reading = asyncio.ensure_future(store.get_result(job.id))
     try:
         assert await asyncio.to_thread(started.acquire, True, 30)
@@ -325,9 +327,9 @@ async def test_reads_asked_for_before_close_are_answered(
     store = SqliteStore(db_path)
     await store.open()
     job = (await store.create_job(new_job(payload=b"the spec"))).job
-    started, release = _hold_blob_reads(monkeypatch)
+    started, release = _hold_blob_reads(store, monkeypatch)
     reads = [asyncio.ensure_future(store.get_spec(job.id)) for _ in range(4)]
-    for _ in range(sqlite_blobs.BLOB_READ_THREADS):  # both threads busy, two reads queued
+    for _ in range(sqlite_readers.BLOB_READ_THREADS):  # both threads busy, two reads queued
         assert await asyncio.to_thread(started.acquire, True, 30)
     closing = asyncio.ensure_future(store.close())
     await asyncio.sleep(0)
@@ -361,11 +363,12 @@ async def test_failing_operation_does_not_fail_its_batch(store: SqliteStore) -> 
     assert await store.get_job("existing") == existing  # request_id still "r"
 
 
-async def test_a_full_disk_fails_writes_unavailable_and_reads_batched_beside_them_answer(
+async def test_a_full_disk_fails_writes_unavailable_and_reads_asked_for_meanwhile_answer(
     store: SqliteStore,
 ) -> None:
     # A full (or read-only) disk failed the whole batch's COMMIT: GetJobs batched beside a
     # write failed with it, and every failure was INTERNAL ("a gateway bug"), not retried.
+    # Reads now run off the writer thread, never in a write's batch.
     kept = (await store.create_job(new_job(job_id="kept"))).job
     pages = await store._call(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     await store._call(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchone())
@@ -386,7 +389,7 @@ async def test_a_full_disk_fails_writes_unavailable_and_reads_batched_beside_the
     assert (await store.create_job(big)).created
 
 
-async def test_reads_batched_with_writes_the_store_cannot_begin_still_answer(
+async def test_writes_the_store_cannot_begin_fail_unavailable_and_reads_still_answer(
     store: SqliteStore, db_path: pathlib.Path
 ) -> None:
     # BEGIN IMMEDIATE failing (here a lock held elsewhere past busy_timeout; a read-only
@@ -394,19 +397,13 @@ async def test_reads_batched_with_writes_the_store_cannot_begin_still_answer(
     kept = (await store.create_job(new_job(job_id="kept"))).job
     await store._call(lambda c: c.execute("PRAGMA busy_timeout = 50").fetchone())
     other = sqlite3.connect(db_path, isolation_level=None)
-    gate = WriterGate()
     try:
-        held = asyncio.ensure_future(store._call(gate.op, readonly=True))  # takes no lock
-        await anyio.to_thread.run_sync(gate.started.wait, 10)
         other.execute("BEGIN IMMEDIATE")
-        tasks = [
-            asyncio.ensure_future(store.get_job("kept")),
-            asyncio.ensure_future(store.create_job(new_job(job_id="late"))),
-        ]
-        await asyncio.sleep(0)  # both queued while the writer is held: one batch
-        gate.release.set()
-        await held
-        got, written = await asyncio.gather(*tasks, return_exceptions=True)
+        got, written = await asyncio.gather(
+            store.get_job("kept"),
+            store.create_job(new_job(job_id="late")),
+            return_exceptions=True,
+        )
     finally:
         other.close()
     assert got == kept
@@ -789,15 +786,15 @@ async def test_session_totals_read_session_rows_and_never_their_jobs(
     # call at 100,000 jobs in one session, on the writer thread every tenant's commits wait
     # for. Every statement session_totals runs must be an indexed search of the session rows.
     statements: list[str] = []
-    connect = sqlite_module._connect
+    connection = sqlite_readers.ReaderPool._connection
 
-    def traced(path: pathlib.Path) -> sqlite3.Connection:
-        conn = connect(path)
-        # Called on the writer thread, with the statement's parameters filled in.
+    def traced(pool: sqlite_readers.ReaderPool) -> sqlite3.Connection:
+        conn = connection(pool)
+        # Called on the reader thread, with the statement's parameters filled in.
         conn.set_trace_callback(statements.append)
         return conn
 
-    monkeypatch.setattr(sqlite_module, "_connect", traced)
+    monkeypatch.setattr(sqlite_readers.ReaderPool, "_connection", traced)
     store = SqliteStore(db_path)
     await store.open()
     try:
