@@ -19,6 +19,8 @@ from typing import Final
 from google.protobuf.message import DecodeError
 from qgateway.v1 import job_pb2
 
+from gateway.api.wire_format import encode_varint, read_varint
+
 _PATH: Final = (1, 1, 3, 3)
 _SAMPLES_DEPTH: Final = len(_PATH) - 1
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -59,12 +61,12 @@ def _strip(message: memoryview, depth: int, samples: list[list[memoryview]]) -> 
     wanted = _PATH[depth]
     while pos < len(message):
         start = pos
-        key, pos = _varint(message, pos)
+        key, pos = read_varint(message, pos)
         number, wire = key >> 3, key & 7
         if number > wanted:
             break
         if wire == _VARINT:
-            _, pos = _varint(message, pos)
+            _, pos = read_varint(message, pos)
             continue
         if wire == _I64:
             pos += 8
@@ -74,7 +76,7 @@ def _strip(message: memoryview, depth: int, samples: list[list[memoryview]]) -> 
             continue
         if wire != _LEN:
             raise ValueError(f"wire type {wire} has no place in a JobResult")
-        length, pos = _varint(message, pos)
+        length, pos = read_varint(message, pos)
         end = pos + length
         if end > len(message):
             raise ValueError("a field runs past its message")
@@ -86,7 +88,7 @@ def _strip(message: memoryview, depth: int, samples: list[list[memoryview]]) -> 
                 samples[-1][-1] = message[pos:end]
             else:
                 inner = _strip(message[pos:end], depth + 1, samples)
-                out += _encode_varint(key) + _encode_varint(len(inner)) + inner
+                out += encode_varint(key) + encode_varint(len(inner)) + inner
             copied = end
         pos = end
     if pos > len(message):
@@ -104,26 +106,3 @@ def _enter(depth: int, seen: bool, samples: list[list[memoryview]]) -> None:
     elif seen:  # repeated only as merges, which a canonical result never needs
         what = "sampler" if depth == 1 else "samples"
         raise ValueError(f"a {what} field appears twice: the result is not stored canonically")
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while shift < 64:
-        if pos >= len(buf):
-            raise ValueError("a varint runs past its message")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("a varint is longer than 10 bytes")
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from google.protobuf.message import Message
 from qgateway.v1 import job_pb2, job_service_pb2
 
+from gateway.api.counts_slices import CountsSlices
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
@@ -203,23 +204,18 @@ def _sampler_chunks(
                         ),
                     )
             if reg.counts:
-                counts = reg.counts[b]
-                outcomes = counts.outcomes
                 row = rows[r]
+                slices = CountsSlices(reg.counts[b], row)
                 per = max(1, chunk_bytes // (row + count_bytes))
-                for first in range(0, len(counts.counts), per):
-                    yield Response(
+                for first in range(0, slices.entries, per):
+                    response = Response(
                         pub_index=index,
                         counts=job_service_pb2.CountsChunk(
-                            register_index=r,
-                            binding_index=b,
-                            offset=first,
-                            counts=job_pb2.Counts(
-                                outcomes=outcomes[first * row : (first + per) * row],
-                                counts=counts.counts[first : first + per],
-                            ),
+                            register_index=r, binding_index=b, offset=first
                         ),
                     )
+                    response.counts.counts.MergeFromString(slices.wire(first, first + per))
+                    yield response
 
 
 def _estimator_chunks(
