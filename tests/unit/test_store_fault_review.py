@@ -89,8 +89,12 @@ async def test_a_damaged_database_answers_data_loss(db_path: pathlib.Path) -> No
     store = SqliteStore(db_path)
     await store.open()
     try:
-        with pytest.raises(Exception) as raised:
-            await store.get_job("j010")
+        # On the reader threads as on the writer's: a lookup and a listing.
+        for read in (store.get_job("j010"), store.list_jobs("acme")):
+            with pytest.raises(Exception) as raised:
+                await read
+            assert isinstance(raised.value, DataLoss), repr(raised.value)
+            assert raised.value.reason == "STORE_CORRUPT"
+            assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
     finally:
         await store.close()
-    assert isinstance(raised.value, DataLoss), repr(raised.value)
