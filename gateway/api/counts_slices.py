@@ -16,7 +16,7 @@ from qgateway.v1 import job_pb2
 
 from gateway.api.wire_format import encode_varint, read_varint
 
-_LEN = 2  # the wire type of both Counts fields: bytes, and a packed repeated int64
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types (both Counts fields are LEN)
 _OUTCOMES = job_pb2.Counts.DESCRIPTOR.fields_by_name["outcomes"].number
 _COUNTS = job_pb2.Counts.DESCRIPTOR.fields_by_name["counts"].number
 
@@ -28,9 +28,12 @@ def _field(number: int, payload: bytes) -> bytes:
 class CountsSlices:
     """Slices of one stored Counts message whose outcomes are rows of `row` bytes.
 
+    A field a newer gateway may have added is skipped: a slice holds the two fields this one
+    knows, as when it copied them.
+
     Raises:
         ValueError: The message's counts are not packed varints (protobuf writes a proto3
-            repeated scalar packed).
+            repeated scalar packed), or it is not valid protobuf.
     """
 
     def __init__(self, counts: job_pb2.Counts, row: int) -> None:
@@ -42,12 +45,18 @@ class CountsSlices:
         at = 0
         while at < len(wire):
             key, at = read_varint(wire, at)
-            if key & 7 != _LEN:
-                raise ValueError("a stored Counts message holds a field of another wire type")
-            size, at = read_varint(wire, at)
-            if key >> 3 == _COUNTS:
-                packed = wire[at : at + size]
-            at += size
+            wire_type = key & 7
+            if wire_type == _VARINT:
+                _, at = read_varint(wire, at)
+            elif wire_type in (_I64, _I32):
+                at += 8 if wire_type == _I64 else 4
+            elif wire_type == _LEN:
+                size, at = read_varint(wire, at)
+                if key >> 3 == _COUNTS:
+                    packed = wire[at : at + size]
+                at += size
+            else:
+                raise ValueError(f"wire type {wire_type} has no place in a stored Counts")
         self._packed = packed
         # Where each count's varint ends: at its one byte below 0x80.
         self._ends = np.flatnonzero(np.frombuffer(packed, dtype=np.uint8) < 0x80)

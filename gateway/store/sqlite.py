@@ -1043,6 +1043,16 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         await self._call(op)
 
+    # The claim queue's reads (queued_jobs to last_claims) run on the writer thread, in order
+    # with this process's own queue writes, as the claim queue (gateway.jobs.claim_queue)
+    # combines their answers with its memory of what it wrote: a reader thread's answer could
+    # predate a write already asked for. Admission adds queued_by_tenant's count to its
+    # creates in flight (BackendRuntime.admitting), each of which it stops counting once its
+    # create answered: a count that missed a create whose answer then arrived first overfilled
+    # a full queue. A release records its prepared job, then requeues the claim: a position
+    # read seeing the claim not yet requeued dropped the prepared job. Each is a bounded read
+    # of an index.
+
     async def queued_jobs(self, placement: str) -> Sequence[tuple[str, str]]:
         """(job id, tenant) of the unclaimed QUEUED jobs of `placement`, oldest first (create
         time, then id)."""
@@ -1051,7 +1061,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             rows = conn.execute(_WAITING_SQL, (placement,)).fetchall()
             return [(str(r[0]), str(r[1])) for r in rows]
 
-        return await self._call(op, readonly=True)
+        return await self._call(op)
 
     async def queued_by_tenant(self, placement: str) -> dict[str, int]:
         """How many unclaimed QUEUED jobs `placement` has per tenant."""
@@ -1060,11 +1070,6 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             rows = conn.execute(_WAITING_COUNT_SQL, (placement,)).fetchall()
             return {str(r[0]): int(r[1]) for r in rows}
 
-        # On the writer thread, in order with this process's creates: admission adds this
-        # count to its submissions in flight (BackendRuntime.admitting), each of which it
-        # stops counting once its create answered. A reader thread's count could miss a
-        # create whose answer then arrived first (a full queue overfilled) or see one whose
-        # answer had not arrived yet (counted twice). A bounded count of the waiting index.
         return await self._call(op)
 
     async def claims_by_tenant(self, placement: str, now: datetime) -> dict[str, int]:
@@ -1075,7 +1080,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             return _live_claims(conn, placement, now_us)
 
-        return await self._call(op, readonly=True)
+        return await self._call(op)
 
     async def next_lease_expiry(self, placement: str) -> datetime | None:
         """The earliest lease expiry among `placement`'s claimed non-final jobs (in the past
@@ -1085,7 +1090,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             row = conn.execute(_NEXT_EXPIRY_SQL, (placement,)).fetchone()
             return opt_from_us(row[0])
 
-        return await self._call(op, readonly=True)
+        return await self._call(op)
 
     async def claim_job(
         self, job_id: str, tenant: str, placement: str, owner: str, lease_expires_at: datetime
@@ -1136,7 +1141,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         def op(conn: sqlite3.Connection) -> datetime | None:
             return opt_from_us(conn.execute(_OLDEST_SQL, (placement,)).fetchone()[0])
 
-        return await self._call(op, readonly=True)
+        return await self._call(op)
 
     async def last_claims(self, placement: str) -> dict[str, int]:
         """Per tenant ever claimed from on `placement`, the ordinal of its latest claim."""
@@ -1144,7 +1149,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             return _last_claims(conn, placement)
 
-        return await self._call(op, readonly=True)
+        return await self._call(op)
 
     # -- diagnostics -------------------------------------------------------------------------
 

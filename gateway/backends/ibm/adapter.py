@@ -752,8 +752,11 @@ def _check_runtime_job(payload: QiskitPayload, backend: str) -> None:
 
 
 def _precision(task: SamplerTask | EstimatorTask) -> float | None:
-    """An estimator PUB's precision; None: the job's default."""
-    return task.precision if isinstance(task, EstimatorTask) and task.precision > 0 else None
+    """The precision the runtime runs an estimator PUB at: 0, which a sampled estimate cannot
+    reach, runs at the runtime's default, DEFAULT_PRECISION (None for a sampler PUB)."""
+    if not isinstance(task, EstimatorTask):
+        return None
+    return task.precision if task.precision > 0 else DEFAULT_PRECISION
 
 
 def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend: str) -> None:
