@@ -92,9 +92,9 @@ STOP_CARRIED_ON_S = 5.0
 POLICY_REFRESH_S = 10.0
 # A thread running Python (a request's digest and decoding, offloaded by size) keeps the GIL
 # for up to a switch interval each time the event loop asks for it back, and the loop asks
-# dozens of times per call: at CPython's 5 ms, another tenant's GetJob took p50 101 ms instead
-# of 2.4 ms while four clients sent validate_only requests of 500,000 Pauli terms; at 0.5 ms,
-# 16 ms (bench/noisy_neighbour.py).
+# dozens of times per call: at CPython's 5 ms, another tenant's GetJob took p50 99 ms instead
+# of 2.5 ms while four clients sent validate_only requests of 500,000 Pauli terms; at 0.5 ms,
+# 17 ms (6 ms once such specs were derived one at a time; bench/noisy_neighbour.py).
 GIL_SWITCH_INTERVAL_S = 0.0005
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
