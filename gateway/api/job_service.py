@@ -10,9 +10,10 @@ import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway import offload
-from gateway.api import codec, paging, result_stream
+from gateway.api import codec, paging, preserialized, result_stream
 from gateway.api.context import Context, request_bytes
 from gateway.api.job_filter import parse_filter
+from gateway.api.preserialized import Preserialized
 from gateway.api.request_digest import request_digest
 from gateway.api.result_samples import split_samples
 from gateway.api.spec_cache import SpecCache
@@ -40,6 +41,9 @@ _CREATED_US = struct.Struct(">q")
 RESULT_FRAMING_BYTES = 64
 # Stored results up to this size are parsed and hashed on the event loop (a millisecond or so).
 INLINE_PARSE_BYTES = 1 << 20
+# Where a stored result goes in the responses that carry one (gateway.api.preserialized).
+_GET_RESULT_FIELD = job_service_pb2.GetJobResultResponse.DESCRIPTOR.fields_by_name["result"].number
+_RUN_RESULT_FIELD = job_service_pb2.RunResponse.DESCRIPTOR.fields_by_name["result"].number
 # Run answers this long before the caller's deadline (less for short deadlines).
 RUN_ANSWER_MARGIN_S = 0.05
 # Specs above offload.INLINE_BYTES derived (digested and decoded, pure Python) at once, the
@@ -121,8 +125,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._specs = SpecCache(request_digest, codec.decode_spec)
         self._large_specs = FairShare(LARGE_SPECS_AT_ONCE)
 
-    async def _result_message(self, job: Job, reserved: int = 0) -> job_pb2.JobResult | int:
-        """The job's result as one message, or its stored size when that message and
+    async def _stored_result(self, job: Job, reserved: int = 0) -> bytes | int:
+        """The job's result as the wire bytes of a JobResult named "jobs/{job}/result", never
+        parsed (gateway.api.preserialized), or its stored size when that message and
         `reserved` bytes of the rest of the response would exceed the response limit."""
         name = f"{codec.JOB_PREFIX}{job.id}/result"
         # The name and the framing of the result field and of the name; refused before the
@@ -131,10 +136,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         data = await self._manager.result_within(job, room)
         if isinstance(data, int):
             return data
-        parse = job_pb2.JobResult.FromString
-        result = await offload.by_size(len(data), parse, data, inline_bytes=INLINE_PARSE_BYTES)
-        result.name = name
-        return result
+        return preserialized.named_result(data, name)
 
     async def _derived(
         self, tenant: str, spec: job_pb2.JobSpec, *, digest: bool
@@ -230,9 +232,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def GetJobResult(
         self, request: job_service_pb2.GetJobResultRequest, context: Context
-    ) -> job_service_pb2.GetJobResultResponse:
+    ) -> Preserialized:
         job = await self._succeeded(context, request.name)
-        result = await self._result_message(job)
+        result = await self._stored_result(job)
         if isinstance(result, int):
             raise FailedPrecondition(
                 "RESULT_TOO_LARGE",
@@ -244,7 +246,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     "maxResponseBytes": str(self._max_response),
                 },
             )
-        return job_service_pb2.GetJobResultResponse(result=result)
+        return Preserialized(preserialized.message_field(_GET_RESULT_FIELD, result))
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
@@ -285,7 +287,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def Run(
         self, request: job_service_pb2.RunRequest, context: Context
-    ) -> job_service_pb2.RunResponse:
+    ) -> job_service_pb2.RunResponse | Preserialized:
         job, created = await self._submit(context, request.request_id, request.spec, position=False)
         # Answer a little before the deadline, so the caller gets our error with the job name
         # rather than its own bare DEADLINE_EXCEEDED; the margin shrinks with the deadline, so a
@@ -314,18 +316,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             )
         response = job_service_pb2.RunResponse(job=codec.encode_job(finished), created=created)
         if finished.state is JobState.SUCCEEDED:
-            name = f"{codec.JOB_PREFIX}{finished.id}/result"
             # The rest of the response counts against the same message limit; a result that
             # cannot fit is not read (a repeated Run must not cost a read of up to max_result_mb
             # on a store's result reader each time).
-            room = self._max_response - len(name) - RESULT_FRAMING_BYTES - response.ByteSize()
-            data = await self._manager.result_within(finished, room)
-            if isinstance(data, int):
+            result = await self._stored_result(finished, response.ByteSize())
+            if isinstance(result, int):
                 response.result_too_large = True
             else:
-                # Parsed straight into the response (no separate message to copy).
-                response.result.MergeFromString(data)
-                response.result.name = name
+                rest = response.SerializeToString()
+                return Preserialized(rest + preserialized.message_field(_RUN_RESULT_FIELD, result))
         return response
 
     async def StreamJobResult(

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from gateway.api import preserialized
 from gateway.api.context import Context, set_request_bytes
 from gateway.api.errors import to_status
 from gateway.domain.errors import GatewayError, Internal, InvalidArgument
@@ -179,16 +180,18 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             return handler
         # Request-streaming to gRPC, so that no message is read before authentication.
         deserializer = _size_checked(self._max)
+        # A response may be bytes the servicer already holds (a stored result).
+        response_serializer = preserialized.serializer(handler.response_serializer)
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, self._on_rejected),
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method, self._on_rejected),
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=response_serializer,
             )
         return handler

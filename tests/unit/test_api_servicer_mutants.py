@@ -284,7 +284,8 @@ def test_a_result_exists_only_for_a_succeeded_job(state: JobState) -> None:
 def test_get_job_result_names_the_result_and_leaves_room_for_its_framing() -> None:
     manager = _Manager(result=_result(10).SerializeToString())
     request = job_service_pb2.GetJobResultRequest(name="jobs/j1/result")
-    response = asyncio.run(_servicer(manager).GetJobResult(request, _Context()))
+    sent = asyncio.run(_servicer(manager).GetJobResult(request, _Context()))
+    response = sent.parse(job_service_pb2.GetJobResultResponse)
     assert response.result.name == "jobs/j1/result"
     assert response.result.pub_results[0].sampler.registers[0].samples == bytes(10)
     assert manager.asked_within == [MAX_RESPONSE - len("jobs/j1/result") - RESULT_FRAMING_BYTES]

@@ -14,6 +14,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 from gateway.api import result_stream
 from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens
+from gateway.api.preserialized import Preserialized
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
 from gateway.domain.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
@@ -87,6 +88,8 @@ def run(result: job_pb2.JobResult) -> tuple[job_service_pb2.RunResponse, Manager
     servicer = _servicer(manager)
     request = job_service_pb2.RunRequest(request_id="r1", spec=sampler_spec(ghz(2)))
     response = asyncio.run(servicer.Run(request, Context()))  # type: ignore[arg-type]
+    if isinstance(response, Preserialized):  # a result sent as the stored bytes
+        return response.parse(job_service_pb2.RunResponse), manager
     return response, manager
 
 
