@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from gateway.api.spec_cache import SpecCache
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
 from gateway.domain.errors import (
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     FieldViolation,
@@ -46,13 +49,15 @@ _GET_RESULT_FIELD = job_service_pb2.GetJobResultResponse.DESCRIPTOR.fields_by_na
 _RUN_RESULT_FIELD = job_service_pb2.RunResponse.DESCRIPTOR.fields_by_name["result"].number
 # Run answers this long before the caller's deadline (less for short deadlines).
 RUN_ANSWER_MARGIN_S = 0.05
-# Specs above offload.INLINE_BYTES derived (digested and decoded, pure Python) at once, the
-# next one going to the tenant deriving the fewest: each holds ~10x its size meanwhile, and
-# every such thread competes with the event loop for the GIL. At 2, four clients sending
-# validate_only specs of 500,000 Pauli terms took a bystander's GetJob p50 from 2.4 to 21 ms
-# and its Run from 7 to 47 ms; at 1, 6 and 15 ms, the heavy requests themselves answered
-# sooner (bench/noisy_neighbour.py).
-LARGE_SPECS_AT_ONCE = 1
+# Specs above offload.INLINE_BYTES derived (digested and decoded, pure Python) at once, at
+# most one per tenant, the next going to the tenant deriving the fewest: each holds ~10x its
+# size meanwhile, and every such thread competes with the event loop for the GIL. Two at once
+# in arrival order, four clients of one tenant sending validate_only specs of 500,000 Pauli
+# terms took a bystander's GetJob p50 from 2.4 to 21 ms and its Run from 7 to 47 ms; one at a
+# time, 6 and 15 ms (bench/noisy_neighbour.py). Two slots: another tenant's spec does not wait
+# for one tenant's (a million terms take seconds).
+LARGE_SPECS_AT_ONCE = 2
+LARGE_SPECS_PER_TENANT = 1
 
 
 def _request_id(value: str) -> str:
@@ -123,7 +128,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._max_response = max_response_bytes
         self._run_max_wait = run_max_wait_s
         self._specs = SpecCache(request_digest, codec.decode_spec)
-        self._large_specs = FairShare(LARGE_SPECS_AT_ONCE)
+        self._large_specs = FairShare(LARGE_SPECS_AT_ONCE, per_tenant=LARGE_SPECS_PER_TENANT)
 
     async def _stored_result(self, job: Job, reserved: int = 0) -> bytes | int:
         """The job's result as the wire bytes of a JobResult named "jobs/{job}/result", never
@@ -136,7 +141,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         data = await self._manager.result_within(job, room)
         if isinstance(data, int):
             return data
-        return preserialized.named_result(data, name)
+        try:
+            return preserialized.named_result(data, name)
+        except ValueError as exc:
+            raise DataLoss(
+                "STORE_CORRUPT",
+                f"the stored result of jobs/{job.id} is damaged: {exc}",
+                metadata={"job": f"jobs/{job.id}"},
+            ) from None
 
     async def _derived(
         self, tenant: str, spec: job_pb2.JobSpec, *, digest: bool
@@ -149,7 +161,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if request_bytes() > offload.INLINE_BYTES:
             uncached = SpecCache(request_digest, codec.decode_spec, max_spec_bytes=0)
             async with self._large_specs.slot(tenant):
-                return await anyio.to_thread.run_sync(_derive, spec, digest, uncached)
+                work = asyncio.ensure_future(
+                    anyio.to_thread.run_sync(_derive, spec, digest, uncached)
+                )
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    # A thread cannot be stopped: its slot stays taken until it ends (freed
+                    # with its caller, a tenant cancelling its calls ran any number at once).
+                    while not work.done():
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait({work})
+                    if not work.cancelled():
+                        work.exception()  # retrieved: nobody is left to hear it
+                    raise
         return _derive(spec, digest, self._specs)
 
     async def _submit(

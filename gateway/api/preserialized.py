@@ -5,7 +5,9 @@ holding the GIL: ~10 ms for 2 MB of counts) for gRPC to serialise it again, abou
 tenant fetching a 2.2 MB result 44 times a second took another tenant's GetJob from 2.2 to
 40 ms and its Run from 5.8 to 124 ms. A message's wire form is its fields' concatenated, so a
 response holding a stored result is the rest of the response's bytes followed by the result's
-field, written here; the error boundary's serializer sends such bytes as they are.
+field, written here; the error boundary's serializer sends such bytes as they are. Stored
+results are written by the gateway, canonically; their framing is checked here (a result cut
+short is DATA_LOSS), their content is not parsed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from qgateway.v1 import job_pb2
 
-from gateway.api.wire_format import encode_varint
+from gateway.api.wire_format import encode_varint, read_varint
 
 M = TypeVar("M", bound=Message)
 
-_LEN = 2
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types
 _RESULT_NAME = job_pb2.JobResult.DESCRIPTOR.fields_by_name["name"].number
 
 
@@ -36,11 +38,14 @@ class Preserialized:
         return cls.FromString(self.data)
 
 
-def serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    """`serialize`, but a Preserialized response is sent as its bytes."""
+def serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """`serialize`, but a Preserialized response is sent as its bytes (None, a handler's
+    serializer for responses that are bytes already: sent as they are)."""
 
     def send(response: Any) -> bytes:
-        return response.data if isinstance(response, Preserialized) else serialize(response)
+        if isinstance(response, Preserialized):
+            return response.data
+        return response if serialize is None else serialize(response)
 
     return send
 
@@ -51,5 +56,29 @@ def message_field(number: int, data: bytes) -> bytes:
 
 
 def named_result(stored: bytes, name: str) -> bytes:
-    """A stored JobResult's bytes with its resource name set (stored results have none)."""
-    return stored + message_field(_RESULT_NAME, name.encode())
+    """A stored JobResult's bytes with its resource name set (stored results have none).
+
+    The name goes first: after the stored bytes, a result cut short inside its last field
+    would take the name's bytes into that field and parse as another, valid-looking result.
+    The stored fields' framing is walked (one step per PUB, never into them), so a result
+    cut short or grown is refused here, not answered.
+
+    Raises:
+        ValueError: The stored bytes' fields do not end where the bytes do.
+    """
+    at = 0
+    while at < len(stored):
+        key, at = read_varint(stored, at)
+        wire_type = key & 7
+        if wire_type == _VARINT:
+            _, at = read_varint(stored, at)
+        elif wire_type in (_I64, _I32):
+            at += 8 if wire_type == _I64 else 4
+        elif wire_type == _LEN:
+            size, at = read_varint(stored, at)
+            at += size
+        else:
+            raise ValueError(f"wire type {wire_type} has no place in a stored result")
+    if at != len(stored):
+        raise ValueError("the stored result's last field runs past its end")
+    return message_field(_RESULT_NAME, name.encode()) + stored

@@ -2,8 +2,8 @@
 
 While tenants wait, a freed slot goes to the waiting tenant that holds the fewest slots (among
 equals, the one served least recently), so no tenant holds more than its share of a contended
-resource; a tenant alone may use every slot. Slots are never taken back from a holder: a newcomer
-gets the next one to free.
+resource; a tenant alone may use every slot, or `per_tenant` of them when that is set. Slots are
+never taken back from a holder: a newcomer gets the next one to free.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from contextlib import asynccontextmanager
 
 
 class FairShare:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, per_tenant: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if per_tenant is not None and per_tenant < 1:
+            raise ValueError("per_tenant must be at least 1")
         self.capacity = capacity
+        # Slots one tenant may hold at once, whoever else waits.
+        self._per_tenant = capacity if per_tenant is None else per_tenant
         self._free = capacity
         self._held: Counter[str] = Counter()
         # Per tenant, its waiters in arrival order.
@@ -44,7 +48,7 @@ class FairShare:
             self._release(tenant)
 
     async def _acquire(self, tenant: str) -> None:
-        if self._free and not self._waiting:
+        if self._free and not self._waiting and self._held[tenant] < self._per_tenant:
             self._take(tenant)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -84,8 +88,11 @@ class FairShare:
             self._served.pop(tenant, None)
 
     def _grant(self) -> None:
-        while self._free and self._waiting:
-            tenant = min(self._waiting, key=lambda t: (self._held[t], self._served.get(t, 0)))
+        while self._free:
+            eligible = [t for t in self._waiting if self._held[t] < self._per_tenant]
+            if not eligible:
+                return
+            tenant = min(eligible, key=lambda t: (self._held[t], self._served.get(t, 0)))
             queue = self._waiting[tenant]
             future = queue.popleft()
             if not queue:

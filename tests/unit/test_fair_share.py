@@ -165,3 +165,27 @@ async def test_a_waiter_granted_then_cancelled_before_it_runs_gives_the_slot_bac
     assert fair.held("bob") == 0 and fair.waiting == 0
     async with fair.slot("carol"):  # the one slot is free again
         assert fair.held("carol") == 1
+
+
+@pytest.mark.anyio
+async def test_a_tenant_holds_at_most_per_tenant_slots_even_alone() -> None:
+    fair = FairShare(2, per_tenant=1)
+    holding: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(tenant: str) -> None:
+        async with fair.slot(tenant):
+            holding.append(tenant)
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold("alice")) for _ in range(3)]
+    await _settle()
+    assert holding == ["alice"]  # a slot free, but alice holds her one
+    tasks.append(asyncio.create_task(hold("bob")))
+    await _settle()
+    assert holding == ["alice", "bob"]  # the free slot, at once
+    release.set()
+    await asyncio.gather(*tasks)
+    assert holding == ["alice", "bob", "alice", "alice"]
+    with pytest.raises(ValueError):
+        FairShare(2, per_tenant=0)
