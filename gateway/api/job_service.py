@@ -354,7 +354,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def StreamJobResult(
         self, request: job_service_pb2.StreamJobResultRequest, context: Context
-    ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse]:
+    ) -> AsyncIterator[job_service_pb2.StreamJobResultResponse | Preserialized]:
         # The request's own fields first: a bad request is refused before any lookup.
         chunk = result_stream.chunk_size(request.chunk_bytes, self._max_response)
         start_pub, start_binding = request.start_pub_index, request.start_binding_index

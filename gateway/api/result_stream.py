@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from google.protobuf.message import Message
 from qgateway.v1 import job_pb2, job_service_pb2
 
+from gateway.api import preserialized
 from gateway.api.counts_slices import CountsSlices
+from gateway.api.preserialized import Preserialized
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
@@ -37,6 +39,9 @@ FRAMING_BYTES = 1 << 10
 ESTIMATOR_ENTRY_BYTES = 16
 
 Response = job_service_pb2.StreamJobResultResponse
+# Where a counts slice goes: StreamJobResultResponse.counts, then CountsChunk.counts.
+_RESPONSE_COUNTS = Response.DESCRIPTOR.fields_by_name["counts"].number
+_CHUNK_COUNTS = job_service_pb2.CountsChunk.DESCRIPTOR.fields_by_name["counts"].number
 
 
 def _invalid(reason: str, field: str, message: str, **metadata: int) -> InvalidArgument:
@@ -173,7 +178,7 @@ def _sampler_chunks(
     samples: list[memoryview],
     chunk_bytes: int,
     start: int,
-) -> Iterator[Response]:
+) -> Iterator[Response | Preserialized]:
     bindings = math.prod(sampler.shape)
     shots = sampler.shots
     if len(samples) != len(sampler.registers):
@@ -207,20 +212,22 @@ def _sampler_chunks(
                 row = rows[r]
                 slices = CountsSlices(reg.counts[b], row)
                 per = max(1, chunk_bytes // (row + count_bytes))
+                head = Response(pub_index=index).SerializeToString()
                 for first in range(0, slices.entries, per):
-                    response = Response(
-                        pub_index=index,
-                        counts=job_service_pb2.CountsChunk(
-                            register_index=r, binding_index=b, offset=first
-                        ),
+                    # Sent as wire bytes, never parsed: the slice's own, within the small
+                    # fields around it (gateway.api.preserialized).
+                    chunk = job_service_pb2.CountsChunk(
+                        register_index=r, binding_index=b, offset=first
+                    ).SerializeToString()
+                    chunk += preserialized.message_field(
+                        _CHUNK_COUNTS, slices.wire(first, first + per)
                     )
-                    response.counts.counts.MergeFromString(slices.wire(first, first + per))
-                    yield response
+                    yield Preserialized(head + preserialized.message_field(_RESPONSE_COUNTS, chunk))
 
 
 def _estimator_chunks(
     index: int, estimator: job_pb2.EstimatorPubResult, chunk_bytes: int, start: int
-) -> Iterator[Response]:
+) -> Iterator[Response | Preserialized]:
     values = estimator.expectation_values
     errors = estimator.standard_errors
     step = max(1, chunk_bytes // ESTIMATOR_ENTRY_BYTES)
@@ -241,7 +248,7 @@ def result_chunks(
     chunk_bytes: int,
     start_pub: int = 0,
     start_binding: int = 0,
-) -> Iterator[Response]:
+) -> Iterator[Response | Preserialized]:
     """Headers and data from (start_pub, start_binding) on, without the final digest.
 
     Args:

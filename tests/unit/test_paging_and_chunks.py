@@ -12,6 +12,7 @@ from gateway.api.result_stream import (
     result_digest,
 )
 from gateway.domain.errors import InvalidArgument
+from tests.unit.test_result_stream import as_sent
 
 
 def test_page_size_rules() -> None:
@@ -46,7 +47,7 @@ def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
     result = _result()
     data = result.SerializeToString(deterministic=True)
     digest = result_digest(data)
-    chunks = list(result_chunks(*split_samples(data), chunk))
+    chunks = [as_sent(c) for c in result_chunks(*split_samples(data), chunk)]
     for c in chunks:
         assert len(c.samples.data) <= chunk
     rebuilt = job_result_from_stream([*chunks, digest_response(digest)])

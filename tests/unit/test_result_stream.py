@@ -29,6 +29,7 @@ from qgateway.results import PackedCounts, ResultAssembler, job_result_from_stre
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import codec, result_stream
+from gateway.api.preserialized import Preserialized
 from gateway.api.result_samples import split_samples
 from gateway.domain.bitarray import Counts
 from gateway.domain.costs import varint_bytes
@@ -197,7 +198,16 @@ def _chunks(
     """What the gateway streams: from the stored result split into samples and the rest."""
     source, samples = split_samples(result.SerializeToString(deterministic=True))
     assert not any(reg.samples for pub in source.pub_results for reg in pub.sampler.registers)
-    return list(result_stream.result_chunks(source, samples, chunk, *position))
+    return [as_sent(r) for r in result_stream.result_chunks(source, samples, chunk, *position)]
+
+
+def as_sent(
+    response: job_service_pb2.StreamJobResultResponse | Preserialized,
+) -> job_service_pb2.StreamJobResultResponse:
+    """The message a client reads (a counts slice is sent as wire bytes)."""
+    if isinstance(response, Preserialized):
+        return response.parse(job_service_pb2.StreamJobResultResponse)
+    return response
 
 
 def test_headers_hold_everything_but_the_data() -> None:
