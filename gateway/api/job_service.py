@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -33,6 +33,7 @@ from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.manager import JobManager
 from gateway.jobs.sessions import SessionCore
 from gateway.runtime.fair_share import FairShare
+from gateway.runtime.shielded import when_caller_left
 from gateway.security.principals import tenant_of
 from gateway.store.base import JobCursor
 from gateway.telemetry import active as telemetry
@@ -58,6 +59,9 @@ RUN_ANSWER_MARGIN_S = 0.05
 # for one tenant's (a million terms take seconds).
 LARGE_SPECS_AT_ONCE = 2
 LARGE_SPECS_PER_TENANT = 1
+# Derivations whose callers left, running on until their threads end (the event loop keeps
+# only weak references to tasks).
+_left_running: set[asyncio.Future[Any]] = set()
 
 
 def _request_id(value: str) -> str:
@@ -142,7 +146,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if isinstance(data, int):
             return data
         try:
-            return preserialized.named_result(data, name)
+            return preserialized.named_result(data, name, job.num_pubs)
         except ValueError as exc:
             raise DataLoss(
                 "STORE_CORRUPT",
@@ -160,21 +164,28 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         keeps small specs only)."""
         if request_bytes() > offload.INLINE_BYTES:
             uncached = SpecCache(request_digest, codec.decode_spec, max_spec_bytes=0)
-            async with self._large_specs.slot(tenant):
-                work = asyncio.ensure_future(
-                    anyio.to_thread.run_sync(_derive, spec, digest, uncached)
-                )
-                try:
-                    return await asyncio.shield(work)
-                except asyncio.CancelledError:
+            holding = False
+
+            async def in_slot() -> tuple[bytes, bytes, JobSpec | GatewayError]:
+                nonlocal holding
+                async with self._large_specs.slot(tenant):
+                    holding = True
+                    return await anyio.to_thread.run_sync(_derive, spec, digest, uncached)
+
+            work = asyncio.ensure_future(in_slot())
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if holding:
                     # A thread cannot be stopped: its slot stays taken until it ends (freed
-                    # with its caller, a tenant cancelling its calls ran any number at once).
-                    while not work.done():
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await asyncio.wait({work})
-                    if not work.cancelled():
-                        work.exception()  # retrieved: nobody is left to hear it
-                    raise
+                    # with its caller, a tenant cancelling its calls ran any number at once),
+                    # and what it raises is logged (gateway.runtime.shielded).
+                    _left_running.add(work)
+                    work.add_done_callback(_left_running.discard)
+                    when_caller_left(work, lambda _: None)
+                else:
+                    work.cancel()  # still waiting for a slot: its place goes to the next
+                raise
         return _derive(spec, digest, self._specs)
 
     async def _submit(

@@ -25,6 +25,8 @@ M = TypeVar("M", bound=Message)
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types
 _RESULT_NAME = job_pb2.JobResult.DESCRIPTOR.fields_by_name["name"].number
+_PUB_RESULTS = job_pb2.JobResult.DESCRIPTOR.fields_by_name["pub_results"].number
+_MAX_FIELD_NUMBER = (1 << 29) - 1
 
 
 @dataclass(frozen=True)
@@ -55,21 +57,26 @@ def message_field(number: int, data: bytes) -> bytes:
     return encode_varint(number << 3 | _LEN) + encode_varint(len(data)) + data
 
 
-def named_result(stored: bytes, name: str) -> bytes:
-    """A stored JobResult's bytes with its resource name set (stored results have none).
+def named_result(stored: bytes, name: str, pubs: int) -> bytes:
+    """A stored JobResult's bytes, of a job of `pubs` PUBs, with its resource name set (stored
+    results have none).
 
     The name goes first: after the stored bytes, a result cut short inside its last field
     would take the name's bytes into that field and parse as another, valid-looking result.
     The stored fields' framing is walked (one step per PUB, never into them), so a result
-    cut short or grown is refused here, not answered.
+    cut short or grown (a zero-filled tail reads as field 0, which protobuf refuses), or
+    holding another number of PUBs, is refused here, not answered.
 
     Raises:
-        ValueError: The stored bytes' fields do not end where the bytes do.
+        ValueError: The stored bytes' fields do not end where the bytes do, a field number
+            is outside protobuf's range, or the result holds another number of PUBs.
     """
-    at = 0
+    at = found = 0
     while at < len(stored):
         key, at = read_varint(stored, at)
-        wire_type = key & 7
+        number, wire_type = key >> 3, key & 7
+        if not 1 <= number <= _MAX_FIELD_NUMBER:
+            raise ValueError(f"field number {number} has no place in a stored result")
         if wire_type == _VARINT:
             _, at = read_varint(stored, at)
         elif wire_type in (_I64, _I32):
@@ -77,8 +84,11 @@ def named_result(stored: bytes, name: str) -> bytes:
         elif wire_type == _LEN:
             size, at = read_varint(stored, at)
             at += size
+            found += number == _PUB_RESULTS
         else:
             raise ValueError(f"wire type {wire_type} has no place in a stored result")
     if at != len(stored):
         raise ValueError("the stored result's last field runs past its end")
+    if found != pubs:
+        raise ValueError(f"it holds {found} PUB results for the job's {pubs} PUBs")
     return message_field(_RESULT_NAME, name.encode()) + stored

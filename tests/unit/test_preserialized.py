@@ -18,7 +18,7 @@ def _field_number(cls: type, name: str) -> int:
 def test_a_named_stored_result_is_the_result_with_its_name() -> None:
     result = big_result()
     stored = result.SerializeToString(deterministic=True)
-    named = job_pb2.JobResult.FromString(preserialized.named_result(stored, "jobs/j-1/result"))
+    named = job_pb2.JobResult.FromString(preserialized.named_result(stored, "jobs/j-1/result", 3))
     expected = job_pb2.JobResult()
     expected.CopyFrom(result)
     expected.name = "jobs/j-1/result"
@@ -28,7 +28,7 @@ def test_a_named_stored_result_is_the_result_with_its_name() -> None:
 def test_responses_around_a_stored_result_parse_as_built_ones() -> None:
     result = big_result()
     stored = preserialized.named_result(
-        result.SerializeToString(deterministic=True), "jobs/j/result"
+        result.SerializeToString(deterministic=True), "jobs/j/result", 3
     )
     field = _field_number(job_service_pb2.RunResponse, "result")
     rest = job_service_pb2.RunResponse(job=job_pb2.Job(name="jobs/j"), created=True)
