@@ -14,15 +14,10 @@ from __future__ import annotations
 import numpy as np
 from qgateway.v1 import job_pb2
 
-from gateway.api.wire_format import encode_varint, read_varint
+from gateway.api.wire_format import LEN, fields, length_delimited
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types (both Counts fields are LEN)
 _OUTCOMES = job_pb2.Counts.DESCRIPTOR.fields_by_name["outcomes"].number
 _COUNTS = job_pb2.Counts.DESCRIPTOR.fields_by_name["counts"].number
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return encode_varint(number << 3 | _LEN) + encode_varint(len(payload)) + payload
 
 
 class CountsSlices:
@@ -42,21 +37,9 @@ class CountsSlices:
         self.entries = len(counts.counts)
         wire = counts.SerializeToString()
         packed = b""
-        at = 0
-        while at < len(wire):
-            key, at = read_varint(wire, at)
-            wire_type = key & 7
-            if wire_type == _VARINT:
-                _, at = read_varint(wire, at)
-            elif wire_type in (_I64, _I32):
-                at += 8 if wire_type == _I64 else 4
-            elif wire_type == _LEN:
-                size, at = read_varint(wire, at)
-                if key >> 3 == _COUNTS:
-                    packed = wire[at : at + size]
-                at += size
-            else:
-                raise ValueError(f"wire type {wire_type} has no place in a stored Counts")
+        for number, wire_type, start, end in fields(wire):
+            if number == _COUNTS and wire_type == LEN:
+                packed = wire[start:end]
         self._packed = packed
         # Where each count's varint ends: at its one byte below 0x80.
         self._ends = np.flatnonzero(np.frombuffer(packed, dtype=np.uint8) < 0x80)
@@ -69,4 +52,5 @@ class CountsSlices:
         start_byte = 0 if first == 0 else int(self._ends[first - 1]) + 1
         stop_byte = int(self._ends[stop - 1]) + 1
         outcomes = self._outcomes[first * self._row : stop * self._row]
-        return _field(_OUTCOMES, outcomes) + _field(_COUNTS, self._packed[start_byte:stop_byte])
+        packed = self._packed[start_byte:stop_byte]
+        return length_delimited(_OUTCOMES, outcomes) + length_delimited(_COUNTS, packed)

@@ -6,7 +6,6 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -21,6 +20,7 @@ from gateway.api.result_samples import split_samples
 from gateway.api.spec_cache import SpecCache
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
+from gateway.api.wire_format import length_delimited
 from gateway.domain.errors import (
     DataLoss,
     DeadlineExceeded,
@@ -59,9 +59,6 @@ RUN_ANSWER_MARGIN_S = 0.05
 # for one tenant's (a million terms take seconds).
 LARGE_SPECS_AT_ONCE = 2
 LARGE_SPECS_PER_TENANT = 1
-# Derivations whose callers left, running on until their threads end (the event loop keeps
-# only weak references to tasks).
-_left_running: set[asyncio.Future[Any]] = set()
 
 
 def _request_id(value: str) -> str:
@@ -180,8 +177,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     # A thread cannot be stopped: its slot stays taken until it ends (freed
                     # with its caller, a tenant cancelling its calls ran any number at once),
                     # and what it raises is logged (gateway.runtime.shielded).
-                    _left_running.add(work)
-                    work.add_done_callback(_left_running.discard)
                     when_caller_left(work, lambda _: None)
                 else:
                     work.cancel()  # still waiting for a slot: its place goes to the next
@@ -282,7 +277,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     "maxResponseBytes": str(self._max_response),
                 },
             )
-        return Preserialized(preserialized.message_field(_GET_RESULT_FIELD, result))
+        return Preserialized(length_delimited(_GET_RESULT_FIELD, result))
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
@@ -360,7 +355,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 response.result_too_large = True
             else:
                 rest = response.SerializeToString()
-                return Preserialized(rest + preserialized.message_field(_RUN_RESULT_FIELD, result))
+                return Preserialized(rest + length_delimited(_RUN_RESULT_FIELD, result))
         return response
 
     async def StreamJobResult(

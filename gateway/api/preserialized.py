@@ -19,14 +19,12 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from qgateway.v1 import job_pb2
 
-from gateway.api.wire_format import encode_varint, read_varint
+from gateway.api.wire_format import LEN, fields, length_delimited
 
 M = TypeVar("M", bound=Message)
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types
 _RESULT_NAME = job_pb2.JobResult.DESCRIPTOR.fields_by_name["name"].number
 _PUB_RESULTS = job_pb2.JobResult.DESCRIPTOR.fields_by_name["pub_results"].number
-_MAX_FIELD_NUMBER = (1 << 29) - 1
 
 
 @dataclass(frozen=True)
@@ -52,11 +50,6 @@ def serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], byte
     return send
 
 
-def message_field(number: int, data: bytes) -> bytes:
-    """Field `number` holding a message whose wire bytes are `data`."""
-    return encode_varint(number << 3 | _LEN) + encode_varint(len(data)) + data
-
-
 def named_result(stored: bytes, name: str, pubs: int) -> bytes:
     """A stored JobResult's bytes, of a job of `pubs` PUBs, with its resource name set (stored
     results have none).
@@ -71,24 +64,7 @@ def named_result(stored: bytes, name: str, pubs: int) -> bytes:
         ValueError: The stored bytes' fields do not end where the bytes do, a field number
             is outside protobuf's range, or the result holds another number of PUBs.
     """
-    at = found = 0
-    while at < len(stored):
-        key, at = read_varint(stored, at)
-        number, wire_type = key >> 3, key & 7
-        if not 1 <= number <= _MAX_FIELD_NUMBER:
-            raise ValueError(f"field number {number} has no place in a stored result")
-        if wire_type == _VARINT:
-            _, at = read_varint(stored, at)
-        elif wire_type in (_I64, _I32):
-            at += 8 if wire_type == _I64 else 4
-        elif wire_type == _LEN:
-            size, at = read_varint(stored, at)
-            at += size
-            found += number == _PUB_RESULTS
-        else:
-            raise ValueError(f"wire type {wire_type} has no place in a stored result")
-    if at != len(stored):
-        raise ValueError("the stored result's last field runs past its end")
+    found = sum(number == _PUB_RESULTS and kind == LEN for number, kind, _, _ in fields(stored))
     if found != pubs:
         raise ValueError(f"it holds {found} PUB results for the job's {pubs} PUBs")
-    return message_field(_RESULT_NAME, name.encode()) + stored
+    return length_delimited(_RESULT_NAME, name.encode()) + stored

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from google.protobuf.message import Message
 from qgateway.v1 import job_pb2, job_service_pb2
 
-from gateway.api import preserialized
 from gateway.api.counts_slices import CountsSlices
 from gateway.api.preserialized import Preserialized
+from gateway.api.wire_format import length_delimited
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
 
@@ -219,10 +219,8 @@ def _sampler_chunks(
                     chunk = job_service_pb2.CountsChunk(
                         register_index=r, binding_index=b, offset=first
                     ).SerializeToString()
-                    chunk += preserialized.message_field(
-                        _CHUNK_COUNTS, slices.wire(first, first + per)
-                    )
-                    yield Preserialized(head + preserialized.message_field(_RESPONSE_COUNTS, chunk))
+                    chunk += length_delimited(_CHUNK_COUNTS, slices.wire(first, first + per))
+                    yield Preserialized(head + length_delimited(_RESPONSE_COUNTS, chunk))
 
 
 def _estimator_chunks(

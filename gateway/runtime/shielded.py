@@ -43,9 +43,15 @@ async def carried_on(timeout: float) -> None:
         log.warning("%d writes for callers that left were still going at the stop", len(left))
 
 
+# Work whose caller left, held until it ends (the loop keeps only weak references to tasks).
+_left_behind: set[asyncio.Future[Any]] = set()
+
+
 def when_caller_left(task: asyncio.Future[T], use: Callable[[T], None]) -> None:
     """For work whose caller left: `use` its result once it ends; a failure is said as for
-    to_the_end's."""
+    to_the_end's. The task is held until then."""
+    _left_behind.add(task)
+    task.add_done_callback(_left_behind.discard)
 
     def ended(done: asyncio.Future[T]) -> None:
         _unheard(done)

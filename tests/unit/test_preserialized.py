@@ -7,6 +7,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import preserialized
 from gateway.api.preserialized import Preserialized
+from gateway.api.wire_format import length_delimited
 from tests.unit.test_result_stream import big_result
 
 
@@ -32,7 +33,7 @@ def test_responses_around_a_stored_result_parse_as_built_ones() -> None:
     )
     field = _field_number(job_service_pb2.RunResponse, "result")
     rest = job_service_pb2.RunResponse(job=job_pb2.Job(name="jobs/j"), created=True)
-    sent = Preserialized(rest.SerializeToString() + preserialized.message_field(field, stored))
+    sent = Preserialized(rest.SerializeToString() + length_delimited(field, stored))
     built = job_service_pb2.RunResponse()
     built.CopyFrom(rest)
     built.result.MergeFromString(stored)

@@ -18,6 +18,7 @@ from gateway.api import job_service
 from gateway.api.context import set_request_bytes
 from gateway.domain.errors import DataLoss
 from gateway.offload import INLINE_BYTES
+from gateway.runtime import shielded
 from tests.unit.test_run_result_read import Context, Manager, _result, _servicer
 
 
@@ -103,7 +104,7 @@ def test_a_cancelled_callers_failed_derivation_is_logged(
         with pytest.raises(asyncio.CancelledError):
             await call
         # Its derivation runs on (the slot held) until its thread ends.
-        await asyncio.wait(set(job_service._left_running), timeout=10)
+        await asyncio.wait(set(shielded._left_behind), timeout=10)
 
     with caplog.at_level(logging.DEBUG):
         asyncio.run(main())
