@@ -84,6 +84,28 @@ def test_optimization_level_option_reaches_the_transpiler() -> None:
     assert kept == cancelled + 2
 
 
+@pytest.mark.parametrize("level", [1, 3])
+def test_a_constant_expression_of_a_parameter_compiles_and_runs_at_every_level(
+    level: int,
+) -> None:
+    # Level 3 failed copying the circuit (a TypeError in Qiskit on `p(0*th)`): INTERNAL.
+    source = q3(
+        "input float[64] th; qubit[1] q; bit[1] c; h q[0]; p(0*th) q[0]; rz(th - th) q[0]; "
+        "h q[0]; c[0] = measure q[0];"
+    )
+    adapter = aer_adapter(optimization_level=level)
+    assert adapter.compile_circuit(source).parameters == ("th",)
+    bindings = Bindings((), (), np.array([0.7]))
+    pub = SamplerPub(circuit=source, bindings=bindings, shots=64)
+    job = JobSpec(backend="aer-test", pubs=(pub,), options=JobOptions())
+    outcome = adapter.execute(
+        pickle.loads(pickle.dumps(prepare_in_process(adapter, job, 5).payload))
+    )
+    result = outcome.result.pubs[0]
+    assert isinstance(result, SamplerResult)
+    assert result.registers[0].counts == ({"0": 64},)  # h p(0) h is the identity
+
+
 def ibm_adapter(**options: Any) -> IbmAdapter:
     return IbmAdapter(ibm_context(**options))
 

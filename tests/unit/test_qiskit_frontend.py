@@ -577,7 +577,7 @@ def test_a_bit_compared_with_a_value_past_one_is_settled_false() -> None:
 def test_a_huge_angle_is_reduced_by_whole_turns_of_4_pi(angle: float) -> None:
     circuit = QuantumCircuit(1)
     circuit.rx(angle, 0)
-    (instruction,) = fe.reduce_huge_angles(circuit, FIELD).data
+    (instruction,) = fe.settle_angles(circuit, FIELD).data
     (reduced,) = instruction.operation.params
     assert -2 * math.pi <= reduced <= 2 * math.pi
     # math.cos and math.sin reduce their argument exactly: the same half angle, to rounding.
@@ -593,7 +593,7 @@ def test_huge_angles_are_reduced_at_every_depth_and_others_left_alone() -> None:
     ordinary.rx(2.0**20, 0)
     ordinary.rz(-7.5, 0)
     ordinary.delay(2_000_000, 0)  # a duration, whatever its size
-    assert fe.reduce_huge_angles(ordinary, FIELD) is ordinary
+    assert fe.settle_angles(ordinary, FIELD) is ordinary
 
     inner = QuantumCircuit(1)
     inner.ry(3e200, 0)
@@ -604,7 +604,7 @@ def test_huge_angles_are_reduced_at_every_depth_and_others_left_alone() -> None:
     circuit.append(big, [1])
     circuit.append(big.control(1, ctrl_state=0), [0, 1])  # open control: "cbig_o0"
     circuit.cu(1e17, -1e16, 5e15, 2e18, 0, 1)  # the phase a control reveals, too
-    reduced = fe.reduce_huge_angles(circuit, FIELD)
+    reduced = fe.settle_angles(circuit, FIELD)
 
     def angles(body: QuantumCircuit) -> list[float]:
         found: list[float] = []
@@ -622,14 +622,14 @@ def test_huge_angles_are_reduced_at_every_depth_and_others_left_alone() -> None:
     flow.measure(0, 0)
     with flow.if_test((flow.clbits[0], True)):
         flow.rx(1e17, 0)
-    (if_else,) = [i.operation for i in fe.reduce_huge_angles(flow, FIELD).data[1:]]
+    (if_else,) = [i.operation for i in fe.settle_angles(flow, FIELD).data[1:]]
     assert abs(if_else.blocks[0].data[0].operation.params[0]) <= 2 * math.pi
     # Why: on an sx/rz basis rx(t) becomes rz(t + pi) between two sx, and pi vanishes next to
     # 1e17; reduced first, the transpiled circuit keeps cos(1e17) (the unreduced one reads +0.886).
     single = QuantumCircuit(1)
     single.rx(1e17, 0)
     basis = ["rz", "sx", "x"]
-    for candidate, want in ((fe.reduce_huge_angles(single, FIELD), math.cos(1e17)), (single, None)):
+    for candidate, want in ((fe.settle_angles(single, FIELD), math.cos(1e17)), (single, None)):
         state = Statevector(transpile(candidate, basis_gates=basis, optimization_level=0))
         z = float(state.probabilities()[0] - state.probabilities()[1])
         if want is not None:
@@ -702,6 +702,38 @@ def test_user_gates_named_like_synthesis_plugins_are_renamed_library_gates_kept(
     assert [i.operation.name for i in kept.data] == ["qft"]
 
 
+CONSTANT_EXPRESSIONS = ("p(0*th) q[0];", "rz(th - th) q[0];", "rx(0*th + 1e17) q[0];")
+
+
+@pytest.mark.parametrize("gate", CONSTANT_EXPRESSIONS)
+def test_a_constant_expression_of_a_parameter_becomes_its_number(gate: str) -> None:
+    # Qiskit keeps `0*th` as an expression of `th` with no symbol left; its level-3
+    # transpiler failed on it (a TypeError copying the circuit), which answered INTERNAL.
+    text = f"input float[64] th; qubit[1] q; {gate} gate g(a) r {{ p(0*a) r; }} g(th) q[0];"
+    circuit = fe.parse_circuit(q3(H3 + text), LIMITS, FIELD)
+    settled = fe.settle_angles(circuit, FIELD)
+    first, defined = (i.operation for i in settled.data)
+    (angle,) = first.params
+    assert isinstance(angle, float) and abs(angle) <= 2 * math.pi  # folded, then reduced
+    (inner,) = defined.definition.data
+    assert inner.operation.params == [0.0]
+    # The client still binds `th`: the circuit declares it, and binding it changes nothing.
+    assert [p.name for p in settled.parameters] == ["th"]
+    from qiskit.quantum_info import Operator
+
+    for value in (0.3, -2.0):
+        bound = settled.assign_parameters({settled.parameters[0]: value})
+        want = circuit.assign_parameters({circuit.parameters[0]: value})
+        assert np.allclose(Operator(bound).data, Operator(want).data, atol=1e-9)
+
+
+def test_an_expression_with_a_parameter_left_in_it_is_not_folded() -> None:
+    # `th + 1 - th` is 1, but Qiskit keeps `th` in it: bound per run, like `2*th`.
+    text = "input float[64] th; qubit[1] q; rz(th + 1 - th) q[0]; rz(2*th) q[0];"
+    circuit = fe.parse_circuit(q3(H3 + text), LIMITS, FIELD)
+    assert fe.settle_angles(circuit, FIELD) is circuit
+
+
 def test_a_gate_with_open_controls_keeps_them_when_its_definition_is_rewritten() -> None:
     # Qiskit conjugates an open-controlled gate's stored definition with X on every read.
     inner = QuantumCircuit(1)
@@ -710,7 +742,7 @@ def test_a_gate_with_open_controls_keeps_them_when_its_definition_is_rewritten()
     big.name = "big"
     circuit = QuantumCircuit(2)
     circuit.append(big.control(1, ctrl_state=0), [0, 1])
-    reduced = fe.reduce_huge_angles(circuit, FIELD)
+    reduced = fe.settle_angles(circuit, FIELD)
     from qiskit.quantum_info import Statevector
 
     # q0 = 0 opens the control: rx(1e17) on q1, P(1) = sin^2(5e16).
@@ -722,7 +754,7 @@ def test_an_open_controlled_standard_gate_has_its_huge_angle_reduced() -> None:
     # `negctrl @ ry(t)` is a CRYGate named "cry_o0": not found by name among the standard gates.
     text = "qubit[3] q; negctrl @ ry(1e17) q[0], q[1]; ctrl(2) @ rx(1e17) q[0], q[1], q[2];"
     circuit = fe.parse_circuit(q3(H3 + text), LIMITS, FIELD)
-    reduced = fe.reduce_huge_angles(circuit, FIELD)
+    reduced = fe.settle_angles(circuit, FIELD)
     for instruction in reduced.data:
         op = instruction.operation
         assert all(abs(float(p)) <= 2 * math.pi for p in op.params), op.name
@@ -749,7 +781,7 @@ def test_reducing_nested_definitions_does_not_copy_them_per_level() -> None:
         return deep(self, memo)
 
     with mock.patch.object(QuantumCircuit, "__deepcopy__", counted):
-        reduced = fe.reduce_huge_angles(circuit, FIELD)
+        reduced = fe.settle_angles(circuit, FIELD)
     assert len(calls) <= 8, len(calls)  # a deep copy per rewritten gate copied its whole subtree
     op = reduced.data[0].operation
     for _ in range(7):

@@ -465,7 +465,7 @@ class QiskitAdapter(BackendAdapter):
         fe.check_control_flow_supported(circuit, target.operation_names, field)
         circuit = fe.rename_shadowing_gates(circuit, target.operation_names, field)
         circuit = fe.settle_unreachable_conditions(circuit, field)
-        circuit = fe.reduce_huge_angles(circuit, field)
+        circuit = fe.settle_angles(circuit, field)
         # Before transpiling, which costs more than refusing.
         fe.check_memory(self.state_size(circuit, False)[0], budget, self.method_name, field)
         # A target with timing (IBM devices and their noisy Aer twins) refuses an unscheduled

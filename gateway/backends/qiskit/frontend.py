@@ -114,11 +114,11 @@ __all__ = [
     "mps_bond_dimensions",
     "mps_bytes",
     "parse_circuit",
-    "reduce_huge_angles",
     "rename_shadowing_gates",
     "resolve_bindings",
     "result_registers",
     "sampler_result_bytes",
+    "settle_angles",
     "settle_unreachable_conditions",
     "statevector_bytes",
     "tally_operations",
@@ -1698,28 +1698,43 @@ def _is_standard_gate(op: Operation | None) -> bool:
     return isinstance(op, Gate) and getattr(op, "_standard_gate", None) is not None
 
 
-def _reduced_params(params: Sequence[object]) -> list[object] | None:
-    """`params` with each finite number past 2^20 reduced, or None when none is."""
+def _settled_params(params: Sequence[object]) -> list[object] | None:
+    """`params` with each constant expression made its number and each finite number past
+    2^20 reduced, or None when neither is found."""
     out = list(params)
     changed = False
     for index, param in enumerate(out):
+        if (
+            isinstance(param, ParameterExpression)
+            and not param.is_symbol()
+            and param.is_real() is True  # None while a symbol is left in it
+        ):
+            param = out[index] = float(param)
+            changed = True
         if isinstance(param, int | float) and math.isfinite(param) and abs(param) > _HUGE_ANGLE:
             out[index] = _reduced_angle(float(param))
             changed = True
     return out if changed else None
 
 
-def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
-    """`circuit` with every numeric angle of a standard gate larger than 2^20 in magnitude
-    replaced by the angle in (-2pi, 2pi] that differs from it by a multiple of 4pi, at any depth
-    (control-flow blocks and the definitions of user gates).
+def settle_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
+    """`circuit` with the angles of its standard gates settled, at any depth (control-flow
+    blocks and the definitions of user gates): an expression of parameters that is constant
+    (`0*th`, `th - th`) made its number, and every number larger than 2^20 in magnitude
+    replaced by the angle in (-2pi, 2pi] that differs from it by a multiple of 4pi. A parameter
+    that only such an expression used stays the circuit's (bound, it changes nothing).
 
-    Every parameter of a standard gate enters its matrix as e^{i t/2} or e^{i t}: a multiple of
-    4pi changes nothing, not even the global phase a control would reveal. The transpiler's
-    rules add constants to angles (rx(t) becomes rz(t + pi) between two sx on an sx/rz basis):
-    added to 1e17 they vanish in rounding, so rx(1e17) ran as rx(1e17 - pi) on the noisy Aer
-    and IBM fakes, and <Z> came out +0.886 where every other backend read cos(1e17) = -0.886.
-    A parameter bound per run is not reduced (its value is unknown here).
+    Constant expressions: Qiskit keeps `0*th` as an expression of `th` that has no symbol
+    left, and its transpiler fails on one from `optimization_level` 3 (copying the circuit:
+    "Parameter expression with unbound parameters {} is not numeric"), which answered a
+    valid circuit INTERNAL.
+
+    Huge angles: every parameter of a standard gate enters its matrix as e^{i t/2} or e^{i t}:
+    a multiple of 4pi changes nothing, not even the global phase a control would reveal. The
+    transpiler's rules add constants to angles (rx(t) becomes rz(t + pi) between two sx on an
+    sx/rz basis): added to 1e17 they vanish in rounding, so rx(1e17) ran as rx(1e17 - pi) on the
+    noisy Aer and IBM fakes, and <Z> came out +0.886 where every other backend read
+    cos(1e17) = -0.886. A parameter bound per run is not reduced (its value is unknown here).
 
     Raises:
         InvalidArgument: CIRCUIT_TOO_COMPLEX when definitions nest too deeply to rewrite.
@@ -1733,7 +1748,7 @@ def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
         # Gates only: a delay's parameter is a duration, not an angle. By class, not name: an
         # open-controlled standard gate is named `crx_o0`.
         if _is_standard_gate(op):
-            params = _reduced_params(op.params)
+            params = _settled_params(op.params)
             if params is None:
                 return op
             new = op.copy()
@@ -1749,7 +1764,7 @@ def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
             # from its base gate's angles rather than from its definition.
             base = op.base_gate if isinstance(op, ControlledGate) else None
             params = (
-                _reduced_params(base.params)
+                _settled_params(base.params)
                 if base is not None and _is_standard_gate(base)
                 else None
             )
@@ -1773,9 +1788,15 @@ def reduce_huge_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
         return _with_replaced(body, replaced) if replaced else body
 
     try:
-        return rewrite_body(circuit)
+        settled = rewrite_body(circuit)
     except RecursionError:
         raise _too_deep(field) from None
+    if settled is not circuit:
+        # A client binds every parameter the circuit declares: one that only a constant
+        # expression used is kept as a zero phase, as Qiskit's reader keeps an unused input.
+        for parameter in set(circuit.parameters) - set(settled.parameters):
+            settled.global_phase = settled.global_phase + 0 * parameter
+    return settled
 
 
 def rename_shadowing_gates(
