@@ -727,6 +727,28 @@ def test_a_constant_expression_of_a_parameter_becomes_its_number(gate: str) -> N
         assert np.allclose(Operator(bound).data, Operator(want).data, atol=1e-9)
 
 
+def test_a_constant_phase_of_a_parameter_becomes_its_number_and_the_parameter_stays() -> None:
+    # Qiskit cannot hash `0*a - 1` (OverflowError: negative), which Aer does to the phase.
+    from qiskit.circuit import Parameter
+
+    a = Parameter("a")
+    inner = QuantumCircuit(1, global_phase=0 * a - 1)
+    inner.rx(a, 0)
+    circuit = QuantumCircuit(1, global_phase=a - a - 1)
+    circuit.append(inner.to_gate(), [0])
+    settled = fe.settle_angles(circuit, FIELD)
+    # A number now (Qiskit keeps a numeric phase in [0, 2pi)).
+    assert settled.data[0].operation.definition.global_phase == pytest.approx(2 * math.pi - 1)
+    assert [p.name for p in settled.parameters] == ["a"]
+    hash(settled.global_phase)
+    assert float(settled.global_phase) == pytest.approx(2 * math.pi - 1.0)  # whole turns added
+    from qiskit.quantum_info import Operator
+
+    bound = settled.assign_parameters({settled.parameters[0]: 0.4})
+    want = circuit.assign_parameters({circuit.parameters[0]: 0.4})
+    assert np.allclose(Operator(bound).data, Operator(want).data, atol=1e-9)  # with phase
+
+
 def test_an_expression_with_a_parameter_left_in_it_is_not_folded() -> None:
     # `th + 1 - th` is 1, but Qiskit keeps `th` in it: bound per run, like `2*th`.
     text = "input float[64] th; qubit[1] q; rz(th + 1 - th) q[0]; rz(2*th) q[0];"

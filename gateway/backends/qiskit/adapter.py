@@ -483,6 +483,8 @@ class QiskitAdapter(BackendAdapter):
                 f"the circuit cannot be compiled for this backend: {detail}",
                 field,
             ) from None
+        # The phases the transpiler computed (a constant of a parameter, see settle_angles).
+        transpiled = fe.settle_angles(transpiled, field)
         # Each instance of a gate definition may bind its angles differently: an overflow can
         # show only once the transpiler has unrolled them all.
         fe.check_finite_parameters(transpiled, field)

@@ -1698,18 +1698,27 @@ def _is_standard_gate(op: Operation | None) -> bool:
     return isinstance(op, Gate) and getattr(op, "_standard_gate", None) is not None
 
 
+def _constant(param: object) -> float | None:
+    """The number an expression of parameters stands for when none is left in it (`0*th`,
+    `th - th`: Qiskit keeps them as expressions of `th`), else None."""
+    if (
+        isinstance(param, ParameterExpression)
+        and not param.is_symbol()
+        and param.is_real() is True  # None while a symbol is left in it
+    ):
+        return float(param)
+    return None
+
+
 def _settled_params(params: Sequence[object]) -> list[object] | None:
     """`params` with each constant expression made its number and each finite number past
     2^20 reduced, or None when neither is found."""
     out = list(params)
     changed = False
     for index, param in enumerate(out):
-        if (
-            isinstance(param, ParameterExpression)
-            and not param.is_symbol()
-            and param.is_real() is True  # None while a symbol is left in it
-        ):
-            param = out[index] = float(param)
+        constant = _constant(param)
+        if constant is not None:
+            param = out[index] = constant
             changed = True
         if isinstance(param, int | float) and math.isfinite(param) and abs(param) > _HUGE_ANGLE:
             out[index] = _reduced_angle(float(param))
@@ -1718,16 +1727,20 @@ def _settled_params(params: Sequence[object]) -> list[object] | None:
 
 
 def settle_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
-    """`circuit` with the angles of its standard gates settled, at any depth (control-flow
-    blocks and the definitions of user gates): an expression of parameters that is constant
-    (`0*th`, `th - th`) made its number, and every number larger than 2^20 in magnitude
-    replaced by the angle in (-2pi, 2pi] that differs from it by a multiple of 4pi. A parameter
-    that only such an expression used stays the circuit's (bound, it changes nothing).
+    """`circuit` with its angles settled, at any depth (control-flow blocks and the
+    definitions of user gates): an expression of parameters that is constant (`0*th`,
+    `th - th`) made its number, in a standard gate's parameters and in a global phase, and every
+    number of a standard gate larger than 2^20 in magnitude replaced by the angle in
+    (-2pi, 2pi] that differs from it by a multiple of 4pi. Run on the client's circuit and again
+    on the transpiled one, whose phases the transpiler computes.
 
-    Constant expressions: Qiskit keeps `0*th` as an expression of `th` that has no symbol
-    left, and its transpiler fails on one from `optimization_level` 3 (copying the circuit:
-    "Parameter expression with unbound parameters {} is not numeric"), which answered a
-    valid circuit INTERNAL.
+    Constant expressions: Qiskit's transpiler fails on one in a gate from `optimization_level`
+    3 (copying the circuit: "Parameter expression with unbound parameters {} is not numeric"),
+    and Qiskit cannot hash one whose value is negative (OverflowError), which Aer does to the
+    global phase at every run with parameters: valid circuits answered INTERNAL, a client's
+    "infinite angle", or an SDK error counted against the backend. A parameter that only such
+    expressions used stays the circuit's, as Qiskit's reader keeps an unused input: in a zero
+    phase added to the circuit's, which is made non-negative (whole turns) for the hash.
 
     Huge angles: every parameter of a standard gate enters its matrix as e^{i t/2} or e^{i t}:
     a multiple of 4pi changes nothing, not even the global phase a control would reveal. The
@@ -1785,17 +1798,26 @@ def settle_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
             op = rewrite_op(instruction.operation)
             if op is not instruction.operation:
                 replaced[index] = instruction.replace(operation=op)
-        return _with_replaced(body, replaced) if replaced else body
+        phase = _constant(body.global_phase)
+        if not replaced and phase is None:
+            return body
+        out = _with_replaced(body, replaced)
+        if phase is not None:
+            out.global_phase = phase
+        return out
 
     try:
         settled = rewrite_body(circuit)
     except RecursionError:
         raise _too_deep(field) from None
-    if settled is not circuit:
-        # A client binds every parameter the circuit declares: one that only a constant
-        # expression used is kept as a zero phase, as Qiskit's reader keeps an unused input.
-        for parameter in set(circuit.parameters) - set(settled.parameters):
-            settled.global_phase = settled.global_phase + 0 * parameter
+    lost = set(circuit.parameters) - set(settled.parameters)
+    if lost:
+        phase = settled.global_phase
+        if not isinstance(phase, ParameterExpression):
+            phase = float(phase) % (2 * math.pi)
+        for parameter in sorted(lost, key=lambda p: p.name):
+            phase = phase + 0 * parameter
+        settled.global_phase = phase
     return settled
 
 
