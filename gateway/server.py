@@ -63,6 +63,7 @@ from gateway.runtime.breaker import CircuitBreaker
 from gateway.runtime.compiler import Compiler
 from gateway.runtime.health import PROBE_TENANT, HealthMonitor
 from gateway.runtime.pool import Pool
+from gateway.runtime.readiness import Readiness
 from gateway.runtime.simulator_runner import WorkerPoolRunner
 from gateway.runtime.worker import CompileRole, SimulatorRole, WorkerProcess
 from gateway.runtime.worker_pool import WorkerFactory
@@ -349,6 +350,7 @@ class Gateway:
         self.manager.hooks.add(self.sessions)
         self.telemetry.register(self.manager.hooks)
         self.health = HealthService()
+        self.readiness = Readiness(self._store, self._publish_readiness)
         self._monitors: list[asyncio.Task[None]] = []
         server_cfg = config.server
         # Inside authentication and decoding (it reads the principal and the request); the
@@ -421,6 +423,7 @@ class Gateway:
         finally:
             if data_dir_lock is not None and asked:
                 data_dir_lock.share()
+        self.readiness.watch_store()
         if self._peers is not None and self._bus is not None:
             self._peers.start(self._bus.heard)
         await load_tenants(self._store, self.policies)
@@ -511,7 +514,10 @@ class Gateway:
         # Jobs recovered or accepted meanwhile are dispatched once the workers are up.
         self.manager.start_scheduling()
         self.telemetry.start(self.backends, self.compiler.pool)
-        await self.health.set(READINESS_SERVICE, SERVING)
+        await self.readiness.started()
+
+    async def _publish_readiness(self, ready: bool) -> None:
+        await self.health.set(READINESS_SERVICE, SERVING if ready else NOT_SERVING)
 
     async def _start_health_port(self) -> None:
         """The plaintext, health-only port (Kubernetes probes while `listen` is TLS): the same
@@ -595,7 +601,7 @@ class Gateway:
         `cut_short` is set: an operator's second signal), queued jobs stay in the store for
         the next start."""
         grace = self.config.server.grace_period_s
-        await self.health.set(READINESS_SERVICE, NOT_SERVING)
+        await self.readiness.draining()
         self.manager.begin_drain(grace)
         finished = await self.manager.wait_running(grace, cut_short)
         if not finished:
@@ -609,6 +615,7 @@ class Gateway:
         for task in self._monitors:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
+        await self.readiness.close()
         # Before the sessions close: a CancelSession whose caller left cancels its jobs in a
         # task of the sessions' core, which its close would cut.
         await shielded.carried_on(STOP_CARRIED_ON_S)

@@ -10,7 +10,7 @@ the store never needs to understand them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -172,6 +172,17 @@ class Store(Protocol):
         """Creates or migrates the schema; must be called before anything else."""
 
     async def close(self) -> None: ...
+
+    def on_write_unavailable(self, callback: Callable[[], None]) -> None:
+        """Calls `callback`, on the calling event loop, each time a write fails
+        STORE_UNAVAILABLE; one listener (readiness)."""
+
+    async def probe_write(self) -> None:
+        """Commits a write that changes nothing, durably like any other.
+
+        Raises:
+            StoreUnavailable: The store cannot write now.
+        """
 
     async def create_job(self, new: NewJob) -> CreateOutcome:
         """Inserts a QUEUED job, durably, unless (tenant, request_id) already names one.

@@ -435,6 +435,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
         self.commits = 0
+        # Told (on its loop) each time a write fails STORE_UNAVAILABLE (readiness watches it).
+        self._on_unavailable: tuple[Callable[[], None], asyncio.AbstractEventLoop] | None = None
         self._queue: queue.SimpleQueue[_Op[Any] | _Stop] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders the open/closed check against enqueueing
         self._opening = False
@@ -495,6 +497,26 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         self._reader = _connect_reader(self.path)
         self._reads = ReaderPool(self.path, threads=READ_THREADS, name="reads")
         self._blobs = ReaderPool(self.path, threads=BLOB_READ_THREADS, name="blobs")
+
+    def on_write_unavailable(self, callback: Callable[[], None]) -> None:
+        """Calls `callback`, on the calling event loop, each time a write fails
+        STORE_UNAVAILABLE (a full disk, an I/O error, a read-only file, a lock held past
+        busy_timeout). One listener; a second replaces the first."""
+        self._on_unavailable = (callback, asyncio.get_running_loop())
+
+    async def probe_write(self) -> None:
+        """Commits a write that changes nothing (the database header's user_version set to
+        itself, appended to the WAL and synced like any commit): whether the store can write.
+
+        Raises:
+            StoreUnavailable: It cannot now.
+        """
+
+        def rewrite_header(conn: sqlite3.Connection) -> None:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+
+        await self._call(rewrite_header)
 
     async def close(self) -> None:
         """Runs every operation already asked for, then closes the connections and threads.
@@ -1300,7 +1322,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                _fail_all(pending, exc)
+                self._fail(pending, exc)
                 return
             outcomes: list[tuple[_Op[Any], Any, BaseException | None]] = []
             aborted: int | None = None
@@ -1314,7 +1336,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                     with contextlib.suppress(sqlite3.Error):
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
-                    _settle_op(op, None, exc)
+                    self._fail([op], exc)
                     return
                 outcomes.append((op, value, None))
                 pending_ops: list[_Op[Any]] = []
@@ -1330,7 +1352,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                         continue
                     # SQLite rolled back the whole transaction (e.g. disk full): this op fails,
                     # the others run again in a fresh transaction.
-                    _settle_op(op, None, exc)
+                    self._fail([op], exc)
                     aborted = i
                     break
                 conn.execute("RELEASE op")
@@ -1344,13 +1366,30 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                _fail_all(pending, exc)
+                self._fail(pending, exc)
                 return
             self.commits += 1
+            for _, _, error in outcomes:
+                if error is not None and _is_unavailable(error):
+                    self._tell_unavailable()
             # Only now, with the commit on disk, may anyone see an answer: one wake-up of each
             # waiting event loop for the whole batch.
             _settle_all(outcomes)
             return
+
+    def _fail(self, ops: list[_Op[Any]], exc: BaseException) -> None:
+        if _is_unavailable(exc):
+            self._tell_unavailable()
+        _fail_all(ops, exc)
+
+    def _tell_unavailable(self) -> None:
+        """Tells the listener (on its loop) that a write failed for want of a writable store."""
+        listener = self._on_unavailable
+        if listener is None:
+            return
+        callback, loop = listener
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(callback)
 
 
 def _fail_all(pending: list[_Op[Any]], exc: BaseException) -> None:
@@ -1375,6 +1414,12 @@ _DAMAGED_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 STORE_RETRY_S = 5.0
 
 
+def _is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the store cannot write now (what _as_answer makes UNAVAILABLE)."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    return isinstance(error, sqlite3.OperationalError) and name.startswith(_UNAVAILABLE_ERRORS)
+
+
 def _as_answer(error: BaseException) -> BaseException:
     """The error a caller gets: the store out of service is UNAVAILABLE STORE_UNAVAILABLE
     (retryable; INTERNAL said "a gateway bug" and clients do not retry it); a damaged
@@ -1389,9 +1434,7 @@ def _as_answer(error: BaseException) -> BaseException:
         damaged.__cause__ = error
         log.error("the database is damaged: %s (%s)", error, name)
         return damaged
-    if not isinstance(error, sqlite3.OperationalError):
-        return error
-    if not name.startswith(_UNAVAILABLE_ERRORS):
+    if not _is_unavailable(error):
         return error
     unavailable = StoreUnavailable(
         "STORE_UNAVAILABLE",

@@ -210,6 +210,19 @@ async def test_data_survives_close_and_reopen(store_factory: StoreOpener) -> Non
     assert retry.job.id == a.id and not retry.created
 
 
+async def test_a_probe_write_commits_and_changes_nothing_readable(
+    store_factory: StoreOpener,
+) -> None:
+    # Readiness probes a store that failed a write with it (gateway.runtime.readiness).
+    s = await store_factory()
+    a = (await s.create_job(new_job(request_id="keep"))).job
+    await s.probe_write()
+    other = await store_factory()  # another process's view
+    await other.probe_write()
+    assert await other.get_job(a.id) == a
+    assert [j.id for j in (await other.list_jobs("acme")).jobs] == [a.id]
+
+
 # -- request_id deduplication ------------------------------------------------------------------
 
 

@@ -36,9 +36,10 @@ def _run(stub: job_service_pb2_grpc.JobServiceStub, request_id: str, seed: int) 
 
 @pytest.mark.timeout(120)
 def test_a_lock_held_by_an_operator_shell_is_unavailable_then_clears(tmp_path: Path) -> None:
-    # Probe (holds today): BEGIN IMMEDIATE held in a sqlite3 shell past busy_timeout. SubmitJob
-    # answers UNAVAILABLE STORE_UNAVAILABLE with RetryInfo and stores nothing; readiness
-    # answers at once; once the lock goes, the same request_id is stored and runs, once.
+    # BEGIN IMMEDIATE held in a sqlite3 shell past busy_timeout. SubmitJob answers UNAVAILABLE
+    # STORE_UNAVAILABLE with RetryInfo and stores nothing; readiness answers at once, not
+    # ready; once the lock goes it is ready again and the same request_id is stored and runs,
+    # once.
     data = tmp_path / "data"
     gw = GatewayProcess.start(write_config(tmp_path / "g.toml", data, BACKENDS), tmp_path / "g.log")
     try:
@@ -57,10 +58,17 @@ def test_a_lock_held_by_an_operator_shell_is_unavailable_then_clears(tmp_path: P
                 started = time.monotonic()
                 ready = health.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=5)
                 assert time.monotonic() - started < 1.0
-                assert ready.status == health_pb2.HealthCheckResponse.SERVING
+                # Not ready while the store cannot write: a mesh sends calls elsewhere.
+                assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
             finally:
                 shell.execute("ROLLBACK")
                 shell.close()
+            # Ready again once a probe write commits and none failed for the hold (5 s).
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=READINESS), timeout=60)
+            for answer in watch:
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    watch.cancel()
+                    break
             info = status_of(refused.value)
             assert info.code == grpc.StatusCode.UNAVAILABLE, info
             assert info.reason == "STORE_UNAVAILABLE" and info.retry_delay_s, info
