@@ -216,15 +216,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     source: Path = args.source
     if not (source / DB_FILE).is_file():
         raise FileNotFoundError(f"{source}: no {DB_FILE}; not a backup")
+    # Checked before the data directory is touched: a refused restore leaves nothing behind
+    # (not even the directory and lock file of a restore into a new one).
+    summary = checked_summary(source / DB_FILE)
+    if summary.schema_version > LATEST_SCHEMA_VERSION:
+        raise ValueError(
+            f"{source}: schema version {summary.schema_version} is newer than this gateway "
+            f"knows ({LATEST_SCHEMA_VERSION}); restore it with the gateway that wrote it"
+        )
     # Exclusive: no gateway of either queue may run while its files are replaced.
     lock = lock_data_dir(paths.data_dir, exclusive=True)
     try:
-        summary = checked_summary(source / DB_FILE)
-        if summary.schema_version > LATEST_SCHEMA_VERSION:
-            raise ValueError(
-                f"{source}: schema version {summary.schema_version} is newer than this gateway "
-                f"knows ({LATEST_SCHEMA_VERSION}); restore it with the gateway that wrote it"
-            )
         restored = paths.data_dir / f".{DB_FILE}.restoring"
         restored.unlink(missing_ok=True)
         _snapshot(source / DB_FILE, restored)

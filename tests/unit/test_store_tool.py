@@ -193,6 +193,11 @@ async def test_restore_refuses_a_damaged_backup_and_a_newer_schema(
     assert err.startswith("error: ") and ("damaged" in err or "malformed" in err), err
     assert count_rows(data / DB) == 2  # nothing replaced
     assert not _asides(data)
+    # Into a directory that does not exist yet: refused without creating it (or a lock file).
+    fresh = tmp_path / "fresh"
+    for refused in (newer, damaged):
+        assert main(["store", "restore", "--data-dir", str(fresh), str(refused)]) == 2
+        assert not fresh.exists()
 
 
 async def test_a_backup_is_never_written_over_an_existing_one(
