@@ -196,9 +196,13 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _draining(error: QGatewayError) -> bool:
-    """ABORTED GATEWAY_DRAINING: a Run or WatchJob cut by a shutdown, whose job is safe; the
-    gateway asks for the call to be repeated (a replica, or the restarted gateway, answers)."""
-    return error.code == grpc.StatusCode.ABORTED and error.reason == "GATEWAY_DRAINING"
+    """A gateway shutting down: ABORTED GATEWAY_DRAINING, a Run or WatchJob cut by it, whose
+    job is safe, or UNAVAILABLE DRAINING, a call it refused meanwhile (nothing accepted); it
+    asks for the call to be repeated (a replica, or the restarted gateway, answers)."""
+    return (error.code, error.reason) in (
+        (grpc.StatusCode.ABORTED, "GATEWAY_DRAINING"),
+        (grpc.StatusCode.UNAVAILABLE, "DRAINING"),
+    )
 
 
 def _attempts_spent(error: QGatewayError) -> int:
@@ -215,15 +219,22 @@ def _resume_delay(
     state this client does not know, a newer gateway's), else the delay before it is resumed
     (a proxy closing streams cleanly; the gateway never ends one early). Raises
     UnavailableError when the retries are spent."""
-    if last is not None:
-        state = JobState.from_proto(last.state)
-        if state.is_final or state is JobState.UNSPECIFIED:
-            return None
+    if _shown_final(last):
+        return None
     ended = _watch_ended(name)
     delay = _attempt_delay(policy, ended, attempt, deadline)
     if delay is None:
         raise ended
     return delay
+
+
+def _shown_final(last: job_pb2.Job | None) -> bool:
+    """Whether a watch has shown the job's final state (or a state this client does not know,
+    a newer gateway's): nothing more to follow, however its stream then ends."""
+    if last is None:
+        return False
+    state = JobState.from_proto(last.state)
+    return state.is_final or state is JobState.UNSPECIFIED
 
 
 def _watch_ended(name: str) -> UnavailableError:
@@ -1423,6 +1434,8 @@ class Client(JobStubs, SessionCalls, TenantCalls):
                 if delay is None:
                     return
             except grpc.RpcError as exc:
+                if _shown_final(last):
+                    return  # the stream broke after the end it was for (a restart, a proxy)
                 err = from_rpc_error(exc)
                 attempt += _attempts_spent(err)
                 delay = _retry_delay(self.retry, err, attempt, deadline)
@@ -2008,6 +2021,8 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
                 if delay is None:
                     return
             except grpc.RpcError as exc:
+                if _shown_final(last):
+                    return  # the stream broke after the end it was for (a restart, a proxy)
                 err = from_rpc_error(exc)
                 attempt += _attempts_spent(err)
                 delay = _retry_delay(self.retry, err, attempt, deadline)
