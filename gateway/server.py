@@ -509,6 +509,7 @@ class Gateway:
         await asyncio.gather(
             compilers, *(self._start_backend(rt, compilers) for rt in self.backends.values())
         )
+        await self.readiness.check_store()
         if stopping is not None and stopping.is_set():
             return
         # Jobs recovered or accepted meanwhile are dispatched once the workers are up.

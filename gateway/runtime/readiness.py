@@ -11,7 +11,6 @@ without the hold a probe that fits where a job's write did not would flip it bac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -67,11 +66,19 @@ class Readiness:
         self._store.on_write_unavailable(self._failed)
         self._task = asyncio.create_task(self._watch(), name="qgateway-readiness")
 
-    async def started(self) -> None:
-        """Ready from now on if the store writes: tried once first, so a gateway (re)started
-        on a full disk is not ready until it can write, though nothing asked it to yet."""
-        with contextlib.suppress(StoreUnavailable):  # told through _failed
+    async def check_store(self) -> None:
+        """The start's probe, before `started`: a gateway (re)started on a full disk is not
+        ready until it can write, though nothing asked it to yet."""
+        try:
             await self._store.probe_write()
+        except Exception as exc:
+            if not isinstance(exc, StoreUnavailable):
+                log.exception("the store's probe write failed")
+            self._failed()
+
+    async def started(self) -> None:
+        """Ready from now on, while the store writes and until `draining`. Publishes before
+        it yields: a stop asked before this call is never announced ready."""
         self._started = True
         await self._update()
 
@@ -108,12 +115,20 @@ class Readiness:
             await self._update()
 
     async def _until_writable(self) -> None:
+        logged = False
         while True:
             await asyncio.sleep(self._probe_interval_s)
             try:
                 await self._store.probe_write()
             except StoreUnavailable:
-                continue  # told through _failed too: the hold starts again
+                continue  # a write's failure is told through _failed too: the hold restarts
+            except Exception:
+                # Any other failure is one more reason it cannot write, never the end of the
+                # watch (the gateway would stay not ready for good).
+                if not logged:
+                    log.exception("the store's probe write failed; probed again")
+                    logged = True
+                continue
             failed_at = self._write_failed_at
             if failed_at is None or self._clock() - failed_at >= self._hold_s:
                 return

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import queue
 import re
@@ -437,6 +438,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         self.commits = 0
         # Told (on its loop) each time a write fails STORE_UNAVAILABLE (readiness watches it).
         self._on_unavailable: tuple[Callable[[], None], asyncio.AbstractEventLoop] | None = None
+        # A write failed SQLITE_FULL, and no probe has found room since.
+        self._full = False
         self._queue: queue.SimpleQueue[_Op[Any] | _Stop] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders the open/closed check against enqueueing
         self._opening = False
@@ -507,16 +510,37 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
     async def probe_write(self) -> None:
         """Commits a write that changes nothing (the database header's user_version set to
         itself, appended to the WAL and synced like any commit): whether the store can write.
+        After a write failed for want of space, also whether PROBE_ROOM_BYTES are free, on
+        the file system and under the database's page limit: the header is rewritten in
+        place, and the WAL's file reused, so it commits on a full disk where no job fits.
 
         Raises:
             StoreUnavailable: It cannot now.
         """
 
-        def rewrite_header(conn: sqlite3.Connection) -> None:
+        def rewrite_header(conn: sqlite3.Connection) -> int:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             conn.execute(f"PRAGMA user_version = {int(version)}")
+            if not self._full:
+                return PROBE_ROOM_BYTES
+            pages = {
+                name: int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+                for name in ("page_size", "page_count", "max_page_count", "freelist_count")
+            }
+            free_pages = pages["max_page_count"] - pages["page_count"] + pages["freelist_count"]
+            disk = os.statvfs(self.path.parent)
+            return min(free_pages * pages["page_size"], disk.f_bavail * disk.f_frsize)
 
-        await self._call(rewrite_header)
+        room = await self._call(rewrite_header)
+        if room < PROBE_ROOM_BYTES:
+            raise StoreUnavailable(
+                "STORE_UNAVAILABLE",
+                f"the gateway's store has {room} bytes free after it filled up; "
+                f"{PROBE_ROOM_BYTES} are needed",
+                metadata={"sqliteError": "SQLITE_FULL"},
+                retry_after=STORE_RETRY_S,
+            )
+        self._full = False
 
     async def close(self) -> None:
         """Runs every operation already asked for, then closes the connections and threads.
@@ -1371,7 +1395,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             self.commits += 1
             for _, _, error in outcomes:
                 if error is not None and _is_unavailable(error):
-                    self._tell_unavailable()
+                    self._tell_unavailable(error)
             # Only now, with the commit on disk, may anyone see an answer: one wake-up of each
             # waiting event loop for the whole batch.
             _settle_all(outcomes)
@@ -1379,11 +1403,13 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
     def _fail(self, ops: list[_Op[Any]], exc: BaseException) -> None:
         if _is_unavailable(exc):
-            self._tell_unavailable()
+            self._tell_unavailable(exc)
         _fail_all(ops, exc)
 
-    def _tell_unavailable(self) -> None:
+    def _tell_unavailable(self, exc: BaseException) -> None:
         """Tells the listener (on its loop) that a write failed for want of a writable store."""
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+            self._full = True  # until a probe finds room (probe_write)
         listener = self._on_unavailable
         if listener is None:
             return
@@ -1412,6 +1438,9 @@ _UNAVAILABLE_ERRORS = (
 # The file itself damaged (a torn write on bad hardware, an edit): retrying cannot help.
 _DAMAGED_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 STORE_RETRY_S = 5.0
+# Free space a probe needs to find after the store filled up (probe_write): room for a few
+# large jobs, not only for the probe's own page.
+PROBE_ROOM_BYTES = 64 << 20
 
 
 def _is_unavailable(error: BaseException) -> bool:

@@ -176,6 +176,7 @@ async def test_a_gateway_started_on_a_store_that_cannot_write_is_not_ready_until
     readiness.watch_store()
     try:
         with write_lock_held(sqlite_store):
+            await readiness.check_store()
             await readiness.started()
             assert not readiness.ready
             probed = watched.probes

@@ -1798,27 +1798,29 @@ def settle_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
             op = rewrite_op(instruction.operation)
             if op is not instruction.operation:
                 replaced[index] = instruction.replace(operation=op)
-        phase = _constant(body.global_phase)
-        if not replaced and phase is None:
+        constant = _constant(body.global_phase)
+        if not replaced and constant is None:
             return body
         out = _with_replaced(body, replaced)
-        if phase is not None:
+        if constant is not None:
+            out.global_phase = constant
+        # Every parameter the body had stays its own: a circuit's, bound by the client, or a
+        # `for` loop's, which Aer binds into the loop's body (an unused one is Qiskit's
+        # `0*_loop_i_0` phase), strictly.
+        lost = set(body.parameters) - set(out.parameters)
+        if lost:
+            phase = out.global_phase
+            if not isinstance(phase, ParameterExpression):
+                phase = float(phase) % (2 * math.pi)
+            for parameter in sorted(lost, key=lambda p: p.name):
+                phase = phase + 0 * parameter
             out.global_phase = phase
         return out
 
     try:
-        settled = rewrite_body(circuit)
+        return rewrite_body(circuit)
     except RecursionError:
         raise _too_deep(field) from None
-    lost = set(circuit.parameters) - set(settled.parameters)
-    if lost:
-        phase = settled.global_phase
-        if not isinstance(phase, ParameterExpression):
-            phase = float(phase) % (2 * math.pi)
-        for parameter in sorted(lost, key=lambda p: p.name):
-            phase = phase + 0 * parameter
-        settled.global_phase = phase
-    return settled
 
 
 def rename_shadowing_gates(
