@@ -106,8 +106,8 @@ class CostEstimate:
 
 
 def job_shots(spec: JobSpec, backend_default_shots: int) -> int:
-    """Shots a job runs: bindings x shots over its sampler PUBs (estimator PUBs are exact on
-    the simulators; a provider's estimator reports its own usage)."""
+    """Shots a job's sampler PUBs run: bindings x shots (an adapter whose estimator samples
+    adds its shots: BackendAdapter.spec_shots)."""
     total = 0
     for pub in spec.pubs:
         if isinstance(pub, SamplerPub):

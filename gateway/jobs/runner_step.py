@@ -588,7 +588,7 @@ class RunnerStep:
             """`info` with what a job that failed or was cancelled after it ran used."""
             seconds = _charged_seconds(handle.execution_seconds, running)
             if seconds is None and runner.model is ExecutionModel.LOCAL:
-                seconds = time.perf_counter() - t0
+                seconds = _charged_seconds(time.perf_counter() - t0, running)
             if seconds is None:
                 return info
             usage = pricing.Usage(shots=0, execution_seconds=seconds)
@@ -775,9 +775,12 @@ class RunnerStep:
         self._recent.put(started.id, result)
         seconds = _charged_seconds(outcome.execution_seconds, running)
         if seconds is None:
-            # A simulator's time on its worker. A provider that reports none is not charged
-            # the time it followed the job: that includes the provider's queue (hours).
-            seconds = elapsed if runtime.runner.model is ExecutionModel.LOCAL else 0.0
+            # A simulator's time on its worker, within its limit like a report (a job stopped
+            # at its limit may finish first). A provider that reports none is not charged the
+            # time it followed the job: that includes the provider's queue (hours).
+            seconds = 0.0
+            if runtime.runner.model is ExecutionModel.LOCAL:
+                seconds = _charged_seconds(elapsed, running) or 0.0
             if runtime.runner.model is ExecutionModel.REMOTE:
                 log.warning("job %s: the provider reported no execution time", started.id)
         tasks = outcome.tasks
@@ -870,8 +873,7 @@ class RunnerStep:
             spec_bytes = await self._t.store.get_spec(job.id)
             if spec_bytes is None:
                 return 0
-            spec = await self._decode(spec_bytes)
-            return pricing.job_shots(spec, runtime.adapter.context.default_shots)
+            return runtime.adapter.spec_shots(await self._decode(spec_bytes))
         except Exception:  # usage is not worth failing a finished job for
             log.exception("job %s: its shots could not be read from its stored spec", job.id)
             return 0
@@ -970,9 +972,9 @@ def _encodes_inline(result: JobResult) -> bool:
 
 
 def _charged_seconds(reported: float | None, running: RunningJob) -> float | None:
-    """A runner's report of a job's execution time, as charged: None when it is not a finite
-    amount >= 0, and at most the limit that stops the run, which its quota hold assumed (a
-    provider reporting more is not believed)."""
+    """A job's execution time (a runner's report, or the time a simulator's worker took), as
+    charged: None when it is not a finite amount >= 0, and at most the limit that stops the
+    run, which its quota hold assumed (a provider reporting more is not believed)."""
     seconds = pricing.reported(reported)
     if seconds is None or running.run_limit_s is None:
         return seconds

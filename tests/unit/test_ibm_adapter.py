@@ -927,3 +927,28 @@ def test_the_same_sweep_keeping_its_parameter_runs(manila: IbmAdapter) -> None:
     _, (result,) = run(manila, spec(sampler(_RZ_BEFORE_MEASURE, shots=16, bindings=sweep)))
     assert isinstance(result, SamplerResult)
     assert result.shape == (3,)
+
+
+def test_the_shots_of_a_stored_spec_are_those_its_prepared_job_counts(
+    manila: IbmAdapter,
+) -> None:
+    # A job re-attached after a restart is priced from its spec alone (spec_shots): its
+    # estimator PUBs sample too (about 1/precision^2 shots per binding), or they ran free.
+    def estimator(precision: float | None, bindings: int) -> EstimatorPub:
+        return EstimatorPub(
+            circuit=q3("input float[64] theta; qubit[1] q; rx(theta) q[0];"),
+            observables=(Observable((("Z", 1.0),)),),
+            observables_shape=(1,),
+            bindings=Bindings(("theta",), (bindings, 1), np.linspace(0, 1, bindings)),
+            precision=precision,
+        )
+
+    jobs = (
+        spec(estimator(0.05, 3), estimator(None, 2)),
+        spec(estimator(None, 1), default_precision=0.1),
+        spec(estimator(0.0, 1)),  # the runtime's default precision
+        spec(sampler("qubit[1] q; bit[1] c; c[0] = measure q[0];", shots=300)),
+    )
+    counted = [prepare_in_process(manila, job, 1).shots for job in jobs]
+    assert [manila.spec_shots(job) for job in jobs] == counted
+    assert counted[0] == 3 * 400 + 2 * 4096 and counted[3] == 300

@@ -329,12 +329,14 @@ class BraketAdapter(QiskitAdapter):
         prepared = super().prepare(spec, seed, circuits)
         if self.braket_options.is_cloud:
             # A PUB whose bits all read 0 is no task (cloud._task_specs): neither counted against
-            # the limit nor priced.
-            tasks = sum(
-                task.size
+            # the limit nor priced, its shots neither held against a quota nor charged.
+            sampled = [
+                task
                 for task in getattr(prepared.payload, "tasks", ())
-                if isinstance(task, SamplerTask) and task.writes_clbits
-            )
+                if isinstance(task, SamplerTask)
+            ]
+            tasks = sum(task.size for task in sampled if task.writes_clbits)
+            unrun = sum(task.size * task.shots for task in sampled if not task.writes_clbits)
             limit = self.braket_options.max_tasks_per_job
             if tasks > limit:
                 raise fe.invalid(
@@ -344,7 +346,7 @@ class BraketAdapter(QiskitAdapter):
                     "spec.pubs",
                 )
             # Braket bills each task: the job's price is per_task times this.
-            prepared = dataclasses.replace(prepared, tasks=tasks)
+            prepared = dataclasses.replace(prepared, tasks=tasks, shots=prepared.shots - unrun)
         return prepared
 
     def info_properties(self) -> dict[str, str]:

@@ -366,6 +366,14 @@ class QiskitAdapter(BackendAdapter):
         default): 0 where expectation values are computed, not sampled (default)."""
         return 0
 
+    def spec_shots(self, spec: JobSpec) -> int:
+        shots = super().spec_shots(spec)
+        for index, pub in enumerate(spec.pubs):
+            if isinstance(pub, EstimatorPub):
+                _, precision = _precision(pub, spec, f"spec.pubs[{index}].estimator")
+                shots += math.prod(pub.bindings.shape) * self.estimator_shots(precision)
+        return shots
+
     def terminal_probabilities(
         self,
         key: str,
@@ -748,14 +756,7 @@ class QiskitAdapter(BackendAdapter):
         del observables
         bindings = math.prod(bindings_shape)
         cost.add_estimator(terms, entry.num_qubits, bindings, f"{base}.observables")
-        if pub.precision is not None:
-            precision_field = f"{base}.precision"
-            precision = costs.check_precision(pub.precision, precision_field)
-        elif spec.options.default_precision is not None:
-            precision_field = "spec.options.default_precision"
-            precision = costs.check_precision(spec.options.default_precision, precision_field)
-        else:
-            precision_field, precision = f"{base}.precision", DEFAULT_PRECISION
+        precision_field, precision = _precision(pub, spec, base)
         # A sampling backend pays shots for its precision: they count against the job's shot
         # limits, quotas and per-shot prices like a sampler's.
         shots = self.estimator_shots(precision)
@@ -940,6 +941,21 @@ class QiskitAdapter(BackendAdapter):
             standard_errors=errors.reshape(task.shape),
             precision=task.precision,
         )
+
+
+def _precision(pub: EstimatorPub, spec: JobSpec, base: str) -> tuple[str, float]:
+    """An estimator PUB's precision, and the field that set it.
+
+    Raises:
+        InvalidArgument: The precision set is not one.
+    """
+    if pub.precision is not None:
+        field = f"{base}.precision"
+        return field, costs.check_precision(pub.precision, field)
+    if spec.options.default_precision is not None:
+        field = "spec.options.default_precision"
+        return field, costs.check_precision(spec.options.default_precision, field)
+    return f"{base}.precision", DEFAULT_PRECISION
 
 
 def _non_finite(index: int | None, what: str) -> ExecutionError:
