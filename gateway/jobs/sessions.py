@@ -562,7 +562,7 @@ class SessionCore:
                 if session_id not in self._open:
                     ended = await self._store.get_session(session_id)
                     if ended is not None:
-                        await self._cancel_jobs(ended)
+                        self._spawn(self._cancel_all_jobs(ended))
         for session_id in aborted:
             await self._job_ended(session_id, failed=True)
         for session_id in list(self._open):
@@ -676,7 +676,17 @@ class SessionCore:
             labels=dict(new.labels),
             last_activity_at=None,
         )
+        # A session past its TTL that the sweep has not ended yet counts no more.
+        await self._expire_due_of(tenant)
         return await to_the_end(self._create(session, max_open))
+
+    async def _expire_due_of(self, tenant: str) -> None:
+        now = self.clock()
+        for session_id, session in list(self._open.items()):
+            if session.tenant != tenant or session_id in self._locks:
+                continue  # a locked one (a submission compiling) is the sweep's
+            if domain.expire(session, now, has_work=self._has_work(session_id)) is not None:
+                await self._expire(session_id)
 
     async def _create(self, session: Session, max_open: int) -> tuple[Session, bool]:
         # The store counts and creates in one transaction: two creates cannot both pass the
@@ -716,7 +726,9 @@ class SessionCore:
             session = self._open.get(session_id)
             if session is None or session.tenant != tenant:
                 session = await self.get(tenant, session_id)
+            session = await self._expired_now(session)
             _check_accepts(session, spec)
+            self._manager.check_allowed(tenant, session.backend, "spec.session")
             self._check_ordered(session.backend)
             outcome = await self._manager.submit(
                 tenant, request_id, spec, spec_bytes, digest, position=position
@@ -732,7 +744,10 @@ class SessionCore:
                 try:
                     recorded = await self._record_accepted(outcome.job)
                 except Exception:
+                    # Recorded again in a task: unrecorded, the session stays PENDING with
+                    # its job running, and its max TTL never starts.
                     log.exception("session %s: recording job %s failed", session_id, outcome.job.id)
+                    self._spawn(self._job_accepted(outcome.job))
         if not recorded:
             await self._cancel_unrecorded(outcome.job)
         return outcome
@@ -740,7 +755,10 @@ class SessionCore:
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
         """What `submit` checks of the session before admitting a job (validate_only)."""
         session = await self.get(tenant, spec.session)
+        if domain.expire(session, self.clock(), has_work=self._has_work(session.id)):
+            raise domain.session_closed(session)  # ended by the SubmitJob it checks for
         _check_accepts(session, spec)
+        self._manager.check_allowed(tenant, session.backend, "spec.session")
         self._check_ordered(session.backend)
 
     def _check_ordered(self, backend: str) -> None:
@@ -823,13 +841,13 @@ class SessionCore:
         self._spawn(self._job_ended(session_id, failed=job.state is JobState.FAILED))
 
     async def _job_accepted(self, job: Job) -> None:
-        try:
+        async def record() -> None:
             async with self._locked(job.session):
                 recorded = await self._record_accepted(job)
             if not recorded:
                 await self._cancel_unrecorded(job)
-        except Exception:
-            log.exception("session %s: recording job %s failed", job.session, job.id)
+
+        await _retried(record, f"session {job.session}: recording job {job.id}")
 
     async def _record_accepted(self, job: Job) -> bool:
         """Under the session's lock: the session is ACTIVE with the job; False when it has
@@ -860,14 +878,15 @@ class SessionCore:
                 )
                 saved = await self._save(updated)
             if saved.state is SessionState.FAILED:
-                await self._cancel_jobs(saved)
+                self._spawn(self._cancel_all_jobs(saved))
 
-        def aborting() -> bool:
-            # An ABORT failure not saved: the session holds its jobs back but is still open,
-            # taking jobs that would never run (nor end) until its max TTL. Saved again.
-            return failed and session_id in self._halted and session_id in self._open
+        def open_here() -> bool:
+            # Saved again while the session is open: an ABORT failure not saved holds its jobs
+            # back while it takes jobs that never run; a CLOSING one whose last job ended
+            # stays CLOSING (counted against the tenant's cap) until its max TTL.
+            return session_id in self._open
 
-        await _retried(update, f"session {session_id}: updating after a job ended", aborting)
+        await _retried(update, f"session {session_id}: updating after a job ended", open_here)
 
     # ------------------------------------------------------------------ TTLs
 
@@ -898,14 +917,21 @@ class SessionCore:
     async def _expire(self, session_id: str) -> None:
         async with self._locked(session_id):
             current = self._open.get(session_id)
-            if current is None:
-                return
-            ended = domain.expire(current, self.clock(), has_work=self._has_work(session_id))
-            if ended is None:
-                return
-            saved = await self._halted_save(ended)
-        log.info("session %s ended: %s", session_id, ended.end_reason)
-        await self._cancel_jobs(saved)
+            if current is not None:
+                await self._expired_now(current)
+
+    async def _expired_now(self, session: Session) -> Session:
+        """Under the session's lock: the session, ended and saved if a TTL of it has passed
+        (its jobs then cancelled in a task). The sweep ends sessions soon after their
+        deadlines, but not always at once (behind a compiling submission, backing off after
+        a store error): a session past its TTL takes no job meanwhile."""
+        ended = domain.expire(session, self.clock(), has_work=self._has_work(session.id))
+        if ended is None:
+            return session
+        saved = await self._halted_save(ended)
+        log.info("session %s ended: %s", session.id, ended.end_reason)
+        self._spawn(self._cancel_all_jobs(saved))
+        return saved
 
     async def _expire_when_free(self, session_id: str) -> None:
         # Tried again here until it is saved: sweeps skip a session this task ends, and
@@ -1033,12 +1059,28 @@ class SessionCore:
 
     async def _cancel_jobs(self, session: Session) -> None:
         """Cancels the session's unfinished jobs (queued ones end now, running ones are
-        stopped)."""
+        stopped). Every job is tried; the first error (a store that cannot write) is raised
+        after: a job not cancelled would otherwise stay QUEUED in no queue, holding its
+        tenant's queue slot and quota, and the caller must know to try again.
+        """
+        failure: GatewayError | None = None
         for job in await self._store.session_jobs(session.id):
             try:
                 await self._manager.cancel(session.tenant, job.id)
-            except GatewayError:  # it finished meanwhile
-                continue
+            except GatewayError as exc:
+                if exc.reason == "JOB_ALREADY_FINISHED":  # it finished meanwhile
+                    continue
+                log.error("session %s: cancelling job %s failed: %s", session.id, job.id, exc)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _cancel_all_jobs(self, session: Session) -> None:
+        """`_cancel_jobs` of a session that ended without a caller (a TTL, an ABORT
+        failure), again after a failure until every job is cancelled."""
+        await _retried(
+            lambda: self._cancel_jobs(session), f"session {session.id}: cancelling its jobs"
+        )
 
     async def provider_session(self, runner: Runner, job: Job) -> None:
         """Before the job of a session goes to a REMOTE runner: the runner has the session's
