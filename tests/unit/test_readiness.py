@@ -41,25 +41,18 @@ def write_lock_held(store: SqliteStore) -> Iterator[None]:
         other.close()
 
 
-class Watched:
-    """The store as readiness sees it, counting probes; and what readiness published."""
+class Recorder:
+    """What readiness published and how many probes ran, awaited without sleeping."""
 
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
+    def __init__(self) -> None:
         self.probes = 0
         self.published: list[bool] = []
         self.changed = asyncio.Condition()
 
-    def on_write_unavailable(self, callback: Callable[[], None]) -> None:
-        self.store.on_write_unavailable(callback)
-
-    async def probe_write(self) -> None:
-        try:
-            await self.store.probe_write()
-        finally:
-            async with self.changed:
-                self.probes += 1
-                self.changed.notify_all()
+    async def note_probe(self) -> None:
+        async with self.changed:
+            self.probes += 1
+            self.changed.notify_all()
 
     async def publish(self, ready: bool) -> None:
         async with self.changed:
@@ -70,6 +63,23 @@ class Watched:
         async with self.changed:
             # Bounded: a test that fails must not leave its store's threads waiting.
             await asyncio.wait_for(self.changed.wait_for(predicate), 10.0)
+
+
+class Watched(Recorder):
+    """The store as readiness sees it, counting probes."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def on_write_unavailable(self, callback: Callable[[], None]) -> None:
+        self.store.on_write_unavailable(callback)
+
+    async def probe_write(self) -> None:
+        try:
+            await self.store.probe_write()
+        finally:
+            await self.note_probe()
 
 
 async def test_a_write_the_store_cannot_make_is_told_and_a_refused_one_is_not(

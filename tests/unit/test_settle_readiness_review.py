@@ -29,6 +29,7 @@ from gateway.store.sqlite import SqliteStore
 from tests.adapters import prepare_in_process
 from tests.gateway_process import write_config
 from tests.unit.test_aer_adapter import context as aer_context
+from tests.unit.test_readiness import Recorder, Watched
 from tests.unit.test_sqlite_store import new_job
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,30 +59,7 @@ def test_a_for_loop_whose_variable_the_body_does_not_use_still_runs_on_aer(level
 # -- readiness -------------------------------------------------------------------------------
 
 
-class _Recorder:
-    """What readiness published and how many probes ran, awaited without sleeping."""
-
-    def __init__(self) -> None:
-        self.published: list[bool] = []
-        self.probes = 0
-        self.changed = asyncio.Condition()
-
-    async def note_probe(self) -> None:
-        async with self.changed:
-            self.probes += 1
-            self.changed.notify_all()
-
-    async def publish(self, ready: bool) -> None:
-        async with self.changed:
-            self.published.append(ready)
-            self.changed.notify_all()
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(predicate), 10.0)
-
-
-class _ProbeFailsOnceOtherwise(_Recorder):
+class _ProbeFailsOnceOtherwise(Recorder):
     """A store whose second probe fails with an error other than StoreUnavailable (an SQLite
     error outside _UNAVAILABLE_ERRORS, which _as_answer passes through, e.g. SQLITE_PROTOCOL
     in WAL between processes; or DataLoss, or RuntimeError), every other probe committing."""
@@ -105,8 +83,9 @@ async def test_a_probe_failing_otherwise_does_not_end_readiness_for_good() -> No
     readiness = Readiness(store, store.publish, probe_interval_s=0.01, hold_s=0.0)
     readiness.watch_store()
     try:
-        await readiness.started()  # probe 1 commits
-        assert store.published == [True]
+        await readiness.check_store()  # probe 1 commits (the start's)
+        await readiness.started()
+        assert store.published == [True] and store.probes == 1
         assert store.callback is not None
         store.callback()  # a job's write failed STORE_UNAVAILABLE
         await store.until(lambda: store.published == [True, False])
@@ -131,27 +110,12 @@ async def sqlite_store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
     await store.close()
 
 
-class _Watched(_Recorder):
-    def __init__(self, store: SqliteStore) -> None:
-        super().__init__()
-        self.store = store
-
-    def on_write_unavailable(self, callback: Callable[[], None]) -> None:
-        self.store.on_write_unavailable(callback)
-
-    async def probe_write(self) -> None:
-        try:
-            await self.store.probe_write()
-        finally:
-            await self.note_probe()
-
-
 @pytest.mark.anyio
 async def test_a_full_store_does_not_turn_ready_while_no_job_fits(
     sqlite_store: SqliteStore,
 ) -> None:
     now = [100.0]
-    watched = _Watched(sqlite_store)
+    watched = Watched(sqlite_store)
     readiness = Readiness(
         watched, watched.publish, probe_interval_s=0.01, hold_s=5.0, clock=lambda: now[0]
     )
