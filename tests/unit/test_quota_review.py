@@ -136,29 +136,11 @@ h q[0];
 
 
 def test_a_braket_pub_that_runs_no_task_charges_no_shots() -> None:
-    from gateway.backends.base import AdapterContext, CircuitLimits
-    from gateway.backends.braket.adapter import BraketAdapter
-    from gateway.domain.backends import BackendLimits
     from gateway.domain.pricing import estimate
     from tests.adapters import prepare_in_process
+    from tests.unit.test_braket_cloud import _cloud_adapter
 
-    context = AdapterContext(
-        name="sv1",
-        limits=BackendLimits(
-            max_shots=100_000,
-            memory_budget_bytes=1 << 30,
-            max_queued_jobs=100,
-            max_result_bytes=64 << 20,
-        ),
-        default_shots=64,
-        circuit_limits=CircuitLimits(),
-        options={
-            "device": "arn:aws:braket:::device/quantum-simulator/amazon/sv1",
-            "region": "us-east-1",
-            "s3_bucket": "results",
-        },
-    )
-    adapter = BraketAdapter(context)
+    adapter = _cloud_adapter()
     spec = JobSpec(
         backend="sv1",
         pubs=(
