@@ -56,9 +56,16 @@ def _text_field(message: Any, name: str) -> str:
 
 def _request_fields(request: Any) -> dict[str, str]:
     """What every request says about itself, read by field name (no proto types needed)."""
+    # What the call is about: a name, else the parent it creates or lists under, else the
+    # tenant it creates or updates (so a refused call says what it aimed at, too).
+    tenant = getattr(request, "tenant", None)
+    tenant_id = _text_field(request, "tenant_id")
     fields = {
         "request_id": _text_field(request, "request_id"),
-        "resource": _text_field(request, "name"),
+        "resource": _text_field(request, "name")
+        or _text_field(request, "parent")
+        or (f"tenants/{tenant_id}" if tenant_id else "")
+        or (_text_field(tenant, "name") if tenant is not None else ""),
     }
     spec = getattr(request, "spec", None)
     backend = _text_field(spec, "backend") if spec is not None else ""
@@ -110,15 +117,20 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def rejected(self, full_method: str, peer: str, error: GatewayError) -> None:
         """The error boundary's and the decode step's on_rejected: a request refused before
         this interceptor saw it (too large, not decodable, or its message too slow to arrive);
-        counted per peer like failed authentications."""
+        counted per peer and caller like failed authentications. Told when the request is
+        read, which is inside authentication: the record names the caller."""
         now = self._clock()
         service, method = split_method(full_method)
+        principal = current_principal.get()
         self._writer.auth_failed(
             AuditRecord(
                 time=now,
                 end_time=now,
                 service=service,
                 method=method,
+                principal=principal.id,
+                tenant=principal.tenant,
+                key_prefix=principal.key_prefix,
                 peer=peer,
                 code=int(error.code),
                 reason=error.reason,

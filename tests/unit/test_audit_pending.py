@@ -18,6 +18,7 @@ from gateway.domain.audit import AuditRecord, Effect, PendingRecord
 from gateway.domain.errors import Code, InvalidArgument
 from gateway.interceptors.audit import AuditInterceptor
 from gateway.security.audit_writer import AuditWriter
+from gateway.security.principals import Principal, current_principal
 from gateway.store.base import NewJob
 from gateway.store.sqlite import SqliteStore
 
@@ -189,12 +190,17 @@ def test_a_request_refused_before_it_was_read_is_recorded_per_peer_host() -> Non
         sink = _Sink()
         writer = AuditWriter(sink, flush_interval_s=3600, failure_window_s=3600)
         interceptor = AuditInterceptor(writer, clock=lambda: T0)
-        for port in (5555, 5556):
-            interceptor.rejected(
-                "/qgateway.v1.JobService/SubmitJob",
-                f"ipv4:10.1.2.3:{port}",
-                InvalidArgument("MALFORMED_REQUEST", "not a SubmitJobRequest"),
-            )
+        # Told inside authentication, where the request is read: the caller is known.
+        token = current_principal.set(Principal("acme", "apiKeys/abcd", key_prefix="abcd"))
+        try:
+            for port in (5555, 5556):
+                interceptor.rejected(
+                    "/qgateway.v1.JobService/SubmitJob",
+                    f"ipv4:10.1.2.3:{port}",
+                    InvalidArgument("MALFORMED_REQUEST", "not a SubmitJobRequest"),
+                )
+        finally:
+            current_principal.reset(token)
         await writer.close()
         return sink.records
 
@@ -205,5 +211,11 @@ def test_a_request_refused_before_it_was_read_is_recorded_per_peer_host() -> Non
         int(Code.INVALID_ARGUMENT),
         "MALFORMED_REQUEST",
     )
-    assert (first.time, first.principal, first.tenant, first.count) == (T0, "", "", 1)
+    assert (first.time, first.principal, first.tenant, first.key_prefix, first.count) == (
+        T0,
+        "apiKeys/abcd",
+        "acme",
+        "abcd",
+        1,
+    )
     assert (counted.reason, counted.count) == ("MALFORMED_REQUEST", 1)
