@@ -59,7 +59,9 @@ class _Parser:
     def _group(self, depth: int) -> list[AuditComparison]:
         opening = self._next()
         if depth > MAX_DEPTH:
-            raise invalid_filter(opening.pos, f"parentheses nest deeper than {MAX_DEPTH}")
+            raise invalid_filter(
+                opening.pos, f"parentheses nest deeper than {MAX_DEPTH}", limit=MAX_DEPTH
+            )
         out: list[AuditComparison] = []
         while True:
             start = self._tokens[self._i].pos

@@ -65,11 +65,15 @@ _STATE_NAMES = (
 )
 
 
-def invalid_filter(position: int, problem: str) -> InvalidArgument:
+def invalid_filter(position: int, problem: str, *, limit: int | None = None) -> InvalidArgument:
+    """INVALID_FILTER; `limit`, the bound the problem quotes, is in the metadata too."""
+    metadata = {"position": str(position)}
+    if limit is not None:
+        metadata["limit"] = str(limit)
     return InvalidArgument(
         "INVALID_FILTER",
         f"filter: at character {position}: {problem}",
-        metadata={"position": str(position)},
+        metadata=metadata,
         field_violations=[FieldViolation("filter", f"at character {position}: {problem}")],
     )
 
@@ -186,7 +190,9 @@ class _Parser:
     def _group(self, depth: int) -> list[Comparison]:
         opening = self._next()
         if depth > MAX_DEPTH:
-            raise invalid_filter(opening.pos, f"parentheses nest deeper than {MAX_DEPTH}")
+            raise invalid_filter(
+                opening.pos, f"parentheses nest deeper than {MAX_DEPTH}", limit=MAX_DEPTH
+            )
         out: list[Comparison] = []
         positions: list[int] = []
         while True:
@@ -283,5 +289,9 @@ def _resource_id(value: str, prefix: str, pos: int) -> str:
 def parse_filter(text: str) -> JobFilter:
     """The JobFilter of ListJobsRequest.filter; INVALID_ARGUMENT (INVALID_FILTER) otherwise."""
     if len(text) > MAX_FILTER_CHARS:
-        raise invalid_filter(MAX_FILTER_CHARS, f"a filter is at most {MAX_FILTER_CHARS} characters")
+        raise invalid_filter(
+            MAX_FILTER_CHARS,
+            f"a filter is at most {MAX_FILTER_CHARS} characters",
+            limit=MAX_FILTER_CHARS,
+        )
     return _Parser(text).parse()

@@ -233,14 +233,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         tenant = tenant_of(context)
         request_id = _request_id(request_id)
         _, digest, decoded = await self._derived(tenant, spec, digest=bool(request_id))
-        await self._manager.find_request(tenant, request_id, digest)
-        if isinstance(decoded, GatewayError):
-            raise decoded
-        domain_spec = decoded
-        if domain_spec.session:
-            await self._sessions.check_accepts(tenant, domain_spec)
-        with telemetry.span("qgateway.validate"):
-            estimate = await self._manager.validate(tenant, domain_spec)
+        earlier = await self._manager.find_request(tenant, request_id, digest)
+        try:
+            if isinstance(decoded, GatewayError):
+                raise decoded
+            domain_spec = decoded
+            if domain_spec.session:
+                await self._sessions.check_accepts(tenant, domain_spec)
+            with telemetry.span("qgateway.validate"):
+                estimate = await self._manager.validate(tenant, domain_spec)
+        except GatewayError:
+            if earlier is None:
+                raise
+            # The submission would answer its earlier job, whatever changed since (its
+            # backend removed, a limit lowered): so does its validation, with no estimate.
+            return job_service_pb2.SubmitJobResponse(created=False)
         return job_service_pb2.SubmitJobResponse(
             created=False, cost_estimate=codec.encode_cost_estimate(estimate)
         )

@@ -200,13 +200,13 @@ def test_parentheses_nest_at_most_max_depth() -> None:
     ok = "(" * MAX_DEPTH + "state = RUNNING" + ")" * MAX_DEPTH
     assert parse_filter(ok) == parse_filter("state = RUNNING")
     deeper = "(" * (MAX_DEPTH + 1) + "state = RUNNING" + ")" * (MAX_DEPTH + 1)
-    assert _refused(deeper).metadata == {"position": str(MAX_DEPTH)}
+    assert _refused(deeper).metadata == {"position": str(MAX_DEPTH), "limit": str(MAX_DEPTH)}
 
 
 def test_a_filter_of_only_parentheses_fails_fast_without_recursing() -> None:
     started = time.process_time()
     err = _refused("(" * MAX_FILTER_CHARS)
-    assert err.metadata == {"position": str(MAX_DEPTH)}
+    assert err.metadata == {"position": str(MAX_DEPTH), "limit": str(MAX_DEPTH)}
     assert time.process_time() - started < 1.0  # a bound that fails on runaway work only
 
 
@@ -214,10 +214,11 @@ def test_length_is_bounded_before_any_parsing() -> None:
     longest = " AND ".join(["labels:a"] * ((MAX_FILTER_CHARS + 5) // 13)).ljust(MAX_FILTER_CHARS)
     assert len(longest) == MAX_FILTER_CHARS
     parse_filter(longest)
-    assert _refused(longest + " ").metadata == {"position": str(MAX_FILTER_CHARS)}
+    limits = {"position": str(MAX_FILTER_CHARS), "limit": str(MAX_FILTER_CHARS)}
+    assert _refused(longest + " ").metadata == limits
     # Megabytes of anything are refused on their length alone.
     started = time.process_time()
-    assert _refused("(" * 10_000_000).metadata == {"position": str(MAX_FILTER_CHARS)}
+    assert _refused("(" * 10_000_000).metadata == limits
     assert time.process_time() - started < 1.0
 
 
