@@ -84,7 +84,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metrics = self._metrics
         submits = metrics is not None and method in SUBMIT_METHODS
 
-        def start(context: Context) -> tuple[Any, object | None, float]:
+        def start(context: Context) -> tuple[Any, otel_context.Context | None, float]:
             started = time.perf_counter()
             if submits:
                 active.call_job.set(active.CallJob())  # the call's task: no reset needed
@@ -99,12 +99,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
             ctx = trace.set_span_in_context(span, parent)
             RPC_CONTEXT.set(ctx)  # the handler's task is this call's own: no reset needed
-            return span, otel_context.attach(ctx), started
+            return span, ctx, started
 
-        def finish(
-            span: Any, token: object | None, started: float, exc: BaseException | None,
-            context: Context,
-        ) -> None:  # fmt: skip
+        def finish(span: Any, started: float, exc: BaseException | None, context: Context) -> None:
             code, error = _outcome(exc, context)
             if metrics is not None:
                 holder = active.call_job.get() if submits else None
@@ -117,32 +114,46 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 span.set_attribute(ERROR_TYPE, error)
                 span.set_status(Status(StatusCode.ERROR, code))
             span.end()
-            if token is not None:
-                otel_context.detach(token)  # type: ignore[arg-type]
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:
-                span, token, started = start(context)
+                span, ctx, started = start(context)
+                token = None if ctx is None else otel_context.attach(ctx)
                 try:
                     response = await unary(request, context)
                 except BaseException as exc:
-                    finish(span, token, started, exc, context)
+                    finish(span, started, exc, context)
                     raise
-                finish(span, token, started, None, context)
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
+                finish(span, started, None, context)
                 return response
 
             return handle
 
         def wrap_stream(stream: Stream) -> Stream:
             async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-                span, token, started = start(context)
+                span, ctx, started = start(context)
+                items = stream(request, context).__aiter__()
                 try:
-                    async for item in stream(request, context):
+                    while True:
+                        # Attached for each step, never across a yield: a stream its client
+                        # abandoned is closed later from another task, where detaching a
+                        # token attached here failed (an error logged per abandoned stream).
+                        token = None if ctx is None else otel_context.attach(ctx)
+                        try:
+                            item = await items.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            if token is not None:
+                                otel_context.detach(token)
                         yield item
                 except BaseException as exc:
-                    finish(span, token, started, exc, context)
+                    finish(span, started, exc, context)
                     raise
-                finish(span, token, started, None, context)
+                finish(span, started, None, context)
 
             return handle
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,12 +57,21 @@ class CircuitBreaker:
         self._trial: int | None = None
         self._tokens = 0
         self.times_opened = 0
+        # How often it entered each state (the transitions metric): counted here, where every
+        # change happens, not by observers that may miss one between two looks (a half-open
+        # trial failing within a sample interval). HALF_OPEN, which comes with time, counts
+        # when it is first seen after its cool-down.
+        self.entered: Counter[BreakerState] = Counter()
+        self._half_open_seen: float | None = None
 
     @property
     def state(self) -> BreakerState:
         if self._opened_at is None:
             return BreakerState.CLOSED
         if self._clock() - self._opened_at >= self.policy.cooldown_s:
+            if self._half_open_seen != self._opened_at:
+                self._half_open_seen = self._opened_at
+                self.entered[BreakerState.HALF_OPEN] += 1
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
@@ -101,6 +110,7 @@ class CircuitBreaker:
         self._trial = None
         self._opened_at = None
         self._failures.clear()
+        self.entered[BreakerState.CLOSED] += 1
         return BreakerMove(before, BreakerState.CLOSED)
 
     def record_failure(self, permit: Permit) -> BreakerMove | None:
@@ -111,6 +121,7 @@ class CircuitBreaker:
             if self._is_current_trial(permit):  # the trial failed: cool down again
                 self._trial = None
                 self._opened_at = now
+                self.entered[BreakerState.OPEN] += 1
                 return BreakerMove(before, BreakerState.OPEN)
             # A job that started before the breaker opened: already accounted for.
             return None
@@ -122,6 +133,7 @@ class CircuitBreaker:
         self._opened_at = now
         self._failures.clear()
         self.times_opened += 1
+        self.entered[BreakerState.OPEN] += 1
         return BreakerMove(before, BreakerState.OPEN)
 
     def release(self, permit: Permit) -> None:

@@ -179,10 +179,11 @@ BREAKER_STATE = MetricName(
 )
 BREAKER_TRANSITIONS = MetricName(
     "qgateway.breaker.transitions",
-    Kind.COUNTER,
+    Kind.OBSERVED_COUNTER,
     "{transition}",
     ("backend", "state"),
-    "Breaker state changes, by the state entered (seen as jobs end and at each sample).",
+    "Breaker state changes, by the state entered (counted by the breaker; HALF_OPEN when "
+    "first seen after its cool-down).",
 )
 BACKEND_HEALTH = MetricName(
     "qgateway.backend.health",

@@ -21,7 +21,6 @@ from gateway.domain.jobs import Job, JobState
 from gateway.interceptors.handlers import SUBMIT_METHODS
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
-from gateway.runtime.breaker import BreakerMove
 from gateway.runtime.pool import Pool
 from gateway.telemetry import metric_names as names
 
@@ -92,6 +91,10 @@ class _Snapshot:
     compile_pool: tuple[int, int, int, int] | None = None  # in use, idle, waiting, discarded
 
 
+# How long one backend's state may take to read before its last sample is kept.
+SAMPLE_TIMEOUT_S = 2.0
+
+
 class GatewayMetrics:
     """Every instrument of the gateway.
 
@@ -105,7 +108,6 @@ class GatewayMetrics:
         self._snapshot = _Snapshot()
         self._backends: Mapping[str, BackendRuntime] = {}
         self._compile_pool: Pool[object] | None = None
-        self._breakers: dict[str, str] = {}
 
         def histogram(metric: names.MetricName):  # type: ignore[no-untyped-def]
             return meter.create_histogram(
@@ -146,12 +148,12 @@ class GatewayMetrics:
         self.queue_wait = histogram(names.JOB_QUEUE_WAIT)
         self.shots = counter(names.JOB_SHOTS)
         self.cost = counter(names.JOB_COST)
-        self.breaker_transitions = counter(names.BREAKER_TRANSITIONS)
         self.provider_retries = counter(names.PROVIDER_RETRIES)
         gauge(names.QUEUE_DEPTH, self._queue_depth)
         gauge(names.JOBS_RUNNING, self._running)
         gauge(names.POOL_INSTANCES, self._pools)
         gauge(names.BREAKER_STATE, self._breaker_states)
+        gauge(names.BREAKER_TRANSITIONS, self._breaker_transitions)
         gauge(names.BACKEND_HEALTH, self._health)
         gauge(names.WORKER_RESTARTS, self._restarts)
 
@@ -181,8 +183,6 @@ class GatewayMetrics:
                 self.queue_wait.record(max(waited, 0.0), {"backend": backend})
         elif job.state.is_final:
             self._finished(job, backend)
-        if transition.breaker is not None:
-            self._breaker_moved(backend, transition.breaker)
 
     def _finished(self, job: Job, backend: str) -> None:
         tenant = self.tenant(job.tenant)
@@ -207,26 +207,6 @@ class GatewayMetrics:
                 {"tenant": tenant, "backend": backend, "currency": execution.cost.unit},
             )
 
-    def _breaker_moved(self, backend: str, move: BreakerMove) -> None:
-        """Counts a job's move of its backend's breaker, unless a sample saw the new state
-        first (samples read breakers while the job's end commits)."""
-        after = move.after.value
-        if self._breakers.get(backend) != after:
-            self._breakers[backend] = after
-            self.breaker_transitions.add(1, {"backend": backend, "state": after})
-
-    def _check_breaker(self, backend: str) -> None:
-        """Counts a breaker state change seen by a sample: half-open comes with time, and a
-        job's move may not have reached its hook yet."""
-        runtime = self._backends.get(backend)
-        if runtime is None:
-            return
-        state = runtime.breaker.state.value
-        before = self._breakers.get(backend)
-        self._breakers[backend] = state
-        if before is not None and before != state:
-            self.breaker_transitions.add(1, {"backend": backend, "state": state})
-
     # ------------------------------------------------------------------ live state
 
     def watch(
@@ -234,14 +214,22 @@ class GatewayMetrics:
     ) -> None:
         self._backends = backends
         self._compile_pool = compile_pool
-        for name, runtime in backends.items():
-            self._breakers[name] = runtime.breaker.state.value
 
     async def sample(self) -> None:
-        """Reads every backend's live state once (on the event loop)."""
+        """Reads every backend's live state once (on the event loop). A backend whose state
+        cannot be read now (a store read failing or hanging) keeps its last sample; the
+        others' are read as usual."""
         snapshot = _Snapshot()
         for name, runtime in self._backends.items():
-            status = await runtime.status()
+            try:
+                async with asyncio.timeout(SAMPLE_TIMEOUT_S):
+                    status = await runtime.status()
+            except Exception:
+                log.warning("metrics: backend %s's state could not be read", name, exc_info=True)
+                last = self._snapshot.backends.get(name)
+                if last is not None:
+                    snapshot.backends[name] = last
+                continue
             # Through the runner's own stats: a wrapped runner (faults, telemetry) passes them on.
             stats = runtime.runner.stats()
             snapshot.backends[name] = BackendSample(
@@ -254,7 +242,6 @@ class GatewayMetrics:
                 serving=status.serving,
                 discarded=None if stats is None else stats.discarded,
             )
-            self._check_breaker(name)
         if self._compile_pool is not None:
             stats = self._compile_pool.stats()
             snapshot.compile_pool = (
@@ -296,6 +283,13 @@ class GatewayMetrics:
         for name, s in self._snapshot.backends.items():
             for state in names.BREAKER_STATES:
                 yield (1 if s.breaker == state else 0), {"backend": name, "state": state}
+
+    def _breaker_transitions(self) -> Iterable[tuple[float, dict[str, str]]]:
+        # Each breaker's own count of the states it entered (CircuitBreaker.entered).
+        # Copied first: collected on the exporter's thread while the loop may count.
+        for name, runtime in list(self._backends.items()):
+            for state, count in list(runtime.breaker.entered.items()):
+                yield count, {"backend": name, "state": state.value}
 
     def _health(self) -> Iterable[tuple[float, dict[str, str]]]:
         for name, s in self._snapshot.backends.items():

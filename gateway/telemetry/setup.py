@@ -213,6 +213,8 @@ class Telemetry:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
+        if self.tracing is not None:
+            self.tracing.end_open()
         await shut_down(self._providers, SHUTDOWN_TIMEOUT_S)
         if self._prometheus is not None:
             self._prometheus.shutdown()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 _NOTHING: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 _PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+# Their parsers log a warning per malformed entry of a caller's header, hundreds per call and
+# before authentication (any client could fill the log): a bad header is ignored as if absent,
+# silently.
+for _parser_log in ("opentelemetry.baggage.propagation", "opentelemetry.trace.span"):
+    logging.getLogger(_parser_log).setLevel(logging.ERROR)
 _TRACEPARENT = TraceContextTextMapPropagator()
 
 # Jobs followed at once (open spans); beyond it the oldest entry is dropped.
@@ -301,9 +307,20 @@ class Tracing:
 
     def _track(self, job_id: str, entry: _JobTrace) -> None:
         if len(self._jobs) >= MAX_TRACKED_JOBS:
-            # Jobs that end elsewhere (another replica) never leave: forget the oldest.
-            del self._jobs[next(iter(self._jobs))]
+            # Jobs that end elsewhere (another replica) never leave: forget the oldest, its
+            # execute span ended (an open span is never exported).
+            oldest = next(iter(self._jobs))
+            _left(self._jobs.pop(oldest), "no longer followed by this gateway")
         self._jobs[job_id] = entry
+
+    def end_open(self) -> None:
+        """Ends the execute spans of jobs still running (the gateway stopping: they are
+        picked up again after its restart, in spans of their own linked to the job's trace):
+        an open span is never exported, and the job's worker and runner spans had no
+        parent."""
+        jobs, self._jobs = self._jobs, {}
+        for entry in jobs.values():
+            _left(entry, "gateway stopping; the job is recovered at its next start")
 
     def on_transition(self, transition: Transition) -> None:
         job = transition.job
@@ -363,3 +380,10 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR, job.error.reason))
             span.set_attribute("error.type", job.error.reason)
         span.end()
+
+
+def _left(entry: _JobTrace, why: str) -> None:
+    """Ends a job's execute span (if it started) that no final state will end."""
+    if entry.execute is not None:
+        entry.execute.add_event("left", {"qgateway.reason": why})
+        entry.execute.end()

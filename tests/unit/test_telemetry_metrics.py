@@ -74,7 +74,6 @@ def test_every_catalogued_metric_has_its_documented_prometheus_names() -> None:
     # Record each recorded instrument once; observed ones need live state (watched below).
     metrics.record_rpc("qgateway.v1.JobService/Run", "UNAVAILABLE", 0.01, job_known=False)
     metrics.provider_retry("aer")
-    metrics.breaker_transitions.add(1, {"backend": "aer", "state": "OPEN"})
     started = _job(JobState.RUNNING, started_at=T0 + timedelta(seconds=2))
     metrics.on_transition(Transition(_job(JobState.QUEUED), None, T0))
     metrics.on_transition(Transition(started, JobState.QUEUED, T0))
@@ -91,7 +90,8 @@ def test_every_catalogued_metric_has_its_documented_prometheus_names() -> None:
     metrics.on_transition(Transition(done, JobState.RUNNING, T0))
     exported = {key.split("{")[0] for key in _samples(registry)}
     observed = {names.QUEUE_DEPTH, names.JOBS_RUNNING, names.POOL_INSTANCES, names.BREAKER_STATE,
-                names.BACKEND_HEALTH, names.WORKER_RESTARTS}  # fmt: skip
+                names.BACKEND_HEALTH, names.WORKER_RESTARTS,
+                names.BREAKER_TRANSITIONS}  # fmt: skip
     for metric in names.ALL:
         if metric in observed:
             continue
@@ -162,23 +162,27 @@ def test_only_failed_submissions_count_as_refused(code: str) -> None:
     assert _value(registry, "rpc_server_call_duration_seconds_count") == 3
 
 
-@pytest.mark.parametrize("sampled_first", [False, True])
-def test_a_breaker_move_is_counted_once_whoever_sees_it_first(sampled_first: bool) -> None:
-    # A sample reads the breakers while the end of the job that moved one commits: the
-    # job's hook then comes second and must not count the move again.
+def test_breaker_transitions_are_the_breakers_own_count_of_states_entered() -> None:
+    # Counted by the breaker: an observer comparing what it saw counted a move twice (a sample
+    # and the job's hook) or not at all (a trial failing between two samples).
     metrics, registry = _metrics()
-    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=600))
+    clock = [0.0]
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=10), lambda: clock[0])
     metrics.watch({"aer": cast(BackendRuntime, SimpleNamespace(breaker=breaker))}, None)
     permit = breaker.try_dispatch()
     assert permit is not None
-    move = breaker.record_failure(permit)
-    assert move == BreakerMove(BreakerState.CLOSED, BreakerState.OPEN)
-    if sampled_first:
-        metrics._check_breaker("aer")  # what sample() does per backend
-    metrics.on_transition(Transition(_job(JobState.FAILED), JobState.RUNNING, T0, move))
-    metrics._check_breaker("aer")
-    opened = _value(registry, "qgateway_breaker_transitions_total", backend="aer", state="OPEN")
-    assert opened == 1
+    assert breaker.record_failure(permit) == BreakerMove(BreakerState.CLOSED, BreakerState.OPEN)
+    assert breaker.state is BreakerState.OPEN and breaker.state is BreakerState.OPEN
+    clock[0] += 10
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.state is BreakerState.HALF_OPEN
+    trial = breaker.try_dispatch()
+    assert trial is not None and trial.trial
+    breaker.record_success(trial)
+
+    def entered(state: str) -> float:
+        return _value(registry, "qgateway_breaker_transitions_total", backend="aer", state=state)
+
+    assert (entered("OPEN"), entered("HALF_OPEN"), entered("CLOSED")) == (1, 1, 1)
 
 
 def test_finished_jobs_of_tenants_beyond_the_cap_share_one_series() -> None:
