@@ -67,7 +67,8 @@ class MetricsConfig(_Strict):
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    """(host, port) of "host:port" ("" host: every interface).
+    """(host, port) of "host:port" ("" host: every interface; an IPv6 host in brackets,
+    "[::]:9464", as gRPC's own listen addresses are written).
 
     Raises:
         ValueError: Not host:port with a port in 0-65535.
@@ -75,6 +76,8 @@ def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"{listen!r}: give host:port, the port 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     return host or "0.0.0.0", int(port)
 
 

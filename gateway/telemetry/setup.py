@@ -218,4 +218,5 @@ class Telemetry:
         await shut_down(self._providers, SHUTDOWN_TIMEOUT_S)
         if self._prometheus is not None:
             self._prometheus.shutdown()
+            self._prometheus.server_close()  # its listening socket, or the port stays taken
         active.install(None, None)

@@ -499,3 +499,24 @@ def test_a_remote_runners_wait_span_hangs_under_the_jobs_execute_span(
     execute = _named(exporter, "qgateway.job.execute")
     assert execute.context is not None and wait.parent is not None
     assert wait.parent.span_id == execute.context.span_id
+
+
+def test_a_bracketed_ipv6_listen_address_is_split_like_grpcs() -> None:
+    from gateway.telemetry.settings import split_listen
+
+    assert split_listen("[::]:9464") == ("::", 9464)
+    assert split_listen("[::1]:0") == ("::1", 0)
+    assert split_listen(":9464") == ("0.0.0.0", 9464)
+
+
+def test_the_prometheus_port_is_free_once_telemetry_closed() -> None:
+    import asyncio
+
+    config = TelemetryConfig.model_validate({"metrics": {"prometheus_listen": "127.0.0.1:0"}})
+    telemetry = Telemetry(config)
+    telemetry.install()
+    port = telemetry.prometheus_port
+    asyncio.run(telemetry.close())
+    with socket.socket() as again:  # the listening socket closed, not only its thread
+        again.bind(("127.0.0.1", port))
+        again.listen()
