@@ -64,7 +64,7 @@ def _request_fields(request: Any) -> dict[str, str]:
         "request_id": _text_field(request, "request_id"),
         "resource": _text_field(request, "name")
         or _text_field(request, "parent")
-        or (f"tenants/{tenant_id}" if tenant_id else "")
+        or (f"tenants/{tenant_id}"[:MAX_CLIENT_TEXT] if tenant_id else "")
         or (_text_field(tenant, "name") if tenant is not None else ""),
     }
     spec = getattr(request, "spec", None)

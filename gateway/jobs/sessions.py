@@ -564,7 +564,10 @@ class SessionCore:
                     if ended is not None:
                         self._spawn(self._cancel_all_jobs(ended))
         for session_id in aborted:
-            await self._job_ended(session_id, failed=True)
+            # Held back from now (its jobs never start), failed in a task: a store that
+            # cannot write must not hold the start for as long as it lasts.
+            self._halted.add(session_id)
+            self._spawn(self._job_ended(session_id, failed=True))
         for session_id in list(self._open):
             await self._settle(session_id)
         await self.expire_due()

@@ -395,17 +395,17 @@ def test_filters_are_per_tenant(b: Stubs, batch: dict[str, job_pb2.Job]) -> None
 
 
 @pytest.mark.parametrize(
-    ("text", "position"),
+    ("text", "position", "limit"),
     [
-        ('labels.x = "a\' OR 1=1 --"', "11"),
-        ('labels.x\' OR 1=1 -- = "a"', "8"),
-        ("state = RUNNING OR state = QUEUED", "16"),
-        ("(" * 100 + "state = RUNNING" + ")" * 100, "8"),
-        ('tenant = "bob"', "0"),
-        ('backend = "aer"', "10"),
-        ('create_time > "yesterday"', "14"),
-        ("state = RUNNİNG", "12"),
-        ("labels:a AND " * 200 + "labels:a", "2048"),
+        ('labels.x = "a\' OR 1=1 --"', "11", None),
+        ('labels.x\' OR 1=1 -- = "a"', "8", None),
+        ("state = RUNNING OR state = QUEUED", "16", None),
+        ("(" * 100 + "state = RUNNING" + ")" * 100, "8", "8"),
+        ('tenant = "bob"', "0", None),
+        ('backend = "aer"', "10", None),
+        ('create_time > "yesterday"', "14", None),
+        ("state = RUNNİNG", "12", None),
+        ("labels:a AND " * 200 + "labels:a", "2048", "2048"),
     ],
     ids=[
         "sql-in-value",
@@ -419,10 +419,14 @@ def test_filters_are_per_tenant(b: Stubs, batch: dict[str, job_pb2.Job]) -> None
         "too-long",
     ],
 )
-def test_hostile_filters_are_invalid_filter(a: Stubs, text: str, position: str) -> None:
+def test_hostile_filters_are_invalid_filter(
+    a: Stubs, text: str, position: str, limit: str | None
+) -> None:
     info = _error(lambda: a.list(text))
     assert (info.code, info.reason, info.domain) == (INVALID, "INVALID_FILTER", "qgateway.dev")  # type: ignore[attr-defined]
-    assert info.metadata == {"position": position}  # type: ignore[attr-defined]
+    # A refusal that quotes a bound (nesting depth, length) carries it too.
+    expected = {"position": position} if limit is None else {"position": position, "limit": limit}
+    assert info.metadata == expected  # type: ignore[attr-defined]
     assert info.fields == ["filter"]  # type: ignore[attr-defined]
 
 
