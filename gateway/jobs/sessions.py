@@ -49,6 +49,7 @@ from gateway.domain.errors import (
     FieldViolation,
     GatewayError,
     InvalidArgument,
+    NotFound,
 )
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobSpec, JobState
@@ -1070,9 +1071,9 @@ class SessionCore:
         for job in await self._store.session_jobs(session.id):
             try:
                 await self._manager.cancel(session.tenant, job.id)
-            except GatewayError as exc:
-                if exc.reason == "JOB_ALREADY_FINISHED":  # it finished meanwhile
-                    continue
+            except (FailedPrecondition, NotFound):  # it finished meanwhile, or is gone
+                continue
+            except GatewayError as exc:  # the store, not the job: tried again
                 log.error("session %s: cancelling job %s failed: %s", session.id, job.id, exc)
                 failure = failure or exc
         if failure is not None:
