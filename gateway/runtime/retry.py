@@ -39,7 +39,16 @@ TRANSIENT_AWS_ERROR_CODES = THROTTLING_AWS_ERROR_CODES | {
     "ServiceUnavailable",
     "InternalServerError",
     "InternalFailure",
+    # A request the service gave up waiting for, sent as HTTP 400 (S3's RequestTimeout),
+    # which botocore's own standard retry mode retries too.
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "IDPCommunicationError",
 }
+# HTTP statuses that say the call did not happen or may be repeated: 408 Request Timeout
+# (RFC 9110, from an edge proxy as from the service), 429 and 5xx.
+_TRANSIENT_STATUSES = frozenset({408, 429})
 
 # Network failures of HTTP clients that do not subclass the builtin ConnectionError or
 # TimeoutError (requests' and botocore's derive from OSError or their own bases), named by
@@ -270,7 +279,7 @@ def _classify(exc: BaseException) -> bool | None:
     status = http_status_of(exc)
     if status is None:
         return None
-    return status == 429 or 500 <= status <= 599
+    return status in _TRANSIENT_STATUSES or 500 <= status <= 599
 
 
 def _aws_error_code(exc: BaseException) -> str | None:

@@ -687,12 +687,13 @@ class IbmCloudRunner(Runner):
         runtime_options = options.runtime_options(primitive) if options is not None else {}
         attempt = 1
         throttled = True  # every attempt so far answered 429: none made a job
+        uncertain = False  # an earlier attempt may have made a job after all
         while True:
             delay = self._bucket.delay()
             if delay > 0:
                 self._sleep(delay)
             try:
-                return self._create(primitive, pubs, tags, runtime_options, job)
+                created = self._create(primitive, pubs, tags, runtime_options, job)
             except ExecutionError as err:
                 throttled = throttled and err.metadata.get("providerStatus") == "429"
                 if throttled and attempt >= self._policy.max_attempts:
@@ -709,6 +710,19 @@ class IbmCloudRunner(Runner):
                 if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
                     raise
                 log.warning("job %s: create failed transiently (%s); checking by tag", job.id, err)
+                uncertain = uncertain or err.metadata.get("providerStatus") != "429"
+            else:
+                if not uncertain:
+                    return created
+                # A slow service may have committed the attempt that timed out after the tag
+                # search missed it: two runtime jobs, both billed. Looked up again, the
+                # oldest is followed and the others cancelled (_find).
+                try:
+                    return self._find(job.id, None) or created
+                except ExecutionError as err:
+                    log.warning("job %s: checking for a copy after a retried create failed: %s",
+                                job.id, err)  # fmt: skip
+                    return created
             self._sleep(self._policy.backoff(attempt, _rng))
             attempt += 1
             # The failed attempt may have made the job (a reply lost after acceptance).
