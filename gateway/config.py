@@ -46,6 +46,7 @@ from gateway.security.tenant_policy import (
     etag_of,
     validate_policy,
 )
+from gateway.setting_bounds import MAX_DAYS, MAX_MB, MAX_SECONDS
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S
 from gateway.telemetry.settings import TelemetryConfig
 
@@ -55,18 +56,11 @@ CLIENT_ENV_VARS = frozenset({"QGATEWAY_TARGET", "QGATEWAY_API_KEY"})
 MIB = 1 << 20
 
 
-# Upper bounds of durations: far beyond any sensible setting, well inside what datetime and
-# timedelta arithmetic take (a retention of 1e7 days made every finished job fail).
-MAX_DAYS = 36_500.0
-MAX_SECONDS = MAX_DAYS * 86_400.0
 # gRPC's message-size options are int32: the transport limits derived from these must fit.
 _INT32_MAX = 2**31 - 1
 # Counts and sizes that ListBackends, GetBackend or GetTenantUsage report travel in int64
 # fields (int32 where the bound below says so): a value past them made those calls INTERNAL.
 _INT64_MAX = 2**63 - 1
-# Mebibyte settings: far beyond any machine, and their bytes (doubled, for the reply cap) still
-# fit a C long, which setrlimit takes (a larger one crashed the first worker's start).
-MAX_MB = 2**40
 # The largest spec or result the store takes: SQLite holds a value of at most 1,000,000,000
 # bytes (SQLITE_MAX_LENGTH); 900 MiB leaves room for the encoding around the client's bytes.
 STORED_VALUE_MAX_BYTES = 900 * MIB
@@ -174,8 +168,8 @@ class ServerConfig(_Strict):
     # Stored-result bytes that open StreamJobResult calls hold in memory (each keeps its parsed
     # result until it ends), per tenant and for the whole process; past either a new stream is
     # RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED. An empty budget takes any one result.
-    max_streamed_result_mb_per_tenant: float = Field(default=512.0, gt=0)
-    max_streamed_result_mb: float = Field(default=2048.0, gt=0)
+    max_streamed_result_mb_per_tenant: float = Field(default=512.0, gt=0, le=MAX_MB)
+    max_streamed_result_mb: float = Field(default=2048.0, gt=0, le=MAX_MB)
     # StreamJobResult messages a second one tenant's streams send together (also the burst);
     # the rest wait. A message per binding and register costs the loop ~40 us however small:
     # this bounds what a result of many tiny parts costs (gateway.api.stream_pace).
@@ -769,6 +763,10 @@ def load_config(path: Path | None = None) -> GatewayConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 (TOML is): byte {exc.start} ({exc.reason})"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         # A service manager starts the gateway from a directory of its own choosing: the
@@ -803,7 +801,8 @@ def _anchor_value(value: Any, annotation: Any, base: Path) -> Any:
             value = _anchor_value(value, arm, base)
         return value
     if annotation is Path:
-        if isinstance(value, str) and value and not Path(value).is_absolute():
+        # An empty path too: the file's own directory, like ".", never the process's.
+        if isinstance(value, str) and not Path(value).is_absolute():
             return str(base / value)
         return value
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

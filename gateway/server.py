@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import uuid
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from gateway.api.admin_tenants import tenant_from_stored
 from gateway.api.backend_service import BackendServicer
 from gateway.api.health_service import HealthService
 from gateway.api.job_service import JobServicer
-from gateway.api.paging import PageTokens, load_or_create_key
+from gateway.api.paging import PageTokenKeyInvalid, PageTokens, load_or_create_key
 from gateway.api.session_service import SessionServicer
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
@@ -670,6 +671,12 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
             await gateway.start(stopping=stop, data_dir_lock=lock)
         except (StoreInUse, StoreLocked, SchemaTooNew, DataDirInUse, AuditKeyMismatch) as exc:
             raise ConfigError(str(exc)) from None
+        except PageTokenKeyInvalid as exc:
+            raise ConfigError(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            # Not a database (damage, a bad hand copy), or not a file: the operator's to fix,
+            # said in one line like every other start error.
+            raise ConfigError(f"{config.data_dir / DB_FILE}: {exc}") from None
         if stop.is_set():
             # Asked to stop while starting: never announced ready to a supervisor that has
             # already asked it to go.

@@ -106,6 +106,10 @@ _ISSUED = struct.Struct(">Q")
 _MIN_RAW = len(_VERSION) + _NONCE_BYTES + _ISSUED.size + _TAG_BYTES
 
 
+class PageTokenKeyInvalid(Exception):
+    """The data directory's page-token key is not one (its operator's to fix)."""
+
+
 def load_or_create_key(data_dir: Path) -> bytes:
     """The page-token key in `data_dir`, created (32 random bytes, mode 0600) on first start.
 
@@ -136,7 +140,7 @@ def load_or_create_key(data_dir: Path) -> bytes:
             os.close(dir_fd)
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
-        raise RuntimeError(
+        raise PageTokenKeyInvalid(
             f"{path}: a page-token key is {KEY_BYTES} bytes, found {len(key)}; delete the file "
             "to make a new one (outstanding page tokens become invalid)"
         )

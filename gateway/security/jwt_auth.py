@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.domain.errors import Unauthenticated
 from gateway.security.peers import is_loopback_host
 from gateway.security.principals import Principal, Role, is_tenant_id
+from gateway.setting_bounds import MAX_SECONDS
 
 log = logging.getLogger("gateway.auth")
 
@@ -68,8 +69,8 @@ class JwtConfig(BaseModel):
     # "user" or "tenant-admin" (admin is granted only through this mapping).
     # A token whose claim matches several values gets the highest role; none: `user`.
     roles: dict[str, Role] = Field(default_factory=dict)
-    jwks_refresh_s: float = Field(default=300.0, gt=0)
-    jwks_min_refetch_s: float = Field(default=30.0, gt=0)
+    jwks_refresh_s: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
+    jwks_min_refetch_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
 
     @field_validator("algorithms")
     @classmethod

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.setting_bounds import MAX_SECONDS
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -36,7 +38,7 @@ class TracingConfig(_Strict):
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     follow_caller_sampling: bool = False
     # Spans are exported in batches this often (and at shutdown).
-    export_interval_s: float = Field(default=2.0, gt=0)
+    export_interval_s: float = Field(default=2.0, gt=0, le=MAX_SECONDS)
     # A W3C traceparent/tracestate/baggage header longer than this is ignored, not an error.
     max_header_bytes: int = Field(default=4096, ge=64, le=65536)
 
@@ -48,9 +50,9 @@ class MetricsConfig(_Strict):
     prometheus_listen: str | None = None
     # OTLP/gRPC collector to push metrics to; unset: none.
     otlp_endpoint: str | None = None
-    otlp_interval_s: float = Field(default=15.0, gt=0)
+    otlp_interval_s: float = Field(default=15.0, gt=0, le=MAX_SECONDS)
     # Live state (queue depth, pools, breakers, health) is read this often on the event loop.
-    sample_interval_s: float = Field(default=5.0, gt=0)
+    sample_interval_s: float = Field(default=5.0, gt=0, le=MAX_SECONDS)
     # The tenant label holds at most this many tenants; the others are reported as "other".
     max_tenant_labels: int = Field(default=50, ge=0)
 

@@ -246,7 +246,8 @@ def test_limits_at_their_widest_are_reported(tmp_path: Path) -> None:
     """The widest value each setting takes is one the API can report: a backend's limits
     and a tenant's policy at their bounds encode as ListBackends and GetTenant send them."""
     from gateway.api import backend_codec, tenant_codec
-    from gateway.config import MAX_MB, MIB, STORED_VALUE_MAX_BYTES
+    from gateway.config import MIB, STORED_VALUE_MAX_BYTES
+    from gateway.setting_bounds import MAX_MB
 
     path = tmp_path / "g.toml"
     path.write_text(

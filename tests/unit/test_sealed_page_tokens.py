@@ -14,6 +14,7 @@ from gateway.api.paging import (
     KEY_FILE,
     MAX_TOKEN_LENGTH,
     TOKEN_TTL_S,
+    PageTokenKeyInvalid,
     PageTokens,
     load_or_create_key,
 )
@@ -134,7 +135,7 @@ def test_the_key_is_created_private_once_and_reused(tmp_path: Path) -> None:
 
 def test_a_damaged_key_file_stops_the_start(tmp_path: Path) -> None:
     (tmp_path / KEY_FILE).write_bytes(b"short")
-    with pytest.raises(RuntimeError, match="32 bytes"):
+    with pytest.raises(PageTokenKeyInvalid, match="32 bytes"):
         load_or_create_key(tmp_path)
 
 
