@@ -33,6 +33,7 @@ from gateway.security.audit_writer import AuditWriter
 from gateway.security.authenticator import Authenticator
 from gateway.security.principals import Principal, Role, current_principal
 from gateway.store.sqlite import SqliteStore
+from tests.unit.test_audit_pending import Ctx
 
 AUDIT_KEY = bytes(range(32))
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -46,17 +47,6 @@ class _Sink:
     async def append_audit(self, records: Sequence[AuditRecord]) -> ChainPoint:
         self.records.extend(records)
         return ChainPoint(len(self.records), b"")
-
-
-class _Ctx:
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-    def peer(self) -> str:
-        return "ipv4:10.1.2.3:5555"
-
-    def code(self) -> None:
-        return None
 
 
 # --- 1. a refusal in the decode step forgets who the (authenticated) caller was -------------
@@ -149,7 +139,7 @@ async def test_a_refused_create_api_key_records_the_tenant_it_was_aimed_at(
         )
         request = admin_service_pb2.CreateApiKeyRequest(parent="tenants/globex")
         with pytest.raises(NotFound):
-            await handler.unary_unary(request, _Ctx())
+            await handler.unary_unary(request, Ctx())
         await writer.close()
     finally:
         current_principal.reset(token)

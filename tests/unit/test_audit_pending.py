@@ -56,7 +56,9 @@ def test_a_record_given_back_after_the_call_ended_is_written_late_once() -> None
     assert early.close() == DRAFT and committed == []
 
 
-class _Ctx:
+class Ctx:
+    """A servicer context with no metadata, from one peer."""
+
     def invocation_metadata(self) -> tuple[()]:
         return ()
 
@@ -114,7 +116,7 @@ def test_a_refused_submission_has_its_record_even_when_its_caller_went_away(
             # The writer holds its batch before the create arrives, so the create waits alone.
             assert await asyncio.to_thread(holding.wait, 10)
             request = SimpleNamespace(request_id="rid-1", name="")
-            call = asyncio.ensure_future(handler.unary_unary(request, _Ctx()))
+            call = asyncio.ensure_future(handler.unary_unary(request, Ctx()))
             for _ in range(10_000):  # until the create waits behind the busy operation
                 if store._queue.qsize() == 1:
                     break
@@ -154,7 +156,7 @@ class _Sink:
 
 
 def test_a_read_without_a_request_id_takes_the_x_request_id_header() -> None:
-    class Metadata(_Ctx):
+    class Metadata(Ctx):
         def invocation_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
             return (
                 ("x-request-id", "req-7"),

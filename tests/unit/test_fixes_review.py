@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 
-from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import StoreUnavailable
-from gateway.domain.jobs import JobError, JobSpec, JobState
+from gateway.domain.jobs import JobError, JobState
 from gateway.domain.sessions import FailurePolicy
 from gateway.interceptors.audit import MAX_CLIENT_TEXT, _request_fields
 from gateway.store.sqlite import SqliteStore
-from tests.unit.test_quota_review import _MEASURED, _UNMEASURED
+from tests.unit.test_quota_review import measured_and_unmeasured
 from tests.unit.test_sessions import build, session_spec
 
 # --- 1. spec_shots disagrees with prepare on Braket cloud -------------------------------------
@@ -42,13 +41,7 @@ def test_braket_cloud_spec_shots_agree_with_prepare() -> None:
     from tests.unit.test_braket_cloud import _cloud_adapter
 
     adapter = _cloud_adapter()
-    spec = JobSpec(
-        backend="sv1",
-        pubs=(
-            SamplerPub(CircuitSource(CircuitLanguage.QASM3, _MEASURED), Bindings(), 100),
-            SamplerPub(CircuitSource(CircuitLanguage.QASM3, _UNMEASURED), Bindings(), 1000),
-        ),
-    )
+    spec = measured_and_unmeasured()
     prepared = prepare_in_process(adapter, spec, seed=1)
     assert prepared.shots == 100
     # What runner_step._stored_shots charges the same job once re-attached after a restart.

@@ -7,26 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from gateway.backends.ibm import cloud
 from gateway.backends.qiskit.adapter import QiskitPayload
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import SamplerOutput
-
-
-def _settings(**kw: Any) -> cloud.CloudSettings:
-    return cloud.CloudSettings(
-        name="ibmq",
-        device="ibm_test",
-        channel="ibm_cloud",
-        instance="crn:v1:bluemix:public:quantum-computing:us-east:a/0:1::",
-        url=None,
-        iam_url=None,
-        token=SecretStr("secret-key"),
-        **kw,
-    )
+from tests.unit.test_ibm_cloud import settings
 
 
 class _Job:
@@ -65,7 +52,7 @@ class _Service:
 
 
 def test_ibm_a_retried_create_never_leaves_two_runtime_jobs_running() -> None:
-    runner = cloud.IbmCloudRunner(_settings(retry_backoff_s=0.01), sleep=lambda s: None)
+    runner = cloud.IbmCloudRunner(settings(retry_backoff_s=0.01), sleep=lambda s: None)
     service = _Service()
     runner._client.service = lambda: service  # type: ignore[method-assign]
     pending: list[_Job] = []
@@ -102,7 +89,7 @@ class _RequestsApiError(Exception):
 
 
 def test_ibm_a_request_timeout_while_following_a_job_is_transient() -> None:
-    runner = cloud.IbmCloudRunner(_settings(retry_attempts=1), sleep=lambda s: None)
+    runner = cloud.IbmCloudRunner(settings(retry_attempts=1), sleep=lambda s: None)
 
     class Service:
         def job(self, remote_id: str) -> Any:

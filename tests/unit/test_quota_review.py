@@ -135,19 +135,24 @@ h q[0];
 """
 
 
-def test_a_braket_pub_that_runs_no_task_charges_no_shots() -> None:
-    from gateway.domain.pricing import estimate
-    from tests.adapters import prepare_in_process
-    from tests.unit.test_braket_cloud import _cloud_adapter
-
-    adapter = _cloud_adapter()
-    spec = JobSpec(
+def measured_and_unmeasured() -> JobSpec:
+    """A Braket job of a measured PUB of 100 shots and an unmeasured one of 1000."""
+    return JobSpec(
         backend="sv1",
         pubs=(
             SamplerPub(CircuitSource(CircuitLanguage.QASM3, _MEASURED), Bindings(), 100),
             SamplerPub(CircuitSource(CircuitLanguage.QASM3, _UNMEASURED), Bindings(), 1000),
         ),
     )
+
+
+def test_a_braket_pub_that_runs_no_task_charges_no_shots() -> None:
+    from gateway.domain.pricing import estimate
+    from tests.adapters import prepare_in_process
+    from tests.unit.test_braket_cloud import _cloud_adapter
+
+    adapter = _cloud_adapter()
+    spec = measured_and_unmeasured()
     prepared = prepare_in_process(adapter, spec, seed=1)
     assert prepared.tasks == 1  # the unmeasured PUB is no task
     price = Price(per_task=0.075, per_shot=0.001, unit="USD")
