@@ -42,6 +42,23 @@ def _fail_once_for(store: SqliteStore, job_id: str, monkeypatch: pytest.MonkeyPa
     return left
 
 
+def _save_fails_once(
+    store: SqliteStore, state: SessionState, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """store.save_session fails once, STORE_UNAVAILABLE, for a session saved in `state`."""
+    real = store.save_session
+    left = [1]
+
+    async def flaky(session: Session) -> Session | None:
+        if session.state is state and left[0]:
+            left[0] -= 1
+            raise StoreUnavailable("STORE_UNAVAILABLE", "injected: the store cannot write now")
+        return await real(session)
+
+    monkeypatch.setattr(store, "save_session", flaky)
+    return left
+
+
 async def _eventually_cancelled(core: SessionsCore, job_id: str) -> JobState:
     """The job's state once it is CANCELLED, or as it is after 2 s (bounded)."""
     try:
@@ -170,16 +187,7 @@ async def test_a_store_error_recording_the_first_job_does_not_lose_the_max_ttl(
     core = await build(store)
     try:
         s = await core.create(idle_ttl_s=10.0, max_ttl_s=20.0)
-        real = store.save_session
-        left = [1]
-
-        async def flaky(session: Session) -> Session | None:
-            if session.state is SessionState.ACTIVE and left[0]:  # the first job's record
-                left[0] -= 1
-                raise StoreUnavailable("STORE_UNAVAILABLE", "injected: the store cannot write now")
-            return await real(session)
-
-        monkeypatch.setattr(store, "save_session", flaky)
+        left = _save_fails_once(store, SessionState.ACTIVE, monkeypatch)  # the first job's
         job = await core.submit("alice", session_spec(s))
         await core.until("alice", job.id, "RUNNING")
         assert left == [0]
@@ -210,16 +218,7 @@ async def test_a_drained_closing_session_closes_despite_one_store_error(
         job = await core.submit("alice", session_spec(s))
         await core.until("alice", job.id, "RUNNING")
         assert (await core.sessions.close_session("alice", s.id)).state is SessionState.CLOSING
-        real = store.save_session
-        left = [1]
-
-        async def flaky(session: Session) -> Session | None:
-            if session.state is SessionState.CLOSED and left[0]:  # the drain's end
-                left[0] -= 1
-                raise StoreUnavailable("STORE_UNAVAILABLE", "injected: the store cannot write now")
-            return await real(session)
-
-        monkeypatch.setattr(store, "save_session", flaky)
+        left = _save_fails_once(store, SessionState.CLOSED, monkeypatch)  # the drain's end
         core.runner.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
         with contextlib.suppress(TimeoutError):
