@@ -191,6 +191,8 @@ class BackendAdapter(ABC):
     """One backend. Subclasses are registered under the "qgateway.backends" entry-point group."""
 
     options_model: ClassVar[type[AdapterOptions]] = AdapterOptions
+    # What compile_circuit returns: a compile worker's answer of any other type is refused.
+    compiled_type: ClassVar[type] = object
     # The schema of JobOptions.provider_options on this backend (default: no option at all).
     provider_options_model: ClassVar[type[ProviderOptions]] = ProviderOptions
 

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import offload
 from gateway.backends.base import CIRCUIT_FIELD, BackendAdapter, TargetUnavailable
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import (
@@ -192,12 +193,26 @@ class Compiler:
             Unavailable: the backend's target could not be fetched from its provider.
             Internal: the compile worker failed in a way no input should cause.
         """
+        # Before its digest and a worker: a source past the limit is refused by its length
+        # (the worker refused it too, after a 16 MiB request's digest on the event loop and
+        # its trip through a pipe and a fair-share slot).
+        size = len(source.payload)
+        limit = adapter.context.circuit_limits.max_source_bytes
+        if size > limit:
+            raise InvalidArgument(
+                "CIRCUIT_TOO_LARGE",
+                f"circuit source is {size} bytes; the limit is {limit}",
+                metadata={"sourceBytes": str(size), "maxSourceBytes": str(limit)},
+                field_violations=[
+                    FieldViolation(field, f"circuit source is {size} bytes; the limit is {limit}")
+                ],
+            )
         # Per tenant: a hit answers in microseconds and a compile takes milliseconds, so a
         # shared cache told any tenant whether another had sent a given circuit.
-        place = (tenant, adapter.circuit_key(source))
+        place = (tenant, await offload.by_size(size, adapter.circuit_key, source))
         outcome = self._cache.get(_cache_key(place))
         if outcome is None:
-            outcome = await self._shared(place, backend, source)
+            outcome = await self._shared(place, backend, source, adapter.compiled_type)
         if isinstance(outcome, InvalidArgument):
             raise relocated(outcome, field)
         if isinstance(outcome, Internal | Unavailable):
@@ -211,7 +226,9 @@ class Compiler:
             )
         return outcome
 
-    async def _shared(self, place: tuple[str, str], backend: str, source: CircuitSource) -> object:
+    async def _shared(
+        self, place: tuple[str, str], backend: str, source: CircuitSource, compiled: type
+    ) -> object:
         """One compile per tenant and circuit key at a time: a caller asking for a circuit
         that is being compiled waits for that compile. When every caller has gone, a compile
         still waiting for its tenant's fair-share slot is dropped; one that has its slot runs to
@@ -221,7 +238,9 @@ class Compiler:
         flight = self._inflight.get(place)
         if flight is None:
             flight = _Flight()
-            flight.task = asyncio.ensure_future(self._compile_once(place, backend, source, flight))
+            flight.task = asyncio.ensure_future(
+                self._compile_once(place, backend, source, compiled, flight)
+            )
             self._inflight[place] = flight
             flight.task.add_done_callback(lambda _: self._land(place, flight))
         flight.waiters += 1
@@ -244,19 +263,26 @@ class Compiler:
             log.error("an abandoned compile failed", exc_info=task.exception())
 
     async def _compile_once(
-        self, place: tuple[str, str], backend: str, source: CircuitSource, flight: _Flight
+        self,
+        place: tuple[str, str],
+        backend: str,
+        source: CircuitSource,
+        compiled: type,
+        flight: _Flight,
     ) -> object:
         tenant, _ = place
         async with self._fair.slot(tenant):
             # From here it goes on without callers: slots are as many as workers, and dropping
             # it while the pool starts a worker for it threw that start-up away.
             flight.compiling = True
-            outcome, lasting = await self._compile(backend, source)
+            outcome, lasting = await self._compile(backend, source, compiled)
             if lasting:
                 self._cache.put(_cache_key(place), outcome, tenant)
             return outcome
 
-    async def _compile(self, backend: str, source: CircuitSource) -> tuple[object, bool]:
+    async def _compile(
+        self, backend: str, source: CircuitSource, compiled: type = object
+    ) -> tuple[object, bool]:
         """The outcome, and whether it is a property of the circuit (worth caching). A wall-time
         kill is not: a loaded machine may be what made the compile slow."""
         limits = self.limits
@@ -275,6 +301,9 @@ class Compiler:
         try:
             async with asyncio.timeout(limits.timeout_s):
                 value = await worker.compile(backend, source, limits.cpu_time_s)
+            if not isinstance(value, compiled):
+                # What no worker of this adapter answers: code it should not run may have.
+                worker.refuse(f"a compile answer holding {type(value).__name__}")
             broken = False
             return value, True
         except InvalidArgument as refusal:

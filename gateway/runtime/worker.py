@@ -336,6 +336,10 @@ class WorkerProcess:
             self._refuse(str(exc))
         return reply
 
+    def refuse(self, why: str) -> NoReturn:
+        """Kills the worker for a reply no worker sends; raises WorkerReplyRefused."""
+        self._refuse(why)
+
     def _refuse(self, why: str) -> NoReturn:
         self.kill()
         log.error("worker process %d sent a reply that was refused, killed: %s", self.pid, why)
@@ -384,13 +388,17 @@ class WorkerProcess:
             TargetUnavailable: the backend's target could not be fetched from its provider.
             MemoryError: compiling ran out of the worker's memory (recycle the worker).
             WorkerCrashed: the process died, e.g. at its CPU-time limit.
+            WorkerReplyRefused: it answered what no worker sends (it was killed).
             ExecutionError: an unexpected error in the SDK or the adapter (a bug).
         """
         reply = await self._call(("compile", backend, source, cpu_seconds), "qgateway.compile")
-        kind = reply[0]
-        if kind == "ok":
-            return reply[1]
-        if kind == "invalid":
+        # Every shape checked: a worker that runs code it should not may answer anything the
+        # codec can build, and a wrong one escaped as a bare ValueError (nothing cached, the
+        # next such circuit costing another worker).
+        kind = reply[0] if reply else None
+        if kind == "ok" and len(reply) == 2:
+            return reply[1]  # its type is the adapter's to know (Compiler checks it)
+        if kind == "invalid" and _is_refusal(reply):
             _, reason, message, metadata, violations = reply
             raise InvalidArgument(
                 reason,
@@ -398,11 +406,13 @@ class WorkerProcess:
                 metadata=metadata,
                 field_violations=[FieldViolation(f, d) for f, d in violations],
             )
-        if kind == "memory":
+        if kind == "memory" and len(reply) == 1:
             raise MemoryError
-        if kind == "unavailable":
+        if kind == "unavailable" and len(reply) == 2 and isinstance(reply[1], str):
             raise TargetUnavailable(reply[1])
-        raise _failure(reply)
+        if kind == "failed" and _is_failure(reply):
+            raise _failure(reply)
+        self._refuse(f"a compile answer of no known shape ({str(kind)[:40]!r})")
 
     @property
     def exit_signal(self) -> int | None:
@@ -435,6 +445,37 @@ def _max_reply_bytes(role: SimulatorRole | CompileRole) -> int:
     if isinstance(role, SimulatorRole):
         return 2 * role.context.limits.max_result_bytes + _REPLY_SLACK_BYTES
     return _MAX_COMPILE_REPLY_BYTES
+
+
+def _is_refusal(reply: tuple[Any, ...]) -> bool:
+    """("invalid", reason, message, metadata, violations), each of its type."""
+    if len(reply) != 5:
+        return False
+    _, reason, message, metadata, violations = reply
+    return (
+        isinstance(reason, str)
+        and isinstance(message, str)
+        and isinstance(metadata, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        and isinstance(violations, list | tuple)
+        and all(
+            isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, str) for x in v)
+            for v in violations
+        )
+    )
+
+
+def _is_failure(reply: tuple[Any, ...]) -> bool:
+    """("failed", reason, message, metadata, kind), kind one of FailureKind's."""
+    if len(reply) != 5:
+        return False
+    _, reason, message, metadata, kind = reply
+    return (
+        isinstance(reason, str)
+        and isinstance(message, str)
+        and isinstance(metadata, dict)
+        and kind in {k.value for k in FailureKind}
+    )
 
 
 def _failure(reply: tuple[Any, ...]) -> ExecutionError:

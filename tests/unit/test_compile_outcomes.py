@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from gateway.backends.base import CircuitLimits
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import Internal, InvalidArgument, ResourceExhausted
 from gateway.runtime.compiler import CompileLimits, Compiler, _Cache
@@ -70,6 +71,9 @@ class _Pool:
 
 
 class _Adapter:
+    context = SimpleNamespace(circuit_limits=CircuitLimits())
+    compiled_type = object
+
     def circuit_key(self, source: CircuitSource) -> str:
         return source.text
 

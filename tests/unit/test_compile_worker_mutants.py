@@ -16,7 +16,7 @@ import pytest
 from qgateway.v1 import job_pb2
 
 from gateway.api.spec_cache import SpecCache
-from gateway.backends.base import CIRCUIT_FIELD
+from gateway.backends.base import CIRCUIT_FIELD, CircuitLimits
 from gateway.backends.lru import LRU
 from gateway.config import MIB, CompilerConfig
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
@@ -81,6 +81,9 @@ class _Pool:
 
 
 class _Adapter:
+    context = SimpleNamespace(circuit_limits=CircuitLimits())
+    compiled_type = object
+
     def circuit_key(self, source: CircuitSource) -> str:
         return source.text
 
@@ -422,6 +425,9 @@ def test_compiler_defaults_keep_wall_time_above_cpu_time_and_respawns_slow() -> 
 
 class _FingerprintAdapter:
     """An adapter whose circuit key is the text and its compile settings (as the real ones)."""
+
+    context = SimpleNamespace(circuit_limits=CircuitLimits())
+    compiled_type = object
 
     def __init__(self, fingerprint: str) -> None:
         self.fingerprint = fingerprint

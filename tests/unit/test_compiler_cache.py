@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.backends.base import CIRCUIT_FIELD, TargetUnavailable
+from gateway.backends.base import CIRCUIT_FIELD, CircuitLimits, TargetUnavailable
 from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
@@ -126,6 +126,9 @@ class _Pool:
 
 
 class _Adapter:
+    context = SimpleNamespace(circuit_limits=CircuitLimits())
+    compiled_type = object
+
     def circuit_key(self, source: CircuitSource) -> str:
         return source.text
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.backends.base import TargetUnavailable
+from gateway.backends.base import CircuitLimits, TargetUnavailable
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import InvalidArgument
 from gateway.runtime import worker
@@ -109,6 +109,9 @@ def test_the_cpu_limit_counts_from_the_cpu_time_the_worker_has_used(
 
 
 class _Adapter:
+    context = SimpleNamespace(circuit_limits=CircuitLimits())
+    compiled_type = object
+
     def __init__(self, context: object) -> None:
         pass
 

@@ -213,6 +213,7 @@ class LoopbackAdapter(BackendAdapter):
     """A backend whose jobs run at the loopback job service (see the module docstring)."""
 
     options_model = LoopbackOptions
+    compiled_type = LoopbackCircuit
 
     def __init__(self, context: AdapterContext) -> None:
         super().__init__(context)

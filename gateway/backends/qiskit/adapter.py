@@ -292,6 +292,7 @@ class QiskitAdapter(BackendAdapter):
     """A simulator fed Qiskit circuits; subclasses name the target and run the simulation."""
 
     options_model: ClassVar[type[AdapterOptions]] = QiskitOptions
+    compiled_type: ClassVar[type] = CompiledCircuit
     # BackendInfo.provider.
     provider: ClassVar[str]
     # Whether `sample_shots` honours the task's seed (a simulator without a seed does not: its
