@@ -379,9 +379,18 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             data = await self._manager.result(job)
             # The samples stay views of the stored bytes (held once, as charged); only the
             # rest is parsed, and what its counts take beyond their stored size is charged.
-            digest, result, samples, extra = await offload.by_size(
-                len(data), _split, data, inline_bytes=INLINE_PARSE_BYTES
+            # In a task of its own: a caller cancelled meanwhile leaves at once, and the
+            # thread, which goes on holding the result, keeps it charged until it ends
+            # (released with the call, a tenant cancelling such streams held memory uncharged).
+            parse = asyncio.ensure_future(
+                offload.by_size(len(data), _split, data, inline_bytes=INLINE_PARSE_BYTES)
             )
+            try:
+                digest, result, samples, extra = await asyncio.shield(parse)
+            except asyncio.CancelledError:
+                held.keep_until(parse)
+                when_caller_left(parse, lambda _: None)
+                raise
             del data
             result_stream.check_position(result, start_pub, start_binding)
             held.grow(extra)  # before the first message: a refusal is a clean status

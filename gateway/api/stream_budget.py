@@ -15,8 +15,10 @@ limits.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from gateway.domain.errors import QuotaViolation, ResourceExhausted
 
@@ -54,12 +56,19 @@ class StreamBudget:
         try:
             yield holding
         finally:
-            self._total -= holding.size
-            left = self._held[tenant] - holding.size
-            if left:
-                self._held[tenant] = left
-            else:  # no entry kept for a tenant with nothing open
-                del self._held[tenant]
+            kept_by = holding.kept_by
+            if kept_by is not None and not kept_by.done():
+                kept_by.add_done_callback(lambda _: self._release(tenant, holding.size))
+            else:
+                self._release(tenant, holding.size)
+
+    def _release(self, tenant: str, size: int) -> None:
+        self._total -= size
+        left = self._held[tenant] - size
+        if left:
+            self._held[tenant] = left
+        else:  # no entry kept for a tenant with nothing open
+            del self._held[tenant]
 
     def _take(self, tenant: str, size: int, own: int) -> None:
         """Takes `size` more bytes for a stream of `tenant` that holds `own` already: refused
@@ -84,6 +93,13 @@ class Holding:
         self._budget = budget
         self._tenant = tenant
         self.size = 0
+        # Work that still holds the stream's bytes after its block ends (a parse thread
+        # its cancelled caller left running): released when it ends, not before.
+        self.kept_by: asyncio.Future[Any] | None = None
+
+    def keep_until(self, work: asyncio.Future[Any]) -> None:
+        """Keeps what this holds held until `work` ends, even once its block has ended."""
+        self.kept_by = work
 
     def grow(self, size: int) -> None:
         """Holds `size` bytes more (STREAM_MEMORY_EXHAUSTED when a budget cannot take them:
