@@ -449,14 +449,11 @@ def _max_reply_bytes(role: SimulatorRole | CompileRole) -> int:
 
 def _is_refusal(reply: tuple[Any, ...]) -> bool:
     """("invalid", reason, message, metadata, violations), each of its type."""
-    if len(reply) != 5:
+    if not _is_error_reply(reply):
         return False
-    _, reason, message, metadata, violations = reply
+    metadata, violations = reply[3], reply[4]
     return (
-        isinstance(reason, str)
-        and isinstance(message, str)
-        and isinstance(metadata, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
         and isinstance(violations, list | tuple)
         and all(
             isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, str) for x in v)
@@ -467,15 +464,20 @@ def _is_refusal(reply: tuple[Any, ...]) -> bool:
 
 def _is_failure(reply: tuple[Any, ...]) -> bool:
     """("failed", reason, message, metadata, kind), kind one of FailureKind's."""
-    if len(reply) != 5:
-        return False
-    _, reason, message, metadata, kind = reply
+    return _is_error_reply(reply) and reply[4] in _FAILURE_KINDS
+
+
+def _is_error_reply(reply: tuple[Any, ...]) -> bool:
+    """(kind, reason, message, metadata, detail): a refusal's or a failure's frame."""
     return (
-        isinstance(reason, str)
-        and isinstance(message, str)
-        and isinstance(metadata, dict)
-        and kind in {k.value for k in FailureKind}
+        len(reply) == 5
+        and isinstance(reply[1], str)
+        and isinstance(reply[2], str)
+        and isinstance(reply[3], dict)
     )
+
+
+_FAILURE_KINDS = frozenset(kind.value for kind in FailureKind)
 
 
 def _failure(reply: tuple[Any, ...]) -> ExecutionError:

@@ -145,7 +145,9 @@ def _counts_result(entries: int) -> bytes:
     return result.SerializeToString(deterministic=True)
 
 
-class _ResultManager:
+class ResultManager:
+    """A job manager holding one SUCCEEDED job of `mallory` whose stored result is `result`."""
+
     def __init__(self, result: bytes) -> None:
         from datetime import UTC, datetime
 
@@ -208,7 +210,7 @@ async def test_a_bystander_runs_while_a_large_counts_slice_is_built(
 
     monkeypatch.setattr(result_stream, "CountsSlices", WaitingSlices)
     servicer = JobServicer(
-        _ResultManager(_counts_result(500_000)),  # type: ignore[arg-type]
+        ResultManager(_counts_result(500_000)),  # type: ignore[arg-type]
         4 << 20,
         page_tokens=PageTokens(bytes(32)),
         sessions=None,  # type: ignore[arg-type]

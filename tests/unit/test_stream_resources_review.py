@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -33,7 +32,7 @@ from gateway.api.job_service import JobServicer
 from gateway.api.paging import PageTokens
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
-from gateway.domain.jobs import Job, JobState
+from tests.unit.test_noisy_neighbour_review import ResultManager
 
 pytestmark = pytest.mark.anyio
 TENANT = "mallory"
@@ -46,30 +45,6 @@ def _samples_result(nbytes: int) -> bytes:
     register = sampler.registers.add(name="c", num_bits=8)
     register.samples = b"\x01" * nbytes
     return result.SerializeToString(deterministic=True)
-
-
-class _ResultManager:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.job = Job(
-            id="j1",
-            tenant=TENANT,
-            request_id="r1",
-            backend="aer",
-            state=JobState.SUCCEEDED,
-            created_at=datetime(2026, 12, 1, tzinfo=UTC),
-            num_pubs=1,
-            seed=1,
-        )
-
-    async def get(self, tenant: str, job_id: str) -> Any:
-        return self.job
-
-    async def result_size(self, job: Any) -> int:
-        return len(self.data)
-
-    async def result(self, job: Any) -> bytes:
-        return self.data
 
 
 async def test_a_cancelled_stream_keeps_its_result_charged_while_the_parse_thread_runs(
@@ -90,7 +65,7 @@ async def test_a_cancelled_stream_keeps_its_result_charged_while_the_parse_threa
     monkeypatch.setattr(job_service, "_split", held_split)
     budget = StreamBudget(1 << 30, 1 << 30)
     servicer = JobServicer(
-        _ResultManager(data),  # type: ignore[arg-type]
+        ResultManager(data),  # type: ignore[arg-type]
         4 << 20,
         page_tokens=PageTokens(bytes(32)),
         sessions=None,  # type: ignore[arg-type]

@@ -9,62 +9,23 @@ import asyncio
 import contextlib
 import gc
 import logging
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
 
 import grpc
 import pytest
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.domain.jobs import Job, JobState
+from gateway.domain.jobs import JobState
 from gateway.interceptors.tracing import TelemetryInterceptor
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.hooks import Transition
 from gateway.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
+from tests.unit.test_telemetry_metrics import T0, _job, _metrics, _value
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _metrics() -> tuple[GatewayMetrics, CollectorRegistry]:
-    registry = CollectorRegistry()
-    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
-    return GatewayMetrics(provider.get_meter("test"), 50), registry
-
-
-def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in generate_latest(registry).decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        if key.split("{")[0] == name and all(f'{k}="{v}"' in key for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-def _job(state: JobState, **kwargs: Any) -> Job:
-    return Job(
-        id="j1",
-        tenant="acme",
-        request_id="",
-        backend="aer",
-        placement="aer",
-        state=state,
-        created_at=T0,
-        num_pubs=1,
-        seed=1,
-        **kwargs,
-    )
 
 
 class _Clock:
