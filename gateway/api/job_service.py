@@ -376,21 +376,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         result_stream.check_pub_position(start_pub, job.num_pubs)
         # Held from before the read until the stream ends: the size alone is read first.
         with self._stream_budget.hold(job.tenant, await self._manager.result_size(job)) as held:
-            data = await self._manager.result(job)
+            # The read and the parse each hold the result in a thread that a cancelled caller
+            # leaves running: released with the call, a tenant cancelling such streams over
+            # and over held memory uncharged.
+            data = await held.through(self._manager.result(job))
             # The samples stay views of the stored bytes (held once, as charged); only the
             # rest is parsed, and what its counts take beyond their stored size is charged.
-            # In a task of its own: a caller cancelled meanwhile leaves at once, and the
-            # thread, which goes on holding the result, keeps it charged until it ends
-            # (released with the call, a tenant cancelling such streams held memory uncharged).
-            parse = asyncio.ensure_future(
+            digest, result, samples, extra = await held.through(
                 offload.by_size(len(data), _split, data, inline_bytes=INLINE_PARSE_BYTES)
             )
-            try:
-                digest, result, samples, extra = await asyncio.shield(parse)
-            except asyncio.CancelledError:
-                held.keep_until(parse)
-                when_caller_left(parse, lambda _: None)
-                raise
             del data
             result_stream.check_position(result, start_pub, start_binding)
             held.grow(extra)  # before the first message: a refusal is a clean status

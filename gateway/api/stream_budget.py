@@ -16,11 +16,14 @@ limits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.domain.errors import QuotaViolation, ResourceExhausted
+from gateway.runtime.shielded import when_caller_left
+
+T = TypeVar("T")
 
 # How soon a refused caller should look again: streams of large results take seconds to read.
 RETRY_AFTER_S = 2.0
@@ -93,13 +96,21 @@ class Holding:
         self._budget = budget
         self._tenant = tenant
         self.size = 0
-        # Work that still holds the stream's bytes after its block ends (a parse thread
-        # its cancelled caller left running): released when it ends, not before.
+        # Work that still holds the stream's bytes after its block ends (a read or parse
+        # thread its cancelled caller left running): released when it ends, not before.
         self.kept_by: asyncio.Future[Any] | None = None
 
-    def keep_until(self, work: asyncio.Future[Any]) -> None:
-        """Keeps what this holds held until `work` ends, even once its block has ended."""
-        self.kept_by = work
+    async def through(self, work: Awaitable[T]) -> T:
+        """`work`'s result, what it holds charged until it ends: a caller cancelled meanwhile
+        leaves at once (gRPC cancels a handler natively, which abandons an awaited thread),
+        and the bytes the work goes on holding stay held until it ends."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.kept_by = task
+            when_caller_left(task, lambda _: None)
+            raise
 
     def grow(self, size: int) -> None:
         """Holds `size` bytes more (STREAM_MEMORY_EXHAUSTED when a budget cannot take them:

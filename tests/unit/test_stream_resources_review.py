@@ -101,3 +101,64 @@ async def test_a_cancelled_stream_keeps_its_result_charged_while_the_parse_threa
             break
         await asyncio.sleep(0)
     assert budget.held(TENANT) == 0
+
+
+class _HeldReadManager(ResultManager):
+    """A manager whose stored-result read runs in a thread held on `release`, as a store's
+    reader thread holds the bytes it reads."""
+
+    def __init__(self, result: bytes) -> None:
+        super().__init__(result)
+        self.started, self.release, self.done = (threading.Event() for _ in range(3))
+
+    def _read(self) -> bytes:
+        self.started.set()
+        try:
+            self.release.wait(10.0)
+            return self.data
+        finally:
+            self.done.set()
+
+    async def result(self, job: Any) -> bytes:
+        return await anyio.to_thread.run_sync(self._read)
+
+
+async def test_a_stream_cancelled_during_the_read_keeps_its_result_charged_until_it_ends() -> None:
+    # The same shape one step earlier: the store's reader thread goes on holding the result
+    # its cancelled caller left (released with the call before).
+    data = _samples_result(4 << 20)
+    manager = _HeldReadManager(data)
+    budget = StreamBudget(1 << 30, 1 << 30)
+    servicer = JobServicer(
+        manager,  # type: ignore[arg-type]
+        4 << 20,
+        page_tokens=PageTokens(bytes(32)),
+        sessions=None,  # type: ignore[arg-type]
+        stream_budget=budget,
+        stream_pace=StreamPace(1e9),
+    )
+    request = job_service_pb2.StreamJobResultRequest(name="jobs/j1/result")
+
+    async def stream() -> None:
+        async for _ in servicer.StreamJobResult(request, None):  # type: ignore[arg-type]
+            pass
+
+    task = asyncio.ensure_future(stream())
+    try:
+        assert await anyio.to_thread.run_sync(manager.started.wait, 10.0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10.0)
+        assert done == {task}  # the caller left at once, the read still running
+        assert not manager.done.is_set()
+        held_while_reading = budget.held(TENANT)
+    finally:
+        manager.release.set()
+        await anyio.to_thread.run_sync(manager.done.wait, 10.0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert held_while_reading >= len(data)
+    for _ in range(1000):
+        if budget.held(TENANT) == 0:
+            break
+        await asyncio.sleep(0)
+    assert budget.held(TENANT) == 0
