@@ -46,7 +46,7 @@ from gateway.security.tenant_policy import (
     etag_of,
     validate_policy,
 )
-from gateway.setting_bounds import MAX_DAYS, MAX_MB, MAX_SECONDS
+from gateway.setting_bounds import MAX_DAYS, MAX_MB, MAX_PRICE, MAX_SECONDS
 from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S
 from gateway.telemetry.settings import TelemetryConfig
 
@@ -392,9 +392,9 @@ class BreakerConfig(_Strict):
 class PriceConfig(_Strict):
     """What a job on the backend costs: per task, per shot, per second of execution."""
 
-    per_task: float = Field(default=0.0, ge=0)
-    per_shot: float = Field(default=0.0, ge=0)
-    per_second: float = Field(default=0.0, ge=0)
+    per_task: float = Field(default=0.0, ge=0, le=MAX_PRICE)
+    per_shot: float = Field(default=0.0, ge=0, le=MAX_PRICE)
+    per_second: float = Field(default=0.0, ge=0, le=MAX_PRICE)
     unit: str = Field(default="USD", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
     def price(self) -> Price:

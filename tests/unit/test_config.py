@@ -367,3 +367,30 @@ def test_the_client_cli_s_variables_are_not_server_settings(
     monkeypatch.setenv("QGATEWAY_TARGET", "gw:443")
     monkeypatch.setenv("QGATEWAY_API_KEY", "qgw_x_y")
     assert load_config(None).server.listen
+
+
+def test_a_price_past_its_bound_is_refused_and_one_at_it_keeps_costs_finite(
+    tmp_path: Path,
+) -> None:
+    """A price near float max made a job's cost infinite (no Duration, total or quota takes
+    it): prices are bounded, and at the bound the widest job's cost is finite."""
+    import math
+
+    from gateway.domain.pricing import Usage, charge, estimate
+    from gateway.setting_bounds import MAX_PRICE, MAX_SECONDS
+
+    path = tmp_path / "g.toml"
+    for field in ("per_task", "per_shot", "per_second"):
+        path.write_text(f'[backends.a]\nadapter = "aer"\nprice = {{ {field} = 1e300 }}\n')
+        with pytest.raises(ConfigError, match=field):
+            load_config(path)
+    path.write_text(
+        '[backends.a]\nadapter = "aer"\n'
+        f"price = {{ per_task = {MAX_PRICE}, per_shot = {MAX_PRICE}, per_second = {MAX_PRICE} }}\n"
+    )
+    price = load_config(path).backends["a"].price
+    assert price is not None
+    widest = charge(price.price(), Usage(2**63 - 1, MAX_SECONDS, tasks=2**63 - 1))
+    assert widest is not None and math.isfinite(widest.amount)
+    estimated = estimate(price.price(), 2**63 - 1, 2**63 - 1).cost
+    assert estimated is not None and math.isfinite(estimated.amount * 2**20)  # summed, too
