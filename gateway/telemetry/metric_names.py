@@ -115,7 +115,8 @@ JOBS_REFUSED = MetricName(
     "{job}",
     ("rpc.method", "rpc.response.status_code"),
     "SubmitJob/Run calls answered with an error, so no job was created or found "
-    "(quota, full queue, open breaker, bad circuit, unauthenticated...).",
+    "(quota, full queue, open breaker, bad circuit, unauthenticated...); a call its caller "
+    "cancelled is not counted.",
 )
 JOB_PHASE_DURATION = MetricName(
     "qgateway.job.phase.duration",

@@ -161,12 +161,15 @@ class GatewayMetrics:
 
     def record_rpc(self, method: str, code: str, seconds: float, *, job_known: bool) -> None:
         """One call's duration; a refusal too for SubmitJob or Run answered with an error
-        before it had its job (`job_known`: created, or an earlier request's found)."""
+        before it had its job (`job_known`: created, or an earlier request's found). A call
+        its caller cancelled is none: its job's commit, shielded, may land after it left (and
+        count as submitted)."""
         self.rpc_duration.record(
             seconds,
             {"rpc.system.name": "grpc", "rpc.method": method, "rpc.response.status_code": code},
         )
-        if code != "OK" and not job_known and f"/{method}" in SUBMIT_METHODS:
+        refused = code not in ("OK", "CANCELLED") and not job_known
+        if refused and f"/{method}" in SUBMIT_METHODS:
             self.jobs_refused.add(1, {"rpc.method": method, "rpc.response.status_code": code})
 
     def provider_retry(self, backend: str) -> None:
