@@ -91,9 +91,12 @@ class Admission:
                 tenant, spec.options.fallback_backend, "spec.options.fallback_backend"
             )
 
-    def _check_job(self, tenant: str, backend: str, prepared: PreparedJob) -> None:
-        """The policy's per-job limits on the job prepared for `backend` (qubits per circuit:
-        its layout's virtual qubits)."""
+    def _check_job(self, tenant: str, spec: JobSpec, backend: str, prepared: PreparedJob) -> None:
+        """The policy's backends and per-job limits on the job prepared for `backend` (qubits
+        per circuit: its layout's virtual qubits). The backends are asked again: a backend
+        an administrator removed while the job compiled was admitted, though its limits
+        followed the new policy."""
+        self._check_policy(tenant, spec)
         qubits = max((len(layout) for layout in prepared.layouts), default=0)
         self._policies.check_job(tenant, backend, qubits, prepared.shots)
 
@@ -313,7 +316,7 @@ class Admission:
             return await self._admit(tenant, spec, runtime)
         seed = spec.options.seed if spec.options.seed is not None else 0
         prepared = await self.prepare(runtime, tenant, spec, seed)
-        self._check_job(tenant, runtime.name, prepared)
+        self._check_job(tenant, spec, runtime.name, prepared)
         raise _fallback_refused(runtime, fallback, refused.error)
 
     def _answer_twins(self, key: tuple[str, str], mine: _Twin) -> None:
@@ -353,7 +356,7 @@ class Admission:
                 raise
             raise _FallbackRefused(refused) from None
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
-        self._check_job(tenant, runtime.name, prepared)
+        self._check_job(tenant, spec, runtime.name, prepared)
         new = NewJob(
             id=uuid.uuid4().hex,
             tenant=tenant,
@@ -454,7 +457,7 @@ class Admission:
         runtime = self.runtime(spec.backend)
         seed = spec.options.seed if spec.options.seed is not None else 0
         prepared = await self.prepare(runtime, tenant, spec, seed)
-        self._check_job(tenant, runtime.name, prepared)
+        self._check_job(tenant, spec, runtime.name, prepared)
         return pricing.estimate(runtime.settings.price, prepared.shots, prepared.tasks)
 
     def _start_create(self, new: NewJob, mine: _Twin | None) -> asyncio.Future[CreateOutcome]:

@@ -1,7 +1,8 @@
 """Request and submit rates per tenant: token buckets on an injectable clock.
 
-One bucket per (tenant, kind), created at the first call and rebuilt when the tenant's policy
-changes its rate. Buckets live in this process: behind several replicas each enforces its own
+One bucket per (tenant, kind), created full at the first call. A policy that changes the rate
+keeps the tokens left, capped at the new burst (rebuilt full, a tenant throttled just after
+spending its burst got a new one at once). Buckets live in this process: behind several replicas each enforces its own
 share (a tenant's limit is per replica).
 """
 
@@ -26,13 +27,23 @@ class TokenBucket:
         self._tokens = float(rate.burst)
         self._at = clock()
 
-    def take(self) -> float:
-        """Takes a token: 0.0 when there was one, else the seconds until one refills (nothing
-        is taken then)."""
+    def _refill(self) -> None:
         now = self._clock()
         elapsed = max(0.0, now - self._at)
         self._at = now
         self._tokens = min(float(self.rate.burst), self._tokens + elapsed * self.rate.per_second)
+
+    def set_rate(self, rate: RateLimit) -> None:
+        """From now on refills at `rate`, from the tokens left (refilled at the old rate until
+        now), capped at its burst."""
+        self._refill()
+        self.rate = rate
+        self._tokens = min(float(rate.burst), self._tokens)
+
+    def take(self) -> float:
+        """Takes a token: 0.0 when there was one, else the seconds until one refills (nothing
+        is taken then)."""
+        self._refill()
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return 0.0
@@ -58,8 +69,10 @@ class RateLimiter:
             self._buckets.pop(key, None)
             return
         bucket = self._buckets.get(key)
-        if bucket is None or bucket.rate != rate:
+        if bucket is None:
             bucket = self._buckets[key] = TokenBucket(rate, self._clock)
+        elif bucket.rate != rate:
+            bucket.set_rate(rate)
         wait = bucket.take()
         if wait > 0.0:
             what = "requests" if kind == "request" else "job submissions"

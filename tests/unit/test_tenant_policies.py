@@ -93,8 +93,15 @@ def test_rate_limiter_refuses_with_quota_failure_and_retry_info() -> None:
     assert err.metadata["limit"] == "submit_rate"
     limiter.check("other", "submit", rate)  # buckets are per tenant
     limiter.check("acme", "request", rate)  # and per kind
-    # A changed policy rebuilds the bucket (full); no policy: no limit.
-    limiter.check("acme", "submit", RateLimit(per_second=1.0, burst=2))
+    # A changed policy keeps the tokens left (none here), refilled at its rate; no policy:
+    # no limit.
+    looser = RateLimit(per_second=2.0, burst=2)
+    with pytest.raises(ResourceExhausted) as caught:
+        limiter.check("acme", "submit", looser)
+    assert caught.value.retry_after == pytest.approx(0.5)
+    clock.now += 1.0
+    limiter.check("acme", "submit", looser)
+    limiter.check("acme", "submit", looser)
     for _ in range(5):
         limiter.check("acme", "submit", None)
 
