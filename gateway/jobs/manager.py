@@ -300,6 +300,7 @@ class JobManager:
             return recent if len(recent) <= max_bytes else len(recent)
         stored = await self._store.get_result_within(job.id, max_bytes)
         if stored is None:
+            await self._check_kept(job)  # swept since the check above: expired, not lost
             raise _no_result(job)
         size, data = stored
         return size if data is None else data
@@ -317,6 +318,7 @@ class JobManager:
         await self._check_kept(job)
         data = self._recent_results.get(job.id) or await self._store.get_result(job.id)
         if data is None:
+            await self._check_kept(job)  # swept since the check above: expired, not lost
             raise _no_result(job)
         return data
 
