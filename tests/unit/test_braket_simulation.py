@@ -749,8 +749,9 @@ def test_a_complex_angle_is_refused(sv: BraketSimulation) -> None:
     circuit = QuantumCircuit(1, 1)
     circuit.rx(theta**0.5, 0)
     circuit.measure(0, 0)
-    with pytest.raises(ValueError, match="complex"):
+    with pytest.raises(ExecutionError, match="complex") as caught:
         sv.probabilities(key(), plan(circuit), ("theta",), np.array([[-1.0]]))
+    assert caught.value.kind is FailureKind.CLIENT_ERROR  # the bindings', not the backend's
 
 
 def test_shot_counts_and_clbit_widths_are_checked(sv: BraketSimulation) -> None:

@@ -388,6 +388,19 @@ class BraketAdapter(QiskitAdapter):
                 "UNSUPPORTED_FEATURE", f"backends/{self.context.name}: {exc}", field
             ) from None
 
+    def check_estimator(self, entry: CompiledCircuit, circuit_field: str) -> None:
+        # Expectation values come from a program of gates only: an if/else (on bits no
+        # measurement of an estimator circuit sets) was accepted, and the job failed in the
+        # worker once it had waited in the queue.
+        if CircuitFeature.CONTROL_FLOW in entry.features:
+            raise fe.invalid(
+                "UNSUPPORTED_FEATURE",
+                f"backends/{self.context.name} computes expectation values of a circuit of "
+                "gates only: an estimator circuit must not contain control flow (if/else)",
+                circuit_field,
+                feature=CircuitFeature.CONTROL_FLOW.value,
+            )
+
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         # Outcomes are read as one integer per shot, locally and from a device (refused here,
         # not after the job waited in the queue).

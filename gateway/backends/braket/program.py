@@ -48,6 +48,8 @@ from qiskit.circuit.classical import expr, types
 
 from gateway.backends.braket.gates import NATIVE, SPECIAL
 from gateway.domain.circuits import FloatArray
+from gateway.domain.errors import ExecutionError
+from gateway.domain.failures import FailureKind
 
 __all__ = [
     "INPUT_PREFIX",
@@ -495,6 +497,12 @@ def _number(value: float) -> str:
 def _real(value: complex | float | int) -> float:
     if isinstance(value, complex):
         if abs(value.imag) > 1e-12:
-            raise ValueError(f"a gate angle evaluated to a complex number: {value!r}")
+            # The client's bindings (sqrt(theta) at theta < 0): a bare ValueError was reported
+            # as the backend's SDK_ERROR, counted against its breaker.
+            raise ExecutionError(
+                "EXECUTION_FAILED",
+                f"a gate angle evaluated to the complex number {value!r}",
+                kind=FailureKind.CLIENT_ERROR,
+            )
         return value.real
     return float(value)

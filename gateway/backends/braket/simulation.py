@@ -155,7 +155,7 @@ class BraketSimulation:
             out = np.zeros((bindings, 1 << width), dtype=np.float64)
             out[:, 0] = 1.0
             return out
-        inputs = program.input_values(parameters, values)
+        inputs = _inputs(program, parameters, values)
         rows, inverse = _distinct(inputs)
         out = np.empty((len(rows), 1 << width), dtype=np.float64)
         for u, row in enumerate(rows):
@@ -193,7 +193,7 @@ class BraketSimulation:
         program = self._program(
             key, "expectations", lambda: expectations_program(circuit, self.noise, state)
         )
-        inputs = program.input_values(parameters, values)
+        inputs = _inputs(program, parameters, values)
         rows, inverse = _distinct(inputs)
         column = {m: i for i, m in enumerate(distinct)}
         found = np.empty((len(rows), len(distinct)), dtype=np.float64)
@@ -240,7 +240,7 @@ class BraketSimulation:
         program = self._program(key, "shots", lambda: shots_program(circuit, self.noise))
         if not program.columns or not bindings:  # nothing measured: every clbit reads 0
             return [np.zeros(shots, dtype=np.uint64) for _ in range(bindings)]
-        inputs = program.input_values(parameters, values)
+        inputs = _inputs(program, parameters, values)
         rows, inverse = _distinct(inputs)
         shifts = np.asarray(program.columns, dtype=np.uint64)
         out: list[npt.NDArray[np.uint64]] = [np.zeros(0, dtype=np.uint64)] * bindings
@@ -303,6 +303,21 @@ def _bindings(parameters: tuple[str, ...], values: FloatArray) -> int:
     if values.ndim != 2 or values.shape[1] != len(parameters):
         raise ValueError(f"values must be (bindings, {len(parameters)}), got shape {values.shape}")
     return int(values.shape[0])
+
+
+def _inputs(program: BraketProgram, parameters: tuple[str, ...], values: FloatArray) -> FloatArray:
+    """The program's input values per binding, all finite: Braket runs a NaN or infinite angle
+    (an expression like 1/theta at theta = 0) without complaint, braket_dm answering all-zero
+    probabilities and a shot-by-shot run an outcome the circuit cannot give."""
+    inputs = program.input_values(parameters, values)
+    if not np.isfinite(inputs).all():
+        raise ExecutionError(
+            "NON_FINITE_ANGLE",
+            "the parameter values make a gate angle infinite or NaN; check the bindings "
+            "against the circuit's angle expressions",
+            kind=FailureKind.CLIENT_ERROR,
+        )
+    return inputs
 
 
 def _distinct(inputs: FloatArray) -> tuple[FloatArray, npt.NDArray[np.intp]]:

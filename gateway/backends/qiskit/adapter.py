@@ -352,6 +352,10 @@ class QiskitAdapter(BackendAdapter):
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         """Refuses a sampler PUB this backend cannot run as asked (default: none)."""
 
+    def check_estimator(self, entry: CompiledCircuit, circuit_field: str) -> None:
+        """This backend's own rules on an estimator PUB's circuit, checked at admission
+        (none here)."""
+
     def check_transpiled(self, circuit: QuantumCircuit, terminal: bool, field: str) -> None:
         """Refuses (INVALID_ARGUMENT) what this backend's worker would refuse to run: checked
         when compiling, so a job is never queued only to fail. `terminal`: every measurement
@@ -736,6 +740,7 @@ class QiskitAdapter(BackendAdapter):
                 circuit_field,
                 feature=CircuitFeature.RESET.value,
             )
+        self.check_estimator(entry, circuit_field)
         observables_shape = fe.validate_observables(
             pub.observables, pub.observables_shape, entry.num_qubits, f"{base}.observables"
         )
@@ -829,6 +834,20 @@ class QiskitAdapter(BackendAdapter):
                 # Raised while an SDK binds an angle expression (1/theta at theta = 0): the
                 # client's values, not the backend, so the breaker must not count it.
                 raise _non_finite(index, type(exc).__name__) from None
+            except TypeError as exc:
+                # Aer binding sqrt(theta) at theta < 0 ("Could not cast complex parameter
+                # expression to float"): the client's values too. Only that one is told apart
+                # (by Aer's words; if they change, it is an SDK_ERROR as any other TypeError).
+                if "complex" not in str(exc):
+                    raise
+                raise ExecutionError(
+                    "EXECUTION_FAILED",
+                    f"PUB {index}: a gate angle evaluated to a complex number for these "
+                    "parameter values; check the bindings against the circuit's angle "
+                    "expressions",
+                    kind=FailureKind.CLIENT_ERROR,
+                    metadata={"pubIndex": str(index)},
+                ) from None
         return ExecutionOutcome(
             result=JobResult(pubs=tuple(results)),
             sdk_versions={"qiskit": qiskit.__version__, **self.sdk_versions()},
