@@ -165,6 +165,9 @@ class ServerConfig(_Strict):
     # Open server streams (WatchJob, StreamJobResult) and waiting Run calls one tenant may hold
     # on this process; one more is RESOURCE_EXHAUSTED TOO_MANY_STREAMS.
     max_streams_per_tenant: int = Field(default=1000, gt=0, le=_INT32_MAX)
+    # Health.Watch calls open at once on this process (they need no credentials); one more is
+    # RESOURCE_EXHAUSTED TOO_MANY_WATCHES.
+    max_health_watches: int = Field(default=1000, gt=0, le=_INT32_MAX)
     # Stored-result bytes that open StreamJobResult calls hold in memory (each keeps its parsed
     # result until it ends), per tenant and for the whole process; past either a new stream is
     # RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED. An empty budget takes any one result.

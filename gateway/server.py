@@ -49,6 +49,7 @@ from gateway.interceptors.audit import AuditInterceptor
 from gateway.interceptors.auth import AuthInterceptor
 from gateway.interceptors.boundary import ErrorBoundaryInterceptor
 from gateway.interceptors.decode import DecodeInterceptor
+from gateway.interceptors.public_calls import PublicCallInterceptor, PublicCalls
 from gateway.interceptors.rate_limit import RateLimitInterceptor
 from gateway.interceptors.request_reads import RequestReads
 from gateway.interceptors.stream_limit import StreamLimiter, StreamLimitInterceptor
@@ -362,6 +363,10 @@ class Gateway:
         self._tls = _server_credentials(config)
         self.health_port = 0
         self._health_server: grpc.aio.Server | None = None
+        # One set of limits for both ports' health calls.
+        self._public_calls = PublicCalls(
+            server_cfg.request_read_timeout_s, server_cfg.max_health_watches
+        )
         self._server = grpc.aio.server(
             # Outermost first: the boundary maps every error, including authentication's.
             interceptors=[
@@ -390,6 +395,8 @@ class Gateway:
                 ),
                 *([] if audit is None else [audit]),
                 StreamLimitInterceptor(StreamLimiter(server_cfg.max_streams_per_tenant)),
+                # Health and reflection, which the interceptors above leave alone.
+                PublicCallInterceptor(self._public_calls),
             ],
             options=[
                 ("grpc.max_receive_message_length", server_cfg.transport_max_receive_bytes),
@@ -527,7 +534,10 @@ class Gateway:
         listen = self.config.server.health_listen
         if listen is None:
             return
-        server = grpc.aio.server(options=self.config.server.connection_options())
+        server = grpc.aio.server(
+            interceptors=[PublicCallInterceptor(self._public_calls)],
+            options=self.config.server.connection_options(),
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             self.health_port = server.add_insecure_port(listen)

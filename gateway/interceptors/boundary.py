@@ -47,7 +47,7 @@ class _Received:
     size: int
 
 
-def _size_checked(max_bytes: int) -> Callable[[bytes], Any]:
+def size_checked(max_bytes: int) -> Callable[[bytes], Any]:
     """gRPC's request deserializer: the bytes, kept as they are, or their refusal."""
 
     def receive(data: bytes) -> Any:
@@ -109,6 +109,14 @@ class PendingRequest:
     async def read(self) -> bytes:
         """The request's bytes (their size recorded for the call: each call is its own task);
         raises its refusal, told to `on_rejected`."""
+        data = await self.next()
+        if data is None:
+            raise InvalidArgument("MALFORMED_REQUEST", "the call carried no request message")
+        return data
+
+    async def next(self) -> bytes | None:
+        """The next message's bytes, None at the end of the call's requests (read's refusals
+        otherwise)."""
         async for request in self._requests:
             if isinstance(request, _Rejected):
                 if self._on_rejected is not None:
@@ -118,7 +126,7 @@ class PendingRequest:
             received: _Received = request
             set_request_bytes(received.size)
             return received.data
-        raise InvalidArgument("MALFORMED_REQUEST", "the call carried no request message")
+        return None
 
 
 def _wrap_unary(
@@ -179,7 +187,7 @@ class ErrorBoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         if not is_gateway_method(handler, method):
             return handler
         # Request-streaming to gRPC, so that no message is read before authentication.
-        deserializer = _size_checked(self._max)
+        deserializer = size_checked(self._max)
         # A response may be bytes the servicer already holds (a stored result).
         response_serializer = preserialized.serializer(handler.response_serializer)
         if handler.unary_unary is not None:

@@ -109,18 +109,21 @@ class RequestReads:
             self._slow.pop(tenant, None)
 
     def _too_many(self, tenant: str) -> ResourceExhausted:
+        """The refusal of one slow read too many; `tenant` "" stands for every caller of the
+        methods that need no credentials (gateway.interceptors.public_calls)."""
         limit = self.max_slow_reads
+        whose, subject = f"tenant {tenant} has", f"tenants/{tenant}"
+        if not tenant:
+            whose, subject = "callers of health and reflection have", "server"
         return ResourceExhausted(
             "TOO_MANY_SLOW_REQUESTS",
-            f"tenant {tenant} has {limit} requests whose message is still arriving after "
+            f"{whose} {limit} requests whose message is still arriving after "
             f"{self._slow_after_s:g} s, the limit; finish sending those, or retry",
             metadata={
-                "tenant": f"tenants/{tenant}",
-                "limit": "max_slow_requests_per_tenant",
+                "tenant" if tenant else "scope": subject,
+                "limit": "max_slow_requests_per_tenant" if tenant else "health_and_reflection",
                 "maxSlowRequests": str(limit),
             },
-            quota_violations=[
-                QuotaViolation(f"tenants/{tenant}", f"at most {limit} slow requests")
-            ],
+            quota_violations=[QuotaViolation(subject, f"at most {limit} slow requests")],
             retry_after=1.0,
         )

@@ -745,7 +745,7 @@ async def _messages(*items: Any) -> AsyncIterator[Any]:
 
 
 def test_a_request_over_the_limit_names_both_sizes_and_is_told_with_the_peer() -> None:
-    receive = boundary._size_checked(max_bytes=10)
+    receive = boundary.size_checked(max_bytes=10)
     rejected = receive(b"x" * 11)
     assert isinstance(rejected, boundary._Rejected)
     assert rejected.error.reason == "REQUEST_TOO_LARGE"
@@ -773,7 +773,7 @@ def test_a_call_without_a_message_is_malformed_and_a_message_records_its_size() 
     with pytest.raises(InvalidArgument) as refused:
         asyncio.run(read())
     assert refused.value.reason == "MALFORMED_REQUEST"
-    received = boundary._size_checked(max_bytes=100)(b"abcdefg")
+    received = boundary.size_checked(max_bytes=100)(b"abcdefg")
     assert asyncio.run(read(received)) == (b"abcdefg", 7)
 
 

@@ -38,7 +38,7 @@ from gateway.domain.errors import (
     reason_code,
 )
 from gateway.domain.jobs import JobError, JobState
-from gateway.interceptors.boundary import _Rejected, _size_checked, _wrap_unary
+from gateway.interceptors.boundary import _Rejected, _wrap_unary, size_checked
 from gateway.jobs import manager
 from gateway.store import sqlite as sqlite_store
 from gateway.store.base import NewJob
@@ -463,7 +463,7 @@ def test_to_status_carries_the_same_status_in_its_trailer() -> None:
 
 
 def test_an_oversize_request_is_invalid_argument_without_retry_info() -> None:
-    receive = _size_checked(max_bytes=10)
+    receive = size_checked(max_bytes=10)
     rejected = receive(b"x" * 11)
     assert isinstance(rejected, _Rejected)
     error = rejected.error
@@ -504,7 +504,7 @@ def test_client_values_in_bad_request_and_resource_info_are_clipped() -> None:
 
 
 def test_a_request_of_exactly_the_limit_is_received() -> None:
-    received = _size_checked(max_bytes=10)(b"x" * 10)
+    received = size_checked(max_bytes=10)(b"x" * 10)
     assert not isinstance(received, _Rejected)
     assert received.size == 10
 

@@ -35,7 +35,7 @@ def _spec(terms: int) -> job_pb2.JobSpec:
 
 def test_the_boundary_tells_the_servicer_the_request_size() -> None:
     data = _spec(3).SerializeToString()
-    receive = boundary._size_checked(1 << 20)
+    receive = boundary.size_checked(1 << 20)
     seen: list[tuple[Any, int]] = []
 
     async def behaviour(request: Any, context: Context) -> None:
