@@ -2,8 +2,8 @@
 
 One bucket per (tenant, kind), created full at the first call. A policy that changes the rate
 keeps the tokens left, capped at the new burst (rebuilt full, a tenant throttled just after
-spending its burst got a new one at once). Buckets live in this process: behind several replicas each enforces its own
-share (a tenant's limit is per replica).
+spending its burst got a new one at once). Buckets live in this process: behind several
+replicas each enforces its own share (a tenant's limit is per replica).
 """
 
 from __future__ import annotations

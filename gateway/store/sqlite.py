@@ -380,6 +380,7 @@ _ENDED_SESSIONS_SQL: Final = (
     " ORDER BY ended_at, id LIMIT ?"
 )
 
+
 def _within_bytes(rows: list[sqlite3.Row]) -> list[sqlite3.Row]:
     """The first rows whose `size` column sums to at most SWEEP_TRANSACTION_BYTES (at least
     one)."""

@@ -331,7 +331,7 @@ def test_a_compressed_request_past_the_transport_limit_is_refused(gw: GatewayPro
     rss_before = _rss_mib(gw)
     options = [("grpc.max_send_message_length", -1)]
     with grpc.insecure_channel(gw.address, options=options) as channel:
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        jobs = job_service_pb2_grpc.JobServiceStub(channel)  # type: ignore[no-untyped-call]
         for size, code in (
             (6 << 20, grpc.StatusCode.INVALID_ARGUMENT),
             (50 << 20, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -29,7 +29,8 @@ MIB = 1 << 20
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "a known limit (README, Jobs): a forward step of the wall clock (a bad NTP source, a VM resumed with a wrong RTC) "
+        "a known limit (README, Jobs): a forward step of the wall clock (a bad NTP source, "
+        "a VM resumed with a wrong RTC) "
         "makes the next retention sweep delete every result and every job, irrevocably: the "
         "sweep takes the clock as is, with no sanity bound against the store's own newest "
         "write time; once the clock is corrected the data is gone (GetJob NOT_FOUND for jobs "
