@@ -297,12 +297,7 @@ class IbmAdapter(QiskitAdapter):
         return False
 
     def estimator_shots(self, precision: float) -> int:
-        # The runtime samples each binding until its standard error reaches the precision:
-        # about 1/precision^2 shots (a lower bound: measurement groups and twirling add more).
-        precision = precision if precision > 0 else DEFAULT_PRECISION
-        if precision < MIN_SAMPLED_PRECISION:  # 1/p^2 would overflow; refused as too many
-            return MAX_SAMPLED_SHOTS
-        return min(math.ceil(1.0 / (precision * precision)), MAX_SAMPLED_SHOTS)
+        return _sampled_shots(precision)
 
     @property
     def combines_terms(self) -> bool:
@@ -759,6 +754,16 @@ def _precision(task: SamplerTask | EstimatorTask) -> float | None:
     return task.precision if task.precision > 0 else DEFAULT_PRECISION
 
 
+def _sampled_shots(precision: float) -> int:
+    """The shots an estimator PUB runs at `precision`: the runtime samples each binding until
+    its standard error reaches it, about 1/precision^2 (a lower bound: measurement groups and
+    twirling add more)."""
+    precision = precision if precision > 0 else DEFAULT_PRECISION
+    if precision < MIN_SAMPLED_PRECISION:  # 1/p^2 would overflow; refused as too many
+        return MAX_SAMPLED_SHOTS
+    return min(math.ceil(1.0 / (precision * precision)), MAX_SAMPLED_SHOTS)
+
+
 def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend: str) -> None:
     """Refuses options the runtime could not apply to this job as the gateway reports it."""
     samplers = [t for t in payload.tasks if isinstance(t, SamplerTask)]
@@ -782,6 +787,19 @@ def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend:
                     f"{_PROVIDER_FIELD}.twirling.shots_per_randomization",
                     f"num_randomizations x shots_per_randomization = {per * count} shots, but "
                     f"a sampler PUB asks for {task.shots}",
+                )
+        # The runtime then runs exactly their product, whatever the precision: an estimator
+        # PUB was reported (and billed) at its precision's shots while 10 ran.
+        for task in payload.tasks:
+            precision = _precision(task)
+            if precision is not None and per * count != _sampled_shots(precision):
+                _refuse(
+                    backend,
+                    f"{_PROVIDER_FIELD}.twirling.shots_per_randomization",
+                    f"num_randomizations x shots_per_randomization = {per * count} shots, but "
+                    f"an estimator PUB's precision {precision:g} takes "
+                    f"{_sampled_shots(precision)} (1/precision^2); set one of the two counts "
+                    "and let the runtime derive the other",
                 )
 
 
