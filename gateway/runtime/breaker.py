@@ -56,6 +56,10 @@ class CircuitBreaker:
         # The token of the half-open trial in flight, if one is.
         self._trial: int | None = None
         self._tokens = 0
+        # The last token handed out when it last opened: a job started by then failing later
+        # proves nothing about the backend now, in any state (counted again once a trial had
+        # closed it, jobs in flight through an outage reopened a recovered breaker).
+        self._opened_after: int | None = None
         self.times_opened = 0
         # How often it entered each state (the transitions metric): counted here, where every
         # change happens, not by observers that may miss one between two looks (a half-open
@@ -121,16 +125,20 @@ class CircuitBreaker:
             if self._is_current_trial(permit):  # the trial failed: cool down again
                 self._trial = None
                 self._opened_at = now
+                self._opened_after = self._tokens
                 self.entered[BreakerState.OPEN] += 1
                 return BreakerMove(before, BreakerState.OPEN)
             # A job that started before the breaker opened: already accounted for.
             return None
+        if self._opened_after is not None and permit.token <= self._opened_after:
+            return None  # started before the last opening, failing after the recovery
         self._failures.append(now)
         while self._failures and now - self._failures[0] > self.policy.window_s:
             self._failures.popleft()
         if len(self._failures) < self.policy.failure_threshold:
             return None
         self._opened_at = now
+        self._opened_after = self._tokens
         self._failures.clear()
         self.times_opened += 1
         self.entered[BreakerState.OPEN] += 1

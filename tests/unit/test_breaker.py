@@ -190,3 +190,33 @@ def test_a_released_trials_late_failure_neither_reopens_nor_ends_the_next_trial(
     assert breaker.state is BreakerState.HALF_OPEN
     breaker.record_success(second)
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_jobs_started_before_it_opened_do_not_reopen_it_once_its_trial_closed_it() -> None:
+    # Found in review: once a trial had closed the breaker, the failures of jobs in flight
+    # through the outage counted again, and as many as the threshold reopened a recovered
+    # backend for another cool-down.
+    breaker, clock = _breaker()
+    early = [_permit(breaker) for _ in range(3)]
+    _open(breaker)
+    clock.now += 5
+    assert breaker.record_success(_permit(breaker)) == BreakerMove(
+        BreakerState.HALF_OPEN, BreakerState.CLOSED
+    )
+    for permit in early:
+        assert breaker.record_failure(permit) is None
+    assert breaker.state is BreakerState.CLOSED
+    # Jobs started after the recovery count as before: three failures open it again.
+    for _ in range(3):
+        breaker.record_failure(_permit(breaker))
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_an_adopted_jobs_failure_counts_until_the_breaker_first_opens() -> None:
+    # A job re-attached after a restart runs under Permit(token=0): its failure is the
+    # backend's, as long as no opening happened since (then it started before it).
+    breaker, _ = _breaker()
+    adopted = Permit(trial=False, token=0)
+    for _ in range(3):
+        breaker.record_failure(adopted)
+    assert breaker.state is BreakerState.OPEN
