@@ -52,6 +52,8 @@ class _Paths:
     audit_key: Path
     audit_head: Path
     page_token_key: Path
+    # [audit] enabled: a gateway then starts only with the key that wrote the records.
+    audit_enabled: bool = True
 
     def beside_db(self) -> dict[str, Path]:
         """The files besides the database, by their names in a backup."""
@@ -74,6 +76,7 @@ def _paths(args: argparse.Namespace) -> _Paths:
         audit_key=config.audit.key_path(data_dir),
         audit_head=config.audit.head_path(data_dir),
         page_token_key=data_dir / KEY_FILE,
+        audit_enabled=config.audit.enabled,
     )
 
 
@@ -224,9 +227,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             f"{source}: schema version {summary.schema_version} is newer than this gateway "
             f"knows ({LATEST_SCHEMA_VERSION}); restore it with the gateway that wrote it"
         )
+    if paths.audit_enabled and summary.audit_records:
+        _check_audit_key(source, paths, summary.audit_records)
     # Exclusive: no gateway of either queue may run while its files are replaced.
     lock = lock_data_dir(paths.data_dir, exclusive=True)
     try:
+        # Before anything is replaced: a gateway may have the database open without the lock
+        # (its lock file deleted as stale), and the restored file would go in under it.
+        _fold_log(paths.db)
         restored = paths.data_dir / f".{DB_FILE}.restoring"
         restored.unlink(missing_ok=True)
         _snapshot(source / DB_FILE, restored)
@@ -294,7 +302,11 @@ def _replace(paths: _Paths, source: Path, restored: Path, aside: Path, moved: li
 
 def _fold_log(db: Path) -> None:
     """Folds the database's -wal (or a hot -journal) into it, as its next open would; a
-    database SQLite cannot open keeps them (the caller moves them aside with it)."""
+    database SQLite cannot open keeps them (the caller moves them aside with it).
+
+    Raises:
+        RuntimeError: Another process has the database open (leaving WAL needs it alone).
+    """
     if not db.exists() or not any(db.with_name(DB_FILE + s).exists() for s in ("-wal", "-journal")):
         return
     try:
@@ -306,8 +318,42 @@ def _fold_log(db: Path) -> None:
             conn.execute("PRAGMA journal_mode = DELETE")
         finally:
             conn.close()
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
+        # Taken for damage, such a database went aside under a gateway serving it, which
+        # then acknowledged jobs into the file moved away.
+        if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise RuntimeError(
+                f"{db} is open in another process (a gateway whose lock file was removed?): "
+                "stop every gateway on this data directory, then restore"
+            ) from None
         return
+
+
+def _check_audit_key(source: Path, paths: _Paths, records: int) -> None:
+    """Refuses a backup whose audit records the key the restore leaves in place (the backup's,
+    else the one already there) did not write: the gateway would refuse to start on them."""
+    from gateway.security import audit_files
+    from gateway.store import sqlite_audit
+
+    key_path = source / AUDIT_KEY if (source / AUDIT_KEY).exists() else paths.audit_key
+    if not key_path.exists():
+        raise ValueError(
+            f"{source}: its {records} audit records need the key that wrote them, and there "
+            f"is none in the backup nor at {paths.audit_key}; put that key in place first "
+            "(or restore with [audit] enabled = false)"
+        )
+    key = audit_files.read_key(key_path)
+    conn = sqlite_audit.open_readonly(source / DB_FILE)
+    try:
+        wrote = sqlite_audit.key_wrote_chain(conn, key)
+    finally:
+        conn.close()
+    if not wrote:
+        raise ValueError(
+            f"{source}: the audit key {key_path} did not write its {records} audit records "
+            "(another gateway's key?); a gateway would refuse to start on them. Restore with "
+            "the backup's own key"
+        )
 
 
 def _keep_aside(old: Path, kept: Path) -> None:

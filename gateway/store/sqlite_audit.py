@@ -367,26 +367,7 @@ class SqliteAudit:
             raise RuntimeError("audit is not enabled on this store")
 
         def op(conn: sqlite3.Connection) -> bool:
-            found = read_anchor(conn)
-            if found is not None and hmac.compare_digest(audit.anchor_mac(key, found[0]), found[1]):
-                return True
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq DESC LIMIT ?",
-                (KEY_CHECK_RECORDS,),
-            ).fetchall()
-            if not rows:
-                return found is None
-            macs = {0: audit.GENESIS_MAC}
-            records = []
-            for row in rows:
-                with contextlib.suppress(DataLoss):  # an edited record proves nothing
-                    records.append(_row(row))
-                macs[int(row[0])] = _mac(row[-1])
-            return any(
-                audit.chained_from(key, macs[r.sequence - 1], r)
-                for r in records
-                if r.sequence - 1 in macs
-            )
+            return key_wrote_chain(conn, key)
 
         return await self._call(op, readonly=True)
 
@@ -528,6 +509,29 @@ def open_readonly(path: pathlib.Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     conn.execute("BEGIN")
     return conn
+
+
+def key_wrote_chain(conn: sqlite3.Connection, key: bytes) -> bool:
+    """SqliteAudit.audit_key_wrote_chain on a connection (the store tool's restore asks it of
+    a backup before restoring it)."""
+    found = read_anchor(conn)
+    if found is not None and hmac.compare_digest(audit.anchor_mac(key, found[0]), found[1]):
+        return True
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq DESC LIMIT ?",
+        (KEY_CHECK_RECORDS,),
+    ).fetchall()
+    if not rows:
+        return found is None
+    macs = {0: audit.GENESIS_MAC}
+    records = []
+    for row in rows:
+        with contextlib.suppress(DataLoss):  # an edited record proves nothing
+            records.append(_row(row))
+        macs[int(row[0])] = _mac(row[-1])
+    return any(
+        audit.chained_from(key, macs[r.sequence - 1], r) for r in records if r.sequence - 1 in macs
+    )
 
 
 def read_anchor(conn: sqlite3.Connection) -> tuple[ChainPoint, bytes] | None:
