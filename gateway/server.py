@@ -363,7 +363,8 @@ class Gateway:
         self._tls = _server_credentials(config)
         self.health_port = 0
         self._health_server: grpc.aio.Server | None = None
-        # One set of limits for both ports' health calls.
+        # Limits of the calls anyone may make; the health-only port has its own, so strangers
+        # on the API port cannot take its watches (nor the other way round).
         self._public_calls = PublicCalls(
             server_cfg.request_read_timeout_s, server_cfg.max_health_watches
         )
@@ -534,9 +535,11 @@ class Gateway:
         listen = self.config.server.health_listen
         if listen is None:
             return
+        server_cfg = self.config.server
+        calls = PublicCalls(server_cfg.request_read_timeout_s, server_cfg.max_health_watches)
         server = grpc.aio.server(
-            interceptors=[PublicCallInterceptor(self._public_calls)],
-            options=self.config.server.connection_options(),
+            interceptors=[PublicCallInterceptor(calls)],
+            options=server_cfg.connection_options(),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:

@@ -836,9 +836,10 @@ class QiskitAdapter(BackendAdapter):
                 raise _non_finite(index, type(exc).__name__) from None
             except TypeError as exc:
                 # Aer binding sqrt(theta) at theta < 0 ("Could not cast complex parameter
-                # expression to float"): the client's values too. Only that one is told apart
-                # (by Aer's words; if they change, it is an SDK_ERROR as any other TypeError).
-                if "complex" not in str(exc):
+                # expression to float"): the client's values too. Told apart by where it was
+                # raised (Aer's binding step), not its words: any other TypeError stays an
+                # SDK_ERROR, which the breaker counts.
+                if not _raised_binding(exc):
                     raise
                 raise ExecutionError(
                     "EXECUTION_FAILED",
@@ -976,6 +977,21 @@ def _precision(pub: EstimatorPub, spec: JobSpec, base: str) -> tuple[str, float]
         field = "spec.options.default_precision"
         return field, costs.check_precision(spec.options.default_precision, field)
     return f"{base}.precision", DEFAULT_PRECISION
+
+
+# Aer's step that binds a circuit's parameter expressions to the job's values (every
+# parameterized operation's float(expression.bind(values))).
+_AER_BINDING_STEPS = frozenset({"_convert_circuit_binds"})
+
+
+def _raised_binding(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside Aer's parameter binding."""
+    trace = exc.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_name in _AER_BINDING_STEPS:
+            return True
+        trace = trace.tb_next
+    return False
 
 
 def _non_finite(index: int | None, what: str) -> ExecutionError:
