@@ -106,8 +106,22 @@ def test_a_job_runs_queued_running_done_with_a_real_result(
         assert done.result.counts(register="a") == {"01": 32}
         assert done.result.counts(register="b") == {"011": 32}
         assert [j["status"] for j in stub.jobs_tagged(job.id)] == ["Completed"]
+        assert remote["max_execution_time"] is None  # none asked: IBM's own default
     finally:
         stub.control("hold_jobs", {"on": False})
+
+
+def test_a_jobs_execution_time_limit_bounds_the_runtime_job_too(
+    stub: IbmStub, gateway: GatewayProcess
+) -> None:
+    # The gateway's limit counts IBM's queue and cancels; the runtime job now carries it too
+    # (whole seconds), so a cancel that does not get through still leaves it bounded at IBM.
+    with Client(gateway.address, retry=RetryPolicy(max_attempts=1)) as client:
+        pub = sampler_pub(TWO_REGISTERS, shots=8)
+        done = client.run_pubs([pub], backend="ibmq", max_execution_time=90.5, timeout=30)
+    assert done.state is JobState.SUCCEEDED, done.error_message
+    (remote,) = stub.jobs_tagged(done.id)
+    assert remote["max_execution_time"] == 91
 
 
 X_ON_QUBIT_0 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nx q[0];\n'

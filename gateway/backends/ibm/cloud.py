@@ -480,7 +480,8 @@ class IbmCloudRunner(Runner):
         options = getattr(payload, "options", None)
         if not isinstance(inner, QiskitPayload):
             raise TypeError(f"not an IBM payload: {type(payload).__name__}")
-        remote_id = await self._run(lambda: self._submit(inner, options, job), self._calls)
+        limit = prepared.max_run_time_s
+        remote_id = await self._run(lambda: self._submit(inner, options, job, limit), self._calls)
         return IbmCloudHandle(job.id, remote_id)
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
@@ -662,7 +663,9 @@ class IbmCloudRunner(Runner):
             provider = rebuilt
         return provider.sdk
 
-    def _submit(self, payload: QiskitPayload, options: Any, job: Job) -> str:
+    def _submit(
+        self, payload: QiskitPayload, options: Any, job: Job, max_run_time_s: float | None = None
+    ) -> str:
         # The adapter refused what one runtime job cannot hold (PUBs of both kinds, or of
         # different shots or precisions: _check_runtime_job).
         tasks = payload.tasks
@@ -685,6 +688,14 @@ class IbmCloudRunner(Runner):
             # ones it asked for (read back from the tag, so a re-attached job does too).
             tags.append(_SHOTS_TAG_PREFIX + str(samplers[0].shots))
         runtime_options = options.runtime_options(primitive) if options is not None else {}
+        if max_run_time_s is not None:
+            # JobOptions.max_execution_time also bounds the runtime job's own execution time
+            # (whole seconds): the gateway's limit counts IBM's queue too, and cancels; with
+            # it alone, a cancel that did not get through left the job unbounded at IBM.
+            runtime_options = {
+                **runtime_options,
+                "max_execution_time": max(1, math.ceil(max_run_time_s)),
+            }
         attempt = 1
         throttled = True  # every attempt so far answered 429: none made a job
         uncertain = False  # an earlier attempt may have made a job after all

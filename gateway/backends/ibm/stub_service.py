@@ -212,6 +212,8 @@ class RuntimeStub:
                 "status": "Queued",
                 "session_id": body.get("session_id"),
                 "params": body.get("params"),
+                # The runtime options' max_execution_time (the API calls it cost).
+                "max_execution_time": body.get("cost"),
                 "private": False,
             }
             if self._fail_jobs:
@@ -371,6 +373,7 @@ class RuntimeStub:
                         "status": j["state"]["status"],
                         "tags": j["tags"],
                         "session_id": j.get("session_id"),
+                        "max_execution_time": j.get("max_execution_time"),
                     }
                     for j in self._jobs.values()
                 ],
