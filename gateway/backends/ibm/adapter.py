@@ -790,8 +790,8 @@ def _check_options(options: IbmProviderOptions, payload: QiskitPayload, backend:
                 )
         # The runtime then runs exactly their product, whatever the precision: an estimator
         # PUB was reported (and billed) at its precision's shots while 10 ran.
-        for task in payload.tasks:
-            precision = _precision(task)
+        for any_task in payload.tasks:
+            precision = _precision(any_task)
             if precision is not None and per * count != _sampled_shots(precision):
                 _refuse(
                     backend,
