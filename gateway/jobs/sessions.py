@@ -306,8 +306,13 @@ class SessionQueue:
     async def done(self, claim: Claim) -> None:
         job_id = claim.job.id
         if self._own.pop(job_id, None) is None:
-            await self.inner.done(claim)
-            self._inner_out.discard(job_id)
+            try:
+                await self.inner.done(claim)
+            finally:
+                # Not out any more even when ending the claim failed (a store error): it
+                # lapses and is claimed again, counted anew. Kept, it took one of the slots
+                # left beside pinned sessions for good.
+                self._inner_out.discard(job_id)
             if self._pins():
                 self.wake()  # the slot gate in `claim` may have turned the scheduler away
         session_id = claim.job.session
@@ -320,8 +325,10 @@ class SessionQueue:
         if own is not None:
             self._ready[claim.job.session] = (job or own.job, own.prepared)
             return
-        await self.inner.release(claim, job)
-        self._inner_out.discard(claim.job.id)
+        try:
+            await self.inner.release(claim, job)
+        finally:
+            self._inner_out.discard(claim.job.id)
 
     async def remove(self, job_id: str, tenant: str) -> bool:
         session_id = self._held.get(job_id)

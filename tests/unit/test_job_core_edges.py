@@ -13,7 +13,13 @@ import pytest
 
 from gateway.backends.runner import ExecutionModel
 from gateway.domain import sessions as domain
-from gateway.domain.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from gateway.domain.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StoreUnavailable,
+    Unavailable,
+)
 from gateway.domain.failures import FailureKind
 from gateway.domain.job_filter import JobFilter
 from gateway.domain.jobs import Job, JobState, StateTransition
@@ -23,6 +29,7 @@ from gateway.jobs.events import MemoryEventBus
 from gateway.jobs.hooks import Hooks, Transition
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.peer_events import PeerEventBus
+from gateway.jobs.queue_port import Claim
 from gateway.jobs.result_cache import RecentResults
 from gateway.jobs.retention_sweep import SWEEP_BATCH, RetentionSweep, Swept
 from gateway.jobs.sessions import SessionQueue
@@ -325,6 +332,36 @@ async def test_pinned_sessions_ready_jobs_are_claimed_oldest_first() -> None:
         assert claim is not None
         claimed.append(claim.job.id)
     assert claimed == ["old", "new"]
+
+
+async def test_a_claim_whose_end_failed_leaves_no_slot_taken_beside_pinned_sessions() -> None:
+    # Found in review: a job without a session whose claim could not be ended (a store error)
+    # stayed counted among the claims out of the inner queue, so with a dedicated session
+    # pinned, the slots left to other jobs shrank by one for good.
+    class FailingEnds(MemoryQueue):
+        async def done(self, claim: Claim) -> None:
+            raise StoreUnavailable("STORE_UNAVAILABLE", "disk full")
+
+        async def release(self, claim: Claim, job: Job | None = None) -> None:
+            raise StoreUnavailable("STORE_UNAVAILABLE", "disk full")
+
+    queue = SessionQueue(FailingEnds("sim", 3600, 30.0, Clock()))
+    queue.dedicated = lambda session: session == "s-pinned"
+    queue.capacity = lambda: 2  # one slot for the pinned session, one for the rest
+    await queue.put(_queued("pinned", "s-pinned", 30), None)
+    pinned = await queue.claim()
+    assert pinned is not None and pinned.job.id == "pinned"
+    for end in ("done", "release"):
+        await queue.put(_queued(f"plain-{end}", "", 20), None)
+        claim = await queue.claim()
+        assert claim is not None and claim.job.id == f"plain-{end}"
+        with pytest.raises(StoreUnavailable):
+            await (queue.done(claim) if end == "done" else queue.release(claim))
+        await queue.put(_queued(f"next-{end}", "", 10), None)
+        after = await queue.claim()  # the one slot beside the pinned session is free again
+        assert after is not None and after.job.id == f"next-{end}"
+        await MemoryQueue.done(queue.inner, after)  # type: ignore[arg-type]
+        queue._inner_out.discard(after.job.id)
 
 
 def test_recent_results_keep_the_most_recently_used_within_their_bytes() -> None:
