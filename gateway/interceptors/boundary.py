@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gateway.api import preserialized
 from gateway.api.context import Context, set_request_bytes
@@ -63,6 +64,17 @@ def size_checked(max_bytes: int) -> Callable[[bytes], Any]:
         return _Received(data, len(data))
 
     return receive
+
+
+# What a request that protobuf cannot decode raises.
+DECODE_ERRORS: tuple[type[Exception], ...] = (DecodeError, UnicodeDecodeError, ValueError)
+
+
+def malformed(exc: Exception) -> InvalidArgument:
+    """The refusal of a request that could not be decoded (not gRPC's UNKNOWN)."""
+    return InvalidArgument(
+        "MALFORMED_REQUEST", f"request could not be decoded as protobuf: {type(exc).__name__}"
+    )
 
 
 def _unexpected(exc: BaseException, method: str) -> GatewayError:

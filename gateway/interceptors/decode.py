@@ -16,16 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from gateway.api.context import Context
 from gateway.domain.errors import (
     DeadlineExceeded,
     GatewayError,
-    InvalidArgument,
     ResourceExhausted,
 )
-from gateway.interceptors.boundary import OnRejected, PendingRequest
+from gateway.interceptors.boundary import DECODE_ERRORS, OnRejected, PendingRequest, malformed
 from gateway.interceptors.handlers import Stream, Unary, is_gateway_method, rewrap
 from gateway.interceptors.request_reads import RequestReads
 from gateway.security.principals import current_principal
@@ -63,12 +61,8 @@ class DecodeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return data
             try:
                 return deserialize(data)
-            except (DecodeError, UnicodeDecodeError, ValueError) as exc:
-                error = InvalidArgument(
-                    "MALFORMED_REQUEST",
-                    f"request could not be decoded as protobuf: {type(exc).__name__}",
-                )
-                raise told(error, context) from None
+            except DECODE_ERRORS as exc:
+                raise told(malformed(exc), context) from None
 
         def wrap_unary(unary: Unary) -> Unary:
             async def handle(request: Any, context: Context) -> Any:

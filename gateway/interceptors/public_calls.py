@@ -21,11 +21,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from gateway.api.context import Context
-from gateway.domain.errors import GatewayError, InvalidArgument, ResourceExhausted
-from gateway.interceptors.boundary import PendingRequest, abort, size_checked
+from gateway.domain.errors import GatewayError, ResourceExhausted
+from gateway.interceptors.boundary import (
+    DECODE_ERRORS,
+    PendingRequest,
+    abort,
+    malformed,
+    size_checked,
+)
 from gateway.interceptors.request_reads import RequestReads
 
 PUBLIC_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -66,11 +71,8 @@ class PublicCalls:
             return data
         try:
             return decode(data)
-        except (DecodeError, UnicodeDecodeError, ValueError) as exc:
-            raise InvalidArgument(
-                "MALFORMED_REQUEST",
-                f"request could not be decoded as protobuf: {type(exc).__name__}",
-            ) from None
+        except DECODE_ERRORS as exc:
+            raise malformed(exc) from None
 
     def watch_opened(self) -> None:
         if self.watches >= self.max_watches:
@@ -85,10 +87,6 @@ class PublicCalls:
 
     def watch_closed(self) -> None:
         self.watches -= 1
-
-
-async def _failed(context: Context, err: GatewayError) -> None:
-    await abort(context, err)
 
 
 class PublicCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -116,7 +114,7 @@ class PublicCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     request = await calls.message(pending, decode)
                 except GatewayError as err:
-                    return await _failed(context, err)
+                    return await abort(context, err)
                 return await unary(request, context)
 
             return grpc.stream_unary_rpc_method_handler(
@@ -152,7 +150,7 @@ def _watch(
             request = await calls.message(pending, decode)
             calls.watch_opened()
         except GatewayError as err:
-            return await _failed(context, err)
+            return await abort(context, err)
         try:
             if inspect.isasyncgenfunction(behaviour):
                 async for response in behaviour(request, context):
@@ -186,6 +184,6 @@ def _each_read(
             async for response in behaviour(messages(), context):
                 yield response
         except GatewayError as err:
-            await _failed(context, err)
+            await abort(context, err)
 
     return each
