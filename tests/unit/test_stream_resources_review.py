@@ -47,6 +47,25 @@ def _samples_result(nbytes: int) -> bytes:
     return result.SerializeToString(deterministic=True)
 
 
+def _streaming(manager: ResultManager, budget: StreamBudget) -> asyncio.Future[None]:
+    """A StreamJobResult call of the manager's one job, read to its end, in a task."""
+    servicer = JobServicer(
+        manager,  # type: ignore[arg-type]
+        4 << 20,
+        page_tokens=PageTokens(bytes(32)),
+        sessions=None,  # type: ignore[arg-type]
+        stream_budget=budget,
+        stream_pace=StreamPace(1e9),
+    )
+    request = job_service_pb2.StreamJobResultRequest(name="jobs/j1/result")
+
+    async def stream() -> None:
+        async for _ in servicer.StreamJobResult(request, None):  # type: ignore[arg-type]
+            pass
+
+    return asyncio.ensure_future(stream())
+
+
 async def test_a_cancelled_stream_keeps_its_result_charged_while_the_parse_thread_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -64,21 +83,7 @@ async def test_a_cancelled_stream_keeps_its_result_charged_while_the_parse_threa
 
     monkeypatch.setattr(job_service, "_split", held_split)
     budget = StreamBudget(1 << 30, 1 << 30)
-    servicer = JobServicer(
-        ResultManager(data),  # type: ignore[arg-type]
-        4 << 20,
-        page_tokens=PageTokens(bytes(32)),
-        sessions=None,  # type: ignore[arg-type]
-        stream_budget=budget,
-        stream_pace=StreamPace(1e9),
-    )
-    request = job_service_pb2.StreamJobResultRequest(name="jobs/j1/result")
-
-    async def stream() -> None:
-        async for _ in servicer.StreamJobResult(request, None):  # type: ignore[arg-type]
-            pass
-
-    task = asyncio.ensure_future(stream())
+    task = _streaming(ResultManager(data), budget)
     try:
         assert await anyio.to_thread.run_sync(started.wait, 10.0)
         assert budget.held(TENANT) >= len(data)
@@ -129,21 +134,7 @@ async def test_a_stream_cancelled_during_the_read_keeps_its_result_charged_until
     data = _samples_result(4 << 20)
     manager = _HeldReadManager(data)
     budget = StreamBudget(1 << 30, 1 << 30)
-    servicer = JobServicer(
-        manager,  # type: ignore[arg-type]
-        4 << 20,
-        page_tokens=PageTokens(bytes(32)),
-        sessions=None,  # type: ignore[arg-type]
-        stream_budget=budget,
-        stream_pace=StreamPace(1e9),
-    )
-    request = job_service_pb2.StreamJobResultRequest(name="jobs/j1/result")
-
-    async def stream() -> None:
-        async for _ in servicer.StreamJobResult(request, None):  # type: ignore[arg-type]
-            pass
-
-    task = asyncio.ensure_future(stream())
+    task = _streaming(manager, budget)
     try:
         assert await anyio.to_thread.run_sync(manager.started.wait, 10.0)
         task.cancel()
