@@ -57,8 +57,10 @@ from openqasm3._antlr.qasm3Parser import qasm3Parser  # type: ignore[import-not-
 from openqasm3.parser import QASMNodeVisitor
 from qiskit.circuit import (
     Barrier,
+    BreakLoopOp,
     CircuitInstruction,
     ClassicalRegister,
+    ContinueLoopOp,
     ControlFlowOp,
     ControlledGate,
     Delay,
@@ -183,7 +185,9 @@ ACCEPTED_INSTRUCTION_NAMES: frozenset[str] = (STANDARD_GATE_NAMES - {"global_pha
     "while_loop",
     "for_loop",
 }
-_ATOMIC_TYPES = (Measure, Reset, Barrier, Delay, UnitaryGate)
+# `break` and `continue` are no ControlFlowOp (no blocks) and have no definition: one
+# operation each, inside a loop (refused as opaque gates before).
+_ATOMIC_TYPES = (Measure, Reset, Barrier, Delay, UnitaryGate, BreakLoopOp, ContinueLoopOp)
 # Two-qubit gates of operator-Schmidt rank 2 that are not ControlledGate subclasses.
 _RANK2_NAMES = frozenset({"rzz", "rxx", "ryy", "rzx", "ecr"})
 _PASSIVE_NAMES = frozenset({"barrier", "delay"})
@@ -337,9 +341,17 @@ def _scan_qasm2(text: str, field: str) -> _Qasm2Scan:
         elif value in ("qreg", "creg"):
             name, bracket, number, close = (next(tokens, ("end", "", -1)) for _ in range(4))
             scan.tokens += 4
+            if name[0] == "word" and name[1] in _QASM2_KEYWORDS:
+                # `qasm2.dumps` writes a register named `pi` or `sin` as it is.
+                line, col = _position(text, start)
+                raise invalid(
+                    "INVALID_QASM",
+                    f"line {line}, column {col}: {name[1]!r} is a reserved word of OpenQASM 2, "
+                    "not a register name; rename the register",
+                    field,
+                )
             if not (
                 name[0] == "word"
-                and name[1] not in _QASM2_KEYWORDS
                 and bracket[1] == "["
                 and number[0] == "number"
                 and number[1].isdigit()
@@ -564,6 +576,7 @@ _QASM3_UNSUPPORTED = re.compile(
 
 def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
     renamed = _rename_standard_named_gates(program)
+    renamed.update(_order_gate_parameters(program))
     with _reader_refusals("OpenQASM 3", field):
         try:
             circuit: QuantumCircuit = qiskit_qasm3_import.convert(program)
@@ -627,6 +640,47 @@ def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
         if identifier.name in renames:
             identifier.name = renames[identifier.name]
     return {new: old for old, new in renames.items()}
+
+
+_GATE_PARAMETER_PREFIX = "_qgw_gate_parameter_"
+
+
+def _order_gate_parameters(program: q3ast.Program) -> dict[str, str]:
+    """Renames every gate definition's parameters, and their uses in its body, so that their
+    names sort in the order they are declared (in place). Returns {new name: the program's}.
+
+    The reader binds a call's arguments to its gate's parameters in the order of their names,
+    not of their declaration: `gate g(b, a) r { rx(a) r; rz(b) r; }` called as `g(0, pi)` ran
+    rx(0) rz(pi), and `qasm3.dumps` of an unbound TwoLocal (`_θ_10_` before `_θ_2_`) gave
+    another circuit's distribution, silently.
+    """
+    taken = {node.name for node in _walk(program) if isinstance(node, q3ast.Identifier)}
+    prefix = _GATE_PARAMETER_PREFIX
+    while any(name.startswith(prefix) for name in taken):
+        prefix += "_"
+    renamed: dict[str, str] = {}
+    for statement in program.statements:
+        if not isinstance(statement, q3ast.QuantumGateDefinition) or not statement.arguments:
+            continue
+        width = len(str(len(statement.arguments)))
+        names = {
+            argument.name: f"{prefix}{index:0{width}d}"
+            for index, argument in enumerate(statement.arguments)
+        }
+        calls = [node.name for node in _walk(statement) if isinstance(node, q3ast.QuantumGate)]
+        if any(call.name in names for call in calls):
+            # A parameter the body calls as a gate: left as written, for the reader to refuse
+            # as it does ("'h' is a 'angle', not a gate").
+            continue
+        gate_names = {id(call) for call in calls}
+        gate_names.add(id(statement.name))
+        for node in _walk(statement):
+            if isinstance(node, q3ast.Identifier) and id(node) not in gate_names:
+                new = names.get(node.name)
+                if new is not None:
+                    renamed[new] = node.name
+                    node.name = new
+    return renamed
 
 
 def _walk(root: q3ast.QASMNode) -> Iterator[q3ast.QASMNode]:

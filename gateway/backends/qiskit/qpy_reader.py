@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import qiskit.qpy
 from qiskit.circuit import (
     Barrier,
+    BreakLoopOp,
+    ContinueLoopOp,
     ControlFlowOp,
     Delay,
     Gate,
@@ -74,7 +76,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _RUST_ERROR = re.compile(r"Error: ([^\n]+)")
 _RUST_FIELD = re.compile(r"While parsing field '([^']+)'")
 _PASSIVE = (Barrier, Delay)
-_NON_UNITARY = (Measure, Reset)
+# `break` and `continue` are no ControlFlowOp (no blocks); like measure and reset, not in a
+# gate's definition.
+_NON_UNITARY = (Measure, Reset, BreakLoopOp, ContinueLoopOp)
 
 
 def qpy_versions() -> str:
