@@ -320,7 +320,10 @@ def test_combining_memory_is_the_pubs_beside_its_state(
     observables = (_observable("Z", "X", "X"), _observable("Y"))
     pub = EstimatorPub(ONE_QUBIT, observables, (2,), _sweep(2))
     prepared = prepare_in_process(aer, JobSpec(backend="aer", pubs=(pub,)), 1)
-    assert prepared.memory_bytes == rx_entry.memory_bytes + 8 * 2 * (3 + 2 + 3)
+    # Beside them, what Aer holds per binding: its copy of the circuit and the saved terms.
+    sweep = aer.sweep_memory(rx_entry, 2, 3)
+    assert sweep > 0
+    assert prepared.memory_bytes == rx_entry.memory_bytes + 8 * 2 * (3 + 2 + 3) + sweep
 
 
 # --------------------------------------------------------------------- IBM prices

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +67,18 @@ _MPS_SAMPLE_QUBIT_WEIGHT = 100_000
 # bindings ran 0.3 s); priced at nanoseconds they admitted 100 PUBs of 100,000 bindings
 # (~36 min) as 0.3 s. Measured with the state vector and the density matrix alike.
 _AER_RUNS = costs.RunCosts(per_binding=12_000_000, per_term=260_000)
+# What Aer holds per binding of one run beside the state (Aer 0.18): its copy of the circuit
+# with that binding's values, ~600 B an operation, and each saved expectation value's
+# instruction and result, ~1.5 KiB a term. Every binding of a run is held at once: a 12 KB
+# circuit of 2,000 operations with 100,000 bindings (both within limits) needed ~120 GiB.
+_BYTES_PER_BOUND_OPERATION = 640
+_BYTES_PER_SAVED_TERM = 1536
+# So bindings run in groups holding at most this much of it (admission counts one group).
+BINDING_GROUP_BYTES = 64 << 20
+# Aer seeds the i-th experiment of a run seed_simulator + 2113 i: a group starting at binding k
+# is seeded so, and samples come out as one run of every binding gave them
+# (test_aer_adapter pins it; PUB seeds are below 2**62, so this stays below 2**63).
+_AER_SEED_STRIDE = 2113
 _AER_DENSITY_MATRIX_RUNS = dataclasses.replace(
     costs.DENSITY_MATRIX_RUNS, per_binding=_AER_RUNS.per_binding, per_term=_AER_RUNS.per_term
 )
@@ -205,6 +217,10 @@ class AerAdapter(QiskitAdapter):
             work += bindings * shots * per_shot
         return work
 
+    def sweep_memory(self, entry: CompiledCircuit, bindings: int, terms: int) -> int:
+        per_binding = _per_binding(entry.operations, terms)
+        return _group(bindings, per_binding) * per_binding
+
     def run_costs(self) -> costs.RunCosts:
         if self.aer_options.method == "density_matrix":
             return _AER_DENSITY_MATRIX_RUNS
@@ -250,11 +266,14 @@ class AerAdapter(QiskitAdapter):
         if size == 1 and not aer_plan.circuit.parameters:
             experiments = _run_assembled(self._sim(), aer_plan)
         else:
-            circuits, binds = _binds(aer_plan.circuit, parameters, values, size)
-            # Saving probabilities draws nothing: the seed only keeps Aer's run reproducible.
-            experiments = _run_raw(
-                self._sim(), circuits, shots=1, seed_simulator=0, parameter_binds=binds
-            )
+            experiments = []
+            for part in _groups(values, _per_binding(aer_plan.circuit.size(), 0)):
+                circuits, binds = _binds(aer_plan.circuit, parameters, part, len(part))
+                # Saving probabilities draws nothing: the seed only keeps Aer's run
+                # reproducible.
+                experiments += _run_raw(
+                    self._sim(), circuits, shots=1, seed_simulator=0, parameter_binds=binds
+                )
         _check_experiments(experiments, size)
         rows = []
         for experiment in experiments:
@@ -288,31 +307,30 @@ class AerAdapter(QiskitAdapter):
                 [measured.qubits[q] for q in qubits],
             )
         size = values.shape[0]
-        circuits, binds = _binds(measured, parameters, values, size)
-        # No measurement or reset (prepare refuses them), so one shot gives exact values (a
-        # density matrix carries the noise exactly). Aer's qubit truncation misplaces a save
-        # that acts on some qubits when another acts on all (measured with Aer 0.18); the
-        # memory check was made for the full width anyway.
-        result = _run(
-            self._sim(),
-            circuits,
-            shots=1,
-            seed_simulator=0,
-            parameter_binds=binds,
-            enable_truncation=False,
-        )
-        if len(result.results) != size:
-            raise ExecutionError(
-                "EXECUTION_FAILED",
-                f"expected {size} experiments, Aer returned {len(result.results)}",
-                kind=FailureKind.BACKEND_FAULT,
-            )
         out = np.empty((size, len(labels)), dtype=np.float64)
-        for b in range(size):
-            # Result.data(b) converts the whole experiment's data on every call: read it once
-            # per binding, not once per term (quadratic in the terms: 10k terms took 11 s).
-            data = result.data(b)
-            out[b] = [float(data[label].real) for label in labels]
+        start = 0
+        for part in _groups(values, _per_binding(circuit.size(), len(terms))):
+            circuits, binds = _binds(measured, parameters, part, len(part))
+            # No measurement or reset (prepare refuses them), so one shot gives exact values
+            # (a density matrix carries the noise exactly). Aer's qubit truncation misplaces a
+            # save that acts on some qubits when another acts on all (measured with Aer 0.18);
+            # the memory check was made for the full width anyway.
+            result = _run(
+                self._sim(),
+                circuits,
+                shots=1,
+                seed_simulator=0,
+                parameter_binds=binds,
+                enable_truncation=False,
+            )
+            _check_experiments(result.results, len(part))
+            for b in range(len(part)):
+                # Result.data(b) converts the whole experiment's data on every call: read it
+                # once per binding, not once per term (quadratic in the terms: 10k terms took
+                # 11 s).
+                data = result.data(b)
+                out[start + b] = [float(data[label].real) for label in labels]
+            start += len(part)
         return out
 
     def _sim(self) -> AerSimulator:
@@ -418,7 +436,13 @@ def _run_assembled(simulator: AerSimulator, plan: _AerPlan) -> list[dict[str, An
 
 def _execution_error(message: str) -> ExecutionError:
     lowered = message.lower()
-    memory_words = ("insufficient memory", "greater than max", "cannot allocate memory")
+    # "Failed to load circuits: std::bad_alloc": Aer's C++ out of the worker's memory.
+    memory_words = (
+        "insufficient memory",
+        "greater than max",
+        "cannot allocate memory",
+        "bad_alloc",
+    )
     if any(words in lowered for words in memory_words):
         return ExecutionError("OUT_OF_MEMORY", message[:500], kind=FailureKind.OUT_OF_MEMORY)
     # Aer's own failure running a job the gateway validated: the backend's fault.
@@ -447,30 +471,52 @@ def _binds(
     return ([circuit] * size if size > 1 else circuit), None
 
 
+def _per_binding(operations: int, terms: int) -> int:
+    """What Aer holds for one binding of a run (see _BYTES_PER_BOUND_OPERATION)."""
+    return max(1, operations) * _BYTES_PER_BOUND_OPERATION + terms * _BYTES_PER_SAVED_TERM
+
+
+def _group(size: int, per_binding: int) -> int:
+    """Bindings one run takes: what they hold stays within BINDING_GROUP_BYTES (one at least)."""
+    return max(1, min(size, BINDING_GROUP_BYTES // per_binding))
+
+
+def _groups(values: FloatArray, per_binding: int) -> Iterator[FloatArray]:
+    """The rows of `values` (one a binding), in groups one run takes."""
+    group = _group(values.shape[0], per_binding)
+    for start in range(0, values.shape[0], group):
+        yield values[start : start + group]
+
+
 def _run_sampler(
     simulator: AerSimulator, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
 ) -> SamplerResult:
     size = math.prod(task.shape)
-    circuits, binds = _binds(circuit, task.parameters, task.values, size)
-    experiments = _run_raw(
-        simulator,
-        circuits,
-        shots=task.shots,
-        seed_simulator=task.seed,
-        memory=output.samples,
-        parameter_binds=binds,
-    )
-    _check_experiments(experiments, size)
+    values = task.values.reshape(size, len(task.parameters))
     builder = result_builder(circuit.num_clbits, task, output)
     decoder = builder.decoder
-    for b, experiment in enumerate(experiments):
-        data = experiment.get("data", {})
-        if output.samples:
-            # Counts, if asked for, come from the rows decoded here: one pass over Aer's strings.
-            memory = data.get("memory") or ["0x0"] * task.shots
-            builder.add_samples(b, decoder.hex_samples(memory))
-        else:
-            # A circuit that never measures reports no outcomes: every bit reads 0.
-            raw = data.get("counts") or {"0x0": task.shots}
-            builder.add_counts(b, decoder.hex_counts(raw))
+    start = 0
+    for part in _groups(values, _per_binding(circuit.size(), 0)):
+        circuits, binds = _binds(circuit, task.parameters, part, len(part))
+        experiments = _run_raw(
+            simulator,
+            circuits,
+            shots=task.shots,
+            seed_simulator=task.seed + start * _AER_SEED_STRIDE,
+            memory=output.samples,
+            parameter_binds=binds,
+        )
+        _check_experiments(experiments, len(part))
+        for offset, experiment in enumerate(experiments):
+            data = experiment.get("data", {})
+            if output.samples:
+                # Counts, if asked for, come from the rows decoded here: one pass over Aer's
+                # strings.
+                memory = data.get("memory") or ["0x0"] * task.shots
+                builder.add_samples(start + offset, decoder.hex_samples(memory))
+            else:
+                # A circuit that never measures reports no outcomes: every bit reads 0.
+                raw = data.get("counts") or {"0x0": task.shots}
+                builder.add_counts(start + offset, decoder.hex_counts(raw))
+        start += len(part)
     return builder.build()

@@ -352,6 +352,12 @@ class QiskitAdapter(BackendAdapter):
     def check_sampler(self, entry: CompiledCircuit, spec: JobSpec, circuit_field: str) -> None:
         """Refuses a sampler PUB this backend cannot run as asked (default: none)."""
 
+    def sweep_memory(self, entry: CompiledCircuit, bindings: int, terms: int) -> int:
+        """What running `bindings` bindings of `entry` (with `terms` distinct Pauli terms, an
+        estimator's) holds in the worker beside its state: 0 unless the simulator keeps
+        something per binding."""
+        return 0
+
     def check_estimator(self, entry: CompiledCircuit, circuit_field: str) -> None:
         """This backend's own rules on an estimator PUB's circuit, checked at admission
         (none here)."""
@@ -635,6 +641,7 @@ class QiskitAdapter(BackendAdapter):
                 task, size = self._sampler_task(
                     pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
                 )
+                combining = self.sweep_memory(entry, math.prod(bindings_shape), 0)
             else:
                 task, size, combining = self._estimator_task(
                     pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
@@ -771,10 +778,10 @@ class QiskitAdapter(BackendAdapter):
         )
         cost.add_shots(bindings, shots, precision_field)
         cost.add_execution(self.estimation_work(entry, bindings, terms, bases, shots, spec), base)
-        combining = 0
+        combining = self.sweep_memory(entry, bindings, terms)
         if self.combines_terms:
             cost.add_execution(bindings * listed * _GATHER_WEIGHT, base)
-            combining = 8 * bindings * (terms + len(pub.observables) + widest)
+            combining += 8 * bindings * (terms + len(pub.observables) + widest)
         task = EstimatorTask(
             circuit=entry.ref,
             parameters=entry.parameters,
