@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import AdapterContext, CircuitLimits
