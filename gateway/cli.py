@@ -529,6 +529,10 @@ def _read_source(path: str) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import stop_signals
+
+    # Before the seconds of imports and start-up: a stop signal meanwhile is a clean stop.
+    stop_signals.remember_until_served()
     # Imported here: the server pulls in qiskit and friends, which client commands never need.
     from gateway.server import serve_forever
 

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import socket
 import sqlite3
 import sys
@@ -29,6 +28,7 @@ from qgateway.v1 import (
     session_service_pb2_grpc,
 )
 
+from gateway import stop_signals
 from gateway.api import codec
 from gateway.api.admin_service import SERVICE_NAME as ADMIN_SERVICE_NAME
 from gateway.api.admin_service import AdminServicer
@@ -659,6 +659,21 @@ class Gateway:
 
 async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> None:
     """Runs until SIGTERM or SIGINT, then drains."""
+    stop = asyncio.Event()
+    hurry = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second SIGTERM or Ctrl-C: the grace period ends now
+            log.warning("asked again: ending the grace period")
+            hurry.set()
+        stop.set()
+
+    # First: a signal while the backends are built below is taken when the loop next runs.
+    loop = asyncio.get_running_loop()
+    for sig in stop_signals.STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
+    if stop_signals.asked.is_set():  # one came during the imports (`qgateway serve`)
+        stop.set()
     try:
         # Before anything touches the data directory (the audit key is made in Gateway()).
         lock = lock_data_dir(config.data_dir, exclusive=config.server.queue == "memory")
@@ -668,18 +683,6 @@ async def serve(config: GatewayConfig, on_ready: Callable[[str], None] | None = 
         raise ConfigError(f"data_dir {config.data_dir}: {exc.strerror or exc}") from None
     try:
         gateway = Gateway(config)
-        stop = asyncio.Event()
-        hurry = asyncio.Event()
-
-        def on_signal() -> None:
-            if stop.is_set():  # a second SIGTERM or Ctrl-C: the grace period ends now
-                log.warning("asked again: ending the grace period")
-                hurry.set()
-            stop.set()
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
         try:
             await gateway.start(stopping=stop, data_dir_lock=lock)
         except (StoreInUse, StoreLocked, SchemaTooNew, DataDirInUse, AuditKeyMismatch) as exc:

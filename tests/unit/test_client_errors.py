@@ -500,6 +500,24 @@ def test_other_codes_are_not_retried(sleeps: list[float]) -> None:
     assert info.value.request_id == run.requests[0].request_id
 
 
+def test_a_cancel_the_gateways_stop_sent_is_retried_and_a_local_one_is_not(
+    sleeps: list[float],
+) -> None:
+    # A call reaching the gateway as its drain ends is cancelled by gRPC's server stop: the
+    # client gave up on it (a planned restart failed callers), though it is as repeatable as
+    # the UNAVAILABLE a moment later gives.
+    run = FakeUnary([FakeRpcError(grpc.StatusCode.CANCELLED, "CANCELLED"), finished_run()])
+    with make_client(Run=run) as client:
+        client.run("OPENQASM 3.0;")
+    assert len(run.requests) == 2 and len(sleeps) == 1
+    assert run.requests[0].request_id == run.requests[1].request_id
+    # Cancelled on this side (the channel closed under it): nothing to repeat.
+    local = FakeUnary([FakeRpcError(grpc.StatusCode.CANCELLED, "Channel closed!")])
+    with make_client(Run=local) as client, pytest.raises(CancelledError):
+        client.run("OPENQASM 3.0;")
+    assert len(local.requests) == 1
+
+
 def test_attempts_are_bounded(sleeps: list[float]) -> None:
     run = FakeUnary([unavailable() for _ in range(10)])
     with make_client(Run=run) as client, pytest.raises(UnavailableError):

@@ -246,12 +246,28 @@ def _retry_delay(
 ) -> float | None:
     """Seconds to wait before failed attempt number `attempt` is repeated (`_attempts_spent`
     counts them), or None to give up and raise `error`. UNAVAILABLE: the gateway did nothing
-    (or, for SubmitJob and Run, the same request_id finds what it did); GATEWAY_DRAINING."""
+    (or, for SubmitJob and Run, the same request_id finds what it did); GATEWAY_DRAINING; a
+    CANCELLED the gateway's stop sent."""
     if _draining(error):
         return _attempt_delay(policy, error, max(attempt, 1), deadline)
+    if _cancelled_by_server(error):
+        # A call that reached the gateway as its drain ended (gRPC's server stop cancels it):
+        # as repeatable as UNAVAILABLE, which the same moment gives a call a little later.
+        return _attempt_delay(policy, error, attempt, deadline)
     if error.code != grpc.StatusCode.UNAVAILABLE or _untrusted(error):
         return None
     return _attempt_delay(policy, error, attempt, deadline)
+
+
+# gRPC's own words for a call cancelled on this side (the application, garbage collection, a
+# channel closed under it): nothing to repeat.
+_LOCAL_CANCELS = frozenset(
+    {"Locally cancelled by application!", "Cancelled upon garbage collection!", "Channel closed!"}
+)
+
+
+def _cancelled_by_server(error: QGatewayError) -> bool:
+    return error.code == grpc.StatusCode.CANCELLED and error.message not in _LOCAL_CANCELS
 
 
 def _untrusted(error: QGatewayError) -> bool:
