@@ -298,7 +298,8 @@ def test_ibm_std_of_correlated_sum_is_honest(adapters: dict[str, QiskitAdapter])
     scaled = obs(("Z", 5.0, (0,)))
     pub = EstimatorPub(ghz, (summed, scaled), (2,), Bindings(), precision=0.05)
     evs, stds = [], []
-    for seed in range(30):
+    # The reported stds alone (their mean is steady over seeds) tell the two apart.
+    for seed in range(8):
         (result,) = run(adapters["ibm"], pub, seed=300 + seed)
         evs.append(result.expectation_values.ravel())
         stds.append(result.standard_errors.ravel())
