@@ -93,6 +93,8 @@ DB_FILE = "qgateway.db"
 STOP_CARRIED_ON_S = 5.0
 # How soon a tenant changed through another replica applies here (shared store only).
 POLICY_REFRESH_S = 10.0
+# The state of a peer signal that names a tenant a replica created or changed, not a job.
+TENANT_CHANGED = "TENANT_CHANGED"
 # A thread running Python (a request's digest and decoding, offloaded by size) keeps the GIL
 # for up to a switch interval each time the event loop asks for it back, and the loop asks
 # dozens of times per call: at CPython's 5 ms, another tenant's GetJob took p50 99 ms instead
@@ -241,7 +243,8 @@ async def load_tenants(store: Store, policies: PolicyBook) -> None:
 
 async def refresh_tenants(store: Store, policies: PolicyBook, interval_s: float) -> None:
     """Re-reads stored tenants every `interval_s`: with a shared store, another replica's
-    UpdateTenant reaches this one within that time (this replica's own apply at once)."""
+    UpdateTenant reaches this one within that time even when its signal (Gateway._heard,
+    which applies it at once) was lost."""
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -326,7 +329,13 @@ class Gateway:
             for runtime in self.backends.values():
                 if isinstance(runtime.queue, ClaimQueue):
                     bus.wake_on_changes(runtime.name, runtime.queue.notify_changed)
+            peers = self._peers
+            # A tenant this process created or changed: the others re-read the tenants at
+            # once (they did every POLICY_REFRESH_S only, accepting what the change refused).
+            self.policies.on_put = lambda tenant: peers.send(tenant, "-", TENANT_CHANGED)
         self._bus = bus
+        self._tenant_reload: asyncio.Task[None] | None = None
+        self._reload_again = False
         self.manager = JobManager(
             self.telemetry.store(self._store),  # spans around job writes (tracing on)
             self.backends,
@@ -434,7 +443,7 @@ class Gateway:
                 data_dir_lock.share()
         self.readiness.watch_store()
         if self._peers is not None and self._bus is not None:
-            self._peers.start(self._bus.heard)
+            self._peers.start(self._heard)
         await load_tenants(self._store, self.policies)
         if self.config.server.queue == "store":  # replicas share the store and its tenants
             refresh = refresh_tenants(self._store, self.policies, POLICY_REFRESH_S)
@@ -525,6 +534,27 @@ class Gateway:
         self.manager.start_scheduling()
         self.telemetry.start(self.backends, self.compiler.pool)
         await self.readiness.started()
+
+    def _heard(self, subject: str, backend: str, state: str) -> None:
+        """A peer's signal: a tenant it changed, or a job."""
+        if state != TENANT_CHANGED:
+            assert self._bus is not None
+            self._bus.heard(subject, backend, state)
+            return
+        if self._tenant_reload is not None and not self._tenant_reload.done():
+            self._reload_again = True  # the read under way may predate the change
+            return
+        self._tenant_reload = asyncio.ensure_future(self._reload_tenants())
+
+    async def _reload_tenants(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                await load_tenants(self._store, self.policies)
+            except Exception:
+                log.exception("reloading tenants' policies after a peer's change failed")
+            if not self._reload_again:
+                return
 
     async def _publish_readiness(self, ready: bool) -> None:
         await self.health.set(READINESS_SERVICE, SERVING if ready else NOT_SERVING)
@@ -627,9 +657,10 @@ class Gateway:
         if self._health_server is not None:
             await self._health_server.stop(None)
         await self._key_uses.close()
-        for task in self._monitors:
+        reload = [] if self._tenant_reload is None else [self._tenant_reload]
+        for task in (*self._monitors, *reload):
             task.cancel()
-        await asyncio.gather(*self._monitors, return_exceptions=True)
+        await asyncio.gather(*self._monitors, *reload, return_exceptions=True)
         await self.readiness.close()
         # Before the sessions close: a CancelSession whose caller left cancels its jobs in a
         # task of the sessions' core, which its close would cut.

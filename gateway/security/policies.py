@@ -12,7 +12,7 @@ beyond the backends' own: the behaviour of a gateway with no tenants).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.domain.backends import BackendKind, BackendLimits
 from gateway.domain.errors import PermissionDenied
@@ -37,6 +37,9 @@ class PolicyBook:
         # Counts puts; the version each stored tenant was last put at (see `load`).
         self.version = 0
         self._put_at: dict[str, int] = {}
+        # Told of every put (a change this process made): replicas sharing the store signal
+        # it to each other (gateway.server), so it applies there at their next call as here.
+        self.on_put: Callable[[str], None] | None = None
         self._update_rate_limited()
 
     def _update_rate_limited(self) -> None:
@@ -59,6 +62,8 @@ class PolicyBook:
         self._stored[tenant] = policy
         self._put_at[tenant] = self.version
         self._update_rate_limited()
+        if self.on_put is not None:
+            self.on_put(tenant)
 
     def load(self, tenants: Iterable[Tenant], *, read_from: int = 0) -> None:
         """Replaces the stored tenants' policies (at start, or a refresh from the store).
