@@ -157,7 +157,7 @@ def test_aer_estimator_terms_times_bindings_is_estimated(tmp_path: Path) -> None
 
 
 def test_admitted_sweep_does_not_kill_the_worker(tmp_path: Path) -> None:
-    pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, H3 + _ladder(250)), _sweep(3000), 10)
+    pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, H3 + _ladder(250)), _sweep(1600), 10)
     _, report, code = _run_in_worker(tmp_path, _context(1024), pub, data_limit=2048 * MIB)
     # Admitted (prepare raised nothing): it must then run, or fail as the job's OUT_OF_MEMORY.
     assert code == 0, f"worker process died (exit {code})"
