@@ -3,7 +3,7 @@
 Each case prepares a job in process (as the gateway admits it), then runs the prepared payload
 in a fresh child process the way a simulator worker does (adapter built from its context,
 RLIMIT_DATA set, warmed up, `execute` on the unpickled payload) and reads the child's peak RSS
-(ru_maxrss) above its warm size. An estimate is allowed a generous factor over that peak; where
+(VmHWM) above its warm size. An estimate is allowed a generous factor over that peak; where
 reality passes it, the job is admitted as fitting while the worker grows far beyond the
 backend's memory budget (and its RLIMIT_DATA), so a cheap request kills workers over and over.
 
@@ -57,12 +57,12 @@ if data_limit:
     resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
 adapter = adapter_cls(context)
 adapter.warm_up()
-def rss():
+def status(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-base = rss()
+base = status("VmRSS")
 reason = None
 try:
     adapter.execute(payload)
@@ -70,7 +70,9 @@ except MemoryError:
     reason = "MemoryError"
 except Exception as exc:
     reason = getattr(exc, "reason", type(exc).__name__)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# This process's own peak (ru_maxrss keeps the peak of the process it was forked from: a
+# large pytest process set every child's "peak").
+peak = status("VmHWM")
 print(json.dumps({"base": base, "peak": peak, "reason": reason}))
 """
 
