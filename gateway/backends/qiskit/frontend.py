@@ -659,12 +659,13 @@ def _order_gate_parameters(program: q3ast.Program) -> dict[str, str]:
     while any(name.startswith(prefix) for name in taken):
         prefix += "_"
     renamed: dict[str, str] = {}
-    for statement in program.statements:
+    for number, statement in enumerate(program.statements):
         if not isinstance(statement, q3ast.QuantumGateDefinition) or not statement.arguments:
             continue
         width = len(str(len(statement.arguments)))
+        # Unique to the gate too: the {new: old} map then names each gate's own parameter.
         names = {
-            argument.name: f"{prefix}{index:0{width}d}"
+            argument.name: f"{prefix}{number}_{index:0{width}d}"
             for index, argument in enumerate(statement.arguments)
         }
         calls = [node.name for node in _walk(statement) if isinstance(node, q3ast.QuantumGate)]

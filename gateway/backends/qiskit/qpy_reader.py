@@ -39,10 +39,12 @@ from qiskit.circuit import (
     ContinueLoopOp,
     ControlFlowOp,
     Delay,
+    ForLoopOp,
     Gate,
     Measure,
     QuantumCircuit,
     Reset,
+    WhileLoopOp,
 )
 from qiskit.circuit.exceptions import CircuitError
 from qiskit.qpy import common as qpy_common
@@ -231,9 +233,10 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
         InvalidArgument: INVALID_QPY, UNKNOWN_GATE or UNSUPPORTED_FEATURE.
     """
     seen: set[tuple[object, ...]] = set()
-    pending: list[tuple[QuantumCircuit, bool]] = [(circuit, False)]
+    # (a body, inside a gate's definition, inside a loop)
+    pending: list[tuple[QuantumCircuit, bool, bool]] = [(circuit, False, False)]
     while pending:
-        body, in_definition = pending.pop()
+        body, in_definition, in_loop = pending.pop()
         if body.num_identifiers:
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
@@ -275,13 +278,17 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
             if isinstance(op, ControlFlowOp):
                 if in_definition:
                     raise _not_unitary(name, field)
-                pending.extend((block, False) for block in op.blocks)
+                looped = in_loop or isinstance(op, ForLoopOp | WhileLoopOp)
+                pending.extend((block, False, looped) for block in op.blocks)
                 continue
             if isinstance(op, _PASSIVE):
                 continue
             if isinstance(op, _NON_UNITARY):
                 if in_definition:
                     raise _not_unitary(name, field)
+                if isinstance(op, BreakLoopOp | ContinueLoopOp) and not in_loop:
+                    # Aer's assembler raises TypeError on it (an SDK_ERROR the breaker counts).
+                    raise _invalid_qpy(f"{name!r} outside any loop", field, instruction=name)
                 continue
             if not isinstance(op, Gate):
                 raise fe.invalid(
@@ -307,7 +314,7 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
                     field,
                     gate=name,
                 )
-            pending.append((definition, True))
+            pending.append((definition, True, False))
 
 
 def _not_unitary(name: str, field: str) -> InvalidArgument:
