@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.backends.base import BackendAdapter, PreparedJob
+from typing import Any
+
+from gateway.backends.base import AdapterContext, BackendAdapter, CircuitLimits, PreparedJob
+from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import circuit_field
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobSpec
@@ -17,3 +20,19 @@ def prepare_in_process(adapter: BackendAdapter, spec: JobSpec, seed: int) -> Pre
         except InvalidArgument as refusal:
             raise relocated(refusal, circuit_field(index, pub)) from None
     return adapter.prepare(spec, seed, circuits)
+
+
+def adapter_context(name: str, *, max_shots: int = 100_000, **options: Any) -> AdapterContext:
+    """An adapter's context for in-process tests: a 1 GiB budget, 64 MiB results."""
+    return AdapterContext(
+        name=name,
+        limits=BackendLimits(
+            max_shots=max_shots,
+            memory_budget_bytes=1 << 30,
+            max_queued_jobs=100,
+            max_result_bytes=64 << 20,
+        ),
+        default_shots=1024,
+        circuit_limits=CircuitLimits(),
+        options=options,
+    )

@@ -5,6 +5,7 @@ and restored audit records no key in place had written (the gateway then refused
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -72,9 +73,8 @@ def test_restore_refuses_audit_records_without_the_key_that_wrote_them(tmp_path:
     backup = tmp_path / "backup"
     assert _qgateway("store", "backup", "--config", str(first), str(backup)).returncode == 0
     # Another gateway's key in the backup (backup sets mixed up, or a key copied by hand).
-    other = write_config(tmp_path / "other.toml", tmp_path / "other", BACKENDS)
-    GatewayProcess.start(other, tmp_path / "other.log").terminate()
-    (backup / "audit.key").write_bytes((tmp_path / "other" / "audit.key").read_bytes())
+    # Another gateway's key (audit keys are 32 random bytes).
+    (backup / "audit.key").write_bytes(secrets.token_bytes(32))
 
     target = write_config(tmp_path / "target.toml", tmp_path / "target", BACKENDS)
     restored = _qgateway("store", "restore", "--config", str(target), str(backup))

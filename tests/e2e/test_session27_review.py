@@ -22,6 +22,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = write_config(
         root / "g.toml",
         root / "data",
+        # One small backend: the embedded defaults start several (seconds of start-up).
+        '[backends.aer]\nadapter = "aer"\npool = { min_instances = 1, max_instances = 1 }\n',
         server=f'health_listen = "127.0.0.1:0"\nmax_health_watches = {MAX_WATCHES}\n',
     )
     process = GatewayProcess.start(config, root / "gateway.log")

@@ -21,11 +21,9 @@ from qiskit.circuit import Parameter
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from gateway.backends.aer.adapter import AerAdapter
-from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.braket.adapter import BraketAdapter
 from gateway.backends.pennylane.adapter import PennyLaneAdapter
 from gateway.backends.qiskit.adapter import QiskitAdapter
-from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
@@ -39,35 +37,20 @@ from gateway.domain.circuits import (
 from gateway.domain.errors import ExecutionError, InvalidArgument
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
-from tests.adapters import prepare_in_process
+from tests.adapters import adapter_context, prepare_in_process
 
 H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 OTHERS = ("braket_sv", "braket_dm", "lightning.qubit", "default.qubit")
 
 
-def _context(name: str, **options: Any) -> AdapterContext:
-    return AdapterContext(
-        name=name,
-        limits=BackendLimits(
-            max_shots=100_000,
-            memory_budget_bytes=1 << 30,
-            max_queued_jobs=100,
-            max_result_bytes=64 << 20,
-        ),
-        default_shots=1024,
-        circuit_limits=CircuitLimits(),
-        options=options,
-    )
-
-
 @pytest.fixture(scope="module")
 def adapters() -> dict[str, QiskitAdapter]:
     return {
-        "aer": AerAdapter(_context("aer")),
-        "braket_sv": BraketAdapter(_context("braket-sv", device="braket_sv")),
-        "braket_dm": BraketAdapter(_context("braket-dm", device="braket_dm")),
-        "lightning.qubit": PennyLaneAdapter(_context("pl-l", device="lightning.qubit")),
-        "default.qubit": PennyLaneAdapter(_context("pl-d", device="default.qubit")),
+        "aer": AerAdapter(adapter_context("aer")),
+        "braket_sv": BraketAdapter(adapter_context("braket-sv", device="braket_sv")),
+        "braket_dm": BraketAdapter(adapter_context("braket-dm", device="braket_dm")),
+        "lightning.qubit": PennyLaneAdapter(adapter_context("pl-l", device="lightning.qubit")),
+        "default.qubit": PennyLaneAdapter(adapter_context("pl-d", device="default.qubit")),
     }
 
 

@@ -21,12 +21,11 @@ from qiskit.qasm3 import loads
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from gateway.backends.aer.adapter import AerAdapter
-from gateway.backends.base import AdapterContext, CircuitLimits
+from gateway.backends.base import AdapterContext
 from gateway.backends.braket.adapter import BraketAdapter
 from gateway.backends.ibm.adapter import IbmAdapter
 from gateway.backends.pennylane.adapter import PennyLaneAdapter
 from gateway.backends.qiskit.adapter import QiskitAdapter
-from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
@@ -38,24 +37,13 @@ from gateway.domain.circuits import (
     SamplerPub,
 )
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerOutput, SamplerResult
-from tests.adapters import prepare_in_process
+from tests.adapters import adapter_context, prepare_in_process
 
 H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 
 def _context(name: str, **options: Any) -> AdapterContext:
-    return AdapterContext(
-        name=name,
-        limits=BackendLimits(
-            max_shots=1_000_000,
-            memory_budget_bytes=1 << 30,
-            max_queued_jobs=100,
-            max_result_bytes=64 << 20,
-        ),
-        default_shots=1024,
-        circuit_limits=CircuitLimits(),
-        options=options,
-    )
+    return adapter_context(name, max_shots=1_000_000, **options)
 
 
 @pytest.fixture(scope="module")

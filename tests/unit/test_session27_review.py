@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 
 from gateway.backends.aer.adapter import AerAdapter
-from gateway.backends.base import AdapterContext, CircuitLimits
-from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
@@ -23,26 +21,13 @@ from gateway.domain.circuits import (
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import JobSpec
-from tests.adapters import prepare_in_process
+from tests.adapters import adapter_context, prepare_in_process
 
 H3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 
 def _aer() -> AerAdapter:
-    return AerAdapter(
-        AdapterContext(
-            name="aer",
-            limits=BackendLimits(
-                max_shots=100_000,
-                memory_budget_bytes=1 << 30,
-                max_queued_jobs=100,
-                max_result_bytes=64 << 20,
-            ),
-            default_shots=1024,
-            circuit_limits=CircuitLimits(),
-            options={},
-        )
-    )
+    return AerAdapter(adapter_context("aer"))
 
 
 def test_a_backend_result_with_complex_values_is_not_the_clients_error(
