@@ -135,13 +135,6 @@ def _grown(report: dict[str, Any]) -> int:
     return int(report["peak"]) - int(report["base"])
 
 
-def test_aer_sampler_sweep_memory_is_estimated(tmp_path: Path) -> None:
-    pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, H3 + _ladder(250)), _sweep(600), 10)
-    estimate, report, code = _run_in_worker(tmp_path, _context(4096), pub)
-    assert code == 0 and report["reason"] is None
-    assert _grown(report) <= 2 * estimate + 192 * MIB
-
-
 def test_aer_estimator_terms_times_bindings_is_estimated(tmp_path: Path) -> None:
     circuit = "input float theta; qubit[4] q; " + "".join(
         f"rx(theta) q[{i}]; cx q[{i}], q[{(i + 1) % 4}]; " for i in range(4)
@@ -160,7 +153,10 @@ def test_aer_estimator_terms_times_bindings_is_estimated(tmp_path: Path) -> None
 
 def test_admitted_sweep_does_not_kill_the_worker(tmp_path: Path) -> None:
     pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, H3 + _ladder(250)), _sweep(1600), 10)
-    _, report, code = _run_in_worker(tmp_path, _context(1024), pub, data_limit=2048 * MIB)
+    estimate, report, code = _run_in_worker(tmp_path, _context(1024), pub, data_limit=2048 * MIB)
     # Admitted (prepare raised nothing): it must then run, or fail as the job's OUT_OF_MEMORY.
     assert code == 0, f"worker process died (exit {code})"
     assert report["reason"] in (None, "OUT_OF_MEMORY", "MemoryError")
+    # And within what admission counted: Aer's copies of the circuit per binding were not
+    # (the state alone, 256 B, while 600 bindings of 2,000 operations grew ~0.7 GiB).
+    assert _grown(report) <= 2 * estimate + 192 * MIB
