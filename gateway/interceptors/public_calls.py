@@ -16,7 +16,6 @@ RESOURCE_EXHAUSTED past them.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -152,11 +151,8 @@ def _watch(
         except GatewayError as err:
             return await abort(context, err)
         try:
-            if inspect.isasyncgenfunction(behaviour):
-                async for response in behaviour(request, context):
-                    await context.write(response)
-            else:
-                await behaviour(request, context)
+            # Health.Watch (gateway.api.health_service) writes with context.write.
+            await behaviour(request, context)
         finally:
             calls.watch_closed()
 

@@ -636,28 +636,30 @@ class QiskitAdapter(BackendAdapter):
             values = fe.resolve_bindings(pub.bindings, entry.parameters, f"{base}.parameter_values")
             pub_seed = costs.derive_seed(seed, index, kind)
             task: SamplerTask | EstimatorTask
-            combining = 0
+            # What the run holds beside the state: the simulator's per-binding copies, and an
+            # exact estimator's combining matrices.
+            beside_state: int
             if isinstance(pub, SamplerPub):
                 task, size = self._sampler_task(
                     pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
                 )
-                combining = self.sweep_memory(entry, math.prod(bindings_shape), 0)
+                beside_state = self.sweep_memory(entry, math.prod(bindings_shape), 0)
             else:
-                task, size, combining = self._estimator_task(
+                task, size, beside_state = self._estimator_task(
                     pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
                 )
             fe.check_result_size(size, limits.max_result_bytes, f"spec.pubs[{index}]")
             result_bytes += size
             tasks.append(task)
             layouts.append(entry.layout)
-            if combining:
+            if beside_state:
                 fe.check_memory(
-                    entry.memory_bytes + combining,
+                    entry.memory_bytes + beside_state,
                     limits.memory_budget_bytes,
                     self.method_name,
                     f"spec.pubs[{index}]",
                 )
-            peak_memory = max(peak_memory, entry.memory_bytes + combining)
+            peak_memory = max(peak_memory, entry.memory_bytes + beside_state)
             has_while_loop = has_while_loop or entry.has_while_loop
         fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
         payload = QiskitPayload(
@@ -730,8 +732,8 @@ class QiskitAdapter(BackendAdapter):
         circuit_field: str,
         cost: JobCost,
     ) -> tuple[EstimatorTask, int, int]:
-        """The PUB's task, its result's size, and the memory its combination of terms takes
-        beside the state (the exact estimator's matrices of doubles)."""
+        """The PUB's task, its result's size, and the memory its run takes beside the state
+        (the simulator's per-binding copies, the exact estimator's matrices of doubles)."""
         # Exact expectation values need a pure, unsampled state: no measurement, no reset.
         if entry.has_measurements:
             raise fe.invalid(
@@ -778,10 +780,10 @@ class QiskitAdapter(BackendAdapter):
         )
         cost.add_shots(bindings, shots, precision_field)
         cost.add_execution(self.estimation_work(entry, bindings, terms, bases, shots, spec), base)
-        combining = self.sweep_memory(entry, bindings, terms)
+        beside_state = self.sweep_memory(entry, bindings, terms)
         if self.combines_terms:
             cost.add_execution(bindings * listed * _GATHER_WEIGHT, base)
-            combining += 8 * bindings * (terms + len(pub.observables) + widest)
+            beside_state += 8 * bindings * (terms + len(pub.observables) + widest)
         task = EstimatorTask(
             circuit=entry.ref,
             parameters=entry.parameters,
@@ -793,7 +795,7 @@ class QiskitAdapter(BackendAdapter):
             precision=precision,
             seed=seed,
         )
-        return task, fe.estimator_result_bytes(shape), combining
+        return task, fe.estimator_result_bytes(shape), beside_state
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:
         # Circuits come compiled: what is left is linear in the bindings and observable terms.
