@@ -466,7 +466,16 @@ class JobManager:
                 marked = await self._transitions.cancelling(job)
                 if marked is not None:
                     return marked
-            finished = await self._transitions.finish(job, JobState.CANCELLED)
+            try:
+                finished = await self._transitions.finish(job, JobState.CANCELLED)
+            except Exception:
+                if removed and runtime is not None and runtime.queue.queues_before_commit:
+                    # Taken out of this process's queue but still QUEUED in the store (the
+                    # store failed): put back, as the scheduler does with an expiry it could
+                    # not store, or it runs, expires and is cancelled by nothing until a
+                    # restart. (A store queue's claim lapses and hands it out again.)
+                    await runtime.queue.put(job, None)
+                raise
             if finished is not None:
                 return finished
         else:
