@@ -798,7 +798,9 @@ class RunnerStep:
         ran = _as_started(started, running)
         queued_s = 0.0
         if ran.started_at is not None:
-            queued_s = (ran.started_at - ran.created_at).total_seconds()
+            # Not negative when the wall clock stepped back while the job waited (the
+            # store keeps its start from coming before its creation, too).
+            queued_s = max(0.0, (ran.started_at - ran.created_at).total_seconds())
         await self._stored_end(
             runtime,
             running,

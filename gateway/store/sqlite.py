@@ -776,7 +776,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "UPDATE jobs SET state = 'RUNNING', started_at = ?, attempts = attempts + 1,"
+                f"UPDATE jobs SET state = 'RUNNING', started_at = {_NOT_BEFORE_LAST},"
+                " attempts = attempts + 1,"
                 f" remote_id = coalesce(?, remote_id), {_ENTER_STATE}"
                 f" WHERE id = ? AND state IN {states} AND {_HELD_BY} RETURNING {_JOB_COLUMNS}",
                 (
@@ -956,17 +957,18 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             started_args: tuple[object, ...] = ()
             history_args: tuple[object, ...] = (state.value, ended_us)
         else:
-            started_sql = ", started_at = ?, attempts = attempts + 1"
+            started_sql = ", started_at = max(?, jobs.created_at), attempts = attempts + 1"
             history_sql = _ENTER_RUNNING_THEN
             started_us = to_us(started_at)
+            ended_us = max(ended_us, started_us)  # the clock stepped back during the run
             started_args = (started_us,)
             running = JobState.RUNNING.value
             history_args = (running, running, started_us, state.value, ended_us)
         sql = (
-            "UPDATE jobs SET state = ?, ended_at = ?, error_reason = ?, error_message = ?,"
-            " error_code = ?, error_metadata = ?, execution = ?, timings = ?,"
+            f"UPDATE jobs SET state = ?, ended_at = {_NOT_BEFORE_LAST}, error_reason = ?,"
+            " error_message = ?, error_code = ?, error_metadata = ?, execution = ?, timings = ?,"
             f" result_expires_at = ?, lease_owner = NULL, lease_expires_at = NULL{started_sql},"
-            f" state_history = {history_sql}, updated_at = ?"
+            f" state_history = {history_sql}, updated_at = {_NOT_BEFORE_LAST}"
             f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
             f" RETURNING {_JOB_COLUMNS}"
         )
@@ -1026,7 +1028,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             cancelled = conn.execute(
-                f"UPDATE jobs SET state = 'CANCELLED', ended_at = ?, {_ENTER_STATE}"
+                f"UPDATE jobs SET state = 'CANCELLED', ended_at = {_NOT_BEFORE_LAST},"
+                f" {_ENTER_STATE}"
                 " WHERE state = 'CANCELLING' AND remote_id IS NULL AND NOT EXISTS (SELECT 1"
                 " FROM json_each(state_history) WHERE json_extract(value, '$[0]') = 'SUBMITTING')"
                 " RETURNING id",
@@ -2095,17 +2098,25 @@ _HISTORY_WITHOUT_STATE: Final = (
 # A write naming the claim's holder (bound twice: it, then it again) applies only while that
 # holder holds the job's lease; one naming none (the in-memory queue's) applies to any job.
 _HELD_BY: Final = "(? IS NULL OR lease_owner = ?)"
+# A transition's time (parameter) as written: never before the job's last one. The wall clock
+# may step back (an NTP correction, a VM restored) between two transitions: written as read,
+# a job ended before it started, its history lost its order (a short run's end sorted before
+# its start) and its update time went back, which made WatchJob drop the state as stale.
+# (Every SET expression of an UPDATE reads the row as it was.)
+_NOT_BEFORE_LAST: Final = "max(?, coalesce(jobs.updated_at, jobs.created_at))"
 _ENTER_STATE: Final = (
-    f"state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]', json_array(?, ?)),"
-    " updated_at = ?"
+    f"state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]',"
+    f" json_array(?, {_NOT_BEFORE_LAST})), updated_at = {_NOT_BEFORE_LAST}"
 )
 # A final state (entered once, so nothing to replace) appended: parameters state, time.
-_APPEND_STATE: Final = "json_insert(coalesce(jobs.state_history, '[]'), '$[#]', json_array(?, ?))"
+_APPEND_STATE: Final = (
+    f"json_insert(coalesce(jobs.state_history, '[]'), '$[#]', json_array(?, {_NOT_BEFORE_LAST}))"
+)
 # RUNNING entered (replacing an earlier run's entry) and then a final state: parameters
 # RUNNING, RUNNING, start, state, end.
 _ENTER_RUNNING_THEN: Final = (
-    f"json_insert(json_insert({_HISTORY_WITHOUT_STATE}, '$[#]', json_array(?, ?)), '$[#]',"
-    " json_array(?, ?))"
+    f"json_insert(json_insert({_HISTORY_WITHOUT_STATE}, '$[#]',"
+    f" json_array(?, max(?, jobs.created_at))), '$[#]', json_array(?, {_NOT_BEFORE_LAST}))"
 )
 
 
