@@ -345,14 +345,35 @@ class RunnerStep:
     ) -> RunHandle | None:
         """The provider's handle on a job whose submit failed for a reason that may have come
         after the provider created it (a lost answer, a timeout), found by the job's id; None
-        when the provider does not have it. Failing it unlooked-for would leave a job running
-        and billing that nobody follows, and a client retrying would pay twice."""
+        when the job ended here: CANCELLED (cancelled meanwhile, and the provider does not
+        have it), else FAILED with the submit's error. Failing it unlooked-for would leave a
+        job running and billing that nobody follows, and a client retrying would pay twice.
+        A CancelJob meanwhile leaves the job CANCELLING while the provider is out of reach:
+        the provider may run it, and is asked until the run-time limit (a found job is then
+        followed and cancelled there)."""
         log.warning("job %s: submit failed (%s); looking for it at the provider", job.id, err)
         try:
-            return await self._reattach(runtime, running, job)
+            found = await self._reattach(runtime, running, job)
+            if found is None and running.cancel_requested.is_set():
+                # Cancelled while it was looked up: looked up again as cancelled, so a runner
+                # that has part of it (Braket: some of its tasks) stops that part, then ended
+                # CANCELLED, never sent (not FAILED for a submit the cancel made moot).
+                current = await self._t.store.get_job(job.id)
+                if current is not None and current.state is JobState.CANCELLING:
+                    found = await self._reattach(runtime, running, current)
+                    if found is None:
+                        runtime.breaker.release(running.permit)
+                        await self._t.finish(current, JobState.CANCELLED)
+                        return None
         except ExecutionError as lookup:
+            # Out of reach until the run-time limit: whether the provider runs the job is not
+            # known, so it fails with the submit's error, also when cancelled (CANCELLED would
+            # say it does not run).
             log.warning("job %s: the provider could not be asked (%s)", job.id, lookup)
-            return None
+            found = None
+        if found is None:
+            await self._failed(runtime, running, job, err, None)
+        return found
 
     async def _submit(
         self, runtime: BackendRuntime, running: RunningJob, prepared: PreparedJob
@@ -383,11 +404,11 @@ class RunnerStep:
                 if err.kind in (FailureKind.CREDENTIALS, FailureKind.THROTTLED):
                     await self._requeue(runtime, running, job, err)
                     return None
-                found = None
-                if err.kind is FailureKind.TRANSIENT:
-                    found = await self._after_uncertain_submit(runtime, running, job, err)
-                if found is None:
+                if err.kind is not FailureKind.TRANSIENT:
                     await self._failed(runtime, running, job, err, None)
+                    return None
+                found = await self._after_uncertain_submit(runtime, running, job, err)
+                if found is None:  # ended there
                     return None
                 handle = found
             running.handle = handle
