@@ -27,7 +27,7 @@ from gateway.domain.jobs import Job, JobOptions, JobResult, JobSpec
 from gateway.domain.targets import BackendTarget
 from gateway.jobs.backend import BackendRuntime, BackendSettings
 from gateway.jobs.claim_queue import ClaimQueue
-from gateway.jobs.hooks import Hooks, Transition
+from gateway.jobs.hooks import Hooks, LifecycleHook, Transition
 from gateway.jobs.manager import JobManager
 from gateway.jobs.memory_queue import MemoryQueue
 from gateway.jobs.queue_port import JobQueue
@@ -271,6 +271,7 @@ async def build_core(
     lease_s: float = 30.0,
     schedule: bool = True,
     policies: PolicyBook | None = None,
+    hooks: Sequence[LifecycleHook] = (),
 ) -> Core:
     clock = clock or Clock()
     backends = {
@@ -301,7 +302,8 @@ async def build_core(
         PickleFormat(),
         prepare_threads=1,
         recover_at_start=kind == "memory",
-        hooks=Hooks([recorder]),
+        # `hooks` after the recorder: they hear recovery at start too.
+        hooks=Hooks([recorder, *hooks]),
         clock=clock,
         policies=policies,
     )

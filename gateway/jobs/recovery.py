@@ -32,8 +32,14 @@ Adopt = Callable[[BackendRuntime, Claim], None]
 async def recover(
     backends: Mapping[str, BackendRuntime], transitions: Transitions, adopt: Adopt
 ) -> list[Job]:
-    """Re-queues and re-attaches the store's non-final jobs; returns them."""
-    jobs = list(await transitions.store.recover(transitions.clock()))
+    """Re-queues and re-attaches the store's non-final jobs; returns them. The changes the
+    store's recovery commits are published as every other transition is (watchers, then
+    hooks: the jobs it cancelled are finished jobs to metrics and the transition log)."""
+    recovered = await transitions.store.recover(transitions.clock())
+    jobs = list(recovered.jobs)
+    for requeued in recovered.requeued:
+        # Before anything else of the job (its BACKEND_NOT_FOUND end below): in order.
+        transitions.committed(requeued, JobState.RUNNING)
     for job in jobs:
         runtime = backends.get(job.placement)
         if runtime is None:
@@ -56,4 +62,8 @@ async def recover(
         lease = transitions.clock() + timedelta(days=3650)
         runtime.queue.adopt(job)
         adopt(runtime, Claim(job, None, RECOVERY_OWNER, lease))
+    for cancelled in recovered.cancelled:
+        # After the others are queued or adopted: a session hearing one of its jobs end asks
+        # its queues whether the session has work left (a CLOSING one without is closed).
+        transitions.committed(cancelled, JobState.CANCELLING)
     return jobs

@@ -1042,12 +1042,15 @@ class SessionCore:
 
     async def _settle(self, session_id: str) -> None:
         """At start: a CLOSING session whose jobs all ended meanwhile is CLOSED."""
-        session = self._open.get(session_id)
-        closing = session is not None and session.state is SessionState.CLOSING
-        if session is not None and closing and not self._has_work(session_id):
-            await self._save(
-                domain.end(session, SessionState.CLOSED, domain.EndReason.CLOSED, self.clock())
-            )
+        # Under the session's lock: a job end heard at start (one recovery cancelled) closes
+        # it too, and the provider session was closed twice.
+        async with self._locked(session_id):
+            session = self._open.get(session_id)
+            closing = session is not None and session.state is SessionState.CLOSING
+            if session is not None and closing and not self._has_work(session_id):
+                await self._save(
+                    domain.end(session, SessionState.CLOSED, domain.EndReason.CLOSED, self.clock())
+                )
 
     def _cancel_jobs_once(self, session: Session) -> asyncio.Task[None]:
         """The task cancelling the session's jobs: the one already at it, else a new one."""

@@ -86,6 +86,23 @@ class QuotaCharge:
 
 
 @dataclass(frozen=True)
+class Recovered:
+    """What Store.recover found and changed. The caller publishes the changes (watchers and
+    lifecycle hooks hear of them as of any other committed transition).
+
+    Attributes:
+        jobs: Every non-final job, oldest first (create time, then id).
+        cancelled: The jobs it moved CANCELLING -> CANCELLED, oldest first (final: not in
+            `jobs`).
+        requeued: The jobs it moved RUNNING -> QUEUED, oldest first (also in `jobs`).
+    """
+
+    jobs: Sequence[Job] = ()
+    cancelled: Sequence[Job] = ()
+    requeued: Sequence[Job] = ()
+
+
+@dataclass(frozen=True)
 class StoredTenant:
     """A tenant created through AdminService; its policy is JSON the security layer reads
     (gateway.security.tenant_policy), opaque to the store."""
@@ -294,11 +311,12 @@ class Store(Protocol):
         Returns None (and changes nothing) when the job is already final.
         """
 
-    async def recover(self, now: datetime) -> Sequence[Job]:
+    async def recover(self, now: datetime) -> Recovered:
         """At the start of the only process using this store (in-memory queue): a job that
         had no remote id ran in a worker that is gone, so CANCELLING -> CANCELLED (never run
         again) and RUNNING -> QUEUED; jobs with a remote id (and SUBMITTING ones) keep their
-        state for the runner to re-attach. Returns every non-final job, oldest first. Clears
+        state for the runner to re-attach. Returns every non-final job, oldest first, and the
+        jobs it cancelled and re-queued (their new records, for the caller to publish). Clears
         every claim lease."""
 
     # ---- the claim queue (gateway.jobs.claim_queue): claims are leases in the store, so

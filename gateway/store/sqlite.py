@@ -50,6 +50,7 @@ from gateway.store.base import (
     JobCursor,
     JobPage,
     NewJob,
+    Recovered,
     request_id_reused,
 )
 from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
@@ -1010,7 +1011,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             return await self._audited(Effect.CANCEL_JOB, op, job_changed)
         return await self._call(op)
 
-    async def recover(self, now: datetime) -> Sequence[Job]:
+    async def recover(self, now: datetime) -> Recovered:
         """At the start of the only process using this store (in-memory queue).
 
         A job without a remote id ran in a worker that is gone: CANCELLING -> CANCELLED (a
@@ -1022,25 +1023,31 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         cleared.
 
         Returns:
-            Every non-final job, oldest first (create time, then id).
+            Every non-final job, oldest first (create time, then id), and the records of the
+            jobs cancelled and re-queued here, for the caller to publish.
         """
         now_us = to_us(now)
 
-        def op(conn: sqlite3.Connection) -> list[Job]:
-            cancelled = conn.execute(
-                f"UPDATE jobs SET state = 'CANCELLED', ended_at = {_NOT_BEFORE_LAST},"
-                f" {_ENTER_STATE}"
-                " WHERE state = 'CANCELLING' AND remote_id IS NULL AND NOT EXISTS (SELECT 1"
-                " FROM json_each(state_history) WHERE json_extract(value, '$[0]') = 'SUBMITTING')"
-                " RETURNING id",
-                (now_us, *_entering(JobState.CANCELLED, now_us)),
-            ).fetchall()
-            for (job_id,) in cancelled:
-                settle(conn, job_id, JobState.CANCELLED, None, now)
-            conn.execute(
-                f"UPDATE jobs SET state = 'QUEUED', started_at = NULL, {_ENTER_STATE}"
-                " WHERE state = 'RUNNING' AND remote_id IS NULL",
-                _entering(JobState.QUEUED, now_us),
+        def op(conn: sqlite3.Connection) -> Recovered:
+            cancelled = _oldest_first(
+                conn.execute(
+                    f"UPDATE jobs SET state = 'CANCELLED', ended_at = {_NOT_BEFORE_LAST},"
+                    f" {_ENTER_STATE}"
+                    " WHERE state = 'CANCELLING' AND remote_id IS NULL AND NOT EXISTS (SELECT 1"
+                    " FROM json_each(state_history)"
+                    " WHERE json_extract(value, '$[0]') = 'SUBMITTING')"
+                    f" RETURNING {_JOB_COLUMNS}",
+                    (now_us, *_entering(JobState.CANCELLED, now_us)),
+                ).fetchall()
+            )
+            for job in cancelled:
+                settle(conn, job.id, JobState.CANCELLED, None, now)
+            requeued = _oldest_first(
+                conn.execute(
+                    f"UPDATE jobs SET state = 'QUEUED', started_at = NULL, {_ENTER_STATE}"
+                    f" WHERE state = 'RUNNING' AND remote_id IS NULL RETURNING {_JOB_COLUMNS}",
+                    _entering(JobState.QUEUED, now_us),
+                ).fetchall()
             )
             conn.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL"
@@ -1051,7 +1058,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 " ORDER BY created_at, id",
                 _FINAL_NAMES,
             ).fetchall()
-            return [_row_to_job(r) for r in rows]
+            return Recovered([_row_to_job(r) for r in rows], cancelled, requeued)
 
         return await self._call(op)
 
@@ -1961,6 +1968,11 @@ def _error_from_row(row: sqlite3.Row) -> JobError:
         message=str(row["error_message"] or ""),
         metadata={} if metadata is None else dict(json.loads(str(metadata))),
     )
+
+
+def _oldest_first(rows: Sequence[sqlite3.Row]) -> list[Job]:
+    """Jobs from rows in no given order (RETURNING's), by create time then id."""
+    return sorted((_row_to_job(r) for r in rows), key=lambda job: (job.created_at, job.id))
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:

@@ -24,7 +24,14 @@ from gateway.domain.jobs import (
     StateTransition,
 )
 from gateway.domain.pricing import Usage
-from gateway.store.base import REQUEST_ID_DEDUP_WINDOW_S, JobCursor, NewJob, QuotaCharge, Store
+from gateway.store.base import (
+    REQUEST_ID_DEDUP_WINDOW_S,
+    JobCursor,
+    NewJob,
+    QuotaCharge,
+    Recovered,
+    Store,
+)
 from tests.contract.stores import StoreOpener
 
 pytestmark = pytest.mark.anyio
@@ -738,7 +745,7 @@ async def test_recover_requeues_jobs_that_ran_locally(store: Store) -> None:
     await store.finish_job("j2", JobState.SUCCEEDED, ended_at=T0, result=b"r")
     await store.mark_running("j4", T0)
 
-    recovered = await store.recover(T0 + 10 * SECOND)
+    recovered = (await store.recover(T0 + 10 * SECOND)).jobs
     assert [j.id for j in recovered] == ["j0", "j1", "j3", "j4"]
     assert all(j.state is JobState.QUEUED for j in recovered)
     by_id = {j.id: j for j in recovered}
@@ -758,13 +765,18 @@ async def test_recover_ends_cancelling_jobs_and_requeues_running_ones(store: Sto
     await store.mark_cancelling("cancel-me", T0 + 2 * SECOND)
     await store.mark_running("run-again", T0 + SECOND)
     restart = T0 + 10 * SECOND
-    recovered = await store.recover(restart)
+    result = await store.recover(restart)
+    recovered = result.jobs
     assert [j.id for j in recovered] == ["run-again", "waiting"]  # never the cancelled one
     cancelled = await store.get_job("cancel-me")
     assert cancelled is not None and cancelled.state is JobState.CANCELLED
     assert cancelled.ended_at == restart
     assert cancelled.state_history[-1] == StateTransition(JobState.CANCELLED, restart)
     again = recovered[0]
+    # What it changed, as committed, for the caller to publish (hooks, watchers): the
+    # cancelled job's final record, the re-queued one's (also among the unfinished jobs).
+    assert result.cancelled == [cancelled]
+    assert result.requeued == [again]
     # QUEUED entered again: one entry, at its last time, after RUNNING.
     assert again.state_history == _history(
         (JobState.RUNNING, T0 + SECOND), (JobState.QUEUED, restart)
@@ -799,7 +811,8 @@ async def test_recover_keeps_remote_and_submitting_jobs_for_reattach(store: Stor
     await store.mark_cancelling("cancelled-while-submitting", T0 + 2 * SECOND)
     await store.mark_running("local-running", T0 + SECOND)
 
-    recovered = await store.recover(T0 + 10 * SECOND)
+    result = await store.recover(T0 + 10 * SECOND)
+    recovered = result.jobs
     assert [(j.id, j.state, j.remote_id) for j in recovered] == [
         ("remote-running", JobState.RUNNING, "p-1"),
         ("remote-cancelling", JobState.CANCELLING, "p-2"),
@@ -810,8 +823,11 @@ async def test_recover_keeps_remote_and_submitting_jobs_for_reattach(store: Stor
     ]
     kept = await get(store, "remote-running")
     assert kept.started_at == T0 + SECOND and kept.attempts == 1
-    # Recovering again changes nothing more.
-    assert await store.recover(T0 + 20 * SECOND) == recovered
+    # Only the local RUNNING job changed: the others are kept for the runner to re-attach.
+    assert result.cancelled == []
+    assert [j.id for j in result.requeued] == ["local-running"]
+    # Recovering again changes nothing more (and tells of no change).
+    assert await store.recover(T0 + 20 * SECOND) == Recovered(recovered, [], [])
 
 
 async def test_recover_clears_every_claim(store: Store) -> None:
@@ -822,8 +838,9 @@ async def test_recover_clears_every_claim(store: Store) -> None:
     await store.mark_running("r", T0)
     assert await store.queued_jobs("aer") == []
 
-    recovered = await store.recover(T0 + SECOND)
-    assert [j.id for j in recovered] == ["q", "r"]
+    result = await store.recover(T0 + SECOND)
+    assert [j.id for j in result.jobs] == ["q", "r"]
+    assert [j.id for j in result.requeued] == ["r"] and result.cancelled == []
     assert await store.claims_by_tenant("aer", T0 + SECOND) == {}
     assert await store.next_lease_expiry("aer") is None
     assert await store.queued_jobs("aer") == [("q", "acme"), ("r", "acme")]

@@ -480,7 +480,7 @@ async def test_migration_7_adds_remote_ids_and_claims_to_existing_jobs(
         claimed = await store.claim_next("aer", "me", T0 + timedelta(seconds=30), T0)
         assert claimed is not None and claimed.id == "queued"
         recovered = await store.recover(T0)
-        assert [(j.id, j.state) for j in recovered] == [
+        assert [(j.id, j.state) for j in recovered.jobs] == [
             ("queued", JobState.QUEUED),
             ("running", JobState.QUEUED),
         ]

@@ -168,9 +168,14 @@ class _Runtime:
 class _Transitions:
     store: SqliteStore
     finished: list[tuple[str, JobState, str]] = field(default_factory=list)
+    # (job id, previous state, new state) of the changes published as committed.
+    published: list[tuple[str, JobState | None, JobState]] = field(default_factory=list)
 
     def clock(self) -> datetime:
         return T0 + 60 * SECOND
+
+    def committed(self, job: Job, previous: JobState | None) -> None:
+        self.published.append((job.id, previous, job.state))
 
     async def finish(self, job: Job, state: JobState, *, error: JobError | None = None) -> None:
         assert error is not None
@@ -218,3 +223,5 @@ async def test_recovery_requeues_local_jobs_on_their_placement_and_reattaches_th
         ("aer", "cancelled-while-submitting", RECOVERY_OWNER, None),
     ]
     assert transitions.finished == [("gone", JobState.FAILED, "BACKEND_NOT_FOUND")]
+    # The one change the store's recovery made is published (hooks and watchers hear of it).
+    assert transitions.published == [("ran-locally", JobState.RUNNING, JobState.QUEUED)]
