@@ -499,8 +499,9 @@ def _real(value: complex | float | int) -> float:
         if abs(value.imag) > 1e-12:
             # The client's bindings (sqrt(theta) at theta < 0): a bare ValueError was reported
             # as the backend's SDK_ERROR, counted against its breaker.
+            # NON_FINITE_ANGLE (INVALID_ARGUMENT): EXECUTION_FAILED would be INTERNAL.
             raise ExecutionError(
-                "EXECUTION_FAILED",
+                "NON_FINITE_ANGLE",
                 f"a gate angle evaluated to the complex number {value!r}",
                 kind=FailureKind.CLIENT_ERROR,
             )

@@ -357,8 +357,10 @@ def _real(value: Any) -> float:
         value = value.numeric()
     number = complex(value)
     if abs(number.imag) > 1e-10 * max(1.0, abs(number.real)):
+        # The client's bindings: NON_FINITE_ANGLE (INVALID_ARGUMENT), not the INTERNAL
+        # EXECUTION_FAILED of a backend fault.
         raise ExecutionError(
-            "EXECUTION_FAILED",
+            "NON_FINITE_ANGLE",
             f"a gate angle evaluated to the complex number {number}",
             kind=FailureKind.CLIENT_ERROR,
         )

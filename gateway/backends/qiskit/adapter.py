@@ -850,8 +850,10 @@ class QiskitAdapter(BackendAdapter):
                 # SDK_ERROR, which the breaker counts.
                 if not _raised_binding(exc):
                     raise
+                # NON_FINITE_ANGLE (INVALID_ARGUMENT), as for 1/theta at 0: EXECUTION_FAILED is
+                # INTERNAL, which tells the client "our fault, resubmit".
                 raise ExecutionError(
-                    "EXECUTION_FAILED",
+                    "NON_FINITE_ANGLE",
                     f"PUB {index}: a gate angle evaluated to a complex number for these "
                     "parameter values; check the bindings against the circuit's angle "
                     "expressions",
