@@ -123,6 +123,13 @@ class Runner(ABC):
         """
         return None
 
+    async def abandon(self, job: Job) -> None:  # noqa: B027 - optional hook with a no-op default
+        """A REMOTE job whose submit was uncertain (the provider may have made it, or part of
+        it) ended without a handle: FAILED, or CANCELLED unsent. What the provider has of it,
+        now or once its look-ups show it (Braket's tag search lags behind its creates), is
+        stopped: nothing follows it, and it would run and bill for nobody. No-op by default
+        (a provider whose look-up by id is exact has nothing to add to `reattach`)."""
+
     @abstractmethod
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         """A health probe: runs the backend's probe job (BackendAdapter.probe_spec, prepared)
@@ -205,6 +212,9 @@ class DelegatingRunner(Runner):
 
     async def reattach(self, job: Job, remote_id: str | None) -> RunHandle | None:
         return await self.inner.reattach(job, remote_id)
+
+    async def abandon(self, job: Job) -> None:
+        await self.inner.abandon(job)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         await self.inner.probe(prepared, timeout)

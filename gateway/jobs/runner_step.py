@@ -214,9 +214,13 @@ class RunnerStep:
                         job, cancelling = current, True
                         handle = await self._reattach(runtime, running, job)
             except ExecutionError as err:
+                if job.remote_id is None:  # never found: its submit may have reached it
+                    await self._abandon(runtime, job)
                 await self._failed(runtime, running, job, err, None)
                 return
             if handle is None and cancelling:
+                if job.remote_id is None:  # its submit may have reached the provider
+                    await self._abandon(runtime, job)
                 runtime.breaker.release(running.permit)
                 await self._t.finish(job, JobState.CANCELLED)
                 return
@@ -362,6 +366,7 @@ class RunnerStep:
                 if current is not None and current.state is JobState.CANCELLING:
                     found = await self._reattach(runtime, running, current)
                     if found is None:
+                        await self._abandon(runtime, current)
                         runtime.breaker.release(running.permit)
                         await self._t.finish(current, JobState.CANCELLED)
                         return None
@@ -372,8 +377,19 @@ class RunnerStep:
             log.warning("job %s: the provider could not be asked (%s)", job.id, lookup)
             found = None
         if found is None:
+            await self._abandon(runtime, job)
             await self._failed(runtime, running, job, err, None)
         return found
+
+    async def _abandon(self, runtime: BackendRuntime, job: Job) -> None:
+        """A job whose submit may have reached the provider ends without a handle (called
+        before its end is stored): the runner stops what the provider has of it, or shows
+        later (Braket: tasks its lagging tag search did not show, or a part of the job it
+        found), rather than leave it running and billing for nobody."""
+        try:
+            await runtime.runner.abandon(job)
+        except Exception:  # the job has ended; its runner's upkeep must not end the step
+            log.exception("job %s: could not hand its provider work over to be stopped", job.id)
 
     async def _submit(
         self, runtime: BackendRuntime, running: RunningJob, prepared: PreparedJob

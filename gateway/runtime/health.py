@@ -104,7 +104,10 @@ class HealthMonitor:
     async def run(self) -> None:
         """The probes after the start-up one (`probe`, awaited before the backend serves)."""
         while True:
-            await self._runner.maintain()
+            try:
+                await self._runner.maintain()
+            except Exception:  # a runner's upkeep failing must not end its backend's probes
+                log.exception("backend %s: upkeep failed", self._backend)
             await asyncio.sleep(self._interval)  # the probe schedule
             await self.probe()
 

@@ -18,7 +18,11 @@ Never paying twice:
   storing its ARN, finds the tasks by SearchQuantumTasks (device, creation time) and their tags;
   what it cannot find is created again by `submit` under the same client tokens, which finds
   the tasks Braket already has; a job cancelled meanwhile gets no more tasks, and the ones it
-  has are cancelled.
+  has are cancelled;
+- a job that ends with tasks Braket may have and nobody follows (a create whose answer was
+  lost, its task not yet in the eventually consistent tag search) is watched (`abandon`,
+  `maintain`): its tags are searched at each upkeep for _STRAY_WATCH_S, and what shows up
+  is cancelled.
 
 Provider errors become FailureKinds: throttling, 5xx and connection failures TRANSIENT
 (retried here with backoff first), a ValidationException CLIENT_ERROR (reason
@@ -123,6 +127,12 @@ _PLAN_VERSION = 1
 _SEARCH_PAGES = 20
 _SEARCH_SLACK = timedelta(minutes=10)
 _MAX_POSITIONS = 100
+# Jobs that ended with tasks Braket may have and the gateway does not follow (a create whose
+# answer was lost, its task not yet in the tag search): searched for at each upkeep for this
+# long, what shows up cancelled. At most this many at once (the oldest are given up): each is
+# one tag search per upkeep, under the same request rate as every other Braket call.
+_STRAY_WATCH_S = 3600.0
+_MAX_STRAY_JOBS = 100
 
 
 @dataclass(frozen=True)
@@ -385,6 +395,10 @@ class BraketCloudRunner(Runner):
         self.limiter = shared_limiter(settings) if limiter is None else limiter
         self._calls = anyio.CapacityLimiter(max(8, settings.max_concurrent_tasks))
         self._plans: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        # Job id -> (the job, until when it is watched, the task ARNs already cancelled).
+        self._strays: collections.OrderedDict[str, tuple[Job, float, set[str]]] = (
+            collections.OrderedDict()
+        )
 
     @property
     def capacity(self) -> int:
@@ -440,6 +454,10 @@ class BraketCloudRunner(Runner):
                     made = sorted(set(arns) | set(found.values()))
                 # The job fails: the tasks it already has would run (and be paid) for nothing.
                 await self._cancel_quietly(job.id, made)
+                if made and err.kind is FailureKind.TRANSIENT:
+                    # The lost one may not be in the search yet: watched for, and cancelled
+                    # when it shows (the job core never looks this job up again).
+                    self._watch(job)
                 if made and err.kind in (
                     FailureKind.CREDENTIALS,
                     FailureKind.TRANSIENT,
@@ -541,6 +559,49 @@ class BraketCloudRunner(Runner):
             return None
         log.info("job %s: re-attached by tag to %d Braket task(s)", job.id, total)
         return BraketCloudHandle(job.id, [found[i] for i in range(total)])
+
+    async def abandon(self, job: Job) -> None:
+        # What the search shows now is cancelled; what it shows later, at the next upkeeps.
+        self._watch(job)
+        await self._cancel_strays(job.id)
+
+    async def maintain(self) -> None:
+        now = time.monotonic()
+        for job_id, (_, until, _) in list(self._strays.items()):
+            if now >= until:
+                self._strays.pop(job_id, None)
+                continue
+            await self._cancel_strays(job_id)
+
+    def _watch(self, job: Job) -> None:
+        """Watches a job that ended with tasks Braket may have that nobody follows."""
+        _, _, done = self._strays.pop(job.id, (job, 0.0, set()))
+        self._strays[job.id] = (job, time.monotonic() + _STRAY_WATCH_S, done)
+        while len(self._strays) > _MAX_STRAY_JOBS:
+            lost, _ = self._strays.popitem(last=False)
+            log.warning("job %s: no longer watched for stray Braket tasks", lost)
+
+    async def _cancel_strays(self, job_id: str) -> None:
+        entry = self._strays.get(job_id)
+        if entry is None:
+            return
+        job, _, done = entry
+        try:
+            found, _ = await self._thread(lambda: self._tagged(job))
+        except Exception as exc:  # out of reach: asked again at the next upkeep
+            log.info("job %s: could not look for stray Braket tasks: %s", job_id, exc)
+            return
+        strays = sorted(set(found.values()) - done)
+        for arn in strays:
+            log.warning("job %s: cancelling Braket task %s, which nothing follows", job_id, arn)
+            try:
+                await self._thread(
+                    functools.partial(self._retrying, functools.partial(self._cancel, arn), arn)
+                )
+            except ExecutionError as exc:
+                log.warning("job %s: could not cancel Braket task %s: %s", job_id, arn, exc)
+                continue
+            done.add(arn)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         """GetDevice (free): the device must be ONLINE and the credentials accepted."""
