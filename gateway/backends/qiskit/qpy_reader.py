@@ -16,7 +16,8 @@ Python reader that trusts its input far more). What a client sends is checked in
    wall-clock limits, like everything a compile does.
 3. After it, on the circuit: only gates (standard, library, unitary, or custom gates with a
    definition made of gates), measure, reset, barrier, delay and control flow; no classical
-   variables or stretches; every instruction applied to as many bits as it declares. The
+   variables or stretches; every instruction applied to as many bits as it declares; every
+   unitary gate's matrix unitary (the reader checks only its shape). The
    circuit's own layout (from a transpiled circuit) is dropped: the gateway lays circuits out
    itself, and observables refer to the circuit's qubits as sent.
 
@@ -32,12 +33,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import qiskit.qpy
 from qiskit.circuit import (
     Barrier,
     BreakLoopOp,
     ContinueLoopOp,
     ControlFlowOp,
+    ControlledGate,
     Delay,
     ForLoopOp,
     Gate,
@@ -47,7 +50,9 @@ from qiskit.circuit import (
     WhileLoopOp,
 )
 from qiskit.circuit.exceptions import CircuitError
+from qiskit.circuit.library import UnitaryGate
 from qiskit.qpy import common as qpy_common
+from qiskit.quantum_info.operators.predicates import ATOL_DEFAULT, RTOL_DEFAULT
 
 from gateway.backends.base import MAX_COMPILED_CLBITS, MAX_COMPILED_QUBITS, CircuitLimits
 from gateway.backends.qiskit import frontend as fe
@@ -226,7 +231,7 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
 
     Top level and control-flow blocks: gates, measure, reset, barrier, delay, control flow.
     Custom gate definitions: gates, barrier and delay only (a gate is unitary). No instruction
-    may name one qubit or clbit twice. Each distinct
+    may name one qubit or clbit twice; a unitary gate's matrix must be unitary. Each distinct
     definition is looked at once, so nested definitions cost linear time.
 
     Raises:
@@ -300,6 +305,7 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
                     feature="custom_instruction",
                     instruction=name,
                 )
+            _check_unitary(op, field)
             if fe._is_atomic(op):
                 continue
             key = fe._definition_key(op)
@@ -315,6 +321,36 @@ def check_operations(circuit: QuantumCircuit, field: str) -> None:
                     gate=name,
                 )
             pending.append((definition, True, False))
+
+
+def _check_unitary(op: Gate, field: str) -> None:
+    """INVALID_QPY when a UnitaryGate's matrix (or a controlled gate's base) is not unitary.
+
+    QPY carries the matrix as written, and `UnitaryGate(m, check_input=False)` writes any
+    square matrix: Aer applied one and renormalised the state (a distribution no circuit
+    gives), and the transpiler synthesised something else or failed (COMPILER_FAILED). The
+    tolerance is Qiskit's own UnitaryGate check's (`is_unitary_matrix`: rtol 1e-5, atol 1e-8),
+    so whatever Qiskit builds with its check passes. Costs (2^k)^3 for a k-qubit matrix, which
+    max_source_bytes keeps to a few milliseconds (a 7-qubit matrix is 256 KiB). A matrix with
+    inf or NaN is left to check_finite_parameters (NON_FINITE_ANGLE)."""
+    base = op.base_gate if isinstance(op, ControlledGate) else op
+    if not isinstance(base, UnitaryGate):
+        return
+    matrix = np.asarray(base.params[0])
+    if not np.all(np.isfinite(matrix)):
+        return
+    product = matrix.conj().T @ matrix
+    identity = np.eye(len(matrix))
+    if np.allclose(product, identity, rtol=RTOL_DEFAULT, atol=ATOL_DEFAULT):
+        return
+    deviation = float(np.max(np.abs(product - identity)))
+    raise _invalid_qpy(
+        f"the matrix of {fe._clip(op.name)!r} is not unitary (U^dagger U differs from the "
+        f"identity by up to {deviation:.3g}; Qiskit's tolerance is rtol {RTOL_DEFAULT}, "
+        f"atol {ATOL_DEFAULT})",
+        field,
+        instruction=op.name,
+    )
 
 
 def _not_unitary(name: str, field: str) -> InvalidArgument:
