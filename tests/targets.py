@@ -14,7 +14,7 @@ __all__ = ["every_instruction", "qpy_bytes"]
 def every_instruction(target: Target) -> QuantumCircuit:
     """A circuit that uses every instruction of `target` at least once: each gate on the first
     qubits with distinct angles, measure, reset and delay, and if/else, while and for loops
-    around small bodies. For global (all-to-all) targets."""
+    and a switch around small bodies. For global (all-to-all) targets."""
     sizes = [
         op.num_qubits
         for op in map(target.operation_from_name, target.operation_names)
@@ -38,6 +38,12 @@ def every_instruction(target: Target) -> QuantumCircuit:
         elif name == "for_loop":
             with qc.for_loop(range(2)):
                 qc.x(2)
+        elif name == "switch_case":
+            with qc.switch(qc.clbits[0]) as case:
+                with case(True):
+                    qc.x(1)
+                with case(case.DEFAULT):
+                    qc.h(2)
         elif name == "measure":
             qc.measure(1, 1)
         elif name == "reset":

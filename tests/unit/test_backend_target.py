@@ -53,10 +53,10 @@ def test_fake_manila_round_trips_exactly(manila: Any) -> None:
     rebuilt = to_target(message)
 
     assert message.name == "backends/fake_manila/target"
-    # Every instruction of Manila is one the gateway accepts, except switch_case (the front
-    # end's OpenQASM 3 reader refuses switch): it must be left out, not passed on.
+    # Every instruction of Manila is one the gateway accepts (switch_case too, since the front
+    # end reads OpenQASM 3 `switch`): all are passed on.
     assert "switch_case" in original.operation_names
-    expected_names = set(original.operation_names) - {"switch_case"}
+    expected_names = set(original.operation_names)
     assert set(rebuilt.operation_names) == expected_names
     assert [i.name for i in message.instructions] == sorted(expected_names)
     for name in expected_names:
@@ -146,8 +146,9 @@ def test_aer_target_is_what_the_simulator_offers_and_the_gateway_accepts(method:
     misbound = {"cp", "cu1", "cu2", "cu3", "cu", "crx", "cry", "crz"}
     assert names == (offered & ACCEPTED_INSTRUCTION_NAMES) - misbound
     assert {"cx", "h", "measure", "reset", "if_else", "for_loop", "while_loop"} <= names
+    assert "switch_case" in names
     # Aer's own extensions and what the front end refuses are left out.
-    assert not names & {"save_statevector", "kraus", "unitary", "switch_case", "break_loop"}
+    assert not names & {"save_statevector", "kraus", "unitary", "break_loop"}
     assert target.num_qubits == adapter.info().num_qubits == 24
     # Ideal: no noise data, every instruction on any qubits, all-to-all.
     assert target.qubits == () and target.coupling_map == () and target.dt is None

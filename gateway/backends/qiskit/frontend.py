@@ -14,10 +14,11 @@ What is bounded, and where, before the expensive work:
   `include` and every register declaration before the reader runs; the reader itself never gets
   an include path, and Qiskit's legacy gates (what `QuantumCircuit.from_qasm_str` accepts) come
   from `custom_instructions`, not from a file.
-- OpenQASM 3: a program of more than MAX_QASM3_STATEMENTS statements (its semicolons) is refused
-  before parsing, which would cost more than a compile worker's CPU limit; includes, declared
-  sizes, physical qubits, aliases and the importer's work are read from the parsed AST, before
-  the importer allocates anything.
+- OpenQASM 3: a program of more than MAX_QASM3_STATEMENTS statements (its semicolons, opening
+  braces and an eighth of its commas) is refused before parsing, which would cost more than a
+  compile worker's CPU limit; includes, declared sizes, physical qubits, aliases, switch case
+  values and the importer's work are read from the parsed AST, before the importer allocates
+  anything.
 - Both: unrolled operations and operations inside gate definitions are counted per definition
   (memoised), never by unrolling, and definition nesting is limited.
 
@@ -33,6 +34,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 import qiskit.qasm2
 import qiskit_qasm3_import
+import qiskit_qasm3_import.types as q3types
 from antlr4 import CommonTokenStream, InputStream  # type: ignore[import-untyped]
 from antlr4.error.ErrorListener import ErrorListener  # type: ignore[import-untyped]
 from antlr4.error.Errors import (  # type: ignore[import-untyped]
@@ -56,10 +59,12 @@ from openqasm3._antlr.qasm3Lexer import qasm3Lexer  # type: ignore[import-not-fo
 from openqasm3._antlr.qasm3Parser import qasm3Parser  # type: ignore[import-not-found]
 from openqasm3.parser import QASMNodeVisitor
 from qiskit.circuit import (
+    CASE_DEFAULT,
     Barrier,
     BreakLoopOp,
     CircuitInstruction,
     ClassicalRegister,
+    Clbit,
     ContinueLoopOp,
     ControlFlowOp,
     ControlledGate,
@@ -77,6 +82,11 @@ from qiskit.circuit import (
 from qiskit.circuit.classical import expr
 from qiskit.circuit.library import UnitaryGate, get_standard_gate_name_mapping
 from qiskit_qasm3_import import ConversionError
+from qiskit_qasm3_import.converter import ConvertVisitor
+from qiskit_qasm3_import.data import Scope, Symbol
+from qiskit_qasm3_import.exceptions import raise_from_node
+from qiskit_qasm3_import.expression import ValueResolver
+from qiskit_qasm3_import.state import LocalScope, State
 
 from gateway.backends.base import CircuitLimits
 from gateway.domain.circuits import (
@@ -153,8 +163,14 @@ _MAX_MESSAGE_CHARS = 300
 # 50,000 one-gate lines, 800 KB, took 16-17 s), so a longer program could not be parsed within
 # a compile worker's default CPU limit (10 s) anyway: refused before parsing, for the cost of
 # counting its semicolons, instead of after burning that limit (each changed comment a new
-# cache key). OpenQASM 2 and QPY read far faster and are not bound by this.
+# cache key). OpenQASM 2 and QPY read far faster and are not bound by this. Blocks without a
+# semicolon (`if (c) {}`, `case 1 {}`, ~0.25 ms each) count as statements too, and list items
+# (`case 0, 1, ...`, ~0.04 ms each) as an eighth of one: 150,000 empty `if`s fit the source
+# limit, and 20,000 took 5 s to parse.
 MAX_QASM3_STATEMENTS = 20_000
+# Case values of all `switch` statements together: Qiskit builds a block per case and checks
+# every value; a register of 12 bits has 4096 values.
+MAX_SWITCH_CASE_VALUES = 4096
 # Aliases cost the importer a tuple copy per bit (`a ++ b` copies both sides): cheap, but a long
 # chain of concatenations is quadratic, so their total is bounded relative to max_clbits.
 _ALIAS_WORK_PER_CLBIT = 10
@@ -177,13 +193,14 @@ _STANDARD_GATES = get_standard_gate_name_mapping()
 STANDARD_GATE_NAMES: frozenset[str] = frozenset(_STANDARD_GATES)
 # Instructions a circuit read from a client may hold (what a backend's target may list): the
 # standard gates (QPY carries each as itself; OpenQASM those of its standard library) with
-# measure, reset and delay, and the control flow the OpenQASM 3 reader builds. Not switch (the
-# reader refuses SwitchStatement), break/continue (refused as opaque gates by the definition
-# check), global_phase (a circuit attribute, not an operation).
+# measure, reset and delay, and the control flow the OpenQASM 3 reader builds (switch by
+# `_Qasm3Converter`). Not break/continue (refused as opaque gates by the definition check),
+# global_phase (a circuit attribute, not an operation).
 ACCEPTED_INSTRUCTION_NAMES: frozenset[str] = (STANDARD_GATE_NAMES - {"global_phase"}) | {
     "if_else",
     "while_loop",
     "for_loop",
+    "switch_case",
 }
 # `break` and `continue` are no ControlFlowOp (no blocks) and have no definition: one
 # operation each, inside a loop (refused as opaque gates before).
@@ -577,9 +594,10 @@ _QASM3_UNSUPPORTED = re.compile(
 def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
     renamed = _rename_standard_named_gates(program)
     renamed.update(_order_gate_parameters(program))
+    _inline_switch_targets(program)
     with _reader_refusals("OpenQASM 3", field):
         try:
-            circuit: QuantumCircuit = qiskit_qasm3_import.convert(program)
+            circuit: QuantumCircuit = _Qasm3Converter().convert(program).circuit
         except ConversionError as exc:
             message = _sdk_message(exc)
             for fresh, original in renamed.items():
@@ -684,6 +702,162 @@ def _order_gate_parameters(program: q3ast.Program) -> dict[str, str]:
     return renamed
 
 
+def _inline_switch_targets(program: q3ast.Program) -> None:
+    """Switches on the bits `qasm3.dumps` copies into an integer first, in place.
+
+    The writer emits `int switch_dummy; ... switch_dummy = c; switch (switch_dummy) {...}`; the
+    importer takes no `int` variables, but Qiskit switches on bits and registers: the copy
+    becomes the switch's target, and the declaration goes once nothing else uses the variable
+    (if something does, the importer refuses the declaration as before).
+    """
+    declared = {
+        s.identifier.name: s
+        for s in program.statements
+        if isinstance(s, q3ast.ClassicalDeclaration)
+        and isinstance(s.type, q3ast.IntType | q3ast.UintType)
+        and s.init_expression is None
+    }
+    if not declared:
+        return
+    blocks: list[list[Any]] = [program.statements]
+    blocks += [s.statements for s in _walk(program) if isinstance(s, q3ast.CompoundStatement)]
+    for node in _walk(program):
+        for name in ("block", "body", "if_block", "else_block"):
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                blocks.append(value)
+    inlined: set[str] = set()
+    for statements in blocks:
+        index = 0
+        while index + 1 < len(statements):
+            copy_, switch = statements[index], statements[index + 1]
+            if (
+                isinstance(copy_, q3ast.ClassicalAssignment)
+                and copy_.op.name == "="
+                and isinstance(copy_.lvalue, q3ast.Identifier)
+                and copy_.lvalue.name in declared
+                and isinstance(switch, q3ast.SwitchStatement)
+                and isinstance(switch.target, q3ast.Identifier)
+                and switch.target.name == copy_.lvalue.name
+            ):
+                switch.target = copy_.rvalue
+                inlined.add(copy_.lvalue.name)
+                del statements[index]
+            index += 1
+    if not inlined:
+        return
+    uses = Counter(node.name for node in _walk(program) if isinstance(node, q3ast.Identifier))
+    unused = {name for name in inlined if uses[name] == 1}  # the declaration's own identifier
+    program.statements[:] = [
+        s
+        for s in program.statements
+        if not (isinstance(s, q3ast.ClassicalDeclaration) and s.identifier.name in unused)
+    ]
+
+
+# OpenQASM 3's built-in functions that `qasm3.dumps` writes for a ParameterExpression's: the
+# function on a number, and the ParameterExpression method (or operation) on a parameter.
+_QASM3_FUNCTIONS: Mapping[str, tuple[Callable[[float], float], Callable[[Any], Any]]] = {
+    "sin": (math.sin, lambda p: p.sin()),
+    "cos": (math.cos, lambda p: p.cos()),
+    "tan": (math.tan, lambda p: p.tan()),
+    "arcsin": (math.asin, lambda p: p.arcsin()),
+    "arccos": (math.acos, lambda p: p.arccos()),
+    "arctan": (math.atan, lambda p: p.arctan()),
+    "asin": (math.asin, lambda p: p.arcsin()),
+    "acos": (math.acos, lambda p: p.arccos()),
+    "atan": (math.atan, lambda p: p.arctan()),
+    "exp": (math.exp, lambda p: p.exp()),
+    "log": (math.log, lambda p: p.log()),
+    "abs": (abs, abs),
+    "sign": (lambda x: float(np.sign(x)), lambda p: p.sign()),
+    "sqrt": (math.sqrt, lambda p: p**0.5),
+}
+_NUMERIC_TYPES = (q3types.Int, q3types.Uint, q3types.Float, q3types.Angle)
+
+
+class _Qasm3Values(ValueResolver):
+    """The importer's expressions, with the functions and `**` that `qasm3.dumps` writes for
+    gate angles (`rz(exp(t)) q;`, `rz(t**2) q;`), as floats or ParameterExpressions."""
+
+    def visit_FunctionCall(self, node: q3ast.FunctionCall) -> tuple[Any, Any]:
+        functions = _QASM3_FUNCTIONS.get(node.name.name)
+        if functions is None or len(node.arguments) != 1:
+            raise_from_node(node, f"the function '{node.name.name}' is not supported")
+        value, kind = self.visit(node.arguments[0])
+        if not isinstance(kind, _NUMERIC_TYPES):
+            raise_from_node(node, f"'{node.name.name}' needs a number")
+        number, parameter = functions
+        # Floats: math raises (refused) where the result is not a real number.
+        result = parameter(value) if isinstance(value, ParameterExpression) else number(value)
+        return result, q3types.Float(kind.const)
+
+    def visit_BinaryExpression(self, node: q3ast.BinaryExpression) -> tuple[Any, Any]:
+        if node.op.name != "**":
+            resolved: tuple[Any, Any] = super().visit_BinaryExpression(node)
+            return resolved
+        (lhs, lhs_kind), (rhs, rhs_kind) = self.visit(node.lhs), self.visit(node.rhs)
+        if not isinstance(lhs_kind, _NUMERIC_TYPES) or not isinstance(rhs_kind, _NUMERIC_TYPES):
+            raise_from_node(node, "'**' needs numbers")
+        # As floats: an integer power such as 9**9**9 would take unbounded time and memory.
+        if not isinstance(lhs, ParameterExpression):
+            lhs = float(lhs)
+        if not isinstance(rhs, ParameterExpression):
+            rhs = float(rhs)
+        return lhs**rhs, q3types.Float(lhs_kind.const and rhs_kind.const)
+
+
+class _Qasm3Converter(ConvertVisitor):
+    """The OpenQASM 3 importer, with `switch` on a bit or bit register (a SwitchCaseOp) and the
+    expressions of `_Qasm3Values`."""
+
+    def _resolve_generic(
+        self, node: q3ast.Expression, context: State, strict: bool
+    ) -> tuple[Any, Any]:
+        return _Qasm3Values(context, strict).resolve(node)
+
+    def visit_SwitchStatement(self, node: q3ast.SwitchStatement, context: State) -> State:
+        target, kind = self._resolve_generic(node.target, context, strict=True)
+        if not isinstance(kind, q3types.Bit | q3types.BitArray):
+            raise_from_node(
+                node.target, "switch targets other than bits and bit registers are not supported"
+            )
+        if isinstance(target, list):  # a slice: Qiskit switches on registers, as in an `if`
+            name = context.unique_name()  # type: ignore[no-untyped-call]
+            target = ClassicalRegister(name=name, bits=target)
+            context.circuit.add_register(target)
+            symbol = Symbol(name, target, q3types.BitArray(len(target)), Scope.NONE)
+            context.symbol_table.insert(symbol)  # type: ignore[no-untyped-call]
+        width = 1 if isinstance(target, Clbit) else len(target)
+        seen: set[int] = set()
+        cases: list[tuple[list[object], list[q3ast.Statement]]] = []
+        for values, block in node.cases:
+            labels: list[object] = []
+            for value in values:
+                label = self._resolve_constant_int(value, context)
+                if label < 0 or label.bit_length() > width:
+                    raise_from_node(
+                        value,
+                        f"a case value is outside 0 .. 2^{width} - 1, the values of the "
+                        f"{width}-bit switch target",
+                    )
+                if label in seen:
+                    raise_from_node(value, "a case value is repeated")
+                seen.add(label)
+                labels.append(bool(label) if isinstance(target, Clbit) else label)
+            cases.append((labels, block.statements))
+        if node.default is not None:
+            cases.append(([CASE_DEFAULT], node.default.statements))
+        if not cases:
+            raise_from_node(node, "a switch statement needs at least one case")
+        with context.circuit.switch(target) as case:
+            for labels, statements in cases:
+                with case(*labels), LocalScope(context) as inner:
+                    for statement in statements:
+                        self.visit(statement, inner)
+        return context
+
+
 def _walk(root: q3ast.QASMNode) -> Iterator[q3ast.QASMNode]:
     pending = [root]
     while pending:
@@ -776,7 +950,8 @@ def parse_circuit(
         except RecursionError:
             raise _too_deep(field) from None
     else:
-        statements = text.count(";")  # comments' semicolons too: an upper bound
+        # Comments' too: an upper bound.
+        statements = text.count(";") + text.count("{") + text.count(",") // 8
         if statements > MAX_QASM3_STATEMENTS:
             raise invalid(
                 "CIRCUIT_TOO_LARGE",
@@ -922,6 +1097,7 @@ class _Qasm3Declarations:
     # (circuit clbit index, variable name) of every global `bit x;`, in declaration order.
     loose_bits: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     alias_work: int = 0
+    switch_case_values: int = 0
 
 
 def _declared_size(size: q3ast.Expression | None, node: q3ast.QASMNode, field: str) -> int:
@@ -969,6 +1145,16 @@ def _qasm3_declarations(
                 raise _non_finite(f"line {line}, column {col}: the number is not finite", field)
         elif isinstance(node, q3ast.ForInLoop):
             _check_loop_set(node, field)
+        elif isinstance(node, q3ast.SwitchStatement):
+            found.switch_case_values += sum(len(values) for values, _ in node.cases)
+            if found.switch_case_values > MAX_SWITCH_CASE_VALUES:
+                raise invalid(
+                    "CIRCUIT_TOO_LARGE",
+                    f"the program's switch statements have more than {MAX_SWITCH_CASE_VALUES} "
+                    "case values",
+                    field,
+                    max_switch_case_values=MAX_SWITCH_CASE_VALUES,
+                )
         elif isinstance(node, q3ast.AliasStatement):
             width, work = _alias_size(node.value, found.widths)
             found.widths[node.target.name] = width
