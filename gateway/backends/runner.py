@@ -126,7 +126,8 @@ class Runner(ABC):
     async def abandon(self, job: Job) -> None:  # noqa: B027 - optional hook with a no-op default
         """A REMOTE job whose submit was uncertain (the provider may have made it, or part of
         it) ended without a handle: FAILED, or CANCELLED unsent. What the provider has of it,
-        now or once its look-ups show it (Braket's tag search lags behind its creates), is
+        now or once its look-ups show it (Braket's tag search lags behind its creates; an IBM
+        create given up on may be committed after the look-up), is
         stopped: nothing follows it, and it would run and bill for nobody. No-op by default
         (a provider whose look-up by id is exact has nothing to add to `reattach`)."""
 

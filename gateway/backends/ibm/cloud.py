@@ -25,6 +25,12 @@
   the service's job list, searched by the tag, shows the failed attempt made no job.
 - `reattach` finds a job by its stored id, or by the tag when the gateway died between the
   create call and storing the id; it never submits.
+- Stray runtime jobs: the tag search may not show a job yet whose create answer was lost (a
+  create the client gave up on may be committed after the look-up; IBM documents no consistency
+  for the listing). A job whose create was uncertain, or whose look-up by tag found nothing, is
+  watched (`abandon`, `maintain`, as the Braket runner does): for _STRAY_WATCH_S its tag is
+  searched at each upkeep, and every runtime job under it that no handle of this runner follows
+  is cancelled.
 - `wait` polls the job's status (`poll_interval_s`) and decodes the runtime's PrimitiveResult
   into the gateway's JobResult from the result and the runtime job's tags alone, so a
   re-attached job needs no prepared payload: the tags carry what the result is checked
@@ -57,6 +63,7 @@ The token is a SecretStr until the moment it is handed to the SDK; nothing here 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -121,6 +128,10 @@ _PUBS_TAG_PREFIX = "qgateway-pubs:"
 # characters, and register names are the client's (a QPY name may be any text).
 _LAYOUT_TAG_PREFIX = "qgateway-layout:"
 _IAM_ENV = "IAM_URL"
+# How long a job whose runtime job may show up late in the tag search is watched, and how many
+# are watched at once (the oldest given up first), as on Braket.
+_STRAY_WATCH_S = 3600.0
+_MAX_STRAY_JOBS = 100
 _iam_lock = threading.Lock()
 
 
@@ -467,6 +478,15 @@ class IbmCloudRunner(Runner):
         # Gateway session id -> its provider session, for the sessions open here.
         self._sessions: dict[str, _ProviderSession] = {}
         self._sessions_lock = threading.Lock()
+        # Job id -> (until when it is watched for stray runtime jobs, the runtime job ids not
+        # to cancel: followed by a handle, or already cancelled). Written from threads too.
+        self._strays: collections.OrderedDict[str, tuple[float, set[str]]] = (
+            collections.OrderedDict()
+        )
+        self._strays_lock = threading.Lock()
+        # Jobs being submitted or looked up here: a runtime job just made or found is not yet
+        # among the kept ids, and an upkeep meanwhile would cancel the one about to be followed.
+        self._busy: set[str] = set()
 
     @property
     def capacity(self) -> int:
@@ -481,7 +501,14 @@ class IbmCloudRunner(Runner):
         if not isinstance(inner, QiskitPayload):
             raise TypeError(f"not an IBM payload: {type(payload).__name__}")
         limit = prepared.max_run_time_s
-        remote_id = await self._run(lambda: self._submit(inner, options, job, limit), self._calls)
+        # An upkeep meanwhile leaves the job's strays alone (`_submit` keeps what it follows).
+        self._busy.add(job.id)
+        try:
+            remote_id = await self._run(
+                lambda: self._submit(inner, options, job, limit), self._calls
+            )
+        finally:
+            self._busy.discard(job.id)
         return IbmCloudHandle(job.id, remote_id)
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
@@ -514,8 +541,35 @@ class IbmCloudRunner(Runner):
             except ExecutionError as err:
                 raise _while_following(err) from err
 
-        found = await self._run(find, self._calls, bounded=True)
-        return None if found is None else IbmCloudHandle(job.id, found)
+        self._busy.add(job.id)
+        try:
+            found = await self._run(find, self._calls, bounded=True)
+            if found is None:
+                if remote_id is None:
+                    # Its create may still show up in the tag search: watched from now on,
+                    # what a later submit makes kept (`_follows`).
+                    self._watch(job.id)
+                return None
+            self._follows(job.id, found)
+        finally:
+            self._busy.discard(job.id)
+        return IbmCloudHandle(job.id, found)
+
+    async def abandon(self, job: Job) -> None:
+        # What the search shows now is cancelled; what it shows later, at the next upkeeps.
+        self._watch(job.id)
+        await self._cancel_strays(job.id)
+
+    async def maintain(self) -> None:
+        now = time.monotonic()
+        with self._strays_lock:
+            watched = list(self._strays.items())
+        for job_id, (until, _) in watched:
+            if now >= until:
+                with self._strays_lock:
+                    self._strays.pop(job_id, None)
+                continue
+            await self._cancel_strays(job_id)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         """Asks for the device's status (free, unlike a job): answering and operational."""
@@ -548,6 +602,67 @@ class IbmCloudRunner(Runner):
 
     async def close_session(self, session: Session) -> None:
         await self._run(lambda: self._close_session(session), self._calls, bounded=True)
+
+    # ------------------------------------------------------------------------- stray jobs
+
+    def _watch(self, job_id: str) -> None:
+        """Watches a job whose runtime job(s) may show up in the tag search later (called from
+        threads too)."""
+        with self._strays_lock:
+            _, kept = self._strays.pop(job_id, (0.0, set()))
+            self._strays[job_id] = (time.monotonic() + _STRAY_WATCH_S, kept)
+            while len(self._strays) > _MAX_STRAY_JOBS:
+                lost, _ = self._strays.popitem(last=False)
+                log.warning("job %s: no longer watched for stray runtime jobs", lost)
+
+    def _follows(self, job_id: str, remote_id: str) -> bool:
+        """A handle follows `remote_id`: never cancelled as a stray. Whether the job is watched."""
+        with self._strays_lock:
+            entry = self._strays.get(job_id)
+            if entry is not None:
+                entry[1].add(remote_id)
+            return entry is not None
+
+    async def _cancel_strays(self, job_id: str) -> None:
+        """Cancels the runtime jobs under the job's tag that no handle follows (none while the
+        job is being submitted or looked up here)."""
+        if job_id in self._busy:
+            return
+        try:
+            await self._run(lambda: self._stop_strays(job_id), self._calls, bounded=True)
+        except ExecutionError as exc:  # out of reach: asked again at the next upkeep
+            log.info("job %s: could not look for stray runtime jobs: %s", job_id, exc)
+
+    def _stop_strays(self, job_id: str, *, submitting: bool = False) -> None:
+        """`_cancel_strays`, blocking; `submitting`: called by the job's own submit, which
+        has just kept the runtime job it follows.
+
+        Raises:
+            ExecutionError: the tag search failed.
+        """
+        with self._strays_lock:
+            entry = self._strays.get(job_id)
+        if entry is None:
+            return
+        kept = entry[1]
+        service_call = self._client.service
+        listed = self._call(
+            lambda: service_call().jobs(job_tags=[JOB_TAG_PREFIX + job_id], limit=10), None
+        )
+        for stray in [j for j in listed or () if _tagged_for(j, job_id)]:
+            remote_id = str(stray.job_id())
+            if remote_id in kept or (not submitting and job_id in self._busy):
+                continue
+            log.warning("job %s: cancelling runtime job %s: nothing follows it", job_id, remote_id)
+            try:
+                self._call(stray.cancel, remote_id)
+            except ExecutionError as exc:
+                from qiskit_ibm_runtime.exceptions import RuntimeInvalidStateError
+
+                if not isinstance(exc.__cause__, RuntimeInvalidStateError):
+                    log.warning("job %s: runtime job %s not cancelled (%s)", job_id, remote_id, exc)
+                    continue  # asked again at the next upkeep
+            kept.add(remote_id)  # cancelled, or already ended: not asked again
 
     # ------------------------------------------------------------------------- blocking halves
 
@@ -698,7 +813,6 @@ class IbmCloudRunner(Runner):
             }
         attempt = 1
         throttled = True  # every attempt so far answered 429: none made a job
-        uncertain = False  # an earlier attempt may have made a job after all
         while True:
             delay = self._bucket.delay()
             if delay > 0:
@@ -718,22 +832,29 @@ class IbmCloudRunner(Runner):
                     # by its tag; CREDENTIALS would queue it again and create it a second
                     # time, or leave the first running if the job is cancelled meanwhile.
                     raise _while_following(err) from err
+                if (
+                    err.kind is FailureKind.TRANSIENT
+                    and err.metadata.get("providerStatus") != "429"
+                ):
+                    # It may have made a runtime job the search shows only later: watched
+                    # (whatever follows: a retry that succeeds, the job core's look-up, or
+                    # the job's end).
+                    self._watch(job.id)
                 if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
                     raise
                 log.warning("job %s: create failed transiently (%s); checking by tag", job.id, err)
-                uncertain = uncertain or err.metadata.get("providerStatus") != "429"
             else:
-                if not uncertain:
-                    return created
-                # A slow service may have committed the attempt that timed out after the tag
-                # search missed it: two runtime jobs, both billed. Looked up again, the
-                # oldest is followed and the others cancelled (_find).
-                try:
-                    return self._find(job.id, None) or created
-                except ExecutionError as err:
-                    log.warning("job %s: checking for a copy after a retried create failed: %s",
-                                job.id, err)  # fmt: skip
-                    return created
+                if self._follows(job.id, created):
+                    # An earlier create of the job may have made a runtime job the tag search
+                    # missed (a slow service commits it after the look-up, or the search does
+                    # not show it yet; or it was made before a restart): two runtime jobs,
+                    # both billed. This one is followed, and any other under the tag is
+                    # cancelled, now or when the search shows it (`maintain`).
+                    try:
+                        self._stop_strays(job.id, submitting=True)
+                    except ExecutionError as err:  # asked again at the next upkeep
+                        log.warning("job %s: looking for a copy failed: %s", job.id, err)
+                return created
             self._sleep(self._policy.backoff(attempt, _rng))
             attempt += 1
             # The failed attempt may have made the job (a reply lost after acceptance).
@@ -744,6 +865,7 @@ class IbmCloudRunner(Runner):
                 # look: TRANSIENT, which the job core answers by looking it up by its tag.
                 raise _while_following(err) from err
             if found is not None:
+                self._follows(job.id, found)  # a copy the search shows later is cancelled
                 return found
 
     def _create(
