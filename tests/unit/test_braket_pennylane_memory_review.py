@@ -12,7 +12,9 @@ VmHWM above its warm size and its CPU time, amazon-braket-default-simulator on o
   something acted on after. Counting every measurement (fe.count_mid_circuit_measurements)
   with paths = min(shots, 2^measurements) fixes this case but prices a 4-qubit brickwork with 10
   measurements and resets (10,000 shots, 1.97 s) at 338 s, because each path is also charged a
-  whole LocalSimulator run; a fix needs the per-path cost re-measured, so it is left open.
+  whole LocalSimulator run. Fixed: the per-path and per-shot costs were re-measured (see
+  gateway.backends.braket.adapter, _PATH_OPERATION_WEIGHT) and the shots' memory is counted
+  (BraketAdapter.shots_memory).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 from gateway.backends.braket.adapter import BraketAdapter
 from gateway.domain import costs
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
+from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobOptions, JobSpec, SamplerOutput
 from tests.adapters import adapter_context, prepare_in_process
 
@@ -46,11 +49,6 @@ def _branching(terminal: int) -> str:
     return H3 + body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Braket splits its paths at every measurement once a program branches; admission "
-    "counts only measurements something acts on after (0.046 s priced, 22.4 s of CPU)",
-)
 def test_braket_prices_every_measurement_of_a_branching_circuit() -> None:
     braket = BraketAdapter(adapter_context("braket", device="braket_sv"))
     entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, _branching(10)))
@@ -63,11 +61,6 @@ def test_braket_prices_every_measurement_of_a_branching_circuit() -> None:
     assert seconds >= MEASURED_CPU_S / 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Braket's shot-by-shot measurements (~230 B a shot as lists of strings, equal "
-    "bindings merged into one run) are not in admission's memory estimate (the state alone)",
-)
 def test_braket_shot_by_shot_measurements_are_in_the_memory_estimate() -> None:
     context = adapter_context("braket", max_shots=1_000_000, device="braket_sv")
     context = dataclasses.replace(
@@ -90,3 +83,71 @@ def test_braket_shot_by_shot_measurements_are_in_the_memory_estimate() -> None:
     # admission counted 64 bytes (a smaller budget's worker runs out of memory at run time).
     real = 10_000_000 * MEASURED_BYTES_PER_SHOT
     assert 2 * prepared.memory_bytes >= real
+
+
+def _shots_job(values: list[float], shots: int) -> tuple[BraketAdapter, JobSpec]:
+    braket = BraketAdapter(adapter_context("braket", max_shots=1_000_000, device="braket_sv"))
+    circuit = "input float theta; qubit[1] q; bit[2] c; rx(theta) q[0]; h q[0]; "
+    circuit += "c[0] = measure q[0]; h q[0]; c[1] = measure q[0];"
+    bindings = Bindings(("theta",), (len(values),), np.asarray(values).reshape(-1, 1))
+    pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, H3 + circuit), bindings, shots)
+    options = JobOptions(sampler_output=SamplerOutput.COUNTS)
+    return braket, JobSpec(backend="braket", pubs=(pub,), options=options)
+
+
+def test_braket_shots_past_the_budget_are_refused_at_admission() -> None:
+    # Five equal bindings of 10^6 shots run as one run of 5 x 10^6 (~1.1 GiB of strings, over
+    # the 1 GiB budget); five distinct ones run apart, one run's 10^6 shots alive at a time.
+    braket, merged = _shots_job([0.0] * 5, 1_000_000)
+    with pytest.raises(InvalidArgument) as refusal:
+        prepare_in_process(braket, merged, 1)
+    assert refusal.value.reason == "MEMORY_BUDGET_EXCEEDED"
+    braket, apart = _shots_job([0.1 * i for i in range(5)], 1_000_000)
+    assert prepare_in_process(braket, apart, 1).memory_bytes < 512 * MIB
+
+
+def _brickwork(n: int, layers: int) -> list[str]:
+    """test_review_cost_prices.brick_body: rx and rz on every qubit, then a layer of cx."""
+    lines: list[str] = []
+    for layer in range(layers):
+        lines += [f"rx({0.3 + 0.1 * q + 0.07 * layer:.3f}) q[{q}];" for q in range(n)]
+        lines += [f"rz({0.2 + 0.05 * q:.3f}) q[{q}];" for q in range(n)]
+        lines += [f"cx q[{q}], q[{q + 1}];" for q in range(layer % 2, n - 1, 2)]
+    return lines
+
+
+def _maximal(n: int, m: int, reset: bool = False, feed: bool = False) -> str:
+    """A brickwork, then m times a qubit put in superposition and measured (each outcome 50/50:
+    the most paths), optionally reset or steering an X on the next qubit; all measured last."""
+    lines = [H3 + f"qubit[{n}] q;", f"bit[{n + m}] c;", *_brickwork(n, 2)]
+    for i in range(m):
+        lines += [f"h q[{i % n}];", f"c[{n + i}] = measure q[{i % n}];"]
+        if reset:
+            lines.append(f"reset q[{i % n}];")
+        if feed:
+            lines.append(f"if (c[{n + i}]) {{ x q[{(i + 1) % n}]; }}")
+    lines.append(f"c[0:{n - 1}] = measure q;")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "shots", "measured_cpu_s"),
+    [
+        # The adapter's own execute, warm, one core (the fit of adapter._PATH_*_WEIGHT).
+        (_maximal(2, 12), 10_000, 8.31),
+        (_maximal(2, 12, feed=True), 10_000, 17.2),
+        (_maximal(4, 10, reset=True), 3_000, 3.31),
+        (_maximal(8, 10), 1_000, 4.09),
+        (_maximal(12, 4, reset=True), 300, 30.9),
+        (_branching(10), 8_000, 39.0),
+    ],
+)
+def test_braket_branching_price_follows_its_cpu(
+    text: str, shots: int, measured_cpu_s: float
+) -> None:
+    braket = BraketAdapter(adapter_context("braket", device="braket_sv"))
+    entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, text))
+    spec = JobSpec(backend="braket", pubs=())
+    seconds = braket.sampling_work(entry, 1, shots, spec) / costs.WORK_PER_SECOND
+    # Neither far under the run (budgets and fair share rely on it) nor far over (refused).
+    assert measured_cpu_s / 2 <= seconds <= 3 * measured_cpu_s

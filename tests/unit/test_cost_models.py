@@ -114,22 +114,36 @@ def test_an_mps_is_sampled_shot_by_shot() -> None:
     assert mps.sampling_work(entry, 2, 1000, job()) == base + 2 * 1000 * per_shot
 
 
+def test_braket_measurements_with_a_certain_outcome_do_not_split_the_paths() -> None:
+    braket = BraketAdapter(aer_context(device="braket_sv"))
+    text = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[3] q;\nbit[5] c;\n'
+    # q[0] is measured, reset and measured again (certain), q[1] only flipped (certain), q[2]
+    # measured twice in a row: two of the five measurements may split a path.
+    text += "h q[0]; c[0] = measure q[0]; reset q[0]; c[1] = measure q[0]; x q[1];"
+    text += "c[2] = measure q[1]; h q[2]; c[3] = measure q[2]; c[4] = measure q[2];"
+    entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, text))
+    assert (entry.path_measurements, entry.splitting_measurements) == (5, 2)
+
+
 def test_braket_branching_grows_with_paths_measurements_and_operations() -> None:
     braket = BraketAdapter(aer_context(device="braket_sv"))
     lines = ['OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[4] c;']
     lines += [f"h q[0];\nc[{i}] = measure q[0];" for i in range(4)]
     entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, "\n".join(lines)))
-    # The last measurement has nothing after it: three split the paths.
+    # The last measurement has nothing after it, but once the circuit branches Braket applies
+    # every measurement path by path: four, each after an h (each may split).
     assert entry.shot_by_shot and entry.mid_circuit_measurements == 3
+    assert (entry.path_measurements, entry.splitting_measurements) == (4, 4)
     ops = entry.operations
-    # At most 2^3 distinct paths are run, whatever the shots; the other shots are samples.
-    runs = costs.simulation_work(ops, 2, 2, 8, True, braket.run_costs())
-    samples = 2 * (100 - 8) * costs.SAMPLE_WEIGHT
-    branching = 2 * 8 * ops * 3 * (300_000 + 2 * 3_000)  # paths x measurements x operations
-    assert braket.sampling_work(entry, 2, 100, job()) == runs + samples + branching
-    # Fewer shots than paths: each shot a path.
-    few = costs.simulation_work(ops, 2, 1, 5, True, braket.run_costs())
-    assert braket.sampling_work(entry, 1, 5, job()) == few + 5 * ops * 3 * 306_000
+    # One run per binding, then paths 1, 2, 4, 8 at the measurements and 16 at the end (at
+    # most the shots), each evolving the circuit again; and each shot's samples and strings.
+    run = costs.simulation_work(ops, 2, 2, 100, False, braket.run_costs())
+    per_step = ops * (600_000 + 2 * 2_500)
+    per_shot = 150_000 + 4 * 20_000
+    assert braket.sampling_work(entry, 2, 100, job()) == run + 2 * (31 * per_step + 100 * per_shot)
+    # Fewer shots than paths: 1, 2, 4, 5, 5.
+    few = costs.simulation_work(ops, 2, 1, 5, False, braket.run_costs())
+    assert braket.sampling_work(entry, 1, 5, job()) == few + 17 * per_step + 5 * per_shot
     # A circuit measured once at its end does not branch.
     ghz = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, GHZ3))
     assert not ghz.shot_by_shot and ghz.mid_circuit_measurements == 0

@@ -458,11 +458,12 @@ def test_braket_dm_branching_grows_with_its_density_matrix() -> None:
     entry = braket.compile_circuit(CircuitSource(CircuitLanguage.QASM3, "\n".join(lines)))
     assert isinstance(entry, CompiledCircuit) and entry.mid_circuit_measurements == 3
     ops, amplitudes = entry.operations, entry.amplitudes
-    runs = costs.simulation_work(ops, amplitudes, 2, 8, True, braket.run_costs())
-    samples = 2 * (100 - 8) * costs.SAMPLE_WEIGHT
-    branching = 2 * 8 * ops * 3 * (300_000 + amplitudes * 400)  # ~400 units an entry
+    run = costs.simulation_work(ops, amplitudes, 2, 100, False, braket.run_costs())
+    # 31 path steps (1 + 2 + 4 + 8 + 16), each evolving the density matrix: ~800 units an entry.
+    branching = 2 * 31 * ops * (5_000_000 + amplitudes * 800)
+    shots = 2 * 100 * (150_000 + 4 * 20_000)
     assert braket.sampling_work(entry, 2, 100, JobSpec(backend="b", pubs=())) == (
-        runs + samples + branching
+        run + branching + shots
     )
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import Target
@@ -90,16 +91,46 @@ _LOCAL_RUNS = costs.RunCosts(per_run=250_000_000, per_operation_run=30_000_000)
 # braket_dm updates ~1.6e8 density-matrix entries a second on one thread at 9-10 qubits
 # (measured; braket_sv ~6.7e8 amplitudes, about the default weight).
 _LOCAL_DM_RUNS = dataclasses.replace(_LOCAL_RUNS, per_amplitude=360)
-# A branching run follows each distinct path of outcomes once (paths: at most the shots, and
-# 2^m for m mid-circuit measurements; the conformance circuit with two resets ran 25,000 shots
-# in 0.16 s) and re-evolves every path's prefix at each mid-circuit measurement
-# (ProgramContext._get_qubit_samples): paths x measurements x operations, at a fixed cost plus
-# one that grows with the state. Measured: with 100 shots on one qubit, 25, 50, 100
-# measurements ran 1.1, 4.3, 16 s (1600, ~70 min, were admitted as 193 s priced per shot
-# alone); braket_sv at 14 qubits ~2,000-3,400 units an amplitude, braket_dm at 8-9 qubits
-# ~350 an entry.
-_BRANCH_WEIGHT = 300_000
-_BRANCH_AMPLITUDE_WEIGHT = {"braket_sv": 3_000, "braket_dm": 400}
+# A branching run (ProgramContext._measure_and_branch, simulator._run_branched): once a program
+# branches, every measurement (those deferred before the branch point too) is applied to each
+# path then active by evolving that path's instructions again from |0> and sampling its shots;
+# a measurement that may split (fe.count_path_measurements) doubles the paths, up to the shots;
+# the final paths are evolved once more. Priced: path steps (paths summed over measurements and
+# the end, path_steps) x operations x (a fixed cost + one per amplitude), plus per shot
+# (Braket's sample at each measurement, and its rows of "0"/"1" strings). Fitted to the
+# adapter's own execute (one core, warm) on circuits whose every measurement is 50/50 (the most
+# paths): 2-12 qubits, 4-25 measurements, 100-200,000 shots, with and without resets and
+# feed-forward, braket_sv and braket_dm, 0.6-3x of the CPU of each (e.g. 2 qubits, 14
+# measurements, 10,000 shots 8.3 s; 12 qubits, 16 with resets, 300 shots 30.9 s; 11 qubits, 12,
+# 8000 shots 39 s; a 1-qubit circuit ~4 us a shot). Outcomes that rarely differ (small angles
+# before a measurement) make fewer paths than this assumes: such circuits ran up to 8x under
+# their price (4 qubits, 10 measurements with resets, 10,000 shots: 2.0 s, priced 16 s).
+_PATH_OPERATION_WEIGHT = {"braket_sv": 600_000, "braket_dm": 5_000_000}
+_PATH_AMPLITUDE_WEIGHT = {"braket_sv": 2_500, "braket_dm": 800}
+_BRANCH_SHOT_WEIGHT = 150_000
+_BRANCH_SHOT_MEASUREMENT_WEIGHT = 20_000
+# Worker memory per shot of one shot-by-shot run (Braket's rows of strings, their arrays):
+# measured +232 B at 1 qubit (10^6 shots +228 MiB, 3 x 10^6 +688 MiB), +316 B at 4,
+# +536 B at 10, ~+950 B at 20 (VmHWM of the adapter's own execute, 2-5 x 10^5 shots).
+_SHOT_BYTES = 200
+_SHOT_QUBIT_BYTES = 40
+
+
+def _largest_run(entry: CompiledCircuit, task: SamplerTask) -> int:
+    """Bindings of the task's largest run: BraketSimulation.shots runs bindings with equal
+    angles together (all of them when the transpiled circuit has no parameters left)."""
+    values = task.flat_values()
+    if task.size <= 1 or not entry.keeps_parameters or values.shape[1] == 0:
+        return task.size
+    return int(np.unique(values, axis=0, return_counts=True)[1].max())
+
+
+def path_steps(measurements: int, splitting: int, shots: int) -> int:
+    """Paths a branching run evolves, summed over its measurements and its end: at most the
+    shots, doubling at each splitting measurement (taken first: the most paths)."""
+    full = min(splitting, shots.bit_length() - 1)  # 2^full <= shots: every path distinct
+    doubling = (1 << (full + 1)) - 1  # 1 + 2 + ... + 2^full
+    return doubling + (measurements - full) * min(shots, 1 << min(splitting, 62))
 
 
 class BraketOptions(QiskitOptions):
@@ -233,16 +264,29 @@ class BraketAdapter(QiskitAdapter):
         options = self.braket_options
         if options.is_cloud or not entry.shot_by_shot:
             return super().sampling_work(entry, bindings, shots, spec)
-        measured = entry.mid_circuit_measurements
-        paths = min(shots, 1 << min(measured, 62))
-        runs = costs.simulation_work(
-            entry.operations, entry.amplitudes, bindings, paths, True, self.run_costs()
+        # Each binding is one run (its program read once); equal bindings merged into one run
+        # have at most the paths of their separate runs.
+        run = costs.simulation_work(
+            entry.operations, entry.amplitudes, bindings, shots, False, self.run_costs()
         )
-        samples = bindings * (shots - paths) * costs.SAMPLE_WEIGHT  # beyond the paths'
-        per_step = (
-            _BRANCH_WEIGHT + entry.amplitudes * _BRANCH_AMPLITUDE_WEIGHT[options.local_device]
+        measurements = entry.path_measurements
+        steps = path_steps(measurements, entry.splitting_measurements, shots)
+        device = options.local_device
+        per_step = entry.operations * (
+            _PATH_OPERATION_WEIGHT[device] + entry.amplitudes * _PATH_AMPLITUDE_WEIGHT[device]
         )
-        return runs + samples + bindings * paths * entry.operations * measured * per_step
+        per_shot = _BRANCH_SHOT_WEIGHT + measurements * _BRANCH_SHOT_MEASUREMENT_WEIGHT
+        return run + bindings * (steps * per_step + shots * per_shot)
+
+    def shots_memory(self, entry: CompiledCircuit, task: SamplerTask) -> int:
+        if self.braket_options.is_cloud or entry.terminal or not task.writes_clbits:
+            return 0  # sampled from exact probabilities (or run at the provider)
+        # BraketSimulation.shots runs equal bindings as one run of all their shots, whose
+        # measurements Braket returns as rows of "0"/"1" strings (and the worker reads them
+        # into arrays); each binding's outcomes are kept, 8 bytes a shot, until the result.
+        return task.size * task.shots * 8 + _largest_run(entry, task) * task.shots * (
+            _SHOT_BYTES + _SHOT_QUBIT_BYTES * entry.num_qubits
+        )
 
     def run_costs(self) -> costs.RunCosts:
         if self.braket_options.is_cloud:

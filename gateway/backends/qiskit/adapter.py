@@ -243,6 +243,10 @@ class CompiledCircuit:
     has_while_loop: bool = False
     # Measurements something acts on the qubit after (a branching simulator splits there).
     mid_circuit_measurements: int = 0
+    # What a branching simulator applies path by path: every measurement once it branches,
+    # and those of them that may split a path (fe.count_path_measurements).
+    path_measurements: int = 0
+    splitting_measurements: int = 0
 
     def __post_init__(self) -> None:
         # It may come from a compile worker taken over by hostile input (check_compiled_sizes).
@@ -256,8 +260,11 @@ class CompiledCircuit:
         )
         if self.num_clbits > MAX_COMPILED_CLBITS or type(self.ref) is not CircuitRef:
             raise ValueError("a compiled circuit past its bounds")
-        check_types("mid_circuit_measurements", (self.mid_circuit_measurements,), int)
-        if not 0 <= self.mid_circuit_measurements <= max(self.operations, 1):
+        counts = (self.mid_circuit_measurements, self.path_measurements)
+        check_types("mid_circuit_measurements", (*counts, self.splitting_measurements), int)
+        if not all(0 <= count <= max(self.operations, 1) for count in counts) or not (
+            0 <= self.splitting_measurements <= self.path_measurements
+        ):
             raise ValueError("a compiled circuit past its bounds")
         check_types("parameters", self.parameters, str)
         check_types("registers", self.registers, RegisterSpec)
@@ -356,6 +363,11 @@ class QiskitAdapter(BackendAdapter):
         """What running `bindings` bindings of `entry` (with `terms` distinct Pauli terms, an
         estimator's) holds in the worker beside its state: 0 unless the simulator keeps
         something per binding."""
+        return 0
+
+    def shots_memory(self, entry: CompiledCircuit, task: SamplerTask) -> int:
+        """What a sampler task's shots hold in the worker beside the state while it runs: 0
+        unless the simulator returns its shots in a form larger than their outcomes."""
         return 0
 
     def check_estimator(self, entry: CompiledCircuit, circuit_field: str) -> None:
@@ -530,6 +542,10 @@ class QiskitAdapter(BackendAdapter):
                 field,
                 feature="circuit_serialization",
             ) from None
+        mid_circuit_measurements = fe.count_mid_circuit_measurements(transpiled)
+        path_measurements, splitting_measurements = (
+            fe.count_path_measurements(transpiled) if mid_circuit_measurements else (0, 0)
+        )
         return CompiledCircuit(
             ref=ref,
             num_qubits=circuit.num_qubits,
@@ -546,7 +562,9 @@ class QiskitAdapter(BackendAdapter):
             operations=fe.count_operations(transpiled),
             amplitudes=amplitudes,
             has_while_loop=fe.has_while_loop(transpiled),
-            mid_circuit_measurements=fe.count_mid_circuit_measurements(transpiled),
+            mid_circuit_measurements=mid_circuit_measurements,
+            path_measurements=path_measurements,
+            splitting_measurements=splitting_measurements,
         )
 
     def run_costs(self) -> costs.RunCosts:
@@ -644,6 +662,7 @@ class QiskitAdapter(BackendAdapter):
                     pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost
                 )
                 beside_state = self.sweep_memory(entry, math.prod(bindings_shape), 0)
+                beside_state += self.shots_memory(entry, task)
             else:
                 task, size, beside_state = self._estimator_task(
                     pub, entry, values, bindings_shape, pub_seed, spec, base, circuit_field, cost

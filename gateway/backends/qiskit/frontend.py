@@ -1722,6 +1722,54 @@ def count_mid_circuit_measurements(circuit: QuantumCircuit) -> int:
     return count
 
 
+# Gates that leave every qubit's computational-basis populations as they were (a qubit whose
+# outcome was certain stays so), and gates that map basis states to basis states.
+_DIAGONAL = frozenset(
+    {"barrier", "delay", "id", "z", "s", "sdg", "t", "tdg", "rz", "p", "u1", "cz", "cp", "crz"}
+    | {"ccz", "rzz", "cs", "csdg"}
+)
+_PERMUTATIONS = frozenset({"x", "y", "cx", "cy", "ccx", "swap", "cswap"})
+
+
+def count_path_measurements(circuit: QuantumCircuit) -> tuple[int, int]:
+    """What a branching simulator (Braket's) does path by path: (measurements, splitting).
+
+    Once a circuit branches (count_mid_circuit_measurements > 0, the caller's to check) Braket
+    applies every measurement on every path then active, the ones it deferred before the
+    branch point included. `splitting`: those that may split a
+    path, because something acted on the measured qubit since its last measurement or reset
+    (from |0>, a measurement or a reset, its outcome is certain until a gate other than a
+    diagonal one, or a permutation of certain qubits, acts on it). Measurements inside control
+    flow are counted once each, as splitting, and leave their block's qubits uncertain.
+    """
+    measurements = splitting = 0
+    certain: set[object] = set(circuit.qubits)  # qubits in a basis state a measurement reads
+    for instruction in circuit.data:
+        op = instruction.operation
+        if isinstance(op, ControlFlowOp):
+            pending = list(op.blocks)
+            while pending:
+                for inner in pending.pop().data:
+                    if isinstance(inner.operation, ControlFlowOp):
+                        pending.extend(inner.operation.blocks)
+                    elif inner.operation.name == "measure":
+                        measurements += 1
+                        splitting += 1
+            certain.difference_update(instruction.qubits)
+        elif op.name == "measure":
+            measurements += 1
+            if instruction.qubits[0] not in certain:
+                splitting += 1
+            certain.add(instruction.qubits[0])
+        elif op.name == "reset":
+            certain.update(instruction.qubits)
+        elif op.name in _PERMUTATIONS and certain.issuperset(instruction.qubits):
+            pass  # a basis state in, a basis state out
+        elif op.name not in _DIAGONAL:
+            certain.difference_update(instruction.qubits)
+    return measurements, splitting
+
+
 def detect_features(circuit: QuantumCircuit) -> frozenset[CircuitFeature]:
     """Dynamic-circuit features the circuit uses.
 
