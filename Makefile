@@ -34,8 +34,12 @@ promtool:
 	@sh scripts/ensure_promtool.sh
 
 ## Run the whole test suite.
+# Two pytest processes (pytest-xdist), each taking whole modules (module fixtures start their
+# gateways once): most tests wait on gateway processes, so the CI machine's two cores were half
+# idle with one (15.6 -> 12.7 min). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(SYNCED) bytecode promtool
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 ## Regenerate clients/python/qgateway/v1 from protos/ (the result is committed).
 protos: $(SYNCED)
