@@ -1707,18 +1707,26 @@ def count_mid_circuit_measurements(circuit: QuantumCircuit) -> int:
     for instruction in reversed(circuit.data):
         op = instruction.operation
         if isinstance(op, ControlFlowOp):
-            pending = list(op.blocks)
-            while pending:
-                for inner in pending.pop().data:
-                    if isinstance(inner.operation, ControlFlowOp):
-                        pending.extend(inner.operation.blocks)
-                    elif inner.operation.name == "measure":
-                        count += 1
+            count += _block_measurements(op)
             branches_later = True
         elif op.name == "measure" and (branches_later or instruction.qubits[0] in later):
             count += 1
         if op.name != "barrier":
             later.update(instruction.qubits)
+    return count
+
+
+def _block_measurements(op: ControlFlowOp) -> int:
+    """The measurements in a control-flow operation's blocks, nested ones included, each block
+    counted once (a loop's iterations are not known here)."""
+    count = 0
+    pending = list(op.blocks)
+    while pending:
+        for inner in pending.pop().data:
+            if isinstance(inner.operation, ControlFlowOp):
+                pending.extend(inner.operation.blocks)
+            elif inner.operation.name == "measure":
+                count += 1
     return count
 
 
@@ -1747,14 +1755,9 @@ def count_path_measurements(circuit: QuantumCircuit) -> tuple[int, int]:
     for instruction in circuit.data:
         op = instruction.operation
         if isinstance(op, ControlFlowOp):
-            pending = list(op.blocks)
-            while pending:
-                for inner in pending.pop().data:
-                    if isinstance(inner.operation, ControlFlowOp):
-                        pending.extend(inner.operation.blocks)
-                    elif inner.operation.name == "measure":
-                        measurements += 1
-                        splitting += 1
+            inside = _block_measurements(op)
+            measurements += inside
+            splitting += inside
             certain.difference_update(instruction.qubits)
         elif op.name == "measure":
             measurements += 1
