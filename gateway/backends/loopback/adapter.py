@@ -281,7 +281,11 @@ class LoopbackAdapter(BackendAdapter):
         field = CIRCUIT_FIELD
         opts = self.loopback_options
         circuit = fe.parse_circuit(
-            source, self.context.circuit_limits, field, max_qubits=opts.num_qubits
+            source,
+            self.context.circuit_limits,
+            field,
+            max_qubits=opts.num_qubits,
+            native=self._target().operation_names,
         )
         features = fe.detect_features(circuit)
         fe.check_features(features, _SUPPORTED_FEATURES, field)

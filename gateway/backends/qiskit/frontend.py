@@ -80,7 +80,15 @@ from qiskit.circuit import (
     WhileLoopOp,
 )
 from qiskit.circuit.classical import expr
-from qiskit.circuit.library import UnitaryGate, get_standard_gate_name_mapping
+from qiskit.circuit.library import (
+    DiagonalGate,
+    HamiltonianGate,
+    Isometry,
+    StatePreparation,
+    UCGate,
+    UnitaryGate,
+    get_standard_gate_name_mapping,
+)
 from qiskit_qasm3_import import ConversionError
 from qiskit_qasm3_import.converter import ConvertVisitor
 from qiskit_qasm3_import.data import Scope, Symbol
@@ -156,6 +164,13 @@ MAX_DEFINITION_DEPTH = 64
 _MAX_POW_QUBITS = 4
 # Controlling a user gate re-synthesises every operation of its definition.
 _CTRL_WORK_FACTOR = 16
+# A gate given by its matrix or vector, which a target without it natively has synthesised
+# into basis gates, counts this many operations per entry (an upper bound of what Qiskit makes:
+# ~1.2·4^k gates for a dense k-qubit unitary, ~2·2^k for a state preparation or a diagonal).
+# Synthesis is compile work (a 7-qubit unitary: 19076 gates, 4.5-6 s of CPU on Braket's and
+# PennyLane's targets), so it counts against max_definition_operations too.
+SYNTHESIS_OPERATIONS_PER_ENTRY = 2
+_MATRIX_GATES = (UnitaryGate, HamiltonianGate, Isometry, UCGate, StatePreparation, DiagonalGate)
 # Aer's MPS bookkeeping beyond the tensors themselves.
 MPS_OVERHEAD_BYTES = 1 << 20
 _MAX_MESSAGE_CHARS = 300
@@ -901,6 +916,7 @@ def parse_circuit(
     field: str,
     *,
     max_qubits: int | None = None,
+    native: Collection[str] | None = None,
 ) -> QuantumCircuit:
     """Parses client source into a circuit, enforcing size, include and time limits.
 
@@ -913,6 +929,8 @@ def parse_circuit(
         limits: Source size, declared bits, operation count and parse time limits.
         field: Request field to name in errors, e.g. "spec.pubs[0].sampler.circuit.qasm3".
         max_qubits: Refuse (TOO_MANY_QUBITS) before importing when the program declares more.
+        native: The operation names of the target it will be transpiled to: a matrix gate
+            outside them counts as what synthesising it makes (check_operation_count).
 
     Raises:
         InvalidArgument: CIRCUIT_TOO_LARGE, INCLUDE_NOT_ALLOWED, INVALID_QASM, UNKNOWN_GATE,
@@ -923,7 +941,9 @@ def parse_circuit(
         # Imported on first use: QPY is an extra, and the reader imports this module.
         from gateway.backends.qiskit import qpy_reader
 
-        return qpy_reader.load_circuit(source.data, limits, field, max_qubits=max_qubits)
+        return qpy_reader.load_circuit(
+            source.data, limits, field, max_qubits=max_qubits, native=native
+        )
     text = source.text
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.max_source_bytes:
@@ -974,7 +994,7 @@ def parse_circuit(
 
     if max_qubits is not None:
         check_qubit_count(circuit, max_qubits, field)
-    check_operation_count(circuit, limits, field)
+    check_operation_count(circuit, limits, field, native=native)
     check_finite_parameters(circuit, field)
     return circuit
 
@@ -1478,12 +1498,16 @@ class OperationCount:
     in_definitions: int
 
 
-def tally_operations(circuit: QuantumCircuit, cap: int | None = None) -> OperationCount:
+def tally_operations(
+    circuit: QuantumCircuit, cap: int | None = None, *, native: Collection[str] | None = None
+) -> OperationCount:
     """Counts operations as if every gate definition were unrolled, without unrolling.
 
     Each distinct gate definition is counted once (memoised), so exponentially nested
     definitions cost linear time. Counting stops early once `total` exceeds `cap` (both numbers
-    are then lower bounds).
+    are then lower bounds). With `native`, the operation names of the target the circuit will
+    be transpiled to, a matrix or vector gate the target lacks counts as its synthesis
+    (`synthesis_size`), in `in_definitions` too; without it, as Aer runs it.
 
     Raises:
         RecursionError: if definitions nest deeper than Python's recursion limit (parse_circuit
@@ -1516,7 +1540,11 @@ def tally_operations(circuit: QuantumCircuit, cap: int | None = None) -> Operati
                     count = 1 + max((t for t, _ in inner), default=0)
                 total += count
                 inside += sum(u for _, u in inner)
-            elif isinstance(op, UnitaryGate):
+            elif (synthesised := synthesis_size(op, native)) is not None:
+                total += synthesised
+                inside += synthesised
+            elif isinstance(op, UnitaryGate | HamiltonianGate):
+                # A HamiltonianGate is defined as one UnitaryGate.
                 total += unitary_steps(op.num_qubits)
             elif _is_atomic(op):
                 total += 1
@@ -1539,13 +1567,34 @@ def unitary_steps(qubits: int) -> int:
     return 1 if qubits <= 2 else 1 << (qubits - 1)
 
 
+def synthesis_size(op: Operation, native: Collection[str] | None) -> int | None:
+    """Operations the transpiler synthesises a matrix or vector gate into on a target whose
+    operations are `native`, bounded above: SYNTHESIS_OPERATIONS_PER_ENTRY per entry of its
+    matrix or vector. None for any other gate, for one the target runs as it is, and without a
+    target. A controlled matrix gate is counted through its definition (QPY carries it)."""
+    if native is None or not isinstance(op, _MATRIX_GATES) or op.name in native:
+        return None
+    if isinstance(op, HamiltonianGate) and "unitary" in native:
+        return None  # its definition, one UnitaryGate, runs as it is
+    entries = sum(int(np.size(p)) if isinstance(p, np.ndarray | list) else 1 for p in op.params)
+    return SYNTHESIS_OPERATIONS_PER_ENTRY * max(entries, int(op.num_qubits))
+
+
 def count_operations(circuit: QuantumCircuit, cap: int | None = None) -> int:
     """`tally_operations(circuit, cap).total`: every operation, definitions unrolled."""
     return tally_operations(circuit, cap).total
 
 
-def check_operation_count(circuit: QuantumCircuit, limits: CircuitLimits, field: str) -> int:
-    """Returns the unrolled operation count.
+def check_operation_count(
+    circuit: QuantumCircuit,
+    limits: CircuitLimits,
+    field: str,
+    *,
+    native: Collection[str] | None = None,
+) -> int:
+    """Returns the unrolled operation count; matrix gates that the target with operations
+    `native` must synthesise count as their synthesis (see `tally_operations`), so a circuit
+    whose synthesis would take seconds is refused before any.
 
     Raises:
         InvalidArgument: CIRCUIT_TOO_LARGE above limits.max_operations; CIRCUIT_TOO_COMPLEX when
@@ -1555,7 +1604,7 @@ def check_operation_count(circuit: QuantumCircuit, limits: CircuitLimits, field:
     """
     _check_definitions(circuit, field)
     try:
-        count = tally_operations(circuit, cap=limits.max_operations)
+        count = tally_operations(circuit, cap=limits.max_operations, native=native)
     except RecursionError:
         raise invalid("CIRCUIT_TOO_COMPLEX", "gate definitions nest too deeply", field) from None
     # The size of what would run is the better answer, so it is checked first.
@@ -2059,8 +2108,12 @@ def settle_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
             new = op.copy()
             new.params = params
             return new
-        definition = _settable_definition(op) if isinstance(op, Gate) else None
-        if definition is None or _is_atomic(op):
+        # Atomic first: reading a UnitaryGate's (or a library gate's) definition synthesises it,
+        # which took 7 s of CPU for one 7-qubit unitary, on Aer too (it runs `unitary` as it is).
+        if not isinstance(op, Gate) or _is_atomic(op):
+            return op
+        definition = _settable_definition(op)
+        if definition is None:
             return op
         key = id(op)
         if key not in memo:

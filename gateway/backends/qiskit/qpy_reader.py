@@ -30,7 +30,7 @@ import io
 import re
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -362,7 +362,12 @@ def _not_unitary(name: str, field: str) -> InvalidArgument:
 
 
 def load_circuit(
-    data: bytes, limits: CircuitLimits, field: str, *, max_qubits: int | None = None
+    data: bytes,
+    limits: CircuitLimits,
+    field: str,
+    *,
+    max_qubits: int | None = None,
+    native: Collection[str] | None = None,
 ) -> QuantumCircuit:
     """One circuit from a client's QPY payload, checked like a parsed OpenQASM program.
 
@@ -393,7 +398,7 @@ def load_circuit(
     check_operations(circuit, field)
     if max_qubits is not None:
         fe.check_qubit_count(circuit, max_qubits, field)
-    fe.check_operation_count(circuit, limits, field)
+    fe.check_operation_count(circuit, limits, field, native=native)
     fe.check_finite_parameters(circuit, field)
     return circuit
 
