@@ -8,11 +8,15 @@ compared with hard-coded bitstrings (never with another run of the same SDK path
 
 Findings: (1) a `switch` (dumps writes `int switch_dummy; switch_dummy = c; switch
 (switch_dummy) {...}`) was refused UNSUPPORTED_FEATURE ("declarations of type 'int'"); (2) an
-expression condition `if (c[0] && c[1])` ("unhandled binary operator '&&'") and a classical
-`bool` variable ("declarations of type 'bool'"), still refused (strict xfail); (3) gate angles
+expression condition `if (c[0] && c[1])` ("unhandled binary operator '&&'"), and `||`, `!`,
+`!=`, `<`, `&`, ... on bits and registers (read now as `expr` conditions); a classical `bool`
+variable ("declarations of type 'bool'") is still refused, as QPY refuses it, because Aer cannot
+run one (strict xfail, a documented limit); (3) gate angles
 written with functions of a parameter (`exp`, `log`, `sin`, ...) or `**`; (4) the limit on
 OpenQASM 3 statements counted semicolons only, so empty blocks (`if (c) {}`, `case 0 {}`) were
-parsed at ~0.25 ms each, up to the source limit, before any refusal.
+parsed at ~0.25 ms each, up to the source limit, before any refusal; (5) a register read as a
+bool in an expression condition (`expr.logic_and(c, True)`, `expr.logic_not(c)`, a cast), sent
+as QPY, took the wrong branch on Aer, which evaluates that cast inverted.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, Sa
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobOptions, JobSpec, SamplerResult
 from tests.adapters import adapter_context, prepare_in_process
+from tests.targets import qpy_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,13 +55,17 @@ def aer() -> AerAdapter:
 
 
 def _run(
-    adapter: AerAdapter, text: str, names: tuple[str, ...] = (), values: list[float] | None = None
+    adapter: AerAdapter,
+    text: str | CircuitSource,
+    names: tuple[str, ...] = (),
+    values: list[float] | None = None,
 ) -> Counter[str]:
-    """Counts of the 3-bit register `r` (bitstring, r[2] first)."""
+    """Counts of the 3-bit register `r` (bitstring, r[2] first); `text` is OpenQASM 3."""
     bindings = (
         Bindings() if values is None else Bindings(names, (), np.array(values, dtype=np.float64))
     )
-    pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, text), bindings=bindings, shots=SHOTS)
+    source = CircuitSource(CircuitLanguage.QASM3, text) if isinstance(text, str) else text
+    pub = SamplerPub(source, bindings=bindings, shots=SHOTS)
     spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
     prepared = prepare_in_process(adapter, spec, 7)
     result = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs[0]
@@ -199,11 +208,7 @@ def test_deeply_nested_switches_are_refused_as_too_complex() -> None:
 # ----------------------------------------------------------------- (2) expression conditions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='the OpenQASM 3 importer refuses `&&` in a condition ("unhandled binary operator")',
-)
-def test_logic_and_condition_written_by_dumps_runs(aer: AerAdapter) -> None:
+def _logic_and_circuit() -> QuantumCircuit:
     q, c, r = QuantumRegister(3, "q"), ClassicalRegister(2, "c"), ClassicalRegister(3, "r")
     circuit = QuantumCircuit(q, c, r)
     circuit.x([0, 1])
@@ -211,7 +216,154 @@ def test_logic_and_condition_written_by_dumps_runs(aer: AerAdapter) -> None:
     with circuit.if_test(expr.logic_and(c[0], c[1])):
         circuit.x(2)
     circuit.measure(q, r)
-    assert _run(aer, qiskit.qasm3.dumps(circuit)) == Counter({"111": SHOTS})
+    return circuit
+
+
+def test_logic_and_condition_written_by_dumps_runs(aer: AerAdapter) -> None:
+    text = qiskit.qasm3.dumps(_logic_and_circuit())
+    assert "if (c[0] && c[1])" in text  # the form under test
+    assert _run(aer, text) == Counter({"111": SHOTS})
+
+
+def test_logic_and_condition_runs_the_same_as_qpy(aer: AerAdapter) -> None:
+    # QPY carried expression conditions before: both formats now agree on the circuit.
+    source = CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(_logic_and_circuit()))
+    assert _run(aer, source) == Counter({"111": SHOTS})
+
+
+Condition = Callable[[ClassicalRegister], expr.Expr]
+
+# (condition on the 2-bit register c, the value c holds, whether the branch is taken); each
+# is a form the importer refused before ("unhandled binary operator", "only '==' is supported
+# in register comparisons", "conditions must be ...").
+_CONDITIONS: list[tuple[str, Condition, int, bool]] = [
+    ("or", lambda c: expr.logic_or(c[1], c[0]), 1, True),
+    ("or-false", lambda c: expr.logic_or(c[1], expr.logic_not(c[0])), 1, False),
+    ("not-and", lambda c: expr.logic_not(expr.logic_and(c[0], c[1])), 1, True),
+    ("not-equal-register", lambda c: expr.not_equal(c, 1), 1, False),
+    ("not-equal-register-true", lambda c: expr.not_equal(c, 1), 2, True),
+    ("less", lambda c: expr.less(c, 2), 1, True),
+    ("less-false", lambda c: expr.less(c, 2), 2, False),
+    ("less-equal", lambda c: expr.less_equal(c, 0), 1, False),
+    ("greater", lambda c: expr.greater(c, 1), 2, True),
+    ("greater-equal", lambda c: expr.greater_equal(c, 2), 1, False),
+    ("bit-and", lambda c: expr.equal(expr.bit_and(c, 2), 0), 1, True),
+    ("bit-or", lambda c: expr.equal(expr.bit_or(c, 2), 3), 1, True),
+    ("bit-xor", lambda c: expr.equal(expr.bit_xor(c, 3), 2), 1, True),
+    ("bit-not-register", lambda c: expr.equal(expr.bit_not(c), 2), 1, True),
+    ("bits-differ", lambda c: expr.not_equal(c[0], c[1]), 1, True),
+    ("bits-and", lambda c: expr.bit_and(c[0], c[1]), 1, False),
+    # A register read as a bool is `c != 0` (Aer inverts Qiskit's cast of one: see below).
+    ("register-as-bool", lambda c: expr.logic_and(c, True), 2, True),
+    ("register-as-bool-false", lambda c: expr.logic_or(c, False), 0, False),
+    ("not-register", lambda c: expr.logic_not(c), 0, True),
+    ("not-register-false", lambda c: expr.logic_not(c), 3, False),
+    ("explicit-cast", lambda c: expr.cast(c, types.Bool()), 1, True),
+    ("explicit-cast-false", lambda c: expr.cast(c, types.Bool()), 0, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("condition", "prepared", "taken"),
+    [case[1:] for case in _CONDITIONS],
+    ids=[case[0] for case in _CONDITIONS],
+)
+def test_expression_conditions_written_by_dumps_run(
+    aer: AerAdapter, condition: Condition, prepared: int, taken: bool
+) -> None:
+    # c holds `prepared`; the branch flips q[2], the else branch q[1].
+    q, c, r = QuantumRegister(3, "q"), ClassicalRegister(2, "c"), ClassicalRegister(3, "r")
+    circuit = QuantumCircuit(q, c, r)
+    for bit in range(2):
+        if prepared >> bit & 1:
+            circuit.x(bit)
+    circuit.measure([0, 1], c)
+    circuit.reset([0, 1])
+    with circuit.if_test(condition(c)) as else_:
+        circuit.x(2)
+    with else_:
+        circuit.x(1)
+    circuit.measure(q, r)
+    assert _run(aer, qiskit.qasm3.dumps(circuit)) == Counter({"100" if taken else "010": SHOTS})
+
+
+@pytest.mark.parametrize(
+    ("condition", "prepared", "taken"),
+    [
+        (lambda c: expr.logic_and(c, True), 2, True),
+        (lambda c: expr.logic_and(c, True), 0, False),
+        (lambda c: expr.logic_not(c), 0, True),
+        (lambda c: expr.logic_not(expr.bit_and(c, 2)), 1, True),
+        (lambda c: expr.cast(c, types.Bool()), 3, True),
+    ],
+    ids=["and", "and-zero", "not", "not-of-bit-and", "cast"],
+)
+def test_register_read_as_bool_in_qpy_runs_right(
+    aer: AerAdapter, condition: Condition, prepared: int, taken: bool
+) -> None:
+    # Finding: Aer (0.18) evaluates Qiskit's cast of an unsigned integer to bool inverted (true
+    # exactly when it is 0), so a QPY `if_test(expr.logic_and(c, True))` took the other branch.
+    # The front end now writes such casts `c != 0` before Aer sees them.
+    q, c, r = QuantumRegister(3, "q"), ClassicalRegister(2, "c"), ClassicalRegister(3, "r")
+    circuit = QuantumCircuit(q, c, r)
+    for bit in range(2):
+        if prepared >> bit & 1:
+            circuit.x(bit)
+    circuit.measure([0, 1], c)
+    circuit.reset([0, 1])
+    with circuit.if_test(condition(c)) as else_:
+        circuit.x(2)
+    with else_:
+        circuit.x(1)
+    circuit.measure(q, r)
+    source = CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
+    assert _run(aer, source) == Counter({"100" if taken else "010": SHOTS})
+
+
+def test_while_loop_on_an_expression_written_by_dumps_runs(aer: AerAdapter) -> None:
+    # c = 1: `!c[1] && c < 3` holds once; the body sets c[1] (and q[1]), ending the loop.
+    q, c, r = QuantumRegister(3, "q"), ClassicalRegister(2, "c"), ClassicalRegister(3, "r")
+    circuit = QuantumCircuit(q, c, r)
+    circuit.x(0)
+    circuit.measure([0, 1], c)
+    with circuit.while_loop(expr.logic_and(expr.logic_not(c[1]), expr.less(c, 3))):
+        circuit.x(1)
+        circuit.measure(1, c[1])
+    circuit.measure(q, r)
+    text = qiskit.qasm3.dumps(circuit)
+    assert "while (!c[1] && c < 3)" in text
+    assert _run(aer, text) == Counter({"011": SHOTS})
+
+
+@pytest.mark.parametrize(
+    ("condition", "reason"),
+    [
+        ("c[0] && c[1] + 1 == 2", "UNSUPPORTED_FEATURE"),  # arithmetic on registers
+        ("c << 1 == 2", "UNSUPPORTED_FEATURE"),  # shifts: not among the condition operators
+        ("c[0] && c == 18446744073709551616", "UNSUPPORTED_FEATURE"),  # past 64 bits
+        ("c[0] && theta", "UNSUPPORTED_FEATURE"),  # a float parameter
+        ("c[0] && d", "INVALID_QASM"),  # undefined
+        ("c[0] < 1", "INVALID_QASM"),  # Qiskit's typing: a bit is no number
+    ],
+)
+def test_unsupported_conditions_are_refused_specifically(condition: str, reason: str) -> None:
+    text = _STD + f"input float theta; qubit q; bit[2] c; if ({condition}) {{ x q; }}"
+    refusal = _refusal(text)
+    assert refusal.reason == reason, refusal.message
+
+
+def test_condition_operators_count_against_the_operation_limit() -> None:
+    # Aer evaluates every operator each time the condition is tested: they are operations.
+    # Balanced (a chain this long is refused as nested too deeply already): 511 operators.
+    condition = "c[0]"
+    for _ in range(9):
+        condition = f"({condition}) || ({condition})"
+    text = _STD + f"qubit q; bit[2] c; if ({condition}) {{ x q; }}"
+    with pytest.raises(InvalidArgument) as info:
+        parse_circuit(
+            CircuitSource(CircuitLanguage.QASM3, text), CircuitLimits(max_operations=300), "f"
+        )
+    assert info.value.reason == "CIRCUIT_TOO_LARGE", info.value.message
 
 
 def test_equal_and_bit_not_conditions_written_by_dumps_run(aer: AerAdapter) -> None:
@@ -230,18 +382,39 @@ def test_equal_and_bit_not_conditions_written_by_dumps_run(aer: AerAdapter) -> N
     assert _run(aer, qiskit.qasm3.dumps(circuit)) == Counter({"111": SHOTS})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OpenQASM 3 importer refuses classical `bool` declarations (a Qiskit Var)",
-)
-def test_bool_variable_condition_written_by_dumps_runs(aer: AerAdapter) -> None:
+def _bool_variable_circuit() -> QuantumCircuit:
     q, r = QuantumRegister(3, "q"), ClassicalRegister(3, "r")
     circuit = QuantumCircuit(q, r)
     flag = circuit.add_var(expr.Var.new("flag", types.Bool()), expr.lift(True))
     with circuit.if_test(flag):
         circuit.x(2)
     circuit.measure(q, r)
-    assert _run(aer, qiskit.qasm3.dumps(circuit)) == Counter({"100": SHOTS})
+    return circuit
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="classical variables (a Qiskit Var, `bool flag;`) are refused in every format: Aer "
+    "(0.18) cannot run them (a documented limit)",
+)
+def test_bool_variable_condition_written_by_dumps_runs(aer: AerAdapter) -> None:
+    assert _run(aer, qiskit.qasm3.dumps(_bool_variable_circuit())) == Counter({"100": SHOTS})
+
+
+@pytest.mark.parametrize("language", [CircuitLanguage.QASM3, CircuitLanguage.QPY])
+def test_bool_variables_are_refused_alike_in_both_formats(language: CircuitLanguage) -> None:
+    # Aer fails to assemble a circuit with a bool Var (and aborts the process on a uint one):
+    # refused by name, the same way whichever format carries it.
+    circuit = _bool_variable_circuit()
+    if language is CircuitLanguage.QPY:
+        source = CircuitSource(language, data=qpy_bytes(circuit))
+    else:
+        source = CircuitSource(language, qiskit.qasm3.dumps(circuit))
+    with pytest.raises(InvalidArgument) as info:
+        parse_circuit(source, CircuitLimits(), "f")
+    assert info.value.reason == "UNSUPPORTED_FEATURE", info.value.message
+    assert info.value.metadata == {"feature": "classical_variables"}
+    assert "classical variables" in info.value.message
 
 
 # ----------------------------------------------------------------- (3) parameter expressions

@@ -80,6 +80,8 @@ from qiskit.circuit import (
     WhileLoopOp,
 )
 from qiskit.circuit.classical import expr
+from qiskit.circuit.classical import types as expr_types
+from qiskit.circuit.exceptions import CircuitError
 from qiskit.circuit.library import (
     DiagonalGate,
     HamiltonianGate,
@@ -822,14 +824,147 @@ class _Qasm3Values(ValueResolver):
         return lhs**rhs, q3types.Float(lhs_kind.const and rhs_kind.const)
 
 
+# The operators `qasm3.dumps` writes for a condition built of `qiskit.circuit.classical.expr`
+# (`if (c[0] && c[1])`, `if (c < 2)`, `while ((c ^ d) == 3)`), and the expr function for each.
+_CONDITION_BINARY: Mapping[str, Callable[[Any, Any], expr.Expr]] = {
+    "&&": expr.logic_and,
+    "||": expr.logic_or,
+    "==": expr.equal,
+    "!=": expr.not_equal,
+    "<": expr.less,
+    "<=": expr.less_equal,
+    ">": expr.greater,
+    ">=": expr.greater_equal,
+    "&": expr.bit_and,
+    "|": expr.bit_or,
+    "^": expr.bit_xor,
+}
+_CONDITION_UNARY: Mapping[str, Callable[[Any], expr.Expr]] = {
+    "!": expr.logic_not,
+    "~": expr.bit_not,
+}
+# Aer evaluates expressions on 64-bit words: a wider constant or register is refused rather
+# than compared wrongly.
+_MAX_CONDITION_BITS = 64
+
+
+class _Qasm3Condition:
+    """A condition the importer cannot read into its `(bit, bool)` / `(register, int)` form, as
+    a `qiskit.circuit.classical.expr` expression (which IfElseOp and WhileLoopOp take): bits,
+    registers, const bools and non-negative ints joined by `_CONDITION_BINARY` and
+    `_CONDITION_UNARY`. Its operators are counted as operations by `_Qasm3Cost`."""
+
+    def __init__(self, context: State) -> None:
+        self._context = context
+        self._values = _Qasm3Values(context, strict=True)
+
+    def resolve(self, node: q3ast.Expression) -> expr.Expr:
+        return expr.lift(self._as_bool(node, self._operand(node)))
+
+    def _as_bool(self, node: q3ast.QASMNode, value: Any) -> Any:
+        """OpenQASM reads an integer as a bool by "not zero". Said as `!= 0`, never as Qiskit's
+        cast to bool (what `expr.logic_and(c, ...)` builds): Aer (0.18) evaluates that cast of
+        a register inverted, `if (c && true)` taken exactly when c == 0."""
+        if isinstance(value, bool | Clbit):
+            return value
+        if isinstance(value, int):
+            return value != 0
+        if isinstance(value, expr.Expr) and value.type.kind is expr_types.Bool:
+            return value
+        return self._build(node, expr.not_equal, value, 0)
+
+    def _operand(self, node: q3ast.Expression) -> Any:
+        if isinstance(node, q3ast.BinaryExpression):
+            binary = _CONDITION_BINARY.get(node.op.name)
+            if binary is None:
+                raise_from_node(
+                    node, f"the operator '{node.op.name}' is not supported in conditions"
+                )
+            lhs, rhs = self._operand(node.lhs), self._operand(node.rhs)
+            if node.op.name in ("&&", "||"):
+                lhs, rhs = self._as_bool(node.lhs, lhs), self._as_bool(node.rhs, rhs)
+            return self._build(node, binary, lhs, rhs)
+        if isinstance(node, q3ast.UnaryExpression) and node.op.name in _CONDITION_UNARY:
+            operand = self._operand(node.expression)
+            if node.op.name == "!":
+                operand = self._as_bool(node.expression, operand)
+            return self._build(node, _CONDITION_UNARY[node.op.name], operand)
+        if isinstance(node, q3ast.Cast) and isinstance(node.type, q3ast.BoolType):
+            # `bool(c)`: dumps of an explicit `expr.cast(c, Bool())`.
+            return self._as_bool(node.argument, self._operand(node.argument))
+        value, kind = self._values.visit(node)
+        if isinstance(kind, q3types.Bit):
+            return value
+        if isinstance(kind, q3types.BitArray):
+            if len(value) > _MAX_CONDITION_BITS:
+                raise_from_node(
+                    node,
+                    f"registers wider than {_MAX_CONDITION_BITS} bits are not supported in "
+                    "condition expressions",
+                )
+            if isinstance(value, ClassicalRegister):
+                return value
+            # A slice: Qiskit compares registers, as the importer's own conditions do.
+            name = self._context.unique_name()  # type: ignore[no-untyped-call]
+            register = ClassicalRegister(name=name, bits=value)
+            self._context.circuit.add_register(register)
+            symbol = Symbol(name, register, q3types.BitArray(len(register)), Scope.NONE)
+            self._context.symbol_table.insert(symbol)  # type: ignore[no-untyped-call]
+            return register
+        if isinstance(kind, q3types.Bool) and kind.const:
+            return bool(value)
+        if isinstance(kind, q3types.Int | q3types.Uint) and kind.const and isinstance(value, int):
+            if not 0 <= value < 1 << _MAX_CONDITION_BITS:
+                raise_from_node(
+                    node,
+                    f"integers outside 0 .. 2^{_MAX_CONDITION_BITS} - 1 are not supported in "
+                    "condition expressions",
+                )
+            return value
+        raise_from_node(node, f"'{kind.pretty()}' values are not supported in conditions")
+
+    def _build(
+        self, node: q3ast.QASMNode, build: Callable[..., expr.Expr], *operands: Any
+    ) -> expr.Expr:
+        try:
+            return build(*operands)
+        except (TypeError, ValueError, CircuitError) as exc:
+            # Qiskit's typing of the operands (`bit c; if (c == 2)`), as the importer's own
+            # conditions refused them: the program's error (INVALID_QASM).
+            raise_from_node(node, f"the operands' types do not fit the operator: {exc}")
+
+
 class _Qasm3Converter(ConvertVisitor):
-    """The OpenQASM 3 importer, with `switch` on a bit or bit register (a SwitchCaseOp) and the
-    expressions of `_Qasm3Values`."""
+    """The OpenQASM 3 importer, with `switch` on a bit or bit register (a SwitchCaseOp), the
+    expressions of `_Qasm3Values` and conditions of `_Qasm3Condition`."""
 
     def _resolve_generic(
         self, node: q3ast.Expression, context: State, strict: bool
     ) -> tuple[Any, Any]:
         return _Qasm3Values(context, strict).resolve(node)
+
+    def _resolve_condition(self, node: q3ast.Expression, context: State) -> Any:
+        # The importer's own forms stay (bit, bool) / (register, int) conditions, which every
+        # backend and `settle_unreachable_conditions` read; anything else it refuses (`&&`,
+        # `<`, `c != 1`, `(c & 1) == 1`) becomes an expression.
+        try:
+            return super()._resolve_condition(node, context)
+        except ConversionError:
+            return _Qasm3Condition(context).resolve(node)
+
+    def visit_ClassicalDeclaration(self, node: q3ast.ClassicalDeclaration, context: State) -> State:
+        if not isinstance(node.type, q3ast.BitType):
+            # A Qiskit Var (`qc.add_var`, written `bool flag;`): Aer cannot run a circuit that
+            # has one (qiskit-aer 0.18 fails to assemble a bool Var, and aborts the process on
+            # a uint one), and QPY is refused them too.
+            type_name = type(node.type).__name__.removesuffix("Type").lower()
+            raise_from_node(
+                node,
+                f"classical variables (declarations of type '{type_name}') are not supported; "
+                "use bit registers",
+            )
+        visited: State = super().visit_ClassicalDeclaration(node, context)
+        return visited
 
     def visit_SwitchStatement(self, node: q3ast.SwitchStatement, context: State) -> State:
         target, kind = self._resolve_generic(node.target, context, strict=True)
@@ -873,6 +1008,12 @@ class _Qasm3Converter(ConvertVisitor):
         return context
 
 
+def _operators(node: q3ast.Expression) -> int:
+    """The binary and unary operators in an expression (`c[0] && !c[1]`: 2)."""
+    kinds = q3ast.BinaryExpression | q3ast.UnaryExpression
+    return sum(1 for inner in _walk(node) if isinstance(inner, kinds))
+
+
 def _walk(root: q3ast.QASMNode) -> Iterator[q3ast.QASMNode]:
     pending = [root]
     while pending:
@@ -901,11 +1042,17 @@ def _map_conversion_error(message: str, field: str) -> InvalidArgument:
         readable = f"line {position[1]}, column {position[2]}: {message[position.end() :]}"
     if _QASM3_UNSUPPORTED.search(message):
         node = _QASM3_UNSUPPORTED_NODE.search(message)
+        if node is not None:
+            feature = node[1]
+        elif "classical variables" in message:
+            feature = "classical_variables"  # as QPY's refusal of them names it
+        else:
+            feature = "openqasm3_construct"
         return invalid(
             "UNSUPPORTED_FEATURE",
             _clip(f"OpenQASM 3 construct not supported: {readable}"),
             field,
-            feature=node[1] if node is not None else "openqasm3_construct",
+            feature=feature,
         )
     return invalid("INVALID_QASM", _clip(f"OpenQASM 3 program rejected: {readable}"), field)
 
@@ -1388,7 +1535,9 @@ class _Qasm3Cost:
                 # costs a step per iteration even with an empty body.
                 o = max(o, 1) * _loop_iterations(node)
             elif isinstance(node, q3ast.Expression):
-                continue  # expressions hold no gate calls
+                # No gate calls; a condition's operators are evaluated (each an expression
+                # node Aer walks) every time it is tested.
+                o, w, d, i = _operators(node), 0, 0, 0
             else:
                 o, w, d, i = self.block(_children(node))
             ops += o
@@ -1924,7 +2073,9 @@ def check_control_flow_supported(
 
 def settle_unreachable_conditions(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
     """`circuit`, its `if`/`while` conditions that compare a register or bit with a value it
-    cannot hold (`if (c == 3)` on a one-bit `c`) made a literal false, in every block.
+    cannot hold (`if (c == 3)` on a one-bit `c`) made a literal false, and casts of integers
+    to bool in its expression conditions written `!= 0` (`_without_integer_casts`), in every
+    block.
 
     OpenQASM 2 and 3 compare the register's integer value: never equal, so the branch is never
     taken. Aer compares the value cut to the register's width (3 read as 1) and took it, or
@@ -1953,14 +2104,16 @@ def _settled(circuit: QuantumCircuit) -> QuantumCircuit | None:
             continue
         blocks = list(op.blocks)
         inner = [_settled(block) for block in blocks]
-        never = isinstance(op, IfElseOp | WhileLoopOp) and _unreachable(op.condition)
-        if not never and all(block is None for block in inner):
+        condition = None
+        if isinstance(op, IfElseOp | WhileLoopOp):
+            condition = _settled_condition(op.condition)
+        if condition is None and all(block is None for block in inner):
             continue
         settled = op.replace_blocks(
             [old if new is None else new for old, new in zip(blocks, inner, strict=True)]
         )
-        if never:
-            settled.condition = expr.lift(False)
+        if condition is not None:
+            settled.condition = condition
         replaced[index] = instruction.replace(operation=settled)
     return _with_replaced(circuit, replaced) if replaced else None
 
@@ -1974,6 +2127,45 @@ def _with_replaced(
     for index, instruction in enumerate(circuit.data):
         out._append(replaced.get(index, instruction))
     return out
+
+
+def _settled_condition(condition: object) -> expr.Expr | None:
+    """What `condition` becomes (None: it stays as it is)."""
+    if _unreachable(condition):
+        return expr.lift(False)
+    if isinstance(condition, expr.Expr):
+        rewritten, changed = _without_integer_casts(condition)
+        return rewritten if changed else None
+    return None
+
+
+def _without_integer_casts(node: expr.Expr) -> tuple[expr.Expr, bool]:
+    """`node` with every cast of an unsigned integer to bool written `!= 0`, and whether there
+    was one. Aer (0.18) evaluates that cast inverted: `if (c && true)`, `expr.logic_not(c)`
+    (both cast the register `c`) were taken exactly when they should not be."""
+    if isinstance(node, expr.Cast):
+        operand, changed = _without_integer_casts(node.operand)
+        if node.type.kind is expr_types.Bool and operand.type.kind is expr_types.Uint:
+            return expr.not_equal(operand, 0), True
+        if changed:
+            return expr.Cast(operand, node.type, implicit=node.implicit), True
+        return node, False
+    if isinstance(node, expr.Unary):
+        operand, changed = _without_integer_casts(node.operand)
+        return (expr.Unary(node.op, operand, node.type), True) if changed else (node, False)
+    if isinstance(node, expr.Binary):
+        left, left_changed = _without_integer_casts(node.left)
+        right, right_changed = _without_integer_casts(node.right)
+        if left_changed or right_changed:
+            return expr.Binary(node.op, left, right, node.type), True
+        return node, False
+    if isinstance(node, expr.Index):
+        target, target_changed = _without_integer_casts(node.target)
+        index, index_changed = _without_integer_casts(node.index)
+        if target_changed or index_changed:
+            return expr.Index(target, index, node.type), True
+        return node, False
+    return node, False
 
 
 def _unreachable(condition: object) -> bool:
