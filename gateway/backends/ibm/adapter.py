@@ -58,6 +58,7 @@ from gateway.backends.qiskit.adapter import (
     Term,
     _layout_of,
     _physical_term,
+    _raised_binding,
     result_builder,
 )
 from gateway.backends.qiskit.fakes import fake_backend
@@ -663,6 +664,16 @@ def _call(run: Any) -> Any:
         raise
     except Exception as exc:  # the runtime, samplomatic and Aer raise many types
         message = f"{type(exc).__name__}: {exc}"[:500]
+        if _raised_binding(exc):
+            # Aer binding the client's values (1/theta at 0, sqrt(theta) at theta < 0,
+            # asin(theta) at theta > 1): NON_FINITE_ANGLE as on every other backend, not an
+            # SDK_ERROR (EXECUTION_FAILED is INTERNAL, "resubmit").
+            raise ExecutionError(
+                "NON_FINITE_ANGLE",
+                f"the parameter values make a gate angle infinite, NaN or complex ({message}); "
+                "check the bindings against the circuit's angle expressions",
+                kind=FailureKind.CLIENT_ERROR,
+            ) from None
         lowered = message.lower()
         if "insufficient memory" in lowered or "greater than max" in lowered:
             raise ExecutionError("OUT_OF_MEMORY", message, kind=FailureKind.OUT_OF_MEMORY) from None

@@ -868,6 +868,12 @@ class QiskitAdapter(BackendAdapter):
                 # Raised while an SDK binds an angle expression (1/theta at theta = 0): the
                 # client's values, not the backend, so the breaker must not count it.
                 raise _non_finite(index, type(exc).__name__) from None
+            except RuntimeError as exc:
+                # Aer binding asin(theta) at theta > 1 (Qiskit: "Binding to NaN."): the
+                # client's values too, told apart by where it was raised as below.
+                if not _raised_binding(exc):
+                    raise
+                raise _non_finite(index, "NaN") from None
             except TypeError as exc:
                 # Aer binding sqrt(theta) at theta < 0 ("Could not cast complex parameter
                 # expression to float"): the client's values too. Told apart by where it was
