@@ -103,13 +103,28 @@ class HealthMonitor:
 
     async def run(self) -> None:
         """The probes after the start-up one (`probe`, awaited before the backend serves)."""
-        while True:
-            try:
-                await self._runner.maintain()
-            except Exception:  # a runner's upkeep failing must not end its backend's probes
-                log.exception("backend %s: upkeep failed", self._backend)
-            await asyncio.sleep(self._interval)  # the probe schedule
-            await self.probe()
+        upkeep: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if upkeep is None or upkeep.done():
+                    upkeep = asyncio.create_task(self._upkeep())
+                # An upkeep still running after a probe interval (a cloud runner's stray
+                # watch searching a provider out of reach, job after job) goes on beside the
+                # probe: awaited, it held the probe back, and the backend's health stayed
+                # SERVING all that time.
+                await asyncio.wait({upkeep}, timeout=self._interval)
+                if upkeep.done():
+                    await asyncio.sleep(self._interval)  # the probe schedule
+                await self.probe()
+        finally:
+            if upkeep is not None:
+                upkeep.cancel()
+
+    async def _upkeep(self) -> None:
+        try:
+            await self._runner.maintain()
+        except Exception:  # a runner's upkeep failing must not end its backend's probes
+            log.exception("backend %s: upkeep failed", self._backend)
 
     async def probe(self) -> None:
         """One probe; publishes the result when serving changed."""

@@ -958,7 +958,10 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             started_args: tuple[object, ...] = ()
             history_args: tuple[object, ...] = (state.value, ended_us)
         else:
-            started_sql = ", started_at = max(?, jobs.created_at), attempts = attempts + 1"
+            # Not before the job was (last) queued: a job queued again, then run after a step
+            # back, started before it was queued. (Not the last transition's time: a cancel
+            # accepted while the run was not yet written is after its start.)
+            started_sql = f", started_at = {_NOT_BEFORE_QUEUED}, attempts = attempts + 1"
             history_sql = _ENTER_RUNNING_THEN
             started_us = to_us(started_at)
             ended_us = max(ended_us, started_us)  # the clock stepped back during the run
@@ -2116,6 +2119,13 @@ _HELD_BY: Final = "(? IS NULL OR lease_owner = ?)"
 # its start) and its update time went back, which made WatchJob drop the state as stale.
 # (Every SET expression of an UPDATE reads the row as it was.)
 _NOT_BEFORE_LAST: Final = "max(?, coalesce(jobs.updated_at, jobs.created_at))"
+# A start's time (parameter) as written: never before the job's QUEUED entry (its creation, or
+# its last re-queue after a restart), for the same reason.
+_NOT_BEFORE_QUEUED: Final = (
+    "max(?, coalesce((SELECT max(json_extract(value, '$[1]')) FROM"
+    " json_each(coalesce(jobs.state_history, '[]')) WHERE json_extract(value, '$[0]') = 'QUEUED'),"
+    " jobs.created_at))"
+)
 _ENTER_STATE: Final = (
     f"state_history = json_insert({_HISTORY_WITHOUT_STATE}, '$[#]',"
     f" json_array(?, {_NOT_BEFORE_LAST})), updated_at = {_NOT_BEFORE_LAST}"
@@ -2128,7 +2138,7 @@ _APPEND_STATE: Final = (
 # RUNNING, RUNNING, start, state, end.
 _ENTER_RUNNING_THEN: Final = (
     f"json_insert(json_insert({_HISTORY_WITHOUT_STATE}, '$[#]',"
-    f" json_array(?, max(?, jobs.created_at))), '$[#]', json_array(?, {_NOT_BEFORE_LAST}))"
+    f" json_array(?, {_NOT_BEFORE_QUEUED})), '$[#]', json_array(?, {_NOT_BEFORE_LAST}))"
 )
 
 

@@ -130,7 +130,8 @@ _MAX_POSITIONS = 100
 # Jobs that ended with tasks Braket may have and the gateway does not follow (a create whose
 # answer was lost, its task not yet in the tag search): searched for at each upkeep for this
 # long, what shows up cancelled. At most this many at once (the oldest are given up): each is
-# one tag search per upkeep, under the same request rate as every other Braket call.
+# one tag search per upkeep (up to _SEARCH_PAGES pages; the create limiter does not pace
+# searches, so a long outage's watch adds up to 100 searches every health interval).
 _STRAY_WATCH_S = 3600.0
 _MAX_STRAY_JOBS = 100
 
