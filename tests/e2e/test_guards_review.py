@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -169,15 +168,14 @@ def test_a_stream_of_refused_requests_leaves_others_served(
         with ended:
             assert ended.wait_for(lambda: rounds[0] >= 1, 20), "no round of hostile requests"
             before = rounds[0]
-        started = time.monotonic()
         text = ghz(3).replace("h q[0];", "h q[0];\nrz(0.4242) q[1];")
+        # Deadlines bound the bystander: its Run and each health check.
         counts = client.run(text, backend="aer", shots=32, seed=21, timeout=15).counts()
         assert set(counts) <= {"000", "111"} and sum(counts.values()) == 32, counts
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(5):
             reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        bystander_s = time.monotonic() - started
         # The flood went on meanwhile: more rounds ended while the bystander was served.
         with ended:
             assert ended.wait_for(lambda: rounds[0] > before, 20), "the flood stalled"
@@ -194,7 +192,6 @@ def test_a_stream_of_refused_requests_leaves_others_served(
         "oversize": {"REQUEST_TOO_LARGE"},
         "undecodable": {"MALFORMED_REQUEST"},
     }, seen
-    assert bystander_s < 10, f"the bystander took {bystander_s:.1f} s"
 
 
 @pytest.mark.parametrize("qubits", [15, 16])
@@ -218,7 +215,7 @@ def test_a_circuit_admitted_within_the_memory_budget_also_runs(client: Client, q
     ],
     ids=["qpy-nested-ifs", "qpy-huge-nested-declaration", "backtracking-text"],
 )
-def test_the_contained_hostile_payloads_are_refused_in_milliseconds(
+def test_the_contained_hostile_payloads_are_refused_within_a_short_deadline(
     channel: grpc.Channel, client: Client, payload: str | bytes, reason: str
 ) -> None:
     # tests/e2e/test_hostile_isolation.py::test_a_qpy_payload_declaring_huge_nested_sizes_is_
@@ -226,13 +223,11 @@ def test_the_contained_hostile_payloads_are_refused_in_milliseconds(
     # but never check (as _bystander_meanwhile does) that the hostile request is still being
     # processed: each is refused in ~20 ms, so Bob runs after it ended, and with Bob's 30 s
     # timeout a regression that froze the serving process for 20 s (the old cubic regex took
-    # ~10 s at 2 KB) would pass them. Bounding the refusal itself closes that.
+    # ~10 s at 2 KB) would pass them. A deadline on the refusal itself closes that (a frozen
+    # process answers DEADLINE_EXCEEDED, not the refusal).
     health = health_pb2_grpc.HealthStub(channel)
-    started = time.monotonic()
     with pytest.raises(InvalidArgumentError) as info:
-        client.run(payload, backend="aer", shots=1, timeout=30)
-    elapsed = time.monotonic() - started
+        client.run(payload, backend="aer", shots=1, timeout=5)
     assert info.value.reason == reason, info.value
-    assert elapsed < 1.0, f"refused after {elapsed:.2f} s"
     reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -36,6 +35,7 @@ from qiskit.circuit.classical import expr, types
 
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import CircuitLimits
+from gateway.backends.qiskit import frontend
 from gateway.backends.qiskit.frontend import parse_circuit
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import InvalidArgument
@@ -80,6 +80,18 @@ def _refusal(text: str) -> InvalidArgument:
     with pytest.raises(InvalidArgument) as info:
         parse_circuit(CircuitSource(CircuitLanguage.QASM3, text), CircuitLimits(), "f")
     return info.value
+
+
+class _NoParser:
+    """Stands in for the OpenQASM 3 parser: a refusal before parsing never builds one."""
+
+    def __init__(self, *args: object) -> None:
+        raise AssertionError("the program reached the parser")
+
+
+def _refused_unparsed(text: str, monkeypatch: pytest.MonkeyPatch) -> InvalidArgument:
+    monkeypatch.setattr(frontend, "qasm3Parser", _NoParser)
+    return _refusal(text)
 
 
 # ----------------------------------------------------------------- (1) switch
@@ -152,23 +164,21 @@ def test_two_and_nested_switches_written_by_dumps_run(aer: AerAdapter) -> None:
     assert _run(aer, qiskit.qasm3.dumps(circuit)) == Counter({"111": SHOTS})
 
 
-def test_switch_with_100000_cases_is_refused_before_parsing() -> None:
+def test_switch_with_100000_cases_is_refused_before_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # No semicolon per case: the statement limit counted semicolons only, and ANTLR parses an
     # empty block in ~0.25 ms (1 MiB of them took tens of seconds). Blocks count now.
     cases = "case 0{}" * 100_000
     text = _STD + f"qubit q; bit[17] c; int s; s = c; switch (s) {{ {cases} }}"
-    started = time.monotonic()
-    refusal = _refusal(text)
-    assert time.monotonic() - started < 1, "refused before the parse"
+    refusal = _refused_unparsed(text, monkeypatch)
     assert refusal.reason == "CIRCUIT_TOO_LARGE", refusal.message
     assert "statements" in refusal.message
 
 
-def test_empty_blocks_count_as_statements() -> None:
+def test_empty_blocks_count_as_statements(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same without a switch: 30,000 `if (c) {}` took ~8 s to parse and were admitted.
-    started = time.monotonic()
-    refusal = _refusal(_STD + "qubit q; bit c;" + "if(c){}" * 30_000)
-    assert time.monotonic() - started < 1, "refused before the parse"
+    refusal = _refused_unparsed(_STD + "qubit q; bit c;" + "if(c){}" * 30_000, monkeypatch)
     assert refusal.reason == "CIRCUIT_TOO_LARGE", refusal.message
 
 
@@ -448,12 +458,11 @@ def test_parameter_functions_written_by_dumps_run(
 @pytest.mark.parametrize(
     "angle", ["9**9**9", "exp(100000)", "log(0)", "sqrt(-1)", "2**(-9**9**9)*0+exp(1e308)"]
 )
+@pytest.mark.timeout(10)  # as integers, 9**9**9 would take minutes and gigabytes
 def test_hostile_numeric_functions_are_refused_cheaply(angle: str) -> None:
-    # `**` is computed on floats: as integers 9**9**9 would take minutes and gigabytes.
-    started = time.monotonic()
+    # `**` is computed on floats; overflows and domain errors are the program's error.
     refusal = _refusal(_STD + f"qubit q; rz({angle}) q;")
-    assert time.monotonic() - started < 1
-    assert refusal.reason in ("INVALID_QASM", "NON_FINITE_ANGLE"), refusal.message
+    assert refusal.reason == "INVALID_QASM", refusal.message
 
 
 def test_unknown_function_is_refused_as_unsupported() -> None:

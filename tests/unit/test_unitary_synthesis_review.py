@@ -30,7 +30,6 @@ StatePreparation still takes 4.6 s.
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -97,13 +96,9 @@ def refused_before_transpiling(
     source = qpy_source(circuit)
     stand_in = _NoTranspile()
     monkeypatch.setattr(adapter, "_pass_manager", lambda scheduled=False: stand_in)
-    started = time.process_time()
     with pytest.raises(InvalidArgument) as info:
         adapter.compile_circuit(source)
-    spent = time.process_time() - started
-    # Reading the QPY and checking the matrix is unitary take a few milliseconds.
-    assert spent < 0.5, spent
-    assert stand_in.runs == 0
+    assert stand_in.runs == 0  # refused before the transpiler (and its synthesis) ran
     error = info.value
     assert error.reason == "CIRCUIT_TOO_COMPLEX", error.message
     assert error.metadata["maxDefinitionOperations"] == "20000"

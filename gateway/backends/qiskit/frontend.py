@@ -77,6 +77,7 @@ from qiskit.circuit import (
     ParameterExpression,
     QuantumCircuit,
     Reset,
+    SwitchCaseOp,
     WhileLoopOp,
 )
 from qiskit.circuit.classical import expr
@@ -185,6 +186,17 @@ _MAX_MESSAGE_CHARS = 300
 # (`case 0, 1, ...`, ~0.04 ms each) as an eighth of one: 150,000 empty `if`s fit the source
 # limit, and 20,000 took 5 s to parse.
 MAX_QASM3_STATEMENTS = 20_000
+# Nesting (brackets, and runs of prefix operators) the OpenQASM 3 parser reaches before Python's
+# recursion gives out (~120-250 levels: `rz(((...1))) q;`, `rz(---...1) q;`), refused before
+# parsing: ANTLR's prediction re-reads the rest of a nested run at every level, so 40 KB of
+# `-` or 10 KB of nested `exp(` took 8-9 s of a compile worker's CPU to be refused as too deep
+# (no semicolon, brace or comma: the statement count saw one statement).
+MAX_QASM3_NESTING = 256
+_QASM3_COMMENTS = re.compile(r"//[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
+_PREFIX_OPERATORS = re.compile(r"[-+!~]+")
+_SPACE = re.compile(r"\s+")
+_OPENING = np.frombuffer(b"([{", dtype=np.uint8)
+_CLOSING = np.frombuffer(b")]}", dtype=np.uint8)
 # Case values of all `switch` statements together: Qiskit builds a block per case and checks
 # every value; a register of 12 bits has 4096 values.
 MAX_SWITCH_CASE_VALUES = 4096
@@ -1129,6 +1141,8 @@ def parse_circuit(
                 statements=statements,
                 max_statements=MAX_QASM3_STATEMENTS,
             )
+        if _qasm3_too_nested(text):
+            raise _too_deep(field)
         try:
             program = _parse_qasm3_ast(text, field)
             declarations = _qasm3_declarations(program, limits, field)
@@ -1144,6 +1158,19 @@ def parse_circuit(
     check_operation_count(circuit, limits, field, native=native)
     check_finite_parameters(circuit, field)
     return circuit
+
+
+def _qasm3_too_nested(text: str) -> bool:
+    """Whether the program, its comments left out, nests brackets or prefix operators deeper
+    than MAX_QASM3_NESTING (what the parser would refuse as too deep anyway, after seconds)."""
+    code = _QASM3_COMMENTS.sub(" ", text)
+    # Runs found whole (linear; a bounded repeat would be retried at every start in a run).
+    runs = _PREFIX_OPERATORS.findall(_SPACE.sub("", code))
+    if max(map(len, runs), default=0) > MAX_QASM3_NESTING:
+        return True
+    raw = np.frombuffer(code.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    steps = np.isin(raw, _OPENING).astype(np.int32) - np.isin(raw, _CLOSING)
+    return bool(steps.size) and int(np.cumsum(steps).max()) > MAX_QASM3_NESTING
 
 
 def _check_declared(
@@ -2066,6 +2093,16 @@ def check_control_flow_supported(
                 f"this backend does not support the {op.name!r} construct",
                 field,
                 feature=op.name,
+            )
+        if isinstance(op, SwitchCaseOp) and isinstance(op.target, expr.Expr):
+            # QPY carries `circuit.switch(expr.bit_and(c, 2))`; Aer (0.18) fails such a switch
+            # when it runs ("jump condition does not support ..."), EXECUTION_FAILED.
+            raise invalid(
+                "UNSUPPORTED_FEATURE",
+                "a switch on a classical expression is not supported; switch on a bit or a "
+                "register",
+                field,
+                feature="switch_case",
             )
         for block in op.blocks:
             check_control_flow_supported(block, supported, field)
