@@ -439,6 +439,15 @@ class JobManager:
         # (a retried CancelJob of a CANCELLING job is a no-op).
         return await to_the_end(self._cancel(tenant, job_id))
 
+    async def _still_queued(self, job_id: str) -> bool:
+        """Whether the store still has the job QUEUED; True when it cannot say (it failed
+        again): the scheduler then finds a final job's state write refused and drops it."""
+        try:
+            current = await self._transitions.store.get_job(job_id)
+        except Exception:  # the cancel's own store error is what the caller hears
+            return True
+        return current is not None and current.state is JobState.QUEUED
+
     async def _cancel(self, tenant: str, job_id: str) -> Job:
         job = await self.get(tenant, job_id)
         if job.state in (JobState.CANCELLED, JobState.CANCELLING):
@@ -469,7 +478,16 @@ class JobManager:
             try:
                 finished = await self._transitions.finish(job, JobState.CANCELLED)
             except Exception:
-                if removed and runtime is not None and runtime.queue.queues_before_commit:
+                if (
+                    removed
+                    and runtime is not None
+                    and runtime.queue.queues_before_commit
+                    # Not when a retried CancelJob ended it meanwhile (it found the job in
+                    # no queue): a CANCELLED job put back counted as queued, then ran on a
+                    # worker until its RUNNING write was refused. (No await between this
+                    # read and the put.)
+                    and await self._still_queued(job.id)
+                ):
                     # Taken out of this process's queue but still QUEUED in the store (the
                     # store failed): put back, as the scheduler does with an expiry it could
                     # not store, or it runs, expires and is cancelled by nothing until a

@@ -214,11 +214,15 @@ class RunnerStep:
                         job, cancelling = current, True
                         handle = await self._reattach(runtime, running, job)
             except ExecutionError as err:
+                if not await self._still_held(runtime, running):
+                    return
                 if job.remote_id is None:  # never found: its submit may have reached it
                     await self._abandon(runtime, job)
                 await self._failed(runtime, running, job, err, None)
                 return
             if handle is None and cancelling:
+                if not await self._still_held(runtime, running):
+                    return
                 if job.remote_id is None:  # its submit may have reached the provider
                     await self._abandon(runtime, job)
                 runtime.breaker.release(running.permit)
@@ -366,6 +370,8 @@ class RunnerStep:
                 if current is not None and current.state is JobState.CANCELLING:
                     found = await self._reattach(runtime, running, current)
                     if found is None:
+                        if not await self._still_held(runtime, running):
+                            return None
                         await self._abandon(runtime, current)
                         runtime.breaker.release(running.permit)
                         await self._t.finish(current, JobState.CANCELLED)
@@ -377,9 +383,23 @@ class RunnerStep:
             log.warning("job %s: the provider could not be asked (%s)", job.id, lookup)
             found = None
         if found is None:
+            if not await self._still_held(runtime, running):
+                return None
             await self._abandon(runtime, job)
             await self._failed(runtime, running, job, err, None)
         return found
+
+    async def _still_held(self, runtime: BackendRuntime, running: RunningJob) -> bool:
+        """Whether the step still holds the job's claim before it abandons and ends a job it
+        looked up (a look-up retried while the provider is out of reach can outlast the lease:
+        this process stalled, or cut off from the store). A claim gone to another holder
+        leaves the job to it, which re-attaches or submits it and follows the provider's job:
+        abandoning here would cancel that (by the job's tag), and ending it would end the job
+        that holder runs. Let go, as a follow loop that finds its claim lost does."""
+        if await _claim_lost(runtime, running):
+            await self._let_go(runtime, running, None, None)
+            return False
+        return True
 
     async def _abandon(self, runtime: BackendRuntime, job: Job) -> None:
         """A job whose submit may have reached the provider ends without a handle (called
