@@ -41,6 +41,18 @@ __all__ = ["PennyLaneAdapter", "PennyLaneOptions"]
 Device = Literal["lightning.qubit", "default.qubit"]
 # A state vector this wide is 512 MiB; the memory budget usually refuses earlier.
 _MAX_QUBITS = 25
+# Expectation values (bindings x Pauli words) one lightning.qubit call may return: it expands a
+# broadcast into a tape per binding and returns each binding's values as numpy scalars in
+# tuples, ~EXPVAL_VALUE_BYTES each until they are stacked (measured: 10,000 bindings x 200
+# words +158 MiB, 20,000 x 15 +51 MiB, where admission counted 16 bytes a value).
+# PennyLaneSimulation runs at most this many per call; sweep_memory counts them.
+EXPVAL_VALUES = 1 << 18
+EXPVAL_VALUE_BYTES = 120
+# Complex amplitudes a broadcast chunk may hold: bindings * 2^qubits <= this (32 MiB). On
+# default.qubit the chunk's states are simulated together and read with ~4 more copies of them
+# (measured: 800 bindings of 12 qubits x 2000 terms +158 MiB, where admission counted 25 MiB).
+BROADCAST_AMPLITUDES = 1 << 21
+_BROADCAST_COPIES = 5
 
 
 class PennyLaneOptions(QiskitOptions):
@@ -106,6 +118,16 @@ class PennyLaneAdapter(QiskitAdapter):
 
     def info_properties(self) -> dict[str, str]:
         return {"device": self.pennylane_options.device}
+
+    def sweep_memory(self, entry: CompiledCircuit, bindings: int, terms: int) -> int:
+        if self.pennylane_options.device == "default.qubit":
+            # Bindings are broadcast in chunks of states simulated and read together: beyond
+            # the first binding's (state_size), the rest of a chunk's.
+            chunk = min(bindings, max(1, BROADCAST_AMPLITUDES // entry.amplitudes))
+            return (chunk - 1) * entry.amplitudes * 16 * _BROADCAST_COPIES
+        # lightning.qubit runs a tape per binding on one state, and its qml.expval returns a
+        # Python-held numpy scalar per binding and term (EXPVAL_VALUES of them at most).
+        return min(bindings * terms, EXPVAL_VALUES) * EXPVAL_VALUE_BYTES
 
     def sdk_versions(self) -> Mapping[str, str]:
         return {name: metadata.version(name) for name in ("pennylane", "pennylane-lightning")}

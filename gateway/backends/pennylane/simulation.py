@@ -34,6 +34,7 @@ from qiskit.circuit import QuantumCircuit
 
 from gateway.backends.lru import LRU
 from gateway.backends.pauli_values import Masks, pauli_masks, state_vector_values
+from gateway.backends.pennylane.adapter import BROADCAST_AMPLITUDES, EXPVAL_VALUES
 from gateway.backends.pennylane.translate import Translation, translate
 from gateway.backends.qiskit.measurement import TerminalPlan
 from gateway.domain.circuits import FloatArray
@@ -45,8 +46,8 @@ __all__ = ["Device", "PennyLaneSimulation"]
 Device = Literal["lightning.qubit", "default.qubit"]
 
 _CACHE_SIZE = 64
-# Complex amplitudes a broadcast chunk may hold: bindings * 2^qubits <= this (32 MiB).
-_BROADCAST_AMPLITUDES = 1 << 21
+# Complex amplitudes a broadcast chunk may hold (32 MiB; admission counts the chunk's copies).
+_BROADCAST_AMPLITUDES = BROADCAST_AMPLITUDES
 # Operations times bindings one device call may hold: lightning.qubit splits a broadcast tape
 # into a tape per binding, each holding every operation (~250 bytes per operation and binding:
 # 1000 bindings of 4000 operations took +952 MiB before anything ran).
@@ -346,12 +347,14 @@ class PennyLaneSimulation:
     ) -> list[FloatArray]:
         """The measurements' values for every binding: (bindings, ...) per measurement."""
         per_binding = max(1, len(translation.operations))
-        chunk = max(
+        # Bindings one device call may hold: their tapes' operations, and their values
+        # (lightning.qubit returns a numpy scalar per binding and measurement: see
+        # EXPVAL_VALUES, which admission counts).
+        per_call = max(
             1,
-            min(
-                _BROADCAST_AMPLITUDES >> len(translation.qubits), _OPERATION_BINDINGS // per_binding
-            ),
+            min(_OPERATION_BINDINGS // per_binding, EXPVAL_VALUES // max(1, len(measurements))),
         )
+        chunk = max(1, min(_BROADCAST_AMPLITUDES >> len(translation.qubits), per_call))
         parts: list[list[FloatArray]] = []
         tapes: list[QuantumScript] = []
         sizes: list[int] = []
@@ -373,7 +376,7 @@ class PennyLaneSimulation:
             sizes.append(stop - start)
             # One device call per batch of tapes within the bound: all at once, their
             # preprocessed copies held together.
-            if (sum(sizes) + chunk) * per_binding > _OPERATION_BINDINGS:
+            if sum(sizes) + chunk > per_call:
                 execute()
         if tapes:
             execute()
