@@ -180,9 +180,7 @@ async def test_a_restart_between_create_and_storing_the_arns_leaves_no_stray(
     await asyncio.wait_for(first.created.wait(), 5)
     if cancelled:
         await core.manager.cancel("alice", job.id)
-        async with asyncio.timeout(5):
-            while core.recorder.states(job.id)[-1:] != ["CANCELLING"]:
-                await asyncio.sleep(0.005)
+        await core.until("alice", job.id, "CANCELLING")
     await core.manager.close()
     made = list(fake.tasks)
     assert len(made) == 2

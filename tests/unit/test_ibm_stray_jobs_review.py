@@ -221,9 +221,7 @@ async def test_a_restart_between_create_and_storing_the_id_leaves_no_stray(
     await asyncio.wait_for(first.created.wait(), 5)
     if cancelled:
         await core.manager.cancel("alice", job.id)
-        async with asyncio.timeout(5):
-            while core.recorder.states(job.id)[-1:] != ["CANCELLING"]:
-                await asyncio.sleep(0.005)
+        await core.until("alice", job.id, "CANCELLING")
     await core.manager.close()
     assert list(fake.made) == ["r-1"]
     fake.hidden.add("r-1")

@@ -165,9 +165,8 @@ async def test_a_job_stored_cancelling_with_an_uncertain_submit_is_settled_after
     job = await core.submit("alice", spec("qpu"))
     await asyncio.wait_for(first.started.wait(), 5)
     await core.manager.cancel("alice", job.id)
-    async with asyncio.timeout(5):
-        while core.recorder.states(job.id) != ["QUEUED", "SUBMITTING", "CANCELLING"]:
-            await asyncio.sleep(0.005)
+    await core.until("alice", job.id, "CANCELLING")
+    assert core.recorder.states(job.id) == ["QUEUED", "SUBMITTING", "CANCELLING"]
     await core.manager.close()
     provider = OutOfReachProvider(slots=1, model=ExecutionModel.REMOTE)
     if made:
