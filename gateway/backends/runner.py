@@ -128,8 +128,11 @@ class Runner(ABC):
         it) ended without a handle: FAILED, or CANCELLED unsent. What the provider has of it,
         now or once its look-ups show it (Braket's tag search lags behind its creates; an IBM
         create given up on may be committed after the look-up), is
-        stopped: nothing follows it, and it would run and bill for nobody. No-op by default
-        (a provider whose look-up by id is exact has nothing to add to `reattach`)."""
+        stopped: nothing follows it, and it would run and bill for nobody. Called while the
+        step holds the job's claim, just before its end is stored: the only time a runner may
+        search a job's provider work for strays after its submit, since until then another
+        replica may hold the job and follow what it made. No-op by default (a provider whose
+        look-up by id is exact has nothing to add to `reattach`)."""
 
     @abstractmethod
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:

@@ -441,6 +441,13 @@ class RunnerStep:
                     await self._requeue(runtime, running, job, err)
                     return None
                 if err.kind is not FailureKind.TRANSIENT:
+                    # It ends here without a handle, and an earlier attempt of this submit may
+                    # have reached the provider (a create retried after an uncertain one, a
+                    # Braket task made before another failed): the runner stops what it has,
+                    # or shows later (it watches a job for strays only once abandoned).
+                    if not await self._still_held(runtime, running):
+                        return None
+                    await self._abandon(runtime, job)
                     await self._failed(runtime, running, job, err, None)
                     return None
                 found = await self._after_uncertain_submit(runtime, running, job, err)

@@ -159,11 +159,6 @@ async def test_a_failed_cancel_does_not_put_back_a_job_a_retry_cancelled(
         await core.manager.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an IBM runner whose look-up by tag found nothing watches the job for an hour and "
-    "cancels the runtime job another replica, which took the job over, made and follows",
-)
 async def test_a_replica_that_looked_a_job_up_spares_what_the_next_holder_follows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -182,3 +177,38 @@ async def test_a_replica_that_looked_a_job_up_spares_what_the_next_holder_follow
     assert handle.remote_id == "r-1"
     await runner_a.maintain()  # A's next upkeep (before each health probe)
     assert fake.running() == {"r-1"}  # B's run goes on
+
+
+class RefusesTheRetry(LaggingRuntime):
+    """The first create makes its runtime job and loses the answer (hidden from the search);
+    the retry fails for good (an SDK error that is neither an outage nor a refusal)."""
+
+    def __init__(self) -> None:
+        super().__init__(lose_answers=1)
+
+    def create(self, tags: list[str]) -> str:
+        if self.made:
+            raise ValueError("the service answered something unreadable")
+        return super().create(tags)
+
+
+async def test_a_retry_that_fails_for_good_leaves_no_copy_of_the_uncertain_create(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner no longer searches a job for strays on its own initiative: the job's end
+    # must reach it. Here the submit's first create made a runtime job (answer lost, not in
+    # the search yet) and the retry failed as the backend's fault: the job core fails the job
+    # without a look-up, so it must hand the job over (`abandon`), or the first runtime job
+    # runs and bills for nobody.
+    fake = RefusesTheRetry()
+    ibm = _runner(fake, monkeypatch)
+    core = await build_core(store, "memory", {"ibmq": IbmUnderCore(ibm)})  # type: ignore[dict-item]
+    try:
+        job = await core.submit("alice", spec("ibmq"))
+        failed = await core.until("alice", job.id, "FAILED")
+    finally:
+        await core.manager.close()
+    assert failed.error is not None and list(fake.made) == ["r-1"]
+    fake.hidden.clear()  # the search catches up
+    await ibm.maintain()  # the backend's next upkeep
+    assert fake.running() == set()

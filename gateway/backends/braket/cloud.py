@@ -20,9 +20,9 @@ Never paying twice:
   the tasks Braket already has; a job cancelled meanwhile gets no more tasks, and the ones it
   has are cancelled;
 - a job that ends with tasks Braket may have and nobody follows (a create whose answer was
-  lost, its task not yet in the eventually consistent tag search) is watched (`abandon`,
-  `maintain`): its tags are searched at each upkeep for _STRAY_WATCH_S, and what shows up
-  is cancelled.
+  lost, its task not yet in the eventually consistent tag search) is watched once the job core
+  abandoned it (`abandon`, `maintain`; never before, while another replica may hold the job):
+  its tags are searched at each upkeep for _STRAY_WATCH_S, and what shows up is cancelled.
 
 Provider errors become FailureKinds: throttling, 5xx and connection failures TRANSIENT
 (retried here with backoff first), a ValidationException CLIENT_ERROR (reason
@@ -396,10 +396,15 @@ class BraketCloudRunner(Runner):
         self.limiter = shared_limiter(settings) if limiter is None else limiter
         self._calls = anyio.CapacityLimiter(max(8, settings.max_concurrent_tasks))
         self._plans: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        # Job id -> (the job, until when it is watched, the task ARNs already cancelled).
+        # Job id -> (the job, until when it is watched, the task ARNs already cancelled). An
+        # entry is only a note (this runner was unsure what Braket has of the job) until the
+        # job core abandons the job (`_abandoned`: it ended here, nobody follows it again):
+        # a job another replica may still hold is never searched for strays, which would
+        # cancel the tasks that replica follows.
         self._strays: collections.OrderedDict[str, tuple[Job, float, set[str]]] = (
             collections.OrderedDict()
         )
+        self._abandoned: set[str] = set()
 
     @property
     def capacity(self) -> int:
@@ -456,8 +461,9 @@ class BraketCloudRunner(Runner):
                 # The job fails: the tasks it already has would run (and be paid) for nothing.
                 await self._cancel_quietly(job.id, made)
                 if made and err.kind is FailureKind.TRANSIENT:
-                    # The lost one may not be in the search yet: watched for, and cancelled
-                    # when it shows (the job core never looks this job up again).
+                    # The lost one may not be in the search yet: noted, and cancelled when
+                    # it shows once the job core abandoned the job (it ends FAILED here; the
+                    # core never looks it up again).
                     self._watch(job)
                 if made and err.kind in (
                     FailureKind.CREDENTIALS,
@@ -546,7 +552,9 @@ class BraketCloudRunner(Runner):
                     metadata={"providerJobId": arns[0]},
                 )
             return BraketCloudHandle(job.id, arns)
-        # The gateway died between a create and storing its ARN: look for the job's tags.
+        # The gateway died between a create and storing its ARN: look for the job's tags. Noted:
+        # a task the lagging search does not show yet is cancelled if the job is abandoned.
+        self._watch(job)
         found, total = await self._thread(
             lambda: self._retrying(lambda: self._tagged(job), following=True)
         )
@@ -562,8 +570,15 @@ class BraketCloudRunner(Runner):
         return BraketCloudHandle(job.id, [found[i] for i in range(total)])
 
     async def abandon(self, job: Job) -> None:
-        # What the search shows now is cancelled; what it shows later, at the next upkeeps.
-        self._watch(job)
+        # The job ends here without a handle (called by the job core only while it holds the
+        # claim): nobody follows it again. What the search shows now is cancelled; what it
+        # shows later, at the next upkeeps. Only a job this runner was unsure of (noted by a
+        # create whose answer was lost, or a look-up by tag): a create refused outright made
+        # nothing.
+        if job.id not in self._strays:
+            return
+        self._abandoned.add(job.id)
+        self._watch(job)  # for an hour from its end
         await self._cancel_strays(job.id)
 
     async def maintain(self) -> None:
@@ -571,15 +586,19 @@ class BraketCloudRunner(Runner):
         for job_id, (_, until, _) in list(self._strays.items()):
             if now >= until:
                 self._strays.pop(job_id, None)
+                self._abandoned.discard(job_id)
                 continue
-            await self._cancel_strays(job_id)
+            if job_id in self._abandoned:  # only a note while another replica may hold it
+                await self._cancel_strays(job_id)
 
     def _watch(self, job: Job) -> None:
-        """Watches a job that ended with tasks Braket may have that nobody follows."""
+        """Notes a job Braket may have tasks of that nobody follows; searched for once the
+        job core abandoned it (`maintain`)."""
         _, _, done = self._strays.pop(job.id, (job, 0.0, set()))
         self._strays[job.id] = (job, time.monotonic() + _STRAY_WATCH_S, done)
         while len(self._strays) > _MAX_STRAY_JOBS:
             lost, _ = self._strays.popitem(last=False)
+            self._abandoned.discard(lost)
             log.warning("job %s: no longer watched for stray Braket tasks", lost)
 
     async def _cancel_strays(self, job_id: str) -> None:

@@ -27,10 +27,13 @@
   create call and storing the id; it never submits.
 - Stray runtime jobs: the tag search may not show a job yet whose create answer was lost (a
   create the client gave up on may be committed after the look-up; IBM documents no consistency
-  for the listing). A job whose create was uncertain, or whose look-up by tag found nothing, is
-  watched (`abandon`, `maintain`, as the Braket runner does): for _STRAY_WATCH_S its tag is
-  searched at each upkeep, and every runtime job under it that no handle of this runner follows
-  is cancelled.
+  for the listing). A job whose create was uncertain, or that was looked up by tag, is noted;
+  it is watched (`maintain`) once the job core abandoned it (it ended here without a handle:
+  `abandon`, as the Braket runner does), for _STRAY_WATCH_S, and while a handle of this runner
+  follows it (`wait`): its tag is searched at each upkeep, and every runtime job under it that
+  no handle of this runner follows is cancelled. Never while another replica may hold the job:
+  it would cancel the runtime job that replica made and follows. A retried create that
+  succeeds cancels, there and then, any other copy the search shows (`_submit`).
 - `wait` polls the job's status (`poll_interval_s`) and decodes the runtime's PrimitiveResult
   into the gateway's JobResult from the result and the runtime job's tags alone, so a
   re-attached job needs no prepared payload: the tags carry what the result is checked
@@ -480,9 +483,16 @@ class IbmCloudRunner(Runner):
         self._sessions_lock = threading.Lock()
         # Job id -> (until when it is watched for stray runtime jobs, the runtime job ids not
         # to cancel: followed by a handle, or already cancelled). Written from threads too.
+        # An entry is only a note (this runner was unsure whether a create made the job) until
+        # the job core abandons the job (`_abandoned`: it ended here, nobody follows it again)
+        # or while a handle of this runner follows it (`_waiting`: this replica holds the
+        # job's claim): a job that may still be followed by another replica is never searched
+        # for strays, which would cancel the runtime job that replica made and follows.
         self._strays: collections.OrderedDict[str, tuple[float, set[str]]] = (
             collections.OrderedDict()
         )
+        self._abandoned: set[str] = set()
+        self._waiting: set[str] = set()
         self._strays_lock = threading.Lock()
         # Jobs being submitted or looked up here: a runtime job just made or found is not yet
         # among the kept ids, and an upkeep meanwhile would cancel the one about to be followed.
@@ -513,11 +523,28 @@ class IbmCloudRunner(Runner):
 
     async def wait(self, handle: RunHandle) -> ExecutionOutcome:
         remote_id = _remote(handle)
-        while True:
-            outcome = await self._run(lambda: self._poll(handle, remote_id), self._waits)
-            if outcome is not None:
-                return outcome
-            await anyio.sleep(self.settings.poll_interval_s)
+        job_id = handle.job_id
+        # A job this runner was unsure of (a create given up on, a look-up that found nothing:
+        # a copy may show up late) is searched for strays while it is followed here, and no
+        # longer once it is not: another replica may hold it next.
+        if self._follows(job_id, remote_id):
+            with self._strays_lock:
+                self._waiting.add(job_id)
+        ended = True  # not followed here any more (a lost touch is followed again)
+        try:
+            while True:
+                outcome = await self._run(lambda: self._poll(handle, remote_id), self._waits)
+                if outcome is not None:
+                    return outcome
+                await anyio.sleep(self.settings.poll_interval_s)
+        except ExecutionError as err:
+            ended = err.kind is not FailureKind.TRANSIENT
+            raise
+        finally:
+            with self._strays_lock:
+                self._waiting.discard(job_id)
+                if ended and job_id not in self._abandoned:
+                    self._strays.pop(job_id, None)
 
     async def cancel(self, handle: RunHandle) -> None:
         remote_id = _remote(handle)
@@ -541,14 +568,15 @@ class IbmCloudRunner(Runner):
             except ExecutionError as err:
                 raise _while_following(err) from err
 
+        if remote_id is None:
+            # Its create may have been made (or still show up in the tag search, found or
+            # not): noted (`_watch`), what this runner follows kept (`_follows`); searched
+            # for only once the job core abandons the job, or while it is followed here.
+            self._watch(job.id)
         self._busy.add(job.id)
         try:
             found = await self._run(find, self._calls, bounded=True)
             if found is None:
-                if remote_id is None:
-                    # Its create may still show up in the tag search: watched from now on,
-                    # what a later submit makes kept (`_follows`).
-                    self._watch(job.id)
                 return None
             self._follows(job.id, found)
         finally:
@@ -556,8 +584,16 @@ class IbmCloudRunner(Runner):
         return IbmCloudHandle(job.id, found)
 
     async def abandon(self, job: Job) -> None:
-        # What the search shows now is cancelled; what it shows later, at the next upkeeps.
-        self._watch(job.id)
+        # The job ends here without a handle (called by the job core only while it holds the
+        # claim): nobody follows it again. What the search shows now is cancelled; what it
+        # shows later, at the next upkeeps. Only a job this runner was unsure of (noted by a
+        # create given up on or a look-up by tag, or a look-up that failed): a create refused
+        # outright made nothing.
+        with self._strays_lock:
+            if job.id not in self._strays:
+                return
+            self._abandoned.add(job.id)
+        self._watch(job.id)  # for an hour from its end
         await self._cancel_strays(job.id)
 
     async def maintain(self) -> None:
@@ -568,8 +604,13 @@ class IbmCloudRunner(Runner):
             if now >= until:
                 with self._strays_lock:
                     self._strays.pop(job_id, None)
+                    self._abandoned.discard(job_id)
                 continue
-            await self._cancel_strays(job_id)
+            with self._strays_lock:
+                # Only a note while the job may still be followed by another replica.
+                searched = job_id in self._abandoned or job_id in self._waiting
+            if searched:
+                await self._cancel_strays(job_id)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         """Asks for the device's status (free, unlike a job): answering and operational."""
@@ -606,13 +647,14 @@ class IbmCloudRunner(Runner):
     # ------------------------------------------------------------------------- stray jobs
 
     def _watch(self, job_id: str) -> None:
-        """Watches a job whose runtime job(s) may show up in the tag search later (called from
-        threads too)."""
+        """Notes a job whose runtime job(s) may show up in the tag search later (called from
+        threads too); searched for once abandoned, or while followed here (`maintain`)."""
         with self._strays_lock:
             _, kept = self._strays.pop(job_id, (0.0, set()))
             self._strays[job_id] = (time.monotonic() + _STRAY_WATCH_S, kept)
             while len(self._strays) > _MAX_STRAY_JOBS:
                 lost, _ = self._strays.popitem(last=False)
+                self._abandoned.discard(lost)
                 log.warning("job %s: no longer watched for stray runtime jobs", lost)
 
     def _follows(self, job_id: str, remote_id: str) -> bool:
@@ -836,9 +878,10 @@ class IbmCloudRunner(Runner):
                     err.kind is FailureKind.TRANSIENT
                     and err.metadata.get("providerStatus") != "429"
                 ):
-                    # It may have made a runtime job the search shows only later: watched
-                    # (whatever follows: a retry that succeeds, the job core's look-up, or
-                    # the job's end).
+                    # It may have made a runtime job the search shows only later: noted, and
+                    # searched for once the job is followed here (a retry that succeeds, the
+                    # job core's look-up) or abandoned (its end), never before: another
+                    # replica may hold the job by then.
                     self._watch(job.id)
                 if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
                     raise
