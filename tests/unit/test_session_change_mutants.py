@@ -475,6 +475,8 @@ def test_pennylane_run_costs_price_each_binding() -> None:
         per_amplitude=25, per_binding=4_000_000, per_operation_run=750_000, per_term=3_150_000
     )
     default = PennyLaneAdapter(aer_context(device="default.qubit")).run_costs()
+    # per_term 0: default.qubit's estimator reads its terms from its states, priced by its own
+    # estimation_work (test_pennylane_estimator_memory_review), no longer qml.expval's.
     assert default == costs.RunCosts(
-        per_amplitude=210, per_binding=2_500_000, per_operation_run=50_000, per_term=3_500_000
+        per_amplitude=210, per_binding=2_500_000, per_operation_run=50_000, per_term=0
     )
