@@ -22,7 +22,8 @@ Never paying twice:
 - a job that ends with tasks Braket may have and nobody follows (a create whose answer was
   lost, its task not yet in the eventually consistent tag search) is watched once the job core
   abandoned it (`abandon`, `maintain`; never before, while another replica may hold the job):
-  its tags are searched at each upkeep for _STRAY_WATCH_S, and what shows up is cancelled.
+  its tags are searched at each upkeep for an hour (gateway.backends.stray_watch), and what
+  shows up is cancelled.
 
 Provider errors become FailureKinds: throttling, 5xx and connection failures TRANSIENT
 (retried here with backoff first), a ValidationException CLIENT_ERROR (reason
@@ -70,6 +71,7 @@ from gateway.backends.base import ExecutionOutcome, PreparedJob
 from gateway.backends.braket.program import BraketProgram, UnsupportedCircuit, shots_program
 from gateway.backends.qiskit.adapter import QiskitPayload, SamplerTask
 from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled_error
+from gateway.backends.stray_watch import StrayWatch
 from gateway.domain.bitarray import RegisterSpec, SamplerResultBuilder
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
@@ -127,13 +129,6 @@ _PLAN_VERSION = 1
 _SEARCH_PAGES = 20
 _SEARCH_SLACK = timedelta(minutes=10)
 _MAX_POSITIONS = 100
-# Jobs that ended with tasks Braket may have and the gateway does not follow (a create whose
-# answer was lost, its task not yet in the tag search): searched for at each upkeep for this
-# long, what shows up cancelled. At most this many at once (the oldest are given up): each is
-# one tag search per upkeep (up to _SEARCH_PAGES pages; the create limiter does not pace
-# searches, so a long outage's watch adds up to 100 searches every health interval).
-_STRAY_WATCH_S = 3600.0
-_MAX_STRAY_JOBS = 100
 
 
 @dataclass(frozen=True)
@@ -396,15 +391,10 @@ class BraketCloudRunner(Runner):
         self.limiter = shared_limiter(settings) if limiter is None else limiter
         self._calls = anyio.CapacityLimiter(max(8, settings.max_concurrent_tasks))
         self._plans: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        # Job id -> (the job, until when it is watched, the task ARNs already cancelled). An
-        # entry is only a note (this runner was unsure what Braket has of the job) until the
-        # job core abandons the job (`_abandoned`: it ended here, nobody follows it again):
-        # a job another replica may still hold is never searched for strays, which would
-        # cancel the tasks that replica follows.
-        self._strays: collections.OrderedDict[str, tuple[Job, float, set[str]]] = (
-            collections.OrderedDict()
-        )
-        self._abandoned: set[str] = set()
+        # Jobs this runner was unsure what Braket has of, searched once abandoned (each search
+        # up to _SEARCH_PAGES pages, not paced by the create limiter). Settled ids: the task
+        # ARNs already cancelled.
+        self._strays = StrayWatch("Braket tasks")
 
     @property
     def capacity(self) -> int:
@@ -464,7 +454,7 @@ class BraketCloudRunner(Runner):
                     # The lost one may not be in the search yet: noted, and cancelled when
                     # it shows once the job core abandoned the job (it ends FAILED here; the
                     # core never looks it up again).
-                    self._watch(job)
+                    self._strays.note(job)
                 if made and err.kind in (
                     FailureKind.CREDENTIALS,
                     FailureKind.TRANSIENT,
@@ -554,7 +544,7 @@ class BraketCloudRunner(Runner):
             return BraketCloudHandle(job.id, arns)
         # The gateway died between a create and storing its ARN: look for the job's tags. Noted:
         # a task the lagging search does not show yet is cancelled if the job is abandoned.
-        self._watch(job)
+        self._strays.note(job)
         found, total = await self._thread(
             lambda: self._retrying(lambda: self._tagged(job), following=True)
         )
@@ -575,37 +565,18 @@ class BraketCloudRunner(Runner):
         # shows later, at the next upkeeps. Only a job this runner was unsure of (noted by a
         # create whose answer was lost, or a look-up by tag): a create refused outright made
         # nothing.
-        if job.id not in self._strays:
-            return
-        self._abandoned.add(job.id)
-        self._watch(job)  # for an hour from its end
-        await self._cancel_strays(job.id)
+        if self._strays.abandon(job):  # searched for an hour from its end
+            await self._cancel_strays(job.id)
 
     async def maintain(self) -> None:
-        now = time.monotonic()
-        for job_id, (_, until, _) in list(self._strays.items()):
-            if now >= until:
-                self._strays.pop(job_id, None)
-                self._abandoned.discard(job_id)
-                continue
-            if job_id in self._abandoned:  # only a note while another replica may hold it
-                await self._cancel_strays(job_id)
-
-    def _watch(self, job: Job) -> None:
-        """Notes a job Braket may have tasks of that nobody follows; searched for once the
-        job core abandoned it (`maintain`)."""
-        _, _, done = self._strays.pop(job.id, (job, 0.0, set()))
-        self._strays[job.id] = (job, time.monotonic() + _STRAY_WATCH_S, done)
-        while len(self._strays) > _MAX_STRAY_JOBS:
-            lost, _ = self._strays.popitem(last=False)
-            self._abandoned.discard(lost)
-            log.warning("job %s: no longer watched for stray Braket tasks", lost)
+        for watched in self._strays.due():
+            await self._cancel_strays(watched.job.id)
 
     async def _cancel_strays(self, job_id: str) -> None:
         entry = self._strays.get(job_id)
         if entry is None:
             return
-        job, _, done = entry
+        job, done = entry.job, entry.settled
         try:
             found, _ = await self._thread(lambda: self._tagged(job))
         except Exception as exc:  # out of reach: asked again at the next upkeep

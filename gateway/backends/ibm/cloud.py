@@ -29,7 +29,7 @@
   create the client gave up on may be committed after the look-up; IBM documents no consistency
   for the listing). A job whose create was uncertain, or that was looked up by tag, is noted;
   it is watched (`maintain`) once the job core abandoned it (it ended here without a handle:
-  `abandon`, as the Braket runner does), for _STRAY_WATCH_S, and while a handle of this runner
+  `abandon`, as the Braket runner does), for an hour, and while a handle of this runner
   follows it (`wait`): its tag is searched at each upkeep, and every runtime job under it that
   no handle of this runner follows is cancelled. Never while another replica may hold the job:
   it would cancel the runtime job that replica made and follows. A retried create that
@@ -66,7 +66,6 @@ The token is a SecretStr until the moment it is handed to the SDK; nothing here 
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import hashlib
 import json
@@ -89,6 +88,7 @@ import numpy as np
 from gateway.backends.base import ExecutionOutcome, PreparedJob, TargetUnavailable
 from gateway.backends.qiskit.adapter import EstimatorTask, QiskitPayload, SamplerTask
 from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled_error
+from gateway.backends.stray_watch import StrayWatch
 from gateway.domain.bitarray import Counts
 from gateway.domain.errors import ExecutionError
 from gateway.domain.failures import FailureKind
@@ -131,10 +131,6 @@ _PUBS_TAG_PREFIX = "qgateway-pubs:"
 # characters, and register names are the client's (a QPY name may be any text).
 _LAYOUT_TAG_PREFIX = "qgateway-layout:"
 _IAM_ENV = "IAM_URL"
-# How long a job whose runtime job may show up late in the tag search is watched, and how many
-# are watched at once (the oldest given up first), as on Braket.
-_STRAY_WATCH_S = 3600.0
-_MAX_STRAY_JOBS = 100
 _iam_lock = threading.Lock()
 
 
@@ -481,19 +477,10 @@ class IbmCloudRunner(Runner):
         # Gateway session id -> its provider session, for the sessions open here.
         self._sessions: dict[str, _ProviderSession] = {}
         self._sessions_lock = threading.Lock()
-        # Job id -> (until when it is watched for stray runtime jobs, the runtime job ids not
-        # to cancel: followed by a handle, or already cancelled). Written from threads too.
-        # An entry is only a note (this runner was unsure whether a create made the job) until
-        # the job core abandons the job (`_abandoned`: it ended here, nobody follows it again)
-        # or while a handle of this runner follows it (`_waiting`: this replica holds the
-        # job's claim): a job that may still be followed by another replica is never searched
-        # for strays, which would cancel the runtime job that replica made and follows.
-        self._strays: collections.OrderedDict[str, tuple[float, set[str]]] = (
-            collections.OrderedDict()
-        )
-        self._abandoned: set[str] = set()
-        self._waiting: set[str] = set()
-        self._strays_lock = threading.Lock()
+        # Jobs this runner was unsure whether a create made, searched once abandoned or while
+        # a wait of this runner follows them (this replica holds the claim). Settled ids: the
+        # runtime jobs followed by a handle, or cancelled already.
+        self._strays = StrayWatch("runtime jobs")
         # Jobs being submitted or looked up here: a runtime job just made or found is not yet
         # among the kept ids, and an upkeep meanwhile would cancel the one about to be followed.
         self._busy: set[str] = set()
@@ -527,9 +514,7 @@ class IbmCloudRunner(Runner):
         # A job this runner was unsure of (a create given up on, a look-up that found nothing:
         # a copy may show up late) is searched for strays while it is followed here, and no
         # longer once it is not: another replica may hold it next.
-        if self._follows(job_id, remote_id):
-            with self._strays_lock:
-                self._waiting.add(job_id)
+        self._strays.follow_here(job_id, remote_id)
         ended = True  # not followed here any more (a lost touch is followed again)
         try:
             while True:
@@ -541,10 +526,7 @@ class IbmCloudRunner(Runner):
             ended = err.kind is not FailureKind.TRANSIENT
             raise
         finally:
-            with self._strays_lock:
-                self._waiting.discard(job_id)
-                if ended and job_id not in self._abandoned:
-                    self._strays.pop(job_id, None)
+            self._strays.stop_following(job_id, ended)
 
     async def cancel(self, handle: RunHandle) -> None:
         remote_id = _remote(handle)
@@ -570,15 +552,15 @@ class IbmCloudRunner(Runner):
 
         if remote_id is None:
             # Its create may have been made (or still show up in the tag search, found or
-            # not): noted (`_watch`), what this runner follows kept (`_follows`); searched
+            # not): noted, what this runner follows settled; searched
             # for only once the job core abandons the job, or while it is followed here.
-            self._watch(job.id)
+            self._strays.note(job)
         self._busy.add(job.id)
         try:
             found = await self._run(find, self._calls, bounded=True)
             if found is None:
                 return None
-            self._follows(job.id, found)
+            self._strays.settle(job.id, found)
         finally:
             self._busy.discard(job.id)
         return IbmCloudHandle(job.id, found)
@@ -589,28 +571,12 @@ class IbmCloudRunner(Runner):
         # shows later, at the next upkeeps. Only a job this runner was unsure of (noted by a
         # create given up on or a look-up by tag, or a look-up that failed): a create refused
         # outright made nothing.
-        with self._strays_lock:
-            if job.id not in self._strays:
-                return
-            self._abandoned.add(job.id)
-        self._watch(job.id)  # for an hour from its end
-        await self._cancel_strays(job.id)
+        if self._strays.abandon(job):  # searched for an hour from its end
+            await self._cancel_strays(job.id)
 
     async def maintain(self) -> None:
-        now = time.monotonic()
-        with self._strays_lock:
-            watched = list(self._strays.items())
-        for job_id, (until, _) in watched:
-            if now >= until:
-                with self._strays_lock:
-                    self._strays.pop(job_id, None)
-                    self._abandoned.discard(job_id)
-                continue
-            with self._strays_lock:
-                # Only a note while the job may still be followed by another replica.
-                searched = job_id in self._abandoned or job_id in self._waiting
-            if searched:
-                await self._cancel_strays(job_id)
+        for watched in self._strays.due():
+            await self._cancel_strays(watched.job.id)
 
     async def probe(self, prepared: PreparedJob, timeout: float) -> None:
         """Asks for the device's status (free, unlike a job): answering and operational."""
@@ -646,25 +612,6 @@ class IbmCloudRunner(Runner):
 
     # ------------------------------------------------------------------------- stray jobs
 
-    def _watch(self, job_id: str) -> None:
-        """Notes a job whose runtime job(s) may show up in the tag search later (called from
-        threads too); searched for once abandoned, or while followed here (`maintain`)."""
-        with self._strays_lock:
-            _, kept = self._strays.pop(job_id, (0.0, set()))
-            self._strays[job_id] = (time.monotonic() + _STRAY_WATCH_S, kept)
-            while len(self._strays) > _MAX_STRAY_JOBS:
-                lost, _ = self._strays.popitem(last=False)
-                self._abandoned.discard(lost)
-                log.warning("job %s: no longer watched for stray runtime jobs", lost)
-
-    def _follows(self, job_id: str, remote_id: str) -> bool:
-        """A handle follows `remote_id`: never cancelled as a stray. Whether the job is watched."""
-        with self._strays_lock:
-            entry = self._strays.get(job_id)
-            if entry is not None:
-                entry[1].add(remote_id)
-            return entry is not None
-
     async def _cancel_strays(self, job_id: str) -> None:
         """Cancels the runtime jobs under the job's tag that no handle follows (none while the
         job is being submitted or looked up here)."""
@@ -682,11 +629,10 @@ class IbmCloudRunner(Runner):
         Raises:
             ExecutionError: the tag search failed.
         """
-        with self._strays_lock:
-            entry = self._strays.get(job_id)
+        entry = self._strays.get(job_id)
         if entry is None:
             return
-        kept = entry[1]
+        kept = entry.settled
         service_call = self._client.service
         listed = self._call(
             lambda: service_call().jobs(job_tags=[JOB_TAG_PREFIX + job_id], limit=10), None
@@ -882,12 +828,12 @@ class IbmCloudRunner(Runner):
                     # searched for once the job is followed here (a retry that succeeds, the
                     # job core's look-up) or abandoned (its end), never before: another
                     # replica may hold the job by then.
-                    self._watch(job.id)
+                    self._strays.note(job)
                 if err.kind is not FailureKind.TRANSIENT or attempt >= self._policy.max_attempts:
                     raise
                 log.warning("job %s: create failed transiently (%s); checking by tag", job.id, err)
             else:
-                if self._follows(job.id, created):
+                if self._strays.settle(job.id, created):
                     # An earlier create of the job may have made a runtime job the tag search
                     # missed (a slow service commits it after the look-up, or the search does
                     # not show it yet; or it was made before a restart): two runtime jobs,
@@ -908,7 +854,7 @@ class IbmCloudRunner(Runner):
                 # look: TRANSIENT, which the job core answers by looking it up by its tag.
                 raise _while_following(err) from err
             if found is not None:
-                self._follows(job.id, found)  # a copy the search shows later is cancelled
+                self._strays.settle(job.id, found)  # a copy the search shows later is cancelled
                 return found
 
     def _create(

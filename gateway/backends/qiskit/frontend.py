@@ -749,8 +749,9 @@ def _inline_switch_targets(program: q3ast.Program) -> None:
     if not declared:
         return
     blocks: list[list[Any]] = [program.statements]
-    blocks += [s.statements for s in _walk(program) if isinstance(s, q3ast.CompoundStatement)]
     for node in _walk(program):
+        if isinstance(node, q3ast.CompoundStatement):
+            blocks.append(node.statements)
         for name in ("block", "body", "if_block", "else_block"):
             value = getattr(node, name, None)
             if isinstance(value, list):
@@ -917,12 +918,7 @@ class _Qasm3Condition:
             if isinstance(value, ClassicalRegister):
                 return value
             # A slice: Qiskit compares registers, as the importer's own conditions do.
-            name = self._context.unique_name()  # type: ignore[no-untyped-call]
-            register = ClassicalRegister(name=name, bits=value)
-            self._context.circuit.add_register(register)
-            symbol = Symbol(name, register, q3types.BitArray(len(register)), Scope.NONE)
-            self._context.symbol_table.insert(symbol)  # type: ignore[no-untyped-call]
-            return register
+            return _register_of(value, self._context)
         if isinstance(kind, q3types.Bool) and kind.const:
             return bool(value)
         if isinstance(kind, q3types.Int | q3types.Uint) and kind.const and isinstance(value, int):
@@ -944,6 +940,17 @@ class _Qasm3Condition:
             # Qiskit's typing of the operands (`bit c; if (c == 2)`), as the importer's own
             # conditions refused them: the program's error (INVALID_QASM).
             raise_from_node(node, f"the operands' types do not fit the operator: {exc}")
+
+
+def _register_of(bits: list[Clbit], context: State) -> ClassicalRegister:
+    """A register over a slice's bits, added to the circuit and the importer's symbols (Qiskit
+    conditions and switches read registers, not bit lists)."""
+    name = context.unique_name()  # type: ignore[no-untyped-call]
+    register = ClassicalRegister(name=name, bits=bits)
+    context.circuit.add_register(register)
+    symbol = Symbol(name, register, q3types.BitArray(len(register)), Scope.NONE)
+    context.symbol_table.insert(symbol)  # type: ignore[no-untyped-call]
+    return register
 
 
 class _Qasm3Converter(ConvertVisitor):
@@ -985,11 +992,7 @@ class _Qasm3Converter(ConvertVisitor):
                 node.target, "switch targets other than bits and bit registers are not supported"
             )
         if isinstance(target, list):  # a slice: Qiskit switches on registers, as in an `if`
-            name = context.unique_name()  # type: ignore[no-untyped-call]
-            target = ClassicalRegister(name=name, bits=target)
-            context.circuit.add_register(target)
-            symbol = Symbol(name, target, q3types.BitArray(len(target)), Scope.NONE)
-            context.symbol_table.insert(symbol)  # type: ignore[no-untyped-call]
+            target = _register_of(target, context)
         width = 1 if isinstance(target, Clbit) else len(target)
         seen: set[int] = set()
         cases: list[tuple[list[object], list[q3ast.Statement]]] = []
