@@ -119,6 +119,7 @@ class RunnerStep:
                     JobState.FAILED,
                     error=JobError.of("INTERNAL_ERROR", "internal error in the gateway"),
                     started_at=running.unwritten_start,
+                    holder=_holder(runtime, running),
                 )
                 settled = True
             except Exception:
@@ -172,14 +173,21 @@ class RunnerStep:
                             await running.cancel_requested.wait()
                     if running.cancel_requested.is_set():
                         runtime.breaker.release(running.permit)
-                        await self._t.finish(job, JobState.CANCELLED)
+                        await self._t.finish(
+                            job, JobState.CANCELLED, holder=_holder(runtime, running)
+                        )
                         return None
                     backoff = min(backoff * 2, _PREPARE_RETRY_MAX_S)
                     continue
                 # A spec that validated at admission and no longer does (a limit lowered, the
                 # backend reconfigured): the job's own problem, not the backend's.
                 runtime.breaker.release(running.permit)
-                await self._t.finish(job, JobState.FAILED, error=JobError.from_error(err))
+                await self._t.finish(
+                    job,
+                    JobState.FAILED,
+                    error=JobError.from_error(err),
+                    holder=_holder(runtime, running),
+                )
                 return None
 
     async def _run(self, runtime: BackendRuntime, running: RunningJob) -> None:
@@ -195,7 +203,7 @@ class RunnerStep:
         if cancelling and job.remote_id is None and runtime.runner.model is ExecutionModel.LOCAL:
             # Its holder died while stopping a local run, which died with it.
             runtime.breaker.release(running.permit)
-            await self._t.finish(job, JobState.CANCELLED)
+            await self._t.finish(job, JobState.CANCELLED, holder=_holder(runtime, running))
             return
         handle: RunHandle | None = None
         started: Job | None = None
@@ -226,7 +234,7 @@ class RunnerStep:
                 if job.remote_id is None:  # its submit may have reached the provider
                     await self._abandon(runtime, job)
                 runtime.breaker.release(running.permit)
-                await self._t.finish(job, JobState.CANCELLED)
+                await self._t.finish(job, JobState.CANCELLED, holder=_holder(runtime, running))
                 return
             if handle is not None:
                 running.handle = handle
@@ -250,7 +258,7 @@ class RunnerStep:
                     # Cancelled while it was prepared again (recovered, or claimed from a
                     # shared queue): it never reaches a worker or the provider.
                     runtime.breaker.release(running.permit)
-                    await self._t.finish(job, JobState.CANCELLED)
+                    await self._t.finish(job, JobState.CANCELLED, holder=_holder(runtime, running))
                     return
                 submitted = await self._submit(runtime, running, prepared)
             if submitted is None:
@@ -374,7 +382,9 @@ class RunnerStep:
                             return None
                         await self._abandon(runtime, current)
                         runtime.breaker.release(running.permit)
-                        await self._t.finish(current, JobState.CANCELLED)
+                        await self._t.finish(
+                            current, JobState.CANCELLED, holder=_holder(runtime, running)
+                        )
                         return None
         except ExecutionError as lookup:
             # Out of reach until the run-time limit: whether the provider runs the job is not
@@ -527,11 +537,11 @@ class RunnerStep:
             what,
             err.reason,
         )
-        requeued = await self._t.queued_again(job, moved)
+        requeued = await self._t.queued_again(job, moved, _holder(runtime, running))
         if requeued is None:  # no longer SUBMITTING: cancelled meanwhile
             current = await self._t.store.get_job(job.id)
             if current is not None and current.state is JobState.CANCELLING:
-                await self._t.finish(current, JobState.CANCELLED)
+                await self._t.finish(current, JobState.CANCELLED, holder=_holder(runtime, running))
             return
         running.released = True
         await runtime.queue.release(running.claim, requeued)
@@ -541,7 +551,7 @@ class RunnerStep:
         # CANCELLING is a cancel request, whoever wrote it: the job ends CANCELLED.
         current = await self._t.store.get_job(running.claim.job.id)
         if current is not None and current.state is JobState.CANCELLING:
-            await self._t.finish(current, JobState.CANCELLED)
+            await self._t.finish(current, JobState.CANCELLED, holder=_holder(runtime, running))
 
     async def _follow(
         self,
@@ -686,6 +696,7 @@ class RunnerStep:
                     JobState.CANCELLED,
                     execution=ran(),
                     started_at=running.unwritten_start,
+                    holder=_holder(runtime, running),
                 )
                 return
             limit = f"{run_limit:g}"
@@ -711,6 +722,7 @@ class RunnerStep:
                 execution=ran(),
                 started_at=running.unwritten_start,
                 breaker=moved,
+                holder=_holder(runtime, running),
             )
             return
         try:
@@ -804,7 +816,13 @@ class RunnerStep:
             breaker.release(running.permit)
         start = running.unwritten_start
         if err.kind is FailureKind.CANCELLED:
-            await self._t.finish(job, JobState.CANCELLED, execution=info, started_at=start)
+            await self._t.finish(
+                job,
+                JobState.CANCELLED,
+                execution=info,
+                started_at=start,
+                holder=_holder(runtime, running),
+            )
             return
         await self._t.finish(
             job,
@@ -813,6 +831,7 @@ class RunnerStep:
             execution=info,
             started_at=start,
             breaker=moved,
+            holder=_holder(runtime, running),
         )
 
     async def _succeeded(
@@ -865,7 +884,7 @@ class RunnerStep:
             # Not negative when the wall clock stepped back while the job waited (the
             # store keeps its start from coming before its creation, too).
             queued_s = max(0.0, (ran.started_at - ran.created_at).total_seconds())
-        await self._stored_end(
+        ended = await self._stored_end(
             runtime,
             running,
             lambda: self._t.finish(
@@ -888,12 +907,20 @@ class RunnerStep:
                 result=result,
                 started_at=running.unwritten_start,
                 breaker=moved,
+                holder=_holder(runtime, running),
             ),
         )
+        if ended is None:
+            # Not written: the job's lease went to another holder while this run went on (it
+            # runs the job again, and its result is the job's), or the job had ended already.
+            self._recent.discard(started.id)
 
     async def _stored_end(
-        self, runtime: BackendRuntime, running: RunningJob, write: Callable[[], Awaitable[object]]
-    ) -> None:
+        self,
+        runtime: BackendRuntime,
+        running: RunningJob,
+        write: Callable[[], Awaitable[Job | None]],
+    ) -> Job | None:
         """Writes a finished job's end, again while the store cannot write (a full disk): its
         result is in hand, and failing the job for it threw a finished run away. The claim is
         renewed meanwhile; after FINISH_RETRY_LIMIT_S the error goes on (the job FAILED)."""
@@ -901,8 +928,7 @@ class RunnerStep:
         deadline = time.monotonic() + FINISH_RETRY_LIMIT_S
         while True:
             try:
-                await write()
-                return
+                return await write()
             except StoreUnavailable as err:
                 if time.monotonic() + backoff > deadline:
                     raise

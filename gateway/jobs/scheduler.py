@@ -130,7 +130,10 @@ class Scheduler:
             # call) carries the job as it was queued, and start_job gives the claim back to
             # that step; failing it QUEUE_TIMEOUT threw away a job that was running.
             rt.breaker.release(permit)
-            await self._t.finish(claim.job, JobState.FAILED, error=self._expired_error())
+            holder = None if rt.queue.queues_before_commit else claim.owner
+            await self._t.finish(
+                claim.job, JobState.FAILED, error=self._expired_error(), holder=holder
+            )
             await rt.queue.done(claim)
             return True
         self.start_job(claim, permit)

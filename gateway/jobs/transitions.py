@@ -71,9 +71,12 @@ class Transitions:
         write = self.store.mark_submitting(job.id, self.clock(), holder=holder)
         return await self._change(job, write)
 
-    async def queued_again(self, job: Job, breaker: BreakerMove | None = None) -> Job | None:
-        """SUBMITTING -> QUEUED: the provider refused the submit and created nothing."""
-        write = self.store.mark_queued_again(job.id, self.clock())
+    async def queued_again(
+        self, job: Job, breaker: BreakerMove | None = None, holder: str | None = None
+    ) -> Job | None:
+        """SUBMITTING -> QUEUED: the provider refused the submit and created nothing; None if
+        another holds the job's lease."""
+        write = self.store.mark_queued_again(job.id, self.clock(), holder=holder)
         return await self._change(job, write, breaker)
 
     async def running(
@@ -106,8 +109,10 @@ class Transitions:
         result: bytes | None = None,
         started_at: datetime | None = None,
         breaker: BreakerMove | None = None,
+        holder: str | None = None,
     ) -> Job | None:
-        """Moves a job to a final state; None if it already was in one (or does not exist).
+        """Moves a job to a final state, by `holder` (the claim's owner); None if it already
+        was in one (or does not exist), or if another holds the job's lease.
 
         `started_at`: the job ran from then without its RUNNING state written (a short local
         run); RUNNING commits with the end, and watchers and hooks hear of both, in order.
@@ -129,6 +134,7 @@ class Transitions:
             result=result,
             result_expires_at=expires,
             started_at=started_at,
+            holder=holder,
         )
 
         def publish(finished: Job) -> None:

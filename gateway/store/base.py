@@ -244,9 +244,12 @@ class Store(Protocol):
         None from any other state, or when `holder` (the claim's owner, where the store is the
         queue) is given and does not hold the job's lease."""
 
-    async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
+    async def mark_queued_again(
+        self, job_id: str, at: datetime, *, holder: str | None = None
+    ) -> Job | None:
         """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
-        created nothing: the job waits in the queue again); None otherwise."""
+        created nothing: the job waits in the queue again); None otherwise, or when `holder`
+        is given and does not hold its lease (as for mark_submitting)."""
 
     async def mark_running(
         self,
@@ -300,6 +303,7 @@ class Store(Protocol):
         result: bytes | None = None,
         result_expires_at: datetime | None = None,
         started_at: datetime | None = None,
+        holder: str | None = None,
     ) -> Job | None:
         """Moves a non-final job to a final state, storing its result in the same transaction.
 
@@ -308,7 +312,9 @@ class Store(Protocol):
         `started_at`: the job ran from then without its RUNNING state written; RUNNING is
         written first, in the same transaction, as mark_running(started_at) would have.
 
-        Returns None (and changes nothing) when the job is already final.
+        Returns None (and changes nothing) when the job is already final, or when `holder`
+        (the claim's owner) is given and does not hold its lease: a holder whose lease lapsed
+        while its run went on must not end the job its new holder runs (as for mark_running).
         """
 
     async def recover(self, now: datetime) -> Recovered:

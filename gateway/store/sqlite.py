@@ -745,16 +745,20 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         return await self._call(op)
 
-    async def mark_queued_again(self, job_id: str, at: datetime) -> Job | None:
+    async def mark_queued_again(
+        self, job_id: str, at: datetime, *, holder: str | None = None
+    ) -> Job | None:
         """SUBMITTING with no remote id -> QUEUED (the provider refused the submit and
-        created nothing); None otherwise."""
+        created nothing); None otherwise, or when `holder` is given and does not hold its
+        lease."""
         at_us = to_us(at)
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 f"UPDATE jobs SET state = 'QUEUED', {_ENTER_STATE} WHERE id = ?"
-                f" AND state = 'SUBMITTING' AND remote_id IS NULL RETURNING {_JOB_COLUMNS}",
-                (*_entering(JobState.QUEUED, at_us), job_id),
+                f" AND state = 'SUBMITTING' AND remote_id IS NULL AND {_HELD_BY}"
+                f" RETURNING {_JOB_COLUMNS}",
+                (*_entering(JobState.QUEUED, at_us), job_id, holder, holder),
             ).fetchone()
             return None if row is None else _row_to_job(row)
 
@@ -928,6 +932,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         result: bytes | None = None,
         result_expires_at: datetime | None = None,
         started_at: datetime | None = None,
+        holder: str | None = None,
     ) -> Job | None:
         """Moves a non-final job to a final state, storing its result in the same transaction,
         and ends its claim (a final job is never claimable).
@@ -936,8 +941,9 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         run): RUNNING is written in this transaction as mark_running would have (start time,
         attempts + 1, its history entry), then the final state.
 
-        Returns None (and changes nothing) when the job is absent or already final.
-        `result_expires_at` is kept for SUCCEEDED jobs only.
+        Returns None (and changes nothing) when the job is absent or already final, or when
+        `holder` is given and does not hold its lease. `result_expires_at` is kept for
+        SUCCEEDED jobs only.
 
         Raises:
             ValueError: When `state` is not a final state.
@@ -973,7 +979,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             " error_message = ?, error_code = ?, error_metadata = ?, execution = ?, timings = ?,"
             f" result_expires_at = ?, lease_owner = NULL, lease_expires_at = NULL{started_sql},"
             f" state_history = {history_sql}, updated_at = {_NOT_BEFORE_LAST}"
-            f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS})"
+            f" WHERE id = ? AND state NOT IN ({_FINAL_PLACEHOLDERS}) AND {_HELD_BY}"
             f" RETURNING {_JOB_COLUMNS}"
         )
         args = (
@@ -991,6 +997,8 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             ended_us,
             job_id,
             *_FINAL_NAMES,
+            holder,
+            holder,
         )
 
         def op(conn: sqlite3.Connection) -> Job | None:

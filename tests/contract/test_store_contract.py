@@ -881,6 +881,38 @@ async def test_only_the_lease_holder_moves_a_claimed_job(store: Store) -> None:
     assert await store.mark_running("b", later) is not None
 
 
+async def test_only_the_lease_holder_ends_or_queues_again_a_claimed_job(store: Store) -> None:
+    # A holder whose lease lapsed while its run went on must not end (or give back) the job
+    # its new holder runs: its end would stand for the new holder's run, whose own end is
+    # then refused.
+    await store.create_job(new_job(job_id="a"))
+    assert await claim(store, "old") == "a"
+    later = T0 + 2 * LEASE
+    claimed = await store.claim_next("aer", "new", later + LEASE, later)
+    assert claimed is not None and claimed.id == "a"
+    assert await store.mark_submitting("a", later, holder="new") is not None
+    assert await store.mark_queued_again("a", later, holder="old") is None
+    ended = await store.finish_job(
+        "a", JobState.SUCCEEDED, ended_at=later, result=b"old", holder="old"
+    )
+    assert ended is None
+    assert (await get(store, "a")).state is JobState.SUBMITTING
+    assert await store.get_result("a") is None
+    assert await store.renew_claim("a", "new", later + LEASE, later)  # still the new holder's
+    requeued = await store.mark_queued_again("a", later, holder="new")
+    assert requeued is not None and requeued.state is JobState.QUEUED
+    done = await store.finish_job(
+        "a", JobState.SUCCEEDED, ended_at=later, result=b"new", holder="new"
+    )
+    assert done is not None and done.state is JobState.SUCCEEDED
+    assert await store.get_result("a") == b"new"
+    # A write naming no holder (the in-memory queue's, a recovery's) ends any job.
+    await store.create_job(new_job(job_id="b", created_at=T0 + SECOND))
+    assert await claim(store, "other", later) == "b"
+    cancelled = await store.finish_job("b", JobState.CANCELLED, ended_at=later)
+    assert cancelled is not None and cancelled.state is JobState.CANCELLED
+
+
 async def test_queued_by_tenant_counts_unclaimed_queued_jobs_of_the_placement(
     store: Store,
 ) -> None:

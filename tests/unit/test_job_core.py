@@ -1707,6 +1707,51 @@ async def test_a_holder_whose_lease_lapsed_leaves_a_job_given_back_to_the_queue(
         await _close(a)
 
 
+async def test_a_holder_whose_lease_lapsed_during_its_run_does_not_end_the_next_holders_job(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A's run ended after its lease had lapsed and B had claimed the job and run it again, and
+    # before any renewal of A's told it so (a stalled process, a renewal that passed just before
+    # the lapse). A's final write, naming no holder, ended the job B runs: SUCCEEDED with A's
+    # result, B's own end refused. Only the lease's holder may end a claimed job.
+    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
+    clock, a, b = await _two_holders(store, runner_a, runner_b)
+    try:
+        job = await a.submit("alice", spec("sim"))
+        await a.until("alice", job.id, "RUNNING")  # A runs it, RUNNING written
+
+        async def stale_renewal(claim: Claim) -> Claim:
+            return claim  # A believes it still holds the claim
+
+        monkeypatch.setattr(a.backends["sim"].queue, "renew", stale_renewal)
+        clock.advance(0.35)  # A's lease lapses
+        b.manager.start_scheduling()
+        await asyncio.wait_for(runner_b.started.wait(), 5)  # B claimed it and runs it again
+        async with asyncio.timeout(5):
+            while (await _attempts(store, job.id)) < 2:  # B's RUNNING is written
+                await asyncio.sleep(0.01)
+        runner_a.succeed(job.id)
+        async with asyncio.timeout(5):
+            while a.backends["sim"].running:  # A's step ends, its write refused
+                await asyncio.sleep(0.01)
+        current = await store.get_job(job.id)
+        assert current is not None and current.state is JobState.RUNNING  # still B's
+        assert await store.get_result(job.id) is None
+        runner_b.succeed(job.id)
+        done = await b.until("alice", job.id, "SUCCEEDED")
+        assert done.attempts == 2  # B's end, of B's run
+        assert [t.state.value for t in done.state_history] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    finally:
+        await _close(b)
+        await _close(a)
+
+
+async def _attempts(store: SqliteStore, job_id: str) -> int:
+    job = await store.get_job(job_id)
+    assert job is not None
+    return job.attempts
+
+
 class _SlowAnswer(ScriptedRunner):
     """A provider that creates the job at once and answers the create when `answer` is set."""
 
