@@ -308,7 +308,10 @@ class Compiler:
             return value, True
         except InvalidArgument as refusal:
             broken = False
-            return refusal, True
+            # Cached without its traceback: its frames' locals (the client's source, up to
+            # max_source_bytes, and the worker's reply) stayed alive with each cached refusal,
+            # which the cache weighs at 4 KiB.
+            return refusal.with_traceback(None), True
         except TargetUnavailable as exc:
             # Not the circuit's doing, and over once the provider answers: never cached.
             broken = False

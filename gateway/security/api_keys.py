@@ -157,6 +157,10 @@ class LastUsedRecorder:
     async def flush(self) -> None:
         """Writes what was noted since the last flush."""
         pending, self._pending = self._pending, {}
+        # A note older than interval_s decides nothing (the key is noted again at its next
+        # use): kept, every key ever used (revoked ones too) stayed for the process's life.
+        stale = self._clock() - self._interval_s
+        self._noted = {prefix: t for prefix, t in self._noted.items() if t > stale}
         if pending:
             await self._store.touch_api_keys(pending)
 

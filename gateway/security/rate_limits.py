@@ -17,6 +17,10 @@ from gateway.security.tenant_policy import RateLimit
 
 Kind = Literal["request", "submit"]
 
+# Buckets of idle tenants are forgotten once this many are kept: every tenant id a JWT names,
+# and every tenant deleted since, kept its buckets for the life of the process.
+MAX_IDLE_BUCKETS = 1024
+
 
 class TokenBucket:
     """`rate.per_second` tokens refill each second, up to `rate.burst`; starts full."""
@@ -39,6 +43,11 @@ class TokenBucket:
         self._refill()
         self.rate = rate
         self._tokens = min(float(rate.burst), self._tokens)
+
+    def full(self) -> bool:
+        """Whether the bucket holds its whole burst (it is then what a new one would be)."""
+        self._refill()
+        return self._tokens >= self.rate.burst
 
     def take(self) -> float:
         """Takes a token: 0.0 when there was one, else the seconds until one refills (nothing
@@ -70,6 +79,8 @@ class RateLimiter:
             return
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= MAX_IDLE_BUCKETS:
+                self._drop_full()
             bucket = self._buckets[key] = TokenBucket(rate, self._clock)
         elif bucket.rate != rate:
             bucket.set_rate(rate)
@@ -95,3 +106,9 @@ class RateLimiter:
                 ],
                 retry_after=wait,
             )
+
+    def _drop_full(self) -> None:
+        # A full bucket is what a new one would be: forgetting it changes no answer.
+        for key, bucket in list(self._buckets.items()):
+            if bucket.full():
+                del self._buckets[key]
