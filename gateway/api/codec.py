@@ -531,6 +531,10 @@ def encode_job(job: Job) -> job_pb2.Job:
         if ex.cost is not None:
             out.cost.amount = ex.cost.amount
             out.cost.unit = ex.cost.unit
+    if job.remote_id:
+        # The provider's own job id, stored when the job left SUBMITTING: shown from then on
+        # (while it runs too), so a user can find the job in the provider's console.
+        out.execution.provider_job_id = job.remote_id
     if job.timings is not None:
         out.timings.queued.FromNanoseconds(int(job.timings.queued_s * 1e9))
         out.timings.transpile.FromNanoseconds(int(job.timings.transpile_s * 1e9))
