@@ -236,6 +236,20 @@ def test_a_single_observable_has_qiskits_shape(
     assert got.expectation_values == pytest.approx(evs.ravel().tolist(), abs=1e-9)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_observable_at_the_default_precision_is_one_sampled_value(
+    client: Client, backend: str
+) -> None:
+    # The plainest estimator call: one observable (shape ()), no precision (1/64). Its sampled
+    # value came back as a Python float and the job failed INTERNAL on every simulator; the
+    # tests above all asked for precision 0 or a list of observables.
+    bell = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0];\ncx q[0], q[1];\n'
+    got = client.estimate(bell, "ZZ", backend=backend, seed=5)
+    assert got.shape == ()
+    assert got.standard_errors == [1 / 64]
+    assert got.expectation_values[0] == pytest.approx(1.0, abs=5 / 64)  # 5 sd
+
+
 def test_dynamic_circuit_runs_on_aer(client: Client, examples: Path) -> None:
     # Teleporting |1>: the output bit is 1 on every shot, whatever the mid-circuit outcomes.
     pub = client.run((examples / "teleport.qasm").read_text(), shots=200, seed=9).sampler(0)

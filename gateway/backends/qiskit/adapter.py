@@ -993,7 +993,9 @@ class QiskitAdapter(BackendAdapter):
         exact: FloatArray = exact_flat[binding_index, observable_index].astype(np.float64)
         if task.precision > 0:
             rng = np.random.default_rng(task.seed)
-            noisy: FloatArray = rng.normal(exact, task.precision).astype(np.float64)
+            # A PUB of shape () indexes one scalar, and numpy's normal() of a scalar is a
+            # Python float (no astype, no reshape): keep it an array.
+            noisy: FloatArray = np.asarray(rng.normal(exact, task.precision), dtype=np.float64)
             errors: FloatArray = np.full(exact.shape, task.precision, dtype=np.float64)
         else:
             noisy = exact
