@@ -45,6 +45,7 @@ from qiskit.circuit import (
     Reset,
 )
 from qiskit.circuit.classical import expr, types
+from qiskit.circuit.exceptions import CircuitError
 
 from gateway.backends.braket.gates import NATIVE, SPECIAL
 from gateway.domain.circuits import FloatArray
@@ -409,6 +410,29 @@ class _Writer:
             self.noise = saved
 
 
+# Qiskit's classical operators as OpenQASM 3 writes them.
+_BINARY_SYMBOLS = {
+    "BIT_AND": "&",
+    "BIT_OR": "|",
+    "BIT_XOR": "^",
+    "LOGIC_AND": "&&",
+    "LOGIC_OR": "||",
+    "EQUAL": "==",
+    "NOT_EQUAL": "!=",
+    "LESS": "<",
+    "LESS_EQUAL": "<=",
+    "GREATER": ">",
+    "GREATER_EQUAL": ">=",
+    "SHIFT_LEFT": "<<",
+    "SHIFT_RIGHT": ">>",
+    "ADD": "+",
+    "SUB": "-",
+    "MUL": "*",
+    "DIV": "/",
+}
+_UNARY_SYMBOLS = {"BIT_NOT": "~", "LOGIC_NOT": "!", "NEGATE": "-"}
+
+
 class _Condition:
     """An if/else condition in the Braket interpreter's terms: single bits compared with 0 or
     1 (it rejects `!` or `||` on a bare bit) joined by `&&`, `||` and `!`."""
@@ -426,7 +450,7 @@ class _Condition:
                 return self._register_is(target, int(value))
         if isinstance(condition, expr.Expr):
             return self._expr(condition)
-        raise UnsupportedCircuit(f"Braket cannot branch on {condition!r}")
+        raise UnsupportedCircuit("Braket cannot branch on this condition")
 
     def _bit(self, bit: Clbit) -> int:
         return self._clbit_map[int(self._circuit.find_bit(bit).index)]
@@ -459,7 +483,7 @@ class _Condition:
             return f"!({self._expr(node.operand)})"
         if isinstance(node, expr.Binary):
             return self._binary(node)
-        raise UnsupportedCircuit(f"Braket cannot branch on {node}")
+        raise UnsupportedCircuit(f"Braket cannot branch on {self._written(node)}")
 
     def _binary(self, node: expr.Binary) -> str:
         op, left, right = node.op, node.left, node.right
@@ -471,7 +495,7 @@ class _Condition:
         if op in (expr.Binary.Op.EQUAL, expr.Binary.Op.NOT_EQUAL):
             equal = self._equal(left, right)
             return equal if op is expr.Binary.Op.EQUAL else f"!({equal})"
-        raise UnsupportedCircuit(f"Braket cannot branch on {node}")
+        raise UnsupportedCircuit(f"Braket cannot branch on {self._written(node)}")
 
     def _equal(self, left: expr.Expr, right: expr.Expr) -> str:
         if isinstance(left, expr.Value) and not isinstance(right, expr.Value):
@@ -485,7 +509,59 @@ class _Condition:
         if left.type.kind is types.Bool and right.type.kind is types.Bool:
             a, b = self._expr(left), self._expr(right)
             return f"(({a}) && ({b})) || (!({a}) && !({b}))"
-        raise UnsupportedCircuit(f"Braket cannot compare {left} with {right}")
+        raise UnsupportedCircuit(
+            f"Braket cannot compare {self._written(left)} with {self._written(right)}"
+        )
+
+    def _written(self, node: expr.Expr, outer: bool = True) -> str:
+        """A condition as the client wrote it (`c > 1`, `(c & 1) == 1`), for a refusal: Qiskit's
+        repr of one (`Binary(Binary.<Op.GREATER: 10>, Var(ClassicalRegister(2, 'c'), ...`)
+        names its own classes, not the program's registers and operators."""
+        if isinstance(node, expr.Var):
+            if isinstance(node.var, Clbit):
+                return self._bit_written(node.var)
+            if isinstance(node.var, ClassicalRegister):
+                return self._register_written(node.var)
+            return str(getattr(node.var, "name", "a variable"))
+        if isinstance(node, expr.Value):
+            value = node.value
+            return ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(node, expr.Cast):
+            return self._written(node.operand, outer)
+        if isinstance(node, expr.Unary):
+            return f"{_UNARY_SYMBOLS.get(node.op.name, '?')}{self._written(node.operand, False)}"
+        if isinstance(node, expr.Index):
+            return f"{self._written(node.target, False)}[{self._written(node.index)}]"
+        if isinstance(node, expr.Binary):
+            symbol = _BINARY_SYMBOLS.get(node.op.name, node.op.name.lower())
+            text = f"{self._written(node.left, False)} {symbol} {self._written(node.right, False)}"
+            return text if outer else f"({text})"
+        return "an expression"
+
+    def _bit_written(self, bit: Clbit) -> str:
+        try:
+            registers = self._circuit.find_bit(bit).registers
+        except CircuitError:  # a block's bit the block does not know: Braket's own name
+            registers = []
+        if registers:
+            register, index = registers[0]
+            return f"{register.name}[{index}]"
+        return f"c[{self._bit(bit)}]"
+
+    def _register_written(self, register: ClassicalRegister) -> str:
+        # A slice in a condition (`c[0:1] > 1`) is a register the OpenQASM 3 importer made up,
+        # over bits of the declared one: said as the slice.
+        try:
+            places = [self._circuit.find_bit(bit).registers for bit in register]
+        except CircuitError:
+            return str(register.name)
+        for other, first in places[0] if places else []:
+            if other is register or other.name == register.name:
+                continue
+            indices = [dict((r.name, i) for r, i in place).get(other.name) for place in places]
+            if indices == list(range(first, first + len(register))):
+                return f"{other.name}[{first}:{first + len(register) - 1}]"
+        return str(register.name)
 
 
 def _number(value: float) -> str:

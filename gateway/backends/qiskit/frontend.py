@@ -117,6 +117,7 @@ __all__ = [
     "MAX_DEFINITION_DEPTH",
     "MPS_OVERHEAD_BYTES",
     "QASM3_MAX_CONVERSION_WORK",
+    "SLICE_REGISTERS",
     "STANDARD_GATE_NAMES",
     "OperationCount",
     "broadcast_pub_shape",
@@ -143,6 +144,7 @@ __all__ = [
     "sampler_result_bytes",
     "settle_angles",
     "settle_unreachable_conditions",
+    "slice_registers",
     "statevector_bytes",
     "tally_operations",
     "unique_name",
@@ -192,6 +194,8 @@ MAX_QASM3_STATEMENTS = 20_000
 # `-` or 10 KB of nested `exp(` took 8-9 s of a compile worker's CPU to be refused as too deep
 # (no semicolon, brace or comma: the statement count saw one statement).
 MAX_QASM3_NESTING = 256
+# Levels of nesting weighed by depth (`_qasm3_nesting_work`) that cost the parser a statement.
+_NESTING_WORK_PER_STATEMENT = 16
 _QASM3_COMMENTS = re.compile(r"//[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
 _PREFIX_OPERATORS = re.compile(r"[-+!~]+")
 _SPACE = re.compile(r"\s+")
@@ -205,6 +209,8 @@ MAX_SWITCH_CASE_VALUES = 4096
 _ALIAS_WORK_PER_CLBIT = 10
 _MAX_LOOP_BOUND = 1 << 62
 _BOM = "\ufeff"
+# Circuit metadata: the names of the registers the OpenQASM 3 importer made for slices.
+SLICE_REGISTERS = "qgateway.slice_registers"
 
 
 # The OpenQASM 3 reader prefixes `esc_` to a register name that does not start with a lowercase
@@ -818,8 +824,16 @@ class _Qasm3Values(ValueResolver):
         if not isinstance(kind, _NUMERIC_TYPES):
             raise_from_node(node, f"'{node.name.name}' needs a number")
         number, parameter = functions
-        # Floats: math raises (refused) where the result is not a real number.
-        result = parameter(value) if isinstance(value, ParameterExpression) else number(value)
+        if isinstance(value, ParameterExpression):
+            return parameter(value), q3types.Float(kind.const)
+        try:
+            result = number(value)
+        except (ValueError, OverflowError):
+            # math's own message ("math domain error") names neither the function nor the
+            # value the client wrote.
+            raise_from_node(
+                node, f"'{node.name.name}' of {_user_number(value)} is not a finite real number"
+            )
         return result, q3types.Float(kind.const)
 
     def visit_BinaryExpression(self, node: q3ast.BinaryExpression) -> tuple[Any, Any]:
@@ -936,10 +950,45 @@ class _Qasm3Condition:
     ) -> expr.Expr:
         try:
             return build(*operands)
-        except (TypeError, ValueError, CircuitError) as exc:
+        except (TypeError, ValueError, CircuitError):
             # Qiskit's typing of the operands (`bit c; if (c == 2)`), as the importer's own
-            # conditions refused them: the program's error (INVALID_QASM).
-            raise_from_node(node, f"the operands' types do not fit the operator: {exc}")
+            # conditions refused them: the program's error (INVALID_QASM). Its message names
+            # its own classes ("'Binary.Op.LESS': 'Uint(2)' and 'Bool()'"): the operator and
+            # the operands' types are said in OpenQASM's terms.
+            operator = getattr(getattr(node, "op", None), "name", "the operator")
+            kinds = " and ".join(_type_in_words(operand) for operand in operands)
+            raise_from_node(node, f"the operator '{operator}' does not apply to {kinds}")
+
+
+def _type_in_words(operand: object) -> str:
+    """An operand's type as OpenQASM says it: `bit`, `bit[2]`, `int`, ..."""
+    if isinstance(operand, bool):
+        return "a bool"
+    if isinstance(operand, int):
+        return "an int"
+    try:
+        kind = expr.lift(operand).type  # a Clbit or register, as Qiskit would type it
+    except (TypeError, ValueError, CircuitError):
+        kind = None
+    if isinstance(kind, expr_types.Bool):
+        return "a bit"
+    if isinstance(kind, expr_types.Uint):
+        return f"a bit[{kind.width}]"
+    if isinstance(operand, float):
+        return "a float"
+    return "a value of another type"
+
+
+def _user_number(value: object) -> str:
+    """A number as a client would write it: `-1`, `0.5`, `1j` (a parameter by its expression;
+    never an object's repr)."""
+    if isinstance(value, complex):
+        # Rounded, so that sqrt(-1) reads 1j rather than (6.123233995736766e-17+1j).
+        value = complex(round(value.real, 12) + 0.0, round(value.imag, 12) + 0.0)
+        return f"{value.imag:g}j" if not value.real else f"({value.real:g}{value.imag:+g}j)"
+    if isinstance(value, float | int | np.floating | np.integer):
+        return f"{float(value):g}"
+    return str(value)
 
 
 def _register_of(bits: list[Clbit], context: State) -> ClassicalRegister:
@@ -970,6 +1019,47 @@ class _Qasm3Converter(ConvertVisitor):
             return super()._resolve_condition(node, context)
         except ConversionError:
             return _Qasm3Condition(context).resolve(node)
+
+    def visit_QuantumGate(self, node: q3ast.QuantumGate, context: State) -> State:
+        try:
+            visited: State = super().visit_QuantumGate(node, context)
+        except CircuitError as exc:
+            if "after binding" not in _sdk_message(exc):
+                raise
+            # A call that makes an angle of the gate's definition complex (`gate g(a) q
+            # { rz(sqrt(a)) q; }`, `g(-1) q;`): Qiskit's message names the bound value by its
+            # address ('Py(0x7f...)'). The call and the angle are named as the client wrote them.
+            raise_from_node(node, self._complex_angle(node, context))
+        return visited
+
+    def _complex_angle(self, node: q3ast.QuantumGate, context: State) -> str:
+        name = node.name.name
+        arguments = [self._resolve_angle(argument, context) for argument in node.arguments]
+        call = f"gate '{name}' called with ({', '.join(_user_number(a) for a in arguments)})"
+        symbol = context.symbol_table.get(name, node)
+        definition = getattr(symbol.data, "_definition", None)
+        order = getattr(symbol.data, "_order", ())
+        if isinstance(definition, QuantumCircuit):
+            values = dict(zip(order, arguments, strict=False))
+            for instruction in definition.data:
+                for angle in instruction.operation.params:
+                    if not isinstance(angle, ParameterExpression):
+                        continue
+                    known = {p: values[p] for p in angle.parameters if p in values}
+                    try:
+                        bound = angle.bind(known, allow_unknown_parameters=True)
+                    except (ValueError, TypeError, ZeroDivisionError, CircuitError):
+                        continue
+                    if bound.parameters or bound.is_real():
+                        continue
+                    value = complex(bound.numeric())
+                    return (
+                        # Not the angle's expression: its parameters carry the names
+                        # `_order_gate_parameters` gave them, not the client's.
+                        f"{call}: the angle of its '{instruction.operation.name}' is the complex "
+                        f"number {_user_number(value)}; gate angles must be real"
+                    )
+        return f"{call}: an angle of its definition is a complex number; gate angles must be real"
 
     def visit_ClassicalDeclaration(self, node: q3ast.ClassicalDeclaration, context: State) -> State:
         if not isinstance(node.type, q3ast.BitType):
@@ -1103,9 +1193,13 @@ def parse_circuit(
         # Imported on first use: QPY is an extra, and the reader imports this module.
         from gateway.backends.qiskit import qpy_reader
 
-        return qpy_reader.load_circuit(
+        loaded = qpy_reader.load_circuit(
             source.data, limits, field, max_qubits=max_qubits, native=native
         )
+        if SLICE_REGISTERS in (loaded.metadata or {}):
+            # The entry says which registers results leave out: never the client's to set.
+            loaded.metadata = {k: v for k, v in loaded.metadata.items() if k != SLICE_REGISTERS}
+        return loaded
     text = source.text
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.max_source_bytes:
@@ -1132,8 +1226,15 @@ def parse_circuit(
         except RecursionError:
             raise _too_deep(field) from None
     else:
-        # Comments' too: an upper bound.
-        statements = text.count(";") + text.count("{") + text.count(",") // 8
+        # Nesting past what the parser reaches is too deep (CIRCUIT_TOO_COMPLEX), whatever
+        # else the program holds; below that, its parsing work counts as statements.
+        if _qasm3_too_nested(text):
+            raise _too_deep(field)
+        # Comments' too: an upper bound. Nested expressions count by the parser's work on
+        # them: 200 statements each 120 `exp(` deep took 6.8 s, the time of 20,000 plain ones.
+        statements = (
+            text.count(";") + text.count("{") + text.count(",") // 8 + _qasm3_nesting_work(text)
+        )
         if statements > MAX_QASM3_STATEMENTS:
             raise invalid(
                 "CIRCUIT_TOO_LARGE",
@@ -1144,8 +1245,6 @@ def parse_circuit(
                 statements=statements,
                 max_statements=MAX_QASM3_STATEMENTS,
             )
-        if _qasm3_too_nested(text):
-            raise _too_deep(field)
         try:
             program = _parse_qasm3_ast(text, field)
             declarations = _qasm3_declarations(program, limits, field)
@@ -1154,6 +1253,12 @@ def parse_circuit(
             circuit = _convert_qasm3(program, field)
         except RecursionError:
             raise _too_deep(field) from None
+        # Registers the importer made for slices in conditions and switch targets (`if
+        # (c[0:1] == 2)`, named `None_0`, ...): the program declared none of them, and results
+        # hold the declared registers only (`result_registers`), which alias the same bits.
+        slices = [r.name for r in circuit.cregs if r.name not in declarations.widths]
+        if slices:
+            circuit.metadata = {**(circuit.metadata or {}), SLICE_REGISTERS: slices}
         _register_loose_bits(circuit, declarations.loose_bits)
 
     if max_qubits is not None:
@@ -1174,6 +1279,25 @@ def _qasm3_too_nested(text: str) -> bool:
     raw = np.frombuffer(code.encode("utf-8", "surrogatepass"), dtype=np.uint8)
     steps = np.isin(raw, _OPENING).astype(np.int32) - np.isin(raw, _CLOSING)
     return bool(steps.size) and int(np.cumsum(steps).max()) > MAX_QASM3_NESTING
+
+
+def _qasm3_nesting_work(text: str) -> int:
+    """The parser's work on nested expressions, in statements, its comments left out. ANTLR
+    re-reads the rest of a nested run at each level, so a statement's cost grows with the
+    square of its nesting (one 60 `exp(` deep: 17 ms, 120 deep: 55 ms, a plain statement
+    0.3 ms): each bracket opened inside two others weighs its depth past two, as does each
+    prefix operator past the second of a run (`---x`), and _NESTING_WORK_PER_STATEMENT of that
+    is one statement (about half what one costs, for margin). What `qasm3.dumps` writes for
+    gate angles rarely nests past two."""
+    code = _QASM3_COMMENTS.sub(" ", text)
+    runs = _PREFIX_OPERATORS.findall(_SPACE.sub("", code))
+    work = sum((len(run) - 2) * (len(run) - 1) // 2 for run in runs if len(run) > 2)
+    raw = np.frombuffer(code.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    # Braces left out: a block's statements are no deeper an expression for being in one.
+    opening = np.isin(raw, _OPENING[:2])
+    depth = np.cumsum(opening.astype(np.int64) - np.isin(raw, _CLOSING[:2]))
+    work += int(np.maximum(depth[opening] - 2, 0).sum())
+    return work // _NESTING_WORK_PER_STATEMENT
 
 
 def _check_declared(
@@ -1485,6 +1609,13 @@ def unique_name(name: str, taken: Collection[str]) -> str:
     return candidate
 
 
+def slice_registers(circuit: QuantumCircuit) -> frozenset[str]:
+    """The registers `parse_circuit` found the OpenQASM 3 importer made for slices (kept in the
+    circuit, whose conditions and switches read them; transpiling keeps the metadata)."""
+    names = (circuit.metadata or {}).get(SLICE_REGISTERS, ())
+    return frozenset(name for name in names if isinstance(name, str))
+
+
 def result_registers(circuit: QuantumCircuit) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Every classical register as (name, circuit clbit indices in register-bit order).
 
@@ -1492,11 +1623,14 @@ def result_registers(circuit: QuantumCircuit) -> tuple[tuple[str, tuple[int, ...
     one-bit registers named after their variable, placed after the program's other registers).
     A bit outside every register (a circuit built elsewhere) is reported as a one-bit register
     named `clbit<index>`, made unique against the real register names. Transpiling keeps classical
-    bits and registers, so this works on the transpiled circuit as well.
+    bits and registers, so this works on the transpiled circuit as well. The registers the
+    importer made for slices (`slice_registers`) are left out: their bits are in declared ones.
     """
+    hidden = slice_registers(circuit)
     registers = [
         (register.name, tuple(circuit.find_bit(bit).index for bit in register))
         for register in circuit.cregs
+        if register.name not in hidden
     ]
     taken = {name for name, _ in registers}
     for index, bit in enumerate(circuit.clbits):
