@@ -87,8 +87,9 @@ def nested_ifs(depth: int) -> QuantumCircuit:
 
 
 def heavy_evolution(qubits: int = 20, terms: int = 2600, seed: int = 0) -> bytes:
-    """About 310 KB of QPY that the transpiler spends about five seconds of CPU on: one
-    PauliEvolutionGate (a single operation before synthesis) of thousands of random terms.
+    """About 310 KB of QPY that the transpiler spent about five seconds of CPU on: one
+    PauliEvolutionGate (a single operation before synthesis) of thousands of random terms,
+    which the front end now counts as its synthesis (158,620 operations) and refuses at once.
 
     Qiskit 2.6 cannot round-trip much larger ones: at 20 qubits and 3000 terms its Python
     writer (format 13) fails on a 16-bit field, and its Rust writer (17+) writes a payload its

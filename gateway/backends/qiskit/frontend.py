@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ from qiskit.circuit.library import (
     DiagonalGate,
     HamiltonianGate,
     Isometry,
+    PauliEvolutionGate,
     StatePreparation,
     UCGate,
     UnitaryGate,
@@ -176,6 +178,14 @@ _CTRL_WORK_FACTOR = 16
 # PennyLane's targets), so it counts against max_definition_operations too.
 SYNTHESIS_OPERATIONS_PER_ENTRY = 2
 _MATRIX_GATES = (UnitaryGate, HamiltonianGate, Isometry, UCGate, StatePreparation, DiagonalGate)
+# A Pauli evolution is one operation in QPY whatever its synthesis makes of it: the payload
+# names the synthesis and its settings (reps, order; any class of qiskit.synthesis.evolution,
+# MatrixExponential too, which no writer emits), so 876 bytes (2 terms, LieTrotter reps=2000)
+# took 2 s of a compile worker's CPU and reps=10**5 its whole memory. Each Pauli rotation of
+# weight w is at most 2(w-1) CX, one rotation and 2w basis changes.
+_EVOLUTION_OPERATIONS_PER_WEIGHT = 4
+# Suzuki-Trotter of a higher order has more stages (5^(order/2-1)) than any limit allows.
+_MAX_EVOLUTION_ORDER = 64
 # Aer's MPS bookkeeping beyond the tensors themselves.
 MPS_OVERHEAD_BYTES = 1 << 20
 _MAX_MESSAGE_CHARS = 300
@@ -1780,10 +1790,41 @@ def _is_atomic(op: Operation) -> bool:
     if getattr(op, "_standard_gate", None) is not None:
         return True
     # Library gates (mcx from `ctrl(n) @ x`, c4x, ...) are synthesised by the transpiler, not
-    # written by the client: one operation each. Singleton instances have a generated class
-    # without a module; the library class is its base.
+    # written by the client: one operation each (`tally_operations` counts the synthesis of
+    # one the target lacks). Singleton instances have a generated class without a module; the
+    # library class is its base.
+    return _is_library_gate(op)
+
+
+def _is_library_gate(op: Operation) -> bool:
     module = next((cls.__module__ for cls in type(op).__mro__ if cls.__module__), "")
     return module.startswith("qiskit.circuit.library")
+
+
+def _synthesised_library_gate(op: Operation, native: Collection[str] | None) -> bool:
+    """Whether `op` is a library gate (not a standard one) that the target with operations
+    `native` lacks, so that the transpiler synthesises its definition at every instance."""
+    if native is None or op.name in native or isinstance(op, _ATOMIC_TYPES):
+        return False
+    standard = _STANDARD_GATES.get(op.name)
+    if standard is not None and type(op) is type(standard):
+        return False
+    return getattr(op, "_standard_gate", None) is None and _is_library_gate(op)
+
+
+def _params_key(params: Sequence[object]) -> tuple[object, ...]:
+    # A library gate's size may depend on its parameters (a permutation, a list of angles).
+    key: list[object] = []
+    for value in params:
+        if isinstance(value, np.ndarray):
+            key.append((value.shape, value.tobytes()))
+        else:
+            try:
+                hash(value)
+                key.append(value)
+            except TypeError:
+                key.append(repr(value))
+    return tuple(key)
 
 
 def _definition_key(op: Operation) -> tuple[object, ...]:
@@ -1819,8 +1860,9 @@ def tally_operations(
     Each distinct gate definition is counted once (memoised), so exponentially nested
     definitions cost linear time. Counting stops early once `total` exceeds `cap` (both numbers
     are then lower bounds). With `native`, the operation names of the target the circuit will
-    be transpiled to, a matrix or vector gate the target lacks counts as its synthesis
-    (`synthesis_size`), in `in_definitions` too; without it, as Aer runs it.
+    be transpiled to, a matrix or vector gate or Pauli evolution the target lacks counts as
+    its synthesis (`synthesis_size`), and any other library gate it lacks as its definition,
+    in `in_definitions` too; without it, as Aer runs it.
 
     Raises:
         RecursionError: if definitions nest deeper than Python's recursion limit (parse_circuit
@@ -1834,6 +1876,18 @@ def tally_operations(
         cached = memo.get(key)
         if cached is None:
             definition = getattr(op, "definition", None)
+            cached = 1 if definition is None else max(block(definition)[0], 1)
+            memo[key] = cached
+        return cached
+
+    def library_size(op: Operation) -> int:
+        key = (*_definition_key(op), _params_key(op.params))
+        cached = memo.get(key)
+        if cached is None:
+            try:
+                definition = op.definition
+            except Exception:  # the transpiler reports it as it always has
+                definition = None
             cached = 1 if definition is None else max(block(definition)[0], 1)
             memo[key] = cached
         return cached
@@ -1859,6 +1913,12 @@ def tally_operations(
             elif isinstance(op, UnitaryGate | HamiltonianGate):
                 # A HamiltonianGate is defined as one UnitaryGate.
                 total += unitary_steps(op.num_qubits)
+            elif _synthesised_library_gate(op, native):
+                # QFTGate(20) is one operation in QPY and 220 after synthesis, an MCXGate of 19
+                # controls 685 on Braket's target: 29 KB of them took 6-15 s to compile.
+                size = library_size(op)
+                total += size
+                inside += size
             elif _is_atomic(op):
                 total += 1
             else:
@@ -1885,12 +1945,56 @@ def synthesis_size(op: Operation, native: Collection[str] | None) -> int | None:
     operations are `native`, bounded above: SYNTHESIS_OPERATIONS_PER_ENTRY per entry of its
     matrix or vector. None for any other gate, for one the target runs as it is, and without a
     target. A controlled matrix gate is counted through its definition (QPY carries it)."""
-    if native is None or not isinstance(op, _MATRIX_GATES) or op.name in native:
+    if native is None or op.name in native:
+        return None
+    if isinstance(op, PauliEvolutionGate):
+        return evolution_size(op)
+    if not isinstance(op, _MATRIX_GATES):
         return None
     if isinstance(op, HamiltonianGate) and "unitary" in native:
         return None  # its definition, one UnitaryGate, runs as it is
     entries = sum(int(np.size(p)) if isinstance(p, np.ndarray | list) else 1 for p in op.params)
     return SYNTHESIS_OPERATIONS_PER_ENTRY * max(entries, int(op.num_qubits))
+
+
+def evolution_size(op: PauliEvolutionGate) -> int:
+    """Operations a Pauli evolution's synthesis makes, bounded above from its operator and the
+    synthesis settings it carries, without synthesising: per repetition, each term once per
+    stage of the product formula (2·5^(k-1) stages for Suzuki-Trotter of order 2k), or QDrift's
+    ceil(2·λ²·t²·reps) sampled terms; a dense matrix of its qubits for MatrixExponential. What
+    cannot be bounded (a symbolic time or coefficient under QDrift) counts as unbounded."""
+    synthesis = op.synthesis
+    if type(synthesis).__name__ == "MatrixExponential":
+        return SYNTHESIS_OPERATIONS_PER_ENTRY * (1 << (2 * int(op.num_qubits)))
+    operators = op.operator if isinstance(op.operator, list) else [op.operator]
+    rotations: list[int] = []
+    weights: list[complex] = []
+    for operator in operators:
+        paulis = getattr(operator, "paulis", None)
+        if paulis is None:  # a SparseObservable: its terms' non-identity factors
+            rotations.extend(len(term.indices) for term in operator)
+            weights.extend(term.coeff for term in operator)
+        else:
+            rotations.extend(int(w) for w in np.count_nonzero(paulis.x | paulis.z, axis=1))
+            weights.extend(operator.coeffs)
+    per_term = [_EVOLUTION_OPERATIONS_PER_WEIGHT * w + 1 for w in rotations] or [1]
+    reps = getattr(synthesis, "reps", 1)
+    reps = reps if isinstance(reps, int) and reps > 0 else 1
+    if type(synthesis).__name__ == "QDrift":
+        try:
+            lam = float(np.sum(np.abs(np.asarray(weights, dtype=complex))))
+            samples = 2 * lam**2 * float(op.params[0]) ** 2 * reps
+        except (TypeError, ValueError):
+            return sys.maxsize  # a parameter: QDrift samples by its value
+        if not math.isfinite(samples) or samples > sys.maxsize:
+            return sys.maxsize
+        return math.ceil(samples) * max(per_term)
+    order = getattr(synthesis, "order", 1)
+    order = order if isinstance(order, int) and order > 1 else 1
+    if order > _MAX_EVOLUTION_ORDER:
+        return sys.maxsize  # 5^(order/2) stages: never computed for an order of 10**9
+    stages = 1 if order == 1 else 2 * 5 ** (order // 2 - 1)
+    return reps * stages * sum(per_term)
 
 
 def count_operations(circuit: QuantumCircuit, cap: int | None = None) -> int:
