@@ -26,6 +26,7 @@ from gateway.domain.errors import (
     GatewayError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     QuotaViolation,
     ResourceExhausted,
     ResourceInfo,
@@ -356,7 +357,16 @@ class Admission:
                 raise
             raise _FallbackRefused(refused) from None
         audit.note(shots=prepared.shots)  # for the submission's audit record (issue 11)
-        self._check_job(tenant, spec, runtime.name, prepared)
+        try:
+            self._check_job(tenant, spec, runtime.name, prepared)
+        except PermissionDenied as refused:
+            # Over the tenant's per-job limits as the fallback prepared it (its own
+            # default_shots): a job its backend may run was refused for good ("repeating
+            # cannot help"), and naming a fallback was worse than naming none. The fallback
+            # cannot run it, as for a circuit it cannot compile.
+            if runtime.name == spec.backend:
+                raise
+            raise _FallbackRefused(refused) from None
         new = NewJob(
             id=uuid.uuid4().hex,
             tenant=tenant,
@@ -406,6 +416,16 @@ class Admission:
             outcome = await asyncio.shield(creating)
         except asyncio.CancelledError:
             creating.add_done_callback(_queue_if_created(runtime, prepared))
+            raise
+        except ResourceExhausted as refused:
+            # The tenant's quota refused the job as priced on a fallback preferred to its
+            # half-open backend's trial (another price, its own default_shots): queued on the
+            # backend, as if it had named no fallback, it may still fit. Refused COST_QUOTA_
+            # EXCEEDED until the period's end, naming a fallback was worse than naming none.
+            # The backend answers for itself (a tenant's queued-job limit refuses it there too).
+            backend = self.runtime(spec.backend)
+            if runtime is not backend and _usable(backend):
+                raise _FallbackRefused(refused) from None
             raise
         if outcome.created:
             await _queue_created(runtime, outcome.job, prepared)
@@ -702,9 +722,10 @@ def _breaker_open(runtime: BackendRuntime, fallback: BackendRuntime | None) -> U
 
 
 class _FallbackRefused(Exception):
-    """The fallback a job was placed on cannot run it (its compiler refused the job)."""
+    """The fallback a job was placed on cannot run it (its compiler refused the job, or the
+    tenant's per-job limits or quota refused it as prepared and priced there)."""
 
-    def __init__(self, error: InvalidArgument) -> None:
+    def __init__(self, error: GatewayError) -> None:
         super().__init__(error.message)
         self.error = error
 
