@@ -855,7 +855,6 @@ class RunnerStep:
             result = self._format.encode_result(outcome.result)
         else:  # large results are encoded off the event loop
             result = await anyio.to_thread.run_sync(self._format.encode_result, outcome.result)
-        self._recent.put(started.id, result)
         seconds = _charged_seconds(outcome.execution_seconds, running)
         if seconds is None:
             # A simulator's time on its worker, within its limit like a report (a job stopped
@@ -910,10 +909,12 @@ class RunnerStep:
                 holder=_holder(runtime, running),
             ),
         )
-        if ended is None:
-            # Not written: the job's lease went to another holder while this run went on (it
-            # runs the job again, and its result is the job's), or the job had ended already.
-            self._recent.discard(started.id)
+        if ended is not None:
+            # Kept only once it is the job's result: put before a write that was refused (the
+            # job's lease went to another holder, which ended it with its own run's result)
+            # or failed, this replica answered GetJobResult with this run's result meanwhile,
+            # or for good. Put as the write returns, before Run and WaitJob woken by it read it.
+            self._recent.put(started.id, result)
 
     async def _stored_end(
         self,
