@@ -475,6 +475,10 @@ class JobManager:
                 marked = await self._transitions.cancelling(job)
                 if marked is not None:
                     return marked
+                # Another CancelJob marked it meanwhile (or it ended): its holder stops it.
+                # Finished here, it ended a job another process still ran, whose provider job
+                # then went on unfollowed.
+                return await self._cancelled_meanwhile(tenant, job_id)
             try:
                 finished = await self._transitions.finish(job, JobState.CANCELLED)
             except Exception:
@@ -504,7 +508,10 @@ class JobManager:
                 # runner task, not in this call.
                 running.request_cancel()
                 return marked
-        # It reached a final state (or was cancelled by another call) meanwhile.
+        return await self._cancelled_meanwhile(tenant, job_id)
+
+    async def _cancelled_meanwhile(self, tenant: str, job_id: str) -> Job:
+        """The job that reached a final state (or was cancelled by another call) meanwhile."""
         after = await self.get(tenant, job_id)
         if after.state in (JobState.CANCELLED, JobState.CANCELLING):
             return after

@@ -1746,6 +1746,41 @@ async def test_a_holder_whose_lease_lapsed_during_its_run_does_not_end_the_next_
         await _close(a)
 
 
+async def test_a_cancel_racing_another_leaves_the_job_to_its_holder_in_another_process(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B read the job RUNNING (held by A), another CancelJob marked it CANCELLING before B's
+    # own mark: B's mark found nothing to change and B went on to end the job CANCELLED, which
+    # A still ran (its provider job, if any, then went on with nobody following it).
+    runner_a, runner_b = ScriptedRunner(slots=1), ScriptedRunner(slots=1)
+    clock, a, b = await _two_holders(store, runner_a, runner_b)
+    try:
+        job = await a.submit("alice", spec("sim"))
+        running = await a.until("alice", job.id, "RUNNING")
+        real_get = b.manager.get
+        reads = 0
+
+        async def read_before_the_other_cancel(tenant: str, job_id: str) -> Job:
+            nonlocal reads
+            reads += 1
+            if reads == 1:
+                assert await store.mark_cancelling(job_id, clock()) is not None  # the other
+                return running
+            return await real_get(tenant, job_id)
+
+        monkeypatch.setattr(b.manager, "get", read_before_the_other_cancel)
+        answered = await b.manager.cancel("alice", job.id)
+        assert answered.state is JobState.CANCELLING
+        current = await store.get_job(job.id)
+        assert current is not None and current.state is JobState.CANCELLING  # A's to end
+        done = await a.until("alice", job.id, "CANCELLED")  # A stops its run and ends it
+        assert runner_a.cancelled == [job.id]
+        assert done.state is JobState.CANCELLED
+    finally:
+        await _close(b)
+        await _close(a)
+
+
 async def _attempts(store: SqliteStore, job_id: str) -> int:
     job = await store.get_job(job_id)
     assert job is not None
