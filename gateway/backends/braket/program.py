@@ -254,6 +254,9 @@ class _Writer:
         self.measured: set[int] = set()
         self._angles: list[ParameterExpression] = []
         self._angle_index: dict[tuple[bool, str], int] = {}
+        # The whole program (`block` at depth 0), whose registers name a block's bits in a
+        # refusal: a block knows only the registers its conditions read.
+        self._program: QuantumCircuit | None = None
 
     def line(self, text: str, depth: int = 0) -> None:
         self.lines.append("  " * depth + text)
@@ -301,6 +304,8 @@ class _Writer:
         self, circuit: QuantumCircuit, qubit_map: list[int], clbit_map: list[int], depth: int
     ) -> None:
         """Write every instruction of `circuit` (a body's bits mapped to the program's)."""
+        if depth == 0:
+            self._program = circuit
         for instruction in circuit.data:
             operation = instruction.operation
             qubits = [qubit_map[circuit.find_bit(q).index] for q in instruction.qubits]
@@ -333,7 +338,8 @@ class _Writer:
         clbit_map: list[int],
         depth: int,
     ) -> None:
-        condition = _Condition(circuit, clbit_map).write(operation.condition)
+        program = self._program if self._program is not None else circuit
+        condition = _Condition(circuit, clbit_map, program).write(operation.condition)
         true_body, *rest = operation.blocks  # no else: one block
         false_body = rest[0] if rest else None
         self.line(f"if ({condition}) {{", depth)
@@ -437,9 +443,14 @@ class _Condition:
     """An if/else condition in the Braket interpreter's terms: single bits compared with 0 or
     1 (it rejects `!` or `||` on a bare bit) joined by `&&`, `||` and `!`."""
 
-    def __init__(self, circuit: QuantumCircuit, clbit_map: list[int]) -> None:
+    def __init__(
+        self, circuit: QuantumCircuit, clbit_map: list[int], program: QuantumCircuit | None = None
+    ) -> None:
         self._circuit = circuit
         self._clbit_map = clbit_map
+        # Names bits and registers in a refusal: inside a block, a slice's register (`None_0`)
+        # is the only one its bits belong to; the program's declare them.
+        self._program = program if program is not None else circuit
 
     def write(self, condition: object) -> str:
         if isinstance(condition, tuple) and len(condition) == 2:
@@ -540,8 +551,8 @@ class _Condition:
 
     def _bit_written(self, bit: Clbit) -> str:
         try:
-            registers = self._circuit.find_bit(bit).registers
-        except CircuitError:  # a block's bit the block does not know: Braket's own name
+            registers = self._program.find_bit(bit).registers
+        except CircuitError:  # a bit the program does not know: Braket's own name
             registers = []
         if registers:
             register, index = registers[0]
@@ -552,7 +563,7 @@ class _Condition:
         # A slice in a condition (`c[0:1] > 1`) is a register the OpenQASM 3 importer made up,
         # over bits of the declared one: said as the slice.
         try:
-            places = [self._circuit.find_bit(bit).registers for bit in register]
+            places = [self._program.find_bit(bit).registers for bit in register]
         except CircuitError:
             return str(register.name)
         for other, first in places[0] if places else []:
