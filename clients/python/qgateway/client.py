@@ -83,6 +83,7 @@ __all__ = [
     "Client",
     "ObservableLike",
     "ObservablesLike",
+    "ParameterNames",
     "ParameterValues",
     "RetryPolicy",
     "SamplerOutputLike",
@@ -98,6 +99,9 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: Nested lists/tuples of numbers of shape (*sweep, n_params), a flat list for one binding, a
 #: single number for one parameter, or anything with a `tolist()` method (a numpy array).
 ParameterValues: TypeAlias = float | Sequence[Any] | Any
+#: Names of the binding columns: strings, or Qiskit Parameter objects (anything with a string
+#: `name`: `circuit.parameters`, a ParameterVector), named as the gateway names a QPY circuit's.
+ParameterNames: TypeAlias = Sequence[Any]
 #: One observable: a Pauli string, a (pauli, coefficient) term, a list of those, a
 #: {pauli: coefficient} mapping, an Observable message, or anything with `to_list()`
 #: returning (pauli, coefficient) pairs (Qiskit's SparsePauliOp).
@@ -350,14 +354,15 @@ def _is_sequence(value: object) -> TypeGuard[Sequence[Any]]:
 
 
 def bindings_array(
-    parameter_values: ParameterValues | None, parameters: Sequence[str] | None = None
+    parameter_values: ParameterValues | None, parameters: ParameterNames | None = None
 ) -> circuit_pb2.BindingsArray | None:
     """A BindingsArray from nested sequences of numbers.
 
     Args:
         parameter_values: Shape (*sweep, n_params); a flat list is one binding, a number is one
             binding of one parameter. Objects with `tolist()` (numpy arrays) are accepted.
-        parameters: Names of the columns; None for the circuit's parameters in Qiskit's order.
+        parameters: Names of the columns, or Qiskit Parameter objects (`circuit.parameters`,
+            a ParameterVector); None for the circuit's parameters in Qiskit's order.
 
     Returns:
         The message, or None when neither values nor names were given.
@@ -407,10 +412,28 @@ def bindings_array(
 
     walk(values, 0)
     shape, n_params = dims[:-1], dims[-1]
-    names = list(parameters or ())
+    names = _parameter_names(parameters)
     if names and len(names) != n_params:
         raise ValueError(f"{len(names)} parameter names for {n_params} values per binding")
     return circuit_pb2.BindingsArray(parameters=names, shape=shape, values=flat)
+
+
+def _parameter_names(parameters: ParameterNames | None) -> list[str]:
+    """Column names from strings or Qiskit Parameter objects (their `name`, "x[0]" for a
+    ParameterVector's element: the name the gateway gives a QPY circuit's parameter)."""
+    if parameters is None:
+        return []
+    if isinstance(parameters, str | bytes):
+        # A string is a sequence of letters: "theta" named five columns "t", "h", "e", ...
+        raise TypeError(f"parameters must be a list of parameter names, not {parameters!r}")
+    names: list[str] = []
+    for parameter in parameters:
+        name = parameter if isinstance(parameter, str) else getattr(parameter, "name", None)
+        if not isinstance(name, str):
+            # Before, protobuf's "bad argument type for built-in operation" said no more.
+            raise TypeError(f"parameter {parameter!r} is neither a name nor a Qiskit Parameter")
+        names.append(name)
+    return names
 
 
 def _is_term(value: object) -> bool:
@@ -486,6 +509,32 @@ def _pauli_term(pauli: Any) -> tuple[str, complex]:
     return letters, phase
 
 
+def _sparse_observable_terms(observable: Any) -> list[tuple[str, complex]]:
+    """A qiskit SparseObservable (duck-typed: to_sparse_list(), num_qubits) as dense
+    (letters, coefficient) terms: its full width on the wire, as a SparsePauliOp's, so the
+    gateway checks it against the circuit's (a 2-qubit observable on a transpiled 5-qubit
+    circuit is refused, as Qiskit refuses it, not read as acting on qubits 0 and 1)."""
+    if hasattr(observable, "simplify") and hasattr(observable, "coeffs"):
+        # As for a SparsePauliOp: like terms summed (iY and -iY of a product cancel) with a
+        # tolerance relative to the operator's scale.
+        scale = max((abs(complex(c)) for c in observable.coeffs), default=0.0)
+        observable = observable.simplify(1e-8 * scale)
+    width = int(observable.num_qubits)
+    terms: list[tuple[str, complex]] = []
+    for letters, qubits, coefficient in observable.to_sparse_list():
+        label = ["I"] * width
+        for letter, qubit in zip(letters, qubits, strict=True):
+            if letter not in "XYZ":
+                raise ValueError(
+                    f"SparseObservable term {letters!r} on qubits {list(qubits)} holds the "
+                    f"projector {letter!r}: only Pauli terms can be sent "
+                    "(SparsePauliOp.from_sparse_observable expands projectors into Paulis)"
+                )
+            label[width - 1 - int(qubit)] = letter  # character 0 acts on the highest qubit
+        terms.append(("".join(label), coefficient))
+    return terms
+
+
 def _observable(item: Any) -> circuit_pb2.Observable:
     if isinstance(item, circuit_pb2.Observable):
         return item
@@ -500,6 +549,8 @@ def _observable(item: Any) -> circuit_pb2.Observable:
             scale = max((abs(complex(c)) for c in item.coeffs), default=0.0)
             item = item.simplify(atol=1e-8 * scale)
         item = list(item.to_list())
+    elif hasattr(item, "to_sparse_list") and not isinstance(item, Sequence | Mapping):
+        item = _sparse_observable_terms(item)  # a qiskit SparseObservable
     if isinstance(item, str) or _is_term(item):
         terms = [_term(item)]
     elif isinstance(item, Mapping):
@@ -512,11 +563,15 @@ def _observable(item: Any) -> circuit_pb2.Observable:
 
 
 def _is_one_observable(value: object) -> bool:
-    """A Pauli string, a term, a mapping, an Observable message, a SparsePauliOp or a Pauli."""
+    """A Pauli string, a term, a mapping, an Observable message, a SparsePauliOp, a Pauli or a
+    SparseObservable."""
     return (
         isinstance(value, str | Mapping | circuit_pb2.Observable)
         or _is_term(value)
-        or (not _is_sequence(value) and (hasattr(value, "to_list") or hasattr(value, "to_label")))
+        or (
+            not _is_sequence(value)
+            and any(hasattr(value, a) for a in ("to_list", "to_label", "to_sparse_list"))
+        )
     )
 
 
@@ -535,9 +590,10 @@ def observables_from(
     [("ZZ", 0.5), ("XX", 0.5)] inside a list is one observable of two terms; {"ZZ": 0.5,
     "XX": 0.5} one observable of two terms. A sparse term ("ZX", [3, 0], 0.5) puts Z on qubit 3
     and X on qubit 0 (SparsePauliOp.from_sparse_list). Qiskit's SparsePauliOp (simplified
-    first, as its estimator does) and Pauli are observables too; coefficients must be real up to
-    rounding. Nested lists (or a numpy array) of observables are an array of that shape, as in
-    Qiskit: [["ZZ", "XX"]] is 1x2, broadcast against the parameter sweep.
+    first, as its estimator does), Pauli and SparseObservable (of Pauli terms) are observables
+    too; coefficients must be real up to rounding. Nested lists (or a numpy array) of
+    observables are an array of that shape, as in Qiskit: [["ZZ", "XX"]] is 1x2, broadcast
+    against the parameter sweep.
 
     Raises:
         ValueError: For an empty list or observable, and nested lists that are not rectangular.
@@ -578,7 +634,7 @@ def sampler_pub(
     *,
     shots: int | None = None,
     parameter_values: ParameterValues | None = None,
-    parameters: Sequence[str] | None = None,
+    parameters: ParameterNames | None = None,
 ) -> circuit_pb2.Pub:
     """A sampler PUB (see `Client.run` for the arguments)."""
     pub = circuit_pb2.SamplerPub(circuit=circuit_from_source(circuit))
@@ -595,7 +651,7 @@ def estimator_pub(
     observables: ObservablesLike,
     *,
     parameter_values: ParameterValues | None = None,
-    parameters: Sequence[str] | None = None,
+    parameters: ParameterNames | None = None,
     precision: float | None = None,
 ) -> circuit_pb2.Pub:
     """An estimator PUB (see `Client.estimate` for the arguments)."""
@@ -1100,7 +1156,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         shots: int | None = None,
         seed: int | None = None,
         parameter_values: ParameterValues | None = None,
-        parameters: Sequence[str] | None = None,
+        parameters: ParameterNames | None = None,
         counts_only: bool = False,
         sampler_output: SamplerOutputLike | None = None,
         request_id: str | None = None,
@@ -1115,7 +1171,8 @@ class Client(JobStubs, SessionCalls, TenantCalls):
             shots: Shots per binding; None for the backend's default.
             seed: Sampling seed; None lets the gateway pick (and report) one.
             parameter_values: Shape (*sweep, n_params), or a flat list for one binding.
-            parameters: Parameter names per column; None for the circuit's order.
+            parameters: Parameter names (or Qiskit Parameter objects) per column; None for the
+                circuit's order.
             counts_only: Shorthand for sampler_output="counts".
             sampler_output: What the job returns per register: "samples_and_counts" (None, the
                 default), "samples" (no counts) or "counts" (no per-shot samples); admission
@@ -1156,7 +1213,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         *,
         backend: str = "aer",
         parameter_values: ParameterValues | None = None,
-        parameters: Sequence[str] | None = None,
+        parameters: ParameterNames | None = None,
         precision: float | None = None,
         seed: int | None = None,
         request_id: str | None = None,
@@ -1267,7 +1324,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         shots: int | None = None,
         seed: int | None = None,
         parameter_values: ParameterValues | None = None,
-        parameters: Sequence[str] | None = None,
+        parameters: ParameterNames | None = None,
         counts_only: bool = False,
         sampler_output: SamplerOutputLike | None = None,
         labels: Mapping[str, str] | None = None,
@@ -1769,7 +1826,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         shots: int | None = None,
         seed: int | None = None,
         parameter_values: ParameterValues | None = None,
-        parameters: Sequence[str] | None = None,
+        parameters: ParameterNames | None = None,
         counts_only: bool = False,
         sampler_output: SamplerOutputLike | None = None,
         request_id: str | None = None,
@@ -1798,7 +1855,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         *,
         backend: str = "aer",
         parameter_values: ParameterValues | None = None,
-        parameters: Sequence[str] | None = None,
+        parameters: ParameterNames | None = None,
         precision: float | None = None,
         seed: int | None = None,
         request_id: str | None = None,
@@ -1886,7 +1943,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         shots: int | None = None,
         seed: int | None = None,
         parameter_values: ParameterValues | None = None,
-        parameters: Sequence[str] | None = None,
+        parameters: ParameterNames | None = None,
         counts_only: bool = False,
         sampler_output: SamplerOutputLike | None = None,
         labels: Mapping[str, str] | None = None,

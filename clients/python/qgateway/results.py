@@ -10,11 +10,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import numbers
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeAlias, TypeVar
+from typing import Generic, SupportsIndex, TypeAlias, TypeVar, cast
 
 from google.protobuf import timestamp_pb2
 
@@ -39,8 +41,9 @@ __all__ = [
     "job_result_from_stream",
 ]
 
-#: A binding index: flat (row-major over the PUB's shape) or one integer per dimension.
-Index: TypeAlias = int | Sequence[int]
+#: A binding index: flat (row-major over the PUB's shape) or one integer per dimension;
+#: numpy's integers too (np.argmin's np.intp, np.unravel_index's tuple of them).
+Index: TypeAlias = SupportsIndex | Sequence[SupportsIndex]
 
 
 class JobState(enum.StrEnum):
@@ -108,12 +111,15 @@ def _num_bindings(shape: Sequence[int]) -> int:
 def _flat_index(index: Index, shape: tuple[int, ...]) -> int:
     """Row-major flat binding index for a flat or per-dimension index (negatives count back)."""
     size = _num_bindings(shape)
-    if isinstance(index, int):
-        flat = index + size if index < 0 else index
+    if isinstance(index, int | numbers.Integral):
+        # numbers.Integral takes numpy's integers (np.argmin's np.intp) too: read as a
+        # sequence, they raised "'numpy.int64' object is not iterable".
+        flat = int(index)
+        flat = flat + size if flat < 0 else flat
         if not 0 <= flat < size:
             raise IndexError(f"binding index {index} out of range for shape {shape}")
         return flat
-    parts = tuple(index)
+    parts = tuple(operator.index(part) for part in cast(Sequence[SupportsIndex], index))
     if len(parts) != len(shape):
         raise IndexError(f"index {parts} does not match shape {shape}")
     flat = 0

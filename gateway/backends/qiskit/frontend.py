@@ -2809,10 +2809,13 @@ def resolve_bindings(
             field,
             parameters=",".join(circuit_parameters),
         )
-    names = tuple(bindings.parameters) if bindings.parameters else tuple(circuit_parameters)
+    known = set(circuit_parameters)
+    if bindings.parameters:
+        names = tuple(_as_declared(name, known) for name in bindings.parameters)
+    else:
+        names = tuple(circuit_parameters)
     if len(set(names)) != len(names):
         raise invalid("INVALID_PARAMETER_VALUES", "parameter names must be unique", field)
-    known = set(circuit_parameters)
     unknown = [name for name in names if name not in known]
     if unknown:
         raise invalid(
@@ -2852,6 +2855,28 @@ def resolve_bindings(
     order = [names.index(name) for name in circuit_parameters]
     result: FloatArray = np.ascontiguousarray(table[..., order], dtype=np.float64)
     return result
+
+
+# A ParameterVector's element as Qiskit names it (`θ[10]`), which `qasm3.dumps` declares as
+# the input `_θ_10_`.
+_VECTOR_ELEMENT = re.compile(r"(.+)\[(\d+)\]")
+
+
+def _as_declared(name: str, known: Collection[str]) -> str:
+    """A client's column name as the circuit declares it: a vector element named as in the
+    circuit it wrote (`θ[10]`, what `ParameterVector` names it) is the input `qasm3.dumps`
+    declared for it (`_θ_10_`), when the circuit has that one and not the name itself. By
+    position, those inputs come in name order (`_θ_10_` before `_θ_2_`), as `qasm3.loads`
+    gives them: naming them by the original circuit's parameters is how a client binds a
+    dumped ansatz in its own order."""
+    if name in known:
+        return name
+    element = _VECTOR_ELEMENT.fullmatch(name)
+    if element is not None:
+        declared = f"_{element[1]}_{element[2]}_"
+        if declared in known:
+            return declared
+    return name
 
 
 _PAULI_RE = re.compile(r"[IXYZ]*")
