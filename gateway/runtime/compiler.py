@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import (
     ExecutionError,
     FieldViolation,
+    GatewayError,
     Internal,
     InvalidArgument,
     QuotaViolation,
@@ -84,7 +86,7 @@ class _Cache:
         return item[0]
 
     def put(self, key: str, value: object, tenant: str) -> None:
-        weight = int(getattr(value, "nbytes", _DEFAULT_WEIGHT))
+        weight = _weight(value)
         if weight > self._max // 4:
             return
         self._drop(key)
@@ -115,6 +117,19 @@ class _Cache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _weight(value: object) -> int:
+    """A cache entry's weight: a compiled circuit's own figure, a refusal's text.
+
+    A refusal may echo what the client named (an unknown gate's name is in its message, its
+    metadata and its field violation, unclipped): weighed a fixed 4 KiB, one tenant's share of
+    refusals naming ~1 MiB gates held ~96 GiB."""
+    if isinstance(value, GatewayError):
+        strings = [value.message, *value.metadata.keys(), *value.metadata.values()]
+        strings += [s for v in value.field_violations for s in (v.field, v.description)]
+        return max(_DEFAULT_WEIGHT, sum(map(sys.getsizeof, strings)))
+    return int(getattr(value, "nbytes", _DEFAULT_WEIGHT))
 
 
 def _cache_key(place: tuple[str, str]) -> str:
