@@ -6,7 +6,7 @@
     qgateway backends
     qgateway run FILE --backend aer --shots 1024 [--seed S] [--sampler-output counts] [--json]
     qgateway jobs list [--filter F] [--state S ...] [--backend B] [--limit N]
-    qgateway jobs get NAME | jobs watch NAME | jobs cancel NAME
+    qgateway jobs get NAME [--result] [--json] | jobs watch NAME | jobs cancel NAME
 
 Errors are one line on stderr (`error: CODE REASON: message`, field violations indented below)
 and exit status 1; a traceback would only bury the message.
@@ -546,10 +546,9 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_json(job: Job) -> dict[str, Any]:
-    assert job.result is not None
+def _pubs_json(result: JobResult) -> list[dict[str, Any]]:
     pubs: list[dict[str, Any]] = []
-    for pub in job.result:
+    for pub in result:
         if isinstance(pub, EstimatorPubResult):
             pubs.append(
                 {
@@ -572,6 +571,10 @@ def _run_json(job: Job) -> dict[str, Any]:
                 },
             }
         )
+    return pubs
+
+
+def _job_head_json(job: Job) -> dict[str, Any]:
     seed = job.execution.seed if job.execution is not None else None
     return {
         "job": job.name,
@@ -580,8 +583,40 @@ def _run_json(job: Job) -> dict[str, Any]:
         # A 64-bit value as a string, as protobuf's JSON mapping writes one: readers that take
         # JSON numbers as doubles (JavaScript, jq before 1.7) would round it.
         "seed": None if seed is None else str(seed),
-        "pubs": pubs,
     }
+
+
+def _run_json(job: Job) -> dict[str, Any]:
+    assert job.result is not None
+    return {**_job_head_json(job), "pubs": _pubs_json(job.result)}
+
+
+def _when(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    """`jobs get --json`: the keys of `run --json` ("pubs" only with --result and a result),
+    then what `jobs get` shows beside them, times as ISO 8601 UTC."""
+    shown = _job_head_json(job)
+    if job.result is not None:
+        shown["pubs"] = _pubs_json(job.result)
+    shown.update(
+        {
+            "tenant": job.tenant,
+            "num_pubs": job.num_pubs,
+            "create_time": _when(job.create_time),
+            "start_time": _when(job.start_time),
+            "end_time": _when(job.end_time),
+            "error": (
+                {"reason": job.error_reason, "message": job.error_message}
+                if job.error_reason or job.error_message
+                else None
+            ),
+            "result_expired": job.result_expired,
+        }
+    )
+    return shown
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -644,6 +679,9 @@ def _cmd_jobs_list(args: argparse.Namespace) -> int:
 def _cmd_jobs_get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.get_job(args.name, view_basic=not args.result, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(_job_json(job), indent=2, sort_keys=False))
+        return 0
     print(format_job(job))
     if args.result and job.result is not None:
         print()
@@ -882,6 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
     get = jobs_sub.add_parser("get", parents=[common], help="show a job")
     get.add_argument("name", help="job name, with or without 'jobs/'")
     get.add_argument("--result", action="store_true", help="also show the result")
+    get.add_argument(
+        "--json", action="store_true", help="print the job (and, with --result, its result) as JSON"
+    )
     get.add_argument("--top", type=_non_negative, default=DEFAULT_TOP, help="outcomes per table")
     get.set_defaults(handler=_cmd_jobs_get)
 

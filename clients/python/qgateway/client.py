@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import numbers
 import os
 import random
@@ -80,11 +81,13 @@ __all__ = [
     "DEFAULT_TARGET",
     "AsyncClient",
     "BackendViewLike",
+    "CircuitLike",
     "Client",
     "ObservableLike",
     "ObservablesLike",
     "ParameterNames",
     "ParameterValues",
+    "PubLike",
     "RetryPolicy",
     "SamplerOutputLike",
     "bindings_array",
@@ -97,11 +100,15 @@ __all__ = [
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 #: Nested lists/tuples of numbers of shape (*sweep, n_params), a flat list for one binding, a
-#: single number for one parameter, or anything with a `tolist()` method (a numpy array).
-ParameterValues: TypeAlias = float | Sequence[Any] | Any
+#: single number for one parameter, or anything with a `tolist()` method (a numpy array); or
+#: Qiskit's keyed forms, a {Parameter or name: values} dict or a BindingsArray.
+ParameterValues: TypeAlias = float | Sequence[Any] | Mapping[Any, Any] | Any
 #: Names of the binding columns: strings, or Qiskit Parameter objects (anything with a string
 #: `name`: `circuit.parameters`, a ParameterVector), named as the gateway names a QPY circuit's.
 ParameterNames: TypeAlias = Sequence[Any]
+#: A circuit: OpenQASM 3 or 2 text, QPY bytes, a Circuit message, or a qiskit QuantumCircuit
+#: (sent as QPY; qiskit stays an optional dependency of the client).
+CircuitLike: TypeAlias = str | bytes | circuit_pb2.Circuit | Any
 #: One observable: a Pauli string, a (pauli, coefficient) term, a list of those, a
 #: {pauli: coefficient} mapping, an Observable message, or anything with `to_list()`
 #: returning (pauli, coefficient) pairs (Qiskit's SparsePauliOp).
@@ -325,19 +332,43 @@ def _is_qasm2(source: str) -> bool:
     return re.match(r"OPENQASM\s+2(?![0-9])", source[i : i + 64]) is not None
 
 
-def circuit_from_source(circuit: str | bytes | circuit_pb2.Circuit) -> circuit_pb2.Circuit:
-    """A Circuit message from OpenQASM text (OpenQASM 2 when it says so, else OpenQASM 3) or
-    QPY bytes (qiskit.qpy.dump of one circuit).
+def _qiskit_circuit_qpy(circuit: object) -> bytes | None:
+    """QPY bytes of a qiskit QuantumCircuit, or None for anything else. qiskit is an optional
+    dependency: a program that never imported it holds no QuantumCircuit, so it is imported
+    only once it is loaded, and the client runs without it."""
+    if "qiskit" not in sys.modules:
+        return None
+    from qiskit import QuantumCircuit, qpy
+
+    if not isinstance(circuit, QuantumCircuit):
+        return None
+    buffer = io.BytesIO()
+    # The gateway names a QPY circuit's parameters as Qiskit does (ParameterVector elements
+    # "x[0]") and binds unnamed columns in `circuit.parameters` order, as Qiskit's primitives.
+    qpy.dump(circuit, buffer)
+    return buffer.getvalue()
+
+
+def circuit_from_source(circuit: CircuitLike) -> circuit_pb2.Circuit:
+    """A Circuit message from OpenQASM text (OpenQASM 2 when it says so, else OpenQASM 3), QPY
+    bytes (qiskit.qpy.dump of one circuit) or a qiskit QuantumCircuit (sent as QPY).
 
     Args:
-        circuit: Source text, QPY bytes, or a ready Circuit message (returned as is).
+        circuit: Source text, QPY bytes, a QuantumCircuit, or a ready Circuit message
+            (returned as is).
     """
     if isinstance(circuit, circuit_pb2.Circuit):
         return circuit
     if isinstance(circuit, bytes | bytearray | memoryview):
         return circuit_pb2.Circuit(qpy=bytes(circuit))
+    qpy = _qiskit_circuit_qpy(circuit)
+    if qpy is not None:
+        return circuit_pb2.Circuit(qpy=qpy)
     if not isinstance(circuit, str):
-        raise TypeError(f"circuit must be OpenQASM text or QPY bytes, not {type(circuit).__name__}")
+        raise TypeError(
+            "circuit must be OpenQASM text, QPY bytes, a qiskit QuantumCircuit or a Circuit "
+            f"message, not {type(circuit).__name__}"
+        )
     if _is_qasm2(circuit):
         return circuit_pb2.Circuit(qasm2=circuit)
     return circuit_pb2.Circuit(qasm3=circuit)
@@ -360,7 +391,10 @@ def bindings_array(
 
     Args:
         parameter_values: Shape (*sweep, n_params); a flat list is one binding, a number is one
-            binding of one parameter. Objects with `tolist()` (numpy arrays) are accepted.
+            binding of one parameter. Objects with `tolist()` (numpy arrays) are accepted. Or
+            Qiskit's keyed form, which names the columns itself: a {Parameter or name: values}
+            dict (a tuple of them or a ParameterVector as one key, values of shape
+            (*sweep, len(key))) or a qiskit BindingsArray.
         parameters: Names of the columns, or Qiskit Parameter objects (`circuit.parameters`,
             a ParameterVector); None for the circuit's parameters in Qiskit's order.
 
@@ -376,6 +410,13 @@ def bindings_array(
         if parameters:
             raise ValueError("parameters were named but no parameter_values given")
         return None
+    keyed = _keyed_bindings(parameter_values)
+    if keyed is not None:
+        if parameters:
+            raise ValueError(
+                "parameters were named twice: by the keys of parameter_values and by parameters"
+            )
+        return _bindings_from_keys(*keyed)
     values: Any = parameter_values
     if hasattr(values, "tolist"):
         array_shape = tuple(getattr(values, "shape", ()))
@@ -388,15 +429,37 @@ def bindings_array(
         values = [values]
     if not _is_sequence(values):
         raise TypeError("parameter_values must be a number or nested lists of numbers")
+    dims, flat = _nested(values)
+    shape, n_params = dims[:-1], dims[-1]
+    names = _parameter_names(parameters)
+    if names and len(names) != n_params:
+        raise ValueError(f"{len(names)} parameter names for {n_params} values per binding")
+    return circuit_pb2.BindingsArray(parameters=names, shape=shape, values=flat)
 
+
+def _keyed_bindings(values: object) -> tuple[Mapping[Any, Any], tuple[int, ...] | None] | None:
+    """The {key: values} mapping of a {Parameter or name: values} dict, or of a qiskit
+    BindingsArray (duck-typed: a `data` mapping and a `shape`) with its shape; None for plain
+    values."""
+    if isinstance(values, Mapping):
+        return values, None
+    data, shape = getattr(values, "data", None), getattr(values, "shape", None)
+    if isinstance(data, Mapping) and hasattr(values, "num_parameters") and shape is not None:
+        return data, tuple(int(n) for n in shape)
+    return None
+
+
+def _nested(value: Any) -> tuple[tuple[int, ...], list[float]]:
+    """The shape and row-major numbers of a number, nested sequences or an array."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
     dims: list[int] = []
-    probe: Any = values
+    probe: Any = value
     while _is_sequence(probe):
         dims.append(len(probe))
         if not probe:
             break
         probe = probe[0]
-
     flat: list[float] = []
 
     def walk(node: Any, level: int) -> None:
@@ -410,12 +473,62 @@ def bindings_array(
         for item in node:
             walk(item, level + 1)
 
-    walk(values, 0)
-    shape, n_params = dims[:-1], dims[-1]
-    names = _parameter_names(parameters)
-    if names and len(names) != n_params:
-        raise ValueError(f"{len(names)} parameter names for {n_params} values per binding")
-    return circuit_pb2.BindingsArray(parameters=names, shape=shape, values=flat)
+    walk(value, 0)
+    return tuple(dims), flat
+
+
+def _bindings_from_keys(
+    data: Mapping[Any, Any], shape: tuple[int, ...] | None
+) -> circuit_pb2.BindingsArray | None:
+    """The columns and values the wire takes from Qiskit's keyed form: each key a Parameter or
+    name (values of shape (*shape,) or (*shape, 1)) or a tuple of them, a ParameterVector
+    included (values of shape (*shape, len(key))); every key shares one shape."""
+    keys: list[list[str]] = []
+    arrays: list[tuple[tuple[int, ...], list[float]]] = []
+    for key, value in data.items():
+        # A ParameterVector (or tuple) names several columns; a Parameter or a string one.
+        many = not isinstance(key, str) and hasattr(key, "__iter__")
+        keys.append(_parameter_names(list(key) if many else [key]))
+        arrays.append(_nested(value))
+    # Each key's candidate sweep shapes: its values without the parameters' axis, or, for one
+    # parameter, all of them (one number per binding); the shape all keys agree on wins,
+    # the parameters' axis first, as qiskit's BindingsArray reads {a: [[1], [2]]} as shape (2,).
+    options: list[list[tuple[int, ...]]] = []
+    for names, (dims, _) in zip(keys, arrays, strict=True):
+        ways = [dims[:-1]] if dims and dims[-1] == len(names) else []
+        if len(names) == 1:
+            ways.append(dims)
+        if not ways:
+            raise ValueError(
+                f"values of shape {dims} for {len(names)} parameters {names}: the last axis "
+                "must hold one value per parameter"
+            )
+        options.append(ways)
+    if not options:
+        agreed = [shape or ()]  # a BindingsArray of no parameters: its shape alone
+    else:
+        agreed = [way for way in options[0] if all(way in ways for ways in options[1:])]
+        if shape is not None:
+            agreed = [way for way in agreed if way == shape]
+    if not agreed:
+        raise ValueError(
+            "the parameter values of every key need one sweep shape: got "
+            + ", ".join(f"{names} {dims}" for names, (dims, _) in zip(keys, arrays, strict=True))
+        )
+    sweep = agreed[0]
+    count = 1
+    for n in sweep:
+        count *= n
+    if count == 0:
+        raise ValueError(f"parameter values of shape {sweep} hold no bindings to run")
+    if not keys and not sweep:
+        return None  # no parameters, one binding: as if no values were given
+    flat: list[float] = []
+    for i in range(count):
+        for names, (_, numbers_) in zip(keys, arrays, strict=True):
+            flat.extend(numbers_[i * len(names) : (i + 1) * len(names)])
+    columns = [name for names in keys for name in names]
+    return circuit_pb2.BindingsArray(parameters=columns, shape=sweep, values=flat)
 
 
 def _parameter_names(parameters: ParameterNames | None) -> list[str]:
@@ -599,8 +712,11 @@ def observables_from(
         ValueError: For an empty list or observable, and nested lists that are not rectangular.
         TypeError: For anything else.
     """
-    if type(observables).__module__ == "numpy" and hasattr(observables, "tolist"):
-        observables = cast(Any, observables).tolist()  # Pauli strings, as Qiskit takes
+    if hasattr(observables, "tolist") and (
+        type(observables).__module__ == "numpy" or type(observables).__name__ == "ObservablesArray"
+    ):
+        # Pauli strings, as Qiskit takes; qiskit's ObservablesArray: {pauli: coefficient}s.
+        observables = cast(Any, observables).tolist()
     if _is_one_observable(observables):
         return [_observable(observables)], ()
     if not _is_sequence(observables):
@@ -630,7 +746,7 @@ def _observables_dimension(
 
 
 def sampler_pub(
-    circuit: str | bytes | circuit_pb2.Circuit,
+    circuit: CircuitLike,
     *,
     shots: int | None = None,
     parameter_values: ParameterValues | None = None,
@@ -647,7 +763,7 @@ def sampler_pub(
 
 
 def estimator_pub(
-    circuit: str | bytes | circuit_pb2.Circuit,
+    circuit: CircuitLike,
     observables: ObservablesLike,
     *,
     parameter_values: ParameterValues | None = None,
@@ -671,8 +787,92 @@ def estimator_pub(
     return circuit_pb2.Pub(estimator=pub)
 
 
+#: One PUB of `run_pubs`, `submit_pubs` or `validate`: a Pub message (`sampler_pub`,
+#: `estimator_pub`), a qiskit SamplerPub or EstimatorPub, a QuantumCircuit (a sampler PUB), or a
+#: tuple as Qiskit's primitives take one: (circuit, parameter_values, shots) for a sampler,
+#: (circuit, observables, parameter_values, precision) for an estimator, trailing items optional.
+PubLike: TypeAlias = circuit_pb2.Pub | tuple[Any, ...] | Any
+
+_PUB_FORMS = (
+    "a Pub message (sampler_pub, estimator_pub), a qiskit SamplerPub or EstimatorPub, a "
+    "QuantumCircuit, or a tuple: (circuit, parameter_values, shots) with primitive='sampler', "
+    "(circuit, observables, parameter_values, precision) with primitive='estimator'"
+)
+
+
+def _pub(item: PubLike, primitive: str | None) -> circuit_pb2.Pub:
+    """A Pub message from any PubLike form; `primitive` says what a tuple is for."""
+    if isinstance(item, circuit_pb2.Pub):
+        return item
+    if isinstance(item, circuit_pb2.SamplerPub):
+        return circuit_pb2.Pub(sampler=item)
+    if isinstance(item, circuit_pb2.EstimatorPub):
+        return circuit_pb2.Pub(estimator=item)
+    if hasattr(item, "circuit") and hasattr(item, "parameter_values"):
+        # qiskit's SamplerPub / EstimatorPub (duck-typed: qiskit stays optional).
+        if hasattr(item, "observables"):
+            return estimator_pub(
+                item.circuit,
+                item.observables,
+                parameter_values=item.parameter_values,
+                precision=getattr(item, "precision", None),
+            )
+        if hasattr(item, "shots"):
+            return sampler_pub(
+                item.circuit, shots=item.shots, parameter_values=item.parameter_values
+            )
+    if not isinstance(item, tuple):
+        if primitive != "estimator" and _qiskit_circuit_qpy(item) is not None:
+            return sampler_pub(item)  # a bare circuit, as Qiskit's SamplerV2 takes one
+        raise TypeError(f"a PUB is {_PUB_FORMS}; not {type(item).__name__}")
+    if not item or len(item) > 4:
+        raise ValueError(f"a PUB tuple holds 1 to 4 items, not {len(item)}: {_PUB_FORMS}")
+    if primitive is None:
+        if len(item) > 1:
+            # (circuit, X) is a sampler's parameter values or an estimator's observables, as
+            # (circuit, X, Y) is: the caller says which rather than the client guessing.
+            raise ValueError(
+                f"a PUB tuple of {len(item)} items can be a sampler's or an estimator's: pass "
+                "primitive='sampler' or primitive='estimator'"
+            )
+        primitive = "sampler"  # (circuit,): only a sampler PUB has no observables
+    if primitive == "sampler":
+        if len(item) > 3:
+            raise ValueError("a sampler PUB tuple is (circuit, parameter_values, shots)")
+        circuit, values, shots = (*item, None, None)[:3]
+        if shots is not None and (
+            isinstance(shots, bool) or not isinstance(shots, numbers.Integral)
+        ):
+            raise TypeError(f"a sampler PUB's shots must be an integer, not {shots!r}")
+        return sampler_pub(
+            circuit, shots=None if shots is None else int(shots), parameter_values=values
+        )
+    if len(item) < 2:
+        raise ValueError(
+            "an estimator PUB tuple is (circuit, observables, parameter_values, precision): "
+            "observables are needed"
+        )
+    circuit, observables, values, precision = (*item, None, None)[:4]
+    if precision is not None and not _is_number(precision):
+        raise TypeError(f"an estimator PUB's precision must be a number, not {precision!r}")
+    return estimator_pub(
+        circuit,
+        observables,
+        parameter_values=values,
+        precision=None if precision is None else float(precision),
+    )
+
+
+def _pubs(pubs: Sequence[PubLike], primitive: str | None) -> list[circuit_pb2.Pub]:
+    if primitive not in (None, "sampler", "estimator"):
+        raise ValueError(f"primitive must be 'sampler' or 'estimator', not {primitive!r}")
+    if not _is_sequence(pubs):
+        raise TypeError(f"pubs must be a list of PUBs, each {_PUB_FORMS}")
+    return [_pub(item, primitive) for item in pubs]
+
+
 def _job_spec(
-    pubs: Sequence[circuit_pb2.Pub],
+    pubs: Sequence[PubLike],
     backend: str,
     default_shots: int | None,
     seed: int | None,
@@ -683,8 +883,10 @@ def _job_spec(
     max_execution_time: float | None = None,
     provider_options: Mapping[str, Any] | None = None,
     session: str | None = None,
+    primitive: str | None = None,
 ) -> job_pb2.JobSpec:
-    if not pubs:
+    converted = _pubs(pubs, primitive)
+    if not converted:
         raise ValueError("a job needs at least one PUB")
     options = job_pb2.JobOptions(sampler_output=sampler_output)
     if default_shots is not None:
@@ -702,7 +904,7 @@ def _job_spec(
     if provider_options is not None:
         # JSON-like values, checked by the backend's own schema (unknown keys refused).
         options.provider_options.update(provider_options)
-    spec = job_pb2.JobSpec(backend=_backend_name(backend), pubs=list(pubs), options=options)
+    spec = job_pb2.JobSpec(backend=_backend_name(backend), pubs=converted, options=options)
     if labels:
         # Keys [a-z][a-z0-9_-]{0,62}, values [a-z0-9_-]{0,63}, at most 64: checked by the gateway.
         spec.labels.update(labels)
@@ -713,13 +915,14 @@ def _job_spec(
 
 
 def _validate_request(
-    pubs: Sequence[circuit_pb2.Pub],
+    pubs: Sequence[PubLike],
     backend: str,
     default_shots: int | None,
     seed: int | None,
     default_precision: float | None,
     provider_options: Mapping[str, Any] | None,
     session: str | None,
+    primitive: str | None = None,
 ) -> job_service_pb2.SubmitJobRequest:
     """SubmitJob with validate_only, as `Client.validate` and `AsyncClient.validate` send it."""
     spec = _job_spec(
@@ -731,6 +934,7 @@ def _validate_request(
         default_precision,
         provider_options=provider_options,
         session=session,
+        primitive=primitive,
     )
     # No request_id: nothing is created, so there is nothing a retry could duplicate.
     return job_service_pb2.SubmitJobRequest(spec=spec, validate_only=True)
@@ -1150,7 +1354,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
     def run(
         self,
-        circuit: str | bytes | circuit_pb2.Circuit,
+        circuit: CircuitLike,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -1165,12 +1369,16 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         """Runs one circuit on a backend and waits for its result.
 
         Args:
-            circuit: OpenQASM 3 or 2 text (2 when it starts with an "OPENQASM 2" header), or
-                QPY bytes (qiskit.qpy.dump of one circuit).
+            circuit: OpenQASM 3 or 2 text (2 when it starts with an "OPENQASM 2" header), QPY
+                bytes (qiskit.qpy.dump of one circuit) or a qiskit QuantumCircuit (sent as QPY;
+                unnamed parameter columns follow `circuit.parameters`, as in Qiskit).
             backend: Backend name, with or without "backends/".
             shots: Shots per binding; None for the backend's default.
             seed: Sampling seed; None lets the gateway pick (and report) one.
-            parameter_values: Shape (*sweep, n_params), or a flat list for one binding.
+            parameter_values: Shape (*sweep, n_params), or a flat list for one binding; or a
+                {Parameter or name: values} dict as Qiskit takes it (a tuple of parameters or
+                a ParameterVector as one key: values of shape (*sweep, len(key))), or a qiskit
+                BindingsArray.
             parameters: Parameter names (or Qiskit Parameter objects) per column; None for the
                 circuit's order.
             counts_only: Shorthand for sampler_output="counts".
@@ -1208,7 +1416,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
     def estimate(
         self,
-        circuit: str | bytes | circuit_pb2.Circuit,
+        circuit: CircuitLike,
         observables: ObservablesLike,
         *,
         backend: str = "aer",
@@ -1222,7 +1430,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         """Estimates expectation values of observables and waits for the result.
 
         Args:
-            circuit: OpenQASM text without final measurements.
+            circuit: As for `run`, without final measurements.
             observables: A Pauli string, a list of them, nested lists of them (an array, as
                 in Qiskit, broadcast against `parameter_values`), or lists of (pauli,
                 coefficient) terms (see `observables_from`). Character 0 of a Pauli string acts
@@ -1253,7 +1461,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
     def run_pubs(
         self,
-        pubs: Sequence[circuit_pb2.Pub],
+        pubs: Sequence[PubLike],
         *,
         backend: str = "aer",
         default_shots: int | None = None,
@@ -1266,6 +1474,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
         session: str | None = None,
+        primitive: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1275,6 +1484,12 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         for one message are fetched with StreamJobResult within the same timeout. When the
         gateway's Run wait limit passes before `timeout` (or with no timeout), the job is
         followed with WatchJob until it ends or `timeout` passes.
+
+        `pubs` are Pub messages (`sampler_pub`, `estimator_pub`), qiskit SamplerPub or
+        EstimatorPub objects, QuantumCircuits, or tuples as Qiskit's primitives take them:
+        `primitive="sampler"` reads (circuit, parameter_values, shots), `primitive="estimator"`
+        (circuit, observables, parameter_values, precision), trailing items optional (None
+        leaves one unset); a (circuit,) tuple needs no `primitive`.
         """
         spec = _job_spec(
             pubs,
@@ -1288,6 +1503,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
             max_execution_time,
             provider_options,
             session,
+            primitive,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
@@ -1318,7 +1534,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
     def submit(
         self,
-        circuit: str | bytes | circuit_pb2.Circuit,
+        circuit: CircuitLike,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -1358,7 +1574,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
     def submit_pubs(
         self,
-        pubs: Sequence[circuit_pb2.Pub],
+        pubs: Sequence[PubLike],
         *,
         backend: str = "aer",
         default_shots: int | None = None,
@@ -1371,6 +1587,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
         session: str | None = None,
+        primitive: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1378,7 +1595,8 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
         The job's `created` is True when this call created it, False when the gateway returned
         the job of an earlier request with the same `request_id` (a retry; the same request in
-        any spelling, e.g. "aer" or "backends/aer"). `labels` are stored with the job.
+        any spelling, e.g. "aer" or "backends/aer"). `labels` are stored with the job. `pubs`
+        and `primitive` as for `run_pubs`.
         """
         spec = _job_spec(
             pubs,
@@ -1392,6 +1610,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
             max_execution_time,
             provider_options,
             session,
+            primitive,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = self._unary(
@@ -1406,7 +1625,7 @@ class Client(JobStubs, SessionCalls, TenantCalls):
 
     def validate(
         self,
-        pubs: Sequence[circuit_pb2.Pub],
+        pubs: Sequence[PubLike],
         *,
         backend: str = "aer",
         default_shots: int | None = None,
@@ -1414,15 +1633,24 @@ class Client(JobStubs, SessionCalls, TenantCalls):
         default_precision: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
         session: str | None = None,
+        primitive: str | None = None,
         timeout: float | None = None,
     ) -> CostEstimate:
         """Checks PUBs as a submission would be checked (SubmitJob with validate_only: the
         backend, every circuit compiled, every limit) and estimates their cost; no job is
-        created. Raises what submit_pubs would raise for an invalid request."""
+        created. Raises what submit_pubs would raise for an invalid request. `pubs` and
+        `primitive` as for `run_pubs`."""
         response: job_service_pb2.SubmitJobResponse = self._unary(
             self._jobs.SubmitJob,
             _validate_request(
-                pubs, backend, default_shots, seed, default_precision, provider_options, session
+                pubs,
+                backend,
+                default_shots,
+                seed,
+                default_precision,
+                provider_options,
+                session,
+                primitive,
             ),
             deadline=_deadline(timeout),
             retry=True,
@@ -1820,7 +2048,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
 
     async def run(
         self,
-        circuit: str | bytes | circuit_pb2.Circuit,
+        circuit: CircuitLike,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -1850,7 +2078,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
 
     async def estimate(
         self,
-        circuit: str | bytes | circuit_pb2.Circuit,
+        circuit: CircuitLike,
         observables: ObservablesLike,
         *,
         backend: str = "aer",
@@ -1876,7 +2104,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
 
     async def run_pubs(
         self,
-        pubs: Sequence[circuit_pb2.Pub],
+        pubs: Sequence[PubLike],
         *,
         backend: str = "aer",
         default_shots: int | None = None,
@@ -1889,6 +2117,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
         session: str | None = None,
+        primitive: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1905,6 +2134,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
             max_execution_time,
             provider_options,
             session,
+            primitive,
         )
         rid = _new_request_id(request_id)
         deadline = _deadline(timeout)
@@ -1937,7 +2167,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
 
     async def submit(
         self,
-        circuit: str | bytes | circuit_pb2.Circuit,
+        circuit: CircuitLike,
         *,
         backend: str = "aer",
         shots: int | None = None,
@@ -1970,7 +2200,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
 
     async def submit_pubs(
         self,
-        pubs: Sequence[circuit_pb2.Pub],
+        pubs: Sequence[PubLike],
         *,
         backend: str = "aer",
         default_shots: int | None = None,
@@ -1983,6 +2213,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         max_execution_time: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
         session: str | None = None,
+        primitive: str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Job:
@@ -1999,6 +2230,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
             max_execution_time,
             provider_options,
             session,
+            primitive,
         )
         rid = _new_request_id(request_id)
         response: job_service_pb2.SubmitJobResponse = await self._unary(
@@ -2013,7 +2245,7 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
 
     async def validate(
         self,
-        pubs: Sequence[circuit_pb2.Pub],
+        pubs: Sequence[PubLike],
         *,
         backend: str = "aer",
         default_shots: int | None = None,
@@ -2021,13 +2253,21 @@ class AsyncClient(JobStubs, AsyncSessionCalls, AsyncTenantCalls):
         default_precision: float | None = None,
         provider_options: Mapping[str, Any] | None = None,
         session: str | None = None,
+        primitive: str | None = None,
         timeout: float | None = None,
     ) -> CostEstimate:
         """Checks PUBs as a submission would and estimates their cost; see `Client.validate`."""
         response: job_service_pb2.SubmitJobResponse = await self._unary(
             self._jobs.SubmitJob,
             _validate_request(
-                pubs, backend, default_shots, seed, default_precision, provider_options, session
+                pubs,
+                backend,
+                default_shots,
+                seed,
+                default_precision,
+                provider_options,
+                session,
+                primitive,
             ),
             deadline=_deadline(timeout),
             retry=True,
