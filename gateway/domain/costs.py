@@ -70,10 +70,10 @@ def check_precision_shots(shots: int, precision: float, max_shots: int, field: s
     PUB's limit (INVALID_PRECISION)."""
     if shots <= max_shots:
         return
-    finest = 1.0 / math.sqrt(max_shots)
     message = (
         f"precision {precision:g} needs about {shots} shots per binding on this backend, more "
-        f"than its limit of {max_shots}; ask for a precision of at least {finest:.3g}"
+        f"than its limit of {max_shots}; ask for a precision of at least "
+        f"{finest_precision(max_shots):g}"
     )
     raise InvalidArgument(
         "INVALID_PRECISION",
@@ -81,6 +81,20 @@ def check_precision_shots(shots: int, precision: float, max_shots: int, field: s
         metadata={"maxShots": str(max_shots), "shots": str(shots)},
         field_violations=[FieldViolation(field, message)],
     )
+
+
+def finest_precision(max_shots: int) -> float:
+    """The finest precision of 3 significant digits whose ~1/precision^2 shots per binding
+    fit within max_shots: 1/sqrt(max_shots) rounded up, not to the nearest (0.00316 for
+    100 000 shots needs 100 145 of them, so the precision an error suggested was refused)."""
+    finest = 1.0 / math.sqrt(max_shots)
+    step = 10.0 ** (math.floor(math.log10(finest)) - 2)
+    units = math.ceil(finest / step)
+    while True:  # once or twice: the decimal as the client sends it, checked as it is read
+        suggested = float(f"{units * step:.3g}")
+        if math.ceil(1.0 / (suggested * suggested)) <= max_shots:
+            return suggested
+        units += 1
 
 
 def _refuse(reason: str, message: str, field: str, limit: str, value: int, maximum: int) -> None:
@@ -258,16 +272,22 @@ def varint_bytes(value: int) -> int:
 
 
 def sampler_result_bytes(
-    register_widths: Sequence[int], bindings: int, shots: int, output: SamplerOutput
+    register_widths: Sequence[int],
+    bindings: int,
+    shots: int,
+    output: SamplerOutput,
+    name_bytes: int = 0,
 ) -> int:
     """Upper estimate of a sampler PUB's encoded result, for the output the job asked for.
 
     Samples: bindings x shots packed rows of ceil(bits/8) bytes per register. Counts: per
     binding and register at most min(shots, 2**bits) distinct outcomes, each a packed row plus
     its count (a varint no longer than the shots'). For wide registers and many shots the counts
-    are larger than the samples they summarise.
+    are larger than the samples they summarise. `name_bytes`: the registers' names (UTF-8),
+    each in the result once: a client chooses their length (two 3000-character names took a
+    result admitted at 66 bytes to 6 KB).
     """
-    total = 0
+    total = name_bytes
     count_bytes = varint_bytes(shots)
     for width in register_widths:
         row = (width + 7) // 8

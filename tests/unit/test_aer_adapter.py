@@ -737,10 +737,10 @@ def test_result_size_limit() -> None:
     # One byte per shot of samples, 32 bytes of register framing, and counts of at most two
     # outcomes of one byte plus a 2-byte count, with 18 bytes of framing.
     refused(adapter, spec(sampler(source, shots=12_000)), "RESULT_LIMIT_EXCEEDED", "spec.pubs[0]")
-    # Each PUB fits (4056 bytes), the job does not.
+    # Each PUB fits (4057 bytes, its register's one-byte name "c" included), the job does not.
     small = sampler(source, shots=4000)
     error = refused(adapter, spec(small, small, small), "RESULT_LIMIT_EXCEEDED", "spec.pubs")
-    assert error.metadata == {"estimateBytes": str(3 * 4056), "maxResultBytes": "10000"}
+    assert error.metadata == {"estimateBytes": str(3 * 4057), "maxResultBytes": "10000"}
     # Counts only keeps the result small.
     only_counts = SamplerOutput.COUNTS
     _, results = run(adapter, spec(sampler(source, shots=50_000), sampler_output=only_counts))

@@ -80,6 +80,9 @@ _DEVICE_ARN = re.compile(r"arn:aws:braket:[a-z0-9-]*:[0-9]*:device/[A-Za-z0-9_./
 _LOCAL_DEVICES = ("braket_sv", "braket_dm")
 # Qubits of a cloud device when its options do not say (SV1's width).
 _CLOUD_QUBITS = 34
+# The most shots one task takes on the managed simulators (their shotsRange), like
+# _CLOUD_QUBITS a cap on the configured limit (a QPU's own range may be narrower).
+_CLOUD_SHOTS = 100_000
 # Copies of the state a local Braket simulation holds at its peak (see state_size).
 _WORKING_COPIES = 4
 _NOISY_DM_COPIES = 7
@@ -232,6 +235,13 @@ class BraketAdapter(QiskitAdapter):
         if not isinstance(self.options, BraketOptions):
             raise TypeError("BraketAdapter needs BraketOptions")
         self.braket_options: BraketOptions = self.options
+        limits = context.limits
+        if self.braket_options.is_cloud and limits.max_shots > _CLOUD_SHOTS:
+            # A PUB binding is one task: past what a task takes, the job was admitted, queued
+            # and held its quota, then failed PROVIDER_REJECTED at its first create.
+            limits = dataclasses.replace(limits, max_shots=_CLOUD_SHOTS)
+            default_shots = min(context.default_shots, _CLOUD_SHOTS)
+            self.context = dataclasses.replace(context, limits=limits, default_shots=default_shots)
         self._simulation: BraketSimulation | None = None
         self._cloud_status: CloudStatus | None = None
 

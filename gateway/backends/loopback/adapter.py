@@ -364,7 +364,11 @@ class LoopbackAdapter(BackendAdapter):
                 base,
             )
             size = fe.sampler_result_bytes(
-                [width for _, width in entry.registers], bindings, shots, output
+                [width for _, width in entry.registers],
+                bindings,
+                shots,
+                output,
+                name_bytes=sum(len(name.encode()) for name, _ in entry.registers),
             )
             fe.check_result_size(size, limits.max_result_bytes, f"spec.pubs[{index}]")
             result_bytes += size

@@ -732,6 +732,7 @@ class QiskitAdapter(BackendAdapter):
             bindings,
             shots,
             spec.options.sampler_output,
+            name_bytes=sum(len(r.name.encode()) for r in entry.registers),
         )
         task = SamplerTask(
             circuit=entry.ref,
