@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import secrets
 import time
 import uuid
@@ -35,6 +36,7 @@ from gateway.domain.errors import (
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.transitions import Transitions
+from gateway.runtime.blocking import run_blocking
 from gateway.runtime.breaker import BreakerState
 from gateway.security.policies import PolicyBook
 from gateway.store.base import CreateOutcome, NewJob, QuotaCharge, Store, request_id_reused
@@ -539,8 +541,11 @@ class Admission:
         if adapter.prepare_is_cheap(spec):
             prepared = adapter.prepare(spec, seed, circuits)
         else:
-            prepared = await anyio.to_thread.run_sync(
-                adapter.prepare, spec, seed, circuits, limiter=self._limiter
+            # The slot is the thread's until it returns: anyio's own limiter freed it when the
+            # caller went away (a deadline of 1 ms, a reset), and the thread went on, so a
+            # tenant cancelling large sweeps ran any number of prepares at once.
+            prepared = await run_blocking(
+                functools.partial(adapter.prepare, spec, seed, circuits), self._limiter
             )
         return dataclasses.replace(
             prepared,
