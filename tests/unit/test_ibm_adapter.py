@@ -691,7 +691,7 @@ def test_a_circuit_the_transpiler_cannot_take_is_refused_not_a_gateway_fault(
         def run(self, circuit: QuantumCircuit) -> QuantumCircuit:
             raise TranspilerError("no way to route this")
 
-    monkeypatch.setattr(manila, "_pass_manager", lambda scheduled=False: Refusing())
+    monkeypatch.setattr(manila, "_pass_manager", lambda scheduled=False, mapped=False: Refusing())
     with pytest.raises(InvalidArgument) as refused:
         manila.compile_circuit(q3("qubit[1] q; bit[1] c; x q[0]; c[0] = measure q[0];"))
     assert refused.value.reason == "TRANSPILE_FAILED"

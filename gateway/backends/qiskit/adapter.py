@@ -37,6 +37,7 @@ from pydantic import Field
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 from qiskit.transpiler.exceptions import TranspilerError
+from qiskit.transpiler.passes import CheckMap
 
 from gateway.backends.base import (
     CIRCUIT_FIELD,
@@ -313,8 +314,9 @@ class QiskitAdapter(BackendAdapter):
         self.qiskit_options: QiskitOptions = self.options
         # Reentrant: a subclass's lazily built simulator may need the lazily built target.
         self._lock = threading.RLock()
-        # By whether it schedules (a circuit with a delay on a target with timing).
-        self._pms: dict[bool, PassManager] = {}
+        # By whether it schedules (a circuit with a delay on a target with timing) and whether
+        # it keeps a circuit already mapped to the target where it is.
+        self._pms: dict[tuple[bool, bool], PassManager] = {}
         self._target: Target | None = None
         self._info: BackendInfo | None = None
         self._backend_target: BackendTarget | None = None
@@ -510,7 +512,8 @@ class QiskitAdapter(BackendAdapter):
         # as late as possible, as the device would run it.
         scheduled = target.dt is not None and "delay" in circuit.count_ops()
         try:
-            transpiled: QuantumCircuit = self._pass_manager(scheduled).run(circuit)
+            manager = self._pass_manager(scheduled, _already_mapped(circuit, target))
+            transpiled: QuantumCircuit = manager.run(circuit)
         except TranspilerError as exc:
             # The circuit asks for what this target cannot do (a `delay` on a target without
             # it): the client's to change, not a gateway fault.
@@ -622,18 +625,23 @@ class QiskitAdapter(BackendAdapter):
             state_passes=terms * costs.TERM_STATE_PASSES,
         )
 
-    def _pass_manager(self, scheduled: bool = False) -> PassManager:
-        manager = self._pms.get(scheduled)
+    def _pass_manager(self, scheduled: bool = False, mapped: bool = False) -> PassManager:
+        """The cached preset pass manager; `mapped` pins the trivial layout (a circuit already
+        on the target's qubits: an ISA circuit stays on the physical qubits its author chose,
+        where from level 2 VF2PostLayout would move it to lower-error ones)."""
+        key = (scheduled, mapped)
+        manager = self._pms.get(key)
         if manager is None:
             target = self.qiskit_target()
             with self._lock:
-                manager = self._pms.get(scheduled)
+                manager = self._pms.get(key)
                 if manager is None:
-                    manager = self._pms[scheduled] = generate_preset_pass_manager(
+                    manager = self._pms[key] = generate_preset_pass_manager(
                         optimization_level=self.qiskit_options.optimization_level,
                         target=target,
                         seed_transpiler=self.qiskit_options.seed_transpiler,
                         scheduling_method="alap" if scheduled else None,
+                        initial_layout=list(range(target.num_qubits or 0)) if mapped else None,
                     )
         return manager
 
@@ -1111,6 +1119,19 @@ def _physical_term(key: PauliKey, layout: Sequence[int]) -> Term:
         letters, qubits = key
         pairs = [(layout[v], p) for v, p in zip(qubits, letters, strict=True) if p != "I"]
     return "".join(p for _, p in pairs), tuple(q for q, _ in pairs)
+
+
+def _already_mapped(circuit: QuantumCircuit, target: Target) -> bool:
+    """Whether `circuit` is laid out on `target` already: as wide as a target with a coupling
+    map, every two-qubit instruction on a coupled pair (a circuit transpiled for the target
+    from GetBackendTarget, or written for the device's qubits)."""
+    if target.num_qubits is None or circuit.num_qubits != target.num_qubits:
+        return False
+    if target.build_coupling_map() is None:
+        return False
+    check = PassManager([CheckMap(target)])
+    check.run(circuit)
+    return bool(check.property_set["is_swap_mapped"])
 
 
 def _layout_of(circuit: QuantumCircuit) -> tuple[int, ...]:
