@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import numbers
 import os
 import random
@@ -336,7 +337,8 @@ def _qiskit_circuit_qpy(circuit: object) -> bytes | None:
     """QPY bytes of a qiskit QuantumCircuit, or None for anything else. qiskit is an optional
     dependency: a program that never imported it holds no QuantumCircuit, so it is imported
     only once it is loaded, and the client runs without it."""
-    if "qiskit" not in sys.modules:
+    if sys.modules.get("qiskit") is None:
+        # Not loaded, or blocked (`sys.modules["qiskit"] = None`): importing it would raise.
         return None
     from qiskit import QuantumCircuit, qpy
 
@@ -345,8 +347,17 @@ def _qiskit_circuit_qpy(circuit: object) -> bytes | None:
     buffer = io.BytesIO()
     # The gateway names a QPY circuit's parameters as Qiskit does (ParameterVector elements
     # "x[0]") and binds unnamed columns in `circuit.parameters` order, as Qiskit's primitives.
-    qpy.dump(circuit, buffer)
+    qpy.dump(circuit, buffer, metadata_serializer=_MetadataEncoder)
     return buffer.getvalue()
+
+
+class _MetadataEncoder(json.JSONEncoder):
+    """A circuit's metadata as QPY writes it, whatever it holds: Qiskit's primitives run a
+    circuit whose metadata JSON cannot write (np.int64, an array), and the gateway never reads
+    it, so numpy's values are written as numbers and anything else as its repr."""
+
+    def default(self, o: Any) -> Any:
+        return o.tolist() if hasattr(o, "tolist") else repr(o)
 
 
 def circuit_from_source(circuit: CircuitLike) -> circuit_pb2.Circuit:
@@ -822,8 +833,16 @@ def _pub(item: PubLike, primitive: str | None) -> circuit_pb2.Pub:
                 item.circuit, shots=item.shots, parameter_values=item.parameter_values
             )
     if not isinstance(item, tuple):
-        if primitive != "estimator" and _qiskit_circuit_qpy(item) is not None:
-            return sampler_pub(item)  # a bare circuit, as Qiskit's SamplerV2 takes one
+        qpy = _qiskit_circuit_qpy(item)
+        if qpy is not None and primitive != "estimator":
+            # A bare circuit, as Qiskit's SamplerV2 takes one (dumped once, not again here).
+            return sampler_pub(circuit_pb2.Circuit(qpy=qpy))
+        if qpy is not None:
+            # Not "a PUB is ... a QuantumCircuit ...; not QuantumCircuit": what is missing.
+            raise TypeError(
+                "a bare QuantumCircuit is a sampler's PUB: an estimator PUB needs observables, "
+                f"(circuit, observables); a PUB is {_PUB_FORMS}"
+            )
         raise TypeError(f"a PUB is {_PUB_FORMS}; not {type(item).__name__}")
     if not item or len(item) > 4:
         raise ValueError(f"a PUB tuple holds 1 to 4 items, not {len(item)}: {_PUB_FORMS}")

@@ -2815,7 +2815,20 @@ def resolve_bindings(
     else:
         names = tuple(circuit_parameters)
     if len(set(names)) != len(names):
-        raise invalid("INVALID_PARAMETER_VALUES", "parameter names must be unique", field)
+        # The API refuses repeated columns, so two columns met here at one input: a vector
+        # element (`x[1]`) read as the input qasm3.dumps would declare for it (`_x_1_`) that
+        # the circuit declares for a parameter of that name. Say which, not just "unique".
+        target = next(name for name, n in Counter(names).items() if n > 1)
+        given = bindings.parameters or names
+        columns = [g for g, name in zip(given, names, strict=True) if name == target]
+        raise invalid(
+            "INVALID_PARAMETER_VALUES",
+            _clip(
+                f"parameter names must be unique: {' and '.join(map(repr, columns))} both name "
+                f"the circuit's input {target!r}"
+            ),
+            field,
+        )
     unknown = [name for name in names if name not in known]
     if unknown:
         raise invalid(
