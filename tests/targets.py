@@ -8,13 +8,14 @@ from qiskit import QuantumCircuit, qpy
 from qiskit.circuit import ControlFlowOp
 from qiskit.transpiler import Target
 
-__all__ = ["every_instruction", "qpy_bytes"]
+__all__ = ["every_instruction", "operation_names", "qpy_bytes"]
 
 
 def every_instruction(target: Target) -> QuantumCircuit:
     """A circuit that uses every instruction of `target` at least once: each gate on the first
-    qubits with distinct angles, measure, reset and delay, and if/else, while and for loops
-    and a switch around small bodies. For global (all-to-all) targets."""
+    qubits with distinct angles, measure, reset and delay, if/else, while and for loops and a
+    switch around small bodies, and break and continue inside for loops. For global
+    (all-to-all) targets."""
     sizes = [
         op.num_qubits
         for op in map(target.operation_from_name, target.operation_names)
@@ -38,6 +39,14 @@ def every_instruction(target: Target) -> QuantumCircuit:
         elif name == "for_loop":
             with qc.for_loop(range(2)):
                 qc.x(2)
+        elif name == "break_loop":
+            with qc.for_loop(range(2)):
+                qc.measure(2, 2)
+                with qc.if_test((qc.clbits[2], 1)):
+                    qc.break_loop()
+        elif name == "continue_loop":
+            with qc.for_loop(range(2)):
+                qc.continue_loop()
         elif name == "switch_case":
             with qc.switch(qc.clbits[0]) as case:
                 with case(True):
@@ -58,6 +67,17 @@ def every_instruction(target: Target) -> QuantumCircuit:
             qc.append(gate, list(range(op.num_qubits)))
     qc.measure(range(width), range(width))
     return qc
+
+
+def operation_names(circuit: QuantumCircuit) -> set[str]:
+    """The circuit's operation names, those inside control-flow blocks (break and continue
+    live only there) included."""
+    names: set[str] = set()
+    for instruction in circuit.data:
+        names.add(instruction.operation.name)
+        for block in getattr(instruction.operation, "blocks", ()):
+            names |= operation_names(block)
+    return names
 
 
 def qpy_bytes(circuit: QuantumCircuit) -> bytes:

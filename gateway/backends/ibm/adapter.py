@@ -221,8 +221,10 @@ class IbmAdapter(QiskitAdapter):
 
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         # Aer simulates only the qubits a circuit uses (a 3-qubit circuit on a 127-qubit
-        # device is a 3-qubit simulation); noisy runs sample a state vector per shot.
-        active = _active_qubits(circuit) if transpiled else circuit.num_qubits
+        # device is a 3-qubit simulation); noisy runs sample a state vector per shot. Before
+        # transpiling, what the circuit uses is a lower bound (routing may use more): an ISA
+        # circuit is as wide as the device, however few of its qubits it uses.
+        active = _active_qubits(circuit)
         return fe.statevector_bytes(active), 1 << active
 
     def info_properties(self) -> dict[str, str]:

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import qiskit
 from pydantic import Field
-from qiskit.circuit import QuantumCircuit
+from qiskit.circuit import ControlFlowOp, QuantumCircuit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 from qiskit.transpiler.exceptions import TranspilerError
 from qiskit.transpiler.passes import CheckMap
@@ -1127,11 +1127,25 @@ def _already_mapped(circuit: QuantumCircuit, target: Target) -> bool:
     from GetBackendTarget, or written for the device's qubits)."""
     if target.num_qubits is None or circuit.num_qubits != target.num_qubits:
         return False
-    if target.build_coupling_map() is None:
+    if target.build_coupling_map() is None or _has_wide_gate(circuit):
         return False
     check = PassManager([CheckMap(target)])
     check.run(circuit)
     return bool(check.property_set["is_swap_mapped"])
+
+
+def _has_wide_gate(circuit: QuantumCircuit) -> bool:
+    """Whether an operation (in any block) acts on more than two qubits: CheckMap looks at
+    two-qubit instructions only, and such a gate (a ccx) is decomposed and routed, where the
+    layout stage, not the trivial layout, places it best."""
+    for instruction in circuit.data:
+        operation = instruction.operation
+        if isinstance(operation, ControlFlowOp):
+            if any(_has_wide_gate(block) for block in operation.blocks):
+                return True
+        elif len(instruction.qubits) > 2 and not getattr(operation, "_directive", False):
+            return True
+    return False
 
 
 def _layout_of(circuit: QuantumCircuit) -> tuple[int, ...]:

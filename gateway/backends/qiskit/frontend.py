@@ -239,13 +239,16 @@ STANDARD_GATE_NAMES: frozenset[str] = frozenset(_STANDARD_GATES)
 # Instructions a circuit read from a client may hold (what a backend's target may list): the
 # standard gates (QPY carries each as itself; OpenQASM those of its standard library) with
 # measure, reset and delay, and the control flow the OpenQASM 3 reader builds (switch by
-# `_Qasm3Converter`). Not break/continue (refused as opaque gates by the definition check),
-# global_phase (a circuit attribute, not an operation).
+# `_Qasm3Converter`), with break and continue inside loops (a target without them fails a
+# client's transpile of a loop that has one). Not global_phase (a circuit attribute, not an
+# operation).
 ACCEPTED_INSTRUCTION_NAMES: frozenset[str] = (STANDARD_GATE_NAMES - {"global_phase"}) | {
     "if_else",
     "while_loop",
     "for_loop",
     "switch_case",
+    "break_loop",
+    "continue_loop",
 }
 # `break` and `continue` are no ControlFlowOp (no blocks) and have no definition: one
 # operation each, inside a loop (refused as opaque gates before).
