@@ -420,13 +420,12 @@ class Admission:
             creating.add_done_callback(_queue_if_created(runtime, prepared))
             raise
         except ResourceExhausted as refused:
-            # The tenant's quota refused the job as priced on a fallback preferred to its
-            # half-open backend's trial (another price, its own default_shots): queued on the
-            # backend, as if it had named no fallback, it may still fit. Refused COST_QUOTA_
-            # EXCEEDED until the period's end, naming a fallback was worse than naming none.
-            # The backend answers for itself (a tenant's queued-job limit refuses it there too).
-            backend = self.runtime(spec.backend)
-            if runtime is not backend and _usable(backend):
+            # The tenant's quota refused the job as priced on its fallback (another price, its
+            # own default_shots): refused COST_QUOTA_EXCEEDED until the period's end, naming a
+            # fallback was worse than naming none. The backend answers for itself: queued there
+            # while it is half-open (it may still fit), its retryable BACKEND_UNAVAILABLE while
+            # it is open (a tenant's queued-job limit refuses it there too).
+            if runtime is not self.runtime(spec.backend):
                 raise _FallbackRefused(refused) from None
             raise
         if outcome.created:
