@@ -425,7 +425,7 @@ class Admission:
             # fallback was worse than naming none. The backend answers for itself: queued there
             # while it is half-open (it may still fit), its retryable BACKEND_UNAVAILABLE while
             # it is open (a tenant's queued-job limit refuses it there too).
-            if runtime is not self.runtime(spec.backend):
+            if runtime.name != spec.backend:
                 raise _FallbackRefused(refused) from None
             raise
         if outcome.created:
