@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 import qiskit
 from pydantic import Field
-from qiskit.circuit import ControlFlowOp, QuantumCircuit
+from qiskit.circuit import ControlFlowOp, QuantumCircuit, Qubit
 from qiskit.transpiler import PassManager, Target, generate_preset_pass_manager
 from qiskit.transpiler.exceptions import TranspilerError
 from qiskit.transpiler.passes import CheckMap
@@ -511,9 +511,14 @@ class QiskitAdapter(BackendAdapter):
         # `delay` ("not scheduled", Qiskit's own transpile too): such a circuit is scheduled
         # as late as possible, as the device would run it.
         scheduled = target.dt is not None and "delay" in circuit.count_ops()
+        # An OpenQASM 3 program on physical qubits ($0, $1) is as wide as the highest one it
+        # names: widened with idle qubits to the target's width, it keeps them like a QPY ISA
+        # circuit does (else from level 2 VF2Layout moved a Bell pair on $0, $1 to 3 and 4).
+        physical = _widened_to(circuit, target)
+        mapped = _already_mapped(physical, target)
         try:
-            manager = self._pass_manager(scheduled, _already_mapped(circuit, target))
-            transpiled: QuantumCircuit = manager.run(circuit)
+            manager = self._pass_manager(scheduled, mapped)
+            transpiled: QuantumCircuit = manager.run(physical if mapped else circuit)
         except TranspilerError as exc:
             # The circuit asks for what this target cannot do (a `delay` on a target without
             # it): the client's to change, not a gateway fault.
@@ -566,7 +571,8 @@ class QiskitAdapter(BackendAdapter):
             terminal=terminal,
             writes_clbits=fe.writes_clbits(transpiled),
             registers=registers,
-            layout=_layout_of(transpiled),
+            # One physical qubit per qubit of the circuit as submitted (not the widening's).
+            layout=_layout_of(transpiled)[: circuit.num_qubits],
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
             amplitudes=amplitudes,
@@ -1132,6 +1138,20 @@ def _already_mapped(circuit: QuantumCircuit, target: Target) -> bool:
     check = PassManager([CheckMap(target)])
     check.run(circuit)
     return bool(check.property_set["is_swap_mapped"])
+
+
+def _widened_to(circuit: QuantumCircuit, target: Target) -> QuantumCircuit:
+    """`circuit` with idle qubits up to `target`'s width when its qubits are physical ones
+    (it has a layout: OpenQASM 3's `$n`, or a transpiled circuit) and it is narrower; else
+    `circuit` itself. The added qubits are idle: what runs and what it reads are unchanged."""
+    width = target.num_qubits
+    if circuit.layout is None or width is None or circuit.num_qubits >= width:
+        return circuit
+    widened = circuit.copy()
+    # The transpiler sets its own layout; Qiskit warns on adding bits to one that has one.
+    widened._layout = None
+    widened.add_bits([Qubit() for _ in range(width - circuit.num_qubits)])
+    return widened
 
 
 def _has_wide_gate(circuit: QuantumCircuit) -> bool:
