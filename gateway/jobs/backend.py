@@ -59,6 +59,14 @@ class RunningJob:
     lost_claim: Claim | None = None
     # The limit that stops its run (seconds): the most a provider's report of it is charged.
     run_limit_s: float | None = None
+    # The job's attempts count as this step last read or wrote it (None: as claimed). A claim
+    # of the job that comes back to this process with another count was run by another holder
+    # meanwhile (Scheduler.start_job): this step's run is no longer the job's.
+    attempts: int | None = None
+
+    @property
+    def known_attempts(self) -> int:
+        return self.claim.job.attempts if self.attempts is None else self.attempts
 
     @property
     def stopping(self) -> bool:

@@ -199,6 +199,7 @@ class RunnerStep:
                 runtime.breaker.release(running.permit)
                 return
             job = current
+            running.attempts = current.attempts
         cancelling = job.state is JobState.CANCELLING
         if cancelling and job.remote_id is None and runtime.runner.model is ExecutionModel.LOCAL:
             # Its holder died while stopping a local run, which died with it.
@@ -244,6 +245,7 @@ class RunnerStep:
                     # it now, so a second crash re-attaches by id.
                     holder = _holder(runtime, running)
                     started = await self._t.running(job, handle.remote_id, holder=holder) or job
+                    running.attempts = started.attempts
         prepared: PreparedJob | None = None
         t0 = time.perf_counter()
         if handle is None:
@@ -466,6 +468,8 @@ class RunnerStep:
                 handle = found
             running.handle = handle
             started = await self._t.running(job, handle.remote_id, holder=_holder(runtime, running))
+            if started is not None:
+                running.attempts = started.attempts
             if started is None and await _claim_lost(runtime, running):
                 # This holder's lease lapsed while the provider answered, and the job is
                 # another holder's now, which finds the provider's job by its id or tag:
@@ -514,6 +518,7 @@ class RunnerStep:
         )
         if started is not None:
             running.unwritten_start = None
+            running.attempts = started.attempts
             return started
         await runtime.runner.cancel(handle)
         await asyncio.gather(waiting, return_exceptions=True)
@@ -648,7 +653,10 @@ class RunnerStep:
             # the job; nobody follows this wait any more.
             waiting.cancel()
             raise
-        if running.lost_claim is not None and not waiting.done():
+        if running.lost_claim is not None:
+            # Also when its run has just ended: the job is another holder's (or came back to
+            # this process after another holder ran it, Scheduler.start_job), and this run's
+            # end, written under this process's name, would end the job that holder ran.
             await self._let_go(runtime, running, handle, waiting)
             return
         info = ExecutionInfo(
