@@ -63,10 +63,45 @@ class RunningJob:
     # of the job that comes back to this process with another count was run by another holder
     # meanwhile (Scheduler.start_job): this step's run is no longer the job's.
     attempts: int | None = None
+    # A write of this step that starts a run (attempts + 1) is in flight: a claim of the job
+    # that comes back meanwhile may carry that write's count before the step has seen it.
+    starting: bool = False
+    # Such a claim: (the claim it replaced, the attempts it carried, known_attempts then),
+    # judged once the write returns (start_written).
+    came_back: tuple[Claim, int, int] | None = None
 
     @property
     def known_attempts(self) -> int:
         return self.claim.job.attempts if self.attempts is None else self.attempts
+
+    def claim_came_back(self, claim: Claim) -> None:
+        """Scheduler.start_job on a shared queue: `claim` (this job's, handed to this process
+        again) replaces the step's. One that carries another attempts count was run by another
+        holder meanwhile, and the step lets go; while the step's own start write is in flight
+        it is judged when that write returns (it may carry that write's count)."""
+        attempts = claim.job.attempts
+        if self.lost_claim is None and attempts != self.known_attempts:
+            if self.starting:
+                if self.came_back is None:
+                    self.came_back = (self.claim, attempts, self.known_attempts)
+            else:
+                self.lose_claim(self.claim)
+        self.claim = claim
+
+    def start_written(self, started: Job | None) -> None:
+        """The step's start write returned `started` (None: refused or failed)."""
+        self.starting = False
+        if started is not None:
+            self.attempts = started.attempts
+        if self.came_back is None:
+            return
+        replaced, attempts, before = self.came_back
+        self.came_back = None
+        # Read before that write committed, or after it: either is this step's own count.
+        if attempts == before or attempts == self.attempts:
+            return
+        if self.lost_claim is None:
+            self.lose_claim(replaced)
 
     @property
     def stopping(self) -> bool:

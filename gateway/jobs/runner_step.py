@@ -244,8 +244,8 @@ class RunnerStep:
                     # Found by its token or tag after a crash before its id was stored: store
                     # it now, so a second crash re-attaches by id.
                     holder = _holder(runtime, running)
-                    started = await self._t.running(job, handle.remote_id, holder=holder) or job
-                    running.attempts = started.attempts
+                    write = self._t.running(job, handle.remote_id, holder=holder)
+                    started = await _start_write(running, write) or job
         prepared: PreparedJob | None = None
         t0 = time.perf_counter()
         if handle is None:
@@ -467,9 +467,9 @@ class RunnerStep:
                     return None
                 handle = found
             running.handle = handle
-            started = await self._t.running(job, handle.remote_id, holder=_holder(runtime, running))
-            if started is not None:
-                running.attempts = started.attempts
+            started = await _start_write(
+                running, self._t.running(job, handle.remote_id, holder=_holder(runtime, running))
+            )
             if started is None and await _claim_lost(runtime, running):
                 # This holder's lease lapsed while the provider answered, and the job is
                 # another holder's now, which finds the provider's job by its id or tag:
@@ -513,12 +513,11 @@ class RunnerStep:
         another job of its request_id."""
         started_at = running.unwritten_start
         assert started_at is not None
-        started = await self._t.running(
-            job, started_at=started_at, holder=_holder(runtime, running)
+        started = await _start_write(
+            running, self._t.running(job, started_at=started_at, holder=_holder(runtime, running))
         )
         if started is not None:
             running.unwritten_start = None
-            running.attempts = started.attempts
             return started
         await runtime.runner.cancel(handle)
         await asyncio.gather(waiting, return_exceptions=True)
@@ -998,6 +997,20 @@ async def _claim_kept(runtime: BackendRuntime, running: RunningJob) -> AsyncIter
         keeper.cancel()
         # Waited on, not awaited: awaiting it would swallow this step's own cancellation.
         await asyncio.wait({keeper})
+
+
+async def _start_write(running: RunningJob, write: Awaitable[Job | None]) -> Job | None:
+    """Awaits a write that starts the job's run (attempts + 1), and tells `running` what it
+    wrote: a claim of the job that came back to this process meanwhile may carry that count
+    before the step has seen it (its answer takes more loop turns than the scheduler's claim),
+    and is judged against it (RunningJob.start_written), not taken for another holder's run."""
+    running.starting = True
+    started: Job | None = None
+    try:
+        started = await write
+    finally:
+        running.start_written(started)
+    return started
 
 
 def _holder(runtime: BackendRuntime, running: RunningJob) -> str | None:

@@ -51,19 +51,17 @@ class Scheduler:
             # provider call, a clock step) and came back here. The step keeps the job under
             # the new claim; a second step would run it twice.
             self._rt.breaker.release(permit)
-            if (
-                not self._rt.queue.queues_before_commit
-                and claim.job.attempts != current.known_attempts
-                and current.lost_claim is None
-            ):
-                # A shared queue's claim carries the job as stored: another holder ran it
-                # meanwhile (this process paused past its lease, then the other's lapsed).
-                # This step's run is not the job's any more; ending it here ended the job
-                # with an earlier run's result over the other's start. The step lets go and
-                # gives the claim back, to start afresh. (The in-memory queue's claim carries
-                # the job as queued, and nobody else runs it.)
-                current.lose_claim(current.claim)
-            current.claim = claim
+            if self._rt.queue.queues_before_commit:
+                # The in-memory queue's claim carries the job as queued, and nobody else
+                # runs it.
+                current.claim = claim
+            else:
+                # A shared queue's claim carries the job as stored: another holder may have
+                # run it meanwhile (this process paused past its lease, then the other's
+                # lapsed), and ending it here ended the job with an earlier run's result over
+                # the other's start. The step then lets go and gives the claim back, to start
+                # afresh (RunningJob.claim_came_back).
+                current.claim_came_back(claim)
             return current
         running = RunningJob(claim, permit)
         self._rt.running[claim.job.id] = running
