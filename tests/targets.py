@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 
+from qgateway.qiskit_target import to_target
+from qgateway.v1 import backend_pb2
 from qiskit import QuantumCircuit, qpy
 from qiskit.circuit import ControlFlowOp
 from qiskit.transpiler import Target
 
-__all__ = ["every_instruction", "operation_names", "qpy_bytes"]
+from gateway.api import backend_codec
+from gateway.backends.qiskit.adapter import QiskitAdapter
+
+__all__ = ["active_qubits", "client_target", "every_instruction", "operation_names", "qpy_bytes"]
 
 
 def every_instruction(target: Target) -> QuantumCircuit:
@@ -85,3 +90,19 @@ def qpy_bytes(circuit: QuantumCircuit) -> bytes:
     out = io.BytesIO()
     qpy.dump(circuit, out)
     return out.getvalue()
+
+
+def client_target(adapter: QiskitAdapter, name: str) -> Target:
+    """The Target a client builds from GetBackendTarget (through the wire bytes)."""
+    message = backend_codec.encode_target(name, adapter.target())
+    return to_target(backend_pb2.BackendTarget.FromString(message.SerializeToString()))
+
+
+def active_qubits(circuit: QuantumCircuit) -> set[int]:
+    """The qubits an instruction other than a barrier acts on."""
+    return {
+        circuit.find_bit(q).index
+        for instruction in circuit.data
+        if instruction.operation.name != "barrier"
+        for q in instruction.qubits
+    }

@@ -18,7 +18,9 @@ class RecentResults:
     def put(self, job_id: str, data: bytes) -> None:
         # A job's result put again (a re-run) replaces the old one, which must neither stay
         # counted (the count would creep up until nothing fits) nor be read after it.
-        self.discard(job_id)
+        stale = self._items.pop(job_id, None)
+        if stale is not None:
+            self._size -= len(stale)
         if len(data) > self._max // 4:
             return
         self._items[job_id] = data
@@ -26,11 +28,6 @@ class RecentResults:
         while self._size > self._max:
             _, old = self._items.popitem(last=False)
             self._size -= len(old)
-
-    def discard(self, job_id: str) -> None:
-        stale = self._items.pop(job_id, None)
-        if stale is not None:
-            self._size -= len(stale)
 
     def get(self, job_id: str) -> bytes | None:
         data = self._items.get(job_id)

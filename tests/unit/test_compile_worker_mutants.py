@@ -31,6 +31,7 @@ from gateway.domain.jobs import JobSpec
 from gateway.runtime.compiler import CompileLimits, Compiler, _Cache, relocated
 from gateway.runtime.fair_share import FairShare
 from gateway.runtime.pool import PoolLimits
+from tests.compile_fakes import OneWorkerPool, TextKeyedAdapter
 
 # ------------------------------------------------------------------------- fakes
 
@@ -65,40 +66,17 @@ class _Worker:
         self.killed = True
 
 
-class _Pool:
-    def __init__(self, worker: _Worker) -> None:
-        self.worker = worker
-        self.limits = SimpleNamespace(max_instances=1)
-
-    async def acquire(self, timeout: float) -> _Worker:
-        return self.worker
-
-    async def release(self, worker: _Worker, *, broken: bool) -> None:
-        pass
-
-    async def maintain(self) -> None:
-        pass
-
-
-class _Adapter:
-    context = SimpleNamespace(circuit_limits=CircuitLimits())
-    compiled_type = object
-
-    def circuit_key(self, source: CircuitSource) -> str:
-        return source.text
-
-
 def _source(text: str) -> CircuitSource:
     return CircuitSource(CircuitLanguage.QASM3, text)
 
 
-def _compiler(pool: _Pool, limits: CompileLimits | None = None) -> Compiler:
+def _compiler(pool: OneWorkerPool, limits: CompileLimits | None = None) -> Compiler:
     return Compiler(pool, limits or CompileLimits())  # type: ignore[arg-type]
 
 
 def _ask(compiler: Compiler, tenant: str, text: str) -> asyncio.Task[object]:
     return asyncio.ensure_future(
-        compiler.compile(tenant, "aer", _Adapter(), _source(text), "spec.pubs[0]")  # type: ignore[arg-type]
+        compiler.compile(tenant, "aer", TextKeyedAdapter(), _source(text), "spec.pubs[0]")  # type: ignore[arg-type]
     )
 
 
@@ -145,7 +123,7 @@ def test_tenant_and_circuit_key_cannot_run_together_into_another_tenants_entry()
     # Tenant "ab" asking for "c" and tenant "a" asking for "bc" are different cache entries:
     # glued together without a separator they were one, and "a" got "ab"'s compiled circuit.
     worker = _Worker()
-    compiler = _compiler(_Pool(worker))
+    compiler = _compiler(OneWorkerPool(worker))
 
     async def main() -> None:
         first = await _ask(compiler, "ab", "c")
@@ -160,7 +138,7 @@ def test_a_flooding_tenant_cannot_push_another_tenants_compiled_circuit_out() ->
     # The compiler charges each cached outcome to the tenant that asked: charged to anyone
     # else, the per-tenant cap stopped protecting the victim's circuit.
     worker = _Worker(nbytes=10_000)
-    compiler = _compiler(_Pool(worker), CompileLimits(cache_bytes=40_000))
+    compiler = _compiler(OneWorkerPool(worker), CompileLimits(cache_bytes=40_000))
 
     async def main() -> None:
         assert await _ask(compiler, "victim", "vqe") == _Compiled("vqe", 10_000)
@@ -202,7 +180,7 @@ def test_a_caller_arriving_as_a_dropped_compile_winds_down_gets_a_compile_of_its
     # would then start a second compile of the same circuit).
     worker = _Worker()
     worker.gate.clear()
-    compiler = _compiler(_Pool(worker))
+    compiler = _compiler(OneWorkerPool(worker))
     place = ("globex", "other")
 
     async def main() -> None:
@@ -226,7 +204,7 @@ def test_a_caller_arriving_as_a_dropped_compile_winds_down_gets_a_compile_of_its
     assert worker.compiled == ["slow", "other"]
 
 
-class _StuckPool(_Pool):
+class _StuckPool(OneWorkerPool):
     """A pool whose workers are all busy until the test lets acquire time out."""
 
     def __init__(self, worker: _Worker) -> None:
@@ -446,7 +424,7 @@ def test_the_cache_is_looked_up_by_the_adapters_circuit_key() -> None:
     # The key covers what compiling depends on: the same text for another backend's settings
     # is another circuit, and the same text for the same settings is a hit.
     worker = _BackendWorker()
-    compiler = _compiler(_Pool(worker))
+    compiler = _compiler(OneWorkerPool(worker))
     aer, ibm = _FingerprintAdapter("aer-settings"), _FingerprintAdapter("ibm-settings")
 
     async def main() -> None:
@@ -470,7 +448,7 @@ class _CrashingWorker(_Worker):
         raise WorkerCrashed("the worker process died")
 
 
-class _SlowReplacingPool(_Pool):
+class _SlowReplacingPool(OneWorkerPool):
     def __init__(self, worker: _Worker) -> None:
         super().__init__(worker)
         self.replaced = asyncio.Event()

@@ -27,7 +27,7 @@ from qiskit.circuit.classical import expr, types
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import CircuitLimits
 from gateway.backends.qiskit import frontend
-from gateway.backends.qiskit.frontend import MAX_QASM3_NESTING, _qasm3_too_nested, parse_circuit
+from gateway.backends.qiskit.frontend import MAX_QASM3_NESTING, _qasm3_nesting, parse_circuit
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobOptions, JobSpec
@@ -101,7 +101,7 @@ def test_the_nesting_check_reads_a_source_limit_of_runs_under_the_bound() -> Non
     limit = CircuitLimits().max_source_bytes
     line = "-" * 200 + "1 ([{}])\n"
     body = "// " + line * ((limit - 200) // (len(line) + 3))
-    assert not _qasm3_too_nested(body.replace("// ", "", 1))
+    assert not _qasm3_nesting(body.replace("// ", "", 1)).too_deep
 
 
 Target = Callable[[ClassicalRegister], expr.Expr]

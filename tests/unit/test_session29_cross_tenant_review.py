@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from types import SimpleNamespace
 
-from gateway.backends.base import CIRCUIT_FIELD, CircuitLimits
+from gateway.backends.base import CIRCUIT_FIELD
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import FieldViolation, InvalidArgument
 from gateway.runtime.compiler import CompileLimits, Compiler
+from tests.compile_fakes import OneWorkerPool, TextKeyedAdapter
 
 # What the Qiskit front end answers for a QASM 2 or 3 call of an undefined gate: the client's
 # gate name three times over, unclipped (message, ErrorInfo metadata, the field violation).
@@ -42,29 +42,6 @@ class _UnknownGateWorker:
         raise AssertionError("a worker that answered is kept")
 
 
-class _Pool:
-    def __init__(self, worker: _UnknownGateWorker) -> None:
-        self.worker = worker
-        self.limits = SimpleNamespace(max_instances=1)
-
-    async def acquire(self, timeout: float) -> _UnknownGateWorker:
-        return self.worker
-
-    async def release(self, worker: _UnknownGateWorker, *, broken: bool) -> None:
-        assert not broken
-
-    async def maintain(self) -> None:
-        pass
-
-
-class _Adapter:
-    context = SimpleNamespace(circuit_limits=CircuitLimits())
-    compiled_type = object
-
-    def circuit_key(self, source: CircuitSource) -> str:
-        return source.text[:16]  # distinct per source below, and cheap
-
-
 def _held_bytes(refusal: InvalidArgument) -> int:
     """The client-chosen text a refusal keeps alive (str sizes, as the interpreter holds them)."""
     strings = [refusal.message, *refusal.metadata.keys(), *refusal.metadata.values()]
@@ -82,14 +59,15 @@ def test_cached_refusals_stay_within_the_compile_cache_bytes() -> None:
     # xfail until refusals were weighed by their text: compiler._weight.)
     cache_bytes = 4 << 20
     worker = _UnknownGateWorker()
-    compiler = Compiler(_Pool(worker), CompileLimits(cache_bytes=cache_bytes))  # type: ignore[arg-type]
+    pool = OneWorkerPool(worker, broken_allowed=False)
+    compiler = Compiler(pool, CompileLimits(cache_bytes=cache_bytes))  # type: ignore[arg-type]
     kept: list[InvalidArgument] = []
 
     async def flood() -> None:
         for i in range(24):
             source = CircuitSource(CircuitLanguage.QASM2, f"{i:016d}" + "g" * _NAME_CHARS)
             try:
-                await compiler.compile("mallory", "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+                await compiler.compile("mallory", "aer", TextKeyedAdapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
             except InvalidArgument as refused:
                 assert refused.reason == "UNKNOWN_GATE"
             else:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.backends.base import PreparedJob
-from gateway.domain.errors import PermissionDenied, Unavailable
+from gateway.domain.errors import GatewayError, PermissionDenied, Unavailable
 from gateway.domain.failures import FailureKind
 from gateway.domain.jobs import JobSpec
 from gateway.domain.pricing import Price
@@ -232,5 +232,35 @@ async def test_another_replica_claims_a_fallback_job_from_the_fallbacks_shared_q
         other_spare = make_queue("store", store, "spare", "replica-2", core.clock, 3600.0)
         claim = await other_spare.claim()
         assert claim is not None and claim.job.id == placed.id
+    finally:
+        await core.manager.close()
+
+
+async def test_a_fallback_priced_over_quota_while_the_backend_is_open_is_its_unavailability(
+    store: SqliteStore,
+) -> None:
+    # README (0eff8bc): a fallback that cannot take the job ("a price its quota cannot pay
+    # this period") leaves it on its backend; "while the backend is open ... one the backend
+    # could run is refused with the backend's retryable BACKEND_UNAVAILABLE (naming the
+    # fallback and its reason)". `main` is free: the same job naming no fallback gets
+    # BACKEND_UNAVAILABLE and runs once `main` closes. Found as a surviving mutant: the quota
+    # refusal went through only while the backend was usable, and answered COST_QUOTA_EXCEEDED
+    # (not retryable until the period's end) while it was open.
+    quota = PeriodQuota(cost=5.0, cost_unit="USD")
+    policies = PolicyBook(default=TenantPolicy(quota=quota))
+    runners = {"main": ScriptedRunner(slots=2), "spare": ScriptedRunner(slots=1)}
+    core = await build_core(store, "memory", runners, breaker=ONE_FAULT_OPENS, policies=policies)
+    spare = core.backends["spare"]
+    spare.settings = dataclasses.replace(spare.settings, price=Price(per_shot=1.0))
+    _shots_of(core, "spare", 10)
+    try:
+        await _open_main(core)
+        with pytest.raises(Unavailable) as plain:
+            await core.submit("bob", spec("main", text="plain"))
+        assert plain.value.reason == "BACKEND_UNAVAILABLE"
+        with pytest.raises(GatewayError) as named:
+            await core.submit("bob", spec("main", text="named", fallback_backend="spare"))
+        assert named.value.reason == "BACKEND_UNAVAILABLE", named.value.reason
+        assert named.value.metadata["fallbackReason"] == "COST_QUOTA_EXCEEDED"
     finally:
         await core.manager.close()

@@ -241,4 +241,4 @@ def test_the_sdks_own_output_of_nested_angles_counts_little_more_than_its_statem
     text = qasm3.dumps(circuit)
     assert "exp(sin(" in text  # nested as in the SDK's own output
     statements = text.count(";")
-    assert frontend._qasm3_nesting_work(text) * 10 < statements
+    assert frontend._qasm3_nesting(text).work * 10 < statements

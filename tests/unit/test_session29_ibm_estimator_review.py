@@ -8,19 +8,14 @@ runtime's own local-mode estimator on the same ISA circuit within the reported e
 
 from __future__ import annotations
 
-import io
 import pickle
 
 import numpy as np
 import pytest
-from qgateway.qiskit_target import to_target
-from qgateway.v1 import backend_pb2
-from qiskit import QuantumCircuit, qasm3, qpy, transpile
+from qiskit import QuantumCircuit, qasm3, transpile
 from qiskit.circuit import Parameter
 from qiskit.quantum_info import SparsePauliOp
-from qiskit.transpiler import Target
 
-from gateway.api import backend_codec
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.ibm.adapter import IbmAdapter
 from gateway.backends.qiskit.adapter import QiskitAdapter
@@ -34,27 +29,7 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec
 from tests.adapters import adapter_context, prepare_in_process
-
-
-def _client_target(adapter: QiskitAdapter, name: str) -> Target:
-    """The Target a client builds from GetBackendTarget (through the wire bytes)."""
-    message = backend_codec.encode_target(name, adapter.target())
-    return to_target(backend_pb2.BackendTarget.FromString(message.SerializeToString()))
-
-
-def _qpy(circuit: QuantumCircuit) -> CircuitSource:
-    buffer = io.BytesIO()
-    qpy.dump(circuit, buffer)
-    return CircuitSource(CircuitLanguage.QPY, data=buffer.getvalue())
-
-
-def _active_qubits(circuit: QuantumCircuit) -> set[int]:
-    return {
-        circuit.find_bit(q).index
-        for instruction in circuit.data
-        if instruction.operation.name != "barrier"
-        for q in instruction.qubits
-    }
+from tests.targets import active_qubits, client_target, qpy_bytes
 
 
 def _observable(operator: SparsePauliOp) -> Observable:
@@ -86,7 +61,7 @@ def test_an_openqasm3_isa_program_keeps_the_physical_qubits_it_names(kind: str) 
     bell.h(0)
     bell.cx(0, 1)
     bell.measure([0, 1], [0, 1])
-    isa = transpile(bell, target=_client_target(adapter, kind), initial_layout=[0, 1])
+    isa = transpile(bell, target=client_target(adapter, kind), initial_layout=[0, 1])
     text = qasm3.dumps(isa)
     assert "$0" in text and "$1" in text and "$4" not in text
 
@@ -95,7 +70,7 @@ def test_an_openqasm3_isa_program_keeps_the_physical_qubits_it_names(kind: str) 
     # One entry per qubit of the program as submitted, each its own physical qubit.
     assert compiled.num_qubits == 2
     assert compiled.layout == (0, 1)
-    assert _active_qubits(compiled.ref.circuit()) == {0, 1}
+    assert active_qubits(compiled.ref.circuit()) == {0, 1}
 
 
 def test_an_isa_circuit_estimate_matches_the_runtimes_own_estimator_on_it() -> None:
@@ -117,13 +92,13 @@ def test_an_isa_circuit_estimate_matches_the_runtimes_own_estimator_on_it() -> N
     circuit.cx(0, 1)
     circuit.rx(phi, 1)
     isa = transpile(
-        circuit, target=_client_target(adapter, "ibm"), initial_layout=[3, 4], seed_transpiler=1
+        circuit, target=client_target(adapter, "ibm"), initial_layout=[3, 4], seed_transpiler=1
     )
     laid_out = [SparsePauliOp(label).apply_layout(isa.layout) for label in ("ZZ", "IZ", "ZI")]
     values = np.array([[0.3, 1.2], [2.0, 0.1]])
     precision = 0.01
     pub = EstimatorPub(
-        _qpy(isa),
+        CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)),
         tuple(_observable(o) for o in laid_out),
         (1, 3),
         Bindings(("t", "p"), (2, 1), values.reshape(-1)),

@@ -7,34 +7,17 @@ Each finding was a strict xfail until fixed.
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from qgateway.qiskit_target import to_target
-from qgateway.v1 import backend_pb2
-from qiskit import QuantumCircuit, qpy, transpile
-from qiskit.transpiler import Target, generate_preset_pass_manager
+from qiskit import QuantumCircuit, transpile
+from qiskit.transpiler import generate_preset_pass_manager
 
-from gateway.api import backend_codec
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.ibm.adapter import IbmAdapter
-from gateway.backends.qiskit.adapter import QiskitAdapter
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from tests.adapters import adapter_context
+from tests.targets import client_target, qpy_bytes
 
 SEED = 7
-
-
-def _client_target(adapter: QiskitAdapter, name: str) -> Target:
-    """The Target a client builds from GetBackendTarget (through the wire bytes)."""
-    message = backend_codec.encode_target(name, adapter.target())
-    return to_target(backend_pb2.BackendTarget.FromString(message.SerializeToString()))
-
-
-def _qpy(circuit: QuantumCircuit) -> CircuitSource:
-    buffer = io.BytesIO()
-    qpy.dump(circuit, buffer)
-    return CircuitSource(CircuitLanguage.QPY, data=buffer.getvalue())
 
 
 def _two_qubit_gates(circuit: QuantumCircuit) -> int:
@@ -67,7 +50,7 @@ def test_a_full_width_circuit_with_a_three_qubit_gate_is_laid_out_not_pinned(
         circuit.ccx(0, 2, 4)
     circuit.measure(4, 0)
 
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit)))
 
     # What the same preset pass manager makes of it without a pinned layout.
     reference = generate_preset_pass_manager(
@@ -103,7 +86,9 @@ def test_an_isa_circuit_with_control_flow_keeps_its_qubits_and_an_uncoupled_one_
         with circuit.if_test((circuit.clbits[0], 1)):
             circuit.cx(*pair)
         circuit.measure(pair[1], 1)
-        compiled = adapter.compile_circuit(_qpy(circuit))
+        compiled = adapter.compile_circuit(
+            CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
+        )
         if pinned:
             assert compiled.layout == (0, 1, 2, 3, 4)
         transpiled = compiled.ref.circuit()
@@ -141,10 +126,10 @@ def test_the_aer_target_lets_a_client_transpile_a_loop_with_break_and_continue()
         circuit.continue_loop()
     circuit.measure(1, 1)
     # The gateway takes it as sent.
-    adapter.compile_circuit(_qpy(circuit))
+    adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit)))
 
-    isa = transpile(circuit, target=_client_target(adapter, "aer"), seed_transpiler=SEED)
-    compiled = adapter.compile_circuit(_qpy(isa))
+    isa = transpile(circuit, target=client_target(adapter, "aer"), seed_transpiler=SEED)
+    compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)))
     assert "for_loop" in compiled.ref.circuit().count_ops()
 
 
@@ -160,11 +145,11 @@ def test_an_isa_circuit_for_a_127_qubit_device_is_sized_by_the_qubits_it_uses() 
         adapter_context("ibm", backend="FakeBrisbane", optimization_level=2, seed_transpiler=SEED)
     )
     isa = transpile(
-        _bell(), target=_client_target(adapter, "ibm"), initial_layout=[0, 1], seed_transpiler=3
+        _bell(), target=client_target(adapter, "ibm"), initial_layout=[0, 1], seed_transpiler=3
     )
     assert isa.num_qubits == 127
 
-    compiled = adapter.compile_circuit(_qpy(isa))
+    compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)))
 
     # Kept on the qubits the user chose, and sized as the 2-qubit simulation it is.
     assert compiled.layout == tuple(range(127))

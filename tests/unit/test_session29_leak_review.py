@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from types import SimpleNamespace
 
 import pytest
 
-from gateway.backends.base import CIRCUIT_FIELD, CircuitLimits
+from gateway.backends.base import CIRCUIT_FIELD
 from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from gateway.runtime.compiler import CompileLimits, Compiler
 from gateway.security.api_keys import LastUsedRecorder
 from gateway.security.rate_limits import RateLimiter
 from gateway.security.tenant_policy import RateLimit
+from tests.compile_fakes import OneWorkerPool, TextKeyedAdapter
 
 
 class _RefusingWorker:
@@ -40,29 +40,6 @@ class _RefusingWorker:
         raise AssertionError("a worker that answered is kept")
 
 
-class _Pool:
-    def __init__(self, worker: _RefusingWorker) -> None:
-        self.worker = worker
-        self.limits = SimpleNamespace(max_instances=1)
-
-    async def acquire(self, timeout: float) -> _RefusingWorker:
-        return self.worker
-
-    async def release(self, worker: _RefusingWorker, *, broken: bool) -> None:
-        assert not broken
-
-    async def maintain(self) -> None:
-        pass
-
-
-class _Adapter:
-    context = SimpleNamespace(circuit_limits=CircuitLimits())
-    compiled_type = object
-
-    def circuit_key(self, source: CircuitSource) -> str:
-        return source.text[-16:]  # distinct per source below, and cheap
-
-
 def test_a_cached_refusal_does_not_keep_the_refused_circuit_alive() -> None:
     # The compile cache is bounded in bytes, and a refusal weighs 4 KiB in it (it has no
     # nbytes). But the refusal cached was the exception object as raised, its __traceback__
@@ -71,7 +48,7 @@ def test_a_cached_refusal_does_not_keep_the_refused_circuit_alive() -> None:
     # sending distinct circuits that fail to parse at their last byte (cheap to compile) had
     # up to 32,768 of them kept (half of 256 MiB / 4 KiB): 32 GiB for a 128 MiB share.
     worker = _RefusingWorker()
-    compiler = Compiler(_Pool(worker), CompileLimits())  # type: ignore[arg-type]
+    compiler = Compiler(OneWorkerPool(worker, broken_allowed=False), CompileLimits())  # type: ignore[arg-type]
     alive: list[weakref.ref[CircuitSource]] = []
 
     async def flood() -> None:
@@ -79,7 +56,7 @@ def test_a_cached_refusal_does_not_keep_the_refused_circuit_alive() -> None:
             source = CircuitSource(CircuitLanguage.QASM3, "x" * 4096 + f"{i:016d}")
             alive.append(weakref.ref(source))
             with pytest.raises(InvalidArgument) as refused:
-                await compiler.compile("mallory", "aer", _Adapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
+                await compiler.compile("mallory", "aer", TextKeyedAdapter(), source, "spec.pubs[0]")  # type: ignore[arg-type]
             assert refused.value.reason == "INVALID_QASM"
             del source, refused
 

@@ -8,18 +8,13 @@ Failing cases are strict xfails naming the defect.
 
 from __future__ import annotations
 
-import io
 import pickle
 
 import numpy as np
 import pytest
-from qgateway.qiskit_target import to_target
-from qgateway.v1 import backend_pb2
-from qiskit import QuantumCircuit, qpy, transpile
+from qiskit import QuantumCircuit, transpile
 from qiskit.quantum_info import SparsePauliOp
-from qiskit.transpiler import Target
 
-from gateway.api import backend_codec
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.ibm.adapter import IbmAdapter
 from gateway.backends.qiskit.adapter import QiskitAdapter
@@ -33,27 +28,7 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec
 from tests.adapters import adapter_context, prepare_in_process
-
-
-def _client_target(adapter: QiskitAdapter, name: str) -> Target:
-    """The Target a client builds from GetBackendTarget (through the wire bytes)."""
-    message = backend_codec.encode_target(name, adapter.target())
-    return to_target(backend_pb2.BackendTarget.FromString(message.SerializeToString()))
-
-
-def _qpy(circuit: QuantumCircuit) -> CircuitSource:
-    buffer = io.BytesIO()
-    qpy.dump(circuit, buffer)
-    return CircuitSource(CircuitLanguage.QPY, data=buffer.getvalue())
-
-
-def _active_qubits(circuit: QuantumCircuit) -> set[int]:
-    return {
-        circuit.find_bit(q).index
-        for instruction in circuit.data
-        if instruction.operation.name != "barrier"
-        for q in instruction.qubits
-    }
+from tests.targets import active_qubits, client_target, qpy_bytes
 
 
 def _bell() -> QuantumCircuit:
@@ -87,15 +62,15 @@ def test_an_isa_circuit_runs_on_the_physical_qubits_the_user_chose(kind: str, le
                 optimization_level=level,
             )
         )
-    target = _client_target(adapter, kind)
+    target = client_target(adapter, kind)
     isa = transpile(_bell(), target=target, initial_layout=[0, 1], seed_transpiler=7)
-    assert _active_qubits(isa) == {0, 1}
+    assert active_qubits(isa) == {0, 1}
 
-    compiled = adapter.compile_circuit(_qpy(isa))
+    compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)))
 
     # The user's circuit is already mapped to the coupling map: no re-layout, no routing.
     assert compiled.layout == (0, 1, 2, 3, 4)
-    assert _active_qubits(compiled.ref.circuit()) == {0, 1}
+    assert active_qubits(compiled.ref.circuit()) == {0, 1}
 
 
 def test_a_laid_out_observable_on_a_noisy_device_twin_matches_noisy_aer_on_the_isa_circuit() -> (
@@ -120,7 +95,7 @@ def test_a_laid_out_observable_on_a_noisy_device_twin_matches_noisy_aer_on_the_i
     bell.cx(0, 1)
     isa = transpile(
         bell,
-        target=_client_target(adapter, "aer-noisy"),
+        target=client_target(adapter, "aer-noisy"),
         initial_layout=[1, 0],
         seed_transpiler=3,
     )
@@ -134,7 +109,13 @@ def test_a_laid_out_observable_on_a_noisy_device_twin_matches_noisy_aer_on_the_i
     reference = float(simulator.run(reference_circuit).result().data()["expectation_value"])
 
     terms = tuple(PauliTerm(p, float(c.real)) for p, c in observable.to_list())
-    pub = EstimatorPub(_qpy(isa), (Observable(terms),), (1,), Bindings(), precision=0.0)
+    pub = EstimatorPub(
+        CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)),
+        (Observable(terms),),
+        (1,),
+        Bindings(),
+        precision=0.0,
+    )
     spec = JobSpec(backend="aer-noisy", pubs=(pub,), options=JobOptions())
     prepared = prepare_in_process(adapter, spec, 5)
     (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
@@ -152,9 +133,9 @@ def test_a_laid_out_observable_on_a_noisy_device_twin_matches_noisy_aer_on_the_i
 )
 def test_an_isa_circuit_for_the_all_to_all_aer_target_is_not_refused_for_idle_qubits() -> None:
     adapter = AerAdapter(adapter_context("aer", method="statevector"))
-    target = _client_target(adapter, "aer")
+    target = client_target(adapter, "aer")
     isa = transpile(_bell(), target=target, initial_layout=[2, 3], seed_transpiler=7)
     # Qiskit lays a circuit out on every qubit of the Target it is given.
     assert isa.num_qubits == target.num_qubits == 64
-    compiled = adapter.compile_circuit(_qpy(isa))
-    assert _active_qubits(compiled.ref.circuit()) == {2, 3}
+    compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)))
+    assert active_qubits(compiled.ref.circuit()) == {2, 3}

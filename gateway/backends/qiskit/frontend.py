@@ -38,7 +38,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import qiskit.qasm2
@@ -95,6 +95,7 @@ from qiskit.circuit.library import (
     get_standard_gate_name_mapping,
 )
 from qiskit.quantum_info import SparseObservable
+from qiskit.synthesis import MatrixExponential, QDrift
 from qiskit_qasm3_import import ConversionError
 from qiskit_qasm3_import.converter import ConvertVisitor
 from qiskit_qasm3_import.data import Scope, Symbol
@@ -208,7 +209,7 @@ MAX_QASM3_STATEMENTS = 20_000
 # `-` or 10 KB of nested `exp(` took 8-9 s of a compile worker's CPU to be refused as too deep
 # (no semicolon, brace or comma: the statement count saw one statement).
 MAX_QASM3_NESTING = 256
-# Levels of nesting weighed by depth (`_qasm3_nesting_work`) that cost the parser a statement.
+# Levels of nesting weighed by depth (`_Nesting.work`) that cost the parser a statement.
 _NESTING_WORK_PER_STATEMENT = 16
 _QASM3_COMMENTS = re.compile(r"//[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
 _PREFIX_OPERATORS = re.compile(r"[-+!~]+")
@@ -1245,13 +1246,12 @@ def parse_circuit(
     else:
         # Nesting past what the parser reaches is too deep (CIRCUIT_TOO_COMPLEX), whatever
         # else the program holds; below that, its parsing work counts as statements.
-        if _qasm3_too_nested(text):
+        nesting = _qasm3_nesting(text)
+        if nesting.too_deep:
             raise _too_deep(field)
         # Comments' too: an upper bound. Nested expressions count by the parser's work on
         # them: 200 statements each 120 `exp(` deep took 6.8 s, the time of 20,000 plain ones.
-        statements = (
-            text.count(";") + text.count("{") + text.count(",") // 8 + _qasm3_nesting_work(text)
-        )
+        statements = text.count(";") + text.count("{") + text.count(",") // 8 + nesting.work
         if statements > MAX_QASM3_STATEMENTS:
             raise invalid(
                 "CIRCUIT_TOO_LARGE",
@@ -1285,17 +1285,39 @@ def parse_circuit(
     return circuit
 
 
-def _qasm3_too_nested(text: str) -> bool:
-    """Whether the program, its comments left out, nests brackets or prefix operators deeper
-    than MAX_QASM3_NESTING (what the parser would refuse as too deep anyway, after seconds)."""
+class _Nesting(NamedTuple):
+    """How an OpenQASM 3 program nests, its comments left out (`_qasm3_nesting`)."""
+
+    # Brackets or a run of prefix operators deeper than MAX_QASM3_NESTING (what the parser
+    # would refuse as too deep anyway, after seconds).
+    too_deep: bool
+    # The parser's work on nested expressions, in statements: ANTLR re-reads the rest of a
+    # nested run at each level, so a statement's cost grows with the square of its nesting
+    # (one 60 `exp(` deep: 17 ms, 120 deep: 55 ms, a plain statement 0.3 ms): each bracket
+    # opened inside two others weighs its depth past two, as does each prefix operator past
+    # the second of a run (`---x`), and _NESTING_WORK_PER_STATEMENT of that is one statement
+    # (about half what one costs, for margin). What `qasm3.dumps` writes for gate angles
+    # rarely nests past two.
+    work: int
+
+
+def _qasm3_nesting(text: str) -> _Nesting:
+    """The program's nesting, from one pass over its text before any parsing."""
     code = _QASM3_COMMENTS.sub(" ", text)
     # Runs found whole (linear; a bounded repeat would be retried at every start in a run).
-    runs = _PREFIX_OPERATORS.findall(_SPACE.sub("", code))
-    if max(map(len, runs), default=0) > MAX_QASM3_NESTING:
-        return True
+    runs = [len(run) for run in _PREFIX_OPERATORS.findall(_SPACE.sub("", code))]
+    work = sum((n - 2) * (n - 1) // 2 for n in runs if n > 2)
     raw = np.frombuffer(code.encode("utf-8", "surrogatepass"), dtype=np.uint8)
     depths = _bracket_depths(np.isin(raw, _OPENING), np.isin(raw, _CLOSING))
-    return bool(depths.size) and int(depths.max()) > MAX_QASM3_NESTING
+    # Braces left out of the work: a block's statements are no deeper an expression for
+    # being in one.
+    opening = np.isin(raw, _OPENING[:2])
+    expression_depths = _bracket_depths(opening, np.isin(raw, _CLOSING[:2]))
+    work += int(np.maximum(expression_depths[opening] - 2, 0).sum())
+    too_deep = max(runs, default=0) > MAX_QASM3_NESTING or (
+        bool(depths.size) and int(depths.max()) > MAX_QASM3_NESTING
+    )
+    return _Nesting(too_deep, work // _NESTING_WORK_PER_STATEMENT)
 
 
 def _bracket_depths(opening: np.ndarray, closing: np.ndarray) -> np.ndarray:
@@ -1306,25 +1328,6 @@ def _bracket_depths(opening: np.ndarray, closing: np.ndarray) -> np.ndarray:
     walk = np.cumsum(opening.astype(np.int64) - closing)
     # A walk held at 0 is the free walk less its lowest point so far (when below 0).
     return walk - np.minimum(np.minimum.accumulate(walk), 0)
-
-
-def _qasm3_nesting_work(text: str) -> int:
-    """The parser's work on nested expressions, in statements, its comments left out. ANTLR
-    re-reads the rest of a nested run at each level, so a statement's cost grows with the
-    square of its nesting (one 60 `exp(` deep: 17 ms, 120 deep: 55 ms, a plain statement
-    0.3 ms): each bracket opened inside two others weighs its depth past two, as does each
-    prefix operator past the second of a run (`---x`), and _NESTING_WORK_PER_STATEMENT of that
-    is one statement (about half what one costs, for margin). What `qasm3.dumps` writes for
-    gate angles rarely nests past two."""
-    code = _QASM3_COMMENTS.sub(" ", text)
-    runs = _PREFIX_OPERATORS.findall(_SPACE.sub("", code))
-    work = sum((len(run) - 2) * (len(run) - 1) // 2 for run in runs if len(run) > 2)
-    raw = np.frombuffer(code.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    # Braces left out: a block's statements are no deeper an expression for being in one.
-    opening = np.isin(raw, _OPENING[:2])
-    depth = _bracket_depths(opening, np.isin(raw, _CLOSING[:2]))
-    work += int(np.maximum(depth[opening] - 2, 0).sum())
-    return work // _NESTING_WORK_PER_STATEMENT
 
 
 def _check_declared(
@@ -1982,7 +1985,7 @@ def evolution_size(op: PauliEvolutionGate, native: Collection[str] | None = None
     cannot be bounded (a symbolic time or coefficient under QDrift) counts as unbounded. A term
     Qiskit writes as one rotation the target with operations `native` runs counts as one."""
     synthesis = op.synthesis
-    if type(synthesis).__name__ == "MatrixExponential":
+    if isinstance(synthesis, MatrixExponential):
         return SYNTHESIS_OPERATIONS_PER_ENTRY * (1 << (2 * int(op.num_qubits)))
     operators = op.operator if isinstance(op.operator, list) else [op.operator]
     per_term: list[int] = []
@@ -1998,7 +2001,7 @@ def evolution_size(op: PauliEvolutionGate, native: Collection[str] | None = None
     per_term = per_term or [1]
     reps = getattr(synthesis, "reps", 1)
     reps = reps if isinstance(reps, int) and reps > 0 else 1
-    if type(synthesis).__name__ == "QDrift":
+    if isinstance(synthesis, QDrift):
         try:
             lam = float(np.sum(np.abs(np.asarray(weights, dtype=complex))))
             samples = 2 * lam**2 * float(op.params[0]) ** 2 * reps
