@@ -609,8 +609,10 @@ async def test_a_job_whose_submit_was_cancelled_mid_commit_starts_the_max_ttl(
         (job,) = await store.session_jobs(s.id)
         core.clock.advance(30)
         await core.sessions.expire_due()
-        ended = await core.sessions.get("alice", s.id)
-        assert ended.state is SessionState.CLOSED and ended.end_reason is EndReason.MAX_TTL
+        # The recording may still hold the session's lock (its save is in the store, its
+        # lock not yet let go): the sweep then ends the session in a task.
+        ended = await core.session_until(s.id, SessionState.CLOSED)
+        assert ended.end_reason is EndReason.MAX_TTL
         await core.until("alice", job.id, "CANCELLED")
     finally:
         await core.close()
