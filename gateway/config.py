@@ -132,7 +132,8 @@ class ServerConfig(_Strict):
     # Largest response the gateway sends in one message; the default matches gRPC clients'
     # default receive limit, so any client can read every answer.
     max_response_bytes: int = Field(default=4 * MIB - 64 * 1024, gt=0, le=_INT32_MAX - MIB)
-    # Threads that check large sweeps and observables next to the event loop.
+    # Threads that check large sweeps and observables next to the event loop, shared fairly
+    # across tenants.
     prepare_threads: int = Field(default=4, gt=0, le=MAX_PROCESSES)
     grace_period_s: float = Field(default=30.0, ge=0, le=MAX_SECONDS)
     # Longest a Run call waits for its job, whatever the caller's deadline (none included):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import anyio
 from qgateway.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway import offload
@@ -33,7 +32,6 @@ from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.manager import JobManager
 from gateway.jobs.sessions import SessionCore
 from gateway.runtime.fair_share import FairShare
-from gateway.runtime.shielded import when_caller_left
 from gateway.security.principals import tenant_of
 from gateway.store.base import JobCursor
 from gateway.telemetry import active as telemetry
@@ -161,26 +159,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         keeps small specs only)."""
         if request_bytes() > offload.INLINE_BYTES:
             uncached = SpecCache(request_digest, codec.decode_spec, max_spec_bytes=0)
-            holding = False
-
-            async def in_slot() -> tuple[bytes, bytes, JobSpec | GatewayError]:
-                nonlocal holding
-                async with self._large_specs.slot(tenant):
-                    holding = True
-                    return await anyio.to_thread.run_sync(_derive, spec, digest, uncached)
-
-            work = asyncio.ensure_future(in_slot())
-            try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                if holding:
-                    # A thread cannot be stopped: its slot stays taken until it ends (freed
-                    # with its caller, a tenant cancelling its calls ran any number at once),
-                    # and what it raises is logged (gateway.runtime.shielded).
-                    when_caller_left(work, lambda _: None)
-                else:
-                    work.cancel()  # still waiting for a slot: its place goes to the next
-                raise
+            return await self._large_specs.run_blocking(
+                tenant, functools.partial(_derive, spec, digest, uncached)
+            )
         return _derive(spec, digest, self._specs)
 
     async def _submit(

@@ -17,8 +17,6 @@ import uuid
 from collections.abc import Callable, Container, Mapping
 from typing import Protocol
 
-import anyio
-
 from gateway.backends.base import BackendAdapter, PreparedJob
 from gateway.domain import audit, pricing, queue_share
 from gateway.domain.circuits import CircuitSource, circuit_field
@@ -36,8 +34,8 @@ from gateway.domain.errors import (
 from gateway.domain.jobs import Job, JobSpec, JobState
 from gateway.jobs.backend import BackendRuntime
 from gateway.jobs.transitions import Transitions
-from gateway.runtime.blocking import run_blocking
 from gateway.runtime.breaker import BreakerState
+from gateway.runtime.fair_share import FairShare
 from gateway.security.policies import PolicyBook
 from gateway.store.base import CreateOutcome, NewJob, QuotaCharge, Store, request_id_reused
 from gateway.telemetry import active as telemetry
@@ -74,7 +72,9 @@ class Admission:
         self._compiler = compiler
         self._transitions = transitions
         self._draining = draining
-        self._limiter = anyio.CapacityLimiter(prepare_threads)
+        # Shared fairly: first come first served, one tenant's burst of large sweeps queued
+        # every other tenant's prepare behind all of it.
+        self._prepares = FairShare(prepare_threads)
         self._policies = policies if policies is not None else PolicyBook()
         # By (tenant, request_id): the submission of that request in progress here.
         self._creating: dict[tuple[str, str], _Twin] = {}
@@ -540,11 +540,8 @@ class Admission:
         if adapter.prepare_is_cheap(spec):
             prepared = adapter.prepare(spec, seed, circuits)
         else:
-            # The slot is the thread's until it returns: anyio's own limiter freed it when the
-            # caller went away (a deadline of 1 ms, a reset), and the thread went on, so a
-            # tenant cancelling large sweeps ran any number of prepares at once.
-            prepared = await run_blocking(
-                functools.partial(adapter.prepare, spec, seed, circuits), self._limiter
+            prepared = await self._prepares.run_blocking(
+                tenant, functools.partial(adapter.prepare, spec, seed, circuits)
             )
         return dataclasses.replace(
             prepared,

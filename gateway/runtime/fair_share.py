@@ -1,4 +1,4 @@
-"""Fair sharing of a fixed number of slots (compile workers) across tenants.
+"""Fair sharing of a fixed number of slots (compile workers, prepare threads) across tenants.
 
 While tenants wait, a freed slot goes to the waiting tenant that holds the fewest slots (among
 equals, the one served least recently), so no tenant holds more than its share of a contended
@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+
+from gateway.runtime.shielded import when_caller_left
+
+T = TypeVar("T")
 
 
 class FairShare:
@@ -46,6 +53,32 @@ class FairShare:
             yield
         finally:
             self._release(tenant)
+
+    async def run_blocking(self, tenant: str, fn: Callable[[], T]) -> T:
+        """fn() on a worker thread in one of `tenant`'s slots, held until fn returns.
+
+        A thread cannot be stopped: freed with its caller, a tenant cancelling its calls ran
+        any number at once. A call whose caller leaves while it still waits for a slot gives
+        its place to the next; what a thread left behind raises is logged
+        (gateway.runtime.shielded).
+        """
+        holding = False
+
+        async def in_slot() -> T:
+            nonlocal holding
+            async with self.slot(tenant):
+                holding = True
+                return await anyio.to_thread.run_sync(fn)
+
+        work = asyncio.ensure_future(in_slot())
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if holding:
+                when_caller_left(work, lambda _: None)
+            else:
+                work.cancel()
+            raise
 
     async def _acquire(self, tenant: str) -> None:
         if self._free and not self._waiting and self._held[tenant] < self._per_tenant:
