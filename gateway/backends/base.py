@@ -89,6 +89,9 @@ class PreparedJob:
             per PUB binding); the adapter sets it.
         has_while_loop: A circuit has a `while` loop, whose iterations are unknown until it
             runs: the backend's max_loop_run_time_s bounds it on a simulator.
+        qubits: The most qubits one PUB's circuit acts on, as submitted (a tenant's
+            max_qubits counts these): an ISA circuit is as wide as its device, however few of
+            its qubits it uses.
     """
 
     payload: object
@@ -99,6 +102,7 @@ class PreparedJob:
     prepare_seconds: float = 0.0
     max_run_time_s: float | None = None
     has_while_loop: bool = False
+    qubits: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,14 +135,19 @@ MAX_COMPILED_QUBITS = 1 << 16
 MAX_COMPILED_CLBITS = 1 << 20
 
 
-def check_compiled_sizes(num_qubits: int, layout: tuple[int, ...], **counts: int) -> None:
-    """Raises ValueError unless num_qubits and every count are non-negative ints (num_qubits
-    at most MAX_COMPILED_QUBITS) and layout is one distinct qubit index per circuit qubit."""
-    for name, value in {"num_qubits": num_qubits, **counts}.items():
+def check_compiled_sizes(
+    num_qubits: int, layout: tuple[int, ...], *, active_qubits: int, **counts: int
+) -> None:
+    """Raises ValueError unless num_qubits, active_qubits and every count are non-negative
+    ints (num_qubits at most MAX_COMPILED_QUBITS, active_qubits at most num_qubits) and layout
+    is one distinct qubit index per circuit qubit."""
+    for name, value in {"num_qubits": num_qubits, "active_qubits": active_qubits, **counts}.items():
         if type(value) is not int or value < 0:
             raise ValueError(f"a compiled circuit with {name} = {value!r}")
     if num_qubits > MAX_COMPILED_QUBITS:
         raise ValueError(f"a compiled circuit of {num_qubits} qubits")
+    if active_qubits > num_qubits:
+        raise ValueError(f"a compiled circuit using {active_qubits} of its {num_qubits} qubits")
     if (
         type(layout) is not tuple
         or len(layout) != num_qubits

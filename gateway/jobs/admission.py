@@ -96,12 +96,11 @@ class Admission:
 
     def _check_job(self, tenant: str, spec: JobSpec, backend: str, prepared: PreparedJob) -> None:
         """The policy's backends and per-job limits on the job prepared for `backend` (qubits
-        per circuit: its layout's virtual qubits). The backends are asked again: a backend
+        per circuit: those it acts on). The backends are asked again: a backend
         an administrator removed while the job compiled was admitted, though its limits
         followed the new policy."""
         self._check_policy(tenant, spec)
-        qubits = max((len(layout) for layout in prepared.layouts), default=0)
-        self._policies.check_job(tenant, backend, qubits, prepared.shots)
+        self._policies.check_job(tenant, backend, prepared.qubits, prepared.shots)
 
     def _charge(self, tenant: str, runtime: BackendRuntime, prepared: PreparedJob) -> QuotaCharge:
         """What the job holds against its tenant's quota in the current period."""

@@ -197,6 +197,29 @@ def test_per_job_limits_are_denied_with_the_limit_and_no_retry(channel: grpc.Cha
     limited.run(spec(qubits=3, shots=100))  # at the limits: accepted
 
 
+def test_the_qubit_limit_counts_the_qubits_a_circuit_uses_not_its_width(
+    channel: grpc.Channel,
+) -> None:
+    # A circuit transpiled for a device (an ISA circuit) is as wide as the device: counted by
+    # its width, a 2-qubit Bell pair laid out on a 127-qubit device was over every limit.
+    limited = caller(channel, LIMITED)
+
+    def wide(used: int) -> job_pb2.JobSpec:
+        gates = "".join(f"cx q[0], q[{i}];\n" for i in range(1, used))
+        program = (
+            f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[10] q;\nbit[{used}] c;\n'
+            f"h q[0];\n{gates}barrier q;\n"
+            + "".join(f"c[{i}] = measure q[{i}];\n" for i in range(used))
+        )
+        return sampler_spec(program, shots=10, seed=3)
+
+    result = limited.run(wide(3))  # 3 of 10 qubits used: at the limit
+    assert result.state == Q.JOB_STATE_SUCCEEDED
+    over = limited.refused(wide(4))
+    assert (over.code, over.reason) == (DENIED, "QUBIT_LIMIT_EXCEEDED")
+    assert over.metadata["qubits"] == "4"
+
+
 def test_submit_rate_is_exhausted_with_quota_failure_and_retry_info(channel: grpc.Channel) -> None:
     rated = caller(channel, RATED)
     rated.submit(spec())

@@ -96,6 +96,7 @@ def _compiled(**changes: object) -> CompiledCircuit:
         "writes_clbits": True,
         "registers": (RegisterSpec(name="c", clbits=(0, 1)),),
         "layout": (1, 0),
+        "active_qubits": 2,
         "memory_bytes": 64,
         "operations": 3,
         "amplitudes": 4,
@@ -157,7 +158,7 @@ def test_compile_replies_read_back() -> None:
     read = decode(encode(("ok", compiled)))[1]
     assert isinstance(read, CompiledCircuit)
     assert read.__dict__ == compiled.__dict__
-    loopback = LoopbackCircuit("OPENQASM 3.0;", 1, (), (("c", 1),), (0,), 16, 1, False)
+    loopback = LoopbackCircuit("OPENQASM 3.0;", 1, (), (("c", 1),), (0,), 1, 16, 1, False)
     assert decode(encode(("ok", loopback)))[1].__dict__ == loopback.__dict__
 
 

@@ -79,7 +79,6 @@ _PROVIDER_FIELD = "spec.options.provider_options"
 # Names given to loose classical bits so the runtime's sampler returns them (it reports
 # registers only), made unique against the circuit's own registers.
 _LOOSE_PREFIX = "_qgateway_loose_"
-_NOT_ACTIVE = frozenset({"barrier", "delay"})
 _RUNNABLES = 64
 # Estimator shots are 1/precision^2: below this precision that is past any shot limit, and it
 # is capped rather than computed (a precision of 1e-300 would overflow).
@@ -224,7 +223,7 @@ class IbmAdapter(QiskitAdapter):
         # device is a 3-qubit simulation); noisy runs sample a state vector per shot. Before
         # transpiling, what the circuit uses is a lower bound (routing may use more): an ISA
         # circuit is as wide as the device, however few of its qubits it uses.
-        active = _active_qubits(circuit)
+        active = len(fe.active_qubits(circuit))
         return fe.statevector_bytes(active), 1 << active
 
     def info_properties(self) -> dict[str, str]:
@@ -373,7 +372,7 @@ class IbmAdapter(QiskitAdapter):
     ) -> SamplerResult:
         runnable, registers = self._runnable(task.circuit.key, circuit)
         pub = (runnable, _bindings(runnable, task.parameters, task.values, task.shape), task.shots)
-        sampler = self._sampler(task.seed, _touched(runnable))
+        sampler = self._sampler(task.seed, fe.active_qubits(runnable))
         result = _call(lambda: sampler.run([pub]).result())
         data = result[0].data
         size = task.size
@@ -412,7 +411,7 @@ class IbmAdapter(QiskitAdapter):
         layout = _layout_of(circuit)
         n = circuit.num_qubits
         observables = []
-        touched = set(_touched(circuit))
+        touched = set(fe.active_qubits(circuit))
         for index, observable in enumerate(task.observables):
             terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
             touched.update(q for _, qubits, _ in terms for q in qubits)
@@ -451,7 +450,7 @@ class IbmAdapter(QiskitAdapter):
             array.reshape(1, len(terms)),
             _bindings(circuit, parameters, values, (size, 1)),
         )
-        touched = _touched(circuit) | {q for _, qubits in terms for q in qubits}
+        touched = fe.active_qubits(circuit) | {q for _, qubits in terms for q in qubits}
         estimator = self._estimator(0, touched)
         result = _call(lambda: estimator.run([pub]).result())
         return np.asarray(result[0].data.evs, dtype=np.float64).reshape(size, len(terms))
@@ -608,20 +607,6 @@ def _shared_simulator_class() -> Any:
 
 
 _SharedSimulator: Any = None
-
-
-def _active_qubits(circuit: QuantumCircuit) -> int:
-    return len(_touched(circuit))
-
-
-def _touched(circuit: QuantumCircuit) -> frozenset[int]:
-    """Indices of the qubits some instruction other than a barrier or delay acts on (inside
-    control flow too: its block's qubits are the operation's)."""
-    used = set()
-    for instruction in circuit.data:
-        if instruction.operation.name not in _NOT_ACTIVE:
-            used.update(instruction.qubits)
-    return frozenset(circuit.find_bit(q).index for q in used)
 
 
 def _restricted(noise_model: Any, qubits: frozenset[int]) -> Any:

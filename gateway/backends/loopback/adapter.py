@@ -166,6 +166,8 @@ class LoopbackCircuit:
     parameters: tuple[str, ...]
     registers: tuple[tuple[str, int], ...]
     layout: tuple[int, ...]
+    # Qubits of the circuit as submitted that something acts on (PreparedJob.qubits).
+    active_qubits: int
     memory_bytes: int
     operations: int
     shot_by_shot: bool
@@ -173,7 +175,11 @@ class LoopbackCircuit:
     def __post_init__(self) -> None:
         # It may come from a compile worker taken over by hostile input (check_compiled_sizes).
         check_compiled_sizes(
-            self.num_qubits, self.layout, memory_bytes=self.memory_bytes, operations=self.operations
+            self.num_qubits,
+            self.layout,
+            active_qubits=self.active_qubits,
+            memory_bytes=self.memory_bytes,
+            operations=self.operations,
         )
         check_types("program", (self.program,), str)
         check_types("parameters", self.parameters, str)
@@ -310,6 +316,7 @@ class LoopbackAdapter(BackendAdapter):
                 if layout is None
                 else tuple(int(q) for q in layout.final_index_layout())
             ),
+            active_qubits=len(fe.active_qubits(circuit)),
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
             shot_by_shot=bool(features),
@@ -324,6 +331,7 @@ class LoopbackAdapter(BackendAdapter):
         pubs: list[dict[str, Any]] = []
         plans: list[dict[str, Any]] = []
         layouts: list[tuple[int, ...]] = []
+        qubits = 0
         peak_memory = 0
         result_bytes = 0
         for index, pub in enumerate(spec.pubs):
@@ -390,6 +398,7 @@ class LoopbackAdapter(BackendAdapter):
                 }
             )
             layouts.append(entry.layout)
+            qubits = max(qubits, entry.active_qubits)
             peak_memory = max(peak_memory, entry.memory_bytes)
         fe.check_result_size(result_bytes, limits.max_result_bytes, "spec.pubs")
         request = {
@@ -403,6 +412,7 @@ class LoopbackAdapter(BackendAdapter):
             memory_bytes=peak_memory,
             layouts=tuple(layouts),
             shots=cost.shots,
+            qubits=qubits,
         )
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:

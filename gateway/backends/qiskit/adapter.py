@@ -235,6 +235,8 @@ class CompiledCircuit:
     writes_clbits: bool
     registers: tuple[RegisterSpec, ...]
     layout: tuple[int, ...]
+    # Qubits of the circuit as submitted that something acts on (PreparedJob.qubits).
+    active_qubits: int
     memory_bytes: int
     # Operations of the transpiled circuit, as if definitions were unrolled.
     operations: int
@@ -254,6 +256,7 @@ class CompiledCircuit:
         check_compiled_sizes(
             self.num_qubits,
             self.layout,
+            active_qubits=self.active_qubits,
             num_clbits=self.num_clbits,
             memory_bytes=self.memory_bytes,
             operations=self.operations,
@@ -573,6 +576,7 @@ class QiskitAdapter(BackendAdapter):
             registers=registers,
             # One physical qubit per qubit of the circuit as submitted (not the widening's).
             layout=_layout_of(transpiled)[: circuit.num_qubits],
+            active_qubits=len(fe.active_qubits(circuit)),
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
             amplitudes=amplitudes,
@@ -657,6 +661,7 @@ class QiskitAdapter(BackendAdapter):
         limits = self.context.limits
         tasks: list[SamplerTask | EstimatorTask] = []
         layouts: list[tuple[int, ...]] = []
+        qubits = 0
         peak_memory = 0
         result_bytes = 0
         has_while_loop = False
@@ -691,6 +696,7 @@ class QiskitAdapter(BackendAdapter):
             result_bytes += size
             tasks.append(task)
             layouts.append(entry.layout)
+            qubits = max(qubits, entry.active_qubits)
             if beside_state:
                 fe.check_memory(
                     entry.memory_bytes + beside_state,
@@ -710,6 +716,7 @@ class QiskitAdapter(BackendAdapter):
             layouts=tuple(layouts),
             shots=cost.shots,
             has_while_loop=has_while_loop,
+            qubits=qubits,
         )
 
     def _sampler_task(
