@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import uuid
@@ -40,9 +41,11 @@ from qgateway import (
     RegisterData,
     RetryPolicy,
     UnavailableError,
+    estimator_pub,
     sampler_pub,
     tls_credentials,
 )
+from qgateway.v1.circuit_pb2 import Pub
 
 from gateway import audit_tool, store_tool
 from gateway.security.peers import is_loopback_host
@@ -620,8 +623,22 @@ def _job_json(job: Job) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    source = _read_source(args.file)
-    pub = sampler_pub(source, shots=args.shots)
+    pub = sampler_pub(_read_source(args.file), shots=args.shots)
+    return _run_pub(args, pub, counts_only=args.counts_only, sampler_output=args.sampler_output)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    observables: list[dict[str, float]] = args.observable
+    pub = estimator_pub(
+        _read_source(args.file),
+        observables[0] if len(observables) == 1 else observables,
+        precision=args.precision,
+    )
+    return _run_pub(args, pub)
+
+
+def _run_pub(args: argparse.Namespace, pub: Pub, **options: Any) -> int:
+    """`run` and `estimate`: runs one PUB and prints its result."""
     # Named here, not left to the client: an interrupted run must still say how to get its
     # job back (it keeps running at the gateway).
     request_id = args.request_id or str(uuid.uuid4())
@@ -631,10 +648,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 [pub],
                 backend=args.backend,
                 seed=args.seed,
-                counts_only=args.counts_only,
-                sampler_output=args.sampler_output,
                 timeout=args.timeout,
                 request_id=request_id,
+                **options,
             )
     except KeyboardInterrupt:
         print(
@@ -731,6 +747,41 @@ def _target(text: str) -> str:
     if not text.strip():  # gRPC answered an empty target with pages of its own log
         raise argparse.ArgumentTypeError("must name the gateway (host:port)")
     return text
+
+
+# One term of an observable: a sign (needed between terms), an optional coefficient and `*`,
+# then a Pauli string.
+_TERM = re.compile(
+    r"\s*(?P<sign>[+-])?\s*(?:(?P<coefficient>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*)?"
+    r"(?P<pauli>[IXYZ]+)\s*"
+)
+
+
+def parse_observable(text: str) -> dict[str, float]:
+    """An observable written as a sum of Pauli terms, "ZZ" or "0.5*XX - 0.25*ZI + YY"
+    (character 0 of a Pauli string acts on the highest-index qubit, as in Qiskit), as
+    {pauli: coefficient}; a Pauli string written twice adds up.
+
+    Raises:
+        argparse.ArgumentTypeError: For anything else.
+    """
+    terms: dict[str, float] = {}
+    position = 0
+    while position < len(text):
+        match = _TERM.match(text, position)
+        if match is None or match.end() == position or (terms and not match["sign"]):
+            raise argparse.ArgumentTypeError(
+                f'{text!r} is not a sum of Pauli terms such as "0.5*XX - 0.25*ZI + YY"'
+                f" (at character {position})"
+            )
+        coefficient = float(match["coefficient"] or 1.0)
+        if match["sign"] == "-":
+            coefficient = -coefficient
+        terms[match["pauli"]] = terms.get(match["pauli"], 0.0) + coefficient
+        position = match.end()
+    if not terms:
+        raise argparse.ArgumentTypeError("an observable needs at least one Pauli term")
+    return terms
 
 
 def _non_negative(text: str) -> int:
@@ -889,6 +940,40 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"outcomes per table (default: {DEFAULT_TOP}; 0: all)",
     )
     run.set_defaults(handler=_cmd_run)
+
+    estimate = sub.add_parser(
+        "estimate",
+        parents=[common],
+        help="estimate observables' expectation values on an OpenQASM file's state",
+    )
+    estimate.add_argument(
+        "file", help="OpenQASM 3 or 2 file without final measurements ('-' for stdin)"
+    )
+    estimate.add_argument(
+        "--observable",
+        "-o",
+        action="append",
+        required=True,
+        type=parse_observable,
+        metavar="TERMS",
+        help='a sum of Pauli terms, e.g. "0.5*XX - 0.25*ZI + YY" (character 0 acts on the '
+        "highest-index qubit, as in Qiskit); repeat for more observables",
+    )
+    estimate.add_argument("--backend", default="aer", help="backend name (default: aer)")
+    estimate.add_argument(
+        "--precision",
+        type=float,
+        default=None,
+        help="target standard error; 0 asks for exact values (default: the backend's)",
+    )
+    estimate.add_argument("--seed", type=int, default=None, help="sampling seed")
+    estimate.add_argument(
+        "--request-id",
+        default=None,
+        help="the call's idempotency key, as for run (default: a new id)",
+    )
+    estimate.add_argument("--json", action="store_true", help="print the result as JSON")
+    estimate.set_defaults(handler=_cmd_estimate, top=DEFAULT_TOP)
 
     jobs = sub.add_parser("jobs", help="list, inspect, watch and cancel jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -128,6 +129,33 @@ def test_cli_run_backends_and_jobs(address: str, examples: Path) -> None:
     assert backends.returncode == 0 and "aer-mps" in backends.stdout
     listed = _cli(address, "jobs", "list", "--limit", "3")
     assert listed.returncode == 0 and "jobs/" in listed.stdout
+
+
+def test_cli_estimate_prints_expectation_values(address: str, examples: Path) -> None:
+    bell = examples / "bell_state.qasm"  # the README's example
+    exact = _cli(
+        address,
+        "estimate",
+        str(bell),
+        "-o",
+        "ZZ",
+        "-o",
+        "0.5*XX - 0.25*ZI + 2*YY",
+        "--precision",
+        "0",
+        "--json",
+    )
+    assert exact.returncode == 0, exact.stderr
+    (pub,) = json.loads(exact.stdout)["pubs"]
+    # On a Bell pair <ZZ> = <XX> = 1, <YY> = -1, <ZI> = 0.
+    assert pub["shape"] == [2]
+    assert pub["expectation_values"] == pytest.approx([1.0, -1.5], abs=1e-9)
+    assert pub["standard_errors"] == [0.0, 0.0]
+    table = _cli(address, "estimate", str(bell), "-o", "ZZ", "--precision", "0")
+    assert table.returncode == 0, table.stderr
+    assert "expectation values" in table.stdout and "jobs/" in table.stdout
+    bad = _cli(address, "estimate", str(bell), "-o", "ZZ XX")
+    assert bad.returncode == 2 and "not a sum of Pauli terms" in bad.stderr
 
 
 def test_cli_errors_are_one_line(address: str, tmp_path: Path) -> None:

@@ -103,3 +103,32 @@ def test_plurals() -> None:
     assert cli._plural(1, "shot") == "1 shot"
     assert cli._plural(0, "shot") == "0 shots"
     assert cli._plural(2, "shot") == "2 shots"
+
+
+@pytest.mark.parametrize(
+    ("text", "terms"),
+    [
+        ("ZZ", {"ZZ": 1.0}),
+        ("  -XY ", {"XY": -1.0}),
+        ("0.5*XX - 0.25*ZI + YY", {"XX": 0.5, "ZI": -0.25, "YY": 1.0}),
+        ("1e-3 * ZZ+2.5e+1*II", {"ZZ": 0.001, "II": 25.0}),
+        (".5*ZZ + ZZ", {"ZZ": 1.5}),  # a Pauli string written twice adds up
+    ],
+)
+def test_an_observable_is_a_sum_of_pauli_terms(text: str, terms: dict[str, float]) -> None:
+    assert cli.parse_observable(text) == pytest.approx(terms)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "   ", "ZZ XX", "0.5 ZZ", "zz", "ZZ +", "2*", "ZZ*0.5", "Z Z", "ZA", "+"]
+)
+def test_anything_else_is_not_an_observable(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_observable(text)
+
+
+def test_estimate_needs_an_observable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["estimate", "bell.qasm"])
+    assert exited.value.code == 2
+    assert "--observable" in capsys.readouterr().err
