@@ -53,7 +53,8 @@ _QASM3_GATES = (
     ("cu", 4, 2),
     ("ccx", 0, 3),
     ("cswap", 0, 3),
-    # Not in stdgates.inc: unknown unless defined.
+    # Not in stdgates.inc: `cnot` is Braket's built-in name (gateway/backends/qiskit/
+    # braket_gates.py), `rzz` unknown unless defined.
     ("cnot", 0, 2),
     ("rzz", 1, 2),
 )

@@ -104,6 +104,7 @@ from qiskit_qasm3_import.expression import ValueResolver
 from qiskit_qasm3_import.state import LocalScope, State
 
 from gateway.backends.base import CircuitLimits
+from gateway.backends.qiskit.braket_gates import BRAKET_BUILTIN_GATES
 from gateway.domain.circuits import (
     Bindings,
     CircuitFeature,
@@ -648,9 +649,10 @@ def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
     renamed = _rename_standard_named_gates(program)
     renamed.update(_order_gate_parameters(program))
     _inline_switch_targets(program)
+    builtins = _braket_builtins(program)
     with _reader_refusals("OpenQASM 3", field):
         try:
-            circuit: QuantumCircuit = _Qasm3Converter().convert(program).circuit
+            circuit: QuantumCircuit = _Qasm3Converter(builtins).convert(program).circuit
         except ConversionError as exc:
             message = _sdk_message(exc)
             for fresh, original in renamed.items():
@@ -711,6 +713,38 @@ def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
         if identifier.name in renames:
             identifier.name = renames[identifier.name]
     return {new: old for old, new in renames.items()}
+
+
+def _braket_builtins(program: q3ast.Program) -> tuple[str, ...]:
+    """The gates of Braket's built-in set (`braket_gates`) the program calls without defining
+    them or including them from `stdgates.inc`: Braket's writer includes nothing and calls
+    `h`, `cnot`, `si`, `phaseshift`, ... as its simulators and devices know them.
+
+    A name the program uses as anything but a gate (a register, a variable, a parameter) is
+    left out, for the reader to refuse the program as it did. Called after
+    `_rename_standard_named_gates`, so a gate the program defines under a standard name is
+    already its own.
+    """
+    included = any(
+        isinstance(s, q3ast.Include) and s.filename == "stdgates.inc" for s in program.statements
+    )
+    provided = _STDGATES_INC_NAMES if included else frozenset()
+    called: set[str] = set()
+    gate_identifiers: set[int] = set()
+    defined: set[str] = set()
+    identifiers: list[q3ast.Identifier] = []
+    for node in _walk(program):
+        if isinstance(node, q3ast.QuantumGateDefinition):
+            defined.add(node.name.name)
+            gate_identifiers.add(id(node.name))
+        elif isinstance(node, q3ast.QuantumGate):
+            called.add(node.name.name)
+            gate_identifiers.add(id(node.name))
+        elif isinstance(node, q3ast.Identifier):
+            identifiers.append(node)
+    other_uses = {i.name for i in identifiers if id(i) not in gate_identifiers}
+    wanted = (called & BRAKET_BUILTIN_GATES.keys()) - defined - provided - other_uses
+    return tuple(sorted(wanted))
 
 
 _GATE_PARAMETER_PREFIX = "_qgw_gate_parameter_"
@@ -1022,7 +1056,19 @@ def _register_of(bits: list[Clbit], context: State) -> ClassicalRegister:
 
 class _Qasm3Converter(ConvertVisitor):
     """The OpenQASM 3 importer, with `switch` on a bit or bit register (a SwitchCaseOp), the
-    expressions of `_Qasm3Values` and conditions of `_Qasm3Condition`."""
+    expressions of `_Qasm3Values` and conditions of `_Qasm3Condition`; `builtins` are gates of
+    Braket's built-in set the program calls (`_braket_builtins`), defined before it runs."""
+
+    def __init__(self, builtins: Sequence[str] = ()) -> None:
+        super().__init__()
+        self._builtins = tuple(builtins)
+
+    def visit_Program(self, node: q3ast.Program, context: State) -> State:
+        for name in self._builtins:
+            builder, angles, qubits = BRAKET_BUILTIN_GATES[name]
+            context = self._define_gate(name, builder, angles, qubits, node, context)
+        visited: State = super().visit_Program(node, context)
+        return visited
 
     def _resolve_generic(
         self, node: q3ast.Expression, context: State, strict: bool
