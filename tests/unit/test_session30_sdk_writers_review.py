@@ -555,14 +555,48 @@ def _sx_ops() -> None:
     qml.CNOT([0, 1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qml.to_openqasm writes `gphase(-0.785...) q[1];` for qml.SX (and for "
-    "qml.GlobalPhase, and any op whose decomposition holds a global phase) into OpenQASM 2, "
-    "which has no gphase: refused UNKNOWN_GATE 'gphase' though the phase changes no result",
-)
+# Was a strict xfail: qml.to_openqasm writes `gphase(-0.785...) q[1];` for qml.SX (and
+# `gphase(0.3) ;` for qml.GlobalPhase) into OpenQASM 2, which has no gphase: refused
+# UNKNOWN_GATE 'gphase' though the phase changes no result.
 def test_sx_as_pennylane_writes_it(qml_backend: Adapter) -> None:
     text = _pennylane_qasm(_sx_ops, [0, 1])
     assert "gphase(" in text
     (counts,) = _run(qml_backend, text, CircuitLanguage.QASM2)
     _assert_sampled_from(counts["c"], _pennylane_probabilities(_sx_ops, [0, 1]))
+
+
+def _global_phase_ops() -> None:
+    qml.Hadamard(0)
+    qml.GlobalPhase(0.3)  # every wire: written `gphase(0.3) ;`
+    qml.GlobalPhase(0.2, wires=[0, 1])  # wires in order: the writer numbers them as they come
+    qml.CNOT([0, 1])
+    qml.RY(0.4, 2)
+
+
+def test_global_phases_as_pennylane_writes_them(qml_backend: Adapter) -> None:
+    text = _pennylane_qasm(_global_phase_ops, [0, 1, 2])
+    assert "gphase(0.3) ;" in text and "gphase(0.2) q[0],q[1];" in text
+    (counts,) = _run(qml_backend, text, CircuitLanguage.QASM2)
+    _assert_sampled_from(counts["c"], _pennylane_probabilities(_global_phase_ops, [0, 1, 2]))
+
+
+def test_a_program_defining_its_own_gphase_keeps_it(aer: AerAdapter) -> None:
+    # Its own gate, not a global phase to drop: here an X, so the qubit reads 1.
+    text = (
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\ngate gphase(a) q { x q; }\n'
+        "qreg q[1];\ncreg c[1];\ngphase(0.5) q[0];\nmeasure q[0] -> c[0];\n"
+    )
+    (counts,) = _run(aer, text, CircuitLanguage.QASM2)
+    assert dict(counts["c"]) == {"1": SHOTS}
+
+
+def test_an_error_after_a_dropped_global_phase_points_into_the_clients_text(
+    aer: AerAdapter,
+) -> None:
+    text = (
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\n'
+        "gphase(0.5) q[0];\nfrob q[0];\n"
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        _run(aer, text, CircuitLanguage.QASM2)
+    assert "line 6" in refused.value.message

@@ -486,7 +486,26 @@ def _reader_refusals(language: str, field: str) -> Iterator[None]:
         raise _importer_rejected(exc, language, field) from None
 
 
+# PennyLane's qml.to_openqasm writes a global phase into OpenQASM 2, which has none:
+# `gphase(-0.785) q[1];` for qml.SX (its decomposition's phase), `gphase(0.3) ;` for
+# qml.GlobalPhase on every wire. A statement starts at the text's start or after `;`, `{`, `}`:
+# each attempt scans one statement only, so the search stays linear on hostile text.
+_PENNYLANE_GPHASE = re.compile(r"(?:\A|(?<=[;{}]))\s*gphase\s*\([^;{}]*;")
+_DEFINES_GPHASE = re.compile(r"\b(?:gate|opaque)\s+gphase\b")
+
+
+def _without_global_phases(text: str) -> str:
+    """`text` with PennyLane's `gphase` statements blanked out (newlines kept, so the reader's
+    line and column numbers still point into the client's text), unless it defines its own
+    gphase. OpenQASM 2 has no modifiers (`ctrl @`) that could reveal a global phase: dropping
+    it changes no result."""
+    if "gphase" not in text or _DEFINES_GPHASE.search(text):
+        return text
+    return _PENNYLANE_GPHASE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+
+
 def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
+    text = _without_global_phases(text)
     with _reader_refusals("OpenQASM 2", field):
         try:
             # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
