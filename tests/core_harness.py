@@ -241,6 +241,15 @@ class Core:
                     return event.job
         raise AssertionError(f"job {job_id} ended before reaching {state}")
 
+    async def heard(self, job_id: str, state: str, timeout: float = 5.0) -> None:
+        """Waits (bounded) until this core's lifecycle hooks have heard the job reach `state`.
+        `until` may return before they have: WatchJob's first event is read from the store on
+        a reader thread, which can see a commit before the writer thread's answer reaches the
+        loop, and only that answer publishes the change (to hooks, then to watchers)."""
+        async with asyncio.timeout(timeout):
+            while state not in self.recorder.states(job_id):
+                await asyncio.sleep(0.001)
+
 
 def make_queue(
     kind: QueueKind,

@@ -1461,6 +1461,7 @@ async def test_cancel_of_a_running_job_reaches_the_runner_and_hooks_see_every_tr
         marked = await core.manager.cancel("alice", job.id)
         assert marked.state is JobState.CANCELLING
         await core.until("alice", job.id, "CANCELLED")
+        await core.heard(job.id, "CANCELLED")  # `until` may have read the store's row first
         assert runner.cancelled == [job.id]
         assert core.recorder.states(job.id) == ["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]
     finally:
@@ -1490,6 +1491,7 @@ async def test_a_run_ending_within_the_delay_commits_running_with_its_end(
         core.clock.advance(2.0)
         runner.succeed(job.id)
         done = await core.until("alice", job.id, "SUCCEEDED")
+        await core.heard(job.id, "SUCCEEDED")  # `until` may have read the store's row first
         assert marked == []  # RUNNING committed with the end, in finish_job's transaction
         assert done.started_at == started_at and done.ended_at == core.clock()
         assert done.attempts == 1

@@ -76,6 +76,7 @@ async def test_hooks_hear_each_transition_with_the_state_it_left(store: SqliteSt
         await core.until("alice", job.id, "RUNNING")
         local.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
+        await core.heard(job.id, "SUCCEEDED")  # `until` may have read the store's row first
         moves = [
             (t.previous.value if t.previous else None, t.job.state.value)
             for t in core.recorder.transitions
@@ -166,6 +167,7 @@ async def test_a_run_ending_within_the_delay_tells_hooks_it_left_running(
         core.clock.advance(2.0)
         runner.succeed(job.id)
         await core.until("alice", job.id, "SUCCEEDED")
+        await core.heard(job.id, "SUCCEEDED")  # `until` may have read the store's row first
         heard = [t for t in core.recorder.transitions if t.job.id == job.id]
         assert [(t.previous, t.job.state) for t in heard] == [
             (None, JobState.QUEUED),

@@ -89,7 +89,19 @@ class Gateway:
         job = await self.submit(session_id)
         await self.until(job.id, "RUNNING")
         self.runner.succeed(job.id)
-        return await self.until(job.id, "SUCCEEDED")
+        done = await self.until(job.id, "SUCCEEDED")
+        await self.step_ended(job.id)
+        return done
+
+    async def step_ended(self, job_id: str) -> None:
+        """Waits (bounded) until the job's runner step has ended: its end published to the
+        session core (its count of the session's work) and its claim ended (the session's line
+        in the queue), so a CloseSession now closes the session at once. `until` may return
+        before: WatchJob's first event is read from the store on a reader thread, which can
+        see a commit before the writer thread's answer reaches the loop."""
+        async with asyncio.timeout(5):
+            while job_id in self.manager.backends["qpu"].running:
+                await asyncio.sleep(0.001)
 
     async def until(self, job_id: str, state: str) -> Job:
         async with asyncio.timeout(5):
@@ -161,6 +173,7 @@ async def test_opened_once_when_the_first_job_runs_reused_after_a_restart_closed
         await gw2.until(third.id, "RUNNING")
         again.succeed(third.id)
         await gw2.until(third.id, "SUCCEEDED")
+        await gw2.step_ended(third.id)
         assert again.opened == [(session.id, "p-1")]
         assert again.sessions_of_jobs == {third.id: "p-1"}
         await gw2.sessions.close_session("alice", session.id)
@@ -317,6 +330,7 @@ async def test_a_provider_session_opened_as_the_gateway_stops_is_stored_and_clos
         await gw2.until(job.id, "RUNNING")  # in the provider session already open
         again.succeed(job.id)
         await gw2.until(job.id, "SUCCEEDED")
+        await gw2.step_ended(job.id)
         await gw2.sessions.close_session("alice", session.id)
         assert again.provider_open == set()  # closed at the provider: nothing left open
     finally:

@@ -182,6 +182,16 @@ class SessionsCore:
                     return event.job
         raise AssertionError(f"job {job_id} ended before {state}")
 
+    async def step_ended(self, job_id: str) -> None:
+        """Waits (bounded) until the job's runner step here has ended: its end published to
+        the hooks (the session core's count of its work) and its claim ended (the session's
+        line in the queue). `until` may return before: WatchJob's first event is read from
+        the store on a reader thread, which can see a commit before the writer thread's answer
+        reaches the loop."""
+        async with asyncio.timeout(5):
+            while job_id in self.runtime.running:
+                await asyncio.sleep(0.001)
+
     async def session_until(self, session_id: str, state: SessionState) -> Session:
         async with asyncio.timeout(5):
             while True:
@@ -607,6 +617,14 @@ async def test_a_job_whose_submit_was_cancelled_mid_commit_starts_the_max_ttl(
         active = await core.session_until(s.id, SessionState.ACTIVE)
         assert active.first_job_at is not None
         (job,) = await store.session_jobs(s.id)
+        # A reader thread can see the recording's commit before the writer thread's answer
+        # reaches the loop: the sessions open here (what the sweep reads) still hold the
+        # session PENDING then, with no max TTL, and a sweep would end nothing. Swept (with
+        # nothing due yet) until the sweep knows the max TTL.
+        max_ttl_at = active.first_job_at + timedelta(seconds=30)
+        async with asyncio.timeout(5):
+            while await core.sessions.expire_due() != max_ttl_at:
+                await asyncio.sleep(0)
         core.clock.advance(30)
         await core.sessions.expire_due()
         # The recording may still hold the session's lock (its save is in the store, its
@@ -1036,6 +1054,8 @@ async def test_queued_session_jobs_run_in_order_after_a_restart(store: SqliteSto
             again.runner.succeed(job.id)
             await again.until("alice", job.id, "SUCCEEDED")
         assert again.runner.submitted == [j.id for j in jobs]
+        # Closed at once only when the core has heard the last job end (else CLOSING).
+        await again.step_ended(jobs[-1].id)
         closing = await again.sessions.close_session("alice", s.id)
         assert closing.state is SessionState.CLOSED
     finally:
