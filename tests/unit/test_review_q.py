@@ -75,7 +75,7 @@ def test_a_cancelled_derivation_under_an_anyio_scope_waits_without_spinning(
         wakes += 1
         return await wait(*args, **kwargs)
 
-    monkeypatch.setattr(job_service.asyncio, "wait", counting)
+    monkeypatch.setattr(asyncio, "wait", counting)
 
     async def main() -> None:
         set_request_bytes(INLINE_BYTES + 1)
