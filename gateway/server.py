@@ -229,7 +229,7 @@ def build_policies(config: GatewayConfig) -> PolicyBook:
 
 async def load_tenants(store: Store, policies: PolicyBook) -> None:
     """Every stored tenant's policy into the book (at start, and each refresh)."""
-    read_from = policies.version
+    read = policies.begin_read()
     tenants: list[Tenant] = []
     after: str | None = None
     while True:
@@ -238,7 +238,7 @@ async def load_tenants(store: Store, policies: PolicyBook) -> None:
         if len(page) < 1000:
             break
         after = page[-1].id
-    policies.load(tenants, read_from=read_from)
+    policies.load(tenants, read)
 
 
 async def refresh_tenants(store: Store, policies: PolicyBook, interval_s: float) -> None:

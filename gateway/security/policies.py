@@ -13,11 +13,22 @@ beyond the backends' own: the behaviour of a gateway with no tenants).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from gateway.domain.backends import BackendKind, BackendLimits
 from gateway.domain.errors import PermissionDenied
 from gateway.security.principals import Principal
 from gateway.security.tenant_policy import UNRESTRICTED, Tenant, TenantPolicy
+
+
+@dataclass(frozen=True)
+class TenantsRead:
+    """A read of the stored tenants, from when it began (`PolicyBook.begin_read`)."""
+
+    # PolicyBook.version then: puts after it are newer than what the read may have seen.
+    version: int
+    # Reads begun before it, and it: a read that began earlier holds older tenants.
+    number: int
 
 
 class PolicyBook:
@@ -37,6 +48,9 @@ class PolicyBook:
         # Counts puts; the version each stored tenant was last put at (see `load`).
         self.version = 0
         self._put_at: dict[str, int] = {}
+        # Reads begun, and the number of the last one loaded (see `load`).
+        self._reads = 0
+        self._loaded = 0
         # Told of every put (a change this process made): replicas sharing the store signal
         # it to each other (gateway.server), so it applies there at their next call as here.
         self.on_put: Callable[[str], None] | None = None
@@ -65,14 +79,27 @@ class PolicyBook:
         if self.on_put is not None:
             self.on_put(tenant)
 
-    def load(self, tenants: Iterable[Tenant], *, read_from: int = 0) -> None:
-        """Replaces the stored tenants' policies (at start, or a refresh from the store).
+    def begin_read(self) -> TenantsRead:
+        """Called as a read of the stored tenants begins; its tenants go to `load` with it."""
+        self._reads += 1
+        return TenantsRead(version=self.version, number=self._reads)
 
-        `read_from`: `version` when the read of `tenants` began. A tenant put since then was
-        changed by this process after the read may have seen it: its put policy is kept (the
-        refresh put the old one back until the next refresh)."""
+    def load(self, tenants: Iterable[Tenant], read: TenantsRead | None = None) -> None:
+        """Replaces the stored tenants' policies (at start, or a refresh from the store) with
+        those `read` found (None: a read that began just now).
+
+        A tenant put since the read began was changed by this process after the read may
+        have seen it: its put policy is kept (the refresh put the old one back until the next
+        refresh). A read that began before the last one loaded holds older tenants and is
+        dropped: the periodic refresh and a peer's signal read concurrently, and the slower,
+        older read put back what the newer one had replaced, a put it missed included (no
+        longer remembered once the newer load read past it), until the next refresh."""
+        read = read or self.begin_read()
+        if read.number < self._loaded:
+            return
+        self._loaded = read.number
         stored = {t.id: t.policy for t in tenants}
-        newer = {tid: at for tid, at in self._put_at.items() if at > read_from}
+        newer = {tid: at for tid, at in self._put_at.items() if at > read.version}
         stored.update({tid: self._stored[tid] for tid in newer})
         self._stored = stored
         self._put_at = newer
