@@ -488,20 +488,65 @@ def _reader_refusals(language: str, field: str) -> Iterator[None]:
 
 # PennyLane's qml.to_openqasm writes a global phase into OpenQASM 2, which has none:
 # `gphase(-0.785) q[1];` for qml.SX (its decomposition's phase), `gphase(0.3) ;` for
-# qml.GlobalPhase on every wire. A statement starts at the text's start or after `;`, `{`, `}`:
-# each attempt scans one statement only, so the search stays linear on hostile text.
-_PENNYLANE_GPHASE = re.compile(r"(?:\A|(?<=[;{}]))\s*gphase\s*\([^;{}]*;")
-_DEFINES_GPHASE = re.compile(r"\b(?:gate|opaque)\s+gphase\b")
+# qml.GlobalPhase on every wire. Found token by token with the scan's tokens (_QASM2_TOKEN, which
+# lexes as Qiskit's reader does), not by a regular expression over the raw text: a `;` inside a
+# comment or a string ends no statement, so blanking `gphase(0) q[0] // ; creg c[100000000];`
+# cannot end inside the comment and hand the reader the rest of it as code the scan never saw
+# (undeclared sizes, includes), and `// note; gphase(1) is dropped` cannot blank the next
+# statement. A comment between `gate` and `gphase` still defines one.
+_NOT_NEWLINE = re.compile(r"[^\n]")
+
+
+def _global_phase_statements(text: str) -> list[tuple[int, int]] | None:
+    """The [start, end) spans of `gphase ( ... ) ... ;` statements in `text` (a statement starts
+    at the first token or after `;`, `{`, `}`; a `{` or `}` before the `;` makes it none), or
+    None when the program defines its own gphase (`gate gphase`, `opaque gphase`)."""
+    spans: list[tuple[int, int]] = []
+    at_statement_start = True
+    begin = -1  # where the gphase statement being read starts
+    opened = False  # its `(` was seen
+    previous = ""
+    for kind, value, start in _qasm2_tokens(text):
+        if kind == "word" and value == "gphase" and previous in ("gate", "opaque"):
+            return None
+        previous = value if kind == "word" else ""
+        if begin >= 0:
+            if not opened and value == "(" and kind == "symbol":
+                opened = True
+                continue
+            if opened and kind == "symbol" and value == ";":
+                spans.append((begin, start + 1))
+                begin = -1
+                at_statement_start = True
+                continue
+            if opened and not (kind == "symbol" and value in ("{", "}")):
+                continue
+            begin = -1  # not a gphase statement: this token is read as any other
+        if at_statement_start and kind == "word" and value == "gphase":
+            begin, opened, at_statement_start = start, False, False
+            continue
+        at_statement_start = kind == "symbol" and value in (";", "{", "}")
+    return spans
 
 
 def _without_global_phases(text: str) -> str:
     """`text` with PennyLane's `gphase` statements blanked out (newlines kept, so the reader's
     line and column numbers still point into the client's text), unless it defines its own
     gphase. OpenQASM 2 has no modifiers (`ctrl @`) that could reveal a global phase: dropping
-    it changes no result."""
-    if "gphase" not in text or _DEFINES_GPHASE.search(text):
+    it changes no result. Whole tokens become blanks, so the rest lexes as the scan saw it."""
+    if "gphase" not in text:
         return text
-    return _PENNYLANE_GPHASE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    spans = _global_phase_statements(text)
+    if not spans:
+        return text
+    pieces: list[str] = []
+    done = 0
+    for begin, end in spans:
+        pieces.append(text[done:begin])
+        pieces.append(_NOT_NEWLINE.sub(" ", text[begin:end]))
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
@@ -1104,6 +1149,7 @@ class _Qasm3Converter(ConvertVisitor):
             return _Qasm3Condition(context).resolve(node)
 
     def visit_QuantumGate(self, node: q3ast.QuantumGate, context: State) -> State:
+        self._check_arity(node, context)
         try:
             visited: State = super().visit_QuantumGate(node, context)
         except CircuitError as exc:
@@ -1114,6 +1160,49 @@ class _Qasm3Converter(ConvertVisitor):
             # address ('Py(0x7f...)'). The call and the angle are named as the client wrote them.
             raise_from_node(node, self._complex_angle(node, context))
         return visited
+
+    @staticmethod
+    def _check_arity(node: q3ast.QuantumGate, context: State) -> None:
+        """A call with the wrong number of angles or qubits, refused at its line. The importer
+        checks neither before building the gate: the client read Python's own complaint with
+        no line ("_gpi() missing 1 required positional argument: 'phi'", "label expects a
+        string or None" for `cnot(0.5)`, "The amount of qubit(1)/clbit(0) arguments does not
+        match the gate expectation (2)")."""
+        symbol = context.symbol_table.get(node.name.name, node)
+        if symbol is None or not isinstance(symbol.type, q3types.Gate):
+            return  # the importer's own refusals name the line
+        name = node.name.name
+        angles, quantum = (
+            # The importer's built-in `U` declares its angles as a list of their types.
+            len(count) if isinstance(count, list | tuple) else count
+            for count in (symbol.type.n_classical, symbol.type.n_quantum)
+        )
+        if not (isinstance(angles, int) and isinstance(quantum, int)):
+            return
+        if len(node.arguments) != angles:
+            raise_from_node(
+                node,
+                f"gate '{name}' takes {angles} angle{'s' * (angles != 1)}; "
+                f"the call gives {len(node.arguments)}",
+            )
+        controls = 0
+        for modifier in node.modifiers:
+            if modifier.modifier not in (
+                q3ast.GateModifierName.ctrl,
+                q3ast.GateModifierName.negctrl,
+            ):
+                continue
+            count = 1 if modifier.argument is None else _literal_int(modifier.argument)
+            if count is None:
+                return  # not a literal: the importer resolves (or refuses) it
+            controls += count
+        qubits = quantum + controls
+        if len(node.qubits) != qubits:
+            raise_from_node(
+                node,
+                f"gate '{name}' acts on {qubits} qubit{'s' * (qubits != 1)}"
+                f"{' (controls included)' if controls else ''}; the call gives {len(node.qubits)}",
+            )
 
     def _complex_angle(self, node: q3ast.QuantumGate, context: State) -> str:
         name = node.name.name
