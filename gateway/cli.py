@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -775,6 +776,10 @@ def parse_observable(text: str) -> dict[str, float]:
                 f" (at character {position})"
             )
         coefficient = float(match["coefficient"] or 1.0)
+        if not math.isfinite(coefficient):  # "1e999" reads as inf: not what was typed
+            raise argparse.ArgumentTypeError(
+                f"{match['coefficient']!r} is past a float's range (at character {position})"
+            )
         if match["sign"] == "-":
             coefficient = -coefficient
         terms[match["pauli"]] = terms.get(match["pauli"], 0.0) + coefficient
@@ -957,7 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_observable,
         metavar="TERMS",
         help='a sum of Pauli terms, e.g. "0.5*XX - 0.25*ZI + YY" (character 0 acts on the '
-        "highest-index qubit, as in Qiskit); repeat for more observables",
+        "highest-index qubit, as in Qiskit; one that starts with a minus goes after '=': "
+        "-o=-ZZ); repeat for more observables",
     )
     estimate.add_argument("--backend", default="aer", help="backend name (default: aer)")
     estimate.add_argument(

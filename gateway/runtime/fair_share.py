@@ -9,6 +9,8 @@ never taken back from a holder: a newcomer gets the next one to free.
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -59,22 +61,35 @@ class FairShare:
 
         A thread cannot be stopped: freed with its caller, a tenant cancelling its calls ran
         any number at once. A call whose caller leaves while it still waits for a slot gives
-        its place to the next; what a thread left behind raises is logged
-        (gateway.runtime.shielded).
+        its place to the next, and one whose thread has not started fn yet never runs it; what
+        a thread left behind raises is logged (gateway.runtime.shielded).
         """
         holding = False
+        # Set when the caller leaves: a thread that has not started fn by then never runs it
+        # (its slot frees at once), as gateway.runtime.blocking does for provider calls.
+        left = threading.Event()
+
+        def call() -> T:
+            if left.is_set():
+                raise asyncio.CancelledError
+            return fn()
 
         async def in_slot() -> T:
             nonlocal holding
             async with self.slot(tenant):
                 holding = True
-                return await anyio.to_thread.run_sync(fn)
+                # The slots are the bound. anyio's default limiter (40 threads, shared with every
+                # offload) capped prepare_threads above it and queued a slot's holder, first
+                # come first served, behind other work.
+                unbounded = anyio.CapacityLimiter(math.inf)
+                return await anyio.to_thread.run_sync(call, limiter=unbounded)
 
         work = asyncio.ensure_future(in_slot())
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
             if holding:
+                left.set()
                 when_caller_left(work, lambda _: None)
             else:
                 work.cancel()
