@@ -270,7 +270,8 @@ def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRunt
             adapter = adapter_cls(context)
         except ValidationError as exc:
             details = "; ".join(
-                f"backends.{name}.options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                # A check of the whole options table has no field: "options", not "options.".
+                ".".join([f"backends.{name}.options", *map(str, e["loc"])]) + f": {e['msg']}"
                 for e in exc.errors()
             )
             raise ConfigError(f"invalid configuration: {details}") from None
@@ -282,6 +283,11 @@ def build_backends(config: GatewayConfig, store: Store) -> dict[str, BackendRunt
             # one serves once its health probe has fetched the description.
             log.error("backend %s: %s; it is NOT_SERVING until fetched", name, exc)
             info, pending = adapter.info_without_target(), str(exc)
+        except ValueError as exc:
+            # Options the adapter refuses only once it builds its target (an IBM device with
+            # no token, a fake class qiskit-ibm-runtime lacks): a configuration error, exit 2,
+            # where it escaped as a bare ValueError, exit 1.
+            raise ConfigError(f"backends.{name}.options: {exc}") from None
         if backend.faults is not None:
             info = with_fault_properties(info, backend.faults)
         runtimes[name] = BackendRuntime(

@@ -163,8 +163,8 @@ class IbmAdapter(QiskitAdapter):
                 if self._fake is None:
                     if not self.ibm_options.is_fake:
                         raise ValueError(
-                            f"backends/{self.context.name}: {self.ibm_options.backend!r} is not "
-                            "a fake backend; a device needs credentials and the cloud runner"
+                            f"{self.ibm_options.backend!r} is not a fake backend, and a device "
+                            "needs a token (token in its options, or QISKIT_IBM_TOKEN)"
                         )
                     self._fake = fake_backend(self.ibm_options.backend)
         return self._fake

@@ -954,7 +954,11 @@ class _Qasm3Values(ValueResolver):
 
     def visit_BinaryExpression(self, node: q3ast.BinaryExpression) -> tuple[Any, Any]:
         if node.op.name != "**":
-            resolved: tuple[Any, Any] = super().visit_BinaryExpression(node)
+            try:
+                resolved: tuple[Any, Any] = super().visit_BinaryExpression(node)
+            except ZeroDivisionError:
+                # Python's own "float division by zero" named no line: the README promises one.
+                raise_from_node(node, "division by zero")
             return resolved
         (lhs, lhs_kind), (rhs, rhs_kind) = self.visit(node.lhs), self.visit(node.rhs)
         if not isinstance(lhs_kind, _NUMERIC_TYPES) or not isinstance(rhs_kind, _NUMERIC_TYPES):
@@ -964,7 +968,12 @@ class _Qasm3Values(ValueResolver):
             lhs = float(lhs)
         if not isinstance(rhs, ParameterExpression):
             rhs = float(rhs)
-        return lhs**rhs, q3types.Float(lhs_kind.const and rhs_kind.const)
+        try:
+            power = lhs**rhs
+        except (OverflowError, ZeroDivisionError):
+            # 2**2000 overflows a float, 0**-1 divides by zero: refused at the expression.
+            raise_from_node(node, "'**' gives no finite real number")
+        return power, q3types.Float(lhs_kind.const and rhs_kind.const)
 
 
 # The operators `qasm3.dumps` writes for a condition built of `qiskit.circuit.classical.expr`
