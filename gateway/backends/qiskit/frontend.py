@@ -1162,7 +1162,11 @@ class _Qasm3Converter(ConvertVisitor):
         try:
             visited: State = super().visit_QuantumGate(node, context)
         except CircuitError as exc:
-            if "after binding" not in _sdk_message(exc):
+            message = _sdk_message(exc)
+            if "duplicate" in message:
+                # Qiskit's "duplicate bit arguments" named no line: `cx q[0], q[0];`.
+                raise_from_node(node, "a gate's qubit operands must be distinct qubits")
+            if "after binding" not in message:
                 raise
             # A call that makes an angle of the gate's definition complex (`gate g(a) q
             # { rz(sqrt(a)) q; }`, `g(-1) q;`): Qiskit's message names the bound value by its
