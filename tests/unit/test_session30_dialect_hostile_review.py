@@ -20,12 +20,12 @@ Findings:
     included) was INVALID_QASM with no line and Python's own words: "_gpi() missing 1 required
     positional argument: 'phi'", "label expects a string or None" (`cnot(0.5)`), "_xy() takes 1
     positional argument but 2 were given". Now named with its line and what the gate takes.
-(5) LEFT, strict xfail. A Braket built-in whose name the program also uses for something else
-    anywhere (an `input float t;` that Braket's own writer emits for `FreeParameter("t")` next to
-    a `t` gate; a loop variable `i` next to the identity gate `i`) is left undefined: Braket's
-    LocalSimulator runs these, the gateway refuses them ("'t' is a 'float', not a gate", "gate 'i'
-    is not defined"). Qiskit's importer has one namespace for gates and variables; a fix renames
-    the variable and maps the parameter back, more than a small change.
+(5) FIXED after the review. A Braket built-in whose name the program also uses for a classical
+    value (an `input float t;` that Braket's own writer emits for `FreeParameter("t")` next to a
+    `t` gate; a loop variable `i` next to the identity gate `i`) was left undefined: Braket's
+    LocalSimulator runs these, the gateway refused them ("'t' is a 'float', not a gate", "gate 'i'
+    is not defined"). Qiskit's importer has one namespace for gates and variables: the gate's
+    calls are renamed, the value keeps its name (what a client binds).
 (6) LEFT, strict xfail. What a blanked gphase statement says is never read: `gphase(nan) q[7];`
     on a 1-qubit register runs as if absent, where any other statement naming a qubit that does
     not exist is INVALID_QASM.
@@ -338,26 +338,33 @@ def test_a_gate_parameter_named_like_a_builtin_does_not_hide_it() -> None:
     assert names(parsed(Q3, text)) == ["g", "sx"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Braket's writer emits `input float t;` for FreeParameter('t') next to a `t` gate, "
-    "and LocalSimulator runs it; the gateway leaves `t` undefined because the name has another "
-    "use and refuses it (\"'t' is a 'float', not a gate\")",
-)
+# Was a strict xfail: Braket's writer emits `input float t;` for FreeParameter('t') next to a
+# `t` gate, and LocalSimulator runs it; the gateway left `t` undefined because the name had
+# another use ("'t' is a 'float', not a gate"). The calls are renamed, the parameter is not.
 def test_a_free_parameter_named_like_a_builtin_as_braket_writes_it() -> None:
     from braket.circuits import Circuit, FreeParameter
     from braket.circuits.serialization import IRType
 
     text = Circuit().rx(0, FreeParameter("t")).t(1).to_ir(IRType.OPENQASM).source
     assert "input float t;" in text and "t q[1];" in text
-    assert "t" in names(parsed(Q3, text))
+    circuit = parsed(Q3, text)
+    assert names(circuit)[:2] == ["rx", "t"]
+    assert [p.name for p in circuit.parameters] == ["t"]  # what a client binds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a loop variable `i` makes Braket's identity gate `i` undefined everywhere ('gate "
-    "'i' is not defined'), though the variable is local to its loop and LocalSimulator runs it",
-)
+def test_a_register_or_subroutine_named_like_a_builtin_still_hides_it() -> None:
+    # Only classical values are told apart from gates: a register's or a subroutine's name is
+    # the reader's to refuse, as before.
+    for text in (
+        "OPENQASM 3.0;\nqubit[1] v;\nv v[0];\n",
+        "OPENQASM 3.0;\nqubit[2] q;\nbit[1] t;\nt q[0];\n",
+    ):
+        with pytest.raises(InvalidArgument):
+            parsed(Q3, text)
+
+
+# Was a strict xfail: a loop variable `i` made Braket's identity gate `i` undefined everywhere
+# ("gate 'i' is not defined"), though LocalSimulator runs it.
 def test_a_loop_variable_named_like_a_builtin_is_local_to_its_loop() -> None:
     text = B3 + "for int i in [0:1] { x q[0]; }\ni q[1];\n"
     assert "id" in names(parsed(Q3, text))

@@ -714,6 +714,7 @@ def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
     renamed.update(_order_gate_parameters(program))
     _inline_switch_targets(program)
     builtins = _braket_builtins(program)
+    renamed.update({name: builtin for name, builtin in builtins.items() if name != builtin})
     with _reader_refusals("OpenQASM 3", field):
         try:
             circuit: QuantumCircuit = _Qasm3Converter(builtins).convert(program).circuit
@@ -779,36 +780,68 @@ def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
     return {new: old for old, new in renames.items()}
 
 
-def _braket_builtins(program: q3ast.Program) -> tuple[str, ...]:
+def _braket_builtins(program: q3ast.Program) -> dict[str, str]:
     """The gates of Braket's built-in set (`braket_gates`) the program calls without defining
-    them or including them from `stdgates.inc`: Braket's writer includes nothing and calls
-    `h`, `cnot`, `si`, `phaseshift`, ... as its simulators and devices know them.
+    them or including them from `stdgates.inc`, as {the name defined: the built-in}: Braket's
+    writer includes nothing and calls `h`, `cnot`, `si`, `phaseshift`, ... as its simulators
+    and devices know them.
 
-    A name the program uses as anything but a gate (a register, a variable, a parameter) is
-    left out, for the reader to refuse the program as it did. Called after
-    `_rename_standard_named_gates`, so a gate the program defines under a standard name is
-    already its own.
+    Braket keeps gates apart from classical values; Qiskit's reader has one namespace. Where
+    the program also names a classical value so (`input float t;`, which Braket's writer emits
+    for `FreeParameter("t")` beside a `t` gate; a loop variable `i` beside the identity `i`),
+    the calls are renamed (in place) to a name of their own. A name the program uses for a
+    register, an alias or a subroutine is left out, for the reader to refuse the program as it
+    did. Called after `_rename_standard_named_gates`, so a gate the program defines under a
+    standard name is already its own.
     """
     included = any(
         isinstance(s, q3ast.Include) and s.filename == "stdgates.inc" for s in program.statements
     )
     provided = _STDGATES_INC_NAMES if included else frozenset()
-    called: set[str] = set()
+    calls: list[q3ast.Identifier] = []
     gate_identifiers: set[int] = set()
     defined: set[str] = set()
     identifiers: list[q3ast.Identifier] = []
+    values: set[str] = set()  # declared as classical values
+    others: set[str] = set()  # declared as registers, aliases or subroutines
     for node in _walk(program):
         if isinstance(node, q3ast.QuantumGateDefinition):
             defined.add(node.name.name)
             gate_identifiers.add(id(node.name))
         elif isinstance(node, q3ast.QuantumGate):
-            called.add(node.name.name)
+            calls.append(node.name)
             gate_identifiers.add(id(node.name))
         elif isinstance(node, q3ast.Identifier):
             identifiers.append(node)
+        elif isinstance(node, q3ast.IODeclaration | q3ast.ConstantDeclaration | q3ast.ForInLoop):
+            values.add(node.identifier.name)
+        elif isinstance(node, q3ast.ClassicalDeclaration):
+            bits = isinstance(node.type, q3ast.BitType)
+            (others if bits else values).add(node.identifier.name)
+        elif isinstance(node, q3ast.QubitDeclaration):
+            others.add(node.qubit.name)
+        elif isinstance(node, q3ast.AliasStatement):
+            others.add(node.target.name)
+        elif isinstance(node, q3ast.SubroutineDefinition):
+            others.add(node.name.name)
     other_uses = {i.name for i in identifiers if id(i) not in gate_identifiers}
-    wanted = (called & BRAKET_BUILTIN_GATES.keys()) - defined - provided - other_uses
-    return tuple(sorted(wanted))
+    taken = other_uses | {c.name for c in calls} | defined
+    builtins: dict[str, str] = {}
+    for builtin in sorted({c.name for c in calls} & BRAKET_BUILTIN_GATES.keys()):
+        if builtin in defined or builtin in provided:
+            continue
+        if builtin not in other_uses:
+            builtins[builtin] = builtin
+        elif builtin in values and builtin not in others:
+            fresh = f"{builtin}_braket"
+            while fresh in taken:
+                fresh += "_"
+            taken.add(fresh)
+            builtins[fresh] = builtin
+            for call in calls:
+                if call.name == builtin:
+                    call.name = fresh
+    return builtins
 
 
 _GATE_PARAMETER_PREFIX = "_qgw_gate_parameter_"
@@ -1132,13 +1165,13 @@ class _Qasm3Converter(ConvertVisitor):
     expressions of `_Qasm3Values` and conditions of `_Qasm3Condition`; `builtins` are gates of
     Braket's built-in set the program calls (`_braket_builtins`), defined before it runs."""
 
-    def __init__(self, builtins: Sequence[str] = ()) -> None:
+    def __init__(self, builtins: Mapping[str, str] | None = None) -> None:
         super().__init__()
-        self._builtins = tuple(builtins)
+        self._builtins = dict(builtins or {})
 
     def visit_Program(self, node: q3ast.Program, context: State) -> State:
-        for name in self._builtins:
-            builder, angles, qubits = BRAKET_BUILTIN_GATES[name]
+        for name, builtin in self._builtins.items():
+            builder, angles, qubits = BRAKET_BUILTIN_GATES[builtin]
             context = self._define_gate(name, builder, angles, qubits, node, context)
         visited: State = super().visit_Program(node, context)
         return visited
