@@ -38,6 +38,7 @@ from qgateway import (
     JobFailedError,
     JobResult,
     JobState,
+    PubLike,
     QGatewayError,
     RegisterData,
     RetryPolicy,
@@ -46,7 +47,6 @@ from qgateway import (
     sampler_pub,
     tls_credentials,
 )
-from qgateway.v1.circuit_pb2 import Pub
 
 from gateway import audit_tool, store_tool
 from gateway.security.peers import is_loopback_host
@@ -638,7 +638,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return _run_pub(args, pub)
 
 
-def _run_pub(args: argparse.Namespace, pub: Pub, **options: Any) -> int:
+def _run_pub(args: argparse.Namespace, pub: PubLike, **options: Any) -> int:
     """`run` and `estimate`: runs one PUB and prints its result."""
     # Named here, not left to the client: an interrupted run must still say how to get its
     # job back (it keeps running at the gateway).
@@ -916,11 +916,24 @@ def build_parser() -> argparse.ArgumentParser:
     backends = sub.add_parser("backends", parents=[common], help="list backends")
     backends.set_defaults(handler=_cmd_backends)
 
-    run = sub.add_parser("run", parents=[common], help="run an OpenQASM file and show counts")
+    # What `run` and `estimate` share: one PUB's job, printed.
+    one_pub = argparse.ArgumentParser(add_help=False)
+    one_pub.add_argument("--backend", default="aer", help="backend name (default: aer)")
+    one_pub.add_argument("--seed", type=int, default=None, help="sampling seed")
+    one_pub.add_argument(
+        "--request-id",
+        default=None,
+        help="the call's idempotency key: repeating a call with the same id returns the same "
+        "job, never a second one (default: a new id; an error that leaves the job running "
+        "prints it)",
+    )
+    one_pub.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    run = sub.add_parser(
+        "run", parents=[common, one_pub], help="run an OpenQASM file and show counts"
+    )
     run.add_argument("file", help="OpenQASM 3 or 2 file ('-' for stdin)")
-    run.add_argument("--backend", default="aer", help="backend name (default: aer)")
     run.add_argument("--shots", type=int, default=None, help="shots (default: the backend's)")
-    run.add_argument("--seed", type=int, default=None, help="sampling seed")
     run.add_argument(
         "--counts-only", action="store_true", help="return counts only (--sampler-output counts)"
     )
@@ -931,14 +944,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the job returns (default: samples and counts)",
     )
     run.add_argument(
-        "--request-id",
-        default=None,
-        help="the call's idempotency key: repeating a run with the same id returns the same "
-        "job, never a second one (default: a new id; an error that leaves the job running "
-        "prints it)",
-    )
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.add_argument(
         "--top",
         type=_non_negative,
         default=DEFAULT_TOP,
@@ -948,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser(
         "estimate",
-        parents=[common],
+        parents=[common, one_pub],
         help="estimate observables' expectation values on an OpenQASM file's state",
     )
     estimate.add_argument(
@@ -965,20 +970,12 @@ def build_parser() -> argparse.ArgumentParser:
         "highest-index qubit, as in Qiskit; one that starts with a minus goes after '=': "
         "-o=-ZZ); repeat for more observables",
     )
-    estimate.add_argument("--backend", default="aer", help="backend name (default: aer)")
     estimate.add_argument(
         "--precision",
         type=float,
         default=None,
         help="target standard error; 0 asks for exact values (default: the backend's)",
     )
-    estimate.add_argument("--seed", type=int, default=None, help="sampling seed")
-    estimate.add_argument(
-        "--request-id",
-        default=None,
-        help="the call's idempotency key, as for run (default: a new id)",
-    )
-    estimate.add_argument("--json", action="store_true", help="print the result as JSON")
     estimate.set_defaults(handler=_cmd_estimate, top=DEFAULT_TOP)
 
     jobs = sub.add_parser("jobs", help="list, inspect, watch and cancel jobs")

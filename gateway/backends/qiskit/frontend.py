@@ -737,6 +737,70 @@ _STDGATES_INC_NAMES = frozenset({
 # fmt: on
 
 
+@dataclass
+class _GateNames:
+    """How an OpenQASM 3 program uses names: as gates (defined, called) and otherwise."""
+
+    includes_stdgates: bool
+    # The name identifiers of the gate definitions and of the gate calls (renamed in place).
+    definitions: list[q3ast.Identifier]
+    calls: list[q3ast.Identifier]
+    # Names used as anything but a gate; every name used (fresh names avoid them).
+    other_uses: set[str]
+    taken: set[str]
+    # Names declared as classical values (inputs, constants, variables, loop variables), and
+    # as registers, aliases or subroutines.
+    values: set[str]
+    others: set[str]
+
+
+def _gate_names(program: q3ast.Program) -> _GateNames:
+    names = _GateNames(
+        includes_stdgates=any(
+            isinstance(s, q3ast.Include) and s.filename == "stdgates.inc"
+            for s in program.statements
+        ),
+        definitions=[],
+        calls=[],
+        other_uses=set(),
+        taken=set(),
+        values=set(),
+        others=set(),
+    )
+    identifiers: list[q3ast.Identifier] = []
+    for node in _walk(program):
+        if isinstance(node, q3ast.QuantumGateDefinition):
+            names.definitions.append(node.name)
+        elif isinstance(node, q3ast.QuantumGate):
+            names.calls.append(node.name)
+        elif isinstance(node, q3ast.Identifier):
+            identifiers.append(node)
+        elif isinstance(node, q3ast.IODeclaration | q3ast.ConstantDeclaration | q3ast.ForInLoop):
+            names.values.add(node.identifier.name)
+        elif isinstance(node, q3ast.ClassicalDeclaration):
+            bits = isinstance(node.type, q3ast.BitType)
+            (names.others if bits else names.values).add(node.identifier.name)
+        elif isinstance(node, q3ast.QubitDeclaration):
+            names.others.add(node.qubit.name)
+        elif isinstance(node, q3ast.AliasStatement):
+            names.others.add(node.target.name)
+        elif isinstance(node, q3ast.SubroutineDefinition):
+            names.others.add(node.name.name)
+    as_gate = {id(i) for i in [*names.definitions, *names.calls]}
+    names.other_uses = {i.name for i in identifiers if id(i) not in as_gate}
+    names.taken = {i.name for i in identifiers}
+    return names
+
+
+def _fresh_name(base: str, taken: set[str], avoid: Collection[str] = ()) -> str:
+    """`base`, with `_` appended until no name in `taken` or `avoid` is it; taken from now."""
+    name = base
+    while name in taken or name in avoid:
+        name += "_"
+    taken.add(name)
+    return name
+
+
 def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
     """Gives every gate the program defines under a standard gate's name a name of its own, in
     its definitions and calls (in place). Returns {new name: the program's}.
@@ -748,33 +812,14 @@ def _rename_standard_named_gates(program: q3ast.Program) -> dict[str, str]:
     one `stdgates.inc` defines when the program includes it, and one the program also uses as
     anything but a gate (a variable, a parameter, a loop variable, a register).
     """
-    included = any(
-        isinstance(s, q3ast.Include) and s.filename == "stdgates.inc" for s in program.statements
-    )
-    gate_identifiers: list[q3ast.Identifier] = []
-    identifiers: list[q3ast.Identifier] = []
-    defined: set[str] = set()
-    for node in _walk(program):
-        if isinstance(node, q3ast.QuantumGateDefinition):
-            defined.add(node.name.name)
-            gate_identifiers.append(node.name)
-        elif isinstance(node, q3ast.QuantumGate):
-            gate_identifiers.append(node.name)
-        elif isinstance(node, q3ast.Identifier):
-            identifiers.append(node)
-    as_gate = {id(identifier) for identifier in gate_identifiers}
-    taken = {identifier.name for identifier in identifiers}
-    other_uses = {i.name for i in identifiers if id(i) not in as_gate}
+    names = _gate_names(program)
+    defined = {d.name for d in names.definitions}
     renames: dict[str, str] = {}  # the program's name -> the new one
     for name in sorted(defined & STANDARD_GATE_NAMES):
-        if name in other_uses or (included and name in _STDGATES_INC_NAMES):
+        if name in names.other_uses or (names.includes_stdgates and name in _STDGATES_INC_NAMES):
             continue
-        candidate = f"{name}_def"
-        while candidate in taken or candidate in STANDARD_GATE_NAMES:
-            candidate += "_"
-        taken.add(candidate)
-        renames[name] = candidate
-    for identifier in gate_identifiers:
+        renames[name] = _fresh_name(f"{name}_def", names.taken, avoid=STANDARD_GATE_NAMES)
+    for identifier in [*names.definitions, *names.calls]:
         if identifier.name in renames:
             identifier.name = renames[identifier.name]
     return {new: old for old, new in renames.items()}
@@ -794,51 +839,19 @@ def _braket_builtins(program: q3ast.Program) -> dict[str, str]:
     did. Called after `_rename_standard_named_gates`, so a gate the program defines under a
     standard name is already its own.
     """
-    included = any(
-        isinstance(s, q3ast.Include) and s.filename == "stdgates.inc" for s in program.statements
-    )
-    provided = _STDGATES_INC_NAMES if included else frozenset()
-    calls: list[q3ast.Identifier] = []
-    gate_identifiers: set[int] = set()
-    defined: set[str] = set()
-    identifiers: list[q3ast.Identifier] = []
-    values: set[str] = set()  # declared as classical values
-    others: set[str] = set()  # declared as registers, aliases or subroutines
-    for node in _walk(program):
-        if isinstance(node, q3ast.QuantumGateDefinition):
-            defined.add(node.name.name)
-            gate_identifiers.add(id(node.name))
-        elif isinstance(node, q3ast.QuantumGate):
-            calls.append(node.name)
-            gate_identifiers.add(id(node.name))
-        elif isinstance(node, q3ast.Identifier):
-            identifiers.append(node)
-        elif isinstance(node, q3ast.IODeclaration | q3ast.ConstantDeclaration | q3ast.ForInLoop):
-            values.add(node.identifier.name)
-        elif isinstance(node, q3ast.ClassicalDeclaration):
-            bits = isinstance(node.type, q3ast.BitType)
-            (others if bits else values).add(node.identifier.name)
-        elif isinstance(node, q3ast.QubitDeclaration):
-            others.add(node.qubit.name)
-        elif isinstance(node, q3ast.AliasStatement):
-            others.add(node.target.name)
-        elif isinstance(node, q3ast.SubroutineDefinition):
-            others.add(node.name.name)
-    other_uses = {i.name for i in identifiers if id(i) not in gate_identifiers}
-    taken = other_uses | {c.name for c in calls} | defined
+    names = _gate_names(program)
+    provided = _STDGATES_INC_NAMES if names.includes_stdgates else frozenset()
+    defined = {d.name for d in names.definitions}
     builtins: dict[str, str] = {}
-    for builtin in sorted({c.name for c in calls} & BRAKET_BUILTIN_GATES.keys()):
+    for builtin in sorted({c.name for c in names.calls} & BRAKET_BUILTIN_GATES.keys()):
         if builtin in defined or builtin in provided:
             continue
-        if builtin not in other_uses:
+        if builtin not in names.other_uses:
             builtins[builtin] = builtin
-        elif builtin in values and builtin not in others:
-            fresh = f"{builtin}_braket"
-            while fresh in taken:
-                fresh += "_"
-            taken.add(fresh)
+        elif builtin in names.values and builtin not in names.others:
+            fresh = _fresh_name(f"{builtin}_braket", names.taken)
             builtins[fresh] = builtin
-            for call in calls:
+            for call in names.calls:
                 if call.name == builtin:
                     call.name = fresh
     return builtins
