@@ -175,6 +175,20 @@ class ScriptedRunner(Runner):
         self.handles[job_id].done.set_exception(ExecutionError(reason, "scripted", kind=kind))
 
 
+class ThrottledOnce(ScriptedRunner):
+    """A provider that throttles the first create (HTTP 429, nothing made), then takes it."""
+
+    def __init__(self) -> None:
+        super().__init__(slots=1, model=ExecutionModel.REMOTE)
+        self.throttled = 0
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        if not self.throttled:
+            self.throttled += 1
+            raise ExecutionError("PROVIDER_ERROR", "429", kind=FailureKind.THROTTLED)
+        return await super().submit(prepared, job)
+
+
 class Recorder:
     """A lifecycle hook that keeps every transition."""
 

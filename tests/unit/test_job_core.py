@@ -45,6 +45,7 @@ from tests.core_harness import (
     FailFirst,
     QueueKind,
     ScriptedRunner,
+    ThrottledOnce,
     build_core,
     make_queue,
     spec,
@@ -1266,23 +1267,9 @@ class _Outage(ScriptedRunner):
         await super().cancel(handle)
 
 
-class _ThrottledOnce(ScriptedRunner):
-    """A provider that throttles the first create (HTTP 429 at every attempt)."""
-
-    def __init__(self) -> None:
-        super().__init__(slots=1, model=ExecutionModel.REMOTE)
-        self.throttled = 0
-
-    async def submit(self, prepared: Any, job: Job) -> RunHandle:
-        if not self.throttled:
-            self.throttled += 1
-            raise ExecutionError("PROVIDER_ERROR", "429", kind=FailureKind.THROTTLED)
-        return await super().submit(prepared, job)
-
-
 async def test_a_throttled_create_queues_the_job_again(store: SqliteStore) -> None:
     # Throttled at every create attempt (nothing made), an accepted job failed PROVIDER_ERROR.
-    runner = _ThrottledOnce()
+    runner = ThrottledOnce()
     core = await build_core(store, "memory", {"cloud": runner})
     try:
         job = await core.submit("alice", spec("cloud"))
@@ -1304,7 +1291,7 @@ async def test_a_job_cancelled_as_its_throttled_create_goes_back_to_the_queue_en
     # in `running` when a CancelJob came; the cancel marked it CANCELLING for a step that was
     # returning. In the store's queue nothing hands out an unclaimed CANCELLING job: it stayed
     # CANCELLING, its quota reserved, for ever.
-    runner = _ThrottledOnce()
+    runner = ThrottledOnce()
     core = await build_core(store, kind, {"cloud": runner})
     try:
         job = await core.submit("alice", spec("cloud"))
@@ -2252,7 +2239,7 @@ async def test_a_throttled_create_counts_for_the_breaker(
 ) -> None:
     # A provider throttling every create attempt for long is out for this gateway: the
     # breaker counts it (FailureKind.THROTTLED), and the job waits in the queue meanwhile.
-    runner = _ThrottledOnce()
+    runner = ThrottledOnce()
     clock = Clock()
     policy = BreakerPolicy(failure_threshold=1, window_s=60, cooldown_s=10)
     core = await build_core(store, "memory", {"cloud": runner}, clock=clock, breaker=policy)

@@ -126,6 +126,19 @@ async def test_a_job_over_the_tenants_limits_on_both_keeps_the_backends_own_refu
         await core.manager.close()
 
 
+async def _paid_spare_core(store: SqliteStore) -> Core:
+    """`main` is free, `spare` costs 1 USD a shot (10 shots a job), and every tenant has 5 USD
+    a day."""
+    quota = PeriodQuota(cost=5.0, cost_unit="USD")
+    policies = PolicyBook(default=TenantPolicy(quota=quota))
+    runners = {"main": ScriptedRunner(slots=2), "spare": ScriptedRunner(slots=1)}
+    core = await build_core(store, "memory", runners, breaker=ONE_FAULT_OPENS, policies=policies)
+    spare = core.backends["spare"]
+    spare.settings = dataclasses.replace(spare.settings, price=Price(per_shot=1.0))
+    _shots_of(core, "spare", 10)
+    return core
+
+
 async def test_a_fallback_priced_over_the_tenants_quota_leaves_the_job_behind_a_half_open_trial(
     store: SqliteStore,
 ) -> None:
@@ -134,13 +147,7 @@ async def test_a_fallback_priced_over_the_tenants_quota_leaves_the_job_behind_a_
     # COST_QUOTA_EXCEEDED (retry at the period's end, hours away), while the same job naming
     # no fallback queues behind the trial and costs nothing: the fallback is only preferred
     # to waiting, and one the tenant cannot pay for does not take the job.
-    quota = PeriodQuota(cost=5.0, cost_unit="USD")
-    policies = PolicyBook(default=TenantPolicy(quota=quota))
-    runners = {"main": ScriptedRunner(slots=2), "spare": ScriptedRunner(slots=1)}
-    core = await build_core(store, "memory", runners, breaker=ONE_FAULT_OPENS, policies=policies)
-    spare = core.backends["spare"]
-    spare.settings = dataclasses.replace(spare.settings, price=Price(per_shot=1.0))
-    _shots_of(core, "spare", 10)
+    core = await _paid_spare_core(store)
     runtime = core.backends["main"]
     try:
         await _open_main(core)
@@ -246,13 +253,7 @@ async def test_a_fallback_priced_over_quota_while_the_backend_is_open_is_its_una
     # BACKEND_UNAVAILABLE and runs once `main` closes. Found as a surviving mutant: the quota
     # refusal went through only while the backend was usable, and answered COST_QUOTA_EXCEEDED
     # (not retryable until the period's end) while it was open.
-    quota = PeriodQuota(cost=5.0, cost_unit="USD")
-    policies = PolicyBook(default=TenantPolicy(quota=quota))
-    runners = {"main": ScriptedRunner(slots=2), "spare": ScriptedRunner(slots=1)}
-    core = await build_core(store, "memory", runners, breaker=ONE_FAULT_OPENS, policies=policies)
-    spare = core.backends["spare"]
-    spare.settings = dataclasses.replace(spare.settings, price=Price(per_shot=1.0))
-    _shots_of(core, "spare", 10)
+    core = await _paid_spare_core(store)
     try:
         await _open_main(core)
         with pytest.raises(Unavailable) as plain:

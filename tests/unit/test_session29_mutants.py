@@ -21,12 +21,11 @@ from gateway.backends.base import AdapterContext, CircuitLimits
 from gateway.backends.braket.adapter import BraketAdapter
 from gateway.backends.loopback.adapter import LoopbackAdapter
 from gateway.backends.qiskit import frontend as fe
-from gateway.backends.runner import ExecutionModel, RunHandle
+from gateway.backends.runner import ExecutionModel
 from gateway.domain.api_keys import ApiKeyRecord
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import (
-    ExecutionError,
     FieldViolation,
     InvalidArgument,
     ResourceExhausted,
@@ -43,7 +42,7 @@ from gateway.security.tenant_policy import RateLimit
 from gateway.store.base import NewJob
 from gateway.store.sqlite import SqliteStore
 from tests.adapters import prepare_in_process
-from tests.core_harness import Clock, ScriptedRunner, build_core, make_queue, spec
+from tests.core_harness import Clock, ScriptedRunner, ThrottledOnce, build_core, make_queue, spec
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -88,20 +87,6 @@ async def test_a_stale_holders_requeue_through_transitions_leaves_the_new_holder
     assert requeued is not None and requeued.state is JobState.QUEUED
 
 
-class _ThrottledOnce(ScriptedRunner):
-    """A provider that throttles the first create (nothing made), then takes it."""
-
-    def __init__(self) -> None:
-        super().__init__(slots=1, model=ExecutionModel.REMOTE)
-        self.throttled = 0
-
-    async def submit(self, prepared: Any, job: Job) -> RunHandle:
-        if not self.throttled:
-            self.throttled += 1
-            raise ExecutionError("PROVIDER_ERROR", "429", kind=FailureKind.THROTTLED)
-        return await super().submit(prepared, job)
-
-
 async def test_a_throttled_create_requeues_the_job_as_its_claims_holder(
     store: SqliteStore,
 ) -> None:
@@ -116,7 +101,7 @@ async def test_a_throttled_create_requeues_the_job_as_its_claims_holder(
         return await write(job_id, at, holder=holder)
 
     store.mark_queued_again = recording  # type: ignore[method-assign]
-    runner = _ThrottledOnce()
+    runner = ThrottledOnce()
     core = await build_core(store, "store", {"cloud": runner})
     try:
         job = await core.submit("alice", spec("cloud"))
