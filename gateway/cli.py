@@ -796,10 +796,34 @@ def _non_negative(text: str) -> int:
     return value
 
 
+# What follows `-o` when it is an observable with a leading minus sign ("-ZZ", "-0.5*XX + YY"),
+# not an option: options are lower-case words or letters, Pauli strings upper-case.
+_MINUS_OBSERVABLE = re.compile(r"-\s*[IXYZ0-9.]")
+_OBSERVABLE_FLAGS = frozenset({"-o", "--observable"})
+
+
+class _Parser(argparse.ArgumentParser):
+    """`qgateway`'s parser: `-o -ZZ` reads as the observable -ZZ. argparse itself takes any
+    word after `-o` that starts with '-' (other than a number) for an option and answers
+    "expected one argument"."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        joined: list[str] = []
+        for word in words:
+            if joined and joined[-1] in _OBSERVABLE_FLAGS and _MINUS_OBSERVABLE.match(word):
+                joined[-1] = f"{joined[-1]}={word}"
+            else:
+                joined.append(word)
+        return super().parse_known_args(joined, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `qgateway`."""
     default_target = os.environ.get(ENV_TARGET) or DEFAULT_TARGET
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="qgateway", description="Run a qgateway server, or talk to one."
     )
     parser.add_argument(
@@ -967,8 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_observable,
         metavar="TERMS",
         help='a sum of Pauli terms, e.g. "0.5*XX - 0.25*ZI + YY" (character 0 acts on the '
-        "highest-index qubit, as in Qiskit; one that starts with a minus goes after '=': "
-        "-o=-ZZ); repeat for more observables",
+        "highest-index qubit, as in Qiskit; -o -ZZ for a leading minus sign); repeat for "
+        "more observables",
     )
     estimate.add_argument(
         "--precision",

@@ -375,15 +375,37 @@ def test_a_double_sign_a_unicode_minus_or_an_infinite_coefficient_is_refused(tex
         cli.parse_observable(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="argparse reads `-o -ZZ` (an observable starting with '-' and no space) as a missing "
-    "argument: 'expected one argument'; only `-o=-ZZ` or `-o ' -ZZ'` works (a known limit of "
-    "argparse: the README and --help say to write `-o=-ZZ`)",
-)
+# Fixed in session 31: argparse read `-o -ZZ` as `-o` missing its argument.
 def test_an_observable_starting_with_a_minus_sign_is_accepted_after_o() -> None:
     args = cli.build_parser().parse_args(["estimate", "bell.qasm", "-o", "-ZZ"])
     assert args.observable == [{"ZZ": -1.0}]
+
+
+@pytest.mark.parametrize(
+    ("words", "observables"),
+    [
+        (["--observable", "-0.5*XX + YY"], [{"XX": -0.5, "YY": 1.0}]),
+        (["-o", "ZZ", "-o", "-.5*XI"], [{"ZZ": 1.0}, {"XI": -0.5}]),
+        (["-o=-ZZ"], [{"ZZ": -1.0}]),
+        (["-o", "- ZZ"], [{"ZZ": -1.0}]),
+    ],
+)
+def test_observables_with_a_minus_sign_read_in_every_spelling(
+    words: list[str], observables: list[dict[str, float]]
+) -> None:
+    args = cli.build_parser().parse_args(["estimate", "bell.qasm", *words])
+    assert args.observable == observables
+
+
+@pytest.mark.parametrize("words", [["-o", "--precision", "0.1"], ["-o", "-h"], ["-o"]])
+def test_an_option_after_o_is_still_an_option(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only an observable's text is joined to `-o`: `-o --precision` still lacks its argument.
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["estimate", "bell.qasm", *words])
+    assert info.value.code == 2
+    assert "expected one argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
