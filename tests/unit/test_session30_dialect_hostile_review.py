@@ -26,9 +26,9 @@ Findings:
     LocalSimulator runs these, the gateway refused them ("'t' is a 'float', not a gate", "gate 'i'
     is not defined"). Qiskit's importer has one namespace for gates and variables: the gate's
     calls are renamed, the value keeps its name (what a client binds).
-(6) LEFT, strict xfail. What a blanked gphase statement says is never read: `gphase(nan) q[7];`
-    on a 1-qubit register runs as if absent, where any other statement naming a qubit that does
-    not exist is INVALID_QASM.
+(6) FIXED (session 31). What a blanked gphase statement says was never read: `gphase(nan)
+    q[7];` on a 1-qubit register ran as if absent, where any other statement naming a qubit that
+    does not exist is INVALID_QASM. Its operands and angle are now checked.
 (7) FIXED after the review. `pswap(1) q[0], q[0];` was refused with no line ("duplicate bit
     arguments"), as was every gate's duplicate operand (the importer's message).
 Pinned as right: OpenQASM 3's `gphase` is untouched; modifiers, physical qubits and broadcasts on
@@ -146,12 +146,8 @@ def test_a_conditional_gphase_is_not_pennylanes_and_stays_unknown() -> None:
     refused(Q2, text, "UNKNOWN_GATE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a blanked gphase statement is never read: `gphase(nan) q[7];` on a 1-qubit register "
-    "runs as if absent, where any other statement naming a qubit that does not exist (or a "
-    "non-finite angle) is refused",
-)
+# Was a strict xfail: a blanked gphase statement was never read, and `gphase(nan) q[7];` on a
+# 1-qubit register ran as if absent (`_check_global_phases` now reads it).
 def test_a_dropped_phase_naming_a_qubit_that_does_not_exist_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         parsed(Q2, H2 + "qreg q[1];\ngphase(nan) q[7];\n")

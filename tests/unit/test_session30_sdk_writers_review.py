@@ -15,9 +15,10 @@ Findings:
     end now defines Braket's built-in gates a program calls without defining or including them
     (`gateway/backends/qiskit/braket_gates.py`), each its exact Qiskit equivalent, checked here
     against Braket's own matrices and LocalSimulator.
-(2) `#pragma braket verbatim` + `box { ... }` (`Circuit.add_verbatim_box`) is refused
-    UNSUPPORTED_FEATURE (`Pragma`); strict xfail.
-(3) `#pragma braket unitary(...)` (`Circuit.unitary`) is refused the same way; strict xfail.
+(2) FIXED (session 31). `#pragma braket verbatim` + `box { ... }` (`Circuit.add_verbatim_box`)
+    was refused UNSUPPORTED_FEATURE (`Pragma`); ideal simulators now run the body.
+(3) FIXED (session 31). `#pragma braket unitary(...)` (`Circuit.unitary`) was refused the same
+    way; it is now a UnitaryGate.
 (4) `#pragma braket result ...` (a Braket result type, written instead of measurements) is
     refused UNSUPPORTED_FEATURE naming the line: right, the gateway returns shots and
     expectation values of its own, not Braket result types.
@@ -411,12 +412,9 @@ def test_braket_result_types_are_refused_with_the_line(aer: AerAdapter) -> None:
     assert refusal.field_violations[0].field == "spec.pubs[0].sampler.circuit.qasm3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`#pragma braket verbatim` + `box { ... }` (Circuit.add_verbatim_box) is refused "
-    "UNSUPPORTED_FEATURE ('node of type Pragma is not supported'; a bare `box` is refused "
-    "per backend), though every simulator here could run its body as written",
-)
+# Was a strict xfail: `#pragma braket verbatim` + `box { ... }` (Circuit.add_verbatim_box) was
+# refused UNSUPPORTED_FEATURE ('node of type Pragma is not supported'). Ideal simulators run its
+# body; other backends refuse it (tests/unit/test_session31_braket_pragmas.py).
 def test_a_verbatim_box_as_braket_writes_it(backend: Adapter) -> None:
     text = _braket_qasm(Circuit().add_verbatim_box(Circuit().h(0).cnot(0, 1)))
     assert "#pragma braket verbatim" in text
@@ -424,12 +422,9 @@ def test_a_verbatim_box_as_braket_writes_it(backend: Adapter) -> None:
     assert set(counts["b"]) == {"00", "11"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`#pragma braket unitary([[...]]) q[0]` (Circuit.unitary) is refused "
-    "UNSUPPORTED_FEATURE ('node of type Pragma is not supported'); the same matrix as QPY "
-    "UnitaryGate runs",
-)
+# Was a strict xfail: `#pragma braket unitary([[...]]) q[0]` (Circuit.unitary) was refused
+# UNSUPPORTED_FEATURE ('node of type Pragma is not supported'), though the same matrix as a QPY
+# UnitaryGate ran.
 def test_a_unitary_as_braket_writes_it(aer: AerAdapter) -> None:
     text = _braket_qasm(Circuit().unitary(matrix=np.array([[0, 1], [1, 0]]), targets=[0]))
     assert "#pragma braket unitary" in text

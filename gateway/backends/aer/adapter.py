@@ -185,6 +185,11 @@ class AerAdapter(QiskitAdapter):
     def circuit_features(self) -> frozenset[CircuitFeature]:
         return frozenset(CircuitFeature)
 
+    def runs_verbatim_boxes(self) -> bool:
+        # Not with a device's noise model (the body's gates are what the noise acts on), nor
+        # with a bond dimension cap (the truncation depends on the gates as compiled).
+        return self.aer_options.noise_from is None and self.aer_options.max_bond_dimension is None
+
     def build_qiskit_target(self) -> Target:
         if self.aer_options.noise_from is not None:
             target: Target = fake_backend(self.aer_options.noise_from).target

@@ -256,6 +256,12 @@ class BraketAdapter(QiskitAdapter):
         # Braket drops noise after a branch point: a noisy device declares only reset.
         return features(self.braket_options.local_device, self._noise() is not None)
 
+    def runs_verbatim_boxes(self) -> bool:
+        # A cloud device (a QPU's verbatim boxes take its native gates on its physical qubits,
+        # and the gateway compiles for a generic target) or the gateway's own noise channels
+        # (added after every gate, as compiled): refused there.
+        return not self.braket_options.is_cloud and self._noise() is None
+
     def build_qiskit_target(self) -> Target:
         options = self.braket_options
         if options.is_cloud:

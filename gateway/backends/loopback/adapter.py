@@ -293,6 +293,8 @@ class LoopbackAdapter(BackendAdapter):
             max_qubits=opts.num_qubits,
             native=self._target().operation_names,
         )
+        # The circuit is compiled again for the service's basis: a verbatim box is refused.
+        circuit = fe.open_verbatim_boxes(circuit, False, field)
         features = fe.detect_features(circuit)
         fe.check_features(features, _SUPPORTED_FEATURES, field)
         circuit = fe.rename_shadowing_gates(circuit, self._target().operation_names, field)

@@ -115,6 +115,9 @@ class PennyLaneAdapter(QiskitAdapter):
             return _LIGHTNING_RUNS
         return _DEFAULT_QUBIT_RUNS
 
+    def runs_verbatim_boxes(self) -> bool:
+        return True  # lightning.qubit and default.qubit: exact and noise-free
+
     def build_qiskit_target(self) -> Target:
         qubits = min(self.pennylane_options.num_qubits, _MAX_QUBITS)
         # The translation drops delays (gates.IGNORED_INSTRUCTIONS).

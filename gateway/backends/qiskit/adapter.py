@@ -389,6 +389,13 @@ class QiskitAdapter(BackendAdapter):
         ideal simulator); False makes every sampler PUB go through `sample_shots`."""
         return True
 
+    def runs_verbatim_boxes(self) -> bool:
+        """True when a `#pragma braket verbatim` box runs here as written: an ideal simulator
+        with an all-to-all target, where whatever the transpiler makes of the body gives the
+        body's own results exactly. False by default (a device, a noise model, an
+        approximation): such a box is refused, not compiled as if it were not verbatim."""
+        return False
+
     def estimator_shots(self, precision: float) -> int:
         """Shots one binding of an estimator PUB runs at `precision` (0: the backend's
         default): 0 where expectation values are computed, not sampled (default)."""
@@ -501,6 +508,9 @@ class QiskitAdapter(BackendAdapter):
             field,
             max_qubits=max_qubits,
             native=target.operation_names,
+        )
+        circuit = fe.open_verbatim_boxes(
+            circuit, self.runs_verbatim_boxes() and target.build_coupling_map() is None, field
         )
         features = fe.detect_features(circuit)
         fe.check_features(features, self.circuit_features(), field)

@@ -35,10 +35,10 @@ import functools
 import math
 import re
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import qiskit.qasm2
@@ -95,6 +95,7 @@ from qiskit.circuit.library import (
     get_standard_gate_name_mapping,
 )
 from qiskit.quantum_info import SparseObservable
+from qiskit.quantum_info.operators.predicates import ATOL_DEFAULT, RTOL_DEFAULT
 from qiskit.synthesis import MatrixExponential, QDrift
 from qiskit_qasm3_import import ConversionError
 from qiskit_qasm3_import.converter import ConvertVisitor
@@ -124,6 +125,7 @@ __all__ = [
     "QASM3_MAX_CONVERSION_WORK",
     "SLICE_REGISTERS",
     "STANDARD_GATE_NAMES",
+    "VERBATIM_BOX_LABEL",
     "OperationCount",
     "broadcast_pub_shape",
     "check_control_flow_supported",
@@ -142,6 +144,7 @@ __all__ = [
     "invalid",
     "mps_bond_dimensions",
     "mps_bytes",
+    "open_verbatim_boxes",
     "parse_circuit",
     "rename_shadowing_gates",
     "resolve_bindings",
@@ -153,6 +156,7 @@ __all__ = [
     "statevector_bytes",
     "tally_operations",
     "unique_name",
+    "unitary_deviation",
     "validate_observables",
     "writes_clbits",
 ]
@@ -549,7 +553,198 @@ def _without_global_phases(text: str) -> str:
     return "".join(pieces)
 
 
+class _GateBody(NamedTuple):
+    """The gate definition whose body a gphase statement is in: its ordinal in the program,
+    its parameters (which the angle may use) and its qubits (which the operands must be)."""
+
+    number: int
+    parameters: tuple[str, ...]
+    qubits: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _GlobalPhase:
+    """A blanked gphase statement's angle, for the probe that reads it (`_read_angles`)."""
+
+    angle: str  # its tokens, comments left out
+    line: int
+    column: int
+    body: _GateBody | None  # None at the top level
+
+
+def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: str) -> None:
+    """Checks what the blanked `gphase` statements say, which the reader never sees, as the
+    reader checks a gate call: each operand a register declared before it (an index in range)
+    or, in a gate's body, one of its qubits; the angle one valid expression, finite at the top
+    level. `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is."""
+    begins = dict(spans)
+    qregs: dict[str, int] = {}
+    recent: deque[str] = deque(maxlen=5)  # the last tokens read, for `qreg name [ size ]`
+    header: list[str] | None = None  # the tokens of a gate's header being read
+    body: _GateBody | None = None
+    gates = 0
+    statement: list[tuple[str, str, int]] = []
+    end = -1
+    phases: list[_GlobalPhase] = []
+    for kind, value, start in _qasm2_tokens(text):
+        if start < end:
+            statement.append((kind, value, start))
+            if start == end - 1:  # its `;`
+                phases.append(_global_phase(text, statement, qregs, body, field))
+            continue
+        if start in begins:
+            end, statement = begins[start], [(kind, value, start)]
+            continue
+        recent.append(value)
+        if recent[0] == "qreg" and len(recent) == 5 and recent[2] == "[" and recent[4] == "]":
+            qregs[recent[1]] = _HUGE if _too_long(recent[3]) else int(recent[3])
+        if header is not None:
+            if value == "{":
+                body, header = _gate_header(header, gates), None
+                gates += 1
+            else:
+                header.append(value)
+        elif value == "gate":
+            header = []
+        elif value == "}":
+            body = None
+    if phases:
+        _read_angles(phases, field)
+
+
+def _gate_header(tokens: Sequence[str], number: int) -> _GateBody:
+    """The parameters and qubits of `name ( a , b ) q , r` or `name q , r`."""
+    if "(" in tokens and ")" in tokens:
+        opened, closed = tokens.index("("), tokens.index(")")
+        parameters, qubits = tokens[opened + 1 : closed], tokens[closed + 1 :]
+    else:
+        parameters, qubits = [], tokens[1:]
+    return _GateBody(
+        number, tuple(p for p in parameters if p != ","), tuple(q for q in qubits if q != ",")
+    )
+
+
+def _global_phase(
+    text: str,
+    tokens: Sequence[tuple[str, str, int]],
+    qregs: Mapping[str, int],
+    body: _GateBody | None,
+    field: str,
+) -> _GlobalPhase:
+    """`gphase ( angle ) operands ;`, its operands checked (`_check_global_phases`)."""
+    line, column = _position(text, tokens[0][2])
+
+    def refused(says: str) -> InvalidArgument:
+        return invalid(
+            "INVALID_QASM",
+            f"line {line}, column {column}: {says} (a gphase statement: its global phase is "
+            "dropped, what it names is checked)",
+            field,
+        )
+
+    depth, close = 0, 0
+    for index, (kind, value, _) in enumerate(tokens[1:], start=1):
+        if kind == "symbol" and value in "()":
+            depth += 1 if value == "(" else -1
+            if depth == 0:
+                close = index
+                break
+    if close <= 2:
+        raise refused("the angle is not one expression in parentheses")
+    operands: list[list[str]] = [[]]
+    for _, value, _ in tokens[close + 1 : -1]:
+        if value == ",":
+            operands.append([])
+        else:
+            operands[-1].append(value)
+    if operands == [[]]:
+        operands = []  # `gphase(0.3) ;`: PennyLane's phase on every wire
+    for operand in operands:
+        name = operand[0] if operand else ","
+        written = "".join(operand)
+        if body is not None:
+            if len(operand) != 1 or name not in body.qubits:
+                raise refused(f"{written!r} is not a qubit of the gate being defined")
+            continue
+        if name not in qregs or len(operand) not in (1, 4):
+            raise refused(f"{written!r} is not a quantum register declared before it")
+        if len(operand) == 4:
+            _, bracket, digits, closing = operand
+            if bracket != "[" or closing != "]" or not digits.isdigit():
+                raise refused(f"{written!r} is not a qubit")
+            if _too_long(digits) or int(digits) >= qregs[name]:
+                raise refused(
+                    f"qubit {digits} of register {name!r} (size {qregs[name]}) does not exist"
+                )
+    angle = " ".join(value for _, value, _ in tokens[2:close])
+    return _GlobalPhase(angle, line, column, body)
+
+
+def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
+    """Reads the angles of blanked gphase statements with Qiskit's reader, one probe line each
+    (`U(angle, 0, 0)`; those of one gate's body inside one gate with its parameters), so an
+    angle is a valid expression exactly when the reader would take it in a gate call. The
+    probe is no longer than the statements and gate headers it copies, each copied once."""
+    lines = ["OPENQASM 2.0;", "qreg gphaseprobe[1];"]
+    at_line: dict[int, _GlobalPhase] = {}  # probe line (1-based) -> the statement it reads
+    open_body: _GateBody | None = None
+    for phase in phases:
+        if open_body is not None and phase.body != open_body:
+            lines.append("}")
+            open_body = None
+        if phase.body is None:
+            lines.append(f"U({phase.angle}, 0, 0) gphaseprobe[0];")
+        else:
+            qubit = phase.body.qubits[0] if phase.body.qubits else "q"
+            if open_body is None:
+                parameters = phase.body.parameters
+                declared = f"({', '.join(parameters)})" if parameters else ""
+                lines.append(f"gate gphaseprobe{phase.body.number}{declared} {qubit} {{")
+                open_body = phase.body
+            lines.append(f"U({phase.angle}, 0, 0) {qubit};")
+        at_line[len(lines)] = phase
+    if open_body is not None:
+        lines.append("}")
+    try:
+        probe: QuantumCircuit = qiskit.qasm2.loads(
+            "\n".join(lines),
+            include_path=(),
+            custom_classical=qiskit.qasm2.LEGACY_CUSTOM_CLASSICAL,
+            strict=False,
+        )
+    except qiskit.qasm2.QASM2ParseError as exc:
+        message = _sdk_message(exc)
+        where = _QASM2_POS.search(message)
+        line = int(where[1]) if where is not None else 0
+        # A gate's header line: the statement on the line after it.
+        phase = at_line.get(line) or at_line.get(line + 1) or phases[0]
+        at = f"line {phase.line}, column {phase.column}"
+        undefined = _QASM2_UNDEFINED.search(message)
+        if undefined is not None and undefined[3].lower() in _NON_FINITE_NAMES:
+            raise _non_finite(
+                f"{at}: the angle of a gphase statement is not a number", field
+            ) from None
+        detail = _QASM2_POS.sub("", message)
+        raise invalid(
+            "INVALID_QASM",
+            _clip(f"{at}: the angle of a gphase statement is not a valid expression: {detail}"),
+            field,
+        ) from None
+    top_level = [phase for phase in phases if phase.body is None]
+    for phase, instruction in zip(top_level, probe.data, strict=True):
+        if not _finite(instruction.operation.params[0]):
+            raise _non_finite(
+                f"line {phase.line}, column {phase.column}: the angle of a gphase statement "
+                "is not finite",
+                field,
+            )
+
+
 def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
+    spans = _global_phase_statements(text) if "gphase" in text else None
+    if spans:
+        with _reader_refusals("OpenQASM 2", field):
+            _check_global_phases(text, spans, field)
     text = _without_global_phases(text)
     with _reader_refusals("OpenQASM 2", field):
         try:
@@ -655,6 +850,9 @@ def _non_finite(message: str, field: str) -> InvalidArgument:
     return invalid("NON_FINITE_ANGLE", f"{message}; gate angles must be finite numbers", field)
 
 
+_AST_POSITION = re.compile(r"^L(\d+):C(\d+): ")
+
+
 def _parse_qasm3_ast(text: str, field: str) -> q3ast.Program:
     lexer = qasm3Lexer(InputStream(text))
     lexer.removeErrorListeners()
@@ -678,6 +876,8 @@ def _parse_qasm3_ast(text: str, field: str) -> q3ast.Program:
         raise
     except Exception as exc:  # QASM3ParsingError and whatever else the AST builder refuses
         message = _sdk_message(exc) or type(exc).__name__
+        # "L8:C0: pragmas must be global": said as every other refusal says where.
+        message = _AST_POSITION.sub(r"line \1, column \2: ", message, count=1)
         raise invalid(
             "INVALID_QASM", _clip(f"OpenQASM 3 program rejected: {message}"), field
         ) from None
@@ -709,15 +909,18 @@ _QASM3_UNSUPPORTED = re.compile(
 )
 
 
-def _convert_qasm3(program: q3ast.Program, field: str) -> QuantumCircuit:
+def _convert_qasm3(program: q3ast.Program, pragmas: _BraketPragmas, field: str) -> QuantumCircuit:
     renamed = _rename_standard_named_gates(program)
+    # A unitary pragma's gate is named as the client wrote it in refusals.
+    renamed.update(dict.fromkeys(pragmas.unitaries, "unitary"))
     renamed.update(_order_gate_parameters(program))
     _inline_switch_targets(program)
     builtins = _braket_builtins(program)
     renamed.update({name: builtin for name, builtin in builtins.items() if name != builtin})
     with _reader_refusals("OpenQASM 3", field):
         try:
-            circuit: QuantumCircuit = _Qasm3Converter(builtins).convert(program).circuit
+            converter = _Qasm3Converter(builtins, pragmas)
+            circuit: QuantumCircuit = converter.convert(program).circuit
         except ConversionError as exc:
             message = _sdk_message(exc)
             for fresh, original in renamed.items():
@@ -897,6 +1100,296 @@ def _order_gate_parameters(program: q3ast.Program) -> dict[str, str]:
                     renamed[new] = node.name
                     node.name = new
     return renamed
+
+
+# --------------------------------------------------------------------------------------------
+# Amazon Braket's pragmas (OpenQASM 3). Braket's writer emits two that change what runs:
+# `#pragma braket unitary([[...]]) q[0], q[1]` (Circuit.unitary) and `#pragma braket verbatim`
+# before a `box { ... }` (Circuit.add_verbatim_box). Any other pragma (Braket's result types and
+# noise channels among them) is refused, naming its line. OpenQASM 3 allows pragmas only at
+# the top level of a program (the AST builder refuses them elsewhere), so only the program's
+# own statement list is read here.
+# --------------------------------------------------------------------------------------------
+
+# The label of the BoxOp a verbatim box becomes, followed by its line: which backends can run a
+# verbatim box (their transpiler must not rewrite its body) is theirs to say
+# (`open_verbatim_boxes`).
+VERBATIM_BOX_LABEL = "qgateway.braket_verbatim"
+_PRAGMA_UNITARY = re.compile(r"braket\s+unitary\s*\(([^()]*)\)([^()]*)")
+# A matrix entry as Braket's pragma grammar reads it (`complexNumber`): `-0.5`, `1e-3`, `0.7im`,
+# `1 + 0im`, `-0.2 - 0.3im`. No `nan`, `inf` or expressions, as in Braket's own reader.
+_REAL = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# Read after every run of blanks became one space (`_pragma_matrix`): each ` ?` can match in
+# one way only, so a long entry costs linear time even where it does not match.
+_MATRIX_ENTRY = re.compile(
+    rf"(?P<neg>-)? ?(?P<value>{_REAL})(?P<im> ?im)?"
+    rf"(?: ?(?P<sign>[+-]) ?(?P<imneg>-)? ?(?P<imag>{_REAL}) ?im)?"
+)
+_PHYSICAL_TARGET = re.compile(r"\s*\$(\d+)\s*")
+_INDEXED_TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z_0-9]*)\s*\[\s*(\d+)\s*\]\s*")
+
+
+@dataclass
+class _BraketPragmas:
+    # The name each `#pragma braket unitary` statement's gate is defined under -> its matrix,
+    # in Qiskit's order (the gate's first qubit least significant).
+    unitaries: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # id() of each box a `#pragma braket verbatim` marks -> the pragma's line.
+    verbatim: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+def _pragma_error(
+    reason: str, pragma: q3ast.Pragma, says: str, field: str, **metadata: object
+) -> InvalidArgument:
+    line, col = _where(pragma)
+    shown = _clip(f"#pragma {pragma.command.strip()}")[:80]
+    return invalid(reason, f"line {line}, column {col}: {says} ({shown!r})", field, **metadata)
+
+
+_Node = TypeVar("_Node", bound=q3ast.QASMNode)
+
+
+def _placed(node: _Node, span: q3ast.Span | None) -> _Node:
+    """`node`, at `span` (a node's span is not a constructor argument)."""
+    node.span = span
+    return node
+
+
+def _read_braket_pragmas(
+    program: q3ast.Program, limits: CircuitLimits, field: str
+) -> _BraketPragmas:
+    """Reads Braket's pragmas out of the program (in place): each unitary pragma becomes a call
+    of a gate of its own, defined by the converter; each verbatim pragma is dropped and the box
+    after it remembered. Runs before the declarations and the cost are read, so a unitary's
+    targets are checked and counted like any gate call's."""
+    pragmas = _BraketPragmas()
+    taken = {node.name for node in _walk(program) if isinstance(node, q3ast.Identifier)}
+    statements: list[q3ast.Statement | q3ast.Pragma] = []
+    pending_verbatim: q3ast.Pragma | None = None
+    for statement in program.statements:
+        if pending_verbatim is not None:
+            if not isinstance(statement, q3ast.Box):
+                raise _pragma_error(
+                    "INVALID_QASM",
+                    pending_verbatim,
+                    "`#pragma braket verbatim` must be followed by a box statement",
+                    field,
+                )
+            if statement.duration is not None:
+                raise _pragma_error(
+                    "UNSUPPORTED_FEATURE",
+                    pending_verbatim,
+                    "a verbatim box with a duration is not supported",
+                    field,
+                )
+            pragmas.verbatim[id(statement)] = _where(pending_verbatim)[0]
+            pending_verbatim = None
+        if not isinstance(statement, q3ast.Pragma):
+            statements.append(statement)
+            continue
+        words = statement.command.split()
+        if words == ["braket", "verbatim"]:
+            pending_verbatim = statement
+        elif _PRAGMA_UNITARY.fullmatch(statement.command.strip()):
+            name = _fresh_name("braket_unitary", taken)
+            call, matrix = _unitary_call(statement, name, limits, field)
+            pragmas.unitaries[name] = matrix
+            statements.append(call)
+        else:
+            # Braket's result types, noise channels and anything else: the gateway returns
+            # shots and expectation values of its own and adds no noise a program asks for.
+            raise _pragma_error(
+                "UNSUPPORTED_FEATURE",
+                statement,
+                "node of type Pragma is not supported; of the pragmas, only Braket's "
+                "`#pragma braket unitary(...)` and `#pragma braket verbatim` (before a box) "
+                "are read",
+                field,
+                feature="Pragma",
+            )
+    if pending_verbatim is not None:
+        raise _pragma_error(
+            "INVALID_QASM",
+            pending_verbatim,
+            "`#pragma braket verbatim` must be followed by a box statement",
+            field,
+        )
+    program.statements = statements
+    return pragmas
+
+
+def _unitary_call(
+    pragma: q3ast.Pragma, name: str, limits: CircuitLimits, field: str
+) -> tuple[q3ast.QuantumGate, np.ndarray]:
+    """The gate call a `#pragma braket unitary(matrix) targets` stands for, and its matrix in
+    Qiskit's order. Braket's matrix has its first target as the most significant bit; Qiskit's
+    UnitaryGate has its first qubit as the least, so the matrix is read with its qubits
+    reversed (checked against LocalSimulator in tests/unit/test_session31_braket_pragmas.py)."""
+    match = _PRAGMA_UNITARY.fullmatch(pragma.command.strip())
+    assert match is not None  # the caller matched it
+    targets: list[q3ast.Identifier | q3ast.IndexedIdentifier] = []
+    for operand in match[2].split(","):
+        physical = _PHYSICAL_TARGET.fullmatch(operand)
+        indexed = _INDEXED_TARGET.fullmatch(operand)
+        number = physical[1] if physical else indexed[2] if indexed else None
+        if number is None or _too_long(number):
+            raise _pragma_error(
+                "INVALID_QASM",
+                pragma,
+                f"a unitary's targets are qubits written `q[0]` or `$0`, not {operand.strip()!r}",
+                field,
+            )
+        # The operands carry the pragma's position, so the reader's refusals of them (an
+        # undeclared register, an index out of range, a qubit named twice) name its line.
+        span = pragma.span
+        if physical:
+            target: q3ast.Identifier | q3ast.IndexedIdentifier = q3ast.Identifier(f"${int(number)}")
+        else:
+            assert indexed is not None
+            index = _placed(q3ast.IntegerLiteral(int(number)), span)
+            target = q3ast.IndexedIdentifier(_placed(q3ast.Identifier(indexed[1]), span), [[index]])
+        targets.append(_placed(target, span))
+    matrix = _pragma_matrix(pragma, match[1], len(targets), limits, field)
+    call = q3ast.QuantumGate(
+        modifiers=[],
+        name=_placed(q3ast.Identifier(name), pragma.span),
+        arguments=[],
+        qubits=targets,
+    )
+    return _placed(call, pragma.span), matrix
+
+
+def _pragma_matrix(
+    pragma: q3ast.Pragma, text: str, targets: int, limits: CircuitLimits, field: str
+) -> np.ndarray:
+    """The matrix of a unitary pragma, checked: 2^k x 2^k for k targets, no larger than a QPY
+    UnitaryGate can be, finite, unitary by Qiskit's own rule (`unitary_deviation`). Like any
+    matrix gate it then counts as what synthesising it makes (check_operation_count)."""
+    # A QPY UnitaryGate carries its matrix at 16 bytes an entry within max_source_bytes (7
+    # qubits at the default 1 MiB); text entries can be shorter (`0`), the bound is the same.
+    if targets > 30 or 16 << (2 * targets) >= limits.max_source_bytes:
+        raise _pragma_error(
+            "CIRCUIT_TOO_LARGE",
+            pragma,
+            f"a unitary on {targets} qubits is a matrix of {1 << (2 * min(targets, 30))}+ "
+            f"entries, 16 bytes each; matrices are limited to less than "
+            f"{limits.max_source_bytes} bytes (as a QPY UnitaryGate is, by the source limit)",
+            field,
+        )
+    # Blanks around brackets mean nothing (`[ [0, 1] , [1, 0] ]`); inside an entry they may
+    # (`1 + 0im`). Runs of blanks become one space first: no pattern below backtracks over them.
+    text = _SPACE.sub(" ", text).strip()
+    for bracket in "[]":
+        text = text.replace(f" {bracket}", bracket).replace(f"{bracket} ", bracket)
+    if not (text.startswith("[[") and text.endswith("]]")):
+        raise _pragma_error(
+            "INVALID_QASM", pragma, "a unitary's matrix is written [[a, b], [c, d]]", field
+        )
+    rows: list[list[complex]] = []
+    for row in re.split(r"\] ?, ?\[", text[2:-2]):
+        entries: list[complex] = []
+        for entry in row.split(","):
+            number = _MATRIX_ENTRY.fullmatch(entry.strip())
+            if number is None:
+                raise _pragma_error(
+                    "INVALID_QASM",
+                    pragma,
+                    f"{_clip(entry.strip())[:40]!r} is not a matrix entry (a real or complex "
+                    "literal such as -0.5, 0.7im or 1 + 0im)",
+                    field,
+                )
+            entries.append(_matrix_entry(number))
+        rows.append(entries)
+    size = 1 << targets
+    if len(rows) != size or any(len(row) != size for row in rows):
+        shape = f"{len(rows)} rows of {sorted({len(row) for row in rows})} entries"
+        raise _pragma_error(
+            "INVALID_QASM",
+            pragma,
+            f"a unitary on {targets} target{'s' * (targets != 1)} is a {size} x {size} matrix; "
+            f"this one has {shape}",
+            field,
+        )
+    matrix = np.array(rows, dtype=np.complex128)
+    if not np.all(np.isfinite(matrix)):
+        raise _non_finite(
+            f"line {_where(pragma)[0]}: an entry of the unitary's matrix is not finite", field
+        )
+    deviation = unitary_deviation(matrix)
+    if deviation is not None:
+        raise _pragma_error(
+            "INVALID_QASM",
+            pragma,
+            f"the matrix is not unitary (U^dagger U differs from the identity by up to "
+            f"{deviation:.3g}; Qiskit's tolerance is rtol {RTOL_DEFAULT}, atol {ATOL_DEFAULT})",
+            field,
+        )
+    # Braket's first target is the most significant bit: reverse the qubits' order.
+    tensor = matrix.reshape([2] * (2 * targets))
+    axes = [*reversed(range(targets)), *reversed(range(targets, 2 * targets))]
+    return np.ascontiguousarray(tensor.transpose(axes).reshape(size, size))
+
+
+def _matrix_entry(number: re.Match[str]) -> complex:
+    value = float(number["value"]) * (-1 if number["neg"] else 1)
+    if number["imag"] is None:
+        return complex(0, value) if number["im"] else complex(value, 0)
+    # `a + bim`, `a - bim`, `a - -bim`: the real part is written first.
+    imag = float(number["imag"]) * (-1 if number["imneg"] else 1)
+    imag *= -1 if number["sign"] == "-" else 1
+    return complex(value, imag)
+
+
+def unitary_deviation(matrix: np.ndarray) -> float | None:
+    """None when the (finite) square `matrix` is unitary within Qiskit's own UnitaryGate check's
+    tolerance (`is_unitary_matrix`: rtol 1e-5, atol 1e-8, so whatever Qiskit builds with its
+    check passes), else the largest deviation of U^dagger U from the identity. The one rule
+    for client matrices (QPY's UnitaryGate, Braket's unitary pragma). Costs (2^k)^3 for a
+    k-qubit matrix, which max_source_bytes keeps to a few milliseconds."""
+    product = matrix.conj().T @ matrix
+    identity = np.eye(len(matrix))
+    if np.allclose(product, identity, rtol=RTOL_DEFAULT, atol=ATOL_DEFAULT):
+        return None
+    return float(np.max(np.abs(product - identity)))
+
+
+def open_verbatim_boxes(circuit: QuantumCircuit, exact: bool, field: str) -> QuantumCircuit:
+    """`circuit` with each top-level box a `#pragma braket verbatim` marked replaced by its
+    body, when the backend runs it `exact`ly (an ideal simulator with an all-to-all target,
+    where whatever the transpiler makes of the body gives the body's own results); else
+    UNSUPPORTED_FEATURE naming the pragma's line. Verbatim means "run as written, do not
+    compile": a backend whose transpiler rewrites circuits for a device's gates and coupling
+    or a noise model would change what the body does there."""
+    marked = [
+        instruction
+        for instruction in circuit.data
+        if instruction.operation.name == "box"
+        and (instruction.operation.label or "").startswith(VERBATIM_BOX_LABEL)
+    ]
+    if not marked:
+        return circuit
+    if not exact:
+        label = marked[0].operation.label or ""
+        raise invalid(
+            "UNSUPPORTED_FEATURE",
+            f"{label.removeprefix(VERBATIM_BOX_LABEL).strip()}: a `#pragma braket verbatim` box "
+            "must run as written, which this backend cannot promise (it compiles circuits for "
+            "a device's gates and connectivity or a noise model); run it on an ideal simulator, "
+            "or drop the pragma to let the body be compiled",
+            field,
+            feature="verbatim_box",
+        )
+    opened = circuit.copy_empty_like()
+    for instruction in circuit.data:
+        op = instruction.operation
+        if op.name == "box" and (op.label or "").startswith(VERBATIM_BOX_LABEL):
+            # Block qubit i is the instruction's qubit i (and clbits alike).
+            opened.compose(
+                op.blocks[0], instruction.qubits, instruction.clbits, inplace=True, copy=False
+            )
+        else:
+            opened.append(instruction)
+    return opened
 
 
 def _inline_switch_targets(program: q3ast.Program) -> None:
@@ -1176,18 +1669,39 @@ def _register_of(bits: list[Clbit], context: State) -> ClassicalRegister:
 class _Qasm3Converter(ConvertVisitor):
     """The OpenQASM 3 importer, with `switch` on a bit or bit register (a SwitchCaseOp), the
     expressions of `_Qasm3Values` and conditions of `_Qasm3Condition`; `builtins` are gates of
-    Braket's built-in set the program calls (`_braket_builtins`), defined before it runs."""
+    Braket's built-in set the program calls (`_braket_builtins`), defined before it runs, as
+    are the gates of its unitary pragmas; the boxes its verbatim pragmas mark become labelled
+    BoxOps (`open_verbatim_boxes`)."""
 
-    def __init__(self, builtins: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, builtins: Mapping[str, str] | None = None, pragmas: _BraketPragmas | None = None
+    ) -> None:
         super().__init__()
         self._builtins = dict(builtins or {})
+        self._pragmas = pragmas or _BraketPragmas()
 
     def visit_Program(self, node: q3ast.Program, context: State) -> State:
         for name, builtin in self._builtins.items():
             builder, angles, qubits = BRAKET_BUILTIN_GATES[builtin]
             context = self._define_gate(name, builder, angles, qubits, node, context)
+        for name, matrix in self._pragmas.unitaries.items():
+            qubits = len(matrix).bit_length() - 1
+            # Checked unitary already (`_pragma_matrix`), by the rule Qiskit's check applies.
+            gate = functools.partial(UnitaryGate, matrix, check_input=False)
+            context = self._define_gate(name, gate, 0, qubits, node, context)
         visited: State = super().visit_Program(node, context)
         return visited
+
+    def visit_Box(self, node: q3ast.Box, context: State) -> State:
+        line = self._pragmas.verbatim.get(id(node))
+        if line is None:
+            visited: State = super().visit_Box(node, context)
+            return visited
+        label = f"{VERBATIM_BOX_LABEL} line {line}"
+        with context.circuit.box(label=label), LocalScope(context) as inner:
+            for statement in node.body:
+                self.visit(statement, inner)
+        return context
 
     def _resolve_generic(
         self, node: q3ast.Expression, context: State, strict: bool
@@ -1207,6 +1721,9 @@ class _Qasm3Converter(ConvertVisitor):
         self._check_arity(node, context)
         try:
             visited: State = super().visit_QuantumGate(node, context)
+        except IndexError:
+            # The importer's own words had no line ("an index is out of range").
+            raise_from_node(node, "a qubit index is past the end of its register")
         except CircuitError as exc:
             message = _sdk_message(exc)
             if "duplicate" in message:
@@ -1477,10 +1994,11 @@ def parse_circuit(
             )
         try:
             program = _parse_qasm3_ast(text, field)
+            pragmas = _read_braket_pragmas(program, limits, field)
             declarations = _qasm3_declarations(program, limits, field)
             _check_declared(declarations.qubits, declarations.clbits, limits, max_qubits, field)
             _Qasm3Cost(limits, field, dict(declarations.widths)).program(program)
-            circuit = _convert_qasm3(program, field)
+            circuit = _convert_qasm3(program, pragmas, field)
         except RecursionError:
             raise _too_deep(field) from None
         # Registers the importer made for slices in conditions and switch targets (`if

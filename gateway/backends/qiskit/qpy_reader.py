@@ -329,21 +329,18 @@ def _check_unitary(op: Gate, field: str) -> None:
     QPY carries the matrix as written, and `UnitaryGate(m, check_input=False)` writes any
     square matrix: Aer applied one and renormalised the state (a distribution no circuit
     gives), and the transpiler synthesised something else or failed (COMPILER_FAILED). The
-    tolerance is Qiskit's own UnitaryGate check's (`is_unitary_matrix`: rtol 1e-5, atol 1e-8),
-    so whatever Qiskit builds with its check passes. Costs (2^k)^3 for a k-qubit matrix, which
-    max_source_bytes keeps to a few milliseconds (a 7-qubit matrix is 256 KiB). A matrix with
-    inf or NaN is left to check_finite_parameters (NON_FINITE_ANGLE)."""
+    rule is the front end's for every client matrix (`fe.unitary_deviation`, Qiskit's own
+    tolerance; a 7-qubit matrix is 256 KiB of max_source_bytes). A matrix with inf or NaN is
+    left to check_finite_parameters (NON_FINITE_ANGLE)."""
     base = op.base_gate if isinstance(op, ControlledGate) else op
     if not isinstance(base, UnitaryGate):
         return
     matrix = np.asarray(base.params[0])
     if not np.all(np.isfinite(matrix)):
         return
-    product = matrix.conj().T @ matrix
-    identity = np.eye(len(matrix))
-    if np.allclose(product, identity, rtol=RTOL_DEFAULT, atol=ATOL_DEFAULT):
+    deviation = fe.unitary_deviation(matrix)
+    if deviation is None:
         return
-    deviation = float(np.max(np.abs(product - identity)))
     raise _invalid_qpy(
         f"the matrix of {fe._clip(op.name)!r} is not unitary (U^dagger U differs from the "
         f"identity by up to {deviation:.3g}; Qiskit's tolerance is rtol {RTOL_DEFAULT}, "
