@@ -123,14 +123,11 @@ def test_a_laid_out_observable_on_a_noisy_device_twin_matches_noisy_aer_on_the_i
     np.testing.assert_allclose(result.expectation_values, [reference], atol=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GetBackendTarget tells a client the default `aer` backend has 64 qubits (its "
-    "num_qubits option): transpiling with an initial_layout for that Target widens the "
-    "circuit to 64 qubits, 62 of them idle, and the gateway sizes the state by the circuit's "
-    "width and refuses it (statevector 256 EiB) while AerSimulator itself truncates idle "
-    "qubits and runs it",
-)
+# Fixed in session 31: GetBackendTarget tells a client the default `aer` backend has 64 qubits
+# (its num_qubits option), so transpiling with an initial_layout for that Target widens the
+# circuit to 64 qubits, 62 of them idle; the gateway sized the state by that width and refused
+# it (statevector 256 EiB). An ideal all-to-all simulator now runs it without its idle qubits
+# (gateway.backends.qiskit.idle); tests/unit/test_session31_isa_width.py runs it.
 def test_an_isa_circuit_for_the_all_to_all_aer_target_is_not_refused_for_idle_qubits() -> None:
     adapter = AerAdapter(adapter_context("aer", method="statevector"))
     target = client_target(adapter, "aer")

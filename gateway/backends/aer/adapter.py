@@ -196,6 +196,12 @@ class AerAdapter(QiskitAdapter):
             return target
         return _target_for(self.aer_options.method, self.aer_options.num_qubits)
 
+    def compacts_idle_qubits(self) -> bool:
+        # Without a noise model every qubit is alike and all are coupled. A device's noisy
+        # twin keeps its qubits: its noise model names them. Not left to Aer's own truncation,
+        # which the worker turns off for control flow and for saved expectation values.
+        return self.aer_options.noise_from is None
+
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits
         method = self.aer_options.method
@@ -321,7 +327,7 @@ class AerAdapter(QiskitAdapter):
             # No measurement or reset (prepare refuses them), so one shot gives exact values
             # (a density matrix carries the noise exactly). Aer's qubit truncation misplaces a
             # save that acts on some qubits when another acts on all (measured with Aer 0.18);
-            # the memory check was made for the full width anyway.
+            # the memory check was made for every qubit of this circuit anyway.
             result = _run(
                 self._sim(),
                 circuits,
@@ -371,8 +377,8 @@ class AerAdapter(QiskitAdapter):
 def _run(simulator: AerSimulator, circuits: Any, **options: Any) -> Any:
     first = circuits[0] if isinstance(circuits, list) else circuits
     # Aer's qubit truncation fails on a conditional gate whose qubit nothing else touches
-    # ("Failed to load circuits: unordered_map::at"). Transpiling keeps the circuit's width,
-    # which the memory check was made for, so simulating every qubit stays within the budget.
+    # ("Failed to load circuits: unordered_map::at"). The memory check was made for every
+    # qubit of the circuit Aer gets, so simulating them all stays within the budget.
     if any(isinstance(i.operation, ControlFlowOp) for i in first.data):
         options["enable_truncation"] = False
     try:

@@ -309,6 +309,11 @@ class BraketAdapter(QiskitAdapter):
             return costs.BATCHED_RUNS  # run at the provider: its price is what counts
         return _LOCAL_DM_RUNS if self.braket_options.device == "braket_dm" else _LOCAL_RUNS
 
+    def compacts_idle_qubits(self) -> bool:
+        # The local simulators' qubits are all coupled and their noise options act on every
+        # qubit alike. A cloud device runs the circuit as sent: its qubits may be a QPU's.
+        return not self.braket_options.is_cloud
+
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits
         if self.braket_options.is_cloud:

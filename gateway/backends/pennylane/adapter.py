@@ -129,6 +129,11 @@ class PennyLaneAdapter(QiskitAdapter):
             delay=True,
         )
 
+    def compacts_idle_qubits(self) -> bool:
+        # Ideal devices whose wires are all coupled (the simulation then runs on the wires
+        # gates touch, simulation.py).
+        return True
+
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits
         # Peaks measured at 24 qubits: lightning.qubit 1.4x the state (sampler) to 2x

@@ -7,7 +7,9 @@ The half of an adapter that does not depend on the simulator lives here once:
 - `prepare` (gateway): bindings, observables, shots, precision and costs become one
   SamplerTask or EstimatorTask per PUB.
 - `execute` (simulator worker): reads each compiled circuit's QPY once (an LRU by circuit key),
-  samples terminal measurements from exact probabilities with the job's seed (so a seed
+  on an ideal all-to-all simulator leaves out the qubits nothing acts on (idle.py: an ISA
+  circuit is as wide as its Target; its memory was sized so when compiled), samples terminal
+  measurements from exact probabilities with the job's seed (so a seed
   reproduces samples on every simulator that agrees on the probabilities), and turns exact
   expectation values of Pauli terms, mapped through the circuit's layout, into the estimator's
   results.
@@ -52,7 +54,7 @@ from gateway.backends.base import (
 )
 from gateway.backends.lru import LRU
 from gateway.backends.qiskit import frontend as fe
-from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit import idle, measurement
 from gateway.backends.qiskit.observables import PackedObservables, PauliKey
 from gateway.backends.qiskit.qpy_reader import dump_compiled, load_compiled, qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
@@ -326,6 +328,7 @@ class QiskitAdapter(BackendAdapter):
         # Simulator-worker side, by circuit key: transpiled circuits (read from their QPY),
         # their terminal plans (or _NO_PLAN) and layouts.
         self._worker_circuits: LRU[str, QuantumCircuit] = LRU(_WORKER_CACHE_SIZE)
+        self._worker_simulated: LRU[str, idle.Simulated] = LRU(_WORKER_CACHE_SIZE)
         self._worker_plans: LRU[str, measurement.TerminalPlan | None] = LRU(_WORKER_CACHE_SIZE)
 
     # ------------------------------------------------------------------ what a subclass says
@@ -395,6 +398,20 @@ class QiskitAdapter(BackendAdapter):
         body's own results exactly. False by default (a device, a noise model, an
         approximation): such a box is refused, not compiled as if it were not verbatim."""
         return False
+
+    def compacts_idle_qubits(self) -> bool:
+        """Whether circuits are simulated without their idle qubits (gateway.backends.qiskit
+        .idle), and sized so: for an ideal simulator whose qubits are all coupled, where a
+        qubit's number means nothing. False by default: on a device, or a simulator with noise
+        on named qubits, the numbers are physical qubits and every one is kept."""
+        return False
+
+    def simulated(self, circuit: QuantumCircuit) -> idle.Simulated:
+        """The circuit this backend's simulator runs for `circuit`, which its state is sized
+        by (state_size)."""
+        if self.compacts_idle_qubits():
+            return idle.without_idle_qubits(circuit)
+        return idle.whole(circuit)
 
     def estimator_shots(self, precision: float) -> int:
         """Shots one binding of an estimator PUB runs at `precision` (0: the backend's
@@ -519,7 +536,8 @@ class QiskitAdapter(BackendAdapter):
         circuit = fe.settle_unreachable_conditions(circuit, field)
         circuit = fe.settle_angles(circuit, field)
         # Before transpiling, which costs more than refusing.
-        fe.check_memory(self.state_size(circuit, False)[0], budget, self.method_name, field)
+        before = self.simulated(circuit).circuit
+        fe.check_memory(self.state_size(before, False)[0], budget, self.method_name, field)
         # A target with timing (IBM devices and their noisy Aer twins) refuses an unscheduled
         # `delay` ("not scheduled", Qiskit's own transpile too): such a circuit is scheduled
         # as late as possible, as the device would run it.
@@ -548,8 +566,6 @@ class QiskitAdapter(BackendAdapter):
         fe.check_finite_parameters(transpiled, field)
         terminal = measurement.terminal_plan(transpiled) is not None
         self.check_transpiled(transpiled, terminal, field)
-        memory, amplitudes = self.state_size(transpiled, True)
-        fe.check_memory(memory, budget, self.method_name, field)
         # Loose bits (`bit c;`) are one-bit registers named after their variable.
         registers = tuple(
             RegisterSpec(name=name, clbits=clbits)
@@ -560,7 +576,7 @@ class QiskitAdapter(BackendAdapter):
             # circuit's, not failed on a worker as a backend fault that counts against the
             # breaker every tenant shares (pickled, a switch's default case did that).
             ref = CircuitRef.of(transpiled)
-            ref.circuit()
+            read_back = ref.circuit()
         except Exception as exc:  # whatever the SDK raises on its own output
             raise fe.invalid(
                 "UNSUPPORTED_FEATURE",
@@ -569,6 +585,10 @@ class QiskitAdapter(BackendAdapter):
                 field,
                 feature="circuit_serialization",
             ) from None
+        # Sized by what the simulator will hold: the circuit a worker reads back, as it runs it
+        # (execute: without its idle qubits where this backend leaves them out).
+        memory, amplitudes = self.state_size(self.simulated(read_back).circuit, True)
+        fe.check_memory(memory, budget, self.method_name, field)
         mid_circuit_measurements = fe.count_mid_circuit_measurements(transpiled)
         path_measurements, splitting_measurements = (
             fe.count_path_measurements(transpiled) if mid_circuit_measurements else (0, 0)
@@ -878,10 +898,12 @@ class QiskitAdapter(BackendAdapter):
             try:
                 circuit = self._load(task.circuit)
                 if isinstance(task, SamplerTask):
-                    results.append(self._sample(circuit, task, payload.sampler_output))
+                    # Outcomes read clbits, which the simulated circuit keeps as they are.
+                    simulated = self._simulated(task.circuit, circuit).circuit
+                    results.append(self._sample(simulated, task, payload.sampler_output))
                     if not self.seeds_shot_by_shot:
                         seeded = (
-                            seeded and self.terminal_plan(task.circuit.key, circuit) is not None
+                            seeded and self.terminal_plan(task.circuit.key, simulated) is not None
                         )
                 else:
                     results.append(self._estimate(circuit, task))
@@ -936,6 +958,15 @@ class QiskitAdapter(BackendAdapter):
             self._worker_circuits.put(ref.key, circuit)
         return circuit
 
+    def _simulated(self, ref: CircuitRef, circuit: QuantumCircuit) -> idle.Simulated:
+        """What the simulator runs for the compiled `circuit` (read from `ref`): one per
+        circuit key, so everything a subclass keeps by that key is of the same circuit."""
+        simulated: idle.Simulated | None = self._worker_simulated.get(ref.key)
+        if simulated is None:
+            simulated = self.simulated(circuit)
+            self._worker_simulated.put(ref.key, simulated)
+        return simulated
+
     def terminal_plan(self, key: str, circuit: QuantumCircuit) -> measurement.TerminalPlan | None:
         """The circuit's terminal plan when this backend samples it from probabilities."""
         if key in self._worker_plans:
@@ -988,16 +1019,31 @@ class QiskitAdapter(BackendAdapter):
     def _estimate(self, circuit: QuantumCircuit, task: EstimatorTask) -> EstimatorResult:
         size = task.size
         layout = _layout_of(circuit)
-        # Distinct terms in order of first appearance, on the transpiled circuit's qubits.
+        simulated = self._simulated(task.circuit, circuit)
+        # Distinct terms in order of first appearance, on the simulated circuit's qubits (None:
+        # the term reads 0).
         keys = list(dict.fromkeys(key for observable in task.observables for key, _ in observable))
-        mapped = [_physical_term(key, layout) for key in keys]
-        asked = [i for i, term in enumerate(mapped) if term[0]]
+        mapped = [_simulated_term(_physical_term(key, layout), simulated) for key in keys]
         paulis = np.ones((size, len(keys)), dtype=np.float64)  # identity terms read 1
+        # Each simulated term evaluated once (terms that differ only on qubits left out of the
+        # simulation are one there): asked[term] is its column of `values`, column targets[k]
+        # of `paulis` reads column sources[k] of `values`, columns `zeros` read 0.
+        asked: dict[Term, int] = {}
+        targets: list[int] = []
+        sources: list[int] = []
+        zeros: list[int] = []
+        for i, term in enumerate(mapped):
+            if term is None:
+                zeros.append(i)
+            elif term[0]:
+                targets.append(i)
+                sources.append(asked.setdefault(term, len(asked)))
+        paulis[:, zeros] = 0.0
         if asked:
             values = self.expectations(
                 task.circuit.key,
-                circuit,
-                [mapped[i] for i in asked],
+                simulated.circuit,
+                list(asked),
                 task.parameters,
                 task.flat_values(),
             )
@@ -1007,7 +1053,7 @@ class QiskitAdapter(BackendAdapter):
                     f"expected {(size, len(asked))} expectation values, got {values.shape}",
                     kind=FailureKind.BACKEND_FAULT,
                 )
-            paulis[:, asked] = values
+            paulis[:, targets] = values[:, sources]
         column = {key: i for i, key in enumerate(keys)}
         # One observable at a time: linear in the request's terms. A dense (terms x
         # observables) coefficient matrix grew with their product (30k x 5k = 1.2 GB).
@@ -1142,6 +1188,23 @@ def _physical_term(key: PauliKey, layout: Sequence[int]) -> Term:
         letters, qubits = key
         pairs = [(layout[v], p) for v, p in zip(qubits, letters, strict=True) if p != "I"]
     return "".join(p for _, p in pairs), tuple(q for q, _ in pairs)
+
+
+def _simulated_term(term: Term, simulated: idle.Simulated) -> Term | None:
+    """A term on the transpiled circuit's qubits as a term on the simulated circuit's, or None
+    when it reads 0. A qubit the simulation leaves out stays |0>: a Z on it reads 1 (the
+    letter drops), an X or a Y 0 (the whole term)."""
+    pairs: list[tuple[int, str]] = []
+    for letter, qubit in zip(term[0], term[1], strict=True):
+        position = simulated.position.get(qubit)
+        if position is None:
+            if letter != "Z":
+                return None
+            continue
+        pairs.append((position, letter))
+    # In qubit order: equal terms are equal tuples.
+    pairs.sort()
+    return "".join(letter for _, letter in pairs), tuple(qubit for qubit, _ in pairs)
 
 
 def _already_mapped(circuit: QuantumCircuit, target: Target) -> bool:
