@@ -812,7 +812,12 @@ class _Parser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         words = list(sys.argv[1:] if args is None else args)
         joined: list[str] = []
-        for word in words:
+        for at, word in enumerate(words):
+            if word == "--":
+                # Past `--` every word is an operand as written (`-- -o -ZZ`: two file names),
+                # not an option to join.
+                joined.extend(words[at:])
+                break
             if joined and joined[-1] in _OBSERVABLE_FLAGS and _MINUS_OBSERVABLE.match(word):
                 joined[-1] = f"{joined[-1]}={word}"
             else:

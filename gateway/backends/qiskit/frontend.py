@@ -570,13 +570,15 @@ class _GlobalPhase:
     line: int
     column: int
     body: _GateBody | None  # None at the top level
+    constant: bool  # names no gate parameter (only numbers, pi and functions)
 
 
 def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: str) -> None:
     """Checks what the blanked `gphase` statements say, which the reader never sees, as the
     reader checks a gate call: each operand a register declared before it (an index in range)
-    or, in a gate's body, one of its qubits; the angle one valid expression, finite at the top
-    level. `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is."""
+    or, in a gate's body, one of its qubits, no qubit named twice, whole registers of one size;
+    the angle one valid expression, finite at the top level and wherever it names no gate
+    parameter. `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is."""
     begins = dict(spans)
     qregs: dict[str, int] = {}
     recent: deque[str] = deque(maxlen=5)  # the last tokens read, for `qreg name [ size ]`
@@ -659,25 +661,55 @@ def _global_phase(
             operands[-1].append(value)
     if operands == [[]]:
         operands = []  # `gphase(0.3) ;`: PennyLane's phase on every wire
+    # What the operands name, as the reader's broadcast would pair them: a register is all of
+    # its qubits (None), each pairing of distinct qubits, whole registers of one size.
+    named: dict[str, set[int] | None] = {}
+    sizes: set[int] = set()
     for operand in operands:
         name = operand[0] if operand else ","
         written = "".join(operand)
         if body is not None:
             if len(operand) != 1 or name not in body.qubits:
                 raise refused(f"{written!r} is not a qubit of the gate being defined")
+            if name in named:
+                raise refused(f"{written!r} is named twice (a gate's qubits must be distinct)")
+            named[name] = None
             continue
         if name not in qregs or len(operand) not in (1, 4):
             raise refused(f"{written!r} is not a quantum register declared before it")
         if len(operand) == 4:
             _, bracket, digits, closing = operand
-            if bracket != "[" or closing != "]" or not digits.isdigit():
+            # ASCII digits only: str.isdigit() also takes `\u0661`, which the reader's lexer
+            # refuses (and int() reads as 1).
+            if bracket != "[" or closing != "]" or not (digits.isascii() and digits.isdigit()):
                 raise refused(f"{written!r} is not a qubit")
             if _too_long(digits) or int(digits) >= qregs[name]:
                 raise refused(
                     f"qubit {digits} of register {name!r} (size {qregs[name]}) does not exist"
                 )
+            indices = named.setdefault(name, set())
+            if indices is None or int(digits) in indices:
+                raise refused(f"{written!r} is named twice (a gate's qubits must be distinct)")
+            indices.add(int(digits))
+        else:
+            if name in named:
+                raise refused(f"{written!r} is named twice (a gate's qubits must be distinct)")
+            named[name] = None
+            sizes.add(qregs[name])
+    if len(sizes) > 1:
+        raise refused(
+            f"registers of sizes {sorted(sizes)} cannot be broadcast together (the reader "
+            "pairs their qubits one by one)"
+        )
     angle = " ".join(value for _, value, _ in tokens[2:close])
-    return _GlobalPhase(angle, line, column, body)
+    constant = all(
+        kind != "word" or value in _QASM2_CONSTANT_WORDS for kind, value, _ in tokens[2:close]
+    )
+    return _GlobalPhase(angle, line, column, body, constant)
+
+
+# The words an angle may hold that are not a gate's parameters.
+_QASM2_CONSTANT_WORDS = frozenset({"pi", "sin", "cos", "tan", "exp", "ln", "sqrt"})
 
 
 def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
@@ -705,6 +737,13 @@ def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
         at_line[len(lines)] = phase
     if open_body is not None:
         lines.append("}")
+    # A gate body's angle that names none of its parameters is one number wherever the gate is
+    # called: read once more at the top level, where its value is checked finite as the top
+    # level's are (`gphase(1e400) r;` in a body, as `rz(1e400) r;` there is).
+    constants = [phase for phase in phases if phase.body is not None and phase.constant]
+    for phase in constants:
+        lines.append(f"U({phase.angle}, 0, 0) gphaseprobe[0];")
+        at_line[len(lines)] = phase
     try:
         probe: QuantumCircuit = qiskit.qasm2.loads(
             "\n".join(lines),
@@ -731,7 +770,7 @@ def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
             field,
         ) from None
     top_level = [phase for phase in phases if phase.body is None]
-    for phase, instruction in zip(top_level, probe.data, strict=True):
+    for phase, instruction in zip([*top_level, *constants], probe.data, strict=True):
         if not _finite(instruction.operation.params[0]):
             raise _non_finite(
                 f"line {phase.line}, column {phase.column}: the angle of a gphase statement "
@@ -1115,18 +1154,23 @@ def _order_gate_parameters(program: q3ast.Program) -> dict[str, str]:
 # verbatim box (their transpiler must not rewrite its body) is theirs to say
 # (`open_verbatim_boxes`).
 VERBATIM_BOX_LABEL = "qgateway.braket_verbatim"
-_PRAGMA_UNITARY = re.compile(r"braket\s+unitary\s*\(([^()]*)\)([^()]*)")
+# Braket's pragma lexer: blanks are spaces and tabs, digits 0-9. Not Python's `\s` and `\d`,
+# which take Unicode's (a no-break space, `q[\u0661]`, a full-width `\uff11`), which no reader
+# of Braket's takes.
+_PRAGMA_UNITARY = re.compile(r"braket[ \t]+unitary[ \t]*\(([^()]*)\)([^()]*)")
+_PRAGMA_BLANKS = re.compile(r"[ \t]+")
+_PRAGMA_VERBATIM = re.compile(r"[ \t]*braket[ \t]+verbatim[ \t]*")
 # A matrix entry as Braket's pragma grammar reads it (`complexNumber`): `-0.5`, `1e-3`, `0.7im`,
 # `1 + 0im`, `-0.2 - 0.3im`. No `nan`, `inf` or expressions, as in Braket's own reader.
-_REAL = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_REAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 # Read after every run of blanks became one space (`_pragma_matrix`): each ` ?` can match in
 # one way only, so a long entry costs linear time even where it does not match.
 _MATRIX_ENTRY = re.compile(
     rf"(?P<neg>-)? ?(?P<value>{_REAL})(?P<im> ?im)?"
     rf"(?: ?(?P<sign>[+-]) ?(?P<imneg>-)? ?(?P<imag>{_REAL}) ?im)?"
 )
-_PHYSICAL_TARGET = re.compile(r"\s*\$(\d+)\s*")
-_INDEXED_TARGET = re.compile(r"\s*([A-Za-z_][A-Za-z_0-9]*)\s*\[\s*(\d+)\s*\]\s*")
+_PHYSICAL_TARGET = re.compile(r"[ \t]*\$([0-9]+)[ \t]*")
+_INDEXED_TARGET = re.compile(r"[ \t]*([A-Za-z_][A-Za-z_0-9]*)[ \t]*\[[ \t]*([0-9]+)[ \t]*\][ \t]*")
 
 
 @dataclass
@@ -1189,11 +1233,14 @@ def _read_braket_pragmas(
         if not isinstance(statement, q3ast.Pragma):
             statements.append(statement)
             continue
-        words = statement.command.split()
-        if words == ["braket", "verbatim"]:
+        if _PRAGMA_VERBATIM.fullmatch(statement.command):
             pending_verbatim = statement
-        elif _PRAGMA_UNITARY.fullmatch(statement.command.strip()):
-            name = _fresh_name("braket_unitary", taken)
+        elif _PRAGMA_UNITARY.fullmatch(statement.command.strip(" \t")):
+            # Numbered, not one base name made fresh each time: the n-th pragma's name would
+            # be `braket_unitary` and n underscores, a quadratic cost in time and names' length
+            # (20,000 pragmas of a 1 MiB program took minutes). Each name the program takes
+            # adds one underscore to one pragma's name at most.
+            name = _fresh_name(f"braket_unitary_{len(pragmas.unitaries)}", taken)
             call, matrix = _unitary_call(statement, name, limits, field)
             pragmas.unitaries[name] = matrix
             statements.append(call)
@@ -1227,7 +1274,7 @@ def _unitary_call(
     Qiskit's order. Braket's matrix has its first target as the most significant bit; Qiskit's
     UnitaryGate has its first qubit as the least, so the matrix is read with its qubits
     reversed (checked against LocalSimulator in tests/unit/test_session31_braket_pragmas.py)."""
-    match = _PRAGMA_UNITARY.fullmatch(pragma.command.strip())
+    match = _PRAGMA_UNITARY.fullmatch(pragma.command.strip(" \t"))
     assert match is not None  # the caller matched it
     targets: list[q3ast.Identifier | q3ast.IndexedIdentifier] = []
     for operand in match[2].split(","):
@@ -1280,7 +1327,7 @@ def _pragma_matrix(
         )
     # Blanks around brackets mean nothing (`[ [0, 1] , [1, 0] ]`); inside an entry they may
     # (`1 + 0im`). Runs of blanks become one space first: no pattern below backtracks over them.
-    text = _SPACE.sub(" ", text).strip()
+    text = _PRAGMA_BLANKS.sub(" ", text).strip(" ")
     for bracket in "[]":
         text = text.replace(f" {bracket}", bracket).replace(f"{bracket} ", bracket)
     if not (text.startswith("[[") and text.endswith("]]")):
@@ -1291,7 +1338,7 @@ def _pragma_matrix(
     for row in re.split(r"\] ?, ?\[", text[2:-2]):
         entries: list[complex] = []
         for entry in row.split(","):
-            number = _MATRIX_ENTRY.fullmatch(entry.strip())
+            number = _MATRIX_ENTRY.fullmatch(entry.strip(" "))
             if number is None:
                 raise _pragma_error(
                     "INVALID_QASM",
@@ -1371,10 +1418,12 @@ def open_verbatim_boxes(circuit: QuantumCircuit, exact: bool, field: str) -> Qua
     if not marked:
         return circuit
     if not exact:
-        label = marked[0].operation.label or ""
+        # The label is the client's own in a QPY BoxOp (up to max_source_bytes of it): clipped,
+        # as any client text echoed in a refusal is.
+        label = _clip((marked[0].operation.label or "").removeprefix(VERBATIM_BOX_LABEL))[:80]
         raise invalid(
             "UNSUPPORTED_FEATURE",
-            f"{label.removeprefix(VERBATIM_BOX_LABEL).strip()}: a `#pragma braket verbatim` box "
+            f"{label.strip()}: a `#pragma braket verbatim` box "
             "must run as written, which this backend cannot promise (it compiles circuits for "
             "a device's gates and connectivity or a noise model); run it on an ideal simulator, "
             "or drop the pragma to let the body be compiled",
