@@ -141,9 +141,16 @@ def test_an_opaque_gphase_is_kept_and_refused_by_name() -> None:
     assert "gphase" in error.message
 
 
-def test_a_conditional_gphase_is_not_pennylanes_and_stays_unknown() -> None:
+# Was pinned as "not PennyLane's, stays UNKNOWN_GATE". PennyLane does write it, for
+# qml.cond(m, qml.GlobalPhase): `if(mcms[0]==1) gphase(0.5) ;` (a bit, which OpenQASM 2 refuses,
+# its refusal saying so); with the whole one-bit register, the form that refusal suggests, the
+# statement is dropped with its condition, which is checked
+# (tests/unit/test_session31_pennylane_writer_review.py).
+def test_a_conditional_gphase_is_dropped_with_its_checked_condition() -> None:
     text = H2 + "qreg q[1];\ncreg c[1];\nif (c==1) gphase(0.5) q[0];\n"
-    refused(Q2, text, "UNKNOWN_GATE")
+    assert parsed(Q2, text).size() == 0
+    refused(Q2, text.replace("if (c==1)", "if (d==1)"), "INVALID_QASM")
+    refused(Q2, text.replace("if (c==1)", "if (c[0]==1)"), "INVALID_QASM")
 
 
 # Was a strict xfail: a blanked gphase statement was never read, and `gphase(nan) q[7];` on a

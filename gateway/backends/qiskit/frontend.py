@@ -380,6 +380,28 @@ def _position(text: str, pos: int) -> tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - line_start
 
 
+class _Positions:
+    """`_position` for offsets read in increasing order, each newline counted once: computing
+    each from the text's start made 58,000 gphase statements (1 MiB, which PennyLane writes for
+    as many qml.SX) take 17 s, quadratic in the program's length."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._offset = 0  # the last offset read
+        self._line = 1  # its line
+        self._line_start = 0  # where that line starts
+
+    def __call__(self, pos: int) -> tuple[int, int]:
+        if pos < self._offset:
+            raise ValueError("offsets must be read in increasing order")
+        newline = self._text.rfind("\n", self._offset, pos)
+        if newline >= 0:
+            self._line += self._text.count("\n", self._offset, pos)
+            self._line_start = newline + 1
+        self._offset = pos
+        return self._line, pos - self._line_start
+
+
 def _qasm2_tokens(text: str) -> Iterator[tuple[str, str, int]]:
     for match in _QASM2_TOKEN.finditer(text):
         kind = match.lastgroup
@@ -501,19 +523,61 @@ def _reader_refusals(language: str, field: str) -> Iterator[None]:
 _NOT_NEWLINE = re.compile(r"[^\n]")
 
 
+# `if ( creg == integer )` before a gphase statement, token by token (None: any word, "#": an
+# integer as the reader reads one, ASCII digits): the condition the statement is dropped with.
+_CONDITION_PATTERN: tuple[tuple[str, str | None], ...] = (
+    ("word", "if"),
+    ("symbol", "("),
+    ("word", None),
+    ("symbol", "="),
+    ("symbol", "="),
+    ("number", "#"),
+    ("symbol", ")"),
+)
+
+
+def _condition_token_matches(position: int, kind: str, value: str) -> bool:
+    expected_kind, expected = _CONDITION_PATTERN[position]
+    if kind != expected_kind:
+        return False
+    if expected == "#":
+        return value.isascii() and value.isdigit()
+    return expected is None or value == expected
+
+
 def _global_phase_statements(text: str) -> list[tuple[int, int]] | None:
     """The [start, end) spans of `gphase ( ... ) ... ;` statements in `text` (a statement starts
-    at the first token or after `;`, `{`, `}`; a `{` or `}` before the `;` makes it none), or
-    None when the program defines its own gphase (`gate gphase`, `opaque gphase`)."""
+    at the first token or after `;`, `{`, `}`; a `{` or `}` before the `;` makes it none), each
+    with the `if ( creg == integer )` before it if any, or None when the program defines its own
+    gphase (`gate gphase`, `opaque gphase`)."""
     spans: list[tuple[int, int]] = []
     at_statement_start = True
     begin = -1  # where the gphase statement being read starts
     opened = False  # its `(` was seen
+    # PennyLane writes qml.cond(m, qml.GlobalPhase) as `if(mcms[0]==1) gphase(0.3) ;` (a bit
+    # index, which OpenQASM 2 refuses); with a whole register, `if(c==1) gphase(0.3) ;`, the
+    # statement is a global phase on one branch only, which no result shows either: the whole
+    # statement, its condition included, is dropped (and the condition checked as the reader
+    # would, `_global_phase`). Blanking only the gphase part would leave the `if` to condition
+    # the next statement.
+    condition_begin = -1  # where an `if` that may condition a gphase statement starts
+    condition_read = 0  # how many of its tokens matched _CONDITION_PATTERN
     previous = ""
     for kind, value, start in _qasm2_tokens(text):
         if kind == "word" and value == "gphase" and previous in ("gate", "opaque"):
             return None
         previous = value if kind == "word" else ""
+        if condition_begin >= 0:
+            if condition_read == len(_CONDITION_PATTERN):
+                if kind == "word" and value == "gphase":
+                    begin, opened, condition_begin = condition_begin, False, -1
+                    continue
+                condition_begin = -1  # an ordinary conditioned statement
+            elif _condition_token_matches(condition_read, kind, value):
+                condition_read += 1
+                continue
+            else:
+                condition_begin = -1  # not such a condition: the reader reads (and judges) it
         if begin >= 0:
             if not opened and value == "(" and kind == "symbol":
                 opened = True
@@ -529,6 +593,9 @@ def _global_phase_statements(text: str) -> list[tuple[int, int]] | None:
         if at_statement_start and kind == "word" and value == "gphase":
             begin, opened, at_statement_start = start, False, False
             continue
+        if at_statement_start and kind == "word" and value == "if":
+            condition_begin, condition_read, at_statement_start = start, 1, False
+            continue
         at_statement_start = kind == "symbol" and value in (";", "{", "}")
     return spans
 
@@ -541,8 +608,11 @@ def _without_global_phases(text: str) -> str:
     if "gphase" not in text:
         return text
     spans = _global_phase_statements(text)
-    if not spans:
-        return text
+    return _blanked(text, spans) if spans else text
+
+
+def _blanked(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """`text` with the `spans` (in order, not overlapping) blanked, newlines kept."""
     pieces: list[str] = []
     done = 0
     for begin, end in spans:
@@ -578,9 +648,12 @@ def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: s
     reader checks a gate call: each operand a register declared before it (an index in range)
     or, in a gate's body, one of its qubits, no qubit named twice, whole registers of one size;
     the angle one valid expression, finite at the top level and wherever it names no gate
-    parameter. `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is."""
+    parameter. `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is.
+    A condition before it (`if(c==1)`) names a classical register declared before it, outside
+    any gate's body."""
     begins = dict(spans)
     qregs: dict[str, int] = {}
+    cregs: set[str] = set()
     recent: deque[str] = deque(maxlen=5)  # the last tokens read, for `qreg name [ size ]`
     header: list[str] | None = None  # the tokens of a gate's header being read
     body: _GateBody | None = None
@@ -588,11 +661,13 @@ def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: s
     statement: list[tuple[str, str, int]] = []
     end = -1
     phases: list[_GlobalPhase] = []
+    position = _Positions(text)
     for kind, value, start in _qasm2_tokens(text):
         if start < end:
             statement.append((kind, value, start))
             if start == end - 1:  # its `;`
-                phases.append(_global_phase(text, statement, qregs, body, field))
+                at = position(statement[0][2])
+                phases.append(_global_phase(at, statement, qregs, cregs, body, field))
             continue
         if start in begins:
             end, statement = begins[start], [(kind, value, start)]
@@ -600,6 +675,8 @@ def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: s
         recent.append(value)
         if recent[0] == "qreg" and len(recent) == 5 and recent[2] == "[" and recent[4] == "]":
             qregs[recent[1]] = _HUGE if _too_long(recent[3]) else int(recent[3])
+        if recent[0] == "creg" and len(recent) == 5 and recent[2] == "[" and recent[4] == "]":
+            cregs.add(recent[1])
         if header is not None:
             if value == "{":
                 body, header = _gate_header(header, gates), None
@@ -627,14 +704,16 @@ def _gate_header(tokens: Sequence[str], number: int) -> _GateBody:
 
 
 def _global_phase(
-    text: str,
+    at: tuple[int, int],
     tokens: Sequence[tuple[str, str, int]],
     qregs: Mapping[str, int],
+    cregs: Collection[str],
     body: _GateBody | None,
     field: str,
 ) -> _GlobalPhase:
-    """`gphase ( angle ) operands ;`, its operands checked (`_check_global_phases`)."""
-    line, column = _position(text, tokens[0][2])
+    """`gphase ( angle ) operands ;`, perhaps after `if ( creg == integer )`, its operands and
+    condition checked (`_check_global_phases`)."""
+    line, column = at  # where the statement starts
 
     def refused(says: str) -> InvalidArgument:
         return invalid(
@@ -644,6 +723,15 @@ def _global_phase(
             field,
         )
 
+    if tokens[0][1] == "if":  # `if ( name == integer )`, as _CONDITION_PATTERN matched it
+        name, value = tokens[2][1], tokens[5][1]
+        if body is not None:
+            raise refused("a gate's body holds gate applications only, not an `if`")
+        if name not in cregs:
+            raise refused(f"{name!r} is not a classical register declared before it")
+        if len(value) > 1 and value[0] == "0":
+            raise refused("integers cannot have leading zeroes")
+        tokens = tokens[len(_CONDITION_PATTERN) :]
     depth, close = 0, 0
     for index, (kind, value, _) in enumerate(tokens[1:], start=1):
         if kind == "symbol" and value in "()":
@@ -763,7 +851,8 @@ def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
             raise _non_finite(
                 f"{at}: the angle of a gphase statement is not a number", field
             ) from None
-        detail = _QASM2_POS.sub("", message)
+        detail = _LIST_ANGLE_HINT if _QASM2_LIST_ANGLE.search(message) else message
+        detail = _QASM2_POS.sub("", detail)
         raise invalid(
             "INVALID_QASM",
             _clip(f"{at}: the angle of a gphase statement is not a valid expression: {detail}"),
@@ -784,7 +873,7 @@ def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
     if spans:
         with _reader_refusals("OpenQASM 2", field):
             _check_global_phases(text, spans, field)
-    text = _without_global_phases(text)
+        text = _blanked(text, spans)  # (found once: each pass reads the whole program)
     with _reader_refusals("OpenQASM 2", field):
         try:
             # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
@@ -824,7 +913,31 @@ _QASM2_NOT_INCLUDED = re.compile(
 )
 
 
+# What PennyLane's qml.to_openqasm writes that OpenQASM 2 has no syntax for, as the reader's
+# error reads: a condition on one bit, `if(mcms[0]==1) x q[1];` (every qml.cond), and a list
+# for an angle, `rx([0.1 0.2]) q[0];` (a broadcast parameter: one value per circuit).
+_QASM2_BIT_CONDITION = re.compile(r"<input>:(\d+),(\d+): needed '==', but instead saw \[")
+_QASM2_LIST_ANGLE = re.compile(r"<input>:(\d+),(\d+): needed an expression, but instead saw \[")
+_BIT_CONDITION_HINT = (
+    "an OpenQASM 2 `if` compares a whole classical register with an integer (`if(c==1)`), "
+    "not one bit (`c[0]`, as qml.to_openqasm writes qml.cond); with a register of one bit "
+    "(one mid-circuit measurement) `if(c==1)` means the same, otherwise send OpenQASM 3 "
+    "(`if (c[0]) ...`) or QPY"
+)
+_LIST_ANGLE_HINT = (
+    "an angle is one expression, not a list (qml.to_openqasm writes a broadcast parameter "
+    "as `[0.1 0.2]`): export one circuit per value"
+)
+
+
 def _map_qasm2_error(text: str, message: str, field: str) -> InvalidArgument:
+    for pattern, hint in (
+        (_QASM2_BIT_CONDITION, _BIT_CONDITION_HINT),
+        (_QASM2_LIST_ANGLE, _LIST_ANGLE_HINT),
+    ):
+        found = pattern.search(message)
+        if found is not None:
+            return invalid("INVALID_QASM", f"line {found[1]}, column {found[2]}: {hint}", field)
     not_included = _QASM2_NOT_INCLUDED.search(message)
     if not_included is not None:
         line, col, name = not_included[1], not_included[2], not_included[3]
