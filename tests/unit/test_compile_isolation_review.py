@@ -1,8 +1,9 @@
 """Review of the compile path's isolation: what a hostile tenant (or a compile worker a parser
 bug took over) could do. A compile answer's type and shape were not checked (a wrong one
 escaped as a bare ValueError, nothing cached); a source past max_source_bytes was digested on
-the event loop and sent to a worker before being refused. Left, a strict xfail: compiled QPY
-read in the gateway process (the cloud runners) is bounded at its top level only."""
+the event loop and sent to a worker before being refused; compiled QPY read in the gateway
+process (the cloud runners) was bounded at its top level only (now every circuit header in it
+is walked first: qpy_walk, tests/unit/test_session31_qpy_walk.py)."""
 
 from __future__ import annotations
 
@@ -212,14 +213,6 @@ sys.exit(3)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qpy_reader.load_compiled checks MAX_COMPILED_QUBITS/CLBITS only in the top-level "
-    "circuit header; a nested control-flow block declaring 2^25 qubits makes Qiskit's Rust "
-    "reader allocate ~12 GB and abort (SIGABRT) - and load_compiled runs in the gateway "
-    "process for the IBM and Braket runners, on bytes from a compile worker the README says may "
-    "be taken over (a 2^20-qubit block even loads, past MAX_COMPILED_QUBITS)",
-)
 def test_a_compiled_circuit_with_a_huge_nested_block_is_refused_not_read(tmp_path: Any) -> None:
     import os
     import subprocess

@@ -56,6 +56,7 @@ from qiskit.quantum_info.operators.predicates import ATOL_DEFAULT, RTOL_DEFAULT
 
 from gateway.backends.base import MAX_COMPILED_CLBITS, MAX_COMPILED_QUBITS, CircuitLimits
 from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit.qpy_walk import QPY_COMPILED_VERSION, walk_compiled
 from gateway.domain.errors import InvalidArgument
 
 __all__ = ["QPY_MAX_VERSION", "QPY_MIN_VERSION", "QpyHeader", "load_circuit", "read_header"]
@@ -400,9 +401,10 @@ def load_circuit(
     return circuit
 
 
-# A compiled circuit (CircuitRef) comes from a compile worker, which ran client input: its header
-# is checked before Qiskit's reader allocates for what it declares (a 417-byte payload declaring
-# 2^25 qubits took 12 GB).
+# A compiled circuit (CircuitRef) comes from a compile worker, which ran client input: every
+# circuit header in it (the top level, each control-flow block, each custom definition) is
+# checked by `qpy_walk.walk_compiled` before Qiskit's reader allocates for what it declares (a
+# 417-byte payload declaring 2^25 qubits in an if block took 12 GB and aborted the process).
 _MAX_COMPILED_INSTRUCTIONS = 1 << 24
 # Qiskit 2.6's QPY reader reads every delay's unit as "dt" (10 ns reads back as 10 dt, 1.5 us
 # does not load at all). A compiled circuit carries its delays' units, in the order
@@ -429,7 +431,8 @@ def dump_compiled(circuit: QuantumCircuit) -> bytes:
         circuit = circuit.copy()
         circuit.metadata = metadata
     buffer = io.BytesIO()
-    qiskit.qpy.dump(circuit, buffer)
+    # The one version `load_compiled` (and its structural walk) reads.
+    qiskit.qpy.dump(circuit, buffer, version=QPY_COMPILED_VERSION)
     return buffer.getvalue()
 
 
@@ -437,19 +440,17 @@ def load_compiled(data: bytes) -> QuantumCircuit:
     """A compiled circuit's QPY (what `CircuitRef` holds, `dump_compiled`'s), its layout kept.
 
     Raises:
-        ValueError: not one circuit in a QPY version read here, sizes past the bounds above,
-            or whatever the reader refuses (a Rust panic included).
+        ValueError: not one circuit in the QPY version `dump_compiled` writes, any circuit
+            header (nested blocks and definitions included) past the bounds above, a structure
+            the walk does not understand, or whatever the reader refuses (a Rust panic included).
     """
-    try:
-        header = read_header(data, "circuit")
-    except InvalidArgument as exc:
-        raise ValueError(exc.message) from None
-    if (
-        header.num_qubits > MAX_COMPILED_QUBITS
-        or header.num_clbits > MAX_COMPILED_CLBITS
-        or header.num_instructions > _MAX_COMPILED_INSTRUCTIONS
-    ):
-        raise ValueError(f"a compiled circuit declaring {header}")
+    # Linear in the bytes, allocating nothing per declared count (see qpy_walk).
+    walk_compiled(
+        data,
+        max_qubits=MAX_COMPILED_QUBITS,
+        max_clbits=MAX_COMPILED_CLBITS,
+        max_instructions=_MAX_COMPILED_INSTRUCTIONS,
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "written by a newer Qiskit"
