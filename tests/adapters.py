@@ -1,14 +1,16 @@
-"""Adapters in process: compile every PUB's circuit as a compile worker would, then prepare."""
+"""Adapters in process: compile every PUB's circuit as a compile worker would, then prepare
+(and execute, the payload pickled as it travels to a simulator worker)."""
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from gateway.backends.base import AdapterContext, BackendAdapter, CircuitLimits, PreparedJob
 from gateway.domain.backends import BackendLimits
 from gateway.domain.circuits import circuit_field
 from gateway.domain.errors import InvalidArgument
-from gateway.domain.jobs import JobSpec
+from gateway.domain.jobs import JobSpec, PubResult
 from gateway.runtime.compiler import relocated
 
 
@@ -20,6 +22,11 @@ def prepare_in_process(adapter: BackendAdapter, spec: JobSpec, seed: int) -> Pre
         except InvalidArgument as refusal:
             raise relocated(refusal, circuit_field(index, pub)) from None
     return adapter.prepare(spec, seed, circuits)
+
+
+def execute_in_process(adapter: BackendAdapter, spec: JobSpec, seed: int) -> tuple[PubResult, ...]:
+    prepared = prepare_in_process(adapter, spec, seed)
+    return adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
 
 
 def adapter_context(name: str, *, max_shots: int = 100_000, **options: Any) -> AdapterContext:

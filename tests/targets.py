@@ -12,8 +12,17 @@ from qiskit.transpiler import Target
 
 from gateway.api import backend_codec
 from gateway.backends.qiskit.adapter import QiskitAdapter
+from gateway.domain.circuits import CircuitLanguage, CircuitSource
 
-__all__ = ["active_qubits", "client_target", "every_instruction", "operation_names", "qpy_bytes"]
+__all__ = [
+    "active_qubits",
+    "bell",
+    "client_target",
+    "every_instruction",
+    "operation_names",
+    "qpy_bytes",
+    "qpy_source",
+]
 
 
 def every_instruction(target: Target) -> QuantumCircuit:
@@ -90,6 +99,20 @@ def qpy_bytes(circuit: QuantumCircuit) -> bytes:
     out = io.BytesIO()
     qpy.dump(circuit, out)
     return out.getvalue()
+
+
+def qpy_source(circuit: QuantumCircuit) -> CircuitSource:
+    return CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
+
+
+def bell(measured: bool = True) -> QuantumCircuit:
+    """A Bell pair on qubits 0 and 1, to transpile for a client's Target."""
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    if measured:
+        circuit.measure_all()
+    return circuit
 
 
 def client_target(adapter: QiskitAdapter, name: str) -> Target:

@@ -28,15 +28,7 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec
 from tests.adapters import adapter_context, prepare_in_process
-from tests.targets import active_qubits, client_target, qpy_bytes
-
-
-def _bell() -> QuantumCircuit:
-    circuit = QuantumCircuit(2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    circuit.measure_all()
-    return circuit
+from tests.targets import active_qubits, bell, client_target, qpy_bytes
 
 
 # Fixed in this session: from optimization_level 2 the gateway's pass manager laid a submitted
@@ -63,7 +55,7 @@ def test_an_isa_circuit_runs_on_the_physical_qubits_the_user_chose(kind: str, le
             )
         )
     target = client_target(adapter, kind)
-    isa = transpile(_bell(), target=target, initial_layout=[0, 1], seed_transpiler=7)
+    isa = transpile(bell(), target=target, initial_layout=[0, 1], seed_transpiler=7)
     assert active_qubits(isa) == {0, 1}
 
     compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)))
@@ -131,7 +123,7 @@ def test_a_laid_out_observable_on_a_noisy_device_twin_matches_noisy_aer_on_the_i
 def test_an_isa_circuit_for_the_all_to_all_aer_target_is_not_refused_for_idle_qubits() -> None:
     adapter = AerAdapter(adapter_context("aer", method="statevector"))
     target = client_target(adapter, "aer")
-    isa = transpile(_bell(), target=target, initial_layout=[2, 3], seed_transpiler=7)
+    isa = transpile(bell(), target=target, initial_layout=[2, 3], seed_transpiler=7)
     # Qiskit lays a circuit out on every qubit of the Target it is given.
     assert isa.num_qubits == target.num_qubits == 64
     compiled = adapter.compile_circuit(CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(isa)))

@@ -20,7 +20,6 @@ qubit is |0>). Checked here:
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -44,16 +43,14 @@ from gateway.backends.qiskit.adapter import (
 )
 from gateway.domain.circuits import (
     Bindings,
-    CircuitLanguage,
-    CircuitSource,
     EstimatorPub,
     Observable,
     PauliTerm,
     SamplerPub,
 )
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
-from tests.adapters import adapter_context, prepare_in_process
-from tests.targets import client_target, qpy_bytes
+from tests.adapters import adapter_context, execute_in_process
+from tests.targets import client_target, qpy_source
 
 # Built once per kind: each adapter keeps its worker caches, which the properties share (a
 # cache filled by one example and read by another is part of what they check).
@@ -74,20 +71,15 @@ def _adapter(kind: str) -> QiskitAdapter:
     return _ADAPTERS[kind]
 
 
-def _qpy(circuit: QuantumCircuit) -> CircuitSource:
-    return CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
-
-
 def _counts(
     adapter: QiskitAdapter, circuit: QuantumCircuit, shots: int, seed: int | None = 11
 ) -> dict[str, int]:
     spec = JobSpec(
         backend=adapter.context.name,
-        pubs=(SamplerPub(_qpy(circuit), Bindings(), shots),),
+        pubs=(SamplerPub(qpy_source(circuit), Bindings(), shots),),
         options=JobOptions(seed=seed),
     )
-    prepared = prepare_in_process(adapter, spec, 11)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 11)
     assert isinstance(result, SamplerResult)
     (register,) = result.registers
     return dict(register.counts[0])
@@ -97,7 +89,7 @@ def _values(
     adapter: QiskitAdapter, circuit: QuantumCircuit, observables: list[SparsePauliOp]
 ) -> np.ndarray:
     pub = EstimatorPub(
-        _qpy(circuit),
+        qpy_source(circuit),
         tuple(
             Observable(tuple(PauliTerm(p, float(c.real)) for p, c in op.to_list()))
             for op in observables
@@ -107,8 +99,7 @@ def _values(
         precision=0.0,
     )
     spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    prepared = prepare_in_process(adapter, spec, 5)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 5)
     assert isinstance(result, EstimatorResult)
     return np.asarray(result.expectation_values, dtype=np.float64)
 
@@ -383,7 +374,7 @@ def test_the_simulator_is_handed_the_circuit_its_memory_was_sized_by(
 ) -> None:
     adapter = _SPIED[kind]()
     circuit = _two_of_thirteen("" if path == "estimator" else path)
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(qpy_source(circuit))
     assert isinstance(compiled, CompiledCircuit)
     sized = adapter.simulated(compiled.ref.circuit()).circuit
     assert sized.num_qubits == 2
@@ -456,7 +447,7 @@ def test_a_circuit_of_only_barriers_and_delays_keeps_one_qubit_and_reads_zero(ki
     assert simulated.circuit.num_qubits == 1
     assert simulated.circuit.num_clbits == 3
     adapter = _adapter(kind)
-    assert adapter.compile_circuit(_qpy(circuit)).amplitudes == 2
+    assert adapter.compile_circuit(qpy_source(circuit)).amplitudes == 2
     observables = [
         SparsePauliOp("I" * 11 + "Z"),
         SparsePauliOp("Z" * 12),
@@ -563,15 +554,14 @@ def test_registers_read_the_same_clbits_after_compaction(kind: str) -> None:
     circuit.measure(3, b[0])
     circuit.measure(7, b[1])
     adapter = _adapter(kind)
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(qpy_source(circuit))
     assert compiled.amplitudes == 2**3  # qubits 3, 7, 11
     spec = JobSpec(
         backend=adapter.context.name,
-        pubs=(SamplerPub(_qpy(circuit), Bindings(), 50),),
+        pubs=(SamplerPub(qpy_source(circuit), Bindings(), 50),),
         options=JobOptions(seed=1),
     )
-    prepared = prepare_in_process(adapter, spec, 1)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 1)
     assert isinstance(result, SamplerResult)
     counts = {register.name: dict(register.counts[0]) for register in result.registers}
     assert counts == {"a": {"10": 50}, "b": {"01": 50}}
@@ -600,7 +590,7 @@ def test_noisy_braket_dm_compacted_matches_the_uncompacted_circuit_under_the_sam
     circuit.delay(64, 3, unit="dt")
     circuit.ry(0.7, 8)
     circuit.cx(1, 8)
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(qpy_source(circuit))
     whole = compiled.ref.circuit()
     assert adapter.simulated(whole).kept == (1, 6, 8)
     names1 = sorted(
@@ -659,15 +649,14 @@ def test_swept_parameters_on_scattered_qubits_match_the_uncompacted_state(kind: 
     ]
     observables = [SparsePauliOp(word) for word in words]
     pub = EstimatorPub(
-        _qpy(circuit),
+        qpy_source(circuit),
         tuple(Observable((PauliTerm(word, 1.0),)) for word in words),
         (1, len(words)),
         Bindings(("a", "b", "c"), (len(rows), 1), rows.reshape(len(rows), 1, 3)),
         precision=0.0,
     )
     spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    prepared = prepare_in_process(adapter, spec, 5)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 5)
     assert isinstance(result, EstimatorResult)
     expected = [
         [
@@ -756,7 +745,7 @@ def test_a_job_mixing_sampler_and_estimator_pubs_of_one_layout_reads_each_right(
     measured.measure([13, 2], [0, 1])
     words = ["IZIIIIIIIIIIZII", "IXIIIIIIIIIIXII", "ZZIIIIIIIIIIIII"]
     estimator_pub = EstimatorPub(
-        _qpy(bare),
+        qpy_source(bare),
         tuple(Observable((PauliTerm(word, 1.0),)) for word in words),
         (len(words),),
         Bindings(),
@@ -764,13 +753,10 @@ def test_a_job_mixing_sampler_and_estimator_pubs_of_one_layout_reads_each_right(
     )
     spec = JobSpec(
         backend=adapter.context.name,
-        pubs=(estimator_pub, SamplerPub(_qpy(measured), Bindings(), 300), estimator_pub),
+        pubs=(estimator_pub, SamplerPub(qpy_source(measured), Bindings(), 300), estimator_pub),
         options=JobOptions(seed=2),
     )
-    prepared = prepare_in_process(adapter, spec, 2)
-    first, sampled, second = adapter.execute(
-        pickle.loads(pickle.dumps(prepared.payload))
-    ).result.pubs
+    first, sampled, second = execute_in_process(adapter, spec, 2)
     # (|0>|1> + |1>|0>) on qubits 2 and 13: <Z13 Z2> = -1, <X13 X2> = 1, and <Z14 Z13> =
     # <Z13> = 0 (qubit 14 is left out: |0>).
     for result in (first, second):
@@ -797,7 +783,7 @@ def test_an_identity_gate_keeps_its_qubit_where_noise_follows_gates() -> None:
     circuit = QuantumCircuit(6)
     circuit.h(0)
     circuit.id(4)
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(qpy_source(circuit))
     assert "id" in compiled.ref.circuit().count_ops()
     assert adapter.simulated(compiled.ref.circuit()).kept == (0, 4)
     values = _values(adapter, circuit, [SparsePauliOp("IZIIII"), SparsePauliOp("IIZIII")])
@@ -827,15 +813,14 @@ def test_sparse_terms_in_any_qubit_order_read_the_uncompacted_values(kind: str) 
     dense = [SparsePauliOp.from_sparse_list([(p, list(q), 1.0)], 22) for p, q in sparse]
     terms += [PauliTerm(op.paulis[0].to_label(), 1.0) for op in dense]
     pub = EstimatorPub(
-        _qpy(circuit),
+        qpy_source(circuit),
         tuple(Observable((term,)) for term in terms),
         (len(terms),),
         Bindings(),
         precision=0.0,
     )
     spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    prepared = prepare_in_process(adapter, spec, 5)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 5)
     assert isinstance(result, EstimatorResult)
     state = Statevector(circuit.remove_final_measurements(inplace=False))
     expected = [float(state.expectation_value(op).real) for op in dense] * 2

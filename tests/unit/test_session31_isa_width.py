@@ -11,7 +11,6 @@ it (a measurement, a reset, a control-flow block) keeps it in the simulation and
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 
 import numpy as np
@@ -29,8 +28,6 @@ from gateway.backends.qiskit import frontend as fe
 from gateway.backends.qiskit.adapter import CompiledCircuit, QiskitAdapter
 from gateway.domain.circuits import (
     Bindings,
-    CircuitLanguage,
-    CircuitSource,
     EstimatorPub,
     Observable,
     PauliTerm,
@@ -38,8 +35,8 @@ from gateway.domain.circuits import (
 )
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
-from tests.adapters import adapter_context, prepare_in_process
-from tests.targets import active_qubits, client_target, qpy_bytes
+from tests.adapters import adapter_context, execute_in_process, prepare_in_process
+from tests.targets import active_qubits, bell, client_target, qpy_source
 
 # The ideal all-to-all simulators, by the backend kind a test names.
 IDEAL: dict[str, Callable[[], QiskitAdapter]] = {
@@ -60,27 +57,13 @@ def _target(adapter: QiskitAdapter) -> Target:
     return client_target(adapter, adapter.context.name)
 
 
-def _qpy(circuit: QuantumCircuit) -> CircuitSource:
-    return CircuitSource(CircuitLanguage.QPY, data=qpy_bytes(circuit))
-
-
-def _bell(measured: bool = True) -> QuantumCircuit:
-    circuit = QuantumCircuit(2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    if measured:
-        circuit.measure_all()
-    return circuit
-
-
 def _counts(adapter: QiskitAdapter, circuit: QuantumCircuit, shots: int = 2000) -> dict[str, int]:
     spec = JobSpec(
         backend=adapter.context.name,
-        pubs=(SamplerPub(_qpy(circuit), Bindings(), shots),),
+        pubs=(SamplerPub(qpy_source(circuit), Bindings(), shots),),
         options=JobOptions(seed=11),
     )
-    prepared = prepare_in_process(adapter, spec, 11)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 11)
     assert isinstance(result, SamplerResult)
     (register,) = result.registers
     return dict(register.counts[0])
@@ -111,9 +94,9 @@ def test_a_bell_pair_laid_out_on_the_whole_target_runs_as_two_qubits(
     width = target.num_qubits
     assert width is not None
     physical = LAYOUTS[layout](width)
-    isa = transpile(_bell(), target=target, initial_layout=physical, seed_transpiler=7)
+    isa = transpile(bell(), target=target, initial_layout=physical, seed_transpiler=7)
     assert isa.num_qubits == width
-    compiled = adapter.compile_circuit(_qpy(isa))
+    compiled = adapter.compile_circuit(qpy_source(isa))
     assert isinstance(compiled, CompiledCircuit)
     # The compiled circuit (and the job's reported layout) keeps the user's qubits...
     assert active_qubits(compiled.ref.circuit()) == set(physical)
@@ -122,14 +105,14 @@ def test_a_bell_pair_laid_out_on_the_whole_target_runs_as_two_qubits(
     two_qubits = 4 if kind in ("aer-density-matrix", "braket_dm") else 2
     if kind != "aer-mps":
         assert compiled.amplitudes == two_qubits**2
-    assert adapter.state_size(_bell(), True)[0] == compiled.memory_bytes
+    assert adapter.state_size(bell(), True)[0] == compiled.memory_bytes
     _assert_bell_counts(_counts(adapter, isa))
 
 
 def test_the_64_qubit_aer_job_reports_two_qubits_and_a_two_qubit_state() -> None:
     adapter = IDEAL["aer-statevector"]()
-    isa = transpile(_bell(), target=_target(adapter), initial_layout=[60, 63], seed_transpiler=7)
-    spec = JobSpec(backend="aer", pubs=(SamplerPub(_qpy(isa), Bindings(), 100),))
+    isa = transpile(bell(), target=_target(adapter), initial_layout=[60, 63], seed_transpiler=7)
+    spec = JobSpec(backend="aer", pubs=(SamplerPub(qpy_source(isa), Bindings(), 100),))
     prepared = prepare_in_process(adapter, spec, 3)
     # A tenant's max_qubits counts the qubits used; admission the state of 4 amplitudes.
     assert prepared.qubits == 2
@@ -167,7 +150,7 @@ def test_observables_laid_out_by_isa_layout_give_the_bell_pairs_values(kind: str
     width = target.num_qubits
     assert width is not None
     isa = transpile(
-        _bell(measured=False), target=target, initial_layout=[width - 1, 2], seed_transpiler=7
+        bell(measured=False), target=target, initial_layout=[width - 1, 2], seed_transpiler=7
     )
     observables = [
         SparsePauliOp.from_list([(label, coefficient)]).apply_layout(isa.layout)
@@ -177,7 +160,7 @@ def test_observables_laid_out_by_isa_layout_give_the_bell_pairs_values(kind: str
     observables += [SparsePauliOp.from_sparse_list([term], width) for term in idle_terms]
     expected = _VIRTUAL_VALUES + idle_values
     pub = EstimatorPub(
-        _qpy(isa),
+        qpy_source(isa),
         tuple(
             Observable(tuple(PauliTerm(p, float(c.real)) for p, c in op.to_list()))
             for op in observables
@@ -187,8 +170,7 @@ def test_observables_laid_out_by_isa_layout_give_the_bell_pairs_values(kind: str
         precision=0.0,
     )
     spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    prepared = prepare_in_process(adapter, spec, 5)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 5)
     assert isinstance(result, EstimatorResult)
     np.testing.assert_allclose(result.expectation_values, expected, atol=1e-9)
 
@@ -207,15 +189,14 @@ def test_a_swept_rotation_on_the_last_qubit_reads_its_cosine(kind: str) -> None:
     observable = SparsePauliOp("Z").apply_layout(isa.layout)
     angles = np.array([[0.0], [0.5], [1.0], [np.pi]])
     pub = EstimatorPub(
-        _qpy(isa),
+        qpy_source(isa),
         (Observable(tuple(PauliTerm(p, float(c.real)) for p, c in observable.to_list())),),
         (),
         Bindings(("theta",), (4,), angles),
         precision=0.0,
     )
     spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    prepared = prepare_in_process(adapter, spec, 5)
-    (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+    (result,) = execute_in_process(adapter, spec, 5)
     assert isinstance(result, EstimatorResult)
     np.testing.assert_allclose(result.expectation_values, np.cos(angles[:, 0]), atol=1e-9)
 
@@ -235,7 +216,7 @@ def test_a_noisy_braket_dm_applies_its_noise_to_the_pair_wherever_it_was_laid() 
     counts = [
         _counts(
             adapter,
-            transpile(_bell(), target=target, initial_layout=layout, seed_transpiler=7),
+            transpile(bell(), target=target, initial_layout=layout, seed_transpiler=7),
         )
         for layout in ([0, 1], [9, 12])
     ]
@@ -259,7 +240,7 @@ def test_a_qubit_touched_only_in_a_nested_block_is_simulated_and_sized() -> None
     with circuit.for_loop(range(1)), circuit.if_test((circuit.clbits[0], 1)):
         circuit.x(63)
     circuit.measure(63, 1)
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(qpy_source(circuit))
     # Qubits 2 and 63: a state of 4 amplitudes, and qubit 63 follows qubit 2 in every shot.
     assert compiled.amplitudes == 4
     _assert_bell_counts(_counts(adapter, circuit))
@@ -267,7 +248,7 @@ def test_a_qubit_touched_only_in_a_nested_block_is_simulated_and_sized() -> None
     unmeasured = circuit.copy()
     unmeasured.data.pop()
     assert active_qubits(unmeasured) == {2, 63}
-    assert adapter.compile_circuit(_qpy(unmeasured)).amplitudes == 4
+    assert adapter.compile_circuit(qpy_source(unmeasured)).amplitudes == 4
 
 
 def test_forty_qubits_named_only_inside_nested_blocks_are_refused_for_their_memory() -> None:
@@ -279,7 +260,7 @@ def test_forty_qubits_named_only_inside_nested_blocks_are_refused_for_their_memo
         for qubit in range(24, 64):
             circuit.x(qubit)
     with pytest.raises(InvalidArgument) as refused:
-        adapter.compile_circuit(_qpy(circuit))
+        adapter.compile_circuit(qpy_source(circuit))
     assert refused.value.reason == "MEMORY_BUDGET_EXCEEDED"
     assert refused.value.metadata["estimateBytes"] == str(fe.statevector_bytes(41))
 
@@ -305,7 +286,7 @@ def test_qubits_only_measured_reset_or_named_by_a_block_count_towards_memory(
             with circuit.if_test((circuit.clbits[0], 1)):
                 circuit.barrier(qubit)
     with pytest.raises(InvalidArgument) as refused:
-        adapter.compile_circuit(_qpy(circuit))
+        adapter.compile_circuit(qpy_source(circuit))
     assert refused.value.reason == "MEMORY_BUDGET_EXCEEDED"
     assert refused.value.metadata["estimateBytes"] == str(fe.statevector_bytes(40))
 
@@ -320,7 +301,7 @@ def test_qubits_only_a_barrier_or_a_delay_names_are_left_out() -> None:
     circuit.cx(2, 3)
     circuit.barrier(3, 40, 63)
     circuit.measure([2, 3], [0, 1])
-    compiled = adapter.compile_circuit(_qpy(circuit))
+    compiled = adapter.compile_circuit(qpy_source(circuit))
     assert compiled.amplitudes == 4
     _assert_bell_counts(_counts(adapter, circuit))
 
@@ -333,8 +314,8 @@ def test_a_noisy_aer_twin_keeps_every_physical_qubit() -> None:
         adapter_context("aer-noisy", method="density_matrix", noise_from="FakeManilaV2")
     )
     assert not adapter.compacts_idle_qubits()
-    isa = transpile(_bell(), target=_target(adapter), initial_layout=[3, 4], seed_transpiler=7)
-    compiled = adapter.compile_circuit(_qpy(isa))
+    isa = transpile(bell(), target=_target(adapter), initial_layout=[3, 4], seed_transpiler=7)
+    compiled = adapter.compile_circuit(qpy_source(isa))
     # Manila's five qubits in the density matrix: its noise model names them.
     assert compiled.amplitudes == 4**5
     assert adapter.simulated(compiled.ref.circuit()).kept == (0, 1, 2, 3, 4)
@@ -354,22 +335,21 @@ def test_a_noisy_aer_twin_answers_the_noise_of_the_qubits_the_user_chose() -> No
     values = []
     for layout in ([3, 4], [0, 1]):
         isa = transpile(
-            _bell(measured=False), target=_target(adapter), initial_layout=layout, seed_transpiler=3
+            bell(measured=False), target=_target(adapter), initial_layout=layout, seed_transpiler=3
         )
         observable = SparsePauliOp.from_list([("ZZ", 1.0), ("XX", 1.0)]).apply_layout(isa.layout)
         reference_circuit = isa.copy()
         reference_circuit.save_expectation_value(observable, range(isa.num_qubits))
         reference = float(simulator.run(reference_circuit).result().data()["expectation_value"])
         pub = EstimatorPub(
-            _qpy(isa),
+            qpy_source(isa),
             (Observable(tuple(PauliTerm(p, float(c.real)) for p, c in observable.to_list())),),
             (),
             Bindings(),
             precision=0.0,
         )
         spec = JobSpec(backend="aer-noisy", pubs=(pub,), options=JobOptions())
-        prepared = prepare_in_process(adapter, spec, 5)
-        (result,) = adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+        (result,) = execute_in_process(adapter, spec, 5)
         assert isinstance(result, EstimatorResult)
         np.testing.assert_allclose(result.expectation_values, reference, atol=1e-9)
         values.append(reference)
@@ -392,7 +372,7 @@ def test_a_noisy_aer_twin_of_a_wide_device_runs_a_bell_pair() -> None:
     adapter = AerAdapter(
         adapter_context("aer-noisy", method="density_matrix", noise_from="FakeGuadalupeV2")
     )
-    isa = transpile(_bell(), target=_target(adapter), initial_layout=[0, 1], seed_transpiler=7)
+    isa = transpile(bell(), target=_target(adapter), initial_layout=[0, 1], seed_transpiler=7)
     counts = _counts(adapter, isa)
     assert counts.get("00", 0) + counts.get("11", 0) > 1600
 
@@ -404,7 +384,7 @@ def test_devices_keep_their_physical_qubits() -> None:
     )
     assert not ibm.compacts_idle_qubits()
     assert not cloud.compacts_idle_qubits()
-    isa = transpile(_bell(), target=_target(ibm), initial_layout=[3, 4], seed_transpiler=7)
+    isa = transpile(bell(), target=_target(ibm), initial_layout=[3, 4], seed_transpiler=7)
     assert ibm.simulated(isa).circuit is isa
     assert cloud.simulated(isa).circuit is isa
     for kind in IDEAL:

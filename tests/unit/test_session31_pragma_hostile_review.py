@@ -31,13 +31,10 @@ naming the phase after it (`at_line.get(line + 1)`).
 
 from __future__ import annotations
 
-import io
-import pickle
 from collections import Counter
 
 import numpy as np
 import pytest
-import qiskit.qpy
 from qiskit import QuantumCircuit
 from qiskit.circuit import BoxOp
 from qiskit.circuit.library import UnitaryGate
@@ -51,7 +48,8 @@ from gateway.backends.qiskit.fakes import fake_backend
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import JobOptions, JobSpec, SamplerResult
-from tests.adapters import adapter_context, prepare_in_process
+from tests.adapters import adapter_context, execute_in_process, prepare_in_process
+from tests.targets import qpy_source
 from tests.unit.test_session30_sdk_writers_review import _run
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,12 +173,6 @@ def test_thirty_one_targets_are_too_large_whatever_the_source_limit() -> None:
 # ------------------------------------------------------------------ verbatim boxes
 
 
-def _qpy(circuit: QuantumCircuit) -> bytes:
-    buffer = io.BytesIO()
-    qiskit.qpy.dump(circuit, buffer)
-    return buffer.getvalue()
-
-
 def test_a_qpy_verbatim_label_is_clipped_in_the_refusal() -> None:
     circuit = QuantumCircuit(1)
     with circuit.box(label=fe.VERBATIM_BOX_LABEL + " line 1" + " x" * 200_000):
@@ -210,12 +202,9 @@ def test_an_opened_qpy_box_maps_its_qubits_and_clbits_by_position(aer: AerAdapte
         for i in opened.data
     ]
     assert got == [("x", [2], []), ("measure", [2], [2]), ("measure", [0], [0])]
-    pub = SamplerPub(
-        CircuitSource(CircuitLanguage.QPY, data=_qpy(circuit)), bindings=Bindings(), shots=32
-    )
+    pub = SamplerPub(qpy_source(circuit), bindings=Bindings(), shots=32)
     spec = JobSpec(backend=aer.context.name, pubs=(pub,), options=JobOptions())
-    prepared = prepare_in_process(aer, spec, 5)
-    result = aer.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs[0]
+    result = execute_in_process(aer, spec, 5)[0]
     assert isinstance(result, SamplerResult)
     (register,) = result.registers
     assert Counter(register.counts[0]) == Counter({"100": 32})

@@ -325,8 +325,9 @@ class QiskitAdapter(BackendAdapter):
         self._target: Target | None = None
         self._info: BackendInfo | None = None
         self._backend_target: BackendTarget | None = None
-        # Simulator-worker side, by circuit key: transpiled circuits (read from their QPY),
-        # their terminal plans (or _NO_PLAN) and layouts.
+        # Simulator-worker side, by circuit key: transpiled circuits (read from their QPY), the
+        # circuits simulated for them (`_simulated`) and those circuits' terminal plans (None:
+        # not sampled from probabilities).
         self._worker_circuits: LRU[str, QuantumCircuit] = LRU(_WORKER_CACHE_SIZE)
         self._worker_simulated: LRU[str, idle.Simulated] = LRU(_WORKER_CACHE_SIZE)
         self._worker_plans: LRU[str, measurement.TerminalPlan | None] = LRU(_WORKER_CACHE_SIZE)
@@ -341,9 +342,9 @@ class QiskitAdapter(BackendAdapter):
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         """(bytes, amplitudes) of the simulation state for `circuit`.
 
-        Called on the parsed circuit before transpiling and on the transpiled one after (a
-        subclass whose estimate depends on the transpiled gates, such as a matrix product
-        state, answers the first with a lower bound).
+        Called on what the simulator would run (`simulated`) of the parsed circuit before
+        transpiling and of the transpiled one after (a subclass whose estimate depends on the
+        transpiled gates, such as a matrix product state, answers the first with a lower bound).
         """
 
     @property

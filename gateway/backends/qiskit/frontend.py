@@ -156,8 +156,8 @@ __all__ = [
     "statevector_bytes",
     "tally_operations",
     "unique_name",
-    "unitary_deviation",
     "validate_observables",
+    "why_not_unitary",
     "writes_clbits",
 ]
 
@@ -600,19 +600,11 @@ def _global_phase_statements(text: str) -> list[tuple[int, int]] | None:
     return spans
 
 
-def _without_global_phases(text: str) -> str:
-    """`text` with PennyLane's `gphase` statements blanked out (newlines kept, so the reader's
-    line and column numbers still point into the client's text), unless it defines its own
-    gphase. OpenQASM 2 has no modifiers (`ctrl @`) that could reveal a global phase: dropping
-    it changes no result. Whole tokens become blanks, so the rest lexes as the scan saw it."""
-    if "gphase" not in text:
-        return text
-    spans = _global_phase_statements(text)
-    return _blanked(text, spans) if spans else text
-
-
 def _blanked(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    """`text` with the `spans` (in order, not overlapping) blanked, newlines kept."""
+    """`text` with the `spans` (in order, not overlapping: `_global_phase_statements`) blanked
+    out, newlines kept, so the reader's line and column numbers still point into the client's
+    text. OpenQASM 2 has no modifiers (`ctrl @`) that could reveal a global phase: dropping it
+    changes no result. Whole tokens become blanks, so the rest lexes as the scan saw it."""
     pieces: list[str] = []
     done = 0
     for begin, end in spans:
@@ -673,10 +665,11 @@ def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: s
             end, statement = begins[start], [(kind, value, start)]
             continue
         recent.append(value)
-        if recent[0] == "qreg" and len(recent) == 5 and recent[2] == "[" and recent[4] == "]":
-            qregs[recent[1]] = _HUGE if _too_long(recent[3]) else int(recent[3])
-        if recent[0] == "creg" and len(recent) == 5 and recent[2] == "[" and recent[4] == "]":
-            cregs.add(recent[1])
+        if len(recent) == 5 and recent[2] == "[" and recent[4] == "]":
+            if recent[0] == "qreg":
+                qregs[recent[1]] = _HUGE if _too_long(recent[3]) else int(recent[3])
+            elif recent[0] == "creg":
+                cregs.add(recent[1])
         if header is not None:
             if value == "{":
                 body, header = _gate_header(header, gates), None
@@ -1328,12 +1321,7 @@ def _read_braket_pragmas(
     for statement in program.statements:
         if pending_verbatim is not None:
             if not isinstance(statement, q3ast.Box):
-                raise _pragma_error(
-                    "INVALID_QASM",
-                    pending_verbatim,
-                    "`#pragma braket verbatim` must be followed by a box statement",
-                    field,
-                )
+                raise _verbatim_without_box(pending_verbatim, field)
             if statement.duration is not None:
                 raise _pragma_error(
                     "UNSUPPORTED_FEATURE",
@@ -1348,13 +1336,13 @@ def _read_braket_pragmas(
             continue
         if _PRAGMA_VERBATIM.fullmatch(statement.command):
             pending_verbatim = statement
-        elif _PRAGMA_UNITARY.fullmatch(statement.command.strip(" \t")):
+        elif (unitary := _PRAGMA_UNITARY.fullmatch(statement.command.strip(" \t"))) is not None:
             # Numbered, not one base name made fresh each time: the n-th pragma's name would
             # be `braket_unitary` and n underscores, a quadratic cost in time and names' length
             # (20,000 pragmas of a 1 MiB program took minutes). Each name the program takes
             # adds one underscore to one pragma's name at most.
             name = _fresh_name(f"braket_unitary_{len(pragmas.unitaries)}", taken)
-            call, matrix = _unitary_call(statement, name, limits, field)
+            call, matrix = _unitary_call(statement, unitary, name, limits, field)
             pragmas.unitaries[name] = matrix
             statements.append(call)
         else:
@@ -1370,25 +1358,28 @@ def _read_braket_pragmas(
                 feature="Pragma",
             )
     if pending_verbatim is not None:
-        raise _pragma_error(
-            "INVALID_QASM",
-            pending_verbatim,
-            "`#pragma braket verbatim` must be followed by a box statement",
-            field,
-        )
+        raise _verbatim_without_box(pending_verbatim, field)
     program.statements = statements
     return pragmas
 
 
+def _verbatim_without_box(pragma: q3ast.Pragma, field: str) -> InvalidArgument:
+    return _pragma_error(
+        "INVALID_QASM",
+        pragma,
+        "`#pragma braket verbatim` must be followed by a box statement",
+        field,
+    )
+
+
 def _unitary_call(
-    pragma: q3ast.Pragma, name: str, limits: CircuitLimits, field: str
+    pragma: q3ast.Pragma, match: re.Match[str], name: str, limits: CircuitLimits, field: str
 ) -> tuple[q3ast.QuantumGate, np.ndarray]:
-    """The gate call a `#pragma braket unitary(matrix) targets` stands for, and its matrix in
-    Qiskit's order. Braket's matrix has its first target as the most significant bit; Qiskit's
-    UnitaryGate has its first qubit as the least, so the matrix is read with its qubits
-    reversed (checked against LocalSimulator in tests/unit/test_session31_braket_pragmas.py)."""
-    match = _PRAGMA_UNITARY.fullmatch(pragma.command.strip(" \t"))
-    assert match is not None  # the caller matched it
+    """The gate call a `#pragma braket unitary(matrix) targets` (`match`, of _PRAGMA_UNITARY)
+    stands for, and its matrix in Qiskit's order. Braket's matrix has its first target as the
+    most significant bit; Qiskit's UnitaryGate has its first qubit as the least, so the matrix
+    is read with its qubits reversed (checked against LocalSimulator in
+    tests/unit/test_session31_braket_pragmas.py)."""
     targets: list[q3ast.Identifier | q3ast.IndexedIdentifier] = []
     for operand in match[2].split(","):
         physical = _PHYSICAL_TARGET.fullmatch(operand)
@@ -1425,7 +1416,7 @@ def _pragma_matrix(
     pragma: q3ast.Pragma, text: str, targets: int, limits: CircuitLimits, field: str
 ) -> np.ndarray:
     """The matrix of a unitary pragma, checked: 2^k x 2^k for k targets, no larger than a QPY
-    UnitaryGate can be, finite, unitary by Qiskit's own rule (`unitary_deviation`). Like any
+    UnitaryGate can be, finite, unitary by Qiskit's own rule (`why_not_unitary`). Like any
     matrix gate it then counts as what synthesising it makes (check_operation_count)."""
     # A QPY UnitaryGate carries its matrix at 16 bytes an entry within max_source_bytes (7
     # qubits at the default 1 MiB); text entries can be shorter (`0`), the bound is the same.
@@ -1477,14 +1468,10 @@ def _pragma_matrix(
         raise _non_finite(
             f"line {_where(pragma)[0]}: an entry of the unitary's matrix is not finite", field
         )
-    deviation = unitary_deviation(matrix)
-    if deviation is not None:
+    not_unitary = why_not_unitary(matrix)
+    if not_unitary is not None:
         raise _pragma_error(
-            "INVALID_QASM",
-            pragma,
-            f"the matrix is not unitary (U^dagger U differs from the identity by up to "
-            f"{deviation:.3g}; Qiskit's tolerance is rtol {RTOL_DEFAULT}, atol {ATOL_DEFAULT})",
-            field,
+            "INVALID_QASM", pragma, f"the matrix is not unitary ({not_unitary})", field
         )
     # Braket's first target is the most significant bit: reverse the qubits' order.
     tensor = matrix.reshape([2] * (2 * targets))
@@ -1502,17 +1489,21 @@ def _matrix_entry(number: re.Match[str]) -> complex:
     return complex(value, imag)
 
 
-def unitary_deviation(matrix: np.ndarray) -> float | None:
+def why_not_unitary(matrix: np.ndarray) -> str | None:
     """None when the (finite) square `matrix` is unitary within Qiskit's own UnitaryGate check's
     tolerance (`is_unitary_matrix`: rtol 1e-5, atol 1e-8, so whatever Qiskit builds with its
-    check passes), else the largest deviation of U^dagger U from the identity. The one rule
-    for client matrices (QPY's UnitaryGate, Braket's unitary pragma). Costs (2^k)^3 for a
+    check passes), else how far U^dagger U is from the identity, for a refusal to say. The one
+    rule for client matrices (QPY's UnitaryGate, Braket's unitary pragma). Costs (2^k)^3 for a
     k-qubit matrix, which max_source_bytes keeps to a few milliseconds."""
     product = matrix.conj().T @ matrix
     identity = np.eye(len(matrix))
     if np.allclose(product, identity, rtol=RTOL_DEFAULT, atol=ATOL_DEFAULT):
         return None
-    return float(np.max(np.abs(product - identity)))
+    deviation = float(np.max(np.abs(product - identity)))
+    return (
+        f"U^dagger U differs from the identity by up to {deviation:.3g}; Qiskit's tolerance is "
+        f"rtol {RTOL_DEFAULT}, atol {ATOL_DEFAULT}"
+    )
 
 
 def open_verbatim_boxes(circuit: QuantumCircuit, exact: bool, field: str) -> QuantumCircuit:
@@ -1523,10 +1514,7 @@ def open_verbatim_boxes(circuit: QuantumCircuit, exact: bool, field: str) -> Qua
     compile": a backend whose transpiler rewrites circuits for a device's gates and coupling
     or a noise model would change what the body does there."""
     marked = [
-        instruction
-        for instruction in circuit.data
-        if instruction.operation.name == "box"
-        and (instruction.operation.label or "").startswith(VERBATIM_BOX_LABEL)
+        instruction for instruction in circuit.data if _is_verbatim_box(instruction.operation)
     ]
     if not marked:
         return circuit
@@ -1546,7 +1534,7 @@ def open_verbatim_boxes(circuit: QuantumCircuit, exact: bool, field: str) -> Qua
     opened = circuit.copy_empty_like()
     for instruction in circuit.data:
         op = instruction.operation
-        if op.name == "box" and (op.label or "").startswith(VERBATIM_BOX_LABEL):
+        if _is_verbatim_box(op):
             # Block qubit i is the instruction's qubit i (and clbits alike).
             opened.compose(
                 op.blocks[0], instruction.qubits, instruction.clbits, inplace=True, copy=False
@@ -1554,6 +1542,10 @@ def open_verbatim_boxes(circuit: QuantumCircuit, exact: bool, field: str) -> Qua
         else:
             opened.append(instruction)
     return opened
+
+
+def _is_verbatim_box(operation: Operation) -> bool:
+    return operation.name == "box" and (operation.label or "").startswith(VERBATIM_BOX_LABEL)
 
 
 def _inline_switch_targets(program: q3ast.Program) -> None:

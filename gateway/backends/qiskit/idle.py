@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from qiskit.circuit import Barrier, Delay, QuantumCircuit
+from qiskit.circuit import Barrier, Delay, Operation, QuantumCircuit, Qubit
 from qiskit.converters import circuit_to_dag, dag_to_circuit
 
 __all__ = ["Simulated", "used_qubits", "whole", "without_idle_qubits"]
@@ -42,7 +42,7 @@ class Simulated:
         return {qubit: i for i, qubit in enumerate(self.kept)}
 
 
-def _is_idle_operation(operation: object) -> bool:
+def _is_idle_operation(operation: Operation) -> bool:
     # By class, not name: a gate a client named "barrier" acts on its qubits.
     return isinstance(operation, Barrier | Delay)
 
@@ -50,7 +50,7 @@ def _is_idle_operation(operation: object) -> bool:
 def used_qubits(circuit: QuantumCircuit) -> frozenset[int]:
     """Indices of the qubits an instruction other than a barrier or a delay names (at the top
     level: a control-flow operation names every qubit its blocks use)."""
-    used = set()
+    used: set[Qubit] = set()
     for instruction in circuit.data:
         if not _is_idle_operation(instruction.operation):
             used.update(instruction.qubits)

@@ -52,7 +52,6 @@ from qiskit.circuit import (
 from qiskit.circuit.exceptions import CircuitError
 from qiskit.circuit.library import UnitaryGate
 from qiskit.qpy import common as qpy_common
-from qiskit.quantum_info.operators.predicates import ATOL_DEFAULT, RTOL_DEFAULT
 
 from gateway.backends.base import MAX_COMPILED_CLBITS, MAX_COMPILED_QUBITS, CircuitLimits
 from gateway.backends.qiskit import frontend as fe
@@ -330,7 +329,7 @@ def _check_unitary(op: Gate, field: str) -> None:
     QPY carries the matrix as written, and `UnitaryGate(m, check_input=False)` writes any
     square matrix: Aer applied one and renormalised the state (a distribution no circuit
     gives), and the transpiler synthesised something else or failed (COMPILER_FAILED). The
-    rule is the front end's for every client matrix (`fe.unitary_deviation`, Qiskit's own
+    rule is the front end's for every client matrix (`fe.why_not_unitary`, Qiskit's own
     tolerance; a 7-qubit matrix is 256 KiB of max_source_bytes). A matrix with inf or NaN is
     left to check_finite_parameters (NON_FINITE_ANGLE)."""
     base = op.base_gate if isinstance(op, ControlledGate) else op
@@ -339,13 +338,11 @@ def _check_unitary(op: Gate, field: str) -> None:
     matrix = np.asarray(base.params[0])
     if not np.all(np.isfinite(matrix)):
         return
-    deviation = fe.unitary_deviation(matrix)
-    if deviation is None:
+    not_unitary = fe.why_not_unitary(matrix)
+    if not_unitary is None:
         return
     raise _invalid_qpy(
-        f"the matrix of {fe._clip(op.name)!r} is not unitary (U^dagger U differs from the "
-        f"identity by up to {deviation:.3g}; Qiskit's tolerance is rtol {RTOL_DEFAULT}, "
-        f"atol {ATOL_DEFAULT})",
+        f"the matrix of {fe._clip(op.name)!r} is not unitary ({not_unitary})",
         field,
         instruction=op.name,
     )
