@@ -82,10 +82,15 @@ _VECTOR = struct.Struct("!HQ16s")
 # then the name, `size` bytes of definition, `base gate size` bytes of one instruction.
 _COUNT64 = struct.Struct("!Q")
 _CUSTOM_DEF = struct.Struct("!H1cII?QIIQ")
-# Custom types whose definition bytes are a circuit (b"p", a Pauli evolution, is not one;
-# b"a", an annotated operation, has none).
-_CIRCUIT_DEFINITIONS = frozenset(b"gic")
+# Custom types. Qiskit's reader does not go by the type to read a definition's bytes: any
+# definition it is told exists is read as a circuit, unless its name marks a Pauli evolution
+# (the Python reader's `_read_custom_operations` does the same). A b"p" or b"a" definition
+# under another name, with a circuit declaring 2^25 qubits, aborted the reader past a walk that
+# skipped it by type: the walk follows the reader's rule instead, and only skips a Pauli
+# evolution's operator when both the type and the name say so.
 _CUSTOM_TYPES = frozenset(b"gicpa")
+_PAULI_EVOLUTION_TYPE = ord("p")
+_PAULI_EVOLUTION_NAME = b"###PauliEvolutionGate_"
 # CIRCUIT_INSTRUCTION_V2: name size, label size, parameters, qargs, cargs, extras (condition
 # kind in the low 2 bits, 0x80 = has annotations), condition register size, condition value,
 # control qubits, control state.
@@ -320,13 +325,13 @@ class _Walker:
         # Counted in the total as well (a Pauli evolution or annotated operation has no circuit
         # header of its own; a definition's bits count twice, which legitimate circuits afford).
         self._add_bits(qubits + clbits)
+        name_at = pos
         pos = self._need(pos, name_size, end, "custom definition name")
         body_end = self._need(pos, size, end, "custom definition body")
-        if (
-            has_definition
-            and kind[0] in _CIRCUIT_DEFINITIONS
-            and self.circuit(pos, body_end, depth) != body_end
-        ):
+        evolution = kind[0] == _PAULI_EVOLUTION_TYPE and self.data.startswith(
+            _PAULI_EVOLUTION_NAME, name_at, pos
+        )
+        if has_definition and not evolution and self.circuit(pos, body_end, depth) != body_end:
             raise ValueError(f"QPY: a definition circuit does not fill its {size} bytes")
         pos = body_end
         base_end = self._need(pos, base_size, end, "base gate")
