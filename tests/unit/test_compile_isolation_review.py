@@ -20,6 +20,7 @@ from gateway.domain.errors import Internal, InvalidArgument
 from gateway.runtime import worker
 from gateway.runtime.compiler import CompileLimits, Compiler
 from gateway.runtime.worker import WorkerProcess, WorkerReplyRefused
+from tests.child import run_python
 from tests.worker_output import WrittenWorker
 
 SOURCE = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0; qubit q; h q;")
@@ -214,22 +215,7 @@ sys.exit(3)
 
 
 def test_a_compiled_circuit_with_a_huge_nested_block_is_refused_not_read(tmp_path: Any) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path)
-    done = subprocess.run(
-        [sys.executable, "-c", _NESTED],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_python(_NESTED, cwd=tmp_path, timeout=60)
     assert done.returncode == 0 and "REFUSED" in done.stdout, (
         done.returncode,
         done.stdout[-300:],

@@ -9,10 +9,7 @@ address-space limit, so a miss cannot take the test run down)."""
 from __future__ import annotations
 
 import io
-import os
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,21 +30,13 @@ from gateway.backends.qiskit.qpy_reader import (
     dump_compiled,
     load_compiled,
 )
-from gateway.backends.qiskit.qpy_walk import QPY_COMPILED_VERSION, QpyWalk, walk_compiled
+from gateway.backends.qiskit.qpy_reader import check_compiled as walk
+from gateway.backends.qiskit.qpy_walk import QPY_COMPILED_VERSION
+from tests.child import run_python
 
 PROPERTY = settings(max_examples=300, derandomize=True, deadline=None)
-ROOT = Path(__file__).resolve().parents[2]
 # CIRCUIT_HEADER_V12 "!H1cHIIQIQI": qubits at +5, clbits at +9, instructions at +25.
 QUBITS_AT, CLBITS_AT, INSTRUCTIONS_AT = 5, 9, 25
-
-
-def walk(data: bytes) -> QpyWalk:
-    return walk_compiled(
-        data,
-        max_qubits=MAX_COMPILED_QUBITS,
-        max_clbits=MAX_COMPILED_CLBITS,
-        max_instructions=_MAX_COMPILED_INSTRUCTIONS,
-    )
 
 
 def blocks_of(circuit: QuantumCircuit) -> tuple[int, int]:
@@ -459,15 +448,7 @@ print("DONE", sum(map(len, payloads)), accepted, refused, f"{slowest:.3f}")
 
 
 def test_truncations_and_byte_flips_are_refused_cleanly(tmp_path: Path) -> None:
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-c", _FUZZ, "3000"],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python(_FUZZ, "3000", cwd=tmp_path, timeout=300)
     assert done.returncode == 0 and "DONE" in done.stdout, (
         done.returncode,
         done.stdout[-500:],

@@ -6,10 +6,7 @@ address-space limit (a miss aborts the child, not the test run)."""
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,23 +24,14 @@ from gateway.backends.qiskit.qpy_reader import (
     dump_compiled,
     load_compiled,
 )
-from gateway.backends.qiskit.qpy_walk import QpyWalk, walk_compiled
+from gateway.backends.qiskit.qpy_reader import check_compiled as walk
+from tests.child import run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 HUGE_QUBITS = 1 << 25
 # CIRCUIT_HEADER_V12 "!H1cHIIQIQI": qubits at +5.
 QUBITS_AT = 5
 # FILE_HEADER_V10 "!6sBBBBQc": number of programs at byte 10; the program table at 20.
 PROGRAMS_AT, TABLE_AT = 10, 20
-
-
-def walk(data: bytes) -> QpyWalk:
-    return walk_compiled(
-        data,
-        max_qubits=MAX_COMPILED_QUBITS,
-        max_clbits=MAX_COMPILED_CLBITS,
-        max_instructions=_MAX_COMPILED_INSTRUCTIONS,
-    )
 
 
 class _Recorder(qpy_walk._Walker):
@@ -95,15 +83,7 @@ def load_isolated(data: bytes, tmp_path: Path) -> str:
     """`load_compiled` in a child under a 3 GB address-space limit: its verdict, or why not."""
     path = tmp_path / "payload.qpy"
     path.write_bytes(data)
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(path)],
-        env=dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(_LOAD, str(path), timeout=120)
     if done.returncode:
         return f"CRASHED {done.returncode}: {done.stderr[-300:]}"
     return done.stdout.strip()

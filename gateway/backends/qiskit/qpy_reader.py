@@ -55,10 +55,17 @@ from qiskit.qpy import common as qpy_common
 
 from gateway.backends.base import MAX_COMPILED_CLBITS, MAX_COMPILED_QUBITS, CircuitLimits
 from gateway.backends.qiskit import frontend as fe
-from gateway.backends.qiskit.qpy_walk import QPY_COMPILED_VERSION, walk_compiled
+from gateway.backends.qiskit.qpy_walk import QPY_COMPILED_VERSION, QpyWalk, walk_compiled
 from gateway.domain.errors import InvalidArgument
 
-__all__ = ["QPY_MAX_VERSION", "QPY_MIN_VERSION", "QpyHeader", "load_circuit", "read_header"]
+__all__ = [
+    "QPY_MAX_VERSION",
+    "QPY_MIN_VERSION",
+    "QpyHeader",
+    "check_compiled",
+    "load_circuit",
+    "read_header",
+]
 
 # The oldest format the Rust reader reads (older payloads go through Qiskit's Python reader,
 # which fails on crafted input with arbitrary exceptions and allocations); Qiskit 1.3 and later
@@ -433,6 +440,21 @@ def dump_compiled(circuit: QuantumCircuit) -> bytes:
     return buffer.getvalue()
 
 
+def check_compiled(data: bytes) -> QpyWalk:
+    """`qpy_walk.walk_compiled` with a compiled circuit's bounds: what `load_compiled` checks
+    before Qiskit's reader runs. Linear in the bytes, allocating nothing per declared count.
+
+    Raises:
+        ValueError: see `walk_compiled`.
+    """
+    return walk_compiled(
+        data,
+        max_qubits=MAX_COMPILED_QUBITS,
+        max_clbits=MAX_COMPILED_CLBITS,
+        max_instructions=_MAX_COMPILED_INSTRUCTIONS,
+    )
+
+
 def load_compiled(data: bytes) -> QuantumCircuit:
     """A compiled circuit's QPY (what `CircuitRef` holds, `dump_compiled`'s), its layout kept.
 
@@ -441,13 +463,7 @@ def load_compiled(data: bytes) -> QuantumCircuit:
             header (nested blocks and definitions included) past the bounds above, a structure
             the walk does not understand, or whatever the reader refuses (a Rust panic included).
     """
-    # Linear in the bytes, allocating nothing per declared count (see qpy_walk).
-    walk_compiled(
-        data,
-        max_qubits=MAX_COMPILED_QUBITS,
-        max_clbits=MAX_COMPILED_CLBITS,
-        max_instructions=_MAX_COMPILED_INSTRUCTIONS,
-    )
+    check_compiled(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "written by a newer Qiskit"
