@@ -311,15 +311,15 @@ def _spy(adapter: QiskitAdapter, monkeypatch: pytest.MonkeyPatch) -> list[tuple[
         seen.append(("probabilities", plan.body.num_qubits))
         return probabilities(key, plan, parameters, values)
 
-    def on_shots(circuit: QuantumCircuit, task: Any, output: Any) -> Any:
-        seen.append(("shots", circuit.num_qubits))
-        return shots(circuit, task, output)
+    def on_shots(simulated: idle.Simulated, task: Any, output: Any) -> Any:
+        seen.append(("shots", simulated.circuit.num_qubits))
+        return shots(simulated, task, output)
 
     def on_expectations(
-        key: str, circuit: QuantumCircuit, terms: Any, parameters: Any, values: Any
+        key: str, simulated: idle.Simulated, terms: Any, parameters: Any, values: Any
     ) -> Any:
-        seen.append(("expectations", circuit.num_qubits))
-        return expectations(key, circuit, terms, parameters, values)
+        seen.append(("expectations", simulated.circuit.num_qubits))
+        return expectations(key, simulated, terms, parameters, values)
 
     monkeypatch.setattr(adapter, "terminal_probabilities", on_probabilities)
     monkeypatch.setattr(adapter, "sample_shots", on_shots)

@@ -7,8 +7,10 @@ shot, and expectation values are saved by Aer itself.
 
 With `noise_from` naming one of qiskit-ibm-runtime's fake backends (e.g. "FakeManilaV2"), the
 backend is that device's noisy simulator (`aer-noisy-<name>`): its coupling map and basis are
-the transpile target and its noise model is built once per worker, in a density-matrix
-simulation (noise applied exactly, readout errors included in sampled shots).
+the transpile target and its noise model is Aer's own for that device, in a density-matrix
+simulation (noise applied exactly, readout errors included in sampled shots). Every Aer backend
+simulates a circuit without its idle qubits; a noisy twin's noise model is then the device's on
+the qubits kept, renumbered (gateway.backends.aer.noise), built once per set of qubits.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from qiskit_aer import AerError, AerSimulator
 from qiskit_aer.backends.aer_compiler import assemble_circuits, generate_aer_config
 from qiskit_aer.library import SaveExpectationValue, SaveProbabilities
 
+from gateway.backends.aer.noise import noise_model_on
 from gateway.backends.base import AdapterContext
+from gateway.backends.lru import LRU
 from gateway.backends.qiskit import frontend as fe
-from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit import idle, measurement
 from gateway.backends.qiskit.adapter import (
     CompiledCircuit,
     QiskitAdapter,
@@ -79,6 +83,9 @@ BINDING_GROUP_BYTES = 64 << 20
 # is seeded so, and samples come out as one run of every binding gave them
 # (test_aer_adapter pins it; PUB seeds are below 2**62, so this stays below 2**63).
 _AER_SEED_STRIDE = 2113
+# A noisy twin's simulators, one per set of qubits its circuits keep (each holds that set's noise
+# model: ~20 ms to build for two qubits of a 127-qubit device).
+_NOISY_SIMULATORS = 16
 _AER_DENSITY_MATRIX_RUNS = dataclasses.replace(
     costs.DENSITY_MATRIX_RUNS, per_binding=_AER_RUNS.per_binding, per_term=_AER_RUNS.per_term
 )
@@ -176,6 +183,7 @@ class AerAdapter(QiskitAdapter):
             raise TypeError("AerAdapter needs AerOptions")
         self.aer_options: AerOptions = self.options
         self._simulator: AerSimulator | None = None
+        self._noisy_simulators: LRU[tuple[int, ...], AerSimulator] = LRU(_NOISY_SIMULATORS)
         self._aer_plans: dict[str, _AerPlan] = {}
 
     @property
@@ -197,10 +205,10 @@ class AerAdapter(QiskitAdapter):
         return _target_for(self.aer_options.method, self.aer_options.num_qubits)
 
     def compacts_idle_qubits(self) -> bool:
-        # Without a noise model every qubit is alike and all are coupled. A device's noisy
-        # twin keeps its qubits: its noise model names them. Not left to Aer's own truncation,
-        # which the worker turns off for control flow and for saved expectation values.
-        return self.aer_options.noise_from is None
+        # A noisy twin too: its noise model is taken on the qubits kept (`_sim`). Not left to
+        # Aer's own truncation, which the worker turns off for control flow and for saved
+        # expectation values (and which the state's size, checked before, cannot count on).
+        return True
 
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
         n = circuit.num_qubits
@@ -251,9 +259,9 @@ class AerAdapter(QiskitAdapter):
     # ---------------------------------------------------------------------------- worker
 
     def warm_up(self) -> None:
-        simulator = self._sim()
         probe = QuantumCircuit(1, 1)
         probe.measure(0, 0)
+        simulator = self._sim(idle.whole(probe).kept)
         simulator.run(probe, shots=1, seed_simulator=0, memory=True).result()
 
     def samples_from_probabilities(self) -> bool:
@@ -299,18 +307,19 @@ class AerAdapter(QiskitAdapter):
         return np.stack(rows)
 
     def sample_shots(
-        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+        self, simulated: idle.Simulated, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
-        return _run_sampler(self._sim(), circuit, task, output)
+        return _run_sampler(self._sim(simulated.kept), simulated.circuit, task, output)
 
     def expectations(
         self,
         key: str,
-        circuit: QuantumCircuit,
+        simulated: idle.Simulated,
         terms: Sequence[Term],
         parameters: tuple[str, ...],
         values: FloatArray,
     ) -> FloatArray:
+        circuit = simulated.circuit
         labels = [f"t{i}" for i in range(len(terms))]
         measured = circuit.copy()
         for (letters, qubits), label in zip(terms, labels, strict=True):
@@ -329,7 +338,7 @@ class AerAdapter(QiskitAdapter):
             # save that acts on some qubits when another acts on all (measured with Aer 0.18);
             # the memory check was made for every qubit of this circuit anyway.
             result = _run(
-                self._sim(),
+                self._sim(simulated.kept),
                 circuits,
                 shots=1,
                 seed_simulator=0,
@@ -346,27 +355,37 @@ class AerAdapter(QiskitAdapter):
             start += len(part)
         return out
 
-    def _sim(self) -> AerSimulator:
-        if self._simulator is None:
-            with self._lock:
+    def _sim(self, kept: tuple[int, ...] | None = None) -> AerSimulator:
+        """The simulator of a circuit simulated on the compiled circuit's qubits `kept`: a
+        noisy twin's carries the device's noise model on them (renumbered in that order); an
+        ideal simulator is one for every circuit (`kept` None: only an ideal one is asked)."""
+        noise_from = self.aer_options.noise_from
+        with self._lock:
+            if noise_from is None:
                 if self._simulator is None:
-                    opts = self.aer_options
-                    budget_mb = max(1, math.ceil(self.context.limits.memory_budget_bytes / 2**20))
-                    kwargs: dict[str, Any] = {
-                        "method": opts.method,
-                        "max_parallel_threads": opts.max_parallel_threads,
-                        # Aer refuses (success=False) rather than exceed the budget.
-                        "max_memory_mb": budget_mb,
-                    }
-                    if opts.max_bond_dimension is not None:
-                        kwargs["matrix_product_state_max_bond_dimension"] = opts.max_bond_dimension
-                    if opts.noise_from is not None:
-                        self._simulator = AerSimulator.from_backend(
-                            fake_backend(opts.noise_from), **kwargs
-                        )
-                    else:
-                        self._simulator = AerSimulator(**kwargs)
-        return self._simulator
+                    self._simulator = AerSimulator(**self._simulator_options())
+                return self._simulator
+            if kept is None:
+                raise ValueError(f"backends/{self.context.name} needs the qubits kept")
+            simulator = self._noisy_simulators.get(kept)
+            if simulator is None:
+                noise = noise_model_on(fake_backend(noise_from).target, kept)
+                simulator = AerSimulator(noise_model=noise, **self._simulator_options())
+                self._noisy_simulators.put(kept, simulator)
+            return simulator
+
+    def _simulator_options(self) -> dict[str, Any]:
+        opts = self.aer_options
+        budget_mb = max(1, math.ceil(self.context.limits.memory_budget_bytes / 2**20))
+        options: dict[str, Any] = {
+            "method": opts.method,
+            "max_parallel_threads": opts.max_parallel_threads,
+            # Aer refuses (success=False) rather than exceed the budget.
+            "max_memory_mb": budget_mb,
+        }
+        if opts.max_bond_dimension is not None:
+            options["matrix_product_state_max_bond_dimension"] = opts.max_bond_dimension
+        return options
 
 
 # --------------------------------------------------------------------------------------------

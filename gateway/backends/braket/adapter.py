@@ -44,7 +44,7 @@ from gateway.backends.braket.program import (
     shots_program,
 )
 from gateway.backends.qiskit import frontend as fe
-from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit import idle, measurement
 from gateway.backends.qiskit.adapter import (
     CompiledCircuit,
     QiskitAdapter,
@@ -529,8 +529,9 @@ class BraketAdapter(QiskitAdapter):
         return self._sim().probabilities(key, plan, parameters, values)
 
     def sample_shots(
-        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+        self, simulated: idle.Simulated, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
+        circuit = simulated.circuit
         rows = self._sim().shots(
             task.circuit.key, circuit, task.parameters, task.flat_values(), task.shots
         )
@@ -543,9 +544,9 @@ class BraketAdapter(QiskitAdapter):
     def expectations(
         self,
         key: str,
-        circuit: QuantumCircuit,
+        simulated: idle.Simulated,
         terms: Sequence[Term],
         parameters: tuple[str, ...],
         values: FloatArray,
     ) -> FloatArray:
-        return self._sim().expectations(key, circuit, terms, parameters, values)
+        return self._sim().expectations(key, simulated.circuit, terms, parameters, values)

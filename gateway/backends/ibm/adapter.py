@@ -49,6 +49,7 @@ from qiskit.transpiler import Target
 from gateway.backends.base import AdapterContext, ExecutionOutcome, PreparedJob, ProviderOptions
 from gateway.backends.ibm.options import IbmOptions, IbmProviderOptions
 from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import idle
 from gateway.backends.qiskit.adapter import (
     CompiledCircuit,
     EstimatorTask,
@@ -368,8 +369,9 @@ class IbmAdapter(QiskitAdapter):
         return options
 
     def sample_shots(
-        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+        self, simulated: idle.Simulated, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
+        circuit = simulated.circuit
         runnable, registers = self._runnable(task.circuit.key, circuit)
         pub = (runnable, _bindings(runnable, task.parameters, task.values, task.shape), task.shots)
         sampler = self._sampler(task.seed, fe.active_qubits(runnable))
@@ -434,7 +436,7 @@ class IbmAdapter(QiskitAdapter):
     def expectations(
         self,
         key: str,
-        circuit: QuantumCircuit,
+        simulated: idle.Simulated,
         terms: Sequence[Term],
         parameters: tuple[str, ...],
         values: FloatArray,
@@ -442,6 +444,7 @@ class IbmAdapter(QiskitAdapter):
         """Estimates of each term (sampled by the runtime, at its default precision)."""
         from qiskit.quantum_info import SparsePauliOp
 
+        circuit = simulated.circuit
         n = circuit.num_qubits
         array = object_array([SparsePauliOp.from_sparse_list([(p, q, 1.0)], n) for p, q in terms])
         size = values.shape[0]

@@ -26,7 +26,7 @@ from qiskit.transpiler import Target
 from gateway.backends.base import AdapterContext
 from gateway.backends.pennylane.gates import QISKIT_GATES
 from gateway.backends.qiskit import frontend as fe
-from gateway.backends.qiskit import measurement
+from gateway.backends.qiskit import idle, measurement
 from gateway.backends.qiskit.adapter import CompiledCircuit, QiskitAdapter, QiskitOptions, Term
 from gateway.backends.qiskit.target import ideal_target
 from gateway.domain import costs
@@ -227,9 +227,9 @@ class PennyLaneAdapter(QiskitAdapter):
     def expectations(
         self,
         key: str,
-        circuit: QuantumCircuit,
+        simulated: idle.Simulated,
         terms: Sequence[Term],
         parameters: tuple[str, ...],
         values: FloatArray,
     ) -> FloatArray:
-        return self._sim().expectations(key, circuit, terms, parameters, values)
+        return self._sim().expectations(key, simulated.circuit, terms, parameters, values)

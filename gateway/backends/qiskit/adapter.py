@@ -439,10 +439,10 @@ class QiskitAdapter(BackendAdapter):
         raise NotImplementedError(f"{type(self).__name__} samples shot by shot")
 
     def sample_shots(
-        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+        self, simulated: idle.Simulated, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
         """A sampler PUB simulated shot by shot (mid-circuit features, or no exact
-        probabilities)."""
+        probabilities), on the circuit `simulated` names."""
         raise ExecutionError(
             "EXECUTION_FAILED",
             f"backends/{self.context.name} samples only terminal measurements",
@@ -453,13 +453,13 @@ class QiskitAdapter(BackendAdapter):
     def expectations(
         self,
         key: str,
-        circuit: QuantumCircuit,
+        simulated: idle.Simulated,
         terms: Sequence[Term],
         parameters: tuple[str, ...],
         values: FloatArray,
     ) -> FloatArray:
         """(bindings, len(terms)) exact expectation values of non-identity Pauli terms on the
-        transpiled circuit's qubits; `values` is (bindings, len(parameters))."""
+        qubits of the circuit `simulated` names; `values` is (bindings, len(parameters))."""
 
     # ------------------------------------------------------------------ info
 
@@ -900,11 +900,12 @@ class QiskitAdapter(BackendAdapter):
                 circuit = self._load(task.circuit)
                 if isinstance(task, SamplerTask):
                     # Outcomes read clbits, which the simulated circuit keeps as they are.
-                    simulated = self._simulated(task.circuit, circuit).circuit
+                    simulated = self._simulated(task.circuit, circuit)
                     results.append(self._sample(simulated, task, payload.sampler_output))
                     if not self.seeds_shot_by_shot:
                         seeded = (
-                            seeded and self.terminal_plan(task.circuit.key, simulated) is not None
+                            seeded
+                            and self.terminal_plan(task.circuit.key, simulated.circuit) is not None
                         )
                 else:
                     results.append(self._estimate(circuit, task))
@@ -978,13 +979,14 @@ class QiskitAdapter(BackendAdapter):
         return plan
 
     def _sample(
-        self, circuit: QuantumCircuit, task: SamplerTask, output: SamplerOutput
+        self, simulated: idle.Simulated, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
+        circuit = simulated.circuit
         plan = self.terminal_plan(task.circuit.key, circuit)
         if plan is None:
             if not task.writes_clbits:
                 return _zeros(circuit, task, output)
-            return self.sample_shots(circuit, task, output)
+            return self.sample_shots(simulated, task, output)
         builder = result_builder(circuit.num_clbits, task, output)
         decoder = builder.decoder
         rng = np.random.default_rng(task.seed)
@@ -1043,7 +1045,7 @@ class QiskitAdapter(BackendAdapter):
         if asked:
             values = self.expectations(
                 task.circuit.key,
-                simulated.circuit,
+                simulated,
                 list(asked),
                 task.parameters,
                 task.flat_values(),
