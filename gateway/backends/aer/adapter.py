@@ -360,6 +360,8 @@ class AerAdapter(QiskitAdapter):
         noisy twin's carries the device's noise model on them (renumbered in that order); an
         ideal simulator is one for every circuit (`kept` None: only an ideal one is asked)."""
         noise_from = self.aer_options.noise_from
+        if noise_from is None and self._simulator is not None:
+            return self._simulator  # every job of an ideal simulator: no lock taken
         with self._lock:
             if noise_from is None:
                 if self._simulator is None:
