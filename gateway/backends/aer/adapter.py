@@ -371,7 +371,7 @@ class AerAdapter(QiskitAdapter):
                 raise ValueError(f"backends/{self.context.name} needs the qubits kept")
             simulator = self._noisy_simulators.get(kept)
             if simulator is None:
-                noise = noise_model_on(fake_backend(noise_from).target, kept)
+                noise = noise_model_on(self.qiskit_target(), kept)
                 simulator = AerSimulator(noise_model=noise, **self._simulator_options())
                 self._noisy_simulators.put(kept, simulator)
             return simulator
