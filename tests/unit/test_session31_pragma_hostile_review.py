@@ -19,8 +19,8 @@ Defects found and fixed here (each test below fails without its fix):
   passed, where `rz(1e400) r;` there is NON_FINITE_ANGLE: such an angle is now also read at the
   top level of the probe and checked finite.
 
-Left as a strict xfail: an angle non-finite only for a call's parameters (`gphase(a * 1e400)`
-with `g(1)`), which the blanked statement leaves nothing to check against.
+Left as a strict xfail here, fixed in session 32: an angle non-finite only for a call's
+parameters (`gphase(a * 1e400)` with `g(1)`), tests/unit/test_session32_gphase_bound_review.py.
 
 Mutants no test caught, pinned here: the sign of `a - -bim` (`imneg`), the register bound of a
 gphase operand (`>=` to `>`), the 30-target bound of a unitary pragma under a source limit
@@ -319,12 +319,6 @@ def test_a_probe_gate_header_refused_names_the_phase_in_that_gate() -> None:
     assert "line 7, column 1" in error.message and "already defined" in error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dropped gphase in a gate body whose angle uses the gate's parameters is not "
-    "checked finite for the calls' values: `gphase(a * 1e400) r;` with `g(1)` passes, where "
-    "`rz(a * 1e400) r;` there is NON_FINITE_ANGLE (the blanked statement leaves nothing to bind)",
-)
 def test_a_phase_non_finite_for_a_calls_parameters_is_refused() -> None:
     text = H2 + "qreg q[1];\ngate g(a) r { gphase(a * 1e400) r; x r; }\ng(1) q[0];\n"
     refused(text, "NON_FINITE_ANGLE", Q2)

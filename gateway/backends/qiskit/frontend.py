@@ -633,16 +633,60 @@ class _GlobalPhase:
     column: int
     body: _GateBody | None  # None at the top level
     constant: bool  # names no gate parameter (only numbers, pi and functions)
+    span: tuple[int, int]  # the statement's [start, end), its condition included
+    operands: int  # where its operands start (just after the angle's `)`)
+
+    @property
+    def bound(self) -> bool:
+        """In a gate's body with an angle that names the gate's parameters: its value is known
+        only for a call, so the reader reads it there (`_BodyPhase`)."""
+        return self.body is not None and not self.constant
+
+    @property
+    def blanked(self) -> tuple[int, int]:
+        """What of the statement the reader does not see: all of it, or of a bound phase, its
+        operands only (`gphase(angle)` and the `;` stay in place, each token where it was)."""
+        return (self.operands, self.span[1] - 1) if self.bound else self.span
 
 
-def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: str) -> None:
+class _BodyPhase(Gate):  # type: ignore[misc]
+    """A gphase in a gate's body whose angle names the gate's parameters, as the reader reads
+    it: an operation on no qubit whose definition is empty (the identity, not a global phase,
+    which a statevector would show), so transpiling unrolls it to nothing and no result
+    changes. What it is for is its angle, which the reader binds for each call (nested calls
+    included) as it binds `rz(a * 1e400) r;` there.
+
+    Why the reader reads the angle instead of the gateway binding the blanked angles to the
+    calls' values itself: that would be a second reader of calls and expressions (broadcasts,
+    nested calls, sin, exp, `^`) beside Qiskit's, and a second check of bound angles beside
+    `check_finite_parameters`, which refuses this one as it refuses the rz. On no qubit, the
+    statement keeps `gphase(angle)` and its `;` where they were and loses its operands only:
+    the reader's positions stay the client's, and the phase adds no qubit to a gate's work."""
+
+    def __init__(self, angle: float) -> None:
+        super().__init__("gphase", 0, [angle])
+
+    def _define(self) -> None:
+        self.definition = QuantumCircuit(0)
+
+
+# `gphase` is known to the reader only in a program that defines no gphase of its own
+# (`_global_phase_statements`) and leaves it a statement (`_GlobalPhase.bound`); there, a
+# register also named `gphase` is refused by the reader ('gphase' is already defined).
+_BODY_PHASE = qiskit.qasm2.CustomInstruction("gphase", 1, 0, _BodyPhase, builtin=True)
+
+
+def _check_global_phases(
+    text: str, spans: Collection[tuple[int, int]], field: str
+) -> list[_GlobalPhase]:
     """Checks what the blanked `gphase` statements say, which the reader never sees, as the
     reader checks a gate call: each operand a register declared before it (an index in range)
     or, in a gate's body, one of its qubits, no qubit named twice, whole registers of one size;
     the angle one valid expression, finite at the top level and wherever it names no gate
-    parameter. `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is.
+    parameter (one that names them has a value per call: the reader reads it, `_BodyPhase`).
+    `gphase(nan) q[7];` on a one-qubit register is refused as `rz(nan) q[7];` is.
     A condition before it (`if(c==1)`) names a classical register declared before it, outside
-    any gate's body."""
+    any gate's body. Returns the statements, in order, each with what of it to blank."""
     begins = dict(spans)
     qregs: dict[str, int] = {}
     cregs: set[str] = set()
@@ -682,6 +726,7 @@ def _check_global_phases(text: str, spans: Collection[tuple[int, int]], field: s
             body = None
     if phases:
         _read_angles(phases, field)
+    return phases
 
 
 def _gate_header(tokens: Sequence[str], number: int) -> _GateBody:
@@ -707,6 +752,7 @@ def _global_phase(
     """`gphase ( angle ) operands ;`, perhaps after `if ( creg == integer )`, its operands and
     condition checked (`_check_global_phases`)."""
     line, column = at  # where the statement starts
+    statement_start = tokens[0][2]  # (its condition's, if any: `tokens` loses it below)
 
     def refused(says: str) -> InvalidArgument:
         return invalid(
@@ -786,7 +832,8 @@ def _global_phase(
     constant = all(
         kind != "word" or value in _QASM2_CONSTANT_WORDS for kind, value, _ in tokens[2:close]
     )
-    return _GlobalPhase(angle, line, column, body, constant)
+    span = (statement_start, tokens[-1][2] + 1)
+    return _GlobalPhase(angle, line, column, body, constant, span, tokens[close][2] + 1)
 
 
 # The words an angle may hold that are not a gate's parameters.
@@ -863,10 +910,14 @@ def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
 
 def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
     spans = _global_phase_statements(text) if "gphase" in text else None
+    custom = qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS
     if spans:
         with _reader_refusals("OpenQASM 2", field):
-            _check_global_phases(text, spans, field)
-        text = _blanked(text, spans)  # (found once: each pass reads the whole program)
+            phases = _check_global_phases(text, spans, field)
+        # (found once: each pass reads the whole program)
+        text = _blanked(text, [phase.blanked for phase in phases])
+        if any(phase.bound for phase in phases):
+            custom = (*custom, _BODY_PHASE)
     with _reader_refusals("OpenQASM 2", field):
         try:
             # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
@@ -876,7 +927,7 @@ def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
             circuit: QuantumCircuit = qiskit.qasm2.loads(
                 text,
                 include_path=(),
-                custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
+                custom_instructions=custom,
                 custom_classical=qiskit.qasm2.LEGACY_CUSTOM_CLASSICAL,
                 strict=False,
             )
@@ -2995,29 +3046,95 @@ def check_finite_parameters(circuit: QuantumCircuit, field: str) -> None:
     parameters are looked at through one instance, so call this on the transpiled circuit too
     (linear in its size) to see every angle that will run. Symbolic parameters are checked once
     bound (resolve_bindings refuses non-finite values).
+
+    But for definitions that hold an OpenQASM 2 body's gphase (`_BodyPhase`), themselves or in
+    a gate they call: transpiling unrolls the phase to nothing, so the transpiled circuit never
+    shows its angle, and each of their instances with distinct parameters is looked at here.
     """
+    seen: set[tuple[object, ...]] = set()
+    # A definition's key -> the keys of the definitions it is used in (who holds a phase).
+    users: dict[tuple[object, ...], set[tuple[object, ...]]] = {}
+    phased: set[tuple[object, ...]] = set()  # the definitions a _BodyPhase is in
+    pending: list[tuple[QuantumCircuit, tuple[object, ...] | None]] = [(circuit, None)]
+    while pending:
+        body, owner = pending.pop()  # the circuit or a definition (`owner`'s)
+        _check_finite_body(body, field)
+        for instruction in body.data:
+            op = instruction.operation
+            if isinstance(op, ControlFlowOp):
+                pending.extend((block, owner) for block in op.blocks)
+                continue
+            if owner is not None and isinstance(op, _BodyPhase):
+                phased.add(owner)
+            if _is_atomic(op):
+                continue
+            key = _definition_key(op)
+            if owner is not None:
+                users.setdefault(key, set()).add(owner)
+            if key not in seen:
+                seen.add(key)
+                definition = getattr(op, "definition", None)
+                if definition is not None:
+                    pending.append((definition, key))
+    if phased:
+        _check_each_phased_instance(circuit, _used_in(phased, users), field)
+
+
+def _check_finite_body(body: QuantumCircuit, field: str) -> None:
+    """The global phase of `body` and the parameters of its operations (not of its blocks)."""
+    if not _finite(body.global_phase):
+        raise _non_finite("the global phase is not finite", field)
+    for instruction in body.data:
+        op = instruction.operation
+        if isinstance(op, ControlFlowOp):
+            continue
+        for value in op.params:
+            if not _finite(value):
+                raise _non_finite(f"a parameter of {op.name!r} is not finite", field)
+
+
+def _used_in(
+    keys: Collection[tuple[object, ...]],
+    users: Mapping[tuple[object, ...], Collection[tuple[object, ...]]],
+) -> set[tuple[object, ...]]:
+    """`keys` and the keys of every definition that uses one of them, however deep."""
+    found = set(keys)
+    stack = list(keys)
+    while stack:
+        for user in users.get(stack.pop(), ()):
+            if user not in found:
+                found.add(user)
+                stack.append(user)
+    return found
+
+
+def _check_each_phased_instance(
+    circuit: QuantumCircuit, phased: Collection[tuple[object, ...]], field: str
+) -> None:
+    """`check_finite_parameters` for the definition of each instance of a gate in `phased`
+    with distinct parameters: the reader binds those into the body's angles, gphase's too.
+    Linear in the distinct instances and their definitions' sizes (the transpiler unrolls
+    every instance anyway)."""
     seen: set[tuple[object, ...]] = set()
     pending: list[QuantumCircuit] = [circuit]
     while pending:
         body = pending.pop()
-        if not _finite(body.global_phase):
-            raise _non_finite("the global phase is not finite", field)
         for instruction in body.data:
             op = instruction.operation
             if isinstance(op, ControlFlowOp):
                 pending.extend(op.blocks)
                 continue
-            for value in op.params:
-                if not _finite(value):
-                    raise _non_finite(f"a parameter of {op.name!r} is not finite", field)
-            if _is_atomic(op):
-                continue
             key = _definition_key(op)
-            if key not in seen:
-                seen.add(key)
-                definition = getattr(op, "definition", None)
-                if definition is not None:
-                    pending.append(definition)
+            if key not in phased:
+                continue
+            instance = (*key, _params_key(op.params))
+            if instance in seen:
+                continue
+            seen.add(instance)
+            definition = _definition(op, field)
+            if definition is not None:
+                _check_finite_body(definition, field)
+                pending.append(definition)
 
 
 def _finite(value: object) -> bool:
@@ -3065,15 +3182,7 @@ def _check_definitions(circuit: QuantumCircuit, field: str) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            try:
-                definition = getattr(op, "definition", None)
-            except qiskit.qasm2.QASM2ParseError as exc:
-                # The QASM 2 reader builds a gate's definition lazily, on this first access: a
-                # definition that does not fit its use (an opaque gate redeclaring a built-in
-                # with other parameters) fails only here.
-                raise invalid(
-                    "INVALID_QASM", f"gate {op.name!r}: {_sdk_message(exc)}", field, gate=op.name
-                ) from None
+            definition = _definition(op, field)
             if definition is None:
                 raise invalid(
                     "UNKNOWN_GATE",
@@ -3084,6 +3193,19 @@ def _check_definitions(circuit: QuantumCircuit, field: str) -> None:
             visit(definition, depth + 1)
 
     visit(circuit, 0)
+
+
+def _definition(op: Operation, field: str) -> QuantumCircuit | None:
+    try:
+        definition: QuantumCircuit | None = getattr(op, "definition", None)
+    except qiskit.qasm2.QASM2ParseError as exc:
+        # The QASM 2 reader builds a gate's definition lazily, on first access: a definition
+        # that does not fit its use (an opaque gate redeclaring a built-in with other
+        # parameters, a division by a call's zero) fails only there.
+        raise invalid(
+            "INVALID_QASM", f"gate {op.name!r}: {_sdk_message(exc)}", field, gate=op.name
+        ) from None
+    return definition
 
 
 def check_qubit_count(circuit: QuantumCircuit, max_qubits: int, field: str) -> None:
