@@ -304,3 +304,34 @@ def test_calls_with_the_same_values_are_looked_at_once(monkeypatch: pytest.Monke
     # g(1), g(2), k(1) and in it g(-1) (its g(1) seen), each gate once more in
     # _check_definitions, which looks at one instance of each.
     assert Counter(built) == {"g": 3 + 1, "k": 1 + 1, "gphase": 1}, built
+
+
+# ------------------------------------------------------------------ a call's angle with no value
+
+
+@pytest.mark.parametrize(
+    ("gates", "calls", "says"),
+    [
+        ("gate g(a) r { rz(sin(a) / a) r; }", "g(1) q[0];\ng(0) q[0];", "divide by zero"),
+        ("gate g(a) r { rz(sin(a) / a) r; }", "g(0) q[0];", "divide by zero"),
+        (
+            "gate g(a) r { rz(sin(a) / a) r; }\ngate k(b) r { g(b) r; }",
+            "k(1) q[0];\nif(c==1) k(0) q[0];",
+            "divide by zero",
+        ),
+        ("gate g(a) r, s { cx r, s; rz(1 / a) s; }", "g(1) q[0], q[1];\ng(0) q[1], q[0];", "zero"),
+        ("gate g(a) r { rz(ln(a)) r; }", "g(1) q[0];\ng(-1) q[0];", "'ln' is undefined"),
+        ("gate g(a) r { rz(sqrt(a)) r; }", "g(1) q[0];\ng(-1) q[0];", "'sqrt' is undefined"),
+        ("gate g(a) r { rz(a ^ a) r; }", "g(1) q[0];\ng(-0.5) q[0];", "negative base"),
+    ],
+)
+def test_a_call_whose_angle_has_no_value_is_invalid_qasm(
+    aer: AerAdapter, gates: str, calls: str, says: str
+) -> None:
+    # The reader builds a call's definition when it is first read: for g(0) of sin(a) / a the
+    # division fails there (QASM2ParseError), which escaped the compile as COMPILER_FAILED,
+    # INTERNAL, for the client's own program.
+    with pytest.raises(InvalidArgument) as refused_call:
+        aer.compile_circuit(CircuitSource(Q2, f"{H2}{gates}\n{calls}\n"))
+    assert refused_call.value.reason == "INVALID_QASM"
+    assert says in refused_call.value.message

@@ -3575,16 +3575,15 @@ def _reduced_angle(value: float) -> float:
     return (scaled - turns * _FOUR_PI_FIXED) / (1 << _PI_BITS)
 
 
-def _settable_definition(op: Operation) -> QuantumCircuit | None:
+def _settable_definition(op: Operation, field: str) -> QuantumCircuit | None:
     """The definition that `op.definition = ...` replaces. For a gate with open controls
     (`negctrl @`), Qiskit conjugates the stored definition with X on every read: what it
     returns, stored back, would be conjugated twice (the controls made closed)."""
     if isinstance(op, ControlledGate) and op.ctrl_state != (1 << op.num_ctrl_qubits) - 1:
         closed = op.to_mutable()
         closed.ctrl_state = None  # all closed
-        return closed.definition
-    definition: QuantumCircuit | None = getattr(op, "definition", None)
-    return definition
+        return _definition(closed, field)
+    return _definition(op, field)
 
 
 def _is_standard_gate(op: Operation | None) -> bool:
@@ -3664,7 +3663,7 @@ def settle_angles(circuit: QuantumCircuit, field: str) -> QuantumCircuit:
         # which took 7 s of CPU for one 7-qubit unitary, on Aer too (it runs `unitary` as it is).
         if not isinstance(op, Gate) or _is_atomic(op):
             return op
-        definition = _settable_definition(op)
+        definition = _settable_definition(op, field)
         if definition is None:
             return op
         key = id(op)
@@ -3786,7 +3785,7 @@ def rename_shadowing_gates(
             base = rewrite_op(op.base_gate)
             return base.control(op.num_ctrl_qubits, ctrl_state=op.ctrl_state)
         new = op.copy(name=fresh(op.name) if shadows(op) else None)
-        definition = _settable_definition(op)
+        definition = _settable_definition(op, field)
         if definition is not None:
             new.definition = rewrite_body(definition)
         return new
