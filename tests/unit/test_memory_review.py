@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.base import AdapterContext, CircuitLimits
@@ -151,6 +152,9 @@ def test_aer_estimator_terms_times_bindings_is_estimated(tmp_path: Path) -> None
     assert _grown(report) <= 2 * estimate + 192 * MIB
 
 
+# 1600 bindings of a 2,000-operation circuit run in a child bounded at 120 s: 16 s alone on
+# one core, 21 s beside another test (of the default 30); the child's bound is the one to meet.
+@pytest.mark.timeout(150)
 def test_admitted_sweep_does_not_kill_the_worker(tmp_path: Path) -> None:
     pub = SamplerPub(CircuitSource(CircuitLanguage.QASM3, H3 + _ladder(250)), _sweep(1600), 10)
     estimate, report, code = _run_in_worker(tmp_path, _context(1024), pub, data_limit=2048 * MIB)
