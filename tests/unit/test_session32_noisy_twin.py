@@ -25,11 +25,12 @@ from qiskit_ibm_runtime.fake_provider import FakeGuadalupeV2, FakeManilaV2, Fake
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.aer.noise import restricted_target
 from gateway.backends.qiskit.adapter import QiskitPayload, SamplerTask
-from gateway.domain.circuits import Bindings, EstimatorPub, Observable, PauliTerm, SamplerPub
+from gateway.domain.circuits import Bindings, EstimatorPub, SamplerPub
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
 from tests.adapters import adapter_context, execute_in_process, prepare_in_process
 from tests.targets import bell, qpy_source
+from tests.unit.test_session29_ibm_estimator_review import _observable
 
 SHOTS = 4000
 SEED = 23
@@ -131,10 +132,7 @@ def test_expectation_values_are_those_of_the_whole_device(
     assert compiled.amplitudes == 4**width, name
     pub = EstimatorPub(
         qpy_source(isa),
-        tuple(
-            Observable(tuple(PauliTerm(p, float(c.real)) for p, c in o.to_list()))
-            for o in observables
-        ),
+        tuple(_observable(o) for o in observables),
         (len(observables),),
         Bindings(),
         precision=0.0,
@@ -166,7 +164,7 @@ def test_the_noise_is_each_physical_qubits_own(
         observable = SparsePauliOp("Z").apply_layout(isa.layout)
         pub = EstimatorPub(
             qpy_source(isa),
-            (Observable(tuple(PauliTerm(p, float(c.real)) for p, c in observable.to_list())),),
+            (_observable(observable),),
             (),
             Bindings(),
             precision=0.0,
@@ -185,14 +183,16 @@ def test_the_noise_is_each_physical_qubits_own(
     assert max(values) - min(values) > 0.02, values
 
 
-def _sampled(adapter: AerAdapter, circuit: QuantumCircuit) -> tuple[dict[str, int], int]:
-    """The twin's counts for `circuit`, and the seed Aer was given for them."""
+def _sampled(
+    adapter: AerAdapter, circuit: QuantumCircuit, shots: int, seed: int
+) -> tuple[dict[str, int], int]:
+    """The twin's counts for `circuit` in a job of `seed`, and the seed Aer was given for them."""
     spec = JobSpec(
         backend=adapter.context.name,
-        pubs=(SamplerPub(qpy_source(circuit), Bindings(), SHOTS),),
-        options=JobOptions(seed=SEED),
+        pubs=(SamplerPub(qpy_source(circuit), Bindings(), shots),),
+        options=JobOptions(seed=seed),
     )
-    prepared = prepare_in_process(adapter, spec, SEED)
+    prepared = prepare_in_process(adapter, spec, seed)
     assert isinstance(prepared.payload, QiskitPayload)
     (task,) = prepared.payload.tasks
     assert isinstance(task, SamplerTask)
@@ -226,7 +226,7 @@ def test_shots_are_those_of_the_whole_device_for_the_same_seed(
     # it applies): readout errors act on the shots, so these are noisy counts, not a Bell
     # pair's two outcomes.
     name, isa = list(_measured_programs(manila.qiskit_target()))[index]
-    got, seed = _sampled(manila, isa)
+    got, seed = _sampled(manila, isa, SHOTS, SEED)
     expected = (
         whole_manila.run(_compiled(manila, isa), shots=SHOTS, seed_simulator=seed)
         .result()
@@ -250,7 +250,7 @@ def test_a_parametrised_circuit_binds_on_the_kept_qubits(
     values = np.array([[0.0], [0.9], [math.pi]])
     pub = EstimatorPub(
         qpy_source(isa),
-        (Observable(tuple(PauliTerm(p, float(c.real)) for p, c in observable.to_list())),),
+        (_observable(observable),),
         (),
         Bindings(("theta",), (3,), values),
         precision=0.0,
@@ -278,7 +278,7 @@ def test_a_twin_of_a_device_too_wide_for_a_density_matrix_runs_a_bell_pair(
     assert isa.num_qubits > 13  # 4^14 * 16 bytes: beyond any density matrix here
     compiled = adapter.compile_circuit(qpy_source(isa))
     assert compiled.amplitudes == 4**2
-    counts, _ = _sampled(adapter, isa)
+    counts, _ = _sampled(adapter, isa, SHOTS, SEED)
     assert counts.get("00", 0) + counts.get("11", 0) > 0.8 * SHOTS
     assert len(counts) > 2  # the device's noise, not an ideal pair
 
@@ -296,7 +296,7 @@ def test_a_circuit_using_the_whole_wide_device_is_still_refused_for_its_size() -
     assert refused.value.reason == "MEMORY_BUDGET_EXCEEDED", refused.value
 
 
-def test_devices_in_use_keep_building_from_their_own_fakes() -> None:
+def test_the_restricted_target_keeps_an_ecr_pair_in_the_devices_direction() -> None:
     # Sherbrooke's target is 127 qubits of ECR couplings: the restricted target of a coupled
     # pair keeps that pair's ECR in the direction the device has it.
     whole = FakeSherbrooke().target

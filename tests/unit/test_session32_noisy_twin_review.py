@@ -30,12 +30,13 @@ from qiskit_aer.noise import NoiseModel
 from gateway.backends.aer import adapter as aer_adapter
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.aer.noise import noise_model_on
-from gateway.backends.qiskit.adapter import QiskitPayload, SamplerTask
 from gateway.backends.qiskit.fakes import fake_backend
-from gateway.domain.circuits import Bindings, EstimatorPub, Observable, PauliTerm, SamplerPub
-from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
-from tests.adapters import adapter_context, execute_in_process, prepare_in_process
+from gateway.domain.circuits import Bindings, EstimatorPub
+from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec
+from tests.adapters import adapter_context, execute_in_process
 from tests.targets import qpy_source
+from tests.unit.test_session29_ibm_estimator_review import _observable
+from tests.unit.test_session32_noisy_twin import _compiled, _sampled
 
 SHOTS = 2000
 SEED = 31
@@ -82,26 +83,6 @@ def _pairs(target: Target) -> list[tuple[int, int]]:
     )
 
 
-def _sampled(adapter: AerAdapter, circuit: QuantumCircuit) -> tuple[dict[str, int], int]:
-    spec = JobSpec(
-        backend=adapter.context.name,
-        pubs=(SamplerPub(qpy_source(circuit), Bindings(), SHOTS),),
-        options=JobOptions(seed=SEED),
-    )
-    prepared = prepare_in_process(adapter, spec, SEED)
-    assert isinstance(prepared.payload, QiskitPayload)
-    (task,) = prepared.payload.tasks
-    assert isinstance(task, SamplerTask)
-    (result,) = adapter.execute(prepared.payload).result.pubs
-    assert isinstance(result, SamplerResult)
-    (register,) = result.registers
-    return dict(register.counts[0]), task.seed
-
-
-def _compiled(adapter: AerAdapter, circuit: QuantumCircuit) -> QuantumCircuit:
-    return adapter.compile_circuit(qpy_source(circuit)).ref.circuit()
-
-
 def _whole_counts(
     device: str, adapter: AerAdapter, isa: QuantumCircuit, seed: int
 ) -> dict[str, int]:
@@ -121,7 +102,7 @@ def _whole_counts(
 def _estimated(adapter: AerAdapter, isa: QuantumCircuit, observable: SparsePauliOp) -> float:
     pub = EstimatorPub(
         qpy_source(isa),
-        (Observable(tuple(PauliTerm(p, float(c.real)) for p, c in observable.to_list())),),
+        (_observable(observable),),
         (),
         Bindings(),
         precision=0.0,
@@ -253,7 +234,7 @@ def test_shots_are_aers_of_the_whole_device(device: str, program: Any, width: in
     if device == "FakeFractionalBackend":
         assert "rzz" in isa.count_ops(), isa.count_ops()
     assert adapter.compile_circuit(qpy_source(isa)).amplitudes == 4**width
-    got, seed = _sampled(adapter, isa)
+    got, seed = _sampled(adapter, isa, SHOTS, SEED)
     assert got == _whole_counts(device, adapter, isa, seed), device
     assert len(got) == 2**width, got  # noisy: every outcome
 
@@ -295,7 +276,7 @@ def test_a_far_qubit_only_measured_reset_or_in_a_block_stays_kept(
     compiled = adapter.compile_circuit(qpy_source(circuit))
     simulated = adapter.simulated(compiled.ref.circuit())
     assert 0 in simulated.kept and set(pair) <= set(simulated.kept), simulated.kept
-    got, seed = _sampled(adapter, circuit)
+    got, seed = _sampled(adapter, circuit, SHOTS, SEED)
     assert got == _whole_counts(device, adapter, circuit, seed), kind
     if kind == "measure":
         # Qubit 0 is |0>, read through its own readout error: some shots read 1.

@@ -10,7 +10,8 @@ backend is that device's noisy simulator (`aer-noisy-<name>`): its coupling map 
 the transpile target and its noise model is Aer's own for that device, in a density-matrix
 simulation (noise applied exactly, readout errors included in sampled shots). Every Aer backend
 simulates a circuit without its idle qubits; a noisy twin's noise model is then the device's on
-the qubits kept, renumbered (gateway.backends.aer.noise), built once per set of qubits.
+the qubits kept, renumbered (gateway.backends.aer.noise), in one simulator per set of qubits
+(the 16 sets last used are kept built).
 """
 
 from __future__ import annotations
@@ -205,9 +206,10 @@ class AerAdapter(QiskitAdapter):
         return _target_for(self.aer_options.method, self.aer_options.num_qubits)
 
     def compacts_idle_qubits(self) -> bool:
-        # A noisy twin too: its noise model is taken on the qubits kept (`_sim`). Not left to
-        # Aer's own truncation, which the worker turns off for control flow and for saved
-        # expectation values (and which the state's size, checked before, cannot count on).
+        # An ideal simulator's qubits are alike and all coupled; a noisy twin takes its noise
+        # model on the qubits kept (`_sim`). Not left to Aer's own truncation, which the worker
+        # turns off for control flow and for saved expectation values (and which the state's
+        # size, checked before, cannot count on).
         return True
 
     def state_size(self, circuit: QuantumCircuit, transpiled: bool) -> tuple[int, int]:
@@ -356,9 +358,9 @@ class AerAdapter(QiskitAdapter):
         return out
 
     def _sim(self, kept: tuple[int, ...] | None = None) -> AerSimulator:
-        """The simulator of a circuit simulated on the compiled circuit's qubits `kept`: a
-        noisy twin's carries the device's noise model on them (renumbered in that order); an
-        ideal simulator is one for every circuit (`kept` None: only an ideal one is asked)."""
+        """The simulator for a circuit simulated on the compiled circuit's qubits `kept`: an
+        ideal one is the same for every circuit (`kept` None where only an ideal one runs); a
+        noisy twin's carries its device's noise model on `kept`, renumbered in that order."""
         noise_from = self.aer_options.noise_from
         if noise_from is None and self._simulator is not None:
             return self._simulator  # every job of an ideal simulator: no lock taken

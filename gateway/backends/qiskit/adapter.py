@@ -403,8 +403,9 @@ class QiskitAdapter(BackendAdapter):
     def compacts_idle_qubits(self) -> bool:
         """Whether circuits are simulated without their idle qubits (gateway.backends.qiskit
         .idle), and sized so: for an ideal simulator whose qubits are all coupled, where a
-        qubit's number means nothing. False by default: on a device, or a simulator with noise
-        on named qubits, the numbers are physical qubits and every one is kept."""
+        qubit's number means nothing, or one that takes its noise on the qubits kept (a noisy
+        Aer twin). False by default: on a device the numbers are physical qubits and every one
+        is kept."""
         return False
 
     def simulated(self, circuit: QuantumCircuit) -> idle.Simulated:
@@ -442,7 +443,8 @@ class QiskitAdapter(BackendAdapter):
         self, simulated: idle.Simulated, task: SamplerTask, output: SamplerOutput
     ) -> SamplerResult:
         """A sampler PUB simulated shot by shot (mid-circuit features, or no exact
-        probabilities), on the circuit `simulated` names."""
+        probabilities) on `simulated.circuit`, whose qubits are the compiled circuit's
+        `simulated.kept`."""
         raise ExecutionError(
             "EXECUTION_FAILED",
             f"backends/{self.context.name} samples only terminal measurements",
@@ -459,7 +461,7 @@ class QiskitAdapter(BackendAdapter):
         values: FloatArray,
     ) -> FloatArray:
         """(bindings, len(terms)) exact expectation values of non-identity Pauli terms on the
-        qubits of the circuit `simulated` names; `values` is (bindings, len(parameters))."""
+        qubits of `simulated.circuit`; `values` is (bindings, len(parameters))."""
 
     # ------------------------------------------------------------------ info
 

@@ -601,7 +601,7 @@ def _global_phase_statements(text: str) -> list[tuple[int, int]] | None:
 
 
 def _blanked(text: str, spans: Sequence[tuple[int, int]]) -> str:
-    """`text` with the `spans` (in order, not overlapping: `_global_phase_statements`) blanked
+    """`text` with the `spans` (in order, not overlapping: `_GlobalPhase.blanked`) blanked
     out, newlines kept, so the reader's line and column numbers still point into the client's
     text. OpenQASM 2 has no modifiers (`ctrl @`) that could reveal a global phase: dropping it
     changes no result. Whole tokens become blanks, so the rest lexes as the scan saw it."""
@@ -626,7 +626,8 @@ class _GateBody(NamedTuple):
 
 @dataclass(frozen=True)
 class _GlobalPhase:
-    """A blanked gphase statement's angle, for the probe that reads it (`_read_angles`)."""
+    """A gphase statement: its angle, for the probe that reads it (`_read_angles`), and what of
+    it the reader is not shown (`blanked`)."""
 
     angle: str  # its tokens, comments left out
     line: int
@@ -649,7 +650,7 @@ class _GlobalPhase:
         return (self.operands, self.span[1] - 1) if self.bound else self.span
 
 
-class _BodyPhase(Gate):  # type: ignore[misc]
+class _BodyPhase(Gate):  # type: ignore[misc]  # qiskit.circuit is untyped
     """A gphase in a gate's body whose angle names the gate's parameters, as the reader reads
     it: an operation on no qubit whose definition is empty (the identity, not a global phase,
     which a statevector would show), so transpiling unrolls it to nothing and no result
@@ -671,7 +672,7 @@ class _BodyPhase(Gate):  # type: ignore[misc]
 
 
 # `gphase` is known to the reader only in a program that defines no gphase of its own
-# (`_global_phase_statements`) and leaves it a statement (`_GlobalPhase.bound`); there, a
+# (`_global_phase_statements`) and holds a bound one (`_GlobalPhase.bound`); there, a
 # register also named `gphase` is refused by the reader ('gphase' is already defined).
 _BODY_PHASE = qiskit.qasm2.CustomInstruction("gphase", 1, 0, _BodyPhase, builtin=True)
 
@@ -679,7 +680,7 @@ _BODY_PHASE = qiskit.qasm2.CustomInstruction("gphase", 1, 0, _BodyPhase, builtin
 def _check_global_phases(
     text: str, spans: Collection[tuple[int, int]], field: str
 ) -> list[_GlobalPhase]:
-    """Checks what the blanked `gphase` statements say, which the reader never sees, as the
+    """Checks what the `gphase` statements say, whose operands the reader never sees, as the
     reader checks a gate call: each operand a register declared before it (an index in range)
     or, in a gate's body, one of its qubits, no qubit named twice, whole registers of one size;
     the angle one valid expression, finite at the top level and wherever it names no gate
@@ -909,12 +910,13 @@ def _read_angles(phases: Sequence[_GlobalPhase], field: str) -> None:
 
 
 def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
+    # The statements are found once, for the check and the blanking: each pass reads the
+    # whole program.
     spans = _global_phase_statements(text) if "gphase" in text else None
     custom = qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS
     if spans:
         with _reader_refusals("OpenQASM 2", field):
             phases = _check_global_phases(text, spans, field)
-        # (found once: each pass reads the whole program)
         text = _blanked(text, [phase.blanked for phase in phases])
         if any(phase.bound for phase in phases):
             custom = (*custom, _BODY_PHASE)

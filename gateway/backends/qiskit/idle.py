@@ -1,4 +1,4 @@
-"""A circuit without its idle qubits, as an ideal simulator of all-to-all qubits runs it.
+"""A circuit without its idle qubits, as a simulator whose qubits can be renumbered runs it.
 
 A Qiskit user transpiling for the Target of GetBackendTarget gets a circuit as wide as the
 target (64 qubits for the default `aer`), however few qubits it uses. On an ideal simulator
@@ -13,7 +13,9 @@ operation's qubits are its blocks' qubits), even where the block does nothing to
 circuit handed to the simulator is exactly the one sized, so no circuit can make the estimate
 fall below what runs.
 
-Devices and simulators with noise on named qubits keep every qubit: there the numbers are
+A noisy Aer twin leaves them out too (a delay's relaxation leaves an idle qubit in |0>, its
+noise model's temperature being 0), under its device's noise model on the qubits kept
+(`Simulated.kept`, gateway.backends.aer.noise). Devices keep every qubit: there the numbers are
 physical qubits (the adapter decides, QiskitAdapter.compacts_idle_qubits).
 """
 
