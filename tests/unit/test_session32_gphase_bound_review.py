@@ -335,3 +335,23 @@ def test_a_call_whose_angle_has_no_value_is_invalid_qasm(
         aer.compile_circuit(CircuitSource(Q2, f"{H2}{gates}\n{calls}\n"))
     assert refused_call.value.reason == "INVALID_QASM"
     assert says in refused_call.value.message
+
+
+# ------------------------------------------------------------------ a register named gphase
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "qreg gphase[1];\ngate g(a) r { gphase(a) r; x r; }\ng(1) gphase[0];\n",
+        "qreg q[1];\ncreg gphase[1];\ngate g(a) r { gphase(a) r; x r; }\ng(1) q[0];\n",
+        # The first name the reader's phase would take is the client's already.
+        "qreg gp0000[1];\ncreg gphase[1];\ngate g(a) r { gphase(a) r; x r; }\ng(1) gp0000[0];\n",
+    ],
+)
+def test_a_register_named_gphase_beside_a_bound_phase_is_read(program: str) -> None:
+    # Was refused ("'gphase' is already defined"): the reader's phase took the name gphase,
+    # which OpenQASM 2 leaves free for a register.
+    text = 'OPENQASM 2.0;\ninclude "qelib1.inc";\n' + program
+    assert parsed(text) == ["g"]
+    refused(text.replace("gphase(a)", "gphase(a * 1e400)"))

@@ -32,6 +32,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import itertools
 import math
 import re
 import sys
@@ -671,10 +672,34 @@ class _BodyPhase(Gate):  # type: ignore[misc]  # qiskit.circuit is untyped
         self.definition = QuantumCircuit(0)
 
 
-# `gphase` is known to the reader only in a program that defines no gphase of its own
-# (`_global_phase_statements`) and holds a bound one (`_GlobalPhase.bound`); there, a
-# register also named `gphase` is refused by the reader ('gphase' is already defined).
-_BODY_PHASE = qiskit.qasm2.CustomInstruction("gphase", 1, 0, _BodyPhase, builtin=True)
+def _body_phase_instruction(text: str) -> tuple[str, qiskit.qasm2.CustomInstruction]:
+    """A name six characters long (as `gphase` is) that no identifier of `text` has, and the
+    reader's built-in `_BodyPhase` under it. Under the name `gphase` itself the reader would
+    refuse a program that also names a register `gphase` ("'gphase' is already defined")."""
+    taken = set(_QASM2_IDENTIFIER.findall(text))
+    # 36^4 candidates: more than a program within the source limit can name.
+    for letters in itertools.product(_NAME_LETTERS, repeat=4):
+        name = "gp" + "".join(letters)
+        if name not in taken:
+            return name, qiskit.qasm2.CustomInstruction(name, 1, 0, _BodyPhase, builtin=True)
+    raise AssertionError("a program naming every candidate is beyond the source limit")
+
+
+_QASM2_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _renamed(text: str, starts: Sequence[int], name: str) -> str:
+    """`text` with the `gphase` keyword at each offset in `starts` (ascending) spelt `name`, a
+    name of the same length: every other token stays where it was."""
+    pieces: list[str] = []
+    done = 0
+    for start in starts:
+        pieces.append(text[done:start])
+        pieces.append(name)
+        done = start + len(name)
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _check_global_phases(
@@ -918,8 +943,13 @@ def _loads_qasm2(text: str, field: str) -> QuantumCircuit:
         with _reader_refusals("OpenQASM 2", field):
             phases = _check_global_phases(text, spans, field)
         text = _blanked(text, [phase.blanked for phase in phases])
-        if any(phase.bound for phase in phases):
-            custom = (*custom, _BODY_PHASE)
+        bound = [phase.span[0] for phase in phases if phase.bound]
+        if bound:
+            # A bound phase is in a gate's body, where no condition precedes it: its span
+            # starts at the keyword.
+            name, instruction = _body_phase_instruction(text)
+            text = _renamed(text, bound, name)
+            custom = (*custom, instruction)
     with _reader_refusals("OpenQASM 2", field):
         try:
             # No include path: only the reader's built-in qelib1.inc exists. The legacy custom
