@@ -180,12 +180,6 @@ class _StreamContext:
         return 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StreamJobResult builds each counts slice on the event loop: ~11 ms per 3 MiB "
-    "message (serialising the stored counts once and cutting them; ~55 ms before the slices "
-    "were cut and sent as wire bytes), paced per message only",
-)
 async def test_a_bystander_runs_while_a_large_counts_slice_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
