@@ -22,7 +22,7 @@ from gateway.backends.base import AdapterContext, CircuitLimits, PreparedJob
 from gateway.backends.ibm import adapter as ibm
 from gateway.backends.ibm.adapter import IbmAdapter, IbmPayload
 from gateway.backends.ibm.options import TOKEN_ENV, IbmOptions, IbmProviderOptions
-from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import idle
 from gateway.backends.qiskit.adapter import CompiledCircuit
 from gateway.backends.qiskit.fakes import fake_backend
 from gateway.domain import bitarray
@@ -607,7 +607,7 @@ def test_a_restricted_noise_model_gives_the_same_shots() -> None:
     ghz.cx(1, 2)
     ghz.measure([0, 1, 2], [0, 1, 2])
     isa = generate_preset_pass_manager(1, target=fake.target, seed_transpiler=0).run(ghz)
-    touched = fe.active_qubits(isa)
+    touched = idle.used_qubits(isa)
     assert len(touched) == 3
     counts_full = simulator.run(isa, shots=2000, seed_simulator=9).result().get_counts()
     restricted = ibm._restricted(full, touched)
@@ -789,7 +789,7 @@ def test_barriers_and_delays_touch_no_qubit() -> None:
     circuit.barrier()
     circuit.delay(100, 3)
     circuit.measure(1, 0)
-    assert fe.active_qubits(circuit) == frozenset({1})
+    assert idle.used_qubits(circuit) == frozenset({1})
 
 
 def test_aer_running_out_of_memory_is_out_of_memory() -> None:

@@ -36,6 +36,7 @@ from gateway.backends.ibm.adapter import IbmAdapter
 from gateway.backends.loopback.adapter import LoopbackAdapter
 from gateway.backends.pennylane.adapter import PennyLaneAdapter
 from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import idle
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import PermissionDenied
 from gateway.domain.jobs import JobOptions, JobSpec
@@ -210,8 +211,8 @@ def test_barriers_delays_and_a_global_phase_act_on_no_qubit() -> None:
     circuit.barrier()
     circuit.delay(100, 2)
     circuit.global_phase = 0.5
-    assert fe.active_qubits(circuit) == frozenset()
-    assert fe.active_qubits(QuantumCircuit(0)) == frozenset()
+    assert idle.used_qubits(circuit) == frozenset()
+    assert idle.used_qubits(QuantumCircuit(0)) == frozenset()
 
 
 def test_a_control_flow_block_acts_on_its_qubits_and_a_measure_or_reset_acts() -> None:
@@ -220,7 +221,7 @@ def test_a_control_flow_block_acts_on_its_qubits_and_a_measure_or_reset_acts() -
     with circuit.if_test((circuit.clbits[0], 1)):
         circuit.x(3)
     circuit.reset(4)
-    assert fe.active_qubits(circuit) == frozenset({0, 3, 4})
+    assert idle.used_qubits(circuit) == frozenset({0, 3, 4})
 
 
 # Five qubits declared (an ISA circuit is as wide as its device); the first PUB acts on two,

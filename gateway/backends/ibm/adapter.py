@@ -224,7 +224,7 @@ class IbmAdapter(QiskitAdapter):
         # device is a 3-qubit simulation); noisy runs sample a state vector per shot. Before
         # transpiling, what the circuit uses is a lower bound (routing may use more): an ISA
         # circuit is as wide as the device, however few of its qubits it uses.
-        active = len(fe.active_qubits(circuit))
+        active = len(idle.used_qubits(circuit))
         return fe.statevector_bytes(active), 1 << active
 
     def info_properties(self) -> dict[str, str]:
@@ -374,7 +374,7 @@ class IbmAdapter(QiskitAdapter):
         circuit = simulated.circuit
         runnable, registers = self._runnable(task.circuit.key, circuit)
         pub = (runnable, _bindings(runnable, task.parameters, task.values, task.shape), task.shots)
-        sampler = self._sampler(task.seed, fe.active_qubits(runnable))
+        sampler = self._sampler(task.seed, idle.used_qubits(runnable))
         result = _call(lambda: sampler.run([pub]).result())
         data = result[0].data
         size = task.size
@@ -413,7 +413,7 @@ class IbmAdapter(QiskitAdapter):
         layout = _layout_of(circuit)
         n = circuit.num_qubits
         observables = []
-        touched = set(fe.active_qubits(circuit))
+        touched = set(idle.used_qubits(circuit))
         for index, observable in enumerate(task.observables):
             terms = [(*_physical_term(key, layout), coefficient) for key, coefficient in observable]
             touched.update(q for _, qubits, _ in terms for q in qubits)
@@ -453,7 +453,7 @@ class IbmAdapter(QiskitAdapter):
             array.reshape(1, len(terms)),
             _bindings(circuit, parameters, values, (size, 1)),
         )
-        touched = fe.active_qubits(circuit) | {q for _, qubits in terms for q in qubits}
+        touched = idle.used_qubits(circuit) | {q for _, qubits in terms for q in qubits}
         estimator = self._estimator(0, touched)
         result = _call(lambda: estimator.run([pub]).result())
         return np.asarray(result[0].data.evs, dtype=np.float64).reshape(size, len(terms))

@@ -58,6 +58,7 @@ from gateway.backends.base import (
     check_types,
 )
 from gateway.backends.qiskit import frontend as fe
+from gateway.backends.qiskit import idle
 from gateway.backends.qiskit.qpy_reader import qpy_versions
 from gateway.backends.qiskit.target import from_qiskit_target
 from gateway.backends.runner import ExecutionModel, RunHandle, Runner, cancelled_error
@@ -318,7 +319,7 @@ class LoopbackAdapter(BackendAdapter):
                 if layout is None
                 else tuple(int(q) for q in layout.final_index_layout())
             ),
-            active_qubits=len(fe.active_qubits(circuit)),
+            active_qubits=len(idle.used_qubits(circuit)),
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
             shot_by_shot=bool(features),

@@ -609,7 +609,7 @@ class QiskitAdapter(BackendAdapter):
             registers=registers,
             # One physical qubit per qubit of the circuit as submitted (not the widening's).
             layout=_layout_of(transpiled)[: circuit.num_qubits],
-            active_qubits=len(fe.active_qubits(circuit)),
+            active_qubits=len(idle.used_qubits(circuit)),
             memory_bytes=memory,
             operations=fe.count_operations(transpiled),
             amplitudes=amplitudes,

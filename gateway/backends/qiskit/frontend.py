@@ -3387,21 +3387,6 @@ def writes_clbits(circuit: QuantumCircuit) -> bool:
     return _any_instruction(circuit, lambda i: bool(i.clbits) or i.operation.name == "store")
 
 
-# Instructions that leave their qubits idle: a qubit only they name is not used.
-_IDLE_OPERATIONS = frozenset({"barrier", "delay"})
-
-
-def active_qubits(circuit: QuantumCircuit) -> frozenset[int]:
-    """Indices of the qubits some instruction other than a barrier or delay acts on (inside
-    control flow too: its block's qubits are the operation's). An ISA circuit is as wide as
-    its device, however few of its qubits it uses."""
-    used = set()
-    for instruction in circuit.data:
-        if instruction.operation.name not in _IDLE_OPERATIONS:
-            used.update(instruction.qubits)
-    return frozenset(circuit.find_bit(q).index for q in used)
-
-
 def has_measurements(circuit: QuantumCircuit) -> bool:
     """True when the circuit measures anywhere, control-flow blocks included."""
     return _any_instruction(circuit, lambda i: i.operation.name == "measure")
