@@ -8,9 +8,9 @@ from typing import Any
 
 from gateway.backends.base import AdapterContext, BackendAdapter, CircuitLimits, PreparedJob
 from gateway.domain.backends import BackendLimits
-from gateway.domain.circuits import circuit_field
+from gateway.domain.circuits import EstimatorPub, circuit_field
 from gateway.domain.errors import InvalidArgument
-from gateway.domain.jobs import JobSpec, PubResult
+from gateway.domain.jobs import EstimatorResult, FloatArray, JobOptions, JobSpec, PubResult
 from gateway.runtime.compiler import relocated
 
 
@@ -27,6 +27,14 @@ def prepare_in_process(adapter: BackendAdapter, spec: JobSpec, seed: int) -> Pre
 def execute_in_process(adapter: BackendAdapter, spec: JobSpec, seed: int) -> tuple[PubResult, ...]:
     prepared = prepare_in_process(adapter, spec, seed)
     return adapter.execute(pickle.loads(pickle.dumps(prepared.payload))).result.pubs
+
+
+def estimate_in_process(adapter: BackendAdapter, pub: EstimatorPub) -> FloatArray:
+    """The expectation values of one estimator PUB, run alone with default options (seed 5)."""
+    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
+    (result,) = execute_in_process(adapter, spec, 5)
+    assert isinstance(result, EstimatorResult)
+    return result.expectation_values
 
 
 def adapter_context(name: str, *, max_shots: int = 100_000, **options: Any) -> AdapterContext:

@@ -32,9 +32,7 @@ from qiskit.circuit import Barrier, ClassicalRegister, Delay, Parameter, Quantum
 from qiskit.circuit.library import IGate
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
-from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.braket.adapter import BraketAdapter
-from gateway.backends.pennylane.adapter import PennyLaneAdapter
 from gateway.backends.qiskit import idle
 from gateway.backends.qiskit.adapter import (
     CompiledCircuit,
@@ -49,15 +47,14 @@ from gateway.domain.circuits import (
     SamplerPub,
 )
 from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
-from tests.adapters import adapter_context, execute_in_process
+from tests.adapters import adapter_context, estimate_in_process, execute_in_process
 from tests.targets import client_target, qpy_source
+from tests.unit.test_session31_isa_width import IDEAL, _counts, _values
 
 # Built once per kind: each adapter keeps its worker caches, which the properties share (a
 # cache filled by one example and read by another is part of what they check).
 _MAKERS: dict[str, Callable[[], QiskitAdapter]] = {
-    "aer-statevector": lambda: AerAdapter(adapter_context("aer", method="statevector")),
-    "braket_sv": lambda: BraketAdapter(adapter_context("braket", device="braket_sv")),
-    "default.qubit": lambda: PennyLaneAdapter(adapter_context("pennylane", device="default.qubit")),
+    kind: IDEAL[kind] for kind in ("aer-statevector", "braket_sv", "default.qubit")
 }
 _ADAPTERS: dict[str, QiskitAdapter] = {}
 
@@ -69,39 +66,6 @@ def _adapter(kind: str) -> QiskitAdapter:
     if kind not in _ADAPTERS:
         _ADAPTERS[kind] = _MAKERS[kind]()
     return _ADAPTERS[kind]
-
-
-def _counts(
-    adapter: QiskitAdapter, circuit: QuantumCircuit, shots: int, seed: int | None = 11
-) -> dict[str, int]:
-    spec = JobSpec(
-        backend=adapter.context.name,
-        pubs=(SamplerPub(qpy_source(circuit), Bindings(), shots),),
-        options=JobOptions(seed=seed),
-    )
-    (result,) = execute_in_process(adapter, spec, 11)
-    assert isinstance(result, SamplerResult)
-    (register,) = result.registers
-    return dict(register.counts[0])
-
-
-def _values(
-    adapter: QiskitAdapter, circuit: QuantumCircuit, observables: list[SparsePauliOp]
-) -> np.ndarray:
-    pub = EstimatorPub(
-        qpy_source(circuit),
-        tuple(
-            Observable(tuple(PauliTerm(p, float(c.real)) for p, c in op.to_list()))
-            for op in observables
-        ),
-        (len(observables),),
-        Bindings(),
-        precision=0.0,
-    )
-    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    (result,) = execute_in_process(adapter, spec, 5)
-    assert isinstance(result, EstimatorResult)
-    return np.asarray(result.expectation_values, dtype=np.float64)
 
 
 # ------------------------------------------------------------------ random embedded circuits
@@ -346,15 +310,11 @@ def _two_of_thirteen(measure: str) -> QuantumCircuit:
     return circuit
 
 
+# The ideal simulators but braket_dm, which runs here with noise.
 _SPIED: dict[str, Callable[[], QiskitAdapter]] = {
-    **_MAKERS,
-    "aer-density-matrix": lambda: AerAdapter(adapter_context("aer", method="density_matrix")),
-    "aer-mps": lambda: AerAdapter(adapter_context("aer", method="matrix_product_state")),
+    **{kind: make for kind, make in IDEAL.items() if kind != "braket_dm"},
     "braket_dm-noisy": lambda: BraketAdapter(
         adapter_context("braket", device="braket_dm", noise={"depolarizing_2q": 0.05})
-    ),
-    "lightning.qubit": lambda: PennyLaneAdapter(
-        adapter_context("pennylane", device="lightning.qubit")
     ),
 }
 # PennyLane samples terminal measurements only; noisy braket_dm refuses mid-circuit ones.
@@ -655,9 +615,7 @@ def test_swept_parameters_on_scattered_qubits_match_the_uncompacted_state(kind: 
         Bindings(("a", "b", "c"), (len(rows), 1), rows.reshape(len(rows), 1, 3)),
         precision=0.0,
     )
-    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    (result,) = execute_in_process(adapter, spec, 5)
-    assert isinstance(result, EstimatorResult)
+    values = estimate_in_process(adapter, pub)
     expected = [
         [
             float(
@@ -669,7 +627,7 @@ def test_swept_parameters_on_scattered_qubits_match_the_uncompacted_state(kind: 
         ]
         for row in rows
     ]
-    np.testing.assert_allclose(result.expectation_values, expected, atol=1e-9)
+    np.testing.assert_allclose(values, expected, atol=1e-9)
 
 
 @st.composite
@@ -819,9 +777,7 @@ def test_sparse_terms_in_any_qubit_order_read_the_uncompacted_values(kind: str) 
         Bindings(),
         precision=0.0,
     )
-    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    (result,) = execute_in_process(adapter, spec, 5)
-    assert isinstance(result, EstimatorResult)
+    values = estimate_in_process(adapter, pub)
     state = Statevector(circuit.remove_final_measurements(inplace=False))
     expected = [float(state.expectation_value(op).real) for op in dense] * 2
-    np.testing.assert_allclose(result.expectation_values, expected, atol=1e-9)
+    np.testing.assert_allclose(values, expected, atol=1e-9)

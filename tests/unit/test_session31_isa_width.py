@@ -35,8 +35,13 @@ from gateway.domain.circuits import (
     SamplerPub,
 )
 from gateway.domain.errors import InvalidArgument
-from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec, SamplerResult
-from tests.adapters import adapter_context, execute_in_process, prepare_in_process
+from gateway.domain.jobs import JobOptions, JobSpec, SamplerResult
+from tests.adapters import (
+    adapter_context,
+    estimate_in_process,
+    execute_in_process,
+    prepare_in_process,
+)
 from tests.targets import active_qubits, bell, client_target, qpy_source
 
 # The ideal all-to-all simulators, by the backend kind a test names.
@@ -58,16 +63,34 @@ def _target(adapter: QiskitAdapter) -> Target:
     return client_target(adapter, adapter.context.name)
 
 
-def _counts(adapter: QiskitAdapter, circuit: QuantumCircuit, shots: int = 2000) -> dict[str, int]:
+def _counts(
+    adapter: QiskitAdapter, circuit: QuantumCircuit, shots: int = 2000, seed: int | None = 11
+) -> dict[str, int]:
     spec = JobSpec(
         backend=adapter.context.name,
         pubs=(SamplerPub(qpy_source(circuit), Bindings(), shots),),
-        options=JobOptions(seed=11),
+        options=JobOptions(seed=seed),
     )
     (result,) = execute_in_process(adapter, spec, 11)
     assert isinstance(result, SamplerResult)
     (register,) = result.registers
     return dict(register.counts[0])
+
+
+def _values(
+    adapter: QiskitAdapter, circuit: QuantumCircuit, observables: list[SparsePauliOp]
+) -> np.ndarray:
+    pub = EstimatorPub(
+        qpy_source(circuit),
+        tuple(
+            Observable(tuple(PauliTerm(p, float(c.real)) for p, c in op.to_list()))
+            for op in observables
+        ),
+        (len(observables),),
+        Bindings(),
+        precision=0.0,
+    )
+    return np.asarray(estimate_in_process(adapter, pub), dtype=np.float64)
 
 
 def _assert_bell_counts(counts: dict[str, int], shots: int = 2000) -> None:
@@ -160,20 +183,7 @@ def test_observables_laid_out_by_isa_layout_give_the_bell_pairs_values(kind: str
     idle_terms, idle_values = _idle_terms(width)
     observables += [SparsePauliOp.from_sparse_list([term], width) for term in idle_terms]
     expected = _VIRTUAL_VALUES + idle_values
-    pub = EstimatorPub(
-        qpy_source(isa),
-        tuple(
-            Observable(tuple(PauliTerm(p, float(c.real)) for p, c in op.to_list()))
-            for op in observables
-        ),
-        (len(observables),),
-        Bindings(),
-        precision=0.0,
-    )
-    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    (result,) = execute_in_process(adapter, spec, 5)
-    assert isinstance(result, EstimatorResult)
-    np.testing.assert_allclose(result.expectation_values, expected, atol=1e-9)
+    np.testing.assert_allclose(_values(adapter, isa, observables), expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["aer-statevector", "braket_sv", "default.qubit"])
@@ -196,10 +206,7 @@ def test_a_swept_rotation_on_the_last_qubit_reads_its_cosine(kind: str) -> None:
         Bindings(("theta",), (4,), angles),
         precision=0.0,
     )
-    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    (result,) = execute_in_process(adapter, spec, 5)
-    assert isinstance(result, EstimatorResult)
-    np.testing.assert_allclose(result.expectation_values, np.cos(angles[:, 0]), atol=1e-9)
+    np.testing.assert_allclose(estimate_in_process(adapter, pub), np.cos(angles[:, 0]), atol=1e-9)
 
 
 def test_a_noisy_braket_dm_applies_its_noise_to_the_pair_wherever_it_was_laid() -> None:
@@ -349,10 +356,7 @@ def test_a_noisy_aer_twin_answers_the_noise_of_the_qubits_the_user_chose() -> No
             Bindings(),
             precision=0.0,
         )
-        spec = JobSpec(backend="aer-noisy", pubs=(pub,), options=JobOptions())
-        (result,) = execute_in_process(adapter, spec, 5)
-        assert isinstance(result, EstimatorResult)
-        np.testing.assert_allclose(result.expectation_values, reference, atol=1e-9)
+        np.testing.assert_allclose(estimate_in_process(adapter, pub), reference, atol=1e-9)
         values.append(reference)
     # The two pairs' noise differs: renumbering qubits 3 and 4 to 0 and 1 would show.
     assert abs(values[0] - values[1]) > 1e-3

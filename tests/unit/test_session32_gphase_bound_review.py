@@ -30,11 +30,12 @@ from gateway.domain.circuits import CircuitLanguage, CircuitSource
 from gateway.domain.errors import InvalidArgument
 from tests.adapters import adapter_context
 from tests.unit.test_session30_sdk_writers_review import _run
+from tests.unit.test_session31_pragma_hostile_review import parsed as parsed_circuit
+from tests.unit.test_session31_pragma_hostile_review import refused as refused_program
 
 pytestmark = pytest.mark.timeout(60)
 
 Q2 = CircuitLanguage.QASM2
-FIELD = "spec.pubs[0].sampler.circuit.qasm3"
 H2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
 NON_FINITE = "a parameter of 'gphase' is not finite"
 
@@ -46,17 +47,11 @@ def aer() -> AerAdapter:
 
 def parsed(text: str, limits: CircuitLimits | None = None) -> list[str]:
     """The names of the top-level operations of the parsed program."""
-    circuit = fe.parse_circuit(CircuitSource(Q2, text), limits or CircuitLimits(), FIELD)
-    return [instruction.operation.name for instruction in circuit.data]
+    return [instruction.operation.name for instruction in parsed_circuit(text, Q2, limits).data]
 
 
 def refused(text: str, reason: str = "NON_FINITE_ANGLE") -> InvalidArgument:
-    with pytest.raises(InvalidArgument) as info:
-        parsed(text)
-    error = info.value
-    assert error.reason == reason, (error.reason, error.message)
-    assert [v.field for v in error.field_violations] == [FIELD]
-    return error
+    return refused_program(text, reason, Q2)
 
 
 # ------------------------------------------------------------------ as the rz is
@@ -192,7 +187,7 @@ def test_a_division_by_a_calls_zero_is_refused_not_raised() -> None:
 
 def test_the_phase_reads_as_nothing_in_the_gates_definition() -> None:
     text = H2 + "gate g(a) r { gphase(a / 2) r; x r; }\ng(0.5) q[0];\n"
-    circuit = fe.parse_circuit(CircuitSource(Q2, text), CircuitLimits(), FIELD)
+    circuit = parsed_circuit(text, Q2)
     definition = circuit.data[0].operation.definition
     phase, x = definition.data
     assert (phase.operation.name, phase.qubits, phase.operation.params) == ("gphase", (), [0.25])
@@ -203,7 +198,7 @@ def test_the_phase_reads_as_nothing_in_the_gates_definition() -> None:
 def test_a_constant_phase_in_a_body_is_still_dropped() -> None:
     # Checked once, where it is written (session 31): one number wherever the gate is called.
     text = H2 + "gate g(a) r { gphase(0.1) r; rz(a) r; }\ng(0.5) q[0];\n"
-    circuit = fe.parse_circuit(CircuitSource(Q2, text), CircuitLimits(), FIELD)
+    circuit = parsed_circuit(text, Q2)
     assert [i.operation.name for i in circuit.data[0].operation.definition.data] == ["rz"]
 
 
@@ -218,10 +213,7 @@ def test_the_program_is_the_same_operator_with_or_without_its_phases() -> None:
     for phase in ("gphase(a * b) r, s; ", "gphase(-b) ; ", "gphase(sin(t) ^ 2) r; "):
         without = without.replace(phase, "")
     assert without.count("gphase") == 0
-    operators = [
-        Operator(fe.parse_circuit(CircuitSource(Q2, text), CircuitLimits(), FIELD))
-        for text in (with_phases, without)
-    ]
+    operators = [Operator(parsed_circuit(text, Q2)) for text in (with_phases, without)]
     assert operators[0].equiv(operators[1]) and operators[0] == operators[1]
 
 
@@ -260,7 +252,7 @@ def test_an_invalid_angle_naming_a_parameter_is_still_the_probes_refusal() -> No
 
 def test_a_program_defining_its_own_gphase_calls_it() -> None:
     text = H2 + "gate gphase(a) r { rz(a) r; }\ngate g(a) r { gphase(a) r; }\ng(1) q[0];\n"
-    circuit = fe.parse_circuit(CircuitSource(Q2, text), CircuitLimits(), FIELD)
+    circuit = parsed_circuit(text, Q2)
     (inner,) = circuit.data[0].operation.definition.data
     assert inner.operation.name == "gphase" and len(inner.qubits) == 1
     assert [i.operation.name for i in inner.operation.definition.data] == ["rz"]

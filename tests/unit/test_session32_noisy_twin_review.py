@@ -32,8 +32,7 @@ from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.aer.noise import noise_model_on
 from gateway.backends.qiskit.fakes import fake_backend
 from gateway.domain.circuits import Bindings, EstimatorPub
-from gateway.domain.jobs import EstimatorResult, JobOptions, JobSpec
-from tests.adapters import adapter_context, execute_in_process
+from tests.adapters import adapter_context, estimate_in_process
 from tests.targets import qpy_source
 from tests.unit.test_session29_ibm_estimator_review import _observable
 from tests.unit.test_session32_noisy_twin import _compiled, _sampled
@@ -107,10 +106,7 @@ def _estimated(adapter: AerAdapter, isa: QuantumCircuit, observable: SparsePauli
         Bindings(),
         precision=0.0,
     )
-    spec = JobSpec(backend=adapter.context.name, pubs=(pub,), options=JobOptions())
-    (result,) = execute_in_process(adapter, spec, 5)
-    assert isinstance(result, EstimatorResult)
-    return float(np.asarray(result.expectation_values).reshape(-1)[0])
+    return float(np.asarray(estimate_in_process(adapter, pub)).reshape(-1)[0])
 
 
 # ------------------------------------------------------------ the model, against the whole one
