@@ -204,6 +204,11 @@ class Store(Protocol):
     async def create_job(self, new: NewJob) -> CreateOutcome:
         """Inserts a QUEUED job, durably, unless (tenant, request_id) already names one.
 
+        A tenant's create times rise in commit order: the job's is `new.created_at` unless the
+        tenant has a job created at or after it (committed first, though its clock was read
+        later), then just after that one's. ListJobs pages by create time, so a job committed
+        after a page was served is newer than everything on it.
+
         Raises:
             InvalidArgument: reason REQUEST_ID_REUSED, when the id names a job with another hash.
         """
@@ -402,7 +407,8 @@ class Store(Protocol):
         REQUEST_ID_DEDUP_WINDOW_S before `session.created_at`: then that one and False (an
         older one gives the id up). Raises InvalidArgument REQUEST_ID_REUSED for a different
         request, and ResourceExhausted SESSION_LIMIT_REACHED when the tenant already has
-        `max_open` open sessions (counted in the same transaction)."""
+        `max_open` open sessions (counted in the same transaction). A tenant's create times
+        rise in commit order, as create_job's do."""
 
     async def find_session_request(
         self, tenant: str, request_id: str, now: datetime

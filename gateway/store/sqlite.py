@@ -57,7 +57,7 @@ from gateway.store.sqlite_audit import MIGRATION_SQL as SQLITE_AUDIT_MIGRATION
 from gateway.store.sqlite_audit import SqliteAudit, job_changed, job_created
 from gateway.store.sqlite_keys import UNREVOKED_INDEX_SQL as SQLITE_KEYS_UNREVOKED_INDEX
 from gateway.store.sqlite_keys import SqliteApiKeys
-from gateway.store.sqlite_pages import page_query
+from gateway.store.sqlite_pages import creation_us, page_query
 from gateway.store.sqlite_readers import BLOB_READ_THREADS, READ_THREADS, ReaderPool
 from gateway.store.sqlite_sessions import TOTALS_MIGRATION_SQL as SQLITE_SESSION_TOTALS
 from gateway.store.sqlite_sessions import SqliteSessions, add_to_totals
@@ -600,43 +600,46 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
 
         A request_id is recognised for REQUEST_ID_DEDUP_WINDOW_S after the earlier job's
         created_at (measured against `new.created_at`); after that the old job gives the id up.
+        The job's create time is `new.created_at`, or just after the tenant's newest job's when
+        that is later (gateway.store.sqlite_pages.creation_us).
 
         Raises:
             InvalidArgument: reason REQUEST_ID_REUSED, when the id names a job with another hash.
         """
         _check_seed(new.seed)
-        created_us = to_us(new.created_at)
-        insert_args = (
-            new.id,
-            new.tenant,
-            new.request_id or None,
-            new.request_hash,
-            new.backend,
-            None if new.placement in ("", new.backend) else new.placement,
-            JobState.QUEUED.value,
-            new.num_pubs,
-            str(new.seed),
-            created_us,
-            _labels_to_json(new.labels),
-            new.sampler_output.value,
-            new.session or None,
-            new.trace_context or None,
-            created_us,
-            json.dumps([[JobState.QUEUED.value, created_us]], separators=(",", ":")),
-        )
+        clock_us = to_us(new.created_at)
 
         def op(conn: sqlite3.Connection) -> CreateOutcome:
             earlier = _request_row(conn, new.tenant, new.request_id) if new.request_id else None
             if earlier is not None:
-                if within_dedup_window(int(earlier["created_at"]), created_us):
+                if within_dedup_window(int(earlier["created_at"]), clock_us):
                     existing = _row_to_job(earlier)
                     if bytes(earlier["request_hash"]) == new.request_hash:
                         return CreateOutcome(existing, created=False)
                     raise request_id_reused(new.request_id, existing.id)
                 # Outside the window the id is free again: the old job gives it up.
                 conn.execute("UPDATE jobs SET request_id = NULL WHERE id = ?", (earlier["id"],))
+            created_us = creation_us(conn, "jobs", new.tenant, clock_us)
             if new.charge is not None:  # the tenant's limits, checked and reserved (issue 11)
-                reserve(conn, new.id, new.tenant, new.charge, new.created_at)
+                reserve(conn, new.id, new.tenant, new.charge, from_us(created_us))
+            insert_args = (
+                new.id,
+                new.tenant,
+                new.request_id or None,
+                new.request_hash,
+                new.backend,
+                None if new.placement in ("", new.backend) else new.placement,
+                JobState.QUEUED.value,
+                new.num_pubs,
+                str(new.seed),
+                created_us,
+                _labels_to_json(new.labels),
+                new.sampler_output.value,
+                new.session or None,
+                new.trace_context or None,
+                created_us,
+                json.dumps([[JobState.QUEUED.value, created_us]], separators=(",", ":")),
+            )
             row = conn.execute(_INSERT_JOB_SQL, insert_args).fetchone()
             conn.execute(_INSERT_SPEC_SQL, (new.id, new.spec))
             return CreateOutcome(_row_to_job(row), created=True)

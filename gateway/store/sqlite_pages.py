@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from gateway.domain.job_filter import Comparison, FilterField, FilterOp, JobFilter
 from gateway.store.base import JobCursor
@@ -29,6 +29,23 @@ ComparisonSql = Callable[[Comparison], tuple[str, list[object]]]
 # of them held a reader thread, and the reads queued behind it, for seconds, only for the
 # API to send the few that fit a response. A page of large rows comes back short instead.
 PAGE_BYTES = 4 << 20
+
+
+def creation_us(
+    conn: sqlite3.Connection, table: Literal["jobs", "sessions"], tenant: str, clock_us: int
+) -> int:
+    """The create time a new row of `tenant` commits with: the clock's reading, or just after
+    the tenant's newest row when that is later, so create times rise in commit order.
+
+    The clock is read before the row's commit (a request-id lookup, a provider's session and
+    the writer's batch come between): a row whose commit was overtaken by a newer one's landed
+    behind a page cursor already handed out, and a listing, or a `create_time >` poll from
+    the newest row seen, never returned it. Called in the write transaction that inserts the
+    row (the tenant's index gives the newest in one lookup)."""
+    newest = conn.execute(
+        f"SELECT max(created_at) FROM {table} WHERE tenant = ?", (tenant,)
+    ).fetchone()[0]
+    return clock_us if newest is None or clock_us > newest else int(newest) + 1
 
 
 def _stored_bytes(row: sqlite3.Row) -> int:

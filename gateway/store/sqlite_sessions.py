@@ -31,7 +31,7 @@ from gateway.domain.sessions import (
 )
 from gateway.store.base import JobCursor, SessionPage
 from gateway.store.sqlite_audit import SqliteAudit, session_created, session_saved
-from gateway.store.sqlite_pages import page_query
+from gateway.store.sqlite_pages import creation_us, page_query
 from gateway.store.sqlite_time import opt_from_us, opt_us, to_us, within_dedup_window
 
 T = TypeVar("T")
@@ -218,6 +218,7 @@ class SqliteSessions(SqliteAudit):
                     )
             if max_open is not None and open_sessions(conn, session.tenant) >= max_open:
                 raise too_many_sessions(session.tenant, max_open)
+            created_at = creation_us(conn, "sessions", session.tenant, created_us)
             conn.execute(
                 f"INSERT INTO sessions ({_COLUMNS}, request_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -232,7 +233,7 @@ class SqliteSessions(SqliteAudit):
                     session.max_ttl_s,
                     session.idle_ttl_s,
                     json.dumps(dict(session.labels), sort_keys=True) if session.labels else None,
-                    to_us(session.created_at),
+                    created_at,
                     opt_us(session.first_job_at),
                     opt_us(session.last_activity_at),
                     opt_us(session.ended_at),

@@ -80,6 +80,12 @@ class Harness:
         holder: str = "a",
     ) -> Job:
         """Admits a job: stored QUEUED (created at T0 + at), then put on the queue."""
+        job = await self.stored(job_id, tenant, at)
+        await self.queue(holder).put(job, prepared)
+        return job
+
+    async def stored(self, job_id: str, tenant: str = "acme", at: timedelta = timedelta(0)) -> Job:
+        """A job stored QUEUED (created at T0 + at, or just after the tenant's newest job)."""
         out = await self.store.create_job(
             NewJob(
                 id=job_id,
@@ -93,7 +99,6 @@ class Harness:
                 created_at=T0 + at,
             )
         )
-        await self.queue(holder).put(out.job, prepared)
         return out.job
 
     async def claim(self, holder: str = "a") -> Claim:
@@ -138,12 +143,14 @@ async def test_empty_queue(h: Harness) -> None:
 
 
 async def test_fifo_within_a_tenant(h: Harness) -> None:
-    # Put out of create order (a job recovered late, a slow admission): create time decides,
-    # then id.
-    for job_id, at in [("j2", 2), ("j0", 0), ("j1b", 1), ("j1a", 1), ("j3", 3)]:
-        await h.add(job_id, at=at * US)
+    # Put out of create order (a slow admission puts its job after a later one's): create
+    # time decides. Equal clock readings commit a microsecond apart, ids against that order.
+    created = [("j0", 0), ("j1b", 1), ("j1a", 1), ("j2", 2), ("j3", 3)]
+    jobs = {job_id: await h.stored(job_id, at=at * US) for job_id, at in created}
+    for job_id in ["j2", "j0", "j1a", "j1b", "j3"]:
+        await h.queue("a").put(jobs[job_id], None)
     assert await h.q.depth() == 5
-    assert await h.claim_ids(5) == ["j0", "j1a", "j1b", "j2", "j3"]
+    assert await h.claim_ids(5) == ["j0", "j1b", "j1a", "j2", "j3"]
     assert await h.q.claim() is None
     assert await h.q.depth() == 0
 

@@ -343,6 +343,32 @@ async def test_paging_newest_first_each_job_once(store: Store) -> None:
     assert len(page.jobs) == 120 and page.next_cursor is None
 
 
+async def test_a_tenants_create_times_rise_in_commit_order(store: Store) -> None:
+    # A job whose clock reading was taken before a newer job committed (its admission was
+    # slower) commits just after the tenant's newest, never behind a page already served.
+    await store.create_job(new_job(job_id="oldest", created_at=T0 - SECOND))
+    newest = (await store.create_job(new_job(job_id="newest", created_at=T0 + SECOND))).job
+    first = await store.list_jobs("acme", limit=1)
+    assert [j.id for j in first.jobs] == ["newest"] and first.next_cursor is not None
+    late = (await store.create_job(new_job(job_id="late", created_at=T0))).job
+    assert late.created_at == newest.created_at + timedelta(microseconds=1)
+    assert late.state_history == _history((JobState.QUEUED, late.created_at))
+    assert await get(store, "late") == late
+    rest = await store.list_jobs("acme", after=first.next_cursor)
+    assert [j.id for j in rest.jobs] == ["oldest"]
+    since = parse_filter(f'create_time > "{newest.created_at.isoformat()}"')
+    assert [j.id for j in (await store.list_jobs("acme", filter=since)).jobs] == ["late"]
+    # The same clock reading again: a microsecond later still.
+    again = (await store.create_job(new_job(job_id="again", created_at=T0 + SECOND))).job
+    assert again.created_at == late.created_at + timedelta(microseconds=1)
+    # Another tenant's clock readings are its own.
+    other = (await store.create_job(new_job(job_id="other", tenant="bob", created_at=T0))).job
+    assert other.created_at == T0
+    # A reading after the newest is kept as it is.
+    later = (await store.create_job(new_job(job_id="later", created_at=T0 + 5 * SECOND))).job
+    assert later.created_at == T0 + 5 * SECOND
+
+
 async def test_list_filters_by_state_and_backend(store: Store) -> None:
     ids = [
         (await store.create_job(new_job(job_id=f"j{i}", backend=b))).job.id
@@ -518,7 +544,7 @@ async def test_a_run_without_its_running_write_is_finished_with_its_start(store:
         (JobState.CANCELLED, T0 + 4 * SECOND),
     )
     # A cancel accepted while the RUNNING write waited: the history stays in time order.
-    await store.create_job(new_job(job_id="c"))
+    await store.create_job(new_job(job_id="c", tenant="carol"))
     await store.mark_cancelling("c", T0 + 2 * SECOND)
     stopped = await store.finish_job(
         "c", JobState.CANCELLED, ended_at=T0 + 3 * SECOND, started_at=T0 + SECOND
@@ -948,8 +974,8 @@ async def test_a_claim_leases_the_job_without_changing_it(store: Store) -> None:
 
 
 async def test_claims_are_per_placement(store: Store) -> None:
-    await store.create_job(new_job(job_id="on-aer"))
     await store.create_job(new_job(job_id="fallback", placement="mps", created_at=T0 - SECOND))
+    await store.create_job(new_job(job_id="on-aer"))
     await store.create_job(new_job(job_id="on-mps", backend="mps", created_at=T0 + SECOND))
     assert await store.queued_jobs("aer") == [("on-aer", "acme")]
     assert await store.queued_jobs("mps") == [("fallback", "acme"), ("on-mps", "acme")]
@@ -1161,12 +1187,13 @@ async def claim_order(store: Store, n: int, now: datetime = T0) -> list[str]:
     return [await claim(store, "me", now) for _ in range(n)]
 
 
-async def test_fifo_within_a_tenant_by_create_time_then_id(store: Store) -> None:
-    # Inserted out of order; equal create times are ordered by id.
-    for job_id, at in [("c", 2), ("b", 1), ("a2", 1), ("a1", 1), ("z", 0)]:
+async def test_fifo_within_a_tenant_by_create_time(store: Store) -> None:
+    # Ids against create order; equal clock readings commit a microsecond apart, in commit
+    # order (create_job), so the id never decides within a tenant.
+    for job_id, at in [("z", 0), ("b", 1), ("a2", 1), ("a1", 1), ("c", 2)]:
         await store.create_job(new_job(job_id=job_id, created_at=T0 + at * SECOND))
-    assert [j for j, _ in await store.queued_jobs("aer")] == ["z", "a1", "a2", "b", "c"]
-    assert await claim_order(store, 5) == ["z", "a1", "a2", "b", "c"]
+    assert [j for j, _ in await store.queued_jobs("aer")] == ["z", "b", "a2", "a1", "c"]
+    assert await claim_order(store, 5) == ["z", "b", "a2", "a1", "c"]
 
 
 async def test_the_tenant_holding_the_fewest_claims_goes_first(store: Store) -> None:
@@ -1218,9 +1245,10 @@ async def test_claim_history_survives_an_emptied_queue(store: Store) -> None:
 
 
 async def test_never_claimed_tenants_go_by_their_oldest_job(store: Store) -> None:
-    await store.create_job(new_job(job_id="z-late", tenant="zed", created_at=T0 + 2 * SECOND))
+    # Amy's job arrives first, but Zed's oldest is older.
     await store.create_job(new_job(job_id="a-later", tenant="amy", created_at=T0 + 3 * SECOND))
     await store.create_job(new_job(job_id="z-first", tenant="zed", created_at=T0 + SECOND))
+    await store.create_job(new_job(job_id="z-late", tenant="zed", created_at=T0 + 2 * SECOND))
     assert await claim(store) == "z-first"
     # Then Amy (fewer claims), then Zed.
     assert await claim_order(store, 2) == ["a-later", "z-late"]

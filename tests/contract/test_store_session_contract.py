@@ -86,6 +86,24 @@ async def test_round_trip_and_tenancy(store: Store) -> None:
     assert await store.get_session("missing") is None
 
 
+async def test_a_tenants_session_create_times_rise_in_commit_order(store: Store) -> None:
+    # A session whose clock reading was taken before a newer one committed (its provider
+    # session took a while) commits just after the tenant's newest.
+    oldest, _ = await store.create_session(new_session(created_at=T0 - SECOND), b"h")
+    newest, _ = await store.create_session(new_session(created_at=T0 + SECOND), b"h")
+    first = await store.list_sessions("acme", limit=1)
+    assert first.next_cursor is not None
+    late, _ = await store.create_session(new_session(created_at=T0), b"h")
+    assert late.created_at == newest.created_at + timedelta(microseconds=1)
+    assert await store.get_session(late.id) == late
+    rest = await store.list_sessions("acme", after=first.next_cursor)
+    assert [s.id for s in rest.sessions] == [oldest.id]
+    since = parse_session_filter(f'create_time > "{newest.created_at.isoformat()}"')
+    assert [s.id for s in (await store.list_sessions("acme", filter=since)).sessions] == [late.id]
+    other, _ = await store.create_session(new_session(tenant="bob", created_at=T0), b"h")
+    assert other.created_at == T0
+
+
 async def test_request_id_dedup_and_reuse(store: Store) -> None:
     first, created = await store.create_session(new_session(request_id="r1"), b"h")
     again, created_again = await store.create_session(new_session(request_id="r1"), b"h")
@@ -226,14 +244,15 @@ async def test_a_sessions_jobs_and_open_sessions_come_oldest_first_whatever_thei
 ) -> None:
     # Ids chosen against create order: random ids matched it half the time, so an order by
     # id passed as often as not. Recovery re-queues (and cancels) in this order.
+    # (A tenant's create times rise in commit order: each is created in time order.)
     late = dataclasses.replace(new_session(created_at=T0 + SECOND), id="a" * 32)
     early = dataclasses.replace(new_session(created_at=T0), id="b" * 32)
-    for s in (late, early):
+    for s in (early, late):
         await store.create_session(s, b"h")
     assert [o.id for o in await store.open_sessions()] == [early.id, late.id]
     newer = dataclasses.replace(new_job(early.id, T0 + 2 * SECOND), id="c" * 32)
     older = dataclasses.replace(new_job(early.id, T0 + SECOND), id="d" * 32)
-    for job in (newer, older):
+    for job in (older, newer):
         await store.create_job(job)
     assert [j.id for j in await store.session_jobs(early.id)] == [older.id, newer.id]
     everything = await store.session_jobs(early.id, include_final=True)

@@ -1,7 +1,7 @@
 """Hostile review of the JobService API: validate_only of a retry answered an error where the
 submission answered its job, INVALID_FILTER quoted a limit its metadata lacked (both fixed); a
-job committed after a newer one of its tenant can be passed by a paged listing (a known limit,
-README "ListJobs", strict xfail).
+job committed after a newer one of its tenant was passed by a paged listing and by a
+`create_time >` poll (fixed: create times rise in commit order).
 
 In process: the real JobServicer on the job core (tests/core_harness.py: a real SQLite store,
 the in-memory queue, a scripted runner, a hand-moved clock), its specs and results stored in
@@ -78,18 +78,17 @@ async def _submit(servicer: JobServicer, request_id: str, spec: job_pb2.JobSpec)
     return (await servicer.SubmitJob(request, _Context())).job.name
 
 
-# --- 1. ListJobs: a job committed between pages, older than the cursor, is never listed -----
+# --- 1. ListJobs: a job committed between pages, older than the cursor, was never listed -----
+#
+# A job's create time was the clock's reading before its row committed (Admission builds
+# NewJob, then awaits find_request and the store's writer); ListJobs pages by (create_time, id)
+# below the last item, so a job whose commit a newer one's overtook landed behind a cursor
+# already handed out: neither the listing nor a `create_time >` poll past the newer job ever
+# returned it. Fixed: a tenant's create times rise in commit order
+# (gateway.store.sqlite_pages.creation_us).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job's create_time is taken from the clock before its row commits (Admission "
-    "builds NewJob, then awaits find_request and the store's writer), and ListJobs pages by "
-    "(create_time, id) below the last item: a job whose commit is overtaken by a newer one's "
-    "lands behind a cursor already handed out, so a listing that ends after its SubmitJob "
-    "answered never returns it (nor does a `create_time >` poll past the newer job)",
-)
-async def test_a_job_acknowledged_before_the_next_page_is_listed(
+async def test_a_job_committed_after_a_newer_one_is_found_after_the_newest_listed(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     core = await _core(store, monkeypatch)
@@ -100,7 +99,7 @@ async def test_a_job_acknowledged_before_the_next_page_is_listed(
 
     async def create_held(new: Any) -> Any:
         # Stands for a commit that takes a little longer (its find_request read, the
-        # writer's batch): the job's create_time is already fixed.
+        # writer's batch): the job's clock reading is already taken.
         if new.labels.get("slow") == "yes":
             held.set()
             await release.wait()
@@ -130,10 +129,19 @@ async def test_a_job_acknowledged_before_the_next_page_is_listed(
         )
         listed = [j.name for j in first.jobs] + [j.name for j in second.jobs]
         assert second.next_page_token == ""
-        assert listed[:2] == [newest, older] and oldest in listed
-        # The job was acknowledged before the second page was asked for, and it is older than
-        # the first page's last item: the listing returns it.
-        assert acknowledged in listed
+        assert listed == [newest, older, oldest]
+        # Committed after the first page was served: newer than everything on it, so the
+        # client's next poll from the newest job it saw finds it (and only it).
+        newest_seen = first.jobs[0].create_time.ToDatetime().isoformat() + "Z"
+        polled = await servicer.ListJobs(
+            job_service_pb2.ListJobsRequest(filter=f'create_time > "{newest_seen}"'),
+            _Context(),
+        )
+        assert [j.name for j in polled.jobs] == [acknowledged]
+        # Its own clock reading was older: its create time is just after the newest's.
+        assert polled.jobs[0].create_time.ToNanoseconds() == (
+            first.jobs[0].create_time.ToNanoseconds() + 1000
+        )
     await core.manager.close()
 
 

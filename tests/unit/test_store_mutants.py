@@ -77,7 +77,8 @@ async def test_a_deleted_job_takes_its_quota_ledger_row_and_keeps_the_totals(
     period = (T0 - 3600 * SECOND, T0 + 3600 * SECOND)
     charge = QuotaCharge(period_start=period[0], period_end=period[1], shots=100, max_shots=1000)
     for job_id in ("old", "new"):
-        await store.create_job(dataclasses.replace(new_job(job_id), charge=charge))
+        job = new_job(job_id, created_at=T0 - SECOND)
+        await store.create_job(dataclasses.replace(job, charge=charge))
         await store.finish_job(job_id, JobState.FAILED, ended_at=T0)
     await store.create_job(dataclasses.replace(new_job("waiting"), charge=charge))
     usage = await store.tenant_usage("acme", *period)
