@@ -327,14 +327,7 @@ def check_counts(msg: job_pb2.JobSpec, field: str = "spec") -> None:
     MAX_SPARSE_QUBITS, MAX_PARAMETERS, MAX_SHAPE_DIMS) before anything is paid per element:
     lengths of repeated fields only, and a walk over at most MAX_TERMS terms."""
     if len(msg.pubs) > MAX_PUBS:
-        raise _bad(
-            "TOO_MANY_PUBS",
-            f"{field}.pubs",
-            f"a job holds at most {MAX_PUBS} PUBs, got {len(msg.pubs)}; split it into several "
-            "jobs, or sweep parameters within a PUB",
-            maxPubs=MAX_PUBS,
-            pubs=len(msg.pubs),
-        )
+        raise too_many_pubs(f"{field}.pubs", len(msg.pubs))
     terms = qubits = parameters = 0
     for i, pub in enumerate(msg.pubs):
         f = f"{field}.pubs[{i}]"
@@ -347,7 +340,7 @@ def check_counts(msg: job_pb2.JobSpec, field: str = "spec") -> None:
         _check_dimensions(bindings.shape, f"{f}.parameter_values.shape", "INVALID_PARAMETER_VALUES")
         parameters += len(bindings.parameters)
         if parameters > MAX_PARAMETERS:
-            raise _too_many(
+            raise too_many(
                 "TOO_MANY_PARAMETERS", f"{f}.parameter_values", "parameter names", MAX_PARAMETERS
             )
         if kind != "estimator":
@@ -355,15 +348,15 @@ def check_counts(msg: job_pb2.JobSpec, field: str = "spec") -> None:
         e = pub.estimator
         _check_dimensions(e.observables_shape, f"{f}.observables_shape", "INVALID_OBSERVABLE")
         if terms + len(e.observables) > MAX_TERMS:
-            raise _too_many("TOO_MANY_TERMS", f"{f}.observables", "Pauli terms", MAX_TERMS)
+            raise too_many("TOO_MANY_TERMS", f"{f}.observables", "Pauli terms", MAX_TERMS)
         for o in e.observables:
             terms += max(1, len(o.terms))
             if terms > MAX_TERMS:
-                raise _too_many("TOO_MANY_TERMS", f"{f}.observables", "Pauli terms", MAX_TERMS)
+                raise too_many("TOO_MANY_TERMS", f"{f}.observables", "Pauli terms", MAX_TERMS)
             for t in o.terms:
                 qubits += len(t.qubits)
             if qubits > MAX_SPARSE_QUBITS:
-                raise _too_many(
+                raise too_many(
                     "TOO_MANY_TERMS",
                     f"{f}.observables",
                     "qubit indices of sparse Pauli terms",
@@ -382,7 +375,23 @@ def _check_dimensions(dims: Sequence[int], field: str, reason: str) -> None:
         )
 
 
-def _too_many(reason: str, field: str, what: str, limit: int) -> InvalidArgument:
+def too_many_pubs(field: str, pubs: int | None) -> InvalidArgument:
+    """TOO_MANY_PUBS, quoting the job's PUBs (`pubs`) when they were all counted: a large
+    request is refused as soon as it is past the limit (gateway.api.request_pieces)."""
+    got = f"more than {MAX_PUBS}" if pubs is None else str(pubs)
+    counted = {} if pubs is None else {"pubs": pubs}
+    return _bad(
+        "TOO_MANY_PUBS",
+        field,
+        f"a job holds at most {MAX_PUBS} PUBs, got {got}; split it into several jobs, or "
+        "sweep parameters within a PUB",
+        maxPubs=MAX_PUBS,
+        **counted,
+    )
+
+
+def too_many(reason: str, field: str, what: str, limit: int) -> InvalidArgument:
+    """A job past one of its element limits (MAX_TERMS, MAX_SPARSE_QUBITS, MAX_PARAMETERS)."""
     return _bad(reason, field, f"a job holds at most {limit} {what}", limit=limit)
 
 

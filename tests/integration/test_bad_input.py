@@ -180,8 +180,17 @@ def test_a_job_of_too_many_pubs_is_refused_before_any_compile(
         spec.pubs.append(spec.pubs[0])
     info = submit_error(jobs, spec)
     assert (info.code, info.reason) == (INVALID, "TOO_MANY_PUBS")
-    assert info.metadata == {"maxPubs": "1000", "pubs": "1001"}
+    # ~90 KB: decoded in pieces (gateway.api.request_pieces), refused at the 1001st PUB with
+    # no count of them all.
+    assert info.metadata == {"maxPubs": "1000"}
     assert "spec.pubs" in info.fields
+    # A request small enough to be decoded at once is counted whole.
+    tiny = circuit_pb2.Pub(sampler=circuit_pb2.SamplerPub(circuit=circuit_pb2.Circuit(qasm3="x")))
+    small = job_pb2.JobSpec(backend="backends/aer", pubs=[tiny] * 1002)
+    assert small.ByteSize() < 64 << 10
+    info = submit_error(jobs, small)
+    assert (info.code, info.reason) == (INVALID, "TOO_MANY_PUBS")
+    assert info.metadata == {"maxPubs": "1000", "pubs": "1002"}
     del spec.pubs[1000]  # at the limit: accepted
     jobs.SubmitJob(job_service_pb2.SubmitJobRequest(spec=spec, validate_only=True), timeout=60)
 
