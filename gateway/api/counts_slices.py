@@ -4,9 +4,9 @@ StreamJobResult sends a binding's counts in slices of up to 3 MiB (~500,000 entr
 24-bit register). Copied through Python, a slice turned every count into a Python int and back
 (`Counts(counts=stored.counts[a:b])`, then a copy into the response): ~55 ms of the event loop
 for such a slice, its serialisation included, while no other tenant's call progressed. Here the
-counts stay packed varints: the slice's bytes are cut out of the stored message's and sent as
-they are, inside the response's few other fields (gateway.api.preserialized): ~11 ms, most of
-it serialising the stored message once to find its counts.
+counts stay packed varints: the slice's bytes are cut out of the stored message's (a view of
+the stored result, gateway.api.result_samples) and sent as they are, inside the response's few
+other fields (gateway.api.preserialized).
 """
 
 from __future__ import annotations
@@ -21,30 +21,37 @@ _COUNTS = job_pb2.Counts.DESCRIPTOR.fields_by_name["counts"].number
 
 
 class CountsSlices:
-    """Slices of one stored Counts message whose outcomes are rows of `row` bytes.
+    """Slices of one stored Counts message (its wire bytes) whose outcomes are rows of `row`
+    bytes.
 
     A field a newer gateway may have added is skipped: a slice holds the two fields this one
     knows, as when it copied them.
 
     Raises:
         ValueError: The message's counts are not packed varints (protobuf writes a proto3
-            repeated scalar packed), or it is not valid protobuf.
+            repeated scalar packed), its outcomes are not one row per count, or it is not
+            valid protobuf.
     """
 
-    def __init__(self, counts: job_pb2.Counts, row: int) -> None:
-        self._outcomes = counts.outcomes
-        self._row = row
-        self.entries = len(counts.counts)
-        wire = counts.SerializeToString()
-        packed = b""
-        for number, wire_type, start, end in fields(wire):
-            if number == _COUNTS and wire_type == LEN:
+    def __init__(self, wire: memoryview, row: int) -> None:
+        outcomes = packed = memoryview(b"")
+        for number, wire_type, start, end in fields(wire):  # type: ignore[arg-type]
+            if wire_type != LEN:
+                continue
+            if number == _OUTCOMES:
+                outcomes = wire[start:end]
+            elif number == _COUNTS:
                 packed = wire[start:end]
+        self._outcomes = outcomes
         self._packed = packed
+        self._row = row
         # Where each count's varint ends: at its one byte below 0x80.
         self._ends = np.flatnonzero(np.frombuffer(packed, dtype=np.uint8) < 0x80)
-        if len(self._ends) != self.entries:
+        self.entries = len(self._ends)
+        if packed and packed[-1] >= 0x80:
             raise ValueError("a stored Counts message's counts are not packed varints")
+        if len(outcomes) != self.entries * row:
+            raise ValueError("a stored Counts message's outcomes are not one row per count")
 
     def wire(self, first: int, stop: int) -> bytes:
         """The wire bytes of a Counts message of entries [first, stop) (clipped to the end)."""
@@ -53,4 +60,6 @@ class CountsSlices:
         stop_byte = int(self._ends[stop - 1]) + 1
         outcomes = self._outcomes[first * self._row : stop * self._row]
         packed = self._packed[start_byte:stop_byte]
-        return length_delimited(_OUTCOMES, outcomes) + length_delimited(_COUNTS, packed)
+        return length_delimited(_OUTCOMES, bytes(outcomes)) + length_delimited(
+            _COUNTS, bytes(packed)
+        )

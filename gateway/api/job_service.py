@@ -15,7 +15,7 @@ from gateway.api.context import Context, request_bytes
 from gateway.api.job_filter import parse_filter
 from gateway.api.preserialized import Preserialized
 from gateway.api.request_digest import request_digest
-from gateway.api.result_samples import split_samples
+from gateway.api.result_samples import Split, split_samples
 from gateway.api.spec_cache import SpecCache
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
@@ -361,21 +361,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             # leaves running: released with the call, a tenant cancelling such streams over
             # and over held memory uncharged.
             data = await held.through(self._manager.result(job))
-            # The samples stay views of the stored bytes (held once, as charged); only the
-            # rest is parsed, and what its counts take beyond their stored size is charged.
+            # The samples and counts stay views of the stored bytes (held once, as charged);
+            # only the rest is parsed.
             size = len(data)
-            digest, result, samples, extra = await held.through(
+            digest, stored = await held.through(
                 offload.by_size(size, _split, data, inline_bytes=INLINE_PARSE_BYTES)
             )
             del data
-            result_stream.check_position(result, start_pub, start_binding)
-            held.grow(extra)  # before the first message: a refusal is a clean status
-            chunks = result_stream.result_chunks(result, samples, chunk, start_pub, start_binding)
-            # Each message of a large result is built in a thread, as its parse was: a counts
+            result_stream.check_position(stored.result, start_pub, start_binding)
+            chunks = result_stream.result_chunks(stored, chunk, start_pub, start_binding)
+            # Each message of a large result is built in a thread, as its split was: a counts
             # slice of 3 MiB took ~11 ms on the event loop, no other tenant's call progressing
             # meanwhile. In the thread its Python work gives the loop the GIL every switch
-            # interval; the serialisation of a binding's stored counts (protobuf's C, most of
-            # those 11 ms, once per binding and register) still holds it while it runs.
+            # interval, and its bytes are cut from the stored ones (no C parse or
+            # serialisation of the counts holds it throughout).
             while (
                 response := await held.through(
                     offload.by_size(size, _next_chunk, chunks, inline_bytes=INLINE_PARSE_BYTES)
@@ -412,9 +411,7 @@ def _next_chunk(
     return next(chunks, None)
 
 
-def _split(data: bytes) -> tuple[bytes, job_pb2.JobResult, list[list[memoryview]], int]:
-    """StreamJobResult's work on a stored result, wherever it runs: its digest, the result
-    without its samples, the samples, and what the parse holds beyond the stored size."""
-    result, samples = split_samples(data)
-    extra = result_stream.parsed_extra_bytes(result)
-    return result_stream.result_digest(data), result, samples, extra
+def _split(data: bytes) -> tuple[bytes, Split]:
+    """StreamJobResult's work on a stored result, wherever it runs: its digest, and the result
+    split from its samples and counts."""
+    return result_stream.result_digest(data), split_samples(data)

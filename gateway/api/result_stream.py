@@ -23,6 +23,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api.counts_slices import CountsSlices
 from gateway.api.preserialized import Preserialized
+from gateway.api.result_samples import Split
 from gateway.api.wire_format import length_delimited
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
@@ -125,23 +126,6 @@ def check_position(result: job_pb2.JobResult, start_pub: int, start_binding: int
         )
 
 
-# What one count takes parsed: an int64 in an array grown by doubling (stored, a varint of a
-# byte or two). Measured: a counts result of 15 MiB stored held 66 MiB parsed.
-PARSED_COUNT_BYTES = 16
-
-
-def parsed_extra_bytes(result: job_pb2.JobResult) -> int:
-    """Memory the parsed result takes beyond its stored size, for the stream budget: its
-    counts (outcomes, samples and estimator values take about what they take stored)."""
-    extra = 0
-    for pub in result.pub_results:
-        if pub.HasField("sampler"):
-            for reg in pub.sampler.registers:
-                for table in reg.counts:
-                    extra += PARSED_COUNT_BYTES * len(table.counts)
-    return extra
-
-
 def _header(pub: job_pb2.PubResult) -> job_pb2.PubResult:
     # Field by field, skipping the data: a CopyFrom copied every count of a PUB of hundreds
     # of MiB on the event loop, at every stream's start.
@@ -176,23 +160,24 @@ def _sampler_chunks(
     index: int,
     sampler: job_pb2.SamplerPubResult,
     samples: list[memoryview],
+    counts: list[list[memoryview]],
     chunk_bytes: int,
     start: int,
 ) -> Iterator[Response | Preserialized]:
     bindings = math.prod(sampler.shape)
     shots = sampler.shots
-    if len(samples) != len(sampler.registers):
-        raise RuntimeError(f"PUB {index}: {len(samples)} sample arrays")
+    if len(samples) != len(sampler.registers) or len(counts) != len(sampler.registers):
+        raise RuntimeError(f"PUB {index}: {len(samples)} sample arrays, {len(counts)} counts")
     rows = [(reg.num_bits + 7) // 8 for reg in sampler.registers]
-    for r, reg in enumerate(sampler.registers):
+    for r in range(len(sampler.registers)):
         if samples[r] and len(samples[r]) != bindings * shots * rows[r]:
             raise RuntimeError(f"PUB {index} register {r}: stored samples have the wrong size")
-        if len(reg.counts) not in (0, bindings):
+        if len(counts[r]) not in (0, bindings):
             raise RuntimeError(f"PUB {index} register {r}: stored counts have the wrong length")
     # Every count is at most the shots: an upper bound on each counts entry's payload.
     count_bytes = varint_bytes(shots)
     for b in range(start, bindings):
-        for r, reg in enumerate(sampler.registers):
+        for r in range(len(sampler.registers)):
             data = samples[r]
             if data:
                 size = shots * rows[r]
@@ -208,9 +193,9 @@ def _sampler_chunks(
                             ),
                         ),
                     )
-            if reg.counts:
+            if counts[r]:
                 row = rows[r]
-                slices = CountsSlices(reg.counts[b], row)
+                slices = CountsSlices(counts[r][b], row)
                 per = max(1, chunk_bytes // (row + count_bytes))
                 head = Response(pub_index=index).SerializeToString()
                 for first in range(0, slices.entries, per):
@@ -241,8 +226,7 @@ def _estimator_chunks(
 
 
 def result_chunks(
-    result: job_pb2.JobResult,
-    samples: list[list[memoryview]],
+    stored: Split,
     chunk_bytes: int,
     start_pub: int = 0,
     start_binding: int = 0,
@@ -250,20 +234,22 @@ def result_chunks(
     """Headers and data from (start_pub, start_binding) on, without the final digest.
 
     Args:
-        result: The result without its samples (result_samples.split_samples).
-        samples: Per PUB, its registers' samples, as split_samples returned them.
+        stored: The stored result, split (result_samples.split_samples).
         chunk_bytes: Payload budget per message, > 0.
         start_pub: First PUB to send (its header is sent again).
         start_binding: Within start_pub, the first binding to send; later PUBs start at 0.
     """
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
+    result, samples, counts = stored
     for index in range(start_pub, len(result.pub_results)):
         pub = result.pub_results[index]
         first = start_binding if index == start_pub else 0
         yield Response(pub_index=index, header=_header(pub))
         if pub.HasField("sampler"):
-            yield from _sampler_chunks(index, pub.sampler, samples[index], chunk_bytes, first)
+            yield from _sampler_chunks(
+                index, pub.sampler, samples[index], counts[index], chunk_bytes, first
+            )
         else:
             yield from _estimator_chunks(index, pub.estimator, chunk_bytes, first)
 

@@ -1,12 +1,11 @@
 """Memory held by open StreamJobResult calls.
 
-A result stream keeps its parsed result until the caller has read it all or gone away, and a
+A result stream keeps its stored result until the caller has read it all or gone away, and a
 caller decides how slowly it reads. Counting streams is not enough: a tenant's 1000 streams of
 one 256 MiB result would hold 256 GiB. So each stream holds its result's stored size against
 two budgets, the tenant's and the process's, from before the result is read until the stream
-ends, and once parsed what the parsed form takes beyond that (counts: a varint of a byte or
-two stored, eight bytes and more parsed, which made a stream hold ~4x what it was charged);
-one past either is RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED.
+ends (its samples and counts stay views of the stored bytes, gateway.api.result_samples, so
+that is what it holds); one past either is RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED.
 
 A budget with nothing held against it takes any one result, so a result larger than a budget
 is still readable, one stream at a time. Counted per process, like stream counts and rate
@@ -47,15 +46,14 @@ class StreamBudget:
 
     @contextmanager
     def hold(self, tenant: str, size: int) -> Iterator[Holding]:
-        """Holds `size` bytes for `tenant` for the duration of the block; the stream may
-        take more (Holding.grow) once it knows what its parsed result takes.
+        """Holds `size` bytes for `tenant` for the duration of the block.
 
         Raises:
             ResourceExhausted: STREAM_MEMORY_EXHAUSTED, when either budget cannot take `size`
                 more bytes (nothing is held then).
         """
-        holding = Holding(self, tenant)
-        holding.grow(size)
+        self._take(tenant, size)
+        holding = Holding(size)
         try:
             yield holding
         finally:
@@ -73,13 +71,13 @@ class StreamBudget:
         else:  # no entry kept for a tenant with nothing open
             del self._held[tenant]
 
-    def _take(self, tenant: str, size: int, own: int) -> None:
-        """Takes `size` more bytes for a stream of `tenant` that holds `own` already: refused
-        past a budget unless that stream is all the budget holds."""
+    def _take(self, tenant: str, size: int) -> None:
+        """Takes `size` bytes for a new stream of `tenant`: refused past a budget unless the
+        budget holds nothing else."""
         held = self._held.get(tenant, 0)
-        if held > own and held + size > self.per_tenant_bytes:
+        if held > 0 and held + size > self.per_tenant_bytes:
             raise _exhausted(tenant, "tenant", held, size, self.per_tenant_bytes)
-        if self._total > own and self._total + size > self.total_bytes:
+        if self._total > 0 and self._total + size > self.total_bytes:
             raise _exhausted(tenant, "process", self._total, size, self.total_bytes)
         self._held[tenant] = held + size
         self._total += size
@@ -92,10 +90,8 @@ class StreamBudget:
 class Holding:
     """What one open stream holds against the budgets."""
 
-    def __init__(self, budget: StreamBudget, tenant: str) -> None:
-        self._budget = budget
-        self._tenant = tenant
-        self.size = 0
+    def __init__(self, size: int) -> None:
+        self.size = size
         # Work that still holds the stream's bytes after its block ends (a read or parse
         # thread its cancelled caller left running): released when it ends, not before.
         self.kept_by: asyncio.Future[Any] | None = None
@@ -111,12 +107,6 @@ class Holding:
             self.kept_by = task
             when_caller_left(task, lambda _: None)
             raise
-
-    def grow(self, size: int) -> None:
-        """Holds `size` bytes more (STREAM_MEMORY_EXHAUSTED when a budget cannot take them:
-        nothing more is held then)."""
-        self._budget._take(self._tenant, size, self.size)
-        self.size += size
 
 
 def _exhausted(tenant: str, scope: str, held: int, size: int, limit: int) -> ResourceExhausted:

@@ -47,7 +47,7 @@ def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
     result = _result()
     data = result.SerializeToString(deterministic=True)
     digest = result_digest(data)
-    chunks = [as_sent(c) for c in result_chunks(*split_samples(data), chunk)]
+    chunks = [as_sent(c) for c in result_chunks(split_samples(data), chunk)]
     for c in chunks:
         assert len(c.samples.data) <= chunk
     rebuilt = job_result_from_stream([*chunks, digest_response(digest)])

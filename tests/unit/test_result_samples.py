@@ -1,24 +1,28 @@
-"""The stored result split into its samples (views of the stored bytes) and the rest."""
+"""The stored result split into its samples and counts (views of the stored bytes) and the
+rest."""
 
 from __future__ import annotations
 
 import pytest
 from qgateway.v1 import job_pb2
 
-from gateway.api.result_samples import split_samples
+from gateway.api.result_samples import Split, split_samples
 from tests.unit.test_result_stream import big_result
 
 
-def _joined(rest: job_pb2.JobResult, samples: list[list[memoryview]]) -> job_pb2.JobResult:
+def _joined(stored: Split) -> job_pb2.JobResult:
     whole = job_pb2.JobResult()
-    whole.CopyFrom(rest)
-    for pub, registers in zip(whole.pub_results, samples, strict=True):
+    whole.CopyFrom(stored.result)
+    for pub, registers, counts in zip(
+        whole.pub_results, stored.samples, stored.counts, strict=True
+    ):
         if not pub.HasField("sampler"):
-            assert registers == []
+            assert registers == [] and counts == []
             continue
-        for reg, data in zip(pub.sampler.registers, registers, strict=True):
-            assert not reg.samples
+        for reg, data, tables in zip(pub.sampler.registers, registers, counts, strict=True):
+            assert not reg.samples and not reg.counts
             reg.samples = bytes(data)
+            reg.counts.extend(job_pb2.Counts.FromString(bytes(t)) for t in tables)
     return whole
 
 
@@ -36,24 +40,27 @@ def _counts_only() -> job_pb2.JobResult:
 def test_the_rest_and_the_samples_make_the_result(make: type[job_pb2.JobResult]) -> None:
     result = make()
     data = result.SerializeToString(deterministic=True)
-    rest, samples = split_samples(data)
-    assert _joined(rest, samples) == result
-    assert len(samples) == len(result.pub_results)
-    for registers in samples:
-        for view in registers:
-            # Slices of the stored bytes, not copies: a stream holds them once.
-            assert view.obj is data or len(view) == 0
-    stripped = sum(len(v) for registers in samples for v in registers)
-    assert rest.ByteSize() <= len(data) - stripped
+    stored = split_samples(data)
+    assert _joined(stored) == result
+    assert len(stored.samples) == len(stored.counts) == len(result.pub_results)
+    views = [v for registers in stored.samples for v in registers]
+    views += [v for registers in stored.counts for tables in registers for v in tables]
+    for view in views:
+        # Slices of the stored bytes, not copies: a stream holds them once.
+        assert view.obj is data or len(view) == 0
+    stripped = sum(len(v) for v in views)
+    assert stored.result.ByteSize() <= len(data) - stripped
 
 
-def test_a_big_result_keeps_its_samples_out_of_the_parse() -> None:
+def test_a_big_result_keeps_its_samples_and_counts_out_of_the_parse() -> None:
     result = big_result()
-    rest, samples = split_samples(result.SerializeToString(deterministic=True))
+    stored = split_samples(result.SerializeToString(deterministic=True))
     sampler = result.pub_results[0].sampler
-    assert [bytes(v) for v in samples[0]] == [reg.samples for reg in sampler.registers]
-    assert rest.pub_results[0].sampler.registers[1].counts == sampler.registers[1].counts
-    assert rest.pub_results[2] == result.pub_results[2]  # the estimator PUB, whole
+    assert [bytes(v) for v in stored.samples[0]] == [reg.samples for reg in sampler.registers]
+    counts = [[job_pb2.Counts.FromString(bytes(t)) for t in r] for r in stored.counts[0]]
+    assert counts == [list(reg.counts) for reg in sampler.registers]
+    assert not any(reg.counts for reg in stored.result.pub_results[0].sampler.registers)
+    assert stored.result.pub_results[2] == result.pub_results[2]  # the estimator PUB, whole
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -69,6 +76,8 @@ def _field(number: int, payload: bytes) -> bytes:
         _field(1, _field(1, _field(3, _field(3, b"ab") + _field(3, b"cd")))),
         # Samples after counts: canonical serialisation writes fields in ascending order.
         _field(1, _field(1, _field(3, _field(4, b"") + _field(3, b"ab")))),
+        # Counts after a later field of the sampler (fields past registers are copied whole).
+        _field(1, _field(1, _field(4, b"") + _field(3, _field(4, b"")))),
         # A PUB with two sampler fields (merged by protobuf).
         _field(1, _field(1, b"") + _field(1, b"")),
         _field(1, b"\x0a\x05ab"),  # a field longer than its message

@@ -196,9 +196,10 @@ def _chunks(
     result: job_pb2.JobResult, chunk: int, *position: int
 ) -> list[job_service_pb2.StreamJobResultResponse]:
     """What the gateway streams: from the stored result split into samples and the rest."""
-    source, samples = split_samples(result.SerializeToString(deterministic=True))
-    assert not any(reg.samples for pub in source.pub_results for reg in pub.sampler.registers)
-    return [as_sent(r) for r in result_stream.result_chunks(source, samples, chunk, *position)]
+    stored = split_samples(result.SerializeToString(deterministic=True))
+    registers = [reg for pub in stored.result.pub_results for reg in pub.sampler.registers]
+    assert not any(reg.samples or reg.counts for reg in registers)
+    return [as_sent(r) for r in result_stream.result_chunks(stored, chunk, *position)]
 
 
 def as_sent(

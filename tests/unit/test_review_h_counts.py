@@ -15,6 +15,6 @@ def test_a_stored_counts_with_a_field_added_later_still_slices() -> None:
         known.SerializeToString() + encode_varint(3 << 3 | 0) + encode_varint(24)
     )
     assert list(stored.counts) == [5, 1 << 40, 7]  # protobuf itself reads it
-    slices = CountsSlices(stored, 1)
+    slices = CountsSlices(memoryview(stored.SerializeToString()), 1)
     cut = job_pb2.Counts.FromString(slices.wire(1, 3))
     assert (cut.outcomes, list(cut.counts)) == (b"\x01\x02", [1 << 40, 7])

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from qgateway.v1 import job_pb2
 
-from gateway.api import result_stream
 from gateway.api.stream_budget import StreamBudget
 from gateway.domain.errors import Code, ResourceExhausted
 
@@ -60,31 +58,3 @@ def test_budgets_below_one_byte_are_refused() -> None:
         StreamBudget(0, 10)
     with pytest.raises(ValueError):
         StreamBudget(10, 0)
-
-
-def test_a_stream_grows_its_hold_to_its_parsed_size() -> None:
-    budget = StreamBudget(per_tenant_bytes=100, total_bytes=1000)
-    with budget.hold("a", 30) as first, budget.hold("a", 30) as second:
-        first.grow(40)
-        assert budget.held("a") == 100
-        with pytest.raises(ResourceExhausted):
-            second.grow(1)  # past the tenant's budget beside another stream
-        assert second.size == 30 and budget.held("a") == 100
-    assert budget.held("a") == budget.held() == 0
-    with budget.hold("a", 30) as alone:
-        alone.grow(500)  # alone, a stream takes what its one result needs
-        assert budget.held() == 530
-    assert budget.held() == 0
-
-
-def test_the_parsed_estimate_charges_every_count() -> None:
-    # Stored, each count is a varint of a byte or two; parsed, an int64 in a growable array: a
-    # stream held ~4x the stored size it was charged (15 MiB stored, 66 MiB parsed, measured).
-    result = job_pb2.JobResult()
-    sampler = result.pub_results.add().sampler
-    for name in ("a", "b"):
-        reg = sampler.registers.add(name=name, num_bits=3)
-        reg.counts.add(outcomes=bytes(3), counts=[1, 2, 3])
-        reg.counts.add(outcomes=bytes(1), counts=[7])
-    result.pub_results.add().estimator.expectation_values.extend([0.5] * 100)
-    assert result_stream.parsed_extra_bytes(result) == 8 * result_stream.PARSED_COUNT_BYTES
