@@ -5,7 +5,7 @@ StreamJobResult sends a binding's counts in slices of up to 3 MiB (~500,000 entr
 (`Counts(counts=stored.counts[a:b])`, then a copy into the response): ~55 ms of the event loop
 for such a slice, its serialisation included, while no other tenant's call progressed. Here the
 counts stay packed varints: the slice's bytes are cut out of the stored message's (a view of
-the stored result, gateway.api.result_samples) and sent as they are, inside the response's few
+the stored result, gateway.api.result_views) and sent as they are, inside the response's few
 other fields (gateway.api.preserialized).
 """
 

@@ -15,7 +15,7 @@ from gateway.api.context import Context, request_bytes
 from gateway.api.job_filter import parse_filter
 from gateway.api.preserialized import Preserialized
 from gateway.api.request_digest import request_digest
-from gateway.api.result_samples import Split, split_samples
+from gateway.api.result_views import Split, split_result
 from gateway.api.spec_cache import SpecCache
 from gateway.api.stream_budget import StreamBudget
 from gateway.api.stream_pace import StreamPace
@@ -414,4 +414,4 @@ def _next_chunk(
 def _split(data: bytes) -> tuple[bytes, Split]:
     """StreamJobResult's work on a stored result, wherever it runs: its digest, and the result
     split from its samples and counts."""
-    return result_stream.result_digest(data), split_samples(data)
+    return result_stream.result_digest(data), split_result(data)

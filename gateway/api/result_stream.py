@@ -23,7 +23,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api.counts_slices import CountsSlices
 from gateway.api.preserialized import Preserialized
-from gateway.api.result_samples import Split
+from gateway.api.result_views import Split
 from gateway.api.wire_format import length_delimited
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
@@ -234,7 +234,7 @@ def result_chunks(
     """Headers and data from (start_pub, start_binding) on, without the final digest.
 
     Args:
-        stored: The stored result, split (result_samples.split_samples).
+        stored: The stored result, split (result_views.split_result).
         chunk_bytes: Payload budget per message, > 0.
         start_pub: First PUB to send (its header is sent again).
         start_binding: Within start_pub, the first binding to send; later PUBs start at 0.

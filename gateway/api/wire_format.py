@@ -1,7 +1,7 @@
 """The pieces of protobuf's wire format the gateway reads and writes itself: varints, a
 message's top-level fields, a length-delimited field.
 
-Stored results are cut on their wire bytes (gateway.api.result_samples, gateway.api.counts_slices)
+Stored results are cut on their wire bytes (gateway.api.result_views, gateway.api.counts_slices)
 and sent as they are (gateway.api.preserialized), so that their samples and counts are never
 turned into Python objects.
 """

@@ -5,12 +5,12 @@ from qgateway.results import job_result_from_stream
 from qgateway.v1 import job_pb2
 
 from gateway.api import codec, paging
-from gateway.api.result_samples import split_samples
 from gateway.api.result_stream import (
     digest_response,
     result_chunks,
     result_digest,
 )
+from gateway.api.result_views import split_result
 from gateway.domain.errors import InvalidArgument
 from tests.unit.test_result_stream import as_sent
 
@@ -47,7 +47,7 @@ def test_chunks_reassemble_to_the_same_result(chunk: int) -> None:
     result = _result()
     data = result.SerializeToString(deterministic=True)
     digest = result_digest(data)
-    chunks = [as_sent(c) for c in result_chunks(split_samples(data), chunk)]
+    chunks = [as_sent(c) for c in result_chunks(split_result(data), chunk)]
     for c in chunks:
         assert len(c.samples.data) <= chunk
     rebuilt = job_result_from_stream([*chunks, digest_response(digest)])

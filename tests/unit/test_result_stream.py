@@ -30,7 +30,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import codec, result_stream
 from gateway.api.preserialized import Preserialized
-from gateway.api.result_samples import split_samples
+from gateway.api.result_views import split_result
 from gateway.domain.bitarray import Counts
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import InvalidArgument
@@ -196,7 +196,7 @@ def _chunks(
     result: job_pb2.JobResult, chunk: int, *position: int
 ) -> list[job_service_pb2.StreamJobResultResponse]:
     """What the gateway streams: from the stored result split into samples and the rest."""
-    stored = split_samples(result.SerializeToString(deterministic=True))
+    stored = split_result(result.SerializeToString(deterministic=True))
     registers = [reg for pub in stored.result.pub_results for reg in pub.sampler.registers]
     assert not any(reg.samples or reg.counts for reg in registers)
     return [as_sent(r) for r in result_stream.result_chunks(stored, chunk, *position)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from qgateway.v1 import job_pb2
 
-from gateway.api.result_samples import Split, split_samples
+from gateway.api.result_views import Split, split_result
 from tests.unit.test_result_stream import big_result
 
 
@@ -40,7 +40,7 @@ def _counts_only() -> job_pb2.JobResult:
 def test_the_rest_and_the_samples_make_the_result(make: type[job_pb2.JobResult]) -> None:
     result = make()
     data = result.SerializeToString(deterministic=True)
-    stored = split_samples(data)
+    stored = split_result(data)
     assert _joined(stored) == result
     assert len(stored.samples) == len(stored.counts) == len(result.pub_results)
     views = [v for registers in stored.samples for v in registers]
@@ -54,7 +54,7 @@ def test_the_rest_and_the_samples_make_the_result(make: type[job_pb2.JobResult])
 
 def test_a_big_result_keeps_its_samples_and_counts_out_of_the_parse() -> None:
     result = big_result()
-    stored = split_samples(result.SerializeToString(deterministic=True))
+    stored = split_result(result.SerializeToString(deterministic=True))
     sampler = result.pub_results[0].sampler
     assert [bytes(v) for v in stored.samples[0]] == [reg.samples for reg in sampler.registers]
     counts = [[job_pb2.Counts.FromString(bytes(t)) for t in r] for r in stored.counts[0]]
@@ -87,4 +87,4 @@ def _field(number: int, payload: bytes) -> bytes:
 )
 def test_what_a_canonical_store_never_writes_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
-        split_samples(data)
+        split_result(data)

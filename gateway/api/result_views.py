@@ -42,7 +42,7 @@ class Split(NamedTuple):
     counts: list[list[list[memoryview]]]
 
 
-def split_samples(data: bytes) -> Split:
+def split_result(data: bytes) -> Split:
     """`data`, a stored JobResult, split (Split).
 
     Raises:
