@@ -20,7 +20,7 @@ from qiskit.circuit import Delay, Parameter
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import Target
 from qiskit_aer import AerSimulator
-from qiskit_ibm_runtime.fake_provider import FakeGuadalupeV2, FakeManilaV2, FakeSherbrooke
+from qiskit_ibm_runtime.fake_provider import FakeManilaV2, FakeSherbrooke
 
 from gateway.backends.aer.adapter import AerAdapter
 from gateway.backends.aer.noise import restricted_target
@@ -304,4 +304,3 @@ def test_the_restricted_target_keeps_an_ecr_pair_in_the_devices_direction() -> N
     part = restricted_target(whole, (b, a))
     assert set(part["ecr"]) == {(1, 0)}
     assert part["ecr"][(1, 0)].error == whole["ecr"][(a, b)].error
-    assert FakeGuadalupeV2().num_qubits == 16
