@@ -40,16 +40,27 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 class Clock:
-    """A wall clock the test moves by hand."""
+    """A wall clock the test moves by hand: time passes when it moves (advance, or `now` set),
+    unless it is stepped (step: the wall clock jumps, no time passes)."""
 
     def __init__(self, now: datetime = T0) -> None:
         self.now = now
+        self._start = now
+        self._stepped = timedelta(0)
 
     def __call__(self) -> datetime:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+    def step(self, by: timedelta) -> None:
+        self.now += by
+        self._stepped += by
+
+    def monotonic(self) -> float:
+        """Seconds that have passed (time.monotonic's part)."""
+        return (self.now - self._start - self._stepped).total_seconds()
 
 
 class EchoAdapter(BackendAdapter):
@@ -328,6 +339,7 @@ async def build_core(
         # `hooks` after the recorder: they hear recovery at start too.
         hooks=Hooks([recorder, *hooks]),
         clock=clock,
+        monotonic=clock.monotonic,
         policies=policies,
     )
     await manager.start(schedule=schedule)

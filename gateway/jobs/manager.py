@@ -85,6 +85,7 @@ class JobManager:
         hooks: Hooks | None = None,
         bus: EventBus | None = None,
         clock: Callable[[], datetime] = _now,
+        monotonic: Callable[[], float] = time.monotonic,
         policies: PolicyBook | None = None,
     ) -> None:
         self._store = store
@@ -117,7 +118,7 @@ class JobManager:
         )
         # Results just written, so Run and GetJobResult right after a job ends skip a read.
         self._recent_results = RecentResults()
-        self.retention_sweep = RetentionSweep(store, clock, job_retention_s)
+        self.retention_sweep = RetentionSweep(store, clock, job_retention_s, monotonic=monotonic)
         self._step = RunnerStep(
             self._transitions, stored_format, self._admission.prepare, self._recent_results
         )

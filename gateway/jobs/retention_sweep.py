@@ -9,12 +9,22 @@ RETENTION_SWEEP_S the sweep deletes in batches, the store's writer thread servin
 between them: results walked in expiry order from where the last batch stopped (a cursor kept
 in memory: one walk over the already-swept jobs per process start), jobs and sessions oldest
 end first (deleted rows leave the index the next batch reads).
+
+The sweep deletes irrevocably on the wall clock's word, so it does not take a reading far
+ahead of what has passed since the process started: it deletes up to the earlier of the clock
+and the clock at start plus CATCH_UP times the time elapsed since (the monotonic clock), plus
+CLOCK_STEP_TOLERANCE. A forward step of the clock (a bad NTP source, a VM resumed with a wrong
+RTC) used to make the next sweep delete every result and job; now, while the step lasts, the
+sweep lags it (and says so), and deletes nothing that would not have been due anyway once the
+clock is corrected. A clock that was already wrong at start is trusted; one that lags after a
+suspend (the monotonic clock stops meanwhile) is caught up at CATCH_UP times real time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +39,10 @@ RETENTION_SWEEP_S = 600.0
 # stays out of the start's recovery and first jobs.
 FIRST_SWEEP_S = 60.0
 SWEEP_BATCH = 1000
+# How far the sweep's "now" may run ahead of the clock at start plus the time elapsed since.
+CLOCK_STEP_TOLERANCE = timedelta(hours=1)
+# How much faster than real time that bound advances: a clock that was behind catches up.
+CATCH_UP = 2.0
 
 
 @dataclass(frozen=True)
@@ -39,15 +53,42 @@ class Swept:
 
 
 class RetentionSweep:
-    def __init__(self, store: Store, clock: Callable[[], datetime], job_retention_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime],
+        job_retention_s: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._monotonic = monotonic
         self._job_retention = timedelta(seconds=job_retention_s)
         self._after: ExpiryCursor | None = None
+        self._start = (clock(), monotonic())
+
+    def now(self) -> datetime:
+        """The instant the sweep deletes up to: the clock's, unless it is past what can have
+        elapsed since the start (module docstring)."""
+        wall = self._clock()
+        start_wall, start_mono = self._start
+        elapsed = max(0.0, self._monotonic() - start_mono)
+        bound = start_wall + timedelta(seconds=CATCH_UP * elapsed) + CLOCK_STEP_TOLERANCE
+        if wall <= bound:
+            return wall
+        log.warning(
+            "the wall clock reads %s, %s past what can have elapsed since the gateway started "
+            "(a clock stepped forward?); the retention sweep deletes only up to %s",
+            wall.isoformat(),
+            wall - bound,
+            bound.isoformat(),
+        )
+        return bound
 
     async def sweep(self) -> Swept:
-        """Deletes every result expired by now, then every job and session past retention."""
-        now = self._clock()
+        """Deletes every result expired by now(), then every job and session past retention."""
+        now = self.now()
         results = 0
         while True:
             deleted, walked, last = await self._store.delete_expired_results(

@@ -438,7 +438,7 @@ async def test_the_sweep_walks_every_full_batch_and_keeps_its_cursor() -> None:
         jobs=[(5, SWEEP_BATCH), (0, 2), (0, 0), (0, 0)],
     )
     clock = Clock()
-    sweep = RetentionSweep(store, clock, job_retention_s=3600.0)  # type: ignore[arg-type]
+    sweep = RetentionSweep(store, clock, job_retention_s=3600.0, monotonic=clock.monotonic)
     assert await sweep.sweep() == Swept(results=1002, jobs=5, sessions=SWEEP_BATCH + 2)
     assert [call[0] for call in store.result_calls] == [None, first]
     assert store.result_calls[0][1] == T0

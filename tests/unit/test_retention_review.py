@@ -2,12 +2,13 @@
 
 In process: a real SQLite store in tmp_path, the job core of tests/core_harness.py with a
 hand-moved clock, and the retention sweep (gateway.jobs.retention_sweep) called directly.
-Each strict xfail names a problem found on today's code.
+Each test names a problem found in review (each fixed since).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from datetime import timedelta
@@ -16,7 +17,12 @@ import pytest
 
 from gateway.domain.errors import NotFound
 from gateway.domain.jobs import JobState
-from gateway.jobs.retention_sweep import SWEEP_BATCH, RetentionSweep
+from gateway.jobs.retention_sweep import (
+    CLOCK_STEP_TOLERANCE,
+    SWEEP_BATCH,
+    RetentionSweep,
+    Swept,
+)
 from gateway.store.base import NewJob
 from gateway.store.sqlite import SWEEP_TRANSACTION_BYTES, SqliteStore
 from tests.core_harness import T0, Clock, HeldCall, ScriptedRunner, build_core, spec
@@ -26,19 +32,12 @@ pytestmark = pytest.mark.anyio
 MIB = 1 << 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a known limit (README, Jobs): a forward step of the wall clock (a bad NTP source, "
-        "a VM resumed with a wrong RTC) "
-        "makes the next retention sweep delete every result and every job, irrevocably: the "
-        "sweep takes the clock as is, with no sanity bound against the store's own newest "
-        "write time; once the clock is corrected the data is gone (GetJob NOT_FOUND for jobs "
-        "minutes old)"
-    ),
-)
+# Fixed: a forward step of the wall clock (a bad NTP source, a VM resumed with a wrong RTC)
+# made the next retention sweep delete every result and every job, irrevocably: the sweep took
+# the clock as is. Now it deletes no further than the clock at start plus the time elapsed
+# since (gateway.jobs.retention_sweep).
 async def test_a_clock_stepped_forward_does_not_make_the_sweep_delete_everything(
-    store: SqliteStore,
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     runner = ScriptedRunner(slots=1)
     core = await build_core(store, "memory", {"sim": runner})
@@ -48,14 +47,36 @@ async def test_a_clock_stepped_forward_does_not_make_the_sweep_delete_everything
         runner.succeed(job.id)
         done = await core.until("alice", job.id, "SUCCEEDED")
         # The clock steps a year ahead for one sweep, then is corrected.
-        real_now = core.clock.now
-        core.clock.now = real_now + timedelta(days=365)
-        await core.manager.retention_sweep.sweep()
-        core.clock.now = real_now + timedelta(minutes=10)
+        core.clock.step(timedelta(days=365))
+        with caplog.at_level(logging.WARNING, logger="gateway.jobs.retention_sweep"):
+            assert await core.manager.retention_sweep.sweep() == Swept()
+        assert "a clock stepped forward?" in caplog.text
+        core.clock.step(-timedelta(days=365))
+        core.clock.advance(600)
         assert await store.get_job(done.id) is not None, "a job ten minutes old was deleted"
         assert await store.get_result(done.id) is not None, "its result (kept 30 days) too"
+        # Time passing is not a step: 31 days on, the result is deleted, the job kept.
+        core.clock.advance(31 * 86400)
+        assert await core.manager.retention_sweep.sweep() == Swept(results=1)
+        assert await store.get_result(done.id) is None
+        assert await store.get_job(done.id) is not None
     finally:
         await core.manager.close()
+
+
+async def test_a_clock_that_stays_stepped_is_caught_up_with_at_twice_real_time(
+    store: SqliteStore,
+) -> None:
+    clock = Clock()
+    sweep = RetentionSweep(store, clock, job_retention_s=3600.0, monotonic=clock.monotonic)
+    clock.step(timedelta(days=2))
+    assert sweep.now() == T0 + CLOCK_STEP_TOLERANCE
+    clock.advance(3600)  # an hour passes: the sweep's now moves two
+    assert sweep.now() == T0 + timedelta(hours=2) + CLOCK_STEP_TOLERANCE
+    clock.advance(86400)  # the gap closes at real time: 22 hours left
+    assert clock.now - sweep.now() == timedelta(hours=22)
+    clock.advance(86400)  # caught up with
+    assert sweep.now() == clock.now
 
 
 # Fixed: a GetJobResult/StreamJobResult that checked expiry just before the result's
