@@ -10,14 +10,9 @@ between them: results walked in expiry order from where the last batch stopped (
 in memory: one walk over the already-swept jobs per process start), jobs and sessions oldest
 end first (deleted rows leave the index the next batch reads).
 
-The sweep deletes irrevocably on the wall clock's word, so it does not take a reading far
-ahead of what has passed since the process started: it deletes up to the earlier of the clock
-and the clock at start plus CATCH_UP times the time elapsed since (the monotonic clock), plus
-CLOCK_STEP_TOLERANCE. A forward step of the clock (a bad NTP source, a VM resumed with a wrong
-RTC) used to make the next sweep delete every result and job; now, while the step lasts, the
-sweep lags it (and says so), and deletes nothing that would not have been due anyway once the
-clock is corrected. A clock that was already wrong at start is trusted; one that lags after a
-suspend (the monotonic clock stops meanwhile) is caught up at CATCH_UP times real time.
+The sweep deletes up to the wall clock's reading unless that is past what can have elapsed
+since the start (gateway.domain.deletion_clock): a clock stepped forward made it delete
+every result and job for good.
 """
 
 from __future__ import annotations
@@ -29,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.domain.deletion_clock import DeletionClock
 from gateway.store.base import ExpiryCursor, Store
 
 log = logging.getLogger(__name__)
@@ -39,10 +35,6 @@ RETENTION_SWEEP_S = 600.0
 # stays out of the start's recovery and first jobs.
 FIRST_SWEEP_S = 60.0
 SWEEP_BATCH = 1000
-# How far the sweep's "now" may run ahead of the clock at start plus the time elapsed since.
-CLOCK_STEP_TOLERANCE = timedelta(hours=1)
-# How much faster than real time that bound advances: a clock that was behind catches up.
-CATCH_UP = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,29 +54,21 @@ class RetentionSweep:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
-        self._clock = clock
-        self._monotonic = monotonic
         self._job_retention = timedelta(seconds=job_retention_s)
         self._after: ExpiryCursor | None = None
-        self._start = (clock(), monotonic())
+        self._deletion_clock = DeletionClock(clock, monotonic)
 
     def now(self) -> datetime:
-        """The instant the sweep deletes up to: the clock's, unless it is past what can have
-        elapsed since the start (module docstring)."""
-        wall = self._clock()
-        start_wall, start_mono = self._start
-        elapsed = max(0.0, self._monotonic() - start_mono)
-        bound = start_wall + timedelta(seconds=CATCH_UP * elapsed) + CLOCK_STEP_TOLERANCE
-        if wall <= bound:
-            return wall
-        log.warning(
-            "the wall clock reads %s, %s past what can have elapsed since the gateway started "
-            "(a clock stepped forward?); the retention sweep deletes only up to %s",
-            wall.isoformat(),
-            wall - bound,
-            bound.isoformat(),
-        )
-        return bound
+        """The instant the sweep deletes up to (gateway.domain.deletion_clock)."""
+        now, ahead = self._deletion_clock.now()
+        if ahead:
+            log.warning(
+                "the wall clock reads %s ahead of what can have elapsed since the gateway "
+                "started (a clock stepped forward?); the retention sweep deletes only up to %s",
+                ahead,
+                now.isoformat(),
+            )
+        return now
 
     async def sweep(self) -> Swept:
         """Deletes every result expired by now(), then every job and session past retention."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.domain.audit import AuditRecord, ChainPoint
+from gateway.domain.deletion_clock import DeletionClock
 from gateway.domain.errors import StoreUnavailable
 from gateway.security import audit_files
 from gateway.security.audit_writer import AuditWriter
@@ -72,12 +73,16 @@ class AuditLog:
         failure_window_s: float,
         max_failure_peers: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._head_path = head_path
         self._head_interval = head_interval_s
         self._retention = timedelta(seconds=retention_s)
         self._clock = clock
+        # The sweep deletes up to this clock's reading: never past what can have elapsed
+        # since the start, however far the wall clock steps ahead.
+        self._deletion_clock = DeletionClock(clock, monotonic)
         # Read (or made) before the first call, so every record can be chained.
         self._key_path = key_path
         self._key_made = not key_path.exists()
@@ -179,7 +184,16 @@ class AuditLog:
                 log.exception("audit: head export or retention sweep failed")
 
     async def _sweep(self) -> None:
-        before = self._clock() - self._retention
+        now, ahead = self._deletion_clock.now()
+        if ahead:
+            log.warning(
+                "audit: the wall clock reads %s ahead of what can have elapsed since the "
+                "gateway started (a clock stepped forward?); records are deleted only up to "
+                "retention before %s",
+                ahead,
+                now.isoformat(),
+            )
+        before = now - self._retention
         expired = 0
         while True:
             batch = await self._store.expire_audit(before, EXPIRE_BATCH)

@@ -15,14 +15,10 @@ from datetime import timedelta
 
 import pytest
 
+from gateway.domain.deletion_clock import STEP_TOLERANCE
 from gateway.domain.errors import NotFound
 from gateway.domain.jobs import JobState
-from gateway.jobs.retention_sweep import (
-    CLOCK_STEP_TOLERANCE,
-    SWEEP_BATCH,
-    RetentionSweep,
-    Swept,
-)
+from gateway.jobs.retention_sweep import SWEEP_BATCH, RetentionSweep, Swept
 from gateway.store.base import NewJob
 from gateway.store.sqlite import SWEEP_TRANSACTION_BYTES, SqliteStore
 from tests.core_harness import T0, Clock, HeldCall, ScriptedRunner, build_core, spec
@@ -70,9 +66,9 @@ async def test_a_clock_that_stays_stepped_is_caught_up_with_at_twice_real_time(
     clock = Clock()
     sweep = RetentionSweep(store, clock, job_retention_s=3600.0, monotonic=clock.monotonic)
     clock.step(timedelta(days=2))
-    assert sweep.now() == T0 + CLOCK_STEP_TOLERANCE
+    assert sweep.now() == T0 + STEP_TOLERANCE
     clock.advance(3600)  # an hour passes: the sweep's now moves two
-    assert sweep.now() == T0 + timedelta(hours=2) + CLOCK_STEP_TOLERANCE
+    assert sweep.now() == T0 + timedelta(hours=2) + STEP_TOLERANCE
     clock.advance(86400)  # the gap closes at real time: 22 hours left
     assert clock.now - sweep.now() == timedelta(hours=22)
     clock.advance(86400)  # caught up with
