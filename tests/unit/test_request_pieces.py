@@ -189,15 +189,16 @@ def test_a_field_past_its_limit_is_refused_where_the_jobs_check_refuses_it() -> 
     spec.pubs[1].estimator.observables.extend([observable] * 3)
     data = _wire(job_service_pb2.SubmitJobRequest(spec=spec))
     with pytest.raises(InvalidArgument) as refused:
-        parse(job_service_pb2.SubmitJobRequest, data, piece_bytes=8, limits=_limits(39, 50))
+        parse(job_service_pb2.SubmitJobRequest, data, piece_bytes=8, limits=_limits(119, 50))
     err = refused.value
-    # An observable's terms count over the PUB's observables (codec.check_counts).
+    # Terms count over the whole request, named where the job's check names them: the PUB's
+    # observables (codec.check_counts).
     field = "spec.pubs[1].estimator.observables"
-    assert (err.reason, err.metadata) == ("TOO_MANY_TERMS", {"limit": "39"})
+    assert (err.reason, err.metadata) == ("TOO_MANY_TERMS", {"limit": "119"})
     assert [v.field for v in err.field_violations] == [field]
-    assert err.message == f"{field}: a job holds at most 39 Pauli terms"
+    assert err.message == f"{field}: a job holds at most 119 Pauli terms"
     # Within the limit, the same request decodes.
-    parsed = parse(job_service_pb2.SubmitJobRequest, data, piece_bytes=8, limits=_limits(40, 50))
+    parsed = parse(job_service_pb2.SubmitJobRequest, data, piece_bytes=8, limits=_limits(120, 50))
     assert _wire(parsed) == data
     # A field counted where it is: unpacked qubit indices of one term.
     term = bytes(length_delimited(1, b"Z") + b"\x18\x01" * 51)  # qubits = 3, as varints
@@ -205,7 +206,7 @@ def test_a_field_past_its_limit_is_refused_where_the_jobs_check_refuses_it() -> 
         2, length_delimited(2, length_delimited(2, length_delimited(1, term)))
     )
     with pytest.raises(InvalidArgument) as refused:
-        parse(job_pb2.JobSpec, spec_bytes, piece_bytes=8, limits=_limits(40, 50))
+        parse(job_pb2.JobSpec, spec_bytes, piece_bytes=8, limits=_limits(120, 50))
     field = "pubs[0].estimator.observables[0].terms[0].qubits"
     assert [v.field for v in refused.value.field_violations] == [field]
 
