@@ -261,3 +261,40 @@ async def test_a_bystander_runs_while_a_large_counts_slice_is_built(
         tg.start_soon(attacker)
         tg.start_soon(bystander)
     assert during and all(during), during
+
+
+# --- Large requests decode two at a time, one per tenant -----------------------------------
+
+
+async def test_one_tenants_large_requests_decode_one_at_a_time_beside_another_tenants(
+    served: tuple[grpc.aio.Channel, Decodes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel, _ = served
+    started: list[str] = []
+    release = threading.Event()
+    mallorys_started = threading.Event()
+    others_started = threading.Event()
+
+    def merge(message: Any, piece: bytes) -> None:
+        # The first piece of each request holds its request_id.
+        for name in (b"mallory-1", b"mallory-2", b"bob-1"):
+            if name in piece:
+                started.append(name.decode())
+                if name == b"bob-1":
+                    others_started.set()
+                else:  # mallory's decodes wait until bob's has started
+                    mallorys_started.set()
+                    assert release.wait(DECODE_WAIT_S)
+        message.MergeFromString(piece)
+
+    monkeypatch.setattr(request_pieces, "_merge", merge)
+    async with anyio.create_task_group() as tg:
+        for name, key in (("mallory-1", ATTACKER), ("mallory-2", ATTACKER)):
+            tg.start_soon(_call, channel, _request(name, observables=10_000), key.key)
+        # Mallory's first decode holds her slot; her second waits for it, bob's does not.
+        assert await anyio.to_thread.run_sync(mallorys_started.wait, DECODE_WAIT_S)
+        tg.start_soon(_call, channel, _request("bob-1", observables=10_000), BYSTANDER.key)
+        assert await anyio.to_thread.run_sync(others_started.wait, DECODE_WAIT_S)
+        assert len(started) == 2 and started[1] == "bob-1", started
+        release.set()
+    assert sorted(started) == ["bob-1", "mallory-1", "mallory-2"]
