@@ -621,7 +621,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 conn.execute("UPDATE jobs SET request_id = NULL WHERE id = ?", (earlier["id"],))
             created_us = creation_us(conn, "jobs", new.tenant, clock_us)
             if new.charge is not None:  # the tenant's limits, checked and reserved (issue 11)
-                reserve(conn, new.id, new.tenant, new.charge, from_us(created_us))
+                reserve(conn, new.id, new.tenant, new.charge, new.created_at)
             insert_args = (
                 new.id,
                 new.tenant,

@@ -31,6 +31,11 @@ ComparisonSql = Callable[[Comparison], tuple[str, list[object]]]
 PAGE_BYTES = 4 << 20
 
 
+# How far a new row's create time may be moved past its clock reading (a commit is overtaken
+# by milliseconds: the clock is read once the job is prepared).
+MAX_CREATE_BUMP_US = 60_000_000
+
+
 def creation_us(
     conn: sqlite3.Connection, table: Literal["jobs", "sessions"], tenant: str, clock_us: int
 ) -> int:
@@ -41,11 +46,15 @@ def creation_us(
     the writer's batch come between): a row whose commit was overtaken by a newer one's landed
     behind a page cursor already handed out, and a listing, or a `create_time >` poll from
     the newest row seen, never returned it. Called in the write transaction that inserts the
-    row (the tenant's index gives the newest in one lookup)."""
+    row (the tenant's index gives the newest in one lookup). A newest row more than
+    MAX_CREATE_BUMP_US ahead is a clock stepped back, not a commit overtaken: following it would
+    stamp every later row of the tenant in its future (a session's TTL runs from it)."""
     newest = conn.execute(
         f"SELECT max(created_at) FROM {table} WHERE tenant = ?", (tenant,)
     ).fetchone()[0]
-    return clock_us if newest is None or clock_us > newest else int(newest) + 1
+    if newest is None or clock_us > newest or newest - clock_us > MAX_CREATE_BUMP_US:
+        return clock_us
+    return int(newest) + 1
 
 
 def _stored_bytes(row: sqlite3.Row) -> int:
