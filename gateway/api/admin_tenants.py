@@ -291,7 +291,8 @@ class TenantRpcs:
         await require_known_tenant(self._store, self._policies, principal, tid)
         policy = self._policies.policy(tid)
         period = policy.period(self._clock())
-        usage = await self._store.tenant_usage(tid, period.start, period.end)
+        unit = policy.quota.cost_unit if policy.quota is not None else ""
+        usage = await self._store.tenant_usage(tid, period.start, period.end, unit)
         return admin_service_pb2.GetTenantUsageResponse(
             usage=tenant_codec.encode_usage(tid, usage, policy, period.start, period.end)
         )

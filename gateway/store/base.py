@@ -471,9 +471,11 @@ class Store(Protocol):
         ...
 
     async def tenant_usage(
-        self, tenant: str, period_start: datetime, period_end: datetime
+        self, tenant: str, period_start: datetime, period_end: datetime, cost_unit: str = ""
     ) -> TenantUsageRecord:
-        """The tenant's quota figures for the period, its QUEUED jobs and open sessions."""
+        """The tenant's quota figures for the period, its QUEUED jobs and open sessions; cost
+        in `cost_unit` only ("": in the unit the period's jobs were last charged in): a job
+        charged in one unit never counts in another."""
         ...
 
     # ---- API keys (issue 11): gateway.security.api_keys. Only a key's hash is stored.

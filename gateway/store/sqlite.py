@@ -351,6 +351,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         needs_alone=True,
     ),
+    # --- review: a cost quota's unit changed mid-period (gateway.store.sqlite_tenants) --------
+    Migration(
+        18,
+        """
+        -- The unit of a period's cost sums: a job charged in another unit (the tenant's cost
+        -- quota moved from USD to EUR mid-period) counted its dollars as euros. '' in the rows
+        -- written before: any unit, as then.
+        ALTER TABLE quota_totals ADD COLUMN cost_unit TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION: Final = MIGRATIONS[-1].version

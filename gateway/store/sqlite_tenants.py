@@ -5,7 +5,11 @@ The ledger has one row per admitted job, keyed by job id: RESERVED when the job 
 then SETTLED (it succeeded: what it used) or RELEASED (it failed or was cancelled: only what its
 execution record says it used, usually nothing) in the transaction that makes the job final.
 The state check makes each step happen once, and the row survives restarts with the job.
-`quota_totals` holds running sums per tenant and period, so the admission check reads one row.
+`quota_totals` holds running sums per tenant and period, so the admission check reads one row;
+its cost sums are in one unit, `cost_unit` (migration 18; "" in a row written before: any unit).
+A job priced in another unit (an administrator changed the tenant's cost quota's unit mid-period)
+starts that unit's sums at zero, and the old unit's jobs settle without touching them: the
+old unit's spending is not counted against the new unit's quota, nor reported as the new unit.
 A job is charged to the period it was admitted in, also when it finishes in the next one.
 """
 
@@ -79,14 +83,19 @@ def _tenant(row: sqlite3.Row) -> StoredTenant:
     )
 
 
-def _held(conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int) -> tuple[int, float]:
-    """Shots and cost the tenant holds in the period (reserved + used); 0 before its first job."""
+def _held(
+    conn: sqlite3.Connection, tenant: str, start_us: int, end_us: int, unit: str
+) -> tuple[int, float]:
+    """Shots and cost in `unit` the tenant holds in the period (reserved + used); 0 before its
+    first job."""
     row = conn.execute(
-        "SELECT shots_reserved + shots_used, cost_reserved + cost_used FROM quota_totals"
-        " WHERE tenant = ? AND period_start = ? AND period_end = ?",
+        "SELECT shots_reserved + shots_used, cost_reserved + cost_used, cost_unit"
+        " FROM quota_totals WHERE tenant = ? AND period_start = ? AND period_end = ?",
         (tenant, start_us, end_us),
     ).fetchone()
-    return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+    if row is None:
+        return 0, 0.0
+    return int(row[0]), float(row[1]) if row[2] in ("", unit) else 0.0
 
 
 def _queued_jobs(conn: sqlite3.Connection, tenant: str) -> int:
@@ -111,7 +120,8 @@ def reserve(
     start_us, end_us = to_us(charge.period_start), to_us(charge.period_end)
     # Read only under a quota: without one the job is just counted.
     limited = charge.max_shots is not None or charge.max_cost is not None
-    held, held_cost = _held(conn, tenant, start_us, end_us) if limited else (0, 0.0)
+    unit = charge.cost_unit
+    held, held_cost = _held(conn, tenant, start_us, end_us, unit) if limited else (0, 0.0)
     max_shots, max_cost = charge.max_shots, charge.max_cost
     if max_shots is not None and charge.shots > 0 and held + charge.shots > max_shots:
         raise quota_exceeded(
@@ -148,14 +158,7 @@ def reserve(
         " shots_reserved, cost_reserved, cost_unit) VALUES (?, ?, ?, ?, 'RESERVED', ?, ?, ?)",
         (job_id, tenant, start_us, end_us, charge.shots, charge.cost, charge.cost_unit),
     )
-    conn.execute(
-        "INSERT INTO quota_totals (tenant, period_start, period_end, shots_reserved,"
-        " cost_reserved) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (tenant, period_start, period_end) DO UPDATE SET"
-        " shots_reserved = shots_reserved + excluded.shots_reserved,"
-        " cost_reserved = cost_reserved + excluded.cost_reserved",
-        (tenant, start_us, end_us, charge.shots, charge.cost),
-    )
+    conn.execute(_RESERVE_TOTALS_SQL, (tenant, start_us, end_us, charge.shots, charge.cost, unit))
 
 
 def settle(
@@ -189,14 +192,19 @@ def settle(
     ).fetchone()
     if row is None:
         return
+    # A job reserved in another unit than the totals' now settles its shots only.
     conn.execute(
         "UPDATE quota_totals SET shots_reserved = shots_reserved - ?, shots_used = shots_used + ?,"
-        " cost_reserved = max(0.0, cost_reserved - ?), cost_used = cost_used + ?"
+        " cost_reserved = CASE WHEN cost_unit IN ('', ?)"
+        "  THEN max(0.0, cost_reserved - ?) ELSE cost_reserved END,"
+        " cost_used = CASE WHEN cost_unit IN ('', ?) THEN cost_used + ? ELSE cost_used END"
         " WHERE tenant = ? AND period_start = ? AND period_end = ?",
         (
             int(row["shots_reserved"]),
             int(row["shots_used"]),
+            row["cost_unit"],
             float(row["cost_reserved"]),
+            row["cost_unit"],
             float(row["cost_used"]),
             row["tenant"],
             row["period_start"],
@@ -205,6 +213,19 @@ def settle(
     )
 
 
+# Adds a reservation to the period's totals. A cost in a unit other than the row's starts
+# that unit's sums at zero; a job without a unit ("": no cost quota) adds none and leaves it.
+_RESERVE_TOTALS_SQL: Final = (
+    "INSERT INTO quota_totals (tenant, period_start, period_end, shots_reserved,"
+    " cost_reserved, cost_unit) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (tenant, period_start, period_end) DO UPDATE SET"
+    " shots_reserved = shots_reserved + excluded.shots_reserved,"
+    " cost_reserved = CASE WHEN excluded.cost_unit IN ('', cost_unit)"
+    "  THEN cost_reserved + excluded.cost_reserved ELSE excluded.cost_reserved END,"
+    " cost_used = CASE WHEN excluded.cost_unit IN ('', cost_unit) THEN cost_used ELSE 0.0 END,"
+    " cost_unit = CASE WHEN excluded.cost_unit = '' THEN cost_unit ELSE excluded.cost_unit END"
+)
+
 # Ends a reservation and records what the job used, in one statement (see settle).
 _SETTLE_SQL: Final = (
     "UPDATE quota_ledger SET state = ?, settled_at = ?,"
@@ -212,7 +233,7 @@ _SETTLE_SQL: Final = (
     " cost_used = CASE WHEN cost_unit = ? THEN ? ELSE 0.0 END"
     " WHERE job_id = ? AND state = 'RESERVED'"
     " RETURNING tenant, period_start, period_end, shots_reserved, cost_reserved, shots_used,"
-    " cost_used"
+    " cost_used, cost_unit"
 )
 
 
@@ -285,11 +306,12 @@ class SqliteTenants(SqliteAudit):
         return await self._audited(Effect.ADMIN, op, admin_changed(f"tenants/{tenant.id}"))
 
     async def tenant_usage(
-        self, tenant: str, period_start: datetime, period_end: datetime
+        self, tenant: str, period_start: datetime, period_end: datetime, cost_unit: str = ""
     ) -> TenantUsageRecord:
         def op(conn: sqlite3.Connection) -> TenantUsageRecord:
             row = conn.execute(
-                "SELECT shots_reserved, shots_used, cost_reserved, cost_used FROM quota_totals"
+                "SELECT shots_reserved, shots_used, cost_reserved, cost_used, cost_unit"
+                " FROM quota_totals"
                 " WHERE tenant = ? AND period_start = ? AND period_end = ?",
                 (tenant, to_us(period_start), to_us(period_end)),
             ).fetchone()
@@ -297,11 +319,13 @@ class SqliteTenants(SqliteAudit):
             sessions = open_sessions(conn, tenant)
             if row is None:
                 return TenantUsageRecord(queued_jobs=int(queued), open_sessions=int(sessions))
-            cost_reserved = float(row["cost_reserved"])
+            # Sums in another unit than asked for are none of it.
+            in_unit = cost_unit == "" or row["cost_unit"] in ("", cost_unit)
+            cost_reserved = float(row["cost_reserved"]) if in_unit else 0.0
             return TenantUsageRecord(
                 shots_used=int(row["shots_used"]),
                 shots_reserved=int(row["shots_reserved"]),
-                cost_used=float(row["cost_used"]),
+                cost_used=float(row["cost_used"]) if in_unit else 0.0,
                 cost_reserved=cost_reserved if cost_reserved > _COST_EPSILON else 0.0,
                 queued_jobs=int(queued),
                 open_sessions=int(sessions),

@@ -14,6 +14,8 @@ import pytest
 from gateway.backends.base import BackendAdapter
 from gateway.domain.circuits import CircuitSource
 from gateway.domain.errors import NotFound, ResourceExhausted
+from gateway.domain.jobs import ExecutionInfo, JobState
+from gateway.domain.pricing import Cost
 from gateway.security.policies import PolicyBook
 from gateway.security.rate_limits import RateLimiter
 from gateway.security.tenant_policy import RateLimit, TenantPolicy, period_at
@@ -95,24 +97,35 @@ def _charge(cost: float, unit: str, max_cost: float | None) -> QuotaCharge:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a known limit (README, Tenants): quota_totals sums cost per (tenant, period) "
-    "whatever its unit: after an admin moves "
-    "a tenant's cost quota from USD to EUR mid-period, the USD the period's jobs spent or hold "
-    "counts against the EUR quota (a job that fits is refused COST_QUOTA_EXCEEDED) and "
-    "GetTenantUsage reports those dollars as euros; change the unit at a period boundary",
-)
+# Fixed: quota_totals summed cost per (tenant, period) whatever its unit: after an admin moved
+# a tenant's cost quota from USD to EUR mid-period, the USD the period's jobs spent or held
+# counted against the EUR quota (a job that fit was refused COST_QUOTA_EXCEEDED) and
+# GetTenantUsage reported those dollars as euros. The totals' sums are now in one unit.
 async def test_a_cost_quota_unit_changed_mid_period_counts_only_its_own_unit(
     store: SqliteStore,
 ) -> None:
     # Admitted under {cost = 100, cost_unit = "USD"}: 90 USD held.
-    await store.create_job(_job(_charge(90.0, "USD", 100.0)))
+    dollars = _job(_charge(90.0, "USD", 100.0))
+    await store.create_job(dollars)
     # UpdateTenant: {cost = 100, cost_unit = "EUR"}, same period. A 50 EUR job fits.
     await store.create_job(_job(_charge(50.0, "EUR", 100.0)))
     period = period_at(T0, 3600.0)
     usage = await store.tenant_usage("acme", period.start, period.end)
     assert usage.cost_reserved == pytest.approx(50.0)  # the EUR held, not 140 "EUR"
+    assert usage.shots_reserved == 2  # shots count whatever the unit
+    # The dollar job ends: its cost leaves the euro sums alone.
+    execution = ExecutionInfo(backend="aer", seed=1, cost=Cost(80.0, "USD"))
+    await store.finish_job(dollars.id, JobState.SUCCEEDED, ended_at=T0, execution=execution)
+    usage = await store.tenant_usage("acme", period.start, period.end, "EUR")
+    assert (usage.cost_reserved, usage.cost_used) == (pytest.approx(50.0), 0.0)
+    assert usage.shots_used == 1
+    # Asked in dollars (nothing is held in them any more): none.
+    dollars_now = await store.tenant_usage("acme", period.start, period.end, "USD")
+    assert (dollars_now.cost_reserved, dollars_now.cost_used) == (0.0, 0.0)
+    # A 60 EUR job is past the euro quota (50 + 60 > 100), whatever the dollars did.
+    with pytest.raises(ResourceExhausted) as refused:
+        await store.create_job(_job(_charge(60.0, "EUR", 100.0)))
+    assert refused.value.reason == "COST_QUOTA_EXCEEDED"
 
 
 # --- 3. tightening a tenant's rate hands it a fresh, full bucket ----------------------------
