@@ -19,10 +19,11 @@ DEFAULT_OCCURRENCES times in one message (MALFORMED_REQUEST); and at most MAX_WA
 fields are walked in all (REQUEST_TOO_LARGE). 16 MiB of empty PUBs is refused after its
 1001st, instead of being parsed whole and then refused.
 
-What is not exactly protobuf's parse: a group (wire types 3 and 4) is refused, and a message
-merged into a submessage gets upb's nesting budget (100) afresh, so nesting a few levels past
-it (only Struct values nest that deep) is accepted here and refused later by the request's own
-limits (provider options: 8 levels).
+What is not exactly protobuf's parse: a group (wire types 3 and 4) is refused, as is a map
+entry larger than a piece holding a field other than its key and value (protobuf parses it whole
+and keeps it as an unknown field); and a message merged into a submessage gets upb's nesting
+budget (100) afresh, so nesting a few levels past it (only Struct values nest that deep) is
+accepted here and refused later by the request's own limits (provider options: 8 levels).
 """
 
 from __future__ import annotations
@@ -88,27 +89,26 @@ _NOT_PACKABLE: Final = frozenset(
 @dataclass(frozen=True)
 class Occurrences:
     """At most `limit` occurrences of a field in the whole request (counted in the messages
-    walked); `refuse(field, count)` is the refusal once `count` (the first past the limit) are
-    seen: the error the job's own check raises for its element limit, a total over the job
-    (the rest is never counted).
+    walked); `refuse(field)` is the refusal at the first past the limit: the error the job's
+    own check raises for its element limit, a total over the job (the rest is never counted).
     `at_holder`: the refusal names the message holding the field, as that check does (an
     observable's terms are counted over `observables`), not the field itself."""
 
     limit: int
-    refuse: Callable[[str, int], InvalidArgument]
+    refuse: Callable[[str], InvalidArgument]
     at_holder: bool = False
 
 
-def _too_many(reason: str, what: str, limit: int) -> Callable[[str, int], InvalidArgument]:
-    return lambda field, count: codec.too_many(reason, field, what, limit)
+def _too_many(reason: str, what: str, limit: int) -> Callable[[str], InvalidArgument]:
+    return lambda field: codec.too_many(reason, field, what, limit)
 
 
 # The fields a job may hold many of, bounded by the job's own element limits (which
-# gateway.api.codec.check_counts checks over the whole job once it is decoded): a request
-# past one in a single message is past it in the job.
+# gateway.api.codec.check_counts checks over the whole job once it is decoded): a request holds
+# one job, so a request past one is past it in the job.
 LIMITS: Final[Mapping[str, Occurrences]] = {
     "qgateway.v1.JobSpec.pubs": Occurrences(
-        codec.MAX_PUBS, lambda field, count: codec.too_many_pubs(field, None)
+        codec.MAX_PUBS, lambda field: codec.too_many_pubs(field, None)
     ),
     "qgateway.v1.EstimatorPub.observables": Occurrences(
         codec.MAX_TERMS, _too_many("TOO_MANY_TERMS", "Pauli terms", codec.MAX_TERMS)
@@ -226,7 +226,7 @@ class _Pieces:
         total = self._totals[name] = self._totals.get(name, 0) + 1
         if total > bound.limit:
             where = _unindexed(path) if bound.at_holder else _path(path, field.name)
-            raise bound.refuse(where, total)
+            raise bound.refuse(where)
 
     def _big_field(
         self,
@@ -267,7 +267,12 @@ class _Pieces:
         """A map entry larger than a piece: its value merged in pieces into the map's value of
         its key (cleared first: a later entry of a key replaces the value, not merges into it,
         as protobuf's parse does). Only a message value under a string key (a Struct's fields:
-        8 M empty Values in one entry were one 0.24 s parse); any other entry is merged whole."""
+        8 M empty Values in one entry were one 0.24 s parse); any other entry is merged whole.
+
+        Raises:
+            ValueError: The entry holds a field other than its key and value, or a key or
+                length longer than 5 bytes.
+        """
         entry = field.message_type
         assert entry is not None  # a map field's
         key_field, value_field = entry.fields_by_number[1], entry.fields_by_number[2]
@@ -278,20 +283,25 @@ class _Pieces:
             _merge(message, bytes(whole))
             return
         key = memoryview(b"")
-        values: list[tuple[int, int, int]] = []  # (field start, payload start, end)
+        values: list[tuple[int, int]] = []  # (payload start, end)
         field_start = 0
         for number, wire_type, start, end in fields(payload):  # type: ignore[arg-type]
             self._walk_one()
-            if wire_type == LEN and number == 1:
+            # Read here, never by protobuf: refused where its parse refuses them.
+            _check_prefix(payload, field_start, start)
+            if wire_type != LEN or number not in (1, 2):
+                # protobuf parses such an entry whole and keeps it out of the map, as an
+                # unknown field of `message`: no serialiser writes one.
+                raise ValueError("a large map entry holds a field other than its key and value")
+            if number == 1:
                 key = payload[start:end]
-            elif wire_type == LEN and number == 2:
-                values.append((field_start, start, end))
-            field_start = end  # anything else: an unknown field of the entry, which protobuf drops
+            else:
+                values.append((start, end))
+            field_start = end
         name = bytes(key).decode("utf-8")  # protobuf refuses a key that is not UTF-8 too
         target = getattr(message, field.name)[name]
         target.Clear()
-        for value_start, start, end in values:
-            _check_prefix(payload, value_start, start)
+        for start, end in values:
             where = f"{_path(path, field.name)}[{name!r}]"
             self.merge(target, payload[start:end], where, depth + 1)
 
@@ -339,9 +349,10 @@ def _varint_end(payload: memoryview, at: int) -> int | None:
 
 
 def _check_prefix(data: memoryview, field_start: int, payload_start: int) -> None:
-    """A field whose payload is parsed apart from its key and length (a large message or
-    packed field) is refused where protobuf's parse refuses it for them: a key or a length
-    longer than 5 bytes (upb reads both as 32-bit varints; Python's walk reads 10 bytes).
+    """A field whose key and length protobuf never reads (a large message or packed field, a
+    field of a large map entry) is refused where protobuf's parse refuses it for them: a key or
+    a length longer than 5 bytes (upb reads both as 32-bit varints; Python's walk reads 10
+    bytes). A field without a length has only its key checked.
 
     Raises:
         ValueError: The key or the length is longer than 5 bytes.

@@ -23,7 +23,7 @@ from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api.counts_slices import CountsSlices
 from gateway.api.preserialized import Preserialized
-from gateway.api.result_views import Split
+from gateway.api.result_views import BindingCounts, Split
 from gateway.api.wire_format import length_delimited
 from gateway.domain.costs import varint_bytes
 from gateway.domain.errors import FieldViolation, InvalidArgument
@@ -160,7 +160,7 @@ def _sampler_chunks(
     index: int,
     sampler: job_pb2.SamplerPubResult,
     samples: list[memoryview],
-    counts: list[list[memoryview]],
+    counts: list[BindingCounts],
     chunk_bytes: int,
     start: int,
 ) -> Iterator[Response | Preserialized]:

@@ -4,8 +4,9 @@ A result stream keeps its stored result until the caller has read it all or gone
 caller decides how slowly it reads. Counting streams is not enough: a tenant's 1000 streams of
 one 256 MiB result would hold 256 GiB. So each stream holds its result's stored size against
 two budgets, the tenant's and the process's, from before the result is read until the stream
-ends (its samples and counts stay views of the stored bytes, gateway.api.result_views, so
-that is what it holds); one past either is RESOURCE_EXHAUSTED STREAM_MEMORY_EXHAUSTED.
+ends (its samples and counts stay in the stored bytes, gateway.api.result_views, so that is
+what it holds, and 8 bytes per binding's counts); one past either is RESOURCE_EXHAUSTED
+STREAM_MEMORY_EXHAUSTED.
 
 A budget with nothing held against it takes any one result, so a result larger than a budget
 is still readable, one stream at a time. Counted per process, like stream counts and rate

@@ -3,10 +3,10 @@
 Parsing a request costs time and memory in proportion to its bytes (16 MiB of empty messages:
 ~0.23 s holding the GIL, ~20x its size in memory), so a caller is identified first: a request
 from nobody is refused without being read or decoded. A request larger than
-request_pieces.PIECE_BYTES is decoded in a thread, in pieces that each hold the GIL ~1 ms at
-most, and refused as soon as a field occurs more often than a job may hold
-(gateway.api.request_pieces): parsed at once on the event loop, one tenant's 16 MiB request
-stalled every other tenant's calls for the whole parse. The error boundary,
+request_pieces.PIECE_BYTES is decoded in a thread, in pieces that each hold the GIL ~1 ms (one
+long string field, parsed whole, longer), and refused as soon as a field occurs more often than
+a job may hold (gateway.api.request_pieces): parsed at once on the event loop, one tenant's
+16 MiB request stalled every other tenant's calls for the whole parse. The error boundary,
 outermost, passes the message on unread (it is read here, size-checked); every interceptor
 between the two reads no more than metadata. A request that cannot be decoded is
 INVALID_ARGUMENT MALFORMED_REQUEST (not gRPC's UNKNOWN), told to the audit log as a request too

@@ -79,9 +79,8 @@ class AuditLog:
         self._head_path = head_path
         self._head_interval = head_interval_s
         self._retention = timedelta(seconds=retention_s)
-        self._clock = clock
-        # The sweep deletes up to this clock's reading: never past what can have elapsed
-        # since the start, however far the wall clock steps ahead.
+        # The sweep deletes up to the clock's reading, never past what can have elapsed since
+        # the start, however far the wall clock steps ahead.
         self._deletion_clock = DeletionClock(clock, monotonic)
         # Read (or made) before the first call, so every record can be chained.
         self._key_path = key_path

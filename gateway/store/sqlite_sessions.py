@@ -192,7 +192,9 @@ class SqliteSessions(SqliteAudit):
         self, session: Session, request_hash: bytes, *, max_open: int | None = None
     ) -> tuple[Session, bool]:
         """Inserts a session unless (tenant, request_id) already names one: then that one and
-        False. Counting the tenant's open sessions and inserting is one transaction.
+        False. Counting the tenant's open sessions and inserting is one transaction. The
+        session's create time is `session.created_at`, or just after the tenant's newest
+        session's when that is later (gateway.store.sqlite_pages.creation_us).
 
         Raises:
             InvalidArgument: reason REQUEST_ID_REUSED, when the id names a different request.
@@ -200,13 +202,13 @@ class SqliteSessions(SqliteAudit):
                 sessions that have not ended.
         """
 
-        created_us = to_us(session.created_at)
+        clock_us = to_us(session.created_at)
 
         def op(conn: sqlite3.Connection) -> tuple[Session, bool]:
             if session.request_id:
                 earlier = _request_row(conn, session.tenant, session.request_id)
                 if earlier is not None and within_dedup_window(
-                    int(earlier["created_at"]), created_us
+                    int(earlier["created_at"]), clock_us
                 ):
                     existing = _row(earlier)
                     if bytes(earlier["request_hash"]) != request_hash:
@@ -218,7 +220,7 @@ class SqliteSessions(SqliteAudit):
                     )
             if max_open is not None and open_sessions(conn, session.tenant) >= max_open:
                 raise too_many_sessions(session.tenant, max_open)
-            created_at = creation_us(conn, "sessions", session.tenant, created_us)
+            created_us = creation_us(conn, "sessions", session.tenant, clock_us)
             conn.execute(
                 f"INSERT INTO sessions ({_COLUMNS}, request_hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -233,7 +235,7 @@ class SqliteSessions(SqliteAudit):
                     session.max_ttl_s,
                     session.idle_ttl_s,
                     json.dumps(dict(session.labels), sort_keys=True) if session.labels else None,
-                    created_at,
+                    created_us,
                     opt_us(session.first_job_at),
                     opt_us(session.last_activity_at),
                     opt_us(session.ended_at),

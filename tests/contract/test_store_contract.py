@@ -367,7 +367,7 @@ async def test_a_tenants_create_times_rise_in_commit_order(store: Store) -> None
     # A reading after the newest is kept as it is.
     later = (await store.create_job(new_job(job_id="later", created_at=T0 + 5 * SECOND))).job
     assert later.created_at == T0 + 5 * SECOND
-    # A newest row a minute or more ahead is a clock stepped back, not an overtaken commit:
+    # A newest row more than a minute ahead is a clock stepped back, not an overtaken commit:
     # the reading is kept (a later row of the tenant is not stamped in the clock's future).
     back = (await store.create_job(new_job(job_id="back", created_at=T0 - 60 * SECOND))).job
     assert back.created_at == T0 - 60 * SECOND

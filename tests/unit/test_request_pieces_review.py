@@ -21,25 +21,9 @@ from gateway.api.request_pieces import PIECE_BYTES, parse
 from gateway.api.wire_format import encode_varint
 from gateway.api.wire_format import length_delimited as ld
 from gateway.domain.errors import InvalidArgument
+from tests.unit.test_request_pieces import _merges, _wire
 
 Request = job_service_pb2.SubmitJobRequest
-
-
-def _wire(message: Any) -> bytes:
-    return bytes(message.SerializeToString(deterministic=True))
-
-
-def _merges(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every piece merged from now on."""
-    sizes: list[int] = []
-    merge = request_pieces._merge
-
-    def recorded(message: Any, piece: bytes) -> None:
-        sizes.append(len(piece))
-        merge(message, piece)
-
-    monkeypatch.setattr(request_pieces, "_merge", recorded)
-    return sizes
 
 
 def _provider_option(value: bytes) -> bytes:

@@ -30,8 +30,8 @@ MIB = 1 << 20
 
 # Fixed: a forward step of the wall clock (a bad NTP source, a VM resumed with a wrong RTC)
 # made the next retention sweep delete every result and every job, irrevocably: the sweep took
-# the clock as is. Now it deletes no further than the clock at start plus the time elapsed
-# since (gateway.jobs.retention_sweep).
+# the clock as is. Now it deletes no further than the clock at start plus twice the time
+# elapsed since, plus an hour (gateway.domain.deletion_clock).
 async def test_a_clock_stepped_forward_does_not_make_the_sweep_delete_everything(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
