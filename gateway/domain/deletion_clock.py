@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 # How far a sweep's instant may run ahead of the clock at start plus the time elapsed since.
-STEP_TOLERANCE: Final = timedelta(hours=1)
+STEP_TOLERANCE: Final = timedelta(minutes=1)
 # How much faster than real time that bound advances: a clock that was behind catches up.
 CATCH_UP: Final = 2.0
 

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from typing import Any
 from gateway.backends.base import PreparedJob
 from gateway.backends.runner import Runner
 from gateway.domain import sessions as domain
+from gateway.domain.deletion_clock import DeletionClock
 from gateway.domain.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -497,6 +499,7 @@ class SessionCore:
         limits: SessionLimits,
         *,
         clock: Clock = _now,
+        monotonic: Callable[[], float] = time.monotonic,
         provider_close_retry_s: float = 1.0,
     ) -> None:
         self._store = store
@@ -506,6 +509,9 @@ class SessionCore:
         self._manager = manager
         self._limits = limits
         self.clock = clock
+        # TTLs end sessions for good: by the clock, but never past what can have elapsed
+        # since the start (a clock stepped forward ended every open session at once).
+        self._ttl_clock = DeletionClock(clock, monotonic)
         self._queues: dict[str, SessionQueue] = {}
         for name, runtime in manager.backends.items():
             queue = runtime.queue
@@ -692,7 +698,7 @@ class SessionCore:
         return await to_the_end(self._create(session, max_open))
 
     async def _expire_due_of(self, tenant: str) -> None:
-        now = self.clock()
+        now = self._ttl_now()
         for session_id, session in list(self._open.items()):
             if session.tenant != tenant or session_id in self._locks:
                 continue  # a locked one (a submission compiling) is the sweep's
@@ -766,7 +772,7 @@ class SessionCore:
     async def check_accepts(self, tenant: str, spec: JobSpec) -> None:
         """What `submit` checks of the session before admitting a job (validate_only)."""
         session = await self.get(tenant, spec.session)
-        if domain.expire(session, self.clock(), has_work=self._has_work(session.id)):
+        if domain.expire(session, self._ttl_now(), has_work=self._has_work(session.id)):
             raise domain.session_closed(session)  # ended by the SubmitJob it checks for
         _check_accepts(session, spec)
         self._manager.check_allowed(tenant, session.backend, "spec.session")
@@ -903,7 +909,14 @@ class SessionCore:
 
     async def expire_due(self) -> datetime | None:
         """Ends every open session whose TTL has passed; returns the next deadline."""
-        now = self.clock()
+        now, ahead = self._ttl_clock.now()
+        if ahead:
+            log.warning(
+                "the wall clock reads %s ahead of what can have elapsed since the gateway "
+                "started (a clock stepped forward?); sessions end by TTL only up to %s",
+                ahead,
+                now.isoformat(),
+            )
         next_at: datetime | None = None
         for session_id, session in list(self._open.items()):
             due = domain.deadline(session, has_work=self._has_work(session_id))
@@ -936,7 +949,7 @@ class SessionCore:
         (its jobs then cancelled in a task). The sweep ends sessions soon after their
         deadlines, but not always at once (behind a compiling submission, backing off after
         a store error): a session past its TTL takes no job meanwhile."""
-        ended = domain.expire(session, self.clock(), has_work=self._has_work(session.id))
+        ended = domain.expire(session, self._ttl_now(), has_work=self._has_work(session.id))
         if ended is None:
             return session
         saved = await self._halted_save(ended)
@@ -972,12 +985,16 @@ class SessionCore:
                 retry = min(retry * 2, SWEEP_RETRY_MAX_S)
             if next_at is not None:
                 # A little past the deadline: the clock must read past it when we look again.
-                timeout = max(0.0, (next_at - self.clock()).total_seconds()) + 0.01
+                timeout = max(0.0, (next_at - self._ttl_now()).total_seconds()) + 0.01
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._changed.wait()
 
     # ------------------------------------------------------------------ internals
+
+    def _ttl_now(self) -> datetime:
+        """The instant TTLs are enforced at (gateway.domain.deletion_clock)."""
+        return self._ttl_clock.now()[0]
 
     def _has_work(self, session_id: str) -> bool:
         if self._work.get(session_id):

@@ -1,6 +1,7 @@
-"""gateway.domain.deletion_clock: a sweep deletes no further than the time that can have passed,
-however far the wall clock is stepped ahead; the audit log's retention sweep included (a step
-deleted a year of the tamper-evident log). The jobs' sweep: tests/unit/test_retention_review.py.
+"""gateway.domain.deletion_clock: a sweep deletes (or ends) no further than the time that can
+have passed, however far the wall clock is stepped ahead: the audit log's retention sweep (a
+step deleted a year of the tamper-evident log) and sessions' TTLs included. The jobs' sweep:
+tests/unit/test_retention_review.py.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.deletion_clock import CATCH_UP, STEP_TOLERANCE, DeletionClock
+from gateway.domain.sessions import EndReason, SessionState
 from gateway.security.audit_log import AuditLog
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import T0, Clock
 from tests.unit.test_audit_chain import KEY, _records
+from tests.unit.test_sessions import build as build_sessions
 
 
 def test_a_clock_moving_with_time_is_taken_as_it_is() -> None:
@@ -88,3 +91,27 @@ def test_the_audit_sweep_keeps_records_within_retention_when_the_clock_steps_ahe
             await store.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.anyio
+async def test_sessions_do_not_end_by_ttl_when_the_clock_steps_ahead(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A TTL ends a session for good (its jobs cancelled, its provider session closed): a
+    # clock stepped a day ahead ended every open session at the next sweep.
+    clock = Clock()
+    core = await build_sessions(store, clock=clock)
+    try:
+        idle = await core.create(idle_ttl_s=600.0, max_ttl_s=7200.0)
+        clock.step(timedelta(days=1))
+        with caplog.at_level(logging.WARNING, logger="gateway.jobs.sessions"):
+            await core.sessions.expire_due()
+        assert "a clock stepped forward?" in caplog.text
+        assert (await core.sessions.get("alice", idle.id)).state is SessionState.PENDING
+        clock.step(-timedelta(days=1))
+        clock.advance(601)  # its idle TTL passes
+        await core.sessions.expire_due()
+        ended = await core.sessions.get("alice", idle.id)
+        assert ended.state is SessionState.CLOSED and ended.end_reason is EndReason.IDLE_TTL
+    finally:
+        await core.close()

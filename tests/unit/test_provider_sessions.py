@@ -135,7 +135,12 @@ async def start(store: SqliteStore, runner: SessionRunner, clock: Clock | None =
         store, {"qpu": runtime}, DirectCompiler(), PickleFormat(), prepare_threads=1, clock=clock
     )
     sessions = SessionCore(
-        store, manager, SessionLimits(), clock=clock, provider_close_retry_s=0.001
+        store,
+        manager,
+        SessionLimits(),
+        clock=clock,
+        monotonic=clock.monotonic,
+        provider_close_retry_s=0.001,
     )
     manager.hooks.add(sessions)
     await sessions.load_sessions()

@@ -241,7 +241,9 @@ async def build(
         hooks=Hooks([recorder]),
         clock=clock,
     )
-    sessions = SessionCore(store, manager, limits or SessionLimits(), clock=clock)
+    sessions = SessionCore(
+        store, manager, limits or SessionLimits(), clock=clock, monotonic=clock.monotonic
+    )
     manager.hooks.add(sessions)
     await sessions.load_sessions()
     await manager.start(schedule=False)
