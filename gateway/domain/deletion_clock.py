@@ -23,11 +23,25 @@ CATCH_UP: Final = 2.0
 
 
 class DeletionClock:
-    """`now()`: the wall clock's reading, bounded by what can have elapsed since creation."""
+    """`now()`: the wall clock's reading, bounded by what can have elapsed since creation.
 
-    def __init__(self, clock: Callable[[], datetime], monotonic: Callable[[], float]) -> None:
+    Args:
+        what: What the bound holds back, for the warning ("sessions end by TTL").
+        warn: Where `bounded()` says so (a logger's warning).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float],
+        *,
+        what: str = "deletions go",
+        warn: Callable[[str], object] | None = None,
+    ) -> None:
         self._clock = clock
         self._monotonic = monotonic
+        self._what = what
+        self._warn = warn
         self._start = (clock(), monotonic())
 
     def now(self) -> tuple[datetime, timedelta]:
@@ -40,3 +54,13 @@ class DeletionClock:
         if wall <= bound:
             return wall, timedelta(0)
         return bound, wall - bound
+
+    def bounded(self) -> datetime:
+        """now()'s instant, with a warning when the wall clock reads past it."""
+        now, ahead = self.now()
+        if ahead and self._warn is not None:
+            self._warn(
+                f"the wall clock reads {ahead} ahead of what can have elapsed since the gateway "
+                f"started (a clock stepped forward?); {self._what} only up to {now.isoformat()}"
+            )
+        return now

@@ -56,19 +56,13 @@ class RetentionSweep:
         self._store = store
         self._job_retention = timedelta(seconds=job_retention_s)
         self._after: ExpiryCursor | None = None
-        self._deletion_clock = DeletionClock(clock, monotonic)
+        self._deletion_clock = DeletionClock(
+            clock, monotonic, what="the retention sweep deletes", warn=log.warning
+        )
 
     def now(self) -> datetime:
         """The instant the sweep deletes up to (gateway.domain.deletion_clock)."""
-        now, ahead = self._deletion_clock.now()
-        if ahead:
-            log.warning(
-                "the wall clock reads %s ahead of what can have elapsed since the gateway "
-                "started (a clock stepped forward?); the retention sweep deletes only up to %s",
-                ahead,
-                now.isoformat(),
-            )
-        return now
+        return self._deletion_clock.bounded()
 
     async def sweep(self) -> Swept:
         """Deletes every result expired by now(), then every job and session past retention."""

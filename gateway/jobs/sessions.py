@@ -511,7 +511,9 @@ class SessionCore:
         self.clock = clock
         # TTLs end sessions for good: by the clock, but never past what can have elapsed
         # since the start (a clock stepped forward ended every open session at once).
-        self._ttl_clock = DeletionClock(clock, monotonic)
+        self._ttl_clock = DeletionClock(
+            clock, monotonic, what="sessions end by TTL", warn=log.warning
+        )
         self._queues: dict[str, SessionQueue] = {}
         for name, runtime in manager.backends.items():
             queue = runtime.queue
@@ -909,14 +911,7 @@ class SessionCore:
 
     async def expire_due(self) -> datetime | None:
         """Ends every open session whose TTL has passed; returns the next deadline."""
-        now, ahead = self._ttl_clock.now()
-        if ahead:
-            log.warning(
-                "the wall clock reads %s ahead of what can have elapsed since the gateway "
-                "started (a clock stepped forward?); sessions end by TTL only up to %s",
-                ahead,
-                now.isoformat(),
-            )
+        now = self._ttl_clock.bounded()  # warns while it holds TTLs back
         next_at: datetime | None = None
         for session_id, session in list(self._open.items()):
             due = domain.deadline(session, has_work=self._has_work(session_id))

@@ -81,7 +81,9 @@ class AuditLog:
         self._retention = timedelta(seconds=retention_s)
         # The sweep deletes up to the clock's reading, never past what can have elapsed since
         # the start, however far the wall clock steps ahead.
-        self._deletion_clock = DeletionClock(clock, monotonic)
+        self._deletion_clock = DeletionClock(
+            clock, monotonic, what="audit records are deleted by retention", warn=log.warning
+        )
         # Read (or made) before the first call, so every record can be chained.
         self._key_path = key_path
         self._key_made = not key_path.exists()
@@ -183,15 +185,7 @@ class AuditLog:
                 log.exception("audit: head export or retention sweep failed")
 
     async def _sweep(self) -> None:
-        now, ahead = self._deletion_clock.now()
-        if ahead:
-            log.warning(
-                "audit: the wall clock reads %s ahead of what can have elapsed since the "
-                "gateway started (a clock stepped forward?); records are deleted only up to "
-                "retention before %s",
-                ahead,
-                now.isoformat(),
-            )
+        now = self._deletion_clock.bounded()
         before = now - self._retention
         expired = 0
         while True:

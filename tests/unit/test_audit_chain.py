@@ -303,9 +303,14 @@ def test_a_page_examines_a_bounded_window_of_records(tmp_path: Path) -> None:
 
 
 def _audit_log(
-    store: SqliteStore, tmp_path: Path, retention_s: float = 1e10, key: bytes | None = KEY
+    store: SqliteStore,
+    tmp_path: Path,
+    retention_s: float = 1e10,
+    key: bytes | None = KEY,
+    **clocks: Any,
 ) -> AuditLog:
-    """The audit log of `store`, its key file holding `key` (None: left as it is, or absent)."""
+    """The audit log of `store`, its key file holding `key` (None: left as it is, or absent);
+    `clocks`: its `clock` and `monotonic`, when not the system's."""
     if key is not None:
         (tmp_path / "audit.key").write_bytes(key)
     return AuditLog(
@@ -317,6 +322,7 @@ def _audit_log(
         flush_interval_s=1.0,
         failure_window_s=60.0,
         max_failure_peers=100,
+        **clocks,
     )
 
 

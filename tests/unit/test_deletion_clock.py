@@ -16,10 +16,9 @@ import pytest
 
 from gateway.domain.deletion_clock import CATCH_UP, STEP_TOLERANCE, DeletionClock
 from gateway.domain.sessions import EndReason, SessionState
-from gateway.security.audit_log import AuditLog
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import T0, Clock
-from tests.unit.test_audit_chain import KEY, _records
+from tests.unit.test_audit_chain import _audit_log, _records
 from tests.unit.test_sessions import build as build_sessions
 
 
@@ -42,22 +41,6 @@ def test_a_step_is_lagged_and_caught_up_with_at_catch_up_times_real_time() -> No
     assert deletions.now() == (clock.now, timedelta(0))
 
 
-def _audit_log(store: SqliteStore, tmp_path: Path, clock: Clock) -> AuditLog:
-    (tmp_path / "audit.key").write_bytes(KEY)
-    return AuditLog(
-        store,
-        tmp_path / "audit.key",
-        tmp_path / "audit-head.json",
-        head_interval_s=3600.0,
-        retention_s=86400.0,
-        flush_interval_s=1.0,
-        failure_window_s=60.0,
-        max_failure_peers=100,
-        clock=clock,
-        monotonic=clock.monotonic,
-    )
-
-
 def _kept(tmp_path: Path) -> int:
     conn = sqlite3.connect(tmp_path / "q.db")
     try:
@@ -73,7 +56,7 @@ def test_the_audit_sweep_keeps_records_within_retention_when_the_clock_steps_ahe
 
     async def main() -> None:
         store = SqliteStore(tmp_path / "q.db")
-        log = _audit_log(store, tmp_path, clock)
+        log = _audit_log(store, tmp_path, 86400.0, clock=clock, monotonic=clock.monotonic)
         await store.open()
         try:
             await store.append_audit(_records(3))
