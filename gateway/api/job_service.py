@@ -143,11 +143,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         try:
             return preserialized.named_result(data, name, job.num_pubs)
         except ValueError as exc:
-            raise DataLoss(
-                "STORE_CORRUPT",
-                f"the stored result of jobs/{job.id} is damaged: {exc}",
-                metadata={"job": f"jobs/{job.id}"},
-            ) from None
+            raise _damaged(job, exc) from None
 
     async def _derived(
         self, tenant: str, spec: job_pb2.JobSpec, *, digest: bool
@@ -364,9 +360,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             # The samples and counts stay views of the stored bytes (held once, as charged);
             # only the rest is parsed.
             size = len(data)
-            digest, stored = await held.through(
-                offload.by_size(size, _split, data, inline_bytes=INLINE_PARSE_BYTES)
-            )
+            try:
+                digest, stored = await held.through(
+                    offload.by_size(size, _split, data, inline_bytes=INLINE_PARSE_BYTES)
+                )
+            except ValueError as exc:
+                raise _damaged(job, exc) from None
             del data
             result_stream.check_position(stored.result, start_pub, start_binding)
             chunks = result_stream.result_chunks(stored, chunk, start_pub, start_binding)
@@ -375,14 +374,27 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             # meanwhile. In the thread its Python work gives the loop the GIL every switch
             # interval, and its bytes are cut from the stored ones (no C parse or
             # serialisation of the counts holds it throughout).
-            while (
-                response := await held.through(
-                    offload.by_size(size, _next_chunk, chunks, inline_bytes=INLINE_PARSE_BYTES)
-                )
-            ) is not None:
+            while True:
+                try:
+                    response = await held.through(
+                        offload.by_size(size, _next_chunk, chunks, inline_bytes=INLINE_PARSE_BYTES)
+                    )
+                except ValueError as exc:
+                    raise _damaged(job, exc) from None
+                if response is None:
+                    break
                 await self._stream_pace.next_message(job.tenant)
                 yield response
             yield result_stream.digest_response(digest)
+
+
+def _damaged(job: Job, exc: ValueError) -> DataLoss:
+    """A stored result the gateway never writes: the database was changed under it."""
+    return DataLoss(
+        "STORE_CORRUPT",
+        f"the stored result of jobs/{job.id} is damaged: {exc}",
+        metadata={"job": f"jobs/{job.id}"},
+    )
 
 
 def _derive(

@@ -167,13 +167,13 @@ def _sampler_chunks(
     bindings = math.prod(sampler.shape)
     shots = sampler.shots
     if len(samples) != len(sampler.registers) or len(counts) != len(sampler.registers):
-        raise RuntimeError(f"PUB {index}: {len(samples)} sample arrays, {len(counts)} counts")
+        raise ValueError(f"PUB {index}: {len(samples)} sample arrays, {len(counts)} counts")
     rows = [(reg.num_bits + 7) // 8 for reg in sampler.registers]
     for r in range(len(sampler.registers)):
         if samples[r] and len(samples[r]) != bindings * shots * rows[r]:
-            raise RuntimeError(f"PUB {index} register {r}: stored samples have the wrong size")
+            raise ValueError(f"PUB {index} register {r}: stored samples have the wrong size")
         if len(counts[r]) not in (0, bindings):
-            raise RuntimeError(f"PUB {index} register {r}: stored counts have the wrong length")
+            raise ValueError(f"PUB {index} register {r}: stored counts have the wrong length")
     # Every count is at most the shots: an upper bound on each counts entry's payload.
     count_bytes = varint_bytes(shots)
     for b in range(start, bindings):
@@ -232,6 +232,8 @@ def result_chunks(
     start_binding: int = 0,
 ) -> Iterator[Response | Preserialized]:
     """Headers and data from (start_pub, start_binding) on, without the final digest.
+    Raises ValueError, as the messages are made, where the stored result is damaged (a size
+    or a length its headers contradict; a Counts message not as the gateway writes it).
 
     Args:
         stored: The stored result, split (result_views.split_result).
