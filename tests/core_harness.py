@@ -4,6 +4,7 @@ when the test says so, and a hand-moved wall clock. No worker process, no gRPC."
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -85,10 +86,21 @@ class EchoAdapter(BackendAdapter):
         return source.text
 
     def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
-        # A circuit whose text says "while" stands for one with a while loop.
+        # A circuit whose text says "while" stands for one with a while loop; one that says
+        # "no-measure" for one that writes no bit, which counts no shots (Braket runs no task
+        # for it): only compiling tells.
         loops = any("while" in str(c) for c in circuits)
+        shots = sum(
+            (pub.shots or 0) * math.prod(pub.bindings.shape)
+            for pub, circuit in zip(spec.pubs, circuits, strict=True)
+            if isinstance(pub, SamplerPub) and "no-measure" not in str(circuit)
+        )
         return PreparedJob(
-            payload=tuple(circuits), memory_bytes=0, layouts=(), has_while_loop=loops
+            payload=tuple(circuits),
+            memory_bytes=0,
+            layouts=(),
+            has_while_loop=loops,
+            shots=shots,
         )
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway.domain import pricing
 from gateway.domain.backends import BackendInfo, BackendLimits
 from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import FieldViolation, InvalidArgument
@@ -311,11 +310,6 @@ class BackendAdapter(ABC):
         linear-time checks of bindings, observables, shots and sizes. Raises GatewayError
         subclasses.
         """
-
-    def spec_shots(self, spec: JobSpec) -> int:
-        """The shots `prepare(spec)` counts, from the spec alone (a job re-attached after a
-        restart has no prepared job): bindings x shots of its sampler PUBs by default."""
-        return pricing.job_shots(spec, self.context.default_shots)
 
     def prepare_is_cheap(self, spec: JobSpec) -> bool:
         """True when `prepare(spec)` takes microseconds, so the gateway may call it on the

@@ -12,13 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from gateway.domain.circuits import SamplerPub
-
-if TYPE_CHECKING:
-    # gateway.domain.jobs keeps a job's Usage and Cost: only the annotation needs JobSpec.
-    from gateway.domain.jobs import JobSpec
 
 __all__ = [
     "Cost",
@@ -29,7 +22,6 @@ __all__ = [
     "charge",
     "charge_time",
     "estimate",
-    "job_shots",
     "reported",
 ]
 
@@ -103,19 +95,6 @@ class CostEstimate:
     shots: int
     cost: Cost | None
     per_second_excluded: bool
-
-
-def job_shots(spec: JobSpec, backend_default_shots: int) -> int:
-    """Shots a job's sampler PUBs run: bindings x shots (an adapter whose estimator samples
-    adds its shots: BackendAdapter.spec_shots)."""
-    total = 0
-    for pub in spec.pubs:
-        if isinstance(pub, SamplerPub):
-            shots = pub.shots
-            if shots is None:
-                shots = spec.options.default_shots or backend_default_shots
-            total += math.prod(pub.bindings.shape) * shots
-    return total
 
 
 def estimate(price: Price | None, shots: int, tasks: int) -> CostEstimate:

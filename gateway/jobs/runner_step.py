@@ -876,9 +876,7 @@ class RunnerStep:
         if tasks is None:
             tasks = prepared.tasks if prepared is not None else 1
         usage = pricing.Usage(
-            shots=prepared.shots
-            if prepared is not None
-            else await self._stored_shots(runtime, started),
+            shots=prepared.shots if prepared is not None else await self._stored_shots(started),
             execution_seconds=seconds,
             provider_cost=pricing.reported(outcome.provider_cost),
             provider_unit=outcome.provider_unit,
@@ -966,17 +964,20 @@ class RunnerStep:
             log.exception("job %s: its time limit could not be read from its stored spec", job.id)
             return None
 
-    async def _stored_shots(self, runtime: BackendRuntime, job: Job) -> int:
-        """The shots of a job that has no prepared job (re-attached after a restart), from its
-        stored spec: decoded, not compiled again."""
+    async def _stored_shots(self, job: Job) -> int:
+        """The shots of a job that has no prepared job (re-attached after a restart): what its
+        prepare counted at admission, as its quota reservation keeps it. Not counted again
+        from its spec: only compiling tells a PUB that writes no bit (Braket runs no task for
+        it)."""
         try:
-            spec_bytes = await self._t.store.get_spec(job.id)
-            if spec_bytes is None:
-                return 0
-            return runtime.adapter.spec_shots(await self._decode(spec_bytes))
+            shots = await self._t.store.reserved_shots(job.id)
         except Exception:  # usage is not worth failing a finished job for
-            log.exception("job %s: its shots could not be read from its stored spec", job.id)
+            log.exception("job %s: its shots could not be read", job.id)
             return 0
+        if shots is None:
+            log.warning("job %s: no quota reservation holds its shots; usage says 0", job.id)
+            return 0
+        return shots
 
 
 @contextlib.asynccontextmanager

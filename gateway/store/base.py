@@ -234,6 +234,11 @@ class Store(Protocol):
 
     async def get_spec(self, job_id: str) -> bytes | None: ...
 
+    async def reserved_shots(self, job_id: str) -> int | None:
+        """The shots the job's quota reservation holds (QuotaCharge.shots: what its prepare
+        counted when it was admitted), whether or not the reservation has ended; None when
+        it has none."""
+
     async def get_result(self, job_id: str) -> bytes | None: ...
 
     async def get_result_within(

@@ -718,6 +718,14 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
         row = await self._read_blob("SELECT spec FROM job_specs WHERE job_id = ?", (job_id,))
         return None if row is None else bytes(row[0])
 
+    async def reserved_shots(self, job_id: str) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            sql = "SELECT shots_reserved FROM quota_ledger WHERE job_id = ?"
+            row = conn.execute(sql, (job_id,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._call(op, readonly=True)
+
     async def get_result(self, job_id: str) -> bytes | None:
         row = await self._read_blob("SELECT data FROM results WHERE job_id = ?", (job_id,))
         return None if row is None else bytes(row[0])

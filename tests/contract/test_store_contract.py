@@ -725,6 +725,19 @@ async def test_delete_result(store: Store) -> None:
     assert (await store.get_job("d")) is not None  # the job stays
 
 
+async def test_a_job_keeps_the_shots_its_reservation_holds(store: Store) -> None:
+    # What a job re-attached after a restart is charged (its prepared job is gone): the shots
+    # its prepare counted, kept by its quota reservation, also once the reservation ended.
+    charge = QuotaCharge(period_start=T0, period_end=T0 + timedelta(days=1), shots=123)
+    await store.create_job(dataclasses.replace(new_job(job_id="held"), charge=charge))
+    assert await store.reserved_shots("held") == 123
+    await store.finish_job("held", JobState.SUCCEEDED, ended_at=T0, result=b"r")
+    assert await store.reserved_shots("held") == 123
+    await store.create_job(new_job(job_id="uncharged", request_id="r-2"))
+    assert await store.reserved_shots("uncharged") is None
+    assert await store.reserved_shots("nobody") is None
+
+
 async def test_jobs_and_sessions_past_retention_are_deleted(store: Store) -> None:
     # Jobs were kept for ever: the database only grew. Final jobs that ended by the cutoff go,
     # oldest end first, with their results and ledger rows (the tenant's totals stay); jobs

@@ -197,7 +197,7 @@ async def test_a_provider_job_that_finished_before_a_cancel_lost_in_a_crash_is_c
         figures = await usage(core)
         assert figures.cost_used == pytest.approx(charged(done))
         assert done.execution is not None and done.execution.usage is not None
-        assert figures.shots_used == done.execution.usage.shots == 10  # its stored spec's
+        assert figures.shots_used == done.execution.usage.shots == 10  # what prepare counted
         assert figures.cost_reserved == 0.0
         assert ledger(store) == [(job.id, "SETTLED")]
     finally:

@@ -1,9 +1,9 @@
-"""Hostile review of the fixes since 6d62826: holes the fixes themselves left (2 and 3 fixed; 1
-a documented limit, strict xfail).
+"""Hostile review of the fixes since 6d62826: holes the fixes themselves left (all fixed; 1 in a
+later session).
 
-1. BackendAdapter.spec_shots (the shots charged to a job re-attached after a restart) does not
-   agree with the Braket cloud adapter's prepare, which now takes a PUB that writes no bit out
-   of the job's shots: the re-attached job is charged shots Braket never ran.
+1. BackendAdapter.spec_shots (the shots charged to a job re-attached after a restart) did not
+   agree with the Braket cloud adapter's prepare, which takes a PUB that writes no bit out of
+   the job's shots: the re-attached job was charged shots Braket never ran.
 2. SessionCore.load awaits the retried `_job_ended` of an ABORT failure found at start, which
    is now retried for as long as the session is open: a store that cannot write holds the
    gateway's start for ever (before: one try, logged; the start then failed on the store).
@@ -19,33 +19,64 @@ from typing import Any
 
 import pytest
 
+from gateway.backends.runner import ExecutionModel
+from gateway.domain.circuits import Bindings, CircuitLanguage, CircuitSource, SamplerPub
 from gateway.domain.errors import StoreUnavailable
-from gateway.domain.jobs import JobError, JobState
+from gateway.domain.jobs import JobError, JobSpec, JobState
 from gateway.domain.sessions import FailurePolicy
 from gateway.interceptors.audit import MAX_CLIENT_TEXT, _request_fields
 from gateway.store.sqlite import SqliteStore
-from tests.unit.test_quota_review import measured_and_unmeasured
+from tests.core_harness import QueueKind, build_core
+from tests.unit.test_crash_cost_review import (
+    PRICE,
+    SECONDS,
+    BillingRunner,
+    charged,
+    priced,
+    restarted,
+    usage,
+)
 from tests.unit.test_sessions import build, session_spec
 
-# --- 1. spec_shots disagrees with prepare on Braket cloud -------------------------------------
+# --- 1. a re-attached job was charged its spec's shots, not its prepare's --------------------
+#
+# Fixed: the Braket cloud adapter's prepare takes a PUB that writes no bit out of the job's
+# shots (no task runs for it), but a job re-attached after a restart counted its stored spec
+# again (BackendAdapter.spec_shots, now gone), so it was charged the shots of that PUB too
+# (1100 vs 100). Now it reports what its prepare counted, as its quota reservation keeps it.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a known limit (README, Cost): a re-attached Braket cloud job's shots come from its "
-    "spec without compiling it, so a PUB that writes no bit (no task, taken out by prepare) "
-    "is counted (1100 vs 100)",
-)
-def test_braket_cloud_spec_shots_agree_with_prepare() -> None:
-    from tests.adapters import prepare_in_process
-    from tests.unit.test_braket_cloud import _cloud_adapter
-
-    adapter = _cloud_adapter()
-    spec = measured_and_unmeasured()
-    prepared = prepare_in_process(adapter, spec, seed=1)
-    assert prepared.shots == 100
-    # What runner_step._stored_shots charges the same job once re-attached after a restart.
-    assert adapter.spec_shots(spec) == prepared.shots
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["memory", "store"])
+async def test_a_re_attached_job_is_charged_the_shots_its_prepare_counted(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    model = ExecutionModel.REMOTE
+    runner = BillingRunner(slots=1, model=model)
+    first = await build_core(store, kind, {"b": runner})
+    priced(first)
+    pubs = (
+        SamplerPub(CircuitSource(CircuitLanguage.QASM3, "x"), Bindings(), 100),
+        SamplerPub(CircuitSource(CircuitLanguage.QASM3, "no-measure"), Bindings(), 1000),
+    )
+    job = await first.submit("alice", JobSpec(backend="b", pubs=pubs))
+    await first.until("alice", job.id, "RUNNING")
+    await first.manager.close()  # the crash
+    first.clock.advance(40)  # past the dead holder's lease (the claim queue)
+    core, again = await restarted(store, kind, model, first, runner)
+    try:
+        await asyncio.wait_for(again.started.wait(), 5)
+        assert again.reattached == [job.id] and again.submitted == []
+        again.succeed(job.id)
+        done = await core.until("alice", job.id, "SUCCEEDED")
+        assert done.execution is not None and done.execution.usage is not None
+        assert done.execution.usage.shots == 100
+        assert charged(done) == pytest.approx(
+            PRICE.per_task + PRICE.per_shot * 100 + PRICE.per_second * SECONDS
+        )
+        assert (await usage(core)).shots_used == 100
+    finally:
+        await core.manager.close()
 
 
 # --- 2. load() retries in the foreground for ever --------------------------------------------

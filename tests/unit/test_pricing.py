@@ -9,13 +9,8 @@ from gateway.domain.circuits import (
     Bindings,
     CircuitLanguage,
     CircuitSource,
-    EstimatorPub,
-    Observable,
-    PauliTerm,
-    SamplerPub,
 )
-from gateway.domain.jobs import JobOptions, JobSpec
-from gateway.domain.pricing import Cost, Price, Usage, charge, estimate, job_shots
+from gateway.domain.pricing import Cost, Price, Usage, charge, estimate
 
 SOURCE = CircuitSource(CircuitLanguage.QASM3, "OPENQASM 3.0;")
 PRICE = Price(per_task=0.3, per_shot=0.00035, per_second=0.5, unit="USD")
@@ -23,21 +18,6 @@ PRICE = Price(per_task=0.3, per_shot=0.00035, per_second=0.5, unit="USD")
 
 def sweep(bindings: int) -> Bindings:
     return Bindings(parameters=("t",), values=np.zeros((bindings, 1)), shape=(bindings,))
-
-
-def test_a_job_s_shots_are_bindings_times_shots_over_its_sampler_pubs() -> None:
-    spec = JobSpec(
-        backend="b",
-        pubs=(
-            SamplerPub(SOURCE, sweep(4), shots=100),  # 400
-            SamplerPub(SOURCE, Bindings(), shots=None),  # the job's default: 50
-            EstimatorPub(SOURCE, (Observable((PauliTerm("Z", 1.0),)),), (1,), sweep(8)),  # exact: 0
-        ),
-        options=JobOptions(default_shots=50),
-    )
-    assert job_shots(spec, backend_default_shots=1024) == 450
-    no_default = JobSpec(backend="b", pubs=(SamplerPub(SOURCE, Bindings(), shots=None),))
-    assert job_shots(no_default, backend_default_shots=1024) == 1024
 
 
 def test_an_estimate_counts_the_task_and_its_shots_and_says_what_it_leaves_out() -> None:

@@ -47,10 +47,10 @@ class SamplingEstimatorAdapter(EchoAdapter):
 
     def prepare(self, spec: JobSpec, seed: int, circuits: Sequence[object]) -> PreparedJob:
         return PreparedJob(
-            payload=tuple(circuits), memory_bytes=0, layouts=(), shots=self.spec_shots(spec)
+            payload=tuple(circuits), memory_bytes=0, layouts=(), shots=self._shots(spec)
         )
 
-    def spec_shots(self, spec: JobSpec) -> int:
+    def _shots(self, spec: JobSpec) -> int:
         shots = 0
         for pub in spec.pubs:
             bindings = math.prod(pub.bindings.shape)

@@ -375,12 +375,21 @@ class World:
                 got = await r.core.manager.result(await r.core.manager.get("alice", job_id))
                 assert got == stored, f"{r.owner} answers another result for {job_id}"
         with sqlite3.connect(self.store.path) as conn:
+            # (Every job reserves 10 shots: a row keeps them once settled or released.)
             held = conn.execute(
-                "SELECT job_id, state, shots_reserved FROM quota_ledger WHERE shots_reserved != 0"
+                "SELECT job_id, state, shots_reserved FROM quota_ledger WHERE state = 'RESERVED'"
             ).fetchall()
             rows = conn.execute("SELECT count(*) FROM quota_ledger").fetchone()[0]
+            totals = conn.execute(
+                "SELECT coalesce(sum(shots_reserved), 0), coalesce(sum(shots_used), 0)"
+                " FROM quota_totals"
+            ).fetchone()
+            succeeded = conn.execute("SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'")
+            (count,) = succeeded.fetchone()
         assert rows == len(self.jobs)
         assert held == [], f"quota still reserved: {held}"
+        # Each succeeded job used its 10 shots once; nothing else is held or counted.
+        assert tuple(totals) == (0, 10 * count), f"quota totals {tuple(totals)}"
 
     async def close(self) -> None:
         for r in self.replicas.values():

@@ -420,14 +420,6 @@ class QiskitAdapter(BackendAdapter):
         default): 0 where expectation values are computed, not sampled (default)."""
         return 0
 
-    def spec_shots(self, spec: JobSpec) -> int:
-        shots = super().spec_shots(spec)
-        for index, pub in enumerate(spec.pubs):
-            if isinstance(pub, EstimatorPub):
-                _, precision = _precision(pub, spec, f"spec.pubs[{index}].estimator")
-                shots += math.prod(pub.bindings.shape) * self.estimator_shots(precision)
-        return shots
-
     def terminal_probabilities(
         self,
         key: str,
