@@ -34,6 +34,7 @@ _HEAD_TAG: Final = b"qgw-audit-head-v1"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _INT: Final = struct.Struct(">q")
 _LEN: Final = struct.Struct(">I")
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ START: Final = ChainPoint(0, GENESIS_MAC)
 def _us(dt: datetime) -> int:
     if dt.tzinfo is None:
         raise ValueError(f"naive datetime {dt!r}: audit times are UTC instants")
-    return (dt - _EPOCH) // timedelta(microseconds=1)
+    return (dt - _EPOCH) // _MICROSECOND
 
 
 def _text(value: str) -> bytes:
@@ -108,12 +109,18 @@ def _text(value: str) -> bytes:
 def canonical(record: AuditRecord) -> bytes:
     """The record's bytes under the MAC: every field but the MAC, in a fixed order, integers
     as 8-byte big-endian, strings length-prefixed (so no two records share an encoding)."""
+    return _canonical(record, record.sequence, record.end_time)
+
+
+def _canonical(record: AuditRecord, sequence: int, end_time: datetime) -> bytes:
+    """canonical(replace(record, sequence=sequence, end_time=end_time)), without building
+    that copy (a replace of this dataclass costs as much as the encoding)."""
     return b"".join(
         (
             _RECORD_TAG,
-            _INT.pack(record.sequence),
+            _INT.pack(sequence),
             _INT.pack(_us(record.time)),
-            _INT.pack(_us(record.end_time)),
+            _INT.pack(_us(end_time)),
             _text(record.principal),
             _text(record.tenant),
             _text(record.key_prefix),
@@ -134,18 +141,33 @@ def canonical(record: AuditRecord) -> bytes:
 
 
 def record_mac(key: bytes, previous: bytes, record: AuditRecord) -> bytes:
-    return hmac.new(key, previous + canonical(record), hashlib.sha256).digest()
+    return _mac_as(key, previous, record, record.sequence, record.end_time)
 
 
-def chain(key: bytes, previous: ChainPoint, records: Iterable[AuditRecord]) -> list[AuditRecord]:
-    """`records` numbered and MAC'd after `previous` (sequences and MACs they carry ignored)."""
+def _mac_as(
+    key: bytes, previous: bytes, record: AuditRecord, sequence: int, end_time: datetime
+) -> bytes:
+    """record_mac of `record` with that sequence and end time (its MAC is not under it)."""
+    return hmac.new(key, previous + _canonical(record, sequence, end_time), hashlib.sha256).digest()
+
+
+def chain(
+    key: bytes,
+    previous: ChainPoint,
+    records: Iterable[AuditRecord],
+    *,
+    end_time: datetime | None = None,
+) -> list[AuditRecord]:
+    """`records` numbered and MAC'd after `previous` (sequences and MACs they carry ignored),
+    each ended at `end_time` when given."""
     sealed = []
     sequence, mac = previous.sequence, previous.mac
     for record in records:
         sequence += 1
-        numbered = replace(record, sequence=sequence, mac=b"")
-        mac = record_mac(key, mac, numbered)
-        sealed.append(replace(numbered, mac=mac))
+        ended = record.end_time if end_time is None else end_time
+        # One copy per record, made once its MAC is known (on the store's writer thread).
+        mac = _mac_as(key, mac, record, sequence, ended)
+        sealed.append(replace(record, sequence=sequence, end_time=ended, mac=mac))
     return sealed
 
 
@@ -201,7 +223,7 @@ class Verdict:
 
 
 def _intact(key: bytes, previous: bytes, record: AuditRecord, sequence: int) -> bool:
-    expected = record_mac(key, previous, replace(record, sequence=sequence, mac=b""))
+    expected = _mac_as(key, previous, record, sequence, record.end_time)
     return hmac.compare_digest(expected, record.mac)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,17 @@ _TYPES: dict[str, type] = {}
 _MAX_DEPTH = 16
 # Wider than any register a circuit may declare (its clbits are bounded far below this).
 _MAX_BITS = 1 << 24
+# The header of any msgpack extension of type -1, which msgpack decodes as a timestamp itself:
+# fixext 1/2/4/8/16 (0xd4-0xd8), or ext 8/16/32 (0xc7-0xc9 and a 1-, 2- or 4-byte length),
+# then the type byte 0xff. An extension's payload is part of the bytes of the reply holding it,
+# so a reply without this pattern anywhere holds no timestamp at any level, and the walk of
+# each level's values (half of a result's decoding) is skipped. A match (a timestamp, or these
+# bytes by chance inside a string or an array) walks every level as before. Written as 0xff
+# and then what precedes it, so that the regex engine scans for that one byte (~0.5 us for a
+# 1.3 kB result; the plain alternation tried each position, ~20 us).
+_TIMESTAMP_HEADER = re.compile(
+    rb"\xff(?:(?<=[\xd4-\xd8]\xff)|(?<=\xc7.\xff)|(?<=\xc8..\xff)|(?<=\xc9....\xff))", re.DOTALL
+)
 
 
 class RefusedReply(ValueError):
@@ -62,7 +74,7 @@ def encode(reply: tuple[Any, ...]) -> bytes:
 def decode(data: bytes) -> tuple[Any, ...]:
     """The gateway's side: a tagged tuple ("ok", ...). Raises RefusedReply for anything else."""
     try:
-        reply = _unpack(data)
+        reply = _unpack(data, 0, _TIMESTAMP_HEADER.search(data) is not None)
     except RefusedReply:
         raise
     except Exception as exc:  # whatever malformed bytes make msgpack or a constructor raise
@@ -113,18 +125,20 @@ def _default(value: object) -> object:
     return msgpack.ExtType(_OBJECT, _pack([_tag(cls), fields]))
 
 
-def _unpack(data: bytes, depth: int = 0) -> Any:
+def _unpack(data: bytes, depth: int, timestamps: bool) -> Any:
+    """`timestamps`: whether the reply's bytes may hold one (_TIMESTAMP_HEADER)."""
     if depth > _MAX_DEPTH:
         raise RefusedReply(f"extension types nested deeper than {_MAX_DEPTH}")
     value = msgpack.unpackb(
         data,
-        ext_hook=lambda code, inner: _ext(code, inner, depth + 1),
+        ext_hook=lambda code, inner: _ext(code, inner, depth + 1, timestamps),
         use_list=False,
         raw=False,
         strict_map_key=True,
         timestamp=0,
     )
-    _refuse_timestamps(value)
+    if timestamps:
+        _refuse_timestamps(value)
     return value
 
 
@@ -143,8 +157,8 @@ def _refuse_timestamps(value: object) -> None:
             pending.extend(item.values())
 
 
-def _ext(code: int, data: bytes, depth: int) -> object:
-    value = _unpack(data, depth)
+def _ext(code: int, data: bytes, depth: int, timestamps: bool) -> object:
+    value = _unpack(data, depth, timestamps)
     if code == _COUNTS:
         num_bits, outcomes, counts = value
         if not (isinstance(num_bits, int) and 0 <= num_bits <= _MAX_BITS):
@@ -152,7 +166,7 @@ def _ext(code: int, data: bytes, depth: int) -> object:
         if not (isinstance(outcomes, bytes) and isinstance(counts, bytes)):
             raise RefusedReply("malformed counts")
         read = _counts_from_bytes(num_bits, outcomes, counts)
-        if not bool(np.all(read.counts > 0)):
+        if not bool((read.counts > 0).all()):  # the method: np.all adds ~2 us of dispatch
             raise RefusedReply("counts that are not positive")
         return read
     if code == _ARRAY:

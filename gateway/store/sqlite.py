@@ -423,6 +423,8 @@ _JOB_COLUMNS: Final = (
     # issue 12, telemetry
     ", trace_context"
 )
+# How many columns _JOB_COLUMNS names (_row_to_job reads them by position).
+_JOB_WIDTH: Final = len(_JOB_COLUMNS.split(","))
 _FINAL_NAMES: Final = tuple(s.value for s in FINAL_STATES)
 _FINAL_PLACEHOLDERS: Final = ", ".join("?" * len(_FINAL_NAMES))
 # The retention sweep's jobs (see _ENDED_SESSIONS_SQL): (until, *final states, limit).
@@ -2008,37 +2010,63 @@ def _oldest_first(rows: Sequence[sqlite3.Row]) -> list[Job]:
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:
-    error = None
-    if row["error_reason"] is not None:
-        error = _error_from_row(row)
-    execution = row["execution"]
-    timings = row["timings"]
+    # By position: every query passed here selects _JOB_COLUMNS first (more may follow), and
+    # a Row's lookup by name scans its column names (~6 us of a new job's ~26). A column
+    # added to _JOB_COLUMNS but not here fails this unpacking loudly.
+    (
+        _seq,
+        id_,
+        tenant,
+        request_id,
+        backend,
+        state,
+        num_pubs,
+        seed,
+        attempts,
+        created_at,
+        started_at,
+        ended_at,
+        error_reason,
+        _error_message,
+        execution,
+        timings,
+        placement,
+        _error_code,
+        _error_metadata,
+        updated_at,
+        state_history,
+        result_expires_at,
+        labels,
+        sampler_output,
+        remote_id,
+        session_id,
+        trace_context,
+    ) = row[:_JOB_WIDTH]
+    error = None if error_reason is None else _error_from_row(row)
     return Job(
-        id=str(row["id"]),
-        tenant=str(row["tenant"]),
-        request_id=str(row["request_id"] or ""),
-        backend=str(row["backend"]),
-        placement=str(row["placement"] or row["backend"]),
-        state=JobState(row["state"]),
-        created_at=from_us(int(row["created_at"])),
-        num_pubs=int(row["num_pubs"]),
-        seed=int(row["seed"]),
-        started_at=opt_from_us(row["started_at"]),
-        ended_at=opt_from_us(row["ended_at"]),
+        id=str(id_),
+        tenant=str(tenant),
+        request_id=str(request_id or ""),
+        backend=str(backend),
+        placement=str(placement or backend),
+        state=JobState(state),
+        created_at=from_us(int(created_at)),
+        num_pubs=int(num_pubs),
+        seed=int(seed),
+        started_at=opt_from_us(started_at),
+        ended_at=opt_from_us(ended_at),
         error=error,
         execution=None if execution is None else _execution_from_json(str(execution)),
         timings=None if timings is None else _timings_from_json(str(timings)),
-        attempts=int(row["attempts"]),
-        updated_at=opt_from_us(row["updated_at"]),
-        state_history=_history_from_json(row["state_history"]),
-        expire_at=opt_from_us(row["result_expires_at"]),
-        labels=_labels_from_json(row["labels"]),
-        sampler_output=SamplerOutput(
-            row["sampler_output"] or SamplerOutput.SAMPLES_AND_COUNTS.value
-        ),
-        remote_id=None if row["remote_id"] is None else str(row["remote_id"]),
-        session=str(row["session_id"] or ""),
-        trace_context=str(row["trace_context"] or ""),
+        attempts=int(attempts),
+        updated_at=opt_from_us(updated_at),
+        state_history=_history_from_json(state_history),
+        expire_at=opt_from_us(result_expires_at),
+        labels=_labels_from_json(labels),
+        sampler_output=SamplerOutput(sampler_output or SamplerOutput.SAMPLES_AND_COUNTS.value),
+        remote_id=None if remote_id is None else str(remote_id),
+        session=str(session_id or ""),
+        trace_context=str(trace_context or ""),
     )
 
 

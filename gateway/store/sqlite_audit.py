@@ -165,10 +165,15 @@ def _head(conn: sqlite3.Connection) -> ChainPoint:
 
 
 def append_records(
-    conn: sqlite3.Connection, key: bytes, records: Sequence[AuditRecord]
+    conn: sqlite3.Connection,
+    key: bytes,
+    records: Sequence[AuditRecord],
+    *,
+    end_time: datetime | None = None,
 ) -> ChainPoint:
-    """Chains and inserts `records` in the caller's transaction; returns the new head."""
-    sealed = audit.chain(key, _head(conn), records)
+    """Chains and inserts `records` (each ended at `end_time` when given) in the caller's
+    transaction; returns the new head."""
+    sealed = audit.chain(key, _head(conn), records, end_time=end_time)
     conn.executemany(_INSERT, [_values(r) for r in sealed])
     return ChainPoint(sealed[-1].sequence, sealed[-1].mac) if sealed else _head(conn)
 
@@ -298,7 +303,7 @@ class SqliteAudit:
             value = op(conn)
             record = describe(value, draft)
             if record is not None:
-                point = append_records(conn, key, [replace(record, end_time=datetime.now(UTC))])
+                point = append_records(conn, key, [record], end_time=datetime.now(UTC))
                 recorded.append(point)
             return value
 

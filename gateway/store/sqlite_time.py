@@ -27,6 +27,10 @@ def opt_us(dt: datetime | None) -> int | None:
 
 def from_us(value: object) -> datetime:
     """The instant of a stored value (an int, or SQLite's text form of one)."""
+    if type(value) is int:
+        # What SQLite returns for every column the gateway writes: integer arithmetic on a
+        # timedelta is exact, and ~3x cheaper than parsing the text form (8 reads per job).
+        return EPOCH + _MICROSECOND * value
     return EPOCH + timedelta(microseconds=int(str(value)))
 
 
