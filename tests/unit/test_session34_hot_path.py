@@ -1,7 +1,9 @@
-"""Guards of the hot path's trims. A worker's reply is refused if it holds a msgpack timestamp (extension -1, which msgpack
+"""Guards of the hot path's trims.
+
+A worker's reply is refused if it holds a msgpack timestamp (extension -1, which msgpack
 decodes itself, never asking the ext hook) in any of its encodings, at any level; the decoder
 skips the walk that finds one only when the reply's bytes cannot hold one
-(reply_codec._TIMESTAMP_HEADER)."""
+(reply_codec._TIMESTAMP_HEADER). The audit chain's MACs stay those earlier gateways wrote."""
 
 from __future__ import annotations
 
