@@ -1,0 +1,93 @@
+"""A runner step renews its claim while it prepares and submits a job (runner_step._claim_kept):
+a slow submit (a provider's retries, a pool's acquire) outlasting the lease must not lose the
+claim. The renewing task now starts only at the first renewal; these tests keep the renewals
+coming on time for a step that takes long, for both queues."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from gateway.backends.base import PreparedJob
+from gateway.backends.runner import RunHandle
+from gateway.domain.jobs import Job
+from gateway.store.sqlite import SqliteStore
+from tests.core_harness import QueueKind, ScriptedRunner, build_core, spec
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+LEASE_S = 1.0  # renewed every third of it: a loaded machine's stalls stay well inside
+
+
+class SlowSubmit(ScriptedRunner):
+    """A submit that returns only once `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(slots=1)
+        self.go = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def submit(self, prepared: PreparedJob, job: Job) -> RunHandle:
+        self.entered.set()
+        await self.go.wait()
+        return await super().submit(prepared, job)
+
+
+@pytest.mark.parametrize("kind", ["memory", "store"])
+async def test_a_submit_that_outlasts_the_lease_keeps_its_claim(
+    store: SqliteStore, kind: QueueKind
+) -> None:
+    runner = SlowSubmit()
+    core = await build_core(store, kind, {"sim": runner}, lease_s=LEASE_S)
+    queue = core.backends["sim"].queue
+    real = queue.renew
+    renewed: list[float] = []
+
+    async def renew(claim: Any) -> Any:
+        renewed.append(time.monotonic())
+        return await real(claim)
+
+    queue.renew = renew  # type: ignore[method-assign]
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await asyncio.wait_for(runner.entered.wait(), 5)
+        started = time.monotonic()
+        # Stuck in its submit for 3.5 leases' worth of renewals (real time: the lease's
+        # timers run on the event loop's clock).
+        while time.monotonic() - started < 3.5 * LEASE_S / 3:
+            await asyncio.sleep(0.02)
+        during = [t for t in renewed if t >= started]
+        assert len(during) >= 2, f"renewals while submitting: {during}"
+        gaps = [b - a for a, b in itertools.pairwise(during)]
+        assert all(gap < LEASE_S for gap in gaps), gaps
+        runner.go.set()
+        await core.until("alice", job.id, "RUNNING")
+        assert runner.submitted == [job.id]
+    finally:
+        runner.go.set()
+        await core.manager.close()
+
+
+async def test_a_quick_step_makes_no_renewal(store: SqliteStore) -> None:
+    # A step done within a third of its lease renews nothing (and starts no renewing task).
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner}, lease_s=30.0)
+    queue = core.backends["sim"].queue
+    real = queue.renew
+    renewed: list[object] = []
+
+    async def renew(claim: Any) -> Any:
+        renewed.append(claim)
+        return await real(claim)
+
+    queue.renew = renew  # type: ignore[method-assign]
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        assert renewed == []
+    finally:
+        await core.manager.close()
