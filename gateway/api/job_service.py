@@ -362,7 +362,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             size = len(data)
             try:
                 digest, stored = await held.through(
-                    offload.by_size(size, _split, data, inline_bytes=INLINE_PARSE_BYTES)
+                    offload.by_size(
+                        size, _split, data, job.num_pubs, inline_bytes=INLINE_PARSE_BYTES
+                    )
                 )
             except ValueError as exc:
                 raise _damaged(job, exc) from None
@@ -423,7 +425,13 @@ def _next_chunk(
     return next(chunks, None)
 
 
-def _split(data: bytes) -> tuple[bytes, Split]:
-    """StreamJobResult's work on a stored result, wherever it runs: its digest, and the result
-    split from its samples and counts."""
-    return result_stream.result_digest(data), split_result(data)
+def _split(data: bytes, pubs: int) -> tuple[bytes, Split]:
+    """StreamJobResult's work on a stored result of a job of `pubs` PUBs, wherever it runs: its
+    digest, and the result split from its samples and counts. Another number of PUBs is
+    damage, refused as preserialized.named_result refuses it (streamed, a PUB too many was
+    sent, and one too few answered a resume position INVALID_ARGUMENT)."""
+    stored = split_result(data)
+    found = len(stored.result.pub_results)
+    if found != pubs:
+        raise ValueError(f"it holds {found} PUB results for the job's {pubs} PUBs")
+    return result_stream.result_digest(data), stored

@@ -213,6 +213,15 @@ def _estimator_chunks(
 ) -> Iterator[Response | Preserialized]:
     values = estimator.expectation_values
     errors = estimator.standard_errors
+    bindings = math.prod(estimator.shape)
+    # Standard errors may be left out, for every entry (as the client reads a stream).
+    if len(values) != bindings or len(errors) not in (0, bindings):
+        # Sent as they are, the stream ended OK: a client learnt of the damage from its own
+        # reassembly, if at all, and the operator not at all.
+        raise ValueError(
+            f"PUB {index}: {len(values)} values and {len(errors)} standard errors stored for "
+            f"{bindings} bindings"
+        )
     step = max(1, chunk_bytes // ESTIMATOR_ENTRY_BYTES)
     for offset in range(start, len(values), step):
         yield Response(

@@ -7,12 +7,12 @@ breaker with the permit the scheduler got (only the half-open trial's own outcom
 breaker, and only the failures FailureKind.counts_for_breaker names count), and commits the
 final state.
 
-Usage: a job that succeeded reports its shots (from the prepared job, or from the stored spec for
-a job re-attached after a restart) and its execution time (the provider's, else the time it
-ran); a job that failed or was cancelled after it ran reports its execution time only (its shots
-are not known to have run): a simulator's time on the worker, a provider's reported QPU
-seconds (none when the provider reports none: the time it spent in the provider's queue is not
-execution), charged per second only (pricing.charge_time).
+Usage: a job that succeeded reports its shots (from the prepared job, or from its quota
+reservation for a job re-attached after a restart) and its execution time (the provider's, else
+the time it ran); a job that failed or was cancelled after it ran reports its execution time
+only (its shots are not known to have run): a simulator's time on the worker, a provider's
+reported QPU seconds (none when the provider reports none: the time it spent in the provider's
+queue is not execution), charged per second only (pricing.charge_time).
 """
 
 from __future__ import annotations

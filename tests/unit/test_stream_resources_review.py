@@ -83,11 +83,11 @@ async def test_a_cancelled_stream_keeps_its_result_charged_while_the_parse_threa
     started, release, done = threading.Event(), threading.Event(), threading.Event()
     split = job_service._split
 
-    def held_split(stored: bytes) -> Any:
+    def held_split(stored: bytes, pubs: int) -> Any:
         started.set()
         try:
             release.wait(10.0)
-            return split(stored)
+            return split(stored, pubs)
         finally:
             done.set()
 
