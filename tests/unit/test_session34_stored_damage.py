@@ -60,3 +60,17 @@ def test_a_damaged_stored_result_is_answered_data_loss(stored: bytes) -> None:
         _stream(stored)
     assert refused.value.reason == "STORE_CORRUPT"
     assert refused.value.metadata["job"] == "jobs/j1"
+
+
+@pytest.mark.timeout(10)
+def test_a_pub_of_a_huge_shape_and_no_data_streams_at_once() -> None:
+    # A damaged shape (10**12 bindings) over registers holding neither samples nor counts:
+    # the stream walked every binding, inline on the event loop (the stored bytes are few).
+    result = job_pb2.JobResult()
+    sampler = result.pub_results.add().sampler
+    sampler.shots = 4
+    sampler.shape.extend([10**6, 10**6])
+    sampler.registers.add(name="c", num_bits=8)
+    responses = _stream(result.SerializeToString(deterministic=True))
+    assert responses[0].HasField("header") and responses[-1].HasField("digest")
+    assert len(responses) == 2
