@@ -489,7 +489,21 @@ def encode_result(result: JobResult) -> job_pb2.JobResult:
     return out
 
 
+def _set_duration(out: duration_pb2.Duration, nanos: int) -> None:
+    """out = nanos, as Duration.FromNanoseconds does (a negative one has nanos <= 0) without
+    its two Python calls (four durations per job answered)."""
+    seconds, rest = divmod(nanos, _NANOS)
+    if seconds < 0 and rest > 0:
+        seconds += 1
+        rest -= _NANOS
+    out.seconds = seconds
+    out.nanos = rest
+
+
 _STATES: dict[JobState, Any] = {s: job_pb2.JobState.Value(f"JOB_STATE_{s.value}") for s in JobState}
+# The same, by member name: an enum member hashes in Python (~0.13 us a lookup, five or more
+# per job answered), its name as a str (cached).
+_STATES_BY_NAME: dict[str, Any] = {s._name_: code for s, code in _STATES.items()}
 
 
 def encode_job(job: Job) -> job_pb2.Job:
@@ -497,7 +511,7 @@ def encode_job(job: Job) -> job_pb2.Job:
         name=JOB_PREFIX + job.id,
         tenant=job.tenant,
         backend=BACKEND_PREFIX + job.backend,
-        state=_STATES[job.state],
+        state=_STATES_BY_NAME[job.state._name_],
         num_pubs=job.num_pubs,
     )
     # Fields set in place: no intermediate messages to copy (this runs for every answer).
@@ -510,11 +524,13 @@ def encode_job(job: Job) -> job_pb2.Job:
         _set_time(out.update_time, job.updated_at)
     if job.expire_at is not None:
         _set_time(out.expire_time, job.expire_at)
+    history = out.state_history
     for transition in job.state_history:
-        _set_time(out.state_history.add(state=_STATES[transition.state]).time, transition.at)
+        _set_time(history.add(state=_STATES_BY_NAME[transition.state._name_]).time, transition.at)
     if job.queue_position is not None:
         out.queue_position = job.queue_position
-    out.labels.update(job.labels)
+    if job.labels:  # update() of a map field goes the slow way even when given nothing
+        out.labels.update(job.labels)
     if job.session:
         out.session = SESSION_PREFIX + job.session
     if job.trace_context:
@@ -527,13 +543,14 @@ def encode_job(job: Job) -> job_pb2.Job:
         out.execution.backend = BACKEND_PREFIX + ex.backend
         if ex.seed is not None:
             out.execution.seed = ex.seed
-        out.execution.sdk_versions.update(ex.sdk_versions)
+        if ex.sdk_versions:
+            out.execution.sdk_versions.update(ex.sdk_versions)
         for layout in ex.layouts:
             out.execution.layouts.add().physical_qubits.extend(layout)
         out.execution.attempts = ex.attempts
         if ex.usage is not None:
             out.usage.shots = ex.usage.shots
-            out.usage.execution_duration.FromNanoseconds(int(ex.usage.execution_seconds * 1e9))
+            _set_duration(out.usage.execution_duration, int(ex.usage.execution_seconds * 1e9))
             if ex.usage.provider_cost is not None:
                 out.usage.provider_cost.amount = ex.usage.provider_cost
                 out.usage.provider_cost.unit = ex.usage.provider_unit
@@ -545,9 +562,10 @@ def encode_job(job: Job) -> job_pb2.Job:
         # (while it runs too), so a user can find the job in the provider's console.
         out.execution.provider_job_id = job.remote_id
     if job.timings is not None:
-        out.timings.queued.FromNanoseconds(int(job.timings.queued_s * 1e9))
-        out.timings.transpile.FromNanoseconds(int(job.timings.transpile_s * 1e9))
-        out.timings.execute.FromNanoseconds(int(job.timings.execute_s * 1e9))
+        timings = out.timings
+        _set_duration(timings.queued, int(job.timings.queued_s * 1e9))
+        _set_duration(timings.transpile, int(job.timings.transpile_s * 1e9))
+        _set_duration(timings.execute, int(job.timings.execute_s * 1e9))
     return out
 
 

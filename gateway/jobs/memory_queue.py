@@ -105,16 +105,28 @@ class MemoryQueue:
         """The next job: a lapsed claim's job first (oldest first), else the fair choice among
         the waiting tenants; None when there is nothing."""
         now = self._clock()
-        lapsed = [c for c in self._claims.claims() if c.lease_expires_at <= now]
-        if lapsed:
-            old = min(lapsed, key=lambda c: (c.job.created_at, c.job.id))
-            return self._hand_out(old.job, old.prepared, now)
+        # One pass over the claims finds the oldest lapsed one and counts the live ones per
+        # tenant (two passes cost ~2x with the 40 claims of 64 clients: this runs every job).
+        oldest: Claim | None = None
+        live: dict[str, int] = {}
+        for c in self._claims.claims():
+            if c.lease_expires_at <= now:
+                if oldest is None or (c.job.created_at, c.job.id) < (
+                    oldest.job.created_at,
+                    oldest.job.id,
+                ):
+                    oldest = c
+            else:
+                holder = c.job.tenant
+                live[holder] = live.get(holder, 0) + 1
+        if oldest is not None:
+            return self._hand_out(oldest.job, oldest.prepared, now)
         if not self._lines:
             return None
+        for holder, count in self.extra_claims().items():
+            live[holder] = live.get(holder, 0) + count
         tenant = queue_order.next_tenant(
-            {t: line[0].key for t, line in self._lines.items()},
-            self._live_claims(now),
-            self._last_claim,
+            {t: line[0].key for t, line in self._lines.items()}, live, self._last_claim
         )
         line = self._lines[tenant]
         item = line.popleft()

@@ -407,6 +407,11 @@ def _within_bytes(rows: list[sqlite3.Row]) -> list[sqlite3.Row]:
 _MAX_BATCH: Final = 1000
 _BUSY_TIMEOUT_MS: Final = 5000
 _UINT64_MAX: Final = 2**64 - 1
+# The encoders json.dumps(..., sort_keys=True) and json.dumps(..., separators=(",", ":")) build
+# on every call (any option but the defaults makes a new one), made once: ~1.2 us less per
+# timings or history written (each job's, on the event loop). The same settings, same bytes.
+_SORTED_JSON: Final = json.JSONEncoder(sort_keys=True)
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
 _JOB_COLUMNS: Final = (
     "seq, id, tenant, request_id, backend, state, num_pubs, seed, attempts, created_at, "
@@ -650,7 +655,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
                 new.session or None,
                 new.trace_context or None,
                 created_us,
-                json.dumps([[JobState.QUEUED.value, created_us]], separators=(",", ":")),
+                _COMPACT_JSON.encode([[JobState.QUEUED.value, created_us]]),
             )
             row = conn.execute(_INSERT_JOB_SQL, insert_args).fetchone()
             conn.execute(_INSERT_SPEC_SQL, (new.id, new.spec))
@@ -1950,13 +1955,12 @@ def _execution_from_json(text: str) -> ExecutionInfo:
 
 
 def _timings_to_json(timings: JobTimings) -> str:
-    return json.dumps(
+    return _SORTED_JSON.encode(
         {
             "queued_s": timings.queued_s,
             "transpile_s": timings.transpile_s,
             "execute_s": timings.execute_s,
-        },
-        sort_keys=True,
+        }
     )
 
 
@@ -2125,11 +2129,20 @@ def _comparison_sql(c: Comparison) -> tuple[str, list[object]]:
 # --- issue 7, long-running behaviour: state history ------------------------------------------
 
 
+# A state by its stored value: a dict read, not the enum's call (~2 us less per job read).
+_STATE_BY_VALUE: Final = {state.value: state for state in JobState}
+
+
 def _history_from_json(text: object) -> tuple[StateTransition, ...]:
     if text is None:
         return ()
+    states = _STATE_BY_VALUE
     return tuple(
-        StateTransition(JobState(str(state)), from_us(int(at)))
+        StateTransition(
+            # A value no state has goes to the enum, which refuses it as it always did.
+            states[value] if (value := str(state)) in states else JobState(value),
+            from_us(int(at)),
+        )
         for state, at in json.loads(str(text))
     )
 
@@ -2141,7 +2154,7 @@ def _history_in_time_order(conn: sqlite3.Connection, job: Job) -> Job:
     ordered = tuple(sorted(history, key=lambda entry: entry.at))
     if ordered == history:
         return job
-    text = json.dumps([[e.state.value, to_us(e.at)] for e in ordered], separators=(",", ":"))
+    text = _COMPACT_JSON.encode([[e.state.value, to_us(e.at)] for e in ordered])
     conn.execute("UPDATE jobs SET state_history = ? WHERE id = ?", (text, job.id))
     return dataclasses.replace(job, state_history=ordered)
 

@@ -108,3 +108,30 @@ def test_the_chain_s_macs_are_unchanged() -> None:
     assert closed.end_time == ended
     expected = audit.record_mac(bytes(range(32)), previous.mac, closed)
     assert closed.mac == expected  # as verify recomputes it from the stored record
+
+
+# --- the second round: the same bytes, cheaper ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "nanos", [0, 1, 999_999_999, 1_000_000_000, 1_500_000_001, -1, -999_999_999, -1_500_000_001]
+)
+def test_a_duration_is_set_as_protobuf_sets_it(nanos: int) -> None:
+    from google.protobuf import duration_pb2
+
+    from gateway.api.codec import _set_duration
+
+    ours, theirs = duration_pb2.Duration(), duration_pb2.Duration()
+    _set_duration(ours, nanos)
+    theirs.FromNanoseconds(nanos)
+    assert (ours.seconds, ours.nanos) == (theirs.seconds, theirs.nanos)
+
+
+def test_a_stored_history_reads_as_before_and_refuses_what_it_refused() -> None:
+    from gateway.domain.jobs import JobState
+    from gateway.store.sqlite import _history_from_json
+
+    history = _history_from_json('[["QUEUED",1],["RUNNING",2],["SUCCEEDED",3]]')
+    assert [t.state for t in history] == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
+    with pytest.raises(ValueError, match="is not a valid JobState"):
+        _history_from_json('[["LOST",1]]')
