@@ -409,7 +409,7 @@ _BUSY_TIMEOUT_MS: Final = 5000
 _UINT64_MAX: Final = 2**64 - 1
 # The encoders json.dumps(..., sort_keys=True) and json.dumps(..., separators=(",", ":")) build
 # on every call (any option but the defaults makes a new one), made once: ~1.2 us less per
-# timings or history written (each job's, on the event loop). The same settings, same bytes.
+# value written (each job's, on the event loop). The same settings, the same bytes.
 _SORTED_JSON: Final = json.JSONEncoder(sort_keys=True)
 _COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
@@ -1016,7 +1016,7 @@ class SqliteStore(SqliteSessions, SqliteApiKeys, SqliteTenants, SqliteAudit):
             None if error is None else error.reason,
             None if error is None else error.message,
             None if error is None else int(error.code),
-            None if error is None else json.dumps(dict(error.metadata), sort_keys=True),
+            None if error is None else _SORTED_JSON.encode(dict(error.metadata)),
             execution_json,
             timings_json,
             expires_us,
@@ -1896,7 +1896,7 @@ def _check_seed(seed: int) -> None:
 def _execution_to_json(info: ExecutionInfo) -> str:
     if info.seed is not None:
         _check_seed(info.seed)
-    return json.dumps(
+    return _SORTED_JSON.encode(
         {
             "backend": info.backend,
             # A string: JSON readers outside Python lose precision above 2**53.
@@ -1909,8 +1909,7 @@ def _execution_to_json(info: ExecutionInfo) -> str:
             "cost": None
             if info.cost is None
             else {"amount": info.cost.amount, "unit": info.cost.unit},
-        },
-        sort_keys=True,
+        }
     )
 
 
@@ -2078,7 +2077,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 
 
 def _labels_to_json(labels: Mapping[str, str]) -> str | None:
-    return json.dumps(dict(labels), sort_keys=True) if labels else None
+    return _SORTED_JSON.encode(dict(labels)) if labels else None
 
 
 def _labels_from_json(text: object) -> dict[str, str]:

@@ -121,7 +121,7 @@ async def test_a_provider_job_that_failed_reports_the_providers_seconds_or_none(
         await core.manager.close()
 
 
-async def test_a_job_re_attached_after_a_restart_reports_the_shots_of_its_stored_spec(
+async def test_a_job_re_attached_after_a_restart_reports_the_shots_its_prepare_counted(
     store: SqliteStore,
 ) -> None:
     runner = ScriptedRunner(slots=1, model=ExecutionModel.REMOTE)

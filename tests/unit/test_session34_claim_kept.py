@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from gateway.backends.base import PreparedJob
 from gateway.backends.runner import RunHandle
 from gateway.domain.jobs import Job
+from gateway.jobs import runner_step
 from gateway.store.sqlite import SqliteStore
 from tests.core_harness import QueueKind, ScriptedRunner, build_core, spec
 
@@ -89,5 +91,29 @@ async def test_a_quick_step_makes_no_renewal(store: SqliteStore) -> None:
         job = await core.submit("alice", spec("sim"))
         await core.until("alice", job.id, "RUNNING")
         assert renewed == []
+    finally:
+        await core.manager.close()
+
+
+async def test_a_quick_step_starts_no_renewing_task(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The timer's point: no task made, cancelled and waited for per job. The step's own test
+    # (renewed == []) held before the change too (the old task slept a third of the lease).
+    made: list[str] = []
+    create_task = asyncio.create_task
+
+    def counted(coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(coro.__qualname__)
+        return create_task(coro, **kwargs)
+
+    monkeypatch.setattr(runner_step.asyncio, "create_task", counted)
+    runner = ScriptedRunner(slots=1)
+    core = await build_core(store, "memory", {"sim": runner}, lease_s=30.0)
+    try:
+        job = await core.submit("alice", spec("sim"))
+        await core.until("alice", job.id, "RUNNING")
+        assert runner.submitted == [job.id]
+        assert "_claim_kept.<locals>.keep" not in made, made
     finally:
         await core.manager.close()

@@ -8,10 +8,12 @@ skips the walk that finds one only when the reply's bytes cannot hold one
 from __future__ import annotations
 
 import struct
+from datetime import UTC, datetime, timedelta
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
+from gateway.domain import audit
 from gateway.runtime import reply_codec
 
 _EIGHT = struct.pack(">Q", 5)
@@ -71,43 +73,47 @@ def test_a_reply_that_cannot_hold_a_timestamp_is_not_walked(
 # version wrote. These were computed by the chain as it was before the change.
 
 
+_AT = datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC)
+_KEY = bytes(range(32))
+_PREVIOUS = audit.ChainPoint(41, bytes([7]) * audit.MAC_BYTES)
+_RECORD = audit.AuditRecord(
+    time=_AT,
+    end_time=_AT + timedelta(milliseconds=5),
+    service="qgateway.v1.JobService",
+    method="Run",
+    principal="apiKeys/abc",
+    tenant="acme",
+    key_prefix="abc",
+    peer="ipv4:127.0.0.1:1",
+    resource="jobs/x",
+    backend="aer",
+    circuit_digest="ab" * 32,
+    shots=1024,
+    code=0,
+    request_id="r-1",
+    count=1,
+    sequence=99,  # ignored: chained after the previous point
+    mac=b"junk",  # ignored
+)
+
+
 def test_the_chain_s_macs_are_unchanged() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from gateway.domain import audit
-
-    at = datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC)
-    record = audit.AuditRecord(
-        time=at,
-        end_time=at + timedelta(milliseconds=5),
-        service="qgateway.v1.JobService",
-        method="Run",
-        principal="apiKeys/abc",
-        tenant="acme",
-        key_prefix="abc",
-        peer="ipv4:127.0.0.1:1",
-        resource="jobs/x",
-        backend="aer",
-        circuit_digest="ab" * 32,
-        shots=1024,
-        code=0,
-        request_id="r-1",
-        count=1,
-        sequence=99,  # ignored: chained after the previous point
-        mac=b"junk",  # ignored
-    )
-    previous = audit.ChainPoint(41, bytes([7]) * audit.MAC_BYTES)
-    sealed = audit.chain(bytes(range(32)), previous, [record, record])
+    sealed = audit.chain(_KEY, _PREVIOUS, [_RECORD, _RECORD])
     assert [(s.sequence, s.mac.hex()) for s in sealed] == [
         (42, "3b425b2fb15b035278cf8b309a43ca8b6b9540b5126047d0491c29dce9e254a1"),
         (43, "db4d727f3e9835237b1c8b8c1708f26089905d9ba93c2bf70eb8ea98de75895e"),
     ]
-    assert all(s.end_time == record.end_time for s in sealed)
-    ended = at + timedelta(seconds=1)
-    (closed,) = audit.chain(bytes(range(32)), previous, [record], end_time=ended)
-    assert closed.end_time == ended
-    expected = audit.record_mac(bytes(range(32)), previous.mac, closed)
-    assert closed.mac == expected  # as verify recomputes it from the stored record
+    assert all(s.end_time == _RECORD.end_time for s in sealed)
+
+
+def test_the_chain_s_mac_of_a_record_the_store_ends_is_the_old_chain_s() -> None:
+    # chain(end_time=...), as the store calls it: the old chain's MAC of
+    # replace(record, end_time=ended) (computed at 1d47627), and the one verify recomputes.
+    ended = _AT + timedelta(seconds=1)
+    (closed,) = audit.chain(_KEY, _PREVIOUS, [_RECORD], end_time=ended)
+    assert (closed.sequence, closed.end_time) == (42, ended)
+    assert closed.mac.hex() == "dd67185b9acbc2fe0fdb4d3b5a47a2697260152ea62123299d861d109dec9a90"
+    assert closed.mac == audit.record_mac(_KEY, _PREVIOUS.mac, closed)
 
 
 # --- the second round: the same bytes, cheaper ------------------------------------------------

@@ -11,29 +11,22 @@
    other clients as they may, and the operator never heard. Fixed: DATA_LOSS, as for a
    sampler PUB (standard errors left out for every entry stay allowed, as the client reads).
 
-Guards added for what the review checked and found sound: the audit chain's MAC of a record
-ended by the store (chain's `end_time`) is the one the old chain wrote; a step done before its
-first renewal makes no renewing task (the commit's reason for the timer, which its own test
-did not assert: the old code passed it too).
+Guards it added for what it checked and found sound are with the tests of what they guard:
+the MAC of a record the store ends (test_session34_hot_path) and a quick step making no
+renewing task (test_session34_claim_kept).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from qgateway.v1 import job_pb2, job_service_pb2
 
 from gateway.api import preserialized
-from gateway.domain import audit
 from gateway.domain.errors import DataLoss, InvalidArgument
-from gateway.jobs import runner_step
-from gateway.store.sqlite import SqliteStore
-from tests.core_harness import ScriptedRunner, build_core, spec
 from tests.unit.test_run_result_read import Context, Manager, _servicer
 
 
@@ -120,63 +113,3 @@ def test_an_estimator_pub_of_the_wrong_size_is_data_loss(values: int, errors: in
         _stream(_estimator(values, errors), num_pubs=1)
     assert refused.value.reason == "STORE_CORRUPT"
     assert "bindings" in refused.value.message
-
-
-# --- guards: what was checked and found sound ---------------------------------------------------
-
-
-def test_the_chain_s_mac_of_a_record_the_store_ends_is_the_old_chain_s() -> None:
-    # test_session34_hot_path pins chain() without end_time against the old chain's MACs, and
-    # chain(end_time=...) only against record_mac of the same code. This one is the old chain's
-    # MAC of replace(record, end_time=ended) (computed at 1d47627), as the store wrote it.
-    at = datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC)
-    record = audit.AuditRecord(
-        time=at,
-        end_time=at + timedelta(milliseconds=5),
-        service="qgateway.v1.JobService",
-        method="Run",
-        principal="apiKeys/abc",
-        tenant="acme",
-        key_prefix="abc",
-        peer="ipv4:127.0.0.1:1",
-        resource="jobs/x",
-        backend="aer",
-        circuit_digest="ab" * 32,
-        shots=1024,
-        code=0,
-        request_id="r-1",
-        count=1,
-        sequence=99,
-        mac=b"junk",
-    )
-    previous = audit.ChainPoint(41, bytes([7]) * audit.MAC_BYTES)
-    ended = at + timedelta(seconds=1)
-    (closed,) = audit.chain(bytes(range(32)), previous, [record], end_time=ended)
-    assert (closed.sequence, closed.end_time) == (42, ended)
-    assert closed.mac.hex() == "dd67185b9acbc2fe0fdb4d3b5a47a2697260152ea62123299d861d109dec9a90"
-
-
-@pytest.mark.anyio
-@pytest.mark.timeout(30)
-async def test_a_quick_step_starts_no_renewing_task(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The timer's point: no task made, cancelled and waited for per job. The step's own test
-    # (renewed == []) held before the change too (the old task slept a third of the lease).
-    made: list[str] = []
-    create_task = asyncio.create_task
-
-    def counted(coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
-        made.append(coro.__qualname__)
-        return create_task(coro, **kwargs)
-
-    monkeypatch.setattr(runner_step.asyncio, "create_task", counted)
-    runner = ScriptedRunner(slots=1)
-    core = await build_core(store, "memory", {"sim": runner}, lease_s=30.0)
-    try:
-        job = await core.submit("alice", spec("sim"))
-        await core.until("alice", job.id, "RUNNING")
-        assert runner.submitted == [job.id]
-        assert "_claim_kept.<locals>.keep" not in made, made
-    finally:
-        await core.manager.close()
